@@ -1,0 +1,325 @@
+//! Ferry's client SDK: what an app embeds to talk to Ferry.
+//!
+//! [`Client::connect`] logs in (password → device token over the short link, then the
+//! token on the long link), keeps the link alive with heartbeats, reconnects with
+//! exponential back-off and jitter when it dies, and resumes from the device's stored
+//! synckey, so the app receives every inbox entry once and in order as [`Event::Entry`].
+//! [`Client::send_text`] retries until the server acknowledges, with one
+//! `client_msg_id`, so a retry never duplicates.
+//!
+//! The SDK must not decide what to show the user or keep messages itself: it delivers
+//! entries and keeps only the device's id, token and synckey.
+
+mod link;
+mod short;
+mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use ferry_proto::v1::{self, ErrorCode};
+use ferry_proto::{cmd, Frame, ProtoMessage};
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, watch};
+
+pub use short::ShortLink;
+pub use state::DeviceState;
+
+/// SDK failures.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ClientError {
+    #[error("server refused: {message} ({code:?})")]
+    Server {
+        code: ErrorCode,
+        message: String,
+        retry_after_ms: u32,
+    },
+    #[error("http: {0}")]
+    Http(String),
+    #[error("i/o: {0}")]
+    Io(String),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error("timed out")]
+    Timeout,
+    #[error("the client is closed")]
+    Closed,
+}
+
+impl ClientError {
+    pub fn from_error(e: v1::Error) -> Self {
+        ClientError::Server {
+            code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
+            message: e.message,
+            retry_after_ms: e.retry_after_ms,
+        }
+    }
+
+    /// The server's error code, if the server refused.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// Whether trying the same request again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Server { code, .. } => matches!(
+                code,
+                ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::RateLimited
+            ),
+            ClientError::Closed => false,
+            _ => true,
+        }
+    }
+}
+
+impl From<std::io::Error> for ClientError {
+    fn from(e: std::io::Error) -> Self {
+        ClientError::Io(e.to_string())
+    }
+}
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    /// `IP:PORT` of a gateway.
+    pub server: String,
+    pub username: String,
+    pub password: String,
+    /// Where the device id, token and synckey are kept; `None` keeps them in memory.
+    pub state_dir: Option<PathBuf>,
+    /// Heartbeat interval (the server's, if it asks for a shorter one).
+    pub heartbeat: Duration,
+    /// How long to wait for any answer to a request.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Reconnect back-off: starts at `backoff_min`, doubles to `backoff_max`, with jitter.
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub client_version: String,
+}
+
+impl ClientConfig {
+    pub fn new(
+        server: impl Into<String>,
+        username: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        ClientConfig {
+            server: server.into(),
+            username: username.into(),
+            password: password.into(),
+            state_dir: None,
+            heartbeat: Duration::from_secs(30),
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(30),
+            client_version: concat!("ferry-client/", env!("CARGO_PKG_VERSION")).into(),
+        }
+    }
+}
+
+/// What the client tells the app.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The next inbox entry, in seq order, each once.
+    Entry(v1::Entry),
+    /// Logged in on a (new) link.
+    Connected { latest_seq: u64 },
+    /// The link went down; the client is reconnecting.
+    Disconnected { reason: String },
+    /// The client gave up (bad credentials, or the session was ended).
+    Stopped { error: ClientError },
+}
+
+/// Link status, for waiting until connected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Connecting,
+    Connected,
+    Stopped,
+}
+
+pub(crate) enum Cmd {
+    Request {
+        cmd: u8,
+        body: Bytes,
+        reply: oneshot::Sender<Frame>,
+    },
+    Close,
+}
+
+pub(crate) struct Shared {
+    pub cfg: ClientConfig,
+    pub state: Mutex<DeviceState>,
+    pub status: watch::Sender<Status>,
+    pub username: Mutex<String>,
+}
+
+impl Shared {
+    pub fn save_state(&self) {
+        if let Some(dir) = &self.cfg.state_dir {
+            let s = self.state.lock().clone();
+            if let Err(e) = s.save(dir) {
+                tracing::warn!(error = %e, "could not save device state");
+            }
+        }
+    }
+}
+
+/// A connected client. Cheap to clone; the link lives until [`Client::close`] or the
+/// last clone is dropped.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    driver: Arc<Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Client {
+    /// Logs in and starts the link. Returns after the first successful login, or the
+    /// error that makes logging in impossible (bad credentials). Entries and link
+    /// changes arrive on the returned receiver.
+    pub async fn connect(
+        cfg: ClientConfig,
+    ) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
+        let state = match &cfg.state_dir {
+            Some(dir) => DeviceState::load(dir)?,
+            None => DeviceState::fresh(),
+        };
+        let (status, _) = watch::channel(Status::Connecting);
+        let shared = Arc::new(Shared {
+            cfg,
+            state: Mutex::new(state),
+            status,
+            username: Mutex::new(String::new()),
+        });
+        let (cmds_tx, cmds_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (first_tx, first_rx) = oneshot::channel();
+        let driver = tokio::spawn(link::drive(shared.clone(), cmds_rx, events_tx, first_tx));
+        let client = Client {
+            shared,
+            cmds: cmds_tx,
+            driver: Arc::new(Mutex::new(Some(driver))),
+        };
+        match first_rx.await {
+            Ok(Ok(())) => Ok((client, events_rx)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(ClientError::Closed),
+        }
+    }
+
+    /// The device's current synckey.
+    pub fn synckey(&self) -> u64 {
+        self.shared.state.lock().synckey
+    }
+
+    pub fn device_id(&self) -> String {
+        self.shared.state.lock().device_id.clone()
+    }
+
+    pub fn user_id(&self) -> u64 {
+        self.shared.state.lock().user_id
+    }
+
+    pub fn username(&self) -> String {
+        self.shared.username.lock().clone()
+    }
+
+    pub fn status(&self) -> Status {
+        *self.shared.status.borrow()
+    }
+
+    /// Waits until the link is logged in (or the client stopped).
+    pub async fn wait_connected(&self) -> Result<(), ClientError> {
+        let mut rx = self.shared.status.subscribe();
+        loop {
+            match *rx.borrow_and_update() {
+                Status::Connected => return Ok(()),
+                Status::Stopped => return Err(ClientError::Closed),
+                Status::Connecting => {}
+            }
+            rx.changed().await.map_err(|_| ClientError::Closed)?;
+        }
+    }
+
+    /// Sends one request on the current link and waits for its answer.
+    pub async fn request(&self, c: u8, body: Bytes) -> Result<Frame, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmds
+            .send(Cmd::Request {
+                cmd: c,
+                body,
+                reply: tx,
+            })
+            .map_err(|_| ClientError::Closed)?;
+        match tokio::time::timeout(self.shared.cfg.request_timeout, rx).await {
+            Err(_) => Err(ClientError::Timeout),
+            Ok(Err(_)) => Err(ClientError::Io("link lost before the answer".into())),
+            Ok(Ok(f)) if f.cmd == cmd::ERROR => Err(ClientError::from_error(
+                v1::Error::decode(f.body).map_err(|e| ClientError::Protocol(e.to_string()))?,
+            )),
+            Ok(Ok(f)) => Ok(f),
+        }
+    }
+
+    /// Sends a text message, retrying (on this link or the next) until the server
+    /// acknowledges it as durable. A refusal (unknown user, too large) is returned.
+    pub async fn send_text(&self, to: &str, text: &str) -> Result<v1::SendAck, ClientError> {
+        let msg = v1::SendMsg {
+            client_msg_id: new_client_msg_id(),
+            to: to.into(),
+            text: text.into(),
+            r#type: v1::MsgType::Text as i32,
+        };
+        self.send_msg(&msg).await
+    }
+
+    /// Sends a prepared `SendMsg` until acknowledged. Use the same `client_msg_id` to
+    /// retry a send across restarts of the app.
+    pub async fn send_msg(&self, msg: &v1::SendMsg) -> Result<v1::SendAck, ClientError> {
+        let body = Bytes::from(msg.encode_to_vec());
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self.request(cmd::SEND, body.clone()).await {
+                Ok(f) => {
+                    return v1::SendAck::decode(f.body)
+                        .map_err(|e| ClientError::Protocol(e.to_string()))
+                }
+                Err(ClientError::Closed) => return Err(ClientError::Closed),
+                Err(e) if !e.is_retryable() => return Err(e),
+                Err(e) => {
+                    tracing::debug!(error = %e, "send not acknowledged; retrying");
+                    if let ClientError::Server { retry_after_ms, .. } = e {
+                        pause = pause.max(Duration::from_millis(u64::from(retry_after_ms)));
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(2));
+                    self.wait_connected().await?;
+                }
+            }
+        }
+    }
+
+    /// Closes the link and saves the device state.
+    pub async fn close(&self) {
+        let _ = self.cmds.send(Cmd::Close);
+        let handle = self.driver.lock().take();
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
+        self.shared.save_state();
+    }
+}
+
+/// A fresh `client_msg_id`: random and non-zero.
+pub fn new_client_msg_id() -> u64 {
+    rand::random::<u64>().max(1)
+}

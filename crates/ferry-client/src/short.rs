@@ -1,0 +1,110 @@
+//! The short link: protobuf over HTTP POST.
+
+use bytes::Bytes;
+use ferry_proto::{v1, ProtoMessage};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+
+use crate::ClientError;
+
+/// A short-link client for one server (`HOST:PORT`).
+#[derive(Clone)]
+pub struct ShortLink {
+    base: String,
+    http: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl ShortLink {
+    pub fn new(server: &str) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        ShortLink {
+            base: format!("http://{server}"),
+            http: Client::builder(TokioExecutor::new()).build(connector),
+        }
+    }
+
+    /// POSTs `req` to `/v1/{method}` and decodes the answer (or its Error).
+    pub async fn call<Req: ProtoMessage, Resp: ProtoMessage + Default>(
+        &self,
+        method: &str,
+        token: Option<&str>,
+        req: &Req,
+    ) -> Result<Resp, ClientError> {
+        let mut builder = http::Request::post(format!("{}/v1/{method}", self.base))
+            .header(http::header::CONTENT_TYPE, "application/x-protobuf");
+        if let Some(t) = token {
+            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(req.encode_to_vec())))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            self.http.request(request),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?
+            .to_bytes();
+        if status.is_success() {
+            Resp::decode(body).map_err(|e| ClientError::Protocol(e.to_string()))
+        } else {
+            match v1::Error::decode(body) {
+                Ok(e) => Err(ClientError::from_error(e)),
+                Err(_) => Err(ClientError::Http(format!("HTTP {status}"))),
+            }
+        }
+    }
+
+    pub async fn register(&self, username: &str, password: &str) -> Result<u64, ClientError> {
+        let r: v1::RegisterResp = self
+            .call(
+                "register",
+                None,
+                &v1::RegisterReq {
+                    username: username.into(),
+                    password: password.into(),
+                },
+            )
+            .await?;
+        Ok(r.user_id)
+    }
+
+    pub async fn auth(
+        &self,
+        username: &str,
+        password: &str,
+        device_id: &str,
+    ) -> Result<v1::AuthResp, ClientError> {
+        self.call(
+            "auth",
+            None,
+            &v1::AuthReq {
+                username: username.into(),
+                password: password.into(),
+                device_id: device_id.into(),
+            },
+        )
+        .await
+    }
+
+    /// Sync over HTTP, for a client without a long link.
+    pub async fn newsync(
+        &self,
+        token: &str,
+        synckey: u64,
+        limit: u32,
+    ) -> Result<v1::SyncResp, ClientError> {
+        self.call("newsync", Some(token), &v1::SyncReq { synckey, limit })
+            .await
+    }
+}

@@ -1,0 +1,70 @@
+//! What a device keeps between runs: its id, its token and its synckey.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DeviceState {
+    /// Picked once, at random, and kept.
+    pub device_id: String,
+    /// Empty until the first auth.
+    pub token: String,
+    pub user_id: u64,
+    /// The highest inbox seq applied on this device.
+    pub synckey: u64,
+}
+
+impl DeviceState {
+    pub fn fresh() -> Self {
+        let mut id = [0u8; 16];
+        rand::Rng::fill(&mut rand::rng(), &mut id);
+        DeviceState {
+            device_id: hex::encode(id),
+            ..Default::default()
+        }
+    }
+
+    fn file(dir: &Path) -> PathBuf {
+        dir.join("device.json")
+    }
+
+    /// Loads the state kept in `dir`, or a fresh one.
+    pub fn load(dir: &Path) -> std::io::Result<Self> {
+        match std::fs::read(Self::file(dir)) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::fresh()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Writes the state atomically (temp file + rename).
+    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let tmp = dir.join("device.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())?;
+        std::fs::rename(tmp, Self::file(dir))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = DeviceState::load(dir.path()).unwrap();
+        assert_eq!(fresh.device_id.len(), 32);
+        let mut s = fresh.clone();
+        s.synckey = 42;
+        s.token = "t".into();
+        s.save(dir.path()).unwrap();
+        let back = DeviceState::load(dir.path()).unwrap();
+        assert_eq!(
+            (back.device_id, back.synckey, back.token),
+            (fresh.device_id, 42, "t".into())
+        );
+    }
+}

@@ -1,0 +1,193 @@
+//! Ferry's connection layer. A gateway holds client sockets and forwards: it tells the
+//! long link from HTTP by the first byte, decodes frames, enforces the login deadline,
+//! answers heartbeats, drops silent links, and passes every other request over the bus
+//! to logic, writing back whatever logic answers and pushes.
+//!
+//! It must not know what a message, a friend or a group is, and it keeps nothing that
+//! matters: restart it at any time, its clients reconnect and sync, and nothing is lost.
+
+pub mod http;
+mod link;
+mod registry;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_bus::Bus;
+use ferry_proto::{sniff, Protocol};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use registry::Registry;
+
+/// Gateway settings. Every field has a default.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct GatewayConfig {
+    /// This gateway's name on the bus; must be unique in a cluster.
+    pub id: String,
+    /// The LOGIN frame must arrive within this many milliseconds of the connect.
+    pub login_timeout_ms: u64,
+    /// A link silent for this long is dropped (clients heartbeat every ~30 s).
+    pub heartbeat_timeout_ms: u64,
+    /// Largest frame body a client may send.
+    pub max_frame_bytes: usize,
+    /// Largest short-link request body.
+    pub max_http_body_bytes: usize,
+    /// Connections held at once; further connects wait in the kernel's backlog.
+    pub max_connections: usize,
+    /// Frames that may wait for a slow reader before its link is dropped.
+    pub outbox_frames: usize,
+    /// On shutdown, how long links get to drain before they are cut.
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            id: "gw-1".into(),
+            login_timeout_ms: 10_000,
+            heartbeat_timeout_ms: 95_000,
+            max_frame_bytes: 64 * 1024,
+            max_http_body_bytes: 64 * 1024,
+            max_connections: 1_000_000,
+            outbox_frames: 512,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+/// Live counters, read by the dashboard and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub connections: AtomicU64,
+    pub links: AtomicU64,
+    pub frames_in: AtomicU64,
+    pub frames_out: AtomicU64,
+    pub bad_input: AtomicU64,
+    pub timeouts: AtomicU64,
+    pub slow_consumers: AtomicU64,
+    pub http_requests: AtomicU64,
+}
+
+/// A gateway: serve it on any number of listeners with [`Gateway::serve`].
+pub struct Gateway {
+    cfg: GatewayConfig,
+    bus: Arc<dyn Bus>,
+    registry: Arc<Registry>,
+    next_conn: AtomicU64,
+    pub stats: Arc<Stats>,
+    limit: Arc<Semaphore>,
+    tasks: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Gateway {
+    /// Creates a gateway and attaches it to the bus for pushes. `shutdown` stops it.
+    pub fn new(cfg: GatewayConfig, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Arc<Self> {
+        let stats = Arc::new(Stats::default());
+        let registry = Arc::new(Registry::new(cfg.outbox_frames, stats.clone()));
+        bus.attach_gateway(&cfg.id, registry.clone());
+        Arc::new(Gateway {
+            limit: Arc::new(Semaphore::new(cfg.max_connections)),
+            cfg,
+            bus,
+            registry,
+            next_conn: AtomicU64::new(1),
+            stats,
+            tasks: TaskTracker::new(),
+            shutdown,
+        })
+    }
+
+    pub fn config(&self) -> &GatewayConfig {
+        &self.cfg
+    }
+
+    /// Accepts connections on `listener` until shutdown. Call once per listener.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let permit = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                p = self.limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            let accepted = tokio::select! {
+                _ = self.shutdown.cancelled() => break,
+                a = listener.accept() => a,
+            };
+            match accepted {
+                Ok((stream, peer)) => {
+                    backoff = Duration::from_millis(5);
+                    let gw = self.clone();
+                    self.tasks.spawn(async move {
+                        gw.stats.connections.fetch_add(1, Ordering::Relaxed);
+                        gw.clone().connection(stream, peer.to_string()).await;
+                        gw.stats.connections.fetch_sub(1, Ordering::Relaxed);
+                        drop(permit);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+            }
+        }
+    }
+
+    /// Waits, after shutdown was signalled, until every connection has finished or the
+    /// grace period is over.
+    pub async fn drained(&self) {
+        self.tasks.close();
+        let grace = Duration::from_millis(self.cfg.shutdown_grace_ms);
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                left = self.tasks.len(),
+                "shutdown grace over; cutting links"
+            );
+        }
+        self.bus.detach_gateway(&self.cfg.id);
+    }
+
+    /// Live long links.
+    pub fn links(&self) -> u64 {
+        self.stats.links.load(Ordering::Relaxed)
+    }
+
+    async fn connection(self: Arc<Self>, stream: TcpStream, peer: String) {
+        let _ = stream.set_nodelay(true);
+        let deadline = Duration::from_millis(self.cfg.login_timeout_ms);
+        let mut first = [0u8; 1];
+        let peeked = tokio::select! {
+            _ = self.shutdown.cancelled() => return,
+            r = tokio::time::timeout(deadline, stream.peek(&mut first)) => r,
+        };
+        match peeked {
+            Ok(Ok(1)) => {}
+            Ok(_) => return,
+            Err(_) => {
+                self.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        match sniff(first[0]) {
+            Protocol::Frame => link::run(self, stream, peer).await,
+            Protocol::Http => http::serve(self, stream, peer).await,
+            Protocol::Unknown => {
+                self.stats.bad_input.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%peer, byte = first[0], "unknown protocol; closing");
+            }
+        }
+    }
+}

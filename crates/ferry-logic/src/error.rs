@@ -1,0 +1,66 @@
+//! Logic errors and their mapping to the client's [`v1::ErrorCode`].
+
+use ferry_proto::v1::{self, ErrorCode};
+use ferry_store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogicError {
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("not logged in, or the token is unknown or revoked")]
+    Unauthorized,
+    #[error("wrong user name or password")]
+    BadCredentials,
+    #[error("user name already taken")]
+    UserExists,
+    #[error("no user named {0:?}")]
+    UnknownUser(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("unknown command 0x{0:02x}")]
+    UnknownCommand(u32),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+impl From<prost::DecodeError> for LogicError {
+    fn from(e: prost::DecodeError) -> Self {
+        LogicError::BadRequest(format!("undecodable body: {e}"))
+    }
+}
+
+impl LogicError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            LogicError::BadRequest(_) => ErrorCode::BadRequest,
+            LogicError::InvalidArgument(_) => ErrorCode::InvalidArgument,
+            LogicError::Unauthorized => ErrorCode::Unauthorized,
+            LogicError::BadCredentials => ErrorCode::BadCredentials,
+            LogicError::UserExists => ErrorCode::UserExists,
+            LogicError::UnknownUser(_) => ErrorCode::UnknownUser,
+            LogicError::TooLarge(_) => ErrorCode::TooLarge,
+            LogicError::UnknownCommand(_) => ErrorCode::UnknownCommand,
+            LogicError::Store(StoreError::UserExists) => ErrorCode::UserExists,
+            LogicError::Store(StoreError::Closed) => ErrorCode::Unavailable,
+            LogicError::Store(_) | LogicError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// What the client is told: internals (SQL, paths) never leave the server.
+    pub fn to_body(&self) -> v1::Error {
+        let message = match self.code() {
+            ErrorCode::Internal => "internal error; try again".to_owned(),
+            ErrorCode::Unavailable => "service unavailable; try again".to_owned(),
+            _ => self.to_string(),
+        };
+        v1::Error {
+            code: self.code() as i32,
+            message,
+            retry_after_ms: 0,
+        }
+    }
+}

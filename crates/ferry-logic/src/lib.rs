@@ -1,0 +1,16 @@
+//! Ferry's logic layer: accounts and device tokens, sending and the inbox sync model,
+//! and the route table that tells which gateway holds a user's links.
+//!
+//! It answers the requests gateways forward over the bus and pushes notifies back. It is
+//! stateless apart from caches that can always be rebuilt from the store, so any number
+//! of copies may run. It must not touch sockets or frames: it sees commands and protobuf
+//! bodies, never connections.
+
+mod auth;
+mod error;
+mod presence;
+mod service;
+
+pub use auth::{hash_password, token_hash, verify_password, PasswordParams};
+pub use error::LogicError;
+pub use service::{Logic, LogicConfig};

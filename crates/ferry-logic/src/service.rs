@@ -1,0 +1,489 @@
+//! The request handler: one entry point per client command.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use dashmap::DashMap;
+use ferry_bus::{Bus, BusRequest, BusResponse, Handler, LinkEvent, Push};
+use ferry_proto::{cmd, v1, ProtoMessage};
+use ferry_store::{NewMessage, Store, StoreError};
+
+use crate::auth::{self, PasswordParams};
+use crate::error::LogicError;
+use crate::presence::Presence;
+
+/// Logic settings. Every field has a default.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct LogicConfig {
+    /// Longest text message, in bytes.
+    pub max_text_bytes: usize,
+    /// Entries per sync page when the client asks for 0, and the most it may ask for.
+    pub sync_page: u32,
+    pub sync_page_max: u32,
+    /// A sync answer stops adding entries past this many bytes (frames are ≤ 1 MiB).
+    pub sync_page_bytes: usize,
+    /// Entries whose encoding is at most this many bytes ride inside the notify.
+    pub inline_notify_bytes: usize,
+    /// The heartbeat interval told to clients at login, in seconds.
+    pub heartbeat_secs: u32,
+    /// Inbox entries older than this many days are deleted (0: keep forever).
+    pub retention_days: u32,
+    pub password: PasswordParams,
+}
+
+impl Default for LogicConfig {
+    fn default() -> Self {
+        LogicConfig {
+            max_text_bytes: 8 * 1024,
+            sync_page: 200,
+            sync_page_max: 1000,
+            sync_page_bytes: 256 * 1024,
+            inline_notify_bytes: 1024,
+            heartbeat_secs: 30,
+            retention_days: 30,
+            password: PasswordParams::default(),
+        }
+    }
+}
+
+/// A logged-in device, as cached from its token.
+#[derive(Debug, Clone)]
+struct DeviceSession {
+    user_id: u64,
+    device_id: Arc<str>,
+}
+
+/// The logic service. Serve it on a bus with [`Logic::start`].
+pub struct Logic {
+    cfg: LogicConfig,
+    store: Arc<dyn Store>,
+    bus: Arc<dyn Bus>,
+    presence: Presence,
+    /// token hash → session. Filled on first use, dropped when a device re-auths.
+    sessions: DashMap<[u8; 32], DeviceSession>,
+    /// (user, device) → its current token hash, to evict a replaced token.
+    device_tokens: DashMap<(u64, Arc<str>), [u8; 32]>,
+    /// User names never change, so both directions are cached for good.
+    ids_by_name: DashMap<String, u64>,
+    names_by_id: DashMap<u64, Arc<str>>,
+    /// The last synckey recorded per device, so unchanged ones are not rewritten.
+    synckeys: DashMap<(u64, Arc<str>), u64>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn valid_username(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+fn ok<M: ProtoMessage>(req_cmd: u32, msg: &M) -> BusResponse {
+    BusResponse {
+        cmd: u32::from(cmd::response(req_cmd as u8)),
+        body: Bytes::from(msg.encode_to_vec()),
+        ..Default::default()
+    }
+}
+
+impl Logic {
+    pub fn new(cfg: LogicConfig, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Arc<Self> {
+        Arc::new(Logic {
+            cfg,
+            store,
+            bus,
+            presence: Presence::default(),
+            sessions: DashMap::new(),
+            device_tokens: DashMap::new(),
+            ids_by_name: DashMap::new(),
+            names_by_id: DashMap::new(),
+            synckeys: DashMap::new(),
+        })
+    }
+
+    /// Serves requests on the bus and starts the retention task.
+    pub fn start(self: &Arc<Self>) {
+        self.bus.serve_logic(self.clone());
+        if self.cfg.retention_days > 0 {
+            let me = Arc::downgrade(self);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(3600));
+                loop {
+                    tick.tick().await;
+                    let Some(me) = me.upgrade() else { break };
+                    let cutoff = now_ms() - i64::from(me.cfg.retention_days) * 86_400_000;
+                    match me.store.prune(cutoff).await {
+                        Ok(n) if n > 0 => tracing::info!(entries = n, "pruned old inbox entries"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "prune failed"),
+                    }
+                }
+            });
+        }
+    }
+
+    pub fn config(&self) -> &LogicConfig {
+        &self.cfg
+    }
+
+    /// Users with at least one live link.
+    pub fn users_online(&self) -> usize {
+        self.presence.users_online()
+    }
+
+    async fn dispatch(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let c = req.cmd;
+        match u8::try_from(c).unwrap_or(0) {
+            cmd::REGISTER => self.register(req).await,
+            cmd::AUTH => self.auth(req).await,
+            cmd::LOGIN => self.login(req).await,
+            cmd::SEND => self.send(req).await,
+            cmd::SYNC => self.sync(req).await,
+            _ => Err(LogicError::UnknownCommand(c)),
+        }
+    }
+
+    async fn register(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let r = v1::RegisterReq::decode(req.body.clone())?;
+        if !valid_username(&r.username) {
+            return Err(LogicError::InvalidArgument(
+                "user name must be 1-32 characters of A-Z a-z 0-9 _ . -".into(),
+            ));
+        }
+        if !(8..=1024).contains(&r.password.len()) {
+            return Err(LogicError::InvalidArgument(
+                "password must be 8-1024 bytes".into(),
+            ));
+        }
+        if self.user_id(&r.username).await.is_ok() {
+            return Err(LogicError::UserExists);
+        }
+        let params = self.cfg.password;
+        let hash = tokio::task::spawn_blocking(move || auth::hash_password(&params, &r.password))
+            .await
+            .map_err(|e| LogicError::Internal(e.to_string()))?;
+        let id = match self.store.create_user(&r.username, &hash).await {
+            Ok(id) => id,
+            Err(StoreError::UserExists) => return Err(LogicError::UserExists),
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(user = %r.username, user_id = id, "registered");
+        Ok(ok(req.cmd, &v1::RegisterResp { user_id: id }))
+    }
+
+    async fn auth(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let r = v1::AuthReq::decode(req.body.clone())?;
+        if r.device_id.is_empty() || r.device_id.len() > 64 {
+            return Err(LogicError::InvalidArgument(
+                "device_id must be 1-64 bytes".into(),
+            ));
+        }
+        let user = self
+            .store
+            .user_by_name(&r.username)
+            .await?
+            .ok_or(LogicError::BadCredentials)?;
+        let (pw, phc) = (r.password, user.password_hash.clone());
+        let good = tokio::task::spawn_blocking(move || auth::verify_password(&pw, &phc))
+            .await
+            .map_err(|e| LogicError::Internal(e.to_string()))?;
+        if !good {
+            return Err(LogicError::BadCredentials);
+        }
+        let token = auth::new_token();
+        let hash = auth::token_hash(&token);
+        self.store.put_session(hash, user.id, &r.device_id).await?;
+        let device: Arc<str> = r.device_id.into();
+        if let Some(old) = self.device_tokens.insert((user.id, device.clone()), hash) {
+            self.sessions.remove(&old);
+        }
+        let latest_seq = self.store.latest_seq(user.id).await?;
+        Ok(ok(
+            req.cmd,
+            &v1::AuthResp {
+                user_id: user.id,
+                token,
+                latest_seq,
+            },
+        ))
+    }
+
+    /// The session behind a token, from the cache or the store.
+    async fn session(&self, token: &str) -> Result<DeviceSession, LogicError> {
+        if token.is_empty() {
+            return Err(LogicError::Unauthorized);
+        }
+        let hash = auth::token_hash(token);
+        if let Some(s) = self.sessions.get(&hash) {
+            return Ok(s.clone());
+        }
+        let s = self
+            .store
+            .session(hash)
+            .await?
+            .ok_or(LogicError::Unauthorized)?;
+        let s = DeviceSession {
+            user_id: s.user_id,
+            device_id: s.device_id.into(),
+        };
+        self.device_tokens
+            .insert((s.user_id, s.device_id.clone()), hash);
+        self.sessions.insert(hash, s.clone());
+        Ok(s)
+    }
+
+    /// Who sent a request: the link's user, or the token's owner.
+    async fn caller(&self, req: &BusRequest) -> Result<DeviceSession, LogicError> {
+        if req.user_id != 0 {
+            return Ok(DeviceSession {
+                user_id: req.user_id,
+                device_id: req.device_id.as_str().into(),
+            });
+        }
+        self.session(&req.token).await
+    }
+
+    async fn user_id(&self, name: &str) -> Result<u64, LogicError> {
+        if let Some(id) = self.ids_by_name.get(name) {
+            return Ok(*id);
+        }
+        let user = self
+            .store
+            .user_by_name(name)
+            .await?
+            .ok_or_else(|| LogicError::UnknownUser(name.to_owned()))?;
+        self.ids_by_name.insert(user.name.clone(), user.id);
+        self.names_by_id.insert(user.id, user.name.into());
+        Ok(user.id)
+    }
+
+    async fn user_name(&self, id: u64) -> Result<Arc<str>, LogicError> {
+        if let Some(n) = self.names_by_id.get(&id) {
+            return Ok(n.clone());
+        }
+        let user = self
+            .store
+            .user_by_id(id)
+            .await?
+            .ok_or(LogicError::Unauthorized)?;
+        let name: Arc<str> = user.name.as_str().into();
+        self.ids_by_name.insert(user.name, id);
+        self.names_by_id.insert(id, name.clone());
+        Ok(name)
+    }
+
+    async fn login(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let r = v1::LoginReq::decode(req.body.clone())?;
+        let s = self.session(&r.token).await?;
+        let username = self.user_name(s.user_id).await?;
+        let latest_seq = self.store.latest_seq(s.user_id).await?;
+        self.record_synckey(s.user_id, &s.device_id, r.synckey);
+        let mut resp = ok(
+            req.cmd,
+            &v1::LoginResp {
+                user_id: s.user_id,
+                username: username.to_string(),
+                latest_seq,
+                heartbeat_secs: self.cfg.heartbeat_secs,
+                server_time_ms: now_ms(),
+            },
+        );
+        resp.user_id = s.user_id;
+        resp.device_id = s.device_id.to_string();
+        Ok(resp)
+    }
+
+    async fn send(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::SendMsg::decode(req.body.clone())?;
+        if r.text.len() > self.cfg.max_text_bytes {
+            return Err(LogicError::TooLarge(format!(
+                "text of {} bytes exceeds the limit of {}",
+                r.text.len(),
+                self.cfg.max_text_bytes
+            )));
+        }
+        if r.client_msg_id == 0 {
+            return Err(LogicError::InvalidArgument(
+                "client_msg_id must be non-zero".into(),
+            ));
+        }
+        let to = self.user_id(&r.to).await?;
+        let from = self.user_name(me.user_id).await?;
+        let time_ms = now_ms();
+        let message = v1::Message {
+            msg_id: 0,
+            from: from.to_string(),
+            to: r.to,
+            time_ms,
+            r#type: r.r#type,
+            text: r.text,
+            client_msg_id: r.client_msg_id,
+        };
+        let done = self
+            .store
+            .append_message(NewMessage {
+                sender_id: me.user_id,
+                recipient_id: to,
+                client_msg_id: r.client_msg_id,
+                time_ms,
+                message: message.clone(),
+            })
+            .await?;
+        if !done.duplicate {
+            let message = v1::Message {
+                msg_id: done.msg_id,
+                ..message
+            };
+            self.notify(to, done.recipient_seq, &message).await;
+            if to != me.user_id {
+                self.notify(me.user_id, done.sender_seq, &message).await;
+            }
+        }
+        Ok(ok(
+            req.cmd,
+            &v1::SendAck {
+                msg_id: done.msg_id,
+                seq: done.sender_seq,
+                time_ms: done.time_ms,
+            },
+        ))
+    }
+
+    /// Tells every gateway holding `user`'s links that the inbox reached `seq`, with the
+    /// entry inline when it is small.
+    async fn notify(&self, user: u64, seq: u64, message: &v1::Message) {
+        let gateways = self.presence.gateways(user);
+        if gateways.is_empty() {
+            return;
+        }
+        let entry = v1::Entry {
+            seq,
+            kind: Some(v1::entry::Kind::Message(message.clone())),
+        };
+        let entries = if entry.encoded_len() <= self.cfg.inline_notify_bytes {
+            vec![entry]
+        } else {
+            Vec::new()
+        };
+        let body = Bytes::from(
+            v1::Notify {
+                latest_seq: seq,
+                entries,
+            }
+            .encode_to_vec(),
+        );
+        for gw in gateways {
+            let push = Push {
+                user_id: user,
+                device_id: String::new(),
+                cmd: u32::from(cmd::NOTIFY),
+                body: body.clone(),
+                close: false,
+            };
+            if let Err(e) = self.bus.push(&gw, push).await {
+                // Not fatal: the device syncs on its next login or notify.
+                tracing::debug!(gateway = %gw, error = %e, "push failed");
+            }
+        }
+    }
+
+    async fn sync(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::SyncReq::decode(req.body.clone())?;
+        let limit = match r.limit {
+            0 => self.cfg.sync_page,
+            n => n.min(self.cfg.sync_page_max),
+        };
+        let mut page = self.store.inbox(me.user_id, r.synckey, limit).await?;
+        // Keep the answer well under the frame limit.
+        let mut bytes = 0;
+        if let Some(cut) = page.entries.iter().position(|e| {
+            bytes += e.encoded_len() + 4;
+            bytes > self.cfg.sync_page_bytes
+        }) {
+            page.entries.truncate(cut.max(1));
+            page.more = true;
+        }
+        let synckey = match page.entries.last() {
+            Some(e) => e.seq,
+            // Nothing after the synckey: either the device is up to date, or everything
+            // between was pruned. Either way it may jump to the newest seq.
+            None => r.synckey.max(page.latest_seq),
+        };
+        self.record_synckey(me.user_id, &me.device_id, r.synckey);
+        Ok(ok(
+            req.cmd,
+            &v1::SyncResp {
+                entries: page.entries,
+                synckey,
+                more: page.more,
+                latest_seq: page.latest_seq,
+            },
+        ))
+    }
+
+    /// Remembers what a device has applied, without delaying the answer.
+    fn record_synckey(&self, user: u64, device: &Arc<str>, synckey: u64) {
+        if synckey == 0 {
+            return;
+        }
+        let key = (user, device.clone());
+        let changed = match self.synckeys.insert(key, synckey) {
+            Some(old) => old != synckey,
+            None => true,
+        };
+        if changed {
+            let store = self.store.clone();
+            let device = device.clone();
+            tokio::spawn(async move {
+                if let Err(e) = store.set_synckey(user, &device, synckey).await {
+                    tracing::debug!(error = %e, "recording synckey failed");
+                }
+            });
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for Logic {
+    async fn handle(&self, req: BusRequest) -> BusResponse {
+        match self.dispatch(&req).await {
+            Ok(resp) => resp,
+            Err(e) => {
+                match e.code() {
+                    v1::ErrorCode::Internal | v1::ErrorCode::Unavailable => {
+                        tracing::error!(cmd = cmd::name(req.cmd as u8), error = %e, "request failed")
+                    }
+                    _ => {
+                        tracing::debug!(cmd = cmd::name(req.cmd as u8), error = %e, "request refused")
+                    }
+                }
+                BusResponse {
+                    cmd: u32::from(cmd::ERROR),
+                    body: Bytes::from(e.to_body().encode_to_vec()),
+                    ..Default::default()
+                }
+            }
+        }
+    }
+
+    async fn link_event(&self, ev: LinkEvent) {
+        if ev.online {
+            self.presence.online(ev.user_id, &ev.gateway_id);
+        } else {
+            self.presence.offline(ev.user_id, &ev.gateway_id);
+            let device: Arc<str> = ev.device_id.into();
+            self.record_synckey(ev.user_id, &device, ev.synckey);
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! Compiles `proto/*.proto` with protox (a pure-Rust protobuf compiler, so no `protoc`
+//! is needed on the machine) and generates the Rust types with prost-build.
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    let files = [root.join("ferry.proto"), root.join("bus.proto")];
+    for f in &files {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    let fds = protox::compile(&files, [&root])?;
+    let mut config = prost_build::Config::new();
+    config.bytes(["."]);
+    config.compile_fds(fds)?;
+    Ok(())
+}

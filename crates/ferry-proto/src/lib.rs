@@ -1,0 +1,33 @@
+//! Ferry's wire contract in Rust: the protobuf types generated from `proto/`, the
+//! long-link frame codec, the command numbers and the first-byte protocol sniffer.
+//!
+//! Shared by the gateway, the SDK and the benchmark tool so that all of them speak
+//! exactly one codec. This crate must not do I/O, hold state or know about users:
+//! it turns bytes into values and back, and reports bad input as an error value,
+//! never a panic.
+
+pub mod cmd;
+pub mod frame;
+
+pub use frame::{sniff, Frame, FrameError, Protocol, HEADER_LEN, MAX_BODY_LEN};
+
+/// Client protocol types (`proto/ferry.proto`).
+pub mod v1 {
+    include!(concat!(env!("OUT_DIR"), "/ferry.v1.rs"));
+}
+
+/// Internal gateway ⇄ logic types (`proto/bus.proto`).
+pub mod bus {
+    include!(concat!(env!("OUT_DIR"), "/ferry.bus.v1.rs"));
+}
+
+pub use prost::Message as ProtoMessage;
+
+/// Builds an [`v1::Error`] body.
+pub fn error_body(code: v1::ErrorCode, message: impl Into<String>) -> v1::Error {
+    v1::Error {
+        code: code as i32,
+        message: message.into(),
+        retry_after_ms: 0,
+    }
+}

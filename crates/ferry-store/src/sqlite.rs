@@ -1,0 +1,585 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! All writes go through one writer thread that takes every write waiting in its queue,
+//! runs them in one transaction and commits once — group commit: one fsync covers a whole
+//! batch, so durable throughput grows with load instead of being capped by the disk's
+//! sync latency. Reads run on a small pool of read-only connections (WAL lets them
+//! proceed while the writer writes).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use ferry_proto::{v1, ProtoMessage};
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Appended, InboxPage, NewMessage, Result, Session, Store, StoreError, User};
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync on every commit (`synchronous=FULL`): an acknowledged write survives a
+    /// power loss. The default.
+    #[default]
+    Fsync,
+    /// Leave flushing to the OS (`synchronous=NORMAL`): survives a crash of the process
+    /// but not of the machine.
+    Os,
+}
+
+/// Most writes one transaction takes.
+const MAX_BATCH: usize = 1024;
+/// Writes that may wait for the writer before senders are held back.
+const QUEUE: usize = 16 * 1024;
+
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    last_seq      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE sessions (
+    token_hash BLOB PRIMARY KEY,
+    user_id    INTEGER NOT NULL,
+    device_id  TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX sessions_device ON sessions(user_id, device_id);
+CREATE TABLE messages (
+    id            INTEGER PRIMARY KEY,
+    sender_id     INTEGER NOT NULL,
+    client_msg_id INTEGER NOT NULL,
+    sender_seq    INTEGER NOT NULL,
+    recipient_seq INTEGER NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    body          BLOB,
+    UNIQUE (sender_id, client_msg_id)
+);
+CREATE TABLE inbox (
+    user_id    INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,
+    msg_id     INTEGER,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX inbox_created ON inbox(created_ms);
+CREATE TABLE devices (
+    user_id    INTEGER NOT NULL,
+    device_id  TEXT NOT NULL,
+    synckey    INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+) WITHOUT ROWID;
+"#];
+
+/// What the writer thread remembers between batches. Cleared whenever a batch fails,
+/// so it can never disagree with the file.
+#[derive(Default)]
+struct WriterState {
+    /// Newest seq per user (loaded from `users.last_seq` on first use).
+    seqs: HashMap<u64, u64>,
+    /// Users whose `last_seq` changed in this batch.
+    dirty: Vec<u64>,
+    /// Next message id (loaded from `max(id)` on first use).
+    next_msg_id: Option<u64>,
+}
+
+impl WriterState {
+    fn next_seq(&mut self, txn: &Transaction, user: u64) -> Result<u64> {
+        let last = match self.seqs.get(&user) {
+            Some(s) => *s,
+            None => txn
+                .prepare_cached("SELECT last_seq FROM users WHERE id = ?1")?
+                .query_row([user as i64], |r| r.get::<_, i64>(0))
+                .optional()?
+                .ok_or(StoreError::UnknownUser(user))? as u64,
+        };
+        self.seqs.insert(user, last + 1);
+        self.dirty.push(user);
+        Ok(last + 1)
+    }
+
+    fn next_msg_id(&mut self, txn: &Transaction) -> Result<u64> {
+        let id = match self.next_msg_id {
+            Some(id) => id,
+            None => {
+                let max: Option<i64> =
+                    txn.query_row("SELECT max(id) FROM messages", [], |r| r.get(0))?;
+                max.unwrap_or(0) as u64 + 1
+            }
+        };
+        self.next_msg_id = Some(id + 1);
+        Ok(id)
+    }
+
+    fn flush(&mut self, txn: &Transaction) -> Result<()> {
+        let mut stmt = txn.prepare_cached("UPDATE users SET last_seq = ?2 WHERE id = ?1")?;
+        for user in self.dirty.drain(..) {
+            if let Some(seq) = self.seqs.get(&user) {
+                stmt.execute(params![user as i64, *seq as i64])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A write: runs inside the batch transaction and returns what to tell its caller
+/// once the batch has committed (or failed).
+type Job = Box<dyn FnOnce(&Transaction, &mut WriterState) -> Finish + Send>;
+struct Finish {
+    /// The job failed in a way that may have left partial writes: the batch must roll back.
+    poisoned: bool,
+    reply: Box<dyn FnOnce(std::result::Result<(), String>) + Send>,
+}
+
+/// The embedded SQLite store. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<ReadPool>,
+    path: PathBuf,
+}
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = match self.idle.lock().pop() {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        let out = f(&conn);
+        let mut idle = self.idle.lock();
+        if idle.len() < 16 {
+            idle.push(conn);
+        }
+        out
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/ferry.db`, runs migrations and starts the writer.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("ferry.db");
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match durability {
+            Durability::Fsync => "FULL",
+            Durability::Os => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        migrate(&mut conn)?;
+
+        let (tx, rx) = mpsc::channel(QUEUE);
+        std::thread::Builder::new()
+            .name("ferry-store-writer".into())
+            .spawn(move || writer(conn, rx))?;
+        Ok(SqliteStore {
+            jobs: tx,
+            readers: Arc::new(ReadPool {
+                path: path.clone(),
+                idle: Mutex::new(Vec::new()),
+            }),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction, &mut WriterState) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |txn, state| {
+            let out = f(txn, state);
+            let poisoned = matches!(out, Err(StoreError::Sqlite(_) | StoreError::Io(_)));
+            Finish {
+                poisoned,
+                reply: Box::new(move |commit| {
+                    let _ = tx.send(match commit {
+                        Ok(()) => out,
+                        Err(e) => Err(StoreError::WriteFailed(e)),
+                    });
+                }),
+            }
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let pool = self.readers.clone();
+        tokio::task::spawn_blocking(move || pool.with(f))
+            .await
+            .map_err(|_| StoreError::Closed)?
+    }
+}
+
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: usize =
+        conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {version} is newer than this build ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let txn = conn.transaction()?;
+        txn.execute_batch(sql)?;
+        txn.pragma_update(None, "user_version", (i + 1) as i64)?;
+        txn.commit()?;
+        tracing::info!(version = i + 1, "store migrated");
+    }
+    Ok(())
+}
+
+fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
+    let mut state = WriterState::default();
+    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut finished: Vec<Finish> = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let outcome = run_batch(&mut conn, &mut state, &mut batch, &mut finished);
+        if outcome.is_err() {
+            state = WriterState::default();
+        }
+        for f in finished.drain(..) {
+            (f.reply)(outcome.clone());
+        }
+    }
+    tracing::debug!("store writer stopped");
+}
+
+fn run_batch(
+    conn: &mut Connection,
+    state: &mut WriterState,
+    batch: &mut Vec<Job>,
+    finished: &mut Vec<Finish>,
+) -> std::result::Result<(), String> {
+    let txn = match conn.transaction() {
+        Ok(t) => t,
+        Err(e) => {
+            // Still run nothing, but answer everyone.
+            for job in batch.drain(..) {
+                drop(job);
+            }
+            return Err(e.to_string());
+        }
+    };
+    let mut poisoned = false;
+    for job in batch.drain(..) {
+        let f = job(&txn, state);
+        poisoned |= f.poisoned;
+        finished.push(f);
+    }
+    if poisoned {
+        return Err("a write in the batch failed".into());
+    }
+    state.flush(&txn).map_err(|e| e.to_string())?;
+    txn.commit().map_err(|e| {
+        tracing::error!(error = %e, "store commit failed");
+        e.to_string()
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn row_user(r: &rusqlite::Row) -> rusqlite::Result<User> {
+    Ok(User {
+        id: r.get::<_, i64>(0)? as u64,
+        name: r.get(1)?,
+        password_hash: r.get(2)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_user(&self, name: &str, password_hash: &str) -> Result<u64> {
+        let (name, hash) = (name.to_owned(), password_hash.to_owned());
+        self.write(move |txn, _| {
+            let exists = txn
+                .prepare_cached("SELECT 1 FROM users WHERE name = ?1")?
+                .exists([&name])?;
+            if exists {
+                return Err(StoreError::UserExists);
+            }
+            txn.prepare_cached(
+                "INSERT INTO users (name, password_hash, created_ms) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![name, hash, now_ms()])?;
+            Ok(txn.last_insert_rowid() as u64)
+        })
+        .await
+    }
+
+    async fn user_by_name(&self, name: &str) -> Result<Option<User>> {
+        let name = name.to_owned();
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT id, name, password_hash FROM users WHERE name = ?1")?
+                    .query_row([name], row_user)
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: u64) -> Result<Option<User>> {
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT id, name, password_hash FROM users WHERE id = ?1")?
+                    .query_row([id as i64], row_user)
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
+    async fn put_session(&self, token_hash: [u8; 32], user_id: u64, device_id: &str) -> Result<()> {
+        let device_id = device_id.to_owned();
+        self.write(move |txn, _| {
+            txn.prepare_cached("DELETE FROM sessions WHERE user_id = ?1 AND device_id = ?2")?
+                .execute(params![user_id as i64, device_id])?;
+            txn.prepare_cached(
+                "INSERT INTO sessions (token_hash, user_id, device_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![&token_hash[..], user_id as i64, device_id, now_ms()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, token_hash: [u8; 32]) -> Result<Option<Session>> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT user_id, device_id, created_ms FROM sessions WHERE token_hash = ?1",
+            )?
+            .query_row([&token_hash[..]], |r| {
+                Ok(Session {
+                    user_id: r.get::<_, i64>(0)? as u64,
+                    device_id: r.get(1)?,
+                    created_ms: r.get(2)?,
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool> {
+        self.write(move |txn, _| {
+            Ok(txn
+                .prepare_cached("DELETE FROM sessions WHERE token_hash = ?1")?
+                .execute([&token_hash[..]])?
+                > 0)
+        })
+        .await
+    }
+
+    async fn append_message(&self, msg: NewMessage) -> Result<Appended> {
+        self.write(move |txn, state| {
+            let sender = msg.sender_id as i64;
+            let cmid = msg.client_msg_id as i64;
+            let existing = txn
+                .prepare_cached(
+                    "SELECT id, sender_seq, recipient_seq, created_ms FROM messages
+                     WHERE sender_id = ?1 AND client_msg_id = ?2",
+                )?
+                .query_row(params![sender, cmid], |r| {
+                    Ok(Appended {
+                        msg_id: r.get::<_, i64>(0)? as u64,
+                        sender_seq: r.get::<_, i64>(1)? as u64,
+                        recipient_seq: r.get::<_, i64>(2)? as u64,
+                        time_ms: r.get(3)?,
+                        duplicate: true,
+                    })
+                })
+                .optional()?;
+            if let Some(dup) = existing {
+                return Ok(dup);
+            }
+            // Check the recipient before touching anything, so an unknown one leaves no
+            // partial write behind.
+            let recipient_seq_probe = state.seqs.contains_key(&msg.recipient_id)
+                || txn
+                    .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+                    .exists([msg.recipient_id as i64])?;
+            if !recipient_seq_probe {
+                return Err(StoreError::UnknownUser(msg.recipient_id));
+            }
+            let msg_id = state.next_msg_id(txn)?;
+            let sender_seq = state.next_seq(txn, msg.sender_id)?;
+            let recipient_seq = if msg.recipient_id == msg.sender_id {
+                sender_seq
+            } else {
+                state.next_seq(txn, msg.recipient_id)?
+            };
+            let mut body = msg.message;
+            body.msg_id = msg_id;
+            body.time_ms = msg.time_ms;
+            txn.prepare_cached(
+                "INSERT INTO messages (id, sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                msg_id as i64,
+                sender,
+                cmid,
+                sender_seq as i64,
+                recipient_seq as i64,
+                msg.time_ms,
+                body.encode_to_vec()
+            ])?;
+            let mut inbox = txn.prepare_cached(
+                "INSERT INTO inbox (user_id, seq, msg_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            inbox.execute(params![sender, sender_seq as i64, msg_id as i64, msg.time_ms])?;
+            if msg.recipient_id != msg.sender_id {
+                inbox.execute(params![
+                    msg.recipient_id as i64,
+                    recipient_seq as i64,
+                    msg_id as i64,
+                    msg.time_ms
+                ])?;
+            }
+            Ok(Appended {
+                msg_id,
+                sender_seq,
+                recipient_seq,
+                time_ms: msg.time_ms,
+                duplicate: false,
+            })
+        })
+        .await
+    }
+
+    async fn inbox(&self, user_id: u64, after: u64, limit: u32) -> Result<InboxPage> {
+        self.read(move |c| {
+            let txn = c.unchecked_transaction()?;
+            let latest_seq = txn
+                .prepare_cached("SELECT last_seq FROM users WHERE id = ?1")?
+                .query_row([user_id as i64], |r| r.get::<_, i64>(0))
+                .optional()?
+                .ok_or(StoreError::UnknownUser(user_id))? as u64;
+            let mut stmt = txn.prepare_cached(
+                "SELECT i.seq, m.body FROM inbox i LEFT JOIN messages m ON m.id = i.msg_id
+                 WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
+            )?;
+            let mut rows =
+                stmt.query(params![user_id as i64, after as i64, i64::from(limit) + 1])?;
+            let mut entries = Vec::new();
+            let mut more = false;
+            while let Some(row) = rows.next()? {
+                if entries.len() == limit as usize {
+                    more = true;
+                    break;
+                }
+                let seq = row.get::<_, i64>(0)? as u64;
+                let body: Option<Vec<u8>> = row.get(1)?;
+                let kind = match body {
+                    Some(b) => Some(v1::entry::Kind::Message(
+                        v1::Message::decode(&b[..])
+                            .map_err(|e| StoreError::Corrupt(format!("message body: {e}")))?,
+                    )),
+                    None => None,
+                };
+                entries.push(v1::Entry { seq, kind });
+            }
+            Ok(InboxPage {
+                entries,
+                latest_seq,
+                more,
+            })
+        })
+        .await
+    }
+
+    async fn latest_seq(&self, user_id: u64) -> Result<u64> {
+        self.read(move |c| {
+            Ok(
+                c.prepare_cached("SELECT last_seq FROM users WHERE id = ?1")?
+                    .query_row([user_id as i64], |r| r.get::<_, i64>(0))
+                    .optional()?
+                    .ok_or(StoreError::UnknownUser(user_id))? as u64,
+            )
+        })
+        .await
+    }
+
+    async fn set_synckey(&self, user_id: u64, device_id: &str, synckey: u64) -> Result<()> {
+        let device_id = device_id.to_owned();
+        self.write(move |txn, _| {
+            txn.prepare_cached(
+                "INSERT INTO devices (user_id, device_id, synckey, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET synckey = excluded.synckey,
+                 updated_ms = excluded.updated_ms",
+            )?
+            .execute(params![user_id as i64, device_id, synckey as i64, now_ms()])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn synckey(&self, user_id: u64, device_id: &str) -> Result<Option<u64>> {
+        let device_id = device_id.to_owned();
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT synckey FROM devices WHERE user_id = ?1 AND device_id = ?2",
+            )?
+            .query_row(params![user_id as i64, device_id], |r| r.get::<_, i64>(0))
+            .optional()?
+            .map(|s| s as u64))
+        })
+        .await
+    }
+
+    async fn prune(&self, before_ms: i64) -> Result<u64> {
+        self.write(move |txn, _| {
+            let n = txn
+                .prepare_cached("DELETE FROM inbox WHERE created_ms < ?1")?
+                .execute([before_ms])?;
+            txn.prepare_cached("DELETE FROM messages WHERE created_ms < ?1")?
+                .execute([before_ms])?;
+            Ok(n as u64)
+        })
+        .await
+    }
+}

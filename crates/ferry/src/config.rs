@@ -1,0 +1,125 @@
+//! Configuration: a serde struct with a default for everything, loaded from an optional
+//! TOML file and overridden by `FERRY_*` environment variables, then by CLI flags.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use ferry_gateway::GatewayConfig;
+use ferry_logic::LogicConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    /// Where the embedded store keeps its files.
+    pub data_dir: PathBuf,
+    /// Every address serves the long link and HTTP.
+    pub listen: Vec<String>,
+    /// `fsync` (default): an acknowledged message survives a power loss. `os`: survives
+    /// a process crash only, faster on slow disks.
+    pub durability: String,
+    pub gateway: GatewayConfig,
+    pub logic: LogicConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("ferry-data"),
+            listen: vec!["0.0.0.0:8080".into()],
+            durability: "fsync".into(),
+            gateway: GatewayConfig::default(),
+            logic: LogicConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Defaults, then the file (if any), then the environment.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let mut cfg = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+            }
+            None => Config::default(),
+        };
+        cfg.apply_env(|k| std::env::var(k).ok())?;
+        Ok(cfg)
+    }
+
+    fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
+        if let Some(v) = var("FERRY_DATA") {
+            self.data_dir = v.into();
+        }
+        if let Some(v) = var("FERRY_LISTEN") {
+            self.listen = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(v) = var("FERRY_DURABILITY") {
+            self.durability = v;
+        }
+        if let Some(v) = var("FERRY_GATEWAY_ID") {
+            self.gateway.id = v;
+        }
+        if let Some(v) = var("FERRY_HEARTBEAT_TIMEOUT_MS") {
+            self.gateway.heartbeat_timeout_ms = v.parse().context("FERRY_HEARTBEAT_TIMEOUT_MS")?;
+        }
+        if let Some(v) = var("FERRY_RETENTION_DAYS") {
+            self.logic.retention_days = v.parse().context("FERRY_RETENTION_DAYS")?;
+        }
+        Ok(())
+    }
+
+    pub fn durability(&self) -> anyhow::Result<ferry_store::Durability> {
+        match self.durability.as_str() {
+            "fsync" => Ok(ferry_store::Durability::Fsync),
+            "os" => Ok(ferry_store::Durability::Os),
+            other => anyhow::bail!("durability must be \"fsync\" or \"os\", not {other:?}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_env() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        std::fs::write(
+            &path,
+            "listen = [\"127.0.0.1:9000\"]\n[gateway]\nheartbeat_timeout_ms = 1234\n",
+        )
+        .unwrap();
+        let mut cfg = Config::load(Some(&path)).unwrap();
+        assert_eq!(cfg.listen, ["127.0.0.1:9000"]);
+        assert_eq!(cfg.gateway.heartbeat_timeout_ms, 1234);
+        assert_eq!(
+            cfg.gateway.login_timeout_ms, 10_000,
+            "defaults fill the rest"
+        );
+        cfg.apply_env(|k| match k {
+            "FERRY_LISTEN" => Some("127.0.0.1:1, 127.0.0.1:2".into()),
+            "FERRY_DURABILITY" => Some("os".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(cfg.listen, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(cfg.durability().unwrap(), ferry_store::Durability::Os);
+        cfg.durability = "maybe".into();
+        assert!(cfg.durability().is_err());
+    }
+
+    #[test]
+    fn defaults_just_work() {
+        let cfg = Config::default();
+        assert_eq!(cfg.listen, ["0.0.0.0:8080"]);
+        assert_eq!(cfg.durability().unwrap(), ferry_store::Durability::Fsync);
+    }
+}

@@ -1,0 +1,12 @@
+//! The `ferry` binary's library half: configuration and the wiring that runs the roles
+//! (store, logic, bus, gateway) in one process. The CLI in `main.rs` only parses
+//! arguments and calls in here; tests and benchmarks start servers the same way.
+//!
+//! Nothing here may hold protocol or business logic: that lives in the role crates.
+
+pub mod cli;
+pub mod config;
+pub mod server;
+
+pub use config::Config;
+pub use server::Server;

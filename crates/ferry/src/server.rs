@@ -1,0 +1,78 @@
+//! One process, every role: SQLite store, logic, in-process bus, gateway.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use ferry_bus::{Bus, InProcBus};
+use ferry_gateway::Gateway;
+use ferry_logic::Logic;
+use ferry_store::{SqliteStore, Store};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Config;
+
+/// A running server.
+pub struct Server {
+    /// The addresses actually bound (port 0 resolved).
+    pub addrs: Vec<SocketAddr>,
+    pub gateway: Arc<Gateway>,
+    pub logic: Arc<Logic>,
+    shutdown: CancellationToken,
+    serving: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds every `cfg.listen` address and starts.
+    pub async fn bind(cfg: Config) -> anyhow::Result<Server> {
+        let mut listeners = Vec::new();
+        for addr in &cfg.listen {
+            let l = TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            listeners.push(l);
+        }
+        Self::start(cfg, listeners).await
+    }
+
+    /// Starts on listeners the caller bound (tests bind 127.0.0.1:0).
+    pub async fn start(cfg: Config, listeners: Vec<TcpListener>) -> anyhow::Result<Server> {
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&cfg.data_dir, cfg.durability()?)
+                .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
+        );
+        let bus: Arc<dyn Bus> = InProcBus::new();
+        let logic = Logic::new(cfg.logic.clone(), store, bus.clone());
+        logic.start();
+        let shutdown = CancellationToken::new();
+        let gateway = Gateway::new(cfg.gateway.clone(), bus, shutdown.clone());
+        let mut addrs = Vec::new();
+        let mut serving = Vec::new();
+        for l in listeners {
+            addrs.push(l.local_addr()?);
+            serving.push(tokio::spawn(gateway.clone().serve(l)));
+        }
+        Ok(Server {
+            addrs,
+            gateway,
+            logic,
+            shutdown,
+            serving,
+        })
+    }
+
+    /// The first bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addrs[0]
+    }
+
+    /// Stops accepting, kicks every link and waits (bounded) for them to close.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for s in self.serving {
+            let _ = s.await;
+        }
+        self.gateway.drained().await;
+    }
+}
