@@ -1,0 +1,265 @@
+//! Shared test helpers: an in-process server on port 0, users, raw-frame links and a
+//! TCP proxy that can cut or black-hole the links through it.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use ferry::{Config, Server};
+use ferry_client::{Client, ClientConfig, Event, ShortLink};
+use ferry_proto::frame::encode_msg;
+use ferry_proto::{v1, Frame, ProtoMessage, MAX_BODY_LEN};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+
+pub const PASSWORD: &str = "password-1";
+
+/// A config for tests: a temp data dir, cheap password hashing, short timeouts.
+pub fn test_config(data: &std::path::Path) -> Config {
+    let mut cfg = Config {
+        data_dir: data.to_path_buf(),
+        listen: vec!["127.0.0.1:0".into()],
+        ..Default::default()
+    };
+    cfg.logic.password.memory_kib = 64;
+    cfg.logic.password.iterations = 1;
+    cfg.gateway.login_timeout_ms = 2_000;
+    cfg.gateway.heartbeat_timeout_ms = 5_000;
+    cfg.gateway.shutdown_grace_ms = 1_000;
+    cfg
+}
+
+pub struct TestServer {
+    pub server: Server,
+    pub dir: tempfile::TempDir,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with(|_| {}).await
+    }
+
+    pub async fn with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = test_config(dir.path());
+        tweak(&mut cfg);
+        let server = Server::bind(cfg).await.unwrap();
+        TestServer { server, dir }
+    }
+
+    pub fn addr(&self) -> String {
+        self.server.addr().to_string()
+    }
+
+    pub async fn register(&self, users: &[&str]) {
+        let short = ShortLink::new(&self.addr());
+        for u in users {
+            short.register(u, PASSWORD).await.unwrap();
+        }
+    }
+}
+
+pub fn client_config(server: &str, user: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new(server, user, PASSWORD);
+    cfg.heartbeat = Duration::from_millis(500);
+    cfg.request_timeout = Duration::from_secs(5);
+    cfg.backoff_min = Duration::from_millis(50);
+    cfg.backoff_max = Duration::from_millis(500);
+    cfg
+}
+
+pub async fn connect(server: &str, user: &str) -> (Client, mpsc::UnboundedReceiver<Event>) {
+    Client::connect(client_config(server, user)).await.unwrap()
+}
+
+/// Waits for `n` message entries not sent by `me`, failing after `secs`.
+pub async fn recv_messages(
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    me: &str,
+    n: usize,
+    secs: u64,
+) -> Vec<(u64, v1::Message)> {
+    let mut got = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while got.len() < n {
+        let ev = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .unwrap_or_else(|_| panic!("timed out with {} of {n} messages", got.len()))
+            .expect("event stream ended");
+        if let Event::Entry(e) = ev {
+            if let Some(v1::entry::Kind::Message(m)) = e.kind {
+                if m.from != me {
+                    got.push((e.seq, m));
+                }
+            }
+        }
+    }
+    got
+}
+
+/// Asserts nothing more arrives for a while.
+pub async fn assert_quiet(events: &mut mpsc::UnboundedReceiver<Event>, me: &str, ms: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
+    while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
+        if let Event::Entry(e) = &ev {
+            if let Some(v1::entry::Kind::Message(m)) = &e.kind {
+                assert_eq!(m.from, me, "unexpected extra message {m:?}");
+            }
+        }
+    }
+}
+
+/// A long link spoken by hand, frame by frame.
+pub struct RawLink {
+    pub stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl RawLink {
+    pub async fn connect(addr: &str) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        RawLink {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub async fn send<M: ProtoMessage>(&mut self, cmd: u8, req_id: u32, msg: &M) {
+        let mut out = BytesMut::new();
+        encode_msg(cmd, req_id, msg, &mut out);
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+    }
+
+    /// The next frame, or None when the server closed the link (or `secs` passed).
+    pub async fn recv(&mut self, secs: u64) -> Option<Frame> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(f) = Frame::parse(&mut self.buf, MAX_BODY_LEN).unwrap() {
+                return Some(f);
+            }
+            self.buf.reserve(4096);
+            match tokio::time::timeout_at(deadline, self.stream.read_buf(&mut self.buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                Ok(Ok(_)) => {}
+            }
+        }
+    }
+
+    /// True when the server closes the link within `secs` (frames before the close are
+    /// skipped).
+    pub async fn closed_within(&mut self, secs: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let mut scratch = [0u8; 4096];
+        loop {
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut scratch)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => {}
+                Err(_) => return false,
+            }
+        }
+    }
+
+    /// Logs in with a token; returns the login answer.
+    pub async fn login(&mut self, token: &str) -> Frame {
+        let req = v1::LoginReq {
+            token: token.into(),
+            synckey: 0,
+            client_version: "raw".into(),
+        };
+        self.send(ferry_proto::cmd::LOGIN, 1, &req).await;
+        self.recv(5).await.expect("login answer")
+    }
+}
+
+/// A token for `user` on a fresh device.
+pub async fn token(addr: &str, user: &str, device: &str) -> String {
+    ShortLink::new(addr)
+        .auth(user, PASSWORD, device)
+        .await
+        .unwrap()
+        .token
+}
+
+/// A TCP proxy in front of a server. `cut()` closes every link through it;
+/// `blackhole(true)` keeps links open but stops forwarding (a half-open network).
+pub struct Proxy {
+    pub addr: SocketAddr,
+    cut: Arc<Notify>,
+    blackhole: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    pub async fn start(upstream: SocketAddr) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(Notify::new());
+        let blackhole = Arc::new(AtomicBool::new(false));
+        let (c, b) = (cut.clone(), blackhole.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((down, _)) = listener.accept().await else {
+                    return;
+                };
+                let (c, b) = (c.clone(), b.clone());
+                tokio::spawn(async move {
+                    let Ok(up) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (mut dr, mut dw) = down.into_split();
+                    let (mut ur, mut uw) = up.into_split();
+                    let b2 = b.clone();
+                    let a = async move { pump(&mut dr, &mut uw, &b).await };
+                    let z = async move { pump(&mut ur, &mut dw, &b2).await };
+                    tokio::select! {
+                        _ = a => {}
+                        _ = z => {}
+                        _ = c.notified() => {}
+                    }
+                });
+            }
+        });
+        Proxy {
+            addr,
+            cut,
+            blackhole,
+        }
+    }
+
+    /// Closes every link open through the proxy now.
+    pub fn cut(&self) {
+        self.cut.notify_waiters();
+    }
+
+    pub fn blackhole(&self, on: bool) {
+        self.blackhole.store(on, Ordering::SeqCst);
+    }
+}
+
+async fn pump(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    blackhole: &AtomicBool,
+) {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if blackhole.load(Ordering::SeqCst) {
+            continue;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
