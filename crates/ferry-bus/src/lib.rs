@@ -6,6 +6,8 @@
 //! [`InProcBus`] (one process, `ferry serve`) and NATS (a cluster). The bus must not
 //! interpret what it carries, hold user data or retry: it moves values between roles.
 
+mod nats;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -13,6 +15,7 @@ use async_trait::async_trait;
 use parking_lot::RwLock;
 
 pub use ferry_proto::bus::{BusRequest, BusResponse, LinkEvent, Push};
+pub use nats::{NatsBus, NatsConfig};
 
 /// Bus failures.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +35,10 @@ pub enum BusError {
 pub trait Handler: Send + Sync + 'static {
     async fn handle(&self, req: BusRequest) -> BusResponse;
     async fn link_event(&self, ev: LinkEvent);
+    /// A gateway went away (left, restarted, or fell silent): forget every route through
+    /// it. Only distributed buses call this; in one process a gateway's links all send
+    /// their own offline events.
+    async fn gateway_down(&self, _gateway_id: &str) {}
 }
 
 /// The gateway side: takes pushes for the links it holds. Must not block.
