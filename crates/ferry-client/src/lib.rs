@@ -10,6 +10,7 @@
 //! The SDK must not decide what to show the user or keep messages itself: it delivers
 //! entries and keeps only the device's id, token and synckey.
 
+mod account;
 mod link;
 mod short;
 mod state;
@@ -24,6 +25,7 @@ use ferry_proto::{cmd, Frame, ProtoMessage};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
+pub use account::{Account, FriendAction};
 pub use short::ShortLink;
 pub use state::DeviceState;
 
@@ -89,6 +91,9 @@ impl From<std::io::Error> for ClientError {
 pub struct ClientConfig {
     /// `IP:PORT` of a gateway.
     pub server: String,
+    /// More gateways (`IP:PORT`). When a link to one is lost or cannot be made, the
+    /// client moves on to the next, round the list (`server` first).
+    pub servers: Vec<String>,
     pub username: String,
     pub password: String,
     /// Where the device id, token and synckey are kept; `None` keeps them in memory.
@@ -112,6 +117,7 @@ impl ClientConfig {
     ) -> Self {
         ClientConfig {
             server: server.into(),
+            servers: Vec::new(),
             username: username.into(),
             password: password.into(),
             state_dir: None,
@@ -122,6 +128,17 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(30),
             client_version: concat!("ferry-client/", env!("CARGO_PKG_VERSION")).into(),
         }
+    }
+
+    /// Every gateway to try, `server` first, without repeats.
+    pub fn all_servers(&self) -> Vec<String> {
+        let mut all = vec![self.server.clone()];
+        for s in &self.servers {
+            if !all.contains(s) {
+                all.push(s.clone());
+            }
+        }
+        all
     }
 }
 
@@ -214,6 +231,11 @@ impl Client {
             Ok(Err(e)) => Err(e),
             Err(_) => Err(ClientError::Closed),
         }
+    }
+
+    /// The short-link services (friends, avatars, moments …) for this device.
+    pub fn account(&self) -> Account {
+        Account::from_shared(self.shared.clone())
     }
 
     /// The device's current synckey.

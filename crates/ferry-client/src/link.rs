@@ -28,6 +28,9 @@ enum End {
     Lost { reason: String, logged_in: bool },
 }
 
+/// How long after a login the client syncs once more (see `session`).
+const SETTLE_SYNC: Duration = Duration::from_secs(1);
+
 /// Full jitter: a random wait in [d/2, d].
 fn jitter(d: Duration) -> Duration {
     let ms = d.as_millis() as u64;
@@ -41,10 +44,20 @@ pub(crate) async fn drive(
     first: oneshot::Sender<Result<(), ClientError>>,
 ) {
     let mut first = Some(first);
-    let short = ShortLink::new(&shared.cfg.server);
+    let servers = shared.cfg.all_servers();
+    let mut current = 0;
+    let mut short = ShortLink::new(&servers[current]);
     let mut backoff = shared.cfg.backoff_min;
     loop {
-        let end = session(&shared, &short, &mut cmds, &events, &mut first).await;
+        let end = session(
+            &shared,
+            &servers[current],
+            &short,
+            &mut cmds,
+            &events,
+            &mut first,
+        )
+        .await;
         shared.status.send_replace(Status::Connecting);
         shared.save_state();
         match end {
@@ -58,7 +71,12 @@ pub(crate) async fn drive(
                 break;
             }
             End::Lost { reason, logged_in } => {
-                tracing::debug!(%reason, "link lost; reconnecting");
+                tracing::debug!(%reason, server = %servers[current], "link lost; reconnecting");
+                if servers.len() > 1 {
+                    // This gateway failed us: the next one gets the next try.
+                    current = (current + 1) % servers.len();
+                    short = ShortLink::new(&servers[current]);
+                }
                 if logged_in {
                     backoff = shared.cfg.backoff_min;
                     let _ = events.send(Event::Disconnected { reason });
@@ -116,6 +134,7 @@ impl Reader {
 
 async fn connect(
     shared: &Shared,
+    server: &str,
     short: &ShortLink,
 ) -> Result<(Reader, OwnedWriteHalf, v1::LoginResp), End> {
     let cfg = &shared.cfg;
@@ -143,7 +162,7 @@ async fn connect(
         token
     };
 
-    let stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(&cfg.server))
+    let stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(server))
         .await
         .map_err(|_| lost("connect timed out".into()))?
         .map_err(|e| lost(format!("connect: {e}")))?;
@@ -203,12 +222,13 @@ async fn connect(
 /// One logged-in link, until it ends.
 async fn session(
     shared: &Arc<Shared>,
+    server: &str,
     short: &ShortLink,
     cmds: &mut mpsc::UnboundedReceiver<Cmd>,
     events: &mpsc::UnboundedSender<Event>,
     first: &mut Option<oneshot::Sender<Result<(), ClientError>>>,
 ) -> End {
-    let (mut reader, mut write, login) = match connect(shared, short).await {
+    let (mut reader, mut write, login) = match connect(shared, server, short).await {
         Ok(c) => c,
         Err(e) => return e,
     };
@@ -246,6 +266,12 @@ async fn session(
         link.start_sync();
     }
     let mut ticker = tokio::time::interval_at(Instant::now() + beat, beat);
+    // One more sync shortly after login: in a cluster the news that this link is up
+    // reaches the logic nodes a moment after the login answer was computed, and a
+    // message stored in between gets no notify. The sync closes that window.
+    let settle = tokio::time::sleep(SETTLE_SYNC);
+    tokio::pin!(settle);
+    let mut settled = false;
     let mut last_rx = Instant::now();
     let mut dirty_since_save = false;
     let lost = |reason: String| End::Lost {
@@ -280,6 +306,10 @@ async fn session(
                 }
                 Err(e) => return lost(e.to_string()),
             },
+            _ = &mut settle, if !settled => {
+                settled = true;
+                link.start_sync();
+            }
             _ = ticker.tick() => {
                 if last_rx.elapsed() > beat * 2 {
                     return lost("heartbeat timeout".into());

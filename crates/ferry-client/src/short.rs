@@ -65,6 +65,52 @@ impl ShortLink {
         }
     }
 
+    /// `GET /v1/{path}` for a raw body (an avatar). `Ok(None)` when `etag` is current
+    /// (304).
+    pub async fn get(
+        &self,
+        path: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<(Bytes, String)>, ClientError> {
+        let mut builder = http::Request::get(format!("{}/v1/{path}", self.base));
+        if let Some(e) = etag {
+            builder = builder.header(http::header::IF_NONE_MATCH, e);
+        }
+        let request = builder
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            self.http.request(request),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status();
+        let etag = resp
+            .headers()
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?
+            .to_bytes();
+        if status == http::StatusCode::NOT_MODIFIED {
+            return Ok(None);
+        }
+        if status.is_success() {
+            return Ok(Some((body, etag)));
+        }
+        match v1::Error::decode(body) {
+            Ok(e) => Err(ClientError::from_error(e)),
+            Err(_) => Err(ClientError::Http(format!("HTTP {status}"))),
+        }
+    }
+
     pub async fn register(&self, username: &str, password: &str) -> Result<u64, ClientError> {
         let r: v1::RegisterResp = self
             .call(

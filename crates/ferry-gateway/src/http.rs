@@ -27,7 +27,7 @@ pub const PROTOBUF: &str = "application/x-protobuf";
 /// The HTTP routes, for tests that call them without a socket.
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
-        .route("/v1/{method}", post(short_link))
+        .route("/v1/{*path}", post(short_link).get(short_link_get))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(gw)
 }
@@ -37,7 +37,11 @@ struct Peer(Arc<str>);
 
 pub(crate) async fn serve(gw: Arc<Gateway>, stream: TcpStream, peer: String) {
     let shutdown = gw.shutdown.clone();
-    let app = router(gw).layer(Extension(Peer(peer.into())));
+    let mut app = router(gw.clone());
+    if let Some(extra) = gw.extra_routes.get() {
+        app = app.merge(extra.clone());
+    }
+    let app = app.layer(Extension(Peer(peer.into())));
     let service = TowerToHyperService::new(app);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -57,15 +61,6 @@ pub(crate) async fn serve(gw: Arc<Gateway>, stream: TcpStream, peer: String) {
     }
 }
 
-fn method_cmd(method: &str) -> Option<u8> {
-    Some(match method {
-        "register" => cmd::REGISTER,
-        "auth" => cmd::AUTH,
-        "newsync" => cmd::SYNC,
-        _ => return None,
-    })
-}
-
 /// The HTTP status for an error code.
 pub fn status_for(code: ErrorCode) -> StatusCode {
     match code {
@@ -79,6 +74,9 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Kicked => StatusCode::UNAUTHORIZED,
+        ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::ChecksumMismatch => StatusCode::UNPROCESSABLE_ENTITY,
         ErrorCode::Internal | ErrorCode::Unspecified => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -99,38 +97,78 @@ fn error(code: ErrorCode, message: &str) -> Response {
 
 async fn short_link(
     State(gw): State<Arc<Gateway>>,
-    Path(method): Path<String>,
+    Path(path): Path<String>,
     peer: Option<Extension<Peer>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     gw.stats.http_requests.fetch_add(1, Ordering::Relaxed);
-    let Some(c) = method_cmd(&method) else {
+    let Some(c) = cmd::by_path(&path) else {
         return error(ErrorCode::UnknownCommand, "no such method");
     };
-    let body = match axum::body::to_bytes(body, gw.cfg.max_http_body_bytes).await {
-        Ok(b) => b,
-        Err(_) => {
-            return error(
-                ErrorCode::TooLarge,
-                &format!("body over {} bytes", gw.cfg.max_http_body_bytes),
-            )
-        }
+    let limit = if cmd::UPLOADS.contains(&c) {
+        gw.cfg.max_upload_bytes
+    } else {
+        gw.cfg.max_http_body_bytes
     };
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => return error(ErrorCode::TooLarge, &format!("body over {limit} bytes")),
+    };
+    let req = BusRequest {
+        cmd: u32::from(c),
+        body,
+        ..request_base(&gw, peer, &headers)
+    };
+    forward(&gw, req).await
+}
+
+/// `GET /v1/<path>/<argument>`, for the commands that allow it (avatars).
+async fn short_link_get(
+    State(gw): State<Arc<Gateway>>,
+    Path(path): Path<String>,
+    uri: http::Uri,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    gw.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+    let found = path
+        .rsplit_once('/')
+        .and_then(|(p, arg)| Some((cmd::by_path(p)?, arg)))
+        .filter(|(c, arg)| cmd::GET_WITH_ARGUMENT.contains(c) && !arg.is_empty());
+    let Some((c, arg)) = found else {
+        return error(ErrorCode::UnknownCommand, "no such method for GET");
+    };
+    let req = BusRequest {
+        cmd: u32::from(c),
+        path_arg: arg.to_owned(),
+        query: uri.query().unwrap_or_default().to_owned(),
+        if_none_match: headers
+            .get(header::IF_NONE_MATCH)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
+        ..request_base(&gw, peer, &headers)
+    };
+    forward(&gw, req).await
+}
+
+fn request_base(gw: &Gateway, peer: Option<Extension<Peer>>, headers: &HeaderMap) -> BusRequest {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default()
         .to_owned();
-    let req = BusRequest {
-        cmd: u32::from(c),
-        body,
+    BusRequest {
         token,
         gateway_id: gw.cfg.id.clone(),
         peer: peer.map(|p| p.0 .0.to_string()).unwrap_or_default(),
         ..Default::default()
-    };
+    }
+}
+
+async fn forward(gw: &Gateway, req: BusRequest) -> Response {
     match gw.bus.request(req).await {
         Ok(resp) if resp.cmd == u32::from(cmd::ERROR) => {
             let code = v1::Error::decode(resp.body.clone())
@@ -138,6 +176,25 @@ async fn short_link(
                 .and_then(|e| ErrorCode::try_from(e.code).ok())
                 .unwrap_or(ErrorCode::Internal);
             protobuf(status_for(code), resp.body)
+        }
+        Ok(resp) if resp.not_modified => {
+            let mut r = StatusCode::NOT_MODIFIED.into_response();
+            if let Ok(v) = HeaderValue::from_str(&resp.etag) {
+                r.headers_mut().insert(header::ETAG, v);
+            }
+            r
+        }
+        Ok(resp) if !resp.content_type.is_empty() => {
+            let mut r = (StatusCode::OK, resp.body).into_response();
+            let h = r.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&resp.content_type) {
+                h.insert(header::CONTENT_TYPE, v);
+            }
+            if let Ok(v) = HeaderValue::from_str(&resp.etag) {
+                h.insert(header::ETAG, v);
+            }
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            r
         }
         Ok(resp) => protobuf(StatusCode::OK, resp.body),
         Err(e) => {

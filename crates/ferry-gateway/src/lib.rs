@@ -37,6 +37,8 @@ pub struct GatewayConfig {
     pub max_frame_bytes: usize,
     /// Largest short-link request body.
     pub max_http_body_bytes: usize,
+    /// Largest short-link upload (avatar, client log report).
+    pub max_upload_bytes: usize,
     /// Connections held at once; further connects wait in the kernel's backlog.
     pub max_connections: usize,
     /// Frames that may wait for a slow reader before its link is dropped.
@@ -53,6 +55,7 @@ impl Default for GatewayConfig {
             heartbeat_timeout_ms: 95_000,
             max_frame_bytes: 64 * 1024,
             max_http_body_bytes: 64 * 1024,
+            max_upload_bytes: 3 * 1024 * 1024,
             max_connections: 1_000_000,
             outbox_frames: 512,
             shutdown_grace_ms: 5_000,
@@ -83,6 +86,9 @@ pub struct Gateway {
     limit: Arc<Semaphore>,
     tasks: TaskTracker,
     shutdown: CancellationToken,
+    /// Routes the binary mounts beside the short link (metrics, dashboard): the gateway
+    /// serves them without knowing what they are.
+    extra_routes: std::sync::OnceLock<axum::Router>,
 }
 
 impl Gateway {
@@ -100,7 +106,15 @@ impl Gateway {
             stats,
             tasks: TaskTracker::new(),
             shutdown,
+            extra_routes: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Serves `routes` on every port next to the short link, for HTTP connections
+    /// accepted from now on. Once only: a second call hands its routes back. The paths
+    /// must not clash with `/v1/…` or `/healthz`.
+    pub fn mount(&self, routes: axum::Router) -> Result<(), axum::Router> {
+        self.extra_routes.set(routes)
     }
 
     pub fn config(&self) -> &GatewayConfig {

@@ -333,7 +333,7 @@ async fn handle(gw: &Gateway, link: &Link, f: Frame, out: &mut BytesMut, peer: &
                 gateway_id: gw.cfg.id.clone(),
                 conn_id: link.conn_id,
                 peer: peer.to_owned(),
-                token: String::new(),
+                ..Default::default()
             };
             match gw.bus.request(req).await {
                 Ok(resp) => {

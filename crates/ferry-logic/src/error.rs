@@ -25,6 +25,14 @@ pub enum LogicError {
     Store(#[from] StoreError),
     #[error("internal: {0}")]
     Internal(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    ChecksumMismatch(String),
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<prost::DecodeError> for LogicError {
@@ -44,6 +52,12 @@ impl LogicError {
             LogicError::UnknownUser(_) => ErrorCode::UnknownUser,
             LogicError::TooLarge(_) => ErrorCode::TooLarge,
             LogicError::UnknownCommand(_) => ErrorCode::UnknownCommand,
+            LogicError::PermissionDenied(_) => ErrorCode::PermissionDenied,
+            LogicError::NotFound(_) | LogicError::Store(StoreError::NotFound) => {
+                ErrorCode::NotFound
+            }
+            LogicError::ChecksumMismatch(_) => ErrorCode::ChecksumMismatch,
+            LogicError::Unavailable(_) => ErrorCode::Unavailable,
             LogicError::Store(StoreError::UserExists) => ErrorCode::UserExists,
             LogicError::Store(StoreError::Closed) => ErrorCode::Unavailable,
             LogicError::Store(_) | LogicError::Internal(_) => ErrorCode::Internal,

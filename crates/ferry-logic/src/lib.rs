@@ -10,6 +10,7 @@ mod auth;
 mod error;
 mod presence;
 mod service;
+mod social;
 
 pub use auth::{hash_password, token_hash, verify_password, PasswordParams};
 pub use error::LogicError;

@@ -1,35 +1,51 @@
 //! The route table: which gateways hold links of which user. Kept from the gateways'
-//! link events; in one process it is the whole truth, in a cluster each logic node
-//! keeps its own copy from the same events.
+//! link events; in one process it is the whole truth, in a cluster every logic node
+//! keeps its own copy from the same events (the NATS bus delivers every gateway's events
+//! to every logic node, with snapshots and gateway expiry; see `ferry-bus`'s `nats.rs`).
+//!
+//! Entries are keyed by (gateway, connection id), so an event applied twice (a snapshot
+//! replaying links already known) changes nothing.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use dashmap::DashMap;
+use parking_lot::RwLock;
 
 #[derive(Default)]
 pub struct Presence {
-    /// user id → (gateway id, links of the user on it).
-    routes: DashMap<u64, Vec<(String, u32)>>,
+    /// user id → (gateway id, connection id) of each of the user's links.
+    routes: DashMap<u64, Vec<(Arc<str>, u64)>>,
+    /// Gateway names, shared by every route through the gateway.
+    names: RwLock<HashMap<String, Arc<str>>>,
 }
 
 impl Presence {
-    pub fn online(&self, user: u64, gateway: &str) {
+    fn name(&self, gateway: &str) -> Arc<str> {
+        if let Some(n) = self.names.read().get(gateway) {
+            return n.clone();
+        }
+        self.names
+            .write()
+            .entry(gateway.to_owned())
+            .or_insert_with(|| gateway.into())
+            .clone()
+    }
+
+    pub fn online(&self, user: u64, gateway: &str, conn: u64) {
+        let name = self.name(gateway);
         let mut e = self.routes.entry(user).or_default();
-        match e.iter_mut().find(|(g, _)| g == gateway) {
-            Some((_, n)) => *n += 1,
-            None => e.push((gateway.to_owned(), 1)),
+        if !e.iter().any(|(g, c)| *c == conn && **g == *gateway) {
+            e.push((name, conn));
         }
     }
 
-    pub fn offline(&self, user: u64, gateway: &str) {
+    pub fn offline(&self, user: u64, gateway: &str, conn: u64) {
         let empty = {
             let Some(mut e) = self.routes.get_mut(&user) else {
                 return;
             };
-            if let Some(i) = e.iter().position(|(g, _)| g == gateway) {
-                e[i].1 -= 1;
-                if e[i].1 == 0 {
-                    e.swap_remove(i);
-                }
-            }
+            e.retain(|(g, c)| !(*c == conn && **g == *gateway));
             e.is_empty()
         };
         if empty {
@@ -37,12 +53,25 @@ impl Presence {
         }
     }
 
+    /// Forgets every route through `gateway` (it left, restarted or died).
+    pub fn drop_gateway(&self, gateway: &str) {
+        self.routes.retain(|_, v| {
+            v.retain(|(g, _)| **g != *gateway);
+            !v.is_empty()
+        });
+    }
+
     /// The gateways to push to for `user`.
     pub fn gateways(&self, user: u64) -> Vec<String> {
-        self.routes
-            .get(&user)
-            .map(|e| e.iter().map(|(g, _)| g.clone()).collect())
-            .unwrap_or_default()
+        let mut out: Vec<String> = Vec::new();
+        if let Some(e) = self.routes.get(&user) {
+            for (g, _) in e.iter() {
+                if !out.iter().any(|o| **o == **g) {
+                    out.push(g.to_string());
+                }
+            }
+        }
+        out
     }
 
     /// Users with at least one link.
@@ -58,17 +87,34 @@ mod tests {
     #[test]
     fn counts_links() {
         let p = Presence::default();
-        p.online(1, "a");
-        p.online(1, "a");
-        p.online(1, "b");
+        p.online(1, "a", 1);
+        p.online(1, "a", 2);
+        p.online(1, "b", 1);
         assert_eq!(p.gateways(1), ["a", "b"]);
-        p.offline(1, "a");
+        p.offline(1, "a", 1);
         assert_eq!(p.gateways(1).len(), 2);
-        p.offline(1, "a");
+        p.offline(1, "a", 2);
         assert_eq!(p.gateways(1), ["b"]);
-        p.offline(1, "b");
+        p.offline(1, "b", 1);
         assert!(p.gateways(1).is_empty());
         assert_eq!(p.users_online(), 0);
-        p.offline(7, "x");
+        p.offline(7, "x", 1);
+    }
+
+    #[test]
+    fn events_are_idempotent_and_gateways_drop() {
+        let p = Presence::default();
+        p.online(1, "a", 5);
+        p.online(1, "a", 5);
+        p.online(2, "a", 6);
+        p.online(2, "b", 1);
+        p.offline(1, "a", 5);
+        assert!(p.gateways(1).is_empty(), "one link, announced twice");
+        p.offline(1, "a", 5);
+        p.drop_gateway("a");
+        assert_eq!(p.gateways(2), ["b"]);
+        assert_eq!(p.users_online(), 1);
+        p.drop_gateway("b");
+        assert_eq!(p.users_online(), 0);
     }
 }

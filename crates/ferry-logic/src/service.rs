@@ -31,6 +31,10 @@ pub struct LogicConfig {
     pub heartbeat_secs: u32,
     /// Inbox entries older than this many days are deleted (0: keep forever).
     pub retention_days: u32,
+    /// Client log reports older than this many days are deleted (0: keep forever).
+    pub report_retention_days: u32,
+    /// Let anyone message anyone. Off by default: only friends can message each other.
+    pub open_messaging: bool,
     pub password: PasswordParams,
 }
 
@@ -44,6 +48,8 @@ impl Default for LogicConfig {
             inline_notify_bytes: 1024,
             heartbeat_secs: 30,
             retention_days: 30,
+            report_retention_days: 14,
+            open_messaging: false,
             password: PasswordParams::default(),
         }
     }
@@ -51,21 +57,17 @@ impl Default for LogicConfig {
 
 /// A logged-in device, as cached from its token.
 #[derive(Debug, Clone)]
-struct DeviceSession {
-    user_id: u64,
-    device_id: Arc<str>,
+pub(crate) struct DeviceSession {
+    pub user_id: u64,
+    pub device_id: Arc<str>,
 }
 
 /// The logic service. Serve it on a bus with [`Logic::start`].
 pub struct Logic {
     cfg: LogicConfig,
-    store: Arc<dyn Store>,
+    pub(crate) store: Arc<dyn Store>,
     bus: Arc<dyn Bus>,
     presence: Presence,
-    /// token hash → session. Filled on first use, dropped when a device re-auths.
-    sessions: DashMap<[u8; 32], DeviceSession>,
-    /// (user, device) → its current token hash, to evict a replaced token.
-    device_tokens: DashMap<(u64, Arc<str>), [u8; 32]>,
     /// User names never change, so both directions are cached for good.
     ids_by_name: DashMap<String, u64>,
     names_by_id: DashMap<u64, Arc<str>>,
@@ -73,7 +75,7 @@ pub struct Logic {
     synckeys: DashMap<(u64, Arc<str>), u64>,
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
@@ -87,7 +89,7 @@ fn valid_username(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-fn ok<M: ProtoMessage>(req_cmd: u32, msg: &M) -> BusResponse {
+pub(crate) fn ok<M: ProtoMessage>(req_cmd: u32, msg: &M) -> BusResponse {
     BusResponse {
         cmd: u32::from(cmd::response(req_cmd as u8)),
         body: Bytes::from(msg.encode_to_vec()),
@@ -102,8 +104,6 @@ impl Logic {
             store,
             bus,
             presence: Presence::default(),
-            sessions: DashMap::new(),
-            device_tokens: DashMap::new(),
             ids_by_name: DashMap::new(),
             names_by_id: DashMap::new(),
             synckeys: DashMap::new(),
@@ -113,18 +113,29 @@ impl Logic {
     /// Serves requests on the bus and starts the retention task.
     pub fn start(self: &Arc<Self>) {
         self.bus.serve_logic(self.clone());
-        if self.cfg.retention_days > 0 {
+        if self.cfg.retention_days > 0 || self.cfg.report_retention_days > 0 {
             let me = Arc::downgrade(self);
             tokio::spawn(async move {
                 let mut tick = tokio::time::interval(Duration::from_secs(3600));
                 loop {
                     tick.tick().await;
                     let Some(me) = me.upgrade() else { break };
-                    let cutoff = now_ms() - i64::from(me.cfg.retention_days) * 86_400_000;
-                    match me.store.prune(cutoff).await {
-                        Ok(n) if n > 0 => tracing::info!(entries = n, "pruned old inbox entries"),
-                        Ok(_) => {}
-                        Err(e) => tracing::warn!(error = %e, "prune failed"),
+                    if me.cfg.retention_days > 0 {
+                        let cutoff = now_ms() - i64::from(me.cfg.retention_days) * 86_400_000;
+                        match me.store.prune(cutoff).await {
+                            Ok(n) if n > 0 => {
+                                tracing::info!(entries = n, "pruned old inbox entries")
+                            }
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "prune failed"),
+                        }
+                    }
+                    if me.cfg.report_retention_days > 0 {
+                        let cutoff =
+                            now_ms() - i64::from(me.cfg.report_retention_days) * 86_400_000;
+                        if let Err(e) = me.store.prune_reports(cutoff).await {
+                            tracing::warn!(error = %e, "pruning reports failed");
+                        }
                     }
                 }
             });
@@ -148,6 +159,23 @@ impl Logic {
             cmd::LOGIN => self.login(req).await,
             cmd::SEND => self.send(req).await,
             cmd::SYNC => self.sync(req).await,
+            cmd::LOGOUT => self.logout(req).await,
+            cmd::FIND_USER => self.find_user(req).await,
+            cmd::FRIEND_REQUEST
+            | cmd::FRIEND_ACCEPT
+            | cmd::FRIEND_DECLINE
+            | cmd::FRIEND_REMOVE
+            | cmd::FRIEND_BLOCK
+            | cmd::FRIEND_UNBLOCK => self.friend_action(req).await,
+            cmd::FRIEND_LIST => self.friend_list(req).await,
+            cmd::AVATAR_SET => self.avatar_set(req).await,
+            cmd::AVATAR_GET => self.avatar_get(req).await,
+            cmd::REPORT => self.report(req).await,
+            cmd::MOMENT_POST => self.moment_post(req).await,
+            cmd::MOMENT_TIMELINE => self.moment_timeline(req).await,
+            cmd::MOMENT_LIKE => self.moment_like(req).await,
+            cmd::MOMENT_COMMENT => self.moment_comment(req).await,
+            cmd::MOMENT_DELETE => self.moment_delete(req).await,
             _ => Err(LogicError::UnknownCommand(c)),
         }
     }
@@ -202,10 +230,6 @@ impl Logic {
         let token = auth::new_token();
         let hash = auth::token_hash(&token);
         self.store.put_session(hash, user.id, &r.device_id).await?;
-        let device: Arc<str> = r.device_id.into();
-        if let Some(old) = self.device_tokens.insert((user.id, device.clone()), hash) {
-            self.sessions.remove(&old);
-        }
         let latest_seq = self.store.latest_seq(user.id).await?;
         Ok(ok(
             req.cmd,
@@ -217,32 +241,25 @@ impl Logic {
         ))
     }
 
-    /// The session behind a token, from the cache or the store.
+    /// The session behind a token. Always read from the store, never cached, so a
+    /// logout or a re-auth takes effect at once on every logic node.
     async fn session(&self, token: &str) -> Result<DeviceSession, LogicError> {
         if token.is_empty() {
             return Err(LogicError::Unauthorized);
         }
-        let hash = auth::token_hash(token);
-        if let Some(s) = self.sessions.get(&hash) {
-            return Ok(s.clone());
-        }
         let s = self
             .store
-            .session(hash)
+            .session(auth::token_hash(token))
             .await?
             .ok_or(LogicError::Unauthorized)?;
-        let s = DeviceSession {
+        Ok(DeviceSession {
             user_id: s.user_id,
             device_id: s.device_id.into(),
-        };
-        self.device_tokens
-            .insert((s.user_id, s.device_id.clone()), hash);
-        self.sessions.insert(hash, s.clone());
-        Ok(s)
+        })
     }
 
     /// Who sent a request: the link's user, or the token's owner.
-    async fn caller(&self, req: &BusRequest) -> Result<DeviceSession, LogicError> {
+    pub(crate) async fn caller(&self, req: &BusRequest) -> Result<DeviceSession, LogicError> {
         if req.user_id != 0 {
             return Ok(DeviceSession {
                 user_id: req.user_id,
@@ -252,7 +269,7 @@ impl Logic {
         self.session(&req.token).await
     }
 
-    async fn user_id(&self, name: &str) -> Result<u64, LogicError> {
+    pub(crate) async fn user_id(&self, name: &str) -> Result<u64, LogicError> {
         if let Some(id) = self.ids_by_name.get(name) {
             return Ok(*id);
         }
@@ -266,7 +283,7 @@ impl Logic {
         Ok(user.id)
     }
 
-    async fn user_name(&self, id: u64) -> Result<Arc<str>, LogicError> {
+    pub(crate) async fn user_name(&self, id: u64) -> Result<Arc<str>, LogicError> {
         if let Some(n) = self.names_by_id.get(&id) {
             return Ok(n.clone());
         }
@@ -299,10 +316,12 @@ impl Logic {
         );
         resp.user_id = s.user_id;
         resp.device_id = s.device_id.to_string();
+        metrics::counter!("ferry_logins_total").increment(1);
         Ok(resp)
     }
 
     async fn send(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let started = std::time::Instant::now();
         let me = self.caller(req).await?;
         let r = v1::SendMsg::decode(req.body.clone())?;
         if r.text.len() > self.cfg.max_text_bytes {
@@ -318,6 +337,9 @@ impl Logic {
             ));
         }
         let to = self.user_id(&r.to).await?;
+        if to != me.user_id {
+            self.may_message(me.user_id, to, &r.to).await?;
+        }
         let from = self.user_name(me.user_id).await?;
         let time_ms = now_ms();
         let message = v1::Message {
@@ -344,10 +366,17 @@ impl Logic {
                 msg_id: done.msg_id,
                 ..message
             };
-            self.notify(to, done.recipient_seq, &message).await;
+            metrics::counter!("ferry_messages_in_total").increment(1);
+            if self.notify(to, done.recipient_seq, &message).await > 0 {
+                // Send received → durable → notify handed to the recipient's gateway(s).
+                metrics::histogram!("ferry_delivery_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
             if to != me.user_id {
                 self.notify(me.user_id, done.sender_seq, &message).await;
             }
+        } else {
+            metrics::counter!("ferry_messages_duplicate_total").increment(1);
         }
         Ok(ok(
             req.cmd,
@@ -359,22 +388,53 @@ impl Logic {
         ))
     }
 
-    /// Tells every gateway holding `user`'s links that the inbox reached `seq`, with the
-    /// entry inline when it is small.
-    async fn notify(&self, user: u64, seq: u64, message: &v1::Message) {
-        let gateways = self.presence.gateways(user);
-        if gateways.is_empty() {
-            return;
+    /// Whether `from` may message `to`: never when `to` blocked `from`; otherwise only
+    /// friends, unless the server opens messaging to everyone.
+    async fn may_message(&self, from: u64, to: u64, to_name: &str) -> Result<(), LogicError> {
+        use v1::FriendState;
+        if self.cfg.open_messaging {
+            let theirs = self.store.friendship(to, from).await?;
+            if theirs.is_some_and(|r| r.state == FriendState::Blocked as i32) {
+                return Err(LogicError::PermissionDenied(format!(
+                    "{to_name} does not accept messages from you"
+                )));
+            }
+            return Ok(());
         }
+        // Friendship is symmetric and a block ends it, so one row answers both questions.
+        if self.are_friends(from, to).await? {
+            Ok(())
+        } else {
+            Err(LogicError::PermissionDenied(format!(
+                "{to_name} is not your friend; send a friend request first"
+            )))
+        }
+    }
+
+    /// Tells every gateway holding `user`'s links that the inbox reached `seq` with a
+    /// message, inline when small. Returns how many gateways took the push.
+    async fn notify(&self, user: u64, seq: u64, message: &v1::Message) -> usize {
         let entry = v1::Entry {
             seq,
             kind: Some(v1::entry::Kind::Message(message.clone())),
+            ..Default::default()
         };
+        self.notify_entry(user, seq, entry).await
+    }
+
+    /// Tells every gateway holding `user`'s links that the inbox reached `seq`, with
+    /// `entry` inline when it is small. Returns how many gateways took the push.
+    pub(crate) async fn notify_entry(&self, user: u64, seq: u64, mut entry: v1::Entry) -> usize {
+        if self.presence.gateways(user).is_empty() {
+            return 0;
+        }
+        entry.seq = seq;
         let entries = if entry.encoded_len() <= self.cfg.inline_notify_bytes {
             vec![entry]
         } else {
             Vec::new()
         };
+        let inline = entries.len() as u64;
         let body = Bytes::from(
             v1::Notify {
                 latest_seq: seq,
@@ -382,19 +442,59 @@ impl Logic {
             }
             .encode_to_vec(),
         );
-        for gw in gateways {
-            let push = Push {
+        let pushed = self
+            .push_all(Push {
                 user_id: user,
                 device_id: String::new(),
                 cmd: u32::from(cmd::NOTIFY),
-                body: body.clone(),
+                body,
                 close: false,
-            };
-            if let Err(e) = self.bus.push(&gw, push).await {
-                // Not fatal: the device syncs on its next login or notify.
-                tracing::debug!(gateway = %gw, error = %e, "push failed");
+            })
+            .await;
+        metrics::counter!("ferry_notifies_total").increment(pushed as u64);
+        metrics::counter!("ferry_entries_out_total", "via" => "notify")
+            .increment(inline * pushed as u64);
+        pushed
+    }
+
+    /// A notify without inline entries: the devices sync.
+    pub(crate) async fn notify_latest(&self, user: u64) {
+        match self.store.latest_seq(user).await {
+            Ok(seq) => {
+                let body = Bytes::from(
+                    v1::Notify {
+                        latest_seq: seq,
+                        entries: Vec::new(),
+                    }
+                    .encode_to_vec(),
+                );
+                self.push_all(Push {
+                    user_id: user,
+                    device_id: String::new(),
+                    cmd: u32::from(cmd::NOTIFY),
+                    body,
+                    close: false,
+                })
+                .await;
+            }
+            Err(e) => tracing::debug!(error = %e, "no notify: latest seq unknown"),
+        }
+    }
+
+    /// Sends a push to every gateway holding links of `push.user_id`. Returns how many
+    /// took it. A failed push is not fatal: the device syncs on its next login or notify.
+    pub(crate) async fn push_all(&self, push: Push) -> usize {
+        let mut pushed = 0;
+        for gw in self.presence.gateways(push.user_id) {
+            match self.bus.push(&gw, push.clone()).await {
+                Ok(()) => pushed += 1,
+                Err(e) => {
+                    metrics::counter!("ferry_notify_failures_total").increment(1);
+                    tracing::debug!(gateway = %gw, error = %e, "push failed");
+                }
             }
         }
+        pushed
     }
 
     async fn sync(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
@@ -405,6 +505,9 @@ impl Logic {
             n => n.min(self.cfg.sync_page_max),
         };
         let mut page = self.store.inbox(me.user_id, r.synckey, limit).await?;
+        metrics::counter!("ferry_syncs_total").increment(1);
+        metrics::histogram!("ferry_sync_lag_entries")
+            .record(page.latest_seq.saturating_sub(r.synckey) as f64);
         // Keep the answer well under the frame limit.
         let mut bytes = 0;
         if let Some(cut) = page.entries.iter().position(|e| {
@@ -421,6 +524,8 @@ impl Logic {
             None => r.synckey.max(page.latest_seq),
         };
         self.record_synckey(me.user_id, &me.device_id, r.synckey);
+        metrics::counter!("ferry_entries_out_total", "via" => "sync")
+            .increment(page.entries.len() as u64);
         Ok(ok(
             req.cmd,
             &v1::SyncResp {
@@ -457,9 +562,13 @@ impl Logic {
 #[async_trait]
 impl Handler for Logic {
     async fn handle(&self, req: BusRequest) -> BusResponse {
-        match self.dispatch(&req).await {
+        let started = std::time::Instant::now();
+        let name = cmd::name(req.cmd as u8);
+        let resp = match self.dispatch(&req).await {
             Ok(resp) => resp,
             Err(e) => {
+                metrics::counter!("ferry_errors_total", "cmd" => name, "code" => e.code().as_str_name())
+                    .increment(1);
                 match e.code() {
                     v1::ErrorCode::Internal | v1::ErrorCode::Unavailable => {
                         tracing::error!(cmd = cmd::name(req.cmd as u8), error = %e, "request failed")
@@ -474,16 +583,23 @@ impl Handler for Logic {
                     ..Default::default()
                 }
             }
-        }
+        };
+        metrics::histogram!("ferry_request_duration_seconds", "cmd" => name)
+            .record(started.elapsed().as_secs_f64());
+        resp
     }
 
     async fn link_event(&self, ev: LinkEvent) {
         if ev.online {
-            self.presence.online(ev.user_id, &ev.gateway_id);
+            self.presence.online(ev.user_id, &ev.gateway_id, ev.conn_id);
         } else {
-            self.presence.offline(ev.user_id, &ev.gateway_id);
+            self.presence
+                .offline(ev.user_id, &ev.gateway_id, ev.conn_id);
             let device: Arc<str> = ev.device_id.into();
             self.record_synckey(ev.user_id, &device, ev.synckey);
         }
+    }
+    async fn gateway_down(&self, gateway_id: &str) {
+        self.presence.drop_gateway(gateway_id);
     }
 }

@@ -18,6 +18,40 @@ pub const SYNC: u8 = 0x04;
 pub const REGISTER: u8 = 0x10;
 /// Short-link only: `POST /v1/auth`.
 pub const AUTH: u8 = 0x11;
+/// `POST /v1/logout`.
+pub const LOGOUT: u8 = 0x12;
+/// `POST /v1/user/find`.
+pub const FIND_USER: u8 = 0x13;
+/// `POST /v1/friends/request`.
+pub const FRIEND_REQUEST: u8 = 0x14;
+/// `POST /v1/friends/accept`.
+pub const FRIEND_ACCEPT: u8 = 0x15;
+/// `POST /v1/friends/decline`.
+pub const FRIEND_DECLINE: u8 = 0x16;
+/// `POST /v1/friends/remove`.
+pub const FRIEND_REMOVE: u8 = 0x17;
+/// `POST /v1/friends/block`.
+pub const FRIEND_BLOCK: u8 = 0x18;
+/// `POST /v1/friends/unblock`.
+pub const FRIEND_UNBLOCK: u8 = 0x19;
+/// `POST /v1/friends/list`.
+pub const FRIEND_LIST: u8 = 0x1A;
+/// `POST /v1/avatar/set`.
+pub const AVATAR_SET: u8 = 0x1B;
+/// `GET /v1/avatar/{username}`.
+pub const AVATAR_GET: u8 = 0x1C;
+/// `POST /v1/report`.
+pub const REPORT: u8 = 0x1D;
+/// `POST /v1/moments/post`.
+pub const MOMENT_POST: u8 = 0x1E;
+/// `POST /v1/moments/timeline`.
+pub const MOMENT_TIMELINE: u8 = 0x1F;
+/// `POST /v1/moments/like`.
+pub const MOMENT_LIKE: u8 = 0x20;
+/// `POST /v1/moments/comment`.
+pub const MOMENT_COMMENT: u8 = 0x21;
+/// `POST /v1/moments/delete`.
+pub const MOMENT_DELETE: u8 = 0x22;
 
 /// Server push: the inbox grew (`Notify`).
 pub const NOTIFY: u8 = 0x40;
@@ -34,6 +68,43 @@ pub const fn response(cmd: u8) -> u8 {
     cmd | RESPONSE
 }
 
+/// The short-link paths (`/v1/<path>`) and the commands they carry. `GET` is allowed
+/// only for [`AVATAR_GET`]; every other path takes `POST`.
+pub const SHORT_LINK: &[(&str, u8)] = &[
+    ("register", REGISTER),
+    ("auth", AUTH),
+    ("newsync", SYNC),
+    ("logout", LOGOUT),
+    ("user/find", FIND_USER),
+    ("friends/request", FRIEND_REQUEST),
+    ("friends/accept", FRIEND_ACCEPT),
+    ("friends/decline", FRIEND_DECLINE),
+    ("friends/remove", FRIEND_REMOVE),
+    ("friends/block", FRIEND_BLOCK),
+    ("friends/unblock", FRIEND_UNBLOCK),
+    ("friends/list", FRIEND_LIST),
+    ("avatar/set", AVATAR_SET),
+    ("avatar", AVATAR_GET),
+    ("report", REPORT),
+    ("moments/post", MOMENT_POST),
+    ("moments/timeline", MOMENT_TIMELINE),
+    ("moments/like", MOMENT_LIKE),
+    ("moments/comment", MOMENT_COMMENT),
+    ("moments/delete", MOMENT_DELETE),
+];
+
+/// The command for a short-link path (without `/v1/`).
+pub fn by_path(path: &str) -> Option<u8> {
+    SHORT_LINK.iter().find(|(p, _)| *p == path).map(|(_, c)| *c)
+}
+
+/// Commands reached with `GET /v1/<path>/<argument>`.
+pub const GET_WITH_ARGUMENT: &[u8] = &[AVATAR_GET];
+
+/// Commands whose request carries a file (an image, a log): they get the larger upload
+/// body limit on the short link.
+pub const UPLOADS: &[u8] = &[AVATAR_SET, REPORT];
+
 /// A short, stable name for logs and metrics.
 pub fn name(cmd: u8) -> &'static str {
     match cmd {
@@ -41,12 +112,30 @@ pub fn name(cmd: u8) -> &'static str {
         HEARTBEAT => "heartbeat",
         SEND => "send",
         SYNC => "sync",
-        REGISTER => "register",
-        AUTH => "auth",
         NOTIFY => "notify",
         KICK => "kick",
         ERROR => "error",
         c if c & RESPONSE != 0 => "response",
-        _ => "unknown",
+        c => SHORT_LINK
+            .iter()
+            .find(|(_, k)| *k == c)
+            .map(|(p, _)| *p)
+            .unwrap_or("unknown"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn paths_and_commands_are_unique() {
+        let mut cmds: Vec<u8> = super::SHORT_LINK.iter().map(|(_, c)| *c).collect();
+        cmds.sort();
+        let n = cmds.len();
+        cmds.dedup();
+        assert_eq!(cmds.len(), n);
+        assert_eq!(super::by_path("friends/list"), Some(super::FRIEND_LIST));
+        assert_eq!(super::name(super::SYNC), "sync");
+        assert_eq!(super::name(super::MOMENT_LIKE), "moments/like");
+        assert_eq!(super::by_path("nope"), None);
     }
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use ferry_proto::v1;
 
-use crate::{NewMessage, Store, StoreError};
+use crate::{
+    Avatar, FriendChange, FriendRow, MomentRow, NewEvent, NewMessage, ReportInfo, Store, StoreError,
+};
 
 fn text(from: &str, to: &str, t: &str, cmid: u64) -> v1::Message {
     v1::Message {
@@ -32,7 +34,7 @@ fn texts(page: &crate::InboxPage) -> Vec<String> {
         .iter()
         .map(|e| match &e.kind {
             Some(v1::entry::Kind::Message(m)) => m.text.clone(),
-            None => String::new(),
+            _ => String::new(),
         })
         .collect()
 }
@@ -176,4 +178,276 @@ pub async fn synckeys_and_prune(store: Arc<dyn Store>) {
     assert_eq!(page.entries.first().map(|e| e.seq), Some(5));
     assert_eq!(page.latest_seq, 10);
     assert_eq!(page.entries.len(), 6);
+}
+
+fn friend_event(peer: &str, time_ms: i64) -> v1::Entry {
+    v1::Entry {
+        kind: Some(v1::entry::Kind::Friend(v1::FriendEvent {
+            kind: v1::friend_event::Kind::RequestReceived as i32,
+            peer: peer.into(),
+            greeting: "hi".into(),
+        })),
+        time_ms,
+        ..Default::default()
+    }
+}
+
+pub async fn events_share_the_inbox_with_messages(store: Arc<dyn Store>) {
+    let a = store.create_user("alice", "h").await.unwrap();
+    let b = store.create_user("bob", "h").await.unwrap();
+    store
+        .append_message(new_msg((a, "alice"), (b, "bob"), 1, "one"))
+        .await
+        .unwrap();
+    let seqs = store
+        .append_events(vec![
+            NewEvent {
+                user_id: b,
+                entry: friend_event("alice", 5_000),
+            },
+            NewEvent {
+                user_id: a,
+                entry: friend_event("bob", 5_001),
+            },
+        ])
+        .await
+        .unwrap();
+    assert_eq!(seqs, [2, 2]);
+    let page = store.inbox(b, 0, 10).await.unwrap();
+    assert_eq!(page.entries.len(), 2);
+    assert_eq!(page.latest_seq, 2);
+    match &page.entries[1] {
+        v1::Entry {
+            seq: 2,
+            kind: Some(v1::entry::Kind::Friend(f)),
+            time_ms: 5_000,
+        } => {
+            assert_eq!((f.peer.as_str(), f.greeting.as_str()), ("alice", "hi"))
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // An unknown user fails the whole append.
+    let err = store
+        .append_events(vec![
+            NewEvent {
+                user_id: b,
+                entry: friend_event("x", 1),
+            },
+            NewEvent {
+                user_id: 999,
+                entry: friend_event("x", 1),
+            },
+        ])
+        .await;
+    assert!(matches!(err, Err(StoreError::UnknownUser(999))));
+    assert_eq!(store.latest_seq(b).await.unwrap(), 2);
+
+    // Ending all sessions of a user.
+    store.put_session([1; 32], a, "p").await.unwrap();
+    store.put_session([2; 32], a, "l").await.unwrap();
+    store.put_session([3; 32], b, "p").await.unwrap();
+    let mut gone = store.delete_user_sessions(a).await.unwrap();
+    gone.sort();
+    assert_eq!(gone, ["l", "p"]);
+    assert!(store.session([1; 32]).await.unwrap().is_none());
+    assert!(store.session([3; 32]).await.unwrap().is_some());
+}
+
+pub async fn friendships_are_conditional_and_versioned(store: Arc<dyn Store>) {
+    use v1::FriendState as S;
+    let a = store.create_user("alice", "h").await.unwrap();
+    let b = store.create_user("bob", "h").await.unwrap();
+    let row = |user, peer, state: S| FriendRow {
+        user_id: user,
+        peer_id: peer,
+        state: state as i32,
+        greeting: "hello".into(),
+        version: 0,
+        updated_ms: 0,
+    };
+    assert!(store.friendship(a, b).await.unwrap().is_none());
+    // a asks b: both rows and b's inbox event in one step.
+    let seqs = store
+        .change_friends(FriendChange {
+            expect: vec![(a, b, S::None as i32), (b, a, S::None as i32)],
+            rows: vec![row(a, b, S::RequestOut), row(b, a, S::RequestIn)],
+            events: vec![NewEvent {
+                user_id: b,
+                entry: friend_event("alice", 7),
+            }],
+            time_ms: 7,
+        })
+        .await
+        .unwrap();
+    assert_eq!(seqs, [1]);
+    let r = store.friendship(b, a).await.unwrap().unwrap();
+    assert_eq!(
+        (r.state, r.greeting.as_str(), r.updated_ms),
+        (S::RequestIn as i32, "hello", 7)
+    );
+    // The same request again fails its expectation and writes nothing.
+    let again = store
+        .change_friends(FriendChange {
+            expect: vec![(a, b, S::None as i32)],
+            rows: vec![row(a, b, S::RequestOut)],
+            events: vec![NewEvent {
+                user_id: b,
+                entry: friend_event("alice", 8),
+            }],
+            time_ms: 8,
+        })
+        .await;
+    assert!(matches!(again, Err(StoreError::Conflict)));
+    assert_eq!(store.latest_seq(b).await.unwrap(), 1);
+
+    let full = store.friends(a, 0).await.unwrap();
+    assert_eq!(full.rows.len(), 1);
+    let v1_ = full.version;
+    assert!(v1_ > 0);
+    // b accepts: both become friends.
+    store
+        .change_friends(FriendChange {
+            expect: vec![(b, a, S::RequestIn as i32)],
+            rows: vec![row(a, b, S::Friend), row(b, a, S::Friend)],
+            events: vec![],
+            time_ms: 9,
+        })
+        .await
+        .unwrap();
+    let delta = store.friends(a, v1_).await.unwrap();
+    assert_eq!(delta.rows.len(), 1);
+    assert_eq!(delta.rows[0].state, S::Friend as i32);
+    assert!(delta.version > v1_);
+    assert!(store
+        .friends(a, delta.version)
+        .await
+        .unwrap()
+        .rows
+        .is_empty());
+    // Removal: delta lists show the tombstone, full lists do not.
+    store
+        .change_friends(FriendChange {
+            expect: vec![],
+            rows: vec![row(a, b, S::Removed), row(b, a, S::Removed)],
+            events: vec![],
+            time_ms: 10,
+        })
+        .await
+        .unwrap();
+    assert!(store.friends(a, 0).await.unwrap().rows.is_empty());
+    let delta2 = store.friends(a, delta.version).await.unwrap();
+    assert_eq!(delta2.rows[0].state, S::Removed as i32);
+}
+
+pub async fn avatars_and_reports(store: Arc<dyn Store>) {
+    let a = store.create_user("alice", "h").await.unwrap();
+    assert!(store.avatar(a).await.unwrap().is_none());
+    let av = Avatar {
+        etag: "\"e1\"".into(),
+        content_type: "image/jpeg".into(),
+        image: vec![1, 2, 3],
+        thumb: vec![4],
+        updated_ms: 5,
+    };
+    store.set_avatar(a, av.clone()).await.unwrap();
+    assert_eq!(store.avatar(a).await.unwrap(), Some(av.clone()));
+    let av2 = Avatar {
+        etag: "\"e2\"".into(),
+        ..av
+    };
+    store.set_avatar(a, av2.clone()).await.unwrap();
+    assert_eq!(store.avatar(a).await.unwrap(), Some(av2));
+
+    let info = |t: i64| ReportInfo {
+        id: 0,
+        user_id: a,
+        device_id: "d".into(),
+        client_version: "1.0".into(),
+        kind: "crash".into(),
+        file_name: "crash.txt".into(),
+        length: 3,
+        md5: "abc".into(),
+        created_ms: t,
+    };
+    let r1 = store.add_report(info(100), b"one".to_vec()).await.unwrap();
+    let r2 = store.add_report(info(200), b"two".to_vec()).await.unwrap();
+    let list = store.reports(0, 10).await.unwrap();
+    assert_eq!(list.iter().map(|r| r.id).collect::<Vec<_>>(), [r2, r1]);
+    assert_eq!(store.reports(r2, 10).await.unwrap().len(), 1);
+    let (got, data) = store.report(r1).await.unwrap().unwrap();
+    assert_eq!((got.kind.as_str(), data.as_slice()), ("crash", &b"one"[..]));
+    assert_eq!(store.prune_reports(150).await.unwrap(), 1);
+    assert!(store.report(r1).await.unwrap().is_none());
+    assert!(store.report(r2).await.unwrap().is_some());
+}
+
+pub async fn moments_likes_and_comments(store: Arc<dyn Store>) {
+    let a = store.create_user("alice", "h").await.unwrap();
+    let b = store.create_user("bob", "h").await.unwrap();
+    let c = store.create_user("carol", "h").await.unwrap();
+    let m = |id: u64, author: u64| MomentRow {
+        id,
+        author_id: author,
+        text: format!("moment {id}"),
+        media_ids: vec!["m1".into(), "m2".into()],
+        time_ms: id as i64,
+    };
+    let ev = |user| NewEvent {
+        user_id: user,
+        entry: friend_event("x", 1),
+    };
+    let seqs = store
+        .add_moment(m(10, a), vec![ev(b), ev(c)])
+        .await
+        .unwrap();
+    assert_eq!(seqs, [1, 1]);
+    store.add_moment(m(20, b), vec![]).await.unwrap();
+    store.add_moment(m(30, a), vec![]).await.unwrap();
+    store.add_moment(m(40, c), vec![]).await.unwrap();
+    assert_eq!(store.moment(10).await.unwrap(), Some(m(10, a)));
+
+    let page = store.timeline(&[a, b], 0, 2).await.unwrap();
+    assert_eq!(page.iter().map(|x| x.id).collect::<Vec<_>>(), [30, 20]);
+    let page = store.timeline(&[a, b], 20, 2).await.unwrap();
+    assert_eq!(page.iter().map(|x| x.id).collect::<Vec<_>>(), [10]);
+    assert!(store.timeline(&[], 0, 10).await.unwrap().is_empty());
+
+    assert!(store.set_like(10, b, true, 50, Some(ev(a))).await.unwrap());
+    assert!(
+        !store.set_like(10, b, true, 51, Some(ev(a))).await.unwrap(),
+        "a like is once"
+    );
+    assert_eq!(
+        store.latest_seq(a).await.unwrap(),
+        1,
+        "no event for a repeated like"
+    );
+    assert!(store.set_like(10, c, true, 52, None).await.unwrap());
+    let cid = store
+        .add_comment(10, c, "nice", 60, Some(ev(a)))
+        .await
+        .unwrap();
+    assert!(cid > 0);
+    assert!(matches!(
+        store.add_comment(99, c, "x", 1, None).await,
+        Err(StoreError::NotFound)
+    ));
+    assert!(matches!(
+        store.set_like(99, c, true, 1, None).await,
+        Err(StoreError::NotFound)
+    ));
+    let r = store.reactions(&[10, 20]).await.unwrap();
+    assert_eq!(r.len(), 3);
+    assert_eq!((r[0].user_id, r[0].comment_id), (b, 0));
+    assert_eq!(
+        (r[2].user_id, r[2].comment_id, r[2].text.as_str()),
+        (c, cid, "nice")
+    );
+    assert!(store.set_like(10, b, false, 70, None).await.unwrap());
+    assert_eq!(store.reactions(&[10]).await.unwrap().len(), 2);
+
+    assert!(store.delete_moment(10).await.unwrap());
+    assert!(!store.delete_moment(10).await.unwrap());
+    assert!(store.moment(10).await.unwrap().is_none());
+    assert!(store.reactions(&[10]).await.unwrap().is_empty());
 }

@@ -6,6 +6,7 @@
 //! not know about connections, frames, pushes or passwords in clear: it keeps what it is
 //! given and answers queries.
 
+mod postgres;
 mod sqlite;
 
 #[doc(hidden)]
@@ -14,6 +15,7 @@ pub mod conformance;
 use async_trait::async_trait;
 use ferry_proto::v1;
 
+pub use postgres::{PgConfig, PgStore};
 pub use sqlite::{Durability, SqliteStore};
 
 /// Store failures.
@@ -21,6 +23,11 @@ pub use sqlite::{Durability, SqliteStore};
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    /// The database cannot be reached (pool timeout, connection refused): retry later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     #[error("user name already taken")]
     UserExists,
     #[error("unknown user {0}")]
@@ -31,6 +38,12 @@ pub enum StoreError {
     Corrupt(String),
     #[error("write failed: {0}")]
     WriteFailed(String),
+    /// A precondition of a conditional write no longer holds (another request changed
+    /// the same rows first): read again and retry.
+    #[error("conflicting concurrent change")]
+    Conflict,
+    #[error("not found")]
+    NotFound,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -93,6 +106,90 @@ pub struct InboxPage {
     pub more: bool,
 }
 
+/// An inbox entry other than a message (a friend event, a moment event …), appended to
+/// one user's inbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub user_id: u64,
+    /// The entry's `kind` and `time_ms`; the store assigns `seq`.
+    pub entry: v1::Entry,
+}
+
+/// A relation from `user_id`'s side (`v1::FriendState` as i32).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FriendRow {
+    pub user_id: u64,
+    pub peer_id: u64,
+    pub state: i32,
+    pub greeting: String,
+    /// The owner's friend-list version when this row last changed.
+    pub version: u64,
+    pub updated_ms: i64,
+}
+
+/// A conditional change of friendships: applied only when every `expect` holds (a
+/// missing row counts as `FRIEND_STATE_NONE`), together with the inbox events it causes.
+#[derive(Debug, Clone, Default)]
+pub struct FriendChange {
+    /// `(user, peer, state)` that must hold.
+    pub expect: Vec<(u64, u64, i32)>,
+    /// Rows to write (`version` and `updated_ms` are assigned by the store).
+    pub rows: Vec<FriendRow>,
+    pub events: Vec<NewEvent>,
+    pub time_ms: i64,
+}
+
+/// One page of a friend list.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FriendList {
+    pub version: u64,
+    pub rows: Vec<FriendRow>,
+}
+
+/// A stored avatar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Avatar {
+    pub etag: String,
+    pub content_type: String,
+    pub image: Vec<u8>,
+    pub thumb: Vec<u8>,
+    pub updated_ms: i64,
+}
+
+/// A client log or crash report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReportInfo {
+    pub id: u64,
+    pub user_id: u64,
+    pub device_id: String,
+    pub client_version: String,
+    pub kind: String,
+    pub file_name: String,
+    pub length: u64,
+    pub md5: String,
+    pub created_ms: i64,
+}
+
+/// A moment as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MomentRow {
+    pub id: u64,
+    pub author_id: u64,
+    pub text: String,
+    pub media_ids: Vec<String>,
+    pub time_ms: i64,
+}
+
+/// A like (`comment_id` 0) or a comment on a moment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reaction {
+    pub moment_id: u64,
+    pub user_id: u64,
+    pub comment_id: u64,
+    pub text: String,
+    pub time_ms: i64,
+}
+
 /// The storage contract. Implementations: [`SqliteStore`] (embedded), PostgreSQL (cluster).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
@@ -123,4 +220,59 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes inbox entries stored before `before_ms`; returns how many went.
     async fn prune(&self, before_ms: i64) -> Result<u64>;
+
+    /// Ends every session of a user; returns the device ids that had one.
+    async fn delete_user_sessions(&self, user_id: u64) -> Result<Vec<String>>;
+
+    /// Appends non-message entries; returns their seqs, in order.
+    async fn append_events(&self, events: Vec<NewEvent>) -> Result<Vec<u64>>;
+
+    /// `user_id`'s relation to `peer_id`, if any.
+    async fn friendship(&self, user_id: u64, peer_id: u64) -> Result<Option<FriendRow>>;
+    /// Applies a conditional friendship change atomically ([`StoreError::Conflict`] when
+    /// an expectation fails; nothing is written then). Returns the events' seqs.
+    async fn change_friends(&self, change: FriendChange) -> Result<Vec<u64>>;
+    /// With `since_version` 0: every relation that is not `REMOVED`. Otherwise every row
+    /// changed after that version, `REMOVED` ones included.
+    async fn friends(&self, user_id: u64, since_version: u64) -> Result<FriendList>;
+
+    async fn set_avatar(&self, user_id: u64, avatar: Avatar) -> Result<()>;
+    async fn avatar(&self, user_id: u64) -> Result<Option<Avatar>>;
+
+    async fn add_report(&self, info: ReportInfo, data: Vec<u8>) -> Result<u64>;
+    /// Newest first, ids below `before_id` (0: from the newest).
+    async fn reports(&self, before_id: u64, limit: u32) -> Result<Vec<ReportInfo>>;
+    async fn report(&self, id: u64) -> Result<Option<(ReportInfo, Vec<u8>)>>;
+    /// Deletes reports stored before `before_ms`.
+    async fn prune_reports(&self, before_ms: i64) -> Result<u64>;
+
+    /// Stores a moment (its id chosen by the caller) with its inbox events.
+    async fn add_moment(&self, moment: MomentRow, events: Vec<NewEvent>) -> Result<Vec<u64>>;
+    async fn moment(&self, id: u64) -> Result<Option<MomentRow>>;
+    /// Deletes a moment with its likes and comments; true when it existed.
+    async fn delete_moment(&self, id: u64) -> Result<bool>;
+    /// Moments by any of `authors` with id < `before_id` (0: no bound), newest first.
+    async fn timeline(&self, authors: &[u64], before_id: u64, limit: u32)
+        -> Result<Vec<MomentRow>>;
+    /// Adds or removes a like (with an optional event for the author); true when
+    /// something changed.
+    async fn set_like(
+        &self,
+        moment_id: u64,
+        user_id: u64,
+        on: bool,
+        time_ms: i64,
+        event: Option<NewEvent>,
+    ) -> Result<bool>;
+    /// Adds a comment (with an optional event for the author); returns its id.
+    async fn add_comment(
+        &self,
+        moment_id: u64,
+        user_id: u64,
+        text: &str,
+        time_ms: i64,
+        event: Option<NewEvent>,
+    ) -> Result<u64>;
+    /// Likes and comments on the given moments, oldest first.
+    async fn reactions(&self, moment_ids: &[u64]) -> Result<Vec<Reaction>>;
 }

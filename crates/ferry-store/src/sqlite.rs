@@ -16,7 +16,12 @@ use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::{Appended, InboxPage, NewMessage, Result, Session, Store, StoreError, User};
+use crate::{
+    Appended, Avatar, FriendChange, FriendList, FriendRow, InboxPage, MomentRow, NewEvent,
+    NewMessage, Reaction, ReportInfo, Result, Session, Store, StoreError, User,
+};
+
+mod social;
 
 /// How hard a commit waits for the disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,7 +40,8 @@ const MAX_BATCH: usize = 1024;
 /// Writes that may wait for the writer before senders are held back.
 const QUEUE: usize = 16 * 1024;
 
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id            INTEGER PRIMARY KEY,
     name          TEXT NOT NULL UNIQUE,
@@ -75,7 +81,65 @@ CREATE TABLE devices (
     updated_ms INTEGER NOT NULL,
     PRIMARY KEY (user_id, device_id)
 ) WITHOUT ROWID;
-"#];
+"#,
+    r#"
+ALTER TABLE inbox ADD COLUMN payload BLOB;
+ALTER TABLE users ADD COLUMN friend_version INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE friendships (
+    user_id    INTEGER NOT NULL,
+    peer_id    INTEGER NOT NULL,
+    state      INTEGER NOT NULL,
+    greeting   TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, peer_id)
+) WITHOUT ROWID;
+CREATE INDEX friendships_version ON friendships(user_id, version);
+CREATE TABLE avatars (
+    user_id      INTEGER PRIMARY KEY,
+    etag         TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    image        BLOB NOT NULL,
+    thumb        BLOB NOT NULL,
+    updated_ms   INTEGER NOT NULL
+);
+CREATE TABLE reports (
+    id             INTEGER PRIMARY KEY,
+    user_id        INTEGER NOT NULL,
+    device_id      TEXT NOT NULL,
+    client_version TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    file_name      TEXT NOT NULL,
+    length         INTEGER NOT NULL,
+    md5            TEXT NOT NULL,
+    created_ms     INTEGER NOT NULL,
+    data           BLOB NOT NULL
+);
+CREATE INDEX reports_created ON reports(created_ms);
+CREATE TABLE moments (
+    id         INTEGER PRIMARY KEY,
+    author_id  INTEGER NOT NULL,
+    text       TEXT NOT NULL,
+    media_ids  TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX moments_author ON moments(author_id, id);
+CREATE TABLE moment_likes (
+    moment_id  INTEGER NOT NULL,
+    user_id    INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (moment_id, user_id)
+) WITHOUT ROWID;
+CREATE TABLE moment_comments (
+    id         INTEGER PRIMARY KEY,
+    moment_id  INTEGER NOT NULL,
+    user_id    INTEGER NOT NULL,
+    text       TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX moment_comments_moment ON moment_comments(moment_id);
+"#,
+];
 
 /// What the writer thread remembers between batches. Cleared whenever a batch fails,
 /// so it can never disagree with the file.
@@ -272,8 +336,14 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        let size = batch.len();
+        let started = std::time::Instant::now();
         let outcome = run_batch(&mut conn, &mut state, &mut batch, &mut finished);
+        metrics::histogram!("ferry_store_batch_size").record(size as f64);
+        metrics::histogram!("ferry_store_batch_seconds").record(started.elapsed().as_secs_f64());
+        metrics::gauge!("ferry_store_write_queue").set(rx.len() as f64);
         if outcome.is_err() {
+            metrics::counter!("ferry_store_batch_failures_total").increment(1);
             state = WriterState::default();
         }
         for f in finished.drain(..) {
@@ -309,10 +379,38 @@ fn run_batch(
         return Err("a write in the batch failed".into());
     }
     state.flush(&txn).map_err(|e| e.to_string())?;
-    txn.commit().map_err(|e| {
+    let committing = std::time::Instant::now();
+    let committed = txn.commit().map_err(|e| {
         tracing::error!(error = %e, "store commit failed");
         e.to_string()
-    })
+    });
+    // The commit is where the fsync happens: this is the disk's share of a batch.
+    metrics::histogram!("ferry_store_commit_seconds").record(committing.elapsed().as_secs_f64());
+    committed
+}
+
+/// Builds an inbox entry from a message body (joined from `messages`) or an event
+/// payload. An entry whose message was deleted keeps its seq with no kind.
+fn decode_entry(
+    seq: u64,
+    time_ms: i64,
+    body: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+) -> Result<v1::Entry> {
+    let corrupt = |e: prost::DecodeError| StoreError::Corrupt(format!("inbox entry {seq}: {e}"));
+    let mut entry = match (body, payload) {
+        (Some(b), _) => v1::Entry {
+            kind: Some(v1::entry::Kind::Message(
+                v1::Message::decode(&b[..]).map_err(corrupt)?,
+            )),
+            ..Default::default()
+        },
+        (None, Some(p)) => v1::Entry::decode(&p[..]).map_err(corrupt)?,
+        (None, None) => v1::Entry::default(),
+    };
+    entry.seq = seq;
+    entry.time_ms = time_ms;
+    Ok(entry)
 }
 
 fn now_ms() -> i64 {
@@ -500,7 +598,8 @@ impl Store for SqliteStore {
                 .optional()?
                 .ok_or(StoreError::UnknownUser(user_id))? as u64;
             let mut stmt = txn.prepare_cached(
-                "SELECT i.seq, m.body FROM inbox i LEFT JOIN messages m ON m.id = i.msg_id
+                "SELECT i.seq, m.body, i.payload, i.created_ms FROM inbox i
+                 LEFT JOIN messages m ON m.id = i.msg_id
                  WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
             )?;
             let mut rows =
@@ -514,14 +613,9 @@ impl Store for SqliteStore {
                 }
                 let seq = row.get::<_, i64>(0)? as u64;
                 let body: Option<Vec<u8>> = row.get(1)?;
-                let kind = match body {
-                    Some(b) => Some(v1::entry::Kind::Message(
-                        v1::Message::decode(&b[..])
-                            .map_err(|e| StoreError::Corrupt(format!("message body: {e}")))?,
-                    )),
-                    None => None,
-                };
-                entries.push(v1::Entry { seq, kind });
+                let payload: Option<Vec<u8>> = row.get(2)?;
+                let time_ms: i64 = row.get(3)?;
+                entries.push(decode_entry(seq, time_ms, body, payload)?);
             }
             Ok(InboxPage {
                 entries,
@@ -581,5 +675,121 @@ impl Store for SqliteStore {
             Ok(n as u64)
         })
         .await
+    }
+
+    async fn delete_user_sessions(&self, user_id: u64) -> Result<Vec<String>> {
+        self.write(move |txn, _| social::delete_user_sessions(txn, user_id))
+            .await
+    }
+
+    async fn append_events(&self, events: Vec<NewEvent>) -> Result<Vec<u64>> {
+        self.write(move |txn, state| social::append_events(txn, state, &events))
+            .await
+    }
+
+    async fn friendship(&self, user_id: u64, peer_id: u64) -> Result<Option<FriendRow>> {
+        self.read(move |c| social::friendship(c, user_id, peer_id))
+            .await
+    }
+
+    async fn change_friends(&self, change: FriendChange) -> Result<Vec<u64>> {
+        self.write(move |txn, state| social::change_friends(txn, state, change))
+            .await
+    }
+
+    async fn friends(&self, user_id: u64, since_version: u64) -> Result<FriendList> {
+        self.read(move |c| social::friends(c, user_id, since_version))
+            .await
+    }
+
+    async fn set_avatar(&self, user_id: u64, avatar: Avatar) -> Result<()> {
+        self.write(move |txn, _| social::set_avatar(txn, user_id, avatar))
+            .await
+    }
+
+    async fn avatar(&self, user_id: u64) -> Result<Option<Avatar>> {
+        self.read(move |c| social::avatar(c, user_id)).await
+    }
+
+    async fn add_report(&self, info: ReportInfo, data: Vec<u8>) -> Result<u64> {
+        self.write(move |txn, _| social::add_report(txn, info, data))
+            .await
+    }
+
+    async fn reports(&self, before_id: u64, limit: u32) -> Result<Vec<ReportInfo>> {
+        self.read(move |c| social::reports(c, before_id, limit))
+            .await
+    }
+
+    async fn report(&self, id: u64) -> Result<Option<(ReportInfo, Vec<u8>)>> {
+        self.read(move |c| social::report(c, id)).await
+    }
+
+    async fn prune_reports(&self, before_ms: i64) -> Result<u64> {
+        self.write(move |txn, _| {
+            Ok(txn
+                .prepare_cached("DELETE FROM reports WHERE created_ms < ?1")?
+                .execute([before_ms])? as u64)
+        })
+        .await
+    }
+
+    async fn add_moment(&self, moment: MomentRow, events: Vec<NewEvent>) -> Result<Vec<u64>> {
+        self.write(move |txn, state| social::add_moment(txn, state, moment, &events))
+            .await
+    }
+
+    async fn moment(&self, id: u64) -> Result<Option<MomentRow>> {
+        self.read(move |c| social::moment(c, id)).await
+    }
+
+    async fn delete_moment(&self, id: u64) -> Result<bool> {
+        self.write(move |txn, _| social::delete_moment(txn, id))
+            .await
+    }
+
+    async fn timeline(
+        &self,
+        authors: &[u64],
+        before_id: u64,
+        limit: u32,
+    ) -> Result<Vec<MomentRow>> {
+        let authors = authors.to_vec();
+        self.read(move |c| social::timeline(c, &authors, before_id, limit))
+            .await
+    }
+
+    async fn set_like(
+        &self,
+        moment_id: u64,
+        user_id: u64,
+        on: bool,
+        time_ms: i64,
+        event: Option<NewEvent>,
+    ) -> Result<bool> {
+        self.write(move |txn, state| {
+            social::set_like(txn, state, moment_id, user_id, on, time_ms, event)
+        })
+        .await
+    }
+
+    async fn add_comment(
+        &self,
+        moment_id: u64,
+        user_id: u64,
+        text: &str,
+        time_ms: i64,
+        event: Option<NewEvent>,
+    ) -> Result<u64> {
+        let text = text.to_owned();
+        self.write(move |txn, state| {
+            social::add_comment(txn, state, moment_id, user_id, &text, time_ms, event)
+        })
+        .await
+    }
+
+    async fn reactions(&self, moment_ids: &[u64]) -> Result<Vec<Reaction>> {
+        let ids = moment_ids.to_vec();
+        self.read(move |c| social::reactions(c, &ids)).await
     }
 }

@@ -66,3 +66,27 @@ async fn data_survives_reopen() {
     assert_eq!(next.recipient_seq, 4);
     assert_eq!(next.msg_id, 4);
 }
+
+#[tokio::test]
+async fn events_share_the_inbox_with_messages() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::events_share_the_inbox_with_messages(store(&dir)).await;
+}
+
+#[tokio::test]
+async fn friendships_are_conditional_and_versioned() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::friendships_are_conditional_and_versioned(store(&dir)).await;
+}
+
+#[tokio::test]
+async fn avatars_and_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::avatars_and_reports(store(&dir)).await;
+}
+
+#[tokio::test]
+async fn moments_likes_and_comments() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::moments_likes_and_comments(store(&dir)).await;
+}

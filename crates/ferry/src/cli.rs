@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
-use ferry_client::{Client, ClientConfig, Event, ShortLink};
+use clap::{Args, Subcommand};
+use ferry_client::{Account, Client, ClientConfig, Event, FriendAction, ShortLink};
 use ferry_proto::v1;
 use tokio::io::AsyncBufReadExt;
 
@@ -71,6 +71,23 @@ pub fn entry_json(e: &v1::Entry, me: &str) -> serde_json::Value {
             "text": m.text,
             "time_ms": m.time_ms,
             "outgoing": m.from == me,
+        }),
+        Some(v1::entry::Kind::Friend(f)) => serde_json::json!({
+            "seq": e.seq,
+            "kind": "friend",
+            "event": f.kind().as_str_name(),
+            "peer": f.peer,
+            "greeting": f.greeting,
+            "time_ms": e.time_ms,
+        }),
+        Some(v1::entry::Kind::Moment(m)) => serde_json::json!({
+            "seq": e.seq,
+            "kind": "moment",
+            "event": m.kind().as_str_name(),
+            "moment_id": m.moment_id,
+            "by": m.by,
+            "text": m.text,
+            "time_ms": e.time_ms,
         }),
         None => serde_json::json!({ "seq": e.seq, "kind": "unknown" }),
     }
@@ -161,5 +178,299 @@ pub async fn chat(opts: &ClientOpts, to: Option<String>) -> anyhow::Result<()> {
         }
     }
     client.close().await;
+    Ok(())
+}
+
+// ---- short-link state commands ----------------------------------------------------
+
+/// `ferry friends …`
+#[derive(Debug, Subcommand)]
+pub enum FriendsCmd {
+    /// Ask NAME to be friends.
+    Add {
+        #[command(flatten)]
+        opts: ClientOpts,
+        name: String,
+        #[arg(long, default_value = "")]
+        greeting: String,
+    },
+    /// Accept NAME's request.
+    Accept {
+        #[command(flatten)]
+        opts: ClientOpts,
+        name: String,
+    },
+    /// Decline NAME's request.
+    Decline {
+        #[command(flatten)]
+        opts: ClientOpts,
+        name: String,
+    },
+    /// Remove NAME from your friends (or withdraw your request).
+    Remove {
+        #[command(flatten)]
+        opts: ClientOpts,
+        name: String,
+    },
+    /// Block NAME: no messages, requests or moments from them.
+    Block {
+        #[command(flatten)]
+        opts: ClientOpts,
+        name: String,
+    },
+    /// Unblock NAME.
+    Unblock {
+        #[command(flatten)]
+        opts: ClientOpts,
+        name: String,
+    },
+    /// List friends and pending requests (JSON lines).
+    List {
+        #[command(flatten)]
+        opts: ClientOpts,
+        /// Only what changed since this list version.
+        #[arg(long, default_value_t = 0)]
+        since: u64,
+    },
+}
+
+/// `ferry avatar …`
+#[derive(Debug, Subcommand)]
+pub enum AvatarCmd {
+    /// Upload FILE (PNG, JPEG or WebP) as your avatar.
+    Set {
+        #[command(flatten)]
+        opts: ClientOpts,
+        file: PathBuf,
+    },
+    /// Download NAME's avatar.
+    Get {
+        #[command(flatten)]
+        opts: ClientOpts,
+        name: String,
+        /// Where to write it (default NAME.jpg).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// The 64×64 thumbnail instead.
+        #[arg(long)]
+        thumb: bool,
+    },
+}
+
+/// `ferry moments …`
+#[derive(Debug, Subcommand)]
+pub enum MomentsCmd {
+    /// Publish a moment to your friends.
+    Post {
+        #[command(flatten)]
+        opts: ClientOpts,
+        text: String,
+        /// A media id to attach (repeatable).
+        #[arg(long = "media")]
+        media: Vec<String>,
+    },
+    /// Your and your friends' moments, newest first (JSON lines).
+    Timeline {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+        /// The `next_cursor` printed by the previous page.
+        #[arg(long, default_value_t = 0)]
+        cursor: u64,
+    },
+    /// Like a moment (or take the like back with --undo).
+    Like {
+        #[command(flatten)]
+        opts: ClientOpts,
+        id: u64,
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Comment on a moment.
+    Comment {
+        #[command(flatten)]
+        opts: ClientOpts,
+        id: u64,
+        text: String,
+    },
+    /// Delete one of your moments.
+    Delete {
+        #[command(flatten)]
+        opts: ClientOpts,
+        id: u64,
+    },
+}
+
+async fn account(opts: &ClientOpts) -> anyhow::Result<Account> {
+    Account::open(opts.config()).await.context("signing in")
+}
+
+pub async fn friends(cmd: FriendsCmd) -> anyhow::Result<()> {
+    let (opts, name, action) = match cmd {
+        FriendsCmd::Add {
+            opts,
+            name,
+            greeting,
+        } => {
+            let r = account(&opts)
+                .await?
+                .request_friend(&name, &greeting)
+                .await?;
+            println!("{name}: {}", r.state().as_str_name());
+            return Ok(());
+        }
+        FriendsCmd::List { opts, since } => {
+            let list = account(&opts).await?.friends(since).await?;
+            for f in &list.friends {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "user": f.username,
+                        "user_id": f.user_id,
+                        "state": f.state().as_str_name(),
+                        "greeting": f.greeting,
+                        "since_ms": f.since_ms,
+                    })
+                );
+            }
+            eprintln!("list version {}", list.version);
+            return Ok(());
+        }
+        FriendsCmd::Accept { opts, name } => (opts, name, FriendAction::Accept),
+        FriendsCmd::Decline { opts, name } => (opts, name, FriendAction::Decline),
+        FriendsCmd::Remove { opts, name } => (opts, name, FriendAction::Remove),
+        FriendsCmd::Block { opts, name } => (opts, name, FriendAction::Block),
+        FriendsCmd::Unblock { opts, name } => (opts, name, FriendAction::Unblock),
+    };
+    let r = account(&opts).await?.friend(action, &name).await?;
+    println!("{name}: {}", r.state().as_str_name());
+    Ok(())
+}
+
+pub async fn avatar(cmd: AvatarCmd) -> anyhow::Result<()> {
+    match cmd {
+        AvatarCmd::Set { opts, file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let etag = account(&opts).await?.set_avatar(bytes).await?;
+            println!("avatar set (etag {etag})");
+        }
+        AvatarCmd::Get {
+            opts,
+            name,
+            out,
+            thumb,
+        } => {
+            let got = account(&opts).await?.avatar(&name, thumb, None).await?;
+            let (bytes, _) = got.context("the server answered 304 without a cached copy")?;
+            let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}.jpg")));
+            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} ({} bytes)", out.display(), bytes.len());
+        }
+    }
+    Ok(())
+}
+
+pub async fn moments(cmd: MomentsCmd) -> anyhow::Result<()> {
+    match cmd {
+        MomentsCmd::Post { opts, text, media } => {
+            let r = account(&opts).await?.post_moment(&text, media).await?;
+            println!("posted moment {}", r.moment_id);
+        }
+        MomentsCmd::Timeline {
+            opts,
+            limit,
+            cursor,
+        } => {
+            let page = account(&opts).await?.timeline(cursor, limit).await?;
+            for m in &page.moments {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "id": m.moment_id,
+                        "author": m.author,
+                        "text": m.text,
+                        "media": m.media_ids,
+                        "time_ms": m.time_ms,
+                        "likes": m.likes.iter().map(|l| &l.username).collect::<Vec<_>>(),
+                        "comments": m.comments.iter().map(|c| serde_json::json!({"user": c.username, "text": c.text})).collect::<Vec<_>>(),
+                    })
+                );
+            }
+            if page.next_cursor != 0 {
+                eprintln!("more: --cursor {}", page.next_cursor);
+            }
+        }
+        MomentsCmd::Like { opts, id, undo } => {
+            account(&opts).await?.like_moment(id, undo).await?;
+            println!("{} moment {id}", if undo { "unliked" } else { "liked" });
+        }
+        MomentsCmd::Comment { opts, id, text } => {
+            let c = account(&opts).await?.comment_moment(id, &text).await?;
+            println!("comment {c} added");
+        }
+        MomentsCmd::Delete { opts, id } => {
+            account(&opts).await?.delete_moment(id).await?;
+            println!("deleted moment {id}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn report(opts: &ClientOpts, file: &std::path::Path, kind: &str) -> anyhow::Result<()> {
+    let data = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let id = account(opts).await?.report(kind, &name, data).await?;
+    println!("report {id} stored");
+    Ok(())
+}
+
+pub async fn logout(opts: &ClientOpts, all: bool) -> anyhow::Result<()> {
+    let n = account(opts).await?.logout(all).await?;
+    println!("logged out ({n} session{})", if n == 1 { "" } else { "s" });
+    Ok(())
+}
+
+/// `ferry admin reports`: list client reports, or write one out.
+pub async fn admin_reports(
+    store: std::sync::Arc<dyn ferry_store::Store>,
+    get: Option<u64>,
+    out: Option<PathBuf>,
+    limit: u32,
+) -> anyhow::Result<()> {
+    match get {
+        Some(id) => {
+            let (info, data) = store
+                .report(id)
+                .await?
+                .with_context(|| format!("no report {id}"))?;
+            let out =
+                out.unwrap_or_else(|| PathBuf::from(format!("report-{id}-{}", info.file_name)));
+            std::fs::write(&out, &data).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote {} ({} bytes)", out.display(), data.len());
+        }
+        None => {
+            for r in store.reports(0, limit).await? {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "id": r.id,
+                        "user_id": r.user_id,
+                        "device": r.device_id,
+                        "client_version": r.client_version,
+                        "kind": r.kind,
+                        "file": r.file_name,
+                        "bytes": r.length,
+                        "md5": r.md5,
+                        "time_ms": r.created_ms,
+                    })
+                );
+            }
+        }
+    }
     Ok(())
 }

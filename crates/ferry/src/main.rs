@@ -31,6 +31,31 @@ enum Command {
         #[arg(long)]
         listen: Vec<String>,
     },
+    /// Run a gateway of a cluster: client sockets, joined to logic nodes over NATS.
+    Gateway {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// NATS URL (default nats://127.0.0.1:4222).
+        #[arg(long, env = "FERRY_NATS")]
+        nats: Option<String>,
+        /// Listen address (repeatable).
+        #[arg(long)]
+        listen: Vec<String>,
+        /// This gateway's name on the bus, unique in the cluster (default: random).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Run a logic node of a cluster: services over NATS, data in PostgreSQL.
+    Logic {
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// NATS URL (default nats://127.0.0.1:4222).
+        #[arg(long, env = "FERRY_NATS")]
+        nats: Option<String>,
+        /// PostgreSQL connection string, e.g. postgres://ferry@127.0.0.1/ferry.
+        #[arg(long, env = "FERRY_POSTGRES")]
+        postgres: Option<String>,
+    },
     /// Create an account.
     Register {
         #[arg(long, default_value = "127.0.0.1:8080", env = "FERRY_SERVER")]
@@ -68,6 +93,76 @@ enum Command {
         #[arg(long)]
         to: Option<String>,
     },
+    /// Friends: add, accept, decline, remove, block, unblock, list.
+    #[command(subcommand)]
+    Friends(cli::FriendsCmd),
+    /// Your avatar, and other users'.
+    #[command(subcommand)]
+    Avatar(cli::AvatarCmd),
+    /// The moments feed: post, timeline, like, comment, delete.
+    #[command(subcommand)]
+    Moments(cli::MomentsCmd),
+    /// Upload a client log or crash file.
+    Report {
+        #[command(flatten)]
+        opts: ClientOpts,
+        file: PathBuf,
+        /// "log", "crash", …
+        #[arg(long, default_value = "log")]
+        kind: String,
+    },
+    /// End this device's session (or every device's, with --all).
+    Logout {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Operator tools.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// Measure a server: connections, memory, throughput, latency (see docs/benchmarks.md).
+    Bench(ferry::bench::BenchArgs),
+    /// A bench worker process (started by `ferry bench`).
+    #[command(hide = true)]
+    BenchWorker { spec: String },
+}
+
+#[derive(Subcommand)]
+enum AdminCommand {
+    /// The dashboard's summary in the terminal.
+    Status {
+        /// Any gateway port of the server, IP:PORT.
+        #[arg(long, default_value = "127.0.0.1:8080", env = "FERRY_SERVER")]
+        server: String,
+        /// The admin token (default: read from DATA/admin-token).
+        #[arg(long, env = "FERRY_ADMIN_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// The server's data folder, to find its generated admin token.
+        #[arg(long, default_value = "ferry-data", env = "FERRY_DATA")]
+        data: PathBuf,
+        /// Redraw every two seconds until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
+    /// List client log reports (JSON lines), or write one to a file with --get ID.
+    Reports {
+        /// The server's data folder (embedded store).
+        #[arg(long, default_value = "ferry-data", env = "FERRY_DATA")]
+        data: PathBuf,
+        /// A cluster's PostgreSQL instead.
+        #[arg(long, env = "FERRY_POSTGRES")]
+        postgres: Option<String>,
+        /// Write report ID to --out (default report-ID-FILENAME).
+        #[arg(long)]
+        get: Option<u64>,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
 }
 
 fn init_tracing(default: &str) {
@@ -91,6 +186,23 @@ async fn main() {
             init_tracing("info");
             serve(config, data, listen).await
         }
+        Command::Gateway {
+            config,
+            nats,
+            listen,
+            id,
+        } => {
+            init_tracing("info");
+            run_gateway(config, nats, listen, id).await
+        }
+        Command::Logic {
+            config,
+            nats,
+            postgres,
+        } => {
+            init_tracing("info");
+            run_logic(config, nats, postgres).await
+        }
         other => {
             init_tracing("warn");
             match other {
@@ -106,7 +218,45 @@ async fn main() {
                     timeout,
                 } => cli::listen(&opts, count, timeout).await,
                 Command::Chat { opts, to } => cli::chat(&opts, to).await,
-                Command::Serve { .. } => unreachable!(),
+                Command::Admin {
+                    command:
+                        AdminCommand::Status {
+                            server,
+                            token,
+                            data,
+                            watch,
+                        },
+                } => {
+                    let target = ferry::monitor::status::Target {
+                        server,
+                        token,
+                        data_dir: data,
+                    };
+                    ferry::monitor::status::run(&target, watch).await
+                }
+                Command::Friends(cmd) => cli::friends(cmd).await,
+                Command::Avatar(cmd) => cli::avatar(cmd).await,
+                Command::Moments(cmd) => cli::moments(cmd).await,
+                Command::Report { opts, file, kind } => cli::report(&opts, &file, &kind).await,
+                Command::Logout { opts, all } => cli::logout(&opts, all).await,
+                Command::Admin {
+                    command:
+                        AdminCommand::Reports {
+                            data,
+                            postgres,
+                            get,
+                            out,
+                            limit,
+                        },
+                } => match admin_store(&data, postgres).await {
+                    Ok(store) => cli::admin_reports(store, get, out, limit).await,
+                    Err(e) => Err(e),
+                },
+                Command::Bench(args) => ferry::bench::run(args).await,
+                Command::BenchWorker { spec } => ferry::bench::worker::run(&spec).await,
+                Command::Serve { .. } | Command::Gateway { .. } | Command::Logic { .. } => {
+                    unreachable!()
+                }
             }
         }
     };
@@ -114,6 +264,41 @@ async fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// A start-up line on stdout for scripts and tests. A closed stdout (the reader went
+/// away) must not take the server down, so errors are ignored.
+fn say(line: std::fmt::Arguments) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+/// The store an admin command reads: PostgreSQL when given, else the data folder.
+async fn admin_store(
+    data: &std::path::Path,
+    postgres: Option<String>,
+) -> anyhow::Result<std::sync::Arc<dyn ferry_store::Store>> {
+    use anyhow::Context;
+    Ok(match postgres {
+        Some(url) => std::sync::Arc::new(
+            ferry_store::PgStore::connect(&ferry_store::PgConfig::new(url))
+                .await
+                .context("connecting to PostgreSQL")?,
+        ),
+        None => {
+            anyhow::ensure!(
+                data.join("ferry.db").exists(),
+                "no Ferry database in {} (use --data)",
+                data.display()
+            );
+            std::sync::Arc::new(
+                ferry_store::SqliteStore::open(data, ferry_store::Durability::Fsync)
+                    .with_context(|| format!("opening {}", data.display()))?,
+            )
+        }
+    })
 }
 
 async fn serve(
@@ -131,12 +316,70 @@ async fn serve(
     let server = Server::bind(cfg.clone()).await?;
     for a in &server.addrs {
         // Tests and scripts read this line to find the port.
-        println!("ferry listening on {a}");
+        say(format_args!("ferry listening on {a}"));
     }
+    say(format_args!(
+        "ferry dashboard: {}",
+        ferry::monitor::dashboard_url(server.addr(), server.monitor.token())
+    ));
     tracing::info!(data = %cfg.data_dir.display(), "ferry serving");
     wait_for_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await;
+    Ok(())
+}
+
+async fn run_gateway(
+    config: Option<PathBuf>,
+    nats: Option<String>,
+    listen: Vec<String>,
+    id: Option<String>,
+) -> anyhow::Result<()> {
+    let mut cfg = Config::load(config.as_deref())?;
+    if let Some(n) = nats {
+        cfg.cluster.nats = n;
+    }
+    if !listen.is_empty() {
+        cfg.listen = listen;
+    }
+    match id {
+        Some(id) => cfg.gateway.id = id,
+        None if std::env::var_os("FERRY_GATEWAY_ID").is_none() && config.is_none() => {
+            cfg.gateway.id = ferry::cluster::random_gateway_id()
+        }
+        None => {}
+    }
+    let node = ferry::cluster::GatewayNode::bind(&cfg).await?;
+    for a in &node.addrs {
+        // Tests and scripts read these lines.
+        say(format_args!("ferry listening on {a}"));
+    }
+    say(format_args!("ferry gateway {} ready", cfg.gateway.id));
+    tracing::info!(id = %cfg.gateway.id, nats = %cfg.cluster.nats, "gateway serving");
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining links");
+    node.shutdown().await;
+    Ok(())
+}
+
+async fn run_logic(
+    config: Option<PathBuf>,
+    nats: Option<String>,
+    postgres: Option<String>,
+) -> anyhow::Result<()> {
+    let mut cfg = Config::load(config.as_deref())?;
+    if let Some(n) = nats {
+        cfg.cluster.nats = n;
+    }
+    if let Some(p) = postgres {
+        cfg.cluster.postgres = p;
+    }
+    let node = ferry::cluster::LogicNode::start(&cfg).await?;
+    say(format_args!("ferry logic ready"));
+    tracing::info!(nats = %cfg.cluster.nats, "logic serving");
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    node.shutdown().await;
     Ok(())
 }
 

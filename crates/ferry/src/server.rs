@@ -11,6 +11,7 @@ use ferry_store::{SqliteStore, Store};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::monitor::{self, Monitor};
 use crate::Config;
 
 /// A running server.
@@ -19,6 +20,10 @@ pub struct Server {
     pub addrs: Vec<SocketAddr>,
     pub gateway: Arc<Gateway>,
     pub logic: Arc<Logic>,
+    /// The store, for admin commands and tests.
+    pub store: Arc<dyn Store>,
+    /// Metrics and the dashboard, mounted on the gateway's ports.
+    pub monitor: Arc<Monitor>,
     shutdown: CancellationToken,
     serving: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -38,15 +43,33 @@ impl Server {
 
     /// Starts on listeners the caller bound (tests bind 127.0.0.1:0).
     pub async fn start(cfg: Config, listeners: Vec<TcpListener>) -> anyhow::Result<Server> {
+        // Before anything records a metric.
+        Monitor::install_recorder();
+        let admin_token = monitor::token::load_or_create(Some(&cfg.admin_token), &cfg.data_dir)?;
         let store: Arc<dyn Store> = Arc::new(
             SqliteStore::open(&cfg.data_dir, cfg.durability()?)
                 .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
         );
         let bus: Arc<dyn Bus> = InProcBus::new();
-        let logic = Logic::new(cfg.logic.clone(), store, bus.clone());
+        let logic = Logic::new(cfg.logic.clone(), store.clone(), bus.clone());
         logic.start();
         let shutdown = CancellationToken::new();
         let gateway = Gateway::new(cfg.gateway.clone(), bus, shutdown.clone());
+        let monitor = Monitor::start(
+            monitor::Sources {
+                node_id: cfg.gateway.id.clone(),
+                role: "gateway+logic+store".into(),
+                gateways: vec![gateway.clone()],
+                store: Some(store.clone()),
+                data_dir: Some(cfg.data_dir.clone()),
+            },
+            monitor::Options {
+                token: admin_token,
+                public_metrics: cfg.public_metrics,
+            },
+            shutdown.clone(),
+        );
+        let _ = gateway.mount(monitor.routes());
         let mut addrs = Vec::new();
         let mut serving = Vec::new();
         for l in listeners {
@@ -57,6 +80,8 @@ impl Server {
             addrs,
             gateway,
             logic,
+            store,
+            monitor,
             shutdown,
             serving,
         })

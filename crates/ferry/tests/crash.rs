@@ -17,7 +17,7 @@ impl ServerProcess {
         let cfg = data.join("test.toml");
         std::fs::write(
             &cfg,
-            "[logic.password]\nmemory_kib = 64\niterations = 1\n[gateway]\nshutdown_grace_ms = 500\n",
+            "[logic]\nopen_messaging = true\n[logic.password]\nmemory_kib = 64\niterations = 1\n[gateway]\nshutdown_grace_ms = 500\n",
         )
         .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
@@ -32,9 +32,10 @@ impl ServerProcess {
             .spawn()
             .unwrap();
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        out.read_line(&mut line).unwrap();
+        // Keep reading what the server prints, so it never writes into a closed pipe.
+        std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         let addr = line
             .trim()
             .strip_prefix("ferry listening on ")

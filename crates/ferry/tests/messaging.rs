@@ -121,7 +121,7 @@ async fn every_device_gets_everything_including_own_sends() {
             {
                 Some(Event::Entry(e)) => match e.kind {
                     Some(v1::entry::Kind::Message(m)) => texts.push((m.from, m.text)),
-                    None => panic!("empty entry"),
+                    other => panic!("unexpected entry {other:?}"),
                 },
                 Some(_) => {}
                 None => panic!("events ended"),
@@ -186,7 +186,7 @@ async fn a_retry_after_a_lost_ack_stores_one_message() {
         Some(v1::entry::Kind::Message(m)) => {
             assert_eq!((m.text.as_str(), m.msg_id), ("only once", ack.msg_id))
         }
-        None => panic!("empty entry"),
+        other => panic!("unexpected entry {other:?}"),
     }
 }
 

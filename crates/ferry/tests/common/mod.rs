@@ -27,6 +27,8 @@ pub fn test_config(data: &std::path::Path) -> Config {
     };
     cfg.logic.password.memory_kib = 64;
     cfg.logic.password.iterations = 1;
+    // Most tests message between strangers; the friends-only default has its own tests.
+    cfg.logic.open_messaging = true;
     cfg.gateway.login_timeout_ms = 2_000;
     cfg.gateway.heartbeat_timeout_ms = 5_000;
     cfg.gateway.shutdown_grace_ms = 1_000;

@@ -1,0 +1,279 @@
+//! The short link's state services for one signed-in device: friends, avatars, log
+//! reports, moments and logout. Works without a long link (the CLI uses it that way) and
+//! beside one ([`crate::Client::account`]), sharing the device's token.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_proto::v1::{self, ErrorCode};
+use ferry_proto::ProtoMessage;
+use md5::Digest as _;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::{ClientConfig, ClientError, DeviceState, Shared, ShortLink, Status};
+
+/// A friend action on another user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FriendAction {
+    Accept,
+    Decline,
+    Remove,
+    Block,
+    Unblock,
+}
+
+impl FriendAction {
+    fn path(self) -> &'static str {
+        match self {
+            FriendAction::Accept => "friends/accept",
+            FriendAction::Decline => "friends/decline",
+            FriendAction::Remove => "friends/remove",
+            FriendAction::Block => "friends/block",
+            FriendAction::Unblock => "friends/unblock",
+        }
+    }
+}
+
+/// A signed-in device on the short link.
+#[derive(Clone)]
+pub struct Account {
+    shared: Arc<Shared>,
+    short: ShortLink,
+}
+
+impl Account {
+    /// Loads the device state (if `cfg.state_dir` is set) and signs in when there is no
+    /// token yet.
+    pub async fn open(cfg: ClientConfig) -> Result<Account, ClientError> {
+        let state = match &cfg.state_dir {
+            Some(dir) => DeviceState::load(dir)?,
+            None => DeviceState::fresh(),
+        };
+        let (status, _) = watch::channel(Status::Stopped);
+        let short = ShortLink::new(&cfg.server);
+        let account = Account {
+            shared: Arc::new(Shared {
+                cfg,
+                state: Mutex::new(state),
+                status,
+                username: Mutex::new(String::new()),
+            }),
+            short,
+        };
+        if account.shared.state.lock().token.is_empty() {
+            account.sign_in().await?;
+        }
+        Ok(account)
+    }
+
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Account {
+        let short = ShortLink::new(&shared.cfg.server);
+        Account { shared, short }
+    }
+
+    /// Gets a new token with the password.
+    async fn sign_in(&self) -> Result<(), ClientError> {
+        let cfg = &self.shared.cfg;
+        let device = self.shared.state.lock().device_id.clone();
+        let a = self
+            .short
+            .auth(&cfg.username, &cfg.password, &device)
+            .await?;
+        {
+            let mut s = self.shared.state.lock();
+            s.token = a.token;
+            s.user_id = a.user_id;
+        }
+        self.shared.save_state();
+        Ok(())
+    }
+
+    fn token(&self) -> String {
+        self.shared.state.lock().token.clone()
+    }
+
+    /// Calls a short-link method with the device's token, signing in again once if the
+    /// token was refused.
+    pub async fn call<Req: ProtoMessage, Resp: ProtoMessage + Default>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp, ClientError> {
+        match self.short.call(method, Some(&self.token()), req).await {
+            Err(e) if e.code() == Some(ErrorCode::Unauthorized) => {
+                self.sign_in().await?;
+                self.short.call(method, Some(&self.token()), req).await
+            }
+            other => other,
+        }
+    }
+
+    pub async fn find_user(&self, username: &str) -> Result<v1::FindUserResp, ClientError> {
+        self.call(
+            "user/find",
+            &v1::FindUserReq {
+                username: username.into(),
+            },
+        )
+        .await
+    }
+
+    /// Asks `username` to be friends (accepts at once if they asked first).
+    pub async fn request_friend(
+        &self,
+        username: &str,
+        greeting: &str,
+    ) -> Result<v1::FriendActionResp, ClientError> {
+        self.call(
+            "friends/request",
+            &v1::FriendRequestReq {
+                username: username.into(),
+                greeting: greeting.into(),
+            },
+        )
+        .await
+    }
+
+    pub async fn friend(
+        &self,
+        action: FriendAction,
+        username: &str,
+    ) -> Result<v1::FriendActionResp, ClientError> {
+        self.call(
+            action.path(),
+            &v1::FriendActionReq {
+                username: username.into(),
+            },
+        )
+        .await
+    }
+
+    /// The friend list: everything (`since_version` 0) or the changes since a version.
+    pub async fn friends(&self, since_version: u64) -> Result<v1::FriendListResp, ClientError> {
+        self.call("friends/list", &v1::FriendListReq { since_version })
+            .await
+    }
+
+    /// Uploads an avatar (PNG, JPEG or WebP); returns its ETag.
+    pub async fn set_avatar(&self, image: Vec<u8>) -> Result<String, ClientError> {
+        let r: v1::AvatarSetResp = self
+            .call(
+                "avatar/set",
+                &v1::AvatarSetReq {
+                    image: image.into(),
+                },
+            )
+            .await?;
+        Ok(r.etag)
+    }
+
+    /// Fetches a user's avatar (or its thumbnail). With the ETag of a copy the caller
+    /// has, `Ok(None)` means that copy is current.
+    pub async fn avatar(
+        &self,
+        username: &str,
+        thumb: bool,
+        etag: Option<&str>,
+    ) -> Result<Option<(Bytes, String)>, ClientError> {
+        let path = format!("avatar/{username}{}", if thumb { "?thumb=1" } else { "" });
+        self.short.get(&path, etag).await
+    }
+
+    /// Uploads a client log or crash report; its length and MD5 are computed here.
+    pub async fn report(
+        &self,
+        kind: &str,
+        file_name: &str,
+        data: Vec<u8>,
+    ) -> Result<u64, ClientError> {
+        let md5 = hex::encode(md5::Md5::digest(&data));
+        let r: v1::ReportResp = self
+            .call(
+                "report",
+                &v1::ReportReq {
+                    client_version: self.shared.cfg.client_version.clone(),
+                    kind: kind.into(),
+                    file_name: file_name.into(),
+                    length: data.len() as u64,
+                    md5,
+                    data: data.into(),
+                },
+            )
+            .await?;
+        Ok(r.report_id)
+    }
+
+    pub async fn post_moment(
+        &self,
+        text: &str,
+        media_ids: Vec<String>,
+    ) -> Result<v1::MomentPostResp, ClientError> {
+        self.call(
+            "moments/post",
+            &v1::MomentPostReq {
+                text: text.into(),
+                media_ids,
+            },
+        )
+        .await
+    }
+
+    /// A page of the timeline, newest first (`cursor` 0 for the first page).
+    pub async fn timeline(
+        &self,
+        cursor: u64,
+        limit: u32,
+    ) -> Result<v1::MomentTimelineResp, ClientError> {
+        self.call("moments/timeline", &v1::MomentTimelineReq { cursor, limit })
+            .await
+    }
+
+    pub async fn like_moment(&self, moment_id: u64, unlike: bool) -> Result<(), ClientError> {
+        let _: v1::Empty = self
+            .call("moments/like", &v1::MomentLikeReq { moment_id, unlike })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn comment_moment(&self, moment_id: u64, text: &str) -> Result<u64, ClientError> {
+        let r: v1::MomentCommentResp = self
+            .call(
+                "moments/comment",
+                &v1::MomentCommentReq {
+                    moment_id,
+                    text: text.into(),
+                },
+            )
+            .await?;
+        Ok(r.comment_id)
+    }
+
+    pub async fn delete_moment(&self, moment_id: u64) -> Result<(), ClientError> {
+        let _: v1::Empty = self
+            .call("moments/delete", &v1::MomentDeleteReq { moment_id })
+            .await?;
+        Ok(())
+    }
+
+    /// Ends this device's session (or every device's): the token stops working and
+    /// long links are closed by the server. The stored token is forgotten.
+    pub async fn logout(&self, all_devices: bool) -> Result<u32, ClientError> {
+        let r: v1::LogoutResp = self
+            .short
+            .call(
+                "logout",
+                Some(&self.token()),
+                &v1::LogoutReq { all_devices },
+            )
+            .await?;
+        self.shared.state.lock().token.clear();
+        self.shared.save_state();
+        Ok(r.sessions)
+    }
+
+    /// The device's current token (empty after logout).
+    pub fn token_now(&self) -> String {
+        self.token()
+    }
+}
