@@ -20,6 +20,8 @@ pub struct Config {
     pub durability: String,
     pub gateway: GatewayConfig,
     pub logic: LogicConfig,
+    /// `ferry gateway` / `ferry logic`: NATS and PostgreSQL.
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl Default for Config {
@@ -30,6 +32,7 @@ impl Default for Config {
             durability: "fsync".into(),
             gateway: GatewayConfig::default(),
             logic: LogicConfig::default(),
+            cluster: Default::default(),
         }
     }
 }
@@ -62,6 +65,12 @@ impl Config {
         }
         if let Some(v) = var("FERRY_DURABILITY") {
             self.durability = v;
+        }
+        if let Some(v) = var("FERRY_NATS") {
+            self.cluster.nats = v;
+        }
+        if let Some(v) = var("FERRY_POSTGRES") {
+            self.cluster.postgres = v;
         }
         if let Some(v) = var("FERRY_GATEWAY_ID") {
             self.gateway.id = v;

@@ -5,6 +5,7 @@
 //! Nothing here may hold protocol or business logic: that lives in the role crates.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod server;
 

@@ -1,0 +1,172 @@
+//! The cluster roles as separate processes: `ferry gateway` (sockets, on the NATS bus)
+//! and `ferry logic` (services, on the NATS bus and PostgreSQL). The same `Gateway` and
+//! `Logic` as `ferry serve`; only the bus and the store differ.
+//!
+//! Media in cluster mode is not wired yet: no media store exists in Ferry so far.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use ferry_bus::{Bus, NatsBus, NatsConfig};
+use ferry_gateway::Gateway;
+use ferry_logic::Logic;
+use ferry_store::{PgConfig, PgStore, Store};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::Config;
+
+/// `[cluster]` in the configuration file. Every field has a default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ClusterConfig {
+    /// NATS server URL(s), comma-separated.
+    pub nats: String,
+    /// PostgreSQL connection string (logic nodes only).
+    pub postgres: String,
+    /// Pooled PostgreSQL connections per logic node.
+    pub postgres_pool: usize,
+    /// Subject prefix on NATS; clusters sharing one NATS need different ones.
+    pub subject_prefix: String,
+    /// How long a gateway waits for a logic node to answer.
+    pub request_timeout_ms: u64,
+    /// How often a gateway tells the logic nodes it is alive.
+    pub gateway_heartbeat_ms: u64,
+    /// A gateway silent this long is dead: its routes are dropped.
+    pub gateway_expiry_ms: u64,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            nats: "nats://127.0.0.1:4222".into(),
+            postgres: "host=127.0.0.1 user=postgres dbname=ferry".into(),
+            postgres_pool: 16,
+            subject_prefix: "ferry".into(),
+            request_timeout_ms: 5_000,
+            gateway_heartbeat_ms: 2_000,
+            gateway_expiry_ms: 7_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    fn nats(&self, name: &str) -> NatsConfig {
+        let mut n = NatsConfig::new(&self.nats);
+        n.prefix.clone_from(&self.subject_prefix);
+        n.request_timeout = Duration::from_millis(self.request_timeout_ms);
+        n.heartbeat = Duration::from_millis(self.gateway_heartbeat_ms);
+        n.gateway_expiry = Duration::from_millis(self.gateway_expiry_ms);
+        n.name = name.to_owned();
+        n
+    }
+}
+
+/// A gateway process's running parts.
+pub struct GatewayNode {
+    /// The addresses actually bound (port 0 resolved).
+    pub addrs: Vec<SocketAddr>,
+    pub gateway: Arc<Gateway>,
+    bus: Arc<NatsBus>,
+    shutdown: CancellationToken,
+    serving: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl GatewayNode {
+    /// Binds every `cfg.listen` address, joins NATS and starts accepting.
+    pub async fn bind(cfg: &Config) -> anyhow::Result<Self> {
+        let mut listeners = Vec::new();
+        for addr in &cfg.listen {
+            listeners.push(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr}"))?,
+            );
+        }
+        Self::start(cfg, listeners).await
+    }
+
+    pub async fn start(cfg: &Config, listeners: Vec<TcpListener>) -> anyhow::Result<Self> {
+        let id = &cfg.gateway.id;
+        let bus = NatsBus::connect(cfg.cluster.nats(&format!("ferry-gateway {id}")))
+            .await
+            .with_context(|| format!("connecting to NATS at {}", cfg.cluster.nats))?;
+        let shutdown = CancellationToken::new();
+        let gateway = Gateway::new(
+            cfg.gateway.clone(),
+            bus.clone() as Arc<dyn Bus>,
+            shutdown.clone(),
+        );
+        bus.ready().await.context("subscribing on NATS")?;
+        let mut addrs = Vec::new();
+        let mut serving = Vec::new();
+        for l in listeners {
+            addrs.push(l.local_addr()?);
+            serving.push(tokio::spawn(gateway.clone().serve(l)));
+        }
+        Ok(GatewayNode {
+            addrs,
+            gateway,
+            bus,
+            shutdown,
+            serving,
+        })
+    }
+
+    /// Stops accepting, kicks every link (UNAVAILABLE: reconnect elsewhere), waits
+    /// (bounded) for them to close, tells the logic nodes it is leaving.
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        for s in self.serving {
+            let _ = s.await;
+        }
+        self.gateway.drained().await;
+        self.bus.close().await;
+    }
+}
+
+/// A logic process's running parts.
+pub struct LogicNode {
+    pub logic: Arc<Logic>,
+    pub store: Arc<dyn Store>,
+    bus: Arc<NatsBus>,
+}
+
+impl LogicNode {
+    /// Opens PostgreSQL (running migrations), joins NATS and starts serving requests.
+    pub async fn start(cfg: &Config) -> anyhow::Result<Self> {
+        let mut pg = PgConfig::new(&cfg.cluster.postgres);
+        pg.pool_size = cfg.cluster.postgres_pool;
+        let store: Arc<dyn Store> = Arc::new(
+            PgStore::connect(&pg)
+                .await
+                .context("opening the PostgreSQL store")?,
+        );
+        let name = format!("ferry-logic {}", std::process::id());
+        let bus = NatsBus::connect(cfg.cluster.nats(&name))
+            .await
+            .with_context(|| format!("connecting to NATS at {}", cfg.cluster.nats))?;
+        let logic = Logic::new(
+            cfg.logic.clone(),
+            store.clone(),
+            bus.clone() as Arc<dyn Bus>,
+        );
+        logic.start();
+        bus.ready().await.context("subscribing on NATS")?;
+        Ok(LogicNode { logic, store, bus })
+    }
+
+    /// Sends what is still buffered. In-flight requests that do not finish are retried
+    /// by their clients (on another logic node).
+    pub async fn shutdown(self) {
+        let _ = self.bus.flush().await;
+    }
+}
+
+/// A gateway id for a process started without one: unique enough for a cluster.
+pub fn random_gateway_id() -> String {
+    format!("gw-{:08x}", rand::random::<u32>())
+}

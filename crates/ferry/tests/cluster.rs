@@ -1,0 +1,488 @@
+//! The cluster: real `ferry gateway` and `ferry logic` processes on a real NATS server
+//! (started per test on a free port, as async-nats' own tests do) and a throw-away
+//! PostgreSQL database on 127.0.0.1:5432. Gateways and logic nodes are SIGKILLed and
+//! SIGTERMed under load; nothing acknowledged may be lost or duplicated.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use ferry_client::{Client, Event, ShortLink};
+use ferry_proto::v1;
+use tokio::sync::mpsc;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `nats-server` of our own; killed on drop.
+struct Nats {
+    child: Child,
+    port: u16,
+}
+
+impl Nats {
+    fn start() -> Self {
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let port = free_port();
+        let child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (apt-get install nats-server)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Nats { child, port };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("nats-server did not come up on port {port}");
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A throw-away PostgreSQL database; dropped on drop.
+struct Db {
+    admin: String,
+    name: String,
+}
+
+fn pg_admin() -> String {
+    if let Ok(url) = std::env::var("FERRY_TEST_PG") {
+        return url;
+    }
+    for user in ["postgres", "root"] {
+        let url = format!("host=127.0.0.1 port=5432 user={user} dbname=test connect_timeout=5");
+        if block_on_pg(&url, "SELECT 1").is_ok() {
+            return url;
+        }
+    }
+    panic!("no PostgreSQL on 127.0.0.1:5432 (user postgres or root, database test)");
+}
+
+fn block_on_pg(url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            client.batch_execute(&sql).await
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+impl Db {
+    fn create() -> Self {
+        let admin = pg_admin();
+        let name = format!("ferry_t_{:016x}", rand::random::<u64>());
+        block_on_pg(&admin, &format!("CREATE DATABASE {name}")).unwrap();
+        Db { admin, name }
+    }
+
+    fn url(&self) -> String {
+        self.admin
+            .replace("dbname=test", &format!("dbname={}", self.name))
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let _ = block_on_pg(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// A `ferry gateway` or `ferry logic` process; SIGKILLed on drop.
+struct Node {
+    child: Child,
+    /// The gateway's listen address (empty for logic nodes).
+    addr: String,
+}
+
+impl Node {
+    fn spawn(args: &[&str], config: &Path, ready: &str) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut addr = String::new();
+        loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap() == 0 {
+                panic!("{args:?} exited before it was ready");
+            }
+            if let Some(a) = line.trim().strip_prefix("ferry listening on ") {
+                addr = a.to_owned();
+            }
+            if line.starts_with(ready) {
+                break;
+            }
+        }
+        Node { child, addr }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then wait (bounded) for the graceful exit.
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if self.child.try_wait().unwrap().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("node did not exit within 5 s of SIGTERM");
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// NATS + PostgreSQL + gateways + logic nodes.
+struct Cluster {
+    gateways: Vec<Node>,
+    logics: Vec<Node>,
+    config: PathBuf,
+    _dir: tempfile::TempDir,
+    _db: Db,
+    _nats: Nats,
+}
+
+impl Cluster {
+    fn start(gateways: usize, logics: usize) -> Cluster {
+        let nats = Nats::start();
+        let db = Db::create();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("ferry.toml");
+        std::fs::write(
+            &config,
+            format!(
+                r#"listen = ["127.0.0.1:0"]
+[logic]
+open_messaging = true
+[logic.password]
+memory_kib = 64
+iterations = 1
+[gateway]
+login_timeout_ms = 2000
+heartbeat_timeout_ms = 5000
+shutdown_grace_ms = 1000
+[cluster]
+nats = "{}"
+postgres = "{}"
+postgres_pool = 8
+request_timeout_ms = 2000
+gateway_heartbeat_ms = 300
+gateway_expiry_ms = 1500
+"#,
+                nats.url(),
+                db.url()
+            ),
+        )
+        .unwrap();
+        let mut c = Cluster {
+            gateways: Vec::new(),
+            logics: Vec::new(),
+            config,
+            _dir: dir,
+            _db: db,
+            _nats: nats,
+        };
+        for _ in 0..logics {
+            c.add_logic();
+        }
+        for i in 0..gateways {
+            c.add_gateway(&format!("gw-{i}"));
+        }
+        c
+    }
+
+    fn add_logic(&mut self) {
+        let node = Node::spawn(&["logic"], &self.config, "ferry logic ready");
+        self.logics.push(node);
+    }
+
+    fn add_gateway(&mut self, id: &str) {
+        let node = Node::spawn(&["gateway", "--id", id], &self.config, "ferry gateway");
+        self.gateways.push(node);
+    }
+
+    fn addrs(&self) -> Vec<String> {
+        self.gateways.iter().map(|g| g.addr.clone()).collect()
+    }
+}
+
+/// A client that starts on gateway `first` and knows every gateway.
+async fn client(c: &Cluster, first: usize, user: &str) -> (Client, mpsc::UnboundedReceiver<Event>) {
+    let addrs = c.addrs();
+    let mut cfg = client_config(&addrs[first], user);
+    cfg.servers = addrs;
+    Client::connect(cfg).await.unwrap()
+}
+
+async fn register(c: &Cluster, users: &[&str]) {
+    // Through different gateways: any gateway serves any request.
+    for (i, u) in users.iter().enumerate() {
+        let addrs = c.addrs();
+        ShortLink::new(&addrs[i % addrs.len()])
+            .register(u, PASSWORD)
+            .await
+            .unwrap();
+    }
+}
+
+/// Receives `n` messages and checks there is no duplicate and nothing more.
+async fn recv_exactly(
+    ev: &mut mpsc::UnboundedReceiver<Event>,
+    me: &str,
+    n: usize,
+    secs: u64,
+) -> Vec<v1::Message> {
+    let got: Vec<v1::Message> = recv_messages(ev, me, n, secs)
+        .await
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    let ids: HashSet<u64> = got.iter().map(|m| m.msg_id).collect();
+    assert_eq!(ids.len(), n, "a message delivered twice");
+    let texts: HashSet<&str> = got.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts.len(), n, "a message stored twice");
+    assert_quiet(ev, me, 500).await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_gateways_two_logic_nodes() {
+    let mut c = Cluster::start(3, 2);
+    register(&c, &["alice", "bob", "carol"]).await;
+    let (alice, mut alice_ev) = client(&c, 0, "alice").await;
+    let (bob, mut bob_ev) = client(&c, 1, "bob").await;
+    let (carol, mut carol_ev) = client(&c, 2, "carol").await;
+
+    // Around the ring, each pair on different gateways, answered by either logic node.
+    const N: usize = 30;
+    for i in 0..N {
+        alice.send_text("bob", &format!("a->b {i}")).await.unwrap();
+        bob.send_text("carol", &format!("b->c {i}")).await.unwrap();
+        carol
+            .send_text("alice", &format!("c->a {i}"))
+            .await
+            .unwrap();
+    }
+    for (ev, me, from) in [
+        (&mut bob_ev, "bob", "a->b"),
+        (&mut carol_ev, "carol", "b->c"),
+        (&mut alice_ev, "alice", "c->a"),
+    ] {
+        let got = recv_exactly(ev, me, N, 30).await;
+        let texts: Vec<String> = got.iter().map(|m| m.text.clone()).collect();
+        let want: Vec<String> = (0..N).map(|i| format!("{from} {i}")).collect();
+        assert_eq!(texts, want, "in order");
+    }
+
+    // A gateway stopped gracefully: carol is kicked with UNAVAILABLE, moves on, and
+    // messages keep reaching her.
+    c.gateways[2].terminate();
+    let reconnected = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match carol_ev.recv().await {
+                Some(Event::Connected { .. }) => break,
+                Some(Event::Entry(e)) => panic!("unexpected entry {e:?}"),
+                Some(_) => {}
+                None => panic!("carol's client stopped"),
+            }
+        }
+    })
+    .await;
+    assert!(reconnected.is_ok(), "carol did not reconnect elsewhere");
+    for i in 0..5 {
+        bob.send_text("carol", &format!("after {i}")).await.unwrap();
+    }
+    let got = recv_exactly(&mut carol_ev, "carol", 5, 20).await;
+    assert_eq!(got[4].text, "after 4");
+    for cl in [alice, bob, carol] {
+        cl.close().await;
+    }
+}
+
+/// Fires `n` sends from `from` to `to` at once; returns the acknowledged msg ids.
+fn send_all(
+    from: &Client,
+    to: &str,
+    n: usize,
+    acked: Arc<AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..n)
+        .map(|i| {
+            let (from, to, acked) = (from.clone(), to.to_owned(), acked.clone());
+            tokio::spawn(async move {
+                let ack = from.send_text(&to, &format!("m{i}")).await.unwrap();
+                acked.fetch_add(1, Ordering::Relaxed);
+                ack.msg_id
+            })
+        })
+        .collect()
+}
+
+async fn wait_for(count: &AtomicUsize, at_least: usize, secs: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while count.load(Ordering::Relaxed) < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stuck at {}",
+            count.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_sigkilled_with_1000_messages_in_flight() {
+    let mut c = Cluster::start(3, 2);
+    register(&c, &["alice", "bob"]).await;
+    // Both on the gateway that dies.
+    let (alice, _alice_ev) = client(&c, 0, "alice").await;
+    let (bob, mut bob_ev) = client(&c, 0, "bob").await;
+
+    const N: usize = 1000;
+    let acked = Arc::new(AtomicUsize::new(0));
+    let sends = send_all(&alice, "bob", N, acked.clone());
+    wait_for(&acked, 50, 60).await;
+    c.gateways[0].kill();
+    let in_flight = N - acked.load(Ordering::Relaxed);
+    assert!(in_flight > 0, "everything was acknowledged before the kill");
+
+    let mut ids = Vec::new();
+    for s in sends {
+        ids.push(s.await.unwrap());
+    }
+    let got = recv_exactly(&mut bob_ev, "bob", N, 60).await;
+    let mut got_ids: Vec<u64> = got.iter().map(|m| m.msg_id).collect();
+    ids.sort_unstable();
+    got_ids.sort_unstable();
+    assert_eq!(
+        got_ids, ids,
+        "every acknowledged message, once ({in_flight} were in flight)"
+    );
+    for cl in [alice, bob] {
+        cl.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logic_node_sigkilled_under_load() {
+    let mut c = Cluster::start(2, 2);
+    register(&c, &["alice", "bob"]).await;
+    let (alice, _alice_ev) = client(&c, 0, "alice").await;
+    let (bob, mut bob_ev) = client(&c, 1, "bob").await;
+
+    const N: usize = 600;
+    let acked = Arc::new(AtomicUsize::new(0));
+    // 6 senders, each sending in order: a steady load, not one burst.
+    let mut senders = Vec::new();
+    for s in 0..6 {
+        let (alice, acked) = (alice.clone(), acked.clone());
+        senders.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..N / 6 {
+                let ack = alice.send_text("bob", &format!("s{s} m{i}")).await.unwrap();
+                acked.fetch_add(1, Ordering::Relaxed);
+                ids.push(ack.msg_id);
+            }
+            ids
+        }));
+    }
+    wait_for(&acked, 100, 60).await;
+    c.logics[0].kill();
+    let at_kill = acked.load(Ordering::Relaxed);
+    assert!(at_kill < N, "the load was over before the kill");
+
+    let mut ids = Vec::new();
+    for s in senders {
+        ids.extend(s.await.unwrap());
+    }
+    let got = recv_exactly(&mut bob_ev, "bob", N, 60).await;
+    // Per sender, in order.
+    let mut per_sender: HashMap<String, Vec<usize>> = HashMap::new();
+    for m in &got {
+        let (s, i) = m.text.split_once(" m").unwrap();
+        per_sender
+            .entry(s.to_owned())
+            .or_default()
+            .push(i.parse().unwrap());
+    }
+    for (s, seq) in per_sender {
+        assert_eq!(
+            seq,
+            (0..N / 6).collect::<Vec<_>>(),
+            "sender {s} out of order"
+        );
+    }
+    let mut got_ids: Vec<u64> = got.iter().map(|m| m.msg_id).collect();
+    ids.sort_unstable();
+    got_ids.sort_unstable();
+    assert_eq!(got_ids, ids);
+
+    // A new logic node joins and learns the routes (snapshots): with the survivor gone
+    // too, it alone delivers the next messages.
+    c.add_logic();
+    c.logics[1].kill();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for i in 0..5 {
+        alice.send_text("bob", &format!("late m{i}")).await.unwrap();
+    }
+    let got = recv_exactly(&mut bob_ev, "bob", 5, 20).await;
+    assert_eq!(got[4].text, "late m4");
+    for cl in [alice, bob] {
+        cl.close().await;
+    }
+}
