@@ -26,14 +26,17 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::NoTls;
 
 use crate::{
-    Appended, Avatar, FriendChange, FriendList, FriendRow, InboxPage, MomentRow, NewEvent,
-    NewMessage, Reaction, ReportInfo, Result, Session, Store, StoreError, User,
+    Appended, Avatar, FriendChange, FriendList, FriendRow, GroupChange, GroupRow, InboxPage,
+    MemberRow, MessageInfo, MomentRow, NewEvent, NewMessage, Reaction, ReportInfo, Result, Session,
+    Store, StoreError, User,
 };
 
+mod groups;
 mod social;
 
 /// The schema, one entry per version. Never edit a released entry: append a new one.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE users (
     id            BIGSERIAL PRIMARY KEY,
     name          TEXT NOT NULL UNIQUE,
@@ -130,7 +133,36 @@ CREATE TABLE moment_comments (
     created_ms BIGINT NOT NULL
 );
 CREATE INDEX moment_comments_moment ON moment_comments (moment_id);
-"#];
+"#,
+    r#"
+CREATE TABLE groups (
+    id            BIGINT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    announcement  TEXT NOT NULL,
+    owner_id      BIGINT NOT NULL,
+    share_history BOOLEAN NOT NULL,
+    last_gseq     BIGINT NOT NULL DEFAULT 0,
+    created_ms    BIGINT NOT NULL
+);
+CREATE TABLE group_members (
+    group_id    BIGINT NOT NULL,
+    user_id     BIGINT NOT NULL,
+    role        INTEGER NOT NULL,
+    joined_gseq BIGINT NOT NULL,
+    read_gseq   BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (group_id, user_id)
+);
+CREATE INDEX group_members_user ON group_members (user_id);
+CREATE TABLE group_log (
+    group_id   BIGINT NOT NULL,
+    gseq       BIGINT NOT NULL,
+    msg_id     BIGINT,
+    payload    BYTEA,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (group_id, gseq)
+);
+"#,
+];
 
 /// Key of the advisory lock that serialises migrations across processes.
 const MIGRATION_LOCK: i64 = 0x6665_7272_7900_0001;
@@ -690,5 +722,65 @@ impl Store for PgStore {
 
     async fn reactions(&self, moment_ids: &[u64]) -> Result<Vec<Reaction>> {
         self.pg_reactions(moment_ids).await
+    }
+
+    async fn create_group(
+        &self,
+        group: GroupRow,
+        members: Vec<(u64, i32)>,
+        event: v1::GroupEntry,
+        inbox: Vec<NewEvent>,
+    ) -> Result<()> {
+        self.pg_create_group(group, members, event, inbox).await
+    }
+
+    async fn group(&self, group_id: u64) -> Result<Option<GroupRow>> {
+        self.pg_group(group_id).await
+    }
+
+    async fn group_members(&self, group_id: u64) -> Result<Vec<MemberRow>> {
+        self.pg_group_members(group_id).await
+    }
+
+    async fn group_member(&self, group_id: u64, user_id: u64) -> Result<Option<MemberRow>> {
+        self.pg_group_member(group_id, user_id).await
+    }
+
+    async fn user_groups(&self, user_id: u64) -> Result<Vec<(GroupRow, MemberRow)>> {
+        self.pg_user_groups(user_id).await
+    }
+
+    async fn change_group(&self, change: GroupChange) -> Result<u64> {
+        self.pg_change_group(change).await
+    }
+
+    async fn append_group_message(&self, group_id: u64, msg: NewMessage) -> Result<Appended> {
+        self.pg_append_group_message(group_id, msg).await
+    }
+
+    async fn group_log(
+        &self,
+        group_id: u64,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<v1::GroupEntry>, u64, bool)> {
+        self.pg_group_log(group_id, after, limit).await
+    }
+
+    async fn message_info(&self, msg_id: u64) -> Result<Option<MessageInfo>> {
+        self.pg_message_info(msg_id).await
+    }
+
+    async fn recall_message(
+        &self,
+        msg_id: u64,
+        group: Option<(u64, v1::GroupEntry)>,
+        inbox: Vec<NewEvent>,
+    ) -> Result<(Option<u64>, Vec<u64>)> {
+        self.pg_recall_message(msg_id, group, inbox).await
+    }
+
+    async fn set_group_read(&self, group_id: u64, user_id: u64, gseq: u64) -> Result<()> {
+        self.pg_set_group_read(group_id, user_id, gseq).await
     }
 }

@@ -85,6 +85,7 @@ suite!(
     friendships_are_conditional_and_versioned,
     avatars_and_reports,
     moments_likes_and_comments,
+    groups_logs_members_and_recall,
 );
 
 #[test]
