@@ -18,6 +18,11 @@ pub struct Config {
     /// `fsync` (default): an acknowledged message survives a power loss. `os`: survives
     /// a process crash only, faster on slow disks.
     pub durability: String,
+    /// Guards the dashboard, its data and `/metrics` (at least 16 characters). Empty:
+    /// generated at the first start and kept in `data_dir/admin-token`.
+    pub admin_token: String,
+    /// Serve `/metrics` without the admin token (for a Prometheus on a private network).
+    pub public_metrics: bool,
     pub gateway: GatewayConfig,
     pub logic: LogicConfig,
     /// `ferry gateway` / `ferry logic`: NATS and PostgreSQL.
@@ -30,6 +35,8 @@ impl Default for Config {
             data_dir: PathBuf::from("ferry-data"),
             listen: vec!["0.0.0.0:8080".into()],
             durability: "fsync".into(),
+            admin_token: String::new(),
+            public_metrics: false,
             gateway: GatewayConfig::default(),
             logic: LogicConfig::default(),
             cluster: Default::default(),
@@ -65,6 +72,9 @@ impl Config {
         }
         if let Some(v) = var("FERRY_DURABILITY") {
             self.durability = v;
+        }
+        if let Some(v) = var("FERRY_ADMIN_TOKEN") {
+            self.admin_token = v;
         }
         if let Some(v) = var("FERRY_NATS") {
             self.cluster.nats = v;

@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod monitor;
 pub mod server;
 
 pub use config::Config;
