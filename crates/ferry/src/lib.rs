@@ -4,6 +4,7 @@
 //!
 //! Nothing here may hold protocol or business logic: that lives in the role crates.
 
+pub mod bench;
 pub mod cli;
 pub mod cluster;
 pub mod config;

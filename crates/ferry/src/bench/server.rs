@@ -1,0 +1,159 @@
+//! The bench's own server: `ferry serve` as a child process on 127.0.0.1, with a
+//! temporary data folder and cheap password hashing (so thousands of bench users
+//! register in seconds). Being a child, its PID is known (memory from /proc) and it can
+//! be SIGKILLed and restarted on the same port and data (the reconnect scenario).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub struct OwnServer {
+    child: Child,
+    /// `IP:PORT` it listens on (fixed after the first start, so restarts keep it).
+    pub addr: String,
+    dir: tempfile::TempDir,
+    config: PathBuf,
+}
+
+impl OwnServer {
+    /// Starts a server on an ephemeral loopback port.
+    pub async fn start(durability: &str) -> anyhow::Result<OwnServer> {
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-bench-")
+            .tempdir()
+            .context("making a temporary data folder")?;
+        let config = dir.path().join("ferry.toml");
+        let text = format!(
+            "durability = {durability:?}\n\
+             [logic.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n"
+        );
+        std::fs::write(&config, text)?;
+        let mut me = OwnServer {
+            child: spawn(&config, &dir.path().join("data"), "127.0.0.1:0", &dir)?,
+            addr: String::new(),
+            dir,
+            config,
+        };
+        me.addr = wait_listening(&mut me.child).await?;
+        Ok(me)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().unwrap_or(0)
+    }
+
+    /// SIGKILL: no shutdown, no drain, as a crash.
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.start_kill().context("killing the server")?;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+        Ok(())
+    }
+
+    /// Starts the server again on the same address and data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let data = self.dir.path().join("data");
+        // The port was just released; binding it again may need a few tries.
+        for attempt in 0..50 {
+            let mut child = spawn(&self.config, &data, &self.addr, &self.dir)?;
+            match wait_listening(&mut child).await {
+                Ok(_) => {
+                    self.child = child;
+                    return Ok(());
+                }
+                Err(e) if attempt < 49 => {
+                    tracing::debug!(error = %e, "restart failed; retrying");
+                    let _ = child.start_kill();
+                    let _ = child.wait().await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        bail!("the server did not restart")
+    }
+
+    /// SIGTERM, then SIGKILL if it has not left within 10 s.
+    pub async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: kill(2) with a PID we own (our child, not yet reaped).
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.start_kill();
+            let _ = self.child.wait().await;
+        }
+    }
+
+    /// The last lines the server logged (for error messages).
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+fn spawn(
+    config: &std::path::Path,
+    data: &std::path::Path,
+    listen: &str,
+    dir: &tempfile::TempDir,
+) -> anyhow::Result<Child> {
+    let exe = std::env::current_exe().context("finding the ferry binary")?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.path().join("server.log"))?;
+    Command::new(exe)
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--data")
+        .arg(data)
+        .arg("--listen")
+        .arg(listen)
+        .env("FERRY_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting ferry serve")
+}
+
+/// Reads the child's stdout until `ferry listening on ADDR`; keeps draining it after.
+async fn wait_listening(child: &mut Child) -> anyhow::Result<String> {
+    let stdout = child.stdout.take().context("server stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await? {
+            if let Some(addr) = line.strip_prefix("ferry listening on ") {
+                return Ok::<_, std::io::Error>(Some(addr.trim().to_owned()));
+            }
+        }
+        Ok(None)
+    })
+    .await;
+    let addr = match found {
+        Ok(Ok(Some(a))) => a,
+        Ok(Ok(None)) => bail!("ferry serve exited before listening"),
+        Ok(Err(e)) => bail!("reading ferry serve's output: {e}"),
+        Err(_) => bail!("ferry serve did not start listening within 30 s"),
+    };
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    Ok(addr)
+}
+
+/// `VmRSS` of a process, in KiB.
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
