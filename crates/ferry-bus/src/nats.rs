@@ -152,7 +152,13 @@ impl NatsBus {
                     let _ = tx.send(ev);
                 }
             })
-            .connect(cfg.url.as_str())
+            .connect(
+                cfg.url
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|u| !u.is_empty())
+                    .collect::<Vec<_>>(),
+            )
             .await
             .map_err(transport)?;
         Ok(Arc::new(NatsBus {
@@ -458,7 +464,7 @@ impl NatsBus {
                                     send(&mut seq, std::mem::take(&mut batch), false, false).await;
                                 }
                                 send(&mut seq, Vec::new(), false, true).await;
-                                let _ = client.flush().await;
+                                let _ = tokio::time::timeout(Duration::from_secs(2), client.flush()).await;
                                 let _ = done.send(());
                                 return;
                             }
