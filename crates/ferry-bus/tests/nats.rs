@@ -27,7 +27,7 @@ impl Nats {
         } else {
             "nats-server"
         };
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -39,6 +39,8 @@ impl Nats {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("nats-server did not start");
     }
 
