@@ -272,6 +272,134 @@ impl Account {
         Ok(r.sessions)
     }
 
+    /// Creates a group with the caller as its owner.
+    pub async fn create_group(
+        &self,
+        name: &str,
+        members: &[&str],
+        share_history: bool,
+    ) -> Result<v1::Group, ClientError> {
+        let r: v1::GroupResp = self
+            .call(
+                "group/create",
+                &v1::GroupCreateReq {
+                    name: name.into(),
+                    members: members.iter().map(|m| m.to_string()).collect(),
+                    share_history,
+                },
+            )
+            .await?;
+        r.group
+            .ok_or_else(|| ClientError::Protocol("no group in the answer".into()))
+    }
+
+    /// Adds (`add` true) or removes members (admins and the owner).
+    pub async fn group_members(
+        &self,
+        group_id: u64,
+        users: &[&str],
+        add: bool,
+    ) -> Result<v1::Group, ClientError> {
+        let r: v1::GroupResp = self
+            .call(
+                if add { "group/add" } else { "group/remove" },
+                &v1::GroupMembersReq {
+                    group_id,
+                    usernames: users.iter().map(|u| u.to_string()).collect(),
+                },
+            )
+            .await?;
+        r.group
+            .ok_or_else(|| ClientError::Protocol("no group in the answer".into()))
+    }
+
+    pub async fn leave_group(&self, group_id: u64) -> Result<(), ClientError> {
+        let _: v1::GroupResp = self.call("group/leave", &v1::GroupReq { group_id }).await?;
+        Ok(())
+    }
+
+    /// A group with its members (members only).
+    pub async fn group_info(&self, group_id: u64) -> Result<v1::Group, ClientError> {
+        let r: v1::GroupResp = self.call("group/info", &v1::GroupReq { group_id }).await?;
+        r.group
+            .ok_or_else(|| ClientError::Protocol("no group in the answer".into()))
+    }
+
+    /// The caller's groups with their latest gseq.
+    pub async fn groups(&self) -> Result<Vec<v1::Group>, ClientError> {
+        let r: v1::GroupListResp = self.call("group/list", &v1::Empty {}).await?;
+        Ok(r.groups)
+    }
+
+    /// Renames a group and/or sets its announcement (empty: unchanged).
+    pub async fn update_group(
+        &self,
+        group_id: u64,
+        name: &str,
+        announcement: &str,
+    ) -> Result<v1::Group, ClientError> {
+        let r: v1::GroupResp = self
+            .call(
+                "group/update",
+                &v1::GroupUpdateReq {
+                    group_id,
+                    name: name.into(),
+                    announcement: announcement.into(),
+                },
+            )
+            .await?;
+        r.group
+            .ok_or_else(|| ClientError::Protocol("no group in the answer".into()))
+    }
+
+    /// The owner sets a member's role (OWNER hands the group over).
+    pub async fn set_group_role(
+        &self,
+        group_id: u64,
+        user: &str,
+        role: v1::GroupRole,
+    ) -> Result<(), ClientError> {
+        let _: v1::GroupResp = self
+            .call(
+                "group/role",
+                &v1::GroupRoleReq {
+                    group_id,
+                    username: user.into(),
+                    role: role as i32,
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// One page of a group's log over the short link.
+    pub async fn group_sync(
+        &self,
+        group_id: u64,
+        after: u64,
+        limit: u32,
+    ) -> Result<v1::GroupSyncResp, ClientError> {
+        self.call(
+            "group/sync",
+            &v1::GroupSyncReq {
+                group_id,
+                after,
+                limit,
+            },
+        )
+        .await
+    }
+
+    /// Who has read a group message.
+    pub async fn group_reads(
+        &self,
+        group_id: u64,
+        gseq: u64,
+    ) -> Result<v1::GroupReadsResp, ClientError> {
+        self.call("group/reads", &v1::GroupReadsReq { group_id, gseq })
+            .await
+    }
+
     /// The device's current token (empty after logout).
     pub fn token_now(&self) -> String {
         self.token()

@@ -147,6 +147,13 @@ impl ClientConfig {
 pub enum Event {
     /// The next inbox entry, in seq order, each once.
     Entry(v1::Entry),
+    /// The next entry of a group's log, in gseq order per group, each once.
+    Group {
+        group_id: u64,
+        entry: v1::GroupEntry,
+    },
+    /// A peer is typing to this user (never stored; may be missed).
+    Typing { from: String },
     /// Logged in on a (new) link.
     Connected { latest_seq: u64 },
     /// The link went down; the client is reconnecting.
@@ -300,8 +307,65 @@ impl Client {
             to: to.into(),
             text: text.into(),
             r#type: v1::MsgType::Text as i32,
+            ..Default::default()
         };
         self.send_msg(&msg).await
+    }
+
+    /// Sends a text to a group (with @mentions), retrying until acknowledged. The ack's
+    /// `seq` is the message's gseq in the group's log.
+    pub async fn send_group(
+        &self,
+        group_id: u64,
+        text: &str,
+        mentions: &[&str],
+    ) -> Result<v1::SendAck, ClientError> {
+        let msg = v1::SendMsg {
+            client_msg_id: new_client_msg_id(),
+            group_id,
+            text: text.into(),
+            mentions: mentions.iter().map(|m| m.to_string()).collect(),
+            ..Default::default()
+        };
+        self.send_msg(&msg).await
+    }
+
+    /// Recalls a message (within the recall window; admins may recall any group message).
+    pub async fn recall(&self, msg_id: u64) -> Result<(), ClientError> {
+        self.request(
+            cmd::RECALL,
+            Bytes::from(v1::RecallReq { msg_id }.encode_to_vec()),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Reports that this user read up to `msg_id` from `peer` (1:1) or up to `gseq` in a group.
+    pub async fn read(&self, receipt: v1::ReadReq) -> Result<(), ClientError> {
+        self.request(cmd::READ, Bytes::from(receipt.encode_to_vec()))
+            .await
+            .map(|_| ())
+    }
+
+    /// Tells `to` that this user is typing (best effort, never stored).
+    pub async fn typing(&self, to: &str) -> Result<(), ClientError> {
+        self.request(
+            cmd::TYPING,
+            Bytes::from(v1::Typing { to: to.into() }.encode_to_vec()),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// This device's cursor in a group's log.
+    pub fn group_cursor(&self, group_id: u64) -> u64 {
+        self.shared
+            .state
+            .lock()
+            .group_cursors
+            .get(&group_id)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Sends a prepared `SendMsg` until acknowledged. Use the same `client_msg_id` to

@@ -1,7 +1,7 @@
 //! The link driver: one task that owns the long link, logs in, heartbeats, syncs,
 //! routes answers to waiting requests, and reconnects with back-off and jitter.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -260,8 +260,16 @@ async fn session(
         next_id: 2,
         sync_req: None,
         resync: false,
+        group_syncs: HashMap::new(),
+        group_busy: HashSet::new(),
+        group_again: HashSet::new(),
+        group_list_req: None,
         out: BytesMut::new(),
     };
+    // Which groups moved while this device was away.
+    let id = link.next_req_id();
+    ferry_proto::frame::encode_raw(cmd::GROUP_LIST, id, &[], &mut link.out);
+    link.group_list_req = Some(id);
     if login.latest_seq > link.synckey() {
         link.start_sync();
     }
@@ -335,6 +343,13 @@ struct Session<'a> {
     sync_req: Option<u32>,
     /// A notify came while a sync was in flight: sync again after it.
     resync: bool,
+    /// GROUP_SYNCs in flight: request id → group.
+    group_syncs: HashMap<u32, u64>,
+    /// Groups with a sync in flight, and those to sync again after it.
+    group_busy: HashSet<u64>,
+    group_again: HashSet<u64>,
+    /// The GROUP_LIST sent after login.
+    group_list_req: Option<u32>,
     out: BytesMut,
 }
 
@@ -375,9 +390,85 @@ impl Session<'_> {
             s.synckey = e.seq;
             drop(s);
             applied = true;
+            // Joining a group: fetch its log from where this user may read.
+            if let Some(v1::entry::Kind::Group(g)) = &e.kind {
+                use v1::group_event::Kind as K;
+                if matches!(g.kind(), K::Created | K::Joined) {
+                    self.start_group_sync(g.group_id);
+                }
+            }
             let _ = self.events.send(Event::Entry(e));
         }
         applied
+    }
+
+    fn group_cursor(&self, group: u64) -> u64 {
+        self.shared
+            .state
+            .lock()
+            .group_cursors
+            .get(&group)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn start_group_sync(&mut self, group: u64) {
+        if !self.group_busy.insert(group) {
+            self.group_again.insert(group);
+            return;
+        }
+        let id = self.next_req_id();
+        let req = v1::GroupSyncReq {
+            group_id: group,
+            after: self.group_cursor(group),
+            limit: 0,
+        };
+        encode_msg(cmd::GROUP_SYNC, id, &req, &mut self.out);
+        self.group_syncs.insert(id, group);
+    }
+
+    /// Hands a group's entries that continue its cursor to the app.
+    fn apply_group(&mut self, group: u64, entries: Vec<v1::GroupEntry>) -> bool {
+        let mut applied = false;
+        for e in entries {
+            let mut s = self.shared.state.lock();
+            let cursor = s.group_cursors.entry(group).or_insert(0);
+            if e.gseq <= *cursor {
+                continue;
+            }
+            *cursor = e.gseq;
+            drop(s);
+            applied = true;
+            let _ = self.events.send(Event::Group {
+                group_id: group,
+                entry: e,
+            });
+        }
+        applied
+    }
+
+    fn on_group_sync(&mut self, group: u64, f: Frame) -> Result<bool, End> {
+        self.group_busy.remove(&group);
+        let again = self.group_again.remove(&group);
+        if f.cmd == cmd::ERROR {
+            // No longer a member (or the group is gone): forget it.
+            self.shared.state.lock().group_cursors.remove(&group);
+            return Ok(false);
+        }
+        let r = v1::GroupSyncResp::decode(f.body).map_err(|e| End::Lost {
+            reason: format!("undecodable group sync: {e}"),
+            logged_in: true,
+        })?;
+        let applied = self.apply_group(group, r.entries);
+        {
+            let mut s = self.shared.state.lock();
+            let cursor = s.group_cursors.entry(group).or_insert(0);
+            *cursor = (*cursor).max(r.cursor);
+        }
+        if r.more || again || r.latest_gseq > self.group_cursor(group) {
+            self.start_group_sync(group);
+        }
+        Ok(applied)
     }
 
     /// Handles one incoming frame. `Ok(true)` when entries were applied.
@@ -438,6 +529,45 @@ impl Session<'_> {
                     self.start_sync();
                 }
                 Ok(applied)
+            }
+            cmd::GROUP_NOTIFY => {
+                let n = v1::GroupNotify::decode(f.body).map_err(|e| bad("group notify", e))?;
+                let cursor = self.group_cursor(n.group_id);
+                if n.latest_gseq <= cursor {
+                    return Ok(false);
+                }
+                let continues = cursor > 0
+                    && n.entries.first().map(|e| e.gseq) == Some(cursor + 1)
+                    && n.entries.last().map(|e| e.gseq) == Some(n.latest_gseq)
+                    && n.entries.windows(2).all(|w| w[1].gseq == w[0].gseq + 1);
+                if continues && !self.group_busy.contains(&n.group_id) {
+                    return Ok(self.apply_group(n.group_id, n.entries));
+                }
+                self.start_group_sync(n.group_id);
+                Ok(false)
+            }
+            cmd::TYPING_PUSH => {
+                if let Ok(t) = v1::Typing::decode(f.body) {
+                    let _ = self.events.send(Event::Typing { from: t.to });
+                }
+                Ok(false)
+            }
+            _ if self.group_syncs.contains_key(&f.req_id) => {
+                let group = self.group_syncs.remove(&f.req_id).unwrap_or_default();
+                self.on_group_sync(group, f)
+            }
+            _ if Some(f.req_id) == self.group_list_req => {
+                self.group_list_req = None;
+                if f.cmd == cmd::response(cmd::GROUP_LIST) {
+                    let list =
+                        v1::GroupListResp::decode(f.body).map_err(|e| bad("group list", e))?;
+                    for g in list.groups {
+                        if g.latest_gseq > self.group_cursor(g.group_id) {
+                            self.start_group_sync(g.group_id);
+                        }
+                    }
+                }
+                Ok(false)
             }
             c if c == cmd::response(cmd::HEARTBEAT) => Ok(false),
             _ => {

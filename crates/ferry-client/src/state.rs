@@ -13,6 +13,9 @@ pub struct DeviceState {
     pub user_id: u64,
     /// The highest inbox seq applied on this device.
     pub synckey: u64,
+    /// Per group: the highest gseq of the group's log applied on this device.
+    #[serde(default)]
+    pub group_cursors: std::collections::BTreeMap<u64, u64>,
 }
 
 impl DeviceState {

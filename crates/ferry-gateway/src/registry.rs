@@ -110,9 +110,6 @@ impl Registry {
 
 impl PushSink for Registry {
     fn push(&self, push: Push) {
-        let Some(links) = self.links.get(&push.user_id) else {
-            return;
-        };
         let Ok(cmd) = u8::try_from(push.cmd) else {
             return;
         };
@@ -120,9 +117,21 @@ impl PushSink for Registry {
             tracing::error!(len = push.body.len(), "push over the frame limit dropped");
             return;
         }
+        // Encoded once, shared by every link it goes to.
         let mut buf = BytesMut::new();
         ferry_proto::frame::encode_raw(cmd, 0, &push.body, &mut buf);
         let frame = buf.freeze();
+        for user in std::iter::once(push.user_id).chain(push.more_user_ids.iter().copied()) {
+            self.deliver(user, &push, &frame);
+        }
+    }
+}
+
+impl Registry {
+    fn deliver(&self, user: u64, push: &Push, frame: &Bytes) {
+        let Some(links) = self.links.get(&user) else {
+            return;
+        };
         for link in links.iter() {
             if !push.device_id.is_empty() && *link.device_id != *push.device_id {
                 continue;

@@ -8,6 +8,7 @@
 
 mod auth;
 mod error;
+mod groups;
 mod presence;
 mod service;
 mod social;

@@ -35,6 +35,12 @@ pub struct LogicConfig {
     pub report_retention_days: u32,
     /// Let anyone message anyone. Off by default: only friends can message each other.
     pub open_messaging: bool,
+    /// Largest group, owner included.
+    pub group_max_members: usize,
+    /// A sender may recall a message this many seconds after sending it.
+    pub recall_window_secs: u32,
+    /// Groups up to this size list who read a message; larger ones give a count.
+    pub receipts_list_max: usize,
     pub password: PasswordParams,
 }
 
@@ -50,6 +56,9 @@ impl Default for LogicConfig {
             retention_days: 30,
             report_retention_days: 14,
             open_messaging: false,
+            group_max_members: 10_000,
+            recall_window_secs: 120,
+            receipts_list_max: 100,
             password: PasswordParams::default(),
         }
     }
@@ -71,6 +80,8 @@ pub struct Logic {
     /// User names never change, so both directions are cached for good.
     ids_by_name: DashMap<String, u64>,
     names_by_id: DashMap<u64, Arc<str>>,
+    /// Member ids per group, for fan-out (short-lived: another node may change them).
+    pub(crate) group_members: crate::groups::MemberCache,
     /// The last synckey recorded per device, so unchanged ones are not rewritten.
     synckeys: DashMap<(u64, Arc<str>), u64>,
 }
@@ -107,6 +118,7 @@ impl Logic {
             ids_by_name: DashMap::new(),
             names_by_id: DashMap::new(),
             synckeys: DashMap::new(),
+            group_members: DashMap::new(),
         })
     }
 
@@ -176,6 +188,18 @@ impl Logic {
             cmd::MOMENT_LIKE => self.moment_like(req).await,
             cmd::MOMENT_COMMENT => self.moment_comment(req).await,
             cmd::MOMENT_DELETE => self.moment_delete(req).await,
+            cmd::GROUP_CREATE => self.group_create(req).await,
+            cmd::GROUP_ADD | cmd::GROUP_REMOVE => self.group_members_change(req).await,
+            cmd::GROUP_LEAVE => self.group_leave(req).await,
+            cmd::GROUP_INFO => self.group_info(req).await,
+            cmd::GROUP_LIST => self.group_list(req).await,
+            cmd::GROUP_UPDATE => self.group_update(req).await,
+            cmd::GROUP_ROLE => self.group_role(req).await,
+            cmd::GROUP_READS => self.group_reads(req).await,
+            cmd::GROUP_SYNC => self.group_sync(req).await,
+            cmd::RECALL => self.recall(req).await,
+            cmd::READ => self.read(req).await,
+            cmd::TYPING => self.typing(req).await,
             _ => Err(LogicError::UnknownCommand(c)),
         }
     }
@@ -336,6 +360,9 @@ impl Logic {
                 "client_msg_id must be non-zero".into(),
             ));
         }
+        if r.group_id != 0 {
+            return self.send_group(&me, r, req.cmd).await;
+        }
         let to = self.user_id(&r.to).await?;
         if to != me.user_id {
             self.may_message(me.user_id, to, &r.to).await?;
@@ -350,6 +377,7 @@ impl Logic {
             r#type: r.r#type,
             text: r.text,
             client_msg_id: r.client_msg_id,
+            ..Default::default()
         };
         let done = self
             .store
@@ -390,7 +418,12 @@ impl Logic {
 
     /// Whether `from` may message `to`: never when `to` blocked `from`; otherwise only
     /// friends, unless the server opens messaging to everyone.
-    async fn may_message(&self, from: u64, to: u64, to_name: &str) -> Result<(), LogicError> {
+    pub(crate) async fn may_message(
+        &self,
+        from: u64,
+        to: u64,
+        to_name: &str,
+    ) -> Result<(), LogicError> {
         use v1::FriendState;
         if self.cfg.open_messaging {
             let theirs = self.store.friendship(to, from).await?;
@@ -449,6 +482,7 @@ impl Logic {
                 cmd: u32::from(cmd::NOTIFY),
                 body,
                 close: false,
+                ..Default::default()
             })
             .await;
         metrics::counter!("ferry_notifies_total").increment(pushed as u64);
@@ -474,10 +508,28 @@ impl Logic {
                     cmd: u32::from(cmd::NOTIFY),
                     body,
                     close: false,
+                    ..Default::default()
                 })
                 .await;
             }
             Err(e) => tracing::debug!(error = %e, "no notify: latest seq unknown"),
+        }
+    }
+
+    /// The gateways holding links of `user`.
+    pub(crate) fn gateways_of(&self, user: u64) -> Vec<String> {
+        self.presence.gateways(user)
+    }
+
+    /// One push to one gateway; a failure is counted, not fatal.
+    pub(crate) async fn push_to(&self, gateway: &str, push: Push) -> bool {
+        match self.bus.push(gateway, push).await {
+            Ok(()) => true,
+            Err(e) => {
+                metrics::counter!("ferry_notify_failures_total").increment(1);
+                tracing::debug!(gateway = %gateway, error = %e, "push failed");
+                false
+            }
         }
     }
 

@@ -108,6 +108,7 @@ impl Logic {
             cmd: u32::from(cmd::KICK),
             body: Bytes::from(kick.encode_to_vec()),
             close: true,
+            ..Default::default()
         })
         .await;
         tracing::info!(user_id = me.user_id, sessions = ended, "logged out");

@@ -9,6 +9,7 @@ fn codec(c: &mut Criterion) {
         to: "bob".into(),
         text: "hello".into(),
         r#type: 0,
+        ..Default::default()
     };
     let mut g = c.benchmark_group("frame");
     g.throughput(Throughput::Elements(1));

@@ -13,6 +13,14 @@ pub const HEARTBEAT: u8 = 0x02;
 pub const SEND: u8 = 0x03;
 /// Fetch inbox entries after a synckey (`SyncReq` → `SyncResp`). Also `POST /v1/newsync`.
 pub const SYNC: u8 = 0x04;
+/// Fetch a group's log after a cursor (`GroupSyncReq` → `GroupSyncResp`).
+pub const GROUP_SYNC: u8 = 0x05;
+/// Recall a message (`RecallReq` → `Empty`).
+pub const RECALL: u8 = 0x06;
+/// Read receipt (`ReadReq` → `Empty`).
+pub const READ: u8 = 0x07;
+/// Typing indicator (`Typing` → `Empty`); never stored.
+pub const TYPING: u8 = 0x08;
 
 /// Short-link only: `POST /v1/register`.
 pub const REGISTER: u8 = 0x10;
@@ -52,11 +60,33 @@ pub const MOMENT_LIKE: u8 = 0x20;
 pub const MOMENT_COMMENT: u8 = 0x21;
 /// `POST /v1/moments/delete`.
 pub const MOMENT_DELETE: u8 = 0x22;
+/// `POST /v1/group/create`.
+pub const GROUP_CREATE: u8 = 0x23;
+/// `POST /v1/group/add`.
+pub const GROUP_ADD: u8 = 0x24;
+/// `POST /v1/group/remove`.
+pub const GROUP_REMOVE: u8 = 0x25;
+/// `POST /v1/group/leave`.
+pub const GROUP_LEAVE: u8 = 0x26;
+/// `POST /v1/group/info`.
+pub const GROUP_INFO: u8 = 0x27;
+/// `POST /v1/group/list`.
+pub const GROUP_LIST: u8 = 0x28;
+/// `POST /v1/group/update`.
+pub const GROUP_UPDATE: u8 = 0x29;
+/// `POST /v1/group/role`.
+pub const GROUP_ROLE: u8 = 0x2A;
+/// `POST /v1/group/reads`.
+pub const GROUP_READS: u8 = 0x2B;
 
 /// Server push: the inbox grew (`Notify`).
 pub const NOTIFY: u8 = 0x40;
 /// Server push: the link is about to be closed (`Kick`).
 pub const KICK: u8 = 0x41;
+/// Server push: a group's log grew (`GroupNotify`).
+pub const GROUP_NOTIFY: u8 = 0x42;
+/// Server push: a peer is typing (`Typing`).
+pub const TYPING_PUSH: u8 = 0x43;
 
 /// Failure response to any request (`Error`), with the request's id.
 pub const ERROR: u8 = 0x7F;
@@ -91,6 +121,18 @@ pub const SHORT_LINK: &[(&str, u8)] = &[
     ("moments/like", MOMENT_LIKE),
     ("moments/comment", MOMENT_COMMENT),
     ("moments/delete", MOMENT_DELETE),
+    ("group/create", GROUP_CREATE),
+    ("group/add", GROUP_ADD),
+    ("group/remove", GROUP_REMOVE),
+    ("group/leave", GROUP_LEAVE),
+    ("group/info", GROUP_INFO),
+    ("group/list", GROUP_LIST),
+    ("group/update", GROUP_UPDATE),
+    ("group/role", GROUP_ROLE),
+    ("group/reads", GROUP_READS),
+    ("group/sync", GROUP_SYNC),
+    ("recall", RECALL),
+    ("read", READ),
 ];
 
 /// The command for a short-link path (without `/v1/`).
@@ -112,8 +154,14 @@ pub fn name(cmd: u8) -> &'static str {
         HEARTBEAT => "heartbeat",
         SEND => "send",
         SYNC => "sync",
+        GROUP_SYNC => "group_sync",
+        RECALL => "recall",
+        READ => "read",
+        TYPING => "typing",
         NOTIFY => "notify",
         KICK => "kick",
+        GROUP_NOTIFY => "group_notify",
+        TYPING_PUSH => "typing_push",
         ERROR => "error",
         c if c & RESPONSE != 0 => "response",
         c => SHORT_LINK

@@ -157,6 +157,7 @@ mod tests {
             to: "bob".into(),
             text: "hello".into(),
             r#type: 0,
+            ..Default::default()
         };
         encode_msg(0x03, 42, &msg, &mut buf);
         encode_raw(0x02, 43, &[], &mut buf);
@@ -177,6 +178,7 @@ mod tests {
             to: "bob".into(),
             text: "hello".into(),
             r#type: 0,
+            ..Default::default()
         };
         encode_msg(0x03, 1, &msg, &mut buf);
         assert!(buf.len() <= 40, "hello frame is {} bytes", buf.len());

@@ -17,10 +17,12 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::{
-    Appended, Avatar, FriendChange, FriendList, FriendRow, InboxPage, MomentRow, NewEvent,
-    NewMessage, Reaction, ReportInfo, Result, Session, Store, StoreError, User,
+    Appended, Avatar, FriendChange, FriendList, FriendRow, GroupChange, GroupRow, InboxPage,
+    MemberRow, MessageInfo, MomentRow, NewEvent, NewMessage, Reaction, ReportInfo, Result, Session,
+    Store, StoreError, User,
 };
 
+mod groups;
 mod social;
 
 /// How hard a commit waits for the disk.
@@ -138,6 +140,34 @@ CREATE TABLE moment_comments (
     created_ms INTEGER NOT NULL
 );
 CREATE INDEX moment_comments_moment ON moment_comments(moment_id);
+"#,
+    r#"
+CREATE TABLE groups (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL,
+    announcement  TEXT NOT NULL,
+    owner_id      INTEGER NOT NULL,
+    share_history INTEGER NOT NULL,
+    last_gseq     INTEGER NOT NULL DEFAULT 0,
+    created_ms    INTEGER NOT NULL
+);
+CREATE TABLE group_members (
+    group_id    INTEGER NOT NULL,
+    user_id     INTEGER NOT NULL,
+    role        INTEGER NOT NULL,
+    joined_gseq INTEGER NOT NULL,
+    read_gseq   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (group_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX group_members_user ON group_members(user_id);
+CREATE TABLE group_log (
+    group_id   INTEGER NOT NULL,
+    gseq       INTEGER NOT NULL,
+    msg_id     INTEGER,
+    payload    BLOB,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_id, gseq)
+) WITHOUT ROWID;
 "#,
 ];
 
@@ -791,5 +821,78 @@ impl Store for SqliteStore {
     async fn reactions(&self, moment_ids: &[u64]) -> Result<Vec<Reaction>> {
         let ids = moment_ids.to_vec();
         self.read(move |c| social::reactions(c, &ids)).await
+    }
+
+    async fn create_group(
+        &self,
+        group: GroupRow,
+        members: Vec<(u64, i32)>,
+        event: v1::GroupEntry,
+        inbox: Vec<NewEvent>,
+    ) -> Result<()> {
+        self.write(move |txn, state| groups::create(txn, state, group, &members, event, &inbox))
+            .await
+    }
+
+    async fn group(&self, group_id: u64) -> Result<Option<GroupRow>> {
+        self.read(move |c| groups::group(c, group_id)).await
+    }
+
+    async fn group_members(&self, group_id: u64) -> Result<Vec<MemberRow>> {
+        self.read(move |c| groups::members(c, group_id)).await
+    }
+
+    async fn group_member(&self, group_id: u64, user_id: u64) -> Result<Option<MemberRow>> {
+        self.read(move |c| groups::member(c, group_id, user_id))
+            .await
+    }
+
+    async fn user_groups(&self, user_id: u64) -> Result<Vec<(GroupRow, MemberRow)>> {
+        self.read(move |c| groups::user_groups(c, user_id)).await
+    }
+
+    async fn change_group(&self, change: GroupChange) -> Result<u64> {
+        self.write(move |txn, state| groups::change(txn, state, change))
+            .await
+    }
+
+    async fn append_group_message(&self, group_id: u64, msg: NewMessage) -> Result<Appended> {
+        self.write(move |txn, state| groups::append_message(txn, state, group_id, msg))
+            .await
+    }
+
+    async fn group_log(
+        &self,
+        group_id: u64,
+        after: u64,
+        limit: u32,
+    ) -> Result<(Vec<v1::GroupEntry>, u64, bool)> {
+        self.read(move |c| groups::log(c, group_id, after, limit))
+            .await
+    }
+
+    async fn message_info(&self, msg_id: u64) -> Result<Option<MessageInfo>> {
+        self.read(move |c| groups::message_info(c, msg_id)).await
+    }
+
+    async fn recall_message(
+        &self,
+        msg_id: u64,
+        group: Option<(u64, v1::GroupEntry)>,
+        inbox: Vec<NewEvent>,
+    ) -> Result<(Option<u64>, Vec<u64>)> {
+        self.write(move |txn, state| groups::recall(txn, state, msg_id, group, &inbox))
+            .await
+    }
+
+    async fn set_group_read(&self, group_id: u64, user_id: u64, gseq: u64) -> Result<()> {
+        self.write(move |txn, _| {
+            txn.prepare_cached(
+                "UPDATE group_members SET read_gseq = max(read_gseq, ?3) WHERE group_id = ?1 AND user_id = ?2",
+            )?
+            .execute(params![group_id as i64, user_id as i64, gseq as i64])?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -90,3 +90,9 @@ async fn moments_likes_and_comments() {
     let dir = tempfile::tempdir().unwrap();
     conformance::moments_likes_and_comments(store(&dir)).await;
 }
+
+#[tokio::test]
+async fn groups_logs_members_and_recall() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::groups_logs_members_and_recall(store(&dir)).await;
+}

@@ -80,6 +80,28 @@ pub fn entry_json(e: &v1::Entry, me: &str) -> serde_json::Value {
             "greeting": f.greeting,
             "time_ms": e.time_ms,
         }),
+        Some(v1::entry::Kind::Group(g)) => serde_json::json!({
+            "seq": e.seq,
+            "kind": "group",
+            "event": g.kind().as_str_name(),
+            "group_id": g.group_id,
+            "users": g.users,
+            "by": g.by,
+            "text": g.text,
+            "time_ms": e.time_ms,
+        }),
+        Some(v1::entry::Kind::Recall(r)) => serde_json::json!({
+            "seq": e.seq,
+            "kind": "recall",
+            "msg_id": r.msg_id,
+            "by": r.by,
+        }),
+        Some(v1::entry::Kind::Read(r)) => serde_json::json!({
+            "seq": e.seq,
+            "kind": "read",
+            "reader": r.reader,
+            "msg_id": r.msg_id,
+        }),
         Some(v1::entry::Kind::Moment(m)) => serde_json::json!({
             "seq": e.seq,
             "kind": "moment",
@@ -118,6 +140,11 @@ pub async fn listen(
                 println!("{}", entry_json(&e, &me));
                 seen += 1;
             }
+            Some(Event::Group { group_id, entry }) => {
+                println!("{}", group_entry_json(group_id, &entry, &me));
+                seen += 1;
+            }
+            Some(Event::Typing { .. }) => {}
             Some(Event::Stopped { error }) => break Err(anyhow::anyhow!(error)),
             Some(Event::Disconnected { reason }) => {
                 eprintln!("disconnected: {reason}; reconnecting")
@@ -147,6 +174,14 @@ pub async fn chat(opts: &ClientOpts, to: Option<String>) -> anyhow::Result<()> {
                         }
                     }
                 }
+                Some(Event::Group { group_id, entry }) => {
+                    if let Some(v1::group_entry::Kind::Message(m)) = &entry.kind {
+                        if m.from != me {
+                            println!("[group {group_id}] {}: {}", m.from, m.text);
+                        }
+                    }
+                }
+                Some(Event::Typing { from }) => eprintln!("* {from} is typing…"),
                 Some(Event::Disconnected { reason }) => eprintln!("* disconnected ({reason}); reconnecting"),
                 Some(Event::Connected { .. }) => eprintln!("* connected"),
                 Some(Event::Stopped { error }) => { client.close().await; return Err(anyhow::anyhow!(error)); }
@@ -473,4 +508,166 @@ pub async fn admin_reports(
         }
     }
     Ok(())
+}
+
+/// `ferry group …`
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    /// Create a group (you are its owner); prints its id.
+    Create {
+        #[command(flatten)]
+        opts: ClientOpts,
+        name: String,
+        /// Members to add at once (repeatable).
+        #[arg(long = "member")]
+        members: Vec<String>,
+        /// New members may read what was said before they joined.
+        #[arg(long)]
+        share_history: bool,
+    },
+    /// Add members (admins and the owner).
+    Add {
+        #[command(flatten)]
+        opts: ClientOpts,
+        group: u64,
+        users: Vec<String>,
+    },
+    /// Remove members (admins and the owner).
+    Remove {
+        #[command(flatten)]
+        opts: ClientOpts,
+        group: u64,
+        users: Vec<String>,
+    },
+    /// Leave a group.
+    Leave {
+        #[command(flatten)]
+        opts: ClientOpts,
+        group: u64,
+    },
+    /// A group's name, announcement and members (JSON).
+    Info {
+        #[command(flatten)]
+        opts: ClientOpts,
+        group: u64,
+    },
+    /// Your groups (JSON lines).
+    List {
+        #[command(flatten)]
+        opts: ClientOpts,
+    },
+}
+
+fn group_json(g: &v1::Group) -> serde_json::Value {
+    serde_json::json!({
+        "group_id": g.group_id,
+        "name": g.name,
+        "announcement": g.announcement,
+        "owner": g.owner,
+        "latest_gseq": g.latest_gseq,
+        "member_count": g.member_count,
+        "members": g.members.iter().map(|m| serde_json::json!({
+            "user": m.username,
+            "role": m.role().as_str_name(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn group(cmd: GroupCmd) -> anyhow::Result<()> {
+    match cmd {
+        GroupCmd::Create {
+            opts,
+            name,
+            members,
+            share_history,
+        } => {
+            let refs: Vec<&str> = members.iter().map(String::as_str).collect();
+            let g = account(&opts)
+                .await?
+                .create_group(&name, &refs, share_history)
+                .await?;
+            println!("{}", g.group_id);
+        }
+        GroupCmd::Add { opts, group, users } | GroupCmd::Remove { opts, group, users }
+            if users.is_empty() =>
+        {
+            let _ = (opts, group);
+            anyhow::bail!("name at least one user");
+        }
+        GroupCmd::Add { opts, group, users } => {
+            let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+            let g = account(&opts)
+                .await?
+                .group_members(group, &refs, true)
+                .await?;
+            println!("{}", group_json(&g));
+        }
+        GroupCmd::Remove { opts, group, users } => {
+            let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+            let g = account(&opts)
+                .await?
+                .group_members(group, &refs, false)
+                .await?;
+            println!("{}", group_json(&g));
+        }
+        GroupCmd::Leave { opts, group } => {
+            account(&opts).await?.leave_group(group).await?;
+            println!("left group {group}");
+        }
+        GroupCmd::Info { opts, group } => {
+            println!(
+                "{}",
+                group_json(&account(&opts).await?.group_info(group).await?)
+            );
+        }
+        GroupCmd::List { opts } => {
+            for g in account(&opts).await?.groups().await? {
+                println!("{}", group_json(&g));
+            }
+        }
+    }
+    Ok(())
+}
+
+pub async fn send_group(
+    opts: &ClientOpts,
+    group: u64,
+    text: &str,
+    mentions: &[String],
+) -> anyhow::Result<()> {
+    let (client, _events) = Client::connect(opts.config()).await.context("logging in")?;
+    let refs: Vec<&str> = mentions.iter().map(String::as_str).collect();
+    let result = client.send_group(group, text, &refs).await;
+    client.close().await;
+    let ack = result.context("sending")?;
+    println!("sent msg_id={} gseq={}", ack.msg_id, ack.seq);
+    Ok(())
+}
+
+pub async fn recall(opts: &ClientOpts, msg_id: u64) -> anyhow::Result<()> {
+    let (client, _events) = Client::connect(opts.config()).await.context("logging in")?;
+    let result = client.recall(msg_id).await;
+    client.close().await;
+    result.context("recalling")?;
+    println!("recalled {msg_id}");
+    Ok(())
+}
+
+/// A group log entry as a JSON line.
+pub fn group_entry_json(group: u64, e: &v1::GroupEntry, me: &str) -> serde_json::Value {
+    use v1::group_entry::Kind;
+    match &e.kind {
+        Some(Kind::Message(m)) => serde_json::json!({
+            "group_id": group, "gseq": e.gseq, "msg_id": m.msg_id, "from": m.from,
+            "text": m.text, "mentions": m.mentions, "time_ms": m.time_ms, "outgoing": m.from == me,
+        }),
+        Some(Kind::Event(ev)) => serde_json::json!({
+            "group_id": group, "gseq": e.gseq, "kind": "group_event",
+            "event": ev.kind().as_str_name(), "users": ev.users, "by": ev.by, "text": ev.text,
+        }),
+        Some(Kind::Recall(r)) => serde_json::json!({
+            "group_id": group, "gseq": e.gseq, "kind": "recall", "msg_id": r.msg_id, "by": r.by,
+        }),
+        None => serde_json::json!({ "group_id": group, "gseq": e.gseq, "kind": "removed" }),
+    }
 }

@@ -70,10 +70,25 @@ enum Command {
         #[command(flatten)]
         opts: ClientOpts,
         /// Recipient user name.
+        #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+        to: Option<String>,
+        /// A group id instead of a recipient.
         #[arg(long)]
-        to: String,
+        group: Option<u64>,
+        /// Members to @mention (group messages; repeatable).
+        #[arg(long = "mention")]
+        mentions: Vec<String>,
         text: String,
     },
+    /// Take back a message you sent (within the recall window).
+    Recall {
+        #[command(flatten)]
+        opts: ClientOpts,
+        msg_id: u64,
+    },
+    /// Groups: create, add, remove, leave, info, list.
+    #[command(subcommand)]
+    Group(cli::GroupCmd),
     /// Print received messages as JSON lines.
     Listen {
         #[command(flatten)]
@@ -211,7 +226,19 @@ async fn main() {
                     user,
                     password,
                 } => cli::register(&server, &user, &password).await,
-                Command::Send { opts, to, text } => cli::send(&opts, &to, &text).await,
+                Command::Send {
+                    opts,
+                    to,
+                    group,
+                    mentions,
+                    text,
+                } => match (to, group) {
+                    (_, Some(g)) => cli::send_group(&opts, g, &text, &mentions).await,
+                    (Some(to), None) => cli::send(&opts, &to, &text).await,
+                    (None, None) => Err(anyhow::anyhow!("--to or --group is required")),
+                },
+                Command::Recall { opts, msg_id } => cli::recall(&opts, msg_id).await,
+                Command::Group(cmd) => cli::group(cmd).await,
                 Command::Listen {
                     opts,
                     count,

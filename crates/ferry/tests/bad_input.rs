@@ -55,6 +55,7 @@ async fn bad_input_is_refused_and_a_good_client_keeps_working() {
             to: "bob".into(),
             text: "x".into(),
             r#type: 0,
+            ..Default::default()
         },
     )
     .await;

@@ -35,12 +35,23 @@ struct Nats {
 
 impl Nats {
     fn start() -> Self {
+        Self::start_on(free_port())
+    }
+
+    /// Kills the server and starts a new one on the same port.
+    fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.port;
+        *self = Self::start_on(port);
+    }
+
+    fn start_on(port: u16) -> Self {
         let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
             .into_iter()
             .find(|p| Path::new(p).exists())
             .unwrap_or("nats-server");
-        let port = free_port();
-        let child = Command::new(bin)
+        let mut child = Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -52,6 +63,8 @@ impl Nats {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("nats-server did not come up on port {port}");
     }
 
@@ -194,11 +207,16 @@ struct Cluster {
     config: PathBuf,
     _dir: tempfile::TempDir,
     _db: Db,
-    _nats: Nats,
+    nats: Nats,
 }
 
 impl Cluster {
     fn start(gateways: usize, logics: usize) -> Cluster {
+        Self::start_with(gateways, logics, |url| url)
+    }
+
+    /// `pg` may rewrite the PostgreSQL connection string (to go through a [`PgGate`]).
+    fn start_with(gateways: usize, logics: usize, pg: impl FnOnce(String) -> String) -> Cluster {
         let nats = Nats::start();
         let db = Db::create();
         let dir = tempfile::tempdir().unwrap();
@@ -225,7 +243,7 @@ gateway_heartbeat_ms = 300
 gateway_expiry_ms = 1500
 "#,
                 nats.url(),
-                db.url()
+                pg(db.url())
             ),
         )
         .unwrap();
@@ -235,7 +253,7 @@ gateway_expiry_ms = 1500
             config,
             _dir: dir,
             _db: db,
-            _nats: nats,
+            nats,
         };
         for _ in 0..logics {
             c.add_logic();
@@ -482,6 +500,158 @@ async fn logic_node_sigkilled_under_load() {
     }
     let got = recv_exactly(&mut bob_ev, "bob", 5, 20).await;
     assert_eq!(got[4].text, "late m4");
+    for cl in [alice, bob] {
+        cl.close().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_restarted_system_recovers() {
+    let mut c = Cluster::start(2, 2);
+    register(&c, &["alice", "bob"]).await;
+    let (alice, _alice_ev) = client(&c, 0, "alice").await;
+    let (bob, mut bob_ev) = client(&c, 1, "bob").await;
+    for i in 0..10 {
+        alice
+            .send_text("bob", &format!("before {i}"))
+            .await
+            .unwrap();
+    }
+    recv_exactly(&mut bob_ev, "bob", 10, 20).await;
+
+    // NATS goes away with sends in flight and comes back a second later.
+    let acked = Arc::new(AtomicUsize::new(0));
+    let _ = c.nats.child.kill();
+    let _ = c.nats.child.wait();
+    let sends = send_all(&alice, "bob", 20, acked.clone());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    c.nats.restart();
+    for s in sends {
+        s.await.unwrap();
+    }
+    // Routes are rebuilt from the gateways' snapshots: pushes flow again.
+    for i in 0..5 {
+        alice.send_text("bob", &format!("after {i}")).await.unwrap();
+    }
+    let got = recv_exactly(&mut bob_ev, "bob", 25, 30).await;
+    assert!(got.iter().any(|m| m.text == "after 4"));
+    for cl in [alice, bob] {
+        cl.close().await;
+    }
+}
+
+/// A TCP gate in front of PostgreSQL: open, or closed (every connection through it is
+/// cut, new ones are closed at once) — PostgreSQL unreachable.
+struct PgGate {
+    port: u16,
+    open: Arc<std::sync::atomic::AtomicBool>,
+    cut: Arc<tokio::sync::Notify>,
+}
+
+impl PgGate {
+    async fn start() -> PgGate {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let cut = Arc::new(tokio::sync::Notify::new());
+        let (o, k) = (open.clone(), cut.clone());
+        tokio::spawn(async move {
+            while let Ok((mut down, _)) = listener.accept().await {
+                if !o.load(Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let k = k.clone();
+                tokio::spawn(async move {
+                    let Ok(mut up) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
+                        _ = k.notified() => {}
+                    }
+                });
+            }
+        });
+        PgGate { port, open, cut }
+    }
+
+    fn close(&self) {
+        self.open.store(false, Ordering::SeqCst);
+        self.cut.notify_waiters();
+    }
+
+    fn reopen(&self) {
+        self.open.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_unreachable_sends_fail_retryably_and_resume() {
+    let gate = PgGate::start().await;
+    let port = gate.port;
+    let c = Cluster::start_with(1, 1, |url| {
+        url.replace("port=5432", &format!("port={port}"))
+    });
+    register(&c, &["alice", "bob"]).await;
+    let (alice, _alice_ev) = client(&c, 0, "alice").await;
+    let (bob, mut bob_ev) = client(&c, 0, "bob").await;
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        acked.push(
+            alice
+                .send_text("bob", &format!("before {i}"))
+                .await
+                .unwrap()
+                .msg_id,
+        );
+    }
+
+    gate.close();
+    // One attempt, not retried: the error must say "try again".
+    let msg = v1::SendMsg {
+        client_msg_id: ferry_client::new_client_msg_id(),
+        to: "bob".into(),
+        text: "during".into(),
+        r#type: v1::MsgType::Text as i32,
+        ..Default::default()
+    };
+    let body = bytes::Bytes::from(ferry_proto::ProtoMessage::encode_to_vec(&msg));
+    let err = alice
+        .request(ferry_proto::cmd::SEND, body)
+        .await
+        .expect_err("a send acknowledged with PostgreSQL unreachable");
+    assert!(err.is_retryable(), "not retryable: {err}");
+    // The SDK keeps retrying the same message (same client_msg_id) until it is back.
+    let during = {
+        let alice = alice.clone();
+        tokio::spawn(async move { alice.send_msg(&msg).await.unwrap().msg_id })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        !during.is_finished(),
+        "acknowledged while PostgreSQL was unreachable"
+    );
+    gate.reopen();
+    acked.push(
+        tokio::time::timeout(Duration::from_secs(30), during)
+            .await
+            .expect("no ack after PostgreSQL came back")
+            .unwrap(),
+    );
+    for i in 0..5 {
+        acked.push(
+            alice
+                .send_text("bob", &format!("after {i}"))
+                .await
+                .unwrap()
+                .msg_id,
+        );
+    }
+    let got = recv_exactly(&mut bob_ev, "bob", 16, 30).await;
+    let mut got_ids: Vec<u64> = got.iter().map(|m| m.msg_id).collect();
+    got_ids.sort_unstable();
+    acked.sort_unstable();
+    assert_eq!(got_ids, acked, "every acknowledged message, once");
     for cl in [alice, bob] {
         cl.close().await;
     }

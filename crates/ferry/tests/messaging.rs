@@ -151,6 +151,7 @@ async fn a_retry_after_a_lost_ack_stores_one_message() {
         to: "bob".into(),
         text: "only once".into(),
         r#type: 0,
+        ..Default::default()
     };
 
     // Send, then cut the link before reading the ack.

@@ -22,7 +22,7 @@ pub(super) fn delete_user_sessions(txn: &Transaction, user: u64) -> Result<Vec<S
 }
 
 /// Appends events to inboxes. Fails before writing anything when a user is unknown.
-pub(super) fn append_events(
+pub(in crate::sqlite) fn append_events(
     txn: &Transaction,
     state: &mut WriterState,
     events: &[NewEvent],

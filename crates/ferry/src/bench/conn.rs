@@ -200,6 +200,7 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
         to: b.clone(),
         text: "hello".into(),
         r#type: v1::MsgType::Text as i32,
+        ..Default::default()
     };
     ca.send(cmd::SEND, 2, &hello).await?;
     let sent = ca.bytes_out - out0;

@@ -774,6 +774,7 @@ async fn writer(
                 to: peer.clone(),
                 text: t,
                 r#type: v1::MsgType::Text as i32,
+                ..Default::default()
             };
             encode_msg(cmd::SEND, seq as u32, &m, buf);
             out.inner.lock().expect("ledger").sent = seq;

@@ -294,6 +294,7 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
                         eprintln!("client {me} stopped: {error}");
                         return;
                     }
+                    Event::Group { .. } | Event::Typing { .. } => {}
                 }
             }
         });

@@ -1,0 +1,799 @@
+//! Groups: one log per group (per-group seq, the same order for every member), read from
+//! each member's join point; membership changes also land in the affected users' inboxes.
+//! Also recall, read receipts and typing indicators. See docs/groups.md for the design.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use ferry_bus::{BusRequest, BusResponse, Push};
+use ferry_proto::v1::{self, group_event::Kind as K, GroupRole};
+use ferry_proto::{cmd, ProtoMessage};
+use ferry_store::{GroupChange, GroupRow, MemberRow, NewEvent, NewMessage, StoreError};
+
+use crate::error::LogicError;
+use crate::service::{now_ms, ok, DeviceSession, Logic};
+
+const MAX_GROUP_NAME: usize = 64;
+const MAX_ANNOUNCEMENT: usize = 4096;
+const MAX_MENTIONS: usize = 50;
+/// How long a node trusts its cached member list of a group that another node may
+/// have changed.
+const MEMBERS_TTL: Duration = Duration::from_secs(5);
+
+/// Cached member ids of a group, for fan-out.
+pub(crate) struct Members {
+    ids: Arc<Vec<u64>>,
+    at: Instant,
+}
+
+pub(crate) type MemberCache = dashmap::DashMap<u64, Members>;
+
+fn event(kind: K, group: u64, users: Vec<String>, by: &str, text: &str) -> v1::GroupEvent {
+    v1::GroupEvent {
+        kind: kind as i32,
+        group_id: group,
+        users,
+        by: by.to_owned(),
+        text: text.to_owned(),
+    }
+}
+
+fn log_entry(ev: v1::GroupEvent, time_ms: i64) -> v1::GroupEntry {
+    v1::GroupEntry {
+        kind: Some(v1::group_entry::Kind::Event(ev)),
+        time_ms,
+        ..Default::default()
+    }
+}
+
+fn inbox_entry(ev: v1::GroupEvent, time_ms: i64) -> v1::Entry {
+    v1::Entry {
+        kind: Some(v1::entry::Kind::Group(ev)),
+        time_ms,
+        ..Default::default()
+    }
+}
+
+fn role_of(m: &MemberRow) -> GroupRole {
+    GroupRole::try_from(m.role).unwrap_or(GroupRole::Member)
+}
+
+fn gone() -> LogicError {
+    LogicError::NotFound("no such group".into())
+}
+
+impl Logic {
+    /// The caller's membership, or NOT_FOUND (a non-member cannot tell whether the group
+    /// exists).
+    async fn membership(&self, group: u64, user: u64) -> Result<(GroupRow, MemberRow), LogicError> {
+        let m = self
+            .store
+            .group_member(group, user)
+            .await?
+            .ok_or_else(gone)?;
+        let g = self.store.group(group).await?.ok_or_else(gone)?;
+        Ok((g, m))
+    }
+
+    async fn require_admin(
+        &self,
+        group: u64,
+        user: u64,
+    ) -> Result<(GroupRow, MemberRow), LogicError> {
+        let (g, m) = self.membership(group, user).await?;
+        if role_of(&m) == GroupRole::Member {
+            return Err(LogicError::PermissionDenied(
+                "only the group's owner and admins may do that".into(),
+            ));
+        }
+        Ok((g, m))
+    }
+
+    /// Member ids of a group, from a short-lived cache.
+    async fn member_ids(&self, group: u64) -> Result<Arc<Vec<u64>>, LogicError> {
+        if let Some(m) = self.group_members.get(&group) {
+            if m.at.elapsed() < MEMBERS_TTL {
+                return Ok(m.ids.clone());
+            }
+        }
+        let ids: Arc<Vec<u64>> = Arc::new(
+            self.store
+                .group_members(group)
+                .await?
+                .into_iter()
+                .map(|m| m.user_id)
+                .collect(),
+        );
+        self.group_members.insert(
+            group,
+            Members {
+                ids: ids.clone(),
+                at: Instant::now(),
+            },
+        );
+        Ok(ids)
+    }
+
+    fn forget_members(&self, group: u64) {
+        self.group_members.remove(&group);
+    }
+
+    /// Resolves user names; with friends-only messaging, only the caller's friends may
+    /// be put into a group by them.
+    async fn resolve_members(
+        &self,
+        me: u64,
+        names: &[String],
+    ) -> Result<Vec<(u64, String)>, LogicError> {
+        let mut out = Vec::new();
+        let mut seen = HashSet::new();
+        for name in names {
+            let id = self.user_id(name).await?;
+            if id == me || !seen.insert(id) {
+                continue;
+            }
+            if !self.config().open_messaging && !self.are_friends(me, id).await? {
+                return Err(LogicError::PermissionDenied(format!(
+                    "{name} is not your friend; only friends can be added"
+                )));
+            }
+            out.push((id, name.clone()));
+        }
+        Ok(out)
+    }
+
+    /// Pushes a group's new latest gseq (with the entry inline when small) to every
+    /// member's gateways: one push per gateway, whatever the group's size.
+    pub(crate) async fn notify_group(
+        &self,
+        group: u64,
+        mut entry: Option<v1::GroupEntry>,
+        gseq: u64,
+        extra: &[u64],
+    ) -> usize {
+        let members = match self.member_ids(group).await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::debug!(error = %e, "no group notify: members unknown");
+                return 0;
+            }
+        };
+        if let Some(e) = &mut entry {
+            e.gseq = gseq;
+        }
+        let entries = match entry {
+            Some(e) if e.encoded_len() <= self.config().inline_notify_bytes => vec![e],
+            _ => Vec::new(),
+        };
+        let body = Bytes::from(
+            v1::GroupNotify {
+                group_id: group,
+                latest_gseq: gseq,
+                entries,
+            }
+            .encode_to_vec(),
+        );
+        let mut by_gateway: HashMap<String, Vec<u64>> = HashMap::new();
+        for user in members.iter().chain(extra.iter()) {
+            for gw in self.gateways_of(*user) {
+                by_gateway.entry(gw).or_default().push(*user);
+            }
+        }
+        let mut delivered = 0;
+        for (gw, users) in by_gateway {
+            delivered += users.len();
+            let push = Push {
+                user_id: users[0],
+                more_user_ids: users[1..].to_vec(),
+                cmd: u32::from(cmd::GROUP_NOTIFY),
+                body: body.clone(),
+                ..Default::default()
+            };
+            self.push_to(&gw, push).await;
+        }
+        metrics::counter!("ferry_group_notifies_total").increment(delivered as u64);
+        delivered
+    }
+
+    async fn group_view(
+        &self,
+        g: &GroupRow,
+        m: &MemberRow,
+        with_members: bool,
+    ) -> Result<v1::Group, LogicError> {
+        let mut out = v1::Group {
+            group_id: g.id,
+            name: g.name.clone(),
+            announcement: g.announcement.clone(),
+            owner: self.user_name(g.owner_id).await?.to_string(),
+            latest_gseq: g.latest_gseq,
+            share_history: g.share_history,
+            joined_gseq: m.joined_gseq,
+            ..Default::default()
+        };
+        if with_members {
+            let members = self.store.group_members(g.id).await?;
+            out.member_count = members.len() as u32;
+            for mm in members {
+                out.members.push(v1::GroupMember {
+                    username: self.user_name(mm.user_id).await?.to_string(),
+                    role: mm.role,
+                });
+            }
+        } else {
+            out.member_count = self.member_ids(g.id).await?.len() as u32;
+        }
+        Ok(out)
+    }
+
+    async fn group_resp(
+        &self,
+        req_cmd: u32,
+        group: u64,
+        me: u64,
+    ) -> Result<BusResponse, LogicError> {
+        let (g, m) = self.membership(group, me).await?;
+        Ok(ok(
+            req_cmd,
+            &v1::GroupResp {
+                group: Some(self.group_view(&g, &m, true).await?),
+            },
+        ))
+    }
+
+    /// Applies a change, then tells the affected users' inboxes and every member.
+    async fn apply_group_change(
+        &self,
+        change: GroupChange,
+        removed: &[u64],
+    ) -> Result<u64, LogicError> {
+        let group = change.group_id;
+        let entry = change.event.clone();
+        let inbox = change.inbox.clone();
+        let gseq = self.store.change_group(change).await.map_err(|e| match e {
+            StoreError::NotFound => gone(),
+            e => e.into(),
+        })?;
+        self.forget_members(group);
+        for ev in inbox {
+            if let Ok(seq) = self.store.latest_seq(ev.user_id).await {
+                self.notify_entry(ev.user_id, seq, ev.entry).await;
+            }
+        }
+        self.notify_group(group, Some(entry), gseq, removed).await;
+        Ok(gseq)
+    }
+
+    pub(crate) async fn group_create(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::GroupCreateReq::decode(req.body.clone())?;
+        let name = r.name.trim().to_owned();
+        if name.is_empty() || name.len() > MAX_GROUP_NAME {
+            return Err(LogicError::InvalidArgument(format!(
+                "a group name is 1-{MAX_GROUP_NAME} bytes"
+            )));
+        }
+        let members = self.resolve_members(me.user_id, &r.members).await?;
+        if members.len() + 1 > self.config().group_max_members {
+            return Err(LogicError::TooLarge(format!(
+                "a group has at most {} members",
+                self.config().group_max_members
+            )));
+        }
+        let my_name = self.user_name(me.user_id).await?;
+        let time_ms = now_ms();
+        let id = (rand::random::<u64>() >> 1).max(1);
+        let mut all: Vec<(u64, i32)> = vec![(me.user_id, GroupRole::Owner as i32)];
+        all.extend(
+            members
+                .iter()
+                .map(|(id, _)| (*id, GroupRole::Member as i32)),
+        );
+        let names: Vec<String> = members.iter().map(|(_, n)| n.clone()).collect();
+        let ev = event(K::Created, id, names, &my_name, &name);
+        let inbox: Vec<NewEvent> = all
+            .iter()
+            .map(|(u, _)| NewEvent {
+                user_id: *u,
+                entry: inbox_entry(ev.clone(), time_ms),
+            })
+            .collect();
+        let group = GroupRow {
+            id,
+            name,
+            announcement: String::new(),
+            owner_id: me.user_id,
+            share_history: r.share_history,
+            latest_gseq: 0,
+            created_ms: time_ms,
+        };
+        self.store
+            .create_group(group, all, log_entry(ev, time_ms), inbox.clone())
+            .await?;
+        for e in inbox {
+            if let Ok(seq) = self.store.latest_seq(e.user_id).await {
+                self.notify_entry(e.user_id, seq, e.entry).await;
+            }
+        }
+        self.group_resp(req.cmd, id, me.user_id).await
+    }
+
+    pub(crate) async fn group_members_change(
+        &self,
+        req: &BusRequest,
+    ) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::GroupMembersReq::decode(req.body.clone())?;
+        let (g, mine) = self.require_admin(r.group_id, me.user_id).await?;
+        let my_name = self.user_name(me.user_id).await?;
+        let time_ms = now_ms();
+        let adding = req.cmd == u32::from(cmd::GROUP_ADD);
+        let current: HashSet<u64> = self.member_ids(g.id).await?.iter().copied().collect();
+        let mut change = GroupChange {
+            group_id: g.id,
+            ..Default::default()
+        };
+        let mut names = Vec::new();
+        let mut removed = Vec::new();
+        if adding {
+            for (id, name) in self.resolve_members(me.user_id, &r.usernames).await? {
+                if !current.contains(&id) {
+                    change.add.push((id, GroupRole::Member as i32));
+                    names.push(name);
+                }
+            }
+            if current.len() + change.add.len() > self.config().group_max_members {
+                return Err(LogicError::TooLarge(format!(
+                    "a group has at most {} members",
+                    self.config().group_max_members
+                )));
+            }
+        } else {
+            for name in &r.usernames {
+                let id = self.user_id(name).await?;
+                if !current.contains(&id) {
+                    continue;
+                }
+                let theirs = self.store.group_member(g.id, id).await?;
+                let their_role = theirs.as_ref().map(role_of).unwrap_or(GroupRole::Member);
+                if id == g.owner_id
+                    || (their_role == GroupRole::Admin && role_of(&mine) != GroupRole::Owner)
+                {
+                    return Err(LogicError::PermissionDenied(format!(
+                        "{name} can only be removed by the owner"
+                    )));
+                }
+                change.remove.push(id);
+                removed.push(id);
+                names.push(name.clone());
+            }
+        }
+        if names.is_empty() {
+            return self.group_resp(req.cmd, g.id, me.user_id).await;
+        }
+        let kind = if adding { K::Joined } else { K::Removed };
+        let ev = event(kind, g.id, names, &my_name, "");
+        let affected: Vec<u64> = if adding {
+            change.add.iter().map(|(u, _)| *u).collect()
+        } else {
+            removed.clone()
+        };
+        change.inbox = affected
+            .iter()
+            .map(|u| NewEvent {
+                user_id: *u,
+                entry: inbox_entry(ev.clone(), time_ms),
+            })
+            .collect();
+        change.event = log_entry(ev, time_ms);
+        self.apply_group_change(change, &removed).await?;
+        self.group_resp(req.cmd, g.id, me.user_id).await
+    }
+
+    pub(crate) async fn group_leave(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::GroupReq::decode(req.body.clone())?;
+        let (g, mine) = self.membership(r.group_id, me.user_id).await?;
+        let my_name = self.user_name(me.user_id).await?;
+        let time_ms = now_ms();
+        let mut change = GroupChange {
+            group_id: g.id,
+            remove: vec![me.user_id],
+            ..Default::default()
+        };
+        if role_of(&mine) == GroupRole::Owner {
+            // Hand the group to an admin, else to the longest-standing member.
+            let members = self.store.group_members(g.id).await?;
+            let heir = members
+                .iter()
+                .filter(|m| m.user_id != me.user_id)
+                .max_by_key(|m| (m.role, std::cmp::Reverse(m.joined_gseq)));
+            if let Some(h) = heir {
+                change.roles.push((h.user_id, GroupRole::Owner as i32));
+            }
+        }
+        let ev = event(K::Left, g.id, vec![my_name.to_string()], &my_name, "");
+        change.inbox = vec![NewEvent {
+            user_id: me.user_id,
+            entry: inbox_entry(ev.clone(), time_ms),
+        }];
+        change.event = log_entry(ev, time_ms);
+        self.apply_group_change(change, &[me.user_id]).await?;
+        Ok(ok(req.cmd, &v1::GroupResp { group: None }))
+    }
+
+    pub(crate) async fn group_info(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::GroupReq::decode(req.body.clone())?;
+        self.group_resp(req.cmd, r.group_id, me.user_id).await
+    }
+
+    pub(crate) async fn group_list(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let mut groups = Vec::new();
+        for (g, m) in self.store.user_groups(me.user_id).await? {
+            groups.push(self.group_view(&g, &m, false).await?);
+        }
+        Ok(ok(req.cmd, &v1::GroupListResp { groups }))
+    }
+
+    pub(crate) async fn group_update(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::GroupUpdateReq::decode(req.body.clone())?;
+        let (g, _) = self.require_admin(r.group_id, me.user_id).await?;
+        let my_name = self.user_name(me.user_id).await?;
+        let name = r.name.trim();
+        if name.len() > MAX_GROUP_NAME || r.announcement.len() > MAX_ANNOUNCEMENT {
+            return Err(LogicError::TooLarge(format!(
+                "name ≤ {MAX_GROUP_NAME} bytes, announcement ≤ {MAX_ANNOUNCEMENT} bytes"
+            )));
+        }
+        let time_ms = now_ms();
+        if !name.is_empty() && name != g.name {
+            let ev = event(K::Renamed, g.id, vec![], &my_name, name);
+            let change = GroupChange {
+                group_id: g.id,
+                name: Some(name.to_owned()),
+                event: log_entry(ev, time_ms),
+                ..Default::default()
+            };
+            self.apply_group_change(change, &[]).await?;
+        }
+        if !r.announcement.is_empty() && r.announcement != g.announcement {
+            let ev = event(K::Announced, g.id, vec![], &my_name, &r.announcement);
+            let change = GroupChange {
+                group_id: g.id,
+                announcement: Some(r.announcement.clone()),
+                event: log_entry(ev, time_ms),
+                ..Default::default()
+            };
+            self.apply_group_change(change, &[]).await?;
+        }
+        self.group_resp(req.cmd, g.id, me.user_id).await
+    }
+
+    pub(crate) async fn group_role(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::GroupRoleReq::decode(req.body.clone())?;
+        let (g, mine) = self.membership(r.group_id, me.user_id).await?;
+        if role_of(&mine) != GroupRole::Owner {
+            return Err(LogicError::PermissionDenied(
+                "only the owner sets roles".into(),
+            ));
+        }
+        let target = self.user_id(&r.username).await?;
+        if target == me.user_id {
+            return Err(LogicError::InvalidArgument("pick another member".into()));
+        }
+        self.store
+            .group_member(g.id, target)
+            .await?
+            .ok_or_else(|| LogicError::NotFound(format!("{} is not a member", r.username)))?;
+        let role = GroupRole::try_from(r.role)
+            .map_err(|_| LogicError::InvalidArgument("unknown role".into()))?;
+        let mut roles = vec![(target, role as i32)];
+        if role == GroupRole::Owner {
+            // Handing over: the old owner stays as an admin.
+            roles.push((me.user_id, GroupRole::Admin as i32));
+        }
+        let my_name = self.user_name(me.user_id).await?;
+        let time_ms = now_ms();
+        let ev = event(
+            K::RoleChanged,
+            g.id,
+            vec![r.username.clone()],
+            &my_name,
+            role.as_str_name(),
+        );
+        let change = GroupChange {
+            group_id: g.id,
+            roles,
+            event: log_entry(ev, time_ms),
+            ..Default::default()
+        };
+        self.apply_group_change(change, &[]).await?;
+        self.group_resp(req.cmd, g.id, me.user_id).await
+    }
+
+    pub(crate) async fn group_sync(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::GroupSyncReq::decode(req.body.clone())?;
+        let (_, m) = self.membership(r.group_id, me.user_id).await?;
+        let limit = match r.limit {
+            0 => self.config().sync_page,
+            n => n.min(self.config().sync_page_max),
+        };
+        // Nothing from before the member joined.
+        let after = r.after.max(m.joined_gseq.saturating_sub(1));
+        let (mut entries, latest, mut more) =
+            self.store.group_log(r.group_id, after, limit).await?;
+        let mut bytes = 0;
+        if let Some(cut) = entries.iter().position(|e| {
+            bytes += e.encoded_len() + 4;
+            bytes > self.config().sync_page_bytes
+        }) {
+            entries.truncate(cut.max(1));
+            more = true;
+        }
+        // With nothing left to see, the cursor may jump to the newest gseq.
+        let cursor = entries.last().map(|e| e.gseq).unwrap_or(after.max(latest));
+        metrics::counter!("ferry_group_syncs_total").increment(1);
+        Ok(ok(
+            req.cmd,
+            &v1::GroupSyncResp {
+                group_id: r.group_id,
+                entries,
+                cursor,
+                more,
+                latest_gseq: latest,
+            },
+        ))
+    }
+
+    /// A group message: membership checked against the store, logged once, pushed to
+    /// every member.
+    pub(crate) async fn send_group(
+        &self,
+        me: &DeviceSession,
+        r: v1::SendMsg,
+        req_cmd: u32,
+    ) -> Result<BusResponse, LogicError> {
+        self.store
+            .group_member(r.group_id, me.user_id)
+            .await?
+            .ok_or_else(gone)?;
+        if r.mentions.len() > MAX_MENTIONS {
+            return Err(LogicError::InvalidArgument(format!(
+                "at most {MAX_MENTIONS} mentions"
+            )));
+        }
+        let from = self.user_name(me.user_id).await?;
+        let time_ms = now_ms();
+        let message = v1::Message {
+            from: from.to_string(),
+            time_ms,
+            r#type: r.r#type,
+            text: r.text,
+            client_msg_id: r.client_msg_id,
+            group_id: r.group_id,
+            mentions: r.mentions,
+            ..Default::default()
+        };
+        let done = self
+            .store
+            .append_group_message(
+                r.group_id,
+                NewMessage {
+                    sender_id: me.user_id,
+                    recipient_id: 0,
+                    client_msg_id: r.client_msg_id,
+                    time_ms,
+                    message: message.clone(),
+                },
+            )
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => gone(),
+                e => e.into(),
+            })?;
+        if !done.duplicate {
+            metrics::counter!("ferry_group_messages_total").increment(1);
+            let entry = v1::GroupEntry {
+                kind: Some(v1::group_entry::Kind::Message(v1::Message {
+                    msg_id: done.msg_id,
+                    ..message
+                })),
+                time_ms,
+                ..Default::default()
+            };
+            self.notify_group(r.group_id, Some(entry), done.recipient_seq, &[])
+                .await;
+        }
+        Ok(ok(
+            req_cmd,
+            &v1::SendAck {
+                msg_id: done.msg_id,
+                seq: done.recipient_seq,
+                time_ms: done.time_ms,
+            },
+        ))
+    }
+
+    pub(crate) async fn group_reads(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::GroupReadsReq::decode(req.body.clone())?;
+        self.membership(r.group_id, me.user_id).await?;
+        let members = self.store.group_members(r.group_id).await?;
+        let read: Vec<&MemberRow> = members.iter().filter(|m| m.read_gseq >= r.gseq).collect();
+        let mut resp = v1::GroupReadsResp {
+            read_count: read.len() as u32,
+            member_count: members.len() as u32,
+            ..Default::default()
+        };
+        if members.len() <= self.config().receipts_list_max {
+            for m in read {
+                resp.readers
+                    .push(self.user_name(m.user_id).await?.to_string());
+            }
+        }
+        Ok(ok(req.cmd, &resp))
+    }
+
+    pub(crate) async fn read(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::ReadReq::decode(req.body.clone())?;
+        if r.group_id != 0 {
+            self.membership(r.group_id, me.user_id).await?;
+            self.store
+                .set_group_read(r.group_id, me.user_id, r.gseq)
+                .await?;
+            return Ok(ok(req.cmd, &v1::Empty {}));
+        }
+        // A 1:1 receipt goes to the peer's inbox, for a message the peer sent the caller.
+        let peer = self.user_id(&r.peer).await?;
+        let info = self.store.message_info(r.msg_id).await?;
+        let mine = info.as_ref().is_some_and(|i| {
+            i.sender_id == peer && i.body.as_ref().is_some_and(|b| b.group_id == 0)
+        });
+        if !mine {
+            return Err(LogicError::NotFound(
+                "no such message from that user".into(),
+            ));
+        }
+        let time_ms = now_ms();
+        let entry = v1::Entry {
+            kind: Some(v1::entry::Kind::Read(v1::ReadReceipt {
+                reader: self.user_name(me.user_id).await?.to_string(),
+                msg_id: r.msg_id,
+            })),
+            time_ms,
+            ..Default::default()
+        };
+        let seqs = self
+            .store
+            .append_events(vec![NewEvent {
+                user_id: peer,
+                entry: entry.clone(),
+            }])
+            .await?;
+        self.notify_entry(peer, seqs[0], entry).await;
+        Ok(ok(req.cmd, &v1::Empty {}))
+    }
+
+    pub(crate) async fn recall(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::RecallReq::decode(req.body.clone())?;
+        let missing = || LogicError::NotFound("no such message".into());
+        let info = self
+            .store
+            .message_info(r.msg_id)
+            .await?
+            .ok_or_else(missing)?;
+        let body = info.body.clone().ok_or_else(missing)?;
+        let window = i64::from(self.config().recall_window_secs) * 1000;
+        let by = self.user_name(me.user_id).await?.to_string();
+        let time_ms = now_ms();
+        let recall = v1::Recall {
+            msg_id: r.msg_id,
+            group_id: body.group_id,
+            by,
+        };
+        if body.group_id != 0 {
+            let (_, m) = self
+                .membership(body.group_id, me.user_id)
+                .await
+                .map_err(|_| missing())?;
+            let admin = role_of(&m) != GroupRole::Member;
+            if info.sender_id != me.user_id && !admin {
+                return Err(LogicError::PermissionDenied(
+                    "only the sender or a group admin may recall".into(),
+                ));
+            }
+            // The window binds the sender; admins may remove a message at any time.
+            if info.sender_id == me.user_id && !admin && time_ms - info.time_ms > window {
+                return Err(LogicError::PermissionDenied(
+                    "too late to recall this message".into(),
+                ));
+            }
+            let entry = v1::GroupEntry {
+                kind: Some(v1::group_entry::Kind::Recall(recall)),
+                time_ms,
+                ..Default::default()
+            };
+            let (gseq, _) = self
+                .store
+                .recall_message(r.msg_id, Some((body.group_id, entry.clone())), vec![])
+                .await
+                .map_err(|e| match e {
+                    StoreError::NotFound => missing(),
+                    e => e.into(),
+                })?;
+            if let Some(gseq) = gseq {
+                self.notify_group(body.group_id, Some(entry), gseq, &[])
+                    .await;
+            }
+        } else {
+            if info.sender_id != me.user_id {
+                return Err(LogicError::PermissionDenied(
+                    "only the sender may recall".into(),
+                ));
+            }
+            if time_ms - info.time_ms > window {
+                return Err(LogicError::PermissionDenied(
+                    "too late to recall this message".into(),
+                ));
+            }
+            let to = self.user_id(&body.to).await?;
+            let entry = v1::Entry {
+                kind: Some(v1::entry::Kind::Recall(recall)),
+                time_ms,
+                ..Default::default()
+            };
+            let mut users = vec![me.user_id];
+            if to != me.user_id {
+                users.push(to);
+            }
+            let events: Vec<NewEvent> = users
+                .iter()
+                .map(|u| NewEvent {
+                    user_id: *u,
+                    entry: entry.clone(),
+                })
+                .collect();
+            let (_, seqs) = self
+                .store
+                .recall_message(r.msg_id, None, events)
+                .await
+                .map_err(|e| match e {
+                    StoreError::NotFound => missing(),
+                    e => e.into(),
+                })?;
+            for (u, seq) in users.into_iter().zip(seqs) {
+                self.notify_entry(u, seq, entry.clone()).await;
+            }
+        }
+        metrics::counter!("ferry_recalls_total").increment(1);
+        Ok(ok(req.cmd, &v1::Empty {}))
+    }
+
+    pub(crate) async fn typing(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::Typing::decode(req.body.clone())?;
+        let to = self.user_id(&r.to).await?;
+        if to != me.user_id && self.may_message(me.user_id, to, &r.to).await.is_ok() {
+            let body = v1::Typing {
+                to: self.user_name(me.user_id).await?.to_string(),
+            };
+            self.push_all(Push {
+                user_id: to,
+                cmd: u32::from(cmd::TYPING_PUSH),
+                body: Bytes::from(body.encode_to_vec()),
+                ..Default::default()
+            })
+            .await;
+        }
+        Ok(ok(req.cmd, &v1::Empty {}))
+    }
+}
