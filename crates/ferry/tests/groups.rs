@@ -46,14 +46,11 @@ async fn group_entry_where(
     events: &mut UnboundedReceiver<Event>,
     pred: impl Fn(&v1::GroupEntry) -> bool,
 ) -> v1::GroupEntry {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(Event::Group { entry, .. })) if pred(&entry) => return entry,
-            Ok(Some(_)) => {}
-            other => panic!("no such group entry: {other:?}"),
-        }
-    }
+    event_where(events, 10, |ev| match ev {
+        Event::Group { entry, .. } if pred(&entry) => Some(entry),
+        _ => None,
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,23 +305,15 @@ async fn one_to_one_recall_mentions_receipts_and_typing() {
     let ack = ann.send_text("ben", "take this back").await.unwrap();
     recv_messages(&mut ben_ev, "ben", 1, 10).await;
     ann.recall(ack.msg_id).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, ben_ev.recv())
-            .await
-            .unwrap()
-        {
-            Some(Event::Entry(v1::Entry {
-                kind: Some(v1::entry::Kind::Recall(r)),
-                ..
-            })) => {
-                assert_eq!(r.msg_id, ack.msg_id);
-                break;
-            }
-            Some(_) => {}
-            None => panic!("events ended"),
-        }
-    }
+    let recalled = event_where(&mut ben_ev, 10, |ev| match ev {
+        Event::Entry(v1::Entry {
+            kind: Some(v1::entry::Kind::Recall(r)),
+            ..
+        }) => Some(r.msg_id),
+        _ => None,
+    })
+    .await;
+    assert_eq!(recalled, ack.msg_id);
     assert!(srv
         .server
         .store
@@ -344,23 +333,15 @@ async fn one_to_one_recall_mentions_receipts_and_typing() {
     })
     .await
     .unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, ann_ev.recv())
-            .await
-            .unwrap()
-        {
-            Some(Event::Entry(v1::Entry {
-                kind: Some(v1::entry::Kind::Read(r)),
-                ..
-            })) => {
-                assert_eq!((r.reader.as_str(), r.msg_id), ("ben", m.msg_id));
-                break;
-            }
-            Some(_) => {}
-            None => panic!("events ended"),
-        }
-    }
+    let r = event_where(&mut ann_ev, 10, |ev| match ev {
+        Event::Entry(v1::Entry {
+            kind: Some(v1::entry::Kind::Read(r)),
+            ..
+        }) => Some(r),
+        _ => None,
+    })
+    .await;
+    assert_eq!((r.reader.as_str(), r.msg_id), ("ben", m.msg_id));
     // A receipt for a message the peer did not send is refused.
     assert_eq!(
         code(
@@ -377,20 +358,12 @@ async fn one_to_one_recall_mentions_receipts_and_typing() {
     // Typing: pushed, never stored.
     let before = srv.server.store.latest_seq(ben.user_id()).await.unwrap();
     ann.typing("ben").await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, ben_ev.recv())
-            .await
-            .unwrap()
-        {
-            Some(Event::Typing { from }) => {
-                assert_eq!(from, "ann");
-                break;
-            }
-            Some(_) => {}
-            None => panic!("events ended"),
-        }
-    }
+    let from = event_where(&mut ben_ev, 10, |ev| match ev {
+        Event::Typing { from } => Some(from),
+        _ => None,
+    })
+    .await;
+    assert_eq!(from, "ann");
     assert_eq!(
         srv.server.store.latest_seq(ben.user_id()).await.unwrap(),
         before

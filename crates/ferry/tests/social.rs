@@ -4,7 +4,6 @@
 mod common;
 
 use std::io::Cursor;
-use std::time::Duration;
 
 use common::*;
 use ferry_client::{Account, ClientError, Event, FriendAction, ShortLink};
@@ -20,18 +19,15 @@ fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
 
 /// Waits for the next non-message entry.
 async fn next_event(ev: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> v1::entry::Kind {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, ev.recv()).await {
-            Ok(Some(Event::Entry(v1::Entry { kind: Some(k), .. }))) => {
-                if !matches!(k, v1::entry::Kind::Message(_)) {
-                    return k;
-                }
-            }
-            Ok(Some(_)) => {}
-            other => panic!("no event: {other:?}"),
+    event_where(ev, 10, |e| match e {
+        Event::Entry(v1::Entry { kind: Some(k), .. })
+            if !matches!(k, v1::entry::Kind::Message(_)) =>
+        {
+            Some(k)
         }
-    }
+        _ => None,
+    })
+    .await
 }
 
 fn friend_kind(k: &v1::entry::Kind) -> (friend_event::Kind, String, String) {
@@ -274,20 +270,12 @@ async fn logout_revokes_the_token_and_closes_the_long_link() {
         ErrorCode::Unauthorized
     );
     // … and the long link was closed with KICKED: the client stops for good.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, phone_ev.recv())
-            .await
-            .unwrap()
-        {
-            Some(Event::Stopped { error }) => {
-                assert_eq!(error.code(), Some(ErrorCode::Kicked));
-                break;
-            }
-            Some(_) => {}
-            None => panic!("events ended without Stopped"),
-        }
-    }
+    let stopped = event_where(&mut phone_ev, 10, |ev| match ev {
+        Event::Stopped { error } => Some(error),
+        _ => None,
+    })
+    .await;
+    assert_eq!(stopped.code(), Some(ErrorCode::Kicked));
     // A raw link with the old token is refused.
     let mut raw = RawLink::connect(&addr).await;
     assert_eq!(raw.login(&phone_token).await.cmd, ferry_proto::cmd::ERROR);
@@ -304,17 +292,10 @@ async fn logout_revokes_the_token_and_closes_the_long_link() {
         code(short.newsync(&laptop_token, 0, 10).await),
         ErrorCode::Unauthorized
     );
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match tokio::time::timeout_at(deadline, laptop_ev.recv())
-            .await
-            .unwrap()
-        {
-            Some(Event::Stopped { .. }) => break,
-            Some(_) => {}
-            None => panic!("events ended without Stopped"),
-        }
-    }
+    event_where(&mut laptop_ev, 10, |ev| {
+        matches!(ev, Event::Stopped { .. }).then_some(())
+    })
+    .await;
     phone.close().await;
     laptop.close().await;
 }

@@ -265,3 +265,23 @@ async fn pump(
         }
     }
 }
+
+/// Waits (up to `secs`) for the first event `pick` accepts, skipping the others.
+pub async fn event_where<T>(
+    events: &mut mpsc::UnboundedReceiver<Event>,
+    secs: u64,
+    pick: impl Fn(Event) -> Option<T>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(ev)) => {
+                if let Some(t) = pick(ev) {
+                    return t;
+                }
+            }
+            Ok(None) => panic!("the event stream ended"),
+            Err(_) => panic!("no matching event within {secs} s"),
+        }
+    }
+}
