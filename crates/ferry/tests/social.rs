@@ -519,18 +519,12 @@ async fn authorization_matrix_and_malformed_bodies() {
 }
 
 /// Pre-encoded bytes, sent as a protobuf body as they are.
-#[derive(Clone, PartialEq)]
+#[derive(Clone, PartialEq, Default)]
 struct RawBody(Vec<u8>);
 
 impl std::fmt::Debug for RawBody {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "RawBody({} bytes)", self.0.len())
-    }
-}
-
-impl Default for RawBody {
-    fn default() -> Self {
-        RawBody(Vec::new())
     }
 }
 
