@@ -89,7 +89,11 @@ impl Account {
         Ok(())
     }
 
-    fn token(&self) -> String {
+    pub(crate) fn short(&self) -> &ShortLink {
+        &self.short
+    }
+
+    pub(crate) fn token(&self) -> String {
         self.shared.state.lock().token.clone()
     }
 

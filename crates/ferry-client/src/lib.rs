@@ -12,6 +12,7 @@
 
 mod account;
 mod link;
+mod media;
 mod short;
 mod state;
 
@@ -26,6 +27,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use account::{Account, FriendAction};
+pub use media::{thumbnail, Dest, MediaSend, Progress, SentMedia, UPLOAD_WINDOW};
 pub use short::ShortLink;
 pub use state::DeviceState;
 

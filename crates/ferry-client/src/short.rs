@@ -111,6 +111,53 @@ impl ShortLink {
         }
     }
 
+    /// `GET /v1/{path}` with a bearer token and, when given, `Range: bytes=start-end`
+    /// (inclusive). Returns the body and the total size from `Content-Range` (or the
+    /// body's length on a 200).
+    pub async fn get_range(
+        &self,
+        path: &str,
+        token: &str,
+        range: Option<(u64, u64)>,
+    ) -> Result<(Bytes, u64), ClientError> {
+        let mut builder = http::Request::get(format!("{}/v1/{path}", self.base))
+            .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        if let Some((a, b)) = range {
+            builder = builder.header(http::header::RANGE, format!("bytes={a}-{b}"));
+        }
+        let request = builder
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            self.http.request(request),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status();
+        let total = resp
+            .headers()
+            .get(http::header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit_once('/'))
+            .and_then(|(_, n)| n.parse::<u64>().ok());
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?
+            .to_bytes();
+        if status.is_success() {
+            let total = total.unwrap_or(body.len() as u64);
+            return Ok((body, total));
+        }
+        match v1::Error::decode(body) {
+            Ok(e) => Err(ClientError::from_error(e)),
+            Err(_) => Err(ClientError::Http(format!("HTTP {status}"))),
+        }
+    }
+
     pub async fn register(&self, username: &str, password: &str) -> Result<u64, ClientError> {
         let r: v1::RegisterResp = self
             .call(

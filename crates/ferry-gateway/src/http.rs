@@ -148,6 +148,11 @@ async fn short_link_get(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default()
             .to_owned(),
+        range: headers
+            .get(header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned(),
         ..request_base(&gw, peer, &headers)
     };
     forward(&gw, req).await
@@ -185,8 +190,19 @@ async fn forward(gw: &Gateway, req: BusRequest) -> Response {
             r
         }
         Ok(resp) if !resp.content_type.is_empty() => {
-            let mut r = (StatusCode::OK, resp.body).into_response();
+            let status = u16::try_from(resp.status)
+                .ok()
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .filter(|s| s.is_success() || s.is_client_error())
+                .unwrap_or(StatusCode::OK);
+            let mut r = (status, resp.body).into_response();
             let h = r.headers_mut();
+            if !resp.content_range.is_empty() {
+                if let Ok(v) = HeaderValue::from_str(&resp.content_range) {
+                    h.insert(header::CONTENT_RANGE, v);
+                }
+                h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+            }
             if let Ok(v) = HeaderValue::from_str(&resp.content_type) {
                 h.insert(header::CONTENT_TYPE, v);
             }

@@ -33,6 +33,9 @@ pub enum LogicError {
     ChecksumMismatch(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Not ready yet (media still uploading): the client should retry after the delay.
+    #[error("{0}")]
+    NotReady(String, u32),
 }
 
 impl From<prost::DecodeError> for LogicError {
@@ -57,7 +60,7 @@ impl LogicError {
                 ErrorCode::NotFound
             }
             LogicError::ChecksumMismatch(_) => ErrorCode::ChecksumMismatch,
-            LogicError::Unavailable(_) => ErrorCode::Unavailable,
+            LogicError::Unavailable(_) | LogicError::NotReady(..) => ErrorCode::Unavailable,
             LogicError::Store(StoreError::UserExists) => ErrorCode::UserExists,
             LogicError::Store(StoreError::Closed) => ErrorCode::Unavailable,
             LogicError::Store(_) | LogicError::Internal(_) => ErrorCode::Internal,
@@ -66,15 +69,20 @@ impl LogicError {
 
     /// What the client is told: internals (SQL, paths) never leave the server.
     pub fn to_body(&self) -> v1::Error {
-        let message = match self.code() {
-            ErrorCode::Internal => "internal error; try again".to_owned(),
-            ErrorCode::Unavailable => "service unavailable; try again".to_owned(),
+        let message = match (self, self.code()) {
+            (LogicError::NotReady(m, _), _) => m.clone(),
+            (_, ErrorCode::Internal) => "internal error; try again".to_owned(),
+            (_, ErrorCode::Unavailable) => "service unavailable; try again".to_owned(),
             _ => self.to_string(),
+        };
+        let retry_after_ms = match self {
+            LogicError::NotReady(_, ms) => *ms,
+            _ => 0,
         };
         v1::Error {
             code: self.code() as i32,
             message,
-            retry_after_ms: 0,
+            retry_after_ms,
         }
     }
 }

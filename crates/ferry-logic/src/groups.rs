@@ -569,6 +569,9 @@ impl Logic {
                 "at most {MAX_MENTIONS} mentions"
             )));
         }
+        let media = self
+            .attach_media(me.user_id, r.media, &[], &[r.group_id])
+            .await?;
         let from = self.user_name(me.user_id).await?;
         let time_ms = now_ms();
         let message = v1::Message {
@@ -579,6 +582,7 @@ impl Logic {
             client_msg_id: r.client_msg_id,
             group_id: r.group_id,
             mentions: r.mentions,
+            media,
             ..Default::default()
         };
         let done = self

@@ -9,10 +9,12 @@
 mod auth;
 mod error;
 mod groups;
+mod media;
 mod presence;
 mod service;
 mod social;
 
 pub use auth::{hash_password, token_hash, verify_password, PasswordParams};
 pub use error::LogicError;
+pub use media::{sniff, MediaConfig};
 pub use service::{Logic, LogicConfig};

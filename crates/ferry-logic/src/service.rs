@@ -42,6 +42,8 @@ pub struct LogicConfig {
     /// Groups up to this size list who read a message; larger ones give a count.
     pub receipts_list_max: usize,
     pub password: PasswordParams,
+    /// Media uploads and downloads.
+    pub media: crate::media::MediaConfig,
 }
 
 impl Default for LogicConfig {
@@ -60,6 +62,7 @@ impl Default for LogicConfig {
             recall_window_secs: 120,
             receipts_list_max: 100,
             password: PasswordParams::default(),
+            media: crate::media::MediaConfig::default(),
         }
     }
 }
@@ -84,6 +87,8 @@ pub struct Logic {
     pub(crate) group_members: crate::groups::MemberCache,
     /// The last synckey recorded per device, so unchanged ones are not rewritten.
     synckeys: DashMap<(u64, Arc<str>), u64>,
+    /// Where media lives; set once with [`Logic::set_media_store`].
+    media: std::sync::OnceLock<Arc<dyn ferry_store::MediaStore>>,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -119,7 +124,19 @@ impl Logic {
             names_by_id: DashMap::new(),
             synckeys: DashMap::new(),
             group_members: DashMap::new(),
+            media: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Gives this node its media store (once; later calls are ignored). Without one,
+    /// media requests answer UNAVAILABLE.
+    pub fn set_media_store(&self, media: Arc<dyn ferry_store::MediaStore>) {
+        let _ = self.media.set(media);
+    }
+
+    /// The media store, when set.
+    pub fn media_store(&self) -> Option<&Arc<dyn ferry_store::MediaStore>> {
+        self.media.get()
     }
 
     /// Serves requests on the bus and starts the retention task.
@@ -198,6 +215,11 @@ impl Logic {
             cmd::GROUP_READS => self.group_reads(req).await,
             cmd::GROUP_SYNC => self.group_sync(req).await,
             cmd::RECALL => self.recall(req).await,
+            cmd::MEDIA_CREATE => self.media_create(req).await,
+            cmd::MEDIA_CHUNK => self.media_chunk(req).await,
+            cmd::MEDIA_STATUS => self.media_status(req).await,
+            cmd::MEDIA_FINISH => self.media_finish(req).await,
+            cmd::MEDIA_GET => self.media_get(req).await,
             cmd::READ => self.read(req).await,
             cmd::TYPING => self.typing(req).await,
             _ => Err(LogicError::UnknownCommand(c)),
@@ -367,6 +389,7 @@ impl Logic {
         if to != me.user_id {
             self.may_message(me.user_id, to, &r.to).await?;
         }
+        let media = self.attach_media(me.user_id, r.media, &[to], &[]).await?;
         let from = self.user_name(me.user_id).await?;
         let time_ms = now_ms();
         let message = v1::Message {
@@ -377,6 +400,7 @@ impl Logic {
             r#type: r.r#type,
             text: r.text,
             client_msg_id: r.client_msg_id,
+            media,
             ..Default::default()
         };
         let done = self

@@ -78,6 +78,16 @@ pub const GROUP_UPDATE: u8 = 0x29;
 pub const GROUP_ROLE: u8 = 0x2A;
 /// `POST /v1/group/reads`.
 pub const GROUP_READS: u8 = 0x2B;
+/// `POST /v1/media/create`.
+pub const MEDIA_CREATE: u8 = 0x2C;
+/// `POST /v1/media/chunk`.
+pub const MEDIA_CHUNK: u8 = 0x2D;
+/// `POST /v1/media/status`.
+pub const MEDIA_STATUS: u8 = 0x2E;
+/// `POST /v1/media/finish`.
+pub const MEDIA_FINISH: u8 = 0x2F;
+/// `GET /v1/media/{media_id}` (with `Range`).
+pub const MEDIA_GET: u8 = 0x30;
 
 /// Server push: the inbox grew (`Notify`).
 pub const NOTIFY: u8 = 0x40;
@@ -99,7 +109,7 @@ pub const fn response(cmd: u8) -> u8 {
 }
 
 /// The short-link paths (`/v1/<path>`) and the commands they carry. `GET` is allowed
-/// only for [`AVATAR_GET`]; every other path takes `POST`.
+/// only for [`AVATAR_GET`] and [`MEDIA_GET`]; every other path takes `POST`.
 pub const SHORT_LINK: &[(&str, u8)] = &[
     ("register", REGISTER),
     ("auth", AUTH),
@@ -133,6 +143,11 @@ pub const SHORT_LINK: &[(&str, u8)] = &[
     ("group/sync", GROUP_SYNC),
     ("recall", RECALL),
     ("read", READ),
+    ("media/create", MEDIA_CREATE),
+    ("media/chunk", MEDIA_CHUNK),
+    ("media/status", MEDIA_STATUS),
+    ("media/finish", MEDIA_FINISH),
+    ("media", MEDIA_GET),
 ];
 
 /// The command for a short-link path (without `/v1/`).
@@ -141,11 +156,11 @@ pub fn by_path(path: &str) -> Option<u8> {
 }
 
 /// Commands reached with `GET /v1/<path>/<argument>`.
-pub const GET_WITH_ARGUMENT: &[u8] = &[AVATAR_GET];
+pub const GET_WITH_ARGUMENT: &[u8] = &[AVATAR_GET, MEDIA_GET];
 
 /// Commands whose request carries a file (an image, a log): they get the larger upload
 /// body limit on the short link.
-pub const UPLOADS: &[u8] = &[AVATAR_SET, REPORT];
+pub const UPLOADS: &[u8] = &[AVATAR_SET, REPORT, MEDIA_CHUNK];
 
 /// A short, stable name for logs and metrics.
 pub fn name(cmd: u8) -> &'static str {

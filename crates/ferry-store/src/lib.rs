@@ -6,6 +6,7 @@
 //! not know about connections, frames, pushes or passwords in clear: it keeps what it is
 //! given and answers queries.
 
+mod media;
 mod postgres;
 mod sqlite;
 
@@ -15,6 +16,7 @@ pub mod conformance;
 use async_trait::async_trait;
 use ferry_proto::v1;
 
+pub use media::{valid_media_id, LocalMediaStore, MediaMeta, MediaStore, Verified};
 pub use postgres::{PgConfig, PgStore};
 pub use sqlite::{Durability, SqliteStore};
 

@@ -52,6 +52,9 @@ impl Server {
         );
         let bus: Arc<dyn Bus> = InProcBus::new();
         let logic = Logic::new(cfg.logic.clone(), store.clone(), bus.clone());
+        let media = ferry_store::LocalMediaStore::open(&cfg.data_dir.join("media"))
+            .with_context(|| format!("opening the media folder in {}", cfg.data_dir.display()))?;
+        logic.set_media_store(Arc::new(media));
         logic.start();
         let shutdown = CancellationToken::new();
         let gateway = Gateway::new(cfg.gateway.clone(), bus, shutdown.clone());

@@ -1,0 +1,558 @@
+//! Media: chunked, resumable uploads (`media/create`, `media/chunk`, `media/status`,
+//! `media/finish`) and ranged downloads (`GET /v1/media/{id}`).
+//!
+//! Only the uploader may write an upload; only the uploader and the users (or the
+//! members of the groups) a message referencing the media was sent to may read it. The
+//! size and SHA-256 are verified and the type is sniffed from the bytes at finish; a
+//! refused finish leaves nothing stored.
+
+use std::io::Cursor;
+
+use bytes::Bytes;
+use ferry_bus::{BusRequest, BusResponse};
+use ferry_proto::{cmd, v1, ProtoMessage};
+use ferry_store::{valid_media_id, MediaMeta, MediaStore, StoreError};
+
+use crate::error::LogicError;
+use crate::service::{now_ms, ok, Logic};
+
+/// Media settings (`[logic.media]`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
+pub struct MediaConfig {
+    /// Chunk size told to uploaders that do not ask for one.
+    pub chunk_size: u32,
+    /// Smallest and largest chunk size an uploader may ask for.
+    pub min_chunk_size: u32,
+    pub max_chunk_size: u32,
+    /// Chunks accepted ahead of the next expected offset (out of order).
+    pub window: u32,
+    /// Largest upload per kind, in bytes.
+    pub max_image_bytes: u64,
+    pub max_voice_bytes: u64,
+    pub max_video_bytes: u64,
+    pub max_file_bytes: u64,
+    pub max_thumbnail_bytes: u64,
+    /// Largest download response; bigger media is read with `Range` requests. Keeps
+    /// every bus message under NATS's 1 MiB.
+    pub max_response_bytes: u32,
+    /// What a download of media still uploading is told to wait.
+    pub retry_after_ms: u32,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            chunk_size: 8 * 1024,
+            min_chunk_size: 1024,
+            max_chunk_size: 512 * 1024,
+            window: 64,
+            max_image_bytes: 32 * 1024 * 1024,
+            max_voice_bytes: 16 * 1024 * 1024,
+            max_video_bytes: 512 * 1024 * 1024,
+            max_file_bytes: 256 * 1024 * 1024,
+            max_thumbnail_bytes: 512 * 1024,
+            max_response_bytes: 768 * 1024,
+            retry_after_ms: 500,
+        }
+    }
+}
+
+/// Bytes read from the start of an upload to sniff its type and image dimensions.
+const SNIFF_BYTES: usize = 256 * 1024;
+
+fn store_err(e: StoreError) -> LogicError {
+    match e {
+        StoreError::NotFound => LogicError::NotFound("no such media".into()),
+        e => e.into(),
+    }
+}
+
+/// The MIME type of `head` from its magic number, for what is not an image.
+pub fn sniff(head: &[u8]) -> &'static str {
+    let at = |i: usize, m: &[u8]| head.len() >= i + m.len() && &head[i..i + m.len()] == m;
+    if at(0, b"\x89PNG\r\n\x1a\n") {
+        "image/png"
+    } else if at(0, b"\xff\xd8\xff") {
+        "image/jpeg"
+    } else if at(0, b"GIF87a") || at(0, b"GIF89a") {
+        "image/gif"
+    } else if at(0, b"RIFF") && at(8, b"WEBP") {
+        "image/webp"
+    } else if at(0, b"RIFF") && at(8, b"WAVE") {
+        "audio/wav"
+    } else if at(0, b"OggS") {
+        "audio/ogg"
+    } else if at(0, b"#!AMR") {
+        "audio/amr"
+    } else if at(0, b"ID3") || at(0, b"\xff\xfb") || at(0, b"\xff\xf3") {
+        "audio/mpeg"
+    } else if at(4, b"ftypM4A") {
+        "audio/mp4"
+    } else if at(4, b"ftyp") {
+        "video/mp4"
+    } else if at(0, b"\x1a\x45\xdf\xa3") {
+        "video/webm"
+    } else if at(0, b"%PDF-") {
+        "application/pdf"
+    } else if at(0, b"PK\x03\x04") {
+        "application/zip"
+    } else if at(0, b"\x1f\x8b") {
+        "application/gzip"
+    } else if !head.is_empty() && std::str::from_utf8(head).is_ok() {
+        "text/plain"
+    } else {
+        "application/octet-stream"
+    }
+}
+
+/// An image's MIME type and dimensions, or why it is not an image.
+fn sniff_image(head: &[u8]) -> Result<(&'static str, u32, u32), LogicError> {
+    let not_image = |why: String| LogicError::InvalidArgument(format!("not an image: {why}"));
+    let format = image::guess_format(head).map_err(|e| not_image(e.to_string()))?;
+    let mime = match format {
+        image::ImageFormat::Png => "image/png",
+        image::ImageFormat::Jpeg => "image/jpeg",
+        image::ImageFormat::WebP => "image/webp",
+        f => {
+            return Err(not_image(format!(
+                "{f:?} is not accepted (PNG, JPEG, WebP)"
+            )))
+        }
+    };
+    let (w, h) = image::ImageReader::with_format(Cursor::new(head), format)
+        .into_dimensions()
+        .map_err(|e| not_image(e.to_string()))?;
+    if w == 0 || h == 0 {
+        return Err(not_image("empty image".into()));
+    }
+    Ok((mime, w, h))
+}
+
+/// A parsed `Range: bytes=…` header: the first byte and the end (exclusive).
+fn parse_range(header: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    // One range only; a list is answered with its first range.
+    let spec = spec.split(',').next()?.trim();
+    let (a, b) = spec.split_once('-')?;
+    let r = match (a.trim(), b.trim()) {
+        ("", n) => {
+            let n: u64 = n.parse().ok()?;
+            Ok((size.saturating_sub(n), size))
+        }
+        (s, "") => {
+            let s: u64 = s.parse().ok()?;
+            if s >= size {
+                Err(())
+            } else {
+                Ok((s, size))
+            }
+        }
+        (s, e) => {
+            let (s, e): (u64, u64) = (s.parse().ok()?, e.parse().ok()?);
+            if s > e || s >= size {
+                Err(())
+            } else {
+                Ok((s, (e + 1).min(size)))
+            }
+        }
+    };
+    Some(r)
+}
+
+impl Logic {
+    fn media(&self) -> Result<&std::sync::Arc<dyn MediaStore>, LogicError> {
+        self.media_store()
+            .ok_or_else(|| LogicError::Unavailable("no media store on this node".into()))
+    }
+
+    fn media_limit(&self, kind: v1::MediaKind) -> Result<u64, LogicError> {
+        let c = &self.config().media;
+        Ok(match kind {
+            v1::MediaKind::MediaImage => c.max_image_bytes,
+            v1::MediaKind::MediaVoice => c.max_voice_bytes,
+            v1::MediaKind::MediaVideo => c.max_video_bytes,
+            v1::MediaKind::MediaFile => c.max_file_bytes,
+            v1::MediaKind::MediaThumbnail => c.max_thumbnail_bytes,
+            v1::MediaKind::Unspecified => {
+                return Err(LogicError::InvalidArgument(
+                    "kind must be image, voice, video, file or thumbnail".into(),
+                ))
+            }
+        })
+    }
+
+    /// An upload of the caller's, still in progress.
+    async fn own_upload(&self, user: u64, id: &str) -> Result<MediaMeta, LogicError> {
+        let meta = self
+            .media()?
+            .meta(id)
+            .await
+            .map_err(store_err)?
+            .filter(|m| m.uploader == user)
+            .ok_or_else(|| LogicError::NotFound("no such upload".into()))?;
+        Ok(meta)
+    }
+
+    pub(crate) async fn media_create(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::MediaCreateReq::decode(req.body.clone())?;
+        let limit = self.media_limit(r.kind())?;
+        if r.size == 0 {
+            return Err(LogicError::InvalidArgument("empty media".into()));
+        }
+        if r.size > limit {
+            return Err(LogicError::TooLarge(format!(
+                "{} bytes is over the limit of {limit} bytes for {}",
+                r.size,
+                r.kind().as_str_name()
+            )));
+        }
+        let sha = r.sha256.trim().to_ascii_lowercase();
+        if sha.len() != 64 || !sha.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(LogicError::InvalidArgument(
+                "sha256 must be 64 hex digits".into(),
+            ));
+        }
+        if r.content_type.len() > 128 {
+            return Err(LogicError::InvalidArgument("content type too long".into()));
+        }
+        let c = &self.config().media;
+        let chunk_size = match r.chunk_size {
+            0 => c.chunk_size,
+            n => n.clamp(c.min_chunk_size, c.max_chunk_size),
+        };
+        let id = hex::encode(rand::random::<[u8; 16]>());
+        self.media()?
+            .create(MediaMeta {
+                id: id.clone(),
+                uploader: me.user_id,
+                kind: r.kind,
+                size: r.size,
+                declared_type: r.content_type,
+                sha256: sha,
+                chunk_size,
+                created_ms: now_ms(),
+                ..Default::default()
+            })
+            .await?;
+        metrics::counter!("ferry_media_uploads_total").increment(1);
+        Ok(ok(
+            req.cmd,
+            &v1::MediaCreateResp {
+                media_id: id,
+                chunk_size,
+                window: c.window,
+            },
+        ))
+    }
+
+    pub(crate) async fn media_chunk(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::MediaChunkReq::decode(req.body.clone())?;
+        let meta = self.own_upload(me.user_id, &r.media_id).await?;
+        if meta.complete {
+            return Ok(ok(
+                req.cmd,
+                &v1::MediaChunkAck {
+                    next_offset: meta.size,
+                    size: meta.size,
+                    complete: true,
+                },
+            ));
+        }
+        let chunk = u64::from(meta.chunk_size);
+        if r.offset % chunk != 0 || r.offset >= meta.size {
+            return Err(LogicError::InvalidArgument(format!(
+                "offset {} is not a chunk of this upload (chunks of {chunk} bytes, size {})",
+                r.offset, meta.size
+            )));
+        }
+        let want = chunk.min(meta.size - r.offset);
+        if r.data.len() as u64 != want {
+            return Err(LogicError::InvalidArgument(format!(
+                "the chunk at {} must be {want} bytes, not {}",
+                r.offset,
+                r.data.len()
+            )));
+        }
+        let store = self.media()?;
+        let received = store.received(&r.media_id).await.map_err(store_err)?;
+        let window = u64::from(self.config().media.window) * chunk;
+        if r.offset >= received + window {
+            return Err(LogicError::InvalidArgument(format!(
+                "offset {} is beyond the window (next expected {received})",
+                r.offset
+            )));
+        }
+        let next = store
+            .write_chunk(&r.media_id, r.offset, &r.data)
+            .await
+            .map_err(store_err)?;
+        metrics::counter!("ferry_media_bytes_in_total").increment(r.data.len() as u64);
+        Ok(ok(
+            req.cmd,
+            &v1::MediaChunkAck {
+                next_offset: next,
+                size: meta.size,
+                complete: false,
+            },
+        ))
+    }
+
+    pub(crate) async fn media_status(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::MediaStatusReq::decode(req.body.clone())?;
+        let meta = self.own_upload(me.user_id, &r.media_id).await?;
+        let next_offset = if meta.complete {
+            meta.size
+        } else {
+            self.media()?
+                .received(&r.media_id)
+                .await
+                .map_err(store_err)?
+        };
+        Ok(ok(
+            req.cmd,
+            &v1::MediaChunkAck {
+                next_offset,
+                size: meta.size,
+                complete: meta.complete,
+            },
+        ))
+    }
+
+    pub(crate) async fn media_finish(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::MediaFinishReq::decode(req.body.clone())?;
+        let meta = self.own_upload(me.user_id, &r.media_id).await?;
+        let store = self.media()?;
+        if !meta.complete {
+            let received = store.received(&r.media_id).await.map_err(store_err)?;
+            if received < meta.size {
+                return Err(LogicError::InvalidArgument(format!(
+                    "incomplete upload: {received} of {} bytes received",
+                    meta.size
+                )));
+            }
+            let v = store
+                .verify(&r.media_id, SNIFF_BYTES)
+                .await
+                .map_err(store_err)?;
+            let refuse = |e: LogicError| async {
+                if let Err(d) = store.discard(&r.media_id).await {
+                    tracing::warn!(error = %d, "discarding a refused upload failed");
+                }
+                metrics::counter!("ferry_media_refused_total").increment(1);
+                Err(e)
+            };
+            if v.sha256 != meta.sha256 {
+                return refuse(LogicError::ChecksumMismatch(
+                    "the SHA-256 of the bytes received does not match the one declared; \
+                     nothing was stored"
+                        .into(),
+                ))
+                .await;
+            }
+            let kind = v1::MediaKind::try_from(meta.kind).unwrap_or_default();
+            let sniffed = if matches!(
+                kind,
+                v1::MediaKind::MediaImage | v1::MediaKind::MediaThumbnail
+            ) {
+                sniff_image(&v.head)
+            } else {
+                Ok((sniff(&v.head), 0, 0))
+            };
+            let (content_type, w, h) = match sniffed {
+                Ok(t) => t,
+                Err(e) => return refuse(e).await,
+            };
+            store
+                .commit(&r.media_id, content_type, w, h)
+                .await
+                .map_err(store_err)?;
+        }
+        let meta = store
+            .meta(&r.media_id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| LogicError::NotFound("no such media".into()))?;
+        Ok(ok(
+            req.cmd,
+            &v1::MediaFinishResp {
+                media: Some(v1::MediaRef {
+                    media_id: meta.id,
+                    kind: meta.kind,
+                    size: meta.size,
+                    content_type: meta.content_type,
+                    width: meta.width,
+                    height: meta.height,
+                    ..Default::default()
+                }),
+            },
+        ))
+    }
+
+    /// Checks that `user` uploaded the media a message refers to (and its thumbnail),
+    /// lets `users` and the members of `groups` read them, and returns the reference as
+    /// the message will carry it (size and type from the server's records).
+    pub(crate) async fn attach_media(
+        &self,
+        user: u64,
+        media: Option<v1::MediaRef>,
+        users: &[u64],
+        groups: &[u64],
+    ) -> Result<Option<v1::MediaRef>, LogicError> {
+        let Some(mut m) = media else {
+            return Ok(None);
+        };
+        if m.file_name.len() > 255 || m.file_name.chars().any(char::is_control) {
+            return Err(LogicError::InvalidArgument(
+                "file name: at most 255 printable bytes".into(),
+            ));
+        }
+        let store = self.media()?;
+        let meta = self.own_upload(user, &m.media_id).await?;
+        if !m.thumb_id.is_empty() {
+            self.own_upload(user, &m.thumb_id).await?;
+            store
+                .grant(&m.thumb_id, users, groups)
+                .await
+                .map_err(store_err)?;
+        }
+        store
+            .grant(&m.media_id, users, groups)
+            .await
+            .map_err(store_err)?;
+        m.kind = meta.kind;
+        m.size = meta.size;
+        m.content_type = if meta.complete {
+            meta.content_type
+        } else {
+            meta.declared_type
+        };
+        if meta.complete && meta.width > 0 {
+            (m.width, m.height) = (meta.width, meta.height);
+        }
+        Ok(Some(m))
+    }
+
+    pub(crate) async fn media_get(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let id = req.path_arg.as_str();
+        let hidden = || LogicError::NotFound("no such media, or not yours to read".into());
+        if !valid_media_id(id) {
+            return Err(hidden());
+        }
+        let store = self.media()?;
+        let meta = store
+            .meta(id)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(hidden)?;
+        let mut allowed = meta.uploader == me.user_id || meta.grant_users.contains(&me.user_id);
+        for g in &meta.grant_groups {
+            if allowed {
+                break;
+            }
+            allowed = self.store.group_member(*g, me.user_id).await?.is_some();
+        }
+        if !allowed {
+            return Err(hidden());
+        }
+        if !meta.complete {
+            return Err(LogicError::NotReady(
+                "the media is still uploading; try again shortly".into(),
+                self.config().media.retry_after_ms,
+            ));
+        }
+        let etag = format!("\"{}\"", meta.sha256);
+        let resp = |status: u32, body: Vec<u8>, content_range: String| BusResponse {
+            cmd: u32::from(cmd::response(cmd::MEDIA_GET)),
+            body: Bytes::from(body),
+            content_type: if meta.content_type.is_empty() {
+                "application/octet-stream".into()
+            } else {
+                meta.content_type.clone()
+            },
+            etag: etag.clone(),
+            status,
+            content_range,
+            ..Default::default()
+        };
+        if req.range.is_empty() && req.if_none_match.split(',').any(|t| t.trim() == etag) {
+            return Ok(BusResponse {
+                cmd: u32::from(cmd::response(cmd::MEDIA_GET)),
+                etag,
+                not_modified: true,
+                ..Default::default()
+            });
+        }
+        let max = u64::from(self.config().media.max_response_bytes);
+        let (start, end) = match parse_range(&req.range, meta.size) {
+            None if meta.size <= max => {
+                let body = store
+                    .read(id, 0, meta.size as usize)
+                    .await
+                    .map_err(store_err)?;
+                metrics::counter!("ferry_media_bytes_out_total").increment(body.len() as u64);
+                return Ok(resp(200, body, String::new()));
+            }
+            None => {
+                return Err(LogicError::TooLarge(format!(
+                    "{} bytes: read it with Range requests of at most {max} bytes",
+                    meta.size
+                )))
+            }
+            Some(Err(())) => {
+                return Ok(resp(416, Vec::new(), format!("bytes */{}", meta.size)));
+            }
+            Some(Ok(r)) => r,
+        };
+        let end = end.min(start + max);
+        let body = store
+            .read(id, start, (end - start) as usize)
+            .await
+            .map_err(store_err)?;
+        metrics::counter!("ferry_media_bytes_out_total").increment(body.len() as u64);
+        Ok(resp(
+            206,
+            body,
+            format!("bytes {start}-{}/{}", end - 1, meta.size),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range("bytes=0-99", 1000), Some(Ok((0, 100))));
+        assert_eq!(parse_range("bytes=900-", 1000), Some(Ok((900, 1000))));
+        assert_eq!(parse_range("bytes=-100", 1000), Some(Ok((900, 1000))));
+        assert_eq!(parse_range("bytes=990-2000", 1000), Some(Ok((990, 1000))));
+        assert_eq!(parse_range("bytes=1000-", 1000), Some(Err(())));
+        assert_eq!(parse_range("", 1000), None);
+        assert_eq!(parse_range("items=0-1", 1000), None);
+    }
+
+    #[test]
+    fn sniffing() {
+        assert_eq!(sniff(b"OggS\0\x02"), "audio/ogg");
+        assert_eq!(sniff(b"\0\0\0\x18ftypmp42"), "video/mp4");
+        assert_eq!(sniff(b"hello"), "text/plain");
+        assert_eq!(
+            sniff(&[0xde, 0xad, 0xbe, 0xef, 0xff]),
+            "application/octet-stream"
+        );
+        assert!(sniff_image(b"\x89PNG\r\n\x1a\ngarbage").is_err());
+        assert!(sniff_image(b"just text").is_err());
+        let mut png = Vec::new();
+        image::RgbImage::new(3, 2)
+            .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+            .unwrap();
+        assert_eq!(sniff_image(&png).unwrap(), ("image/png", 3, 2));
+    }
+}

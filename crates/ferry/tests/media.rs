@@ -1,0 +1,390 @@
+//! Media end to end against a real server: chunked uploads, thumbnails first, resume
+//! after a cut, ranged downloads, who may read, and what is refused.
+
+mod common;
+
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use ferry_client::{Account, ClientError, Dest};
+use ferry_proto::v1::{self, ErrorCode, MediaKind};
+
+async fn account(addr: &str, user: &str) -> Account {
+    Account::open(client_config(addr, user)).await.unwrap()
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
+    r.unwrap_err().code().expect("a server error")
+}
+
+/// Deterministic noise (xorshift), which no codec compresses.
+fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+/// A PNG of `w`×`h` noise pixels.
+fn png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_raw(w, h, noise((w * h * 3) as usize, 0x9e37_79b9)).unwrap();
+    let mut out = Vec::new();
+    img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+/// Files under `<data>/media/<sub>`.
+fn files(data: &Path, sub: &str) -> usize {
+    std::fs::read_dir(data.join("media").join(sub))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+fn received(srv: &TestServer) -> u64 {
+    srv.server.logic.media_store().unwrap().bytes_received()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_thumbnail_and_message_arrive_before_the_original_which_is_byte_identical() {
+    let srv = TestServer::start().await;
+    srv.register(&["alice", "bob"]).await;
+    let addr = srv.addr();
+    let (alice, _alice_ev) = connect(&addr, "alice").await;
+    let (bob, mut bob_ev) = connect(&addr, "bob").await;
+    let image = png(1322, 1322);
+    assert!(image.len() >= 5 * 1024 * 1024, "{} bytes", image.len());
+
+    // Thumbnail uploaded and message sent; the original not uploaded yet.
+    let pending = alice.start_image("bob", image.clone()).await.unwrap();
+    let original_id = pending.sent.media.media_id.clone();
+    let got = recv_messages(&mut bob_ev, "bob", 1, 10).await;
+    let m = got[0].1.media.clone().expect("a media reference");
+    assert_eq!(m.media_id, original_id);
+    assert_eq!(m.kind(), MediaKind::MediaImage);
+    assert_eq!(
+        (m.size, m.width, m.height),
+        (image.len() as u64, 1322, 1322)
+    );
+    assert!(!m.thumb_id.is_empty());
+
+    // The thumbnail is there at once; the original answers "not yet, retry after".
+    let bob_acc = bob.account();
+    let thumb = bob_acc
+        .download(&m.thumb_id, Duration::ZERO, &|_, _| {})
+        .await
+        .unwrap();
+    let t = image::load_from_memory(&thumb).unwrap();
+    assert!(t.width() <= 200 && t.height() <= 200 && t.width() > 0);
+    assert_eq!(
+        image::guess_format(&thumb).unwrap(),
+        image::ImageFormat::Jpeg
+    );
+    match bob_acc
+        .download(&original_id, Duration::ZERO, &|_, _| {})
+        .await
+    {
+        Err(ClientError::Server {
+            code: ErrorCode::Unavailable,
+            retry_after_ms,
+            ..
+        }) => assert!(retry_after_ms > 0),
+        other => panic!("the original should still be uploading: {other:?}"),
+    }
+
+    // Now the original, with progress; bob's download (which waits) gets it whole.
+    let downloader = {
+        let bob_acc = bob_acc.clone();
+        let id = original_id.clone();
+        tokio::spawn(async move {
+            bob_acc
+                .download(&id, Duration::from_secs(60), &|_, _| {})
+                .await
+        })
+    };
+    let last = AtomicU64::new(0);
+    let calls = AtomicU64::new(0);
+    let sent = pending
+        .finish(&|done, total| {
+            assert_eq!(total, image.len() as u64);
+            assert!(
+                done >= last.swap(done, Ordering::SeqCst),
+                "progress went back"
+            );
+            calls.fetch_add(1, Ordering::SeqCst);
+        })
+        .await
+        .unwrap();
+    assert_eq!(sent.media.content_type, "image/png");
+    assert_eq!(last.load(Ordering::SeqCst), image.len() as u64);
+    assert!(
+        calls.load(Ordering::SeqCst) > 600,
+        "one call per 8 KiB chunk"
+    );
+    let ranges = AtomicU64::new(0);
+    let downloaded = bob
+        .download(&original_id, &|_, _| {
+            ranges.fetch_add(1, Ordering::SeqCst);
+        })
+        .await
+        .unwrap();
+    assert!(downloaded == image, "the original differs");
+    assert!(ranges.load(Ordering::SeqCst) >= 7, "downloaded in ranges");
+    assert!(downloader.await.unwrap().unwrap() == image);
+    // Two blobs: the original and the thumbnail.
+    assert_eq!(files(srv.dir.path(), "blobs"), 2);
+    alice.close().await;
+    bob.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_cut_at_40_percent_resumes_without_resending_acknowledged_chunks() {
+    let srv = TestServer::start().await;
+    srv.register(&["alice"]).await;
+    let addr = srv.addr();
+    let alice = account(&addr, "alice").await;
+    let data = Bytes::from(noise(3 * 1024 * 1024 + 1234, 7));
+    let size = data.len() as u64;
+    let c = alice
+        .create_media(&data, MediaKind::MediaFile, 0)
+        .await
+        .unwrap();
+    let chunk = u64::from(c.chunk_size);
+    assert_eq!(chunk, 8192);
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = {
+        let (alice, id, data) = (alice.clone(), c.media_id.clone(), data.clone());
+        tokio::spawn(async move {
+            alice
+                .upload_media(&id, c.chunk_size, data, &move |done, _| {
+                    let _ = tx.send(done);
+                })
+                .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("no progress")
+            .expect("the upload ended before 40 %");
+        if done * 10 >= size * 4 {
+            break;
+        }
+    }
+    task.abort();
+    assert!(task.await.unwrap_err().is_cancelled());
+    // Let requests already on the wire land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let status = alice.media_status(&c.media_id).await.unwrap();
+    let window = ferry_client::UPLOAD_WINDOW as u64 * chunk;
+    assert!(!status.complete);
+    assert!(
+        status.next_offset * 10 + window * 10 >= size * 4,
+        "{status:?}"
+    );
+    assert!(status.next_offset < size);
+    let before = received(&srv);
+    assert!(before >= status.next_offset);
+
+    // Resume: only what the server lacks is sent again (at most a window of chunks
+    // that were received out of order beyond the acknowledged offset).
+    let r = alice
+        .upload_media(&c.media_id, c.chunk_size, data.clone(), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(r.size, size);
+    let resent = received(&srv) - before;
+    assert!(
+        resent <= size - status.next_offset + window,
+        "resent {resent} bytes, the server lacked {}",
+        size - status.next_offset
+    );
+    assert!(
+        received(&srv) <= size + 2 * window,
+        "{} bytes received for {size}",
+        received(&srv)
+    );
+    let back = alice
+        .download(&c.media_id, Duration::ZERO, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(back == data, "resumed upload differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_user_is_refused_thumbnail_and_original() {
+    let srv = TestServer::start().await;
+    srv.register(&["alice", "bob", "carol", "dave"]).await;
+    let addr = srv.addr();
+    let (alice, _ev) = connect(&addr, "alice").await;
+    let image = png(320, 240);
+    let sent = alice
+        .send_image("bob", image.clone(), &|_, _| {})
+        .await
+        .unwrap();
+    let (id, thumb) = (sent.media.media_id.clone(), sent.media.thumb_id.clone());
+    let bob = account(&addr, "bob").await;
+    let carol = account(&addr, "carol").await;
+    assert!(bob.download(&id, Duration::ZERO, &|_, _| {}).await.unwrap() == image);
+    assert!(!bob
+        .download(&thumb, Duration::ZERO, &|_, _| {})
+        .await
+        .unwrap()
+        .is_empty());
+    for m in [&id, &thumb] {
+        let c = code(carol.download(m, Duration::ZERO, &|_, _| {}).await);
+        assert!(
+            matches!(c, ErrorCode::NotFound | ErrorCode::PermissionDenied),
+            "{c:?}"
+        );
+    }
+    // Carol cannot attach alice's media to a message of her own to gain access.
+    let (carol_c, _cev) = connect(&addr, "carol").await;
+    let r = carol_c
+        .send_msg(&v1::SendMsg {
+            client_msg_id: 42,
+            to: "dave".into(),
+            media: Some(sent.media.clone()),
+            ..Default::default()
+        })
+        .await;
+    assert_eq!(code(r), ErrorCode::NotFound);
+    let dave = account(&addr, "dave").await;
+    assert_eq!(
+        code(dave.download(&id, Duration::ZERO, &|_, _| {}).await),
+        ErrorCode::NotFound
+    );
+
+    // A group image: members read it, others do not.
+    let g = alice
+        .account()
+        .create_group("pics", &["dave"], false)
+        .await
+        .unwrap();
+    let sent = alice
+        .send_image(Dest::Group(g.group_id), png(64, 64), &|_, _| {})
+        .await
+        .unwrap();
+    let id = sent.media.media_id;
+    assert!(dave.download(&id, Duration::ZERO, &|_, _| {}).await.is_ok());
+    assert_eq!(
+        code(carol.download(&id, Duration::ZERO, &|_, _| {}).await),
+        ErrorCode::NotFound
+    );
+    // Ids that name nothing.
+    for id in ["not-a-media-id".to_owned(), "f".repeat(32)] {
+        assert_eq!(
+            code(bob.download(&id, Duration::ZERO, &|_, _| {}).await),
+            ErrorCode::NotFound
+        );
+    }
+    alice.close().await;
+    carol_c.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_images_wrong_hashes_and_oversized_uploads_are_refused_and_nothing_is_stored() {
+    let srv = TestServer::with(|c| c.logic.media.max_image_bytes = 256 * 1024).await;
+    srv.register(&["alice"]).await;
+    let addr = srv.addr();
+    let alice = account(&addr, "alice").await;
+    let dir = srv.dir.path();
+
+    // Garbage behind a PNG signature, declared an image.
+    let mut garbage = b"\x89PNG\r\n\x1a\n".to_vec();
+    garbage.extend(noise(40_000, 3));
+    let e = alice
+        .upload(Bytes::from(garbage), MediaKind::MediaImage, &|_, _| {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("not an image"), "{e}");
+
+    // Text declared an image.
+    let e = alice
+        .upload(
+            Bytes::from_static(b"hello, I am a picture"),
+            MediaKind::MediaThumbnail,
+            &|_, _| {},
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+
+    // Bytes that do not match the declared SHA-256.
+    let data = Bytes::from(noise(50_000, 5));
+    let c: v1::MediaCreateResp = alice
+        .call(
+            "media/create",
+            &v1::MediaCreateReq {
+                size: data.len() as u64,
+                content_type: "application/octet-stream".into(),
+                sha256: "ab".repeat(32),
+                kind: MediaKind::MediaFile as i32,
+                chunk_size: 0,
+            },
+        )
+        .await
+        .unwrap();
+    let e = alice
+        .upload_media(&c.media_id, c.chunk_size, data, &|_, _| {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::ChecksumMismatch), "{e}");
+    assert!(e.to_string().contains("SHA-256"), "{e}");
+    assert_eq!(
+        code(alice.media_status(&c.media_id).await),
+        ErrorCode::NotFound
+    );
+
+    // Over the image limit: refused at create.
+    let big = png(400, 400);
+    assert!(big.len() > 256 * 1024);
+    let e = alice
+        .create_media(&big, MediaKind::MediaImage, 0)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::TooLarge), "{e}");
+    assert!(e.to_string().contains("limit"), "{e}");
+
+    // Chunks outside the upload are refused too.
+    let small = png(16, 16);
+    let c = alice
+        .create_media(&small, MediaKind::MediaImage, 0)
+        .await
+        .unwrap();
+    let r: Result<v1::MediaChunkAck, _> = alice
+        .call(
+            "media/chunk",
+            &v1::MediaChunkReq {
+                media_id: c.media_id.clone(),
+                offset: 8192 * 100,
+                data: Bytes::from_static(b"x"),
+            },
+        )
+        .await;
+    assert_eq!(code(r), ErrorCode::InvalidArgument);
+
+    // Nothing of the refused uploads stayed; the last one is still in progress.
+    assert_eq!(files(dir, "blobs"), 0);
+    assert_eq!(files(dir, "meta"), 1);
+    assert_eq!(files(dir, "uploads"), 1);
+    let ok = alice
+        .upload_media(&c.media_id, c.chunk_size, Bytes::from(small), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!((ok.content_type.as_str(), ok.width), ("image/png", 16));
+    assert_eq!(files(dir, "blobs"), 1);
+    assert_eq!(files(dir, "uploads"), 0);
+}
