@@ -115,10 +115,46 @@ pub fn entry_json(e: &v1::Entry, me: &str) -> serde_json::Value {
     }
 }
 
+/// Sends an image, file, voice note or video with a progress bar.
+pub async fn send_media(
+    opts: &ClientOpts,
+    to: ferry_client::Dest,
+    media: &crate::cli_media::MediaArgs,
+) -> anyhow::Result<()> {
+    let (client, _events) = Client::connect(opts.config()).await.context("logging in")?;
+    let result = crate::cli_media::send(&client, to, media).await;
+    client.close().await;
+    result
+}
+
+/// Adds a message's media to its JSON line, downloading it into `dir` when given.
+async fn with_media(
+    client: &Client,
+    mut line: serde_json::Value,
+    media: Option<&v1::MediaRef>,
+    dir: Option<&std::path::Path>,
+) -> serde_json::Value {
+    let Some(m) = media else { return line };
+    let mut j = crate::cli_media::media_json(m);
+    if let Some(dir) = dir {
+        match crate::cli_media::download(client, m, dir).await {
+            Ok(paths) => {
+                if let (Some(j), Some(p)) = (j.as_object_mut(), paths.as_object()) {
+                    j.extend(p.clone());
+                }
+            }
+            Err(e) => j["download_error"] = format!("{e:#}").into(),
+        }
+    }
+    line["media"] = j;
+    line
+}
+
 pub async fn listen(
     opts: &ClientOpts,
     count: Option<u64>,
     timeout: Option<u64>,
+    download: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
     let (client, mut events) = Client::connect(opts.config()).await.context("logging in")?;
     let me = client.username();
@@ -137,11 +173,27 @@ pub async fn listen(
         };
         match next {
             Some(Event::Entry(e)) => {
-                println!("{}", entry_json(&e, &me));
+                let media = match &e.kind {
+                    Some(v1::entry::Kind::Message(m)) if m.from != me => m.media.as_ref(),
+                    _ => None,
+                };
+                let line = with_media(&client, entry_json(&e, &me), media, download).await;
+                println!("{line}");
                 seen += 1;
             }
             Some(Event::Group { group_id, entry }) => {
-                println!("{}", group_entry_json(group_id, &entry, &me));
+                let media = match &entry.kind {
+                    Some(v1::group_entry::Kind::Message(m)) if m.from != me => m.media.as_ref(),
+                    _ => None,
+                };
+                let line = with_media(
+                    &client,
+                    group_entry_json(group_id, &entry, &me),
+                    media,
+                    download,
+                )
+                .await;
+                println!("{line}");
                 seen += 1;
             }
             Some(Event::Typing { .. }) => {}

@@ -6,6 +6,7 @@
 
 pub mod bench;
 pub mod cli;
+pub mod cli_media;
 pub mod cluster;
 pub mod config;
 pub mod monitor;

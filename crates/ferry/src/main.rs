@@ -78,7 +78,11 @@ enum Command {
         /// Members to @mention (group messages; repeatable).
         #[arg(long = "mention")]
         mentions: Vec<String>,
-        text: String,
+        #[command(flatten)]
+        media: ferry::cli_media::MediaArgs,
+        /// The text (not with --image, --file, --voice or --video).
+        #[arg(required_unless_present = "media", conflicts_with = "media")]
+        text: Option<String>,
     },
     /// Take back a message you sent (within the recall window).
     Recall {
@@ -99,6 +103,9 @@ enum Command {
         /// Exit after this many seconds.
         #[arg(long)]
         timeout: Option<u64>,
+        /// Download the media of received messages (thumbnail first) into this folder.
+        #[arg(long, value_name = "DIR")]
+        download: Option<PathBuf>,
     },
     /// Interactive line-based chat.
     Chat {
@@ -231,11 +238,21 @@ async fn main() {
                     to,
                     group,
                     mentions,
+                    media,
                     text,
-                } => match (to, group) {
-                    (_, Some(g)) => cli::send_group(&opts, g, &text, &mentions).await,
-                    (Some(to), None) => cli::send(&opts, &to, &text).await,
-                    (None, None) => Err(anyhow::anyhow!("--to or --group is required")),
+                } => match (to, group, text) {
+                    (to, group, None) => match (to, group) {
+                        (_, Some(g)) => {
+                            cli::send_media(&opts, ferry_client::Dest::Group(g), &media).await
+                        }
+                        (Some(to), None) => {
+                            cli::send_media(&opts, ferry_client::Dest::User(to), &media).await
+                        }
+                        (None, None) => Err(anyhow::anyhow!("--to or --group is required")),
+                    },
+                    (_, Some(g), Some(text)) => cli::send_group(&opts, g, &text, &mentions).await,
+                    (Some(to), None, Some(text)) => cli::send(&opts, &to, &text).await,
+                    (None, None, _) => Err(anyhow::anyhow!("--to or --group is required")),
                 },
                 Command::Recall { opts, msg_id } => cli::recall(&opts, msg_id).await,
                 Command::Group(cmd) => cli::group(cmd).await,
@@ -243,7 +260,8 @@ async fn main() {
                     opts,
                     count,
                     timeout,
-                } => cli::listen(&opts, count, timeout).await,
+                    download,
+                } => cli::listen(&opts, count, timeout, download.as_deref()).await,
                 Command::Chat { opts, to } => cli::chat(&opts, to).await,
                 Command::Admin {
                     command:
