@@ -16,6 +16,7 @@ pub mod conn;
 pub mod hist;
 pub mod idle;
 pub mod login;
+pub mod media;
 pub mod p2p;
 pub mod plot;
 pub mod reconnect;
@@ -123,6 +124,16 @@ pub enum Scenario {
         #[arg(long, default_value_t = 5.0)]
         rate: f64,
     },
+    /// One client uploading media in chunks of each size in turn: upload MB/s.
+    Media {
+        /// Bytes per upload, in MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: u64,
+        /// Chunk sizes to try, in bytes (comma separated; the server clamps them to
+        /// 1 KiB..512 KiB).
+        #[arg(long = "chunk", value_delimiter = ',', default_values_t = [8192, 32768, 131072, 524288])]
+        chunks: Vec<u32>,
+    },
     /// Draw the figures of several `--json` reports together (idle reports: memory
     /// against connections; p2p sweeps: latency against offered load).
     Plot {
@@ -176,6 +187,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 bail!("reconnect is a Ferry scenario");
             }
             reconnect::run(&args, clients, rate).await?
+        }
+        Scenario::Media { size_mib, chunks } => {
+            if args.protocol != Proto::Ferry {
+                bail!("media is a Ferry scenario");
+            }
+            media::run(&args, size_mib, &chunks).await?
         }
         Scenario::Plot { .. } => unreachable!("handled above"),
     };

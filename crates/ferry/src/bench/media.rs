@@ -1,0 +1,105 @@
+//! `ferry bench media`: upload throughput on the short link. One client uploads
+//! `--size-mib` of random bytes with each chunk size in turn (8 KiB first), keeping the
+//! SDK's window of chunk requests in flight, and the upload is verified (size and
+//! SHA-256) by the server at the end. Throughput counts from `media/create` to the end
+//! of `media/finish`.
+
+use std::time::Instant;
+
+use anyhow::Context;
+use bytes::Bytes;
+use ferry_client::{Account, ClientConfig, ShortLink};
+use ferry_proto::v1::{ErrorCode, MediaKind};
+use serde_json::json;
+
+use super::report::Report;
+use super::{bar, BenchArgs, Target, PASSWORD};
+
+pub async fn run(args: &BenchArgs, size_mib: u64, chunks: &[u32]) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        (1..=200).contains(&size_mib),
+        "--size-mib must be in 1..=200"
+    );
+    anyhow::ensure!(!chunks.is_empty(), "--chunk needs at least one size");
+    let target = Target::new(args).await?;
+    let result = measure(args, &target, size_mib, chunks).await;
+    target.stop().await;
+    result
+}
+
+async fn measure(
+    args: &BenchArgs,
+    target: &Target,
+    size_mib: u64,
+    chunks: &[u32],
+) -> anyhow::Result<Report> {
+    let addr = &target.addrs[0];
+    let user = format!("{}media", args.prefix);
+    match ShortLink::new(addr).register(&user, PASSWORD).await {
+        Ok(_) => {}
+        Err(e) if e.code() == Some(ErrorCode::UserExists) => {}
+        Err(e) => return Err(e).context("registering the bench user"),
+    }
+    let account = Account::open(ClientConfig::new(addr, &user, PASSWORD))
+        .await
+        .context("signing in")?;
+    let size = (size_mib * 1024 * 1024) as usize;
+    let mut report = Report::new(format!(
+        "media upload: {size_mib} MiB, {} chunks in flight",
+        ferry_client::UPLOAD_WINDOW
+    ));
+    let mut runs = Vec::new();
+    for (i, &chunk) in chunks.iter().enumerate() {
+        // Fresh bytes each run (xorshift), so no run reuses another's blob.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64 ^ (i as u64 + 1);
+        let data: Vec<u8> = (0..size)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let data = Bytes::from(data);
+        let pb = bar(size as u64, &format!("chunks of {chunk} B"));
+        let t0 = Instant::now();
+        let c = account
+            .create_media(&data, MediaKind::MediaFile, chunk)
+            .await
+            .context("media/create")?;
+        let m = account
+            .upload_media(&c.media_id, c.chunk_size, data.clone(), &|done, _| {
+                pb.set_position(done)
+            })
+            .await
+            .context("uploading")?;
+        let secs = t0.elapsed().as_secs_f64();
+        pb.finish_and_clear();
+        anyhow::ensure!(m.size == size as u64, "the server stored {} bytes", m.size);
+        let mbps = size as f64 / secs / 1e6;
+        let requests = (size as u64).div_ceil(u64::from(c.chunk_size));
+        report.row(
+            format!("chunk {} B", c.chunk_size),
+            format!(
+                "{mbps:.1} MB/s ({secs:.2} s, {requests} chunks, {:.0} chunks/s)",
+                requests as f64 / secs
+            ),
+        );
+        runs.push(json!({
+            "chunk_size": c.chunk_size,
+            "bytes": size,
+            "seconds": secs,
+            "mb_per_s": mbps,
+            "chunks": requests,
+            "chunks_per_s": requests as f64 / secs,
+        }));
+    }
+    report.json = json!({
+        "scenario": "media",
+        "target": target.describe(),
+        "machine": super::machine(),
+        "window": ferry_client::UPLOAD_WINDOW,
+        "runs": runs,
+    });
+    Ok(report)
+}
