@@ -646,7 +646,10 @@ impl Handler for Logic {
                 metrics::counter!("ferry_errors_total", "cmd" => name, "code" => e.code().as_str_name())
                     .increment(1);
                 match e.code() {
-                    v1::ErrorCode::Internal | v1::ErrorCode::Unavailable => {
+                    // Media still uploading is an expected wait, not a failure.
+                    v1::ErrorCode::Internal | v1::ErrorCode::Unavailable
+                        if !matches!(e, LogicError::NotReady(..)) =>
+                    {
                         tracing::error!(cmd = cmd::name(req.cmd as u8), error = %e, "request failed")
                     }
                     _ => {
