@@ -197,8 +197,10 @@ async fn an_upload_cut_at_40_percent_resumes_without_resending_acknowledged_chun
     let before = received(&srv);
     assert!(before >= status.next_offset);
 
-    // Resume: only what the server lacks is sent again (at most a window of chunks
-    // that were received out of order beyond the acknowledged offset).
+    // Resume from a restarted client (a new sign-in): only what the server lacks is
+    // sent again (at most a window of chunks received out of order beyond the
+    // acknowledged offset).
+    let alice = account(&addr, "alice").await;
     let r = alice
         .upload_media(&c.media_id, c.chunk_size, data.clone(), &|_, _| {})
         .await
