@@ -33,6 +33,7 @@ DB=${DB:-ferry_cluster}
 NOFILE=${NOFILE:-20000}
 RUN_SECS=${RUN_SECS:-0}
 STATE=${STATE:-$(mktemp -d -t ferry-cluster.XXXXXX)}
+mkdir -p "$STATE"
 FERRY=${FERRY:-target/release/ferry}
 
 if [ ! -x "$FERRY" ]; then

@@ -28,9 +28,6 @@ enum End {
     Lost { reason: String, logged_in: bool },
 }
 
-/// How long after a login the client syncs once more (see `session`).
-const SETTLE_SYNC: Duration = Duration::from_secs(1);
-
 /// Full jitter: a random wait in [d/2, d].
 fn jitter(d: Duration) -> Duration {
     let ms = d.as_millis() as u64;
@@ -274,12 +271,6 @@ async fn session(
         link.start_sync();
     }
     let mut ticker = tokio::time::interval_at(Instant::now() + beat, beat);
-    // One more sync shortly after login: in a cluster the news that this link is up
-    // reaches the logic nodes a moment after the login answer was computed, and a
-    // message stored in between gets no notify. The sync closes that window.
-    let settle = tokio::time::sleep(SETTLE_SYNC);
-    tokio::pin!(settle);
-    let mut settled = false;
     let mut last_rx = Instant::now();
     let mut dirty_since_save = false;
     let lost = |reason: String| End::Lost {
@@ -314,10 +305,6 @@ async fn session(
                 }
                 Err(e) => return lost(e.to_string()),
             },
-            _ = &mut settle, if !settled => {
-                settled = true;
-                link.start_sync();
-            }
             _ = ticker.tick() => {
                 if last_rx.elapsed() > beat * 2 {
                     return lost("heartbeat timeout".into());

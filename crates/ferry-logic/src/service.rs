@@ -89,6 +89,13 @@ pub struct Logic {
     synckeys: DashMap<(u64, Arc<str>), u64>,
     /// Where media lives; set once with [`Logic::set_media_store`].
     media: std::sync::OnceLock<Arc<dyn ferry_store::MediaStore>>,
+    /// Users whose inbox grew while this node knew no route to them: the seq, and when.
+    /// A link that logs in races the news of its route to the logic nodes (in a cluster
+    /// by a few milliseconds, more under load); an entry stored in between would get no
+    /// notify. When the route arrives, such a user is notified (see `link_event`).
+    unrouted: DashMap<u64, (u64, std::time::Instant)>,
+    /// Insertions into `unrouted`, to prune it every few thousand.
+    unrouted_inserts: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) fn now_ms() -> i64 {
@@ -125,6 +132,8 @@ impl Logic {
             synckeys: DashMap::new(),
             group_members: DashMap::new(),
             media: std::sync::OnceLock::new(),
+            unrouted: DashMap::new(),
+            unrouted_inserts: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -429,6 +438,14 @@ impl Logic {
             }
         } else {
             metrics::counter!("ferry_messages_duplicate_total").increment(1);
+            // The first attempt may have died (its logic node killed, its gateway gone)
+            // between storing and notifying: notify again, without the entry (this
+            // attempt's copy of the message is not the stored one). Devices that have it
+            // ignore the notify.
+            self.notify_latest(to).await;
+            if to != me.user_id {
+                self.notify_latest(me.user_id).await;
+            }
         }
         Ok(ok(
             req.cmd,
@@ -483,6 +500,7 @@ impl Logic {
     /// `entry` inline when it is small. Returns how many gateways took the push.
     pub(crate) async fn notify_entry(&self, user: u64, seq: u64, mut entry: v1::Entry) -> usize {
         if self.presence.gateways(user).is_empty() {
+            self.note_unrouted(user, seq);
             return 0;
         }
         entry.seq = seq;
@@ -559,6 +577,20 @@ impl Logic {
 
     /// Sends a push to every gateway holding links of `push.user_id`. Returns how many
     /// took it. A failed push is not fatal: the device syncs on its next login or notify.
+    /// Remembers that `user`'s inbox reached `seq` with no route known here. Entries
+    /// older than a minute are dropped now and then: a route is never that late.
+    fn note_unrouted(&self, user: u64, seq: u64) {
+        let now = std::time::Instant::now();
+        self.unrouted.insert(user, (seq, now));
+        let n = self
+            .unrouted_inserts
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if n % 4096 == 4095 {
+            self.unrouted
+                .retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
+        }
+    }
+
     pub(crate) async fn push_all(&self, push: Push) -> usize {
         let mut pushed = 0;
         for gw in self.presence.gateways(push.user_id) {
@@ -671,6 +703,23 @@ impl Handler for Logic {
     async fn link_event(&self, ev: LinkEvent) {
         if ev.online {
             self.presence.online(ev.user_id, &ev.gateway_id, ev.conn_id);
+            // Entries stored here while the route was on its way: tell the user now.
+            if let Some((_, (seq, _))) = self.unrouted.remove(&ev.user_id) {
+                let body = Bytes::from(
+                    v1::Notify {
+                        latest_seq: seq,
+                        entries: Vec::new(),
+                    }
+                    .encode_to_vec(),
+                );
+                self.push_all(Push {
+                    user_id: ev.user_id,
+                    cmd: u32::from(cmd::NOTIFY),
+                    body,
+                    ..Default::default()
+                })
+                .await;
+            }
         } else {
             self.presence
                 .offline(ev.user_id, &ev.gateway_id, ev.conn_id);

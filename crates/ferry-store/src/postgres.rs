@@ -516,41 +516,47 @@ impl Store for PgStore {
 
     async fn inbox(&self, user_id: u64, after: u64, limit: u32) -> Result<InboxPage> {
         let client = self.client().await?;
-        let entries_stmt = client
+        // One statement, so one snapshot: the newest seq and the entries agree. (With two,
+        // an empty page read before a commit and a newest seq read after it would let a
+        // device's synckey jump over the new entry.)
+        let stmt = client
             .prepare_cached(
-                "SELECT i.seq, i.msg_id, m.body, i.payload, i.created_ms FROM inbox i
-                 LEFT JOIN messages m ON m.id = i.msg_id
-                 WHERE i.user_id = $1 AND i.seq > $2 ORDER BY i.seq LIMIT $3",
+                "SELECT u.last_seq, e.seq, e.msg_id, e.body, e.payload, e.created_ms
+                 FROM users u
+                 LEFT JOIN LATERAL (
+                     SELECT i.seq, i.msg_id, m.body, i.payload, i.created_ms FROM inbox i
+                     LEFT JOIN messages m ON m.id = i.msg_id
+                     WHERE i.user_id = u.id AND i.seq > $2 ORDER BY i.seq LIMIT $3
+                 ) e ON true
+                 WHERE u.id = $1
+                 ORDER BY e.seq",
             )
             .await?;
-        let latest_stmt = client
-            .prepare_cached("SELECT last_seq FROM users WHERE id = $1")
-            .await?;
-        // Entries first, then the newest seq: seqs become visible in order (each with its
-        // entry, under the user's row lock), so `latest_seq` is never below an entry.
         let rows = client
             .query(
-                &entries_stmt,
+                &stmt,
                 &[&(user_id as i64), &(after as i64), &(i64::from(limit) + 1)],
             )
             .await?;
-        let latest_seq = client
-            .query_opt(&latest_stmt, &[&(user_id as i64)])
-            .await?
+        let latest_seq = rows
+            .first()
             .ok_or(StoreError::UnknownUser(user_id))?
             .get::<_, i64>(0) as u64;
         let mut entries = Vec::with_capacity(rows.len().min(limit as usize));
         let mut more = false;
         for row in rows {
+            let Some(seq) = row.get::<_, Option<i64>>(1) else {
+                break; // no entries: the one row carries only the newest seq
+            };
             if entries.len() == limit as usize {
                 more = true;
                 break;
             }
-            let seq = row.get::<_, i64>(0) as u64;
-            let msg_id: Option<i64> = row.get(1);
-            let body: Option<Vec<u8>> = row.get(2);
-            let payload: Option<Vec<u8>> = row.get(3);
-            let time_ms: i64 = row.get(4);
+            let seq = seq as u64;
+            let msg_id: Option<i64> = row.get(2);
+            let body: Option<Vec<u8>> = row.get(3);
+            let payload: Option<Vec<u8>> = row.get(4);
+            let time_ms: i64 = row.get(5);
             let corrupt =
                 |e: prost::DecodeError| StoreError::Corrupt(format!("inbox entry {seq}: {e}"));
             // A message (joined from `messages`), an event (its payload), or an entry

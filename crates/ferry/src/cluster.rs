@@ -162,7 +162,8 @@ impl LogicNode {
     /// Sends what is still buffered. In-flight requests that do not finish are retried
     /// by their clients (on another logic node).
     pub async fn shutdown(self) {
-        let _ = self.bus.flush().await;
+        // Bounded: with NATS gone, a flush would wait for a reconnect that never comes.
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.bus.flush()).await;
     }
 }
 

@@ -305,11 +305,28 @@ async fn recv_exactly(
     n: usize,
     secs: u64,
 ) -> Vec<v1::Message> {
-    let got: Vec<v1::Message> = recv_messages(ev, me, n, secs)
-        .await
-        .into_iter()
-        .map(|(_, m)| m)
-        .collect();
+    let mut got = Vec::new();
+    let mut last_seq = 0;
+    // Entries that are not messages from someone else, for the failure message.
+    let mut other = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while got.len() < n {
+        match tokio::time::timeout_at(deadline, ev.recv()).await {
+            Err(_) => panic!(
+                "{me}: timed out with {} of {n} messages (last entry seq {last_seq}; other entries {other:?})",
+                got.len()
+            ),
+            Ok(None) => panic!("{me}: event stream ended"),
+            Ok(Some(Event::Entry(e))) => {
+                last_seq = e.seq;
+                match e.kind {
+                    Some(v1::entry::Kind::Message(m)) if m.from != me => got.push(m),
+                    kind => other.push((e.seq, kind)),
+                }
+            }
+            Ok(Some(_)) => {}
+        }
+    }
     let ids: HashSet<u64> = got.iter().map(|m| m.msg_id).collect();
     assert_eq!(ids.len(), n, "a message delivered twice");
     let texts: HashSet<&str> = got.iter().map(|m| m.text.as_str()).collect();

@@ -324,27 +324,37 @@ impl PgStore {
         after: u64,
         limit: u32,
     ) -> Result<(Vec<v1::GroupEntry>, u64, bool)> {
-        let client = self.client().await?;
-        let stmt = client
+        let mut client = self.client().await?;
+        // One snapshot for the entries and the newest gseq, so they agree (a cursor may
+        // otherwise jump over an entry committed between the two reads).
+        let txn = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await?;
+        let stmt = txn
             .prepare_cached(
                 "SELECT l.gseq, m.body, l.payload, l.created_ms, l.msg_id FROM group_log l
                  LEFT JOIN messages m ON m.id = l.msg_id
                  WHERE l.group_id = $1 AND l.gseq > $2 ORDER BY l.gseq LIMIT $3",
             )
             .await?;
-        // Entries first, then the newest gseq: a gseq is visible only with its entry, so
-        // the latest is never below an entry returned.
-        let rows = client
+        let rows = txn
             .query(
                 &stmt,
                 &[&(group as i64), &(after as i64), &(i64::from(limit) + 1)],
             )
             .await?;
-        let latest = self
-            .pg_group(group)
+        let latest = txn
+            .query_opt(
+                "SELECT last_gseq FROM groups WHERE id = $1",
+                &[&(group as i64)],
+            )
             .await?
             .ok_or(StoreError::NotFound)?
-            .latest_gseq;
+            .get::<_, i64>(0) as u64;
+        txn.commit().await?;
         let mut out = Vec::new();
         let mut more = false;
         for r in rows {
