@@ -123,6 +123,36 @@ pub async fn register_and_auth(
     bail!("registering {user}: out of attempts")
 }
 
+/// Makes `a` and `b` friends (messaging needs it): each asks the other, and asking
+/// back accepts. Already being friends is fine.
+pub async fn befriend(
+    short: &ShortLink,
+    (a, token_a): (&str, &str),
+    (b, token_b): (&str, &str),
+) -> anyhow::Result<()> {
+    for (token, peer) in [(token_a, b), (token_b, a)] {
+        let req = v1::FriendRequestReq {
+            username: peer.to_owned(),
+            greeting: String::new(),
+        };
+        let mut pause = Duration::from_millis(50);
+        for attempt in 0..8 {
+            match short
+                .call::<_, v1::FriendActionResp>("friends/request", Some(token), &req)
+                .await
+            {
+                Ok(_) => break,
+                Err(e) if e.is_retryable() && attempt < 7 => {
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                }
+                Err(e) => return Err(e).with_context(|| format!("befriending {a} and {b}")),
+            }
+        }
+    }
+    Ok(())
+}
+
 /// `POST /v1/{method}` by hand on a fresh connection, to count the bytes an HTTP client
 /// like the SDK's puts on the wire. Returns (answer body, bytes sent, bytes received).
 pub async fn raw_post(
@@ -187,6 +217,7 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
         auth_bytes = (sent, recv);
         tokens.push(v1::AuthResp::decode(&body[..])?.token);
     }
+    befriend(&short, (&a, &tokens[0]), (&b, &tokens[1])).await?;
     let mut ca = FerryConn::connect(server).await?;
     ca.login(&tokens[0], 0).await?;
     let login = (ca.bytes_out, ca.bytes_in);
@@ -213,7 +244,10 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
             match f.cmd {
                 c if c == cmd::response(cmd::SEND) => ack_seen = true,
                 cmd::NOTIFY => echo_seen = true,
-                cmd::ERROR => bail!("hello refused"),
+                cmd::ERROR => {
+                    let e = v1::Error::decode(f.body).unwrap_or_default();
+                    bail!("hello refused: {}", e.message)
+                }
                 _ => {}
             }
         }

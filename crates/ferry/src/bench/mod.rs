@@ -134,6 +134,8 @@ pub enum Scenario {
         #[arg(long = "chunk", value_delimiter = ',', default_values_t = [8192, 32768, 131072, 524288])]
         chunks: Vec<u32>,
     },
+    /// Print the figures of Ferry and XMPP `--json` reports side by side.
+    Compare { files: Vec<PathBuf> },
     /// Draw the figures of several `--json` reports together (idle reports: memory
     /// against connections; p2p sweeps: latency against offered load).
     Plot {
@@ -156,6 +158,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if let Scenario::Plot { files, out } = &args.scenario {
         for p in plot::from_reports(files, out)? {
             println!("wrote {}", p.display());
+        }
+        return Ok(());
+    }
+    if let Scenario::Compare { files } = &args.scenario {
+        let r = report::compare(files)?;
+        report::print(&r);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&r.json)?)?;
         }
         return Ok(());
     }
@@ -194,7 +204,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             media::run(&args, size_mib, &chunks).await?
         }
-        Scenario::Plot { .. } => unreachable!("handled above"),
+        Scenario::Plot { .. } | Scenario::Compare { .. } => unreachable!("handled above"),
     };
     report::print(&report);
     if let Some(path) = &args.json {
@@ -462,5 +472,7 @@ pub fn machine() -> serde_json::Value {
         "mem_total_kib": meminfo_kib("MemTotal"),
         "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
         "debug_build": cfg!(debug_assertions),
+        // Other work on the machine skews every figure: say how busy it was.
+        "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
     })
 }

@@ -204,11 +204,24 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
         let (short, user, limit) = (short.clone(), spec.user(i), limit.clone());
         set.spawn(async move {
             let _p = limit.acquire_owned().await;
-            super::conn::register_and_auth(&short, &user, PASSWORD).await
+            (
+                i,
+                super::conn::register_and_auth(&short, &user, PASSWORD).await,
+            )
         });
     }
+    let mut tokens = vec![String::new(); spec.users];
     while let Some(r) = set.join_next().await {
-        r??;
+        let (k, a) = r?;
+        tokens[k] = a?.token;
+    }
+    for k in (0..spec.users.saturating_sub(1)).step_by(2) {
+        super::conn::befriend(
+            &short,
+            (&spec.user(k), &tokens[k]),
+            (&spec.user(k + 1), &tokens[k + 1]),
+        )
+        .await?;
     }
     drop(short);
     ctx.emit(Out::Prepared { failed: 0 });

@@ -204,6 +204,26 @@ impl Ctx {
                 }
             }
         }
+        // Users message their pair partner (2k ↔ 2k+1): Ferry wants them friends.
+        if spec.protocol == Proto::Ferry && matches!(spec.scenario.as_str(), "p2p" | "reconnect") {
+            let mut set = JoinSet::new();
+            for i in (0..spec.users.saturating_sub(1)).step_by(2) {
+                let (Some(ta), Some(tb)) = (creds[i].clone(), creds[i + 1].clone()) else {
+                    continue;
+                };
+                let (a, b, limit) = (spec.user(i), spec.user(i + 1), limit.clone());
+                let short = short.clone();
+                set.spawn(async move {
+                    let _permit = limit.acquire_owned().await;
+                    conn::befriend(&short, (&a, &ta), (&b, &tb)).await
+                });
+            }
+            while let Some(r) = set.join_next().await {
+                if let Err(e) = r.context("befriend task")? {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
         let failed = creds.iter().filter(|c| c.is_none()).count() as u64;
         if let Some(e) = first_error {
             eprintln!(
