@@ -21,6 +21,9 @@ pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
 
 /// Chunk requests in flight at once during an upload.
 pub const UPLOAD_WINDOW: usize = 8;
+/// How far ahead of the oldest unacknowledged chunk an upload may send, in chunks. One
+/// slow request must not let the others run past the server's window (64 by default).
+pub const UPLOAD_AHEAD: u64 = 32;
 /// Bytes asked per download request (the server answers at most 768 KiB).
 pub const DOWNLOAD_RANGE: u64 = 512 * 1024;
 /// Longest side of a thumbnail, in pixels.
@@ -152,8 +155,14 @@ impl Account {
             progress(done, size);
             let mut next = start;
             let mut inflight = JoinSet::new();
+            let mut pending = std::collections::BTreeSet::new();
             loop {
-                while inflight.len() < UPLOAD_WINDOW && next < size {
+                while inflight.len() < UPLOAD_WINDOW
+                    && next < size
+                    && pending
+                        .first()
+                        .is_none_or(|&lo| next < lo + UPLOAD_AHEAD * chunk)
+                {
                     let end = (next + chunk).min(size);
                     let body = v1::MediaChunkReq {
                         media_id: media_id.into(),
@@ -161,15 +170,17 @@ impl Account {
                         data: data.slice(next as usize..end as usize),
                     };
                     let me = self.clone();
+                    pending.insert(next);
                     inflight.spawn(async move {
                         let n = body.data.len() as u64;
-                        me.send_chunk(&body).await.map(|_| n)
+                        me.send_chunk(&body).await.map(|_| (body.offset, n))
                     });
                     next = end;
                 }
                 match inflight.join_next().await {
                     None => break,
-                    Some(Ok(Ok(n))) => {
+                    Some(Ok(Ok((offset, n)))) => {
+                        pending.remove(&offset);
                         done += n;
                         progress(done, size);
                     }
