@@ -56,7 +56,8 @@ stop() {
   done
   for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
 }
-trap stop INT TERM EXIT
+trap 'stop; exit 130' INT TERM
+trap stop EXIT
 
 "$NATS_BIN" -a 127.0.0.1 -p "$NATS_PORT" -l "$STATE/nats.log" &
 pids=("$!" "${pids[@]}")
@@ -99,8 +100,10 @@ done
 echo "logs in $STATE"
 echo "cluster ready"
 
+# `sleep`/`wait` in the background and `wait` for it, so a signal is handled at once.
 if [ "$RUN_SECS" -gt 0 ]; then
-  sleep "$RUN_SECS"
+  sleep "$RUN_SECS" &
+  wait $!
 else
   wait
 fi
