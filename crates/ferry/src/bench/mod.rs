@@ -13,6 +13,7 @@
 //! It must not reach anything but the addresses it is given (loopback by default).
 
 pub mod conn;
+pub mod fanout;
 pub mod hist;
 pub mod idle;
 pub mod login;
@@ -134,6 +135,19 @@ pub enum Scenario {
         #[arg(long = "chunk", value_delimiter = ',', default_values_t = [8192, 32768, 131072, 524288])]
         chunks: Vec<u32>,
     },
+    /// One group with every member connected, one sender: deliveries/s and the time
+    /// from a send to the last member's receipt.
+    Fanout {
+        /// Members, sender included (all connected from this process).
+        #[arg(long, default_value_t = 500)]
+        members: usize,
+        /// Messages to send.
+        #[arg(long, default_value_t = 200)]
+        messages: u64,
+        /// Messages the sender may have unacknowledged.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+    },
     /// Print the figures of Ferry and XMPP `--json` reports side by side.
     Compare { files: Vec<PathBuf> },
     /// Draw the figures of several `--json` reports together (idle reports: memory
@@ -197,6 +211,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 bail!("reconnect is a Ferry scenario");
             }
             reconnect::run(&args, clients, rate).await?
+        }
+        Scenario::Fanout {
+            members,
+            messages,
+            window,
+        } => {
+            if args.protocol != Proto::Ferry {
+                bail!("fanout is a Ferry scenario");
+            }
+            fanout::run(&args, members, messages, window).await?
         }
         Scenario::Media { size_mib, chunks } => {
             if args.protocol != Proto::Ferry {

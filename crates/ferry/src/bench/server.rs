@@ -28,6 +28,7 @@ impl OwnServer {
         let config = dir.path().join("ferry.toml");
         let text = format!(
             "durability = {durability:?}\n\
+             [logic]\nopen_messaging = true\n\
              [logic.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n"
         );
         std::fs::write(&config, text)?;
