@@ -604,17 +604,21 @@ impl Logic {
             })?;
         if !done.duplicate {
             metrics::counter!("ferry_group_messages_total").increment(1);
-            let entry = v1::GroupEntry {
-                kind: Some(v1::group_entry::Kind::Message(v1::Message {
-                    msg_id: done.msg_id,
-                    ..message
-                })),
-                time_ms,
-                ..Default::default()
-            };
-            self.notify_group(r.group_id, Some(entry), done.recipient_seq, &[])
-                .await;
         }
+        // A duplicate is notified again too: the first attempt may have died between
+        // storing the message and notifying the members. The entry carries the stored
+        // time, which a duplicate answers with.
+        let entry = v1::GroupEntry {
+            kind: Some(v1::group_entry::Kind::Message(v1::Message {
+                msg_id: done.msg_id,
+                time_ms: done.time_ms,
+                ..message
+            })),
+            time_ms: done.time_ms,
+            ..Default::default()
+        };
+        self.notify_group(r.group_id, Some(entry), done.recipient_seq, &[])
+            .await;
         Ok(ok(
             req_cmd,
             &v1::SendAck {
