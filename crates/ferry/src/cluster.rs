@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::monitor::{self, Monitor};
 use crate::Config;
 
 /// `[cluster]` in the configuration file. Every field has a default.
@@ -37,6 +38,9 @@ pub struct ClusterConfig {
     pub gateway_heartbeat_ms: u64,
     /// A gateway silent this long is dead: its routes are dropped.
     pub gateway_expiry_ms: u64,
+    /// Where a logic node serves `/metrics` and the dashboard (it has no client ports).
+    /// Empty: not served. Gateways serve them on their client ports.
+    pub logic_http: String,
 }
 
 impl Default for ClusterConfig {
@@ -49,6 +53,7 @@ impl Default for ClusterConfig {
             request_timeout_ms: 5_000,
             gateway_heartbeat_ms: 2_000,
             gateway_expiry_ms: 7_000,
+            logic_http: String::new(),
         }
     }
 }
@@ -65,11 +70,39 @@ impl ClusterConfig {
     }
 }
 
+/// The metrics recorder and the admin dashboard of one cluster process.
+fn monitor(
+    cfg: &Config,
+    node_id: &str,
+    role: &str,
+    gateways: Vec<Arc<Gateway>>,
+    store: Option<Arc<dyn Store>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Arc<Monitor>> {
+    let token = monitor::token::load_or_create(Some(&cfg.admin_token), &cfg.data_dir)?;
+    Ok(Monitor::start(
+        monitor::Sources {
+            node_id: node_id.to_owned(),
+            role: role.to_owned(),
+            gateways,
+            store,
+            data_dir: None,
+        },
+        monitor::Options {
+            token,
+            public_metrics: cfg.public_metrics,
+        },
+        shutdown,
+    ))
+}
+
 /// A gateway process's running parts.
 pub struct GatewayNode {
     /// The addresses actually bound (port 0 resolved).
     pub addrs: Vec<SocketAddr>,
     pub gateway: Arc<Gateway>,
+    /// `/metrics` and the dashboard, on the client ports.
+    pub monitor: Arc<Monitor>,
     bus: Arc<NatsBus>,
     shutdown: CancellationToken,
     serving: Vec<tokio::task::JoinHandle<()>>,
@@ -90,6 +123,7 @@ impl GatewayNode {
     }
 
     pub async fn start(cfg: &Config, listeners: Vec<TcpListener>) -> anyhow::Result<Self> {
+        Monitor::install_recorder();
         let id = &cfg.gateway.id;
         let bus = NatsBus::connect(cfg.cluster.nats(&format!("ferry-gateway {id}")))
             .await
@@ -101,6 +135,15 @@ impl GatewayNode {
             shutdown.clone(),
         );
         bus.ready().await.context("subscribing on NATS")?;
+        let monitor = monitor(
+            cfg,
+            id,
+            "gateway",
+            vec![gateway.clone()],
+            None,
+            shutdown.clone(),
+        )?;
+        let _ = gateway.mount(monitor.routes());
         let mut addrs = Vec::new();
         let mut serving = Vec::new();
         for l in listeners {
@@ -110,6 +153,7 @@ impl GatewayNode {
         Ok(GatewayNode {
             addrs,
             gateway,
+            monitor,
             bus,
             shutdown,
             serving,
@@ -132,12 +176,16 @@ impl GatewayNode {
 pub struct LogicNode {
     pub logic: Arc<Logic>,
     pub store: Arc<dyn Store>,
+    /// Where `/metrics` and the dashboard are served (`cluster.logic_http`), if anywhere.
+    pub http: Option<SocketAddr>,
     bus: Arc<NatsBus>,
+    shutdown: CancellationToken,
 }
 
 impl LogicNode {
     /// Opens PostgreSQL (running migrations), joins NATS and starts serving requests.
     pub async fn start(cfg: &Config) -> anyhow::Result<Self> {
+        Monitor::install_recorder();
         let mut pg = PgConfig::new(&cfg.cluster.postgres);
         pg.pool_size = cfg.cluster.postgres_pool;
         let store: Arc<dyn Store> = Arc::new(
@@ -156,12 +204,45 @@ impl LogicNode {
         );
         logic.start();
         bus.ready().await.context("subscribing on NATS")?;
-        Ok(LogicNode { logic, store, bus })
+        let shutdown = CancellationToken::new();
+        let mut http = None;
+        if !cfg.cluster.logic_http.is_empty() {
+            let listener = TcpListener::bind(&cfg.cluster.logic_http)
+                .await
+                .with_context(|| format!("binding {}", cfg.cluster.logic_http))?;
+            http = Some(listener.local_addr()?);
+            let m = monitor(
+                cfg,
+                &name,
+                "logic",
+                Vec::new(),
+                Some(store.clone()),
+                shutdown.clone(),
+            )?;
+            let app = m.routes();
+            let stop = shutdown.clone();
+            tokio::spawn(async move {
+                let served = axum::serve(listener, app)
+                    .with_graceful_shutdown(async move { stop.cancelled().await })
+                    .await;
+                if let Err(e) = served {
+                    tracing::warn!(error = %e, "the logic node's metrics server stopped");
+                }
+            });
+        }
+        Ok(LogicNode {
+            logic,
+            store,
+            http,
+            bus,
+            shutdown,
+        })
     }
 
     /// Sends what is still buffered. In-flight requests that do not finish are retried
     /// by their clients (on another logic node).
     pub async fn shutdown(self) {
+        self.shutdown.cancel();
         // Bounded: with NATS gone, a flush would wait for a reconnect that never comes.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.bus.flush()).await;
     }

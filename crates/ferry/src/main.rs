@@ -400,6 +400,10 @@ async fn run_gateway(
         say(format_args!("ferry listening on {a}"));
     }
     say(format_args!("ferry gateway {} ready", cfg.gateway.id));
+    say(format_args!(
+        "ferry dashboard: {}",
+        ferry::monitor::dashboard_url(node.addrs[0], node.monitor.token())
+    ));
     tracing::info!(id = %cfg.gateway.id, nats = %cfg.cluster.nats, "gateway serving");
     wait_for_signal().await;
     tracing::info!("shutting down: draining links");
@@ -421,6 +425,11 @@ async fn run_logic(
     }
     let node = ferry::cluster::LogicNode::start(&cfg).await?;
     say(format_args!("ferry logic ready"));
+    if let Some(addr) = node.http {
+        say(format_args!(
+            "ferry logic metrics and dashboard on http://{addr}/dashboard"
+        ));
+    }
     tracing::info!(nats = %cfg.cluster.nats, "logic serving");
     wait_for_signal().await;
     tracing::info!("shutting down");
