@@ -1,7 +1,9 @@
 //! Compiles `proto/*.proto` with protox (a pure-Rust protobuf compiler, so no `protoc`
 //! is needed on the machine) and generates the Rust types with prost-build.
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time: a build script binary may be reused from another checkout.
+    let manifest = std::env::var("CARGO_MANIFEST_DIR")?;
+    let root = std::path::Path::new(&manifest).join("../../proto");
     let files = [root.join("ferry.proto"), root.join("bus.proto")];
     for f in &files {
         println!("cargo:rerun-if-changed={}", f.display());

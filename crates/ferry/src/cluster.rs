@@ -79,7 +79,15 @@ fn monitor(
     store: Option<Arc<dyn Store>>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Arc<Monitor>> {
-    let token = monitor::token::load_or_create(Some(&cfg.admin_token), &cfg.data_dir)?;
+    // A cluster process keeps no data of its own: the token is the configured one, or
+    // one kept in the data folder if that exists, or a fresh one printed at start-up.
+    let token = if !cfg.admin_token.is_empty() || cfg.data_dir.is_dir() {
+        monitor::token::load_or_create(Some(&cfg.admin_token), &cfg.data_dir)?
+    } else {
+        let mut raw = [0u8; 16];
+        rand::Rng::fill(&mut rand::rng(), &mut raw);
+        raw.iter().map(|b| format!("{b:02x}")).collect()
+    };
     Ok(Monitor::start(
         monitor::Sources {
             node_id: node_id.to_owned(),
