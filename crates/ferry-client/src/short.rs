@@ -58,23 +58,19 @@ impl ShortLink {
         if status.is_success() {
             Resp::decode(body).map_err(|e| ClientError::Protocol(e.to_string()))
         } else {
-            match v1::Error::decode(body) {
-                Ok(e) => Err(ClientError::from_error(e)),
-                Err(_) => Err(ClientError::Http(format!("HTTP {status}"))),
-            }
+            Err(refusal(status, body))
         }
     }
 
-    /// `GET /v1/{path}` for a raw body (an avatar). `Ok(None)` when `etag` is current
-    /// (304).
-    pub async fn get(
+    /// One `GET /v1/{path}` with the given headers: status, headers and body.
+    async fn fetch(
         &self,
         path: &str,
-        etag: Option<&str>,
-    ) -> Result<Option<(Bytes, String)>, ClientError> {
+        headers: &[(http::header::HeaderName, String)],
+    ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), ClientError> {
         let mut builder = http::Request::get(format!("{}/v1/{path}", self.base));
-        if let Some(e) = etag {
-            builder = builder.header(http::header::IF_NONE_MATCH, e);
+        for (name, value) in headers {
+            builder = builder.header(name, value);
         }
         let request = builder
             .body(Full::new(Bytes::new()))
@@ -86,29 +82,39 @@ impl ShortLink {
         .await
         .map_err(|_| ClientError::Timeout)?
         .map_err(|e| ClientError::Http(e.to_string()))?;
-        let status = resp.status();
-        let etag = resp
-            .headers()
-            .get(http::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        let body = resp
-            .into_body()
+        let (parts, body) = resp.into_parts();
+        let body = body
             .collect()
             .await
             .map_err(|e| ClientError::Http(e.to_string()))?
             .to_bytes();
+        Ok((parts.status, parts.headers, body))
+    }
+
+    /// `GET /v1/{path}` for a raw body (an avatar). `Ok(None)` when `etag` is current
+    /// (304).
+    pub async fn get(
+        &self,
+        path: &str,
+        etag: Option<&str>,
+    ) -> Result<Option<(Bytes, String)>, ClientError> {
+        let headers: Vec<_> = etag
+            .map(|e| (http::header::IF_NONE_MATCH, e.to_owned()))
+            .into_iter()
+            .collect();
+        let (status, headers, body) = self.fetch(path, &headers).await?;
         if status == http::StatusCode::NOT_MODIFIED {
             return Ok(None);
         }
-        if status.is_success() {
-            return Ok(Some((body, etag)));
+        if !status.is_success() {
+            return Err(refusal(status, body));
         }
-        match v1::Error::decode(body) {
-            Ok(e) => Err(ClientError::from_error(e)),
-            Err(_) => Err(ClientError::Http(format!("HTTP {status}"))),
-        }
+        let etag = headers
+            .get(http::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        Ok(Some((body, etag)))
     }
 
     /// `GET /v1/{path}` with a bearer token and, when given, `Range: bytes=start-end`
@@ -120,42 +126,21 @@ impl ShortLink {
         token: &str,
         range: Option<(u64, u64)>,
     ) -> Result<(Bytes, u64), ClientError> {
-        let mut builder = http::Request::get(format!("{}/v1/{path}", self.base))
-            .header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        let mut headers = vec![(http::header::AUTHORIZATION, format!("Bearer {token}"))];
         if let Some((a, b)) = range {
-            builder = builder.header(http::header::RANGE, format!("bytes={a}-{b}"));
+            headers.push((http::header::RANGE, format!("bytes={a}-{b}")));
         }
-        let request = builder
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            self.http.request(request),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout)?
-        .map_err(|e| ClientError::Http(e.to_string()))?;
-        let status = resp.status();
-        let total = resp
-            .headers()
+        let (status, headers, body) = self.fetch(path, &headers).await?;
+        if !status.is_success() {
+            return Err(refusal(status, body));
+        }
+        let total = headers
             .get(http::header::CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.rsplit_once('/'))
-            .and_then(|(_, n)| n.parse::<u64>().ok());
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?
-            .to_bytes();
-        if status.is_success() {
-            let total = total.unwrap_or(body.len() as u64);
-            return Ok((body, total));
-        }
-        match v1::Error::decode(body) {
-            Ok(e) => Err(ClientError::from_error(e)),
-            Err(_) => Err(ClientError::Http(format!("HTTP {status}"))),
-        }
+            .and_then(|(_, n)| n.parse::<u64>().ok())
+            .unwrap_or(body.len() as u64);
+        Ok((body, total))
     }
 
     pub async fn register(&self, username: &str, password: &str) -> Result<u64, ClientError> {
@@ -199,5 +184,13 @@ impl ShortLink {
     ) -> Result<v1::SyncResp, ClientError> {
         self.call("newsync", Some(token), &v1::SyncReq { synckey, limit })
             .await
+    }
+}
+
+/// The error a non-2xx answer carries (a protobuf `Error`, or just its status).
+fn refusal(status: http::StatusCode, body: Bytes) -> ClientError {
+    match v1::Error::decode(body) {
+        Ok(e) => ClientError::from_error(e),
+        Err(_) => ClientError::Http(format!("HTTP {status}")),
     }
 }
