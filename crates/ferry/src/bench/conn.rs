@@ -223,8 +223,16 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
     let login = (ca.bytes_out, ca.bytes_in);
     let mut cb = FerryConn::connect(server).await?;
     cb.login(&tokens[1], 0).await?;
-    // Let the server's presence catch up with the links before the hello.
+    // Let the server's presence catch up with the links before the hello, and take in
+    // what the login brought (notifies of the friend entries), so the byte counts below
+    // are the hello's alone.
     tokio::time::sleep(Duration::from_millis(200)).await;
+    for conn in [&mut ca, &mut cb] {
+        while let Ok(f) = tokio::time::timeout(Duration::from_millis(100), conn.read_frame()).await
+        {
+            f?;
+        }
+    }
     let (out0, in0, bin0) = (ca.bytes_out, ca.bytes_in, cb.bytes_in);
     let hello = v1::SendMsg {
         client_msg_id: ferry_client::new_client_msg_id(),
