@@ -499,7 +499,8 @@ impl Logic {
     /// Tells every gateway holding `user`'s links that the inbox reached `seq`, with
     /// `entry` inline when it is small. Returns how many gateways took the push.
     pub(crate) async fn notify_entry(&self, user: u64, seq: u64, mut entry: v1::Entry) -> usize {
-        if self.presence.gateways(user).is_empty() {
+        let gateways = self.presence.gateways(user);
+        if gateways.is_empty() {
             self.note_unrouted(user, seq);
             return 0;
         }
@@ -517,16 +518,13 @@ impl Logic {
             }
             .encode_to_vec(),
         );
-        let pushed = self
-            .push_all(Push {
-                user_id: user,
-                device_id: String::new(),
-                cmd: u32::from(cmd::NOTIFY),
-                body,
-                close: false,
-                ..Default::default()
-            })
-            .await;
+        let push = Push {
+            user_id: user,
+            cmd: u32::from(cmd::NOTIFY),
+            body,
+            ..Default::default()
+        };
+        let pushed = self.push_via(&gateways, push).await;
         metrics::counter!("ferry_notifies_total").increment(pushed as u64);
         metrics::counter!("ferry_entries_out_total", "via" => "notify")
             .increment(inline * pushed as u64);
@@ -592,14 +590,16 @@ impl Logic {
     }
 
     pub(crate) async fn push_all(&self, push: Push) -> usize {
+        let gateways = self.presence.gateways(push.user_id);
+        self.push_via(&gateways, push).await
+    }
+
+    /// Sends a push to each of `gateways`; returns how many took it.
+    async fn push_via(&self, gateways: &[String], push: Push) -> usize {
         let mut pushed = 0;
-        for gw in self.presence.gateways(push.user_id) {
-            match self.bus.push(&gw, push.clone()).await {
-                Ok(()) => pushed += 1,
-                Err(e) => {
-                    metrics::counter!("ferry_notify_failures_total").increment(1);
-                    tracing::debug!(gateway = %gw, error = %e, "push failed");
-                }
+        for gw in gateways {
+            if self.push_to(gw, push.clone()).await {
+                pushed += 1;
             }
         }
         pushed
