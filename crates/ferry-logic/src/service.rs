@@ -85,6 +85,8 @@ pub struct Logic {
     names_by_id: DashMap<u64, Arc<str>>,
     /// Member ids per group, for fan-out (short-lived: another node may change them).
     pub(crate) group_members: crate::groups::MemberCache,
+    /// The newest moment id this node gave out (ids are time-ordered).
+    pub(crate) moment_clock: std::sync::atomic::AtomicU64,
     /// The last synckey recorded per device, so unchanged ones are not rewritten.
     synckeys: DashMap<(u64, Arc<str>), u64>,
     /// Where media lives; set once with [`Logic::set_media_store`].
@@ -131,6 +133,7 @@ impl Logic {
             names_by_id: DashMap::new(),
             synckeys: DashMap::new(),
             group_members: DashMap::new(),
+            moment_clock: std::sync::atomic::AtomicU64::new(0),
             media: std::sync::OnceLock::new(),
             unrouted: DashMap::new(),
             unrouted_inserts: std::sync::atomic::AtomicU64::new(0),

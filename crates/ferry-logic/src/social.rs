@@ -389,7 +389,19 @@ impl Logic {
         }
         let time_ms = now_ms();
         // Time-ordered (so ids sort newest first) and hard to guess.
-        let id = ((time_ms as u64) << 20) | (rand::random::<u64>() & 0xF_FFFF);
+        // Never below an id this node gave before, so two moments in one millisecond
+        // still sort in the order they were posted.
+        let candidate = ((time_ms as u64) << 20) | (rand::random::<u64>() & 0xF_FFFF);
+        let prev = self
+            .moment_clock
+            .fetch_max(candidate, std::sync::atomic::Ordering::SeqCst);
+        let id = if prev < candidate {
+            candidate
+        } else {
+            self.moment_clock
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+                + 1
+        };
         let my_name = self.user_name(me.user_id).await?;
         let entry = moment_entry(moment_event::Kind::Posted, id, &my_name, "", time_ms);
         let events: Vec<NewEvent> = self
