@@ -80,12 +80,7 @@ impl Account {
             .short
             .auth(&cfg.username, &cfg.password, &device)
             .await?;
-        {
-            let mut s = self.shared.state.lock();
-            s.token = a.token;
-            s.user_id = a.user_id;
-        }
-        self.shared.save_state();
+        self.store_token(a);
         Ok(())
     }
 
@@ -258,6 +253,44 @@ impl Account {
             .call("moments/delete", &v1::MomentDeleteReq { moment_id })
             .await?;
         Ok(())
+    }
+
+    /// Trades the device's token for a fresh one (the old one stops working) and stores
+    /// it. Returns when the new token expires (unix ms, 0: never).
+    pub async fn refresh_token(&self) -> Result<i64, ClientError> {
+        let a: v1::AuthResp = self.call("auth/refresh", &v1::Empty {}).await?;
+        self.store_token(a);
+        Ok(self.shared.state.lock().token_expires_ms)
+    }
+
+    /// Changes the password. Every session of the user ends (other devices are signed
+    /// out and must sign in with the new password); this device gets a new token and
+    /// stays signed in. A later sign-in of this `Account` or `Client` needs a config with
+    /// the new password.
+    pub async fn change_password(&self, old: &str, new: &str) -> Result<(), ClientError> {
+        let a: v1::AuthResp = self
+            .short
+            .call(
+                "password",
+                Some(&self.token()),
+                &v1::PasswordChangeReq {
+                    old_password: old.into(),
+                    new_password: new.into(),
+                },
+            )
+            .await?;
+        self.store_token(a);
+        Ok(())
+    }
+
+    fn store_token(&self, a: v1::AuthResp) {
+        {
+            let mut s = self.shared.state.lock();
+            s.token = a.token;
+            s.token_expires_ms = a.token_expires_ms;
+            s.user_id = a.user_id;
+        }
+        self.shared.save_state();
     }
 
     /// Ends this device's session (or every device's): the token stops working and

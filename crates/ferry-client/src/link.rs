@@ -232,6 +232,13 @@ async fn session(
     {
         let mut s = shared.state.lock();
         s.user_id = login.user_id;
+        s.token_expires_ms = login.token_expires_ms;
+        if !login.token.is_empty() {
+            // The server renewed a token past half its life; the old one is gone.
+            s.token = login.token.clone();
+            drop(s);
+            shared.save_state();
+        }
     }
     *shared.username.lock() = login.username.clone();
     shared.status.send_replace(Status::Connected);

@@ -10,6 +10,10 @@ pub struct DeviceState {
     pub device_id: String,
     /// Empty until the first auth.
     pub token: String,
+    /// When the token expires, unix ms (0: never or unknown). A long-link LOGIN renews a
+    /// token past half its life; an expired one is replaced by signing in again.
+    #[serde(default)]
+    pub token_expires_ms: i64,
     pub user_id: u64,
     /// The highest inbox seq applied on this device.
     pub synckey: u64,

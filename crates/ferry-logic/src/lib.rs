@@ -12,6 +12,7 @@ mod groups;
 mod media;
 mod presence;
 mod service;
+mod sessions;
 mod social;
 
 pub use auth::{hash_password, token_hash, verify_password, PasswordParams};

@@ -42,6 +42,9 @@ pub struct LogicConfig {
     /// Groups up to this size list who read a message; larger ones give a count.
     pub receipts_list_max: usize,
     pub password: PasswordParams,
+    /// A device token stops working this many seconds after it was issued (0: never).
+    /// A long-link LOGIN past half this age answers with a renewed token.
+    pub token_ttl_secs: u64,
     /// Media uploads and downloads.
     pub media: crate::media::MediaConfig,
 }
@@ -62,6 +65,7 @@ impl Default for LogicConfig {
             recall_window_secs: 120,
             receipts_list_max: 100,
             password: PasswordParams::default(),
+            token_ttl_secs: 30 * 86_400,
             media: crate::media::MediaConfig::default(),
         }
     }
@@ -197,6 +201,8 @@ impl Logic {
         match u8::try_from(c).unwrap_or(0) {
             cmd::REGISTER => self.register(req).await,
             cmd::AUTH => self.auth(req).await,
+            cmd::AUTH_REFRESH => self.auth_refresh(req).await,
+            cmd::PASSWORD_CHANGE => self.password_change(req).await,
             cmd::LOGIN => self.login(req).await,
             cmd::SEND => self.send(req).await,
             cmd::SYNC => self.sync(req).await,
@@ -285,9 +291,7 @@ impl Logic {
         if !good {
             return Err(LogicError::BadCredentials);
         }
-        let token = auth::new_token();
-        let hash = auth::token_hash(&token);
-        self.store.put_session(hash, user.id, &r.device_id).await?;
+        let (token, token_expires_ms) = self.issue_token(user.id, &r.device_id).await?;
         let latest_seq = self.store.latest_seq(user.id).await?;
         Ok(ok(
             req.cmd,
@@ -295,6 +299,7 @@ impl Logic {
                 user_id: user.id,
                 token,
                 latest_seq,
+                token_expires_ms,
             },
         ))
     }
@@ -302,14 +307,7 @@ impl Logic {
     /// The session behind a token. Always read from the store, never cached, so a
     /// logout or a re-auth takes effect at once on every logic node.
     async fn session(&self, token: &str) -> Result<DeviceSession, LogicError> {
-        if token.is_empty() {
-            return Err(LogicError::Unauthorized);
-        }
-        let s = self
-            .store
-            .session(auth::token_hash(token))
-            .await?
-            .ok_or(LogicError::Unauthorized)?;
+        let s = self.session_row(token).await?;
         Ok(DeviceSession {
             user_id: s.user_id,
             device_id: s.device_id.into(),
@@ -358,7 +356,12 @@ impl Logic {
 
     async fn login(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let r = v1::LoginReq::decode(req.body.clone())?;
-        let s = self.session(&r.token).await?;
+        let s = self.session_row(&r.token).await?;
+        let (token, token_expires_ms) = self.renew_if_old(&s).await?;
+        let s = DeviceSession {
+            user_id: s.user_id,
+            device_id: s.device_id.into(),
+        };
         let username = self.user_name(s.user_id).await?;
         let latest_seq = self.store.latest_seq(s.user_id).await?;
         self.record_synckey(s.user_id, &s.device_id, r.synckey);
@@ -370,6 +373,8 @@ impl Logic {
                 latest_seq,
                 heartbeat_secs: self.cfg.heartbeat_secs,
                 server_time_ms: now_ms(),
+                token,
+                token_expires_ms,
             },
         );
         resp.user_id = s.user_id;

@@ -88,6 +88,10 @@ pub const MEDIA_STATUS: u8 = 0x2E;
 pub const MEDIA_FINISH: u8 = 0x2F;
 /// `GET /v1/media/{media_id}` (with `Range`).
 pub const MEDIA_GET: u8 = 0x30;
+/// `POST /v1/auth/refresh`: a new token for the caller's device (`AuthResp`).
+pub const AUTH_REFRESH: u8 = 0x38;
+/// `POST /v1/password`: change the password, revoking every session (`AuthResp`).
+pub const PASSWORD_CHANGE: u8 = 0x39;
 
 /// Server push: the inbox grew (`Notify`).
 pub const NOTIFY: u8 = 0x40;
@@ -113,6 +117,8 @@ pub const fn response(cmd: u8) -> u8 {
 pub const SHORT_LINK: &[(&str, u8)] = &[
     ("register", REGISTER),
     ("auth", AUTH),
+    ("auth/refresh", AUTH_REFRESH),
+    ("password", PASSWORD_CHANGE),
     ("newsync", SYNC),
     ("logout", LOGOUT),
     ("user/find", FIND_USER),

@@ -64,6 +64,21 @@ pub async fn users_and_sessions(store: Arc<dyn Store>) {
     assert!(store.delete_session([2; 32]).await.unwrap());
     assert!(!store.delete_session([2; 32]).await.unwrap());
     assert!(store.session([2; 32]).await.unwrap().is_none());
+    // A password change replaces the hash and ends every session of the user only.
+    store.put_session([4; 32], a, "laptop").await.unwrap();
+    store.put_session([5; 32], b, "phone").await.unwrap();
+    let mut ended = store.set_password(a, "hash-a2").await.unwrap();
+    ended.sort();
+    assert_eq!(ended, ["laptop", "phone"]);
+    assert!(store.session([3; 32]).await.unwrap().is_none());
+    assert!(store.session([4; 32]).await.unwrap().is_none());
+    assert!(store.session([5; 32]).await.unwrap().is_some());
+    let u = store.user_by_id(a).await.unwrap().unwrap();
+    assert_eq!(u.password_hash, "hash-a2");
+    assert!(matches!(
+        store.set_password(999_999, "x").await,
+        Err(StoreError::NotFound)
+    ));
 }
 
 pub async fn messages_and_inbox(store: Arc<dyn Store>) {

@@ -256,6 +256,10 @@ pub trait Store: Send + Sync + 'static {
     async fn session(&self, token_hash: [u8; 32]) -> Result<Option<Session>>;
     /// Deletes one session; true when it existed.
     async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool>;
+    /// Replaces a user's password hash and ends every session of the user, in one
+    /// transaction (a password change revokes every token). Returns the device ids that
+    /// had a session.
+    async fn set_password(&self, user_id: u64, password_hash: &str) -> Result<Vec<String>>;
 
     /// Makes a message durable in both inboxes (idempotent on the sender and
     /// `client_msg_id`). Returns once the write is on disk.

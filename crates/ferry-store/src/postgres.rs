@@ -641,6 +641,31 @@ impl Store for PgStore {
         self.pg_delete_user_sessions(user_id).await
     }
 
+    async fn set_password(&self, user_id: u64, password_hash: &str) -> Result<Vec<String>> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await?;
+        let n = txn
+            .execute(
+                "UPDATE users SET password_hash = $1 WHERE id = $2",
+                &[&password_hash, &(user_id as i64)],
+            )
+            .await?;
+        if n == 0 {
+            return Err(StoreError::NotFound);
+        }
+        let devices = txn
+            .query(
+                "DELETE FROM sessions WHERE user_id = $1 RETURNING device_id",
+                &[&(user_id as i64)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        txn.commit().await?;
+        Ok(devices)
+    }
+
     async fn append_events(&self, events: Vec<NewEvent>) -> Result<Vec<u64>> {
         self.pg_append_events(events).await
     }

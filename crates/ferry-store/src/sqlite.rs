@@ -712,6 +712,20 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn set_password(&self, user_id: u64, password_hash: &str) -> Result<Vec<String>> {
+        let hash = password_hash.to_owned();
+        self.write(move |txn, _| {
+            let n = txn
+                .prepare_cached("UPDATE users SET password_hash = ?1 WHERE id = ?2")?
+                .execute(params![hash, user_id as i64])?;
+            if n == 0 {
+                return Err(StoreError::NotFound);
+            }
+            social::delete_user_sessions(txn, user_id)
+        })
+        .await
+    }
+
     async fn append_events(&self, events: Vec<NewEvent>) -> Result<Vec<u64>> {
         self.write(move |txn, state| social::append_events(txn, state, &events))
             .await
