@@ -106,10 +106,10 @@ async fn short_link(
     let Some(c) = cmd::by_path(&path) else {
         return error(ErrorCode::UnknownCommand, "no such method");
     };
-    let limit = if cmd::UPLOADS.contains(&c) {
-        gw.cfg.max_upload_bytes
-    } else {
-        gw.cfg.max_http_body_bytes
+    let limit = match gw.cfg.body_limits.get(path.as_str()) {
+        Some(n) => *n,
+        None if cmd::UPLOADS.contains(&c) => gw.cfg.max_upload_bytes,
+        None => gw.cfg.max_http_body_bytes,
     };
     let body = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
@@ -176,11 +176,17 @@ fn request_base(gw: &Gateway, peer: Option<Extension<Peer>>, headers: &HeaderMap
 async fn forward(gw: &Gateway, req: BusRequest) -> Response {
     match gw.bus.request(req).await {
         Ok(resp) if resp.cmd == u32::from(cmd::ERROR) => {
-            let code = v1::Error::decode(resp.body.clone())
-                .ok()
-                .and_then(|e| ErrorCode::try_from(e.code).ok())
-                .unwrap_or(ErrorCode::Internal);
-            protobuf(status_for(code), resp.body)
+            let e = v1::Error::decode(resp.body.clone()).unwrap_or_default();
+            let code = ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal);
+            let mut r = protobuf(status_for(code), resp.body);
+            if e.retry_after_ms > 0 {
+                // Whole seconds, rounded up: never earlier than the server asked.
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(e.retry_after_ms.div_ceil(1000)),
+                );
+            }
+            r
         }
         Ok(resp) if resp.not_modified => {
             let mut r = StatusCode::NOT_MODIFIED.into_response();

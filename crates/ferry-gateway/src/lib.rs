@@ -6,6 +6,7 @@
 //! It must not know what a message, a friend or a group is, and it keeps nothing that
 //! matters: restart it at any time, its clients reconnect and sync, and nothing is lost.
 
+mod guard;
 pub mod http;
 mod link;
 mod registry;
@@ -45,6 +46,13 @@ pub struct GatewayConfig {
     pub outbox_frames: usize,
     /// On shutdown, how long links get to drain before they are cut.
     pub shutdown_grace_ms: u64,
+    /// Connections one client IP may hold at once (0: no limit). Carrier NAT puts many
+    /// phones behind one address, so keep it high; it stops one host from taking every
+    /// socket.
+    pub max_connections_per_ip: usize,
+    /// Short-link body limits per method (`"auth" = 4096`), overriding
+    /// `max_http_body_bytes` / `max_upload_bytes` for that method.
+    pub body_limits: std::collections::BTreeMap<String, usize>,
 }
 
 impl Default for GatewayConfig {
@@ -59,6 +67,17 @@ impl Default for GatewayConfig {
             max_connections: 1_000_000,
             outbox_frames: 512,
             shutdown_grace_ms: 5_000,
+            max_connections_per_ip: 10_000,
+            body_limits: [
+                ("register", 4096),
+                ("auth", 4096),
+                ("auth/refresh", 1024),
+                ("password", 4096),
+                ("logout", 1024),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
         }
     }
 }
@@ -74,11 +93,15 @@ pub struct Stats {
     pub timeouts: AtomicU64,
     pub slow_consumers: AtomicU64,
     pub http_requests: AtomicU64,
+    /// Connections refused by a limit (connections per IP).
+    pub refused: AtomicU64,
 }
 
 /// A gateway: serve it on any number of listeners with [`Gateway::serve`].
 pub struct Gateway {
     cfg: GatewayConfig,
+    /// Live connections per client IP (`cfg.max_connections_per_ip`).
+    ip_conns: Arc<guard::IpConns>,
     bus: Arc<dyn Bus>,
     registry: Arc<Registry>,
     next_conn: AtomicU64,
@@ -98,6 +121,7 @@ impl Gateway {
         let registry = Arc::new(Registry::new(cfg.outbox_frames, stats.clone()));
         bus.attach_gateway(&cfg.id, registry.clone());
         Arc::new(Gateway {
+            ip_conns: Default::default(),
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
             cfg,
             bus,
@@ -195,6 +219,19 @@ impl Gateway {
                 return;
             }
         }
+        let ip = peer.parse::<std::net::SocketAddr>().map(|a| a.ip());
+        let _slot = match ip {
+            Ok(ip) => match self.ip_conns.admit(ip, self.cfg.max_connections_per_ip) {
+                Some(slot) => Some(slot),
+                None => {
+                    self.stats.refused.fetch_add(1, Ordering::Relaxed);
+                    guard::refuse(stream, first[0], "too many connections from your address")
+                        .await;
+                    return;
+                }
+            },
+            Err(_) => None,
+        };
         match sniff(first[0]) {
             Protocol::Frame => link::run(self, stream, peer).await,
             Protocol::Http => http::serve(self, stream, peer).await,

@@ -36,6 +36,12 @@ pub enum LogicError {
     /// Not ready yet (media still uploading): the client should retry after the delay.
     #[error("{0}")]
     NotReady(String, u32),
+    /// A rate limit: the client may try again after the delay (ms).
+    #[error("{0}")]
+    RateLimited(String, u32),
+    /// Shed by admission control: the server is overloaded; retry after the delay (ms).
+    #[error("server overloaded; retry later")]
+    Overloaded(u32),
 }
 
 impl From<prost::DecodeError> for LogicError {
@@ -61,6 +67,8 @@ impl LogicError {
             }
             LogicError::ChecksumMismatch(_) => ErrorCode::ChecksumMismatch,
             LogicError::Unavailable(_) | LogicError::NotReady(..) => ErrorCode::Unavailable,
+            LogicError::RateLimited(..) => ErrorCode::RateLimited,
+            LogicError::Overloaded(_) => ErrorCode::Unavailable,
             LogicError::Store(StoreError::UserExists) => ErrorCode::UserExists,
             LogicError::Store(StoreError::Closed) => ErrorCode::Unavailable,
             LogicError::Store(_) | LogicError::Internal(_) => ErrorCode::Internal,
@@ -76,7 +84,9 @@ impl LogicError {
             _ => self.to_string(),
         };
         let retry_after_ms = match self {
-            LogicError::NotReady(_, ms) => *ms,
+            LogicError::NotReady(_, ms)
+            | LogicError::RateLimited(_, ms)
+            | LogicError::Overloaded(ms) => *ms,
             _ => 0,
         };
         v1::Error {

@@ -6,16 +6,20 @@
 //! of copies may run. It must not touch sockets or frames: it sees commands and protobuf
 //! bodies, never connections.
 
+pub mod admission;
 mod auth;
 mod error;
 mod groups;
+pub mod limits;
 mod media;
 mod presence;
 mod service;
+mod sessions;
 mod sessions;
 mod social;
 
 pub use auth::{hash_password, token_hash, verify_password, PasswordParams};
 pub use error::LogicError;
+pub use limits::{LimitsConfig, Rate};
 pub use media::{sniff, MediaConfig};
 pub use service::{Logic, LogicConfig};

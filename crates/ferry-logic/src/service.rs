@@ -45,6 +45,10 @@ pub struct LogicConfig {
     /// A device token stops working this many seconds after it was issued (0: never).
     /// A long-link LOGIN past half this age answers with a renewed token.
     pub token_ttl_secs: u64,
+    /// Rate limits on password attempts, registrations, logins and sends.
+    pub limits: crate::limits::LimitsConfig,
+    /// Overload control: how many requests at once, and who is shed first.
+    pub admission: crate::admission::AdmissionConfig,
     /// Media uploads and downloads.
     pub media: crate::media::MediaConfig,
 }
@@ -66,6 +70,8 @@ impl Default for LogicConfig {
             receipts_list_max: 100,
             password: PasswordParams::default(),
             token_ttl_secs: 30 * 86_400,
+            limits: crate::limits::LimitsConfig::default(),
+            admission: crate::admission::AdmissionConfig::default(),
             media: crate::media::MediaConfig::default(),
         }
     }
@@ -91,6 +97,10 @@ pub struct Logic {
     pub(crate) group_members: crate::groups::MemberCache,
     /// The newest moment id this node gave out (ids are time-ordered).
     pub(crate) moment_clock: std::sync::atomic::AtomicU64,
+    /// Token buckets for the rate limits (`cfg.limits`).
+    pub(crate) limits: crate::limits::Limits,
+    /// Priority admission (`cfg.admission`): sheds new sessions before connected users.
+    pub admission: crate::admission::Admission,
     /// The last synckey recorded per device, so unchanged ones are not rewritten.
     synckeys: DashMap<(u64, Arc<str>), u64>,
     /// Where media lives; set once with [`Logic::set_media_store`].
@@ -129,6 +139,8 @@ pub(crate) fn ok<M: ProtoMessage>(req_cmd: u32, msg: &M) -> BusResponse {
 impl Logic {
     pub fn new(cfg: LogicConfig, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Arc<Self> {
         Arc::new(Logic {
+            limits: crate::limits::Limits::new(&cfg.limits),
+            admission: crate::admission::Admission::new(cfg.admission.clone()),
             cfg,
             store,
             bus,
@@ -203,6 +215,8 @@ impl Logic {
             cmd::AUTH => self.auth(req).await,
             cmd::AUTH_REFRESH => self.auth_refresh(req).await,
             cmd::PASSWORD_CHANGE => self.password_change(req).await,
+            cmd::AUTH_REFRESH => self.auth_refresh(req).await,
+            cmd::PASSWORD_CHANGE => self.password_change(req).await,
             cmd::LOGIN => self.login(req).await,
             cmd::SEND => self.send(req).await,
             cmd::SYNC => self.sync(req).await,
@@ -246,6 +260,7 @@ impl Logic {
 
     async fn register(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let r = v1::RegisterReq::decode(req.body.clone())?;
+        self.limit_ip(&self.limits.register_per_ip, req, "registrations")?;
         if !valid_username(&r.username) {
             return Err(LogicError::InvalidArgument(
                 "user name must be 1-32 characters of A-Z a-z 0-9 _ . -".into(),
@@ -274,6 +289,8 @@ impl Logic {
 
     async fn auth(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let r = v1::AuthReq::decode(req.body.clone())?;
+        self.limit_ip(&self.limits.auth_per_ip, req, "sign-in attempts")?;
+        self.limit_password(&r.username)?;
         if r.device_id.is_empty() || r.device_id.len() > 64 {
             return Err(LogicError::InvalidArgument(
                 "device_id must be 1-64 bytes".into(),
@@ -356,6 +373,7 @@ impl Logic {
 
     async fn login(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let r = v1::LoginReq::decode(req.body.clone())?;
+        self.limit_ip(&self.limits.login_per_ip, req, "logins")?;
         let s = self.session_row(&r.token).await?;
         let (token, token_expires_ms) = self.renew_if_old(&s).await?;
         let s = DeviceSession {
@@ -386,6 +404,13 @@ impl Logic {
     async fn send(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let started = std::time::Instant::now();
         let me = self.caller(req).await?;
+        if let Err(ms) = self.limits.sends_per_user.check(&me.user_id) {
+            metrics::counter!("ferry_rate_limited_total", "limit" => "sends").increment(1);
+            return Err(LogicError::RateLimited(
+                "too many messages; slow down".into(),
+                ms,
+            ));
+        }
         let r = v1::SendMsg::decode(req.body.clone())?;
         if r.text.len() > self.cfg.max_text_bytes {
             return Err(LogicError::TooLarge(format!(
@@ -680,7 +705,15 @@ impl Handler for Logic {
     async fn handle(&self, req: BusRequest) -> BusResponse {
         let started = std::time::Instant::now();
         let name = cmd::name(req.cmd as u8);
-        let resp = match self.dispatch(&req).await {
+        let admitted = self
+            .admission
+            .admit(crate::admission::Class::of(&req))
+            .await;
+        let outcome = match admitted {
+            Ok(_slot) => self.dispatch(&req).await,
+            Err(ms) => Err(LogicError::Overloaded(ms)),
+        };
+        let resp = match outcome {
             Ok(resp) => resp,
             Err(e) => {
                 metrics::counter!("ferry_errors_total", "cmd" => name, "code" => e.code().as_str_name())
@@ -688,7 +721,7 @@ impl Handler for Logic {
                 match e.code() {
                     // Media still uploading is an expected wait, not a failure.
                     v1::ErrorCode::Internal | v1::ErrorCode::Unavailable
-                        if !matches!(e, LogicError::NotReady(..)) =>
+                        if !matches!(e, LogicError::NotReady(..) | LogicError::Overloaded(_)) =>
                     {
                         tracing::error!(cmd = cmd::name(req.cmd as u8), error = %e, "request failed")
                     }

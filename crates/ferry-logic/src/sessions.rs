@@ -13,6 +13,33 @@ use crate::error::LogicError;
 use crate::service::{now_ms, ok, Logic};
 
 impl Logic {
+    /// Refuses a request from an address over `limit` (`what` names it for the client).
+    pub(crate) fn limit_ip(
+        &self,
+        limit: &crate::limits::Limiter<std::net::IpAddr>,
+        req: &BusRequest,
+        what: &str,
+    ) -> Result<(), LogicError> {
+        let Some(ip) = crate::limits::peer_ip(&req.peer) else {
+            return Ok(());
+        };
+        limit.check(&ip).map_err(|ms| {
+            metrics::counter!("ferry_rate_limited_total", "limit" => "ip").increment(1);
+            LogicError::RateLimited(format!("too many {what} from your address"), ms)
+        })
+    }
+
+    /// Refuses a password attempt on an account over its limit.
+    pub(crate) fn limit_password(&self, username: &str) -> Result<(), LogicError> {
+        self.limits
+            .auth_per_user
+            .check(&username.to_owned())
+            .map_err(|ms| {
+                metrics::counter!("ferry_rate_limited_total", "limit" => "password").increment(1);
+                LogicError::RateLimited("too many sign-in attempts for this user".into(), ms)
+            })
+    }
+
     /// When a token issued at `created_ms` expires (0: never).
     pub(crate) fn token_expiry(&self, created_ms: i64) -> i64 {
         match self.config().token_ttl_secs {
@@ -103,6 +130,7 @@ impl Logic {
     ) -> Result<BusResponse, LogicError> {
         let r = v1::PasswordChangeReq::decode(req.body.clone())?;
         let me = self.caller(req).await?;
+        self.limit_password(&self.user_name(me.user_id).await?)?;
         if !(8..=1024).contains(&r.new_password.len()) {
             return Err(LogicError::InvalidArgument(
                 "password must be 8-1024 bytes".into(),

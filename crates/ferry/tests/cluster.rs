@@ -227,10 +227,16 @@ impl Cluster {
                 r#"listen = ["127.0.0.1:0"]
 [logic]
 open_messaging = true
+[logic.limits]
+sends_per_user = {{ per_sec = 0.0, burst = 0.0 }}
+login_per_ip = {{ per_sec = 0.0, burst = 0.0 }}
+auth_per_ip = {{ per_sec = 0.0, burst = 0.0 }}
+register_per_ip = {{ per_sec = 0.0, burst = 0.0 }}
 [logic.password]
 memory_kib = 64
 iterations = 1
 [gateway]
+max_connections_per_ip = 0
 login_timeout_ms = 2000
 heartbeat_timeout_ms = 5000
 shutdown_grace_ms = 1000

@@ -17,7 +17,7 @@ impl ServerProcess {
         let cfg = data.join("test.toml");
         std::fs::write(
             &cfg,
-            "[logic]\nopen_messaging = true\n[logic.password]\nmemory_kib = 64\niterations = 1\n[gateway]\nshutdown_grace_ms = 500\n",
+            "[logic]\nopen_messaging = true\n[logic.limits]\nsends_per_user = { per_sec = 0.0, burst = 0.0 }\n[logic.password]\nmemory_kib = 64\niterations = 1\n[gateway]\nshutdown_grace_ms = 500\n",
         )
         .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))

@@ -28,7 +28,13 @@ impl OwnServer {
         let config = dir.path().join("ferry.toml");
         let text = format!(
             "durability = {durability:?}\n\
+             [gateway]\nmax_connections_per_ip = 0\n\
              [logic]\nopen_messaging = true\n\
+             [logic.limits]\nauth_per_user = {{ per_sec = 0.0, burst = 0.0 }}\n\
+             auth_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
+             register_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
+             login_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
+             sends_per_user = {{ per_sec = 0.0, burst = 0.0 }}\n\
              [logic.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n"
         );
         std::fs::write(&config, text)?;

@@ -32,6 +32,10 @@ pub fn test_config(data: &std::path::Path) -> Config {
     cfg.gateway.login_timeout_ms = 2_000;
     cfg.gateway.heartbeat_timeout_ms = 5_000;
     cfg.gateway.shutdown_grace_ms = 1_000;
+    // Every test client comes from 127.0.0.1: the per-user and per-IP limits have their
+    // own tests (tests/limits.rs) and stay out of the others' way.
+    cfg.logic.limits = ferry_logic::LimitsConfig::unlimited();
+    cfg.gateway.max_connections_per_ip = 0;
     cfg
 }
 
