@@ -21,6 +21,11 @@ pub const RECALL: u8 = 0x06;
 pub const READ: u8 = 0x07;
 /// Typing indicator (`Typing` → `Empty`); never stored.
 pub const TYPING: u8 = 0x08;
+/// Encrypted link: the Noise IK handshake carrying LOGIN (`HELLO | 0x80` answers it).
+/// See [`crate::secure`].
+pub const HELLO: u8 = 0x09;
+/// Encrypted link: a sealed record of the plain frame stream (request id 0).
+pub const SEALED: u8 = 0x0A;
 
 /// Short-link only: `POST /v1/register`.
 pub const REGISTER: u8 = 0x10;
@@ -92,6 +97,10 @@ pub const MEDIA_GET: u8 = 0x30;
 pub const AUTH_REFRESH: u8 = 0x38;
 /// `POST /v1/password`: change the password, revoking every session (`AuthResp`).
 pub const PASSWORD_CHANGE: u8 = 0x39;
+/// `POST /v1/auth/refresh`: a new token for the caller's device (`AuthResp`).
+pub const AUTH_REFRESH: u8 = 0x38;
+/// `POST /v1/password`: change the password, revoking every session (`AuthResp`).
+pub const PASSWORD_CHANGE: u8 = 0x39;
 
 /// Server push: the inbox grew (`Notify`).
 pub const NOTIFY: u8 = 0x40;
@@ -117,6 +126,8 @@ pub const fn response(cmd: u8) -> u8 {
 pub const SHORT_LINK: &[(&str, u8)] = &[
     ("register", REGISTER),
     ("auth", AUTH),
+    ("auth/refresh", AUTH_REFRESH),
+    ("password", PASSWORD_CHANGE),
     ("auth/refresh", AUTH_REFRESH),
     ("password", PASSWORD_CHANGE),
     ("newsync", SYNC),

@@ -1,0 +1,458 @@
+//! The encrypted long link: a Noise IK handshake that carries the LOGIN, then sealed
+//! records over the ordinary frame codec.
+//!
+//! ```text
+//! client                                            server
+//!   HELLO frame (cmd 0x09): Noise IK message 1  ──▶  e, es, s, ss + encrypted LOGIN frame
+//!   ◀──  HELLO|0x80 frame: Noise IK message 2        e, ee, se + encrypted login answer
+//!   SEALED frames (cmd 0x0A) both ways: AEAD(ChaCha20-Poly1305) of the plain frame stream
+//! ```
+//!
+//! One round trip after TCP connect both sets up the keys and logs in: the client knows
+//! the server's static key (pinned), so its first message is already encrypted to it and
+//! carries the LOGIN; the answer rides in the second message. Everything after the
+//! handshake has forward secrecy (ephemeral-ephemeral DH). The server's answer to a
+//! LOGIN is encrypted to the client's ephemeral key, so only the client that sent it can
+//! read it; the LOGIN itself is protected from everyone but the server (and, as in every
+//! 0-RTT design, may be replayed: a replayed LOGIN gets a link the replayer cannot read).
+//!
+//! Sealed records are ordinary frames (`cmd` [`SEALED`], request id 0) whose body is one
+//! Noise transport message: a chunk of the plain frame stream, at most
+//! [`MAX_RECORD_PLAIN`] bytes, plus a 16-byte tag. Nonces are implicit counters, so a
+//! replayed, reordered, dropped or altered record fails to open and the link must close.
+//! A [`Channel`] holds only the two cipher keys and counters; the caller keeps no buffer
+//! while idle (the same rule as the plain link).
+//!
+//! Pure: no I/O. Bad input is an error value, never a panic.
+
+use bytes::BytesMut;
+
+use crate::frame::{encode_raw, Frame, FrameError, HEADER_LEN};
+
+pub use crate::cmd::{HELLO, SEALED};
+/// The Noise protocol name.
+pub const NOISE: &str = "Noise_IK_25519_ChaChaPoly_BLAKE2s";
+/// Bytes of a Noise message at most.
+const NOISE_MAX: usize = 65_535;
+/// AEAD tag bytes.
+pub const TAG_LEN: usize = 16;
+/// Plain bytes per sealed record at most.
+pub const MAX_RECORD_PLAIN: usize = NOISE_MAX - TAG_LEN;
+/// Static key length (X25519).
+pub const KEY_LEN: usize = 32;
+
+/// Why a handshake or a record failed. Every one of them closes the link.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SecureError {
+    #[error("handshake failed (wrong server key, or altered bytes)")]
+    Handshake,
+    #[error("a record failed to open (altered, replayed or out of order)")]
+    Decrypt,
+    #[error("expected a {expected:#04x} frame, got {got:#04x}")]
+    UnexpectedFrame { expected: u8, got: u8 },
+    #[error("payload of {0} bytes is too large for a handshake message")]
+    TooLarge(usize),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("noise: {0}")]
+    Noise(String),
+}
+
+fn params() -> snow::params::NoiseParams {
+    // A constant that parses; checked by the tests.
+    NOISE
+        .parse()
+        .unwrap_or_else(|_| unreachable!("the Noise name is valid"))
+}
+
+/// A server's static key pair.
+#[derive(Clone)]
+pub struct StaticKey {
+    pub private: [u8; KEY_LEN],
+    pub public: [u8; KEY_LEN],
+}
+
+impl std::fmt::Debug for StaticKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StaticKey(public {})", hex::encode(self.public))
+    }
+}
+
+impl StaticKey {
+    /// A fresh random key pair.
+    pub fn generate() -> Result<StaticKey, SecureError> {
+        let kp = snow::Builder::new(params())
+            .generate_keypair()
+            .map_err(|e| SecureError::Noise(e.to_string()))?;
+        Self::from_private(&kp.private)
+    }
+
+    /// The pair for a stored private key.
+    pub fn from_private(private: &[u8]) -> Result<StaticKey, SecureError> {
+        let private: [u8; KEY_LEN] = private
+            .try_into()
+            .map_err(|_| SecureError::Noise("a private key is 32 bytes".into()))?;
+        let public = x25519_public(&private);
+        Ok(StaticKey { private, public })
+    }
+}
+
+/// X25519 public key of a private key, with the same implementation snow uses.
+fn x25519_public(private: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
+    use snow::resolvers::{CryptoResolver, DefaultResolver};
+    use snow::types::Dh;
+    let mut dh: Box<dyn Dh> = DefaultResolver
+        .resolve_dh(&snow::params::DHChoice::Curve25519)
+        .unwrap_or_else(|| unreachable!("the default resolver has X25519"));
+    dh.set(private);
+    let mut public = [0u8; KEY_LEN];
+    public.copy_from_slice(dh.pubkey());
+    public
+}
+
+/// An established channel: seals outgoing plain bytes, opens incoming records.
+pub struct Channel {
+    transport: snow::TransportState,
+}
+
+impl std::fmt::Debug for Channel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Channel")
+    }
+}
+
+impl Channel {
+    /// Appends `plain` (any number of encoded frames) to `out` as sealed records.
+    pub fn seal(&mut self, plain: &[u8], out: &mut BytesMut) -> Result<(), SecureError> {
+        let mut buf = vec![0u8; plain.len().min(MAX_RECORD_PLAIN) + TAG_LEN];
+        for chunk in plain.chunks(MAX_RECORD_PLAIN) {
+            let n = self
+                .transport
+                .write_message(chunk, &mut buf)
+                .map_err(|e| SecureError::Noise(e.to_string()))?;
+            encode_raw(SEALED, 0, &buf[..n], out);
+        }
+        Ok(())
+    }
+
+    /// Takes every whole sealed record off the front of `wire` and appends its plain
+    /// bytes to `plain`. A partial record stays in `wire`. Any failure is fatal for the
+    /// link: the counters can no longer agree.
+    pub fn open(&mut self, wire: &mut BytesMut, plain: &mut BytesMut) -> Result<(), SecureError> {
+        let mut buf = Vec::new();
+        while let Some(f) = Frame::parse(wire, NOISE_MAX)? {
+            if f.cmd != SEALED {
+                return Err(SecureError::UnexpectedFrame {
+                    expected: SEALED,
+                    got: f.cmd,
+                });
+            }
+            if f.body.len() < TAG_LEN {
+                return Err(SecureError::Decrypt);
+            }
+            buf.resize(f.body.len(), 0);
+            let n = self
+                .transport
+                .read_message(&f.body, &mut buf)
+                .map_err(|_| SecureError::Decrypt)?;
+            plain.extend_from_slice(&buf[..n]);
+        }
+        Ok(())
+    }
+}
+
+/// The client's side of a handshake in flight.
+pub struct ClientHandshake {
+    state: snow::HandshakeState,
+}
+
+/// Starts a handshake to a server whose static public key is `server_public`, carrying
+/// `payload` (the encoded LOGIN frame) in the first message. Appends the HELLO frame to
+/// `out`.
+pub fn client_hello(
+    server_public: &[u8; KEY_LEN],
+    payload: &[u8],
+    out: &mut BytesMut,
+) -> Result<ClientHandshake, SecureError> {
+    // The client's static key is throw-away: the server authenticates it by the token in
+    // the LOGIN, not by the key. IK needs one, and a fresh one links no two sessions.
+    let builder = snow::Builder::new(params());
+    let kp = builder
+        .generate_keypair()
+        .map_err(|e| SecureError::Noise(e.to_string()))?;
+    let mut state = snow::Builder::new(params())
+        .local_private_key(&kp.private)
+        .and_then(|b| b.remote_public_key(server_public))
+        .and_then(|b| b.build_initiator())
+        .map_err(|e| SecureError::Noise(e.to_string()))?;
+    let mut msg = vec![0u8; NOISE_MAX];
+    let n = state
+        .write_message(payload, &mut msg)
+        .map_err(|_| SecureError::TooLarge(payload.len()))?;
+    encode_raw(HELLO, 0, &msg[..n], out);
+    Ok(ClientHandshake { state })
+}
+
+impl ClientHandshake {
+    /// Reads the server's HELLO answer: the channel and the payload (the login answer).
+    pub fn finish(mut self, answer: &Frame) -> Result<(Channel, Vec<u8>), SecureError> {
+        if answer.cmd != HELLO | 0x80 {
+            return Err(SecureError::UnexpectedFrame {
+                expected: HELLO | 0x80,
+                got: answer.cmd,
+            });
+        }
+        let mut payload = vec![0u8; answer.body.len()];
+        let n = self
+            .state
+            .read_message(&answer.body, &mut payload)
+            .map_err(|_| SecureError::Handshake)?;
+        payload.truncate(n);
+        let transport = self
+            .state
+            .into_transport_mode()
+            .map_err(|e| SecureError::Noise(e.to_string()))?;
+        Ok((Channel { transport }, payload))
+    }
+}
+
+/// The server's side of a handshake: the client's HELLO has been read.
+pub struct ServerHandshake {
+    state: snow::HandshakeState,
+}
+
+/// Reads a client's HELLO frame with the server's static key: the handshake to answer
+/// and the payload the client sent (its LOGIN frame).
+pub fn server_accept(
+    key: &StaticKey,
+    hello: &Frame,
+) -> Result<(ServerHandshake, Vec<u8>), SecureError> {
+    if hello.cmd != HELLO {
+        return Err(SecureError::UnexpectedFrame {
+            expected: HELLO,
+            got: hello.cmd,
+        });
+    }
+    let mut state = snow::Builder::new(params())
+        .local_private_key(&key.private)
+        .and_then(|b| b.build_responder())
+        .map_err(|e| SecureError::Noise(e.to_string()))?;
+    let mut payload = vec![0u8; hello.body.len()];
+    let n = state
+        .read_message(&hello.body, &mut payload)
+        .map_err(|_| SecureError::Handshake)?;
+    payload.truncate(n);
+    Ok((ServerHandshake { state }, payload))
+}
+
+impl ServerHandshake {
+    /// Answers with `payload` (the encoded login answer) in the second message; appends
+    /// the HELLO answer frame to `out`.
+    pub fn respond(mut self, payload: &[u8], out: &mut BytesMut) -> Result<Channel, SecureError> {
+        let mut msg = vec![0u8; NOISE_MAX];
+        let n = self
+            .state
+            .write_message(payload, &mut msg)
+            .map_err(|_| SecureError::TooLarge(payload.len()))?;
+        encode_raw(HELLO | 0x80, 0, &msg[..n], out);
+        let transport = self
+            .state
+            .into_transport_mode()
+            .map_err(|e| SecureError::Noise(e.to_string()))?;
+        Ok(Channel { transport })
+    }
+}
+
+/// Bytes a HELLO adds around its payload: frame header, ephemeral and encrypted static
+/// keys, two tags.
+pub const HELLO_OVERHEAD: usize = HEADER_LEN + 32 + (32 + TAG_LEN) + TAG_LEN;
+/// Bytes a sealed record adds around its plain bytes.
+pub const RECORD_OVERHEAD: usize = HEADER_LEN + TAG_LEN;
+
+/// Takes one whole frame off `buf` (for reading the HELLO and its answer), like
+/// [`Frame::parse`] with the Noise message limit.
+pub fn parse_handshake(buf: &mut BytesMut) -> Result<Option<Frame>, SecureError> {
+    Ok(Frame::parse(buf, NOISE_MAX)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::encode_msg;
+    use crate::{cmd, v1, MAX_BODY_LEN};
+
+    fn login_frame() -> BytesMut {
+        let mut b = BytesMut::new();
+        let login = v1::LoginReq {
+            token: "t".repeat(64),
+            synckey: 7,
+            client_version: "test".into(),
+        };
+        encode_msg(cmd::LOGIN, 1, &login, &mut b);
+        b
+    }
+
+    /// A full handshake; returns both channels.
+    fn pair(key: &StaticKey) -> (Channel, Channel) {
+        let mut wire = BytesMut::new();
+        let login = login_frame();
+        let hs = client_hello(&key.public, &login, &mut wire).unwrap();
+        assert_eq!(wire.len(), login.len() + HELLO_OVERHEAD);
+        let hello = parse_handshake(&mut wire).unwrap().unwrap();
+        let (shs, got) = server_accept(key, &hello).unwrap();
+        assert_eq!(got, &login[..]);
+        let mut answer = BytesMut::new();
+        encode_raw(cmd::response(cmd::LOGIN), 1, b"welcome", &mut answer);
+        let mut wire = BytesMut::new();
+        let server = shs.respond(&answer, &mut wire).unwrap();
+        let f = parse_handshake(&mut wire).unwrap().unwrap();
+        let (client, payload) = hs.finish(&f).unwrap();
+        assert_eq!(payload, &answer[..]);
+        (client, server)
+    }
+
+    #[test]
+    fn one_round_trip_then_sealed_frames_both_ways() {
+        let key = StaticKey::generate().unwrap();
+        assert_eq!(
+            StaticKey::from_private(&key.private).unwrap().public,
+            key.public
+        );
+        let (mut c, mut s) = pair(&key);
+        // A "hello" message, sealed.
+        let mut plain = BytesMut::new();
+        let msg = v1::SendMsg {
+            client_msg_id: u64::from(u32::MAX),
+            to: "bob".into(),
+            text: "hello".into(),
+            ..Default::default()
+        };
+        encode_msg(cmd::SEND, 2, &msg, &mut plain);
+        let mut wire = BytesMut::new();
+        c.seal(&plain, &mut wire).unwrap();
+        assert_eq!(wire.len(), plain.len() + RECORD_OVERHEAD);
+        let mut got = BytesMut::new();
+        s.open(&mut wire, &mut got).unwrap();
+        assert_eq!(got, plain);
+        let f = Frame::parse(&mut got, MAX_BODY_LEN).unwrap().unwrap();
+        assert_eq!(f.decode::<v1::SendMsg>().unwrap(), msg);
+        // And back, a frame larger than one record, delivered byte by byte.
+        let big = vec![0xabu8; 200_000];
+        let mut plain = BytesMut::new();
+        encode_raw(cmd::response(cmd::SYNC), 2, &big, &mut plain);
+        let mut wire = BytesMut::new();
+        s.seal(&plain, &mut wire).unwrap();
+        let mut got = BytesMut::new();
+        let mut partial = BytesMut::new();
+        for b in wire.iter() {
+            partial.extend_from_slice(&[*b]);
+            c.open(&mut partial, &mut got).unwrap();
+        }
+        assert!(partial.is_empty());
+        assert_eq!(got, plain);
+    }
+
+    #[test]
+    fn a_wrong_server_key_fails_the_handshake() {
+        let real = StaticKey::generate().unwrap();
+        let other = StaticKey::generate().unwrap();
+        let mut wire = BytesMut::new();
+        client_hello(&other.public, &login_frame(), &mut wire).unwrap();
+        let hello = parse_handshake(&mut wire).unwrap().unwrap();
+        assert_eq!(
+            server_accept(&real, &hello).err(),
+            Some(SecureError::Handshake)
+        );
+    }
+
+    #[test]
+    fn altered_hello_and_answer_fail() {
+        let key = StaticKey::generate().unwrap();
+        let mut wire = BytesMut::new();
+        let hs = client_hello(&key.public, &login_frame(), &mut wire).unwrap();
+        let good = wire.clone();
+        for i in HEADER_LEN..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0x01;
+            let hello = parse_handshake(&mut bad).unwrap().unwrap();
+            assert!(server_accept(&key, &hello).is_err(), "byte {i}");
+        }
+        let hello = parse_handshake(&mut wire).unwrap().unwrap();
+        let (shs, _) = server_accept(&key, &hello).unwrap();
+        let mut wire = BytesMut::new();
+        shs.respond(b"answer", &mut wire).unwrap();
+        wire[HEADER_LEN + 40] ^= 0x80;
+        let f = parse_handshake(&mut wire).unwrap().unwrap();
+        assert_eq!(hs.finish(&f).err(), Some(SecureError::Handshake));
+    }
+
+    #[test]
+    fn tampered_replayed_and_reordered_records_fail() {
+        let key = StaticKey::generate().unwrap();
+        let (mut c, mut s) = pair(&key);
+        let mut r1 = BytesMut::new();
+        c.seal(b"first", &mut r1).unwrap();
+        let mut r2 = BytesMut::new();
+        c.seal(b"second", &mut r2).unwrap();
+
+        // Tampered.
+        let (_, mut s2) = {
+            let (c2, s2) = pair(&key);
+            (c2, s2)
+        };
+        let mut bad = r1.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(
+            s2.open(&mut bad, &mut BytesMut::new()),
+            Err(SecureError::Decrypt)
+        );
+
+        // Reordered: the second record first.
+        let (_, mut s3) = pair(&key);
+        assert_eq!(
+            s3.open(&mut r2.clone(), &mut BytesMut::new()),
+            Err(SecureError::Decrypt)
+        );
+
+        // In order, then a replay of the first.
+        let mut plain = BytesMut::new();
+        s.open(&mut r1.clone(), &mut plain).unwrap();
+        s.open(&mut r2, &mut plain).unwrap();
+        assert_eq!(&plain[..], b"firstsecond");
+        assert_eq!(
+            s.open(&mut r1, &mut BytesMut::new()),
+            Err(SecureError::Decrypt)
+        );
+
+        // A plain frame where a sealed one belongs.
+        let mut plain_frame = BytesMut::new();
+        encode_raw(cmd::SEND, 1, b"x", &mut plain_frame);
+        assert!(matches!(
+            s.open(&mut plain_frame, &mut BytesMut::new()),
+            Err(SecureError::UnexpectedFrame { .. })
+        ));
+        // Short garbage is an error, never a panic.
+        let mut short = BytesMut::new();
+        encode_raw(SEALED, 0, b"abc", &mut short);
+        assert_eq!(
+            s.open(&mut short, &mut BytesMut::new()),
+            Err(SecureError::Decrypt)
+        );
+    }
+
+    #[test]
+    fn forward_secrecy_keys_differ_per_session() {
+        // Two sessions with the same server key and the same LOGIN: the first session's
+        // channel cannot open the second one's records (fresh ephemeral keys each time).
+        let key = StaticKey::generate().unwrap();
+        let (mut c1, _) = pair(&key);
+        let (_, mut s2) = pair(&key);
+        let mut r = BytesMut::new();
+        c1.seal(b"secret", &mut r).unwrap();
+        assert_eq!(
+            s2.open(&mut r, &mut BytesMut::new()),
+            Err(SecureError::Decrypt)
+        );
+    }
+}
