@@ -8,6 +8,7 @@
 
 pub mod cmd;
 pub mod frame;
+pub mod sealed;
 pub mod secure;
 
 pub use frame::{sniff, Frame, FrameError, Protocol, HEADER_LEN, MAX_BODY_LEN};
