@@ -146,6 +146,21 @@ impl Account {
         data: Bytes,
         progress: Progress<'_>,
     ) -> Result<v1::MediaRef, ClientError> {
+        self.upload_media_with(media_id, chunk_size, data, UPLOAD_WINDOW, progress)
+            .await
+    }
+
+    /// [`Account::upload_media`] with `in_flight` chunk requests at once (at least 1,
+    /// at most [`UPLOAD_AHEAD`]); each is a request on a keep-alive connection of its own.
+    pub async fn upload_media_with(
+        &self,
+        media_id: &str,
+        chunk_size: u32,
+        data: Bytes,
+        in_flight: usize,
+        progress: Progress<'_>,
+    ) -> Result<v1::MediaRef, ClientError> {
+        let in_flight = in_flight.clamp(1, UPLOAD_AHEAD as usize);
         let size = data.len() as u64;
         let chunk = u64::from(chunk_size.max(1));
         let status = self.media_status(media_id).await?;
@@ -157,7 +172,7 @@ impl Account {
             let mut inflight = JoinSet::new();
             let mut pending = std::collections::BTreeSet::new();
             loop {
-                while inflight.len() < UPLOAD_WINDOW
+                while inflight.len() < in_flight
                     && next < size
                     && pending
                         .first()

@@ -1,12 +1,19 @@
 //! Media: chunked, resumable uploads (`media/create`, `media/chunk`, `media/status`,
 //! `media/finish`) and ranged downloads (`GET /v1/media/{id}`).
 //!
-//! Only the uploader may write an upload; only the uploader and the users (or the
-//! members of the groups) a message referencing the media was sent to may read it. The
-//! size and SHA-256 are verified and the type is sniffed from the bytes at finish; a
-//! refused finish leaves nothing stored.
+//! Only the uploader may write an upload; only the uploader, the users (or the members
+//! of the groups) a message referencing the media was sent to, and the audience of a
+//! moment showing it (the author and their friends) may read it. The size and SHA-256
+//! are verified and the type is sniffed from the bytes at finish; a refused finish
+//! leaves nothing stored. Uploads not finished within `upload_ttl_ms` are deleted by a
+//! periodic sweep.
+//!
+//! Chunks are the hot path: a chunk whose upload id and token were checked together a
+//! moment ago (the [`UploadCache`]) skips the session lookup and the metadata read.
 
 use std::io::Cursor;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_bus::{BusRequest, BusResponse};
@@ -38,6 +45,10 @@ pub struct MediaConfig {
     pub max_response_bytes: u32,
     /// What a download of media still uploading is told to wait.
     pub retry_after_ms: u32,
+    /// An upload not finished this long after it was created is deleted.
+    pub upload_ttl_ms: u64,
+    /// How often abandoned uploads are looked for.
+    pub sweep_interval_ms: u64,
 }
 
 impl Default for MediaConfig {
@@ -54,6 +65,8 @@ impl Default for MediaConfig {
             max_thumbnail_bytes: 512 * 1024,
             max_response_bytes: 768 * 1024,
             retry_after_ms: 500,
+            upload_ttl_ms: 24 * 3600 * 1000,
+            sweep_interval_ms: 10 * 60 * 1000,
         }
     }
 }
@@ -61,9 +74,60 @@ impl Default for MediaConfig {
 /// Bytes read from the start of an upload to sniff its type and image dimensions.
 const SNIFF_BYTES: usize = 256 * 1024;
 
+/// How long a checked (upload, token) pair is trusted before the session is looked up
+/// again, so a token revoked mid-upload stops working within this time.
+const HANDLE_TTL: Duration = Duration::from_secs(10);
+/// Cached pairs kept at most; beyond it, expired ones are dropped.
+const HANDLE_MAX: usize = 4096;
+
+/// What a chunk needs to know about its upload, once the caller was checked.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UploadHandle {
+    size: u64,
+    chunk_size: u32,
+    checked: Instant,
+}
+
+/// Uploads whose owner's token was checked recently, keyed by the upload id (128 random
+/// bits, known only to the uploader) and the token's hash: both must match.
+#[derive(Default)]
+pub(crate) struct UploadCache(dashmap::DashMap<(u128, [u8; 32]), UploadHandle>);
+
+impl UploadCache {
+    fn key(id: &str, token: &str) -> Option<(u128, [u8; 32])> {
+        if token.is_empty() || !valid_media_id(id) {
+            return None;
+        }
+        let id = u128::from_str_radix(id, 16).ok()?;
+        Some((id, crate::auth::token_hash(token)))
+    }
+
+    fn get(&self, key: &(u128, [u8; 32])) -> Option<UploadHandle> {
+        let h = *self.0.get(key)?;
+        (h.checked.elapsed() < HANDLE_TTL).then_some(h)
+    }
+
+    fn put(&self, key: (u128, [u8; 32]), h: UploadHandle) {
+        if self.0.len() >= HANDLE_MAX {
+            self.0.retain(|_, v| v.checked.elapsed() < HANDLE_TTL);
+        }
+        self.0.insert(key, h);
+    }
+
+    /// Forgets an upload (finished, refused or swept).
+    fn forget(&self, id: &str) {
+        if let Ok(id) = u128::from_str_radix(id, 16) {
+            self.0.retain(|k, _| k.0 != id);
+        }
+    }
+}
+
 fn store_err(e: StoreError) -> LogicError {
     match e {
         StoreError::NotFound => LogicError::NotFound("no such media".into()),
+        StoreError::Conflict => {
+            LogicError::InvalidArgument("the upload is being finished: no more chunks".into())
+        }
         e => e.into(),
     }
 }
@@ -247,28 +311,60 @@ impl Logic {
         ))
     }
 
-    pub(crate) async fn media_chunk(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
-        let me = self.caller(req).await?;
-        let r = v1::MediaChunkReq::decode(req.body.clone())?;
-        let meta = self.own_upload(me.user_id, &r.media_id).await?;
-        if meta.complete {
-            return Ok(ok(
-                req.cmd,
-                &v1::MediaChunkAck {
-                    next_offset: meta.size,
-                    size: meta.size,
-                    complete: true,
-                },
-            ));
+    /// The upload a chunk goes to, from the cache when this token was checked for it
+    /// lately; otherwise the caller and the upload are looked up (and cached).
+    async fn chunk_upload(
+        &self,
+        req: &BusRequest,
+        id: &str,
+    ) -> Result<Result<UploadHandle, MediaMeta>, LogicError> {
+        let key = if req.user_id == 0 {
+            UploadCache::key(id, &req.token)
+        } else {
+            None
+        };
+        if let Some(h) = key.as_ref().and_then(|k| self.uploads.get(k)) {
+            return Ok(Ok(h));
         }
-        let chunk = u64::from(meta.chunk_size);
-        if r.offset % chunk != 0 || r.offset >= meta.size {
+        let me = self.caller(req).await?;
+        let meta = self.own_upload(me.user_id, id).await?;
+        if meta.complete {
+            return Ok(Err(meta));
+        }
+        let h = UploadHandle {
+            size: meta.size,
+            chunk_size: meta.chunk_size,
+            checked: Instant::now(),
+        };
+        if let Some(k) = key {
+            self.uploads.put(k, h);
+        }
+        Ok(Ok(h))
+    }
+
+    pub(crate) async fn media_chunk(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let r = v1::MediaChunkReq::decode(req.body.clone())?;
+        let up = match self.chunk_upload(req, &r.media_id).await? {
+            Ok(h) => h,
+            Err(done) => {
+                return Ok(ok(
+                    req.cmd,
+                    &v1::MediaChunkAck {
+                        next_offset: done.size,
+                        size: done.size,
+                        complete: true,
+                    },
+                ))
+            }
+        };
+        let chunk = u64::from(up.chunk_size);
+        if r.offset % chunk != 0 || r.offset >= up.size {
             return Err(LogicError::InvalidArgument(format!(
                 "offset {} is not a chunk of this upload (chunks of {chunk} bytes, size {})",
-                r.offset, meta.size
+                r.offset, up.size
             )));
         }
-        let want = chunk.min(meta.size - r.offset);
+        let want = chunk.min(up.size - r.offset);
         if r.data.len() as u64 != want {
             return Err(LogicError::InvalidArgument(format!(
                 "the chunk at {} must be {want} bytes, not {}",
@@ -294,7 +390,7 @@ impl Logic {
             req.cmd,
             &v1::MediaChunkAck {
                 next_offset: next,
-                size: meta.size,
+                size: up.size,
                 complete: false,
             },
         ))
@@ -340,6 +436,7 @@ impl Logic {
                 .await
                 .map_err(store_err)?;
             let refuse = |e: LogicError| async {
+                self.uploads.forget(&r.media_id);
                 if let Err(d) = store.discard(&r.media_id).await {
                     tracing::warn!(error = %d, "discarding a refused upload failed");
                 }
@@ -371,6 +468,7 @@ impl Logic {
                 .commit(&r.media_id, content_type, w, h)
                 .await
                 .map_err(store_err)?;
+            self.uploads.forget(&r.media_id);
         }
         let meta = store
             .meta(&r.media_id)
@@ -416,12 +514,12 @@ impl Logic {
         if !m.thumb_id.is_empty() {
             self.own_upload(user, &m.thumb_id).await?;
             store
-                .grant(&m.thumb_id, users, groups)
+                .grant(&m.thumb_id, users, groups, &[])
                 .await
                 .map_err(store_err)?;
         }
         store
-            .grant(&m.media_id, users, groups)
+            .grant(&m.media_id, users, groups, &[])
             .await
             .map_err(store_err)?;
         m.kind = meta.kind;
@@ -435,6 +533,73 @@ impl Logic {
             (m.width, m.height) = (meta.width, meta.height);
         }
         Ok(Some(m))
+    }
+
+    /// Checks that every media of a moment is the author's own upload, and lets the
+    /// moment's audience read them (and their thumbnails). Called before the moment is
+    /// stored; a grant to a moment that was then not stored lets nobody in.
+    pub(crate) async fn attach_moment_media(
+        &self,
+        author: u64,
+        moment_id: u64,
+        media_ids: &[String],
+    ) -> Result<(), LogicError> {
+        if media_ids.is_empty() {
+            return Ok(());
+        }
+        let store = self.media()?;
+        let mut metas = Vec::with_capacity(media_ids.len());
+        for id in media_ids {
+            if !valid_media_id(id) {
+                return Err(LogicError::InvalidArgument(format!(
+                    "{id:?} is not a media id"
+                )));
+            }
+            metas.push(self.own_upload(author, id).await?);
+        }
+        for m in metas {
+            store
+                .grant(&m.id, &[], &[], &[moment_id])
+                .await
+                .map_err(store_err)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes uploads not finished within `upload_ttl_ms`, every `sweep_interval_ms`.
+    /// In a cluster every logic node sweeps; deleting twice is harmless.
+    pub(crate) fn start_media_sweep(self: &Arc<Self>) {
+        let c = &self.config().media;
+        if c.upload_ttl_ms == 0 || c.sweep_interval_ms == 0 {
+            return;
+        }
+        let every = Duration::from_millis(c.sweep_interval_ms);
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(me) = me.upgrade() else { break };
+                let Some(store) = me.media_store() else {
+                    continue;
+                };
+                let ttl = i64::try_from(me.config().media.upload_ttl_ms).unwrap_or(i64::MAX);
+                match store.sweep(now_ms().saturating_sub(ttl)).await {
+                    Ok(ids) => {
+                        for id in &ids {
+                            me.uploads.forget(id);
+                        }
+                        if !ids.is_empty() {
+                            metrics::counter!("ferry_media_uploads_abandoned_total")
+                                .increment(ids.len() as u64);
+                            tracing::info!(uploads = ids.len(), "deleted abandoned uploads");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
+                }
+            }
+        });
     }
 
     pub(crate) async fn media_get(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
@@ -456,6 +621,16 @@ impl Logic {
                 break;
             }
             allowed = self.store.group_member(*g, me.user_id).await?.is_some();
+        }
+        for m in &meta.grant_moments {
+            if allowed {
+                break;
+            }
+            allowed = match self.visible_moment(me.user_id, *m).await {
+                Ok(_) => true,
+                Err(LogicError::NotFound(_)) => false,
+                Err(e) => return Err(e),
+            };
         }
         if !allowed {
             return Err(hidden());

@@ -105,6 +105,8 @@ pub struct Logic {
     synckeys: DashMap<(u64, Arc<str>), u64>,
     /// Where media lives; set once with [`Logic::set_media_store`].
     media: std::sync::OnceLock<Arc<dyn ferry_store::MediaStore>>,
+    /// Uploads whose owner was checked lately (see `media.rs`).
+    pub(crate) uploads: crate::media::UploadCache,
     /// Users whose inbox grew while this node knew no route to them: the seq, and when.
     /// A link that logs in races the news of its route to the logic nodes (in a cluster
     /// by a few milliseconds, more under load); an entry stored in between would get no
@@ -151,6 +153,7 @@ impl Logic {
             group_members: DashMap::new(),
             moment_clock: std::sync::atomic::AtomicU64::new(0),
             media: std::sync::OnceLock::new(),
+            uploads: Default::default(),
             unrouted: DashMap::new(),
             unrouted_inserts: std::sync::atomic::AtomicU64::new(0),
         })
@@ -170,6 +173,7 @@ impl Logic {
     /// Serves requests on the bus and starts the retention task.
     pub fn start(self: &Arc<Self>) {
         self.bus.serve_logic(self.clone());
+        self.start_media_sweep();
         if self.cfg.retention_days > 0 || self.cfg.report_retention_days > 0 {
             let me = Arc::downgrade(self);
             tokio::spawn(async move {

@@ -355,7 +355,7 @@ impl Logic {
 
     /// A moment the caller may see (their own or a friend's); NOT_FOUND otherwise, so
     /// strangers cannot even learn that it exists.
-    async fn visible_moment(&self, me: u64, id: u64) -> Result<MomentRow, LogicError> {
+    pub(crate) async fn visible_moment(&self, me: u64, id: u64) -> Result<MomentRow, LogicError> {
         let gone = || LogicError::NotFound("no such moment".into());
         let m = self.store.moment(id).await?.ok_or_else(gone)?;
         if m.author_id == me || self.are_friends(me, m.author_id).await? {
@@ -402,6 +402,8 @@ impl Logic {
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
                 + 1
         };
+        self.attach_moment_media(me.user_id, id, &r.media_ids)
+            .await?;
         let my_name = self.user_name(me.user_id).await?;
         let entry = moment_entry(moment_event::Kind::Posted, id, &my_name, "", time_ms);
         let events: Vec<NewEvent> = self

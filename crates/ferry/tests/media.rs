@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use ferry_client::{Account, ClientError, Dest};
+use ferry_client::{Account, ClientError, Dest, FriendAction};
 use ferry_proto::v1::{self, ErrorCode, MediaKind};
 
 async fn account(addr: &str, user: &str) -> Account {
@@ -389,4 +389,139 @@ async fn garbage_images_wrong_hashes_and_oversized_uploads_are_refused_and_nothi
     assert_eq!((ok.content_type.as_str(), ok.width), ("image/png", 16));
     assert_eq!(files(dir, "blobs"), 1);
     assert_eq!(files(dir, "uploads"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moments_media_is_read_by_its_audience_and_nobody_else() {
+    let srv = TestServer::start().await;
+    srv.register(&["alice", "bob", "carol"]).await;
+    let addr = srv.addr();
+    let (alice, bob, carol) = (
+        account(&addr, "alice").await,
+        account(&addr, "bob").await,
+        account(&addr, "carol").await,
+    );
+    alice.request_friend("bob", "").await.unwrap();
+    bob.friend(FriendAction::Accept, "alice").await.unwrap();
+    let photo = png(64, 48);
+    let m = alice
+        .upload(
+            Bytes::from(photo.clone()),
+            MediaKind::MediaImage,
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+    let get = |who: &Account| {
+        let (who, id) = (who.clone(), m.media_id.clone());
+        async move { who.download(&id, Duration::ZERO, &|_, _| {}).await }
+    };
+    // Uploaded but shown nowhere yet: only alice reads it.
+    assert!(get(&alice).await.unwrap() == photo);
+    assert_eq!(code(get(&bob).await), ErrorCode::NotFound);
+
+    let posted = alice
+        .post_moment("look", vec![m.media_id.clone()])
+        .await
+        .unwrap();
+    // Bob, a friend, sees the moment and reads its media; carol, a stranger, does not.
+    let tl = bob.timeline(0, 10).await.unwrap();
+    assert_eq!(tl.moments[0].media_ids, std::slice::from_ref(&m.media_id));
+    assert!(get(&bob).await.unwrap() == photo);
+    assert_eq!(code(get(&carol).await), ErrorCode::NotFound);
+
+    // Nobody can show someone else's media in a moment of their own, nor ids that are
+    // not media.
+    assert_eq!(
+        code(bob.post_moment("mine now", vec![m.media_id.clone()]).await),
+        ErrorCode::NotFound
+    );
+    assert_eq!(
+        code(alice.post_moment("?", vec!["media-1".into()]).await),
+        ErrorCode::InvalidArgument
+    );
+    assert_eq!(code(get(&carol).await), ErrorCode::NotFound);
+
+    // The audience is checked when reading: a new friend gets in, a removed one is out.
+    carol.request_friend("alice", "").await.unwrap();
+    alice.friend(FriendAction::Accept, "carol").await.unwrap();
+    assert!(get(&carol).await.unwrap() == photo);
+    alice.friend(FriendAction::Remove, "bob").await.unwrap();
+    assert_eq!(code(get(&bob).await), ErrorCode::NotFound);
+
+    // A deleted moment shows nothing to anyone but the uploader.
+    alice.delete_moment(posted.moment_id).await.unwrap();
+    assert_eq!(code(get(&carol).await), ErrorCode::NotFound);
+    assert!(get(&alice).await.unwrap() == photo);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_not_finished_in_time_are_swept_and_finished_ones_stay() {
+    let srv = TestServer::with(|c| {
+        c.logic.media.upload_ttl_ms = 2_000;
+        c.logic.media.sweep_interval_ms = 100;
+    })
+    .await;
+    srv.register(&["alice"]).await;
+    let addr = srv.addr();
+    let alice = account(&addr, "alice").await;
+    let dir = srv.dir.path();
+
+    // One upload left half done, one finished.
+    let data = noise(100_000, 11);
+    let c = alice
+        .create_media(&data, MediaKind::MediaFile, 0)
+        .await
+        .unwrap();
+    let _: v1::MediaChunkAck = alice
+        .call(
+            "media/chunk",
+            &v1::MediaChunkReq {
+                media_id: c.media_id.clone(),
+                offset: 0,
+                data: Bytes::copy_from_slice(&data[..c.chunk_size as usize]),
+            },
+        )
+        .await
+        .unwrap();
+    let done = alice
+        .upload(
+            Bytes::from(noise(20_000, 12)),
+            MediaKind::MediaFile,
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(files(dir, "uploads"), 1);
+    assert_eq!(files(dir, "meta"), 2);
+
+    // Within the time the upload still resumes.
+    assert_eq!(
+        alice.media_status(&c.media_id).await.unwrap().next_offset,
+        u64::from(c.chunk_size)
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while files(dir, "uploads") > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the abandoned upload was not swept"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        code(alice.media_status(&c.media_id).await),
+        ErrorCode::NotFound
+    );
+    let e = alice
+        .upload_media(&c.media_id, c.chunk_size, Bytes::from(data), &|_, _| {})
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    assert_eq!(files(dir, "meta"), 1);
+    assert_eq!(files(dir, "blobs"), 1);
+    assert!(!alice
+        .download(&done.media_id, Duration::ZERO, &|_, _| {})
+        .await
+        .unwrap()
+        .is_empty());
 }

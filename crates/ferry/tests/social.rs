@@ -367,8 +367,17 @@ async fn moments_follow_friendship_and_wechat_comment_visibility() {
     );
     let (bob_client, mut bob_ev) = connect(&addr, "bob").await;
 
+    // A moment shows media its author uploaded (tests/media.rs: who may read it).
+    let pic = a
+        .upload(
+            bytes::Bytes::from_static(b"a sunset, in words"),
+            v1::MediaKind::MediaFile,
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
     let posted = a
-        .post_moment("sunset", vec!["media-1".into()])
+        .post_moment("sunset", vec![pic.media_id.clone()])
         .await
         .unwrap();
     // Bob (a friend) gets an inbox entry for the new moment.
@@ -407,7 +416,7 @@ async fn moments_follow_friendship_and_wechat_comment_visibility() {
         (seen_by_bob.author.as_str(), seen_by_bob.text.as_str()),
         ("alice", "sunset")
     );
-    assert_eq!(seen_by_bob.media_ids, ["media-1"]);
+    assert_eq!(seen_by_bob.media_ids, [pic.media_id]);
     assert!(
         seen_by_bob.comments.is_empty(),
         "carol's comment is hidden from bob"

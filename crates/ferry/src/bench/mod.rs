@@ -134,6 +134,9 @@ pub enum Scenario {
         /// 1 KiB..512 KiB).
         #[arg(long = "chunk", value_delimiter = ',', default_values_t = [8192, 32768, 131072, 524288])]
         chunks: Vec<u32>,
+        /// Chunk requests in flight (comma separated: each chunk size is run with each).
+        #[arg(long = "in-flight", value_delimiter = ',', default_values_t = [ferry_client::UPLOAD_WINDOW])]
+        in_flight: Vec<usize>,
     },
     /// One group with every member connected, one sender: deliveries/s and the time
     /// from a send to the last member's receipt.
@@ -222,11 +225,15 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             fanout::run(&args, members, messages, window).await?
         }
-        Scenario::Media { size_mib, chunks } => {
+        Scenario::Media {
+            size_mib,
+            chunks,
+            in_flight,
+        } => {
             if args.protocol != Proto::Ferry {
                 bail!("media is a Ferry scenario");
             }
-            media::run(&args, size_mib, &chunks).await?
+            media::run(&args, size_mib, &chunks, &in_flight).await?
         }
         Scenario::Plot { .. } | Scenario::Compare { .. } => unreachable!("handled above"),
     };
