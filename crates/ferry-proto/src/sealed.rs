@@ -4,12 +4,14 @@
 //!
 //! ```text
 //! request body  = HELLO frame:    Noise N message to the server's static key
-//!                                 (e, es) + AEAD(reply_key ‖ sent_ms ‖ body_len)
+//!                                 (e, es) + AEAD(reply_key ‖ sent_ms ‖ body_len
+//!                                 ‖ token_len ‖ token)
 //!                 SEALED frames:  the plain request body, ≤ 65 519 bytes each
 //! answer body   = HELLO|0x80:     Noise N message to reply_key (e, es) + AEAD(body_len)
 //!                 SEALED frames:  the plain answer body
 //! ```
 //!
+//! The device token rides inside (never in a plain `Authorization` header).
 //! The client makes a fresh X25519 key pair per request (`reply_key`) and sends its
 //! public half inside the encrypted request; the server answers with a one-way Noise
 //! message to it. So the answer has forward secrecy (both sides' keys are ephemeral),
@@ -33,8 +35,9 @@ pub const NOISE_N: &str = "Noise_N_25519_ChaChaPoly_BLAKE2s";
 pub const CONTENT_TYPE: &str = "application/x-ferry-sealed";
 /// Bytes of a Noise message at most.
 const NOISE_MAX: usize = 65_535;
-/// Request header payload: reply key, send time (ms since the Unix epoch), body length.
-const REQUEST_META: usize = KEY_LEN + 8 + 4;
+/// Request header payload before the token: reply key, send time (ms since the Unix
+/// epoch), body length, token length.
+const REQUEST_META: usize = KEY_LEN + 8 + 4 + 1;
 
 fn params() -> snow::params::NoiseParams {
     NOISE_N
@@ -139,17 +142,22 @@ impl std::fmt::Debug for ReplyKey {
 
 /// Seals a request body for a server whose static public key is `server_public`.
 /// `now_ms` is the client's clock (ms since the Unix epoch).
+/// `token` is the device token (empty: none), at most 255 bytes.
 pub fn seal_request(
     server_public: &[u8; KEY_LEN],
+    token: &str,
     body: &[u8],
     now_ms: u64,
 ) -> Result<(Vec<u8>, ReplyKey), SecureError> {
     let reply = StaticKey::generate()?;
     let len = u32::try_from(body.len()).map_err(|_| SecureError::TooLarge(body.len()))?;
-    let mut meta = Vec::with_capacity(REQUEST_META);
+    let token_len = u8::try_from(token.len()).map_err(|_| SecureError::TooLarge(token.len()))?;
+    let mut meta = Vec::with_capacity(REQUEST_META + token.len());
     meta.extend_from_slice(&reply.public);
     meta.extend_from_slice(&now_ms.to_be_bytes());
     meta.extend_from_slice(&len.to_be_bytes());
+    meta.push(token_len);
+    meta.extend_from_slice(token.as_bytes());
     let wire = seal_to(server_public, HELLO, &meta, body)?;
     Ok((
         wire,
@@ -170,18 +178,24 @@ pub struct OpenedRequest {
     pub id: [u8; KEY_LEN],
     /// Where the answer is sealed to.
     pub reply_to: [u8; KEY_LEN],
+    /// The device token (empty: none).
+    pub token: String,
 }
 
 /// Opens a sealed request with the server's static key.
 pub fn open_request(key: &StaticKey, wire: &[u8]) -> Result<OpenedRequest, SecureError> {
     let (meta, body, id) = open_with(&key.private, HELLO, wire, |meta| {
-        if meta.len() != REQUEST_META {
+        if meta.len() < REQUEST_META
+            || meta.len() != REQUEST_META + usize::from(meta[REQUEST_META - 1])
+        {
             return Err(SecureError::Handshake);
         }
         let mut len = [0u8; 4];
-        len.copy_from_slice(&meta[KEY_LEN + 8..]);
+        len.copy_from_slice(&meta[KEY_LEN + 8..KEY_LEN + 12]);
         Ok(u32::from_be_bytes(len) as usize)
     })?;
+    let token =
+        String::from_utf8(meta[REQUEST_META..].to_vec()).map_err(|_| SecureError::Handshake)?;
     let mut reply_to = [0u8; KEY_LEN];
     reply_to.copy_from_slice(&meta[..KEY_LEN]);
     let mut sent = [0u8; 8];
@@ -191,6 +205,7 @@ pub fn open_request(key: &StaticKey, wire: &[u8]) -> Result<OpenedRequest, Secur
         sent_ms: u64::from_be_bytes(sent),
         id,
         reply_to,
+        token,
     })
 }
 
@@ -209,7 +224,7 @@ pub fn open_response(reply: &ReplyKey, wire: &[u8]) -> Result<Vec<u8>, SecureErr
     Ok(body)
 }
 
-/// Bytes a sealed request adds to a body of `n` bytes.
+/// Bytes a sealed request adds to a body of `n` bytes (without its token).
 pub fn request_overhead(n: usize) -> usize {
     8 + KEY_LEN + REQUEST_META + TAG_LEN + n.div_ceil(MAX_RECORD_PLAIN) * (8 + TAG_LEN)
 }
@@ -230,10 +245,15 @@ mod tests {
             200_000,
         ] {
             let body: Vec<u8> = (0..size).map(|i| i as u8).collect();
-            let (wire, reply) = seal_request(&key.public, &body, 1_000).unwrap();
-            assert_eq!(wire.len(), body.len() + request_overhead(size), "{size}");
+            let (wire, reply) = seal_request(&key.public, "tok", &body, 1_000).unwrap();
+            assert_eq!(
+                wire.len(),
+                body.len() + 3 + request_overhead(size),
+                "{size}"
+            );
             let got = open_request(&key, &wire).unwrap();
             assert_eq!(got.body, body);
+            assert_eq!(got.token, "tok");
             assert_eq!(got.sent_ms, 1_000);
             assert_eq!(&got.id[..], &wire[8..8 + KEY_LEN]);
             let answer = seal_response(&got.reply_to, &body).unwrap();
@@ -246,7 +266,7 @@ mod tests {
         let key = StaticKey::generate().unwrap();
         let other = StaticKey::generate().unwrap();
         let body = vec![7u8; 100_000];
-        let (wire, reply) = seal_request(&key.public, &body, 5).unwrap();
+        let (wire, reply) = seal_request(&key.public, "", &body, 5).unwrap();
         assert_eq!(
             open_request(&other, &wire).err(),
             Some(SecureError::Handshake)
@@ -273,7 +293,7 @@ mod tests {
         // An answer opens only with its own reply key.
         let got = open_request(&key, &wire).unwrap();
         let answer = seal_response(&got.reply_to, b"ok").unwrap();
-        let (_, other_reply) = seal_request(&key.public, b"", 5).unwrap();
+        let (_, other_reply) = seal_request(&key.public, "", b"", 5).unwrap();
         assert!(open_response(&other_reply, &answer).is_err());
         assert_eq!(open_response(&reply, &answer).unwrap(), b"ok");
     }
@@ -281,8 +301,9 @@ mod tests {
     #[test]
     fn every_request_has_its_own_id() {
         let key = StaticKey::generate().unwrap();
-        let (a, _) = seal_request(&key.public, b"same", 1).unwrap();
-        let (b, _) = seal_request(&key.public, b"same", 1).unwrap();
+        let (a, _) = seal_request(&key.public, "t", b"same", 1).unwrap();
+        let (b, _) = seal_request(&key.public, "t", b"same", 1).unwrap();
+        assert!(seal_request(&key.public, &"t".repeat(256), b"", 1).is_err());
         assert_ne!(
             open_request(&key, &a).unwrap().id,
             open_request(&key, &b).unwrap().id
