@@ -27,21 +27,34 @@ pub const PROTOBUF: &str = "application/x-protobuf";
 /// The HTTP routes, for tests that call them without a socket.
 pub fn router(gw: Arc<Gateway>) -> Router {
     Router::new()
+        .route("/v1/lp/open", post(crate::lp::open))
+        .route("/v1/lp/send", post(crate::lp::send))
+        .route("/v1/lp/poll", post(crate::lp::poll))
+        .route("/v1/lp/close", post(crate::lp::close))
         .route("/v1/{*path}", post(short_link).get(short_link_get))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(gw)
 }
 
+/// The client's address (IP:PORT).
 #[derive(Clone)]
-struct Peer(Arc<str>);
+pub(crate) struct Peer(pub(crate) Arc<str>);
+
+/// The gateway address the client connected to.
+#[derive(Clone, Copy)]
+pub(crate) struct Local(pub(crate) std::net::SocketAddr);
 
 pub(crate) async fn serve(gw: Arc<Gateway>, stream: TcpStream, peer: String) {
+    let local = stream.local_addr().ok();
     let shutdown = gw.shutdown.clone();
     let mut app = router(gw.clone());
     if let Some(extra) = gw.extra_routes.get() {
         app = app.merge(extra.clone());
     }
-    let app = app.layer(Extension(Peer(peer.into())));
+    let mut app = app.layer(Extension(Peer(peer.into())));
+    if let Some(local) = local {
+        app = app.layer(Extension(Local(local)));
+    }
     let service = TowerToHyperService::new(app);
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
@@ -88,7 +101,7 @@ fn protobuf(status: StatusCode, body: Bytes) -> Response {
     r
 }
 
-fn error(code: ErrorCode, message: &str) -> Response {
+pub(crate) fn error(code: ErrorCode, message: &str) -> Response {
     protobuf(
         status_for(code),
         Bytes::from(error_body(code, message).encode_to_vec()),
@@ -99,6 +112,7 @@ async fn short_link(
     State(gw): State<Arc<Gateway>>,
     Path(path): Path<String>,
     peer: Option<Extension<Peer>>,
+    local: Option<Extension<Local>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -115,11 +129,16 @@ async fn short_link(
         Ok(b) => b,
         Err(_) => return error(ErrorCode::TooLarge, &format!("body over {limit} bytes")),
     };
-    let req = BusRequest {
+    let mut req = BusRequest {
         cmd: u32::from(c),
         body,
         ..request_base(&gw, peer, &headers)
     };
+    if c == cmd::ENDPOINTS || c == cmd::ENDPOINT_REPORT {
+        // Logic builds the default endpoint list from where the client came in.
+        req.local_addr = local.map(|l| l.0 .0.to_string()).unwrap_or_default();
+        req.listen = gw.listen_addrs().iter().map(|a| a.to_string()).collect();
+    }
     forward(&gw, req).await
 }
 

@@ -9,6 +9,7 @@
 mod guard;
 pub mod http;
 mod link;
+pub mod lp;
 mod registry;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +33,9 @@ pub struct GatewayConfig {
     pub id: String,
     /// The LOGIN frame must arrive within this many milliseconds of the connect.
     pub login_timeout_ms: u64,
-    /// A link silent for this long is dropped (clients heartbeat every ~30 s).
+    /// A link silent for this long is dropped. Clients are told this at login; a smart
+    /// heartbeat stretches its interval up to it (mars: 10 min), so the default allows a
+    /// 10-minute interval plus half a minute for the answer.
     pub heartbeat_timeout_ms: u64,
     /// Largest frame body a client may send.
     pub max_frame_bytes: usize,
@@ -53,6 +56,13 @@ pub struct GatewayConfig {
     /// Short-link body limits per method (`"auth" = 4096`), overriding
     /// `max_http_body_bytes` / `max_upload_bytes` for that method.
     pub body_limits: std::collections::BTreeMap<String, usize>,
+    /// Long-poll: how long a poll is held when there is nothing to send.
+    pub lp_poll_hold_ms: u64,
+    /// Long-poll: a session nobody polls or sends to for this long ends.
+    pub lp_idle_ms: u64,
+    /// Long-poll: bytes a session may queue in either direction before it is closed
+    /// (output nobody collects) or a send is refused (input the link has not taken).
+    pub lp_max_pending_bytes: usize,
 }
 
 impl Default for GatewayConfig {
@@ -60,7 +70,7 @@ impl Default for GatewayConfig {
         GatewayConfig {
             id: "gw-1".into(),
             login_timeout_ms: 10_000,
-            heartbeat_timeout_ms: 95_000,
+            heartbeat_timeout_ms: 630_000,
             max_frame_bytes: 64 * 1024,
             max_http_body_bytes: 64 * 1024,
             max_upload_bytes: 3 * 1024 * 1024,
@@ -78,6 +88,9 @@ impl Default for GatewayConfig {
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
+            lp_poll_hold_ms: 25_000,
+            lp_idle_ms: 60_000,
+            lp_max_pending_bytes: 1024 * 1024,
         }
     }
 }
@@ -112,6 +125,10 @@ pub struct Gateway {
     /// Routes the binary mounts beside the short link (metrics, dashboard): the gateway
     /// serves them without knowing what they are.
     extra_routes: std::sync::OnceLock<axum::Router>,
+    /// Long-poll sessions: links carried over HTTP.
+    lp: lp::LpSessions,
+    /// The addresses this gateway accepts on (for the default endpoint list).
+    listen: parking_lot::Mutex<Vec<std::net::SocketAddr>>,
 }
 
 impl Gateway {
@@ -131,6 +148,8 @@ impl Gateway {
             tasks: TaskTracker::new(),
             shutdown,
             extra_routes: std::sync::OnceLock::new(),
+            lp: lp::LpSessions::default(),
+            listen: parking_lot::Mutex::new(Vec::new()),
         })
     }
 
@@ -147,6 +166,12 @@ impl Gateway {
 
     /// Accepts connections on `listener` until shutdown. Call once per listener.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        if let Ok(a) = listener.local_addr() {
+            let mut l = self.listen.lock();
+            if !l.contains(&a) {
+                l.push(a);
+            }
+        }
         let mut backoff = Duration::from_millis(5);
         loop {
             let permit = tokio::select! {
@@ -203,6 +228,16 @@ impl Gateway {
         self.stats.links.load(Ordering::Relaxed)
     }
 
+    /// Open long-poll sessions (each also counts as a link once logged in).
+    pub fn long_poll_sessions(&self) -> usize {
+        self.lp.len()
+    }
+
+    /// The addresses this gateway serves on (those handed to [`Gateway::serve`]).
+    pub fn listen_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.listen.lock().clone()
+    }
+
     async fn connection(self: Arc<Self>, stream: TcpStream, peer: String) {
         let _ = stream.set_nodelay(true);
         let deadline = Duration::from_millis(self.cfg.login_timeout_ms);
@@ -225,8 +260,7 @@ impl Gateway {
                 Some(slot) => Some(slot),
                 None => {
                     self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                    guard::refuse(stream, first[0], "too many connections from your address")
-                        .await;
+                    guard::refuse(stream, first[0], "too many connections from your address").await;
                     return;
                 }
             },

@@ -1,9 +1,14 @@
 //! One long link: login deadline, frame reading, heartbeats, forwarding and pushes.
 //!
+//! The link runs over a [`Transport`]: a TCP connection, or a long-poll session (the same
+//! frames over HTTP, see `lp.rs`). Login, heartbeats, forwarding and pushes are this one
+//! code for both; [`run`] is the one place a link starts on a transport.
+//!
 //! A link owns no read buffer while idle: bytes are read into a stack buffer and only a
 //! partial frame is kept between reads. Everything one wake-up produces is written with
 //! one write.
 
+use std::future::Future;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,18 +35,54 @@ enum Read {
     Eof,
 }
 
-/// Reads what the socket has without waiting, and cuts whole frames off it. Kept out of
-/// the async code so the 8 KiB read buffer lives on the thread's stack, not in every
-/// connection's task.
-fn read_frames(stream: &TcpStream, partial: &mut BytesMut, max: usize) -> io::Result<Read> {
-    let mut chunk = [0u8; 8192];
-    let n = match stream.try_read(&mut chunk) {
-        Ok(0) => return Ok(Read::Eof),
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(Read::Frames(Vec::new())),
-        Err(e) => return Err(e),
-    };
-    partial.extend_from_slice(&chunk[..n]);
+/// What a link runs over: something that delivers the client's bytes and takes the
+/// server's. Implemented by `TcpStream` and by the long-poll session.
+pub(crate) trait Transport: Send + Sync + 'static {
+    /// Waits until [`Transport::read_into`] may have something (bytes or the end).
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Appends what has arrived to `partial` without waiting. `Ok(false)` at the end of
+    /// the stream; `Ok(true)` otherwise (also when nothing was there after all).
+    fn read_into(&self, partial: &mut BytesMut) -> io::Result<bool>;
+    /// Writes all of `buf`.
+    fn write_all<'a>(
+        &'a mut self,
+        buf: &'a [u8],
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a;
+}
+
+impl Transport for TcpStream {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        TcpStream::readable(self)
+    }
+
+    /// Kept out of the async code so the 8 KiB read buffer lives on the thread's stack,
+    /// not in every connection's task.
+    fn read_into(&self, partial: &mut BytesMut) -> io::Result<bool> {
+        let mut chunk = [0u8; 8192];
+        match self.try_read(&mut chunk) {
+            Ok(0) => Ok(false),
+            Ok(n) => {
+                partial.extend_from_slice(&chunk[..n]);
+                Ok(true)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write_all<'a>(
+        &'a mut self,
+        buf: &'a [u8],
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a {
+        AsyncWriteExt::write_all(self, buf)
+    }
+}
+
+/// Reads what the transport has without waiting, and cuts whole frames off it.
+fn read_frames<T: Transport>(t: &T, partial: &mut BytesMut, max: usize) -> io::Result<Read> {
+    if !t.read_into(partial)? {
+        return Ok(Read::Eof);
+    }
     let mut frames = Vec::new();
     loop {
         match Frame::parse(partial, max) {
@@ -63,7 +104,7 @@ fn error_frame(req_id: u32, code: ErrorCode, message: &str, out: &mut BytesMut) 
     encode_msg(cmd::ERROR, req_id, &error_body(code, message), out);
 }
 
-async fn write_out(stream: &mut TcpStream, out: &mut BytesMut) -> io::Result<()> {
+async fn write_out<T: Transport>(stream: &mut T, out: &mut BytesMut) -> io::Result<()> {
     if !out.is_empty() {
         stream.write_all(out).await?;
         out.clear();
@@ -75,7 +116,7 @@ async fn write_out(stream: &mut TcpStream, out: &mut BytesMut) -> io::Result<()>
 }
 
 /// Runs a long link from its first byte to its close.
-pub(crate) async fn run(gw: Arc<Gateway>, mut stream: TcpStream, peer: String) {
+pub(crate) async fn run<T: Transport>(gw: Arc<Gateway>, mut stream: T, peer: String) {
     let conn_id = gw.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::debug_span!("link", conn_id, user_id = tracing::field::Empty);
     async move {
@@ -118,9 +159,9 @@ pub(crate) async fn run(gw: Arc<Gateway>, mut stream: TcpStream, peer: String) {
 
 /// Waits for the LOGIN frame (within the deadline) and has logic check it. Returns the
 /// link and any frames that came in behind the login.
-async fn login(
+async fn login<T: Transport>(
     gw: &Gateway,
-    stream: &mut TcpStream,
+    stream: &mut T,
     partial: &mut BytesMut,
     conn_id: u64,
     peer: &str,
@@ -137,7 +178,7 @@ async fn login(
             tracing::debug!("no login before the deadline");
             return None;
         }
-        match read_frames(stream, partial, gw.cfg.max_frame_bytes) {
+        match read_frames(&*stream, partial, gw.cfg.max_frame_bytes) {
             Ok(Read::Frames(f)) if f.is_empty() => continue,
             Ok(Read::Frames(f)) => break f,
             Ok(Read::Eof) => return None,
@@ -170,6 +211,7 @@ async fn login(
         gateway_id: gw.cfg.id.clone(),
         conn_id,
         peer: peer.to_owned(),
+        idle_timeout_ms: gw.cfg.heartbeat_timeout_ms,
         ..Default::default()
     };
     let resp = match gw.bus.request(req).await {
@@ -200,9 +242,9 @@ async fn login(
 }
 
 /// The logged-in loop. Returns why the link ended.
-async fn serve(
+async fn serve<T: Transport>(
     gw: &Gateway,
-    stream: &mut TcpStream,
+    stream: &mut T,
     partial: &mut BytesMut,
     link: &Arc<Link>,
     mut frames: Vec<Frame>,
@@ -252,7 +294,7 @@ async fn serve(
                 if r.is_err() {
                     return "read failed";
                 }
-                match read_frames(stream, partial, gw.cfg.max_frame_bytes) {
+                match read_frames(&*stream, partial, gw.cfg.max_frame_bytes) {
                     Ok(Read::Frames(f)) => {
                         if !f.is_empty() {
                             idle.as_mut().reset(Instant::now() + timeout);

@@ -8,6 +8,7 @@
 
 pub mod admission;
 mod auth;
+mod endpoints;
 mod error;
 mod groups;
 pub mod limits;
@@ -15,10 +16,10 @@ mod media;
 mod presence;
 mod service;
 mod sessions;
-mod sessions;
 mod social;
 
 pub use auth::{hash_password, token_hash, verify_password, PasswordParams};
+pub use endpoints::{EndpointsConfig, GatewayEndpoints, RegionConfig};
 pub use error::LogicError;
 pub use limits::{LimitsConfig, Rate};
 pub use media::{sniff, MediaConfig};

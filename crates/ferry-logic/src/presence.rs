@@ -78,6 +78,18 @@ impl Presence {
     pub fn users_online(&self) -> usize {
         self.routes.len()
     }
+
+    /// Links per gateway: the gateways' load, for ranking endpoint lists. Walks every
+    /// route, so callers cache it.
+    pub fn links_per_gateway(&self) -> HashMap<Arc<str>, usize> {
+        let mut out: HashMap<Arc<str>, usize> = HashMap::new();
+        for e in self.routes.iter() {
+            for (g, _) in e.value() {
+                *out.entry(g.clone()).or_default() += 1;
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]

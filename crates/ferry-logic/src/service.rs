@@ -51,6 +51,8 @@ pub struct LogicConfig {
     pub admission: crate::admission::AdmissionConfig,
     /// Media uploads and downloads.
     pub media: crate::media::MediaConfig,
+    /// Endpoint lists (regions, gateways) and connect reports.
+    pub endpoints: crate::endpoints::EndpointsConfig,
 }
 
 impl Default for LogicConfig {
@@ -73,6 +75,7 @@ impl Default for LogicConfig {
             limits: crate::limits::LimitsConfig::default(),
             admission: crate::admission::AdmissionConfig::default(),
             media: crate::media::MediaConfig::default(),
+            endpoints: crate::endpoints::EndpointsConfig::default(),
         }
     }
 }
@@ -103,6 +106,8 @@ pub struct Logic {
     pub admission: crate::admission::Admission,
     /// The last synckey recorded per device, so unchanged ones are not rewritten.
     synckeys: DashMap<(u64, Arc<str>), u64>,
+    /// Endpoint lists and the connect reports that rank them.
+    endpoints: crate::endpoints::Endpoints,
     /// Where media lives; set once with [`Logic::set_media_store`].
     media: std::sync::OnceLock<Arc<dyn ferry_store::MediaStore>>,
     /// Uploads whose owner was checked lately (see `media.rs`).
@@ -141,6 +146,7 @@ pub(crate) fn ok<M: ProtoMessage>(req_cmd: u32, msg: &M) -> BusResponse {
 impl Logic {
     pub fn new(cfg: LogicConfig, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Arc<Self> {
         Arc::new(Logic {
+            endpoints: crate::endpoints::Endpoints::new(cfg.endpoints.clone()),
             limits: crate::limits::Limits::new(&cfg.limits),
             admission: crate::admission::Admission::new(cfg.admission.clone()),
             cfg,
@@ -219,8 +225,6 @@ impl Logic {
             cmd::AUTH => self.auth(req).await,
             cmd::AUTH_REFRESH => self.auth_refresh(req).await,
             cmd::PASSWORD_CHANGE => self.password_change(req).await,
-            cmd::AUTH_REFRESH => self.auth_refresh(req).await,
-            cmd::PASSWORD_CHANGE => self.password_change(req).await,
             cmd::LOGIN => self.login(req).await,
             cmd::SEND => self.send(req).await,
             cmd::SYNC => self.sync(req).await,
@@ -257,6 +261,8 @@ impl Logic {
             cmd::MEDIA_FINISH => self.media_finish(req).await,
             cmd::MEDIA_GET => self.media_get(req).await,
             cmd::READ => self.read(req).await,
+            cmd::ENDPOINTS => self.endpoint_list(req),
+            cmd::ENDPOINT_REPORT => self.endpoint_report(req).await,
             cmd::TYPING => self.typing(req).await,
             _ => Err(LogicError::UnknownCommand(c)),
         }
@@ -397,6 +403,7 @@ impl Logic {
                 server_time_ms: now_ms(),
                 token,
                 token_expires_ms,
+                idle_timeout_ms: req.idle_timeout_ms,
             },
         );
         resp.user_id = s.user_id;
@@ -680,6 +687,33 @@ impl Logic {
                 latest_seq: page.latest_seq,
             },
         ))
+    }
+
+    fn origin(req: &BusRequest) -> crate::endpoints::Origin<'_> {
+        crate::endpoints::Origin {
+            peer: &req.peer,
+            local_addr: &req.local_addr,
+            listen: &req.listen,
+            gateway_id: &req.gateway_id,
+        }
+    }
+
+    /// The ranked endpoint list for the client behind `req` (no token needed).
+    fn endpoint_list(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let r = v1::EndpointsReq::decode(req.body.clone())?;
+        let list = self.endpoints.list(&Self::origin(req), r.version, || {
+            self.presence.links_per_gateway()
+        });
+        Ok(ok(req.cmd, &list))
+    }
+
+    /// Connect timings from a signed-in client.
+    async fn endpoint_report(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.caller(req).await?;
+        let r = v1::EndpointReportReq::decode(req.body.clone())?;
+        let accepted = self.endpoints.report(me.user_id, &Self::origin(req), r)?;
+        metrics::counter!("ferry_endpoint_samples_total").increment(u64::from(accepted));
+        Ok(ok(req.cmd, &v1::EndpointReportResp { accepted }))
     }
 
     /// Remembers what a device has applied, without delaying the answer.

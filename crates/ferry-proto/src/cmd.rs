@@ -93,10 +93,12 @@ pub const MEDIA_STATUS: u8 = 0x2E;
 pub const MEDIA_FINISH: u8 = 0x2F;
 /// `GET /v1/media/{media_id}` (with `Range`).
 pub const MEDIA_GET: u8 = 0x30;
-/// `POST /v1/auth/refresh`: a new token for the caller's device (`AuthResp`).
-pub const AUTH_REFRESH: u8 = 0x38;
-/// `POST /v1/password`: change the password, revoking every session (`AuthResp`).
-pub const PASSWORD_CHANGE: u8 = 0x39;
+/// `POST /v1/endpoints`: the endpoint list for this client (`EndpointsReq` →
+/// `EndpointsResp`).
+pub const ENDPOINTS: u8 = 0x36;
+/// `POST /v1/endpoints/report`: connect timings (`EndpointReportReq` →
+/// `EndpointReportResp`).
+pub const ENDPOINT_REPORT: u8 = 0x37;
 /// `POST /v1/auth/refresh`: a new token for the caller's device (`AuthResp`).
 pub const AUTH_REFRESH: u8 = 0x38;
 /// `POST /v1/password`: change the password, revoking every session (`AuthResp`).
@@ -126,8 +128,6 @@ pub const fn response(cmd: u8) -> u8 {
 pub const SHORT_LINK: &[(&str, u8)] = &[
     ("register", REGISTER),
     ("auth", AUTH),
-    ("auth/refresh", AUTH_REFRESH),
-    ("password", PASSWORD_CHANGE),
     ("auth/refresh", AUTH_REFRESH),
     ("password", PASSWORD_CHANGE),
     ("newsync", SYNC),
@@ -165,6 +165,8 @@ pub const SHORT_LINK: &[(&str, u8)] = &[
     ("media/status", MEDIA_STATUS),
     ("media/finish", MEDIA_FINISH),
     ("media", MEDIA_GET),
+    ("endpoints", ENDPOINTS),
+    ("endpoints/report", ENDPOINT_REPORT),
 ];
 
 /// The command for a short-link path (without `/v1/`).

@@ -56,6 +56,10 @@ impl Config {
             None => Config::default(),
         };
         cfg.apply_env(|k| std::env::var(k).ok())?;
+        cfg.logic
+            .endpoints
+            .validate()
+            .map_err(|e| anyhow::anyhow!("logic.endpoints: {e}"))?;
         Ok(cfg)
     }
 
@@ -133,6 +137,22 @@ mod tests {
         assert_eq!(cfg.durability().unwrap(), ferry_store::Durability::Os);
         cfg.durability = "maybe".into();
         assert!(cfg.durability().is_err());
+    }
+
+    #[test]
+    fn endpoint_lists_are_checked_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ferry.toml");
+        let good = "[[logic.endpoints.regions]]\nname = \"east\"\nprefixes = [\"10.1.0.0/16\"]\n\
+                    [[logic.endpoints.gateways]]\nid = \"gw-1\"\nregions = [\"east\"]\n\
+                    addrs = [\"10.0.0.1:443\"]\n";
+        std::fs::write(&path, good).unwrap();
+        let cfg = Config::load(Some(&path)).unwrap();
+        assert_eq!(cfg.logic.endpoints.gateways[0].addrs, ["10.0.0.1:443"]);
+        assert_eq!(cfg.logic.endpoints.gateways[0].transports, ["tcp", "http"]);
+        std::fs::write(&path, good.replace("10.0.0.1:443", "gw.example.com:443")).unwrap();
+        let e = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(e.contains("IP literal"), "{e}");
     }
 
     #[test]

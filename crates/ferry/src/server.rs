@@ -43,6 +43,10 @@ impl Server {
 
     /// Starts on listeners the caller bound (tests bind 127.0.0.1:0).
     pub async fn start(cfg: Config, listeners: Vec<TcpListener>) -> anyhow::Result<Server> {
+        cfg.logic
+            .endpoints
+            .validate()
+            .map_err(|e| anyhow::anyhow!("logic.endpoints: {e}"))?;
         // Before anything records a metric.
         Monitor::install_recorder();
         let admin_token = monitor::token::load_or_create(Some(&cfg.admin_token), &cfg.data_dir)?;
