@@ -58,6 +58,7 @@ impl Account {
                 state: Mutex::new(state),
                 status,
                 username: Mutex::new(String::new()),
+                smart: Default::default(),
             }),
             short,
         };
@@ -68,7 +69,12 @@ impl Account {
     }
 
     pub(crate) fn from_shared(shared: Arc<Shared>) -> Account {
-        let short = ShortLink::new(&shared.cfg.server);
+        // The live link's address speaks HTTP too (and passed the network).
+        let server = match shared.smart.lock().current {
+            Some(ep) => ep.addr.to_string(),
+            None => shared.cfg.server.clone(),
+        };
+        let short = ShortLink::new(&server);
         Account { shared, short }
     }
 

@@ -3,7 +3,12 @@
 //! [`Client::connect`] logs in (password → device token over the short link, then the
 //! token on the long link), keeps the link alive with heartbeats, reconnects with
 //! exponential back-off and jitter when it dies, and resumes from the device's stored
-//! synckey, so the app receives every inbox entry once and in order as [`Event::Entry`].
+//! synckey. It connects smartly (see [`smart`]): it races the candidate endpoints,
+//! prefers the last one that worked, bans those that keep failing, falls back to the
+//! long link over HTTP long-poll when TCP does not pass, learns the longest heartbeat
+//! interval each network allows, and reports its connect timings so the server can
+//! rank endpoint lists. The app receives every inbox entry once and in order as
+//! [`Event::Entry`].
 //! [`Client::send_text`] retries until the server acknowledges, with one
 //! `client_msg_id`, so a retry never duplicates.
 //!
@@ -14,7 +19,9 @@ mod account;
 mod link;
 mod media;
 mod short;
+pub mod smart;
 mod state;
+mod transport;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -29,6 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 pub use account::{Account, FriendAction};
 pub use media::{thumbnail, Dest, MediaSend, Progress, SentMedia, UPLOAD_WINDOW};
 pub use short::ShortLink;
+pub use smart::{Endpoint, HeartbeatState, SmartConfig, Transport};
 pub use state::DeviceState;
 
 /// SDK failures.
@@ -100,7 +108,8 @@ pub struct ClientConfig {
     pub password: String,
     /// Where the device id, token and synckey are kept; `None` keeps them in memory.
     pub state_dir: Option<PathBuf>,
-    /// Heartbeat interval (the server's, if it asks for a shorter one).
+    /// The safe heartbeat interval a network starts with (mars: 3.5 min). The smart
+    /// heartbeat stretches it up to `smart.heartbeat_max` on networks that allow it.
     pub heartbeat: Duration,
     /// How long to wait for any answer to a request.
     pub request_timeout: Duration,
@@ -109,6 +118,11 @@ pub struct ClientConfig {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub client_version: String,
+    /// Racing, bans, long-poll fallback, reports and the smart heartbeat.
+    pub smart: SmartConfig,
+    /// The network the device starts on ("wifi:home", "cell:46001" …): each network
+    /// learns its own heartbeat. See [`Client::network_changed`].
+    pub network: String,
 }
 
 impl ClientConfig {
@@ -123,12 +137,14 @@ impl ClientConfig {
             username: username.into(),
             password: password.into(),
             state_dir: None,
-            heartbeat: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(210),
             request_timeout: Duration::from_secs(10),
             connect_timeout: Duration::from_secs(5),
             backoff_min: Duration::from_millis(200),
             backoff_max: Duration::from_secs(30),
             client_version: concat!("ferry-client/", env!("CARGO_PKG_VERSION")).into(),
+            smart: SmartConfig::default(),
+            network: "default".into(),
         }
     }
 
@@ -156,8 +172,8 @@ pub enum Event {
     },
     /// A peer is typing to this user (never stored; may be missed).
     Typing { from: String },
-    /// Logged in on a (new) link.
-    Connected { latest_seq: u64 },
+    /// Logged in on a (new) link, at `endpoint`.
+    Connected { latest_seq: u64, endpoint: Endpoint },
     /// The link went down; the client is reconnecting.
     Disconnected { reason: String },
     /// The client gave up (bad credentials, or the session was ended).
@@ -178,7 +194,39 @@ pub(crate) enum Cmd {
         body: Bytes,
         reply: oneshot::Sender<Frame>,
     },
+    /// The device moved to another network.
+    Network(String),
     Close,
+}
+
+/// What the smart connection keeps while the client runs.
+pub(crate) struct SmartRuntime {
+    pub bans: smart::Bans,
+    /// Connect attempts not yet reported, and when they ended.
+    pub samples: std::collections::VecDeque<(tokio::time::Instant, v1::ConnectSample)>,
+    /// The endpoint of the live link.
+    pub current: Option<Endpoint>,
+    pub network: String,
+    /// The bootstrap servers, resolved.
+    pub bootstrap: Vec<std::net::SocketAddr>,
+    /// How often to refresh the endpoint list (the server says).
+    pub refresh_every: Duration,
+    /// The heartbeat interval in use.
+    pub heartbeat: Duration,
+}
+
+impl Default for SmartRuntime {
+    fn default() -> Self {
+        SmartRuntime {
+            bans: Default::default(),
+            samples: Default::default(),
+            current: None,
+            network: "default".into(),
+            bootstrap: Vec::new(),
+            refresh_every: Duration::from_secs(600),
+            heartbeat: Duration::ZERO,
+        }
+    }
 }
 
 pub(crate) struct Shared {
@@ -186,6 +234,7 @@ pub(crate) struct Shared {
     pub state: Mutex<DeviceState>,
     pub status: watch::Sender<Status>,
     pub username: Mutex<String>,
+    pub smart: Mutex<SmartRuntime>,
 }
 
 impl Shared {
@@ -220,11 +269,16 @@ impl Client {
             None => DeviceState::fresh(),
         };
         let (status, _) = watch::channel(Status::Connecting);
+        let smart = SmartRuntime {
+            network: cfg.network.clone(),
+            ..Default::default()
+        };
         let shared = Arc::new(Shared {
             cfg,
             state: Mutex::new(state),
             status,
             username: Mutex::new(String::new()),
+            smart: Mutex::new(smart),
         });
         let (cmds_tx, cmds_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
@@ -266,6 +320,34 @@ impl Client {
 
     pub fn status(&self) -> Status {
         *self.shared.status.borrow()
+    }
+
+    /// The endpoint (address and transport) of the live link, if any.
+    pub fn endpoint(&self) -> Option<Endpoint> {
+        self.shared.smart.lock().current
+    }
+
+    /// The heartbeat interval the live link uses.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.shared.smart.lock().heartbeat
+    }
+
+    /// The smart heartbeat learnt for `network` (None: never connected on it).
+    pub fn heartbeat_state(&self, network: &str) -> Option<HeartbeatState> {
+        self.shared.state.lock().heartbeats.get(network).cloned()
+    }
+
+    /// The endpoint list last received from the server, best first.
+    pub fn endpoint_list(&self) -> Vec<Endpoint> {
+        let s = self.shared.state.lock();
+        s.endpoints.iter().filter_map(|e| e.parse().ok()).collect()
+    }
+
+    /// Tells the client the device is on another network (Wi-Fi joined, cell lost …):
+    /// the link is re-made at once, bans are forgotten, and the heartbeat continues
+    /// with what was learnt for `network` before (or starts safe).
+    pub fn network_changed(&self, network: impl Into<String>) {
+        let _ = self.cmds.send(Cmd::Network(network.into()));
     }
 
     /// Waits until the link is logged in (or the client stopped).

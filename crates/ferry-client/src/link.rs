@@ -1,21 +1,24 @@
-//! The link driver: one task that owns the long link, logs in, heartbeats, syncs,
-//! routes answers to waiting requests, and reconnects with back-off and jitter.
+//! The link driver: one task that owns the long link. It picks an endpoint (racing the
+//! candidates, TCP first, HTTP long-poll when no TCP endpoint works), logs in,
+//! heartbeats (the smart heartbeat of the current network), syncs, routes answers to
+//! waiting requests, reports connect timings when idle, refreshes the endpoint list,
+//! and reconnects with back-off and jitter.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use ferry_proto::frame::encode_msg;
 use ferry_proto::v1::{self, ErrorCode};
-use ferry_proto::{cmd, Frame, ProtoMessage, MAX_BODY_LEN};
+use ferry_proto::{cmd, Frame, ProtoMessage};
 use rand::Rng;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use crate::smart::{self, Endpoint, HeartbeatState, RaceError, Transport};
+use crate::transport::Conn;
 use crate::{ClientError, Cmd, Event, Shared, ShortLink, Status};
 
 /// Why a link session ended.
@@ -26,12 +29,29 @@ enum End {
     Fatal(ClientError),
     /// Reconnect. `logged_in` resets the back-off.
     Lost { reason: String, logged_in: bool },
+    /// The app said the network changed: reconnect at once.
+    NetworkChanged,
+    /// A better link (TCP, while on long-poll) is logged in: move to it.
+    Switch(Box<Connected>),
+}
+
+/// A logged-in link, before its session starts.
+pub(crate) struct Connected {
+    conn: Conn,
+    login: v1::LoginResp,
 }
 
 /// Full jitter: a random wait in [d/2, d].
 fn jitter(d: Duration) -> Duration {
     let ms = d.as_millis() as u64;
     Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
+}
+
+/// Switches to another network: its own heartbeat, and no bans from the old one.
+fn network_changed(shared: &Shared, network: String) {
+    let mut smart = shared.smart.lock();
+    smart.bans.clear();
+    smart.network = network;
 }
 
 pub(crate) async fn drive(
@@ -41,21 +61,38 @@ pub(crate) async fn drive(
     first: oneshot::Sender<Result<(), ClientError>>,
 ) {
     let mut first = Some(first);
-    let servers = shared.cfg.all_servers();
-    let mut current = 0;
-    let mut short = ShortLink::new(&servers[current]);
     let mut backoff = shared.cfg.backoff_min;
-    loop {
-        let end = session(
-            &shared,
-            &servers[current],
-            &short,
-            &mut cmds,
-            &events,
-            &mut first,
-        )
-        .await;
+    let mut ready: Option<Connected> = None;
+    'outer: loop {
+        let conn = match ready.take() {
+            Some(c) => Ok(c),
+            None => {
+                // Stay closable while endpoints are tried.
+                let est = establish(&shared);
+                tokio::pin!(est);
+                loop {
+                    tokio::select! {
+                        r = &mut est => break r,
+                        c = cmds.recv() => match c {
+                            None | Some(Cmd::Close) => break 'outer,
+                            Some(Cmd::Network(n)) => {
+                                network_changed(&shared, n);
+                                est.set(establish(&shared));
+                            }
+                            // No link: dropping the reply tells the caller to retry once
+                            // connected (senders wait for `Status::Connected`).
+                            Some(Cmd::Request { .. }) => {}
+                        },
+                    }
+                }
+            }
+        };
+        let end = match conn {
+            Ok(c) => session(&shared, c, &mut cmds, &events, &mut first).await,
+            Err(end) => end,
+        };
         shared.status.send_replace(Status::Connecting);
+        shared.smart.lock().current = None;
         shared.save_state();
         match end {
             End::Closed => break,
@@ -67,32 +104,41 @@ pub(crate) async fn drive(
                 }
                 break;
             }
+            End::Switch(c) => {
+                let _ = events.send(Event::Disconnected {
+                    reason: format!("moving to {}", c.conn.endpoint),
+                });
+                ready = Some(*c);
+                continue;
+            }
+            End::NetworkChanged => {
+                backoff = shared.cfg.backoff_min;
+                let _ = events.send(Event::Disconnected {
+                    reason: "network changed".into(),
+                });
+                continue;
+            }
             End::Lost { reason, logged_in } => {
-                tracing::debug!(%reason, server = %servers[current], "link lost; reconnecting");
-                if servers.len() > 1 {
-                    // This gateway failed us: the next one gets the next try.
-                    current = (current + 1) % servers.len();
-                    short = ShortLink::new(&servers[current]);
-                }
+                tracing::debug!(%reason, "link lost; reconnecting");
                 if logged_in {
                     backoff = shared.cfg.backoff_min;
                     let _ = events.send(Event::Disconnected { reason });
                 }
             }
         }
-        // Wait out the back-off, but stay closable.
+        // Wait out the back-off, but stay closable; a network change ends the wait.
         let wait = tokio::time::sleep(jitter(backoff));
         tokio::pin!(wait);
         loop {
             tokio::select! {
                 _ = &mut wait => break,
                 c = cmds.recv() => match c {
-                    None | Some(Cmd::Close) => {
-                        shared.status.send_replace(Status::Stopped);
-                        return;
+                    None | Some(Cmd::Close) => break 'outer,
+                    Some(Cmd::Network(n)) => {
+                        network_changed(&shared, n);
+                        backoff = shared.cfg.backoff_min;
+                        continue 'outer;
                     }
-                    // No link: dropping the reply tells the caller to retry once
-                    // connected (senders wait for `Status::Connected`).
                     Some(Cmd::Request { .. }) => {}
                 },
             }
@@ -102,89 +148,222 @@ pub(crate) async fn drive(
     shared.status.send_replace(Status::Stopped);
 }
 
-/// The incoming half: a buffer that holds only what is not yet a whole frame.
-struct Reader {
-    half: OwnedReadHalf,
-    buf: BytesMut,
+/// Why one connect attempt failed.
+enum AttemptError {
+    /// This endpoint did not work (`kind`: refused, timeout, reset, closed, …).
+    Endpoint { kind: &'static str, detail: String },
+    /// No endpoint will: stop racing.
+    Stop(End),
 }
 
-impl Reader {
-    /// Reads until at least one frame is whole; returns all whole frames.
-    async fn frames(&mut self) -> Result<Vec<Frame>, ClientError> {
-        loop {
-            let mut out = Vec::new();
-            while let Some(f) = Frame::parse(&mut self.buf, MAX_BODY_LEN)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
-            {
-                out.push(f);
-            }
-            if !out.is_empty() {
-                return Ok(out);
-            }
-            self.buf.reserve(8192);
-            if self.half.read_buf(&mut self.buf).await? == 0 {
-                return Err(ClientError::Io("server closed the link".into()));
-            }
+impl RaceError for AttemptError {
+    fn timed_out() -> Self {
+        AttemptError::Endpoint {
+            kind: "timeout",
+            detail: "no answer in time".into(),
         }
+    }
+
+    fn stops_race(&self) -> bool {
+        matches!(self, AttemptError::Stop(_))
     }
 }
 
-async fn connect(
-    shared: &Shared,
-    server: &str,
-    short: &ShortLink,
-) -> Result<(Reader, OwnedWriteHalf, v1::LoginResp), End> {
-    let cfg = &shared.cfg;
-    let lost = |reason: String| End::Lost {
-        reason,
-        logged_in: false,
-    };
-    // A token first (only when there is none: a stored token skips the password).
-    let token = shared.state.lock().token.clone();
-    let token = if token.is_empty() {
-        let device = shared.state.lock().device_id.clone();
-        match short.auth(&cfg.username, &cfg.password, &device).await {
-            Ok(a) => {
-                let mut s = shared.state.lock();
-                s.token = a.token.clone();
-                s.user_id = a.user_id;
-                drop(s);
-                shared.save_state();
-                a.token
-            }
-            Err(e) if e.is_retryable() => return Err(lost(format!("auth: {e}"))),
-            Err(e) => return Err(End::Fatal(e)),
-        }
-    } else {
-        token
-    };
+/// A short word for what went wrong, as reports carry it.
+fn kind_of(e: &ClientError) -> &'static str {
+    match e {
+        ClientError::Timeout => "timeout",
+        ClientError::Io(m) if m.contains("refused") => "refused",
+        ClientError::Io(m) if m.contains("reset") => "reset",
+        ClientError::Io(m) if m.contains("closed") || m.contains("ended") => "closed",
+        ClientError::Io(_) => "io",
+        ClientError::Http(m) if m.contains("refused") => "refused",
+        ClientError::Http(_) => "http",
+        ClientError::Protocol(_) => "protocol",
+        ClientError::Server { .. } => "server",
+        ClientError::Closed => "closed",
+    }
+}
 
-    let stream = tokio::time::timeout(cfg.connect_timeout, TcpStream::connect(server))
+fn endpoint_err(e: ClientError) -> AttemptError {
+    AttemptError::Endpoint {
+        kind: kind_of(&e),
+        detail: e.to_string(),
+    }
+}
+
+/// The bootstrap servers as addresses. IP literals are used as they are; a host name
+/// (bootstrap only: endpoint lists are IP literals) is resolved once.
+async fn bootstrap(shared: &Shared) -> Vec<SocketAddr> {
+    let known = shared.smart.lock().bootstrap.clone();
+    if !known.is_empty() {
+        return known;
+    }
+    let mut out = Vec::new();
+    for s in shared.cfg.all_servers() {
+        match s.parse::<SocketAddr>() {
+            Ok(a) => out.push(a),
+            Err(_) => {
+                let found = tokio::time::timeout(
+                    shared.cfg.connect_timeout,
+                    tokio::net::lookup_host(s.clone()),
+                )
+                .await;
+                match found {
+                    Ok(Ok(addrs)) => out.extend(addrs),
+                    _ => tracing::warn!(server = %s, "bootstrap server not found"),
+                }
+            }
+        }
+    }
+    out.dedup();
+    shared.smart.lock().bootstrap.clone_from(&out);
+    out
+}
+
+/// The endpoints to race for `transport`, best first: the last one that worked, the
+/// server's list, then the bootstrap servers; banned ones left out (unless all are).
+fn candidates(shared: &Shared, transport: Transport, boot: &[SocketAddr]) -> Vec<Endpoint> {
+    let mut all: Vec<Endpoint> = Vec::new();
+    {
+        let st = shared.state.lock();
+        let listed = std::iter::once(&st.last_endpoint).chain(st.endpoints.iter());
+        for e in listed.filter_map(|s| s.parse::<Endpoint>().ok()) {
+            if e.transport == transport && !all.contains(&e) {
+                all.push(e);
+            }
+        }
+    }
+    for a in boot {
+        let e = Endpoint::new(*a, transport);
+        if !all.contains(&e) {
+            all.push(e);
+        }
+    }
+    let now = Instant::now();
+    let smart = shared.smart.lock();
+    let allowed: Vec<Endpoint> = all
+        .iter()
+        .copied()
+        .filter(|e| !smart.bans.banned(e, now))
+        .collect();
+    if allowed.is_empty() {
+        all
+    } else {
+        allowed
+    }
+}
+
+/// Records an attempt: bans, and a sample for the next report.
+fn record(shared: &Shared, ep: Endpoint, ok: bool, took: Duration, kind: &str) {
+    let now = Instant::now();
+    let mut smart = shared.smart.lock();
+    if ok {
+        smart.bans.succeeded(ep);
+    } else if let Some(ban) = smart.bans.failed(ep, now, &shared.cfg.smart) {
+        tracing::info!(endpoint = %ep, secs = ban.as_secs(), "endpoint keeps failing; banned");
+    }
+    if smart.samples.len() >= 64 {
+        smart.samples.pop_front();
+    }
+    smart.samples.push_back((
+        now,
+        v1::ConnectSample {
+            ip: ep.addr.ip().to_string(),
+            port: u32::from(ep.addr.port()),
+            transport: ep.transport.to_proto() as i32,
+            ok,
+            connect_ms: took.as_millis().min(u128::from(u32::MAX)) as u32,
+            error: kind.to_owned(),
+            age_ms: 0,
+        },
+    ));
+}
+
+/// A token, signing in (racing the bootstrap servers' short links) when there is none.
+async fn ensure_token(shared: &Arc<Shared>, boot: &[SocketAddr]) -> Result<String, End> {
+    let token = shared.state.lock().token.clone();
+    if !token.is_empty() {
+        return Ok(token);
+    }
+    struct AuthError(ClientError);
+    impl RaceError for AuthError {
+        fn timed_out() -> Self {
+            AuthError(ClientError::Timeout)
+        }
+        fn stops_race(&self) -> bool {
+            !self.0.is_retryable()
+        }
+    }
+    let mut addrs: Vec<SocketAddr> = candidates(shared, Transport::Http, boot)
+        .into_iter()
+        .map(|e| e.addr)
+        .collect();
+    addrs.dedup();
+    let cfg = &shared.cfg;
+    let device = shared.state.lock().device_id.clone();
+    let out = smart::race(
+        addrs.len(),
+        cfg.smart.race_stagger,
+        cfg.smart.race_parallel,
+        cfg.smart.attempt_timeout,
+        |i| {
+            let short = ShortLink::new(&addrs[i].to_string());
+            let (user, password, device) =
+                (cfg.username.clone(), cfg.password.clone(), device.clone());
+            async move {
+                short
+                    .auth(&user, &password, &device)
+                    .await
+                    .map_err(AuthError)
+            }
+        },
+    )
+    .await;
+    if let Some((_, a, _)) = out.winner {
+        let mut s = shared.state.lock();
+        s.token = a.token.clone();
+        s.user_id = a.user_id;
+        s.token_expires_ms = a.token_expires_ms;
+        drop(s);
+        shared.save_state();
+        return Ok(a.token);
+    }
+    let last = out.failures.into_iter().last().map(|f| f.1 .0);
+    Err(match last {
+        Some(e) if !e.is_retryable() => End::Fatal(e),
+        Some(e) => End::Lost {
+            reason: format!("auth: {e}"),
+            logged_in: false,
+        },
+        None => End::Lost {
+            reason: "auth: no server to ask".into(),
+            logged_in: false,
+        },
+    })
+}
+
+/// Connects to `ep` and logs in.
+async fn attempt(
+    shared: Arc<Shared>,
+    ep: Endpoint,
+    token: String,
+    synckey: u64,
+) -> Result<Connected, AttemptError> {
+    let cfg = &shared.cfg;
+    let mut conn = Conn::connect(ep, cfg.connect_timeout, cfg.request_timeout)
         .await
-        .map_err(|_| lost("connect timed out".into()))?
-        .map_err(|e| lost(format!("connect: {e}")))?;
-    let _ = stream.set_nodelay(true);
-    let (read, mut write) = stream.into_split();
-    let mut reader = Reader {
-        half: read,
-        buf: BytesMut::new(),
-    };
+        .map_err(endpoint_err)?;
     let login = v1::LoginReq {
         token,
-        synckey: shared.state.lock().synckey,
+        synckey,
         client_version: cfg.client_version.clone(),
     };
     let mut out = BytesMut::new();
     encode_msg(cmd::LOGIN, 1, &login, &mut out);
-    write
-        .write_all(&out)
-        .await
-        .map_err(|e| lost(format!("write: {e}")))?;
-    let frames = tokio::time::timeout(cfg.request_timeout, reader.frames())
-        .await
-        .map_err(|_| lost("login timed out".into()))?
-        .map_err(|e| lost(format!("login: {e}")))?;
-    let first = &frames[0];
+    conn.send(&out).await.map_err(endpoint_err)?;
+    let mut frames = conn.frames().await.map_err(endpoint_err)?;
+    let first = frames.remove(0);
     if first.cmd == cmd::ERROR {
         let e = v1::Error::decode(first.body.clone()).unwrap_or_default();
         let err = ClientError::from_error(e);
@@ -192,43 +371,172 @@ async fn connect(
             Some(ErrorCode::Unauthorized) => {
                 // The token is gone (revoked, replaced): get a new one right away.
                 shared.state.lock().token.clear();
-                lost("token refused".into())
+                AttemptError::Stop(End::Lost {
+                    reason: "token refused".into(),
+                    logged_in: false,
+                })
             }
-            _ if err.is_retryable() => lost(format!("login: {err}")),
-            _ => End::Fatal(err),
+            _ if err.is_retryable() => AttemptError::Endpoint {
+                kind: "login",
+                detail: err.to_string(),
+            },
+            _ => AttemptError::Stop(End::Fatal(err)),
         });
     }
     if first.cmd != cmd::response(cmd::LOGIN) {
-        return Err(lost(format!(
-            "unexpected answer 0x{:02x} to login",
-            first.cmd
-        )));
+        return Err(AttemptError::Endpoint {
+            kind: "protocol",
+            detail: format!("unexpected answer 0x{:02x} to login", first.cmd),
+        });
     }
-    let resp = v1::LoginResp::decode(first.body.clone())
-        .map_err(|e| lost(format!("login answer: {e}")))?;
+    let resp = v1::LoginResp::decode(first.body.clone()).map_err(|e| AttemptError::Endpoint {
+        kind: "protocol",
+        detail: format!("login answer: {e}"),
+    })?;
     // Frames behind the login answer (a notify, say) are kept for the session.
-    let mut rest = BytesMut::new();
-    for f in &frames[1..] {
-        f.encode(&mut rest);
+    conn.unread(&frames);
+    Ok(Connected { conn, login: resp })
+}
+
+/// How a race over candidates ended without a link.
+enum RaceEnd {
+    Stop(End),
+    Failed(String),
+}
+
+/// Races `cands` (see [`smart::race`]); records every finished attempt.
+async fn race_login(shared: &Arc<Shared>, cands: &[Endpoint]) -> Result<Connected, RaceEnd> {
+    if cands.is_empty() {
+        return Err(RaceEnd::Failed("no candidates".into()));
     }
-    rest.extend_from_slice(&reader.buf);
-    reader.buf = rest;
-    Ok((reader, write, resp))
+    let (token, synckey) = {
+        let s = shared.state.lock();
+        (s.token.clone(), s.synckey)
+    };
+    let cfg = &shared.cfg.smart;
+    let out = smart::race(
+        cands.len(),
+        cfg.race_stagger,
+        cfg.race_parallel,
+        cfg.attempt_timeout,
+        |i| attempt(shared.clone(), cands[i], token.clone(), synckey),
+    )
+    .await;
+    let mut why = Vec::new();
+    let mut stop = None;
+    for (i, e, took) in out.failures {
+        match e {
+            AttemptError::Endpoint { kind, detail } => {
+                tracing::debug!(endpoint = %cands[i], %detail, "connect attempt failed");
+                record(shared, cands[i], false, took, kind);
+                why.push(format!("{}: {kind}", cands[i]));
+            }
+            AttemptError::Stop(end) => stop = Some(end),
+        }
+    }
+    if let Some((i, c, took)) = out.winner {
+        record(shared, cands[i], true, took, "");
+        return Ok(c);
+    }
+    match stop {
+        Some(end) => Err(RaceEnd::Stop(end)),
+        None => Err(RaceEnd::Failed(why.join(", "))),
+    }
+}
+
+/// Gets a logged-in link: TCP candidates first, then (when allowed) the long link over
+/// HTTP long-poll.
+async fn establish(shared: &Arc<Shared>) -> Result<Connected, End> {
+    let boot = bootstrap(shared).await;
+    ensure_token(shared, &boot).await?;
+    let mut why = Vec::new();
+    let mut transports = vec![Transport::Tcp];
+    if shared.cfg.smart.long_poll {
+        transports.push(Transport::Http);
+    }
+    for t in transports {
+        let cands = candidates(shared, t, &boot);
+        match race_login(shared, &cands).await {
+            Ok(c) => return Ok(c),
+            Err(RaceEnd::Stop(end)) => return Err(end),
+            Err(RaceEnd::Failed(reason)) => why.push(reason),
+        }
+    }
+    Err(End::Lost {
+        reason: format!("no endpoint answered ({})", why.join("; ")),
+        logged_in: false,
+    })
+}
+
+/// Fetches the endpoint list (when its version changed) and keeps it.
+async fn refresh_endpoints(shared: Arc<Shared>, via: SocketAddr) {
+    let version = shared.state.lock().endpoints_version;
+    match ShortLink::new(&via.to_string()).endpoints(version).await {
+        Ok(list) => {
+            let every = Duration::from_secs(u64::from(list.refresh_secs.max(10)));
+            shared.smart.lock().refresh_every = every;
+            if list.unchanged {
+                return;
+            }
+            let eps: Vec<String> = list
+                .endpoints
+                .iter()
+                .filter_map(|e| {
+                    let ip = e.ip.parse().ok()?;
+                    let port = u16::try_from(e.port).ok()?;
+                    let t = Transport::from_proto(e.transport)?;
+                    Some(Endpoint::new(SocketAddr::new(ip, port), t).to_string())
+                })
+                .collect();
+            tracing::debug!(version = list.version, n = eps.len(), "new endpoint list");
+            let mut s = shared.state.lock();
+            s.endpoints = eps;
+            s.endpoints_version = list.version;
+            drop(s);
+            shared.save_state();
+        }
+        Err(e) => tracing::debug!(error = %e, "endpoint list not refreshed"),
+    }
+}
+
+/// Sends the connect samples gathered so far (at most 32).
+async fn send_report(shared: Arc<Shared>, via: SocketAddr) {
+    let (samples, token) = {
+        let mut smart = shared.smart.lock();
+        let n = smart.samples.len().min(32);
+        let now = Instant::now();
+        let samples: Vec<v1::ConnectSample> = smart
+            .samples
+            .drain(..n)
+            .map(|(at, mut s)| {
+                s.age_ms = now.duration_since(at).as_millis().min(u128::from(u32::MAX)) as u32;
+                s
+            })
+            .collect();
+        (samples, shared.state.lock().token.clone())
+    };
+    if samples.is_empty() {
+        return;
+    }
+    match ShortLink::new(&via.to_string())
+        .report_endpoints(&token, samples)
+        .await
+    {
+        Ok(n) => tracing::debug!(accepted = n, "connect report sent"),
+        Err(e) => tracing::debug!(error = %e, "connect report not sent"),
+    }
 }
 
 /// One logged-in link, until it ends.
 async fn session(
     shared: &Arc<Shared>,
-    server: &str,
-    short: &ShortLink,
+    connected: Connected,
     cmds: &mut mpsc::UnboundedReceiver<Cmd>,
     events: &mpsc::UnboundedSender<Event>,
     first: &mut Option<oneshot::Sender<Result<(), ClientError>>>,
 ) -> End {
-    let (mut reader, mut write, login) = match connect(shared, server, short).await {
-        Ok(c) => c,
-        Err(e) => return e,
-    };
+    let Connected { mut conn, login } = connected;
+    let endpoint = conn.endpoint;
     {
         let mut s = shared.state.lock();
         s.user_id = login.user_id;
@@ -236,27 +544,61 @@ async fn session(
         if !login.token.is_empty() {
             // The server renewed a token past half its life; the old one is gone.
             s.token = login.token.clone();
-            drop(s);
-            shared.save_state();
         }
+        s.last_endpoint = endpoint.to_string();
     }
+    shared.save_state();
+    shared.smart.lock().current = Some(endpoint);
     *shared.username.lock() = login.username.clone();
+    // The heartbeat: learnt per network on TCP; on long-poll the polls keep the path
+    // open, so the safe interval is used as it is.
+    let cfg = &shared.cfg;
+    let server_limit = if login.idle_timeout_ms > 0 {
+        Duration::from_millis(login.idle_timeout_ms * 4 / 5)
+    } else if login.heartbeat_secs > 0 {
+        Duration::from_secs(u64::from(login.heartbeat_secs))
+    } else {
+        cfg.smart.heartbeat_max
+    };
+    let hb_limit = cfg.smart.heartbeat_max.min(server_limit);
+    let hb_min = cfg.heartbeat.min(hb_limit);
+    let learn = endpoint.transport == Transport::Tcp;
+    let network = shared.smart.lock().network.clone();
+    let mut hb = shared
+        .state
+        .lock()
+        .heartbeats
+        .get(&network)
+        .cloned()
+        .unwrap_or_else(|| HeartbeatState::new(hb_min));
+    let interval = |hb: &HeartbeatState| {
+        if learn {
+            hb.interval(hb_min, hb_limit)
+        } else {
+            hb_min
+        }
+    };
+    let save_hb = |hb: &HeartbeatState| {
+        shared
+            .state
+            .lock()
+            .heartbeats
+            .insert(network.clone(), hb.clone());
+        shared.smart.lock().heartbeat = interval(hb);
+        shared.save_state();
+    };
+    shared.smart.lock().heartbeat = interval(&hb);
+
     shared.status.send_replace(Status::Connected);
+    tracing::debug!(%endpoint, "logged in");
     let _ = events.send(Event::Connected {
         latest_seq: login.latest_seq,
+        endpoint,
     });
     if let Some(f) = first.take() {
         let _ = f.send(Ok(()));
     }
 
-    let beat = if login.heartbeat_secs > 0 {
-        shared
-            .cfg
-            .heartbeat
-            .min(Duration::from_secs(u64::from(login.heartbeat_secs)))
-    } else {
-        shared.cfg.heartbeat
-    };
     let mut link = Session {
         shared,
         events,
@@ -277,32 +619,75 @@ async fn session(
     if login.latest_seq > link.synckey() {
         link.start_sync();
     }
-    let mut ticker = tokio::time::interval_at(Instant::now() + beat, beat);
-    let mut last_rx = Instant::now();
+    tokio::spawn(refresh_endpoints(shared.clone(), endpoint.addr));
+    let now = Instant::now();
+    let mut refresh_at = now + shared.smart.lock().refresh_every;
+    // Any traffic either way keeps middleboxes' flow state alive.
+    let mut last_activity = now;
+    // When the oldest frame sent since the last one received went out.
+    let mut unanswered_since: Option<Instant> = None;
+    // A heartbeat waits for its answer.
+    let mut hb_outstanding = false;
     let mut dirty_since_save = false;
+    let mut last_report = now;
+    // On long-poll: when to try TCP again, and the attempt in flight.
+    let mut probe_at = (endpoint.transport == Transport::Http).then(|| now + cfg.smart.tcp_retry);
+    let mut probe: Option<oneshot::Receiver<Result<Connected, RaceEnd>>> = None;
     let lost = |reason: String| End::Lost {
         reason,
         logged_in: true,
     };
     loop {
         if !link.out.is_empty() {
-            if let Err(e) = write.write_all(&link.out).await {
+            if let Err(e) = conn.send(&link.out).await {
+                if hb_outstanding && learn && hb.failure(&cfg.smart, hb_min, hb_limit) {
+                    save_hb(&hb);
+                }
                 return lost(format!("write: {e}"));
             }
             link.out.clear();
+            let now = Instant::now();
+            last_activity = now;
+            unanswered_since.get_or_insert(now);
+        }
+        let now = Instant::now();
+        let hb_due = last_activity + interval(&hb);
+        let mut wake = hb_due.min(refresh_at);
+        if let Some(t) = unanswered_since {
+            wake = wake.min(t + cfg.smart.answer_timeout);
+        }
+        if let Some(t) = probe_at.filter(|_| probe.is_none()) {
+            wake = wake.min(t);
+        }
+        let report_due = last_activity.max(last_report) + cfg.smart.report_idle;
+        let want_report = !shared.smart.lock().samples.is_empty();
+        if want_report {
+            wake = wake.min(report_due);
         }
         tokio::select! {
             c = cmds.recv() => match c {
                 None | Some(Cmd::Close) => return End::Closed,
+                Some(Cmd::Network(n)) => {
+                    network_changed(shared, n);
+                    return End::NetworkChanged;
+                }
                 Some(Cmd::Request { cmd, body, reply }) => {
                     let id = link.next_req_id();
                     ferry_proto::frame::encode_raw(cmd, id, &body, &mut link.out);
                     link.pending.insert(id, reply);
                 }
             },
-            r = reader.frames() => match r {
+            r = conn.frames() => match r {
                 Ok(frames) => {
-                    last_rx = Instant::now();
+                    last_activity = Instant::now();
+                    unanswered_since = None;
+                    if hb_outstanding {
+                        hb_outstanding = false;
+                        if learn && hb.success(&cfg.smart, hb_min, hb_limit) {
+                            tracing::debug!(interval_ms = hb.interval_ms, %network, "heartbeat interval up");
+                            save_hb(&hb);
+                        }
+                    }
                     for f in frames {
                         match link.on_frame(f) {
                             Ok(applied) => dirty_since_save |= applied,
@@ -310,18 +695,61 @@ async fn session(
                         }
                     }
                 }
-                Err(e) => return lost(e.to_string()),
-            },
-            _ = ticker.tick() => {
-                if last_rx.elapsed() > beat * 2 {
-                    return lost("heartbeat timeout".into());
+                Err(e) => {
+                    if hb_outstanding && learn && hb.failure(&cfg.smart, hb_min, hb_limit) {
+                        save_hb(&hb);
+                    }
+                    return lost(e.to_string());
                 }
-                let hb = v1::Heartbeat { synckey: link.synckey() };
-                let id = link.next_req_id();
-                encode_msg(cmd::HEARTBEAT, id, &hb, &mut link.out);
-                if dirty_since_save {
-                    shared.save_state();
-                    dirty_since_save = false;
+            },
+            r = async { probe.as_mut().expect("probe in flight").await }, if probe.is_some() => {
+                probe = None;
+                match r {
+                    Ok(Ok(better)) => return End::Switch(Box::new(better)),
+                    Ok(Err(RaceEnd::Stop(end))) => return end,
+                    _ => probe_at = Some(Instant::now() + cfg.smart.tcp_retry),
+                }
+            },
+            _ = tokio::time::sleep_until(wake.max(now)) => {
+                let now = Instant::now();
+                if unanswered_since.is_some_and(|t| now >= t + cfg.smart.answer_timeout) {
+                    if hb_outstanding && learn {
+                        tracing::debug!(interval_ms = hb.interval_ms, %network, "heartbeat lost");
+                        if hb.failure(&cfg.smart, hb_min, hb_limit) {
+                            tracing::debug!(interval_ms = hb.interval_ms, %network, "heartbeat interval down");
+                        }
+                        save_hb(&hb);
+                    }
+                    return lost("no answer from the server".into());
+                }
+                if now >= hb_due && !hb_outstanding {
+                    let beat = v1::Heartbeat { synckey: link.synckey() };
+                    let id = link.next_req_id();
+                    encode_msg(cmd::HEARTBEAT, id, &beat, &mut link.out);
+                    hb_outstanding = true;
+                    if dirty_since_save {
+                        shared.save_state();
+                        dirty_since_save = false;
+                    }
+                }
+                if probe.is_none() && probe_at.is_some_and(|t| now >= t) {
+                    probe_at = None;
+                    let (tx, rx) = oneshot::channel();
+                    let shared2 = shared.clone();
+                    tokio::spawn(async move {
+                        let boot = bootstrap(&shared2).await;
+                        let cands = candidates(&shared2, Transport::Tcp, &boot);
+                        let _ = tx.send(race_login(&shared2, &cands).await);
+                    });
+                    probe = Some(rx);
+                }
+                if want_report && now >= report_due && link.pending.is_empty() {
+                    last_report = now;
+                    tokio::spawn(send_report(shared.clone(), endpoint.addr));
+                }
+                if now >= refresh_at {
+                    refresh_at = now + shared.smart.lock().refresh_every;
+                    tokio::spawn(refresh_endpoints(shared.clone(), endpoint.addr));
                 }
             }
         }

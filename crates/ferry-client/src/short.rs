@@ -175,6 +175,29 @@ impl ShortLink {
         .await
     }
 
+    /// The endpoint list for this client (`POST /v1/endpoints`); `version` is the one
+    /// held (0: none), answered `unchanged` when current.
+    pub async fn endpoints(&self, version: u64) -> Result<v1::EndpointsResp, ClientError> {
+        self.call("endpoints", None, &v1::EndpointsReq { version })
+            .await
+    }
+
+    /// Reports connect attempts (`POST /v1/endpoints/report`); returns how many counted.
+    pub async fn report_endpoints(
+        &self,
+        token: &str,
+        samples: Vec<v1::ConnectSample>,
+    ) -> Result<u32, ClientError> {
+        let r: v1::EndpointReportResp = self
+            .call(
+                "endpoints/report",
+                Some(token),
+                &v1::EndpointReportReq { samples },
+            )
+            .await?;
+        Ok(r.accepted)
+    }
+
     /// Sync over HTTP, for a client without a long link.
     pub async fn newsync(
         &self,

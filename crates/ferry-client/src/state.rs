@@ -10,7 +10,7 @@ pub struct DeviceState {
     pub device_id: String,
     /// Empty until the first auth.
     pub token: String,
-    /// When the token expires, unix ms (0: never or unknown). A long-link LOGIN renews a
+    /// When the token expires, unix ms (0: never or unknown). A long-link login renews a
     /// token past half its life; an expired one is replaced by signing in again.
     #[serde(default)]
     pub token_expires_ms: i64,
@@ -20,6 +20,18 @@ pub struct DeviceState {
     /// Per group: the highest gseq of the group's log applied on this device.
     #[serde(default)]
     pub group_cursors: std::collections::BTreeMap<u64, u64>,
+    /// The endpoint of the last link that logged in (`tcp://IP:PORT` or
+    /// `http://IP:PORT`): tried first next time.
+    #[serde(default)]
+    pub last_endpoint: String,
+    /// The server's endpoint list, best first, and its version.
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    #[serde(default)]
+    pub endpoints_version: u64,
+    /// The smart heartbeat learnt per network.
+    #[serde(default)]
+    pub heartbeats: std::collections::BTreeMap<String, crate::smart::HeartbeatState>,
 }
 
 impl DeviceState {

@@ -12,9 +12,15 @@ use tokio::io::AsyncBufReadExt;
 /// Options every client command takes.
 #[derive(Debug, Clone, Args)]
 pub struct ClientOpts {
-    /// Gateway address, IP:PORT.
-    #[arg(long, default_value = "127.0.0.1:8080", env = "FERRY_SERVER")]
-    pub server: String,
+    /// Gateway address, IP:PORT. Repeat it (or separate with commas) to give several
+    /// bootstrap candidates: they are raced until the server hands out its own list.
+    #[arg(
+        long,
+        default_value = "127.0.0.1:8080",
+        env = "FERRY_SERVER",
+        value_delimiter = ','
+    )]
+    pub server: Vec<String>,
     #[arg(long, env = "FERRY_USER")]
     pub user: String,
     #[arg(long, env = "FERRY_PASSWORD")]
@@ -29,13 +35,19 @@ impl ClientOpts {
         self.state.clone().unwrap_or_else(|| {
             let base = dirs::data_dir().unwrap_or_else(|| PathBuf::from("."));
             base.join("ferry")
-                .join(self.server.replace([':', '/'], "_"))
+                .join(self.primary().replace([':', '/'], "_"))
                 .join(&self.user)
         })
     }
 
+    /// The first `--server`.
+    pub fn primary(&self) -> &str {
+        self.server.first().map_or("127.0.0.1:8080", String::as_str)
+    }
+
     pub fn config(&self) -> ClientConfig {
-        let mut cfg = ClientConfig::new(&self.server, &self.user, &self.password);
+        let mut cfg = ClientConfig::new(self.primary(), &self.user, &self.password);
+        cfg.servers = self.server.iter().skip(1).cloned().collect();
         cfg.state_dir = Some(self.state_dir());
         cfg.client_version = concat!("ferry-cli/", env!("CARGO_PKG_VERSION")).into();
         cfg
@@ -49,6 +61,46 @@ pub async fn register(server: &str, user: &str, password: &str) -> anyhow::Resul
         .with_context(|| format!("registering {user}"))?;
     println!("registered {user} (user id {id})");
     Ok(())
+}
+
+/// `ferry endpoints`: the endpoint list the server hands this client, as JSON lines
+/// (best first). Asks each `--server` in turn until one answers.
+pub async fn endpoints(servers: &[String]) -> anyhow::Result<()> {
+    let mut last = None;
+    for server in servers {
+        match ShortLink::new(server).endpoints(0).await {
+            Ok(list) => {
+                for e in &list.endpoints {
+                    println!(
+                        "{}",
+                        serde_json::json!({
+                            "ip": e.ip,
+                            "port": e.port,
+                            "transport": ferry_client::Transport::from_i32(e.transport)
+                                .map_or("unknown", |t| t.name()),
+                            "weight": e.weight,
+                        })
+                    );
+                }
+                eprintln!(
+                    "from {server}: region {}, version {}, refresh every {} s",
+                    list.region, list.version, list.refresh_secs
+                );
+                return Ok(());
+            }
+            Err(e) => last = Some(anyhow::anyhow!(e).context(format!("asking {server}"))),
+        }
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no --server given")))
+}
+
+/// How the client is connected, for `chat` and `listen`.
+fn connected_line(endpoint: &ferry_client::Endpoint) -> String {
+    let how = match endpoint.transport {
+        ferry_client::Transport::Tcp => "long link over TCP",
+        ferry_client::Transport::Http => "long link over HTTP long-poll",
+    };
+    format!("connected to {} ({how})", endpoint.addr)
 }
 
 pub async fn send(opts: &ClientOpts, to: &str, text: &str) -> anyhow::Result<()> {
@@ -201,7 +253,7 @@ pub async fn listen(
             Some(Event::Disconnected { reason }) => {
                 eprintln!("disconnected: {reason}; reconnecting")
             }
-            Some(Event::Connected { .. }) => {}
+            Some(Event::Connected { endpoint, .. }) => eprintln!("{}", connected_line(&endpoint)),
             None => break Ok(()),
         }
     };
@@ -235,7 +287,7 @@ pub async fn chat(opts: &ClientOpts, to: Option<String>) -> anyhow::Result<()> {
                 }
                 Some(Event::Typing { from }) => eprintln!("* {from} is typing…"),
                 Some(Event::Disconnected { reason }) => eprintln!("* disconnected ({reason}); reconnecting"),
-                Some(Event::Connected { .. }) => eprintln!("* connected"),
+                Some(Event::Connected { endpoint, .. }) => eprintln!("* {}", connected_line(&endpoint)),
                 Some(Event::Stopped { error }) => { client.close().await; return Err(anyhow::anyhow!(error)); }
                 None => break,
             },

@@ -107,6 +107,17 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         download: Option<PathBuf>,
     },
+    /// The endpoint list the server hands this client (JSON lines, best first).
+    Endpoints {
+        /// Gateway address, IP:PORT (repeatable: asked in turn until one answers).
+        #[arg(
+            long,
+            default_value = "127.0.0.1:8080",
+            env = "FERRY_SERVER",
+            value_delimiter = ','
+        )]
+        server: Vec<String>,
+    },
     /// Interactive line-based chat.
     Chat {
         #[command(flatten)]
@@ -263,6 +274,7 @@ async fn main() {
                     download,
                 } => cli::listen(&opts, count, timeout, download.as_deref()).await,
                 Command::Chat { opts, to } => cli::chat(&opts, to).await,
+                Command::Endpoints { server } => cli::endpoints(&server).await,
                 Command::Admin {
                     command:
                         AdminCommand::Status {

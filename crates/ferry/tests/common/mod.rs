@@ -75,6 +75,11 @@ pub fn client_config(server: &str, user: &str) -> ClientConfig {
     cfg.request_timeout = Duration::from_secs(5);
     cfg.backoff_min = Duration::from_millis(50);
     cfg.backoff_max = Duration::from_millis(500);
+    // A fixed heartbeat (the smart heartbeat has its own tests in smart.rs), a dead link
+    // noticed within 1.5 s, and a quick way back to TCP after a fallback.
+    cfg.smart.heartbeat_max = cfg.heartbeat;
+    cfg.smart.answer_timeout = Duration::from_millis(1_500);
+    cfg.smart.tcp_retry = Duration::from_secs(1);
     cfg
 }
 
