@@ -7,6 +7,7 @@
 //! given and answers queries.
 
 mod media;
+mod media_pg;
 mod postgres;
 mod sqlite;
 
@@ -17,6 +18,7 @@ use async_trait::async_trait;
 use ferry_proto::v1;
 
 pub use media::{valid_media_id, LocalMediaStore, MediaMeta, MediaStore, Verified};
+pub use media_pg::PgMediaStore;
 pub use postgres::{PgConfig, PgStore};
 pub use sqlite::{Durability, SqliteStore};
 

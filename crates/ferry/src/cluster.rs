@@ -2,7 +2,8 @@
 //! and `ferry logic` (services, on the NATS bus and PostgreSQL). The same `Gateway` and
 //! `Logic` as `ferry serve`; only the bus and the store differ.
 //!
-//! Media in cluster mode is not wired yet: no media store exists in Ferry so far.
+//! Media in a cluster: metadata in PostgreSQL, bytes in a folder every logic node mounts
+//! (`cluster.media_dir`, `ferry logic --media-dir`); see `ferry_store::PgMediaStore`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,6 +42,11 @@ pub struct ClusterConfig {
     /// Where a logic node serves `/metrics` and the dashboard (it has no client ports).
     /// Empty: not served. Gateways serve them on their client ports.
     pub logic_http: String,
+    /// The media folder shared by every logic node (logic nodes only). Empty: this
+    /// node answers media requests UNAVAILABLE.
+    pub media_dir: String,
+    /// Pooled PostgreSQL connections per logic node for media (apart from the store's).
+    pub media_pool: usize,
 }
 
 impl Default for ClusterConfig {
@@ -54,6 +60,8 @@ impl Default for ClusterConfig {
             gateway_heartbeat_ms: 2_000,
             gateway_expiry_ms: 7_000,
             logic_http: String::new(),
+            media_dir: String::new(),
+            media_pool: 4,
         }
     }
 }
@@ -210,6 +218,15 @@ impl LogicNode {
             store.clone(),
             bus.clone() as Arc<dyn Bus>,
         );
+        if !cfg.cluster.media_dir.is_empty() {
+            let dir = std::path::Path::new(&cfg.cluster.media_dir);
+            let mut media_pg = pg.clone();
+            media_pg.pool_size = cfg.cluster.media_pool;
+            let media = ferry_store::PgMediaStore::connect(&media_pg, dir)
+                .await
+                .with_context(|| format!("opening the media store in {}", dir.display()))?;
+            logic.set_media_store(Arc::new(media));
+        }
         logic.start();
         bus.ready().await.context("subscribing on NATS")?;
         let shutdown = CancellationToken::new();

@@ -55,6 +55,10 @@ enum Command {
         /// PostgreSQL connection string, e.g. postgres://ferry@127.0.0.1/ferry.
         #[arg(long, env = "FERRY_POSTGRES")]
         postgres: Option<String>,
+        /// The media folder every logic node shares (NFS or the like); media metadata
+        /// goes to PostgreSQL. Without it, media requests answer UNAVAILABLE.
+        #[arg(long, env = "FERRY_MEDIA_DIR")]
+        media_dir: Option<String>,
     },
     /// Create an account.
     Register {
@@ -232,9 +236,10 @@ async fn main() {
             config,
             nats,
             postgres,
+            media_dir,
         } => {
             init_tracing("info");
-            run_logic(config, nats, postgres).await
+            run_logic(config, nats, postgres, media_dir).await
         }
         other => {
             init_tracing("warn");
@@ -427,6 +432,7 @@ async fn run_logic(
     config: Option<PathBuf>,
     nats: Option<String>,
     postgres: Option<String>,
+    media_dir: Option<String>,
 ) -> anyhow::Result<()> {
     let mut cfg = Config::load(config.as_deref())?;
     if let Some(n) = nats {
@@ -434,6 +440,9 @@ async fn run_logic(
     }
     if let Some(p) = postgres {
         cfg.cluster.postgres = p;
+    }
+    if let Some(d) = media_dir {
+        cfg.cluster.media_dir = d;
     }
     let node = ferry::cluster::LogicNode::start(&cfg).await?;
     say(format_args!("ferry logic ready"));

@@ -1,0 +1,390 @@
+//! Media in a cluster: real `ferry gateway` and `ferry logic` processes on a NATS server
+//! of their own and a throw-away PostgreSQL database, the logic nodes sharing one media
+//! folder. Whatever one logic node received, any other serves or resumes: uploads are
+//! finished, downloaded and resumed on nodes that never saw them start.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use ferry_client::{Account, ClientError, ShortLink};
+use ferry_proto::v1::{ErrorCode, MediaKind};
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `nats-server` of our own; killed on drop.
+struct Nats {
+    child: Child,
+    port: u16,
+}
+
+impl Nats {
+    fn start() -> Self {
+        let port = free_port();
+        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| Path::new(p).exists())
+            .unwrap_or("nats-server");
+        let mut child = Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server (apt-get install nats-server)");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Nats { child, port };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("nats-server did not come up on port {port}");
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn block_on_pg(url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
+    let (url, sql) = (url.to_owned(), sql.to_owned());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(conn);
+            client.batch_execute(&sql).await
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// A throw-away PostgreSQL database; dropped on drop.
+struct Db {
+    admin: String,
+    name: String,
+}
+
+impl Db {
+    fn create() -> Self {
+        let admin = std::env::var("FERRY_TEST_PG").ok().unwrap_or_else(|| {
+            ["postgres", "root"]
+                .into_iter()
+                .map(|u| format!("host=127.0.0.1 port=5432 user={u} dbname=test connect_timeout=5"))
+                .find(|url| block_on_pg(url, "SELECT 1").is_ok())
+                .expect("no PostgreSQL on 127.0.0.1:5432 (user postgres or root, database test)")
+        });
+        let name = format!("ferry_m_{:016x}", rand::random::<u64>());
+        block_on_pg(&admin, &format!("CREATE DATABASE {name}")).unwrap();
+        Db { admin, name }
+    }
+
+    fn url(&self) -> String {
+        self.admin
+            .replace("dbname=test", &format!("dbname={}", self.name))
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        let _ = block_on_pg(
+            &self.admin,
+            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
+        );
+    }
+}
+
+/// A `ferry gateway` or `ferry logic` process; SIGKILLed on drop.
+struct Node {
+    child: Child,
+    /// The gateway's listen address (empty for logic nodes).
+    addr: String,
+}
+
+impl Node {
+    fn spawn(args: &[&str], config: &Path, ready: &str) -> Node {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
+            .args(args)
+            .arg("--config")
+            .arg(config)
+            .env("FERRY_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap());
+        let mut addr = String::new();
+        loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap() == 0 {
+                panic!("{args:?} exited before it was ready");
+            }
+            if let Some(a) = line.trim().strip_prefix("ferry listening on ") {
+                addr = a.to_owned();
+            }
+            if line.starts_with(ready) {
+                break;
+            }
+        }
+        Node { child, addr }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// NATS, PostgreSQL, the shared media folder and the config every node reads.
+struct Cluster {
+    config: PathBuf,
+    media: PathBuf,
+    _dir: tempfile::TempDir,
+    _db: Db,
+    _nats: Nats,
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let nats = Nats::start();
+        let db = Db::create();
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("ferry.toml");
+        let media = dir.path().join("shared-media");
+        std::fs::write(
+            &config,
+            format!(
+                r#"listen = ["127.0.0.1:0"]
+[logic]
+open_messaging = true
+[logic.password]
+memory_kib = 64
+iterations = 1
+[gateway]
+login_timeout_ms = 2000
+heartbeat_timeout_ms = 5000
+shutdown_grace_ms = 1000
+[cluster]
+nats = "nats://127.0.0.1:{}"
+postgres = "{}"
+postgres_pool = 4
+request_timeout_ms = 3000
+gateway_heartbeat_ms = 300
+gateway_expiry_ms = 1500
+media_dir = "{}"
+"#,
+                nats.port,
+                db.url(),
+                media.display()
+            ),
+        )
+        .unwrap();
+        Cluster {
+            config,
+            media,
+            _dir: dir,
+            _db: db,
+            _nats: nats,
+        }
+    }
+
+    fn logic(&self) -> Node {
+        Node::spawn(&["logic"], &self.config, "ferry logic ready")
+    }
+
+    fn gateway(&self, id: &str) -> Node {
+        Node::spawn(&["gateway", "--id", id], &self.config, "ferry gateway")
+    }
+
+    /// Files in the shared folder's `uploads` or `blobs`.
+    fn files(&self, sub: &str) -> usize {
+        std::fs::read_dir(self.media.join(sub))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+/// Deterministic noise (xorshift), which no codec compresses.
+fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+fn png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_raw(w, h, noise((w * h * 3) as usize, 0x51)).unwrap();
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+async fn account(addr: &str, user: &str) -> Account {
+    Account::open(client_config(addr, user)).await.unwrap()
+}
+
+fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
+    r.unwrap_err().code().expect("a server error")
+}
+
+/// Uploads `data` until at least `percent` of it is acknowledged, then drops the upload.
+async fn upload_part(acc: &Account, id: &str, chunk: u32, data: Bytes, percent: u64) {
+    let size = data.len() as u64;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = {
+        let (acc, id) = (acc.clone(), id.to_owned());
+        tokio::spawn(async move {
+            acc.upload_media(&id, chunk, data, &move |done, _| {
+                let _ = tx.send(done);
+            })
+            .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("no progress")
+            .expect("the upload ended early");
+        if done * 100 >= size * percent {
+            break;
+        }
+    }
+    task.abort();
+    let _ = task.await;
+    // Let requests already on the wire land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_uploaded_through_one_logic_node_is_served_and_resumed_by_others() {
+    let c = Cluster::start();
+    let mut l0 = c.logic();
+    let (g0, g1) = (c.gateway("gw-0"), c.gateway("gw-1"));
+    for (i, u) in ["alice", "bob", "carol"].iter().enumerate() {
+        let addr = if i % 2 == 0 { &g0.addr } else { &g1.addr };
+        ShortLink::new(addr).register(u, PASSWORD).await.unwrap();
+    }
+
+    // An image to bob through gateway 0 while only logic node 0 runs: thumbnail,
+    // message, original.
+    let (alice, _alice_ev) = connect(&g0.addr, "alice").await;
+    let (bob, mut bob_ev) = connect(&g1.addr, "bob").await;
+    let image = png(400, 300);
+    let sent = alice
+        .send_image("bob", image.clone(), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(sent.media.content_type, "image/png");
+    let got = recv_messages(&mut bob_ev, "bob", 1, 20).await;
+    let m = got[0].1.media.clone().expect("a media reference");
+    assert_eq!(m.media_id, sent.media.media_id);
+    assert_eq!((m.width, m.height), (400, 300));
+
+    // Logic node 0 goes; node 1, which saw none of it, serves bob through gateway 1.
+    let mut l1 = c.logic();
+    l0.kill();
+    let bob_acc = account(&g1.addr, "bob").await;
+    let thumb = bob_acc
+        .download(&m.thumb_id, Duration::ZERO, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(image::load_from_memory(&thumb).unwrap().width() <= 200);
+    let original = bob_acc
+        .download(&m.media_id, Duration::ZERO, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(original == image, "the original differs");
+    let carol = account(&g0.addr, "carol").await;
+    for id in [&m.media_id, &m.thumb_id] {
+        assert_eq!(
+            code(carol.download(id, Duration::ZERO, &|_, _| {}).await),
+            ErrorCode::NotFound
+        );
+    }
+
+    // An upload cut at 40 % on node 1 resumes on node 2 from what node 1 acknowledged,
+    // then, with nodes 2 and 3 both taking chunks, finishes.
+    let acc = account(&g0.addr, "alice").await;
+    let data = Bytes::from(noise(2 * 1024 * 1024 + 777, 9));
+    let cm = acc
+        .create_media(&data, MediaKind::MediaFile, 0)
+        .await
+        .unwrap();
+    upload_part(&acc, &cm.media_id, cm.chunk_size, data.clone(), 40).await;
+    let l2 = c.logic();
+    l1.kill();
+    let status = acc.media_status(&cm.media_id).await.unwrap();
+    assert!(!status.complete);
+    let window = ferry_client::UPLOAD_WINDOW as u64 * u64::from(cm.chunk_size);
+    assert!(
+        status.next_offset * 10 + window * 10 >= data.len() as u64 * 4,
+        "node 2 sees {status:?} of {} bytes",
+        data.len()
+    );
+    let _l3 = c.logic();
+    let r = acc
+        .upload_media(&cm.media_id, cm.chunk_size, data.clone(), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(r.size, data.len() as u64);
+    drop(l2);
+    let back = account(&g1.addr, "alice")
+        .await
+        .download(&cm.media_id, Duration::ZERO, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(back == data, "the resumed upload differs");
+
+    // A wrong SHA-256 is refused on whichever node finishes; nothing stays behind.
+    let bad = acc
+        .create_media(&noise(30_000, 3), MediaKind::MediaFile, 0)
+        .await
+        .unwrap();
+    let e = acc
+        .upload_media(
+            &bad.media_id,
+            bad.chunk_size,
+            Bytes::from(noise(30_000, 4)),
+            &|_, _| {},
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::ChecksumMismatch), "{e}");
+    assert_eq!(c.files("uploads"), 0);
+    // The thumbnail, the image and the file: one blob each.
+    assert_eq!(c.files("blobs"), 3);
+    alice.close().await;
+    bob.close().await;
+}
