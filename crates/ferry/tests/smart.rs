@@ -507,7 +507,11 @@ async fn http_post(addr: &str, path: &str, headers: &str, body: &[u8]) -> (u16, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_by_hand_and_bad_input_on_the_new_paths() {
-    let srv = TestServer::with(|c| c.gateway.lp_poll_hold_ms = 500).await;
+    let srv = TestServer::with(|c| {
+        c.gateway.lp_poll_hold_ms = 500;
+        c.gateway.lp_idle_ms = 1_500;
+    })
+    .await;
     srv.register(&["alice"]).await;
     let addr = srv.addr();
     let tok = token(&addr, "alice", "lp").await;
@@ -592,6 +596,16 @@ async fn long_poll_by_hand_and_bad_input_on_the_new_paths() {
     assert_eq!(f.cmd, cmd::ERROR);
     let (st, _) = http_post(&addr, &format!("/v1/lp/poll?sid={sid}"), "", &[]).await;
     assert!(st == 410 || st == 404, "{st}");
+
+    // A session nobody polls or sends to expires, and is forgotten.
+    let (st, _) = http_post(&addr, "/v1/lp/open", "", &login).await;
+    assert_eq!(st, 200);
+    assert_eq!(srv.server.gateway.long_poll_sessions(), 1);
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while srv.server.gateway.long_poll_sessions() > 0 {
+        assert!(Instant::now() < deadline, "an abandoned session was kept");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Open: garbage, a frame that is not LOGIN, a bad token, too large.
     let (st, body) = http_post(&addr, "/v1/lp/open", "", b"hello, is this ferry?").await;
