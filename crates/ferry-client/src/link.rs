@@ -280,7 +280,30 @@ fn record(shared: &Shared, ep: Endpoint, ok: bool, took: Duration, kind: &str) {
     ));
 }
 
-/// A token, signing in (racing the bootstrap servers' short links) when there is none.
+/// Whether `addr` answers `GET /healthz`: it serves HTTP and is not a black hole. Unlike
+/// a sign-in this is harmless to race (two sign-ins of one device would each issue a
+/// token, the later revoking the earlier).
+async fn http_alive(addr: SocketAddr, connect_timeout: Duration) -> Result<(), ClientError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
+        .await
+        .map_err(|_| ClientError::Timeout)??;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: ferry\r\nConnection: close\r\n\r\n")
+        .await?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).await?;
+    if head.starts_with(b"HTTP/1.1 200") || head.starts_with(b"HTTP/1.0 200") {
+        Ok(())
+    } else {
+        Err(ClientError::Http(format!(
+            "{addr}: {}",
+            String::from_utf8_lossy(&head)
+        )))
+    }
+}
+
+/// A token, signing in when there is none: the candidates are raced with a harmless
+/// probe, and the one sign-in goes to the first that answered.
 async fn ensure_token(shared: &Arc<Shared>, boot: &[SocketAddr]) -> Result<String, End> {
     let token = shared.state.lock().token.clone();
     if !token.is_empty() {
@@ -301,35 +324,42 @@ async fn ensure_token(shared: &Arc<Shared>, boot: &[SocketAddr]) -> Result<Strin
         .collect();
     addrs.dedup();
     let cfg = &shared.cfg;
-    let device = shared.state.lock().device_id.clone();
     let out = smart::race(
         addrs.len(),
         cfg.smart.race_stagger,
         cfg.smart.race_parallel,
         cfg.smart.attempt_timeout,
         |i| {
-            let short = ShortLink::new(&addrs[i].to_string());
-            let (user, password, device) =
-                (cfg.username.clone(), cfg.password.clone(), device.clone());
-            async move {
-                short
-                    .auth(&user, &password, &device)
-                    .await
-                    .map_err(AuthError)
-            }
+            let (addr, timeout) = (addrs[i], cfg.connect_timeout);
+            async move { http_alive(addr, timeout).await.map_err(AuthError) }
         },
     )
     .await;
-    if let Some((_, a, _)) = out.winner {
-        let mut s = shared.state.lock();
-        s.token = a.token.clone();
-        s.user_id = a.user_id;
-        s.token_expires_ms = a.token_expires_ms;
-        drop(s);
-        shared.save_state();
-        return Ok(a.token);
-    }
-    let last = out.failures.into_iter().last().map(|f| f.1 .0);
+    let last = match out.winner {
+        Some((i, (), _)) => {
+            let device = shared.state.lock().device_id.clone();
+            let short = ShortLink::new(&addrs[i].to_string());
+            let signed = tokio::time::timeout(
+                cfg.smart.attempt_timeout,
+                short.auth(&cfg.username, &cfg.password, &device),
+            )
+            .await
+            .unwrap_or(Err(ClientError::Timeout));
+            match signed {
+                Ok(a) => {
+                    let mut s = shared.state.lock();
+                    s.token = a.token.clone();
+                    s.user_id = a.user_id;
+                    s.token_expires_ms = a.token_expires_ms;
+                    drop(s);
+                    shared.save_state();
+                    return Ok(a.token);
+                }
+                Err(e) => Some(e),
+            }
+        }
+        None => out.failures.into_iter().last().map(|f| f.1 .0),
+    };
     Err(match last {
         Some(e) if !e.is_retryable() => End::Fatal(e),
         Some(e) => End::Lost {
