@@ -338,20 +338,19 @@ impl Workers {
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stdout).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    match serde_json::from_str::<Out>(&line) {
-                        Ok(out) => {
-                            let _ = tx.send((i, out));
-                        }
-                        Err(e) => eprintln!("worker {i}: unreadable report ({e}): {line}"),
+                let ended = loop {
+                    match lines.next_line().await {
+                        Ok(Some(line)) => match serde_json::from_str::<Out>(&line) {
+                            Ok(out) => {
+                                let _ = tx.send((i, out));
+                            }
+                            Err(e) => eprintln!("worker {i}: unreadable report ({e}): {line}"),
+                        },
+                        Ok(None) => break "its report stream ended".to_string(),
+                        Err(e) => break format!("reading its reports failed: {e}"),
                     }
-                }
-                let _ = tx.send((
-                    i,
-                    Out::Exited {
-                        message: "worker exited".into(),
-                    },
-                ));
+                };
+                let _ = tx.send((i, Out::Exited { message: ended }));
             });
             children.push((child, stdin));
         }
@@ -396,8 +395,18 @@ impl Workers {
             Err(_) => Ok(None),
             Ok(None) => bail!("every worker has gone"),
             Ok(Some((i, out))) => match out {
-                Out::Error { message } | Out::Exited { message } => {
-                    bail!("worker {i}: {message}")
+                Out::Error { message } => bail!("worker {i}: {message}"),
+                Out::Exited { message } => {
+                    // Say how it ended: a signal (the OOM killer's SIGKILL, a crash) or
+                    // an exit code, so a failed run can be explained.
+                    let child = &mut self.children[i].0;
+                    let status =
+                        match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+                            Ok(Ok(st)) => describe_exit(st),
+                            Ok(Err(e)) => format!("its status is unknown ({e})"),
+                            Err(_) => "it is still running".to_string(),
+                        };
+                    bail!("worker {i} stopped: {message}; {status} (its stderr is above)")
                 }
                 p @ Out::Progress { .. } => {
                     self.progress[i] = p.clone();
@@ -506,4 +515,17 @@ pub fn machine() -> serde_json::Value {
         // Other work on the machine skews every figure: say how busy it was.
         "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
     })
+}
+
+/// How a worker process ended, in words.
+fn describe_exit(st: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("it exited with code {c}"),
+        (None, Some(9)) => {
+            "it was killed by SIGKILL (the kernel's OOM killer, or someone else)".into()
+        }
+        (None, Some(sig)) => format!("it was killed by signal {sig}"),
+        _ => format!("it ended: {st}"),
+    }
 }
