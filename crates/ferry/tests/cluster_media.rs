@@ -172,6 +172,11 @@ struct Cluster {
 
 impl Cluster {
     fn start() -> Cluster {
+        Self::start_with("")
+    }
+
+    /// `extra` is appended to the config file (more tables).
+    fn start_with(extra: &str) -> Cluster {
         let nats = Nats::start();
         let db = Db::create();
         let dir = tempfile::tempdir().unwrap();
@@ -187,6 +192,8 @@ open_messaging = true
 memory_kib = 64
 iterations = 1
 [gateway]
+# The SDK's plain short link (sealed requests have their own tests).
+allow_plaintext = true
 login_timeout_ms = 2000
 heartbeat_timeout_ms = 5000
 shutdown_grace_ms = 1000
@@ -198,6 +205,7 @@ request_timeout_ms = 3000
 gateway_heartbeat_ms = 300
 gateway_expiry_ms = 1500
 media_dir = "{}"
+{extra}
 "#,
                 nats.port,
                 db.url(),
@@ -387,4 +395,51 @@ async fn media_uploaded_through_one_logic_node_is_served_and_resumed_by_others()
     assert_eq!(c.files("blobs"), 3);
     alice.close().await;
     bob.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abandoned_uploads_are_swept_from_postgres_and_the_shared_folder() {
+    let c = Cluster::start_with("[logic.media]\nupload_ttl_ms = 2000\nsweep_interval_ms = 100\n");
+    let _l0 = c.logic();
+    let _l1 = c.logic();
+    let g0 = c.gateway("gw-0");
+    ShortLink::new(&g0.addr)
+        .register("alice", PASSWORD)
+        .await
+        .unwrap();
+    let acc = account(&g0.addr, "alice").await;
+    let data = Bytes::from(noise(200_000, 21));
+    let cm = acc
+        .create_media(&data, MediaKind::MediaFile, 0)
+        .await
+        .unwrap();
+    upload_part(&acc, &cm.media_id, cm.chunk_size, data.clone(), 30).await;
+    let kept = acc
+        .upload(
+            Bytes::from(noise(10_000, 22)),
+            MediaKind::MediaFile,
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(c.files("uploads"), 1);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while c.files("uploads") > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the abandoned upload was not swept"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        code(acc.media_status(&cm.media_id).await),
+        ErrorCode::NotFound
+    );
+    assert!(
+        acc.download(&kept.media_id, Duration::ZERO, &|_, _| {})
+            .await
+            .unwrap()
+            == noise(10_000, 22)
+    );
+    assert_eq!(c.files("blobs"), 1);
 }
