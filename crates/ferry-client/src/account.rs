@@ -46,12 +46,13 @@ impl Account {
     /// Loads the device state (if `cfg.state_dir` is set) and signs in when there is no
     /// token yet.
     pub async fn open(cfg: ClientConfig) -> Result<Account, ClientError> {
+        let cfg = crate::security::resolve(cfg).await?;
         let state = match &cfg.state_dir {
             Some(dir) => DeviceState::load(dir)?,
             None => DeviceState::fresh(),
         };
         let (status, _) = watch::channel(Status::Stopped);
-        let short = ShortLink::new(&cfg.server);
+        let short = ShortLink::sealed(&cfg.server, cfg.security.key());
         let account = Account {
             shared: Arc::new(Shared {
                 cfg,
@@ -74,7 +75,7 @@ impl Account {
             Some(ep) => ep.addr.to_string(),
             None => shared.cfg.server.clone(),
         };
-        let short = ShortLink::new(&server);
+        let short = ShortLink::sealed(&server, shared.cfg.security.key());
         Account { shared, short }
     }
 

@@ -18,6 +18,7 @@
 mod account;
 mod link;
 mod media;
+mod security;
 mod short;
 pub mod smart;
 mod state;
@@ -35,6 +36,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 pub use account::{Account, FriendAction};
 pub use media::{thumbnail, Dest, MediaSend, Progress, SentMedia, UPLOAD_WINDOW};
+pub use security::{fetch as fetch_server_key, Security};
 pub use short::ShortLink;
 pub use smart::{Endpoint, HeartbeatState, SmartConfig, Transport};
 pub use state::DeviceState;
@@ -123,6 +125,9 @@ pub struct ClientConfig {
     /// The network the device starts on ("wifi:home", "cell:46001" …): each network
     /// learns its own heartbeat. See [`Client::network_changed`].
     pub network: String,
+    /// How the server's key is known: pinned, trusted on first use (the default), or
+    /// plaintext for a development server. See [`Security`].
+    pub security: Security,
 }
 
 impl ClientConfig {
@@ -145,6 +150,7 @@ impl ClientConfig {
             client_version: concat!("ferry-client/", env!("CARGO_PKG_VERSION")).into(),
             smart: SmartConfig::default(),
             network: "default".into(),
+            security: Security::TrustOnFirstUse,
         }
     }
 
@@ -264,6 +270,7 @@ impl Client {
     pub async fn connect(
         cfg: ClientConfig,
     ) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
+        let cfg = security::resolve(cfg).await?;
         let state = match &cfg.state_dir {
             Some(dir) => DeviceState::load(dir)?,
             None => DeviceState::fresh(),

@@ -338,7 +338,7 @@ async fn ensure_token(shared: &Arc<Shared>, boot: &[SocketAddr]) -> Result<Strin
     let last = match out.winner {
         Some((i, (), _)) => {
             let device = shared.state.lock().device_id.clone();
-            let short = ShortLink::new(&addrs[i].to_string());
+            let short = ShortLink::sealed(&addrs[i].to_string(), cfg.security.key());
             let signed = tokio::time::timeout(
                 cfg.smart.attempt_timeout,
                 short.auth(&cfg.username, &cfg.password, &device),
@@ -391,8 +391,11 @@ async fn attempt(
     };
     let mut out = BytesMut::new();
     encode_msg(cmd::LOGIN, 1, &login, &mut out);
-    conn.send(&out).await.map_err(endpoint_err)?;
-    let mut frames = conn.frames().await.map_err(endpoint_err)?;
+    // Encrypted (the LOGIN inside the Noise IK HELLO) unless configured plaintext.
+    let mut frames = conn
+        .login(&out, cfg.security.key())
+        .await
+        .map_err(endpoint_err)?;
     let first = frames.remove(0);
     if first.cmd == cmd::ERROR {
         let e = v1::Error::decode(first.body.clone()).unwrap_or_default();
@@ -501,7 +504,11 @@ async fn establish(shared: &Arc<Shared>) -> Result<Connected, End> {
 /// Fetches the endpoint list (when its version changed) and keeps it.
 async fn refresh_endpoints(shared: Arc<Shared>, via: SocketAddr) {
     let version = shared.state.lock().endpoints_version;
-    match ShortLink::new(&via.to_string()).endpoints(version).await {
+    let key = shared.cfg.security.key();
+    match ShortLink::sealed(&via.to_string(), key)
+        .endpoints(version)
+        .await
+    {
         Ok(list) => {
             let every = Duration::from_secs(u64::from(list.refresh_secs.max(10)));
             shared.smart.lock().refresh_every = every;
@@ -548,7 +555,7 @@ async fn send_report(shared: Arc<Shared>, via: SocketAddr) {
     if samples.is_empty() {
         return;
     }
-    match ShortLink::new(&via.to_string())
+    match ShortLink::sealed(&via.to_string(), shared.cfg.security.key())
         .report_endpoints(&token, samples)
         .await
     {

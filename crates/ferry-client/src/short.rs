@@ -1,7 +1,9 @@
-//! The short link: protobuf over HTTP POST.
+//! The short link: protobuf over HTTP POST. With a server key every request body is
+//! sealed to it and the answer comes back sealed to a fresh per-request key
+//! (`ferry_proto::sealed`, docs/protocol.md 3.1): no extra round trip.
 
 use bytes::Bytes;
-use ferry_proto::{v1, ProtoMessage};
+use ferry_proto::{sealed, v1, ProtoMessage};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -13,16 +15,89 @@ use crate::ClientError;
 pub struct ShortLink {
     base: String,
     http: Client<HttpConnector, Full<Bytes>>,
+    /// The server key POST bodies are sealed to; `None`: plaintext.
+    key: Option<[u8; 32]>,
 }
 
 impl ShortLink {
+    /// A plaintext short link (the server must allow plaintext).
     pub fn new(server: &str) -> Self {
+        Self::sealed(server, None)
+    }
+
+    /// A short link that seals every POST to `key` (plaintext when `None`).
+    pub fn sealed(server: &str, key: Option<[u8; 32]>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
         ShortLink {
             base: format!("http://{server}"),
             http: Client::builder(TokioExecutor::new()).build(connector),
+            key,
+        }
+    }
+
+    /// The server key requests are sealed to.
+    pub fn key(&self) -> Option<[u8; 32]> {
+        self.key
+    }
+
+    /// POSTs `body` to `/v1/{method}`, sealed when there is a key: the status and the
+    /// (opened) answer body.
+    pub async fn post_raw(
+        &self,
+        method: &str,
+        token: Option<&str>,
+        body: Vec<u8>,
+    ) -> Result<(http::StatusCode, Bytes), ClientError> {
+        let (body, reply, content_type) = match &self.key {
+            Some(key) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as u64);
+                // The token rides inside the seal, never in a plain header.
+                let (wire, reply) = sealed::seal_request(key, token.unwrap_or(""), &body, now)
+                    .map_err(|e| ClientError::Protocol(format!("sealing a request: {e}")))?;
+                (wire, Some(reply), sealed::CONTENT_TYPE)
+            }
+            None => (body, None, "application/x-protobuf"),
+        };
+        let mut builder = http::Request::post(format!("{}/v1/{method}", self.base))
+            .header(http::header::CONTENT_TYPE, content_type);
+        if let (Some(t), None) = (token, &self.key) {
+            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let resp = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            self.http.request(request),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+        let status = resp.status();
+        let is_sealed = resp
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == sealed::CONTENT_TYPE.as_bytes());
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?
+            .to_bytes();
+        match (reply, is_sealed) {
+            (Some(reply), true) => sealed::open_response(&reply, &body)
+                .map(|b| (status, Bytes::from(b)))
+                .map_err(|e| ClientError::Protocol(format!("sealed answer does not open: {e}"))),
+            // A refusal before the request was opened (bad seal, replay, clock) is plain;
+            // a success must be sealed.
+            (Some(_), false) if status.is_success() => Err(ClientError::Protocol(
+                "the server answered a sealed request in plain".into(),
+            )),
+            _ => Ok((status, body)),
         }
     }
 
@@ -33,28 +108,7 @@ impl ShortLink {
         token: Option<&str>,
         req: &Req,
     ) -> Result<Resp, ClientError> {
-        let mut builder = http::Request::post(format!("{}/v1/{method}", self.base))
-            .header(http::header::CONTENT_TYPE, "application/x-protobuf");
-        if let Some(t) = token {
-            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(req.encode_to_vec())))
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            self.http.request(request),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout)?
-        .map_err(|e| ClientError::Http(e.to_string()))?;
-        let status = resp.status();
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?
-            .to_bytes();
+        let (status, body) = self.post_raw(method, token, req.encode_to_vec()).await?;
         if status.is_success() {
             Resp::decode(body).map_err(|e| ClientError::Protocol(e.to_string()))
         } else {

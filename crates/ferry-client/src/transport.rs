@@ -2,7 +2,12 @@
 //! place the SDK gets a connected transport. Frames go out with [`Conn::send`] and come
 //! in with [`Conn::frames`], over TCP or over HTTP long-poll alike.
 //!
-//! Long-poll: the first `send` (the LOGIN frame) opens the session
+//! Encryption lives here too, so it covers TCP and long-poll alike: [`Conn::login`] sends
+//! the LOGIN inside the Noise IK HELLO when a server key is known and reads the login
+//! answer out of the handshake's second message; after that [`Conn::send`] seals and
+//! [`Conn::frames`] opens (docs/protocol.md 1.4).
+//!
+//! Long-poll: the first `send` (the LOGIN frame, or the HELLO carrying it) opens the session
 //! (`POST /v1/lp/open`); later sends are `POST /v1/lp/send?sid=…`; a background task
 //! holds `POST /v1/lp/poll?sid=…` and hands what it returns to `frames`. Dropping the
 //! connection ends the session (`POST /v1/lp/close`).
@@ -11,6 +16,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferry_proto::frame::encode_msg;
+use ferry_proto::secure::{self, Channel};
 use ferry_proto::{cmd, v1, Frame, ProtoMessage, MAX_BODY_LEN};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -29,8 +35,13 @@ type Http = Client<HttpConnector, Full<Bytes>>;
 pub(crate) struct Conn {
     pub endpoint: Endpoint,
     inner: Inner,
-    /// Bytes received that are not yet a whole frame.
+    /// Plain bytes received that are not yet a whole frame.
     buf: BytesMut,
+    /// Bytes as they came off the transport, not yet taken into `buf`.
+    wire: BytesMut,
+    /// The encrypted link's keys, once the handshake is done; `None`: plaintext (or the
+    /// handshake still running).
+    channel: Option<Channel>,
 }
 
 enum Inner {
@@ -128,17 +139,116 @@ impl Conn {
             endpoint: ep,
             inner,
             buf: BytesMut::new(),
+            wire: BytesMut::new(),
+            channel: None,
         })
     }
 
-    /// Sends encoded frames.
+    /// Sends encoded frames (sealed on an encrypted link).
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
+        match &mut self.channel {
+            Some(ch) => {
+                let mut sealed = BytesMut::with_capacity(bytes.len() + secure::RECORD_OVERHEAD);
+                ch.seal(bytes, &mut sealed)
+                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                self.send_raw(&sealed).await
+            }
+            None => self.send_raw(bytes).await,
+        }
+    }
+
+    async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ClientError> {
         match &mut self.inner {
             Inner::Tcp { write, .. } => Ok(write.write_all(bytes).await?),
             Inner::LongPoll(lp) => {
                 if let Some(first) = lp.send(bytes).await? {
-                    self.buf.extend_from_slice(&first);
+                    self.wire.extend_from_slice(&first);
                 }
+                Ok(())
+            }
+        }
+    }
+
+    /// Sends the encoded LOGIN frame and returns the frames that answer it (the login
+    /// answer or an ERROR first). With `server_key` the LOGIN rides in the Noise IK
+    /// HELLO and the answer in the handshake's second message — still one round trip
+    /// — and the link is encrypted from then on. A server that cannot open the HELLO
+    /// (another key) answers with a plain ERROR frame, returned as it is.
+    pub async fn login(
+        &mut self,
+        login: &[u8],
+        server_key: Option<[u8; 32]>,
+    ) -> Result<Vec<Frame>, ClientError> {
+        let Some(key) = server_key else {
+            self.send(login).await?;
+            return self.frames().await;
+        };
+        let mut hello = BytesMut::new();
+        let hs = secure::client_hello(&key, login, &mut hello)
+            .map_err(|e| ClientError::Protocol(format!("handshake: {e}")))?;
+        self.send_raw(&hello).await?;
+        let answer = loop {
+            match secure::parse_handshake(&mut self.wire)
+                .map_err(|e| ClientError::Protocol(format!("handshake answer: {e}")))?
+            {
+                Some(f) => break f,
+                None => self.read_raw().await?,
+            }
+        };
+        if answer.cmd == cmd::ERROR {
+            return Ok(vec![answer]);
+        }
+        let (channel, payload) = hs.finish(&answer).map_err(|e| {
+            ClientError::Protocol(format!(
+                "the server's handshake answer does not open ({e}): it does not hold the \
+                 pinned server key"
+            ))
+        })?;
+        self.buf.extend_from_slice(&payload);
+        self.channel = Some(channel);
+        self.frames().await
+    }
+
+    /// Reads what the transport has into `wire`, waiting for at least one byte.
+    async fn read_raw(&mut self) -> Result<(), ClientError> {
+        match &mut self.inner {
+            Inner::Tcp { read, .. } => {
+                self.wire.reserve(8192);
+                if read.read_buf(&mut self.wire).await? == 0 {
+                    return Err(ClientError::Io("server closed the link".into()));
+                }
+            }
+            Inner::LongPoll(lp) => {
+                let Some(rx) = lp.rx.as_mut() else {
+                    return Err(ClientError::Protocol("long-poll session not open".into()));
+                };
+                match rx.recv().await {
+                    Some(Ok(b)) => self.wire.extend_from_slice(&b),
+                    Some(Err(e)) => return Err(e),
+                    None => return Err(ClientError::Io("long-poll ended".into())),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Moves what came off the transport into the plain buffer (opening it on an
+    /// encrypted link). A record that does not open ends the link.
+    fn absorb(&mut self) -> Result<(), ClientError> {
+        if self.wire.is_empty() {
+            return Ok(());
+        }
+        match &mut self.channel {
+            Some(ch) => ch
+                .open(&mut self.wire, &mut self.buf)
+                .map_err(|e| ClientError::Protocol(format!("encrypted link: {e}"))),
+            None if self.buf.is_empty() => {
+                std::mem::swap(&mut self.buf, &mut self.wire);
+                Ok(())
+            }
+            None => {
+                self.buf.extend_from_slice(&self.wire);
+                self.wire.clear();
                 Ok(())
             }
         }
@@ -161,6 +271,7 @@ impl Conn {
     /// bytes read before a cancel stay in the buffer.
     pub async fn frames(&mut self) -> Result<Vec<Frame>, ClientError> {
         loop {
+            self.absorb()?;
             let mut out = Vec::new();
             while let Some(f) = Frame::parse(&mut self.buf, MAX_BODY_LEN)
                 .map_err(|e| ClientError::Protocol(e.to_string()))?
@@ -170,24 +281,7 @@ impl Conn {
             if !out.is_empty() {
                 return Ok(out);
             }
-            match &mut self.inner {
-                Inner::Tcp { read, .. } => {
-                    self.buf.reserve(8192);
-                    if read.read_buf(&mut self.buf).await? == 0 {
-                        return Err(ClientError::Io("server closed the link".into()));
-                    }
-                }
-                Inner::LongPoll(lp) => {
-                    let Some(rx) = lp.rx.as_mut() else {
-                        return Err(ClientError::Protocol("long-poll session not open".into()));
-                    };
-                    match rx.recv().await {
-                        Some(Ok(b)) => self.buf.extend_from_slice(&b),
-                        Some(Err(e)) => return Err(e),
-                        None => return Err(ClientError::Io("long-poll ended".into())),
-                    }
-                }
-            }
+            self.read_raw().await?;
         }
     }
 }

@@ -13,7 +13,7 @@ use axum::{Extension, Router};
 use bytes::Bytes;
 use ferry_bus::BusRequest;
 use ferry_proto::v1::{self, ErrorCode};
-use ferry_proto::{cmd, error_body, ProtoMessage};
+use ferry_proto::{cmd, error_body, sealed, ProtoMessage};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -31,6 +31,7 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/lp/send", post(crate::lp::send))
         .route("/v1/lp/poll", post(crate::lp::poll))
         .route("/v1/lp/close", post(crate::lp::close))
+        .route("/v1/server-key", get(server_key))
         .route("/v1/{*path}", post(short_link).get(short_link_get))
         .route("/healthz", get(|| async { "ok" }))
         .with_state(gw)
@@ -125,21 +126,94 @@ async fn short_link(
         None if cmd::UPLOADS.contains(&c) => gw.cfg.max_upload_bytes,
         None => gw.cfg.max_http_body_bytes,
     };
-    let body = match axum::body::to_bytes(body, limit).await {
+    let is_sealed = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == sealed::CONTENT_TYPE.as_bytes());
+    if !is_sealed && !gw.cfg.allow_plaintext {
+        gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
+        return error(
+            ErrorCode::PermissionDenied,
+            "plaintext short-link requests are refused here: seal them (docs/protocol.md 3.1)",
+        );
+    }
+    // A sealed body may be larger by its envelope; the limit applies to what it seals.
+    let wire_limit = if is_sealed {
+        limit + sealed::request_overhead(limit)
+    } else {
+        limit
+    };
+    let body = match axum::body::to_bytes(body, wire_limit).await {
         Ok(b) => b,
         Err(_) => return error(ErrorCode::TooLarge, &format!("body over {limit} bytes")),
+    };
+    let (body, reply_to) = if is_sealed {
+        match crate::secure::open_short(&gw.key, &gw.replay, &body) {
+            Ok(r) if r.body.len() > limit => {
+                return error(ErrorCode::TooLarge, &format!("body over {limit} bytes"))
+            }
+            Ok(r) => (Bytes::from(r.body), Some((r.reply_to, r.token))),
+            Err((code, message)) => {
+                gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
+                return error(code, &message);
+            }
+        }
+    } else {
+        (body, None)
     };
     let mut req = BusRequest {
         cmd: u32::from(c),
         body,
         ..request_base(&gw, peer, &headers)
     };
+    if let Some((_, token)) = &reply_to {
+        // A sealed request's token is the one inside the seal, never a plain header.
+        req.token = token.clone();
+    }
     if c == cmd::ENDPOINTS || c == cmd::ENDPOINT_REPORT {
         // Logic builds the default endpoint list from where the client came in.
         req.local_addr = local.map(|l| l.0 .0.to_string()).unwrap_or_default();
         req.listen = gw.listen_addrs().iter().map(|a| a.to_string()).collect();
     }
-    forward(&gw, req).await
+    let resp = forward(&gw, req).await;
+    match reply_to {
+        Some((to, _)) => seal_answer(resp, &to).await,
+        None => resp,
+    }
+}
+
+/// Seals an answer's body to the request's reply key; status and headers stay.
+async fn seal_answer(resp: Response, reply_to: &[u8; 32]) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let Ok(plain) = axum::body::to_bytes(body, usize::MAX).await else {
+        return error(ErrorCode::Internal, "answer lost");
+    };
+    match crate::secure::seal_short(reply_to, &plain) {
+        Ok(sealed) => {
+            parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(sealed::CONTENT_TYPE),
+            );
+            parts.headers.remove(header::CONTENT_LENGTH);
+            Response::from_parts(parts, axum::body::Body::from(sealed))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "could not seal an answer");
+            error(ErrorCode::Internal, "could not seal the answer")
+        }
+    }
+}
+
+/// `GET /v1/server-key`: the server's static public key (hex). Only for a client that
+/// trusts on first use: a client given the key out of band must not ask the link it
+/// protects (docs/security.md).
+async fn server_key(State(gw): State<Arc<Gateway>>) -> Response {
+    gw.stats.http_requests.fetch_add(1, Ordering::Relaxed);
+    let mut r = (StatusCode::OK, gw.public_key_hex()).into_response();
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
 }
 
 /// `GET /v1/<path>/<argument>`, for the commands that allow it (avatars).

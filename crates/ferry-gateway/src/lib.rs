@@ -11,12 +11,14 @@ pub mod http;
 mod link;
 pub mod lp;
 mod registry;
+mod secure;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_bus::Bus;
+use ferry_proto::secure::StaticKey;
 use ferry_proto::{sniff, Protocol};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -63,6 +65,10 @@ pub struct GatewayConfig {
     /// Long-poll: bytes a session may queue in either direction before it is closed
     /// (output nobody collects) or a send is refused (input the link has not taken).
     pub lp_max_pending_bytes: usize,
+    /// Accept plaintext long links and short-link requests (local development only).
+    /// Off: every link must start with the encrypted HELLO and every `POST /v1/…`
+    /// request must be sealed (docs/protocol.md 1.4, 3.1).
+    pub allow_plaintext: bool,
 }
 
 impl Default for GatewayConfig {
@@ -91,6 +97,7 @@ impl Default for GatewayConfig {
             lp_poll_hold_ms: 25_000,
             lp_idle_ms: 60_000,
             lp_max_pending_bytes: 1024 * 1024,
+            allow_plaintext: false,
         }
     }
 }
@@ -129,11 +136,21 @@ pub struct Gateway {
     lp: lp::LpSessions,
     /// The addresses this gateway accepts on (for the default endpoint list).
     listen: parking_lot::Mutex<Vec<std::net::SocketAddr>>,
+    /// The server's static key: encrypted links and sealed short-link requests.
+    key: Arc<StaticKey>,
+    /// Sealed short-link requests seen lately (replays are refused).
+    replay: secure::ReplayCache,
 }
 
 impl Gateway {
-    /// Creates a gateway and attaches it to the bus for pushes. `shutdown` stops it.
-    pub fn new(cfg: GatewayConfig, bus: Arc<dyn Bus>, shutdown: CancellationToken) -> Arc<Self> {
+    /// Creates a gateway with the server's static `key` and attaches it to the bus for
+    /// pushes. `shutdown` stops it.
+    pub fn new(
+        cfg: GatewayConfig,
+        key: StaticKey,
+        bus: Arc<dyn Bus>,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
         let stats = Arc::new(Stats::default());
         let registry = Arc::new(Registry::new(cfg.outbox_frames, stats.clone()));
         bus.attach_gateway(&cfg.id, registry.clone());
@@ -150,6 +167,8 @@ impl Gateway {
             extra_routes: std::sync::OnceLock::new(),
             lp: lp::LpSessions::default(),
             listen: parking_lot::Mutex::new(Vec::new()),
+            key: Arc::new(key),
+            replay: Default::default(),
         })
     }
 
@@ -162,6 +181,11 @@ impl Gateway {
 
     pub fn config(&self) -> &GatewayConfig {
         &self.cfg
+    }
+
+    /// The server's static public key (what clients pin), in hex.
+    pub fn public_key_hex(&self) -> String {
+        hex::encode(self.key.public)
     }
 
     /// Accepts connections on `listener` until shutdown. Call once per listener.

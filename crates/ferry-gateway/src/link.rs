@@ -2,7 +2,10 @@
 //!
 //! The link runs over a [`Transport`]: a TCP connection, or a long-poll session (the same
 //! frames over HTTP, see `lp.rs`). Login, heartbeats, forwarding and pushes are this one
-//! code for both; [`run`] is the one place a link starts on a transport.
+//! code for both; [`run`] is the one place a link starts on a transport, and there it is
+//! wrapped in `secure::Secured`: the encrypted link (Noise IK handshake carrying the
+//! LOGIN, then sealed records) or, when allowed, plaintext — the code below sees plain
+//! frames either way.
 //!
 //! A link owns no read buffer while idle: bytes are read into a stack buffer and only a
 //! partial frame is kept between reads. Everything one wake-up produces is written with
@@ -25,6 +28,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::registry::Link;
+use crate::secure::{self, Secured};
 use crate::Gateway;
 
 /// What a read produced.
@@ -116,7 +120,8 @@ async fn write_out<T: Transport>(stream: &mut T, out: &mut BytesMut) -> io::Resu
 }
 
 /// Runs a long link from its first byte to its close.
-pub(crate) async fn run<T: Transport>(gw: Arc<Gateway>, mut stream: T, peer: String) {
+pub(crate) async fn run<T: Transport>(gw: Arc<Gateway>, stream: T, peer: String) {
+    let mut stream = Secured::new(stream, gw.key.clone(), gw.cfg.allow_plaintext);
     let conn_id = gw.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::debug_span!("link", conn_id, user_id = tracing::field::Empty);
     async move {
@@ -184,7 +189,7 @@ async fn login<T: Transport>(
             Ok(Read::Eof) => return None,
             Err(e) => {
                 gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
-                error_frame(0, ErrorCode::TooLarge, &e.to_string(), &mut out);
+                error_frame(0, secure::error_code(&e), &e.to_string(), &mut out);
                 let _ = write_out(stream, &mut out).await;
                 return None;
             }
@@ -304,9 +309,9 @@ async fn serve<T: Transport>(
                     Ok(Read::Eof) => return "closed by peer",
                     Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                         gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
-                        error_frame(0, ErrorCode::TooLarge, &e.to_string(), &mut out);
+                        error_frame(0, secure::error_code(&e), &e.to_string(), &mut out);
                         let _ = write_out(stream, &mut out).await;
-                        return "oversized frame";
+                        return "bad bytes";
                     }
                     Err(_) => return "read failed",
                 }

@@ -4,9 +4,11 @@
 //! forwarding and pushes (it runs `link::run` on an [`LpTransport`]), carried by plain
 //! HTTP requests on any gateway port:
 //!
-//! - `POST /v1/lp/open` — body: the LOGIN frame (more frames may follow). Answers
-//!   200 with the session id in `Ferry-Session` and the login answer frames as the body,
-//!   or the login's `Error` with its status.
+//! - `POST /v1/lp/open` — body: the HELLO frame carrying the LOGIN (the encrypted link,
+//!   docs/protocol.md 1.4), or a plain LOGIN frame (more frames may follow) where
+//!   plaintext is allowed. Answers 200 with the session id in `Ferry-Session` and the
+//!   handshake answer (or the plain login answer frames) as the body, or the login's
+//!   `Error` with its status.
 //! - `POST /v1/lp/send?sid=ID` — body: frames. 204.
 //! - `POST /v1/lp/poll?sid=ID` — held until frames are queued or the hold (25 s) ends;
 //!   200 with the frames (possibly none). 410 once the link has ended.
@@ -303,13 +305,16 @@ pub(crate) async fn open(
         Ok(b) => b,
         Err(r) => return r,
     };
-    // The body must start with a whole LOGIN frame.
-    let whole = matches!(Frame::check(&body, gw.cfg.max_frame_bytes), Ok(Some(_)));
-    if !whole || body[3] != cmd::LOGIN {
+    // The body must start with a whole HELLO (encrypted) or LOGIN (plaintext) frame.
+    let whole = matches!(
+        Frame::check(&body, gw.cfg.max_frame_bytes.max(65_535)),
+        Ok(Some(_))
+    );
+    if !whole || (body[3] != cmd::LOGIN && body[3] != cmd::HELLO) {
         gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
         return error(
             ErrorCode::BadRequest,
-            "the body must start with a whole LOGIN frame",
+            "the body must start with a whole HELLO or LOGIN frame",
         );
     }
     let Ok(permit) = gw.limit.clone().try_acquire_owned() else {
@@ -356,7 +361,9 @@ pub(crate) async fn open(
     };
     let mut parse = BytesMut::from(&out[..]);
     match Frame::parse(&mut parse, ferry_proto::MAX_BODY_LEN) {
-        Ok(Some(f)) if f.cmd == cmd::response(cmd::LOGIN) => {
+        // The handshake answer carries the login answer sealed inside: a refused login
+        // shows only to the client, and its link ends after the answer.
+        Ok(Some(f)) if f.cmd == cmd::response(cmd::LOGIN) || f.cmd == cmd::HELLO | 0x80 => {
             frames_response(Some(&sid), gw.cfg.lp_poll_hold_ms, out)
         }
         Ok(Some(f)) if f.cmd == cmd::ERROR => {

@@ -70,14 +70,17 @@ fn seal_to(to: &[u8; KEY_LEN], cmd: u8, meta: &[u8], body: &[u8]) -> Result<Vec<
     Ok(out.to_vec())
 }
 
-/// Opens what [`seal_to`] wrote with the private key it was sent to. Returns the
-/// handshake payload, the body and the sender's ephemeral public key.
+/// What [`open_with`] opened: the handshake payload, the body and the sender's
+/// ephemeral public key.
+type Opened = (Vec<u8>, Vec<u8>, [u8; KEY_LEN]);
+
+/// Opens what [`seal_to`] wrote with the private key it was sent to.
 fn open_with(
     private: &[u8; KEY_LEN],
     cmd: u8,
     wire: &[u8],
     body_len: impl FnOnce(&[u8]) -> Result<usize, SecureError>,
-) -> Result<(Vec<u8>, Vec<u8>, [u8; KEY_LEN]), SecureError> {
+) -> Result<Opened, SecureError> {
     let mut buf = BytesMut::from(wire);
     let first = Frame::parse(&mut buf, NOISE_MAX)?.ok_or(SecureError::Handshake)?;
     if first.cmd != cmd {

@@ -28,6 +28,55 @@ pub struct ClientOpts {
     /// Where this device's id, token and synckey live (default: under the user's data dir).
     #[arg(long)]
     pub state: Option<PathBuf>,
+    #[command(flatten)]
+    pub key: KeyOpts,
+}
+
+/// How a client command knows the server's key.
+#[derive(Debug, Clone, Args)]
+pub struct KeyOpts {
+    /// The server's public key (64 hex digits, printed by `ferry serve`), pinned.
+    /// Without it the first key the server shows is trusted and kept in the state folder.
+    #[arg(long, env = "FERRY_SERVER_KEY")]
+    pub server_key: Option<String>,
+    /// A file holding the server's public key (hex).
+    #[arg(long, conflicts_with = "server_key")]
+    pub server_key_file: Option<PathBuf>,
+    /// Talk plaintext (only to a server with `gateway.allow_plaintext = true`).
+    #[arg(long, conflicts_with_all = ["server_key", "server_key_file"])]
+    pub plaintext: bool,
+}
+
+impl KeyOpts {
+    /// The configured security: pinned, plaintext, or trust on first use.
+    pub fn security(&self) -> anyhow::Result<ferry_client::Security> {
+        use ferry_client::Security;
+        if self.plaintext {
+            return Ok(Security::Plaintext);
+        }
+        let text = match (&self.server_key, &self.server_key_file) {
+            (Some(k), _) => k.clone(),
+            (None, Some(f)) => {
+                std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+            }
+            (None, None) => return Ok(Security::TrustOnFirstUse),
+        };
+        Ok(Security::Pinned(crate::server_key::parse_public(&text)?))
+    }
+
+    /// A short link to `server` for a command without a device (register, endpoints).
+    pub async fn short(&self, server: &str) -> anyhow::Result<ShortLink> {
+        let key = match self.security()? {
+            ferry_client::Security::Pinned(k) => Some(k),
+            ferry_client::Security::Plaintext => None,
+            ferry_client::Security::TrustOnFirstUse => Some(
+                ferry_client::fetch_server_key(server)
+                    .await
+                    .with_context(|| format!("asking {server} for its key"))?,
+            ),
+        };
+        Ok(ShortLink::sealed(server, key))
+    }
 }
 
 impl ClientOpts {
@@ -45,17 +94,25 @@ impl ClientOpts {
         self.server.first().map_or("127.0.0.1:8080", String::as_str)
     }
 
-    pub fn config(&self) -> ClientConfig {
+    pub fn config(&self) -> anyhow::Result<ClientConfig> {
         let mut cfg = ClientConfig::new(self.primary(), &self.user, &self.password);
+        cfg.security = self.key.security()?;
         cfg.servers = self.server.iter().skip(1).cloned().collect();
         cfg.state_dir = Some(self.state_dir());
         cfg.client_version = concat!("ferry-cli/", env!("CARGO_PKG_VERSION")).into();
-        cfg
+        Ok(cfg)
     }
 }
 
-pub async fn register(server: &str, user: &str, password: &str) -> anyhow::Result<()> {
-    let id = ShortLink::new(server)
+pub async fn register(
+    server: &str,
+    user: &str,
+    password: &str,
+    key: &KeyOpts,
+) -> anyhow::Result<()> {
+    let id = key
+        .short(server)
+        .await?
         .register(user, password)
         .await
         .with_context(|| format!("registering {user}"))?;
@@ -65,10 +122,17 @@ pub async fn register(server: &str, user: &str, password: &str) -> anyhow::Resul
 
 /// `ferry endpoints`: the endpoint list the server hands this client, as JSON lines
 /// (best first). Asks each `--server` in turn until one answers.
-pub async fn endpoints(servers: &[String]) -> anyhow::Result<()> {
+pub async fn endpoints(servers: &[String], key: &KeyOpts) -> anyhow::Result<()> {
     let mut last = None;
     for server in servers {
-        match ShortLink::new(server).endpoints(0).await {
+        let short = match key.short(server).await {
+            Ok(s) => s,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        match short.endpoints(0).await {
             Ok(list) => {
                 for e in &list.endpoints {
                     println!(
@@ -104,7 +168,9 @@ fn connected_line(endpoint: &ferry_client::Endpoint) -> String {
 }
 
 pub async fn send(opts: &ClientOpts, to: &str, text: &str) -> anyhow::Result<()> {
-    let (client, _events) = Client::connect(opts.config()).await.context("logging in")?;
+    let (client, _events) = Client::connect(opts.config()?)
+        .await
+        .context("logging in")?;
     let result = client.send_text(to, text).await;
     client.close().await;
     let ack = result.context("sending")?;
@@ -173,7 +239,9 @@ pub async fn send_media(
     to: ferry_client::Dest,
     media: &crate::cli_media::MediaArgs,
 ) -> anyhow::Result<()> {
-    let (client, _events) = Client::connect(opts.config()).await.context("logging in")?;
+    let (client, _events) = Client::connect(opts.config()?)
+        .await
+        .context("logging in")?;
     let result = crate::cli_media::send(&client, to, media).await;
     client.close().await;
     result
@@ -208,7 +276,9 @@ pub async fn listen(
     timeout: Option<u64>,
     download: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    let (client, mut events) = Client::connect(opts.config()).await.context("logging in")?;
+    let (client, mut events) = Client::connect(opts.config()?)
+        .await
+        .context("logging in")?;
     let me = client.username();
     let deadline = timeout.map(|s| tokio::time::Instant::now() + Duration::from_secs(s));
     let mut seen = 0u64;
@@ -262,7 +332,9 @@ pub async fn listen(
 }
 
 pub async fn chat(opts: &ClientOpts, to: Option<String>) -> anyhow::Result<()> {
-    let (client, mut events) = Client::connect(opts.config()).await.context("logging in")?;
+    let (client, mut events) = Client::connect(opts.config()?)
+        .await
+        .context("logging in")?;
     let me = client.username();
     let mut peer = to;
     eprintln!("logged in as {me}. Type a line to send it{}; \"@name text\" sends to name, \"/to name\" changes the peer, \"/quit\" leaves.",
@@ -442,7 +514,7 @@ pub enum MomentsCmd {
 }
 
 async fn account(opts: &ClientOpts) -> anyhow::Result<Account> {
-    Account::open(opts.config()).await.context("signing in")
+    Account::open(opts.config()?).await.context("signing in")
 }
 
 pub async fn friends(cmd: FriendsCmd) -> anyhow::Result<()> {
@@ -739,7 +811,9 @@ pub async fn send_group(
     text: &str,
     mentions: &[String],
 ) -> anyhow::Result<()> {
-    let (client, _events) = Client::connect(opts.config()).await.context("logging in")?;
+    let (client, _events) = Client::connect(opts.config()?)
+        .await
+        .context("logging in")?;
     let refs: Vec<&str> = mentions.iter().map(String::as_str).collect();
     let result = client.send_group(group, text, &refs).await;
     client.close().await;
@@ -749,7 +823,9 @@ pub async fn send_group(
 }
 
 pub async fn recall(opts: &ClientOpts, msg_id: u64) -> anyhow::Result<()> {
-    let (client, _events) = Client::connect(opts.config()).await.context("logging in")?;
+    let (client, _events) = Client::connect(opts.config()?)
+        .await
+        .context("logging in")?;
     let result = client.recall(msg_id).await;
     client.close().await;
     result.context("recalling")?;

@@ -145,8 +145,10 @@ impl GatewayNode {
             .await
             .with_context(|| format!("connecting to NATS at {}", cfg.cluster.nats))?;
         let shutdown = CancellationToken::new();
+        let key = crate::server_key::load_or_create(&crate::server_key::path(cfg))?;
         let gateway = Gateway::new(
             cfg.gateway.clone(),
+            key,
             bus.clone() as Arc<dyn Bus>,
             shutdown.clone(),
         );

@@ -23,6 +23,9 @@ pub struct Config {
     pub admin_token: String,
     /// Serve `/metrics` without the admin token (for a Prometheus on a private network).
     pub public_metrics: bool,
+    /// The server's static key (hex private key, mode 0600). Empty: `data_dir/server-key`,
+    /// generated at the first start. Every gateway of a cluster loads the same key.
+    pub server_key_file: PathBuf,
     pub gateway: GatewayConfig,
     pub logic: LogicConfig,
     /// `ferry gateway` / `ferry logic`: NATS and PostgreSQL.
@@ -37,6 +40,7 @@ impl Default for Config {
             durability: "fsync".into(),
             admin_token: String::new(),
             public_metrics: false,
+            server_key_file: PathBuf::new(),
             gateway: GatewayConfig::default(),
             logic: LogicConfig::default(),
             cluster: Default::default(),
@@ -79,6 +83,13 @@ impl Config {
         }
         if let Some(v) = var("FERRY_ADMIN_TOKEN") {
             self.admin_token = v;
+        }
+        if let Some(v) = var("FERRY_SERVER_KEY_FILE") {
+            self.server_key_file = v.into();
+        }
+        if let Some(v) = var("FERRY_ALLOW_PLAINTEXT") {
+            self.gateway.allow_plaintext =
+                v.parse().context("FERRY_ALLOW_PLAINTEXT (true/false)")?;
         }
         if let Some(v) = var("FERRY_NATS") {
             self.cluster.nats = v;

@@ -11,6 +11,7 @@ pub mod cluster;
 pub mod config;
 pub mod monitor;
 pub mod server;
+pub mod server_key;
 
 pub use config::Config;
 pub use server::Server;

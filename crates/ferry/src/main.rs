@@ -68,6 +68,8 @@ enum Command {
         user: String,
         #[arg(long, env = "FERRY_PASSWORD")]
         password: String,
+        #[command(flatten)]
+        key: cli::KeyOpts,
     },
     /// Send one text message and print its id once the server has stored it.
     Send {
@@ -121,6 +123,8 @@ enum Command {
             value_delimiter = ','
         )]
         server: Vec<String>,
+        #[command(flatten)]
+        key: cli::KeyOpts,
     },
     /// Interactive line-based chat.
     Chat {
@@ -248,7 +252,8 @@ async fn main() {
                     server,
                     user,
                     password,
-                } => cli::register(&server, &user, &password).await,
+                    key,
+                } => cli::register(&server, &user, &password, &key).await,
                 Command::Send {
                     opts,
                     to,
@@ -279,7 +284,7 @@ async fn main() {
                     download,
                 } => cli::listen(&opts, count, timeout, download.as_deref()).await,
                 Command::Chat { opts, to } => cli::chat(&opts, to).await,
-                Command::Endpoints { server } => cli::endpoints(&server).await,
+                Command::Endpoints { server, key } => cli::endpoints(&server, &key).await,
                 Command::Admin {
                     command:
                         AdminCommand::Status {
@@ -384,6 +389,10 @@ async fn serve(
         "ferry dashboard: {}",
         ferry::monitor::dashboard_url(server.addr(), server.monitor.token())
     ));
+    say(format_args!(
+        "ferry server key: {} (clients pin it: --server-key)",
+        server.gateway.public_key_hex()
+    ));
     tracing::info!(data = %cfg.data_dir.display(), "ferry serving");
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -416,6 +425,10 @@ async fn run_gateway(
         // Tests and scripts read these lines.
         say(format_args!("ferry listening on {a}"));
     }
+    say(format_args!(
+        "ferry server key: {} (clients pin it: --server-key)",
+        node.gateway.public_key_hex()
+    ));
     say(format_args!("ferry gateway {} ready", cfg.gateway.id));
     say(format_args!(
         "ferry dashboard: {}",

@@ -61,7 +61,8 @@ impl Server {
         logic.set_media_store(Arc::new(media));
         logic.start();
         let shutdown = CancellationToken::new();
-        let gateway = Gateway::new(cfg.gateway.clone(), bus, shutdown.clone());
+        let key = crate::server_key::load_or_create(&crate::server_key::path(&cfg))?;
+        let gateway = Gateway::new(cfg.gateway.clone(), key, bus, shutdown.clone());
         let monitor = Monitor::start(
             monitor::Sources {
                 node_id: cfg.gateway.id.clone(),

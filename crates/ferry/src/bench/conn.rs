@@ -1,6 +1,12 @@
 //! A bare Ferry long link for the bench, on the real codec (`ferry_proto`), counting
 //! every byte that crosses the socket; the short-link helpers that get tokens; and the
 //! wire probe that measures a login and a "hello" byte by byte.
+//!
+//! Encrypted by default, like the SDK: the LOGIN rides in the Noise IK HELLO and every
+//! frame after it is sealed (docs/protocol.md 1.4). The server key is learned once per
+//! process from the first server (`GET /v1/server-key`, trust on first use), or pinned
+//! with `FERRY_BENCH_SERVER_KEY`; `FERRY_BENCH_PLAINTEXT=1` speaks plaintext (the server
+//! must allow it).
 
 use std::time::Duration;
 
@@ -8,6 +14,7 @@ use anyhow::{bail, Context};
 use bytes::BytesMut;
 use ferry_client::ShortLink;
 use ferry_proto::frame::encode_msg;
+use ferry_proto::secure::{self, Channel};
 use ferry_proto::v1::{self, ErrorCode};
 use ferry_proto::{cmd, Frame, ProtoMessage, MAX_BODY_LEN};
 use serde_json::{json, Value};
@@ -17,16 +24,54 @@ use tokio::net::TcpStream;
 /// Anything a bench connection waits for longer than this has failed.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The server key this process encrypts to (`None`: plaintext), resolved once.
+static SERVER_KEY: tokio::sync::OnceCell<Option<[u8; 32]>> = tokio::sync::OnceCell::const_new();
+
+/// The server key for `server`'s cluster: `FERRY_BENCH_PLAINTEXT=1` → none;
+/// `FERRY_BENCH_SERVER_KEY` (hex) → pinned; else learned from `server` on first use.
+pub async fn server_key(server: &str) -> anyhow::Result<Option<[u8; 32]>> {
+    SERVER_KEY
+        .get_or_try_init(|| async {
+            if std::env::var("FERRY_BENCH_PLAINTEXT").is_ok_and(|v| v == "1") {
+                return Ok(None);
+            }
+            let cfg = match std::env::var("FERRY_BENCH_SERVER_KEY") {
+                Ok(k) => crate::server_key::parse_public(&k).map(Some)?,
+                Err(_) => ferry_client::fetch_server_key(server)
+                    .await
+                    .map(Some)
+                    .with_context(|| format!("asking {server} for its key"))?,
+            };
+            Ok(cfg)
+        })
+        .await
+        .copied()
+}
+
+/// A short link to `server`, sealed like the SDK's unless the bench runs plaintext.
+pub async fn short(server: &str) -> anyhow::Result<ShortLink> {
+    Ok(ShortLink::sealed(server, server_key(server).await?))
+}
+
 /// One long link.
 pub struct FerryConn {
     pub stream: TcpStream,
+    /// Plain bytes not yet a whole frame.
     pub buf: BytesMut,
+    /// Sealed bytes not yet a whole record.
+    wire: BytesMut,
+    /// The encrypted link's keys after the handshake; `None`: plaintext.
+    channel: Option<Channel>,
+    key: Option<[u8; 32]>,
     pub bytes_in: u64,
     pub bytes_out: u64,
+    /// Writes to the socket: during a login, the round trips it took.
+    pub writes: u64,
 }
 
 impl FerryConn {
     pub async fn connect(addr: &str) -> anyhow::Result<FerryConn> {
+        let key = server_key(addr).await?;
         let stream = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
             .await
             .context("connect timed out")?
@@ -35,9 +80,36 @@ impl FerryConn {
         Ok(FerryConn {
             stream,
             buf: BytesMut::new(),
+            wire: BytesMut::new(),
+            channel: None,
+            key,
             bytes_in: 0,
             bytes_out: 0,
+            writes: 0,
         })
+    }
+
+    /// The socket and the sealing state, for a caller that writes frames itself.
+    pub fn into_parts(self) -> (TcpStream, Option<Channel>) {
+        (self.stream, self.channel)
+    }
+
+    /// Writes encoded frames (sealed on an encrypted link).
+    pub async fn send_raw(&mut self, plain: &[u8]) -> anyhow::Result<()> {
+        match &mut self.channel {
+            Some(ch) => {
+                let mut out = BytesMut::with_capacity(plain.len() + secure::RECORD_OVERHEAD);
+                ch.seal(plain, &mut out)?;
+                self.stream.write_all(&out).await?;
+                self.bytes_out += out.len() as u64;
+            }
+            None => {
+                self.stream.write_all(plain).await?;
+                self.bytes_out += plain.len() as u64;
+            }
+        }
+        self.writes += 1;
+        Ok(())
     }
 
     pub async fn send<M: ProtoMessage>(
@@ -48,24 +120,62 @@ impl FerryConn {
     ) -> anyhow::Result<()> {
         let mut out = BytesMut::new();
         encode_msg(c, req_id, msg, &mut out);
-        self.stream.write_all(&out).await?;
-        self.bytes_out += out.len() as u64;
+        self.send_raw(&out).await
+    }
+
+    async fn read_more(&mut self) -> anyhow::Result<()> {
+        self.wire.reserve(4096);
+        let n = self.stream.read_buf(&mut self.wire).await?;
+        if n == 0 {
+            bail!("the server closed the link");
+        }
+        self.bytes_in += n as u64;
         Ok(())
     }
 
     /// The next frame.
     pub async fn read_frame(&mut self) -> anyhow::Result<Frame> {
         loop {
+            match &mut self.channel {
+                Some(ch) => ch.open(&mut self.wire, &mut self.buf)?,
+                None => {
+                    self.buf.extend_from_slice(&self.wire);
+                    self.wire.clear();
+                }
+            }
             if let Some(f) = Frame::parse(&mut self.buf, MAX_BODY_LEN)? {
                 return Ok(f);
             }
-            self.buf.reserve(4096);
-            let n = self.stream.read_buf(&mut self.buf).await?;
-            if n == 0 {
-                bail!("the server closed the link");
-            }
-            self.bytes_in += n as u64;
+            self.read_more().await?;
         }
+    }
+
+    /// Sends the LOGIN (inside the HELLO when encrypted); the first answer frame.
+    async fn login_exchange(&mut self, login: &[u8]) -> anyhow::Result<Frame> {
+        let Some(key) = self.key else {
+            self.send_raw(login).await?;
+            return self.read_frame().await;
+        };
+        let mut hello = BytesMut::new();
+        let hs = secure::client_hello(&key, login, &mut hello)?;
+        self.stream.write_all(&hello).await?;
+        self.bytes_out += hello.len() as u64;
+        self.writes += 1;
+        let answer = loop {
+            if let Some(f) = secure::parse_handshake(&mut self.wire)? {
+                break f;
+            }
+            self.read_more().await?;
+        };
+        if answer.cmd == cmd::ERROR {
+            return Ok(answer);
+        }
+        let (channel, payload) = hs
+            .finish(&answer)
+            .context("the handshake answer does not open: another server key?")?;
+        self.channel = Some(channel);
+        self.buf.extend_from_slice(&payload);
+        self.read_frame().await
     }
 
     /// LOGIN with a stored token; the answer or the server's refusal.
@@ -75,8 +185,9 @@ impl FerryConn {
             synckey,
             client_version: String::new(),
         };
-        self.send(cmd::LOGIN, 1, &req).await?;
-        let f = tokio::time::timeout(IO_TIMEOUT, self.read_frame())
+        let mut login = BytesMut::new();
+        encode_msg(cmd::LOGIN, 1, &req, &mut login);
+        let f = tokio::time::timeout(IO_TIMEOUT, self.login_exchange(&login))
             .await
             .context("login timed out")??;
         if f.cmd == cmd::ERROR {
@@ -154,20 +265,32 @@ pub async fn befriend(
 }
 
 /// `POST /v1/{method}` by hand on a fresh connection, to count the bytes an HTTP client
-/// like the SDK's puts on the wire. Returns (answer body, bytes sent, bytes received).
+/// like the SDK's puts on the wire; sealed to `key` when given, as the SDK does.
+/// Returns (answer body, bytes sent, bytes received).
 pub async fn raw_post(
     server: &str,
     method: &str,
     body: &[u8],
+    key: Option<[u8; 32]>,
 ) -> anyhow::Result<(Vec<u8>, u64, u64)> {
     let mut s = TcpStream::connect(server).await?;
     s.set_nodelay(true)?;
+    let (body, reply, content_type) = match key {
+        Some(k) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as u64;
+            let (wire, reply) = ferry_proto::sealed::seal_request(&k, "", body, now)?;
+            (wire, Some(reply), ferry_proto::sealed::CONTENT_TYPE)
+        }
+        None => (body.to_vec(), None, "application/x-protobuf"),
+    };
     let mut req = format!(
-        "POST /v1/{method} HTTP/1.1\r\nhost: {server}\r\ncontent-type: application/x-protobuf\r\ncontent-length: {}\r\n\r\n",
+        "POST /v1/{method} HTTP/1.1\r\nhost: {server}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n",
         body.len()
     )
     .into_bytes();
-    req.extend_from_slice(body);
+    req.extend_from_slice(&body);
     s.write_all(&req).await?;
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
@@ -192,6 +315,10 @@ pub async fn raw_post(
                 .context("no content-length")?;
             if got.len() >= end + 4 + len {
                 let body = got[end + 4..end + 4 + len].to_vec();
+                let body = match &reply {
+                    Some(r) => ferry_proto::sealed::open_response(r, &body)?,
+                    None => body,
+                };
                 return Ok((body, req.len() as u64, got.len() as u64));
             }
         }
@@ -201,7 +328,8 @@ pub async fn raw_post(
 /// Measures, byte by byte on the client sockets: a device's HTTP auth, a long-link
 /// login with the stored token, and one "hello" from `a` to `b`.
 pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::Result<Value> {
-    let short = ShortLink::new(server);
+    let short = short(server).await?;
+    let key = short.key();
     let (a, b) = (format!("{prefix}a"), format!("{prefix}b"));
     register_and_auth(&short, &a, password).await?;
     register_and_auth(&short, &b, password).await?;
@@ -213,7 +341,7 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
             password: password.to_owned(),
             device_id: "probe".into(),
         };
-        let (body, sent, recv) = raw_post(server, "auth", &req.encode_to_vec()).await?;
+        let (body, sent, recv) = raw_post(server, "auth", &req.encode_to_vec(), key).await?;
         auth_bytes = (sent, recv);
         tokens.push(v1::AuthResp::decode(&body[..])?.token);
     }
@@ -221,6 +349,7 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
     let mut ca = FerryConn::connect(server).await?;
     ca.login(&tokens[0], 0).await?;
     let login = (ca.bytes_out, ca.bytes_in);
+    let login_round_trips = ca.writes;
     let mut cb = FerryConn::connect(server).await?;
     cb.login(&tokens[1], 0).await?;
     // Let the server's presence catch up with the links before the hello, and take in
@@ -274,7 +403,8 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
         bail!("the hello was not inline in the notify");
     }
     Ok(json!({
-        "login_round_trips": 1,
+        "encrypted": key.is_some(),
+        "login_round_trips": login_round_trips,
         "login_sent_bytes": login.0,
         "login_received_bytes": login.1,
         "login_bytes": login.0 + login.1,

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ferry_client::ShortLink;
 use ferry_proto::v1::{self, group_entry};
 use ferry_proto::{cmd, ProtoMessage};
 use serde_json::json;
@@ -77,7 +76,7 @@ async fn measure(
     window: usize,
 ) -> anyhow::Result<Report> {
     let addr = target.addrs[0].clone();
-    let short = ShortLink::new(&addr);
+    let short = super::conn::short(&addr).await?;
     let names: Vec<String> = (0..members)
         .map(|i| format!("{}g{i}", args.prefix))
         .collect();

@@ -304,16 +304,19 @@ async fn hold(
 ) {
     let permit = limit.acquire_owned().await;
     let server = spec.server(i).to_owned();
-    let (stream, beat): (TcpStream, &'static [u8]) = match spec.protocol {
+    let (stream, mut channel, beat): (TcpStream, _, &'static [u8]) = match spec.protocol {
         Proto::Ferry => match FerryConn::connect(&server).await {
             Ok(mut c) => match c.login(&cred, 0).await {
-                Ok(_) => (c.stream, HEARTBEAT_FRAME),
+                Ok(_) => {
+                    let (stream, channel) = c.into_parts();
+                    (stream, channel, HEARTBEAT_FRAME)
+                }
                 Err(e) => return fail(&spec, ready, e),
             },
             Err(e) => return fail(&spec, ready, e),
         },
         Proto::Xmpp => match XmppConn::login(&server, &spec.domain, &spec.user(i), &cred).await {
-            Ok(c) => (c.stream, b" "),
+            Ok(c) => (c.stream, None, b" "),
             Err(e) => return fail(&spec, ready, e),
         },
     };
@@ -328,7 +331,20 @@ async fn hold(
         tokio::select! {
             _ = stop.cancelled() => break false,
             _ = beats.tick() => {
-                if stream.write_all(beat).await.is_err() {
+                // On an encrypted link the heartbeat goes out sealed (the answers are
+                // only drained, never opened: an idle client needs nothing from them).
+                let sealed = match channel.as_mut() {
+                    Some(ch) => {
+                        let mut out = bytes::BytesMut::new();
+                        if ch.seal(beat, &mut out).is_err() {
+                            break true;
+                        }
+                        Some(out)
+                    }
+                    None => None,
+                };
+                let bytes = sealed.as_deref().unwrap_or(beat);
+                if stream.write_all(bytes).await.is_err() {
                     break true;
                 }
             }

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use anyhow::Context;
 use bytes::Bytes;
-use ferry_client::{Account, ClientConfig, ShortLink};
+use ferry_client::{Account, ClientConfig};
 use ferry_proto::v1::{ErrorCode, MediaKind};
 use serde_json::json;
 
@@ -47,14 +47,21 @@ async fn measure(
 ) -> anyhow::Result<Report> {
     let addr = &target.addrs[0];
     let user = format!("{}media", args.prefix);
-    match ShortLink::new(addr).register(&user, PASSWORD).await {
+    match super::conn::short(addr)
+        .await?
+        .register(&user, PASSWORD)
+        .await
+    {
         Ok(_) => {}
         Err(e) if e.code() == Some(ErrorCode::UserExists) => {}
         Err(e) => return Err(e).context("registering the bench user"),
     }
-    let account = Account::open(ClientConfig::new(addr, &user, PASSWORD))
-        .await
-        .context("signing in")?;
+    let mut cfg = ClientConfig::new(addr, &user, PASSWORD);
+    cfg.security = match super::conn::server_key(addr).await? {
+        Some(k) => ferry_client::Security::Pinned(k),
+        None => ferry_client::Security::Plaintext,
+    };
+    let account = Account::open(cfg).await.context("signing in")?;
     let size = (size_mib * 1024 * 1024) as usize;
     let mut report = Report::new(format!("media upload: {size_mib} MiB"));
     let mut runs = Vec::new();

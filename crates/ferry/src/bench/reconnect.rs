@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use ferry_client::{Client, ClientConfig, Event, ShortLink};
+use ferry_client::{Client, ClientConfig, Event};
 use ferry_proto::v1;
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -197,7 +197,7 @@ struct Peer {
 pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
     let spec = ctx.spec.clone();
     // Users exist before the SDK logs in with their passwords.
-    let short = ShortLink::new(spec.server(0));
+    let short = super::conn::short(spec.server(0)).await?;
     let limit = Arc::new(Semaphore::new(32));
     let mut set = JoinSet::new();
     for i in 0..spec.users {

@@ -164,7 +164,12 @@ impl Ctx {
         let spec = &self.spec;
         let limit = Arc::new(Semaphore::new(32));
         let mut set = JoinSet::new();
-        let short = ferry_client::ShortLink::new(spec.server(0));
+        // XMPP servers have no Ferry key; their users are made over XMPP.
+        let key = match spec.protocol {
+            Proto::Ferry => conn::server_key(spec.server(0)).await?,
+            Proto::Xmpp => None,
+        };
+        let short = ferry_client::ShortLink::sealed(spec.server(0), key);
         for i in 0..spec.users {
             let (user, pw, server) = (spec.user(i), spec.password.clone(), spec.server(i));
             let server = server.to_owned();
@@ -172,7 +177,7 @@ impl Ctx {
             let short = if spec.servers.len() == 1 {
                 short.clone()
             } else {
-                ferry_client::ShortLink::new(&server)
+                ferry_client::ShortLink::sealed(&server, key)
             };
             let (proto, domain) = (spec.protocol, spec.domain.clone());
             let counters = self.counters.clone();

@@ -36,6 +36,10 @@ pub fn test_config(data: &std::path::Path) -> Config {
     // own tests (tests/limits.rs) and stay out of the others' way.
     cfg.logic.limits = ferry_logic::LimitsConfig::unlimited();
     cfg.gateway.max_connections_per_ip = 0;
+    // Raw-frame and plain short-link helpers stay plaintext (explicitly allowed here);
+    // SDK clients still encrypt (they trust the test server's key on first use), and
+    // tests/secure.rs runs servers that refuse plaintext.
+    cfg.gateway.allow_plaintext = true;
     cfg
 }
 

@@ -1,0 +1,357 @@
+//! Encryption at the gateway: the long link's Noise IK handshake and sealed records
+//! ([`Secured`], a [`Transport`] around any other), and the short link's sealed
+//! requests ([`open_short`], [`seal_short`], with the replay cache).
+//!
+//! A link starts undecided. Its first frame's command tells (docs/protocol.md §1.4):
+//! `HELLO` starts the encrypted link — the LOGIN comes out of the handshake, the first
+//! thing the link writes (the login answer) goes back as the handshake's second
+//! message, and every byte after is a sealed record both ways; anything else is a
+//! plaintext link, refused unless `gateway.allow_plaintext`. The link code above sees
+//! plain frames either way. Idle, a secured link holds its two cipher states and no
+//! buffer.
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use ferry_proto::sealed::{self, OpenedRequest};
+use ferry_proto::secure::{self, Channel, SecureError, ServerHandshake, StaticKey, HELLO};
+use ferry_proto::v1::ErrorCode;
+use ferry_proto::HEADER_LEN;
+use parking_lot::Mutex;
+
+use crate::link::Transport;
+
+/// Why a link was refused or broke at the encryption layer; carried inside the
+/// `io::Error` the link code sees, so it answers with the right code.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct Refusal {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+fn refusal(kind: io::ErrorKind, code: ErrorCode, message: impl Into<String>) -> io::Error {
+    io::Error::new(
+        kind,
+        Refusal {
+            code,
+            message: message.into(),
+        },
+    )
+}
+
+/// The error code to answer a failed read with: the refusal's own, else `TOO_LARGE`
+/// (the frame codec's only error).
+pub(crate) fn error_code(e: &io::Error) -> ErrorCode {
+    e.get_ref()
+        .and_then(|r| r.downcast_ref::<Refusal>())
+        .map_or(ErrorCode::TooLarge, |r| r.code)
+}
+
+fn bad_bytes(e: SecureError) -> io::Error {
+    let code = match e {
+        SecureError::Frame(_) | SecureError::TooLarge(_) => ErrorCode::TooLarge,
+        _ => ErrorCode::BadRequest,
+    };
+    refusal(io::ErrorKind::InvalidData, code, e.to_string())
+}
+
+enum State {
+    /// No whole first frame yet: the bytes so far.
+    Sniff(BytesMut),
+    /// The HELLO was read and its LOGIN handed on; the first write answers it. Boxed:
+    /// the handshake state is large and lives only for one round trip.
+    Answer(Option<Box<ServerHandshake>>),
+    /// Handshake done. `wire` holds a partial record only while one is partial.
+    Open { channel: Channel, wire: BytesMut },
+    /// A plaintext link (allowed by configuration).
+    Plain,
+    /// Refused before any key was agreed: the link's last words go out in plain.
+    Refused,
+}
+
+/// A link transport that speaks the encrypted link (or, when allowed, plaintext).
+pub(crate) struct Secured<T> {
+    inner: T,
+    key: Arc<StaticKey>,
+    allow_plaintext: bool,
+    state: Mutex<State>,
+}
+
+impl<T: Transport> Secured<T> {
+    pub fn new(inner: T, key: Arc<StaticKey>, allow_plaintext: bool) -> Self {
+        Secured {
+            inner,
+            key,
+            allow_plaintext,
+            state: Mutex::new(State::Sniff(BytesMut::new())),
+        }
+    }
+
+    /// Decides on the first frame. `more`: the transport has not ended.
+    fn sniff(
+        &self,
+        st: &mut State,
+        buf: &mut BytesMut,
+        more: bool,
+        partial: &mut BytesMut,
+    ) -> io::Result<bool> {
+        if buf.len() < HEADER_LEN {
+            return Ok(more);
+        }
+        if buf[3] != HELLO {
+            if !self.allow_plaintext {
+                *st = State::Refused;
+                return Err(refusal(
+                    io::ErrorKind::InvalidData,
+                    ErrorCode::PermissionDenied,
+                    "plaintext links are refused here: start with the encrypted HELLO \
+                     (docs/protocol.md 1.4)",
+                ));
+            }
+            partial.extend_from_slice(buf);
+            *st = State::Plain;
+            return Ok(more);
+        }
+        let hello = match secure::parse_handshake(buf) {
+            Ok(Some(f)) => f,
+            Ok(None) => return Ok(more),
+            Err(e) => {
+                *st = State::Refused;
+                return Err(bad_bytes(e));
+            }
+        };
+        if !buf.is_empty() {
+            // Nothing can be sealed before the answer: these bytes are not a client's.
+            *st = State::Refused;
+            return Err(refusal(
+                io::ErrorKind::InvalidData,
+                ErrorCode::BadRequest,
+                "bytes after the HELLO before its answer",
+            ));
+        }
+        match secure::server_accept(&self.key, &hello) {
+            Ok((hs, login)) => {
+                partial.extend_from_slice(&login);
+                *st = State::Answer(Some(Box::new(hs)));
+                Ok(true)
+            }
+            Err(e) => {
+                *st = State::Refused;
+                Err(refusal(
+                    io::ErrorKind::InvalidData,
+                    ErrorCode::BadRequest,
+                    format!("{e}: is the client's pinned server key this server's?"),
+                ))
+            }
+        }
+    }
+}
+
+impl<T: Transport> Transport for Secured<T> {
+    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.inner.readable()
+    }
+
+    fn read_into(&self, partial: &mut BytesMut) -> io::Result<bool> {
+        let mut st = self.state.lock();
+        match &mut *st {
+            State::Plain => self.inner.read_into(partial),
+            State::Refused => Ok(false),
+            State::Sniff(buf) => {
+                let mut buf = std::mem::take(buf);
+                let more = self.inner.read_into(&mut buf)?;
+                let r = self.sniff(&mut st, &mut buf, more, partial);
+                if let State::Sniff(keep) = &mut *st {
+                    *keep = buf;
+                }
+                r
+            }
+            State::Answer(_) => {
+                let mut early = BytesMut::new();
+                let more = self.inner.read_into(&mut early)?;
+                if early.is_empty() {
+                    return Ok(more);
+                }
+                *st = State::Refused;
+                Err(refusal(
+                    io::ErrorKind::InvalidData,
+                    ErrorCode::BadRequest,
+                    "bytes after the HELLO before its answer",
+                ))
+            }
+            State::Open { channel, wire } => {
+                let more = self.inner.read_into(wire)?;
+                let opened = channel.open(wire, partial);
+                if wire.is_empty() {
+                    // Give the allocation back: idle links hold no buffer.
+                    *wire = BytesMut::new();
+                }
+                opened.map_err(bad_bytes)?;
+                Ok(more)
+            }
+        }
+    }
+
+    fn write_all<'a>(
+        &'a mut self,
+        buf: &'a [u8],
+    ) -> impl Future<Output = io::Result<()>> + Send + 'a {
+        let sealed: io::Result<Option<BytesMut>> = (|| {
+            let st = self.state.get_mut();
+            match st {
+                State::Answer(hs) => {
+                    let Some(hs) = hs.take() else {
+                        return Err(io::Error::other("handshake answered twice"));
+                    };
+                    let mut out = BytesMut::new();
+                    let channel = hs.respond(buf, &mut out).map_err(bad_bytes)?;
+                    *st = State::Open {
+                        channel,
+                        wire: BytesMut::new(),
+                    };
+                    Ok(Some(out))
+                }
+                State::Open { channel, .. } => {
+                    let mut out = BytesMut::with_capacity(buf.len() + secure::RECORD_OVERHEAD);
+                    channel.seal(buf, &mut out).map_err(bad_bytes)?;
+                    Ok(Some(out))
+                }
+                State::Sniff(_) | State::Plain | State::Refused => Ok(None),
+            }
+        })();
+        async move {
+            match sealed? {
+                Some(out) => self.inner.write_all(&out).await,
+                None => self.inner.write_all(buf).await,
+            }
+        }
+    }
+}
+
+/// How far a sealed short-link request's clock may be from ours.
+pub const SKEW_MS: u64 = 120_000;
+/// Request ids remembered at most (a flood beyond it is refused, not remembered).
+const REPLAY_MAX: usize = 1_000_000;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The ids of the sealed short-link requests seen within the accepted clock window:
+/// a request seen before is a replay.
+#[derive(Default)]
+pub(crate) struct ReplayCache {
+    inner: Mutex<ReplayInner>,
+}
+
+#[derive(Default)]
+struct ReplayInner {
+    /// Request id (its ephemeral key, first 16 bytes) → when it may be forgotten.
+    seen: std::collections::HashMap<[u8; 16], u64>,
+    pruned_ms: u64,
+}
+
+impl ReplayCache {
+    /// Remembers `id`; false when it was seen before (or the cache is full).
+    fn admit(&self, id: &[u8; 32], sent_ms: u64, now: u64) -> bool {
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&id[..16]);
+        let mut c = self.inner.lock();
+        if now >= c.pruned_ms + 1_000 {
+            c.seen.retain(|_, until| *until > now);
+            c.pruned_ms = now;
+        }
+        if c.seen.len() >= REPLAY_MAX || c.seen.contains_key(&key) {
+            return false;
+        }
+        c.seen.insert(key, sent_ms + SKEW_MS + 1_000);
+        true
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.inner.lock().seen.len()
+    }
+}
+
+/// Opens a sealed short-link request: the plain request, or the code and message to
+/// refuse it with.
+pub(crate) fn open_short(
+    key: &StaticKey,
+    replay: &ReplayCache,
+    body: &[u8],
+) -> Result<OpenedRequest, (ErrorCode, String)> {
+    let req = sealed::open_request(key, body).map_err(|e| {
+        (
+            ErrorCode::BadRequest,
+            format!("sealed request does not open ({e}); is the client's server key ours?"),
+        )
+    })?;
+    let now = now_ms();
+    if req.sent_ms.abs_diff(now) > SKEW_MS {
+        return Err((
+            ErrorCode::BadRequest,
+            format!(
+                "sealed request's clock is {} s off ours (at most {} s)",
+                req.sent_ms.abs_diff(now) / 1000,
+                SKEW_MS / 1000
+            ),
+        ));
+    }
+    if !replay.admit(&req.id, req.sent_ms, now) {
+        return Err((
+            ErrorCode::BadRequest,
+            "sealed request replayed (or too many in flight); seal a fresh one".into(),
+        ));
+    }
+    Ok(req)
+}
+
+/// Seals an answer body to the request's reply key.
+pub(crate) fn seal_short(reply_to: &[u8; 32], body: &[u8]) -> Result<Vec<u8>, SecureError> {
+    sealed::seal_response(reply_to, body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_id_is_admitted_once_and_forgotten_after_the_window() {
+        let c = ReplayCache::default();
+        let id = [9u8; 32];
+        assert!(c.admit(&id, 1_000_000, 1_000_000));
+        assert!(!c.admit(&id, 1_000_000, 1_000_500));
+        assert!(c.admit(&[8u8; 32], 1_000_000, 1_000_600));
+        assert_eq!(c.len(), 2);
+        // Past the window both are pruned (a replay that late fails the clock check).
+        assert!(c.admit(&id, 1_000_000 + 2 * SKEW_MS, 1_000_000 + 2 * SKEW_MS));
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn an_idle_secured_link_stays_small() {
+        // What an encrypted link adds to a plain one while idle: the cipher states.
+        let size = std::mem::size_of::<Secured<tokio::net::TcpStream>>()
+            - std::mem::size_of::<tokio::net::TcpStream>();
+        assert!(size <= 256, "{size} bytes");
+    }
+
+    #[test]
+    fn refusals_carry_their_code() {
+        let e = refusal(
+            io::ErrorKind::InvalidData,
+            ErrorCode::PermissionDenied,
+            "no",
+        );
+        assert_eq!(error_code(&e), ErrorCode::PermissionDenied);
+        let plain = io::Error::new(io::ErrorKind::InvalidData, "frame too large");
+        assert_eq!(error_code(&plain), ErrorCode::TooLarge);
+    }
+}
