@@ -53,6 +53,9 @@ pub async fn short(server: &str) -> anyhow::Result<ShortLink> {
     Ok(ShortLink::sealed(server, server_key(server).await?))
 }
 
+/// An encrypted link's keys, shared by the reading and the writing half.
+pub type SharedChannel = std::sync::Arc<std::sync::Mutex<Channel>>;
+
 /// One long link.
 pub struct FerryConn {
     pub stream: TcpStream,
@@ -87,6 +90,16 @@ impl FerryConn {
             bytes_out: 0,
             writes: 0,
         })
+    }
+
+    /// For a caller that splits the socket into a reader and a writer task: the socket,
+    /// plain bytes already read, sealed bytes not yet opened, and the sealing state
+    /// both tasks share.
+    pub fn into_split_parts(self) -> (TcpStream, BytesMut, BytesMut, Option<SharedChannel>) {
+        let channel = self
+            .channel
+            .map(|c| std::sync::Arc::new(std::sync::Mutex::new(c)));
+        (self.stream, self.buf, self.wire, channel)
     }
 
     /// The socket and the sealing state, for a caller that writes frames itself.

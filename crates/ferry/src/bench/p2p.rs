@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{self, FerryConn};
+use super::conn::{self, FerryConn, SharedChannel};
 use super::idle::proto_name;
 use super::report::{us, Report};
 use super::worker::{Cmd, Counters, Ctx, Out, Spec};
@@ -514,12 +514,12 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
         let sh = shared.clone();
         match link {
             Link::Ferry { conn, latest_seq } => {
-                let FerryConn { stream, buf, .. } = conn;
+                let (stream, buf, sealed, channel) = conn.into_split_parts();
                 let (rd, wr) = stream.into_split();
                 let (sync_tx, sync_rx) = mpsc::unbounded_channel();
                 tasks.spawn(ferry_reader(
                     rd,
-                    buf,
+                    (buf, sealed, channel.clone()),
                     me,
                     latest_seq,
                     out.clone(),
@@ -529,7 +529,7 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
                 ));
                 tasks.spawn(writer(
                     Wire::Ferry(sync_rx),
-                    wr,
+                    (wr, channel),
                     peer,
                     out,
                     rate,
@@ -541,7 +541,7 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
                 let (stream, buf) = conn.into_parts();
                 let (rd, wr) = stream.into_split();
                 tasks.spawn(xmpp_reader(rd, buf, out.clone(), inn, sh.clone()));
-                tasks.spawn(writer(Wire::Xmpp, wr, peer, out, rate, window, sh));
+                tasks.spawn(writer(Wire::Xmpp, (wr, None), peer, out, rate, window, sh));
             }
         }
     }
@@ -624,7 +624,7 @@ fn delivered(sh: &Shared, from: &Ledger, t: &str) {
 #[allow(clippy::too_many_arguments)]
 async fn ferry_reader(
     mut rd: OwnedReadHalf,
-    mut buf: BytesMut,
+    (mut buf, mut sealed, channel): (BytesMut, BytesMut, Option<SharedChannel>),
     me: String,
     mut synckey: u64,
     out: Arc<Ledger>,
@@ -643,13 +643,29 @@ async fn ferry_reader(
         }
     };
     loop {
+        // On an encrypted link bytes arrive sealed: open what is whole.
+        if let Some(ch) = &channel {
+            if ch
+                .lock()
+                .expect("channel")
+                .open(&mut sealed, &mut buf)
+                .is_err()
+            {
+                return sh.link_ended();
+            }
+        }
         let frame = match Frame::parse(&mut buf, MAX_BODY_LEN) {
             Ok(Some(f)) => f,
             Ok(None) => {
-                buf.reserve(8192);
+                let into = if channel.is_some() {
+                    &mut sealed
+                } else {
+                    &mut buf
+                };
+                into.reserve(8192);
                 tokio::select! {
                     _ = sh.end.cancelled() => return,
-                    r = rd.read_buf(&mut buf) => match r {
+                    r = rd.read_buf(into) => match r {
                         Ok(0) | Err(_) => return sh.link_ended(),
                         Ok(_) => continue,
                     },
@@ -773,7 +789,7 @@ async fn sync_req(w: &mut Wire) -> Option<u64> {
 /// sync requests, heartbeats.
 async fn writer(
     mut wire: Wire,
-    mut wr: OwnedWriteHalf,
+    (mut wr, channel): (OwnedWriteHalf, Option<SharedChannel>),
     peer: String,
     out: Arc<Ledger>,
     rate: Option<f64>,
@@ -830,7 +846,21 @@ async fn writer(
             }
         }
         if !buf.is_empty() {
-            if wr.write_all(&buf).await.is_err() {
+            let sealed = match &channel {
+                Some(ch) => {
+                    let mut out = BytesMut::with_capacity(buf.len() + 64);
+                    if ch.lock().expect("channel").seal(&buf, &mut out).is_err() {
+                        return;
+                    }
+                    Some(out)
+                }
+                None => None,
+            };
+            if wr
+                .write_all(sealed.as_deref().unwrap_or(&buf))
+                .await
+                .is_err()
+            {
                 return;
             }
             buf.clear();
