@@ -71,8 +71,12 @@ fn every_scenario_runs_and_loses_nothing() {
     assert_eq!(p2p["errors"], 0, "{p2p:#}");
     assert!(num(&p2p, "delivered_per_sec") > 0.0);
     assert!(p2p["latency"]["p99_us"].is_u64());
+    // Encrypted by default: one round trip, a HELLO of LOGIN + 104 B and its answer; a
+    // "hello" is its plain frame (≤ 40 B) + 24 B as a sealed record.
+    assert_eq!(p2p["wire"]["encrypted"], true, "{:#}", p2p["wire"]);
+    assert_eq!(p2p["wire"]["login_round_trips"], 1, "{:#}", p2p["wire"]);
     assert!(
-        num(&p2p["wire"], "hello_sent_bytes") <= 40.0,
+        num(&p2p["wire"], "hello_sent_bytes") <= 40.0 + 24.0,
         "{:#}",
         p2p["wire"]
     );

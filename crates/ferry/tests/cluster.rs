@@ -225,6 +225,8 @@ impl Cluster {
             &config,
             format!(
                 r#"listen = ["127.0.0.1:0"]
+# Every gateway loads the one key the cluster shares.
+server_key_file = "{}"
 [logic]
 open_messaging = true
 [logic.limits]
@@ -248,6 +250,7 @@ request_timeout_ms = 2000
 gateway_heartbeat_ms = 300
 gateway_expiry_ms = 1500
 "#,
+                dir.path().join("server-key").display(),
                 nats.url(),
                 pg(db.url())
             ),
@@ -297,7 +300,9 @@ async fn register(c: &Cluster, users: &[&str]) {
     // Through different gateways: any gateway serves any request.
     for (i, u) in users.iter().enumerate() {
         let addrs = c.addrs();
-        ShortLink::new(&addrs[i % addrs.len()])
+        let addr = &addrs[i % addrs.len()];
+        let key = ferry_client::fetch_server_key(addr).await.unwrap();
+        ShortLink::sealed(addr, Some(key))
             .register(u, PASSWORD)
             .await
             .unwrap();

@@ -56,7 +56,9 @@ async fn acknowledged_messages_survive_sigkill() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::start(dir.path(), "127.0.0.1:0");
     let addr = server.addr.clone();
-    let short = ferry_client::ShortLink::new(&addr);
+    // Sealed, as every client must talk to a server that refuses plaintext.
+    let key = ferry_client::fetch_server_key(&addr).await.unwrap();
+    let short = ferry_client::ShortLink::sealed(&addr, Some(key));
     short.register("alice", PASSWORD).await.unwrap();
     short.register("bob", PASSWORD).await.unwrap();
 
