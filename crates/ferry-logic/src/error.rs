@@ -3,6 +3,10 @@
 use ferry_proto::v1::{self, ErrorCode};
 use ferry_store::StoreError;
 
+/// What a client is told to wait when the store cannot write (disk full, database
+/// unreachable).
+pub const STORE_RETRY_AFTER_MS: u32 = 1_000;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LogicError {
     #[error("bad request: {0}")]
@@ -70,7 +74,9 @@ impl LogicError {
             LogicError::RateLimited(..) => ErrorCode::RateLimited,
             LogicError::Overloaded(_) => ErrorCode::Unavailable,
             LogicError::Store(StoreError::UserExists) => ErrorCode::UserExists,
-            LogicError::Store(StoreError::Closed) => ErrorCode::Unavailable,
+            LogicError::Store(StoreError::Closed | StoreError::Unavailable(_)) => {
+                ErrorCode::Unavailable
+            }
             LogicError::Store(_) | LogicError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -87,6 +93,9 @@ impl LogicError {
             LogicError::NotReady(_, ms)
             | LogicError::RateLimited(_, ms)
             | LogicError::Overloaded(ms) => *ms,
+            // The store cannot write now (disk full, database unreachable): a client
+            // that comes back at once would only add load.
+            LogicError::Store(StoreError::Unavailable(_)) => STORE_RETRY_AFTER_MS,
             _ => 0,
         };
         v1::Error {

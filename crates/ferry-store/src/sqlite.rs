@@ -228,7 +228,42 @@ type Job = Box<dyn FnOnce(&Transaction, &mut WriterState) -> Finish + Send>;
 struct Finish {
     /// The job failed in a way that may have left partial writes: the batch must roll back.
     poisoned: bool,
-    reply: Box<dyn FnOnce(std::result::Result<(), String>) + Send>,
+    /// It failed because the disk is full.
+    full: bool,
+    reply: Box<dyn FnOnce(std::result::Result<(), BatchError>) + Send>,
+}
+
+/// Why a batch did not commit.
+#[derive(Debug, Clone)]
+enum BatchError {
+    /// The disk (or the file system under the data folder) is full: nothing of the batch
+    /// was written, and the same writes succeed once space is freed. Callers are told
+    /// the store is unavailable, which clients retry after a pause.
+    Full,
+    Failed(String),
+}
+
+impl BatchError {
+    fn of(e: &rusqlite::Error) -> BatchError {
+        if is_full(e) {
+            BatchError::Full
+        } else {
+            BatchError::Failed(e.to_string())
+        }
+    }
+}
+
+/// SQLITE_FULL: SQLite's answer to ENOSPC (and to hitting `max_page_count`).
+fn is_full(e: &rusqlite::Error) -> bool {
+    matches!(e.sqlite_error_code(), Some(rusqlite::ErrorCode::DiskFull))
+}
+
+fn store_full(e: &StoreError) -> bool {
+    match e {
+        StoreError::Sqlite(e) => is_full(e),
+        StoreError::Io(e) => e.kind() == std::io::ErrorKind::StorageFull,
+        _ => false,
+    }
 }
 
 /// The embedded SQLite store. Cheap to share behind an `Arc`.
@@ -349,12 +384,17 @@ impl SqliteStore {
         let job: Job = Box::new(move |txn, state| {
             let out = f(txn, state);
             let poisoned = matches!(out, Err(StoreError::Sqlite(_) | StoreError::Io(_)));
+            let full = out.as_ref().err().is_some_and(store_full);
             Finish {
                 poisoned,
+                full,
                 reply: Box::new(move |commit| {
                     let _ = tx.send(match commit {
                         Ok(()) => out,
-                        Err(e) => Err(StoreError::WriteFailed(e)),
+                        Err(BatchError::Full) => Err(StoreError::Unavailable(
+                            "the disk under the data folder is full".into(),
+                        )),
+                        Err(BatchError::Failed(e)) => Err(StoreError::WriteFailed(e)),
                     });
                 }),
             }
@@ -412,9 +452,21 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>) {
         metrics::histogram!("ferry_store_batch_size").record(size as f64);
         metrics::histogram!("ferry_store_batch_seconds").record(started.elapsed().as_secs_f64());
         metrics::gauge!("ferry_store_write_queue").set(rx.len() as f64);
-        if outcome.is_err() {
-            metrics::counter!("ferry_store_batch_failures_total").increment(1);
-            state = WriterState::default();
+        match &outcome {
+            Ok(()) => {}
+            Err(BatchError::Full) => {
+                // Not a crash: the batch rolled back and its callers are told to retry.
+                // Said once per batch, and the writer goes on taking writes.
+                metrics::counter!("ferry_store_batch_failures_total", "reason" => "full")
+                    .increment(1);
+                tracing::warn!(writes = size, "store: disk full; batch refused");
+                state = WriterState::default();
+            }
+            Err(BatchError::Failed(_)) => {
+                metrics::counter!("ferry_store_batch_failures_total", "reason" => "error")
+                    .increment(1);
+                state = WriterState::default();
+            }
         }
         for f in finished.drain(..) {
             (f.reply)(outcome.clone());
@@ -428,7 +480,7 @@ fn run_batch(
     state: &mut WriterState,
     batch: &mut Vec<Job>,
     finished: &mut Vec<Finish>,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), BatchError> {
     let txn = match conn.transaction() {
         Ok(t) => t,
         Err(e) => {
@@ -436,23 +488,35 @@ fn run_batch(
             for job in batch.drain(..) {
                 drop(job);
             }
-            return Err(e.to_string());
+            return Err(BatchError::of(&e));
         }
     };
-    let mut poisoned = false;
+    let (mut poisoned, mut full) = (false, false);
     for job in batch.drain(..) {
         let f = job(&txn, state);
         poisoned |= f.poisoned;
+        full |= f.full;
         finished.push(f);
     }
-    if poisoned {
-        return Err("a write in the batch failed".into());
+    if full {
+        return Err(BatchError::Full);
     }
-    state.flush(&txn).map_err(|e| e.to_string())?;
+    if poisoned {
+        return Err(BatchError::Failed("a write in the batch failed".into()));
+    }
+    state.flush(&txn).map_err(|e| {
+        if store_full(&e) {
+            BatchError::Full
+        } else {
+            BatchError::Failed(e.to_string())
+        }
+    })?;
     let committing = std::time::Instant::now();
     let committed = txn.commit().map_err(|e| {
-        tracing::error!(error = %e, "store commit failed");
-        e.to_string()
+        if !is_full(&e) {
+            tracing::error!(error = %e, "store commit failed");
+        }
+        BatchError::of(&e)
     });
     // The commit is where the fsync happens: this is the disk's share of a batch.
     metrics::histogram!("ferry_store_commit_seconds").record(committing.elapsed().as_secs_f64());

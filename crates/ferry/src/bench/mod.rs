@@ -14,6 +14,9 @@
 
 pub mod conn;
 pub mod fanout;
+pub mod faultproxy;
+pub mod faults;
+pub mod fulldisk;
 pub mod hist;
 pub mod idle;
 pub mod login;
@@ -151,6 +154,28 @@ pub enum Scenario {
         #[arg(long, default_value_t = 16)]
         window: usize,
     },
+    /// SDK pairs sending through a fault (delay, stalls, chunking, RSTs, half-open
+    /// flows, a SIGKILL, a full disk): lost, duplicated, recovery (own server only).
+    Faults {
+        #[arg(long, value_enum)]
+        fault: faults::Fault,
+        #[arg(long, default_value_t = 10)]
+        pairs: usize,
+        /// Messages per second each client sends.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+    },
+    /// The fault proxy alone, for `--duration` seconds (loopback only).
+    Proxy {
+        /// Where it listens, IP:PORT.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Where it forwards to, IP:PORT.
+        #[arg(long)]
+        upstream: String,
+        #[command(flatten)]
+        faults: faultproxy::Faults,
+    },
     /// Print the figures of Ferry and XMPP `--json` reports side by side.
     Compare { files: Vec<PathBuf> },
     /// Draw the figures of several `--json` reports together (idle reports: memory
@@ -235,6 +260,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             media::run(&args, size_mib, &chunks, &in_flight).await?
         }
+        Scenario::Faults { fault, pairs, rate } => faults::run(&args, fault, pairs, rate).await?,
+        Scenario::Proxy {
+            listen,
+            upstream,
+            faults,
+        } => faults::proxy(&args, &listen, &upstream, faults).await?,
         Scenario::Plot { .. } | Scenario::Compare { .. } => unreachable!("handled above"),
     };
     report::print(&report);

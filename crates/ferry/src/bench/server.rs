@@ -16,11 +16,23 @@ pub struct OwnServer {
     pub addr: String,
     dir: tempfile::TempDir,
     config: PathBuf,
+    /// The data folder (in `dir` unless the caller chose one).
+    data: PathBuf,
 }
 
 impl OwnServer {
     /// Starts a server on an ephemeral loopback port.
     pub async fn start(durability: &str) -> anyhow::Result<OwnServer> {
+        OwnServer::start_with(durability, None, "").await
+    }
+
+    /// As [`OwnServer::start`], with the data folder at `data` (e.g. on a small file
+    /// system) and `extra` appended to the config file (TOML).
+    pub async fn start_with(
+        durability: &str,
+        data: Option<PathBuf>,
+        extra: &str,
+    ) -> anyhow::Result<OwnServer> {
         let dir = tempfile::Builder::new()
             .prefix("ferry-bench-")
             .tempdir()
@@ -35,14 +47,17 @@ impl OwnServer {
              register_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
              login_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
              sends_per_user = {{ per_sec = 0.0, burst = 0.0 }}\n\
-             [logic.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n"
+             [logic.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n\
+             {extra}\n"
         );
         std::fs::write(&config, text)?;
+        let data = data.unwrap_or_else(|| dir.path().join("data"));
         let mut me = OwnServer {
-            child: spawn(&config, &dir.path().join("data"), "127.0.0.1:0", &dir)?,
+            child: spawn(&config, &data, "127.0.0.1:0", &dir)?,
             addr: String::new(),
             dir,
             config,
+            data,
         };
         me.addr = wait_listening(&mut me.child).await?;
         Ok(me)
@@ -61,7 +76,7 @@ impl OwnServer {
 
     /// Starts the server again on the same address and data.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        let data = self.dir.path().join("data");
+        let data = self.data.clone();
         // The port was just released; binding it again may need a few tries.
         for attempt in 0..50 {
             let mut child = spawn(&self.config, &data, &self.addr, &self.dir)?;
@@ -80,6 +95,11 @@ impl OwnServer {
             }
         }
         bail!("the server did not restart")
+    }
+
+    /// Whether the process is still running (it has not exited or crashed).
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     /// SIGTERM, then SIGKILL if it has not left within 10 s.
@@ -127,6 +147,9 @@ fn spawn(
         .arg("--listen")
         .arg(listen)
         .env("FERRY_LOG", "warn")
+        // The bench speaks plaintext frames (its figures are the protocol's own); the
+        // encrypted link has its own measurements.
+        .env("FERRY_ALLOW_PLAINTEXT", "true")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(log)
