@@ -168,7 +168,7 @@ impl FerryConn {
     }
 
     /// Sends the LOGIN (inside the HELLO when encrypted); the first answer frame.
-    async fn login_exchange(&mut self, login: &[u8]) -> anyhow::Result<Frame> {
+    pub async fn login_exchange(&mut self, login: &[u8]) -> anyhow::Result<Frame> {
         let Some(key) = self.key else {
             self.send_raw(login).await?;
             let f = self.read_frame().await?;

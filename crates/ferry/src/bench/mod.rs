@@ -21,6 +21,7 @@ pub mod hist;
 pub mod idle;
 pub mod login;
 pub mod media;
+pub mod overload;
 pub mod p2p;
 pub mod plot;
 pub mod reconnect;
@@ -154,6 +155,9 @@ pub enum Scenario {
         #[arg(long, default_value_t = 16)]
         window: usize,
     },
+    /// The server at twice its capacity: connected users' sends and syncs plus a storm
+    /// of new logins; admitted latency and what was shed (own server only).
+    Overload(overload::OverloadArgs),
     /// SDK pairs sending through a fault (delay, stalls, chunking, RSTs, half-open
     /// flows, a SIGKILL, a full disk): lost, duplicated, recovery (own server only).
     Faults {
@@ -260,6 +264,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             }
             media::run(&args, size_mib, &chunks, &in_flight).await?
         }
+        Scenario::Overload(o) => overload::run(&args, &o).await?,
         Scenario::Faults { fault, pairs, rate } => faults::run(&args, fault, pairs, rate).await?,
         Scenario::Proxy {
             listen,
