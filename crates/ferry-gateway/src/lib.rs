@@ -27,6 +27,32 @@ use tokio_util::task::TaskTracker;
 
 use registry::Registry;
 
+/// The accept queue asked of the kernel for a gateway port (capped by
+/// `net.core.somaxconn`). Thousands of phones reconnecting at once after a network
+/// blip must queue, not have their SYNs dropped: a dropped SYN costs the client a
+/// one-second retry.
+pub const LISTEN_BACKLOG: u32 = 65_535;
+
+/// Binds a gateway port: `SO_REUSEADDR` (a restarted gateway gets its port back while old
+/// connections linger in TIME_WAIT) and a deep accept queue ([`LISTEN_BACKLOG`]). `addr`
+/// is an `IP:PORT` literal.
+pub fn bind(addr: &str) -> std::io::Result<TcpListener> {
+    let addr: std::net::SocketAddr = addr.parse().map_err(|e| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr:?} is not an IP:PORT address: {e}"),
+        )
+    })?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Gateway settings. Every field has a default.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(default)]
@@ -140,6 +166,8 @@ pub struct Gateway {
     key: Arc<StaticKey>,
     /// Sealed short-link requests seen lately (replays are refused).
     replay: secure::ReplayCache,
+    /// Time zero for the links' `last_rx_ms`.
+    epoch: std::time::Instant,
 }
 
 impl Gateway {
@@ -154,7 +182,7 @@ impl Gateway {
         let stats = Arc::new(Stats::default());
         let registry = Arc::new(Registry::new(cfg.outbox_frames, stats.clone()));
         bus.attach_gateway(&cfg.id, registry.clone());
-        Arc::new(Gateway {
+        let gw = Arc::new(Gateway {
             ip_conns: Default::default(),
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
             cfg,
@@ -169,7 +197,42 @@ impl Gateway {
             listen: parking_lot::Mutex::new(Vec::new()),
             key: Arc::new(key),
             replay: Default::default(),
-        })
+            epoch: std::time::Instant::now(),
+        });
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::spawn(Self::sweeper(Arc::downgrade(&gw), gw.shutdown.clone()));
+        }
+        gw
+    }
+
+    /// Milliseconds since the gateway started.
+    pub(crate) fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Closes links that fell silent, and tells every link when the gateway shuts
+    /// down. One task for all links, so no link carries a timer of its own.
+    /// Holds the gateway weakly: it ends with the gateway, or at shutdown.
+    async fn sweeper(gw: std::sync::Weak<Self>, shutdown: CancellationToken) {
+        let Some(timeout) = gw.upgrade().map(|g| g.cfg.heartbeat_timeout_ms.max(1)) else {
+            return;
+        };
+        let tick = Duration::from_millis((timeout / 8).clamp(20, 1_000));
+        let mut ticker = tokio::time::interval(tick);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = ticker.tick() => {
+                    let Some(gw) = gw.upgrade() else { return };
+                    let silent_before = gw.now_ms().saturating_sub(timeout);
+                    gw.registry.sweep(silent_before);
+                }
+            }
+        }
+        if let Some(gw) = gw.upgrade() {
+            gw.registry.shutdown_all();
+        }
     }
 
     /// Serves `routes` on every port next to the short link, for HTTP connections
@@ -213,9 +276,11 @@ impl Gateway {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
                     let gw = self.clone();
+                    // Boxed: the task's future then carries a pointer, not the socket.
+                    let accepted = Box::new((stream, peer.to_string()));
                     self.tasks.spawn(async move {
                         gw.stats.connections.fetch_add(1, Ordering::Relaxed);
-                        gw.clone().connection(stream, peer.to_string()).await;
+                        gw.clone().connection(accepted).await;
                         gw.stats.connections.fetch_sub(1, Ordering::Relaxed);
                         drop(permit);
                     });
@@ -262,14 +327,21 @@ impl Gateway {
         self.listen.lock().clone()
     }
 
-    async fn connection(self: Arc<Self>, stream: TcpStream, peer: String) {
+    async fn connection(self: Arc<Self>, accepted: Box<(TcpStream, String)>) {
+        let (stream, peer) = *accepted;
         let _ = stream.set_nodelay(true);
         let deadline = Duration::from_millis(self.cfg.login_timeout_ms);
         let mut first = [0u8; 1];
-        let peeked = tokio::select! {
-            _ = self.shutdown.cancelled() => return,
-            r = tokio::time::timeout(deadline, stream.peek(&mut first)) => r,
-        };
+        // Boxed, like every phase but the link's idle loop: a task is as large as its
+        // largest state, for as long as it lives.
+        let peeked = Box::pin(async {
+            tokio::select! {
+                _ = self.shutdown.cancelled() => None,
+                r = tokio::time::timeout(deadline, stream.peek(&mut first)) => Some(r),
+            }
+        })
+        .await;
+        let Some(peeked) = peeked else { return };
         match peeked {
             Ok(Ok(1)) => {}
             Ok(_) => return,
@@ -292,7 +364,7 @@ impl Gateway {
         };
         match sniff(first[0]) {
             Protocol::Frame => link::run(self, stream, peer).await,
-            Protocol::Http => http::serve(self, stream, peer).await,
+            Protocol::Http => Box::pin(http::serve(self, stream, peer)).await,
             Protocol::Unknown => {
                 self.stats.bad_input.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, byte = first[0], "unknown protocol; closing");

@@ -11,10 +11,12 @@
 //! partial frame is kept between reads. Everything one wake-up produces is written with
 //! one write.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -22,12 +24,14 @@ use ferry_bus::{BusRequest, LinkEvent};
 use ferry_proto::frame::{encode_msg, encode_raw};
 use ferry_proto::v1::{self, ErrorCode};
 use ferry_proto::{cmd, error_body, Frame, FrameError, ProtoMessage};
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::registry::Link;
+use crate::registry::{Link, SHUTDOWN, TIMED_OUT};
 use crate::secure::{self, Secured};
 use crate::Gateway;
 
@@ -42,11 +46,18 @@ enum Read {
 /// What a link runs over: something that delivers the client's bytes and takes the
 /// server's. Implemented by `TcpStream` and by the long-poll session.
 pub(crate) trait Transport: Send + Sync + 'static {
-    /// Waits until [`Transport::read_into`] may have something (bytes or the end).
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+    /// Polls until [`Transport::read_into`] may have something (bytes or the end).
+    /// Polled from the link's idle wait, which keeps no future of its own: a transport
+    /// that needs one keeps it inside itself.
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Appends what has arrived to `partial` without waiting. `Ok(false)` at the end of
     /// the stream; `Ok(true)` otherwise (also when nothing was there after all).
     fn read_into(&self, partial: &mut BytesMut) -> io::Result<bool>;
+    /// Writes what can be written at once, without waiting; `WouldBlock` when nothing
+    /// can. The default never writes directly: every write goes to `write_all`.
+    fn try_write_now(&self, _buf: &[u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
     /// Writes all of `buf`.
     fn write_all<'a>(
         &'a mut self,
@@ -55,8 +66,8 @@ pub(crate) trait Transport: Send + Sync + 'static {
 }
 
 impl Transport for TcpStream {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        TcpStream::readable(self)
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.poll_read_ready(cx)
     }
 
     /// Kept out of the async code so the 8 KiB read buffer lives on the thread's stack,
@@ -74,12 +85,21 @@ impl Transport for TcpStream {
         }
     }
 
+    fn try_write_now(&self, buf: &[u8]) -> io::Result<usize> {
+        self.try_write(buf)
+    }
+
     fn write_all<'a>(
         &'a mut self,
         buf: &'a [u8],
     ) -> impl Future<Output = io::Result<()>> + Send + 'a {
         AsyncWriteExt::write_all(self, buf)
     }
+}
+
+/// Waits until the transport may be read (for the login, which has no idle wait).
+fn readable<T: Transport>(t: &T) -> impl Future<Output = io::Result<()>> + '_ {
+    std::future::poll_fn(move |cx| t.poll_readable(cx))
 }
 
 /// Reads what the transport has without waiting, and cuts whole frames off it.
@@ -109,57 +129,104 @@ fn error_frame(req_id: u32, code: ErrorCode, message: &str, out: &mut BytesMut) 
 }
 
 async fn write_out<T: Transport>(stream: &mut T, out: &mut BytesMut) -> io::Result<()> {
-    if !out.is_empty() {
-        stream.write_all(out).await?;
-        out.clear();
+    // Most writes fit the socket's buffer at once: done without an await. Only a full
+    // socket waits, in a boxed future, so the link's task stays small.
+    if !try_write_all(stream, out)? {
+        Box::pin(stream.write_all(out)).await?;
     }
+    out.clear();
     if out.capacity() > 16 * 1024 {
         *out = BytesMut::new();
     }
     Ok(())
 }
 
+/// Writes what the socket takes now; true when all of `out` went.
+fn try_write_all<T: Transport>(stream: &T, out: &mut BytesMut) -> io::Result<bool> {
+    while !out.is_empty() {
+        match stream.try_write_now(out) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                let _ = out.split_to(n);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(true)
+}
+
+/// A link's connection, boxed once: the task's future then holds one pointer to it
+/// instead of copies of each part in every state of the state machine.
+struct Conn<T> {
+    gw: Arc<Gateway>,
+    stream: T,
+    peer: String,
+    /// A frame not yet whole (empty, and holding no allocation, while idle).
+    partial: BytesMut,
+    conn_id: u64,
+}
+
 /// Runs a long link from its first byte to its close.
-pub(crate) async fn run<T: Transport>(gw: Arc<Gateway>, stream: T, peer: String) {
-    let mut stream = Secured::new(stream, gw.key.clone(), gw.cfg.allow_plaintext);
+pub(crate) fn run<T: Transport>(
+    gw: Arc<Gateway>,
+    stream: T,
+    peer: String,
+) -> impl Future<Output = ()> + Send {
     let conn_id = gw.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::debug_span!("link", conn_id, user_id = tracing::field::Empty);
-    async move {
-        let mut partial = BytesMut::new();
-        let Some((link, pending)) = login(&gw, &mut stream, &mut partial, conn_id, &peer).await
-        else {
-            return;
-        };
-        tracing::Span::current().record("user_id", link.user_id);
-        gw.registry.add(link.clone());
-        gw.stats.links.fetch_add(1, Ordering::Relaxed);
-        let online = LinkEvent {
-            gateway_id: gw.cfg.id.clone(),
-            conn_id,
-            user_id: link.user_id,
-            device_id: link.device_id.to_string(),
-            online: true,
-            synckey: 0,
-        };
-        let _ = gw.bus.link_event(online).await;
+    let stream = Secured::new(stream, gw.key.clone(), gw.cfg.allow_plaintext);
+    let conn = Box::new(Conn {
+        gw,
+        stream,
+        peer,
+        partial: BytesMut::new(),
+        conn_id,
+    });
+    drive(conn).instrument(span)
+}
 
-        let reason = serve(&gw, &mut stream, &mut partial, &link, pending, &peer).await;
-        tracing::debug!(reason, "link closed");
-
-        gw.registry.remove(&link);
-        gw.stats.links.fetch_sub(1, Ordering::Relaxed);
-        let offline = LinkEvent {
-            gateway_id: gw.cfg.id.clone(),
-            conn_id,
-            user_id: link.user_id,
-            device_id: link.device_id.to_string(),
-            online: false,
-            synckey: link.synckey.load(Ordering::Relaxed),
-        };
-        let _ = gw.bus.link_event(offline).await;
+async fn drive<T: Transport>(mut conn: Box<Conn<T>>) {
+    let c = &mut *conn;
+    let (gw, conn_id) = (c.gw.clone(), c.conn_id);
+    // The phases around the idle loop are boxed: a future is as large as its largest
+    // state, and only the loop's state should live as long as the link.
+    let Some((link, pending)) =
+        Box::pin(login(&gw, &mut c.stream, &mut c.partial, conn_id, &c.peer)).await
+    else {
+        return;
+    };
+    tracing::Span::current().record("user_id", link.user_id);
+    gw.registry.add(link.clone());
+    if gw.shutdown.is_cancelled() {
+        // Registered after the sweeper told every link: tell this one too.
+        link.signal(SHUTDOWN);
     }
-    .instrument(span)
-    .await
+    gw.stats.links.fetch_add(1, Ordering::Relaxed);
+    let online = LinkEvent {
+        gateway_id: gw.cfg.id.clone(),
+        conn_id,
+        user_id: link.user_id,
+        device_id: link.device_id.to_string(),
+        online: true,
+        synckey: 0,
+    };
+    let _ = Box::pin(gw.bus.link_event(online)).await;
+
+    let reason = serve(c, &link, pending).await;
+    tracing::debug!(reason, "link closed");
+
+    gw.registry.remove(&link);
+    gw.stats.links.fetch_sub(1, Ordering::Relaxed);
+    let offline = LinkEvent {
+        gateway_id: gw.cfg.id.clone(),
+        conn_id,
+        user_id: link.user_id,
+        device_id: link.device_id.to_string(),
+        online: false,
+        synckey: link.synckey.load(Ordering::Relaxed),
+    };
+    let _ = Box::pin(gw.bus.link_event(offline)).await;
 }
 
 /// Waits for the LOGIN frame (within the deadline) and has logic check it. Returns the
@@ -176,7 +243,7 @@ async fn login<T: Transport>(
     let mut frames = loop {
         let ready = tokio::select! {
             _ = gw.shutdown.cancelled() => return None,
-            r = tokio::time::timeout_at(deadline, stream.readable()) => r,
+            r = tokio::time::timeout_at(deadline, readable(&*stream)) => r,
         };
         if ready.is_err() {
             gw.stats.timeouts.fetch_add(1, Ordering::Relaxed);
@@ -242,100 +309,237 @@ async fn login<T: Transport>(
     if write_out(stream, &mut out).await.is_err() {
         return None;
     }
-    let link = Arc::new(Link::new(conn_id, resp.user_id, resp.device_id.into()));
+    let link = Arc::new(Link::new(
+        conn_id,
+        resp.user_id,
+        resp.device_id.into(),
+        gw.now_ms(),
+    ));
     Some((link, frames))
 }
 
+/// Requests of one link handled at once. Beyond this the link is not read until one
+/// finishes: back-pressure onto the client's socket, and a bound on the memory one link
+/// can tie up.
+const MAX_IN_FLIGHT: usize = 32;
+
+/// A request on its way through logic: resolves to the encoded answer and whether the
+/// link may stay open after it.
+type Forwarded<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = (BytesMut, bool)> + Send + 'a>>;
+
+/// What a link holds only while it has work: dropped when the link goes quiet, so an
+/// idle link's task is a few pointers.
+#[derive(Default)]
+struct Busy<'a> {
+    /// Bytes to write.
+    out: BytesMut,
+    /// Frames read but not started yet (only while MAX_IN_FLIGHT are running).
+    waiting: VecDeque<Frame>,
+    /// Requests on their way through logic.
+    in_flight: Option<FuturesUnordered<Forwarded<'a>>>,
+}
+
+impl Busy<'_> {
+    fn running(&self) -> usize {
+        self.in_flight.as_ref().map_or(0, |s| s.len())
+    }
+
+    fn quiet(&self) -> bool {
+        self.out.is_empty() && self.waiting.is_empty() && self.running() == 0
+    }
+}
+
 /// The logged-in loop. Returns why the link ended.
-async fn serve<T: Transport>(
-    gw: &Gateway,
-    stream: &mut T,
-    partial: &mut BytesMut,
-    link: &Arc<Link>,
-    mut frames: Vec<Frame>,
-    peer: &str,
+///
+/// Requests are handled concurrently (up to [`MAX_IN_FLIGHT`] per link) and answered as
+/// they finish, matched by request id: a client with a window of sends in flight gets
+/// them into one store commit instead of one commit per round trip. Two requests in
+/// flight at once may be applied in either order; the inbox order (the seq) is the
+/// order every device sees.
+///
+/// While idle the loop waits in one small `poll_fn` on the socket's readiness and the
+/// link's waker (pushes, the sweeper's timeout and shutdown flags): no timer, no
+/// channel and no buffer per idle link.
+async fn serve<'c, T: Transport>(
+    c: &'c mut Conn<T>,
+    link: &'c Arc<Link>,
+    frames: Vec<Frame>,
 ) -> &'static str {
-    let timeout = Duration::from_millis(gw.cfg.heartbeat_timeout_ms);
-    let idle = tokio::time::sleep(timeout);
-    tokio::pin!(idle);
-    let mut out = BytesMut::new();
+    let Conn {
+        gw,
+        stream,
+        peer,
+        partial,
+        ..
+    } = c;
+    let gw: &Gateway = gw;
+    let peer: &str = peer;
+    gw.stats
+        .frames_in
+        .fetch_add(frames.len() as u64, Ordering::Relaxed);
+    let mut busy: Option<Box<Busy<'_>>> = (!frames.is_empty()).then(|| {
+        Box::new(Busy {
+            waiting: frames.into(),
+            ..Default::default()
+        })
+    });
+    let mut bad = false;
     loop {
-        if !frames.is_empty() {
-            gw.stats
-                .frames_in
-                .fetch_add(frames.len() as u64, Ordering::Relaxed);
-            let mut close = false;
-            for f in frames.drain(..) {
-                if !handle(gw, link, f, &mut out, peer).await {
-                    close = true;
+        if let Some(b) = busy.as_mut() {
+            // Start what may start; heartbeats and refusals are answered on the spot.
+            while !bad && b.running() < MAX_IN_FLIGHT {
+                let Some(f) = b.waiting.pop_front() else {
                     break;
+                };
+                match local(link, f, &mut b.out) {
+                    Local::Answered => {}
+                    Local::Bad => bad = true,
+                    Local::Forward(f) => b
+                        .in_flight
+                        .get_or_insert_with(FuturesUnordered::new)
+                        .push(Box::pin(forward(gw, link, f, peer))),
                 }
             }
-            // Pushes that queued while we were busy go out in the same write.
-            let push_close = link.drain_into(&mut out);
-            if write_out(stream, &mut out).await.is_err() {
-                return "write failed";
-            }
-            if close {
-                gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
-                return "bad input";
-            }
-            if push_close {
-                return "closed by server";
+            if b.running() == 0 {
+                b.in_flight = None;
             }
         }
-        tokio::select! {
-            _ = gw.shutdown.cancelled() => {
-                let kick = v1::Kick { code: ErrorCode::Unavailable as i32, reason: "server shutting down".into() };
-                encode_msg(cmd::KICK, 0, &kick, &mut out);
-                let _ = write_out(stream, &mut out).await;
-                return "shutdown";
-            }
-            _ = &mut idle => {
-                gw.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                return "heartbeat timeout";
-            }
-            r = stream.readable() => {
-                if r.is_err() {
-                    return "read failed";
+        let mut close_after_write: Option<&'static str> = None;
+        let must_write = bad || busy.as_ref().is_some_and(|b| !b.out.is_empty());
+        if !must_write {
+            let may_read = busy
+                .as_ref()
+                .is_none_or(|b| b.waiting.is_empty() && b.running() < MAX_IN_FLIGHT);
+            let in_flight = busy.as_mut().and_then(|b| b.in_flight.as_mut());
+            match next_event(stream, link, in_flight, may_read).await {
+                Event::Answer((answer, keep)) => {
+                    let b = busy.get_or_insert_with(Default::default);
+                    b.out.extend_from_slice(&answer);
+                    bad |= !keep;
                 }
-                match read_frames(&*stream, partial, gw.cfg.max_frame_bytes) {
-                    Ok(Read::Frames(f)) => {
-                        if !f.is_empty() {
-                            idle.as_mut().reset(Instant::now() + timeout);
+                Event::Attention => {
+                    let flags = link.flags.load(Ordering::Acquire);
+                    if flags & SHUTDOWN != 0 {
+                        let kick = v1::Kick {
+                            code: ErrorCode::Unavailable as i32,
+                            reason: "server shutting down".into(),
+                        };
+                        let b = busy.get_or_insert_with(Default::default);
+                        encode_msg(cmd::KICK, 0, &kick, &mut b.out);
+                        close_after_write = Some("shutdown");
+                    } else if flags & TIMED_OUT != 0 {
+                        gw.stats.timeouts.fetch_add(1, Ordering::Relaxed);
+                        return "heartbeat timeout";
+                    }
+                }
+                Event::Readable(Err(_)) => return "read failed",
+                Event::Readable(Ok(())) => {
+                    match read_frames(&*stream, partial, gw.cfg.max_frame_bytes) {
+                        Ok(Read::Frames(f)) => {
+                            if !f.is_empty() {
+                                link.last_rx_ms.store(gw.now_ms(), Ordering::Relaxed);
+                                gw.stats
+                                    .frames_in
+                                    .fetch_add(f.len() as u64, Ordering::Relaxed);
+                                busy.get_or_insert_with(Default::default).waiting.extend(f);
+                            }
+                            continue;
                         }
-                        frames = f;
+                        Ok(Read::Eof) => return "closed by peer",
+                        Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                            gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
+                            let mut out = BytesMut::new();
+                            error_frame(0, secure::error_code(&e), &e.to_string(), &mut out);
+                            let _ = Box::pin(write_out(stream, &mut out)).await;
+                            return "bad bytes";
+                        }
+                        Err(_) => return "read failed",
                     }
-                    Ok(Read::Eof) => return "closed by peer",
-                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                        gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
-                        error_frame(0, secure::error_code(&e), &e.to_string(), &mut out);
-                        let _ = write_out(stream, &mut out).await;
-                        return "bad bytes";
-                    }
-                    Err(_) => return "read failed",
                 }
             }
-            _ = link.wake.notified() => {
-                let close = link.drain_into(&mut out);
-                let n = out.len();
-                if write_out(stream, &mut out).await.is_err() {
-                    return "write failed";
-                }
-                if n > 0 {
-                    gw.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-                }
-                if close {
-                    return "closed by server";
-                }
+        }
+        // Answers that are ready now, and pushes that queued, go out in one write.
+        let b = busy.get_or_insert_with(Default::default);
+        if let Some(set) = b.in_flight.as_mut() {
+            while let Some(Some((answer, keep))) = set.next().now_or_never() {
+                b.out.extend_from_slice(&answer);
+                bad |= !keep;
             }
+        }
+        let push_close = link.drain_into(&mut b.out);
+        if !b.out.is_empty() {
+            gw.stats.frames_out.fetch_add(1, Ordering::Relaxed);
+            if Box::pin(write_out(stream, &mut b.out)).await.is_err() {
+                return "write failed";
+            }
+        }
+        if bad {
+            gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
+            return "bad input";
+        }
+        if let Some(reason) = close_after_write {
+            return reason;
+        }
+        if push_close {
+            return "closed by server";
+        }
+        if b.quiet() {
+            busy = None;
         }
     }
 }
 
-/// Handles one frame of a logged-in link, appending the answer to `out`. False when the
-/// link must close (bad input).
-async fn handle(gw: &Gateway, link: &Link, f: Frame, out: &mut BytesMut, peer: &str) -> bool {
+/// What woke an idle link.
+enum Event {
+    /// A request finished.
+    Answer((BytesMut, bool)),
+    /// Pushes queued, or a flag (timeout, shutdown) was raised.
+    Attention,
+    /// The socket has bytes (or an error, or the end).
+    Readable(io::Result<()>),
+}
+
+/// Waits for the next thing a link must act on. The future is a few pointers: the
+/// waiting state of an idle link is this and the loop's own variables.
+fn next_event<'a, 'b, T: Transport>(
+    stream: &'a T,
+    link: &'a Link,
+    mut in_flight: Option<&'a mut FuturesUnordered<Forwarded<'b>>>,
+    may_read: bool,
+) -> impl Future<Output = Event> + use<'a, 'b, T> {
+    std::future::poll_fn(move |cx| {
+        if let Some(set) = in_flight.as_mut() {
+            if let Poll::Ready(Some(a)) = set.poll_next_unpin(cx) {
+                return Poll::Ready(Event::Answer(a));
+            }
+        }
+        // Register before looking, so a push between the look and the wait still wakes.
+        link.waker.register(cx.waker());
+        if link.wants_attention() {
+            return Poll::Ready(Event::Attention);
+        }
+        if may_read {
+            if let Poll::Ready(r) = stream.poll_readable(cx) {
+                return Poll::Ready(Event::Readable(r));
+            }
+        }
+        Poll::Pending
+    })
+}
+
+/// What a frame needs.
+enum Local {
+    /// Answered here (a heartbeat, a refusal); the answer is in `out`.
+    Answered,
+    /// Bad input: the refusal is in `out`, and the link must close.
+    Bad,
+    /// A request for logic.
+    Forward(Frame),
+}
+
+/// Handles what the gateway answers itself, appending the answer to `out`.
+fn local(link: &Link, f: Frame, out: &mut BytesMut) -> Local {
     match f.cmd {
         cmd::HEARTBEAT => match v1::Heartbeat::decode(f.body) {
             Ok(hb) => {
@@ -343,7 +547,7 @@ async fn handle(gw: &Gateway, link: &Link, f: Frame, out: &mut BytesMut, peer: &
                     link.synckey.store(hb.synckey, Ordering::Relaxed);
                 }
                 encode_raw(cmd::response(cmd::HEARTBEAT), f.req_id, &[], out);
-                true
+                Local::Answered
             }
             Err(_) => {
                 error_frame(
@@ -352,12 +556,12 @@ async fn handle(gw: &Gateway, link: &Link, f: Frame, out: &mut BytesMut, peer: &
                     "undecodable heartbeat",
                     out,
                 );
-                false
+                Local::Bad
             }
         },
         cmd::LOGIN => {
             error_frame(f.req_id, ErrorCode::BadRequest, "already logged in", out);
-            true
+            Local::Answered
         }
         c if c & cmd::RESPONSE != 0
             || c == cmd::ERROR
@@ -369,37 +573,41 @@ async fn handle(gw: &Gateway, link: &Link, f: Frame, out: &mut BytesMut, peer: &
                 "not a request command",
                 out,
             );
-            false
+            Local::Bad
         }
-        c => {
-            let req = BusRequest {
-                cmd: u32::from(c),
-                body: f.body,
-                user_id: link.user_id,
-                device_id: link.device_id.to_string(),
-                gateway_id: gw.cfg.id.clone(),
-                conn_id: link.conn_id,
-                peer: peer.to_owned(),
-                ..Default::default()
-            };
-            match gw.bus.request(req).await {
-                Ok(resp) => {
-                    let keep = resp.cmd != u32::from(cmd::ERROR) || !closes_link(&resp.body);
-                    encode_raw(resp.cmd as u8, f.req_id, &resp.body, out);
-                    gw.stats.frames_out.fetch_add(1, Ordering::Relaxed);
-                    keep
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "request could not reach logic");
-                    error_frame(
-                        f.req_id,
-                        ErrorCode::Unavailable,
-                        "service unavailable; try again",
-                        out,
-                    );
-                    true
-                }
-            }
+        _ => Local::Forward(f),
+    }
+}
+
+/// Passes one request to logic; resolves to the encoded answer and whether the link may
+/// stay open.
+async fn forward(gw: &Gateway, link: &Link, f: Frame, peer: &str) -> (BytesMut, bool) {
+    let mut out = BytesMut::new();
+    let req = BusRequest {
+        cmd: u32::from(f.cmd),
+        body: f.body,
+        user_id: link.user_id,
+        device_id: link.device_id.to_string(),
+        gateway_id: gw.cfg.id.clone(),
+        conn_id: link.conn_id,
+        peer: peer.to_owned(),
+        ..Default::default()
+    };
+    match gw.bus.request(req).await {
+        Ok(resp) => {
+            let keep = resp.cmd != u32::from(cmd::ERROR) || !closes_link(&resp.body);
+            encode_raw(resp.cmd as u8, f.req_id, &resp.body, &mut out);
+            (out, keep)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "request could not reach logic");
+            error_frame(
+                f.req_id,
+                ErrorCode::Unavailable,
+                "service unavailable; try again",
+                &mut out,
+            );
+            (out, true)
         }
     }
 }

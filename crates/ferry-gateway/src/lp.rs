@@ -19,8 +19,10 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -176,39 +178,61 @@ impl LpSession {
 }
 
 /// The link side of a session.
-pub(crate) struct LpTransport(Arc<LpSession>);
+pub(crate) struct LpTransport {
+    session: Arc<LpSession>,
+    /// The wait for input, kept between polls of the link's idle wait.
+    waiting: Mutex<Option<Pin<Box<dyn Future<Output = io::Result<()>> + Send>>>>,
+}
 
-impl Transport for LpTransport {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        let s = self.0.clone();
-        async move {
-            loop {
-                let notified = s.inbound.notified();
-                tokio::pin!(notified);
-                notified.as_mut().enable();
-                {
-                    let st = s.state.lock();
-                    if !st.inbound.is_empty() || st.client_gone {
-                        return Ok(());
-                    }
-                }
-                let expiry = s.expires_at();
-                tokio::select! {
-                    _ = &mut notified => {}
-                    _ = tokio::time::sleep_until(expiry) => {
-                        if Instant::now() >= s.expires_at() {
-                            tracing::debug!("long-poll session idle; ending it");
-                            s.state.lock().client_gone = true;
-                            return Ok(());
-                        }
-                    }
+impl LpTransport {
+    pub(crate) fn new(session: Arc<LpSession>) -> Self {
+        LpTransport {
+            session,
+            waiting: Mutex::new(None),
+        }
+    }
+}
+
+/// Resolves when the session has input for the link, or the client is gone (the session
+/// idled past its expiry).
+async fn input(s: Arc<LpSession>) -> io::Result<()> {
+    loop {
+        let notified = s.inbound.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let st = s.state.lock();
+            if !st.inbound.is_empty() || st.client_gone {
+                return Ok(());
+            }
+        }
+        let expiry = s.expires_at();
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(expiry) => {
+                if Instant::now() >= s.expires_at() {
+                    tracing::debug!("long-poll session idle; ending it");
+                    s.state.lock().client_gone = true;
+                    return Ok(());
                 }
             }
         }
     }
+}
+
+impl Transport for LpTransport {
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut waiting = self.waiting.lock();
+        let fut = waiting.get_or_insert_with(|| Box::pin(input(self.session.clone())));
+        let r = fut.as_mut().poll(cx);
+        if r.is_ready() {
+            *waiting = None;
+        }
+        r
+    }
 
     fn read_into(&self, partial: &mut BytesMut) -> io::Result<bool> {
-        let mut st = self.0.state.lock();
+        let mut st = self.session.state.lock();
         if st.inbound.is_empty() {
             return Ok(!st.client_gone);
         }
@@ -228,7 +252,7 @@ impl Transport for LpTransport {
         &'a mut self,
         buf: &'a [u8],
     ) -> impl Future<Output = io::Result<()>> + Send + 'a {
-        let s = &self.0;
+        let s = &self.session;
         let result = {
             let mut st = s.state.lock();
             if st.client_gone {
@@ -333,7 +357,7 @@ pub(crate) async fn open(
         let (gw2, session, sid) = (gw.clone(), session.clone(), sid.clone());
         gw.tasks.spawn(async move {
             gw2.stats.connections.fetch_add(1, Ordering::Relaxed);
-            link::run(gw2.clone(), LpTransport(session.clone()), peer).await;
+            link::run(gw2.clone(), LpTransport::new(session.clone()), peer).await;
             session.end_link();
             gw2.stats.connections.fetch_sub(1, Ordering::Relaxed);
             drop(permit);

@@ -5,27 +5,39 @@
 //! slow consumer: it is closed (its device will sync on reconnect), never waited for.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use dashmap::DashMap;
 use ferry_bus::{Push, PushSink};
+use futures_util::task::AtomicWaker;
 use parking_lot::Mutex;
-use tokio::sync::Notify;
 
 use crate::Stats;
 
-/// One logged-in long link, as seen by pushes.
+/// One logged-in long link, as seen by pushes and by the sweeper.
 pub(crate) struct Link {
     pub conn_id: u64,
     pub user_id: u64,
     pub device_id: Arc<str>,
     /// Last synckey the device reported in a heartbeat.
     pub synckey: AtomicU64,
+    /// When a frame last arrived (ms since the gateway started): the sweeper closes links
+    /// silent for longer than the heartbeat timeout. One shared sweep instead of a timer
+    /// per link keeps an idle link small.
+    pub last_rx_ms: AtomicU64,
+    /// `TIMED_OUT` / `SHUTDOWN`, set by the sweeper; the link acts on them when woken.
+    pub flags: AtomicU8,
     outbox: Mutex<Outbox>,
-    pub wake: Notify,
+    /// The link's task, woken by pushes and the sweeper.
+    pub waker: AtomicWaker,
 }
+
+/// The link has been silent for longer than the heartbeat timeout.
+pub(crate) const TIMED_OUT: u8 = 1;
+/// The gateway is shutting down.
+pub(crate) const SHUTDOWN: u8 = 2;
 
 #[derive(Default)]
 pub(crate) struct Outbox {
@@ -35,14 +47,30 @@ pub(crate) struct Outbox {
 }
 
 impl Link {
-    pub fn new(conn_id: u64, user_id: u64, device_id: Arc<str>) -> Self {
+    pub fn new(conn_id: u64, user_id: u64, device_id: Arc<str>, now_ms: u64) -> Self {
         Link {
             conn_id,
             user_id,
             device_id,
             synckey: AtomicU64::new(0),
+            last_rx_ms: AtomicU64::new(now_ms),
+            flags: AtomicU8::new(0),
             outbox: Mutex::new(Outbox::default()),
-            wake: Notify::new(),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    /// Raises `flag` and wakes the link's task.
+    pub fn signal(&self, flag: u8) {
+        self.flags.fetch_or(flag, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Whether the task has something to do besides reading: pushes or a flag.
+    pub fn wants_attention(&self) -> bool {
+        self.flags.load(Ordering::Acquire) != 0 || {
+            let out = self.outbox.lock();
+            out.close || !out.frames.is_empty()
         }
     }
 
@@ -58,7 +86,7 @@ impl Link {
         }
         out.close = close || !fits;
         drop(out);
-        self.wake.notify_one();
+        self.waker.wake();
         fits
     }
 
@@ -104,6 +132,32 @@ impl Registry {
         };
         if empty {
             self.links.remove_if(&link.user_id, |_, v| v.is_empty());
+        }
+    }
+}
+
+impl Registry {
+    /// Flags every link silent since before `silent_before_ms` as timed out, and wakes it.
+    /// Returns how many were flagged.
+    pub fn sweep(&self, silent_before_ms: u64) -> usize {
+        let mut n = 0;
+        for links in self.links.iter() {
+            for link in links.iter() {
+                if link.last_rx_ms.load(Ordering::Relaxed) < silent_before_ms {
+                    link.signal(TIMED_OUT);
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// Tells every link the gateway is shutting down.
+    pub fn shutdown_all(&self) {
+        for links in self.links.iter() {
+            for link in links.iter() {
+                link.signal(SHUTDOWN);
+            }
         }
     }
 }

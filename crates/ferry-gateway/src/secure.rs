@@ -13,6 +13,7 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
@@ -152,8 +153,8 @@ impl<T: Transport> Secured<T> {
 }
 
 impl<T: Transport> Transport for Secured<T> {
-    fn readable(&self) -> impl Future<Output = io::Result<()>> + Send {
-        self.inner.readable()
+    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.poll_readable(cx)
     }
 
     fn read_into(&self, partial: &mut BytesMut) -> io::Result<bool> {

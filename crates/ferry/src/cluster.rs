@@ -129,11 +129,7 @@ impl GatewayNode {
     pub async fn bind(cfg: &Config) -> anyhow::Result<Self> {
         let mut listeners = Vec::new();
         for addr in &cfg.listen {
-            listeners.push(
-                TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("binding {addr}"))?,
-            );
+            listeners.push(ferry_gateway::bind(addr).with_context(|| format!("binding {addr}"))?);
         }
         Self::start(cfg, listeners).await
     }

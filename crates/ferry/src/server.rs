@@ -33,9 +33,7 @@ impl Server {
     pub async fn bind(cfg: Config) -> anyhow::Result<Server> {
         let mut listeners = Vec::new();
         for addr in &cfg.listen {
-            let l = TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?;
+            let l = ferry_gateway::bind(addr).with_context(|| format!("binding {addr}"))?;
             listeners.push(l);
         }
         Self::start(cfg, listeners).await
