@@ -177,11 +177,14 @@ impl LpSession {
     }
 }
 
+/// A wait for a session's input, boxed so the transport can keep it between polls.
+type InputWait = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
 /// The link side of a session.
 pub(crate) struct LpTransport {
     session: Arc<LpSession>,
     /// The wait for input, kept between polls of the link's idle wait.
-    waiting: Mutex<Option<Pin<Box<dyn Future<Output = io::Result<()>> + Send>>>>,
+    waiting: Mutex<Option<InputWait>>,
 }
 
 impl LpTransport {
