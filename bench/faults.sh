@@ -10,7 +10,8 @@
 # Faults: none delay stall chunk cut half-open kill disk (see `ferry bench faults --help`;
 # `disk` needs root to mount a small tmpfs). Traffic stays on 127.0.0.1. Every run is
 # bounded: SECS of load, at most 30 s to settle, and a hard timeout per run.
-# Results (JSON per fault) go to $OUT (default target/faults).
+# Results (JSON per fault) go to $OUT (default target/faults). FERRY=path/to/ferry runs
+# that binary instead of building one.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +23,9 @@ OUT=${OUT:-target/faults}
 PROFILE=${PROFILE:-release}
 mkdir -p "$OUT"
 
-if [ "$PROFILE" = release ]; then
+if [ -n "${FERRY:-}" ]; then
+    :   # a binary given: no build
+elif [ "$PROFILE" = release ]; then
     cargo build --release -q -p ferry || exit 1
     FERRY=target/release/ferry
 else
