@@ -136,9 +136,10 @@ async fn short_link(
             "plaintext short-link requests are refused here: seal them (docs/protocol.md 3.1)",
         );
     }
-    // A sealed body may be larger by its envelope; the limit applies to what it seals.
+    // A sealed body may be larger by its envelope and the token inside it (≤ 255 B);
+    // the limit applies to the body it seals.
     let wire_limit = if is_sealed {
-        limit + sealed::request_overhead(limit)
+        limit + sealed::request_overhead(limit) + 255
     } else {
         limit
     };
