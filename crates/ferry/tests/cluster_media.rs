@@ -4,162 +4,16 @@
 //! finished, downloaded and resumed on nodes that never saw them start.
 
 mod common;
+mod procs;
 
-use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
 use ferry_client::{Account, ClientError, ShortLink};
 use ferry_proto::v1::{ErrorCode, MediaKind};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `nats-server` of our own; killed on drop.
-struct Nats {
-    child: Child,
-    port: u16,
-}
-
-impl Nats {
-    fn start() -> Self {
-        let port = free_port();
-        let bin = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
-            .into_iter()
-            .find(|p| Path::new(p).exists())
-            .unwrap_or("nats-server");
-        let mut child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server (apt-get install nats-server)");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Nats { child, port };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("nats-server did not come up on port {port}");
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn block_on_pg(url: &str, sql: &str) -> Result<(), tokio_postgres::Error> {
-    let (url, sql) = (url.to_owned(), sql.to_owned());
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-            tokio::spawn(conn);
-            client.batch_execute(&sql).await
-        })
-    })
-    .join()
-    .unwrap()
-}
-
-/// A throw-away PostgreSQL database; dropped on drop.
-struct Db {
-    admin: String,
-    name: String,
-}
-
-impl Db {
-    fn create() -> Self {
-        let admin = std::env::var("FERRY_TEST_PG").ok().unwrap_or_else(|| {
-            ["postgres", "root"]
-                .into_iter()
-                .map(|u| format!("host=127.0.0.1 port=5432 user={u} dbname=test connect_timeout=5"))
-                .find(|url| block_on_pg(url, "SELECT 1").is_ok())
-                .expect("no PostgreSQL on 127.0.0.1:5432 (user postgres or root, database test)")
-        });
-        let name = format!("ferry_m_{:016x}", rand::random::<u64>());
-        block_on_pg(&admin, &format!("CREATE DATABASE {name}")).unwrap();
-        Db { admin, name }
-    }
-
-    fn url(&self) -> String {
-        self.admin
-            .replace("dbname=test", &format!("dbname={}", self.name))
-    }
-}
-
-impl Drop for Db {
-    fn drop(&mut self) {
-        let _ = block_on_pg(
-            &self.admin,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        );
-    }
-}
-
-/// A `ferry gateway` or `ferry logic` process; SIGKILLed on drop.
-struct Node {
-    child: Child,
-    /// The gateway's listen address (empty for logic nodes).
-    addr: String,
-}
-
-impl Node {
-    fn spawn(args: &[&str], config: &Path, ready: &str) -> Node {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .args(args)
-            .arg("--config")
-            .arg(config)
-            .env("FERRY_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut addr = String::new();
-        loop {
-            let mut line = String::new();
-            if out.read_line(&mut line).unwrap() == 0 {
-                panic!("{args:?} exited before it was ready");
-            }
-            if let Some(a) = line.trim().strip_prefix("ferry listening on ") {
-                addr = a.to_owned();
-            }
-            if line.starts_with(ready) {
-                break;
-            }
-        }
-        Node { child, addr }
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+use procs::*;
 
 /// NATS, PostgreSQL, the shared media folder and the config every node reads.
 struct Cluster {
