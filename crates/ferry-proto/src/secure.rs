@@ -111,8 +111,17 @@ fn x25519_public(private: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
 }
 
 /// An established channel: seals outgoing plain bytes, opens incoming records.
+///
+/// After the handshake only the split's two ChaCha20-Poly1305 keys and their counters
+/// are kept (80 bytes, no allocation), not snow's transport state: every encrypted
+/// link holds one for as long as it lives. The records are Noise transport messages
+/// exactly as snow writes them: nonce = 4 zero bytes + the counter (little-endian),
+/// no associated data.
 pub struct Channel {
-    transport: snow::TransportState,
+    send: chacha20poly1305::ChaCha20Poly1305,
+    recv: chacha20poly1305::ChaCha20Poly1305,
+    send_n: u64,
+    recv_n: u64,
 }
 
 impl std::fmt::Debug for Channel {
@@ -121,16 +130,49 @@ impl std::fmt::Debug for Channel {
     }
 }
 
+/// The AEAD nonce of record `n`.
+fn nonce(n: u64) -> chacha20poly1305::Nonce {
+    let mut bytes = [0u8; 12];
+    bytes[4..].copy_from_slice(&n.to_le_bytes());
+    bytes.into()
+}
+
 impl Channel {
+    /// The channel of a finished handshake; `initiator`: this side sent the HELLO.
+    fn split(mut state: snow::HandshakeState, initiator: bool) -> Result<Self, SecureError> {
+        use chacha20poly1305::KeyInit;
+        if !state.is_handshake_finished() {
+            return Err(SecureError::Noise("handshake not finished".into()));
+        }
+        let (i_to_r, r_to_i) = state.dangerously_get_raw_split();
+        let (send, recv) = if initiator {
+            (i_to_r, r_to_i)
+        } else {
+            (r_to_i, i_to_r)
+        };
+        Ok(Channel {
+            send: chacha20poly1305::ChaCha20Poly1305::new(&send.into()),
+            recv: chacha20poly1305::ChaCha20Poly1305::new(&recv.into()),
+            send_n: 0,
+            recv_n: 0,
+        })
+    }
+
     /// Appends `plain` (any number of encoded frames) to `out` as sealed records.
     pub fn seal(&mut self, plain: &[u8], out: &mut BytesMut) -> Result<(), SecureError> {
-        let mut buf = vec![0u8; plain.len().min(MAX_RECORD_PLAIN) + TAG_LEN];
+        use chacha20poly1305::AeadInPlace;
+        let mut buf = Vec::with_capacity(plain.len().min(MAX_RECORD_PLAIN) + TAG_LEN);
         for chunk in plain.chunks(MAX_RECORD_PLAIN) {
-            let n = self
-                .transport
-                .write_message(chunk, &mut buf)
-                .map_err(|e| SecureError::Noise(e.to_string()))?;
-            encode_raw(SEALED, 0, &buf[..n], out);
+            if self.send_n == u64::MAX {
+                return Err(SecureError::Noise("nonces exhausted".into()));
+            }
+            buf.clear();
+            buf.extend_from_slice(chunk);
+            self.send
+                .encrypt_in_place(&nonce(self.send_n), &[], &mut buf)
+                .map_err(|_| SecureError::Noise("sealing failed".into()))?;
+            self.send_n += 1;
+            encode_raw(SEALED, 0, &buf, out);
         }
         Ok(())
     }
@@ -139,6 +181,7 @@ impl Channel {
     /// bytes to `plain`. A partial record stays in `wire`. Any failure is fatal for the
     /// link: the counters can no longer agree.
     pub fn open(&mut self, wire: &mut BytesMut, plain: &mut BytesMut) -> Result<(), SecureError> {
+        use chacha20poly1305::AeadInPlace;
         let mut buf = Vec::new();
         while let Some(f) = Frame::parse(wire, NOISE_MAX)? {
             if f.cmd != SEALED {
@@ -147,15 +190,16 @@ impl Channel {
                     got: f.cmd,
                 });
             }
-            if f.body.len() < TAG_LEN {
+            if f.body.len() < TAG_LEN || self.recv_n == u64::MAX {
                 return Err(SecureError::Decrypt);
             }
-            buf.resize(f.body.len(), 0);
-            let n = self
-                .transport
-                .read_message(&f.body, &mut buf)
+            buf.clear();
+            buf.extend_from_slice(&f.body);
+            self.recv
+                .decrypt_in_place(&nonce(self.recv_n), &[], &mut buf)
                 .map_err(|_| SecureError::Decrypt)?;
-            plain.extend_from_slice(&buf[..n]);
+            self.recv_n += 1;
+            plain.extend_from_slice(&buf);
         }
         Ok(())
     }
@@ -208,11 +252,7 @@ impl ClientHandshake {
             .read_message(&answer.body, &mut payload)
             .map_err(|_| SecureError::Handshake)?;
         payload.truncate(n);
-        let transport = self
-            .state
-            .into_transport_mode()
-            .map_err(|e| SecureError::Noise(e.to_string()))?;
-        Ok((Channel { transport }, payload))
+        Ok((Channel::split(self.state, true)?, payload))
     }
 }
 
@@ -255,11 +295,7 @@ impl ServerHandshake {
             .write_message(payload, &mut msg)
             .map_err(|_| SecureError::TooLarge(payload.len()))?;
         encode_raw(HELLO | 0x80, 0, &msg[..n], out);
-        let transport = self
-            .state
-            .into_transport_mode()
-            .map_err(|e| SecureError::Noise(e.to_string()))?;
-        Ok(Channel { transport })
+        Channel::split(self.state, false)
     }
 }
 
@@ -280,6 +316,53 @@ mod tests {
     use super::*;
     use crate::frame::encode_msg;
     use crate::{cmd, v1, MAX_BODY_LEN};
+
+    /// The records `Channel` writes and reads are snow's own transport messages, both
+    /// ways: a client in another language using any Noise library interoperates.
+    #[test]
+    fn records_are_noise_transport_messages() {
+        let server = snow::Builder::new(params()).generate_keypair().unwrap();
+        let client = snow::Builder::new(params()).generate_keypair().unwrap();
+        let mut i = snow::Builder::new(params())
+            .local_private_key(&client.private)
+            .unwrap()
+            .remote_public_key(&server.public)
+            .unwrap()
+            .build_initiator()
+            .unwrap();
+        let mut r = snow::Builder::new(params())
+            .local_private_key(&server.private)
+            .unwrap()
+            .build_responder()
+            .unwrap();
+        let (mut m1, mut m2, mut p) = ([0u8; 256], [0u8; 256], [0u8; 256]);
+        let n = i.write_message(b"login", &mut m1).unwrap();
+        r.read_message(&m1[..n], &mut p).unwrap();
+        let n = r.write_message(b"answer", &mut m2).unwrap();
+        i.read_message(&m2[..n], &mut p).unwrap();
+        // The client keeps only keys; the server keeps snow's transport state.
+        let mut ours = Channel::split(i, true).unwrap();
+        let mut snows = r.into_transport_mode().unwrap();
+        for round in 0..3u8 {
+            let text = vec![round; 100 + usize::from(round)];
+            let mut out = BytesMut::new();
+            ours.seal(&text, &mut out).unwrap();
+            let f = Frame::parse(&mut out, NOISE_MAX).unwrap().unwrap();
+            assert_eq!(f.cmd, SEALED);
+            let mut got = vec![0u8; f.body.len()];
+            let n = snows.read_message(&f.body, &mut got).unwrap();
+            assert_eq!(&got[..n], &text[..]);
+
+            let reply = vec![round ^ 0xff; 50];
+            let mut sealed = vec![0u8; reply.len() + TAG_LEN];
+            let n = snows.write_message(&reply, &mut sealed).unwrap();
+            let mut wire = BytesMut::new();
+            encode_raw(SEALED, 0, &sealed[..n], &mut wire);
+            let mut plain = BytesMut::new();
+            ours.open(&mut wire, &mut plain).unwrap();
+            assert_eq!(&plain[..], &reply[..]);
+        }
+    }
 
     fn login_frame() -> BytesMut {
         let mut b = BytesMut::new();
