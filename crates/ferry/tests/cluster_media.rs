@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use ferry_client::{Account, ClientError, ShortLink};
+use ferry_client::{Account, ShortLink};
 use ferry_proto::v1::{ErrorCode, MediaKind};
 use procs::*;
 
@@ -93,33 +93,6 @@ media_dir = "{}"
 }
 
 /// Deterministic noise (xorshift), which no codec compresses.
-fn noise(n: usize, mut seed: u64) -> Vec<u8> {
-    (0..n)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
-}
-
-fn png(w: u32, h: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_raw(w, h, noise((w * h * 3) as usize, 0x51)).unwrap();
-    let mut out = Vec::new();
-    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
-        .unwrap();
-    out
-}
-
-async fn account(addr: &str, user: &str) -> Account {
-    Account::open(client_config(addr, user)).await.unwrap()
-}
-
-fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
-    r.unwrap_err().code().expect("a server error")
-}
-
 /// Uploads `data` until at least `percent` of it is acknowledged, then drops the upload.
 async fn upload_part(acc: &Account, id: &str, chunk: u32, data: Bytes, percent: u64) {
     let size = data.len() as u64;
@@ -163,7 +136,7 @@ async fn media_uploaded_through_one_logic_node_is_served_and_resumed_by_others()
     // message, original.
     let (alice, _alice_ev) = connect(&g0.addr, "alice").await;
     let (bob, mut bob_ev) = connect(&g1.addr, "bob").await;
-    let image = png(400, 300);
+    let image = noise_png(400, 300);
     let sent = alice
         .send_image("bob", image.clone(), &|_, _| {})
         .await

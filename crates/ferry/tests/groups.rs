@@ -7,14 +7,9 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use ferry_client::{Account, Client, ClientError, Event};
+use ferry_client::{Account, Client, Event};
 use ferry_proto::v1::{self, group_entry, ErrorCode};
 use tokio::sync::mpsc::UnboundedReceiver;
-
-fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
-    r.unwrap_err().code().expect("a server error")
-}
-
 /// Collects group messages (text) from `events` until `n` arrived for `group`.
 async fn group_texts(
     events: &mut UnboundedReceiver<Event>,

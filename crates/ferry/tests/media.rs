@@ -3,7 +3,6 @@
 
 mod common;
 
-use std::io::Cursor;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -12,36 +11,7 @@ use bytes::Bytes;
 use common::*;
 use ferry_client::{Account, ClientError, Dest, FriendAction};
 use ferry_proto::v1::{self, ErrorCode, MediaKind};
-
-async fn account(addr: &str, user: &str) -> Account {
-    Account::open(client_config(addr, user)).await.unwrap()
-}
-
-fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
-    r.unwrap_err().code().expect("a server error")
-}
-
-/// Deterministic noise (xorshift), which no codec compresses.
-fn noise(n: usize, mut seed: u64) -> Vec<u8> {
-    (0..n)
-        .map(|_| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed as u8
-        })
-        .collect()
-}
-
 /// A PNG of `w`×`h` noise pixels.
-fn png(w: u32, h: u32) -> Vec<u8> {
-    let img = image::RgbImage::from_raw(w, h, noise((w * h * 3) as usize, 0x9e37_79b9)).unwrap();
-    let mut out = Vec::new();
-    img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
-        .unwrap();
-    out
-}
-
 /// Files under `<data>/media/<sub>`.
 fn files(data: &Path, sub: &str) -> usize {
     std::fs::read_dir(data.join("media").join(sub))
@@ -60,7 +30,7 @@ async fn image_thumbnail_and_message_arrive_before_the_original_which_is_byte_id
     let addr = srv.addr();
     let (alice, _alice_ev) = connect(&addr, "alice").await;
     let (bob, mut bob_ev) = connect(&addr, "bob").await;
-    let image = png(1322, 1322);
+    let image = noise_png(1322, 1322);
     assert!(image.len() >= 5 * 1024 * 1024, "{} bytes", image.len());
 
     // Thumbnail uploaded and message sent; the original not uploaded yet.
@@ -230,7 +200,7 @@ async fn a_third_user_is_refused_thumbnail_and_original() {
     srv.register(&["alice", "bob", "carol", "dave"]).await;
     let addr = srv.addr();
     let (alice, _ev) = connect(&addr, "alice").await;
-    let image = png(320, 240);
+    let image = noise_png(320, 240);
     let sent = alice
         .send_image("bob", image.clone(), &|_, _| {})
         .await
@@ -275,7 +245,7 @@ async fn a_third_user_is_refused_thumbnail_and_original() {
         .await
         .unwrap();
     let sent = alice
-        .send_image(Dest::Group(g.group_id), png(64, 64), &|_, _| {})
+        .send_image(Dest::Group(g.group_id), noise_png(64, 64), &|_, _| {})
         .await
         .unwrap();
     let id = sent.media.media_id;
@@ -351,7 +321,7 @@ async fn garbage_images_wrong_hashes_and_oversized_uploads_are_refused_and_nothi
     );
 
     // Over the image limit: refused at create.
-    let big = png(400, 400);
+    let big = noise_png(400, 400);
     assert!(big.len() > 256 * 1024);
     let e = alice
         .create_media(&big, MediaKind::MediaImage, 0)
@@ -361,7 +331,7 @@ async fn garbage_images_wrong_hashes_and_oversized_uploads_are_refused_and_nothi
     assert!(e.to_string().contains("limit"), "{e}");
 
     // Chunks outside the upload are refused too.
-    let small = png(16, 16);
+    let small = noise_png(16, 16);
     let c = alice
         .create_media(&small, MediaKind::MediaImage, 0)
         .await
@@ -403,7 +373,7 @@ async fn a_moments_media_is_read_by_its_audience_and_nobody_else() {
     );
     alice.request_friend("bob", "").await.unwrap();
     bob.friend(FriendAction::Accept, "alice").await.unwrap();
-    let photo = png(64, 48);
+    let photo = noise_png(64, 48);
     let m = alice
         .upload(
             Bytes::from(photo.clone()),

@@ -6,17 +6,8 @@ mod common;
 use std::io::Cursor;
 
 use common::*;
-use ferry_client::{Account, ClientError, Event, FriendAction, ShortLink};
+use ferry_client::{Event, FriendAction, ShortLink};
 use ferry_proto::v1::{self, friend_event, moment_event, ErrorCode, FriendState};
-
-async fn account(addr: &str, user: &str) -> Account {
-    Account::open(client_config(addr, user)).await.unwrap()
-}
-
-fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> ErrorCode {
-    r.unwrap_err().code().expect("a server error")
-}
-
 /// Waits for the next non-message entry.
 async fn next_event(ev: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> v1::entry::Kind {
     event_where(ev, 10, |e| match e {

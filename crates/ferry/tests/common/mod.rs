@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use ferry::{Config, Server};
-use ferry_client::{Client, ClientConfig, Event, ShortLink};
+use ferry_client::{Account, Client, ClientConfig, ClientError, Event, ShortLink};
 use ferry_proto::frame::encode_msg;
 use ferry_proto::{v1, Frame, ProtoMessage, MAX_BODY_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -297,4 +297,35 @@ pub async fn event_where<T>(
             Err(_) => panic!("no matching event within {secs} s"),
         }
     }
+}
+
+/// The short-link services of `user` (signs in with the test password).
+pub async fn account(addr: &str, user: &str) -> Account {
+    Account::open(client_config(addr, user)).await.unwrap()
+}
+
+/// The server's refusal code of a failed call.
+pub fn code<T: std::fmt::Debug>(r: Result<T, ClientError>) -> v1::ErrorCode {
+    r.unwrap_err().code().expect("a server error")
+}
+
+/// Deterministic noise (xorshift), which no codec compresses.
+pub fn noise(n: usize, mut seed: u64) -> Vec<u8> {
+    (0..n)
+        .map(|_| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed as u8
+        })
+        .collect()
+}
+
+/// A PNG of `w`×`h` noise pixels.
+pub fn noise_png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_raw(w, h, noise((w * h * 3) as usize, 0x9e37_79b9)).unwrap();
+    let mut out = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
 }
