@@ -24,14 +24,12 @@ use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::Pool;
 use parking_lot::Mutex;
-use tokio_postgres::NoTls;
 
 use crate::media::{older_than, promote, read_blob, remove_if_exists, valid_media_id, valid_sha};
 use crate::{MediaMeta, MediaStore, PgConfig, Result, StoreError, Verified};
@@ -149,26 +147,7 @@ impl PgMediaStore {
         for sub in ["uploads", "blobs"] {
             fs::create_dir_all(root.join(sub))?;
         }
-        let mut pg = tokio_postgres::Config::from_str(&cfg.url)?;
-        pg.connect_timeout(cfg.timeout);
-        if pg.get_application_name().is_none() {
-            pg.application_name("ferry-media");
-        }
-        let mgr = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(mgr)
-            .max_size(cfg.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(cfg.timeout))
-            .create_timeout(Some(cfg.timeout))
-            .recycle_timeout(Some(cfg.timeout))
-            .build()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let pool = crate::postgres::pool(cfg, "ferry-media")?;
         {
             let mut client = pool.get().await.map_err(pool_err)?;
             let txn = client.transaction().await?;

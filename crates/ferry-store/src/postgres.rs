@@ -225,30 +225,37 @@ fn row_user(r: &tokio_postgres::Row) -> User {
     }
 }
 
+/// A connection pool for `cfg` (connections open lazily, every wait bounded by
+/// `cfg.timeout`); `app` names the connections in `pg_stat_activity` unless the URL does.
+pub(crate) fn pool(cfg: &PgConfig, app: &str) -> Result<Pool> {
+    let mut pg = tokio_postgres::Config::from_str(&cfg.url)?;
+    pg.connect_timeout(cfg.timeout);
+    if pg.get_application_name().is_none() {
+        pg.application_name(app);
+    }
+    let mgr = Manager::from_config(
+        pg,
+        NoTls,
+        ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        },
+    );
+    Pool::builder(mgr)
+        .max_size(cfg.pool_size.max(1))
+        .runtime(Runtime::Tokio1)
+        .wait_timeout(Some(cfg.timeout))
+        .create_timeout(Some(cfg.timeout))
+        .recycle_timeout(Some(cfg.timeout))
+        .build()
+        .map_err(|e| StoreError::Unavailable(e.to_string()))
+}
+
 impl PgStore {
     /// Connects (lazily: the pool opens connections as needed) and runs migrations.
     pub async fn connect(cfg: &PgConfig) -> Result<Self> {
-        let mut pg = tokio_postgres::Config::from_str(&cfg.url)?;
-        pg.connect_timeout(cfg.timeout);
-        if pg.get_application_name().is_none() {
-            pg.application_name("ferry");
-        }
-        let mgr = Manager::from_config(
-            pg,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
-        let pool = Pool::builder(mgr)
-            .max_size(cfg.pool_size.max(1))
-            .runtime(Runtime::Tokio1)
-            .wait_timeout(Some(cfg.timeout))
-            .create_timeout(Some(cfg.timeout))
-            .recycle_timeout(Some(cfg.timeout))
-            .build()
-            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
-        let store = PgStore { pool };
+        let store = PgStore {
+            pool: pool(cfg, "ferry")?,
+        };
         store.migrate().await?;
         Ok(store)
     }
