@@ -22,13 +22,30 @@ const MAX_MENTIONS: usize = 50;
 /// have changed.
 const MEMBERS_TTL: Duration = Duration::from_secs(5);
 
-/// Cached member ids of a group, for fan-out.
+/// At most this many entries ride inline in one coalesced group notify; a batch beyond
+/// it goes without the rest, and members sync.
+const MAX_BATCH: usize = 64;
+
+/// Cached members of a group, for fan-out: (user id, the first gseq they may read).
 pub(crate) struct Members {
-    ids: Arc<Vec<u64>>,
+    ids: Arc<Vec<(u64, u64)>>,
     at: Instant,
 }
 
 pub(crate) type MemberCache = dashmap::DashMap<u64, Members>;
+
+/// Group notifies waiting to go out, per group (see [`Logic::notify_group`]).
+#[derive(Default)]
+pub(crate) struct Feed {
+    /// Entries to ride inline, not yet pushed.
+    entries: Vec<v1::GroupEntry>,
+    /// The newest gseq not yet pushed (0: nothing waits).
+    latest: u64,
+    /// Woken when the feed's flusher finishes with nothing left.
+    idle: Arc<tokio::sync::Notify>,
+}
+
+pub(crate) type Feeds = parking_lot::Mutex<HashMap<u64, Feed>>;
 
 fn event(kind: K, group: u64, users: Vec<String>, by: &str, text: &str) -> v1::GroupEvent {
     v1::GroupEvent {
@@ -91,19 +108,19 @@ impl Logic {
         Ok((g, m))
     }
 
-    /// Member ids of a group, from a short-lived cache.
-    async fn member_ids(&self, group: u64) -> Result<Arc<Vec<u64>>, LogicError> {
+    /// Members of a group with the first gseq each may read, from a short-lived cache.
+    async fn member_ids(&self, group: u64) -> Result<Arc<Vec<(u64, u64)>>, LogicError> {
         if let Some(m) = self.group_members.get(&group) {
             if m.at.elapsed() < MEMBERS_TTL {
                 return Ok(m.ids.clone());
             }
         }
-        let ids: Arc<Vec<u64>> = Arc::new(
+        let ids: Arc<Vec<(u64, u64)>> = Arc::new(
             self.store
                 .group_members(group)
                 .await?
                 .into_iter()
-                .map(|m| m.user_id)
+                .map(|m| (m.user_id, m.joined_gseq))
                 .collect(),
         );
         self.group_members.insert(
@@ -144,57 +161,156 @@ impl Logic {
         Ok(out)
     }
 
-    /// Pushes a group's new latest gseq (with the entry inline when small) to every
-    /// member's gateways: one push per gateway, whatever the group's size.
+    /// Tells every member online that the group's log reached `gseq`, with `entry`
+    /// inline when it is small. `extra`: users told besides the members (the ones just
+    /// removed, who see their removal); such a notify goes out at once, on its own.
+    ///
+    /// Everything else is coalesced per group: the first notify goes out at once, and
+    /// the ones that arrive while it is being pushed wait and go out together, as one
+    /// `GROUP_NOTIFY` carrying all their entries — so a burst into a big group costs
+    /// each member's link one frame, not one per message. Nothing is held back longer
+    /// than the push before it takes.
     pub(crate) async fn notify_group(
         &self,
         group: u64,
         mut entry: Option<v1::GroupEntry>,
         gseq: u64,
         extra: &[u64],
-    ) -> usize {
+    ) {
+        if let Some(e) = &mut entry {
+            e.gseq = gseq;
+        }
+        let entry = entry.filter(|e| e.encoded_len() <= self.config().inline_notify_bytes);
+        if !extra.is_empty() {
+            self.push_group(group, entry.into_iter().collect(), gseq, extra)
+                .await;
+            return;
+        }
+        let start = {
+            let mut feeds = self.group_feeds.lock();
+            let (start, feed) = match feeds.entry(group) {
+                std::collections::hash_map::Entry::Occupied(o) => (false, o.into_mut()),
+                std::collections::hash_map::Entry::Vacant(v) => (true, v.insert(Feed::default())),
+            };
+            match entry {
+                Some(e) if feed.entries.len() < MAX_BATCH => feed.entries.push(e),
+                // Too big, or too many: members learn of it from `latest` and sync.
+                _ => {}
+            }
+            feed.latest = feed.latest.max(gseq);
+            start
+        };
+        if !start {
+            return;
+        }
+        match self.me.upgrade() {
+            Some(me) => {
+                tokio::spawn(async move { me.flush_feed(group).await });
+            }
+            None => self.flush_feed(group).await,
+        }
+    }
+
+    /// Pushes what waits in `group`'s feed, round after round, until nothing does.
+    async fn flush_feed(&self, group: u64) {
+        loop {
+            let (mut entries, latest) = {
+                let mut feeds = self.group_feeds.lock();
+                let Some(feed) = feeds.get_mut(&group) else {
+                    return;
+                };
+                if feed.latest == 0 {
+                    if let Some(feed) = feeds.remove(&group) {
+                        feed.idle.notify_waiters();
+                    }
+                    return;
+                }
+                (
+                    std::mem::take(&mut feed.entries),
+                    std::mem::take(&mut feed.latest),
+                )
+            };
+            entries.sort_by_key(|e| e.gseq);
+            entries.dedup_by_key(|e| e.gseq);
+            self.push_group(group, entries, latest, &[]).await;
+        }
+    }
+
+    /// Waits (boundedly) until `group`'s feed has pushed everything queued so far: a
+    /// membership change waits for it, so the messages before the change reach the
+    /// members of that time.
+    async fn drain_feed(&self, group: u64) {
+        let idle = {
+            let feeds = self.group_feeds.lock();
+            match feeds.get(&group) {
+                Some(feed) => feed.idle.clone().notified_owned(),
+                None => return,
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;
+    }
+
+    /// One `GROUP_NOTIFY` to every member online (and to `extra`): one push per
+    /// gateway, whatever the group's size. A member who joined after the batch's first
+    /// entry gets the notify without entries (and syncs from their join point).
+    async fn push_group(
+        &self,
+        group: u64,
+        entries: Vec<v1::GroupEntry>,
+        latest: u64,
+        extra: &[u64],
+    ) {
         let members = match self.member_ids(group).await {
             Ok(m) => m,
             Err(e) => {
                 tracing::debug!(error = %e, "no group notify: members unknown");
-                return 0;
+                return;
             }
         };
-        if let Some(e) = &mut entry {
-            e.gseq = gseq;
-        }
-        let entries = match entry {
-            Some(e) if e.encoded_len() <= self.config().inline_notify_bytes => vec![e],
-            _ => Vec::new(),
+        let first = entries.first().map(|e| e.gseq);
+        let inline = entries.len() as u64;
+        let notify = |entries| {
+            Bytes::from(
+                v1::GroupNotify {
+                    group_id: group,
+                    latest_gseq: latest,
+                    entries,
+                }
+                .encode_to_vec(),
+            )
         };
-        let body = Bytes::from(
-            v1::GroupNotify {
-                group_id: group,
-                latest_gseq: gseq,
-                entries,
-            }
-            .encode_to_vec(),
-        );
-        let mut by_gateway: HashMap<String, Vec<u64>> = HashMap::new();
-        for user in members.iter().chain(extra.iter()) {
-            for gw in self.gateways_of(*user) {
-                by_gateway.entry(gw).or_default().push(*user);
+        let full = notify(entries);
+        let mut bare: Option<Bytes> = None;
+        // (gateway, full body?) → users.
+        let mut by_gateway: HashMap<(Arc<str>, bool), Vec<u64>> = HashMap::new();
+        let everyone = members
+            .iter()
+            .map(|&(user, joined)| (user, first.is_none_or(|f| joined <= f)))
+            .chain(extra.iter().map(|&user| (user, true)));
+        for (user, whole) in everyone {
+            for gw in self.gateways_of(user) {
+                by_gateway.entry((gw, whole)).or_default().push(user);
             }
         }
         let mut delivered = 0;
-        for (gw, users) in by_gateway {
-            delivered += users.len();
+        for ((gw, whole), users) in by_gateway {
+            delivered += users.len() as u64;
+            let body = if whole {
+                full.clone()
+            } else {
+                bare.get_or_insert_with(|| notify(Vec::new())).clone()
+            };
             let push = Push {
                 user_id: users[0],
                 more_user_ids: users[1..].to_vec(),
                 cmd: u32::from(cmd::GROUP_NOTIFY),
-                body: body.clone(),
+                body,
                 ..Default::default()
             };
             self.push_to(&gw, push).await;
         }
-        metrics::counter!("ferry_group_notifies_total").increment(delivered as u64);
-        delivered
+        metrics::counter!("ferry_group_notifies_total").increment(delivered);
+        metrics::counter!("ferry_group_notify_entries_total").increment(delivered * inline);
     }
 
     async fn group_view(
@@ -252,6 +368,7 @@ impl Logic {
         let group = change.group_id;
         let entry = change.event.clone();
         let inbox = change.inbox.clone();
+        self.drain_feed(group).await;
         let gseq = self.store.change_group(change).await.map_err(|e| match e {
             StoreError::NotFound => gone(),
             e => e.into(),
@@ -330,7 +447,7 @@ impl Logic {
         let my_name = self.user_name(me.user_id).await?;
         let time_ms = now_ms();
         let adding = req.cmd == u32::from(cmd::GROUP_ADD);
-        let current: HashSet<u64> = self.member_ids(g.id).await?.iter().copied().collect();
+        let current: HashSet<u64> = self.member_ids(g.id).await?.iter().map(|m| m.0).collect();
         let mut change = GroupChange {
             group_id: g.id,
             ..Default::default()

@@ -62,12 +62,12 @@ impl Presence {
     }
 
     /// The gateways to push to for `user`.
-    pub fn gateways(&self, user: u64) -> Vec<String> {
-        let mut out: Vec<String> = Vec::new();
+    pub fn gateways(&self, user: u64) -> Vec<Arc<str>> {
+        let mut out: Vec<Arc<str>> = Vec::new();
         if let Some(e) = self.routes.get(&user) {
             for (g, _) in e.iter() {
                 if !out.iter().any(|o| **o == **g) {
-                    out.push(g.to_string());
+                    out.push(g.clone());
                 }
             }
         }
@@ -96,17 +96,21 @@ impl Presence {
 mod tests {
     use super::*;
 
+    fn names(p: &Presence, user: u64) -> Vec<String> {
+        p.gateways(user).iter().map(|g| g.to_string()).collect()
+    }
+
     #[test]
     fn counts_links() {
         let p = Presence::default();
         p.online(1, "a", 1);
         p.online(1, "a", 2);
         p.online(1, "b", 1);
-        assert_eq!(p.gateways(1), ["a", "b"]);
+        assert_eq!(names(&p, 1), ["a", "b"]);
         p.offline(1, "a", 1);
         assert_eq!(p.gateways(1).len(), 2);
         p.offline(1, "a", 2);
-        assert_eq!(p.gateways(1), ["b"]);
+        assert_eq!(names(&p, 1), ["b"]);
         p.offline(1, "b", 1);
         assert!(p.gateways(1).is_empty());
         assert_eq!(p.users_online(), 0);
@@ -124,7 +128,7 @@ mod tests {
         assert!(p.gateways(1).is_empty(), "one link, announced twice");
         p.offline(1, "a", 5);
         p.drop_gateway("a");
-        assert_eq!(p.gateways(2), ["b"]);
+        assert_eq!(names(&p, 2), ["b"]);
         assert_eq!(p.users_online(), 1);
         p.drop_gateway("b");
         assert_eq!(p.users_online(), 0);

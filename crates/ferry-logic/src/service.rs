@@ -98,6 +98,10 @@ pub struct Logic {
     names_by_id: DashMap<u64, Arc<str>>,
     /// Member ids per group, for fan-out (short-lived: another node may change them).
     pub(crate) group_members: crate::groups::MemberCache,
+    /// Group notifies waiting to be pushed, coalesced per group.
+    pub(crate) group_feeds: crate::groups::Feeds,
+    /// This service itself, for the tasks it spawns.
+    pub(crate) me: std::sync::Weak<Logic>,
     /// The newest moment id this node gave out (ids are time-ordered).
     pub(crate) moment_clock: std::sync::atomic::AtomicU64,
     /// Token buckets for the rate limits (`cfg.limits`).
@@ -145,7 +149,9 @@ pub(crate) fn ok<M: ProtoMessage>(req_cmd: u32, msg: &M) -> BusResponse {
 
 impl Logic {
     pub fn new(cfg: LogicConfig, store: Arc<dyn Store>, bus: Arc<dyn Bus>) -> Arc<Self> {
-        Arc::new(Logic {
+        Arc::new_cyclic(|me| Logic {
+            me: me.clone(),
+            group_feeds: Default::default(),
             endpoints: crate::endpoints::Endpoints::new(cfg.endpoints.clone()),
             limits: crate::limits::Limits::new(&cfg.limits),
             admission: crate::admission::Admission::new(cfg.admission.clone()),
@@ -601,7 +607,7 @@ impl Logic {
     }
 
     /// The gateways holding links of `user`.
-    pub(crate) fn gateways_of(&self, user: u64) -> Vec<String> {
+    pub(crate) fn gateways_of(&self, user: u64) -> Vec<Arc<str>> {
         self.presence.gateways(user)
     }
 
@@ -617,8 +623,6 @@ impl Logic {
         }
     }
 
-    /// Sends a push to every gateway holding links of `push.user_id`. Returns how many
-    /// took it. A failed push is not fatal: the device syncs on its next login or notify.
     /// Remembers that `user`'s inbox reached `seq` with no route known here. Entries
     /// older than a minute are dropped now and then: a route is never that late.
     fn note_unrouted(&self, user: u64, seq: u64) {
@@ -633,13 +637,15 @@ impl Logic {
         }
     }
 
+    /// Sends a push to every gateway holding links of `push.user_id`. Returns how many
+    /// took it. A failed push is not fatal: the device syncs on its next login or notify.
     pub(crate) async fn push_all(&self, push: Push) -> usize {
         let gateways = self.presence.gateways(push.user_id);
         self.push_via(&gateways, push).await
     }
 
     /// Sends a push to each of `gateways`; returns how many took it.
-    async fn push_via(&self, gateways: &[String], push: Push) -> usize {
+    async fn push_via(&self, gateways: &[Arc<str>], push: Push) -> usize {
         let mut pushed = 0;
         for gw in gateways {
             if self.push_to(gw, push.clone()).await {
