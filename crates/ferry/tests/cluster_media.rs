@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use ferry_client::{Account, ShortLink};
-use ferry_proto::v1::{ErrorCode, MediaKind};
+use ferry_proto::v1::{self, ErrorCode, MediaKind};
 use procs::*;
 
 /// NATS, PostgreSQL, the shared media folder and the config every node reads.
@@ -94,13 +94,13 @@ media_dir = "{}"
 
 /// Deterministic noise (xorshift), which no codec compresses.
 /// Uploads `data` until at least `percent` of it is acknowledged, then drops the upload.
-async fn upload_part(acc: &Account, id: &str, chunk: u32, data: Bytes, percent: u64) {
+async fn upload_part(acc: &Account, upload: &v1::MediaCreateResp, data: Bytes, percent: u64) {
     let size = data.len() as u64;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let task = {
-        let (acc, id) = (acc.clone(), id.to_owned());
+        let (acc, upload) = (acc.clone(), upload.clone());
         tokio::spawn(async move {
-            acc.upload_media(&id, chunk, data, &move |done, _| {
+            acc.upload_media(&upload, data, &move |done, _| {
                 let _ = tx.send(done);
             })
             .await
@@ -177,7 +177,7 @@ async fn media_uploaded_through_one_logic_node_is_served_and_resumed_by_others()
         .create_media(&data, MediaKind::MediaFile, 0)
         .await
         .unwrap();
-    upload_part(&acc, &cm.media_id, cm.chunk_size, data.clone(), 40).await;
+    upload_part(&acc, &cm, data.clone(), 40).await;
     let l2 = c.logic();
     l1.kill();
     let status = acc.media_status(&cm.media_id).await.unwrap();
@@ -190,7 +190,7 @@ async fn media_uploaded_through_one_logic_node_is_served_and_resumed_by_others()
     );
     let _l3 = c.logic();
     let r = acc
-        .upload_media(&cm.media_id, cm.chunk_size, data.clone(), &|_, _| {})
+        .upload_media(&cm, data.clone(), &|_, _| {})
         .await
         .unwrap();
     assert_eq!(r.size, data.len() as u64);
@@ -208,12 +208,7 @@ async fn media_uploaded_through_one_logic_node_is_served_and_resumed_by_others()
         .await
         .unwrap();
     let e = acc
-        .upload_media(
-            &bad.media_id,
-            bad.chunk_size,
-            Bytes::from(noise(30_000, 4)),
-            &|_, _| {},
-        )
+        .upload_media(&bad, Bytes::from(noise(30_000, 4)), &|_, _| {})
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::ChecksumMismatch), "{e}");
@@ -240,7 +235,7 @@ async fn abandoned_uploads_are_swept_from_postgres_and_the_shared_folder() {
         .create_media(&data, MediaKind::MediaFile, 0)
         .await
         .unwrap();
-    upload_part(&acc, &cm.media_id, cm.chunk_size, data.clone(), 30).await;
+    upload_part(&acc, &cm, data.clone(), 30).await;
     let kept = acc
         .upload(
             Bytes::from(noise(10_000, 22)),
