@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use ferry_client::{Account, ShortLink};
+use ferry_proto::upload;
 use ferry_proto::v1::{self, ErrorCode, MediaKind};
 use procs::*;
 
@@ -215,6 +216,52 @@ async fn media_uploaded_through_one_logic_node_is_served_and_resumed_by_others()
     assert_eq!(c.files("uploads"), 0);
     // The thumbnail, the image and the file: one blob each.
     assert_eq!(c.files("blobs"), 3);
+
+    // Chunks under the upload key, through the other gateway: an altered one is refused,
+    // the same bytes again are acknowledged, other bytes at an acknowledged offset are
+    // refused (the PostgreSQL store's check); the SDK then finishes the upload.
+    let small = noise(3 * 8192, 5);
+    let u = acc
+        .create_media(&small, MediaKind::MediaFile, 0)
+        .await
+        .unwrap();
+    let key = upload::key_from(&u.upload_key).unwrap();
+    let raw = ShortLink::new(&g1.addr);
+    let chunk = |plain: &[u8]| v1::MediaChunkReq {
+        media_id: u.media_id.clone(),
+        offset: 0,
+        data: Bytes::from(upload::seal_chunk(&key, &u.media_id, 0, plain).unwrap()),
+    };
+    let mut altered = chunk(&small[..8192]);
+    altered.data = Bytes::from(
+        [
+            &altered.data[..8191],
+            &[altered.data[8191] ^ 1][..],
+            &altered.data[8192..],
+        ]
+        .concat(),
+    );
+    let r: Result<v1::MediaChunkAck, _> = raw.call_unsealed("media/chunk", &altered).await;
+    assert_eq!(code(r), ErrorCode::InvalidArgument);
+    for _ in 0..2 {
+        let ack: v1::MediaChunkAck = raw
+            .call_unsealed("media/chunk", &chunk(&small[..8192]))
+            .await
+            .unwrap();
+        assert_eq!(ack.next_offset, 8192);
+    }
+    let r: Result<v1::MediaChunkAck, _> = raw
+        .call_unsealed("media/chunk", &chunk(&noise(8192, 6)))
+        .await;
+    assert_eq!(code(r), ErrorCode::InvalidArgument);
+    acc.upload_media(&u, Bytes::from(small.clone()), &|_, _| {})
+        .await
+        .unwrap();
+    let back = acc
+        .download(&u.media_id, Duration::ZERO, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(back == small, "the keyed upload differs");
     alice.close().await;
     bob.close().await;
 }
