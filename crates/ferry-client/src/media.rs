@@ -5,6 +5,11 @@
 //! An image goes thumbnail first, then the message, then the original: the receiver
 //! can show the thumbnail at once. [`Client::start_image`] stops after the message so an
 //! app can upload the original in the background ([`MediaSend::finish`]).
+//!
+//! With encryption on, `media/create` answers an upload key (`MediaCreateResp.
+//! upload_key`) and every chunk goes unsealed, its bytes encrypted under that key
+//! (`ferry_proto::upload`): no X25519 exchange per chunk. The create answer is the
+//! upload's whole state: keep it (it is a protobuf message) to resume after a restart.
 
 use std::io::Cursor;
 use std::time::Duration;
@@ -53,8 +58,8 @@ pub struct SentMedia {
 /// to upload.
 pub struct MediaSend {
     account: Account,
-    media_id: String,
-    chunk_size: u32,
+    /// The original's upload (id, chunk size, key).
+    upload: v1::MediaCreateResp,
     data: Bytes,
     pub sent: SentMedia,
 }
@@ -64,7 +69,7 @@ impl MediaSend {
     pub async fn finish(self, progress: Progress<'_>) -> Result<SentMedia, ClientError> {
         let r = self
             .account
-            .upload_media(&self.media_id, self.chunk_size, self.data, progress)
+            .upload_media(&self.upload, self.data, progress)
             .await?;
         let mut sent = self.sent;
         sent.media.content_type = r.content_type;
@@ -104,8 +109,9 @@ fn content_type_hint(data: &[u8], kind: MediaKind) -> &'static str {
 }
 
 impl Account {
-    /// Starts an upload; returns its id and chunk size. `chunk_size` 0 takes the
-    /// server's default.
+    /// Starts an upload; returns its id, chunk size and (on an encrypted link) key: the
+    /// state [`Account::upload_media`] needs, to keep for a resume. `chunk_size` 0 takes
+    /// the server's default.
     pub async fn create_media(
         &self,
         data: &[u8],
@@ -136,17 +142,22 @@ impl Account {
         .await
     }
 
-    /// Uploads `data` to the upload `media_id`, from where the server says it stands,
-    /// with up to [`UPLOAD_WINDOW`] chunks in flight, then finishes it (the server
-    /// verifies size and SHA-256). Call it again after a failure to resume.
+    /// Uploads `data` to the upload `upload` (what [`Account::create_media`] answered),
+    /// from where the server says it stands, with up to [`UPLOAD_WINDOW`] chunks in
+    /// flight, then finishes it (the server verifies size and SHA-256). Call it again
+    /// after a failure to resume.
+    ///
+    /// `data` must be the content the upload was created for: with a key, a chunk's
+    /// nonce comes from its offset, which is safe only because an offset always carries
+    /// the same bytes (docs/protocol.md, Media). The size is checked here; the server
+    /// refuses other bytes at an offset it acknowledged, and other content at finish.
     pub async fn upload_media(
         &self,
-        media_id: &str,
-        chunk_size: u32,
+        upload: &v1::MediaCreateResp,
         data: Bytes,
         progress: Progress<'_>,
     ) -> Result<v1::MediaRef, ClientError> {
-        self.upload_media_with(media_id, chunk_size, data, UPLOAD_WINDOW, progress)
+        self.upload_media_with(upload, data, UPLOAD_WINDOW, progress)
             .await
     }
 
@@ -154,16 +165,30 @@ impl Account {
     /// at most [`UPLOAD_AHEAD`]); each is a request on a keep-alive connection of its own.
     pub async fn upload_media_with(
         &self,
-        media_id: &str,
-        chunk_size: u32,
+        upload: &v1::MediaCreateResp,
         data: Bytes,
         in_flight: usize,
         progress: Progress<'_>,
     ) -> Result<v1::MediaRef, ClientError> {
+        let media_id = upload.media_id.as_str();
+        let key = match upload.upload_key.len() {
+            0 => None,
+            _ => Some(
+                ferry_proto::upload::key_from(&upload.upload_key)
+                    .map_err(|e| ClientError::Protocol(format!("upload key: {e}")))?,
+            ),
+        };
         let in_flight = in_flight.clamp(1, UPLOAD_AHEAD as usize);
         let size = data.len() as u64;
-        let chunk = u64::from(chunk_size.max(1));
+        let chunk = u64::from(upload.chunk_size.max(1));
         let status = self.media_status(media_id).await?;
+        if status.size != size {
+            return Err(ClientError::Protocol(format!(
+                "upload {media_id} is for {} bytes, not {size}: not the content it was \
+                 created for",
+                status.size
+            )));
+        }
         if !status.complete {
             let start = status.next_offset - status.next_offset % chunk;
             let mut done = start;
@@ -188,7 +213,12 @@ impl Account {
                     pending.insert(next);
                     inflight.spawn(async move {
                         let n = body.data.len() as u64;
-                        me.send_chunk(&body).await.map(|_| (body.offset, n))
+                        let offset = body.offset;
+                        match key {
+                            Some(key) => me.send_keyed_chunk(&key, body).await,
+                            None => me.send_chunk(&body).await,
+                        }
+                        .map(|_| (offset, n))
                     });
                     next = end;
                 }
@@ -233,6 +263,31 @@ impl Account {
         unreachable!("the loop returns")
     }
 
+    /// One chunk encrypted under the upload key and sent unsealed, without a token
+    /// (the key is its credential), retried a few times when the error may pass.
+    async fn send_keyed_chunk(
+        &self,
+        key: &[u8; ferry_proto::upload::KEY_LEN],
+        mut body: v1::MediaChunkReq,
+    ) -> Result<v1::MediaChunkAck, ClientError> {
+        body.data = ferry_proto::upload::seal_chunk(key, &body.media_id, body.offset, &body.data)
+            .map(Bytes::from)
+            .map_err(|e| ClientError::Protocol(format!("encrypting a chunk: {e}")))?;
+        let mut pause = Duration::from_millis(50);
+        let mut attempt = 0;
+        loop {
+            match self.short().call_unsealed("media/chunk", &body).await {
+                Err(e) if e.is_retryable() && attempt < 5 => {
+                    tracing::debug!(error = %e, offset = body.offset, "chunk failed; retrying");
+                    tokio::time::sleep(pause).await;
+                    pause *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Creates an upload and uploads `data`.
     pub async fn upload(
         &self,
@@ -241,8 +296,7 @@ impl Account {
         progress: Progress<'_>,
     ) -> Result<v1::MediaRef, ClientError> {
         let c = self.create_media(&data, kind, 0).await?;
-        self.upload_media(&c.media_id, c.chunk_size, data, progress)
-            .await
+        self.upload_media(&c, data, progress).await
     }
 
     /// Downloads media in ranges. While the media is still uploading the server says
@@ -341,8 +395,7 @@ impl Client {
         let sent = self.send_media_msg(&to, "", media).await?;
         Ok(MediaSend {
             account,
-            media_id: original.media_id,
-            chunk_size: original.chunk_size,
+            upload: original,
             data,
             sent,
         })

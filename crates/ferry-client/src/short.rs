@@ -62,21 +62,11 @@ impl ShortLink {
             }
             None => (body, None, "application/x-protobuf"),
         };
-        let mut builder = http::Request::post(format!("{}/v1/{method}", self.base))
-            .header(http::header::CONTENT_TYPE, content_type);
-        if let (Some(t), None) = (token, &self.key) {
-            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        let resp = tokio::time::timeout(
-            std::time::Duration::from_secs(30),
-            self.http.request(request),
-        )
-        .await
-        .map_err(|_| ClientError::Timeout)?
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+        let bearer = match (token, &self.key) {
+            (Some(t), None) => Some(t),
+            _ => None,
+        };
+        let resp = self.post(method, bearer, content_type, body).await?;
         let status = resp.status();
         let is_sealed = resp
             .headers()
@@ -98,6 +88,56 @@ impl ShortLink {
                 "the server answered a sealed request in plain".into(),
             )),
             _ => Ok((status, body)),
+        }
+    }
+
+    /// One `POST /v1/{method}` of `body` as it is, with a bearer token when given.
+    async fn post(
+        &self,
+        method: &str,
+        bearer: Option<&str>,
+        content_type: &str,
+        body: Vec<u8>,
+    ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
+        let mut builder = http::Request::post(format!("{}/v1/{method}", self.base))
+            .header(http::header::CONTENT_TYPE, content_type);
+        if let Some(t) = bearer {
+            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let request = builder
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            self.http.request(request),
+        )
+        .await
+        .map_err(|_| ClientError::Timeout)?
+        .map_err(|e| ClientError::Http(e.to_string()))
+    }
+
+    /// POSTs `req` to `/v1/{method}` **unsealed and without a token**, even when the link
+    /// seals: for a request protected another way (a media chunk encrypted under its
+    /// upload key, docs/protocol.md Media). Decodes the answer (or its Error).
+    pub async fn call_unsealed<Req: ProtoMessage, Resp: ProtoMessage + Default>(
+        &self,
+        method: &str,
+        req: &Req,
+    ) -> Result<Resp, ClientError> {
+        let resp = self
+            .post(method, None, "application/x-protobuf", req.encode_to_vec())
+            .await?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| ClientError::Http(e.to_string()))?
+            .to_bytes();
+        if status.is_success() {
+            Resp::decode(body).map_err(|e| ClientError::Protocol(e.to_string()))
+        } else {
+            Err(refusal(status, body))
         }
     }
 

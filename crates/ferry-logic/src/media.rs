@@ -10,6 +10,14 @@
 //!
 //! Chunks are the hot path: a chunk whose upload id and token were checked together a
 //! moment ago (the [`UploadCache`]) skips the session lookup and the metadata read.
+//!
+//! **The upload key.** A `media/create` that came sealed gets a fresh random key in its
+//! (sealed, so confidential) answer, kept with the upload until it is finished or
+//! swept. A chunk then need not be sealed: sent unsealed, its bytes are ChaCha20-Poly1305
+//! under that key (`ferry_proto::upload`), and the key is its credential — no token, no
+//! X25519 per chunk. A chunk that does not open is refused and nothing is stored. A
+//! sealed chunk (token inside, as before the key existed) carries its bytes as they are,
+//! so clients that ignore the key keep working; so does plaintext mode (no key).
 
 use std::io::Cursor;
 use std::sync::Arc;
@@ -17,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_bus::{BusRequest, BusResponse};
+use ferry_proto::upload::{self, TAG_LEN};
 use ferry_proto::{cmd, v1, ProtoMessage};
 use ferry_store::{valid_media_id, MediaMeta, MediaStore, StoreError};
 
@@ -85,8 +94,14 @@ const HANDLE_MAX: usize = 4096;
 pub(crate) struct UploadHandle {
     size: u64,
     chunk_size: u32,
+    /// The upload's key, when it was created sealed: unsealed chunks are opened with it.
+    key: Option<ferry_store::UploadKey>,
     checked: Instant,
 }
+
+/// Stands for the token hash in the cache key of an upload whose chunks come unsealed,
+/// authenticated by the upload key (no token). No token hashes to it.
+const KEYED: [u8; 32] = [0; 32];
 
 /// Uploads whose owner's token was checked recently, keyed by the upload id (128 random
 /// bits, known only to the uploader) and the token's hash: both must match.
@@ -100,6 +115,14 @@ impl UploadCache {
         }
         let id = u128::from_str_radix(id, 16).ok()?;
         Some((id, crate::auth::token_hash(token)))
+    }
+
+    /// The cache key of an upload's chunks authenticated by its upload key.
+    fn keyed(id: &str) -> Option<(u128, [u8; 32])> {
+        if !valid_media_id(id) {
+            return None;
+        }
+        Some((u128::from_str_radix(id, 16).ok()?, KEYED))
     }
 
     fn get(&self, key: &(u128, [u8; 32])) -> Option<UploadHandle> {
@@ -128,6 +151,11 @@ fn store_err(e: StoreError) -> LogicError {
         StoreError::Conflict => {
             LogicError::InvalidArgument("the upload is being finished: no more chunks".into())
         }
+        StoreError::ChunkMismatch => LogicError::InvalidArgument(
+            "other bytes than the ones already acknowledged at this offset: refused, \
+             the stored bytes stay"
+                .into(),
+        ),
         e => e.into(),
     }
 }
@@ -287,6 +315,12 @@ impl Logic {
             n => n.clamp(c.min_chunk_size, c.max_chunk_size),
         };
         let id = hex::encode(rand::random::<[u8; 16]>());
+        // Only a sealed answer may carry a key: anywhere else it would travel in plain.
+        let upload_key = req.sealed.then(|| {
+            let mut k = [0u8; 32];
+            rand::Rng::fill(&mut rand::rng(), &mut k);
+            ferry_store::UploadKey(k)
+        });
         self.media()?
             .create(MediaMeta {
                 id: id.clone(),
@@ -297,6 +331,7 @@ impl Logic {
                 sha256: sha,
                 chunk_size,
                 created_ms: now_ms(),
+                upload_key,
                 ..Default::default()
             })
             .await?;
@@ -307,6 +342,7 @@ impl Logic {
                 media_id: id,
                 chunk_size,
                 window: c.window,
+                upload_key: upload_key.map_or_else(Bytes::new, |k| Bytes::copy_from_slice(&k.0)),
             },
         ))
     }
@@ -334,6 +370,7 @@ impl Logic {
         let h = UploadHandle {
             size: meta.size,
             chunk_size: meta.chunk_size,
+            key: meta.upload_key,
             checked: Instant::now(),
         };
         if let Some(k) = key {
@@ -342,19 +379,54 @@ impl Logic {
         Ok(Ok(h))
     }
 
+    /// The upload an unsealed chunk without a token goes to: one with a key (which the
+    /// chunk must then open under), from the cache or the store.
+    async fn keyed_upload(&self, id: &str) -> Result<UploadHandle, LogicError> {
+        let ck = UploadCache::keyed(id);
+        if let Some(h) = ck.as_ref().and_then(|k| self.uploads.get(k)) {
+            return Ok(h);
+        }
+        let meta = self
+            .media()?
+            .meta(id)
+            .await
+            .map_err(store_err)?
+            .filter(|m| !m.complete)
+            .ok_or_else(|| LogicError::NotFound("no such upload in progress".into()))?;
+        if meta.upload_key.is_none() {
+            // Created in plain: its chunks need the token.
+            return Err(LogicError::Unauthorized);
+        }
+        let h = UploadHandle {
+            size: meta.size,
+            chunk_size: meta.chunk_size,
+            key: meta.upload_key,
+            checked: Instant::now(),
+        };
+        if let Some(k) = ck {
+            self.uploads.put(k, h);
+        }
+        Ok(h)
+    }
+
     pub(crate) async fn media_chunk(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let r = v1::MediaChunkReq::decode(req.body.clone())?;
-        let up = match self.chunk_upload(req, &r.media_id).await? {
-            Ok(h) => h,
-            Err(done) => {
-                return Ok(ok(
-                    req.cmd,
-                    &v1::MediaChunkAck {
-                        next_offset: done.size,
-                        size: done.size,
-                        complete: true,
-                    },
-                ))
+        let by_key = !req.sealed && req.user_id == 0 && req.token.is_empty();
+        let up = if by_key {
+            self.keyed_upload(&r.media_id).await?
+        } else {
+            match self.chunk_upload(req, &r.media_id).await? {
+                Ok(h) => h,
+                Err(done) => {
+                    return Ok(ok(
+                        req.cmd,
+                        &v1::MediaChunkAck {
+                            next_offset: done.size,
+                            size: done.size,
+                            complete: true,
+                        },
+                    ))
+                }
             }
         };
         let chunk = u64::from(up.chunk_size);
@@ -365,13 +437,30 @@ impl Logic {
             )));
         }
         let want = chunk.min(up.size - r.offset);
-        if r.data.len() as u64 != want {
+        // Unsealed to an upload with a key: the bytes are encrypted under it.
+        let key = up.key.filter(|_| !req.sealed);
+        let tag = if key.is_some() { TAG_LEN as u64 } else { 0 };
+        if r.data.len() as u64 != want + tag {
             return Err(LogicError::InvalidArgument(format!(
-                "the chunk at {} must be {want} bytes, not {}",
+                "the chunk at {} must be {want} bytes{}, not {}",
                 r.offset,
+                if tag > 0 { " and its 16-byte tag" } else { "" },
                 r.data.len()
             )));
         }
+        let data = match key {
+            Some(k) => Bytes::from(
+                upload::open_chunk(&k.0, &r.media_id, r.offset, &r.data).map_err(|_| {
+                    metrics::counter!("ferry_media_chunks_refused_total").increment(1);
+                    LogicError::InvalidArgument(
+                        "the chunk does not decrypt under its upload's key (altered, or sent \
+                         at another offset or to another upload); nothing was stored"
+                            .into(),
+                    )
+                })?,
+            ),
+            None => r.data,
+        };
         let store = self.media()?;
         let received = store.received(&r.media_id).await.map_err(store_err)?;
         let window = u64::from(self.config().media.window) * chunk;
@@ -382,10 +471,10 @@ impl Logic {
             )));
         }
         let next = store
-            .write_chunk(&r.media_id, r.offset, &r.data)
+            .write_chunk(&r.media_id, r.offset, &data)
             .await
             .map_err(store_err)?;
-        metrics::counter!("ferry_media_bytes_in_total").increment(r.data.len() as u64);
+        metrics::counter!("ferry_media_bytes_in_total").increment(data.len() as u64);
         Ok(ok(
             req.cmd,
             &v1::MediaChunkAck {

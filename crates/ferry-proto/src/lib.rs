@@ -10,6 +10,7 @@ pub mod cmd;
 pub mod frame;
 pub mod sealed;
 pub mod secure;
+pub mod upload;
 
 pub use frame::{sniff, Frame, FrameError, Protocol, HEADER_LEN, MAX_BODY_LEN};
 

@@ -17,7 +17,7 @@ pub mod conformance;
 use async_trait::async_trait;
 use ferry_proto::v1;
 
-pub use media::{valid_media_id, LocalMediaStore, MediaMeta, MediaStore, Verified};
+pub use media::{valid_media_id, LocalMediaStore, MediaMeta, MediaStore, UploadKey, Verified};
 pub use media_pg::PgMediaStore;
 pub use postgres::{PgConfig, PgStore};
 pub use sqlite::{Durability, SqliteStore};
@@ -48,6 +48,10 @@ pub enum StoreError {
     Conflict,
     #[error("not found")]
     NotFound,
+    /// A media chunk at an offset already acknowledged, with other bytes than the ones
+    /// stored there: refused, the stored bytes stay.
+    #[error("other bytes than the ones already acknowledged at this offset")]
+    ChunkMismatch,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
 }

@@ -64,6 +64,35 @@ pub struct MediaMeta {
     pub grant_groups: Vec<u64>,
     /// Moments that show it: their audience (checked when reading) may read it.
     pub grant_moments: Vec<u64>,
+    /// The key chunks sent unsealed are encrypted under (an upload created sealed); kept
+    /// while the upload is in progress so it resumes after a restart, forgotten when it
+    /// is finished (and deleted with it when refused or swept).
+    pub upload_key: Option<UploadKey>,
+}
+
+/// An upload's 32-byte key. Hex in a metadata file; never printed (`Debug` hides it).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct UploadKey(pub [u8; 32]);
+
+impl std::fmt::Debug for UploadKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("UploadKey(..)")
+    }
+}
+
+impl serde::Serialize for UploadKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(self.0))
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for UploadKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        let mut k = [0u8; 32];
+        hex::decode_to_slice(s.as_bytes(), &mut k).map_err(serde::de::Error::custom)?;
+        Ok(UploadKey(k))
+    }
 }
 
 /// A finished upload's hash and first bytes (for sniffing its type).
@@ -84,7 +113,9 @@ pub trait MediaStore: Send + Sync {
     /// grants it has).
     async fn grant(&self, id: &str, users: &[u64], groups: &[u64], moments: &[u64]) -> Result<()>;
     /// Writes `data` at `offset` of an upload. Returns the offset up to which every
-    /// byte has been received.
+    /// byte has been received. Bytes already acknowledged are never changed: the same
+    /// bytes again are acknowledged without a write, other bytes are refused with
+    /// [`StoreError::ChunkMismatch`].
     async fn write_chunk(&self, id: &str, offset: u64, data: &[u8]) -> Result<u64>;
     /// The offset up to which every byte of an upload has been received.
     async fn received(&self, id: &str) -> Result<u64>;
@@ -451,6 +482,33 @@ impl LocalMediaStore {
         if *sealed {
             return Err(StoreError::Conflict);
         }
+        let end = offset + data.len() as u64;
+        let held: Vec<(u64, u64)> = {
+            let u = up.state.lock();
+            u.ranges
+                .iter()
+                .filter(|&&(s, e)| s < end && offset < e)
+                .map(|&(s, e)| (s.max(offset), e.min(end)))
+                .collect()
+        };
+        let mut stored = Vec::new();
+        for &(s, e) in &held {
+            stored.resize((e - s) as usize, 0);
+            up.file.read_exact_at(&mut stored, s)?;
+            if stored[..] != data[(s - offset) as usize..(e - offset) as usize] {
+                return Err(StoreError::ChunkMismatch);
+            }
+        }
+        if held.first() == Some(&(offset, end)) {
+            // Acknowledged already, with these very bytes: nothing to write.
+            let next = up.state.lock().contiguous();
+            drop(sealed);
+            return Ok(Written {
+                next,
+                up,
+                due: None,
+            });
+        }
         up.file.write_all_at(data, offset)?;
         self.received_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -671,6 +729,7 @@ impl MediaStore for Arc<LocalMediaStore> {
                 return Ok(());
             }
             meta.complete = true;
+            meta.upload_key = None;
             meta.content_type = content_type;
             meta.width = width;
             meta.height = height;
@@ -801,15 +860,55 @@ mod tests {
             Err(StoreError::Conflict)
         ));
         assert_eq!(s.verify(&a, 3).await.unwrap().head, b"012");
-        // Hashed bytes written again with other content: the file is what counts.
+        // Acknowledged bytes never change: the same bytes again are acknowledged
+        // without a write, other bytes are refused (and the stored ones stay).
         let b = "b".repeat(32);
         s.create(meta(&b, data)).await.unwrap();
         s.write_chunk(&b, 0, b"0123").await.unwrap();
-        s.write_chunk(&b, 0, b"XXXX").await.unwrap();
-        s.write_chunk(&b, 4, &data[4..]).await.unwrap();
-        let mut changed = data.to_vec();
-        changed[..4].copy_from_slice(b"XXXX");
-        assert_eq!(s.verify(&b, 0).await.unwrap().sha256, sha(&changed));
+        let written = s.bytes_received();
+        assert_eq!(s.write_chunk(&b, 0, b"0123").await.unwrap(), 4);
+        assert_eq!(s.bytes_received(), written);
+        assert!(matches!(
+            s.write_chunk(&b, 0, b"XXXX").await,
+            Err(StoreError::ChunkMismatch)
+        ));
+        s.write_chunk(&b, 8, &data[8..12]).await.unwrap();
+        // Overlapping acknowledged bytes: checked on the overlap.
+        assert!(matches!(
+            s.write_chunk(&b, 2, b"2X45").await,
+            Err(StoreError::ChunkMismatch)
+        ));
+        assert_eq!(s.write_chunk(&b, 2, b"2345").await.unwrap(), 6);
+        s.write_chunk(&b, 4, &data[4..8]).await.unwrap();
+        s.write_chunk(&b, 12, &data[12..]).await.unwrap();
+        assert_eq!(s.verify(&b, 0).await.unwrap().sha256, sha(data));
+    }
+
+    #[tokio::test]
+    async fn the_upload_key_is_kept_until_the_upload_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalMediaStore::open(dir.path()).unwrap();
+        let data = b"0123456789abcdef";
+        let a = "a".repeat(32);
+        let key = Some(UploadKey([9; 32]));
+        s.create(MediaMeta {
+            upload_key: key,
+            ..meta(&a, data)
+        })
+        .await
+        .unwrap();
+        assert!(!format!("{:?}", s.meta(&a).await.unwrap()).contains("0909"));
+        // A restart reads it back from the metadata file.
+        let s = LocalMediaStore::open(dir.path()).unwrap();
+        assert_eq!(s.meta(&a).await.unwrap().unwrap().upload_key, key);
+        s.write_chunk(&a, 0, data).await.unwrap();
+        s.verify(&a, 0).await.unwrap();
+        s.commit(&a, "text/plain", 0, 0).await.unwrap();
+        assert_eq!(s.meta(&a).await.unwrap().unwrap().upload_key, None);
+        let s = LocalMediaStore::open(dir.path()).unwrap();
+        assert_eq!(s.meta(&a).await.unwrap().unwrap().upload_key, None);
+        let json = fs::read_to_string(s.meta_path(&a)).unwrap();
+        assert!(json.contains("\"upload_key\":null"), "{json}");
     }
 
     #[tokio::test]

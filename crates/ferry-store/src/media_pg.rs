@@ -32,7 +32,7 @@ use deadpool_postgres::Pool;
 use parking_lot::Mutex;
 
 use crate::media::{older_than, promote, read_blob, remove_if_exists, valid_media_id, valid_sha};
-use crate::{MediaMeta, MediaStore, PgConfig, Result, StoreError, Verified};
+use crate::{MediaMeta, MediaStore, PgConfig, Result, StoreError, UploadKey, Verified};
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS media (
@@ -54,6 +54,9 @@ CREATE TABLE IF NOT EXISTS media (
     -- Every byte before this offset has been received (uploads in progress).
     received      BIGINT NOT NULL DEFAULT 0
 );
+-- The upload key (32 bytes) of an upload created sealed, until it is finished. Added
+-- after the table first shipped: tables made before get it here.
+ALTER TABLE media ADD COLUMN IF NOT EXISTS upload_key BYTEA;
 CREATE INDEX IF NOT EXISTS media_uploading ON media (created_ms) WHERE NOT complete;
 CREATE TABLE IF NOT EXISTS media_chunks (
     media_id     TEXT NOT NULL,
@@ -67,7 +70,7 @@ const SCHEMA_LOCK: i64 = 0x6665_7272_796d_6564; // "ferrymed"
 
 const META_COLUMNS: &str = "id, uploader, kind, size, declared_type, sha256, chunk_size, \
      created_ms, complete, content_type, width, height, grant_users, grant_groups, \
-     grant_moments";
+     grant_moments, upload_key";
 
 fn row_meta(r: &tokio_postgres::Row) -> MediaMeta {
     let ids = |i: usize| -> Vec<u64> {
@@ -92,6 +95,10 @@ fn row_meta(r: &tokio_postgres::Row) -> MediaMeta {
         grant_users: ids(12),
         grant_groups: ids(13),
         grant_moments: ids(14),
+        upload_key: r
+            .get::<_, Option<Vec<u8>>>(15)
+            .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
+            .map(UploadKey),
     }
 }
 
@@ -183,7 +190,11 @@ impl PgMediaStore {
         if let Some(f) = self.files.lock().get(id) {
             return Ok(f.clone());
         }
-        let f = match OpenOptions::new().write(true).open(self.part_path(id)) {
+        let f = match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(self.part_path(id))
+        {
             Ok(f) => Arc::new(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(StoreError::NotFound),
             Err(e) => return Err(e.into()),
@@ -225,7 +236,8 @@ impl MediaStore for Arc<PgMediaStore> {
         let n = client
             .execute(
                 "INSERT INTO media (id, uploader, kind, size, declared_type, sha256, \
-                 chunk_size, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 chunk_size, created_ms, upload_key) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
                  ON CONFLICT (id) DO NOTHING",
                 &[
                     &meta.id,
@@ -236,6 +248,7 @@ impl MediaStore for Arc<PgMediaStore> {
                     &meta.sha256,
                     &(meta.chunk_size as i32),
                     &meta.created_ms,
+                    &meta.upload_key.as_ref().map(|k| k.0.as_slice()),
                 ],
             )
             .await?;
@@ -286,6 +299,34 @@ impl MediaStore for Arc<PgMediaStore> {
             return Err(StoreError::NotFound);
         }
         let file = self.part(id)?;
+        // A chunk already recorded (acknowledged) is never rewritten: the same bytes
+        // again are acknowledged as they are, other bytes refused.
+        let held = {
+            let client = self.client().await?;
+            client
+                .query_opt(
+                    "SELECT m.received, EXISTS (SELECT 1 FROM media_chunks c \
+                         WHERE c.media_id = m.id AND c.chunk_offset = $2) \
+                     FROM media m WHERE m.id = $1 AND NOT m.complete",
+                    &[&id, &(offset as i64)],
+                )
+                .await?
+                .ok_or(StoreError::NotFound)?
+        };
+        if held.get::<_, bool>(1) {
+            let (f, len) = (file.clone(), data.len());
+            let stored = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
+                let mut b = vec![0u8; len];
+                f.read_exact_at(&mut b, offset)?;
+                Ok(b)
+            })
+            .await
+            .map_err(|e| StoreError::WriteFailed(e.to_string()))??;
+            if stored != data {
+                return Err(StoreError::ChunkMismatch);
+            }
+            return Ok(held.get::<_, i64>(0) as u64);
+        }
         file.write_all_at(data, offset)?;
         self.received_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -375,7 +416,7 @@ impl MediaStore for Arc<PgMediaStore> {
         let txn = client.transaction().await?;
         txn.execute(
             "UPDATE media SET complete = TRUE, content_type = $2, width = $3, height = $4, \
-             received = size WHERE id = $1",
+             received = size, upload_key = NULL WHERE id = $1",
             &[&id, &content_type, &(width as i32), &(height as i32)],
         )
         .await?;

@@ -12,7 +12,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::*;
 use ferry_client::{Account, ShortLink};
-use ferry_proto::v1::{ErrorCode, MediaKind};
+use ferry_proto::upload;
+use ferry_proto::v1::{self, ErrorCode, MediaKind};
 use procs::*;
 
 /// NATS, PostgreSQL, the shared media folder and the config every node reads.
@@ -94,13 +95,13 @@ media_dir = "{}"
 
 /// Deterministic noise (xorshift), which no codec compresses.
 /// Uploads `data` until at least `percent` of it is acknowledged, then drops the upload.
-async fn upload_part(acc: &Account, id: &str, chunk: u32, data: Bytes, percent: u64) {
+async fn upload_part(acc: &Account, upload: &v1::MediaCreateResp, data: Bytes, percent: u64) {
     let size = data.len() as u64;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let task = {
-        let (acc, id) = (acc.clone(), id.to_owned());
+        let (acc, upload) = (acc.clone(), upload.clone());
         tokio::spawn(async move {
-            acc.upload_media(&id, chunk, data, &move |done, _| {
+            acc.upload_media(&upload, data, &move |done, _| {
                 let _ = tx.send(done);
             })
             .await
@@ -177,7 +178,7 @@ async fn media_uploaded_through_one_logic_node_is_served_and_resumed_by_others()
         .create_media(&data, MediaKind::MediaFile, 0)
         .await
         .unwrap();
-    upload_part(&acc, &cm.media_id, cm.chunk_size, data.clone(), 40).await;
+    upload_part(&acc, &cm, data.clone(), 40).await;
     let l2 = c.logic();
     l1.kill();
     let status = acc.media_status(&cm.media_id).await.unwrap();
@@ -190,7 +191,7 @@ async fn media_uploaded_through_one_logic_node_is_served_and_resumed_by_others()
     );
     let _l3 = c.logic();
     let r = acc
-        .upload_media(&cm.media_id, cm.chunk_size, data.clone(), &|_, _| {})
+        .upload_media(&cm, data.clone(), &|_, _| {})
         .await
         .unwrap();
     assert_eq!(r.size, data.len() as u64);
@@ -208,18 +209,59 @@ async fn media_uploaded_through_one_logic_node_is_served_and_resumed_by_others()
         .await
         .unwrap();
     let e = acc
-        .upload_media(
-            &bad.media_id,
-            bad.chunk_size,
-            Bytes::from(noise(30_000, 4)),
-            &|_, _| {},
-        )
+        .upload_media(&bad, Bytes::from(noise(30_000, 4)), &|_, _| {})
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::ChecksumMismatch), "{e}");
     assert_eq!(c.files("uploads"), 0);
     // The thumbnail, the image and the file: one blob each.
     assert_eq!(c.files("blobs"), 3);
+
+    // Chunks under the upload key, through the other gateway: an altered one is refused,
+    // the same bytes again are acknowledged, other bytes at an acknowledged offset are
+    // refused (the PostgreSQL store's check); the SDK then finishes the upload.
+    let small = noise(3 * 8192, 5);
+    let u = acc
+        .create_media(&small, MediaKind::MediaFile, 0)
+        .await
+        .unwrap();
+    let key = upload::key_from(&u.upload_key).unwrap();
+    let raw = ShortLink::new(&g1.addr);
+    let chunk = |plain: &[u8]| v1::MediaChunkReq {
+        media_id: u.media_id.clone(),
+        offset: 0,
+        data: Bytes::from(upload::seal_chunk(&key, &u.media_id, 0, plain).unwrap()),
+    };
+    let mut altered = chunk(&small[..8192]);
+    altered.data = Bytes::from(
+        [
+            &altered.data[..8191],
+            &[altered.data[8191] ^ 1][..],
+            &altered.data[8192..],
+        ]
+        .concat(),
+    );
+    let r: Result<v1::MediaChunkAck, _> = raw.call_unsealed("media/chunk", &altered).await;
+    assert_eq!(code(r), ErrorCode::InvalidArgument);
+    for _ in 0..2 {
+        let ack: v1::MediaChunkAck = raw
+            .call_unsealed("media/chunk", &chunk(&small[..8192]))
+            .await
+            .unwrap();
+        assert_eq!(ack.next_offset, 8192);
+    }
+    let r: Result<v1::MediaChunkAck, _> = raw
+        .call_unsealed("media/chunk", &chunk(&noise(8192, 6)))
+        .await;
+    assert_eq!(code(r), ErrorCode::InvalidArgument);
+    acc.upload_media(&u, Bytes::from(small.clone()), &|_, _| {})
+        .await
+        .unwrap();
+    let back = acc
+        .download(&u.media_id, Duration::ZERO, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(back == small, "the keyed upload differs");
     alice.close().await;
     bob.close().await;
 }
@@ -240,7 +282,7 @@ async fn abandoned_uploads_are_swept_from_postgres_and_the_shared_folder() {
         .create_media(&data, MediaKind::MediaFile, 0)
         .await
         .unwrap();
-    upload_part(&acc, &cm.media_id, cm.chunk_size, data.clone(), 30).await;
+    upload_part(&acc, &cm, data.clone(), 30).await;
     let kept = acc
         .upload(
             Bytes::from(noise(10_000, 22)),

@@ -5,12 +5,16 @@ mod common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use ferry_client::{Account, ClientError, Dest, FriendAction};
+use ferry_client::{Account, ClientError, Dest, FriendAction, ShortLink};
+use ferry_proto::upload;
 use ferry_proto::v1::{self, ErrorCode, MediaKind};
+use ferry_proto::ProtoMessage;
+use sha2::Digest;
 /// A PNG of `w`×`h` noise pixels.
 /// Files under `<data>/media/<sub>`.
 fn files(data: &Path, sub: &str) -> usize {
@@ -132,10 +136,10 @@ async fn an_upload_cut_at_40_percent_resumes_without_resending_acknowledged_chun
 
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let task = {
-        let (alice, id, data) = (alice.clone(), c.media_id.clone(), data.clone());
+        let (alice, c, data) = (alice.clone(), c.clone(), data.clone());
         tokio::spawn(async move {
             alice
-                .upload_media(&id, c.chunk_size, data, &move |done, _| {
+                .upload_media(&c, data, &move |done, _| {
                     let _ = tx.send(done);
                 })
                 .await
@@ -172,7 +176,7 @@ async fn an_upload_cut_at_40_percent_resumes_without_resending_acknowledged_chun
     // acknowledged offset).
     let alice = account(&addr, "alice").await;
     let r = alice
-        .upload_media(&c.media_id, c.chunk_size, data.clone(), &|_, _| {})
+        .upload_media(&c, data.clone(), &|_, _| {})
         .await
         .unwrap();
     assert_eq!(r.size, size);
@@ -309,10 +313,7 @@ async fn garbage_images_wrong_hashes_and_oversized_uploads_are_refused_and_nothi
         )
         .await
         .unwrap();
-    let e = alice
-        .upload_media(&c.media_id, c.chunk_size, data, &|_, _| {})
-        .await
-        .unwrap_err();
+    let e = alice.upload_media(&c, data, &|_, _| {}).await.unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::ChecksumMismatch), "{e}");
     assert!(e.to_string().contains("SHA-256"), "{e}");
     assert_eq!(
@@ -353,7 +354,7 @@ async fn garbage_images_wrong_hashes_and_oversized_uploads_are_refused_and_nothi
     assert_eq!(files(dir, "meta"), 1);
     assert_eq!(files(dir, "uploads"), 1);
     let ok = alice
-        .upload_media(&c.media_id, c.chunk_size, Bytes::from(small), &|_, _| {})
+        .upload_media(&c, Bytes::from(small), &|_, _| {})
         .await
         .unwrap();
     assert_eq!((ok.content_type.as_str(), ok.width), ("image/png", 16));
@@ -483,7 +484,7 @@ async fn uploads_not_finished_in_time_are_swept_and_finished_ones_stay() {
         ErrorCode::NotFound
     );
     let e = alice
-        .upload_media(&c.media_id, c.chunk_size, Bytes::from(data), &|_, _| {})
+        .upload_media(&c, Bytes::from(data), &|_, _| {})
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
@@ -494,4 +495,377 @@ async fn uploads_not_finished_in_time_are_swept_and_finished_ones_stay() {
         .await
         .unwrap()
         .is_empty());
+}
+
+/// A TCP proxy that keeps every byte the client sends through it.
+async fn recording_proxy(upstream: std::net::SocketAddr) -> (String, Arc<Mutex<Vec<u8>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let rec = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((down, _)) = listener.accept().await {
+            let rec = rec.clone();
+            tokio::spawn(async move {
+                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let (mut dr, mut dw) = down.into_split();
+                let (mut ur, mut uw) = up.into_split();
+                let to_server = async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = dr.read(&mut buf).await {
+                        rec.lock().unwrap().extend_from_slice(&buf[..n]);
+                        if uw.write_all(&buf[..n]).await.is_err() {
+                            return;
+                        }
+                    }
+                };
+                let to_client = async move {
+                    let _ = tokio::io::copy(&mut ur, &mut dw).await;
+                };
+                tokio::join!(to_server, to_client);
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_chunks_carry_no_plaintext_and_no_token_on_the_wire() {
+    let srv = TestServer::start().await;
+    srv.register(&["alice"]).await;
+    let (proxy, seen) = recording_proxy(srv.server.addr()).await;
+    let alice = account(&proxy, "alice").await;
+    // Noise with a marker in every 4 KiB: any chunk sent in plain would show one.
+    let marker = b"FERRY-PLAINTEXT-MARKER-0123456789";
+    let mut data = noise(200_000, 21);
+    for at in (0..data.len() - marker.len()).step_by(4096) {
+        data[at..at + marker.len()].copy_from_slice(marker);
+    }
+    let c = alice
+        .create_media(&data, MediaKind::MediaFile, 0)
+        .await
+        .unwrap();
+    assert_eq!(c.upload_key.len(), 32, "a sealed create gets an upload key");
+    let m = alice
+        .upload_media(&c, Bytes::from(data.clone()), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(m.size, data.len() as u64);
+    let wire = seen.lock().unwrap().clone();
+    let chunks = wire
+        .windows(20)
+        .filter(|w| w == b"POST /v1/media/chunk")
+        .count();
+    assert_eq!(
+        chunks,
+        data.len().div_ceil(8192),
+        "every chunk went unsealed"
+    );
+    assert!(!contains(&wire, marker), "plaintext on the wire");
+    assert!(!contains(&wire, &data[100..132]), "plaintext on the wire");
+    let token = alice.token_now();
+    assert!(!contains(&wire, token.as_bytes()), "the token on the wire");
+    assert!(!contains(&wire.to_ascii_lowercase(), b"authorization:"));
+    assert!(!contains(&wire, &c.upload_key), "the key on the wire");
+    let back = alice
+        .download(&c.media_id, Duration::ZERO, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(back == data, "the upload differs");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_or_misplaced_encrypted_chunk_is_refused_and_nothing_is_stored() {
+    let srv = TestServer::start().await;
+    srv.register(&["alice"]).await;
+    let addr = srv.addr();
+    let alice = account(&addr, "alice").await;
+    let data = noise(5 * 8192 + 100, 31);
+    let c = alice
+        .create_media(&data, MediaKind::MediaFile, 0)
+        .await
+        .unwrap();
+    let other = alice
+        .create_media(&data, MediaKind::MediaFile, 0)
+        .await
+        .unwrap();
+    let key = upload::key_from(&c.upload_key).unwrap();
+    let chunk = c.chunk_size as usize;
+    let raw = ShortLink::new(&addr);
+    let send = |media_id: &str, offset: u64, data: Vec<u8>| {
+        let (raw, req) = (
+            raw.clone(),
+            v1::MediaChunkReq {
+                media_id: media_id.into(),
+                offset,
+                data: Bytes::from(data),
+            },
+        );
+        async move {
+            raw.call_unsealed::<_, v1::MediaChunkAck>("media/chunk", &req)
+                .await
+        }
+    };
+    let first = upload::seal_chunk(&key, &c.media_id, 0, &data[..chunk]).unwrap();
+    let second = upload::seal_chunk(&key, &c.media_id, 8192, &data[chunk..2 * chunk]).unwrap();
+    let before = received(&srv);
+
+    let mut tampered = first.clone();
+    tampered[100] ^= 1;
+    let mut bad_tag = first.clone();
+    *bad_tag.last_mut().unwrap() ^= 1;
+    for (what, id, offset, bytes) in [
+        ("altered", &c.media_id, 0, tampered),
+        ("bad tag", &c.media_id, 0, bad_tag),
+        ("another offset", &c.media_id, 8192, first.clone()),
+        ("swapped", &c.media_id, 0, second.clone()),
+        ("another upload", &other.media_id, 0, first.clone()),
+        ("in plain", &c.media_id, 0, data[..chunk + 16].to_vec()),
+    ] {
+        let e = send(id, offset, bytes).await.unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{what}: {e}");
+        assert!(e.to_string().contains("decrypt"), "{what}: {e}");
+    }
+    // Without its tag, it is the wrong length.
+    let e = send(&c.media_id, 0, data[..chunk].to_vec())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    // Unknown uploads.
+    let e = send(&"e".repeat(32), 0, first.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    assert_eq!(received(&srv), before, "a refused chunk was stored");
+    assert_eq!(
+        alice.media_status(&c.media_id).await.unwrap().next_offset,
+        0
+    );
+    assert_eq!(
+        alice
+            .media_status(&other.media_id)
+            .await
+            .unwrap()
+            .next_offset,
+        0
+    );
+
+    // The right chunk is taken; the same bytes again are acknowledged without a write;
+    // other bytes (properly encrypted) at that acknowledged offset are refused.
+    let ack = send(&c.media_id, 0, first.clone()).await.unwrap();
+    assert_eq!(ack.next_offset, 8192);
+    let written = received(&srv);
+    assert_eq!(written, before + 8192);
+    assert_eq!(send(&c.media_id, 0, first).await.unwrap().next_offset, 8192);
+    assert_eq!(received(&srv), written);
+    let forged = upload::seal_chunk(&key, &c.media_id, 0, &noise(chunk, 99)).unwrap();
+    let e = send(&c.media_id, 0, forged).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidArgument), "{e}");
+    assert!(e.to_string().contains("acknowledged"), "{e}");
+    assert_eq!(received(&srv), written);
+
+    // The SDK finishes it; the bytes are the original ones.
+    let m = alice
+        .upload_media(&c, Bytes::from(data.clone()), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(m.size, data.len() as u64);
+    let back = alice
+        .download(&c.media_id, Duration::ZERO, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(back == data, "the upload differs");
+    // Finished: the key is forgotten, a chunk under it names no upload in progress.
+    let late = upload::seal_chunk(&key, &c.media_id, 8192, &data[chunk..2 * chunk]).unwrap();
+    assert_eq!(
+        send(&c.media_id, 8192, late).await.unwrap_err().code(),
+        Some(ErrorCode::NotFound)
+    );
+    assert!(!std::fs::read_to_string(
+        srv.dir
+            .path()
+            .join("media/meta")
+            .join(format!("{}.json", c.media_id))
+    )
+    .unwrap()
+    .contains(&hex::encode(key)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_uploads_get_no_key_and_their_chunks_need_the_token() {
+    let srv = TestServer::start().await;
+    srv.register(&["alice"]).await;
+    let addr = srv.addr();
+    let plain = ShortLink::new(&addr);
+    let token = token(&addr, "alice", "plain-device").await;
+    let data = noise(10_000, 41);
+    let c: v1::MediaCreateResp = plain
+        .call(
+            "media/create",
+            Some(&token),
+            &v1::MediaCreateReq {
+                size: data.len() as u64,
+                content_type: "application/octet-stream".into(),
+                sha256: hex::encode(sha2::Sha256::digest(&data)),
+                kind: MediaKind::MediaFile as i32,
+                chunk_size: 0,
+            },
+        )
+        .await
+        .unwrap();
+    assert!(c.upload_key.is_empty(), "a key in a plaintext answer");
+    let chunk = |offset: usize, end: usize| v1::MediaChunkReq {
+        media_id: c.media_id.clone(),
+        offset: offset as u64,
+        data: Bytes::copy_from_slice(&data[offset..end]),
+    };
+    // Without the token, an upload without a key takes no chunk.
+    let r: Result<v1::MediaChunkAck, _> = plain.call_unsealed("media/chunk", &chunk(0, 8192)).await;
+    assert_eq!(code(r), ErrorCode::Unauthorized);
+    for (a, b) in [(0, 8192), (8192, data.len())] {
+        let _: v1::MediaChunkAck = plain
+            .call("media/chunk", Some(&token), &chunk(a, b))
+            .await
+            .unwrap();
+    }
+    let r: v1::MediaFinishResp = plain
+        .call(
+            "media/finish",
+            Some(&token),
+            &v1::MediaFinishReq {
+                media_id: c.media_id.clone(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.media.unwrap().size, data.len() as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encrypted_upload_cut_at_40_percent_resumes_after_both_ends_restart() {
+    let srv = TestServer::start().await;
+    srv.register(&["alice"]).await;
+    let alice = account(&srv.addr(), "alice").await;
+    let data = Bytes::from(noise(3 * 1024 * 1024 + 4321, 51));
+    let size = data.len() as u64;
+    let c = alice
+        .create_media(&data, MediaKind::MediaFile, 0)
+        .await
+        .unwrap();
+    assert_eq!(c.upload_key.len(), 32);
+    // What an app keeps to resume: the create answer, as bytes.
+    let stored = c.encode_to_vec();
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = {
+        let (alice, c, data) = (alice.clone(), c.clone(), data.clone());
+        tokio::spawn(async move {
+            alice
+                .upload_media(&c, data, &move |done, _| {
+                    let _ = tx.send(done);
+                })
+                .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("no progress")
+            .expect("the upload ended before 40 %");
+        if done * 10 >= size * 4 {
+            break;
+        }
+    }
+    task.abort();
+    let _ = task.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = alice.media_status(&c.media_id).await.unwrap();
+    assert!(!status.complete && status.next_offset < size, "{status:?}");
+    drop(alice);
+
+    // The server restarts on the same data folder (and key); a new client resumes from
+    // the stored state alone.
+    let TestServer { server, dir } = srv;
+    server.shutdown().await;
+    let server = ferry::Server::bind(test_config(dir.path())).await.unwrap();
+    let srv = TestServer { server, dir };
+    let alice = account(&srv.addr(), "alice").await;
+    let c = v1::MediaCreateResp::decode(stored.as_slice()).unwrap();
+    let r = alice
+        .upload_media(&c, data.clone(), &|_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(r.size, size);
+    assert!(
+        received(&srv) > 0,
+        "the chunks after the restart were taken"
+    );
+    let back = alice
+        .download(&c.media_id, Duration::ZERO, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(back == data, "the resumed upload differs");
+    assert_eq!(files(srv.dir.path(), "uploads"), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn where_plaintext_is_refused_keyed_chunks_pass_and_plain_ones_do_not() {
+    let srv = TestServer::with(|c| c.gateway.allow_plaintext = false).await;
+    let addr = srv.addr();
+    // Registered over a sealed link: plaintext is refused here.
+    let key = ferry::server_key::parse_public(&srv.server.gateway.public_key_hex()).unwrap();
+    ShortLink::sealed(&addr, Some(key))
+        .register("alice", PASSWORD)
+        .await
+        .unwrap();
+    let alice = account(&addr, "alice").await;
+    let data = noise(100_000, 61);
+    let m = alice
+        .upload(Bytes::from(data.clone()), MediaKind::MediaFile, &|_, _| {})
+        .await
+        .unwrap();
+    assert!(
+        alice
+            .download(&m.media_id, Duration::ZERO, &|_, _| {})
+            .await
+            .unwrap()
+            == data
+    );
+    // A chunk with a plain token is a plaintext request: refused before logic.
+    let c = alice
+        .create_media(&data, MediaKind::MediaFile, 0)
+        .await
+        .unwrap();
+    let r: Result<v1::MediaChunkAck, _> = ShortLink::new(&addr)
+        .call(
+            "media/chunk",
+            Some(&alice.token_now()),
+            &v1::MediaChunkReq {
+                media_id: c.media_id.clone(),
+                offset: 0,
+                data: Bytes::copy_from_slice(&data[..8192]),
+            },
+        )
+        .await;
+    assert_eq!(code(r), ErrorCode::PermissionDenied);
+    // Any other method unsealed without a token: refused too.
+    let r: Result<v1::MediaChunkAck, _> = ShortLink::new(&addr)
+        .call_unsealed(
+            "media/status",
+            &v1::MediaStatusReq {
+                media_id: c.media_id.clone(),
+            },
+        )
+        .await;
+    assert_eq!(code(r), ErrorCode::PermissionDenied);
+    assert_eq!(
+        alice.media_status(&c.media_id).await.unwrap().next_offset,
+        0
+    );
 }

@@ -87,13 +87,9 @@ async fn measure(
             .await
             .context("media/create")?;
         let m = account
-            .upload_media_with(
-                &c.media_id,
-                c.chunk_size,
-                data.clone(),
-                in_flight,
-                &|done, _| pb.set_position(done),
-            )
+            .upload_media_with(&c, data.clone(), in_flight, &|done, _| {
+                pb.set_position(done)
+            })
             .await
             .context("uploading")?;
         let secs = t0.elapsed().as_secs_f64();
