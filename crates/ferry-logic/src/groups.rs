@@ -22,9 +22,11 @@ const MAX_MENTIONS: usize = 50;
 /// have changed.
 const MEMBERS_TTL: Duration = Duration::from_secs(5);
 
-/// At most this many entries ride inline in one coalesced group notify; a batch beyond
-/// it goes without the rest, and members sync.
+/// At most this many notifies are coalesced into one `GROUP_NOTIFY`; more wait for the
+/// next round.
 const MAX_BATCH: usize = 64;
+/// How long a notifier waits for its group notify to be pushed.
+const PUSH_WAIT: Duration = Duration::from_secs(5);
 
 /// Cached members of a group, for fan-out: (user id, the first gseq they may read).
 pub(crate) struct Members {
@@ -34,15 +36,21 @@ pub(crate) struct Members {
 
 pub(crate) type MemberCache = dashmap::DashMap<u64, Members>;
 
+/// A notify waiting in a group's feed.
+pub(crate) struct Waiting {
+    gseq: u64,
+    /// The entry to inline, when small.
+    entry: Option<v1::GroupEntry>,
+    /// Held back once already, behind a hole.
+    held: bool,
+    /// Told when the notify is out.
+    done: tokio::sync::oneshot::Sender<()>,
+}
+
 /// Group notifies waiting to go out, per group (see [`Logic::notify_group`]).
 #[derive(Default)]
 pub(crate) struct Feed {
-    /// Entries to ride inline, not yet pushed.
-    entries: Vec<v1::GroupEntry>,
-    /// The newest gseq not yet pushed (0: nothing waits).
-    latest: u64,
-    /// Woken when the feed's flusher finishes with nothing left.
-    idle: Arc<tokio::sync::Notify>,
+    items: Vec<Waiting>,
 }
 
 pub(crate) type Feeds = parking_lot::Mutex<HashMap<u64, Feed>>;
@@ -186,53 +194,99 @@ impl Logic {
                 .await;
             return;
         }
+        let (done, pushed) = tokio::sync::oneshot::channel();
         let start = {
             let mut feeds = self.group_feeds.lock();
             let (start, feed) = match feeds.entry(group) {
                 std::collections::hash_map::Entry::Occupied(o) => (false, o.into_mut()),
                 std::collections::hash_map::Entry::Vacant(v) => (true, v.insert(Feed::default())),
             };
-            match entry {
-                Some(e) if feed.entries.len() < MAX_BATCH => feed.entries.push(e),
-                // Too big, or too many: members learn of it from `latest` and sync.
-                _ => {}
-            }
-            feed.latest = feed.latest.max(gseq);
+            feed.items.push(Waiting {
+                gseq,
+                entry,
+                held: false,
+                done,
+            });
             start
         };
-        if !start {
-            return;
-        }
-        match self.me.upgrade() {
-            Some(me) => {
-                tokio::spawn(async move { me.flush_feed(group).await });
+        if start {
+            match self.me.upgrade() {
+                Some(me) => {
+                    tokio::spawn(async move { me.flush_feed(group).await });
+                }
+                None => self.flush_feed(group).await,
             }
-            None => self.flush_feed(group).await,
         }
+        // Wait until this notify is out: a group's senders go no faster than its
+        // members can be told (bounded: the message is stored whatever happens here).
+        let _ = tokio::time::timeout(PUSH_WAIT, pushed).await;
     }
 
-    /// Pushes what waits in `group`'s feed, round after round, until nothing does.
+    /// Pushes what waits in `group`'s feed, up to [`MAX_BATCH`] notifies a round, until
+    /// nothing does.
+    ///
+    /// Notifiers arrive in about gseq order, not exactly (they run concurrently), so a
+    /// round may find a hole: 7 and 9 waiting, 8 not yet. It pushes up to the hole and
+    /// holds the rest back for one round, so members are not sent past an entry they
+    /// lack (which would make every one of them sync). A hole that stays (8 was too big
+    /// to inline, or came from another logic node) is pushed past on the next round.
     async fn flush_feed(&self, group: u64) {
+        let mut last: u64 = 0;
         loop {
-            let (mut entries, latest) = {
+            let mut batch = {
                 let mut feeds = self.group_feeds.lock();
                 let Some(feed) = feeds.get_mut(&group) else {
                     return;
                 };
-                if feed.latest == 0 {
-                    if let Some(feed) = feeds.remove(&group) {
-                        feed.idle.notify_waiters();
-                    }
+                if feed.items.is_empty() {
+                    feeds.remove(&group);
                     return;
                 }
-                (
-                    std::mem::take(&mut feed.entries),
-                    std::mem::take(&mut feed.latest),
-                )
+                feed.items.sort_by_key(|w| w.gseq);
+                let n = feed.items.len().min(MAX_BATCH);
+                feed.items.drain(..n).collect::<Vec<_>>()
             };
-            entries.sort_by_key(|e| e.gseq);
-            entries.dedup_by_key(|e| e.gseq);
-            self.push_group(group, entries, latest, &[]).await;
+            // Inline entries while they run on from the last push without a hole.
+            let mut entries: Vec<v1::GroupEntry> = Vec::with_capacity(batch.len());
+            let mut cut = batch.len();
+            let mut prev = last;
+            for (i, w) in batch.iter().enumerate() {
+                let follows = prev == 0 || w.gseq <= prev + 1;
+                if !follows && !w.held && i > 0 {
+                    cut = i;
+                    break;
+                }
+                if w.gseq > prev {
+                    match &w.entry {
+                        Some(e)
+                            if follows && entries.last().is_none_or(|l| l.gseq + 1 == w.gseq) =>
+                        {
+                            entries.push(e.clone())
+                        }
+                        _ => entries.clear(),
+                    }
+                    prev = w.gseq;
+                }
+            }
+            if cut < batch.len() {
+                let mut back = batch.split_off(cut);
+                for w in &mut back {
+                    w.held = true;
+                }
+                let mut feeds = self.group_feeds.lock();
+                feeds.entry(group).or_default().items.extend(back);
+            }
+            // Entries only when they reach the newest gseq announced; else members sync.
+            if entries.last().map(|e| e.gseq) != Some(prev) {
+                entries.clear();
+            }
+            if prev > last {
+                self.push_group(group, entries, prev, &[]).await;
+                last = prev;
+            }
+            for w in batch {
+                let _ = w.done.send(());
+            }
         }
     }
 
@@ -240,14 +294,10 @@ impl Logic {
     /// membership change waits for it, so the messages before the change reach the
     /// members of that time.
     async fn drain_feed(&self, group: u64) {
-        let idle = {
-            let feeds = self.group_feeds.lock();
-            match feeds.get(&group) {
-                Some(feed) => feed.idle.clone().notified_owned(),
-                None => return,
-            }
-        };
-        let _ = tokio::time::timeout(Duration::from_secs(2), idle).await;
+        let until = Instant::now() + PUSH_WAIT;
+        while self.group_feeds.lock().contains_key(&group) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
     }
 
     /// One `GROUP_NOTIFY` to every member online (and to `extra`): one push per

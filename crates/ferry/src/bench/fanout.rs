@@ -36,7 +36,10 @@ struct Seen {
 #[derive(Default)]
 struct Tally {
     deliveries: AtomicU64,
+    /// Notifies whose first entry did not continue the member's cursor.
     gaps: AtomicU64,
+    /// Notifies without entries (the member would sync).
+    bare: AtomicU64,
     /// message number → receipts so far.
     seen: Mutex<HashMap<u64, Seen>>,
     first_us: AtomicU64,
@@ -162,7 +165,7 @@ async fn measure(
                     continue;
                 };
                 if n.entries.is_empty() {
-                    tally.gaps.fetch_add(1, Ordering::Relaxed);
+                    tally.bare.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 for e in n.entries {
@@ -272,10 +275,11 @@ async fn measure(
     report.row("send → last member p99", us(&lat["p99_us"]));
     report.row("send → last member max", us(&lat["max_us"]));
     report.row(
-        "lost / duplicated / gaps",
+        "lost / duplicated / gaps / bare",
         format!(
-            "{lost} / {duplicated} / {}",
-            tally.gaps.load(Ordering::Relaxed)
+            "{lost} / {duplicated} / {} / {}",
+            tally.gaps.load(Ordering::Relaxed),
+            tally.bare.load(Ordering::Relaxed)
         ),
     );
     report.json = json!({
@@ -293,6 +297,7 @@ async fn measure(
         "lost": lost,
         "duplicated": duplicated,
         "gaps": tally.gaps.load(Ordering::Relaxed),
+        "bare_notifies": tally.bare.load(Ordering::Relaxed),
     });
     Ok(report)
 }
