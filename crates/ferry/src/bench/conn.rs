@@ -465,7 +465,13 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
     }
     befriend(&short, (&a, &tokens[0]), (&b, &tokens[1])).await?;
     let mut ca = FerryConn::connect(server).await?;
-    let ticket = Ticket::from_login(&ca.login(&tokens[0], 0).await?);
+    let resp_a = ca.login(&tokens[0], 0).await?;
+    let ticket = Ticket::from_login(&resp_a);
+    // What the resumption ticket adds to the login answer (field 9: tag, length, value).
+    let ticket_bytes = resp_a.resumption.as_ref().map_or(0, |r| {
+        let n = r.encoded_len();
+        1 + if n < 128 { 1 } else { 2 } + n
+    });
     let login = (ca.bytes_out, ca.login_in);
     let login_round_trips = ca.writes;
     let mut cb = FerryConn::connect(server).await?;
@@ -538,6 +544,7 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
         "login_sent_bytes": login.0,
         "login_received_bytes": login.1,
         "login_bytes": login.0 + login.1,
+        "login_ticket_bytes": ticket_bytes,
         "login_resumed": resumed,
         "auth_http_sent_bytes": auth_bytes.0,
         "auth_http_received_bytes": auth_bytes.1,

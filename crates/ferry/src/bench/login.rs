@@ -168,13 +168,13 @@ async fn measure(args: &BenchArgs, target: &Target, clients: usize) -> anyhow::R
         ),
     );
     r.row("login round trips", &wire["login_round_trips"]);
-    let resumed = &wire["login_resumed"];
-    if resumed.is_object() {
+    let probe = &wire["login_resumed"];
+    if probe.is_object() {
         r.row(
             "resumed login: bytes sent / received, round trips",
             format!(
                 "{} / {}, {}",
-                resumed["sent_bytes"], resumed["received_bytes"], resumed["round_trips"]
+                probe["sent_bytes"], probe["received_bytes"], probe["round_trips"]
             ),
         );
     }
