@@ -509,6 +509,55 @@ mod tests {
         }
     }
 
+    /// The key schedule against values computed independently (Python's `hmac` and
+    /// `hashlib`, HKDF by hand), as listed in docs/protocol.md 1.5.
+    #[test]
+    fn key_schedule_test_vectors() {
+        let (secret, cn, sn) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        assert_eq!(
+            hex::encode(login_key(&secret, &cn)),
+            "074ee802d500e711a83c5e44808c135c9ec08d17d2f4ce64b625e27ccddb6c49"
+        );
+        let k = session_keys(&secret, &cn, &sn);
+        assert_eq!(
+            hex::encode(k.answer),
+            "1bee2367b6988219b5c29837ee10f8690bd2786e872f5d5df2a9c5ccfd6e1f08"
+        );
+        assert_eq!(
+            hex::encode(k.c2s),
+            "323f4ea35704a4dabfc70f3dd5434545072915a2b3ee2a2c2a122d1f01bfdcea"
+        );
+        assert_eq!(
+            hex::encode(k.s2c),
+            "fc06b8dbc1917d04eb8f9eefa1a66721f64c2be7609e460244ffbea808ef6426"
+        );
+        // The ticket key for private key 07…07, epoch 1: a ticket sealed with that key
+        // by hand opens.
+        let raw = "bb765eadf000472e3775c86bd1af240d5e203f75fbdf57e2e75a9294ed2c0d87";
+        let by_hand = XChaCha20Poly1305::new_from_slice(&hex::decode(raw).unwrap()).unwrap();
+        let body = TicketBody::fresh(5, "dev", NOW + 1);
+        let mut plain = Vec::new();
+        plain.extend_from_slice(&body.expires_ms.to_be_bytes());
+        plain.extend_from_slice(&body.user_id.to_be_bytes());
+        plain.extend_from_slice(&body.secret);
+        plain.push(3);
+        plain.extend_from_slice(b"dev");
+        let mut ticket = 1u32.to_be_bytes().to_vec();
+        ticket.extend_from_slice(&[9u8; 24]);
+        let sealed = by_hand
+            .encrypt(
+                &[9u8; 24].into(),
+                Payload {
+                    msg: &plain,
+                    aad: &ticket,
+                },
+            )
+            .unwrap();
+        ticket.extend_from_slice(&sealed);
+        let key = TicketKey::derive(&[7u8; 32], 1);
+        assert_eq!(key.open(&ticket, NOW).unwrap(), body);
+    }
+
     #[test]
     fn every_gateway_with_the_server_key_derives_the_same_ticket_key() {
         let a = TicketKey::derive(&[7u8; 32], 3);
