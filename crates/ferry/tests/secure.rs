@@ -302,6 +302,36 @@ async fn the_long_link_over_long_poll_is_encrypted_too() {
         (frame.cmd, frame.req_id),
         (cmd::response(cmd::HEARTBEAT), 5)
     );
+    // A long-poll session resumes from the ticket of the first login (protocol.md 1.5).
+    let ticket = v1::LoginResp::decode(f.body).unwrap().resumption.unwrap();
+    let secret: [u8; 32] = ticket.secret[..].try_into().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut hello = BytesMut::new();
+    let hs = ferry_proto::resume::client_resume(&ticket.ticket, &secret, &login, now, &mut hello)
+        .unwrap();
+    let (status, _, body) = post_sid(&addr, "/v1/lp/open", &hello).await;
+    assert_eq!(status.0, 200);
+    assert!(status.1.is_some(), "a session id");
+    let mut wire = BytesMut::from(&body[..]);
+    let answer = secure::parse_handshake(&mut wire).unwrap().unwrap();
+    let (_, payload) = hs.finish(&answer).unwrap();
+    let mut plain = BytesMut::from(&payload[..]);
+    let f = Frame::parse(&mut plain, MAX_BODY_LEN).unwrap().unwrap();
+    assert_eq!(f.cmd, cmd::response(cmd::LOGIN));
+    let full = &ts.server.gateway.stats;
+    assert_eq!(
+        full.resumed_handshakes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The same RESUME again: 409 RESUME_REFUSED.
+    let (status, _, body) = post_sid(&addr, "/v1/lp/open", &hello).await;
+    assert_eq!(status.0, 409);
+    let e = v1::Error::decode(&body[..]).unwrap();
+    assert_eq!(e.code, ErrorCode::ResumeRefused as i32, "{}", e.message);
     // A plaintext LOGIN on long-poll is refused like on TCP.
     let (status, _, body) = post_sid(&addr, "/v1/lp/open", &login).await;
     assert_ne!(status.0, 200);
