@@ -311,7 +311,12 @@ impl Account {
                 &v1::LogoutReq { all_devices },
             )
             .await?;
-        self.shared.state.lock().token.clear();
+        {
+            let mut s = self.shared.state.lock();
+            s.token.clear();
+            // The session is over: its resumption secret goes too.
+            s.resumption = None;
+        }
         self.shared.save_state();
         Ok(r.sessions)
     }

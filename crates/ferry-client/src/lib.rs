@@ -39,7 +39,7 @@ pub use media::{thumbnail, Dest, MediaSend, Progress, SentMedia, UPLOAD_WINDOW};
 pub use security::{fetch as fetch_server_key, Security};
 pub use short::ShortLink;
 pub use smart::{Endpoint, HeartbeatState, SmartConfig, Transport};
-pub use state::DeviceState;
+pub use state::{DeviceState, StoredTicket};
 
 /// SDK failures.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -391,11 +391,27 @@ async fn attempt(
     };
     let mut out = BytesMut::new();
     encode_msg(cmd::LOGIN, 1, &login, &mut out);
-    // Encrypted (the LOGIN inside the Noise IK HELLO) unless configured plaintext.
+    // Encrypted (the LOGIN inside the Noise IK HELLO, or inside a RESUME hello when the
+    // device holds a ticket) unless configured plaintext.
+    let key = cfg.security.key();
+    let ticket = key.and_then(|_| {
+        let s = shared.state.lock();
+        s.resumption.as_ref().and_then(|t| t.usable(now_ms()))
+    });
     let mut frames = conn
-        .login(&out, cfg.security.key())
+        .login(&out, key, ticket.as_ref())
         .await
         .map_err(endpoint_err)?;
+    if ticket.is_some() && resume_refused(&frames[0]) {
+        // The server does not take the ticket (expired, another key or epoch, a clock
+        // too far off): forget it and do the full handshake on a new connection.
+        tracing::debug!(endpoint = %ep, "resumption refused; full handshake");
+        shared.state.lock().resumption = None;
+        conn = Conn::connect(ep, cfg.connect_timeout, cfg.request_timeout)
+            .await
+            .map_err(endpoint_err)?;
+        frames = conn.login(&out, key, None).await.map_err(endpoint_err)?;
+    }
     let first = frames.remove(0);
     if first.cmd == cmd::ERROR {
         let e = v1::Error::decode(first.body.clone()).unwrap_or_default();
@@ -429,6 +445,20 @@ async fn attempt(
     // Frames behind the login answer (a notify, say) are kept for the session.
     conn.unread(&frames);
     Ok(Connected { conn, login: resp })
+}
+
+/// Whether `f` is the plain `ERROR RESUME_REFUSED` a server answers a RESUME it does
+/// not take with.
+fn resume_refused(f: &Frame) -> bool {
+    f.cmd == cmd::ERROR
+        && v1::Error::decode(f.body.clone())
+            .is_ok_and(|e| e.code == ErrorCode::ResumeRefused as i32)
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 /// How a race over candidates ended without a link.
@@ -582,6 +612,12 @@ async fn session(
             // The server renewed a token past half its life; the old one is gone.
             s.token = login.token.clone();
         }
+        // A new resumption ticket replaces the old one (none: the next link does the
+        // full handshake).
+        s.resumption = login
+            .resumption
+            .as_ref()
+            .and_then(crate::state::StoredTicket::from_login);
         s.last_endpoint = endpoint.to_string();
     }
     shared.save_state();

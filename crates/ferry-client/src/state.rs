@@ -32,6 +32,45 @@ pub struct DeviceState {
     /// The smart heartbeat learnt per network.
     #[serde(default)]
     pub heartbeats: std::collections::BTreeMap<String, crate::smart::HeartbeatState>,
+    /// The session resumption ticket of the last encrypted login, if any
+    /// (docs/protocol.md 1.5): the next link resumes with it instead of a full Noise
+    /// handshake. Worth as much as the token; kept beside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resumption: Option<StoredTicket>,
+}
+
+/// A resumption ticket as kept on the device (hex, like the token).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredTicket {
+    /// The ticket, opaque (hex).
+    pub ticket: String,
+    /// The resumption secret (hex, 32 bytes).
+    pub secret: String,
+    /// When the server stops taking it, unix ms.
+    pub expires_ms: i64,
+}
+
+impl StoredTicket {
+    /// What a login answer handed out; `None` when it carries no usable ticket.
+    pub fn from_login(r: &ferry_proto::v1::Resumption) -> Option<StoredTicket> {
+        (r.secret.len() == ferry_proto::resume::SECRET_LEN && !r.ticket.is_empty()).then(|| {
+            StoredTicket {
+                ticket: hex::encode(&r.ticket),
+                secret: hex::encode(&r.secret),
+                expires_ms: r.expires_ms,
+            }
+        })
+    }
+
+    /// The ticket to resume with at `now_ms`; `None` when expired (or unreadable).
+    pub(crate) fn usable(&self, now_ms: i64) -> Option<crate::transport::Ticket> {
+        if now_ms >= self.expires_ms {
+            return None;
+        }
+        let ticket = hex::decode(&self.ticket).ok()?;
+        let secret = hex::decode(&self.secret).ok()?.try_into().ok()?;
+        Some(crate::transport::Ticket { ticket, secret })
+    }
 }
 
 impl DeviceState {
@@ -85,5 +124,30 @@ mod tests {
             (back.device_id, back.synckey, back.token),
             (fresh.device_id, 42, "t".into())
         );
+        assert_eq!(back.resumption, None);
+    }
+
+    #[test]
+    fn a_resumption_ticket_is_kept_and_expires() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = DeviceState::fresh();
+        let given = ferry_proto::v1::Resumption {
+            ticket: vec![1, 2, 3].into(),
+            secret: vec![9; 32].into(),
+            expires_ms: 5_000,
+        };
+        s.resumption = StoredTicket::from_login(&given);
+        s.save(dir.path()).unwrap();
+        let back = DeviceState::load(dir.path()).unwrap();
+        let t = back.resumption.clone().unwrap();
+        let usable = t.usable(4_999).unwrap();
+        assert_eq!((usable.ticket, usable.secret), (vec![1, 2, 3], [9u8; 32]));
+        assert!(t.usable(5_000).is_none());
+        // A secret of the wrong size is no ticket.
+        let bad = ferry_proto::v1::Resumption {
+            secret: vec![9; 31].into(),
+            ..given
+        };
+        assert_eq!(StoredTicket::from_login(&bad), None);
     }
 }

@@ -5,7 +5,8 @@
 //! Encryption lives here too, so it covers TCP and long-poll alike: [`Conn::login`] sends
 //! the LOGIN inside the Noise IK HELLO when a server key is known and reads the login
 //! answer out of the handshake's second message; after that [`Conn::send`] seals and
-//! [`Conn::frames`] opens (docs/protocol.md 1.4).
+//! [`Conn::frames`] opens (docs/protocol.md 1.4). Given a resumption ticket, the LOGIN
+//! rides in a RESUME hello instead — no X25519 on either side (1.5).
 //!
 //! Long-poll: the first `send` (the LOGIN frame, or the HELLO carrying it) opens the session
 //! (`POST /v1/lp/open`); later sends are `POST /v1/lp/send?sid=…`; a background task
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferry_proto::frame::encode_msg;
+use ferry_proto::resume;
 use ferry_proto::secure::{self, Channel};
 use ferry_proto::{cmd, v1, Frame, ProtoMessage, MAX_BODY_LEN};
 use http_body_util::{BodyExt, Full};
@@ -174,27 +176,40 @@ impl Conn {
     /// HELLO and the answer in the handshake's second message — still one round trip
     /// — and the link is encrypted from then on. A server that cannot open the HELLO
     /// (another key) answers with a plain ERROR frame, returned as it is.
+    ///
+    /// With a `ticket` as well, the LOGIN rides in a RESUME hello instead (no X25519).
+    /// A server that refuses it answers with a plain `ERROR RESUME_REFUSED`, returned as
+    /// it is: the caller forgets the ticket and logs in again on a new connection.
     pub async fn login(
         &mut self,
         login: &[u8],
         server_key: Option<[u8; 32]>,
+        ticket: Option<&Ticket>,
     ) -> Result<Vec<Frame>, ClientError> {
         let Some(key) = server_key else {
             self.send(login).await?;
             return self.frames().await;
         };
         let mut hello = BytesMut::new();
+        if let Some(t) = ticket {
+            let hs = resume::client_resume(&t.ticket, &t.secret, login, now_ms(), &mut hello)
+                .map_err(|e| ClientError::Protocol(format!("resumption: {e}")))?;
+            self.send_raw(&hello).await?;
+            let answer = self.handshake_answer().await?;
+            if answer.cmd == cmd::ERROR {
+                return Ok(vec![answer]);
+            }
+            let (channel, payload) = hs.finish(&answer).map_err(|e| {
+                ClientError::Protocol(format!(
+                    "the server's resumption answer does not open ({e})"
+                ))
+            })?;
+            return self.opened(channel, payload).await;
+        }
         let hs = secure::client_hello(&key, login, &mut hello)
             .map_err(|e| ClientError::Protocol(format!("handshake: {e}")))?;
         self.send_raw(&hello).await?;
-        let answer = loop {
-            match secure::parse_handshake(&mut self.wire)
-                .map_err(|e| ClientError::Protocol(format!("handshake answer: {e}")))?
-            {
-                Some(f) => break f,
-                None => self.read_raw().await?,
-            }
-        };
+        let answer = self.handshake_answer().await?;
         if answer.cmd == cmd::ERROR {
             return Ok(vec![answer]);
         }
@@ -204,6 +219,27 @@ impl Conn {
                  pinned server key"
             ))
         })?;
+        self.opened(channel, payload).await
+    }
+
+    /// The one frame that answers a HELLO or RESUME.
+    async fn handshake_answer(&mut self) -> Result<Frame, ClientError> {
+        loop {
+            match secure::parse_handshake(&mut self.wire)
+                .map_err(|e| ClientError::Protocol(format!("handshake answer: {e}")))?
+            {
+                Some(f) => return Ok(f),
+                None => self.read_raw().await?,
+            }
+        }
+    }
+
+    /// The handshake is done: keeps the channel, returns the login answer's frames.
+    async fn opened(
+        &mut self,
+        channel: Channel,
+        payload: Vec<u8>,
+    ) -> Result<Vec<Frame>, ClientError> {
         self.buf.extend_from_slice(&payload);
         self.channel = Some(channel);
         self.frames().await
@@ -284,6 +320,20 @@ impl Conn {
             self.read_raw().await?;
         }
     }
+}
+
+/// A session resumption ticket and its secret, as the server handed them out
+/// (`LoginResp.resumption`).
+#[derive(Clone)]
+pub(crate) struct Ticket {
+    pub ticket: Vec<u8>,
+    pub secret: [u8; resume::SECRET_LEN],
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl LongPoll {

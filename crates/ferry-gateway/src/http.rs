@@ -91,6 +91,7 @@ pub fn status_for(code: ErrorCode) -> StatusCode {
         ErrorCode::PermissionDenied => StatusCode::FORBIDDEN,
         ErrorCode::NotFound => StatusCode::NOT_FOUND,
         ErrorCode::ChecksumMismatch => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorCode::ResumeRefused => StatusCode::CONFLICT,
         ErrorCode::Internal | ErrorCode::Unspecified => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

@@ -95,6 +95,15 @@ pub struct GatewayConfig {
     /// Off: every link must start with the encrypted HELLO and every `POST /v1/…`
     /// request must be sealed (docs/protocol.md 1.4, 3.1).
     pub allow_plaintext: bool,
+    /// Session resumption (docs/protocol.md 1.5): a ticket handed out after a full
+    /// handshake is good for this many seconds (0: no tickets, every link does the full
+    /// Noise handshake). A resumed session's new ticket keeps the first one's expiry, so
+    /// a full handshake happens at least this often.
+    pub ticket_lifetime_secs: u64,
+    /// Key epoch of the resumption tickets: the ticket key is derived from the server
+    /// key and this number, so raising it (on every gateway) refuses every ticket
+    /// issued before, without a new server key.
+    pub ticket_epoch: u32,
 }
 
 impl Default for GatewayConfig {
@@ -124,6 +133,8 @@ impl Default for GatewayConfig {
             lp_idle_ms: 60_000,
             lp_max_pending_bytes: 1024 * 1024,
             allow_plaintext: false,
+            ticket_lifetime_secs: 86_400,
+            ticket_epoch: 1,
         }
     }
 }
@@ -141,6 +152,12 @@ pub struct Stats {
     pub http_requests: AtomicU64,
     /// Connections refused by a limit (connections per IP).
     pub refused: AtomicU64,
+    /// Full Noise IK handshakes the gateway started (each costs X25519 operations).
+    pub full_handshakes: AtomicU64,
+    /// Links resumed from a ticket (no X25519).
+    pub resumed_handshakes: AtomicU64,
+    /// RESUME hellos refused (the client falls back to a full handshake).
+    pub resumes_refused: AtomicU64,
 }
 
 /// A gateway: serve it on any number of listeners with [`Gateway::serve`].
@@ -166,6 +183,11 @@ pub struct Gateway {
     key: Arc<StaticKey>,
     /// Sealed short-link requests seen lately (replays are refused).
     replay: secure::ReplayCache,
+    /// Seals and opens session resumption tickets; derived from `key`, so the same on
+    /// every gateway of a cluster.
+    tickets: ferry_proto::resume::TicketKey,
+    /// Client nonces of RESUME hellos seen lately (replays are refused).
+    resume_seen: secure::NonceCache,
     /// Time zero for the links' `last_rx_ms`.
     epoch: std::time::Instant,
 }
@@ -182,6 +204,7 @@ impl Gateway {
         let stats = Arc::new(Stats::default());
         let registry = Arc::new(Registry::new(cfg.outbox_frames, stats.clone()));
         bus.attach_gateway(&cfg.id, registry.clone());
+        let tickets = ferry_proto::resume::TicketKey::derive(&key.private, cfg.ticket_epoch);
         let gw = Arc::new(Gateway {
             ip_conns: Default::default(),
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
@@ -195,6 +218,8 @@ impl Gateway {
             extra_routes: std::sync::OnceLock::new(),
             lp: lp::LpSessions::default(),
             listen: parking_lot::Mutex::new(Vec::new()),
+            tickets,
+            resume_seen: Default::default(),
             key: Arc::new(key),
             replay: Default::default(),
             epoch: std::time::Instant::now(),

@@ -63,6 +63,17 @@ pub(crate) trait Transport: Send + Sync + 'static {
         &'a mut self,
         buf: &'a [u8],
     ) -> impl Future<Output = io::Result<()>> + Send + 'a;
+    /// After logic accepted the LOGIN, before the answer is written: a session
+    /// resumption ticket to put in the login answer, if this transport hands them out
+    /// (the encrypted link does, see `secure::Secured`). `Err`: refuse the login with
+    /// this message.
+    fn resumption(
+        &self,
+        _user_id: u64,
+        _device_id: &str,
+    ) -> Result<Option<v1::Resumption>, &'static str> {
+        Ok(None)
+    }
 }
 
 impl Transport for TcpStream {
@@ -175,7 +186,7 @@ pub(crate) fn run<T: Transport>(
 ) -> impl Future<Output = ()> + Send {
     let conn_id = gw.next_conn.fetch_add(1, Ordering::Relaxed);
     let span = tracing::debug_span!("link", conn_id, user_id = tracing::field::Empty);
-    let stream = Secured::new(stream, gw.key.clone(), gw.cfg.allow_plaintext);
+    let stream = Secured::new(stream, gw.clone());
     let conn = Box::new(Conn {
         gw,
         stream,
@@ -300,7 +311,20 @@ async fn login<T: Transport>(
             return None;
         }
     };
-    encode_raw(resp.cmd as u8, first.req_id, &resp.body, &mut out);
+    let mut body = resp.body;
+    if resp.cmd == u32::from(cmd::response(cmd::LOGIN)) && resp.user_id != 0 {
+        match stream.resumption(resp.user_id, &resp.device_id) {
+            Ok(None) => {}
+            Ok(Some(ticket)) => body = with_ticket(body, ticket),
+            Err(why) => {
+                gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
+                error_frame(first.req_id, ErrorCode::Unauthorized, why, &mut out);
+                let _ = write_out(stream, &mut out).await;
+                return None;
+            }
+        }
+    }
+    encode_raw(resp.cmd as u8, first.req_id, &body, &mut out);
     if resp.cmd == u32::from(cmd::ERROR) || resp.user_id == 0 {
         gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
         let _ = write_out(stream, &mut out).await;
@@ -316,6 +340,17 @@ async fn login<T: Transport>(
         gw.now_ms(),
     ));
     Some((link, frames))
+}
+
+/// The login answer with a resumption ticket in it (unchanged if it does not decode).
+fn with_ticket(body: Bytes, ticket: v1::Resumption) -> Bytes {
+    match v1::LoginResp::decode(body.clone()) {
+        Ok(mut resp) => {
+            resp.resumption = Some(ticket);
+            resp.encode_to_vec().into()
+        }
+        Err(_) => body,
+    }
 }
 
 /// Requests of one link handled at once. Beyond this the link is not read until one

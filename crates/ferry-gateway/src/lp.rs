@@ -5,7 +5,8 @@
 //! HTTP requests on any gateway port:
 //!
 //! - `POST /v1/lp/open` — body: the HELLO frame carrying the LOGIN (the encrypted link,
-//!   docs/protocol.md 1.4), or a plain LOGIN frame (more frames may follow) where
+//!   docs/protocol.md 1.4), the RESUME frame carrying it (a resumed encrypted link,
+//!   1.5), or a plain LOGIN frame (more frames may follow) where
 //!   plaintext is allowed. Answers 200 with the session id in `Ferry-Session` and the
 //!   handshake answer (or the plain login answer frames) as the body, or the login's
 //!   `Error` with its status.
@@ -332,16 +333,17 @@ pub(crate) async fn open(
         Ok(b) => b,
         Err(r) => return r,
     };
-    // The body must start with a whole HELLO (encrypted) or LOGIN (plaintext) frame.
+    // The body must start with a whole HELLO or RESUME (encrypted) or LOGIN (plaintext)
+    // frame.
     let whole = matches!(
         Frame::check(&body, gw.cfg.max_frame_bytes.max(65_535)),
         Ok(Some(_))
     );
-    if !whole || (body[3] != cmd::LOGIN && body[3] != cmd::HELLO) {
+    if !whole || ![cmd::LOGIN, cmd::HELLO, cmd::RESUME].contains(&body[3]) {
         gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
         return error(
             ErrorCode::BadRequest,
-            "the body must start with a whole HELLO or LOGIN frame",
+            "the body must start with a whole HELLO, RESUME or LOGIN frame",
         );
     }
     let Ok(permit) = gw.limit.clone().try_acquire_owned() else {
@@ -390,7 +392,11 @@ pub(crate) async fn open(
     match Frame::parse(&mut parse, ferry_proto::MAX_BODY_LEN) {
         // The handshake answer carries the login answer sealed inside: a refused login
         // shows only to the client, and its link ends after the answer.
-        Ok(Some(f)) if f.cmd == cmd::response(cmd::LOGIN) || f.cmd == cmd::HELLO | 0x80 => {
+        Ok(Some(f))
+            if f.cmd == cmd::response(cmd::LOGIN)
+                || f.cmd == cmd::HELLO | 0x80
+                || f.cmd == cmd::RESUME | 0x80 =>
+        {
             frames_response(Some(&sid), gw.cfg.lp_poll_hold_ms, out)
         }
         Ok(Some(f)) if f.cmd == cmd::ERROR => {

@@ -9,6 +9,14 @@
 //! plaintext link, refused unless `gateway.allow_plaintext`. The link code above sees
 //! plain frames either way. Idle, a secured link holds its two cipher states and no
 //! buffer.
+//!
+//! `RESUME` starts an encrypted link from a resumption ticket instead (§1.5): no
+//! X25519, the LOGIN comes out of the ticket's sealed hello and the answer goes back in
+//! `RESUME|0x80`. A ticket that does not open, has expired, or a hello replayed or too
+//! far off our clock is refused with a plain `ERROR RESUME_REFUSED` and a close: the
+//! client forgets the ticket and does the full handshake on a new connection. After
+//! logic accepted the LOGIN, [`Secured::resumption`] hands the link a new ticket for the
+//! login answer.
 
 use std::future::Future;
 use std::io;
@@ -17,13 +25,16 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
+use ferry_proto::resume::{self, ServerResume, TicketBody, RESUME};
 use ferry_proto::sealed::{self, OpenedRequest};
 use ferry_proto::secure::{self, Channel, SecureError, ServerHandshake, StaticKey, HELLO};
-use ferry_proto::v1::ErrorCode;
+use ferry_proto::v1::{self, ErrorCode};
 use ferry_proto::HEADER_LEN;
 use parking_lot::Mutex;
+use std::sync::atomic::Ordering;
 
 use crate::link::Transport;
+use crate::Gateway;
 
 /// Why a link was refused or broke at the encryption layer; carried inside the
 /// `io::Error` the link code sees, so it answers with the right code.
@@ -63,9 +74,9 @@ fn bad_bytes(e: SecureError) -> io::Error {
 enum State {
     /// No whole first frame yet: the bytes so far.
     Sniff(BytesMut),
-    /// The HELLO was read and its LOGIN handed on; the first write answers it. Boxed:
-    /// the handshake state is large and lives only for one round trip.
-    Answer(Option<Box<ServerHandshake>>),
+    /// The HELLO (or RESUME) was read and its LOGIN handed on; the first write answers
+    /// it.
+    Answer(Option<Pending>),
     /// Handshake done. `wire` holds a partial record only while one is partial.
     Open { channel: Channel, wire: BytesMut },
     /// A plaintext link (allowed by configuration).
@@ -74,22 +85,53 @@ enum State {
     Refused,
 }
 
+/// A handshake waiting for its answer. Boxed: the states are large and live only for
+/// one round trip.
+enum Pending {
+    /// A full Noise IK handshake.
+    Noise(Box<ServerHandshake>),
+    /// A session resumed from a ticket.
+    Resume(Box<ServerResume>),
+}
+
 /// A link transport that speaks the encrypted link (or, when allowed, plaintext).
 pub(crate) struct Secured<T> {
     inner: T,
-    key: Arc<StaticKey>,
-    allow_plaintext: bool,
+    /// The server key, the ticket key and the resumption replay cache, the
+    /// configuration and the counters.
+    gw: Arc<Gateway>,
     state: Mutex<State>,
 }
 
 impl<T: Transport> Secured<T> {
-    pub fn new(inner: T, key: Arc<StaticKey>, allow_plaintext: bool) -> Self {
+    pub fn new(inner: T, gw: Arc<Gateway>) -> Self {
         Secured {
             inner,
-            key,
-            allow_plaintext,
+            gw,
             state: Mutex::new(State::Sniff(BytesMut::new())),
         }
+    }
+
+    /// Opens a RESUME hello: the session to answer and its LOGIN, or why it is refused.
+    fn resume(&self, hello: &ferry_proto::Frame) -> Result<(ServerResume, Vec<u8>), String> {
+        let gw = &self.gw;
+        if gw.cfg.ticket_lifetime_secs == 0 {
+            return Err("session resumption is off here".into());
+        }
+        let now = now_ms();
+        let (r, login) =
+            resume::server_resume(&gw.tickets, hello, now).map_err(|e| e.to_string())?;
+        if r.sent_ms.abs_diff(now) > RESUME_SKEW_MS {
+            return Err(format!(
+                "the hello's clock is {} s off ours (at most {} s)",
+                r.sent_ms.abs_diff(now) / 1000,
+                RESUME_SKEW_MS / 1000
+            ));
+        }
+        if !gw.resume_seen.admit(&r.client_nonce, now) {
+            return Err("hello replayed (or too many resumptions at once)".into());
+        }
+        Ok((r, login))
     }
 
     /// Decides on the first frame. `more`: the transport has not ended.
@@ -103,8 +145,8 @@ impl<T: Transport> Secured<T> {
         if buf.len() < HEADER_LEN {
             return Ok(more);
         }
-        if buf[3] != HELLO {
-            if !self.allow_plaintext {
+        if buf[3] != HELLO && buf[3] != RESUME {
+            if !self.gw.cfg.allow_plaintext {
                 *st = State::Refused;
                 return Err(refusal(
                     io::ErrorKind::InvalidData,
@@ -134,10 +176,34 @@ impl<T: Transport> Secured<T> {
                 "bytes after the HELLO before its answer",
             ));
         }
-        match secure::server_accept(&self.key, &hello) {
+        if hello.cmd == RESUME {
+            let stats = &self.gw.stats;
+            return match self.resume(&hello) {
+                Ok((r, login)) => {
+                    stats.resumed_handshakes.fetch_add(1, Ordering::Relaxed);
+                    partial.extend_from_slice(&login);
+                    *st = State::Answer(Some(Pending::Resume(Box::new(r))));
+                    Ok(true)
+                }
+                Err(why) => {
+                    stats.resumes_refused.fetch_add(1, Ordering::Relaxed);
+                    *st = State::Refused;
+                    Err(refusal(
+                        io::ErrorKind::InvalidData,
+                        ErrorCode::ResumeRefused,
+                        format!("resume refused: {why}; log in with the full handshake"),
+                    ))
+                }
+            };
+        }
+        self.gw
+            .stats
+            .full_handshakes
+            .fetch_add(1, Ordering::Relaxed);
+        match secure::server_accept(&self.gw.key, &hello) {
             Ok((hs, login)) => {
                 partial.extend_from_slice(&login);
-                *st = State::Answer(Some(Box::new(hs)));
+                *st = State::Answer(Some(Pending::Noise(Box::new(hs))));
                 Ok(true)
             }
             Err(e) => {
@@ -153,6 +219,42 @@ impl<T: Transport> Secured<T> {
 }
 
 impl<T: Transport> Transport for Secured<T> {
+    /// After logic accepted the LOGIN of an encrypted link that has not answered yet:
+    /// a new ticket for the login answer (`None` on a plaintext link, or with tickets
+    /// off). A full handshake's ticket lives `ticket_lifetime_secs`; a resumed one's
+    /// keeps its predecessor's expiry. `Err`: the link resumed with a ticket issued to
+    /// another user or device than the token's — refuse the login.
+    fn resumption(
+        &self,
+        user_id: u64,
+        device_id: &str,
+    ) -> Result<Option<v1::Resumption>, &'static str> {
+        let lifetime_ms = self.gw.cfg.ticket_lifetime_secs.saturating_mul(1000);
+        let st = self.state.lock();
+        let State::Answer(Some(pending)) = &*st else {
+            return Ok(None);
+        };
+        let now = now_ms();
+        let expires_ms = match pending {
+            Pending::Noise(_) => now.saturating_add(lifetime_ms),
+            Pending::Resume(r) => {
+                if r.ticket.user_id != user_id || r.ticket.device_id != device_id {
+                    return Err("the resumption ticket is not this device's");
+                }
+                r.ticket.expires_ms.min(now.saturating_add(lifetime_ms))
+            }
+        };
+        if lifetime_ms == 0 || expires_ms <= now {
+            return Ok(None);
+        }
+        let body = TicketBody::fresh(user_id, device_id, expires_ms);
+        Ok(self.gw.tickets.seal(&body).map(|ticket| v1::Resumption {
+            ticket: ticket.into(),
+            secret: bytes::Bytes::copy_from_slice(&body.secret),
+            expires_ms: i64::try_from(expires_ms).unwrap_or(i64::MAX),
+        }))
+    }
+
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.inner.poll_readable(cx)
     }
@@ -209,7 +311,11 @@ impl<T: Transport> Transport for Secured<T> {
                         return Err(io::Error::other("handshake answered twice"));
                     };
                     let mut out = BytesMut::new();
-                    let channel = hs.respond(buf, &mut out).map_err(bad_bytes)?;
+                    let channel = match hs {
+                        Pending::Noise(hs) => hs.respond(buf, &mut out),
+                        Pending::Resume(r) => r.respond(buf, &mut out),
+                    }
+                    .map_err(bad_bytes)?;
                     *st = State::Open {
                         channel,
                         wire: BytesMut::new(),
@@ -235,6 +341,13 @@ impl<T: Transport> Transport for Secured<T> {
 
 /// How far a sealed short-link request's clock may be from ours.
 pub const SKEW_MS: u64 = 120_000;
+/// How far a RESUME hello's clock may be from ours (further: a full handshake).
+pub const RESUME_SKEW_MS: u64 = 60_000;
+/// Client nonces one generation of the resumption replay cache holds at most (8 bytes
+/// each): beyond it resumptions are refused and clients do full handshakes. Just under
+/// 7/8 of 2^22, so a full generation's table is 2^22 slots of 9 bytes (~38 MB); it
+/// takes ~29 000 resumptions/s sustained for two minutes to fill one.
+const NONCES_PER_GENERATION: usize = 3_600_000;
 /// Request ids remembered at most (a flood beyond it is refused, not remembered).
 const REPLAY_MAX: usize = 1_000_000;
 
@@ -278,6 +391,50 @@ impl ReplayCache {
     #[cfg(test)]
     fn len(&self) -> usize {
         self.inner.lock().seen.len()
+    }
+}
+
+/// The client nonces of the RESUME hellos seen lately: a nonce seen before is a replay.
+///
+/// Two generations of 64-bit nonce prefixes: new nonces go into the current one, which
+/// becomes the previous one every `2 × RESUME_SKEW_MS`, when the old previous one is
+/// dropped whole (no per-entry pruning). So a nonce is remembered at least as long as
+/// its hello passes the clock check. A false "replay" (two random nonces sharing 64
+/// bits) costs that client a full handshake, nothing more.
+#[derive(Default)]
+pub(crate) struct NonceCache {
+    inner: Mutex<NonceGens>,
+}
+
+#[derive(Default)]
+struct NonceGens {
+    current: std::collections::HashSet<u64>,
+    previous: std::collections::HashSet<u64>,
+    /// When `current` started (unix ms).
+    since_ms: u64,
+}
+
+impl NonceCache {
+    /// Remembers `nonce`; false when it was seen before (or the cache is full).
+    pub(crate) fn admit(&self, nonce: &[u8; 32], now: u64) -> bool {
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&nonce[..8]);
+        let id = u64::from_le_bytes(id);
+        let mut g = self.inner.lock();
+        let generation = 2 * RESUME_SKEW_MS;
+        if now >= g.since_ms.saturating_add(generation) {
+            g.previous = if now >= g.since_ms.saturating_add(2 * generation) {
+                Default::default()
+            } else {
+                std::mem::take(&mut g.current)
+            };
+            g.current.clear();
+            g.since_ms = now;
+        }
+        if g.current.len() >= NONCES_PER_GENERATION || g.previous.contains(&id) {
+            return false;
+        }
+        g.current.insert(id)
     }
 }
 
@@ -334,6 +491,25 @@ mod tests {
         // Past the window both are pruned (a replay that late fails the clock check).
         assert!(c.admit(&id, 1_000_000 + 2 * SKEW_MS, 1_000_000 + 2 * SKEW_MS));
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn a_resume_nonce_is_admitted_once_and_forgotten_after_two_generations() {
+        let c = NonceCache::default();
+        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let t0 = 1_000_000_000;
+        assert!(c.admit(&a, t0));
+        assert!(!c.admit(&a, t0 + 1));
+        // Into the previous generation: still refused.
+        let g = 2 * RESUME_SKEW_MS;
+        assert!(c.admit(&b, t0 + g));
+        assert!(!c.admit(&a, t0 + g + 1));
+        assert!(!c.admit(&b, t0 + g + 2));
+        // Two generations on, `a` is forgotten (its hello fails the clock check by then).
+        assert!(c.admit(&a, t0 + 2 * g));
+        assert!(!c.admit(&b, t0 + 2 * g + 1));
+        // A long pause forgets everything.
+        assert!(c.admit(&b, t0 + 10 * g));
     }
 
     #[test]

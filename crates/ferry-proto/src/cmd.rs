@@ -26,6 +26,10 @@ pub const TYPING: u8 = 0x08;
 pub const HELLO: u8 = 0x09;
 /// Encrypted link: a sealed record of the plain frame stream (request id 0).
 pub const SEALED: u8 = 0x0A;
+/// Encrypted link, resumed: a resumption ticket and the LOGIN sealed under the ticket's
+/// secret, instead of a Noise handshake (`RESUME | 0x80` answers it). See
+/// [`crate::resume`].
+pub const RESUME: u8 = 0x0B;
 
 /// Short-link only: `POST /v1/register`.
 pub const REGISTER: u8 = 0x10;

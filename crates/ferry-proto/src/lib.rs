@@ -8,6 +8,7 @@
 
 pub mod cmd;
 pub mod frame;
+pub mod resume;
 pub mod sealed;
 pub mod secure;
 pub mod upload;

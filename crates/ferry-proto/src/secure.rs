@@ -140,7 +140,6 @@ fn nonce(n: u64) -> chacha20poly1305::Nonce {
 impl Channel {
     /// The channel of a finished handshake; `initiator`: this side sent the HELLO.
     fn split(mut state: snow::HandshakeState, initiator: bool) -> Result<Self, SecureError> {
-        use chacha20poly1305::KeyInit;
         if !state.is_handshake_finished() {
             return Err(SecureError::Noise("handshake not finished".into()));
         }
@@ -150,12 +149,19 @@ impl Channel {
         } else {
             (r_to_i, i_to_r)
         };
-        Ok(Channel {
-            send: chacha20poly1305::ChaCha20Poly1305::new(&send.into()),
-            recv: chacha20poly1305::ChaCha20Poly1305::new(&recv.into()),
+        Ok(Channel::from_keys(&send, &recv))
+    }
+
+    /// A channel from two bare keys, counters at zero (a resumed session's keys come
+    /// from its key schedule, not from a Noise split: see [`crate::resume`]).
+    pub(crate) fn from_keys(send: &[u8; 32], recv: &[u8; 32]) -> Self {
+        use chacha20poly1305::KeyInit;
+        Channel {
+            send: chacha20poly1305::ChaCha20Poly1305::new(send.into()),
+            recv: chacha20poly1305::ChaCha20Poly1305::new(recv.into()),
             send_n: 0,
             recv_n: 0,
-        })
+        }
     }
 
     /// Appends `plain` (any number of encoded frames) to `out` as sealed records.

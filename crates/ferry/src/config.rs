@@ -103,6 +103,12 @@ impl Config {
         if let Some(v) = var("FERRY_HEARTBEAT_TIMEOUT_MS") {
             self.gateway.heartbeat_timeout_ms = v.parse().context("FERRY_HEARTBEAT_TIMEOUT_MS")?;
         }
+        if let Some(v) = var("FERRY_TICKET_LIFETIME_SECS") {
+            self.gateway.ticket_lifetime_secs = v.parse().context("FERRY_TICKET_LIFETIME_SECS")?;
+        }
+        if let Some(v) = var("FERRY_TICKET_EPOCH") {
+            self.gateway.ticket_epoch = v.parse().context("FERRY_TICKET_EPOCH")?;
+        }
         if let Some(v) = var("FERRY_RETENTION_DAYS") {
             self.logic.retention_days = v.parse().context("FERRY_RETENTION_DAYS")?;
         }
@@ -141,10 +147,15 @@ mod tests {
         cfg.apply_env(|k| match k {
             "FERRY_LISTEN" => Some("127.0.0.1:1, 127.0.0.1:2".into()),
             "FERRY_DURABILITY" => Some("os".into()),
+            "FERRY_TICKET_EPOCH" => Some("7".into()),
             _ => None,
         })
         .unwrap();
         assert_eq!(cfg.listen, ["127.0.0.1:1", "127.0.0.1:2"]);
+        assert_eq!(
+            (cfg.gateway.ticket_epoch, cfg.gateway.ticket_lifetime_secs),
+            (7, 86_400)
+        );
         assert_eq!(cfg.durability().unwrap(), ferry_store::Durability::Os);
         cfg.durability = "maybe".into();
         assert!(cfg.durability().is_err());

@@ -216,13 +216,16 @@ async fn encrypted_login_is_one_round_trip_and_frames_flow_sealed_both_ways() {
         .await
         .unwrap();
     assert_eq!(answer.cmd, cmd::response(cmd::LOGIN));
-    v1::LoginResp::decode(answer.body).unwrap();
+    let resp = v1::LoginResp::decode(answer.body).unwrap();
+    // The answer carries a session resumption ticket (docs/protocol.md 1.5), ~150 B.
+    let ticket = resp.resumption.expect("a resumption ticket");
+    let ticket_bytes = ticket.encoded_len() + 2;
     // One write (the HELLO with the LOGIN inside) and the answer: one round trip.
     assert_eq!(a.writes, 1, "login took more than one client flight");
     let (login_out, login_in) = (a.bytes_out, a.bytes_in);
     assert!(
-        login_out < 300 && login_in < 200,
-        "{login_out} / {login_in}"
+        login_out < 300 && login_in - ticket_bytes < 200,
+        "{login_out} / {login_in} ({ticket_bytes} of it the ticket)"
     );
 
     let mut b = SecureRaw::connect(&ts.addr()).await;
@@ -299,6 +302,36 @@ async fn the_long_link_over_long_poll_is_encrypted_too() {
         (frame.cmd, frame.req_id),
         (cmd::response(cmd::HEARTBEAT), 5)
     );
+    // A long-poll session resumes from the ticket of the first login (protocol.md 1.5).
+    let ticket = v1::LoginResp::decode(f.body).unwrap().resumption.unwrap();
+    let secret: [u8; 32] = ticket.secret[..].try_into().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let mut hello = BytesMut::new();
+    let hs = ferry_proto::resume::client_resume(&ticket.ticket, &secret, &login, now, &mut hello)
+        .unwrap();
+    let (status, _, body) = post_sid(&addr, "/v1/lp/open", &hello).await;
+    assert_eq!(status.0, 200);
+    assert!(status.1.is_some(), "a session id");
+    let mut wire = BytesMut::from(&body[..]);
+    let answer = secure::parse_handshake(&mut wire).unwrap().unwrap();
+    let (_, payload) = hs.finish(&answer).unwrap();
+    let mut plain = BytesMut::from(&payload[..]);
+    let f = Frame::parse(&mut plain, MAX_BODY_LEN).unwrap().unwrap();
+    assert_eq!(f.cmd, cmd::response(cmd::LOGIN));
+    let full = &ts.server.gateway.stats;
+    assert_eq!(
+        full.resumed_handshakes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    // The same RESUME again: 409 RESUME_REFUSED.
+    let (status, _, body) = post_sid(&addr, "/v1/lp/open", &hello).await;
+    assert_eq!(status.0, 409);
+    let e = v1::Error::decode(&body[..]).unwrap();
+    assert_eq!(e.code, ErrorCode::ResumeRefused as i32, "{}", e.message);
     // A plaintext LOGIN on long-poll is refused like on TCP.
     let (status, _, body) = post_sid(&addr, "/v1/lp/open", &login).await;
     assert_ne!(status.0, 200);

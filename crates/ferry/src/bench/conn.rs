@@ -6,7 +6,8 @@
 //! frame after it is sealed (docs/protocol.md 1.4). The server key is learned once per
 //! process from the first server (`GET /v1/server-key`, trust on first use), or pinned
 //! with `FERRY_BENCH_SERVER_KEY`; `FERRY_BENCH_PLAINTEXT=1` speaks plaintext (the server
-//! must allow it).
+//! must allow it). Given a resumption ticket from an earlier login, a link resumes
+//! (the LOGIN in a RESUME hello, no X25519: docs/protocol.md 1.5).
 
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use anyhow::{bail, Context};
 use bytes::BytesMut;
 use ferry_client::ShortLink;
 use ferry_proto::frame::encode_msg;
+use ferry_proto::resume;
 use ferry_proto::secure::{self, Channel};
 use ferry_proto::v1::{self, ErrorCode};
 use ferry_proto::{cmd, Frame, ProtoMessage, MAX_BODY_LEN};
@@ -73,6 +75,39 @@ pub struct FerryConn {
     pub writes: u64,
     /// Bytes of the login's answer alone (a push that came in the same read excluded).
     pub login_in: u64,
+    /// The login resumed from a ticket (no Noise handshake).
+    pub resumed: bool,
+}
+
+/// A session resumption ticket and its secret (`LoginResp.resumption`).
+#[derive(Clone)]
+pub struct Ticket {
+    pub ticket: Vec<u8>,
+    pub secret: [u8; resume::SECRET_LEN],
+}
+
+impl Ticket {
+    /// The ticket a login answer handed out, if any.
+    pub fn from_login(resp: &v1::LoginResp) -> Option<Ticket> {
+        let r = resp.resumption.as_ref()?;
+        Some(Ticket {
+            ticket: r.ticket.to_vec(),
+            secret: r.secret[..].try_into().ok()?,
+        })
+    }
+}
+
+/// Whether bench logins resume from tickets (`FERRY_BENCH_RESUME=0`: every login does
+/// the full Noise handshake).
+pub fn resumption_enabled() -> bool {
+    !std::env::var("FERRY_BENCH_RESUME").is_ok_and(|v| v == "0")
+}
+
+/// The plain `ERROR` a server refuses a RESUME hello with.
+fn resume_refused(f: &Frame) -> bool {
+    f.cmd == cmd::ERROR
+        && v1::Error::decode(f.body.clone())
+            .is_ok_and(|e| e.code == ErrorCode::ResumeRefused as i32)
 }
 
 impl FerryConn {
@@ -93,6 +128,7 @@ impl FerryConn {
             bytes_out: 0,
             writes: 0,
             login_in: 0,
+            resumed: false,
         })
     }
 
@@ -167,8 +203,13 @@ impl FerryConn {
         }
     }
 
-    /// Sends the LOGIN (inside the HELLO when encrypted); the first answer frame.
-    pub async fn login_exchange(&mut self, login: &[u8]) -> anyhow::Result<Frame> {
+    /// Sends the LOGIN (inside the HELLO when encrypted, inside a RESUME hello given a
+    /// ticket); the first answer frame.
+    pub async fn login_exchange(
+        &mut self,
+        login: &[u8],
+        ticket: Option<&Ticket>,
+    ) -> anyhow::Result<Frame> {
         let Some(key) = self.key else {
             self.send_raw(login).await?;
             let f = self.read_frame().await?;
@@ -176,8 +217,35 @@ impl FerryConn {
             return Ok(f);
         };
         let mut hello = BytesMut::new();
+        if let Some(t) = ticket {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_millis() as u64;
+            let hs = resume::client_resume(&t.ticket, &t.secret, login, now, &mut hello)?;
+            let answer = self.handshake(&hello).await?;
+            if answer.cmd == cmd::ERROR {
+                return Ok(answer);
+            }
+            let (channel, payload) = hs
+                .finish(&answer)
+                .context("the resumption answer does not open")?;
+            self.resumed = true;
+            return self.opened(channel, payload).await;
+        }
         let hs = secure::client_hello(&key, login, &mut hello)?;
-        self.stream.write_all(&hello).await?;
+        let answer = self.handshake(&hello).await?;
+        if answer.cmd == cmd::ERROR {
+            return Ok(answer);
+        }
+        let (channel, payload) = hs
+            .finish(&answer)
+            .context("the handshake answer does not open: another server key?")?;
+        self.opened(channel, payload).await
+    }
+
+    /// Writes a HELLO or RESUME; the one frame that answers it.
+    async fn handshake(&mut self, hello: &[u8]) -> anyhow::Result<Frame> {
+        self.stream.write_all(hello).await?;
         self.bytes_out += hello.len() as u64;
         self.writes += 1;
         let answer = loop {
@@ -187,12 +255,10 @@ impl FerryConn {
             self.read_more().await?;
         };
         self.login_in = self.bytes_in - self.wire.len() as u64;
-        if answer.cmd == cmd::ERROR {
-            return Ok(answer);
-        }
-        let (channel, payload) = hs
-            .finish(&answer)
-            .context("the handshake answer does not open: another server key?")?;
+        Ok(answer)
+    }
+
+    async fn opened(&mut self, channel: Channel, payload: Vec<u8>) -> anyhow::Result<Frame> {
         self.channel = Some(Box::new(channel));
         self.buf.extend_from_slice(&payload);
         self.read_frame().await
@@ -200,6 +266,18 @@ impl FerryConn {
 
     /// LOGIN with a stored token; the answer or the server's refusal.
     pub async fn login(&mut self, token: &str, synckey: u64) -> anyhow::Result<v1::LoginResp> {
+        self.login_with(token, synckey, None).await
+    }
+
+    /// LOGIN with a stored token, resuming from `ticket` when given; the answer or the
+    /// server's refusal. A refused ticket is an error (`is_resume_refused`): the caller
+    /// forgets it and logs in again on a new connection.
+    pub async fn login_with(
+        &mut self,
+        token: &str,
+        synckey: u64,
+        ticket: Option<&Ticket>,
+    ) -> anyhow::Result<v1::LoginResp> {
         let req = v1::LoginReq {
             token: token.to_owned(),
             synckey,
@@ -207,9 +285,12 @@ impl FerryConn {
         };
         let mut login = BytesMut::new();
         encode_msg(cmd::LOGIN, 1, &req, &mut login);
-        let f = tokio::time::timeout(IO_TIMEOUT, self.login_exchange(&login))
+        let f = tokio::time::timeout(IO_TIMEOUT, self.login_exchange(&login, ticket))
             .await
             .context("login timed out")??;
+        if resume_refused(&f) {
+            return Err(ResumeRefused.into());
+        }
         if f.cmd == cmd::ERROR {
             let e = v1::Error::decode(f.body).unwrap_or_default();
             bail!(
@@ -223,6 +304,23 @@ impl FerryConn {
         }
         Ok(v1::LoginResp::decode(f.body)?)
     }
+}
+
+/// A RESUME hello was refused: log in again with the full handshake.
+#[derive(Debug)]
+pub struct ResumeRefused;
+
+impl std::fmt::Display for ResumeRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("resumption refused")
+    }
+}
+
+impl std::error::Error for ResumeRefused {}
+
+/// Whether `e` is a refused resumption.
+pub fn is_resume_refused(e: &anyhow::Error) -> bool {
+    e.is::<ResumeRefused>()
 }
 
 /// Registers `user` (an existing one is fine) and gets a device token.
@@ -367,7 +465,13 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
     }
     befriend(&short, (&a, &tokens[0]), (&b, &tokens[1])).await?;
     let mut ca = FerryConn::connect(server).await?;
-    ca.login(&tokens[0], 0).await?;
+    let resp_a = ca.login(&tokens[0], 0).await?;
+    let ticket = Ticket::from_login(&resp_a);
+    // What the resumption ticket adds to the login answer (field 9: tag, length, value).
+    let ticket_bytes = resp_a.resumption.as_ref().map_or(0, |r| {
+        let n = r.encoded_len();
+        1 + if n < 128 { 1 } else { 2 } + n
+    });
     let login = (ca.bytes_out, ca.login_in);
     let login_round_trips = ca.writes;
     let mut cb = FerryConn::connect(server).await?;
@@ -422,12 +526,26 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
     if n.entries.is_empty() {
         bail!("the hello was not inline in the notify");
     }
+    // Last (the same device's new link replaces `ca`): a login resumed from the ticket.
+    let mut resumed = json!(null);
+    if let Some(t) = ticket {
+        let mut cr = FerryConn::connect(server).await?;
+        cr.login_with(&tokens[0], 0, Some(&t)).await?;
+        resumed = json!({
+            "round_trips": cr.writes,
+            "sent_bytes": cr.bytes_out,
+            "received_bytes": cr.login_in,
+            "resumed": cr.resumed,
+        });
+    }
     Ok(json!({
         "encrypted": key.is_some(),
         "login_round_trips": login_round_trips,
         "login_sent_bytes": login.0,
         "login_received_bytes": login.1,
         "login_bytes": login.0 + login.1,
+        "login_ticket_bytes": ticket_bytes,
+        "login_resumed": resumed,
         "auth_http_sent_bytes": auth_bytes.0,
         "auth_http_received_bytes": auth_bytes.1,
         "hello_sent_bytes": sent,

@@ -3,6 +3,12 @@
 //! link first (not measured); what is measured is the long-link login race: logins/s
 //! and each login's time from connect to answer.
 //!
+//! Encrypted, logins resume from tickets (docs/protocol.md 1.5) as the SDK's do: a first
+//! pass (not timed) logs every client in once with the full Noise handshake and keeps
+//! the ticket its answer carries; in the timed pass each login resumes with the ticket
+//! the previous one got. `FERRY_BENCH_RESUME=0` measures full handshakes throughout. The
+//! report says how many logins of each kind there were.
+//!
 //! A client closes with an RST (SO_LINGER 0) so that tens of thousands of closed
 //! connections do not pile up in TIME_WAIT and exhaust loopback ports.
 
@@ -16,7 +22,7 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{self, FerryConn};
+use super::conn::{self, FerryConn, Ticket};
 use super::idle::{proto_name, specs};
 use super::report::{us, Report};
 use super::worker::{Cmd, Ctx, Out, Spec};
@@ -48,6 +54,36 @@ async fn measure(args: &BenchArgs, target: &Target, clients: usize) -> anyhow::R
         |w| pb.set_position(w.sum(Out::done)),
     )
     .await?;
+    // The first pass: a full handshake per client, for the tickets.
+    let resume = matches!(args.protocol, Proto::Ferry)
+        && conn::resumption_enabled()
+        && conn::server_key(&target.addrs[0]).await?.is_some();
+    let mut first_pass = serde_json::Value::Null;
+    if resume {
+        pb.set_message("first pass: full handshakes for the tickets");
+        let t0 = Instant::now();
+        w.send(&Cmd::Connect { step: 1, steps: 1 }).await?;
+        let outs = w
+            .wait_all(
+                "tickets",
+                Duration::from_secs(600),
+                |o| matches!(o, Out::Connected { .. }),
+                |_| {},
+            )
+            .await?;
+        let (mut n, mut failed) = (0, 0);
+        for o in &outs {
+            if let Out::Connected {
+                n: k, failed: f, ..
+            } = o
+            {
+                n += k;
+                failed += f;
+            }
+        }
+        let took = t0.elapsed().as_secs_f64();
+        first_pass = json!({ "tickets": n, "failed": failed, "secs": took });
+    }
     let secs = args.duration;
     pb.set_length((secs * 10.0) as u64);
     pb.set_position(0);
@@ -76,12 +112,15 @@ async fn measure(args: &BenchArgs, target: &Target, clients: usize) -> anyhow::R
 
     let mut h = hist::new();
     let (mut logins, mut failed, mut per_sec) = (0, 0, 0.0);
+    let (mut resumed, mut full) = (0, 0);
     for o in &results {
         if let Out::Result { value } = o {
             hist::merge_json(&mut h, &value["hist"]);
             let n = value["logins"].as_u64().unwrap_or(0);
             logins += n;
             failed += value["failed"].as_u64().unwrap_or(0);
+            resumed += value["resumed"].as_u64().unwrap_or(0);
+            full += value["full"].as_u64().unwrap_or(0);
             per_sec += n as f64 / value["window_secs"].as_f64().unwrap_or(secs).max(1e-9);
         }
     }
@@ -92,6 +131,25 @@ async fn measure(args: &BenchArgs, target: &Target, clients: usize) -> anyhow::R
     ));
     r.row("logins/s", format!("{per_sec:.0}"));
     r.row("logins / failures", format!("{logins} / {failed}"));
+    if matches!(args.protocol, Proto::Ferry) {
+        let how = if wire["encrypted"] == json!(false) {
+            "plaintext".to_owned()
+        } else if resume {
+            format!("{resumed} resumed from a ticket, {full} full Noise IK")
+        } else {
+            format!("{full} full Noise IK (FERRY_BENCH_RESUME=0)")
+        };
+        r.row("handshakes", how);
+    }
+    if let Some(n) = first_pass["tickets"].as_u64() {
+        r.row(
+            "first pass (full, for tickets)",
+            format!(
+                "{n} tickets in {:.2} s",
+                first_pass["secs"].as_f64().unwrap_or(0.0)
+            ),
+        );
+    }
     r.row(
         "login time p50 / p90 / p99 / max",
         format!(
@@ -110,6 +168,16 @@ async fn measure(args: &BenchArgs, target: &Target, clients: usize) -> anyhow::R
         ),
     );
     r.row("login round trips", &wire["login_round_trips"]);
+    let probe = &wire["login_resumed"];
+    if probe.is_object() {
+        r.row(
+            "resumed login: bytes sent / received, round trips",
+            format!(
+                "{} / {}, {}",
+                probe["sent_bytes"], probe["received_bytes"], probe["round_trips"]
+            ),
+        );
+    }
     r.json = json!({
         "scenario": "login",
         "protocol": args.protocol,
@@ -120,6 +188,10 @@ async fn measure(args: &BenchArgs, target: &Target, clients: usize) -> anyhow::R
         "logins": logins,
         "failed": failed,
         "logins_per_sec": per_sec,
+        "resumption": resume,
+        "resumed": resumed,
+        "full_handshakes": full,
+        "first_pass": first_pass,
         "latency": latency,
         "wire": wire,
     });
@@ -132,42 +204,103 @@ fn reset(s: &TcpStream) {
     let _ = s.set_linger(Some(Duration::ZERO));
 }
 
-async fn login_once(spec: &Spec, i: usize, cred: &str) -> anyhow::Result<()> {
+/// One login: connect, LOGIN, answer, close. With a ticket it resumes (and keeps the
+/// new ticket); a refused ticket is forgotten and the login done again in full.
+/// Returns whether it resumed.
+async fn login_once(
+    spec: &Spec,
+    i: usize,
+    cred: &str,
+    ticket: &mut Option<Ticket>,
+    keep_tickets: bool,
+) -> anyhow::Result<bool> {
     let server = spec.server(i);
     match spec.protocol {
         Proto::Ferry => {
             let mut c = FerryConn::connect(server).await?;
             reset(&c.stream);
-            c.login(cred, 0).await?;
+            let resp = match c.login_with(cred, 0, ticket.as_ref()).await {
+                Err(e) if conn::is_resume_refused(&e) => {
+                    *ticket = None;
+                    c = FerryConn::connect(server).await?;
+                    reset(&c.stream);
+                    c.login(cred, 0).await?
+                }
+                r => r?,
+            };
+            if keep_tickets {
+                *ticket = Ticket::from_login(&resp);
+            }
+            Ok(c.resumed)
         }
         Proto::Xmpp => {
             let c = XmppConn::login(server, &spec.domain, &spec.user(i), cred).await?;
             reset(&c.stream);
+            Ok(false)
         }
     }
-    Ok(())
+}
+
+/// The first pass: one full login per client, for its ticket. Emits `Connected`.
+async fn ticket_pass(ctx: &Ctx, creds: &[Option<String>]) -> Vec<Option<Ticket>> {
+    let t0 = Instant::now();
+    let mut set = JoinSet::new();
+    for (i, cred) in creds.iter().enumerate() {
+        let Some(cred) = cred.clone() else { continue };
+        let spec = ctx.spec.clone();
+        set.spawn(async move {
+            let mut t = None;
+            let r = login_once(&spec, i, &cred, &mut t, true).await;
+            (i, r.ok().and(t))
+        });
+    }
+    let mut tickets = vec![None; creds.len()];
+    let (mut n, mut failed) = (0, 0);
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok((i, Some(t))) => {
+                tickets[i] = Some(t);
+                n += 1;
+            }
+            _ => failed += 1,
+        }
+    }
+    ctx.emit(Out::Connected {
+        n,
+        failed,
+        secs: t0.elapsed().as_secs_f64(),
+    });
+    tickets
 }
 
 pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
     let creds = ctx.prepare().await?;
+    let mut tickets = vec![None; creds.len()];
+    let mut keep_tickets = false;
     loop {
         match ctx.cmd().await? {
             Cmd::Go => break,
             Cmd::Stop => return Ok(()),
+            Cmd::Connect { .. } => {
+                tickets = ticket_pass(&ctx, &creds).await;
+                keep_tickets = true;
+            }
             _ => {}
         }
     }
+    let resumed = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let h = Arc::new(Mutex::new(hist::new()));
     let stop = CancellationToken::new();
     let go = Instant::now();
     let mut set = JoinSet::new();
-    for (i, cred) in creds.into_iter().enumerate() {
+    for ((i, cred), mut ticket) in creds.into_iter().enumerate().zip(tickets) {
         let Some(cred) = cred else { continue };
-        let (spec, h, stop, counters) = (
+        let (spec, h, stop, counters, resumed) = (
             ctx.spec.clone(),
             h.clone(),
             stop.clone(),
             ctx.counters.clone(),
+            resumed.clone(),
         );
         set.spawn(async move {
             let mut said = false;
@@ -175,12 +308,15 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
                 let t = Instant::now();
                 let r = tokio::select! {
                     _ = stop.cancelled() => break,
-                    r = login_once(&spec, i, &cred) => r,
+                    r = login_once(&spec, i, &cred, &mut ticket, keep_tickets) => r,
                 };
                 match r {
-                    Ok(()) => {
+                    Ok(was_resumed) => {
                         hist::record(&mut h.lock().expect("hist"), t.elapsed().as_micros() as u64);
                         counters.done.fetch_add(1, Ordering::Relaxed);
+                        if was_resumed {
+                            resumed.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                     Err(e) => {
                         if !said {
@@ -202,6 +338,7 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
     let window_secs = go.elapsed().as_secs_f64();
     let logins = ctx.counters.done.load(Ordering::Relaxed);
     let failed = ctx.counters.failed.load(Ordering::Relaxed);
+    let resumed = resumed.load(Ordering::Relaxed);
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         while set.join_next().await.is_some() {}
@@ -214,6 +351,8 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
             "window_secs": window_secs,
             "logins": logins,
             "failed": failed,
+            "resumed": resumed,
+            "full": logins - resumed.min(logins),
             "hist": hist::to_json(&h),
         }),
     });

@@ -292,7 +292,7 @@ async fn login_once(addr: &str, token: &str, at: Instant, ph: &Phase) {
         };
         let mut login = BytesMut::new();
         encode_msg(cmd::LOGIN, 1, &req, &mut login);
-        c.login_exchange(&login).await
+        c.login_exchange(&login, None).await
     })
     .await;
     let mut t = ph.logins.lock().expect("tally");

@@ -156,7 +156,7 @@ impl Monitor {
 
     fn render_local(&self, out: &mut String) {
         type Field = fn(&ferry_gateway::Stats) -> u64;
-        let gauges: [(&str, &str, &str, Field); 8] = [
+        let gauges: [(&str, &str, &str, Field); 11] = [
             (
                 "ferry_gateway_connections",
                 "gauge",
@@ -198,6 +198,24 @@ impl Monitor {
                 "counter",
                 "Links closed because their push queue was full.",
                 |s| s.slow_consumers.load(Ordering::Relaxed),
+            ),
+            (
+                "ferry_gateway_full_handshakes_total",
+                "counter",
+                "Full Noise IK handshakes started on long links (X25519 work).",
+                |s| s.full_handshakes.load(Ordering::Relaxed),
+            ),
+            (
+                "ferry_gateway_resumed_handshakes_total",
+                "counter",
+                "Long links resumed from a ticket (no X25519).",
+                |s| s.resumed_handshakes.load(Ordering::Relaxed),
+            ),
+            (
+                "ferry_gateway_resumes_refused_total",
+                "counter",
+                "RESUME hellos refused (expired, unknown or replayed ticket); the client does a full handshake.",
+                |s| s.resumes_refused.load(Ordering::Relaxed),
             ),
             (
                 "ferry_gateway_http_requests_total",
