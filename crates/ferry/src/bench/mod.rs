@@ -59,9 +59,10 @@ pub struct BenchArgs {
     /// it, the bench starts its own `ferry serve` on 127.0.0.1 with a temporary store.
     #[arg(long, global = true)]
     pub server: Vec<String>,
-    /// PID of the `--server` process, to read its memory from /proc.
+    /// PID of a `--server` process, to read its memory from /proc (repeatable: a
+    /// cluster's gateways; their resident memory is summed).
     #[arg(long, global = true)]
-    pub server_pid: Option<u32>,
+    pub server_pid: Vec<u32>,
     /// Seconds of measured load (idle: how long the connections are held).
     #[arg(long, global = true, default_value_t = 10.0)]
     pub duration: f64,
@@ -285,7 +286,8 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
 /// The server under test: our own child, or one we were pointed at.
 pub struct Target {
     pub addrs: Vec<String>,
-    pub pid: Option<u32>,
+    /// The processes whose memory is the server's (summed).
+    pub pids: Vec<u32>,
     pub own: Option<server::OwnServer>,
 }
 
@@ -294,31 +296,31 @@ impl Target {
         if !args.server.is_empty() {
             return Ok(Target {
                 addrs: args.server.clone(),
-                pid: args.server_pid,
+                pids: args.server_pid.clone(),
                 own: None,
             });
         }
         let own = server::OwnServer::start(&args.durability).await?;
         Ok(Target {
             addrs: vec![own.addr.clone()],
-            pid: Some(own.pid()),
+            pids: vec![own.pid()],
             own: Some(own),
         })
     }
 
-    /// The server's resident memory in KiB, when its PID is known.
+    /// The server's resident memory in KiB (summed over its processes), when their
+    /// PIDs are known and every one can be read.
     pub fn rss_kib(&self) -> Option<u64> {
-        let pid = match &self.own {
-            Some(o) => o.pid(),
-            None => self.pid?,
-        };
-        server::rss_kib(pid)
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|&pid| server::rss_kib(pid)).sum()
     }
 
     pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({
             "addrs": self.addrs,
-            "pid": self.pid,
+            "pids": self.pids,
             "own": self.own.is_some(),
         })
     }
