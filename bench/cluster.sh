@@ -18,6 +18,8 @@
 #   STATE       where logs and pids go      (default a new temp folder)
 #   CHEAP_PASSWORDS=1  argon2 at 8 KiB / 1 pass, so a load test registers 100 000
 #               users in minutes (never in production)
+#   LOAD_TEST=1 also lifts the per-address limits (connections, registrations, logins,
+#               password attempts, sends): a load test comes from one address
 #
 # Prints "gateway gw-i 127.0.0.1:PORT pid N" for each gateway, then "cluster ready".
 # Ctrl-C (or RUN_SECS) stops every process it started: gateways with SIGTERM first.
@@ -74,6 +76,14 @@ open_messaging = true
 nats = "nats://127.0.0.1:$NATS_PORT"
 postgres = "$dburl"
 EOF
+if [ "${LOAD_TEST:-0}" = 1 ]; then
+  CHEAP_PASSWORDS=1
+  off='{ per_sec = 0.0, burst = 0.0 }'
+  printf '[gateway]\nmax_connections_per_ip = 0\n[logic.limits]\n' >> "$STATE/ferry.toml"
+  for k in auth_per_user auth_per_ip register_per_ip login_per_ip sends_per_user; do
+    echo "$k = $off" >> "$STATE/ferry.toml"
+  done
+fi
 if [ "${CHEAP_PASSWORDS:-0}" = 1 ]; then
   printf '[logic.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n' >> "$STATE/ferry.toml"
 fi
