@@ -97,6 +97,7 @@ for i in $(seq "$LOGICS"); do
   "$FERRY" logic --config "$STATE/ferry.toml" >"$STATE/logic-$i.out" 2>"$STATE/logic-$i.log" &
   pids=("$!" "${pids[@]}")
   wait_line "$STATE/logic-$i.out" "ferry logic ready"
+  echo "logic logic-$i pid ${pids[0]}"
 done
 for i in $(seq "$GATEWAYS"); do
   port=$((BASE_PORT + i))

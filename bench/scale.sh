@@ -52,19 +52,30 @@ while read -r _ _ addr _ pid; do
   pids+=(--server-pid "$pid")
 done < <(grep '^gateway ' "$STATE/cluster.out")
 echo "gateways: ${servers[*]}"
+logic_pids=$(awk '/^logic / {print $4}' "$STATE/cluster.out")
+logic_rss() { # total VmRSS of the logic nodes, KiB
+  local t=0 p
+  for p in $logic_pids; do t=$((t + $(awk '/^VmRSS/ {print $2}' "/proc/$p/status"))); done
+  echo "$t"
+}
+echo "logic nodes' RSS before: $(logic_rss) KiB"
 
 # The message flow starts once the idle connections are up, and ends before they go.
 (
   # Both ends of every connection are on this machine: 2 sockets per connection.
+  # Start once 99 % are up (a few logins may still be retrying).
   for _ in $(seq 3600); do
     inuse=$(awk '/^TCP:/ {print $3}' /proc/net/sockstat)
-    [ "$inuse" -ge $((2 * CONNECTIONS)) ] && break
+    [ "$inuse" -ge $((2 * CONNECTIONS * 99 / 100)) ] && break
     [ -e "$STATE/idle.done" ] && exit 0
     sleep 0.5
   done
   sleep 2
   "$FERRY" bench "${servers[@]}" --duration $((HOLD / 2)) --prefix scalep \
     --json "$OUT/scale-p2p.json" p2p --pairs "$PAIRS" --rate "$RATE" >"$STATE/p2p.out" 2>&1
+  status=$?
+  echo "logic nodes' RSS while the connections are held: $(logic_rss) KiB" >>"$STATE/p2p.out"
+  exit $status
 ) &
 flow=$!
 

@@ -145,10 +145,12 @@ async fn measure(
     pb.finish_and_clear();
 
     let mut dropped = 0;
+    let mut retries = 0;
     let mut worker_rss = 0;
     for r in &results {
         if let Out::Result { value } = r {
             dropped += value["dropped"].as_u64().unwrap_or(0);
+            retries += value["login_retries"].as_u64().unwrap_or(0);
             worker_rss += value["worker_rss_kib"].as_u64().unwrap_or(0);
         }
     }
@@ -170,6 +172,7 @@ async fn measure(
         "connected": connected,
         "prepare_failed": prepare_failed,
         "login_failed": login_failed,
+        "login_retries": retries,
         "dropped_while_idle": dropped,
         "held_secs": args.duration,
         "connect_login_secs": connect_secs,
@@ -199,6 +202,7 @@ async fn measure(
         format!("{connected} / {connections}"),
     );
     r.row("login failures", login_failed + prepare_failed);
+    r.row("logins tried again (shed by the server)", retries);
     r.row("dropped while idle", dropped);
     r.row("connect+login rate", format!("{rate:.0} /s"));
     r.row(
@@ -281,6 +285,7 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
                 ctx.emit(Out::Result {
                     value: json!({
                         "dropped": dropped,
+                        "login_retries": ctx.counters.retried.load(Ordering::Relaxed),
                         "worker_rss_kib": super::server::rss_kib(std::process::id()),
                     }),
                 });
@@ -305,16 +310,31 @@ async fn hold(
     let permit = limit.acquire_owned().await;
     let server = spec.server(i).to_owned();
     let (stream, mut channel, beat): (TcpStream, _, &'static [u8]) = match spec.protocol {
-        Proto::Ferry => match FerryConn::connect(&server).await {
-            Ok(mut c) => match c.login(&cred, 0).await {
-                Ok(_) => {
-                    let (stream, channel) = c.into_parts();
-                    (stream, channel, HEARTBEAT_FRAME)
+        Proto::Ferry => {
+            // Like the SDK: a login the server sheds (UNAVAILABLE, RATE_LIMITED) or a
+            // connect that fails is tried again after a growing, jittered pause —
+            // a few times, then it counts as failed.
+            let mut attempt = 0u32;
+            loop {
+                let tried = async {
+                    let mut c = FerryConn::connect(&server).await?;
+                    c.login(&cred, 0).await?;
+                    anyhow::Ok(c.into_parts())
                 }
-                Err(e) => return fail(&spec, ready, e),
-            },
-            Err(e) => return fail(&spec, ready, e),
-        },
+                .await;
+                match tried {
+                    Ok((stream, channel)) => break (stream, channel, HEARTBEAT_FRAME),
+                    Err(_) if attempt < LOGIN_RETRIES && !stop.is_cancelled() => {
+                        attempt += 1;
+                        counters.retried.fetch_add(1, Ordering::Relaxed);
+                        let base = 250u64 << attempt.min(5);
+                        let pause = base + rand::random::<u64>() % base;
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    }
+                    Err(e) => return fail(&spec, ready, e),
+                }
+            }
+        }
         Proto::Xmpp => match XmppConn::login(&server, &spec.domain, &spec.user(i), &cred).await {
             Ok(c) => (c.stream, None, b" "),
             Err(e) => return fail(&spec, ready, e),
@@ -367,6 +387,9 @@ async fn hold(
         counters.failed.fetch_add(1, Ordering::Relaxed);
     }
 }
+
+/// How many times a shed or failed login is tried again.
+const LOGIN_RETRIES: u32 = 5;
 
 /// An empty-bodied HEARTBEAT frame (request id 2).
 const HEARTBEAT_FRAME: &[u8] = &[0, 0, 0, ferry_proto::cmd::HEARTBEAT, 0, 0, 0, 2];

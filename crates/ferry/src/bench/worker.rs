@@ -137,6 +137,8 @@ pub struct Counters {
     pub connected: AtomicU64,
     pub done: AtomicU64,
     pub failed: AtomicU64,
+    /// Logins tried again after the server shed them (or the connect failed).
+    pub retried: AtomicU64,
 }
 
 /// What a scenario's worker half gets.
