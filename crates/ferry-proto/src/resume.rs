@@ -444,22 +444,10 @@ pub const ANSWER_OVERHEAD: usize = HEADER_LEN + NONCE_LEN + TAG_LEN;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::encode_msg;
     use crate::secure::parse_handshake;
-    use crate::{cmd, v1};
+    use crate::secure::tests::login_frame;
 
     const NOW: u64 = 1_800_000_000_000;
-
-    fn login_frame() -> BytesMut {
-        let mut b = BytesMut::new();
-        let login = v1::LoginReq {
-            token: "t".repeat(64),
-            synckey: 7,
-            client_version: "test".into(),
-        };
-        encode_msg(cmd::LOGIN, 1, &login, &mut b);
-        b
-    }
 
     fn ticket_for(key: &TicketKey) -> (Vec<u8>, TicketBody) {
         let body = TicketBody::fresh(42, "0123456789abcdef0123456789abcdef", NOW + 3_600_000);

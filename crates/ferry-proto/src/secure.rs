@@ -318,7 +318,7 @@ pub fn parse_handshake(buf: &mut BytesMut) -> Result<Option<Frame>, SecureError>
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::frame::encode_msg;
     use crate::{cmd, v1, MAX_BODY_LEN};
@@ -370,7 +370,8 @@ mod tests {
         }
     }
 
-    fn login_frame() -> BytesMut {
+    /// A LOGIN frame with a 64-character token (also used by `resume`'s tests).
+    pub(crate) fn login_frame() -> BytesMut {
         let mut b = BytesMut::new();
         let login = v1::LoginReq {
             token: "t".repeat(64),

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use ferry_client::{Account, ShortLink};
+use ferry_client::ShortLink;
 use ferry_proto::upload;
 use ferry_proto::v1::{self, ErrorCode, MediaKind};
 use procs::*;
@@ -91,36 +91,6 @@ media_dir = "{}"
             .map(|d| d.count())
             .unwrap_or(0)
     }
-}
-
-/// Deterministic noise (xorshift), which no codec compresses.
-/// Uploads `data` until at least `percent` of it is acknowledged, then drops the upload.
-async fn upload_part(acc: &Account, upload: &v1::MediaCreateResp, data: Bytes, percent: u64) {
-    let size = data.len() as u64;
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let task = {
-        let (acc, upload) = (acc.clone(), upload.clone());
-        tokio::spawn(async move {
-            acc.upload_media(&upload, data, &move |done, _| {
-                let _ = tx.send(done);
-            })
-            .await
-        })
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .expect("no progress")
-            .expect("the upload ended early");
-        if done * 100 >= size * percent {
-            break;
-        }
-    }
-    task.abort();
-    let _ = task.await;
-    // Let requests already on the wire land.
-    tokio::time::sleep(Duration::from_millis(300)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -134,31 +134,7 @@ async fn an_upload_cut_at_40_percent_resumes_without_resending_acknowledged_chun
     let chunk = u64::from(c.chunk_size);
     assert_eq!(chunk, 8192);
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let task = {
-        let (alice, c, data) = (alice.clone(), c.clone(), data.clone());
-        tokio::spawn(async move {
-            alice
-                .upload_media(&c, data, &move |done, _| {
-                    let _ = tx.send(done);
-                })
-                .await
-        })
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .expect("no progress")
-            .expect("the upload ended before 40 %");
-        if done * 10 >= size * 4 {
-            break;
-        }
-    }
-    task.abort();
-    assert!(task.await.unwrap_err().is_cancelled());
-    // Let requests already on the wire land.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    upload_part(&alice, &c, data.clone(), 40).await;
 
     let status = alice.media_status(&c.media_id).await.unwrap();
     let window = ferry_client::UPLOAD_WINDOW as u64 * chunk;
@@ -761,30 +737,7 @@ async fn an_encrypted_upload_cut_at_40_percent_resumes_after_both_ends_restart()
     // What an app keeps to resume: the create answer, as bytes.
     let stored = c.encode_to_vec();
 
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let task = {
-        let (alice, c, data) = (alice.clone(), c.clone(), data.clone());
-        tokio::spawn(async move {
-            alice
-                .upload_media(&c, data, &move |done, _| {
-                    let _ = tx.send(done);
-                })
-                .await
-        })
-    };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let done = tokio::time::timeout_at(deadline, rx.recv())
-            .await
-            .expect("no progress")
-            .expect("the upload ended before 40 %");
-        if done * 10 >= size * 4 {
-            break;
-        }
-    }
-    task.abort();
-    let _ = task.await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    upload_part(&alice, &c, data.clone(), 40).await;
     let status = alice.media_status(&c.media_id).await.unwrap();
     assert!(!status.complete && status.next_offset < size, "{status:?}");
     drop(alice);

@@ -329,3 +329,37 @@ pub fn noise_png(w: u32, h: u32) -> Vec<u8> {
         .unwrap();
     out
 }
+
+/// Uploads `data` until at least `percent` of it is acknowledged, then drops the upload
+/// (as a cut connection or a killed app would) and lets requests already on the wire land.
+pub async fn upload_part(
+    acc: &Account,
+    upload: &v1::MediaCreateResp,
+    data: bytes::Bytes,
+    percent: u64,
+) {
+    let size = data.len() as u64;
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let task = {
+        let (acc, upload) = (acc.clone(), upload.clone());
+        tokio::spawn(async move {
+            acc.upload_media(&upload, data, &move |done, _| {
+                let _ = tx.send(done);
+            })
+            .await
+        })
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let done = tokio::time::timeout_at(deadline, rx.recv())
+            .await
+            .expect("no progress")
+            .expect("the upload ended early");
+        if done * 100 >= size * percent {
+            break;
+        }
+    }
+    task.abort();
+    let _ = task.await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+}
