@@ -85,6 +85,56 @@ fn role_of(m: &MemberRow) -> GroupRole {
     GroupRole::try_from(m.role).unwrap_or(GroupRole::Member)
 }
 
+/// What one round of a group's feed pushes.
+#[derive(Debug, PartialEq)]
+struct Round {
+    /// The entries to inline: consecutive, ending at `latest` (else none).
+    entries: Vec<v1::GroupEntry>,
+    /// The newest gseq the round announces.
+    latest: u64,
+    /// How many of the batch the round covers; the rest waits behind a hole.
+    cut: usize,
+}
+
+/// Plans a round over `batch` (sorted by gseq) after a push that reached `last` (0: none
+/// known). It stops before a hole — a gseq more than one past what came before — unless
+/// the notify there has waited a round already (`held`), so members are not sent past
+/// an entry that is only late; a hole at the very start holds back the whole batch.
+fn plan_round(last: u64, batch: &[Waiting]) -> Round {
+    let mut entries: Vec<v1::GroupEntry> = Vec::with_capacity(batch.len());
+    let mut prev = last;
+    let mut cut = batch.len();
+    for (i, w) in batch.iter().enumerate() {
+        let follows = prev == 0 || w.gseq <= prev + 1;
+        if !follows && !w.held {
+            cut = i;
+            break;
+        }
+        if w.gseq <= prev {
+            continue; // announced already (a duplicate send notifies again)
+        }
+        match &w.entry {
+            Some(e) if follows => entries.push(e.clone()),
+            _ => entries.clear(),
+        }
+        prev = w.gseq;
+    }
+    if entries.last().map(|e| e.gseq) != Some(prev) {
+        entries.clear();
+    }
+    Round {
+        entries,
+        latest: prev,
+        cut,
+    }
+}
+
+/// Whether a member who may read from gseq `joined` may get a batch whose first entry
+/// is `first` inline: never one that starts before they joined.
+fn sees_batch(joined: u64, first: Option<u64>) -> bool {
+    first.is_none_or(|f| joined <= f)
+}
+
 fn gone() -> LogicError {
     LogicError::NotFound("no such group".into())
 }
@@ -246,28 +296,11 @@ impl Logic {
                 let n = feed.items.len().min(MAX_BATCH);
                 feed.items.drain(..n).collect::<Vec<_>>()
             };
-            // Inline entries while they run on from the last push without a hole.
-            let mut entries: Vec<v1::GroupEntry> = Vec::with_capacity(batch.len());
-            let mut cut = batch.len();
-            let mut prev = last;
-            for (i, w) in batch.iter().enumerate() {
-                let follows = prev == 0 || w.gseq <= prev + 1;
-                if !follows && !w.held && i > 0 {
-                    cut = i;
-                    break;
-                }
-                if w.gseq > prev {
-                    match &w.entry {
-                        Some(e)
-                            if follows && entries.last().is_none_or(|l| l.gseq + 1 == w.gseq) =>
-                        {
-                            entries.push(e.clone())
-                        }
-                        _ => entries.clear(),
-                    }
-                    prev = w.gseq;
-                }
-            }
+            let Round {
+                entries,
+                latest,
+                cut,
+            } = plan_round(last, &batch);
             if cut < batch.len() {
                 let mut back = batch.split_off(cut);
                 for w in &mut back {
@@ -276,13 +309,14 @@ impl Logic {
                 let mut feeds = self.group_feeds.lock();
                 feeds.entry(group).or_default().items.extend(back);
             }
-            // Entries only when they reach the newest gseq announced; else members sync.
-            if entries.last().map(|e| e.gseq) != Some(prev) {
-                entries.clear();
+            if batch.is_empty() {
+                // All of it waits behind a hole: give the missing notify a moment.
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                continue;
             }
-            if prev > last {
-                self.push_group(group, entries, prev, &[]).await;
-                last = prev;
+            if latest > last {
+                self.push_group(group, entries, latest, &[]).await;
+                last = latest;
             }
             for w in batch {
                 let _ = w.done.send(());
@@ -335,7 +369,7 @@ impl Logic {
         let mut by_gateway: HashMap<(Arc<str>, bool), Vec<u64>> = HashMap::new();
         let everyone = members
             .iter()
-            .map(|&(user, joined)| (user, first.is_none_or(|f| joined <= f)))
+            .map(|&(user, joined)| (user, sees_batch(joined, first)))
             .chain(extra.iter().map(|&user| (user, true)));
         for (user, whole) in everyone {
             for gw in self.gateways_of(user) {
@@ -970,5 +1004,78 @@ impl Logic {
             .await;
         }
         Ok(ok(req.cmd, &v1::Empty {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(gseq: u64, inline: bool, held: bool) -> Waiting {
+        let entry = inline.then(|| v1::GroupEntry {
+            gseq,
+            ..Default::default()
+        });
+        Waiting {
+            gseq,
+            entry,
+            held,
+            done: tokio::sync::oneshot::channel().0,
+        }
+    }
+
+    fn gseqs(r: &Round) -> Vec<u64> {
+        r.entries.iter().map(|e| e.gseq).collect()
+    }
+
+    #[test]
+    fn a_round_inlines_consecutive_entries_up_to_a_hole() {
+        // A new flusher (nothing pushed yet) takes what it finds.
+        let r = plan_round(0, &[waiting(7, true, false), waiting(8, true, false)]);
+        assert_eq!((gseqs(&r), r.latest, r.cut), (vec![7, 8], 8, 2));
+        // 4 follows 3; 6 does not (5 is late): the round stops before it.
+        let b = [
+            waiting(4, true, false),
+            waiting(6, true, false),
+            waiting(7, true, false),
+        ];
+        let r = plan_round(3, &b);
+        assert_eq!((gseqs(&r), r.latest, r.cut), (vec![4], 4, 1));
+        // A hole at the very start holds back the whole batch, once.
+        let r = plan_round(3, &[waiting(5, true, false), waiting(6, true, false)]);
+        assert_eq!((r.entries.len(), r.latest, r.cut), (0, 3, 0));
+        // Held once already: pushed past the hole, and members sync for the rest.
+        let r = plan_round(3, &[waiting(5, true, true), waiting(6, true, true)]);
+        assert_eq!((r.latest, r.cut), (6, 2));
+        assert_eq!(gseqs(&r), vec![6]);
+    }
+
+    #[test]
+    fn duplicates_and_entries_too_big_to_inline() {
+        // A duplicate send notifies again: announced once.
+        let b = [
+            waiting(3, true, false),
+            waiting(4, true, false),
+            waiting(4, true, false),
+        ];
+        let r = plan_round(3, &b);
+        assert_eq!((gseqs(&r), r.latest, r.cut), (vec![4], 4, 3));
+        // 5 is too big to ride inline: the notify goes without entries up to it, and
+        // what follows it can still ride (a member at 5 applies 6 at once).
+        let r = plan_round(4, &[waiting(5, false, false), waiting(6, true, false)]);
+        assert_eq!((gseqs(&r), r.latest, r.cut), (vec![6], 6, 2));
+        let r = plan_round(4, &[waiting(5, true, false), waiting(6, false, false)]);
+        assert_eq!((r.entries.len(), r.latest), (0, 6));
+        // Nothing new: nothing announced.
+        let r = plan_round(9, &[waiting(8, true, false)]);
+        assert_eq!((r.entries.len(), r.latest, r.cut), (0, 9, 1));
+    }
+
+    #[test]
+    fn a_batch_never_shows_a_member_history_from_before_they_joined() {
+        assert!(sees_batch(9, Some(9)));
+        assert!(sees_batch(3, Some(9)));
+        assert!(!sees_batch(10, Some(9)));
+        assert!(sees_batch(10, None));
     }
 }
