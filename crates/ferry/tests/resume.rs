@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
-use ferry_client::{ClientConfig, DeviceState, Event, Security, ShortLink};
+use ferry_client::{ClientConfig, DeviceState, Event, ShortLink};
 use ferry_proto::frame::encode_msg;
 use ferry_proto::resume;
 use ferry_proto::secure::{self, Channel};
@@ -21,14 +21,6 @@ use ferry_proto::v1::{self, ErrorCode};
 use ferry_proto::{cmd, Frame, ProtoMessage, MAX_BODY_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-async fn strict_server() -> TestServer {
-    TestServer::with(|c| c.gateway.allow_plaintext = false).await
-}
-
-fn key_of(ts: &TestServer) -> [u8; 32] {
-    ferry::server_key::parse_public(&ts.server.gateway.public_key_hex()).unwrap()
-}
 
 /// (full handshakes, resumed, resumes refused) so far on the server's gateway.
 fn handshakes(ts: &TestServer) -> (u64, u64, u64) {
@@ -40,18 +32,11 @@ fn handshakes(ts: &TestServer) -> (u64, u64, u64) {
     )
 }
 
-fn pinned(ts: &TestServer, user: &str, state: &std::path::Path) -> ClientConfig {
-    let mut cfg = client_config(&ts.addr(), user);
-    cfg.security = Security::Pinned(key_of(ts));
+/// A pinned client that keeps its state (token and ticket) in `state`.
+fn pinned_with_state(ts: &TestServer, user: &str, state: &std::path::Path) -> ClientConfig {
+    let mut cfg = pinned(ts, user);
     cfg.state_dir = Some(state.to_path_buf());
     cfg
-}
-
-async fn register_sealed(ts: &TestServer, users: &[&str]) {
-    let short = ShortLink::sealed(&ts.addr(), Some(key_of(ts)));
-    for u in users {
-        short.register(u, PASSWORD).await.unwrap();
-    }
 }
 
 async fn connected(events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) {
@@ -66,12 +51,14 @@ async fn the_sdk_resumes_without_x25519_and_messages_flow_both_ways() {
     let ts = strict_server().await;
     register_sealed(&ts, &["ann", "ben"]).await;
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (ann, mut ann_ev) = ferry_client::Client::connect(pinned(&ts, "ann", dir_a.path()))
-        .await
-        .unwrap();
-    let (ben, mut ben_ev) = ferry_client::Client::connect(pinned(&ts, "ben", dir_b.path()))
-        .await
-        .unwrap();
+    let (ann, mut ann_ev) =
+        ferry_client::Client::connect(pinned_with_state(&ts, "ann", dir_a.path()))
+            .await
+            .unwrap();
+    let (ben, mut ben_ev) =
+        ferry_client::Client::connect(pinned_with_state(&ts, "ben", dir_b.path()))
+            .await
+            .unwrap();
     connected(&mut ann_ev).await;
     connected(&mut ben_ev).await;
     assert_eq!(handshakes(&ts), (2, 0, 0));
@@ -101,9 +88,10 @@ async fn the_sdk_resumes_without_x25519_and_messages_flow_both_ways() {
 
     // The app restarts: the ticket kept in the state folder resumes the first link.
     ann.close().await;
-    let (ann, mut ann_ev) = ferry_client::Client::connect(pinned(&ts, "ann", dir_a.path()))
-        .await
-        .unwrap();
+    let (ann, mut ann_ev) =
+        ferry_client::Client::connect(pinned_with_state(&ts, "ann", dir_a.path()))
+            .await
+            .unwrap();
     ann.wait_connected().await.unwrap();
     assert_eq!(handshakes(&ts), (2, 2, 0));
     ben.send_text("ann", "after the restart").await.unwrap();
@@ -118,7 +106,7 @@ async fn a_refused_ticket_falls_back_to_the_full_handshake() {
     let ts = strict_server().await;
     register_sealed(&ts, &["cat"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let (cat, _ev) = ferry_client::Client::connect(pinned(&ts, "cat", dir.path()))
+    let (cat, _ev) = ferry_client::Client::connect(pinned_with_state(&ts, "cat", dir.path()))
         .await
         .unwrap();
     cat.wait_connected().await.unwrap();
@@ -131,7 +119,7 @@ async fn a_refused_ticket_falls_back_to_the_full_handshake() {
     t.ticket = hex::encode(raw);
     st.save(dir.path()).unwrap();
 
-    let (cat, mut ev) = ferry_client::Client::connect(pinned(&ts, "cat", dir.path()))
+    let (cat, mut ev) = ferry_client::Client::connect(pinned_with_state(&ts, "cat", dir.path()))
         .await
         .unwrap();
     connected(&mut ev).await;
@@ -262,13 +250,6 @@ fn login_frame(token: &str) -> BytesMut {
     };
     encode_msg(cmd::LOGIN, 1, &req, &mut b);
     b
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 fn resume_hello(r: &v1::Resumption, token: &str) -> (resume::ClientResume, BytesMut) {

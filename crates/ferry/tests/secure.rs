@@ -9,40 +9,13 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
-use ferry_client::{Client, ClientConfig, Security, ShortLink};
+use ferry_client::{Client, Security, ShortLink};
 use ferry_proto::frame::encode_msg;
 use ferry_proto::secure::{self, Channel};
 use ferry_proto::v1::{self, ErrorCode};
 use ferry_proto::{cmd, sealed, Frame, ProtoMessage, MAX_BODY_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-/// A server that refuses plaintext (the production default).
-async fn strict_server() -> TestServer {
-    TestServer::with(|c| {
-        c.gateway.allow_plaintext = false;
-        c.gateway.lp_poll_hold_ms = 2_000;
-    })
-    .await
-}
-
-fn key_of(ts: &TestServer) -> [u8; 32] {
-    let hex_key = ts.server.gateway.public_key_hex();
-    ferry::server_key::parse_public(&hex_key).unwrap()
-}
-
-fn pinned(ts: &TestServer, user: &str) -> ClientConfig {
-    let mut cfg = client_config(&ts.addr(), user);
-    cfg.security = Security::Pinned(key_of(ts));
-    cfg
-}
-
-async fn register_sealed(ts: &TestServer, users: &[&str]) {
-    let short = ShortLink::sealed(&ts.addr(), Some(key_of(ts)));
-    for u in users {
-        short.register(u, PASSWORD).await.unwrap();
-    }
-}
 
 async fn sealed_token(ts: &TestServer, user: &str) -> String {
     ShortLink::sealed(&ts.addr(), Some(key_of(ts)))
@@ -520,13 +493,6 @@ async fn post(addr: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, 
         .trim()
         .to_owned();
     (status, ctype, got[end + 4..].to_vec())
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_millis() as u64
 }
 
 #[tokio::test]

@@ -363,3 +363,40 @@ pub async fn upload_part(
     let _ = task.await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 }
+
+/// A server that refuses plaintext (the production default).
+pub async fn strict_server() -> TestServer {
+    TestServer::with(|c| {
+        c.gateway.allow_plaintext = false;
+        c.gateway.lp_poll_hold_ms = 2_000;
+    })
+    .await
+}
+
+/// The server's public key.
+pub fn key_of(ts: &TestServer) -> [u8; 32] {
+    ferry::server_key::parse_public(&ts.server.gateway.public_key_hex()).unwrap()
+}
+
+/// A client that pins the server's key.
+pub fn pinned(ts: &TestServer, user: &str) -> ClientConfig {
+    let mut cfg = client_config(&ts.addr(), user);
+    cfg.security = ferry_client::Security::Pinned(key_of(ts));
+    cfg
+}
+
+/// Registers `users` over sealed short-link requests.
+pub async fn register_sealed(ts: &TestServer, users: &[&str]) {
+    let short = ShortLink::sealed(&ts.addr(), Some(key_of(ts)));
+    for u in users {
+        short.register(u, PASSWORD).await.unwrap();
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
