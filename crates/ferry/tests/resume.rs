@@ -9,18 +9,13 @@
 mod common;
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::BytesMut;
 use common::*;
 use ferry_client::{ClientConfig, DeviceState, Event, ShortLink};
-use ferry_proto::frame::encode_msg;
 use ferry_proto::resume;
-use ferry_proto::secure::{self, Channel};
 use ferry_proto::v1::{self, ErrorCode};
-use ferry_proto::{cmd, Frame, ProtoMessage, MAX_BODY_LEN};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use ferry_proto::{cmd, Frame, ProtoMessage};
 
 /// (full handshakes, resumed, resumes refused) so far on the server's gateway.
 fn handshakes(ts: &TestServer) -> (u64, u64, u64) {
@@ -131,127 +126,6 @@ async fn a_refused_ticket_falls_back_to_the_full_handshake() {
     cat.close().await;
 }
 
-/// An encrypted link by hand: full login or resumption.
-struct Raw {
-    stream: TcpStream,
-    wire: BytesMut,
-    plain: BytesMut,
-    channel: Option<Channel>,
-}
-
-enum Answer {
-    /// The handshake (or resumption) completed: the login answer inside it.
-    Opened(Frame),
-    /// The server's plain refusal (no keys agreed).
-    Plain(Frame),
-}
-
-impl Raw {
-    async fn connect(addr: &str) -> Raw {
-        let stream = TcpStream::connect(addr).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        Raw {
-            stream,
-            wire: BytesMut::new(),
-            plain: BytesMut::new(),
-            channel: None,
-        }
-    }
-
-    async fn handshake_answer(&mut self, hello: &[u8]) -> Frame {
-        self.stream.write_all(hello).await.unwrap();
-        loop {
-            if let Some(f) = secure::parse_handshake(&mut self.wire).unwrap() {
-                return f;
-            }
-            self.wire.reserve(4096);
-            let n =
-                tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.wire))
-                    .await
-                    .expect("a handshake answer in time")
-                    .unwrap();
-            assert!(n > 0, "closed without an answer");
-        }
-    }
-
-    fn opened(&mut self, channel: Channel, payload: Vec<u8>) -> Answer {
-        self.channel = Some(channel);
-        self.plain.extend_from_slice(&payload);
-        Answer::Opened(
-            Frame::parse(&mut self.plain, MAX_BODY_LEN)
-                .unwrap()
-                .unwrap(),
-        )
-    }
-
-    async fn full(&mut self, key: &[u8; 32], token: &str) -> Answer {
-        let mut hello = BytesMut::new();
-        let hs = secure::client_hello(key, &login_frame(token), &mut hello).unwrap();
-        let f = self.handshake_answer(&hello).await;
-        if f.cmd == cmd::ERROR {
-            return Answer::Plain(f);
-        }
-        let (ch, payload) = hs.finish(&f).unwrap();
-        self.opened(ch, payload)
-    }
-
-    /// Sends `hello` (a RESUME frame made by `hs`) and reads the answer.
-    async fn resume(&mut self, hs: resume::ClientResume, hello: &[u8]) -> Answer {
-        let f = self.handshake_answer(hello).await;
-        if f.cmd == cmd::ERROR {
-            return Answer::Plain(f);
-        }
-        let (ch, payload) = hs.finish(&f).expect("the resumption answer opens");
-        self.opened(ch, payload)
-    }
-
-    async fn send<M: ProtoMessage>(&mut self, c: u8, req_id: u32, msg: &M) {
-        let mut plain = BytesMut::new();
-        encode_msg(c, req_id, msg, &mut plain);
-        let mut sealed = BytesMut::new();
-        self.channel
-            .as_mut()
-            .unwrap()
-            .seal(&plain, &mut sealed)
-            .unwrap();
-        self.stream.write_all(&sealed).await.unwrap();
-    }
-
-    async fn recv_cmd(&mut self, c: u8) -> Frame {
-        loop {
-            self.channel
-                .as_mut()
-                .unwrap()
-                .open(&mut self.wire, &mut self.plain)
-                .unwrap();
-            if let Some(f) = Frame::parse(&mut self.plain, MAX_BODY_LEN).unwrap() {
-                if f.cmd == c {
-                    return f;
-                }
-                continue;
-            }
-            self.wire.reserve(4096);
-            let n =
-                tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.wire))
-                    .await
-                    .expect("a frame in time")
-                    .unwrap();
-            assert!(n > 0, "link closed");
-        }
-    }
-}
-
-fn login_frame(token: &str) -> BytesMut {
-    let mut b = BytesMut::new();
-    let req = v1::LoginReq {
-        token: token.into(),
-        synckey: 0,
-        client_version: "resume-raw".into(),
-    };
-    encode_msg(cmd::LOGIN, 1, &req, &mut b);
-    b
-}
-
 fn resume_hello(r: &v1::Resumption, token: &str) -> (resume::ClientResume, BytesMut) {
     let secret: [u8; 32] = r.secret[..].try_into().unwrap();
     let mut hello = BytesMut::new();
@@ -273,8 +147,8 @@ fn error_code(f: &Frame) -> ErrorCode {
 
 /// A full login by hand; the ticket its answer carries.
 async fn ticket_for(ts: &TestServer, token: &str) -> v1::Resumption {
-    let mut raw = Raw::connect(&ts.addr()).await;
-    let Answer::Opened(f) = raw.full(&key_of(ts), token).await else {
+    let mut raw = SecureRaw::connect(&ts.addr()).await;
+    let Ok(f) = raw.login(&key_of(ts), token).await else {
         panic!("full login refused");
     };
     assert_eq!(f.cmd, cmd::response(cmd::LOGIN));
@@ -294,8 +168,8 @@ async fn by_hand_resumed_links_carry_messages_and_replays_are_refused() {
     let ticket = ticket_for(&ts, &dan).await;
 
     let (hs, hello) = resume_hello(&ticket, &dan);
-    let mut a = Raw::connect(&ts.addr()).await;
-    let Answer::Opened(f) = a.resume(hs, &hello).await else {
+    let mut a = SecureRaw::connect(&ts.addr()).await;
+    let Ok(f) = a.resume(hs, &hello).await else {
         panic!("resumption refused");
     };
     let resp = v1::LoginResp::decode(f.body).unwrap();
@@ -303,8 +177,8 @@ async fn by_hand_resumed_links_carry_messages_and_replays_are_refused() {
         resp.resumption.is_some(),
         "a resumed login hands out a new ticket"
     );
-    let mut b = Raw::connect(&ts.addr()).await;
-    let Answer::Opened(_) = b.full(&key_of(&ts), &eve).await else {
+    let mut b = SecureRaw::connect(&ts.addr()).await;
+    let Ok(_) = b.login(&key_of(&ts), &eve).await else {
         panic!("eve's login refused");
     };
     // dan → eve and back, sealed under the resumed keys.
@@ -339,8 +213,8 @@ async fn by_hand_resumed_links_carry_messages_and_replays_are_refused() {
 
     // The same RESUME bytes again: refused in plain, no session.
     let (hs2, _) = resume_hello(&ticket, &dan);
-    let mut replay = Raw::connect(&ts.addr()).await;
-    let Answer::Plain(f) = replay.resume(hs2, &hello).await else {
+    let mut replay = SecureRaw::connect(&ts.addr()).await;
+    let Err(f) = replay.resume(hs2, &hello).await else {
         panic!("a replayed RESUME was answered");
     };
     assert_eq!(error_code(&f), ErrorCode::ResumeRefused);
@@ -351,13 +225,21 @@ async fn by_hand_resumed_links_carry_messages_and_replays_are_refused() {
         expires_ms: 0,
     };
     let (hs3, hello3) = resume_hello(&junk, &dan);
-    let Answer::Plain(f) = Raw::connect(&ts.addr()).await.resume(hs3, &hello3).await else {
+    let Err(f) = SecureRaw::connect(&ts.addr())
+        .await
+        .resume(hs3, &hello3)
+        .await
+    else {
         panic!("a junk ticket was taken");
     };
     assert_eq!(error_code(&f), ErrorCode::ResumeRefused);
     // A token that is not the ticket's device: the login is refused.
     let (hs4, hello4) = resume_hello(&ticket, &eve);
-    let Answer::Opened(f) = Raw::connect(&ts.addr()).await.resume(hs4, &hello4).await else {
+    let Ok(f) = SecureRaw::connect(&ts.addr())
+        .await
+        .resume(hs4, &hello4)
+        .await
+    else {
         panic!("the ticket did not open");
     };
     assert_eq!(error_code(&f), ErrorCode::Unauthorized);
@@ -383,8 +265,8 @@ async fn a_revoked_token_over_a_valid_ticket_is_refused() {
     // The ticket still opens (it is only a shortcut for the handshake), and the LOGIN
     // inside is refused exactly as over a full handshake.
     let (hs, hello) = resume_hello(&ticket, &token);
-    let mut raw = Raw::connect(&ts.addr()).await;
-    let Answer::Opened(f) = raw.resume(hs, &hello).await else {
+    let mut raw = SecureRaw::connect(&ts.addr()).await;
+    let Ok(f) = raw.resume(hs, &hello).await else {
         panic!("the ticket did not open");
     };
     assert_eq!(error_code(&f), ErrorCode::Unauthorized);
@@ -412,7 +294,11 @@ async fn tickets_from_another_key_epoch_are_refused() {
     .await;
     assert_eq!(key_of(&other), key_of(&ts));
     let (hs, hello) = resume_hello(&ticket, &token);
-    let Answer::Plain(f) = Raw::connect(&other.addr()).await.resume(hs, &hello).await else {
+    let Err(f) = SecureRaw::connect(&other.addr())
+        .await
+        .resume(hs, &hello)
+        .await
+    else {
         panic!("a ticket of another epoch was taken");
     };
     assert_eq!(error_code(&f), ErrorCode::ResumeRefused);
@@ -423,7 +309,11 @@ async fn tickets_from_another_key_epoch_are_refused() {
     })
     .await;
     let (hs, hello) = resume_hello(&ticket, &token);
-    let Answer::Opened(f) = Raw::connect(&same.addr()).await.resume(hs, &hello).await else {
+    let Ok(f) = SecureRaw::connect(&same.addr())
+        .await
+        .resume(hs, &hello)
+        .await
+    else {
         panic!("another gateway with the key refused the ticket");
     };
     // (That server has its own store, so it does not know the token.)

@@ -11,6 +11,8 @@ use bytes::BytesMut;
 use ferry::{Config, Server};
 use ferry_client::{Account, Client, ClientConfig, ClientError, Event, ShortLink};
 use ferry_proto::frame::encode_msg;
+use ferry_proto::resume;
+use ferry_proto::secure::{self, Channel};
 use ferry_proto::{v1, Frame, ProtoMessage, MAX_BODY_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -399,4 +401,145 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_millis() as u64
+}
+
+/// An encrypted long link spoken by hand, counting the client's writes.
+pub struct SecureRaw {
+    pub stream: TcpStream,
+    pub wire: BytesMut,
+    pub plain: BytesMut,
+    pub channel: Option<Channel>,
+    pub writes: usize,
+    pub reads: usize,
+    pub bytes_out: usize,
+    pub bytes_in: usize,
+}
+
+impl SecureRaw {
+    pub async fn connect(addr: &str) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        SecureRaw {
+            stream,
+            wire: BytesMut::new(),
+            plain: BytesMut::new(),
+            channel: None,
+            writes: 0,
+            reads: 0,
+            bytes_out: 0,
+            bytes_in: 0,
+        }
+    }
+
+    pub async fn write(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.unwrap();
+        self.writes += 1;
+        self.bytes_out += bytes.len();
+    }
+
+    /// Reads more; false when the server closed the link (or 5 s passed).
+    pub async fn read_more(&mut self) -> bool {
+        self.wire.reserve(4096);
+        match tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.wire))
+            .await
+        {
+            Ok(Ok(n)) if n > 0 => {
+                self.reads += 1;
+                self.bytes_in += n;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// HELLO carrying LOGIN with `token`, encrypted to `key`. Ok: the login answer
+    /// (LOGIN|0x80 or an ERROR, opened). Err: the server's plain ERROR (no keys agreed).
+    pub async fn login(&mut self, key: &[u8; 32], token: &str) -> Result<Frame, Frame> {
+        let mut hello = BytesMut::new();
+        let hs = secure::client_hello(key, &login_frame(token), &mut hello).unwrap();
+        let answer = self.handshake(&hello).await?;
+        let (channel, payload) = hs.finish(&answer).expect("the answer opens");
+        Ok(self.opened(channel, payload))
+    }
+
+    /// Sends `hello` (a RESUME frame made by `hs`); the same answers as [`Self::login`].
+    pub async fn resume(&mut self, hs: resume::ClientResume, hello: &[u8]) -> Result<Frame, Frame> {
+        let answer = self.handshake(hello).await?;
+        let (channel, payload) = hs.finish(&answer).expect("the resumption answer opens");
+        Ok(self.opened(channel, payload))
+    }
+
+    /// Writes a hello; the handshake answer, or Err with the server's plain ERROR.
+    async fn handshake(&mut self, hello: &[u8]) -> Result<Frame, Frame> {
+        self.write(hello).await;
+        let answer = loop {
+            if let Some(f) = secure::parse_handshake(&mut self.wire).unwrap() {
+                break f;
+            }
+            assert!(self.read_more().await, "no handshake answer");
+        };
+        if answer.cmd == ferry_proto::cmd::ERROR {
+            return Err(answer);
+        }
+        Ok(answer)
+    }
+
+    /// Keys agreed: the login answer that came inside the handshake.
+    fn opened(&mut self, channel: Channel, payload: Vec<u8>) -> Frame {
+        self.channel = Some(channel);
+        self.plain.extend_from_slice(&payload);
+        Frame::parse(&mut self.plain, MAX_BODY_LEN)
+            .unwrap()
+            .unwrap()
+    }
+
+    pub async fn send<M: ProtoMessage>(&mut self, c: u8, req_id: u32, msg: &M) {
+        let mut plain = BytesMut::new();
+        encode_msg(c, req_id, msg, &mut plain);
+        let mut sealed = BytesMut::new();
+        self.channel
+            .as_mut()
+            .unwrap()
+            .seal(&plain, &mut sealed)
+            .unwrap();
+        self.write(&sealed).await;
+    }
+
+    /// The next frame, or None when the link closed.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        loop {
+            if let Some(ch) = self.channel.as_mut() {
+                ch.open(&mut self.wire, &mut self.plain)
+                    .expect("server records open");
+            }
+            if let Some(f) = Frame::parse(&mut self.plain, MAX_BODY_LEN).unwrap() {
+                return Some(f);
+            }
+            if !self.read_more().await {
+                return None;
+            }
+        }
+    }
+
+    /// Frames until one with `cmd` arrives.
+    pub async fn recv_cmd(&mut self, c: u8) -> Frame {
+        loop {
+            let f = self.recv().await.expect("link closed");
+            if f.cmd == c {
+                return f;
+            }
+        }
+    }
+}
+
+/// A LOGIN frame with `token`, as a raw client sends it.
+pub fn login_frame(token: &str) -> BytesMut {
+    let mut b = BytesMut::new();
+    let req = v1::LoginReq {
+        token: token.into(),
+        synckey: 0,
+        client_version: "raw".into(),
+    };
+    encode_msg(ferry_proto::cmd::LOGIN, 1, &req, &mut b);
+    b
 }
