@@ -190,35 +190,40 @@ impl Conn {
             self.send(login).await?;
             return self.frames().await;
         };
-        let mut hello = BytesMut::new();
-        if let Some(t) = ticket {
-            let hs = resume::client_resume(&t.ticket, &t.secret, login, now_ms(), &mut hello)
-                .map_err(|e| ClientError::Protocol(format!("resumption: {e}")))?;
-            self.send_raw(&hello).await?;
-            let answer = self.handshake_answer().await?;
-            if answer.cmd == cmd::ERROR {
-                return Ok(vec![answer]);
-            }
-            let (channel, payload) = hs.finish(&answer).map_err(|e| {
-                ClientError::Protocol(format!(
-                    "the server's resumption answer does not open ({e})"
-                ))
-            })?;
-            return self.opened(channel, payload).await;
+        // The handshake in flight: which one decides how its answer opens.
+        enum Pending {
+            Full(Box<secure::ClientHandshake>),
+            Resumed(resume::ClientResume),
         }
-        let hs = secure::client_hello(&key, login, &mut hello)
-            .map_err(|e| ClientError::Protocol(format!("handshake: {e}")))?;
+        let mut hello = BytesMut::new();
+        let pending = match ticket {
+            Some(t) => Pending::Resumed(
+                resume::client_resume(&t.ticket, &t.secret, login, now_ms(), &mut hello)
+                    .map_err(|e| ClientError::Protocol(format!("resumption: {e}")))?,
+            ),
+            None => Pending::Full(Box::new(
+                secure::client_hello(&key, login, &mut hello)
+                    .map_err(|e| ClientError::Protocol(format!("handshake: {e}")))?,
+            )),
+        };
         self.send_raw(&hello).await?;
         let answer = self.handshake_answer().await?;
         if answer.cmd == cmd::ERROR {
             return Ok(vec![answer]);
         }
-        let (channel, payload) = hs.finish(&answer).map_err(|e| {
-            ClientError::Protocol(format!(
-                "the server's handshake answer does not open ({e}): it does not hold the \
-                 pinned server key"
-            ))
-        })?;
+        let (channel, payload) = match pending {
+            Pending::Resumed(hs) => hs.finish(&answer).map_err(|e| {
+                ClientError::Protocol(format!(
+                    "the server's resumption answer does not open ({e})"
+                ))
+            })?,
+            Pending::Full(hs) => hs.finish(&answer).map_err(|e| {
+                ClientError::Protocol(format!(
+                    "the server's handshake answer does not open ({e}): it does not hold \
+                     the pinned server key"
+                ))
+            })?,
+        };
         self.opened(channel, payload).await
     }
 
