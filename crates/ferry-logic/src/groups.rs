@@ -372,9 +372,12 @@ impl Logic {
             .map(|&(user, joined)| (user, sees_batch(joined, first)))
             .chain(extra.iter().map(|&user| (user, true)));
         for (user, whole) in everyone {
-            for gw in self.gateways_of(user) {
-                by_gateway.entry((gw, whole)).or_default().push(user);
-            }
+            self.each_gateway_of(user, |gw| {
+                by_gateway
+                    .entry((gw.clone(), whole))
+                    .or_default()
+                    .push(user);
+            });
         }
         let mut delivered = 0;
         for ((gw, whole), users) in by_gateway {

@@ -64,14 +64,20 @@ impl Presence {
     /// The gateways to push to for `user`.
     pub fn gateways(&self, user: u64) -> Vec<Arc<str>> {
         let mut out: Vec<Arc<str>> = Vec::new();
+        self.each_gateway(user, |g| out.push(g.clone()));
+        out
+    }
+
+    /// Calls `f` once for each gateway holding links of `user`, allocating nothing (a
+    /// group push asks this for every member).
+    pub fn each_gateway(&self, user: u64, mut f: impl FnMut(&Arc<str>)) {
         if let Some(e) = self.routes.get(&user) {
-            for (g, _) in e.iter() {
-                if !out.iter().any(|o| **o == **g) {
-                    out.push(g.clone());
+            for (i, (g, _)) in e.iter().enumerate() {
+                if !e[..i].iter().any(|(o, _)| **o == **g) {
+                    f(g);
                 }
             }
         }
-        out
     }
 
     /// Users with at least one link.

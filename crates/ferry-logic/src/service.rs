@@ -608,9 +608,9 @@ impl Logic {
         }
     }
 
-    /// The gateways holding links of `user`.
-    pub(crate) fn gateways_of(&self, user: u64) -> Vec<Arc<str>> {
-        self.presence.gateways(user)
+    /// Calls `f` once for each gateway holding links of `user`.
+    pub(crate) fn each_gateway_of(&self, user: u64, f: impl FnMut(&Arc<str>)) {
+        self.presence.each_gateway(user, f)
     }
 
     /// One push to one gateway; a failure is counted, not fatal.
