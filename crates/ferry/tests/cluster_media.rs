@@ -151,7 +151,18 @@ async fn media_uploaded_through_one_logic_node_is_served_and_resumed_by_others()
     upload_part(&acc, &cm, data.clone(), 40).await;
     let l2 = c.logic();
     l1.kill();
-    let status = acc.media_status(&cm.media_id).await.unwrap();
+    // A request that was on its way to the killed node answers UNAVAILABLE ("try
+    // again"); a client tries again, and node 2 answers.
+    let mut tries = 0;
+    let status = loop {
+        match acc.media_status(&cm.media_id).await {
+            Err(e) if e.code() == Some(ErrorCode::Unavailable) && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => break r.unwrap(),
+        }
+    };
     assert!(!status.complete);
     let window = ferry_client::UPLOAD_WINDOW as u64 * u64::from(cm.chunk_size);
     assert!(

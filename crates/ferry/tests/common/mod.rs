@@ -301,9 +301,20 @@ pub async fn event_where<T>(
     }
 }
 
-/// The short-link services of `user` (signs in with the test password).
+/// The short-link services of `user` (signs in with the test password). A sign-in
+/// answered UNAVAILABLE ("try again": in a cluster, a logic node just started or just
+/// killed) is tried again for up to 5 s, as a client would.
 pub async fn account(addr: &str, user: &str) -> Account {
-    Account::open(client_config(addr, user)).await.unwrap()
+    let mut tries = 0;
+    loop {
+        match Account::open(client_config(addr, user)).await {
+            Err(e) if e.code() == Some(v1::ErrorCode::Unavailable) && tries < 50 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            r => return r.unwrap(),
+        }
+    }
 }
 
 /// The server's refusal code of a failed call.
