@@ -96,3 +96,89 @@ async fn groups_logs_members_and_recall() {
     let dir = tempfile::tempdir().unwrap();
     conformance::groups_logs_members_and_recall(store(&dir)).await;
 }
+
+/// Under a steady stream of commits the WAL must still start over now and then (the
+/// writer restarts it once the checkpointer saw it long); before, it only grew — by ~1 GB
+/// in a 10 s `ferry bench p2p` — because a passive checkpoint never catches up with a
+/// writer that never pauses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wal_starts_over_while_writes_keep_coming() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(SqliteStore::open(dir.path(), Durability::Os).unwrap());
+    let mut users = Vec::new();
+    for i in 0..400 {
+        users.push(s.create_user(&format!("u{i}"), "h").await.unwrap());
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..64u64 {
+        let (s, stop, users) = (s.clone(), stop.clone(), users.clone());
+        writers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            // Bounded: the test stops them, and 200 000 messages is far past the need.
+            while !stop.load(Ordering::Relaxed) && n < 3_200 {
+                n += 1;
+                let k = (w * 7 + n * 13) as usize;
+                s.append_message(NewMessage {
+                    sender_id: users[k % users.len()],
+                    recipient_id: users[(k * 31 + 1) % users.len()],
+                    client_msg_id: w << 32 | n,
+                    time_ms: 1,
+                    message: Default::default(),
+                })
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    // Readers too, as a server has (syncs, friendship checks): a reader inside the WAL
+    // is what keeps a passive checkpoint from ever letting it start over.
+    let mut readers = Vec::new();
+    for r in 0..4usize {
+        let (s, stop, users) = (s.clone(), stop.clone(), users.clone());
+        readers.push(tokio::spawn(async move {
+            let mut n = 0usize;
+            while !stop.load(Ordering::Relaxed) && n < 2_000_000 {
+                n += 1;
+                s.inbox(users[(r * 101 + n) % users.len()], 0, 10)
+                    .await
+                    .unwrap();
+                if n.is_multiple_of(64) {
+                    tokio::task::yield_now().await;
+                }
+            }
+        }));
+    }
+    // Watch the WAL's length while the writes go on — mxFrame, the last valid frame,
+    // from the wal-index header in `ferry.db-shm` (sqlite.org/walformat.html: a u32 in
+    // native byte order at offset 16), read without taking part (a checkpoint from here
+    // would itself let the WAL start over): it must fall back at least once.
+    let shm = dir.path().join("ferry.db-shm");
+    let wal_frames = || {
+        let b = std::fs::read(&shm).unwrap_or_default();
+        b.get(16..20)
+            .map_or(0, |x| u32::from_ne_bytes(x.try_into().unwrap()))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut longest, mut restarted) = (0u32, false);
+    while Instant::now() < deadline && !writers.iter().all(|w| w.is_finished()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let frames = wal_frames();
+        if frames < longest / 2 && longest > 4_096 {
+            restarted = true;
+            break;
+        }
+        longest = longest.max(frames);
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in writers.into_iter().chain(readers) {
+        w.await.unwrap();
+    }
+    assert!(
+        restarted,
+        "the WAL never started over under steady writes (longest: {longest} frames)"
+    );
+}
