@@ -11,11 +11,17 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 use parking_lot::RwLock;
+use smallvec::SmallVec;
+
+/// A user's links: almost always one, kept inline in the map entry (a `Vec` put its
+/// first link in a 96-byte allocation of its own — ~5 % of a one-process server's
+/// memory per idle connection).
+type Links = SmallVec<[(Arc<str>, u64); 1]>;
 
 #[derive(Default)]
 pub struct Presence {
     /// user id → (gateway id, connection id) of each of the user's links.
-    routes: DashMap<u64, Vec<(Arc<str>, u64)>>,
+    routes: DashMap<u64, Links>,
     /// Gateway names, shared by every route through the gateway.
     names: RwLock<HashMap<String, Arc<str>>>,
 }

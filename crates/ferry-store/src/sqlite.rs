@@ -367,7 +367,12 @@ fn open_reader(path: &Path) -> Result<Connection> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    conn.pragma_update(None, "cache_size", -8 * 1024)?;
+    // Small: a reader's cache is private to its connection (each holds its own copy of
+    // the same pages) and is thrown away at the next read after any commit, so under
+    // writes a large one buys nothing. It only held what logins had read — ~370 B per
+    // logged-in connection with 8 MiB per reader. Leaf pages come from the OS page
+    // cache instead, shared by all.
+    conn.pragma_update(None, "cache_size", -1024)?;
     Ok(conn)
 }
 
