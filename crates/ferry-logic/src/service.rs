@@ -98,6 +98,9 @@ pub struct Logic {
     names_by_id: DashMap<u64, Arc<str>>,
     /// Member ids per group, for fan-out (short-lived: another node may change them).
     pub(crate) group_members: crate::groups::MemberCache,
+    /// How each user stands towards each peer they were checked against on a send
+    /// (short-lived: another node may change it).
+    pub(crate) relations: crate::social::RelationCache,
     /// Group notifies waiting to be pushed, coalesced per group.
     pub(crate) group_feeds: crate::groups::Feeds,
     /// This service itself, for the tasks it spawns.
@@ -163,6 +166,7 @@ impl Logic {
             names_by_id: DashMap::new(),
             synckeys: DashMap::new(),
             group_members: DashMap::new(),
+            relations: DashMap::new(),
             moment_clock: std::sync::atomic::AtomicU64::new(0),
             media: std::sync::OnceLock::new(),
             uploads: Default::default(),
@@ -519,8 +523,7 @@ impl Logic {
     ) -> Result<(), LogicError> {
         use v1::FriendState;
         if self.cfg.open_messaging {
-            let theirs = self.store.friendship(to, from).await?;
-            if theirs.is_some_and(|r| r.state == FriendState::Blocked as i32) {
+            if self.relation(to, from).await? == FriendState::Blocked {
                 return Err(LogicError::PermissionDenied(format!(
                     "{to_name} does not accept messages from you"
                 )));

@@ -4,8 +4,10 @@
 
 use std::collections::HashSet;
 use std::io::Cursor;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use dashmap::DashMap;
 use ferry_bus::{BusRequest, BusResponse, Push};
 use ferry_proto::v1::{self, friend_event, moment_event, FriendState as S};
 use ferry_proto::{cmd, ProtoMessage};
@@ -70,6 +72,17 @@ fn row(user: u64, peer: u64, state: S, greeting: &str) -> FriendRow {
         updated_ms: 0,
     }
 }
+
+/// How long a node trusts a cached relation that another node may have changed (this
+/// node forgets its own changes at once).
+const RELATION_TTL: Duration = Duration::from_secs(5);
+/// Cached relations at most; past it the cache starts over.
+const RELATIONS_MAX: usize = 100_000;
+
+/// (user, peer) → how the user stands towards the peer, and when that was read. Every
+/// send asks it (is the sender blocked? are they friends?), which was a store read per
+/// message.
+pub(crate) type RelationCache = DashMap<(u64, u64), (S, Instant)>;
 
 fn state_of(r: &Option<FriendRow>) -> S {
     r.as_ref()
@@ -150,7 +163,22 @@ impl Logic {
 
     /// Whether `a` and `b` are friends.
     pub(crate) async fn are_friends(&self, a: u64, b: u64) -> Result<bool, LogicError> {
-        Ok(state_of(&self.store.friendship(a, b).await?) == S::Friend)
+        Ok(self.relation(a, b).await? == S::Friend)
+    }
+
+    /// How `user` stands towards `peer`, from a short-lived cache.
+    pub(crate) async fn relation(&self, user: u64, peer: u64) -> Result<S, LogicError> {
+        if let Some(r) = self.relations.get(&(user, peer)) {
+            if r.1.elapsed() < RELATION_TTL {
+                return Ok(r.0);
+            }
+        }
+        let state = state_of(&self.store.friendship(user, peer).await?);
+        if self.relations.len() >= RELATIONS_MAX {
+            self.relations.clear();
+        }
+        self.relations.insert((user, peer), (state, Instant::now()));
+        Ok(state)
     }
 
     pub(crate) async fn friend_action(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
@@ -194,7 +222,11 @@ impl Logic {
                 ev.entry.time_ms = change.time_ms;
             }
             let events = change.events.clone();
-            match self.store.change_friends(change).await {
+            let changed = self.store.change_friends(change).await;
+            // Whatever the outcome, what this node cached about the pair may be stale.
+            self.relations.remove(&(me.user_id, peer));
+            self.relations.remove(&(peer, me.user_id));
+            match changed {
                 Ok(seqs) => {
                     for (ev, seq) in events.into_iter().zip(seqs) {
                         self.notify_entry(ev.user_id, seq, ev.entry).await;
