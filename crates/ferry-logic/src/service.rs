@@ -228,53 +228,57 @@ impl Logic {
         self.presence.users_online()
     }
 
-    async fn dispatch(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+    /// The handler of a request, boxed at its own size: as one `async fn` the dispatch
+    /// was a 4 KB future (the largest arm's) that every request built and moved
+    /// (`memmove` led the workers' profile of a 1:1 run; median of 3 interleaved
+    /// `ferry bench p2p --window 8` runs: 37 873 → 39 958 messages/s).
+    fn dispatch<'a>(&'a self, req: &'a BusRequest) -> Handling<'a> {
         let c = req.cmd;
         match u8::try_from(c).unwrap_or(0) {
-            cmd::REGISTER => self.register(req).await,
-            cmd::AUTH => self.auth(req).await,
-            cmd::AUTH_REFRESH => self.auth_refresh(req).await,
-            cmd::PASSWORD_CHANGE => self.password_change(req).await,
-            cmd::LOGIN => self.login(req).await,
-            cmd::SEND => self.send(req).await,
-            cmd::SYNC => self.sync(req).await,
-            cmd::LOGOUT => self.logout(req).await,
-            cmd::FIND_USER => self.find_user(req).await,
+            cmd::REGISTER => Box::pin(self.register(req)),
+            cmd::AUTH => Box::pin(self.auth(req)),
+            cmd::AUTH_REFRESH => Box::pin(self.auth_refresh(req)),
+            cmd::PASSWORD_CHANGE => Box::pin(self.password_change(req)),
+            cmd::LOGIN => Box::pin(self.login(req)),
+            cmd::SEND => Box::pin(self.send(req)),
+            cmd::SYNC => Box::pin(self.sync(req)),
+            cmd::LOGOUT => Box::pin(self.logout(req)),
+            cmd::FIND_USER => Box::pin(self.find_user(req)),
             cmd::FRIEND_REQUEST
             | cmd::FRIEND_ACCEPT
             | cmd::FRIEND_DECLINE
             | cmd::FRIEND_REMOVE
             | cmd::FRIEND_BLOCK
-            | cmd::FRIEND_UNBLOCK => self.friend_action(req).await,
-            cmd::FRIEND_LIST => self.friend_list(req).await,
-            cmd::AVATAR_SET => self.avatar_set(req).await,
-            cmd::AVATAR_GET => self.avatar_get(req).await,
-            cmd::REPORT => self.report(req).await,
-            cmd::MOMENT_POST => self.moment_post(req).await,
-            cmd::MOMENT_TIMELINE => self.moment_timeline(req).await,
-            cmd::MOMENT_LIKE => self.moment_like(req).await,
-            cmd::MOMENT_COMMENT => self.moment_comment(req).await,
-            cmd::MOMENT_DELETE => self.moment_delete(req).await,
-            cmd::GROUP_CREATE => self.group_create(req).await,
-            cmd::GROUP_ADD | cmd::GROUP_REMOVE => self.group_members_change(req).await,
-            cmd::GROUP_LEAVE => self.group_leave(req).await,
-            cmd::GROUP_INFO => self.group_info(req).await,
-            cmd::GROUP_LIST => self.group_list(req).await,
-            cmd::GROUP_UPDATE => self.group_update(req).await,
-            cmd::GROUP_ROLE => self.group_role(req).await,
-            cmd::GROUP_READS => self.group_reads(req).await,
-            cmd::GROUP_SYNC => self.group_sync(req).await,
-            cmd::RECALL => self.recall(req).await,
-            cmd::MEDIA_CREATE => self.media_create(req).await,
-            cmd::MEDIA_CHUNK => self.media_chunk(req).await,
-            cmd::MEDIA_STATUS => self.media_status(req).await,
-            cmd::MEDIA_FINISH => self.media_finish(req).await,
-            cmd::MEDIA_GET => self.media_get(req).await,
-            cmd::READ => self.read(req).await,
-            cmd::ENDPOINTS => self.endpoint_list(req),
-            cmd::ENDPOINT_REPORT => self.endpoint_report(req).await,
-            cmd::TYPING => self.typing(req).await,
-            _ => Err(LogicError::UnknownCommand(c)),
+            | cmd::FRIEND_UNBLOCK => Box::pin(self.friend_action(req)),
+            cmd::FRIEND_LIST => Box::pin(self.friend_list(req)),
+            cmd::AVATAR_SET => Box::pin(self.avatar_set(req)),
+            cmd::AVATAR_GET => Box::pin(self.avatar_get(req)),
+            cmd::REPORT => Box::pin(self.report(req)),
+            cmd::MOMENT_POST => Box::pin(self.moment_post(req)),
+            cmd::MOMENT_TIMELINE => Box::pin(self.moment_timeline(req)),
+            cmd::MOMENT_LIKE => Box::pin(self.moment_like(req)),
+            cmd::MOMENT_COMMENT => Box::pin(self.moment_comment(req)),
+            cmd::MOMENT_DELETE => Box::pin(self.moment_delete(req)),
+            cmd::GROUP_CREATE => Box::pin(self.group_create(req)),
+            cmd::GROUP_ADD | cmd::GROUP_REMOVE => Box::pin(self.group_members_change(req)),
+            cmd::GROUP_LEAVE => Box::pin(self.group_leave(req)),
+            cmd::GROUP_INFO => Box::pin(self.group_info(req)),
+            cmd::GROUP_LIST => Box::pin(self.group_list(req)),
+            cmd::GROUP_UPDATE => Box::pin(self.group_update(req)),
+            cmd::GROUP_ROLE => Box::pin(self.group_role(req)),
+            cmd::GROUP_READS => Box::pin(self.group_reads(req)),
+            cmd::GROUP_SYNC => Box::pin(self.group_sync(req)),
+            cmd::RECALL => Box::pin(self.recall(req)),
+            cmd::MEDIA_CREATE => Box::pin(self.media_create(req)),
+            cmd::MEDIA_CHUNK => Box::pin(self.media_chunk(req)),
+            cmd::MEDIA_STATUS => Box::pin(self.media_status(req)),
+            cmd::MEDIA_FINISH => Box::pin(self.media_finish(req)),
+            cmd::MEDIA_GET => Box::pin(self.media_get(req)),
+            cmd::READ => Box::pin(self.read(req)),
+            cmd::ENDPOINTS => Box::pin(std::future::ready(self.endpoint_list(req))),
+            cmd::ENDPOINT_REPORT => Box::pin(self.endpoint_report(req)),
+            cmd::TYPING => Box::pin(self.typing(req)),
+            _ => Box::pin(std::future::ready(Err(LogicError::UnknownCommand(c)))),
         }
     }
 
@@ -448,7 +452,8 @@ impl Logic {
             ));
         }
         if r.group_id != 0 {
-            return self.send_group(&me, r, req.cmd).await;
+            // Boxed: a 2 KB future that would make every 1:1 send as large.
+            return Box::pin(self.send_group(&me, r, req.cmd)).await;
         }
         let to = self.user_id(&r.to).await?;
         if to != me.user_id {
@@ -748,6 +753,11 @@ impl Logic {
         }
     }
 }
+
+/// A request being handled.
+type Handling<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<BusResponse, LogicError>> + Send + 'a>,
+>;
 
 #[async_trait]
 impl Handler for Logic {
