@@ -135,6 +135,23 @@ pub async fn messages_and_inbox(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(me.sender_seq, me.recipient_seq);
     assert_eq!(store.latest_seq(a).await.unwrap(), 3);
+
+    // Retries take no ids: the next new message follows on directly.
+    for cmid in [3, 1] {
+        let dup = store
+            .append_message(new_msg((a, "alice"), (a, "alice"), cmid, "again"))
+            .await
+            .unwrap();
+        assert!(dup.duplicate);
+    }
+    let next = store
+        .append_message(new_msg((a, "alice"), (b, "bob"), 4, "four"))
+        .await
+        .unwrap();
+    assert_eq!((next.sender_seq, next.recipient_seq), (4, 3));
+    assert_eq!(next.msg_id, me.msg_id + 1);
+    assert_eq!(store.latest_seq(a).await.unwrap(), 4);
+    assert_eq!(store.latest_seq(b).await.unwrap(), 3);
 }
 
 pub async fn paging_and_concurrency(store: Arc<dyn Store>) {

@@ -212,8 +212,27 @@ impl WriterState {
         Ok(id)
     }
 
+    /// Undoes the last [`next_msg_id`](Self::next_msg_id) and the last `next_seq`
+    /// calls (newest first in `seqs`: (user, seq taken)), when nothing was written
+    /// with them.
+    fn give_back(&mut self, msg_id: u64, seqs: &[(u64, u64)]) {
+        self.next_msg_id = Some(msg_id);
+        let mut seen = Vec::with_capacity(seqs.len());
+        for &(user, seq) in seqs {
+            if seen.contains(&user) {
+                continue;
+            }
+            seen.push(user);
+            self.seqs.insert(user, seq - 1);
+            self.dirty.pop();
+        }
+    }
+
     fn flush(&mut self, txn: &Transaction) -> Result<()> {
         let mut stmt = txn.prepare_cached("UPDATE users SET last_seq = ?2 WHERE id = ?1")?;
+        // Once per user, however many of the batch's writes touched them.
+        self.dirty.sort_unstable();
+        self.dirty.dedup();
         for user in self.dirty.drain(..) {
             if let Some(seq) = self.seqs.get(&user) {
                 stmt.execute(params![user as i64, *seq as i64])?;
@@ -695,24 +714,6 @@ impl Store for SqliteStore {
         self.write(move |txn, state| {
             let sender = msg.sender_id as i64;
             let cmid = msg.client_msg_id as i64;
-            let existing = txn
-                .prepare_cached(
-                    "SELECT id, sender_seq, recipient_seq, created_ms FROM messages
-                     WHERE sender_id = ?1 AND client_msg_id = ?2",
-                )?
-                .query_row(params![sender, cmid], |r| {
-                    Ok(Appended {
-                        msg_id: r.get::<_, i64>(0)? as u64,
-                        sender_seq: r.get::<_, i64>(1)? as u64,
-                        recipient_seq: r.get::<_, i64>(2)? as u64,
-                        time_ms: r.get(3)?,
-                        duplicate: true,
-                    })
-                })
-                .optional()?;
-            if let Some(dup) = existing {
-                return Ok(dup);
-            }
             // Check the recipient before touching anything, so an unknown one leaves no
             // partial write behind.
             let recipient_seq_probe = state.seqs.contains_key(&msg.recipient_id)
@@ -732,19 +733,43 @@ impl Store for SqliteStore {
             let mut body = msg.message;
             body.msg_id = msg_id;
             body.time_ms = msg.time_ms;
-            txn.prepare_cached(
-                "INSERT INTO messages (id, sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?
-            .execute(params![
-                msg_id as i64,
-                sender,
-                cmid,
-                sender_seq as i64,
-                recipient_seq as i64,
-                msg.time_ms,
-                body.encode_to_vec()
-            ])?;
+            // The idempotency check is the insert itself (the unique index on sender and
+            // client id): a separate lookup first cost the writer a second seek per
+            // message.
+            let inserted = txn
+                .prepare_cached(
+                    "INSERT INTO messages (id, sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                     ON CONFLICT (sender_id, client_msg_id) DO NOTHING",
+                )?
+                .execute(params![
+                    msg_id as i64,
+                    sender,
+                    cmid,
+                    sender_seq as i64,
+                    recipient_seq as i64,
+                    msg.time_ms,
+                    body.encode_to_vec()
+                ])?;
+            if inserted == 0 {
+                // A retry of a stored message: hand back the ids just taken (nothing
+                // else took any since) and answer with the stored ones.
+                state.give_back(msg_id, &[(msg.recipient_id, recipient_seq), (msg.sender_id, sender_seq)]);
+                return Ok(txn
+                    .prepare_cached(
+                        "SELECT id, sender_seq, recipient_seq, created_ms FROM messages
+                         WHERE sender_id = ?1 AND client_msg_id = ?2",
+                    )?
+                    .query_row(params![sender, cmid], |r| {
+                        Ok(Appended {
+                            msg_id: r.get::<_, i64>(0)? as u64,
+                            sender_seq: r.get::<_, i64>(1)? as u64,
+                            recipient_seq: r.get::<_, i64>(2)? as u64,
+                            time_ms: r.get(3)?,
+                            duplicate: true,
+                        })
+                    })?);
+            }
             let mut inbox = txn.prepare_cached(
                 "INSERT INTO inbox (user_id, seq, msg_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
             )?;
