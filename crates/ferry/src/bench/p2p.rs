@@ -38,6 +38,8 @@ const HEARTBEAT: Duration = Duration::from_secs(30);
 /// Request ids: SEND uses the message's seq (below this), the others are above.
 const SYNC_ID: u32 = 0x8000_0000;
 const HEARTBEAT_ID: u32 = 0x4000_0000;
+/// Pause before a refused SYNC is sent again.
+const SYNC_RETRY: Duration = Duration::from_millis(20);
 
 /// µs since the worker started: the clock of the timestamps in the messages.
 fn now_us() -> u64 {
@@ -725,7 +727,15 @@ async fn ferry_reader(
                     let e = v1::Error::decode(frame.body).unwrap_or_default();
                     tracing::warn!(message = %e.message, "send refused");
                 } else if frame.req_id == SYNC_ID {
-                    syncing = false;
+                    // Refused (an overloaded server sheds requests): what it would have
+                    // brought is still missing, so ask again shortly — the SDK reconnects
+                    // and syncs. Dropping it lost nothing on the server but left the
+                    // entries undelivered when no later notify came (seen at --window 16).
+                    let (tx, key) = (sync_tx.clone(), synckey);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(SYNC_RETRY).await;
+                        let _ = tx.send(key);
+                    });
                 }
             }
             _ => {}
