@@ -300,6 +300,10 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 /// WAL frames (pages written) after which the writer restarts the WAL from its start.
 /// ~16 MiB at the default 4 KiB page.
 const RESTART_AT_FRAMES: u64 = 4096;
+/// How long the writer waits for readers to leave the WAL when restarting it.
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+/// How long a connection waits for a lock another one holds.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Starts the thread that checkpoints the WAL on its own connection (PASSIVE: it never
 /// blocks the writer or readers), and records in `wal_frames` how many frames the WAL
@@ -316,7 +320,7 @@ fn spawn_checkpointer(
     wal_frames: Arc<AtomicU64>,
 ) -> Result<std::sync::mpsc::Sender<()>> {
     let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
         .name("ferry-store-ckpt".into())
@@ -347,9 +351,14 @@ fn restart_wal(conn: &Connection, wal_frames: &AtomicU64) {
         return;
     }
     let started = std::time::Instant::now();
-    match conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+    // Wait for readers only briefly: every write waits while this runs. A reader still in
+    // the WAL then leaves the restart for a later batch (`busy` = 1).
+    let _ = conn.busy_timeout(RESTART_WAIT);
+    let restarted = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
-    }) {
+    });
+    let _ = conn.busy_timeout(BUSY_TIMEOUT);
+    match restarted {
         Ok((busy, frames)) => {
             wal_frames.store(0, Ordering::Relaxed);
             metrics::histogram!("ferry_store_wal_restart_seconds")
@@ -385,7 +394,7 @@ fn open_reader(path: &Path) -> Result<Connection> {
         path,
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
     // Small: a reader's cache is private to its connection (each holds its own copy of
     // the same pages) and is thrown away at the next read after any commit, so under
     // writes a large one buys nothing. It only held what logins had read — ~370 B per
@@ -401,7 +410,7 @@ impl SqliteStore {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("ferry.db");
         let mut conn = Connection::open(&path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         let sync = match durability {
             Durability::Fsync => "FULL",
