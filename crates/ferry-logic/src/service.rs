@@ -166,7 +166,7 @@ impl Logic {
             names_by_id: DashMap::new(),
             synckeys: DashMap::new(),
             group_members: DashMap::new(),
-            relations: DashMap::new(),
+            relations: Default::default(),
             moment_clock: std::sync::atomic::AtomicU64::new(0),
             media: std::sync::OnceLock::new(),
             uploads: Default::default(),

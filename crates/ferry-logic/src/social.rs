@@ -4,6 +4,7 @@
 
 use std::collections::HashSet;
 use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -82,7 +83,13 @@ const RELATIONS_MAX: usize = 100_000;
 /// (user, peer) → how the user stands towards the peer, and when that was read. Every
 /// send asks it (is the sender blocked? are they friends?), which was a store read per
 /// message.
-pub(crate) type RelationCache = DashMap<(u64, u64), (S, Instant)>;
+#[derive(Default)]
+pub(crate) struct RelationCache {
+    map: DashMap<(u64, u64), (S, Instant)>,
+    /// Bumped by every friendship change on this node: a read that raced one is not
+    /// cached (it may be from before the change).
+    changes: AtomicU64,
+}
 
 fn state_of(r: &Option<FriendRow>) -> S {
     r.as_ref()
@@ -168,16 +175,20 @@ impl Logic {
 
     /// How `user` stands towards `peer`, from a short-lived cache.
     pub(crate) async fn relation(&self, user: u64, peer: u64) -> Result<S, LogicError> {
-        if let Some(r) = self.relations.get(&(user, peer)) {
+        let cache = &self.relations;
+        if let Some(r) = cache.map.get(&(user, peer)) {
             if r.1.elapsed() < RELATION_TTL {
                 return Ok(r.0);
             }
         }
+        let before = cache.changes.load(Ordering::Acquire);
         let state = state_of(&self.store.friendship(user, peer).await?);
-        if self.relations.len() >= RELATIONS_MAX {
-            self.relations.clear();
+        if cache.changes.load(Ordering::Acquire) == before {
+            if cache.map.len() >= RELATIONS_MAX {
+                cache.map.clear();
+            }
+            cache.map.insert((user, peer), (state, Instant::now()));
         }
-        self.relations.insert((user, peer), (state, Instant::now()));
         Ok(state)
     }
 
@@ -224,8 +235,9 @@ impl Logic {
             let events = change.events.clone();
             let changed = self.store.change_friends(change).await;
             // Whatever the outcome, what this node cached about the pair may be stale.
-            self.relations.remove(&(me.user_id, peer));
-            self.relations.remove(&(peer, me.user_id));
+            self.relations.changes.fetch_add(1, Ordering::AcqRel);
+            self.relations.map.remove(&(me.user_id, peer));
+            self.relations.map.remove(&(peer, me.user_id));
             match changed {
                 Ok(seqs) => {
                     for (ev, seq) in events.into_iter().zip(seqs) {
