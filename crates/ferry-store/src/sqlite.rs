@@ -212,17 +212,11 @@ impl WriterState {
         Ok(id)
     }
 
-    /// Undoes the last [`next_msg_id`](Self::next_msg_id) and the last `next_seq`
-    /// calls (newest first in `seqs`: (user, seq taken)), when nothing was written
-    /// with them.
+    /// Undoes the last [`next_msg_id`](Self::next_msg_id) and the `next_seq` calls that
+    /// took `seqs` (one (user, seq) per call), when nothing was written with them.
     fn give_back(&mut self, msg_id: u64, seqs: &[(u64, u64)]) {
         self.next_msg_id = Some(msg_id);
-        let mut seen = Vec::with_capacity(seqs.len());
         for &(user, seq) in seqs {
-            if seen.contains(&user) {
-                continue;
-            }
-            seen.push(user);
             self.seqs.insert(user, seq - 1);
             self.dirty.pop();
         }
@@ -397,9 +391,9 @@ fn open_reader(path: &Path) -> Result<Connection> {
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // Small: a reader's cache is private to its connection (each holds its own copy of
     // the same pages) and is thrown away at the next read after any commit, so under
-    // writes a large one buys nothing. It only held what logins had read — ~370 B per
-    // logged-in connection with 8 MiB per reader. Leaf pages come from the OS page
-    // cache instead, shared by all.
+    // writes a large one buys nothing. With 8 MiB each they held what logins had read:
+    // `ferry bench idle --connections 10000` measured 2 329 B per connection, 2 119 B
+    // with 1 MiB. Leaf pages come from the OS page cache instead, shared by all.
     conn.pragma_update(None, "cache_size", -1024)?;
     Ok(conn)
 }
@@ -763,7 +757,9 @@ impl Store for SqliteStore {
             if inserted == 0 {
                 // A retry of a stored message: hand back the ids just taken (nothing
                 // else took any since) and answer with the stored ones.
-                state.give_back(msg_id, &[(msg.recipient_id, recipient_seq), (msg.sender_id, sender_seq)]);
+                let taken = [(msg.sender_id, sender_seq), (msg.recipient_id, recipient_seq)];
+                let calls = if msg.recipient_id == msg.sender_id { 1 } else { 2 };
+                state.give_back(msg_id, &taken[..calls]);
                 return Ok(txn
                     .prepare_cached(
                         "SELECT id, sender_seq, recipient_seq, created_ms FROM messages
