@@ -211,6 +211,18 @@ pub async fn synckeys_and_prune(store: Arc<dyn Store>) {
     assert_eq!(page.entries.first().map(|e| e.seq), Some(5));
     assert_eq!(page.latest_seq, 10);
     assert_eq!(page.entries.len(), 6);
+
+    // Pruning every entry keeps the seq: the next one is 11, never 1 again.
+    store.prune(i64::MAX).await.unwrap();
+    let page = store.inbox(b, 0, 100).await.unwrap();
+    assert!(page.entries.is_empty());
+    assert_eq!(page.latest_seq, 10);
+    assert_eq!(store.latest_seq(b).await.unwrap(), 10);
+    let next = store
+        .append_message(new_msg((a, "alice"), (b, "bob"), 10, "after"))
+        .await
+        .unwrap();
+    assert_eq!(next.recipient_seq, 11);
 }
 
 fn friend_event(peer: &str, time_ms: i64) -> v1::Entry {

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -172,14 +172,33 @@ CREATE TABLE group_log (
 "#,
 ];
 
+/// A user's newest inbox seq: the inbox's last row, or `users.last_seq` when that is
+/// higher. `last_seq` is a floor, written only by [`Store::prune`] before it deletes
+/// entries (a user whose every entry was pruned must not get seq 1 again); sends never
+/// write it. Updating it for both users of every message dirtied a page of the `users`
+/// table each — ~1 in 4 of the pages a batch wrote at 10 000 msgs/s, for a value the
+/// inbox already holds (its primary key is `(user_id, seq)`: one seek finds the last).
+const NEWEST_SEQ: &str = "SELECT max(u.last_seq, coalesce((SELECT max(i.seq) FROM inbox i
+     WHERE i.user_id = u.id), 0)) FROM users u WHERE u.id = ?1";
+
+/// A page of a user's inbox after a seq (the read behind every SYNC).
+const INBOX_PAGE: &str = "SELECT i.seq, m.body, i.payload, i.created_ms FROM inbox i
+     LEFT JOIN messages m ON m.id = i.msg_id
+     WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3";
+
+fn newest_seq(c: &Connection, user: u64) -> Result<u64> {
+    Ok(c.prepare_cached(NEWEST_SEQ)?
+        .query_row([user as i64], |r| r.get::<_, i64>(0))
+        .optional()?
+        .ok_or(StoreError::UnknownUser(user))? as u64)
+}
+
 /// What the writer thread remembers between batches. Cleared whenever a batch fails,
 /// so it can never disagree with the file.
 #[derive(Default)]
 struct WriterState {
-    /// Newest seq per user (loaded from `users.last_seq` on first use).
+    /// Newest seq per user (read with [`newest_seq`] on first use).
     seqs: HashMap<u64, u64>,
-    /// Users whose `last_seq` changed in this batch.
-    dirty: Vec<u64>,
     /// Next message id (loaded from `max(id)` on first use).
     next_msg_id: Option<u64>,
 }
@@ -188,14 +207,9 @@ impl WriterState {
     fn next_seq(&mut self, txn: &Transaction, user: u64) -> Result<u64> {
         let last = match self.seqs.get(&user) {
             Some(s) => *s,
-            None => txn
-                .prepare_cached("SELECT last_seq FROM users WHERE id = ?1")?
-                .query_row([user as i64], |r| r.get::<_, i64>(0))
-                .optional()?
-                .ok_or(StoreError::UnknownUser(user))? as u64,
+            None => newest_seq(txn, user)?,
         };
         self.seqs.insert(user, last + 1);
-        self.dirty.push(user);
         Ok(last + 1)
     }
 
@@ -218,21 +232,7 @@ impl WriterState {
         self.next_msg_id = Some(msg_id);
         for &(user, seq) in seqs {
             self.seqs.insert(user, seq - 1);
-            self.dirty.pop();
         }
-    }
-
-    fn flush(&mut self, txn: &Transaction) -> Result<()> {
-        let mut stmt = txn.prepare_cached("UPDATE users SET last_seq = ?2 WHERE id = ?1")?;
-        // Once per user, however many of the batch's writes touched them.
-        self.dirty.sort_unstable();
-        self.dirty.dedup();
-        for user in self.dirty.drain(..) {
-            if let Some(seq) = self.seqs.get(&user) {
-                stmt.execute(params![user as i64, *seq as i64])?;
-            }
-        }
-        Ok(())
     }
 }
 
@@ -291,27 +291,32 @@ pub struct SqliteStore {
 
 /// How often the checkpointer copies the WAL back into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-/// WAL frames (pages written) after which the writer restarts the WAL from its start.
-/// ~16 MiB at the default 4 KiB page.
+/// WAL frames (pages written) from which a checkpointer pass has the writer restart the
+/// WAL from its start: ~16 MiB at the default 4 KiB page.
 const RESTART_AT_FRAMES: u64 = 4096;
-/// How long the writer waits for readers to leave the WAL when restarting it.
-const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
+/// Frames the writer may find left to copy when it restarts the WAL.
+const CAUGHT_UP_FRAMES: u64 = 256;
+/// How long the writer waits for readers to leave the WAL when restarting it, and how
+/// often it looks.
+const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+const RESTART_POLL: std::time::Duration = std::time::Duration::from_micros(50);
 /// How long a connection waits for a lock another one holds.
 const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Starts the thread that checkpoints the WAL on its own connection (PASSIVE: it never
-/// blocks the writer or readers), and records in `wal_frames` how many frames the WAL
-/// held at its last pass. Stops when the returned sender is dropped.
+/// blocks the writer or readers), and raises `restart_due` after a pass that left a long
+/// WAL entirely copied back. Stops when the returned sender is dropped.
 ///
 /// A passive checkpoint alone never lets the WAL start over under a steady stream of
 /// commits: SQLite rewinds the WAL only when a write begins with every frame already
 /// copied back, and the writer always commits more before the checkpointer catches up
 /// (the WAL grew by ~1 GB in a 10 s `ferry bench p2p`, every commit writing to newly
 /// allocated blocks). The writer therefore finishes the job itself between two batches
-/// once the WAL is long ([`restart_wal`]).
+/// ([`restart_wal`]) — right after such a pass, when only the frames of a batch or two
+/// are left to copy.
 fn spawn_checkpointer(
     path: &Path,
-    wal_frames: Arc<AtomicU64>,
+    restart_due: Arc<AtomicBool>,
 ) -> Result<std::sync::mpsc::Sender<()>> {
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
@@ -319,11 +324,43 @@ fn spawn_checkpointer(
     std::thread::Builder::new()
         .name("ferry-store-ckpt".into())
         .spawn(move || {
-            let checkpoint = || match conn
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1))
-            {
-                Ok(frames) => wal_frames.store(frames.max(0) as u64, Ordering::Relaxed),
-                Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed"),
+            let pass = || {
+                conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+                    Ok((
+                        r.get::<_, i64>(1)?.max(0) as u64,
+                        r.get::<_, i64>(2)?.max(0) as u64,
+                    ))
+                })
+            };
+            let checkpoint = || {
+                let (mut log, mut copied) = match pass() {
+                    Ok(p) => p,
+                    Err(e) => return tracing::warn!(error = %e, "WAL checkpoint failed"),
+                };
+                if log < RESTART_AT_FRAMES {
+                    return;
+                }
+                // The writer kept committing while this pass copied and synced: copy those
+                // frames too, a few times over, so the writer's restart finds only a batch
+                // or two left (each pass is shorter than the one before).
+                for _ in 0..4 {
+                    match pass() {
+                        Ok((l, c)) if l == log && c == copied => break,
+                        Ok((l, c)) => {
+                            let grew = l.saturating_sub(log);
+                            (log, copied) = (l, c);
+                            if grew <= CAUGHT_UP_FRAMES {
+                                break;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+                // A reader on an old snapshot can keep a pass from copying everything; a WAL
+                // far too long is restarted anyway (copying what is left).
+                if copied == log || log >= 4 * RESTART_AT_FRAMES {
+                    restart_due.store(true, Ordering::Release);
+                }
             };
             // Until the store is dropped (the sender goes) — nothing is ever sent.
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
@@ -336,31 +373,43 @@ fn spawn_checkpointer(
     Ok(tx)
 }
 
-/// Run by the writer between batches when the checkpointer saw a long WAL: copies back
-/// the few frames the checkpointer has not (no write can start meanwhile — this is the
-/// only writer) and waits for readers to leave the WAL, so the next commit writes from
-/// the WAL's start again, over blocks the file already has.
-fn restart_wal(conn: &Connection, wal_frames: &AtomicU64) {
-    if wal_frames.load(Ordering::Relaxed) < RESTART_AT_FRAMES {
+/// Run by the writer between batches just after the checkpointer copied a long WAL back:
+/// copies the few frames committed since (no write can start meanwhile — this is the only
+/// writer), syncs the database file and waits briefly for readers to leave the WAL, so the
+/// next commit writes from the WAL's start again, over blocks the file already has.
+///
+/// Every write waits while this runs. Restarting whenever the WAL was long, up to 250 ms
+/// after the last pass, held them for 7.2 ms on average (up to 25 ms) every 0.4 s at
+/// 10 000 msgs/s (`ferry_store_wal_restart_seconds`); right after the passes, 4.2–4.7 ms.
+fn restart_wal(conn: &Connection, restart_due: &AtomicBool) {
+    if !restart_due.swap(false, Ordering::Acquire) {
         return;
     }
     let started = std::time::Instant::now();
     // Wait for readers only briefly: every write waits while this runs. A reader still in
-    // the WAL then leaves the restart for a later batch (`busy` = 1).
-    let _ = conn.busy_timeout(RESTART_WAIT);
+    // the WAL then leaves the restart for a later pass (`busy` = 1). Only reads that began
+    // before the WAL was copied back hold it (later ones read the database file), and a
+    // read takes tens of microseconds: poll finely. SQLite's own busy timeout sleeps 1, 2,
+    // 5 … ms between tries, which made a restart hold writes for ~6 ms.
+    let _ = conn.busy_handler(Some(restart_busy));
     let restarted = conn.query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
         Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?))
     });
     let _ = conn.busy_timeout(BUSY_TIMEOUT);
     match restarted {
         Ok((busy, frames)) => {
-            wal_frames.store(0, Ordering::Relaxed);
             metrics::histogram!("ferry_store_wal_restart_seconds")
                 .record(started.elapsed().as_secs_f64());
             tracing::debug!(busy, frames, "WAL restarted");
         }
         Err(e) => tracing::warn!(error = %e, "WAL restart failed"),
     }
+}
+
+/// The busy handler of [`restart_wal`]: true = try again.
+fn restart_busy(tries: i32) -> bool {
+    std::thread::sleep(RESTART_POLL);
+    RESTART_POLL * (tries.max(0) as u32 + 1) < RESTART_WAIT
 }
 
 struct ReadPool {
@@ -395,7 +444,22 @@ fn open_reader(path: &Path) -> Result<Connection> {
     // `ferry bench idle --connections 10000` measured 2 329 B per connection, 2 119 B
     // with 1 MiB. Leaf pages come from the OS page cache instead, shared by all.
     conn.pragma_update(None, "cache_size", -1024)?;
+    stable_plans(&conn)?;
     Ok(conn)
+}
+
+/// Keeps a cached statement's plan when new values are bound to it. SQLite (built with
+/// STAT4, as the bundled one is) otherwise marks a statement whose plan *could* depend on
+/// a bound value — any `?` compared with an indexed column — as expired at every bind,
+/// and parses and plans it again at the next step: the inbox read of every SYNC was
+/// re-prepared each time (8 % of the tokio threads' CPU in an open-loop `ferry bench
+/// p2p`). This store never runs ANALYZE, so the plans cannot improve by it anyway.
+fn stable_plans(conn: &Connection) -> Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
 }
 
 impl SqliteStore {
@@ -405,6 +469,7 @@ impl SqliteStore {
         let path = dir.join("ferry.db");
         let mut conn = Connection::open(&path)?;
         conn.busy_timeout(BUSY_TIMEOUT)?;
+        stable_plans(&conn)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         let sync = match durability {
             Durability::Fsync => "FULL",
@@ -419,13 +484,13 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
         migrate(&mut conn)?;
-        let wal_frames = Arc::new(AtomicU64::new(0));
-        let checkpoints = spawn_checkpointer(&path, wal_frames.clone())?;
+        let restart_due = Arc::new(AtomicBool::new(false));
+        let checkpoints = spawn_checkpointer(&path, restart_due.clone())?;
 
         let (tx, rx) = mpsc::channel(QUEUE);
         std::thread::Builder::new()
             .name("ferry-store-writer".into())
-            .spawn(move || writer(conn, rx, &wal_frames))?;
+            .spawn(move || writer(conn, rx, &restart_due))?;
         Ok(SqliteStore {
             jobs: tx,
             readers: Arc::new(ReadPool {
@@ -500,7 +565,7 @@ fn migrate(conn: &mut Connection) -> Result<()> {
     Ok(())
 }
 
-fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, wal_frames: &AtomicU64) {
+fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, restart_due: &AtomicBool) {
     let mut state = WriterState::default();
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut finished: Vec<Finish> = Vec::with_capacity(MAX_BATCH);
@@ -537,7 +602,7 @@ fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, wal_frames: &Atomic
         for f in finished.drain(..) {
             (f.reply)(outcome.clone());
         }
-        restart_wal(&conn, wal_frames);
+        restart_wal(&conn, restart_due);
     }
     tracing::debug!("store writer stopped");
 }
@@ -571,13 +636,6 @@ fn run_batch(
     if poisoned {
         return Err(BatchError::Failed("a write in the batch failed".into()));
     }
-    state.flush(&txn).map_err(|e| {
-        if store_full(&e) {
-            BatchError::Full
-        } else {
-            BatchError::Failed(e.to_string())
-        }
-    })?;
     let committing = std::time::Instant::now();
     let committed = txn.commit().map_err(|e| {
         if !is_full(&e) {
@@ -801,16 +859,8 @@ impl Store for SqliteStore {
     async fn inbox(&self, user_id: u64, after: u64, limit: u32) -> Result<InboxPage> {
         self.read(move |c| {
             let txn = c.unchecked_transaction()?;
-            let latest_seq = txn
-                .prepare_cached("SELECT last_seq FROM users WHERE id = ?1")?
-                .query_row([user_id as i64], |r| r.get::<_, i64>(0))
-                .optional()?
-                .ok_or(StoreError::UnknownUser(user_id))? as u64;
-            let mut stmt = txn.prepare_cached(
-                "SELECT i.seq, m.body, i.payload, i.created_ms FROM inbox i
-                 LEFT JOIN messages m ON m.id = i.msg_id
-                 WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3",
-            )?;
+            let latest_seq = newest_seq(&txn, user_id)?;
+            let mut stmt = txn.prepare_cached(INBOX_PAGE)?;
             let mut rows =
                 stmt.query(params![user_id as i64, after as i64, i64::from(limit) + 1])?;
             let mut entries = Vec::new();
@@ -836,15 +886,7 @@ impl Store for SqliteStore {
     }
 
     async fn latest_seq(&self, user_id: u64) -> Result<u64> {
-        self.read(move |c| {
-            Ok(
-                c.prepare_cached("SELECT last_seq FROM users WHERE id = ?1")?
-                    .query_row([user_id as i64], |r| r.get::<_, i64>(0))
-                    .optional()?
-                    .ok_or(StoreError::UnknownUser(user_id))? as u64,
-            )
-        })
-        .await
+        self.read(move |c| newest_seq(c, user_id)).await
     }
 
     async fn set_synckey(&self, user_id: u64, device_id: &str, synckey: u64) -> Result<()> {
@@ -876,6 +918,13 @@ impl Store for SqliteStore {
 
     async fn prune(&self, before_ms: i64) -> Result<u64> {
         self.write(move |txn, _| {
+            // Keep each pruned user's newest seq as the floor of the next one.
+            txn.prepare_cached(
+                "UPDATE users SET last_seq = max(last_seq, (SELECT max(i.seq) FROM inbox i
+                   WHERE i.user_id = users.id))
+                 WHERE id IN (SELECT DISTINCT user_id FROM inbox WHERE created_ms < ?1)",
+            )?
+            .execute([before_ms])?;
             let n = txn
                 .prepare_cached("DELETE FROM inbox WHERE created_ms < ?1")?
                 .execute([before_ms])?;
@@ -1087,5 +1136,36 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A cached statement keeps its plan across binds: the inbox read of every SYNC used
+    /// to be parsed and planned again each time (see [`stable_plans`]).
+    #[test]
+    fn cached_reads_are_not_prepared_again_for_new_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Durability::Os).unwrap();
+        let writer = Connection::open(store.path()).unwrap();
+        for seq in 1..=20i64 {
+            writer
+                .execute(
+                    "INSERT INTO inbox (user_id, seq, created_ms) VALUES (?1, ?2, 0)",
+                    params![1 + seq % 3, seq],
+                )
+                .unwrap();
+        }
+        let reader = open_reader(store.path()).unwrap();
+        let sql = INBOX_PAGE;
+        for user in 1..=5i64 {
+            let mut stmt = reader.prepare_cached(sql).unwrap();
+            let mut rows = stmt.query(params![user, user * 3, 10]).unwrap();
+            while rows.next().unwrap().is_some() {}
+        }
+        let stmt = reader.prepare_cached(sql).unwrap();
+        assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 }

@@ -67,6 +67,35 @@ async fn data_survives_reopen() {
     assert_eq!(next.msg_id, 4);
 }
 
+/// Seqs come from the inbox's last row; a user whose every entry was pruned starts the
+/// next store from the floor the prune kept, not from 1.
+#[tokio::test]
+async fn seqs_go_on_after_everything_was_pruned_and_reopened() {
+    let dir = tempfile::tempdir().unwrap();
+    let msg = |a, b, i| NewMessage {
+        sender_id: a,
+        recipient_id: b,
+        client_msg_id: i,
+        time_ms: 1,
+        message: Default::default(),
+    };
+    let (a, b);
+    {
+        let s = store(&dir);
+        a = s.create_user("alice", "h").await.unwrap();
+        b = s.create_user("bob", "h").await.unwrap();
+        for i in 0..3 {
+            s.append_message(msg(a, b, i)).await.unwrap();
+        }
+        assert_eq!(s.prune(i64::MAX).await.unwrap(), 6);
+    }
+    let s = store(&dir);
+    assert_eq!(s.latest_seq(b).await.unwrap(), 3);
+    assert_eq!(s.inbox(a, 0, 10).await.unwrap().latest_seq, 3);
+    let next = s.append_message(msg(a, b, 99)).await.unwrap();
+    assert_eq!((next.sender_seq, next.recipient_seq), (4, 4));
+}
+
 #[tokio::test]
 async fn events_share_the_inbox_with_messages() {
     let dir = tempfile::tempdir().unwrap();
