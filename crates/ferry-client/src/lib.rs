@@ -35,6 +35,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use account::{Account, FriendAction};
+pub use link::GAP_WAIT;
 pub use media::{thumbnail, Dest, MediaSend, Progress, SentMedia, UPLOAD_WINDOW};
 pub use security::{fetch as fetch_server_key, Security};
 pub use short::ShortLink;

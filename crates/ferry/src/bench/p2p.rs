@@ -8,9 +8,11 @@
 //! loop keeps `--window` messages per sender sent but not yet delivered.
 //!
 //! A Ferry receiver behaves as the SDK does: it applies inline notify entries that
-//! continue its synckey and otherwise syncs. A message counts as lost when the server
+//! continue its synckey, holds those that arrive ahead of it for up to
+//! [`ferry_client::GAP_WAIT`] (notifies are not ordered), and otherwise syncs. A message counts as lost when the server
 //! acknowledged it (durable) and it never reached the peer by the end of the drain.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -40,6 +42,8 @@ const SYNC_ID: u32 = 0x8000_0000;
 const HEARTBEAT_ID: u32 = 0x4000_0000;
 /// Pause before a refused SYNC is sent again.
 const SYNC_RETRY: Duration = Duration::from_millis(20);
+/// Inline entries held at most while waiting for a gap to fill (as the SDK).
+const HELD_MAX: usize = 64;
 
 /// µs since the worker started: the clock of the timestamps in the messages.
 fn now_us() -> u64 {
@@ -636,6 +640,9 @@ async fn ferry_reader(
 ) {
     let mut syncing = false;
     let mut resync = false;
+    // Inline entries ahead of the synckey, and when to stop waiting for the gap.
+    let mut held: BTreeMap<u64, v1::Entry> = BTreeMap::new();
+    let mut gap_at: Option<tokio::time::Instant> = None;
     let apply = |e: v1::Entry, synckey: &mut u64| {
         *synckey = e.seq;
         if let Some(v1::entry::Kind::Message(m)) = e.kind {
@@ -665,12 +672,24 @@ async fn ferry_reader(
                     &mut buf
                 };
                 into.reserve(8192);
+                let gap = gap_at.unwrap_or_else(tokio::time::Instant::now);
                 tokio::select! {
                     _ = sh.end.cancelled() => return,
                     r = rd.read_buf(into) => match r {
                         Ok(0) | Err(_) => return sh.link_ended(),
                         Ok(_) => continue,
                     },
+                    _ = tokio::time::sleep_until(gap), if gap_at.is_some() => {
+                        // What the gap misses was lost on the way: sync.
+                        gap_at = None;
+                        if syncing {
+                            resync = true;
+                        } else {
+                            syncing = true;
+                            let _ = sync_tx.send(synckey);
+                        }
+                        continue;
+                    }
                 }
             }
             Err(_) => return,
@@ -689,19 +708,33 @@ async fn ferry_reader(
                 let Ok(n) = v1::Notify::decode(frame.body) else {
                     continue;
                 };
-                // Inline entries that continue the synckey are applied; a gap means sync.
-                for e in n.entries {
-                    if e.seq == synckey + 1 {
-                        apply(e, &mut synckey);
+                if n.latest_seq <= synckey {
+                    continue;
+                }
+                // Inline entries up to latest_seq are applied, or held until the ones
+                // before them arrive; anything else is fetched by a sync.
+                let inline = n.entries.last().map(|e| e.seq) == Some(n.latest_seq)
+                    && n.entries.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+                for e in n.entries.into_iter().filter(|_| inline) {
+                    if e.seq > synckey && held.len() < HELD_MAX {
+                        held.insert(e.seq, e);
                     }
                 }
-                if n.latest_seq > synckey {
+                drain(&mut held, &mut synckey, &apply);
+                if n.latest_seq > synckey && (!inline || held.len() >= HELD_MAX) {
+                    gap_at = None;
                     if syncing {
                         resync = true;
                     } else {
                         syncing = true;
                         let _ = sync_tx.send(synckey);
                     }
+                } else if held.is_empty() {
+                    gap_at = None;
+                } else if !syncing {
+                    gap_at.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + ferry_client::GAP_WAIT
+                    });
                 }
             }
             c if c == cmd::response(cmd::SYNC) => {
@@ -715,10 +748,18 @@ async fn ferry_reader(
                     }
                 }
                 synckey = synckey.max(r.synckey);
+                drain(&mut held, &mut synckey, &apply);
                 if r.more || r.latest_seq > synckey || resync {
                     resync = false;
                     syncing = true;
+                    gap_at = None;
                     let _ = sync_tx.send(synckey);
+                } else if held.is_empty() {
+                    gap_at = None;
+                } else {
+                    gap_at.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + ferry_client::GAP_WAIT
+                    });
                 }
             }
             cmd::ERROR => {
@@ -739,6 +780,23 @@ async fn ferry_reader(
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Applies the held entries that continue `synckey` and drops those already applied.
+fn drain(
+    held: &mut BTreeMap<u64, v1::Entry>,
+    synckey: &mut u64,
+    apply: &impl Fn(v1::Entry, &mut u64),
+) {
+    loop {
+        while held.first_key_value().is_some_and(|(&seq, _)| seq <= *synckey) {
+            held.pop_first();
+        }
+        match held.remove(&(*synckey + 1)) {
+            Some(e) => apply(e, synckey),
+            None => break,
         }
     }
 }
