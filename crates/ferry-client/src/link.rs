@@ -47,6 +47,8 @@ enum End {
 pub(crate) struct Connected {
     conn: Conn,
     login: v1::LoginResp,
+    /// The link resumed from the device's ticket (no Noise handshake).
+    resumed: bool,
 }
 
 /// Full jitter: a random wait in [d/2, d].
@@ -410,7 +412,9 @@ async fn attempt(
         .login(&out, key, ticket.as_ref())
         .await
         .map_err(endpoint_err)?;
-    if ticket.is_some() && resume_refused(&frames[0]) {
+    let mut resumed = ticket.is_some();
+    if resumed && resume_refused(&frames[0]) {
+        resumed = false;
         // The server does not take the ticket (expired, another key or epoch, a clock
         // too far off): forget it and do the full handshake on a new connection.
         tracing::debug!(endpoint = %ep, "resumption refused; full handshake");
@@ -452,7 +456,11 @@ async fn attempt(
     })?;
     // Frames behind the login answer (a notify, say) are kept for the session.
     conn.unread(&frames);
-    Ok(Connected { conn, login: resp })
+    Ok(Connected {
+        conn,
+        login: resp,
+        resumed,
+    })
 }
 
 /// Whether `f` is the plain `ERROR RESUME_REFUSED` a server answers a RESUME it does
@@ -610,7 +618,11 @@ async fn session(
     events: &mpsc::UnboundedSender<Event>,
     first: &mut Option<oneshot::Sender<Result<(), ClientError>>>,
 ) -> End {
-    let Connected { mut conn, login } = connected;
+    let Connected {
+        mut conn,
+        login,
+        resumed,
+    } = connected;
     let endpoint = conn.endpoint;
     {
         let mut s = shared.state.lock();
@@ -620,12 +632,16 @@ async fn session(
             // The server renewed a token past half its life; the old one is gone.
             s.token = login.token.clone();
         }
-        // A new resumption ticket replaces the old one (none: the next link does the
-        // full handshake).
-        s.resumption = login
+        // A full handshake's answer carries the ticket to resume with from now on (none:
+        // the next link does the full handshake too). A resumed link keeps using the
+        // ticket it came with, unless the answer replaces it.
+        let fresh = login
             .resumption
             .as_ref()
             .and_then(crate::state::StoredTicket::from_login);
+        if fresh.is_some() || !resumed {
+            s.resumption = fresh;
+        }
         s.last_endpoint = endpoint.to_string();
     }
     shared.save_state();

@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
-use ferry_proto::resume::{self, ServerResume, TicketBody, RESUME};
+use ferry_proto::resume::{self, ServerResume, RESUME};
 use ferry_proto::sealed::{self, OpenedRequest};
 use ferry_proto::secure::{self, Channel, SecureError, ServerHandshake, StaticKey, HELLO};
 use ferry_proto::v1::{self, ErrorCode};
@@ -220,10 +220,12 @@ impl<T: Transport> Secured<T> {
 
 impl<T: Transport> Transport for Secured<T> {
     /// After logic accepted the LOGIN of an encrypted link that has not answered yet:
-    /// a new ticket for the login answer (`None` on a plaintext link, or with tickets
-    /// off). A full handshake's ticket lives `ticket_lifetime_secs`; a resumed one's
-    /// keeps its predecessor's expiry. `Err`: the link resumed with a ticket issued to
-    /// another user or device than the token's — refuse the login.
+    /// a new ticket for the login answer after a full handshake, living
+    /// `ticket_lifetime_secs` (`None` on a plaintext link, or with tickets off). A
+    /// resumed link gets none: the device resumes again with the ticket it has until
+    /// that expires (a new one would keep its expiry anyway, and cost ~150 bytes of
+    /// every resumed login). `Err`: the link resumed with a ticket issued to another
+    /// user or device than the token's — refuse the login.
     fn resumption(
         &self,
         user_id: u64,
@@ -235,19 +237,20 @@ impl<T: Transport> Transport for Secured<T> {
             return Ok(None);
         };
         let now = now_ms();
-        let expires_ms = match pending {
-            Pending::Noise(_) => now.saturating_add(lifetime_ms),
+        match pending {
+            Pending::Noise(_) => {}
             Pending::Resume(r) => {
                 if r.ticket.user_id != user_id || r.ticket.device_id != device_id {
                     return Err("the resumption ticket is not this device's");
                 }
-                r.ticket.expires_ms.min(now.saturating_add(lifetime_ms))
+                return Ok(None);
             }
-        };
-        if lifetime_ms == 0 || expires_ms <= now {
+        }
+        let expires_ms = now.saturating_add(lifetime_ms);
+        if lifetime_ms == 0 {
             return Ok(None);
         }
-        let body = TicketBody::fresh(user_id, device_id, expires_ms);
+        let body = self.gw.tickets.fresh(user_id, device_id, expires_ms);
         Ok(self.gw.tickets.seal(&body).map(|ticket| v1::Resumption {
             ticket: ticket.into(),
             secret: bytes::Bytes::copy_from_slice(&body.secret),
@@ -416,7 +419,7 @@ struct NonceGens {
 
 impl NonceCache {
     /// Remembers `nonce`; false when it was seen before (or the cache is full).
-    pub(crate) fn admit(&self, nonce: &[u8; 32], now: u64) -> bool {
+    pub(crate) fn admit(&self, nonce: &[u8; ferry_proto::resume::NONCE_LEN], now: u64) -> bool {
         let mut id = [0u8; 8];
         id.copy_from_slice(&nonce[..8]);
         let id = u64::from_le_bytes(id);
@@ -496,7 +499,7 @@ mod tests {
     #[test]
     fn a_resume_nonce_is_admitted_once_and_forgotten_after_two_generations() {
         let c = NonceCache::default();
-        let (a, b) = ([1u8; 32], [2u8; 32]);
+        let (a, b) = ([1u8; 16], [2u8; 16]);
         let t0 = 1_000_000_000;
         assert!(c.admit(&a, t0));
         assert!(!c.admit(&a, t0 + 1));

@@ -52,20 +52,22 @@ pub use crate::cmd::RESUME;
 
 /// Bytes of a resumption secret and of each side's nonce.
 pub const SECRET_LEN: usize = 32;
-/// Bytes of a client or server nonce.
-pub const NONCE_LEN: usize = 32;
+/// Bytes of a client or server nonce: 128 random bits, so a repeat is not expected within
+/// 2^64 resumptions (and would repeat keys only with the same ticket and the same other
+/// nonce). 32 before: 32 bytes of every resumed login for nothing.
+pub const NONCE_LEN: usize = 16;
 /// Largest RESUME frame body (the Noise message limit, as for the HELLO).
 const BODY_MAX: usize = 65_535;
-/// Ticket bytes at most (a real one is 93 + the device id; anything above is refused
+/// Ticket bytes at most (a real one is 61 + the device id; anything above is refused
 /// unread).
 pub const TICKET_MAX: usize = 1_024;
 /// A device id longer than this gets no ticket (its length is one byte in the ticket).
 pub const DEVICE_ID_MAX: usize = 255;
 /// Ticket header: epoch (4) and the XChaCha20 nonce (24).
 const TICKET_HEADER: usize = 4 + 24;
-/// Fixed part of a ticket's sealed contents: expiry, user id, secret, device id length.
-const TICKET_FIXED: usize = 8 + 8 + SECRET_LEN + 1;
-/// RESUME body before the ticket: sent_ms (8), client nonce (32), ticket length (2).
+/// Fixed part of a ticket's sealed contents: expiry, user id, device id length.
+const TICKET_FIXED: usize = 8 + 8 + 1;
+/// RESUME body before the ticket: sent_ms (8), client nonce (16), ticket length (2).
 const HELLO_FIXED: usize = 8 + NONCE_LEN + 2;
 
 /// Why a resumption failed. Each one means "do a full handshake instead".
@@ -90,22 +92,13 @@ pub enum ResumeError {
 pub struct TicketBody {
     pub user_id: u64,
     pub device_id: String,
-    /// The resumption secret (also handed to the client, in the encrypted channel).
+    /// The ticket's random nonce (in clear in the ticket).
+    pub nonce: [u8; 24],
+    /// The resumption secret, derived from the nonce under the ticket key (so the ticket
+    /// need not carry it); also handed to the client, in the encrypted channel.
     pub secret: [u8; SECRET_LEN],
     /// Unix ms after which the ticket is refused.
     pub expires_ms: u64,
-}
-
-impl TicketBody {
-    /// A ticket body with a fresh random secret.
-    pub fn fresh(user_id: u64, device_id: &str, expires_ms: u64) -> TicketBody {
-        TicketBody {
-            user_id,
-            device_id: device_id.to_owned(),
-            secret: rand::random(),
-            expires_ms,
-        }
-    }
 }
 
 /// The key that seals and opens tickets, derived from the server's static private key:
@@ -113,6 +106,8 @@ impl TicketBody {
 pub struct TicketKey {
     epoch: u32,
     aead: XChaCha20Poly1305,
+    /// The same key as an HKDF pseudorandom key: each ticket's secret is expanded from it.
+    secrets: Hkdf<Sha256>,
 }
 
 impl std::fmt::Debug for TicketKey {
@@ -131,17 +126,42 @@ impl TicketKey {
         TicketKey {
             epoch,
             aead: XChaCha20Poly1305::new(&key.into()),
+            secrets: Hkdf::<Sha256>::from_prk(&key)
+                .unwrap_or_else(|_| unreachable!("32 bytes is a valid SHA-256 PRK")),
         }
+    }
+
+    /// A new ticket body: a random nonce and the secret derived from it.
+    pub fn fresh(&self, user_id: u64, device_id: &str, expires_ms: u64) -> TicketBody {
+        let nonce: [u8; 24] = rand::random();
+        TicketBody {
+            user_id,
+            device_id: device_id.to_owned(),
+            nonce,
+            secret: self.secret_for(&nonce),
+            expires_ms,
+        }
+    }
+
+    /// `HKDF-Expand(PRK = ticket key, info = "ferry ticket secret" ‖ nonce, 32)`.
+    fn secret_for(&self, nonce: &[u8; 24]) -> [u8; SECRET_LEN] {
+        let mut info = [0u8; 19 + 24];
+        info[..19].copy_from_slice(b"ferry ticket secret");
+        info[19..].copy_from_slice(nonce);
+        let mut secret = [0u8; SECRET_LEN];
+        expand(&self.secrets, &info, &mut secret);
+        secret
     }
 
     pub fn epoch(&self) -> u32 {
         self.epoch
     }
 
-    /// Seals `body` into a ticket: `epoch (u32 BE) ‖ nonce (24 B) ‖
-    /// XChaCha20-Poly1305(expires_ms u64 BE ‖ user_id u64 BE ‖ secret 32 B ‖
-    /// device_id_len u8 ‖ device_id)`, the first 28 bytes as associated data. `None`
-    /// when the device id is too long to fit.
+    /// Seals `body` (made by [`TicketKey::fresh`]) into a ticket: `epoch (u32 BE) ‖
+    /// nonce (24 B) ‖ XChaCha20-Poly1305(expires_ms u64 BE ‖ user_id u64 BE ‖
+    /// device_id_len u8 ‖ device_id)`, the first 28 bytes as associated data. The secret
+    /// is not in it: [`TicketKey::open`] derives it again from the nonce. `None` when the
+    /// device id is too long to fit.
     pub fn seal(&self, body: &TicketBody) -> Option<Vec<u8>> {
         if body.device_id.len() > DEVICE_ID_MAX {
             return None;
@@ -149,10 +169,9 @@ impl TicketKey {
         let mut plain = Vec::with_capacity(TICKET_FIXED + body.device_id.len());
         plain.extend_from_slice(&body.expires_ms.to_be_bytes());
         plain.extend_from_slice(&body.user_id.to_be_bytes());
-        plain.extend_from_slice(&body.secret);
         plain.push(body.device_id.len() as u8);
         plain.extend_from_slice(body.device_id.as_bytes());
-        let nonce: [u8; 24] = rand::random();
+        let nonce = body.nonce;
         let mut ticket = Vec::with_capacity(TICKET_HEADER + plain.len() + TAG_LEN);
         ticket.extend_from_slice(&self.epoch.to_be_bytes());
         ticket.extend_from_slice(&nonce);
@@ -199,7 +218,6 @@ impl TicketKey {
         let mut r = Reader(&plain);
         let expires_ms = r.u64()?;
         let user_id = r.u64()?;
-        let secret = r.array::<SECRET_LEN>()?;
         let n = usize::from(r.u8()?);
         let device_id = std::str::from_utf8(r.take(n)?)
             .map_err(|_| ResumeError::BadTicket)?
@@ -213,7 +231,8 @@ impl TicketKey {
         Ok(TicketBody {
             user_id,
             device_id,
-            secret,
+            nonce,
+            secret: self.secret_for(&nonce),
             expires_ms,
         })
     }
@@ -450,7 +469,7 @@ mod tests {
     const NOW: u64 = 1_800_000_000_000;
 
     fn ticket_for(key: &TicketKey) -> (Vec<u8>, TicketBody) {
-        let body = TicketBody::fresh(42, "0123456789abcdef0123456789abcdef", NOW + 3_600_000);
+        let body = key.fresh(42, "0123456789abcdef0123456789abcdef", NOW + 3_600_000);
         (key.seal(&body).unwrap(), body)
     }
 
@@ -466,7 +485,7 @@ mod tests {
     fn round_trip_then_sealed_records_both_ways() {
         let key = TicketKey::derive(&[7u8; 32], 1);
         let (ticket, body) = ticket_for(&key);
-        assert_eq!(ticket.len(), 93 + body.device_id.len());
+        assert_eq!(ticket.len(), 61 + body.device_id.len());
         let (client, f, raw) = hello(&ticket, &body.secret);
         assert_eq!(
             raw.len(),
@@ -501,33 +520,31 @@ mod tests {
     /// `hashlib`, HKDF by hand), as listed in docs/protocol.md 1.5.
     #[test]
     fn key_schedule_test_vectors() {
-        let (secret, cn, sn) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        let (secret, cn, sn) = ([1u8; 32], [2u8; 16], [3u8; 16]);
         assert_eq!(
             hex::encode(login_key(&secret, &cn)),
-            "074ee802d500e711a83c5e44808c135c9ec08d17d2f4ce64b625e27ccddb6c49"
+            "6751d8d691bb3dc7e4627b954f6e895cba90025966a486b9a7f10b732cc48775"
         );
         let k = session_keys(&secret, &cn, &sn);
         assert_eq!(
             hex::encode(k.answer),
-            "1bee2367b6988219b5c29837ee10f8690bd2786e872f5d5df2a9c5ccfd6e1f08"
+            "cd838856289fa36371708e721aeb2f254af26782fdf3e794aed3ef3eb8255dbd"
         );
         assert_eq!(
             hex::encode(k.c2s),
-            "323f4ea35704a4dabfc70f3dd5434545072915a2b3ee2a2c2a122d1f01bfdcea"
+            "114e1a47617786a41ec40021bae1620495bfe986fd00946aa6e4720ec3721e43"
         );
         assert_eq!(
             hex::encode(k.s2c),
-            "fc06b8dbc1917d04eb8f9eefa1a66721f64c2be7609e460244ffbea808ef6426"
+            "6642d6e5f6251ac3c436cb673aacb0743691e2f0277c09f8fe7485e5cacb2fc8"
         );
         // The ticket key for private key 07…07, epoch 1: a ticket sealed with that key
         // by hand opens.
         let raw = "bb765eadf000472e3775c86bd1af240d5e203f75fbdf57e2e75a9294ed2c0d87";
         let by_hand = XChaCha20Poly1305::new_from_slice(&hex::decode(raw).unwrap()).unwrap();
-        let body = TicketBody::fresh(5, "dev", NOW + 1);
         let mut plain = Vec::new();
-        plain.extend_from_slice(&body.expires_ms.to_be_bytes());
-        plain.extend_from_slice(&body.user_id.to_be_bytes());
-        plain.extend_from_slice(&body.secret);
+        plain.extend_from_slice(&(NOW + 1).to_be_bytes());
+        plain.extend_from_slice(&5u64.to_be_bytes());
         plain.push(3);
         plain.extend_from_slice(b"dev");
         let mut ticket = 1u32.to_be_bytes().to_vec();
@@ -543,7 +560,13 @@ mod tests {
             .unwrap();
         ticket.extend_from_slice(&sealed);
         let key = TicketKey::derive(&[7u8; 32], 1);
-        assert_eq!(key.open(&ticket, NOW).unwrap(), body);
+        let body = key.open(&ticket, NOW).unwrap();
+        assert_eq!((body.user_id, &body.device_id[..]), (5, "dev"));
+        // …and its secret is HKDF-Expand(ticket key, "ferry ticket secret" ‖ nonce).
+        assert_eq!(
+            hex::encode(body.secret),
+            "46fe0cc06a703a68ae594831ffe74686ccd4fa03901b6acc3481391358cd1e68"
+        );
     }
 
     #[test]
@@ -686,8 +709,8 @@ mod tests {
         assert_eq!(thief.finish(&a2).err(), Some(SecureError::Handshake));
     }
 
-    fn c_nonce(f: &Frame) -> [u8; 32] {
-        f.body[8..40].try_into().unwrap()
+    fn c_nonce(f: &Frame) -> [u8; NONCE_LEN] {
+        f.body[8..8 + NONCE_LEN].try_into().unwrap()
     }
 
     #[test]
@@ -732,7 +755,7 @@ mod tests {
         }
         // A ticket length pointing past the end.
         let mut body_bytes = vec![0u8; HELLO_FIXED];
-        body_bytes[40..42].copy_from_slice(&u16::MAX.to_be_bytes());
+        body_bytes[HELLO_FIXED - 2..HELLO_FIXED].copy_from_slice(&u16::MAX.to_be_bytes());
         let mut framed = BytesMut::new();
         encode_raw(RESUME, 0, &body_bytes, &mut framed);
         let f = parse_handshake(&mut framed).unwrap().unwrap();
@@ -741,8 +764,6 @@ mod tests {
             Some(ResumeError::Malformed)
         );
         // Too long a device id gets no ticket.
-        assert!(key
-            .seal(&TicketBody::fresh(1, &"d".repeat(256), NOW))
-            .is_none());
+        assert!(key.seal(&key.fresh(1, &"d".repeat(256), NOW)).is_none());
     }
 }

@@ -80,7 +80,7 @@ fn every_scenario_runs_and_loses_nothing() {
         "{:#}",
         p2p["wire"]
     );
-    // The login answer also carries a session resumption ticket (~150 B, docs/protocol.md
+    // The login answer also carries a session resumption ticket (~120 B, docs/protocol.md
     // 1.5), counted apart: the login itself stays within 300 B.
     assert!(
         num(&p2p["wire"], "login_bytes") - num(&p2p["wire"], "login_ticket_bytes") <= 300.0,
@@ -92,6 +92,11 @@ fn every_scenario_runs_and_loses_nothing() {
     let resumed = &p2p["wire"]["login_resumed"];
     assert_eq!(resumed["resumed"], true, "{resumed:#}");
     assert_eq!(resumed["round_trips"], 1, "{resumed:#}");
+    // …within 300 B both ways: no new ticket in its answer, 16-byte nonces.
+    assert!(
+        num(resumed, "sent_bytes") + num(resumed, "received_bytes") <= 300.0,
+        "{resumed:#}"
+    );
 
     // Open loop at two rates, with the latency plot.
     let plots = dir.path().join("plots");

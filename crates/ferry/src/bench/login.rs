@@ -228,7 +228,9 @@ async fn login_once(
                 }
                 r => r?,
             };
-            if keep_tickets {
+            // A full handshake's answer brings the ticket (or none); a resumed link
+            // keeps the one it came with.
+            if keep_tickets && (!c.resumed || resp.resumption.is_some()) {
                 *ticket = Ticket::from_login(&resp);
             }
             Ok(c.resumed)

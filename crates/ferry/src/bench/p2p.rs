@@ -791,7 +791,10 @@ fn drain(
     apply: &impl Fn(v1::Entry, &mut u64),
 ) {
     loop {
-        while held.first_key_value().is_some_and(|(&seq, _)| seq <= *synckey) {
+        while held
+            .first_key_value()
+            .is_some_and(|(&seq, _)| seq <= *synckey)
+        {
             held.pop_first();
         }
         match held.remove(&(*synckey + 1)) {
