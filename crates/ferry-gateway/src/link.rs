@@ -71,6 +71,7 @@ pub(crate) trait Transport: Send + Sync + 'static {
         &self,
         _user_id: u64,
         _device_id: &str,
+        _peer: &str,
     ) -> Result<Option<v1::Resumption>, &'static str> {
         Ok(None)
     }
@@ -313,7 +314,7 @@ async fn login<T: Transport>(
     };
     let mut body = resp.body;
     if resp.cmd == u32::from(cmd::response(cmd::LOGIN)) && resp.user_id != 0 {
-        match stream.resumption(resp.user_id, &resp.device_id) {
+        match stream.resumption(resp.user_id, &resp.device_id, peer) {
             Ok(None) => {}
             Ok(Some(ticket)) => body = with_ticket(body, ticket),
             Err(why) => {

@@ -221,15 +221,18 @@ impl<T: Transport> Secured<T> {
 impl<T: Transport> Transport for Secured<T> {
     /// After logic accepted the LOGIN of an encrypted link that has not answered yet:
     /// a new ticket for the login answer after a full handshake, living
-    /// `ticket_lifetime_secs` (`None` on a plaintext link, or with tickets off). A
-    /// resumed link gets none: the device resumes again with the ticket it has until
-    /// that expires (a new one would keep its expiry anyway, and cost ~150 bytes of
-    /// every resumed login). `Err`: the link resumed with a ticket issued to another
-    /// user or device than the token's — refuse the login.
+    /// `ticket_lifetime_secs` (`None` on a plaintext link, or with tickets off). A link
+    /// resumed from the address its ticket was issued to gets none: the device resumes
+    /// again with the ticket it has until that expires (a new one would keep its expiry
+    /// anyway, and cost ~120 bytes of every resumed login). From another address it gets
+    /// a new one with the same expiry, so the ticket, sent in clear, never links one
+    /// device's links across networks. `Err`: the link resumed with a ticket issued to
+    /// another user or device than the token's — refuse the login.
     fn resumption(
         &self,
         user_id: u64,
         device_id: &str,
+        peer: &str,
     ) -> Result<Option<v1::Resumption>, &'static str> {
         let lifetime_ms = self.gw.cfg.ticket_lifetime_secs.saturating_mul(1000);
         let st = self.state.lock();
@@ -237,20 +240,23 @@ impl<T: Transport> Transport for Secured<T> {
             return Ok(None);
         };
         let now = now_ms();
-        match pending {
-            Pending::Noise(_) => {}
+        let net = resume::network_tag(peer);
+        let expires_ms = match pending {
+            Pending::Noise(_) => now.saturating_add(lifetime_ms),
             Pending::Resume(r) => {
                 if r.ticket.user_id != user_id || r.ticket.device_id != device_id {
                     return Err("the resumption ticket is not this device's");
                 }
-                return Ok(None);
+                if r.ticket.net == net {
+                    return Ok(None);
+                }
+                r.ticket.expires_ms.min(now.saturating_add(lifetime_ms))
             }
-        }
-        let expires_ms = now.saturating_add(lifetime_ms);
-        if lifetime_ms == 0 {
+        };
+        if lifetime_ms == 0 || expires_ms <= now {
             return Ok(None);
         }
-        let body = self.gw.tickets.fresh(user_id, device_id, expires_ms);
+        let body = self.gw.tickets.fresh(user_id, device_id, expires_ms, net);
         Ok(self.gw.tickets.seal(&body).map(|ticket| v1::Resumption {
             ticket: ticket.into(),
             secret: bytes::Bytes::copy_from_slice(&body.secret),

@@ -58,15 +58,16 @@ pub const SECRET_LEN: usize = 32;
 pub const NONCE_LEN: usize = 16;
 /// Largest RESUME frame body (the Noise message limit, as for the HELLO).
 const BODY_MAX: usize = 65_535;
-/// Ticket bytes at most (a real one is 61 + the device id; anything above is refused
+/// Ticket bytes at most (a real one is 65 + the device id; anything above is refused
 /// unread).
 pub const TICKET_MAX: usize = 1_024;
 /// A device id longer than this gets no ticket (its length is one byte in the ticket).
 pub const DEVICE_ID_MAX: usize = 255;
 /// Ticket header: epoch (4) and the XChaCha20 nonce (24).
 const TICKET_HEADER: usize = 4 + 24;
-/// Fixed part of a ticket's sealed contents: expiry, user id, device id length.
-const TICKET_FIXED: usize = 8 + 8 + 1;
+/// Fixed part of a ticket's sealed contents: expiry, user id, network tag, device id
+/// length.
+const TICKET_FIXED: usize = 8 + 8 + 4 + 1;
 /// RESUME body before the ticket: sent_ms (8), client nonce (16), ticket length (2).
 const HELLO_FIXED: usize = 8 + NONCE_LEN + 2;
 
@@ -99,6 +100,22 @@ pub struct TicketBody {
     pub secret: [u8; SECRET_LEN],
     /// Unix ms after which the ticket is refused.
     pub expires_ms: u64,
+    /// [`network_tag`] of the address the ticket was issued to: a link resuming from
+    /// another address gets a new ticket, so the ticket (sent in clear) does not link a
+    /// device's links across networks.
+    pub net: u32,
+}
+
+/// A 32-bit tag of a client's IP address (`peer` is `IP:PORT`, or anything else, taken
+/// whole): the first four bytes of its SHA-256.
+pub fn network_tag(peer: &str) -> u32 {
+    use sha2::Digest;
+    let ip = peer
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| peer.to_owned());
+    let d = Sha256::digest(ip.as_bytes());
+    u32::from_be_bytes([d[0], d[1], d[2], d[3]])
 }
 
 /// The key that seals and opens tickets, derived from the server's static private key:
@@ -132,7 +149,7 @@ impl TicketKey {
     }
 
     /// A new ticket body: a random nonce and the secret derived from it.
-    pub fn fresh(&self, user_id: u64, device_id: &str, expires_ms: u64) -> TicketBody {
+    pub fn fresh(&self, user_id: u64, device_id: &str, expires_ms: u64, net: u32) -> TicketBody {
         let nonce: [u8; 24] = rand::random();
         TicketBody {
             user_id,
@@ -140,6 +157,7 @@ impl TicketKey {
             nonce,
             secret: self.secret_for(&nonce),
             expires_ms,
+            net,
         }
     }
 
@@ -158,7 +176,7 @@ impl TicketKey {
     }
 
     /// Seals `body` (made by [`TicketKey::fresh`]) into a ticket: `epoch (u32 BE) ‖
-    /// nonce (24 B) ‖ XChaCha20-Poly1305(expires_ms u64 BE ‖ user_id u64 BE ‖
+    /// nonce (24 B) ‖ XChaCha20-Poly1305(expires_ms u64 BE ‖ user_id u64 BE ‖ net u32 BE ‖
     /// device_id_len u8 ‖ device_id)`, the first 28 bytes as associated data. The secret
     /// is not in it: [`TicketKey::open`] derives it again from the nonce. `None` when the
     /// device id is too long to fit.
@@ -169,6 +187,7 @@ impl TicketKey {
         let mut plain = Vec::with_capacity(TICKET_FIXED + body.device_id.len());
         plain.extend_from_slice(&body.expires_ms.to_be_bytes());
         plain.extend_from_slice(&body.user_id.to_be_bytes());
+        plain.extend_from_slice(&body.net.to_be_bytes());
         plain.push(body.device_id.len() as u8);
         plain.extend_from_slice(body.device_id.as_bytes());
         let nonce = body.nonce;
@@ -218,6 +237,7 @@ impl TicketKey {
         let mut r = Reader(&plain);
         let expires_ms = r.u64()?;
         let user_id = r.u64()?;
+        let net = u32::from_be_bytes(r.array()?);
         let n = usize::from(r.u8()?);
         let device_id = std::str::from_utf8(r.take(n)?)
             .map_err(|_| ResumeError::BadTicket)?
@@ -234,6 +254,7 @@ impl TicketKey {
             nonce,
             secret: self.secret_for(&nonce),
             expires_ms,
+            net,
         })
     }
 }
@@ -469,7 +490,7 @@ mod tests {
     const NOW: u64 = 1_800_000_000_000;
 
     fn ticket_for(key: &TicketKey) -> (Vec<u8>, TicketBody) {
-        let body = key.fresh(42, "0123456789abcdef0123456789abcdef", NOW + 3_600_000);
+        let body = key.fresh(42, "0123456789abcdef0123456789abcdef", NOW + 3_600_000, 7);
         (key.seal(&body).unwrap(), body)
     }
 
@@ -485,7 +506,7 @@ mod tests {
     fn round_trip_then_sealed_records_both_ways() {
         let key = TicketKey::derive(&[7u8; 32], 1);
         let (ticket, body) = ticket_for(&key);
-        assert_eq!(ticket.len(), 61 + body.device_id.len());
+        assert_eq!(ticket.len(), 65 + body.device_id.len());
         let (client, f, raw) = hello(&ticket, &body.secret);
         assert_eq!(
             raw.len(),
@@ -545,6 +566,7 @@ mod tests {
         let mut plain = Vec::new();
         plain.extend_from_slice(&(NOW + 1).to_be_bytes());
         plain.extend_from_slice(&5u64.to_be_bytes());
+        plain.extend_from_slice(&6u32.to_be_bytes());
         plain.push(3);
         plain.extend_from_slice(b"dev");
         let mut ticket = 1u32.to_be_bytes().to_vec();
@@ -561,7 +583,7 @@ mod tests {
         ticket.extend_from_slice(&sealed);
         let key = TicketKey::derive(&[7u8; 32], 1);
         let body = key.open(&ticket, NOW).unwrap();
-        assert_eq!((body.user_id, &body.device_id[..]), (5, "dev"));
+        assert_eq!((body.user_id, &body.device_id[..], body.net), (5, "dev", 6));
         // …and its secret is HKDF-Expand(ticket key, "ferry ticket secret" ‖ nonce).
         assert_eq!(
             hex::encode(body.secret),
@@ -764,6 +786,6 @@ mod tests {
             Some(ResumeError::Malformed)
         );
         // Too long a device id gets no ticket.
-        assert!(key.seal(&key.fresh(1, &"d".repeat(256), NOW)).is_none());
+        assert!(key.seal(&key.fresh(1, &"d".repeat(256), NOW, 0)).is_none());
     }
 }

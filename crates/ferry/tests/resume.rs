@@ -174,8 +174,20 @@ async fn by_hand_resumed_links_carry_messages_and_replays_are_refused() {
     let resp = v1::LoginResp::decode(f.body).unwrap();
     assert!(
         resp.resumption.is_none(),
-        "a resumed login keeps its ticket: no new one"
+        "resumed from the same address: keep the ticket, no new one"
     );
+    // From another address (another network) the ticket, sent in clear, would link the
+    // two links: the answer brings a new one, with the same expiry.
+    let (hs, hello) = resume_hello(&ticket, &dan);
+    let mut moved = SecureRaw::connect_from(&ts.addr(), "127.0.0.2").await;
+    let Ok(f) = moved.resume(hs, &hello).await else {
+        panic!("resumption from another address refused");
+    };
+    let renewed = v1::LoginResp::decode(f.body).unwrap().resumption;
+    let renewed = renewed.expect("a new ticket for the new network");
+    assert_ne!(renewed.ticket, ticket.ticket);
+    assert_eq!(renewed.expires_ms, ticket.expires_ms);
+    drop(moved);
     let mut b = SecureRaw::connect(&ts.addr()).await;
     let Ok(_) = b.login(&key_of(&ts), &eve).await else {
         panic!("eve's login refused");

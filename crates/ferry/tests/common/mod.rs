@@ -428,7 +428,17 @@ pub struct SecureRaw {
 
 impl SecureRaw {
     pub async fn connect(addr: &str) -> Self {
-        let stream = TcpStream::connect(addr).await.unwrap();
+        Self::connect_from(addr, "127.0.0.1").await
+    }
+
+    /// Connects from the local address `ip` (any of 127.0.0.0/8 on loopback): another
+    /// network, as the server sees it.
+    pub async fn connect_from(addr: &str, ip: &str) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::new(ip.parse().unwrap(), 0))
+            .unwrap();
+        let stream = socket.connect(addr.parse().unwrap()).await.unwrap();
         stream.set_nodelay(true).unwrap();
         SecureRaw {
             stream,
