@@ -696,21 +696,7 @@ async fn session(
         let _ = f.send(Ok(()));
     }
 
-    let mut link = Session {
-        shared,
-        events,
-        pending: HashMap::new(),
-        next_id: 2,
-        sync_req: None,
-        resync: false,
-        held: BTreeMap::new(),
-        gap_deadline: None,
-        group_syncs: HashMap::new(),
-        group_busy: HashSet::new(),
-        group_again: HashSet::new(),
-        group_list_req: None,
-        out: BytesMut::new(),
-    };
+    let mut link = Session::new(shared, events);
     // Which groups moved while this device was away.
     let id = link.next_req_id();
     ferry_proto::frame::encode_raw(cmd::GROUP_LIST, id, &[], &mut link.out);
@@ -883,7 +869,25 @@ struct Session<'a> {
     out: BytesMut,
 }
 
-impl Session<'_> {
+impl<'a> Session<'a> {
+    fn new(shared: &'a Shared, events: &'a mpsc::UnboundedSender<Event>) -> Session<'a> {
+        Session {
+            shared,
+            events,
+            pending: HashMap::new(),
+            next_id: 2,
+            sync_req: None,
+            resync: false,
+            held: BTreeMap::new(),
+            gap_deadline: None,
+            group_syncs: HashMap::new(),
+            group_busy: HashSet::new(),
+            group_again: HashSet::new(),
+            group_list_req: None,
+            out: BytesMut::new(),
+        }
+    }
+
     fn synckey(&self) -> u64 {
         self.shared.state.lock().synckey
     }
@@ -1172,24 +1176,6 @@ mod tests {
         }
     }
 
-    fn session<'a>(shared: &'a Shared, events: &'a mpsc::UnboundedSender<Event>) -> Session<'a> {
-        Session {
-            shared,
-            events,
-            pending: HashMap::new(),
-            next_id: 2,
-            sync_req: None,
-            resync: false,
-            held: BTreeMap::new(),
-            gap_deadline: None,
-            group_syncs: HashMap::new(),
-            group_busy: HashSet::new(),
-            group_again: HashSet::new(),
-            group_list_req: None,
-            out: BytesMut::new(),
-        }
-    }
-
     /// A NOTIFY carrying entry `seq` inline (as the server sends one per message).
     fn notify(seq: u64) -> Frame {
         let body = v1::Notify {
@@ -1221,7 +1207,7 @@ mod tests {
     async fn reordered_notifies_are_applied_in_order_without_a_sync() {
         let sh = shared();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut s = session(&sh, &tx);
+        let mut s = Session::new(&sh, &tx);
         assert!(!s.on_frame(notify(2)).ok().unwrap());
         assert!(s.gap_deadline.is_some(), "seq 2 waits for seq 1");
         assert!(s.on_frame(notify(1)).ok().unwrap());
@@ -1236,7 +1222,7 @@ mod tests {
     async fn a_gap_that_does_not_fill_in_time_is_synced() {
         let sh = shared();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let mut s = session(&sh, &tx);
+        let mut s = Session::new(&sh, &tx);
         s.on_frame(notify(1)).ok().unwrap();
         s.on_frame(notify(3)).ok().unwrap();
         assert_eq!(applied(&mut rx), [1]);
@@ -1274,7 +1260,7 @@ mod tests {
     async fn a_notify_without_its_entry_inline_syncs_at_once() {
         let sh = shared();
         let (tx, _rx) = mpsc::unbounded_channel();
-        let mut s = session(&sh, &tx);
+        let mut s = Session::new(&sh, &tx);
         let body = v1::Notify {
             latest_seq: 4,
             entries: Vec::new(),

@@ -638,11 +638,9 @@ async fn ferry_reader(
     sync_tx: mpsc::UnboundedSender<u64>,
     sh: Arc<Shared>,
 ) {
-    let mut syncing = false;
-    let mut resync = false;
-    // Inline entries ahead of the synckey, and when to stop waiting for the gap.
+    let mut sync = Syncing::default();
+    // Inline entries ahead of the synckey.
     let mut held: BTreeMap<u64, v1::Entry> = BTreeMap::new();
-    let mut gap_at: Option<tokio::time::Instant> = None;
     let apply = |e: v1::Entry, synckey: &mut u64| {
         *synckey = e.seq;
         if let Some(v1::entry::Kind::Message(m)) = e.kind {
@@ -672,22 +670,16 @@ async fn ferry_reader(
                     &mut buf
                 };
                 into.reserve(8192);
-                let gap = gap_at.unwrap_or_else(tokio::time::Instant::now);
+                let gap = sync.gap_at.unwrap_or_else(tokio::time::Instant::now);
                 tokio::select! {
                     _ = sh.end.cancelled() => return,
                     r = rd.read_buf(into) => match r {
                         Ok(0) | Err(_) => return sh.link_ended(),
                         Ok(_) => continue,
                     },
-                    _ = tokio::time::sleep_until(gap), if gap_at.is_some() => {
+                    _ = tokio::time::sleep_until(gap), if sync.gap_at.is_some() => {
                         // What the gap misses was lost on the way: sync.
-                        gap_at = None;
-                        if syncing {
-                            resync = true;
-                        } else {
-                            syncing = true;
-                            let _ = sync_tx.send(synckey);
-                        }
+                        sync.request(&sync_tx, synckey);
                         continue;
                     }
                 }
@@ -722,23 +714,13 @@ async fn ferry_reader(
                 }
                 drain(&mut held, &mut synckey, &apply);
                 if n.latest_seq > synckey && (!inline || held.len() >= HELD_MAX) {
-                    gap_at = None;
-                    if syncing {
-                        resync = true;
-                    } else {
-                        syncing = true;
-                        let _ = sync_tx.send(synckey);
-                    }
-                } else if held.is_empty() {
-                    gap_at = None;
-                } else if !syncing {
-                    gap_at.get_or_insert_with(|| {
-                        tokio::time::Instant::now() + ferry_client::GAP_WAIT
-                    });
+                    sync.request(&sync_tx, synckey);
+                } else {
+                    sync.held(!held.is_empty());
                 }
             }
             c if c == cmd::response(cmd::SYNC) => {
-                syncing = false;
+                sync.busy = false;
                 let Ok(r) = v1::SyncResp::decode(frame.body) else {
                     continue;
                 };
@@ -749,17 +731,11 @@ async fn ferry_reader(
                 }
                 synckey = synckey.max(r.synckey);
                 drain(&mut held, &mut synckey, &apply);
-                if r.more || r.latest_seq > synckey || resync {
-                    resync = false;
-                    syncing = true;
-                    gap_at = None;
-                    let _ = sync_tx.send(synckey);
-                } else if held.is_empty() {
-                    gap_at = None;
+                let again = std::mem::take(&mut sync.again);
+                if r.more || r.latest_seq > synckey || again {
+                    sync.request(&sync_tx, synckey);
                 } else {
-                    gap_at.get_or_insert_with(|| {
-                        tokio::time::Instant::now() + ferry_client::GAP_WAIT
-                    });
+                    sync.held(!held.is_empty());
                 }
             }
             cmd::ERROR => {
@@ -780,6 +756,39 @@ async fn ferry_reader(
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// A receiver's syncing: one SYNC in flight at a time, one more asked for while it is,
+/// and when to stop waiting for the gap before held entries.
+#[derive(Default)]
+struct Syncing {
+    busy: bool,
+    again: bool,
+    gap_at: Option<tokio::time::Instant>,
+}
+
+impl Syncing {
+    /// Sends a SYNC from `synckey`, or asks for one more after the one in flight.
+    fn request(&mut self, tx: &mpsc::UnboundedSender<u64>, synckey: u64) {
+        self.gap_at = None;
+        if self.busy {
+            self.again = true;
+        } else {
+            self.busy = true;
+            let _ = tx.send(synckey);
+        }
+    }
+
+    /// After held entries were applied: wait for the gap before those `left`, unless a
+    /// SYNC in flight will fill it.
+    fn held(&mut self, left: bool) {
+        if !left {
+            self.gap_at = None;
+        } else if !self.busy {
+            self.gap_at
+                .get_or_insert_with(|| tokio::time::Instant::now() + ferry_client::GAP_WAIT);
         }
     }
 }
