@@ -50,7 +50,7 @@ use crate::secure::{Channel, SecureError, TAG_LEN};
 
 pub use crate::cmd::RESUME;
 
-/// Bytes of a resumption secret and of each side's nonce.
+/// Bytes of a resumption secret.
 pub const SECRET_LEN: usize = 32;
 /// Bytes of a client or server nonce: 128 random bits, so a repeat is not expected within
 /// 2^64 resumptions (and would repeat keys only with the same ticket and the same other
@@ -163,11 +163,10 @@ impl TicketKey {
 
     /// `HKDF-Expand(PRK = ticket key, info = "ferry ticket secret" ‖ nonce, 32)`.
     fn secret_for(&self, nonce: &[u8; 24]) -> [u8; SECRET_LEN] {
-        let mut info = [0u8; 19 + 24];
-        info[..19].copy_from_slice(b"ferry ticket secret");
-        info[19..].copy_from_slice(nonce);
         let mut secret = [0u8; SECRET_LEN];
-        expand(&self.secrets, &info, &mut secret);
+        self.secrets
+            .expand_multi_info(&[b"ferry ticket secret", nonce], &mut secret)
+            .unwrap_or_else(|_| unreachable!("32 bytes is a valid HKDF length"));
         secret
     }
 

@@ -344,16 +344,11 @@ fn spawn_checkpointer(
                 // frames too, a few times over, so the writer's restart finds only a batch
                 // or two left (each pass is shorter than the one before).
                 for _ in 0..4 {
-                    match pass() {
-                        Ok((l, c)) if l == log && c == copied => break,
-                        Ok((l, c)) => {
-                            let grew = l.saturating_sub(log);
-                            (log, copied) = (l, c);
-                            if grew <= CAUGHT_UP_FRAMES {
-                                break;
-                            }
-                        }
-                        Err(_) => break,
+                    let Ok((l, c)) = pass() else { break };
+                    let grew = l.saturating_sub(log);
+                    (log, copied) = (l, c);
+                    if grew <= CAUGHT_UP_FRAMES {
+                        break;
                     }
                 }
                 // A reader on an old snapshot can keep a pass from copying everything; a WAL
@@ -1159,13 +1154,12 @@ mod tests {
                 .unwrap();
         }
         let reader = open_reader(store.path()).unwrap();
-        let sql = INBOX_PAGE;
         for user in 1..=5i64 {
-            let mut stmt = reader.prepare_cached(sql).unwrap();
+            let mut stmt = reader.prepare_cached(INBOX_PAGE).unwrap();
             let mut rows = stmt.query(params![user, user * 3, 10]).unwrap();
             while rows.next().unwrap().is_some() {}
         }
-        let stmt = reader.prepare_cached(sql).unwrap();
+        let stmt = reader.prepare_cached(INBOX_PAGE).unwrap();
         assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 }

@@ -9,8 +9,9 @@
 //!
 //! A Ferry receiver behaves as the SDK does: it applies inline notify entries that
 //! continue its synckey, holds those that arrive ahead of it for up to
-//! [`ferry_client::GAP_WAIT`] (notifies are not ordered), and otherwise syncs. A message counts as lost when the server
-//! acknowledged it (durable) and it never reached the peer by the end of the drain.
+//! [`ferry_client::GAP_WAIT`] (notifies are not ordered), and otherwise syncs. A
+//! message counts as lost when the server acknowledged it (durable) and it never
+//! reached the peer by the end of the drain.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
