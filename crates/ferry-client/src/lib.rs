@@ -16,6 +16,7 @@
 //! entries and keeps only the device's id, token and synckey.
 
 mod account;
+mod held;
 mod link;
 mod media;
 mod security;
@@ -35,7 +36,7 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use account::{Account, FriendAction};
-pub use link::GAP_WAIT;
+pub use held::{Held, GAP_WAIT};
 pub use media::{thumbnail, Dest, MediaSend, Progress, SentMedia, UPLOAD_WINDOW};
 pub use security::{fetch as fetch_server_key, Security};
 pub use short::ShortLink;

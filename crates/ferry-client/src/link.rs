@@ -4,7 +4,7 @@
 //! waiting requests, reports connect timings when idle, refreshes the endpoint list,
 //! and reconnects with back-off and jitter.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,15 +19,7 @@ use tokio::time::Instant;
 
 use crate::smart::{self, Endpoint, HeartbeatState, RaceError, Transport};
 use crate::transport::Conn;
-use crate::{ClientError, Cmd, Event, Shared, ShortLink, Status};
-
-/// How long inline entries that arrived ahead of the synckey wait for the ones before
-/// them before the device syncs instead. Notifies are not ordered: two messages stored
-/// in one batch are pushed by different tasks, so seq 8 may arrive before seq 7 — under
-/// load 15–20 % of the notifies in `ferry bench p2p` did, and each one cost a SYNC.
-pub const GAP_WAIT: Duration = Duration::from_millis(25);
-/// Inline entries held at most while waiting for a gap to fill.
-const HELD_MAX: usize = 64;
+use crate::{ClientError, Cmd, Event, Held, Shared, ShortLink, Status, GAP_WAIT};
 
 /// Why a link session ended.
 enum End {
@@ -854,9 +846,9 @@ struct Session<'a> {
     sync_req: Option<u32>,
     /// A notify came while a sync was in flight: sync again after it.
     resync: bool,
-    /// Inline entries that arrived ahead of the synckey, by seq, waiting for the ones
-    /// before them (see [`GAP_WAIT`]).
-    held: BTreeMap<u64, v1::Entry>,
+    /// Inline entries that arrived ahead of the synckey, waiting for the ones before
+    /// them (see [`GAP_WAIT`]).
+    held: Held,
     /// When to give up waiting for the held entries' gap and sync.
     gap_deadline: Option<Instant>,
     /// GROUP_SYNCs in flight: request id → group.
@@ -878,7 +870,7 @@ impl<'a> Session<'a> {
             next_id: 2,
             sync_req: None,
             resync: false,
-            held: BTreeMap::new(),
+            held: Held::default(),
             gap_deadline: None,
             group_syncs: HashMap::new(),
             group_busy: HashSet::new(),
@@ -917,21 +909,8 @@ impl<'a> Session<'a> {
     /// Applies the held entries that now continue the synckey, drops those already
     /// applied, and starts the gap timer when some are still waiting.
     fn drain_held(&mut self) -> bool {
-        let mut applied = false;
-        loop {
-            let next = self.synckey() + 1;
-            while self
-                .held
-                .first_key_value()
-                .is_some_and(|(&seq, _)| seq < next)
-            {
-                self.held.pop_first();
-            }
-            match self.held.remove(&next) {
-                Some(e) => applied |= self.apply(vec![e]),
-                None => break,
-            }
-        }
+        let run = self.held.take_run(self.synckey());
+        let applied = self.apply(run);
         if self.held.is_empty() {
             self.gap_deadline = None;
         } else if self.sync_req.is_none() {
@@ -1063,12 +1042,8 @@ impl<'a> Session<'a> {
                     self.start_sync();
                     return Ok(false);
                 }
-                for e in n.entries {
-                    if e.seq > synckey && self.held.len() < HELD_MAX {
-                        self.held.insert(e.seq, e);
-                    }
-                }
-                if self.held.len() >= HELD_MAX {
+                self.held.hold(n.entries, synckey);
+                if self.held.is_full() {
                     self.start_sync();
                 }
                 Ok(self.drain_held())
@@ -1186,11 +1161,7 @@ mod tests {
             }],
         }
         .encode_to_vec();
-        Frame {
-            cmd: cmd::NOTIFY,
-            req_id: 0,
-            body: body.into(),
-        }
+        Frame::new(cmd::NOTIFY, 0, body)
     }
 
     fn applied(rx: &mut mpsc::UnboundedReceiver<Event>) -> Vec<u64> {
@@ -1246,11 +1217,7 @@ mod tests {
             latest_seq: 3,
             more: false,
         };
-        let f = Frame {
-            cmd: cmd::response(cmd::SYNC),
-            req_id: id,
-            body: answer.encode_to_vec().into(),
-        };
+        let f = Frame::new(cmd::response(cmd::SYNC), id, answer.encode_to_vec());
         assert!(s.on_frame(f).ok().unwrap());
         assert_eq!(applied(&mut rx), [2, 3]);
         assert!(s.sync_req.is_none(), "3 was held: nothing left to fetch");
@@ -1266,11 +1233,7 @@ mod tests {
             entries: Vec::new(),
         }
         .encode_to_vec();
-        let f = Frame {
-            cmd: cmd::NOTIFY,
-            req_id: 0,
-            body: body.into(),
-        };
+        let f = Frame::new(cmd::NOTIFY, 0, body);
         s.on_frame(f).ok().unwrap();
         assert!(s.sync_req.is_some());
     }

@@ -13,7 +13,6 @@
 //! message counts as lost when the server acknowledged it (durable) and it never
 //! reached the peer by the end of the drain.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -43,8 +42,6 @@ const SYNC_ID: u32 = 0x8000_0000;
 const HEARTBEAT_ID: u32 = 0x4000_0000;
 /// Pause before a refused SYNC is sent again.
 const SYNC_RETRY: Duration = Duration::from_millis(20);
-/// Inline entries held at most while waiting for a gap to fill (as the SDK).
-const HELD_MAX: usize = 64;
 
 /// µs since the worker started: the clock of the timestamps in the messages.
 fn now_us() -> u64 {
@@ -640,8 +637,8 @@ async fn ferry_reader(
     sh: Arc<Shared>,
 ) {
     let mut sync = Syncing::default();
-    // Inline entries ahead of the synckey.
-    let mut held: BTreeMap<u64, v1::Entry> = BTreeMap::new();
+    // Inline entries ahead of the synckey (as the SDK holds them).
+    let mut held = ferry_client::Held::default();
     let apply = |e: v1::Entry, synckey: &mut u64| {
         *synckey = e.seq;
         if let Some(v1::entry::Kind::Message(m)) = e.kind {
@@ -708,13 +705,13 @@ async fn ferry_reader(
                 // before them arrive; anything else is fetched by a sync.
                 let inline = n.entries.last().map(|e| e.seq) == Some(n.latest_seq)
                     && n.entries.windows(2).all(|w| w[1].seq == w[0].seq + 1);
-                for e in n.entries.into_iter().filter(|_| inline) {
-                    if e.seq > synckey && held.len() < HELD_MAX {
-                        held.insert(e.seq, e);
-                    }
+                if inline {
+                    held.hold(n.entries, synckey);
                 }
-                drain(&mut held, &mut synckey, &apply);
-                if n.latest_seq > synckey && (!inline || held.len() >= HELD_MAX) {
+                for e in held.take_run(synckey) {
+                    apply(e, &mut synckey);
+                }
+                if n.latest_seq > synckey && (!inline || held.is_full()) {
                     sync.request(&sync_tx, synckey);
                 } else {
                     sync.held(!held.is_empty());
@@ -731,7 +728,9 @@ async fn ferry_reader(
                     }
                 }
                 synckey = synckey.max(r.synckey);
-                drain(&mut held, &mut synckey, &apply);
+                for e in held.take_run(synckey) {
+                    apply(e, &mut synckey);
+                }
                 let again = std::mem::take(&mut sync.again);
                 if r.more || r.latest_seq > synckey || again {
                     sync.request(&sync_tx, synckey);
@@ -790,26 +789,6 @@ impl Syncing {
         } else if !self.busy {
             self.gap_at
                 .get_or_insert_with(|| tokio::time::Instant::now() + ferry_client::GAP_WAIT);
-        }
-    }
-}
-
-/// Applies the held entries that continue `synckey` and drops those already applied.
-fn drain(
-    held: &mut BTreeMap<u64, v1::Entry>,
-    synckey: &mut u64,
-    apply: &impl Fn(v1::Entry, &mut u64),
-) {
-    loop {
-        while held
-            .first_key_value()
-            .is_some_and(|(&seq, _)| seq <= *synckey)
-        {
-            held.pop_first();
-        }
-        match held.remove(&(*synckey + 1)) {
-            Some(e) => apply(e, synckey),
-            None => break,
         }
     }
 }
