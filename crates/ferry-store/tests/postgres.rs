@@ -1,38 +1,11 @@
-//! Runs the store suite against PostgreSQL on 127.0.0.1:5432 (trust auth, user
-//! `postgres` or `root`, database `test` present; `FERRY_TEST_PG` overrides the admin
-//! connection string). Each test gets a throw-away database `ferry_t_<random>`, dropped
-//! at the end even when the test fails.
+//! Runs the store suite against PostgreSQL: the test process's own throw-away server
+//! (ferry-testkit starts it from the installed server binaries). Each test gets a
+//! database `ferry_t_<random>`, dropped at the end even when the test fails.
 
 use std::sync::Arc;
 
 use ferry_store::{conformance, NewMessage, PgConfig, PgStore, Store};
-use futures_util::FutureExt;
-use tokio_postgres::NoTls;
-
-/// Connection strings to try for the admin connection, in order.
-fn admin_urls() -> Vec<String> {
-    if let Ok(url) = std::env::var("FERRY_TEST_PG") {
-        return vec![url];
-    }
-    ["postgres", "root"]
-        .iter()
-        .map(|u| format!("host=127.0.0.1 port=5432 user={u} dbname=test connect_timeout=5"))
-        .collect()
-}
-
-async fn admin() -> (tokio_postgres::Client, String) {
-    let mut errors = Vec::new();
-    for url in admin_urls() {
-        match tokio_postgres::connect(&url, NoTls).await {
-            Ok((client, conn)) => {
-                tokio::spawn(conn);
-                return (client, url);
-            }
-            Err(e) => errors.push(format!("{url}: {e}")),
-        }
-    }
-    panic!("no PostgreSQL for the store tests: {errors:?}");
-}
+use ferry_testkit::Db;
 
 /// Runs `test` on a store in a fresh database, then drops the database.
 async fn with_db<F, Fut>(test: F)
@@ -40,27 +13,11 @@ where
     F: FnOnce(Arc<dyn Store>, PgConfig) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let (admin, url) = admin().await;
-    let name = format!("ferry_t_{:016x}", rand::random::<u64>());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let url = url.replace("dbname=test", &format!("dbname={name}"));
-    let cfg = PgConfig::new(url);
-    let outcome = std::panic::AssertUnwindSafe(async {
-        let store: Arc<dyn Store> = Arc::new(PgStore::connect(&cfg).await.unwrap());
-        test(store, cfg.clone()).await;
-    })
-    .catch_unwind()
-    .await;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    // Dropped at the end, also when the test panics.
+    let db = Db::create();
+    let cfg = PgConfig::new(db.url());
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&cfg).await.unwrap());
+    test(store, cfg.clone()).await;
 }
 
 macro_rules! suite {

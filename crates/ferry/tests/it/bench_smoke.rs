@@ -10,7 +10,7 @@ use serde_json::Value;
 
 fn bench(dir: &Path, name: &str, args: &[&str]) -> Value {
     let json = dir.join(format!("{name}.json"));
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+    let out = Command::new(crate::FERRY)
         .arg("bench")
         .args(args)
         .arg("--json")

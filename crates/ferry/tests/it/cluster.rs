@@ -1,10 +1,8 @@
 //! The cluster: real `ferry gateway` and `ferry logic` processes on a real NATS server
 //! (started per test on a free port, as async-nats' own tests do) and a throw-away
-//! PostgreSQL database on 127.0.0.1:5432. Gateways and logic nodes are SIGKILLed and
-//! SIGTERMed under load; nothing acknowledged may be lost or duplicated.
-
-mod common;
-mod procs;
+//! PostgreSQL database (on the test process's own server, see ferry-testkit). Gateways
+//! and logic nodes are SIGKILLed and SIGTERMed under load; nothing acknowledged may be
+//! lost or duplicated.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -12,10 +10,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
 use ferry_client::{Client, Event, ShortLink};
 use ferry_proto::v1;
-use procs::*;
+use ferry_testkit::*;
 use tokio::sync::mpsc;
 
 /// NATS + PostgreSQL + gateways + logic nodes.
@@ -30,11 +27,11 @@ struct Cluster {
 
 impl Cluster {
     fn start(gateways: usize, logics: usize) -> Cluster {
-        Self::start_with(gateways, logics, |url| url)
+        Self::start_with(gateways, logics, Db::url)
     }
 
-    /// `pg` may rewrite the PostgreSQL connection string (to go through a [`PgGate`]).
-    fn start_with(gateways: usize, logics: usize, pg: impl FnOnce(String) -> String) -> Cluster {
+    /// `pg` gives the nodes' PostgreSQL connection string (to go through a [`Proxy`]).
+    fn start_with(gateways: usize, logics: usize, pg: impl FnOnce(&Db) -> String) -> Cluster {
         let nats = Nats::start();
         let db = Db::create();
         let dir = tempfile::tempdir().unwrap();
@@ -70,7 +67,7 @@ gateway_expiry_ms = 1500
 "#,
                 dir.path().join("server-key").display(),
                 nats.url(),
-                pg(db.url())
+                pg(&db)
             ),
         )
         .unwrap();
@@ -92,12 +89,12 @@ gateway_expiry_ms = 1500
     }
 
     fn add_logic(&mut self) {
-        let node = Node::spawn(&["logic"], &self.config, "ferry logic ready");
+        let node = crate::node(&["logic"], &self.config, "ferry logic ready");
         self.logics.push(node);
     }
 
     fn add_gateway(&mut self, id: &str) {
-        let node = Node::spawn(&["gateway", "--id", id], &self.config, "ferry gateway");
+        let node = crate::node(&["gateway", "--id", id], &self.config, "ferry gateway");
         self.gateways.push(node);
     }
 
@@ -367,8 +364,7 @@ async fn nats_restarted_system_recovers() {
 
     // NATS goes away with sends in flight and comes back a second later.
     let acked = Arc::new(AtomicUsize::new(0));
-    let _ = c.nats.child.kill();
-    let _ = c.nats.child.wait();
+    c.nats.stop();
     let sends = send_all(&alice, "bob", 20, acked.clone());
     tokio::time::sleep(Duration::from_secs(1)).await;
     c.nats.restart();
@@ -386,58 +382,14 @@ async fn nats_restarted_system_recovers() {
     }
 }
 
-/// A TCP gate in front of PostgreSQL: open, or closed (every connection through it is
-/// cut, new ones are closed at once) — PostgreSQL unreachable.
-struct PgGate {
-    port: u16,
-    open: Arc<std::sync::atomic::AtomicBool>,
-    cut: Arc<tokio::sync::Notify>,
-}
-
-impl PgGate {
-    async fn start() -> PgGate {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let open = Arc::new(std::sync::atomic::AtomicBool::new(true));
-        let cut = Arc::new(tokio::sync::Notify::new());
-        let (o, k) = (open.clone(), cut.clone());
-        tokio::spawn(async move {
-            while let Ok((mut down, _)) = listener.accept().await {
-                if !o.load(Ordering::SeqCst) {
-                    continue; // dropped: closed at once
-                }
-                let k = k.clone();
-                tokio::spawn(async move {
-                    let Ok(mut up) = tokio::net::TcpStream::connect("127.0.0.1:5432").await else {
-                        return;
-                    };
-                    tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut down, &mut up) => {}
-                        _ = k.notified() => {}
-                    }
-                });
-            }
-        });
-        PgGate { port, open, cut }
-    }
-
-    fn close(&self) {
-        self.open.store(false, Ordering::SeqCst);
-        self.cut.notify_waiters();
-    }
-
-    fn reopen(&self) {
-        self.open.store(true, Ordering::SeqCst);
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unreachable_sends_fail_retryably_and_resume() {
-    let gate = PgGate::start().await;
-    let port = gate.port;
-    let c = Cluster::start_with(1, 1, |url| {
-        url.replace("port=5432", &format!("port={port}"))
-    });
+    // A gate in front of PostgreSQL: open, or closed (every connection through it is
+    // cut, new ones are closed at once) — PostgreSQL unreachable.
+    let pg = ferry_testkit::pg::postgres().port;
+    let gate = Proxy::start(([127, 0, 0, 1], pg).into()).await;
+    let port = gate.addr.port();
+    let c = Cluster::start_with(1, 1, |db| db.url_via(port));
     register(&c, &["alice", "bob"]).await;
     let (alice, _alice_ev) = client(&c, 0, "alice").await;
     let (bob, mut bob_ev) = client(&c, 0, "bob").await;
@@ -452,7 +404,8 @@ async fn postgres_unreachable_sends_fail_retryably_and_resume() {
         );
     }
 
-    gate.close();
+    gate.refuse(true);
+    gate.cut();
     // One attempt, not retried: the error must say "try again".
     let msg = v1::SendMsg {
         client_msg_id: ferry_client::new_client_msg_id(),
@@ -477,7 +430,7 @@ async fn postgres_unreachable_sends_fail_retryably_and_resume() {
         !during.is_finished(),
         "acknowledged while PostgreSQL was unreachable"
     );
-    gate.reopen();
+    gate.refuse(false);
     acked.push(
         tokio::time::timeout(Duration::from_secs(30), during)
             .await

@@ -1,13 +1,11 @@
 //! The sync model end to end: order, exactly once, offline delivery, multiple devices,
 //! idempotent retries, and sync over the short link.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use ferry_client::{Client, Event, ShortLink};
 use ferry_proto::{cmd, v1, ProtoMessage};
+use ferry_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousand_messages_each_way_arrive_once_in_order() {
@@ -246,20 +244,14 @@ async fn http_errors_are_protobuf_with_the_right_status() {
         let addr = addr.clone();
         let path = path.to_owned();
         async move {
-            let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            let req = format!(
-                "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            );
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            s.write_all(req.as_bytes()).await.unwrap();
-            s.write_all(&body).await.unwrap();
-            let mut out = Vec::new();
-            s.read_to_end(&mut out).await.unwrap();
-            let text = String::from_utf8_lossy(&out).to_string();
-            let status: u16 = text[9..12].parse().unwrap();
-            let body_at = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-            (status, out[body_at..].to_vec())
+            let a = http_post(
+                &addr,
+                &path,
+                "Content-Type: application/x-protobuf\r\n",
+                &body,
+            )
+            .await;
+            (a.status, a.body)
         }
     };
     let (status, body) = http("/v1/register", vec![0xff, 0xff, 0xff]).await;

@@ -3,16 +3,14 @@
 //! the server stays up and the clients recover. (`bench/faults.sh` runs the same faults
 //! and more with a larger workload.)
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use common::*;
 use ferry::bench::faultproxy::{FaultProxy, Faults};
 use ferry::bench::fulldisk::SmallDisk;
 use ferry_proto::v1::ErrorCode;
 use ferry_proto::{cmd, v1, ProtoMessage};
+use ferry_testkit::*;
 
 /// The next answer to a request (pushes, request id 0, are skipped).
 async fn answer(raw: &mut RawLink) -> Option<ferry_proto::Frame> {

@@ -6,16 +6,14 @@
 //! exactly as before, a replayed RESUME is refused, and a ticket from another key epoch
 //! is refused.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use common::*;
 use ferry_client::{ClientConfig, DeviceState, Event, ShortLink};
 use ferry_proto::resume;
 use ferry_proto::v1::{self, ErrorCode};
-use ferry_proto::{cmd, Frame, ProtoMessage};
+use ferry_proto::{cmd, ProtoMessage};
+use ferry_testkit::*;
 
 /// (full handshakes, resumed, resumes refused) so far on the server's gateway.
 fn handshakes(ts: &TestServer) -> (u64, u64, u64) {
@@ -137,11 +135,6 @@ fn resume_hello(r: &v1::Resumption, token: &str) -> (resume::ClientResume, Bytes
     )
     .unwrap();
     (hs, hello)
-}
-
-fn error_code(f: &Frame) -> ErrorCode {
-    assert_eq!(f.cmd, cmd::ERROR, "expected an ERROR, got {:#04x}", f.cmd);
-    ErrorCode::try_from(v1::Error::decode(f.body.clone()).unwrap().code).unwrap()
 }
 
 /// A full login by hand; the ticket its answer carries.

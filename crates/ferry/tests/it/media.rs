@@ -1,19 +1,16 @@
 //! Media end to end against a real server: chunked uploads, thumbnails first, resume
 //! after a cut, ranged downloads, who may read, and what is refused.
 
-mod common;
-
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use ferry_client::{Account, ClientError, Dest, FriendAction, ShortLink};
 use ferry_proto::upload;
 use ferry_proto::v1::{self, ErrorCode, MediaKind};
 use ferry_proto::ProtoMessage;
+use ferry_testkit::*;
 use sha2::Digest;
 /// A PNG of `w`×`h` noise pixels.
 /// Files under `<data>/media/<sub>`.
@@ -473,41 +470,6 @@ async fn uploads_not_finished_in_time_are_swept_and_finished_ones_stay() {
         .is_empty());
 }
 
-/// A TCP proxy that keeps every byte the client sends through it.
-async fn recording_proxy(upstream: std::net::SocketAddr) -> (String, Arc<Mutex<Vec<u8>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let rec = seen.clone();
-    tokio::spawn(async move {
-        while let Ok((down, _)) = listener.accept().await {
-            let rec = rec.clone();
-            tokio::spawn(async move {
-                let Ok(up) = tokio::net::TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let (mut dr, mut dw) = down.into_split();
-                let (mut ur, mut uw) = up.into_split();
-                let to_server = async move {
-                    let mut buf = vec![0u8; 64 * 1024];
-                    while let Ok(n @ 1..) = dr.read(&mut buf).await {
-                        rec.lock().unwrap().extend_from_slice(&buf[..n]);
-                        if uw.write_all(&buf[..n]).await.is_err() {
-                            return;
-                        }
-                    }
-                };
-                let to_client = async move {
-                    let _ = tokio::io::copy(&mut ur, &mut dw).await;
-                };
-                tokio::join!(to_server, to_client);
-            });
-        }
-    });
-    (addr, seen)
-}
-
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
@@ -516,8 +478,14 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 async fn encrypted_chunks_carry_no_plaintext_and_no_token_on_the_wire() {
     let srv = TestServer::start().await;
     srv.register(&["alice"]).await;
-    let (proxy, seen) = recording_proxy(srv.server.addr()).await;
-    let alice = account(&proxy, "alice").await;
+    // A proxy that keeps every byte the client sends through it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let options = ProxyOptions {
+        record: true,
+        ..Default::default()
+    };
+    let proxy = Proxy::on(listener, srv.server.addr(), options);
+    let alice = account(&proxy.addr.to_string(), "alice").await;
     // Noise with a marker in every 4 KiB: any chunk sent in plain would show one.
     let marker = b"FERRY-PLAINTEXT-MARKER-0123456789";
     let mut data = noise(200_000, 21);
@@ -534,7 +502,7 @@ async fn encrypted_chunks_carry_no_plaintext_and_no_token_on_the_wire() {
         .await
         .unwrap();
     assert_eq!(m.size, data.len() as u64);
-    let wire = seen.lock().unwrap().clone();
+    let wire = proxy.sent();
     let chunks = wire
         .windows(20)
         .filter(|w| w == b"POST /v1/media/chunk")

@@ -3,18 +3,14 @@
 //! folder. Whatever one logic node received, any other serves or resumes: uploads are
 //! finished, downloaded and resumed on nodes that never saw them start.
 
-mod common;
-mod procs;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::*;
 use ferry_client::ShortLink;
 use ferry_proto::upload;
 use ferry_proto::v1::{self, ErrorCode, MediaKind};
-use procs::*;
+use ferry_testkit::*;
 
 /// NATS, PostgreSQL, the shared media folder and the config every node reads.
 struct Cluster {
@@ -78,11 +74,11 @@ media_dir = "{}"
     }
 
     fn logic(&self) -> Node {
-        Node::spawn(&["logic"], &self.config, "ferry logic ready")
+        crate::node(&["logic"], &self.config, "ferry logic ready")
     }
 
     fn gateway(&self, id: &str) -> Node {
-        Node::spawn(&["gateway", "--id", id], &self.config, "ferry gateway")
+        crate::node(&["gateway", "--id", id], &self.config, "ferry gateway")
     }
 
     /// Files in the shared folder's `uploads` or `blobs`.

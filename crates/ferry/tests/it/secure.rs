@@ -3,19 +3,15 @@
 //! hand), a wrong pinned key, tampered and garbage records, plaintext refused, sealed
 //! short-link requests and their replay, trust on first use.
 
-mod common;
-
 use std::time::Duration;
 
 use bytes::BytesMut;
-use common::*;
 use ferry_client::{Client, Security, ShortLink};
 use ferry_proto::frame::encode_msg;
 use ferry_proto::secure;
 use ferry_proto::v1::{self, ErrorCode};
 use ferry_proto::{cmd, sealed, Frame, ProtoMessage, MAX_BODY_LEN};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use ferry_testkit::*;
 
 async fn sealed_token(ts: &TestServer, user: &str) -> String {
     ShortLink::sealed(&ts.addr(), Some(key_of(ts)))
@@ -23,11 +19,6 @@ async fn sealed_token(ts: &TestServer, user: &str) -> String {
         .await
         .unwrap()
         .token
-}
-
-fn error_of(f: &Frame) -> v1::Error {
-    assert_eq!(f.cmd, cmd::ERROR, "expected an ERROR, got {:#04x}", f.cmd);
-    v1::Error::decode(f.body.clone()).unwrap()
 }
 
 /// `from` sends `text` to `to_name` (whose link is `to`): a sealed record of the
@@ -197,12 +188,23 @@ async fn the_long_link_over_long_poll_is_encrypted_too() {
 
 /// A long-poll POST: ((status, session id header), content type, body).
 async fn post_sid(addr: &str, path: &str, body: &[u8]) -> ((u16, Option<String>), String, Vec<u8>) {
-    let (status, head, body) = post(addr, path, "application/x-ferry-frames", body).await;
+    let a = post(addr, path, "application/x-ferry-frames", body).await;
     (
-        (status, header(&head, "ferry-session:")),
-        header(&head, "content-type:").unwrap_or_default(),
+        (a.status, a.header("ferry-session")),
+        a.header("content-type").unwrap_or_default(),
+        a.body,
+    )
+}
+
+/// One HTTP/1.1 POST of `content_type` by hand.
+async fn post(addr: &str, path: &str, content_type: &str, body: &[u8]) -> HttpAnswer {
+    http_post(
+        addr,
+        path,
+        &format!("content-type: {content_type}\r\n"),
         body,
     )
+    .await
 }
 
 #[tokio::test]
@@ -329,36 +331,6 @@ async fn plaintext_is_refused_when_not_allowed() {
     assert_eq!(ts.server.gateway.links(), 0);
 }
 
-/// One HTTP/1.1 POST by hand: (status, the answer's head in lower case, body). Chunked
-/// answers (no content-length) are not used by the routes these tests call.
-async fn post(addr: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, String, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nhost: {addr}\r\ncontent-type: {content_type}\r\n\
-         content-length: {}\r\nconnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut got = Vec::new();
-    // Long enough for a long-poll held by the server (lp_poll_hold_ms).
-    tokio::time::timeout(Duration::from_secs(40), s.read_to_end(&mut got))
-        .await
-        .unwrap()
-        .unwrap();
-    let end = got.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
-    let head = String::from_utf8_lossy(&got[..end]).to_ascii_lowercase();
-    let status = head[9..12].parse().unwrap();
-    (status, head, got[end + 4..].to_vec())
-}
-
-/// A header's value in a lower-cased head (`name` with its colon).
-fn header(head: &str, name: &str) -> Option<String> {
-    head.lines()
-        .find_map(|l| l.strip_prefix(name))
-        .map(|v| v.trim().to_owned())
-}
-
 #[tokio::test]
 async fn sealed_short_link_requests_work_and_a_replay_is_refused() {
     let ts = strict_server().await;
@@ -373,18 +345,19 @@ async fn sealed_short_link_requests_work_and_a_replay_is_refused() {
     assert!(!wire
         .windows(PASSWORD.len())
         .any(|w| w == PASSWORD.as_bytes()));
-    let (status, head, body) = post(&addr, "/v1/register", sealed::CONTENT_TYPE, &wire).await;
-    assert_eq!(status, 200);
+    let a = post(&addr, "/v1/register", sealed::CONTENT_TYPE, &wire).await;
+    assert_eq!(a.status, 200);
     assert_eq!(
-        header(&head, "content-type:").as_deref(),
+        a.header("content-type").as_deref(),
         Some(sealed::CONTENT_TYPE)
     );
     let resp =
-        v1::RegisterResp::decode(&sealed::open_response(&reply, &body).unwrap()[..]).unwrap();
+        v1::RegisterResp::decode(&sealed::open_response(&reply, &a.body).unwrap()[..]).unwrap();
     assert!(resp.user_id > 0);
 
     // The same bytes again: refused, and nothing done twice.
-    let (status, _, body) = post(&addr, "/v1/register", sealed::CONTENT_TYPE, &wire).await;
+    let HttpAnswer { status, body, .. } =
+        post(&addr, "/v1/register", sealed::CONTENT_TYPE, &wire).await;
     assert_eq!(status, 400);
     let e = v1::Error::decode(&body[..]).unwrap();
     assert!(e.message.contains("replayed"), "{}", e.message);
@@ -392,7 +365,8 @@ async fn sealed_short_link_requests_work_and_a_replay_is_refused() {
     // A request sealed ten minutes ago is refused by the clock check.
     let (old, _) =
         sealed::seal_request(&key, "", &req.encode_to_vec(), now_ms() - 600_000).unwrap();
-    let (status, _, body) = post(&addr, "/v1/register", sealed::CONTENT_TYPE, &old).await;
+    let HttpAnswer { status, body, .. } =
+        post(&addr, "/v1/register", sealed::CONTENT_TYPE, &old).await;
     assert_eq!(status, 400);
     assert!(v1::Error::decode(&body[..])
         .unwrap()
@@ -402,19 +376,20 @@ async fn sealed_short_link_requests_work_and_a_replay_is_refused() {
     // Sealed to another key, or tampered: refused, never a panic.
     let other = ferry_proto::secure::StaticKey::generate().unwrap().public;
     let (wrong, _) = sealed::seal_request(&other, "", b"", now_ms()).unwrap();
-    let (status, _, _) = post(&addr, "/v1/register", sealed::CONTENT_TYPE, &wrong).await;
+    let HttpAnswer { status, .. } = post(&addr, "/v1/register", sealed::CONTENT_TYPE, &wrong).await;
     assert_eq!(status, 400);
-    let (status, _, _) = post(&addr, "/v1/register", sealed::CONTENT_TYPE, b"garbage").await;
+    let HttpAnswer { status, .. } =
+        post(&addr, "/v1/register", sealed::CONTENT_TYPE, b"garbage").await;
     assert_eq!(status, 400);
 
     // An error from logic comes back sealed too (the user exists now).
     let (fresh, reply) = sealed::seal_request(&key, "", &req.encode_to_vec(), now_ms()).unwrap();
-    let (status, head, body) = post(&addr, "/v1/register", sealed::CONTENT_TYPE, &fresh).await;
+    let a = post(&addr, "/v1/register", sealed::CONTENT_TYPE, &fresh).await;
     assert_eq!(
-        (status, header(&head, "content-type:").as_deref()),
+        (a.status, a.header("content-type").as_deref()),
         (409, Some(sealed::CONTENT_TYPE))
     );
-    let e = v1::Error::decode(&sealed::open_response(&reply, &body).unwrap()[..]).unwrap();
+    let e = v1::Error::decode(&sealed::open_response(&reply, &a.body).unwrap()[..]).unwrap();
     assert_eq!(e.code, ErrorCode::UserExists as i32);
 
     // The SDK's sealed short link: auth, then a call with the token inside the seal.

@@ -1,14 +1,12 @@
 //! Groups end to end: fan-out to every member once and in one order, membership rules,
 //! recall, offline members, mentions, receipts and typing.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
 use ferry_client::{Account, Client, Event};
 use ferry_proto::v1::{self, group_entry, ErrorCode};
+use ferry_testkit::*;
 use tokio::sync::mpsc::UnboundedReceiver;
 /// Collects group messages (text) from `events` until `n` arrived for `group`.
 async fn group_texts(

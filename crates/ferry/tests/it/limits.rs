@@ -2,34 +2,16 @@
 //! body sizes per method. Every refusal carries RATE_LIMITED (or TOO_LARGE) and a
 //! retry-after.
 
-mod common;
-
-use common::*;
 use ferry_client::ShortLink;
 use ferry_logic::Rate;
 use ferry_proto::v1::{self, ErrorCode};
 use ferry_proto::{cmd, ProtoMessage};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use ferry_testkit::*;
 
-/// One raw HTTP/1.1 POST; returns the whole answer as text (headers) and the body.
+/// One raw HTTP/1.1 POST of a protobuf body; returns the head (as sent) and the body.
 async fn raw_post(addr: &str, path: &str, body: &[u8]) -> (String, Vec<u8>) {
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut all = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), s.read_to_end(&mut all)).await;
-    let split = all
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP answer");
-    (
-        String::from_utf8_lossy(&all[..split]).to_string(),
-        all[split + 4..].to_vec(),
-    )
+    let a = http_post(addr, path, "Content-Type: application/x-protobuf\r\n", body).await;
+    (a.head, a.body)
 }
 
 /// The answer to request `id`, skipping pushes.

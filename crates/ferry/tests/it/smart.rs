@@ -3,20 +3,15 @@
 //! reports, the smart heartbeat under a middlebox that drops idle flows, and bad input
 //! on the new HTTP paths.
 
-mod common;
-
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use common::*;
 use ferry_client::{Client, ClientConfig, DeviceState, Endpoint, Event, ShortLink, Transport};
 use ferry_proto::frame::encode_msg;
 use ferry_proto::{cmd, v1, Frame, ProtoMessage, MAX_BODY_LEN};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use ferry_testkit::*;
+use tokio::net::TcpListener;
 
 /// A listener on `ip`, port chosen by the kernel.
 async fn bind(ip: &str) -> TcpListener {
@@ -27,100 +22,6 @@ async fn bind(ip: &str) -> TcpListener {
 async fn refusing(ip: &str) -> SocketAddr {
     let l = bind(ip).await;
     l.local_addr().unwrap()
-}
-
-/// How a test proxy treats a connection.
-#[derive(Clone)]
-struct ProxyMode {
-    /// Added before forwarding each chunk, both ways.
-    delay: Duration,
-    /// Close connections whose first byte is not an HTTP method (while set).
-    http_only: Arc<AtomicBool>,
-    /// Drop a flow silently once it has been idle this long (a NAT forgetting it).
-    idle_drop: Option<Duration>,
-}
-
-impl ProxyMode {
-    fn plain() -> Self {
-        ProxyMode {
-            delay: Duration::ZERO,
-            http_only: Arc::new(AtomicBool::new(false)),
-            idle_drop: None,
-        }
-    }
-}
-
-/// Forwards every connection accepted on `listener` to `upstream`, as `mode` says.
-fn proxy(listener: TcpListener, upstream: SocketAddr, mode: ProxyMode) {
-    tokio::spawn(async move {
-        loop {
-            let Ok((down, _)) = listener.accept().await else {
-                return;
-            };
-            let mode = mode.clone();
-            tokio::spawn(async move {
-                if mode.http_only.load(Ordering::SeqCst) {
-                    let mut first = [0u8; 1];
-                    let peeked =
-                        tokio::time::timeout(Duration::from_secs(5), down.peek(&mut first)).await;
-                    if !matches!(peeked, Ok(Ok(1))) || !first[0].is_ascii_uppercase() {
-                        return; // Not HTTP: closed.
-                    }
-                }
-                let Ok(up) = TcpStream::connect(upstream).await else {
-                    return;
-                };
-                let (dr, dw) = down.into_split();
-                let (ur, uw) = up.into_split();
-                let flow = Arc::new(Flow {
-                    last: std::sync::Mutex::new(tokio::time::Instant::now()),
-                    dropped: AtomicBool::new(false),
-                });
-                tokio::join!(
-                    pump(dr, uw, flow.clone(), mode.clone()),
-                    pump(ur, dw, flow, mode)
-                );
-            });
-        }
-    });
-}
-
-/// What a proxy knows about one flow.
-struct Flow {
-    last: std::sync::Mutex<tokio::time::Instant>,
-    /// The middlebox forgot the flow: bytes are swallowed both ways.
-    dropped: AtomicBool,
-}
-
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    flow: Arc<Flow>,
-    mode: ProxyMode,
-) {
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = match from.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if let Some(idle) = mode.idle_drop {
-            let mut last = flow.last.lock().unwrap();
-            if last.elapsed() > idle {
-                flow.dropped.store(true, Ordering::SeqCst);
-            }
-            *last = tokio::time::Instant::now();
-        }
-        if flow.dropped.load(Ordering::SeqCst) {
-            continue;
-        }
-        if !mode.delay.is_zero() {
-            tokio::time::sleep(mode.delay).await;
-        }
-        if to.write_all(&buf[..n]).await.is_err() {
-            return;
-        }
-    }
 }
 
 /// A client config with time scaled down: races 0.5 s apart, attempts cut at 4 s.
@@ -157,14 +58,11 @@ async fn races_past_black_holed_refusing_and_slow_endpoints_to_the_good_one() {
     let refused = refusing("127.0.0.5").await;
     let slow_l = bind("127.0.0.3").await;
     let slow = slow_l.local_addr().unwrap();
-    proxy(
-        slow_l,
-        good,
-        ProxyMode {
-            delay: Duration::from_millis(1_500),
-            ..ProxyMode::plain()
-        },
-    );
+    let options = ProxyOptions {
+        delay: Duration::from_millis(1_500),
+        ..Default::default()
+    };
+    let _slow = Proxy::on(slow_l, good, options);
 
     // A device that has a token: the good endpoint, listed last, wins the race.
     let state = signed_in_state(&good.to_string(), "alice").await;
@@ -239,9 +137,8 @@ async fn tcp_blocked_falls_back_to_long_poll_and_moves_back_when_tcp_returns() {
     })
     .await;
     srv.register(&["alice", "bob"]).await;
-    let mode = ProxyMode::plain();
-    mode.http_only.store(true, Ordering::SeqCst);
-    proxy(front, srv.server.addr(), mode.clone());
+    let proxy = Proxy::on(front, srv.server.addr(), ProxyOptions::default());
+    proxy.http_only(true);
 
     let (alice, mut alice_ev) = connect(&srv.addr(), "alice").await;
     let (bob, mut bob_ev) = Client::connect(fast(&front_addr.to_string(), "bob"))
@@ -280,7 +177,7 @@ async fn tcp_blocked_falls_back_to_long_poll_and_moves_back_when_tcp_returns() {
     assert_eq!(bob.endpoint(), on(Transport::Http));
 
     // TCP passes again: the client moves back, and the long-poll session ends.
-    mode.http_only.store(false, Ordering::SeqCst);
+    proxy.http_only(false);
     let ep = event_where(&mut bob_ev, 15, |e| match e {
         Event::Connected { endpoint, .. } if endpoint.transport == Transport::Tcp => Some(endpoint),
         _ => None,
@@ -406,14 +303,11 @@ async fn smart_heartbeat_converges_under_a_middlebox_that_drops_idle_flows() {
     let nat = nat_l.local_addr().unwrap();
     // The middlebox forgets flows idle for more than 1.5 s, silently.
     let t = Duration::from_millis(1_500);
-    proxy(
-        nat_l,
-        srv.server.addr(),
-        ProxyMode {
-            idle_drop: Some(t),
-            ..ProxyMode::plain()
-        },
-    );
+    let options = ProxyOptions {
+        idle_drop: Some(t),
+        ..Default::default()
+    };
+    let _nat = Proxy::on(nat_l, srv.server.addr(), options);
     let mut cfg = fast(&nat.to_string(), "alice");
     cfg.smart.long_poll = false;
     cfg.network = "cell".into();
@@ -467,44 +361,6 @@ async fn smart_heartbeat_converges_under_a_middlebox_that_drops_idle_flows() {
     alice.close().await;
 }
 
-/// One HTTP/1.1 request on a fresh connection; the status and body.
-async fn http_post(addr: &str, path: &str, headers: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: ferry\r\nContent-Length: {}\r\nConnection: close\r\n{headers}\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(body).await.unwrap();
-    let mut resp = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut resp))
-        .await
-        .expect("answer in time")
-        .unwrap();
-    let text = String::from_utf8_lossy(&resp);
-    let status = text[9..12].parse().unwrap();
-    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let head = String::from_utf8_lossy(&resp[..split]).to_ascii_lowercase();
-    let mut body = resp[split..].to_vec();
-    if head.contains("transfer-encoding: chunked") {
-        // Small test bodies: de-chunk.
-        let mut out = Vec::new();
-        let mut rest = &body[..];
-        loop {
-            let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
-            let n =
-                usize::from_str_radix(std::str::from_utf8(&rest[..line_end]).unwrap(), 16).unwrap();
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&rest[line_end + 2..line_end + 2 + n]);
-            rest = &rest[line_end + 2 + n + 2..];
-        }
-        body = out;
-    }
-    (status, body)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_poll_by_hand_and_bad_input_on_the_new_paths() {
     let srv = TestServer::with(|c| {
@@ -529,27 +385,10 @@ async fn long_poll_by_hand_and_bad_input_on_the_new_paths() {
         },
         &mut login,
     );
-    let mut s = TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /v1/lp/open HTTP/1.1\r\nHost: ferry\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        login.len()
-    );
-    s.write_all(head.as_bytes()).await.unwrap();
-    s.write_all(&login).await.unwrap();
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.unwrap();
-    let text = String::from_utf8_lossy(&resp).to_string();
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    let sid = text
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("ferry-session: ")
-                .map(str::to_owned)
-        })
-        .expect("a session id");
-    let split = resp.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
-    let mut frames = BytesMut::from(&resp[split..]);
+    let open = http_post(&addr, "/v1/lp/open", "", &login).await;
+    assert!(open.head.starts_with("HTTP/1.1 200"), "{}", open.head);
+    let sid = open.header("ferry-session").expect("a session id");
+    let mut frames = BytesMut::from(&open.body[..]);
     let f = Frame::parse(&mut frames, MAX_BODY_LEN).unwrap().unwrap();
     assert_eq!(f.cmd, cmd::response(cmd::LOGIN));
     let lr = v1::LoginResp::decode(f.body).unwrap();
@@ -559,9 +398,12 @@ async fn long_poll_by_hand_and_bad_input_on_the_new_paths() {
     );
     let mut hb = BytesMut::new();
     encode_msg(cmd::HEARTBEAT, 7, &v1::Heartbeat { synckey: 0 }, &mut hb);
-    let (st, _) = http_post(&addr, &format!("/v1/lp/send?sid={sid}"), "", &hb).await;
+    let HttpAnswer { status: st, .. } =
+        http_post(&addr, &format!("/v1/lp/send?sid={sid}"), "", &hb).await;
     assert_eq!(st, 204);
-    let (st, body) = http_post(&addr, &format!("/v1/lp/poll?sid={sid}"), "", &[]).await;
+    let HttpAnswer {
+        status: st, body, ..
+    } = http_post(&addr, &format!("/v1/lp/poll?sid={sid}"), "", &[]).await;
     assert_eq!(st, 200);
     let mut got = BytesMut::from(&body[..]);
     let mut seen = Vec::new();
@@ -574,12 +416,14 @@ async fn long_poll_by_hand_and_bad_input_on_the_new_paths() {
     );
     // An empty poll returns after the hold.
     let started = Instant::now();
-    let (st, body) = http_post(&addr, &format!("/v1/lp/poll?sid={sid}"), "", &[]).await;
+    let HttpAnswer {
+        status: st, body, ..
+    } = http_post(&addr, &format!("/v1/lp/poll?sid={sid}"), "", &[]).await;
     assert_eq!((st, body.len()), (200, 0));
     assert!(started.elapsed() >= Duration::from_millis(400));
 
     // Garbage frames on the session: ERROR, then the link (and session) ends.
-    let (st, _) = http_post(
+    let HttpAnswer { status: st, .. } = http_post(
         &addr,
         &format!("/v1/lp/send?sid={sid}"),
         "",
@@ -587,18 +431,21 @@ async fn long_poll_by_hand_and_bad_input_on_the_new_paths() {
     )
     .await;
     assert_eq!(st, 204);
-    let (st, body) = http_post(&addr, &format!("/v1/lp/poll?sid={sid}"), "", &[]).await;
+    let HttpAnswer {
+        status: st, body, ..
+    } = http_post(&addr, &format!("/v1/lp/poll?sid={sid}"), "", &[]).await;
     assert_eq!(st, 200);
     let mut got = BytesMut::from(&body[..]);
     let f = Frame::parse(&mut got, MAX_BODY_LEN)
         .unwrap()
         .expect("an ERROR frame");
     assert_eq!(f.cmd, cmd::ERROR);
-    let (st, _) = http_post(&addr, &format!("/v1/lp/poll?sid={sid}"), "", &[]).await;
+    let HttpAnswer { status: st, .. } =
+        http_post(&addr, &format!("/v1/lp/poll?sid={sid}"), "", &[]).await;
     assert!(st == 410 || st == 404, "{st}");
 
     // A session nobody polls or sends to expires, and is forgotten.
-    let (st, _) = http_post(&addr, "/v1/lp/open", "", &login).await;
+    let HttpAnswer { status: st, .. } = http_post(&addr, "/v1/lp/open", "", &login).await;
     assert_eq!(st, 200);
     assert_eq!(srv.server.gateway.long_poll_sessions(), 1);
     let deadline = Instant::now() + Duration::from_secs(6);
@@ -608,10 +455,12 @@ async fn long_poll_by_hand_and_bad_input_on_the_new_paths() {
     }
 
     // Open: garbage, a frame that is not LOGIN, a bad token, too large.
-    let (st, body) = http_post(&addr, "/v1/lp/open", "", b"hello, is this ferry?").await;
+    let HttpAnswer {
+        status: st, body, ..
+    } = http_post(&addr, "/v1/lp/open", "", b"hello, is this ferry?").await;
     assert_eq!(st, 400);
     assert_eq!(err(&body).code, v1::ErrorCode::BadRequest as i32);
-    let (st, _) = http_post(&addr, "/v1/lp/open", "", &hb).await;
+    let HttpAnswer { status: st, .. } = http_post(&addr, "/v1/lp/open", "", &hb).await;
     assert_eq!(st, 400);
     let mut bad_login = BytesMut::new();
     encode_msg(
@@ -623,11 +472,13 @@ async fn long_poll_by_hand_and_bad_input_on_the_new_paths() {
         },
         &mut bad_login,
     );
-    let (st, body) = http_post(&addr, "/v1/lp/open", "", &bad_login).await;
+    let HttpAnswer {
+        status: st, body, ..
+    } = http_post(&addr, "/v1/lp/open", "", &bad_login).await;
     assert_eq!(st, 401);
     assert_eq!(err(&body).code, v1::ErrorCode::Unauthorized as i32);
     let big = vec![b'x'; 70 * 1024];
-    let (st, _) = http_post(&addr, "/v1/lp/open", "", &big).await;
+    let HttpAnswer { status: st, .. } = http_post(&addr, "/v1/lp/open", "", &big).await;
     assert_eq!(st, 413);
     // Unknown or missing session ids.
     for path in [
@@ -636,13 +487,16 @@ async fn long_poll_by_hand_and_bad_input_on_the_new_paths() {
         "/v1/lp/close?sid=",
         "/v1/lp/poll",
     ] {
-        let (st, body) = http_post(&addr, path, "", &hb).await;
+        let HttpAnswer {
+            status: st, body, ..
+        } = http_post(&addr, path, "", &hb).await;
         assert_eq!(st, 404, "{path}");
         assert_eq!(err(&body).code, v1::ErrorCode::NotFound as i32, "{path}");
     }
 
     // Endpoint list and reports: garbage, no token, too many samples.
-    let (st, _) = http_post(&addr, "/v1/endpoints", "", &[0xff, 0xff, 0xff]).await;
+    let HttpAnswer { status: st, .. } =
+        http_post(&addr, "/v1/endpoints", "", &[0xff, 0xff, 0xff]).await;
     assert_eq!(st, 400);
     let one = v1::EndpointReportReq {
         samples: vec![v1::ConnectSample {
@@ -652,16 +506,21 @@ async fn long_poll_by_hand_and_bad_input_on_the_new_paths() {
             ..Default::default()
         }],
     };
-    let (st, _) = http_post(&addr, "/v1/endpoints/report", "", &one.encode_to_vec()).await;
+    let HttpAnswer { status: st, .. } =
+        http_post(&addr, "/v1/endpoints/report", "", &one.encode_to_vec()).await;
     assert_eq!(st, 401);
     let many = v1::EndpointReportReq {
         samples: vec![one.samples[0].clone(); 33],
     };
     let auth = format!("Authorization: Bearer {tok}\r\n");
-    let (st, body) = http_post(&addr, "/v1/endpoints/report", &auth, &many.encode_to_vec()).await;
+    let HttpAnswer {
+        status: st, body, ..
+    } = http_post(&addr, "/v1/endpoints/report", &auth, &many.encode_to_vec()).await;
     assert_eq!(st, 413);
     assert_eq!(err(&body).code, v1::ErrorCode::TooLarge as i32);
-    let (st, body) = http_post(&addr, "/v1/endpoints/report", &auth, &one.encode_to_vec()).await;
+    let HttpAnswer {
+        status: st, body, ..
+    } = http_post(&addr, "/v1/endpoints/report", &auth, &one.encode_to_vec()).await;
     assert_eq!(st, 200);
     assert_eq!(
         v1::EndpointReportResp::decode(&body[..]).unwrap().accepted,

@@ -1,24 +1,11 @@
 //! Security: token expiry, renewal and revocation.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use ferry_client::{Account, Client, Event, ShortLink};
 use ferry_proto::v1::{self, ErrorCode};
 use ferry_proto::{cmd, ProtoMessage};
-
-fn error_code(f: &ferry_proto::Frame) -> ErrorCode {
-    assert_eq!(
-        f.cmd,
-        cmd::ERROR,
-        "expected an ERROR frame, got 0x{:02x}",
-        f.cmd
-    );
-    let e = v1::Error::decode(f.body.clone()).unwrap();
-    ErrorCode::try_from(e.code).unwrap()
-}
+use ferry_testkit::*;
 
 #[tokio::test]
 async fn expired_tokens_are_refused_and_the_sdk_signs_in_again() {

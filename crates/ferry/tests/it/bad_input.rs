@@ -1,19 +1,12 @@
 //! Bad input gets an error and a closed connection, and never harms anyone else.
 
-mod common;
-
-use common::*;
 use ferry_proto::frame::encode_raw;
 use ferry_proto::{cmd, v1, Frame};
+use ferry_testkit::*;
 
+/// An ERROR frame's code; every refusal says why.
 fn error_code(f: &Frame) -> v1::ErrorCode {
-    assert_eq!(
-        f.cmd,
-        cmd::ERROR,
-        "expected an ERROR frame, got 0x{:02x}",
-        f.cmd
-    );
-    let e: v1::Error = f.decode().unwrap();
+    let e = error_of(f);
     assert!(!e.message.is_empty());
     v1::ErrorCode::try_from(e.code).unwrap()
 }

@@ -1,13 +1,11 @@
 //! The short link's state services end to end through the SDK: friends, avatars,
 //! logout, client log reports, moments — and who may do what.
 
-mod common;
-
 use std::io::Cursor;
 
-use common::*;
 use ferry_client::{Event, FriendAction, ShortLink};
 use ferry_proto::v1::{self, friend_event, moment_event, ErrorCode, FriendState};
+use ferry_testkit::*;
 /// Waits for the next non-message entry.
 async fn next_event(ev: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> v1::entry::Kind {
     event_where(ev, 10, |e| match e {

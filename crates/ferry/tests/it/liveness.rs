@@ -1,12 +1,10 @@
 //! Heartbeats, dead links, reconnects, the login deadline and graceful shutdown.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
 use ferry_client::{Client, Event};
 use ferry_proto::{cmd, v1};
+use ferry_testkit::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_peer_is_dropped_within_the_heartbeat_timeout() {
