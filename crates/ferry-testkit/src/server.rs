@@ -26,12 +26,12 @@ pub fn test_config(data: &std::path::Path) -> Config {
     cfg.gateway.heartbeat_timeout_ms = 5_000;
     cfg.gateway.shutdown_grace_ms = 1_000;
     // Every test client comes from 127.0.0.1: the per-user and per-IP limits have their
-    // own tests (tests/limits.rs) and stay out of the others' way.
+    // own tests (crates/ferry/tests/it/limits.rs) and stay out of the others' way.
     cfg.logic.limits = ferry_logic::LimitsConfig::unlimited();
     cfg.gateway.max_connections_per_ip = 0;
     // Raw-frame and plain short-link helpers stay plaintext (explicitly allowed here);
     // SDK clients still encrypt (they trust the test server's key on first use), and
-    // tests/secure.rs runs servers that refuse plaintext.
+    // tests/it/secure.rs runs servers that refuse plaintext.
     cfg.gateway.allow_plaintext = true;
     cfg
 }
