@@ -19,11 +19,20 @@
 //! dev-dependency cycle ferry → ferry-testkit → ferry that cargo allows for
 //! integration tests).
 //!
+//! One PostgreSQL server per test process: `cargo test` runs each test binary as one
+//! process, so a binary's tests share one server (a database each). A runner that
+//! starts a process per test (cargo-nextest) would start a server per test — it works,
+//! and costs an `initdb` each.
+//!
 //! What it must not do: be a dependency of anything but tests (`[dev-dependencies]`
-//! only — it panics instead of returning errors and starts processes); talk to anything but 127.0.0.1; leave processes or folders
-//! behind (each child is killed on drop, the PostgreSQL server dies with the test
-//! process and its folder is removed at exit or by the next run). It holds no test and
-//! no assertion about Ferry's behaviour: those stay in the tests.
+//! only: it panics instead of returning errors, and starts processes); talk to anything
+//! but 127.0.0.1; leave processes or folders behind (each child is killed on drop, the
+//! PostgreSQL server dies with the test process and its folder is removed at exit or by
+//! the next run). It holds no test: what a test asserts stays in the test, and the kit's
+//! own checks only say that a set-up step worked.
+//!
+//! It uses `unsafe` for a few libc calls (the parent-death signal, `atexit`, the
+//! `postgres` user's ids), so it stays out of a workspace-wide `unsafe_code = "forbid"`.
 
 pub mod pg;
 pub mod procs;
