@@ -8,15 +8,14 @@
 //! [`SocialStore`], [`ReportStore`] and [`GroupStore`], each declared with its rows in a
 //! file of its own (`accounts.rs`, `inbox.rs` …) and implemented by each backend in the
 //! file of the same name (`sqlite/inbox.rs`, `postgres/inbox.rs` …). [`Store`] is all of
-//! them; callers hold an `Arc<dyn Store>` and bring the sub-traits they call into scope
-//! with `use ferry_store::prelude::*`. Both backends pass one conformance suite
-//! (`conformance/`, built with the `conformance` feature for the tests).
+//! them; the logic layer holds an `Arc<dyn Store>`. Both backends pass one conformance
+//! suite (`conformance/`, built with the `conformance` feature for the tests).
 //!
 //! The store owns durability: when [`InboxStore::append_message`] returns, the message
 //! is on disk (fsync'd, group-committed) in the sender's and the recipient's inboxes.
-//! It must not know about connections, frames, pushes, caches or passwords in clear, and
-//! makes no decision of the logic layer's (who may message whom, who may read what): it
-//! keeps what it is given, atomically, and answers queries.
+//! It must not know about connections, frames, pushes, caches or passwords in clear, nor
+//! make the logic layer's decisions (who may message whom, who may read what): it keeps
+//! what it is given, atomically, and answers queries.
 
 mod accounts;
 mod groups;
@@ -42,8 +41,9 @@ pub use reports::{ReportInfo, ReportStore};
 pub use social::{Avatar, FriendChange, FriendList, FriendRow, MomentRow, Reaction, SocialStore};
 pub use sqlite::{Durability, SqliteStore};
 
-/// The traits a caller of the store needs in scope: a method of a sub-trait is callable
-/// on an `Arc<dyn Store>` only with that sub-trait imported.
+/// The store's traits, for code that calls them on a concrete store (`SqliteStore`,
+/// `PgStore`) or a generic one, where a sub-trait's methods need the sub-trait in scope.
+/// (On a `dyn Store` the compiler finds its supertraits' methods without.)
 pub mod prelude {
     pub use crate::{
         AccountStore, GroupStore, InboxStore, MediaStore, ReportStore, SocialStore, Store,

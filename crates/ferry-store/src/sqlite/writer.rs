@@ -16,7 +16,7 @@ use super::BUSY_TIMEOUT;
 use crate::{Result, StoreError};
 
 /// Most writes one transaction takes.
-pub(super) const MAX_BATCH: usize = 1024;
+const MAX_BATCH: usize = 1024;
 /// Writes that may wait for the writer before senders are held back.
 pub(super) const QUEUE: usize = 16 * 1024;
 
