@@ -28,6 +28,7 @@ use ferry_bus::{BusRequest, BusResponse};
 use ferry_proto::upload::{self, TAG_LEN};
 use ferry_proto::{cmd, v1, ProtoMessage};
 use ferry_store::{valid_media_id, MediaMeta};
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::attach::{store_err, Attachments};
@@ -678,16 +679,16 @@ impl Media {
     /// Deletes uploads not finished within `upload_ttl_ms`, every `sweep_interval_ms`,
     /// until `shutdown` fires. In a cluster every logic node sweeps; deleting twice is
     /// harmless.
-    pub fn start_sweep(&self, shutdown: CancellationToken) {
+    pub fn start_sweep(&self, shutdown: CancellationToken) -> Option<JoinHandle<()>> {
         let c = &self.core.cfg.media;
         if c.upload_ttl_ms == 0 || c.sweep_interval_ms == 0 {
-            return;
+            return None;
         }
         let every = Duration::from_millis(c.sweep_interval_ms);
         let ttl = i64::try_from(c.upload_ttl_ms).unwrap_or(i64::MAX);
         let core = self.core.clone();
         let uploads = self.uploads.clone();
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
             let mut tick = tokio::time::interval(every);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -712,13 +713,39 @@ impl Media {
                     Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
                 }
             }
-        });
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LogicConfig;
+    use crate::testing::World;
+
+    #[tokio::test]
+    async fn the_sweep_runs_until_shutdown_fires() {
+        let mut cfg = LogicConfig::default();
+        cfg.media.sweep_interval_ms = 10;
+        let w = World::new(cfg);
+        let attach = Arc::new(Attachments::new(w.core.clone()));
+        let moments = Arc::new(Moments::new(
+            w.core.clone(),
+            w.notifier.clone(),
+            w.friends.clone(),
+            attach.clone(),
+        ));
+        let media = Media::new(w.core.clone(), attach, moments);
+        let shutdown = CancellationToken::new();
+        let sweep = media.start_sweep(shutdown.clone()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!sweep.is_finished(), "ten rounds later it still sweeps");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(1), sweep)
+            .await
+            .expect("the sweep stops when told")
+            .unwrap();
+    }
 
     #[test]
     fn ranges() {

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use ferry_bus::{Bus, BusRequest, BusResponse, Handler, LinkEvent};
 use ferry_proto::{cmd, v1, ProtoMessage};
 use ferry_store::Store;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Accounts;
@@ -192,12 +193,12 @@ impl Drop for Logic {
 
 /// Deletes inbox entries and client log reports past their retention, every hour, until
 /// `shutdown` fires.
-fn spawn_retention(core: Arc<Core>, shutdown: CancellationToken) {
+fn spawn_retention(core: Arc<Core>, shutdown: CancellationToken) -> Option<JoinHandle<()>> {
     let (inbox_days, report_days) = (core.cfg.retention_days, core.cfg.report_retention_days);
     if inbox_days == 0 && report_days == 0 {
-        return;
+        return None;
     }
-    tokio::spawn(async move {
+    Some(tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tokio::select! {
@@ -221,7 +222,7 @@ fn spawn_retention(core: Arc<Core>, shutdown: CancellationToken) {
                 }
             }
         }
-    });
+    }))
 }
 
 /// A request being handled.
@@ -282,5 +283,33 @@ impl Handler for Logic {
 
     async fn gateway_down(&self, gateway_id: &str) {
         self.notifier.gateway_down(gateway_id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::World;
+
+    #[tokio::test]
+    async fn retention_runs_until_shutdown_fires() {
+        let w = World::new(LogicConfig::default());
+        let shutdown = CancellationToken::new();
+        let task = spawn_retention(w.core.clone(), shutdown.clone()).unwrap();
+        // The first round runs at once, the next in an hour.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!task.is_finished(), "it waits for the next round");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("retention stops when told")
+            .unwrap();
+        // Nothing to keep: no task at all.
+        let off = World::new(LogicConfig {
+            retention_days: 0,
+            report_retention_days: 0,
+            ..Default::default()
+        });
+        assert!(spawn_retention(off.core.clone(), CancellationToken::new()).is_none());
     }
 }
