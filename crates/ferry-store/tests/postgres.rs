@@ -1,10 +1,13 @@
-//! Runs the store suite against PostgreSQL: the test process's own throw-away server
+//! Runs the store conformance suite against the cluster's stores — PostgreSQL, and media
+//! with its metadata in PostgreSQL — plus PostgreSQL-only checks (reconnecting, two nodes
+//! writing at once), against the test process's own throw-away PostgreSQL server
 //! (ferry-testkit starts it from the installed server binaries). Each test gets a
 //! database `ferry_t_<random>`, dropped at the end even when the test fails.
 
 use std::sync::Arc;
 
-use ferry_store::{conformance, NewMessage, PgConfig, PgStore, Store};
+use ferry_store::prelude::*;
+use ferry_store::{NewMessage, PgConfig, PgMediaStore, PgStore};
 use ferry_testkit::Db;
 
 /// Runs `test` on a store in a fresh database, then drops the database.
@@ -20,45 +23,31 @@ where
     test(store, cfg.clone()).await;
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                with_db(|store, _| conformance::$name(store)).await;
-            }
-        )*
-        /// Every test of the suite is listed above.
-        const SUITE: &[&str] = &[$(stringify!($name)),*];
-    };
+/// Runs one conformance case on a store in a fresh database.
+async fn with_store<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    with_db(|store, _| case(store)).await;
 }
 
-suite!(
-    users_and_sessions,
-    messages_and_inbox,
-    paging_and_concurrency,
-    synckeys_and_prune,
-    events_share_the_inbox_with_messages,
-    friendships_are_conditional_and_versioned,
-    avatars_and_reports,
-    moments_likes_and_comments,
-    groups_logs_members_and_recall,
-);
-
-#[test]
-fn runs_the_whole_suite() {
-    let src = include_str!("../src/conformance.rs");
-    let missing: Vec<&str> = src
-        .lines()
-        .filter_map(|l| l.strip_prefix("pub async fn "))
-        .filter_map(|l| l.split('(').next())
-        .filter(|name| !SUITE.contains(name))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "conformance tests not run against PostgreSQL: {missing:?}"
-    );
+/// Runs one media conformance case on a PostgreSQL media store in a fresh database, its
+/// bytes in a fresh folder.
+async fn with_media<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn MediaStore>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    with_db(|_, cfg| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let media = PgMediaStore::connect(&cfg, dir.path()).await.unwrap();
+        case(Arc::new(media)).await;
+    })
+    .await;
 }
+
+ferry_store::conformance_tests!(with_store, with_media);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_survives_reconnect_and_migrations_are_idempotent() {

@@ -31,7 +31,7 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use parking_lot::Mutex;
 
-use crate::media::{older_than, promote, read_blob, remove_if_exists, valid_media_id, valid_sha};
+use super::{older_than, promote, read_blob, remove_if_exists, valid_media_id, valid_sha};
 use crate::{MediaMeta, MediaStore, PgConfig, Result, StoreError, UploadKey, Verified};
 
 const SCHEMA: &str = r#"
