@@ -9,8 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ferry_proto::v1::{self, ErrorCode};
-#[cfg(test)]
-use ferry_proto::ProtoMessage;
 
 /// What kind of failure a [`ClientError`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -256,6 +254,8 @@ impl From<std::io::Error> for ClientError {
 
 #[cfg(test)]
 mod tests {
+    use ferry_proto::ProtoMessage;
+
     use super::*;
 
     #[test]

@@ -74,6 +74,10 @@ fn network_changed(shared: &Shared, network: String) {
     smart.network = network;
 }
 
+/// The client's link task, until the app closes the client or logging in becomes
+/// impossible: connect, run the session, and after it ends wait out the back-off
+/// (staying closable; a network change ends the wait) and connect again. `first` hears
+/// how the first login went; later fatal errors reach the app as [`Event::Stopped`].
 pub(crate) async fn drive(
     shared: Arc<Shared>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,

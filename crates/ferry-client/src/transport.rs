@@ -93,10 +93,7 @@ async fn post(
         .header(http::header::CONTENT_TYPE, "application/x-ferry-frames")
         .body(Full::new(body))
         .map_err(ClientError::http_source)?;
-    let resp = http
-        .request(req)
-        .await
-        .map_err(ClientError::http_source)?;
+    let resp = http.request(req).await.map_err(ClientError::http_source)?;
     let (parts, body) = resp.into_parts();
     let body = body
         .collect()
