@@ -81,7 +81,7 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
 
-/// A JPEG thumbnail of at most [`THUMBNAIL_PX`] on its longest side, and the image's
+/// A JPEG thumbnail of at most `THUMBNAIL_PX` on its longest side, and the image's
 /// width and height.
 pub fn thumbnail(image_bytes: &[u8]) -> Result<(Vec<u8>, u32, u32), ClientError> {
     let img = image::load_from_memory(image_bytes)
@@ -162,7 +162,7 @@ impl Account {
     }
 
     /// [`Account::upload_media`] with `in_flight` chunk requests at once (at least 1,
-    /// at most [`UPLOAD_AHEAD`]); each is a request on a keep-alive connection of its own.
+    /// at most `UPLOAD_AHEAD`); each is a request on a keep-alive connection of its own.
     pub async fn upload_media_with(
         &self,
         upload: &v1::MediaCreateResp,
