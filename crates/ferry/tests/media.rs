@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use ferry_client::{Account, ClientError, Dest, FriendAction, ShortLink};
+use ferry_client::{Account, Dest, FriendAction, ShortLink};
 use ferry_proto::upload;
 use ferry_proto::v1::{self, ErrorCode, MediaKind};
 use ferry_proto::ProtoMessage;
@@ -66,11 +66,9 @@ async fn image_thumbnail_and_message_arrive_before_the_original_which_is_byte_id
         .download(&original_id, Duration::ZERO, &|_, _| {})
         .await
     {
-        Err(ClientError::Server {
-            code: ErrorCode::Unavailable,
-            retry_after_ms,
-            ..
-        }) => assert!(retry_after_ms > 0),
+        Err(e) if e.code() == Some(ErrorCode::Unavailable) => {
+            assert!(e.refusal().unwrap().retry_after_ms > 0)
+        }
         other => panic!("the original should still be uploading: {other:?}"),
     }
 
