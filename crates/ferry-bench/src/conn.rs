@@ -38,7 +38,7 @@ pub async fn server_key(server: &str) -> anyhow::Result<Option<[u8; 32]>> {
                 return Ok(None);
             }
             let cfg = match std::env::var("FERRY_BENCH_SERVER_KEY") {
-                Ok(k) => crate::server_key::parse_public(&k).map(Some)?,
+                Ok(k) => ferry_client::Security::pinned_hex(&k)?.key(),
                 Err(_) => ferry_client::fetch_server_key(server)
                     .await
                     .map(Some)

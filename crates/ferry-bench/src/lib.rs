@@ -1,16 +1,28 @@
 //! `ferry bench`: the load generator that holds Ferry to its numbers.
 //!
+//! What it is for: measuring a Ferry server (or an XMPP server, for comparison) from
+//! the outside, the way clients see it — connections and memory, messages per second,
+//! latency, logins, recovery from a crash, media upload, group fan-out, overload, and
+//! loss or duplication under network and disk faults — and printing the figures as a
+//! table and as JSON. The fault proxy ([`faultproxy`]), the full disk ([`fulldisk`]) and
+//! the faults workload ([`faults`]) are also used by the integration tests.
+//!
+//! What it must not do: depend on the `ferry` binary crate (the binary depends on this
+//! one and calls [`run`] and [`worker::run`]), or on the server's role crates — it talks
+//! to servers only over the wire, with the codec (`ferry_proto`) and the SDK
+//! (`ferry_client`), as any client does; reach any address but the loopback ones it is
+//! given; or leave a process behind (every wait is bounded, and a worker exits when its
+//! stdin closes).
+//!
 //! The orchestrator (this module) starts a throw-away `ferry serve` child on loopback
 //! (or uses `--server`), spreads connections over worker processes (the same binary,
 //! re-executed as the hidden `bench-worker` subcommand, at most [`MAX_CONNS_PER_WORKER`]
 //! connections each, because a process may hold at most 20 000 files here), steps them
 //! through phases over stdin, gathers their JSON-line reports from stdout, shows a
-//! progress bar on stderr, prints a table and writes every figure to `--json`.
-//!
-//! Every wait is bounded: a run ends within its duration plus a fixed drain, and a worker
-//! exits when its stdin closes, so no process outlives the run.
-//!
-//! It must not reach anything but the addresses it is given (loopback by default).
+//! progress bar on stderr, prints a table and writes every figure to `--json`. The
+//! server child and the workers are the executable this library runs in
+//! (`std::env::current_exe`): the `ferry` binary, whose `serve` and `bench-worker`
+//! subcommands they use.
 
 pub mod conn;
 pub mod fanout;
