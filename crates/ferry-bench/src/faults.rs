@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::faultproxy::{FaultProxy, Faults};
 use super::fulldisk::SmallDisk;
-use super::p2p::Ledger;
+use super::ledger::{Ledger, Totals};
 use super::report::Report;
 use super::server::OwnServer;
 use super::{BenchArgs, PASSWORD};
@@ -123,9 +123,7 @@ impl Pairs {
         let short = ShortLink::new(short_addr);
         let n = 2 * pairs;
         let users: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
-        for u in &users {
-            super::conn::register_and_auth(&short, u, password).await?;
-        }
+        super::users::sign_in_all(&short, &users, password, |_| {}).await?;
         let mut peers = Vec::new();
         let mut events = Vec::new();
         for u in &users {
@@ -160,11 +158,7 @@ impl Pairs {
                             if m.from == me {
                                 continue;
                             }
-                            if let Some(seq) = m.text.split(' ').next().and_then(|s| s.parse().ok())
-                            {
-                                inn.inner.lock().expect("ledger").receive(seq);
-                                inn.delivered.notify_one();
-                            }
+                            inn.receive_text(&m.text);
                         }
                         Event::Disconnected { .. } => {
                             disc.fetch_add(1, Ordering::Relaxed);
@@ -202,10 +196,7 @@ impl Pairs {
                         .await
                     {
                         Ok(_) => {
-                            let mut b = out.inner.lock().expect("ledger");
-                            if b.acked.set(seq) {
-                                b.acked_n += 1;
-                            }
+                            out.inner.lock().expect("ledger").ack(seq);
                         }
                         Err(e) => {
                             out.inner.lock().expect("ledger").errors += 1;
@@ -276,22 +267,19 @@ impl Pairs {
         })
         .await;
         self.receivers.abort_all();
-        let mut o = Outcome {
+        let t = Totals::of(&self.ledgers);
+        Outcome {
+            sent: t.sent,
+            acked: t.acked,
+            received: t.received,
+            lost: t.lost,
+            duplicated: t.duplicated,
+            // A sender counts a message sent before it is acknowledged: never fewer.
+            unacked: t.sent.saturating_sub(t.acked),
             settle_secs,
             disconnects: self.disconnects.load(Ordering::Relaxed),
             sends_slow: self.slow.load(Ordering::Relaxed),
-            ..Default::default()
-        };
-        for l in &self.ledgers {
-            let b = l.inner.lock().expect("ledger");
-            o.sent += b.sent;
-            o.acked += b.acked_n;
-            o.received += b.received_n;
-            o.lost += b.lost();
-            o.duplicated += b.duplicated;
-            o.unacked += b.sent.saturating_sub(b.acked_n);
         }
-        o
     }
 }
 
