@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::faultproxy::{FaultProxy, Faults};
 use super::fulldisk::SmallDisk;
-use super::ledger::{Ledger, Totals};
+use super::ledger::{self, Ledger, Totals};
 use super::report::Report;
 use super::server::OwnServer;
 use super::{BenchArgs, PASSWORD};
@@ -176,37 +176,17 @@ impl Pairs {
             let (p, slow) = (peers[i].clone(), slow.clone());
             let period = Duration::from_secs_f64(1.0 / rate);
             senders.spawn(async move {
+                // Spread over the period, so the pairs do not all send at once.
                 let offset = period.mul_f64(rand::random::<f64>());
-                let mut tick =
-                    tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut seq = 0u64;
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => {}
-                    }
-                    seq += 1;
-                    out.inner.lock().expect("ledger").sent = seq;
-                    let t = Instant::now();
-                    // Runs to its end: the SDK retries through the fault.
-                    match p
-                        .client
-                        .send_text(&peer, &format!("{seq} fault-bench"))
-                        .await
-                    {
-                        Ok(_) => {
-                            out.inner.lock().expect("ledger").ack(seq);
-                        }
-                        Err(e) => {
-                            out.inner.lock().expect("ledger").errors += 1;
-                            eprintln!("send {seq} failed for good: {e}");
-                        }
-                    }
-                    if t.elapsed() > period.max(Duration::from_secs(1)) {
+                let slow_after = period.max(Duration::from_secs(1));
+                let text = |seq| format!("{seq} fault-bench");
+                let took = |t: Duration| {
+                    if t > slow_after {
                         slow.fetch_add(1, Ordering::Relaxed);
                     }
-                }
+                };
+                let every = (offset, period);
+                ledger::send_steadily(&p.client, &peer, &out, every, stop, text, took).await
             });
         }
         Ok(Pairs {

@@ -1,13 +1,16 @@
 //! Who sent what to whom and what arrived: one [`Ledger`] per direction of a pair of
 //! users, shared by the sender (sent, acknowledged) and the receiver (delivered,
 //! duplicated). The p2p, reconnect and faults scenarios count losses and duplicates
-//! with it, exactly, by each message's sequence number.
+//! with it, exactly, by each message's sequence number; reconnect and faults also
+//! share the steady SDK sender that fills it ([`send_steadily`]).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use ferry_client::Client;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 /// A growable bit set of message seqs.
 #[derive(Debug, Default)]
@@ -133,6 +136,43 @@ impl Totals {
             "duplicated": self.duplicated,
             "errors": self.errors,
         })
+    }
+}
+
+/// Sends `text(seq)` to `peer` with the SDK every `period` (the first after `offset`)
+/// until `stop`, one message at a time: a send runs to its end (the SDK retries it
+/// through any outage), so a slow one delays the next and the stop only keeps the next
+/// from starting. Counts in `out`; `took` hears how long each send took.
+pub async fn send_steadily(
+    client: &Client,
+    peer: &str,
+    out: &Ledger,
+    (offset, period): (Duration, Duration),
+    stop: CancellationToken,
+    text: impl Fn(u64) -> String,
+    mut took: impl FnMut(Duration),
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        seq += 1;
+        out.inner.lock().expect("ledger").sent = seq;
+        let t = Instant::now();
+        match client.send_text(peer, &text(seq)).await {
+            Ok(_) => {
+                out.inner.lock().expect("ledger").ack(seq);
+            }
+            Err(e) => {
+                out.inner.lock().expect("ledger").errors += 1;
+                eprintln!("send {seq} failed for good: {e}");
+            }
+        }
+        took(t.elapsed());
     }
 }
 

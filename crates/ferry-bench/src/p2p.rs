@@ -25,7 +25,7 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -35,12 +35,14 @@ use super::ledger::{self, Ledger, Totals};
 use super::report::{us, Report};
 use super::worker::{Cmd, Counters, Ctx, Out, Spec};
 use super::xmpp::{self, XmppConn};
-use super::{hist, specs, BenchArgs, Proto, Target, Workers, DRAIN, PASSWORD};
+use super::{hist, specs, users, BenchArgs, Proto, Target, Workers, DRAIN, PASSWORD};
 
 const HEARTBEAT: Duration = Duration::from_secs(30);
 /// Request ids: SEND uses the message's seq (below this), the others are above.
 const SYNC_ID: u32 = 0x8000_0000;
 const HEARTBEAT_ID: u32 = 0x4000_0000;
+/// Links a worker connects and logs in at once.
+const LOGINS_IN_FLIGHT: usize = 256;
 /// Pause before a refused SYNC is sent again.
 const SYNC_RETRY: Duration = Duration::from_millis(20);
 
@@ -324,42 +326,37 @@ impl Shared {
 pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
     let creds = ctx.prepare().await?;
     let spec = ctx.spec.clone();
-    loop {
-        match ctx.cmd().await? {
-            Cmd::Connect { .. } => break,
-            Cmd::Stop => return Ok(()),
-            _ => {}
-        }
+    if !ctx.until(|c| matches!(c, Cmd::Connect { .. })).await? {
+        return Ok(());
     }
     let t0 = Instant::now();
-    let limit = Arc::new(Semaphore::new(256));
-    let mut set = JoinSet::new();
-    for (i, cred) in creds.iter().enumerate() {
-        let (spec, cred, limit) = (spec.clone(), cred.clone(), limit.clone());
-        let counters = ctx.counters.clone();
-        set.spawn(async move {
-            let _p = limit.acquire_owned().await;
-            let r = match cred {
+    let login = |i: usize| {
+        let (spec, cred) = (spec.clone(), creds[i].clone());
+        async move {
+            match cred {
                 Some(c) => open(&spec, i, &c).await,
                 None => Err(anyhow::anyhow!("no credentials")),
-            };
-            if r.is_ok() {
-                counters.connected.fetch_add(1, Ordering::Relaxed);
             }
-            (i, r)
-        });
-    }
-    let mut links: Vec<Option<Link>> = (0..spec.users).map(|_| None).collect();
+        }
+    };
+    let counters = ctx.counters.clone();
+    let opened = users::each(spec.users, LOGINS_IN_FLIGHT, login, |r| {
+        if r.is_ok() {
+            counters.connected.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .await?;
     let mut failed = 0;
-    while let Some(r) = set.join_next().await {
-        let (i, r) = r?;
+    let mut links: Vec<Option<Link>> = Vec::with_capacity(spec.users);
+    for r in opened {
         match r {
-            Ok(l) => links[i] = Some(l),
+            Ok(l) => links.push(Some(l)),
             Err(e) => {
                 if failed == 0 {
                     eprintln!("worker {}: login failed: {e:#}", spec.worker);
                 }
                 failed += 1;
+                links.push(None);
             }
         }
     }
@@ -368,12 +365,8 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
         failed,
         secs: t0.elapsed().as_secs_f64(),
     });
-    loop {
-        match ctx.cmd().await? {
-            Cmd::Go => break,
-            Cmd::Stop => return Ok(()),
-            _ => {}
-        }
+    if !ctx.until(|c| matches!(c, Cmd::Go)).await? {
+        return Ok(());
     }
     let shared = Arc::new(Shared {
         hist: Mutex::new(hist::new()),

@@ -159,12 +159,8 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
     if unprepared > 0 {
         bail!("{unprepared} users could not be set up (the first error is above)");
     }
-    loop {
-        match ctx.cmd().await? {
-            Cmd::Connect { .. } => break,
-            Cmd::Stop => return Ok(()),
-            _ => {}
-        }
+    if !ctx.until(|c| matches!(c, Cmd::Connect { .. })).await? {
+        return Ok(());
     }
     let t0 = Instant::now();
     let login =
@@ -190,12 +186,8 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
         failed: 0,
         secs: t0.elapsed().as_secs_f64(),
     });
-    loop {
-        match ctx.cmd().await? {
-            Cmd::Go => break,
-            Cmd::Stop => return Ok(()),
-            _ => {}
-        }
+    if !ctx.until(|c| matches!(c, Cmd::Go)).await? {
+        return Ok(());
     }
     let ledgers: Vec<Arc<Ledger>> = (0..spec.users).map(|_| Arc::default()).collect();
     let stop_send = CancellationToken::new();
@@ -241,29 +233,9 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
         let (out, peer, stop) = (ledgers[i].clone(), spec.user(i ^ 1), stop_send.clone());
         let period = Duration::from_secs_f64(1.0 / spec.rate_per_conn.unwrap_or(1.0));
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut seq = 0u64;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                seq += 1;
-                out.inner.lock().expect("ledger").sent = seq;
-                let text = format!("{seq} {}", unix_s());
-                // The send runs to its end (the SDK retries it through the outage);
-                // the stop only keeps the next one from starting.
-                match p.client.send_text(&peer, &text).await {
-                    Ok(_) => {
-                        out.inner.lock().expect("ledger").ack(seq);
-                    }
-                    Err(e) => {
-                        eprintln!("send failed for good: {e}");
-                        out.inner.lock().expect("ledger").errors += 1;
-                    }
-                }
-            }
+            let text = |seq| format!("{seq} {}", unix_s());
+            let every = (Duration::ZERO, period);
+            ledger::send_steadily(&p.client, &peer, &out, every, stop, text, |_| {}).await
         });
     }
     // Watch for the kill, then for every client to be back and synced.

@@ -164,6 +164,17 @@ impl Ctx {
         self.cmds.recv().await.context("orchestrator gone")
     }
 
+    /// Skips commands until one `want` accepts (true) or a `Stop` (false).
+    pub async fn until(&mut self, want: impl Fn(&Cmd) -> bool) -> anyhow::Result<bool> {
+        loop {
+            match self.cmd().await? {
+                Cmd::Stop => return Ok(false),
+                c if want(&c) => return Ok(true),
+                _ => {}
+            }
+        }
+    }
+
     /// Registers (when needed) and authenticates every user of this worker, many at a
     /// time; returns each user's credential: a device token for Ferry, the password for
     /// XMPP. Users who message their pair partner (p2p, reconnect) are made friends.
