@@ -770,7 +770,10 @@ async fn where_plaintext_is_refused_keyed_chunks_pass_and_plain_ones_do_not() {
     let srv = TestServer::with(|c| c.gateway.allow_plaintext = false).await;
     let addr = srv.addr();
     // Registered over a sealed link: plaintext is refused here.
-    let key = ferry::server_key::parse_public(&srv.server.gateway.public_key_hex()).unwrap();
+    let key = ferry_client::Security::pinned_hex(&srv.server.gateway.public_key_hex())
+        .unwrap()
+        .key()
+        .unwrap();
     ShortLink::sealed(&addr, Some(key))
         .register("alice", PASSWORD)
         .await

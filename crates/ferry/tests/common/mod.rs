@@ -388,7 +388,10 @@ pub async fn strict_server() -> TestServer {
 
 /// The server's public key.
 pub fn key_of(ts: &TestServer) -> [u8; 32] {
-    ferry::server_key::parse_public(&ts.server.gateway.public_key_hex()).unwrap()
+    ferry_client::Security::pinned_hex(&ts.server.gateway.public_key_hex())
+        .unwrap()
+        .key()
+        .unwrap()
 }
 
 /// A client that pins the server's key.
