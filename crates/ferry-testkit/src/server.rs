@@ -80,13 +80,13 @@ pub fn client_config(server: &str, user: &str) -> ClientConfig {
     cfg
 }
 
-pub async fn connect(server: &str, user: &str) -> (Client, mpsc::UnboundedReceiver<Event>) {
+pub async fn connect(server: &str, user: &str) -> (Client, mpsc::Receiver<Event>) {
     Client::connect(client_config(server, user)).await.unwrap()
 }
 
 /// Waits for `n` message entries not sent by `me`, failing after `secs`.
 pub async fn recv_messages(
-    events: &mut mpsc::UnboundedReceiver<Event>,
+    events: &mut mpsc::Receiver<Event>,
     me: &str,
     n: usize,
     secs: u64,
@@ -110,7 +110,7 @@ pub async fn recv_messages(
 }
 
 /// Asserts nothing more arrives for a while.
-pub async fn assert_quiet(events: &mut mpsc::UnboundedReceiver<Event>, me: &str, ms: u64) {
+pub async fn assert_quiet(events: &mut mpsc::Receiver<Event>, me: &str, ms: u64) {
     let deadline = tokio::time::Instant::now() + Duration::from_millis(ms);
     while let Ok(Some(ev)) = tokio::time::timeout_at(deadline, events.recv()).await {
         if let Event::Entry(e) = &ev {
@@ -132,7 +132,7 @@ pub async fn token(addr: &str, user: &str, device: &str) -> String {
 
 /// Waits (up to `secs`) for the first event `pick` accepts, skipping the others.
 pub async fn event_where<T>(
-    events: &mut mpsc::UnboundedReceiver<Event>,
+    events: &mut mpsc::Receiver<Event>,
     secs: u64,
     pick: impl Fn(Event) -> Option<T>,
 ) -> T {
@@ -237,7 +237,10 @@ pub async fn strict_server() -> TestServer {
 
 /// The server's public key.
 pub fn key_of(ts: &TestServer) -> [u8; 32] {
-    ferry::server_key::parse_public(&ts.server.gateway.public_key_hex()).unwrap()
+    ferry_client::Security::pinned_hex(&ts.server.gateway.public_key_hex())
+        .unwrap()
+        .key()
+        .unwrap()
 }
 
 /// A client that pins the server's key.

@@ -104,7 +104,7 @@ gateway_expiry_ms = 1500
 }
 
 /// A client that starts on gateway `first` and knows every gateway.
-async fn client(c: &Cluster, first: usize, user: &str) -> (Client, mpsc::UnboundedReceiver<Event>) {
+async fn client(c: &Cluster, first: usize, user: &str) -> (Client, mpsc::Receiver<Event>) {
     let addrs = c.addrs();
     let mut cfg = client_config(&addrs[first], user);
     cfg.servers = addrs;
@@ -126,7 +126,7 @@ async fn register(c: &Cluster, users: &[&str]) {
 
 /// Receives `n` messages and checks there is no duplicate and nothing more.
 async fn recv_exactly(
-    ev: &mut mpsc::UnboundedReceiver<Event>,
+    ev: &mut mpsc::Receiver<Event>,
     me: &str,
     n: usize,
     secs: u64,

@@ -6,8 +6,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use ferry::bench::faultproxy::{FaultProxy, Faults};
-use ferry::bench::fulldisk::SmallDisk;
+use ferry_bench::faultproxy::{FaultProxy, Faults};
+use ferry_bench::fulldisk::SmallDisk;
 use ferry_proto::v1::ErrorCode;
 use ferry_proto::{cmd, v1, ProtoMessage};
 use ferry_testkit::*;
@@ -205,12 +205,12 @@ async fn a_full_disk_refuses_sends_retryably_and_loses_nothing() {
 
 /// Pairs of SDK clients sending through the fault proxy for `secs`, then the faults
 /// stop and everything settles: nothing acknowledged lost, nothing twice.
-async fn through_the_proxy(faults: Faults, secs: u64) -> (ferry::bench::faults::Outcome, u64) {
+async fn through_the_proxy(faults: Faults, secs: u64) -> (ferry_bench::faults::Outcome, u64) {
     let srv = TestServer::start().await;
     let proxy = FaultProxy::start("127.0.0.1:0", srv.server.addr(), faults)
         .await
         .unwrap();
-    let pairs = ferry::bench::faults::Pairs::start(
+    let pairs = ferry_bench::faults::Pairs::start(
         &srv.addr(),
         &proxy.addr.to_string(),
         "f",

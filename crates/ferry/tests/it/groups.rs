@@ -7,14 +7,9 @@ use std::time::Duration;
 use ferry_client::{Account, Client, Event};
 use ferry_proto::v1::{self, group_entry, ErrorCode};
 use ferry_testkit::*;
-use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::sync::mpsc::Receiver;
 /// Collects group messages (text) from `events` until `n` arrived for `group`.
-async fn group_texts(
-    events: &mut UnboundedReceiver<Event>,
-    group: u64,
-    n: usize,
-    secs: u64,
-) -> Vec<String> {
+async fn group_texts(events: &mut Receiver<Event>, group: u64, n: usize, secs: u64) -> Vec<String> {
     let mut got = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
     while got.len() < n {
@@ -36,7 +31,7 @@ async fn group_texts(
 
 /// Waits for a group entry matching `pred`.
 async fn group_entry_where(
-    events: &mut UnboundedReceiver<Event>,
+    events: &mut Receiver<Event>,
     pred: impl Fn(&v1::GroupEntry) -> bool,
 ) -> v1::GroupEntry {
     event_where(events, 10, |ev| match ev {
@@ -53,7 +48,7 @@ async fn two_hundred_members_get_every_message_once_in_one_order() {
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     srv.register(&refs).await;
     let addr = srv.addr();
-    let mut clients: Vec<(Client, UnboundedReceiver<Event>)> = Vec::new();
+    let mut clients: Vec<(Client, Receiver<Event>)> = Vec::new();
     for n in &names {
         clients.push(connect(&addr, n).await);
     }

@@ -25,9 +25,9 @@ async fn answer(raw: &mut RawLink, id: u32) -> ferry_proto::Frame {
 }
 
 fn retry_after(e: &ferry_client::ClientError) -> u32 {
-    match e {
-        ferry_client::ClientError::Server { retry_after_ms, .. } => *retry_after_ms,
-        other => panic!("not a refusal: {other:?}"),
+    match e.refusal() {
+        Some(r) => r.retry_after_ms,
+        None => panic!("not a refusal: {e:?}"),
     }
 }
 

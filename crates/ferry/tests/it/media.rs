@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_client::{Account, ClientError, Dest, FriendAction, ShortLink};
+use ferry_client::{Account, Dest, FriendAction, ShortLink};
 use ferry_proto::upload;
 use ferry_proto::v1::{self, ErrorCode, MediaKind};
 use ferry_proto::ProtoMessage;
@@ -63,11 +63,9 @@ async fn image_thumbnail_and_message_arrive_before_the_original_which_is_byte_id
         .download(&original_id, Duration::ZERO, &|_, _| {})
         .await
     {
-        Err(ClientError::Server {
-            code: ErrorCode::Unavailable,
-            retry_after_ms,
-            ..
-        }) => assert!(retry_after_ms > 0),
+        Err(e) if e.code() == Some(ErrorCode::Unavailable) => {
+            assert!(e.refusal().unwrap().retry_after_ms > 0)
+        }
         other => panic!("the original should still be uploading: {other:?}"),
     }
 
@@ -740,7 +738,10 @@ async fn where_plaintext_is_refused_keyed_chunks_pass_and_plain_ones_do_not() {
     let srv = TestServer::with(|c| c.gateway.allow_plaintext = false).await;
     let addr = srv.addr();
     // Registered over a sealed link: plaintext is refused here.
-    let key = ferry::server_key::parse_public(&srv.server.gateway.public_key_hex()).unwrap();
+    let key = ferry_client::Security::pinned_hex(&srv.server.gateway.public_key_hex())
+        .unwrap()
+        .key()
+        .unwrap();
     ShortLink::sealed(&addr, Some(key))
         .register("alice", PASSWORD)
         .await

@@ -267,3 +267,39 @@ async fn http_errors_are_protobuf_with_the_right_status() {
         v1::ErrorCode::TooLarge as i32
     );
 }
+
+/// The event channel is bounded: an app that does not drain stalls the SDK, which keeps
+/// the link alive and, once the app drains, syncs what it could not hand over — every
+/// message arrives, once, in order, and the synckey never passes what the app got.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_app_loses_nothing_when_its_event_channel_fills() {
+    let srv = TestServer::start().await;
+    srv.register(&["alice", "bob"]).await;
+    let (alice, _alice_ev) = connect(&srv.addr(), "alice").await;
+    let mut cfg = client_config(&srv.addr(), "bob");
+    cfg.event_capacity = 16;
+    let (bob, mut bob_ev) = Client::connect(cfg).await.unwrap();
+
+    const N: usize = 200;
+    for i in 0..N {
+        alice.send_text("bob", &format!("m{i}")).await.unwrap();
+    }
+    // Bob's app has not read anything: the channel is full, and the synckey stops at
+    // what is in it (the Connected event takes a slot too).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        bob.synckey() < 16,
+        "the synckey ran ahead of the app: {}",
+        bob.synckey()
+    );
+    // The link stayed up and still answers requests while stalled.
+    bob.typing("alice").await.unwrap();
+    let got = recv_messages(&mut bob_ev, "bob", N, 60).await;
+    let texts: Vec<_> = got.iter().map(|(_, m)| m.text.clone()).collect();
+    assert_eq!(texts, (0..N).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    assert!(got.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_quiet(&mut bob_ev, "bob", 300).await;
+    assert_eq!(bob.synckey(), N as u64);
+    alice.close().await;
+    bob.close().await;
+}

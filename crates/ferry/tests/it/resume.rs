@@ -32,7 +32,7 @@ fn pinned_with_state(ts: &TestServer, user: &str, state: &std::path::Path) -> Cl
     cfg
 }
 
-async fn connected(events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) {
+async fn connected(events: &mut tokio::sync::mpsc::Receiver<Event>) {
     event_where(events, 10, |e| {
         matches!(e, Event::Connected { .. }).then_some(())
     })

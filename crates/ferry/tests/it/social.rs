@@ -7,7 +7,7 @@ use ferry_client::{Event, FriendAction, ShortLink};
 use ferry_proto::v1::{self, friend_event, moment_event, ErrorCode, FriendState};
 use ferry_testkit::*;
 /// Waits for the next non-message entry.
-async fn next_event(ev: &mut tokio::sync::mpsc::UnboundedReceiver<Event>) -> v1::entry::Kind {
+async fn next_event(ev: &mut tokio::sync::mpsc::Receiver<Event>) -> v1::entry::Kind {
     event_where(ev, 10, |e| match e {
         Event::Entry(v1::Entry { kind: Some(k), .. })
             if !matches!(k, v1::entry::Kind::Message(_)) =>

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::faultproxy::{FaultProxy, Faults};
 use super::fulldisk::SmallDisk;
-use super::p2p::Ledger;
+use super::ledger::{self, Ledger, Totals};
 use super::report::Report;
 use super::server::OwnServer;
 use super::{BenchArgs, PASSWORD};
@@ -123,9 +123,7 @@ impl Pairs {
         let short = ShortLink::new(short_addr);
         let n = 2 * pairs;
         let users: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
-        for u in &users {
-            super::conn::register_and_auth(&short, u, password).await?;
-        }
+        super::users::sign_in_all(&short, &users, password, |_| {}).await?;
         let mut peers = Vec::new();
         let mut events = Vec::new();
         for u in &users {
@@ -160,11 +158,7 @@ impl Pairs {
                             if m.from == me {
                                 continue;
                             }
-                            if let Some(seq) = m.text.split(' ').next().and_then(|s| s.parse().ok())
-                            {
-                                inn.inner.lock().expect("ledger").receive(seq);
-                                inn.delivered.notify_one();
-                            }
+                            inn.receive_text(&m.text);
                         }
                         Event::Disconnected { .. } => {
                             disc.fetch_add(1, Ordering::Relaxed);
@@ -182,40 +176,17 @@ impl Pairs {
             let (p, slow) = (peers[i].clone(), slow.clone());
             let period = Duration::from_secs_f64(1.0 / rate);
             senders.spawn(async move {
+                // Spread over the period, so the pairs do not all send at once.
                 let offset = period.mul_f64(rand::random::<f64>());
-                let mut tick =
-                    tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
-                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                let mut seq = 0u64;
-                loop {
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tick.tick() => {}
-                    }
-                    seq += 1;
-                    out.inner.lock().expect("ledger").sent = seq;
-                    let t = Instant::now();
-                    // Runs to its end: the SDK retries through the fault.
-                    match p
-                        .client
-                        .send_text(&peer, &format!("{seq} fault-bench"))
-                        .await
-                    {
-                        Ok(_) => {
-                            let mut b = out.inner.lock().expect("ledger");
-                            if b.acked.set(seq) {
-                                b.acked_n += 1;
-                            }
-                        }
-                        Err(e) => {
-                            out.inner.lock().expect("ledger").errors += 1;
-                            eprintln!("send {seq} failed for good: {e}");
-                        }
-                    }
-                    if t.elapsed() > period.max(Duration::from_secs(1)) {
+                let slow_after = period.max(Duration::from_secs(1));
+                let text = |seq| format!("{seq} fault-bench");
+                let took = |t: Duration| {
+                    if t > slow_after {
                         slow.fetch_add(1, Ordering::Relaxed);
                     }
-                }
+                };
+                let every = (offset, period);
+                ledger::send_steadily(&p.client, &peer, &out, every, stop, text, took).await
             });
         }
         Ok(Pairs {
@@ -276,22 +247,19 @@ impl Pairs {
         })
         .await;
         self.receivers.abort_all();
-        let mut o = Outcome {
+        let t = Totals::of(&self.ledgers);
+        Outcome {
+            sent: t.sent,
+            acked: t.acked,
+            received: t.received,
+            lost: t.lost,
+            duplicated: t.duplicated,
+            // A sender counts a message sent before it is acknowledged: never fewer.
+            unacked: t.sent.saturating_sub(t.acked),
             settle_secs,
             disconnects: self.disconnects.load(Ordering::Relaxed),
             sends_slow: self.slow.load(Ordering::Relaxed),
-            ..Default::default()
-        };
-        for l in &self.ledgers {
-            let b = l.inner.lock().expect("ledger");
-            o.sent += b.sent;
-            o.acked += b.acked_n;
-            o.received += b.received_n;
-            o.lost += b.lost();
-            o.duplicated += b.duplicated;
-            o.unacked += b.sent.saturating_sub(b.acked_n);
         }
-        o
     }
 }
 

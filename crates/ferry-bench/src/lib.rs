@@ -1,16 +1,28 @@
 //! `ferry bench`: the load generator that holds Ferry to its numbers.
 //!
+//! What it is for: measuring a Ferry server (or an XMPP server, for comparison) from
+//! the outside, the way clients see it — connections and memory, messages per second,
+//! latency, logins, recovery from a crash, media upload, group fan-out, overload, and
+//! loss or duplication under network and disk faults — and printing the figures as a
+//! table and as JSON. The fault proxy ([`faultproxy`]), the full disk ([`fulldisk`]) and
+//! the faults workload ([`faults`]) are also used by the integration tests.
+//!
+//! What it must not do: depend on the `ferry` binary crate (the binary depends on this
+//! one and calls [`run`] and [`worker::run`]), or on the server's role crates — it talks
+//! to servers only over the wire, with the codec (`ferry_proto`) and the SDK
+//! (`ferry_client`), as any client does; reach any address but the loopback ones it is
+//! given; or leave a process behind (every wait is bounded, and a worker exits when its
+//! stdin closes).
+//!
 //! The orchestrator (this module) starts a throw-away `ferry serve` child on loopback
 //! (or uses `--server`), spreads connections over worker processes (the same binary,
 //! re-executed as the hidden `bench-worker` subcommand, at most [`MAX_CONNS_PER_WORKER`]
 //! connections each, because a process may hold at most 20 000 files here), steps them
 //! through phases over stdin, gathers their JSON-line reports from stdout, shows a
-//! progress bar on stderr, prints a table and writes every figure to `--json`.
-//!
-//! Every wait is bounded: a run ends within its duration plus a fixed drain, and a worker
-//! exits when its stdin closes, so no process outlives the run.
-//!
-//! It must not reach anything but the addresses it is given (loopback by default).
+//! progress bar on stderr, prints a table and writes every figure to `--json`. The
+//! server child and the workers are the executable this library runs in
+//! (`std::env::current_exe`): the `ferry` binary, whose `serve` and `bench-worker`
+//! subcommands they use.
 
 pub mod conn;
 pub mod fanout;
@@ -19,6 +31,7 @@ pub mod faults;
 pub mod fulldisk;
 pub mod hist;
 pub mod idle;
+pub mod ledger;
 pub mod login;
 pub mod media;
 pub mod overload;
@@ -27,6 +40,7 @@ pub mod plot;
 pub mod reconnect;
 pub mod report;
 pub mod server;
+pub mod users;
 pub mod worker;
 pub mod xmpp;
 
@@ -332,6 +346,35 @@ impl Target {
     }
 }
 
+/// One worker [`Spec`] per share of `units` (connections, or pairs: `per_unit` users
+/// each) as [`split`] spreads them.
+pub fn specs(
+    args: &BenchArgs,
+    target: &Target,
+    scenario: &str,
+    (units, per_unit): (usize, usize),
+    rate_per_conn: Option<f64>,
+    window: usize,
+) -> Vec<Spec> {
+    split(args, units, per_unit)
+        .into_iter()
+        .enumerate()
+        .map(|(w, (first, n))| Spec {
+            scenario: scenario.into(),
+            protocol: args.protocol,
+            servers: target.addrs.clone(),
+            worker: w,
+            first_user: per_unit * first,
+            users: per_unit * n,
+            prefix: args.prefix.clone(),
+            password: PASSWORD.into(),
+            domain: args.xmpp_domain.clone(),
+            rate_per_conn,
+            window,
+        })
+        .collect()
+}
+
 /// Splits `units` (connections, or pairs of two) over worker processes.
 pub fn split(args: &BenchArgs, units: usize, conns_per_unit: usize) -> Vec<(usize, usize)> {
     let per_worker = (MAX_CONNS_PER_WORKER / conns_per_unit).max(1);
@@ -398,6 +441,85 @@ impl Workers {
             rx,
             progress: vec![Out::default(); n],
         })
+    }
+
+    /// Starts a worker per spec and waits (30 min at most) until each has set up its
+    /// users, counting them on a progress bar: the workers, the bar (for the phases
+    /// after), and how many users could not be set up.
+    pub async fn prepared(specs: Vec<Spec>) -> anyhow::Result<(Workers, ProgressBar, u64)> {
+        let users: usize = specs.iter().map(|s| s.users).sum();
+        let mut w = Workers::spawn(specs).await?;
+        let pb = bar(users as u64, "preparing users");
+        let outs = w
+            .wait_all(
+                "prepare",
+                Duration::from_secs(1800),
+                |o| matches!(o, Out::Prepared { .. }),
+                |w| pb.set_position(w.sum(Out::done)),
+            )
+            .await?;
+        let failed = outs
+            .iter()
+            .map(|o| match o {
+                Out::Prepared { failed } => *failed,
+                _ => 0,
+            })
+            .sum();
+        Ok((w, pb, failed))
+    }
+
+    /// Tells every worker to connect step `step` of `steps` and waits (10 min at most)
+    /// until each has: connected and failed, summed over the workers. `pb`, when given,
+    /// counts the connections meanwhile.
+    pub async fn connect(
+        &mut self,
+        what: &str,
+        (step, steps): (usize, usize),
+        pb: Option<&ProgressBar>,
+    ) -> anyhow::Result<(u64, u64)> {
+        self.send(&Cmd::Connect { step, steps }).await?;
+        let outs = self
+            .wait_all(
+                what,
+                Duration::from_secs(600),
+                |o| matches!(o, Out::Connected { .. }),
+                |w| {
+                    if let Some(pb) = pb {
+                        pb.set_position(w.sum(Out::connected));
+                    }
+                },
+            )
+            .await?;
+        let (mut connected, mut failed) = (0, 0);
+        for o in &outs {
+            if let Out::Connected { n, failed: f, .. } = o {
+                connected += n;
+                failed += f;
+            }
+        }
+        Ok((connected, failed))
+    }
+
+    /// Stops the load, gathers every worker's figures (`timeout` at most) and reaps
+    /// the workers.
+    pub async fn results(mut self, timeout: Duration) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.send(&Cmd::Stop).await?;
+        let outs = self
+            .wait_all(
+                "report",
+                timeout,
+                |o| matches!(o, Out::Result { .. }),
+                |_| {},
+            )
+            .await?;
+        self.finish().await;
+        Ok(outs
+            .into_iter()
+            .filter_map(|o| match o {
+                Out::Result { value } => Some(value),
+                _ => None,
+            })
+            .collect())
     }
 
     pub fn len(&self) -> usize {

@@ -20,9 +20,12 @@ use ferry_proto::{cmd, ProtoMessage};
 use serde_json::json;
 use std::sync::Mutex;
 
-use super::conn::{register_and_auth, FerryConn, IO_TIMEOUT};
+use super::conn::{FerryConn, IO_TIMEOUT};
 use super::report::{us, Report};
-use super::{bar, hist, BenchArgs, Target, MAX_CONNS_PER_WORKER, PASSWORD};
+use super::{bar, hist, users, BenchArgs, Target, MAX_CONNS_PER_WORKER, PASSWORD};
+
+/// Member links connecting and logging in at once.
+const LOGINS_IN_FLIGHT: usize = 256;
 
 /// What the members saw of one message.
 #[derive(Default)]
@@ -84,21 +87,9 @@ async fn measure(
         .map(|i| format!("{}g{i}", args.prefix))
         .collect();
 
-    // Accounts and tokens, 64 at a time.
+    // Accounts and tokens.
     let pb = bar(members as u64, "register + auth");
-    let mut tokens = vec![String::new(); members];
-    for chunk in (0..members).collect::<Vec<_>>().chunks(64) {
-        let mut set = tokio::task::JoinSet::new();
-        for &i in chunk {
-            let (short, name) = (short.clone(), names[i].clone());
-            set.spawn(async move { (i, register_and_auth(&short, &name, PASSWORD).await) });
-        }
-        while let Some(r) = set.join_next().await {
-            let (i, auth) = r?;
-            tokens[i] = auth?.token;
-            pb.inc(1);
-        }
-    }
+    let tokens = users::sign_in_all(&short, &names, PASSWORD, |_| pb.inc(1)).await?;
     pb.finish_and_clear();
 
     // The group: member 0 owns it; the rest are added in batches (bodies stay small).
@@ -129,22 +120,18 @@ async fn measure(
     // Every member on its own link, reading GROUP_NOTIFY.
     let tally = Arc::new(Tally::default());
     let pb = bar(members as u64, "connect + login");
-    let mut links = Vec::with_capacity(members);
-    for chunk in tokens.chunks(256) {
-        let mut set = tokio::task::JoinSet::new();
-        for token in chunk {
-            let (addr, token) = (addr.clone(), token.clone());
-            set.spawn(async move {
-                let mut c = FerryConn::connect(&addr).await?;
-                c.login(&token, 0).await?;
-                anyhow::Ok(c)
-            });
+    let login = |i: usize| {
+        let (addr, token) = (addr.clone(), tokens[i].clone());
+        async move {
+            let mut c = FerryConn::connect(&addr).await?;
+            c.login(&token, 0).await?;
+            anyhow::Ok(c)
         }
-        while let Some(r) = set.join_next().await {
-            links.push(r??);
-            pb.inc(1);
-        }
-    }
+    };
+    let mut links = users::each(members, LOGINS_IN_FLIGHT, login, |_| pb.inc(1))
+        .await?
+        .into_iter()
+        .collect::<anyhow::Result<Vec<_>>>()?;
     pb.finish_and_clear();
     let sender_conn = links.pop().context("no links")?;
     let mut readers = tokio::task::JoinSet::new();

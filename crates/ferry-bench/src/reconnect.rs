@@ -15,14 +15,13 @@ use anyhow::{bail, Context};
 use ferry_client::{Client, ClientConfig, Event};
 use ferry_proto::v1;
 use serde_json::json;
-use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::p2p::Ledger;
+use super::ledger::{self, Ledger, Totals};
 use super::report::Report;
-use super::worker::{Cmd, Ctx, Out, Spec};
-use super::{bar, split, unix_s, BenchArgs, Target, Workers, DRAIN, PASSWORD};
+use super::worker::{Cmd, Ctx, Out};
+use super::{specs, unix_s, users, BenchArgs, Target, Workers, DRAIN, PASSWORD};
 
 /// How long the clients get to come back after the restart.
 const RECOVERY: Duration = Duration::from_secs(60);
@@ -45,42 +44,11 @@ async fn measure(
     pairs: usize,
     rate: f64,
 ) -> anyhow::Result<Report> {
-    let specs: Vec<Spec> = split(args, pairs, 2)
-        .into_iter()
-        .enumerate()
-        .map(|(w, (first, n))| Spec {
-            scenario: "reconnect".into(),
-            protocol: args.protocol,
-            servers: target.addrs.clone(),
-            worker: w,
-            first_user: 2 * first,
-            users: 2 * n,
-            prefix: args.prefix.clone(),
-            password: PASSWORD.into(),
-            domain: args.xmpp_domain.clone(),
-            rate_per_conn: Some(rate),
-            window: 1,
-        })
-        .collect();
+    let specs = specs(args, target, "reconnect", (pairs, 2), Some(rate), 1);
     let clients = 2 * pairs;
-    let mut w = Workers::spawn(specs).await?;
-    let pb = bar(clients as u64, "preparing users");
-    w.wait_all(
-        "prepare",
-        Duration::from_secs(1800),
-        |o| matches!(o, Out::Prepared { .. }),
-        |w| pb.set_position(w.sum(Out::done)),
-    )
-    .await?;
+    let (mut w, pb, _) = Workers::prepared(specs).await?;
     pb.set_message("connecting (SDK)");
-    w.send(&Cmd::Connect { step: 1, steps: 1 }).await?;
-    w.wait_all(
-        "connect",
-        Duration::from_secs(600),
-        |o| matches!(o, Out::Connected { .. }),
-        |w| pb.set_position(w.sum(Out::connected)),
-    )
-    .await?;
+    w.connect("connect", (1, 1), Some(&pb)).await?;
     let own = target
         .own
         .as_mut()
@@ -123,27 +91,16 @@ async fn measure(
         pb.set_position(w.sum(Out::connected));
     }
     pb.set_message("draining");
-    w.send(&Cmd::Stop).await?;
-    let results = w
-        .wait_all(
-            "report",
-            DRAIN + Duration::from_secs(20),
-            |o| matches!(o, Out::Result { .. }),
-            |_| {},
-        )
-        .await?;
-    w.finish().await;
+    let results = w.results(DRAIN + Duration::from_secs(20)).await?;
     pb.finish_and_clear();
     let mut tot = json!({});
     let mut back: f64 = restarted;
-    for o in &results {
-        if let Out::Result { value } = o {
-            for k in ["sent", "acked", "received", "lost", "duplicated", "errors"] {
-                let v = tot[k].as_u64().unwrap_or(0) + value[k].as_u64().unwrap_or(0);
-                tot[k] = json!(v);
-            }
-            back = back.max(value["back_at"].as_f64().unwrap_or(restarted));
+    for value in &results {
+        for k in ["sent", "acked", "received", "lost", "duplicated", "errors"] {
+            let v = tot[k].as_u64().unwrap_or(0) + value[k].as_u64().unwrap_or(0);
+            tot[k] = json!(v);
         }
+        back = back.max(value["back_at"].as_f64().unwrap_or(restarted));
     }
     let mut r = Report::new(format!(
         "reconnect · ferry · {clients} SDK clients · server SIGKILLed and restarted"
@@ -196,74 +153,41 @@ struct Peer {
 
 pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
     let spec = ctx.spec.clone();
-    // Users exist before the SDK logs in with their passwords.
-    let short = super::conn::short(spec.server(0)).await?;
-    let limit = Arc::new(Semaphore::new(32));
-    let mut set = JoinSet::new();
-    for i in 0..spec.users {
-        let (short, user, limit) = (short.clone(), spec.user(i), limit.clone());
-        set.spawn(async move {
-            let _p = limit.acquire_owned().await;
-            (
-                i,
-                super::conn::register_and_auth(&short, &user, PASSWORD).await,
-            )
-        });
+    // Users exist, and are friends, before the SDK logs in with their passwords.
+    let creds = ctx.prepare().await?;
+    let unprepared = creds.iter().filter(|c| c.is_none()).count();
+    if unprepared > 0 {
+        bail!("{unprepared} users could not be set up (the first error is above)");
     }
-    let mut tokens = vec![String::new(); spec.users];
-    while let Some(r) = set.join_next().await {
-        let (k, a) = r?;
-        tokens[k] = a?.token;
-    }
-    for k in (0..spec.users.saturating_sub(1)).step_by(2) {
-        super::conn::befriend(
-            &short,
-            (&spec.user(k), &tokens[k]),
-            (&spec.user(k + 1), &tokens[k + 1]),
-        )
-        .await?;
-    }
-    drop(short);
-    ctx.emit(Out::Prepared { failed: 0 });
-    loop {
-        match ctx.cmd().await? {
-            Cmd::Connect { .. } => break,
-            Cmd::Stop => return Ok(()),
-            _ => {}
-        }
+    if !ctx.until(|c| matches!(c, Cmd::Connect { .. })).await? {
+        return Ok(());
     }
     let t0 = Instant::now();
-    let mut set = JoinSet::new();
-    for i in 0..spec.users {
-        let (spec, limit) = (spec.clone(), limit.clone());
-        set.spawn(async move {
-            let _p = limit.acquire_owned().await;
-            let cfg = ClientConfig::new(spec.server(i), spec.user(i), PASSWORD);
-            (i, Client::connect(cfg).await)
-        });
-    }
-    let mut peers: Vec<Option<(Arc<Peer>, _)>> = (0..spec.users).map(|_| None).collect();
-    while let Some(r) = set.join_next().await {
-        let (i, r) = r?;
+    let login =
+        |i: usize| Client::connect(ClientConfig::new(spec.server(i), spec.user(i), PASSWORD));
+    let counters = ctx.counters.clone();
+    let logged_in = users::each(spec.users, users::IN_FLIGHT, login, |r| {
+        if r.is_ok() {
+            counters.connected.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .await?;
+    let mut peers = Vec::with_capacity(spec.users);
+    for (i, r) in logged_in.into_iter().enumerate() {
         let (client, events) = r.with_context(|| format!("SDK login of {}", spec.user(i)))?;
-        ctx.counters.connected.fetch_add(1, Ordering::Relaxed);
         let p = Arc::new(Peer {
             client,
             logins: AtomicU64::new(1),
         });
-        peers[i] = Some((p, events));
+        peers.push(Some((p, events)));
     }
     ctx.emit(Out::Connected {
         n: spec.users as u64,
         failed: 0,
         secs: t0.elapsed().as_secs_f64(),
     });
-    loop {
-        match ctx.cmd().await? {
-            Cmd::Go => break,
-            Cmd::Stop => return Ok(()),
-            _ => {}
-        }
+    if !ctx.until(|c| matches!(c, Cmd::Go)).await? {
+        return Ok(());
     }
     let ledgers: Vec<Arc<Ledger>> = (0..spec.users).map(|_| Arc::default()).collect();
     let stop_send = CancellationToken::new();
@@ -285,14 +209,8 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
                 match ev {
                     Event::Entry(e) => {
                         if let Some(v1::entry::Kind::Message(m)) = e.kind {
-                            if m.from != me {
-                                if let Some((seq, _)) = m.text.split_once(' ') {
-                                    if let Ok(seq) = seq.parse() {
-                                        if inn.inner.lock().expect("ledger").receive(seq) {
-                                            counters.done.fetch_add(1, Ordering::Relaxed);
-                                        }
-                                    }
-                                }
+                            if m.from != me && inn.receive_text(&m.text) {
+                                counters.done.fetch_add(1, Ordering::Relaxed);
                             }
                         }
                     }
@@ -315,31 +233,9 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
         let (out, peer, stop) = (ledgers[i].clone(), spec.user(i ^ 1), stop_send.clone());
         let period = Duration::from_secs_f64(1.0 / spec.rate_per_conn.unwrap_or(1.0));
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(period);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut seq = 0u64;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tick.tick() => {}
-                }
-                seq += 1;
-                out.inner.lock().expect("ledger").sent = seq;
-                let text = format!("{seq} {}", unix_s());
-                // The send runs to its end (the SDK retries it through the outage);
-                // the stop only keeps the next one from starting.
-                match p.client.send_text(&peer, &text).await {
-                    Ok(_) => {
-                        let mut b = out.inner.lock().expect("ledger");
-                        b.acked.set(seq);
-                        b.acked_n += 1;
-                    }
-                    Err(e) => {
-                        eprintln!("send failed for good: {e}");
-                        out.inner.lock().expect("ledger").errors += 1;
-                    }
-                }
-            }
+            let text = |seq| format!("{seq} {}", unix_s());
+            let every = (Duration::ZERO, period);
+            ledger::send_steadily(&p.client, &peer, &out, every, stop, text, |_| {}).await
         });
     }
     // Watch for the kill, then for every client to be back and synced.
@@ -378,43 +274,12 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
         }
     }
     stop_send.cancel();
-    let drain = Instant::now();
-    while drain.elapsed() < DRAIN {
-        if ledgers
-            .iter()
-            .all(|l| l.inner.lock().expect("ledger").settled())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ledger::settle(&ledgers, DRAIN).await;
     end.cancel();
-    let mut tot = [0u64; 6];
-    for l in &ledgers {
-        let b = l.inner.lock().expect("ledger");
-        for (t, v) in tot.iter_mut().zip([
-            b.sent,
-            b.acked_n,
-            b.received_n,
-            b.lost(),
-            b.duplicated,
-            b.errors,
-        ]) {
-            *t += v;
-        }
-    }
-    ctx.emit(Out::Result {
-        value: json!({
-            "sent": tot[0],
-            "acked": tot[1],
-            "received": tot[2],
-            "lost": tot[3],
-            "duplicated": tot[4],
-            "errors": tot[5],
-            "back_at": back_at,
-            "synced_at": synced_at,
-        }),
-    });
+    let mut value = Totals::of(&ledgers).json();
+    value["back_at"] = json!(back_at);
+    value["synced_at"] = json!(synced_at);
+    ctx.emit(Out::Result { value });
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
         for p in &clients {
             p.client.close().await;

@@ -23,6 +23,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::users::{befriend, register_and_auth};
+
 /// Anything a bench connection waits for longer than this has failed.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -38,7 +40,7 @@ pub async fn server_key(server: &str) -> anyhow::Result<Option<[u8; 32]>> {
                 return Ok(None);
             }
             let cfg = match std::env::var("FERRY_BENCH_SERVER_KEY") {
-                Ok(k) => crate::server_key::parse_public(&k).map(Some)?,
+                Ok(k) => ferry_client::Security::pinned_hex(&k)?.key(),
                 Err(_) => ferry_client::fetch_server_key(server)
                     .await
                     .map(Some)
@@ -321,65 +323,6 @@ impl std::error::Error for ResumeRefused {}
 /// Whether `e` is a refused resumption.
 pub fn is_resume_refused(e: &anyhow::Error) -> bool {
     e.is::<ResumeRefused>()
-}
-
-/// Registers `user` (an existing one is fine) and gets a device token.
-pub async fn register_and_auth(
-    short: &ShortLink,
-    user: &str,
-    password: &str,
-) -> anyhow::Result<v1::AuthResp> {
-    let mut pause = Duration::from_millis(50);
-    for attempt in 0..8 {
-        let r = match short.register(user, password).await {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some(ErrorCode::UserExists) => Ok(()),
-            Err(e) => Err(e),
-        };
-        let r = match r {
-            Ok(()) => short.auth(user, password, "bench").await,
-            Err(e) => Err(e),
-        };
-        match r {
-            Ok(a) => return Ok(a),
-            Err(e) if e.is_retryable() && attempt < 7 => {
-                tokio::time::sleep(pause).await;
-                pause *= 2;
-            }
-            Err(e) => return Err(e).with_context(|| format!("registering {user}")),
-        }
-    }
-    bail!("registering {user}: out of attempts")
-}
-
-/// Makes `a` and `b` friends (messaging needs it): each asks the other, and asking
-/// back accepts. Already being friends is fine.
-pub async fn befriend(
-    short: &ShortLink,
-    (a, token_a): (&str, &str),
-    (b, token_b): (&str, &str),
-) -> anyhow::Result<()> {
-    for (token, peer) in [(token_a, b), (token_b, a)] {
-        let req = v1::FriendRequestReq {
-            username: peer.to_owned(),
-            greeting: String::new(),
-        };
-        let mut pause = Duration::from_millis(50);
-        for attempt in 0..8 {
-            match short
-                .call::<_, v1::FriendActionResp>("friends/request", Some(token), &req)
-                .await
-            {
-                Ok(_) => break,
-                Err(e) if e.is_retryable() && attempt < 7 => {
-                    tokio::time::sleep(pause).await;
-                    pause *= 2;
-                }
-                Err(e) => return Err(e).with_context(|| format!("befriending {a} and {b}")),
-            }
-        }
-    }
-    Ok(())
 }
 
 /// `POST /v1/{method}` by hand on a fresh connection, to count the bytes an HTTP client

@@ -36,10 +36,10 @@ use tokio::net::TcpStream;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::conn::{register_and_auth, FerryConn};
+use super::conn::FerryConn;
 use super::report::{us, Report};
 use super::server::OwnServer;
-use super::{hist, BenchArgs, PASSWORD};
+use super::{hist, users, BenchArgs, PASSWORD};
 
 /// Requests one connected link may have unanswered in the open-loop phases.
 const LINK_CAP: usize = 256;
@@ -429,15 +429,11 @@ async fn measure(args: &BenchArgs, o: &OverloadArgs, addr: &str) -> anyhow::Resu
     let prefix = format!("{}o{}-", args.prefix, std::process::id());
     // Users: the connected pairs, then the storm's.
     let n = 2 * o.pairs;
-    let mut tokens = Vec::new();
     eprintln!("overload: preparing {} users", n + o.storm_users);
-    for i in 0..n + o.storm_users {
-        tokens.push(
-            register_and_auth(&short, &format!("{prefix}{i}"), PASSWORD)
-                .await?
-                .token,
-        );
-    }
+    let names: Vec<String> = (0..n + o.storm_users)
+        .map(|i| format!("{prefix}{i}"))
+        .collect();
+    let mut tokens = users::sign_in_all(&short, &names, PASSWORD, |_| {}).await?;
     let storm_tokens = Arc::new(tokens.split_off(n));
     let run_id = u64::from(rand::random::<u32>()) << 32;
     let mut links = Vec::new();

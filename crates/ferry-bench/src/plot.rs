@@ -5,6 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context};
+use plotters::coord::ranged1d::{AsRangedCoord, ValueFormatter};
 use plotters::prelude::*;
 use serde_json::Value;
 
@@ -39,53 +40,37 @@ fn bounds(series: &[Series]) -> (f64, f64, f64, f64) {
 
 /// Lines on linear axes.
 pub fn linear(path: &Path, title: &str, x: &str, y: &str, series: &[Series]) -> anyhow::Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let (x0, x1, _, y1) = bounds(series);
-    let root = SVGBackend::new(path, (860, 520)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(16)
-        .x_label_area_size(46)
-        .y_label_area_size(76)
-        .build_cartesian_2d(x0..x1, 0f64..y1 * 1.1)
-        .map_err(|e| anyhow!("{e}"))?;
-    chart
-        .configure_mesh()
-        .x_desc(x)
-        .y_desc(y)
-        .draw()
-        .map_err(|e| anyhow!("{e}"))?;
-    for (i, (name, pts)) in series.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()];
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-            .map_err(|e| anyhow!("{e}"))?
-            .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(pts.iter().map(|&p| Circle::new(p, 3, c.filled())))
-            .map_err(|e| anyhow!("{e}"))?;
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperLeft)
-        .draw()
-        .map_err(|e| anyhow!("{e}"))?;
-    root.present().map_err(|e| anyhow!("{e}"))?;
-    Ok(())
+    let (_, _, _, y1) = bounds(series);
+    lines(path, (title, x, y), series, 0f64..y1 * 1.1)
 }
 
 /// Lines with a logarithmic y axis (latencies span orders of magnitude).
 pub fn log_y(path: &Path, title: &str, x: &str, y: &str, series: &[Series]) -> anyhow::Result<()> {
+    let (_, _, y0, y1) = bounds(series);
+    lines(
+        path,
+        (title, x, y),
+        series,
+        (y0.max(0.01) * 0.8..y1 * 1.5).log_scale(),
+    )
+}
+
+/// Draws `series` as lines with dots into an SVG file at `path`, the y axis on `ys`
+/// (linear or logarithmic), with a legend.
+fn lines<Y>(
+    path: &Path,
+    (title, x, y): (&str, &str, &str),
+    series: &[Series],
+    ys: Y,
+) -> anyhow::Result<()>
+where
+    Y: AsRangedCoord<Value = f64>,
+    Y::CoordDescType: ValueFormatter<f64>,
+{
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let (x0, x1, y0, y1) = bounds(series);
+    let (x0, x1, _, _) = bounds(series);
     let root = SVGBackend::new(path, (860, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let mut chart = ChartBuilder::on(&root)
@@ -93,7 +78,7 @@ pub fn log_y(path: &Path, title: &str, x: &str, y: &str, series: &[Series]) -> a
         .margin(16)
         .x_label_area_size(46)
         .y_label_area_size(76)
-        .build_cartesian_2d(x0..x1, (y0.max(0.01) * 0.8..y1 * 1.5).log_scale())
+        .build_cartesian_2d(x0..x1, ys)
         .map_err(|e| anyhow!("{e}"))?;
     chart
         .configure_mesh()

@@ -25,21 +25,24 @@ use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{self, FerryConn, SharedChannel};
 use super::idle::proto_name;
+use super::ledger::{self, Ledger, Totals};
 use super::report::{us, Report};
 use super::worker::{Cmd, Counters, Ctx, Out, Spec};
 use super::xmpp::{self, XmppConn};
-use super::{bar, hist, split, BenchArgs, Proto, Target, Workers, DRAIN, PASSWORD};
+use super::{hist, specs, users, BenchArgs, Proto, Target, Workers, DRAIN, PASSWORD};
 
 const HEARTBEAT: Duration = Duration::from_secs(30);
 /// Request ids: SEND uses the message's seq (below this), the others are above.
 const SYNC_ID: u32 = 0x8000_0000;
 const HEARTBEAT_ID: u32 = 0x4000_0000;
+/// Links a worker connects and logs in at once.
+const LOGINS_IN_FLIGHT: usize = 256;
 /// Pause before a refused SYNC is sent again.
 const SYNC_RETRY: Duration = Duration::from_millis(20);
 
@@ -52,74 +55,6 @@ fn at_us(t: Instant) -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     let epoch = *EPOCH.get_or_init(|| Instant::now() - Duration::from_secs(1));
     t.saturating_duration_since(epoch).as_micros() as u64
-}
-
-/// A growable bit set of message seqs.
-#[derive(Debug, Default)]
-pub struct Bits(Vec<u64>);
-
-impl Bits {
-    /// Sets bit `i`; false when it was already set.
-    pub fn set(&mut self, i: u64) -> bool {
-        let (w, b) = ((i / 64) as usize, i % 64);
-        if w >= self.0.len() {
-            self.0.resize(w + 1, 0);
-        }
-        let was = self.0[w] & (1 << b) != 0;
-        self.0[w] |= 1 << b;
-        !was
-    }
-
-    pub fn get(&self, i: u64) -> bool {
-        self.0
-            .get((i / 64) as usize)
-            .is_some_and(|w| w & (1 << (i % 64)) != 0)
-    }
-}
-
-/// One direction of a pair: what the sender sent and had acknowledged, and what the
-/// receiver got.
-#[derive(Debug, Default)]
-pub struct Ledger {
-    pub inner: Mutex<Book>,
-    /// Woken on every delivery (closed-loop credit).
-    pub delivered: Notify,
-}
-
-#[derive(Debug, Default)]
-pub struct Book {
-    pub sent: u64,
-    pub acked: Bits,
-    pub acked_n: u64,
-    pub received: Bits,
-    pub received_n: u64,
-    pub duplicated: u64,
-    pub errors: u64,
-}
-
-impl Book {
-    /// Every sent message is answered and every acknowledged one delivered.
-    pub fn settled(&self) -> bool {
-        self.acked_n + self.errors >= self.sent && self.received_n >= self.acked_n
-    }
-
-    /// Acknowledged (durable) but never delivered.
-    pub fn lost(&self) -> u64 {
-        (1..=self.sent)
-            .filter(|&s| self.acked.get(s) && !self.received.get(s))
-            .count() as u64
-    }
-
-    /// Records a delivery of `seq`; false for a duplicate.
-    pub fn receive(&mut self, seq: u64) -> bool {
-        if self.received.set(seq) {
-            self.received_n += 1;
-            true
-        } else {
-            self.duplicated += 1;
-            false
-        }
-    }
 }
 
 fn text(seq: u64, ts_us: u64) -> String {
@@ -276,49 +211,18 @@ async fn once(
     window: usize,
 ) -> anyhow::Result<Value> {
     let conns = 2 * pairs;
-    let specs: Vec<Spec> = split(args, pairs, 2)
-        .into_iter()
-        .enumerate()
-        .map(|(w, (first, n))| Spec {
-            scenario: "p2p".into(),
-            protocol: args.protocol,
-            servers: target.addrs.clone(),
-            worker: w,
-            first_user: 2 * first,
-            users: 2 * n,
-            prefix: args.prefix.clone(),
-            password: PASSWORD.into(),
-            domain: args.xmpp_domain.clone(),
-            rate_per_conn: rate.map(|r| r / conns as f64),
-            window: window.max(1),
-        })
-        .collect();
-    let mut w = Workers::spawn(specs).await?;
-    let pb = bar(conns as u64, "preparing users");
-    w.wait_all(
-        "prepare",
-        Duration::from_secs(1800),
-        |o| matches!(o, Out::Prepared { .. }),
-        |w| pb.set_position(w.sum(Out::done)),
-    )
-    .await?;
+    let rate_per_conn = rate.map(|r| r / conns as f64);
+    let specs = specs(
+        args,
+        target,
+        "p2p",
+        (pairs, 2),
+        rate_per_conn,
+        window.max(1),
+    );
+    let (mut w, pb, _) = Workers::prepared(specs).await?;
     pb.set_message("connecting");
-    w.send(&Cmd::Connect { step: 1, steps: 1 }).await?;
-    let outs = w
-        .wait_all(
-            "connect",
-            Duration::from_secs(600),
-            |o| matches!(o, Out::Connected { .. }),
-            |w| pb.set_position(w.sum(Out::connected)),
-        )
-        .await?;
-    let login_failed: u64 = outs
-        .iter()
-        .map(|o| match o {
-            Out::Connected { failed, .. } => *failed,
-            _ => 0,
-        })
-        .sum();
+    let (_, login_failed) = w.connect("connect", (1, 1), Some(&pb)).await?;
     let secs = args.duration;
     pb.set_length((secs * 10.0) as u64);
     pb.set_position(0);
@@ -335,41 +239,22 @@ async fn once(
         pb.set_message(format!("{:.0} msgs/s", done / t0.elapsed().as_secs_f64()));
     }
     pb.set_message("draining");
-    w.send(&Cmd::Stop).await?;
-    let results = w
-        .wait_all(
-            "report",
-            DRAIN + Duration::from_secs(20),
-            |o| matches!(o, Out::Result { .. }),
-            |_| {},
-        )
-        .await?;
-    w.finish().await;
+    let results = w.results(DRAIN + Duration::from_secs(20)).await?;
     pb.finish_and_clear();
 
     let mut h = hist::new();
-    let sum = |k: &str| -> u64 {
-        results
-            .iter()
-            .filter_map(|o| match o {
-                Out::Result { value } => value[k].as_u64(),
-                _ => None,
-            })
-            .sum()
-    };
+    let sum = |k: &str| -> u64 { results.iter().filter_map(|v| v[k].as_u64()).sum() };
     let (sent, acked, received) = (sum("sent"), sum("acked"), sum("received"));
     let (lost, duplicated, errors) = (sum("lost"), sum("duplicated"), sum("errors"));
     let links_dropped = sum("links_dropped");
     let mut per_sec = (0.0, 0.0);
     let mut drain_secs: f64 = 0.0;
-    for o in &results {
-        if let Out::Result { value } = o {
-            hist::merge_json(&mut h, &value["hist"]);
-            let win = value["window_secs"].as_f64().unwrap_or(secs).max(1e-9);
-            per_sec.0 += value["delivered_in_window"].as_f64().unwrap_or(0.0) / win;
-            per_sec.1 += value["acked_in_window"].as_f64().unwrap_or(0.0) / win;
-            drain_secs = drain_secs.max(value["drain_secs"].as_f64().unwrap_or(0.0));
-        }
+    for value in &results {
+        hist::merge_json(&mut h, &value["hist"]);
+        let win = value["window_secs"].as_f64().unwrap_or(secs).max(1e-9);
+        per_sec.0 += value["delivered_in_window"].as_f64().unwrap_or(0.0) / win;
+        per_sec.1 += value["acked_in_window"].as_f64().unwrap_or(0.0) / win;
+        drain_secs = drain_secs.max(value["drain_secs"].as_f64().unwrap_or(0.0));
     }
     Ok(json!({
         "pairs": pairs,
@@ -441,42 +326,37 @@ impl Shared {
 pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
     let creds = ctx.prepare().await?;
     let spec = ctx.spec.clone();
-    loop {
-        match ctx.cmd().await? {
-            Cmd::Connect { .. } => break,
-            Cmd::Stop => return Ok(()),
-            _ => {}
-        }
+    if !ctx.until(|c| matches!(c, Cmd::Connect { .. })).await? {
+        return Ok(());
     }
     let t0 = Instant::now();
-    let limit = Arc::new(Semaphore::new(256));
-    let mut set = JoinSet::new();
-    for (i, cred) in creds.iter().enumerate() {
-        let (spec, cred, limit) = (spec.clone(), cred.clone(), limit.clone());
-        let counters = ctx.counters.clone();
-        set.spawn(async move {
-            let _p = limit.acquire_owned().await;
-            let r = match cred {
+    let login = |i: usize| {
+        let (spec, cred) = (spec.clone(), creds[i].clone());
+        async move {
+            match cred {
                 Some(c) => open(&spec, i, &c).await,
                 None => Err(anyhow::anyhow!("no credentials")),
-            };
-            if r.is_ok() {
-                counters.connected.fetch_add(1, Ordering::Relaxed);
             }
-            (i, r)
-        });
-    }
-    let mut links: Vec<Option<Link>> = (0..spec.users).map(|_| None).collect();
+        }
+    };
+    let counters = ctx.counters.clone();
+    let opened = users::each(spec.users, LOGINS_IN_FLIGHT, login, |r| {
+        if r.is_ok() {
+            counters.connected.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .await?;
     let mut failed = 0;
-    while let Some(r) = set.join_next().await {
-        let (i, r) = r?;
+    let mut links: Vec<Option<Link>> = Vec::with_capacity(spec.users);
+    for r in opened {
         match r {
-            Ok(l) => links[i] = Some(l),
+            Ok(l) => links.push(Some(l)),
             Err(e) => {
                 if failed == 0 {
                     eprintln!("worker {}: login failed: {e:#}", spec.worker);
                 }
                 failed += 1;
+                links.push(None);
             }
         }
     }
@@ -485,12 +365,8 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
         failed,
         secs: t0.elapsed().as_secs_f64(),
     });
-    loop {
-        match ctx.cmd().await? {
-            Cmd::Go => break,
-            Cmd::Stop => return Ok(()),
-            _ => {}
-        }
+    if !ctx.until(|c| matches!(c, Cmd::Go)).await? {
+        return Ok(());
     }
     let shared = Arc::new(Shared {
         hist: Mutex::new(hist::new()),
@@ -559,52 +435,22 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
     let acked_in_window = shared.acked.load(Ordering::Relaxed);
     shared.stop_send.cancel();
     let drain_start = Instant::now();
-    while drain_start.elapsed() < DRAIN {
-        if ledgers
-            .iter()
-            .all(|l| l.inner.lock().expect("ledger").settled())
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    ledger::settle(&ledgers, DRAIN).await;
     let drain_secs = drain_start.elapsed().as_secs_f64();
     shared.end.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
         while tasks.join_next().await.is_some() {}
     })
     .await;
-    let mut tot = [0u64; 6];
-    for l in &ledgers {
-        let b = l.inner.lock().expect("ledger");
-        for (t, v) in tot.iter_mut().zip([
-            b.sent,
-            b.acked_n,
-            b.received_n,
-            b.lost(),
-            b.duplicated,
-            b.errors,
-        ]) {
-            *t += v;
-        }
-    }
+    let mut value = Totals::of(&ledgers).json();
     let h = shared.hist.lock().expect("hist");
-    ctx.emit(Out::Result {
-        value: json!({
-            "window_secs": window_secs,
-            "delivered_in_window": delivered_in_window,
-            "acked_in_window": acked_in_window,
-            "drain_secs": drain_secs,
-            "sent": tot[0],
-            "acked": tot[1],
-            "received": tot[2],
-            "lost": tot[3],
-            "duplicated": tot[4],
-            "errors": tot[5],
-            "links_dropped": shared.dropped.load(Ordering::Relaxed),
-            "hist": hist::to_json(&h),
-        }),
-    });
+    value["window_secs"] = json!(window_secs);
+    value["delivered_in_window"] = json!(delivered_in_window);
+    value["acked_in_window"] = json!(acked_in_window);
+    value["drain_secs"] = json!(drain_secs);
+    value["links_dropped"] = json!(shared.dropped.load(Ordering::Relaxed));
+    value["hist"] = hist::to_json(&h);
+    ctx.emit(Out::Result { value });
     Ok(())
 }
 
@@ -687,11 +533,8 @@ async fn ferry_reader(
         match frame.cmd {
             c if c == cmd::response(cmd::SEND) => {
                 let mut b = out.inner.lock().expect("ledger");
-                if b.acked.set(u64::from(frame.req_id)) {
-                    b.acked_n += 1;
-                    if !sh.stop_send.is_cancelled() {
-                        sh.acked.fetch_add(1, Ordering::Relaxed);
-                    }
+                if b.ack(u64::from(frame.req_id)) && !sh.stop_send.is_cancelled() {
+                    sh.acked.fetch_add(1, Ordering::Relaxed);
                 }
             }
             cmd::NOTIFY => {
@@ -879,8 +722,7 @@ async fn writer(
             let mut b = out.inner.lock().expect("ledger");
             b.sent = seq;
             // XMPP has no acknowledgement: a message written is a message sent.
-            b.acked.set(seq);
-            b.acked_n += 1;
+            b.ack(seq);
             if !sh.stop_send.is_cancelled() {
                 sh.acked.fetch_add(1, Ordering::Relaxed);
             }

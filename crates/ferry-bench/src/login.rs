@@ -23,11 +23,11 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use super::conn::{self, FerryConn, Ticket};
-use super::idle::{proto_name, specs};
+use super::idle::proto_name;
 use super::report::{us, Report};
 use super::worker::{Cmd, Ctx, Out, Spec};
 use super::xmpp::{self, XmppConn};
-use super::{bar, hist, BenchArgs, Proto, Target, Workers, PASSWORD};
+use super::{hist, specs, BenchArgs, Proto, Target, Workers, PASSWORD};
 
 pub async fn run(args: &BenchArgs, clients: usize) -> anyhow::Result<Report> {
     let target = Target::new(args).await?;
@@ -45,15 +45,8 @@ async fn measure(args: &BenchArgs, target: &Target, clients: usize) -> anyhow::R
         }
     }
     .context("wire probe")?;
-    let mut w = Workers::spawn(specs(args, target, "login", clients)).await?;
-    let pb = bar(clients as u64, "preparing users");
-    w.wait_all(
-        "prepare",
-        Duration::from_secs(1800),
-        |o| matches!(o, Out::Prepared { .. }),
-        |w| pb.set_position(w.sum(Out::done)),
-    )
-    .await?;
+    let specs = specs(args, target, "login", (clients, 1), None, 1);
+    let (mut w, pb, _) = Workers::prepared(specs).await?;
     // The first pass: a full handshake per client, for the tickets.
     let resume = matches!(args.protocol, Proto::Ferry)
         && conn::resumption_enabled()
@@ -62,25 +55,7 @@ async fn measure(args: &BenchArgs, target: &Target, clients: usize) -> anyhow::R
     if resume {
         pb.set_message("first pass: full handshakes for the tickets");
         let t0 = Instant::now();
-        w.send(&Cmd::Connect { step: 1, steps: 1 }).await?;
-        let outs = w
-            .wait_all(
-                "tickets",
-                Duration::from_secs(600),
-                |o| matches!(o, Out::Connected { .. }),
-                |_| {},
-            )
-            .await?;
-        let (mut n, mut failed) = (0, 0);
-        for o in &outs {
-            if let Out::Connected {
-                n: k, failed: f, ..
-            } = o
-            {
-                n += k;
-                failed += f;
-            }
-        }
+        let (n, failed) = w.connect("tickets", (1, 1), None).await?;
         let took = t0.elapsed().as_secs_f64();
         first_pass = json!({ "tickets": n, "failed": failed, "secs": took });
     }
@@ -98,31 +73,20 @@ async fn measure(args: &BenchArgs, target: &Target, clients: usize) -> anyhow::R
             w.sum(Out::done) as f64 / t0.elapsed().as_secs_f64()
         ));
     }
-    w.send(&Cmd::Stop).await?;
-    let results = w
-        .wait_all(
-            "report",
-            Duration::from_secs(30),
-            |o| matches!(o, Out::Result { .. }),
-            |_| {},
-        )
-        .await?;
-    w.finish().await;
+    let results = w.results(Duration::from_secs(30)).await?;
     pb.finish_and_clear();
 
     let mut h = hist::new();
     let (mut logins, mut failed, mut per_sec) = (0, 0, 0.0);
     let (mut resumed, mut full) = (0, 0);
-    for o in &results {
-        if let Out::Result { value } = o {
-            hist::merge_json(&mut h, &value["hist"]);
-            let n = value["logins"].as_u64().unwrap_or(0);
-            logins += n;
-            failed += value["failed"].as_u64().unwrap_or(0);
-            resumed += value["resumed"].as_u64().unwrap_or(0);
-            full += value["full"].as_u64().unwrap_or(0);
-            per_sec += n as f64 / value["window_secs"].as_f64().unwrap_or(secs).max(1e-9);
-        }
+    for value in &results {
+        hist::merge_json(&mut h, &value["hist"]);
+        let n = value["logins"].as_u64().unwrap_or(0);
+        logins += n;
+        failed += value["failed"].as_u64().unwrap_or(0);
+        resumed += value["resumed"].as_u64().unwrap_or(0);
+        full += value["full"].as_u64().unwrap_or(0);
+        per_sec += n as f64 / value["window_secs"].as_f64().unwrap_or(secs).max(1e-9);
     }
     let latency = hist::summary(&h);
     let mut r = Report::new(format!(

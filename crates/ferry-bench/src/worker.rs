@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use ferry_client::ShortLink;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinSet;
+use tokio::sync::mpsc;
 
-use super::{conn, xmpp, Proto};
+use super::{conn, users, xmpp, Proto};
 
 /// What one worker does.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,8 +43,13 @@ impl Spec {
         format!("{}{}", self.prefix, self.first_user + i)
     }
 
+    /// Which of `servers` user `i` uses.
+    pub fn server_index(&self, i: usize) -> usize {
+        (self.first_user + i) % self.servers.len()
+    }
+
     pub fn server(&self, i: usize) -> &str {
-        &self.servers[(self.first_user + i) % self.servers.len()]
+        &self.servers[self.server_index(i)]
     }
 }
 
@@ -159,76 +164,75 @@ impl Ctx {
         self.cmds.recv().await.context("orchestrator gone")
     }
 
-    /// Registers (when needed) and authenticates every user of this worker, in
-    /// parallel; returns each user's credential: a device token for Ferry, the
-    /// password for XMPP.
+    /// Skips commands until one `want` accepts (true) or a `Stop` (false).
+    pub async fn until(&mut self, want: impl Fn(&Cmd) -> bool) -> anyhow::Result<bool> {
+        loop {
+            match self.cmd().await? {
+                Cmd::Stop => return Ok(false),
+                c if want(&c) => return Ok(true),
+                _ => {}
+            }
+        }
+    }
+
+    /// Registers (when needed) and authenticates every user of this worker, many at a
+    /// time; returns each user's credential: a device token for Ferry, the password for
+    /// XMPP. Users who message their pair partner (p2p, reconnect) are made friends.
     pub async fn prepare(&self) -> anyhow::Result<Vec<Option<String>>> {
         let spec = &self.spec;
-        let limit = Arc::new(Semaphore::new(32));
-        let mut set = JoinSet::new();
-        // XMPP servers have no Ferry key; their users are made over XMPP.
+        let names: Vec<String> = (0..spec.users).map(|i| spec.user(i)).collect();
+        let counters = &self.counters;
+        let tick = |ok: bool| {
+            counters.done.fetch_add(1, Ordering::Relaxed);
+            if !ok {
+                counters.failed.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        // One short link per server, shared by its users (their requests reuse its
+        // connections).
         let key = match spec.protocol {
             Proto::Ferry => conn::server_key(spec.server(0)).await?,
+            // XMPP servers have no Ferry key; their users are made over XMPP.
             Proto::Xmpp => None,
         };
-        let short = ferry_client::ShortLink::sealed(spec.server(0), key);
-        for i in 0..spec.users {
-            let (user, pw, server) = (spec.user(i), spec.password.clone(), spec.server(i));
-            let server = server.to_owned();
-            let limit = limit.clone();
-            let short = if spec.servers.len() == 1 {
-                short.clone()
-            } else {
-                ferry_client::ShortLink::sealed(&server, key)
-            };
-            let (proto, domain) = (spec.protocol, spec.domain.clone());
-            let counters = self.counters.clone();
-            set.spawn(async move {
-                let _permit = limit.acquire_owned().await;
-                let r = match proto {
-                    Proto::Ferry => conn::register_and_auth(&short, &user, &pw)
-                        .await
-                        .map(|a| a.token),
-                    Proto::Xmpp => xmpp::register(&server, &domain, &user, &pw)
-                        .await
-                        .map(|()| pw),
+        let shorts: Vec<ShortLink> = spec
+            .servers
+            .iter()
+            .map(|s| ShortLink::sealed(s, key))
+            .collect();
+        let results = match spec.protocol {
+            Proto::Ferry => {
+                let short = |i| shorts[spec.server_index(i)].clone();
+                users::sign_in(short, &names, &spec.password, tick).await?
+            }
+            Proto::Xmpp => {
+                let task = |i: usize| {
+                    let (server, domain) = (spec.server(i).to_owned(), spec.domain.clone());
+                    let (user, pw) = (names[i].clone(), spec.password.clone());
+                    async move {
+                        xmpp::register(&server, &domain, &user, &pw)
+                            .await
+                            .map(|()| pw)
+                    }
                 };
-                counters.done.fetch_add(1, Ordering::Relaxed);
-                if r.is_err() {
-                    counters.failed.fetch_add(1, Ordering::Relaxed);
-                }
-                (i, r)
-            });
-        }
-        let mut creds = vec![None; spec.users];
+                users::each(spec.users, users::IN_FLIGHT, task, |r| tick(r.is_ok())).await?
+            }
+        };
         let mut first_error = None;
-        while let Some(r) = set.join_next().await {
-            let (i, r) = r.context("prepare task")?;
+        let mut creds = Vec::with_capacity(results.len());
+        for r in results {
             match r {
-                Ok(c) => creds[i] = Some(c),
+                Ok(c) => creds.push(Some(c)),
                 Err(e) => {
                     first_error.get_or_insert(e);
+                    creds.push(None);
                 }
             }
         }
         // Users message their pair partner (2k ↔ 2k+1): Ferry wants them friends.
         if spec.protocol == Proto::Ferry && matches!(spec.scenario.as_str(), "p2p" | "reconnect") {
-            let mut set = JoinSet::new();
-            for i in (0..spec.users.saturating_sub(1)).step_by(2) {
-                let (Some(ta), Some(tb)) = (creds[i].clone(), creds[i + 1].clone()) else {
-                    continue;
-                };
-                let (a, b, limit) = (spec.user(i), spec.user(i + 1), limit.clone());
-                let short = short.clone();
-                set.spawn(async move {
-                    let _permit = limit.acquire_owned().await;
-                    conn::befriend(&short, (&a, &ta), (&b, &tb)).await
-                });
-            }
-            while let Some(r) = set.join_next().await {
-                if let Err(e) = r.context("befriend task")? {
-                    first_error.get_or_insert(e);
-                }
+            if let Err(e) = users::befriend_pairs(&shorts[0], &names, &creds).await {
+                first_error.get_or_insert(e);
             }
         }
         let failed = creds.iter().filter(|c| c.is_none()).count() as u64;

@@ -18,32 +18,12 @@ use super::conn::FerryConn;
 use super::report::Report;
 use super::worker::{Cmd, Counters, Ctx, Out, Spec};
 use super::xmpp::XmppConn;
-use super::{bar, meminfo_kib, sockstat, split, BenchArgs, Proto, Target, Workers, PASSWORD};
+use super::{meminfo_kib, sockstat, specs, BenchArgs, Proto, Target, Workers};
 
 /// Heartbeat interval of an idle connection (Ferry's servers ask for 30 s).
 const HEARTBEAT: Duration = Duration::from_secs(30);
 /// Connects+logins one worker has in flight at once.
 const IN_FLIGHT: usize = 256;
-
-pub fn specs(args: &BenchArgs, target: &Target, scenario: &str, users: usize) -> Vec<Spec> {
-    split(args, users, 1)
-        .into_iter()
-        .enumerate()
-        .map(|(w, (first, n))| Spec {
-            scenario: scenario.into(),
-            protocol: args.protocol,
-            servers: target.addrs.clone(),
-            worker: w,
-            first_user: first,
-            users: n,
-            prefix: args.prefix.clone(),
-            password: PASSWORD.into(),
-            domain: args.xmpp_domain.clone(),
-            rate_per_conn: None,
-            window: 1,
-        })
-        .collect()
-}
 
 /// One memory sample.
 fn sample(target: &Target, connections: u64) -> Value {
@@ -74,23 +54,8 @@ async fn measure(
     connections: usize,
     steps: usize,
 ) -> anyhow::Result<Report> {
-    let mut w = Workers::spawn(specs(args, target, "idle", connections)).await?;
-    let pb = bar(connections as u64, "preparing users");
-    let prepared = w
-        .wait_all(
-            "prepare",
-            Duration::from_secs(1800),
-            |o| matches!(o, Out::Prepared { .. }),
-            |w| pb.set_position(w.sum(Out::done)),
-        )
-        .await?;
-    let prepare_failed: u64 = prepared
-        .iter()
-        .map(|o| match o {
-            Out::Prepared { failed } => *failed,
-            _ => 0,
-        })
-        .sum();
+    let specs = specs(args, target, "idle", (connections, 1), None, 1);
+    let (mut w, pb, prepare_failed) = Workers::prepared(specs).await?;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let before = sample(target, 0);
     let mut points = vec![before.clone()];
@@ -101,24 +66,8 @@ async fn measure(
     let mut login_failed = 0;
     for step in 1..=steps {
         let t0 = Instant::now();
-        w.send(&Cmd::Connect { step, steps }).await?;
-        let outs = w
-            .wait_all(
-                "connect",
-                Duration::from_secs(600),
-                |o| matches!(o, Out::Connected { .. }),
-                |w| pb.set_position(w.sum(Out::connected)),
-            )
-            .await?;
+        (connected, login_failed) = w.connect("connect", (step, steps), Some(&pb)).await?;
         connect_secs += t0.elapsed().as_secs_f64();
-        connected = 0;
-        login_failed = 0;
-        for o in &outs {
-            if let Out::Connected { n, failed, .. } = o {
-                connected += n;
-                login_failed += failed;
-            }
-        }
         pb.set_position(connected);
         // Let the server's allocator settle before reading its memory.
         tokio::time::sleep(Duration::from_secs(1)).await;
@@ -132,27 +81,16 @@ async fn measure(
         pb.set_position(w.sum(Out::connected));
     }
     let end_sample = sample(target, w.sum(Out::connected));
-    w.send(&Cmd::Stop).await?;
-    let results = w
-        .wait_all(
-            "report",
-            Duration::from_secs(30),
-            |o| matches!(o, Out::Result { .. }),
-            |_| {},
-        )
-        .await?;
-    w.finish().await;
+    let results = w.results(Duration::from_secs(30)).await?;
     pb.finish_and_clear();
 
     let mut dropped = 0;
     let mut retries = 0;
     let mut worker_rss = 0;
-    for r in &results {
-        if let Out::Result { value } = r {
-            dropped += value["dropped"].as_u64().unwrap_or(0);
-            retries += value["login_retries"].as_u64().unwrap_or(0);
-            worker_rss += value["worker_rss_kib"].as_u64().unwrap_or(0);
-        }
+    for value in &results {
+        dropped += value["dropped"].as_u64().unwrap_or(0);
+        retries += value["login_retries"].as_u64().unwrap_or(0);
+        worker_rss += value["worker_rss_kib"].as_u64().unwrap_or(0);
     }
     let n = connected.max(1) as f64;
     let rss_delta_kib = num(&after, "server_rss_kib") - num(&before, "server_rss_kib");

@@ -10,11 +10,11 @@ use std::time::Instant;
 use anyhow::Context;
 use bytes::Bytes;
 use ferry_client::{Account, ClientConfig};
-use ferry_proto::v1::{ErrorCode, MediaKind};
+use ferry_proto::v1::MediaKind;
 use serde_json::json;
 
 use super::report::Report;
-use super::{bar, BenchArgs, Target, PASSWORD};
+use super::{bar, users, BenchArgs, Target, PASSWORD};
 
 pub async fn run(
     args: &BenchArgs,
@@ -47,15 +47,7 @@ async fn measure(
 ) -> anyhow::Result<Report> {
     let addr = &target.addrs[0];
     let user = format!("{}media", args.prefix);
-    match super::conn::short(addr)
-        .await?
-        .register(&user, PASSWORD)
-        .await
-    {
-        Ok(_) => {}
-        Err(e) if e.code() == Some(ErrorCode::UserExists) => {}
-        Err(e) => return Err(e).context("registering the bench user"),
-    }
+    users::register(&super::conn::short(addr).await?, &user, PASSWORD).await?;
     let mut cfg = ClientConfig::new(addr, &user, PASSWORD);
     cfg.security = match super::conn::server_key(addr).await? {
         Some(k) => ferry_client::Security::Pinned(k),
