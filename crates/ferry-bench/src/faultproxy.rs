@@ -2,8 +2,8 @@
 //! and no iptables): added delay with jitter, random stalls, byte-level chunking with
 //! slow writes, abrupt cuts (RST to both ends) and half-open flows (forwarding stops in
 //! both directions while both sockets stay open, as when every packet of a flow is
-//! dropped). `ferry bench faults` and `tests/faults.rs` put it between SDK clients and
-//! the server; `ferry bench proxy` runs it alone for manual experiments.
+//! dropped). `ferry bench faults` and `crates/ferry/tests/it/faults.rs` put it between
+//! SDK clients and the server; `ferry bench proxy` runs it alone for manual experiments.
 //!
 //! Each direction of a connection is a reader and a writer joined by a small bounded
 //! queue, so a delay shifts the bytes in time without throttling throughput, and the

@@ -7,7 +7,7 @@
 //! acknowledged, reconnects, and whether the server stayed up. `bench/faults.sh` runs
 //! every fault in turn and prints the table.
 //!
-//! [`Pairs`] is the workload; `tests/faults.rs` drives it too.
+//! [`Pairs`] is the workload; `crates/ferry/tests/it/faults.rs` drives it too.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

@@ -1,6 +1,7 @@
 //! A small file system for a data folder that fills up: a tmpfs of a fixed size mounted
 //! over a temporary folder (root only), a ballast file that takes every free byte, and
-//! freeing it again. `ferry bench faults --fault disk` and `tests/faults.rs` use it.
+//! freeing it again. `ferry bench faults --fault disk` and
+//! `crates/ferry/tests/it/faults.rs` use it.
 //!
 //! The mount is lazily detached when the value is dropped (also after a panic in a
 //! test), so nothing is left mounted behind.
