@@ -103,6 +103,7 @@ impl OwnServer {
     }
 
     /// SIGTERM, then SIGKILL if it has not left within 10 s.
+    #[allow(unsafe_code)] // kill(2)
     pub async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
             // SAFETY: kill(2) with a PID we own (our child, not yet reaped).
