@@ -1,6 +1,8 @@
 //! The short link: `POST /v1/<method>` with a protobuf body, forwarded to logic as the
 //! command the method names. The gateway does not read the bodies; it maps logic's error
-//! codes to HTTP statuses.
+//! codes to HTTP statuses. What it does per command (body limit, GET or POST, whether a
+//! request may skip the seal, whether logic needs the addresses) it reads from the
+//! command table (`ferry_proto::cmd`); it names no command.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -12,8 +14,9 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use bytes::Bytes;
 use ferry_bus::BusRequest;
+use ferry_proto::cmd::{self, Method};
 use ferry_proto::v1::{self, ErrorCode};
-use ferry_proto::{cmd, error_body, sealed, ProtoMessage};
+use ferry_proto::{error_body, sealed, ProtoMessage};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -119,22 +122,22 @@ async fn short_link(
     body: Body,
 ) -> Response {
     gw.stats.http_requests.fetch_add(1, Ordering::Relaxed);
-    let Some(c) = cmd::by_path(&path) else {
+    let Some(c) = cmd::by_path(&path).filter(|c| c.method == Method::Post) else {
         return error(ErrorCode::UnknownCommand, "no such method");
     };
     let limit = match gw.cfg.body_limits.get(path.as_str()) {
         Some(n) => *n,
-        None if cmd::UPLOADS.contains(&c) => gw.cfg.max_upload_bytes,
-        None => gw.cfg.max_http_body_bytes,
+        None => c.body_limit(gw.cfg.max_http_body_bytes, gw.cfg.max_upload_bytes),
     };
     let is_sealed = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() == sealed::CONTENT_TYPE.as_bytes());
-    // A media chunk may come unsealed without a token: its bytes are encrypted under
-    // its upload's key, which is its credential (logic opens it, docs/protocol.md
-    // Media). With a plain token it would be a plaintext request like any other.
-    let keyed_chunk = c == cmd::MEDIA_CHUNK && !headers.contains_key(header::AUTHORIZATION);
-    if !is_sealed && !gw.cfg.allow_plaintext && !keyed_chunk {
+    // A request whose body carries its own key (a media chunk under its upload's key)
+    // may come unsealed without a token: the key is its credential (logic opens it,
+    // docs/protocol.md Media). With a plain token it would be a plaintext request like
+    // any other.
+    let keyed = c.may_skip_seal(headers.contains_key(header::AUTHORIZATION));
+    if !is_sealed && !gw.cfg.allow_plaintext && !keyed {
         gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
         return error(
             ErrorCode::PermissionDenied,
@@ -167,7 +170,7 @@ async fn short_link(
         (body, None)
     };
     let mut req = BusRequest {
-        cmd: u32::from(c),
+        cmd: u32::from(c.id),
         body,
         sealed: is_sealed,
         ..request_base(&gw, peer, &headers)
@@ -176,7 +179,7 @@ async fn short_link(
         // A sealed request's token is the one inside the seal, never a plain header.
         req.token = token.clone();
     }
-    if c == cmd::ENDPOINTS || c == cmd::ENDPOINT_REPORT {
+    if c.addresses {
         // Logic builds the default endpoint list from where the client came in.
         req.local_addr = local.map(|l| l.0 .0.to_string()).unwrap_or_default();
         req.listen = gw.listen_addrs().iter().map(|a| a.to_string()).collect();
@@ -223,7 +226,8 @@ async fn server_key(State(gw): State<Arc<Gateway>>) -> Response {
     r
 }
 
-/// `GET /v1/<path>/<argument>`, for the commands that allow it (avatars).
+/// `GET /v1/<path>/<argument>`, for the commands the table marks `GET` (avatars,
+/// media).
 async fn short_link_get(
     State(gw): State<Arc<Gateway>>,
     Path(path): Path<String>,
@@ -235,12 +239,12 @@ async fn short_link_get(
     let found = path
         .rsplit_once('/')
         .and_then(|(p, arg)| Some((cmd::by_path(p)?, arg)))
-        .filter(|(c, arg)| cmd::GET_WITH_ARGUMENT.contains(c) && !arg.is_empty());
+        .filter(|(c, arg)| c.method == Method::Get && !arg.is_empty());
     let Some((c, arg)) = found else {
         return error(ErrorCode::UnknownCommand, "no such method for GET");
     };
     let req = BusRequest {
-        cmd: u32::from(c),
+        cmd: u32::from(c.id),
         path_arg: arg.to_owned(),
         query: uri.query().unwrap_or_default().to_owned(),
         if_none_match: headers

@@ -599,10 +599,7 @@ fn local(link: &Link, f: Frame, out: &mut BytesMut) -> Local {
             error_frame(f.req_id, ErrorCode::BadRequest, "already logged in", out);
             Local::Answered
         }
-        c if c & cmd::RESPONSE != 0
-            || c == cmd::ERROR
-            || (cmd::NOTIFY..cmd::ERROR).contains(&c) =>
-        {
+        c if !cmd::from_client(c) => {
             error_frame(
                 f.req_id,
                 ErrorCode::BadRequest,
