@@ -1,5 +1,7 @@
 //! Ferry's wire contract in Rust: the protobuf types generated from `proto/`, the
-//! long-link frame codec, the command numbers and the first-byte protocol sniffer.
+//! long-link frame codec, the command table (`cmd`: numbers, short-link paths, body
+//! limits, authentication), the first-byte protocol sniffer, and the encryption layers
+//! (`secure`, `resume`, `sealed`, `upload`).
 //!
 //! Shared by the gateway, the SDK and the benchmark tool so that all of them speak
 //! exactly one codec. This crate must not do I/O, hold state or know about users:
