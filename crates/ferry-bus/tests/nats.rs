@@ -2,8 +2,6 @@
 //! requests, pushes, presence fan-out, snapshots for late logic nodes, expiry of a
 //! gateway that dies without a word.
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,53 +9,16 @@ use async_trait::async_trait;
 use ferry_bus::{
     Bus, BusRequest, BusResponse, Handler, LinkEvent, NatsBus, NatsConfig, Push, PushSink,
 };
+use ferry_testkit::Nats;
 use parking_lot::Mutex;
 
-struct Nats(Child, u16);
-
-impl Nats {
-    fn start() -> Nats {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let bin = if std::path::Path::new("/usr/sbin/nats-server").exists() {
-            "/usr/sbin/nats-server"
-        } else {
-            "nats-server"
-        };
-        let mut child = Command::new(bin)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("nats-server");
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Nats(child, port);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("nats-server did not start");
-    }
-
-    fn config(&self) -> NatsConfig {
-        let mut c = NatsConfig::new(format!("nats://127.0.0.1:{}", self.1));
-        c.heartbeat = Duration::from_millis(100);
-        c.gateway_expiry = Duration::from_millis(500);
-        c.request_timeout = Duration::from_secs(2);
-        c
-    }
-}
-
-impl Drop for Nats {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A bus config for `nats` with short timers.
+fn config(nats: &Nats) -> NatsConfig {
+    let mut c = NatsConfig::new(nats.url());
+    c.heartbeat = Duration::from_millis(100);
+    c.gateway_expiry = Duration::from_millis(500);
+    c.request_timeout = Duration::from_secs(2);
+    c
 }
 
 /// A logic node that tags its answers and records what it hears.
@@ -121,7 +82,7 @@ fn online(conn: u64) -> LinkEvent {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_pushes_presence_and_expiry() {
     let nats = Nats::start();
-    let gw = NatsBus::connect(nats.config()).await.unwrap();
+    let gw = NatsBus::connect(config(&nats)).await.unwrap();
     let sink = Arc::new(Sink::default());
     gw.attach_gateway("gw-a", sink.clone());
     gw.ready().await.unwrap();
@@ -140,8 +101,8 @@ async fn requests_pushes_presence_and_expiry() {
             ..Default::default()
         }),
     );
-    let b1 = NatsBus::connect(nats.config()).await.unwrap();
-    let b2 = NatsBus::connect(nats.config()).await.unwrap();
+    let b1 = NatsBus::connect(config(&nats)).await.unwrap();
+    let b2 = NatsBus::connect(config(&nats)).await.unwrap();
     b1.serve_logic(l1.clone());
     b2.serve_logic(l2.clone());
     b1.ready().await.unwrap();
@@ -213,7 +174,7 @@ async fn requests_pushes_presence_and_expiry() {
         tag: 3,
         ..Default::default()
     });
-    let b3 = NatsBus::connect(nats.config()).await.unwrap();
+    let b3 = NatsBus::connect(config(&nats)).await.unwrap();
     b3.serve_logic(l3.clone());
     b3.ready().await.unwrap();
     eventually("the snapshot", || !l3.events.lock().is_empty()).await;

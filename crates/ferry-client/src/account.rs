@@ -339,7 +339,7 @@ impl Account {
             )
             .await?;
         r.group
-            .ok_or_else(|| ClientError::Protocol("no group in the answer".into()))
+            .ok_or_else(|| ClientError::protocol("no group in the answer"))
     }
 
     /// Adds (`add` true) or removes members (admins and the owner).
@@ -359,7 +359,7 @@ impl Account {
             )
             .await?;
         r.group
-            .ok_or_else(|| ClientError::Protocol("no group in the answer".into()))
+            .ok_or_else(|| ClientError::protocol("no group in the answer"))
     }
 
     pub async fn leave_group(&self, group_id: u64) -> Result<(), ClientError> {
@@ -371,7 +371,7 @@ impl Account {
     pub async fn group_info(&self, group_id: u64) -> Result<v1::Group, ClientError> {
         let r: v1::GroupResp = self.call("group/info", &v1::GroupReq { group_id }).await?;
         r.group
-            .ok_or_else(|| ClientError::Protocol("no group in the answer".into()))
+            .ok_or_else(|| ClientError::protocol("no group in the answer"))
     }
 
     /// The caller's groups with their latest gseq.
@@ -398,7 +398,7 @@ impl Account {
             )
             .await?;
         r.group
-            .ok_or_else(|| ClientError::Protocol("no group in the answer".into()))
+            .ok_or_else(|| ClientError::protocol("no group in the answer"))
     }
 
     /// The owner sets a member's role (OWNER hands the group over).

@@ -14,15 +14,48 @@
 //!
 //! The SDK must not decide what to show the user or keep messages itself: it delivers
 //! entries and keeps only the device's id, token and synckey.
+//!
+//! # Inside
+//! - `connect`: from nothing to a logged-in link (sign-in, racing, login, resumption).
+//! - `session`: the task that owns the link: reads, writes, routes answers, reconnects.
+//! - `heartbeat`: when to beat, when the link is dead, what the smart heartbeat learns.
+//! - `sync`: the sync state machine — frames in, frames to send and events out, no I/O.
+//! - [`Held`]: inline entries that came ahead of the synckey (shared with `ferry bench`).
+//!
+//! # Events and a slow app
+//! [`Client::connect`] returns a *bounded* channel ([`ClientConfig::event_capacity`],
+//! 1024 by default). The SDK never blocks its link on the app and never drops an entry:
+//! - An inbox or group entry counts as applied only once it is in the channel; the
+//!   synckey (and a group's cursor) moves with what the app got, never past it.
+//! - When the channel is full the SDK *stalls*: it stops applying, forgets the entries
+//!   it could not hand over, and keeps the link alive (heartbeats, requests and their
+//!   answers go on). Once the app has drained half the channel, it syncs from the
+//!   synckey, which fetches exactly what was left out, in order. A slow app therefore
+//!   costs a SYNC, not a lost message; an app that never drains gets nothing more, and
+//!   the server keeps its entries.
+//! - Typing events (never stored, best effort) are dropped when the channel is full.
+//! - A few slots are kept for [`Event::Connected`], [`Event::Disconnected`] and
+//!   [`Event::Stopped`], so a channel full of entries still carries link changes; only
+//!   an app that stopped draining across several reconnects loses some of them
+//!   ([`Client::status`] is always current, and the channel closes when the client
+//!   stops).
+//! - An app that drops the receiver is not waited for: entries are applied and dropped.
+//!
+//! Errors are [`ClientError`]s: an [`ErrorKind`], the error that caused it
+//! (`source()`), and for a refusal the server's code, message and retry hint.
 
 mod account;
+mod connect;
+mod error;
+mod heartbeat;
 mod held;
-mod link;
 mod media;
 mod security;
+mod session;
 mod short;
 pub mod smart;
 mod state;
+mod sync;
 mod transport;
 
 use std::path::PathBuf;
@@ -30,75 +63,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_proto::v1::{self, ErrorCode};
+use ferry_proto::v1;
 use ferry_proto::{cmd, Frame, ProtoMessage};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, watch};
 
 pub use account::{Account, FriendAction};
+pub use error::{ClientError, ErrorKind, Refusal};
 pub use held::{Held, GAP_WAIT};
 pub use media::{thumbnail, Dest, MediaSend, Progress, SentMedia, UPLOAD_WINDOW};
 pub use security::{fetch as fetch_server_key, Security};
 pub use short::ShortLink;
 pub use smart::{Endpoint, HeartbeatState, SmartConfig, Transport};
 pub use state::{DeviceState, StoredTicket};
-
-/// SDK failures.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum ClientError {
-    #[error("server refused: {message} ({code:?})")]
-    Server {
-        code: ErrorCode,
-        message: String,
-        retry_after_ms: u32,
-    },
-    #[error("http: {0}")]
-    Http(String),
-    #[error("i/o: {0}")]
-    Io(String),
-    #[error("protocol: {0}")]
-    Protocol(String),
-    #[error("timed out")]
-    Timeout,
-    #[error("the client is closed")]
-    Closed,
-}
-
-impl ClientError {
-    pub fn from_error(e: v1::Error) -> Self {
-        ClientError::Server {
-            code: ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Internal),
-            message: e.message,
-            retry_after_ms: e.retry_after_ms,
-        }
-    }
-
-    /// The server's error code, if the server refused.
-    pub fn code(&self) -> Option<ErrorCode> {
-        match self {
-            ClientError::Server { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-
-    /// Whether trying the same request again may succeed.
-    pub fn is_retryable(&self) -> bool {
-        match self {
-            ClientError::Server { code, .. } => matches!(
-                code,
-                ErrorCode::Unavailable | ErrorCode::Internal | ErrorCode::RateLimited
-            ),
-            ClientError::Closed => false,
-            _ => true,
-        }
-    }
-}
-
-impl From<std::io::Error> for ClientError {
-    fn from(e: std::io::Error) -> Self {
-        ClientError::Io(e.to_string())
-    }
-}
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -130,6 +107,11 @@ pub struct ClientConfig {
     /// How the server's key is known: pinned, trusted on first use (the default), or
     /// plaintext for a development server. See [`Security`].
     pub security: Security,
+    /// How many events the channel [`Client::connect`] returns holds (at least 16).
+    /// When it is full the SDK stops applying entries until the app drains half of it,
+    /// then syncs what it left out: nothing is lost (see "Events and a slow app" in the
+    /// crate docs).
+    pub event_capacity: usize,
 }
 
 impl ClientConfig {
@@ -153,6 +135,7 @@ impl ClientConfig {
             smart: SmartConfig::default(),
             network: "default".into(),
             security: Security::TrustOnFirstUse,
+            event_capacity: 1024,
         }
     }
 
@@ -167,6 +150,14 @@ impl ClientConfig {
         all
     }
 }
+
+/// The app's end of the event channel (bounded: see "Events and a slow app" in the
+/// crate docs).
+pub type Events = mpsc::Receiver<Event>;
+
+/// The smallest event channel: room for the link events kept back
+/// ([`session::LINK_EVENTS`]) and for entries to flow between stalls.
+const MIN_EVENTS: usize = 16;
 
 /// What the client tells the app.
 #[derive(Debug, Clone, PartialEq)]
@@ -269,9 +260,7 @@ impl Client {
     /// Logs in and starts the link. Returns after the first successful login, or the
     /// error that makes logging in impossible (bad credentials). Entries and link
     /// changes arrive on the returned receiver.
-    pub async fn connect(
-        cfg: ClientConfig,
-    ) -> Result<(Client, mpsc::UnboundedReceiver<Event>), ClientError> {
+    pub async fn connect(cfg: ClientConfig) -> Result<(Client, Events), ClientError> {
         let cfg = security::resolve(cfg).await?;
         let state = match &cfg.state_dir {
             Some(dir) => DeviceState::load(dir)?,
@@ -290,9 +279,9 @@ impl Client {
             smart: Mutex::new(smart),
         });
         let (cmds_tx, cmds_rx) = mpsc::unbounded_channel();
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(shared.cfg.event_capacity.max(MIN_EVENTS));
         let (first_tx, first_rx) = oneshot::channel();
-        let driver = tokio::spawn(link::drive(shared.clone(), cmds_rx, events_tx, first_tx));
+        let driver = tokio::spawn(session::drive(shared.clone(), cmds_rx, events_tx, first_tx));
         let client = Client {
             shared,
             cmds: cmds_tx,
@@ -301,7 +290,7 @@ impl Client {
         match first_rx.await {
             Ok(Ok(())) => Ok((client, events_rx)),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(ClientError::Closed),
+            Err(_) => Err(ClientError::closed()),
         }
     }
 
@@ -365,10 +354,10 @@ impl Client {
         loop {
             match *rx.borrow_and_update() {
                 Status::Connected => return Ok(()),
-                Status::Stopped => return Err(ClientError::Closed),
+                Status::Stopped => return Err(ClientError::closed()),
                 Status::Connecting => {}
             }
-            rx.changed().await.map_err(|_| ClientError::Closed)?;
+            rx.changed().await.map_err(|_| ClientError::closed())?;
         }
     }
 
@@ -381,12 +370,12 @@ impl Client {
                 body,
                 reply: tx,
             })
-            .map_err(|_| ClientError::Closed)?;
+            .map_err(|_| ClientError::closed())?;
         match tokio::time::timeout(self.shared.cfg.request_timeout, rx).await {
-            Err(_) => Err(ClientError::Timeout),
-            Ok(Err(_)) => Err(ClientError::Io("link lost before the answer".into())),
+            Err(_) => Err(ClientError::timeout()),
+            Ok(Err(_)) => Err(ClientError::io("link lost before the answer")),
             Ok(Ok(f)) if f.cmd == cmd::ERROR => Err(ClientError::from_error(
-                v1::Error::decode(f.body).map_err(|e| ClientError::Protocol(e.to_string()))?,
+                v1::Error::decode(f.body).map_err(|e| ClientError::protocol_source("", e))?,
             )),
             Ok(Ok(f)) => Ok(f),
         }
@@ -470,14 +459,13 @@ impl Client {
             match self.request(cmd::SEND, body.clone()).await {
                 Ok(f) => {
                     return v1::SendAck::decode(f.body)
-                        .map_err(|e| ClientError::Protocol(e.to_string()))
+                        .map_err(|e| ClientError::protocol_source("", e))
                 }
-                Err(ClientError::Closed) => return Err(ClientError::Closed),
                 Err(e) if !e.is_retryable() => return Err(e),
                 Err(e) => {
                     tracing::debug!(error = %e, "send not acknowledged; retrying");
-                    if let ClientError::Server { retry_after_ms, .. } = e {
-                        pause = pause.max(Duration::from_millis(u64::from(retry_after_ms)));
+                    if let Some(wait) = e.retry_after() {
+                        pause = pause.max(wait);
                     }
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(2));

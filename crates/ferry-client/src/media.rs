@@ -81,17 +81,17 @@ fn sha256_hex(data: &[u8]) -> String {
     hex::encode(sha2::Sha256::digest(data))
 }
 
-/// A JPEG thumbnail of at most [`THUMBNAIL_PX`] on its longest side, and the image's
+/// A JPEG thumbnail of at most `THUMBNAIL_PX` on its longest side, and the image's
 /// width and height.
 pub fn thumbnail(image_bytes: &[u8]) -> Result<(Vec<u8>, u32, u32), ClientError> {
     let img = image::load_from_memory(image_bytes)
-        .map_err(|e| ClientError::Protocol(format!("not an image: {e}")))?;
+        .map_err(|e| ClientError::protocol_source("not an image", e))?;
     let (w, h) = (img.width(), img.height());
     let thumb = img.thumbnail(THUMBNAIL_PX, THUMBNAIL_PX).to_rgb8();
     let mut out = Vec::new();
     image::codecs::jpeg::JpegEncoder::new_with_quality(Cursor::new(&mut out), 80)
         .encode_image(&thumb)
-        .map_err(|e| ClientError::Protocol(format!("thumbnail: {e}")))?;
+        .map_err(|e| ClientError::protocol_source("thumbnail", e))?;
     Ok((out, w, h))
 }
 
@@ -162,7 +162,7 @@ impl Account {
     }
 
     /// [`Account::upload_media`] with `in_flight` chunk requests at once (at least 1,
-    /// at most [`UPLOAD_AHEAD`]); each is a request on a keep-alive connection of its own.
+    /// at most `UPLOAD_AHEAD`); each is a request on a keep-alive connection of its own.
     pub async fn upload_media_with(
         &self,
         upload: &v1::MediaCreateResp,
@@ -175,7 +175,7 @@ impl Account {
             0 => None,
             _ => Some(
                 ferry_proto::upload::key_from(&upload.upload_key)
-                    .map_err(|e| ClientError::Protocol(format!("upload key: {e}")))?,
+                    .map_err(|e| ClientError::protocol_source("upload key", e))?,
             ),
         };
         let in_flight = in_flight.clamp(1, UPLOAD_AHEAD as usize);
@@ -183,7 +183,7 @@ impl Account {
         let chunk = u64::from(upload.chunk_size.max(1));
         let status = self.media_status(media_id).await?;
         if status.size != size {
-            return Err(ClientError::Protocol(format!(
+            return Err(ClientError::protocol(format!(
                 "upload {media_id} is for {} bytes, not {size}: not the content it was \
                  created for",
                 status.size
@@ -230,7 +230,7 @@ impl Account {
                         progress(done, size);
                     }
                     Some(Ok(Err(e))) => return Err(e),
-                    Some(Err(e)) => return Err(ClientError::Protocol(e.to_string())),
+                    Some(Err(e)) => return Err(ClientError::protocol_source("", e)),
                 }
             }
         }
@@ -244,7 +244,7 @@ impl Account {
             .await?;
         progress(size, size);
         r.media
-            .ok_or_else(|| ClientError::Protocol("finish without media".into()))
+            .ok_or_else(|| ClientError::protocol("finish without media"))
     }
 
     /// One chunk, retried a few times when the error may pass.
@@ -272,7 +272,7 @@ impl Account {
     ) -> Result<v1::MediaChunkAck, ClientError> {
         body.data = ferry_proto::upload::seal_chunk(key, &body.media_id, body.offset, &body.data)
             .map(Bytes::from)
-            .map_err(|e| ClientError::Protocol(format!("encrypting a chunk: {e}")))?;
+            .map_err(|e| ClientError::protocol_source("encrypting a chunk", e))?;
         let mut pause = Duration::from_millis(50);
         let mut attempt = 0;
         loop {
@@ -321,18 +321,18 @@ impl Account {
             {
                 Ok((body, t)) => {
                     if body.is_empty() && t > from {
-                        return Err(ClientError::Protocol("empty range".into()));
+                        return Err(ClientError::protocol("empty range"));
                     }
                     out.extend_from_slice(&body);
                     total = Some(t);
                     progress(out.len() as u64, t);
                 }
-                Err(ClientError::Server {
-                    code: ErrorCode::Unavailable,
-                    retry_after_ms,
-                    ..
-                }) if retry_after_ms > 0 && tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(u64::from(retry_after_ms))).await;
+                Err(e)
+                    if e.code() == Some(ErrorCode::Unavailable)
+                        && e.retry_after().is_some()
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(e.retry_after().unwrap_or_default()).await;
                 }
                 Err(e) => return Err(e),
             }

@@ -54,7 +54,7 @@ fn parse_key(text: &str) -> Result<[u8; 32], ClientError> {
         .ok()
         .and_then(|b| <[u8; 32]>::try_from(b).ok())
         .ok_or_else(|| {
-            ClientError::Protocol(format!("{text:?} is not a server key (64 hex digits)"))
+            ClientError::protocol(format!("{text:?} is not a server key (64 hex digits)"))
         })
 }
 
@@ -78,10 +78,10 @@ pub(crate) async fn resolve(mut cfg: ClientConfig) -> Result<ClientConfig, Clien
         asks.spawn(async move {
             tokio::time::timeout(limit, fetch(&server))
                 .await
-                .unwrap_or(Err(ClientError::Timeout))
+                .unwrap_or(Err(ClientError::timeout()))
         });
     }
-    let mut last = ClientError::Protocol("no server to ask for its key".into());
+    let mut last = ClientError::protocol("no server to ask for its key");
     while let Some(done) = asks.join_next().await {
         match done {
             Ok(Ok(seen)) => {
@@ -92,7 +92,7 @@ pub(crate) async fn resolve(mut cfg: ClientConfig) -> Result<ClientConfig, Clien
                 return Ok(cfg);
             }
             Ok(Err(e)) => last = e,
-            Err(e) => last = ClientError::Protocol(format!("asking for the server key: {e}")),
+            Err(e) => last = ClientError::protocol_source("asking for the server key", e),
         }
     }
     Err(last)
@@ -120,20 +120,20 @@ pub async fn fetch(server: &str) -> Result<[u8; 32], ClientError> {
     let http: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
     let req = http::Request::get(format!("http://{server}/v1/server-key"))
         .body(Full::new(Bytes::new()))
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+        .map_err(ClientError::http_source)?;
     let resp = tokio::time::timeout(Duration::from_secs(10), http.request(req))
         .await
-        .map_err(|_| ClientError::Timeout)?
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+        .map_err(|_| ClientError::timeout())?
+        .map_err(ClientError::http_source)?;
     let status = resp.status();
     let body = resp
         .into_body()
         .collect()
         .await
-        .map_err(|e| ClientError::Http(e.to_string()))?
+        .map_err(ClientError::http_source)?
         .to_bytes();
     if !status.is_success() {
-        return Err(ClientError::Http(format!("server key: HTTP {status}")));
+        return Err(ClientError::http(format!("server key: HTTP {status}")));
     }
     parse_key(&String::from_utf8_lossy(&body))
 }

@@ -57,7 +57,7 @@ impl ShortLink {
                     .map_or(0, |d| d.as_millis() as u64);
                 // The token rides inside the seal, never in a plain header.
                 let (wire, reply) = sealed::seal_request(key, token.unwrap_or(""), &body, now)
-                    .map_err(|e| ClientError::Protocol(format!("sealing a request: {e}")))?;
+                    .map_err(|e| ClientError::protocol_source("sealing a request", e))?;
                 (wire, Some(reply), sealed::CONTENT_TYPE)
             }
             None => (body, None, "application/x-protobuf"),
@@ -76,16 +76,16 @@ impl ShortLink {
             .into_body()
             .collect()
             .await
-            .map_err(|e| ClientError::Http(e.to_string()))?
+            .map_err(ClientError::http_source)?
             .to_bytes();
         match (reply, is_sealed) {
             (Some(reply), true) => sealed::open_response(&reply, &body)
                 .map(|b| (status, Bytes::from(b)))
-                .map_err(|e| ClientError::Protocol(format!("sealed answer does not open: {e}"))),
+                .map_err(|e| ClientError::protocol_source("sealed answer does not open", e)),
             // A refusal before the request was opened (bad seal, replay, clock) is plain;
             // a success must be sealed.
-            (Some(_), false) if status.is_success() => Err(ClientError::Protocol(
-                "the server answered a sealed request in plain".into(),
+            (Some(_), false) if status.is_success() => Err(ClientError::protocol(
+                "the server answered a sealed request in plain",
             )),
             _ => Ok((status, body)),
         }
@@ -106,14 +106,14 @@ impl ShortLink {
         }
         let request = builder
             .body(Full::new(Bytes::from(body)))
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+            .map_err(ClientError::http_source)?;
         tokio::time::timeout(
             std::time::Duration::from_secs(30),
             self.http.request(request),
         )
         .await
-        .map_err(|_| ClientError::Timeout)?
-        .map_err(|e| ClientError::Http(e.to_string()))
+        .map_err(|_| ClientError::timeout())?
+        .map_err(ClientError::http_source)
     }
 
     /// POSTs `req` to `/v1/{method}` **unsealed and without a token**, even when the link
@@ -132,10 +132,10 @@ impl ShortLink {
             .into_body()
             .collect()
             .await
-            .map_err(|e| ClientError::Http(e.to_string()))?
+            .map_err(ClientError::http_source)?
             .to_bytes();
         if status.is_success() {
-            Resp::decode(body).map_err(|e| ClientError::Protocol(e.to_string()))
+            Resp::decode(body).map_err(|e| ClientError::protocol_source("", e))
         } else {
             Err(refusal(status, body))
         }
@@ -150,7 +150,7 @@ impl ShortLink {
     ) -> Result<Resp, ClientError> {
         let (status, body) = self.post_raw(method, token, req.encode_to_vec()).await?;
         if status.is_success() {
-            Resp::decode(body).map_err(|e| ClientError::Protocol(e.to_string()))
+            Resp::decode(body).map_err(|e| ClientError::protocol_source("", e))
         } else {
             Err(refusal(status, body))
         }
@@ -168,19 +168,19 @@ impl ShortLink {
         }
         let request = builder
             .body(Full::new(Bytes::new()))
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+            .map_err(ClientError::http_source)?;
         let resp = tokio::time::timeout(
             std::time::Duration::from_secs(30),
             self.http.request(request),
         )
         .await
-        .map_err(|_| ClientError::Timeout)?
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+        .map_err(|_| ClientError::timeout())?
+        .map_err(ClientError::http_source)?;
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()
             .await
-            .map_err(|e| ClientError::Http(e.to_string()))?
+            .map_err(ClientError::http_source)?
             .to_bytes();
         Ok((parts.status, parts.headers, body))
     }
@@ -308,6 +308,6 @@ impl ShortLink {
 fn refusal(status: http::StatusCode, body: Bytes) -> ClientError {
     match v1::Error::decode(body) {
         Ok(e) => ClientError::from_error(e),
-        Err(_) => ClientError::Http(format!("HTTP {status}")),
+        Err(_) => ClientError::http(format!("HTTP {status}")),
     }
 }

@@ -4,7 +4,7 @@
 //!   long-poll).
 //! - [`Bans`]: endpoints that keep failing are left out for a growing while (mars:
 //!   3 failures → 6 min, +6 min per further failure, at most 30 min).
-//! - [`race`]: connect attempts started in order, staggered (mars: 2.5 s apart, at most
+//! - `race`: connect attempts started in order, staggered (mars: 2.5 s apart, at most
 //!   3 at once, each 10 s at most); a failed attempt starts the next one at once; the
 //!   first success wins and the others are dropped (their sockets closed).
 //! - [`HeartbeatState`]: the smart heartbeat of one network (mars: start at 3.5 min,

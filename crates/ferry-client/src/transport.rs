@@ -95,16 +95,13 @@ async fn post(
     let req = http::Request::post(url)
         .header(http::header::CONTENT_TYPE, "application/x-ferry-frames")
         .body(Full::new(body))
-        .map_err(|e| ClientError::Http(e.to_string()))?;
-    let resp = http
-        .request(req)
-        .await
-        .map_err(|e| ClientError::Http(e.to_string()))?;
+        .map_err(ClientError::http_source)?;
+    let resp = http.request(req).await.map_err(ClientError::http_source)?;
     let (parts, body) = resp.into_parts();
     let body = body
         .collect()
         .await
-        .map_err(|e| ClientError::Http(e.to_string()))?
+        .map_err(ClientError::http_source)?
         .to_bytes();
     Ok((parts.status, parts.headers, body))
 }
@@ -121,7 +118,7 @@ impl Conn {
             Transport::Tcp => {
                 let stream = tokio::time::timeout(connect_timeout, TcpStream::connect(ep.addr))
                     .await
-                    .map_err(|_| ClientError::Timeout)??;
+                    .map_err(|_| ClientError::timeout())??;
                 let _ = stream.set_nodelay(true);
                 let (read, write) = stream.into_split();
                 Inner::Tcp { read, write }
@@ -156,7 +153,7 @@ impl Conn {
             Some(ch) => {
                 let mut sealed = BytesMut::with_capacity(bytes.len() + secure::RECORD_OVERHEAD);
                 ch.seal(bytes, &mut sealed)
-                    .map_err(|e| ClientError::Protocol(e.to_string()))?;
+                    .map_err(|e| ClientError::protocol_source("", e))?;
                 self.send_raw(&sealed).await
             }
             None => self.send_raw(bytes).await,
@@ -203,11 +200,11 @@ impl Conn {
         let pending = match ticket {
             Some(t) => Pending::Resumed(
                 resume::client_resume(&t.ticket, &t.secret, login, now_ms(), &mut hello)
-                    .map_err(|e| ClientError::Protocol(format!("resumption: {e}")))?,
+                    .map_err(|e| ClientError::protocol_source("resumption", e))?,
             ),
             None => Pending::Full(Box::new(
                 secure::client_hello(&key, login, &mut hello)
-                    .map_err(|e| ClientError::Protocol(format!("handshake: {e}")))?,
+                    .map_err(|e| ClientError::protocol_source("handshake", e))?,
             )),
         };
         self.send_raw(&hello).await?;
@@ -217,12 +214,12 @@ impl Conn {
         }
         let (channel, payload) = match pending {
             Pending::Resumed(hs) => hs.finish(&answer).map_err(|e| {
-                ClientError::Protocol(format!(
+                ClientError::protocol(format!(
                     "the server's resumption answer does not open ({e})"
                 ))
             })?,
             Pending::Full(hs) => hs.finish(&answer).map_err(|e| {
-                ClientError::Protocol(format!(
+                ClientError::protocol(format!(
                     "the server's handshake answer does not open ({e}): it does not hold \
                      the pinned server key"
                 ))
@@ -240,7 +237,7 @@ impl Conn {
     async fn handshake_answer(&mut self) -> Result<Frame, ClientError> {
         loop {
             match secure::parse_handshake(&mut self.wire)
-                .map_err(|e| ClientError::Protocol(format!("handshake answer: {e}")))?
+                .map_err(|e| ClientError::protocol_source("handshake answer", e))?
             {
                 Some(f) => return Ok(f),
                 None => self.read_raw().await?,
@@ -256,7 +253,7 @@ impl Conn {
         mut payload: Vec<u8>,
     ) -> Result<Vec<Frame>, ClientError> {
         self.ticket = resume::take_ticket(&mut payload)
-            .map_err(|e| ClientError::Protocol(format!("handshake answer's ticket: {e}")))?;
+            .map_err(|e| ClientError::protocol_source("the handshake answer's ticket", e))?;
         self.buf.extend_from_slice(&payload);
         self.channel = Some(channel);
         self.frames().await
@@ -268,17 +265,17 @@ impl Conn {
             Inner::Tcp { read, .. } => {
                 self.wire.reserve(8192);
                 if read.read_buf(&mut self.wire).await? == 0 {
-                    return Err(ClientError::Io("server closed the link".into()));
+                    return Err(ClientError::io("server closed the link"));
                 }
             }
             Inner::LongPoll(lp) => {
                 let Some(rx) = lp.rx.as_mut() else {
-                    return Err(ClientError::Protocol("long-poll session not open".into()));
+                    return Err(ClientError::protocol("long-poll session not open"));
                 };
                 match rx.recv().await {
                     Some(Ok(b)) => self.wire.extend_from_slice(&b),
                     Some(Err(e)) => return Err(e),
-                    None => return Err(ClientError::Io("long-poll ended".into())),
+                    None => return Err(ClientError::io("long-poll ended")),
                 }
             }
         }
@@ -294,7 +291,7 @@ impl Conn {
         match &mut self.channel {
             Some(ch) => ch
                 .open(&mut self.wire, &mut self.buf)
-                .map_err(|e| ClientError::Protocol(format!("encrypted link: {e}"))),
+                .map_err(|e| ClientError::protocol_source("encrypted link", e)),
             None if self.buf.is_empty() => {
                 std::mem::swap(&mut self.buf, &mut self.wire);
                 Ok(())
@@ -327,7 +324,7 @@ impl Conn {
             self.absorb()?;
             let mut out = Vec::new();
             while let Some(f) = Frame::parse(&mut self.buf, MAX_BODY_LEN)
-                .map_err(|e| ClientError::Protocol(e.to_string()))?
+                .map_err(|e| ClientError::protocol_source("", e))?
             {
                 out.push(f);
             }
@@ -364,12 +361,12 @@ impl LongPoll {
             let (status, headers, body) =
                 tokio::time::timeout(timeout, post(&self.http, &url, body))
                     .await
-                    .map_err(|_| ClientError::Timeout)??;
+                    .map_err(|_| ClientError::timeout())??;
             if !status.is_success() {
                 // The login was refused (or the body was): hand the Error on as an
                 // ERROR frame, as the TCP link would.
                 let e = v1::Error::decode(body)
-                    .map_err(|_| ClientError::Http(format!("long-poll open: HTTP {status}")))?;
+                    .map_err(|_| ClientError::http(format!("long-poll open: HTTP {status}")))?;
                 let mut frame = BytesMut::new();
                 encode_msg(cmd::ERROR, 1, &e, &mut frame);
                 return Ok(Some(frame.freeze()));
@@ -378,7 +375,7 @@ impl LongPoll {
                 .get("ferry-session")
                 .and_then(|v| v.to_str().ok())
                 .filter(|s| !s.is_empty())
-                .ok_or_else(|| ClientError::Protocol("long-poll open without a session".into()))?
+                .ok_or_else(|| ClientError::protocol("long-poll open without a session"))?
                 .to_owned();
             let hold = headers
                 .get("ferry-poll-hold-ms")
@@ -402,7 +399,7 @@ impl LongPoll {
         let url = format!("{}/v1/lp/send?sid={sid}", self.base);
         let (status, _, body) = tokio::time::timeout(timeout, post(&self.http, &url, body))
             .await
-            .map_err(|_| ClientError::Timeout)??;
+            .map_err(|_| ClientError::timeout())??;
         if status.is_success() {
             return Ok(None);
         }
@@ -410,7 +407,7 @@ impl LongPoll {
             Ok(e) if status != http::StatusCode::NOT_FOUND && status != http::StatusCode::GONE => {
                 ClientError::from_error(e)
             }
-            _ => ClientError::Io(format!("long-poll session gone (HTTP {status})")),
+            _ => ClientError::io(format!("long-poll session gone (HTTP {status})")),
         })
     }
 }
@@ -425,10 +422,10 @@ async fn poll_loop(
     loop {
         let r = tokio::time::timeout(timeout, post(&http, &url, Bytes::new())).await;
         let got = match r {
-            Err(_) => Err(ClientError::Timeout),
+            Err(_) => Err(ClientError::timeout()),
             Ok(Err(e)) => Err(e),
             Ok(Ok((status, _, body))) if status.is_success() => Ok(body),
-            Ok(Ok((status, _, _))) => Err(ClientError::Io(format!(
+            Ok(Ok((status, _, _))) => Err(ClientError::io(format!(
                 "long-poll session gone (HTTP {status})"
             ))),
         };

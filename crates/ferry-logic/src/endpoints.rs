@@ -26,7 +26,12 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
 
+use ferry_bus::{BusRequest, BusResponse};
+use ferry_proto::ProtoMessage;
+
+use crate::core::{ok, Core};
 use crate::error::LogicError;
+use crate::notify::Notifier;
 
 /// `[logic.endpoints]`. Every field has a default; with no gateways configured, each
 /// gateway hands out its own listen addresses.
@@ -254,7 +259,9 @@ struct Candidate {
     weight: u32,
 }
 
-pub(crate) struct Endpoints {
+/// The ranking state: parsed configuration, recent connect samples per region and
+/// endpoint, and the gateways' loads.
+pub(crate) struct Ranking {
     cfg: EndpointsConfig,
     parsed: Parsed,
     /// (region, endpoint) → recent samples, oldest first.
@@ -265,15 +272,60 @@ pub(crate) struct Endpoints {
     report_counts: DashMap<u64, (Instant, u32)>,
 }
 
+/// The endpoints service: lists for clients, and their connect reports.
+pub(crate) struct Endpoints {
+    core: Arc<Core>,
+    /// The links per gateway, for ranking by load.
+    notifier: Arc<Notifier>,
+    ranking: Ranking,
+}
+
+impl Endpoints {
+    pub fn new(core: Arc<Core>, notifier: Arc<Notifier>) -> Endpoints {
+        Endpoints {
+            ranking: Ranking::new(core.cfg.endpoints.clone()),
+            core,
+            notifier,
+        }
+    }
+
+    fn origin(req: &BusRequest) -> Origin<'_> {
+        Origin {
+            peer: &req.peer,
+            local_addr: &req.local_addr,
+            listen: &req.listen,
+            gateway_id: &req.gateway_id,
+        }
+    }
+
+    /// The ranked endpoint list for the client behind `req` (no token needed).
+    pub fn list(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let r = v1::EndpointsReq::decode(req.body.clone())?;
+        let list = self.ranking.list(&Self::origin(req), r.version, || {
+            self.notifier.links_per_gateway()
+        });
+        Ok(ok(req.cmd, &list))
+    }
+
+    /// Connect timings from a signed-in client.
+    pub async fn report(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.core.caller(req).await?;
+        let r = v1::EndpointReportReq::decode(req.body.clone())?;
+        let accepted = self.ranking.report(me.user_id, &Self::origin(req), r)?;
+        metrics::counter!("ferry_endpoint_samples_total").increment(u64::from(accepted));
+        Ok(ok(req.cmd, &v1::EndpointReportResp { accepted }))
+    }
+}
+
 /// Samples kept per (region, endpoint).
 const SAMPLES_PER_KEY: usize = 256;
 /// Samples per user that count for one endpoint (the newest).
 const SAMPLES_PER_USER: u32 = 3;
 
-impl Endpoints {
+impl Ranking {
     /// Takes the configuration; invalid entries are logged and left out (the binary
     /// validates its configuration before it starts, see [`EndpointsConfig::validate`]).
-    pub fn new(cfg: EndpointsConfig) -> Endpoints {
+    pub fn new(cfg: EndpointsConfig) -> Ranking {
         let parsed = Parsed::new(&cfg).unwrap_or_else(|e| {
             tracing::error!(error = %e, "endpoint configuration ignored");
             Parsed {
@@ -281,7 +333,7 @@ impl Endpoints {
                 gateways: Vec::new(),
             }
         });
-        Endpoints {
+        Ranking {
             cfg,
             parsed,
             samples: DashMap::new(),
@@ -670,7 +722,7 @@ mod tests {
 
     #[test]
     fn regions_by_longest_prefix() {
-        let e = Endpoints::new(three_gateways());
+        let e = Ranking::new(three_gateways());
         assert_eq!(&*e.region_of("10.1.2.3:5000"), "east-lab");
         assert_eq!(&*e.region_of("10.1.3.3:5000"), "east");
         assert_eq!(&*e.region_of("127.0.0.2:1"), "east");
@@ -694,7 +746,7 @@ mod tests {
 
     #[test]
     fn default_list_is_the_gateways_own_ports() {
-        let e = Endpoints::new(EndpointsConfig::default());
+        let e = Ranking::new(EndpointsConfig::default());
         let listen = vec!["0.0.0.0:8080".to_string(), "127.0.0.5:443".to_string()];
         let list = e.list(&origin("127.0.0.1:5555", &listen), 0, HashMap::new);
         let got: Vec<_> = list
@@ -721,7 +773,7 @@ mod tests {
     fn failing_endpoint_sinks_and_comes_back() {
         let mut cfg = three_gateways();
         cfg.report_window_secs = 1;
-        let e = Endpoints::new(cfg);
+        let e = Ranking::new(cfg);
         let o = origin("10.1.0.7:4000", &[]);
         let top = e.list(&o, 0, HashMap::new).endpoints[0].clone();
         assert_eq!(top.transport, v1::Transport::Tcp as i32);
@@ -748,7 +800,7 @@ mod tests {
 
     #[test]
     fn reports_are_bounded() {
-        let e = Endpoints::new(three_gateways());
+        let e = Ranking::new(three_gateways());
         let o = origin("10.1.0.7:4000", &[]);
         let many = v1::EndpointReportReq {
             samples: (0..33).map(|_| sample("10.0.0.1", 80, false)).collect(),
@@ -783,7 +835,7 @@ mod tests {
 
     #[test]
     fn load_moves_weight() {
-        let e = Endpoints::new(three_gateways());
+        let e = Ranking::new(three_gateways());
         let o = origin("10.1.0.7:4000", &[]);
         let loads = || {
             let mut m: HashMap<Arc<str>, usize> = HashMap::new();

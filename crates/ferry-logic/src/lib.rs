@@ -5,22 +5,43 @@
 //! stateless apart from caches that can always be rebuilt from the store, so any number
 //! of copies may run. It must not touch sockets or frames: it sees commands and protobuf
 //! bodies, never connections.
+//!
+//! [`Logic`] (`router.rs`) is a router: admission, one dispatch table, the bus
+//! [`ferry_bus::Handler`]. Each domain is one service struct whose fields are what it
+//! may touch; imports go one way, never back up:
+//!
+//! ```text
+//! router ─→ accounts, inbox, profile, media, endpoints
+//! inbox ─→ groups ─→ friends            media ─→ moments ─→ friends
+//! inbox, groups, moments, media ─→ attach (whose upload, who may read it)
+//! every service ─→ core (store, caches, caller, clock, limits), notify (presence, pushes)
+//! ```
 
+mod accounts;
 pub mod admission;
+mod attach;
 mod auth;
+mod config;
+mod core;
 mod endpoints;
 mod error;
+mod friends;
 mod groups;
+mod inbox;
 pub mod limits;
 mod media;
+mod moments;
+mod notify;
 mod presence;
-mod service;
-mod sessions;
-mod social;
+mod profile;
+mod router;
+#[cfg(test)]
+mod testing;
 
 pub use auth::{hash_password, token_hash, verify_password, PasswordParams};
+pub use config::LogicConfig;
 pub use endpoints::{EndpointsConfig, GatewayEndpoints, RegionConfig};
 pub use error::LogicError;
 pub use limits::{LimitsConfig, Rate};
 pub use media::{sniff, MediaConfig};
-pub use service::{Logic, LogicConfig};
+pub use router::Logic;

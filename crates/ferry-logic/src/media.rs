@@ -28,10 +28,14 @@ use ferry_bus::{BusRequest, BusResponse};
 use ferry_proto::bus::{Fetch, Origin, Resource};
 use ferry_proto::upload::{self, TAG_LEN};
 use ferry_proto::{cmd, v1, ProtoMessage};
-use ferry_store::{valid_media_id, MediaMeta, MediaStore, StoreError};
+use ferry_store::{valid_media_id, MediaMeta};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
+use crate::attach::{store_err, Attachments};
+use crate::core::{ok, unix_ms, Core};
 use crate::error::LogicError;
-use crate::service::{now_ms, ok, Logic};
+use crate::moments::Moments;
 
 /// Media settings (`[logic.media]`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -92,7 +96,7 @@ const HANDLE_MAX: usize = 4096;
 
 /// What a chunk needs to know about its upload, once the caller was checked.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct UploadHandle {
+struct UploadHandle {
     size: u64,
     chunk_size: u32,
     /// The upload's key, when it was created sealed: unsealed chunks are opened with it.
@@ -107,7 +111,7 @@ const KEYED: [u8; 32] = [0; 32];
 /// Uploads whose owner's token was checked recently, keyed by the upload id (128 random
 /// bits, known only to the uploader) and the token's hash: both must match.
 #[derive(Default)]
-pub(crate) struct UploadCache(dashmap::DashMap<(u128, [u8; 32]), UploadHandle>);
+struct UploadCache(dashmap::DashMap<(u128, [u8; 32]), UploadHandle>);
 
 impl UploadCache {
     fn key(id: &str, token: &str) -> Option<(u128, [u8; 32])> {
@@ -143,21 +147,6 @@ impl UploadCache {
         if let Ok(id) = u128::from_str_radix(id, 16) {
             self.0.retain(|k, _| k.0 != id);
         }
-    }
-}
-
-fn store_err(e: StoreError) -> LogicError {
-    match e {
-        StoreError::NotFound => LogicError::NotFound("no such media".into()),
-        StoreError::Conflict => {
-            LogicError::InvalidArgument("the upload is being finished: no more chunks".into())
-        }
-        StoreError::ChunkMismatch => LogicError::InvalidArgument(
-            "other bytes than the ones already acknowledged at this offset: refused, \
-             the stored bytes stay"
-                .into(),
-        ),
-        e => e.into(),
     }
 }
 
@@ -227,14 +216,30 @@ fn sealed(req: &BusRequest) -> bool {
     req.origin() == Origin::ShortLinkSealed
 }
 
-impl Logic {
-    fn media(&self) -> Result<&std::sync::Arc<dyn MediaStore>, LogicError> {
-        self.media_store()
-            .ok_or_else(|| LogicError::Unavailable("no media store on this node".into()))
+/// The media handlers and the sweep of abandoned uploads.
+pub(crate) struct Media {
+    core: Arc<Core>,
+    /// Whose uploads are whose.
+    attach: Arc<Attachments>,
+    /// Who sees a moment, for media shown in one.
+    moments: Arc<Moments>,
+    /// Uploads whose owner was checked lately (shared with the sweep, which forgets
+    /// the uploads it deletes).
+    uploads: Arc<UploadCache>,
+}
+
+impl Media {
+    pub fn new(core: Arc<Core>, attach: Arc<Attachments>, moments: Arc<Moments>) -> Media {
+        Media {
+            core,
+            attach,
+            moments,
+            uploads: Arc::default(),
+        }
     }
 
     fn media_limit(&self, kind: v1::MediaKind) -> Result<u64, LogicError> {
-        let c = &self.config().media;
+        let c = &self.core.cfg.media;
         Ok(match kind {
             v1::MediaKind::MediaImage => c.max_image_bytes,
             v1::MediaKind::MediaVoice => c.max_voice_bytes,
@@ -249,20 +254,8 @@ impl Logic {
         })
     }
 
-    /// An upload of the caller's, still in progress.
-    async fn own_upload(&self, user: u64, id: &str) -> Result<MediaMeta, LogicError> {
-        let meta = self
-            .media()?
-            .meta(id)
-            .await
-            .map_err(store_err)?
-            .filter(|m| m.uploader == user)
-            .ok_or_else(|| LogicError::NotFound("no such upload".into()))?;
-        Ok(meta)
-    }
-
-    pub(crate) async fn media_create(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
-        let me = self.caller(req).await?;
+    pub async fn create(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.core.caller(req).await?;
         let r = v1::MediaCreateReq::decode(req.body.clone())?;
         let limit = self.media_limit(r.kind())?;
         if r.size == 0 {
@@ -284,7 +277,7 @@ impl Logic {
         if r.content_type.len() > 128 {
             return Err(LogicError::InvalidArgument("content type too long".into()));
         }
-        let c = &self.config().media;
+        let c = &self.core.cfg.media;
         let chunk_size = match r.chunk_size {
             0 => c.chunk_size,
             n => n.clamp(c.min_chunk_size, c.max_chunk_size),
@@ -296,7 +289,8 @@ impl Logic {
             rand::Rng::fill(&mut rand::rng(), &mut k);
             ferry_store::UploadKey(k)
         });
-        self.media()?
+        self.core
+            .media()?
             .create(MediaMeta {
                 id: id.clone(),
                 uploader: me.user_id,
@@ -305,7 +299,7 @@ impl Logic {
                 declared_type: r.content_type,
                 sha256: sha,
                 chunk_size,
-                created_ms: now_ms(),
+                created_ms: unix_ms(),
                 upload_key,
                 ..Default::default()
             })
@@ -337,8 +331,8 @@ impl Logic {
         if let Some(h) = key.as_ref().and_then(|k| self.uploads.get(k)) {
             return Ok(Ok(h));
         }
-        let me = self.caller(req).await?;
-        let meta = self.own_upload(me.user_id, id).await?;
+        let me = self.core.caller(req).await?;
+        let meta = self.attach.own_upload(me.user_id, id).await?;
         if meta.complete {
             return Ok(Err(meta));
         }
@@ -362,6 +356,7 @@ impl Logic {
             return Ok(h);
         }
         let meta = self
+            .core
             .media()?
             .meta(id)
             .await
@@ -384,7 +379,7 @@ impl Logic {
         Ok(h)
     }
 
-    pub(crate) async fn media_chunk(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+    pub async fn chunk(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let r = v1::MediaChunkReq::decode(req.body.clone())?;
         let by_key = !sealed(req) && req.user_id == 0 && req.token.is_empty();
         let up = if by_key {
@@ -436,9 +431,9 @@ impl Logic {
             ),
             None => r.data,
         };
-        let store = self.media()?;
+        let store = self.core.media()?;
         let received = store.received(&r.media_id).await.map_err(store_err)?;
-        let window = u64::from(self.config().media.window) * chunk;
+        let window = u64::from(self.core.cfg.media.window) * chunk;
         if r.offset >= received + window {
             return Err(LogicError::InvalidArgument(format!(
                 "offset {} is beyond the window (next expected {received})",
@@ -460,14 +455,15 @@ impl Logic {
         ))
     }
 
-    pub(crate) async fn media_status(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
-        let me = self.caller(req).await?;
+    pub async fn status(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.core.caller(req).await?;
         let r = v1::MediaStatusReq::decode(req.body.clone())?;
-        let meta = self.own_upload(me.user_id, &r.media_id).await?;
+        let meta = self.attach.own_upload(me.user_id, &r.media_id).await?;
         let next_offset = if meta.complete {
             meta.size
         } else {
-            self.media()?
+            self.core
+                .media()?
                 .received(&r.media_id)
                 .await
                 .map_err(store_err)?
@@ -482,11 +478,11 @@ impl Logic {
         ))
     }
 
-    pub(crate) async fn media_finish(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
-        let me = self.caller(req).await?;
+    pub async fn finish(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.core.caller(req).await?;
         let r = v1::MediaFinishReq::decode(req.body.clone())?;
-        let meta = self.own_upload(me.user_id, &r.media_id).await?;
-        let store = self.media()?;
+        let meta = self.attach.own_upload(me.user_id, &r.media_id).await?;
+        let store = self.core.media()?;
         if !meta.complete {
             let received = store.received(&r.media_id).await.map_err(store_err)?;
             if received < meta.size {
@@ -555,119 +551,8 @@ impl Logic {
         ))
     }
 
-    /// Checks that `user` uploaded the media a message refers to (and its thumbnail),
-    /// lets `users` and the members of `groups` read them, and returns the reference as
-    /// the message will carry it (size and type from the server's records).
-    pub(crate) async fn attach_media(
-        &self,
-        user: u64,
-        media: Option<v1::MediaRef>,
-        users: &[u64],
-        groups: &[u64],
-    ) -> Result<Option<v1::MediaRef>, LogicError> {
-        let Some(mut m) = media else {
-            return Ok(None);
-        };
-        if m.file_name.len() > 255 || m.file_name.chars().any(char::is_control) {
-            return Err(LogicError::InvalidArgument(
-                "file name: at most 255 printable bytes".into(),
-            ));
-        }
-        let store = self.media()?;
-        let meta = self.own_upload(user, &m.media_id).await?;
-        if !m.thumb_id.is_empty() {
-            self.own_upload(user, &m.thumb_id).await?;
-            store
-                .grant(&m.thumb_id, users, groups, &[])
-                .await
-                .map_err(store_err)?;
-        }
-        store
-            .grant(&m.media_id, users, groups, &[])
-            .await
-            .map_err(store_err)?;
-        m.kind = meta.kind;
-        m.size = meta.size;
-        m.content_type = if meta.complete {
-            meta.content_type
-        } else {
-            meta.declared_type
-        };
-        if meta.complete && meta.width > 0 {
-            (m.width, m.height) = (meta.width, meta.height);
-        }
-        Ok(Some(m))
-    }
-
-    /// Checks that every media of a moment is the author's own upload, and lets the
-    /// moment's audience read them (and their thumbnails). Called before the moment is
-    /// stored; a grant to a moment that was then not stored lets nobody in.
-    pub(crate) async fn attach_moment_media(
-        &self,
-        author: u64,
-        moment_id: u64,
-        media_ids: &[String],
-    ) -> Result<(), LogicError> {
-        if media_ids.is_empty() {
-            return Ok(());
-        }
-        let store = self.media()?;
-        let mut metas = Vec::with_capacity(media_ids.len());
-        for id in media_ids {
-            if !valid_media_id(id) {
-                return Err(LogicError::InvalidArgument(format!(
-                    "{id:?} is not a media id"
-                )));
-            }
-            metas.push(self.own_upload(author, id).await?);
-        }
-        for m in metas {
-            store
-                .grant(&m.id, &[], &[], &[moment_id])
-                .await
-                .map_err(store_err)?;
-        }
-        Ok(())
-    }
-
-    /// Deletes uploads not finished within `upload_ttl_ms`, every `sweep_interval_ms`.
-    /// In a cluster every logic node sweeps; deleting twice is harmless.
-    pub(crate) fn start_media_sweep(self: &Arc<Self>) {
-        let c = &self.config().media;
-        if c.upload_ttl_ms == 0 || c.sweep_interval_ms == 0 {
-            return;
-        }
-        let every = Duration::from_millis(c.sweep_interval_ms);
-        let me = Arc::downgrade(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                let Some(me) = me.upgrade() else { break };
-                let Some(store) = me.media_store() else {
-                    continue;
-                };
-                let ttl = i64::try_from(me.config().media.upload_ttl_ms).unwrap_or(i64::MAX);
-                match store.sweep(now_ms().saturating_sub(ttl)).await {
-                    Ok(ids) => {
-                        for id in &ids {
-                            me.uploads.forget(id);
-                        }
-                        if !ids.is_empty() {
-                            metrics::counter!("ferry_media_uploads_abandoned_total")
-                                .increment(ids.len() as u64);
-                            tracing::info!(uploads = ids.len(), "deleted abandoned uploads");
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
-                }
-            }
-        });
-    }
-
-    pub(crate) async fn media_get(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
-        let me = self.caller(req).await?;
+    pub async fn get(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.core.caller(req).await?;
         let no_fetch = Fetch::default();
         let fetch = req.fetch.as_ref().unwrap_or(&no_fetch);
         let id = fetch.argument.as_str();
@@ -675,7 +560,7 @@ impl Logic {
         if !valid_media_id(id) {
             return Err(hidden());
         }
-        let store = self.media()?;
+        let store = self.core.media()?;
         let meta = store
             .meta(id)
             .await
@@ -686,13 +571,18 @@ impl Logic {
             if allowed {
                 break;
             }
-            allowed = self.store.group_member(*g, me.user_id).await?.is_some();
+            allowed = self
+                .core
+                .store
+                .group_member(*g, me.user_id)
+                .await?
+                .is_some();
         }
         for m in &meta.grant_moments {
             if allowed {
                 break;
             }
-            allowed = match self.visible_moment(me.user_id, *m).await {
+            allowed = match self.moments.visible_moment(me.user_id, *m).await {
                 Ok(_) => true,
                 Err(LogicError::NotFound(_)) => false,
                 Err(e) => return Err(e),
@@ -704,7 +594,7 @@ impl Logic {
         if !meta.complete {
             return Err(LogicError::NotReady(
                 "the media is still uploading; try again shortly".into(),
-                self.config().media.retry_after_ms,
+                self.core.cfg.media.retry_after_ms,
             ));
         }
         let etag = format!("\"{}\"", meta.sha256);
@@ -733,7 +623,7 @@ impl Logic {
             };
             return Ok(answer(current, Vec::new()));
         }
-        let max = u64::from(self.config().media.max_response_bytes);
+        let max = u64::from(self.core.cfg.media.max_response_bytes);
         let (start, end) = match fetch.range.as_ref().map(|r| r.resolve(meta.size)) {
             None if meta.size <= max => {
                 let body = store
@@ -766,11 +656,77 @@ impl Logic {
         metrics::counter!("ferry_media_bytes_out_total").increment(body.len() as u64);
         Ok(answer(resource(Some(start)), body))
     }
+
+    /// Deletes uploads not finished within `upload_ttl_ms`, every `sweep_interval_ms`,
+    /// until `shutdown` fires. In a cluster every logic node sweeps; deleting twice is
+    /// harmless.
+    pub fn start_sweep(&self, shutdown: CancellationToken) -> Option<JoinHandle<()>> {
+        let c = &self.core.cfg.media;
+        if c.upload_ttl_ms == 0 || c.sweep_interval_ms == 0 {
+            return None;
+        }
+        let every = Duration::from_millis(c.sweep_interval_ms);
+        let ttl = i64::try_from(c.upload_ttl_ms).unwrap_or(i64::MAX);
+        let core = self.core.clone();
+        let uploads = self.uploads.clone();
+        Some(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tick.tick() => {}
+                }
+                let Some(store) = core.media_store() else {
+                    continue;
+                };
+                match store.sweep(unix_ms().saturating_sub(ttl)).await {
+                    Ok(ids) => {
+                        for id in &ids {
+                            uploads.forget(id);
+                        }
+                        if !ids.is_empty() {
+                            metrics::counter!("ferry_media_uploads_abandoned_total")
+                                .increment(ids.len() as u64);
+                            tracing::info!(uploads = ids.len(), "deleted abandoned uploads");
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "sweeping abandoned uploads failed"),
+                }
+            }
+        }))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LogicConfig;
+    use crate::testing::World;
+
+    #[tokio::test]
+    async fn the_sweep_runs_until_shutdown_fires() {
+        let mut cfg = LogicConfig::default();
+        cfg.media.sweep_interval_ms = 10;
+        let w = World::new(cfg);
+        let attach = Arc::new(Attachments::new(w.core.clone()));
+        let moments = Arc::new(Moments::new(
+            w.core.clone(),
+            w.notifier.clone(),
+            w.friends.clone(),
+            attach.clone(),
+        ));
+        let media = Media::new(w.core.clone(), attach, moments);
+        let shutdown = CancellationToken::new();
+        let sweep = media.start_sweep(shutdown.clone()).unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!sweep.is_finished(), "ten rounds later it still sweeps");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(1), sweep)
+            .await
+            .expect("the sweep stops when told")
+            .unwrap();
+    }
 
     #[test]
     fn sniffing() {

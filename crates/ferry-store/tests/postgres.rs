@@ -1,38 +1,14 @@
-//! Runs the store suite against PostgreSQL on 127.0.0.1:5432 (trust auth, user
-//! `postgres` or `root`, database `test` present; `FERRY_TEST_PG` overrides the admin
-//! connection string). Each test gets a throw-away database `ferry_t_<random>`, dropped
-//! at the end even when the test fails.
+//! Runs the store conformance suite against the cluster's stores — PostgreSQL, and media
+//! with its metadata in PostgreSQL — plus PostgreSQL-only checks (reconnecting, two nodes
+//! writing at once), against the test process's own throw-away PostgreSQL server
+//! (ferry-testkit starts it from the installed server binaries). Each test gets a
+//! database `ferry_t_<random>`, dropped at the end even when the test fails.
 
 use std::sync::Arc;
 
-use ferry_store::{conformance, NewMessage, PgConfig, PgStore, Store};
-use futures_util::FutureExt;
-use tokio_postgres::NoTls;
-
-/// Connection strings to try for the admin connection, in order.
-fn admin_urls() -> Vec<String> {
-    if let Ok(url) = std::env::var("FERRY_TEST_PG") {
-        return vec![url];
-    }
-    ["postgres", "root"]
-        .iter()
-        .map(|u| format!("host=127.0.0.1 port=5432 user={u} dbname=test connect_timeout=5"))
-        .collect()
-}
-
-async fn admin() -> (tokio_postgres::Client, String) {
-    let mut errors = Vec::new();
-    for url in admin_urls() {
-        match tokio_postgres::connect(&url, NoTls).await {
-            Ok((client, conn)) => {
-                tokio::spawn(conn);
-                return (client, url);
-            }
-            Err(e) => errors.push(format!("{url}: {e}")),
-        }
-    }
-    panic!("no PostgreSQL for the store tests: {errors:?}");
-}
+use ferry_store::prelude::*;
+use ferry_store::{NewMessage, PgConfig, PgMediaStore, PgStore};
+use ferry_testkit::Db;
 
 /// Runs `test` on a store in a fresh database, then drops the database.
 async fn with_db<F, Fut>(test: F)
@@ -40,68 +16,38 @@ where
     F: FnOnce(Arc<dyn Store>, PgConfig) -> Fut,
     Fut: std::future::Future<Output = ()>,
 {
-    let (admin, url) = admin().await;
-    let name = format!("ferry_t_{:016x}", rand::random::<u64>());
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .unwrap();
-    let url = url.replace("dbname=test", &format!("dbname={name}"));
-    let cfg = PgConfig::new(url);
-    let outcome = std::panic::AssertUnwindSafe(async {
-        let store: Arc<dyn Store> = Arc::new(PgStore::connect(&cfg).await.unwrap());
-        test(store, cfg.clone()).await;
+    // Dropped at the end, also when the test panics.
+    let db = Db::create();
+    let cfg = PgConfig::new(db.url());
+    let store: Arc<dyn Store> = Arc::new(PgStore::connect(&cfg).await.unwrap());
+    test(store, cfg.clone()).await;
+}
+
+/// Runs one conformance case on a store in a fresh database.
+async fn with_store<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    with_db(|store, _| case(store)).await;
+}
+
+/// Runs one media conformance case on a PostgreSQL media store in a fresh database, its
+/// bytes in a fresh folder.
+async fn with_media<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn MediaStore>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    with_db(|_, cfg| async move {
+        let dir = tempfile::tempdir().unwrap();
+        let media = PgMediaStore::connect(&cfg, dir.path()).await.unwrap();
+        case(Arc::new(media)).await;
     })
-    .catch_unwind()
     .await;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .unwrap();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
 }
 
-macro_rules! suite {
-    ($($name:ident),* $(,)?) => {
-        $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                with_db(|store, _| conformance::$name(store)).await;
-            }
-        )*
-        /// Every test of the suite is listed above.
-        const SUITE: &[&str] = &[$(stringify!($name)),*];
-    };
-}
-
-suite!(
-    users_and_sessions,
-    messages_and_inbox,
-    paging_and_concurrency,
-    synckeys_and_prune,
-    events_share_the_inbox_with_messages,
-    friendships_are_conditional_and_versioned,
-    avatars_and_reports,
-    moments_likes_and_comments,
-    groups_logs_members_and_recall,
-);
-
-#[test]
-fn runs_the_whole_suite() {
-    let src = include_str!("../src/conformance.rs");
-    let missing: Vec<&str> = src
-        .lines()
-        .filter_map(|l| l.strip_prefix("pub async fn "))
-        .filter_map(|l| l.split('(').next())
-        .filter(|name| !SUITE.contains(name))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "conformance tests not run against PostgreSQL: {missing:?}"
-    );
-}
+ferry_store::conformance_tests!(with_store, with_media);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn data_survives_reconnect_and_migrations_are_idempotent() {

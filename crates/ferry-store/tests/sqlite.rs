@@ -1,35 +1,38 @@
-//! Runs the store suite against the embedded SQLite store, plus SQLite-only checks.
+//! Runs the store conformance suite against the embedded deployment's stores — SQLite,
+//! and media in a local folder — plus SQLite-only checks (reopening the file, the WAL
+//! starting over).
+use std::future::Future;
 use std::sync::Arc;
 
-use ferry_store::{conformance, Durability, NewMessage, SqliteStore, Store};
+use ferry_store::prelude::*;
+use ferry_store::{Durability, LocalMediaStore, NewMessage, SqliteStore};
 
 fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
     Arc::new(SqliteStore::open(dir.path(), Durability::Fsync).unwrap())
 }
 
-#[tokio::test]
-async fn users_and_sessions() {
+/// Runs one conformance case on a store in a fresh folder (deleted afterwards).
+async fn with_store<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn Store>) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let dir = tempfile::tempdir().unwrap();
-    conformance::users_and_sessions(store(&dir)).await;
+    case(store(&dir)).await;
 }
 
-#[tokio::test]
-async fn messages_and_inbox() {
+/// Runs one media conformance case on the embedded deployment's media store (a local
+/// folder, deleted afterwards).
+async fn with_media<F, Fut>(case: F)
+where
+    F: FnOnce(Arc<dyn MediaStore>) -> Fut,
+    Fut: Future<Output = ()>,
+{
     let dir = tempfile::tempdir().unwrap();
-    conformance::messages_and_inbox(store(&dir)).await;
+    case(Arc::new(LocalMediaStore::open(dir.path()).unwrap())).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn paging_and_concurrency() {
-    let dir = tempfile::tempdir().unwrap();
-    conformance::paging_and_concurrency(store(&dir)).await;
-}
-
-#[tokio::test]
-async fn synckeys_and_prune() {
-    let dir = tempfile::tempdir().unwrap();
-    conformance::synckeys_and_prune(store(&dir)).await;
-}
+ferry_store::conformance_tests!(with_store, with_media);
 
 #[tokio::test]
 async fn data_survives_reopen() {
@@ -94,36 +97,6 @@ async fn seqs_go_on_after_everything_was_pruned_and_reopened() {
     assert_eq!(s.inbox(a, 0, 10).await.unwrap().latest_seq, 3);
     let next = s.append_message(msg(a, b, 99)).await.unwrap();
     assert_eq!((next.sender_seq, next.recipient_seq), (4, 4));
-}
-
-#[tokio::test]
-async fn events_share_the_inbox_with_messages() {
-    let dir = tempfile::tempdir().unwrap();
-    conformance::events_share_the_inbox_with_messages(store(&dir)).await;
-}
-
-#[tokio::test]
-async fn friendships_are_conditional_and_versioned() {
-    let dir = tempfile::tempdir().unwrap();
-    conformance::friendships_are_conditional_and_versioned(store(&dir)).await;
-}
-
-#[tokio::test]
-async fn avatars_and_reports() {
-    let dir = tempfile::tempdir().unwrap();
-    conformance::avatars_and_reports(store(&dir)).await;
-}
-
-#[tokio::test]
-async fn moments_likes_and_comments() {
-    let dir = tempfile::tempdir().unwrap();
-    conformance::moments_likes_and_comments(store(&dir)).await;
-}
-
-#[tokio::test]
-async fn groups_logs_members_and_recall() {
-    let dir = tempfile::tempdir().unwrap();
-    conformance::groups_logs_members_and_recall(store(&dir)).await;
 }
 
 /// Under a steady stream of commits the WAL must still start over now and then (the

@@ -61,7 +61,7 @@ impl KeyOpts {
             }
             (None, None) => return Ok(Security::TrustOnFirstUse),
         };
-        Ok(Security::Pinned(crate::server_key::parse_public(&text)?))
+        Ok(Security::pinned_hex(&text)?)
     }
 
     /// A short link to `server` for a command without a device (register, endpoints).

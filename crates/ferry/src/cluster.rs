@@ -266,6 +266,7 @@ impl LogicNode {
     /// by their clients (on another logic node).
     pub async fn shutdown(self) {
         self.shutdown.cancel();
+        self.logic.shutdown();
         // Bounded: with NATS gone, a flush would wait for a reconnect that never comes.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.bus.flush()).await;
     }

@@ -4,7 +4,6 @@
 //!
 //! Nothing here may hold protocol or business logic: that lives in the role crates.
 
-pub mod bench;
 pub mod cli;
 pub mod cli_media;
 pub mod cluster;

@@ -173,7 +173,7 @@ enum Command {
         command: AdminCommand,
     },
     /// Measure a server: connections, memory, throughput, latency (see docs/benchmarks.md).
-    Bench(ferry::bench::BenchArgs),
+    Bench(ferry_bench::BenchArgs),
     /// A bench worker process (started by `ferry bench`).
     #[command(hide = true)]
     BenchWorker { spec: String },
@@ -327,8 +327,8 @@ async fn main() {
                     Ok(store) => cli::admin_reports(store, get, out, limit).await,
                     Err(e) => Err(e),
                 },
-                Command::Bench(args) => ferry::bench::run(args).await,
-                Command::BenchWorker { spec } => ferry::bench::worker::run(&spec).await,
+                Command::Bench(args) => ferry_bench::run(args).await,
+                Command::BenchWorker { spec } => ferry_bench::worker::run(&spec).await,
                 Command::Serve { .. } | Command::Gateway { .. } | Command::Logic { .. } => {
                     unreachable!()
                 }

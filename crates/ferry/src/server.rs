@@ -101,6 +101,7 @@ impl Server {
     /// Stops accepting, kicks every link and waits (bounded) for them to close.
     pub async fn shutdown(self) {
         self.shutdown.cancel();
+        self.logic.shutdown();
         for s in self.serving {
             let _ = s.await;
         }

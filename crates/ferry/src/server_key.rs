@@ -62,14 +62,6 @@ fn parse(text: &str) -> anyhow::Result<StaticKey> {
     StaticKey::from_private(&raw).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// A public key given as 64 hex digits (`--server-key`, `server_key = …`).
-pub fn parse_public(text: &str) -> anyhow::Result<[u8; 32]> {
-    hex::decode(text.trim())
-        .ok()
-        .and_then(|b| <[u8; 32]>::try_from(b).ok())
-        .with_context(|| format!("{text:?} is not a server key (64 hex digits)"))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,10 +79,12 @@ mod tests {
             let mode = std::fs::metadata(&file).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        assert_eq!(parse_public(&hex::encode(a.public)).unwrap(), a.public);
+        // Clients read the public half as 64 hex digits (`--server-key`).
+        let pinned = ferry_client::Security::pinned_hex(&hex::encode(a.public)).unwrap();
+        assert_eq!(pinned.key(), Some(a.public));
         std::fs::write(&file, "not hex\n").unwrap();
         let e = load_or_create(&file).unwrap_err();
         assert!(format!("{e:#}").contains("not a server key"), "{e:#}");
-        assert!(parse_public("abcd").is_err());
+        assert!(ferry_client::Security::pinned_hex("abcd").is_err());
     }
 }

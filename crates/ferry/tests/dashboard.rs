@@ -5,15 +5,14 @@
 //!
 //! Every server in one process shares the process's metrics recorder (as every role in
 //! one process shares one `/metrics`), so these tests run one at a time and compare
-//! counters before and after.
+//! counters before and after — and they are a test binary of their own, not a module of
+//! `tests/it` (where every other test's servers would move the same counters).
 //!
 //! The browser test needs Debian's `chromium` (`apt-get install chromium`; `.ci/run`
 //! installs it). Without it the test says so and skips, unless
 //! `FERRY_REQUIRE_CHROMIUM=1` (set by `.ci/run` once chromium is installed) makes that
 //! a failure. `FERRY_DASHBOARD_SCREENSHOT=docs/dashboard.png` saves what the browser
 //! drew (and `…-phone.png` beside it for the phone-sized view).
-
-mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,7 +21,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use common::*;
+use ferry_testkit::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 

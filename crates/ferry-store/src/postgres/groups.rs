@@ -1,18 +1,19 @@
-//! PostgreSQL: groups, their members and their logs, and message recall — the same
-//! semantics as `sqlite/groups.rs`.
+//! PostgreSQL: groups, their members, their logs and read marks ([`GroupStore`]) — the
+//! same semantics as `sqlite/groups.rs`.
 //!
 //! A group's log is numbered by `groups.last_gseq`, bumped with `UPDATE … RETURNING` in
 //! the transaction that writes the entry: gapless under any number of logic nodes.
 //! Locks are always taken in the order message → group → users, so no two writers can
 //! wait on each other in a cycle.
 
+use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use ferry_proto::{v1, ProtoMessage};
 
-use super::social::{append_events, lock_users};
+use super::inbox::{append_events, decode_message, event_users, lock_users};
 use super::{is_retryable, PgStore, WRITE_ATTEMPTS};
 use crate::{
-    Appended, GroupChange, GroupRow, MemberRow, MessageInfo, NewEvent, NewMessage, Result,
+    Appended, GroupChange, GroupRow, GroupStore, MemberRow, NewEvent, NewMessage, Result,
     StoreError,
 };
 
@@ -42,7 +43,7 @@ fn row_member(r: &tokio_postgres::Row, at: usize) -> MemberRow {
 }
 
 /// Appends one entry to a group's log (locking the group's row); returns its gseq.
-async fn log_append(
+pub(super) async fn log_append(
     txn: &Transaction<'_>,
     group: u64,
     msg_id: Option<u64>,
@@ -107,20 +108,9 @@ async fn add_member(
     Ok(())
 }
 
-fn users_of(events: &[NewEvent]) -> Vec<u64> {
-    events.iter().map(|e| e.user_id).collect()
-}
-
-/// A message body as stored, with its id filled in from the row.
-fn decode_message(id: i64, body: &[u8]) -> Result<v1::Message> {
-    let mut m =
-        v1::Message::decode(body).map_err(|e| StoreError::Corrupt(format!("message {id}: {e}")))?;
-    m.msg_id = id as u64;
-    Ok(m)
-}
-
-impl PgStore {
-    pub(super) async fn pg_create_group(
+#[async_trait]
+impl GroupStore for PgStore {
+    async fn create_group(
         &self,
         g: GroupRow,
         members: Vec<(u64, i32)>,
@@ -146,13 +136,13 @@ impl PgStore {
             add_member(&txn, g.id, *user, *role, 1).await?;
         }
         log_append(&txn, g.id, None, Some(&event), event.time_ms).await?;
-        lock_users(&txn, &users_of(&inbox)).await?;
+        lock_users(&txn, &event_users(&inbox)).await?;
         append_events(&txn, &inbox).await?;
         txn.commit().await?;
         Ok(())
     }
 
-    pub(super) async fn pg_group(&self, id: u64) -> Result<Option<GroupRow>> {
+    async fn group(&self, id: u64) -> Result<Option<GroupRow>> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(&format!("SELECT {GROUP_COLS} FROM groups WHERE id = $1"))
@@ -163,7 +153,7 @@ impl PgStore {
             .map(|r| row_group(&r)))
     }
 
-    pub(super) async fn pg_group_members(&self, id: u64) -> Result<Vec<MemberRow>> {
+    async fn group_members(&self, id: u64) -> Result<Vec<MemberRow>> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(&format!(
@@ -178,7 +168,7 @@ impl PgStore {
             .collect())
     }
 
-    pub(super) async fn pg_group_member(&self, id: u64, user: u64) -> Result<Option<MemberRow>> {
+    async fn group_member(&self, id: u64, user: u64) -> Result<Option<MemberRow>> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(&format!(
@@ -191,7 +181,7 @@ impl PgStore {
             .map(|r| row_member(&r, 0)))
     }
 
-    pub(super) async fn pg_user_groups(&self, user: u64) -> Result<Vec<(GroupRow, MemberRow)>> {
+    async fn user_groups(&self, user: u64) -> Result<Vec<(GroupRow, MemberRow)>> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
@@ -209,7 +199,7 @@ impl PgStore {
             .collect())
     }
 
-    pub(super) async fn pg_change_group(&self, ch: GroupChange) -> Result<u64> {
+    async fn change_group(&self, ch: GroupChange) -> Result<u64> {
         let mut client = self.client().await?;
         let txn = client.transaction().await?;
         // The log append locks the group's row: changes of one group are serialised,
@@ -252,17 +242,13 @@ impl PgStore {
             )
             .await?;
         }
-        lock_users(&txn, &users_of(&ch.inbox)).await?;
+        lock_users(&txn, &event_users(&ch.inbox)).await?;
         append_events(&txn, &ch.inbox).await?;
         txn.commit().await?;
         Ok(gseq)
     }
 
-    pub(super) async fn pg_append_group_message(
-        &self,
-        group: u64,
-        msg: NewMessage,
-    ) -> Result<Appended> {
+    async fn append_group_message(&self, group: u64, msg: NewMessage) -> Result<Appended> {
         let sender = msg.sender_id as i64;
         let cmid = msg.client_msg_id as i64;
         let mut body = msg.message.clone();
@@ -273,7 +259,7 @@ impl PgStore {
         let mut client = self.client().await?;
         let mut last_err = None;
         for _ in 0..WRITE_ATTEMPTS {
-            if let Some(mut dup) = Self::existing(&client, sender, cmid).await? {
+            if let Some(mut dup) = PgStore::existing(&client, sender, cmid).await? {
                 dup.sender_seq = 0;
                 return Ok(dup);
             }
@@ -318,7 +304,7 @@ impl PgStore {
         ))
     }
 
-    pub(super) async fn pg_group_log(
+    async fn group_log(
         &self,
         group: u64,
         after: u64,
@@ -386,52 +372,7 @@ impl PgStore {
         Ok((out, latest, more))
     }
 
-    pub(super) async fn pg_message_info(&self, msg_id: u64) -> Result<Option<MessageInfo>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("SELECT id, sender_id, created_ms, body FROM messages WHERE id = $1")
-            .await?;
-        let Some(r) = client.query_opt(&stmt, &[&(msg_id as i64)]).await? else {
-            return Ok(None);
-        };
-        let id: i64 = r.get(0);
-        let body: Option<Vec<u8>> = r.get(3);
-        Ok(Some(MessageInfo {
-            msg_id: id as u64,
-            sender_id: r.get::<_, i64>(1) as u64,
-            time_ms: r.get(2),
-            body: body.map(|b| decode_message(id, &b)).transpose()?,
-        }))
-    }
-
-    pub(super) async fn pg_recall_message(
-        &self,
-        msg_id: u64,
-        group: Option<(u64, v1::GroupEntry)>,
-        inbox: Vec<NewEvent>,
-    ) -> Result<(Option<u64>, Vec<u64>)> {
-        let mut client = self.client().await?;
-        let txn = client.transaction().await?;
-        let n = txn
-            .execute(
-                "UPDATE messages SET body = NULL WHERE id = $1 AND body IS NOT NULL",
-                &[&(msg_id as i64)],
-            )
-            .await?;
-        if n == 0 {
-            return Err(StoreError::NotFound);
-        }
-        let gseq = match group {
-            Some((g, entry)) => Some(log_append(&txn, g, None, Some(&entry), entry.time_ms).await?),
-            None => None,
-        };
-        lock_users(&txn, &users_of(&inbox)).await?;
-        let seqs = append_events(&txn, &inbox).await?;
-        txn.commit().await?;
-        Ok((gseq, seqs))
-    }
-
-    pub(super) async fn pg_set_group_read(&self, group: u64, user: u64, gseq: u64) -> Result<()> {
+    async fn set_group_read(&self, group: u64, user: u64, gseq: u64) -> Result<()> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(

@@ -1,91 +1,19 @@
-//! PostgreSQL: sessions of a user, inbox events, friendships, avatars, reports and
-//! moments — the same semantics as `sqlite/social.rs`.
+//! PostgreSQL: friendships, avatars, and moments with their likes and comments
+//! ([`SocialStore`]) — the same semantics as `sqlite/social.rs`.
 //!
-//! Every write that bumps a user's seq or friend-list version first locks the users'
-//! rows in ascending id order ([`lock_users`]), so concurrent writers touching the same
-//! users queue up instead of deadlocking, and conditional changes (friendships) read
-//! their preconditions under those locks.
+//! Writes that append inbox events lock the users' rows first
+//! ([`lock_users`](super::inbox::lock_users)), and conditional changes (friendships)
+//! read their preconditions under those locks.
 
-use std::collections::HashSet;
-
+use async_trait::async_trait;
 use deadpool_postgres::Transaction;
-use ferry_proto::ProtoMessage;
 
+use super::inbox::{append_events, event_users, lock_users};
 use super::PgStore;
 use crate::{
-    Avatar, FriendChange, FriendList, FriendRow, MomentRow, NewEvent, Reaction, ReportInfo, Result,
-    StoreError,
+    Avatar, FriendChange, FriendList, FriendRow, MomentRow, NewEvent, Reaction, Result,
+    SocialStore, StoreError,
 };
-
-/// Locks the rows of `ids` (ascending order); [`StoreError::UnknownUser`] for the first
-/// id that does not exist.
-pub(super) async fn lock_users(txn: &Transaction<'_>, ids: &[u64]) -> Result<()> {
-    let mut want: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-    want.sort_unstable();
-    want.dedup();
-    if want.is_empty() {
-        return Ok(());
-    }
-    let stmt = txn
-        .prepare_cached("SELECT id FROM users WHERE id = ANY($1) ORDER BY id FOR UPDATE")
-        .await?;
-    let rows = txn.query(&stmt, &[&want]).await?;
-    if rows.len() != want.len() {
-        let found: HashSet<i64> = rows.iter().map(|r| r.get(0)).collect();
-        let missing = want
-            .iter()
-            .find(|id| !found.contains(id))
-            .copied()
-            .unwrap_or(0);
-        return Err(StoreError::UnknownUser(missing as u64));
-    }
-    Ok(())
-}
-
-/// The next seq of a user whose row this transaction has locked.
-pub(super) async fn next_seq(txn: &Transaction<'_>, user: u64) -> Result<u64> {
-    let stmt = txn
-        .prepare_cached("UPDATE users SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
-        .await?;
-    Ok(txn
-        .query_opt(&stmt, &[&(user as i64)])
-        .await?
-        .ok_or(StoreError::UnknownUser(user))?
-        .get::<_, i64>(0) as u64)
-}
-
-/// Appends events to inboxes; the users must be locked already.
-pub(super) async fn append_events(txn: &Transaction<'_>, events: &[NewEvent]) -> Result<Vec<u64>> {
-    let insert = txn
-        .prepare_cached(
-            "INSERT INTO inbox (user_id, seq, msg_id, created_ms, payload) VALUES ($1, $2, NULL, $3, $4)",
-        )
-        .await?;
-    let mut seqs = Vec::with_capacity(events.len());
-    for ev in events {
-        let seq = next_seq(txn, ev.user_id).await?;
-        let mut entry = ev.entry.clone();
-        entry.seq = 0;
-        let time = entry.time_ms;
-        entry.time_ms = 0;
-        txn.execute(
-            &insert,
-            &[
-                &(ev.user_id as i64),
-                &(seq as i64),
-                &time,
-                &entry.encode_to_vec(),
-            ],
-        )
-        .await?;
-        seqs.push(seq);
-    }
-    Ok(seqs)
-}
-
-fn event_users(events: &[NewEvent]) -> Vec<u64> {
-    events.iter().map(|e| e.user_id).collect()
-}
 
 const FRIEND_COLS: &str = "user_id, peer_id, state, greeting, version, updated_ms";
 
@@ -100,23 +28,6 @@ fn row_friend(r: &tokio_postgres::Row) -> FriendRow {
     }
 }
 
-const REPORT_COLS: &str =
-    "id, user_id, device_id, client_version, kind, file_name, length, md5, created_ms";
-
-fn row_report(r: &tokio_postgres::Row) -> ReportInfo {
-    ReportInfo {
-        id: r.get::<_, i64>(0) as u64,
-        user_id: r.get::<_, i64>(1) as u64,
-        device_id: r.get(2),
-        client_version: r.get(3),
-        kind: r.get(4),
-        file_name: r.get(5),
-        length: r.get::<_, i64>(6) as u64,
-        md5: r.get(7),
-        created_ms: r.get(8),
-    }
-}
-
 fn row_moment(r: &tokio_postgres::Row) -> MomentRow {
     MomentRow {
         id: r.get::<_, i64>(0) as u64,
@@ -127,30 +38,20 @@ fn row_moment(r: &tokio_postgres::Row) -> MomentRow {
     }
 }
 
-impl PgStore {
-    pub(super) async fn pg_delete_user_sessions(&self, user: u64) -> Result<Vec<String>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached("DELETE FROM sessions WHERE user_id = $1 RETURNING device_id")
-            .await?;
-        Ok(client
-            .query(&stmt, &[&(user as i64)])
-            .await?
-            .iter()
-            .map(|r| r.get(0))
-            .collect())
+/// Locks the moment's row (so a concurrent delete waits); NotFound when it is gone.
+async fn require_moment(txn: &Transaction<'_>, id: u64) -> Result<()> {
+    let stmt = txn
+        .prepare_cached("SELECT 1 FROM moments WHERE id = $1 FOR SHARE")
+        .await?;
+    match txn.query_opt(&stmt, &[&(id as i64)]).await? {
+        Some(_) => Ok(()),
+        None => Err(StoreError::NotFound),
     }
+}
 
-    pub(super) async fn pg_append_events(&self, events: Vec<NewEvent>) -> Result<Vec<u64>> {
-        let mut client = self.client().await?;
-        let txn = client.transaction().await?;
-        lock_users(&txn, &event_users(&events)).await?;
-        let seqs = append_events(&txn, &events).await?;
-        txn.commit().await?;
-        Ok(seqs)
-    }
-
-    pub(super) async fn pg_friendship(&self, user: u64, peer: u64) -> Result<Option<FriendRow>> {
+#[async_trait]
+impl SocialStore for PgStore {
+    async fn friendship(&self, user: u64, peer: u64) -> Result<Option<FriendRow>> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(&format!(
@@ -163,7 +64,7 @@ impl PgStore {
             .map(|r| row_friend(&r)))
     }
 
-    pub(super) async fn pg_change_friends(&self, change: FriendChange) -> Result<Vec<u64>> {
+    async fn change_friends(&self, change: FriendChange) -> Result<Vec<u64>> {
         let mut client = self.client().await?;
         let txn = client.transaction().await?;
         let mut users: Vec<u64> = event_users(&change.events);
@@ -221,7 +122,7 @@ impl PgStore {
         Ok(seqs)
     }
 
-    pub(super) async fn pg_friends(&self, user: u64, since: u64) -> Result<FriendList> {
+    async fn friends(&self, user: u64, since: u64) -> Result<FriendList> {
         let mut client = self.client().await?;
         // One snapshot for the version and the rows.
         let txn = client
@@ -261,7 +162,7 @@ impl PgStore {
         })
     }
 
-    pub(super) async fn pg_set_avatar(&self, user: u64, a: Avatar) -> Result<()> {
+    async fn set_avatar(&self, user: u64, a: Avatar) -> Result<()> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
@@ -288,7 +189,7 @@ impl PgStore {
         Ok(())
     }
 
-    pub(super) async fn pg_avatar(&self, user: u64) -> Result<Option<Avatar>> {
+    async fn avatar(&self, user: u64) -> Result<Option<Avatar>> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
@@ -307,74 +208,7 @@ impl PgStore {
             }))
     }
 
-    pub(super) async fn pg_add_report(&self, r: ReportInfo, data: Vec<u8>) -> Result<u64> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "INSERT INTO reports (user_id, device_id, client_version, kind, file_name, length, md5, created_ms, data)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
-            )
-            .await?;
-        Ok(client
-            .query_one(
-                &stmt,
-                &[
-                    &(r.user_id as i64),
-                    &r.device_id,
-                    &r.client_version,
-                    &r.kind,
-                    &r.file_name,
-                    &(r.length as i64),
-                    &r.md5,
-                    &r.created_ms,
-                    &data,
-                ],
-            )
-            .await?
-            .get::<_, i64>(0) as u64)
-    }
-
-    pub(super) async fn pg_reports(&self, before: u64, limit: u32) -> Result<Vec<ReportInfo>> {
-        let before = if before == 0 { i64::MAX } else { before as i64 };
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {REPORT_COLS} FROM reports WHERE id < $1 ORDER BY id DESC LIMIT $2"
-            ))
-            .await?;
-        Ok(client
-            .query(&stmt, &[&before, &i64::from(limit)])
-            .await?
-            .iter()
-            .map(row_report)
-            .collect())
-    }
-
-    pub(super) async fn pg_report(&self, id: u64) -> Result<Option<(ReportInfo, Vec<u8>)>> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(&format!(
-                "SELECT {REPORT_COLS}, data FROM reports WHERE id = $1"
-            ))
-            .await?;
-        Ok(client
-            .query_opt(&stmt, &[&(id as i64)])
-            .await?
-            .map(|r| (row_report(&r), r.get(9))))
-    }
-
-    pub(super) async fn pg_prune_reports(&self, before_ms: i64) -> Result<u64> {
-        let client = self.client().await?;
-        Ok(client
-            .execute("DELETE FROM reports WHERE created_ms < $1", &[&before_ms])
-            .await?)
-    }
-
-    pub(super) async fn pg_add_moment(
-        &self,
-        m: MomentRow,
-        events: Vec<NewEvent>,
-    ) -> Result<Vec<u64>> {
+    async fn add_moment(&self, m: MomentRow, events: Vec<NewEvent>) -> Result<Vec<u64>> {
         let mut client = self.client().await?;
         let txn = client.transaction().await?;
         lock_users(&txn, &event_users(&events)).await?;
@@ -399,7 +233,7 @@ impl PgStore {
         Ok(seqs)
     }
 
-    pub(super) async fn pg_moment(&self, id: u64) -> Result<Option<MomentRow>> {
+    async fn moment(&self, id: u64) -> Result<Option<MomentRow>> {
         let client = self.client().await?;
         let stmt = client
             .prepare_cached(
@@ -412,7 +246,7 @@ impl PgStore {
             .map(|r| row_moment(&r)))
     }
 
-    pub(super) async fn pg_delete_moment(&self, id: u64) -> Result<bool> {
+    async fn delete_moment(&self, id: u64) -> Result<bool> {
         let mut client = self.client().await?;
         let txn = client.transaction().await?;
         let n = txn
@@ -432,12 +266,7 @@ impl PgStore {
         Ok(n > 0)
     }
 
-    pub(super) async fn pg_timeline(
-        &self,
-        authors: &[u64],
-        before: u64,
-        limit: u32,
-    ) -> Result<Vec<MomentRow>> {
+    async fn timeline(&self, authors: &[u64], before: u64, limit: u32) -> Result<Vec<MomentRow>> {
         if authors.is_empty() {
             return Ok(Vec::new());
         }
@@ -458,18 +287,7 @@ impl PgStore {
             .collect())
     }
 
-    /// Locks the moment's row (so a concurrent delete waits); NotFound when it is gone.
-    async fn require_moment(txn: &Transaction<'_>, id: u64) -> Result<()> {
-        let stmt = txn
-            .prepare_cached("SELECT 1 FROM moments WHERE id = $1 FOR SHARE")
-            .await?;
-        match txn.query_opt(&stmt, &[&(id as i64)]).await? {
-            Some(_) => Ok(()),
-            None => Err(StoreError::NotFound),
-        }
-    }
-
-    pub(super) async fn pg_set_like(
+    async fn set_like(
         &self,
         moment: u64,
         user: u64,
@@ -482,7 +300,7 @@ impl PgStore {
         if let Some(ev) = &event {
             lock_users(&txn, &[ev.user_id]).await?;
         }
-        Self::require_moment(&txn, moment).await?;
+        require_moment(&txn, moment).await?;
         let changed = if on {
             txn.execute(
                 "INSERT INTO moment_likes (moment_id, user_id, created_ms) VALUES ($1, $2, $3)
@@ -506,7 +324,7 @@ impl PgStore {
         Ok(changed > 0)
     }
 
-    pub(super) async fn pg_add_comment(
+    async fn add_comment(
         &self,
         moment: u64,
         user: u64,
@@ -519,7 +337,7 @@ impl PgStore {
         if let Some(ev) = &event {
             lock_users(&txn, &[ev.user_id]).await?;
         }
-        Self::require_moment(&txn, moment).await?;
+        require_moment(&txn, moment).await?;
         let id: i64 = txn
             .query_one(
                 "INSERT INTO moment_comments (moment_id, user_id, text, created_ms)
@@ -535,7 +353,7 @@ impl PgStore {
         Ok(id as u64)
     }
 
-    pub(super) async fn pg_reactions(&self, moments: &[u64]) -> Result<Vec<Reaction>> {
+    async fn reactions(&self, moments: &[u64]) -> Result<Vec<Reaction>> {
         if moments.is_empty() {
             return Ok(Vec::new());
         }

@@ -1,0 +1,342 @@
+//! `ferry bench idle`: N logged-in connections holding heartbeats.
+//!
+//! Figures: the connect+login rate, the server's RSS before and after (and after each
+//! step, for the memory-vs-connections plot), user-space bytes per connection, and the
+//! kernel's TCP memory (`/proc/net/sockstat`) and slab growth.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use super::conn::FerryConn;
+use super::report::Report;
+use super::worker::{Cmd, Counters, Ctx, Out, Spec};
+use super::xmpp::XmppConn;
+use super::{meminfo_kib, sockstat, specs, BenchArgs, Proto, Target, Workers};
+
+/// Heartbeat interval of an idle connection (Ferry's servers ask for 30 s).
+const HEARTBEAT: Duration = Duration::from_secs(30);
+/// Connects+logins one worker has in flight at once.
+const IN_FLIGHT: usize = 256;
+
+/// One memory sample.
+fn sample(target: &Target, connections: u64) -> Value {
+    let (sockets, pages) = sockstat().unwrap_or((0, 0));
+    json!({
+        "connections": connections,
+        "server_rss_kib": target.rss_kib(),
+        "tcp_sockets": sockets,
+        "tcp_mem_pages": pages,
+        "slab_kib": meminfo_kib("Slab"),
+    })
+}
+
+fn num(v: &Value, k: &str) -> f64 {
+    v.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+pub async fn run(args: &BenchArgs, connections: usize, steps: usize) -> anyhow::Result<Report> {
+    let target = Target::new(args).await?;
+    let result = measure(args, &target, connections, steps.max(1)).await;
+    target.stop().await;
+    result
+}
+
+async fn measure(
+    args: &BenchArgs,
+    target: &Target,
+    connections: usize,
+    steps: usize,
+) -> anyhow::Result<Report> {
+    let specs = specs(args, target, "idle", (connections, 1), None, 1);
+    let (mut w, pb, prepare_failed) = Workers::prepared(specs).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = sample(target, 0);
+    let mut points = vec![before.clone()];
+    pb.set_message("connecting");
+    pb.set_position(0);
+    let mut connect_secs = 0.0;
+    let mut connected = 0;
+    let mut login_failed = 0;
+    for step in 1..=steps {
+        let t0 = Instant::now();
+        (connected, login_failed) = w.connect("connect", (step, steps), Some(&pb)).await?;
+        connect_secs += t0.elapsed().as_secs_f64();
+        pb.set_position(connected);
+        // Let the server's allocator settle before reading its memory.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        points.push(sample(target, connected));
+    }
+    let after = points.last().cloned().unwrap_or_default();
+    pb.set_message("holding");
+    let hold = Duration::from_secs_f64(args.duration);
+    let end = Instant::now() + hold;
+    while let Some(_out) = w.next(end).await? {
+        pb.set_position(w.sum(Out::connected));
+    }
+    let end_sample = sample(target, w.sum(Out::connected));
+    let results = w.results(Duration::from_secs(30)).await?;
+    pb.finish_and_clear();
+
+    let mut dropped = 0;
+    let mut retries = 0;
+    let mut worker_rss = 0;
+    for value in &results {
+        dropped += value["dropped"].as_u64().unwrap_or(0);
+        retries += value["login_retries"].as_u64().unwrap_or(0);
+        worker_rss += value["worker_rss_kib"].as_u64().unwrap_or(0);
+    }
+    let n = connected.max(1) as f64;
+    let rss_delta_kib = num(&after, "server_rss_kib") - num(&before, "server_rss_kib");
+    let per_conn = target
+        .rss_kib()
+        .map(|_| rss_delta_kib * 1024.0 / n)
+        .filter(|_| connected > 0);
+    let tcp_mem_delta = (num(&after, "tcp_mem_pages") - num(&before, "tcp_mem_pages")) * 4096.0;
+    let slab_delta = (num(&after, "slab_kib") - num(&before, "slab_kib")) * 1024.0;
+    let rate = connected as f64 / connect_secs.max(1e-9);
+    let json = json!({
+        "scenario": "idle",
+        "protocol": args.protocol,
+        "machine": super::machine(),
+        "server": target.describe(),
+        "connections_requested": connections,
+        "connected": connected,
+        "prepare_failed": prepare_failed,
+        "login_failed": login_failed,
+        "login_retries": retries,
+        "dropped_while_idle": dropped,
+        "held_secs": args.duration,
+        "connect_login_secs": connect_secs,
+        "connect_login_per_sec": rate,
+        "server_rss_before_kib": before["server_rss_kib"],
+        "server_rss_after_kib": after["server_rss_kib"],
+        "server_rss_end_kib": end_sample["server_rss_kib"],
+        "server_bytes_per_connection": per_conn,
+        "kernel_tcp_mem_bytes_delta": tcp_mem_delta,
+        "kernel_tcp_mem_bytes_per_connection": tcp_mem_delta / n,
+        "kernel_slab_bytes_delta": slab_delta,
+        "kernel_slab_bytes_per_socket": slab_delta / (2.0 * n),
+        "bench_workers_rss_kib": worker_rss,
+        "points": points,
+    });
+    if let Some(dir) = &args.plot_dir {
+        let name = format!("memory-{}.svg", proto_name(args.protocol));
+        super::plot::memory(&dir.join(name), &json, args.protocol)?;
+    }
+    let fmt_b = |v: Option<f64>| v.map_or("n/a (no --server-pid)".into(), |b| format!("{b:.0} B"));
+    let mut r = Report::new(format!(
+        "idle · {} · {connected} connections",
+        proto_name(args.protocol)
+    ));
+    r.row(
+        "connected / requested",
+        format!("{connected} / {connections}"),
+    );
+    r.row("login failures", login_failed + prepare_failed);
+    r.row("logins tried again (shed by the server)", retries);
+    r.row("dropped while idle", dropped);
+    r.row("connect+login rate", format!("{rate:.0} /s"));
+    r.row(
+        "server RSS before → after",
+        format!(
+            "{} → {} KiB",
+            before["server_rss_kib"], after["server_rss_kib"]
+        ),
+    );
+    r.row("server memory per connection", fmt_b(per_conn));
+    r.row(
+        "kernel TCP buffer memory per conn",
+        format!("{:.0} B", tcp_mem_delta / n),
+    );
+    r.row(
+        "kernel slab per socket (both ends)",
+        format!("{:.0} B", slab_delta / (2.0 * n)),
+    );
+    r.json = json;
+    Ok(r)
+}
+
+pub fn proto_name(p: Proto) -> &'static str {
+    match p {
+        Proto::Ferry => "ferry",
+        Proto::Xmpp => "xmpp",
+    }
+}
+
+/// The worker half: connects its users step by step and holds them.
+pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
+    let creds = ctx.prepare().await?;
+    let stop = CancellationToken::new();
+    let limit = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut next = 0;
+    let mut failed = 0;
+    loop {
+        match ctx.cmd().await? {
+            Cmd::Connect { step, steps } => {
+                let t0 = Instant::now();
+                let upto = ctx.spec.users * step / steps.max(1);
+                let mut waits = Vec::new();
+                for (i, cred) in creds.iter().enumerate().take(upto).skip(next) {
+                    let (tx, rx) = oneshot::channel();
+                    waits.push(rx);
+                    let Some(cred) = cred.clone() else {
+                        let _ = tx.send(false);
+                        continue;
+                    };
+                    tasks.spawn(hold(
+                        ctx.spec.clone(),
+                        i,
+                        cred,
+                        limit.clone(),
+                        ctx.counters.clone(),
+                        stop.clone(),
+                        tx,
+                    ));
+                }
+                next = next.max(upto);
+                for rx in waits {
+                    if !rx.await.unwrap_or(false) {
+                        failed += 1;
+                    }
+                }
+                ctx.emit(Out::Connected {
+                    n: ctx.counters.connected.load(Ordering::Relaxed),
+                    failed,
+                    secs: t0.elapsed().as_secs_f64(),
+                });
+            }
+            Cmd::Stop => {
+                let dropped = ctx.counters.failed.load(Ordering::Relaxed);
+                stop.cancel();
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while tasks.join_next().await.is_some() {}
+                })
+                .await;
+                ctx.emit(Out::Result {
+                    value: json!({
+                        "dropped": dropped,
+                        "login_retries": ctx.counters.retried.load(Ordering::Relaxed),
+                        "worker_rss_kib": super::server::rss_kib(std::process::id()),
+                    }),
+                });
+                return Ok(());
+            }
+            Cmd::Go | Cmd::Killed { .. } => {}
+        }
+    }
+}
+
+/// Connects and logs in user `i`, reports on `ready`, then holds the link with
+/// heartbeats until `stop`. A link the server drops counts in `failed`.
+async fn hold(
+    spec: Spec,
+    i: usize,
+    cred: String,
+    limit: Arc<Semaphore>,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+    ready: oneshot::Sender<bool>,
+) {
+    let permit = limit.acquire_owned().await;
+    let server = spec.server(i).to_owned();
+    let (stream, mut channel, beat): (TcpStream, _, &'static [u8]) = match spec.protocol {
+        Proto::Ferry => {
+            // Like the SDK: a login the server sheds (UNAVAILABLE, RATE_LIMITED) or a
+            // connect that fails is tried again after a growing, jittered pause —
+            // a few times, then it counts as failed.
+            let mut attempt = 0u32;
+            loop {
+                let tried = async {
+                    let mut c = FerryConn::connect(&server).await?;
+                    c.login(&cred, 0).await?;
+                    anyhow::Ok(c.into_parts())
+                }
+                .await;
+                match tried {
+                    Ok((stream, channel)) => break (stream, channel, HEARTBEAT_FRAME),
+                    Err(_) if attempt < LOGIN_RETRIES && !stop.is_cancelled() => {
+                        attempt += 1;
+                        counters.retried.fetch_add(1, Ordering::Relaxed);
+                        let base = 250u64 << attempt.min(5);
+                        let pause = base + rand::random::<u64>() % base;
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    }
+                    Err(e) => return fail(&spec, ready, e),
+                }
+            }
+        }
+        Proto::Xmpp => match XmppConn::login(&server, &spec.domain, &spec.user(i), &cred).await {
+            Ok(c) => (c.stream, None, b" "),
+            Err(e) => return fail(&spec, ready, e),
+        },
+    };
+    drop(permit);
+    counters.connected.fetch_add(1, Ordering::Relaxed);
+    let _ = ready.send(true);
+    let mut stream = stream;
+    // Spread the heartbeats over the interval.
+    let offset = Duration::from_millis(rand::random::<u64>() % HEARTBEAT.as_millis() as u64);
+    let mut beats = tokio::time::interval_at(tokio::time::Instant::now() + offset, HEARTBEAT);
+    let dropped = loop {
+        tokio::select! {
+            _ = stop.cancelled() => break false,
+            _ = beats.tick() => {
+                // On an encrypted link the heartbeat goes out sealed (the answers are
+                // only drained, never opened: an idle client needs nothing from them).
+                let sealed = match channel.as_mut() {
+                    Some(ch) => {
+                        let mut out = bytes::BytesMut::new();
+                        if ch.seal(beat, &mut out).is_err() {
+                            break true;
+                        }
+                        Some(out)
+                    }
+                    None => None,
+                };
+                let bytes = sealed.as_deref().unwrap_or(beat);
+                if stream.write_all(bytes).await.is_err() {
+                    break true;
+                }
+            }
+            r = stream.readable() => {
+                if r.is_err() {
+                    break true;
+                }
+                let mut chunk = [0u8; 512];
+                match stream.try_read(&mut chunk) {
+                    Ok(0) => break true,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => break true,
+                }
+            }
+        }
+    };
+    counters.connected.fetch_sub(1, Ordering::Relaxed);
+    if dropped {
+        counters.failed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// How many times a shed or failed login is tried again.
+const LOGIN_RETRIES: u32 = 5;
+
+/// An empty-bodied HEARTBEAT frame (request id 2).
+const HEARTBEAT_FRAME: &[u8] = &[0, 0, 0, ferry_proto::cmd::HEARTBEAT, 0, 0, 0, 2];
+
+fn fail(spec: &Spec, ready: oneshot::Sender<bool>, e: anyhow::Error) {
+    use std::sync::atomic::AtomicBool;
+    static SAID: AtomicBool = AtomicBool::new(false);
+    if !SAID.swap(true, Ordering::Relaxed) {
+        eprintln!("worker {}: a login failed: {e:#}", spec.worker);
+    }
+    let _ = ready.send(false);
+}

@@ -1,0 +1,691 @@
+//! `ferry bench`: the load generator that holds Ferry to its numbers.
+//!
+//! What it is for: measuring a Ferry server (or an XMPP server, for comparison) from
+//! the outside, the way clients see it — connections and memory, messages per second,
+//! latency, logins, recovery from a crash, media upload, group fan-out, overload, and
+//! loss or duplication under network and disk faults — and printing the figures as a
+//! table and as JSON. The fault proxy ([`faultproxy`]), the full disk ([`fulldisk`]) and
+//! the faults workload ([`faults`]) are also used by the integration tests.
+//!
+//! What it must not do: depend on the `ferry` binary crate (the binary depends on this
+//! one and calls [`run`] and [`worker::run`]), or on the server's role crates — it talks
+//! to servers only over the wire, with the codec (`ferry_proto`) and the SDK
+//! (`ferry_client`), as any client does; reach any address but the loopback ones it is
+//! given; or leave a process behind (every wait is bounded, and a worker exits when its
+//! stdin closes).
+//!
+//! The orchestrator (this module) starts a throw-away `ferry serve` child on loopback
+//! (or uses `--server`), spreads connections over worker processes (the same binary,
+//! re-executed as the hidden `bench-worker` subcommand, at most [`MAX_CONNS_PER_WORKER`]
+//! connections each, because a process may hold at most 20 000 files here), steps them
+//! through phases over stdin, gathers their JSON-line reports from stdout, shows a
+//! progress bar on stderr, prints a table and writes every figure to `--json`. The
+//! server child and the workers are the executable this library runs in
+//! (`std::env::current_exe`): the `ferry` binary, whose `serve` and `bench-worker`
+//! subcommands they use.
+
+pub mod conn;
+pub mod fanout;
+pub mod faultproxy;
+pub mod faults;
+pub mod fulldisk;
+pub mod hist;
+pub mod idle;
+pub mod ledger;
+pub mod login;
+pub mod media;
+pub mod overload;
+pub mod p2p;
+pub mod plot;
+pub mod reconnect;
+pub mod report;
+pub mod server;
+pub mod users;
+pub mod worker;
+pub mod xmpp;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::{Args, Subcommand, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::mpsc;
+
+pub use worker::{Cmd, Out, Spec};
+
+/// Connections one worker process holds at most (each process may open 20 000 files).
+pub const MAX_CONNS_PER_WORKER: usize = 15_000;
+/// How long the bench waits for stragglers after the measured window.
+pub const DRAIN: Duration = Duration::from_secs(15);
+/// The password of every bench user.
+pub const PASSWORD: &str = "bench-password-1";
+
+/// `ferry bench` arguments.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub scenario: Scenario,
+    /// Server address IP:PORT (repeatable: connections are spread over them). Without
+    /// it, the bench starts its own `ferry serve` on 127.0.0.1 with a temporary store.
+    #[arg(long, global = true)]
+    pub server: Vec<String>,
+    /// PID of a `--server` process, to read its memory from /proc (repeatable: a
+    /// cluster's gateways; their resident memory is summed).
+    #[arg(long, global = true)]
+    pub server_pid: Vec<u32>,
+    /// Seconds of measured load (idle: how long the connections are held).
+    #[arg(long, global = true, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Write every figure to this file as JSON.
+    #[arg(long, global = true)]
+    pub json: Option<PathBuf>,
+    /// The protocol to speak: Ferry's own, or XMPP (against an XMPP server, `--server`).
+    #[arg(long, global = true, value_enum, default_value_t = Proto::Ferry)]
+    pub protocol: Proto,
+    /// Worker processes (default: as few as hold the connections, at least 1).
+    #[arg(long, global = true)]
+    pub workers: Option<usize>,
+    /// Bench user names are PREFIX0, PREFIX1, … (reused when they exist).
+    #[arg(long, global = true, default_value = "bu")]
+    pub prefix: String,
+    /// XMPP domain of the bench users.
+    #[arg(long, global = true, default_value = "localhost")]
+    pub xmpp_domain: String,
+    /// Write plots (SVG) into this folder.
+    #[arg(long, global = true)]
+    pub plot_dir: Option<PathBuf>,
+    /// Durability of the bench's own server: fsync (default) or os.
+    #[arg(long, global = true, default_value = "fsync")]
+    pub durability: String,
+}
+
+/// What to measure.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Scenario {
+    /// N logged-in connections holding heartbeats: connect+login rate and memory.
+    Idle {
+        #[arg(long, default_value_t = 10_000)]
+        connections: usize,
+        /// Measure memory after each of this many equal steps (memory vs connections).
+        #[arg(long, default_value_t = 4)]
+        steps: usize,
+    },
+    /// N pairs exchanging 1:1 messages: durable messages/s, latency, lost, duplicated.
+    P2p {
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Offered load in messages/s over all senders (open loop). Without it: closed
+        /// loop at maximum, each sender keeping `--window` messages undelivered.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Closed loop: messages a sender may have sent but not yet seen delivered.
+        #[arg(long, default_value_t = 4)]
+        window: usize,
+        /// Run open loop at each of these rates (comma separated) and plot latency
+        /// against offered load.
+        #[arg(long, value_delimiter = ',')]
+        sweep: Vec<f64>,
+    },
+    /// K clients logging in at once, again and again, with stored tokens: logins/s, p99.
+    Login {
+        #[arg(long, default_value_t = 1_000)]
+        clients: usize,
+    },
+    /// Clients connected and sending; the server is SIGKILLed and restarted: time until
+    /// every client is back and synced, messages lost (own server only).
+    Reconnect {
+        #[arg(long, default_value_t = 200)]
+        clients: usize,
+        /// Messages per second each client sends.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+    },
+    /// One client uploading media in chunks of each size in turn: upload MB/s.
+    Media {
+        /// Bytes per upload, in MiB.
+        #[arg(long, default_value_t = 64)]
+        size_mib: u64,
+        /// Chunk sizes to try, in bytes (comma separated; the server clamps them to
+        /// 1 KiB..512 KiB).
+        #[arg(long = "chunk", value_delimiter = ',', default_values_t = [8192, 32768, 131072, 524288])]
+        chunks: Vec<u32>,
+        /// Chunk requests in flight (comma separated: each chunk size is run with each).
+        #[arg(long = "in-flight", value_delimiter = ',', default_values_t = [ferry_client::UPLOAD_WINDOW])]
+        in_flight: Vec<usize>,
+    },
+    /// One group with every member connected, one sender: deliveries/s and the time
+    /// from a send to the last member's receipt.
+    Fanout {
+        /// Members, sender included (all connected from this process).
+        #[arg(long, default_value_t = 500)]
+        members: usize,
+        /// Messages to send.
+        #[arg(long, default_value_t = 200)]
+        messages: u64,
+        /// Messages the sender may have unacknowledged.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+    },
+    /// The server at twice its capacity: connected users' sends and syncs plus a storm
+    /// of new logins; admitted latency and what was shed (own server only).
+    Overload(overload::OverloadArgs),
+    /// SDK pairs sending through a fault (delay, stalls, chunking, RSTs, half-open
+    /// flows, a SIGKILL, a full disk): lost, duplicated, recovery (own server only).
+    Faults {
+        #[arg(long, value_enum)]
+        fault: faults::Fault,
+        #[arg(long, default_value_t = 10)]
+        pairs: usize,
+        /// Messages per second each client sends.
+        #[arg(long, default_value_t = 5.0)]
+        rate: f64,
+    },
+    /// The fault proxy alone, for `--duration` seconds (loopback only).
+    Proxy {
+        /// Where it listens, IP:PORT.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Where it forwards to, IP:PORT.
+        #[arg(long)]
+        upstream: String,
+        #[command(flatten)]
+        faults: faultproxy::Faults,
+    },
+    /// Print the figures of Ferry and XMPP `--json` reports side by side.
+    Compare { files: Vec<PathBuf> },
+    /// Draw the figures of several `--json` reports together (idle reports: memory
+    /// against connections; p2p sweeps: latency against offered load).
+    Plot {
+        files: Vec<PathBuf>,
+        /// Folder for the SVG files.
+        #[arg(long, default_value = "docs/bench")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Ferry,
+    Xmpp,
+}
+
+/// Runs one `ferry bench` invocation.
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    if let Scenario::Plot { files, out } = &args.scenario {
+        for p in plot::from_reports(files, out)? {
+            println!("wrote {}", p.display());
+        }
+        return Ok(());
+    }
+    if let Scenario::Compare { files } = &args.scenario {
+        let r = report::compare(files)?;
+        report::print(&r);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&r.json)?)?;
+        }
+        return Ok(());
+    }
+    if args.duration <= 0.0 || args.duration > 3600.0 {
+        bail!("--duration must be in (0, 3600] seconds");
+    }
+    if args.protocol == Proto::Xmpp && args.server.is_empty() {
+        bail!("--protocol xmpp needs --server (the XMPP server's IP:PORT)");
+    }
+    for s in &args.server {
+        let addr: std::net::SocketAddr = s
+            .parse()
+            .with_context(|| format!("--server {s}: expected IP:PORT"))?;
+        if !addr.ip().is_loopback() {
+            bail!("--server {s}: the bench only loads loopback addresses");
+        }
+    }
+    let report = match args.scenario.clone() {
+        Scenario::Idle { connections, steps } => idle::run(&args, connections, steps).await?,
+        Scenario::P2p {
+            pairs,
+            rate,
+            window,
+            sweep,
+        } => p2p::run(&args, pairs, rate, window, &sweep).await?,
+        Scenario::Login { clients } => login::run(&args, clients).await?,
+        Scenario::Reconnect { clients, rate } => {
+            if args.protocol != Proto::Ferry {
+                bail!("reconnect is a Ferry scenario");
+            }
+            reconnect::run(&args, clients, rate).await?
+        }
+        Scenario::Fanout {
+            members,
+            messages,
+            window,
+        } => {
+            if args.protocol != Proto::Ferry {
+                bail!("fanout is a Ferry scenario");
+            }
+            fanout::run(&args, members, messages, window).await?
+        }
+        Scenario::Media {
+            size_mib,
+            chunks,
+            in_flight,
+        } => {
+            if args.protocol != Proto::Ferry {
+                bail!("media is a Ferry scenario");
+            }
+            media::run(&args, size_mib, &chunks, &in_flight).await?
+        }
+        Scenario::Overload(o) => overload::run(&args, &o).await?,
+        Scenario::Faults { fault, pairs, rate } => faults::run(&args, fault, pairs, rate).await?,
+        Scenario::Proxy {
+            listen,
+            upstream,
+            faults,
+        } => faults::proxy(&args, &listen, &upstream, faults).await?,
+        Scenario::Plot { .. } | Scenario::Compare { .. } => unreachable!("handled above"),
+    };
+    report::print(&report);
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(&report.json)?;
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// The server under test: our own child, or one we were pointed at.
+pub struct Target {
+    pub addrs: Vec<String>,
+    /// The processes whose memory is the server's (summed).
+    pub pids: Vec<u32>,
+    pub own: Option<server::OwnServer>,
+}
+
+impl Target {
+    pub async fn new(args: &BenchArgs) -> anyhow::Result<Target> {
+        if !args.server.is_empty() {
+            return Ok(Target {
+                addrs: args.server.clone(),
+                pids: args.server_pid.clone(),
+                own: None,
+            });
+        }
+        let own = server::OwnServer::start(&args.durability).await?;
+        Ok(Target {
+            addrs: vec![own.addr.clone()],
+            pids: vec![own.pid()],
+            own: Some(own),
+        })
+    }
+
+    /// The server's resident memory in KiB (summed over its processes), when their
+    /// PIDs are known and every one can be read.
+    pub fn rss_kib(&self) -> Option<u64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|&pid| server::rss_kib(pid)).sum()
+    }
+
+    pub fn describe(&self) -> serde_json::Value {
+        serde_json::json!({
+            "addrs": self.addrs,
+            "pids": self.pids,
+            "own": self.own.is_some(),
+        })
+    }
+
+    pub async fn stop(self) {
+        if let Some(o) = self.own {
+            o.stop().await;
+        }
+    }
+}
+
+/// One worker [`Spec`] per share of `units` (connections, or pairs: `per_unit` users
+/// each) as [`split`] spreads them.
+pub fn specs(
+    args: &BenchArgs,
+    target: &Target,
+    scenario: &str,
+    (units, per_unit): (usize, usize),
+    rate_per_conn: Option<f64>,
+    window: usize,
+) -> Vec<Spec> {
+    split(args, units, per_unit)
+        .into_iter()
+        .enumerate()
+        .map(|(w, (first, n))| Spec {
+            scenario: scenario.into(),
+            protocol: args.protocol,
+            servers: target.addrs.clone(),
+            worker: w,
+            first_user: per_unit * first,
+            users: per_unit * n,
+            prefix: args.prefix.clone(),
+            password: PASSWORD.into(),
+            domain: args.xmpp_domain.clone(),
+            rate_per_conn,
+            window,
+        })
+        .collect()
+}
+
+/// Splits `units` (connections, or pairs of two) over worker processes.
+pub fn split(args: &BenchArgs, units: usize, conns_per_unit: usize) -> Vec<(usize, usize)> {
+    let per_worker = (MAX_CONNS_PER_WORKER / conns_per_unit).max(1);
+    let needed = units.div_ceil(per_worker).max(1);
+    let workers = args.workers.unwrap_or(needed).max(needed).min(units.max(1));
+    let mut out = Vec::new();
+    let mut first = 0;
+    for w in 0..workers {
+        let n = units / workers + usize::from(w < units % workers);
+        out.push((first, n));
+        first += n;
+    }
+    out
+}
+
+/// Worker processes and their reports.
+pub struct Workers {
+    children: Vec<(Child, ChildStdin)>,
+    rx: mpsc::UnboundedReceiver<(usize, Out)>,
+    /// The last progress line of each worker.
+    pub progress: Vec<Out>,
+}
+
+impl Workers {
+    pub async fn spawn(specs: Vec<Spec>) -> anyhow::Result<Workers> {
+        let exe = std::env::current_exe().context("finding the ferry binary")?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut children = Vec::new();
+        for (i, spec) in specs.iter().enumerate() {
+            let mut child = Command::new(&exe)
+                .arg("bench-worker")
+                .arg(serde_json::to_string(spec)?)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::inherit())
+                .env("FERRY_LOG", "error")
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting a bench worker")?;
+            let stdout = child.stdout.take().context("worker stdout")?;
+            let stdin = child.stdin.take().context("worker stdin")?;
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stdout).lines();
+                let ended = loop {
+                    match lines.next_line().await {
+                        Ok(Some(line)) => match serde_json::from_str::<Out>(&line) {
+                            Ok(out) => {
+                                let _ = tx.send((i, out));
+                            }
+                            Err(e) => eprintln!("worker {i}: unreadable report ({e}): {line}"),
+                        },
+                        Ok(None) => break "its report stream ended".to_string(),
+                        Err(e) => break format!("reading its reports failed: {e}"),
+                    }
+                };
+                let _ = tx.send((i, Out::Exited { message: ended }));
+            });
+            children.push((child, stdin));
+        }
+        let n = children.len();
+        Ok(Workers {
+            children,
+            rx,
+            progress: vec![Out::default(); n],
+        })
+    }
+
+    /// Starts a worker per spec and waits (30 min at most) until each has set up its
+    /// users, counting them on a progress bar: the workers, the bar (for the phases
+    /// after), and how many users could not be set up.
+    pub async fn prepared(specs: Vec<Spec>) -> anyhow::Result<(Workers, ProgressBar, u64)> {
+        let users: usize = specs.iter().map(|s| s.users).sum();
+        let mut w = Workers::spawn(specs).await?;
+        let pb = bar(users as u64, "preparing users");
+        let outs = w
+            .wait_all(
+                "prepare",
+                Duration::from_secs(1800),
+                |o| matches!(o, Out::Prepared { .. }),
+                |w| pb.set_position(w.sum(Out::done)),
+            )
+            .await?;
+        let failed = outs
+            .iter()
+            .map(|o| match o {
+                Out::Prepared { failed } => *failed,
+                _ => 0,
+            })
+            .sum();
+        Ok((w, pb, failed))
+    }
+
+    /// Tells every worker to connect step `step` of `steps` and waits (10 min at most)
+    /// until each has: connected and failed, summed over the workers. `pb`, when given,
+    /// counts the connections meanwhile.
+    pub async fn connect(
+        &mut self,
+        what: &str,
+        (step, steps): (usize, usize),
+        pb: Option<&ProgressBar>,
+    ) -> anyhow::Result<(u64, u64)> {
+        self.send(&Cmd::Connect { step, steps }).await?;
+        let outs = self
+            .wait_all(
+                what,
+                Duration::from_secs(600),
+                |o| matches!(o, Out::Connected { .. }),
+                |w| {
+                    if let Some(pb) = pb {
+                        pb.set_position(w.sum(Out::connected));
+                    }
+                },
+            )
+            .await?;
+        let (mut connected, mut failed) = (0, 0);
+        for o in &outs {
+            if let Out::Connected { n, failed: f, .. } = o {
+                connected += n;
+                failed += f;
+            }
+        }
+        Ok((connected, failed))
+    }
+
+    /// Stops the load, gathers every worker's figures (`timeout` at most) and reaps
+    /// the workers.
+    pub async fn results(mut self, timeout: Duration) -> anyhow::Result<Vec<serde_json::Value>> {
+        self.send(&Cmd::Stop).await?;
+        let outs = self
+            .wait_all(
+                "report",
+                timeout,
+                |o| matches!(o, Out::Result { .. }),
+                |_| {},
+            )
+            .await?;
+        self.finish().await;
+        Ok(outs
+            .into_iter()
+            .filter_map(|o| match o {
+                Out::Result { value } => Some(value),
+                _ => None,
+            })
+            .collect())
+    }
+
+    pub fn len(&self) -> usize {
+        self.children.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.children.is_empty()
+    }
+
+    pub async fn send(&mut self, cmd: &Cmd) -> anyhow::Result<()> {
+        let line = format!("{}\n", serde_json::to_string(cmd)?);
+        for (i, (_, stdin)) in self.children.iter_mut().enumerate() {
+            stdin
+                .write_all(line.as_bytes())
+                .await
+                .with_context(|| format!("telling worker {i}"))?;
+            stdin.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sum of a progress field over all workers.
+    pub fn sum(&self, f: impl Fn(&Out) -> u64) -> u64 {
+        self.progress.iter().map(f).sum()
+    }
+
+    /// The next report of any worker (progress lines are recorded), or `None` at the
+    /// deadline.
+    pub async fn next(&mut self, deadline: Instant) -> anyhow::Result<Option<(usize, Out)>> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, self.rx.recv()).await {
+            Err(_) => Ok(None),
+            Ok(None) => bail!("every worker has gone"),
+            Ok(Some((i, out))) => match out {
+                Out::Error { message } => bail!("worker {i}: {message}"),
+                Out::Exited { message } => {
+                    // Say how it ended: a signal (the OOM killer's SIGKILL, a crash) or
+                    // an exit code, so a failed run can be explained.
+                    let child = &mut self.children[i].0;
+                    let status =
+                        match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+                            Ok(Ok(st)) => describe_exit(st),
+                            Ok(Err(e)) => format!("its status is unknown ({e})"),
+                            Err(_) => "it is still running".to_string(),
+                        };
+                    bail!("worker {i} stopped: {message}; {status} (its stderr is above)")
+                }
+                p @ Out::Progress { .. } => {
+                    self.progress[i] = p.clone();
+                    Ok(Some((i, p)))
+                }
+                other => Ok(Some((i, other))),
+            },
+        }
+    }
+
+    /// Waits until every worker has sent a report `want` accepts; ticks `tick` on
+    /// progress. Fails at `timeout`.
+    pub async fn wait_all(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        want: impl Fn(&Out) -> bool,
+        mut tick: impl FnMut(&Workers),
+    ) -> anyhow::Result<Vec<Out>> {
+        let deadline = Instant::now() + timeout;
+        let mut got: Vec<Option<Out>> = vec![None; self.len()];
+        while got.iter().any(Option::is_none) {
+            match self.next(deadline).await? {
+                None => bail!("timed out after {timeout:?} waiting for workers to {what}"),
+                Some((i, out)) if want(&out) => got[i] = Some(out),
+                Some(_) => tick(self),
+            }
+        }
+        Ok(got.into_iter().flatten().collect())
+    }
+
+    /// Closes every worker's stdin (they exit) and reaps them, killing stragglers.
+    pub async fn finish(self) {
+        for (mut child, stdin) in self.children {
+            drop(stdin);
+            if tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+            }
+        }
+    }
+}
+
+/// A progress bar on stderr (hidden when stderr is not a terminal).
+pub fn bar(len: u64, msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new(len);
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg:28} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_owned());
+    pb
+}
+
+/// `/proc/net/sockstat` TCP line: (sockets in use, memory pages).
+pub fn sockstat() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/net/sockstat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("TCP:"))?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let field = |name: &str| {
+        words
+            .iter()
+            .position(|w| *w == name)
+            .and_then(|i| words.get(i + 1))
+            .and_then(|v| v.parse().ok())
+    };
+    Some((field("inuse")?, field("mem")?))
+}
+
+/// A `/proc/meminfo` field in KiB.
+pub fn meminfo_kib(name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with(&format!("{name}:")))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Seconds since the unix epoch as a float.
+pub fn unix_s() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// Describes this machine for the report.
+pub fn machine() -> serde_json::Value {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "cpu_model": cpu,
+        "mem_total_kib": meminfo_kib("MemTotal"),
+        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "debug_build": cfg!(debug_assertions),
+        // Other work on the machine skews every figure: say how busy it was.
+        "loadavg": std::fs::read_to_string("/proc/loadavg").unwrap_or_default().trim(),
+    })
+}
+
+/// How a worker process ended, in words.
+fn describe_exit(st: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (st.code(), st.signal()) {
+        (Some(c), _) => format!("it exited with code {c}"),
+        (None, Some(9)) => {
+            "it was killed by SIGKILL (the kernel's OOM killer, or someone else)".into()
+        }
+        (None, Some(sig)) => format!("it was killed by signal {sig}"),
+        _ => format!("it ended: {st}"),
+    }
+}

@@ -1,0 +1,291 @@
+//! `ferry bench reconnect`: SDK clients in pairs, each sending to its peer; a third of
+//! the way in the bench's own server is SIGKILLed (a crash: no drain, no goodbye) and
+//! restarted on the same port and data. Figures: how long until every client is logged
+//! in again and has every message acknowledged before the crash, and what was lost or
+//! duplicated over the whole run (both must be 0).
+//!
+//! This scenario uses the real SDK (`ferry_client::Client`): its back-off, resume from
+//! synckey and send retries are what is being measured.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use ferry_client::{Client, ClientConfig, Event};
+use ferry_proto::v1;
+use serde_json::json;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::ledger::{self, Ledger, Totals};
+use super::report::Report;
+use super::worker::{Cmd, Ctx, Out};
+use super::{specs, unix_s, users, BenchArgs, Target, Workers, DRAIN, PASSWORD};
+
+/// How long the clients get to come back after the restart.
+const RECOVERY: Duration = Duration::from_secs(60);
+
+pub async fn run(args: &BenchArgs, clients: usize, rate: f64) -> anyhow::Result<Report> {
+    if !args.server.is_empty() {
+        bail!("reconnect kills and restarts the server: run it without --server");
+    }
+    anyhow::ensure!(clients >= 2, "--clients must be at least 2");
+    anyhow::ensure!(rate > 0.0 && rate <= 1000.0, "--rate must be in (0, 1000]");
+    let mut target = Target::new(args).await?;
+    let result = measure(args, &mut target, clients / 2, rate).await;
+    target.stop().await;
+    result
+}
+
+async fn measure(
+    args: &BenchArgs,
+    target: &mut Target,
+    pairs: usize,
+    rate: f64,
+) -> anyhow::Result<Report> {
+    let specs = specs(args, target, "reconnect", (pairs, 2), Some(rate), 1);
+    let clients = 2 * pairs;
+    let (mut w, pb, _) = Workers::prepared(specs).await?;
+    pb.set_message("connecting (SDK)");
+    w.connect("connect", (1, 1), Some(&pb)).await?;
+    let own = target
+        .own
+        .as_mut()
+        .context("reconnect needs the bench's own server")?;
+    pb.set_message("sending");
+    let t0 = Instant::now();
+    w.send(&Cmd::Go).await?;
+    let secs = args.duration;
+    let kill_at = t0 + Duration::from_secs_f64(secs / 3.0);
+    while w.next(kill_at).await?.is_some() {
+        pb.set_position(w.sum(Out::connected));
+    }
+    pb.set_message("server killed");
+    let rss_before_kill = super::server::rss_kib(own.pid());
+    own.kill().await?;
+    let killed = unix_s();
+    w.send(&Cmd::Killed { at: killed }).await?;
+    own.restart().await.with_context(|| own.log_tail())?;
+    let restarted = unix_s();
+    pb.set_message("waiting for clients");
+    let outs = w
+        .wait_all(
+            "come back",
+            RECOVERY,
+            |o| matches!(o, Out::Event { name, .. } if name == "synced"),
+            |w| pb.set_position(w.sum(Out::connected)),
+        )
+        .await?;
+    let synced = outs
+        .iter()
+        .filter_map(|o| match o {
+            Out::Event { at, .. } => Some(*at),
+            _ => None,
+        })
+        .fold(restarted, f64::max);
+    // The "back" events came before "synced"; they were recorded as other reports.
+    let end = t0 + Duration::from_secs_f64(secs);
+    pb.set_message("sending");
+    while w.next(end).await?.is_some() {
+        pb.set_position(w.sum(Out::connected));
+    }
+    pb.set_message("draining");
+    let results = w.results(DRAIN + Duration::from_secs(20)).await?;
+    pb.finish_and_clear();
+    let mut tot = json!({});
+    let mut back: f64 = restarted;
+    for value in &results {
+        for k in ["sent", "acked", "received", "lost", "duplicated", "errors"] {
+            let v = tot[k].as_u64().unwrap_or(0) + value[k].as_u64().unwrap_or(0);
+            tot[k] = json!(v);
+        }
+        back = back.max(value["back_at"].as_f64().unwrap_or(restarted));
+    }
+    let mut r = Report::new(format!(
+        "reconnect · ferry · {clients} SDK clients · server SIGKILLed and restarted"
+    ));
+    r.row(
+        "server down (kill → listening again)",
+        format!("{:.0} ms", (restarted - killed) * 1e3),
+    );
+    r.row(
+        "every client logged in again",
+        format!("{:.0} ms after the restart", (back - restarted) * 1e3),
+    );
+    r.row(
+        "every client synced",
+        format!("{:.0} ms after the restart", (synced - restarted) * 1e3),
+    );
+    r.row(
+        "sent / acked / delivered",
+        format!("{} / {} / {}", tot["sent"], tot["acked"], tot["received"]),
+    );
+    r.row("lost", &tot["lost"]);
+    r.row("duplicated", &tot["duplicated"]);
+    r.json = json!({
+        "scenario": "reconnect",
+        "protocol": "ferry",
+        "machine": super::machine(),
+        "clients": clients,
+        "rate_per_client": rate,
+        "secs": secs,
+        "server_rss_before_kill_kib": rss_before_kill,
+        "down_ms": (restarted - killed) * 1e3,
+        "all_back_ms_after_restart": (back - restarted) * 1e3,
+        "all_synced_ms_after_restart": (synced - restarted) * 1e3,
+        "all_synced_ms_after_kill": (synced - killed) * 1e3,
+        "sent": tot["sent"],
+        "acked": tot["acked"],
+        "received": tot["received"],
+        "lost": tot["lost"],
+        "duplicated": tot["duplicated"],
+        "errors": tot["errors"],
+    });
+    Ok(r)
+}
+
+struct Peer {
+    client: Client,
+    /// Connected events seen (the first login included).
+    logins: AtomicU64,
+}
+
+pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
+    let spec = ctx.spec.clone();
+    // Users exist, and are friends, before the SDK logs in with their passwords.
+    let creds = ctx.prepare().await?;
+    let unprepared = creds.iter().filter(|c| c.is_none()).count();
+    if unprepared > 0 {
+        bail!("{unprepared} users could not be set up (the first error is above)");
+    }
+    if !ctx.until(|c| matches!(c, Cmd::Connect { .. })).await? {
+        return Ok(());
+    }
+    let t0 = Instant::now();
+    let login =
+        |i: usize| Client::connect(ClientConfig::new(spec.server(i), spec.user(i), PASSWORD));
+    let counters = ctx.counters.clone();
+    let logged_in = users::each(spec.users, users::IN_FLIGHT, login, |r| {
+        if r.is_ok() {
+            counters.connected.fetch_add(1, Ordering::Relaxed);
+        }
+    })
+    .await?;
+    let mut peers = Vec::with_capacity(spec.users);
+    for (i, r) in logged_in.into_iter().enumerate() {
+        let (client, events) = r.with_context(|| format!("SDK login of {}", spec.user(i)))?;
+        let p = Arc::new(Peer {
+            client,
+            logins: AtomicU64::new(1),
+        });
+        peers.push(Some((p, events)));
+    }
+    ctx.emit(Out::Connected {
+        n: spec.users as u64,
+        failed: 0,
+        secs: t0.elapsed().as_secs_f64(),
+    });
+    if !ctx.until(|c| matches!(c, Cmd::Go)).await? {
+        return Ok(());
+    }
+    let ledgers: Vec<Arc<Ledger>> = (0..spec.users).map(|_| Arc::default()).collect();
+    let stop_send = CancellationToken::new();
+    let end = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    let mut clients = Vec::new();
+    for (i, slot) in peers.iter_mut().enumerate() {
+        let (p, mut events) = slot.take().expect("all connected");
+        clients.push(p.clone());
+        // Receiving: entries from the peer, and link changes.
+        let (inn, me, end2) = (ledgers[i ^ 1].clone(), spec.user(i), end.clone());
+        let (p2, counters) = (p.clone(), ctx.counters.clone());
+        tasks.spawn(async move {
+            loop {
+                let ev = tokio::select! {
+                    _ = end2.cancelled() => return,
+                    e = events.recv() => match e { Some(e) => e, None => return },
+                };
+                match ev {
+                    Event::Entry(e) => {
+                        if let Some(v1::entry::Kind::Message(m)) = e.kind {
+                            if m.from != me && inn.receive_text(&m.text) {
+                                counters.done.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    }
+                    Event::Connected { .. } => {
+                        p2.logins.fetch_add(1, Ordering::Relaxed);
+                        counters.connected.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Event::Disconnected { .. } => {
+                        counters.connected.fetch_sub(1, Ordering::Relaxed);
+                    }
+                    Event::Stopped { error } => {
+                        eprintln!("client {me} stopped: {error}");
+                        return;
+                    }
+                    Event::Group { .. } | Event::Typing { .. } => {}
+                }
+            }
+        });
+        // Sending: one message at a time, retried by the SDK until acknowledged.
+        let (out, peer, stop) = (ledgers[i].clone(), spec.user(i ^ 1), stop_send.clone());
+        let period = Duration::from_secs_f64(1.0 / spec.rate_per_conn.unwrap_or(1.0));
+        tasks.spawn(async move {
+            let text = |seq| format!("{seq} {}", unix_s());
+            let every = (Duration::ZERO, period);
+            ledger::send_steadily(&p.client, &peer, &out, every, stop, text, |_| {}).await
+        });
+    }
+    // Watch for the kill, then for every client to be back and synced.
+    let mut killed: Option<(Vec<u64>, Vec<u64>)> = None;
+    let mut back_at = None;
+    let mut synced_at = None;
+    let mut poll = tokio::time::interval(Duration::from_millis(10));
+    loop {
+        tokio::select! {
+            c = ctx.cmd() => match c? {
+                Cmd::Killed { .. } => {
+                    let logins = clients.iter().map(|p| p.logins.load(Ordering::Relaxed)).collect();
+                    let acked = ledgers.iter().map(|l| l.inner.lock().expect("ledger").acked_n).collect();
+                    killed = Some((logins, acked));
+                }
+                Cmd::Stop => break,
+                _ => {}
+            },
+            _ = poll.tick(), if killed.is_some() && synced_at.is_none() => {
+                let (logins, acked) = killed.as_ref().expect("checked");
+                if back_at.is_none() && clients.iter().zip(logins).all(|(p, &n)| p.logins.load(Ordering::Relaxed) > n) {
+                    let at = unix_s();
+                    back_at = Some(at);
+                    ctx.emit(Out::Event { name: "back".into(), at });
+                }
+                // Synced: every message acknowledged before the kill has arrived.
+                if back_at.is_some() && ledgers.iter().zip(acked).all(|(l, &a)| {
+                    let b = l.inner.lock().expect("ledger");
+                    (1..=a).all(|s| b.received.get(s))
+                }) {
+                    let at = unix_s();
+                    synced_at = Some(at);
+                    ctx.emit(Out::Event { name: "synced".into(), at });
+                }
+            }
+        }
+    }
+    stop_send.cancel();
+    ledger::settle(&ledgers, DRAIN).await;
+    end.cancel();
+    let mut value = Totals::of(&ledgers).json();
+    value["back_at"] = json!(back_at);
+    value["synced_at"] = json!(synced_at);
+    ctx.emit(Out::Result { value });
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        for p in &clients {
+            p.client.close().await;
+        }
+    })
+    .await;
+    tasks.abort_all();
+    Ok(())
+}

@@ -1,0 +1,423 @@
+//! The session loop: one task that owns the long link. It gets a logged-in link (see
+//! [`crate::connect`]), then runs the link until it ends — writing what the sync state
+//! machine ([`SyncMachine`]) and the app's requests queue, reading frames into the
+//! machine, routing answers to waiting requests, heartbeating as the [`Heartbeat`]
+//! controller says, reporting connect timings when idle, refreshing the endpoint list,
+//! and on long-poll trying TCP again — and reconnects with back-off and jitter.
+//!
+//! Events reach the app through a bounded channel. The machine is told how much room
+//! the app has; when it has none, the machine stops applying (the synckey stays at what
+//! the app got) and this loop waits for the app to drain half the channel — still
+//! heartbeating and answering requests — then the machine syncs what it left out. See
+//! the crate docs ("Events and a slow app").
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_proto::frame::{encode_msg, encode_raw};
+use ferry_proto::v1::{self, ErrorCode};
+use ferry_proto::{cmd, Frame, ProtoMessage};
+use rand::Rng;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::connect::{
+    bootstrap, candidates, establish, race_login, refresh_endpoints, send_report, Connected, End,
+    RaceEnd,
+};
+use crate::heartbeat::{Due, Heartbeat};
+use crate::smart::Transport;
+use crate::sync::{SyncError, SyncMachine};
+use crate::{ClientError, Cmd, Event, Shared, Status};
+
+/// Channel slots kept for link events (Connected, Disconnected, Stopped): entries stop
+/// short of them, so a full channel of entries still tells the app the link changed.
+pub(crate) const LINK_EVENTS: usize = 4;
+
+/// How many more entries (and typing events) the app can take now. A receiver the app
+/// dropped takes everything (and keeps nothing), as an unbounded channel would.
+fn room(events: &mpsc::Sender<Event>) -> usize {
+    if events.is_closed() {
+        usize::MAX
+    } else {
+        events.capacity().saturating_sub(LINK_EVENTS)
+    }
+}
+
+/// Hands the machine's events to the app (they fit: the machine was told the room, and
+/// this task is the channel's only sender), after writing the synckey and cursors they
+/// cover into the device state. True when those moved.
+fn deliver(shared: &Shared, sync: &mut SyncMachine, events: &mpsc::Sender<Event>) -> bool {
+    let changed = sync.take_changed();
+    if changed {
+        let mut s = shared.state.lock();
+        s.synckey = sync.synckey();
+        s.group_cursors.clone_from(sync.group_cursors());
+    }
+    for ev in sync.take_events() {
+        let _ = events.try_send(ev);
+    }
+    changed
+}
+
+/// Full jitter: a random wait in [d/2, d].
+fn jitter(d: Duration) -> Duration {
+    let ms = d.as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
+}
+
+/// Switches to another network: its own heartbeat, and no bans from the old one.
+fn network_changed(shared: &Shared, network: String) {
+    let mut smart = shared.smart.lock();
+    smart.bans.clear();
+    smart.network = network;
+}
+
+/// The client's link task, until the app closes the client or logging in becomes
+/// impossible: connect, run the session, and after it ends wait out the back-off
+/// (staying closable; a network change ends the wait) and connect again. `first` hears
+/// how the first login went; later fatal errors reach the app as [`Event::Stopped`].
+pub(crate) async fn drive(
+    shared: Arc<Shared>,
+    mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    events: mpsc::Sender<Event>,
+    first: oneshot::Sender<Result<(), ClientError>>,
+) {
+    let mut first = Some(first);
+    let mut backoff = shared.cfg.backoff_min;
+    let mut ready: Option<Connected> = None;
+    'outer: loop {
+        let conn = match ready.take() {
+            Some(c) => Ok(c),
+            None => {
+                // Stay closable while endpoints are tried.
+                let est = establish(&shared);
+                tokio::pin!(est);
+                loop {
+                    tokio::select! {
+                        r = &mut est => break r,
+                        c = cmds.recv() => match c {
+                            None | Some(Cmd::Close) => break 'outer,
+                            Some(Cmd::Network(n)) => {
+                                network_changed(&shared, n);
+                                est.set(establish(&shared));
+                            }
+                            // No link: dropping the reply tells the caller to retry once
+                            // connected (senders wait for `Status::Connected`).
+                            Some(Cmd::Request { .. }) => {}
+                        },
+                    }
+                }
+            }
+        };
+        let end = match conn {
+            Ok(c) => session(&shared, c, &mut cmds, &events, &mut first).await,
+            Err(end) => end,
+        };
+        shared.status.send_replace(Status::Connecting);
+        shared.smart.lock().current = None;
+        shared.save_state();
+        match end {
+            End::Closed => break,
+            End::Fatal(error) => {
+                if let Some(f) = first.take() {
+                    let _ = f.send(Err(error));
+                } else {
+                    let _ = events.try_send(Event::Stopped { error });
+                }
+                break;
+            }
+            End::Switch(c) => {
+                let _ = events.try_send(Event::Disconnected {
+                    reason: format!("moving to {}", c.conn.endpoint),
+                });
+                ready = Some(*c);
+                continue;
+            }
+            End::NetworkChanged => {
+                backoff = shared.cfg.backoff_min;
+                let _ = events.try_send(Event::Disconnected {
+                    reason: "network changed".into(),
+                });
+                continue;
+            }
+            End::Lost { reason, logged_in } => {
+                tracing::debug!(%reason, "link lost; reconnecting");
+                if logged_in {
+                    backoff = shared.cfg.backoff_min;
+                    let _ = events.try_send(Event::Disconnected { reason });
+                }
+            }
+        }
+        // Wait out the back-off, but stay closable; a network change ends the wait.
+        let wait = tokio::time::sleep(jitter(backoff));
+        tokio::pin!(wait);
+        loop {
+            tokio::select! {
+                _ = &mut wait => break,
+                c = cmds.recv() => match c {
+                    None | Some(Cmd::Close) => break 'outer,
+                    Some(Cmd::Network(n)) => {
+                        network_changed(&shared, n);
+                        backoff = shared.cfg.backoff_min;
+                        continue 'outer;
+                    }
+                    Some(Cmd::Request { .. }) => {}
+                },
+            }
+        }
+        backoff = (backoff * 2).min(shared.cfg.backoff_max);
+    }
+    shared.status.send_replace(Status::Stopped);
+}
+
+/// One logged-in link, until it ends.
+async fn session(
+    shared: &Arc<Shared>,
+    connected: Connected,
+    cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+    events: &mpsc::Sender<Event>,
+    first: &mut Option<oneshot::Sender<Result<(), ClientError>>>,
+) -> End {
+    let Connected {
+        mut conn,
+        login,
+        resumed,
+    } = connected;
+    let endpoint = conn.endpoint;
+    {
+        let mut s = shared.state.lock();
+        s.user_id = login.user_id;
+        s.token_expires_ms = login.token_expires_ms;
+        if !login.token.is_empty() {
+            // The server renewed a token past half its life; the old one is gone.
+            s.token = login.token.clone();
+        }
+        // A full handshake's answer carries the ticket to resume with from now on (none:
+        // the next link does the full handshake too). A resumed link keeps using the
+        // ticket it came with, unless the answer replaces it.
+        let fresh = conn
+            .take_ticket()
+            .as_ref()
+            .and_then(crate::state::StoredTicket::from_login);
+        if fresh.is_some() || !resumed {
+            s.resumption = fresh;
+        }
+        s.last_endpoint = endpoint.to_string();
+    }
+    shared.save_state();
+    shared.smart.lock().current = Some(endpoint);
+    *shared.username.lock() = login.username.clone();
+    // The heartbeat: learnt per network on TCP; on long-poll the polls keep the path
+    // open, so the safe interval is used as it is.
+    let cfg = &shared.cfg;
+    let network = shared.smart.lock().network.clone();
+    let learnt = shared.state.lock().heartbeats.get(&network).cloned();
+    let mut hb = Heartbeat::new(
+        learnt,
+        cfg.heartbeat,
+        &cfg.smart,
+        login.idle_timeout_ms,
+        login.heartbeat_secs,
+        endpoint.transport == Transport::Tcp,
+        Instant::now(),
+    );
+    let save_hb = |hb: &Heartbeat| {
+        shared
+            .state
+            .lock()
+            .heartbeats
+            .insert(network.clone(), hb.state().clone());
+        shared.smart.lock().heartbeat = hb.interval();
+        shared.save_state();
+    };
+    shared.smart.lock().heartbeat = hb.interval();
+
+    shared.status.send_replace(Status::Connected);
+    tracing::debug!(%endpoint, "logged in");
+    let _ = events.try_send(Event::Connected {
+        latest_seq: login.latest_seq,
+        endpoint,
+    });
+    if let Some(f) = first.take() {
+        let _ = f.send(Ok(()));
+    }
+
+    let mut sync = {
+        let s = shared.state.lock();
+        SyncMachine::new(s.synckey, s.group_cursors.clone())
+    };
+    sync.set_room(room(events));
+    // Which groups moved while this device was away; the inbox beyond the synckey.
+    sync.logged_in(login.latest_seq);
+    // The app's requests waiting for their answers, by request id.
+    let mut pending: HashMap<u32, oneshot::Sender<Frame>> = HashMap::new();
+    // Once stalled, the app must free half the channel before entries flow again, so a
+    // slow app gets a few large deliveries rather than one sync per freed slot.
+    let resume_at = (events.max_capacity() / 2).max(LINK_EVENTS + 1);
+    tokio::spawn(refresh_endpoints(shared.clone(), endpoint.addr));
+    let now = Instant::now();
+    let mut refresh_at = now + shared.smart.lock().refresh_every;
+    let mut dirty_since_save = false;
+    let mut last_report = now;
+    // On long-poll: when to try TCP again, and the attempt in flight.
+    let mut probe_at = (endpoint.transport == Transport::Http).then(|| now + cfg.smart.tcp_retry);
+    let mut probe: Option<oneshot::Receiver<Result<Connected, RaceEnd>>> = None;
+    let lost = |reason: String| End::Lost {
+        reason,
+        logged_in: true,
+    };
+    loop {
+        if !sync.out.is_empty() {
+            if let Err(e) = conn.send(&sync.out).await {
+                if hb.link_failed() {
+                    save_hb(&hb);
+                }
+                return lost(format!("write: {e}"));
+            }
+            sync.out.clear();
+            hb.sent(Instant::now());
+        }
+        let now = Instant::now();
+        let mut wake = hb.wake().min(refresh_at);
+        if let Some(t) = probe_at.filter(|_| probe.is_none()) {
+            wake = wake.min(t);
+        }
+        if let Some(t) = sync.deadline() {
+            wake = wake.min(t);
+        }
+        let report_due = hb.last_activity().max(last_report) + cfg.smart.report_idle;
+        let want_report = !shared.smart.lock().samples.is_empty();
+        if want_report {
+            wake = wake.min(report_due);
+        }
+        let stalled = sync.stalled();
+        tokio::select! {
+            c = cmds.recv() => match c {
+                None | Some(Cmd::Close) => return End::Closed,
+                Some(Cmd::Network(n)) => {
+                    network_changed(shared, n);
+                    return End::NetworkChanged;
+                }
+                Some(Cmd::Request { cmd, body, reply }) => {
+                    let id = sync.next_req_id();
+                    encode_raw(cmd, id, &body, &mut sync.out);
+                    pending.insert(id, reply);
+                }
+            },
+            r = conn.frames() => match r {
+                Ok(frames) => {
+                    let now = Instant::now();
+                    if hb.received(now) {
+                        tracing::debug!(interval_ms = hb.state().interval_ms, %network, "heartbeat interval up");
+                        save_hb(&hb);
+                    }
+                    sync.set_room(room(events));
+                    let mut end = None;
+                    for f in frames {
+                        match sync.on_frame(f, now) {
+                            Ok(None) => {}
+                            Ok(Some(f)) => end = route(f, &mut pending),
+                            Err(SyncError(reason)) => end = Some(lost(reason)),
+                        }
+                        if end.is_some() {
+                            break;
+                        }
+                    }
+                    // What was applied before a frame that ends the link still counts.
+                    dirty_since_save |= deliver(shared, &mut sync, events);
+                    if let Some(end) = end {
+                        return end;
+                    }
+                }
+                Err(e) => {
+                    if hb.link_failed() {
+                        save_hb(&hb);
+                    }
+                    return lost(e.to_string());
+                }
+            },
+            r = async { probe.as_mut().expect("probe in flight").await }, if probe.is_some() => {
+                probe = None;
+                match r {
+                    Ok(Ok(better)) => return End::Switch(Box::new(better)),
+                    Ok(Err(RaceEnd::Stop(end))) => return end,
+                    _ => probe_at = Some(Instant::now() + cfg.smart.tcp_retry),
+                }
+            },
+            // The app drained (or dropped its receiver: then everything has room).
+            _ = events.reserve_many(resume_at), if stalled => {
+                sync.set_room(room(events));
+                sync.resume();
+            },
+            _ = tokio::time::sleep_until(wake.max(now)) => {
+                let now = Instant::now();
+                sync.tick(now);
+                match hb.due(now) {
+                    Due::Dead { save } => {
+                        if save {
+                            tracing::debug!(interval_ms = hb.state().interval_ms, %network, "heartbeat lost");
+                            save_hb(&hb);
+                        }
+                        return lost("no answer from the server".into());
+                    }
+                    Due::Beat => {
+                        let beat = v1::Heartbeat { synckey: sync.synckey() };
+                        let id = sync.next_req_id();
+                        encode_msg(cmd::HEARTBEAT, id, &beat, &mut sync.out);
+                        if dirty_since_save {
+                            shared.save_state();
+                            dirty_since_save = false;
+                        }
+                    }
+                    Due::Nothing => {}
+                }
+                if probe.is_none() && probe_at.is_some_and(|t| now >= t) {
+                    probe_at = None;
+                    let (tx, rx) = oneshot::channel();
+                    let shared2 = shared.clone();
+                    tokio::spawn(async move {
+                        let boot = bootstrap(&shared2).await;
+                        let cands = candidates(&shared2, Transport::Tcp, &boot);
+                        let _ = tx.send(race_login(&shared2, &cands).await);
+                    });
+                    probe = Some(rx);
+                }
+                if want_report && now >= report_due && pending.is_empty() {
+                    last_report = now;
+                    tokio::spawn(send_report(shared.clone(), endpoint.addr));
+                }
+                if now >= refresh_at {
+                    refresh_at = now + shared.smart.lock().refresh_every;
+                    tokio::spawn(refresh_endpoints(shared.clone(), endpoint.addr));
+                }
+            }
+        }
+    }
+}
+
+/// A frame the sync machine handed back: the server ending the link, a heartbeat's
+/// answer, or the answer to one of the app's requests. `Some` when the link ends.
+fn route(f: Frame, pending: &mut HashMap<u32, oneshot::Sender<Frame>>) -> Option<End> {
+    match f.cmd {
+        cmd::KICK => {
+            let k = v1::Kick::decode(f.body).unwrap_or_default();
+            let code = ErrorCode::try_from(k.code).unwrap_or(ErrorCode::Unavailable);
+            if code == ErrorCode::Kicked || code == ErrorCode::Unauthorized {
+                return Some(End::Fatal(ClientError::server(code, k.reason, 0)));
+            }
+            Some(End::Lost {
+                reason: format!("server: {}", k.reason),
+                logged_in: true,
+            })
+        }
+        c if c == cmd::response(cmd::HEARTBEAT) => None,
+        _ => {
+            if let Some(reply) = pending.remove(&f.req_id) {
+                let _ = reply.send(f);
+            }
+            None
+        }
+    }
+}

@@ -1,0 +1,328 @@
+//! Accounts: registration, sign-in (`auth`) and the long link's LOGIN, device tokens
+//! over their life, password changes, logout and user lookup.
+//!
+//! A token is 32 random bytes; the store keeps only its SHA-256 and when it was issued,
+//! so a token expires `token_ttl_secs` after issue without any clock on the client. It
+//! is renewed explicitly on the short link (`auth/refresh`) and implicitly at a
+//! long-link LOGIN past half its life, and revoked by a password change or a logout.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_bus::{BusRequest, BusResponse, Push};
+use ferry_proto::{cmd, v1, ProtoMessage};
+use ferry_store::StoreError;
+
+use crate::auth;
+use crate::core::{ok, unix_ms, Core, DeviceSession};
+use crate::error::LogicError;
+use crate::notify::Notifier;
+
+fn valid_username(name: &str) -> bool {
+    (1..=32).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Accounts and device sessions.
+pub(crate) struct Accounts {
+    core: Arc<Core>,
+    /// Kicks the links of a device that logged out or lost its token.
+    notifier: Arc<Notifier>,
+}
+
+impl Accounts {
+    pub fn new(core: Arc<Core>, notifier: Arc<Notifier>) -> Accounts {
+        Accounts { core, notifier }
+    }
+
+    pub async fn register(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let r = v1::RegisterReq::decode(req.body.clone())?;
+        self.limit_ip(&self.core.limits.register_per_ip, req, "registrations")?;
+        if !valid_username(&r.username) {
+            return Err(LogicError::InvalidArgument(
+                "user name must be 1-32 characters of A-Z a-z 0-9 _ . -".into(),
+            ));
+        }
+        if !(8..=1024).contains(&r.password.len()) {
+            return Err(LogicError::InvalidArgument(
+                "password must be 8-1024 bytes".into(),
+            ));
+        }
+        if self.core.user_id(&r.username).await.is_ok() {
+            return Err(LogicError::UserExists);
+        }
+        let params = self.core.cfg.password;
+        let hash = tokio::task::spawn_blocking(move || auth::hash_password(&params, &r.password))
+            .await
+            .map_err(|e| LogicError::Internal(e.to_string()))?;
+        let id = match self.core.store.create_user(&r.username, &hash).await {
+            Ok(id) => id,
+            Err(StoreError::UserExists) => return Err(LogicError::UserExists),
+            Err(e) => return Err(e.into()),
+        };
+        tracing::info!(user = %r.username, user_id = id, "registered");
+        Ok(ok(req.cmd, &v1::RegisterResp { user_id: id }))
+    }
+
+    pub async fn auth(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let r = v1::AuthReq::decode(req.body.clone())?;
+        self.limit_ip(&self.core.limits.auth_per_ip, req, "sign-in attempts")?;
+        self.limit_password(&r.username)?;
+        if r.device_id.is_empty() || r.device_id.len() > 64 {
+            return Err(LogicError::InvalidArgument(
+                "device_id must be 1-64 bytes".into(),
+            ));
+        }
+        let user = self
+            .core
+            .store
+            .user_by_name(&r.username)
+            .await?
+            .ok_or(LogicError::BadCredentials)?;
+        let (pw, phc) = (r.password, user.password_hash.clone());
+        let good = tokio::task::spawn_blocking(move || auth::verify_password(&pw, &phc))
+            .await
+            .map_err(|e| LogicError::Internal(e.to_string()))?;
+        if !good {
+            return Err(LogicError::BadCredentials);
+        }
+        let (token, token_expires_ms) = self.issue_token(user.id, &r.device_id).await?;
+        let latest_seq = self.core.store.latest_seq(user.id).await?;
+        Ok(ok(
+            req.cmd,
+            &v1::AuthResp {
+                user_id: user.id,
+                token,
+                latest_seq,
+                token_expires_ms,
+            },
+        ))
+    }
+
+    pub async fn login(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let r = v1::LoginReq::decode(req.body.clone())?;
+        self.limit_ip(&self.core.limits.login_per_ip, req, "logins")?;
+        let s = self.core.session_row(&r.token).await?;
+        let (token, token_expires_ms) = self.renew_if_old(&s).await?;
+        let s = DeviceSession {
+            user_id: s.user_id,
+            device_id: s.device_id.into(),
+        };
+        let username = self.core.user_name(s.user_id).await?;
+        let latest_seq = self.core.store.latest_seq(s.user_id).await?;
+        self.core.record_synckey(s.user_id, &s.device_id, r.synckey);
+        let mut resp = ok(
+            req.cmd,
+            &v1::LoginResp {
+                user_id: s.user_id,
+                username: username.to_string(),
+                latest_seq,
+                heartbeat_secs: self.core.cfg.heartbeat_secs,
+                server_time_ms: unix_ms(),
+                token,
+                token_expires_ms,
+                idle_timeout_ms: req.idle_timeout_ms,
+            },
+        );
+        resp.user_id = s.user_id;
+        resp.device_id = s.device_id.to_string();
+        metrics::counter!("ferry_logins_total").increment(1);
+        Ok(resp)
+    }
+
+    /// `POST /v1/auth/refresh`: a fresh token for the caller's device.
+    pub async fn auth_refresh(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let s = self.core.session_row(&req.token).await?;
+        let (token, token_expires_ms) = self.issue_token(s.user_id, &s.device_id).await?;
+        metrics::counter!("ferry_tokens_renewed_total").increment(1);
+        Ok(ok(
+            req.cmd,
+            &v1::AuthResp {
+                user_id: s.user_id,
+                token,
+                latest_seq: self.core.store.latest_seq(s.user_id).await?,
+                token_expires_ms,
+            },
+        ))
+    }
+
+    /// `POST /v1/password`: checks the old password, stores the new one and ends every
+    /// session of the user (other devices' links are kicked); the caller's device gets a
+    /// new token so it stays signed in.
+    pub async fn password_change(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let r = v1::PasswordChangeReq::decode(req.body.clone())?;
+        let me = self.core.caller(req).await?;
+        self.limit_password(&self.core.user_name(me.user_id).await?)?;
+        if !(8..=1024).contains(&r.new_password.len()) {
+            return Err(LogicError::InvalidArgument(
+                "password must be 8-1024 bytes".into(),
+            ));
+        }
+        let user = self
+            .core
+            .store
+            .user_by_id(me.user_id)
+            .await?
+            .ok_or(LogicError::Unauthorized)?;
+        let params = self.core.cfg.password;
+        let (old, new, phc) = (r.old_password, r.new_password, user.password_hash);
+        let hash = tokio::task::spawn_blocking(move || {
+            auth::verify_password(&old, &phc).then(|| auth::hash_password(&params, &new))
+        })
+        .await
+        .map_err(|e| LogicError::Internal(e.to_string()))?
+        .ok_or(LogicError::BadCredentials)?;
+        let revoked = self.core.store.set_password(me.user_id, &hash).await?;
+        let kick = Bytes::from(
+            v1::Kick {
+                code: v1::ErrorCode::Kicked as i32,
+                reason: "the password was changed".into(),
+            }
+            .encode_to_vec(),
+        );
+        for device in revoked.iter().filter(|d| **d != *me.device_id) {
+            self.notifier
+                .push_all(Push {
+                    user_id: me.user_id,
+                    device_id: device.clone(),
+                    cmd: u32::from(cmd::KICK),
+                    body: kick.clone(),
+                    close: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+        let (token, token_expires_ms) = self.issue_token(me.user_id, &me.device_id).await?;
+        tracing::info!(
+            user_id = me.user_id,
+            revoked = revoked.len(),
+            "password changed"
+        );
+        Ok(ok(
+            req.cmd,
+            &v1::AuthResp {
+                user_id: me.user_id,
+                token,
+                latest_seq: self.core.store.latest_seq(me.user_id).await?,
+                token_expires_ms,
+            },
+        ))
+    }
+
+    pub async fn logout(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let r = v1::LogoutReq::decode(req.body.clone())?;
+        let me = self.core.caller(req).await?;
+        let (ended, device) = if r.all_devices {
+            let devices = self.core.store.delete_user_sessions(me.user_id).await?;
+            (devices.len() as u32, String::new())
+        } else if !req.token.is_empty() {
+            let gone = self
+                .core
+                .store
+                .delete_session(auth::token_hash(&req.token))
+                .await?;
+            (u32::from(gone), me.device_id.to_string())
+        } else {
+            return Err(LogicError::InvalidArgument(
+                "logging out one device needs its token: use POST /v1/logout".into(),
+            ));
+        };
+        // Close the device's (or every device's) long links now.
+        let kick = v1::Kick {
+            code: v1::ErrorCode::Kicked as i32,
+            reason: "logged out".into(),
+        };
+        self.notifier
+            .push_all(Push {
+                user_id: me.user_id,
+                device_id: device,
+                cmd: u32::from(cmd::KICK),
+                body: Bytes::from(kick.encode_to_vec()),
+                close: true,
+                ..Default::default()
+            })
+            .await;
+        tracing::info!(user_id = me.user_id, sessions = ended, "logged out");
+        Ok(ok(req.cmd, &v1::LogoutResp { sessions: ended }))
+    }
+
+    pub async fn find_user(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        self.core.caller(req).await?;
+        let r = v1::FindUserReq::decode(req.body.clone())?;
+        let id = self.core.user_id(&r.username).await?;
+        let etag = self
+            .core
+            .store
+            .avatar(id)
+            .await?
+            .map(|a| a.etag)
+            .unwrap_or_default();
+        Ok(ok(
+            req.cmd,
+            &v1::FindUserResp {
+                user_id: id,
+                username: r.username,
+                avatar_etag: etag,
+            },
+        ))
+    }
+
+    /// A new token for a device, replacing its earlier one. Returns it and its expiry.
+    async fn issue_token(
+        &self,
+        user_id: u64,
+        device_id: &str,
+    ) -> Result<(String, i64), LogicError> {
+        let token = auth::new_token();
+        self.core
+            .store
+            .put_session(auth::token_hash(&token), user_id, device_id)
+            .await?;
+        Ok((token, self.core.token_expiry(unix_ms())))
+    }
+
+    /// At LOGIN: a renewed token when `s` is past half its life (empty otherwise), and
+    /// the expiry of the token the device holds afterwards.
+    async fn renew_if_old(&self, s: &ferry_store::Session) -> Result<(String, i64), LogicError> {
+        let expires = self.core.token_expiry(s.created_ms);
+        if expires == 0 {
+            return Ok((String::new(), 0));
+        }
+        let half = (expires - s.created_ms) / 2;
+        if unix_ms() < s.created_ms + half {
+            return Ok((String::new(), expires));
+        }
+        metrics::counter!("ferry_tokens_renewed_total").increment(1);
+        self.issue_token(s.user_id, &s.device_id).await
+    }
+
+    /// Refuses a request from an address over `limit` (`what` names it for the client).
+    fn limit_ip(
+        &self,
+        limit: &crate::limits::Limiter<std::net::IpAddr>,
+        req: &BusRequest,
+        what: &str,
+    ) -> Result<(), LogicError> {
+        let Some(ip) = crate::limits::peer_ip(&req.peer) else {
+            return Ok(());
+        };
+        limit.check(&ip).map_err(|ms| {
+            metrics::counter!("ferry_rate_limited_total", "limit" => "ip").increment(1);
+            LogicError::RateLimited(format!("too many {what} from your address"), ms)
+        })
+    }
+
+    /// Refuses a password attempt on an account over its limit.
+    fn limit_password(&self, username: &str) -> Result<(), LogicError> {
+        self.core
+            .limits
+            .auth_per_user
+            .check(&username.to_owned())
+            .map_err(|ms| {
+                metrics::counter!("ferry_rate_limited_total", "limit" => "password").increment(1);
+                LogicError::RateLimited("too many sign-in attempts for this user".into(), ms)
+            })
+    }
+}

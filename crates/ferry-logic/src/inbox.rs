@@ -1,0 +1,455 @@
+//! The inbox: 1:1 sends, sync (a device reads its inbox from its synckey on), and the
+//! 1:1 side of recall, read receipts and typing. Every change a user must learn about
+//! is an entry in their inbox (the sync model), so offline devices see it at their next
+//! sync; devices online get a notify. Group messages are handed to [`Groups`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use ferry_bus::{BusRequest, BusResponse, Push};
+use ferry_proto::{cmd, v1, ProtoMessage};
+use ferry_store::{NewEvent, NewMessage, StoreError};
+
+use crate::attach::Attachments;
+use crate::core::{ok, unix_ms, Core};
+use crate::error::LogicError;
+use crate::friends::Friends;
+use crate::groups::Groups;
+use crate::notify::Notifier;
+
+/// The inbox service.
+pub(crate) struct Inbox {
+    core: Arc<Core>,
+    /// Tells the devices of both sides.
+    notifier: Arc<Notifier>,
+    /// Who may message whom.
+    friends: Arc<Friends>,
+    /// Checks and grants the media a message refers to.
+    attach: Arc<Attachments>,
+    /// Sends, recalls and read receipts in groups.
+    groups: Arc<Groups>,
+}
+
+impl Inbox {
+    pub fn new(
+        core: Arc<Core>,
+        notifier: Arc<Notifier>,
+        friends: Arc<Friends>,
+        attach: Arc<Attachments>,
+        groups: Arc<Groups>,
+    ) -> Inbox {
+        Inbox {
+            core,
+            notifier,
+            friends,
+            attach,
+            groups,
+        }
+    }
+
+    pub async fn send(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let started = std::time::Instant::now();
+        let me = self.core.caller(req).await?;
+        if let Err(ms) = self.core.limits.sends_per_user.check(&me.user_id) {
+            metrics::counter!("ferry_rate_limited_total", "limit" => "sends").increment(1);
+            return Err(LogicError::RateLimited(
+                "too many messages; slow down".into(),
+                ms,
+            ));
+        }
+        let r = v1::SendMsg::decode(req.body.clone())?;
+        if r.text.len() > self.core.cfg.max_text_bytes {
+            return Err(LogicError::TooLarge(format!(
+                "text of {} bytes exceeds the limit of {}",
+                r.text.len(),
+                self.core.cfg.max_text_bytes
+            )));
+        }
+        if r.client_msg_id == 0 {
+            return Err(LogicError::InvalidArgument(
+                "client_msg_id must be non-zero".into(),
+            ));
+        }
+        if r.group_id != 0 {
+            // Boxed: a 2 KB future that would make every 1:1 send as large.
+            return Box::pin(self.groups.send(&me, r, req.cmd)).await;
+        }
+        let to = self.core.user_id(&r.to).await?;
+        if to != me.user_id {
+            self.friends.may_message(me.user_id, to, &r.to).await?;
+        }
+        let media = self
+            .attach
+            .to_message(me.user_id, r.media, &[to], &[])
+            .await?;
+        let from = self.core.user_name(me.user_id).await?;
+        let time_ms = unix_ms();
+        let message = v1::Message {
+            msg_id: 0,
+            from: from.to_string(),
+            to: r.to,
+            time_ms,
+            r#type: r.r#type,
+            text: r.text,
+            client_msg_id: r.client_msg_id,
+            media,
+            ..Default::default()
+        };
+        let done = self
+            .core
+            .store
+            .append_message(NewMessage {
+                sender_id: me.user_id,
+                recipient_id: to,
+                client_msg_id: r.client_msg_id,
+                time_ms,
+                message: message.clone(),
+            })
+            .await?;
+        if !done.duplicate {
+            let message = v1::Message {
+                msg_id: done.msg_id,
+                ..message
+            };
+            metrics::counter!("ferry_messages_in_total").increment(1);
+            if self
+                .notifier
+                .notify_message(to, done.recipient_seq, &message)
+                .await
+                > 0
+            {
+                // Send received → durable → notify handed to the recipient's gateway(s).
+                metrics::histogram!("ferry_delivery_seconds")
+                    .record(started.elapsed().as_secs_f64());
+            }
+            if to != me.user_id {
+                self.notifier
+                    .notify_message(me.user_id, done.sender_seq, &message)
+                    .await;
+            }
+        } else {
+            metrics::counter!("ferry_messages_duplicate_total").increment(1);
+            // The first attempt may have died (its logic node killed, its gateway gone)
+            // between storing and notifying: notify again, without the entry (this
+            // attempt's copy of the message is not the stored one). Devices that have it
+            // ignore the notify.
+            self.notifier.notify_latest(to).await;
+            if to != me.user_id {
+                self.notifier.notify_latest(me.user_id).await;
+            }
+        }
+        Ok(ok(
+            req.cmd,
+            &v1::SendAck {
+                msg_id: done.msg_id,
+                seq: done.sender_seq,
+                time_ms: done.time_ms,
+            },
+        ))
+    }
+
+    pub async fn sync(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.core.caller(req).await?;
+        let r = v1::SyncReq::decode(req.body.clone())?;
+        let limit = match r.limit {
+            0 => self.core.cfg.sync_page,
+            n => n.min(self.core.cfg.sync_page_max),
+        };
+        let mut page = self.core.store.inbox(me.user_id, r.synckey, limit).await?;
+        metrics::counter!("ferry_syncs_total").increment(1);
+        metrics::histogram!("ferry_sync_lag_entries")
+            .record(page.latest_seq.saturating_sub(r.synckey) as f64);
+        // Keep the answer well under the frame limit.
+        let mut bytes = 0;
+        if let Some(cut) = page.entries.iter().position(|e| {
+            bytes += e.encoded_len() + 4;
+            bytes > self.core.cfg.sync_page_bytes
+        }) {
+            page.entries.truncate(cut.max(1));
+            page.more = true;
+        }
+        let synckey = match page.entries.last() {
+            Some(e) => e.seq,
+            // Nothing after the synckey: either the device is up to date, or everything
+            // between was pruned. Either way it may jump to the newest seq.
+            None => r.synckey.max(page.latest_seq),
+        };
+        self.core
+            .record_synckey(me.user_id, &me.device_id, r.synckey);
+        metrics::counter!("ferry_entries_out_total", "via" => "sync")
+            .increment(page.entries.len() as u64);
+        Ok(ok(
+            req.cmd,
+            &v1::SyncResp {
+                entries: page.entries,
+                synckey,
+                more: page.more,
+                latest_seq: page.latest_seq,
+            },
+        ))
+    }
+
+    pub async fn read(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.core.caller(req).await?;
+        let r = v1::ReadReq::decode(req.body.clone())?;
+        if r.group_id != 0 {
+            self.groups
+                .mark_read(r.group_id, me.user_id, r.gseq)
+                .await?;
+            return Ok(ok(req.cmd, &v1::Empty {}));
+        }
+        // A 1:1 receipt goes to the peer's inbox, for a message the peer sent the caller.
+        let peer = self.core.user_id(&r.peer).await?;
+        let info = self.core.store.message_info(r.msg_id).await?;
+        let mine = info.as_ref().is_some_and(|i| {
+            i.sender_id == peer && i.body.as_ref().is_some_and(|b| b.group_id == 0)
+        });
+        if !mine {
+            return Err(LogicError::NotFound(
+                "no such message from that user".into(),
+            ));
+        }
+        let time_ms = unix_ms();
+        let entry = v1::Entry {
+            kind: Some(v1::entry::Kind::Read(v1::ReadReceipt {
+                reader: self.core.user_name(me.user_id).await?.to_string(),
+                msg_id: r.msg_id,
+            })),
+            time_ms,
+            ..Default::default()
+        };
+        let seqs = self
+            .core
+            .store
+            .append_events(vec![NewEvent {
+                user_id: peer,
+                entry: entry.clone(),
+            }])
+            .await?;
+        self.notifier.notify_entry(peer, seqs[0], entry).await;
+        Ok(ok(req.cmd, &v1::Empty {}))
+    }
+
+    pub async fn recall(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.core.caller(req).await?;
+        let r = v1::RecallReq::decode(req.body.clone())?;
+        let missing = || LogicError::NotFound("no such message".into());
+        let info = self
+            .core
+            .store
+            .message_info(r.msg_id)
+            .await?
+            .ok_or_else(missing)?;
+        let body = info.body.clone().ok_or_else(missing)?;
+        let window = i64::from(self.core.cfg.recall_window_secs) * 1000;
+        let by = self.core.user_name(me.user_id).await?.to_string();
+        let time_ms = unix_ms();
+        let recall = v1::Recall {
+            msg_id: r.msg_id,
+            group_id: body.group_id,
+            by,
+        };
+        if body.group_id != 0 {
+            self.groups
+                .recall(
+                    me.user_id,
+                    info.sender_id,
+                    info.time_ms,
+                    recall,
+                    time_ms,
+                    window,
+                )
+                .await?;
+        } else {
+            if info.sender_id != me.user_id {
+                return Err(LogicError::PermissionDenied(
+                    "only the sender may recall".into(),
+                ));
+            }
+            if time_ms - info.time_ms > window {
+                return Err(LogicError::PermissionDenied(
+                    "too late to recall this message".into(),
+                ));
+            }
+            let to = self.core.user_id(&body.to).await?;
+            let entry = v1::Entry {
+                kind: Some(v1::entry::Kind::Recall(recall)),
+                time_ms,
+                ..Default::default()
+            };
+            let mut users = vec![me.user_id];
+            if to != me.user_id {
+                users.push(to);
+            }
+            let events: Vec<NewEvent> = users
+                .iter()
+                .map(|u| NewEvent {
+                    user_id: *u,
+                    entry: entry.clone(),
+                })
+                .collect();
+            let (_, seqs) = self
+                .core
+                .store
+                .recall_message(r.msg_id, None, events)
+                .await
+                .map_err(|e| match e {
+                    StoreError::NotFound => missing(),
+                    e => e.into(),
+                })?;
+            for (u, seq) in users.into_iter().zip(seqs) {
+                self.notifier.notify_entry(u, seq, entry.clone()).await;
+            }
+        }
+        metrics::counter!("ferry_recalls_total").increment(1);
+        Ok(ok(req.cmd, &v1::Empty {}))
+    }
+
+    pub async fn typing(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.core.caller(req).await?;
+        let r = v1::Typing::decode(req.body.clone())?;
+        let to = self.core.user_id(&r.to).await?;
+        if to != me.user_id
+            && self
+                .friends
+                .may_message(me.user_id, to, &r.to)
+                .await
+                .is_ok()
+        {
+            let body = v1::Typing {
+                to: self.core.user_name(me.user_id).await?.to_string(),
+            };
+            self.notifier
+                .push_all(Push {
+                    user_id: to,
+                    cmd: u32::from(cmd::TYPING_PUSH),
+                    body: Bytes::from(body.encode_to_vec()),
+                    ..Default::default()
+                })
+                .await;
+        }
+        Ok(ok(req.cmd, &v1::Empty {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LogicConfig;
+    use crate::testing::{notify_of, req, World};
+
+    fn open() -> LogicConfig {
+        LogicConfig {
+            open_messaging: true,
+            ..Default::default()
+        }
+    }
+
+    fn text(to: &str, text: &str, client_msg_id: u64) -> v1::SendMsg {
+        v1::SendMsg {
+            to: to.into(),
+            text: text.into(),
+            client_msg_id,
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_send_is_stored_and_both_sides_are_notified_inline() {
+        let w = World::new(open());
+        let (ann, bob) = (w.user("ann").await, w.user("bob").await);
+        w.notifier.link_up(bob, "gw-b", 1).await;
+        w.notifier.link_up(ann, "gw-a", 2).await;
+        let resp = w
+            .inbox
+            .send(&req(cmd::SEND, ann, &text("bob", "hello", 7)))
+            .await
+            .unwrap();
+        let ack = v1::SendAck::decode(resp.body).unwrap();
+        assert!(ack.msg_id > 0);
+
+        let pushes = w.pushes();
+        assert_eq!(pushes.len(), 2, "{pushes:?}");
+        // The recipient first, with the message inline.
+        let (gw, p) = &pushes[0];
+        assert_eq!((gw.as_str(), p.user_id), ("gw-b", bob));
+        let n = notify_of(p);
+        assert_eq!(n.entries.len(), 1);
+        assert_eq!(n.entries[0].seq, n.latest_seq);
+        let Some(v1::entry::Kind::Message(m)) = &n.entries[0].kind else {
+            panic!("not a message: {:?}", n.entries[0]);
+        };
+        assert_eq!((m.from.as_str(), m.text.as_str()), ("ann", "hello"));
+        assert_eq!(m.msg_id, ack.msg_id);
+        // Then the sender's other devices, at the seq the ack gave.
+        let (gw, p) = &pushes[1];
+        assert_eq!((gw.as_str(), p.user_id), ("gw-a", ann));
+        assert_eq!(notify_of(p).latest_seq, ack.seq);
+
+        // The recipient's sync finds it in the store.
+        let resp = w
+            .inbox
+            .sync(&req(cmd::SYNC, bob, &v1::SyncReq::default()))
+            .await
+            .unwrap();
+        let page = v1::SyncResp::decode(resp.body).unwrap();
+        assert_eq!(page.entries.len(), 1);
+        assert_eq!(page.synckey, page.latest_seq);
+    }
+
+    #[tokio::test]
+    async fn a_retried_send_is_a_duplicate_notified_again_without_entries() {
+        let w = World::new(open());
+        let (ann, bob) = (w.user("ann").await, w.user("bob").await);
+        w.notifier.link_up(bob, "gw-b", 1).await;
+        let send = req(cmd::SEND, ann, &text("bob", "once", 9));
+        let first = v1::SendAck::decode(w.inbox.send(&send).await.unwrap().body).unwrap();
+        let seq = notify_of(&w.pushes()[0].1).latest_seq;
+        let again = v1::SendAck::decode(w.inbox.send(&send).await.unwrap().body).unwrap();
+        assert_eq!(again.msg_id, first.msg_id);
+        // Only bob has a route: one notify, without the entry, at the same seq.
+        let pushes = w.pushes();
+        assert_eq!(pushes.len(), 1, "{pushes:?}");
+        let n = notify_of(&pushes[0].1);
+        assert!(n.entries.is_empty());
+        assert_eq!(n.latest_seq, seq);
+    }
+
+    #[tokio::test]
+    async fn an_entry_stored_before_the_route_arrived_is_notified_when_it_does() {
+        let w = World::new(open());
+        let (ann, bob) = (w.user("ann").await, w.user("bob").await);
+        w.inbox
+            .send(&req(cmd::SEND, ann, &text("bob", "early", 1)))
+            .await
+            .unwrap();
+        assert!(w.pushes().is_empty(), "nobody has a route yet");
+        w.notifier.link_up(bob, "gw-b", 1).await;
+        let pushes = w.pushes();
+        assert_eq!(pushes.len(), 1);
+        assert_eq!((pushes[0].0.as_str(), pushes[0].1.user_id), ("gw-b", bob));
+        let n = notify_of(&pushes[0].1);
+        assert!(n.entries.is_empty());
+        assert_eq!(n.latest_seq, w.core.store.latest_seq(bob).await.unwrap());
+        // Told once: a second link of bob's learns nothing new.
+        w.notifier.link_up(bob, "gw-b", 2).await;
+        assert!(w.pushes().is_empty());
+    }
+
+    #[tokio::test]
+    async fn friends_only_messaging_refuses_strangers_and_stores_nothing() {
+        let w = World::new(LogicConfig::default());
+        let (ann, bob) = (w.user("ann").await, w.user("bob").await);
+        w.notifier.link_up(bob, "gw-b", 1).await;
+        let refused = w
+            .inbox
+            .send(&req(cmd::SEND, ann, &text("bob", "hi", 1)))
+            .await;
+        assert!(
+            matches!(&refused, Err(LogicError::PermissionDenied(m)) if m.contains("not your friend")),
+            "{refused:?}"
+        );
+        assert!(w.pushes().is_empty());
+        assert_eq!(w.core.store.latest_seq(bob).await.unwrap(), 0);
+    }
+}

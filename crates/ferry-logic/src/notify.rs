@@ -1,0 +1,242 @@
+//! The notifier: which gateways hold a user's links (presence, kept from the gateways'
+//! link events) and the pushes to them — notifies that an inbox grew, kicks, typing.
+//!
+//! A push that fails is counted, never fatal: the device syncs at its next login or
+//! notify. Users whose inbox grew while no route to them was known here are remembered
+//! for a minute and told as soon as their route arrives (see [`Notifier::link_up`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use ferry_bus::{Bus, Push};
+use ferry_proto::{cmd, v1, ProtoMessage};
+use ferry_store::Store;
+
+use crate::presence::Presence;
+
+/// Where pushes go: the bus, or (in unit tests) a list that records them.
+enum Outlet {
+    Bus(Arc<dyn Bus>),
+    #[cfg(test)]
+    Record(parking_lot::Mutex<Vec<(String, Push)>>),
+}
+
+pub(crate) struct Notifier {
+    presence: Presence,
+    out: Outlet,
+    /// For a notify without entries: the newest seq of the user's inbox.
+    store: Arc<dyn Store>,
+    /// Entries whose encoding is at most this many bytes ride inside the notify.
+    inline_bytes: usize,
+    /// Users whose inbox grew while this node knew no route to them: the seq, and when.
+    /// A link that logs in races the news of its route to the logic nodes (in a cluster
+    /// by a few milliseconds, more under load); an entry stored in between would get no
+    /// notify. When the route arrives, such a user is notified (see `link_up`).
+    unrouted: DashMap<u64, (u64, Instant)>,
+    /// Insertions into `unrouted`, to prune it every few thousand.
+    unrouted_inserts: AtomicU64,
+}
+
+impl Notifier {
+    pub fn new(bus: Arc<dyn Bus>, store: Arc<dyn Store>, inline_bytes: usize) -> Notifier {
+        Notifier::with(Outlet::Bus(bus), store, inline_bytes)
+    }
+
+    fn with(out: Outlet, store: Arc<dyn Store>, inline_bytes: usize) -> Notifier {
+        Notifier {
+            presence: Presence::default(),
+            out,
+            store,
+            inline_bytes,
+            unrouted: DashMap::new(),
+            unrouted_inserts: AtomicU64::new(0),
+        }
+    }
+
+    /// A notifier that records its pushes instead of sending them (see [`Self::taken`]).
+    #[cfg(test)]
+    pub fn recording(store: Arc<dyn Store>, inline_bytes: usize) -> Notifier {
+        Notifier::with(Outlet::Record(Default::default()), store, inline_bytes)
+    }
+
+    /// The pushes recorded so far, as (gateway, push), oldest first; the record starts
+    /// over.
+    #[cfg(test)]
+    pub fn taken(&self) -> Vec<(String, Push)> {
+        match &self.out {
+            Outlet::Record(r) => std::mem::take(&mut *r.lock()),
+            Outlet::Bus(_) => Vec::new(),
+        }
+    }
+
+    /// Users with at least one live link.
+    pub fn users_online(&self) -> usize {
+        self.presence.users_online()
+    }
+
+    /// Live links per gateway (for ranking endpoint lists by load).
+    pub fn links_per_gateway(&self) -> std::collections::HashMap<Arc<str>, usize> {
+        self.presence.links_per_gateway()
+    }
+
+    /// A link of `user` logged in on `gateway`. Entries stored here while the route was
+    /// on its way: the user is told now.
+    pub async fn link_up(&self, user: u64, gateway: &str, conn: u64) {
+        self.presence.online(user, gateway, conn);
+        if let Some((_, (seq, _))) = self.unrouted.remove(&user) {
+            let body = Bytes::from(
+                v1::Notify {
+                    latest_seq: seq,
+                    entries: Vec::new(),
+                }
+                .encode_to_vec(),
+            );
+            self.push_all(Push {
+                user_id: user,
+                cmd: u32::from(cmd::NOTIFY),
+                body,
+                ..Default::default()
+            })
+            .await;
+        }
+    }
+
+    /// A link of `user` on `gateway` went away.
+    pub fn link_down(&self, user: u64, gateway: &str, conn: u64) {
+        self.presence.offline(user, gateway, conn);
+    }
+
+    /// A gateway went away: every route through it is forgotten.
+    pub fn gateway_down(&self, gateway: &str) {
+        self.presence.drop_gateway(gateway);
+    }
+
+    /// Tells every gateway holding `user`'s links that the inbox reached `seq` with a
+    /// message, inline when small. Returns how many gateways took the push.
+    pub async fn notify_message(&self, user: u64, seq: u64, message: &v1::Message) -> usize {
+        let entry = v1::Entry {
+            seq,
+            kind: Some(v1::entry::Kind::Message(message.clone())),
+            ..Default::default()
+        };
+        self.notify_entry(user, seq, entry).await
+    }
+
+    /// Tells every gateway holding `user`'s links that the inbox reached `seq`, with
+    /// `entry` inline when it is small. Returns how many gateways took the push.
+    pub async fn notify_entry(&self, user: u64, seq: u64, mut entry: v1::Entry) -> usize {
+        let gateways = self.presence.gateways(user);
+        if gateways.is_empty() {
+            self.note_unrouted(user, seq);
+            return 0;
+        }
+        entry.seq = seq;
+        let entries = if entry.encoded_len() <= self.inline_bytes {
+            vec![entry]
+        } else {
+            Vec::new()
+        };
+        let inline = entries.len() as u64;
+        let body = Bytes::from(
+            v1::Notify {
+                latest_seq: seq,
+                entries,
+            }
+            .encode_to_vec(),
+        );
+        let push = Push {
+            user_id: user,
+            cmd: u32::from(cmd::NOTIFY),
+            body,
+            ..Default::default()
+        };
+        let pushed = self.push_via(&gateways, push).await;
+        metrics::counter!("ferry_notifies_total").increment(pushed as u64);
+        metrics::counter!("ferry_entries_out_total", "via" => "notify")
+            .increment(inline * pushed as u64);
+        pushed
+    }
+
+    /// A notify without inline entries: the devices sync.
+    pub async fn notify_latest(&self, user: u64) {
+        match self.store.latest_seq(user).await {
+            Ok(seq) => {
+                let body = Bytes::from(
+                    v1::Notify {
+                        latest_seq: seq,
+                        entries: Vec::new(),
+                    }
+                    .encode_to_vec(),
+                );
+                self.push_all(Push {
+                    user_id: user,
+                    device_id: String::new(),
+                    cmd: u32::from(cmd::NOTIFY),
+                    body,
+                    close: false,
+                    ..Default::default()
+                })
+                .await;
+            }
+            Err(e) => tracing::debug!(error = %e, "no notify: latest seq unknown"),
+        }
+    }
+
+    /// Calls `f` once for each gateway holding links of `user`.
+    pub fn each_gateway_of(&self, user: u64, f: impl FnMut(&Arc<str>)) {
+        self.presence.each_gateway(user, f)
+    }
+
+    /// One push to one gateway; a failure is counted, not fatal.
+    pub async fn push_to(&self, gateway: &str, push: Push) -> bool {
+        let sent = match &self.out {
+            Outlet::Bus(bus) => bus.push(gateway, push).await,
+            #[cfg(test)]
+            Outlet::Record(r) => {
+                r.lock().push((gateway.to_owned(), push));
+                Ok(())
+            }
+        };
+        match sent {
+            Ok(()) => true,
+            Err(e) => {
+                metrics::counter!("ferry_notify_failures_total").increment(1);
+                tracing::debug!(gateway = %gateway, error = %e, "push failed");
+                false
+            }
+        }
+    }
+
+    /// Remembers that `user`'s inbox reached `seq` with no route known here. Entries
+    /// older than a minute are dropped now and then: a route is never that late.
+    fn note_unrouted(&self, user: u64, seq: u64) {
+        let now = Instant::now();
+        self.unrouted.insert(user, (seq, now));
+        let n = self.unrouted_inserts.fetch_add(1, Ordering::Relaxed);
+        if n % 4096 == 4095 {
+            self.unrouted
+                .retain(|_, (_, t)| now.duration_since(*t) < Duration::from_secs(60));
+        }
+    }
+
+    /// Sends a push to every gateway holding links of `push.user_id`. Returns how many
+    /// took it. A failed push is not fatal: the device syncs on its next login or notify.
+    pub async fn push_all(&self, push: Push) -> usize {
+        let gateways = self.presence.gateways(push.user_id);
+        self.push_via(&gateways, push).await
+    }
+
+    /// Sends a push to each of `gateways`; returns how many took it.
+    async fn push_via(&self, gateways: &[Arc<str>], push: Push) -> usize {
+        let mut pushed = 0;
+        for gw in gateways {
+            if self.push_to(gw, push.clone()).await {
+                pushed += 1;
+            }
+        }
+        pushed
+    }
+}

@@ -1,0 +1,153 @@
+//! The store conformance suite: every [`Store`](crate::Store) implementation must pass
+//! it. One file per sub-trait; each case is an `async fn` taking a fresh, empty store.
+//!
+//! Built only with the `conformance` feature (this crate's tests turn it on through
+//! their dev-dependency on the crate itself). A backend's test file runs every case with
+//! [`conformance_tests!`](crate::conformance_tests), which lists them all once: each
+//! case then appears as its own test (`inbox::messages_and_inbox`) in the SQLite and in
+//! the PostgreSQL test binary.
+
+use ferry_proto::v1;
+
+use crate::NewMessage;
+
+pub mod accounts;
+pub mod groups;
+pub mod inbox;
+pub mod media;
+pub mod reports;
+pub mod social;
+
+/// Instantiates every case of the suite as a test in the calling module, one
+/// sub-module per sub-trait. `$store` names an `async fn` that builds a fresh store,
+/// hands it to the case it is given (`FnOnce(Arc<dyn Store>) -> impl Future<Output =
+/// ()>`) and cleans up after it; `$media` the same for an `Arc<dyn MediaStore>`.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! conformance_tests {
+    ($store:ident, $media:ident) => {
+        $crate::conformance_tests!(@cases $store, $media;
+            accounts: users_and_sessions;
+            inbox: messages_and_inbox, paging_and_concurrency, synckeys_and_prune,
+                events_share_the_inbox_with_messages;
+            social: friendships_are_conditional_and_versioned, avatars_are_replaced,
+                moments_likes_and_comments;
+            reports: reports_page_newest_first_and_prune;
+            groups: groups_logs_members_and_recall;
+            media: chunks_in_any_order_then_verify_commit_and_read,
+                acknowledged_bytes_never_change,
+                the_upload_key_is_kept_until_the_upload_is_finished,
+                sweep_deletes_old_unfinished_uploads_only;
+        );
+    };
+    // Media cases run on a media store, every other on a store.
+    (@run media, $store:ident, $media:ident) => {
+        super::$media
+    };
+    (@run $domain:ident, $store:ident, $media:ident) => {
+        super::$store
+    };
+    (@cases $store:ident, $media:ident; $($domain:ident: $($case:ident),+;)+) => {
+        $(
+            mod $domain {
+                $(
+                    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                    async fn $case() {
+                        $crate::conformance_tests!(@run $domain, $store, $media)(
+                            $crate::conformance::$domain::$case,
+                        )
+                        .await;
+                    }
+                )+
+            }
+        )+
+
+        /// Every case written in the suite is listed in the macro above.
+        #[test]
+        fn every_conformance_case_runs() {
+            $crate::conformance::assert_all_listed(&[$($(
+                concat!(stringify!($domain), "::", stringify!($case))
+            ),+),+]);
+        }
+    };
+}
+
+/// Panics unless `listed` names every case of every file of the suite (a case missing
+/// from [`conformance_tests!`](crate::conformance_tests) would silently never run).
+pub fn assert_all_listed(listed: &[&str]) {
+    let files = [
+        ("accounts", include_str!("accounts.rs")),
+        ("inbox", include_str!("inbox.rs")),
+        ("social", include_str!("social.rs")),
+        ("reports", include_str!("reports.rs")),
+        ("groups", include_str!("groups.rs")),
+        ("media", include_str!("media.rs")),
+    ];
+    let missing: Vec<String> = files
+        .iter()
+        .flat_map(|(domain, src)| {
+            src.lines()
+                .filter_map(|l| l.strip_prefix("pub async fn "))
+                .filter_map(|l| l.split('(').next())
+                .map(move |case| format!("{domain}::{case}"))
+        })
+        .filter(|case| !listed.contains(&case.as_str()))
+        .collect();
+    assert!(missing.is_empty(), "conformance cases not run: {missing:?}");
+}
+
+pub(super) fn text(from: &str, to: &str, t: &str, cmid: u64) -> v1::Message {
+    v1::Message {
+        from: from.into(),
+        to: to.into(),
+        text: t.into(),
+        client_msg_id: cmid,
+        ..Default::default()
+    }
+}
+
+pub(super) fn new_msg(from: (u64, &str), to: (u64, &str), cmid: u64, t: &str) -> NewMessage {
+    NewMessage {
+        sender_id: from.0,
+        recipient_id: to.0,
+        client_msg_id: cmid,
+        time_ms: 1_000 + cmid as i64,
+        message: text(from.1, to.1, t, cmid),
+    }
+}
+
+pub(super) fn texts(page: &crate::InboxPage) -> Vec<String> {
+    page.entries
+        .iter()
+        .map(|e| match &e.kind {
+            Some(v1::entry::Kind::Message(m)) => m.text.clone(),
+            _ => String::new(),
+        })
+        .collect()
+}
+
+pub(super) fn friend_event(peer: &str, time_ms: i64) -> v1::Entry {
+    v1::Entry {
+        kind: Some(v1::entry::Kind::Friend(v1::FriendEvent {
+            kind: v1::friend_event::Kind::RequestReceived as i32,
+            peer: peer.into(),
+            greeting: "hi".into(),
+        })),
+        time_ms,
+        ..Default::default()
+    }
+}
+
+pub(super) fn group_event(kind: v1::group_event::Kind, group: u64, time_ms: i64) -> v1::GroupEntry {
+    v1::GroupEntry {
+        kind: Some(v1::group_entry::Kind::Event(v1::GroupEvent {
+            kind: kind as i32,
+            group_id: group,
+            users: vec!["x".into()],
+            by: "alice".into(),
+            text: String::new(),
+        })),
+        time_ms,
+        ..Default::default()
+    }
+}

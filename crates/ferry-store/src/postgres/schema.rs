@@ -1,0 +1,176 @@
+//! The PostgreSQL schema: one migration per version, applied at start-up in one
+//! transaction under an advisory lock, so several logic nodes may start at once; the
+//! applied version is kept in `ferry_schema`.
+
+use super::{pool_err, PgStore};
+use crate::{Result, StoreError};
+
+/// The schema, one entry per version. Never edit a released entry: append a new one.
+const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE users (
+    id            BIGSERIAL PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created_ms    BIGINT NOT NULL,
+    last_seq      BIGINT NOT NULL DEFAULT 0,
+    friend_version BIGINT NOT NULL DEFAULT 0
+);
+CREATE TABLE sessions (
+    token_hash BYTEA PRIMARY KEY,
+    user_id    BIGINT NOT NULL,
+    device_id  TEXT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    UNIQUE (user_id, device_id)
+);
+CREATE TABLE messages (
+    id            BIGSERIAL PRIMARY KEY,
+    sender_id     BIGINT NOT NULL,
+    client_msg_id BIGINT NOT NULL,
+    sender_seq    BIGINT NOT NULL,
+    recipient_seq BIGINT NOT NULL,
+    created_ms    BIGINT NOT NULL,
+    body          BYTEA,
+    UNIQUE (sender_id, client_msg_id)
+);
+CREATE INDEX messages_created ON messages (created_ms);
+CREATE TABLE inbox (
+    user_id    BIGINT NOT NULL,
+    seq        BIGINT NOT NULL,
+    msg_id     BIGINT,
+    created_ms BIGINT NOT NULL,
+    -- A non-message entry (friend or moment event), encoded without seq and time.
+    payload    BYTEA,
+    PRIMARY KEY (user_id, seq)
+);
+CREATE INDEX inbox_created ON inbox (created_ms);
+CREATE TABLE devices (
+    user_id    BIGINT NOT NULL,
+    device_id  TEXT NOT NULL,
+    synckey    BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+);
+CREATE TABLE friendships (
+    user_id    BIGINT NOT NULL,
+    peer_id    BIGINT NOT NULL,
+    state      INTEGER NOT NULL,
+    greeting   TEXT NOT NULL,
+    version    BIGINT NOT NULL,
+    updated_ms BIGINT NOT NULL,
+    PRIMARY KEY (user_id, peer_id)
+);
+CREATE INDEX friendships_version ON friendships (user_id, version);
+CREATE TABLE avatars (
+    user_id      BIGINT PRIMARY KEY,
+    etag         TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    image        BYTEA NOT NULL,
+    thumb        BYTEA NOT NULL,
+    updated_ms   BIGINT NOT NULL
+);
+CREATE TABLE reports (
+    id             BIGSERIAL PRIMARY KEY,
+    user_id        BIGINT NOT NULL,
+    device_id      TEXT NOT NULL,
+    client_version TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    file_name      TEXT NOT NULL,
+    length         BIGINT NOT NULL,
+    md5            TEXT NOT NULL,
+    created_ms     BIGINT NOT NULL,
+    data           BYTEA NOT NULL
+);
+CREATE INDEX reports_created ON reports (created_ms);
+CREATE TABLE moments (
+    id         BIGINT PRIMARY KEY,
+    author_id  BIGINT NOT NULL,
+    text       TEXT NOT NULL,
+    media_ids  TEXT[] NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX moments_author ON moments (author_id, id);
+CREATE TABLE moment_likes (
+    moment_id  BIGINT NOT NULL,
+    user_id    BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (moment_id, user_id)
+);
+CREATE TABLE moment_comments (
+    id         BIGSERIAL PRIMARY KEY,
+    moment_id  BIGINT NOT NULL,
+    user_id    BIGINT NOT NULL,
+    text       TEXT NOT NULL,
+    created_ms BIGINT NOT NULL
+);
+CREATE INDEX moment_comments_moment ON moment_comments (moment_id);
+"#,
+    r#"
+CREATE TABLE groups (
+    id            BIGINT PRIMARY KEY,
+    name          TEXT NOT NULL,
+    announcement  TEXT NOT NULL,
+    owner_id      BIGINT NOT NULL,
+    share_history BOOLEAN NOT NULL,
+    last_gseq     BIGINT NOT NULL DEFAULT 0,
+    created_ms    BIGINT NOT NULL
+);
+CREATE TABLE group_members (
+    group_id    BIGINT NOT NULL,
+    user_id     BIGINT NOT NULL,
+    role        INTEGER NOT NULL,
+    joined_gseq BIGINT NOT NULL,
+    read_gseq   BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (group_id, user_id)
+);
+CREATE INDEX group_members_user ON group_members (user_id);
+CREATE TABLE group_log (
+    group_id   BIGINT NOT NULL,
+    gseq       BIGINT NOT NULL,
+    msg_id     BIGINT,
+    payload    BYTEA,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (group_id, gseq)
+);
+"#,
+];
+
+/// Key of the advisory lock that serialises migrations across processes.
+const MIGRATION_LOCK: i64 = 0x6665_7272_7900_0001;
+
+impl PgStore {
+    pub(super) async fn migrate(&self) -> Result<()> {
+        let mut client = self.pool.get().await.map_err(pool_err)?;
+        let txn = client.transaction().await?;
+        txn.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
+        txn.batch_execute("CREATE TABLE IF NOT EXISTS ferry_schema (version INTEGER NOT NULL)")
+            .await?;
+        let version: i32 = txn
+            .query_opt("SELECT version FROM ferry_schema", &[])
+            .await?
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        let version = version as usize;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Corrupt(format!(
+                "database schema version {version} is newer than this build ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+            txn.batch_execute(sql).await?;
+            tracing::info!(version = i + 1, "postgres store migrated");
+        }
+        if version < MIGRATIONS.len() {
+            txn.execute("DELETE FROM ferry_schema", &[]).await?;
+            txn.execute(
+                "INSERT INTO ferry_schema (version) VALUES ($1)",
+                &[&(MIGRATIONS.len() as i32)],
+            )
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,228 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! All writes go through one writer thread that takes every write waiting in its queue,
+//! runs them in one transaction and commits once — group commit: one fsync covers a whole
+//! batch, so durable throughput grows with load instead of being capped by the disk's
+//! sync latency. Reads run on a small pool of read-only connections (WAL lets them
+//! proceed while the writer writes).
+//!
+//! This module holds the store type and its plumbing (opening, the read pool, handing a
+//! write to the writer); `writer.rs` is the writer and checkpointer threads, `schema.rs`
+//! the migrations, and each domain's trait is implemented in the file of its name.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rusqlite::{Connection, OpenFlags, Transaction};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{Result, StoreError};
+use writer::{BatchError, Finish, Job, WriterState};
+
+mod accounts;
+mod groups;
+mod inbox;
+mod reports;
+mod schema;
+mod social;
+mod writer;
+
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// fsync on every commit (`synchronous=FULL`): an acknowledged write survives a
+    /// power loss. The default.
+    #[default]
+    Fsync,
+    /// Leave flushing to the OS (`synchronous=NORMAL`): survives a crash of the process
+    /// but not of the machine.
+    Os,
+}
+
+/// The embedded SQLite store. Cheap to share behind an `Arc`.
+pub struct SqliteStore {
+    jobs: mpsc::Sender<Job>,
+    readers: Arc<ReadPool>,
+    path: PathBuf,
+    /// Dropping it stops the checkpointer (after a last checkpoint).
+    _checkpoints: std::sync::mpsc::Sender<()>,
+}
+
+/// How long a connection waits for a lock another one holds.
+const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl ReadPool {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = match self.idle.lock().pop() {
+            Some(c) => c,
+            None => open_reader(&self.path)?,
+        };
+        let out = f(&conn);
+        let mut idle = self.idle.lock();
+        if idle.len() < 16 {
+            idle.push(conn);
+        }
+        out
+    }
+}
+
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // Small: a reader's cache is private to its connection (each holds its own copy of
+    // the same pages) and is thrown away at the next read after any commit, so under
+    // writes a large one buys nothing. With 8 MiB each they held what logins had read:
+    // `ferry bench idle --connections 10000` measured 2 329 B per connection, 2 119 B
+    // with 1 MiB. Leaf pages come from the OS page cache instead, shared by all.
+    conn.pragma_update(None, "cache_size", -1024)?;
+    stable_plans(&conn)?;
+    Ok(conn)
+}
+
+/// Keeps a cached statement's plan when new values are bound to it. SQLite (built with
+/// STAT4, as the bundled one is) otherwise marks a statement whose plan *could* depend on
+/// a bound value — any `?` compared with an indexed column — as expired at every bind,
+/// and parses and plans it again at the next step: the inbox read of every SYNC was
+/// re-prepared each time (8 % of the tokio threads' CPU in an open-loop `ferry bench
+/// p2p`). This store never runs ANALYZE, so the plans cannot improve by it anyway.
+fn stable_plans(conn: &Connection) -> Result<()> {
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )?;
+    Ok(())
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) `dir/ferry.db`, runs migrations and starts the writer.
+    pub fn open(dir: &Path, durability: Durability) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let path = dir.join("ferry.db");
+        let mut conn = Connection::open(&path)?;
+        conn.busy_timeout(BUSY_TIMEOUT)?;
+        stable_plans(&conn)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        let sync = match durability {
+            Durability::Fsync => "FULL",
+            Durability::Os => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", sync)?;
+        conn.pragma_update(None, "foreign_keys", "OFF")?;
+        // The writer is the one serial path of every send: give it a large page cache,
+        // and leave checkpoints to the checkpointer thread so a commit never pays for
+        // copying the WAL back into the database.
+        conn.pragma_update(None, "cache_size", -64 * 1024)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)?;
+        conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)?;
+        schema::migrate(&mut conn)?;
+        let restart_due = Arc::new(AtomicBool::new(false));
+        let checkpoints = writer::spawn_checkpointer(&path, restart_due.clone())?;
+
+        let (tx, rx) = mpsc::channel(writer::QUEUE);
+        std::thread::Builder::new()
+            .name("ferry-store-writer".into())
+            .spawn(move || writer::writer(conn, rx, &restart_due))?;
+        Ok(SqliteStore {
+            jobs: tx,
+            readers: Arc::new(ReadPool {
+                path: path.clone(),
+                idle: Mutex::new(Vec::new()),
+            }),
+            path,
+            _checkpoints: checkpoints,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction, &mut WriterState) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |txn, state| {
+            let out = f(txn, state);
+            let poisoned = matches!(out, Err(StoreError::Sqlite(_) | StoreError::Io(_)));
+            let full = out.as_ref().err().is_some_and(writer::store_full);
+            Finish {
+                poisoned,
+                full,
+                reply: Box::new(move |commit| {
+                    let _ = tx.send(match commit {
+                        Ok(()) => out,
+                        Err(BatchError::Full) => Err(StoreError::Unavailable(
+                            "the disk under the data folder is full".into(),
+                        )),
+                        Err(BatchError::Failed(e)) => Err(StoreError::WriteFailed(e)),
+                    });
+                }),
+            }
+        });
+        self.jobs.send(job).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        // Run on the calling thread. A read is an indexed lookup or one page of rows from
+        // the page cache (tens of microseconds; WAL readers never wait for the writer),
+        // far less than handing it to another thread and back, which costs two wake-ups
+        // and was the largest share of the server's CPU per message.
+        self.readers.with(f)
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::params;
+
+    use super::inbox::INBOX_PAGE;
+    use super::*;
+
+    /// A cached statement keeps its plan across binds: the inbox read of every SYNC used
+    /// to be parsed and planned again each time (see [`stable_plans`]).
+    #[test]
+    fn cached_reads_are_not_prepared_again_for_new_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path(), Durability::Os).unwrap();
+        let writer = Connection::open(store.path()).unwrap();
+        for seq in 1..=20i64 {
+            writer
+                .execute(
+                    "INSERT INTO inbox (user_id, seq, created_ms) VALUES (?1, ?2, 0)",
+                    params![1 + seq % 3, seq],
+                )
+                .unwrap();
+        }
+        let reader = open_reader(store.path()).unwrap();
+        for user in 1..=5i64 {
+            let mut stmt = reader.prepare_cached(INBOX_PAGE).unwrap();
+            let mut rows = stmt.query(params![user, user * 3, 10]).unwrap();
+            while rows.next().unwrap().is_some() {}
+        }
+        let stmt = reader.prepare_cached(INBOX_PAGE).unwrap();
+        assert_eq!(stmt.get_status(rusqlite::StatementStatus::RePrepare), 0);
+    }
+}

@@ -1,0 +1,154 @@
+//! The SQLite schema: one migration per version, applied in order at open (the file's
+//! `user_version` says how many ran). Never edit a released entry: append a new one.
+
+use rusqlite::Connection;
+
+use crate::{Result, StoreError};
+
+pub(super) const MIGRATIONS: &[&str] = &[
+    r#"
+CREATE TABLE users (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL UNIQUE,
+    password_hash TEXT NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    last_seq      INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE sessions (
+    token_hash BLOB PRIMARY KEY,
+    user_id    INTEGER NOT NULL,
+    device_id  TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX sessions_device ON sessions(user_id, device_id);
+CREATE TABLE messages (
+    id            INTEGER PRIMARY KEY,
+    sender_id     INTEGER NOT NULL,
+    client_msg_id INTEGER NOT NULL,
+    sender_seq    INTEGER NOT NULL,
+    recipient_seq INTEGER NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    body          BLOB,
+    UNIQUE (sender_id, client_msg_id)
+);
+CREATE TABLE inbox (
+    user_id    INTEGER NOT NULL,
+    seq        INTEGER NOT NULL,
+    msg_id     INTEGER,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX inbox_created ON inbox(created_ms);
+CREATE TABLE devices (
+    user_id    INTEGER NOT NULL,
+    device_id  TEXT NOT NULL,
+    synckey    INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+) WITHOUT ROWID;
+"#,
+    r#"
+ALTER TABLE inbox ADD COLUMN payload BLOB;
+ALTER TABLE users ADD COLUMN friend_version INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE friendships (
+    user_id    INTEGER NOT NULL,
+    peer_id    INTEGER NOT NULL,
+    state      INTEGER NOT NULL,
+    greeting   TEXT NOT NULL,
+    version    INTEGER NOT NULL,
+    updated_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, peer_id)
+) WITHOUT ROWID;
+CREATE INDEX friendships_version ON friendships(user_id, version);
+CREATE TABLE avatars (
+    user_id      INTEGER PRIMARY KEY,
+    etag         TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    image        BLOB NOT NULL,
+    thumb        BLOB NOT NULL,
+    updated_ms   INTEGER NOT NULL
+);
+CREATE TABLE reports (
+    id             INTEGER PRIMARY KEY,
+    user_id        INTEGER NOT NULL,
+    device_id      TEXT NOT NULL,
+    client_version TEXT NOT NULL,
+    kind           TEXT NOT NULL,
+    file_name      TEXT NOT NULL,
+    length         INTEGER NOT NULL,
+    md5            TEXT NOT NULL,
+    created_ms     INTEGER NOT NULL,
+    data           BLOB NOT NULL
+);
+CREATE INDEX reports_created ON reports(created_ms);
+CREATE TABLE moments (
+    id         INTEGER PRIMARY KEY,
+    author_id  INTEGER NOT NULL,
+    text       TEXT NOT NULL,
+    media_ids  TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX moments_author ON moments(author_id, id);
+CREATE TABLE moment_likes (
+    moment_id  INTEGER NOT NULL,
+    user_id    INTEGER NOT NULL,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (moment_id, user_id)
+) WITHOUT ROWID;
+CREATE TABLE moment_comments (
+    id         INTEGER PRIMARY KEY,
+    moment_id  INTEGER NOT NULL,
+    user_id    INTEGER NOT NULL,
+    text       TEXT NOT NULL,
+    created_ms INTEGER NOT NULL
+);
+CREATE INDEX moment_comments_moment ON moment_comments(moment_id);
+"#,
+    r#"
+CREATE TABLE groups (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT NOT NULL,
+    announcement  TEXT NOT NULL,
+    owner_id      INTEGER NOT NULL,
+    share_history INTEGER NOT NULL,
+    last_gseq     INTEGER NOT NULL DEFAULT 0,
+    created_ms    INTEGER NOT NULL
+);
+CREATE TABLE group_members (
+    group_id    INTEGER NOT NULL,
+    user_id     INTEGER NOT NULL,
+    role        INTEGER NOT NULL,
+    joined_gseq INTEGER NOT NULL,
+    read_gseq   INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (group_id, user_id)
+) WITHOUT ROWID;
+CREATE INDEX group_members_user ON group_members(user_id);
+CREATE TABLE group_log (
+    group_id   INTEGER NOT NULL,
+    gseq       INTEGER NOT NULL,
+    msg_id     INTEGER,
+    payload    BLOB,
+    created_ms INTEGER NOT NULL,
+    PRIMARY KEY (group_id, gseq)
+) WITHOUT ROWID;
+"#,
+];
+
+pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: usize =
+        conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "database schema version {version} is newer than this build ({})",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let txn = conn.transaction()?;
+        txn.execute_batch(sql)?;
+        txn.pragma_update(None, "user_version", (i + 1) as i64)?;
+        txn.commit()?;
+        tracing::info!(version = i + 1, "store migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,43 @@
+//! Ferry's integration tests, one binary (the suite links once): each module is what was
+//! a test binary of its own, with its helpers from `ferry-testkit`.
+//!
+//! The tests share this process and run side by side (as many at a time as
+//! `--test-threads`, the number of cores by default). None sets an environment
+//! variable, a signal handler or a limit of the process; the ones that need a server
+//! start their own on port 0 (or their own processes), PostgreSQL gives each a
+//! database of its own, and everything they count is per server. The one exception is
+//! kept out: `tests/dashboard.rs` asserts exact deltas of counters in the process-wide
+//! metrics recorder, which every server of the process feeds, so it stays a binary of
+//! its own, where nothing else moves them.
+
+/// The `ferry` binary of this build (for the tests that run it as a process).
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+mod bad_input;
+mod bench_smoke;
+mod cluster;
+mod cluster_media;
+mod crash;
+mod faults;
+mod groups;
+mod limits;
+mod liveness;
+mod media;
+mod messaging;
+mod resume;
+mod secure;
+mod security;
+mod smart;
+mod social;
+
+/// `ferry <args> --config <config>` as a process, once it printed a line starting with
+/// `ready` (the cluster tests' gateways and logic nodes).
+fn node(args: &[&str], config: &std::path::Path, ready: &str) -> ferry_testkit::Node {
+    ferry_testkit::Node::spawn(
+        std::process::Command::new(FERRY)
+            .args(args)
+            .arg("--config")
+            .arg(config),
+        ready,
+    )
+}
