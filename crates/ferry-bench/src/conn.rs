@@ -79,9 +79,13 @@ pub struct FerryConn {
     pub login_in: u64,
     /// The login resumed from a ticket (no Noise handshake).
     pub resumed: bool,
+    /// The ticket the login's handshake answer handed out (its `TICKET` frame), if any.
+    pub ticket: Option<Ticket>,
+    /// Bytes that `TICKET` frame took in the answer.
+    pub ticket_bytes: u64,
 }
 
-/// A session resumption ticket and its secret (`LoginResp.resumption`).
+/// A session resumption ticket and its secret (the handshake answer's `TICKET` frame).
 #[derive(Clone)]
 pub struct Ticket {
     pub ticket: Vec<u8>,
@@ -89,9 +93,8 @@ pub struct Ticket {
 }
 
 impl Ticket {
-    /// The ticket a login answer handed out, if any.
-    pub fn from_login(resp: &v1::LoginResp) -> Option<Ticket> {
-        let r = resp.resumption.as_ref()?;
+    /// The ticket a handshake answer handed out, if usable.
+    pub fn from_answer(r: &v1::Resumption) -> Option<Ticket> {
         Some(Ticket {
             ticket: r.ticket.to_vec(),
             secret: r.secret[..].try_into().ok()?,
@@ -131,6 +134,8 @@ impl FerryConn {
             writes: 0,
             login_in: 0,
             resumed: false,
+            ticket: None,
+            ticket_bytes: 0,
         })
     }
 
@@ -260,7 +265,11 @@ impl FerryConn {
         Ok(answer)
     }
 
-    async fn opened(&mut self, channel: Channel, payload: Vec<u8>) -> anyhow::Result<Frame> {
+    async fn opened(&mut self, channel: Channel, mut payload: Vec<u8>) -> anyhow::Result<Frame> {
+        let len = payload.len();
+        let ticket = resume::take_ticket(&mut payload).context("the answer's ticket")?;
+        self.ticket_bytes = (len - payload.len()) as u64;
+        self.ticket = ticket.as_ref().and_then(Ticket::from_answer);
         self.channel = Some(Box::new(channel));
         self.buf.extend_from_slice(&payload);
         self.read_frame().await
@@ -408,13 +417,10 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
     }
     befriend(&short, (&a, &tokens[0]), (&b, &tokens[1])).await?;
     let mut ca = FerryConn::connect(server).await?;
-    let resp_a = ca.login(&tokens[0], 0).await?;
-    let ticket = Ticket::from_login(&resp_a);
-    // What the resumption ticket adds to the login answer (field 9: tag, length, value).
-    let ticket_bytes = resp_a.resumption.as_ref().map_or(0, |r| {
-        let n = r.encoded_len();
-        1 + if n < 128 { 1 } else { 2 } + n
-    });
+    ca.login(&tokens[0], 0).await?;
+    let ticket = ca.ticket.clone();
+    // What the resumption ticket adds to the login answer (its TICKET frame).
+    let ticket_bytes = ca.ticket_bytes;
     let login = (ca.bytes_out, ca.login_in);
     let login_round_trips = ca.writes;
     let mut cb = FerryConn::connect(server).await?;

@@ -183,19 +183,21 @@ async fn login_once(
         Proto::Ferry => {
             let mut c = FerryConn::connect(server).await?;
             reset(&c.stream);
-            let resp = match c.login_with(cred, 0, ticket.as_ref()).await {
+            match c.login_with(cred, 0, ticket.as_ref()).await {
                 Err(e) if conn::is_resume_refused(&e) => {
                     *ticket = None;
                     c = FerryConn::connect(server).await?;
                     reset(&c.stream);
-                    c.login(cred, 0).await?
+                    c.login(cred, 0).await?;
                 }
-                r => r?,
-            };
+                r => {
+                    r?;
+                }
+            }
             // A full handshake's answer brings the ticket (or none); a resumed link
             // keeps the one it came with.
-            if keep_tickets && (!c.resumed || resp.resumption.is_some()) {
-                *ticket = Ticket::from_login(&resp);
+            if keep_tickets && (!c.resumed || c.ticket.is_some()) {
+                *ticket = c.ticket.take();
             }
             Ok(c.resumed)
         }

@@ -197,8 +197,8 @@ async fn session(
         // A full handshake's answer carries the ticket to resume with from now on (none:
         // the next link does the full handshake too). A resumed link keeps using the
         // ticket it came with, unless the answer replaces it.
-        let fresh = login
-            .resumption
+        let fresh = conn
+            .take_ticket()
             .as_ref()
             .and_then(crate::state::StoredTicket::from_login);
         if fresh.is_some() || !resumed {

@@ -51,7 +51,8 @@ pub struct StoredTicket {
 }
 
 impl StoredTicket {
-    /// What a login answer handed out; `None` when it carries no usable ticket.
+    /// What a handshake answer handed out (its `TICKET` frame); `None` when it carries no
+    /// usable ticket.
     pub fn from_login(r: &ferry_proto::v1::Resumption) -> Option<StoredTicket> {
         (r.secret.len() == ferry_proto::resume::SECRET_LEN && !r.ticket.is_empty()).then(|| {
             StoredTicket {

@@ -44,6 +44,9 @@ pub(crate) struct Conn {
     /// The encrypted link's keys, once the handshake is done; `None`: plaintext (or the
     /// handshake still running).
     channel: Option<Channel>,
+    /// The resumption ticket the handshake answer handed out (its `TICKET` frame, in
+    /// front of the login answer), until the session takes it.
+    ticket: Option<v1::Resumption>,
 }
 
 enum Inner {
@@ -140,6 +143,7 @@ impl Conn {
             buf: BytesMut::new(),
             wire: BytesMut::new(),
             channel: None,
+            ticket: None,
         })
     }
 
@@ -224,6 +228,11 @@ impl Conn {
         self.opened(channel, payload).await
     }
 
+    /// The resumption ticket the login's handshake answer handed out, once.
+    pub fn take_ticket(&mut self) -> Option<v1::Resumption> {
+        self.ticket.take()
+    }
+
     /// The one frame that answers a HELLO or RESUME.
     async fn handshake_answer(&mut self) -> Result<Frame, ClientError> {
         loop {
@@ -236,12 +245,15 @@ impl Conn {
         }
     }
 
-    /// The handshake is done: keeps the channel, returns the login answer's frames.
+    /// The handshake is done: keeps the channel and the ticket the answer brought (if
+    /// any), returns the login answer's frames.
     async fn opened(
         &mut self,
         channel: Channel,
-        payload: Vec<u8>,
+        mut payload: Vec<u8>,
     ) -> Result<Vec<Frame>, ClientError> {
+        self.ticket = resume::take_ticket(&mut payload)
+            .map_err(|e| ClientError::protocol_source("the handshake answer's ticket", e))?;
         self.buf.extend_from_slice(&payload);
         self.channel = Some(channel);
         self.frames().await
@@ -324,8 +336,8 @@ impl Conn {
     }
 }
 
-/// A session resumption ticket and its secret, as the server handed them out
-/// (`LoginResp.resumption`).
+/// A session resumption ticket and its secret, as the server handed them out (the
+/// handshake answer's `TICKET` frame).
 #[derive(Clone)]
 pub(crate) struct Ticket {
     pub ticket: Vec<u8>,

@@ -1,6 +1,8 @@
 //! The short link: `POST /v1/<method>` with a protobuf body, forwarded to logic as the
 //! command the method names. The gateway does not read the bodies; it maps logic's error
-//! codes to HTTP statuses.
+//! codes to HTTP statuses. What it does per command (body limit, GET or POST, whether a
+//! request may skip the seal, whether logic needs the addresses) it reads from the
+//! command table (`ferry_proto::cmd`); it names no command.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -11,9 +13,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
 use bytes::Bytes;
-use ferry_bus::BusRequest;
+use ferry_bus::{BusRequest, BusResponse};
+use ferry_proto::bus::{ByteRange, Fetch, Origin, Resource};
+use ferry_proto::cmd::{self, Method};
 use ferry_proto::v1::{self, ErrorCode};
-use ferry_proto::{cmd, error_body, sealed, ProtoMessage};
+use ferry_proto::{error_body, sealed, ProtoMessage};
 use http::{header, HeaderMap, HeaderValue, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
@@ -119,22 +123,22 @@ async fn short_link(
     body: Body,
 ) -> Response {
     gw.stats.http_requests.fetch_add(1, Ordering::Relaxed);
-    let Some(c) = cmd::by_path(&path) else {
+    let Some(c) = cmd::by_path(&path).filter(|c| c.method == Method::Post) else {
         return error(ErrorCode::UnknownCommand, "no such method");
     };
     let limit = match gw.cfg.body_limits.get(path.as_str()) {
         Some(n) => *n,
-        None if cmd::UPLOADS.contains(&c) => gw.cfg.max_upload_bytes,
-        None => gw.cfg.max_http_body_bytes,
+        None => c.body_limit(gw.cfg.max_http_body_bytes, gw.cfg.max_upload_bytes),
     };
     let is_sealed = headers
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes() == sealed::CONTENT_TYPE.as_bytes());
-    // A media chunk may come unsealed without a token: its bytes are encrypted under
-    // its upload's key, which is its credential (logic opens it, docs/protocol.md
-    // Media). With a plain token it would be a plaintext request like any other.
-    let keyed_chunk = c == cmd::MEDIA_CHUNK && !headers.contains_key(header::AUTHORIZATION);
-    if !is_sealed && !gw.cfg.allow_plaintext && !keyed_chunk {
+    // A request whose body carries its own key (a media chunk under its upload's key)
+    // may come unsealed without a token: the key is its credential (logic opens it,
+    // docs/protocol.md Media). With a plain token it would be a plaintext request like
+    // any other.
+    let keyed = c.may_skip_seal(headers.contains_key(header::AUTHORIZATION));
+    if !is_sealed && !gw.cfg.allow_plaintext && !keyed {
         gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
         return error(
             ErrorCode::PermissionDenied,
@@ -166,17 +170,22 @@ async fn short_link(
     } else {
         (body, None)
     };
+    let origin = if is_sealed {
+        Origin::ShortLinkSealed
+    } else {
+        Origin::ShortLink
+    };
     let mut req = BusRequest {
-        cmd: u32::from(c),
+        cmd: u32::from(c.id),
         body,
-        sealed: is_sealed,
+        origin: origin as i32,
         ..request_base(&gw, peer, &headers)
     };
     if let Some((_, token)) = &reply_to {
         // A sealed request's token is the one inside the seal, never a plain header.
         req.token = token.clone();
     }
-    if c == cmd::ENDPOINTS || c == cmd::ENDPOINT_REPORT {
+    if c.addresses {
         // Logic builds the default endpoint list from where the client came in.
         req.local_addr = local.map(|l| l.0 .0.to_string()).unwrap_or_default();
         req.listen = gw.listen_addrs().iter().map(|a| a.to_string()).collect();
@@ -223,7 +232,8 @@ async fn server_key(State(gw): State<Arc<Gateway>>) -> Response {
     r
 }
 
-/// `GET /v1/<path>/<argument>`, for the commands that allow it (avatars).
+/// `GET /v1/<path>/<argument>`, for the commands the table marks `GET` (avatars,
+/// media).
 async fn short_link_get(
     State(gw): State<Arc<Gateway>>,
     Path(path): Path<String>,
@@ -235,27 +245,102 @@ async fn short_link_get(
     let found = path
         .rsplit_once('/')
         .and_then(|(p, arg)| Some((cmd::by_path(p)?, arg)))
-        .filter(|(c, arg)| cmd::GET_WITH_ARGUMENT.contains(c) && !arg.is_empty());
+        .filter(|(c, arg)| c.method == Method::Get && !arg.is_empty());
     let Some((c, arg)) = found else {
         return error(ErrorCode::UnknownCommand, "no such method for GET");
     };
-    let req = BusRequest {
-        cmd: u32::from(c),
-        path_arg: arg.to_owned(),
-        query: uri.query().unwrap_or_default().to_owned(),
+    let fetch = Fetch {
+        argument: arg.to_owned(),
+        thumbnail: uri.query().is_some_and(|q| {
+            q.split('&')
+                .any(|kv| matches!(kv, "thumb" | "thumb=1" | "thumb=true"))
+        }),
         if_none_match: headers
-            .get(header::IF_NONE_MATCH)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned)
+            .collect(),
         range: headers
             .get(header::RANGE)
             .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned(),
+            .and_then(parse_range),
+    };
+    let req = BusRequest {
+        cmd: u32::from(c.id),
+        origin: Origin::ShortLink as i32,
+        fetch: Some(fetch),
         ..request_base(&gw, peer, &headers)
     };
     forward(&gw, req).await
+}
+
+/// A `Range` header (`bytes=a-b`, `bytes=a-`, `bytes=-n`; of a list, the first range).
+/// `None` for anything else: the request is then answered whole, as HTTP allows for a
+/// Range it does not understand.
+fn parse_range(header: &str) -> Option<ByteRange> {
+    let spec = header.trim().strip_prefix("bytes=")?;
+    let spec = spec.split(',').next()?.trim();
+    let (a, b) = spec.split_once('-')?;
+    Some(match (a.trim(), b.trim()) {
+        ("", n) => ByteRange {
+            suffix: Some(n.parse().ok()?),
+            ..Default::default()
+        },
+        (first, "") => ByteRange {
+            first: first.parse().ok()?,
+            ..Default::default()
+        },
+        (first, last) => ByteRange {
+            first: first.parse().ok()?,
+            last: Some(last.parse().ok()?),
+            ..Default::default()
+        },
+    })
+}
+
+/// A GET's answer in HTTP: 304 when the client's copy is current, 416 for a range past
+/// the end, 206 with `Content-Range` for a range, else 200; with the resource's type and
+/// ETag.
+fn resource(r: Resource, body: Bytes) -> Response {
+    if r.not_modified {
+        let mut resp = StatusCode::NOT_MODIFIED.into_response();
+        if let Ok(v) = HeaderValue::from_str(&r.etag) {
+            resp.headers_mut().insert(header::ETAG, v);
+        }
+        return resp;
+    }
+    let (status, content_range) = if r.unsatisfiable {
+        (
+            StatusCode::RANGE_NOT_SATISFIABLE,
+            Some(format!("bytes */{}", r.total_size)),
+        )
+    } else if let Some(first) = r.offset {
+        let last = (first + body.len() as u64).saturating_sub(1);
+        (
+            StatusCode::PARTIAL_CONTENT,
+            Some(format!("bytes {first}-{last}/{}", r.total_size)),
+        )
+    } else {
+        (StatusCode::OK, None)
+    };
+    let mut resp = (status, body).into_response();
+    let h = resp.headers_mut();
+    if let Some(range) = content_range.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        h.insert(header::CONTENT_RANGE, range);
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    }
+    if let Ok(v) = HeaderValue::from_str(&r.content_type) {
+        h.insert(header::CONTENT_TYPE, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&r.etag) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
 }
 
 fn request_base(gw: &Gateway, peer: Option<Extension<Peer>>, headers: &HeaderMap) -> BusRequest {
@@ -288,40 +373,86 @@ async fn forward(gw: &Gateway, req: BusRequest) -> Response {
             }
             r
         }
-        Ok(resp) if resp.not_modified => {
-            let mut r = StatusCode::NOT_MODIFIED.into_response();
-            if let Ok(v) = HeaderValue::from_str(&resp.etag) {
-                r.headers_mut().insert(header::ETAG, v);
-            }
-            r
-        }
-        Ok(resp) if !resp.content_type.is_empty() => {
-            let status = u16::try_from(resp.status)
-                .ok()
-                .and_then(|s| StatusCode::from_u16(s).ok())
-                .filter(|s| s.is_success() || s.is_client_error())
-                .unwrap_or(StatusCode::OK);
-            let mut r = (status, resp.body).into_response();
-            let h = r.headers_mut();
-            if !resp.content_range.is_empty() {
-                if let Ok(v) = HeaderValue::from_str(&resp.content_range) {
-                    h.insert(header::CONTENT_RANGE, v);
-                }
-                h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            }
-            if let Ok(v) = HeaderValue::from_str(&resp.content_type) {
-                h.insert(header::CONTENT_TYPE, v);
-            }
-            if let Ok(v) = HeaderValue::from_str(&resp.etag) {
-                h.insert(header::ETAG, v);
-            }
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            r
-        }
+        Ok(BusResponse {
+            resource: Some(r),
+            body,
+            ..
+        }) => resource(r, body),
         Ok(resp) => protobuf(StatusCode::OK, resp.body),
         Err(e) => {
             tracing::warn!(error = %e, "short link could not reach logic");
             error(ErrorCode::Unavailable, "service unavailable; try again")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Range header as the gateway reads it, resolved against a 1000-byte resource
+    /// as logic does (HTTP stays here; the arithmetic is `ByteRange::resolve`).
+    #[test]
+    fn ranges() {
+        let r = |h: &str| parse_range(h).map(|r| r.resolve(1000).ok_or(()));
+        assert_eq!(r("bytes=0-99"), Some(Ok((0, 100))));
+        assert_eq!(r("bytes=900-"), Some(Ok((900, 1000))));
+        assert_eq!(r("bytes=-100"), Some(Ok((900, 1000))));
+        assert_eq!(r("bytes=990-2000"), Some(Ok((990, 1000))));
+        assert_eq!(r("bytes=1000-"), Some(Err(())));
+        assert_eq!(r("bytes=5-4"), Some(Err(())));
+        assert_eq!(r("bytes=-0"), Some(Err(())));
+        assert_eq!(r(" bytes=0-9, 20-29"), Some(Ok((0, 10))));
+        assert_eq!(r(""), None);
+        assert_eq!(r("items=0-1"), None);
+        assert_eq!(r("bytes=a-b"), None);
+        assert_eq!(r("bytes=-"), None);
+    }
+
+    #[tokio::test]
+    async fn resources_become_http() {
+        let body =
+            |r: Response| async { axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap() };
+        let base = Resource {
+            content_type: "image/jpeg".into(),
+            etag: "\"e1\"".into(),
+            total_size: 1000,
+            ..Default::default()
+        };
+        let whole = resource(base.clone(), Bytes::from(vec![1u8; 1000]));
+        assert_eq!(whole.status(), StatusCode::OK);
+        assert_eq!(whole.headers()[header::ETAG], "\"e1\"");
+        assert_eq!(whole.headers()[header::CONTENT_TYPE], "image/jpeg");
+        assert!(whole.headers().get(header::CONTENT_RANGE).is_none());
+        assert_eq!(body(whole).await.len(), 1000);
+        let part = resource(
+            Resource {
+                offset: Some(900),
+                ..base.clone()
+            },
+            Bytes::from(vec![1u8; 100]),
+        );
+        assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(part.headers()[header::CONTENT_RANGE], "bytes 900-999/1000");
+        assert_eq!(part.headers()[header::ACCEPT_RANGES], "bytes");
+        let past = resource(
+            Resource {
+                unsatisfiable: true,
+                ..base.clone()
+            },
+            Bytes::new(),
+        );
+        assert_eq!(past.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(past.headers()[header::CONTENT_RANGE], "bytes */1000");
+        let same = resource(
+            Resource {
+                not_modified: true,
+                ..base
+            },
+            Bytes::new(),
+        );
+        assert_eq!(same.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(same.headers()[header::ETAG], "\"e1\"");
+        assert!(body(same).await.is_empty());
     }
 }

@@ -81,8 +81,10 @@ pub struct GatewayConfig {
     /// phones behind one address, so keep it high; it stops one host from taking every
     /// socket.
     pub max_connections_per_ip: usize,
-    /// Short-link body limits per method (`"auth" = 4096`), overriding
-    /// `max_http_body_bytes` / `max_upload_bytes` for that method.
+    /// Short-link body limits per method (`"auth" = 2048`), overriding the command
+    /// table's limit for that method (`ferry_proto::cmd`: 4 KiB for `register`, `auth`,
+    /// `password`; 1 KiB for `auth/refresh`, `logout`; `max_upload_bytes` for uploads;
+    /// `max_http_body_bytes` for the rest).
     pub body_limits: std::collections::BTreeMap<String, usize>,
     /// Long-poll: how long a poll is held when there is nothing to send.
     pub lp_poll_hold_ms: u64,
@@ -119,16 +121,7 @@ impl Default for GatewayConfig {
             outbox_frames: 512,
             shutdown_grace_ms: 5_000,
             max_connections_per_ip: 10_000,
-            body_limits: [
-                ("register", 4096),
-                ("auth", 4096),
-                ("auth/refresh", 1024),
-                ("password", 4096),
-                ("logout", 1024),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v))
-            .collect(),
+            body_limits: Default::default(),
             lp_poll_hold_ms: 25_000,
             lp_idle_ms: 60_000,
             lp_max_pending_bytes: 1024 * 1024,

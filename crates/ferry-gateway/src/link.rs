@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use ferry_bus::{BusRequest, LinkEvent};
+use ferry_proto::bus::Origin;
 use ferry_proto::frame::{encode_msg, encode_raw};
 use ferry_proto::v1::{self, ErrorCode};
 use ferry_proto::{cmd, error_body, Frame, FrameError, ProtoMessage};
@@ -63,17 +64,17 @@ pub(crate) trait Transport: Send + Sync + 'static {
         &'a mut self,
         buf: &'a [u8],
     ) -> impl Future<Output = io::Result<()>> + Send + 'a;
-    /// After logic accepted the LOGIN, before the answer is written: a session
-    /// resumption ticket to put in the login answer, if this transport hands them out
-    /// (the encrypted link does, see `secure::Secured`). `Err`: refuse the login with
-    /// this message.
-    fn resumption(
-        &self,
-        _user_id: u64,
-        _device_id: &str,
-        _peer: &str,
-    ) -> Result<Option<v1::Resumption>, &'static str> {
-        Ok(None)
+    /// After logic accepted the LOGIN for this user and device, before the answer is
+    /// written: a transport that hands out session resumption tickets (the encrypted
+    /// link, see `secure::Secured`) puts one beside the answer, in its own handshake
+    /// answer; the login answer itself goes out as logic wrote it. `Err`: refuse the
+    /// login with this message.
+    fn logged_in(&self, _user_id: u64, _device_id: &str, _peer: &str) -> Result<(), &'static str> {
+        Ok(())
+    }
+    /// What logic is told the link's requests come from.
+    fn origin(&self) -> Origin {
+        Origin::LongLink
     }
 }
 
@@ -296,6 +297,7 @@ async fn login<T: Transport>(
         conn_id,
         peer: peer.to_owned(),
         idle_timeout_ms: gw.cfg.heartbeat_timeout_ms,
+        origin: stream.origin() as i32,
         ..Default::default()
     };
     let resp = match gw.bus.request(req).await {
@@ -312,20 +314,15 @@ async fn login<T: Transport>(
             return None;
         }
     };
-    let mut body = resp.body;
     if resp.cmd == u32::from(cmd::response(cmd::LOGIN)) && resp.user_id != 0 {
-        match stream.resumption(resp.user_id, &resp.device_id, peer) {
-            Ok(None) => {}
-            Ok(Some(ticket)) => body = with_ticket(body, ticket),
-            Err(why) => {
-                gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
-                error_frame(first.req_id, ErrorCode::Unauthorized, why, &mut out);
-                let _ = write_out(stream, &mut out).await;
-                return None;
-            }
+        if let Err(why) = stream.logged_in(resp.user_id, &resp.device_id, peer) {
+            gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
+            error_frame(first.req_id, ErrorCode::Unauthorized, why, &mut out);
+            let _ = write_out(stream, &mut out).await;
+            return None;
         }
     }
-    encode_raw(resp.cmd as u8, first.req_id, &body, &mut out);
+    encode_raw(resp.cmd as u8, first.req_id, &resp.body, &mut out);
     if resp.cmd == u32::from(cmd::ERROR) || resp.user_id == 0 {
         gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
         let _ = write_out(stream, &mut out).await;
@@ -341,17 +338,6 @@ async fn login<T: Transport>(
         gw.now_ms(),
     ));
     Some((link, frames))
-}
-
-/// The login answer with a resumption ticket in it (unchanged if it does not decode).
-fn with_ticket(body: Bytes, ticket: v1::Resumption) -> Bytes {
-    match v1::LoginResp::decode(body.clone()) {
-        Ok(mut resp) => {
-            resp.resumption = Some(ticket);
-            resp.encode_to_vec().into()
-        }
-        Err(_) => body,
-    }
 }
 
 /// Requests of one link handled at once. Beyond this the link is not read until one
@@ -411,6 +397,7 @@ async fn serve<'c, T: Transport>(
     } = c;
     let gw: &Gateway = gw;
     let peer: &str = peer;
+    let origin = stream.origin();
     gw.stats
         .frames_in
         .fetch_add(frames.len() as u64, Ordering::Relaxed);
@@ -434,7 +421,7 @@ async fn serve<'c, T: Transport>(
                     Local::Forward(f) => b
                         .in_flight
                         .get_or_insert_with(FuturesUnordered::new)
-                        .push(Box::pin(forward(gw, link, f, peer))),
+                        .push(Box::pin(forward(gw, link, f, peer, origin))),
                 }
             }
             if b.running() == 0 {
@@ -599,10 +586,7 @@ fn local(link: &Link, f: Frame, out: &mut BytesMut) -> Local {
             error_frame(f.req_id, ErrorCode::BadRequest, "already logged in", out);
             Local::Answered
         }
-        c if c & cmd::RESPONSE != 0
-            || c == cmd::ERROR
-            || (cmd::NOTIFY..cmd::ERROR).contains(&c) =>
-        {
+        c if !cmd::from_client(c) => {
             error_frame(
                 f.req_id,
                 ErrorCode::BadRequest,
@@ -617,7 +601,13 @@ fn local(link: &Link, f: Frame, out: &mut BytesMut) -> Local {
 
 /// Passes one request to logic; resolves to the encoded answer and whether the link may
 /// stay open.
-async fn forward(gw: &Gateway, link: &Link, f: Frame, peer: &str) -> (BytesMut, bool) {
+async fn forward(
+    gw: &Gateway,
+    link: &Link,
+    f: Frame,
+    peer: &str,
+    origin: Origin,
+) -> (BytesMut, bool) {
     let mut out = BytesMut::new();
     let req = BusRequest {
         cmd: u32::from(f.cmd),
@@ -627,6 +617,7 @@ async fn forward(gw: &Gateway, link: &Link, f: Frame, peer: &str) -> (BytesMut, 
         gateway_id: gw.cfg.id.clone(),
         conn_id: link.conn_id,
         peer: peer.to_owned(),
+        origin: origin as i32,
         ..Default::default()
     };
     match gw.bus.request(req).await {

@@ -225,6 +225,10 @@ async fn input(s: Arc<LpSession>) -> io::Result<()> {
 }
 
 impl Transport for LpTransport {
+    fn origin(&self) -> ferry_proto::bus::Origin {
+        ferry_proto::bus::Origin::LongPoll
+    }
+
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         let mut waiting = self.waiting.lock();
         let fut = waiting.get_or_insert_with(|| Box::pin(input(self.session.clone())));

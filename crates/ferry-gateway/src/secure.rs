@@ -15,8 +15,9 @@
 //! `RESUME|0x80`. A ticket that does not open, has expired, or a hello replayed or too
 //! far off our clock is refused with a plain `ERROR RESUME_REFUSED` and a close: the
 //! client forgets the ticket and does the full handshake on a new connection. After
-//! logic accepted the LOGIN, [`Secured::resumption`] hands the link a new ticket for the
-//! login answer.
+//! logic accepted the LOGIN, [`Secured::logged_in`] makes the link a new ticket, which
+//! goes out as a `TICKET` frame in front of the login answer inside the handshake
+//! answer: logic's answer is never decoded or changed.
 
 use std::future::Future;
 use std::io;
@@ -75,14 +76,26 @@ enum State {
     /// No whole first frame yet: the bytes so far.
     Sniff(BytesMut),
     /// The HELLO (or RESUME) was read and its LOGIN handed on; the first write answers
-    /// it.
-    Answer(Option<Pending>),
+    /// it, with the ticket in front of the login answer when the login earned one.
+    Answer {
+        pending: Option<Pending>,
+        ticket: Option<Box<v1::Resumption>>,
+    },
     /// Handshake done. `wire` holds a partial record only while one is partial.
     Open { channel: Channel, wire: BytesMut },
     /// A plaintext link (allowed by configuration).
     Plain,
     /// Refused before any key was agreed: the link's last words go out in plain.
     Refused,
+}
+
+impl State {
+    fn answer(pending: Pending) -> State {
+        State::Answer {
+            pending: Some(pending),
+            ticket: None,
+        }
+    }
 }
 
 /// A handshake waiting for its answer. Boxed: the states are large and live only for
@@ -182,7 +195,7 @@ impl<T: Transport> Secured<T> {
                 Ok((r, login)) => {
                     stats.resumed_handshakes.fetch_add(1, Ordering::Relaxed);
                     partial.extend_from_slice(&login);
-                    *st = State::Answer(Some(Pending::Resume(Box::new(r))));
+                    *st = State::answer(Pending::Resume(Box::new(r)));
                     Ok(true)
                 }
                 Err(why) => {
@@ -203,7 +216,7 @@ impl<T: Transport> Secured<T> {
         match secure::server_accept(&self.gw.key, &hello) {
             Ok((hs, login)) => {
                 partial.extend_from_slice(&login);
-                *st = State::Answer(Some(Pending::Noise(Box::new(hs))));
+                *st = State::answer(Pending::Noise(Box::new(hs)));
                 Ok(true)
             }
             Err(e) => {
@@ -220,25 +233,24 @@ impl<T: Transport> Secured<T> {
 
 impl<T: Transport> Transport for Secured<T> {
     /// After logic accepted the LOGIN of an encrypted link that has not answered yet:
-    /// a new ticket for the login answer after a full handshake, living
-    /// `ticket_lifetime_secs` (`None` on a plaintext link, or with tickets off). A link
+    /// a new ticket to go in front of the login answer after a full handshake, living
+    /// `ticket_lifetime_secs` (none on a plaintext link, or with tickets off). A link
     /// resumed from the address its ticket was issued to gets none: the device resumes
     /// again with the ticket it has until that expires (a new one would keep its expiry
-    /// anyway, and cost 111 bytes of every resumed login with a 5-character device id, as
-    /// `ferry bench` measured it). From another address it gets a new one with the same
+    /// anyway, and cost ~116 bytes, its TICKET frame, of every resumed login with a
+    /// 5-character device id). From another address it gets a new one with the same
     /// expiry, so the ticket, sent in clear, never links one device's links across
-    /// networks. `Err`: the link resumed with a ticket issued to
-    /// another user or device than the token's — refuse the login.
-    fn resumption(
-        &self,
-        user_id: u64,
-        device_id: &str,
-        peer: &str,
-    ) -> Result<Option<v1::Resumption>, &'static str> {
+    /// networks. `Err`: the link resumed with a ticket issued to another user or device
+    /// than the token's — refuse the login.
+    fn logged_in(&self, user_id: u64, device_id: &str, peer: &str) -> Result<(), &'static str> {
         let lifetime_ms = self.gw.cfg.ticket_lifetime_secs.saturating_mul(1000);
-        let st = self.state.lock();
-        let State::Answer(Some(pending)) = &*st else {
-            return Ok(None);
+        let mut st = self.state.lock();
+        let State::Answer {
+            pending: Some(pending),
+            ticket,
+        } = &mut *st
+        else {
+            return Ok(());
         };
         let now = now_ms();
         let net = resume::network_tag(peer);
@@ -249,20 +261,27 @@ impl<T: Transport> Transport for Secured<T> {
                     return Err("the resumption ticket is not this device's");
                 }
                 if r.ticket.net == net {
-                    return Ok(None);
+                    return Ok(());
                 }
                 r.ticket.expires_ms.min(now.saturating_add(lifetime_ms))
             }
         };
         if lifetime_ms == 0 || expires_ms <= now {
-            return Ok(None);
+            return Ok(());
         }
         let body = self.gw.tickets.fresh(user_id, device_id, expires_ms, net);
-        Ok(self.gw.tickets.seal(&body).map(|ticket| v1::Resumption {
-            ticket: ticket.into(),
-            secret: bytes::Bytes::copy_from_slice(&body.secret),
-            expires_ms: i64::try_from(expires_ms).unwrap_or(i64::MAX),
-        }))
+        *ticket = self.gw.tickets.seal(&body).map(|sealed| {
+            Box::new(v1::Resumption {
+                ticket: sealed.into(),
+                secret: bytes::Bytes::copy_from_slice(&body.secret),
+                expires_ms: i64::try_from(expires_ms).unwrap_or(i64::MAX),
+            })
+        });
+        Ok(())
+    }
+
+    fn origin(&self) -> ferry_proto::bus::Origin {
+        self.inner.origin()
     }
 
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -283,7 +302,7 @@ impl<T: Transport> Transport for Secured<T> {
                 }
                 r
             }
-            State::Answer(_) => {
+            State::Answer { .. } => {
                 let mut early = BytesMut::new();
                 let more = self.inner.read_into(&mut early)?;
                 if early.is_empty() {
@@ -316,14 +335,16 @@ impl<T: Transport> Transport for Secured<T> {
         let sealed: io::Result<Option<BytesMut>> = (|| {
             let st = self.state.get_mut();
             match st {
-                State::Answer(hs) => {
-                    let Some(hs) = hs.take() else {
+                State::Answer { pending, ticket } => {
+                    let Some(hs) = pending.take() else {
                         return Err(io::Error::other("handshake answered twice"));
                     };
+                    let with_ticket = ticket.take().map(|t| resume::with_ticket(&t, buf));
+                    let payload = with_ticket.as_deref().unwrap_or(buf);
                     let mut out = BytesMut::new();
                     let channel = match hs {
-                        Pending::Noise(hs) => hs.respond(buf, &mut out),
-                        Pending::Resume(r) => r.respond(buf, &mut out),
+                        Pending::Noise(hs) => hs.respond(payload, &mut out),
+                        Pending::Resume(r) => r.respond(payload, &mut out),
                     }
                     .map_err(bad_bytes)?;
                     *st = State::Open {

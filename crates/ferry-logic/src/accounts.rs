@@ -124,8 +124,6 @@ impl Accounts {
                 token,
                 token_expires_ms,
                 idle_timeout_ms: req.idle_timeout_ms,
-                // Added by the gateway, which holds the ticket key (encrypted links only).
-                resumption: None,
             },
         );
         resp.user_id = s.user_id;

@@ -25,6 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use ferry_bus::{BusRequest, BusResponse};
+use ferry_proto::bus::{Fetch, Origin, Resource};
 use ferry_proto::upload::{self, TAG_LEN};
 use ferry_proto::{cmd, v1, ProtoMessage};
 use ferry_store::{valid_media_id, MediaMeta};
@@ -210,35 +211,9 @@ fn sniff_image(head: &[u8]) -> Result<(&'static str, u32, u32), LogicError> {
     Ok((mime, w, h))
 }
 
-/// A parsed `Range: bytes=…` header: the first byte and the end (exclusive).
-fn parse_range(header: &str, size: u64) -> Option<Result<(u64, u64), ()>> {
-    let spec = header.trim().strip_prefix("bytes=")?;
-    // One range only; a list is answered with its first range.
-    let spec = spec.split(',').next()?.trim();
-    let (a, b) = spec.split_once('-')?;
-    let r = match (a.trim(), b.trim()) {
-        ("", n) => {
-            let n: u64 = n.parse().ok()?;
-            Ok((size.saturating_sub(n), size))
-        }
-        (s, "") => {
-            let s: u64 = s.parse().ok()?;
-            if s >= size {
-                Err(())
-            } else {
-                Ok((s, size))
-            }
-        }
-        (s, e) => {
-            let (s, e): (u64, u64) = (s.parse().ok()?, e.parse().ok()?);
-            if s > e || s >= size {
-                Err(())
-            } else {
-                Ok((s, (e + 1).min(size)))
-            }
-        }
-    };
-    Some(r)
+/// Whether a request came sealed: its body and its answer are confidential.
+fn sealed(req: &BusRequest) -> bool {
+    req.origin() == Origin::ShortLinkSealed
 }
 
 /// The media handlers and the sweep of abandoned uploads.
@@ -309,7 +284,7 @@ impl Media {
         };
         let id = hex::encode(rand::random::<[u8; 16]>());
         // Only a sealed answer may carry a key: anywhere else it would travel in plain.
-        let upload_key = req.sealed.then(|| {
+        let upload_key = sealed(req).then(|| {
             let mut k = [0u8; 32];
             rand::Rng::fill(&mut rand::rng(), &mut k);
             ferry_store::UploadKey(k)
@@ -406,7 +381,7 @@ impl Media {
 
     pub async fn chunk(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let r = v1::MediaChunkReq::decode(req.body.clone())?;
-        let by_key = !req.sealed && req.user_id == 0 && req.token.is_empty();
+        let by_key = !sealed(req) && req.user_id == 0 && req.token.is_empty();
         let up = if by_key {
             self.keyed_upload(&r.media_id).await?
         } else {
@@ -433,7 +408,7 @@ impl Media {
         }
         let want = chunk.min(up.size - r.offset);
         // Unsealed to an upload with a key: the bytes are encrypted under it.
-        let key = up.key.filter(|_| !req.sealed);
+        let key = up.key.filter(|_| !sealed(req));
         let tag = if key.is_some() { TAG_LEN as u64 } else { 0 };
         if r.data.len() as u64 != want + tag {
             return Err(LogicError::InvalidArgument(format!(
@@ -578,7 +553,9 @@ impl Media {
 
     pub async fn get(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let me = self.core.caller(req).await?;
-        let id = req.path_arg.as_str();
+        let no_fetch = Fetch::default();
+        let fetch = req.fetch.as_ref().unwrap_or(&no_fetch);
+        let id = fetch.argument.as_str();
         let hidden = || LogicError::NotFound("no such media, or not yours to read".into());
         if !valid_media_id(id) {
             return Err(hidden());
@@ -621,36 +598,40 @@ impl Media {
             ));
         }
         let etag = format!("\"{}\"", meta.sha256);
-        let resp = |status: u32, body: Vec<u8>, content_range: String| BusResponse {
-            cmd: u32::from(cmd::response(cmd::MEDIA_GET)),
-            body: Bytes::from(body),
+        let resource = |offset: Option<u64>| Resource {
             content_type: if meta.content_type.is_empty() {
                 "application/octet-stream".into()
             } else {
                 meta.content_type.clone()
             },
             etag: etag.clone(),
-            status,
-            content_range,
+            total_size: meta.size,
+            offset,
             ..Default::default()
         };
-        if req.range.is_empty() && req.if_none_match.split(',').any(|t| t.trim() == etag) {
-            return Ok(BusResponse {
-                cmd: u32::from(cmd::response(cmd::MEDIA_GET)),
-                etag,
+        let answer = |resource: Resource, body: Vec<u8>| BusResponse {
+            cmd: u32::from(cmd::response(cmd::MEDIA_GET)),
+            body: Bytes::from(body),
+            resource: Some(resource),
+            ..Default::default()
+        };
+        if fetch.range.is_none() && fetch.if_none_match.contains(&etag) {
+            let current = Resource {
+                etag: etag.clone(),
                 not_modified: true,
                 ..Default::default()
-            });
+            };
+            return Ok(answer(current, Vec::new()));
         }
         let max = u64::from(self.core.cfg.media.max_response_bytes);
-        let (start, end) = match parse_range(&req.range, meta.size) {
+        let (start, end) = match fetch.range.as_ref().map(|r| r.resolve(meta.size)) {
             None if meta.size <= max => {
                 let body = store
                     .read(id, 0, meta.size as usize)
                     .await
                     .map_err(store_err)?;
                 metrics::counter!("ferry_media_bytes_out_total").increment(body.len() as u64);
-                return Ok(resp(200, body, String::new()));
+                return Ok(answer(resource(None), body));
             }
             None => {
                 return Err(LogicError::TooLarge(format!(
@@ -658,10 +639,14 @@ impl Media {
                     meta.size
                 )))
             }
-            Some(Err(())) => {
-                return Ok(resp(416, Vec::new(), format!("bytes */{}", meta.size)));
+            Some(None) => {
+                let past_the_end = Resource {
+                    unsatisfiable: true,
+                    ..resource(None)
+                };
+                return Ok(answer(past_the_end, Vec::new()));
             }
-            Some(Ok(r)) => r,
+            Some(Some(r)) => r,
         };
         let end = end.min(start + max);
         let body = store
@@ -669,11 +654,7 @@ impl Media {
             .await
             .map_err(store_err)?;
         metrics::counter!("ferry_media_bytes_out_total").increment(body.len() as u64);
-        Ok(resp(
-            206,
-            body,
-            format!("bytes {start}-{}/{}", end - 1, meta.size),
-        ))
+        Ok(answer(resource(Some(start)), body))
     }
 
     /// Deletes uploads not finished within `upload_ttl_ms`, every `sweep_interval_ms`,
@@ -745,17 +726,6 @@ mod tests {
             .await
             .expect("the sweep stops when told")
             .unwrap();
-    }
-
-    #[test]
-    fn ranges() {
-        assert_eq!(parse_range("bytes=0-99", 1000), Some(Ok((0, 100))));
-        assert_eq!(parse_range("bytes=900-", 1000), Some(Ok((900, 1000))));
-        assert_eq!(parse_range("bytes=-100", 1000), Some(Ok((900, 1000))));
-        assert_eq!(parse_range("bytes=990-2000", 1000), Some(Ok((990, 1000))));
-        assert_eq!(parse_range("bytes=1000-", 1000), Some(Err(())));
-        assert_eq!(parse_range("", 1000), None);
-        assert_eq!(parse_range("items=0-1", 1000), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ferry_bus::{BusRequest, BusResponse};
+use ferry_proto::bus::{Fetch, Resource};
 use ferry_proto::{cmd, v1, ProtoMessage};
 use ferry_store::{Avatar, ReportInfo};
 use md5::Digest as _;
@@ -48,35 +49,45 @@ impl Profile {
     }
 
     pub async fn avatar_get(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
-        let user = self.core.user_id(&req.path_arg).await?;
+        let no_fetch = Fetch::default();
+        let fetch = req.fetch.as_ref().unwrap_or(&no_fetch);
+        let user = self.core.user_id(&fetch.argument).await?;
         let avatar = self
             .core
             .store
             .avatar(user)
             .await?
-            .ok_or_else(|| LogicError::NotFound(format!("{} has no avatar", req.path_arg)))?;
-        let thumb = req
-            .query
-            .split('&')
-            .any(|kv| kv == "thumb=1" || kv == "thumb=true" || kv == "thumb");
-        let etag = if thumb {
+            .ok_or_else(|| LogicError::NotFound(format!("{} has no avatar", fetch.argument)))?;
+        let etag = if fetch.thumbnail {
             format!("{}-t\"", avatar.etag.trim_end_matches('"'))
         } else {
             avatar.etag.clone()
         };
-        if req.if_none_match.split(',').any(|t| t.trim() == etag) {
+        if fetch.if_none_match.contains(&etag) {
             return Ok(BusResponse {
                 cmd: u32::from(cmd::response(cmd::AVATAR_GET)),
-                etag,
-                not_modified: true,
+                resource: Some(Resource {
+                    etag,
+                    not_modified: true,
+                    ..Default::default()
+                }),
                 ..Default::default()
             });
         }
+        let image = if fetch.thumbnail {
+            avatar.thumb
+        } else {
+            avatar.image
+        };
         Ok(BusResponse {
             cmd: u32::from(cmd::response(cmd::AVATAR_GET)),
-            body: Bytes::from(if thumb { avatar.thumb } else { avatar.image }),
-            content_type: avatar.content_type,
-            etag,
+            resource: Some(Resource {
+                content_type: avatar.content_type,
+                etag,
+                total_size: image.len() as u64,
+                ..Default::default()
+            }),
+            body: Bytes::from(image),
             ..Default::default()
         })
     }

@@ -3,7 +3,8 @@
 //! skips every X25519 operation.
 //!
 //! ```text
-//! after a full handshake, inside the login answer: LoginResp.resumption {ticket, secret}
+//! after a full handshake, inside the handshake answer, in front of the login answer:
+//!   TICKET frame (cmd 0x0C): Resumption {ticket, secret, expires_ms}
 //!
 //! client                                               server
 //!   RESUME frame (cmd 0x0B): sent_ms, client nonce, ticket,
@@ -48,7 +49,8 @@ use sha2::Sha256;
 use crate::frame::{encode_raw, Frame, HEADER_LEN};
 use crate::secure::{Channel, SecureError, TAG_LEN};
 
-pub use crate::cmd::RESUME;
+pub use crate::cmd::{RESUME, TICKET};
+use crate::v1;
 
 /// Bytes of a resumption secret.
 pub const SECRET_LEN: usize = 32;
@@ -474,6 +476,36 @@ impl ServerResume {
     }
 }
 
+/// The payload of a handshake answer (`HELLO|0x80` or `RESUME|0x80`) that hands out a
+/// ticket: the `TICKET` frame carrying it, in front of the login answer frame(s)
+/// (without a ticket the payload is the login answer alone). The ticket is the secure
+/// layer's own: it travels beside logic's login answer, never inside it, and only in the
+/// encrypted answer (its secret is worth a session key).
+pub fn with_ticket(ticket: &v1::Resumption, login_answer: &[u8]) -> Vec<u8> {
+    use prost::Message;
+    let mut out = BytesMut::with_capacity(HEADER_LEN + ticket.encoded_len() + login_answer.len());
+    crate::frame::encode_msg(TICKET, 0, ticket, &mut out);
+    out.extend_from_slice(login_answer);
+    out.to_vec()
+}
+
+/// The client's side of [`with_ticket`]: takes the `TICKET` frame, if there is one,
+/// off the front of an opened handshake answer's payload, leaving the login answer
+/// frame(s) in `payload`.
+pub fn take_ticket(payload: &mut Vec<u8>) -> Result<Option<v1::Resumption>, SecureError> {
+    use prost::Message;
+    if payload.len() < HEADER_LEN || payload[3] != TICKET {
+        return Ok(None);
+    }
+    let Some(len) = Frame::check(payload, BODY_MAX)? else {
+        return Err(SecureError::Handshake);
+    };
+    let ticket =
+        v1::Resumption::decode(&payload[HEADER_LEN..len]).map_err(|_| SecureError::Handshake)?;
+    payload.drain(..len);
+    Ok(Some(ticket))
+}
+
 /// Bytes a RESUME frame adds around its ticket and payload: frame header, sent_ms,
 /// client nonce, ticket length, tag.
 pub const RESUME_OVERHEAD: usize = HEADER_LEN + HELLO_FIXED + TAG_LEN;
@@ -534,6 +566,41 @@ mod tests {
             c.open(&mut wire, &mut plain).unwrap();
             assert_eq!(&plain[..], &[round ^ 0xff; 30]);
         }
+    }
+
+    #[test]
+    fn a_ticket_rides_in_front_of_the_login_answer() {
+        let t = v1::Resumption {
+            ticket: vec![5u8; 97].into(),
+            secret: vec![6u8; 32].into(),
+            expires_ms: 1_800_000_000_000,
+        };
+        let mut answer = BytesMut::new();
+        crate::frame::encode_raw(
+            crate::cmd::response(crate::cmd::LOGIN),
+            1,
+            b"ok",
+            &mut answer,
+        );
+        let mut payload = with_ticket(&t, &answer);
+        // Frame header + the message: 5 bytes more than as a field of the login answer
+        // was (an 8-byte header against a tag and two length bytes).
+        use prost::Message;
+        assert_eq!(payload.len(), answer.len() + HEADER_LEN + t.encoded_len());
+        assert_eq!(take_ticket(&mut payload), Ok(Some(t)));
+        assert_eq!(payload, &answer[..]);
+        // No ticket: the payload is the login answer as it is.
+        assert_eq!(take_ticket(&mut payload), Ok(None));
+        assert_eq!(payload, &answer[..]);
+        // A cut or undecodable ticket frame is a broken answer, never a panic.
+        let mut cut = with_ticket(&v1::Resumption::default(), &answer)[..HEADER_LEN + 1].to_vec();
+        cut[2] = 9;
+        assert!(take_ticket(&mut cut).is_err());
+        let mut bad = Vec::new();
+        let mut f = BytesMut::new();
+        crate::frame::encode_raw(TICKET, 0, &[0xff, 0xff], &mut f);
+        bad.extend_from_slice(&f);
+        assert!(take_ticket(&mut bad).is_err());
     }
 
     /// The key schedule against values computed independently (Python's `hmac` and

@@ -86,6 +86,8 @@ pub struct SecureRaw {
     pub wire: BytesMut,
     pub plain: BytesMut,
     pub channel: Option<Channel>,
+    /// The resumption ticket the handshake answer handed out (its `TICKET` frame).
+    pub ticket: Option<v1::Resumption>,
     pub writes: usize,
     pub reads: usize,
     pub bytes_out: usize,
@@ -111,6 +113,7 @@ impl SecureRaw {
             wire: BytesMut::new(),
             plain: BytesMut::new(),
             channel: None,
+            ticket: None,
             writes: 0,
             reads: 0,
             bytes_out: 0,
@@ -172,7 +175,8 @@ impl SecureRaw {
     }
 
     /// Keys agreed: the login answer that came inside the handshake.
-    fn opened(&mut self, channel: Channel, payload: Vec<u8>) -> Frame {
+    fn opened(&mut self, channel: Channel, mut payload: Vec<u8>) -> Frame {
+        self.ticket = resume::take_ticket(&mut payload).expect("the answer's ticket decodes");
         self.channel = Some(channel);
         self.plain.extend_from_slice(&payload);
         Frame::parse(&mut self.plain, MAX_BODY_LEN)

@@ -62,11 +62,12 @@ async fn encrypted_login_is_one_round_trip_and_frames_flow_sealed_both_ways() {
         .await
         .unwrap();
     assert_eq!(answer.cmd, cmd::response(cmd::LOGIN));
-    let resp = v1::LoginResp::decode(answer.body).unwrap();
-    // The answer carries a session resumption ticket (docs/protocol.md 1.5): 111 B with
-    // a 5-character device id, as `ferry bench` measured it.
-    let ticket = resp.resumption.expect("a resumption ticket");
-    let ticket_bytes = ticket.encoded_len() + 2;
+    v1::LoginResp::decode(answer.body).unwrap();
+    // The handshake answer carries a session resumption ticket in front of the login
+    // answer, in its own TICKET frame (docs/protocol.md 1.5): ~116 B with a
+    // 5-character device id.
+    let ticket = a.ticket.clone().expect("a resumption ticket");
+    let ticket_bytes = ferry_proto::HEADER_LEN + ticket.encoded_len();
     // One write (the HELLO with the LOGIN inside) and the answer: one round trip.
     assert_eq!(a.writes, 1, "login took more than one client flight");
     let (login_out, login_in) = (a.bytes_out, a.bytes_in);
@@ -124,7 +125,10 @@ async fn the_long_link_over_long_poll_is_encrypted_too() {
     let sid = status.1.expect("a session id");
     let mut wire = BytesMut::from(&body[..]);
     let answer = secure::parse_handshake(&mut wire).unwrap().unwrap();
-    let (mut ch, payload) = hs.finish(&answer).unwrap();
+    let (mut ch, mut payload) = hs.finish(&answer).unwrap();
+    let ticket = ferry_proto::resume::take_ticket(&mut payload)
+        .unwrap()
+        .expect("a resumption ticket in front of the login answer");
     let mut plain = BytesMut::from(&payload[..]);
     let f = Frame::parse(&mut plain, MAX_BODY_LEN).unwrap().unwrap();
     assert_eq!(f.cmd, cmd::response(cmd::LOGIN));
@@ -150,7 +154,6 @@ async fn the_long_link_over_long_poll_is_encrypted_too() {
         (cmd::response(cmd::HEARTBEAT), 5)
     );
     // A long-poll session resumes from the ticket of the first login (protocol.md 1.5).
-    let ticket = v1::LoginResp::decode(f.body).unwrap().resumption.unwrap();
     let secret: [u8; 32] = ticket.secret[..].try_into().unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -164,7 +167,12 @@ async fn the_long_link_over_long_poll_is_encrypted_too() {
     assert!(status.1.is_some(), "a session id");
     let mut wire = BytesMut::from(&body[..]);
     let answer = secure::parse_handshake(&mut wire).unwrap().unwrap();
-    let (_, payload) = hs.finish(&answer).unwrap();
+    let (_, mut payload) = hs.finish(&answer).unwrap();
+    assert_eq!(
+        ferry_proto::resume::take_ticket(&mut payload),
+        Ok(None),
+        "resumed from the same address: no new ticket"
+    );
     let mut plain = BytesMut::from(&payload[..]);
     let f = Frame::parse(&mut plain, MAX_BODY_LEN).unwrap().unwrap();
     assert_eq!(f.cmd, cmd::response(cmd::LOGIN));
