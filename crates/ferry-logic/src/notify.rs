@@ -87,20 +87,7 @@ impl Notifier {
     pub async fn link_up(&self, user: u64, gateway: &str, conn: u64) {
         self.presence.online(user, gateway, conn);
         if let Some((_, (seq, _))) = self.unrouted.remove(&user) {
-            let body = Bytes::from(
-                v1::Notify {
-                    latest_seq: seq,
-                    entries: Vec::new(),
-                }
-                .encode_to_vec(),
-            );
-            self.push_all(Push {
-                user_id: user,
-                cmd: u32::from(cmd::NOTIFY),
-                body,
-                ..Default::default()
-            })
-            .await;
+            self.bare_notify(user, seq).await;
         }
     }
 
@@ -163,26 +150,27 @@ impl Notifier {
     /// A notify without inline entries: the devices sync.
     pub async fn notify_latest(&self, user: u64) {
         match self.store.latest_seq(user).await {
-            Ok(seq) => {
-                let body = Bytes::from(
-                    v1::Notify {
-                        latest_seq: seq,
-                        entries: Vec::new(),
-                    }
-                    .encode_to_vec(),
-                );
-                self.push_all(Push {
-                    user_id: user,
-                    device_id: String::new(),
-                    cmd: u32::from(cmd::NOTIFY),
-                    body,
-                    close: false,
-                    ..Default::default()
-                })
-                .await;
-            }
+            Ok(seq) => self.bare_notify(user, seq).await,
             Err(e) => tracing::debug!(error = %e, "no notify: latest seq unknown"),
         }
+    }
+
+    /// `NOTIFY{latest_seq: seq}` with no entries to every device of `user`: they sync.
+    async fn bare_notify(&self, user: u64, seq: u64) {
+        let body = Bytes::from(
+            v1::Notify {
+                latest_seq: seq,
+                entries: Vec::new(),
+            }
+            .encode_to_vec(),
+        );
+        self.push_all(Push {
+            user_id: user,
+            cmd: u32::from(cmd::NOTIFY),
+            body,
+            ..Default::default()
+        })
+        .await;
     }
 
     /// Calls `f` once for each gateway holding links of `user`.
