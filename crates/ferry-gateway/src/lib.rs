@@ -13,7 +13,7 @@ pub mod lp;
 mod registry;
 mod secure;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -183,6 +183,9 @@ pub struct Gateway {
     resume_seen: secure::NonceCache,
     /// Time zero for the links' `last_rx_ms`.
     epoch: std::time::Instant,
+    /// Whether the sweeper (silent links, shutdown notice) runs: started by the first
+    /// [`Gateway::serve`].
+    sweeping: AtomicBool,
 }
 
 impl Gateway {
@@ -198,7 +201,7 @@ impl Gateway {
         let registry = Arc::new(Registry::new(cfg.outbox_frames, stats.clone()));
         bus.attach_gateway(&cfg.id, registry.clone());
         let tickets = ferry_proto::resume::TicketKey::derive(&key.private, cfg.ticket_epoch);
-        let gw = Arc::new(Gateway {
+        Arc::new(Gateway {
             ip_conns: Default::default(),
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
             cfg,
@@ -216,11 +219,8 @@ impl Gateway {
             key: Arc::new(key),
             replay: Default::default(),
             epoch: std::time::Instant::now(),
-        });
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::spawn(Self::sweeper(Arc::downgrade(&gw), gw.shutdown.clone()));
-        }
-        gw
+            sweeping: AtomicBool::new(false),
+        })
     }
 
     /// Milliseconds since the gateway started.
@@ -271,6 +271,11 @@ impl Gateway {
 
     /// Accepts connections on `listener` until shutdown. Call once per listener.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) {
+        // The sweeper starts with the first listener served, not in `new`: building a
+        // gateway spawns nothing.
+        if !self.sweeping.swap(true, Ordering::Relaxed) {
+            tokio::spawn(Self::sweeper(Arc::downgrade(&self), self.shutdown.clone()));
+        }
         if let Ok(a) = listener.local_addr() {
             let mut l = self.listen.lock();
             if !l.contains(&a) {
