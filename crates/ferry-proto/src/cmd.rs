@@ -71,6 +71,8 @@ pub enum BodyLimit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Command {
     pub id: u8,
+    /// The constant's name (`SEND`), as docs/protocol.md's command table names it.
+    pub constant: &'static str,
     /// A short, stable name for logs and metrics.
     pub name: &'static str,
     pub kind: Kind,
@@ -93,6 +95,7 @@ impl Command {
     /// The defaults every row starts from: a POST-able request needing a session.
     const REQUEST: Command = Command {
         id: 0,
+        constant: "",
         name: "",
         kind: Kind::Request,
         path: None,
@@ -141,6 +144,7 @@ macro_rules! commands {
         const TABLE: &[Command] = &[$(
             Command {
                 id: $id,
+                constant: stringify!($konst),
                 name: $name,
                 $($($field: $value,)*)?
                 ..Command::REQUEST
@@ -358,6 +362,67 @@ commands! {
 /// Every command, in number order.
 pub static COMMANDS: &[Command] = TABLE;
 
+/// The command table as docs/protocol.md shows it (§1.2, *Every command*): one Markdown
+/// row per command. A test keeps the document equal to it.
+pub fn markdown_table() -> String {
+    let mut out = String::from(
+        "| cmd | name | kind | short link | body | answer | authentication | body limit |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+    );
+    let ty = |t: &str| {
+        if t.is_empty() {
+            "—".to_string()
+        } else {
+            format!("`{t}`")
+        }
+    };
+    for c in COMMANDS {
+        let kind = match c.kind {
+            Kind::Request => "request",
+            Kind::Login => "login (first frame)",
+            Kind::Link => "link layer",
+            Kind::Push => "push (id 0)",
+            Kind::Error => "error answer",
+        };
+        let short = match (c.path, c.method) {
+            (Some(p), Method::Post) => format!("`POST /v1/{p}`"),
+            (Some(p), Method::Get) => format!("`GET /v1/{p}/{{arg}}`"),
+            (None, _) => "—".into(),
+        };
+        let body = match (c.kind, c.path, c.method) {
+            (_, Some(_), Method::Get) => "— (GET)".into(),
+            // The link layer's TICKET carries its type as what it answers with.
+            (Kind::Link, _, _) if c.request.is_empty() => ty(c.response),
+            _ => ty(c.request),
+        };
+        let answer = match (c.kind, c.method, c.path) {
+            (Kind::Request | Kind::Login, Method::Get, Some(_)) => "the raw bytes".into(),
+            (Kind::Request | Kind::Login, _, _) => {
+                format!("`0x{:02X}` {}", response(c.id), ty(c.response))
+            }
+            _ => "—".into(),
+        };
+        let auth = match (c.kind, c.auth) {
+            (Kind::Link | Kind::Push | Kind::Error, _) => "—",
+            (_, Auth::None) => "none",
+            (_, Auth::Token) => "session",
+            (_, Auth::TokenOrUploadKey) => "session, or the upload's key",
+            (_, Auth::TokenInBody) => "token in the body",
+        };
+        let limit = match (c.path, c.body_limit) {
+            (None, _) => "—".to_string(),
+            (Some(_), BodyLimit::Default) => "64 KiB".into(),
+            (Some(_), BodyLimit::Upload) => "3 MiB".into(),
+            (Some(_), BodyLimit::Bytes(n)) => format!("{n} B"),
+        };
+        out.push_str(&format!(
+            "| `0x{:02X}` | {} | {kind} | {short} | {body} | {answer} | {auth} | {limit} |\n",
+            c.id, c.constant
+        ));
+    }
+    out
+}
+
 /// Row (+ 1) of each command number in [`TABLE`]; 0: no such command. Built, and the
 /// table checked (numbers below [`RESPONSE`], in order, unique; paths unique), at
 /// compile time: a bad row does not build.
@@ -453,6 +518,28 @@ pub fn from_client(cmd: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// docs/protocol.md's table of every command is this table: a command added, renumbered
+    /// or re-pathed in code fails here until the document says the same.
+    #[test]
+    fn the_protocol_document_lists_every_command() {
+        let doc = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/protocol.md"
+        ))
+        .unwrap();
+        let (start, end) = (
+            "<!-- command-table:start -->\n",
+            "<!-- command-table:end -->",
+        );
+        let from = doc.find(start).expect("start marker in protocol.md") + start.len();
+        let to = doc[from..].find(end).expect("end marker in protocol.md") + from;
+        let want = markdown_table();
+        assert!(
+            doc[from..to] == want,
+            "docs/protocol.md's command table differs from the code's; it should read:\n{want}"
+        );
+    }
 
     #[test]
     fn numbers_are_unique_and_indexed() {
