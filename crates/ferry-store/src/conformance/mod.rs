@@ -151,3 +151,14 @@ pub(super) fn group_event(kind: v1::group_event::Kind, group: u64, time_ms: i64)
         ..Default::default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The guard behind `every_conformance_case_runs` can fail: a case left off the list
+    /// is reported.
+    #[test]
+    #[should_panic(expected = "inbox::paging_and_concurrency")]
+    fn a_case_left_unlisted_fails_the_guard() {
+        super::assert_all_listed(&["inbox::messages_and_inbox"]);
+    }
+}
