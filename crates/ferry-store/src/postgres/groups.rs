@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use deadpool_postgres::Transaction;
 use ferry_proto::{v1, ProtoMessage};
 
-use super::inbox::{append_events, decode_message, event_users, lock_users};
+use super::inbox::{decode_message, lock_and_append_events};
 use super::{is_retryable, PgStore, WRITE_ATTEMPTS};
 use crate::{
     Appended, GroupChange, GroupRow, GroupStore, MemberRow, NewEvent, NewMessage, Result,
@@ -136,8 +136,7 @@ impl GroupStore for PgStore {
             add_member(&txn, g.id, *user, *role, 1).await?;
         }
         log_append(&txn, g.id, None, Some(&event), event.time_ms).await?;
-        lock_users(&txn, &event_users(&inbox)).await?;
-        append_events(&txn, &inbox).await?;
+        lock_and_append_events(&txn, &inbox).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -242,8 +241,7 @@ impl GroupStore for PgStore {
             )
             .await?;
         }
-        lock_users(&txn, &event_users(&ch.inbox)).await?;
-        append_events(&txn, &ch.inbox).await?;
+        lock_and_append_events(&txn, &ch.inbox).await?;
         txn.commit().await?;
         Ok(gseq)
     }

@@ -85,6 +85,15 @@ pub(super) async fn append_events(txn: &Transaction<'_>, events: &[NewEvent]) ->
     Ok(seqs)
 }
 
+/// Locks the events' users, then appends the events to their inboxes.
+pub(super) async fn lock_and_append_events(
+    txn: &Transaction<'_>,
+    events: &[NewEvent],
+) -> Result<Vec<u64>> {
+    lock_users(txn, &event_users(events)).await?;
+    append_events(txn, events).await
+}
+
 pub(super) fn event_users(events: &[NewEvent]) -> Vec<u64> {
     events.iter().map(|e| e.user_id).collect()
 }
@@ -362,8 +371,7 @@ impl InboxStore for PgStore {
     async fn append_events(&self, events: Vec<NewEvent>) -> Result<Vec<u64>> {
         let mut client = self.client().await?;
         let txn = client.transaction().await?;
-        lock_users(&txn, &event_users(&events)).await?;
-        let seqs = append_events(&txn, &events).await?;
+        let seqs = lock_and_append_events(&txn, &events).await?;
         txn.commit().await?;
         Ok(seqs)
     }
@@ -407,8 +415,7 @@ impl InboxStore for PgStore {
             Some((g, entry)) => Some(log_append(&txn, g, None, Some(&entry), entry.time_ms).await?),
             None => None,
         };
-        lock_users(&txn, &event_users(&inbox)).await?;
-        let seqs = append_events(&txn, &inbox).await?;
+        let seqs = lock_and_append_events(&txn, &inbox).await?;
         txn.commit().await?;
         Ok((gseq, seqs))
     }
