@@ -104,6 +104,18 @@ struct UploadHandle {
     checked: Instant,
 }
 
+impl UploadHandle {
+    /// The handle of an upload in progress, as its record reads now.
+    fn checked_now(meta: MediaMeta) -> UploadHandle {
+        UploadHandle {
+            size: meta.size,
+            chunk_size: meta.chunk_size,
+            key: meta.upload_key,
+            checked: Instant::now(),
+        }
+    }
+}
+
 /// Stands for the token hash in the cache key of an upload whose chunks come unsealed,
 /// authenticated by the upload key (no token). No token hashes to it.
 const KEYED: [u8; 32] = [0; 32];
@@ -336,12 +348,7 @@ impl Media {
         if meta.complete {
             return Ok(Err(meta));
         }
-        let h = UploadHandle {
-            size: meta.size,
-            chunk_size: meta.chunk_size,
-            key: meta.upload_key,
-            checked: Instant::now(),
-        };
+        let h = UploadHandle::checked_now(meta);
         if let Some(k) = key {
             self.uploads.put(k, h);
         }
@@ -367,12 +374,7 @@ impl Media {
             // Created in plain: its chunks need the token.
             return Err(LogicError::Unauthorized);
         }
-        let h = UploadHandle {
-            size: meta.size,
-            chunk_size: meta.chunk_size,
-            key: meta.upload_key,
-            checked: Instant::now(),
-        };
+        let h = UploadHandle::checked_now(meta);
         if let Some(k) = ck {
             self.uploads.put(k, h);
         }
