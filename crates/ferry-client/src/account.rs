@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use ferry_proto::v1::{self, ErrorCode};
-use ferry_proto::ProtoMessage;
+use ferry_proto::{cmd, ProtoMessage};
+
+use crate::short::path;
 use md5::Digest as _;
 use parking_lot::Mutex;
 use tokio::sync::watch;
@@ -26,11 +28,11 @@ pub enum FriendAction {
 impl FriendAction {
     fn path(self) -> &'static str {
         match self {
-            FriendAction::Accept => "friends/accept",
-            FriendAction::Decline => "friends/decline",
-            FriendAction::Remove => "friends/remove",
-            FriendAction::Block => "friends/block",
-            FriendAction::Unblock => "friends/unblock",
+            FriendAction::Accept => path(cmd::FRIEND_ACCEPT),
+            FriendAction::Decline => path(cmd::FRIEND_DECLINE),
+            FriendAction::Remove => path(cmd::FRIEND_REMOVE),
+            FriendAction::Block => path(cmd::FRIEND_BLOCK),
+            FriendAction::Unblock => path(cmd::FRIEND_UNBLOCK),
         }
     }
 }
@@ -117,7 +119,7 @@ impl Account {
 
     pub async fn find_user(&self, username: &str) -> Result<v1::FindUserResp, ClientError> {
         self.call(
-            "user/find",
+            path(cmd::FIND_USER),
             &v1::FindUserReq {
                 username: username.into(),
             },
@@ -132,7 +134,7 @@ impl Account {
         greeting: &str,
     ) -> Result<v1::FriendActionResp, ClientError> {
         self.call(
-            "friends/request",
+            path(cmd::FRIEND_REQUEST),
             &v1::FriendRequestReq {
                 username: username.into(),
                 greeting: greeting.into(),
@@ -157,7 +159,7 @@ impl Account {
 
     /// The friend list: everything (`since_version` 0) or the changes since a version.
     pub async fn friends(&self, since_version: u64) -> Result<v1::FriendListResp, ClientError> {
-        self.call("friends/list", &v1::FriendListReq { since_version })
+        self.call(path(cmd::FRIEND_LIST), &v1::FriendListReq { since_version })
             .await
     }
 
@@ -165,7 +167,7 @@ impl Account {
     pub async fn set_avatar(&self, image: Vec<u8>) -> Result<String, ClientError> {
         let r: v1::AvatarSetResp = self
             .call(
-                "avatar/set",
+                path(cmd::AVATAR_SET),
                 &v1::AvatarSetReq {
                     image: image.into(),
                 },
@@ -182,7 +184,11 @@ impl Account {
         thumb: bool,
         etag: Option<&str>,
     ) -> Result<Option<(Bytes, String)>, ClientError> {
-        let path = format!("avatar/{username}{}", if thumb { "?thumb=1" } else { "" });
+        let path = format!(
+            "{}/{username}{}",
+            path(cmd::AVATAR_GET),
+            if thumb { "?thumb=1" } else { "" }
+        );
         self.short.get(&path, etag).await
     }
 
@@ -196,7 +202,7 @@ impl Account {
         let md5 = hex::encode(md5::Md5::digest(&data));
         let r: v1::ReportResp = self
             .call(
-                "report",
+                path(cmd::REPORT),
                 &v1::ReportReq {
                     client_version: self.shared.cfg.client_version.clone(),
                     kind: kind.into(),
@@ -216,7 +222,7 @@ impl Account {
         media_ids: Vec<String>,
     ) -> Result<v1::MomentPostResp, ClientError> {
         self.call(
-            "moments/post",
+            path(cmd::MOMENT_POST),
             &v1::MomentPostReq {
                 text: text.into(),
                 media_ids,
@@ -231,13 +237,19 @@ impl Account {
         cursor: u64,
         limit: u32,
     ) -> Result<v1::MomentTimelineResp, ClientError> {
-        self.call("moments/timeline", &v1::MomentTimelineReq { cursor, limit })
-            .await
+        self.call(
+            path(cmd::MOMENT_TIMELINE),
+            &v1::MomentTimelineReq { cursor, limit },
+        )
+        .await
     }
 
     pub async fn like_moment(&self, moment_id: u64, unlike: bool) -> Result<(), ClientError> {
         let _: v1::Empty = self
-            .call("moments/like", &v1::MomentLikeReq { moment_id, unlike })
+            .call(
+                path(cmd::MOMENT_LIKE),
+                &v1::MomentLikeReq { moment_id, unlike },
+            )
             .await?;
         Ok(())
     }
@@ -245,7 +257,7 @@ impl Account {
     pub async fn comment_moment(&self, moment_id: u64, text: &str) -> Result<u64, ClientError> {
         let r: v1::MomentCommentResp = self
             .call(
-                "moments/comment",
+                path(cmd::MOMENT_COMMENT),
                 &v1::MomentCommentReq {
                     moment_id,
                     text: text.into(),
@@ -257,7 +269,7 @@ impl Account {
 
     pub async fn delete_moment(&self, moment_id: u64) -> Result<(), ClientError> {
         let _: v1::Empty = self
-            .call("moments/delete", &v1::MomentDeleteReq { moment_id })
+            .call(path(cmd::MOMENT_DELETE), &v1::MomentDeleteReq { moment_id })
             .await?;
         Ok(())
     }
@@ -265,7 +277,7 @@ impl Account {
     /// Trades the device's token for a fresh one (the old one stops working) and stores
     /// it. Returns when the new token expires (unix ms, 0: never).
     pub async fn refresh_token(&self) -> Result<i64, ClientError> {
-        let a: v1::AuthResp = self.call("auth/refresh", &v1::Empty {}).await?;
+        let a: v1::AuthResp = self.call(path(cmd::AUTH_REFRESH), &v1::Empty {}).await?;
         self.store_token(a);
         Ok(self.shared.state.lock().token_expires_ms)
     }
@@ -278,7 +290,7 @@ impl Account {
         let a: v1::AuthResp = self
             .short
             .call(
-                "password",
+                path(cmd::PASSWORD_CHANGE),
                 Some(&self.token()),
                 &v1::PasswordChangeReq {
                     old_password: old.into(),
@@ -306,7 +318,7 @@ impl Account {
         let r: v1::LogoutResp = self
             .short
             .call(
-                "logout",
+                path(cmd::LOGOUT),
                 Some(&self.token()),
                 &v1::LogoutReq { all_devices },
             )
@@ -330,7 +342,7 @@ impl Account {
     ) -> Result<v1::Group, ClientError> {
         let r: v1::GroupResp = self
             .call(
-                "group/create",
+                path(cmd::GROUP_CREATE),
                 &v1::GroupCreateReq {
                     name: name.into(),
                     members: members.iter().map(|m| m.to_string()).collect(),
@@ -351,7 +363,11 @@ impl Account {
     ) -> Result<v1::Group, ClientError> {
         let r: v1::GroupResp = self
             .call(
-                if add { "group/add" } else { "group/remove" },
+                if add {
+                    path(cmd::GROUP_ADD)
+                } else {
+                    path(cmd::GROUP_REMOVE)
+                },
                 &v1::GroupMembersReq {
                     group_id,
                     usernames: users.iter().map(|u| u.to_string()).collect(),
@@ -363,20 +379,24 @@ impl Account {
     }
 
     pub async fn leave_group(&self, group_id: u64) -> Result<(), ClientError> {
-        let _: v1::GroupResp = self.call("group/leave", &v1::GroupReq { group_id }).await?;
+        let _: v1::GroupResp = self
+            .call(path(cmd::GROUP_LEAVE), &v1::GroupReq { group_id })
+            .await?;
         Ok(())
     }
 
     /// A group with its members (members only).
     pub async fn group_info(&self, group_id: u64) -> Result<v1::Group, ClientError> {
-        let r: v1::GroupResp = self.call("group/info", &v1::GroupReq { group_id }).await?;
+        let r: v1::GroupResp = self
+            .call(path(cmd::GROUP_INFO), &v1::GroupReq { group_id })
+            .await?;
         r.group
             .ok_or_else(|| ClientError::protocol("no group in the answer"))
     }
 
     /// The caller's groups with their latest gseq.
     pub async fn groups(&self) -> Result<Vec<v1::Group>, ClientError> {
-        let r: v1::GroupListResp = self.call("group/list", &v1::Empty {}).await?;
+        let r: v1::GroupListResp = self.call(path(cmd::GROUP_LIST), &v1::Empty {}).await?;
         Ok(r.groups)
     }
 
@@ -389,7 +409,7 @@ impl Account {
     ) -> Result<v1::Group, ClientError> {
         let r: v1::GroupResp = self
             .call(
-                "group/update",
+                path(cmd::GROUP_UPDATE),
                 &v1::GroupUpdateReq {
                     group_id,
                     name: name.into(),
@@ -410,7 +430,7 @@ impl Account {
     ) -> Result<(), ClientError> {
         let _: v1::GroupResp = self
             .call(
-                "group/role",
+                path(cmd::GROUP_ROLE),
                 &v1::GroupRoleReq {
                     group_id,
                     username: user.into(),
@@ -429,7 +449,7 @@ impl Account {
         limit: u32,
     ) -> Result<v1::GroupSyncResp, ClientError> {
         self.call(
-            "group/sync",
+            path(cmd::GROUP_SYNC),
             &v1::GroupSyncReq {
                 group_id,
                 after,
@@ -445,8 +465,11 @@ impl Account {
         group_id: u64,
         gseq: u64,
     ) -> Result<v1::GroupReadsResp, ClientError> {
-        self.call("group/reads", &v1::GroupReadsReq { group_id, gseq })
-            .await
+        self.call(
+            path(cmd::GROUP_READS),
+            &v1::GroupReadsReq { group_id, gseq },
+        )
+        .await
     }
 
     /// The device's current token (empty after logout).

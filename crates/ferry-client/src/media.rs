@@ -15,7 +15,10 @@ use std::io::Cursor;
 use std::time::Duration;
 
 use bytes::Bytes;
+use ferry_proto::cmd;
 use ferry_proto::v1::{self, ErrorCode, MediaKind};
+
+use crate::short::path;
 use sha2::Digest;
 use tokio::task::JoinSet;
 
@@ -119,7 +122,7 @@ impl Account {
         chunk_size: u32,
     ) -> Result<v1::MediaCreateResp, ClientError> {
         self.call(
-            "media/create",
+            path(cmd::MEDIA_CREATE),
             &v1::MediaCreateReq {
                 size: data.len() as u64,
                 content_type: content_type_hint(data, kind).into(),
@@ -134,7 +137,7 @@ impl Account {
     /// Where an upload stands: everything before `next_offset` is on the server.
     pub async fn media_status(&self, media_id: &str) -> Result<v1::MediaChunkAck, ClientError> {
         self.call(
-            "media/status",
+            path(cmd::MEDIA_STATUS),
             &v1::MediaStatusReq {
                 media_id: media_id.into(),
             },
@@ -236,7 +239,7 @@ impl Account {
         }
         let r: v1::MediaFinishResp = self
             .call(
-                "media/finish",
+                path(cmd::MEDIA_FINISH),
                 &v1::MediaFinishReq {
                     media_id: media_id.into(),
                 },
@@ -251,7 +254,7 @@ impl Account {
     async fn send_chunk(&self, body: &v1::MediaChunkReq) -> Result<v1::MediaChunkAck, ClientError> {
         let mut pause = Duration::from_millis(50);
         for attempt in 0.. {
-            match self.call("media/chunk", body).await {
+            match self.call(path(cmd::MEDIA_CHUNK), body).await {
                 Err(e) if e.is_retryable() && attempt < 5 => {
                     tracing::debug!(error = %e, offset = body.offset, "chunk failed; retrying");
                     tokio::time::sleep(pause).await;
@@ -276,7 +279,11 @@ impl Account {
         let mut pause = Duration::from_millis(50);
         let mut attempt = 0;
         loop {
-            match self.short().call_unsealed("media/chunk", &body).await {
+            match self
+                .short()
+                .call_unsealed(path(cmd::MEDIA_CHUNK), &body)
+                .await
+            {
                 Err(e) if e.is_retryable() && attempt < 5 => {
                     tracing::debug!(error = %e, offset = body.offset, "chunk failed; retrying");
                     tokio::time::sleep(pause).await;
@@ -313,7 +320,7 @@ impl Account {
         while total.is_none_or(|t| (out.len() as u64) < t) {
             let from = out.len() as u64;
             let range = (from, from + DOWNLOAD_RANGE - 1);
-            let path = format!("media/{media_id}");
+            let path = format!("{}/{media_id}", path(cmd::MEDIA_GET));
             match self
                 .short()
                 .get_range(&path, &self.token(), Some(range))

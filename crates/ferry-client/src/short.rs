@@ -3,12 +3,18 @@
 //! (`ferry_proto::sealed`, docs/protocol.md 3.1): no extra round trip.
 
 use bytes::Bytes;
-use ferry_proto::{sealed, v1, ProtoMessage};
+use ferry_proto::{cmd, sealed, v1, ProtoMessage};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
 use crate::ClientError;
+
+/// The short-link path of command `c`, from the command table (one place names each
+/// path: the SDK, the gateway and docs/protocol.md all read it there).
+pub(crate) fn path(c: u8) -> &'static str {
+    cmd::path(c).expect("a command of the short link")
+}
 
 /// A short-link client for one server (`HOST:PORT`).
 #[derive(Clone)]
@@ -240,7 +246,7 @@ impl ShortLink {
     pub async fn register(&self, username: &str, password: &str) -> Result<u64, ClientError> {
         let r: v1::RegisterResp = self
             .call(
-                "register",
+                path(cmd::REGISTER),
                 None,
                 &v1::RegisterReq {
                     username: username.into(),
@@ -258,7 +264,7 @@ impl ShortLink {
         device_id: &str,
     ) -> Result<v1::AuthResp, ClientError> {
         self.call(
-            "auth",
+            path(cmd::AUTH),
             None,
             &v1::AuthReq {
                 username: username.into(),
@@ -272,7 +278,7 @@ impl ShortLink {
     /// The endpoint list for this client (`POST /v1/endpoints`); `version` is the one
     /// held (0: none), answered `unchanged` when current.
     pub async fn endpoints(&self, version: u64) -> Result<v1::EndpointsResp, ClientError> {
-        self.call("endpoints", None, &v1::EndpointsReq { version })
+        self.call(path(cmd::ENDPOINTS), None, &v1::EndpointsReq { version })
             .await
     }
 
@@ -284,7 +290,7 @@ impl ShortLink {
     ) -> Result<u32, ClientError> {
         let r: v1::EndpointReportResp = self
             .call(
-                "endpoints/report",
+                path(cmd::ENDPOINT_REPORT),
                 Some(token),
                 &v1::EndpointReportReq { samples },
             )
@@ -299,8 +305,12 @@ impl ShortLink {
         synckey: u64,
         limit: u32,
     ) -> Result<v1::SyncResp, ClientError> {
-        self.call("newsync", Some(token), &v1::SyncReq { synckey, limit })
-            .await
+        self.call(
+            path(cmd::SYNC),
+            Some(token),
+            &v1::SyncReq { synckey, limit },
+        )
+        .await
     }
 }
 
