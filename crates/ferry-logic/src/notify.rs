@@ -103,23 +103,30 @@ impl Notifier {
 
     /// Tells every gateway holding `user`'s links that the inbox reached `seq` with a
     /// message, inline when small. Returns how many gateways took the push.
+    /// The message is copied into the entry only when some gateway holds a link of
+    /// `user`: for a user with no live link the copy would be thrown away.
     pub async fn notify_message(&self, user: u64, seq: u64, message: &v1::Message) -> usize {
-        let entry = v1::Entry {
-            seq,
+        self.notify_with(user, seq, || v1::Entry {
             kind: Some(v1::entry::Kind::Message(message.clone())),
             ..Default::default()
-        };
-        self.notify_entry(user, seq, entry).await
+        })
+        .await
     }
 
     /// Tells every gateway holding `user`'s links that the inbox reached `seq`, with
     /// `entry` inline when it is small. Returns how many gateways took the push.
-    pub async fn notify_entry(&self, user: u64, seq: u64, mut entry: v1::Entry) -> usize {
+    pub async fn notify_entry(&self, user: u64, seq: u64, entry: v1::Entry) -> usize {
+        self.notify_with(user, seq, || entry).await
+    }
+
+    /// [`Self::notify_entry`] with the entry built only once a route to `user` is known.
+    async fn notify_with(&self, user: u64, seq: u64, entry: impl FnOnce() -> v1::Entry) -> usize {
         let gateways = self.presence.gateways(user);
         if gateways.is_empty() {
             self.note_unrouted(user, seq);
             return 0;
         }
+        let mut entry = entry();
         entry.seq = seq;
         let entries = if entry.encoded_len() <= self.inline_bytes {
             vec![entry]
