@@ -55,7 +55,7 @@ pub fn bind(addr: &str) -> std::io::Result<TcpListener> {
 
 /// Gateway settings. Every field has a default.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
     /// This gateway's name on the bus; must be unique in a cluster.
     pub id: String,

@@ -18,7 +18,7 @@ use tokio::sync::Notify;
 
 /// `[logic.admission]`.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdmissionConfig {
     /// Requests logic works on at once (0: no limit).
     pub max_in_flight: usize,

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 /// argon2id cost. The default is OWASP's recommendation (19 MiB, 2 passes, 1 lane).
 #[derive(Debug, Clone, Copy, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct PasswordParams {
     pub memory_kib: u32,
     pub iterations: u32,

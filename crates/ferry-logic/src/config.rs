@@ -5,7 +5,7 @@ use crate::auth::PasswordParams;
 
 /// Logic settings. Every field has a default.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LogicConfig {
     /// Longest text message, in bytes.
     pub max_text_bytes: usize,

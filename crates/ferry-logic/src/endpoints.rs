@@ -36,7 +36,7 @@ use crate::notify::Notifier;
 /// `[logic.endpoints]`. Every field has a default; with no gateways configured, each
 /// gateway hands out its own listen addresses.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct EndpointsConfig {
     /// IP prefixes → region. The longest matching prefix wins.
     pub regions: Vec<RegionConfig>,
@@ -76,7 +76,7 @@ impl Default for EndpointsConfig {
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct RegionConfig {
     pub name: String,
     /// `10.0.0.0/8`, `2001:db8::/32`, or a single address.
@@ -84,7 +84,7 @@ pub struct RegionConfig {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct GatewayEndpoints {
     /// The gateway's id on the bus (`gateway.id`): its load comes from its links.
     pub id: String,

@@ -12,6 +12,10 @@ use dashmap::DashMap;
 
 /// One rate: `per_sec` tokens a second, up to `burst` at once. `per_sec` 0: unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(
+    deny_unknown_fields,
+    expecting = "a rate: { per_sec = 20.0, burst = 60.0 }"
+)]
 pub struct Rate {
     pub per_sec: f64,
     pub burst: f64,
@@ -30,7 +34,7 @@ impl Rate {
 
 /// The limits logic enforces. Every field has a default; `per_sec = 0` turns one off.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Password attempts (`auth`, `password`) per user name: brute force on one account.
     pub auth_per_user: Rate,

@@ -39,7 +39,7 @@ use crate::moments::Moments;
 
 /// Media settings (`[logic.media]`).
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct MediaConfig {
     /// Chunk size told to uploaders that do not ask for one.
     pub chunk_size: u32,

@@ -23,7 +23,7 @@ use crate::Config;
 
 /// `[cluster]` in the configuration file. Every field has a default.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// NATS server URL(s), comma-separated.
     pub nats: String,

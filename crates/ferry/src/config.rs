@@ -1,5 +1,13 @@
 //! Configuration: a serde struct with a default for everything, loaded from an optional
 //! TOML file and overridden by `FERRY_*` environment variables, then by CLI flags.
+//!
+//! A file is checked against the keys the defaults have before it is read, so a misspelt
+//! key or table is refused with its name, its table and a suggestion (and every struct is
+//! `deny_unknown_fields` besides). An unknown `FERRY_*` variable is only warned about: the
+//! environment is shared with the client commands and other tools, and a variable meant
+//! for another version must not stop a server. Every key and variable is described in
+//! docs/operations.md, "Configuration reference"; the tests in `config/tests.rs` keep it
+//! complete.
 
 use std::path::{Path, PathBuf};
 
@@ -9,7 +17,7 @@ use ferry_logic::LogicConfig;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Where the embedded store keeps its files.
     pub data_dir: PathBuf,
@@ -48,23 +56,108 @@ impl Default for Config {
     }
 }
 
+/// Every environment variable Ferry reads (the server, the client commands, `ferry bench`
+/// and the test suite), each described in docs/operations.md. A `FERRY_*` variable not
+/// listed here is warned about at start-up.
+pub const ENV_VARS: &[&str] = &[
+    // Overrides of configuration keys (`Config::apply_env`).
+    "FERRY_DATA",
+    "FERRY_LISTEN",
+    "FERRY_DURABILITY",
+    "FERRY_ADMIN_TOKEN",
+    "FERRY_SERVER_KEY_FILE",
+    "FERRY_ALLOW_PLAINTEXT",
+    "FERRY_GATEWAY_ID",
+    "FERRY_HEARTBEAT_TIMEOUT_MS",
+    "FERRY_TICKET_LIFETIME_SECS",
+    "FERRY_TICKET_EPOCH",
+    "FERRY_RETENTION_DAYS",
+    "FERRY_NATS",
+    "FERRY_POSTGRES",
+    "FERRY_MEDIA_DIR",
+    // Logging, every command.
+    "FERRY_LOG",
+    // The client commands.
+    "FERRY_SERVER",
+    "FERRY_USER",
+    "FERRY_PASSWORD",
+    "FERRY_SERVER_KEY",
+    // `ferry bench`.
+    "FERRY_BENCH_PLAINTEXT",
+    "FERRY_BENCH_SERVER_KEY",
+    "FERRY_BENCH_RESUME",
+    // The test suite.
+    "FERRY_PG_BIN",
+    "FERRY_CHROMIUM",
+    "FERRY_REQUIRE_CHROMIUM",
+    "FERRY_DASHBOARD_SCREENSHOT",
+    // The memory allocator (jemalloc's options).
+    "_RJEM_MALLOC_CONF",
+];
+
+/// Where a misspelt key's error sends the reader.
+const SEE_REFERENCE: &str =
+    "every key is listed in docs/operations.md, \"Configuration reference\"";
+
 impl Config {
-    /// Defaults, then the file (if any), then the environment.
+    /// Defaults, then the file (if any), then the environment. Unknown `FERRY_*`
+    /// variables are logged as warnings.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Self> {
+        let names = std::env::vars_os().filter_map(|(k, _)| k.into_string().ok());
+        for warning in unknown_env_vars(names) {
+            tracing::warn!("{warning}");
+        }
+        Self::load_with(file, |k| std::env::var(k).ok())
+    }
+
+    /// [`Config::load`] with the environment given as a function.
+    pub fn load_with(
+        file: Option<&Path>,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Self> {
         let mut cfg = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("reading {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?
+                Config::from_toml(&text)
+                    .and_then(|cfg| cfg.validate().map(|()| cfg))
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
             }
             None => Config::default(),
         };
-        cfg.apply_env(|k| std::env::var(k).ok())?;
-        cfg.logic
+        cfg.apply_env(var)?;
+        cfg.validate()
+            .map_err(|e| anyhow::anyhow!("{e} (set by the environment)"))?;
+        Ok(cfg)
+    }
+
+    /// The checks of values beyond their types: `durability`, the endpoint lists.
+    fn validate(&self) -> Result<(), String> {
+        self.durability().map_err(|e| e.to_string())?;
+        self.logic
             .endpoints
             .validate()
-            .map_err(|e| anyhow::anyhow!("logic.endpoints: {e}"))?;
-        Ok(cfg)
+            .map_err(|e| format!("logic.endpoints: {e}"))
+    }
+
+    /// Reads a configuration file's text: unknown keys and tables are refused by name
+    /// (with the table they are in and the closest known key), then the values are read
+    /// (a wrong type is refused with its line). Missing keys keep their defaults.
+    pub fn from_toml(text: &str) -> Result<Config, String> {
+        let file: toml::Table = text.parse().map_err(|e| format!("{e}"))?;
+        if let Some(unknown) = find_unknown(&file, &known_keys(), &Place::Root) {
+            return Err(format!("{unknown}; {SEE_REFERENCE}"));
+        }
+        toml::from_str(text).map_err(|e| format!("{e}"))
+    }
+
+    /// The defaults as a TOML file (`ferry config default`); loads back to the defaults.
+    pub fn default_toml() -> String {
+        let body = toml::to_string(&Config::default()).unwrap_or_else(|e| format!("# {e}\n"));
+        format!(
+            "# Ferry's configuration with every key at its default. Each key is explained in\n\
+             # docs/operations.md, \"Configuration reference\". Keep only what you change.\n\n{body}"
+        )
     }
 
     fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) -> anyhow::Result<()> {
@@ -112,6 +205,9 @@ impl Config {
         if let Some(v) = var("FERRY_RETENTION_DAYS") {
             self.logic.retention_days = v.parse().context("FERRY_RETENTION_DAYS")?;
         }
+        if let Some(v) = var("FERRY_MEDIA_DIR") {
+            self.cluster.media_dir = v;
+        }
         Ok(())
     }
 
@@ -124,63 +220,165 @@ impl Config {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn file_then_env() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ferry.toml");
-        std::fs::write(
-            &path,
-            "listen = [\"127.0.0.1:9000\"]\n[gateway]\nheartbeat_timeout_ms = 1234\n",
-        )
-        .unwrap();
-        let mut cfg = Config::load(Some(&path)).unwrap();
-        assert_eq!(cfg.listen, ["127.0.0.1:9000"]);
-        assert_eq!(cfg.gateway.heartbeat_timeout_ms, 1234);
-        assert_eq!(
-            cfg.gateway.login_timeout_ms, 10_000,
-            "defaults fill the rest"
-        );
-        cfg.apply_env(|k| match k {
-            "FERRY_LISTEN" => Some("127.0.0.1:1, 127.0.0.1:2".into()),
-            "FERRY_DURABILITY" => Some("os".into()),
-            "FERRY_TICKET_EPOCH" => Some("7".into()),
-            _ => None,
-        })
-        .unwrap();
-        assert_eq!(cfg.listen, ["127.0.0.1:1", "127.0.0.1:2"]);
-        assert_eq!(
-            (cfg.gateway.ticket_epoch, cfg.gateway.ticket_lifetime_secs),
-            (7, 86_400)
-        );
-        assert_eq!(cfg.durability().unwrap(), ferry_store::Durability::Os);
-        cfg.durability = "maybe".into();
-        assert!(cfg.durability().is_err());
+/// Every key a file may hold: the defaults as a TOML tree, with each array of tables
+/// (empty by default) holding one default entry. A table empty here is a map whose keys
+/// are free (`gateway.body_limits`).
+pub fn known_keys() -> toml::Table {
+    let mut tree = toml::Table::try_from(Config::default()).unwrap_or_default();
+    for (path, entry) in array_entries() {
+        if let Some(entry) = entry {
+            insert_at(&mut tree, path, toml::Value::Array(vec![entry]));
+        }
     }
+    tree
+}
 
-    #[test]
-    fn endpoint_lists_are_checked_at_load() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("ferry.toml");
-        let good = "[[logic.endpoints.regions]]\nname = \"east\"\nprefixes = [\"10.1.0.0/16\"]\n\
-                    [[logic.endpoints.gateways]]\nid = \"gw-1\"\nregions = [\"east\"]\n\
-                    addrs = [\"10.0.0.1:443\"]\n";
-        std::fs::write(&path, good).unwrap();
-        let cfg = Config::load(Some(&path)).unwrap();
-        assert_eq!(cfg.logic.endpoints.gateways[0].addrs, ["10.0.0.1:443"]);
-        assert_eq!(cfg.logic.endpoints.gateways[0].transports, ["tcp", "http"]);
-        std::fs::write(&path, good.replace("10.0.0.1:443", "gw.example.com:443")).unwrap();
-        let e = Config::load(Some(&path)).unwrap_err().to_string();
-        assert!(e.contains("IP literal"), "{e}");
-    }
-
-    #[test]
-    fn defaults_just_work() {
-        let cfg = Config::default();
-        assert_eq!(cfg.listen, ["0.0.0.0:8080"]);
-        assert_eq!(cfg.durability().unwrap(), ferry_store::Durability::Fsync);
+fn insert_at(tree: &mut toml::Table, path: &[&str], value: toml::Value) {
+    match path {
+        [last] => {
+            tree.insert((*last).to_owned(), value);
+        }
+        [first, rest @ ..] => {
+            if let Some(toml::Value::Table(t)) = tree.get_mut(*first) {
+                insert_at(t, rest, value);
+            }
+        }
+        [] => {}
     }
 }
+
+/// The arrays of tables and the default of one entry.
+fn array_entries() -> [(&'static [&'static str], Option<toml::Value>); 2] {
+    [
+        (
+            &["logic", "endpoints", "regions"],
+            toml::Value::try_from(ferry_logic::RegionConfig::default()).ok(),
+        ),
+        (
+            &["logic", "endpoints", "gateways"],
+            toml::Value::try_from(ferry_logic::GatewayEndpoints::default()).ok(),
+        ),
+    ]
+}
+
+/// Where in a file a key is.
+enum Place {
+    Root,
+    Table(String),
+    /// The `n`th (from 1) `[[name]]`.
+    Entry(String, usize),
+}
+
+impl Place {
+    fn child(&self, key: &str) -> String {
+        match self {
+            Place::Root => key.to_owned(),
+            Place::Table(t) | Place::Entry(t, _) => format!("{t}.{key}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Place {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Place::Root => f.write_str("at the top level"),
+            Place::Table(t) => write!(f, "in [{t}]"),
+            Place::Entry(t, n) => write!(f, "in [[{t}]] number {n}"),
+        }
+    }
+}
+
+/// The first key of `file` that `known` does not have, as a message.
+fn find_unknown(file: &toml::Table, known: &toml::Table, place: &Place) -> Option<String> {
+    for (key, value) in file {
+        match (known.get(key), value) {
+            (None, value) => {
+                let mut msg = match place {
+                    Place::Root if value.is_table() => format!("unknown table [{key}]"),
+                    _ => format!("unknown key `{key}` {place}"),
+                };
+                if let Some(near) = closest(key, known.keys().map(String::as_str)) {
+                    msg += &format!(" (did you mean `{near}`?)");
+                }
+                return Some(msg);
+            }
+            (Some(toml::Value::Table(k)), toml::Value::Table(v)) if !k.is_empty() => {
+                let inner = Place::Table(place.child(key));
+                if let Some(m) = find_unknown(v, k, &inner) {
+                    return Some(m);
+                }
+            }
+            (Some(toml::Value::Array(k)), toml::Value::Array(v)) => {
+                let Some(toml::Value::Table(entry)) = k.first() else {
+                    continue;
+                };
+                for (i, item) in v.iter().enumerate() {
+                    if let toml::Value::Table(item) = item {
+                        let inner = Place::Entry(place.child(key), i + 1);
+                        if let Some(m) = find_unknown(item, entry, &inner) {
+                            return Some(m);
+                        }
+                    }
+                }
+            }
+            // A map's free keys, or a wrong type (refused when the values are read).
+            _ => {}
+        }
+    }
+    None
+}
+
+/// Warnings for the `FERRY_*` variables among `names` that Ferry does not read.
+pub fn unknown_env_vars(names: impl IntoIterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = names
+        .into_iter()
+        .filter(|n| n.starts_with("FERRY_") && !ENV_VARS.contains(&n.as_str()))
+        .map(|n| {
+            let mut msg = format!("unknown environment variable {n} is ignored");
+            if let Some(near) = closest(&n, ENV_VARS.iter().copied()) {
+                msg += &format!(" (did you mean {near}?)");
+            }
+            msg
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The candidate nearest `word` by edit distance, if near enough to be a misspelling.
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    let limit = (word.chars().count() / 3).max(1);
+    candidates
+        .map(|c| (edit_distance(word, c), c))
+        .filter(|(d, _)| *d <= limit)
+        .min()
+        .map(|(_, c)| c)
+}
+
+/// Edit distance counting a swap of two neighbours as one edit (optimal string alignment).
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+#[cfg(test)]
+mod tests;

@@ -167,6 +167,9 @@ enum Command {
         #[arg(long)]
         all: bool,
     },
+    /// The configuration file: print the defaults, or check a file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Operator tools.
     Admin {
         #[command(subcommand)]
@@ -177,6 +180,19 @@ enum Command {
     /// A bench worker process (started by `ferry bench`).
     #[command(hide = true)]
     BenchWorker { spec: String },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print every key at its default, as a TOML file to start from.
+    Default,
+    /// Load a file and the FERRY_* environment as `ferry serve` would, and say what is
+    /// wrong (an unknown key, a wrong type, a bad value) or "ok".
+    Check {
+        /// TOML configuration file (none: the defaults and the environment only).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -309,6 +325,15 @@ async fn main() {
                     };
                     ferry::monitor::status::run(&target, watch).await
                 }
+                Command::Config(ConfigCommand::Default) => {
+                    print!("{}", Config::default_toml());
+                    Ok(())
+                }
+                Command::Config(ConfigCommand::Check { config }) => Config::load(config.as_deref())
+                    .map(|_| match config {
+                        Some(path) => say(format_args!("{}: ok", path.display())),
+                        None => say(format_args!("defaults and environment: ok")),
+                    }),
                 Command::Friends(cmd) => cli::friends(cmd).await,
                 Command::Avatar(cmd) => cli::avatar(cmd).await,
                 Command::Moments(cmd) => cli::moments(cmd).await,
