@@ -14,6 +14,8 @@ pub mod resume;
 pub mod sealed;
 pub mod secure;
 pub mod upload;
+#[cfg(test)]
+mod vectors;
 
 pub use frame::{sniff, Frame, FrameError, Protocol, HEADER_LEN, MAX_BODY_LEN};
 

@@ -24,7 +24,7 @@
 
 use bytes::BytesMut;
 
-use crate::frame::{encode_raw, Frame};
+use crate::frame::{encode_raw, Frame, HEADER_LEN};
 use crate::secure::{SecureError, StaticKey, KEY_LEN, MAX_RECORD_PLAIN, SEALED, TAG_LEN};
 
 pub use crate::cmd::HELLO;
@@ -50,9 +50,20 @@ fn noise(e: snow::Error) -> SecureError {
 }
 
 /// Writes a one-way Noise N message to `to` with `meta` as its payload, then `body` as
-/// SEALED records.
-fn seal_to(to: &[u8; KEY_LEN], cmd: u8, meta: &[u8], body: &[u8]) -> Result<Vec<u8>, SecureError> {
-    let mut hs = snow::Builder::new(params())
+/// SEALED records: ⌈body / 65 519⌉ of them, every one full but the last, none for an
+/// empty body. `fixed_ephemeral` only for the test vectors (`None`: a fresh key).
+fn seal_to(
+    to: &[u8; KEY_LEN],
+    fixed_ephemeral: Option<&[u8; KEY_LEN]>,
+    cmd: u8,
+    meta: &[u8],
+    body: &[u8],
+) -> Result<Vec<u8>, SecureError> {
+    let mut builder = snow::Builder::new(params());
+    if let Some(e) = fixed_ephemeral {
+        builder = builder.fixed_ephemeral_key_for_testing_only(e);
+    }
+    let mut hs = builder
         .remote_public_key(to)
         .and_then(|b| b.build_initiator())
         .map_err(noise)?;
@@ -74,7 +85,10 @@ fn seal_to(to: &[u8; KEY_LEN], cmd: u8, meta: &[u8], body: &[u8]) -> Result<Vec<
 /// ephemeral public key.
 type Opened = (Vec<u8>, Vec<u8>, [u8; KEY_LEN]);
 
-/// Opens what [`seal_to`] wrote with the private key it was sent to.
+/// Opens what [`seal_to`] wrote with the private key it was sent to. The records may
+/// split the body anywhere (an empty record included, each ≤ 65 519 bytes), as long as
+/// they are in order and add up to the declared length: what [`seal_to`] writes, and one
+/// empty record for an empty body, both open.
 fn open_with(
     private: &[u8; KEY_LEN],
     cmd: u8,
@@ -152,7 +166,26 @@ pub fn seal_request(
     body: &[u8],
     now_ms: u64,
 ) -> Result<(Vec<u8>, ReplyKey), SecureError> {
-    let reply = StaticKey::generate()?;
+    request_with(
+        server_public,
+        None,
+        &StaticKey::generate()?,
+        token,
+        body,
+        now_ms,
+    )
+}
+
+/// [`seal_request`] with a given reply key pair and, for the test vectors only, a fixed
+/// ephemeral key (`None`: a fresh one).
+pub(crate) fn request_with(
+    server_public: &[u8; KEY_LEN],
+    fixed_ephemeral: Option<&[u8; KEY_LEN]>,
+    reply: &StaticKey,
+    token: &str,
+    body: &[u8],
+    now_ms: u64,
+) -> Result<(Vec<u8>, ReplyKey), SecureError> {
     let len = u32::try_from(body.len()).map_err(|_| SecureError::TooLarge(body.len()))?;
     let token_len = u8::try_from(token.len()).map_err(|_| SecureError::TooLarge(token.len()))?;
     let mut meta = Vec::with_capacity(REQUEST_META + token.len());
@@ -161,7 +194,7 @@ pub fn seal_request(
     meta.extend_from_slice(&len.to_be_bytes());
     meta.push(token_len);
     meta.extend_from_slice(token.as_bytes());
-    let wire = seal_to(server_public, HELLO, &meta, body)?;
+    let wire = seal_to(server_public, fixed_ephemeral, HELLO, &meta, body)?;
     Ok((
         wire,
         ReplyKey {
@@ -214,8 +247,23 @@ pub fn open_request(key: &StaticKey, wire: &[u8]) -> Result<OpenedRequest, Secur
 
 /// Seals an answer body to the request's reply key.
 pub fn seal_response(reply_to: &[u8; KEY_LEN], body: &[u8]) -> Result<Vec<u8>, SecureError> {
+    response_with(reply_to, None, body)
+}
+
+/// [`seal_response`] with, for the test vectors only, a fixed ephemeral key.
+pub(crate) fn response_with(
+    reply_to: &[u8; KEY_LEN],
+    fixed_ephemeral: Option<&[u8; KEY_LEN]>,
+    body: &[u8],
+) -> Result<Vec<u8>, SecureError> {
     let len = u32::try_from(body.len()).map_err(|_| SecureError::TooLarge(body.len()))?;
-    seal_to(reply_to, HELLO | 0x80, &len.to_be_bytes(), body)
+    seal_to(
+        reply_to,
+        fixed_ephemeral,
+        HELLO | 0x80,
+        &len.to_be_bytes(),
+        body,
+    )
 }
 
 /// Opens the answer to a request sealed with [`seal_request`].
@@ -227,9 +275,22 @@ pub fn open_response(reply: &ReplyKey, wire: &[u8]) -> Result<Vec<u8>, SecureErr
     Ok(body)
 }
 
-/// Bytes a sealed request adds to a body of `n` bytes (without its token).
+/// The SEALED records a body of `n` bytes goes in: ⌈n / 65 519⌉ (none when empty).
+pub fn records(n: usize) -> usize {
+    n.div_ceil(MAX_RECORD_PLAIN)
+}
+
+/// Bytes a sealed request adds to a body of `n` bytes (without its token): the HELLO
+/// frame's header, `e`, the fixed part of its payload and its tag (101 B), and 24 B per
+/// record.
 pub fn request_overhead(n: usize) -> usize {
-    8 + KEY_LEN + REQUEST_META + TAG_LEN + n.div_ceil(MAX_RECORD_PLAIN) * (8 + TAG_LEN)
+    HEADER_LEN + KEY_LEN + REQUEST_META + TAG_LEN + records(n) * (HEADER_LEN + TAG_LEN)
+}
+
+/// Bytes a sealed answer adds to a body of `n` bytes: the `HELLO|0x80` frame's header,
+/// `e`, the 4-byte length and its tag (60 B), and 24 B per record.
+pub fn response_overhead(n: usize) -> usize {
+    HEADER_LEN + KEY_LEN + 4 + TAG_LEN + records(n) * (HEADER_LEN + TAG_LEN)
 }
 
 #[cfg(test)]
@@ -260,8 +321,70 @@ mod tests {
             assert_eq!(got.sent_ms, 1_000);
             assert_eq!(&got.id[..], &wire[8..8 + KEY_LEN]);
             let answer = seal_response(&got.reply_to, &body).unwrap();
+            assert_eq!(answer.len(), body.len() + response_overhead(size), "{size}");
             assert_eq!(open_response(&reply, &answer).unwrap(), body);
         }
+    }
+
+    /// An empty body is sent as the first frame alone (no record); one empty record
+    /// opens too, both ways, and gives the same empty body. Records that split a body
+    /// anywhere else (an empty one among them) open as long as they add up to its length.
+    #[test]
+    fn an_empty_body_is_no_record_and_one_empty_record_opens_too() {
+        let key = StaticKey::generate().unwrap();
+        let (wire, reply) = seal_request(&key.public, "tok", b"", 1).unwrap();
+        assert_eq!(wire.len(), 3 + 101);
+        let mut b = BytesMut::from(&wire[..]);
+        assert_eq!(Frame::parse(&mut b, NOISE_MAX).unwrap().unwrap().cmd, HELLO);
+        assert!(b.is_empty(), "no SEALED record after the HELLO");
+        let got = open_request(&key, &wire).unwrap();
+        assert!(got.body.is_empty());
+        let answer = seal_response(&got.reply_to, b"").unwrap();
+        assert_eq!(answer.len(), 60);
+        assert_eq!(open_response(&reply, &answer).unwrap(), b"");
+
+        // The same, written with one empty record (and a body in two uneven records with
+        // an empty one between them) by hand, with snow.
+        let by_hand = |to: &[u8; KEY_LEN], cmd: u8, meta: &[u8], records: &[&[u8]]| {
+            let mut hs = snow::Builder::new(params())
+                .remote_public_key(to)
+                .unwrap()
+                .build_initiator()
+                .unwrap();
+            let mut msg = vec![0u8; NOISE_MAX];
+            let mut out = BytesMut::new();
+            let n = hs.write_message(meta, &mut msg).unwrap();
+            encode_raw(cmd, 0, &msg[..n], &mut out);
+            let mut t = hs.into_transport_mode().unwrap();
+            for r in records {
+                let n = t.write_message(r, &mut msg).unwrap();
+                encode_raw(SEALED, 0, &msg[..n], &mut out);
+            }
+            out.to_vec()
+        };
+        let reply = StaticKey::generate().unwrap();
+        let meta = |len: u32| {
+            let mut m = reply.public.to_vec();
+            m.extend_from_slice(&7u64.to_be_bytes());
+            m.extend_from_slice(&len.to_be_bytes());
+            m.push(0);
+            m
+        };
+        let one_empty = by_hand(&key.public, HELLO, &meta(0), &[b""]);
+        assert_eq!(one_empty.len(), 101 + 24);
+        assert_eq!(open_request(&key, &one_empty).unwrap().body, b"");
+        let split = by_hand(&key.public, HELLO, &meta(5), &[b"ab", b"", b"cde"]);
+        assert_eq!(open_request(&key, &split).unwrap().body, b"abcde");
+        // Records that add up to more or less than the declared length: refused.
+        let long = by_hand(&key.public, HELLO, &meta(1), &[b"ab"]);
+        assert_eq!(open_request(&key, &long).err(), Some(SecureError::Decrypt));
+        let short = by_hand(&key.public, HELLO, &meta(3), &[b"ab"]);
+        assert_eq!(open_request(&key, &short).err(), Some(SecureError::Decrypt));
+        let answer = by_hand(&reply.public, HELLO | 0x80, &0u32.to_be_bytes(), &[b""]);
+        let opener = ReplyKey {
+            private: reply.private,
+        };
+        assert_eq!(open_response(&opener, &answer).unwrap(), b"");
     }
 
     #[test]

@@ -224,14 +224,30 @@ pub fn client_hello(
     payload: &[u8],
     out: &mut BytesMut,
 ) -> Result<ClientHandshake, SecureError> {
-    // The client's static key is throw-away: the server authenticates it by the token in
-    // the LOGIN, not by the key. IK needs one, and a fresh one links no two sessions.
-    let builder = snow::Builder::new(params());
-    let kp = builder
+    // The client's static key is throw-away: a fresh one per handshake. The server
+    // authenticates the client by the token in the LOGIN, not by this key; IK needs one,
+    // and a fresh one links no two sessions.
+    let kp = snow::Builder::new(params())
         .generate_keypair()
         .map_err(|e| SecureError::Noise(e.to_string()))?;
-    let mut state = snow::Builder::new(params())
-        .local_private_key(&kp.private)
+    hello_with(&kp.private, None, server_public, payload, out)
+}
+
+/// [`client_hello`] with a given static key and, for the test vectors only, a fixed
+/// ephemeral key (`None`: a fresh one, as always outside the tests).
+pub(crate) fn hello_with(
+    client_static: &[u8],
+    fixed_ephemeral: Option<&[u8; KEY_LEN]>,
+    server_public: &[u8; KEY_LEN],
+    payload: &[u8],
+    out: &mut BytesMut,
+) -> Result<ClientHandshake, SecureError> {
+    let mut builder = snow::Builder::new(params());
+    if let Some(e) = fixed_ephemeral {
+        builder = builder.fixed_ephemeral_key_for_testing_only(e);
+    }
+    let mut state = builder
+        .local_private_key(client_static)
         .and_then(|b| b.remote_public_key(server_public))
         .and_then(|b| b.build_initiator())
         .map_err(|e| SecureError::Noise(e.to_string()))?;
@@ -273,13 +289,27 @@ pub fn server_accept(
     key: &StaticKey,
     hello: &Frame,
 ) -> Result<(ServerHandshake, Vec<u8>), SecureError> {
+    accept_with(key, None, hello)
+}
+
+/// [`server_accept`] with, for the test vectors only, a fixed ephemeral key for the
+/// answer (`None`: a fresh one, as always outside the tests).
+pub(crate) fn accept_with(
+    key: &StaticKey,
+    fixed_ephemeral: Option<&[u8; KEY_LEN]>,
+    hello: &Frame,
+) -> Result<(ServerHandshake, Vec<u8>), SecureError> {
     if hello.cmd != HELLO {
         return Err(SecureError::UnexpectedFrame {
             expected: HELLO,
             got: hello.cmd,
         });
     }
-    let mut state = snow::Builder::new(params())
+    let mut builder = snow::Builder::new(params());
+    if let Some(e) = fixed_ephemeral {
+        builder = builder.fixed_ephemeral_key_for_testing_only(e);
+    }
+    let mut state = builder
         .local_private_key(&key.private)
         .and_then(|b| b.build_responder())
         .map_err(|e| SecureError::Noise(e.to_string()))?;

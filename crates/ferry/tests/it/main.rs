@@ -28,6 +28,7 @@ mod messaging;
 mod resume;
 mod secure;
 mod security;
+mod sizes;
 mod smart;
 mod social;
 
