@@ -217,8 +217,10 @@ async fn connections_are_limited_per_ip() {
     let t = token(&ts.addr(), "alice", "d").await;
     let mut a = RawLink::connect(&ts.addr()).await;
     assert_eq!(a.login(&t).await.cmd, cmd::response(cmd::LOGIN));
+    // Another device: a second login of one device would replace the first link.
+    let t2 = token(&ts.addr(), "alice", "d2").await;
     let mut b = RawLink::connect(&ts.addr()).await;
-    assert_eq!(b.login(&t).await.cmd, cmd::response(cmd::LOGIN));
+    assert_eq!(b.login(&t2).await.cmd, cmd::response(cmd::LOGIN));
 
     // A third long link is told why and closed.
     let mut c = RawLink::connect(&ts.addr()).await;

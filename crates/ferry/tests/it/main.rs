@@ -27,6 +27,7 @@ mod messaging;
 mod resume;
 mod secure;
 mod security;
+mod session;
 mod smart;
 mod social;
 
