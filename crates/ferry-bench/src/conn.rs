@@ -293,6 +293,7 @@ impl FerryConn {
             token: token.to_owned(),
             synckey,
             client_version: String::new(),
+            ..Default::default()
         };
         let mut login = BytesMut::new();
         encode_msg(cmd::LOGIN, 1, &req, &mut login);

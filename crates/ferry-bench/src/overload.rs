@@ -289,6 +289,7 @@ async fn login_once(addr: &str, token: &str, at: Instant, ph: &Phase) {
             token: token.to_owned(),
             synckey: 0,
             client_version: "overload".into(),
+            ..Default::default()
         };
         let mut login = BytesMut::new();
         encode_msg(cmd::LOGIN, 1, &req, &mut login);

@@ -40,6 +40,10 @@ pub(crate) struct Connected {
     pub login: v1::LoginResp,
     /// The link resumed from the device's ticket (no Noise handshake).
     pub resumed: bool,
+    /// Until when a login attempt of this client that the race cut short may still
+    /// reach a server and replace this link (`KICK{KICKED}` on it is then this client's
+    /// own doing: reconnect, do not stop).
+    pub stragglers_until: Option<Instant>,
 }
 
 /// Why one connect attempt failed.
@@ -297,6 +301,7 @@ async fn attempt(
         token,
         synckey,
         client_version: cfg.client_version.clone(),
+        protocol: ferry_proto::PROTOCOL_VERSION,
     };
     let mut out = BytesMut::new();
     encode_msg(cmd::LOGIN, 1, &login, &mut out);
@@ -353,13 +358,35 @@ async fn attempt(
         kind: "protocol",
         detail: format!("login answer: {e}"),
     })?;
+    if let Err(e) = check_protocol(resp.protocol) {
+        return Err(AttemptError::Stop(End::Fatal(e)));
+    }
     // Frames behind the login answer (a notify, say) are kept for the session.
     conn.unread(&frames);
     Ok(Connected {
         conn,
         login: resp,
         resumed,
+        stragglers_until: None,
     })
+}
+
+/// The version a server answered in `LoginResp.protocol`, refused unless this SDK
+/// speaks it (0: a server from before versions, which speaks 1). A server answers at
+/// most what the LOGIN named, so a refusal means a server that breaks that rule: going
+/// on could misread everything it sends.
+pub(crate) fn check_protocol(answered: u32) -> Result<u32, ClientError> {
+    let v = answered.max(1);
+    if v > ferry_proto::PROTOCOL_VERSION {
+        return Err(ClientError::new(
+            crate::ErrorKind::Protocol,
+            format!(
+                "the server speaks protocol {v}; this client speaks up to {}",
+                ferry_proto::PROTOCOL_VERSION
+            ),
+        ));
+    }
+    Ok(v)
 }
 
 /// Whether `f` is the plain `ERROR RESUME_REFUSED` a server answers a RESUME it does
@@ -415,8 +442,11 @@ pub(crate) async fn race_login(
             AttemptError::Stop(end) => stop = Some(end),
         }
     }
-    if let Some((i, c, took)) = out.winner {
+    if let Some((i, mut c, took)) = out.winner {
         record(shared, cands[i], true, took, "");
+        if out.abandoned {
+            c.stragglers_until = Some(Instant::now() + cfg.attempt_timeout);
+        }
         return Ok(c);
     }
     match stop {

@@ -184,6 +184,7 @@ async fn session(
         mut conn,
         login,
         resumed,
+        stragglers_until,
     } = connected;
     let endpoint = conn.endpoint;
     {
@@ -328,6 +329,23 @@ async fn session(
                     // What was applied before a frame that ends the link still counts.
                     dirty_since_save |= deliver(shared, &mut sync, events);
                     if let Some(end) = end {
+                        if !replaced(&end) {
+                            return end;
+                        }
+                        // This device logged in on another link. When this client did
+                        // it itself (the TCP probe of a long-poll session, or a racing
+                        // attempt cut short that still logged in), carry on: move to the
+                        // probe's link, or log in again. Otherwise another copy of this
+                        // device took over: stop.
+                        if let Some(p) = probe.take() {
+                            return match tokio::time::timeout(cfg.smart.attempt_timeout, p).await {
+                                Ok(Ok(Ok(better))) => End::Switch(Box::new(better)),
+                                _ => lost("replaced by this client's own login".into()),
+                            };
+                        }
+                        if stragglers_until.is_some_and(|t| Instant::now() < t) {
+                            return lost("replaced by this client's own late login".into());
+                        }
                         return end;
                     }
                 }
@@ -395,6 +413,12 @@ async fn session(
             }
         }
     }
+}
+
+/// Whether `end` is the server's `KICK{KICKED}`: this session ended (logout, password
+/// change) or this device logged in on another link.
+fn replaced(end: &End) -> bool {
+    matches!(end, End::Fatal(e) if e.code() == Some(ErrorCode::Kicked))
 }
 
 /// A frame the sync machine handed back: the server ending the link, a heartbeat's

@@ -106,20 +106,23 @@ impl ShortLink {
         body: Vec<u8>,
     ) -> Result<http::Response<hyper::body::Incoming>, ClientError> {
         let mut builder = http::Request::post(format!("{}/v1/{method}", self.base))
-            .header(http::header::CONTENT_TYPE, content_type);
+            .header(http::header::CONTENT_TYPE, content_type)
+            .header(ferry_proto::PROTOCOL_HEADER, ferry_proto::PROTOCOL_VERSION);
         if let Some(t) = bearer {
             builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
         }
         let request = builder
             .body(Full::new(Bytes::from(body)))
             .map_err(ClientError::http_source)?;
-        tokio::time::timeout(
+        let resp = tokio::time::timeout(
             std::time::Duration::from_secs(30),
             self.http.request(request),
         )
         .await
         .map_err(|_| ClientError::timeout())?
-        .map_err(ClientError::http_source)
+        .map_err(ClientError::http_source)?;
+        answered_protocol(resp.headers())?;
+        Ok(resp)
     }
 
     /// POSTs `req` to `/v1/{method}` **unsealed and without a token**, even when the link
@@ -168,7 +171,8 @@ impl ShortLink {
         path: &str,
         headers: &[(http::header::HeaderName, String)],
     ) -> Result<(http::StatusCode, http::HeaderMap, Bytes), ClientError> {
-        let mut builder = http::Request::get(format!("{}/v1/{path}", self.base));
+        let mut builder = http::Request::get(format!("{}/v1/{path}", self.base))
+            .header(ferry_proto::PROTOCOL_HEADER, ferry_proto::PROTOCOL_VERSION);
         for (name, value) in headers {
             builder = builder.header(name, value);
         }
@@ -182,6 +186,7 @@ impl ShortLink {
         .await
         .map_err(|_| ClientError::timeout())?
         .map_err(ClientError::http_source)?;
+        answered_protocol(resp.headers())?;
         let (parts, body) = resp.into_parts();
         let body = body
             .collect()
@@ -315,6 +320,20 @@ impl ShortLink {
 }
 
 /// The error a non-2xx answer carries (a protobuf `Error`, or just its status).
+/// Checks the version an answer's `Ferry-Protocol` header names (absent: a server from
+/// before versions, which speaks 1; unreadable: a protocol error).
+fn answered_protocol(headers: &http::HeaderMap) -> Result<u32, ClientError> {
+    let answered = match headers.get(ferry_proto::PROTOCOL_HEADER) {
+        None => 0,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| ClientError::protocol("unreadable Ferry-Protocol header"))?,
+    };
+    crate::connect::check_protocol(answered)
+}
+
 fn refusal(status: http::StatusCode, body: Bytes) -> ClientError {
     match v1::Error::decode(body) {
         Ok(e) => ClientError::from_error(e),

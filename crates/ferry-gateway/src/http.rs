@@ -38,7 +38,26 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/server-key", get(server_key))
         .route("/v1/{*path}", post(short_link).get(short_link_get))
         .route("/healthz", get(|| async { "ok" }))
+        .layer(axum::middleware::from_fn(protocol_version))
         .with_state(gw)
+}
+
+/// Puts `Ferry-Protocol` on every answer: the protocol major version the server speaks
+/// to this client, the highest both speak — the request's `Ferry-Protocol` (absent or
+/// unreadable: 1) capped at the server's own (docs/protocol.md §8).
+async fn protocol_version(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let asked = req
+        .headers()
+        .get(ferry_proto::PROTOCOL_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        ferry_proto::PROTOCOL_HEADER,
+        HeaderValue::from(ferry_proto::protocol_for(asked)),
+    );
+    resp
 }
 
 /// The client's address (IP:PORT).

@@ -142,6 +142,9 @@ pub struct Stats {
     pub bad_input: AtomicU64,
     pub timeouts: AtomicU64,
     pub slow_consumers: AtomicU64,
+    /// NOTIFY pushes not written to a link because its device had acknowledged their
+    /// `latest_seq` (`Heartbeat.synckey`, `LoginReq.synckey`).
+    pub notifies_skipped: AtomicU64,
     pub http_requests: AtomicU64,
     /// Connections refused by a limit (connections per IP).
     pub refused: AtomicU64,

@@ -290,6 +290,7 @@ async fn login<T: Transport>(
         let _ = write_out(stream, &mut out).await;
         return None;
     }
+    let login_body = first.body.clone();
     let req = BusRequest {
         cmd: u32::from(cmd::LOGIN),
         body: first.body,
@@ -337,6 +338,9 @@ async fn login<T: Transport>(
         resp.device_id.into(),
         gw.now_ms(),
     ));
+    // The device's synckey at login is its first acknowledgement (registry.rs).
+    let synckey = v1::LoginReq::decode(login_body).map_or(0, |r| r.synckey);
+    link.synckey.store(synckey, Ordering::Relaxed);
     Some((link, frames))
 }
 
@@ -584,6 +588,15 @@ fn local(link: &Link, f: Frame, out: &mut BytesMut) -> Local {
         },
         cmd::LOGIN => {
             error_frame(f.req_id, ErrorCode::BadRequest, "already logged in", out);
+            Local::Answered
+        }
+        c if cmd::short_link_only(c) => {
+            error_frame(
+                f.req_id,
+                ErrorCode::UnknownCommand,
+                "only the short link serves this command",
+                out,
+            );
             Local::Answered
         }
         c if !cmd::from_client(c) => {

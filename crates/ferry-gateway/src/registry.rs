@@ -21,7 +21,10 @@ pub(crate) struct Link {
     pub conn_id: u64,
     pub user_id: u64,
     pub device_id: Arc<str>,
-    /// Last synckey the device reported in a heartbeat.
+    /// The device's acknowledgement: the last synckey it named (`LoginReq.synckey`, then
+    /// each `Heartbeat.synckey`). A NOTIFY whose `latest_seq` is not above it is not
+    /// written to the link (the device has those entries); reported to logic when the
+    /// link goes away.
     pub synckey: AtomicU64,
     /// When a frame last arrived (ms since the gateway started): the sweeper closes links
     /// silent for longer than the heartbeat timeout. One shared sweep instead of a timer
@@ -171,18 +174,23 @@ impl PushSink for Registry {
             tracing::error!(len = push.body.len(), "push over the frame limit dropped");
             return;
         }
+        // A notify is not written to a link whose device acknowledged its latest seq.
+        let latest = match cmd {
+            ferry_proto::cmd::NOTIFY => ferry_proto::notify_latest_seq(&push.body),
+            _ => None,
+        };
         // Encoded once, shared by every link it goes to.
         let mut buf = BytesMut::new();
         ferry_proto::frame::encode_raw(cmd, 0, &push.body, &mut buf);
         let frame = buf.freeze();
         for user in std::iter::once(push.user_id).chain(push.more_user_ids.iter().copied()) {
-            self.deliver(user, &push, &frame);
+            self.deliver(user, &push, &frame, latest);
         }
     }
 }
 
 impl Registry {
-    fn deliver(&self, user: u64, push: &Push, frame: &Bytes) {
+    fn deliver(&self, user: u64, push: &Push, frame: &Bytes, latest: Option<u64>) {
         let Some(links) = self.links.get(&user) else {
             return;
         };
@@ -190,10 +198,100 @@ impl Registry {
             if !push.device_id.is_empty() && *link.device_id != *push.device_id {
                 continue;
             }
+            if push.keep_conn_id == Some(link.conn_id) {
+                continue;
+            }
+            if latest.is_some_and(|seq| seq <= link.synckey.load(Ordering::Relaxed)) {
+                self.stats.notifies_skipped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             if !link.enqueue(frame.clone(), push.close, self.outbox_cap) {
                 self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(conn_id = link.conn_id, "slow consumer; closing link");
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_proto::{cmd, v1, ProtoMessage};
+
+    fn notify(latest_seq: u64) -> Push {
+        Push {
+            user_id: 1,
+            cmd: u32::from(cmd::NOTIFY),
+            body: v1::Notify {
+                latest_seq,
+                entries: Vec::new(),
+            }
+            .encode_to_vec()
+            .into(),
+            ..Default::default()
+        }
+    }
+
+    fn queued(link: &Link) -> usize {
+        let mut buf = BytesMut::new();
+        link.drain_into(&mut buf);
+        let mut n = 0;
+        while let Some(_f) = ferry_proto::Frame::parse(&mut buf, 1 << 20).unwrap() {
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn a_notify_the_device_acknowledged_is_not_written() {
+        let stats = Arc::new(Stats::default());
+        let reg = Registry::new(16, stats.clone());
+        let behind = Arc::new(Link::new(1, 1, "phone".into(), 0));
+        let ahead = Arc::new(Link::new(2, 1, "tablet".into(), 0));
+        reg.add(behind.clone());
+        reg.add(ahead.clone());
+        behind.synckey.store(4, Ordering::Relaxed);
+        ahead.synckey.store(9, Ordering::Relaxed);
+        reg.push(notify(5));
+        assert_eq!((queued(&behind), queued(&ahead)), (1, 0));
+        reg.push(notify(9));
+        assert_eq!((queued(&behind), queued(&ahead)), (1, 0));
+        reg.push(notify(10));
+        assert_eq!((queued(&behind), queued(&ahead)), (1, 1));
+        assert_eq!(stats.notifies_skipped.load(Ordering::Relaxed), 2);
+        // Other pushes go to every link whatever its synckey.
+        reg.push(Push {
+            user_id: 1,
+            cmd: u32::from(cmd::TYPING_PUSH),
+            ..Default::default()
+        });
+        assert_eq!((queued(&behind), queued(&ahead)), (1, 1));
+    }
+
+    #[test]
+    fn a_kick_for_a_replaced_device_spares_its_new_link() {
+        let reg = Registry::new(16, Arc::new(Stats::default()));
+        let old = Arc::new(Link::new(1, 1, "phone".into(), 0));
+        let new = Arc::new(Link::new(2, 1, "phone".into(), 0));
+        let other = Arc::new(Link::new(3, 1, "tablet".into(), 0));
+        for l in [&old, &new, &other] {
+            reg.add(l.clone());
+        }
+        reg.push(Push {
+            user_id: 1,
+            device_id: "phone".into(),
+            cmd: u32::from(cmd::KICK),
+            close: true,
+            keep_conn_id: Some(2),
+            ..Default::default()
+        });
+        let mut buf = BytesMut::new();
+        assert!(old.drain_into(&mut buf), "the old link closes");
+        assert_eq!(buf.len(), ferry_proto::HEADER_LEN);
+        for l in [&new, &other] {
+            let mut buf = BytesMut::new();
+            assert!(!l.drain_into(&mut buf));
+            assert!(buf.is_empty());
         }
     }
 }

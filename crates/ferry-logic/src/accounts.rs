@@ -124,17 +124,34 @@ impl Accounts {
                 token,
                 token_expires_ms,
                 idle_timeout_ms: req.idle_timeout_ms,
+                protocol: ferry_proto::protocol_for(r.protocol),
             },
         );
         resp.user_id = s.user_id;
         resp.device_id = s.device_id.to_string();
+        // One link per device: the newest login replaces the device's older links (a
+        // zombie of a lost network, a second copy of the app), on whatever gateway.
+        self.notifier
+            .replace_device(s.user_id, &s.device_id, &req.gateway_id, req.conn_id)
+            .await;
         metrics::counter!("ferry_logins_total").increment(1);
         Ok(resp)
     }
 
-    /// `POST /v1/auth/refresh`: a fresh token for the caller's device.
+    /// `POST /v1/auth/refresh`: a fresh token for the caller's device, replacing its
+    /// old one. On a long link the caller is the link's device: the link stays logged in
+    /// as it was (a link is a device's session, not a token's), and the next LOGIN uses
+    /// the new token.
     pub async fn auth_refresh(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
-        let s = self.core.session_row(&req.token).await?;
+        let s = if req.user_id != 0 {
+            self.core.caller(req).await?
+        } else {
+            let row = self.core.session_row(&req.token).await?;
+            DeviceSession {
+                user_id: row.user_id,
+                device_id: row.device_id.into(),
+            }
+        };
         let (token, token_expires_ms) = self.issue_token(s.user_id, &s.device_id).await?;
         metrics::counter!("ferry_tokens_renewed_total").increment(1);
         Ok(ok(

@@ -50,14 +50,27 @@ impl Inbox {
     pub async fn send(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let started = std::time::Instant::now();
         let me = self.core.caller(req).await?;
-        if let Err(ms) = self.core.limits.sends_per_user.check(&me.user_id) {
+        let r = v1::SendMsg::decode(req.body.clone())?;
+        // An earlier send of this device that was refused goes first (limits.rs,
+        // SendOrder): the client's order survives the limit.
+        let limits = &self.core.limits;
+        let refused = limits
+            .send_order
+            .check(me.user_id, &me.device_id, r.client_msg_id)
+            .and_then(|()| {
+                limits.sends_per_user.check(&me.user_id).inspect_err(|&ms| {
+                    limits
+                        .send_order
+                        .refused(me.user_id, &me.device_id, r.client_msg_id, ms)
+                })
+            });
+        if let Err(ms) = refused {
             metrics::counter!("ferry_rate_limited_total", "limit" => "sends").increment(1);
             return Err(LogicError::RateLimited(
                 "too many messages; slow down".into(),
                 ms,
             ));
         }
-        let r = v1::SendMsg::decode(req.body.clone())?;
         if r.text.len() > self.core.cfg.max_text_bytes {
             return Err(LogicError::TooLarge(format!(
                 "text of {} bytes exceeds the limit of {}",

@@ -6,9 +6,12 @@
 
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::time::Instant;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
+use smallvec::SmallVec;
 
 /// One rate: `per_sec` tokens a second, up to `burst` at once. `per_sec` 0: unlimited.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
@@ -148,6 +151,8 @@ pub(crate) struct Limits {
     pub register_per_ip: Limiter<IpAddr>,
     pub login_per_ip: Limiter<IpAddr>,
     pub sends_per_user: Limiter<u64>,
+    /// Keeps a device's sends in order across a `sends_per_user` refusal.
+    pub send_order: SendOrder,
 }
 
 impl Limits {
@@ -158,7 +163,125 @@ impl Limits {
             register_per_ip: Limiter::new(cfg.register_per_ip),
             login_per_ip: Limiter::new(cfg.login_per_ip),
             sends_per_user: Limiter::new(cfg.sends_per_user),
+            send_order: SendOrder::default(),
         }
+    }
+}
+
+/// How long after its token is due a refused send holds its device's later sends back
+/// when it is not sent again: a client that gave it up is not blocked for long.
+pub const SEND_ORDER_HOLD: Duration = Duration::from_secs(3);
+
+/// One device's refused send: later sends wait for it.
+struct Held {
+    device: Arc<str>,
+    /// The refused send's `client_msg_id`: the one that may pass.
+    client_msg_id: u64,
+    /// When the user's bucket has a token again.
+    ready: Instant,
+    /// When the hold lapses if the refused send never comes back.
+    until: Instant,
+}
+
+/// Keeps a pipelining device's messages in its sending order across a rate limit
+/// (docs/protocol.md §2, *Sending*): once a device's send is refused `RATE_LIMITED`,
+/// its later sends are refused too — without taking a token — until the refused
+/// `client_msg_id` is sent again (or [`SEND_ORDER_HOLD`] after its token was due). A
+/// client that resends its refused sends in their order has them stored in that order;
+/// without this, send k refused and k+1 accepted on a token just refilled would store
+/// k's retry after k+1.
+///
+/// Costs a send one atomic load while no device of the node is held back, and memory
+/// only for devices held back now (pruned as they lapse).
+#[derive(Default)]
+pub(crate) struct SendOrder {
+    held: DashMap<u64, SmallVec<[Held; 1]>>,
+    /// Devices held back (entries of `held`), so the usual case skips the map.
+    count: AtomicUsize,
+}
+
+impl SendOrder {
+    /// Before a send of `client_msg_id` from `device` of `user` takes a token: `Err`
+    /// with the milliseconds until the user's bucket is due when an earlier send of the
+    /// device was refused and has not come back. The refused send itself passes (and
+    /// lifts the hold).
+    pub fn check(&self, user: u64, device: &str, client_msg_id: u64) -> Result<(), u32> {
+        if self.count.load(Ordering::Acquire) == 0 {
+            return Ok(());
+        }
+        self.check_at(user, device, client_msg_id, Instant::now())
+    }
+
+    fn check_at(&self, user: u64, device: &str, cmid: u64, now: Instant) -> Result<(), u32> {
+        let Some(mut held) = self.held.get_mut(&user) else {
+            return Ok(());
+        };
+        let Some(i) = held.iter().position(|h| *h.device == *device) else {
+            return Ok(());
+        };
+        let h = &held[i];
+        if h.client_msg_id != cmid && now < h.until {
+            let wait = h.ready.saturating_duration_since(now).as_millis();
+            return Err(wait.clamp(1, u128::from(u32::MAX)) as u32);
+        }
+        held.swap_remove(i);
+        self.count.fetch_sub(1, Ordering::AcqRel);
+        let empty = held.is_empty();
+        drop(held);
+        if empty {
+            self.held.remove_if(&user, |_, v| v.is_empty());
+        }
+        Ok(())
+    }
+
+    /// A send of `client_msg_id` from `device` of `user` was refused by the user's
+    /// bucket, which has a token again in `retry_ms`: the device's later sends wait for
+    /// it. A device already held back keeps its first refused send.
+    pub fn refused(&self, user: u64, device: &Arc<str>, client_msg_id: u64, retry_ms: u32) {
+        self.refused_at(user, device, client_msg_id, retry_ms, Instant::now())
+    }
+
+    fn refused_at(&self, user: u64, device: &Arc<str>, cmid: u64, retry_ms: u32, now: Instant) {
+        if self.count.load(Ordering::Acquire) > PRUNE_AT {
+            self.prune(now);
+        }
+        let ready = now + Duration::from_millis(u64::from(retry_ms));
+        let mut held = self.held.entry(user).or_default();
+        if let Some(h) = held.iter_mut().find(|h| *h.device == **device) {
+            if now >= h.until {
+                // A lapsed hold: this refusal starts a new one.
+                *h = Held {
+                    device: device.clone(),
+                    client_msg_id: cmid,
+                    ready,
+                    until: ready + SEND_ORDER_HOLD,
+                };
+            }
+            return;
+        }
+        held.push(Held {
+            device: device.clone(),
+            client_msg_id: cmid,
+            ready,
+            until: ready + SEND_ORDER_HOLD,
+        });
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Drops the holds that lapsed.
+    fn prune(&self, now: Instant) {
+        self.held.retain(|_, v| {
+            let before = v.len();
+            v.retain(|h| now < h.until);
+            self.count.fetch_sub(before - v.len(), Ordering::AcqRel);
+            !v.is_empty()
+        });
+    }
+
+    /// Devices held back now (for tests).
+    #[cfg(test)]
+    fn holding(&self) -> usize {
+        self.count.load(Ordering::Acquire)
     }
 }
 
@@ -173,7 +296,6 @@ pub(crate) fn peer_ip(peer: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn bucket_refills_and_tells_how_long_to_wait() {
@@ -208,6 +330,59 @@ mod tests {
         }
         let _ = l.check_at(&u64::MAX, t0 + Duration::from_secs(1));
         assert!(l.tracked() < 10, "{} left", l.tracked());
+    }
+
+    #[test]
+    fn a_refused_send_holds_its_devices_later_sends_until_it_comes_back() {
+        let o = SendOrder::default();
+        let (phone, tablet): (Arc<str>, Arc<str>) = ("phone".into(), "tablet".into());
+        let t0 = Instant::now();
+        assert_eq!(o.check_at(1, "phone", 10, t0), Ok(()), "nothing held");
+        o.refused_at(1, &phone, 10, 50, t0);
+        // Send 10 was refused: 11 and 12 wait (told when the token is due), whoever
+        // else sends does not.
+        assert_eq!(o.check_at(1, "phone", 11, t0), Err(50));
+        assert_eq!(
+            o.check_at(1, "phone", 12, t0 + Duration::from_millis(20)),
+            Err(30)
+        );
+        assert_eq!(o.check_at(1, "tablet", 11, t0), Ok(()));
+        assert_eq!(o.check_at(2, "phone", 11, t0), Ok(()));
+        // A later refusal of the held device keeps the first refused send.
+        o.refused_at(1, &phone, 11, 50, t0);
+        assert_eq!(o.check_at(1, "phone", 11, t0), Err(50));
+        // 10 comes back: it passes and lifts the hold.
+        assert_eq!(
+            o.check_at(1, "phone", 10, t0 + Duration::from_millis(60)),
+            Ok(())
+        );
+        assert_eq!(
+            o.check_at(1, "phone", 11, t0 + Duration::from_millis(60)),
+            Ok(())
+        );
+        assert_eq!(o.holding(), 0);
+        assert!(o.held.is_empty());
+        // A refused send that never comes back holds for SEND_ORDER_HOLD after its token.
+        o.refused_at(1, &tablet, 20, 100, t0);
+        let due = t0 + Duration::from_millis(100);
+        assert!(o
+            .check_at(1, "tablet", 21, due + SEND_ORDER_HOLD / 2)
+            .is_err());
+        assert_eq!(o.check_at(1, "tablet", 21, due + SEND_ORDER_HOLD), Ok(()));
+        assert_eq!(o.holding(), 0);
+    }
+
+    #[test]
+    fn lapsed_holds_are_pruned() {
+        let o = SendOrder::default();
+        let t0 = Instant::now();
+        let d: Arc<str> = "d".into();
+        for user in 0..=PRUNE_AT as u64 {
+            o.refused_at(user, &d, 1, 10, t0);
+        }
+        assert_eq!(o.holding(), PRUNE_AT + 1);
+        o.refused_at(u64::MAX, &d, 1, 10, t0 + SEND_ORDER_HOLD * 2);
+        assert_eq!(o.holding(), 1, "only the new hold is left");
     }
 
     #[test]

@@ -217,6 +217,40 @@ impl Notifier {
         }
     }
 
+    /// A device logged in again on link `conn` of `gateway`: its older links (on any
+    /// gateway) get `KICK{KICKED}` and are closed; its new link and the user's other
+    /// devices are left alone. Returns how many gateways took the push (0 when the user
+    /// had no other live link anywhere, the usual case).
+    pub async fn replace_device(&self, user: u64, device: &str, gateway: &str, conn: u64) -> usize {
+        let gateways = self.presence.gateways(user);
+        if gateways.is_empty() {
+            return 0;
+        }
+        let body = Bytes::from(
+            v1::Kick {
+                code: v1::ErrorCode::Kicked as i32,
+                reason: "replaced by a newer login of this device".into(),
+            }
+            .encode_to_vec(),
+        );
+        let mut pushed = 0;
+        for gw in &gateways {
+            let push = Push {
+                user_id: user,
+                device_id: device.to_owned(),
+                cmd: u32::from(cmd::KICK),
+                body: body.clone(),
+                close: true,
+                keep_conn_id: (**gw == *gateway).then_some(conn),
+                ..Default::default()
+            };
+            if self.push_to(gw, push).await {
+                pushed += 1;
+            }
+        }
+        pushed
+    }
+
     /// Sends a push to every gateway holding links of `push.user_id`. Returns how many
     /// took it. A failed push is not fatal: the device syncs on its next login or notify.
     pub async fn push_all(&self, push: Push) -> usize {

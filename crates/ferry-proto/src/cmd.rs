@@ -89,6 +89,12 @@ pub struct Command {
     /// Logic needs the addresses the client came in on (the gateway's address it
     /// connected to, and every address the gateway listens on): endpoint lists.
     pub addresses: bool,
+    /// A logged-in long link may send it. False for what only the short link serves:
+    /// the password and token requests that make or end a session (`register`, `auth`,
+    /// `logout`, which needs the token a link does not carry) and the `GET`s, whose
+    /// argument and headers a frame cannot carry. On a long link they are answered
+    /// `ERROR UNKNOWN_COMMAND` and the link stays open.
+    pub long_link: bool,
 }
 
 impl Command {
@@ -105,6 +111,7 @@ impl Command {
         auth: Auth::Token,
         body_limit: BodyLimit::Default,
         addresses: false,
+        long_link: true,
     };
 
     /// The short-link body limit, given the gateway's general and upload limits.
@@ -191,16 +198,18 @@ commands! {
     /// Short-link only: `POST /v1/register`.
     REGISTER = 0x10, "register" {
         path: Some("register"), auth: Auth::None, body_limit: BodyLimit::Bytes(4096),
+        long_link: false,
         request: "RegisterReq", response: "RegisterResp",
     };
     /// Short-link only: `POST /v1/auth`.
     AUTH = 0x11, "auth" {
         path: Some("auth"), auth: Auth::None, body_limit: BodyLimit::Bytes(4096),
+        long_link: false,
         request: "AuthReq", response: "AuthResp",
     };
-    /// `POST /v1/logout`.
+    /// Short-link only (it ends the token's session): `POST /v1/logout`.
     LOGOUT = 0x12, "logout" {
-        path: Some("logout"), body_limit: BodyLimit::Bytes(1024),
+        path: Some("logout"), body_limit: BodyLimit::Bytes(1024), long_link: false,
         request: "LogoutReq", response: "LogoutResp",
     };
     /// `POST /v1/user/find`.
@@ -241,7 +250,9 @@ commands! {
         request: "AvatarSetReq", response: "AvatarSetResp",
     };
     /// `GET /v1/avatar/{username}` (`?thumb=1`: the thumbnail); the JPEG itself.
-    AVATAR_GET = 0x1C, "avatar" { path: Some("avatar"), method: Method::Get, auth: Auth::None };
+    AVATAR_GET = 0x1C, "avatar" {
+        path: Some("avatar"), method: Method::Get, auth: Auth::None, long_link: false,
+    };
     /// `POST /v1/report`.
     REPORT = 0x1D, "report" {
         path: Some("report"), body_limit: BodyLimit::Upload,
@@ -323,7 +334,7 @@ commands! {
         path: Some("media/finish"), request: "MediaFinishReq", response: "MediaFinishResp",
     };
     /// `GET /v1/media/{media_id}` (with `Range`); the bytes.
-    MEDIA_GET = 0x30, "media" { path: Some("media"), method: Method::Get };
+    MEDIA_GET = 0x30, "media" { path: Some("media"), method: Method::Get, long_link: false };
     /// `POST /v1/endpoints`: the endpoint list for this client (`EndpointsReq` →
     /// `EndpointsResp`).
     ENDPOINTS = 0x36, "endpoints" {
@@ -366,8 +377,8 @@ pub static COMMANDS: &[Command] = TABLE;
 /// row per command. A test keeps the document equal to it.
 pub fn markdown_table() -> String {
     let mut out = String::from(
-        "| cmd | name | kind | short link | body | answer | authentication | body limit |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| cmd | name | kind | long link | short link | body | answer | authentication | body limit |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let ty = |t: &str| {
         if t.is_empty() {
@@ -383,6 +394,15 @@ pub fn markdown_table() -> String {
             Kind::Link => "link layer",
             Kind::Push => "push (id 0)",
             Kind::Error => "error answer",
+        };
+        let long = match c.kind {
+            Kind::Login => "first frame",
+            Kind::Request if c.long_link => "yes",
+            Kind::Request => "no",
+            Kind::Link if c.id == HEARTBEAT => "yes",
+            Kind::Link => "—",
+            Kind::Push => "push",
+            Kind::Error => "answer",
         };
         let short = match (c.path, c.method) {
             (Some(p), Method::Post) => format!("`POST /v1/{p}`"),
@@ -416,7 +436,7 @@ pub fn markdown_table() -> String {
             (Some(_), BodyLimit::Bytes(n)) => format!("{n} B"),
         };
         out.push_str(&format!(
-            "| `0x{:02X}` | {} | {kind} | {short} | {body} | {answer} | {auth} | {limit} |\n",
+            "| `0x{:02X}` | {} | {kind} | {long} | {short} | {body} | {answer} | {auth} | {limit} |\n",
             c.id, c.constant
         ));
     }
@@ -513,6 +533,12 @@ pub fn name(cmd: u8) -> &'static str {
 /// `UNKNOWN_COMMAND` and the link stays open).
 pub fn from_client(cmd: u8) -> bool {
     cmd & RESPONSE == 0 && !(NOTIFY..=ERROR).contains(&cmd)
+}
+
+/// Whether `cmd` is a known request the short link alone serves (see
+/// [`Command::long_link`]): a long link answers it `UNKNOWN_COMMAND`.
+pub fn short_link_only(cmd: u8) -> bool {
+    get(cmd).is_some_and(|c| c.kind == Kind::Request && !c.long_link)
 }
 
 #[cfg(test)]
@@ -661,6 +687,11 @@ mod tests {
             .map(|c| c.id)
             .collect();
         assert_eq!(unsealed, [MEDIA_CHUNK]);
+        let short_only: Vec<u8> = (0..=255u8).filter(|c| short_link_only(*c)).collect();
+        assert_eq!(short_only, [REGISTER, AUTH, LOGOUT, AVATAR_GET, MEDIA_GET]);
+        for c in [SEND, SYNC, AUTH_REFRESH, PASSWORD_CHANGE, MEDIA_CHUNK, 0x3F] {
+            assert!(!short_link_only(c), "{c:#x}");
+        }
         assert!(!get(MEDIA_CHUNK).unwrap().may_skip_seal(true));
         for c in [SEND, SYNC, LOGIN, 0x3F, 0x05] {
             assert!(from_client(c), "{c:#x}");

@@ -47,11 +47,70 @@ pub mod bus {
 
 pub use prost::Message as ProtoMessage;
 
+/// The highest protocol major version this build speaks (docs/protocol.md §8, *Versions
+/// and compatibility*): `LoginReq.protocol` / `LoginResp.protocol` on the long link, the
+/// `Ferry-Protocol` header on the short link.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The short link's version header, on requests (what the client speaks) and on every
+/// answer (what the server speaks to it).
+pub const PROTOCOL_HEADER: &str = "ferry-protocol";
+
+/// The version to speak with a peer whose highest is `theirs`: the highest both speak.
+/// 0 (a peer that named none: every client before 1.0) counts as 1, so the answer is
+/// never above what the peer speaks and never 0.
+pub fn protocol_for(theirs: u32) -> u32 {
+    theirs.clamp(1, PROTOCOL_VERSION)
+}
+
+/// The `latest_seq` of an encoded `Notify` without decoding its entries: field 1, which
+/// an encoder writes first (prost writes fields in number order). `None` when the body
+/// does not start with it (a `latest_seq` of 0 is not encoded at all).
+pub fn notify_latest_seq(body: &[u8]) -> Option<u64> {
+    let mut rest = body.strip_prefix(&[0x08])?;
+    prost::encoding::decode_varint(&mut rest).ok()
+}
+
 /// Builds an [`v1::Error`] body.
 pub fn error_body(code: v1::ErrorCode, message: impl Into<String>) -> v1::Error {
     v1::Error {
         code: code as i32,
         message: message.into(),
         retry_after_ms: 0,
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::*;
+
+    #[test]
+    fn a_notifys_latest_seq_is_read_without_decoding_it() {
+        let entry = v1::Entry {
+            seq: 3,
+            ..Default::default()
+        };
+        for latest in [1u64, 300, u64::MAX] {
+            let n = v1::Notify {
+                latest_seq: latest,
+                entries: vec![entry.clone()],
+            };
+            assert_eq!(notify_latest_seq(&n.encode_to_vec()), Some(latest));
+        }
+        assert_eq!(
+            notify_latest_seq(&v1::Notify::default().encode_to_vec()),
+            None
+        );
+        assert_eq!(notify_latest_seq(&[0x08]), None, "a cut varint");
+        assert_eq!(notify_latest_seq(&[]), None);
+    }
+
+    #[test]
+    fn the_version_spoken_is_the_highest_both_sides_speak() {
+        assert_eq!(protocol_for(0), 1, "absent counts as 1");
+        assert_eq!(protocol_for(1), 1);
+        assert_eq!(protocol_for(PROTOCOL_VERSION), PROTOCOL_VERSION);
+        assert_eq!(protocol_for(PROTOCOL_VERSION + 1), PROTOCOL_VERSION);
+        assert_eq!(protocol_for(u32::MAX), PROTOCOL_VERSION);
     }
 }

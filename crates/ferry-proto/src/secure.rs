@@ -407,6 +407,7 @@ pub(crate) mod tests {
             token: "t".repeat(64),
             synckey: 7,
             client_version: "test".into(),
+            ..Default::default()
         };
         encode_msg(cmd::LOGIN, 1, &login, &mut b);
         b

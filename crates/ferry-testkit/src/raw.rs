@@ -74,6 +74,7 @@ impl RawLink {
             token: token.into(),
             synckey: 0,
             client_version: "raw".into(),
+            ..Default::default()
         };
         self.send(cmd::LOGIN, 1, &req).await;
         self.recv(5).await.expect("login answer")
@@ -230,6 +231,7 @@ pub fn login_frame(token: &str) -> BytesMut {
         token: token.into(),
         synckey: 0,
         client_version: "raw".into(),
+        ..Default::default()
     };
     encode_msg(cmd::LOGIN, 1, &req, &mut b);
     b

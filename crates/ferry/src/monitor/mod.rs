@@ -156,7 +156,7 @@ impl Monitor {
 
     fn render_local(&self, out: &mut String) {
         type Field = fn(&ferry_gateway::Stats) -> u64;
-        let gauges: [(&str, &str, &str, Field); 11] = [
+        let gauges: [(&str, &str, &str, Field); 12] = [
             (
                 "ferry_gateway_connections",
                 "gauge",
@@ -198,6 +198,12 @@ impl Monitor {
                 "counter",
                 "Links closed because their push queue was full.",
                 |s| s.slow_consumers.load(Ordering::Relaxed),
+            ),
+            (
+                "ferry_gateway_notifies_skipped_total",
+                "counter",
+                "NOTIFY pushes not written to a link whose device acknowledged their latest_seq.",
+                |s| s.notifies_skipped.load(Ordering::Relaxed),
             ),
             (
                 "ferry_gateway_full_handshakes_total",

@@ -455,3 +455,51 @@ async fn postgres_unreachable_sends_fail_retryably_and_resume() {
         cl.close().await;
     }
 }
+
+/// A device that logs in on a second gateway replaces its link on the first: the old
+/// link gets `KICK{KICKED}` and is closed, the new one serves, and another device of the
+/// same user on the first gateway is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_logging_in_on_another_gateway_replaces_its_old_link() {
+    let c = Cluster::start(2, 1);
+    register(&c, &["roam"]).await;
+    let addrs = c.addrs();
+    let key = ferry_client::fetch_server_key(&addrs[0]).await.unwrap();
+    let short = ShortLink::sealed(&addrs[0], Some(key));
+    let phone = short.auth("roam", PASSWORD, "phone").await.unwrap().token;
+    let laptop = short.auth("roam", PASSWORD, "laptop").await.unwrap().token;
+    let logged_in = |f: ferry_proto::Frame| {
+        assert_eq!(
+            f.cmd,
+            ferry_proto::cmd::response(ferry_proto::cmd::LOGIN),
+            "{f:?}"
+        );
+    };
+    let mut old = SecureRaw::connect(&addrs[0]).await;
+    logged_in(old.login(&key, &phone).await.unwrap());
+    let mut other = SecureRaw::connect(&addrs[0]).await;
+    logged_in(other.login(&key, &laptop).await.unwrap());
+    // The logic node learns of both links (link events over NATS) before the new login.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let mut new = SecureRaw::connect(&addrs[1]).await;
+    logged_in(new.login(&key, &phone).await.unwrap());
+    let kick = old.recv().await.expect("the old link is told");
+    assert_eq!(kick.cmd, ferry_proto::cmd::KICK);
+    let k = <v1::Kick as ferry_proto::ProtoMessage>::decode(kick.body).unwrap();
+    assert_eq!(k.code, v1::ErrorCode::Kicked as i32, "{k:?}");
+    assert!(old.recv().await.is_none(), "and closed");
+
+    for (link, id) in [(&mut new, 2), (&mut other, 3)] {
+        link.send(ferry_proto::cmd::SYNC, id, &v1::SyncReq::default())
+            .await;
+        let f = loop {
+            let f = link.recv().await.expect("the link serves");
+            if f.req_id == id {
+                break f;
+            }
+            assert_ne!(f.cmd, ferry_proto::cmd::KICK, "kicked: {f:?}");
+        };
+        assert_eq!(f.cmd, ferry_proto::cmd::response(ferry_proto::cmd::SYNC));
+    }
+}

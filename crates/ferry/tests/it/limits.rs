@@ -98,15 +98,26 @@ async fn sends_are_limited_per_user_and_the_link_stays_up() {
     assert_eq!(i, 3);
     assert_eq!(e.code, ErrorCode::RateLimited as i32);
     assert!((1..=500).contains(&e.retry_after_ms), "{e:?}");
-    // After the wait, the same link sends again.
+    // Until the refused send comes back, the device's later sends wait behind it …
+    let later = v1::SendMsg {
+        client_msg_id: 99,
+        to: "bob".into(),
+        text: "later".into(),
+        ..Default::default()
+    };
+    raw.send(cmd::SEND, 40, &later).await;
+    let held = error_of(&answer(&mut raw, 40).await);
+    assert_eq!(held.code, ErrorCode::RateLimited as i32, "{held:?}");
+    assert!(held.retry_after_ms <= e.retry_after_ms, "{held:?}");
+    // … and after the wait, the same link sends it again: stored.
     tokio::time::sleep(std::time::Duration::from_millis(u64::from(
         e.retry_after_ms,
     )))
     .await;
     let m = v1::SendMsg {
-        client_msg_id: 99,
+        client_msg_id: 4,
         to: "bob".into(),
-        text: "again".into(),
+        text: "hi".into(),
         ..Default::default()
     };
     raw.send(cmd::SEND, 50, &m).await;
@@ -119,6 +130,86 @@ async fn sends_are_limited_per_user_and_the_link_stays_up() {
     }
 }
 
+/// A client that pipelines its sends across the limit and resends what was refused, in
+/// its order, gets every message stored in that order: a send refused holds the device's
+/// later ones back until it comes again (docs/protocol.md §2, *Sending*), so no later
+/// send overtakes it on a token that refilled in between.
+#[tokio::test]
+async fn a_pipelining_sender_keeps_its_order_across_the_limit() {
+    // 2 at once, then one every 50 ms; the sends go out every 20 ms, so tokens refill
+    // in the middle of the pipeline.
+    let ts = TestServer::with(|c| c.logic.limits.sends_per_user = Rate::new(20.0, 2.0)).await;
+    ts.register(&["pia", "bo"]).await;
+    let t = token(&ts.addr(), "pia", "d").await;
+    let mut raw = RawLink::connect(&ts.addr()).await;
+    assert_eq!(raw.login(&t).await.cmd, cmd::response(cmd::LOGIN));
+    const N: usize = 16;
+    let msg = |i: usize| v1::SendMsg {
+        client_msg_id: 1000 + i as u64,
+        to: "bo".into(),
+        text: format!("m{i:02}"),
+        ..Default::default()
+    };
+    // What is not acknowledged yet, in sending order; request ids are unique per round.
+    let mut unacked: Vec<usize> = (0..N).collect();
+    let mut req_id = 100u32;
+    let mut refusals = 0;
+    for round in 0..40 {
+        if unacked.is_empty() {
+            break;
+        }
+        let first_id = req_id;
+        for &i in &unacked {
+            raw.send(cmd::SEND, req_id, &msg(i)).await;
+            req_id += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Answers come as they are ready (a refusal before an earlier send's ack).
+        let mut answers = std::collections::HashMap::new();
+        while answers.len() < unacked.len() {
+            let f = raw.recv(5).await.expect("an answer");
+            if f.req_id >= first_id {
+                answers.insert(f.req_id, f);
+            }
+        }
+        let mut wait = 0;
+        let mut still = Vec::new();
+        for (k, &i) in unacked.iter().enumerate() {
+            let f = answers.remove(&(first_id + k as u32)).unwrap();
+            if f.cmd == cmd::ERROR {
+                let e = error_of(&f);
+                assert_eq!(
+                    e.code,
+                    ErrorCode::RateLimited as i32,
+                    "round {round}: {e:?}"
+                );
+                wait = wait.max(e.retry_after_ms);
+                still.push(i);
+            } else {
+                assert_eq!(f.cmd, cmd::response(cmd::SEND));
+            }
+        }
+        refusals += still.len();
+        unacked = still;
+        tokio::time::sleep(std::time::Duration::from_millis(u64::from(wait))).await;
+    }
+    assert!(unacked.is_empty(), "still refused: {unacked:?}");
+    assert!(refusals > 0, "the limit was never reached");
+    // Stored in sending order (the sender's own inbox holds its sent messages too).
+    raw.send(cmd::SYNC, 9, &v1::SyncReq::default()).await;
+    let page = v1::SyncResp::decode(answer(&mut raw, 9).await.body).unwrap();
+    let texts: Vec<String> = page
+        .entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(v1::entry::Kind::Message(m)) => Some(m.text.clone()),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<String> = (0..N).map(|i| format!("m{i:02}")).collect();
+    assert_eq!(texts, want, "stored out of sending order");
+}
+
 #[tokio::test]
 async fn connections_are_limited_per_ip() {
     let ts = TestServer::with(|c| c.gateway.max_connections_per_ip = 2).await;
@@ -126,8 +217,10 @@ async fn connections_are_limited_per_ip() {
     let t = token(&ts.addr(), "alice", "d").await;
     let mut a = RawLink::connect(&ts.addr()).await;
     assert_eq!(a.login(&t).await.cmd, cmd::response(cmd::LOGIN));
+    // Another device: a second login of one device would replace the first link.
+    let t2 = token(&ts.addr(), "alice", "d2").await;
     let mut b = RawLink::connect(&ts.addr()).await;
-    assert_eq!(b.login(&t).await.cmd, cmd::response(cmd::LOGIN));
+    assert_eq!(b.login(&t2).await.cmd, cmd::response(cmd::LOGIN));
 
     // A third long link is told why and closed.
     let mut c = RawLink::connect(&ts.addr()).await;

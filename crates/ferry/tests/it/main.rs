@@ -28,6 +28,7 @@ mod messaging;
 mod resume;
 mod secure;
 mod security;
+mod session;
 mod sizes;
 mod smart;
 mod social;

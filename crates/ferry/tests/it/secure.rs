@@ -116,6 +116,7 @@ async fn the_long_link_over_long_poll_is_encrypted_too() {
         token: sealed_token(&ts, "kim").await,
         synckey: 0,
         client_version: "lp".into(),
+        ..Default::default()
     };
     encode_msg(cmd::LOGIN, 1, &req, &mut login);
     let mut hello = BytesMut::new();

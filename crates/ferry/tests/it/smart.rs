@@ -382,6 +382,7 @@ async fn long_poll_by_hand_and_bad_input_on_the_new_paths() {
             token: tok.clone(),
             synckey: 0,
             client_version: "raw-lp".into(),
+            ..Default::default()
         },
         &mut login,
     );

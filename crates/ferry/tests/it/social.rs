@@ -333,12 +333,16 @@ async fn client_reports_are_checked_and_kept() {
         .call("report", &bad(1, right_md5, b"a".to_vec()))
         .await;
     assert!(r.is_ok(), "the right length and MD5 pass");
+    // The MD5's hex digits in any case, blanks around them ignored.
+    let upper = format!(" {} ", right_md5.to_ascii_uppercase());
+    let r: Result<v1::ReportResp, _> = alice.call("report", &bad(1, &upper, b"a".to_vec())).await;
+    assert!(r.is_ok(), "upper-case MD5 passes");
     let big = vec![b'x'; 2 * 1024 * 1024 + 10];
     assert_eq!(
         code(alice.report("log", "big.log", big).await),
         ErrorCode::TooLarge
     );
-    assert_eq!(store.reports(0, 100).await.unwrap().len(), 2);
+    assert_eq!(store.reports(0, 100).await.unwrap().len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
