@@ -91,6 +91,7 @@ pub const ENV_VARS: &[&str] = &[
     "FERRY_CHROMIUM",
     "FERRY_REQUIRE_CHROMIUM",
     "FERRY_DASHBOARD_SCREENSHOT",
+    "FERRY_PYTHON",
     // The memory allocator (jemalloc's options).
     "_RJEM_MALLOC_CONF",
 ];
