@@ -29,6 +29,7 @@ mod secure;
 mod security;
 mod smart;
 mod social;
+mod wire;
 
 /// `ferry <args> --config <config>` as a process, once it printed a line starting with
 /// `ready` (the cluster tests' gateways and logic nodes).
