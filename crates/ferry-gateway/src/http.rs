@@ -165,7 +165,8 @@ async fn short_link(
         );
     }
     // A sealed body may be larger by its envelope and the token inside it (≤ 255 B);
-    // the limit applies to the body it seals.
+    // the limit applies to the body it seals. Every refusal up to the opening is plain
+    // (there is no key to seal to yet); every answer after it is sealed.
     let wire_limit = if is_sealed {
         limit + sealed::request_overhead(limit) + 255
     } else {
@@ -178,7 +179,8 @@ async fn short_link(
     let (body, reply_to) = if is_sealed {
         match crate::secure::open_short(&gw.key, &gw.replay, &body) {
             Ok(r) if r.body.len() > limit => {
-                return error(ErrorCode::TooLarge, &format!("body over {limit} bytes"))
+                let refusal = error(ErrorCode::TooLarge, &format!("body over {limit} bytes"));
+                return seal_answer(refusal, &r.reply_to).await;
             }
             Ok(r) => (Bytes::from(r.body), Some((r.reply_to, r.token))),
             Err((code, message)) => {

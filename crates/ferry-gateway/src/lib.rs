@@ -392,8 +392,11 @@ impl Gateway {
             Protocol::Frame => link::run(self, stream, peer).await,
             Protocol::Http => Box::pin(http::serve(self, stream, peer)).await,
             Protocol::Unknown => {
+                // Not a protocol of ours: no answer, and a close without a reset.
                 self.stats.bad_input.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(%peer, byte = first[0], "unknown protocol; closing");
+                let mut stream = stream;
+                Box::pin(link::linger_close(&mut stream)).await;
             }
         }
     }

@@ -76,6 +76,41 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn origin(&self) -> Origin {
         Origin::LongLink
     }
+    /// Ends the connection after the link's last write. The default does nothing (the
+    /// transport ends when dropped).
+    fn close(&mut self) -> impl Future<Output = ()> + Send + '_ {
+        std::future::ready(())
+    }
+}
+
+/// How long a closing connection's unread input is read and thrown away at most.
+const LINGER: Duration = Duration::from_secs(1);
+/// Bytes of a closing connection's input thrown away at most.
+const LINGER_BYTES: usize = 64 * 1024;
+
+/// Closes a TCP connection the way that lets its last words arrive: FIN after what was
+/// written, then what the client still sends (or had sent, unread) is read and thrown
+/// away until it closes too, for at most [`LINGER`] and [`LINGER_BYTES`]. Closing a
+/// socket with unread input makes the kernel send a reset, which can destroy the
+/// refusal (an ERROR, a KICK) the client has not read yet.
+pub(crate) async fn linger_close(stream: &mut TcpStream) {
+    let _ = tokio::time::timeout(LINGER, async {
+        if AsyncWriteExt::shutdown(stream).await.is_err() {
+            return;
+        }
+        let mut left = LINGER_BYTES;
+        while left > 0 {
+            if stream.readable().await.is_err() {
+                return;
+            }
+            let mut partial = BytesMut::new();
+            match stream.read_into(&mut partial) {
+                Ok(true) => left = left.saturating_sub(partial.len()),
+                Ok(false) | Err(_) => return,
+            }
+        }
+    })
+    .await;
 }
 
 impl Transport for TcpStream {
@@ -107,6 +142,10 @@ impl Transport for TcpStream {
         buf: &'a [u8],
     ) -> impl Future<Output = io::Result<()>> + Send + 'a {
         AsyncWriteExt::write_all(self, buf)
+    }
+
+    fn close(&mut self) -> impl Future<Output = ()> + Send + '_ {
+        linger_close(self)
     }
 }
 
@@ -200,7 +239,12 @@ pub(crate) fn run<T: Transport>(
 }
 
 async fn drive<T: Transport>(mut conn: Box<Conn<T>>) {
-    let c = &mut *conn;
+    live(&mut conn).await;
+    Box::pin(conn.stream.close()).await;
+}
+
+/// A link from its first byte to the end of its last write.
+async fn live<T: Transport>(c: &mut Conn<T>) {
     let (gw, conn_id) = (c.gw.clone(), c.conn_id);
     // The phases around the idle loop are boxed: a future is as large as its largest
     // state, and only the loop's state should live as long as the link.
@@ -269,7 +313,8 @@ async fn login<T: Transport>(
             Ok(Read::Eof) => return None,
             Err(e) => {
                 gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
-                error_frame(0, secure::error_code(&e), &e.to_string(), &mut out);
+                let (code, req_id) = secure::refused(&e);
+                error_frame(req_id, code, &e.to_string(), &mut out);
                 let _ = write_out(stream, &mut out).await;
                 return None;
             }
@@ -287,6 +332,13 @@ async fn login<T: Transport>(
             "the first frame must be LOGIN",
             &mut out,
         );
+        let _ = write_out(stream, &mut out).await;
+        return None;
+    }
+    if first.req_id == 0 {
+        // Its answer would look like a push.
+        gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
+        error_frame(0, ErrorCode::BadRequest, ZERO_ID, &mut out);
         let _ = write_out(stream, &mut out).await;
         return None;
     }
@@ -477,7 +529,8 @@ async fn serve<'c, T: Transport>(
                         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                             gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
                             let mut out = BytesMut::new();
-                            error_frame(0, secure::error_code(&e), &e.to_string(), &mut out);
+                            let (code, req_id) = secure::refused(&e);
+                            error_frame(req_id, code, &e.to_string(), &mut out);
                             let _ = Box::pin(write_out(stream, &mut out)).await;
                             return "bad bytes";
                         }
@@ -565,8 +618,15 @@ enum Local {
     Forward(Frame),
 }
 
+/// The refusal of a request with id 0 (the id of pushes: its answer would look like one).
+const ZERO_ID: &str = "a request must carry a non-zero request id (0 marks pushes)";
+
 /// Handles what the gateway answers itself, appending the answer to `out`.
 fn local(link: &Link, f: Frame, out: &mut BytesMut) -> Local {
+    if f.req_id == 0 {
+        error_frame(0, ErrorCode::BadRequest, ZERO_ID, out);
+        return Local::Bad;
+    }
     match f.cmd {
         cmd::HEARTBEAT => match v1::Heartbeat::decode(f.body) {
             Ok(hb) => {

@@ -337,13 +337,14 @@ pub(crate) async fn open(
         Ok(b) => b,
         Err(r) => return r,
     };
-    // The body must start with a whole HELLO or RESUME (encrypted) or LOGIN (plaintext)
-    // frame.
+    // The body must start with a whole frame: the link code judges it as the first frame
+    // of a TCP link (HELLO or RESUME, or LOGIN where plaintext is allowed), with the same
+    // refusals.
     let whole = matches!(
         Frame::check(&body, gw.cfg.max_frame_bytes.max(65_535)),
         Ok(Some(_))
     );
-    if !whole || ![cmd::LOGIN, cmd::HELLO, cmd::RESUME].contains(&body[3]) {
+    if !whole {
         gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
         return error(
             ErrorCode::BadRequest,

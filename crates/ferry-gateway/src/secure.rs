@@ -30,7 +30,7 @@ use ferry_proto::resume::{self, ServerResume, RESUME};
 use ferry_proto::sealed::{self, OpenedRequest};
 use ferry_proto::secure::{self, Channel, SecureError, ServerHandshake, StaticKey, HELLO};
 use ferry_proto::v1::{self, ErrorCode};
-use ferry_proto::HEADER_LEN;
+use ferry_proto::{FrameError, HEADER_LEN};
 use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
 
@@ -38,30 +38,39 @@ use crate::link::Transport;
 use crate::Gateway;
 
 /// Why a link was refused or broke at the encryption layer; carried inside the
-/// `io::Error` the link code sees, so it answers with the right code.
+/// `io::Error` the link code sees, so it answers with the right code and request id.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub(crate) struct Refusal {
     pub code: ErrorCode,
+    /// The request id of the frame refused, from its header (0 when no header was read).
+    pub req_id: u32,
     pub message: String,
 }
 
-fn refusal(kind: io::ErrorKind, code: ErrorCode, message: impl Into<String>) -> io::Error {
+fn refusal(code: ErrorCode, req_id: u32, message: impl Into<String>) -> io::Error {
     io::Error::new(
-        kind,
+        io::ErrorKind::InvalidData,
         Refusal {
             code,
+            req_id,
             message: message.into(),
         },
     )
 }
 
-/// The error code to answer a failed read with: the refusal's own, else `TOO_LARGE`
-/// (the frame codec's only error).
-pub(crate) fn error_code(e: &io::Error) -> ErrorCode {
-    e.get_ref()
-        .and_then(|r| r.downcast_ref::<Refusal>())
-        .map_or(ErrorCode::TooLarge, |r| r.code)
+/// The error code and request id to answer a failed read with: the refusal's own, or
+/// `TOO_LARGE` with the frame's id for a frame over the limit (the frame codec's only
+/// error).
+pub(crate) fn refused(e: &io::Error) -> (ErrorCode, u32) {
+    let inner = e.get_ref();
+    if let Some(r) = inner.and_then(|r| r.downcast_ref::<Refusal>()) {
+        return (r.code, r.req_id);
+    }
+    if let Some(f) = inner.and_then(|r| r.downcast_ref::<FrameError>()) {
+        return (ErrorCode::TooLarge, f.req_id());
+    }
+    (ErrorCode::BadRequest, 0)
 }
 
 fn bad_bytes(e: SecureError) -> io::Error {
@@ -69,7 +78,7 @@ fn bad_bytes(e: SecureError) -> io::Error {
         SecureError::Frame(_) | SecureError::TooLarge(_) => ErrorCode::TooLarge,
         _ => ErrorCode::BadRequest,
     };
-    refusal(io::ErrorKind::InvalidData, code, e.to_string())
+    refusal(code, e.req_id(), e.to_string())
 }
 
 enum State {
@@ -158,12 +167,13 @@ impl<T: Transport> Secured<T> {
         if buf.len() < HEADER_LEN {
             return Ok(more);
         }
+        let req_id = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
         if buf[3] != HELLO && buf[3] != RESUME {
             if !self.gw.cfg.allow_plaintext {
                 *st = State::Refused;
                 return Err(refusal(
-                    io::ErrorKind::InvalidData,
                     ErrorCode::PermissionDenied,
+                    req_id,
                     "plaintext links are refused here: start with the encrypted HELLO \
                      (docs/protocol.md 1.4)",
                 ));
@@ -171,6 +181,15 @@ impl<T: Transport> Secured<T> {
             partial.extend_from_slice(buf);
             *st = State::Plain;
             return Ok(more);
+        }
+        if req_id != 0 {
+            *st = State::Refused;
+            let name = if buf[3] == HELLO { "HELLO" } else { "RESUME" };
+            return Err(refusal(
+                ErrorCode::BadRequest,
+                req_id,
+                format!("a {name} frame must carry request id 0, not {req_id}"),
+            ));
         }
         let hello = match secure::parse_handshake(buf) {
             Ok(Some(f)) => f,
@@ -182,10 +201,11 @@ impl<T: Transport> Secured<T> {
         };
         if !buf.is_empty() {
             // Nothing can be sealed before the answer: these bytes are not a client's.
+            // Refused on their first byte: no header of theirs is read (id 0).
             *st = State::Refused;
             return Err(refusal(
-                io::ErrorKind::InvalidData,
                 ErrorCode::BadRequest,
+                0,
                 "bytes after the HELLO before its answer",
             ));
         }
@@ -202,8 +222,8 @@ impl<T: Transport> Secured<T> {
                     stats.resumes_refused.fetch_add(1, Ordering::Relaxed);
                     *st = State::Refused;
                     Err(refusal(
-                        io::ErrorKind::InvalidData,
                         ErrorCode::ResumeRefused,
+                        hello.req_id,
                         format!("resume refused: {why}; log in with the full handshake"),
                     ))
                 }
@@ -222,8 +242,8 @@ impl<T: Transport> Secured<T> {
             Err(e) => {
                 *st = State::Refused;
                 Err(refusal(
-                    io::ErrorKind::InvalidData,
                     ErrorCode::BadRequest,
+                    hello.req_id,
                     format!("{e}: is the client's pinned server key this server's?"),
                 ))
             }
@@ -284,6 +304,10 @@ impl<T: Transport> Transport for Secured<T> {
         self.inner.origin()
     }
 
+    fn close(&mut self) -> impl Future<Output = ()> + Send + '_ {
+        self.inner.close()
+    }
+
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.inner.poll_readable(cx)
     }
@@ -310,8 +334,8 @@ impl<T: Transport> Transport for Secured<T> {
                 }
                 *st = State::Refused;
                 Err(refusal(
-                    io::ErrorKind::InvalidData,
                     ErrorCode::BadRequest,
+                    0,
                     "bytes after the HELLO before its answer",
                 ))
             }
@@ -552,14 +576,24 @@ mod tests {
     }
 
     #[test]
-    fn refusals_carry_their_code() {
-        let e = refusal(
-            io::ErrorKind::InvalidData,
-            ErrorCode::PermissionDenied,
-            "no",
+    fn refusals_carry_their_code_and_request_id() {
+        let e = refusal(ErrorCode::PermissionDenied, 7, "no");
+        assert_eq!(refused(&e), (ErrorCode::PermissionDenied, 7));
+        let big = FrameError::TooLarge {
+            len: 1 << 20,
+            max: 65_536,
+            req_id: 9,
+        };
+        let e = io::Error::new(io::ErrorKind::InvalidData, big);
+        assert_eq!(refused(&e), (ErrorCode::TooLarge, 9));
+        let e = bad_bytes(SecureError::NotSealed {
+            got: 0x03,
+            req_id: 4,
+        });
+        assert_eq!(refused(&e), (ErrorCode::BadRequest, 4));
+        assert_eq!(
+            refused(&bad_bytes(SecureError::Decrypt)),
+            (ErrorCode::BadRequest, 0)
         );
-        assert_eq!(error_code(&e), ErrorCode::PermissionDenied);
-        let plain = io::Error::new(io::ErrorKind::InvalidData, "frame too large");
-        assert_eq!(error_code(&plain), ErrorCode::TooLarge);
     }
 }

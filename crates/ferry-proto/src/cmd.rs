@@ -528,11 +528,13 @@ pub fn name(cmd: u8) -> &'static str {
 }
 
 /// Whether a client may send `cmd` as a request on a logged-in link: anything but a
-/// response, a push or an error (the whole push range, `0x40..=0x7F`, is the server's).
-/// Unknown numbers pass (logic answers
-/// `UNKNOWN_COMMAND` and the link stays open).
+/// response, a push or an error (the whole push range, `0x40..=0x7F`, is the server's),
+/// or one of the encryption layer's frames (HELLO, SEALED, RESUME, TICKET: never inside
+/// the frame stream). Unknown numbers pass (logic answers `UNKNOWN_COMMAND` and the link
+/// stays open).
 pub fn from_client(cmd: u8) -> bool {
-    cmd & RESPONSE == 0 && !(NOTIFY..=ERROR).contains(&cmd)
+    let encryption = get(cmd).is_some_and(|c| c.kind == Kind::Link && cmd != HEARTBEAT);
+    cmd & RESPONSE == 0 && !(NOTIFY..=ERROR).contains(&cmd) && !encryption
 }
 
 /// Whether `cmd` is a known request the short link alone serves (see
@@ -696,7 +698,17 @@ mod tests {
         for c in [SEND, SYNC, LOGIN, 0x3F, 0x05] {
             assert!(from_client(c), "{c:#x}");
         }
-        for c in [response(SEND), NOTIFY, KICK, 0x50, ERROR] {
+        for c in [
+            response(SEND),
+            NOTIFY,
+            KICK,
+            0x50,
+            ERROR,
+            HELLO,
+            SEALED,
+            RESUME,
+            TICKET,
+        ] {
             assert!(!from_client(c), "{c:#x}");
         }
     }

@@ -32,8 +32,19 @@ pub struct Frame {
 /// Why bytes are not a frame.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FrameError {
+    /// The header announces a body over the limit; `req_id` is the header's request id
+    /// (the refusal answers with it).
     #[error("frame body of {len} bytes exceeds the limit of {max}")]
-    TooLarge { len: usize, max: usize },
+    TooLarge { len: usize, max: usize, req_id: u32 },
+}
+
+impl FrameError {
+    /// The request id of the frame refused (read from its header).
+    pub fn req_id(&self) -> u32 {
+        match self {
+            FrameError::TooLarge { req_id, .. } => *req_id,
+        }
+    }
 }
 
 impl Frame {
@@ -48,15 +59,17 @@ impl Frame {
     /// Looks at the start of `buf`: `Ok(Some(n))` when a whole frame of `n` bytes is
     /// there, `Ok(None)` when more bytes are needed, an error when the header announces
     /// a body larger than `max_body` (the caller should close the link: the stream can
-    /// no longer be trusted).
+    /// no longer be trusted). Nothing is judged before the whole header is there, so a
+    /// refusal always knows the frame's request id.
     pub fn check(buf: &[u8], max_body: usize) -> Result<Option<usize>, FrameError> {
-        if buf.len() < 3 {
+        if buf.len() < HEADER_LEN {
             return Ok(None);
         }
         let len = body_len(buf);
         let max = max_body.min(MAX_BODY_LEN);
         if len > max {
-            return Err(FrameError::TooLarge { len, max });
+            let req_id = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
+            return Err(FrameError::TooLarge { len, max, req_id });
         }
         let total = HEADER_LEN + len;
         Ok((buf.len() >= total).then_some(total))
@@ -202,10 +215,17 @@ mod tests {
             Frame::parse(&mut buf, MAX_BODY_LEN),
             Err(FrameError::TooLarge { .. })
         ));
-        let mut buf = BytesMut::from(&[0x00u8, 0x01, 0x00, 0x03][..]);
+        // Judged on the whole header only, whose request id the error carries.
+        let mut buf = BytesMut::from(&[0x00u8, 0x01, 0x00, 0x03, 0, 0, 0][..]);
+        assert_eq!(Frame::parse(&mut buf, 100), Ok(None));
+        buf.extend_from_slice(&[9]);
         assert_eq!(
             Frame::parse(&mut buf, 100),
-            Err(FrameError::TooLarge { len: 256, max: 100 })
+            Err(FrameError::TooLarge {
+                len: 256,
+                max: 100,
+                req_id: 9
+            })
         );
     }
 

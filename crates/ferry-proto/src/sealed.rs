@@ -103,6 +103,12 @@ fn open_with(
             got: first.cmd,
         });
     }
+    if first.req_id != 0 {
+        return Err(SecureError::RequestId {
+            cmd: first.cmd,
+            req_id: first.req_id,
+        });
+    }
     let eph: [u8; KEY_LEN] = first
         .body
         .get(..KEY_LEN)
@@ -126,6 +132,12 @@ fn open_with(
             return Err(SecureError::UnexpectedFrame {
                 expected: SEALED,
                 got: f.cmd,
+            });
+        }
+        if f.req_id != 0 {
+            return Err(SecureError::RequestId {
+                cmd: f.cmd,
+                req_id: f.req_id,
             });
         }
         if f.body.len() < TAG_LEN {
@@ -413,6 +425,19 @@ mod tests {
             open_request(&key, &wire[..first_record_end]).err(),
             Some(SecureError::Decrypt)
         );
+        // The HELLO and the SEALED records carry request id 0; another id is refused.
+        let hello_len = 8 + (usize::from(wire[1]) << 8 | usize::from(wire[2]));
+        for at in [7, hello_len + 7] {
+            let mut bad = wire.clone();
+            bad[at] = 1;
+            assert!(
+                matches!(
+                    open_request(&key, &bad),
+                    Err(SecureError::RequestId { req_id: 1, .. })
+                ),
+                "id byte at {at}"
+            );
+        }
         assert!(open_request(&key, b"").is_err());
         assert!(open_request(&key, b"GET / HTTP/1.1\r\n").is_err());
         assert!(open_request(&key, &[0, 0, 1, HELLO, 0, 0, 0, 0, 9]).is_err());

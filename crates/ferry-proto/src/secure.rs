@@ -56,6 +56,28 @@ pub enum SecureError {
     Frame(#[from] FrameError),
     #[error("noise: {0}")]
     Noise(String),
+    /// After the handshake only `SEALED` records may come; this frame is something else.
+    #[error("a {got:#04x} frame where only SEALED records may come")]
+    NotSealed { got: u8, req_id: u32 },
+    /// The encryption layer's frames (HELLO, RESUME, SEALED, TICKET and their answers)
+    /// carry request id 0.
+    #[error("a {cmd:#04x} frame must carry request id 0, not {req_id}")]
+    RequestId { cmd: u8, req_id: u32 },
+}
+
+impl SecureError {
+    /// The request id of the frame refused, when its header was read (0 otherwise: a
+    /// record that does not open has request id 0, the frames inside it were never
+    /// read).
+    pub fn req_id(&self) -> u32 {
+        match self {
+            SecureError::Frame(e) => e.req_id(),
+            SecureError::NotSealed { req_id, .. } | SecureError::RequestId { req_id, .. } => {
+                *req_id
+            }
+            _ => 0,
+        }
+    }
 }
 
 fn params() -> snow::params::NoiseParams {
@@ -191,9 +213,15 @@ impl Channel {
         let mut buf = Vec::new();
         while let Some(f) = Frame::parse(wire, NOISE_MAX)? {
             if f.cmd != SEALED {
-                return Err(SecureError::UnexpectedFrame {
-                    expected: SEALED,
+                return Err(SecureError::NotSealed {
                     got: f.cmd,
+                    req_id: f.req_id,
+                });
+            }
+            if f.req_id != 0 {
+                return Err(SecureError::RequestId {
+                    cmd: f.cmd,
+                    req_id: f.req_id,
                 });
             }
             if f.body.len() < TAG_LEN || self.recv_n == u64::MAX {
@@ -549,10 +577,35 @@ pub(crate) mod tests {
         // A plain frame where a sealed one belongs.
         let mut plain_frame = BytesMut::new();
         encode_raw(cmd::SEND, 1, b"x", &mut plain_frame);
-        assert!(matches!(
-            s.open(&mut plain_frame, &mut BytesMut::new()),
-            Err(SecureError::UnexpectedFrame { .. })
-        ));
+        let e = s.open(&mut plain_frame, &mut BytesMut::new()).unwrap_err();
+        assert_eq!(
+            e,
+            SecureError::NotSealed {
+                got: cmd::SEND,
+                req_id: 1
+            }
+        );
+        assert_eq!(e.req_id(), 1, "the refusal answers with the frame's id");
+        // A record with a request id other than 0 is refused before it is opened.
+        let mut r3 = BytesMut::new();
+        c.seal(b"third", &mut r3).unwrap();
+        r3[7] = 5;
+        let e = s.open(&mut r3, &mut BytesMut::new()).unwrap_err();
+        assert_eq!(e.req_id(), 5);
+        assert_eq!(
+            e,
+            SecureError::RequestId {
+                cmd: SEALED,
+                req_id: 5
+            }
+        );
+        // A record over the Noise limit: refused on its header, with its id.
+        let mut huge = BytesMut::from(&[0x01u8, 0x00, 0x00, SEALED, 0, 0, 0, 3][..]);
+        let e = s.open(&mut huge, &mut BytesMut::new()).unwrap_err();
+        assert!(matches!(e, SecureError::Frame(_)), "{e:?}");
+        assert_eq!(e.req_id(), 3);
+        // A record that does not open: no frame inside was read, id 0.
+        assert_eq!(SecureError::Decrypt.req_id(), 0);
         // Short garbage is an error, never a panic.
         let mut short = BytesMut::new();
         encode_raw(SEALED, 0, b"abc", &mut short);

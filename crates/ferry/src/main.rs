@@ -414,18 +414,19 @@ async fn serve(
         cfg.listen = listen;
     }
     let server = Server::bind(cfg.clone()).await?;
-    for a in &server.addrs {
-        // Tests and scripts read this line to find the port.
-        say(format_args!("ferry listening on {a}"));
-    }
-    say(format_args!(
-        "ferry dashboard: {}",
-        ferry::monitor::dashboard_url(server.addr(), server.monitor.token())
-    ));
     say(format_args!(
         "ferry server key: {} (clients pin it: --server-key)",
         server.gateway.public_key_hex()
     ));
+    say(format_args!(
+        "ferry dashboard: {}",
+        ferry::monitor::dashboard_url(server.addr(), server.monitor.token())
+    ));
+    // Last, once everything above is printed: tests and scripts wait for these lines
+    // (the port) and may stop reading after them.
+    for a in &server.addrs {
+        say(format_args!("ferry listening on {a}"));
+    }
     tracing::info!(data = %cfg.data_dir.display(), "ferry serving");
     wait_for_signal().await;
     tracing::info!("shutting down");
@@ -454,19 +455,19 @@ async fn run_gateway(
         None => {}
     }
     let node = ferry::cluster::GatewayNode::bind(&cfg).await?;
-    for a in &node.addrs {
-        // Tests and scripts read these lines.
-        say(format_args!("ferry listening on {a}"));
-    }
     say(format_args!(
         "ferry server key: {} (clients pin it: --server-key)",
         node.gateway.public_key_hex()
     ));
-    say(format_args!("ferry gateway {} ready", cfg.gateway.id));
     say(format_args!(
         "ferry dashboard: {}",
         ferry::monitor::dashboard_url(node.addrs[0], node.monitor.token())
     ));
+    // Tests and scripts read the addresses, then wait for the last line, "ready".
+    for a in &node.addrs {
+        say(format_args!("ferry listening on {a}"));
+    }
+    say(format_args!("ferry gateway {} ready", cfg.gateway.id));
     tracing::info!(id = %cfg.gateway.id, nats = %cfg.cluster.nats, "gateway serving");
     wait_for_signal().await;
     tracing::info!("shutting down: draining links");

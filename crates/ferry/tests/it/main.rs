@@ -32,6 +32,7 @@ mod session;
 mod sizes;
 mod smart;
 mod social;
+mod wire;
 
 /// `ferry <args> --config <config>` as a process, once it printed a line starting with
 /// `ready` (the cluster tests' gateways and logic nodes).

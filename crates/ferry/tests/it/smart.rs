@@ -461,8 +461,13 @@ async fn long_poll_by_hand_and_bad_input_on_the_new_paths() {
     } = http_post(&addr, "/v1/lp/open", "", b"hello, is this ferry?").await;
     assert_eq!(st, 400);
     assert_eq!(err(&body).code, v1::ErrorCode::BadRequest as i32);
-    let HttpAnswer { status: st, .. } = http_post(&addr, "/v1/lp/open", "", &hb).await;
-    assert_eq!(st, 400);
+    // A first frame that is not LOGIN: refused by the link, as on TCP (plaintext is
+    // allowed here, so NOT_LOGGED_IN).
+    let HttpAnswer {
+        status: st, body, ..
+    } = http_post(&addr, "/v1/lp/open", "", &hb).await;
+    assert_eq!(st, 401);
+    assert_eq!(err(&body).code, v1::ErrorCode::NotLoggedIn as i32);
     let mut bad_login = BytesMut::new();
     encode_msg(
         cmd::LOGIN,
