@@ -42,6 +42,7 @@ fn login_with_id(token: &str, req_id: u32) -> BytesMut {
         token: token.into(),
         synckey: 0,
         client_version: "wire".into(),
+        ..Default::default()
     };
     frame(cmd::LOGIN, req_id, &req)
 }
