@@ -175,10 +175,8 @@ impl PushSink for Registry {
             return;
         }
         // A notify is not written to a link whose device acknowledged its latest seq.
-        let latest = match cmd {
-            ferry_proto::cmd::NOTIFY => ferry_proto::notify_latest_seq(&push.body),
-            _ => None,
-        };
+        let latest =
+            (cmd == ferry_proto::cmd::NOTIFY && push.notify_seq > 0).then_some(push.notify_seq);
         // Encoded once, shared by every link it goes to.
         let mut buf = BytesMut::new();
         ferry_proto::frame::encode_raw(cmd, 0, &push.body, &mut buf);
@@ -228,6 +226,7 @@ mod tests {
             }
             .encode_to_vec()
             .into(),
+            notify_seq: latest_seq,
             ..Default::default()
         }
     }

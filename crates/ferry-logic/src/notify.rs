@@ -145,6 +145,7 @@ impl Notifier {
             user_id: user,
             cmd: u32::from(cmd::NOTIFY),
             body,
+            notify_seq: seq,
             ..Default::default()
         };
         let pushed = self.push_via(&gateways, push).await;
@@ -175,6 +176,7 @@ impl Notifier {
             user_id: user,
             cmd: u32::from(cmd::NOTIFY),
             body,
+            notify_seq: seq,
             ..Default::default()
         })
         .await;

@@ -63,14 +63,6 @@ pub fn protocol_for(theirs: u32) -> u32 {
     theirs.clamp(1, PROTOCOL_VERSION)
 }
 
-/// The `latest_seq` of an encoded `Notify` without decoding its entries: field 1, which
-/// an encoder writes first (prost writes fields in number order). `None` when the body
-/// does not start with it (a `latest_seq` of 0 is not encoded at all).
-pub fn notify_latest_seq(body: &[u8]) -> Option<u64> {
-    let mut rest = body.strip_prefix(&[0x08])?;
-    prost::encoding::decode_varint(&mut rest).ok()
-}
-
 /// Builds an [`v1::Error`] body.
 pub fn error_body(code: v1::ErrorCode, message: impl Into<String>) -> v1::Error {
     v1::Error {
@@ -83,27 +75,6 @@ pub fn error_body(code: v1::ErrorCode, message: impl Into<String>) -> v1::Error 
 #[cfg(test)]
 mod version_tests {
     use super::*;
-
-    #[test]
-    fn a_notifys_latest_seq_is_read_without_decoding_it() {
-        let entry = v1::Entry {
-            seq: 3,
-            ..Default::default()
-        };
-        for latest in [1u64, 300, u64::MAX] {
-            let n = v1::Notify {
-                latest_seq: latest,
-                entries: vec![entry.clone()],
-            };
-            assert_eq!(notify_latest_seq(&n.encode_to_vec()), Some(latest));
-        }
-        assert_eq!(
-            notify_latest_seq(&v1::Notify::default().encode_to_vec()),
-            None
-        );
-        assert_eq!(notify_latest_seq(&[0x08]), None, "a cut varint");
-        assert_eq!(notify_latest_seq(&[]), None);
-    }
 
     #[test]
     fn the_version_spoken_is_the_highest_both_sides_speak() {
