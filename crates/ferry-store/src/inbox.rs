@@ -71,6 +71,23 @@ pub trait InboxStore: Send + Sync + 'static {
     /// Makes a message durable in both inboxes (idempotent on the sender and
     /// `client_msg_id`). Returns once the write is on disk.
     async fn append_message(&self, msg: NewMessage) -> Result<Appended>;
+    /// Makes several messages durable **in the order given**: where two of them share a
+    /// user, the earlier one gets the lower seq in that user's inbox. Each message stands
+    /// alone (one refused — an unknown user — does not refuse the others), so the answer
+    /// holds one result per message, in the same order. A store may write them in one
+    /// transaction; this default writes them one after another.
+    async fn append_messages(&self, msgs: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
+        let mut out = Vec::with_capacity(msgs.len());
+        for m in msgs {
+            let r = self.append_message(m).await;
+            // A store that cannot write at all fails the batch: the caller retries it.
+            if let Err(e @ crate::StoreError::Unavailable(_)) = r {
+                return Err(e);
+            }
+            out.push(r);
+        }
+        Ok(out)
+    }
     /// Appends non-message entries; returns their seqs, in order.
     async fn append_events(&self, events: Vec<NewEvent>) -> Result<Vec<u64>>;
 
