@@ -2,7 +2,9 @@
 //! two implementations — [`SqliteStore`], one embedded SQLite file (what `ferry serve`
 //! uses by default), and [`PgStore`], PostgreSQL shared by the logic nodes of a cluster.
 //! Media bytes are kept apart, behind [`MediaStore`] ([`LocalMediaStore`] in a folder,
-//! [`PgMediaStore`] with its metadata in PostgreSQL and its bytes in a shared folder).
+//! [`PgMediaStore`] with its metadata in PostgreSQL and its bytes in a shared folder,
+//! [`S3MediaStore`] with its metadata in PostgreSQL and its bytes in S3-compatible
+//! storage).
 //!
 //! The contract is cut along the logic layer's domains: [`AccountStore`], [`InboxStore`],
 //! [`SocialStore`], [`ReportStore`] and [`GroupStore`], each declared with its rows in a
@@ -34,7 +36,8 @@ pub use accounts::{AccountStore, Session, User};
 pub use groups::{GroupChange, GroupRow, GroupStore, MemberRow};
 pub use inbox::{Appended, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage};
 pub use media::{
-    valid_media_id, LocalMediaStore, MediaMeta, MediaStore, PgMediaStore, UploadKey, Verified,
+    valid_media_id, LocalMediaStore, MediaMeta, MediaStore, PgMediaStore, S3Config, S3MediaStore,
+    UploadKey, Verified,
 };
 pub use postgres::{PgConfig, PgStore};
 pub use reports::{ReportInfo, ReportStore};

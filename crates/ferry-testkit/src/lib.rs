@@ -6,6 +6,9 @@
 //! - [`pg`]: a throw-away PostgreSQL server (initdb + postgres from the installed
 //!   server binaries, in a temporary folder, on a free loopback port), started once per
 //!   test process, and a fresh database per test.
+//! - [`s3`]: a real S3-compatible server (moto's server mode, from hash-pinned PyPI
+//!   wheels in a venv under the target folder), started once per test process, and a
+//!   fresh bucket per test.
 //! - [`proxy`]: one TCP proxy with every fault the tests inject (cut, black hole,
 //!   refuse, delay, idle-flow drop, HTTP only, recording).
 //! - with the `server` feature: [`server`] (an in-process [`ferry::Server`] on port 0,
@@ -39,6 +42,7 @@ pub mod procs;
 pub mod proxy;
 #[cfg(feature = "server")]
 pub mod raw;
+pub mod s3;
 #[cfg(feature = "server")]
 pub mod server;
 

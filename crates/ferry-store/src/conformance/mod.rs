@@ -41,6 +41,32 @@ macro_rules! conformance_tests {
         );
     };
     // Media cases run on a media store, every other on a store.
+    (@media_only $media:ident) => {
+        $crate::conformance_tests!(@media_cases $media;
+            chunks_in_any_order_then_verify_commit_and_read,
+            acknowledged_bytes_never_change,
+            the_upload_key_is_kept_until_the_upload_is_finished,
+            sweep_deletes_old_unfinished_uploads_only
+        );
+    };
+    (@media_cases $media:ident; $($case:ident),+) => {
+        mod media {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$media($crate::conformance::media::$case).await;
+                }
+            )+
+        }
+
+        /// Every media case written in the suite is listed in the macro above.
+        #[test]
+        fn every_media_conformance_case_runs() {
+            $crate::conformance::assert_listed(&["media"], &[$(
+                concat!("media::", stringify!($case))
+            ),+]);
+        }
+    };
     (@run media, $store:ident, $media:ident) => {
         super::$media
     };
@@ -72,9 +98,28 @@ macro_rules! conformance_tests {
     };
 }
 
+/// Instantiates the media cases of the suite only, for a media store that has no
+/// [`Store`](crate::Store) beside it: `$media` as in
+/// [`conformance_tests!`](crate::conformance_tests).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! media_conformance_tests {
+    ($media:ident) => {
+        $crate::conformance_tests!(@media_only $media);
+    };
+}
+
 /// Panics unless `listed` names every case of every file of the suite (a case missing
 /// from [`conformance_tests!`](crate::conformance_tests) would silently never run).
 pub fn assert_all_listed(listed: &[&str]) {
+    assert_listed(
+        &["accounts", "inbox", "social", "reports", "groups", "media"],
+        listed,
+    );
+}
+
+/// Panics unless `listed` names every case of the files of `domains`.
+pub fn assert_listed(domains: &[&str], listed: &[&str]) {
     let files = [
         ("accounts", include_str!("accounts.rs")),
         ("inbox", include_str!("inbox.rs")),
@@ -85,6 +130,7 @@ pub fn assert_all_listed(listed: &[&str]) {
     ];
     let missing: Vec<String> = files
         .iter()
+        .filter(|(domain, _)| domains.contains(domain))
         .flat_map(|(domain, src)| {
             src.lines()
                 .filter_map(|l| l.strip_prefix("pub async fn "))
@@ -160,5 +206,15 @@ mod tests {
     #[should_panic(expected = "inbox::paging_and_concurrency")]
     fn a_case_left_unlisted_fails_the_guard() {
         super::assert_all_listed(&["inbox::messages_and_inbox"]);
+    }
+
+    /// The media-only guard reads media.rs alone, and also fails on a case left off.
+    #[test]
+    #[should_panic(expected = "media::sweep_deletes_old_unfinished_uploads_only")]
+    fn a_media_case_left_unlisted_fails_the_media_guard() {
+        super::assert_listed(
+            &["media"],
+            &["media::chunks_in_any_order_then_verify_commit_and_read"],
+        );
     }
 }

@@ -4,8 +4,9 @@
 //! [`MediaStore`] is separate from [`crate::Store`]: media bytes live beside the
 //! database, not in it. [`LocalMediaStore`] (`local.rs`) keeps everything under one
 //! folder; [`PgMediaStore`] (`pg.rs`) keeps the metadata in PostgreSQL and the bytes in a
-//! folder every logic node mounts. This module holds the contract and the file helpers
-//! both use.
+//! folder every logic node mounts; [`S3MediaStore`] (`s3.rs`) keeps the metadata in
+//! PostgreSQL too (`pgmeta.rs`, shared with `pg.rs`) and the bytes in S3-compatible
+//! storage. This module holds the contract and the file helpers.
 
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
@@ -17,9 +18,12 @@ use crate::Result;
 
 mod local;
 mod pg;
+mod pgmeta;
+mod s3;
 
 pub use local::LocalMediaStore;
 pub use pg::PgMediaStore;
+pub use s3::{S3Config, S3MediaStore};
 
 /// What a media id names. Grants are filled in when a message references the media.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -17,8 +17,7 @@
 //! SHA-256 check at finish then refuses the upload (nothing corrupt is ever served) and
 //! the client uploads it again.
 //!
-//! The tables are created at start-up (`IF NOT EXISTS`, under an advisory lock) with a
-//! pool of their own, so uploads never take the connections message sends need.
+//! The rows (`media`, `media_chunks`) are [`MediaRows`]', shared with the S3 store.
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
@@ -28,79 +27,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use deadpool_postgres::Pool;
 use parking_lot::Mutex;
 
+use super::pgmeta::MediaRows;
 use super::{older_than, promote, read_blob, remove_if_exists, valid_media_id, valid_sha};
-use crate::{MediaMeta, MediaStore, PgConfig, Result, StoreError, UploadKey, Verified};
-
-const SCHEMA: &str = r#"
-CREATE TABLE IF NOT EXISTS media (
-    id            TEXT PRIMARY KEY,
-    uploader      BIGINT NOT NULL,
-    kind          INTEGER NOT NULL,
-    size          BIGINT NOT NULL,
-    declared_type TEXT NOT NULL,
-    sha256        TEXT NOT NULL,
-    chunk_size    INTEGER NOT NULL,
-    created_ms    BIGINT NOT NULL,
-    complete      BOOLEAN NOT NULL DEFAULT FALSE,
-    content_type  TEXT NOT NULL DEFAULT '',
-    width         INTEGER NOT NULL DEFAULT 0,
-    height        INTEGER NOT NULL DEFAULT 0,
-    grant_users   BIGINT[] NOT NULL DEFAULT '{}',
-    grant_groups  BIGINT[] NOT NULL DEFAULT '{}',
-    grant_moments BIGINT[] NOT NULL DEFAULT '{}',
-    -- Every byte before this offset has been received (uploads in progress).
-    received      BIGINT NOT NULL DEFAULT 0
-);
--- The upload key (32 bytes) of an upload created sealed, until it is finished. Added
--- after the table first shipped: tables made before get it here.
-ALTER TABLE media ADD COLUMN IF NOT EXISTS upload_key BYTEA;
-CREATE INDEX IF NOT EXISTS media_uploading ON media (created_ms) WHERE NOT complete;
-CREATE TABLE IF NOT EXISTS media_chunks (
-    media_id     TEXT NOT NULL,
-    chunk_offset BIGINT NOT NULL,
-    PRIMARY KEY (media_id, chunk_offset)
-);
-"#;
-
-/// Taken while creating the tables, so logic nodes starting together do not collide.
-const SCHEMA_LOCK: i64 = 0x6665_7272_796d_6564; // "ferrymed"
-
-const META_COLUMNS: &str = "id, uploader, kind, size, declared_type, sha256, chunk_size, \
-     created_ms, complete, content_type, width, height, grant_users, grant_groups, \
-     grant_moments, upload_key";
-
-fn row_meta(r: &tokio_postgres::Row) -> MediaMeta {
-    let ids = |i: usize| -> Vec<u64> {
-        r.get::<_, Vec<i64>>(i)
-            .into_iter()
-            .map(|x| x as u64)
-            .collect()
-    };
-    MediaMeta {
-        id: r.get(0),
-        uploader: r.get::<_, i64>(1) as u64,
-        kind: r.get(2),
-        size: r.get::<_, i64>(3) as u64,
-        declared_type: r.get(4),
-        sha256: r.get(5),
-        chunk_size: r.get::<_, i32>(6) as u32,
-        created_ms: r.get(7),
-        complete: r.get(8),
-        content_type: r.get(9),
-        width: r.get::<_, i32>(10) as u32,
-        height: r.get::<_, i32>(11) as u32,
-        grant_users: ids(12),
-        grant_groups: ids(13),
-        grant_moments: ids(14),
-        upload_key: r
-            .get::<_, Option<Vec<u8>>>(15)
-            .and_then(|k| <[u8; 32]>::try_from(k.as_slice()).ok())
-            .map(UploadKey),
-    }
-}
+use crate::{MediaMeta, MediaStore, PgConfig, Result, StoreError, Verified};
 
 /// Copies `part` to `copy` while hashing it; the hash and first `head_len` bytes are
 /// those of the copy.
@@ -130,17 +61,9 @@ fn copy_and_hash(part: &Path, copy: &Path, head_len: usize) -> Result<Verified> 
     })
 }
 
-fn pool_err(e: deadpool_postgres::PoolError) -> StoreError {
-    StoreError::Unavailable(e.to_string())
-}
-
-fn i64s(xs: &[u64]) -> Vec<i64> {
-    xs.iter().map(|&x| x as i64).collect()
-}
-
 /// Media metadata in PostgreSQL, bytes in a shared folder.
 pub struct PgMediaStore {
-    pool: Pool,
+    rows: MediaRows,
     root: PathBuf,
     /// Part files this node has open, so a chunk costs no `open`.
     files: Mutex<HashMap<String, Arc<File>>>,
@@ -154,25 +77,13 @@ impl PgMediaStore {
         for sub in ["uploads", "blobs"] {
             fs::create_dir_all(root.join(sub))?;
         }
-        let pool = crate::postgres::pool(cfg, "ferry-media")?;
-        {
-            let mut client = pool.get().await.map_err(pool_err)?;
-            let txn = client.transaction().await?;
-            txn.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-                .await?;
-            txn.batch_execute(SCHEMA).await?;
-            txn.commit().await?;
-        }
+        let rows = MediaRows::connect(cfg, "").await?;
         Ok(Arc::new(PgMediaStore {
-            pool,
+            rows,
             root: root.to_path_buf(),
             files: Mutex::new(HashMap::new()),
             received_bytes: AtomicU64::new(0),
         }))
-    }
-
-    async fn client(&self) -> Result<deadpool_postgres::Object> {
-        self.pool.get().await.map_err(pool_err)
     }
 
     fn part_path(&self, id: &str) -> PathBuf {
@@ -209,10 +120,7 @@ impl PgMediaStore {
     /// Deletes an upload's rows and file (a refused finish, a sweep).
     async fn delete_upload(&self, id: &str) -> Result<()> {
         self.forget_file(id);
-        let client = self.client().await?;
-        client
-            .execute("DELETE FROM media_chunks WHERE media_id = $1", &[&id])
-            .await?;
+        self.rows.delete_chunks(id).await?;
         remove_if_exists(&self.verified_path(id))?;
         remove_if_exists(&self.part_path(id))
     }
@@ -232,66 +140,15 @@ impl MediaStore for Arc<PgMediaStore> {
         })
         .await
         .map_err(|e| StoreError::WriteFailed(e.to_string()))??;
-        let client = self.client().await?;
-        let n = client
-            .execute(
-                "INSERT INTO media (id, uploader, kind, size, declared_type, sha256, \
-                 chunk_size, created_ms, upload_key) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (id) DO NOTHING",
-                &[
-                    &meta.id,
-                    &(meta.uploader as i64),
-                    &meta.kind,
-                    &(meta.size as i64),
-                    &meta.declared_type,
-                    &meta.sha256,
-                    &(meta.chunk_size as i32),
-                    &meta.created_ms,
-                    &meta.upload_key.as_ref().map(|k| k.0.as_slice()),
-                ],
-            )
-            .await?;
-        if n == 0 {
-            return Err(StoreError::Conflict);
-        }
-        Ok(())
+        self.rows.insert(&meta).await
     }
 
     async fn meta(&self, id: &str) -> Result<Option<MediaMeta>> {
-        if !valid_media_id(id) {
-            return Ok(None);
-        }
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                &format!("SELECT {META_COLUMNS} FROM media WHERE id = $1"),
-                &[&id],
-            )
-            .await?;
-        Ok(row.as_ref().map(row_meta))
+        self.rows.meta(id).await
     }
 
     async fn grant(&self, id: &str, users: &[u64], groups: &[u64], moments: &[u64]) -> Result<()> {
-        let client = self.client().await?;
-        // Appends what is not there yet, in one statement (concurrent grants merge).
-        let n = client
-            .execute(
-                "UPDATE media SET \
-                 grant_users = grant_users || ARRAY(SELECT DISTINCT x FROM unnest($2::BIGINT[]) x \
-                     WHERE x <> ALL(grant_users)), \
-                 grant_groups = grant_groups || ARRAY(SELECT DISTINCT x FROM unnest($3::BIGINT[]) x \
-                     WHERE x <> ALL(grant_groups)), \
-                 grant_moments = grant_moments || ARRAY(SELECT DISTINCT x FROM unnest($4::BIGINT[]) x \
-                     WHERE x <> ALL(grant_moments)) \
-                 WHERE id = $1",
-                &[&id, &i64s(users), &i64s(groups), &i64s(moments)],
-            )
-            .await?;
-        if n == 0 {
-            return Err(StoreError::NotFound);
-        }
-        Ok(())
+        self.rows.grant(id, users, groups, moments).await
     }
 
     async fn write_chunk(&self, id: &str, offset: u64, data: &[u8]) -> Result<u64> {
@@ -301,19 +158,8 @@ impl MediaStore for Arc<PgMediaStore> {
         let file = self.part(id)?;
         // A chunk already recorded (acknowledged) is never rewritten: the same bytes
         // again are acknowledged as they are, other bytes refused.
-        let held = {
-            let client = self.client().await?;
-            client
-                .query_opt(
-                    "SELECT m.received, EXISTS (SELECT 1 FROM media_chunks c \
-                         WHERE c.media_id = m.id AND c.chunk_offset = $2) \
-                     FROM media m WHERE m.id = $1 AND NOT m.complete",
-                    &[&id, &(offset as i64)],
-                )
-                .await?
-                .ok_or(StoreError::NotFound)?
-        };
-        if held.get::<_, bool>(1) {
+        let held = self.rows.held(id, offset).await?;
+        if held.chunk.is_some() {
             let (f, len) = (file.clone(), data.len());
             let stored = tokio::task::spawn_blocking(move || -> Result<Vec<u8>> {
                 let mut b = vec![0u8; len];
@@ -325,57 +171,16 @@ impl MediaStore for Arc<PgMediaStore> {
             if stored != data {
                 return Err(StoreError::ChunkMismatch);
             }
-            return Ok(held.get::<_, i64>(0) as u64);
+            return Ok(held.received);
         }
         file.write_all_at(data, offset)?;
         self.received_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
-        // One upload's chunks are recorded one at a time (its row locked first), so
-        // each walk sees every chunk recorded before it.
-        let mut client = self.client().await?;
-        let txn = client.transaction().await?;
-        txn.query_opt(
-            "SELECT 1 FROM media WHERE id = $1 AND NOT complete FOR UPDATE",
-            &[&id],
-        )
-        .await?
-        .ok_or(StoreError::NotFound)?;
-        txn.execute(
-            "INSERT INTO media_chunks (media_id, chunk_offset) VALUES ($1, $2) \
-             ON CONFLICT DO NOTHING",
-            &[&id, &(offset as i64)],
-        )
-        .await?;
-        let row = txn
-            .query_one(
-                "UPDATE media m SET received = LEAST(m.size, ( \
-                     WITH RECURSIVE walk(o) AS ( \
-                         SELECT m.received \
-                         UNION ALL \
-                         SELECT walk.o + m.chunk_size FROM walk JOIN media_chunks c \
-                             ON c.media_id = m.id AND c.chunk_offset = walk.o \
-                     ) SELECT max(o) FROM walk)) \
-                 WHERE m.id = $1 RETURNING m.received",
-                &[&id],
-            )
-            .await?;
-        txn.commit().await?;
-        Ok(row.get::<_, i64>(0) as u64)
+        Ok(self.rows.record_chunk(id, offset, None, None).await?.after)
     }
 
     async fn received(&self, id: &str) -> Result<u64> {
-        if !valid_media_id(id) {
-            return Err(StoreError::NotFound);
-        }
-        let client = self.client().await?;
-        let row = client
-            .query_opt(
-                "SELECT received FROM media WHERE id = $1 AND NOT complete",
-                &[&id],
-            )
-            .await?
-            .ok_or(StoreError::NotFound)?;
-        Ok(row.get::<_, i64>(0) as u64)
+        self.rows.received(id).await
     }
 
     async fn verify(&self, id: &str, head: usize) -> Result<Verified> {
@@ -405,7 +210,6 @@ impl MediaStore for Arc<PgMediaStore> {
         })
         .await
         .map_err(|e| StoreError::WriteFailed(e.to_string()))?;
-        let mut client = self.client().await?;
         if let Err(e) = promoted {
             // Another node finishing the same upload got there first.
             if self.meta(id).await?.is_some_and(|m| m.complete) {
@@ -413,29 +217,16 @@ impl MediaStore for Arc<PgMediaStore> {
             }
             return Err(e);
         }
-        let txn = client.transaction().await?;
-        txn.execute(
-            "UPDATE media SET complete = TRUE, content_type = $2, width = $3, height = $4, \
-             received = size, upload_key = NULL WHERE id = $1",
-            &[&id, &content_type, &(width as i32), &(height as i32)],
-        )
-        .await?;
-        txn.execute("DELETE FROM media_chunks WHERE media_id = $1", &[&id])
-            .await?;
-        txn.commit().await?;
-        Ok(())
+        self.rows
+            .complete(id, content_type, width, height, &[])
+            .await
     }
 
     async fn discard(&self, id: &str) -> Result<()> {
         if !valid_media_id(id) {
             return Ok(());
         }
-        {
-            let client = self.client().await?;
-            client
-                .execute("DELETE FROM media WHERE id = $1 AND NOT complete", &[&id])
-                .await?;
-        }
+        self.rows.delete_unfinished(id).await?;
         self.delete_upload(id).await
     }
 
@@ -451,18 +242,7 @@ impl MediaStore for Arc<PgMediaStore> {
     }
 
     async fn sweep(&self, created_before_ms: i64) -> Result<Vec<String>> {
-        let ids: Vec<String> = {
-            let client = self.client().await?;
-            client
-                .query(
-                    "DELETE FROM media WHERE NOT complete AND created_ms < $1 RETURNING id",
-                    &[&created_before_ms],
-                )
-                .await?
-                .iter()
-                .map(|r| r.get(0))
-                .collect()
-        };
+        let ids = self.rows.delete_abandoned(created_before_ms).await?;
         for id in &ids {
             self.delete_upload(id).await?;
         }

@@ -1,0 +1,290 @@
+//! A real S3-compatible server for the media tests: moto's server mode (PyPI's `moto`,
+//! `python -m moto.server`), started once per test process on a free loopback port.
+//! Every test takes a bucket of its own ([`S3Server::bucket`]).
+//!
+//! moto runs in a virtual environment under the target folder (`target/s3-venv`), made
+//! once with `pip install --require-hashes --only-binary=:all:` from
+//! `tests/s3/requirements.txt` (exact versions, each wheel's SHA-256) and made again
+//! when that file changes, as `crates/ferry-proto/tests/vectors.rs` does for its venv.
+//! `.ci/run` makes sure `python3` with `venv` is installed. When the server cannot be
+//! had (no python3, no venv, no registry, a server that never answers) the test that
+//! asked for it fails with the reason: it never skips.
+//!
+//! Nothing is left behind: the server is started with `PR_SET_PDEATHSIG`, so it dies
+//! with the test process however that ends, and an `atexit` hook stops it at a normal
+//! exit. Its log is `<tmp>/ferry-testkit/moto-<pid>.log`.
+
+// prctl(2), kill(2) and atexit(3) through libc, as in `pg.rs`.
+#![allow(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use crate::procs::free_port;
+
+/// Access key and secret the tests sign with (moto accepts any).
+pub const ACCESS_KEY_ID: &str = "ferry-test";
+pub const SECRET_ACCESS_KEY: &str = "ferry-test-secret";
+pub const REGION: &str = "us-east-1";
+
+/// The running moto server of this test process.
+pub struct S3Server {
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+static SERVER: OnceLock<S3Server> = OnceLock::new();
+static PID: AtomicU32 = AtomicU32::new(0);
+static EXITED: AtomicBool = AtomicBool::new(false);
+
+/// The server of this test process, started on first use. Panics (the test fails) when
+/// it cannot be started, saying why.
+pub fn s3() -> &'static S3Server {
+    SERVER.get_or_init(S3Server::start)
+}
+
+impl S3Server {
+    /// `http://127.0.0.1:<port>`.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// A new empty bucket (`ferry-t-<random>`), its name.
+    pub fn bucket(&self) -> String {
+        let name = format!("ferry-t-{:016x}", rand::random::<u64>());
+        let (status, body) = self
+            .request("PUT", &format!("/{name}"))
+            .unwrap_or_else(|e| panic!("creating bucket {name} on moto: {e}"));
+        assert_eq!(status, 200, "creating bucket {name} on moto: {body}");
+        name
+    }
+
+    /// One plain HTTP request to the server (moto checks no signature on bucket
+    /// creation); its status and body.
+    pub fn request(&self, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+        request(self.port, method, path)
+    }
+
+    fn start() -> S3Server {
+        let python = venv_python().unwrap_or_else(|e| panic!("no S3 test server (moto): {e}"));
+        let root = std::env::temp_dir().join("ferry-testkit");
+        let _ = std::fs::create_dir_all(&root);
+        let log = root.join(format!("moto-{}.log", std::process::id()));
+        for _ in 0..5 {
+            let port = free_port();
+            match spawn(&python, port, &log) {
+                Ok(()) => {
+                    // SAFETY: registers a plain `extern "C"` function with no arguments.
+                    unsafe { libc::atexit(stop_at_exit) };
+                    return S3Server { port, log };
+                }
+                Err(e) if e.contains("exited") => continue, // the port was taken: again
+                Err(e) => panic!("{e}"),
+            }
+        }
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        panic!("moto did not start (its log, {}):\n{text}", log.display());
+    }
+}
+
+fn request(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\
+         Connection: close\r\n\r\n"
+    )?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("not an HTTP answer: {answer:?}")))?;
+    Ok((status, answer))
+}
+
+/// Starts moto on `port` from a thread that lives as long as the process (the parent
+/// `PR_SET_PDEATHSIG` watches is the thread that forked) and waits until it answers.
+fn spawn(python: &Path, port: u16, log: &Path) -> Result<(), String> {
+    let out = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let err = out.try_clone().map_err(|e| e.to_string())?;
+    let mut cmd = Command::new(python);
+    cmd.args([
+        "-m",
+        "moto.server",
+        "-H",
+        "127.0.0.1",
+        "-p",
+        &port.to_string(),
+    ])
+    .stdin(Stdio::null())
+    .stdout(out)
+    .stderr(err);
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    EXITED.store(false, Ordering::SeqCst);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("ferry-testkit-moto".into())
+        .spawn(move || {
+            let mut child = match cmd.spawn() {
+                Ok(c) => c,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            PID.store(child.id(), Ordering::SeqCst);
+            let _ = tx.send(Ok(()));
+            let _ = child.wait();
+            EXITED.store(true, Ordering::SeqCst);
+        })
+        .map_err(|e| e.to_string())?;
+    rx.recv()
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("running {} -m moto.server: {e}", python.display()))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if EXITED.load(Ordering::SeqCst) {
+            return Err("moto exited before it answered".into());
+        }
+        if matches!(request(port, "GET", "/"), Ok((200, _))) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop();
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    Err(format!(
+        "moto did not answer on port {port} within 60 s (its log):\n{text}"
+    ))
+}
+
+fn stop() {
+    let pid = PID.load(Ordering::SeqCst);
+    if pid != 0 && !EXITED.load(Ordering::SeqCst) {
+        // SAFETY: a signal to the child we started, not yet reaped (EXITED is not set).
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+    }
+}
+
+extern "C" fn stop_at_exit() {
+    stop();
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The target folder the running test binary was built in (`<target>/<profile>/deps/<bin>`).
+fn target_dir() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("the test binary's path: {e}"))?;
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .ok_or_else(|| format!("{} is not in <target>/<profile>/deps", exe.display()))
+}
+
+/// Runs `cmd` to its end, at most `limit`; why it failed.
+fn run(cmd: &mut Command, limit: Duration) -> Result<(), String> {
+    let what = format!("{cmd:?}");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("{what}: cannot start: {e}"))?;
+    let start = Instant::now();
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) => break,
+            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(100)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("{what}: still running after {limit:?}"));
+            }
+            Err(e) => return Err(format!("{what}: {e}")),
+        }
+    }
+    let out = child
+        .wait_with_output()
+        .map_err(|e| format!("{what}: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ))
+    }
+}
+
+/// The venv's python with moto installed: made (in a folder of its own, then renamed
+/// into place, so two test processes never share a half-made one) when missing or when
+/// the pinned requirements changed.
+fn venv_python() -> Result<PathBuf, String> {
+    let requirements = repo().join("tests/s3/requirements.txt");
+    let pins = std::fs::read_to_string(&requirements)
+        .map_err(|e| format!("{}: {e}", requirements.display()))?;
+    let venv = target_dir()?.join("s3-venv");
+    let stamp = "ferry-requirements.txt";
+    let ready = |dir: &Path| {
+        dir.join("bin/python").exists()
+            && std::fs::read_to_string(dir.join(stamp)).ok().as_deref() == Some(pins.as_str())
+    };
+    if ready(&venv) {
+        return Ok(venv.join("bin/python"));
+    }
+    let fresh = venv.with_extension(format!("new-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&fresh);
+    let python3 = std::env::var("FERRY_PYTHON").unwrap_or_else(|_| "python3".into());
+    run(
+        Command::new(&python3).args(["-m", "venv"]).arg(&fresh),
+        Duration::from_secs(120),
+    )
+    .map_err(|e| {
+        format!("cannot make a Python virtual environment (python3 with venv; .ci/run installs it): {e}")
+    })?;
+    run(
+        Command::new(fresh.join("bin/python"))
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(["--require-hashes", "--only-binary=:all:", "-r"])
+            .arg(&requirements),
+        Duration::from_secs(600),
+    )
+    .map_err(|e| format!("cannot install tests/s3/requirements.txt: {e}"))?;
+    std::fs::write(fresh.join(stamp), &pins).map_err(|e| e.to_string())?;
+    if !ready(&venv) {
+        let _ = std::fs::remove_dir_all(&venv);
+        // Another process may have put its own in place meanwhile: then use that one.
+        if std::fs::rename(&fresh, &venv).is_err() && !ready(&venv) {
+            return Err(format!("cannot move the venv to {}", venv.display()));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&fresh);
+    Ok(venv.join("bin/python"))
+}
