@@ -223,6 +223,13 @@ async fn an_upload_resumes_on_another_node_which_takes_over_a_part_the_first_hun
     // A receives the first part and a half (its upload of part 1 hangs), then goes.
     write(&a, &id, &data, chunk, 0, 7 * MIB).await;
     drop(a);
+    let hung = "SELECT count(*) FROM media_s3_parts \
+                WHERE part_no = 1 AND e_tag IS NULL AND lease_until > clock_timestamp()";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while env.sql_count(hung).await == 0 {
+        assert!(Instant::now() < deadline, "node A never took part 1");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // B answers where the upload stands and takes the rest.
     assert_eq!(b.received(&id).await.unwrap(), 7 * MIB as u64);
     // A chunk B receives again is acknowledged as it was; other bytes are refused.

@@ -65,6 +65,20 @@ impl S3Server {
         name
     }
 
+    /// The keys in `bucket` under `prefix` (up to 1000; moto checks no signature on
+    /// listings either).
+    pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
+        let (status, body) = self
+            .request("GET", &format!("/{bucket}?list-type=2&prefix={prefix}"))
+            .unwrap_or_else(|e| panic!("listing bucket {bucket}: {e}"));
+        assert_eq!(status, 200, "listing bucket {bucket}: {body}");
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|k| k.split("</Key>").next())
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// One plain HTTP request to the server (moto checks no signature on bucket
     /// creation); its status and body.
     pub fn request(&self, method: &str, path: &str) -> std::io::Result<(u16, String)> {

@@ -2,8 +2,10 @@
 //! and `ferry logic` (services, on the NATS bus and PostgreSQL). The same `Gateway` and
 //! `Logic` as `ferry serve`; only the bus and the store differ.
 //!
-//! Media in a cluster: metadata in PostgreSQL, bytes in a folder every logic node mounts
-//! (`cluster.media_dir`, `ferry logic --media-dir`); see `ferry_store::PgMediaStore`.
+//! Media in a cluster: metadata in PostgreSQL, bytes either in a folder every logic node
+//! mounts (`cluster.media_dir`, `ferry logic --media-dir`; see
+//! `ferry_store::PgMediaStore`) or in an S3-compatible bucket (`cluster.media_s3_*`; see
+//! `ferry_store::S3MediaStore`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -47,6 +49,25 @@ pub struct ClusterConfig {
     pub media_dir: String,
     /// Pooled PostgreSQL connections per logic node for media (apart from the store's).
     pub media_pool: usize,
+    /// The S3 bucket media bytes go to (logic nodes only). Empty: not S3 (`media_dir`,
+    /// if set). At most one of the two.
+    pub media_s3_bucket: String,
+    /// `http(s)://host:port` of an S3-compatible server. Empty: AWS (or `AWS_ENDPOINT`).
+    pub media_s3_endpoint: String,
+    /// The bucket's region. Empty: `AWS_REGION` / `AWS_DEFAULT_REGION`, else us-east-1.
+    pub media_s3_region: String,
+    /// Object keys start with it (`ferry/` → `ferry/blobs/<sha256>`).
+    pub media_s3_prefix: String,
+    /// Empty: `AWS_ACCESS_KEY_ID`, else the instance's credentials.
+    pub media_s3_access_key_id: String,
+    /// Empty: `AWS_SECRET_ACCESS_KEY`.
+    pub media_s3_secret_access_key: String,
+    /// Allow an `http://` endpoint.
+    pub media_s3_allow_http: bool,
+    /// `https://<bucket>.<endpoint>` requests instead of `https://<endpoint>/<bucket>`.
+    pub media_s3_virtual_hosted_style: bool,
+    /// Bytes per multipart part (5 MiB to 5 GiB).
+    pub media_s3_part_size: u64,
 }
 
 impl Default for ClusterConfig {
@@ -62,6 +83,15 @@ impl Default for ClusterConfig {
             logic_http: String::new(),
             media_dir: String::new(),
             media_pool: 4,
+            media_s3_bucket: String::new(),
+            media_s3_endpoint: String::new(),
+            media_s3_region: String::new(),
+            media_s3_prefix: String::new(),
+            media_s3_access_key_id: String::new(),
+            media_s3_secret_access_key: String::new(),
+            media_s3_allow_http: false,
+            media_s3_virtual_hosted_style: false,
+            media_s3_part_size: 8 * 1024 * 1024,
         }
     }
 }
@@ -75,6 +105,42 @@ impl ClusterConfig {
         n.gateway_expiry = Duration::from_millis(self.gateway_expiry_ms);
         n.name = name.to_owned();
         n
+    }
+
+    /// The S3 media settings, when `media_s3_bucket` is set.
+    pub fn media_s3(&self) -> Option<ferry_store::S3Config> {
+        (!self.media_s3_bucket.is_empty()).then(|| ferry_store::S3Config {
+            bucket: self.media_s3_bucket.clone(),
+            endpoint: self.media_s3_endpoint.clone(),
+            region: self.media_s3_region.clone(),
+            prefix: self.media_s3_prefix.clone(),
+            access_key_id: self.media_s3_access_key_id.clone(),
+            secret_access_key: self.media_s3_secret_access_key.clone(),
+            allow_http: self.media_s3_allow_http,
+            virtual_hosted_style: self.media_s3_virtual_hosted_style,
+            part_size: self.media_s3_part_size,
+            ..Default::default()
+        })
+    }
+
+    /// The checks of the media settings beyond their types.
+    pub fn validate_media(&self) -> Result<(), String> {
+        if !self.media_s3_bucket.is_empty() && !self.media_dir.is_empty() {
+            return Err(
+                "cluster.media_dir and cluster.media_s3_bucket are both set: media \
+                        goes to a shared folder or to S3, set one"
+                    .into(),
+            );
+        }
+        let (min, max) = (5 * 1024 * 1024, 5 * 1024 * 1024 * 1024);
+        if !(min..=max).contains(&self.media_s3_part_size) {
+            return Err(format!(
+                "cluster.media_s3_part_size must be {min} to {max} bytes (S3's part sizes), \
+                 not {}",
+                self.media_s3_part_size
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -216,7 +282,14 @@ impl LogicNode {
             store.clone(),
             bus.clone() as Arc<dyn Bus>,
         );
-        if !cfg.cluster.media_dir.is_empty() {
+        if let Some(s3) = cfg.cluster.media_s3() {
+            let mut media_pg = pg.clone();
+            media_pg.pool_size = cfg.cluster.media_pool;
+            let media = ferry_store::S3MediaStore::connect(&media_pg, &s3)
+                .await
+                .with_context(|| format!("opening the media store in S3 bucket {}", s3.bucket))?;
+            logic.set_media_store(Arc::new(media));
+        } else if !cfg.cluster.media_dir.is_empty() {
             let dir = std::path::Path::new(&cfg.cluster.media_dir);
             let mut media_pg = pg.clone();
             media_pg.pool_size = cfg.cluster.media_pool;

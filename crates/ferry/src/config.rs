@@ -75,6 +75,15 @@ pub const ENV_VARS: &[&str] = &[
     "FERRY_NATS",
     "FERRY_POSTGRES",
     "FERRY_MEDIA_DIR",
+    "FERRY_MEDIA_S3_BUCKET",
+    "FERRY_MEDIA_S3_ENDPOINT",
+    // Media on S3 (read by the object_store crate when the keys leave them to it).
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT",
     // Logging, every command.
     "FERRY_LOG",
     // The client commands.
@@ -132,9 +141,11 @@ impl Config {
         Ok(cfg)
     }
 
-    /// The checks of values beyond their types: `durability`, the endpoint lists.
+    /// The checks of values beyond their types: `durability`, the media settings, the
+    /// endpoint lists.
     fn validate(&self) -> Result<(), String> {
         self.durability().map_err(|e| e.to_string())?;
+        self.cluster.validate_media()?;
         self.logic
             .endpoints
             .validate()
@@ -208,6 +219,12 @@ impl Config {
         }
         if let Some(v) = var("FERRY_MEDIA_DIR") {
             self.cluster.media_dir = v;
+        }
+        if let Some(v) = var("FERRY_MEDIA_S3_BUCKET") {
+            self.cluster.media_s3_bucket = v;
+        }
+        if let Some(v) = var("FERRY_MEDIA_S3_ENDPOINT") {
+            self.cluster.media_s3_endpoint = v;
         }
         Ok(())
     }
