@@ -717,7 +717,7 @@ fn the_docs_name_only_keys_that_exist() {
             };
             let path: String = path
                 .chars()
-                .take_while(|c| c.is_ascii_lowercase() || "_.*".contains(*c))
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "_.*".contains(*c))
                 .collect();
             let root = path.split('.').next().unwrap_or("");
             if !["gateway", "logic", "cluster"].contains(&root)
@@ -728,7 +728,7 @@ fn the_docs_name_only_keys_that_exist() {
             // `[logic.admission] max_in_flight`: a key of that table.
             let key: String = after
                 .chars()
-                .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                .take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_')
                 .collect();
             let full = if key.is_empty() {
                 path.clone()
@@ -759,4 +759,32 @@ fn suggestions_are_near_misses_only() {
         Some("burst")
     );
     assert_eq!(closest("zebra", ["burst", "per_sec"].into_iter()), None);
+}
+
+#[test]
+fn media_goes_to_a_shared_folder_or_to_s3_in_parts_s3_takes() {
+    let both = "[cluster]\nmedia_dir = \"/srv/m\"\nmedia_s3_bucket = \"b\"\n";
+    let e = load_text(both).unwrap_err().to_string();
+    assert!(e.contains("both set"), "{e}");
+    let small = "[cluster]\nmedia_s3_bucket = \"b\"\nmedia_s3_part_size = 1_048_576\n";
+    let e = load_text(small).unwrap_err().to_string();
+    assert!(e.contains("media_s3_part_size"), "{e}");
+    let cfg = load_text("[cluster]\nmedia_s3_bucket = \"b\"\nmedia_s3_prefix = \"p/\"\n").unwrap();
+    let s3 = cfg.cluster.media_s3().expect("S3 settings");
+    assert_eq!((s3.bucket.as_str(), s3.prefix.as_str()), ("b", "p/"));
+    assert_eq!(s3.part_size, 8 * 1024 * 1024);
+    assert!(Config::default().cluster.media_s3().is_none());
+    // The environment names the bucket too, and is checked the same way.
+    let cfg = Config::load_with(None, |k| {
+        (k == "FERRY_MEDIA_S3_BUCKET").then(|| "from-env".to_owned())
+    })
+    .unwrap();
+    assert_eq!(cfg.cluster.media_s3_bucket, "from-env");
+    let e = Config::load_with(None, |k| match k {
+        "FERRY_MEDIA_S3_BUCKET" => Some("b".into()),
+        "FERRY_MEDIA_DIR" => Some("/srv/m".into()),
+        _ => None,
+    })
+    .unwrap_err();
+    assert!(e.to_string().contains("both set"), "{e}");
 }
