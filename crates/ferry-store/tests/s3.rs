@@ -334,3 +334,47 @@ async fn the_sweep_aborts_the_multipart_upload_of_an_abandoned_upload() {
     assert_eq!(media.object_count("uploads").await.unwrap(), 0);
     assert!(media.sweep(2_000).await.unwrap().is_empty());
 }
+
+/// The same offset sent to two nodes at once with other bytes (a client bug or an
+/// attack racing a retry): exactly one is acknowledged, the other refused, and the
+/// upload holds the acknowledged bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_offset_raced_on_two_nodes_keeps_the_bytes_acknowledged() {
+    let env = Env::new();
+    let (a, b) = (env.node().await, env.node().await);
+    let (chunk, n) = (64usize, 40usize);
+    let (xs, ys) = (content(chunk * n, 1), content(chunk * n, 2));
+    let id = "d".repeat(32);
+    // The winners are not known in advance: the declared hash is a placeholder, and
+    // what `verify` hashes is compared with the bytes acknowledged.
+    let mut kept = vec![0u8; chunk * n];
+    let mut m = meta(&id, &kept, chunk as u32);
+    m.sha256 = "0".repeat(64);
+    a.create(m).await.unwrap();
+    for i in 0..n {
+        let r = i * chunk..(i + 1) * chunk;
+        // Each node's write on a task of its own, released together.
+        let go = Arc::new(tokio::sync::Barrier::new(2));
+        let write = |node: &Arc<S3MediaStore>, bytes: Vec<u8>| {
+            let (node, go, id, at) = (node.clone(), go.clone(), id.clone(), r.start as u64);
+            tokio::spawn(async move {
+                go.wait().await;
+                node.write_chunk(&id, at, &bytes).await
+            })
+        };
+        let (ta, tb) = (
+            write(&a, xs[r.clone()].to_vec()),
+            write(&b, ys[r.clone()].to_vec()),
+        );
+        match (ta.await.unwrap(), tb.await.unwrap()) {
+            (Ok(_), Err(ferry_store::StoreError::ChunkMismatch)) => {
+                kept[r.clone()].copy_from_slice(&xs[r])
+            }
+            (Err(ferry_store::StoreError::ChunkMismatch), Ok(_)) => {
+                kept[r.clone()].copy_from_slice(&ys[r])
+            }
+            other => panic!("chunk {i}: {other:?}"),
+        }
+    }
+    assert_eq!(a.verify(&id, 0).await.unwrap().sha256, sha(&kept));
+}

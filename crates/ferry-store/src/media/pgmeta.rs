@@ -255,12 +255,27 @@ impl MediaRows {
             .await?
             .ok_or(StoreError::NotFound)?
             .get::<_, i64>(0) as u64;
-        txn.execute(
-            "INSERT INTO media_chunks (media_id, chunk_offset, digest, data) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            &[&id, &(offset as i64), &digest, &data],
-        )
-        .await?;
+        let inserted = txn
+            .execute(
+                "INSERT INTO media_chunks (media_id, chunk_offset, digest, data) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                &[&id, &(offset as i64), &digest, &data],
+            )
+            .await?;
+        if inserted == 0 && digest.is_some() {
+            // Another node recorded this offset meanwhile (the same chunk sent to two
+            // nodes at once): acknowledged again only if it holds the same bytes.
+            let stored: Option<Vec<u8>> = txn
+                .query_one(
+                    "SELECT digest FROM media_chunks WHERE media_id = $1 AND chunk_offset = $2",
+                    &[&id, &(offset as i64)],
+                )
+                .await?
+                .get(0);
+            if stored.as_deref() != digest {
+                return Err(StoreError::ChunkMismatch);
+            }
+        }
         let row = txn
             .query_one(
                 "UPDATE media m SET received = LEAST(m.size, ( \
