@@ -54,7 +54,9 @@ enum Inner {
         read: OwnedReadHalf,
         write: OwnedWriteHalf,
     },
-    LongPoll(LongPoll),
+    /// Boxed: hyper's client (with the workspace's features) is hundreds of bytes, a TCP
+    /// link two halves.
+    LongPoll(Box<LongPoll>),
 }
 
 struct LongPoll {
@@ -127,14 +129,14 @@ impl Conn {
                 let mut connector = HttpConnector::new();
                 connector.set_nodelay(true);
                 connector.set_connect_timeout(Some(connect_timeout));
-                Inner::LongPoll(LongPoll {
+                Inner::LongPoll(Box::new(LongPoll {
                     http: Client::builder(TokioExecutor::new()).build(connector),
                     base: format!("http://{}", ep.addr),
                     sid: None,
                     rx: None,
                     poller: None,
                     request_timeout,
-                })
+                }))
             }
         };
         Ok(Conn {
