@@ -178,7 +178,8 @@ async fn measure(
     while let Some(_out) = w.next(end).await? {
         pb.set_position(w.sum(Out::connected));
     }
-    let end_sample = sample(target, w.sum(Out::connected));
+    let held_at_end = w.sum(Out::connected);
+    let end_sample = sample(target, held_at_end);
     let results = w.results(Duration::from_secs(30)).await?;
     pb.finish_and_clear();
 
@@ -236,6 +237,7 @@ async fn measure(
         "server": target.describe(),
         "connections_requested": connections,
         "connected": connected,
+        "held_at_end": held_at_end,
         "prepare_failed": prepare_failed,
         "login_failed": login_failed,
         "login_retries": retries,
@@ -268,6 +270,7 @@ async fn measure(
         "connected / requested",
         format!("{connected} / {connections}"),
     );
+    r.row("held at the end of the hold", held_at_end);
     r.row("login failures", login_failed + prepare_failed);
     r.row("logins tried again (shed by the server)", retries);
     r.row("dropped while idle", dropped);

@@ -250,54 +250,58 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             bail!("--server {s}: the bench only loads loopback addresses");
         }
     }
-    let result: anyhow::Result<report::Report> = async { Ok(match args.scenario.clone() {
-        Scenario::Idle {
-            connections,
-            steps,
-            heartbeat,
-        } => idle::run(&args, connections, steps, heartbeat).await?,
-        Scenario::P2p {
-            pairs,
-            rate,
-            window,
-            sweep,
-        } => p2p::run(&args, pairs, rate, window, &sweep).await?,
-        Scenario::Login { clients } => login::run(&args, clients).await?,
-        Scenario::Reconnect { clients, rate } => {
-            if args.protocol != Proto::Ferry {
-                bail!("reconnect is a Ferry scenario");
+    let result: anyhow::Result<report::Report> = async {
+        Ok(match args.scenario.clone() {
+            Scenario::Idle {
+                connections,
+                steps,
+                heartbeat,
+            } => idle::run(&args, connections, steps, heartbeat).await?,
+            Scenario::P2p {
+                pairs,
+                rate,
+                window,
+                sweep,
+            } => p2p::run(&args, pairs, rate, window, &sweep).await?,
+            Scenario::Login { clients } => login::run(&args, clients).await?,
+            Scenario::Reconnect { clients, rate } => {
+                if args.protocol != Proto::Ferry {
+                    bail!("reconnect is a Ferry scenario");
+                }
+                reconnect::run(&args, clients, rate).await?
             }
-            reconnect::run(&args, clients, rate).await?
-        }
-        Scenario::Fanout {
-            members,
-            messages,
-            window,
-        } => {
-            if args.protocol != Proto::Ferry {
-                bail!("fanout is a Ferry scenario");
+            Scenario::Fanout {
+                members,
+                messages,
+                window,
+            } => {
+                if args.protocol != Proto::Ferry {
+                    bail!("fanout is a Ferry scenario");
+                }
+                fanout::run(&args, members, messages, window).await?
             }
-            fanout::run(&args, members, messages, window).await?
-        }
-        Scenario::Media {
-            size_mib,
-            chunks,
-            in_flight,
-        } => {
-            if args.protocol != Proto::Ferry {
-                bail!("media is a Ferry scenario");
+            Scenario::Media {
+                size_mib,
+                chunks,
+                in_flight,
+            } => {
+                if args.protocol != Proto::Ferry {
+                    bail!("media is a Ferry scenario");
+                }
+                media::run(&args, size_mib, &chunks, &in_flight).await?
             }
-            media::run(&args, size_mib, &chunks, &in_flight).await?
-        }
-        Scenario::Overload(o) => overload::run(&args, &o).await?,
-        Scenario::Faults { fault, pairs, rate } => faults::run(&args, fault, pairs, rate).await?,
-        Scenario::Proxy {
-            listen,
-            upstream,
-            faults,
-        } => faults::proxy(&args, &listen, &upstream, faults).await?,
-        Scenario::Plot { .. } | Scenario::Compare { .. } => unreachable!("handled above"),
-    }) }
+            Scenario::Overload(o) => overload::run(&args, &o).await?,
+            Scenario::Faults { fault, pairs, rate } => {
+                faults::run(&args, fault, pairs, rate).await?
+            }
+            Scenario::Proxy {
+                listen,
+                upstream,
+                faults,
+            } => faults::proxy(&args, &listen, &upstream, faults).await?,
+            Scenario::Plot { .. } | Scenario::Compare { .. } => unreachable!("handled above"),
+        })
+    }
     .await;
     let (failed, started) = worker_failures();
     let mut report = match result {

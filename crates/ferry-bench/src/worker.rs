@@ -291,9 +291,7 @@ fn leave_now(code: i32, reason: &str) -> ! {
     .unwrap_or_default();
     let mut out = std::io::stdout().lock();
     // A newline first: a panic may come halfway through another line.
-    let ok = write!(out, "\n{line}\n")
-        .and_then(|()| out.flush())
-        .is_ok();
+    let ok = write!(out, "\n{line}\n").and_then(|()| out.flush()).is_ok();
     if !ok || code != exit::DONE {
         // Said on stderr too: the orchestrator keeps its tail, and a human sees it.
         eprintln!("bench worker leaving (code {code}): {reason}");
@@ -359,7 +357,10 @@ pub async fn run(spec: &str) -> anyhow::Result<()> {
                         Err(e) => eprintln!("bench worker: bad command {line:?}: {e}"),
                     },
                     Ok(None) if stopped.load(Ordering::Relaxed) => {
-                        break (exit::DONE, "the orchestrator closed stdin after Stop".into())
+                        break (
+                            exit::DONE,
+                            "the orchestrator closed stdin after Stop".into(),
+                        )
                     }
                     Ok(None) => {
                         break (
@@ -457,7 +458,10 @@ async fn write_line(stdout: &mut tokio::io::Stdout, o: &Out) {
     }
     .await;
     if let Err(e) = wrote {
-        eprintln!("bench worker leaving (code {}): writing reports failed: {e}", exit::STDOUT_FAILED);
+        eprintln!(
+            "bench worker leaving (code {}): writing reports failed: {e}",
+            exit::STDOUT_FAILED
+        );
         std::process::exit(exit::STDOUT_FAILED);
     }
 }

@@ -16,7 +16,10 @@ fn workers_of(pid: u32) -> Vec<u32> {
     };
     for t in tasks.flatten() {
         let children = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-        for c in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
+        for c in children
+            .split_whitespace()
+            .filter_map(|c| c.parse::<u32>().ok())
+        {
             let cmdline = std::fs::read(format!("/proc/{c}/cmdline")).unwrap_or_default();
             if String::from_utf8_lossy(&cmdline).contains("bench-worker") && !out.contains(&c) {
                 out.push(c);
@@ -169,10 +172,7 @@ fn a_worker_always_says_why_it_leaves() {
     let (lines, st) = worker_lines("{not json", "");
     let last = lines.last().expect("a leaving line");
     assert_eq!(last["type"], "leaving", "{lines:?}");
-    assert!(
-        last["reason"].as_str().unwrap().contains("spec"),
-        "{last}"
-    );
+    assert!(last["reason"].as_str().unwrap().contains("spec"), "{last}");
     assert_eq!(st.code(), Some(2));
     assert_eq!(last["code"], 2);
 
