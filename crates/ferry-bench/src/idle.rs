@@ -42,7 +42,7 @@ impl std::str::FromStr for HeartbeatMode {
             "smart" => Ok(HeartbeatMode::Smart),
             "learned" => Ok(HeartbeatMode::Learned),
             secs => match secs.parse::<f64>() {
-                Ok(x) if x >= 1.0 && x <= 3600.0 => {
+                Ok(x) if (1.0..=3600.0).contains(&x) => {
                     Ok(HeartbeatMode::Fixed(Duration::from_secs_f64(x)))
                 }
                 _ => Err(format!(
