@@ -124,6 +124,6 @@ done
 for f in "$STATE"/cluster/logic-*.log "$STATE"/cluster/gw-*.log; do
   [ -e "$f" ] || continue
   n=$(grep -c -i "error\|warn" "$f" || true)
-  [ "$n" = 0 ] || echo "$(basename "$f"): $n warnings/errors, e.g. $(grep -i -m1 "error\|warn" "$f" | cut -c1-200)"
+  [ "$n" = 0 ] || echo "$(basename "$f"): $n warnings/errors, e.g. $(grep -i -m1 "error\|warn" "$f" | sed "s/\x1b\[[0-9;]*m//g" | cut -c1-200)"
 done
 exit $failed
