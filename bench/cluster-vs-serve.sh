@@ -64,6 +64,19 @@ while read -r _ _ addr _ _; do servers+=(--server "$addr"); done < <(grep '^gate
 echo "cluster: ${servers[*]} ($LOGICS logic nodes); logs in $STATE"
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+DBURL=$(echo "$PGURL" | sed "s/dbname=[^ ]*/dbname=$DB/")
+# PostgreSQL's own counters for the cluster's database (commits, rollbacks, rows).
+pgsnap() {
+  psql "$DBURL" -Atc "SELECT xact_commit, xact_rollback, tup_inserted, tup_updated, tup_deleted, tup_returned
+    FROM pg_stat_database WHERE datname = '$DB'"
+}
+# What the cluster's PostgreSQL sessions are doing, sampled every 0.2 s while a run lasts.
+pgwait() { # file
+  while sleep 0.2; do
+    psql "$DBURL" -Atc "SELECT state, coalesce(wait_event_type, 'CPU'), coalesce(wait_event, '-')
+      FROM pg_stat_activity WHERE datname = '$DB' AND pid <> pg_backend_pid() AND state <> 'idle'" 2>/dev/null
+  done >>"$1"
+}
 rows=()
 failed=0
 # run TARGET WINDOW NAME: one closed-loop p2p run; appends a row.
@@ -73,9 +86,17 @@ run() {
   [ "$target" = cluster ] && args=("${servers[@]}")
   load=$(loadavg)
   echo "== $name: $target, window $window, load $load"
+  local before="" sampler=""
+  if [ "$target" = cluster ]; then
+    before=$(pgsnap)
+    : >"$STATE/$name.waits"
+    pgwait "$STATE/$name.waits" &
+    sampler=$!
+  fi
   # The same user names on both: each target has its own store.
   if ! "$FERRY" bench "${args[@]}" --duration "$DURATION" --prefix "cvs$target" --json "$json" \
     p2p --pairs "$PAIRS" --window "$window" >"$STATE/$name.out" 2>&1; then
+    [ -z "$sampler" ] || kill "$sampler" 2>/dev/null || true
     echo "   FAILED (see $STATE/$name.out)"; tail -5 "$STATE/$name.out"
     failed=1
     rows+=("$name|$target|$window|FAILED|||||$load")
@@ -85,6 +106,28 @@ run() {
   row=$(jq -r '[.delivered_per_sec, .acked_per_sec, .latency.p50_us, .latency.p99_us,
       .lost, .duplicated, .errors] | map(tostring) | join("|")' "$json")
   rows+=("$name|$target|$window|$row|$load")
+  if [ -n "$sampler" ]; then
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    sleep 1.5 # backends flush their counters at most once a second
+    local after acked
+    after=$(pgsnap)
+    acked=$(jq -r '.acked' "$json")
+    # Per acknowledged message, over the whole run (its 400 sign-ins and logins too:
+    # a few hundred against tens of thousands of messages).
+    jq -n --arg b "$before" --arg a "$after" --argjson acked "$acked" \
+      --rawfile waits "$STATE/$name.waits" '
+      ($b | split("|") | map(tonumber)) as $b | ($a | split("|") | map(tonumber)) as $a
+      | ["commits", "rollbacks", "rows_inserted", "rows_updated", "rows_deleted", "rows_read"] as $k
+      | {acked: $acked,
+         totals: ([range(0; 6)] | map({key: $k[.], value: ($a[.] - $b[.])}) | from_entries),
+         per_acked_message: ([range(0; 6)] | map({key: $k[.], value: ((($a[.] - $b[.]) / ([$acked, 1] | max)) * 100 | round / 100)}) | from_entries),
+         session_states_sampled: ($waits | split("\n") | map(select(length > 0))
+           | group_by(.) | map({state: .[0], samples: length}) | sort_by(-.samples))}' \
+      >"$OUT/cvs-$TAG-$name-pg.json"
+    echo "   PostgreSQL per acked message: $(jq -c '.per_acked_message' "$OUT/cvs-$TAG-$name-pg.json")"
+    echo "   busiest session states: $(jq -r '.session_states_sampled[:4] | map("\(.state) ×\(.samples)") | join(", ")' "$OUT/cvs-$TAG-$name-pg.json")"
+  fi
   echo "   $(jq -r '"\(.delivered_per_sec|floor) msgs/s delivered, p50 \(.latency.p50_us/1000|floor) ms, p99 \(.latency.p99_us/1000|floor) ms, lost \(.lost), dup \(.duplicated), refused \(.errors)"' "$json")"
 }
 
