@@ -63,7 +63,7 @@ GATEWAYS=$GATEWAYS LOGICS=$LOGICS LOAD_TEST=1 RUN_SECS=$((HOLD + 3600)) \
   STATE="$STATE" FERRY="$FERRY" bench/cluster.sh >"$STATE/cluster.out" 2>&1 &
 cluster=$!
 # The load average every 5 s, for the report.
-(while sleep 5; do echo "$(date +%s) $(cut -d' ' -f1-3 /proc/loadavg)"; done) >"$STATE/loadavg" &
+(while sleep 5; do echo "$(date +%s) $(cut -d' ' -f1-3 /proc/loadavg)"; done) >>"$STATE/loadavg" &
 sampler=$!
 trap 'kill $sampler 2>/dev/null; kill -TERM $cluster 2>/dev/null; wait $cluster 2>/dev/null || true' EXIT
 
