@@ -168,7 +168,7 @@ if [ -s "$IDLE_JSON" ]; then
   tcp_pages_slope=$(jq -r '[.points[] | select(.connections > 0)] as $p | if ($p | length) < 2 then empty else
       (($p[-1].tcp_mem_pages - $p[0].tcp_mem_pages) * 4096 / ($p[-1].connections - $p[0].connections)) | floor end' "$IDLE_JSON")
   [ -n "$tcp_pages_slope" ] || missing+=("the TCP buffer pages per connection")
-  hb=$(jq -r '.heartbeat | "\(.mode): \(.start_interval_secs.mean) s at start, \(.end_interval_secs.mean) s at end; \(.sent) sent (\(.sent_per_sec_while_held | floor)/s), \(.answered) answered"' "$IDLE_JSON")
+  hb=$(jq -r '.heartbeat | "\(.mode): \(.start_interval_secs.mean) s at start, \(.end_interval_secs.mean) s at end; \(.sent) sent, \(.answered) answered; steady \(.steady_per_sec | floor)/s (links / interval)"' "$IDLE_JSON")
   need dropped "$IDLE_JSON" .dropped_while_idle "dropped while held"
   need login_failed "$IDLE_JSON" .login_failed "login failures"
   need rate "$IDLE_JSON" '.connect_login_per_sec | floor' "connect rate"
