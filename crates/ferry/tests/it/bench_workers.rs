@@ -141,7 +141,8 @@ fn a_worker_killed_mid_run_gives_a_partial_report_and_a_failed_exit() {
     );
 }
 
-/// Runs `ferry bench-worker SPEC` with `stdin` written then closed; its report lines.
+/// Runs `ferry bench-worker SPEC` with `stdin` written and kept open until it has
+/// gone (a closed stdin would be a reason of its own to leave); its report lines.
 fn worker_lines(spec: &str, stdin: &str) -> (Vec<Value>, std::process::ExitStatus) {
     let mut child = Command::new(crate::FERRY)
         .args(["bench-worker", spec])
@@ -150,10 +151,9 @@ fn worker_lines(spec: &str, stdin: &str) -> (Vec<Value>, std::process::ExitStatu
         .stderr(Stdio::null())
         .spawn()
         .expect("starting a bench worker");
-    {
-        let mut w = child.stdin.take().unwrap();
-        w.write_all(stdin.as_bytes()).unwrap();
-    }
+    let mut input = child.stdin.take().unwrap();
+    // A worker that has already left closes the pipe: nothing to check there.
+    let _ = input.write_all(stdin.as_bytes());
     let mut lines = Vec::new();
     let stdout = child.stdout.take().unwrap();
     for line in BufReader::new(stdout).lines().take(10_000) {
@@ -163,7 +163,9 @@ fn worker_lines(spec: &str, stdin: &str) -> (Vec<Value>, std::process::ExitStatu
         }
         lines.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
     }
-    (lines, child.wait().unwrap())
+    let status = child.wait().unwrap();
+    drop(input);
+    (lines, status)
 }
 
 #[test]
