@@ -15,7 +15,14 @@
 # closed-loop runs on each), SWEEP (windows, comma separated, "" for none; default
 # 1,32), GATEWAYS (2), LOGICS (2), OUT (docs/bench/results), TAG (file name part,
 # default "before"), FERRY (target/release/ferry, built if missing), NATS_PORT (4323),
-# BASE_PORT (9100), DB (ferry_cvs: dropped and made again, so each run starts empty).
+# BASE_PORT (9100), DB (ferry_cvs: dropped and made again, so each run starts empty),
+# LOGIN_CLIENTS (200 clients logging in again and again for 5 s on each, after the
+# message runs; 0: none).
+#
+# For each cluster run it also writes OUT/cvs-TAG-NAME-pg.json: PostgreSQL's own
+# counters for the database (pg_stat_database: commits, rows inserted/updated/read)
+# per acknowledged message or per login, and the states of its sessions
+# (pg_stat_activity: wait events, idle in transaction) sampled every 0.2 s.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -32,6 +39,7 @@ FERRY=${FERRY:-target/release/ferry}
 NATS_PORT=${NATS_PORT:-4323}
 BASE_PORT=${BASE_PORT:-9100}
 DB=${DB:-ferry_cvs}
+LOGIN_CLIENTS=${LOGIN_CLIENTS:-200}
 PGURL=${PGURL:-host=127.0.0.1 user=postgres dbname=test}
 STATE=$(mktemp -d -t ferry-cvs.XXXXXX)
 mkdir -p "$OUT"
@@ -78,7 +86,26 @@ pgwait() { # file
   done >>"$1"
 }
 rows=()
+logins=()
 failed=0
+# pg_report NAME BEFORE COUNT WHAT: PostgreSQL's counters since BEFORE per COUNT, and the
+# session states sampled, into OUT/cvs-TAG-NAME-pg.json.
+pg_report() {
+  local after
+  after=$(pgsnap)
+  jq -n --arg b "$2" --arg a "$after" --argjson n "$3" --arg what "$4" \
+    --rawfile waits "$STATE/$1.waits" '
+    ($b | split("|") | map(tonumber)) as $b | ($a | split("|") | map(tonumber)) as $a
+    | ["commits", "rollbacks", "rows_inserted", "rows_updated", "rows_deleted", "rows_read"] as $k
+    | {per: $what, count: $n,
+       totals: ([range(0; 6)] | map({key: $k[.], value: ($a[.] - $b[.])}) | from_entries),
+       per_one: ([range(0; 6)] | map({key: $k[.], value: ((($a[.] - $b[.]) / ([$n, 1] | max)) * 100 | round / 100)}) | from_entries),
+       session_states_sampled: ($waits | split("\n") | map(select(length > 0))
+         | group_by(.) | map({state: .[0], samples: length}) | sort_by(-.samples))}' \
+    >"$OUT/cvs-$TAG-$1-pg.json"
+  echo "   PostgreSQL per $4: $(jq -c '.per_one' "$OUT/cvs-$TAG-$1-pg.json")"
+  echo "   busiest session states: $(jq -r '.session_states_sampled[:4] | map("\(.state) ×\(.samples)") | join(", ")' "$OUT/cvs-$TAG-$1-pg.json")"
+}
 # run TARGET WINDOW NAME: one closed-loop p2p run; appends a row.
 run() {
   local target=$1 window=$2 name=$3 json="$OUT/cvs-$TAG-$3.json" load
@@ -115,18 +142,7 @@ run() {
     acked=$(jq -r '.acked' "$json")
     # Per acknowledged message, over the whole run (its 400 sign-ins and logins too:
     # a few hundred against tens of thousands of messages).
-    jq -n --arg b "$before" --arg a "$after" --argjson acked "$acked" \
-      --rawfile waits "$STATE/$name.waits" '
-      ($b | split("|") | map(tonumber)) as $b | ($a | split("|") | map(tonumber)) as $a
-      | ["commits", "rollbacks", "rows_inserted", "rows_updated", "rows_deleted", "rows_read"] as $k
-      | {acked: $acked,
-         totals: ([range(0; 6)] | map({key: $k[.], value: ($a[.] - $b[.])}) | from_entries),
-         per_acked_message: ([range(0; 6)] | map({key: $k[.], value: ((($a[.] - $b[.]) / ([$acked, 1] | max)) * 100 | round / 100)}) | from_entries),
-         session_states_sampled: ($waits | split("\n") | map(select(length > 0))
-           | group_by(.) | map({state: .[0], samples: length}) | sort_by(-.samples))}' \
-      >"$OUT/cvs-$TAG-$name-pg.json"
-    echo "   PostgreSQL per acked message: $(jq -c '.per_acked_message' "$OUT/cvs-$TAG-$name-pg.json")"
-    echo "   busiest session states: $(jq -r '.session_states_sampled[:4] | map("\(.state) ×\(.samples)") | join(", ")' "$OUT/cvs-$TAG-$name-pg.json")"
+    pg_report "$name" "$before" "$acked" "acked message"
   fi
   echo "   $(jq -r '"\(.delivered_per_sec|floor) msgs/s delivered, p50 \(.latency.p50_us/1000|floor) ms, p99 \(.latency.p99_us/1000|floor) ms, lost \(.lost), dup \(.duplicated), refused \(.errors)"' "$json")"
 }
@@ -142,6 +158,43 @@ for w in "${sweep[@]}"; do
   run cluster "$w" "cluster-w$w"
 done
 
+# login_run TARGET NAME: token logins (resumed from tickets, as the SDK's), again and
+# again for 5 s; logins/s, p99, and for the cluster PostgreSQL's work per login.
+login_run() {
+  local target=$1 name=$2 json="$OUT/cvs-$TAG-$2.json" load before="" sampler=""
+  local args=()
+  [ "$target" = cluster ] && args=("${servers[@]}")
+  load=$(loadavg)
+  echo "== $name: $target, $LOGIN_CLIENTS clients logging in again and again, load $load"
+  if [ "$target" = cluster ]; then
+    before=$(pgsnap)
+    : >"$STATE/$name.waits"
+    pgwait "$STATE/$name.waits" &
+    sampler=$!
+  fi
+  if ! "$FERRY" bench "${args[@]}" --duration 5 --prefix "cvsl$target" --json "$json" \
+    login --clients "$LOGIN_CLIENTS" >"$STATE/$name.out" 2>&1; then
+    [ -z "$sampler" ] || kill "$sampler" 2>/dev/null || true
+    echo "   FAILED (see $STATE/$name.out)"; tail -5 "$STATE/$name.out"
+    failed=1
+    return
+  fi
+  logins+=("$name|$target|$(jq -r '[.logins_per_sec, .latency.p50_us, .latency.p99_us, .failed] | map(tostring) | join("|")' "$json")|$load")
+  echo "   $(jq -r '"\(.logins_per_sec|floor) logins/s, p99 \(.latency.p99_us/1000|floor) ms, failed \(.failed)"' "$json")"
+  if [ -n "$sampler" ]; then
+    kill "$sampler" 2>/dev/null || true
+    wait "$sampler" 2>/dev/null || true
+    sleep 1.5
+    # Every login of the run: the timed ones and the first, full-handshake pass (one
+    # per client); the clients' sign-ins over HTTP are in it too.
+    pg_report "$name" "$before" "$(jq -r '.logins + .clients' "$json")" "login"
+  fi
+}
+if [ "$LOGIN_CLIENTS" -gt 0 ]; then
+  login_run serve login-serve
+  login_run cluster login-cluster
+fi
+
 {
   echo "cluster ($GATEWAYS gateways, $LOGICS logic nodes, PostgreSQL) vs ferry serve (SQLite), $PAIRS pairs, ${DURATION}s each, closed loop"
   echo "machine: $(nproc) cores; $(git rev-parse --short HEAD 2>/dev/null || echo '?'); load average after: $(loadavg)"
@@ -151,6 +204,11 @@ done
     ms() { [ -n "$1" ] && awk -v v="$1" 'BEGIN { printf "%.1f", v / 1000 }'; }
     printf '%-22s %-8s %6s %12.0f %12.0f %10s %10s %5s %4s %7s  %s\n' "$name" "$target" "$window" \
       "${del:-0}" "${ack:-0}" "$(ms "$p50")" "$(ms "$p99")" "$lost" "$dup" "$err" "$load"
+  done
+  for row in "${logins[@]}"; do
+    IFS='|' read -r name target per p50 p99 lfailed load <<<"$row"
+    printf '%-22s %-8s %6s %12.0f logins/s  p50 %s ms  p99 %s ms  failed %s  load before %s\n' "$name" "$target" - \
+      "$per" "$(awk -v v="$p50" 'BEGIN { printf "%.1f", v / 1000 }')" "$(awk -v v="$p99" 'BEGIN { printf "%.1f", v / 1000 }')" "$lfailed" "$load"
   done
   # The ratio per window: mean over the runs of each target.
   echo
