@@ -19,7 +19,10 @@
 //! re-executed as the hidden `bench-worker` subcommand, at most [`MAX_CONNS_PER_WORKER`]
 //! connections each, because a process may hold at most 20 000 files here), steps them
 //! through phases over stdin, gathers their JSON-line reports from stdout, shows a
-//! progress bar on stderr, prints a table and writes every figure to `--json`. The
+//! progress bar on stderr, prints a table and writes every figure to `--json`. A worker
+//! that goes before giving its figures is recorded with why (its `leaving` line, its
+//! exit status, its stderr tail), the run goes on with the others, and the report is
+//! marked PARTIAL and the command fails ([`Workers`], [`worker_failures`]). The
 //! server child and the workers are the executable this library runs in
 //! (`std::env::current_exe`): the `ferry` binary, whose `serve` and `bench-worker`
 //! subcommands they use.
