@@ -2,7 +2,7 @@
 //! report line is `leaving`, with a reason and an exit code), and the run reports what
 //! it measured with the others, marked PARTIAL, and exits non-zero.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -141,9 +141,13 @@ fn a_worker_killed_mid_run_gives_a_partial_report_and_a_failed_exit() {
     );
 }
 
-/// Runs `ferry bench-worker SPEC` with `stdin` written and kept open until it has
-/// gone (a closed stdin would be a reason of its own to leave); its report lines.
-fn worker_lines(spec: &str, stdin: &str) -> (Vec<Value>, std::process::ExitStatus) {
+/// Runs `ferry bench-worker SPEC`; its stdin is closed after `close_after`, or kept
+/// open until it has gone (a closed stdin is a reason of its own to leave). Its report
+/// lines and exit status.
+fn worker_lines(
+    spec: &str,
+    close_after: Option<Duration>,
+) -> (Vec<Value>, std::process::ExitStatus) {
     let mut child = Command::new(crate::FERRY)
         .args(["bench-worker", spec])
         .stdin(Stdio::piped())
@@ -151,9 +155,13 @@ fn worker_lines(spec: &str, stdin: &str) -> (Vec<Value>, std::process::ExitStatu
         .stderr(Stdio::null())
         .spawn()
         .expect("starting a bench worker");
-    let mut input = child.stdin.take().unwrap();
-    // A worker that has already left closes the pipe: nothing to check there.
-    let _ = input.write_all(stdin.as_bytes());
+    let input = child.stdin.take().unwrap();
+    let closer = close_after.map(|d| {
+        std::thread::spawn(move || {
+            std::thread::sleep(d);
+            drop(input);
+        })
+    });
     let mut lines = Vec::new();
     let stdout = child.stdout.take().unwrap();
     for line in BufReader::new(stdout).lines().take(10_000) {
@@ -164,14 +172,16 @@ fn worker_lines(spec: &str, stdin: &str) -> (Vec<Value>, std::process::ExitStatu
         lines.push(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")));
     }
     let status = child.wait().unwrap();
-    drop(input);
+    if let Some(t) = closer {
+        t.join().unwrap();
+    }
     (lines, status)
 }
 
 #[test]
 fn a_worker_always_says_why_it_leaves() {
     // An unreadable spec.
-    let (lines, st) = worker_lines("{not json", "");
+    let (lines, st) = worker_lines("{not json", None);
     let last = lines.last().expect("a leaving line");
     assert_eq!(last["type"], "leaving", "{lines:?}");
     assert!(last["reason"].as_str().unwrap().contains("spec"), "{last}");
@@ -185,11 +195,42 @@ fn a_worker_always_says_why_it_leaves() {
         "domain": "localhost", "rate_per_conn": null, "window": 1,
     })
     .to_string();
-    let (lines, st) = worker_lines(&spec, "");
+    let (lines, st) = worker_lines(&spec, None);
     let types: Vec<&str> = lines.iter().filter_map(|l| l["type"].as_str()).collect();
     assert!(types.contains(&"error"), "{lines:?}");
     let last = lines.last().unwrap();
     assert_eq!(last["type"], "leaving", "{lines:?}");
     assert!(last["reason"].as_str().unwrap().contains("nonsense"));
     assert_eq!(st.code(), Some(1));
+
+    // Its orchestrator gone (stdin closed before Stop) while it waits on a server that
+    // accepts and never answers (10 s before that fails): it leaves at once, saying so.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        // Bounded: the worker opens one connection, maybe a few.
+        for s in silent.incoming().take(16).flatten() {
+            held.push(s);
+        }
+    });
+    let idle = spec
+        .replace("nonsense", "idle")
+        .replace("127.0.0.1:9", &addr)
+        .replace("\"users\":0", "\"users\":1");
+    assert!(
+        idle.contains(&addr) && idle.contains("\"users\":1"),
+        "{idle}"
+    );
+    let t0 = Instant::now();
+    let (lines, st) = worker_lines(&idle, Some(Duration::from_millis(300)));
+    let last = lines.last().expect("a leaving line");
+    assert_eq!(last["type"], "leaving", "{lines:?}");
+    assert_eq!(last["code"], 4, "{last}");
+    assert!(
+        last["reason"].as_str().unwrap().contains("before Stop"),
+        "{last}"
+    );
+    assert_eq!(st.code(), Some(4));
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
 }
