@@ -64,9 +64,21 @@ pub struct Book {
     pub received_n: u64,
     pub duplicated: u64,
     pub errors: u64,
+    /// Refusals by the server's error code name (`UNAVAILABLE`, …), adding up to
+    /// `errors` where the code is known.
+    pub refused: std::collections::BTreeMap<String, u64>,
 }
 
 impl Book {
+    /// A send refused with `code` (an `ErrorCode` value).
+    pub fn refuse(&mut self, code: i32) {
+        self.errors += 1;
+        let name = ferry_proto::v1::ErrorCode::try_from(code)
+            .map(|c| c.as_str_name().to_owned())
+            .unwrap_or_else(|_| format!("CODE_{code}"));
+        *self.refused.entry(name).or_default() += 1;
+    }
+
     /// Every sent message is answered and every acknowledged one delivered.
     pub fn settled(&self) -> bool {
         self.acked_n + self.errors >= self.sent && self.received_n >= self.acked_n
@@ -101,7 +113,7 @@ impl Book {
 }
 
 /// The books of many ledgers added up.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Totals {
     pub sent: u64,
     pub acked: u64,
@@ -109,6 +121,7 @@ pub struct Totals {
     pub lost: u64,
     pub duplicated: u64,
     pub errors: u64,
+    pub refused: std::collections::BTreeMap<String, u64>,
 }
 
 impl Totals {
@@ -122,6 +135,9 @@ impl Totals {
             t.lost += b.lost();
             t.duplicated += b.duplicated;
             t.errors += b.errors;
+            for (k, v) in &b.refused {
+                *t.refused.entry(k.clone()).or_default() += v;
+            }
         }
         t
     }
@@ -135,6 +151,7 @@ impl Totals {
             "lost": self.lost,
             "duplicated": self.duplicated,
             "errors": self.errors,
+            "refused_by_code": self.refused,
         })
     }
 }

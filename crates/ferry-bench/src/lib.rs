@@ -19,7 +19,10 @@
 //! re-executed as the hidden `bench-worker` subcommand, at most [`MAX_CONNS_PER_WORKER`]
 //! connections each, because a process may hold at most 20 000 files here), steps them
 //! through phases over stdin, gathers their JSON-line reports from stdout, shows a
-//! progress bar on stderr, prints a table and writes every figure to `--json`. The
+//! progress bar on stderr, prints a table and writes every figure to `--json`. A worker
+//! that goes before giving its figures is recorded with why (its `leaving` line, its
+//! exit status, its stderr tail), the run goes on with the others, and the report is
+//! marked PARTIAL and the command fails ([`Workers`], [`worker_failures`]). The
 //! server child and the workers are the executable this library runs in
 //! (`std::env::current_exe`): the `ferry` binary, whose `serve` and `bench-worker`
 //! subcommands they use.
@@ -113,6 +116,12 @@ pub enum Scenario {
         /// Measure memory after each of this many equal steps (memory vs connections).
         #[arg(long, default_value_t = 4)]
         steps: usize,
+        /// How the connections heartbeat: `smart` (the SDK on a new network: its safe
+        /// interval, 3.5 min, learning longer ones as heartbeats are answered),
+        /// `learned` (the longest the SDK allows: 10 min, or 4/5 of the server's idle
+        /// timeout), or a fixed number of seconds.
+        #[arg(long, default_value = "smart")]
+        heartbeat: idle::HeartbeatMode,
     },
     /// N pairs exchanging 1:1 messages: durable messages/s, latency, lost, duplicated.
     P2p {
@@ -244,55 +253,105 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             bail!("--server {s}: the bench only loads loopback addresses");
         }
     }
-    let report = match args.scenario.clone() {
-        Scenario::Idle { connections, steps } => idle::run(&args, connections, steps).await?,
-        Scenario::P2p {
-            pairs,
-            rate,
-            window,
-            sweep,
-        } => p2p::run(&args, pairs, rate, window, &sweep).await?,
-        Scenario::Login { clients } => login::run(&args, clients).await?,
-        Scenario::Reconnect { clients, rate } => {
-            if args.protocol != Proto::Ferry {
-                bail!("reconnect is a Ferry scenario");
+    let result: anyhow::Result<report::Report> = async {
+        Ok(match args.scenario.clone() {
+            Scenario::Idle {
+                connections,
+                steps,
+                heartbeat,
+            } => idle::run(&args, connections, steps, heartbeat).await?,
+            Scenario::P2p {
+                pairs,
+                rate,
+                window,
+                sweep,
+            } => p2p::run(&args, pairs, rate, window, &sweep).await?,
+            Scenario::Login { clients } => login::run(&args, clients).await?,
+            Scenario::Reconnect { clients, rate } => {
+                if args.protocol != Proto::Ferry {
+                    bail!("reconnect is a Ferry scenario");
+                }
+                reconnect::run(&args, clients, rate).await?
             }
-            reconnect::run(&args, clients, rate).await?
-        }
-        Scenario::Fanout {
-            members,
-            messages,
-            window,
-        } => {
-            if args.protocol != Proto::Ferry {
-                bail!("fanout is a Ferry scenario");
+            Scenario::Fanout {
+                members,
+                messages,
+                window,
+            } => {
+                if args.protocol != Proto::Ferry {
+                    bail!("fanout is a Ferry scenario");
+                }
+                fanout::run(&args, members, messages, window).await?
             }
-            fanout::run(&args, members, messages, window).await?
-        }
-        Scenario::Media {
-            size_mib,
-            chunks,
-            in_flight,
-        } => {
-            if args.protocol != Proto::Ferry {
-                bail!("media is a Ferry scenario");
+            Scenario::Media {
+                size_mib,
+                chunks,
+                in_flight,
+            } => {
+                if args.protocol != Proto::Ferry {
+                    bail!("media is a Ferry scenario");
+                }
+                media::run(&args, size_mib, &chunks, &in_flight).await?
             }
-            media::run(&args, size_mib, &chunks, &in_flight).await?
+            Scenario::Overload(o) => overload::run(&args, &o).await?,
+            Scenario::Faults { fault, pairs, rate } => {
+                faults::run(&args, fault, pairs, rate).await?
+            }
+            Scenario::Proxy {
+                listen,
+                upstream,
+                faults,
+            } => faults::proxy(&args, &listen, &upstream, faults).await?,
+            Scenario::Plot { .. } | Scenario::Compare { .. } => unreachable!("handled above"),
+        })
+    }
+    .await;
+    let (failed, started) = worker_failures();
+    let mut report = match result {
+        Ok(r) => r,
+        Err(e) if failed.is_empty() => return Err(e),
+        Err(e) => {
+            let lines: Vec<String> = failed.iter().map(WorkerFailure::summary).collect();
+            return Err(e.context(format!(
+                "{} of {started} bench workers failed:\n  {}",
+                failed.len(),
+                lines.join("\n  ")
+            )));
         }
-        Scenario::Overload(o) => overload::run(&args, &o).await?,
-        Scenario::Faults { fault, pairs, rate } => faults::run(&args, fault, pairs, rate).await?,
-        Scenario::Proxy {
-            listen,
-            upstream,
-            faults,
-        } => faults::proxy(&args, &listen, &upstream, faults).await?,
-        Scenario::Plot { .. } | Scenario::Compare { .. } => unreachable!("handled above"),
     };
+    let partial = !failed.is_empty();
+    if let Some(obj) = report.json.as_object_mut() {
+        obj.insert("partial".into(), serde_json::json!(partial));
+        obj.insert("workers".into(), serde_json::json!(started));
+        obj.insert("workers_failed".into(), serde_json::json!(failed));
+    }
+    if partial {
+        report.title = format!(
+            "PARTIAL ({} of {started} workers failed; the figures are of the others) · {}",
+            failed.len(),
+            report.title
+        );
+        for f in &failed {
+            report.row(format!("FAILED worker {}", f.worker), f.summary());
+            if f.connected_at_last_report > 0 {
+                report.row(
+                    format!("  connections lost with worker {}", f.worker),
+                    f.connected_at_last_report,
+                );
+            }
+        }
+    }
     report::print(&report);
     if let Some(path) = &args.json {
         let text = serde_json::to_string_pretty(&report.json)?;
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
         eprintln!("wrote {}", path.display());
+    }
+    if partial {
+        bail!(
+            "PARTIAL run: {} of {started} bench workers failed (see the report)",
+            failed.len()
+        );
     }
     Ok(())
 }
@@ -371,6 +430,7 @@ pub fn specs(
             domain: args.xmpp_domain.clone(),
             rate_per_conn,
             window,
+            heartbeat: String::new(),
         })
         .collect()
 }
@@ -390,12 +450,73 @@ pub fn split(args: &BenchArgs, units: usize, conns_per_unit: usize) -> Vec<(usiz
     out
 }
 
-/// Worker processes and their reports.
+/// Lines of a worker's stderr the orchestrator keeps, for the report of a failed one.
+pub const STDERR_TAIL: usize = 20;
+
+/// A worker that went before giving its figures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerFailure {
+    pub worker: usize,
+    /// What it said in its `leaving` line (or that it said nothing).
+    pub reason: String,
+    /// The exit code it announced, if it announced one.
+    pub code: Option<i32>,
+    /// Its exit status, in words (a signal, an exit code).
+    pub status: String,
+    /// Its error line, if any.
+    pub error: Option<String>,
+    /// The last lines it wrote on stderr.
+    pub stderr_tail: Vec<String>,
+    /// Connections it held at its last progress line (gone with it).
+    pub connected_at_last_report: u64,
+}
+
+impl WorkerFailure {
+    /// One line for people.
+    pub fn summary(&self) -> String {
+        let mut s = format!("worker {}: {}; {}", self.worker, self.reason, self.status);
+        if let Some(e) = &self.error {
+            if !self.reason.contains(e.as_str()) {
+                s.push_str(&format!("; error: {e}"));
+            }
+        }
+        if let Some(last) = self.stderr_tail.last() {
+            s.push_str(&format!("; last stderr: {last}"));
+        }
+        s
+    }
+}
+
+/// Workers that failed in this process's run (one bench per process), and how many were
+/// started: read by [`run`] to mark the report PARTIAL.
+static FAILURES: std::sync::Mutex<(Vec<WorkerFailure>, usize)> =
+    std::sync::Mutex::new((Vec::new(), 0));
+
+/// The workers that failed so far, and how many were started.
+pub fn worker_failures() -> (Vec<WorkerFailure>, usize) {
+    FAILURES.lock().map(|f| f.clone()).unwrap_or_default()
+}
+
+type Tail = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>;
+
+/// Worker processes and their reports. A worker that goes (its report stream ends)
+/// is recorded as failed ([`worker_failures`]) unless it had given its figures; the
+/// others go on, and the run's report says PARTIAL. Only when every worker has failed
+/// does the run stop.
 pub struct Workers {
     children: Vec<(Child, ChildStdin)>,
     rx: mpsc::UnboundedReceiver<(usize, Out)>,
     /// The last progress line of each worker.
     pub progress: Vec<Out>,
+    /// Each worker's last stderr lines.
+    tails: Vec<Tail>,
+    /// Each worker's `leaving` (reason, code) and `error` lines.
+    leaving: Vec<Option<(String, i32)>>,
+    errors: Vec<Option<String>>,
+    /// Workers that have gone (failed, or after giving their figures).
+    gone: Vec<bool>,
+    /// Workers that gave their figures.
+    reported: Vec<bool>,
 }
 
 impl Workers {
@@ -403,24 +524,44 @@ impl Workers {
         let exe = std::env::current_exe().context("finding the ferry binary")?;
         let (tx, rx) = mpsc::unbounded_channel();
         let mut children = Vec::new();
+        let mut tails = Vec::new();
         for (i, spec) in specs.iter().enumerate() {
             let mut child = Command::new(&exe)
                 .arg("bench-worker")
                 .arg(serde_json::to_string(spec)?)
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::inherit())
+                .stderr(std::process::Stdio::piped())
                 .env("FERRY_LOG", "error")
                 .kill_on_drop(true)
                 .spawn()
                 .context("starting a bench worker")?;
             let stdout = child.stdout.take().context("worker stdout")?;
             let stdin = child.stdin.take().context("worker stdin")?;
+            let stderr = child.stderr.take().context("worker stderr")?;
+            // Its stderr goes on to ours (prefixed), and its tail is kept.
+            let tail: Tail = Default::default();
+            tails.push(tail.clone());
+            let (err_done_tx, err_done_rx) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    eprintln!("worker {i}: {line}");
+                    if let Ok(mut t) = tail.lock() {
+                        if t.len() == STDERR_TAIL {
+                            t.pop_front();
+                        }
+                        t.push_back(line);
+                    }
+                }
+                let _ = err_done_tx.send(());
+            });
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stdout).lines();
                 let ended = loop {
                     match lines.next_line().await {
+                        Ok(Some(line)) if line.trim().is_empty() => {}
                         Ok(Some(line)) => match serde_json::from_str::<Out>(&line) {
                             Ok(out) => {
                                 let _ = tx.send((i, out));
@@ -431,16 +572,78 @@ impl Workers {
                         Err(e) => break format!("reading its reports failed: {e}"),
                     }
                 };
+                // Its last stderr lines before saying it has gone (2 s at most).
+                let _ = tokio::time::timeout(Duration::from_secs(2), err_done_rx).await;
                 let _ = tx.send((i, Out::Exited { message: ended }));
             });
             children.push((child, stdin));
         }
         let n = children.len();
+        if let Ok(mut f) = FAILURES.lock() {
+            f.1 = f.1.max(n);
+        }
         Ok(Workers {
             children,
             rx,
             progress: vec![Out::default(); n],
+            tails,
+            leaving: vec![None; n],
+            errors: vec![None; n],
+            gone: vec![false; n],
+            reported: vec![false; n],
         })
+    }
+
+    /// Workers still running (not gone).
+    pub fn live(&self) -> usize {
+        self.gone.iter().filter(|g| !**g).count()
+    }
+
+    /// Records worker `i` as gone: failed unless it had given its figures.
+    async fn gone(&mut self, i: usize, message: String) -> anyhow::Result<()> {
+        if self.gone[i] {
+            return Ok(());
+        }
+        self.gone[i] = true;
+        // Say how it ended: a signal (the OOM killer's SIGKILL, a crash) or an exit
+        // code, so a failed run can be explained.
+        let child = &mut self.children[i].0;
+        let status = match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
+            Ok(Ok(st)) => describe_exit(st),
+            Ok(Err(e)) => format!("its status is unknown ({e})"),
+            Err(_) => "it is still running".to_string(),
+        };
+        let connected = self.progress[i].connected();
+        self.progress[i] = Out::default();
+        if self.reported[i] {
+            return Ok(());
+        }
+        let (reason, code) = match self.leaving[i].take() {
+            Some((reason, code)) => (reason, Some(code)),
+            None => (format!("{message} without a leaving line"), None),
+        };
+        let failure = WorkerFailure {
+            worker: i,
+            reason,
+            code,
+            status,
+            error: self.errors[i].take(),
+            stderr_tail: self.tails[i]
+                .lock()
+                .map(|t| t.iter().cloned().collect())
+                .unwrap_or_default(),
+            connected_at_last_report: connected,
+        };
+        eprintln!("bench: {} (the run goes on: PARTIAL)", failure.summary());
+        let all: Vec<String> = {
+            let mut f = FAILURES.lock().map_err(|_| anyhow::anyhow!("poisoned"))?;
+            f.0.push(failure);
+            f.0.iter().map(WorkerFailure::summary).collect()
+        };
+        if self.live() == 0 {
+            bail!("every bench worker failed:\n  {}", all.join("\n  "));
+        }
+        Ok(())
     }
 
     /// Starts a worker per spec and waits (30 min at most) until each has set up its
@@ -533,11 +736,18 @@ impl Workers {
     pub async fn send(&mut self, cmd: &Cmd) -> anyhow::Result<()> {
         let line = format!("{}\n", serde_json::to_string(cmd)?);
         for (i, (_, stdin)) in self.children.iter_mut().enumerate() {
-            stdin
-                .write_all(line.as_bytes())
-                .await
-                .with_context(|| format!("telling worker {i}"))?;
-            stdin.flush().await?;
+            if self.gone[i] {
+                continue;
+            }
+            let told = async {
+                stdin.write_all(line.as_bytes()).await?;
+                stdin.flush().await
+            }
+            .await;
+            if let Err(e) = told {
+                // It is going: its report stream ends next, and says why.
+                eprintln!("bench: telling worker {i} failed: {e}");
+            }
         }
         Ok(())
     }
@@ -555,29 +765,34 @@ impl Workers {
             Err(_) => Ok(None),
             Ok(None) => bail!("every worker has gone"),
             Ok(Some((i, out))) => match out {
-                Out::Error { message } => bail!("worker {i}: {message}"),
+                Out::Error { message } => {
+                    eprintln!("bench: worker {i} failed: {message}");
+                    self.errors[i] = Some(message.clone());
+                    Ok(Some((i, Out::Error { message })))
+                }
+                Out::Leaving { reason, code } => {
+                    self.leaving[i] = Some((reason.clone(), code));
+                    Ok(Some((i, Out::Leaving { reason, code })))
+                }
                 Out::Exited { message } => {
-                    // Say how it ended: a signal (the OOM killer's SIGKILL, a crash) or
-                    // an exit code, so a failed run can be explained.
-                    let child = &mut self.children[i].0;
-                    let status =
-                        match tokio::time::timeout(Duration::from_secs(2), child.wait()).await {
-                            Ok(Ok(st)) => describe_exit(st),
-                            Ok(Err(e)) => format!("its status is unknown ({e})"),
-                            Err(_) => "it is still running".to_string(),
-                        };
-                    bail!("worker {i} stopped: {message}; {status} (its stderr is above)")
+                    self.gone(i, message.clone()).await?;
+                    Ok(Some((i, Out::Exited { message })))
                 }
                 p @ Out::Progress { .. } => {
                     self.progress[i] = p.clone();
                     Ok(Some((i, p)))
+                }
+                r @ Out::Result { .. } => {
+                    self.reported[i] = true;
+                    Ok(Some((i, r)))
                 }
                 other => Ok(Some((i, other))),
             },
         }
     }
 
-    /// Waits until every worker has sent a report `want` accepts; ticks `tick` on
+    /// Waits until every live worker has sent a report `want` accepts (workers that
+    /// go meanwhile are recorded as failed and not waited for); ticks `tick` on
     /// progress. Fails at `timeout`.
     pub async fn wait_all(
         &mut self,
@@ -588,7 +803,8 @@ impl Workers {
     ) -> anyhow::Result<Vec<Out>> {
         let deadline = Instant::now() + timeout;
         let mut got: Vec<Option<Out>> = vec![None; self.len()];
-        while got.iter().any(Option::is_none) {
+        // Workers that have gone are not waited for (they are counted as failed).
+        while (0..got.len()).any(|i| got[i].is_none() && !self.gone[i]) {
             match self.next(deadline).await? {
                 None => bail!("timed out after {timeout:?} waiting for workers to {what}"),
                 Some((i, out)) if want(&out) => got[i] = Some(out),

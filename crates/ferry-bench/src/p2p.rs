@@ -185,7 +185,10 @@ async fn measure(
         r.row("lost (acked, never delivered)", &main["lost"]);
         r.row("links dropped by the server", &main["links_dropped"]);
         r.row("duplicated", &main["duplicated"]);
-        r.row("refused by the server", &main["errors"]);
+        r.row(
+            "refused by the server",
+            format!("{} {}", main["errors"], main["refused_by_code"]),
+        );
     }
     r.row(
         "login: bytes (sent+recv) / round trips",
@@ -247,6 +250,14 @@ async fn once(
     let (sent, acked, received) = (sum("sent"), sum("acked"), sum("received"));
     let (lost, duplicated, errors) = (sum("lost"), sum("duplicated"), sum("errors"));
     let links_dropped = sum("links_dropped");
+    let mut refused_by_code = std::collections::BTreeMap::<String, u64>::new();
+    for value in &results {
+        if let Some(m) = value["refused_by_code"].as_object() {
+            for (k, v) in m {
+                *refused_by_code.entry(k.clone()).or_default() += v.as_u64().unwrap_or(0);
+            }
+        }
+    }
     let mut per_sec = (0.0, 0.0);
     let mut drain_secs: f64 = 0.0;
     for value in &results {
@@ -272,6 +283,7 @@ async fn once(
         "lost": lost,
         "duplicated": duplicated,
         "errors": errors,
+        "refused_by_code": refused_by_code,
         "links_dropped": links_dropped,
         "drain_secs": drain_secs,
         "latency": hist::summary(&h),
@@ -583,8 +595,8 @@ async fn ferry_reader(
             }
             cmd::ERROR => {
                 if frame.req_id < HEARTBEAT_ID {
-                    out.inner.lock().expect("ledger").errors += 1;
                     let e = v1::Error::decode(frame.body).unwrap_or_default();
+                    out.inner.lock().expect("ledger").refuse(e.code);
                     tracing::warn!(message = %e.message, "send refused");
                 } else if frame.req_id == SYNC_ID {
                     // Refused (an overloaded server sheds requests): what it would have

@@ -3,7 +3,9 @@
 //! Started by the orchestrator as `ferry bench-worker SPEC_JSON`. It reads commands as
 //! JSON lines on stdin ([`Cmd`]) and writes reports as JSON lines on stdout ([`Out`]),
 //! with a progress line every 250 ms. When stdin closes (the orchestrator is done or
-//! gone) it exits at once, so a worker never outlives its run.
+//! gone) it exits at once, so a worker never outlives its run. Its last line is always
+//! `leaving`, with the reason and the exit code (see [`run`]); only SIGKILL (the OOM
+//! killer) ends it unsaid, and the orchestrator then reads that from its exit status.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,6 +38,9 @@ pub struct Spec {
     pub rate_per_conn: Option<f64>,
     /// Closed loop: messages a sender may have undelivered.
     pub window: usize,
+    /// Idle: how the connections heartbeat (`idle::HeartbeatMode`; empty: smart).
+    #[serde(default)]
+    pub heartbeat: String,
 }
 
 impl Spec {
@@ -98,6 +103,12 @@ pub enum Out {
     },
     Error {
         message: String,
+    },
+    /// The worker's last line, whatever ended it: why, and the exit code it exits with
+    /// (see [`exit`]).
+    Leaving {
+        reason: String,
+        code: i32,
     },
     /// Added by the orchestrator when a worker's stdout closes.
     Exited {
@@ -249,37 +260,142 @@ impl Ctx {
     }
 }
 
-/// The hidden `bench-worker` subcommand.
+/// Exit codes of a worker, said in its `leaving` line too.
+pub mod exit {
+    /// The scenario finished, or the orchestrator closed stdin after `Stop`.
+    pub const DONE: i32 = 0;
+    /// The scenario failed (its `error` line says why).
+    pub const SCENARIO_FAILED: i32 = 1;
+    /// The spec could not be read.
+    pub const BAD_SPEC: i32 = 2;
+    /// Reading commands from stdin failed.
+    pub const STDIN_FAILED: i32 = 3;
+    /// The orchestrator closed stdin before saying `Stop` (it is gone, or gave up).
+    pub const ORPHANED: i32 = 4;
+    /// Writing reports to stdout failed (the orchestrator stopped reading).
+    pub const STDOUT_FAILED: i32 = 5;
+    /// A panic (a bug in the bench).
+    pub const PANICKED: i32 = 101;
+    /// 128 + the signal number, as shells say it.
+    pub const SIGNALLED: i32 = 128;
+}
+
+/// Writes the final `leaving` line straight to stdout (no channel: it may be called
+/// from a panic hook or with the writer gone) and ends the process with `code`.
+fn leave_now(code: i32, reason: &str) -> ! {
+    use std::io::Write;
+    let line = serde_json::to_string(&Out::Leaving {
+        reason: reason.to_owned(),
+        code,
+    })
+    .unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    // A newline first: a panic may come halfway through another line.
+    let ok = write!(out, "\n{line}\n").and_then(|()| out.flush()).is_ok();
+    if !ok || code != exit::DONE {
+        // Said on stderr too: the orchestrator keeps its tail, and a human sees it.
+        eprintln!("bench worker leaving (code {code}): {reason}");
+    }
+    std::process::exit(code)
+}
+
+/// The hidden `bench-worker` subcommand. Whatever ends it — the scenario finishing or
+/// failing, stdin closing, stdout failing, a signal it can catch, a panic — its last
+/// report line is `leaving` with the reason and the exit code it then exits with, so
+/// the orchestrator can always say why a worker went.
 pub async fn run(spec: &str) -> anyhow::Result<()> {
-    let spec: Spec = serde_json::from_str(spec).context("reading the worker spec")?;
+    std::panic::set_hook(Box::new(|info| {
+        leave_now(exit::PANICKED, &format!("panicked: {info}"));
+    }));
+    let spec: Spec = match serde_json::from_str(spec) {
+        Ok(s) => s,
+        Err(e) => leave_now(exit::BAD_SPEC, &format!("reading the worker spec: {e}")),
+    };
+    // Everything that wants the process to end says so here; the writer writes the
+    // lines queued before it, then the `leaving` line, then exits.
+    let (quit_tx, mut quit_rx) = mpsc::unbounded_channel::<(i32, String)>();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Out>();
     let writer = tokio::spawn(async move {
         let mut stdout = tokio::io::stdout();
-        while let Some(o) = out_rx.recv().await {
-            let Ok(mut line) = serde_json::to_string(&o) else {
-                continue;
-            };
-            line.push('\n');
-            if stdout.write_all(line.as_bytes()).await.is_err() {
-                std::process::exit(0);
-            }
-            let _ = stdout.flush().await;
-        }
-    });
-    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut lines = BufReader::new(tokio::io::stdin()).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
-            match serde_json::from_str::<Cmd>(&line) {
-                Ok(c) => {
-                    let _ = cmd_tx.send(c);
+        let mut quit: Option<(i32, String)> = None;
+        loop {
+            let o = tokio::select! {
+                biased;
+                o = out_rx.recv() => match o {
+                    Some(o) => o,
+                    None => break,
+                },
+                q = quit_rx.recv(), if quit.is_none() => {
+                    quit = q;
+                    // Drain what is already queued, then leave.
+                    while let Ok(o) = out_rx.try_recv() {
+                        write_line(&mut stdout, &o).await;
+                    }
+                    break;
                 }
-                Err(e) => eprintln!("bench worker: bad command {line:?}: {e}"),
-            }
+            };
+            write_line(&mut stdout, &o).await;
         }
-        // The orchestrator is gone or done: leave now, whatever is running.
-        std::process::exit(0);
+        let (code, reason) = quit.unwrap_or((exit::DONE, "finished".into()));
+        leave_now(code, &reason)
     });
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
+    {
+        let (quit, stopped) = (quit_tx.clone(), stopped.clone());
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(tokio::io::stdin()).lines();
+            let why = loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) => match serde_json::from_str::<Cmd>(&line) {
+                        Ok(c) => {
+                            if matches!(c, Cmd::Stop) {
+                                stopped.store(true, Ordering::Relaxed);
+                            }
+                            let _ = cmd_tx.send(c);
+                        }
+                        Err(e) => eprintln!("bench worker: bad command {line:?}: {e}"),
+                    },
+                    Ok(None) if stopped.load(Ordering::Relaxed) => {
+                        break (
+                            exit::DONE,
+                            "the orchestrator closed stdin after Stop".into(),
+                        )
+                    }
+                    Ok(None) => {
+                        break (
+                            exit::ORPHANED,
+                            "the orchestrator closed stdin before Stop (it is gone or gave up)"
+                                .into(),
+                        )
+                    }
+                    Err(e) => break (exit::STDIN_FAILED, format!("reading commands failed: {e}")),
+                }
+            };
+            // The orchestrator is gone or done: leave now, whatever is running.
+            let _ = quit.send(why);
+        });
+    }
+    {
+        let quit = quit_tx.clone();
+        tokio::spawn(async move {
+            use tokio::signal::unix::{signal, SignalKind};
+            let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+                signal(SignalKind::terminate()),
+                signal(SignalKind::interrupt()),
+                signal(SignalKind::hangup()),
+            ) else {
+                eprintln!("bench worker: cannot catch signals; a signal ends it unsaid");
+                return;
+            };
+            let (name, n) = tokio::select! {
+                _ = term.recv() => ("SIGTERM", 15),
+                _ = int.recv() => ("SIGINT", 2),
+                _ = hup.recv() => ("SIGHUP", 1),
+            };
+            let _ = quit.send((exit::SIGNALLED + n, format!("got {name}")));
+        });
+    }
     let counters = Arc::new(Counters::default());
     {
         let (counters, out) = (counters.clone(), out_tx.clone());
@@ -311,13 +427,41 @@ pub async fn run(spec: &str) -> anyhow::Result<()> {
         "reconnect" => super::reconnect::worker(ctx).await,
         other => Err(anyhow::anyhow!("unknown scenario {other}")),
     };
-    if let Err(e) = result {
-        let _ = out_tx.send(Out::Error {
-            message: format!("{e:#}"),
-        });
+    let why = match result {
+        Ok(()) => (exit::DONE, "finished".to_string()),
+        Err(e) => {
+            let message = format!("{e:#}");
+            let _ = out_tx.send(Out::Error {
+                message: message.clone(),
+            });
+            (exit::SCENARIO_FAILED, message)
+        }
+    };
+    let _ = quit_tx.send(why);
+    // The writer leaves the process; should it be stuck on a full pipe, leave anyway.
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    leave_now(
+        exit::STDOUT_FAILED,
+        "could not write the last reports within 5 s (the orchestrator stopped reading)",
+    )
+}
+
+/// Writes one report line; a failed write ends the process (saying so on stderr).
+async fn write_line(stdout: &mut tokio::io::Stdout, o: &Out) {
+    let Ok(mut line) = serde_json::to_string(o) else {
+        return;
+    };
+    line.push('\n');
+    let wrote = async {
+        stdout.write_all(line.as_bytes()).await?;
+        stdout.flush().await
     }
-    drop(out_tx);
-    // The progress task holds a sender; give the writer a moment to flush, then leave.
-    let _ = tokio::time::timeout(Duration::from_millis(500), writer).await;
-    std::process::exit(0);
+    .await;
+    if let Err(e) = wrote {
+        eprintln!(
+            "bench worker leaving (code {}): writing reports failed: {e}",
+            exit::STDOUT_FAILED
+        );
+        std::process::exit(exit::STDOUT_FAILED);
+    }
 }
