@@ -57,7 +57,8 @@ pub struct PgConfig {
     pub url: String,
     /// Connections in the pool.
     pub pool_size: usize,
-    /// How long a new connection may take to open.
+    /// How long a new connection may take to open (the store's pool bounds it further by
+    /// twice `wait`).
     pub timeout: Duration,
     /// How long a request waits for a pooled connection before it is refused as
     /// unavailable (`[cluster] postgres_wait_ms`): overload turns into fast, retryable
@@ -168,8 +169,11 @@ pub(crate) fn pool(cfg: &PgConfig, app: &str) -> Result<Pool> {
         .max_size(cfg.pool_size.max(1))
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(cfg.wait))
-        .create_timeout(Some(cfg.timeout))
-        .recycle_timeout(Some(cfg.timeout))
+        // A request that finds no idle connection may wait for a new one to open: bound
+        // that too by a small multiple of the pool wait (a black-holed database must be
+        // refused quickly, not after the full connect timeout).
+        .create_timeout(Some(cfg.timeout.min(2 * cfg.wait)))
+        .recycle_timeout(Some(cfg.timeout.min(2 * cfg.wait)))
         .build()
         .map_err(|e| StoreError::Unavailable(e.to_string()))
 }
