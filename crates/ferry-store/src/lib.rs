@@ -99,7 +99,11 @@ impl From<tokio_postgres::Error> for StoreError {
     /// stays a PostgreSQL error.
     fn from(e: tokio_postgres::Error) -> Self {
         if postgres::is_unavailable(&e) {
-            StoreError::Unavailable(e.to_string())
+            // "db error" alone says nothing: name the server's reason.
+            StoreError::Unavailable(match e.as_db_error() {
+                Some(db) => format!("{} ({})", db.message(), db.code().code()),
+                None => e.to_string(),
+            })
         } else {
             StoreError::Postgres(e)
         }
