@@ -5,11 +5,12 @@
 //! trips**, its statements pipelined on one connection (sent together, answered
 //! together):
 //!
-//! 1. `BEGIN`; read which `(sender, client_msg_id)` of the batch are already stored;
-//!    lock the batch's users' rows in ascending id order and read their `last_seq`
-//!    (`SELECT … ORDER BY id FOR UPDATE`). A key stored by another writer between the
-//!    look-up and the insert (the same message retried on two nodes at once) hits the
-//!    unique index: the batch rolls back and is tried again.
+//! 1. `BEGIN`; lock the batch's users' rows in ascending id order and read their
+//!    `last_seq` (`SELECT … ORDER BY id FOR UPDATE`); read which `(sender,
+//!    client_msg_id)` of the batch are already stored. The duplicate check runs after
+//!    the lock in the same pipeline: any other writer of the same sender (another
+//!    writer task, another logic node) holds the same row lock while it inserts, so a
+//!    key absent here cannot appear before this transaction ends.
 //! 2. With that, the seqs are allocated here in queue order (each user's `last_seq`
 //!    moves once per batch, not once per message), then: one `UPDATE users` for every
 //!    user's new `last_seq` (`unnest`), one statement inserting every new message and
@@ -304,16 +305,12 @@ async fn attempt(client: &mut Object, batch: &[Work]) -> Result<Vec<Answer>> {
     users.sort_unstable();
     users.dedup();
 
-    // Round trip 1: BEGIN, the stored duplicates, the locks (with the users' last seqs).
-    // The duplicate look-up runs before the lock, so the locks are not held while it
-    // runs (it was a fifth of their time, and two logic nodes' batches wait for each
-    // other's locks); a key stored by another writer in between (a retry that reached
-    // two nodes at once) makes the insert hit the unique index: the batch rolls back and
-    // is tried again, finding it stored.
+    // Round trip 1: BEGIN, the locks (with the users' last seqs), the stored duplicates.
     // (`join3` polls its futures in order the first time, which is when each sends its
     // statement: they go out in this order, back to back.)
-    let (begun, found, locked) = join3(
+    let (begun, locked, found) = join3(
         client.batch_execute("BEGIN"),
+        client.query(&lock, &[&users]),
         async {
             if senders.is_empty() {
                 Ok(Vec::new())
@@ -321,18 +318,14 @@ async fn attempt(client: &mut Object, batch: &[Work]) -> Result<Vec<Answer>> {
                 client.query(&existing, &[&senders, &cmids]).await
             }
         },
-        client.query(&lock, &[&users]),
     )
     .await;
-    // In the order sent: after a failure the later statements only say the
-    // transaction is aborted.
     begun?;
-    let found = found?;
     let mut last_seq: HashMap<i64, i64> = locked?
         .iter()
         .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
         .collect();
-    let stored: HashMap<(i64, i64), Appended> = found
+    let stored: HashMap<(i64, i64), Appended> = found?
         .iter()
         .map(|r| {
             (
