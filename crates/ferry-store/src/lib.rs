@@ -64,9 +64,12 @@ impl<T: AccountStore + InboxStore + SocialStore + ReportStore + GroupStore> Stor
 pub enum StoreError {
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// A PostgreSQL error other than the database being unreachable (those become
+    /// [`StoreError::Unavailable`], see the `From` conversion).
     #[error("postgres: {0}")]
-    Postgres(#[from] tokio_postgres::Error),
-    /// The database cannot be reached (pool timeout, connection refused): retry later.
+    Postgres(tokio_postgres::Error),
+    /// The database cannot be reached (pool timeout, connection refused or lost, the
+    /// server shutting down or restarting, too many connections): retry later.
     #[error("store unavailable: {0}")]
     Unavailable(String),
     #[error("user name already taken")]
@@ -91,6 +94,23 @@ pub enum StoreError {
     ChunkMismatch,
     #[error("i/o: {0}")]
     Io(#[from] std::io::Error),
+}
+
+impl From<tokio_postgres::Error> for StoreError {
+    /// A connection that failed, was lost or refused, or a server shutting down, is the
+    /// database being unavailable — retryable, not an internal error; any other error
+    /// stays a PostgreSQL error.
+    fn from(e: tokio_postgres::Error) -> Self {
+        if postgres::is_unavailable(&e) {
+            // "db error" alone says nothing: name the server's reason.
+            StoreError::Unavailable(match e.as_db_error() {
+                Some(db) => format!("{} ({})", db.message(), db.code().code()),
+                None => e.to_string(),
+            })
+        } else {
+            StoreError::Postgres(e)
+        }
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -129,3 +129,206 @@ async fn two_nodes_write_concurrently() {
     })
     .await;
 }
+
+fn msg(from: u64, to: u64, cmid: u64) -> NewMessage {
+    NewMessage {
+        sender_id: from,
+        recipient_id: to,
+        client_msg_id: cmid,
+        time_ms: 1,
+        message: Default::default(),
+    }
+}
+
+/// Synckeys are written behind: within about a second on their own, at once on
+/// `flush_synckeys`, and when the store is dropped — seen by another node's store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn synckeys_are_written_behind_and_flushed() {
+    use std::time::{Duration, Instant};
+    with_db(|store, cfg| async move {
+        let other = PgStore::connect(&cfg).await.unwrap();
+        let a = store.create_user("alice", "h").await.unwrap();
+        // Many reports of one device: the last one is what gets written.
+        for k in 1..=50 {
+            store.set_synckey(a, "phone", k).await.unwrap();
+        }
+        assert_eq!(store.synckey(a, "phone").await.unwrap(), Some(50));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while other.synckey(a, "phone").await.unwrap() != Some(50) {
+            assert!(Instant::now() < deadline, "synckey never written");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // On request, at once.
+        store.set_synckey(a, "laptop", 7).await.unwrap();
+        store.flush_synckeys().await.unwrap();
+        assert_eq!(other.synckey(a, "laptop").await.unwrap(), Some(7));
+        // When the store goes away.
+        store.set_synckey(a, "tablet", 9).await.unwrap();
+        drop(store);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while other.synckey(a, "tablet").await.unwrap() != Some(9) {
+            assert!(
+                Instant::now() < deadline,
+                "synckey lost when the store was dropped"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+/// A database that cannot be reached answers `Unavailable` (retryable), quickly —
+/// opening the store, and writes and reads on a store whose database went away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_unavailable_fast() {
+    use ferry_store::StoreError;
+    use std::time::{Duration, Instant};
+    let db = Db::create();
+    // Nothing listens on this port.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let started = Instant::now();
+    let err = PgStore::connect(&PgConfig::new(db.url_via(port))).await;
+    assert!(
+        matches!(err, Err(StoreError::Unavailable(_))),
+        "{:?}",
+        err.err()
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+
+    // Through a proxy that then refuses everything and cuts what is open.
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", db.port()).parse().unwrap();
+    let proxy = ferry_testkit::Proxy::start(upstream).await;
+    let store = PgStore::connect(&PgConfig::new(db.url_via(proxy.addr.port())))
+        .await
+        .unwrap();
+    let a = store.create_user("alice", "h").await.unwrap();
+    store.append_message(msg(a, a, 1)).await.unwrap();
+    proxy.refuse(true);
+    proxy.cut();
+    for cmid in 2..5 {
+        let started = Instant::now();
+        let sent = store.append_message(msg(a, a, cmid)).await;
+        assert!(matches!(sent, Err(StoreError::Unavailable(_))), "{sent:?}");
+        let read = store.latest_seq(a).await;
+        assert!(matches!(read, Err(StoreError::Unavailable(_))), "{read:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    proxy.refuse(false);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match store.append_message(msg(a, a, 9)).await {
+            Ok(r) => {
+                assert_eq!(r.sender_seq, 2, "nothing of the refused writes was stored");
+                break;
+            }
+            Err(StoreError::Unavailable(_)) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("not back: {e}"),
+        }
+    }
+}
+
+/// PostgreSQL restarting under traffic — every session terminated by the server (what a
+/// restart does: SQLSTATE 57P01) and new connections refused for a while: writes fail
+/// only as `Unavailable`, the writers get through again soon after, and nothing
+/// acknowledged is lost or stored twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_under_traffic_is_retryable_and_loses_nothing() {
+    use ferry_store::StoreError;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::{Duration, Instant};
+    let db = Db::create();
+    let upstream: std::net::SocketAddr = format!("127.0.0.1:{}", db.port()).parse().unwrap();
+    let proxy = ferry_testkit::Proxy::start(upstream).await;
+    let store: Arc<dyn Store> = Arc::new(
+        PgStore::connect(&PgConfig::new(db.url_via(proxy.addr.port())))
+            .await
+            .unwrap(),
+    );
+    let to = store.create_user("inbox", "h").await.unwrap();
+    let probe = store.create_user("probe", "h").await.unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for s in 0..8u64 {
+        let from = store.create_user(&format!("s{s}"), "h").await.unwrap();
+        let (store, stop) = (store.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            // (acknowledged, refused); each message retried until stored, as a client does.
+            let (mut acked, mut refused) = (0u64, 0u64);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut cmid = 0;
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                cmid += 1;
+                loop {
+                    match store.append_message(msg(from, to, cmid)).await {
+                        Ok(_) => break,
+                        Err(StoreError::Unavailable(_)) => {
+                            refused += 1;
+                            assert!(Instant::now() < deadline, "never back");
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        Err(e) => panic!("not retryable: {e:?}"),
+                    }
+                }
+                acked += 1;
+            }
+            (acked, refused)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The restart: the server ends every session of the database, and refuses new ones
+    // for a second and a half.
+    proxy.refuse(true);
+    ferry_testkit::pg::postgres()
+        .execute(&format!(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+            db.name()
+        ))
+        .unwrap();
+    proxy.cut();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    proxy.refuse(false);
+    let back = Instant::now();
+    // Writes flow again within seconds.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut probe_cmid = 0;
+    loop {
+        probe_cmid += 1;
+        match store.append_message(msg(probe, probe, probe_cmid)).await {
+            Ok(_) => break,
+            Err(StoreError::Unavailable(_)) => {
+                assert!(Instant::now() < deadline, "writes not back within 5 s");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("not retryable: {e:?}"),
+        }
+    }
+    let recovered = back.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (mut acked, mut refused) = (0, 0);
+    for t in tasks {
+        let (a, r) = t.await.unwrap();
+        acked += a;
+        refused += r;
+    }
+    assert!(
+        refused > 0,
+        "the restart refused nothing: the test tested nothing"
+    );
+    // Every acknowledged message stored once, seqs gapless.
+    let page = store.inbox(to, 0, acked as u32 + 100).await.unwrap();
+    assert_eq!(page.entries.len() as u64, acked);
+    assert_eq!(
+        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=acked).collect::<Vec<_>>()
+    );
+    eprintln!("acked {acked}, refused {refused}, back {recovered:?} after the restart");
+}

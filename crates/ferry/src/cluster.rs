@@ -33,6 +33,12 @@ pub struct ClusterConfig {
     pub postgres: String,
     /// Pooled PostgreSQL connections per logic node.
     pub postgres_pool: usize,
+    /// How long a request waits for a pooled PostgreSQL connection before it is refused
+    /// UNAVAILABLE (retryable).
+    pub postgres_wait_ms: u64,
+    /// Writer tasks per logic node storing messages and inbox events in batches (each
+    /// holds one pooled connection while it writes).
+    pub postgres_writers: usize,
     /// Subject prefix on NATS; clusters sharing one NATS need different ones.
     pub subject_prefix: String,
     /// How long a gateway waits for a logic node to answer.
@@ -76,6 +82,8 @@ impl Default for ClusterConfig {
             nats: "nats://127.0.0.1:4222".into(),
             postgres: "host=127.0.0.1 user=postgres dbname=ferry".into(),
             postgres_pool: 16,
+            postgres_wait_ms: 1_000,
+            postgres_writers: 1,
             subject_prefix: "ferry".into(),
             request_timeout_ms: 5_000,
             gateway_heartbeat_ms: 2_000,
@@ -268,6 +276,8 @@ impl LogicNode {
         Monitor::install_recorder();
         let mut pg = PgConfig::new(&cfg.cluster.postgres);
         pg.pool_size = cfg.cluster.postgres_pool;
+        pg.wait = Duration::from_millis(cfg.cluster.postgres_wait_ms.max(1));
+        pg.writers = cfg.cluster.postgres_writers.max(1);
         let store: Arc<dyn Store> = Arc::new(
             PgStore::connect(&pg)
                 .await
@@ -340,6 +350,8 @@ impl LogicNode {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.logic.shutdown();
+        // Synckeys the store writes behind (bounded: PostgreSQL may be gone).
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.store.flush_synckeys()).await;
         // Bounded: with NATS gone, a flush would wait for a reconnect that never comes.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.bus.flush()).await;
     }

@@ -7,7 +7,7 @@ use ferry_proto::v1;
 
 use super::{friend_event, new_msg, texts};
 use crate::prelude::*;
-use crate::{NewEvent, StoreError};
+use crate::{Appended, NewEvent, StoreError};
 
 pub async fn messages_and_inbox(store: Arc<dyn Store>) {
     let a = store.create_user("alice", "h").await.unwrap();
@@ -212,4 +212,135 @@ pub async fn events_share_the_inbox_with_messages(store: Arc<dyn Store>) {
     assert_eq!(gone, ["l", "p"]);
     assert!(store.session([1; 32]).await.unwrap().is_none());
     assert!(store.session([3; 32]).await.unwrap().is_some());
+}
+
+/// Several messages in one call: stored in the order given (per user, the earlier gets
+/// the lower seq), one answer each in that order — a duplicate of a stored message and
+/// of an earlier one in the same batch answered with the original, an unknown user
+/// refusing its message only.
+pub async fn append_messages_keeps_order_and_answers_each(store: Arc<dyn Store>) {
+    let a = store.create_user("alice", "h").await.unwrap();
+    let b = store.create_user("bob", "h").await.unwrap();
+    let c = store.create_user("carol", "h").await.unwrap();
+    let (al, bo, ca) = ((a, "alice"), (b, "bob"), (c, "carol"));
+    let first = store
+        .append_message(new_msg(al, bo, 1, "one"))
+        .await
+        .unwrap();
+    assert!(store.append_messages(Vec::new()).await.unwrap().is_empty());
+
+    let out = store
+        .append_messages(vec![
+            new_msg(al, bo, 2, "two"),
+            new_msg(bo, al, 1, "three"),
+            new_msg(al, bo, 1, "one again"),
+            new_msg(al, bo, 2, "two again"),
+            new_msg(al, (999, "nobody"), 3, "lost"),
+            new_msg(al, ca, 4, "four"),
+            new_msg(al, al, 5, "note"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(out.len(), 7);
+    let ok = |i: usize| out[i].as_ref().unwrap().clone();
+    let seqs = |i: usize| (ok(i).sender_seq, ok(i).recipient_seq);
+    assert_eq!(seqs(0), (2, 2));
+    assert_eq!(seqs(1), (3, 3));
+    assert!(!ok(0).duplicate && !ok(1).duplicate);
+    // A duplicate of a stored message: the original.
+    assert_eq!(
+        ok(2),
+        Appended {
+            duplicate: true,
+            ..first.clone()
+        }
+    );
+    // A duplicate of one earlier in the batch: that one's ids.
+    assert!(ok(3).duplicate);
+    assert_eq!(
+        (ok(3).msg_id, seqs(3), ok(3).time_ms),
+        (ok(0).msg_id, seqs(0), ok(0).time_ms)
+    );
+    assert!(matches!(out[4], Err(StoreError::UnknownUser(999))));
+    assert_eq!(seqs(5), (4, 1));
+    assert_eq!(seqs(6), (5, 5));
+    // Ids follow the order given.
+    let ids: Vec<u64> = [0, 1, 5, 6].iter().map(|&i| ok(i).msg_id).collect();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+    assert!(ids[0] > first.msg_id);
+
+    let page = store.inbox(b, 0, 100).await.unwrap();
+    assert_eq!(texts(&page), ["one", "two", "three"]);
+    let page = store.inbox(a, 0, 100).await.unwrap();
+    assert_eq!(texts(&page), ["one", "two", "three", "four", "note"]);
+    assert_eq!(
+        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4, 5]
+    );
+    match &page.entries[1].kind {
+        Some(v1::entry::Kind::Message(m)) => assert_eq!(m.msg_id, ok(0).msg_id),
+        other => panic!("unexpected entry {other:?}"),
+    }
+    assert_eq!(texts(&store.inbox(c, 0, 100).await.unwrap()), ["four"]);
+    // Retrying the whole batch changes nothing and answers the same ids.
+    let again = store
+        .append_messages(vec![new_msg(al, bo, 2, "two"), new_msg(al, ca, 4, "four")])
+        .await
+        .unwrap();
+    assert_eq!(again[0].as_ref().unwrap().msg_id, ok(0).msg_id);
+    assert_eq!(again[1].as_ref().unwrap().msg_id, ok(5).msg_id);
+    assert!(again.iter().all(|r| r.as_ref().unwrap().duplicate));
+    assert_eq!(store.latest_seq(a).await.unwrap(), 5);
+}
+
+/// Batches from many senders at once, to one recipient: every message stored once,
+/// the recipient's seqs gapless, each sender's messages in the order it sent them.
+pub async fn concurrent_batches_keep_each_senders_order(store: Arc<dyn Store>) {
+    const SENDERS: u64 = 8;
+    const BATCHES: u64 = 10;
+    const PER_BATCH: u64 = 5;
+    let to = store.create_user("inbox", "h").await.unwrap();
+    let mut tasks = Vec::new();
+    for s in 0..SENDERS {
+        let name = format!("s{s}");
+        let from = store.create_user(&name, "h").await.unwrap();
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            for b in 0..BATCHES {
+                let msgs = (0..PER_BATCH)
+                    .map(|i| {
+                        let n = b * PER_BATCH + i;
+                        new_msg((from, &name), (to, "inbox"), n + 1, &format!("{s}:{n}"))
+                    })
+                    .collect();
+                for (i, r) in store
+                    .append_messages(msgs)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .enumerate()
+                {
+                    let r = r.as_ref().unwrap();
+                    assert!(!r.duplicate);
+                    assert_eq!(r.sender_seq, b * PER_BATCH + i as u64 + 1);
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let total = SENDERS * BATCHES * PER_BATCH;
+    let page = store.inbox(to, 0, total as u32 + 10).await.unwrap();
+    assert_eq!(
+        page.entries.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=total).collect::<Vec<_>>()
+    );
+    let mut next = vec![0u64; SENDERS as usize];
+    for t in texts(&page) {
+        let (s, n) = t.split_once(':').unwrap();
+        let (s, n): (usize, u64) = (s.parse().unwrap(), n.parse().unwrap());
+        assert_eq!(n, next[s], "sender {s}'s messages out of order");
+        next[s] += 1;
+    }
 }

@@ -29,7 +29,9 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $store, $media;
             accounts: users_and_sessions;
             inbox: messages_and_inbox, paging_and_concurrency, synckeys_and_prune,
-                events_share_the_inbox_with_messages;
+                events_share_the_inbox_with_messages,
+                append_messages_keeps_order_and_answers_each,
+                concurrent_batches_keep_each_senders_order;
             social: friendships_are_conditional_and_versioned, avatars_are_replaced,
                 moments_likes_and_comments;
             reports: reports_page_newest_first_and_prune;

@@ -14,7 +14,7 @@ use deadpool_postgres::Transaction;
 use ferry_proto::{v1, ProtoMessage};
 
 use super::groups::log_append;
-use super::{is_retryable, now_ms, PgStore, WRITE_ATTEMPTS};
+use super::PgStore;
 use crate::{
     Appended, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage, Result, StoreError,
 };
@@ -130,119 +130,22 @@ impl PgStore {
                 duplicate: true,
             }))
     }
-
-    /// One attempt at storing a new message. `Ok(None)`: an unknown user (rolled back).
-    async fn try_append(
-        client: &mut deadpool_postgres::Object,
-        msg: &NewMessage,
-        body: &[u8],
-    ) -> std::result::Result<std::result::Result<Appended, StoreError>, tokio_postgres::Error> {
-        let sender = msg.sender_id as i64;
-        let recipient = msg.recipient_id as i64;
-        let cmid = msg.client_msg_id as i64;
-        let bump = client
-            .prepare_cached(
-                "UPDATE users SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
-            )
-            .await?;
-        let insert_msg = client
-            .prepare_cached(
-                "INSERT INTO messages (sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body)
-                 VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-            )
-            .await?;
-        let insert_inbox = client
-            .prepare_cached(
-                "INSERT INTO inbox (user_id, seq, msg_id, created_ms) VALUES ($1, $2, $3, $4)",
-            )
-            .await?;
-        let txn = client.transaction().await?;
-        // Lock the users' rows in ascending id order: no deadlock between two users
-        // writing to each other at once.
-        let mut order = [sender, recipient];
-        order.sort_unstable();
-        let mut sender_seq = 0i64;
-        let mut recipient_seq = 0i64;
-        for (i, id) in order.iter().enumerate() {
-            if i == 1 && order[0] == order[1] {
-                break;
-            }
-            let Some(row) = txn.query_opt(&bump, &[id]).await? else {
-                // Dropping the transaction rolls it back: nothing written.
-                return Ok(Err(StoreError::UnknownUser(*id as u64)));
-            };
-            let seq: i64 = row.get(0);
-            if *id == sender {
-                sender_seq = seq;
-            }
-            if *id == recipient {
-                recipient_seq = seq;
-            }
-        }
-        let msg_id: i64 = txn
-            .query_one(
-                &insert_msg,
-                &[
-                    &sender,
-                    &cmid,
-                    &sender_seq,
-                    &recipient_seq,
-                    &msg.time_ms,
-                    &body,
-                ],
-            )
-            .await?
-            .get(0);
-        txn.execute(
-            &insert_inbox,
-            &[&sender, &sender_seq, &msg_id, &msg.time_ms],
-        )
-        .await?;
-        if recipient != sender {
-            txn.execute(
-                &insert_inbox,
-                &[&recipient, &recipient_seq, &msg_id, &msg.time_ms],
-            )
-            .await?;
-        }
-        txn.commit().await?;
-        Ok(Ok(Appended {
-            msg_id: msg_id as u64,
-            sender_seq: sender_seq as u64,
-            recipient_seq: recipient_seq as u64,
-            time_ms: msg.time_ms,
-            duplicate: false,
-        }))
-    }
 }
 
 #[async_trait]
 impl InboxStore for PgStore {
     async fn append_message(&self, msg: NewMessage) -> Result<Appended> {
-        let sender = msg.sender_id as i64;
-        let cmid = msg.client_msg_id as i64;
-        // The body is stored without its msg_id (not known before the insert); reads
-        // fill it in from the row.
-        let mut body = msg.message.clone();
-        body.msg_id = 0;
-        body.time_ms = msg.time_ms;
-        let body = body.encode_to_vec();
-        let mut client = self.client().await?;
-        let mut last_err = None;
-        for _ in 0..WRITE_ATTEMPTS {
-            if let Some(dup) = Self::existing(&client, sender, cmid).await? {
-                return Ok(dup);
-            }
-            match Self::try_append(&mut client, &msg, &body).await {
-                Ok(done) => return done,
-                Err(e) if is_retryable(&e) => last_err = Some(e),
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(last_err.map_or(
-            StoreError::WriteFailed("too many conflicts".into()),
-            Into::into,
-        ))
+        self.writer
+            .messages(vec![msg])
+            .await?
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::WriteFailed("no answer".into())))
+    }
+
+    /// One write of the queue (see `writer.rs`): the messages and whatever else is
+    /// waiting share one transaction and one commit.
+    async fn append_messages(&self, msgs: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
+        self.writer.messages(msgs).await
     }
 
     async fn inbox(&self, user_id: u64, after: u64, limit: u32) -> Result<InboxPage> {
@@ -328,24 +231,15 @@ impl InboxStore for PgStore {
     }
 
     async fn set_synckey(&self, user_id: u64, device_id: &str, synckey: u64) -> Result<()> {
-        let client = self.client().await?;
-        let stmt = client
-            .prepare_cached(
-                "INSERT INTO devices (user_id, device_id, synckey, updated_ms) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (user_id, device_id) DO UPDATE
-                 SET synckey = excluded.synckey, updated_ms = excluded.updated_ms",
-            )
-            .await?;
-        client
-            .execute(
-                &stmt,
-                &[&(user_id as i64), &device_id, &(synckey as i64), &now_ms()],
-            )
-            .await?;
+        // Written behind, at most once a second (see `synckeys.rs`).
+        self.synckeys.set(user_id, device_id, synckey);
         Ok(())
     }
 
     async fn synckey(&self, user_id: u64, device_id: &str) -> Result<Option<u64>> {
+        if let Some(k) = self.synckeys.get(user_id, device_id) {
+            return Ok(Some(k));
+        }
         let client = self.client().await?;
         let stmt = client
             .prepare_cached("SELECT synckey FROM devices WHERE user_id = $1 AND device_id = $2")
@@ -354,6 +248,10 @@ impl InboxStore for PgStore {
             .query_opt(&stmt, &[&(user_id as i64), &device_id])
             .await?
             .map(|r| r.get::<_, i64>(0) as u64))
+    }
+
+    async fn flush_synckeys(&self) -> Result<()> {
+        self.synckeys.flush().await
     }
 
     async fn prune(&self, before_ms: i64) -> Result<u64> {
@@ -369,11 +267,7 @@ impl InboxStore for PgStore {
     }
 
     async fn append_events(&self, events: Vec<NewEvent>) -> Result<Vec<u64>> {
-        let mut client = self.client().await?;
-        let txn = client.transaction().await?;
-        let seqs = lock_and_append_events(&txn, &events).await?;
-        txn.commit().await?;
-        Ok(seqs)
+        self.writer.events(events).await
     }
 
     async fn message_info(&self, msg_id: u64) -> Result<Option<MessageInfo>> {

@@ -96,89 +96,129 @@ pub(super) fn append_events(
     Ok(seqs)
 }
 
+/// Stores one message inside the writer's transaction. Fails before writing anything
+/// when a user is unknown; any other error may leave partial writes (the caller fails
+/// the batch).
+fn append_one(txn: &Transaction, state: &mut WriterState, msg: NewMessage) -> Result<Appended> {
+    let sender = msg.sender_id as i64;
+    let cmid = msg.client_msg_id as i64;
+    // Check the recipient before touching anything, so an unknown one leaves no
+    // partial write behind.
+    let recipient_seq_probe = state.seqs.contains_key(&msg.recipient_id)
+        || txn
+            .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
+            .exists([msg.recipient_id as i64])?;
+    if !recipient_seq_probe {
+        return Err(StoreError::UnknownUser(msg.recipient_id));
+    }
+    let msg_id = state.next_msg_id(txn)?;
+    let sender_seq = state.next_seq(txn, msg.sender_id)?;
+    let recipient_seq = if msg.recipient_id == msg.sender_id {
+        sender_seq
+    } else {
+        state.next_seq(txn, msg.recipient_id)?
+    };
+    let mut body = msg.message;
+    body.msg_id = msg_id;
+    body.time_ms = msg.time_ms;
+    // The idempotency check is the insert itself (the unique index on sender and
+    // client id): a separate lookup first cost the writer a second seek per
+    // message.
+    let inserted = txn
+        .prepare_cached(
+            "INSERT INTO messages (id, sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+             ON CONFLICT (sender_id, client_msg_id) DO NOTHING",
+        )?
+        .execute(params![
+            msg_id as i64,
+            sender,
+            cmid,
+            sender_seq as i64,
+            recipient_seq as i64,
+            msg.time_ms,
+            body.encode_to_vec()
+        ])?;
+    if inserted == 0 {
+        // A retry of a stored message: hand back the ids just taken (nothing
+        // else took any since) and answer with the stored ones.
+        let taken = [
+            (msg.sender_id, sender_seq),
+            (msg.recipient_id, recipient_seq),
+        ];
+        let calls = if msg.recipient_id == msg.sender_id {
+            1
+        } else {
+            2
+        };
+        state.give_back(msg_id, &taken[..calls]);
+        return Ok(txn
+            .prepare_cached(
+                "SELECT id, sender_seq, recipient_seq, created_ms FROM messages
+                 WHERE sender_id = ?1 AND client_msg_id = ?2",
+            )?
+            .query_row(params![sender, cmid], |r| {
+                Ok(Appended {
+                    msg_id: r.get::<_, i64>(0)? as u64,
+                    sender_seq: r.get::<_, i64>(1)? as u64,
+                    recipient_seq: r.get::<_, i64>(2)? as u64,
+                    time_ms: r.get(3)?,
+                    duplicate: true,
+                })
+            })?);
+    }
+    let mut inbox = txn.prepare_cached(
+        "INSERT INTO inbox (user_id, seq, msg_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    inbox.execute(params![
+        sender,
+        sender_seq as i64,
+        msg_id as i64,
+        msg.time_ms
+    ])?;
+    if msg.recipient_id != msg.sender_id {
+        inbox.execute(params![
+            msg.recipient_id as i64,
+            recipient_seq as i64,
+            msg_id as i64,
+            msg.time_ms
+        ])?;
+    }
+    Ok(Appended {
+        msg_id,
+        sender_seq,
+        recipient_seq,
+        time_ms: msg.time_ms,
+        duplicate: false,
+    })
+}
+
+/// An error after which the transaction may hold partial writes.
+fn partial(e: &StoreError) -> bool {
+    matches!(e, StoreError::Sqlite(_) | StoreError::Io(_))
+}
+
 #[async_trait]
 impl InboxStore for SqliteStore {
     async fn append_message(&self, msg: NewMessage) -> Result<Appended> {
+        self.write(move |txn, state| append_one(txn, state, msg))
+            .await
+    }
+
+    /// One writer job: the messages share a transaction and a commit with whatever else
+    /// the writer takes. An unknown user refuses its message only (nothing of it is
+    /// written); any other error fails the whole batch.
+    async fn append_messages(&self, msgs: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
         self.write(move |txn, state| {
-            let sender = msg.sender_id as i64;
-            let cmid = msg.client_msg_id as i64;
-            // Check the recipient before touching anything, so an unknown one leaves no
-            // partial write behind.
-            let recipient_seq_probe = state.seqs.contains_key(&msg.recipient_id)
-                || txn
-                    .prepare_cached("SELECT 1 FROM users WHERE id = ?1")?
-                    .exists([msg.recipient_id as i64])?;
-            if !recipient_seq_probe {
-                return Err(StoreError::UnknownUser(msg.recipient_id));
+            let mut out = Vec::with_capacity(msgs.len());
+            for m in msgs {
+                match append_one(txn, state, m) {
+                    // Maybe partly written: the whole batch rolls back.
+                    Err(e) if partial(&e) => return Err(e),
+                    r => out.push(r),
+                }
             }
-            let msg_id = state.next_msg_id(txn)?;
-            let sender_seq = state.next_seq(txn, msg.sender_id)?;
-            let recipient_seq = if msg.recipient_id == msg.sender_id {
-                sender_seq
-            } else {
-                state.next_seq(txn, msg.recipient_id)?
-            };
-            let mut body = msg.message;
-            body.msg_id = msg_id;
-            body.time_ms = msg.time_ms;
-            // The idempotency check is the insert itself (the unique index on sender and
-            // client id): a separate lookup first cost the writer a second seek per
-            // message.
-            let inserted = txn
-                .prepare_cached(
-                    "INSERT INTO messages (id, sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-                     ON CONFLICT (sender_id, client_msg_id) DO NOTHING",
-                )?
-                .execute(params![
-                    msg_id as i64,
-                    sender,
-                    cmid,
-                    sender_seq as i64,
-                    recipient_seq as i64,
-                    msg.time_ms,
-                    body.encode_to_vec()
-                ])?;
-            if inserted == 0 {
-                // A retry of a stored message: hand back the ids just taken (nothing
-                // else took any since) and answer with the stored ones.
-                let taken = [(msg.sender_id, sender_seq), (msg.recipient_id, recipient_seq)];
-                let calls = if msg.recipient_id == msg.sender_id { 1 } else { 2 };
-                state.give_back(msg_id, &taken[..calls]);
-                return Ok(txn
-                    .prepare_cached(
-                        "SELECT id, sender_seq, recipient_seq, created_ms FROM messages
-                         WHERE sender_id = ?1 AND client_msg_id = ?2",
-                    )?
-                    .query_row(params![sender, cmid], |r| {
-                        Ok(Appended {
-                            msg_id: r.get::<_, i64>(0)? as u64,
-                            sender_seq: r.get::<_, i64>(1)? as u64,
-                            recipient_seq: r.get::<_, i64>(2)? as u64,
-                            time_ms: r.get(3)?,
-                            duplicate: true,
-                        })
-                    })?);
-            }
-            let mut inbox = txn.prepare_cached(
-                "INSERT INTO inbox (user_id, seq, msg_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
-            )?;
-            inbox.execute(params![sender, sender_seq as i64, msg_id as i64, msg.time_ms])?;
-            if msg.recipient_id != msg.sender_id {
-                inbox.execute(params![
-                    msg.recipient_id as i64,
-                    recipient_seq as i64,
-                    msg_id as i64,
-                    msg.time_ms
-                ])?;
-            }
-            Ok(Appended {
-                msg_id,
-                sender_seq,
-                recipient_seq,
-                time_ms: msg.time_ms,
-                duplicate: false,
-            })
+            Ok(out)
         })
         .await
     }
