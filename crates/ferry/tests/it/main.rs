@@ -17,6 +17,7 @@ mod bad_input;
 mod bench_smoke;
 mod cluster;
 mod cluster_media;
+mod cluster_order;
 mod config;
 mod crash;
 mod faults;
