@@ -884,3 +884,17 @@ impl Bus for NatsBus {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pause_is_a_sweep_a_second_or_more_late() {
+        let t = Instant::now();
+        let period = Duration::from_secs(2);
+        assert!(!woke_from_pause(t, t + period, period));
+        assert!(!woke_from_pause(t, t + period + Duration::from_millis(900), period));
+        assert!(woke_from_pause(t, t + Duration::from_secs(20), period));
+    }
+}

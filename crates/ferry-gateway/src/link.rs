@@ -876,3 +876,38 @@ fn closes_link(error: &Bytes) -> bool {
         Err(_) => true,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(req_id: u32) -> Frame {
+        Frame {
+            cmd: cmd::SEND,
+            req_id,
+            body: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn the_lane_sends_one_batch_at_a_time_in_order() {
+        let mut lane = Lane::default();
+        assert!(lane.is_idle());
+        assert!(lane.next_batch().is_none());
+        for id in 1..=40 {
+            lane.push(send(id));
+        }
+        let first: Vec<u32> = lane.next_batch().unwrap().iter().map(|f| f.req_id).collect();
+        assert_eq!(first, (1..=32).collect::<Vec<_>>());
+        // Nothing more while the batch is with logic, even as SENDs keep coming.
+        lane.push(send(41));
+        assert!(lane.next_batch().is_none());
+        assert!(!lane.is_idle());
+        assert_eq!(lane.len(), 9);
+        lane.done();
+        let second: Vec<u32> = lane.next_batch().unwrap().iter().map(|f| f.req_id).collect();
+        assert_eq!(second, (33..=41).collect::<Vec<_>>());
+        lane.done();
+        assert!(lane.is_idle());
+    }
+}

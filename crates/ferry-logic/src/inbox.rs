@@ -580,6 +580,75 @@ mod tests {
         assert!(w.pushes().is_empty());
     }
 
+    fn batch(user: u64, sends: &[v1::SendMsg]) -> BusRequest {
+        BusRequest {
+            batch: sends
+                .iter()
+                .map(|m| Bytes::from(m.encode_to_vec()))
+                .collect(),
+            ..req(cmd::SEND, user, &v1::Empty {})
+        }
+    }
+
+    fn texts_of(page: &v1::SyncResp) -> Vec<String> {
+        page.entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(v1::entry::Kind::Message(m)) => Some(m.text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_stored_in_order_with_one_answer_each() {
+        let w = World::new(open());
+        let (ann, bob) = (w.user("ann").await, w.user("bob").await);
+        let sends: Vec<v1::SendMsg> = (1..=6)
+            .map(|i| text("bob", &format!("m{i}"), i))
+            .collect();
+        let answers = w.inbox.send_batch(&batch(ann, &sends)).await;
+        assert_eq!(answers.len(), 6);
+        let mut last = 0;
+        for a in answers {
+            let ack = v1::SendAck::decode(a.unwrap().body).unwrap();
+            assert!(ack.seq > last, "acks out of order");
+            last = ack.seq;
+        }
+        // A bad send in the middle is refused alone; the batch, sent again, is a set of
+        // duplicates answered with the original acks.
+        let mut again = sends.clone();
+        again.insert(3, text("bob", "no id", 0));
+        let answers = w.inbox.send_batch(&batch(ann, &again)).await;
+        assert!(matches!(answers[3], Err(LogicError::InvalidArgument(_))));
+        assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 6);
+        let page = w
+            .inbox
+            .sync(&req(cmd::SYNC, bob, &v1::SyncReq::default()))
+            .await
+            .unwrap();
+        let page = v1::SyncResp::decode(page.body).unwrap();
+        let want: Vec<String> = (1..=6).map(|i| format!("m{i}")).collect();
+        assert_eq!(texts_of(&page), want);
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_refuses_the_rest_of_a_batch() {
+        let mut cfg = open();
+        cfg.limits.sends_per_user = crate::limits::Rate::new(0.001, 3.0);
+        let w = World::new(cfg);
+        let (ann, _bob) = (w.user("ann").await, w.user("bob").await);
+        let sends: Vec<v1::SendMsg> = (1..=5)
+            .map(|i| text("bob", &format!("m{i}"), i))
+            .collect();
+        let answers = w.inbox.send_batch(&batch(ann, &sends)).await;
+        let ok: Vec<bool> = answers.iter().map(|a| a.is_ok()).collect();
+        assert_eq!(ok, [true, true, true, false, false]);
+        assert!(answers[3..]
+            .iter()
+            .all(|a| matches!(a, Err(LogicError::RateLimited(..)))));
+    }
+
     #[tokio::test]
     async fn friends_only_messaging_refuses_strangers_and_stores_nothing() {
         let w = World::new(LogicConfig::default());

@@ -559,6 +559,18 @@ pub fn short_link_only(cmd: u8) -> bool {
 mod tests {
     use super::*;
 
+    #[test]
+    fn idempotent_requests_are_send_and_reads() {
+        assert!(idempotent(SEND) && idempotent(SYNC) && idempotent(GROUP_SYNC));
+        for c in [LOGIN, RECALL, READ, GROUP_CREATE, MEDIA_CREATE, MEDIA_FINISH, TYPING] {
+            assert!(!idempotent(c), "{}", name(c));
+        }
+        for c in COMMANDS.iter().filter(|c| c.idempotent) {
+            assert_eq!(c.kind, Kind::Request, "{}", c.name);
+        }
+        assert!(!idempotent(0xEE));
+    }
+
     /// docs/protocol.md's table of every command is this table: a command added, renumbered
     /// or re-pathed in code fails here until the document says the same.
     #[test]
