@@ -16,7 +16,8 @@
 # 2 logic nodes), sends steadily through the gateway, SIGSTOPs one logic node for SECS
 # seconds (after SECS/2 of normal traffic), SIGCONTs it, and reports acks/s during vs
 # before, p99, lost/duplicated, and the routes the node dropped on waking ("gateway
-# silent" in its log). Targets: >= 80 % of the rate, p99 <= 1.5 s, no route dropped. Traffic stays on 127.0.0.1. Every run is
+# silent" in its log). Targets: >= 80 % of the rate, p99 <= 1.5 s, no route dropped.
+# CLUSTER_FERRY=path runs the cluster on another binary than the bench (to compare builds). Traffic stays on 127.0.0.1. Every run is
 # bounded: SECS of load, at most 30 s to settle, and a hard timeout per run.
 # Results (JSON per fault) go to $OUT (default target/faults). FERRY=path/to/ferry runs
 # that binary instead of building one.
@@ -51,7 +52,7 @@ failed=0
 logic_stop() {
     local secs=${SECS_GIVEN:-20} json="$OUT/logic-stop.json" state="$OUT/cluster"
     rm -rf "$json" "$state"; mkdir -p "$state"
-    FERRY="$FERRY" GATEWAYS=1 LOGICS=2 LOAD_TEST=1 STATE="$state" BASE_PORT=${BASE_PORT:-9100} \
+    FERRY="${CLUSTER_FERRY:-$FERRY}" GATEWAYS=1 LOGICS=2 LOAD_TEST=1 STATE="$state" BASE_PORT=${BASE_PORT:-9100} \
         RUN_SECS=$((secs * 2 + 120)) bench/cluster.sh >"$state/cluster.out" 2>&1 &
     local cluster=$!
     for _ in $(seq 300); do grep -q "cluster ready" "$state/cluster.out" && break; sleep 0.1; done

@@ -428,6 +428,14 @@ impl NatsBus {
             let (client, handler) = (client.clone(), handler.clone());
             tokio::spawn(async move {
                 let resp = match BusRequest::decode(msg.payload) {
+                    Ok(req) if req.deadline_ms != 0 && unix_ms() > req.deadline_ms => {
+                        // Its gateway stopped waiting (this node was paused, or the
+                        // request queued too long): it answered UNAVAILABLE, or sent an
+                        // idempotent request elsewhere. Applying it now would surprise.
+                        metrics::counter!("ferry_bus_stale_requests_total").increment(1);
+                        drop(permit);
+                        return;
+                    }
                     Ok(req) => handler.handle(req).await,
                     Err(e) => {
                         tracing::warn!(error = %e, "undecodable bus request");
@@ -687,6 +695,13 @@ struct Known {
     seen: Instant,
 }
 
+/// Now, in unix milliseconds.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Whether the gap between two sweeps (each `period` apart) shows this process was
 /// paused: a second or more late.
 fn woke_from_pause(last: Instant, now: Instant, period: Duration) -> bool {
@@ -723,6 +738,8 @@ impl Bus for NatsBus {
         } else {
             crate::nodes::score(req.conn_id, req.gateway_id.len() as u64)
         };
+        let mut req = req;
+        req.deadline_ms = unix_ms() + self.cfg.request_timeout.as_millis() as u64;
         let payload = Bytes::from(req.encode_to_vec());
         let deadline = Instant::now() + self.cfg.request_timeout;
         let ranked = self

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
+use ferry_client::ShortLink;
 use ferry_proto::frame::encode_msg;
 use ferry_proto::{cmd, v1, ProtoMessage};
 use ferry_testkit::*;
@@ -286,19 +287,20 @@ async fn a_stopped_logic_node_leaves_rotation_and_keeps_routes_on_waking() {
                 let t = Instant::now();
                 let r = tx.send_text(&format!("r{p}"), &format!("{p}:{acked}")).await;
                 let took = t.elapsed();
-                let mut s = seen.lock().unwrap();
-                match r {
-                    Ok(_) => {
-                        acked += 1;
-                        match at {
-                            0 => s.before.push(took),
-                            1 => s.during.push(took),
-                            _ => s.after.push(took),
+                {
+                    let mut s = seen.lock().unwrap();
+                    match r {
+                        Ok(_) => {
+                            acked += 1;
+                            match at {
+                                0 => s.before.push(took),
+                                1 => s.during.push(took),
+                                _ => s.after.push(took),
+                            }
                         }
+                        Err(_) => s.failed += 1,
                     }
-                    Err(_) => s.failed += 1,
                 }
-                drop(s);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             acked
