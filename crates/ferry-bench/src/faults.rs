@@ -126,7 +126,11 @@ impl Pairs {
     ) -> anyhow::Result<Pairs> {
         anyhow::ensure!(pairs > 0, "at least one pair");
         anyhow::ensure!(rate > 0.0 && rate <= 1000.0, "rate in (0, 1000]");
-        let short = ShortLink::new(short_addr);
+        // Sealed, as the SDK's short link: a cluster refuses plaintext by default.
+        let key = ferry_client::fetch_server_key(short_addr)
+            .await
+            .with_context(|| format!("asking {short_addr} for its key"))?;
+        let short = ShortLink::sealed(short_addr, Some(key));
         let n = 2 * pairs;
         let users: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
         super::users::sign_in_all(&short, &users, password, |_| {}).await?;
