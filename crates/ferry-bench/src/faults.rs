@@ -541,7 +541,11 @@ async fn logic_stop(
         rate_of(a2 - a1, t1, t2),
         rate_of(a3 - a2, t2, t3),
     );
-    let ratio = if r_before > 0.0 { r_during / r_before } else { 0.0 };
+    let ratio = if r_before > 0.0 {
+        r_during / r_before
+    } else {
+        0.0
+    };
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let (p50_b, p99_b) = (quantile(&mut before, 0.5), quantile(&mut before, 0.99));
     let (p50_d, p99_d) = (quantile(&mut during, 0.5), quantile(&mut during, 0.99));

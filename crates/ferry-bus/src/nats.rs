@@ -753,7 +753,10 @@ impl Bus for NatsBus {
                 Some(n) => self.subject(&["req", &format!("{n:016x}")]),
                 None => self.subject(&["req"]),
             };
-            match self.try_request(subject, payload.clone(), node, deadline).await {
+            match self
+                .try_request(subject, payload.clone(), node, deadline)
+                .await
+            {
                 Ok(resp) => return Ok(resp),
                 // Nobody took it (the node's subscription is gone): safe to send again.
                 Err(BusError::NoLogic) if node.is_some() => {
@@ -911,7 +914,11 @@ mod tests {
         let t = Instant::now();
         let period = Duration::from_secs(2);
         assert!(!woke_from_pause(t, t + period, period));
-        assert!(!woke_from_pause(t, t + period + Duration::from_millis(900), period));
+        assert!(!woke_from_pause(
+            t,
+            t + period + Duration::from_millis(900),
+            period
+        ));
         assert!(woke_from_pause(t, t + Duration::from_secs(20), period));
     }
 }

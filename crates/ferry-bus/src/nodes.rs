@@ -146,7 +146,9 @@ mod tests {
     fn a_silent_node_is_out_of_rotation_and_only_its_users_move() {
         let t0 = Instant::now();
         let mut n = three(t0);
-        let before: Vec<u64> = (1..=500).map(|u| n.ranked(u, t0, ALIVE_EXPIRY)[0]).collect();
+        let before: Vec<u64> = (1..=500)
+            .map(|u| n.ranked(u, t0, ALIVE_EXPIRY)[0])
+            .collect();
         // 22 stops; the others keep beating.
         let t1 = t0 + Duration::from_millis(1100);
         n.heard(11, false, t1);
@@ -178,7 +180,10 @@ mod tests {
         n.suspect(22);
         assert!(!n.ranked(5, now, ALIVE_EXPIRY).contains(&22));
         n.heard(22, false, now);
-        assert!(n.ranked(5, now, ALIVE_EXPIRY).contains(&22), "a heartbeat clears it");
+        assert!(
+            n.ranked(5, now, ALIVE_EXPIRY).contains(&22),
+            "a heartbeat clears it"
+        );
         n.left(33);
         assert_eq!(n.ranked(5, now, ALIVE_EXPIRY).len(), 2);
         assert!(n.silent(33, now, SILENT_AFTER), "unknown counts as silent");

@@ -406,8 +406,7 @@ pub(crate) const SEND_BATCH: usize = 32;
 
 /// A request on its way through logic: resolves to the encoded answer(s), whether the
 /// link may stay open after it, and whether it was the send lane's batch.
-type Forwarded<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = Answered> + Send + 'a>>;
+type Forwarded<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Answered> + Send + 'a>>;
 
 /// What a forwarded request (or the send lane's batch) resolved to.
 struct Answered {
@@ -897,7 +896,12 @@ mod tests {
         for id in 1..=40 {
             lane.push(send(id));
         }
-        let first: Vec<u32> = lane.next_batch().unwrap().iter().map(|f| f.req_id).collect();
+        let first: Vec<u32> = lane
+            .next_batch()
+            .unwrap()
+            .iter()
+            .map(|f| f.req_id)
+            .collect();
         assert_eq!(first, (1..=32).collect::<Vec<_>>());
         // Nothing more while the batch is with logic, even as SENDs keep coming.
         lane.push(send(41));
@@ -905,7 +909,12 @@ mod tests {
         assert!(!lane.is_idle());
         assert_eq!(lane.len(), 9);
         lane.done();
-        let second: Vec<u32> = lane.next_batch().unwrap().iter().map(|f| f.req_id).collect();
+        let second: Vec<u32> = lane
+            .next_batch()
+            .unwrap()
+            .iter()
+            .map(|f| f.req_id)
+            .collect();
         assert_eq!(second, (33..=41).collect::<Vec<_>>());
         lane.done();
         assert!(lane.is_idle());

@@ -82,11 +82,7 @@ impl Inbox {
         match self.prepare(&me, req.body.clone(), req.cmd).await? {
             Prepared::Group(r) => Box::pin(self.groups.send(&me, r, req.cmd)).await,
             Prepared::Direct(d) => {
-                let done = self
-                    .core
-                    .store
-                    .append_message(d.new.clone())
-                    .await?;
+                let done = self.core.store.append_message(d.new.clone()).await?;
                 Ok(self.finish(&me, d, done, started, req.cmd).await)
             }
         }
@@ -604,9 +600,7 @@ mod tests {
     async fn a_batch_is_stored_in_order_with_one_answer_each() {
         let w = World::new(open());
         let (ann, bob) = (w.user("ann").await, w.user("bob").await);
-        let sends: Vec<v1::SendMsg> = (1..=6)
-            .map(|i| text("bob", &format!("m{i}"), i))
-            .collect();
+        let sends: Vec<v1::SendMsg> = (1..=6).map(|i| text("bob", &format!("m{i}"), i)).collect();
         let answers = w.inbox.send_batch(&batch(ann, &sends)).await;
         assert_eq!(answers.len(), 6);
         let mut last = 0;
@@ -638,9 +632,7 @@ mod tests {
         cfg.limits.sends_per_user = crate::limits::Rate::new(0.001, 3.0);
         let w = World::new(cfg);
         let (ann, _bob) = (w.user("ann").await, w.user("bob").await);
-        let sends: Vec<v1::SendMsg> = (1..=5)
-            .map(|i| text("bob", &format!("m{i}"), i))
-            .collect();
+        let sends: Vec<v1::SendMsg> = (1..=5).map(|i| text("bob", &format!("m{i}"), i)).collect();
         let answers = w.inbox.send_batch(&batch(ann, &sends)).await;
         let ok: Vec<bool> = answers.iter().map(|a| a.is_ok()).collect();
         assert_eq!(ok, [true, true, true, false, false]);

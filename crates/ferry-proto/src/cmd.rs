@@ -562,7 +562,15 @@ mod tests {
     #[test]
     fn idempotent_requests_are_send_and_reads() {
         assert!(idempotent(SEND) && idempotent(SYNC) && idempotent(GROUP_SYNC));
-        for c in [LOGIN, RECALL, READ, GROUP_CREATE, MEDIA_CREATE, MEDIA_FINISH, TYPING] {
+        for c in [
+            LOGIN,
+            RECALL,
+            READ,
+            GROUP_CREATE,
+            MEDIA_CREATE,
+            MEDIA_FINISH,
+            TYPING,
+        ] {
             assert!(!idempotent(c), "{}", name(c));
         }
         for c in COMMANDS.iter().filter(|c| c.idempotent) {

@@ -285,7 +285,9 @@ async fn a_stopped_logic_node_leaves_rotation_and_keeps_routes_on_waking() {
             while phase.load(Ordering::Relaxed) < 3 && Instant::now() < until {
                 let at = phase.load(Ordering::Relaxed);
                 let t = Instant::now();
-                let r = tx.send_text(&format!("r{p}"), &format!("{p}:{acked}")).await;
+                let r = tx
+                    .send_text(&format!("r{p}"), &format!("{p}:{acked}"))
+                    .await;
                 let took = t.elapsed();
                 {
                     let mut s = seen.lock().unwrap();
@@ -318,7 +320,12 @@ async fn a_stopped_logic_node_leaves_rotation_and_keeps_routes_on_waking() {
     phase.store(3, Ordering::Relaxed);
     let mut acked = Vec::new();
     for s in senders {
-        acked.push(tokio::time::timeout(Duration::from_secs(15), s).await.unwrap().unwrap());
+        acked.push(
+            tokio::time::timeout(Duration::from_secs(15), s)
+                .await
+                .unwrap()
+                .unwrap(),
+        );
     }
 
     // Every acknowledged message reaches its recipient, once.
@@ -351,8 +358,14 @@ async fn a_stopped_logic_node_leaves_rotation_and_keeps_routes_on_waking() {
         during >= before * 0.5,
         "sends stalled while a node was stopped: {during:.0}/s against {before:.0}/s"
     );
-    assert!(p99 <= Duration::from_millis(2500), "p99 {p99:?} while stopped");
-    assert!(!s.after.is_empty(), "nothing acknowledged after the node woke");
+    assert!(
+        p99 <= Duration::from_millis(2500),
+        "p99 {p99:?} while stopped"
+    );
+    assert!(
+        !s.after.is_empty(),
+        "nothing acknowledged after the node woke"
+    );
 
     // The node that slept noticed it, and dropped no gateway's routes.
     let log = c.log(0);
