@@ -79,7 +79,7 @@ impl Inbox {
     pub async fn send(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let started = std::time::Instant::now();
         let me = self.core.caller(req).await?;
-        match self.prepare(&me, req.body.clone(), req.cmd).await? {
+        match self.prepare(&me, req.body.clone()).await? {
             Prepared::Group(r) => Box::pin(self.groups.send(&me, r, req.cmd)).await,
             Prepared::Direct(d) => {
                 let done = self.core.store.append_message(d.new.clone()).await?;
@@ -105,7 +105,7 @@ impl Inbox {
         // 1:1 sends prepared and not yet stored: (index, send).
         let mut direct: Vec<(usize, Direct)> = Vec::new();
         for (i, body) in req.batch.iter().enumerate() {
-            match self.prepare(&me, body.clone(), req.cmd).await {
+            match self.prepare(&me, body.clone()).await {
                 Err(e) => out[i] = Some(Err(e)),
                 Ok(Prepared::Direct(d)) => direct.push((i, d)),
                 Ok(Prepared::Group(r)) => {
@@ -160,13 +160,7 @@ impl Inbox {
 
     /// Everything a send checks before the store: the rate limit (in the device's
     /// order), sizes, the recipient, friendship, attached media.
-    async fn prepare(
-        &self,
-        me: &DeviceSession,
-        body: Bytes,
-        cmd: u32,
-    ) -> Result<Prepared, LogicError> {
-        let _ = cmd;
+    async fn prepare(&self, me: &DeviceSession, body: Bytes) -> Result<Prepared, LogicError> {
         let r = v1::SendMsg::decode(body)?;
         // An earlier send of this device that was refused goes first (limits.rs,
         // SendOrder): the client's order survives the limit.
