@@ -50,6 +50,10 @@ pub enum Fault {
     /// The data folder (a 16 MiB tmpfs) filled a third of the way in, freed at two
     /// thirds.
     Disk,
+    /// A cluster's logic node (`--stop-pid`) SIGSTOPped for `--duration` seconds after
+    /// half that long of normal traffic, then SIGCONTed; the clients talk to the
+    /// cluster's gateway (`--server`) directly. Acks/s and latency before and during.
+    LogicStop,
 }
 
 impl Fault {
@@ -62,7 +66,7 @@ impl Fault {
             Fault::Chunk => (f.chunk_bytes, f.chunk_gap_ms) = (7, 1),
             Fault::Cut => (f.cut_min_ms, f.cut_max_ms) = (500, 3_000),
             Fault::HalfOpen => (f.half_open_min_ms, f.half_open_max_ms) = (1_000, 4_000),
-            Fault::None | Fault::Kill | Fault::Disk => {}
+            Fault::None | Fault::Kill | Fault::Disk | Fault::LogicStop => {}
         }
         f
     }
@@ -103,6 +107,8 @@ pub struct Pairs {
     receivers: JoinSet<()>,
     disconnects: Arc<AtomicU64>,
     slow: Arc<AtomicU64>,
+    /// Every answered send: when it was answered and how long it took.
+    latencies: Arc<std::sync::Mutex<Vec<(Instant, Duration)>>>,
 }
 
 impl Pairs {
@@ -120,7 +126,11 @@ impl Pairs {
     ) -> anyhow::Result<Pairs> {
         anyhow::ensure!(pairs > 0, "at least one pair");
         anyhow::ensure!(rate > 0.0 && rate <= 1000.0, "rate in (0, 1000]");
-        let short = ShortLink::new(short_addr);
+        // Sealed, as the SDK's short link: a cluster refuses plaintext by default.
+        let key = ferry_client::fetch_server_key(short_addr)
+            .await
+            .with_context(|| format!("asking {short_addr} for its key"))?;
+        let short = ShortLink::sealed(short_addr, Some(key));
         let n = 2 * pairs;
         let users: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
         super::users::sign_in_all(&short, &users, password, |_| {}).await?;
@@ -138,6 +148,7 @@ impl Pairs {
         let end = CancellationToken::new();
         let disconnects = Arc::new(AtomicU64::new(0));
         let slow = Arc::new(AtomicU64::new(0));
+        let latencies: Arc<std::sync::Mutex<Vec<(Instant, Duration)>>> = Arc::default();
         let mut senders = JoinSet::new();
         let mut receivers = JoinSet::new();
         for (i, mut ev) in events.into_iter().enumerate() {
@@ -173,7 +184,7 @@ impl Pairs {
             });
             // Sending: on a fixed period; a send that takes longer delays the next.
             let (out, peer, stop) = (ledgers[i].clone(), users[i ^ 1].clone(), stop_send.clone());
-            let (p, slow) = (peers[i].clone(), slow.clone());
+            let (p, slow, lat) = (peers[i].clone(), slow.clone(), latencies.clone());
             let period = Duration::from_secs_f64(1.0 / rate);
             senders.spawn(async move {
                 // Spread over the period, so the pairs do not all send at once.
@@ -184,6 +195,7 @@ impl Pairs {
                     if t > slow_after {
                         slow.fetch_add(1, Ordering::Relaxed);
                     }
+                    lat.lock().expect("latencies").push((Instant::now(), t));
                 };
                 let every = (offset, period);
                 ledger::send_steadily(&p.client, &peer, &out, every, stop, text, took).await
@@ -198,7 +210,19 @@ impl Pairs {
             receivers,
             disconnects,
             slow,
+            latencies,
         })
+    }
+
+    /// The latencies of the sends answered between `from` and `to`.
+    pub fn latencies(&self, from: Instant, to: Instant) -> Vec<Duration> {
+        self.latencies
+            .lock()
+            .expect("latencies")
+            .iter()
+            .filter(|(at, _)| *at >= from && *at < to)
+            .map(|(_, d)| *d)
+            .collect()
     }
 
     /// Messages acknowledged so far, per client.
@@ -280,7 +304,11 @@ pub async fn run(
     fault: Fault,
     pairs: usize,
     rate: f64,
+    stop_pid: Option<u32>,
 ) -> anyhow::Result<Report> {
+    if fault == Fault::LogicStop {
+        return logic_stop(args, pairs, rate, stop_pid).await;
+    }
     if !args.server.is_empty() {
         bail!("faults runs its own server (it kills it, or fills its disk): drop --server");
     }
@@ -430,6 +458,161 @@ pub async fn run(
         bail!(
             "fault {fault:?}: lost, duplicated or unacknowledged messages, or the server went down"
         );
+    }
+    Ok(r)
+}
+
+/// Sends `sig` (`STOP`, `CONT`) to `pid` with kill(1).
+fn signal(pid: u32, sig: &str) -> anyhow::Result<()> {
+    let ok = std::process::Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .context("running kill")?
+        .success();
+    anyhow::ensure!(ok, "kill -{sig} {pid} failed");
+    Ok(())
+}
+
+/// SIGCONT on drop: the stopped node never stays stopped, whatever happens.
+struct Stopped(u32);
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = signal(self.0, "CONT");
+    }
+}
+
+/// The `q` quantile of `v` (sorted here), zero when empty.
+fn quantile(v: &mut [Duration], q: f64) -> Duration {
+    v.sort_unstable();
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// `ferry bench faults --fault logic-stop`: steady traffic through a cluster's gateway
+/// for `duration / 2` s, then one logic node SIGSTOPped for `duration` s, then SIGCONT
+/// and `duration / 4` s more. Acks/s and p50/p99 latency in each phase; lost and
+/// duplicated at the end. The routes a node dropped on waking are in its log
+/// (`bench/faults.sh` counts them).
+async fn logic_stop(
+    args: &BenchArgs,
+    pairs: usize,
+    rate: f64,
+    stop_pid: Option<u32>,
+) -> anyhow::Result<Report> {
+    let Some(pid) = stop_pid else {
+        bail!("logic-stop needs --stop-pid (a logic node of the cluster at --server)");
+    };
+    let Some(addr) = args.server.first() else {
+        bail!("logic-stop needs --server (a gateway of the cluster)");
+    };
+    let stop_secs = args.duration;
+    anyhow::ensure!(
+        (1.0..=600.0).contains(&stop_secs),
+        "--duration (the stop) in [1, 600] s"
+    );
+    let prefix = format!("{}ls{}-", args.prefix, std::process::id());
+    let run = Pairs::start(addr, addr, &prefix, PASSWORD, pairs, rate, client_config).await?;
+    // Warm-up: every client's first sends done.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let phase = |secs: f64| Duration::from_secs_f64(secs);
+    let t0 = Instant::now();
+    let a0 = run.acked();
+    tokio::time::sleep(phase(stop_secs / 2.0)).await;
+    let t1 = Instant::now();
+    let a1 = run.acked();
+    signal(pid, "STOP")?;
+    let stopped = Stopped(pid);
+    tokio::time::sleep(phase(stop_secs)).await;
+    drop(stopped);
+    let t2 = Instant::now();
+    let a2 = run.acked();
+    tokio::time::sleep(phase(stop_secs / 4.0)).await;
+    let t3 = Instant::now();
+    let a3 = run.acked();
+    let mut before = run.latencies(t0, t1);
+    let mut during = run.latencies(t1, t2);
+    let mut after = run.latencies(t2, t3);
+    let outcome = run.finish(Duration::from_secs(30)).await;
+    let rate_of = |n: u64, from: Instant, to: Instant| n as f64 / (to - from).as_secs_f64();
+    let (r_before, r_during, r_after) = (
+        rate_of(a1 - a0, t0, t1),
+        rate_of(a2 - a1, t1, t2),
+        rate_of(a3 - a2, t2, t3),
+    );
+    let ratio = if r_before > 0.0 {
+        r_during / r_before
+    } else {
+        0.0
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let (p50_b, p99_b) = (quantile(&mut before, 0.5), quantile(&mut before, 0.99));
+    let (p50_d, p99_d) = (quantile(&mut during, 0.5), quantile(&mut during, 0.99));
+    let max_d = during.last().copied().unwrap_or_default();
+    let (p50_a, p99_a) = (quantile(&mut after, 0.5), quantile(&mut after, 0.99));
+    let ok = outcome.lost == 0
+        && outcome.duplicated == 0
+        && outcome.unacked == 0
+        && ratio >= 0.8
+        && p99_d <= Duration::from_millis(1500);
+    let mut r = Report::new(format!(
+        "faults · logic-stop · {pairs} pairs · {rate}/s each · node {pid} stopped {stop_secs} s"
+    ));
+    r.row("acks/s before", format!("{r_before:.0}"));
+    r.row(
+        "acks/s while stopped",
+        format!("{r_during:.0} ({:.0} % of before)", ratio * 100.0),
+    );
+    r.row("acks/s after SIGCONT", format!("{r_after:.0}"));
+    r.row(
+        "latency before p50 / p99",
+        format!("{:.0} / {:.0} ms", ms(p50_b), ms(p99_b)),
+    );
+    r.row(
+        "latency while stopped p50 / p99 / max",
+        format!("{:.0} / {:.0} / {:.0} ms", ms(p50_d), ms(p99_d), ms(max_d)),
+    );
+    r.row(
+        "latency after p50 / p99",
+        format!("{:.0} / {:.0} ms", ms(p50_a), ms(p99_a)),
+    );
+    r.row(
+        "sent / acked / delivered",
+        format!(
+            "{} / {} / {}",
+            outcome.sent, outcome.acked, outcome.received
+        ),
+    );
+    r.row("lost (acked, never delivered)", outcome.lost);
+    r.row("duplicated", outcome.duplicated);
+    r.row("never acknowledged", outcome.unacked);
+    r.row("client disconnects", outcome.disconnects);
+    r.row("verdict", if ok { "PASS" } else { "FAIL" });
+    r.json = json!({
+        "scenario": "faults",
+        "fault": Fault::LogicStop,
+        "pairs": pairs,
+        "rate": rate,
+        "secs": stop_secs,
+        "outcome": outcome,
+        "acks_per_sec": { "before": r_before, "during": r_during, "after": r_after },
+        "during_over_before": ratio,
+        "latency_ms": {
+            "before": { "p50": ms(p50_b), "p99": ms(p99_b) },
+            "during": { "p50": ms(p50_d), "p99": ms(p99_d), "max": ms(max_d) },
+            "after": { "p50": ms(p50_a), "p99": ms(p99_a) },
+        },
+        "server_alive": true,
+        "ok": ok,
+        "machine": super::machine(),
+    });
+    if !ok {
+        super::report::print(&r);
+        if let Some(path) = &args.json {
+            std::fs::write(path, serde_json::to_string_pretty(&r.json)?)?;
+        }
+        bail!("logic-stop: below 80 % of the rate, p99 over 1.5 s, or messages lost");
     }
     Ok(r)
 }

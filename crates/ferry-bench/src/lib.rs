@@ -192,6 +192,10 @@ pub enum Scenario {
         /// Messages per second each client sends.
         #[arg(long, default_value_t = 5.0)]
         rate: f64,
+        /// `logic-stop`: the logic node to SIGSTOP (a process of the cluster at
+        /// `--server`; `bench/faults.sh` starts one).
+        #[arg(long)]
+        stop_pid: Option<u32>,
     },
     /// The fault proxy alone, for `--duration` seconds (loopback only).
     Proxy {
@@ -294,9 +298,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 media::run(&args, size_mib, &chunks, &in_flight).await?
             }
             Scenario::Overload(o) => overload::run(&args, &o).await?,
-            Scenario::Faults { fault, pairs, rate } => {
-                faults::run(&args, fault, pairs, rate).await?
-            }
+            Scenario::Faults {
+                fault,
+                pairs,
+                rate,
+                stop_pid,
+            } => faults::run(&args, fault, pairs, rate, stop_pid).await?,
             Scenario::Proxy {
                 listen,
                 upstream,

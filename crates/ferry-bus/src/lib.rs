@@ -7,6 +7,7 @@
 //! interpret what it carries, hold user data or retry: it moves values between roles.
 
 mod nats;
+pub mod nodes;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +31,17 @@ pub enum BusError {
     Timeout,
 }
 
+impl BusError {
+    /// What a client is told to wait before retrying a request that met this error.
+    pub fn retry_after_ms(&self) -> u32 {
+        match self {
+            // Another node (or this one, back) answers within a second or so.
+            BusError::Timeout | BusError::NoLogic | BusError::Transport(_) => 1_000,
+            BusError::NoGateway(_) => 0,
+        }
+    }
+}
+
 /// The logic side: answers requests and hears about links.
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
@@ -39,6 +51,10 @@ pub trait Handler: Send + Sync + 'static {
     /// it. Only distributed buses call this; in one process a gateway's links all send
     /// their own offline events.
     async fn gateway_down(&self, _gateway_id: &str) {}
+    /// Working at its limit: a cluster's gateways send elsewhere while they can.
+    fn overloaded(&self) -> bool {
+        false
+    }
 }
 
 /// The gateway side: takes pushes for the links it holds. Must not block.

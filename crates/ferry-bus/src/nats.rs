@@ -4,7 +4,9 @@
 //!
 //! | subject | from → to | what |
 //! | --- | --- | --- |
-//! | `P.req` | gateway → one logic node | a [`BusRequest`]; the reply is a [`BusResponse`]. Logic nodes subscribe in the queue group `P.logic`, so NATS spreads requests over them and a dead one simply stops getting any |
+//! | `P.req.NODE` | gateway → logic node `NODE` | a [`BusRequest`]; the reply is a [`BusResponse`]. The gateway picks a live node by rendezvous hash of the user id (`nodes.rs`) |
+//! | `P.req` | gateway → one logic node | the same, when the gateway knows no live node: logic nodes also subscribe in the queue group `P.logic`, so NATS spreads these over them |
+//! | `P.alive` | logic node → every gateway | its heartbeat every 250 ms: instance id, overloaded, leaving |
 //! | `P.push.GW` | logic → gateway `GW` | a [`Push`] |
 //! | `P.presence.GW` | gateway `GW` → every logic node | batches of [`LinkEvent`]s, heartbeats and snapshots |
 //! | `P.resync`, `P.resync.GW` | logic → every gateway / gateway `GW` | "send me a snapshot of your links" |
@@ -25,6 +27,17 @@
 //!   a SIGKILLed gateway disappear within seconds and never accumulate;
 //! * a gateway that detaches cleanly says so, and is dropped at once.
 //!
+//! * a logic node that was paused (SIGSTOP, a stall) heard nothing while it was: on
+//!   waking, its own clock shows the gap, and it gives every gateway a fresh expiry
+//!   period (their heartbeats are on the way) instead of dropping their routes.
+//!
+//! **Liveness of logic nodes.** A request goes to one node's own subject. An idempotent
+//! request (the command table's `idempotent`: SEND, the reads) whose node falls silent
+//! (no heartbeat for 600 ms) while it waits is sent to the next node, up to 3 tries;
+//! any other is answered `Timeout` then (UNAVAILABLE to the client, with retry_after).
+//! A node that is merely slow keeps beating, so its requests wait (up to
+//! `request_timeout`) instead of being sent twice.
+//!
 //! To answer snapshots the gateway side keeps, per live link, its connection id and
 //! user id (16 bytes of payload per link) — the only state this bus holds.
 
@@ -41,6 +54,7 @@ use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::nodes::{Nodes, ALIVE_INTERVAL, SILENT_AFTER};
 use crate::{Bus, BusError, BusRequest, BusResponse, Handler, LinkEvent, Push, PushSink};
 
 /// NATS bus settings.
@@ -60,6 +74,9 @@ pub struct NatsConfig {
     pub max_inflight: usize,
     /// Name shown in the NATS server's connection list.
     pub name: String,
+    /// How long a gateway waits for a logic node's first heartbeat (at start-up) before
+    /// sending requests to the queue group instead.
+    pub alive_expiry: Duration,
 }
 
 impl NatsConfig {
@@ -72,6 +89,7 @@ impl NatsConfig {
             gateway_expiry: Duration::from_secs(7),
             max_inflight: 4096,
             name: "ferry".into(),
+            alive_expiry: crate::nodes::ALIVE_EXPIRY,
         }
     }
 }
@@ -99,6 +117,23 @@ struct PresenceMsg {
     leaving: bool,
 }
 
+/// A logic node's heartbeat on `P.alive`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct AliveMsg {
+    /// Random per logic process; its requests subject is `P.req.<instance as hex>`.
+    #[prost(uint64, tag = "1")]
+    instance: u64,
+    /// Working at its limit: gateways send elsewhere while another node is not.
+    #[prost(bool, tag = "2")]
+    overloaded: bool,
+    /// Stopping (SIGTERM): out of rotation now.
+    #[prost(bool, tag = "3")]
+    leaving: bool,
+}
+
+/// Tries of an idempotent request, each on another node.
+const TRIES: usize = 3;
+
 /// Links per presence message (keeps messages far below NATS's 1 MiB payload limit).
 const EVENTS_PER_MSG: usize = 8192;
 
@@ -120,6 +155,12 @@ pub struct NatsBus {
     pending: Mutex<Vec<tokio::sync::oneshot::Receiver<()>>>,
     /// Gateways detached whose `leaving` may not be published yet (see [`NatsBus::close`]).
     leaving: Mutex<Vec<tokio::sync::oneshot::Receiver<()>>>,
+    /// The logic nodes heard on `P.alive` (the gateway side's choice of node).
+    nodes: Arc<Mutex<Nodes>>,
+    /// This process's logic node id (when it serves logic).
+    instance: u64,
+    /// The logic node's heartbeat task, stopped by [`NatsBus::leave`].
+    alive: Mutex<Option<JoinHandle<()>>>,
 }
 
 struct GatewaySide {
@@ -161,7 +202,7 @@ impl NatsBus {
             )
             .await
             .map_err(transport)?;
-        Ok(Arc::new(NatsBus {
+        let bus = Arc::new(NatsBus {
             client,
             cfg,
             gateways: Mutex::new(HashMap::new()),
@@ -169,7 +210,141 @@ impl NatsBus {
             events: Mutex::new(Some(ev_rx)),
             pending: Mutex::new(Vec::new()),
             leaving: Mutex::new(Vec::new()),
-        }))
+            nodes: Arc::new(Mutex::new(Nodes::default())),
+            instance: rand::random::<u64>().max(1),
+            alive: Mutex::new(None),
+        });
+        let ready = bus.pending();
+        bus.spawn(Self::follow_alive(
+            bus.client.clone(),
+            bus.subject(&["alive"]),
+            bus.nodes.clone(),
+            ready,
+        ));
+        Ok(bus)
+    }
+
+    /// This process's logic node id (its requests subject is `P.req.<id as hex>`).
+    pub fn instance(&self) -> u64 {
+        self.instance
+    }
+
+    /// The logic nodes heard of, for tests and the dashboard: (live, known).
+    pub fn logic_nodes(&self) -> (usize, usize) {
+        let mut nodes = self.nodes.lock();
+        let live = nodes.ranked(0, Instant::now(), self.cfg.alive_expiry).len();
+        (live, nodes.len())
+    }
+
+    /// Stops this logic node's heartbeat and tells every gateway it is leaving (SIGTERM):
+    /// they stop sending it requests at once. Requests already sent are still answered.
+    pub async fn leave(&self) {
+        if let Some(beat) = self.alive.lock().take() {
+            beat.abort();
+        }
+        let msg = AliveMsg {
+            instance: self.instance,
+            overloaded: false,
+            leaving: true,
+        };
+        if let Err(e) = self
+            .client
+            .publish(self.subject(&["alive"]), Bytes::from(msg.encode_to_vec()))
+            .await
+        {
+            tracing::debug!(error = %e, "leaving not published");
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.client.flush()).await;
+    }
+
+    /// Follows the logic nodes' heartbeats.
+    async fn follow_alive(
+        client: async_nats::Client,
+        subject: String,
+        nodes: Arc<Mutex<Nodes>>,
+        ready: tokio::sync::oneshot::Sender<()>,
+    ) {
+        let mut sub = match client.subscribe(subject).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot subscribe to logic heartbeats");
+                return;
+            }
+        };
+        let _ = ready.send(());
+        while let Some(msg) = sub.next().await {
+            match AliveMsg::decode(msg.payload) {
+                Ok(a) if a.leaving => {
+                    tracing::info!(node = format!("{:016x}", a.instance), "logic node left");
+                    nodes.lock().left(a.instance);
+                }
+                Ok(a) => nodes.lock().heard(a.instance, a.overloaded, Instant::now()),
+                Err(e) => tracing::warn!(error = %e, "undecodable logic heartbeat"),
+            }
+        }
+    }
+
+    /// The logic node's heartbeat: every [`ALIVE_INTERVAL`], from this runtime.
+    async fn beat_alive(
+        client: async_nats::Client,
+        subject: String,
+        instance: u64,
+        handler: Arc<dyn Handler>,
+        limit: Arc<Semaphore>,
+    ) {
+        let mut tick = tokio::time::interval(ALIVE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let msg = AliveMsg {
+                instance,
+                overloaded: limit.available_permits() == 0 || handler.overloaded(),
+                leaving: false,
+            };
+            if let Err(e) = client
+                .publish(subject.clone(), Bytes::from(msg.encode_to_vec()))
+                .await
+            {
+                tracing::debug!(error = %e, "heartbeat not published");
+            }
+        }
+    }
+
+    /// One try of a request on `subject`. Gives up early when `node` falls silent (it
+    /// stopped; a slow node keeps beating and is waited for).
+    async fn try_request(
+        &self,
+        subject: String,
+        payload: Bytes,
+        node: Option<u64>,
+        deadline: Instant,
+    ) -> Result<BusResponse, BusError> {
+        let request = self.client.request(subject, payload);
+        tokio::pin!(request);
+        let mut check = tokio::time::interval(Duration::from_millis(100));
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = &mut request => {
+                    let msg = r.map_err(|e| match e.kind() {
+                        async_nats::RequestErrorKind::NoResponders => BusError::NoLogic,
+                        async_nats::RequestErrorKind::TimedOut => BusError::Timeout,
+                        _ => transport(e),
+                    })?;
+                    return BusResponse::decode(msg.payload).map_err(transport);
+                }
+                _ = tokio::time::sleep_until(deadline) => return Err(BusError::Timeout),
+                _ = check.tick() => {
+                    if let Some(n) = node {
+                        let mut nodes = self.nodes.lock();
+                        if nodes.silent(n, Instant::now(), SILENT_AFTER) {
+                            nodes.suspect(n);
+                            return Err(BusError::Timeout);
+                        }
+                    }
+                }
+            }
+        }
     }
 
     pub fn config(&self) -> &NatsConfig {
@@ -227,20 +402,24 @@ impl NatsBus {
     async fn serve_requests(
         client: async_nats::Client,
         subject: String,
+        own: String,
         group: String,
         handler: Arc<dyn Handler>,
-        max_inflight: usize,
+        limit: Arc<Semaphore>,
         ready: tokio::sync::oneshot::Sender<()>,
     ) {
-        let mut sub = match client.queue_subscribe(subject, group).await {
-            Ok(s) => s,
+        let subs = match client.queue_subscribe(subject, group).await {
+            Ok(queue) => client.subscribe(own).await.map(|own| (queue, own)),
+            Err(e) => Err(e),
+        };
+        let mut sub = match subs {
+            Ok((queue, own)) => futures_util::stream::select(queue, own),
             Err(e) => {
                 tracing::error!(error = %e, "cannot subscribe to requests");
                 return;
             }
         };
         let _ = ready.send(());
-        let limit = Arc::new(Semaphore::new(max_inflight));
         while let Some(msg) = sub.next().await {
             let Some(reply) = msg.reply else { continue };
             let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -249,6 +428,14 @@ impl NatsBus {
             let (client, handler) = (client.clone(), handler.clone());
             tokio::spawn(async move {
                 let resp = match BusRequest::decode(msg.payload) {
+                    Ok(req) if req.deadline_ms != 0 && unix_ms() > req.deadline_ms => {
+                        // Its gateway stopped waiting (this node was paused, or the
+                        // request queued too long): it answered UNAVAILABLE, or sent an
+                        // idempotent request elsewhere. Applying it now would surprise.
+                        metrics::counter!("ferry_bus_stale_requests_total").increment(1);
+                        drop(permit);
+                        return;
+                    }
                     Ok(req) => handler.handle(req).await,
                     Err(e) => {
                         tracing::warn!(error = %e, "undecodable bus request");
@@ -286,6 +473,8 @@ impl NatsBus {
         self.resync(None).await;
         let mut known: HashMap<String, Known> = HashMap::new();
         let mut sweep = tokio::time::interval(self.cfg.heartbeat);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sweep = Instant::now();
         loop {
             tokio::select! {
                 msg = sub.next() => {
@@ -297,6 +486,21 @@ impl NatsBus {
                 }
                 _ = sweep.tick() => {
                     let now = Instant::now();
+                    if woke_from_pause(last_sweep, now, self.cfg.heartbeat) {
+                        // This process was stopped (or starved): it heard nothing, which
+                        // says nothing of the gateways. Their heartbeats are on the way;
+                        // give every one a fresh expiry period before judging it.
+                        tracing::warn!(
+                            paused_ms = now.duration_since(last_sweep).as_millis() as u64,
+                            gateways = known.len(),
+                            "this logic node was paused; keeping every gateway's routes until heard again"
+                        );
+                        for k in known.values_mut() {
+                            k.seen = now;
+                        }
+                        self.resync(None).await;
+                    }
+                    last_sweep = now;
                     let dead: Vec<String> = known
                         .iter()
                         .filter(|(_, k)| now.duration_since(k.seen) > self.cfg.gateway_expiry)
@@ -491,6 +695,19 @@ struct Known {
     seen: Instant,
 }
 
+/// Now, in unix milliseconds.
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether the gap between two sweeps (each `period` apart) shows this process was
+/// paused: a second or more late.
+fn woke_from_pause(last: Instant, now: Instant, period: Duration) -> bool {
+    now.saturating_duration_since(last) > period + Duration::from_secs(1)
+}
+
 async fn recv_event(
     rx: &mut Option<mpsc::UnboundedReceiver<async_nats::Event>>,
 ) -> Option<async_nats::Event> {
@@ -505,23 +722,60 @@ impl Drop for NatsBus {
         for t in self.tasks.lock().drain(..) {
             t.abort();
         }
+        if let Some(t) = self.alive.lock().take() {
+            t.abort();
+        }
     }
 }
 
 #[async_trait]
 impl Bus for NatsBus {
     async fn request(&self, req: BusRequest) -> Result<BusResponse, BusError> {
-        let subject = self.subject(&["req"]);
-        let msg = self
-            .client
-            .request(subject, Bytes::from(req.encode_to_vec()))
-            .await
-            .map_err(|e| match e.kind() {
-                async_nats::RequestErrorKind::NoResponders => BusError::NoLogic,
-                async_nats::RequestErrorKind::TimedOut => BusError::Timeout,
-                _ => transport(e),
-            })?;
-        BusResponse::decode(msg.payload).map_err(transport)
+        let idempotent = ferry_proto::cmd::idempotent(req.cmd as u8);
+        // The user's node; before login, the connection's.
+        let key = if req.user_id != 0 {
+            req.user_id
+        } else {
+            crate::nodes::score(req.conn_id, req.gateway_id.len() as u64)
+        };
+        let mut req = req;
+        req.deadline_ms = unix_ms() + self.cfg.request_timeout.as_millis() as u64;
+        let payload = Bytes::from(req.encode_to_vec());
+        let deadline = Instant::now() + self.cfg.request_timeout;
+        let ranked = self
+            .nodes
+            .lock()
+            .ranked(key, Instant::now(), self.cfg.alive_expiry);
+        let mut last = BusError::NoLogic;
+        for attempt in 0..TRIES {
+            let node = ranked.get(attempt).copied();
+            let subject = match node {
+                Some(n) => self.subject(&["req", &format!("{n:016x}")]),
+                None => self.subject(&["req"]),
+            };
+            match self
+                .try_request(subject, payload.clone(), node, deadline)
+                .await
+            {
+                Ok(resp) => return Ok(resp),
+                // Nobody took it (the node's subscription is gone): safe to send again.
+                Err(BusError::NoLogic) if node.is_some() => {
+                    if let Some(n) = node {
+                        self.nodes.lock().suspect(n);
+                    }
+                    last = BusError::NoLogic;
+                }
+                Err(BusError::Timeout) if idempotent && node.is_some() => {
+                    metrics::counter!("ferry_bus_retries_total").increment(1);
+                    last = BusError::Timeout;
+                }
+                Err(e) => return Err(e),
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        Err(last)
     }
 
     async fn link_event(&self, ev: LinkEvent) -> Result<(), BusError> {
@@ -547,14 +801,23 @@ impl Bus for NatsBus {
 
     fn serve_logic(&self, handler: Arc<dyn Handler>) {
         let ready = self.pending();
+        let limit = Arc::new(Semaphore::new(self.cfg.max_inflight));
         self.spawn(Self::serve_requests(
             self.client.clone(),
             self.subject(&["req"]),
+            self.subject(&["req", &format!("{:016x}", self.instance)]),
             self.subject(&["logic"]),
             handler.clone(),
-            self.cfg.max_inflight,
+            limit.clone(),
             ready,
         ));
+        *self.alive.lock() = Some(tokio::spawn(Self::beat_alive(
+            self.client.clone(),
+            self.subject(&["alive"]),
+            self.instance,
+            handler.clone(),
+            limit,
+        )));
         // The presence follower needs `Arc<Self>`; the trait gives `&self`, so it runs
         // on a second bus handle sharing the same connection.
         let ready = self.pending();
@@ -566,6 +829,9 @@ impl Bus for NatsBus {
             events: Mutex::new(self.events.lock().take()),
             pending: Mutex::new(Vec::new()),
             leaving: Mutex::new(Vec::new()),
+            nodes: self.nodes.clone(),
+            instance: self.instance,
+            alive: Mutex::new(None),
         });
         self.spawn(me.follow_presence(handler, ready));
     }
@@ -636,5 +902,23 @@ impl Bus for NatsBus {
                 self.leaving.lock().push(rx);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pause_is_a_sweep_a_second_or_more_late() {
+        let t = Instant::now();
+        let period = Duration::from_secs(2);
+        assert!(!woke_from_pause(t, t + period, period));
+        assert!(!woke_from_pause(
+            t,
+            t + period + Duration::from_millis(900),
+            period
+        ));
+        assert!(woke_from_pause(t, t + Duration::from_secs(20), period));
     }
 }

@@ -108,11 +108,13 @@ async fn requests_pushes_presence_and_expiry() {
     b1.ready().await.unwrap();
     b2.ready().await.unwrap();
 
-    // The queue group spreads requests over both nodes; each answer comes back.
-    for _ in 0..40 {
+    // Requests spread over both nodes (the queue group until the gateway hears their
+    // heartbeats, then by user); each answer comes back.
+    for user_id in 0..40 {
         let r = gw
             .request(BusRequest {
                 cmd: 3,
+                user_id,
                 ..Default::default()
             })
             .await
@@ -197,4 +199,60 @@ async fn requests_pushes_presence_and_expiry() {
         eventually("expiry", || l.down.lock().len() > n).await;
         assert_eq!(l.down.lock().last().map(String::as_str), Some("gw-a"));
     }
+}
+
+/// Logic nodes say they are alive; a gateway sends each user's requests to one of them,
+/// and none to a node that announced it is leaving (SIGTERM).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_follow_live_nodes_and_avoid_a_leaving_one() {
+    let nats = Nats::start();
+    let gw = NatsBus::connect(config(&nats)).await.unwrap();
+    gw.ready().await.unwrap();
+    let (l1, l2) = (
+        Arc::new(Recorder {
+            tag: 1,
+            ..Default::default()
+        }),
+        Arc::new(Recorder {
+            tag: 2,
+            ..Default::default()
+        }),
+    );
+    let b1 = NatsBus::connect(config(&nats)).await.unwrap();
+    let b2 = NatsBus::connect(config(&nats)).await.unwrap();
+    b1.serve_logic(l1.clone());
+    b2.serve_logic(l2.clone());
+    b1.ready().await.unwrap();
+    b2.ready().await.unwrap();
+    eventually("both heartbeats", || gw.logic_nodes().0 == 2).await;
+    let ask = |user_id: u64| {
+        let gw = gw.clone();
+        async move {
+            gw.request(BusRequest {
+                cmd: 3,
+                user_id,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .body[0]
+        }
+    };
+    // One user, one node; users over both.
+    let mut by_user = Vec::new();
+    for u in 1..=20 {
+        let first = ask(u).await;
+        assert_eq!(ask(u).await, first, "user {u} moved between nodes");
+        by_user.push(first);
+    }
+    assert!(by_user.contains(&1) && by_user.contains(&2), "{by_user:?}");
+
+    // Node 1 leaves: every request goes to node 2 at once.
+    b1.leave().await;
+    eventually("node 1 out of rotation", || gw.logic_nodes().0 == 1).await;
+    let before = *l1.requests.lock();
+    for u in 1..=20 {
+        assert_eq!(ask(u).await, 2);
+    }
+    assert_eq!(*l1.requests.lock(), before, "a leaving node got requests");
 }

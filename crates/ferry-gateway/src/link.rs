@@ -401,10 +401,60 @@ async fn login<T: Transport>(
 /// can tie up.
 const MAX_IN_FLIGHT: usize = 32;
 
-/// A request on its way through logic: resolves to the encoded answer and whether the
-/// link may stay open after it.
-type Forwarded<'a> =
-    std::pin::Pin<Box<dyn std::future::Future<Output = (BytesMut, bool)> + Send + 'a>>;
+/// SENDs of one link sent to logic in one batch at most (the send lane).
+pub(crate) const SEND_BATCH: usize = 32;
+
+/// A request on its way through logic: resolves to the encoded answer(s), whether the
+/// link may stay open after it, and whether it was the send lane's batch.
+type Forwarded<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Answered> + Send + 'a>>;
+
+/// What a forwarded request (or the send lane's batch) resolved to.
+struct Answered {
+    out: BytesMut,
+    keep: bool,
+    lane: bool,
+}
+
+/// The send lane of a link: its SENDs go to logic one batch at a time (up to
+/// [`SEND_BATCH`], the next only after the previous is answered), so they are stored in
+/// the order the client sent them whichever logic node takes each batch. Other requests
+/// run beside it, concurrently.
+#[derive(Default)]
+pub(crate) struct Lane {
+    queued: VecDeque<Frame>,
+    /// A batch is with logic.
+    busy: bool,
+}
+
+impl Lane {
+    /// Queues a SEND.
+    pub(crate) fn push(&mut self, f: Frame) {
+        self.queued.push_back(f);
+    }
+
+    /// The next batch to send, if the lane is free and has one; marks it busy.
+    pub(crate) fn next_batch(&mut self) -> Option<Vec<Frame>> {
+        if self.busy || self.queued.is_empty() {
+            return None;
+        }
+        self.busy = true;
+        let n = self.queued.len().min(SEND_BATCH);
+        Some(self.queued.drain(..n).collect())
+    }
+
+    /// The batch with logic was answered.
+    pub(crate) fn done(&mut self) {
+        self.busy = false;
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.queued.len()
+    }
+
+    pub(crate) fn is_idle(&self) -> bool {
+        !self.busy && self.queued.is_empty()
+    }
+}
 
 /// What a link holds only while it has work: dropped when the link goes quiet, so an
 /// idle link's task is a few pointers.
@@ -416,6 +466,8 @@ struct Busy<'a> {
     waiting: VecDeque<Frame>,
     /// Requests on their way through logic.
     in_flight: Option<FuturesUnordered<Forwarded<'a>>>,
+    /// SENDs, in order.
+    lane: Lane,
 }
 
 impl Busy<'_> {
@@ -424,17 +476,22 @@ impl Busy<'_> {
     }
 
     fn quiet(&self) -> bool {
-        self.out.is_empty() && self.waiting.is_empty() && self.running() == 0
+        self.out.is_empty() && self.waiting.is_empty() && self.running() == 0 && self.lane.is_idle()
+    }
+
+    /// Requests taken off the socket and not answered yet (a batch counts once).
+    fn held(&self) -> usize {
+        self.running() + self.lane.len()
     }
 }
 
 /// The logged-in loop. Returns why the link ended.
 ///
 /// Requests are handled concurrently (up to [`MAX_IN_FLIGHT`] per link) and answered as
-/// they finish, matched by request id: a client with a window of sends in flight gets
-/// them into one store commit instead of one commit per round trip. Two requests in
-/// flight at once may be applied in either order; the inbox order (the seq) is the
-/// order every device sees.
+/// they finish, matched by request id — except SENDs, which go through the link's send
+/// [`Lane`]: a window of pipelined sends reaches logic as one batch (one store call),
+/// and is stored in the order it was sent, on every topology. Other requests in flight
+/// at once may be applied in either order.
 ///
 /// While idle the loop waits in one small `poll_fn` on the socket's readiness and the
 /// link's waker (pushes, the sweeper's timeout and shutdown flags): no timer, no
@@ -467,17 +524,25 @@ async fn serve<'c, T: Transport>(
     loop {
         if let Some(b) = busy.as_mut() {
             // Start what may start; heartbeats and refusals are answered on the spot.
-            while !bad && b.running() < MAX_IN_FLIGHT {
+            while !bad && b.held() < MAX_IN_FLIGHT {
                 let Some(f) = b.waiting.pop_front() else {
                     break;
                 };
                 match local(link, f, &mut b.out) {
                     Local::Answered => {}
                     Local::Bad => bad = true,
+                    Local::Forward(f) if f.cmd == cmd::SEND => b.lane.push(f),
                     Local::Forward(f) => b
                         .in_flight
                         .get_or_insert_with(FuturesUnordered::new)
                         .push(Box::pin(forward(gw, link, f, peer, origin))),
+                }
+            }
+            if !bad {
+                if let Some(batch) = b.lane.next_batch() {
+                    b.in_flight
+                        .get_or_insert_with(FuturesUnordered::new)
+                        .push(Box::pin(forward_sends(gw, link, batch, peer, origin)));
                 }
             }
             if b.running() == 0 {
@@ -489,13 +554,17 @@ async fn serve<'c, T: Transport>(
         if !must_write {
             let may_read = busy
                 .as_ref()
-                .is_none_or(|b| b.waiting.is_empty() && b.running() < MAX_IN_FLIGHT);
+                .is_none_or(|b| b.waiting.is_empty() && b.held() < MAX_IN_FLIGHT);
             let in_flight = busy.as_mut().and_then(|b| b.in_flight.as_mut());
             match next_event(stream, link, in_flight, may_read).await {
-                Event::Answer((answer, keep)) => {
+                Event::Answer(a) => {
                     let b = busy.get_or_insert_with(Default::default);
-                    b.out.extend_from_slice(&answer);
-                    bad |= !keep;
+                    b.out.extend_from_slice(&a.out);
+                    bad |= !a.keep;
+                    if a.lane {
+                        // The lane's next batch starts at the top of the loop.
+                        b.lane.done();
+                    }
                 }
                 Event::Attention => {
                     let flags = link.flags.load(Ordering::Acquire);
@@ -542,9 +611,12 @@ async fn serve<'c, T: Transport>(
         // Answers that are ready now, and pushes that queued, go out in one write.
         let b = busy.get_or_insert_with(Default::default);
         if let Some(set) = b.in_flight.as_mut() {
-            while let Some(Some((answer, keep))) = set.next().now_or_never() {
-                b.out.extend_from_slice(&answer);
-                bad |= !keep;
+            while let Some(Some(a)) = set.next().now_or_never() {
+                b.out.extend_from_slice(&a.out);
+                bad |= !a.keep;
+                if a.lane {
+                    b.lane.done();
+                }
             }
         }
         let push_close = link.drain_into(&mut b.out);
@@ -573,7 +645,7 @@ async fn serve<'c, T: Transport>(
 /// What woke an idle link.
 enum Event {
     /// A request finished.
-    Answer((BytesMut, bool)),
+    Answer(Answered),
     /// Pushes queued, or a flag (timeout, shutdown) was raised.
     Attention,
     /// The socket has bytes (or an error, or the end).
@@ -674,7 +746,93 @@ fn local(link: &Link, f: Frame, out: &mut BytesMut) -> Local {
 
 /// Passes one request to logic; resolves to the encoded answer and whether the link may
 /// stay open.
-async fn forward(
+async fn forward(gw: &Gateway, link: &Link, f: Frame, peer: &str, origin: Origin) -> Answered {
+    let (out, keep) = forward_one(gw, link, f, peer, origin).await;
+    Answered {
+        out,
+        keep,
+        lane: false,
+    }
+}
+
+/// Passes the send lane's batch to logic (one SEND alone goes as a plain request);
+/// resolves to every SEND's answer, in order, each with its own request id.
+async fn forward_sends(
+    gw: &Gateway,
+    link: &Link,
+    mut frames: Vec<Frame>,
+    peer: &str,
+    origin: Origin,
+) -> Answered {
+    if frames.len() == 1 {
+        let f = frames.pop().expect("one frame");
+        let (out, keep) = forward_one(gw, link, f, peer, origin).await;
+        return Answered {
+            out,
+            keep,
+            lane: true,
+        };
+    }
+    let mut out = BytesMut::new();
+    let req = BusRequest {
+        cmd: u32::from(cmd::SEND),
+        user_id: link.user_id,
+        device_id: link.device_id.to_string(),
+        gateway_id: gw.cfg.id.clone(),
+        conn_id: link.conn_id,
+        peer: peer.to_owned(),
+        origin: origin as i32,
+        batch: frames.iter().map(|f| f.body.clone()).collect(),
+        ..Default::default()
+    };
+    let mut keep = true;
+    match gw.bus.request(req).await {
+        Ok(resp) if resp.batch.is_empty() => {
+            // Refused as a whole (overload): the same answer for each.
+            for f in &frames {
+                keep &= resp.cmd != u32::from(cmd::ERROR) || !closes_link(&resp.body);
+                encode_raw(resp.cmd as u8, f.req_id, &resp.body, &mut out);
+            }
+        }
+        Ok(resp) => {
+            let mut answers = resp.batch.into_iter();
+            for f in &frames {
+                match answers.next() {
+                    Some(a) => {
+                        keep &= a.cmd != u32::from(cmd::ERROR) || !closes_link(&a.body);
+                        encode_raw(a.cmd as u8, f.req_id, &a.body, &mut out);
+                    }
+                    None => error_frame(f.req_id, ErrorCode::Unavailable, UNAVAILABLE, &mut out),
+                }
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, sends = frames.len(), "sends could not reach logic");
+            for f in &frames {
+                unavailable(f.req_id, &e, &mut out);
+            }
+        }
+    }
+    Answered {
+        out,
+        keep,
+        lane: true,
+    }
+}
+
+/// The answer to a request logic did not answer: UNAVAILABLE, with the bus's retry_after.
+/// It does not prove the request was not applied (a SEND is retried with the same
+/// client_msg_id).
+fn unavailable(req_id: u32, e: &ferry_bus::BusError, out: &mut BytesMut) {
+    let mut body = error_body(ErrorCode::Unavailable, UNAVAILABLE);
+    body.retry_after_ms = e.retry_after_ms();
+    encode_msg(cmd::ERROR, req_id, &body, out);
+}
+
+const UNAVAILABLE: &str = "service unavailable; try again";
+
+/// One request to logic: its encoded answer and whether the link may stay open.
+async fn forward_one(
     gw: &Gateway,
     link: &Link,
     f: Frame,
@@ -701,12 +859,7 @@ async fn forward(
         }
         Err(e) => {
             tracing::warn!(error = %e, "request could not reach logic");
-            error_frame(
-                f.req_id,
-                ErrorCode::Unavailable,
-                "service unavailable; try again",
-                &mut out,
-            );
+            unavailable(f.req_id, &e, &mut out);
             (out, true)
         }
     }
@@ -720,5 +873,50 @@ fn closes_link(error: &Bytes) -> bool {
             Ok(ErrorCode::BadRequest | ErrorCode::Unauthorized | ErrorCode::Kicked)
         ),
         Err(_) => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(req_id: u32) -> Frame {
+        Frame {
+            cmd: cmd::SEND,
+            req_id,
+            body: Bytes::new(),
+        }
+    }
+
+    #[test]
+    fn the_lane_sends_one_batch_at_a_time_in_order() {
+        let mut lane = Lane::default();
+        assert!(lane.is_idle());
+        assert!(lane.next_batch().is_none());
+        for id in 1..=40 {
+            lane.push(send(id));
+        }
+        let first: Vec<u32> = lane
+            .next_batch()
+            .unwrap()
+            .iter()
+            .map(|f| f.req_id)
+            .collect();
+        assert_eq!(first, (1..=32).collect::<Vec<_>>());
+        // Nothing more while the batch is with logic, even as SENDs keep coming.
+        lane.push(send(41));
+        assert!(lane.next_batch().is_none());
+        assert!(!lane.is_idle());
+        assert_eq!(lane.len(), 9);
+        lane.done();
+        let second: Vec<u32> = lane
+            .next_batch()
+            .unwrap()
+            .iter()
+            .map(|f| f.req_id)
+            .collect();
+        assert_eq!(second, (33..=41).collect::<Vec<_>>());
+        lane.done();
+        assert!(lane.is_idle());
     }
 }

@@ -169,6 +169,11 @@ impl Admission {
         Err(self.cfg.retry_after_ms)
     }
 
+    /// Every slot is taken (and admission is on): new requests wait or are shed.
+    pub fn saturated(&self) -> bool {
+        self.cfg.max_in_flight > 0 && self.in_flight() >= self.cfg.max_in_flight
+    }
+
     /// Requests being worked on now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)

@@ -8,14 +8,43 @@ use std::sync::Arc;
 use bytes::Bytes;
 use ferry_bus::{BusRequest, BusResponse, Push};
 use ferry_proto::{cmd, v1, ProtoMessage};
-use ferry_store::{NewEvent, NewMessage, StoreError};
+use ferry_store::{Appended, NewEvent, NewMessage, StoreError};
 
 use crate::attach::Attachments;
-use crate::core::{ok, unix_ms, Core};
+use crate::core::{ok, unix_ms, Core, DeviceSession};
 use crate::error::LogicError;
 use crate::friends::Friends;
 use crate::groups::Groups;
 use crate::notify::Notifier;
+
+/// A send checked and ready for the store.
+enum Prepared {
+    /// A group message: [`Groups::send`] applies it.
+    Group(v1::SendMsg),
+    /// A 1:1 message.
+    Direct(Direct),
+}
+
+/// A 1:1 send checked and ready for the store.
+struct Direct {
+    to: u64,
+    new: NewMessage,
+}
+
+/// The same refusal for another request of a batch (errors are not `Clone`: they may
+/// hold a driver's error). Keeps what the client is told: the code and retry_after.
+fn again(e: &LogicError) -> LogicError {
+    match e {
+        LogicError::Unauthorized => LogicError::Unauthorized,
+        LogicError::Store(StoreError::Unavailable(m)) => {
+            LogicError::Store(StoreError::Unavailable(m.clone()))
+        }
+        LogicError::Store(StoreError::Closed) => LogicError::Store(StoreError::Closed),
+        LogicError::Overloaded(ms) => LogicError::Overloaded(*ms),
+        e if e.code() == v1::ErrorCode::Unavailable => LogicError::Unavailable(e.to_string()),
+        e => LogicError::Internal(e.to_string()),
+    }
+}
 
 /// The inbox service.
 pub(crate) struct Inbox {
@@ -50,7 +79,89 @@ impl Inbox {
     pub async fn send(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let started = std::time::Instant::now();
         let me = self.core.caller(req).await?;
-        let r = v1::SendMsg::decode(req.body.clone())?;
+        match self.prepare(&me, req.body.clone()).await? {
+            Prepared::Group(r) => Box::pin(self.groups.send(&me, r, req.cmd)).await,
+            Prepared::Direct(d) => {
+                let done = self.core.store.append_message(d.new.clone()).await?;
+                Ok(self.finish(&me, d, done, started, req.cmd).await)
+            }
+        }
+    }
+
+    /// A batch of SENDs from one link (`BusRequest.batch`, the gateway's send lane),
+    /// applied in the order given: the 1:1 sends between two group sends go to the
+    /// store in one call (`append_messages`, which keeps their order), a group send is
+    /// applied in its place. Each answer is at its request's index. A send refused by
+    /// the rate limit holds the device's later sends (`SendOrder`), so the rest of the
+    /// batch is refused too, as `ferry serve` refuses a pipelined window.
+    pub async fn send_batch(&self, req: &BusRequest) -> Vec<Result<BusResponse, LogicError>> {
+        let started = std::time::Instant::now();
+        let n = req.batch.len();
+        let me = match self.core.caller(req).await {
+            Ok(me) => me,
+            Err(e) => return (0..n).map(|_| Err(again(&e))).collect(),
+        };
+        let mut out: Vec<Option<Result<BusResponse, LogicError>>> = (0..n).map(|_| None).collect();
+        // 1:1 sends prepared and not yet stored: (index, send).
+        let mut direct: Vec<(usize, Direct)> = Vec::new();
+        for (i, body) in req.batch.iter().enumerate() {
+            match self.prepare(&me, body.clone()).await {
+                Err(e) => out[i] = Some(Err(e)),
+                Ok(Prepared::Direct(d)) => direct.push((i, d)),
+                Ok(Prepared::Group(r)) => {
+                    self.store_direct(&me, &mut direct, &mut out, started, req.cmd)
+                        .await;
+                    out[i] = Some(Box::pin(self.groups.send(&me, r, req.cmd)).await);
+                }
+            }
+        }
+        self.store_direct(&me, &mut direct, &mut out, started, req.cmd)
+            .await;
+        out.into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(LogicError::Internal("send not answered".into()))))
+            .collect()
+    }
+
+    /// Stores the 1:1 sends prepared so far in one store call and answers them.
+    async fn store_direct(
+        &self,
+        me: &DeviceSession,
+        direct: &mut Vec<(usize, Direct)>,
+        out: &mut [Option<Result<BusResponse, LogicError>>],
+        started: std::time::Instant,
+        cmd: u32,
+    ) {
+        if direct.is_empty() {
+            return;
+        }
+        let taken = std::mem::take(direct);
+        let news = taken.iter().map(|(_, d)| d.new.clone()).collect();
+        match self.core.store.append_messages(news).await {
+            Ok(results) => {
+                let mut results = results.into_iter();
+                for (i, d) in taken {
+                    out[i] = Some(match results.next() {
+                        Some(Ok(done)) => Ok(self.finish(me, d, done, started, cmd).await),
+                        Some(Err(e)) => Err(e.into()),
+                        None => Err(LogicError::Internal(
+                            "the store answered fewer sends than it was given".into(),
+                        )),
+                    });
+                }
+            }
+            Err(e) => {
+                let e = LogicError::from(e);
+                for (i, _) in taken {
+                    out[i] = Some(Err(again(&e)));
+                }
+            }
+        }
+    }
+
+    /// Everything a send checks before the store: the rate limit (in the device's
+    /// order), sizes, the recipient, friendship, attached media.
+    async fn prepare(&self, me: &DeviceSession, body: Bytes) -> Result<Prepared, LogicError> {
+        let r = v1::SendMsg::decode(body)?;
         // An earlier send of this device that was refused goes first (limits.rs,
         // SendOrder): the client's order survives the limit.
         let limits = &self.core.limits;
@@ -84,8 +195,7 @@ impl Inbox {
             ));
         }
         if r.group_id != 0 {
-            // Boxed: a 2 KB future that would make every 1:1 send as large.
-            return Box::pin(self.groups.send(&me, r, req.cmd)).await;
+            return Ok(Prepared::Group(r));
         }
         let to = self.core.user_id(&r.to).await?;
         if to != me.user_id {
@@ -108,21 +218,32 @@ impl Inbox {
             media,
             ..Default::default()
         };
-        let done = self
-            .core
-            .store
-            .append_message(NewMessage {
+        Ok(Prepared::Direct(Direct {
+            to,
+            new: NewMessage {
                 sender_id: me.user_id,
                 recipient_id: to,
                 client_msg_id: r.client_msg_id,
                 time_ms,
-                message: message.clone(),
-            })
-            .await?;
+                message,
+            },
+        }))
+    }
+
+    /// After the store: notify both sides, answer the SendAck.
+    async fn finish(
+        &self,
+        me: &DeviceSession,
+        d: Direct,
+        done: Appended,
+        started: std::time::Instant,
+        cmd: u32,
+    ) -> BusResponse {
+        let to = d.to;
         if !done.duplicate {
             let message = v1::Message {
                 msg_id: done.msg_id,
-                ..message
+                ..d.new.message
             };
             metrics::counter!("ferry_messages_in_total").increment(1);
             if self
@@ -151,14 +272,14 @@ impl Inbox {
                 self.notifier.notify_latest(me.user_id).await;
             }
         }
-        Ok(ok(
-            req.cmd,
+        ok(
+            cmd,
             &v1::SendAck {
                 msg_id: done.msg_id,
                 seq: done.sender_seq,
                 time_ms: done.time_ms,
             },
-        ))
+        )
     }
 
     pub async fn sync(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
@@ -447,6 +568,71 @@ mod tests {
         // Told once: a second link of bob's learns nothing new.
         w.notifier.link_up(bob, "gw-b", 2).await;
         assert!(w.pushes().is_empty());
+    }
+
+    fn batch(user: u64, sends: &[v1::SendMsg]) -> BusRequest {
+        BusRequest {
+            batch: sends
+                .iter()
+                .map(|m| Bytes::from(m.encode_to_vec()))
+                .collect(),
+            ..req(cmd::SEND, user, &v1::Empty {})
+        }
+    }
+
+    fn texts_of(page: &v1::SyncResp) -> Vec<String> {
+        page.entries
+            .iter()
+            .filter_map(|e| match &e.kind {
+                Some(v1::entry::Kind::Message(m)) => Some(m.text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_stored_in_order_with_one_answer_each() {
+        let w = World::new(open());
+        let (ann, bob) = (w.user("ann").await, w.user("bob").await);
+        let sends: Vec<v1::SendMsg> = (1..=6).map(|i| text("bob", &format!("m{i}"), i)).collect();
+        let answers = w.inbox.send_batch(&batch(ann, &sends)).await;
+        assert_eq!(answers.len(), 6);
+        let mut last = 0;
+        for a in answers {
+            let ack = v1::SendAck::decode(a.unwrap().body).unwrap();
+            assert!(ack.seq > last, "acks out of order");
+            last = ack.seq;
+        }
+        // A bad send in the middle is refused alone; the batch, sent again, is a set of
+        // duplicates answered with the original acks.
+        let mut again = sends.clone();
+        again.insert(3, text("bob", "no id", 0));
+        let answers = w.inbox.send_batch(&batch(ann, &again)).await;
+        assert!(matches!(answers[3], Err(LogicError::InvalidArgument(_))));
+        assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 6);
+        let page = w
+            .inbox
+            .sync(&req(cmd::SYNC, bob, &v1::SyncReq::default()))
+            .await
+            .unwrap();
+        let page = v1::SyncResp::decode(page.body).unwrap();
+        let want: Vec<String> = (1..=6).map(|i| format!("m{i}")).collect();
+        assert_eq!(texts_of(&page), want);
+    }
+
+    #[tokio::test]
+    async fn the_rate_limit_refuses_the_rest_of_a_batch() {
+        let mut cfg = open();
+        cfg.limits.sends_per_user = crate::limits::Rate::new(0.001, 3.0);
+        let w = World::new(cfg);
+        let (ann, _bob) = (w.user("ann").await, w.user("bob").await);
+        let sends: Vec<v1::SendMsg> = (1..=5).map(|i| text("bob", &format!("m{i}"), i)).collect();
+        let answers = w.inbox.send_batch(&batch(ann, &sends)).await;
+        let ok: Vec<bool> = answers.iter().map(|a| a.is_ok()).collect();
+        assert_eq!(ok, [true, true, true, false, false]);
+        assert!(answers[3..]
+            .iter()
+            .all(|a| matches!(a, Err(LogicError::RateLimited(..)))));
     }
 
     #[tokio::test]

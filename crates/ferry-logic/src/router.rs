@@ -10,6 +10,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ferry_bus::{Bus, BusRequest, BusResponse, Handler, LinkEvent};
+use ferry_proto::bus::Answer;
 use ferry_proto::{cmd, v1, ProtoMessage};
 use ferry_store::Store;
 use tokio::task::JoinHandle;
@@ -225,6 +226,29 @@ fn spawn_retention(core: Arc<Core>, shutdown: CancellationToken) -> Option<JoinH
     }))
 }
 
+/// A refusal as a bus answer, counted and logged.
+fn error_response(c: u32, e: LogicError) -> BusResponse {
+    let name = cmd::name(c as u8);
+    metrics::counter!("ferry_errors_total", "cmd" => name, "code" => e.code().as_str_name())
+        .increment(1);
+    match e.code() {
+        // Media still uploading is an expected wait, not a failure.
+        v1::ErrorCode::Internal | v1::ErrorCode::Unavailable
+            if !matches!(e, LogicError::NotReady(..) | LogicError::Overloaded(_)) =>
+        {
+            tracing::error!(cmd = name, error = %e, "request failed")
+        }
+        _ => {
+            tracing::debug!(cmd = name, error = %e, "request refused")
+        }
+    }
+    BusResponse {
+        cmd: u32::from(cmd::ERROR),
+        body: Bytes::from(e.to_body().encode_to_vec()),
+        ..Default::default()
+    }
+}
+
 /// A request being handled.
 type Handling<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<BusResponse, LogicError>> + Send + 'a>,
@@ -236,32 +260,37 @@ impl Handler for Logic {
         let started = std::time::Instant::now();
         let name = cmd::name(req.cmd as u8);
         let admitted = self.admission.admit(Class::of(&req)).await;
-        let outcome = match admitted {
-            Ok(_slot) => self.dispatch(&req).await,
-            Err(ms) => Err(LogicError::Overloaded(ms)),
-        };
-        let resp = match outcome {
-            Ok(resp) => resp,
-            Err(e) => {
-                metrics::counter!("ferry_errors_total", "cmd" => name, "code" => e.code().as_str_name())
-                    .increment(1);
-                match e.code() {
-                    // Media still uploading is an expected wait, not a failure.
-                    v1::ErrorCode::Internal | v1::ErrorCode::Unavailable
-                        if !matches!(e, LogicError::NotReady(..) | LogicError::Overloaded(_)) =>
-                    {
-                        tracing::error!(cmd = cmd::name(req.cmd as u8), error = %e, "request failed")
+        let resp = match admitted {
+            Ok(_slot) if !req.batch.is_empty() => {
+                // A link's send lane: applied in order, one answer each.
+                if req.cmd != u32::from(cmd::SEND) {
+                    error_response(
+                        req.cmd,
+                        LogicError::BadRequest("only SEND is sent in batches".into()),
+                    )
+                } else {
+                    let answers = self.inbox.send_batch(&req).await;
+                    BusResponse {
+                        cmd: u32::from(cmd::response(cmd::SEND)),
+                        batch: answers
+                            .into_iter()
+                            .map(|a| {
+                                let r = a.unwrap_or_else(|e| error_response(req.cmd, e));
+                                Answer {
+                                    cmd: r.cmd,
+                                    body: r.body,
+                                }
+                            })
+                            .collect(),
+                        ..Default::default()
                     }
-                    _ => {
-                        tracing::debug!(cmd = cmd::name(req.cmd as u8), error = %e, "request refused")
-                    }
-                }
-                BusResponse {
-                    cmd: u32::from(cmd::ERROR),
-                    body: Bytes::from(e.to_body().encode_to_vec()),
-                    ..Default::default()
                 }
             }
+            Ok(_slot) => match self.dispatch(&req).await {
+                Ok(resp) => resp,
+                Err(e) => error_response(req.cmd, e),
+            },
+            Err(ms) => error_response(req.cmd, LogicError::Overloaded(ms)),
         };
         metrics::histogram!("ferry_request_duration_seconds", "cmd" => name)
             .record(started.elapsed().as_secs_f64());
@@ -283,6 +312,10 @@ impl Handler for Logic {
 
     async fn gateway_down(&self, gateway_id: &str) {
         self.notifier.gateway_down(gateway_id);
+    }
+
+    fn overloaded(&self) -> bool {
+        self.admission.saturated()
     }
 }
 

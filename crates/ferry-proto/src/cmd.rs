@@ -95,6 +95,11 @@ pub struct Command {
     /// argument and headers a frame cannot carry. On a long link they are answered
     /// `ERROR UNKNOWN_COMMAND` and the link stays open.
     pub long_link: bool,
+    /// Sending it twice does what sending it once does: a SEND (deduplicated by its
+    /// `client_msg_id`) and the pure reads. In a cluster a gateway re-sends such a
+    /// request to another logic node when the first does not answer in time; any other
+    /// is answered `UNAVAILABLE` then (docs/protocol.md §2).
+    pub idempotent: bool,
 }
 
 impl Command {
@@ -112,6 +117,7 @@ impl Command {
         body_limit: BodyLimit::Default,
         addresses: false,
         long_link: true,
+        idempotent: false,
     };
 
     /// The short-link body limit, given the gateway's general and upload limits.
@@ -168,11 +174,11 @@ commands! {
     /// Keep-alive; the gateway answers `HEARTBEAT | RESPONSE` itself.
     HEARTBEAT = 0x02, "heartbeat" { kind: Kind::Link, request: "Heartbeat" };
     /// Send a message (`SendMsg` → `SendAck`).
-    SEND = 0x03, "send" { request: "SendMsg", response: "SendAck" };
+    SEND = 0x03, "send" { idempotent: true, request: "SendMsg", response: "SendAck" };
     /// Fetch inbox entries after a synckey (`SyncReq` → `SyncResp`). Also `POST /v1/newsync`.
-    SYNC = 0x04, "sync" { path: Some("newsync"), request: "SyncReq", response: "SyncResp" };
+    SYNC = 0x04, "sync" { idempotent: true, path: Some("newsync"), request: "SyncReq", response: "SyncResp" };
     /// Fetch a group's log after a cursor (`GroupSyncReq` → `GroupSyncResp`).
-    GROUP_SYNC = 0x05, "group_sync" {
+    GROUP_SYNC = 0x05, "group_sync" { idempotent: true,
         path: Some("group/sync"), request: "GroupSyncReq", response: "GroupSyncResp",
     };
     /// Recall a message (`RecallReq` → `Empty`).
@@ -213,7 +219,7 @@ commands! {
         request: "LogoutReq", response: "LogoutResp",
     };
     /// `POST /v1/user/find`.
-    FIND_USER = 0x13, "user/find" {
+    FIND_USER = 0x13, "user/find" { idempotent: true,
         path: Some("user/find"), request: "FindUserReq", response: "FindUserResp",
     };
     /// `POST /v1/friends/request`.
@@ -241,7 +247,7 @@ commands! {
         path: Some("friends/unblock"), request: "FriendActionReq", response: "FriendActionResp",
     };
     /// `POST /v1/friends/list`.
-    FRIEND_LIST = 0x1A, "friends/list" {
+    FRIEND_LIST = 0x1A, "friends/list" { idempotent: true,
         path: Some("friends/list"), request: "FriendListReq", response: "FriendListResp",
     };
     /// `POST /v1/avatar/set`.
@@ -250,7 +256,7 @@ commands! {
         request: "AvatarSetReq", response: "AvatarSetResp",
     };
     /// `GET /v1/avatar/{username}` (`?thumb=1`: the thumbnail); the JPEG itself.
-    AVATAR_GET = 0x1C, "avatar" {
+    AVATAR_GET = 0x1C, "avatar" { idempotent: true,
         path: Some("avatar"), method: Method::Get, auth: Auth::None, long_link: false,
     };
     /// `POST /v1/report`.
@@ -263,7 +269,7 @@ commands! {
         path: Some("moments/post"), request: "MomentPostReq", response: "MomentPostResp",
     };
     /// `POST /v1/moments/timeline`.
-    MOMENT_TIMELINE = 0x1F, "moments/timeline" {
+    MOMENT_TIMELINE = 0x1F, "moments/timeline" { idempotent: true,
         path: Some("moments/timeline"), request: "MomentTimelineReq",
         response: "MomentTimelineResp",
     };
@@ -296,11 +302,11 @@ commands! {
         path: Some("group/leave"), request: "GroupReq", response: "GroupResp",
     };
     /// `POST /v1/group/info`.
-    GROUP_INFO = 0x27, "group/info" {
+    GROUP_INFO = 0x27, "group/info" { idempotent: true,
         path: Some("group/info"), request: "GroupReq", response: "GroupResp",
     };
     /// `POST /v1/group/list`.
-    GROUP_LIST = 0x28, "group/list" {
+    GROUP_LIST = 0x28, "group/list" { idempotent: true,
         path: Some("group/list"), request: "Empty", response: "GroupListResp",
     };
     /// `POST /v1/group/update`.
@@ -312,7 +318,7 @@ commands! {
         path: Some("group/role"), request: "GroupRoleReq", response: "GroupResp",
     };
     /// `POST /v1/group/reads`.
-    GROUP_READS = 0x2B, "group/reads" {
+    GROUP_READS = 0x2B, "group/reads" { idempotent: true,
         path: Some("group/reads"), request: "GroupReadsReq", response: "GroupReadsResp",
     };
     /// `POST /v1/media/create`.
@@ -326,7 +332,7 @@ commands! {
         request: "MediaChunkReq", response: "MediaChunkAck",
     };
     /// `POST /v1/media/status`.
-    MEDIA_STATUS = 0x2E, "media/status" {
+    MEDIA_STATUS = 0x2E, "media/status" { idempotent: true,
         path: Some("media/status"), request: "MediaStatusReq", response: "MediaChunkAck",
     };
     /// `POST /v1/media/finish`.
@@ -334,10 +340,10 @@ commands! {
         path: Some("media/finish"), request: "MediaFinishReq", response: "MediaFinishResp",
     };
     /// `GET /v1/media/{media_id}` (with `Range`); the bytes.
-    MEDIA_GET = 0x30, "media" { path: Some("media"), method: Method::Get, long_link: false };
+    MEDIA_GET = 0x30, "media" { idempotent: true, path: Some("media"), method: Method::Get, long_link: false };
     /// `POST /v1/endpoints`: the endpoint list for this client (`EndpointsReq` →
     /// `EndpointsResp`).
-    ENDPOINTS = 0x36, "endpoints" {
+    ENDPOINTS = 0x36, "endpoints" { idempotent: true,
         path: Some("endpoints"), auth: Auth::None, addresses: true,
         request: "EndpointsReq", response: "EndpointsResp",
     };
@@ -537,6 +543,12 @@ pub fn from_client(cmd: u8) -> bool {
     cmd & RESPONSE == 0 && !(NOTIFY..=ERROR).contains(&cmd) && !encryption
 }
 
+/// Whether `cmd` may be re-sent to another logic node when the first did not answer
+/// (see [`Command::idempotent`]).
+pub fn idempotent(cmd: u8) -> bool {
+    get(cmd).is_some_and(|c| c.idempotent)
+}
+
 /// Whether `cmd` is a known request the short link alone serves (see
 /// [`Command::long_link`]): a long link answers it `UNKNOWN_COMMAND`.
 pub fn short_link_only(cmd: u8) -> bool {
@@ -546,6 +558,26 @@ pub fn short_link_only(cmd: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn idempotent_requests_are_send_and_reads() {
+        assert!(idempotent(SEND) && idempotent(SYNC) && idempotent(GROUP_SYNC));
+        for c in [
+            LOGIN,
+            RECALL,
+            READ,
+            GROUP_CREATE,
+            MEDIA_CREATE,
+            MEDIA_FINISH,
+            TYPING,
+        ] {
+            assert!(!idempotent(c), "{}", name(c));
+        }
+        for c in COMMANDS.iter().filter(|c| c.idempotent) {
+            assert_eq!(c.kind, Kind::Request, "{}", c.name);
+        }
+        assert!(!idempotent(0xEE));
+    }
 
     /// docs/protocol.md's table of every command is this table: a command added, renumbered
     /// or re-pathed in code fails here until the document says the same.

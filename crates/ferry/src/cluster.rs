@@ -345,9 +345,12 @@ impl LogicNode {
         })
     }
 
-    /// Sends what is still buffered. In-flight requests that do not finish are retried
-    /// by their clients (on another logic node).
+    /// Tells the gateways this node is leaving, then sends what is still buffered.
+    /// In-flight requests that do not finish are retried by their clients (on another
+    /// logic node).
     pub async fn shutdown(self) {
+        // Out of every gateway's rotation first: no new request comes here.
+        self.bus.leave().await;
         self.shutdown.cancel();
         self.logic.shutdown();
         // Synckeys the store writes behind (bounded: PostgreSQL may be gone).

@@ -19,6 +19,7 @@ mod bench_workers;
 mod cluster;
 mod cluster_media;
 mod cluster_media_s3;
+mod cluster_order;
 mod config;
 mod crash;
 mod faults;
