@@ -383,8 +383,8 @@ pub static COMMANDS: &[Command] = TABLE;
 /// row per command. A test keeps the document equal to it.
 pub fn markdown_table() -> String {
     let mut out = String::from(
-        "| cmd | name | kind | long link | short link | body | answer | authentication | body limit |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| cmd | name | kind | long link | short link | body | answer | authentication | body limit | idempotent |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     let ty = |t: &str| {
         if t.is_empty() {
@@ -441,8 +441,13 @@ pub fn markdown_table() -> String {
             (Some(_), BodyLimit::Upload) => "3 MiB".into(),
             (Some(_), BodyLimit::Bytes(n)) => format!("{n} B"),
         };
+        let idempotent = match (c.kind, c.idempotent) {
+            (Kind::Request, true) => "yes",
+            (Kind::Request | Kind::Login, false) => "no",
+            _ => "—",
+        };
         out.push_str(&format!(
-            "| `0x{:02X}` | {} | {kind} | {long} | {short} | {body} | {answer} | {auth} | {limit} |\n",
+            "| `0x{:02X}` | {} | {kind} | {long} | {short} | {body} | {answer} | {auth} | {limit} | {idempotent} |\n",
             c.id, c.constant
         ));
     }
