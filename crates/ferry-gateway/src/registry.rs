@@ -196,7 +196,11 @@ impl Registry {
             if !push.device_id.is_empty() && *link.device_id != *push.device_id {
                 continue;
             }
-            if push.keep_conn_id == Some(link.conn_id) {
+            // A device's replaced links are the ones older than its new link: this
+            // gateway numbers links in the order they were opened, so a login that logic
+            // finished late (its link already closed, the client in again on a newer
+            // link) kicks nothing newer than itself.
+            if push.keep_conn_id.is_some_and(|keep| link.conn_id >= keep) {
                 continue;
             }
             if latest.is_some_and(|seq| seq <= link.synckey.load(Ordering::Relaxed)) {
@@ -292,5 +296,27 @@ mod tests {
             assert!(!l.drain_into(&mut buf));
             assert!(buf.is_empty());
         }
+    }
+
+    /// A login that logic finished after the client had given up on it (its link closed,
+    /// the device logged in again on a newer link of the same gateway) must not kick the
+    /// newer link: only links older than the one kept are replaced.
+    #[test]
+    fn a_late_login_does_not_kick_a_newer_link_of_its_device() {
+        let reg = Registry::new(16, Arc::new(Stats::default()));
+        let newer = Arc::new(Link::new(7, 1, "phone".into(), 0));
+        reg.add(newer.clone());
+        // The late login was link 5, gone by now.
+        reg.push(Push {
+            user_id: 1,
+            device_id: "phone".into(),
+            cmd: u32::from(cmd::KICK),
+            close: true,
+            keep_conn_id: Some(5),
+            ..Default::default()
+        });
+        let mut buf = BytesMut::new();
+        assert!(!newer.drain_into(&mut buf), "the newer link stays open");
+        assert!(buf.is_empty());
     }
 }
