@@ -91,6 +91,20 @@ pub struct Outcome {
     pub sends_slow: u64,
 }
 
+impl Outcome {
+    /// The rows every fault report shows: what was sent and what became of it.
+    fn rows(&self, r: &mut Report) {
+        r.row(
+            "sent / acked / delivered",
+            format!("{} / {} / {}", self.sent, self.acked, self.received),
+        );
+        r.row("lost (acked, never delivered)", self.lost);
+        r.row("duplicated", self.duplicated);
+        r.row("never acknowledged", self.unacked);
+        r.row("client disconnects", self.disconnects);
+    }
+}
+
 /// One client of a pair.
 struct Peer {
     client: Client,
@@ -401,17 +415,7 @@ pub async fn run(
     for n in &notes {
         r.row("", n);
     }
-    r.row(
-        "sent / acked / delivered",
-        format!(
-            "{} / {} / {}",
-            outcome.sent, outcome.acked, outcome.received
-        ),
-    );
-    r.row("lost (acked, never delivered)", outcome.lost);
-    r.row("duplicated", outcome.duplicated);
-    r.row("never acknowledged", outcome.unacked);
-    r.row("client disconnects", outcome.disconnects);
+    outcome.rows(&mut r);
     r.row("sends that took > 1 s", outcome.sends_slow);
     r.row(
         "settled after the fault",
@@ -577,17 +581,7 @@ async fn logic_stop(
         "latency after p50 / p99",
         format!("{:.0} / {:.0} ms", ms(p50_a), ms(p99_a)),
     );
-    r.row(
-        "sent / acked / delivered",
-        format!(
-            "{} / {} / {}",
-            outcome.sent, outcome.acked, outcome.received
-        ),
-    );
-    r.row("lost (acked, never delivered)", outcome.lost);
-    r.row("duplicated", outcome.duplicated);
-    r.row("never acknowledged", outcome.unacked);
-    r.row("client disconnects", outcome.disconnects);
+    outcome.rows(&mut r);
     r.row("verdict", if ok { "PASS" } else { "FAIL" });
     r.json = json!({
         "scenario": "faults",

@@ -91,22 +91,7 @@ async fn requests_pushes_presence_and_expiry() {
         Err(ferry_bus::BusError::NoLogic)
     ));
 
-    let (l1, l2) = (
-        Arc::new(Recorder {
-            tag: 1,
-            ..Default::default()
-        }),
-        Arc::new(Recorder {
-            tag: 2,
-            ..Default::default()
-        }),
-    );
-    let b1 = NatsBus::connect(config(&nats)).await.unwrap();
-    let b2 = NatsBus::connect(config(&nats)).await.unwrap();
-    b1.serve_logic(l1.clone());
-    b2.serve_logic(l2.clone());
-    b1.ready().await.unwrap();
-    b2.ready().await.unwrap();
+    let (l1, l2, b1, _b2) = two_logic_nodes(&nats).await;
 
     // Requests spread over both nodes (the queue group until the gateway hears their
     // heartbeats, then by user); each answer comes back.
@@ -208,22 +193,7 @@ async fn requests_follow_live_nodes_and_avoid_a_leaving_one() {
     let nats = Nats::start();
     let gw = NatsBus::connect(config(&nats)).await.unwrap();
     gw.ready().await.unwrap();
-    let (l1, l2) = (
-        Arc::new(Recorder {
-            tag: 1,
-            ..Default::default()
-        }),
-        Arc::new(Recorder {
-            tag: 2,
-            ..Default::default()
-        }),
-    );
-    let b1 = NatsBus::connect(config(&nats)).await.unwrap();
-    let b2 = NatsBus::connect(config(&nats)).await.unwrap();
-    b1.serve_logic(l1.clone());
-    b2.serve_logic(l2.clone());
-    b1.ready().await.unwrap();
-    b2.ready().await.unwrap();
+    let (l1, _l2, b1, _b2) = two_logic_nodes(&nats).await;
     eventually("both heartbeats", || gw.logic_nodes().0 == 2).await;
     let ask = |user_id: u64| {
         let gw = gw.clone();
@@ -255,4 +225,24 @@ async fn requests_follow_live_nodes_and_avoid_a_leaving_one() {
         assert_eq!(ask(u).await, 2);
     }
     assert_eq!(*l1.requests.lock(), before, "a leaving node got requests");
+}
+
+/// Two logic nodes on `nats`, recording what they are asked (tags 1 and 2), both serving.
+async fn two_logic_nodes(
+    nats: &Nats,
+) -> (Arc<Recorder>, Arc<Recorder>, Arc<NatsBus>, Arc<NatsBus>) {
+    let recorder = |tag| {
+        Arc::new(Recorder {
+            tag,
+            ..Default::default()
+        })
+    };
+    let (l1, l2) = (recorder(1), recorder(2));
+    let b1 = NatsBus::connect(config(nats)).await.unwrap();
+    let b2 = NatsBus::connect(config(nats)).await.unwrap();
+    b1.serve_logic(l1.clone());
+    b2.serve_logic(l2.clone());
+    b1.ready().await.unwrap();
+    b2.ready().await.unwrap();
+    (l1, l2, b1, b2)
 }
