@@ -56,7 +56,9 @@ impl Synckeys {
         let (stop, mut stopped) = oneshot::channel::<()>();
         let s = shared.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(FLUSH_EVERY);
+            // The first write a whole period after start: nothing is pending before.
+            let mut tick =
+                tokio::time::interval_at(tokio::time::Instant::now() + FLUSH_EVERY, FLUSH_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
