@@ -321,26 +321,36 @@ impl NatsBus {
     ) -> Result<BusResponse, BusError> {
         let request = self.client.request(subject, payload);
         tokio::pin!(request);
-        let mut check = tokio::time::interval(Duration::from_millis(100));
+        let decode = |r: Result<async_nats::Message, async_nats::RequestError>| {
+            let msg = r.map_err(|e| match e.kind() {
+                async_nats::RequestErrorKind::NoResponders => BusError::NoLogic,
+                async_nats::RequestErrorKind::TimedOut => BusError::Timeout,
+                _ => transport(e),
+            })?;
+            BusResponse::decode(msg.payload).map_err(transport)
+        };
+        // The queue group (no node chosen): only the deadline to watch.
+        let Some(n) = node else {
+            return match tokio::time::timeout_at(deadline, request).await {
+                Ok(r) => decode(r),
+                Err(_) => Err(BusError::Timeout),
+            };
+        };
+        let expiry = tokio::time::sleep_until(deadline);
+        tokio::pin!(expiry);
+        // The node's liveness is looked at every 100 ms, the first time 100 ms in.
+        let every = Duration::from_millis(100);
+        let mut check = tokio::time::interval_at(Instant::now() + every, every);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                r = &mut request => {
-                    let msg = r.map_err(|e| match e.kind() {
-                        async_nats::RequestErrorKind::NoResponders => BusError::NoLogic,
-                        async_nats::RequestErrorKind::TimedOut => BusError::Timeout,
-                        _ => transport(e),
-                    })?;
-                    return BusResponse::decode(msg.payload).map_err(transport);
-                }
-                _ = tokio::time::sleep_until(deadline) => return Err(BusError::Timeout),
+                r = &mut request => return decode(r),
+                _ = &mut expiry => return Err(BusError::Timeout),
                 _ = check.tick() => {
-                    if let Some(n) = node {
-                        let mut nodes = self.nodes.lock();
-                        if nodes.silent(n, Instant::now(), SILENT_AFTER) {
-                            nodes.suspect(n);
-                            return Err(BusError::Timeout);
-                        }
+                    let mut nodes = self.nodes.lock();
+                    if nodes.silent(n, Instant::now(), SILENT_AFTER) {
+                        nodes.suspect(n);
+                        return Err(BusError::Timeout);
                     }
                 }
             }
