@@ -36,7 +36,6 @@ pub const REGION: &str = "us-east-1";
 /// The running moto server of this test process.
 pub struct S3Server {
     pub port: u16,
-    pub log: PathBuf,
 }
 
 static SERVER: OnceLock<S3Server> = OnceLock::new();
@@ -58,8 +57,7 @@ impl S3Server {
     /// A new empty bucket (`ferry-t-<random>`), its name.
     pub fn bucket(&self) -> String {
         let name = format!("ferry-t-{:016x}", rand::random::<u64>());
-        let (status, body) = self
-            .request("PUT", &format!("/{name}"))
+        let (status, body) = request(self.port, "PUT", &format!("/{name}"))
             .unwrap_or_else(|e| panic!("creating bucket {name} on moto: {e}"));
         assert_eq!(status, 200, "creating bucket {name} on moto: {body}");
         name
@@ -68,21 +66,18 @@ impl S3Server {
     /// The keys in `bucket` under `prefix` (up to 1000; moto checks no signature on
     /// listings either).
     pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
-        let (status, body) = self
-            .request("GET", &format!("/{bucket}?list-type=2&prefix={prefix}"))
-            .unwrap_or_else(|e| panic!("listing bucket {bucket}: {e}"));
+        let (status, body) = request(
+            self.port,
+            "GET",
+            &format!("/{bucket}?list-type=2&prefix={prefix}"),
+        )
+        .unwrap_or_else(|e| panic!("listing bucket {bucket}: {e}"));
         assert_eq!(status, 200, "listing bucket {bucket}: {body}");
         body.split("<Key>")
             .skip(1)
             .filter_map(|k| k.split("</Key>").next())
             .map(str::to_owned)
             .collect()
-    }
-
-    /// One plain HTTP request to the server (moto checks no signature on bucket
-    /// creation); its status and body.
-    pub fn request(&self, method: &str, path: &str) -> std::io::Result<(u16, String)> {
-        request(self.port, method, path)
     }
 
     fn start() -> S3Server {
@@ -96,7 +91,7 @@ impl S3Server {
                 Ok(()) => {
                     // SAFETY: registers a plain `extern "C"` function with no arguments.
                     unsafe { libc::atexit(stop_at_exit) };
-                    return S3Server { port, log };
+                    return S3Server { port };
                 }
                 Err(e) if e.contains("exited") => continue, // the port was taken: again
                 Err(e) => panic!("{e}"),
