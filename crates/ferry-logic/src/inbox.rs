@@ -597,19 +597,29 @@ mod tests {
         let sends: Vec<v1::SendMsg> = (1..=6).map(|i| text("bob", &format!("m{i}"), i)).collect();
         let answers = w.inbox.send_batch(&batch(ann, &sends)).await;
         assert_eq!(answers.len(), 6);
-        let mut last = 0;
-        for a in answers {
-            let ack = v1::SendAck::decode(a.unwrap().body).unwrap();
-            assert!(ack.seq > last, "acks out of order");
-            last = ack.seq;
-        }
+        let acks: Vec<v1::SendAck> = answers
+            .into_iter()
+            .map(|a| v1::SendAck::decode(a.unwrap().body).unwrap())
+            .collect();
+        assert!(
+            acks.windows(2).all(|w| w[0].seq < w[1].seq),
+            "acks out of order"
+        );
         // A bad send in the middle is refused alone; the batch, sent again, is a set of
         // duplicates answered with the original acks.
         let mut again = sends.clone();
         again.insert(3, text("bob", "no id", 0));
         let answers = w.inbox.send_batch(&batch(ann, &again)).await;
         assert!(matches!(answers[3], Err(LogicError::InvalidArgument(_))));
-        assert_eq!(answers.iter().filter(|a| a.is_ok()).count(), 6);
+        let again_acks: Vec<v1::SendAck> = answers
+            .into_iter()
+            .filter_map(Result::ok)
+            .map(|a| v1::SendAck::decode(a.body).unwrap())
+            .collect();
+        assert_eq!(
+            again_acks, acks,
+            "duplicates answered with the original acks"
+        );
         let page = w
             .inbox
             .sync(&req(cmd::SYNC, bob, &v1::SyncReq::default()))
