@@ -363,6 +363,27 @@ commands! {
         request: "PasswordChangeReq", response: "AuthResp",
     };
 
+    /// `POST /v1/push/register`: the calling device's push target (`PushRegisterReq` →
+    /// `PushListResp` with that target alone).
+    PUSH_REGISTER = 0x3A, "push/register" {
+        path: Some("push/register"), body_limit: BodyLimit::Bytes(8192),
+        request: "PushRegisterReq", response: "PushListResp",
+    };
+    /// `POST /v1/push/unregister` (`PushUnregisterReq` → `Empty`).
+    PUSH_UNREGISTER = 0x3B, "push/unregister" { idempotent: true,
+        path: Some("push/unregister"), body_limit: BodyLimit::Bytes(1024),
+        request: "PushUnregisterReq", response: "Empty",
+    };
+    /// `POST /v1/push/list` (`Empty` → `PushListResp`).
+    PUSH_LIST = 0x3C, "push/list" { idempotent: true,
+        path: Some("push/list"), request: "Empty", response: "PushListResp",
+    };
+    /// `POST /v1/push/prefs`: per-conversation push settings (`PushPrefsReq` →
+    /// `PushPrefsResp`).
+    PUSH_PREFS = 0x3D, "push/prefs" {
+        path: Some("push/prefs"), request: "PushPrefsReq", response: "PushPrefsResp",
+    };
+
     /// Server push: the inbox grew (`Notify`).
     NOTIFY = 0x40, "notify" { kind: Kind::Push, request: "Notify" };
     /// Server push: the link is about to be closed (`Kick`).

@@ -24,6 +24,7 @@ mod groups;
 mod inbox;
 mod media;
 mod postgres;
+mod push;
 mod reports;
 mod social;
 mod sqlite;
@@ -40,6 +41,7 @@ pub use media::{
     UploadKey, Verified,
 };
 pub use postgres::{PgConfig, PgStore};
+pub use push::{PushDone, PushEnqueue, PushJob, PushPrefRow, PushStore, PushTargetRow};
 pub use reports::{ReportInfo, ReportStore};
 pub use social::{Avatar, FriendChange, FriendList, FriendRow, MomentRow, Reaction, SocialStore};
 pub use sqlite::{Durability, SqliteStore};
@@ -49,15 +51,22 @@ pub use sqlite::{Durability, SqliteStore};
 /// (On a `dyn Store` the compiler finds its supertraits' methods without.)
 pub mod prelude {
     pub use crate::{
-        AccountStore, GroupStore, InboxStore, MediaStore, ReportStore, SocialStore, Store,
+        AccountStore, GroupStore, InboxStore, MediaStore, PushStore, ReportStore, SocialStore,
+        Store,
     };
 }
 
 /// The whole storage contract: every domain's sub-trait. Implemented for any type that
 /// implements them all; the logic layer holds an `Arc<dyn Store>`.
-pub trait Store: AccountStore + InboxStore + SocialStore + ReportStore + GroupStore {}
+pub trait Store:
+    AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore
+{
+}
 
-impl<T: AccountStore + InboxStore + SocialStore + ReportStore + GroupStore> Store for T {}
+impl<T: AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore> Store
+    for T
+{
+}
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
