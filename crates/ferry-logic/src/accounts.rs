@@ -17,6 +17,7 @@ use crate::auth;
 use crate::core::{ok, unix_ms, Core, DeviceSession};
 use crate::error::LogicError;
 use crate::notify::Notifier;
+use crate::push::PushService;
 
 fn valid_username(name: &str) -> bool {
     (1..=32).contains(&name.len())
@@ -30,11 +31,17 @@ pub(crate) struct Accounts {
     core: Arc<Core>,
     /// Kicks the links of a device that logged out or lost its token.
     notifier: Arc<Notifier>,
+    /// Push targets end with their sessions.
+    push: Arc<PushService>,
 }
 
 impl Accounts {
-    pub fn new(core: Arc<Core>, notifier: Arc<Notifier>) -> Accounts {
-        Accounts { core, notifier }
+    pub fn new(core: Arc<Core>, notifier: Arc<Notifier>, push: Arc<PushService>) -> Accounts {
+        Accounts {
+            core,
+            notifier,
+            push,
+        }
     }
 
     pub async fn register(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
@@ -192,6 +199,9 @@ impl Accounts {
         .map_err(|e| LogicError::Internal(e.to_string()))?
         .ok_or(LogicError::BadCredentials)?;
         let revoked = self.core.store.set_password(me.user_id, &hash).await?;
+        // Every session ended: so did every push target (the caller's device registers
+        // again with its new token).
+        self.push.forget_user(me.user_id).await?;
         let kick = Bytes::from(
             v1::Kick {
                 code: v1::ErrorCode::Kicked as i32,
@@ -233,6 +243,7 @@ impl Accounts {
         let me = self.core.caller(req).await?;
         let (ended, device) = if r.all_devices {
             let devices = self.core.store.delete_user_sessions(me.user_id).await?;
+            self.push.forget_user(me.user_id).await?;
             (devices.len() as u32, String::new())
         } else if !req.token.is_empty() {
             let gone = self
@@ -240,6 +251,7 @@ impl Accounts {
                 .store
                 .delete_session(auth::token_hash(&req.token))
                 .await?;
+            self.push.forget_device(me.user_id, &me.device_id).await?;
             (u32::from(gone), me.device_id.to_string())
         } else {
             return Err(LogicError::InvalidArgument(
