@@ -198,10 +198,10 @@ impl Accounts {
         .await
         .map_err(|e| LogicError::Internal(e.to_string()))?
         .ok_or(LogicError::BadCredentials)?;
-        let revoked = self.core.store.set_password(me.user_id, &hash).await?;
-        // Every session ended: so did every push target (the caller's device registers
-        // again with its new token).
+        // Every session ends, and every push target with it (the caller's device
+        // registers again). Targets first: a failure leaves the password unchanged.
         self.push.forget_user(me.user_id).await?;
+        let revoked = self.core.store.set_password(me.user_id, &hash).await?;
         let kick = Bytes::from(
             v1::Kick {
                 code: v1::ErrorCode::Kicked as i32,
@@ -241,17 +241,19 @@ impl Accounts {
     pub async fn logout(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let r = v1::LogoutReq::decode(req.body.clone())?;
         let me = self.core.caller(req).await?;
+        // Push targets first: a failure here leaves the session, so the client can
+        // retry the logout (the other way round, a target could outlive its session).
         let (ended, device) = if r.all_devices {
-            let devices = self.core.store.delete_user_sessions(me.user_id).await?;
             self.push.forget_user(me.user_id).await?;
+            let devices = self.core.store.delete_user_sessions(me.user_id).await?;
             (devices.len() as u32, String::new())
         } else if !req.token.is_empty() {
+            self.push.forget_device(me.user_id, &me.device_id).await?;
             let gone = self
                 .core
                 .store
                 .delete_session(auth::token_hash(&req.token))
                 .await?;
-            self.push.forget_device(me.user_id, &me.device_id).await?;
             (u32::from(gone), me.device_id.to_string())
         } else {
             return Err(LogicError::InvalidArgument(

@@ -92,6 +92,11 @@ impl Index {
         self.users.contains_key(&user)
     }
 
+    /// Whether no user has a target.
+    pub fn is_empty(&self) -> bool {
+        self.users.is_empty()
+    }
+
     /// The user's devices with targets.
     pub fn devices(&self, user: u64) -> Devs {
         self.users.get(&user).map(|e| e.clone()).unwrap_or_default()
