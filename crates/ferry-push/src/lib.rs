@@ -25,6 +25,8 @@ pub mod config;
 pub mod fcm;
 mod keys;
 mod net;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod webpush;
 
 pub use config::{ApnsConfig, FcmConfig, PushConfig, Senders, WebPushConfig};

@@ -22,8 +22,9 @@
 //! The record is the JSON payload `{"ferry":{PushData},"title":..,"body":..,"badge":n}`
 //! (`title`/`body` with an alert, `badge` when the notification has one) followed by
 //! the last-record delimiter 0x02, no padding, sealed with the content key and nonce
-//! RFC 8291 derives from ECDH(ephemeral key, `p256dh`) and the `auth` secret. One record
-//! of 4096 bytes at most: a payload over 4079 bytes is Rejected before sending.
+//! RFC 8291 derives from ECDH(ephemeral key, `p256dh`) and the `auth` secret. The whole
+//! body is at most 4096 bytes (what every push service must take): a payload over 3993
+//! bytes is Rejected before sending.
 //!
 //! Answers: 200/201/202 → Accepted; 404/410 → Gone; 429 and 5xx → Retry (Retry-After);
 //! 400, 401, 403, 413 and anything else → Rejected. A bad `p256dh` or `auth` → Rejected.
@@ -44,10 +45,15 @@ use tokio::sync::Semaphore;
 use crate::config::{concurrency, WebPushConfig};
 use crate::{keys, net, ConfigError, Notification, Outcome, Provider, Sender, Target};
 
-/// The one record's size (`rs`), and so the largest body after the header.
+/// The one record's size (`rs`).
 pub const RECORD_SIZE: usize = 4096;
-/// The largest payload one record holds: the record less the delimiter and the tag.
-pub const MAX_PAYLOAD: usize = RECORD_SIZE - 1 - 16;
+/// The largest body push services must take (RFC 8030 section 7.2: at least 4096
+/// bytes; FCM's Web Push and others refuse more).
+pub const MAX_BODY: usize = 4096;
+/// The largest payload: the body less the header (86 bytes), the tag and the delimiter.
+pub const MAX_PAYLOAD: usize = MAX_BODY - HEADER_LEN - 16 - 1;
+/// salt (16) + record size (4) + key id length (1) + key id (65).
+const HEADER_LEN: usize = 16 + 4 + 1 + 65;
 /// VAPID JWT lifetime (RFC 8292 allows at most 24 h).
 const JWT_LIFETIME_SECS: u64 = 12 * 3600;
 /// A JWT is made anew this long before it expires.
@@ -221,7 +227,7 @@ pub fn encrypt(
     record.push(2); // the last (and only) record's delimiter
     key.seal_in_place_append_tag(nonce, aead::Aad::empty(), &mut record)
         .map_err(|_| "seal".to_owned())?;
-    let mut body = Vec::with_capacity(16 + 4 + 1 + 65 + record.len());
+    let mut body = Vec::with_capacity(HEADER_LEN + record.len());
     body.extend_from_slice(&salt);
     body.extend_from_slice(&(RECORD_SIZE as u32).to_be_bytes());
     body.push(65);
@@ -337,7 +343,7 @@ mod tests {
         assert!(encrypt(&rng, ua_pub.as_ref(), &[0; 15], b"x").is_err());
         assert!(encrypt(&rng, ua_pub.as_ref(), &[0; 16], &[b'a'; MAX_PAYLOAD + 1]).is_err());
         let body = encrypt(&rng, ua_pub.as_ref(), &[0; 16], &[b'a'; MAX_PAYLOAD]).unwrap();
-        assert_eq!(body.len(), 16 + 4 + 1 + 65 + RECORD_SIZE);
+        assert_eq!(body.len(), MAX_BODY);
     }
 
     #[test]
