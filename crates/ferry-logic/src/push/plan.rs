@@ -272,7 +272,7 @@ impl PushService {
     }
 
     /// Whether an inbox entry (a 1:1 message, a friend request, a recall) pushes to
-    /// `user`: not when its conversation is muted.
+    /// `user`: not when its conversation is MUTED (or MENTIONS); a friend request always.
     pub(super) async fn direct_pushes(&self, user: u64, item: &Item) -> bool {
         if item.kind == Kind::Friend {
             return true;
@@ -281,7 +281,8 @@ impl PushService {
             return true;
         };
         match self.prefs_of(user).await {
-            Ok(p) => mode_in(&p, peer, 0, unix_ms()) != MUTED,
+            // A 1:1 chat has no @mentions: MENTIONS there is as quiet as MUTED.
+            Ok(p) => !matches!(mode_in(&p, peer, 0, unix_ms()), MUTED | MENTIONS),
             Err(e) => {
                 tracing::debug!(error = %e, "push settings unknown: default");
                 true
