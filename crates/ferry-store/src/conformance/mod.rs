@@ -44,7 +44,8 @@ macro_rules! conformance_tests {
                 finishing_keeps_what_was_queued_after_the_claim,
                 retries_count_attempts_and_release_the_lease,
                 backlog_finds_entries_that_missed_their_push,
-                unread_counts_live_messages_from_others_up_to_a_cap;
+                unread_counts_live_messages_from_others_up_to_a_cap,
+                no_entry_is_lost_between_enqueue_and_finish;
             media: chunks_in_any_order_then_verify_commit_and_read,
                 acknowledged_bytes_never_change,
                 the_upload_key_is_kept_until_the_upload_is_finished,

@@ -816,3 +816,67 @@ pub async fn unread_counts_live_messages_from_others_up_to_a_cap(store: Arc<dyn 
     assert_eq!(store.unread_messages(a, 100, 100).await.unwrap(), 0);
     assert_eq!(store.unread_messages(b, 0, 100).await.unwrap(), 1);
 }
+
+/// Entries queued while other nodes claim and finish are each pushed exactly once: the
+/// claimed counts of every applied finish add up to the entries queued, and the queue
+/// ends empty (a finish keeps exactly what was queued after its claim).
+pub async fn no_entry_is_lost_between_enqueue_and_finish(store: Arc<dyn Store>) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let a = store.create_user("alice", "h").await.unwrap();
+    let devices: Vec<String> = (0..8).map(|i| format!("d{i}")).collect();
+    for d in &devices {
+        store.put_push_target(target(a, d, "fcm")).await.unwrap();
+    }
+    let queued_all = Arc::new(AtomicBool::new(false));
+    let pushed = Arc::new(AtomicU64::new(0));
+    let mut claimers = Vec::new();
+    for n in 0..3 {
+        let (store, queued_all, pushed) = (store.clone(), queued_all.clone(), pushed.clone());
+        claimers.push(tokio::spawn(async move {
+            let owner = format!("node{n}");
+            // Bounded, so a store that loses track fails the test instead of hanging it.
+            for _ in 0..5_000 {
+                let done_queueing = queued_all.load(Ordering::Acquire);
+                let jobs = store.claim_pushes(&owner, 1_000, 60_000, 2).await.unwrap();
+                if jobs.is_empty() {
+                    if done_queueing {
+                        return;
+                    }
+                    tokio::task::yield_now().await;
+                    continue;
+                }
+                for j in jobs {
+                    // One finish per job, to know which applied.
+                    if store
+                        .finish_pushes(&owner, 1_000, vec![done(&j, 0)])
+                        .await
+                        .unwrap()
+                        == 1
+                    {
+                        pushed.fetch_add(u64::from(j.count), Ordering::Relaxed);
+                    }
+                }
+            }
+            panic!("{owner} never saw the queue run dry");
+        }));
+    }
+    let mut total = 0u64;
+    for round in 0..40u64 {
+        let batch: Vec<PushEnqueue> = (0..6u64)
+            .map(|i| {
+                let d = &devices[((round * 7 + i * 3) % 8) as usize];
+                entry(a, d, round * 6 + i + 1, "x", 0, 1)
+            })
+            .collect();
+        total += store.enqueue_pushes(batch).await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(total, 240);
+    queued_all.store(true, Ordering::Release);
+    for c in claimers {
+        c.await.unwrap();
+    }
+    assert_eq!(store.push_queue_stats(1_000).await.unwrap(), (0, 0, 0));
+    assert_eq!(pushed.load(Ordering::Relaxed), total);
+}

@@ -11,7 +11,8 @@
 //!   push_targets … ON CONFLICT DO UPDATE`). PostgreSQL refuses to update one row twice
 //!   in a statement, so the batch's entries for one device are coalesced here first,
 //!   exactly as queueing them one after another would.
-//! * **Finishing** a batch is one transaction of two statements (done, retried).
+//! * **Finishing** a batch is one transaction: the rows finished as done are locked
+//!   first (see [`LOCK_DONE`] for why), then one statement for them and one for retries.
 //! * Statements touching several queue rows take them in (user, device) order, and a
 //!   deadlock or serialisation failure is retried, like the message writer's.
 //! * **Backlog** reads the `devices` table for synckeys, which this store writes behind
@@ -20,6 +21,7 @@
 //!   synced — the logic layer's backlog pass checks the entries anyway.
 
 use std::collections::HashMap;
+use std::sync::LazyLock;
 
 use async_trait::async_trait;
 use deadpool_postgres::Object;
@@ -114,7 +116,7 @@ const ENQUEUE: &str = "INSERT INTO push_queue (user_id, device_id, seq, count, s
 /// Picks due, unleased rows (skipping those another claimer holds), drops any whose
 /// target is gone (a target deleted while an enqueue that had read it was committing),
 /// and leases the rest, answering each with its target and its due time before the claim.
-fn claim_sql() -> String {
+static CLAIM: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH picked AS (
            SELECT q.user_id, q.device_id, q.due_ms FROM push_queue q
@@ -137,7 +139,21 @@ fn claim_sql() -> String {
          )
          SELECT * FROM claimed ORDER BY old_due, user_id, device_id"
     )
-}
+});
+
+/// Locks the rows a finish may change, in (user, device) order, before
+/// [`FINISH_DONE`] runs: its delete and its update each apply to the rows that qualified
+/// in the statement's snapshot, so a row that an enqueue changed between that snapshot
+/// and the lock would qualify for neither (the delete re-checks the version on the row's
+/// newest version and skips it; the update never saw it qualify) and stay leased. Taken
+/// in a statement of its own, the lock comes first and the next statement's snapshot sees
+/// the rows as they are.
+const LOCK_DONE: &str = "SELECT 1 FROM push_queue q
+     JOIN unnest($2::int8[], $3::text[]) AS d(u, dev)
+       ON q.user_id = d.u AND q.device_id = d.dev
+     WHERE q.lease_owner = $1
+     ORDER BY q.user_id, q.device_id
+     FOR UPDATE OF q";
 
 /// Done rows: deleted when nothing was queued since the claim, else kept with the rest
 /// (lease released, due after the quiet window); either way the target's pushed_seq
@@ -522,7 +538,7 @@ impl PushStore for PgStore {
         let until = now_ms.saturating_add(lease_ms);
         let limit = i64::from(limit);
         let client = self.client().await?;
-        let stmt = client.prepare_cached(&claim_sql()).await?;
+        let stmt = client.prepare_cached(&CLAIM).await?;
         let rows = client
             .query(&stmt, &[&owner, &now_ms, &until, &limit])
             .await?;
@@ -590,14 +606,18 @@ impl PushStore for PgStore {
         }
         let done_params: [&(dyn ToSql + Sync); 8] = [&owner, &now_ms, &du, &dd, &dv, &ds, &dc, &dq];
         let retry_params: [&(dyn ToSql + Sync); 4] = [&owner, &ru, &rd, &rt];
+        let lock_params: [&(dyn ToSql + Sync); 3] = [&owner, &du, &dd];
         let (any_done, any_retry) = (!du.is_empty(), !ru.is_empty());
         retrying(|| {
-            let (done_params, retry_params) = (&done_params, &retry_params);
+            let (done_params, retry_params, lock_params) =
+                (&done_params, &retry_params, &lock_params);
             async move {
                 let mut client = self.client().await?;
                 let txn = client.transaction().await?;
                 let mut applied = 0u64;
                 if any_done {
+                    let lock = txn.prepare_cached(LOCK_DONE).await?;
+                    txn.execute(&lock, lock_params).await?;
                     let stmt = txn.prepare_cached(FINISH_DONE).await?;
                     applied += txn.query_one(&stmt, done_params).await?.get::<_, i64>(0) as u64;
                 }
