@@ -1,8 +1,9 @@
 //! Runs the store conformance suite against the cluster's stores — PostgreSQL, and media
 //! with its metadata in PostgreSQL — plus PostgreSQL-only checks (reconnecting, two nodes
-//! writing at once, two nodes sharing the push queue), against the test process's own throw-away PostgreSQL server
-//! (ferry-testkit starts it from the installed server binaries). Each test gets a
-//! database `ferry_t_<random>`, dropped at the end even when the test fails.
+//! writing at once, two nodes sharing the push queue), against the test process's own
+//! throw-away PostgreSQL server (ferry-testkit starts it from the installed server
+//! binaries). Each test gets a database `ferry_t_<random>`, dropped at the end even when
+//! the test fails.
 
 use std::sync::Arc;
 
