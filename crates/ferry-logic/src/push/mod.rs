@@ -119,7 +119,16 @@ pub(crate) struct PushService {
     node_id: String,
     counters: Counters,
     /// The last queue stats and target counts read from the store.
-    last: parking_lot::Mutex<((u64, u64, u64), Vec<(String, u64)>)>,
+    last: parking_lot::Mutex<Gauges>,
+}
+
+/// What the store said of the queue and the targets at the last look.
+#[derive(Clone, Default)]
+struct Gauges {
+    /// Rows, rows due, rows leased.
+    queue: (u64, u64, u64),
+    /// Targets per provider.
+    targets: Vec<(String, u64)>,
 }
 
 impl PushService {
@@ -213,7 +222,7 @@ impl PushService {
     }
 
     pub fn stats(&self) -> PushStats {
-        let (queue, targets) = self.last.lock().clone();
+        let Gauges { queue, targets } = self.last.lock().clone();
         let c = &self.counters;
         let mut providers: Vec<String> = self
             .senders

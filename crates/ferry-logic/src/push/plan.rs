@@ -319,15 +319,16 @@ impl PushService {
     pub(super) async fn run_reconciler(self: Arc<Self>, shutdown: CancellationToken) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut n: u64 = 0;
+        let mut ticks: u32 = 0;
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
             self.refresh_gauges().await;
-            n += 1;
-            if n % 6 == 0 {
+            ticks += 1;
+            if ticks == 6 {
+                ticks = 0;
                 match self.reconcile().await {
                     Ok(0) => {}
                     Ok(q) => tracing::info!(entries = q, "queued pushes whose planning was lost"),
@@ -352,7 +353,7 @@ impl PushService {
         for (p, n) in &targets {
             metrics::gauge!("ferry_push_targets", "provider" => p.clone()).set(*n as f64);
         }
-        *self.last.lock() = (queue, targets);
+        *self.last.lock() = super::Gauges { queue, targets };
     }
 
     /// One round: targets with inbox entries after both what was pushed and what the

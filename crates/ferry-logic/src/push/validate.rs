@@ -80,7 +80,7 @@ pub fn target(t: &v1::PushTarget) -> Result<Provider, LogicError> {
         Provider::Apns => {
             if t.token.is_empty()
                 || t.token.len() > MAX_TOKEN
-                || t.token.len() % 2 != 0
+                || t.token.len() & 1 == 1
                 || !t.token.bytes().all(|b| b.is_ascii_hexdigit())
             {
                 return Err(bad("target.token: an APNs device token is hex"));
