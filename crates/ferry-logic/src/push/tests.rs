@@ -267,6 +267,34 @@ async fn a_burst_is_one_push_then_quiet() {
     let now = unix_ms();
     assert_eq!(r.queue(now).await, (1, 0, 0));
     assert_eq!(r.queue(now + 61_000).await.1, 1, "due when the window ends");
+    // What the dashboard reads.
+    r.push().refresh_gauges().await;
+    let stats = r.push().stats();
+    assert_eq!((stats.queue, stats.sent, stats.indexed), ((1, 0, 0), 1, 1));
+    assert_eq!(stats.targets, vec![("webpush".to_owned(), 1)]);
+    assert_eq!(stats.enqueued, 201);
+}
+
+#[tokio::test]
+async fn a_full_planner_queue_drops_and_counts_never_waits() {
+    let r = Rig::new(quiet(0));
+    let bob = r.w.user("bob").await;
+    r.w.user("ann").await;
+    r.register(bob, "d1", web(v1::PushPreview::PreviewNone))
+        .await;
+    let m = v1::Message {
+        from: "ann".into(),
+        text: "x".into(),
+        time_ms: unix_ms(),
+        ..Default::default()
+    };
+    for seq in 1..=(super::QUEUE as u64 + 10) {
+        r.push().message(bob, seq, &m);
+    }
+    assert_eq!(r.push().stats().dropped, 10, "queue_full");
+    let sent = r.round().await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].1.data.count, super::QUEUE as u32);
 }
 
 #[tokio::test]
