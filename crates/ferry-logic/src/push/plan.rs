@@ -350,13 +350,18 @@ impl PushService {
         metrics::gauge!("ferry_push_queue", "state" => "rows").set(queue.0 as f64);
         metrics::gauge!("ferry_push_queue", "state" => "due").set(queue.1 as f64);
         metrics::gauge!("ferry_push_queue", "state" => "leased").set(queue.2 as f64);
-        // Every provider, so one whose last target went reads 0, not its old count.
+        // Every provider this node sends through or that has targets, so one whose last
+        // target went reads 0 rather than its old count (and a server that pushes
+        // through nothing shows no provider).
         for p in ferry_push::Provider::ALL {
             let n = targets
                 .iter()
                 .find(|(name, _)| name == p.name())
-                .map_or(0, |t| t.1);
-            metrics::gauge!("ferry_push_targets", "provider" => p.name()).set(n as f64);
+                .map(|t| t.1);
+            if n.is_some() || self.sender(p).is_some() {
+                metrics::gauge!("ferry_push_targets", "provider" => p.name())
+                    .set(n.unwrap_or(0) as f64);
+            }
         }
         *self.last.lock() = super::Gauges { queue, targets };
     }
