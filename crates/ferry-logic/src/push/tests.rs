@@ -799,3 +799,26 @@ fn a_group_push_id_is_stable_for_a_row_and_differs_from_seq_ids() {
     assert_ne!(a, PushId::new(7, "d", 3));
     assert!(super::worker::collapse_id("a-very-long-device-id-indeed-0123456789").len() <= 32);
 }
+
+#[tokio::test]
+async fn an_expired_session_takes_its_target_along() {
+    let r = Rig::new(LogicConfig {
+        token_ttl_secs: 1,
+        ..quiet(0)
+    });
+    let bob = r.w.user("bob").await;
+    let token = crate::auth::new_token();
+    r.w.core
+        .store
+        .put_session(crate::auth::token_hash(&token), bob, "d1")
+        .await
+        .unwrap();
+    r.register(bob, "d1", web(v1::PushPreview::PreviewNone))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert!(matches!(
+        r.w.core.session_row(&token).await,
+        Err(LogicError::Unauthorized)
+    ));
+    assert!(r.w.core.store.push_targets(bob).await.unwrap().is_empty());
+}
