@@ -612,3 +612,22 @@ async fn counting_mode_keeps_counters_and_records_no_request() {
     assert_eq!(s.sim.requests().len(), 1);
     assert_eq!(s.sim.count(Provider::Apns), 6);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sims_config_round_trips_through_toml() {
+    let s = setup(5).await;
+    let text = toml::to_string(&s.config).expect("PushConfig serializes as TOML");
+    let back: ferry_push::PushConfig = toml::from_str(&text).expect("and reads back");
+    assert_eq!(back, s.config, "{text}");
+    // Senders made from the TOML text work.
+    let senders = ferry_push::Senders::from_config(&back).unwrap();
+    let t = s.target(Provider::Apns, &apns_token(1));
+    assert_eq!(
+        senders
+            .get(Provider::Apns)
+            .unwrap()
+            .send(&t, &note(1, true))
+            .await,
+        Outcome::Accepted
+    );
+}
