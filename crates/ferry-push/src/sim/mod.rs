@@ -16,6 +16,25 @@
 //! Everything is recorded ([`Sim::requests`]) unless counting mode is on
 //! ([`Sim::set_recording`]), which keeps only counters (a bench's load).
 //!
+//! Use:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), String> {
+//! use ferry_push::sim::{Reply, Sim};
+//! use ferry_push::{Provider, Senders};
+//!
+//! let sim = Sim::start().await?;
+//! let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+//! let config = sim.config(dir.path())?; // keys, CA, every provider's URL → the sim
+//! let senders = Senders::from_config(&config).map_err(|e| e.to_string())?;
+//! sim.script("0a1b2c3d4e5f6a7b", Reply::Gone); // this APNs token is dead
+//! sim.script_default(Reply::TooMany { retry_after_secs: 3 }); // everyone else: 429
+//! // ... send through senders.get(Provider::Apns) ...
+//! assert!(sim.violations().is_empty());
+//! assert_eq!(sim.distinct_jwts(Provider::Apns), 1);
+//! # Ok(()) }
+//! ```
+//!
 //! For tests and `ferry bench push` only (the `sim` feature): it must never be what a
 //! production sender talks to, and it checks Ferry's own contract too (the `ferry`
 //! member must parse as [`crate::PushData`]), which a real provider would not. It cannot
@@ -240,7 +259,8 @@ impl State {
             .unwrap_or_else(|| *lock(&self.default))
     }
 
-    /// Verifies a JWT once per distinct token (then remembers it): None when it is good.
+    /// Whether `jwt` was verified before: each distinct JWT is verified once, then
+    /// remembered (and counted).
     fn seen_jwt(&self, provider: Provider, jwt: &str) -> bool {
         lock(&self.jwts)[slot(provider)].contains(jwt)
     }
