@@ -145,6 +145,18 @@ impl Request {
     }
 }
 
+/// A push the sim accepted, as a bench needs it (kept in counting mode too).
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub provider: Provider,
+    /// The APNs device token or FCM registration token (Web Push bodies are encrypted
+    /// and not noted).
+    pub key: String,
+    /// The `ferry.seq` the push covers.
+    pub seq: u64,
+    pub at: Instant,
+}
+
 /// A request that broke the provider's contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -171,6 +183,8 @@ pub(crate) struct State {
     default: Mutex<Script>,
     recording: AtomicBool,
     requests: Mutex<Vec<Request>>,
+    /// Accepted APNs and FCM pushes since the last [`Sim::take_arrivals`].
+    arrivals: Mutex<Vec<Arrival>>,
     violations: Mutex<Vec<Violation>>,
     /// Requests per provider (index: [`slot`]), recorded or not.
     counts: [AtomicU64; 3],
@@ -325,6 +339,7 @@ impl Sim {
             default: Mutex::new(Reply::Accept.into()),
             recording: AtomicBool::new(true),
             requests: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(Vec::new()),
             violations: Mutex::new(Vec::new()),
             counts: Default::default(),
             in_flight: AtomicUsize::new(0),
@@ -482,6 +497,12 @@ impl Sim {
     }
 
     /// Requests received for `provider`, recorded or not (FCM: token requests too).
+    /// The accepted APNs and FCM pushes noted since the last call (with the device and
+    /// the `ferry.seq` each covers), oldest first.
+    pub fn take_arrivals(&self) -> Vec<Arrival> {
+        std::mem::take(&mut *lock(&self.state.arrivals))
+    }
+
     pub fn count(&self, provider: Provider) -> u64 {
         self.state.counts[slot(provider)].load(Ordering::Relaxed)
     }
@@ -546,6 +567,17 @@ pub fn throwaway_subscription() -> (String, String) {
     let mut auth = [0u8; 16];
     let _ = rng.fill(&mut auth);
     (crate::keys::b64url(&public), crate::keys::b64url(&auth))
+}
+
+/// The `ferry.seq` of an APNs body (`ferry` beside `aps`) or an FCM one (`data.ferry`, a
+/// JSON string).
+fn pushed_seq(provider: Provider, body: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let ferry = match provider {
+        Provider::Apns => v.get("ferry")?.clone(),
+        _ => serde_json::from_str(v.pointer("/message/data/ferry")?.as_str()?).ok()?,
+    };
+    ferry.get("seq")?.as_u64()
 }
 
 async fn accept_loop(
@@ -639,6 +671,16 @@ async fn handle(
         (Provider::WebPush, Answer::new(404, "no such endpoint"))
     };
     state.counts[slot(provider)].fetch_add(1, Ordering::Relaxed);
+    if (200..300).contains(&answer.status) && path != "/token" && provider != Provider::WebPush {
+        if let Some(seq) = pushed_seq(provider, &body) {
+            lock(&state.arrivals).push(Arrival {
+                provider,
+                key: answer.key.clone(),
+                seq,
+                at,
+            });
+        }
+    }
     if let Some(what) = &answer.violation {
         lock(&state.violations).push(Violation {
             provider,
