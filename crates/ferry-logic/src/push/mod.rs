@@ -188,22 +188,36 @@ impl PushService {
                 _ = tick.tick() => {}
             }
             match self.refresh_index(since).await {
-                Ok(()) => since = (self.index.seen_ms() - 2_000).max(0),
+                Ok(read) => {
+                    if read > 0 || since == 0 {
+                        self.index_gauges();
+                    }
+                    since = (self.index.seen_ms() - 2_000).max(0);
+                }
                 Err(e) => tracing::debug!(error = %e, "refreshing the push index failed"),
             }
         }
     }
 
-    /// Reads every target registered at or after `since` into the index.
-    async fn refresh_index(&self, since: i64) -> Result<(), LogicError> {
+    /// The index's size and memory as gauges (`ferry bench push` reads the bytes).
+    fn index_gauges(&self) {
+        metrics::gauge!("ferry_push_index_bytes").set(self.index.bytes() as f64);
+        metrics::gauge!("ferry_push_index_devices").set(self.index.len() as f64);
+    }
+
+    /// Reads every target registered at or after `since` into the index; returns how
+    /// many rows it read.
+    async fn refresh_index(&self, since: i64) -> Result<usize, LogicError> {
         const PAGE: u32 = 1000;
         let mut after = None;
+        let mut read = 0;
         loop {
             let rows = self
                 .core
                 .store
                 .push_targets_since(since, after.take(), PAGE)
                 .await?;
+            read += rows.len();
             for r in &rows {
                 self.index.put(r);
             }
@@ -211,7 +225,7 @@ impl PushService {
                 Some(r) if rows.len() == PAGE as usize => {
                     after = Some((r.registered_ms, r.user_id, r.device_id.clone()))
                 }
-                _ => return Ok(()),
+                _ => return Ok(read),
             }
         }
     }

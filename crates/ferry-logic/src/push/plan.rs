@@ -364,6 +364,7 @@ impl PushService {
             }
         }
         *self.last.lock() = super::Gauges { queue, targets };
+        self.index_gauges();
     }
 
     /// One round: targets with inbox entries after both what was pushed and what the
