@@ -75,6 +75,9 @@ pub struct PushSettings {
     pub lease_ms: u64,
     /// Pushes claimed (and sent concurrently) per round.
     pub batch: u32,
+    /// Rounds in flight at once on this node: while one waits for the store or the
+    /// providers, the next claims and sends.
+    pub workers: u32,
 }
 
 impl Default for PushSettings {
@@ -88,6 +91,7 @@ impl Default for PushSettings {
             large_group_members: 100,
             lease_ms: 30_000,
             batch: 256,
+            workers: 4,
         }
     }
 }

@@ -171,7 +171,9 @@ impl PushService {
         };
         tokio::spawn(self.clone().run_index(shutdown.clone()));
         tokio::spawn(self.clone().run_planner(rx, shutdown.clone()));
-        tokio::spawn(self.clone().run_worker(shutdown.clone()));
+        for _ in 0..self.cfg.workers.max(1) {
+            tokio::spawn(self.clone().run_worker(shutdown.clone()));
+        }
         tokio::spawn(self.clone().run_reconciler(shutdown));
     }
 

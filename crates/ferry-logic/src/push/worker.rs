@@ -87,8 +87,9 @@ fn target(t: &PushTargetRow, provider: Provider) -> Target {
 }
 
 impl PushService {
-    /// The worker task: a round when this node queued something or every [`POLL`],
-    /// rounds back to back while they come back full, until `shutdown`.
+    /// One worker loop (a node runs `workers` of them): a round when this node queued
+    /// something or every [`POLL`], rounds back to back while they come back full —
+    /// waking a sibling loop to claim beside it — until `shutdown`.
     pub(super) async fn run_worker(self: Arc<Self>, shutdown: CancellationToken) {
         loop {
             tokio::select! {
@@ -98,7 +99,11 @@ impl PushService {
             }
             loop {
                 match self.work_once().await {
-                    Ok(n) if n >= self.cfg.batch as usize => continue,
+                    Ok(n) if n >= self.cfg.batch as usize => {
+                        // More is due than one round takes: another loop claims too.
+                        self.wake.notify_one();
+                        continue;
+                    }
                     Ok(_) => break,
                     Err(e) => {
                         tracing::debug!(error = %e, "push round failed");
