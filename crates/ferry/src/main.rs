@@ -151,6 +151,10 @@ enum Command {
     /// The moments feed: post, timeline, like, comment, delete.
     #[command(subcommand)]
     Moments(cli::MomentsCmd),
+    /// Platform push: this device's target (register, list, remove) and per-conversation
+    /// settings (mute, unmute, all, prefs).
+    #[command(subcommand)]
+    Push(ferry::cli_push::PushCmd),
     /// Upload a client log or crash file.
     Report {
         #[command(flatten)]
@@ -337,6 +341,7 @@ async fn main() {
                 Command::Friends(cmd) => cli::friends(cmd).await,
                 Command::Avatar(cmd) => cli::avatar(cmd).await,
                 Command::Moments(cmd) => cli::moments(cmd).await,
+                Command::Push(cmd) => ferry::cli_push::run(cmd).await,
                 Command::Report { opts, file, kind } => cli::report(&opts, &file, &kind).await,
                 Command::Logout { opts, all } => cli::logout(&opts, all).await,
                 Command::Admin {
