@@ -207,6 +207,19 @@
       cell(fmtMs(g.connect_ms.p50), "n"), cell(fmtMs(g.connect_ms.p99), "n"),
     ]));
     $("#regions-empty").hidden = s.regions.length > 0;
+    const pu = s.push;
+    fillTable("#t-push", pu.providers.map((p) => [
+      cell(p.provider), cell(fmtInt(p.targets), "n"), cell(fmtInt(p.sent_total), "n"),
+      cell(fmtRate(p.sent_per_s), "n"), cell(fmtInt(p.failed_total), "n"), cell(fmtRate(p.failed_per_s), "n"),
+    ]));
+    fillTable("#t-push-stats", [
+      [cell("write → provider p50 · p99 ms"), cell(fmtMs(pu.latency_ms.p50) + " · " + fmtMs(pu.latency_ms.p99), "n")],
+      [cell("queued devices (due now)"), cell(fmtInt(pu.queue) + " (" + fmtInt(pu.queue_due) + ")", "n")],
+    ]);
+    fillTable("#t-push-reasons", pu.reasons.map((r) => [
+      cell(r.outcome), cell(r.reason), cell(fmtInt(r.total), "n"), cell(fmtRate(r.per_s), "n"),
+    ]));
+    $("#push-empty").hidden = pu.providers.some((p) => p.targets > 0 || p.sent_total > 0);
     const st = s.store;
     fillTable("#t-store", [
       [cell("size"), cell(fmtBytes(st.total_bytes), "n")],

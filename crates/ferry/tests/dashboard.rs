@@ -876,6 +876,16 @@ fn the_dashboard_in_headless_chromium_shows_the_numbers_move() {
     // The charts have lines in them.
     let paths = cdp.eval("document.querySelectorAll('#chart-rates path').length");
     assert!(paths.as_u64().unwrap() >= 1, "the rate chart is drawn");
+    // The push panel is there and says that no device has registered a push target.
+    let push_empty = cdp.eval(
+        "(() => { const e = document.querySelector('#push-empty'); \
+         return !!e && e.offsetParent !== null && e.textContent.startsWith('No push targets'); })()",
+    );
+    assert_eq!(
+        push_empty,
+        serde_json::json!(true),
+        "the push panel's empty state"
+    );
 
     let shot = std::env::var("FERRY_DASHBOARD_SCREENSHOT").ok();
     if let Some(path) = &shot {

@@ -223,6 +223,31 @@ pub fn render(s: &Summary, server: &str) -> String {
             );
         }
     }
+    if s.push.providers.is_empty() {
+        let _ = writeln!(o, "push: no targets registered");
+    } else {
+        let _ = writeln!(
+            o,
+            "push: write → provider {} · queued devices {} ({} due)",
+            q_ms(&s.push.latency_ms),
+            s.push.queue,
+            s.push.queue_due
+        );
+        for p in &s.push.providers {
+            let _ = writeln!(
+                o,
+                "  {:<12} targets {:>8} · sent {:>8} ({:.1}/s) · failed {} ({:.2}/s)",
+                p.provider, p.targets, p.sent_total, p.sent_per_s, p.failed_total, p.failed_per_s
+            );
+        }
+        for r in &s.push.reasons {
+            let _ = writeln!(
+                o,
+                "  {:<8} {:<14} {:>8} total · {:.2}/s",
+                r.outcome, r.reason, r.total, r.per_s
+            );
+        }
+    }
     if s.regions.is_empty() {
         let _ = writeln!(o, "endpoints by region: no reports yet");
     } else {

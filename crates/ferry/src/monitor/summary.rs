@@ -116,6 +116,41 @@ pub struct RegionRow {
     pub connect_ms: Quantiles,
 }
 
+/// Platform pushes through one provider (`ferry_push_*{provider}`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PushProviderRow {
+    pub provider: String,
+    /// Registered push targets.
+    pub targets: u64,
+    pub sent_total: u64,
+    pub sent_per_s: f64,
+    pub failed_total: u64,
+    pub failed_per_s: f64,
+}
+
+/// Why pushes were failed or dropped, since start (`reason` label).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PushReasonRow {
+    /// `failed` (the provider refused or could not be reached) or `dropped` (decided
+    /// against: online, synced, expired, muted, gone …).
+    pub outcome: String,
+    pub reason: String,
+    pub total: u64,
+    pub per_s: f64,
+}
+
+/// Platform pushes (APNs, FCM, Web Push, UnifiedPush) to devices without a live link.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PushRow {
+    pub providers: Vec<PushProviderRow>,
+    pub reasons: Vec<PushReasonRow>,
+    /// Inbox write → provider accepted, milliseconds (`ferry_push_latency_seconds`).
+    pub latency_ms: Quantiles,
+    /// Queue rows (one per device with pushes waiting), and those due now.
+    pub queue: u64,
+    pub queue_due: u64,
+}
+
 /// One point of the charts.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Point {
@@ -151,6 +186,7 @@ pub struct Summary {
     pub store: StoreRow,
     /// Empty until clients report endpoint races (the endpoint-list feature).
     pub regions: Vec<RegionRow>,
+    pub push: PushRow,
     pub point: Point,
     /// The recent points, oldest first: sent with the first event and by
     /// `/api/admin/summary`, not with every update.
@@ -383,6 +419,8 @@ pub fn build(
         })
         .collect();
 
+    let push = push_row(now, rate_base, quantile_base);
+
     let totals = Totals {
         connections: t("ferry_gateway_connections"),
         links: t("ferry_gateway_links"),
@@ -440,14 +478,120 @@ pub fn build(
         errors,
         store,
         regions,
+        push,
         point,
         history: Vec::new(),
+    }
+}
+
+/// The push panel, from the `ferry_push_*` series (logic's push worker).
+fn push_row(now: &Scrape, rate_base: Option<&Scrape>, quantile_base: Option<&Scrape>) -> PushRow {
+    let s = &now.samples;
+    let providers = [
+        "ferry_push_targets",
+        "ferry_push_sent_total",
+        "ferry_push_failed_total",
+    ]
+    .iter()
+    .flat_map(|name| distinct(s, name, "provider"))
+    .collect::<std::collections::BTreeSet<_>>()
+    .into_iter()
+    .map(|provider| {
+        let this = |x: &Sample| x.label("provider") == Some(provider.as_str());
+        PushProviderRow {
+            targets: total(s, "ferry_push_targets", &this) as u64,
+            sent_total: total(s, "ferry_push_sent_total", &this) as u64,
+            sent_per_s: rate(now, rate_base, "ferry_push_sent_total", &this),
+            failed_total: total(s, "ferry_push_failed_total", &this) as u64,
+            failed_per_s: rate(now, rate_base, "ferry_push_failed_total", &this),
+            provider,
+        }
+    })
+    .collect();
+    let mut reasons = Vec::new();
+    for (outcome, name) in [
+        ("failed", "ferry_push_failed_total"),
+        ("dropped", "ferry_push_dropped_total"),
+    ] {
+        for reason in distinct(s, name, "reason") {
+            let this = |x: &Sample| x.label("reason") == Some(reason.as_str());
+            reasons.push(PushReasonRow {
+                outcome: outcome.into(),
+                total: total(s, name, &this) as u64,
+                per_s: rate(now, rate_base, name, &this),
+                reason,
+            });
+        }
+    }
+    reasons.sort_by_key(|r| std::cmp::Reverse(r.total));
+    let state = |st: &'static str| move |x: &Sample| x.label("state") == Some(st);
+    PushRow {
+        providers,
+        reasons,
+        latency_ms: quantiles(
+            now,
+            quantile_base,
+            "ferry_push_latency_seconds",
+            &any,
+            1000.0,
+        ),
+        queue: total(s, "ferry_push_queue", &state("rows")) as u64,
+        queue_due: total(s, "ferry_push_queue", &state("due")) as u64,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
+
+    #[test]
+    fn the_push_panel_reads_the_push_series() {
+        let t0 = Instant::now();
+        let old = scrape(
+            t0,
+            "ferry_push_sent_total{provider=\"apns\"} 10\n\
+             ferry_push_latency_seconds_bucket{le=\"0.01\"} 0\n\
+             ferry_push_latency_seconds_bucket{le=\"0.1\"} 0\n\
+             ferry_push_latency_seconds_bucket{le=\"+Inf\"} 0\n",
+        );
+        let new = scrape(
+            t0 + Duration::from_secs(2),
+            "ferry_push_targets{provider=\"apns\"} 7\n\
+             ferry_push_targets{provider=\"webpush\"} 3\n\
+             ferry_push_sent_total{provider=\"apns\"} 30\n\
+             ferry_push_failed_total{provider=\"webpush\",reason=\"rejected\"} 2\n\
+             ferry_push_dropped_total{reason=\"online\"} 5\n\
+             ferry_push_dropped_total{reason=\"expired\"} 1\n\
+             ferry_push_queue{state=\"rows\"} 4\n\
+             ferry_push_queue{state=\"due\"} 1\n\
+             ferry_push_latency_seconds_bucket{le=\"0.01\"} 20\n\
+             ferry_push_latency_seconds_bucket{le=\"0.1\"} 20\n\
+             ferry_push_latency_seconds_bucket{le=\"+Inf\"} 20\n",
+        );
+        let p = push_row(&new, Some(&old), Some(&old));
+        let names: Vec<_> = p.providers.iter().map(|r| r.provider.as_str()).collect();
+        assert_eq!(names, ["apns", "webpush"]);
+        assert_eq!(p.providers[0].targets, 7);
+        assert_eq!(p.providers[0].sent_total, 30);
+        assert!((p.providers[0].sent_per_s - 10.0).abs() < 1e-9);
+        assert_eq!(p.providers[1].failed_total, 2);
+        let r: Vec<_> = p
+            .reasons
+            .iter()
+            .map(|r| (r.outcome.as_str(), r.reason.as_str(), r.total))
+            .collect();
+        assert_eq!(
+            r,
+            [
+                ("dropped", "online", 5),
+                ("failed", "rejected", 2),
+                ("dropped", "expired", 1)
+            ]
+        );
+        assert_eq!((p.queue, p.queue_due), (4, 1));
+        assert_eq!(p.latency_ms.count, 20.0);
+        assert!(p.latency_ms.p99.unwrap() <= 10.0);
+    }
 
     use super::*;
     use crate::monitor::prom::parse;
@@ -521,6 +665,7 @@ mod tests {
         assert_eq!(sum.gateways.len(), 2);
         assert_eq!(sum.store.total_bytes, 4096);
         assert!(sum.regions.is_empty());
+        assert!(sum.push.providers.is_empty() && sum.push.reasons.is_empty());
         // Without a base there is no rate, and the window is everything so far.
         let first = build(
             &new,
