@@ -348,8 +348,8 @@ async fn session(
         reason,
         logged_in: true,
     };
-    // Going to the background: the last heartbeat's id, the synckey it told, and how
-    // long its answer is waited for.
+    // Going to the background (the grace is over): the last heartbeat's id, the
+    // synckey it told, and how long its answer is waited for.
     let mut closing: Option<(u32, u64, Instant)> = None;
     loop {
         if !sync.out.is_empty() {
@@ -370,11 +370,9 @@ async fn session(
         if let Some(t) = sync.deadline() {
             wake = wake.min(t);
         }
-        if let Some(t) = *close_at {
-            wake = wake.min(t);
-        }
-        if let Some((_, _, t)) = closing {
-            wake = wake.min(t);
+        match (closing, *close_at) {
+            (Some((_, _, t)), _) | (None, Some(t)) => wake = wake.min(t),
+            (None, None) => {}
         }
         let report_due = hb.last_activity().max(last_report) + cfg.smart.report_idle;
         let want_report = !shared.smart.lock().samples.is_empty();
@@ -389,11 +387,7 @@ async fn session(
                     network_changed(shared, n);
                     return End::NetworkChanged;
                 }
-                Some(Cmd::Background) => {
-                    if closing.is_none() {
-                        background(shared, close_at);
-                    }
-                }
+                Some(Cmd::Background) => background(shared, close_at),
                 // Back within the grace (or while the last heartbeat is out): the link
                 // stays as it is.
                 Some(Cmd::Foreground) => {
@@ -487,10 +481,11 @@ async fn session(
             _ = tokio::time::sleep_until(wake.max(now)) => {
                 let now = Instant::now();
                 sync.tick(now);
-                if close_at.is_some_and(|t| now >= t) {
+                if closing.is_none() && close_at.is_some_and(|t| now >= t) {
                     // The grace is over: tell the server what this device has applied
-                    // (the badge and the pushes count from it), then close.
-                    *close_at = None;
+                    // (the badge and the pushes count from it), then close. The
+                    // deadline stays armed (and past), so that a link lost meanwhile
+                    // goes to the background too rather than reconnecting.
                     let wait = cfg.smart.answer_timeout.min(Duration::from_secs(2));
                     closing = Some((last_beat(&mut sync), sync.synckey(), now + wait));
                     hb.sent(now);
