@@ -12,8 +12,25 @@
 //! devices, coalescing, mutes, do-not-disturb), nor keep anything durable (the store
 //! does: targets and the push queue), nor retry (the caller reschedules from the
 //! [`Outcome`]).
+//!
+//! Modules: [`config`] (the `[push]` section and [`Senders`]), [`apns`], [`fcm`],
+//! [`webpush`] (each with its provider's exact wire format), and, with the `sim`
+//! feature, [`sim`]: a local HTTPS server that plays all of them and checks every request
+//! against their published contracts.
 
 use std::time::Duration;
+
+pub mod apns;
+pub mod config;
+pub mod fcm;
+mod keys;
+mod net;
+#[cfg(feature = "sim")]
+pub mod sim;
+pub mod webpush;
+
+pub use config::{ApnsConfig, FcmConfig, PushConfig, Senders, WebPushConfig};
+pub use uuid_like::PushId;
 
 use serde::{Deserialize, Serialize};
 

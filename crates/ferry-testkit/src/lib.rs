@@ -9,6 +9,8 @@
 //! - [`s3`]: a real S3-compatible server (moto's server mode, from hash-pinned PyPI
 //!   wheels in a venv under the target folder), started once per test process, and a
 //!   fresh bucket per test.
+//! - [`python`]: hash-pinned Python virtual environments under the target folder (for
+//!   moto and the tests that check Ferry against a second implementation in Python).
 //! - [`proxy`]: one TCP proxy with every fault the tests inject (cut, black hole,
 //!   refuse, delay, idle-flow drop, HTTP only, recording).
 //! - with the `server` feature: [`server`] (an in-process [`ferry::Server`] on port 0,
@@ -40,6 +42,7 @@
 pub mod pg;
 pub mod procs;
 pub mod proxy;
+pub mod python;
 #[cfg(feature = "server")]
 pub mod raw;
 pub mod s3;
@@ -49,6 +52,7 @@ pub mod server;
 pub use pg::Db;
 pub use procs::{free_port, Nats, Node};
 pub use proxy::{Proxy, ProxyOptions};
+pub use python::python_venv;
 #[cfg(feature = "server")]
 pub use raw::{error_code, error_of, http_post, login_frame, HttpAnswer, RawLink, SecureRaw};
 #[cfg(feature = "server")]

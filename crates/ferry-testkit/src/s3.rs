@@ -5,7 +5,7 @@
 //! moto runs in a virtual environment under the target folder (`target/s3-venv`), made
 //! once with `pip install --require-hashes --only-binary=:all:` from
 //! `tests/s3/requirements.txt` (exact versions, each wheel's SHA-256) and made again
-//! when that file changes, as `crates/ferry-proto/tests/vectors.rs` does for its venv.
+//! when that file changes ([`crate::python::python_venv`]).
 //! `.ci/run` makes sure `python3` with `venv` is installed. When the server cannot be
 //! had (no python3, no venv, no registry, a server that never answers) the test that
 //! asked for it fails with the reason: it never skips.
@@ -196,104 +196,11 @@ extern "C" fn stop_at_exit() {
     stop();
 }
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// The target folder the running test binary was built in (`<target>/<profile>/deps/<bin>`).
-fn target_dir() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("the test binary's path: {e}"))?;
-    exe.ancestors()
-        .nth(3)
-        .map(Path::to_path_buf)
-        .ok_or_else(|| format!("{} is not in <target>/<profile>/deps", exe.display()))
-}
-
-/// Runs `cmd` to its end, at most `limit`; why it failed.
-fn run(cmd: &mut Command, limit: Duration) -> Result<(), String> {
-    let what = format!("{cmd:?}");
-    let mut child = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("{what}: cannot start: {e}"))?;
-    let start = Instant::now();
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => break,
-            Ok(None) if start.elapsed() < limit => std::thread::sleep(Duration::from_millis(100)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(format!("{what}: still running after {limit:?}"));
-            }
-            Err(e) => return Err(format!("{what}: {e}")),
-        }
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("{what}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{what}: {}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
-/// The venv's python with moto installed: made (in a folder of its own, then renamed
-/// into place, so two test processes never share a half-made one) when missing or when
-/// the pinned requirements changed.
+/// The venv's python with moto installed (see [`crate::python`]).
 fn venv_python() -> Result<PathBuf, String> {
-    let requirements = repo().join("tests/s3/requirements.txt");
-    let pins = std::fs::read_to_string(&requirements)
-        .map_err(|e| format!("{}: {e}", requirements.display()))?;
-    let venv = target_dir()?.join("s3-venv");
-    let stamp = "ferry-requirements.txt";
-    let ready = |dir: &Path| {
-        dir.join("bin/python").exists()
-            && std::fs::read_to_string(dir.join(stamp)).ok().as_deref() == Some(pins.as_str())
-    };
-    if ready(&venv) {
-        return Ok(venv.join("bin/python"));
-    }
-    let fresh = venv.with_extension(format!("new-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&fresh);
-    let python3 = std::env::var("FERRY_PYTHON").unwrap_or_else(|_| "python3".into());
-    run(
-        Command::new(&python3).args(["-m", "venv"]).arg(&fresh),
-        Duration::from_secs(120),
+    crate::python::python_venv(
+        "s3-venv",
+        "tests/s3/requirements.txt",
+        &["--only-binary=:all:"],
     )
-    .map_err(|e| {
-        format!("cannot make a Python virtual environment (python3 with venv; .ci/run installs it): {e}")
-    })?;
-    run(
-        Command::new(fresh.join("bin/python"))
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--disable-pip-version-check",
-            ])
-            .args(["--require-hashes", "--only-binary=:all:", "-r"])
-            .arg(&requirements),
-        Duration::from_secs(600),
-    )
-    .map_err(|e| format!("cannot install tests/s3/requirements.txt: {e}"))?;
-    std::fs::write(fresh.join(stamp), &pins).map_err(|e| e.to_string())?;
-    if !ready(&venv) {
-        let _ = std::fs::remove_dir_all(&venv);
-        // Another process may have put its own in place meanwhile: then use that one.
-        if std::fs::rename(&fresh, &venv).is_err() && !ready(&venv) {
-            return Err(format!("cannot move the venv to {}", venv.display()));
-        }
-    }
-    let _ = std::fs::remove_dir_all(&fresh);
-    Ok(venv.join("bin/python"))
 }
