@@ -438,6 +438,177 @@ fn device_of(opts: &ClientOpts) -> anyhow::Result<String> {
         .device_id)
 }
 
+// ---- ferry admin push test ----------------------------------------------------------
+
+/// The `[push]` section of a configuration file: the providers' credentials and URLs
+/// (`ferry_push::PushConfig`; no section: no provider). Read from the file alone, as
+/// the server reads it.
+pub fn push_config_from_file(path: &std::path::Path) -> anyhow::Result<ferry_push::PushConfig> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+    match table.remove("push") {
+        Some(push) => push
+            .try_into()
+            .with_context(|| format!("{}: the [push] section", path.display())),
+        None => Ok(ferry_push::PushConfig::default()),
+    }
+}
+
+/// What `ferry admin push test` did for one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TestResult {
+    pub device: String,
+    pub provider: String,
+    pub outcome: ferry_push::Outcome,
+    /// The target was removed (the provider said it is gone).
+    pub removed: bool,
+}
+
+impl std::fmt::Display for TestResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use ferry_push::Outcome;
+        write!(f, "device {}  {}  {}", self.device, self.provider, self.outcome.label())?;
+        match &self.outcome {
+            Outcome::Accepted => Ok(()),
+            Outcome::Gone { reason } => write!(
+                f,
+                ": {reason}{}",
+                if self.removed { " (target removed)" } else { "" }
+            ),
+            Outcome::Retry { after, reason } => match after {
+                Some(a) => write!(f, ": {reason} (retry after {} s)", a.as_secs()),
+                None => write!(f, ": {reason}"),
+            },
+            Outcome::Rejected { reason } => write!(f, ": {reason}"),
+        }
+    }
+}
+
+/// The test push to one target: kind `test`, standing for nothing new (`seq` the
+/// device's synckey, `count` 0), an alert, no badge (the app's badge stays as it is), and
+/// its own collapse id, so it neither replaces nor is replaced by a real push.
+fn test_notification(user: u64, device: &str, synckey: u64, now_ms: i64) -> ferry_push::Notification {
+    ferry_push::Notification {
+        // The top bit keeps it apart from every real push's id (those count inbox seqs).
+        id: ferry_push::PushId::new(user, device, (1 << 63) | now_ms as u64),
+        collapse_id: "ferry-test".into(),
+        data: ferry_push::PushData {
+            v: 1,
+            seq: synckey,
+            count: 0,
+            kind: "test".into(),
+            ..Default::default()
+        },
+        alert: Some(ferry_push::Alert {
+            title: "Ferry".into(),
+            body: "Test notification from your server".into(),
+        }),
+        badge: None,
+        ttl: Duration::from_secs(600),
+        created_ms: now_ms,
+        urgent: true,
+    }
+}
+
+/// `ferry admin push test USER`: a test push to each of the user's targets with the
+/// real senders; a target the provider says is gone is removed (unless registered again
+/// since). One result per target, in device order.
+pub async fn admin_push_test(
+    store: std::sync::Arc<dyn ferry_store::Store>,
+    push: &ferry_push::PushConfig,
+    user: &str,
+) -> anyhow::Result<Vec<TestResult>> {
+    use ferry_push::{Outcome, Provider, Senders};
+    anyhow::ensure!(
+        push.apns.is_some() || push.fcm.is_some() || push.webpush.is_some(),
+        "no push provider is configured: give the server's --config FILE with its [push] section"
+    );
+    let senders = Senders::from_config(push)?;
+    let u = store
+        .user_by_name(user)
+        .await?
+        .with_context(|| format!("no user {user:?}"))?;
+    let targets = store.push_targets(u.id).await?;
+    anyhow::ensure!(!targets.is_empty(), "{user} has no push targets");
+    let now = now_ms();
+    let mut out = Vec::with_capacity(targets.len());
+    for t in targets {
+        let Some(provider) = Provider::from_name(&t.provider) else {
+            out.push(TestResult {
+                device: t.device_id,
+                provider: t.provider.clone(),
+                outcome: Outcome::Rejected {
+                    reason: format!("unknown provider {:?}", t.provider),
+                },
+                removed: false,
+            });
+            continue;
+        };
+        let Some(sender) = senders.get(provider) else {
+            out.push(TestResult {
+                device: t.device_id,
+                provider: t.provider,
+                outcome: Outcome::Rejected {
+                    reason: format!("not configured: no [push.{}] section", config_section(provider)),
+                },
+                removed: false,
+            });
+            continue;
+        };
+        let synckey = store.synckey(u.id, &t.device_id).await?.unwrap_or(0);
+        let target = ferry_push::Target {
+            provider,
+            token: t.token.clone(),
+            endpoint: t.endpoint.clone(),
+            p256dh: t.p256dh.clone(),
+            auth: t.auth.clone(),
+            app_id: t.app_id.clone(),
+            sandbox: t.sandbox,
+        };
+        let outcome = sender
+            .send(&target, &test_notification(u.id, &t.device_id, synckey, now))
+            .await;
+        let removed = match outcome {
+            Outcome::Gone { .. } => store
+                .delete_push_target_if(u.id, &t.device_id, t.registered_ms)
+                .await
+                .context("removing the gone target")?,
+            _ => false,
+        };
+        out.push(TestResult {
+            device: t.device_id,
+            provider: t.provider,
+            outcome,
+            removed,
+        });
+    }
+    Ok(out)
+}
+
+/// The `[push]` sub-table that configures `p`.
+fn config_section(p: ferry_push::Provider) -> &'static str {
+    match p {
+        ferry_push::Provider::Apns => "apns",
+        ferry_push::Provider::Fcm => "fcm",
+        ferry_push::Provider::WebPush | ferry_push::Provider::UnifiedPush => "webpush",
+    }
+}
+
+/// Prints each result; an error when none was accepted.
+pub fn report_push_test(results: &[TestResult]) -> anyhow::Result<()> {
+    for r in results {
+        println!("{r}");
+    }
+    let accepted = results
+        .iter()
+        .filter(|r| r.outcome == ferry_push::Outcome::Accepted)
+        .count();
+    anyhow::ensure!(accepted > 0, "no test push was accepted");
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -232,6 +232,30 @@ enum AdminCommand {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
+    /// Platform push: send a test push to each of a user's devices.
+    #[command(subcommand)]
+    Push(AdminPushCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminPushCommand {
+    /// Send a test push (kind "test") to each push target of USER with the real
+    /// senders of the config file's [push] section; one line per target with the
+    /// provider's answer. Targets the provider says are gone are removed.
+    Test {
+        /// The user's name.
+        user: String,
+        /// The server's data folder (embedded store).
+        #[arg(long, default_value = "ferry-data", env = "FERRY_DATA")]
+        data: PathBuf,
+        /// A cluster's PostgreSQL instead.
+        #[arg(long, env = "FERRY_POSTGRES")]
+        postgres: Option<String>,
+        /// The configuration file whose [push] section holds the providers' credentials
+        /// (the server's own file).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn init_tracing(default: &str) {
@@ -357,6 +381,24 @@ async fn main() {
                     Ok(store) => cli::admin_reports(store, get, out, limit).await,
                     Err(e) => Err(e),
                 },
+                Command::Admin {
+                    command:
+                        AdminCommand::Push(AdminPushCommand::Test {
+                            user,
+                            data,
+                            postgres,
+                            config,
+                        }),
+                } => async {
+                    let push = match &config {
+                        Some(path) => ferry::cli_push::push_config_from_file(path)?,
+                        None => ferry_push::PushConfig::default(),
+                    };
+                    let store = admin_store(&data, postgres).await?;
+                    let results = ferry::cli_push::admin_push_test(store, &push, &user).await?;
+                    ferry::cli_push::report_push_test(&results)
+                }
+                .await,
                 Command::Bench(args) => ferry_bench::run(args).await,
                 Command::BenchWorker { spec } => ferry_bench::worker::run(&spec).await,
                 Command::Serve { .. } | Command::Gateway { .. } | Command::Logic { .. } => {
