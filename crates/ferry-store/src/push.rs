@@ -190,7 +190,9 @@ pub trait PushStore: Send + Sync + 'static {
     /// Targets whose user's newest inbox seq is above both the target's `pushed_seq` and
     /// the device's synckey, with no queue row: entries that may have missed their
     /// enqueue (a node died between storing and queueing). Each as (target, from_seq, to_seq):
-    /// the inbox entries `from_seq+1 ..= to_seq` are unpushed. At most `limit`.
+    /// the inbox entries `from_seq+1 ..= to_seq` are unpushed. At most `limit`, in
+    /// (user, device) order. A store that writes synckeys behind (PostgreSQL) may read
+    /// another node's report up to ~1 s late, naming a device that has just synced.
     async fn push_backlog(&self, limit: u32) -> Result<Vec<(PushTargetRow, u64, u64)>>;
     /// Marks the device checked up to `seq` (its `pushed_seq` becomes at least `seq`).
     async fn set_pushed_seq(&self, user: u64, device: &str, seq: u64) -> Result<()>;

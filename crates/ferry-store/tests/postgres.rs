@@ -1,8 +1,9 @@
 //! Runs the store conformance suite against the cluster's stores — PostgreSQL, and media
 //! with its metadata in PostgreSQL — plus PostgreSQL-only checks (reconnecting, two nodes
-//! writing at once), against the test process's own throw-away PostgreSQL server
-//! (ferry-testkit starts it from the installed server binaries). Each test gets a
-//! database `ferry_t_<random>`, dropped at the end even when the test fails.
+//! writing at once, two nodes sharing the push queue), against the test process's own
+//! throw-away PostgreSQL server (ferry-testkit starts it from the installed server
+//! binaries). Each test gets a database `ferry_t_<random>`, dropped at the end even when
+//! the test fails.
 
 use std::sync::Arc;
 
@@ -334,4 +335,68 @@ async fn a_restart_under_traffic_is_retryable_and_loses_nothing() {
         (1..=acked).collect::<Vec<_>>()
     );
     eprintln!("acked {acked}, refused {refused}, back {recovered:?} after the restart");
+}
+
+/// Two nodes share the push queue: a row whose lease ran out on one node is taken by the
+/// other, never before. A queue row left without its target — a target deleted while an
+/// enqueue that had read it was committing, which only PostgreSQL's concurrency allows —
+/// is dropped by the next claim that meets it instead of staying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_queue_is_shared_by_nodes_and_orphans_are_dropped() {
+    use ferry_store::{PushEnqueue, PushTargetRow};
+
+    with_db(|store, cfg| async move {
+        let other = PgStore::connect(&cfg).await.unwrap();
+        let a = store.create_user("alice", "h").await.unwrap();
+        store
+            .put_push_target(PushTargetRow {
+                user_id: a,
+                device_id: "d".into(),
+                provider: "fcm".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let entry = PushEnqueue {
+            user_id: a,
+            device_id: "d".into(),
+            seq: 1,
+            summary: b"x".to_vec(),
+            due_ms: 10,
+            created_ms: 1,
+        };
+        assert_eq!(store.enqueue_pushes(vec![entry]).await.unwrap(), 1);
+        let first = store.claim_pushes("A", 10, 100, 10).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert!(other
+            .claim_pushes("B", 109, 100, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        let taken = other.claim_pushes("B", 110, 100, 10).await.unwrap();
+        assert_eq!(taken.len(), 1);
+
+        // An orphan, written behind the store's back.
+        let (client, conn) = tokio_postgres::connect(&cfg.url, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        client
+            .execute(
+                "INSERT INTO push_queue (user_id, device_id, seq, count, summary, due_ms,
+                   created_ms, attempts, version, lease_owner, lease_until)
+                 VALUES ($1, 'gone', 1, 1, '\\x00', 0, 0, 0, 1, NULL, 0)",
+                &[&(a as i64)],
+            )
+            .await
+            .unwrap();
+        assert_eq!(store.push_queue_stats(150).await.unwrap(), (2, 1, 1));
+        assert!(store
+            .claim_pushes("A", 150, 100, 10)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(store.push_queue_stats(150).await.unwrap(), (1, 0, 1));
+    })
+    .await;
 }

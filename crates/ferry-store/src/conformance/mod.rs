@@ -15,6 +15,7 @@ pub mod accounts;
 pub mod groups;
 pub mod inbox;
 pub mod media;
+pub mod push;
 pub mod reports;
 pub mod social;
 
@@ -36,6 +37,15 @@ macro_rules! conformance_tests {
                 moments_likes_and_comments;
             reports: reports_page_newest_first_and_prune;
             groups: groups_logs_members_and_recall;
+            push: targets_are_registered_replaced_and_deleted,
+                targets_since_page_in_registration_order, prefs_are_set_removed_and_expire,
+                entries_coalesce_into_one_row_per_device, new_rows_wait_for_the_quiet_window,
+                claims_respect_due_time_and_leases, concurrent_claimers_never_share_a_row,
+                finishing_keeps_what_was_queued_after_the_claim,
+                retries_count_attempts_and_release_the_lease,
+                backlog_finds_entries_that_missed_their_push,
+                unread_counts_live_messages_from_others_up_to_a_cap,
+                no_entry_is_lost_between_enqueue_and_finish;
             media: chunks_in_any_order_then_verify_commit_and_read,
                 acknowledged_bytes_never_change,
                 the_upload_key_is_kept_until_the_upload_is_finished,
@@ -115,7 +125,9 @@ macro_rules! media_conformance_tests {
 /// from [`conformance_tests!`](crate::conformance_tests) would silently never run).
 pub fn assert_all_listed(listed: &[&str]) {
     assert_listed(
-        &["accounts", "inbox", "social", "reports", "groups", "media"],
+        &[
+            "accounts", "inbox", "social", "reports", "groups", "push", "media",
+        ],
         listed,
     );
 }
@@ -128,6 +140,7 @@ pub fn assert_listed(domains: &[&str], listed: &[&str]) {
         ("social", include_str!("social.rs")),
         ("reports", include_str!("reports.rs")),
         ("groups", include_str!("groups.rs")),
+        ("push", include_str!("push.rs")),
         ("media", include_str!("media.rs")),
     ];
     let missing: Vec<String> = files

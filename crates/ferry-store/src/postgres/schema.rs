@@ -133,6 +133,55 @@ CREATE TABLE group_log (
     PRIMARY KEY (group_id, gseq)
 );
 "#,
+    // Push (issue 20): devices' push targets, per-conversation settings, and the queue
+    // (one row per device; see push.rs for what each column means).
+    r#"
+CREATE TABLE push_targets (
+    user_id        BIGINT NOT NULL,
+    device_id      TEXT NOT NULL,
+    provider       TEXT NOT NULL,
+    token          TEXT NOT NULL,
+    endpoint       TEXT NOT NULL,
+    p256dh         TEXT NOT NULL,
+    auth           TEXT NOT NULL,
+    app_id         TEXT NOT NULL,
+    sandbox        BOOLEAN NOT NULL,
+    locale         TEXT NOT NULL,
+    preview        INTEGER NOT NULL,
+    dnd_start_min  INTEGER NOT NULL,
+    dnd_end_min    INTEGER NOT NULL,
+    utc_offset_min INTEGER NOT NULL,
+    registered_ms  BIGINT NOT NULL,
+    pushed_seq     BIGINT NOT NULL,
+    quiet_until_ms BIGINT NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+);
+CREATE INDEX push_targets_registered ON push_targets (registered_ms, user_id, device_id);
+CREATE TABLE push_prefs (
+    user_id  BIGINT NOT NULL,
+    peer     BIGINT NOT NULL,
+    group_id BIGINT NOT NULL,
+    mode     INTEGER NOT NULL,
+    until_ms BIGINT NOT NULL,
+    PRIMARY KEY (user_id, peer, group_id)
+);
+CREATE TABLE push_queue (
+    user_id         BIGINT NOT NULL,
+    device_id       TEXT NOT NULL,
+    seq             BIGINT NOT NULL,
+    count           INTEGER NOT NULL,
+    summary         BYTEA NOT NULL,
+    due_ms          BIGINT NOT NULL,
+    created_ms      BIGINT NOT NULL,
+    attempts        INTEGER NOT NULL,
+    version         BIGINT NOT NULL,
+    lease_owner     TEXT,
+    lease_until     BIGINT NOT NULL,
+    late_created_ms BIGINT,
+    PRIMARY KEY (user_id, device_id)
+);
+CREATE INDEX push_queue_due ON push_queue (due_ms, user_id, device_id);
+"#,
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.

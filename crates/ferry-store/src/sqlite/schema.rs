@@ -132,6 +132,55 @@ CREATE TABLE group_log (
     PRIMARY KEY (group_id, gseq)
 ) WITHOUT ROWID;
 "#,
+    // Push (issue 20): devices' push targets, per-conversation settings, and the queue
+    // (one row per device; see push.rs for what each column means).
+    r#"
+CREATE TABLE push_targets (
+    user_id        INTEGER NOT NULL,
+    device_id      TEXT NOT NULL,
+    provider       TEXT NOT NULL,
+    token          TEXT NOT NULL,
+    endpoint       TEXT NOT NULL,
+    p256dh         TEXT NOT NULL,
+    auth           TEXT NOT NULL,
+    app_id         TEXT NOT NULL,
+    sandbox        INTEGER NOT NULL,
+    locale         TEXT NOT NULL,
+    preview        INTEGER NOT NULL,
+    dnd_start_min  INTEGER NOT NULL,
+    dnd_end_min    INTEGER NOT NULL,
+    utc_offset_min INTEGER NOT NULL,
+    registered_ms  INTEGER NOT NULL,
+    pushed_seq     INTEGER NOT NULL,
+    quiet_until_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, device_id)
+) WITHOUT ROWID;
+CREATE INDEX push_targets_registered ON push_targets(registered_ms, user_id, device_id);
+CREATE TABLE push_prefs (
+    user_id  INTEGER NOT NULL,
+    peer     INTEGER NOT NULL,
+    group_id INTEGER NOT NULL,
+    mode     INTEGER NOT NULL,
+    until_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, peer, group_id)
+) WITHOUT ROWID;
+CREATE TABLE push_queue (
+    user_id         INTEGER NOT NULL,
+    device_id       TEXT NOT NULL,
+    seq             INTEGER NOT NULL,
+    count           INTEGER NOT NULL,
+    summary         BLOB NOT NULL,
+    due_ms          INTEGER NOT NULL,
+    created_ms      INTEGER NOT NULL,
+    attempts        INTEGER NOT NULL,
+    version         INTEGER NOT NULL,
+    lease_owner     TEXT,
+    lease_until     INTEGER NOT NULL,
+    late_created_ms INTEGER,
+    PRIMARY KEY (user_id, device_id)
+) WITHOUT ROWID;
+CREATE INDEX push_queue_due ON push_queue(due_ms, user_id, device_id);
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
