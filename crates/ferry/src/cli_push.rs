@@ -469,13 +469,23 @@ pub struct TestResult {
 impl std::fmt::Display for TestResult {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         use ferry_push::Outcome;
-        write!(f, "device {}  {}  {}", self.device, self.provider, self.outcome.label())?;
+        write!(
+            f,
+            "device {}  {}  {}",
+            self.device,
+            self.provider,
+            self.outcome.label()
+        )?;
         match &self.outcome {
             Outcome::Accepted => Ok(()),
             Outcome::Gone { reason } => write!(
                 f,
                 ": {reason}{}",
-                if self.removed { " (target removed)" } else { "" }
+                if self.removed {
+                    " (target removed)"
+                } else {
+                    ""
+                }
             ),
             Outcome::Retry { after, reason } => match after {
                 Some(a) => write!(f, ": {reason} (retry after {} s)", a.as_secs()),
@@ -489,7 +499,12 @@ impl std::fmt::Display for TestResult {
 /// The test push to one target: kind `test`, standing for nothing new (`seq` the
 /// device's synckey, `count` 0), an alert, no badge (the app's badge stays as it is), and
 /// its own collapse id, so it neither replaces nor is replaced by a real push.
-fn test_notification(user: u64, device: &str, synckey: u64, now_ms: i64) -> ferry_push::Notification {
+fn test_notification(
+    user: u64,
+    device: &str,
+    synckey: u64,
+    now_ms: i64,
+) -> ferry_push::Notification {
     ferry_push::Notification {
         // The top bit keeps it apart from every real push's id (those count inbox seqs).
         id: ferry_push::PushId::new(user, device, (1 << 63) | now_ms as u64),
@@ -551,7 +566,10 @@ pub async fn admin_push_test(
                 device: t.device_id,
                 provider: t.provider,
                 outcome: Outcome::Rejected {
-                    reason: format!("not configured: no [push.{}] section", config_section(provider)),
+                    reason: format!(
+                        "not configured: no [push.{}] section",
+                        config_section(provider)
+                    ),
                 },
                 removed: false,
             });
@@ -568,7 +586,10 @@ pub async fn admin_push_test(
             sandbox: t.sandbox,
         };
         let outcome = sender
-            .send(&target, &test_notification(u.id, &t.device_id, synckey, now))
+            .send(
+                &target,
+                &test_notification(u.id, &t.device_id, synckey, now),
+            )
             .await;
         let removed = match outcome {
             Outcome::Gone { .. } => store

@@ -389,16 +389,18 @@ async fn main() {
                             postgres,
                             config,
                         }),
-                } => async {
-                    let push = match &config {
-                        Some(path) => ferry::cli_push::push_config_from_file(path)?,
-                        None => ferry_push::PushConfig::default(),
-                    };
-                    let store = admin_store(&data, postgres).await?;
-                    let results = ferry::cli_push::admin_push_test(store, &push, &user).await?;
-                    ferry::cli_push::report_push_test(&results)
+                } => {
+                    async {
+                        let push = match &config {
+                            Some(path) => ferry::cli_push::push_config_from_file(path)?,
+                            None => ferry_push::PushConfig::default(),
+                        };
+                        let store = admin_store(&data, postgres).await?;
+                        let results = ferry::cli_push::admin_push_test(store, &push, &user).await?;
+                        ferry::cli_push::report_push_test(&results)
+                    }
+                    .await
                 }
-                .await,
                 Command::Bench(args) => ferry_bench::run(args).await,
                 Command::BenchWorker { spec } => ferry_bench::worker::run(&spec).await,
                 Command::Serve { .. } | Command::Gateway { .. } | Command::Logic { .. } => {
