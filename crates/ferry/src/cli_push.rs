@@ -94,6 +94,7 @@ pub enum PreviewArg {
 /// A push target on the command line.
 #[derive(Debug, Clone, Args)]
 pub struct TargetArgs {
+    /// The push service the app registered with.
     #[arg(long, value_enum)]
     pub provider: ProviderArg,
     /// APNs device token (hex) or FCM registration token.
