@@ -40,6 +40,7 @@ pub mod media;
 pub mod overload;
 pub mod p2p;
 pub mod plot;
+pub mod push;
 pub mod reconnect;
 pub mod report;
 pub mod server;
@@ -179,6 +180,23 @@ pub enum Scenario {
         #[arg(long, default_value_t = 16)]
         window: usize,
     },
+    /// Devices without a live link, each with an APNs push target, and senders messaging
+    /// them: pushes/s handed to a local APNs (this process, checking Apple's contract),
+    /// send → provider latency, memory per target (own server only).
+    Push {
+        /// Offline devices (one user each) with a push target.
+        #[arg(long, default_value_t = 20_000)]
+        devices: usize,
+        /// Sending long links; each owns every S-th device.
+        #[arg(long, default_value_t = 16)]
+        senders: usize,
+        /// Offered load in messages/s over all senders (open loop). Without it: closed
+        /// loop, each sender keeping `--window` sends unacknowledged.
+        #[arg(long)]
+        rate: Option<f64>,
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+    },
     /// The server at twice its capacity: connected users' sends and syncs plus a storm
     /// of new logins; admitted latency and what was shed (own server only).
     Overload(overload::OverloadArgs),
@@ -276,6 +294,17 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     bail!("reconnect is a Ferry scenario");
                 }
                 reconnect::run(&args, clients, rate).await?
+            }
+            Scenario::Push {
+                devices,
+                senders,
+                rate,
+                window,
+            } => {
+                if args.protocol != Proto::Ferry {
+                    bail!("push is a Ferry scenario");
+                }
+                push::run(&args, devices, senders, rate, window).await?
             }
             Scenario::Fanout {
                 members,

@@ -17,6 +17,7 @@ use crate::auth;
 use crate::core::{ok, unix_ms, Core, DeviceSession};
 use crate::error::LogicError;
 use crate::notify::Notifier;
+use crate::push::PushService;
 
 fn valid_username(name: &str) -> bool {
     (1..=32).contains(&name.len())
@@ -30,11 +31,17 @@ pub(crate) struct Accounts {
     core: Arc<Core>,
     /// Kicks the links of a device that logged out or lost its token.
     notifier: Arc<Notifier>,
+    /// Push targets end with their sessions.
+    push: Arc<PushService>,
 }
 
 impl Accounts {
-    pub fn new(core: Arc<Core>, notifier: Arc<Notifier>) -> Accounts {
-        Accounts { core, notifier }
+    pub fn new(core: Arc<Core>, notifier: Arc<Notifier>, push: Arc<PushService>) -> Accounts {
+        Accounts {
+            core,
+            notifier,
+            push,
+        }
     }
 
     pub async fn register(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
@@ -191,6 +198,9 @@ impl Accounts {
         .await
         .map_err(|e| LogicError::Internal(e.to_string()))?
         .ok_or(LogicError::BadCredentials)?;
+        // Every session ends, and every push target with it (the caller's device
+        // registers again). Targets first: a failure leaves the password unchanged.
+        self.push.forget_user(me.user_id).await?;
         let revoked = self.core.store.set_password(me.user_id, &hash).await?;
         let kick = Bytes::from(
             v1::Kick {
@@ -231,10 +241,14 @@ impl Accounts {
     pub async fn logout(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let r = v1::LogoutReq::decode(req.body.clone())?;
         let me = self.core.caller(req).await?;
+        // Push targets first: a failure here leaves the session, so the client can
+        // retry the logout (the other way round, a target could outlive its session).
         let (ended, device) = if r.all_devices {
+            self.push.forget_user(me.user_id).await?;
             let devices = self.core.store.delete_user_sessions(me.user_id).await?;
             (devices.len() as u32, String::new())
         } else if !req.token.is_empty() {
+            self.push.forget_device(me.user_id, &me.device_id).await?;
             let gone = self
                 .core
                 .store

@@ -42,6 +42,54 @@ pub struct LogicConfig {
     pub media: crate::media::MediaConfig,
     /// Endpoint lists (regions, gateways) and connect reports.
     pub endpoints: crate::endpoints::EndpointsConfig,
+    /// Platform push to devices without a live long link (`[logic.push]`).
+    pub push: PushSettings,
+}
+
+/// `[logic.push]`: when and how the logic layer pushes through APNs, FCM, Web Push and
+/// UnifiedPush (the providers' own settings are the binary's `[push]`).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PushSettings {
+    /// Plan, queue and send pushes on this node. Off: registrations are refused and no
+    /// worker runs.
+    pub enabled: bool,
+    /// How long a device's first entry waits before its push is due, so that what
+    /// follows at once rides in the same push (0: at once).
+    pub gather_ms: u64,
+    /// After a push, the device's next one waits at least this long; what arrives
+    /// meanwhile is coalesced into it.
+    pub quiet_ms: u64,
+    /// A push not sent within this many seconds of its newest entry is dropped (the
+    /// device has most likely synced since, or the news is stale); also the provider's
+    /// time to live.
+    pub ttl_secs: u64,
+    /// Attempts before a push that keeps failing (provider busy or unreachable) is
+    /// dropped.
+    pub max_attempts: u32,
+    /// Groups above this many members push only @mentions (unless a member asked for
+    /// every message with PUSH_MODE_ALL).
+    pub large_group_members: usize,
+    /// How long a node holds claimed pushes; a node that dies mid-send leaves them to
+    /// another after this.
+    pub lease_ms: u64,
+    /// Pushes claimed (and sent concurrently) per round.
+    pub batch: u32,
+}
+
+impl Default for PushSettings {
+    fn default() -> Self {
+        PushSettings {
+            enabled: true,
+            gather_ms: 0,
+            quiet_ms: 10_000,
+            ttl_secs: 86_400,
+            max_attempts: 8,
+            large_group_members: 100,
+            lease_ms: 30_000,
+            batch: 256,
+        }
+    }
 }
 
 impl Default for LogicConfig {
@@ -65,6 +113,7 @@ impl Default for LogicConfig {
             admission: crate::admission::AdmissionConfig::default(),
             media: crate::media::MediaConfig::default(),
             endpoints: crate::endpoints::EndpointsConfig::default(),
+            push: PushSettings::default(),
         }
     }
 }

@@ -113,6 +113,12 @@ impl Core {
             if let Err(e) = self.store.delete_session(hash).await {
                 tracing::debug!(error = %e, "deleting an expired session failed");
             }
+            // The device's push target dies with its session (other nodes' push
+            // indexes may keep the device a while: harmless, nothing is queued for a
+            // device without a target).
+            if let Err(e) = self.store.delete_push_target(s.user_id, &s.device_id).await {
+                tracing::debug!(error = %e, "deleting an expired session's push target failed");
+            }
             return Err(LogicError::Unauthorized);
         }
         Ok(s)
@@ -166,6 +172,14 @@ impl Core {
         self.ids_by_name.insert(user.name, id);
         self.names_by_id.insert(id, name.clone());
         Ok(name)
+    }
+
+    /// The synckey this node last recorded for a device (0: none).
+    pub fn known_synckey(&self, user: u64, device: &str) -> u64 {
+        self.synckeys
+            .get(&(user, Arc::from(device)))
+            .map(|k| *k)
+            .unwrap_or(0)
     }
 
     /// Remembers what a device has applied, without delaying the answer.

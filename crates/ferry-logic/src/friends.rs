@@ -15,6 +15,7 @@ use ferry_store::{FriendChange, FriendRow, NewEvent, StoreError};
 use crate::core::{ok, unix_ms, Core, DeviceSession};
 use crate::error::LogicError;
 use crate::notify::Notifier;
+use crate::push::PushService;
 
 const MAX_GREETING: usize = 256;
 /// Attempts of a friendship change that races with another change of the same pair.
@@ -74,14 +75,17 @@ pub(crate) struct Friends {
     /// How each user stands towards each peer they were checked against on a send
     /// (short-lived: another node may change it).
     relations: RelationCache,
+    /// A friend request received wakes the peer's devices without a live link.
+    push: Arc<PushService>,
 }
 
 impl Friends {
-    pub fn new(core: Arc<Core>, notifier: Arc<Notifier>) -> Friends {
+    pub fn new(core: Arc<Core>, notifier: Arc<Notifier>, push: Arc<PushService>) -> Friends {
         Friends {
             core,
             notifier,
             relations: RelationCache::default(),
+            push,
         }
     }
 
@@ -194,6 +198,8 @@ impl Friends {
             match changed {
                 Ok(seqs) => {
                     for (ev, seq) in events.into_iter().zip(seqs) {
+                        // Only a request received pushes (the planner reads the entry).
+                        self.push.entry(ev.user_id, seq, &ev.entry);
                         self.notifier.notify_entry(ev.user_id, seq, ev.entry).await;
                     }
                     let version = self.core.store.friends(me.user_id, u64::MAX).await?.version;
@@ -448,7 +454,7 @@ mod tests {
     async fn only_friends_may_message_and_a_block_ends_it_at_once() {
         let w = World::new(LogicConfig::default());
         let (ann, bob) = (w.user("ann").await, w.user("bob").await);
-        w.notifier.link_up(bob, "gw-b", 1).await;
+        w.notifier.link_up(bob, "gw-b", 1, "d1").await;
         assert!(denied(w.friends.may_message(ann, bob, "bob").await));
 
         w.friends

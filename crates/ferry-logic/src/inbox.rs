@@ -16,6 +16,7 @@ use crate::error::LogicError;
 use crate::friends::Friends;
 use crate::groups::Groups;
 use crate::notify::Notifier;
+use crate::push::PushService;
 
 /// A send checked and ready for the store.
 enum Prepared {
@@ -57,6 +58,8 @@ pub(crate) struct Inbox {
     attach: Arc<Attachments>,
     /// Sends, recalls and read receipts in groups.
     groups: Arc<Groups>,
+    /// Wakes the recipient's devices that have no live link.
+    push: Arc<PushService>,
 }
 
 impl Inbox {
@@ -66,6 +69,7 @@ impl Inbox {
         friends: Arc<Friends>,
         attach: Arc<Attachments>,
         groups: Arc<Groups>,
+        push: Arc<PushService>,
     ) -> Inbox {
         Inbox {
             core,
@@ -73,6 +77,7 @@ impl Inbox {
             friends,
             attach,
             groups,
+            push,
         }
     }
 
@@ -246,6 +251,9 @@ impl Inbox {
                 ..d.new.message
             };
             metrics::counter!("ferry_messages_in_total").increment(1);
+            if to != me.user_id {
+                self.push.message(to, done.recipient_seq, &message);
+            }
             if self
                 .notifier
                 .notify_message(to, done.recipient_seq, &message)
@@ -432,6 +440,9 @@ impl Inbox {
                     e => e.into(),
                 })?;
             for (u, seq) in users.into_iter().zip(seqs) {
+                if u != me.user_id {
+                    self.push.entry(u, seq, &entry);
+                }
                 self.notifier.notify_entry(u, seq, entry.clone()).await;
             }
         }
@@ -492,8 +503,8 @@ mod tests {
     async fn a_send_is_stored_and_both_sides_are_notified_inline() {
         let w = World::new(open());
         let (ann, bob) = (w.user("ann").await, w.user("bob").await);
-        w.notifier.link_up(bob, "gw-b", 1).await;
-        w.notifier.link_up(ann, "gw-a", 2).await;
+        w.notifier.link_up(bob, "gw-b", 1, "d1").await;
+        w.notifier.link_up(ann, "gw-a", 2, "d1").await;
         let resp = w
             .inbox
             .send(&req(cmd::SEND, ann, &text("bob", "hello", 7)))
@@ -535,7 +546,7 @@ mod tests {
     async fn a_retried_send_is_a_duplicate_notified_again_without_entries() {
         let w = World::new(open());
         let (ann, bob) = (w.user("ann").await, w.user("bob").await);
-        w.notifier.link_up(bob, "gw-b", 1).await;
+        w.notifier.link_up(bob, "gw-b", 1, "d1").await;
         let send = req(cmd::SEND, ann, &text("bob", "once", 9));
         let first = v1::SendAck::decode(w.inbox.send(&send).await.unwrap().body).unwrap();
         let seq = notify_of(&w.pushes()[0].1).latest_seq;
@@ -558,7 +569,7 @@ mod tests {
             .await
             .unwrap();
         assert!(w.pushes().is_empty(), "nobody has a route yet");
-        w.notifier.link_up(bob, "gw-b", 1).await;
+        w.notifier.link_up(bob, "gw-b", 1, "d1").await;
         let pushes = w.pushes();
         assert_eq!(pushes.len(), 1);
         assert_eq!((pushes[0].0.as_str(), pushes[0].1.user_id), ("gw-b", bob));
@@ -566,7 +577,7 @@ mod tests {
         assert!(n.entries.is_empty());
         assert_eq!(n.latest_seq, w.core.store.latest_seq(bob).await.unwrap());
         // Told once: a second link of bob's learns nothing new.
-        w.notifier.link_up(bob, "gw-b", 2).await;
+        w.notifier.link_up(bob, "gw-b", 2, "d1").await;
         assert!(w.pushes().is_empty());
     }
 
@@ -649,7 +660,7 @@ mod tests {
     async fn friends_only_messaging_refuses_strangers_and_stores_nothing() {
         let w = World::new(LogicConfig::default());
         let (ann, bob) = (w.user("ann").await, w.user("bob").await);
-        w.notifier.link_up(bob, "gw-b", 1).await;
+        w.notifier.link_up(bob, "gw-b", 1, "d1").await;
         let refused = w
             .inbox
             .send(&req(cmd::SEND, ann, &text("bob", "hi", 1)))

@@ -14,6 +14,7 @@
 //! router ─→ accounts, inbox, profile, media, endpoints
 //! inbox ─→ groups ─→ friends            media ─→ moments ─→ friends
 //! inbox, groups, moments, media ─→ attach (whose upload, who may read it)
+//! accounts, inbox, groups, friends ─→ push (platform push: targets, planner, worker)
 //! every service ─→ core (store, caches, caller, clock, limits), notify (presence, pushes)
 //! ```
 
@@ -34,14 +35,16 @@ mod moments;
 mod notify;
 mod presence;
 mod profile;
+mod push;
 mod router;
 #[cfg(test)]
 mod testing;
 
 pub use auth::{hash_password, token_hash, verify_password, PasswordParams};
-pub use config::LogicConfig;
+pub use config::{LogicConfig, PushSettings};
 pub use endpoints::{EndpointsConfig, GatewayEndpoints, RegionConfig};
 pub use error::LogicError;
 pub use limits::{LimitsConfig, Rate};
 pub use media::{sniff, MediaConfig};
+pub use push::PushStats;
 pub use router::Logic;

@@ -84,11 +84,17 @@ impl Notifier {
 
     /// A link of `user` logged in on `gateway`. Entries stored here while the route was
     /// on its way: the user is told now.
-    pub async fn link_up(&self, user: u64, gateway: &str, conn: u64) {
-        self.presence.online(user, gateway, conn);
+    pub async fn link_up(&self, user: u64, gateway: &str, conn: u64, device: &str) {
+        self.presence.online(user, gateway, conn, device);
         if let Some((_, (seq, _))) = self.unrouted.remove(&user) {
             self.bare_notify(user, seq).await;
         }
+    }
+
+    /// Whether device `device` ([`crate::presence::device_hash`]) of `user` has a live
+    /// long link (anywhere: every logic node hears every gateway's link events).
+    pub fn device_online(&self, user: u64, device: u64) -> bool {
+        self.presence.device_online(user, device)
     }
 
     /// A link of `user` on `gateway` went away.

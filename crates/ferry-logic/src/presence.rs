@@ -4,7 +4,9 @@
 //! to every logic node, with snapshots and gateway expiry; see `ferry-bus`'s `nats.rs`).
 //!
 //! Entries are keyed by (gateway, connection id), so an event applied twice (a snapshot
-//! replaying links already known) changes nothing.
+//! replaying links already known) changes nothing. Each link also keeps a 64-bit hash of
+//! its device id (no allocation per link), so push can ask whether one device of a user
+//! has a live link ([`Presence::device_online`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,11 +18,25 @@ use smallvec::SmallVec;
 /// A user's links: almost always one, kept inline in the map entry (a `Vec` put its
 /// first link in a 96-byte allocation of its own — ~5 % of a one-process server's
 /// memory per idle connection).
-type Links = SmallVec<[(Arc<str>, u64); 1]>;
+type Links = SmallVec<[Link; 1]>;
+
+/// One link: (gateway, connection id, [`device_hash`] of its device).
+type Link = (Arc<str>, u64, u64);
+
+/// A device id as presence keeps it: FNV-1a, 64 bits. Two devices of one user colliding
+/// would make one look online while the other is; at 64 bits that does not happen.
+pub(crate) fn device_hash(device: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in device.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
 
 #[derive(Default)]
 pub struct Presence {
-    /// user id → (gateway id, connection id) of each of the user's links.
+    /// user id → (gateway id, connection id, device hash) of each of the user's links.
     routes: DashMap<u64, Links>,
     /// Gateway names, shared by every route through the gateway.
     names: RwLock<HashMap<String, Arc<str>>>,
@@ -38,12 +54,19 @@ impl Presence {
             .clone()
     }
 
-    pub fn online(&self, user: u64, gateway: &str, conn: u64) {
+    pub fn online(&self, user: u64, gateway: &str, conn: u64, device: &str) {
         let name = self.name(gateway);
         let mut e = self.routes.entry(user).or_default();
-        if !e.iter().any(|(g, c)| *c == conn && **g == *gateway) {
-            e.push((name, conn));
+        if !e.iter().any(|(g, c, _)| *c == conn && **g == *gateway) {
+            e.push((name, conn, device_hash(device)));
         }
+    }
+
+    /// Whether the device with [`device_hash`] `device` of `user` has a live link.
+    pub fn device_online(&self, user: u64, device: u64) -> bool {
+        self.routes
+            .get(&user)
+            .is_some_and(|e| e.iter().any(|(_, _, d)| *d == device))
     }
 
     pub fn offline(&self, user: u64, gateway: &str, conn: u64) {
@@ -51,7 +74,7 @@ impl Presence {
             let Some(mut e) = self.routes.get_mut(&user) else {
                 return;
             };
-            e.retain(|(g, c)| !(*c == conn && **g == *gateway));
+            e.retain(|(g, c, _)| !(*c == conn && **g == *gateway));
             e.is_empty()
         };
         if empty {
@@ -62,7 +85,7 @@ impl Presence {
     /// Forgets every route through `gateway` (it left, restarted or died).
     pub fn drop_gateway(&self, gateway: &str) {
         self.routes.retain(|_, v| {
-            v.retain(|(g, _)| **g != *gateway);
+            v.retain(|(g, _, _)| **g != *gateway);
             !v.is_empty()
         });
     }
@@ -78,8 +101,8 @@ impl Presence {
     /// group push asks this for every member).
     pub fn each_gateway(&self, user: u64, mut f: impl FnMut(&Arc<str>)) {
         if let Some(e) = self.routes.get(&user) {
-            for (i, (g, _)) in e.iter().enumerate() {
-                if !e[..i].iter().any(|(o, _)| **o == **g) {
+            for (i, (g, _, _)) in e.iter().enumerate() {
+                if !e[..i].iter().any(|(o, _, _)| **o == **g) {
                     f(g);
                 }
             }
@@ -96,7 +119,7 @@ impl Presence {
     pub fn links_per_gateway(&self) -> HashMap<Arc<str>, usize> {
         let mut out: HashMap<Arc<str>, usize> = HashMap::new();
         for e in self.routes.iter() {
-            for (g, _) in e.value() {
+            for (g, _, _) in e.value() {
                 *out.entry(g.clone()).or_default() += 1;
             }
         }
@@ -115,9 +138,9 @@ mod tests {
     #[test]
     fn counts_links() {
         let p = Presence::default();
-        p.online(1, "a", 1);
-        p.online(1, "a", 2);
-        p.online(1, "b", 1);
+        p.online(1, "a", 1, "d");
+        p.online(1, "a", 2, "d");
+        p.online(1, "b", 1, "d");
         assert_eq!(names(&p, 1), ["a", "b"]);
         p.offline(1, "a", 1);
         assert_eq!(p.gateways(1).len(), 2);
@@ -132,10 +155,10 @@ mod tests {
     #[test]
     fn events_are_idempotent_and_gateways_drop() {
         let p = Presence::default();
-        p.online(1, "a", 5);
-        p.online(1, "a", 5);
-        p.online(2, "a", 6);
-        p.online(2, "b", 1);
+        p.online(1, "a", 5, "d");
+        p.online(1, "a", 5, "d");
+        p.online(2, "a", 6, "d");
+        p.online(2, "b", 1, "d");
         p.offline(1, "a", 5);
         assert!(p.gateways(1).is_empty(), "one link, announced twice");
         p.offline(1, "a", 5);
@@ -144,5 +167,29 @@ mod tests {
         assert_eq!(p.users_online(), 1);
         p.drop_gateway("b");
         assert_eq!(p.users_online(), 0);
+    }
+
+    #[test]
+    fn devices_are_told_apart() {
+        let p = Presence::default();
+        p.online(1, "a", 1, "phone");
+        assert!(p.device_online(1, device_hash("phone")));
+        assert!(!p.device_online(1, device_hash("tablet")));
+        assert!(!p.device_online(2, device_hash("phone")));
+        p.online(1, "b", 2, "tablet");
+        p.offline(1, "a", 1);
+        assert!(!p.device_online(1, device_hash("phone")));
+        assert!(p.device_online(1, device_hash("tablet")));
+    }
+
+    #[test]
+    fn a_link_costs_no_more_than_a_gateway_pointer_and_two_words() {
+        // The map's value holds one link inline: the device hash adds 8 bytes, no
+        // allocation.
+        assert!(
+            std::mem::size_of::<Links>() <= 40,
+            "{}",
+            std::mem::size_of::<Links>()
+        );
     }
 }

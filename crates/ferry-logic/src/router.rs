@@ -30,6 +30,7 @@ use crate::media::Media;
 use crate::moments::Moments;
 use crate::notify::Notifier;
 use crate::profile::Profile;
+use crate::push::{PushService, PushStats};
 
 /// The logic service. Serve it on a bus with [`Logic::start`].
 pub struct Logic {
@@ -46,6 +47,7 @@ pub struct Logic {
     groups: Arc<Groups>,
     media: Media,
     endpoints: Endpoints,
+    push: Arc<PushService>,
     /// Stops the background tasks; fired by [`Logic::shutdown`] or when `Logic` is
     /// dropped.
     shutdown: CancellationToken,
@@ -60,7 +62,8 @@ impl Logic {
             cfg.inline_notify_bytes,
         ));
         let core = Arc::new(Core::new(cfg, store));
-        let friends = Arc::new(Friends::new(core.clone(), notifier.clone()));
+        let push = Arc::new(PushService::new(core.clone(), notifier.clone()));
+        let friends = Arc::new(Friends::new(core.clone(), notifier.clone(), push.clone()));
         let attach = Arc::new(Attachments::new(core.clone()));
         let moments = Arc::new(Moments::new(
             core.clone(),
@@ -73,20 +76,23 @@ impl Logic {
             notifier.clone(),
             friends.clone(),
             attach.clone(),
+            push.clone(),
         ));
         Arc::new(Logic {
             admission,
-            accounts: Accounts::new(core.clone(), notifier.clone()),
+            accounts: Accounts::new(core.clone(), notifier.clone(), push.clone()),
             inbox: Inbox::new(
                 core.clone(),
                 notifier.clone(),
                 friends.clone(),
                 attach.clone(),
                 groups.clone(),
+                push.clone(),
             ),
             profile: Profile::new(core.clone()),
             media: Media::new(core.clone(), attach, moments.clone()),
             endpoints: Endpoints::new(core.clone(), notifier.clone()),
+            push,
             friends,
             moments,
             groups,
@@ -108,10 +114,28 @@ impl Logic {
         self.core.media_store()
     }
 
+    /// Gives this node its push senders, one per provider it pushes through (once;
+    /// later calls are ignored). Without any, push registrations are refused.
+    pub fn set_push_senders(&self, senders: impl IntoIterator<Item = Arc<dyn ferry_push::Sender>>) {
+        self.push.set_senders(senders);
+    }
+
+    /// What the dashboard shows of push on this node.
+    pub fn push_stats(&self) -> PushStats {
+        self.push.stats()
+    }
+
+    /// The memory of this node's index of push targets, estimated in bytes (`ferry
+    /// bench` divides it by the targets registered).
+    pub fn push_index_bytes(&self) -> usize {
+        self.push.index_bytes()
+    }
+
     /// Serves requests on the bus and starts the background tasks (retention, the
-    /// media sweep), which run until [`Logic::shutdown`].
+    /// media sweep, push), which run until [`Logic::shutdown`].
     pub fn start(self: &Arc<Self>) {
         self.bus.serve_logic(self.clone());
+        self.push.start(self.shutdown.clone());
         self.media.start_sweep(self.shutdown.clone());
         spawn_retention(self.core.clone(), self.shutdown.clone());
     }
@@ -181,6 +205,10 @@ impl Logic {
             cmd::ENDPOINTS => Box::pin(std::future::ready(self.endpoints.list(req))),
             cmd::ENDPOINT_REPORT => Box::pin(self.endpoints.report(req)),
             cmd::TYPING => Box::pin(self.inbox.typing(req)),
+            cmd::PUSH_REGISTER => Box::pin(self.push.register(req)),
+            cmd::PUSH_UNREGISTER => Box::pin(self.push.unregister(req)),
+            cmd::PUSH_LIST => Box::pin(self.push.list(req)),
+            cmd::PUSH_PREFS => Box::pin(self.push.prefs(req)),
             _ => Box::pin(std::future::ready(Err(LogicError::UnknownCommand(c)))),
         }
     }
@@ -300,7 +328,7 @@ impl Handler for Logic {
     async fn link_event(&self, ev: LinkEvent) {
         if ev.online {
             self.notifier
-                .link_up(ev.user_id, &ev.gateway_id, ev.conn_id)
+                .link_up(ev.user_id, &ev.gateway_id, ev.conn_id, &ev.device_id)
                 .await;
         } else {
             self.notifier

@@ -9,6 +9,7 @@ use ferry_bus::{BusRequest, Push};
 use ferry_proto::{v1, ProtoMessage};
 use ferry_store::{Durability, SqliteStore, Store};
 
+use crate::accounts::Accounts;
 use crate::attach::Attachments;
 use crate::config::LogicConfig;
 use crate::core::Core;
@@ -16,6 +17,7 @@ use crate::friends::Friends;
 use crate::groups::Groups;
 use crate::inbox::Inbox;
 use crate::notify::Notifier;
+use crate::push::PushService;
 
 /// The services of one logic node over a fresh store.
 pub(crate) struct World {
@@ -24,6 +26,8 @@ pub(crate) struct World {
     pub friends: Arc<Friends>,
     pub groups: Arc<Groups>,
     pub inbox: Inbox,
+    pub push: Arc<PushService>,
+    pub accounts: Accounts,
     /// Holds the store's folder until the test ends.
     _dir: tempfile::TempDir,
 }
@@ -35,13 +39,15 @@ impl World {
             Arc::new(SqliteStore::open(dir.path(), Durability::Os).unwrap());
         let notifier = Arc::new(Notifier::recording(store.clone(), cfg.inline_notify_bytes));
         let core = Arc::new(Core::new(cfg, store));
-        let friends = Arc::new(Friends::new(core.clone(), notifier.clone()));
+        let push = Arc::new(PushService::new(core.clone(), notifier.clone()));
+        let friends = Arc::new(Friends::new(core.clone(), notifier.clone(), push.clone()));
         let attach = Arc::new(Attachments::new(core.clone()));
         let groups = Arc::new(Groups::new(
             core.clone(),
             notifier.clone(),
             friends.clone(),
             attach.clone(),
+            push.clone(),
         ));
         let inbox = Inbox::new(
             core.clone(),
@@ -49,13 +55,17 @@ impl World {
             friends.clone(),
             attach,
             groups.clone(),
+            push.clone(),
         );
+        let accounts = Accounts::new(core.clone(), notifier.clone(), push.clone());
         World {
             core,
             notifier,
             friends,
             groups,
             inbox,
+            accounts,
+            push,
             _dir: dir,
         }
     }

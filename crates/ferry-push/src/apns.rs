@@ -227,6 +227,7 @@ impl Sender for ApnsSender {
                 .and_then(|v| v.get("reason")?.as_str().map(str::to_owned))
                 .unwrap_or_default();
             if status == 403 && reason == "ExpiredProviderToken" && !refreshed {
+                tracing::info!("apns: provider token refused as expired, making a new one");
                 self.expire(&jwt);
                 refreshed = true;
                 continue;

@@ -278,6 +278,7 @@ impl Sender for FcmSender {
             let after = net::retry_after(resp.headers());
             let answer: serde_json::Value = resp.json().await.unwrap_or_default();
             if status == 401 && !refreshed {
+                tracing::info!("fcm: access token refused (401), fetching a new one");
                 self.expire(&token).await;
                 refreshed = true;
                 continue;

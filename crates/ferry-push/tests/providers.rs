@@ -593,3 +593,41 @@ fn push_config_reads_from_toml_with_defaults() {
     let err = ferry_push::Senders::from_config(&bad).unwrap_err();
     assert!(err.to_string().contains("key_file"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counting_mode_keeps_counters_and_records_no_request() {
+    let s = setup(8).await;
+    s.sim.set_recording(false);
+    let apns = s.sender(Provider::Apns);
+    for i in 0..5 {
+        let t = s.target(Provider::Apns, &apns_token(i));
+        assert_eq!(apns.send(&t, &note(i, true)).await, Outcome::Accepted);
+    }
+    assert_eq!(s.sim.count(Provider::Apns), 5);
+    assert!(s.sim.requests().is_empty());
+    assert_clean(&s);
+    s.sim.set_recording(true);
+    let t = s.target(Provider::Apns, &apns_token(9));
+    assert_eq!(apns.send(&t, &note(9, true)).await, Outcome::Accepted);
+    assert_eq!(s.sim.requests().len(), 1);
+    assert_eq!(s.sim.count(Provider::Apns), 6);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sims_config_round_trips_through_toml() {
+    let s = setup(5).await;
+    let text = toml::to_string(&s.config).expect("PushConfig serializes as TOML");
+    let back: ferry_push::PushConfig = toml::from_str(&text).expect("and reads back");
+    assert_eq!(back, s.config, "{text}");
+    // Senders made from the TOML text work.
+    let senders = ferry_push::Senders::from_config(&back).unwrap();
+    let t = s.target(Provider::Apns, &apns_token(1));
+    assert_eq!(
+        senders
+            .get(Provider::Apns)
+            .unwrap()
+            .send(&t, &note(1, true))
+            .await,
+        Outcome::Accepted
+    );
+}

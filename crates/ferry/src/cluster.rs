@@ -308,6 +308,7 @@ impl LogicNode {
                 .with_context(|| format!("opening the media store in {}", dir.display()))?;
             logic.set_media_store(Arc::new(media));
         }
+        logic.set_push_senders(crate::push_senders(cfg)?);
         logic.start();
         bus.ready().await.context("subscribing on NATS")?;
         let shutdown = CancellationToken::new();

@@ -38,6 +38,9 @@ pub struct Config {
     pub logic: LogicConfig,
     /// `ferry gateway` / `ferry logic`: NATS and PostgreSQL.
     pub cluster: crate::cluster::ClusterConfig,
+    /// The push providers' credentials and URLs (a provider without a table is not
+    /// pushed through); when and what to push is `[logic.push]`.
+    pub push: ferry_push::PushConfig,
 }
 
 impl Default for Config {
@@ -52,6 +55,7 @@ impl Default for Config {
             gateway: GatewayConfig::default(),
             logic: LogicConfig::default(),
             cluster: Default::default(),
+            push: Default::default(),
         }
     }
 }
@@ -239,8 +243,9 @@ impl Config {
 }
 
 /// Every key a file may hold: the defaults as a TOML tree, with each array of tables
-/// (empty by default) holding one default entry. A table empty here is a map whose keys
-/// are free (`gateway.body_limits`).
+/// (empty by default) holding one default entry, and each optional table (absent by
+/// default) an example. A table empty here is a map whose keys are free
+/// (`gateway.body_limits`).
 pub fn known_keys() -> toml::Table {
     let mut tree = toml::Table::try_from(Config::default()).unwrap_or_default();
     for (path, entry) in array_entries() {
@@ -248,7 +253,48 @@ pub fn known_keys() -> toml::Table {
             insert_at(&mut tree, path, toml::Value::Array(vec![entry]));
         }
     }
+    for (path, entry) in optional_tables() {
+        if let Some(entry) = entry {
+            insert_at(&mut tree, path, entry);
+        }
+    }
     tree
+}
+
+/// The tables and keys that are absent unless set (`[push.apns]` …), each with the
+/// value it has when set empty.
+fn optional_tables() -> [(&'static [&'static str], Option<toml::Value>); 4] {
+    let example = ferry_push::PushConfig {
+        apns: Some(ferry_push::ApnsConfig {
+            key_file: PathBuf::new(),
+            key_id: String::new(),
+            team_id: String::new(),
+            url: "https://api.push.apple.com".into(),
+            sandbox_url: "https://api.sandbox.push.apple.com".into(),
+            concurrency: 64,
+        }),
+        fcm: Some(ferry_push::FcmConfig {
+            service_account_file: PathBuf::new(),
+            url: "https://fcm.googleapis.com".into(),
+            token_url: Some(String::new()),
+            concurrency: 64,
+        }),
+        webpush: Some(ferry_push::WebPushConfig {
+            vapid_private_key_file: PathBuf::new(),
+            subject: String::new(),
+            concurrency: 64,
+        }),
+        ca_file: Some(PathBuf::new()),
+        ..Default::default()
+    };
+    let tree = toml::Table::try_from(example).unwrap_or_default();
+    let get = |k: &str| tree.get(k).cloned();
+    [
+        (&["push", "apns"], get("apns")),
+        (&["push", "fcm"], get("fcm")),
+        (&["push", "webpush"], get("webpush")),
+        (&["push", "ca_file"], get("ca_file")),
+    ]
 }
 
 fn insert_at(tree: &mut toml::Table, path: &[&str], value: toml::Value) {

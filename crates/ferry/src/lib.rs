@@ -15,3 +15,17 @@ pub mod server_key;
 
 pub use config::Config;
 pub use server::Server;
+
+/// The push senders `cfg.push` configures, one per provider it has a table for (a key
+/// file that cannot be read or parsed stops the start, with its name).
+pub fn push_senders(cfg: &Config) -> anyhow::Result<Vec<std::sync::Arc<dyn ferry_push::Sender>>> {
+    let senders = ferry_push::Senders::from_config(&cfg.push)?;
+    let mut out = Vec::new();
+    for p in ferry_push::Provider::ALL {
+        if let Some(s) = senders.get(p) {
+            tracing::info!(provider = p.name(), "pushing through");
+            out.push(s);
+        }
+    }
+    Ok(out)
+}

@@ -57,6 +57,7 @@ impl Server {
         let media = ferry_store::LocalMediaStore::open(&cfg.data_dir.join("media"))
             .with_context(|| format!("opening the media folder in {}", cfg.data_dir.display()))?;
         logic.set_media_store(Arc::new(media));
+        logic.set_push_senders(crate::push_senders(&cfg)?);
         logic.start();
         let shutdown = CancellationToken::new();
         let key = crate::server_key::load_or_create(&crate::server_key::path(&cfg))?;

@@ -19,6 +19,7 @@ use crate::core::{ok, unix_ms, Core, DeviceSession};
 use crate::error::LogicError;
 use crate::friends::Friends;
 use crate::notify::Notifier;
+use crate::push::PushService;
 use feed::Fanout;
 
 const MAX_GROUP_NAME: usize = 64;
@@ -70,6 +71,8 @@ pub(crate) struct Groups {
     attach: Arc<Attachments>,
     /// Member lists and the coalesced notifies to members online.
     fanout: Arc<Fanout>,
+    /// Wakes members' devices that have no live link.
+    push: Arc<PushService>,
 }
 
 impl Groups {
@@ -78,6 +81,7 @@ impl Groups {
         notifier: Arc<Notifier>,
         friends: Arc<Friends>,
         attach: Arc<Attachments>,
+        push: Arc<PushService>,
     ) -> Groups {
         Groups {
             fanout: Arc::new(Fanout::new(core.clone(), notifier.clone())),
@@ -85,6 +89,7 @@ impl Groups {
             notifier,
             friends,
             attach,
+            push,
         }
     }
 
@@ -560,6 +565,10 @@ impl Groups {
             })?;
         if !done.duplicate {
             metrics::counter!("ferry_group_messages_total").increment(1);
+            if let Ok(members) = self.fanout.member_ids(r.group_id).await {
+                self.push
+                    .group_message(me.user_id, members, &message, done.time_ms);
+            }
         }
         // A duplicate is notified again too: the first attempt may have died between
         // storing the message and notifying the members. The entry carries the stored
@@ -675,9 +684,9 @@ mod tests {
         });
         let owner = w.user("owner").await;
         let (m1, m2) = (w.user("m1").await, w.user("m2").await);
-        w.notifier.link_up(m1, "gw-1", 1).await;
-        w.notifier.link_up(m2, "gw-1", 2).await;
-        w.notifier.link_up(owner, "gw-2", 3).await;
+        w.notifier.link_up(m1, "gw-1", 1, "d1").await;
+        w.notifier.link_up(m2, "gw-1", 2, "d1").await;
+        w.notifier.link_up(owner, "gw-2", 3, "d1").await;
         let create = v1::GroupCreateReq {
             name: "crew".into(),
             members: vec!["m1".into(), "m2".into()],

@@ -90,9 +90,7 @@ fn check(
     };
     if lock(&state.apns_expired).contains(token_jwt) {
         // The test declared it expired: Apple's answer, not a violation.
-        let mut a = Answer::new(403, json!({"reason": "ExpiredProviderToken"}).to_string());
-        a.key = String::new();
-        return a;
+        return Answer::new(403, json!({"reason": "ExpiredProviderToken"}).to_string());
     }
     if !state.seen_jwt(Provider::Apns, token_jwt) {
         let Some(public) = lock(&state.keys).apns.clone() else {

@@ -16,6 +16,25 @@
 //! Everything is recorded ([`Sim::requests`]) unless counting mode is on
 //! ([`Sim::set_recording`]), which keeps only counters (a bench's load).
 //!
+//! Use:
+//!
+//! ```no_run
+//! # async fn example() -> Result<(), String> {
+//! use ferry_push::sim::{Reply, Sim};
+//! use ferry_push::{Provider, Senders};
+//!
+//! let sim = Sim::start().await?;
+//! let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+//! let config = sim.config(dir.path())?; // keys, CA, every provider's URL → the sim
+//! let senders = Senders::from_config(&config).map_err(|e| e.to_string())?;
+//! sim.script("0a1b2c3d4e5f6a7b", Reply::Gone); // this APNs token is dead
+//! sim.script_default(Reply::TooMany { retry_after_secs: 3 }); // everyone else: 429
+//! // ... send through senders.get(Provider::Apns) ...
+//! assert!(sim.violations().is_empty());
+//! assert_eq!(sim.distinct_jwts(Provider::Apns), 1);
+//! # Ok(()) }
+//! ```
+//!
 //! For tests and `ferry bench push` only (the `sim` feature): it must never be what a
 //! production sender talks to, and it checks Ferry's own contract too (the `ferry`
 //! member must parse as [`crate::PushData`]), which a real provider would not. It cannot
@@ -126,6 +145,18 @@ impl Request {
     }
 }
 
+/// A push the sim accepted, as a bench needs it (kept in counting mode too).
+#[derive(Debug, Clone)]
+pub struct Arrival {
+    pub provider: Provider,
+    /// The APNs device token or FCM registration token (Web Push bodies are encrypted
+    /// and not noted).
+    pub key: String,
+    /// The `ferry.seq` the push covers.
+    pub seq: u64,
+    pub at: Instant,
+}
+
 /// A request that broke the provider's contract.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
@@ -152,6 +183,8 @@ pub(crate) struct State {
     default: Mutex<Script>,
     recording: AtomicBool,
     requests: Mutex<Vec<Request>>,
+    /// Accepted APNs and FCM pushes since the last [`Sim::take_arrivals`].
+    arrivals: Mutex<Vec<Arrival>>,
     violations: Mutex<Vec<Violation>>,
     /// Requests per provider (index: [`slot`]), recorded or not.
     counts: [AtomicU64; 3],
@@ -240,7 +273,8 @@ impl State {
             .unwrap_or_else(|| *lock(&self.default))
     }
 
-    /// Verifies a JWT once per distinct token (then remembers it): None when it is good.
+    /// Whether `jwt` was verified before: each distinct JWT is verified once, then
+    /// remembered (and counted).
     fn seen_jwt(&self, provider: Provider, jwt: &str) -> bool {
         lock(&self.jwts)[slot(provider)].contains(jwt)
     }
@@ -305,6 +339,7 @@ impl Sim {
             default: Mutex::new(Reply::Accept.into()),
             recording: AtomicBool::new(true),
             requests: Mutex::new(Vec::new()),
+            arrivals: Mutex::new(Vec::new()),
             violations: Mutex::new(Vec::new()),
             counts: Default::default(),
             in_flight: AtomicUsize::new(0),
@@ -462,6 +497,12 @@ impl Sim {
     }
 
     /// Requests received for `provider`, recorded or not (FCM: token requests too).
+    /// The accepted APNs and FCM pushes noted since the last call (with the device and
+    /// the `ferry.seq` each covers), oldest first.
+    pub fn take_arrivals(&self) -> Vec<Arrival> {
+        std::mem::take(&mut *lock(&self.state.arrivals))
+    }
+
     pub fn count(&self, provider: Provider) -> u64 {
         self.state.counts[slot(provider)].load(Ordering::Relaxed)
     }
@@ -526,6 +567,17 @@ pub fn throwaway_subscription() -> (String, String) {
     let mut auth = [0u8; 16];
     let _ = rng.fill(&mut auth);
     (crate::keys::b64url(&public), crate::keys::b64url(&auth))
+}
+
+/// The `ferry.seq` of an APNs body (`ferry` beside `aps`) or an FCM one (`data.ferry`, a
+/// JSON string).
+fn pushed_seq(provider: Provider, body: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let ferry = match provider {
+        Provider::Apns => v.get("ferry")?.clone(),
+        _ => serde_json::from_str(v.pointer("/message/data/ferry")?.as_str()?).ok()?,
+    };
+    ferry.get("seq")?.as_u64()
 }
 
 async fn accept_loop(
@@ -619,6 +671,16 @@ async fn handle(
         (Provider::WebPush, Answer::new(404, "no such endpoint"))
     };
     state.counts[slot(provider)].fetch_add(1, Ordering::Relaxed);
+    if (200..300).contains(&answer.status) && path != "/token" && provider != Provider::WebPush {
+        if let Some(seq) = pushed_seq(provider, &body) {
+            lock(&state.arrivals).push(Arrival {
+                provider,
+                key: answer.key.clone(),
+                seq,
+                at,
+            });
+        }
+    }
     if let Some(what) = &answer.violation {
         lock(&state.violations).push(Violation {
             provider,

@@ -788,3 +788,31 @@ fn media_goes_to_a_shared_folder_or_to_s3_in_parts_s3_takes() {
     .unwrap_err();
     assert!(e.to_string().contains("both set"), "{e}");
 }
+
+#[test]
+fn push_providers_and_settings_load_and_misspellings_are_refused() {
+    let cfg = load_text(
+        "[logic.push]\nquiet_ms = 5000\nlarge_group_members = 50\n\
+         [push]\ntimeout_ms = 3000\n\
+         [push.apns]\nkey_file = \"/k.p8\"\nkey_id = \"ABC123DEFG\"\nteam_id = \"TEAM\"\n\
+         [push.webpush]\nvapid_private_key_file = \"/v.pem\"\nsubject = \"mailto:a@b.c\"\n",
+    )
+    .unwrap();
+    assert_eq!(cfg.logic.push.quiet_ms, 5000);
+    assert_eq!(cfg.logic.push.large_group_members, 50);
+    assert_eq!(cfg.push.timeout_ms, 3000);
+    let apns = cfg.push.apns.as_ref().unwrap();
+    assert_eq!(
+        apns.url, "https://api.push.apple.com",
+        "defaults fill the rest"
+    );
+    assert_eq!(apns.concurrency, 64);
+    assert!(cfg.push.fcm.is_none(), "no table, no provider");
+    assert!(cfg.push.webpush.is_some());
+    let e = load_err("[push.apns]\nkey_fle = \"/k.p8\"\n");
+    assert!(e.contains("key_fle") && e.contains("key_file"), "{e}");
+    let e = load_err("[logic.push]\nquiet = 1\n");
+    assert!(e.contains("quiet") && e.contains("logic.push"), "{e}");
+    // The defaults push through nothing.
+    assert!(crate::push_senders(&Config::default()).unwrap().is_empty());
+}

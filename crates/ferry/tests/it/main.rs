@@ -30,6 +30,8 @@ mod limits;
 mod liveness;
 mod media;
 mod messaging;
+mod push;
+mod push_cluster;
 mod resume;
 mod secure;
 mod security;
