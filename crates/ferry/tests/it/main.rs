@@ -18,6 +18,7 @@ mod bench_smoke;
 mod bench_workers;
 mod cli_push;
 mod client_push;
+mod client_push_targets;
 mod cluster;
 mod cluster_media;
 mod cluster_media_s3;
