@@ -441,22 +441,6 @@ fn device_of(opts: &ClientOpts) -> anyhow::Result<String> {
 
 // ---- ferry admin push test ----------------------------------------------------------
 
-/// The `[push]` section of a configuration file: the providers' credentials and URLs
-/// (`ferry_push::PushConfig`; no section: no provider). Read from the file alone, as
-/// the server reads it.
-pub fn push_config_from_file(path: &std::path::Path) -> anyhow::Result<ferry_push::PushConfig> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let mut table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-    match table.remove("push") {
-        Some(push) => push
-            .try_into()
-            .with_context(|| format!("{}: the [push] section", path.display())),
-        None => Ok(ferry_push::PushConfig::default()),
-    }
-}
-
 /// What `ferry admin push test` did for one target.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TestResult {

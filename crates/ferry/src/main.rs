@@ -391,10 +391,8 @@ async fn main() {
                         }),
                 } => {
                     async {
-                        let push = match &config {
-                            Some(path) => ferry::cli_push::push_config_from_file(path)?,
-                            None => ferry_push::PushConfig::default(),
-                        };
+                        // As the server reads it: the file, then the FERRY_* environment.
+                        let push = Config::load(config.as_deref())?.push;
                         let store = admin_store(&data, postgres).await?;
                         let results = ferry::cli_push::admin_push_test(store, &push, &user).await?;
                         ferry::cli_push::report_push_test(&results)

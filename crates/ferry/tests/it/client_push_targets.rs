@@ -52,7 +52,10 @@ async fn targets_register_list_replace_and_unregister() {
     assert_eq!(stored.device_id, phone.device_id());
     assert!(stored.created_ms > 0);
     assert_eq!(stored.provider(), v1::PushProvider::Webpush);
-    assert_eq!((stored.endpoint.as_str(), stored.p256dh.as_str()), (t.endpoint.as_str(), t.p256dh.as_str()));
+    assert_eq!(
+        (stored.endpoint.as_str(), stored.p256dh.as_str()),
+        (t.endpoint.as_str(), t.p256dh.as_str())
+    );
     let fcm = tablet
         .register_push(push::fcm("tablet-token-1", ""))
         .await
@@ -72,8 +75,14 @@ async fn targets_register_list_replace_and_unregister() {
     assert_eq!(again.device_id, phone.device_id());
     let list = phone.push_targets().await.unwrap();
     assert_eq!(list.len(), 2);
-    let mine = list.iter().find(|t| t.device_id == phone.device_id()).unwrap();
-    assert_eq!((mine.provider(), mine.token.as_str()), (v1::PushProvider::Fcm, "phone-token-2"));
+    let mine = list
+        .iter()
+        .find(|t| t.device_id == phone.device_id())
+        .unwrap();
+    assert_eq!(
+        (mine.provider(), mine.token.as_str()),
+        (v1::PushProvider::Fcm, "phone-token-2")
+    );
 
     // Refusals: a malformed target names its field; a provider the server does not
     // push through (no [push.apns]) is INVALID_ARGUMENT; nothing is stored.
@@ -91,7 +100,10 @@ async fn targets_register_list_replace_and_unregister() {
 
     // The phone removes the tablet's target, then its own; removing again is no error.
     phone.unregister_push(Some(&fcm.device_id)).await.unwrap();
-    assert_eq!(devices(&tablet.push_targets().await.unwrap()), [phone.device_id()]);
+    assert_eq!(
+        devices(&tablet.push_targets().await.unwrap()),
+        [phone.device_id()]
+    );
     phone.unregister_push(None).await.unwrap();
     phone.unregister_push(None).await.unwrap();
     assert!(phone.push_targets().await.unwrap().is_empty());
@@ -114,7 +126,10 @@ async fn push_requests_go_over_the_short_link_in_the_background() {
     }
     let stored = bob.register_push(web_target(&sim, "bg")).await.unwrap();
     assert_eq!(stored.device_id, bob.device_id());
-    assert_eq!(devices(&bob.push_targets().await.unwrap()), [bob.device_id()]);
+    assert_eq!(
+        devices(&bob.push_targets().await.unwrap()),
+        [bob.device_id()]
+    );
     let prefs = bob
         .set_push_prefs(vec![v1::ConversationPush {
             group_id: 0,
@@ -219,13 +234,21 @@ async fn an_app_in_the_background_is_pushed_and_syncs_when_it_comes_back() {
     let mut cfg = client_config(&addr, "bob");
     cfg.background_grace = Duration::from_millis(200);
     let (bob, mut bob_ev) = Client::connect(cfg).await.unwrap();
-    bob.register_push(web_target(&sim, "bob-phone")).await.unwrap();
+    bob.register_push(web_target(&sim, "bob-phone"))
+        .await
+        .unwrap();
 
     // Online: no push.
     ann.send_text("bob", "while online").await.unwrap();
-    assert_eq!(recv_messages(&mut bob_ev, "bob", 1, 10).await[0].1.text, "while online");
+    assert_eq!(
+        recv_messages(&mut bob_ev, "bob", 1, 10).await[0].1.text,
+        "while online"
+    );
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(sim.requests_of(Provider::WebPush).is_empty(), "pushed while online");
+    assert!(
+        sim.requests_of(Provider::WebPush).is_empty(),
+        "pushed while online"
+    );
 
     bob.app_backgrounded();
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -245,14 +268,19 @@ async fn an_app_in_the_background_is_pushed_and_syncs_when_it_comes_back() {
     assert_eq!(pushed.key, "bob-phone");
     assert_eq!(pushed.status, 201);
     assert_eq!(pushed.header("urgency"), Some("high"));
-    assert!(pushed.header("topic").is_some_and(|t| t.starts_with("ferry-")));
+    assert!(pushed
+        .header("topic")
+        .is_some_and(|t| t.starts_with("ferry-")));
     assert_eq!(sim.violations(), vec![]);
     assert_eq!(bob.status(), Status::Background);
 
     // Back: the message comes by sync, the one the push stood for.
     bob.app_foregrounded();
     let got = recv_messages(&mut bob_ev, "bob", 1, 10).await;
-    assert_eq!((got[0].1.msg_id, got[0].1.text.as_str()), (ack.msg_id, "while away"));
+    assert_eq!(
+        (got[0].1.msg_id, got[0].1.text.as_str()),
+        (ack.msg_id, "while away")
+    );
     assert!(
         !matches!(bob_ev.try_recv(), Ok(Event::Entry(_))),
         "more than the one entry"
@@ -265,7 +293,15 @@ async fn an_app_in_the_background_is_pushed_and_syncs_when_it_comes_back() {
 fn ferry_as(addr: &str, state: &std::path::Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(crate::FERRY)
         .args(args)
-        .args(["--server", addr, "--user", "bob", "--password", PASSWORD, "--state"])
+        .args([
+            "--server",
+            addr,
+            "--user",
+            "bob",
+            "--password",
+            PASSWORD,
+            "--state",
+        ])
         .arg(state)
         .env_remove("FERRY_SERVER_KEY")
         .output()
@@ -290,9 +326,24 @@ async fn the_cli_registers_lists_mutes_and_removes() {
         &addr,
         state.path(),
         &[
-            "push", "register", "--provider", "webpush", "--endpoint", &endpoint, "--p256dh",
-            &p256dh, "--auth", &auth, "--preview", "sender", "--dnd", "22:00-07:00",
-            "--utc-offset", "+01:00", "--locale", "de",
+            "push",
+            "register",
+            "--provider",
+            "webpush",
+            "--endpoint",
+            &endpoint,
+            "--p256dh",
+            &p256dh,
+            "--auth",
+            &auth,
+            "--preview",
+            "sender",
+            "--dnd",
+            "22:00-07:00",
+            "--utc-offset",
+            "+01:00",
+            "--locale",
+            "de",
         ],
     );
     assert!(ok, "{out}{err}");
@@ -307,12 +358,22 @@ async fn the_cli_registers_lists_mutes_and_removes() {
     let (ok, out, err) = ferry_as(&addr, state.path(), &["push", "list"]);
     assert!(ok, "{err}");
     assert_eq!(out.lines().count(), 1, "{out}");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["endpoint"], endpoint.as_str());
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(out.trim()).unwrap()["endpoint"],
+        endpoint.as_str()
+    );
 
-    let (ok, out, err) = ferry_as(&addr, state.path(), &["push", "mute", "ann", "--until", "8h"]);
+    let (ok, out, err) = ferry_as(
+        &addr,
+        state.path(),
+        &["push", "mute", "ann", "--until", "8h"],
+    );
     assert!(ok, "{err}");
     let m: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
-    assert_eq!((m["peer"].as_str(), m["mode"].as_str()), (Some("ann"), Some("muted")));
+    assert_eq!(
+        (m["peer"].as_str(), m["mode"].as_str()),
+        (Some("ann"), Some("muted"))
+    );
     let until = m["until_ms"].as_i64().unwrap();
     let eight_h = now_ms() as i64 + 8 * 3_600_000;
     assert!((eight_h - 60_000..=eight_h).contains(&until), "{until}");
@@ -326,7 +387,10 @@ async fn the_cli_registers_lists_mutes_and_removes() {
     // Refused by the server: the error reaches the user.
     let (ok, _, err) = ferry_as(&addr, state.path(), &["push", "mute", "nobody"]);
     assert!(!ok);
-    assert!(err.contains("nobody") || err.to_lowercase().contains("unknown"), "{err}");
+    assert!(
+        err.contains("nobody") || err.to_lowercase().contains("unknown"),
+        "{err}"
+    );
 
     let (ok, out, err) = ferry_as(&addr, state.path(), &["push", "remove"]);
     assert!(ok, "{err}");
