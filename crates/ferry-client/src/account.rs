@@ -472,8 +472,71 @@ impl Account {
         .await
     }
 
+    /// Registers (or replaces) this device's push target (build one with
+    /// [`crate::push`]'s `apns`, `fcm`, `web_push`, `unified_push`); answers the target
+    /// as the server stored it (with `device_id` and `created_ms`).
+    pub async fn register_push(
+        &self,
+        target: v1::PushTarget,
+    ) -> Result<v1::PushTarget, ClientError> {
+        let r: v1::PushListResp = self
+            .call(
+                path(cmd::PUSH_REGISTER),
+                &v1::PushRegisterReq {
+                    target: Some(target),
+                },
+            )
+            .await?;
+        one_target(r)
+    }
+
+    /// Removes this device's push target (`None`) or another device's of this user.
+    /// Removing what is not there is no error.
+    pub async fn unregister_push(&self, device: Option<&str>) -> Result<(), ClientError> {
+        let _: v1::Empty = self
+            .call(
+                path(cmd::PUSH_UNREGISTER),
+                &v1::PushUnregisterReq {
+                    device_id: device.unwrap_or_default().into(),
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// This user's push targets, one per device.
+    pub async fn push_targets(&self) -> Result<Vec<v1::PushTarget>, ClientError> {
+        let r: v1::PushListResp = self.call(path(cmd::PUSH_LIST), &v1::Empty {}).await?;
+        Ok(r.targets)
+    }
+
+    /// Sets conversations' push settings (mode `PUSH_MODE_DEFAULT` removes one) and
+    /// answers every setting of the user.
+    pub async fn set_push_prefs(
+        &self,
+        set: Vec<v1::ConversationPush>,
+    ) -> Result<Vec<v1::ConversationPush>, ClientError> {
+        let r: v1::PushPrefsResp = self
+            .call(path(cmd::PUSH_PREFS), &v1::PushPrefsReq { set })
+            .await?;
+        Ok(r.conversations)
+    }
+
+    /// Every conversation push setting of the user (expired ones left out).
+    pub async fn push_prefs(&self) -> Result<Vec<v1::ConversationPush>, ClientError> {
+        self.set_push_prefs(Vec::new()).await
+    }
+
     /// The device's current token (empty after logout).
     pub fn token_now(&self) -> String {
         self.token()
     }
+}
+
+/// The one target a `PUSH_REGISTER` answers with.
+pub(crate) fn one_target(r: v1::PushListResp) -> Result<v1::PushTarget, ClientError> {
+    r.targets
+        .into_iter()
+        .next()
+        .ok_or_else(|| ClientError::protocol("no target in the push/register answer"))
 }

@@ -32,6 +32,9 @@ pub(crate) enum End {
     NetworkChanged,
     /// A better link (TCP, while on long-poll) is logged in: move to it.
     Switch(Box<Connected>),
+    /// The app has been in the background for the grace period: no link until it comes
+    /// back to the foreground.
+    Background,
 }
 
 /// A logged-in link, before its session starts.

@@ -41,6 +41,16 @@
 //!   stops).
 //! - An app that drops the receiver is not waited for: entries are applied and dropped.
 //!
+//! # The app's lifecycle and platform push
+//! A phone app is suspended in the background; its link would die anyway. The app tells
+//! the SDK: [`Client::app_backgrounded`] closes the link cleanly after
+//! [`ClientConfig::background_grace`] (telling the server the synckey first) and stops
+//! reconnecting, so the server's platform push (APNs, FCM, Web Push, UnifiedPush) takes
+//! over; [`Client::app_foregrounded`] connects at once and syncs. The device's push
+//! target is registered with [`Client::register_push`] (targets built with [`push`]),
+//! per-conversation settings with [`Client::set_push_prefs`] — over the long link when
+//! it is up, else the short link. See docs/protocol.md, Push.
+//!
 //! Errors are [`ClientError`]s: an [`ErrorKind`], the error that caused it
 //! (`source()`), and for a refusal the server's code, message and retry hint.
 
@@ -50,6 +60,7 @@ mod error;
 mod heartbeat;
 mod held;
 mod media;
+pub mod push;
 mod security;
 mod session;
 mod short;
@@ -112,6 +123,9 @@ pub struct ClientConfig {
     /// then syncs what it left out: nothing is lost (see "Events and a slow app" in the
     /// crate docs).
     pub event_capacity: usize,
+    /// How long after [`Client::app_backgrounded`] the long link stays up (a quick app
+    /// switch keeps it; then the server's push takes over). 10 s by default.
+    pub background_grace: Duration,
 }
 
 impl ClientConfig {
@@ -136,6 +150,7 @@ impl ClientConfig {
             network: "default".into(),
             security: Security::TrustOnFirstUse,
             event_capacity: 1024,
+            background_grace: Duration::from_secs(10),
         }
     }
 
@@ -184,6 +199,9 @@ pub enum Event {
 pub enum Status {
     Connecting,
     Connected,
+    /// The app is in the background: the link was closed on purpose and is not
+    /// re-made until [`Client::app_foregrounded`] (pushes stand in meanwhile).
+    Background,
     Stopped,
 }
 
@@ -195,6 +213,10 @@ pub(crate) enum Cmd {
     },
     /// The device moved to another network.
     Network(String),
+    /// The app went to the background ([`Client::app_backgrounded`]).
+    Background,
+    /// The app came to the foreground ([`Client::app_foregrounded`]).
+    Foreground,
     Close,
 }
 
@@ -348,14 +370,107 @@ impl Client {
         let _ = self.cmds.send(Cmd::Network(network.into()));
     }
 
-    /// Waits until the link is logged in (or the client stopped).
+    /// The app went to the background. After [`ClientConfig::background_grace`] the
+    /// client tells the server what it has applied (a last heartbeat with its synckey,
+    /// which the badge and the pushes count from), closes the long link cleanly and
+    /// stops reconnecting: from then on the server pushes to the device's push target
+    /// ([`Client::register_push`]) instead. Until the grace is over nothing changes, so
+    /// a quick app switch keeps the link. Calling it again changes nothing (the first
+    /// grace stands).
+    ///
+    /// While in the background ([`Status::Background`]) requests on the long link fail
+    /// at once and [`Client::send_msg`] waits for the foreground; the short-link
+    /// services ([`Client::account`], the push requests) still work.
+    pub fn app_backgrounded(&self) {
+        let _ = self.cmds.send(Cmd::Background);
+    }
+
+    /// The app came to the foreground: a pending background close is cancelled (the link
+    /// never dropped), and a client in the background (or waiting out a reconnect
+    /// back-off) connects at once, as smartly as ever, and syncs — the inbox from its
+    /// synckey and every group that moved — so what arrived meanwhile (and was pushed)
+    /// reaches the app as events. Calling it when in the foreground changes nothing.
+    pub fn app_foregrounded(&self) {
+        let _ = self.cmds.send(Cmd::Foreground);
+    }
+
+    /// Registers (or replaces) this device's push target, over the long link when it is
+    /// up and the short link otherwise; answers the target as stored. See
+    /// [`crate::push`] for building one, and [`Account::register_push`].
+    pub async fn register_push(
+        &self,
+        target: v1::PushTarget,
+    ) -> Result<v1::PushTarget, ClientError> {
+        let req = v1::PushRegisterReq {
+            target: Some(target),
+        };
+        let r: v1::PushListResp = self.call(cmd::PUSH_REGISTER, &req).await?;
+        account::one_target(r)
+    }
+
+    /// Removes this device's push target (`None`) or another device's of this user.
+    pub async fn unregister_push(&self, device: Option<&str>) -> Result<(), ClientError> {
+        let req = v1::PushUnregisterReq {
+            device_id: device.unwrap_or_default().into(),
+        };
+        let _: v1::Empty = self.call(cmd::PUSH_UNREGISTER, &req).await?;
+        Ok(())
+    }
+
+    /// This user's push targets, one per device.
+    pub async fn push_targets(&self) -> Result<Vec<v1::PushTarget>, ClientError> {
+        let r: v1::PushListResp = self.call(cmd::PUSH_LIST, &v1::Empty {}).await?;
+        Ok(r.targets)
+    }
+
+    /// Sets conversations' push settings (`PUSH_MODE_DEFAULT` removes one); answers
+    /// every setting of the user.
+    pub async fn set_push_prefs(
+        &self,
+        set: Vec<v1::ConversationPush>,
+    ) -> Result<Vec<v1::ConversationPush>, ClientError> {
+        let r: v1::PushPrefsResp = self
+            .call(cmd::PUSH_PREFS, &v1::PushPrefsReq { set })
+            .await?;
+        Ok(r.conversations)
+    }
+
+    /// Every conversation push setting of the user.
+    pub async fn push_prefs(&self) -> Result<Vec<v1::ConversationPush>, ClientError> {
+        self.set_push_prefs(Vec::new()).await
+    }
+
+    /// A request both links serve: on the long link while it is up; on the short link
+    /// when it is not (in the background, reconnecting) or was lost before answering.
+    /// Only for requests that may be sent twice (the push requests set state).
+    async fn call<Req: ProtoMessage, Resp: ProtoMessage + Default>(
+        &self,
+        c: u8,
+        req: &Req,
+    ) -> Result<Resp, ClientError> {
+        if self.status() == Status::Connected {
+            match self.request(c, Bytes::from(req.encode_to_vec())).await {
+                Ok(f) => {
+                    return Resp::decode(f.body).map_err(|e| ClientError::protocol_source("", e))
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::Io | ErrorKind::Closed) => {
+                    tracing::debug!(error = %e, "long link gone; asking over the short link");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        self.account().call(short::path(c), req).await
+    }
+
+    /// Waits until the link is logged in (or the client stopped). In the background it
+    /// waits for [`Client::app_foregrounded`].
     pub async fn wait_connected(&self) -> Result<(), ClientError> {
         let mut rx = self.shared.status.subscribe();
         loop {
             match *rx.borrow_and_update() {
                 Status::Connected => return Ok(()),
                 Status::Stopped => return Err(ClientError::closed()),
-                Status::Connecting => {}
+                Status::Connecting | Status::Background => {}
             }
             rx.changed().await.map_err(|_| ClientError::closed())?;
         }

@@ -10,6 +10,12 @@
 //! the app got) and this loop waits for the app to drain half the channel — still
 //! heartbeating and answering requests — then the machine syncs what it left out. See
 //! the crate docs ("Events and a slow app").
+//!
+//! The app's lifecycle: [`Cmd::Background`] arms a deadline (the grace); when it passes,
+//! the session sends a last heartbeat with the synckey, waits briefly for its answer
+//! and closes the link ([`End::Background`]), and the driver then waits for
+//! [`Cmd::Foreground`] without reconnecting. A foreground before the deadline disarms
+//! it; one during a back-off or in the background connects at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -67,6 +73,48 @@ fn jitter(d: Duration) -> Duration {
     Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
 }
 
+/// The grace deadline of a pending background close: armed once (a second background
+/// keeps the first deadline), disarmed by a foreground.
+fn background(shared: &Shared, close_at: &mut Option<Instant>) {
+    if close_at.is_none() {
+        *close_at = Some(Instant::now() + shared.cfg.background_grace);
+    }
+}
+
+/// Sleeps until the background deadline, or forever when none is armed.
+async fn until(close_at: Option<Instant>) {
+    match close_at {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// In the background: no link, until the app comes back (true) or closes the client
+/// (false). Requests are refused at once (their reply dropped); a network change is
+/// remembered for the next link.
+async fn asleep(
+    shared: &Shared,
+    cmds: &mut mpsc::UnboundedReceiver<Cmd>,
+    events: &mpsc::Sender<Event>,
+) -> bool {
+    shared.status.send_replace(Status::Background);
+    tracing::debug!("in the background: link closed until the foreground");
+    let _ = events.try_send(Event::Disconnected {
+        reason: "the app is in the background".into(),
+    });
+    loop {
+        match cmds.recv().await {
+            None | Some(Cmd::Close) => return false,
+            Some(Cmd::Foreground) => {
+                shared.status.send_replace(Status::Connecting);
+                return true;
+            }
+            Some(Cmd::Network(n)) => network_changed(shared, n),
+            Some(Cmd::Background | Cmd::Request { .. }) => {}
+        }
+    }
+}
+
 /// Switches to another network: its own heartbeat, and no bans from the old one.
 fn network_changed(shared: &Shared, network: String) {
     let mut smart = shared.smart.lock();
@@ -87,6 +135,8 @@ pub(crate) async fn drive(
     let mut first = Some(first);
     let mut backoff = shared.cfg.backoff_min;
     let mut ready: Option<Connected> = None;
+    // When a pending background close is due (the app went to the background).
+    let mut close_at: Option<Instant> = None;
     'outer: loop {
         let conn = match ready.take() {
             Some(c) => Ok(c),
@@ -97,12 +147,16 @@ pub(crate) async fn drive(
                 loop {
                     tokio::select! {
                         r = &mut est => break r,
+                        // Still no link when the grace ran out: stop trying.
+                        _ = until(close_at) => break Err(End::Background),
                         c = cmds.recv() => match c {
                             None | Some(Cmd::Close) => break 'outer,
                             Some(Cmd::Network(n)) => {
                                 network_changed(&shared, n);
                                 est.set(establish(&shared));
                             }
+                            Some(Cmd::Background) => background(&shared, &mut close_at),
+                            Some(Cmd::Foreground) => close_at = None,
                             // No link: dropping the reply tells the caller to retry once
                             // connected (senders wait for `Status::Connected`).
                             Some(Cmd::Request { .. }) => {}
@@ -112,7 +166,7 @@ pub(crate) async fn drive(
             }
         };
         let end = match conn {
-            Ok(c) => session(&shared, c, &mut cmds, &events, &mut first).await,
+            Ok(c) => session(&shared, c, &mut cmds, &events, &mut first, &mut close_at).await,
             Err(end) => end,
         };
         shared.status.send_replace(Status::Connecting);
@@ -120,6 +174,14 @@ pub(crate) async fn drive(
         shared.save_state();
         match end {
             End::Closed => break,
+            End::Background => {
+                close_at = None;
+                if !asleep(&shared, &mut cmds, &events).await {
+                    break;
+                }
+                backoff = shared.cfg.backoff_min;
+                continue;
+            }
             End::Fatal(error) => {
                 if let Some(f) = first.take() {
                     let _ = f.send(Err(error));
@@ -150,16 +212,32 @@ pub(crate) async fn drive(
                 }
             }
         }
-        // Wait out the back-off, but stay closable; a network change ends the wait.
+        // Wait out the back-off, but stay closable; a network change or the app coming
+        // to the foreground ends the wait, the background grace running out ends the
+        // reconnecting.
         let wait = tokio::time::sleep(jitter(backoff));
         tokio::pin!(wait);
         loop {
             tokio::select! {
                 _ = &mut wait => break,
+                _ = until(close_at) => {
+                    close_at = None;
+                    if !asleep(&shared, &mut cmds, &events).await {
+                        break 'outer;
+                    }
+                    backoff = shared.cfg.backoff_min;
+                    continue 'outer;
+                }
                 c = cmds.recv() => match c {
                     None | Some(Cmd::Close) => break 'outer,
                     Some(Cmd::Network(n)) => {
                         network_changed(&shared, n);
+                        backoff = shared.cfg.backoff_min;
+                        continue 'outer;
+                    }
+                    Some(Cmd::Background) => background(&shared, &mut close_at),
+                    Some(Cmd::Foreground) => {
+                        close_at = None;
                         backoff = shared.cfg.backoff_min;
                         continue 'outer;
                     }
@@ -179,6 +257,7 @@ async fn session(
     cmds: &mut mpsc::UnboundedReceiver<Cmd>,
     events: &mpsc::Sender<Event>,
     first: &mut Option<oneshot::Sender<Result<(), ClientError>>>,
+    close_at: &mut Option<Instant>,
 ) -> End {
     let Connected {
         mut conn,
@@ -269,6 +348,9 @@ async fn session(
         reason,
         logged_in: true,
     };
+    // Going to the background (the grace is over): the last heartbeat's id, the
+    // synckey it told, and how long its answer is waited for.
+    let mut closing: Option<(u32, u64, Instant)> = None;
     loop {
         if !sync.out.is_empty() {
             if let Err(e) = conn.send(&sync.out).await {
@@ -288,6 +370,10 @@ async fn session(
         if let Some(t) = sync.deadline() {
             wake = wake.min(t);
         }
+        match (closing, *close_at) {
+            (Some((_, _, t)), _) | (None, Some(t)) => wake = wake.min(t),
+            (None, None) => {}
+        }
         let report_due = hb.last_activity().max(last_report) + cfg.smart.report_idle;
         let want_report = !shared.smart.lock().samples.is_empty();
         if want_report {
@@ -300,6 +386,13 @@ async fn session(
                 Some(Cmd::Network(n)) => {
                     network_changed(shared, n);
                     return End::NetworkChanged;
+                }
+                Some(Cmd::Background) => background(shared, close_at),
+                // Back within the grace (or while the last heartbeat is out): the link
+                // stays as it is.
+                Some(Cmd::Foreground) => {
+                    *close_at = None;
+                    closing = None;
                 }
                 Some(Cmd::Request { cmd, body, reply }) => {
                     let id = sync.next_req_id();
@@ -316,10 +409,16 @@ async fn session(
                     }
                     sync.set_room(room(events));
                     let mut end = None;
+                    let mut last_beat_answered = false;
                     for f in frames {
                         match sync.on_frame(f, now) {
                             Ok(None) => {}
-                            Ok(Some(f)) => end = route(f, &mut pending),
+                            Ok(Some(f)) => {
+                                last_beat_answered |= closing.is_some_and(|(id, _, _)| {
+                                    f.cmd == cmd::response(cmd::HEARTBEAT) && f.req_id == id
+                                });
+                                end = route(f, &mut pending);
+                            }
                             Err(SyncError(reason)) => end = Some(lost(reason)),
                         }
                         if end.is_some() {
@@ -348,6 +447,16 @@ async fn session(
                         }
                         return end;
                     }
+                    if last_beat_answered {
+                        // The server knows the synckey: close, unless entries applied
+                        // since the beat moved it (then tell that too).
+                        match closing {
+                            Some((_, told, until)) if sync.synckey() > told => {
+                                closing = Some((last_beat(&mut sync), sync.synckey(), until));
+                            }
+                            _ => return End::Background,
+                        }
+                    }
                 }
                 Err(e) => {
                     if hb.link_failed() {
@@ -372,6 +481,18 @@ async fn session(
             _ = tokio::time::sleep_until(wake.max(now)) => {
                 let now = Instant::now();
                 sync.tick(now);
+                if closing.is_none() && close_at.is_some_and(|t| now >= t) {
+                    // The grace is over: tell the server what this device has applied
+                    // (the badge and the pushes count from it), then close. The
+                    // deadline stays armed (and past), so that a link lost meanwhile
+                    // goes to the background too rather than reconnecting.
+                    let wait = cfg.smart.answer_timeout.min(Duration::from_secs(2));
+                    closing = Some((last_beat(&mut sync), sync.synckey(), now + wait));
+                    hb.sent(now);
+                }
+                if closing.is_some_and(|(_, _, t)| now >= t) {
+                    return End::Background;
+                }
                 match hb.due(now) {
                     Due::Dead { save } => {
                         if save {
@@ -413,6 +534,17 @@ async fn session(
             }
         }
     }
+}
+
+/// Queues the heartbeat sent before going to the background (it carries the synckey);
+/// its request id.
+fn last_beat(sync: &mut SyncMachine) -> u32 {
+    let beat = v1::Heartbeat {
+        synckey: sync.synckey(),
+    };
+    let id = sync.next_req_id();
+    encode_msg(cmd::HEARTBEAT, id, &beat, &mut sync.out);
+    id
 }
 
 /// Whether `end` is the server's `KICK{KICKED}`: this session ended (logout, password

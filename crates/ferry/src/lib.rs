@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod cli_media;
+pub mod cli_push;
 pub mod cluster;
 pub mod config;
 pub mod monitor;

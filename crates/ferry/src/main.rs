@@ -151,6 +151,10 @@ enum Command {
     /// The moments feed: post, timeline, like, comment, delete.
     #[command(subcommand)]
     Moments(cli::MomentsCmd),
+    /// Platform push: this device's target (register, list, remove) and per-conversation
+    /// settings (mute, unmute, all, prefs).
+    #[command(subcommand)]
+    Push(ferry::cli_push::PushCmd),
     /// Upload a client log or crash file.
     Report {
         #[command(flatten)]
@@ -227,6 +231,30 @@ enum AdminCommand {
         out: Option<PathBuf>,
         #[arg(long, default_value_t = 100)]
         limit: u32,
+    },
+    /// Platform push: send a test push to each of a user's devices.
+    #[command(subcommand)]
+    Push(AdminPushCommand),
+}
+
+#[derive(Subcommand)]
+enum AdminPushCommand {
+    /// Send a test push (kind "test") to each push target of USER with the real
+    /// senders of the config file's [push] section; one line per target with the
+    /// provider's answer. Targets the provider says are gone are removed.
+    Test {
+        /// The user's name.
+        user: String,
+        /// The server's data folder (embedded store).
+        #[arg(long, default_value = "ferry-data", env = "FERRY_DATA")]
+        data: PathBuf,
+        /// A cluster's PostgreSQL instead.
+        #[arg(long, env = "FERRY_POSTGRES")]
+        postgres: Option<String>,
+        /// The configuration file whose [push] section holds the providers' credentials
+        /// (the server's own file).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -337,6 +365,7 @@ async fn main() {
                 Command::Friends(cmd) => cli::friends(cmd).await,
                 Command::Avatar(cmd) => cli::avatar(cmd).await,
                 Command::Moments(cmd) => cli::moments(cmd).await,
+                Command::Push(cmd) => ferry::cli_push::run(cmd).await,
                 Command::Report { opts, file, kind } => cli::report(&opts, &file, &kind).await,
                 Command::Logout { opts, all } => cli::logout(&opts, all).await,
                 Command::Admin {
@@ -352,6 +381,24 @@ async fn main() {
                     Ok(store) => cli::admin_reports(store, get, out, limit).await,
                     Err(e) => Err(e),
                 },
+                Command::Admin {
+                    command:
+                        AdminCommand::Push(AdminPushCommand::Test {
+                            user,
+                            data,
+                            postgres,
+                            config,
+                        }),
+                } => {
+                    async {
+                        // As the server reads it: the file, then the FERRY_* environment.
+                        let push = Config::load(config.as_deref())?.push;
+                        let store = admin_store(&data, postgres).await?;
+                        let results = ferry::cli_push::admin_push_test(store, &push, &user).await?;
+                        ferry::cli_push::report_push_test(&results)
+                    }
+                    .await
+                }
                 Command::Bench(args) => ferry_bench::run(args).await,
                 Command::BenchWorker { spec } => ferry_bench::worker::run(&spec).await,
                 Command::Serve { .. } | Command::Gateway { .. } | Command::Logic { .. } => {
