@@ -648,7 +648,7 @@ mod tests {
         paths.sort();
         paths.dedup();
         assert_eq!(paths.len(), n);
-        assert_eq!(n, 41, "the short link's paths");
+        assert_eq!(n, 45, "the short link's paths");
         for c in COMMANDS {
             if let Some(p) = c.path {
                 assert_eq!(by_path(p).map(|b| b.id), Some(c.id), "{p}");
