@@ -184,10 +184,16 @@ async fn measure(
     }
 
     let refused = Arc::new(AtomicU64::new(0));
+    eprintln!(
+        "push: {devices} targets registered; sending for {} s",
+        args.duration
+    );
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(args.duration);
     let per_sender_gap = rate.map(|r| Duration::from_secs_f64(senders as f64 / r.max(1.0)));
     let pushed_at_start = sim.count(Provider::Apns);
+    let server_cpu_start = server::cpu_us(own.pid());
+    let bench_cpu_start = server::cpu_us(std::process::id());
     let mut tasks = tokio::task::JoinSet::new();
     for (j, mut link) in links.into_iter().enumerate() {
         let owned: Vec<usize> = (j..devices).step_by(senders).collect();
@@ -269,6 +275,12 @@ async fn measure(
     }
     let sending = started.elapsed();
     let pushed_at_end = sim.count(Provider::Apns);
+    let server_cpu = server_cpu_start
+        .zip(server::cpu_us(own.pid()))
+        .map(|(a, b)| b.saturating_sub(a) as f64 / 1e6 / sending.as_secs_f64());
+    let bench_cpu = bench_cpu_start
+        .zip(server::cpu_us(std::process::id()))
+        .map(|(a, b)| b.saturating_sub(a) as f64 / 1e6 / sending.as_secs_f64());
     // Drain: wait (bounded) until every device's newest message is covered by a push.
     let newest: Vec<u64> = (0..devices)
         .map(|d| base[d] + sends[d].len() as u64)
@@ -336,6 +348,11 @@ async fn measure(
         format!("{uncovered} of {devices}"),
     );
     report.row("contract violations", violations.len());
+    let cores = |c: Option<f64>| c.map_or("—".into(), |c| format!("{c:.2} cores"));
+    report.row(
+        "CPU while sending: server / bench + provider",
+        format!("{} / {}", cores(server_cpu), cores(bench_cpu)),
+    );
     report.row(
         "memory per target (RSS Δ / index estimate)",
         format!(
@@ -362,6 +379,8 @@ async fn measure(
         "uncovered_devices": uncovered,
         "violations": violations.iter().map(|v| format!("{v:?}")).collect::<Vec<_>>(),
         "rss_per_target_bytes": rss_per_target,
+        "server_cores_while_sending": server_cpu,
+        "bench_cores_while_sending": bench_cpu,
         "index_per_target_bytes": index_per_target,
     });
     if !violations.is_empty() {

@@ -193,3 +193,16 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+/// CPU time a process has used (user + system), in microseconds, from `/proc/PID/stat`.
+pub fn cpu_us(pid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count fields
+    // after its closing one. utime and stime are fields 14 and 15.
+    let rest = &text[text.rfind(')')? + 2..];
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    // Linux reports them in USER_HZ, 100 a second on every common configuration.
+    Some((utime + stime) * 10_000)
+}
