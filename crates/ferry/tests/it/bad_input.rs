@@ -104,7 +104,7 @@ async fn bad_input_is_refused_and_a_good_client_keeps_working() {
     let mut l = RawLink::connect(&addr).await;
     assert_eq!(l.login(&tok).await.cmd, cmd::response(cmd::LOGIN));
     buf.clear();
-    encode_raw(0x3a, 6, &[], &mut buf);
+    encode_raw(0x3f, 6, &[], &mut buf);
     l.send_bytes(&buf).await;
     let f = l.recv(3).await.expect("an error frame");
     assert_eq!(error_code(&f), v1::ErrorCode::UnknownCommand);
