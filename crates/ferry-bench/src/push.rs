@@ -92,8 +92,9 @@ pub async fn run(
     result
 }
 
-/// What one sender did: per device it owns, when each message was sent.
-type Sends = HashMap<usize, Vec<Instant>>;
+/// What one sender did: per device it owns, when each message was sent, in order —
+/// `None` for one the server refused (it has no seq).
+type Sends = HashMap<usize, Vec<Option<Instant>>>;
 
 async fn measure(
     args: &BenchArgs,
@@ -201,6 +202,8 @@ async fn measure(
         let refused = refused.clone();
         tasks.spawn(async move {
             let mut sends: Sends = HashMap::new();
+            // Request id → (device, its message's place in `sends`).
+            let mut pending: HashMap<u32, (usize, usize)> = HashMap::new();
             let mut next = 0usize;
             let mut in_flight = 0usize;
             let mut req = 1u32;
@@ -229,7 +232,9 @@ async fn measure(
                         text: "push bench".into(),
                         ..Default::default()
                     };
-                    sends.entry(d).or_default().push(Instant::now());
+                    let mine = sends.entry(d).or_default();
+                    pending.insert(req, (d, mine.len()));
+                    mine.push(Some(Instant::now()));
                     link.send(cmd::SEND, req, &m).await?;
                     in_flight += 1;
                 }
@@ -240,10 +245,12 @@ async fn measure(
                     .await
                     .context("ack timed out")??;
                 if f.cmd == cmd::response(cmd::SEND) {
+                    pending.remove(&f.req_id);
                     in_flight -= 1;
                     acked += 1;
                 } else if f.cmd == cmd::ERROR {
                     // Counted, not fatal: the report shows how many the server refused.
+                    refuse(&mut sends, &mut pending, f.req_id);
                     in_flight -= 1;
                     refused.fetch_add(1, Ordering::Relaxed);
                 }
@@ -254,9 +261,11 @@ async fn measure(
                     .await
                     .context("ack timed out")??;
                 if f.cmd == cmd::response(cmd::SEND) {
+                    pending.remove(&f.req_id);
                     in_flight -= 1;
                     acked += 1;
                 } else if f.cmd == cmd::ERROR {
+                    refuse(&mut sends, &mut pending, f.req_id);
                     in_flight -= 1;
                     refused.fetch_add(1, Ordering::Relaxed);
                 }
@@ -264,13 +273,14 @@ async fn measure(
             anyhow::Ok((sends, acked))
         });
     }
+    // Per device, the send time of each message the server stored, in seq order.
     let mut sends: Vec<Vec<Instant>> = vec![Vec::new(); devices];
     let mut acked = 0u64;
     while let Some(done) = tasks.join_next().await {
         let (s, a) = done.context("a sender failed")??;
         acked += a;
         for (d, v) in s {
-            sends[d] = v;
+            sends[d] = v.into_iter().flatten().collect();
         }
     }
     let sending = started.elapsed();
@@ -391,6 +401,16 @@ async fn measure(
         );
     }
     Ok(report)
+}
+
+/// A refused send (ERROR for request `req`): its message has no seq, so it is taken out
+/// of the device's sequence.
+fn refuse(sends: &mut Sends, pending: &mut HashMap<u32, (usize, usize)>, req: u32) {
+    if let Some((d, i)) = pending.remove(&req) {
+        if let Some(slot) = sends.get_mut(&d).and_then(|v| v.get_mut(i)) {
+            *slot = None;
+        }
+    }
 }
 
 /// `ferry_push_index_bytes` from the server's `/metrics` (with its admin token).
