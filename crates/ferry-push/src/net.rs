@@ -33,17 +33,23 @@ pub(crate) fn client(
         .map_err(|e| ConfigError(format!("push: cannot make the HTTP client: {e}")))
 }
 
-/// The provider's `Retry-After` in seconds (the HTTP-date form is not used by any of
-/// them; it reads as none).
+/// The provider's `Retry-After`: delay-seconds, or an HTTP-date (RFC 9110 §10.2.3; a
+/// Web Push service may send either), as the time from now (zero for a date past).
 pub(crate) fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    headers
+    let v = headers
         .get(reqwest::header::RETRY_AFTER)?
         .to_str()
         .ok()?
-        .trim()
-        .parse::<u64>()
-        .ok()
-        .map(Duration::from_secs)
+        .trim();
+    parse_retry_after(v, std::time::SystemTime::now())
+}
+
+fn parse_retry_after(v: &str, now: std::time::SystemTime) -> Option<Duration> {
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = httpdate::parse_http_date(v).ok()?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
 }
 
 /// A request that got no answer: a timeout or a connection error is worth trying again;
@@ -85,4 +91,32 @@ pub(crate) async fn slot(
         after: None,
         reason: "sender closed".into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{SystemTime, UNIX_EPOCH};
+
+    #[test]
+    fn retry_after_reads_seconds_and_http_dates() {
+        // Sun, 06 Nov 1994 08:49:37 GMT (RFC 9110's example).
+        let date = UNIX_EPOCH + Duration::from_secs(784_111_777);
+        let now = date - Duration::from_secs(90);
+        assert_eq!(
+            parse_retry_after("120", now),
+            Some(Duration::from_secs(120))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", now),
+            Some(Duration::from_secs(90))
+        );
+        // A date already past: try again now.
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:37 GMT", SystemTime::now()),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        assert_eq!(parse_retry_after("-5", now), None);
+    }
 }
