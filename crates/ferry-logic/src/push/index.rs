@@ -7,7 +7,6 @@
 //! row). A target deleted on another node stays here until this node restarts: harmless,
 //! the store ignores enqueues for a device without a target.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -34,8 +33,6 @@ type Devs = SmallVec<[Dev; 1]>;
 #[derive(Default)]
 pub struct Index {
     users: DashMap<u64, Devs>,
-    /// The newest `registered_ms` seen: where the next refresh starts (less a margin).
-    seen_ms: AtomicI64,
 }
 
 impl Index {
@@ -53,8 +50,6 @@ impl Index {
             Some(_) => {}
             None => e.push(dev),
         }
-        drop(e);
-        self.seen_ms.fetch_max(row.registered_ms, Ordering::Relaxed);
     }
 
     /// Forgets one device of a user (None: all of them).
@@ -102,10 +97,6 @@ impl Index {
         self.users.get(&user).map(|e| e.clone()).unwrap_or_default()
     }
 
-    pub fn seen_ms(&self) -> i64 {
-        self.seen_ms.load(Ordering::Relaxed)
-    }
-
     /// Devices indexed.
     pub fn len(&self) -> usize {
         self.users.iter().map(|e| e.len()).sum()
@@ -150,7 +141,6 @@ mod tests {
         ix.put(&row(1, "tablet", 11));
         ix.put(&row(1, "phone", 12));
         assert_eq!(ix.len(), 2);
-        assert_eq!(ix.seen_ms(), 12);
         // An older registration read late does not undo a newer one.
         ix.put(&row(1, "phone", 9));
         assert_eq!(ix.devices(1)[0].registered_ms, 12);

@@ -177,9 +177,12 @@ impl PushService {
         tokio::spawn(self.clone().run_reconciler(shutdown));
     }
 
-    /// Loads the index, then refreshes it every second with the targets registered
-    /// since (from 2 s before the newest seen: a registration committed late on another
-    /// node is not missed).
+    /// Loads the index, then refreshes it every second with the targets registered since
+    /// 2 s before the previous refresh began (a registration committed a little late on
+    /// another node is not missed; one later than that is found by the reconciler). The
+    /// window moves with the clock, so once registrations stop a refresh reads nothing
+    /// (it used to start 2 s before the newest registration seen, and so re-read the last
+    /// 2 s of a burst every second until the next registration).
     async fn run_index(self: Arc<Self>, shutdown: CancellationToken) {
         let mut since = 0;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -189,12 +192,13 @@ impl PushService {
                 _ = shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
+            let started = unix_ms();
             match self.refresh_index(since).await {
                 Ok(read) => {
                     if read > 0 || since == 0 {
                         self.index_gauges();
                     }
-                    since = (self.index.seen_ms() - 2_000).max(0);
+                    since = (started - 2_000).max(0);
                 }
                 Err(e) => tracing::debug!(error = %e, "refreshing the push index failed"),
             }
