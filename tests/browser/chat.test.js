@@ -164,6 +164,17 @@ test("two browsers: sign up, befriend, chat both ways, typing, read, image, reca
   assert.ok(got.equals(jpeg), "the original is byte-identical to the file sent");
   await bob.unroute(/\/v1\/media\/[0-9a-f]+/);
 
+  // The screenshots (docs/chat.png, docs/chat-phone.png): alice's desktop once bob has
+  // read the picture, bob's phone showing it.
+  await alice.waitForSelector('#messages li.msg.out:last-child [data-receipt="Read"]');
+  await alice.waitForFunction(() => [...document.querySelectorAll("#messages img")].every((i) => i.complete && i.naturalWidth));
+  await alice.screenshot({ path: path.join(screenshotDir(), "chat.png") });
+  await bob.setViewportSize({ width: 390, height: 844 });
+  await bob.waitForFunction(() => getComputedStyle(document.querySelector("#side")).display === "none");
+  await bob.evaluate(() => { const m = document.querySelector("#messages"); m.scrollTop = m.scrollHeight; });
+  await bob.screenshot({ path: path.join(screenshotDir(), "chat-phone.png") });
+  await bob.setViewportSize({ width: 1280, height: 800 });
+
   // Recall (own message, within 2 minutes).
   await alice.click('#messages li.msg.out:has-text("hello bob") button.recall');
   await alice.waitForSelector('#messages li.msg.recalled:has-text("You recalled a message")');
@@ -276,22 +287,20 @@ test("WebSocket refused: the app falls back to long-poll and still delivers", as
   }
 });
 
-test("layouts: desktop and phone screenshots; the keyboard goes back with Escape", async () => {
+test("layouts: one column on a phone; the keyboard alone goes back and forth", async () => {
   const alice = pages.alice.page;
-  const dir = screenshotDir();
   await alice.setViewportSize({ width: 1280, height: 800 });
   await openConvWith(alice, `u:${BOB}`);
-  await alice.waitForSelector("#messages figure.image img[data-state]");
-  await alice.evaluate(() => { const m = document.querySelector("#messages"); m.scrollTop = m.scrollHeight - m.clientHeight - 260; });
-  await alice.screenshot({ path: path.join(dir, "chat.png") });
+  assert.ok(await alice.isVisible("#side") && await alice.isVisible("#composer"), "list and conversation side by side");
+  assert.ok(!(await alice.isVisible("#back")), "no back button on a desktop");
 
   await alice.setViewportSize({ width: 390, height: 844 });
   await alice.waitForFunction(() => getComputedStyle(document.querySelector("#side")).display === "none");
   const overflow = await alice.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 0, `the phone layout is wider than the screen by ${overflow}px`);
   assert.ok(await alice.isVisible("#back"), "a back button on the phone");
-  await alice.evaluate(() => { const m = document.querySelector("#messages"); m.scrollTop = m.scrollHeight; });
-  await alice.screenshot({ path: path.join(dir, "chat-phone.png") });
+  const head = await alice.evaluate(() => document.querySelector("header.top").getBoundingClientRect().height);
+  assert.ok(head < 60, `the header stays one line on a phone (${head}px)`);
 
   // Escape goes back to the list, with the focus on the conversation just left.
   await alice.focus("#composer-input");
@@ -300,12 +309,27 @@ test("layouts: desktop and phone screenshots; the keyboard goes back with Escape
   assert.ok(await alice.isVisible("#conv-list"), "the list shows");
   assert.ok(!(await alice.isVisible("#composer")), "the conversation is hidden");
   assert.equal(await alice.evaluate(() => document.activeElement.dataset.key), `u:${BOB}`);
-  // Enter on the focused conversation opens it again.
+  // The focus is visible.
+  const outline = await alice.evaluate(() => getComputedStyle(document.activeElement).outlineStyle);
+  assert.notEqual(outline, "none", "a visible focus ring");
+  // Enter on the focused conversation opens it again, ready to type; Tab walks on.
   await alice.keyboard.press("Enter");
   await alice.waitForSelector('body[data-view="conv"]');
   assert.equal(await alice.evaluate(() => document.activeElement.id), "composer-input");
+  await say(alice, "sent from the keyboard");
+  await alice.waitForSelector('#messages li.msg.out[data-id]:has-text("sent from the keyboard")');
+  await alice.keyboard.press("Tab");
+  assert.equal(await alice.evaluate(() => document.activeElement.id), "send");
+  // Every control has a name.
+  const unnamed = await alice.evaluate(() => [...document.querySelectorAll("button, input")]
+    .filter((e) => e.offsetParent !== null || e.id === "image-input")
+    .filter((e) => !(e.getAttribute("aria-label") || e.labels?.length || e.textContent.trim()))
+    .map((e) => e.outerHTML.slice(0, 80)));
+  assert.deepEqual(unnamed, [], "controls without an accessible name");
+  await alice.setViewportSize({ width: 1280, height: 800 });
+
   for (const f of ["chat.png", "chat-phone.png"]) {
-    const png = readFileSync(path.join(dir, f));
+    const png = readFileSync(path.join(screenshotDir(), f));
     assert.ok(png.subarray(0, 4).equals(Buffer.from([0x89, 0x50, 0x4e, 0x47])), `${f} is a PNG`);
   }
   noPageErrors(alice);

@@ -126,15 +126,19 @@ export function cli(args, { timeoutMs = 20000 } = {}) {
 
 /** A CLI user: its own state dir (device id, token, synckey, the trusted server key). */
 export function cliUser(server, user) {
+  // Two devices: one for the commands, one for `listen` (a device has one link at a time:
+  // a second login of the same device replaces the first).
   const state = mkdtempSync(path.join(tmpdir(), `ferry-cli-${user}-`));
-  const common = ["--server", server.addr, "--user", user, "--password", PASSWORD, "--state", state];
+  const listenState = mkdtempSync(path.join(tmpdir(), `ferry-cli-${user}-listen-`));
+  const base = ["--server", server.addr, "--user", user, "--password", PASSWORD];
+  const common = [...base, "--state", state];
   return {
     user,
     register: () => cli(["register", "--server", server.addr, "--user", user, "--password", PASSWORD]),
     run: (...args) => cli([...args, ...common]),
     /** `ferry listen` in the background: JSON lines as they come, until stop(). */
     listen(seconds = 60) {
-      const child = spawn(ferryBin(), ["listen", ...common, "--timeout", String(seconds)], {
+      const child = spawn(ferryBin(), ["listen", ...base, "--state", listenState, "--timeout", String(seconds)], {
         stdio: ["ignore", "pipe", "pipe"],
       });
       const lines = [];
@@ -172,7 +176,10 @@ export function cliUser(server, user) {
         stop() { child.kill("SIGTERM"); },
       };
     },
-    cleanup: () => rmSync(state, { recursive: true, force: true }),
+    cleanup: () => {
+      rmSync(state, { recursive: true, force: true });
+      rmSync(listenState, { recursive: true, force: true });
+    },
   };
 }
 

@@ -180,6 +180,8 @@ function addMessage(c, message, gseq) {
   sortMsgs(c);
   c.lastTime = Math.max(c.lastTime, m.time);
   if (fresh && !mine) {
+    // A message ends its sender's "typing…".
+    if (c.kind === "user" && S.typingUntil.delete(message.from)) renderTyping();
     if (isShown(c)) scheduleRead(c);
     else c.unread += 1;
   }
@@ -571,8 +573,6 @@ function figureFor(m) {
     figures.set(m.key, fig);
   }
   if (m.media?.id) { fig.dataset.mediaId = m.media.id; fig.dataset.thumbId = m.media.thumb; }
-  // Pictures load asynchronously into the kept figure.
-  loadPictures(m, fig);
   return fig;
 }
 
@@ -600,46 +600,64 @@ function renderConv() {
   document.body.dataset.open = c ? c.key : "";
   renderTyping();
   const ol = $("#messages");
-  if (!c) { ol.replaceChildren(); return; }
+  if (!c) { ol.replaceChildren(); ol.dataset.conv = ""; return; }
+  if (ol.dataset.conv !== c.key) { ol.replaceChildren(); ol.dataset.conv = c.key; }
   const mine = c.msgs.filter((m) => m.from === S.me && m.id && !m.note);
   const lastMine = c.msgs.filter((m) => m.from === S.me && !m.note).at(-1);
   const readOne = c.kind === "user" ? mine.filter((m) => !gt(m.id, c.peerRead)).at(-1) : null;
   const atBottom = ol.scrollHeight - ol.scrollTop - ol.clientHeight < 40;
   const now = Date.now();
   const items = c.msgs.map((m) => {
-    if (m.note) return el("li", { class: "note", "data-key": m.key, text: m.note });
+    if (m.note) return cached(m, m.note, () => el("li", { class: "note", "data-key": m.key, text: m.note }));
     const me = m.from === S.me;
-    const li = el("li", { class: `msg ${me ? "out" : "in"}`, "data-key": m.key, "data-id": m.id || null,
-                          "data-from": m.from, "data-status": m.status });
-    if (c.kind === "group" && !me) li.append(el("span", { class: "from", text: m.from }));
-    if (m.recalled) {
-      li.classList.add("recalled");
-      li.append(el("span", { class: "body", text: me ? "You recalled a message" : `${m.from} recalled a message` }));
-    } else {
-      if (m.media || m.hasMedia) li.append(figureFor(m));
-      if (m.text) li.append(el("span", { class: "body", text: m.text }));
-    }
-    const meta = el("span", { class: "meta" }, el("time", { datetime: new Date(m.time).toISOString(), text: time(m.time) }));
+    let st = "";
     if (me && !m.recalled) {
-      let st = "";
       if (m.status === "failed") st = `Not sent: ${m.error || ""}`;
       else if (m === readOne) st = "Read";
       else if (m === lastMine) st = m.status === "uploading" ? "Uploading…" : m.status === "sending" ? "Sending…" : "Sent";
+    }
+    const canRecall = me && !m.recalled && !!m.id && now - m.time < RECALL_WINDOW_MS;
+    const sig = JSON.stringify([m.id, m.from, m.time, m.text, m.recalled, m.status, st, canRecall, !!(m.media || m.hasMedia), c.kind]);
+    if (m.media || m.hasMedia) updateProgressSoon(m);
+    return cached(m, sig, () => {
+      const li = el("li", { class: `msg ${me ? "out" : "in"}`, "data-key": m.key, "data-id": m.id || null,
+                            "data-from": m.from, "data-status": m.status });
+      if (c.kind === "group" && !me) li.append(el("span", { class: "from", text: m.from }));
+      if (m.recalled) {
+        li.classList.add("recalled");
+        li.append(el("span", { class: "body", text: me ? "You recalled a message" : `${m.from} recalled a message` }));
+      } else {
+        if (m.media || m.hasMedia) li.append(figureFor(m));
+        if (m.text) li.append(el("span", { class: "body", text: m.text }));
+      }
+      const meta = el("span", { class: "meta" }, el("time", { datetime: new Date(m.time).toISOString(), text: time(m.time) }));
       if (st) meta.append(el("span", { class: `receipt${st === "Read" ? " read" : ""}`, "data-receipt": st, text: ` · ${st}` }));
-      if (m.id && now - m.time < RECALL_WINDOW_MS) {
+      if (canRecall) {
         meta.append(el("button", { type: "button", class: "link recall", "aria-label": `Recall “${m.text || "image"}”`,
                                    text: "Recall", onclick: () => recall(c, m) }));
       }
-    }
-    li.append(meta);
-    if (m.media || m.hasMedia) updateProgressSoon(m);
-    return li;
+      li.append(meta);
+      return li;
+    });
   });
+  for (const m of c.msgs) if ((m.media || m.hasMedia) && !m.recalled) loadPictures(m, figureFor(m));
+  // Move only what changed, so the live region announces only new messages.
   const focused = document.activeElement?.closest?.("#messages li")?.dataset.key;
-  ol.replaceChildren(...items);
-  if (focused) ol.querySelector(`[data-key="${CSS.escape(focused)}"] button`)?.focus();
+  items.forEach((li, i) => { if (ol.children[i] !== li) ol.insertBefore(li, ol.children[i] || null); });
+  while (ol.children.length > items.length) ol.lastElementChild.remove();
+  if (focused && !ol.contains(document.activeElement)) ol.querySelector(`[data-key="${CSS.escape(focused)}"] button`)?.focus();
   if (atBottom || dirty.has("scroll")) ol.scrollTop = ol.scrollHeight;
   $("#messages").setAttribute("aria-label", `Messages with ${c.name}`);
+}
+
+/** The list item of a message, rebuilt only when what it shows (`sig`) changed. */
+const nodes = new Map(); // message key → { sig, li }
+function cached(m, sig, make) {
+  const n = nodes.get(m.key);
+  if (n && n.sig === sig) return n.li;
+  const li = make();
+  nodes.set(m.key, { sig, li });
+  return li;
 }
 
 function updateProgressSoon(m) { queueMicrotask(() => updateProgress(m)); }
@@ -779,6 +797,7 @@ async function stop() {
   for (const e of media.values()) if (e.url) URL.revokeObjectURL(e.url);
   media.clear();
   figures.clear();
+  nodes.clear();
   Object.assign(S, { client: null, store: null, me: "", convs: new Map(), friends: [],
                      groups: new Map(), open: null, online: false, everOnline: false });
   localStorage.removeItem(LAST_USER_KEY);
