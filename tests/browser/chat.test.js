@@ -253,7 +253,7 @@ test("a CLI user and a browser user talk to each other", async () => {
   noPageErrors(carol);
 });
 
-test("WebSocket refused: the app falls back to long-poll and still delivers", async () => {
+test("WebSocket refused: the app falls back to long-poll and still delivers; offline and back", async () => {
   const proxy = await wsBlockingProxy(server.addr);
   const ERIN = name("erin"), GUS = name("gus");
   const gus = cliUser(server, GUS);
@@ -279,6 +279,17 @@ test("WebSocket refused: the app falls back to long-poll and still delivers", as
       listen.stop();
     }
     assert.equal(await erin.getAttribute("body", "data-transport"), "lp");
+
+    // The network goes: the banner says so; a message sent meanwhile arrives on return.
+    proxy.cut();
+    await erin.waitForSelector("#offline", { state: "visible", timeout: 20000 });
+    assert.equal(await erin.textContent("#offline"), "Offline — reconnecting…");
+    await gus.run("send", "--to", ERIN, "sent while you were offline");
+    await new Promise((r) => setTimeout(r, 500));
+    proxy.restore();
+    await erin.waitForSelector('#messages li.msg.in:has-text("sent while you were offline")', { timeout: 40000 });
+    await erin.waitForSelector("#offline", { state: "hidden" });
+    assert.equal(await erin.getAttribute("body", "data-state"), "online");
     noPageErrors(erin, [/WebSocket/]);
   } finally {
     gus.cleanup();

@@ -186,20 +186,29 @@ export function cliUser(server, user) {
 /**
  * A proxy in front of the server that passes HTTP (long-poll streams included) but
  * refuses every WebSocket upgrade with 403, like a middlebox that does not know them.
+ * `cut()` drops every connection and refuses new ones (the network is gone) until
+ * `restore()`.
  */
 export async function wsBlockingProxy(target) {
   const [host, port] = [target.slice(0, target.lastIndexOf(":")), Number(target.slice(target.lastIndexOf(":") + 1))];
-  const agent = new http.Agent({ keepAlive: true });
   const stats = { upgradesRefused: 0, requests: 0 };
+  const sockets = new Set();
+  let down = false;
   const server = http.createServer((req, res) => {
+    if (down) { req.socket.destroy(); return; }
     stats.requests += 1;
-    const up = http.request({ host, port, method: req.method, path: req.url, headers: req.headers, agent }, (r) => {
+    const up = http.request({ host, port, method: req.method, path: req.url, headers: req.headers }, (r) => {
       res.writeHead(r.statusCode, r.rawHeaders);
       r.pipe(res);
     });
     up.on("error", () => { if (!res.headersSent) res.writeHead(502); res.end(); });
     req.pipe(up);
     res.on("close", () => { if (!res.writableFinished) up.destroy(); });
+  });
+  server.on("connection", (s) => {
+    if (down) { s.destroy(); return; }
+    sockets.add(s);
+    s.on("close", () => sockets.delete(s));
   });
   server.on("upgrade", (req, socket) => {
     stats.upgradesRefused += 1;
@@ -211,7 +220,9 @@ export async function wsBlockingProxy(target) {
     addr: `127.0.0.1:${p}`,
     url: `http://127.0.0.1:${p}/chat`,
     stats,
-    close: () => new Promise((r) => { server.closeAllConnections?.(); server.close(r); agent.destroy(); }),
+    cut() { down = true; for (const s of sockets) s.destroy(); },
+    restore() { down = false; },
+    close: () => new Promise((r) => { for (const s of sockets) s.destroy(); server.close(r); }),
   };
 }
 

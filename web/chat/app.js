@@ -925,7 +925,9 @@ function wire() {
     const c = S.open && S.convs.get(S.open);
     if (c && document.visibilityState === "visible") { c.unread = 0; scheduleRead(c); changed(c); }
   });
+  // The browser knows it lost the network before the link does: say so at once.
   window.addEventListener("offline", () => { if (S.client) $("#offline").hidden = false; });
+  window.addEventListener("online", () => { if (S.online) $("#offline").hidden = true; });
   // Recall buttons expire after two minutes, "typing…" after five seconds.
   setInterval(() => { if (S.open) renderConv(); }, 15000);
 }
