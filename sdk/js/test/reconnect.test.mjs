@@ -56,7 +56,7 @@ test("a resumption ticket is kept and used; a refused one falls back to the full
   // An altered ticket is refused (RESUME_REFUSED): a full handshake, and a new ticket.
   const bad = { ...t1, ticket: t1.ticket.slice(0, -2) + (t1.ticket.endsWith("00") ? "01" : "00") };
   await store.set("ticket", bad);
-  const again = await FerryClient.create({ servers: [srv.endpoint], serverKey: srv.key, store, transports: ["ws"], WebSocket });
+  const again = await FerryClient.create({ servers: [srv.endpoint], serverKey: srv.key, store, transports: ["ws", "lp"], WebSocket });
   await again.connect();
   assert.equal(again.state, "online");
   const t2 = await store.get("ticket");
