@@ -20,8 +20,8 @@ import {
 
 let server, browser, tmp;
 const pages = {};         // name → { context, page }
-const run = Date.now().toString(36).slice(-5);
-const name = (n) => `${n}${run}`;
+// Each run has a server of its own (a fresh data dir): plain names do.
+const name = (n) => n;
 const ALICE = name("alice"), BOB = name("bob");
 
 before(async () => {
