@@ -15,7 +15,7 @@ import { tmpdir } from "node:os";
 import path from "node:path";
 import {
   startServer, launchBrowser, openChat, enter, showTab, say, openConvWith, texts, cliUser,
-  wsBlockingProxy, screenshotDir,
+  wsBlockingProxy, screenshotDir, serverSpeaksWs,
 } from "./lib.js";
 
 let server, browser, tmp;
@@ -68,6 +68,9 @@ test("two browsers: sign up, befriend, chat both ways, typing, read, image, reca
   pages.bob = await openChat(browser, server.url);
   const alice = pages.alice.page, bob = pages.bob.page;
   await Promise.all([enter(alice, ALICE), enter(bob, BOB)]);
+  // The link is a WebSocket where the server takes one, else long-poll.
+  const ws = await serverSpeaksWs(server.addr);
+  for (const p of [alice, bob]) assert.equal(await p.getAttribute("body", "data-transport"), ws ? "ws" : "lp");
 
   // Friend request: alice asks, bob accepts.
   await showTab(alice, "contacts");

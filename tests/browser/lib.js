@@ -226,6 +226,21 @@ export async function wsBlockingProxy(target) {
   };
 }
 
+/** Whether the server takes a WebSocket long link (GET /v1/ws answers 101). */
+export function serverSpeaksWs(addr) {
+  const [host, port] = [addr.slice(0, addr.lastIndexOf(":")), Number(addr.slice(addr.lastIndexOf(":") + 1))];
+  return new Promise((resolve) => {
+    const req = http.request({ host, port, path: "/v1/ws", headers: {
+      Connection: "Upgrade", Upgrade: "websocket", "Sec-WebSocket-Version": "13",
+      "Sec-WebSocket-Key": "ZmVycnktY2hhdC10ZXN0IQ==",
+    } });
+    req.on("upgrade", (_res, socket) => { socket.destroy(); resolve(true); });
+    req.on("response", (res) => { res.resume(); resolve(false); });
+    req.on("error", () => resolve(false));
+    req.end();
+  });
+}
+
 /** Where screenshots go: FERRY_CHAT_SCREENSHOT_DIR, else target/browser/ of the repo. */
 export function screenshotDir() {
   const dir = process.env.FERRY_CHAT_SCREENSHOT_DIR || path.join(REPO, "target", "browser");
