@@ -225,6 +225,30 @@ test("bob away: alice sends 20; bob signs in again and sees all 20 once, in orde
   noPageErrors(bob);
 });
 
+test("reload and sign-in again: the conversations come from IndexedDB, not a re-sync", async () => {
+  const alice = pages.alice.page;
+  const before = await texts(alice);
+  await alice.reload();
+  // Signed in again from the stored token, without the form.
+  await alice.waitForSelector('body[data-state="online"]');
+  assert.ok(!(await alice.isVisible("#auth-form")), "no sign-in form after a reload");
+  const dbs = await alice.evaluate(async () => (await indexedDB.databases()).map((d) => d.name));
+  assert.ok(dbs.includes(`ferry-chat-${"alice"}`), `one IndexedDB per user: ${dbs}`);
+  // The SDK resumes from its stored synckey, so what was said before can only come from
+  // the app's own store; and nothing shows twice.
+  await openConvWith(alice, `u:${BOB}`);
+  assert.deepEqual(await texts(alice), before, "the same conversation after a reload");
+  await alice.waitForSelector('#conv-list [data-key^="g:"]:has-text("weekend")');
+
+  // Sign out, then in again: the same store, the same conversations.
+  await alice.click("#signout");
+  await alice.waitForSelector("#auth-form", { state: "visible" });
+  await enter(alice, ALICE, { signUp: false });
+  await openConvWith(alice, `u:${BOB}`);
+  assert.deepEqual(await texts(alice), before, "the same conversation after signing in again");
+  noPageErrors(alice);
+});
+
 test("a CLI user and a browser user talk to each other", async () => {
   const CAROL = name("carol"), DAVE = name("dave");
   pages.carol = await openChat(browser, server.url);
