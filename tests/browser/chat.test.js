@@ -260,6 +260,20 @@ test("a CLI user and a browser user talk to each other", async () => {
     await showTab(carol, "contacts");
     await carol.click(`button[aria-label="Accept ${DAVE}"]`);
     await carol.waitForSelector(`#friends [data-user="${DAVE}"]`);
+    // A request carol does not want: declined, it goes away and makes no friend.
+    const MALLORY = name("mallory");
+    const mallory = cliUser(server, MALLORY);
+    try {
+      await mallory.register();
+      await mallory.run("friends", "add", CAROL);
+      await carol.click(`button[aria-label="Decline ${MALLORY}"]`);
+      await carol.waitForSelector(`#requests [data-user="${MALLORY}"]`, { state: "detached" });
+      assert.equal(await carol.$(`#friends [data-user="${MALLORY}"]`), null);
+      await assert.rejects(mallory.run("send", "--to", CAROL, "let me in"), /not allowed|PERMISSION|friends/i,
+        "a declined stranger cannot message");
+    } finally {
+      mallory.cleanup();
+    }
     const listen = dave.listen(40);
     try {
       await dave.run("send", "--to", CAROL, "typed in a terminal");
