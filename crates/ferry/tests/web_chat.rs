@@ -216,7 +216,7 @@ fn the_chat_in_headless_chromium() {
     let dir = root.join("tests/browser");
     npm_ci(&dir);
     let status = Command::new("node")
-        .args(["--test", "--test-reporter=spec"])
+        .args(["--test", "--test-reporter=spec", "--test-timeout=180000"])
         .arg("tests/browser/")
         .current_dir(&root)
         .env("FERRY_BIN", env!("CARGO_BIN_EXE_ferry"))
