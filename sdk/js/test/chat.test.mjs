@@ -4,7 +4,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { FerryClient, FerryError, MemoryStore } from "../dist/index.js";
-import { startServer, user, until, befriend, uniqueName, PASSWORD } from "./server.mjs";
+import { startServer, user, until, befriend, uniqueName, PASSWORD, assertWebSocket } from "./server.mjs";
 
 let srv;
 before(async () => {
@@ -42,6 +42,7 @@ test("trust on first use pins the key; a wrong pinned key is a server-key error"
 
 for (const transport of ["lp", "ws"]) {
   test(`two friends chat both ways over ${transport}`, async () => {
+    if (transport === "ws") await assertWebSocket(srv);
     const a = await user(srv, "alice", { transports: [transport] });
     const b = await user(srv, "bob", { transports: [transport] });
     const states = [];

@@ -113,3 +113,16 @@ export async function befriend(a, b) {
 }
 
 export { sleep };
+
+/** Whether `srv` upgrades GET /v1/ws (protocol §7.1a); fails fast instead of letting the
+ *  SDK retry forever against a server without WebSocket. */
+export function assertWebSocket(srv) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://${srv.endpoint}/v1/ws`);
+    ws.on("open", () => {
+      ws.close();
+      resolve();
+    });
+    ws.on("error", (e) => reject(new Error(`the server does not upgrade /v1/ws: ${e.message}`)));
+  });
+}
