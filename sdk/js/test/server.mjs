@@ -26,12 +26,12 @@ function freePort() {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-export async function startServer() {
+export async function startServer(extraConfig = "") {
   if (!existsSync(FERRY_BIN)) throw new Error(`no ferry binary at ${FERRY_BIN}: cargo build -p ferry, or set FERRY_BIN`);
   const dir = mkdtempSync(join(tmpdir(), "ferry-js-"));
   const config = join(dir, "ferry.toml");
   // Cheap password hashing: the tests sign in many users.
-  writeFileSync(config, "[logic.password]\nmemory_kib = 64\niterations = 1\nparallelism = 1\n");
+  writeFileSync(config, "[logic.password]\nmemory_kib = 64\niterations = 1\nparallelism = 1\n" + extraConfig);
   const port = await freePort();
   const endpoint = `127.0.0.1:${port}`;
   const srv = { endpoint, port, dir, proc: undefined, log: "" };
