@@ -121,3 +121,21 @@ test("logout makes the token invalid", async () => {
   await assert.rejects(c2.connect(), (e) => e.codeName === "UNAUTHORIZED");
   await assert.rejects(c2.friends(), (e) => e.codeName === "UNAUTHORIZED");
 });
+
+test("where WebSocket does not pass, the link falls back to long-poll", async () => {
+  // A WebSocket whose upgrade is refused (as behind a proxy that strips Upgrade).
+  class Refused extends WebSocket {
+    constructor(url, protocols) {
+      super(url.replace("/v1/ws", "/v1/no-ws"), protocols);
+    }
+  }
+  const a = await user(srv, "proxied", { WebSocket: Refused });
+  const seen = [];
+  a.on("state", (s) => seen.push(s));
+  await a.connect();
+  assert.equal(a.transport, "lp");
+  assert.equal(seen.at(-1).transport, "lp");
+  assert.equal(seen.at(-1).endpoint, srv.endpoint);
+  assert.ok(Array.isArray(await a.friends()));
+  await a.close();
+});
