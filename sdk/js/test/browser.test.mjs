@@ -91,7 +91,7 @@ for (const transport of ["ws", "lp"]) {
     try {
       const r = await Promise.race([
         result,
-        new Promise((_, rej) => setTimeout(() => rej(new Error("no result from the page within 40 s")), 40000)),
+        new Promise((_, rej) => setTimeout(() => rej(new Error("no result from the page within 40 s")), 40000).unref()),
       ]);
       assert.equal(r.ok, true, r.error);
       assert.equal(r.text, "hello from a browser");
@@ -103,6 +103,7 @@ for (const transport of ["ws", "lp"]) {
       } catch {
         proc.kill("SIGKILL");
       }
+      http.closeAllConnections();
       http.close();
       rmSync(profile, { recursive: true, force: true });
     }
