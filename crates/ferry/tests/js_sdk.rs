@@ -25,12 +25,15 @@ fn run(cmd: &mut Command, what: &str) {
 #[test]
 fn js_sdk_node_tests() {
     let dir = sdk_dir();
-    let out = Command::new("node").arg("--version").output().unwrap_or_else(|e| {
-        panic!(
-            "node (≥ 20) is required to test the TypeScript SDK in sdk/js, and it was not \
+    let out = Command::new("node")
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "node (≥ 20) is required to test the TypeScript SDK in sdk/js, and it was not \
              found: {e}. Install node 20 or later with npm."
-        )
-    });
+            )
+        });
     let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     let major: u32 = version
         .trim_start_matches('v')
@@ -38,7 +41,10 @@ fn js_sdk_node_tests() {
         .next()
         .and_then(|m| m.parse().ok())
         .unwrap_or(0);
-    assert!(major >= 20, "the TypeScript SDK needs node ≥ 20, found {version:?}");
+    assert!(
+        major >= 20,
+        "the TypeScript SDK needs node ≥ 20, found {version:?}"
+    );
 
     let lock = dir.join("package-lock.json");
     let installed = dir.join("node_modules/.package-lock.json");

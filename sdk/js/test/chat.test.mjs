@@ -4,7 +4,7 @@ import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
 import { FerryClient, FerryError, MemoryStore } from "../dist/index.js";
-import { startServer, user, until, befriend, uniqueName, PASSWORD } from "./server.mjs";
+import { startServer, user, until, befriend, uniqueName, PASSWORD, assertWebSocket } from "./server.mjs";
 
 let srv;
 before(async () => {
@@ -42,6 +42,7 @@ test("trust on first use pins the key; a wrong pinned key is a server-key error"
 
 for (const transport of ["lp", "ws"]) {
   test(`two friends chat both ways over ${transport}`, async () => {
+    if (transport === "ws") await assertWebSocket(srv);
     const a = await user(srv, "alice", { transports: [transport] });
     const b = await user(srv, "bob", { transports: [transport] });
     const states = [];
@@ -119,4 +120,22 @@ test("logout makes the token invalid", async () => {
   assert.equal(c2.signedIn, true);
   await assert.rejects(c2.connect(), (e) => e.codeName === "UNAUTHORIZED");
   await assert.rejects(c2.friends(), (e) => e.codeName === "UNAUTHORIZED");
+});
+
+test("where WebSocket does not pass, the link falls back to long-poll", async () => {
+  // A WebSocket whose upgrade is refused (as behind a proxy that strips Upgrade).
+  class Refused extends WebSocket {
+    constructor(url, protocols) {
+      super(url.replace("/v1/ws", "/v1/no-ws"), protocols);
+    }
+  }
+  const a = await user(srv, "proxied", { WebSocket: Refused });
+  const seen = [];
+  a.on("state", (s) => seen.push(s));
+  await a.connect();
+  assert.equal(a.transport, "lp");
+  assert.equal(seen.at(-1).transport, "lp");
+  assert.equal(seen.at(-1).endpoint, srv.endpoint);
+  assert.ok(Array.isArray(await a.friends()));
+  await a.close();
 });

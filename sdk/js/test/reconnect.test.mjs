@@ -38,6 +38,7 @@ test("server restarted mid-session: both reconnect, the queued send goes once, b
   await sleep(200);
   assert.deepEqual(got, ["before", "during", "after"]);
   assert.equal(b.state, "online");
+  assert.equal(b.transport, "ws");
   assert.ok(bStates.includes("connecting") && bStates.at(-1) === "online");
   await Promise.all([a.close(), b.close()]);
 });
@@ -59,6 +60,7 @@ test("a resumption ticket is kept and used; a refused one falls back to the full
   const again = await FerryClient.create({ servers: [srv.endpoint], serverKey: srv.key, store, transports: ["ws", "lp"], WebSocket });
   await again.connect();
   assert.equal(again.state, "online");
+  assert.equal(again.transport, "ws");
   const t2 = await store.get("ticket");
   assert.notDeepEqual(t2, bad);
   assert.ok(t2.ticket.length > 100);

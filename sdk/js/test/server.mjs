@@ -26,12 +26,12 @@ function freePort() {
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-export async function startServer() {
+export async function startServer(extraConfig = "") {
   if (!existsSync(FERRY_BIN)) throw new Error(`no ferry binary at ${FERRY_BIN}: cargo build -p ferry, or set FERRY_BIN`);
   const dir = mkdtempSync(join(tmpdir(), "ferry-js-"));
   const config = join(dir, "ferry.toml");
   // Cheap password hashing: the tests sign in many users.
-  writeFileSync(config, "[logic.password]\nmemory_kib = 64\niterations = 1\nparallelism = 1\n");
+  writeFileSync(config, "[logic.password]\nmemory_kib = 64\niterations = 1\nparallelism = 1\n" + extraConfig);
   const port = await freePort();
   const endpoint = `127.0.0.1:${port}`;
   const srv = { endpoint, port, dir, proc: undefined, log: "" };
@@ -113,3 +113,16 @@ export async function befriend(a, b) {
 }
 
 export { sleep };
+
+/** Whether `srv` upgrades GET /v1/ws (protocol §7.1a); fails fast instead of letting the
+ *  SDK retry forever against a server without WebSocket. */
+export function assertWebSocket(srv) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(`ws://${srv.endpoint}/v1/ws`);
+    ws.on("open", () => {
+      ws.close();
+      resolve();
+    });
+    ws.on("error", (e) => reject(new Error(`the server does not upgrade /v1/ws: ${e.message}`)));
+  });
+}

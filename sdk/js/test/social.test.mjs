@@ -38,8 +38,8 @@ test("friend requests arrive as events; the list shows the friend", async () => 
 });
 
 test("recall, read receipts and typing", async () => {
-  const a = await user(srv, "recaller", { transports: ["lp"] });
-  const b = await user(srv, "reader", { transports: ["lp"] });
+  const a = await user(srv, "recaller", { transports: ["ws"] });
+  const b = await user(srv, "reader", { transports: ["ws"] });
   await a.requestFriend(b.username);
   await b.acceptFriend(a.username);
   await Promise.all([a.connect(), b.connect()]);
@@ -74,7 +74,7 @@ test("recall, read receipts and typing", async () => {
 
 test("groups: create, send, receive in gseq order, recall, reads, leave", async () => {
   const a = await user(srv, "owner", { transports: ["lp"] });
-  const b = await user(srv, "member", { transports: ["lp"] });
+  const b = await user(srv, "member", { transports: ["ws"] });
   const c = await user(srv, "late", { transports: ["lp"] });
   for (const x of [b, c]) {
     await a.requestFriend(x.username);
