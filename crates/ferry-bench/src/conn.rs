@@ -24,6 +24,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::users::{befriend, register_and_auth};
+use crate::wire::Wire;
+use crate::Transport;
 
 /// Anything a bench connection waits for longer than this has failed.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,7 +64,8 @@ pub type SharedChannel = std::sync::Arc<std::sync::Mutex<Channel>>;
 
 /// One long link.
 pub struct FerryConn {
-    pub stream: TcpStream,
+    /// TCP, or a WebSocket (`--transport ws`).
+    pub stream: Wire,
     /// Plain bytes not yet a whole frame.
     pub buf: BytesMut,
     /// Sealed bytes not yet a whole record.
@@ -117,12 +120,16 @@ fn resume_refused(f: &Frame) -> bool {
 
 impl FerryConn {
     pub async fn connect(addr: &str) -> anyhow::Result<FerryConn> {
+        Self::connect_over(addr, Transport::Tcp).await
+    }
+
+    /// Connects over TCP or WebSocket.
+    pub async fn connect_over(addr: &str, transport: Transport) -> anyhow::Result<FerryConn> {
         let key = server_key(addr).await?;
-        let stream = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
+        let stream = tokio::time::timeout(IO_TIMEOUT, Wire::connect(addr, transport))
             .await
             .context("connect timed out")?
             .with_context(|| format!("connecting to {addr}"))?;
-        stream.set_nodelay(true)?;
         Ok(FerryConn {
             stream,
             buf: BytesMut::new(),
@@ -142,7 +149,7 @@ impl FerryConn {
     /// For a caller that splits the socket into a reader and a writer task: the socket,
     /// plain bytes already read, sealed bytes not yet opened, and the sealing state
     /// both tasks share.
-    pub fn into_split_parts(self) -> (TcpStream, BytesMut, BytesMut, Option<SharedChannel>) {
+    pub fn into_split_parts(self) -> (Wire, BytesMut, BytesMut, Option<SharedChannel>) {
         let channel = self
             .channel
             .map(|c| std::sync::Arc::new(std::sync::Mutex::new(*c)));
@@ -150,7 +157,7 @@ impl FerryConn {
     }
 
     /// The socket and the sealing state, for a caller that writes frames itself.
-    pub fn into_parts(self) -> (TcpStream, Option<Channel>) {
+    pub fn into_parts(self) -> (Wire, Option<Channel>) {
         (self.stream, self.channel.map(|c| *c))
     }
 

@@ -9,13 +9,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::conn::FerryConn;
 use super::report::Report;
+use super::wire::Wire;
 use super::worker::{Cmd, Counters, Ctx, Out, Spec};
 use super::xmpp::XmppConn;
 use super::{meminfo_kib, sockstat, specs, BenchArgs, Proto, Target, Workers};
@@ -236,6 +235,7 @@ async fn measure(
     let json = json!({
         "scenario": "idle",
         "protocol": args.protocol,
+        "transport": args.transport,
         "machine": super::machine(),
         "server": target.describe(),
         "connections_requested": connections,
@@ -266,8 +266,9 @@ async fn measure(
     }
     let fmt_b = |v: Option<f64>| v.map_or("n/a (no --server-pid)".into(), |b| format!("{b:.0} B"));
     let mut r = Report::new(format!(
-        "idle · {} · {connected} connections",
-        proto_name(args.protocol)
+        "idle · {} over {} · {connected} connections",
+        proto_name(args.protocol),
+        args.transport.name()
     ));
     r.row(
         "connected / requested",
@@ -411,49 +412,48 @@ async fn hold(
 ) {
     let permit = limit.acquire_owned().await;
     let server = spec.server(i).to_owned();
-    let (stream, mut channel, beat, (min, max)): (TcpStream, _, &'static [u8], _) =
-        match spec.protocol {
-            Proto::Ferry => {
-                // Like the SDK: a login the server sheds (UNAVAILABLE, RATE_LIMITED) or a
-                // connect that fails is tried again after a growing, jittered pause —
-                // a few times, then it counts as failed.
-                let mut attempt = 0u32;
-                loop {
-                    let tried = async {
-                        let mut c = FerryConn::connect(&server).await?;
-                        let resp = c.login(&cred, 0).await?;
-                        let (stream, channel) = c.into_parts();
-                        anyhow::Ok((stream, channel, resp.idle_timeout_ms, resp.heartbeat_secs))
-                    }
-                    .await;
-                    match tried {
-                        Ok((stream, channel, idle_ms, hb_secs)) => {
-                            break (
-                                stream,
-                                channel,
-                                HEARTBEAT_FRAME,
-                                sdk_bounds(idle_ms, hb_secs),
-                            )
-                        }
-                        Err(_) if attempt < LOGIN_RETRIES && !stop.is_cancelled() => {
-                            attempt += 1;
-                            counters.retried.fetch_add(1, Ordering::Relaxed);
-                            let base = 250u64 << attempt.min(5);
-                            let pause = base + rand::random::<u64>() % base;
-                            tokio::time::sleep(Duration::from_millis(pause)).await;
-                        }
-                        Err(e) => return fail(&spec, ready, e),
-                    }
+    let (stream, mut channel, beat, (min, max)): (Wire, _, &'static [u8], _) = match spec.protocol {
+        Proto::Ferry => {
+            // Like the SDK: a login the server sheds (UNAVAILABLE, RATE_LIMITED) or a
+            // connect that fails is tried again after a growing, jittered pause —
+            // a few times, then it counts as failed.
+            let mut attempt = 0u32;
+            loop {
+                let tried = async {
+                    let mut c = FerryConn::connect_over(&server, spec.transport).await?;
+                    let resp = c.login(&cred, 0).await?;
+                    let (stream, channel) = c.into_parts();
+                    anyhow::Ok((stream, channel, resp.idle_timeout_ms, resp.heartbeat_secs))
                 }
-            }
-            Proto::Xmpp => {
-                match XmppConn::login(&server, &spec.domain, &spec.user(i), &cred).await {
-                    // No idle timeout is told: the SDK's own bounds.
-                    Ok(c) => (c.stream, None, b" ", sdk_bounds(0, 0)),
+                .await;
+                match tried {
+                    Ok((stream, channel, idle_ms, hb_secs)) => {
+                        break (
+                            stream,
+                            channel,
+                            HEARTBEAT_FRAME,
+                            sdk_bounds(idle_ms, hb_secs),
+                        )
+                    }
+                    Err(_) if attempt < LOGIN_RETRIES && !stop.is_cancelled() => {
+                        attempt += 1;
+                        counters.retried.fetch_add(1, Ordering::Relaxed);
+                        let base = 250u64 << attempt.min(5);
+                        let pause = base + rand::random::<u64>() % base;
+                        tokio::time::sleep(Duration::from_millis(pause)).await;
+                    }
                     Err(e) => return fail(&spec, ready, e),
                 }
             }
-        };
+        }
+        Proto::Xmpp => {
+            match XmppConn::login(&server, &spec.domain, &spec.user(i), &cred).await {
+                // No idle timeout is told: the SDK's own bounds.
+                Ok(c) => (Wire::Tcp(c.stream), None, b" ", sdk_bounds(0, 0)),
+                Err(e) => return fail(&spec, ready, e),
+            }
+        }
+    };
     drop(permit);
     counters.connected.fetch_add(1, Ordering::Relaxed);
     let _ = ready.send(true);
@@ -508,29 +508,21 @@ async fn hold(
                 outstanding = true;
                 next.as_mut().reset(tokio::time::Instant::now() + interval(&state));
             }
-            r = stream.readable() => {
-                if r.is_err() {
-                    break true;
-                }
-                let mut chunk = [0u8; 512];
-                match stream.try_read(&mut chunk) {
-                    Ok(0) => break true,
-                    Ok(_) => {
-                        // Anything heard answers the heartbeat (as in the SDK), and
-                        // teaches the smart heartbeat; the next one is an interval
-                        // after this.
-                        if std::mem::take(&mut outstanding) {
-                            beats.answered.fetch_add(1, Ordering::Relaxed);
-                            if mode != HeartbeatMode::Learned {
-                                state.success(&smart, min, max);
-                            }
+            r = stream.heard() => match r {
+                Ok(true) => {
+                    // Anything heard answers the heartbeat (as in the SDK), and
+                    // teaches the smart heartbeat; the next one is an interval
+                    // after this.
+                    if std::mem::take(&mut outstanding) {
+                        beats.answered.fetch_add(1, Ordering::Relaxed);
+                        if mode != HeartbeatMode::Learned {
+                            state.success(&smart, min, max);
                         }
-                        next.as_mut().reset(tokio::time::Instant::now() + interval(&state));
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => break true,
+                    next.as_mut().reset(tokio::time::Instant::now() + interval(&state));
                 }
-            }
+                Ok(false) | Err(_) => break true,
+            },
         }
     };
     let end = interval(&state);

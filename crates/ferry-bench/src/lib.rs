@@ -45,6 +45,7 @@ pub mod reconnect;
 pub mod report;
 pub mod server;
 pub mod users;
+pub mod wire;
 pub mod worker;
 pub mod xmpp;
 
@@ -105,6 +106,10 @@ pub struct BenchArgs {
     /// Durability of the bench's own server: fsync (default) or os.
     #[arg(long, global = true, default_value = "fsync")]
     pub durability: String,
+    /// What the long links run over (idle and p2p): TCP, or WebSocket (`GET /v1/ws`,
+    /// one frame per binary message; docs/protocol.md 7.1a).
+    #[arg(long, global = true, value_enum, default_value_t = Transport::Tcp)]
+    pub transport: Transport,
 }
 
 /// What to measure.
@@ -238,6 +243,24 @@ pub enum Scenario {
     },
 }
 
+/// What a bench long link runs over.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    #[default]
+    Tcp,
+    Ws,
+}
+
+impl Transport {
+    pub fn name(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Ws => "ws",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Proto {
@@ -263,6 +286,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.duration <= 0.0 || args.duration > 3600.0 {
         bail!("--duration must be in (0, 3600] seconds");
+    }
+    if args.transport == Transport::Ws {
+        if !matches!(args.scenario, Scenario::Idle { .. } | Scenario::P2p { .. }) {
+            bail!("--transport ws is for the idle and p2p scenarios");
+        }
+        if args.protocol != Proto::Ferry {
+            bail!("--transport ws speaks Ferry's protocol");
+        }
     }
     if args.protocol == Proto::Xmpp && args.server.is_empty() {
         bail!("--protocol xmpp needs --server (the XMPP server's IP:PORT)");
@@ -467,6 +498,7 @@ pub fn specs(
             rate_per_conn,
             window,
             heartbeat: String::new(),
+            transport: args.transport,
         })
         .collect()
 }

@@ -182,12 +182,12 @@ async fn login_once(
     match spec.protocol {
         Proto::Ferry => {
             let mut c = FerryConn::connect(server).await?;
-            reset(&c.stream);
+            reset(c.stream.tcp());
             match c.login_with(cred, 0, ticket.as_ref()).await {
                 Err(e) if conn::is_resume_refused(&e) => {
                     *ticket = None;
                     c = FerryConn::connect(server).await?;
-                    reset(&c.stream);
+                    reset(c.stream.tcp());
                     c.login(cred, 0).await?;
                 }
                 r => {

@@ -284,7 +284,7 @@ fn reset(s: &TcpStream) {
 async fn login_once(addr: &str, token: &str, at: Instant, ph: &Phase) {
     let r = tokio::time::timeout(ANSWER_TIMEOUT, async {
         let mut c = FerryConn::connect(addr).await?;
-        reset(&c.stream);
+        reset(c.stream.tcp());
         let req = v1::LoginReq {
             token: token.to_owned(),
             synckey: 0,

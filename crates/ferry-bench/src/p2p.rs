@@ -23,8 +23,8 @@ use ferry_proto::frame::{encode_msg, encode_raw};
 use ferry_proto::{cmd, v1, Frame, ProtoMessage, MAX_BODY_LEN};
 use hdrhistogram::Histogram;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::OwnedReadHalf;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -33,6 +33,7 @@ use super::conn::{self, FerryConn, SharedChannel};
 use super::idle::proto_name;
 use super::ledger::{self, Ledger, Totals};
 use super::report::{us, Report};
+use super::wire::{ReadHalf, WriteHalf};
 use super::worker::{Cmd, Counters, Ctx, Out, Spec};
 use super::xmpp::{self, XmppConn};
 use super::{hist, specs, users, BenchArgs, Proto, Target, Workers, DRAIN, PASSWORD};
@@ -108,6 +109,7 @@ async fn measure(
     let mut json = json!({
         "scenario": "p2p",
         "protocol": args.protocol,
+        "transport": args.transport,
         "machine": super::machine(),
         "server": target.describe(),
         "durability": if target.own.is_some() { json!(args.durability) } else { Value::Null },
@@ -125,8 +127,9 @@ async fn measure(
         }
     }
     let mut r = Report::new(format!(
-        "p2p · {} · {pairs} pairs · {}",
+        "p2p · {} over {} · {pairs} pairs · {}",
         proto_name(args.protocol),
+        args.transport.name(),
         match rate {
             Some(r) if sweep.is_empty() => format!("open loop {r:.0}/s"),
             _ if !sweep.is_empty() => "sweep".to_string(),
@@ -300,7 +303,7 @@ async fn open(spec: &Spec, i: usize, cred: &str) -> anyhow::Result<Link> {
     let server = spec.server(i);
     Ok(match spec.protocol {
         Proto::Ferry => {
-            let mut conn = FerryConn::connect(server).await?;
+            let mut conn = FerryConn::connect_over(server, spec.transport).await?;
             let login = conn.login(cred, 0).await?;
             Link::Ferry {
                 conn,
@@ -433,7 +436,15 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
                 let (stream, buf) = conn.into_parts();
                 let (rd, wr) = stream.into_split();
                 tasks.spawn(xmpp_reader(rd, buf, out.clone(), inn, sh.clone()));
-                tasks.spawn(writer(Wire::Xmpp, (wr, None), peer, out, rate, window, sh));
+                tasks.spawn(writer(
+                    Wire::Xmpp,
+                    (WriteHalf::Tcp(wr), None),
+                    peer,
+                    out,
+                    rate,
+                    window,
+                    sh,
+                ));
             }
         }
     }
@@ -485,7 +496,7 @@ fn delivered(sh: &Shared, from: &Ledger, t: &str) {
 /// The receiving half of a Ferry link: acks, notifies and sync answers.
 #[allow(clippy::too_many_arguments)]
 async fn ferry_reader(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf,
     (mut buf, mut sealed, channel): (BytesMut, BytesMut, Option<SharedChannel>),
     me: String,
     mut synckey: u64,
@@ -704,7 +715,7 @@ async fn sync_req(w: &mut Wire) -> Option<u64> {
 /// sync requests, heartbeats.
 async fn writer(
     mut wire: Wire,
-    (mut wr, channel): (OwnedWriteHalf, Option<SharedChannel>),
+    (mut wr, channel): (WriteHalf, Option<SharedChannel>),
     peer: String,
     out: Arc<Ledger>,
     rate: Option<f64>,

@@ -41,6 +41,9 @@ pub struct Spec {
     /// Idle: how the connections heartbeat (`idle::HeartbeatMode`; empty: smart).
     #[serde(default)]
     pub heartbeat: String,
+    /// What the long links run over (idle and p2p).
+    #[serde(default)]
+    pub transport: crate::Transport,
 }
 
 impl Spec {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 use axum::{Extension, Router};
 use bytes::Bytes;
 use ferry_bus::{BusRequest, BusResponse};
@@ -18,12 +18,12 @@ use ferry_proto::bus::{ByteRange, Fetch, Origin, Resource};
 use ferry_proto::cmd::{self, Method};
 use ferry_proto::v1::{self, ErrorCode};
 use ferry_proto::{error_body, sealed, ProtoMessage};
-use http::{header, HeaderMap, HeaderValue, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method as HttpMethod, StatusCode};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpStream;
 
-use crate::Gateway;
+use crate::{Gateway, Seat};
 
 /// The media type of every short-link body.
 pub const PROTOBUF: &str = "application/x-protobuf";
@@ -36,10 +36,54 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/lp/poll", post(crate::lp::poll))
         .route("/v1/lp/close", post(crate::lp::close))
         .route("/v1/server-key", get(server_key))
+        .route("/v1/ws", any(crate::ws::upgrade))
         .route("/v1/{*path}", post(short_link).get(short_link_get))
         .route("/healthz", get(|| async { "ok" }))
         .layer(axum::middleware::from_fn(protocol_version))
+        .layer(axum::middleware::from_fn(cors))
         .with_state(gw)
+}
+
+/// The headers of Ferry's answers a page on another origin may read.
+const EXPOSED: &str = "Ferry-Session, Ferry-Poll-Hold-Ms, Ferry-Protocol, Content-Range, ETag";
+
+/// CORS for the `/v1/` paths (docs/protocol.md §7.1a): any origin may call them — no
+/// cookie is read, the credentials ride inside sealed bodies or the `Authorization`
+/// header — so every answer allows `*` and exposes Ferry's headers, and a preflight
+/// (`OPTIONS`) is answered here, `204`, without reaching a route.
+async fn cors(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    if !req.uri().path().starts_with("/v1/") {
+        return next.run(req).await;
+    }
+    let mut resp = if req.method() == HttpMethod::OPTIONS {
+        let mut r = StatusCode::NO_CONTENT.into_response();
+        let h = r.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("Content-Type, Authorization, Range"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_MAX_AGE,
+            HeaderValue::from_static("86400"),
+        );
+        r
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static(EXPOSED),
+    );
+    resp
 }
 
 /// Puts `Ferry-Protocol` on every answer: the protocol major version the server speaks
@@ -68,14 +112,22 @@ pub(crate) struct Peer(pub(crate) Arc<str>);
 #[derive(Clone, Copy)]
 pub(crate) struct Local(pub(crate) std::net::SocketAddr);
 
-pub(crate) async fn serve(gw: Arc<Gateway>, stream: TcpStream, peer: String) {
+/// The seat of the connection a request came on, for the WebSocket upgrade to take.
+#[derive(Clone)]
+pub(crate) struct SeatCell(pub(crate) Arc<parking_lot::Mutex<Option<Seat>>>);
+
+pub(crate) async fn serve(gw: Arc<Gateway>, stream: TcpStream, peer: String, seat: Seat) {
     let local = stream.local_addr().ok();
     let shutdown = gw.shutdown.clone();
     let mut app = router(gw.clone());
     if let Some(extra) = gw.extra_routes.get() {
         app = app.merge(extra.clone());
     }
-    let mut app = app.layer(Extension(Peer(peer.into())));
+    let mut app = app
+        .layer(Extension(Peer(peer.into())))
+        .layer(Extension(SeatCell(Arc::new(parking_lot::Mutex::new(
+            Some(seat),
+        )))));
     if let Some(local) = local {
         app = app.layer(Extension(Local(local)));
     }
@@ -83,7 +135,8 @@ pub(crate) async fn serve(gw: Arc<Gateway>, stream: TcpStream, peer: String) {
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(10))
-        .serve_connection(TokioIo::new(stream), service);
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => {

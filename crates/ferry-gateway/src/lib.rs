@@ -12,6 +12,7 @@ mod link;
 pub mod lp;
 mod registry;
 mod secure;
+mod ws;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use ferry_bus::Bus;
 use ferry_proto::secure::StaticKey;
 use ferry_proto::{sniff, Protocol};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -154,6 +155,14 @@ pub struct Stats {
     pub resumed_handshakes: AtomicU64,
     /// RESUME hellos refused (the client falls back to a full handshake).
     pub resumes_refused: AtomicU64,
+}
+
+/// What a connection holds while it lives: its place under `max_connections` and its
+/// count against its client's address (`max_connections_per_ip`). An HTTP connection
+/// upgraded to a WebSocket hands it on to its link.
+pub(crate) struct Seat {
+    _permit: OwnedSemaphorePermit,
+    _slot: Option<guard::IpSlot>,
 }
 
 /// A gateway: serve it on any number of listeners with [`Gateway::serve`].
@@ -306,9 +315,8 @@ impl Gateway {
                     let accepted = Box::new((stream, peer.to_string()));
                     self.tasks.spawn(async move {
                         gw.stats.connections.fetch_add(1, Ordering::Relaxed);
-                        gw.clone().connection(accepted).await;
+                        gw.clone().connection(accepted, permit).await;
                         gw.stats.connections.fetch_sub(1, Ordering::Relaxed);
-                        drop(permit);
                     });
                 }
                 Err(e) => {
@@ -353,7 +361,11 @@ impl Gateway {
         self.listen.lock().clone()
     }
 
-    async fn connection(self: Arc<Self>, accepted: Box<(TcpStream, String)>) {
+    async fn connection(
+        self: Arc<Self>,
+        accepted: Box<(TcpStream, String)>,
+        permit: OwnedSemaphorePermit,
+    ) {
         let (stream, peer) = *accepted;
         let _ = stream.set_nodelay(true);
         let deadline = Duration::from_millis(self.cfg.login_timeout_ms);
@@ -377,7 +389,7 @@ impl Gateway {
             }
         }
         let ip = peer.parse::<std::net::SocketAddr>().map(|a| a.ip());
-        let _slot = match ip {
+        let slot = match ip {
             Ok(ip) => match self.ip_conns.admit(ip, self.cfg.max_connections_per_ip) {
                 Some(slot) => Some(slot),
                 None => {
@@ -388,9 +400,17 @@ impl Gateway {
             },
             Err(_) => None,
         };
+        let seat = Seat {
+            _permit: permit,
+            _slot: slot,
+        };
         match sniff(first[0]) {
-            Protocol::Frame => link::run(self, stream, peer).await,
-            Protocol::Http => Box::pin(http::serve(self, stream, peer)).await,
+            Protocol::Frame => {
+                link::run(self, stream, peer).await;
+                drop(seat);
+            }
+            // An HTTP connection hands its seat to the WebSocket link it upgrades to.
+            Protocol::Http => Box::pin(http::serve(self, stream, peer, seat)).await,
             Protocol::Unknown => {
                 // Not a protocol of ours: no answer, and a close without a reset.
                 self.stats.bad_input.fetch_add(1, Ordering::Relaxed);

@@ -76,10 +76,37 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn origin(&self) -> Origin {
         Origin::LongLink
     }
-    /// Ends the connection after the link's last write. The default does nothing (the
-    /// transport ends when dropped).
-    fn close(&mut self) -> impl Future<Output = ()> + Send + '_ {
+    /// Ends the connection after the link's last write; `end` says why (a WebSocket
+    /// tells the client in its Close frame). The default does nothing (the transport
+    /// ends when dropped).
+    fn close(&mut self, _end: End) -> impl Future<Output = ()> + Send + '_ {
         std::future::ready(())
+    }
+}
+
+/// Why a link ended, for a transport that tells the client (WebSocket's close codes,
+/// docs/protocol.md §7.1a).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum End {
+    /// The client closed its side.
+    Peer,
+    /// A read or a write failed: nothing more can be said.
+    Broken,
+    /// Refused after an `ERROR` frame; `too_large` when it was `TOO_LARGE`.
+    Refused { too_large: bool },
+    /// After a `KICK`, or a push that closed the link (a slow consumer).
+    Kicked,
+    /// The gateway shuts down.
+    Shutdown,
+    /// Dropped for silence: no login in time, no heartbeat.
+    Silent,
+}
+
+impl End {
+    fn refused(code: ErrorCode) -> End {
+        End::Refused {
+            too_large: code == ErrorCode::TooLarge,
+        }
     }
 }
 
@@ -144,7 +171,7 @@ impl Transport for TcpStream {
         AsyncWriteExt::write_all(self, buf)
     }
 
-    fn close(&mut self) -> impl Future<Output = ()> + Send + '_ {
+    fn close(&mut self, _end: End) -> impl Future<Output = ()> + Send + '_ {
         linger_close(self)
     }
 }
@@ -239,20 +266,20 @@ pub(crate) fn run<T: Transport>(
 }
 
 async fn drive<T: Transport>(mut conn: Box<Conn<T>>) {
-    live(&mut conn).await;
-    Box::pin(conn.stream.close()).await;
+    let end = live(&mut conn).await;
+    Box::pin(conn.stream.close(end)).await;
 }
 
-/// A link from its first byte to the end of its last write.
-async fn live<T: Transport>(c: &mut Conn<T>) {
+/// A link from its first byte to the end of its last write; why it ended.
+async fn live<T: Transport>(c: &mut Conn<T>) -> End {
     let (gw, conn_id) = (c.gw.clone(), c.conn_id);
     // The phases around the idle loop are boxed: a future is as large as its largest
     // state, and only the loop's state should live as long as the link.
-    let Some((link, pending)) =
-        Box::pin(login(&gw, &mut c.stream, &mut c.partial, conn_id, &c.peer)).await
-    else {
-        return;
-    };
+    let (link, pending) =
+        match Box::pin(login(&gw, &mut c.stream, &mut c.partial, conn_id, &c.peer)).await {
+            Ok(l) => l,
+            Err(end) => return end,
+        };
     tracing::Span::current().record("user_id", link.user_id);
     gw.registry.add(link.clone());
     if gw.shutdown.is_cancelled() {
@@ -270,8 +297,8 @@ async fn live<T: Transport>(c: &mut Conn<T>) {
     };
     let _ = Box::pin(gw.bus.link_event(online)).await;
 
-    let reason = serve(c, &link, pending).await;
-    tracing::debug!(reason, "link closed");
+    let end = serve(c, &link, pending).await;
+    tracing::debug!(?end, "link closed");
 
     gw.registry.remove(&link);
     gw.stats.links.fetch_sub(1, Ordering::Relaxed);
@@ -284,6 +311,7 @@ async fn live<T: Transport>(c: &mut Conn<T>) {
         synckey: link.synckey.load(Ordering::Relaxed),
     };
     let _ = Box::pin(gw.bus.link_event(offline)).await;
+    end
 }
 
 /// Waits for the LOGIN frame (within the deadline) and has logic check it. Returns the
@@ -294,29 +322,30 @@ async fn login<T: Transport>(
     partial: &mut BytesMut,
     conn_id: u64,
     peer: &str,
-) -> Option<(Arc<Link>, Vec<Frame>)> {
+) -> Result<(Arc<Link>, Vec<Frame>), End> {
     let deadline = Instant::now() + Duration::from_millis(gw.cfg.login_timeout_ms);
     let mut out = BytesMut::new();
     let mut frames = loop {
         let ready = tokio::select! {
-            _ = gw.shutdown.cancelled() => return None,
+            _ = gw.shutdown.cancelled() => return Err(End::Shutdown),
             r = tokio::time::timeout_at(deadline, readable(&*stream)) => r,
         };
         if ready.is_err() {
             gw.stats.timeouts.fetch_add(1, Ordering::Relaxed);
             tracing::debug!("no login before the deadline");
-            return None;
+            return Err(End::Silent);
         }
         match read_frames(&*stream, partial, gw.cfg.max_frame_bytes) {
             Ok(Read::Frames(f)) if f.is_empty() => continue,
             Ok(Read::Frames(f)) => break f,
-            Ok(Read::Eof) => return None,
+            Ok(Read::Eof) => return Err(End::Peer),
+            Err(e) if e.kind() != io::ErrorKind::InvalidData => return Err(End::Broken),
             Err(e) => {
                 gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
                 let (code, req_id) = secure::refused(&e);
                 error_frame(req_id, code, &e.to_string(), &mut out);
                 let _ = write_out(stream, &mut out).await;
-                return None;
+                return Err(End::refused(code));
             }
         }
     };
@@ -333,14 +362,14 @@ async fn login<T: Transport>(
             &mut out,
         );
         let _ = write_out(stream, &mut out).await;
-        return None;
+        return Err(End::refused(ErrorCode::BadRequest));
     }
     if first.req_id == 0 {
         // Its answer would look like a push.
         gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
         error_frame(0, ErrorCode::BadRequest, ZERO_ID, &mut out);
         let _ = write_out(stream, &mut out).await;
-        return None;
+        return Err(End::refused(ErrorCode::BadRequest));
     }
     let login_body = first.body.clone();
     let req = BusRequest {
@@ -364,7 +393,7 @@ async fn login<T: Transport>(
                 &mut out,
             );
             let _ = write_out(stream, &mut out).await;
-            return None;
+            return Err(End::refused(ErrorCode::BadRequest));
         }
     };
     if resp.cmd == u32::from(cmd::response(cmd::LOGIN)) && resp.user_id != 0 {
@@ -372,17 +401,17 @@ async fn login<T: Transport>(
             gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
             error_frame(first.req_id, ErrorCode::Unauthorized, why, &mut out);
             let _ = write_out(stream, &mut out).await;
-            return None;
+            return Err(End::refused(ErrorCode::BadRequest));
         }
     }
     encode_raw(resp.cmd as u8, first.req_id, &resp.body, &mut out);
     if resp.cmd == u32::from(cmd::ERROR) || resp.user_id == 0 {
         gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
         let _ = write_out(stream, &mut out).await;
-        return None;
+        return Err(End::refused(ErrorCode::BadRequest));
     }
     if write_out(stream, &mut out).await.is_err() {
-        return None;
+        return Err(End::Broken);
     }
     let link = Arc::new(Link::new(
         conn_id,
@@ -393,7 +422,7 @@ async fn login<T: Transport>(
     // The device's synckey at login is its first acknowledgement (registry.rs).
     let synckey = v1::LoginReq::decode(login_body).map_or(0, |r| r.synckey);
     link.synckey.store(synckey, Ordering::Relaxed);
-    Some((link, frames))
+    Ok((link, frames))
 }
 
 /// Requests of one link handled at once. Beyond this the link is not read until one
@@ -500,7 +529,7 @@ async fn serve<'c, T: Transport>(
     c: &'c mut Conn<T>,
     link: &'c Arc<Link>,
     frames: Vec<Frame>,
-) -> &'static str {
+) -> End {
     let Conn {
         gw,
         stream,
@@ -549,7 +578,7 @@ async fn serve<'c, T: Transport>(
                 b.in_flight = None;
             }
         }
-        let mut close_after_write: Option<&'static str> = None;
+        let mut close_after_write: Option<End> = None;
         let must_write = bad || busy.as_ref().is_some_and(|b| !b.out.is_empty());
         if !must_write {
             let may_read = busy
@@ -575,13 +604,13 @@ async fn serve<'c, T: Transport>(
                         };
                         let b = busy.get_or_insert_with(Default::default);
                         encode_msg(cmd::KICK, 0, &kick, &mut b.out);
-                        close_after_write = Some("shutdown");
+                        close_after_write = Some(End::Shutdown);
                     } else if flags & TIMED_OUT != 0 {
                         gw.stats.timeouts.fetch_add(1, Ordering::Relaxed);
-                        return "heartbeat timeout";
+                        return End::Silent;
                     }
                 }
-                Event::Readable(Err(_)) => return "read failed",
+                Event::Readable(Err(_)) => return End::Broken,
                 Event::Readable(Ok(())) => {
                     match read_frames(&*stream, partial, gw.cfg.max_frame_bytes) {
                         Ok(Read::Frames(f)) => {
@@ -594,16 +623,16 @@ async fn serve<'c, T: Transport>(
                             }
                             continue;
                         }
-                        Ok(Read::Eof) => return "closed by peer",
+                        Ok(Read::Eof) => return End::Peer,
                         Err(e) if e.kind() == io::ErrorKind::InvalidData => {
                             gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
                             let mut out = BytesMut::new();
                             let (code, req_id) = secure::refused(&e);
                             error_frame(req_id, code, &e.to_string(), &mut out);
                             let _ = Box::pin(write_out(stream, &mut out)).await;
-                            return "bad bytes";
+                            return End::refused(code);
                         }
-                        Err(_) => return "read failed",
+                        Err(_) => return End::Broken,
                     }
                 }
             }
@@ -623,18 +652,18 @@ async fn serve<'c, T: Transport>(
         if !b.out.is_empty() {
             gw.stats.frames_out.fetch_add(1, Ordering::Relaxed);
             if Box::pin(write_out(stream, &mut b.out)).await.is_err() {
-                return "write failed";
+                return End::Broken;
             }
         }
         if bad {
             gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
-            return "bad input";
+            return End::refused(ErrorCode::BadRequest);
         }
-        if let Some(reason) = close_after_write {
-            return reason;
+        if let Some(end) = close_after_write {
+            return end;
         }
         if push_close {
-            return "closed by server";
+            return End::Kicked;
         }
         if b.quiet() {
             busy = None;

@@ -34,7 +34,7 @@ use ferry_proto::{FrameError, HEADER_LEN};
 use parking_lot::Mutex;
 use std::sync::atomic::Ordering;
 
-use crate::link::Transport;
+use crate::link::{End, Transport};
 use crate::Gateway;
 
 /// Why a link was refused or broke at the encryption layer; carried inside the
@@ -48,7 +48,7 @@ pub(crate) struct Refusal {
     pub message: String,
 }
 
-fn refusal(code: ErrorCode, req_id: u32, message: impl Into<String>) -> io::Error {
+pub(crate) fn refusal(code: ErrorCode, req_id: u32, message: impl Into<String>) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         Refusal {
@@ -304,8 +304,8 @@ impl<T: Transport> Transport for Secured<T> {
         self.inner.origin()
     }
 
-    fn close(&mut self) -> impl Future<Output = ()> + Send + '_ {
-        self.inner.close()
+    fn close(&mut self, end: End) -> impl Future<Output = ()> + Send + '_ {
+        self.inner.close(end)
     }
 
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -15,7 +15,8 @@
 //!   refuse, delay, idle-flow drop, HTTP only, recording).
 //! - with the `server` feature: [`server`] (an in-process [`ferry::Server`] on port 0,
 //!   users, SDK clients and waiting for their events) and [`raw`] (long links and HTTP
-//!   requests spoken by hand, plain and encrypted).
+//!   requests spoken by hand, plain and encrypted) and [`ws`] (the long link over
+//!   WebSocket, by hand).
 //!
 //! The split by feature: ferry-bus and ferry-store test their crates against a real
 //! nats-server and PostgreSQL; they take the kit without features, so their tests build
@@ -48,12 +49,18 @@ pub mod raw;
 pub mod s3;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "server")]
+pub mod ws;
 
 pub use pg::Db;
 pub use procs::{free_port, Nats, Node};
 pub use proxy::{Proxy, ProxyOptions};
 pub use python::python_venv;
 #[cfg(feature = "server")]
-pub use raw::{error_code, error_of, http_post, login_frame, HttpAnswer, RawLink, SecureRaw};
+pub use raw::{
+    error_code, error_of, http_post, http_request, login_frame, HttpAnswer, RawLink, SecureRaw,
+};
 #[cfg(feature = "server")]
 pub use server::*;
+#[cfg(feature = "server")]
+pub use ws::{WsEvent, WsLink};

@@ -286,6 +286,16 @@ pub async fn http_post(addr: &str, path: &str, headers: &str, body: &[u8]) -> Ht
         .unwrap_or_else(|_| panic!("no whole answer to POST {path} within 40 s"))
 }
 
+/// One HTTP/1.1 request written as it is (`raw`: request line, headers, blank line,
+/// body) on a fresh connection; its answer, as [`http_post`] reads it.
+pub async fn http_request(addr: &str, raw: &[u8]) -> HttpAnswer {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(40), read_answer(&mut s))
+        .await
+        .unwrap_or_else(|_| panic!("no whole answer within 40 s"))
+}
+
 async fn read_answer(s: &mut TcpStream) -> HttpAnswer {
     let mut got = Vec::new();
     let end = loop {

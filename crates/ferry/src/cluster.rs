@@ -231,7 +231,7 @@ impl GatewayNode {
             None,
             shutdown.clone(),
         )?;
-        let _ = gateway.mount(monitor.routes());
+        let _ = gateway.mount(monitor.routes().merge(crate::chat::routes()));
         let mut addrs = Vec::new();
         let mut serving = Vec::new();
         for l in listeners {

@@ -4,6 +4,7 @@
 //!
 //! Nothing here may hold protocol or business logic: that lives in the role crates.
 
+pub mod chat;
 pub mod cli;
 pub mod cli_media;
 pub mod cli_push;

@@ -469,6 +469,10 @@ async fn serve(
         "ferry dashboard: {}",
         ferry::monitor::dashboard_url(server.addr(), server.monitor.token())
     ));
+    say(format_args!(
+        "ferry chat: {}",
+        ferry::chat::chat_url(server.addr())
+    ));
     // Last, once everything above is printed: tests and scripts wait for these lines
     // (the port) and may stop reading after them.
     for a in &server.addrs {
@@ -509,6 +513,10 @@ async fn run_gateway(
     say(format_args!(
         "ferry dashboard: {}",
         ferry::monitor::dashboard_url(node.addrs[0], node.monitor.token())
+    ));
+    say(format_args!(
+        "ferry chat: {}",
+        ferry::chat::chat_url(node.addrs[0])
     ));
     // Tests and scripts read the addresses, then wait for the last line, "ready".
     for a in &node.addrs {

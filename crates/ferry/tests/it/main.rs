@@ -41,6 +41,7 @@ mod sizes;
 mod smart;
 mod social;
 mod wire;
+mod ws;
 
 /// `ferry <args> --config <config>` as a process, once it printed a line starting with
 /// `ready` (the cluster tests' gateways and logic nodes).

@@ -1,0 +1,1029 @@
+// FerryClient: the public API of sdk/API.md — accounts over the sealed short link, the
+// long link (WebSocket, else long-poll) with reconnects, the sync model (every entry once,
+// in order), sends retried with the same client_msg_id, groups, media.
+
+import { create, toBinary, type DescMessage, type MessageInitShape, type MessageShape } from "@bufbuild/protobuf";
+import { hex, randomBytes, randomU64, unhex } from "./bytes.js";
+import * as cmd from "./cmd.js";
+import { asFerryError, FerryError } from "./errors.js";
+import type { Frame } from "./frame.js";
+import {
+  AuthReqSchema, AuthRespSchema, EmptySchema, ErrorCode, FindUserReqSchema, FindUserRespSchema,
+  FriendActionReqSchema, FriendActionRespSchema, FriendListReqSchema, FriendListRespSchema,
+  FriendRequestReqSchema, GroupCreateReqSchema, GroupEvent_Kind, GroupListRespSchema,
+  GroupMembersReqSchema, GroupNotifySchema, GroupReadsReqSchema, GroupReadsRespSchema,
+  GroupReqSchema, GroupRespSchema, GroupSyncReqSchema, GroupSyncRespSchema, HeartbeatSchema,
+  KickSchema, LogoutReqSchema, LogoutRespSchema, MediaChunkAckSchema, MediaChunkReqSchema,
+  MediaCreateReqSchema, MediaCreateRespSchema, MediaFinishReqSchema, MediaFinishRespSchema,
+  MediaKind, MediaRefSchema, MediaStatusReqSchema, NotifySchema, ReadReqSchema, RecallReqSchema,
+  RegisterReqSchema, RegisterRespSchema, SendAckSchema, SendMsgSchema, SyncReqSchema,
+  SyncRespSchema, TypingSchema,
+  type Entry, type FindUserResp, type Friend, type FriendEvent, type Group, type GroupEntry,
+  type GroupEvent, type GroupReadsResp, type MediaCreateResp, type MediaRef, type Message,
+  type ReadReceipt, type Recall, type SendAck, type SendMsg,
+} from "./gen/ferry_pb.js";
+import { Link, type LinkOpened } from "./link.js";
+import { sha256 } from "@noble/hashes/sha2.js";
+import { ShortLink, decode } from "./short.js";
+import { MemoryStore, IndexedDbStore, type StateStore } from "./store.js";
+import type { Ticket } from "./secure.js";
+import { LpCarrier, WsCarrier, type Carrier, type Transport, type WsCtor } from "./transport.js";
+import { sealChunk } from "./upload.js";
+
+export type { Transport } from "./transport.js";
+export type ConnState = "offline" | "connecting" | "online";
+
+export interface ClientOptions {
+  /** Bootstrap endpoints, "IP:PORT" or "http://IP:PORT". In a browser, default: [location.host]. */
+  servers?: string[];
+  /** The server's static X25519 key, 64 hex. Absent: trust on first use (GET /v1/server-key),
+   *  then pinned in the store. */
+  serverKey?: string;
+  /** Default: IndexedDbStore("ferry") in a browser, MemoryStore in node. */
+  store?: StateStore;
+  /** Transports tried per endpoint, in order. Default ["ws", "lp"]. */
+  transports?: Transport[];
+  /** WebSocket constructor (node < 22: pass `ws`'s). Default globalThis.WebSocket. */
+  WebSocket?: unknown;
+  /** Per-request timeout, ms. Default 10 000. */
+  requestTimeoutMs?: number;
+}
+
+export interface SendProgress {
+  phase: "thumbnail" | "original";
+  sent: number;
+  total: number;
+}
+
+export interface Events {
+  state: { state: ConnState; transport?: Transport; endpoint?: string; reason?: string };
+  entry: Entry;
+  message: { seq: bigint; message: Message };
+  groupEntry: { groupId: bigint; entry: GroupEntry };
+  groupMessage: { groupId: bigint; gseq: bigint; message: Message };
+  recall: Recall;
+  read: ReadReceipt;
+  typing: { from: string };
+  friend: FriendEvent;
+  group: GroupEvent;
+}
+
+type Listener<K extends keyof Events> = (e: Events[K]) => void;
+type Emitted = { [K in keyof Events]: [K, Events[K]] }[keyof Events];
+
+const CLIENT_VERSION = "ferry-js/0.1";
+const HELD_MAX = 64;
+const GAP_WAIT_MS = 25;
+const UPLOAD_WINDOW = 8;
+const DOWNLOAD_RANGE = 512 * 1024;
+const BACKOFF_MIN_MS = 200;
+const BACKOFF_MAX_MS = 30000;
+
+/** Requests that may simply be sent again after a lost link (the table's "idempotent"). */
+const IDEMPOTENT = new Set<number>([
+  cmd.SYNC, cmd.GROUP_SYNC, cmd.FIND_USER, cmd.FRIEND_LIST, cmd.GROUP_INFO, cmd.GROUP_LIST,
+  cmd.GROUP_READS, cmd.MEDIA_STATUS, cmd.ENDPOINTS,
+]);
+
+interface QueuedSend {
+  msg: SendMsg;
+  resolve: (a: SendAck) => void;
+  reject: (e: FerryError) => void;
+}
+
+interface StoredTicket {
+  ticket: string;
+  secret: string;
+  expiresMs: number;
+}
+
+/** The sync state of one logged-in link (docs/protocol.md §2, §4). */
+class LinkSync {
+  syncing = false;
+  resync = false;
+  held = new Map<bigint, Entry>();
+  gapTimer: ReturnType<typeof setTimeout> | undefined;
+  groupBusy = new Set<bigint>();
+  groupAgain = new Set<bigint>();
+  constructor(readonly link: Link) {}
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function isBrowser(): boolean {
+  return typeof (globalThis as { document?: unknown }).document !== "undefined";
+}
+
+export class FerryClient {
+  private store: StateStore;
+  private servers: string[];
+  private transports: Transport[];
+  private WsCtor: WsCtor | undefined;
+  private timeoutMs: number;
+  private optKey: string | undefined;
+
+  private _username: string | undefined;
+  private token: string | undefined;
+  private deviceId = "";
+  private _synckey = 0n;
+  private cursors = new Map<bigint, bigint>();
+  private serverKey: Uint8Array | undefined;
+  private ticket: Ticket | undefined;
+  private lastEndpoint: string | undefined;
+
+  private _state: ConnState = "offline";
+  private _transport: Transport | undefined;
+  private link: Link | undefined;
+  private ls: LinkSync | undefined;
+  private running = false;
+  private loop: Promise<void> | undefined;
+  private wake: (() => void) | undefined;
+  private connectWaiters: { resolve: () => void; reject: (e: FerryError) => void }[] = [];
+  private linkWaiters: { resolve: (l: Link) => void; reject: (e: FerryError) => void }[] = [];
+  private listeners = new Map<keyof Events, Set<(e: unknown) => void>>();
+  private chain: Promise<void> = Promise.resolve();
+  private sends: QueuedSend[] = [];
+  private sending = false;
+
+  private constructor(opts: ClientOptions, store: StateStore) {
+    this.store = store;
+    const loc = (globalThis as { location?: { host?: string } }).location;
+    this.servers = opts.servers?.length ? [...opts.servers] : loc?.host ? [loc.host] : [];
+    this.transports = opts.transports?.length ? [...opts.transports] : ["ws", "lp"];
+    this.WsCtor = (opts.WebSocket ?? (globalThis as { WebSocket?: unknown }).WebSocket) as WsCtor | undefined;
+    this.timeoutMs = opts.requestTimeoutMs ?? 10000;
+    this.optKey = opts.serverKey;
+  }
+
+  /** Loads the store; no network yet. */
+  static async create(opts: ClientOptions = {}): Promise<FerryClient> {
+    const store = opts.store ?? (isBrowser() && (globalThis as { indexedDB?: unknown }).indexedDB ? new IndexedDbStore("ferry") : new MemoryStore());
+    const c = new FerryClient(opts, store);
+    await c.load();
+    return c;
+  }
+
+  private async load(): Promise<void> {
+    const s = this.store;
+    this.deviceId = (await s.get<string>("deviceId")) ?? "";
+    if (!this.deviceId) {
+      this.deviceId = hex(randomBytes(16));
+      await s.set("deviceId", this.deviceId);
+    }
+    this.token = await s.get<string>("token");
+    this._username = await s.get<string>("username");
+    this._synckey = BigInt((await s.get<string>("synckey")) ?? "0");
+    const cur = (await s.get<Record<string, string>>("groupCursors")) ?? {};
+    for (const [g, v] of Object.entries(cur)) this.cursors.set(BigInt(g), BigInt(v));
+    if (this.optKey) {
+      if (!/^[0-9a-fA-F]{64}$/.test(this.optKey.trim())) throw new FerryError("server-key", "serverKey: not 64 hex digits");
+      this.serverKey = unhex(this.optKey.trim());
+    } else {
+      const k = await s.get<string>("serverKey");
+      if (k) this.serverKey = unhex(k);
+    }
+    const t = await s.get<StoredTicket>("ticket");
+    if (t) this.ticket = { ticket: unhex(t.ticket), secret: unhex(t.secret), expiresMs: t.expiresMs };
+    this.lastEndpoint = await s.get<string>("lastEndpoint");
+  }
+
+  get username(): string | undefined {
+    return this._username;
+  }
+  get signedIn(): boolean {
+    return !!this.token;
+  }
+  get state(): ConnState {
+    return this._state;
+  }
+  get transport(): Transport | undefined {
+    return this._transport;
+  }
+  get synckey(): bigint {
+    return this._synckey;
+  }
+
+  on<K extends keyof Events>(event: K, fn: (e: Events[K]) => void): () => void {
+    let set = this.listeners.get(event);
+    if (!set) this.listeners.set(event, (set = new Set()));
+    const f = fn as (e: unknown) => void;
+    set.add(f);
+    return () => set!.delete(f);
+  }
+
+  private emit<K extends keyof Events>(event: K, e: Events[K]): void {
+    for (const fn of this.listeners.get(event) ?? []) {
+      try {
+        fn(e);
+      } catch (err) {
+        console.error(`ferry: a "${event}" listener threw`, err);
+      }
+    }
+  }
+
+  private setState(state: ConnState, extra: { transport?: Transport; endpoint?: string; reason?: string } = {}): void {
+    this._state = state;
+    this._transport = state === "online" ? extra.transport : undefined;
+    this.emit("state", { state, ...extra });
+  }
+
+  // ------------------------------------------------------------------ endpoints, key
+
+  private endpoints(): string[] {
+    const all = this.lastEndpoint ? [this.lastEndpoint, ...this.servers] : [...this.servers];
+    const out = [...new Set(all)];
+    if (!out.length) throw new FerryError("network", "no server endpoints: pass ClientOptions.servers");
+    return out;
+  }
+
+  private async key(): Promise<Uint8Array> {
+    if (this.serverKey) return this.serverKey;
+    let last: FerryError | undefined;
+    for (const ep of this.endpoints()) {
+      try {
+        const k = await ShortLink.serverKey(ep, this.timeoutMs);
+        this.serverKey = k;
+        await this.store.set("serverKey", hex(k));
+        return k;
+      } catch (e) {
+        last = asFerryError(e);
+      }
+    }
+    throw last ?? new FerryError("network", "no server key");
+  }
+
+  /** A sealed short-link POST, tried on each endpoint until one answers. */
+  private async shortPost(path: string, token: string, body: Uint8Array): Promise<Uint8Array> {
+    const key = await this.key();
+    let last: FerryError | undefined;
+    for (const ep of this.endpoints()) {
+      try {
+        return await new ShortLink(ep, key, this.timeoutMs).postSealed(path, token, body);
+      } catch (e) {
+        const fe = asFerryError(e);
+        if (fe.kind !== "network" && fe.kind !== "timeout") throw this.keyError(fe);
+        last = fe;
+      }
+    }
+    throw last!;
+  }
+
+  private keyError(e: FerryError): FerryError {
+    // A sealed request the server cannot open (plain 400 BAD_REQUEST): another key.
+    if (e.kind === "server" && e.code === ErrorCode.BAD_REQUEST && /pinned server key/.test(e.message)) {
+      return new FerryError("server-key", e.message, { code: e.code });
+    }
+    return e;
+  }
+
+  private async shortCall<Req extends DescMessage, Resp extends DescMessage>(
+    c: number, token: string, reqSchema: Req, req: MessageInitShape<Req>, respSchema: Resp,
+  ): Promise<MessageShape<Resp>> {
+    const body = await this.shortPost(cmd.PATHS[c], token, toBinary(reqSchema, create(reqSchema, req)));
+    return decode(respSchema, body);
+  }
+
+  private requireToken(): string {
+    if (!this.token) throw new FerryError("server", "not signed in", { code: ErrorCode.UNAUTHORIZED });
+    return this.token;
+  }
+
+  /** A request over the long link when it is up, else over the sealed short link. */
+  private async call<Req extends DescMessage, Resp extends DescMessage>(
+    c: number, reqSchema: Req, req: MessageInitShape<Req>, respSchema: Resp,
+  ): Promise<MessageShape<Resp>> {
+    const token = this.requireToken();
+    const link = this.link;
+    if (link && !link.closed && cmd.ON_LINK.has(c)) {
+      try {
+        const f = await link.request(c, toBinary(reqSchema, create(reqSchema, req)), this.timeoutMs);
+        return decode(respSchema, f.body);
+      } catch (e) {
+        const fe = asFerryError(e);
+        // Lost with the link: only a request that may be applied twice goes again.
+        if (!(fe.kind === "closed" && IDEMPOTENT.has(c))) throw fe;
+      }
+    }
+    return this.shortCall(c, token, reqSchema, req, respSchema);
+  }
+
+  // ------------------------------------------------------------------ accounts
+
+  async register(username: string, password: string): Promise<void> {
+    await this.shortCall(cmd.REGISTER, "", RegisterReqSchema, { username, password }, RegisterRespSchema);
+  }
+
+  async signIn(username: string, password: string): Promise<void> {
+    const r = await this.shortCall(cmd.AUTH, "", AuthReqSchema, { username, password, deviceId: this.deviceId }, AuthRespSchema);
+    if (this._username !== undefined && this._username !== username) {
+      // Another user on this store: their inbox starts over.
+      this._synckey = 0n;
+      this.cursors.clear();
+      await this.store.set("synckey", "0");
+      await this.store.set("groupCursors", {});
+    }
+    await this.forgetTicket();
+    this.token = r.token;
+    this._username = username;
+    await this.store.set("token", r.token);
+    await this.store.set("username", username);
+  }
+
+  async logout(): Promise<void> {
+    const token = this.token;
+    try {
+      if (token) await this.shortCall(cmd.LOGOUT, token, LogoutReqSchema, {}, LogoutRespSchema);
+    } catch (e) {
+      const fe = asFerryError(e);
+      if (!(fe.code === ErrorCode.UNAUTHORIZED || fe.code === ErrorCode.KICKED)) throw fe;
+    } finally {
+      await this.close();
+    }
+    this.token = undefined;
+    await this.store.delete("token");
+    await this.forgetTicket();
+  }
+
+  private async forgetTicket(): Promise<void> {
+    this.ticket = undefined;
+    await this.store.delete("ticket");
+  }
+
+  // ------------------------------------------------------------------ the long link
+
+  /** Resolves at the first LOGIN answer; rejects on UNAUTHORIZED (and a wrong server key). */
+  connect(): Promise<void> {
+    if (!this.token) return Promise.reject(new FerryError("server", "not signed in", { code: ErrorCode.UNAUTHORIZED }));
+    if (this._state === "online") return Promise.resolve();
+    const p = new Promise<void>((resolve, reject) => this.connectWaiters.push({ resolve, reject }));
+    if (!this.running) {
+      this.running = true;
+      this.loop = this.run();
+    }
+    return p;
+  }
+
+  /** Ends the link; the state is kept. Sends still waiting fail with kind "closed". */
+  async close(): Promise<void> {
+    this.running = false;
+    this.wake?.();
+    this.link?.close();
+    const closed = new FerryError("closed", "the client was closed");
+    for (const w of this.connectWaiters.splice(0)) w.reject(closed);
+    for (const w of this.linkWaiters.splice(0)) w.reject(closed);
+    for (const s of this.sends.splice(0)) s.reject(closed);
+    await this.loop;
+    await this.chain;
+  }
+
+  private async pause(ms: number): Promise<void> {
+    await new Promise<void>((r) => {
+      const t = setTimeout(r, ms);
+      this.wake = () => {
+        clearTimeout(t);
+        r();
+      };
+    });
+    this.wake = undefined;
+  }
+
+  private fatal(e: FerryError): boolean {
+    return e.kind === "server-key" || e.is(ErrorCode.UNAUTHORIZED) || e.is(ErrorCode.KICKED) || e.is(ErrorCode.BAD_CREDENTIALS);
+  }
+
+  private async run(): Promise<void> {
+    let backoff = BACKOFF_MIN_MS;
+    let reason: string | undefined;
+    while (this.running) {
+      if (this._state !== "connecting") this.setState("connecting", reason ? { reason } : {});
+      let opened: LinkOpened & { endpoint: string };
+      try {
+        opened = await this.dial();
+      } catch (e) {
+        const fe = asFerryError(e);
+        if (!this.running) break;
+        if (this.fatal(fe)) {
+          this.running = false;
+          for (const w of this.connectWaiters.splice(0)) w.reject(fe);
+          for (const w of this.linkWaiters.splice(0)) w.reject(fe);
+          this.setState("offline", { reason: fe.message });
+          return;
+        }
+        reason = fe.message;
+        await this.pause(backoff / 2 + Math.random() * (backoff / 2));
+        backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
+        continue;
+      }
+      if (!this.running) {
+        opened.link.close();
+        break;
+      }
+      const since = Date.now();
+      reason = await this.online(opened);
+      if (Date.now() - since > 5000) backoff = BACKOFF_MIN_MS;
+      else if (this.running) {
+        // A link that ended at once: back off before the next, as after a failure.
+        await this.pause(backoff / 2 + Math.random() * (backoff / 2));
+        backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
+      }
+    }
+    this.setState("offline", reason ? { reason } : {});
+  }
+
+  /** Tries the endpoints, and on each the transports, until one logs in. */
+  private async dial(): Promise<LinkOpened & { endpoint: string }> {
+    const key = await this.key();
+    let last: FerryError | undefined;
+    for (const ep of this.endpoints()) {
+      for (const t of this.transports) {
+        if (t === "ws" && !this.WsCtor) continue;
+        if (!this.running) throw new FerryError("closed", "the client was closed");
+        try {
+          return { ...(await this.attempt(ep, t, key)), endpoint: ep };
+        } catch (e) {
+          const fe = asFerryError(e);
+          if (this.fatal(fe)) throw fe;
+          last = fe;
+        }
+      }
+    }
+    throw last ?? new FerryError("network", "no transport to try (no WebSocket and no long-poll)");
+  }
+
+  private carrier(ep: string, t: Transport): Carrier {
+    return t === "ws" ? new WsCarrier(ep, this.WsCtor!) : new LpCarrier(ep, this.timeoutMs);
+  }
+
+  private async attempt(ep: string, t: Transport, key: Uint8Array): Promise<LinkOpened> {
+    const login = { token: this.requireToken(), synckey: this._synckey, clientVersion: CLIENT_VERSION, protocol: 1 };
+    let ticket = this.ticket && this.ticket.expiresMs > Date.now() + 5000 ? this.ticket : undefined;
+    let opened: LinkOpened;
+    try {
+      opened = await Link.open(this.carrier(ep, t), key, login, ticket, this.timeoutMs);
+    } catch (e) {
+      const fe = asFerryError(e);
+      if (!ticket || !(fe.is(ErrorCode.RESUME_REFUSED) || fe.kind === "protocol")) throw fe;
+      // Refused: forget the ticket and do the full handshake on a new connection.
+      await this.forgetTicket();
+      ticket = undefined;
+      opened = await Link.open(this.carrier(ep, t), key, login, undefined, this.timeoutMs);
+    }
+    if (opened.ticket !== this.ticket) {
+      this.ticket = opened.ticket;
+      if (opened.ticket) {
+        const st: StoredTicket = { ticket: hex(opened.ticket.ticket), secret: hex(opened.ticket.secret), expiresMs: opened.ticket.expiresMs };
+        await this.store.set("ticket", st);
+      } else await this.store.delete("ticket");
+    }
+    return opened;
+  }
+
+  /** Runs a logged-in link until it ends; returns why it ended. */
+  private async online(o: LinkOpened & { endpoint: string }): Promise<string> {
+    const { link, login } = o;
+    if (login.token) {
+      this.token = login.token;
+      await this.store.set("token", login.token);
+    }
+    if (login.username && login.username !== this._username) {
+      this._username = login.username;
+      await this.store.set("username", login.username);
+    }
+    if (this.lastEndpoint !== o.endpoint) {
+      this.lastEndpoint = o.endpoint;
+      await this.store.set("lastEndpoint", o.endpoint);
+    }
+    const ls = new LinkSync(link);
+    this.link = link;
+    this.ls = ls;
+    let kicked: string | undefined;
+    link.onPush = (f) => {
+      const k = this.onPush(ls, f);
+      if (k) kicked = k;
+    };
+    this.setState("online", { transport: link.transport, endpoint: o.endpoint });
+    for (const w of this.connectWaiters.splice(0)) w.resolve();
+    for (const w of this.linkWaiters.splice(0)) w.resolve(link);
+
+    // The groups that moved while away, and the inbox.
+    void this.groupList(ls);
+    if (login.latestSeq > this._synckey) this.startSync(ls);
+    void this.pumpSends();
+
+    const idle = Number(login.idleTimeoutMs) || 0;
+    let every = (login.heartbeatSecs || 30) * 1000;
+    if (idle) every = Math.min(every, (idle * 4) / 5);
+    const beat = setInterval(() => {
+      const body = toBinary(HeartbeatSchema, create(HeartbeatSchema, { synckey: this._synckey }));
+      link.request(cmd.HEARTBEAT, body, this.timeoutMs).catch(() => link.close("heartbeat unanswered"));
+    }, every);
+    const reason = await link.whenClosed();
+    clearInterval(beat);
+    clearTimeout(ls.gapTimer);
+    if (this.link === link) {
+      this.link = undefined;
+      this.ls = undefined;
+    }
+    if (kicked) {
+      this.running = false;
+      return kicked;
+    }
+    return reason;
+  }
+
+  /** A push; returns a reason when it ends this device's session (KICK KICKED). */
+  private onPush(ls: LinkSync, f: Frame): string | undefined {
+    try {
+      switch (f.cmd) {
+        case cmd.NOTIFY:
+          this.onNotify(ls, decode(NotifySchema, f.body));
+          break;
+        case cmd.GROUP_NOTIFY: {
+          const n = decode(GroupNotifySchema, f.body);
+          const cursor = this.cursors.get(n.groupId) ?? 0n;
+          if (n.latestGseq <= cursor) break;
+          const es = n.entries;
+          const continues =
+            cursor > 0n && es.length > 0 && es[0].gseq === cursor + 1n && es[es.length - 1].gseq === n.latestGseq &&
+            es.every((e, i) => i === 0 || e.gseq === es[i - 1].gseq + 1n);
+          if (continues && !ls.groupBusy.has(n.groupId)) this.applyGroup(n.groupId, es);
+          else this.startGroupSync(ls, n.groupId);
+          break;
+        }
+        case cmd.TYPING_PUSH:
+          this.emit("typing", { from: decode(TypingSchema, f.body).to });
+          break;
+        case cmd.KICK: {
+          const k = decode(KickSchema, f.body);
+          if (k.code === ErrorCode.KICKED) {
+            ls.link.close(`kicked: ${k.reason}`);
+            return `kicked: ${k.reason || "this session ended"}`;
+          }
+          ls.link.close(`the server closes the link: ${k.reason}`);
+          break;
+        }
+        default:
+          break;
+      }
+    } catch (e) {
+      ls.link.close(`bad push: ${(e as Error).message}`);
+    }
+    return undefined;
+  }
+
+  // ------------------------------------------------------------------ sync
+
+  private onNotify(ls: LinkSync, n: MessageShape<typeof NotifySchema>): void {
+    if (n.latestSeq <= this._synckey) return;
+    const es = n.entries;
+    const inline =
+      es.length > 0 && es[es.length - 1].seq === n.latestSeq && es.every((e, i) => i === 0 || e.seq === es[i - 1].seq + 1n);
+    if (!inline) {
+      this.startSync(ls);
+      return;
+    }
+    for (const e of es) if (e.seq > this._synckey && ls.held.size < HELD_MAX) ls.held.set(e.seq, e);
+    if (ls.held.size >= HELD_MAX) this.startSync(ls);
+    this.drainHeld(ls);
+  }
+
+  private drainHeld(ls: LinkSync): void {
+    for (const s of ls.held.keys()) if (s <= this._synckey) ls.held.delete(s);
+    const run: Entry[] = [];
+    for (let s = this._synckey + 1n; ls.held.has(s); s++) {
+      run.push(ls.held.get(s)!);
+      ls.held.delete(s);
+    }
+    if (run.length) this.applyInbox(ls, run);
+    if (!ls.held.size) {
+      clearTimeout(ls.gapTimer);
+      ls.gapTimer = undefined;
+    } else if (!ls.syncing && !ls.gapTimer) {
+      ls.gapTimer = setTimeout(() => {
+        ls.gapTimer = undefined;
+        this.startSync(ls);
+      }, GAP_WAIT_MS);
+    }
+  }
+
+  private startSync(ls: LinkSync): void {
+    if (ls.syncing) {
+      ls.resync = true;
+      return;
+    }
+    ls.syncing = true;
+    ls.resync = false;
+    clearTimeout(ls.gapTimer);
+    ls.gapTimer = undefined;
+    void this.syncLoop(ls);
+  }
+
+  private async syncLoop(ls: LinkSync): Promise<void> {
+    try {
+      for (;;) {
+        ls.resync = false;
+        const body = toBinary(SyncReqSchema, create(SyncReqSchema, { synckey: this._synckey, limit: 0 }));
+        const r = decode(SyncRespSchema, (await ls.link.request(cmd.SYNC, body, this.timeoutMs)).body);
+        this.applyInbox(ls, r.entries, r.synckey);
+        if (!(r.more || ls.resync || r.latestSeq > this._synckey)) break;
+      }
+    } catch (e) {
+      ls.link.close(`sync failed: ${(e as Error).message}`);
+    } finally {
+      ls.syncing = false;
+    }
+    this.drainHeld(ls);
+  }
+
+  /** Applies inbox entries above the synckey, in order; `jumpTo` is a sync answer's synckey. */
+  private applyInbox(ls: LinkSync, entries: Entry[], jumpTo?: bigint): void {
+    const out: Emitted[] = [];
+    for (const e of entries) {
+      if (e.seq <= this._synckey) continue;
+      this._synckey = e.seq;
+      out.push(["entry", e]);
+      const k = e.kind;
+      switch (k.case) {
+        case "message":
+          out.push(["message", { seq: e.seq, message: k.value }]);
+          break;
+        case "recall":
+          out.push(["recall", k.value]);
+          break;
+        case "read":
+          out.push(["read", k.value]);
+          break;
+        case "friend":
+          out.push(["friend", k.value]);
+          break;
+        case "group":
+          out.push(["group", k.value]);
+          if (k.value.kind === GroupEvent_Kind.CREATED || k.value.kind === GroupEvent_Kind.JOINED) {
+            this.startGroupSync(ls, k.value.groupId);
+          } else if (k.value.kind === GroupEvent_Kind.REMOVED || k.value.kind === GroupEvent_Kind.LEFT) {
+            const me = this._username;
+            if (!k.value.users.length || (me && k.value.users.includes(me))) this.cursors.delete(k.value.groupId);
+          }
+          break;
+        default:
+          break;
+      }
+    }
+    if (jumpTo !== undefined && jumpTo > this._synckey) this._synckey = jumpTo;
+    this.commit(out);
+  }
+
+  /** Stores the synckey and cursors, then hands the events to the app — in order. */
+  private commit(events: Emitted[]): void {
+    const synckey = this._synckey.toString();
+    const cursors: Record<string, string> = {};
+    for (const [g, c] of this.cursors) cursors[g.toString()] = c.toString();
+    this.chain = this.chain
+      .then(async () => {
+        await this.store.set("synckey", synckey);
+        await this.store.set("groupCursors", cursors);
+        for (const [k, v] of events) this.emit(k, v as never);
+      })
+      .catch((e) => console.error("ferry: storing the sync state failed", e));
+  }
+
+  private async groupList(ls: LinkSync): Promise<void> {
+    try {
+      const f = await ls.link.request(cmd.GROUP_LIST, new Uint8Array(0), this.timeoutMs);
+      for (const g of decode(GroupListRespSchema, f.body).groups) {
+        if (g.latestGseq > (this.cursors.get(g.groupId) ?? 0n)) this.startGroupSync(ls, g.groupId);
+      }
+    } catch {
+      // The next login asks again.
+    }
+  }
+
+  private startGroupSync(ls: LinkSync, group: bigint): void {
+    if (ls.groupBusy.has(group)) {
+      ls.groupAgain.add(group);
+      return;
+    }
+    ls.groupBusy.add(group);
+    void this.groupSyncLoop(ls, group);
+  }
+
+  private async groupSyncLoop(ls: LinkSync, group: bigint): Promise<void> {
+    try {
+      for (;;) {
+        ls.groupAgain.delete(group);
+        const after = this.cursors.get(group) ?? 0n;
+        const body = toBinary(GroupSyncReqSchema, create(GroupSyncReqSchema, { groupId: group, after, limit: 0 }));
+        let f: Frame;
+        try {
+          f = await ls.link.request(cmd.GROUP_SYNC, body, this.timeoutMs);
+        } catch (e) {
+          const fe = asFerryError(e);
+          if (fe.kind === "server" && !fe.retryable) {
+            // No longer a member (or the group is gone): forget it.
+            this.cursors.delete(group);
+            this.commit([]);
+            return;
+          }
+          throw fe;
+        }
+        const r = decode(GroupSyncRespSchema, f.body);
+        this.applyGroup(group, r.entries, r.cursor);
+        const cursor = this.cursors.get(group) ?? 0n;
+        if (!(r.more || ls.groupAgain.has(group) || r.latestGseq > cursor)) break;
+      }
+    } catch (e) {
+      if (!ls.link.closed) ls.link.close(`group sync failed: ${(e as Error).message}`);
+    } finally {
+      ls.groupBusy.delete(group);
+    }
+  }
+
+  private applyGroup(group: bigint, entries: GroupEntry[], jumpTo?: bigint): void {
+    const out: Emitted[] = [];
+    let cursor = this.cursors.get(group) ?? 0n;
+    for (const e of entries) {
+      if (e.gseq <= cursor) continue;
+      cursor = e.gseq;
+      out.push(["groupEntry", { groupId: group, entry: e }]);
+      if (e.kind.case === "message") out.push(["groupMessage", { groupId: group, gseq: e.gseq, message: e.kind.value }]);
+      else if (e.kind.case === "recall") out.push(["recall", e.kind.value]);
+    }
+    if (jumpTo !== undefined && jumpTo > cursor) cursor = jumpTo;
+    this.cursors.set(group, cursor);
+    this.commit(out);
+  }
+
+  // ------------------------------------------------------------------ sending
+
+  private waitLink(): Promise<Link> {
+    if (this.link && !this.link.closed) return Promise.resolve(this.link);
+    if (!this.running) return Promise.reject(new FerryError("closed", "not connected: call connect()"));
+    return new Promise((resolve, reject) => this.linkWaiters.push({ resolve, reject }));
+  }
+
+  private enqueueSend(msg: SendMsg): Promise<SendAck> {
+    return new Promise<SendAck>((resolve, reject) => {
+      this.sends.push({ msg, resolve, reject });
+      void this.pumpSends();
+    });
+  }
+
+  /** Sends the queued messages one after another, each until acknowledged: after a lost
+   *  link, on the next one, and after RATE_LIMITED once its wait has passed — always with
+   *  the same client_msg_id, and in order. */
+  private async pumpSends(): Promise<void> {
+    if (this.sending) return;
+    this.sending = true;
+    try {
+      while (this.sends.length) {
+        const head = this.sends[0];
+        let link: Link;
+        try {
+          link = await this.waitLink();
+        } catch (e) {
+          for (const s of this.sends.splice(0)) s.reject(asFerryError(e));
+          break;
+        }
+        try {
+          const f = await link.request(cmd.SEND, toBinary(SendMsgSchema, head.msg), this.timeoutMs);
+          if (this.sends[0] === head) this.sends.shift();
+          head.resolve(decode(SendAckSchema, f.body));
+        } catch (e) {
+          const fe = asFerryError(e);
+          if (this.sends[0] !== head) continue; // rejected by close()
+          if (fe.is(ErrorCode.RATE_LIMITED)) {
+            await sleep(Math.max(fe.retryAfterMs ?? 0, 50));
+          } else if (fe.kind === "closed" || fe.kind === "timeout" || fe.kind === "network" || fe.retryable) {
+            await sleep(fe.retryAfterMs ?? 100);
+          } else {
+            this.sends.shift();
+            head.reject(fe);
+          }
+        }
+      }
+    } finally {
+      this.sending = false;
+    }
+  }
+
+  sendText(to: string, text: string): Promise<SendAck> {
+    return this.enqueueSend(create(SendMsgSchema, { clientMsgId: randomU64(), to, text }));
+  }
+
+  sendGroupText(groupId: bigint, text: string, mentions: string[] = []): Promise<SendAck> {
+    return this.enqueueSend(create(SendMsgSchema, { clientMsgId: randomU64(), groupId, text, mentions }));
+  }
+
+  async recall(msgId: bigint): Promise<void> {
+    await this.call(cmd.RECALL, RecallReqSchema, { msgId }, EmptySchema);
+  }
+
+  async markRead(peer: string, msgId: bigint): Promise<void> {
+    await this.call(cmd.READ, ReadReqSchema, { peer, msgId }, EmptySchema);
+  }
+
+  async markGroupRead(groupId: bigint, gseq: bigint): Promise<void> {
+    await this.call(cmd.READ, ReadReqSchema, { groupId, gseq }, EmptySchema);
+  }
+
+  /** Tells `to` this user is typing; only over a live long link (never stored): a no-op
+   *  while offline. */
+  async typing(to: string): Promise<void> {
+    const link = this.link;
+    if (!link || link.closed) return;
+    await link.request(cmd.TYPING, toBinary(TypingSchema, create(TypingSchema, { to })), this.timeoutMs);
+  }
+
+  // ------------------------------------------------------------------ friends
+
+  findUser(username: string): Promise<FindUserResp> {
+    return this.call(cmd.FIND_USER, FindUserReqSchema, { username }, FindUserRespSchema);
+  }
+  async requestFriend(username: string, greeting = ""): Promise<void> {
+    await this.call(cmd.FRIEND_REQUEST, FriendRequestReqSchema, { username, greeting }, FriendActionRespSchema);
+  }
+  async acceptFriend(username: string): Promise<void> {
+    await this.call(cmd.FRIEND_ACCEPT, FriendActionReqSchema, { username }, FriendActionRespSchema);
+  }
+  async declineFriend(username: string): Promise<void> {
+    await this.call(cmd.FRIEND_DECLINE, FriendActionReqSchema, { username }, FriendActionRespSchema);
+  }
+  async removeFriend(username: string): Promise<void> {
+    await this.call(cmd.FRIEND_REMOVE, FriendActionReqSchema, { username }, FriendActionRespSchema);
+  }
+  async friends(): Promise<Friend[]> {
+    return (await this.call(cmd.FRIEND_LIST, FriendListReqSchema, { sinceVersion: 0n }, FriendListRespSchema)).friends;
+  }
+
+  // ------------------------------------------------------------------ groups
+
+  private group(r: MessageShape<typeof GroupRespSchema>): Group {
+    if (!r.group) throw new FerryError("protocol", "a group answer without the group");
+    return r.group;
+  }
+  async createGroup(name: string, members: string[], shareHistory = false): Promise<Group> {
+    return this.group(await this.call(cmd.GROUP_CREATE, GroupCreateReqSchema, { name, members, shareHistory }, GroupRespSchema));
+  }
+  async addMembers(groupId: bigint, usernames: string[]): Promise<Group> {
+    return this.group(await this.call(cmd.GROUP_ADD, GroupMembersReqSchema, { groupId, usernames }, GroupRespSchema));
+  }
+  async removeMembers(groupId: bigint, usernames: string[]): Promise<Group> {
+    return this.group(await this.call(cmd.GROUP_REMOVE, GroupMembersReqSchema, { groupId, usernames }, GroupRespSchema));
+  }
+  async leaveGroup(groupId: bigint): Promise<void> {
+    await this.call(cmd.GROUP_LEAVE, GroupReqSchema, { groupId }, GroupRespSchema);
+  }
+  async groupInfo(groupId: bigint): Promise<Group> {
+    return this.group(await this.call(cmd.GROUP_INFO, GroupReqSchema, { groupId }, GroupRespSchema));
+  }
+  async groups(): Promise<Group[]> {
+    return (await this.call(cmd.GROUP_LIST, EmptySchema, {}, GroupListRespSchema)).groups;
+  }
+  groupReads(groupId: bigint, gseq: bigint): Promise<GroupReadsResp> {
+    return this.call(cmd.GROUP_READS, GroupReadsReqSchema, { groupId, gseq }, GroupReadsRespSchema);
+  }
+
+  // ------------------------------------------------------------------ media
+
+  /** `media/create` over the sealed short link (so the answer carries an upload key). */
+  private async mediaCreate(data: Uint8Array, kind: MediaKind, contentType: string): Promise<MediaCreateResp> {
+    return this.shortCall(cmd.MEDIA_CREATE, this.requireToken(), MediaCreateReqSchema, {
+      size: BigInt(data.length), contentType, sha256: hex(sha256(data)), kind, chunkSize: 0,
+    }, MediaCreateRespSchema);
+  }
+
+  /** Uploads `data` from where the server says it stands, UPLOAD_WINDOW chunks in flight,
+   *  then finishes it. */
+  private async upload(u: MediaCreateResp, data: Uint8Array, progress: (sent: number, total: number) => void): Promise<MediaRef> {
+    const token = this.requireToken();
+    const status = await this.shortCall(cmd.MEDIA_STATUS, token, MediaStatusReqSchema, { mediaId: u.mediaId }, MediaChunkAckSchema);
+    if (status.size !== BigInt(data.length)) {
+      throw new FerryError("protocol", `upload ${u.mediaId} is for ${status.size} bytes, not ${data.length}`);
+    }
+    if (!status.complete) {
+      const chunk = Math.max(u.chunkSize, 1);
+      const start = Number(status.nextOffset) - (Number(status.nextOffset) % chunk);
+      let next = start;
+      let sent = start;
+      progress(sent, data.length);
+      const key = u.uploadKey.length === 32 ? u.uploadKey : undefined;
+      const ep = this.endpoints()[0];
+      const worker = async () => {
+        while (next < data.length) {
+          const off = next;
+          next += chunk;
+          const bytes = data.subarray(off, Math.min(off + chunk, data.length));
+          for (let tries = 1; ; tries++) {
+            try {
+              if (key) {
+                const req = create(MediaChunkReqSchema, { mediaId: u.mediaId, offset: BigInt(off), data: sealChunk(key, u.mediaId, BigInt(off), bytes) });
+                await new ShortLink(ep, await this.key(), this.timeoutMs).postPlain(cmd.PATHS[cmd.MEDIA_CHUNK], toBinary(MediaChunkReqSchema, req), MediaChunkAckSchema);
+              } else {
+                await this.shortCall(cmd.MEDIA_CHUNK, token, MediaChunkReqSchema, { mediaId: u.mediaId, offset: BigInt(off), data: bytes }, MediaChunkAckSchema);
+              }
+              break;
+            } catch (e) {
+              const fe = asFerryError(e);
+              if (!fe.retryable || tries >= 5) throw fe;
+              await sleep(fe.retryAfterMs ?? 200 * tries);
+            }
+          }
+          sent += bytes.length;
+          progress(sent, data.length);
+        }
+      };
+      await Promise.all(Array.from({ length: UPLOAD_WINDOW }, worker));
+    }
+    const r = await this.shortCall(cmd.MEDIA_FINISH, token, MediaFinishReqSchema, { mediaId: u.mediaId }, MediaFinishRespSchema);
+    if (!r.media) throw new FerryError("protocol", "media/finish answered no media");
+    return r.media;
+  }
+
+  /** The image order of docs/protocol.md (Media): create the original, upload + finish the
+   *  thumbnail, send the message, then upload + finish the original. */
+  async sendImage(
+    to: { user: string } | { groupId: bigint },
+    image: Uint8Array,
+    opts: {
+      contentType: string; width?: number; height?: number; thumbnail: Uint8Array;
+      thumbWidth?: number; thumbHeight?: number;
+      onProgress?: (p: SendProgress) => void; onSent?: (ack: SendAck) => void;
+    },
+  ): Promise<SendAck> {
+    const original = await this.mediaCreate(image, MediaKind.MEDIA_IMAGE, opts.contentType);
+    const thumb = await this.mediaCreate(opts.thumbnail, MediaKind.MEDIA_THUMBNAIL, "image/jpeg");
+    const report = (phase: SendProgress["phase"]) => (sent: number, total: number) => opts.onProgress?.({ phase, sent, total });
+    const t = await this.upload(thumb, opts.thumbnail, report("thumbnail"));
+    const media = create(MediaRefSchema, {
+      mediaId: original.mediaId, kind: MediaKind.MEDIA_IMAGE, size: BigInt(image.length),
+      contentType: opts.contentType, width: opts.width ?? 0, height: opts.height ?? 0, thumbId: t.mediaId || thumb.mediaId,
+    });
+    const msg = create(SendMsgSchema, { clientMsgId: randomU64(), media });
+    if ("user" in to) msg.to = to.user;
+    else msg.groupId = to.groupId;
+    const ack = await this.enqueueSend(msg);
+    try {
+      opts.onSent?.(ack);
+    } catch (e) {
+      console.error("ferry: onSent threw", e);
+    }
+    await this.upload(original, image, report("original"));
+    return ack;
+  }
+
+  /** GET /v1/media/{id} in 512 KiB ranges; waits while the original is still uploading. */
+  async downloadMedia(mediaId: string, opts: { waitMs?: number; onProgress?: (got: number, total: number) => void } = {}): Promise<Uint8Array> {
+    const token = this.requireToken();
+    const deadline = Date.now() + (opts.waitMs ?? 60000);
+    const parts: Uint8Array[] = [];
+    let got = 0;
+    let total: number | undefined;
+    while (total === undefined || got < total) {
+      let r;
+      try {
+        r = await this.shortGet(`media/${encodeURIComponent(mediaId)}`, {
+          Authorization: `Bearer ${token}`,
+          Range: `bytes=${got}-${got + DOWNLOAD_RANGE - 1}`,
+        });
+      } catch (e) {
+        const fe = asFerryError(e);
+        if (fe.retryable && Date.now() < deadline) {
+          await sleep(Math.min(Math.max(fe.retryAfterMs ?? 200, 50), Math.max(deadline - Date.now(), 0)));
+          continue;
+        }
+        throw fe;
+      }
+      const range = r.headers.get("content-range");
+      const m = range?.match(/\/(\d+)\s*$/);
+      total = m ? Number(m[1]) : got + r.body.length;
+      if (!r.body.length) break;
+      parts.push(r.body);
+      got += r.body.length;
+      opts.onProgress?.(got, total);
+    }
+    const out = new Uint8Array(got);
+    let o = 0;
+    for (const p of parts) {
+      out.set(p, o);
+      o += p.length;
+    }
+    return out;
+  }
+
+  private async shortGet(path: string, headers: Record<string, string>) {
+    const key = await this.key();
+    let last: FerryError | undefined;
+    for (const ep of this.endpoints()) {
+      try {
+        return await new ShortLink(ep, key, this.timeoutMs).get(path, headers);
+      } catch (e) {
+        const fe = asFerryError(e);
+        if (fe.kind !== "network" && fe.kind !== "timeout") throw fe;
+        last = fe;
+      }
+    }
+    throw last!;
+  }
+}

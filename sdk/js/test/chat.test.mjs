@@ -1,0 +1,141 @@
+// Accounts, the long link over long-poll and WebSocket, and chat both ways against a real
+// `ferry serve`.
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import WebSocket from "ws";
+import { FerryClient, FerryError, MemoryStore } from "../dist/index.js";
+import { startServer, user, until, befriend, uniqueName, PASSWORD, assertWebSocket } from "./server.mjs";
+
+let srv;
+before(async () => {
+  srv = await startServer();
+});
+after(async () => {
+  await srv?.cleanup();
+});
+
+test("register and signIn go sealed; a bad password is BAD_CREDENTIALS", async () => {
+  const c = await FerryClient.create({ servers: [srv.endpoint], store: new MemoryStore() });
+  const name = uniqueName("acct");
+  await c.register(name, PASSWORD);
+  await assert.rejects(c.register(name, PASSWORD), (e) => e instanceof FerryError && e.codeName === "USER_EXISTS");
+  await assert.rejects(c.signIn(name, "wrong password"), (e) => {
+    assert.ok(e instanceof FerryError);
+    assert.equal(e.kind, "server");
+    assert.equal(e.codeName, "BAD_CREDENTIALS");
+    return true;
+  });
+  assert.equal(c.signedIn, false);
+  await c.signIn(name, PASSWORD);
+  assert.equal(c.signedIn, true);
+  assert.equal(c.username, name);
+});
+
+test("trust on first use pins the key; a wrong pinned key is a server-key error", async () => {
+  const store = new MemoryStore();
+  const c = await FerryClient.create({ servers: [srv.endpoint], store });
+  await c.register(uniqueName("tofu"), PASSWORD);
+  assert.equal(await store.get("serverKey"), srv.key);
+  const bad = await FerryClient.create({ servers: [srv.endpoint], serverKey: "11".repeat(32), store: new MemoryStore() });
+  await assert.rejects(bad.register(uniqueName("bad"), PASSWORD), (e) => e.kind === "server-key");
+});
+
+for (const transport of ["lp", "ws"]) {
+  test(`two friends chat both ways over ${transport}`, async () => {
+    if (transport === "ws") await assertWebSocket(srv);
+    const a = await user(srv, "alice", { transports: [transport] });
+    const b = await user(srv, "bob", { transports: [transport] });
+    const states = [];
+    a.on("state", (s) => states.push(s.state));
+    await befriend(a, b);
+    await Promise.all([a.connect(), b.connect()]);
+    assert.equal(a.state, "online");
+    assert.equal(a.transport, transport);
+    assert.deepEqual(states, ["connecting", "online"]);
+    const gotA = [];
+    const gotB = [];
+    a.on("message", (m) => gotA.push(m));
+    b.on("message", (m) => gotB.push(m));
+    const ack = await a.sendText(b.username, "hello bob");
+    assert.ok(ack.msgId > 0n && ack.seq > 0n);
+    await b.sendText(a.username, "hello alice");
+    await until(() => gotB.length === 2 && gotA.length === 2, 10000, "both sides to see both messages");
+    assert.deepEqual(gotB.map((m) => [m.message.from, m.message.text]), [[a.username, "hello bob"], [b.username, "hello alice"]]);
+    assert.deepEqual(gotA.map((m) => m.message.text), ["hello bob", "hello alice"]);
+    assert.equal(gotA[0].message.msgId, ack.msgId);
+    assert.ok(gotB[1].seq > gotB[0].seq);
+    assert.equal(b.synckey, gotB[1].seq);
+    await Promise.all([a.close(), b.close()]);
+    assert.equal(a.state, "offline");
+  });
+}
+
+test("sending to a stranger is PERMISSION_DENIED", async () => {
+  const a = await user(srv, "lonely", { transports: ["lp"] });
+  const b = await user(srv, "stranger");
+  await a.connect();
+  await assert.rejects(a.sendText(b.username, "hi"), (e) => e.codeName === "PERMISSION_DENIED");
+  await a.close();
+});
+
+test("an offline user catches up on 20 messages exactly once and in order", async () => {
+  const a = await user(srv, "sender", { transports: ["lp"] });
+  const b = await user(srv, "catcher", { transports: ["lp"] });
+  await befriend(a, b);
+  await a.connect();
+  for (let i = 0; i < 20; i++) await a.sendText(b.username, `m${i}`);
+  const texts = [];
+  const seqs = [];
+  b.on("message", (m) => {
+    texts.push(m.message.text);
+    seqs.push(m.seq);
+  });
+  await b.connect();
+  await until(() => texts.length >= 20, 10000, "20 messages");
+  // More from a while b is online, then b goes away and comes back.
+  await a.sendText(b.username, "m20");
+  await until(() => texts.length >= 21, 10000, "m20");
+  await b.close();
+  await a.sendText(b.username, "m21");
+  await b.connect();
+  await until(() => texts.length >= 22, 10000, "m21");
+  await new Promise((r) => setTimeout(r, 300));
+  assert.deepEqual(texts, Array.from({ length: 22 }, (_, i) => `m${i}`));
+  for (let i = 1; i < seqs.length; i++) assert.ok(seqs[i] > seqs[i - 1], "in seq order");
+  await Promise.all([a.close(), b.close()]);
+});
+
+test("logout makes the token invalid", async () => {
+  const store = new MemoryStore();
+  const a = await user(srv, "leaver", { transports: ["lp"], store });
+  await a.connect();
+  const token = await store.get("token");
+  await a.logout();
+  assert.equal(a.signedIn, false);
+  assert.equal(a.state, "offline");
+  // The old token no longer logs in.
+  const stale = new MemoryStore();
+  await stale.set("token", token);
+  const c2 = await FerryClient.create({ servers: [srv.endpoint], serverKey: srv.key, store: stale, transports: ["lp"] });
+  assert.equal(c2.signedIn, true);
+  await assert.rejects(c2.connect(), (e) => e.codeName === "UNAUTHORIZED");
+  await assert.rejects(c2.friends(), (e) => e.codeName === "UNAUTHORIZED");
+});
+
+test("where WebSocket does not pass, the link falls back to long-poll", async () => {
+  // A WebSocket whose upgrade is refused (as behind a proxy that strips Upgrade).
+  class Refused extends WebSocket {
+    constructor(url, protocols) {
+      super(url.replace("/v1/ws", "/v1/no-ws"), protocols);
+    }
+  }
+  const a = await user(srv, "proxied", { WebSocket: Refused });
+  const seen = [];
+  a.on("state", (s) => seen.push(s));
+  await a.connect();
+  assert.equal(a.transport, "lp");
+  assert.equal(seen.at(-1).transport, "lp");
+  assert.equal(seen.at(-1).endpoint, srv.endpoint);
+  assert.ok(Array.isArray(await a.friends()));
+  await a.close();
+});
