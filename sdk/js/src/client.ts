@@ -8,7 +8,7 @@ import * as cmd from "./cmd.js";
 import { asFerryError, FerryError } from "./errors.js";
 import type { Frame } from "./frame.js";
 import {
-  AuthReqSchema, AuthRespSchema, EmptySchema, ErrorCode, FindUserReqSchema, FindUserRespSchema,
+  AuthReqSchema, AuthRespSchema, EmptySchema, EndpointsReqSchema, EndpointsRespSchema, Transport as WireTransport, ErrorCode, FindUserReqSchema, FindUserRespSchema,
   FriendActionReqSchema, FriendActionRespSchema, FriendListReqSchema, FriendListRespSchema,
   FriendRequestReqSchema, GroupCreateReqSchema, GroupEvent_Kind, GroupListRespSchema,
   GroupMembersReqSchema, GroupNotifySchema, GroupReadsReqSchema, GroupReadsRespSchema,
@@ -132,6 +132,9 @@ export class FerryClient {
   private serverKey: Uint8Array | undefined;
   private ticket: Ticket | undefined;
   private lastEndpoint: string | undefined;
+  /** The server's endpoint list (§7.2): its HTTP entries, best first, and its version. */
+  private listed: string[] = [];
+  private listVersion = 0n;
 
   private _state: ConnState = "offline";
   private _transport: Transport | undefined;
@@ -187,6 +190,11 @@ export class FerryClient {
     const t = await s.get<StoredTicket>("ticket");
     if (t) this.ticket = { ticket: unhex(t.ticket), secret: unhex(t.secret), expiresMs: t.expiresMs };
     this.lastEndpoint = await s.get<string>("lastEndpoint");
+    const l = await s.get<{ version: string; endpoints: string[] }>("endpoints");
+    if (l) {
+      this.listVersion = BigInt(l.version);
+      this.listed = l.endpoints;
+    }
   }
 
   get username(): string | undefined {
@@ -232,7 +240,8 @@ export class FerryClient {
   // ------------------------------------------------------------------ endpoints, key
 
   private endpoints(): string[] {
-    const all = this.lastEndpoint ? [this.lastEndpoint, ...this.servers] : [...this.servers];
+    // The last that worked, the server's list, then the bootstrap addresses (§7.4).
+    const all = [...(this.lastEndpoint ? [this.lastEndpoint] : []), ...this.listed, ...this.servers];
     const out = [...new Set(all)];
     if (!out.length) throw new FerryError("network", "no server endpoints: pass ClientOptions.servers");
     return out;
@@ -509,6 +518,7 @@ export class FerryClient {
 
     // The groups that moved while away, and the inbox.
     void this.groupList(ls);
+    void this.refreshEndpoints();
     if (login.latestSeq > this._synckey) this.startSync(ls);
     void this.pumpSends();
 
@@ -687,6 +697,25 @@ export class FerryClient {
         for (const [k, v] of events) this.emit(k, v as never);
       })
       .catch((e) => console.error("ferry: storing the sync state failed", e));
+  }
+
+  /** Asks for the endpoint list after each login (§7.2): its HTTP entries (every port
+   *  serves WebSocket and long-poll) become candidates after the last good endpoint. */
+  private async refreshEndpoints(): Promise<void> {
+    try {
+      // Over the short link, as the Rust SDK does: the gateway builds the default list
+      // from the listener a request came in on.
+      const r = await this.shortCall(cmd.ENDPOINTS, "", EndpointsReqSchema, { version: this.listVersion }, EndpointsRespSchema);
+      if (r.unchanged) return;
+      const http = r.endpoints
+        .filter((e) => e.transport === WireTransport.HTTP && e.ip && e.port)
+        .map((e) => (e.ip.includes(":") ? `[${e.ip}]:${e.port}` : `${e.ip}:${e.port}`));
+      this.listed = [...new Set(http)];
+      this.listVersion = r.version;
+      await this.store.set("endpoints", { version: r.version.toString(), endpoints: this.listed });
+    } catch {
+      // Kept as it was; asked again at the next login.
+    }
   }
 
   private async groupList(ls: LinkSync): Promise<void> {

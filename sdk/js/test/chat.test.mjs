@@ -139,3 +139,19 @@ test("where WebSocket does not pass, the link falls back to long-poll", async ()
   assert.ok(Array.isArray(await a.friends()));
   await a.close();
 });
+
+test("a dead endpoint is passed over; the server's endpoint list is kept", async () => {
+  const store = new MemoryStore();
+  const a = await user(srv, "roamer", { servers: ["127.0.0.1:1", srv.endpoint], store });
+  await a.connect();
+  assert.equal(a.state, "online");
+  assert.equal(await store.get("lastEndpoint"), srv.endpoint);
+  await until(async () => (await store.get("endpoints"))?.endpoints?.includes(srv.endpoint), 5000, "the endpoint list");
+  await a.close();
+  // Bootstrapped from a dead address only, the kept list still finds the server.
+  await store.delete("lastEndpoint");
+  const b = await FerryClient.create({ servers: ["127.0.0.1:1"], serverKey: srv.key, store, WebSocket, requestTimeoutMs: 3000 });
+  await b.connect();
+  assert.equal(b.state, "online");
+  await b.close();
+});
