@@ -149,6 +149,8 @@ export class FerryClient {
   private chain: Promise<void> = Promise.resolve();
   private sends: QueuedSend[] = [];
   private sending = false;
+  /** The carrier of the connect attempt under way (closed by close()). */
+  private dialing: Carrier | undefined;
 
   private constructor(opts: ClientOptions, store: StateStore) {
     this.store = store;
@@ -378,6 +380,7 @@ export class FerryClient {
   async close(): Promise<void> {
     this.running = false;
     this.wake?.();
+    this.dialing?.close();
     this.link?.close();
     const closed = new FerryError("closed", "the client was closed");
     for (const w of this.connectWaiters.splice(0)) w.reject(closed);
@@ -462,7 +465,9 @@ export class FerryClient {
   }
 
   private carrier(ep: string, t: Transport): Carrier {
-    return t === "ws" ? new WsCarrier(ep, this.WsCtor!) : new LpCarrier(ep, this.timeoutMs);
+    const c = t === "ws" ? new WsCarrier(ep, this.WsCtor!) : new LpCarrier(ep, this.timeoutMs);
+    this.dialing = c;
+    return c;
   }
 
   private async attempt(ep: string, t: Transport, key: Uint8Array): Promise<LinkOpened> {
