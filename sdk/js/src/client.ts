@@ -513,10 +513,10 @@ export class FerryClient {
     this.link = link;
     this.ls = ls;
     let kicked: string | undefined;
-    link.onPush = (f) => {
+    link.setOnPush((f) => {
       const k = this.onPush(ls, f);
       if (k) kicked = k;
-    };
+    });
     this.setState("online", { transport: link.transport, endpoint: o.endpoint });
     for (const w of this.connectWaiters.splice(0)) w.resolve();
     for (const w of this.linkWaiters.splice(0)) w.resolve(link);

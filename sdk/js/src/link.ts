@@ -30,8 +30,10 @@ export class Link {
   private reader = new FrameReader();
   private closedReason: string | undefined;
   private closedWaiters: ((reason: string) => void)[] = [];
-  /** Pushes (NOTIFY, GROUP_NOTIFY, TYPING_PUSH, KICK) and unmatched frames. */
-  onPush: (f: Frame) => void = () => {};
+  /** Pushes (NOTIFY, GROUP_NOTIFY, TYPING_PUSH, KICK) and unmatched frames; kept until
+   *  a handler is set (see [`Link.setOnPush`]), so none is lost before. */
+  private pushHandler: ((f: Frame) => void) | undefined;
+  private pushQueue: Frame[] = [];
   /** Any frame arrived (liveness). */
   lastHeard = Date.now();
 
@@ -94,6 +96,17 @@ export class Link {
     );
     if (early.length) queueMicrotask(() => early.forEach((f) => link.dispatch(f)));
     return { link, login: loginResp, ticket: r.ticket };
+  }
+
+  /** Sets the push handler and hands it the pushes that came before. */
+  setOnPush(fn: (f: Frame) => void): void {
+    this.pushHandler = fn;
+    for (const f of this.pushQueue.splice(0)) fn(f);
+  }
+
+  private onPush(f: Frame): void {
+    if (this.pushHandler) this.pushHandler(f);
+    else this.pushQueue.push(f);
   }
 
   get transport() {
