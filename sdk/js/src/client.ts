@@ -151,6 +151,8 @@ export class FerryClient {
   private sending = false;
   /** The carrier of the connect attempt under way (closed by close()). */
   private dialing: Carrier | undefined;
+  /** How far the server's clock is ahead of the device's, ms. */
+  private clockOffsetMs = 0;
 
   private constructor(opts: ClientOptions, store: StateStore) {
     this.store = store;
@@ -265,28 +267,42 @@ export class FerryClient {
     throw last ?? new FerryError("network", "no server key");
   }
 
-  /** A sealed short-link POST, tried on each endpoint until one answers. */
+  /** The clock sealed requests and RESUME carry: the device's, corrected by what the
+   *  server said (a sealed request more than 120 s off its clock is refused). */
+  private now = (): number => Date.now() + this.clockOffsetMs;
+
+  /** A sealed short-link POST, tried on each endpoint until one answers. A refusal for a
+   *  clock too far off corrects the clock (by the answer's Date, else by the offset the
+   *  server names, either way) and goes again. */
   private async shortPost(path: string, token: string, body: Uint8Array): Promise<Uint8Array> {
     const key = await this.key();
     let last: FerryError | undefined;
     for (const ep of this.endpoints()) {
-      try {
-        return await new ShortLink(ep, key, this.timeoutMs).postSealed(path, token, body);
-      } catch (e) {
-        const fe = asFerryError(e);
-        if (fe.kind !== "network" && fe.kind !== "timeout") throw this.keyError(fe);
-        last = fe;
+      let corrections: number[] | undefined;
+      for (;;) {
+        try {
+          return await new ShortLink(ep, key, this.timeoutMs, this.now).postSealed(path, token, body);
+        } catch (e) {
+          const fe = asFerryError(e) as FerryError & { serverDateMs?: number };
+          const off = fe.is(ErrorCode.BAD_REQUEST) ? fe.message.match(/clock is (\d+) s off/) : null;
+          if (off) {
+            if (!corrections) {
+              const n = Number(off[1]) * 1000;
+              const base = this.clockOffsetMs;
+              corrections = fe.serverDateMs !== undefined ? [fe.serverDateMs - Date.now()] : [base - n, base + n];
+            }
+            const next = corrections.shift();
+            if (next === undefined) throw fe;
+            this.clockOffsetMs = next;
+            continue;
+          }
+          if (fe.kind !== "network" && fe.kind !== "timeout") throw fe;
+          last = fe;
+          break;
+        }
       }
     }
     throw last!;
-  }
-
-  private keyError(e: FerryError): FerryError {
-    // A sealed request the server cannot open (plain 400 BAD_REQUEST): another key.
-    if (e.kind === "server" && e.code === ErrorCode.BAD_REQUEST && /pinned server key/.test(e.message)) {
-      return new FerryError("server-key", e.message, { code: e.code });
-    }
-    return e;
   }
 
   private async shortCall<Req extends DescMessage, Resp extends DescMessage>(
@@ -475,7 +491,7 @@ export class FerryClient {
     let ticket = this.ticket && this.ticket.expiresMs > Date.now() + 5000 ? this.ticket : undefined;
     let opened: LinkOpened;
     try {
-      opened = await Link.open(this.carrier(ep, t), key, login, ticket, this.timeoutMs);
+      opened = await Link.open(this.carrier(ep, t), key, login, ticket, this.timeoutMs, this.now());
     } catch (e) {
       const fe = asFerryError(e);
       if (!ticket || !(fe.is(ErrorCode.RESUME_REFUSED) || fe.kind === "protocol")) throw fe;
@@ -497,6 +513,8 @@ export class FerryClient {
   /** Runs a logged-in link until it ends; returns why it ended. */
   private async online(o: LinkOpened & { endpoint: string }): Promise<string> {
     const { link, login } = o;
+    const skew = Number(login.serverTimeMs) - Date.now();
+    if (login.serverTimeMs > 0n && Math.abs(skew - this.clockOffsetMs) > 5000) this.clockOffsetMs = skew;
     if (login.token) {
       this.token = login.token;
       await this.store.set("token", login.token);
@@ -953,7 +971,7 @@ export class FerryClient {
             try {
               if (key) {
                 const req = create(MediaChunkReqSchema, { mediaId: u.mediaId, offset: BigInt(off), data: sealChunk(key, u.mediaId, BigInt(off), bytes) });
-                await new ShortLink(ep, await this.key(), this.timeoutMs).postPlain(cmd.PATHS[cmd.MEDIA_CHUNK], toBinary(MediaChunkReqSchema, req), MediaChunkAckSchema);
+                await new ShortLink(ep, await this.key(), this.timeoutMs, this.now).postPlain(cmd.PATHS[cmd.MEDIA_CHUNK], toBinary(MediaChunkReqSchema, req), MediaChunkAckSchema);
               } else {
                 await this.shortCall(cmd.MEDIA_CHUNK, token, MediaChunkReqSchema, { mediaId: u.mediaId, offset: BigInt(off), data: bytes }, MediaChunkAckSchema);
               }
@@ -1051,7 +1069,7 @@ export class FerryClient {
     let last: FerryError | undefined;
     for (const ep of this.endpoints()) {
       try {
-        return await new ShortLink(ep, key, this.timeoutMs).get(path, headers);
+        return await new ShortLink(ep, key, this.timeoutMs, this.now).get(path, headers);
       } catch (e) {
         const fe = asFerryError(e);
         if (fe.kind !== "network" && fe.kind !== "timeout") throw fe;

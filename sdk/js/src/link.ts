@@ -46,9 +46,12 @@ export class Link {
     login: Omit<LoginReq, "$typeName" | "$unknown"> | LoginReq,
     ticket: Ticket | undefined,
     timeoutMs: number,
+    nowMs: number = Date.now(),
   ): Promise<LinkOpened> {
     const loginFrame = encodeFrame(cmd.LOGIN, 1, toBinary(LoginReqSchema, create(LoginReqSchema, login)));
-    const hs = ticket ? new ResumeHandshake(ticket, loginFrame) : new HelloHandshake(serverKey, loginFrame);
+    const hs = ticket
+      ? new ResumeHandshake(ticket, loginFrame, { sentMs: BigInt(Math.round(nowMs)) })
+      : new HelloHandshake(serverKey, loginFrame);
     const answer = await carrier.open(hs.frame, timeoutMs);
     const want = ticket ? cmd.response(cmd.RESUME) : cmd.response(cmd.HELLO);
     if (answer.cmd === cmd.ERROR) {

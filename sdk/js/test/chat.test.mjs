@@ -155,3 +155,14 @@ test("a dead endpoint is passed over; the server's endpoint list is kept", async
   assert.equal(b.state, "online");
   await b.close();
 });
+
+test("a device clock minutes off is corrected from the server's refusal", async () => {
+  const c = await FerryClient.create({ servers: [srv.endpoint], serverKey: srv.key, store: new MemoryStore(), transports: ["lp"] });
+  c["clockOffsetMs"] = -10 * 60 * 1000; // as if the device's clock were 10 minutes behind
+  const name = uniqueName("late");
+  await c.register(name, PASSWORD);
+  await c.signIn(name, PASSWORD);
+  assert.ok(Math.abs(c["clockOffsetMs"]) < 5000, `corrected (${c["clockOffsetMs"]} ms)`);
+  await c.connect();
+  await c.close();
+});
