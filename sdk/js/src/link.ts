@@ -52,7 +52,17 @@ export class Link {
     const hs = ticket
       ? new ResumeHandshake(ticket, loginFrame, { sentMs: BigInt(Math.round(nowMs)) })
       : new HelloHandshake(serverKey, loginFrame);
-    const answer = await carrier.open(hs.frame, timeoutMs);
+    let answer: Frame;
+    try {
+      answer = await carrier.open(hs.frame, timeoutMs);
+    } catch (e) {
+      // Long-poll answers a HELLO that does not open with 400 BAD_REQUEST (a WebSocket
+      // or TCP link with a plain ERROR frame, below): another server key.
+      if (!ticket && e instanceof FerryError && e.code === ErrorCode.BAD_REQUEST) {
+        throw new FerryError("server-key", `the server could not open the handshake: the pinned server key is not this server's (${e.message})`, { code: e.code });
+      }
+      throw e;
+    }
     const want = ticket ? cmd.response(cmd.RESUME) : cmd.response(cmd.HELLO);
     if (answer.cmd === cmd.ERROR) {
       carrier.close();

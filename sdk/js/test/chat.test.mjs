@@ -166,3 +166,16 @@ test("a device clock minutes off is corrected from the server's refusal", async 
   await c.connect();
   await c.close();
 });
+
+for (const transport of ["lp", "ws"]) {
+  test(`connect with a wrong pinned key over ${transport} stops with a server-key error`, async () => {
+    const store = new MemoryStore();
+    await user(srv, "pinned", { store });
+    const c = await FerryClient.create({ servers: [srv.endpoint], serverKey: "22".repeat(32), store, transports: [transport], WebSocket });
+    const states = [];
+    c.on("state", (s) => states.push(s.state));
+    await assert.rejects(c.connect(), (e) => e.kind === "server-key");
+    assert.equal(c.state, "offline");
+    assert.deepEqual(states, ["connecting", "offline"]);
+  });
+}
