@@ -3,6 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
+import { createServer } from "node:net";
 import { FerryClient, FerryError, MemoryStore } from "../dist/index.js";
 import { startServer, user, until, befriend, uniqueName, PASSWORD, assertWebSocket } from "./server.mjs";
 
@@ -179,3 +180,31 @@ for (const transport of ["lp", "ws"]) {
     assert.deepEqual(states, ["connecting", "offline"]);
   });
 }
+
+test("endpoints are raced: a silent one is overtaken after 2.5 s, not waited out", async () => {
+  // Accepts TCP and never answers (a black hole on the path).
+  const held = [];
+  const hole = createServer((sock) => held.push(sock));
+  await new Promise((r) => hole.listen(0, "127.0.0.1", r));
+  const silent = `127.0.0.1:${hole.address().port}`;
+  try {
+    const a = await user(srv, "racer", { requestTimeoutMs: 15000 });
+    // The silent one is listed first and pretends to have worked last time.
+    a["servers"] = [silent, srv.endpoint];
+    a["lastEndpoint"] = silent;
+    a["shortGood"] = undefined;
+    const t0 = Date.now();
+    await a.connect();
+    const took = Date.now() - t0;
+    assert.ok(took >= 2000 && took < 8000, `won by the second endpoint after the stagger (${took} ms)`);
+    assert.equal(await a["store"].get("lastEndpoint"), srv.endpoint);
+    // Short-link requests go to the endpoint that answered, not the silent one.
+    const t1 = Date.now();
+    await a.close();
+    assert.ok(Array.isArray(await a.friends()));
+    assert.ok(Date.now() - t1 < 3000, "no timeout on the silent endpoint");
+  } finally {
+    for (const s of held) s.destroy();
+    hole.close();
+  }
+});
