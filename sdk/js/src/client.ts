@@ -8,7 +8,7 @@ import * as cmd from "./cmd.js";
 import { asFerryError, FerryError } from "./errors.js";
 import type { Frame } from "./frame.js";
 import {
-  AuthReqSchema, AuthRespSchema, EmptySchema, ErrorCode, FindUserReqSchema, FindUserRespSchema,
+  AuthReqSchema, AuthRespSchema, EmptySchema, EndpointsReqSchema, EndpointsRespSchema, Transport as WireTransport, ErrorCode, FindUserReqSchema, FindUserRespSchema,
   FriendActionReqSchema, FriendActionRespSchema, FriendListReqSchema, FriendListRespSchema,
   FriendRequestReqSchema, GroupCreateReqSchema, GroupEvent_Kind, GroupListRespSchema,
   GroupMembersReqSchema, GroupNotifySchema, GroupReadsReqSchema, GroupReadsRespSchema,
@@ -78,6 +78,20 @@ const UPLOAD_WINDOW = 8;
 const DOWNLOAD_RANGE = 512 * 1024;
 const BACKOFF_MIN_MS = 200;
 const BACKOFF_MAX_MS = 30000;
+const RACE_STAGGER_MS = 2500;
+const RACE_MAX = 3;
+/** A KICK this long after an attempt was given up may be that attempt's own login. */
+const SELF_KICK_WINDOW_MS = 30000;
+
+/** One endpoint's connect attempt in a race: its carriers, to cut it short. */
+class Dialing {
+  cancelled = false;
+  carriers: Carrier[] = [];
+  cancel(): void {
+    this.cancelled = true;
+    for (const c of this.carriers) c.close();
+  }
+}
 
 /** Requests that may simply be sent again after a lost link (the table's "idempotent"). */
 const IDEMPOTENT = new Set<number>([
@@ -132,6 +146,9 @@ export class FerryClient {
   private serverKey: Uint8Array | undefined;
   private ticket: Ticket | undefined;
   private lastEndpoint: string | undefined;
+  /** The server's endpoint list (§7.2): its HTTP entries, best first, and its version. */
+  private listed: string[] = [];
+  private listVersion = 0n;
 
   private _state: ConnState = "offline";
   private _transport: Transport | undefined;
@@ -146,6 +163,15 @@ export class FerryClient {
   private chain: Promise<void> = Promise.resolve();
   private sends: QueuedSend[] = [];
   private sending = false;
+  /** Connect attempts under way (cut short by close()). */
+  private dialings = new Set<Dialing>();
+  /** When a connect attempt was last given up while its login may still land (a KICK of
+   *  this device soon after is that login's, not another copy's). */
+  private abandonedAt = 0;
+  /** The endpoint that answered the last short-link request. */
+  private shortGood: string | undefined;
+  /** How far the server's clock is ahead of the device's, ms. */
+  private clockOffsetMs = 0;
 
   private constructor(opts: ClientOptions, store: StateStore) {
     this.store = store;
@@ -187,6 +213,11 @@ export class FerryClient {
     const t = await s.get<StoredTicket>("ticket");
     if (t) this.ticket = { ticket: unhex(t.ticket), secret: unhex(t.secret), expiresMs: t.expiresMs };
     this.lastEndpoint = await s.get<string>("lastEndpoint");
+    const l = await s.get<{ version: string; endpoints: string[] }>("endpoints");
+    if (l) {
+      this.listVersion = BigInt(l.version);
+      this.listed = l.endpoints;
+    }
   }
 
   get username(): string | undefined {
@@ -232,16 +263,25 @@ export class FerryClient {
   // ------------------------------------------------------------------ endpoints, key
 
   private endpoints(): string[] {
-    const all = this.lastEndpoint ? [this.lastEndpoint, ...this.servers] : [...this.servers];
+    // The last that worked, the server's list, then the bootstrap addresses (§7.4).
+    const all = [...(this.lastEndpoint ? [this.lastEndpoint] : []), ...this.listed, ...this.servers];
     const out = [...new Set(all)];
     if (!out.length) throw new FerryError("network", "no server endpoints: pass ClientOptions.servers");
     return out;
   }
 
+  /** The endpoints for a short-link request: the one that answered the last, first (a
+   *  silent endpoint costs a whole timeout; short-link requests are not raced, since
+   *  most of them must not be applied twice). */
+  private shortEndpoints(): string[] {
+    const all = this.endpoints();
+    return this.shortGood && all.includes(this.shortGood) ? [this.shortGood, ...all.filter((e) => e !== this.shortGood)] : all;
+  }
+
   private async key(): Promise<Uint8Array> {
     if (this.serverKey) return this.serverKey;
     let last: FerryError | undefined;
-    for (const ep of this.endpoints()) {
+    for (const ep of this.shortEndpoints()) {
       try {
         const k = await ShortLink.serverKey(ep, this.timeoutMs);
         this.serverKey = k;
@@ -254,28 +294,44 @@ export class FerryClient {
     throw last ?? new FerryError("network", "no server key");
   }
 
-  /** A sealed short-link POST, tried on each endpoint until one answers. */
+  /** The clock sealed requests and RESUME carry: the device's, corrected by what the
+   *  server said (a sealed request more than 120 s off its clock is refused). */
+  private now = (): number => Date.now() + this.clockOffsetMs;
+
+  /** A sealed short-link POST, tried on each endpoint until one answers. A refusal for a
+   *  clock too far off corrects the clock (by the answer's Date, else by the offset the
+   *  server names, either way) and goes again. */
   private async shortPost(path: string, token: string, body: Uint8Array): Promise<Uint8Array> {
     const key = await this.key();
     let last: FerryError | undefined;
-    for (const ep of this.endpoints()) {
-      try {
-        return await new ShortLink(ep, key, this.timeoutMs).postSealed(path, token, body);
-      } catch (e) {
-        const fe = asFerryError(e);
-        if (fe.kind !== "network" && fe.kind !== "timeout") throw this.keyError(fe);
-        last = fe;
+    for (const ep of this.shortEndpoints()) {
+      let corrections: number[] | undefined;
+      for (;;) {
+        try {
+          const r = await new ShortLink(ep, key, this.timeoutMs, this.now).postSealed(path, token, body);
+          this.shortGood = ep;
+          return r;
+        } catch (e) {
+          const fe = asFerryError(e) as FerryError & { serverDateMs?: number };
+          const off = fe.is(ErrorCode.BAD_REQUEST) ? fe.message.match(/clock is (\d+) s off/) : null;
+          if (off) {
+            if (!corrections) {
+              const n = Number(off[1]) * 1000;
+              const base = this.clockOffsetMs;
+              corrections = fe.serverDateMs !== undefined ? [fe.serverDateMs - Date.now()] : [base - n, base + n];
+            }
+            const next = corrections.shift();
+            if (next === undefined) throw fe;
+            this.clockOffsetMs = next;
+            continue;
+          }
+          if (fe.kind !== "network" && fe.kind !== "timeout") throw fe;
+          last = fe;
+          break;
+        }
       }
     }
     throw last!;
-  }
-
-  private keyError(e: FerryError): FerryError {
-    // A sealed request the server cannot open (plain 400 BAD_REQUEST): another key.
-    if (e.kind === "server" && e.code === ErrorCode.BAD_REQUEST && /pinned server key/.test(e.message)) {
-      return new FerryError("server-key", e.message, { code: e.code });
-    }
-    return e;
   }
 
   private async shortCall<Req extends DescMessage, Resp extends DescMessage>(
@@ -369,6 +425,7 @@ export class FerryClient {
   async close(): Promise<void> {
     this.running = false;
     this.wake?.();
+    for (const d of this.dialings) d.cancel();
     this.link?.close();
     const closed = new FerryError("closed", "the client was closed");
     for (const w of this.connectWaiters.splice(0)) w.reject(closed);
@@ -432,43 +489,115 @@ export class FerryClient {
     this.setState("offline", reason ? { reason } : {});
   }
 
-  /** Tries the endpoints, and on each the transports, until one logs in. */
-  private async dial(): Promise<LinkOpened & { endpoint: string }> {
-    const key = await this.key();
+  /** Races the endpoints (§7.4): the first starts at once, the next 2.5 s later or as
+   *  soon as one fails, at most 3 at once; on each the transports in order. The first
+   *  login wins; the others are cut short. */
+  private dial(): Promise<LinkOpened & { endpoint: string }> {
+    return this.key().then(
+      (key) =>
+        new Promise<LinkOpened & { endpoint: string }>((resolve, reject) => {
+          const eps = this.endpoints();
+          const racing = new Set<Dialing>();
+          let next = 0;
+          let done = false;
+          let last: FerryError | undefined;
+          let timer: ReturnType<typeof setTimeout> | undefined;
+          const finish = () => {
+            done = true;
+            clearTimeout(timer);
+            for (const d of racing) d.cancel();
+          };
+          const launch = (): void => {
+            clearTimeout(timer);
+            if (done) return;
+            if (next >= eps.length || !this.running) {
+              if (!racing.size) {
+                done = true;
+                reject(!this.running ? new FerryError("closed", "the client was closed") : (last ?? new FerryError("network", "no transport to try (no WebSocket and no long-poll)")));
+              }
+              return;
+            }
+            if (racing.size >= RACE_MAX) return;
+            const ep = eps[next++];
+            const d = new Dialing();
+            racing.add(d);
+            this.dialings.add(d);
+            this.tryEndpoint(ep, key, d).then(
+              (opened) => {
+                racing.delete(d);
+                this.dialings.delete(d);
+                if (done) {
+                  // Logged in after the winner: its login replaced the winner's on the
+                  // server, which then kicks the winner — not a session end.
+                  opened.link.close("cut short by a faster endpoint");
+                  this.abandonedAt = Date.now();
+                  return;
+                }
+                finish();
+                resolve({ ...opened, endpoint: ep });
+              },
+              (e) => {
+                racing.delete(d);
+                this.dialings.delete(d);
+                const fe = asFerryError(e);
+                if (d.cancelled || fe.kind === "timeout") {
+                  // Given up: its login may still land on the server.
+                  this.abandonedAt = Date.now();
+                }
+                if (!d.cancelled && this.fatal(fe) && !done) {
+                  finish();
+                  reject(fe);
+                  return;
+                }
+                if (!d.cancelled) last = fe;
+                launch();
+              },
+            );
+            if (next < eps.length) timer = setTimeout(launch, RACE_STAGGER_MS);
+          };
+          launch();
+        }),
+    );
+  }
+
+  /** One endpoint: its transports in order, until one logs in. */
+  private async tryEndpoint(ep: string, key: Uint8Array, d: Dialing): Promise<LinkOpened> {
     let last: FerryError | undefined;
-    for (const ep of this.endpoints()) {
-      for (const t of this.transports) {
-        if (t === "ws" && !this.WsCtor) continue;
-        if (!this.running) throw new FerryError("closed", "the client was closed");
-        try {
-          return { ...(await this.attempt(ep, t, key)), endpoint: ep };
-        } catch (e) {
-          const fe = asFerryError(e);
-          if (this.fatal(fe)) throw fe;
-          last = fe;
-        }
+    for (const t of this.transports) {
+      if (t === "ws" && !this.WsCtor) continue;
+      if (d.cancelled || !this.running) throw new FerryError("closed", "cut short");
+      try {
+        return await this.attempt(ep, t, key, d);
+      } catch (e) {
+        const fe = asFerryError(e);
+        if (this.fatal(fe)) throw fe;
+        if (fe.kind === "timeout") this.abandonedAt = Date.now();
+        last = fe;
       }
     }
     throw last ?? new FerryError("network", "no transport to try (no WebSocket and no long-poll)");
   }
 
-  private carrier(ep: string, t: Transport): Carrier {
-    return t === "ws" ? new WsCarrier(ep, this.WsCtor!) : new LpCarrier(ep, this.timeoutMs);
+  private carrier(ep: string, t: Transport, d: Dialing): Carrier {
+    const c = t === "ws" ? new WsCarrier(ep, this.WsCtor!) : new LpCarrier(ep, this.timeoutMs);
+    d.carriers.push(c);
+    if (d.cancelled) c.close();
+    return c;
   }
 
-  private async attempt(ep: string, t: Transport, key: Uint8Array): Promise<LinkOpened> {
+  private async attempt(ep: string, t: Transport, key: Uint8Array, d: Dialing): Promise<LinkOpened> {
     const login = { token: this.requireToken(), synckey: this._synckey, clientVersion: CLIENT_VERSION, protocol: 1 };
     let ticket = this.ticket && this.ticket.expiresMs > Date.now() + 5000 ? this.ticket : undefined;
     let opened: LinkOpened;
     try {
-      opened = await Link.open(this.carrier(ep, t), key, login, ticket, this.timeoutMs);
+      opened = await Link.open(this.carrier(ep, t, d), key, login, ticket, this.timeoutMs, this.now());
     } catch (e) {
       const fe = asFerryError(e);
       if (!ticket || !(fe.is(ErrorCode.RESUME_REFUSED) || fe.kind === "protocol")) throw fe;
       // Refused: forget the ticket and do the full handshake on a new connection.
       await this.forgetTicket();
       ticket = undefined;
-      opened = await Link.open(this.carrier(ep, t), key, login, undefined, this.timeoutMs);
+      opened = await Link.open(this.carrier(ep, t, d), key, login, undefined, this.timeoutMs);
     }
     if (opened.ticket !== this.ticket) {
       this.ticket = opened.ticket;
@@ -483,6 +612,8 @@ export class FerryClient {
   /** Runs a logged-in link until it ends; returns why it ended. */
   private async online(o: LinkOpened & { endpoint: string }): Promise<string> {
     const { link, login } = o;
+    const skew = Number(login.serverTimeMs) - Date.now();
+    if (login.serverTimeMs > 0n && Math.abs(skew - this.clockOffsetMs) > 5000) this.clockOffsetMs = skew;
     if (login.token) {
       this.token = login.token;
       await this.store.set("token", login.token);
@@ -491,6 +622,7 @@ export class FerryClient {
       this._username = login.username;
       await this.store.set("username", login.username);
     }
+    this.shortGood = o.endpoint;
     if (this.lastEndpoint !== o.endpoint) {
       this.lastEndpoint = o.endpoint;
       await this.store.set("lastEndpoint", o.endpoint);
@@ -499,16 +631,17 @@ export class FerryClient {
     this.link = link;
     this.ls = ls;
     let kicked: string | undefined;
-    link.onPush = (f) => {
+    link.setOnPush((f) => {
       const k = this.onPush(ls, f);
       if (k) kicked = k;
-    };
+    });
     this.setState("online", { transport: link.transport, endpoint: o.endpoint });
     for (const w of this.connectWaiters.splice(0)) w.resolve();
     for (const w of this.linkWaiters.splice(0)) w.resolve(link);
 
     // The groups that moved while away, and the inbox.
     void this.groupList(ls);
+    void this.refreshEndpoints();
     if (login.latestSeq > this._synckey) this.startSync(ls);
     void this.pumpSends();
 
@@ -527,6 +660,10 @@ export class FerryClient {
       this.ls = undefined;
     }
     if (kicked) {
+      if (Date.now() - this.abandonedAt < SELF_KICK_WINDOW_MS) {
+        // Replaced by this client's own late login (an attempt cut short): reconnect.
+        return `${kicked} (by this client's own cut-short login)`;
+      }
       this.running = false;
       return kicked;
     }
@@ -687,6 +824,25 @@ export class FerryClient {
         for (const [k, v] of events) this.emit(k, v as never);
       })
       .catch((e) => console.error("ferry: storing the sync state failed", e));
+  }
+
+  /** Asks for the endpoint list after each login (§7.2): its HTTP entries (every port
+   *  serves WebSocket and long-poll) become candidates after the last good endpoint. */
+  private async refreshEndpoints(): Promise<void> {
+    try {
+      // Over the short link, as the Rust SDK does: the gateway builds the default list
+      // from the listener a request came in on.
+      const r = await this.shortCall(cmd.ENDPOINTS, "", EndpointsReqSchema, { version: this.listVersion }, EndpointsRespSchema);
+      if (r.unchanged) return;
+      const http = r.endpoints
+        .filter((e) => e.transport === WireTransport.HTTP && e.ip && e.port)
+        .map((e) => (e.ip.includes(":") ? `[${e.ip}]:${e.port}` : `${e.ip}:${e.port}`));
+      this.listed = [...new Set(http)];
+      this.listVersion = r.version;
+      await this.store.set("endpoints", { version: r.version.toString(), endpoints: this.listed });
+    } catch {
+      // Kept as it was; asked again at the next login.
+    }
   }
 
   private async groupList(ls: LinkSync): Promise<void> {
@@ -909,7 +1065,7 @@ export class FerryClient {
       let sent = start;
       progress(sent, data.length);
       const key = u.uploadKey.length === 32 ? u.uploadKey : undefined;
-      const ep = this.endpoints()[0];
+      const ep = this.shortEndpoints()[0];
       const worker = async () => {
         while (next < data.length) {
           const off = next;
@@ -919,7 +1075,7 @@ export class FerryClient {
             try {
               if (key) {
                 const req = create(MediaChunkReqSchema, { mediaId: u.mediaId, offset: BigInt(off), data: sealChunk(key, u.mediaId, BigInt(off), bytes) });
-                await new ShortLink(ep, await this.key(), this.timeoutMs).postPlain(cmd.PATHS[cmd.MEDIA_CHUNK], toBinary(MediaChunkReqSchema, req), MediaChunkAckSchema);
+                await new ShortLink(ep, await this.key(), this.timeoutMs, this.now).postPlain(cmd.PATHS[cmd.MEDIA_CHUNK], toBinary(MediaChunkReqSchema, req), MediaChunkAckSchema);
               } else {
                 await this.shortCall(cmd.MEDIA_CHUNK, token, MediaChunkReqSchema, { mediaId: u.mediaId, offset: BigInt(off), data: bytes }, MediaChunkAckSchema);
               }
@@ -1015,9 +1171,11 @@ export class FerryClient {
   private async shortGet(path: string, headers: Record<string, string>) {
     const key = await this.key();
     let last: FerryError | undefined;
-    for (const ep of this.endpoints()) {
+    for (const ep of this.shortEndpoints()) {
       try {
-        return await new ShortLink(ep, key, this.timeoutMs).get(path, headers);
+        const r = await new ShortLink(ep, key, this.timeoutMs, this.now).get(path, headers);
+        this.shortGood = ep;
+        return r;
       } catch (e) {
         const fe = asFerryError(e);
         if (fe.kind !== "network" && fe.kind !== "timeout") throw fe;

@@ -30,8 +30,10 @@ export class Link {
   private reader = new FrameReader();
   private closedReason: string | undefined;
   private closedWaiters: ((reason: string) => void)[] = [];
-  /** Pushes (NOTIFY, GROUP_NOTIFY, TYPING_PUSH, KICK) and unmatched frames. */
-  onPush: (f: Frame) => void = () => {};
+  /** Pushes (NOTIFY, GROUP_NOTIFY, TYPING_PUSH, KICK) and unmatched frames; kept until
+   *  a handler is set (see [`Link.setOnPush`]), so none is lost before. */
+  private pushHandler: ((f: Frame) => void) | undefined;
+  private pushQueue: Frame[] = [];
   /** Any frame arrived (liveness). */
   lastHeard = Date.now();
 
@@ -44,10 +46,23 @@ export class Link {
     login: Omit<LoginReq, "$typeName" | "$unknown"> | LoginReq,
     ticket: Ticket | undefined,
     timeoutMs: number,
+    nowMs: number = Date.now(),
   ): Promise<LinkOpened> {
     const loginFrame = encodeFrame(cmd.LOGIN, 1, toBinary(LoginReqSchema, create(LoginReqSchema, login)));
-    const hs = ticket ? new ResumeHandshake(ticket, loginFrame) : new HelloHandshake(serverKey, loginFrame);
-    const answer = await carrier.open(hs.frame, timeoutMs);
+    const hs = ticket
+      ? new ResumeHandshake(ticket, loginFrame, { sentMs: BigInt(Math.round(nowMs)) })
+      : new HelloHandshake(serverKey, loginFrame);
+    let answer: Frame;
+    try {
+      answer = await carrier.open(hs.frame, timeoutMs);
+    } catch (e) {
+      // Long-poll answers a HELLO that does not open with 400 BAD_REQUEST (a WebSocket
+      // or TCP link with a plain ERROR frame, below): another server key.
+      if (!ticket && e instanceof FerryError && e.code === ErrorCode.BAD_REQUEST) {
+        throw new FerryError("server-key", `the server could not open the handshake: the pinned server key is not this server's (${e.message})`, { code: e.code });
+      }
+      throw e;
+    }
     const want = ticket ? cmd.response(cmd.RESUME) : cmd.response(cmd.HELLO);
     if (answer.cmd === cmd.ERROR) {
       carrier.close();
@@ -94,6 +109,17 @@ export class Link {
     );
     if (early.length) queueMicrotask(() => early.forEach((f) => link.dispatch(f)));
     return { link, login: loginResp, ticket: r.ticket };
+  }
+
+  /** Sets the push handler and hands it the pushes that came before. */
+  setOnPush(fn: (f: Frame) => void): void {
+    this.pushHandler = fn;
+    for (const f of this.pushQueue.splice(0)) fn(f);
+  }
+
+  private onPush(f: Frame): void {
+    if (this.pushHandler) this.pushHandler(f);
+    else this.pushQueue.push(f);
   }
 
   get transport() {

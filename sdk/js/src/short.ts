@@ -25,7 +25,14 @@ function refusal(status: number, body: Uint8Array): FerryError {
 
 export class ShortLink {
   readonly base: string;
-  constructor(endpoint: string, private serverKey: Uint8Array, private timeoutMs: number) {
+  /** `now` is the clock sealed requests carry (unix ms): the device's, corrected by the
+   *  client when the server said it is off. */
+  constructor(
+    endpoint: string,
+    private serverKey: Uint8Array,
+    private timeoutMs: number,
+    private now: () => number = Date.now,
+  ) {
     this.base = baseUrl(endpoint);
   }
 
@@ -47,7 +54,7 @@ export class ShortLink {
 
   /** POSTs `body` sealed (the token inside it) to `/v1/{path}`; the opened answer body. */
   async postSealed(path: string, token: string, body: Uint8Array): Promise<Uint8Array> {
-    const { wire, reply } = sealRequest(this.serverKey, token, body, BigInt(Date.now()));
+    const { wire, reply } = sealRequest(this.serverKey, token, body, BigInt(Math.round(this.now())));
     const r = await this.fetch(path, {
       method: "POST",
       headers: { "Content-Type": CONTENT_TYPE },
@@ -58,9 +65,13 @@ export class ShortLink {
     if (!sealed) {
       if (r.ok) throw new FerryError("protocol", "the server answered a sealed request in plain");
       const e = refusal(r.status, raw);
-      // A request the server could not open: sealed to another key than the server's.
-      if (e.codeName === "BAD_REQUEST" && r.status === 400) {
-        e.message = `${e.message} (is the pinned server key this server's?)`;
+      if (e.codeName === "BAD_REQUEST" && /does not open/.test(e.message)) {
+        // Sealed to another key than this server's.
+        throw new FerryError("server-key", `${e.message} (the pinned server key is not this server's)`, { code: e.code });
+      }
+      const date = Date.parse(r.headers.get("date") ?? "");
+      if (e.codeName === "BAD_REQUEST" && /clock/.test(e.message) && !Number.isNaN(date)) {
+        (e as FerryError & { serverDateMs?: number }).serverDateMs = date;
       }
       throw e;
     }

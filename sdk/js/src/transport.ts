@@ -192,6 +192,10 @@ export class LpCarrier implements Carrier {
 
   start(onFrames: (f: Frame[]) => void, onClose: (reason: string) => void): void {
     this.onClose = onClose;
+    if (this.closed) {
+      onClose("closed");
+      return;
+    }
     void this.pollLoop(onFrames);
   }
 

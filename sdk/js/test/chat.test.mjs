@@ -3,6 +3,7 @@
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import WebSocket from "ws";
+import { createServer } from "node:net";
 import { FerryClient, FerryError, MemoryStore } from "../dist/index.js";
 import { startServer, user, until, befriend, uniqueName, PASSWORD, assertWebSocket } from "./server.mjs";
 
@@ -138,4 +139,72 @@ test("where WebSocket does not pass, the link falls back to long-poll", async ()
   assert.equal(seen.at(-1).endpoint, srv.endpoint);
   assert.ok(Array.isArray(await a.friends()));
   await a.close();
+});
+
+test("a dead endpoint is passed over; the server's endpoint list is kept", async () => {
+  const store = new MemoryStore();
+  const a = await user(srv, "roamer", { servers: ["127.0.0.1:1", srv.endpoint], store });
+  await a.connect();
+  assert.equal(a.state, "online");
+  assert.equal(await store.get("lastEndpoint"), srv.endpoint);
+  await until(async () => (await store.get("endpoints"))?.endpoints?.includes(srv.endpoint), 5000, "the endpoint list");
+  await a.close();
+  // Bootstrapped from a dead address only, the kept list still finds the server.
+  await store.delete("lastEndpoint");
+  const b = await FerryClient.create({ servers: ["127.0.0.1:1"], serverKey: srv.key, store, WebSocket, requestTimeoutMs: 3000 });
+  await b.connect();
+  assert.equal(b.state, "online");
+  await b.close();
+});
+
+test("a device clock minutes off is corrected from the server's refusal", async () => {
+  const c = await FerryClient.create({ servers: [srv.endpoint], serverKey: srv.key, store: new MemoryStore(), transports: ["lp"] });
+  c["clockOffsetMs"] = -10 * 60 * 1000; // as if the device's clock were 10 minutes behind
+  const name = uniqueName("late");
+  await c.register(name, PASSWORD);
+  await c.signIn(name, PASSWORD);
+  assert.ok(Math.abs(c["clockOffsetMs"]) < 5000, `corrected (${c["clockOffsetMs"]} ms)`);
+  await c.connect();
+  await c.close();
+});
+
+for (const transport of ["lp", "ws"]) {
+  test(`connect with a wrong pinned key over ${transport} stops with a server-key error`, async () => {
+    const store = new MemoryStore();
+    await user(srv, "pinned", { store });
+    const c = await FerryClient.create({ servers: [srv.endpoint], serverKey: "22".repeat(32), store, transports: [transport], WebSocket });
+    const states = [];
+    c.on("state", (s) => states.push(s.state));
+    await assert.rejects(c.connect(), (e) => e.kind === "server-key");
+    assert.equal(c.state, "offline");
+    assert.deepEqual(states, ["connecting", "offline"]);
+  });
+}
+
+test("endpoints are raced: a silent one is overtaken after 2.5 s, not waited out", async () => {
+  // Accepts TCP and never answers (a black hole on the path).
+  const held = [];
+  const hole = createServer((sock) => held.push(sock));
+  await new Promise((r) => hole.listen(0, "127.0.0.1", r));
+  const silent = `127.0.0.1:${hole.address().port}`;
+  try {
+    const a = await user(srv, "racer", { requestTimeoutMs: 15000 });
+    // The silent one is listed first and pretends to have worked last time.
+    a["servers"] = [silent, srv.endpoint];
+    a["lastEndpoint"] = silent;
+    a["shortGood"] = undefined;
+    const t0 = Date.now();
+    await a.connect();
+    const took = Date.now() - t0;
+    assert.ok(took >= 2000 && took < 8000, `won by the second endpoint after the stagger (${took} ms)`);
+    assert.equal(await a["store"].get("lastEndpoint"), srv.endpoint);
+    // Short-link requests go to the endpoint that answered, not the silent one.
+    const t1 = Date.now();
+    await a.close();
+    assert.ok(Array.isArray(await a.friends()));
+    assert.ok(Date.now() - t1 < 3000, "no timeout on the silent endpoint");
+  } finally {
+    for (const s of held) s.destroy();
+    hole.close();
+  }
 });

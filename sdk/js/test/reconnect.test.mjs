@@ -68,3 +68,21 @@ test("a resumption ticket is kept and used; a refused one falls back to the full
   assert.ok(Array.isArray(await again.friends()));
   await again.close();
 });
+
+test("a newer login of the same device kicks this link: offline, no reconnect", async () => {
+  const store = new MemoryStore();
+  const a = await user(srv, "twin", { transports: ["ws"], store });
+  const states = [];
+  a.on("state", (s) => states.push(s));
+  await a.connect();
+  // Another copy of the device (same store: device id and token) logs in.
+  const copy = await FerryClient.create({ servers: [srv.endpoint], serverKey: srv.key, store, transports: ["lp"] });
+  await copy.connect();
+  await until(() => a.state === "offline", 10000, "the kick");
+  assert.match(states.at(-1).reason, /kicked/);
+  await sleep(500);
+  assert.equal(a.state, "offline", "no reconnect that would kick the copy back");
+  assert.equal(copy.state, "online");
+  await copy.close();
+  await a.close();
+});
