@@ -46,10 +46,13 @@ const FILES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// Code and styles from this origin only, nothing inline; the link may also be a
-/// WebSocket (`ws:`/`wss:`); pictures are the app's own blob: URLs (downloaded media).
+/// Code and styles from this origin only, nothing inline; pictures are the app's own
+/// blob: URLs (downloaded media). The SDK connects to any gateway of the endpoint list
+/// (IP literals on other ports and hosts than the page's, docs/protocol.md §7.2), by
+/// WebSocket or HTTP, so `connect-src` allows those schemes: the protection is that no
+/// script but the app's own runs (`script-src 'self'`), not where it may connect.
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
-                       img-src 'self' blob: data:; connect-src 'self' ws: wss:; \
+                       img-src 'self' blob: data:; connect-src 'self' ws: wss: http: https:; \
                        form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
 
 /// `/chat…`: the page and its files (no token: they hold no data).

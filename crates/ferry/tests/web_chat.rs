@@ -131,7 +131,10 @@ fn chat_files_are_served_with_their_types() {
         assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
         let csp = a.header("content-security-policy").expect("a CSP");
         assert!(csp.contains("script-src 'self'"), "{csp}");
-        assert!(csp.contains("connect-src 'self' ws: wss:"), "{csp}");
+        assert!(
+            csp.contains("connect-src 'self' ws: wss: http: https:"),
+            "{csp}"
+        );
         assert!(csp.contains("default-src 'none'"), "{csp}");
         assert!(!csp.contains("unsafe"), "{csp}");
     }
