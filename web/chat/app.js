@@ -98,10 +98,21 @@ function groupName(id) {
 
 // ---- persistence (the app's own keys in the SDK's per-user IndexedDB store) ---------------
 
+// Saves are batched (one per 100 ms at most). saveSoon() answers a promise that settles
+// once what changed so far is stored: the listeners of synced events return it, and the
+// SDK stores the synckey covering an event only after that (sdk/js/API.md, on()), so a
+// tab closed mid-way shows everything again on its next start — nothing is lost.
 let saveTimer = 0;
+let saveWaiters = [];
 function saveSoon() {
   clearTimeout(saveTimer);
-  saveTimer = setTimeout(save, 250);
+  saveTimer = setTimeout(async () => {
+    const waiters = saveWaiters;
+    saveWaiters = [];
+    await save();
+    for (const w of waiters) w();
+  }, 100);
+  return new Promise((resolve) => saveWaiters.push(resolve));
 }
 
 async function save() {
@@ -747,6 +758,14 @@ async function clientFor(user) {
   return { client, store };
 }
 
+/** A synced event's listener: applies it, and answers once it is stored (see saveSoon). */
+function stored(apply) {
+  return (e) => {
+    apply(e);
+    return saveSoon();
+  };
+}
+
 async function start(client, store, user) {
   S.client = client;
   S.store = store;
@@ -755,14 +774,14 @@ async function start(client, store, user) {
   await load();
   S.unsubs = [
     client.on("state", onState),
-    client.on("message", onMessage),
-    client.on("groupMessage", onGroupMessage),
-    client.on("groupEntry", onGroupEntry),
-    client.on("recall", onRecall),
-    client.on("read", onRead),
+    client.on("message", stored(onMessage)),
+    client.on("groupMessage", stored(onGroupMessage)),
+    client.on("groupEntry", stored(onGroupEntry)),
+    client.on("recall", stored(onRecall)),
+    client.on("read", stored(onRead)),
     client.on("typing", onTyping),
-    client.on("friend", onFriend),
-    client.on("group", onGroup),
+    client.on("friend", stored(onFriend)),
+    client.on("group", stored(onGroup)),
   ];
   $("#auth").hidden = true;
   $("#app").hidden = false;

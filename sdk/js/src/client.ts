@@ -236,7 +236,7 @@ export class FerryClient {
     return this._synckey;
   }
 
-  on<K extends keyof Events>(event: K, fn: (e: Events[K]) => void): () => void {
+  on<K extends keyof Events>(event: K, fn: (e: Events[K]) => void | Promise<unknown>): () => void {
     let set = this.listeners.get(event);
     if (!set) this.listeners.set(event, (set = new Set()));
     const f = fn as (e: unknown) => void;
@@ -244,14 +244,22 @@ export class FerryClient {
     return () => set!.delete(f);
   }
 
-  private emit<K extends keyof Events>(event: K, e: Events[K]): void {
+  /** Calls the event's listeners; returns the promises those that are async returned. */
+  private emit<K extends keyof Events>(event: K, e: Events[K]): Promise<unknown>[] {
+    const pending: Promise<unknown>[] = [];
     for (const fn of this.listeners.get(event) ?? []) {
       try {
-        fn(e);
+        const r = fn(e) as unknown;
+        if (r && typeof (r as Promise<unknown>).then === "function") {
+          pending.push(
+            (r as Promise<unknown>).catch((err) => console.error(`ferry: a "${event}" listener failed`, err)),
+          );
+        }
       } catch (err) {
         console.error(`ferry: a "${event}" listener threw`, err);
       }
     }
+    return pending;
   }
 
   private setState(state: ConnState, extra: { transport?: Transport; endpoint?: string; reason?: string } = {}): void {
@@ -812,16 +820,22 @@ export class FerryClient {
     this.commit(out);
   }
 
-  /** Stores the synckey and cursors, then hands the events to the app — in order. */
+  /** Hands the events to the app — in order — then, once every listener that returned a
+   *  promise has settled (an app that keeps what it shows stores it there), stores the
+   *  synckey and cursors that cover them. So a page closed in between loses nothing: its
+   *  next start syncs those entries again (in-memory, within a session, each is handed
+   *  over once; across a crash in that window, at least once — keep them by seq / id). */
   private commit(events: Emitted[]): void {
     const synckey = this._synckey.toString();
     const cursors: Record<string, string> = {};
     for (const [g, c] of this.cursors) cursors[g.toString()] = c.toString();
     this.chain = this.chain
       .then(async () => {
+        const pending: Promise<unknown>[] = [];
+        for (const [k, v] of events) pending.push(...this.emit(k, v as never));
+        if (pending.length) await Promise.all(pending);
         await this.store.set("synckey", synckey);
         await this.store.set("groupCursors", cursors);
-        for (const [k, v] of events) this.emit(k, v as never);
       })
       .catch((e) => console.error("ferry: storing the sync state failed", e));
   }

@@ -131,3 +131,35 @@ test("notifies: held across a reordering, synced across a lost one, applied once
   assert.equal(await store.get("synckey"), "7", "the synckey is stored");
   await c.close();
 });
+
+test("a listener's promise holds the stored synckey back until it settles", async () => {
+  const srv = new FakeServer();
+  const store = new MemoryStore();
+  await store.set("token", "t".repeat(64));
+  const c = await FerryClient.create({ servers: ["127.0.0.1:9"], serverKey: hex(srv.key.pub), store, transports: ["lp"] });
+  c.carrier = () => srv.carrier();
+  const got = [];
+  let release;
+  const kept = new Promise((r) => (release = r));
+  // An app that stores what it shows: the entry is "kept" only when `release` is called.
+  c.on("entry", (e) => {
+    got.push(Number(e.seq));
+    return kept;
+  });
+  await c.connect();
+  srv.grow(2);
+  srv.notify(2, [1, 2]);
+  await sleep(30);
+  assert.deepEqual(got, [1, 2], "handed to the app at once");
+  assert.equal(await store.get("synckey"), undefined, "not stored while the app has not kept them");
+  // Another batch waits behind the first: in order, and still not stored.
+  srv.grow(3);
+  srv.notify(3, [3]);
+  await sleep(30);
+  assert.equal(await store.get("synckey"), undefined);
+  release();
+  await sleep(30);
+  assert.deepEqual(got, [1, 2, 3]);
+  assert.equal(await store.get("synckey"), "3", "stored once the app kept them");
+  await c.close();
+});
