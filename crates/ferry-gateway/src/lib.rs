@@ -1,5 +1,6 @@
 //! Ferry's connection layer. A gateway holds client sockets and forwards: it tells the
-//! long link from HTTP by the first byte, decodes frames, enforces the login deadline,
+//! long link from HTTP by the first byte (and carries the long link over HTTP too:
+//! long-poll, and WebSocket upgrades of `GET /v1/ws`), decodes frames, enforces the login deadline,
 //! answers heartbeats, drops silent links, and passes every other request over the bus
 //! to logic, writing back whatever logic answers and pushes.
 //!

@@ -621,6 +621,102 @@ mod tests {
         assert_eq!(&close[..], &[0x88, 3, 0x03, 0xF0, b'x']);
     }
 
+    /// A client's frame: masked, as RFC 6455 wants.
+    fn client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut out = vec![opcode | if fin { 0x80 } else { 0 }];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n < 65_536 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i & 3]));
+        out
+    }
+
+    /// A transport over a loopback connection, and the client's end.
+    async fn pair(max_message: usize) -> (WsTransport, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (WsTransport::new(server, Bytes::new(), max_message), client)
+    }
+
+    /// Reads until `partial` grows or the transport fails or ends.
+    async fn read(t: &WsTransport, partial: &mut BytesMut) -> io::Result<bool> {
+        let before = partial.len();
+        loop {
+            std::future::poll_fn(|cx| t.poll_readable(cx)).await?;
+            let more = t.read_into(partial)?;
+            if !more || partial.len() > before {
+                return Ok(more);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn fragments_make_one_frame_pings_get_pongs_and_the_limit_holds() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (t, mut c) = pair(8 + 100).await;
+        let mut f = BytesMut::new();
+        ferry_proto::frame::encode_raw(0x02, 9, b"hello", &mut f);
+        // A message in two fragments with a ping between them.
+        let mut bytes = client_frame(0x2, false, &f[..6]);
+        bytes.extend(client_frame(0x9, true, b"hi"));
+        bytes.extend(client_frame(0x0, true, &f[6..]));
+        AsyncWriteExt::write_all(&mut c, &bytes).await.unwrap();
+        let mut partial = BytesMut::new();
+        assert!(read(&t, &mut partial).await.unwrap());
+        assert_eq!(partial, f);
+        let mut pong = [0u8; 4];
+        c.read_exact(&mut pong).await.unwrap();
+        assert_eq!(pong, [0x8A, 2, b'h', b'i']);
+
+        // Over the limit: refused on the frame's header, with its id, before the body.
+        let mut big = vec![0u8; 8 + 200];
+        big[..3].copy_from_slice(&200u32.to_be_bytes()[1..]);
+        big[4..8].copy_from_slice(&42u32.to_be_bytes());
+        let whole = client_frame(0x2, true, &big);
+        AsyncWriteExt::write_all(&mut c, &whole[..14 + 8])
+            .await
+            .unwrap();
+        let e = read(&t, &mut partial).await.unwrap_err();
+        assert_eq!(crate::secure::refused(&e), (ErrorCode::TooLarge, 42));
+        assert_eq!(t.st.lock().code, Some(CloseCode::Size));
+    }
+
+    #[tokio::test]
+    async fn unmasked_frames_and_stray_continuations_break_the_protocol() {
+        use tokio::io::AsyncWriteExt;
+        for bad in [
+            vec![0x82, 0x01, 0x00],
+            client_frame(0x0, true, b"x"),
+            client_frame(0x9, false, b"x"),
+        ] {
+            let (t, mut c) = pair(1024).await;
+            AsyncWriteExt::write_all(&mut c, &bad).await.unwrap();
+            let mut partial = BytesMut::new();
+            let e = read(&t, &mut partial).await.unwrap_err();
+            assert_eq!(crate::secure::refused(&e), (ErrorCode::BadRequest, 0));
+            assert_eq!(t.st.lock().code, Some(CloseCode::Protocol));
+        }
+        // A Close from the client ends the stream.
+        let (t, mut c) = pair(1024).await;
+        AsyncWriteExt::write_all(&mut c, &client_frame(0x8, true, &1000u16.to_be_bytes()))
+            .await
+            .unwrap();
+        let mut partial = BytesMut::new();
+        assert!(!read(&t, &mut partial).await.unwrap());
+        assert_eq!(t.st.lock().peer_close, Some(Some(1000)));
+    }
+
     #[test]
     fn an_idle_websocket_transport_stays_small() {
         let size = std::mem::size_of::<WsTransport>() - std::mem::size_of::<TcpStream>();

@@ -460,3 +460,49 @@ async fn ws_cors_on_the_short_link() {
     assert_eq!(h.status, 200);
     assert!(h.header("access-control-allow-origin").is_none());
 }
+
+/// `ferry bench idle` and `p2p` with `--transport ws`: the bench's clients speak
+/// WebSocket (tokio-tungstenite), encrypted, and nothing is lost.
+#[test]
+fn ws_the_bench_runs_over_websocket() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = |name: &str, args: &[&str]| -> serde_json::Value {
+        let json = dir.path().join(format!("{name}.json"));
+        let out = std::process::Command::new(crate::FERRY)
+            .arg("bench")
+            .args(args)
+            .args(["--transport", "ws", "--prefix", name, "--json"])
+            .arg(&json)
+            .output()
+            .expect("running ferry bench");
+        assert!(
+            out.status.success(),
+            "ferry bench {args:?} failed\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap()
+    };
+    let idle = bench(
+        "wsidle",
+        &[
+            "idle",
+            "--connections",
+            "40",
+            "--steps",
+            "1",
+            "--duration",
+            "1",
+        ],
+    );
+    assert_eq!(idle["transport"], "ws", "{idle:#}");
+    assert_eq!(idle["connected"], 40, "{idle:#}");
+    assert_eq!(idle["login_failed"], 0, "{idle:#}");
+    assert_eq!(idle["dropped_while_idle"], 0, "{idle:#}");
+    let p2p = bench("wsp2p", &["p2p", "--pairs", "4", "--duration", "2"]);
+    assert_eq!(p2p["transport"], "ws", "{p2p:#}");
+    assert!(p2p["received"].as_f64().unwrap() > 0.0, "{p2p:#}");
+    assert_eq!(p2p["lost"], 0, "{p2p:#}");
+    assert_eq!(p2p["duplicated"], 0, "{p2p:#}");
+    assert_eq!(p2p["errors"], 0, "{p2p:#}");
+    assert_eq!(p2p["wire"]["encrypted"], true, "{p2p:#}");
+}
