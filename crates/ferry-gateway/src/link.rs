@@ -76,6 +76,12 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn origin(&self) -> Origin {
         Origin::LongLink
     }
+    /// The gateway address the client reached, asked only for an `ENDPOINTS` request
+    /// (logic builds the default endpoint list from it, docs/protocol.md §7.2); kept by
+    /// no link. `None` where the transport has no socket of its own.
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        None
+    }
     /// Ends the connection after the link's last write; `end` says why (a WebSocket
     /// tells the client in its Close frame). The default does nothing (the transport
     /// ends when dropped).
@@ -169,6 +175,10 @@ impl Transport for TcpStream {
         buf: &'a [u8],
     ) -> impl Future<Output = io::Result<()>> + Send + 'a {
         AsyncWriteExt::write_all(self, buf)
+    }
+
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        TcpStream::local_addr(self).ok()
     }
 
     fn close(&mut self, _end: End) -> impl Future<Output = ()> + Send + '_ {
@@ -561,10 +571,16 @@ async fn serve<'c, T: Transport>(
                     Local::Answered => {}
                     Local::Bad => bad = true,
                     Local::Forward(f) if f.cmd == cmd::SEND => b.lane.push(f),
-                    Local::Forward(f) => b
-                        .in_flight
-                        .get_or_insert_with(FuturesUnordered::new)
-                        .push(Box::pin(forward(gw, link, f, peer, origin))),
+                    Local::Forward(f) => {
+                        let local = if f.cmd == cmd::ENDPOINTS {
+                            stream.local_addr()
+                        } else {
+                            None
+                        };
+                        b.in_flight
+                            .get_or_insert_with(FuturesUnordered::new)
+                            .push(Box::pin(forward(gw, link, f, peer, origin, local)))
+                    }
                 }
             }
             if !bad {
@@ -775,8 +791,15 @@ fn local(link: &Link, f: Frame, out: &mut BytesMut) -> Local {
 
 /// Passes one request to logic; resolves to the encoded answer and whether the link may
 /// stay open.
-async fn forward(gw: &Gateway, link: &Link, f: Frame, peer: &str, origin: Origin) -> Answered {
-    let (out, keep) = forward_one(gw, link, f, peer, origin).await;
+async fn forward(
+    gw: &Gateway,
+    link: &Link,
+    f: Frame,
+    peer: &str,
+    origin: Origin,
+    local: Option<std::net::SocketAddr>,
+) -> Answered {
+    let (out, keep) = forward_one(gw, link, f, peer, origin, local).await;
     Answered {
         out,
         keep,
@@ -795,7 +818,7 @@ async fn forward_sends(
 ) -> Answered {
     if frames.len() == 1 {
         let f = frames.pop().expect("one frame");
-        let (out, keep) = forward_one(gw, link, f, peer, origin).await;
+        let (out, keep) = forward_one(gw, link, f, peer, origin, None).await;
         return Answered {
             out,
             keep,
@@ -867,9 +890,10 @@ async fn forward_one(
     f: Frame,
     peer: &str,
     origin: Origin,
+    local: Option<std::net::SocketAddr>,
 ) -> (BytesMut, bool) {
     let mut out = BytesMut::new();
-    let req = BusRequest {
+    let mut req = BusRequest {
         cmd: u32::from(f.cmd),
         body: f.body,
         user_id: link.user_id,
@@ -880,6 +904,12 @@ async fn forward_one(
         origin: origin as i32,
         ..Default::default()
     };
+    if req.cmd == u32::from(cmd::ENDPOINTS) {
+        // The same origin an HTTP request gives (http.rs), so the default endpoint list
+        // is the same on both links.
+        req.local_addr = local.map(|l| l.to_string()).unwrap_or_default();
+        req.listen = gw.listen_addrs().iter().map(|a| a.to_string()).collect();
+    }
     match gw.bus.request(req).await {
         Ok(resp) => {
             let keep = resp.cmd != u32::from(cmd::ERROR) || !closes_link(&resp.body);

@@ -252,6 +252,10 @@ impl<T: Transport> Secured<T> {
 }
 
 impl<T: Transport> Transport for Secured<T> {
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner.local_addr()
+    }
+
     /// After logic accepted the LOGIN of an encrypted link that has not answered yet:
     /// a new ticket to go in front of the login answer after a full handshake, living
     /// `ticket_lifetime_secs` (none on a plaintext link, or with tickets off). A link

@@ -436,6 +436,10 @@ impl WsTransport {
 }
 
 impl Transport for WsTransport {
+    fn local_addr(&self) -> Option<std::net::SocketAddr> {
+        self.tcp.local_addr().ok()
+    }
+
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         {
             let st = self.st.lock();

@@ -534,3 +534,32 @@ async fn long_poll_by_hand_and_bad_input_on_the_new_paths() {
         "not an endpoint of this server"
     );
 }
+
+/// `ENDPOINTS` over a logged-in long link answers the same default list as the short
+/// link: the gateway's own port (it answered an empty list: the link did not tell logic
+/// the address the client reached nor the gateway's listeners).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_over_the_long_link_list_the_gateway_as_the_short_link_does() {
+    let srv = TestServer::with(|_| {}).await;
+    srv.register(&["alice"]).await;
+    let addr = srv.addr();
+    let tok = token(&addr, "alice", "ep").await;
+    let mut raw = RawLink::connect(&addr).await;
+    assert_eq!(raw.login(&tok).await.cmd, cmd::response(cmd::LOGIN));
+    raw.send(cmd::ENDPOINTS, 7, &v1::EndpointsReq { version: 0 })
+        .await;
+    let f = raw.recv(10).await.expect("an answer");
+    assert_eq!(f.cmd, cmd::response(cmd::ENDPOINTS), "{f:?}");
+    let over_link = v1::EndpointsResp::decode(&f.body[..]).unwrap();
+    let over_http = ShortLink::new(&addr).endpoints(0).await.unwrap();
+    let port: u32 = addr.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(
+        over_link
+            .endpoints
+            .iter()
+            .any(|e| e.ip == "127.0.0.1" && e.port == port),
+        "{over_link:?}"
+    );
+    assert_eq!(over_link.version, over_http.version);
+    assert_eq!(over_link.endpoints, over_http.endpoints);
+}
