@@ -27,6 +27,7 @@
 mod error;
 mod types;
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -172,7 +173,10 @@ pub async fn connect(config: Config) -> Result<Arc<Client>, FerryError> {
         let (inner, events) = ferry_client::Client::connect(cfg).await?;
         Ok(Arc::new(Client {
             inner,
-            events: Arc::new(AsyncMutex::new(Some(events))),
+            events: Arc::new(EventQueue {
+                rx: AsyncMutex::new(Some(events)),
+                stash: Default::default(),
+            }),
         }))
     })
     .await
@@ -230,8 +234,36 @@ fn progress_fn(p: Option<Arc<dyn ProgressListener>>) -> impl Fn(u64, u64) + Send
 #[derive(uniffi::Object)]
 pub struct Client {
     inner: ferry_client::Client,
-    /// The event queue, until a listener takes it.
-    events: Arc<AsyncMutex<Option<ferry_client::Events>>>,
+    events: Arc<EventQueue>,
+}
+
+/// The client's events until a listener takes them.
+struct EventQueue {
+    /// ferry-client's channel; `None` once a listener has it.
+    rx: AsyncMutex<Option<ferry_client::Events>>,
+    /// Events taken for a `next_event` call that was cancelled before it could answer,
+    /// first in line for the next call.
+    stash: parking_lot::Mutex<VecDeque<ferry_client::Event>>,
+}
+
+impl EventQueue {
+    /// The next event within `wait` (`None`: none came). Runs on the runtime.
+    async fn next(&self, wait: Duration) -> Result<Option<ferry_client::Event>, FerryError> {
+        let mut rx = self.rx.lock().await;
+        if let Some(e) = self.stash.lock().pop_front() {
+            return Ok(Some(e));
+        }
+        let events = rx.as_mut().ok_or_else(|| {
+            FerryError::invalid("the events go to the listener set with set_listener")
+        })?;
+        match tokio::time::timeout(wait, events.recv()).await {
+            Err(_) => Ok(None),
+            Ok(Some(e)) => Ok(Some(e)),
+            Ok(None) => Err(FerryError::Closed {
+                detail: "the client is closed".into(),
+            }),
+        }
+    }
 }
 
 #[uniffi::export]
@@ -292,39 +324,43 @@ impl Client {
     /// call loses no event.
     pub async fn next_event(&self, timeout_ms: u64) -> Result<Option<Event>, FerryError> {
         let me = self.inner.username();
-        // Received here, on the caller's executor (tokio's channel needs no runtime),
-        // so a call cancelled by the app drops no event; only the timer is the runtime's.
-        let timer = runtime().spawn(tokio::time::sleep(Duration::from_millis(timeout_ms)));
-        let mut guard = self.events.lock().await;
-        let events = guard.as_mut().ok_or_else(|| {
-            FerryError::invalid("the events go to the listener set with set_listener")
-        })?;
-        tokio::select! {
-            e = events.recv() => match e {
-                Some(e) => Ok(Some(Event::from_client(e, &me))),
-                None => Err(FerryError::Closed { detail: "the client is closed".into() }),
-            },
-            _ = timer => Ok(None),
+        let queue = self.events.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        runtime().spawn(async move {
+            let next = queue.next(Duration::from_millis(timeout_ms)).await;
+            // The caller went away (cancelled) after this took an event: keep it for
+            // the next call.
+            if let Err(Ok(Some(e))) = tx.send(next) {
+                queue.stash.lock().push_front(e);
+            }
+        });
+        match rx.await {
+            Ok(next) => Ok(next?.map(|e| Event::from_client(e, &me))),
+            Err(_) => Err(FerryError::Internal {
+                detail: "the event task ended without an answer".into(),
+            }),
         }
     }
 
     /// From now on every event goes to `listener` (on the SDK's event thread, in order),
     /// starting with those queued; `next_event` then fails. Once only.
     pub fn set_listener(&self, listener: Arc<dyn EventListener>) -> Result<(), FerryError> {
-        let mut events = self
-            .events
-            .try_lock()
-            .ok()
-            .and_then(|mut g| g.take())
-            .ok_or_else(|| {
-                FerryError::invalid(
-                    "events are already taken (a listener is set, or next_event is waiting)",
-                )
-            })?;
+        let taken = || {
+            FerryError::invalid(
+                "events are already taken (a listener is set, or next_event is waiting)",
+            )
+        };
+        let mut rx = self.events.rx.try_lock().map_err(|_| taken())?;
+        let mut events = rx.take().ok_or_else(taken)?;
+        let stashed: Vec<_> = self.events.stash.lock().drain(..).collect();
+        drop(rx);
         let me = self.inner.username();
         std::thread::Builder::new()
             .name("ferry-events".into())
             .spawn(move || {
+                for e in stashed {
+                    listener.on_event(Event::from_client(e, &me));
+                }
                 while let Some(e) = events.blocking_recv() {
                     listener.on_event(Event::from_client(e, &me));
                 }

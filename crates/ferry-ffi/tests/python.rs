@@ -30,13 +30,16 @@ fn the_python_sdk_passes_its_tests_against_a_real_server() {
     let lib_name = built.cdylib.file_name().unwrap();
     std::fs::copy(&built.cdylib, dest.join(lib_name)).unwrap();
 
+    // The `pytest` script, not `python -m pytest`, which would put sdk/python (the
+    // package without a library) ahead of the copy on PYTHONPATH.
+    let pytest = python.with_file_name("pytest");
     let result = common::run(
-        Command::new(python)
+        Command::new(pytest)
             .current_dir(root.join("sdk/python"))
-            .args(["-m", "pytest", "-q", "-p", "no:cacheprovider", "tests"])
+            .args(["-q", "-p", "no:cacheprovider", "tests"])
             .env("PYTHONPATH", pkg.path())
             .env("PYTHONDONTWRITEBYTECODE", "1")
-            .env("FERRY_BIN", &built.ferry),
+            .env("TEST_FERRY_BIN", &built.ferry),
         Duration::from_secs(300),
     );
     match result {

@@ -1,7 +1,7 @@
 """Fixtures for the Python SDK's tests: a real `ferry serve` on a free 127.0.0.1 port
 with a data folder of its own, and helpers to make users and wait for events.
 
-FERRY_BIN names the server binary (crates/ferry-ffi/tests/python.rs builds it and sets
+TEST_FERRY_BIN names the server binary (crates/ferry-ffi/tests/python.rs builds it and sets
 it); the `ferry` package must be importable with its library beside it (python.rs puts
 both on PYTHONPATH). Without them the tests fail: they never skip.
 """
@@ -34,6 +34,9 @@ auth_per_ip = { per_sec = 0.0, burst = 0.0 }
 register_per_ip = { per_sec = 0.0, burst = 0.0 }
 [gateway]
 shutdown_grace_ms = 300
+[push.webpush]
+vapid_private_key_file = "{vapid}"
+subject = "mailto:tests@ferry.invalid"
 """
 
 
@@ -47,15 +50,22 @@ class Server:
     """A `ferry serve` process; restartable on the same port and data."""
 
     def __init__(self, root: Path):
-        binary = os.environ.get("FERRY_BIN")
+        binary = os.environ.get("TEST_FERRY_BIN")
         if not binary or not Path(binary).is_file():
             raise RuntimeError(
-                f"FERRY_BIN must name the ferry binary (cargo build -p ferry), got {binary!r}"
+                f"TEST_FERRY_BIN must name the ferry binary (cargo build -p ferry), got {binary!r}"
             )
         self.binary = binary
         self.root = root
+        # A VAPID key, so the server takes Web Push and UnifiedPush targets.
+        vapid = root / "vapid.pem"
+        subprocess.run(
+            ["openssl", "genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-out", str(vapid)],
+            check=True, capture_output=True,
+        )
         self.config = root / "server.toml"
-        self.config.write_text(SERVER_CONFIG)
+        self.config.write_text(SERVER_CONFIG.replace("{vapid}", str(vapid)))
         self.addr = f"127.0.0.1:{free_port()}"
         self.proc = None
         self.start()

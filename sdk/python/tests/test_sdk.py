@@ -2,6 +2,7 @@
 network change, errors as exceptions, media with progress, and the app's lifecycle."""
 
 import asyncio
+import base64
 import time
 
 import pytest
@@ -32,11 +33,14 @@ def test_two_clients_chat(server):
             "hello bob", bob.username(), False, ack.msg_id)
         assert m.seq > 0 and m.gseq == 0 and m.group_id == 0
         await bob.send_text(ann.username(), "hello ann")
-        ev = await next_matching(ann, is_message_from(bob.username()))
+        seen = []
+        ev = await next_matching(
+            ann, lambda e: seen.append(e) or is_message_from(bob.username())(e))
         assert ev.message.text == "hello ann"
-        # The sender's other devices (and this one) see their own message as outgoing.
-        ev = await next_matching(ann, lambda e: e.is_message() and e.message.outgoing)
-        assert ev.message.text == "hello bob"
+        # The sender's inbox holds their own message too, marked outgoing, before the
+        # answer.
+        mine = [e.message for e in seen if e.is_message() and e.message.outgoing]
+        assert [m.text for m in mine] == ["hello bob"] and mine[0].seq < ev.message.seq
         for c in (ann, bob):
             await c.close()
         with pytest.raises(ferry.FerryError.Closed):
@@ -243,18 +247,27 @@ def test_groups_listener_and_the_apps_lifecycle(server):
 def test_push_targets_and_payloads(server):
     async def main():
         ann = await new_user(server, "ann")
-        target = ferry.fcm_target("fcm-token-1", "")
+        b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+        target = ferry.unified_push_target(
+            "https://up.ferry.invalid/ann", b64(b"\x04" + bytes(range(64))), b64(bytes(16)))
         stored = await ann.register_push(target)
-        assert stored.provider == ferry.PushProvider.FCM and stored.token == "fcm-token-1"
+        assert stored.provider == ferry.PushProvider.UNIFIED_PUSH
+        assert stored.endpoint == "https://up.ferry.invalid/ann"
         assert stored.device_id == ann.device_id()
-        assert [t.token for t in await ann.push_targets()] == ["fcm-token-1"]
+        assert [t.endpoint for t in await ann.push_targets()] == [stored.endpoint]
         await ann.unregister_push(None)
         assert await ann.push_targets() == []
-        data = ferry.parse_push_payload('{"ferry": {"v": 1, "seq": 5, "count": 2, "kind": "message"}}')
+        # A provider the server has no credentials for is refused with its code.
+        with pytest.raises(ferry.FerryError.Server) as e:
+            await ann.register_push(ferry.fcm_target("fcm-token-1", ""))
+        assert e.value.code == ferry.ErrorCode.INVALID_ARGUMENT
+        data = ferry.parse_push_payload(
+            '{"aps": {"badge": 2}, "ferry": {"v": 1, "seq": 5, "count": 2, "kind": "message"}}')
         assert (data.seq, data.count, data.kind) == (5, 2, "message")
         with pytest.raises(ferry.FerryError.Protocol):
             ferry.parse_push_payload("not json")
-        sessions = await ann.logout(False)
-        assert sessions >= 1
+        assert await ann.logout(False) >= 1
+        with pytest.raises(ferry.FerryError.Closed):
+            await ann.send_text(ann.username(), "after logout")
 
     run(main())
