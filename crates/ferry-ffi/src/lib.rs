@@ -41,17 +41,37 @@ pub use types::*;
 
 uniffi::setup_scaffolding!("ferry");
 
-/// The library's runtime: every async call runs here, never on the caller's executor.
-fn runtime() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
+/// The library's runtime, owned here until [`shutdown`] takes it.
+static RUNTIME: parking_lot::Mutex<Option<tokio::runtime::Runtime>> = parking_lot::Mutex::new(None);
+
+/// A handle to the library's runtime: every async call runs there, never on the caller's
+/// executor. Made at the first call; after [`shutdown`] a handle still spawns, but its
+/// tasks are cancelled at once (the call fails with `Internal`), so nothing panics.
+fn runtime() -> &'static tokio::runtime::Handle {
+    static HANDLE: OnceLock<tokio::runtime::Handle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("ferry-rt")
             .enable_all()
             .build()
-            .expect("the SDK cannot start its runtime (threads or timers unavailable)")
+            .expect("the SDK cannot start its runtime (threads or timers unavailable)");
+        let handle = rt.handle().clone();
+        *RUNTIME.lock() = Some(rt);
+        handle
     })
+}
+
+/// Stops the SDK's runtime: every client's link ends at once (without a clean close)
+/// and every call after it fails. Waits up to a second for the runtime's threads to end.
+/// For a process that is exiting: the Python package calls it at interpreter exit, so
+/// no SDK thread calls into an interpreter that is being torn down. Apps need not.
+#[uniffi::export]
+pub fn shutdown() {
+    let rt = RUNTIME.lock().take();
+    if let Some(rt) = rt {
+        rt.shutdown_timeout(Duration::from_secs(1));
+    }
 }
 
 /// Runs `f` on the library's runtime and awaits it from whatever executor the binding

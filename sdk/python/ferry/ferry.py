@@ -535,6 +535,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_func_register() != 2048:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_func_shutdown() != 61670:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_func_unified_push_target() != 11494:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_add_group_members() != 5564:
@@ -665,6 +667,9 @@ _UniffiLib.uniffi_ferry_ffi_checksum_func_parse_push_payload.restype = ctypes.c_
 _UniffiLib.uniffi_ferry_ffi_checksum_func_register.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_func_register.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_func_shutdown.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_func_shutdown.restype = ctypes.c_uint16
 _UniffiLib.uniffi_ferry_ffi_checksum_func_unified_push_target.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_func_unified_push_target.restype = ctypes.c_uint16
@@ -820,6 +825,10 @@ _UniffiLib.uniffi_ferry_ffi_fn_func_register.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_ferry_ffi_fn_func_register.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_func_shutdown.argtypes = (
+    ctypes.POINTER(_UniffiRustCallStatus),
+)
+_UniffiLib.uniffi_ferry_ffi_fn_func_shutdown.restype = None
 _UniffiLib.uniffi_ferry_ffi_fn_func_unified_push_target.argtypes = (
     _UniffiRustBuffer,
     _UniffiRustBuffer,
@@ -6092,6 +6101,23 @@ async def register(config: Config) -> int:
         _uniffi_lift_return,
         _uniffi_error_converter,
     )
+def shutdown() -> None:
+    """
+    Stops the SDK's runtime: every client's link ends at once (without a clean close)
+    and every call after it fails. Waits up to a second for the runtime's threads to end.
+    For a process that is exiting: the Python package calls it at interpreter exit, so
+    no SDK thread calls into an interpreter that is being torn down. Apps need not.
+"""
+    _uniffi_lowered_args = (
+    )
+    _uniffi_lift_return = lambda val: None
+    _uniffi_error_converter = None
+    _uniffi_ffi_result = _uniffi_rust_call_with_error(
+        _uniffi_error_converter,
+        _UniffiLib.uniffi_ferry_ffi_fn_func_shutdown,
+        *_uniffi_lowered_args,
+    )
+    return _uniffi_lift_return(_uniffi_ffi_result)
 def unified_push_target(endpoint: str,p256dh: str,auth: str) -> PushTarget:
     """
     A UnifiedPush target: the distributor's endpoint and the app's keys (base64url).
@@ -6151,6 +6177,7 @@ __all__ = [
     "fcm_target",
     "parse_push_payload",
     "register",
+    "shutdown",
     "unified_push_target",
     "ProgressListenerImpl",
     "ProgressListener",

@@ -6,9 +6,10 @@
 //! `cargo test` builds them itself: the library (crate type `cdylib`) and
 //! `uniffi-bindgen` for this crate's tests, and, under `cargo test --workspace` (as
 //! `.ci/run` does), `ferry` for the server crate's tests. Each is used when it is newer
-//! than every source file of the workspace; a missing or older one is built here with
+//! than the sources it is made from; a missing or older one is built here with
 //! `cargo build` (a different feature set from the test build's, so it may compile
-//! much), so a stale library or server is never tested. A build that fails fails the
+//! much: `cargo test -p ferry-ffi` alone after changing the server), so a stale library
+//! or server is never tested. A build that fails fails the
 //! test: nothing is skipped.
 
 use std::path::{Path, PathBuf};
@@ -26,8 +27,9 @@ pub struct Built {
     pub ferry: PathBuf,
 }
 
-/// The newest modification time of the workspace's sources (crates, proto, manifests).
-fn newest_source() -> SystemTime {
+/// The newest modification time of the workspace's sources (crates, proto, manifests),
+/// leaving out the crates named in `except`.
+fn newest_source(except: &[&str]) -> SystemTime {
     fn walk(dir: &Path, newest: &mut SystemTime) {
         let Ok(entries) = std::fs::read_dir(dir) else {
             return;
@@ -50,9 +52,14 @@ fn newest_source() -> SystemTime {
     }
     let root = repo_root();
     let mut newest = SystemTime::UNIX_EPOCH;
-    for d in ["crates", "proto"] {
-        walk(&root.join(d), &mut newest);
+    if let Ok(crates) = std::fs::read_dir(root.join("crates")) {
+        for c in crates.flatten() {
+            if !except.iter().any(|x| c.file_name() == *x) {
+                walk(&c.path(), &mut newest);
+            }
+        }
     }
+    walk(&root.join("proto"), &mut newest);
     for f in ["Cargo.toml", "Cargo.lock"] {
         if let Ok(t) = std::fs::metadata(root.join(f)).and_then(|m| m.modified()) {
             newest = newest.max(t);
@@ -61,58 +68,16 @@ fn newest_source() -> SystemTime {
     newest
 }
 
-fn fresh(artifact: &Path, newest: SystemTime) -> bool {
-    std::fs::metadata(artifact)
-        .and_then(|m| m.modified())
-        .is_ok_and(|t| t >= newest)
+fn modified(p: &Path) -> Option<SystemTime> {
+    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
-/// The library, bindgen and server binaries, built first when missing or older than the
-/// sources.
-pub fn build() -> Built {
-    let exe = std::env::current_exe().expect("the test binary's path");
-    // <target>/<profile>/deps/<test binary>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("the test binary is in <target>/<profile>/deps")
-        .to_path_buf();
-    let profile = profile_dir
-        .file_name()
-        .and_then(|p| p.to_str())
-        .expect("a profile folder")
-        .to_owned();
-    let cdylib_at = || {
-        ["libferry_ffi.so", "libferry_ffi.dylib"]
-            .iter()
-            .map(|f| profile_dir.join(f))
-            .find(|p| p.exists())
-    };
-    let built = |cdylib: PathBuf| Built {
-        cdylib,
-        bindgen: PathBuf::from(env!("CARGO_BIN_EXE_uniffi-bindgen")),
-        ferry: profile_dir.join("ferry"),
-    };
-    let newest = newest_source();
-    if let Some(lib) = cdylib_at() {
-        let b = built(lib);
-        if fresh(&b.cdylib, newest) && fresh(&b.ferry, newest) {
-            return b;
-        }
-    }
+/// `cargo build <args>` in the test binary's profile; a failure fails the test.
+fn cargo_build(profile: &str, args: &[&str]) {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(repo_root()).args([
-        "build",
-        "-p",
-        "ferry",
-        "--bin",
-        "ferry",
-        "-p",
-        "ferry-ffi",
-        "--lib",
-    ]);
-    match profile.as_str() {
+    cmd.current_dir(repo_root()).arg("build").args(args);
+    match profile {
         "debug" => {}
         "release" => {
             cmd.arg("--release");
@@ -122,8 +87,50 @@ pub fn build() -> Built {
         }
     }
     if let Err(e) = run(&mut cmd, Duration::from_secs(40 * 60)) {
-        panic!("building the library and the server failed: {e}");
+        panic!("building for the binding tests failed: {e}");
     }
-    let lib = cdylib_at().unwrap_or_else(|| panic!("no libferry_ffi in {}", profile_dir.display()));
-    built(lib)
+}
+
+/// The library, bindgen and server binaries, each built first when missing or older than
+/// the sources it is made from.
+pub fn build() -> Built {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // <target>/<profile>/deps/<test binary>
+    let deps = exe
+        .parent()
+        .expect("the test binary's folder")
+        .to_path_buf();
+    let profile_dir = deps
+        .parent()
+        .expect("the test binary is in <target>/<profile>/deps")
+        .to_path_buf();
+    let profile = profile_dir
+        .file_name()
+        .and_then(|p| p.to_str())
+        .expect("a profile folder")
+        .to_owned();
+    // The test build leaves the cdylib in deps/; `cargo build` also copies it up.
+    let cdylib = || {
+        [&deps, &profile_dir]
+            .iter()
+            .flat_map(|d| ["libferry_ffi.so", "libferry_ffi.dylib"].map(|f| d.join(f)))
+            .filter_map(|p| Some((modified(&p)?, p)))
+            .max()
+    };
+    let all = newest_source(&[]);
+    if cdylib().is_none_or(|(t, _)| t < all) {
+        cargo_build(&profile, &["-p", "ferry-ffi", "--lib"]);
+    }
+    let ferry = profile_dir.join("ferry");
+    // The server does not link ferry-ffi: its changes do not make the server stale.
+    if modified(&ferry).is_none_or(|t| t < newest_source(&["ferry-ffi"])) {
+        cargo_build(&profile, &["-p", "ferry", "--bin", "ferry"]);
+    }
+    let (_, cdylib) =
+        cdylib().unwrap_or_else(|| panic!("no libferry_ffi in {}", profile_dir.display()));
+    Built {
+        cdylib,
+        bindgen: PathBuf::from(env!("CARGO_BIN_EXE_uniffi-bindgen")),
+        ferry,
+    }
 }

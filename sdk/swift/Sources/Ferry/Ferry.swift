@@ -5176,6 +5176,18 @@ public func register(config: Config)async throws  -> UInt64  {
         )
 }
 /**
+ * Stops the SDK's runtime: every client's link ends at once (without a clean close)
+ * and every call after it fails. Waits up to a second for the runtime's threads to end.
+ * For a process that is exiting: the Python package calls it at interpreter exit, so
+ * no SDK thread calls into an interpreter that is being torn down. Apps need not.
+ */
+public func shutdown()  {try! rustCall() {
+        uniffiCallStatus in
+    uniffi_ferry_ffi_fn_func_shutdown(uniffiCallStatus
+    )
+}
+}
+/**
  * A UnifiedPush target: the distributor's endpoint and the app's keys (base64url).
  */
 public func unifiedPushTarget(endpoint: String, p256dh: String, auth: String) -> PushTarget  {
@@ -5217,6 +5229,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_ffi_checksum_func_register() != 2048) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_ffi_checksum_func_shutdown() != 61670) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_ffi_checksum_func_unified_push_target() != 11494) {

@@ -550,6 +550,12 @@ RustBuffer uniffi_ferry_ffi_fn_func_parse_push_payload(RustBuffer payload, RustC
 uint64_t uniffi_ferry_ffi_fn_func_register(RustBuffer config
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_FUNC_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_FUNC_SHUTDOWN
+void uniffi_ferry_ffi_fn_func_shutdown(RustCallStatus *_Nonnull out_status
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_FUNC_UNIFIED_PUSH_TARGET
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_FUNC_UNIFIED_PUSH_TARGET
 RustBuffer uniffi_ferry_ffi_fn_func_unified_push_target(RustBuffer endpoint, RustBuffer p256dh, RustBuffer auth, RustCallStatus *_Nonnull out_status
@@ -842,6 +848,12 @@ uint16_t uniffi_ferry_ffi_checksum_func_parse_push_payload(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_FUNC_REGISTER
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_FUNC_REGISTER
 uint16_t uniffi_ferry_ffi_checksum_func_register(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_FUNC_SHUTDOWN
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_FUNC_SHUTDOWN
+uint16_t uniffi_ferry_ffi_checksum_func_shutdown(void
     
 );
 #endif

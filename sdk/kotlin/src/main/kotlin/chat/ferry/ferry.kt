@@ -736,6 +736,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_ffi_checksum_func_register(
     ): Int
+    external fun uniffi_ferry_ffi_checksum_func_shutdown(
+    ): Int
     external fun uniffi_ferry_ffi_checksum_func_unified_push_target(
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_add_group_members(
@@ -954,6 +956,8 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_ferry_ffi_fn_func_register(`config`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_ferry_ffi_fn_func_shutdown(uniffi_out_err: UniffiRustCallStatus, 
+    ): Unit
     external fun uniffi_ferry_ffi_fn_func_unified_push_target(`endpoint`: RustBuffer.ByValue,`p256dh`: RustBuffer.ByValue,`auth`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun ffi_ferry_ffi_rustbuffer_alloc(`size`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1088,6 +1092,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_ferry_ffi_checksum_func_register() and 0xFFFF) != 2048) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_ferry_ffi_checksum_func_shutdown() and 0xFFFF) != 61670) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_ferry_ffi_checksum_func_unified_push_target() and 0xFFFF) != 11494) {
@@ -6251,6 +6258,21 @@ public object FfiConverterSequenceTypePushTarget: FfiConverterRustBuffer<List<Pu
         FerryException.ErrorHandler,
     )
     }
+
+        /**
+         * Stops the SDK's runtime: every client's link ends at once (without a clean close)
+         * and every call after it fails. Waits up to a second for the runtime's threads to end.
+         * For a process that is exiting: the Python package calls it at interpreter exit, so
+         * no SDK thread calls into an interpreter that is being torn down. Apps need not.
+         */ fun `shutdown`()
+        = 
+    uniffiRustCall() { _status ->
+    UniffiLib.uniffi_ferry_ffi_fn_func_shutdown(
+    
+        _status)
+}
+    
+    
 
         /**
          * A UnifiedPush target: the distributor's endpoint and the app's keys (base64url).
