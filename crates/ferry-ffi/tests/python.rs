@@ -10,7 +10,7 @@ use std::time::Duration;
 
 #[test]
 fn the_python_sdk_passes_its_tests_against_a_real_server() {
-    let built = common::build();
+    let built = common::build(true);
     let python = ferry_testkit::python_venv(
         "ffi-python-venv",
         "sdk/python/requirements-test.txt",

@@ -23,7 +23,7 @@ pub struct Built {
     /// `libferry_ffi.so` (or `.dylib`).
     pub cdylib: PathBuf,
     pub bindgen: PathBuf,
-    /// The `ferry` binary (`ferry serve`).
+    /// The `ferry` binary (`ferry serve`), when asked for.
     pub ferry: PathBuf,
 }
 
@@ -91,9 +91,9 @@ fn cargo_build(profile: &str, args: &[&str]) {
     }
 }
 
-/// The library, bindgen and server binaries, each built first when missing or older than
-/// the sources it is made from.
-pub fn build() -> Built {
+/// The library, bindgen and (with `server`) server binaries, each built first when
+/// missing or older than the sources it is made from.
+pub fn build(server: bool) -> Built {
     let exe = std::env::current_exe().expect("the test binary's path");
     // <target>/<profile>/deps/<test binary>
     let deps = exe
@@ -123,7 +123,7 @@ pub fn build() -> Built {
     }
     let ferry = profile_dir.join("ferry");
     // The server does not link ferry-ffi: its changes do not make the server stale.
-    if modified(&ferry).is_none_or(|t| t < newest_source(&["ferry-ffi"])) {
+    if server && modified(&ferry).is_none_or(|t| t < newest_source(&["ferry-ffi"])) {
         cargo_build(&profile, &["-p", "ferry", "--bin", "ferry"]);
     }
     let (_, cdylib) =
