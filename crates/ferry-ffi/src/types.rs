@@ -1,0 +1,819 @@
+//! The records and enums the bindings see, and their conversions from ferry-client's and
+//! the protocol's types. Plain data: what they mean is docs/protocol.md's.
+
+use ferry_client::{Event as ClientEvent, SentMedia as ClientSentMedia};
+use ferry_proto::v1;
+
+use crate::error::FerryError;
+
+/// The server's acknowledgement of a send: the message is durable.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SendAck {
+    pub msg_id: u64,
+    /// The message's seq in the sender's inbox (1:1), or its gseq in the group's log.
+    pub seq: u64,
+    pub time_ms: i64,
+}
+
+impl From<v1::SendAck> for SendAck {
+    fn from(a: v1::SendAck) -> Self {
+        SendAck {
+            msg_id: a.msg_id,
+            seq: a.seq,
+            time_ms: a.time_ms,
+        }
+    }
+}
+
+/// What kind of media an upload is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum MediaKind {
+    Unspecified,
+    Image,
+    Voice,
+    Video,
+    File,
+    Thumbnail,
+}
+
+impl From<i32> for MediaKind {
+    fn from(k: i32) -> Self {
+        match v1::MediaKind::try_from(k).unwrap_or(v1::MediaKind::Unspecified) {
+            v1::MediaKind::Unspecified => MediaKind::Unspecified,
+            v1::MediaKind::MediaImage => MediaKind::Image,
+            v1::MediaKind::MediaVoice => MediaKind::Voice,
+            v1::MediaKind::MediaVideo => MediaKind::Video,
+            v1::MediaKind::MediaFile => MediaKind::File,
+            v1::MediaKind::MediaThumbnail => MediaKind::Thumbnail,
+        }
+    }
+}
+
+/// The media a message refers to: download it with `Client.download(media_id)` (and
+/// its thumbnail with `thumb_id`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct MediaRef {
+    pub media_id: String,
+    pub kind: MediaKind,
+    pub size: u64,
+    pub content_type: String,
+    pub width: u32,
+    pub height: u32,
+    pub duration_ms: u32,
+    /// The thumbnail's media id (images, videos); empty when there is none.
+    pub thumb_id: String,
+    pub file_name: String,
+}
+
+impl From<v1::MediaRef> for MediaRef {
+    fn from(m: v1::MediaRef) -> Self {
+        MediaRef {
+            media_id: m.media_id,
+            kind: m.kind.into(),
+            size: m.size,
+            content_type: m.content_type,
+            width: m.width,
+            height: m.height,
+            duration_ms: m.duration_ms,
+            thumb_id: m.thumb_id,
+            file_name: m.file_name,
+        }
+    }
+}
+
+/// A sent media message: the acknowledgement and the media it refers to.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SentMedia {
+    pub ack: SendAck,
+    pub media: MediaRef,
+}
+
+impl From<ClientSentMedia> for SentMedia {
+    fn from(s: ClientSentMedia) -> Self {
+        SentMedia {
+            ack: s.ack.into(),
+            media: s.media.into(),
+        }
+    }
+}
+
+/// Where a message goes.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum Destination {
+    User { username: String },
+    Group { group_id: u64 },
+}
+
+impl From<Destination> for ferry_client::Dest {
+    fn from(d: Destination) -> Self {
+        match d {
+            Destination::User { username } => ferry_client::Dest::User(username),
+            Destination::Group { group_id } => ferry_client::Dest::Group(group_id),
+        }
+    }
+}
+
+/// A chat message, 1:1 or in a group.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ChatMessage {
+    /// Its place in this user's inbox (1:1 messages), 0 for a group message.
+    pub seq: u64,
+    /// Its place in the group's log (group messages), 0 for a 1:1 message.
+    pub gseq: u64,
+    pub msg_id: u64,
+    pub sender: String,
+    /// The recipient of a 1:1 message (empty in a group).
+    pub recipient: String,
+    /// The group (0: a 1:1 message).
+    pub group_id: u64,
+    pub time_ms: i64,
+    pub text: String,
+    pub mentions: Vec<String>,
+    pub media: Option<MediaRef>,
+    /// The id the sender's SDK gave it (the same on every retry).
+    pub client_msg_id: u64,
+    /// Sent by this user (from this or another of their devices).
+    pub outgoing: bool,
+}
+
+fn message(m: v1::Message, seq: u64, gseq: u64, me: &str) -> ChatMessage {
+    ChatMessage {
+        seq,
+        gseq,
+        outgoing: m.from == me,
+        msg_id: m.msg_id,
+        sender: m.from,
+        recipient: m.to,
+        group_id: m.group_id,
+        time_ms: m.time_ms,
+        text: m.text,
+        mentions: m.mentions,
+        media: m.media.map(Into::into),
+        client_msg_id: m.client_msg_id,
+    }
+}
+
+/// A change in this user's friendships (`peer` is always the other user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum FriendEventKind {
+    RequestReceived,
+    RequestSent,
+    Added,
+    Declined,
+    Removed,
+    Blocked,
+    Unblocked,
+}
+
+impl From<v1::friend_event::Kind> for FriendEventKind {
+    fn from(k: v1::friend_event::Kind) -> Self {
+        use v1::friend_event::Kind as K;
+        match k {
+            K::RequestReceived => FriendEventKind::RequestReceived,
+            K::RequestSent => FriendEventKind::RequestSent,
+            K::Added => FriendEventKind::Added,
+            K::Declined => FriendEventKind::Declined,
+            K::Removed => FriendEventKind::Removed,
+            K::Blocked => FriendEventKind::Blocked,
+            K::Unblocked => FriendEventKind::Unblocked,
+        }
+    }
+}
+
+/// A change to a group (or to this user's membership of it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum GroupEventKind {
+    Created,
+    Joined,
+    Left,
+    Removed,
+    Renamed,
+    Announced,
+    RoleChanged,
+}
+
+impl From<v1::group_event::Kind> for GroupEventKind {
+    fn from(k: v1::group_event::Kind) -> Self {
+        use v1::group_event::Kind as K;
+        match k {
+            K::Created => GroupEventKind::Created,
+            K::Joined => GroupEventKind::Joined,
+            K::Left => GroupEventKind::Left,
+            K::Removed => GroupEventKind::Removed,
+            K::Renamed => GroupEventKind::Renamed,
+            K::Announced => GroupEventKind::Announced,
+            K::RoleChanged => GroupEventKind::RoleChanged,
+        }
+    }
+}
+
+/// Activity on a moment of this user's circle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum MomentEventKind {
+    Posted,
+    Liked,
+    Commented,
+}
+
+impl From<v1::moment_event::Kind> for MomentEventKind {
+    fn from(k: v1::moment_event::Kind) -> Self {
+        use v1::moment_event::Kind as K;
+        match k {
+            K::Posted => MomentEventKind::Posted,
+            K::Liked => MomentEventKind::Liked,
+            K::Commented => MomentEventKind::Commented,
+        }
+    }
+}
+
+/// How the long link is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Transport {
+    /// Frames over TCP.
+    Tcp,
+    /// Frames over HTTP long-poll (where TCP does not pass).
+    Http,
+}
+
+/// What the SDK tells the app, in order. Inbox entries (`seq` > 0) come each once and in
+/// seq order; a group's entries (`gseq` > 0) each once and in gseq order per group.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
+pub enum Event {
+    /// A 1:1 message (`message.seq`) or a group message (`message.gseq`).
+    Message { message: ChatMessage },
+    /// A message was recalled: remove it (`group_id` 0: a 1:1 message).
+    Recall {
+        seq: u64,
+        gseq: u64,
+        group_id: u64,
+        msg_id: u64,
+        by: String,
+    },
+    /// `reader` read this user's 1:1 messages up to `msg_id`.
+    Receipt {
+        seq: u64,
+        reader: String,
+        msg_id: u64,
+    },
+    /// `from` is typing to this user (never stored; may be missed).
+    Typing { sender: String },
+    /// A friend request, acceptance, removal …
+    FriendChanged {
+        seq: u64,
+        kind: FriendEventKind,
+        peer: String,
+        greeting: String,
+        time_ms: i64,
+    },
+    /// A group changed: from the inbox (`seq`, this user's membership) or from the
+    /// group's log (`gseq`).
+    GroupChanged {
+        seq: u64,
+        gseq: u64,
+        group_id: u64,
+        kind: GroupEventKind,
+        users: Vec<String>,
+        by: String,
+        text: String,
+        time_ms: i64,
+    },
+    /// A moment was posted, liked or commented on.
+    MomentChanged {
+        seq: u64,
+        kind: MomentEventKind,
+        moment_id: u64,
+        by: String,
+        text: String,
+        time_ms: i64,
+    },
+    /// Logged in on a (new) link at `endpoint` (`IP:PORT`); the server's inbox is at
+    /// `latest_seq`.
+    Connected {
+        latest_seq: u64,
+        endpoint: String,
+        transport: Transport,
+    },
+    /// The link went down; the SDK is reconnecting on its own.
+    Disconnected { reason: String },
+    /// The SDK gave up (bad credentials, logged out elsewhere): sign in again.
+    Stopped { error: FerryError },
+    /// An inbox entry of a kind this SDK version does not know (a newer server): skip it.
+    Unknown { seq: u64, gseq: u64 },
+}
+
+impl Event {
+    /// The binding's event for one of ferry-client's; `me` is this user's name.
+    pub(crate) fn from_client(e: ClientEvent, me: &str) -> Event {
+        match e {
+            ClientEvent::Entry(entry) => inbox_entry(entry, me),
+            ClientEvent::Group { group_id, entry } => group_entry(group_id, entry, me),
+            ClientEvent::Typing { from } => Event::Typing { sender: from },
+            ClientEvent::Connected {
+                latest_seq,
+                endpoint,
+            } => Event::Connected {
+                latest_seq,
+                endpoint: endpoint.addr.to_string(),
+                transport: match endpoint.transport {
+                    ferry_client::Transport::Tcp => Transport::Tcp,
+                    ferry_client::Transport::Http => Transport::Http,
+                },
+            },
+            ClientEvent::Disconnected { reason } => Event::Disconnected { reason },
+            ClientEvent::Stopped { error } => Event::Stopped {
+                error: error.into(),
+            },
+        }
+    }
+}
+
+fn inbox_entry(e: v1::Entry, me: &str) -> Event {
+    use v1::entry::Kind;
+    let seq = e.seq;
+    match e.kind {
+        Some(Kind::Message(m)) => Event::Message {
+            message: message(m, seq, 0, me),
+        },
+        Some(Kind::Recall(r)) => Event::Recall {
+            seq,
+            gseq: 0,
+            group_id: r.group_id,
+            msg_id: r.msg_id,
+            by: r.by,
+        },
+        Some(Kind::Read(r)) => Event::Receipt {
+            seq,
+            reader: r.reader,
+            msg_id: r.msg_id,
+        },
+        Some(Kind::Friend(f)) => Event::FriendChanged {
+            seq,
+            kind: f.kind().into(),
+            peer: f.peer,
+            greeting: f.greeting,
+            time_ms: e.time_ms,
+        },
+        Some(Kind::Group(g)) => Event::GroupChanged {
+            seq,
+            gseq: 0,
+            group_id: g.group_id,
+            kind: g.kind().into(),
+            users: g.users,
+            by: g.by,
+            text: g.text,
+            time_ms: e.time_ms,
+        },
+        Some(Kind::Moment(m)) => Event::MomentChanged {
+            seq,
+            kind: m.kind().into(),
+            moment_id: m.moment_id,
+            by: m.by,
+            text: m.text,
+            time_ms: e.time_ms,
+        },
+        None => Event::Unknown { seq, gseq: 0 },
+    }
+}
+
+fn group_entry(group_id: u64, e: v1::GroupEntry, me: &str) -> Event {
+    use v1::group_entry::Kind;
+    let gseq = e.gseq;
+    match e.kind {
+        Some(Kind::Message(mut m)) => {
+            m.group_id = group_id;
+            Event::Message {
+                message: message(m, 0, gseq, me),
+            }
+        }
+        Some(Kind::Recall(r)) => Event::Recall {
+            seq: 0,
+            gseq,
+            group_id,
+            msg_id: r.msg_id,
+            by: r.by,
+        },
+        Some(Kind::Event(g)) => Event::GroupChanged {
+            seq: 0,
+            gseq,
+            group_id,
+            kind: g.kind().into(),
+            users: g.users,
+            by: g.by,
+            text: g.text,
+            time_ms: e.time_ms,
+        },
+        None => Event::Unknown { seq: 0, gseq },
+    }
+}
+
+/// The link's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum Status {
+    Connecting,
+    Connected,
+    /// Closed on purpose after `app_backgrounded()`; push stands in until
+    /// `app_foregrounded()`.
+    Background,
+    Stopped,
+}
+
+impl From<ferry_client::Status> for Status {
+    fn from(s: ferry_client::Status) -> Self {
+        match s {
+            ferry_client::Status::Connecting => Status::Connecting,
+            ferry_client::Status::Connected => Status::Connected,
+            ferry_client::Status::Background => Status::Background,
+            ferry_client::Status::Stopped => Status::Stopped,
+        }
+    }
+}
+
+/// A user found by name.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct UserInfo {
+    pub user_id: u64,
+    pub username: String,
+    /// The avatar's ETag (empty: no avatar).
+    pub avatar_etag: String,
+}
+
+/// Where this user stands with another.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum FriendState {
+    /// No relation.
+    Stranger,
+    Friend,
+    /// This user asked; no answer yet.
+    RequestOut,
+    /// The other user asked; accept or decline.
+    RequestIn,
+    Blocked,
+    Removed,
+}
+
+impl From<i32> for FriendState {
+    fn from(s: i32) -> Self {
+        use v1::FriendState as S;
+        match S::try_from(s).unwrap_or(S::None) {
+            S::None => FriendState::Stranger,
+            S::Friend => FriendState::Friend,
+            S::RequestOut => FriendState::RequestOut,
+            S::RequestIn => FriendState::RequestIn,
+            S::Blocked => FriendState::Blocked,
+            S::Removed => FriendState::Removed,
+        }
+    }
+}
+
+/// What to do about another user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum FriendAction {
+    Accept,
+    Decline,
+    Remove,
+    Block,
+    Unblock,
+}
+
+impl From<FriendAction> for ferry_client::FriendAction {
+    fn from(a: FriendAction) -> Self {
+        match a {
+            FriendAction::Accept => ferry_client::FriendAction::Accept,
+            FriendAction::Decline => ferry_client::FriendAction::Decline,
+            FriendAction::Remove => ferry_client::FriendAction::Remove,
+            FriendAction::Block => ferry_client::FriendAction::Block,
+            FriendAction::Unblock => ferry_client::FriendAction::Unblock,
+        }
+    }
+}
+
+/// The state a friend action left, and the friend list's new version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct FriendActionResult {
+    pub state: FriendState,
+    pub version: u64,
+}
+
+impl From<v1::FriendActionResp> for FriendActionResult {
+    fn from(r: v1::FriendActionResp) -> Self {
+        FriendActionResult {
+            state: r.state.into(),
+            version: r.version,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Friend {
+    pub user_id: u64,
+    pub username: String,
+    pub state: FriendState,
+    pub greeting: String,
+    pub since_ms: i64,
+}
+
+/// The friend list, whole (`full`) or the changes since the version asked for.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct FriendList {
+    pub version: u64,
+    pub friends: Vec<Friend>,
+    pub full: bool,
+}
+
+impl From<v1::FriendListResp> for FriendList {
+    fn from(r: v1::FriendListResp) -> Self {
+        FriendList {
+            version: r.version,
+            full: r.full,
+            friends: r
+                .friends
+                .into_iter()
+                .map(|f| Friend {
+                    user_id: f.user_id,
+                    username: f.username,
+                    state: f.state.into(),
+                    greeting: f.greeting,
+                    since_ms: f.since_ms,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum GroupRole {
+    Member,
+    Admin,
+    Owner,
+}
+
+impl From<i32> for GroupRole {
+    fn from(r: i32) -> Self {
+        match v1::GroupRole::try_from(r).unwrap_or(v1::GroupRole::Member) {
+            v1::GroupRole::Member => GroupRole::Member,
+            v1::GroupRole::Admin => GroupRole::Admin,
+            v1::GroupRole::Owner => GroupRole::Owner,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct GroupMember {
+    pub username: String,
+    pub role: GroupRole,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Group {
+    pub group_id: u64,
+    pub name: String,
+    pub announcement: String,
+    pub owner: String,
+    pub latest_gseq: u64,
+    /// Filled by `group_info`; the group list leaves it empty.
+    pub members: Vec<GroupMember>,
+    pub share_history: bool,
+    /// Where this user's view of the log begins.
+    pub joined_gseq: u64,
+    pub member_count: u32,
+}
+
+impl From<v1::Group> for Group {
+    fn from(g: v1::Group) -> Self {
+        Group {
+            group_id: g.group_id,
+            name: g.name,
+            announcement: g.announcement,
+            owner: g.owner,
+            latest_gseq: g.latest_gseq,
+            members: g
+                .members
+                .into_iter()
+                .map(|m| GroupMember {
+                    username: m.username,
+                    role: m.role.into(),
+                })
+                .collect(),
+            share_history: g.share_history,
+            joined_gseq: g.joined_gseq,
+            member_count: g.member_count,
+        }
+    }
+}
+
+/// A platform push service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum PushProvider {
+    Apns,
+    Fcm,
+    WebPush,
+    UnifiedPush,
+}
+
+/// How much of a message a push shows on the lock screen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum PushPreview {
+    /// "New message" only.
+    Hidden,
+    /// The sender's name.
+    Sender,
+    /// The sender and the text.
+    Full,
+}
+
+/// This device's push target (docs/protocol.md, Push). Build one with `apns_target`,
+/// `fcm_target` or `unified_push_target` and adjust the rest.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct PushTarget {
+    pub provider: PushProvider,
+    /// APNs device token (hex) or FCM registration token.
+    pub token: String,
+    /// Web Push / UnifiedPush endpoint URL and keys.
+    pub endpoint: String,
+    pub p256dh: String,
+    pub auth: String,
+    /// APNs topic (bundle id) or Firebase project.
+    pub app_id: String,
+    pub sandbox: bool,
+    pub locale: String,
+    pub preview: PushPreview,
+    /// Do-not-disturb window in minutes after local midnight (equal: off).
+    pub dnd_start_min: u32,
+    pub dnd_end_min: u32,
+    pub utc_offset_min: i32,
+    /// Filled by the server.
+    pub device_id: String,
+    pub created_ms: i64,
+}
+
+impl From<v1::PushTarget> for PushTarget {
+    fn from(t: v1::PushTarget) -> Self {
+        PushTarget {
+            provider: match t.provider() {
+                v1::PushProvider::Fcm => PushProvider::Fcm,
+                v1::PushProvider::Webpush => PushProvider::WebPush,
+                v1::PushProvider::Unifiedpush => PushProvider::UnifiedPush,
+                v1::PushProvider::Apns | v1::PushProvider::Unspecified => PushProvider::Apns,
+            },
+            preview: match t.preview() {
+                v1::PushPreview::PreviewNone => PushPreview::Hidden,
+                v1::PushPreview::PreviewSender => PushPreview::Sender,
+                v1::PushPreview::PreviewFull => PushPreview::Full,
+            },
+            token: t.token,
+            endpoint: t.endpoint,
+            p256dh: t.p256dh,
+            auth: t.auth,
+            app_id: t.app_id,
+            sandbox: t.sandbox,
+            locale: t.locale,
+            dnd_start_min: t.dnd_start_min,
+            dnd_end_min: t.dnd_end_min,
+            utc_offset_min: t.utc_offset_min,
+            device_id: t.device_id,
+            created_ms: t.created_ms,
+        }
+    }
+}
+
+impl From<PushTarget> for v1::PushTarget {
+    fn from(t: PushTarget) -> Self {
+        v1::PushTarget {
+            provider: match t.provider {
+                PushProvider::Apns => v1::PushProvider::Apns,
+                PushProvider::Fcm => v1::PushProvider::Fcm,
+                PushProvider::WebPush => v1::PushProvider::Webpush,
+                PushProvider::UnifiedPush => v1::PushProvider::Unifiedpush,
+            } as i32,
+            preview: match t.preview {
+                PushPreview::Hidden => v1::PushPreview::PreviewNone,
+                PushPreview::Sender => v1::PushPreview::PreviewSender,
+                PushPreview::Full => v1::PushPreview::PreviewFull,
+            } as i32,
+            token: t.token,
+            endpoint: t.endpoint,
+            p256dh: t.p256dh,
+            auth: t.auth,
+            app_id: t.app_id,
+            sandbox: t.sandbox,
+            locale: t.locale,
+            dnd_start_min: t.dnd_start_min,
+            dnd_end_min: t.dnd_end_min,
+            utc_offset_min: t.utc_offset_min,
+            device_id: t.device_id,
+            created_ms: t.created_ms,
+        }
+    }
+}
+
+/// What a push carries (the `ferry` object): "sync up to at least `seq`". The app
+/// shows what the sync brings, not this.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct PushData {
+    pub seq: u64,
+    pub count: u32,
+    /// `message`, `group`, `mention`, `friend`, `recall` or `test`.
+    pub kind: String,
+    pub from: String,
+    pub group_id: u64,
+    pub text: String,
+}
+
+impl From<ferry_client::push::PushData> for PushData {
+    fn from(p: ferry_client::push::PushData) -> Self {
+        PushData {
+            seq: p.seq,
+            count: p.count,
+            kind: p.kind,
+            from: p.from,
+            group_id: p.group_id,
+            text: p.text,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::ErrorCode;
+
+    /// The code of a `Stopped` event's error, if the server refused.
+    fn stopped_code(e: &Event) -> Option<ErrorCode> {
+        match e {
+            Event::Stopped {
+                error: FerryError::Server { code, .. },
+            } => Some(*code),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn inbox_and_group_entries_map_with_their_positions() {
+        let m = v1::Message {
+            msg_id: 7,
+            from: "ann".into(),
+            to: "bob".into(),
+            text: "hi".into(),
+            ..Default::default()
+        };
+        let e = Event::from_client(
+            ClientEvent::Entry(v1::Entry {
+                seq: 3,
+                kind: Some(v1::entry::Kind::Message(m.clone())),
+                time_ms: 0,
+            }),
+            "bob",
+        );
+        let Event::Message { message } = e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            (
+                message.seq,
+                message.gseq,
+                message.outgoing,
+                message.text.as_str()
+            ),
+            (3, 0, false, "hi")
+        );
+        let g = Event::from_client(
+            ClientEvent::Group {
+                group_id: 9,
+                entry: v1::GroupEntry {
+                    gseq: 4,
+                    kind: Some(v1::group_entry::Kind::Message(m)),
+                    time_ms: 0,
+                },
+            },
+            "ann",
+        );
+        let Event::Message { message } = g else {
+            panic!("{g:?}")
+        };
+        assert_eq!(
+            (
+                message.seq,
+                message.gseq,
+                message.group_id,
+                message.outgoing
+            ),
+            (0, 4, 9, true)
+        );
+        let stopped = Event::from_client(
+            ClientEvent::Stopped {
+                error: ferry_client::ClientError::server(v1::ErrorCode::Kicked, "bye", 0),
+            },
+            "ann",
+        );
+        assert_eq!(stopped_code(&stopped), Some(ErrorCode::Kicked));
+    }
+
+    #[test]
+    fn push_targets_round_trip() {
+        let t: PushTarget = ferry_client::push::apns("ab12", "chat.ferry.app", true).into();
+        assert_eq!(t.provider, PushProvider::Apns);
+        let back: v1::PushTarget = t.clone().into();
+        assert_eq!(back.provider(), v1::PushProvider::Apns);
+        assert_eq!(PushTarget::from(back), t);
+    }
+}
