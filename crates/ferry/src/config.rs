@@ -105,6 +105,7 @@ pub const ENV_VARS: &[&str] = &[
     "FERRY_REQUIRE_CHROMIUM",
     "FERRY_DASHBOARD_SCREENSHOT",
     "FERRY_PYTHON",
+    "FERRY_BIN",
     // The memory allocator (jemalloc's options).
     "_RJEM_MALLOC_CONF",
 ];
