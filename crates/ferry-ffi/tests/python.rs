@@ -30,13 +30,24 @@ fn the_python_sdk_passes_its_tests_against_a_real_server() {
     let lib_name = built.cdylib.file_name().unwrap();
     std::fs::copy(&built.cdylib, dest.join(lib_name)).unwrap();
 
-    // The `pytest` script, not `python -m pytest`, which would put sdk/python (the
-    // package without a library) ahead of the copy on PYTHONPATH.
-    let pytest = python.with_file_name("pytest");
+    // pytest through the venv's python, from the folder holding the copy: its first
+    // sys.path entry is then that copy, not sdk/python (the package without a library).
+    // Not the venv's `pytest` script: the venv is made under a temporary name and moved
+    // into place (ferry_testkit::python_venv), so its scripts' `#!` lines name a folder
+    // that is gone.
     let result = common::run(
-        Command::new(pytest)
-            .current_dir(root.join("sdk/python"))
-            .args(["-q", "-p", "no:cacheprovider", "tests"])
+        Command::new(&python)
+            .current_dir(pkg.path())
+            .args([
+                "-c",
+                "import sys, pytest; sys.exit(pytest.main(sys.argv[1:]))",
+                "-q",
+                "-p",
+                "no:cacheprovider",
+                "--rootdir",
+            ])
+            .arg(root.join("sdk/python"))
+            .arg(root.join("sdk/python/tests"))
             .env("PYTHONPATH", pkg.path())
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .env("TEST_FERRY_BIN", &built.ferry),

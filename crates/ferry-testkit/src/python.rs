@@ -84,7 +84,9 @@ pub fn run(cmd: &mut Command, limit: Duration) -> Result<String, String> {
 /// The python of the venv `target/<name>` with `requirements` (a path from the
 /// repository's root) installed, made (again) when missing or when the requirements
 /// changed. `pip_args` go to `pip install` before `--require-hashes -r <file>` (e.g.
-/// `--only-binary=:all:`).
+/// `--only-binary=:all:`). Run tools through that python (`python -m tool`, or
+/// `python -c`): the venv is made under a temporary name and then moved into place, so
+/// the `#!` lines of its scripts (`bin/pytest`, …) name a folder that is gone.
 pub fn python_venv(name: &str, requirements: &str, pip_args: &[&str]) -> Result<PathBuf, String> {
     let requirements = repo_root().join(requirements);
     let pins = std::fs::read_to_string(&requirements)
