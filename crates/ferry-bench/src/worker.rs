@@ -344,7 +344,14 @@ pub async fn run(spec: &str) -> anyhow::Result<()> {
     });
     let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    {
+    // A scenario it does not know is refused below before anything runs; stdin is not
+    // read then, so its closing cannot overtake the refusal (the reason said would be
+    // "orphaned" instead of the scenario's name).
+    let known = matches!(
+        spec.scenario.as_str(),
+        "idle" | "p2p" | "login" | "reconnect"
+    );
+    if known {
         let (quit, stopped) = (quit_tx.clone(), stopped.clone());
         tokio::spawn(async move {
             let mut lines = BufReader::new(tokio::io::stdin()).lines();
