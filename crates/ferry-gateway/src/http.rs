@@ -45,7 +45,10 @@ pub fn router(gw: Arc<Gateway>) -> Router {
 }
 
 /// The headers of Ferry's answers a page on another origin may read.
-const EXPOSED: &str = "Ferry-Session, Ferry-Poll-Hold-Ms, Ferry-Protocol, Content-Range, ETag";
+/// `Date` too: a sealed request refused for its clock is corrected by it (§3.1), and a
+/// browser reads no other header of a cross-origin answer unless it is named here.
+const EXPOSED: &str =
+    "Ferry-Session, Ferry-Poll-Hold-Ms, Ferry-Protocol, Content-Range, ETag, Date";
 
 /// CORS for the `/v1/` paths (docs/protocol.md §7.1a): any origin may call them — no
 /// cookie is read, the credentials ride inside sealed bodies or the `Authorization`

@@ -306,14 +306,14 @@ export class FerryClient {
    *  server said (a sealed request more than 120 s off its clock is refused). */
   private now = (): number => Date.now() + this.clockOffsetMs;
 
-  /** A sealed short-link POST, tried on each endpoint until one answers. A refusal for a
-   *  clock too far off corrects the clock (by the answer's Date, else by the offset the
-   *  server names, either way) and goes again. */
+  /** A sealed short-link POST, tried on each endpoint until one answers. A refusal whose
+   *  `sent_ms` was over 120 s off the answer's `Date` corrects the clock by that `Date`
+   *  and goes again, once (docs/protocol.md §3.1). */
   private async shortPost(path: string, token: string, body: Uint8Array): Promise<Uint8Array> {
     const key = await this.key();
     let last: FerryError | undefined;
     for (const ep of this.shortEndpoints()) {
-      let corrections: number[] | undefined;
+      let corrected = false;
       for (;;) {
         try {
           const r = await new ShortLink(ep, key, this.timeoutMs, this.now).postSealed(path, token, body);
@@ -321,16 +321,9 @@ export class FerryClient {
           return r;
         } catch (e) {
           const fe = asFerryError(e) as FerryError & { serverDateMs?: number };
-          const off = fe.is(ErrorCode.BAD_REQUEST) ? fe.message.match(/clock is (\d+) s off/) : null;
-          if (off) {
-            if (!corrections) {
-              const n = Number(off[1]) * 1000;
-              const base = this.clockOffsetMs;
-              corrections = fe.serverDateMs !== undefined ? [fe.serverDateMs - Date.now()] : [base - n, base + n];
-            }
-            const next = corrections.shift();
-            if (next === undefined) throw fe;
-            this.clockOffsetMs = next;
+          if (!corrected && fe.serverDateMs !== undefined) {
+            corrected = true;
+            this.clockOffsetMs = fe.serverDateMs - Date.now();
             continue;
           }
           if (fe.kind !== "network" && fe.kind !== "timeout") throw fe;

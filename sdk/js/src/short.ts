@@ -23,6 +23,10 @@ function refusal(status: number, body: Uint8Array): FerryError {
   return new FerryError("network", `HTTP ${status}`);
 }
 
+/** How far `sent_ms` may be from the answer's `Date` before a 400 is taken for a
+ *  refusal of the device's clock (§3.1: the server allows 120 s; `Date` has seconds). */
+const CLOCK_OFF_MS = 60_000;
+
 export class ShortLink {
   readonly base: string;
   /** `now` is the clock sealed requests carry (unix ms): the device's, corrected by the
@@ -54,7 +58,8 @@ export class ShortLink {
 
   /** POSTs `body` sealed (the token inside it) to `/v1/{path}`; the opened answer body. */
   async postSealed(path: string, token: string, body: Uint8Array): Promise<Uint8Array> {
-    const { wire, reply } = sealRequest(this.serverKey, token, body, BigInt(Math.round(this.now())));
+    const sentMs = Math.round(this.now());
+    const { wire, reply } = sealRequest(this.serverKey, token, body, BigInt(sentMs));
     const r = await this.fetch(path, {
       method: "POST",
       headers: { "Content-Type": CONTENT_TYPE },
@@ -69,8 +74,10 @@ export class ShortLink {
         // Sealed to another key than this server's.
         throw new FerryError("server-key", `${e.message} (the pinned server key is not this server's)`, { code: e.code });
       }
+      // A refusal for the clock (§3.1): sent_ms far off the server's clock, which the
+      // answer's Date gives (to the second; the server's limit is 120 s).
       const date = Date.parse(r.headers.get("date") ?? "");
-      if (e.codeName === "BAD_REQUEST" && /clock/.test(e.message) && !Number.isNaN(date)) {
+      if (e.codeName === "BAD_REQUEST" && !Number.isNaN(date) && Math.abs(date - sentMs) > CLOCK_OFF_MS) {
         (e as FerryError & { serverDateMs?: number }).serverDateMs = date;
       }
       throw e;
