@@ -15,7 +15,6 @@
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use http::{header, HeaderValue};
 
 /// Every file of the app: path under `/chat/`, body, content type.
 const FILES: &[(&str, &str, &str)] = &[
@@ -71,39 +70,15 @@ pub fn routes() -> Router {
 }
 
 fn file(name: &str) -> Response {
-    let Some((_, body, content_type)) = FILES.iter().find(|(n, _, _)| *n == name) else {
-        return http::StatusCode::NOT_FOUND.into_response();
-    };
-    let mut r = (*body).into_response();
-    let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    // The files change with the binary: revalidate every time (a development server's
-    // rule; the answers are small and local).
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(CSP),
-    );
-    h.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    h.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
-    );
-    r
+    match FILES.iter().find(|(n, _, _)| *n == name) {
+        Some((_, body, content_type)) => crate::web::asset(body, content_type, CSP),
+        None => http::StatusCode::NOT_FOUND.into_response(),
+    }
 }
 
 /// The address to print for the chat (a wildcard listen address becomes loopback).
 pub fn chat_url(addr: std::net::SocketAddr) -> String {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let ip = match addr.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    format!("http://{}/chat", std::net::SocketAddr::new(ip, addr.port()))
+    format!("http://{}/chat", crate::web::browsable(addr))
 }
 
 #[cfg(test)]

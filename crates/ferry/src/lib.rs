@@ -13,6 +13,7 @@ pub mod config;
 pub mod monitor;
 pub mod server;
 pub mod server_key;
+pub mod web;
 
 pub use config::Config;
 pub use server::Server;

@@ -397,13 +397,7 @@ impl Monitor {
 /// loopback address of its family, and the token rides in the fragment (which the
 /// browser never sends to the server; the page moves it to its local storage).
 pub fn dashboard_url(addr: std::net::SocketAddr, token: &str) -> String {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    let ip = match addr.ip() {
-        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
-        ip => ip,
-    };
-    let at = std::net::SocketAddr::new(ip, addr.port());
+    let at = crate::web::browsable(addr);
     format!("http://{at}/dashboard#token={token}")
 }
 
