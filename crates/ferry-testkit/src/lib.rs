@@ -40,6 +40,7 @@
 //! It uses `unsafe` for a few libc calls (the parent-death signal, `atexit`, the
 //! `postgres` user's ids), so it stays out of a workspace-wide `unsafe_code = "forbid"`.
 
+pub mod node;
 pub mod pg;
 pub mod procs;
 pub mod proxy;
@@ -52,6 +53,7 @@ pub mod server;
 #[cfg(feature = "server")]
 pub mod ws;
 
+pub use node::npm_ci;
 pub use pg::Db;
 pub use procs::{free_port, Nats, Node};
 pub use proxy::{Proxy, ProxyOptions};

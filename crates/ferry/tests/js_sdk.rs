@@ -5,14 +5,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::SystemTime;
 
 fn sdk_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sdk/js")
-}
-
-fn modified(p: &Path) -> Option<SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
 }
 
 fn run(cmd: &mut Command, what: &str) {
@@ -46,20 +41,7 @@ fn js_sdk_node_tests() {
         "the TypeScript SDK needs node ≥ 20, found {version:?}"
     );
 
-    let lock = dir.join("package-lock.json");
-    let installed = dir.join("node_modules/.package-lock.json");
-    let stale = match (modified(&lock), modified(&installed)) {
-        (Some(l), Some(i)) => l > i,
-        _ => true,
-    };
-    if stale {
-        run(
-            Command::new("npm")
-                .args(["ci", "--no-audit", "--no-fund"])
-                .current_dir(&dir),
-            "npm ci in sdk/js",
-        );
-    }
+    ferry_testkit::npm_ci(&dir);
     run(
         Command::new("npm").args(["run", "build"]).current_dir(&dir),
         "npm run build in sdk/js",

@@ -11,84 +11,16 @@
 //! (set by `.ci/run` once chromium is installed) makes that a failure — the rule of
 //! `tests/dashboard.rs`. Without node it fails: the tests are part of the suite.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use ferry_testkit::*;
 
-struct Answer {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A plain HTTP/1.1 GET, read to the end (`Connection: close`).
-fn get(addr: &str, path: &str) -> Answer {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("an HTTP head");
-    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
-        .collect();
-    let mut body = raw[split + 4..].to_vec();
-    if headers
-        .iter()
-        .any(|(k, v)| k == "transfer-encoding" && v == "chunked")
-    {
-        body = dechunk(&body);
-    }
-    Answer {
-        status,
-        headers,
-        body,
-    }
-}
-
-fn dechunk(mut s: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Some(i) = s.windows(2).position(|w| w == b"\r\n") {
-        let size = std::str::from_utf8(&s[..i]).unwrap().trim();
-        let n = usize::from_str_radix(size, 16).unwrap();
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&s[i + 2..i + 2 + n]);
-        s = &s[i + 2 + n + 2..];
-    }
-    out
+/// A plain HTTP/1.1 GET on a fresh connection, read to its end.
+fn get(rt: &tokio::runtime::Runtime, addr: &str, path: &str) -> HttpAnswer {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    rt.block_on(http_request(addr, req.as_bytes()))
 }
 
 fn repo() -> PathBuf {
@@ -119,16 +51,23 @@ fn chat_files_are_served_with_their_types() {
         ("/chat/icon.svg", "icon.svg", "image/svg+xml"),
     ];
     for (path, file, ty) in files {
-        let a = get(&addr, path);
+        let a = get(&rt, &addr, path);
         assert_eq!(a.status, 200, "{path}");
-        assert_eq!(a.header("content-type"), Some(ty), "{path}");
+        assert_eq!(a.header("content-type").as_deref(), Some(ty), "{path}");
         assert_eq!(
             a.body,
             std::fs::read(web.join(file)).unwrap(),
             "{path} is web/chat/{file} as built in"
         );
-        assert_eq!(a.header("cache-control"), Some("no-cache"), "{path}");
-        assert_eq!(a.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(
+            a.header("cache-control").as_deref(),
+            Some("no-cache"),
+            "{path}"
+        );
+        assert_eq!(
+            a.header("x-content-type-options").as_deref(),
+            Some("nosniff")
+        );
         let csp = a.header("content-security-policy").expect("a CSP");
         assert!(csp.contains("script-src 'self'"), "{csp}");
         assert!(
@@ -139,17 +78,17 @@ fn chat_files_are_served_with_their_types() {
         assert!(!csp.contains("unsafe"), "{csp}");
     }
     // The page loads only what is served.
-    let page = String::from_utf8(get(&addr, "/chat").body).unwrap();
+    let page = String::from_utf8(get(&rt, &addr, "/chat").body).unwrap();
     for asset in ["/chat/app.js", "/chat/app.css", "/chat/icon.svg"] {
         assert!(page.contains(asset), "index.html refers to {asset}");
     }
-    let app = String::from_utf8(get(&addr, "/chat/app.js").body).unwrap();
+    let app = String::from_utf8(get(&rt, &addr, "/chat/app.js").body).unwrap();
     assert!(
         app.contains("from \"./ferry-sdk.js\""),
         "app.js imports the SDK bundle"
     );
     for missing in ["/chat/nope.js", "/chat/../Cargo.toml", "/chatx"] {
-        assert_eq!(get(&addr, missing).status, 404, "{missing}");
+        assert_eq!(get(&rt, &addr, missing).status, 404, "{missing}");
     }
     rt.block_on(srv.server.shutdown());
 }
@@ -171,23 +110,6 @@ fn find_chromium() -> Option<String> {
         .iter()
         .find(|n| have(n, "--version"))
         .map(|n| n.to_string())
-}
-
-/// `npm ci` when `node_modules` is missing or older than the lockfile.
-fn npm_ci(dir: &Path) {
-    let lock = dir.join("package-lock.json");
-    let stamp = dir.join("node_modules/.package-lock.json");
-    let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let fresh = matches!((modified(&stamp), modified(&lock)), (Some(s), Some(l)) if s >= l);
-    if fresh && dir.join("node_modules/playwright-core").is_dir() {
-        return;
-    }
-    let status = Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(dir)
-        .status()
-        .expect("running npm (apt-get install npm)");
-    assert!(status.success(), "npm ci in {} failed", dir.display());
 }
 
 #[test]
