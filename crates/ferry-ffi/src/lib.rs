@@ -286,6 +286,23 @@ impl EventQueue {
     }
 }
 
+impl Client {
+    /// Adds (`add`) or removes members: one request, `group/add` or `group/remove`.
+    async fn group_members(
+        &self,
+        group_id: u64,
+        users: Vec<String>,
+        add: bool,
+    ) -> Result<Group, FerryError> {
+        let a = self.inner.account();
+        on_runtime(async move {
+            let users: Vec<&str> = users.iter().map(String::as_str).collect();
+            Ok(a.group_members(group_id, &users, add).await?.into())
+        })
+        .await
+    }
+}
+
 #[uniffi::export]
 impl Client {
     // ---- state ---------------------------------------------------------------------
@@ -636,12 +653,7 @@ impl Client {
         group_id: u64,
         users: Vec<String>,
     ) -> Result<Group, FerryError> {
-        let a = self.inner.account();
-        on_runtime(async move {
-            let users: Vec<&str> = users.iter().map(String::as_str).collect();
-            Ok(a.group_members(group_id, &users, true).await?.into())
-        })
-        .await
+        self.group_members(group_id, users, true).await
     }
 
     /// Removes members (admins and the owner).
@@ -650,12 +662,7 @@ impl Client {
         group_id: u64,
         users: Vec<String>,
     ) -> Result<Group, FerryError> {
-        let a = self.inner.account();
-        on_runtime(async move {
-            let users: Vec<&str> = users.iter().map(String::as_str).collect();
-            Ok(a.group_members(group_id, &users, false).await?.into())
-        })
-        .await
+        self.group_members(group_id, users, false).await
     }
 
     pub async fn leave_group(&self, group_id: u64) -> Result<(), FerryError> {
