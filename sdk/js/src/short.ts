@@ -70,15 +70,17 @@ export class ShortLink {
     if (!sealed) {
       if (r.ok) throw new FerryError("protocol", "the server answered a sealed request in plain");
       const e = refusal(r.status, raw);
-      if (e.codeName === "BAD_REQUEST" && /does not open/.test(e.message)) {
-        // Sealed to another key than this server's.
-        throw new FerryError("server-key", `${e.message} (the pinned server key is not this server's)`, { code: e.code });
-      }
-      // A refusal for the clock (§3.1): sent_ms far off the server's clock, which the
-      // answer's Date gives (to the second; the server's limit is 120 s).
       const date = Date.parse(r.headers.get("date") ?? "");
-      if (e.codeName === "BAD_REQUEST" && !Number.isNaN(date) && Math.abs(date - sentMs) > CLOCK_OFF_MS) {
-        (e as FerryError & { serverDateMs?: number }).serverDateMs = date;
+      if (e.codeName === "BAD_REQUEST" && !Number.isNaN(date)) {
+        if (Math.abs(date - sentMs) > CLOCK_OFF_MS) {
+          // Refused for the clock: sent_ms far off the server's, which the answer's Date
+          // gives (to the second; the server allows 120 s).
+          (e as FerryError & { serverDateMs?: number }).serverDateMs = date;
+        } else {
+          // Within the clock window a well-formed request with fresh keys is refused in
+          // plain only when it does not open: sealed to another key (§3.1).
+          throw new FerryError("server-key", `${e.message} (the pinned server key is not this server's)`, { code: e.code });
+        }
       }
       throw e;
     }
