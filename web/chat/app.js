@@ -167,10 +167,10 @@ function addMessage(c, message, gseq) {
   const mine = message.from === S.me;
   let m = c.msgs.find((x) => x.id === id);
   if (!m && mine) {
-    // Our own send, from this tab: adopt the pending copy (its ack may still be on the way).
-    const hasMedia = !!(message.media && message.media.mediaId);
-    m = c.msgs.find((x) => !x.id && x.status !== "failed" && x.text === message.text
-      && !!x.local === true && x.hasMedia === hasMedia);
+    // Our own send, from this tab: adopt the pending copy by the client_msg_id it was
+    // sent with (its ack may still be on the way).
+    const cmid = String(message.clientMsgId);
+    m = c.msgs.find((x) => !x.id && x.cmid === cmid);
   }
   const fresh = !m;
   if (!m) {
@@ -333,9 +333,16 @@ async function sendRead(c) {
 
 // ---- sending -----------------------------------------------------------------------------
 
+/** A random non-zero u64: the client_msg_id a send goes with. */
+function newClientMsgId() {
+  const v = crypto.getRandomValues(new BigUint64Array(1))[0];
+  return v === 0n ? 1n : v;
+}
+
 function pending(c, fields) {
+  const cmid = newClientMsgId();
   const m = { key: `l${++localIds}`, id: null, local: true, seqLocal: localIds, from: S.me,
-              time: Date.now(), text: "", media: null, status: "sending", ...fields };
+              time: Date.now(), text: "", media: null, status: "sending", cmid: String(cmid), ...fields };
   c.msgs.push(m);
   changed(c);
   return m;
@@ -344,9 +351,10 @@ function pending(c, fields) {
 async function sendText(c, text) {
   const m = pending(c, { text, hasMedia: false });
   try {
+    const opts = { clientMsgId: BigInt(m.cmid) };
     const ack = c.kind === "user"
-      ? await S.client.sendText(c.peer, text)
-      : await S.client.sendGroupText(big(c.groupId), text, mentionsIn(text, c));
+      ? await S.client.sendText(c.peer, text, opts)
+      : await S.client.sendGroupText(big(c.groupId), text, mentionsIn(text, c), opts);
     settle(c, m, ack);
   } catch (e) {
     m.status = "failed";
@@ -409,6 +417,7 @@ async function sendImage(c, file) {
     const ack = await S.client.sendImage(to, bytes, {
       contentType: file.type || "application/octet-stream",
       width: t.width, height: t.height, thumbnail: t.bytes, thumbWidth: t.w, thumbHeight: t.h,
+      clientMsgId: BigInt(m.cmid),
       onProgress: (p) => {
         // The thumbnail is small: it counts for the first 5 %.
         const f = p.total ? p.sent / p.total : 1;

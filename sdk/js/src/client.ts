@@ -130,6 +130,19 @@ function isBrowser(): boolean {
   return typeof (globalThis as { document?: unknown }).document !== "undefined";
 }
 
+/** A send's options: `clientMsgId` (non-zero; default random) is the id the stored
+ *  message carries back (`Message.clientMsgId`), so an app recognizes its own pending
+ *  message in what sync brings, before or after the ack (docs/protocol.md §2). */
+export interface SendOptions {
+  clientMsgId?: bigint;
+}
+
+function clientMsgId(opts: SendOptions): bigint {
+  if (opts.clientMsgId === undefined) return randomU64();
+  if (opts.clientMsgId <= 0n || opts.clientMsgId >= 1n << 64n) throw new RangeError("clientMsgId must be a non-zero u64");
+  return opts.clientMsgId;
+}
+
 export class FerryClient {
   private store: StateStore;
   private servers: string[];
@@ -971,12 +984,12 @@ export class FerryClient {
     }
   }
 
-  sendText(to: string, text: string): Promise<SendAck> {
-    return this.enqueueSend(create(SendMsgSchema, { clientMsgId: randomU64(), to, text }));
+  sendText(to: string, text: string, opts: SendOptions = {}): Promise<SendAck> {
+    return this.enqueueSend(create(SendMsgSchema, { clientMsgId: clientMsgId(opts), to, text }));
   }
 
-  sendGroupText(groupId: bigint, text: string, mentions: string[] = []): Promise<SendAck> {
-    return this.enqueueSend(create(SendMsgSchema, { clientMsgId: randomU64(), groupId, text, mentions }));
+  sendGroupText(groupId: bigint, text: string, mentions: string[] = [], opts: SendOptions = {}): Promise<SendAck> {
+    return this.enqueueSend(create(SendMsgSchema, { clientMsgId: clientMsgId(opts), groupId, text, mentions }));
   }
 
   async recall(msgId: bigint): Promise<void> {
@@ -1113,7 +1126,7 @@ export class FerryClient {
       contentType: string; width?: number; height?: number; thumbnail: Uint8Array;
       thumbWidth?: number; thumbHeight?: number;
       onProgress?: (p: SendProgress) => void; onSent?: (ack: SendAck) => void;
-    },
+    } & SendOptions,
   ): Promise<SendAck> {
     const original = await this.mediaCreate(image, MediaKind.MEDIA_IMAGE, opts.contentType);
     const thumb = await this.mediaCreate(opts.thumbnail, MediaKind.MEDIA_THUMBNAIL, "image/jpeg");
@@ -1123,7 +1136,7 @@ export class FerryClient {
       mediaId: original.mediaId, kind: MediaKind.MEDIA_IMAGE, size: BigInt(image.length),
       contentType: opts.contentType, width: opts.width ?? 0, height: opts.height ?? 0, thumbId: t.mediaId || thumb.mediaId,
     });
-    const msg = create(SendMsgSchema, { clientMsgId: randomU64(), media });
+    const msg = create(SendMsgSchema, { clientMsgId: clientMsgId(opts), media });
     if ("user" in to) msg.to = to.user;
     else msg.groupId = to.groupId;
     const ack = await this.enqueueSend(msg);

@@ -71,6 +71,30 @@ for (const transport of ["lp", "ws"]) {
   });
 }
 
+test("a send's clientMsgId comes back on the stored message, for sender and recipient", async () => {
+  const a = await user(srv, "cmid", { transports: ["lp"] });
+  const b = await user(srv, "cmidpeer", { transports: ["lp"] });
+  await befriend(a, b);
+  await Promise.all([a.connect(), b.connect()]);
+  const gotA = [];
+  const gotB = [];
+  a.on("message", (m) => gotA.push(m.message));
+  b.on("message", (m) => gotB.push(m.message));
+  // Two sends with the same text: only their ids tell them apart.
+  const ids = [0x1234_5678_9abc_def0n, 0xfedc_ba98_7654_3210n];
+  const acks = [];
+  for (const id of ids) acks.push(await a.sendText(b.username, "same text", { clientMsgId: id }));
+  await until(() => gotA.length === 2 && gotB.length === 2, 10000, "both copies on both sides");
+  assert.deepEqual(gotA.map((m) => m.clientMsgId), ids);
+  assert.deepEqual(gotB.map((m) => m.clientMsgId), ids);
+  assert.deepEqual(gotA.map((m) => m.msgId), acks.map((k) => k.msgId));
+  // The same id again is the same message (stored once, §2): the first ack again.
+  const again = await a.sendText(b.username, "same text", { clientMsgId: ids[0] });
+  assert.equal(again.msgId, acks[0].msgId);
+  assert.throws(() => a.sendText(b.username, "x", { clientMsgId: 0n }), RangeError);
+  await Promise.all([a.close(), b.close()]);
+});
+
 test("sending to a stranger is PERMISSION_DENIED", async () => {
   const a = await user(srv, "lonely", { transports: ["lp"] });
   const b = await user(srv, "stranger");
