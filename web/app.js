@@ -246,6 +246,7 @@
     $("#board").hidden = false;
     $("#signout").hidden = false;
     if (body.dataset.state === "locked") live("connecting");
+    refreshAudit();
     controller = new AbortController();
     let resp;
     try {
@@ -312,6 +313,34 @@
   setInterval(() => {
     if (body.dataset.state === "live" && Date.now() - lastEvent > STALE_MS) live("stale");
   }, 1000);
+
+  // ---- the audit log (admin API), every 5 s while live --------------------------------
+  async function refreshAudit() {
+    if (body.dataset.state === "locked" || !token()) return;
+    let resp;
+    try {
+      resp = await fetch("/v1/admin/audit?limit=20", {
+        headers: { Authorization: "Bearer " + token() },
+        cache: "no-store",
+      });
+    } catch (e) {
+      return;
+    }
+    if (!resp.ok) return;
+    let v;
+    try { v = await resp.json(); } catch (e) { return; }
+    const rows = (v.entries || []).map((e) => {
+      const params = e.detail && e.detail.params ? Object.values(e.detail.params).join(" ") : "";
+      return [
+        cell(new Date(e.at_ms).toLocaleString()), cell(e.actor), cell(e.peer),
+        cell(e.op), cell(params), cell(String(e.status), "n"),
+      ];
+    });
+    fillTable("#t-audit", rows);
+    $("#audit-empty").hidden = rows.length > 0;
+    body.dataset.auditRows = String(rows.length);
+  }
+  setInterval(refreshAudit, 5000);
 
   // ---- start -------------------------------------------------------------------------
   $("#login-form").addEventListener("submit", (ev) => {
