@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Accounts;
+use crate::admin_ops::Ops;
 use crate::admission::{Admission, Class};
 use crate::attach::Attachments;
 use crate::config::LogicConfig;
@@ -45,6 +46,9 @@ pub struct Logic {
     moments: Arc<Moments>,
     profile: Profile,
     groups: Arc<Groups>,
+    /// The admin API's operations (groups, recall, broadcast, limit overrides).
+    #[allow(dead_code)] // Wired to the admin API's routes by the plumbing (issue 23).
+    ops: Ops,
     media: Media,
     endpoints: Endpoints,
     push: Arc<PushService>,
@@ -90,6 +94,7 @@ impl Logic {
                 push.clone(),
             ),
             profile: Profile::new(core.clone()),
+            ops: Ops::new(core.clone(), notifier.clone(), groups.clone(), push.clone()),
             media: Media::new(core.clone(), attach, moments.clone()),
             endpoints: Endpoints::new(core.clone(), notifier.clone()),
             push,

@@ -23,6 +23,7 @@ mod accounts;
 mod groups;
 mod inbox;
 mod media;
+mod ops;
 mod postgres;
 mod push;
 mod reports;
@@ -40,6 +41,7 @@ pub use media::{
     valid_media_id, LocalMediaStore, MediaMeta, MediaStore, PgMediaStore, S3Config, S3MediaStore,
     UploadKey, Verified,
 };
+pub use ops::{Dissolved, GroupSummary, OpsStore, SystemMessage};
 pub use postgres::{PgConfig, PgStore};
 pub use push::{PushDone, PushEnqueue, PushJob, PushPrefRow, PushStore, PushTargetRow};
 pub use reports::{ReportInfo, ReportStore};
@@ -51,20 +53,21 @@ pub use sqlite::{Durability, SqliteStore};
 /// (On a `dyn Store` the compiler finds its supertraits' methods without.)
 pub mod prelude {
     pub use crate::{
-        AccountStore, GroupStore, InboxStore, MediaStore, PushStore, ReportStore, SocialStore,
-        Store,
+        AccountStore, GroupStore, InboxStore, MediaStore, OpsStore, PushStore, ReportStore,
+        SocialStore, Store,
     };
 }
 
 /// The whole storage contract: every domain's sub-trait. Implemented for any type that
 /// implements them all; the logic layer holds an `Arc<dyn Store>`.
 pub trait Store:
-    AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore
+    AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore + OpsStore
 {
 }
 
-impl<T: AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore> Store
-    for T
+impl<
+        T: AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore + OpsStore,
+    > Store for T
 {
 }
 

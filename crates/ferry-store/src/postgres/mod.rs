@@ -41,6 +41,7 @@ use crate::{Result, StoreError};
 mod accounts;
 mod groups;
 mod inbox;
+mod ops;
 mod push;
 mod reports;
 mod schema;

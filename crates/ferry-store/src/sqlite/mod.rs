@@ -24,6 +24,7 @@ use writer::{BatchError, Finish, Job, WriterState};
 mod accounts;
 mod groups;
 mod inbox;
+mod ops;
 mod push;
 mod reports;
 mod schema;
