@@ -21,6 +21,7 @@
 mod accounts;
 mod admin_ops;
 pub mod admission;
+pub(crate) mod api;
 mod attach;
 mod auth;
 mod config;

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accounts::Accounts;
 use crate::admin_ops::Ops;
 use crate::admission::{Admission, Class};
+use crate::api::Api;
 use crate::attach::Attachments;
 use crate::config::LogicConfig;
 use crate::core::{unix_ms, Core};
@@ -52,6 +53,8 @@ pub struct Logic {
     media: Media,
     endpoints: Endpoints,
     push: Arc<PushService>,
+    /// The JSON APIs for other systems (admin, bots).
+    api: Api,
     /// Stops the background tasks; fired by [`Logic::shutdown`] or when `Logic` is
     /// dropped.
     shutdown: CancellationToken,
@@ -97,6 +100,7 @@ impl Logic {
             ops: Ops::new(core.clone(), notifier.clone(), groups.clone(), push.clone()),
             media: Media::new(core.clone(), attach, moments.clone()),
             endpoints: Endpoints::new(core.clone(), notifier.clone()),
+            api: Api::new(core.clone()),
             push,
             friends,
             moments,
@@ -319,6 +323,12 @@ impl Handler for Logic {
                     }
                 }
             }
+            // An API call may hold (a bot's long-poll): it gets its permit, to give back
+            // while it waits.
+            Ok(slot) if req.cmd == u32::from(cmd::API) => match self.api.handle(&req, slot).await {
+                Ok(resp) => resp,
+                Err(e) => error_response(req.cmd, e),
+            },
             Ok(_slot) => match self.dispatch(&req).await {
                 Ok(resp) => resp,
                 Err(e) => error_response(req.cmd, e),
