@@ -14,6 +14,7 @@ use ferry_proto::v1;
 use ferry_store::{GroupSummary, NewEvent, StoreError, SystemMessage};
 use serde::{Deserialize, Serialize};
 
+use crate::api::{ApiError, Call, Domain, Reply, Route, Scope};
 use crate::core::{unix_ms, Core};
 use crate::error::LogicError;
 use crate::groups::Groups;
@@ -91,6 +92,147 @@ pub(crate) struct Effective {
     pub sends_per_user: Rate,
 }
 
+const GROUP_SCHEMA: &str = r#"{"type":"object","properties":{
+    "id":{"type":"integer"},"name":{"type":"string"},"announcement":{"type":"string"},
+    "owner":{"type":"string"},"member_count":{"type":"integer"},
+    "share_history":{"type":"boolean"},"latest_gseq":{"type":"integer"},
+    "created_ms":{"type":"integer"},"dissolved":{"type":"boolean"},
+    "dissolved_ms":{"type":"integer"},
+    "members":{"type":"array","items":{"type":"object","properties":{
+        "name":{"type":"string"},"role":{"enum":["owner","admin","member"]},
+        "joined_gseq":{"type":"integer"}}}}}}"#;
+
+const LIMITS_SCHEMA: &str = r##"{"type":"object","properties":{
+    "user":{"type":"string"},
+    "override":{"type":["object","null"],"properties":{"sends_per_user":{"$ref":"#/$defs/rate"}}},
+    "effective":{"type":"object","properties":{"sends_per_user":{"$ref":"#/$defs/rate"}}}},
+    "$defs":{"rate":{"type":"object","required":["per_sec","burst"],"properties":{
+        "per_sec":{"type":"number","minimum":0,"description":"0: unlimited"},
+        "burst":{"type":"number","minimum":0}}}}}"##;
+
+/// The operations' routes (Domain::Ops).
+pub(crate) const ROUTES: &[Route] = &[
+    Route {
+        op: "groups.list",
+        method: "GET",
+        path: "admin/groups",
+        scope: Scope::Admin,
+        domain: Domain::Ops,
+        summary: "Groups in id order, dissolved ones included, with their member counts; search by name.",
+        query: &[
+            ("q", "Only groups whose name contains this (ignoring ASCII case)."),
+            ("after", "Groups with an id above this (paging: the previous page's `next`)."),
+            ("limit", "At most this many (1–500, default 100)."),
+        ],
+        request: None,
+        response: r#"{"type":"object","required":["groups"],"properties":{
+            "groups":{"type":"array","items":{"type":"object"}},
+            "next":{"type":["string","null"],"description":"`after` for the next page; null on the last"}}}"#,
+    },
+    Route {
+        op: "groups.show",
+        method: "GET",
+        path: "admin/groups/{group}",
+        scope: Scope::Admin,
+        domain: Domain::Ops,
+        summary: "One group (by id) with its members and their roles.",
+        query: &[],
+        request: None,
+        response: GROUP_SCHEMA,
+    },
+    Route {
+        op: "groups.dissolve",
+        method: "DELETE",
+        path: "admin/groups/{group}",
+        scope: Scope::Admin,
+        domain: Domain::Ops,
+        summary: "Dissolve a group: every member is removed and told (GroupEvent DISSOLVED); its devices drop it.",
+        query: &[],
+        request: None,
+        response: r#"{"type":"object","properties":{"group_id":{"type":"integer"},
+            "members_removed":{"type":"integer"}}}"#,
+    },
+    Route {
+        op: "messages.recall",
+        method: "POST",
+        path: "admin/messages/{msg}/recall",
+        scope: Scope::Admin,
+        domain: Domain::Ops,
+        summary: "Recall any message (1:1, group or system), whoever sent it and however old: its content leaves the server and every device removes it.",
+        query: &[],
+        request: None,
+        response: r#"{"type":"object","properties":{"msg_id":{"type":"integer"},
+            "group_id":{"type":["integer","null"]}}}"#,
+    },
+    Route {
+        op: "broadcast.send",
+        method: "POST",
+        path: "admin/broadcast",
+        scope: Scope::Admin,
+        domain: Domain::Ops,
+        summary: "A system message (from \"system\", type MSG_TYPE_SYSTEM) to every user, or to the users listed in `to`: one each.",
+        query: &[],
+        request: Some(
+            r#"{"type":"object","required":["text"],"properties":{
+            "text":{"type":"string","minLength":1},
+            "to":{"type":"array","items":{"type":"string"},"description":"User names; absent: every user"}}}"#,
+        ),
+        response: r#"{"type":"object","properties":{"recipients":{"type":"integer"}}}"#,
+    },
+    Route {
+        op: "limits.get",
+        method: "GET",
+        path: "admin/users/{user}/limits",
+        scope: Scope::Admin,
+        domain: Domain::Ops,
+        summary: "A user's limit override (null: none) and the limits that apply to them.",
+        query: &[],
+        request: None,
+        response: LIMITS_SCHEMA,
+    },
+    Route {
+        op: "limits.set",
+        method: "PUT",
+        path: "admin/users/{user}/limits",
+        scope: Scope::Admin,
+        domain: Domain::Ops,
+        summary: "Set (replace) a user's limit override; every logic node applies it within about a second.",
+        query: &[],
+        request: Some(
+            r#"{"type":"object","additionalProperties":false,"properties":{
+            "sends_per_user":{"type":"object","required":["per_sec","burst"],"properties":{
+                "per_sec":{"type":"number","minimum":0},"burst":{"type":"number","minimum":0}}}}}"#,
+        ),
+        response: LIMITS_SCHEMA,
+    },
+    Route {
+        op: "limits.clear",
+        method: "DELETE",
+        path: "admin/users/{user}/limits",
+        scope: Scope::Admin,
+        domain: Domain::Ops,
+        summary: "Remove a user's limit override: the configured limits apply again.",
+        query: &[],
+        request: None,
+        response: "",
+    },
+];
+
+/// The body of `POST admin/broadcast`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastReq {
+    text: String,
+    #[serde(default)]
+    to: Option<Vec<String>>,
+}
+
+fn id_param(call: &Call<'_>, name: &str, what: &str) -> Result<u64, ApiError> {
+    call.param(name)
+        .parse()
+        .map_err(|_| ApiError::NotFound(format!("no such {what}: {:?}", call.param(name))))
+}
+
 /// The admin operations service.
 pub(crate) struct Ops {
     core: Arc<Core>,
@@ -124,6 +266,48 @@ impl Ops {
             notifier,
             groups,
             push,
+        }
+    }
+
+    /// Answers one of [`ROUTES`].
+    pub async fn api(&self, call: &Call<'_>) -> Result<Reply, ApiError> {
+        match call.route.op {
+            "groups.list" => {
+                let q = call.query("q").unwrap_or("");
+                let after = call.query_parse::<u64>("after")?.unwrap_or(0);
+                let limit = call.query_parse::<u32>("limit")?.unwrap_or(100);
+                Ok(Reply::json(&self.groups_list(q, after, limit).await?))
+            }
+            "groups.show" => {
+                let g = id_param(call, "group", "group")?;
+                Ok(Reply::json(&self.group_show(g).await?))
+            }
+            "groups.dissolve" => {
+                let g = id_param(call, "group", "group")?;
+                let n = self.dissolve(g).await?;
+                Ok(Reply::json(
+                    &serde_json::json!({"group_id": g, "members_removed": n}),
+                ))
+            }
+            "messages.recall" => {
+                let m = id_param(call, "msg", "message")?;
+                Ok(Reply::json(&self.recall(m).await?))
+            }
+            "broadcast.send" => {
+                let r: BroadcastReq = call.json()?;
+                let n = self.broadcast(&r.text, r.to.as_deref()).await?;
+                Ok(Reply::json(&serde_json::json!({"recipients": n})))
+            }
+            "limits.get" => Ok(Reply::json(&self.limits_get(call.param("user")).await?)),
+            "limits.set" => {
+                let o: LimitOverride = call.json()?;
+                Ok(Reply::json(&self.limits_put(call.param("user"), o).await?))
+            }
+            "limits.clear" => {
+                self.limits_delete(call.param("user")).await?;
+                Ok(Reply::no_content())
+            }
+            op => Err(ApiError::Internal(format!("no handler for {op}"))),
         }
     }
 
@@ -496,7 +680,11 @@ mod tests {
     #[tokio::test]
     async fn groups_are_listed_shown_and_dissolved_with_every_member_told() {
         let w = World::new(open());
-        let (ann, bob, cat) = (w.user("ann").await, w.user("bob").await, w.user("cat").await);
+        let (ann, bob, cat) = (
+            w.user("ann").await,
+            w.user("bob").await,
+            w.user("cat").await,
+        );
         let g = group(&w, ann, &["bob", "cat"]).await;
         let other = group(&w, bob, &["ann"]).await;
         let ops = ops(&w);
@@ -554,7 +742,10 @@ mod tests {
         assert_eq!(ops.group_show(other).await.unwrap().member_count, 2);
         let shown = ops.group_show(g).await.unwrap();
         assert!(shown.dissolved && shown.member_count == 0);
-        assert!(matches!(ops.dissolve(g).await, Err(LogicError::NotFound(_))));
+        assert!(matches!(
+            ops.dissolve(g).await,
+            Err(LogicError::NotFound(_))
+        ));
     }
 
     #[tokio::test]
@@ -562,7 +753,11 @@ mod tests {
         let mut cfg = open();
         cfg.recall_window_secs = 0;
         let w = World::new(cfg);
-        let (ann, bob, cat) = (w.user("ann").await, w.user("bob").await, w.user("cat").await);
+        let (ann, bob, cat) = (
+            w.user("ann").await,
+            w.user("bob").await,
+            w.user("cat").await,
+        );
         let direct = send(&w, ann, "bob", 0, 1).await;
         let g = group(&w, ann, &["bob", "cat"]).await;
         let in_group = send(&w, cat, "", g, 2).await;
@@ -572,7 +767,10 @@ mod tests {
             .inbox
             .recall(&req(cmd::RECALL, ann, &v1::RecallReq { msg_id: direct }))
             .await;
-        assert!(matches!(own, Err(LogicError::PermissionDenied(_))), "{own:?}");
+        assert!(
+            matches!(own, Err(LogicError::PermissionDenied(_))),
+            "{own:?}"
+        );
         let ops = ops(&w);
         assert_eq!(
             ops.recall(direct).await.unwrap(),
@@ -609,8 +807,14 @@ mod tests {
             &e.kind,
             Some(v1::group_entry::Kind::Message(m)) if m.msg_id == in_group
         )));
-        assert!(matches!(ops.recall(direct).await, Err(LogicError::NotFound(_))));
-        assert!(matches!(ops.recall(123_456).await, Err(LogicError::NotFound(_))));
+        assert!(matches!(
+            ops.recall(direct).await,
+            Err(LogicError::NotFound(_))
+        ));
+        assert!(matches!(
+            ops.recall(123_456).await,
+            Err(LogicError::NotFound(_))
+        ));
     }
 
     fn system_texts(entries: &[v1::Entry]) -> Vec<(String, String)> {
@@ -665,7 +869,10 @@ mod tests {
             ..Default::default()
         };
         let refused = w.inbox.send(&req(cmd::SEND, ids[0], &spoof)).await;
-        assert!(matches!(refused, Err(LogicError::InvalidArgument(_))), "{refused:?}");
+        assert!(
+            matches!(refused, Err(LogicError::InvalidArgument(_))),
+            "{refused:?}"
+        );
     }
 
     #[tokio::test]
@@ -697,11 +904,17 @@ mod tests {
         assert!(w.inbox.send(&send_as(ann, 1)).await.is_ok());
         assert!(w.inbox.send(&send_as(ann, 2)).await.is_ok());
         let third = w.inbox.send(&send_as(ann, 3)).await;
-        assert!(matches!(third, Err(LogicError::RateLimited(..))), "{third:?}");
+        assert!(
+            matches!(third, Err(LogicError::RateLimited(..))),
+            "{third:?}"
+        );
         // Another node learns it from the store within the TTL: a fresh core.
         let other = Core::new(w.core.cfg.clone(), w.core.store.clone());
         other.refresh_limit_overrides().await;
-        assert_eq!(other.limits.overrides.sends(ann), Some(Rate::new(0.001, 2.0)));
+        assert_eq!(
+            other.limits.overrides.sends(ann),
+            Some(Rate::new(0.001, 2.0))
+        );
         assert!(ops.limits_delete("ann").await.unwrap());
         assert!(!ops.limits_delete("ann").await.unwrap());
         assert_eq!(ops.limits_get("ann").await.unwrap().overridden, None);

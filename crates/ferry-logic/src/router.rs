@@ -47,9 +47,6 @@ pub struct Logic {
     moments: Arc<Moments>,
     profile: Profile,
     groups: Arc<Groups>,
-    /// The admin API's operations (groups, recall, broadcast, limit overrides).
-    #[allow(dead_code)] // Wired to the admin API's routes by the plumbing (issue 23).
-    ops: Ops,
     media: Media,
     endpoints: Endpoints,
     push: Arc<PushService>,
@@ -97,10 +94,12 @@ impl Logic {
                 push.clone(),
             ),
             profile: Profile::new(core.clone()),
-            ops: Ops::new(core.clone(), notifier.clone(), groups.clone(), push.clone()),
             media: Media::new(core.clone(), attach, moments.clone()),
             endpoints: Endpoints::new(core.clone(), notifier.clone()),
-            api: Api::new(core.clone()),
+            api: Api::new(
+                core.clone(),
+                Ops::new(core.clone(), notifier.clone(), groups.clone(), push.clone()),
+            ),
             push,
             friends,
             moments,

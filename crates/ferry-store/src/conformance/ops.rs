@@ -56,7 +56,10 @@ pub async fn groups_are_listed_searched_and_dissolved(store: Arc<dyn Store>) {
     let page = store.list_groups("", 10, 1).await.unwrap();
     assert_eq!(page.iter().map(|g| g.group.id).collect::<Vec<_>>(), [20]);
     let rust = store.list_groups("RUST", 0, 10).await.unwrap();
-    assert_eq!(rust.iter().map(|g| g.group.id).collect::<Vec<_>>(), [10, 30]);
+    assert_eq!(
+        rust.iter().map(|g| g.group.id).collect::<Vec<_>>(),
+        [10, 30]
+    );
     let rust = store.list_groups("rust", 10, 10).await.unwrap();
     assert_eq!(rust.iter().map(|g| g.group.id).collect::<Vec<_>>(), [30]);
     assert!(store.list_groups("%", 0, 10).await.unwrap().is_empty());
@@ -109,7 +112,10 @@ pub async fn groups_are_listed_searched_and_dissolved(store: Arc<dyn Store>) {
     let page = store.inbox(c, seq_c, 10).await.unwrap();
     assert_eq!(page.entries.len(), 1);
     assert_eq!(page.entries[0].kind, entry.kind);
-    assert_eq!((page.entries[0].seq, page.entries[0].time_ms), (seq_c + 1, 50));
+    assert_eq!(
+        (page.entries[0].seq, page.entries[0].time_ms),
+        (seq_c + 1, 50)
+    );
     let (log, latest, _) = store.group_log(10, 1, 10).await.unwrap();
     assert_eq!(latest, 2);
     assert_eq!(log[0].kind, log_entry.kind);
@@ -117,7 +123,9 @@ pub async fn groups_are_listed_searched_and_dissolved(store: Arc<dyn Store>) {
     assert_eq!((gone.members, gone.dissolved_ms), (0, 50));
     // Once is all: again, or a group that never was, is not found.
     assert!(matches!(
-        store.dissolve_group(10, log_entry.clone(), entry.clone()).await,
+        store
+            .dissolve_group(10, log_entry.clone(), entry.clone())
+            .await,
         Err(StoreError::NotFound)
     ));
     assert!(matches!(
@@ -210,7 +218,13 @@ pub async fn system_messages_land_in_their_recipients_inbox_only(store: Arc<dyn 
         .unwrap();
     assert_eq!(next.recipient_seq, sb + 1);
     store.recall_message(mb, None, vec![]).await.unwrap();
-    assert!(store.message_info(mb).await.unwrap().unwrap().body.is_none());
+    assert!(store
+        .message_info(mb)
+        .await
+        .unwrap()
+        .unwrap()
+        .body
+        .is_none());
     // A second broadcast stores new rows (no idempotency key clash on the null sender).
     let again = store
         .append_system_messages(

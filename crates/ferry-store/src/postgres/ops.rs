@@ -149,7 +149,9 @@ impl OpsStore for PgStore {
             .map(|r| r.get::<_, i64>(0) as u64)
             .collect();
         let seq_stmt = txn
-            .prepare_cached("UPDATE users SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq")
+            .prepare_cached(
+                "UPDATE users SET last_seq = last_seq + 1 WHERE id = $1 RETURNING last_seq",
+            )
             .await?;
         let msg_stmt = txn
             .prepare_cached(

@@ -102,11 +102,13 @@ impl OpsStore for SqliteStore {
 
     async fn users_after(&self, after: u64, limit: u32) -> Result<Vec<(u64, String)>> {
         self.read(move |c: &Connection| {
-            Ok(c.prepare_cached("SELECT id, name FROM users WHERE id > ?1 ORDER BY id LIMIT ?2")?
-                .query_map(params![after as i64, i64::from(limit)], |r| {
-                    Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(
+                c.prepare_cached("SELECT id, name FROM users WHERE id > ?1 ORDER BY id LIMIT ?2")?
+                    .query_map(params![after as i64, i64::from(limit)], |r| {
+                        Ok((r.get::<_, i64>(0)? as u64, r.get(1)?))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            )
         })
         .await
     }
@@ -151,18 +153,22 @@ impl OpsStore for SqliteStore {
 
     async fn limit_override(&self, user_id: u64) -> Result<Option<String>> {
         self.read(move |c: &Connection| {
-            Ok(c.prepare_cached("SELECT limits FROM limit_overrides WHERE user_id = ?1")?
-                .query_row([user_id as i64], |r| r.get(0))
-                .optional()?)
+            Ok(
+                c.prepare_cached("SELECT limits FROM limit_overrides WHERE user_id = ?1")?
+                    .query_row([user_id as i64], |r| r.get(0))
+                    .optional()?,
+            )
         })
         .await
     }
 
     async fn limit_overrides(&self) -> Result<Vec<(u64, String)>> {
         self.read(move |c: &Connection| {
-            Ok(c.prepare_cached("SELECT user_id, limits FROM limit_overrides ORDER BY user_id")?
-                .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(
+                c.prepare_cached("SELECT user_id, limits FROM limit_overrides ORDER BY user_id")?
+                    .query_map([], |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)))?
+                    .collect::<rusqlite::Result<Vec<_>>>()?,
+            )
         })
         .await
     }
