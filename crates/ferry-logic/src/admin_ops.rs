@@ -345,9 +345,10 @@ impl Ops {
     ) -> Result<GroupPage, LogicError> {
         let limit = limit.clamp(1, GROUPS_PAGE_MAX);
         let rows = self.core.store.list_groups(q.trim(), after, limit).await?;
-        let next = (rows.len() == limit as usize)
-            .then(|| rows.last().map(|g| g.group.id.to_string()))
-            .flatten();
+        let next = rows
+            .last()
+            .filter(|_| rows.len() == limit as usize)
+            .map(|g| g.group.id.to_string());
         let mut groups = Vec::with_capacity(rows.len());
         for g in rows {
             groups.push(self.group_view(g).await);

@@ -7,8 +7,8 @@
 //! storage).
 //!
 //! The contract is cut along the logic layer's domains: [`AccountStore`], [`InboxStore`],
-//! [`SocialStore`], [`ReportStore`] and [`GroupStore`], each declared with its rows in a
-//! file of its own (`accounts.rs`, `inbox.rs` …) and implemented by each backend in the
+//! [`SocialStore`], [`ReportStore`], [`GroupStore`] and [`OpsStore`] (the admin API's
+//! operations), each declared with its rows in a file of its own (`accounts.rs`, `inbox.rs` …) and implemented by each backend in the
 //! file of the same name (`sqlite/inbox.rs`, `postgres/inbox.rs` …). [`Store`] is all of
 //! them; the logic layer holds an `Arc<dyn Store>`. Both backends pass one conformance
 //! suite (`conformance/`, built with the `conformance` feature for the tests).

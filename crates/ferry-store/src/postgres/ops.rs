@@ -83,7 +83,7 @@ impl OpsStore for PgStore {
             return Err(StoreError::NotFound);
         }
         let gseq = log_append(&txn, group_id, None, Some(&event), event.time_ms).await?;
-        let members: Vec<u64> = txn
+        let mut members: Vec<u64> = txn
             .query(
                 "DELETE FROM group_members WHERE group_id = $1 RETURNING user_id",
                 &[&id],
@@ -92,7 +92,6 @@ impl OpsStore for PgStore {
             .iter()
             .map(|r| r.get::<_, i64>(0) as u64)
             .collect();
-        let mut members = members;
         members.sort_unstable();
         txn.execute(
             "UPDATE groups SET dissolved_ms = $2 WHERE id = $1",
