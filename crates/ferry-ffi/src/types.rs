@@ -199,7 +199,8 @@ impl From<v1::group_event::Kind> for GroupEventKind {
             K::Created => GroupEventKind::Created,
             K::Joined => GroupEventKind::Joined,
             K::Left => GroupEventKind::Left,
-            K::Removed => GroupEventKind::Removed,
+            // A dissolved group removed every member: to the app, this user was removed.
+            K::Removed | K::Dissolved => GroupEventKind::Removed,
             K::Renamed => GroupEventKind::Renamed,
             K::Announced => GroupEventKind::Announced,
             K::RoleChanged => GroupEventKind::RoleChanged,

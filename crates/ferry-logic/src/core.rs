@@ -174,6 +174,24 @@ impl Core {
         Ok(name)
     }
 
+    /// Reads the per-user limit overrides again when this node's copy is older than
+    /// [`crate::limits::OVERRIDES_TTL`] (one caller at a time; the others go on with the
+    /// copy they have).
+    pub async fn refresh_limit_overrides(&self) {
+        let o = &self.limits.overrides;
+        let now = unix_ms();
+        if !o.claim(now) {
+            return;
+        }
+        match self.store.limit_overrides().await {
+            Ok(rows) => o.replace(rows, now),
+            Err(e) => {
+                tracing::debug!(error = %e, "reading the limit overrides failed");
+                o.failed();
+            }
+        }
+    }
+
     /// The synckey this node last recorded for a device (0: none).
     pub fn known_synckey(&self, user: u64, device: &str) -> u64 {
         self.synckeys

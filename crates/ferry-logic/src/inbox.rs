@@ -169,12 +169,13 @@ impl Inbox {
         let r = v1::SendMsg::decode(body)?;
         // An earlier send of this device that was refused goes first (limits.rs,
         // SendOrder): the client's order survives the limit.
+        self.core.refresh_limit_overrides().await;
         let limits = &self.core.limits;
         let refused = limits
             .send_order
             .check(me.user_id, &me.device_id, r.client_msg_id)
             .and_then(|()| {
-                limits.sends_per_user.check(&me.user_id).inspect_err(|&ms| {
+                limits.check_send(me.user_id).inspect_err(|&ms| {
                     limits
                         .send_order
                         .refused(me.user_id, &me.device_id, r.client_msg_id, ms)
@@ -193,6 +194,11 @@ impl Inbox {
                 r.text.len(),
                 self.core.cfg.max_text_bytes
             )));
+        }
+        if r.r#type == v1::MsgType::System as i32 {
+            return Err(LogicError::InvalidArgument(
+                "system messages come from the server only".into(),
+            ));
         }
         if r.client_msg_id == 0 {
             return Err(LogicError::InvalidArgument(

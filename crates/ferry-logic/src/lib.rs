@@ -19,6 +19,7 @@
 //! ```
 
 mod accounts;
+mod admin_ops;
 pub mod admission;
 pub(crate) mod api;
 mod attach;
@@ -45,7 +46,7 @@ pub use auth::{hash_password, token_hash, verify_password, PasswordParams};
 pub use config::{LogicConfig, PushSettings};
 pub use endpoints::{EndpointsConfig, GatewayEndpoints, RegionConfig};
 pub use error::LogicError;
-pub use limits::{LimitsConfig, Rate};
+pub use limits::{LimitOverride, LimitsConfig, Rate};
 pub use media::{sniff, MediaConfig};
 pub use push::PushStats;
 pub use router::Logic;

@@ -107,8 +107,17 @@ impl<K: Hash + Eq + Clone> Limiter<K> {
         self.check_at(key, Instant::now())
     }
 
+    /// [`Self::check`] at another rate than the limiter's own (a user's override).
+    pub fn check_rate(&self, key: &K, rate: Rate) -> Result<(), u32> {
+        self.check_rate_at(key, rate, Instant::now())
+    }
+
     fn check_at(&self, key: &K, now: Instant) -> Result<(), u32> {
-        let Rate { per_sec, burst } = self.rate;
+        self.check_rate_at(key, self.rate, now)
+    }
+
+    fn check_rate_at(&self, key: &K, rate: Rate, now: Instant) -> Result<(), u32> {
+        let Rate { per_sec, burst } = rate;
         if per_sec <= 0.0 {
             return Ok(());
         }
@@ -151,8 +160,12 @@ pub(crate) struct Limits {
     pub register_per_ip: Limiter<IpAddr>,
     pub login_per_ip: Limiter<IpAddr>,
     pub sends_per_user: Limiter<u64>,
+    /// Buckets of the users whose send rate an operator overrode (their own rates).
+    pub sends_overridden: Limiter<u64>,
     /// Keeps a device's sends in order across a `sends_per_user` refusal.
     pub send_order: SendOrder,
+    /// Per-user overrides set through the admin API, as last read from the store.
+    pub overrides: Overrides,
 }
 
 impl Limits {
@@ -163,8 +176,105 @@ impl Limits {
             register_per_ip: Limiter::new(cfg.register_per_ip),
             login_per_ip: Limiter::new(cfg.login_per_ip),
             sends_per_user: Limiter::new(cfg.sends_per_user),
+            sends_overridden: Limiter::new(Rate::UNLIMITED),
             send_order: SendOrder::default(),
+            overrides: Overrides::default(),
         }
+    }
+
+    /// Takes a send token of `user`: at the user's own rate when an operator set one,
+    /// else at `sends_per_user`. `Err`: milliseconds until there is one.
+    pub fn check_send(&self, user: u64) -> Result<(), u32> {
+        match self.overrides.sends(user) {
+            Some(rate) => self.sends_overridden.check_rate(&user, rate),
+            None => self.sends_per_user.check(&user),
+        }
+    }
+}
+
+/// A user's own limits, set by an operator (`PUT /v1/admin/users/{user}/limits`): each
+/// field set replaces the configured rate of that name for this user. Kept in the
+/// store as this JSON.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LimitOverride {
+    /// Messages (1:1 and group) per second and burst, instead of `sends_per_user`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sends_per_user: Option<Rate>,
+}
+
+impl LimitOverride {
+    pub fn is_empty(&self) -> bool {
+        self.sends_per_user.is_none()
+    }
+}
+
+/// How long a node uses the overrides it read before it reads them again: a change made
+/// through any node applies on every node within about this long.
+pub const OVERRIDES_TTL: Duration = Duration::from_secs(1);
+
+/// The per-user overrides as last read from the store: every node reads the whole
+/// (small) table again once [`OVERRIDES_TTL`] has passed, on the next send, so no
+/// message between nodes is needed and a deleted override goes too.
+#[derive(Default)]
+pub(crate) struct Overrides {
+    by_user: parking_lot::RwLock<std::collections::HashMap<u64, LimitOverride>>,
+    /// Unix ms after which the table is read again (0: never read).
+    due_ms: std::sync::atomic::AtomicI64,
+    /// A read is under way (one at a time).
+    reading: std::sync::atomic::AtomicBool,
+}
+
+impl Overrides {
+    /// The send rate set for `user`, if any.
+    pub fn sends(&self, user: u64) -> Option<Rate> {
+        let map = self.by_user.read();
+        if map.is_empty() {
+            return None;
+        }
+        map.get(&user).and_then(|o| o.sends_per_user)
+    }
+
+    /// True (once, for one caller) when the table is due to be read again at `now_ms`;
+    /// that caller must then call [`Self::replace`] or [`Self::failed`].
+    pub fn claim(&self, now_ms: i64) -> bool {
+        now_ms >= self.due_ms.load(Ordering::Acquire)
+            && self
+                .reading
+                .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    /// The table as read at `now_ms` (rows that do not parse are skipped, logged).
+    pub fn replace(&self, rows: Vec<(u64, String)>, now_ms: i64) {
+        let map = rows
+            .into_iter()
+            .filter_map(|(user, json)| match serde_json::from_str(&json) {
+                Ok(o) => Some((user, o)),
+                Err(e) => {
+                    tracing::warn!(user, error = %e, "a stored limit override does not parse");
+                    None
+                }
+            })
+            .collect();
+        *self.by_user.write() = map;
+        self.due_ms
+            .store(now_ms + OVERRIDES_TTL.as_millis() as i64, Ordering::Release);
+        self.reading.store(false, Ordering::Release);
+    }
+
+    /// Reading the table failed: try again at the next send.
+    pub fn failed(&self) {
+        self.reading.store(false, Ordering::Release);
+    }
+
+    /// Sets or clears one user's override at once on this node (the one that changed it).
+    pub fn set(&self, user: u64, o: Option<LimitOverride>) {
+        let mut map = self.by_user.write();
+        match o {
+            Some(o) => map.insert(user, o),
+            None => map.remove(&user),
+        };
     }
 }
 

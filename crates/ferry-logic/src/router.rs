@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Accounts;
+use crate::admin_ops::Ops;
 use crate::admission::{Admission, Class};
 use crate::api::Api;
 use crate::attach::Attachments;
@@ -95,7 +96,10 @@ impl Logic {
             profile: Profile::new(core.clone()),
             media: Media::new(core.clone(), attach, moments.clone()),
             endpoints: Endpoints::new(core.clone(), notifier.clone()),
-            api: Api::new(core.clone()),
+            api: Api::new(
+                core.clone(),
+                Ops::new(core.clone(), notifier.clone(), groups.clone(), push.clone()),
+            ),
             push,
             friends,
             moments,

@@ -7,8 +7,8 @@
 //! storage).
 //!
 //! The contract is cut along the logic layer's domains: [`AccountStore`], [`InboxStore`],
-//! [`SocialStore`], [`ReportStore`] and [`GroupStore`], each declared with its rows in a
-//! file of its own (`accounts.rs`, `inbox.rs` …) and implemented by each backend in the
+//! [`SocialStore`], [`ReportStore`], [`GroupStore`] and [`OpsStore`] (the admin API's
+//! operations), each declared with its rows in a file of its own (`accounts.rs`, `inbox.rs` …) and implemented by each backend in the
 //! file of the same name (`sqlite/inbox.rs`, `postgres/inbox.rs` …). [`Store`] is all of
 //! them; the logic layer holds an `Arc<dyn Store>`. Both backends pass one conformance
 //! suite (`conformance/`, built with the `conformance` feature for the tests).
@@ -24,6 +24,7 @@ mod audit;
 mod groups;
 mod inbox;
 mod media;
+mod ops;
 mod postgres;
 mod push;
 mod reports;
@@ -42,6 +43,7 @@ pub use media::{
     valid_media_id, LocalMediaStore, MediaMeta, MediaStore, PgMediaStore, S3Config, S3MediaStore,
     UploadKey, Verified,
 };
+pub use ops::{Dissolved, GroupSummary, OpsStore, SystemMessage};
 pub use postgres::{PgConfig, PgStore};
 pub use push::{PushDone, PushEnqueue, PushJob, PushPrefRow, PushStore, PushTargetRow};
 pub use reports::{ReportInfo, ReportStore};
@@ -53,20 +55,34 @@ pub use sqlite::{Durability, SqliteStore};
 /// (On a `dyn Store` the compiler finds its supertraits' methods without.)
 pub mod prelude {
     pub use crate::{
-        AccountStore, AuditStore, GroupStore, InboxStore, MediaStore, PushStore, ReportStore,
-        SocialStore, Store,
+        AccountStore, AuditStore, GroupStore, InboxStore, MediaStore, OpsStore, PushStore,
+        ReportStore, SocialStore, Store,
     };
 }
 
 /// The whole storage contract: every domain's sub-trait. Implemented for any type that
 /// implements them all; the logic layer holds an `Arc<dyn Store>`.
 pub trait Store:
-    AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore + AuditStore
+    AccountStore
+    + InboxStore
+    + SocialStore
+    + ReportStore
+    + GroupStore
+    + PushStore
+    + AuditStore
+    + OpsStore
 {
 }
 
 impl<
-        T: AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore + AuditStore,
+        T: AccountStore
+            + InboxStore
+            + SocialStore
+            + ReportStore
+            + GroupStore
+            + PushStore
+            + AuditStore
+            + OpsStore,
     > Store for T
 {
 }

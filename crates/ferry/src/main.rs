@@ -246,6 +246,35 @@ enum AdminCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Groups (admin API): list and search, show with members, dissolve.
+    #[command(subcommand)]
+    Groups(ferry::cli_ops::GroupsCmd),
+    /// Recall any message (admin API), whoever sent it and however long ago.
+    Recall {
+        #[command(flatten)]
+        api: ferry::cli_api::ApiArgs,
+        msg_id: u64,
+    },
+    /// A system message to every user, or to the users given with --to (admin API).
+    Broadcast {
+        #[command(flatten)]
+        api: ferry::cli_api::ApiArgs,
+        text: String,
+        /// User names, comma separated (default: every user).
+        #[arg(long, value_delimiter = ',')]
+        to: Vec<String>,
+    },
+    /// A user's limits (admin API); --set NAME.FIELD=VALUE (or NAME=PER_SEC/BURST) sets an
+    /// override, e.g. --set sends_per_user=1/5; --clear removes it.
+    Limits {
+        #[command(flatten)]
+        api: ferry::cli_api::ApiArgs,
+        user: String,
+        #[arg(long)]
+        set: Vec<String>,
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -382,6 +411,24 @@ async fn main() {
                 Command::Admin {
                     command: AdminCommand::Audit { api, limit, json },
                 } => ferry::cli_api::audit(&api, limit, json).await,
+                Command::Admin {
+                    command: AdminCommand::Groups(cmd),
+                } => ferry::cli_ops::groups(cmd).await,
+                Command::Admin {
+                    command: AdminCommand::Recall { api, msg_id },
+                } => ferry::cli_ops::recall(&api, msg_id).await,
+                Command::Admin {
+                    command: AdminCommand::Broadcast { api, text, to },
+                } => ferry::cli_ops::broadcast(&api, &text, &to).await,
+                Command::Admin {
+                    command:
+                        AdminCommand::Limits {
+                            api,
+                            user,
+                            set,
+                            clear,
+                        },
+                } => ferry::cli_ops::limits(&api, &user, &set, clear).await,
                 Command::Admin {
                     command:
                         AdminCommand::Reports {

@@ -20,6 +20,8 @@ pub(crate) fn message_json(m: &v1::Message) -> Value {
         Some(v1::MediaKind::MediaFile) => "file",
         Some(v1::MediaKind::MediaThumbnail) => "thumbnail",
         Some(v1::MediaKind::Unspecified) => "media",
+        // A system message (the admin API's broadcast): `from` is "system".
+        None if m.r#type == v1::MsgType::System as i32 => "system",
         None => "text",
     };
     json!({

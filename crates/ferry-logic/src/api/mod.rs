@@ -49,6 +49,8 @@ pub(crate) enum Scope {
 pub(crate) enum Domain {
     /// This module: the OpenAPI document and the audit log.
     Api,
+    /// Operations: groups, recall, broadcast, limit overrides (`admin_ops.rs`).
+    Ops,
 }
 
 impl Domain {
@@ -56,6 +58,7 @@ impl Domain {
     fn tag(self) -> &'static str {
         match self {
             Domain::Api => "api",
+            Domain::Ops => "operations",
         }
     }
 }
@@ -120,7 +123,7 @@ pub(crate) const ROUTES: &[Route] = &[
 
 /// Every route of every domain.
 pub(crate) fn routes() -> impl Iterator<Item = &'static Route> {
-    ROUTES.iter()
+    ROUTES.iter().chain(crate::admin_ops::ROUTES)
 }
 
 /// An API call, matched to its route.
@@ -339,11 +342,12 @@ impl ApiError {
 /// The API router (see the module doc). Each domain that answers routes is a field.
 pub(crate) struct Api {
     core: Arc<Core>,
+    ops: crate::admin_ops::Ops,
 }
 
 impl Api {
-    pub fn new(core: Arc<Core>) -> Api {
-        Api { core }
+    pub fn new(core: Arc<Core>, ops: crate::admin_ops::Ops) -> Api {
+        Api { core, ops }
     }
 
     /// Answers an `API` command.
@@ -416,6 +420,7 @@ impl Api {
     async fn dispatch(&self, call: &Call<'_>) -> Result<Reply, ApiError> {
         match call.route.domain {
             Domain::Api => self.own(call).await,
+            Domain::Ops => self.ops.api(call).await,
         }
     }
 

@@ -670,6 +670,67 @@ impl Groups {
     }
 }
 
+impl Groups {
+    /// Dissolves a group on the operators' behalf (the admin API): the dissolution is
+    /// logged, every member removed and told in their inbox (`GroupEvent.DISSOLVED`, so
+    /// their devices drop it), and the members online get the group's last notify.
+    /// Returns the members removed.
+    pub async fn dissolve(&self, group: u64, by: &str) -> Result<Vec<u64>, LogicError> {
+        let time_ms = unix_ms();
+        let ev = event(K::Dissolved, group, vec![], by, "");
+        let entry = log_entry(ev.clone(), time_ms);
+        self.fanout.drain(group).await;
+        let done = self
+            .core
+            .store
+            .dissolve_group(group, entry.clone(), inbox_entry(ev.clone(), time_ms))
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => gone(),
+                e => e.into(),
+            })?;
+        self.fanout.forget_members(group);
+        let members: Vec<u64> = done.members.iter().map(|(u, _)| *u).collect();
+        for (user, seq) in &done.members {
+            self.notifier
+                .notify_entry(*user, *seq, inbox_entry(ev.clone(), time_ms))
+                .await;
+        }
+        if !members.is_empty() {
+            self.fanout
+                .notify(group, Some(entry), done.gseq, &members)
+                .await;
+        }
+        Ok(members)
+    }
+
+    /// Recalls a group message on the operators' behalf, whoever sent it and however
+    /// long ago: its content leaves the store and the recall is logged and told to the
+    /// members online (the others see it at their next group sync).
+    pub async fn recall_any(&self, recall: v1::Recall, time_ms: i64) -> Result<(), LogicError> {
+        let missing = || LogicError::NotFound("no such message".into());
+        let (group, msg_id) = (recall.group_id, recall.msg_id);
+        let entry = v1::GroupEntry {
+            kind: Some(v1::group_entry::Kind::Recall(recall)),
+            time_ms,
+            ..Default::default()
+        };
+        let (gseq, _) = self
+            .core
+            .store
+            .recall_message(msg_id, Some((group, entry.clone())), vec![])
+            .await
+            .map_err(|e| match e {
+                StoreError::NotFound => missing(),
+                e => e.into(),
+            })?;
+        if let Some(gseq) = gseq {
+            self.fanout.notify(group, Some(entry), gseq, &[]).await;
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -16,6 +16,7 @@ pub mod audit;
 pub mod groups;
 pub mod inbox;
 pub mod media;
+pub mod ops;
 pub mod push;
 pub mod reports;
 pub mod social;
@@ -39,6 +40,9 @@ macro_rules! conformance_tests {
                 moments_likes_and_comments;
             reports: reports_page_newest_first_and_prune;
             groups: groups_logs_members_and_recall;
+            ops: groups_are_listed_searched_and_dissolved, users_page_by_id,
+                system_messages_land_in_their_recipients_inbox_only,
+                limit_overrides_are_set_replaced_and_cleared;
             push: targets_are_registered_replaced_and_deleted,
                 targets_since_page_in_registration_order, prefs_are_set_removed_and_expire,
                 entries_coalesce_into_one_row_per_device, new_rows_wait_for_the_quiet_window,
@@ -128,7 +132,7 @@ macro_rules! media_conformance_tests {
 pub fn assert_all_listed(listed: &[&str]) {
     assert_listed(
         &[
-            "accounts", "audit", "inbox", "social", "reports", "groups", "push", "media",
+            "accounts", "audit", "inbox", "social", "reports", "groups", "ops", "push", "media",
         ],
         listed,
     );
@@ -143,6 +147,7 @@ pub fn assert_listed(domains: &[&str], listed: &[&str]) {
         ("social", include_str!("social.rs")),
         ("reports", include_str!("reports.rs")),
         ("groups", include_str!("groups.rs")),
+        ("ops", include_str!("ops.rs")),
         ("push", include_str!("push.rs")),
         ("media", include_str!("media.rs")),
     ];

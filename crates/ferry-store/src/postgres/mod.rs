@@ -42,6 +42,7 @@ mod accounts;
 mod audit;
 mod groups;
 mod inbox;
+mod ops;
 mod push;
 mod reports;
 mod schema;

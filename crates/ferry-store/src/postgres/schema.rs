@@ -196,6 +196,16 @@ CREATE TABLE audit_log (
     detail TEXT NOT NULL
 );
 "#,
+    // Admin operations (issue 23, H-ops): dissolved groups (0: not dissolved) and per-user
+    // limit overrides (JSON, the logic layer's format).
+    r#"
+ALTER TABLE groups ADD COLUMN dissolved_ms BIGINT NOT NULL DEFAULT 0;
+CREATE TABLE limit_overrides (
+    user_id    BIGINT PRIMARY KEY,
+    limits     TEXT NOT NULL,
+    updated_ms BIGINT NOT NULL
+);
+"#,
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.

@@ -25,6 +25,7 @@ mod accounts;
 mod audit;
 mod groups;
 mod inbox;
+mod ops;
 mod push;
 mod reports;
 mod schema;

@@ -195,6 +195,16 @@ CREATE TABLE audit_log (
     detail TEXT NOT NULL
 );
 "#,
+    // Admin operations (issue 23, H-ops): dissolved groups (0: not dissolved) and per-user
+    // limit overrides (JSON, the logic layer's format).
+    r#"
+ALTER TABLE groups ADD COLUMN dissolved_ms INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE limit_overrides (
+    user_id    INTEGER PRIMARY KEY,
+    limits     TEXT NOT NULL,
+    updated_ms INTEGER NOT NULL
+);
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
