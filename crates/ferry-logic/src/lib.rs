@@ -20,6 +20,7 @@
 
 mod accounts;
 pub mod admission;
+mod admin_users;
 mod attach;
 mod auth;
 mod config;

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Accounts;
+use crate::admin_users::AdminUsers;
 use crate::admission::{Admission, Class};
 use crate::attach::Attachments;
 use crate::config::LogicConfig;
@@ -48,6 +49,9 @@ pub struct Logic {
     media: Media,
     endpoints: Endpoints,
     push: Arc<PushService>,
+    /// The admin API's users (`Domain::Users`).
+    #[allow(dead_code)]
+    users: AdminUsers,
     /// Stops the background tasks; fired by [`Logic::shutdown`] or when `Logic` is
     /// dropped.
     shutdown: CancellationToken,
@@ -92,6 +96,12 @@ impl Logic {
             profile: Profile::new(core.clone()),
             media: Media::new(core.clone(), attach, moments.clone()),
             endpoints: Endpoints::new(core.clone(), notifier.clone()),
+            users: AdminUsers::new(
+                core.clone(),
+                notifier.clone(),
+                push.clone(),
+                groups.clone(),
+            ),
             push,
             friends,
             moments,

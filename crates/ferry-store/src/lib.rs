@@ -28,6 +28,7 @@ mod push;
 mod reports;
 mod social;
 mod sqlite;
+mod user_admin;
 
 #[cfg(feature = "conformance")]
 #[doc(hidden)]
@@ -45,6 +46,9 @@ pub use push::{PushDone, PushEnqueue, PushJob, PushPrefRow, PushStore, PushTarge
 pub use reports::{ReportInfo, ReportStore};
 pub use social::{Avatar, FriendChange, FriendList, FriendRow, MomentRow, Reaction, SocialStore};
 pub use sqlite::{Durability, SqliteStore};
+pub use user_admin::{
+    is_user_column, Deleted, DeviceInfo, Leftover, UserAdminStore, UserDeletion, UserInfo,
+};
 
 /// The store's traits, for code that calls them on a concrete store (`SqliteStore`,
 /// `PgStore`) or a generic one, where a sub-trait's methods need the sub-trait in scope.
@@ -52,19 +56,26 @@ pub use sqlite::{Durability, SqliteStore};
 pub mod prelude {
     pub use crate::{
         AccountStore, GroupStore, InboxStore, MediaStore, PushStore, ReportStore, SocialStore,
-        Store,
+        Store, UserAdminStore,
     };
 }
 
 /// The whole storage contract: every domain's sub-trait. Implemented for any type that
 /// implements them all; the logic layer holds an `Arc<dyn Store>`.
 pub trait Store:
-    AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore
+    AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore + UserAdminStore
 {
 }
 
-impl<T: AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore> Store
-    for T
+impl<
+        T: AccountStore
+            + InboxStore
+            + SocialStore
+            + ReportStore
+            + GroupStore
+            + PushStore
+            + UserAdminStore,
+    > Store for T
 {
 }
 

@@ -18,6 +18,7 @@ pub mod media;
 pub mod push;
 pub mod reports;
 pub mod social;
+pub mod user_admin;
 
 /// Instantiates every case of the suite as a test in the calling module, one
 /// sub-module per sub-trait. `$store` names an `async fn` that builds a fresh store,
@@ -37,6 +38,9 @@ macro_rules! conformance_tests {
                 moments_likes_and_comments;
             reports: reports_page_newest_first_and_prune;
             groups: groups_logs_members_and_recall;
+            user_admin: users_are_listed_searched_and_disabled,
+                export_reads_page_through_messages_and_reports,
+                deleting_a_user_leaves_no_row_of_theirs;
             push: targets_are_registered_replaced_and_deleted,
                 targets_since_page_in_registration_order, prefs_are_set_removed_and_expire,
                 entries_coalesce_into_one_row_per_device, new_rows_wait_for_the_quiet_window,
@@ -49,7 +53,8 @@ macro_rules! conformance_tests {
             media: chunks_in_any_order_then_verify_commit_and_read,
                 acknowledged_bytes_never_change,
                 the_upload_key_is_kept_until_the_upload_is_finished,
-                sweep_deletes_old_unfinished_uploads_only;
+                sweep_deletes_old_unfinished_uploads_only,
+                deleting_media_keeps_content_another_media_shares;
         );
     };
     // Media cases run on a media store, every other on a store.
@@ -58,7 +63,8 @@ macro_rules! conformance_tests {
             chunks_in_any_order_then_verify_commit_and_read,
             acknowledged_bytes_never_change,
             the_upload_key_is_kept_until_the_upload_is_finished,
-            sweep_deletes_old_unfinished_uploads_only
+            sweep_deletes_old_unfinished_uploads_only,
+            deleting_media_keeps_content_another_media_shares
         );
     };
     (@media_cases $media:ident; $($case:ident),+) => {
@@ -126,7 +132,7 @@ macro_rules! media_conformance_tests {
 pub fn assert_all_listed(listed: &[&str]) {
     assert_listed(
         &[
-            "accounts", "inbox", "social", "reports", "groups", "push", "media",
+            "accounts", "inbox", "social", "reports", "groups", "push", "media", "user_admin",
         ],
         listed,
     );
@@ -142,6 +148,7 @@ pub fn assert_listed(domains: &[&str], listed: &[&str]) {
         ("groups", include_str!("groups.rs")),
         ("push", include_str!("push.rs")),
         ("media", include_str!("media.rs")),
+        ("user_admin", include_str!("user_admin.rs")),
     ];
     let missing: Vec<String> = files
         .iter()

@@ -182,6 +182,11 @@ CREATE TABLE push_queue (
 );
 CREATE INDEX push_queue_due ON push_queue (due_ms, user_id, device_id);
 "#,
+    // Admin users (issue 23, H-users): a disabled (banned) user keeps the reason (NULL:
+    // enabled). Ids come from a sequence: a deleted one is never given again.
+    r#"
+ALTER TABLE users ADD COLUMN disabled_reason TEXT;
+"#,
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.

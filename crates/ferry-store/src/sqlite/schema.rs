@@ -181,6 +181,16 @@ CREATE TABLE push_queue (
 ) WITHOUT ROWID;
 CREATE INDEX push_queue_due ON push_queue(due_ms, user_id, device_id);
 "#,
+    // Admin users (issue 23, H-users): a disabled (banned) user keeps the reason (NULL:
+    // enabled); `ferry_meta.user_id_floor` is the highest id ever deleted, so a new user
+    // never gets a deleted one's id.
+    r#"
+ALTER TABLE users ADD COLUMN disabled_reason TEXT;
+CREATE TABLE ferry_meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
