@@ -261,12 +261,12 @@ impl AdminUsers {
         self.kick(user.id, "this account was deleted").await;
         let mut media = 0u64;
         if let Some(store) = self.core.media_store() {
-            // Bounded: each round deletes what it listed, so the list shrinks.
-            for _ in 0..1_000_000 {
-                let page = store.uploaded_by(user.id, "", 100).await?;
-                if page.is_empty() {
-                    break;
-                }
+            // Ends: each page starts after the last id of the one before.
+            let mut after = String::new();
+            loop {
+                let page = store.uploaded_by(user.id, &after, 100).await?;
+                let Some(last) = page.last() else { break };
+                after = last.id.clone();
                 for m in page {
                     if store.delete(&m.id).await? {
                         media += 1;
