@@ -26,6 +26,7 @@ use ferry_store::{StoreError, UserDeletion, UserInfo};
 use serde::Serialize;
 
 use crate::accounts::valid_username;
+use crate::api::{ApiError, Call, Domain, Reply, Route, Scope};
 use crate::auth;
 use crate::core::{unix_ms, Core};
 use crate::error::LogicError;
@@ -33,6 +34,8 @@ use crate::groups::Groups;
 use crate::notify::Notifier;
 use crate::presence::device_hash;
 use crate::push::PushService;
+
+mod export;
 
 /// The most users one list answers.
 pub(crate) const LIST_MAX: u32 = 1000;
@@ -321,6 +324,169 @@ impl AdminUsers {
                 ..Default::default()
             })
             .await;
+    }
+}
+
+const USER_SCHEMA: &str = r#"{"type":"object","required":["id","name","created_ms","disabled","disabled_reason","bot"],"properties":{
+    "id":{"type":"integer"},"name":{"type":"string"},"created_ms":{"type":"integer"},
+    "disabled":{"type":"boolean"},"disabled_reason":{"type":["string","null"]},"bot":{"type":"boolean"}}}"#;
+
+/// The users routes (docs/admin-api.md, Users).
+pub(crate) const ROUTES: &[Route] = &[
+    Route {
+        op: "users.list",
+        method: "GET",
+        path: "admin/users",
+        scope: Scope::Admin,
+        domain: Domain::Users,
+        summary: "List or search users, in id order.",
+        query: &[
+            ("q", "Part of the name, any case (default: every user)."),
+            ("after", "Users with an id above this (paging: the last answer's `next`)."),
+            ("limit", "At most this many (1–1000, default 100)."),
+        ],
+        request: None,
+        response: r#"{"type":"object","required":["users","next"],"properties":{
+            "users":{"type":"array","items":{"type":"object"}},
+            "next":{"type":["integer","null"],"description":"`after` for the next page; null at the end"}}}"#,
+    },
+    Route {
+        op: "users.create",
+        method: "POST",
+        path: "admin/users",
+        scope: Scope::Admin,
+        domain: Domain::Users,
+        summary: "Create a user (the registration's rules for the name and password).",
+        query: &[],
+        request: Some(
+            r#"{"type":"object","required":["name","password"],"properties":{
+            "name":{"type":"string","pattern":"^[A-Za-z0-9_.-]{1,32}$"},
+            "password":{"type":"string","minLength":8,"maxLength":1024}}}"#,
+        ),
+        response: USER_SCHEMA,
+    },
+    Route {
+        op: "users.get",
+        method: "GET",
+        path: "admin/users/{user}",
+        scope: Scope::Admin,
+        domain: Domain::Users,
+        summary: "One user, with their devices (signed in, online).",
+        query: &[],
+        request: None,
+        response: r#"{"type":"object","required":["id","name","devices"],"properties":{
+            "id":{"type":"integer"},"name":{"type":"string"},"created_ms":{"type":"integer"},
+            "disabled":{"type":"boolean"},"disabled_reason":{"type":["string","null"]},"bot":{"type":"boolean"},
+            "devices":{"type":"array","items":{"type":"object","properties":{
+                "device_id":{"type":"string"},"synckey":{"type":"integer"},"last_seen_ms":{"type":"integer"},
+                "signed_in":{"type":"boolean"},"online":{"type":"boolean"}}}}}}"#,
+    },
+    Route {
+        op: "users.disable",
+        method: "POST",
+        path: "admin/users/{user}/disable",
+        scope: Scope::Admin,
+        domain: Domain::Users,
+        summary: "Disable (ban) a user: every session ends, live links are kicked, sign-in is refused with the reason.",
+        query: &[],
+        request: Some(r#"{"type":"object","properties":{"reason":{"type":"string","maxLength":1024}}}"#),
+        response: USER_SCHEMA,
+    },
+    Route {
+        op: "users.enable",
+        method: "POST",
+        path: "admin/users/{user}/enable",
+        scope: Scope::Admin,
+        domain: Domain::Users,
+        summary: "Let a disabled user sign in again.",
+        query: &[],
+        request: None,
+        response: USER_SCHEMA,
+    },
+    Route {
+        op: "users.logout",
+        method: "POST",
+        path: "admin/users/{user}/logout",
+        scope: Scope::Admin,
+        domain: Domain::Users,
+        summary: "End every session of a user and kick their live links.",
+        query: &[],
+        request: None,
+        response: r#"{"type":"object","required":["sessions_revoked"],"properties":{"sessions_revoked":{"type":"integer"}}}"#,
+    },
+    Route {
+        op: "users.delete",
+        method: "DELETE",
+        path: "admin/users/{user}",
+        scope: Scope::Admin,
+        domain: Domain::Users,
+        summary: "Delete a user and all their data; messages they sent are recalled.",
+        query: &[],
+        request: None,
+        response: r#"{"type":"object","required":["deleted"],"properties":{
+            "deleted":{"type":"object","additionalProperties":{"type":"integer"},
+            "description":"rows deleted per table; `media`: uploads deleted"}}}"#,
+    },
+    Route {
+        op: "users.export",
+        method: "GET",
+        path: "admin/users/{user}/export",
+        scope: Scope::Admin,
+        domain: Domain::Users,
+        summary: "A user's data as a tar archive (application/x-tar, streamed): user.json, friends.json, groups.json, moments.json, reports.json, messages.jsonl, media/<id>, reports/<id>.",
+        query: &[],
+        request: None,
+        response: "",
+    },
+];
+
+#[derive(serde::Deserialize)]
+struct CreateReq {
+    name: String,
+    password: String,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct DisableReq {
+    reason: String,
+}
+
+impl AdminUsers {
+    /// Answers a users route.
+    pub(crate) async fn api(&self, call: &Call<'_>) -> Result<Reply, ApiError> {
+        let user = call.param("user");
+        Ok(match call.route.op {
+            "users.list" => {
+                let q = call.query("q").unwrap_or("");
+                let after = call.query_parse::<u64>("after")?.unwrap_or(0);
+                let limit = call.query_parse::<u32>("limit")?.unwrap_or(LIST_DEFAULT);
+                if !(1..=LIST_MAX).contains(&limit) {
+                    return Err(ApiError::BadRequest(format!("limit must be 1-{LIST_MAX}")));
+                }
+                Reply::json(&self.list(q, after, limit).await?)
+            }
+            "users.create" => {
+                let r: CreateReq = call.json()?;
+                Reply::created(&self.create(&r.name, &r.password).await?)
+            }
+            "users.get" => Reply::json(&self.get(user).await?),
+            "users.disable" => {
+                let r: DisableReq = call.json()?;
+                Reply::json(&self.disable(user, &r.reason).await?)
+            }
+            "users.enable" => Reply::json(&self.enable(user).await?),
+            "users.logout" => {
+                let n = self.logout(user).await?;
+                Reply::json(&serde_json::json!({ "sessions_revoked": n }))
+            }
+            "users.delete" => Reply::json(&self.delete(user).await?),
+            "users.export" => {
+                let (body, next) = self.export_part(user, call.cursor).await?;
+                Reply::part("application/x-tar", body, next)
+            }
+            op => return Err(ApiError::Internal(format!("users has no route {op}"))),
+        })
     }
 }
 

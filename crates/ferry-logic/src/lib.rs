@@ -21,6 +21,7 @@
 mod accounts;
 pub mod admission;
 mod admin_users;
+pub(crate) mod api;
 mod attach;
 mod auth;
 mod config;

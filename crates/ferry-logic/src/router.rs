@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accounts::Accounts;
 use crate::admin_users::AdminUsers;
 use crate::admission::{Admission, Class};
+use crate::api::Api;
 use crate::attach::Attachments;
 use crate::config::LogicConfig;
 use crate::core::{unix_ms, Core};
@@ -49,9 +50,8 @@ pub struct Logic {
     media: Media,
     endpoints: Endpoints,
     push: Arc<PushService>,
-    /// The admin API's users (`Domain::Users`).
-    #[allow(dead_code)]
-    users: AdminUsers,
+    /// The JSON APIs for other systems (admin, bots).
+    api: Api,
     /// Stops the background tasks; fired by [`Logic::shutdown`] or when `Logic` is
     /// dropped.
     shutdown: CancellationToken,
@@ -96,11 +96,14 @@ impl Logic {
             profile: Profile::new(core.clone()),
             media: Media::new(core.clone(), attach, moments.clone()),
             endpoints: Endpoints::new(core.clone(), notifier.clone()),
-            users: AdminUsers::new(
+            api: Api::new(
                 core.clone(),
-                notifier.clone(),
-                push.clone(),
-                groups.clone(),
+                AdminUsers::new(
+                    core.clone(),
+                    notifier.clone(),
+                    push.clone(),
+                    groups.clone(),
+                ),
             ),
             push,
             friends,
@@ -324,6 +327,12 @@ impl Handler for Logic {
                     }
                 }
             }
+            // An API call may hold (a bot's long-poll): it gets its permit, to give back
+            // while it waits.
+            Ok(slot) if req.cmd == u32::from(cmd::API) => match self.api.handle(&req, slot).await {
+                Ok(resp) => resp,
+                Err(e) => error_response(req.cmd, e),
+            },
             Ok(_slot) => match self.dispatch(&req).await {
                 Ok(resp) => resp,
                 Err(e) => error_response(req.cmd, e),

@@ -20,6 +20,7 @@
 //! what it is given, atomically, and answers queries.
 
 mod accounts;
+mod audit;
 mod groups;
 mod inbox;
 mod media;
@@ -35,6 +36,7 @@ mod user_admin;
 pub mod conformance;
 
 pub use accounts::{AccountStore, Session, User};
+pub use audit::{AuditEntry, AuditStore};
 pub use groups::{GroupChange, GroupRow, GroupStore, MemberRow};
 pub use inbox::{Appended, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage};
 pub use media::{
@@ -55,15 +57,22 @@ pub use user_admin::{
 /// (On a `dyn Store` the compiler finds its supertraits' methods without.)
 pub mod prelude {
     pub use crate::{
-        AccountStore, GroupStore, InboxStore, MediaStore, PushStore, ReportStore, SocialStore,
-        Store, UserAdminStore,
+        AccountStore, AuditStore, GroupStore, InboxStore, MediaStore, PushStore, ReportStore,
+        SocialStore, Store, UserAdminStore,
     };
 }
 
 /// The whole storage contract: every domain's sub-trait. Implemented for any type that
 /// implements them all; the logic layer holds an `Arc<dyn Store>`.
 pub trait Store:
-    AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore + UserAdminStore
+    AccountStore
+    + InboxStore
+    + SocialStore
+    + ReportStore
+    + GroupStore
+    + PushStore
+    + AuditStore
+    + UserAdminStore
 {
 }
 
@@ -74,6 +83,7 @@ impl<
             + ReportStore
             + GroupStore
             + PushStore
+            + AuditStore
             + UserAdminStore,
     > Store for T
 {

@@ -4,30 +4,11 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Subcommand;
+use http::Method;
 use serde_json::{json, Value};
 
-use crate::cli_api::ApiClient;
-
-/// Where the server is and how to authenticate.
-#[derive(Debug, Clone, Args)]
-pub struct ApiOpts {
-    /// The server's HTTP address (any gateway port), e.g. http://127.0.0.1:7000.
-    #[arg(long, env = "FERRY_SERVER")]
-    pub server: Option<String>,
-    /// The admin token (default: read from DATA/admin-token).
-    #[arg(long, env = "FERRY_ADMIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// The server's data folder, to find its generated admin token.
-    #[arg(long, default_value = "ferry-data", env = "FERRY_DATA")]
-    pub data: PathBuf,
-}
-
-impl ApiOpts {
-    fn client(&self) -> anyhow::Result<ApiClient> {
-        ApiClient::from_args(self.server.clone(), self.token.clone(), self.data.clone())
-    }
-}
+use crate::cli_api::{print, ApiArgs, ApiClient};
 
 /// `ferry admin users …`
 #[derive(Debug, Subcommand)]
@@ -35,7 +16,7 @@ pub enum UsersCmd {
     /// List users (JSON lines), or those whose name contains --query.
     List {
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
         /// Part of the name, any case.
         #[arg(long, short)]
         query: Option<String>,
@@ -46,13 +27,13 @@ pub enum UsersCmd {
     /// One user with their devices (JSON).
     Show {
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
         user: String,
     },
     /// Create a user (the password from --password or the FERRY_NEW_PASSWORD variable).
     Create {
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
         user: String,
         #[arg(long, env = "FERRY_NEW_PASSWORD", hide_env_values = true)]
         password: String,
@@ -60,7 +41,7 @@ pub enum UsersCmd {
     /// Disable (ban) a user: sessions end, live links are kicked, sign-in is refused.
     Disable {
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
         user: String,
         /// Why (the user is told).
         #[arg(long, default_value = "")]
@@ -69,19 +50,19 @@ pub enum UsersCmd {
     /// Let a disabled user sign in again.
     Enable {
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
         user: String,
     },
     /// End every session of a user and kick their live links.
     Logout {
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
         user: String,
     },
     /// Delete a user and all their data (messages they sent are recalled). Asks for --yes.
     Delete {
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
         user: String,
         /// Yes, delete them: this cannot be undone.
         #[arg(long)]
@@ -90,7 +71,7 @@ pub enum UsersCmd {
     /// Write a user's data as a tar archive (default USER.tar; - for stdout).
     Export {
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
         user: String,
         #[arg(long, short)]
         out: Option<PathBuf>,
@@ -110,15 +91,16 @@ fn seg(s: &str) -> String {
     out
 }
 
-fn print(v: &Value) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(v)?);
+/// Prints a JSON answer for a person.
+fn show(v: &Value) -> anyhow::Result<()> {
+    print(v);
     Ok(())
 }
 
 pub async fn run(cmd: UsersCmd) -> anyhow::Result<()> {
     match cmd {
         UsersCmd::List { api, query, limit } => {
-            let client = api.client()?;
+            let client = ApiClient::new(&api)?;
             let mut after: Option<u64> = None;
             let mut printed = 0u64;
             let want = limit.unwrap_or(u64::MAX);
@@ -132,7 +114,7 @@ pub async fn run(cmd: UsersCmd) -> anyhow::Result<()> {
                 if let Some(a) = after {
                     path.push_str(&format!("&after={a}"));
                 }
-                let page = client.call("GET", &path, None).await?;
+                let page = client.call(Method::GET, &path, None).await?;
                 let users = page["users"].as_array().cloned().unwrap_or_default();
                 for u in &users {
                     println!("{}", serde_json::to_string(u)?);
@@ -145,46 +127,46 @@ pub async fn run(cmd: UsersCmd) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        UsersCmd::Show { api, user } => print(
-            &api.client()?
-                .call("GET", &format!("admin/users/{}", seg(&user)), None)
+        UsersCmd::Show { api, user } => show(
+            &ApiClient::new(&api)?
+                .call(Method::GET, &format!("admin/users/{}", seg(&user)), None)
                 .await?,
         ),
         UsersCmd::Create {
             api,
             user,
             password,
-        } => print(
-            &api.client()?
+        } => show(
+            &ApiClient::new(&api)?
                 .call(
-                    "POST",
+                    Method::POST,
                     "admin/users",
                     Some(json!({ "name": user, "password": password })),
                 )
                 .await?,
         ),
-        UsersCmd::Disable { api, user, reason } => print(
-            &api.client()?
+        UsersCmd::Disable { api, user, reason } => show(
+            &ApiClient::new(&api)?
                 .call(
-                    "POST",
+                    Method::POST,
                     &format!("admin/users/{}/disable", seg(&user)),
                     Some(json!({ "reason": reason })),
                 )
                 .await?,
         ),
-        UsersCmd::Enable { api, user } => print(
-            &api.client()?
+        UsersCmd::Enable { api, user } => show(
+            &ApiClient::new(&api)?
                 .call(
-                    "POST",
+                    Method::POST,
                     &format!("admin/users/{}/enable", seg(&user)),
                     None,
                 )
                 .await?,
         ),
-        UsersCmd::Logout { api, user } => print(
-            &api.client()?
+        UsersCmd::Logout { api, user } => show(
+            &ApiClient::new(&api)?
                 .call(
-                    "POST",
+                    Method::POST,
                     &format!("admin/users/{}/logout", seg(&user)),
                     None,
                 )
@@ -196,19 +178,19 @@ pub async fn run(cmd: UsersCmd) -> anyhow::Result<()> {
                 "deleting {user} removes the account and all their data for good; \
                  run again with --yes"
             );
-            print(
-                &api.client()?
-                    .call("DELETE", &format!("admin/users/{}", seg(&user)), None)
+            show(
+                &ApiClient::new(&api)?
+                    .call(Method::DELETE, &format!("admin/users/{}", seg(&user)), None)
                     .await?,
             )
         }
         UsersCmd::Export { api, user, out } => {
-            let client = api.client()?;
+            let client = ApiClient::new(&api)?;
             let path = format!("admin/users/{}/export", seg(&user));
             match out.as_deref() {
                 Some(p) if p.as_os_str() == "-" => {
                     let mut stdout = tokio::io::stdout();
-                    client.download(&path, &mut stdout).await
+                    client.download(&path, &mut stdout).await.map(|_| ())
                 }
                 _ => {
                     let file = out.unwrap_or_else(|| PathBuf::from(format!("{user}.tar")));

@@ -181,6 +181,20 @@ CREATE TABLE push_queue (
 ) WITHOUT ROWID;
 CREATE INDEX push_queue_due ON push_queue(due_ms, user_id, device_id);
 "#,
+    // Audit (issue 23): every change made through the admin API.
+    r#"
+CREATE TABLE audit_log (
+    id     INTEGER PRIMARY KEY,
+    at_ms  INTEGER NOT NULL,
+    actor  TEXT NOT NULL,
+    peer   TEXT NOT NULL,
+    op     TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path   TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
+"#,
     // Admin users (issue 23, H-users): a disabled (banned) user keeps the reason (NULL:
     // enabled); `ferry_meta.user_id_floor` is the highest id ever deleted, so a new user
     // never gets a deleted one's id.
