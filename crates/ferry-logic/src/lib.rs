@@ -19,8 +19,8 @@
 //! ```
 
 mod accounts;
-pub mod admission;
 mod admin_users;
+pub mod admission;
 pub(crate) mod api;
 mod attach;
 mod auth;

@@ -98,12 +98,7 @@ impl Logic {
             endpoints: Endpoints::new(core.clone(), notifier.clone()),
             api: Api::new(
                 core.clone(),
-                AdminUsers::new(
-                    core.clone(),
-                    notifier.clone(),
-                    push.clone(),
-                    groups.clone(),
-                ),
+                AdminUsers::new(core.clone(), notifier.clone(), push.clone(), groups.clone()),
             ),
             push,
             friends,

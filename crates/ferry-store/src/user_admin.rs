@@ -244,7 +244,14 @@ mod tests {
         ] {
             assert!(is_user_column(c), "{c}");
         }
-        for c in ["id", "group_id", "msg_id", "moment_id", "peers", "device_id"] {
+        for c in [
+            "id",
+            "group_id",
+            "msg_id",
+            "moment_id",
+            "peers",
+            "device_id",
+        ] {
             assert!(!is_user_column(c), "{c}");
         }
     }

@@ -216,11 +216,9 @@ impl AdminUsers {
                         cur.phase = Phase::Messages;
                         cur.after = 0;
                         cur.pos = 0;
-                    } else if out.is_empty() {
-                        // An empty part: counting goes on at the next call.
-                        break;
                     } else {
-                        // Counting is a call of its own: answer what is written.
+                        // Counting takes calls of its own (answered as parts with what
+                        // was written before, maybe none): it goes on at the next call.
                         break;
                     }
                 }
@@ -537,11 +535,8 @@ mod tests {
         let h = header("media/abc", 1234, 1_700_000_000);
         assert_eq!(&h[257..263], b"ustar\0");
         assert_eq!(&h[124..135], b"00000002322");
-        let stored = u32::from_str_radix(
-            std::str::from_utf8(&h[148..154]).unwrap().trim(),
-            8,
-        )
-        .unwrap();
+        let stored =
+            u32::from_str_radix(std::str::from_utf8(&h[148..154]).unwrap().trim(), 8).unwrap();
         let mut copy = h;
         copy[148..156].copy_from_slice(b"        ");
         assert_eq!(stored, copy.iter().map(|&b| u32::from(b)).sum::<u32>());

@@ -169,7 +169,10 @@ pub async fn deleting_media_keeps_content_another_media_shares(media: Arc<dyn Me
         ids(media.uploaded_by(7, &a, 10).await.unwrap()),
         [c.clone(), d.clone()]
     );
-    assert_eq!(ids(media.uploaded_by(8, "", 10).await.unwrap()), [b.clone()]);
+    assert_eq!(
+        ids(media.uploaded_by(8, "", 10).await.unwrap()),
+        [b.clone()]
+    );
 
     for id in [&a, &c, &d] {
         assert!(media.delete(id).await.unwrap());

@@ -134,7 +134,14 @@ macro_rules! media_conformance_tests {
 pub fn assert_all_listed(listed: &[&str]) {
     assert_listed(
         &[
-            "accounts", "audit", "inbox", "social", "reports", "groups", "push", "media",
+            "accounts",
+            "audit",
+            "inbox",
+            "social",
+            "reports",
+            "groups",
+            "push",
+            "media",
             "user_admin",
         ],
         listed,

@@ -9,8 +9,8 @@ use ferry_proto::v1;
 use super::{group_event, new_msg};
 use crate::prelude::*;
 use crate::{
-    Avatar, FriendChange, FriendRow, GroupRow, MomentRow, NewMessage, PushEnqueue,
-    PushPrefRow, PushTargetRow, ReportInfo, StoreError, UserDeletion,
+    Avatar, FriendChange, FriendRow, GroupRow, MomentRow, NewMessage, PushEnqueue, PushPrefRow,
+    PushTargetRow, ReportInfo, StoreError, UserDeletion,
 };
 
 pub async fn users_are_listed_searched_and_disabled(store: Arc<dyn Store>) {
@@ -59,18 +59,28 @@ pub async fn users_are_listed_searched_and_disabled(store: Arc<dyn Store>) {
             .iter()
             .map(|d| (d.device_id.as_str(), d.synckey, d.session_ms > 0))
             .collect::<Vec<_>>(),
-        [("laptop", 0, true), ("phone", 7, true), ("tablet", 3, false)]
+        [
+            ("laptop", 0, true),
+            ("phone", 7, true),
+            ("tablet", 3, false)
+        ]
     );
 
     let mut revoked = store.set_disabled(b, Some("spam")).await.unwrap();
     revoked.sort();
     assert_eq!(revoked, ["laptop", "phone"]);
     assert!(store.session([1; 32]).await.unwrap().is_none());
-    assert!(store.session([3; 32]).await.unwrap().is_some(), "others keep theirs");
+    assert!(
+        store.session([3; 32]).await.unwrap().is_some(),
+        "others keep theirs"
+    );
     assert_eq!(store.disabled(b).await.unwrap().as_deref(), Some("spam"));
     assert_eq!(store.disabled(c).await.unwrap(), None);
     let info = store.user_info(b).await.unwrap().unwrap();
-    assert_eq!((info.disabled, info.disabled_reason.as_str()), (true, "spam"));
+    assert_eq!(
+        (info.disabled, info.disabled_reason.as_str()),
+        (true, "spam")
+    );
     assert!(store.list_users("bob", 0, 10).await.unwrap()[0].disabled);
     assert!(store.set_disabled(b, None).await.unwrap().is_empty());
     assert_eq!(store.disabled(b).await.unwrap(), None);
@@ -91,9 +101,22 @@ pub async fn export_reads_page_through_messages_and_reports(store: Arc<dyn Store
         .into_iter()
         .enumerate()
     {
-        let name = |u| if u == a { "alice" } else if u == b { "bob" } else { "carol" };
+        let name = |u| {
+            if u == a {
+                "alice"
+            } else if u == b {
+                "bob"
+            } else {
+                "carol"
+            }
+        };
         let m = store
-            .append_message(new_msg((from, name(from)), (to, name(to)), i as u64 + 1, "t"))
+            .append_message(new_msg(
+                (from, name(from)),
+                (to, name(to)),
+                i as u64 + 1,
+                "t",
+            ))
             .await
             .unwrap();
         if from == a || to == a {
@@ -188,10 +211,22 @@ pub async fn deleting_a_user_leaves_no_row_of_theirs(store: Arc<dyn Store>) {
     store.set_synckey(a, "phone", 1).await.unwrap();
     store.set_synckey(b, "phone", 1).await.unwrap();
     store.flush_synckeys().await.unwrap();
-    let to_b = store.append_message(new_msg(al, bo, 1, "hi bob")).await.unwrap();
-    let from_b = store.append_message(new_msg(bo, al, 2, "hi alice")).await.unwrap();
-    store.append_message(new_msg(al, al, 3, "note")).await.unwrap();
-    let b_to_c = store.append_message(new_msg(bo, ca, 4, "b to c")).await.unwrap();
+    let to_b = store
+        .append_message(new_msg(al, bo, 1, "hi bob"))
+        .await
+        .unwrap();
+    let from_b = store
+        .append_message(new_msg(bo, al, 2, "hi alice"))
+        .await
+        .unwrap();
+    store
+        .append_message(new_msg(al, al, 3, "note"))
+        .await
+        .unwrap();
+    let b_to_c = store
+        .append_message(new_msg(bo, ca, 4, "b to c"))
+        .await
+        .unwrap();
     let row = |user, peer, s: S| FriendRow {
         user_id: user,
         peer_id: peer,
@@ -271,7 +306,12 @@ pub async fn deleting_a_user_leaves_no_row_of_theirs(store: Arc<dyn Store>) {
     };
     let created = |g| group_event(v1::group_event::Kind::Created, g, 1);
     store
-        .create_group(group(1, a), vec![(a, 2), (b, 0), (c, 1)], created(1), vec![])
+        .create_group(
+            group(1, a),
+            vec![(a, 2), (b, 0), (c, 1)],
+            created(1),
+            vec![],
+        )
         .await
         .unwrap();
     store
@@ -312,7 +352,10 @@ pub async fn deleting_a_user_leaves_no_row_of_theirs(store: Arc<dyn Store>) {
         until_ms: 0,
     };
     store.set_push_prefs(a, vec![pref(a, b)]).await.unwrap();
-    store.set_push_prefs(b, vec![pref(b, a), pref(b, c)]).await.unwrap();
+    store
+        .set_push_prefs(b, vec![pref(b, a), pref(b, c)])
+        .await
+        .unwrap();
     store
         .enqueue_pushes(vec![PushEnqueue {
             user_id: a,
@@ -344,7 +387,10 @@ pub async fn deleting_a_user_leaves_no_row_of_theirs(store: Arc<dyn Store>) {
         "push_prefs",
         "push_queue",
     ] {
-        assert!(tables.contains(&t), "alice has rows in {t} before: {before:?}");
+        assert!(
+            tables.contains(&t),
+            "alice has rows in {t} before: {before:?}"
+        );
     }
     let b_seq = store.latest_seq(b).await.unwrap();
     let c_seq = store.latest_seq(c).await.unwrap();
@@ -376,9 +422,10 @@ pub async fn deleting_a_user_leaves_no_row_of_theirs(store: Arc<dyn Store>) {
         by: "alice".into(),
     }))));
     assert!(
-        !page.entries.iter().any(
-            |e| matches!(&e.kind, Some(v1::entry::Kind::Message(m)) if m.from == "alice")
-        ),
+        !page
+            .entries
+            .iter()
+            .any(|e| matches!(&e.kind, Some(v1::entry::Kind::Message(m)) if m.from == "alice")),
         "no message from alice is left in bob's inbox"
     );
     assert!(page.entries.iter().any(
@@ -391,7 +438,10 @@ pub async fn deleting_a_user_leaves_no_row_of_theirs(store: Arc<dyn Store>) {
     )));
     assert!(store.latest_seq(b).await.unwrap() > b_seq);
     assert!(store.latest_seq(c).await.unwrap() > c_seq);
-    assert!(done.inboxes.iter().any(|&(u, s)| u == b && s == page.latest_seq));
+    assert!(done
+        .inboxes
+        .iter()
+        .any(|&(u, s)| u == b && s == page.latest_seq));
     assert!(store.message_info(to_b.msg_id).await.unwrap().is_none());
     assert!(store.message_info(b_to_c.msg_id).await.unwrap().is_some());
     // Carol's friendship with bob is untouched; nobody has alice as a friend.
@@ -419,9 +469,9 @@ pub async fn deleting_a_user_leaves_no_row_of_theirs(store: Arc<dyn Store>) {
         &e.kind,
         Some(v1::group_entry::Kind::Event(ev)) if ev.kind == v1::group_event::Kind::Left as i32
     )));
-    assert!(!log.iter().any(
-        |e| matches!(&e.kind, Some(v1::group_entry::Kind::Message(m)) if m.from == "alice")
-    ));
+    assert!(!log
+        .iter()
+        .any(|e| matches!(&e.kind, Some(v1::group_entry::Kind::Message(m)) if m.from == "alice")));
     assert!(log.iter().any(
         |e| matches!(&e.kind, Some(v1::group_entry::Kind::Message(m)) if m.msg_id == b_in_g1.msg_id)
     ));
@@ -440,7 +490,9 @@ pub async fn deleting_a_user_leaves_no_row_of_theirs(store: Arc<dyn Store>) {
     assert!(store.moment(10).await.unwrap().is_none());
     let r = store.reactions(&[10, 20]).await.unwrap();
     assert_eq!(
-        r.iter().map(|x| (x.moment_id, x.user_id)).collect::<Vec<_>>(),
+        r.iter()
+            .map(|x| (x.moment_id, x.user_id))
+            .collect::<Vec<_>>(),
         [(20, c)]
     );
     // Push: bob's target and his setting for carol stay.

@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
-use deadpool_postgres::Transaction;
 use deadpool_postgres::GenericClient;
+use deadpool_postgres::Transaction;
 
 use super::groups::log_append;
 use super::inbox::{append_events, decode_message, lock_users};
@@ -109,7 +109,10 @@ async fn delete_user(txn: &Transaction<'_>, del: &UserDeletion) -> Result<Delete
     let mut gseqs: HashMap<u64, u64> = HashMap::new();
     for (g, _) in memberships {
         let owner: i64 = txn
-            .query_one("SELECT owner_id FROM groups WHERE id = $1 FOR UPDATE", &[&g])
+            .query_one(
+                "SELECT owner_id FROM groups WHERE id = $1 FOR UPDATE",
+                &[&g],
+            )
             .await?
             .get(0);
         let heir: Option<i64> = txn
@@ -133,7 +136,9 @@ async fn delete_user(txn: &Transaction<'_>, del: &UserDeletion) -> Result<Delete
                     .execute("DELETE FROM group_log WHERE group_id = $1", &[&g])
                     .await?;
                 count(&mut out.rows, "group_log", n);
-                let n = txn.execute("DELETE FROM groups WHERE id = $1", &[&g]).await?;
+                let n = txn
+                    .execute("DELETE FROM groups WHERE id = $1", &[&g])
+                    .await?;
                 count(&mut out.rows, "groups", n);
                 out.dissolved.push(g as u64);
             }
@@ -144,8 +149,11 @@ async fn delete_user(txn: &Transaction<'_>, del: &UserDeletion) -> Result<Delete
                         &[&g, &heir, &entries::OWNER],
                     )
                     .await?;
-                    txn.execute("UPDATE groups SET owner_id = $2 WHERE id = $1", &[&g, &heir])
-                        .await?;
+                    txn.execute(
+                        "UPDATE groups SET owner_id = $2 WHERE id = $1",
+                        &[&g, &heir],
+                    )
+                    .await?;
                 }
                 let entry = entries::group_left(g as u64, name, t);
                 let gseq = log_append(txn, g as u64, None, Some(&entry), t).await?;
@@ -321,12 +329,7 @@ impl UserAdminStore for PgStore {
             .collect())
     }
 
-    async fn user_messages(
-        &self,
-        id: u64,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<MessageInfo>> {
+    async fn user_messages(&self, id: u64, after: u64, limit: u32) -> Result<Vec<MessageInfo>> {
         let client = self.client().await?;
         let rows = client
             .query(

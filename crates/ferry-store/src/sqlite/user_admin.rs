@@ -218,7 +218,10 @@ fn delete_user(
         count(&mut out.rows, table, txn.execute(sql, [uid])?);
     }
     for (table, col) in user_columns(txn)? {
-        let n = txn.execute(&format!("DELETE FROM \"{table}\" WHERE \"{col}\" = ?1"), [uid])?;
+        let n = txn.execute(
+            &format!("DELETE FROM \"{table}\" WHERE \"{col}\" = ?1"),
+            [uid],
+        )?;
         count(&mut out.rows, &table, n);
     }
     // Ids are never given again (a cached name, a stale reference must not find a new
@@ -241,10 +244,7 @@ impl UserAdminStore for SqliteStore {
                 "SELECT {USER_COLS} FROM users WHERE id > ?1 AND lower(name) LIKE ?2 ESCAPE '\\'
                  ORDER BY id LIMIT ?3"
             ))?
-            .query_map(
-                params![after as i64, pattern, i64::from(limit)],
-                row_info,
-            )?
+            .query_map(params![after as i64, pattern, i64::from(limit)], row_info)?
             .collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
@@ -252,21 +252,23 @@ impl UserAdminStore for SqliteStore {
 
     async fn user_info(&self, id: u64) -> Result<Option<UserInfo>> {
         self.read(move |c| {
-            Ok(c
-                .prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE id = ?1"))?
-                .query_row([id as i64], row_info)
-                .optional()?)
+            Ok(
+                c.prepare_cached(&format!("SELECT {USER_COLS} FROM users WHERE id = ?1"))?
+                    .query_row([id as i64], row_info)
+                    .optional()?,
+            )
         })
         .await
     }
 
     async fn disabled(&self, id: u64) -> Result<Option<String>> {
         self.read(move |c| {
-            Ok(c
-                .prepare_cached("SELECT disabled_reason FROM users WHERE id = ?1")?
-                .query_row([id as i64], |r| r.get::<_, Option<String>>(0))
-                .optional()?
-                .flatten())
+            Ok(
+                c.prepare_cached("SELECT disabled_reason FROM users WHERE id = ?1")?
+                    .query_row([id as i64], |r| r.get::<_, Option<String>>(0))
+                    .optional()?
+                    .flatten(),
+            )
         })
         .await
     }
@@ -317,12 +319,7 @@ impl UserAdminStore for SqliteStore {
         .await
     }
 
-    async fn user_messages(
-        &self,
-        id: u64,
-        after: u64,
-        limit: u32,
-    ) -> Result<Vec<MessageInfo>> {
+    async fn user_messages(&self, id: u64, after: u64, limit: u32) -> Result<Vec<MessageInfo>> {
         self.read(move |c| {
             let rows = c
                 .prepare_cached(

@@ -93,7 +93,10 @@ async fn every_users_route_needs_the_admin_token() {
         let (status, _) = call(&ts.addr(), method, &path, Some(&user_token), body.clone()).await;
         assert_eq!(status, 403, "{method} {path} with a user's token");
         let (status, _) = call(&ts.addr(), method, &path, Some("not-a-token"), body).await;
-        assert!(matches!(status, 401 | 403), "{method} {path} with a wrong token");
+        assert!(
+            matches!(status, 401 | 403),
+            "{method} {path} with a wrong token"
+        );
     }
     // Nothing happened: ursula is there, enabled, signed in; no mallory.
     let u = admin(&ts, "GET", "admin/users/ursula", None).await;
@@ -120,7 +123,10 @@ async fn create_list_disable_and_enable() {
         Some(json!({"name": "vera", "password": PASSWORD})),
     )
     .await;
-    assert_eq!((made["name"].as_str(), made["bot"].as_bool()), (Some("vera"), Some(false)));
+    assert_eq!(
+        (made["name"].as_str(), made["bot"].as_bool()),
+        (Some("vera"), Some(false))
+    );
     let (status, _) = call(
         &ts.addr(),
         "POST",
@@ -177,14 +183,33 @@ async fn create_list_disable_and_enable() {
     let refused = short.auth("vera", PASSWORD, "phone").await.unwrap_err();
     assert_eq!(refused.code(), Some(v1::ErrorCode::PermissionDenied));
     assert!(
-        refused.to_string().contains("this account is disabled: spamming"),
+        refused
+            .to_string()
+            .contains("this account is disabled: spamming"),
         "{refused}"
     );
-    assert!(admin(&ts, "GET", "admin/users/vera", None).await["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|d| d["signed_in"] == false && d["online"] == false));
+    // Signed out everywhere; offline once the gateway closed the link (bounded wait).
+    let mut devices = Value::Null;
+    for _ in 0..50 {
+        devices = admin(&ts, "GET", "admin/users/vera", None).await["devices"].clone();
+        if devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["signed_in"] == false && d["online"] == false)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        devices
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["signed_in"] == false && d["online"] == false),
+        "{devices}"
+    );
     admin(&ts, "POST", "admin/users/vera/enable", None).await;
     short.auth("vera", PASSWORD, "phone").await.unwrap();
 
@@ -206,16 +231,21 @@ fn untar(mut tar: &[u8]) -> BTreeMap<String, Vec<u8>> {
         }
         let name = String::from_utf8(h[..100].split(|&b| b == 0).next().unwrap().to_vec()).unwrap();
         let size = usize::from_str_radix(
-            std::str::from_utf8(&h[124..135]).unwrap().trim_matches(char::from(0)).trim(),
+            std::str::from_utf8(&h[124..135])
+                .unwrap()
+                .trim_matches(char::from(0))
+                .trim(),
             8,
         )
         .unwrap();
-        let sum: u32 = h[..148].iter().chain(&[b' '; 8]).chain(&h[156..]).map(|&b| u32::from(b)).sum();
-        let stored = u32::from_str_radix(
-            std::str::from_utf8(&h[148..154]).unwrap().trim(),
-            8,
-        )
-        .unwrap();
+        let sum: u32 = h[..148]
+            .iter()
+            .chain(&[b' '; 8])
+            .chain(&h[156..])
+            .map(|&b| u32::from(b))
+            .sum();
+        let stored =
+            u32::from_str_radix(std::str::from_utf8(&h[148..154]).unwrap().trim(), 8).unwrap();
         assert_eq!(sum, stored, "header checksum of {name}");
         let body = &tar[512..512 + size];
         files.insert(name, body.to_vec());
@@ -247,7 +277,12 @@ async fn export_holds_exactly_the_users_data() {
     let (zoe, _ze) = connect(&ts.addr(), "zoe").await;
     let mut mine = Vec::new();
     for i in 0..3 {
-        mine.push(xena.send_text("yuri", &format!("x{i}")).await.unwrap().msg_id);
+        mine.push(
+            xena.send_text("yuri", &format!("x{i}"))
+                .await
+                .unwrap()
+                .msg_id,
+        );
     }
     mine.push(yuri.send_text("xena", "to xena").await.unwrap().msg_id);
     let not_mine = zoe.send_text("yuri", "zoe to yuri").await.unwrap().msg_id;
@@ -273,7 +308,12 @@ async fn export_holds_exactly_the_users_data() {
     let files = untar(&export(&ts, "xena").await);
     let user: Value = serde_json::from_slice(&files["user.json"]).unwrap();
     assert_eq!(user["name"], "xena");
-    for f in ["friends.json", "groups.json", "moments.json", "reports.json"] {
+    for f in [
+        "friends.json",
+        "groups.json",
+        "moments.json",
+        "reports.json",
+    ] {
         let _: Value = serde_json::from_slice(&files[f]).unwrap_or_else(|e| panic!("{f}: {e}"));
     }
     let lines: Vec<Value> = String::from_utf8(files["messages.jsonl"].clone())
@@ -285,7 +325,9 @@ async fn export_holds_exactly_the_users_data() {
     let ids: Vec<u64> = lines.iter().map(|m| m["id"].as_u64().unwrap()).collect();
     assert_eq!(ids, mine, "exactly the messages xena sent or received");
     assert!(!ids.contains(&not_mine));
-    assert!(lines.iter().all(|m| m["from"] == "xena" || m["to"] == "xena"));
+    assert!(lines
+        .iter()
+        .all(|m| m["from"] == "xena" || m["to"] == "xena"));
     assert_eq!(files[&format!("media/{}", m1.media_id)], big);
     assert_eq!(files[&format!("media/{}", m2.media_id)], small);
     assert!(!files.contains_key(&format!("media/{}", other.media_id)));
@@ -350,7 +392,8 @@ async fn delete_kicks_recalls_and_leaves_no_row() {
         .newsync(&eli_token, 0, 100)
         .await
         .unwrap();
-    assert!(!page.entries.iter().any(
-        |e| matches!(&e.kind, Some(v1::entry::Kind::Message(m)) if m.from == "dora")
-    ));
+    assert!(!page
+        .entries
+        .iter()
+        .any(|e| matches!(&e.kind, Some(v1::entry::Kind::Message(m)) if m.from == "dora")));
 }
