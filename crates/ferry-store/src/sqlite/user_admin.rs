@@ -30,7 +30,8 @@ fn row_info(r: &rusqlite::Row) -> rusqlite::Result<UserInfo> {
     })
 }
 
-/// Every (table, column) of the database whose column holds user ids, by name.
+/// Every (table, column) of the database whose integer column holds user ids, by name
+/// (a text column such as the audit log's `peer`, an address, is not one).
 fn user_columns(c: &Connection) -> Result<Vec<(String, String)>> {
     let tables: Vec<String> = c
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")?
@@ -39,7 +40,9 @@ fn user_columns(c: &Connection) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
     for t in tables {
         let cols: Vec<String> = c
-            .prepare(&format!("SELECT name FROM pragma_table_info('{t}')"))?
+            .prepare(&format!(
+                "SELECT name FROM pragma_table_info('{t}') WHERE upper(type) LIKE '%INT%'"
+            ))?
             .query_map([], |r| r.get(0))?
             .collect::<rusqlite::Result<_>>()?;
         for col in cols {
