@@ -19,7 +19,7 @@ use crate::error::LogicError;
 use crate::notify::Notifier;
 use crate::push::PushService;
 
-fn valid_username(name: &str) -> bool {
+pub(crate) fn valid_username(name: &str) -> bool {
     (1..=32).contains(&name.len())
         && name
             .bytes()
@@ -96,6 +96,7 @@ impl Accounts {
             return Err(LogicError::BadCredentials);
         }
         let (token, token_expires_ms) = self.issue_token(user.id, &r.device_id).await?;
+        self.refuse_disabled(user.id, Some(&token)).await?;
         let latest_seq = self.core.store.latest_seq(user.id).await?;
         Ok(ok(
             req.cmd,
@@ -112,6 +113,7 @@ impl Accounts {
         let r = v1::LoginReq::decode(req.body.clone())?;
         self.limit_ip(&self.core.limits.login_per_ip, req, "logins")?;
         let s = self.core.session_row(&r.token).await?;
+        self.refuse_disabled(s.user_id, None).await?;
         let (token, token_expires_ms) = self.renew_if_old(&s).await?;
         let s = DeviceSession {
             user_id: s.user_id,
@@ -160,6 +162,7 @@ impl Accounts {
             }
         };
         let (token, token_expires_ms) = self.issue_token(s.user_id, &s.device_id).await?;
+        self.refuse_disabled(s.user_id, Some(&token)).await?;
         metrics::counter!("ferry_tokens_renewed_total").increment(1);
         Ok(ok(
             req.cmd,
@@ -298,6 +301,22 @@ impl Accounts {
                 avatar_etag: etag,
             },
         ))
+    }
+
+    /// Refuses a disabled user (admin API: `admin/users/{user}/disable`). Checked after
+    /// a new token (`issued`) is stored, which is then deleted: a disable that commits
+    /// at the same time either sees the session and ends it, or is seen here.
+    async fn refuse_disabled(&self, user_id: u64, issued: Option<&str>) -> Result<(), LogicError> {
+        let Some(reason) = self.core.store.disabled(user_id).await? else {
+            return Ok(());
+        };
+        if let Some(token) = issued {
+            self.core
+                .store
+                .delete_session(auth::token_hash(token))
+                .await?;
+        }
+        Err(crate::admin_users::disabled_error(&reason))
     }
 
     /// A new token for a device, replacing its earlier one. Returns it and its expiry.

@@ -192,6 +192,14 @@ impl Core {
         }
     }
 
+    /// Forgets what is cached of a deleted user (its name and id, its devices'
+    /// synckeys): the name may be registered again, as a new user.
+    pub fn forget_user(&self, id: u64, name: &str) {
+        self.ids_by_name.remove(name);
+        self.names_by_id.remove(&id);
+        self.synckeys.retain(|(user, _), _| *user != id);
+    }
+
     /// The synckey this node last recorded for a device (0: none).
     pub fn known_synckey(&self, user: u64, device: &str) -> u64 {
         self.synckeys

@@ -20,6 +20,7 @@
 
 mod accounts;
 mod admin_ops;
+mod admin_users;
 pub mod admission;
 pub(crate) mod api;
 mod attach;

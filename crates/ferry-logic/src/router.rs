@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Accounts;
 use crate::admin_ops::Ops;
+use crate::admin_users::AdminUsers;
 use crate::admission::{Admission, Class};
 use crate::api::Api;
 use crate::attach::Attachments;
@@ -99,6 +100,7 @@ impl Logic {
             api: Api::new(
                 core.clone(),
                 Ops::new(core.clone(), notifier.clone(), groups.clone(), push.clone()),
+                AdminUsers::new(core.clone(), notifier.clone(), push.clone(), groups.clone()),
             ),
             push,
             friends,

@@ -30,6 +30,7 @@ mod push;
 mod reports;
 mod social;
 mod sqlite;
+mod user_admin;
 
 #[cfg(feature = "conformance")]
 #[doc(hidden)]
@@ -49,6 +50,9 @@ pub use push::{PushDone, PushEnqueue, PushJob, PushPrefRow, PushStore, PushTarge
 pub use reports::{ReportInfo, ReportStore};
 pub use social::{Avatar, FriendChange, FriendList, FriendRow, MomentRow, Reaction, SocialStore};
 pub use sqlite::{Durability, SqliteStore};
+pub use user_admin::{
+    is_user_column, Deleted, DeviceInfo, Leftover, UserAdminStore, UserDeletion, UserInfo,
+};
 
 /// The store's traits, for code that calls them on a concrete store (`SqliteStore`,
 /// `PgStore`) or a generic one, where a sub-trait's methods need the sub-trait in scope.
@@ -56,7 +60,7 @@ pub use sqlite::{Durability, SqliteStore};
 pub mod prelude {
     pub use crate::{
         AccountStore, AuditStore, GroupStore, InboxStore, MediaStore, OpsStore, PushStore,
-        ReportStore, SocialStore, Store,
+        ReportStore, SocialStore, Store, UserAdminStore,
     };
 }
 
@@ -71,6 +75,7 @@ pub trait Store:
     + PushStore
     + AuditStore
     + OpsStore
+    + UserAdminStore
 {
 }
 
@@ -82,7 +87,8 @@ impl<
             + GroupStore
             + PushStore
             + AuditStore
-            + OpsStore,
+            + OpsStore
+            + UserAdminStore,
     > Store for T
 {
 }

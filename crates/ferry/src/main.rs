@@ -235,6 +235,9 @@ enum AdminCommand {
     /// Platform push: send a test push to each of a user's devices.
     #[command(subcommand)]
     Push(AdminPushCommand),
+    /// Users (admin API): list, show, create, disable, enable, logout, delete, export.
+    #[command(subcommand)]
+    Users(ferry::cli_users::UsersCmd),
     /// The audit log of admin changes (admin API), newest first.
     Audit {
         #[command(flatten)]
@@ -429,6 +432,8 @@ async fn main() {
                             clear,
                         },
                 } => ferry::cli_ops::limits(&api, &user, &set, clear).await,
+                    command: AdminCommand::Users(cmd),
+                } => ferry::cli_users::run(cmd).await,
                 Command::Admin {
                     command:
                         AdminCommand::Reports {

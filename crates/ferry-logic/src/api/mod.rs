@@ -51,6 +51,8 @@ pub(crate) enum Domain {
     Api,
     /// Operations: groups, recall, broadcast, limit overrides (`admin_ops.rs`).
     Ops,
+    /// Admin users (`admin_users.rs`).
+    Users,
 }
 
 impl Domain {
@@ -59,6 +61,7 @@ impl Domain {
         match self {
             Domain::Api => "api",
             Domain::Ops => "operations",
+            Domain::Users => "users",
         }
     }
 }
@@ -123,7 +126,10 @@ pub(crate) const ROUTES: &[Route] = &[
 
 /// Every route of every domain.
 pub(crate) fn routes() -> impl Iterator<Item = &'static Route> {
-    ROUTES.iter().chain(crate::admin_ops::ROUTES)
+    ROUTES
+        .iter()
+        .chain(crate::admin_ops::ROUTES)
+        .chain(crate::admin_users::ROUTES)
 }
 
 /// An API call, matched to its route.
@@ -343,11 +349,16 @@ impl ApiError {
 pub(crate) struct Api {
     core: Arc<Core>,
     ops: crate::admin_ops::Ops,
+    users: crate::admin_users::AdminUsers,
 }
 
 impl Api {
-    pub fn new(core: Arc<Core>, ops: crate::admin_ops::Ops) -> Api {
-        Api { core, ops }
+    pub fn new(
+        core: Arc<Core>,
+        ops: crate::admin_ops::Ops,
+        users: crate::admin_users::AdminUsers,
+    ) -> Api {
+        Api { core, ops, users }
     }
 
     /// Answers an `API` command.
@@ -421,6 +432,7 @@ impl Api {
         match call.route.domain {
             Domain::Api => self.own(call).await,
             Domain::Ops => self.ops.api(call).await,
+            Domain::Users => self.users.api(call).await,
         }
     }
 

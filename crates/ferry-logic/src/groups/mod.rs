@@ -622,6 +622,16 @@ impl Groups {
         Ok(())
     }
 
+    /// Groups whose members or log were changed by another domain (a user deleted by
+    /// an operator), each with its newest gseq: their cached members are forgotten and
+    /// every member online is told the log grew.
+    pub async fn changed_elsewhere(&self, groups: &[(u64, u64)]) {
+        for &(group, gseq) in groups {
+            self.fanout.forget_members(group);
+            self.fanout.notify(group, None, gseq, &[]).await;
+        }
+    }
+
     /// Recalls a group message (`recall.group_id`) that `sender` sent at `sent_ms`, on
     /// behalf of `me`: the sender within `window_ms`, an admin at any time. A
     /// non-member is told the message does not exist.

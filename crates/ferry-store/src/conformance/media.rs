@@ -134,3 +134,58 @@ pub async fn sweep_deletes_old_unfinished_uploads_only(media: Arc<dyn MediaStore
     assert_eq!(media.read(&done, 0, 100).await.unwrap(), data);
     assert!(media.sweep(3_000).await.unwrap().is_empty());
 }
+
+/// A user's media are listed by uploader (paged by id) and deleted one by one; content
+/// another media shares stays readable through it.
+pub async fn deleting_media_keeps_content_another_media_shares(media: Arc<dyn MediaStore>) {
+    let data = b"shared content!";
+    let (a, b, c, d) = (
+        "a".repeat(32),
+        "b".repeat(32),
+        "c".repeat(32),
+        "d".repeat(32),
+    );
+    let by = |id: &str, uploader: u64, data: &[u8]| MediaMeta {
+        uploader,
+        ..meta(id, data)
+    };
+    media.create(by(&a, 7, data)).await.unwrap();
+    upload(&media, &a, data).await;
+    media.create(by(&b, 8, data)).await.unwrap();
+    upload(&media, &b, data).await;
+    // Still uploading: listed and deleted too.
+    media.create(by(&c, 7, b"partial....")).await.unwrap();
+    media.write_chunk(&c, 0, b"part").await.unwrap();
+    media.create(by(&d, 7, b"other")).await.unwrap();
+    upload(&media, &d, b"other").await;
+
+    let ids = |v: Vec<MediaMeta>| v.into_iter().map(|m| m.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(media.uploaded_by(7, "", 10).await.unwrap()),
+        [a.clone(), c.clone(), d.clone()]
+    );
+    assert_eq!(ids(media.uploaded_by(7, "", 1).await.unwrap()), [a.clone()]);
+    assert_eq!(
+        ids(media.uploaded_by(7, &a, 10).await.unwrap()),
+        [c.clone(), d.clone()]
+    );
+    assert_eq!(
+        ids(media.uploaded_by(8, "", 10).await.unwrap()),
+        [b.clone()]
+    );
+
+    for id in [&a, &c, &d] {
+        assert!(media.delete(id).await.unwrap());
+        assert!(media.meta(id).await.unwrap().is_none());
+        assert!(matches!(
+            media.read(id, 0, 10).await,
+            Err(StoreError::NotFound)
+        ));
+    }
+    assert!(!media.delete(&a).await.unwrap(), "deleted once");
+    assert!(media.uploaded_by(7, "", 10).await.unwrap().is_empty());
+    // Bob's copy of the same content is still whole.
+    assert_eq!(media.read(&b, 0, 100).await.unwrap(), data);
+    assert!(media.delete(&b).await.unwrap());
+    assert!(!media.delete("../../etc/passwd").await.unwrap());
+}

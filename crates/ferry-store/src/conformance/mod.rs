@@ -20,6 +20,7 @@ pub mod ops;
 pub mod push;
 pub mod reports;
 pub mod social;
+pub mod user_admin;
 
 /// Instantiates every case of the suite as a test in the calling module, one
 /// sub-module per sub-trait. `$store` names an `async fn` that builds a fresh store,
@@ -43,6 +44,9 @@ macro_rules! conformance_tests {
             ops: groups_are_listed_searched_and_dissolved, users_page_by_id,
                 system_messages_land_in_their_recipients_inbox_only,
                 limit_overrides_are_set_replaced_and_cleared;
+            user_admin: users_are_listed_searched_and_disabled,
+                export_reads_page_through_messages_and_reports,
+                deleting_a_user_leaves_no_row_of_theirs;
             push: targets_are_registered_replaced_and_deleted,
                 targets_since_page_in_registration_order, prefs_are_set_removed_and_expire,
                 entries_coalesce_into_one_row_per_device, new_rows_wait_for_the_quiet_window,
@@ -55,7 +59,8 @@ macro_rules! conformance_tests {
             media: chunks_in_any_order_then_verify_commit_and_read,
                 acknowledged_bytes_never_change,
                 the_upload_key_is_kept_until_the_upload_is_finished,
-                sweep_deletes_old_unfinished_uploads_only;
+                sweep_deletes_old_unfinished_uploads_only,
+                deleting_media_keeps_content_another_media_shares;
         );
     };
     // Media cases run on a media store, every other on a store.
@@ -64,7 +69,8 @@ macro_rules! conformance_tests {
             chunks_in_any_order_then_verify_commit_and_read,
             acknowledged_bytes_never_change,
             the_upload_key_is_kept_until_the_upload_is_finished,
-            sweep_deletes_old_unfinished_uploads_only
+            sweep_deletes_old_unfinished_uploads_only,
+            deleting_media_keeps_content_another_media_shares
         );
     };
     (@media_cases $media:ident; $($case:ident),+) => {
@@ -132,7 +138,16 @@ macro_rules! media_conformance_tests {
 pub fn assert_all_listed(listed: &[&str]) {
     assert_listed(
         &[
-            "accounts", "audit", "inbox", "social", "reports", "groups", "ops", "push", "media",
+            "accounts",
+            "audit",
+            "inbox",
+            "social",
+            "reports",
+            "groups",
+            "ops",
+            "push",
+            "media",
+            "user_admin",
         ],
         listed,
     );
@@ -150,6 +165,7 @@ pub fn assert_listed(domains: &[&str], listed: &[&str]) {
         ("ops", include_str!("ops.rs")),
         ("push", include_str!("push.rs")),
         ("media", include_str!("media.rs")),
+        ("user_admin", include_str!("user_admin.rs")),
     ];
     let missing: Vec<String> = files
         .iter()

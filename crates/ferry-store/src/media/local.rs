@@ -457,6 +457,47 @@ impl LocalMediaStore {
         Ok(swept)
     }
 
+    /// Every media's metadata, read from the folder (ids in order).
+    fn all_metas(&self) -> Result<Vec<MediaMeta>> {
+        let mut ids: Vec<String> = fs::read_dir(self.root.join("meta"))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let p = e.path();
+                (p.extension().is_some_and(|x| x == "json"))
+                    .then(|| p.file_stem().and_then(|s| s.to_str()).map(str::to_owned))
+                    .flatten()
+            })
+            .filter(|id| valid_media_id(id))
+            .collect();
+        ids.sort_unstable();
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(m) = self.load_meta(&id)? {
+                out.push(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Deletes a media and, when no other complete media has its content, the blob.
+    /// Under the metadata lock, so no finish of the same content runs meanwhile.
+    fn delete_sync(&self, id: &str) -> Result<bool> {
+        let _g = self.meta_lock.lock();
+        let Some(meta) = self.load_meta(id)? else {
+            return Ok(false);
+        };
+        self.discard_sync(id)?;
+        if meta.complete
+            && !self
+                .all_metas()?
+                .iter()
+                .any(|m| m.complete && m.sha256 == meta.sha256)
+        {
+            remove_if_exists(&self.blob_path(&meta.sha256))?;
+        }
+        Ok(true)
+    }
+
     fn read_sync(&self, id: &str, offset: u64, len: usize) -> Result<Vec<u8>> {
         let meta = self.load_meta(id)?.ok_or(StoreError::NotFound)?;
         if !meta.complete {
@@ -617,6 +658,34 @@ impl MediaStore for Arc<LocalMediaStore> {
 
     fn bytes_received(&self) -> u64 {
         self.received_bytes.load(Ordering::Relaxed)
+    }
+
+    /// Reads every metadata file: fine for an operator's export or deletion, not for a
+    /// request path.
+    async fn uploaded_by(
+        &self,
+        uploader: u64,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<MediaMeta>> {
+        let (me, after) = (self.clone(), after.to_owned());
+        blocking(move || {
+            Ok(me
+                .all_metas()?
+                .into_iter()
+                .filter(|m| m.uploader == uploader && m.id.as_str() > after.as_str())
+                .take(limit)
+                .collect())
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool> {
+        if !valid_media_id(id) {
+            return Ok(false);
+        }
+        let (me, id) = (self.clone(), id.to_owned());
+        blocking(move || me.delete_sync(&id)).await
     }
 }
 

@@ -123,6 +123,13 @@ pub trait MediaStore: Send + Sync {
     async fn sweep(&self, created_before_ms: i64) -> Result<Vec<String>>;
     /// Chunk bytes written since the store opened (for tests and stats).
     fn bytes_received(&self) -> u64;
+    /// The media `uploader` uploaded (complete or still uploading), ids > `after` in id
+    /// order, at most `limit` (exports, deleting a user).
+    async fn uploaded_by(&self, uploader: u64, after: &str, limit: usize)
+        -> Result<Vec<MediaMeta>>;
+    /// Deletes a media: its metadata, an upload in progress, and its blob unless another
+    /// media holds the same content (blobs are shared by hash). True when it existed.
+    async fn delete(&self, id: &str) -> Result<bool>;
 }
 
 /// A media id is 32 lowercase hex digits; anything else never reaches the file system.

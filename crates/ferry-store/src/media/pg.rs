@@ -277,4 +277,30 @@ impl MediaStore for Arc<PgMediaStore> {
     fn bytes_received(&self) -> u64 {
         self.received_bytes.load(Ordering::Relaxed)
     }
+
+    async fn uploaded_by(
+        &self,
+        uploader: u64,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<MediaMeta>> {
+        self.rows.uploaded_by(uploader, after, limit).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool> {
+        if !valid_media_id(id) {
+            return Ok(false);
+        }
+        let Some(blob) = self.rows.delete(id).await? else {
+            return Ok(false);
+        };
+        self.delete_upload(id).await?;
+        if let Some(sha) = blob {
+            let path = self.blob_path(&sha);
+            tokio::task::spawn_blocking(move || remove_if_exists(&path))
+                .await
+                .map_err(|e| StoreError::WriteFailed(e.to_string()))??;
+        }
+        Ok(true)
+    }
 }

@@ -360,6 +360,58 @@ impl MediaRows {
         Ok(())
     }
 
+    /// The media `uploader` uploaded, ids > `after`, in id order.
+    pub async fn uploaded_by(
+        &self,
+        uploader: u64,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<MediaMeta>> {
+        let client = self.client().await?;
+        Ok(client
+            .query(
+                &format!(
+                    "SELECT {META_COLUMNS} FROM media WHERE uploader = $1 AND id > $2 \
+                     ORDER BY id LIMIT $3"
+                ),
+                &[&(uploader as i64), &after, &(limit as i64)],
+            )
+            .await?
+            .iter()
+            .map(row_meta)
+            .collect())
+    }
+
+    /// Deletes a media's row and chunk rows; its content hash when it was complete and
+    /// no other complete media shares the hash (the caller deletes that blob).
+    pub async fn delete(&self, id: &str) -> Result<Option<Option<String>>> {
+        let mut client = self.client().await?;
+        let txn = client.transaction().await?;
+        let Some(row) = txn
+            .query_opt(
+                "DELETE FROM media WHERE id = $1 RETURNING sha256, complete",
+                &[&id],
+            )
+            .await?
+        else {
+            return Ok(None);
+        };
+        txn.execute("DELETE FROM media_chunks WHERE media_id = $1", &[&id])
+            .await?;
+        let (sha, complete): (String, bool) = (row.get(0), row.get(1));
+        // Lock the other rows of this content, so a concurrent finish of the same
+        // content waits for the answer.
+        let shared = !txn
+            .query(
+                "SELECT 1 FROM media WHERE sha256 = $1 AND complete FOR UPDATE",
+                &[&sha],
+            )
+            .await?
+            .is_empty();
+        txn.commit().await?;
+        Ok(Some((complete && !shared).then_some(sha)))
+    }
+
     /// Deletes the rows of the uploads created before `created_before_ms` and still not
     /// complete; their ids (their bytes are the caller's to delete).
     pub async fn delete_abandoned(&self, created_before_ms: i64) -> Result<Vec<String>> {

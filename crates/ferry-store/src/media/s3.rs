@@ -771,6 +771,29 @@ impl MediaStore for Arc<S3MediaStore> {
     fn bytes_received(&self) -> u64 {
         self.received_bytes.load(Ordering::Relaxed)
     }
+
+    async fn uploaded_by(
+        &self,
+        uploader: u64,
+        after: &str,
+        limit: usize,
+    ) -> Result<Vec<MediaMeta>> {
+        self.rows.uploaded_by(uploader, after, limit).await
+    }
+
+    async fn delete(&self, id: &str) -> Result<bool> {
+        if !valid_media_id(id) {
+            return Ok(false);
+        }
+        let Some(blob) = self.rows.delete(id).await? else {
+            return Ok(false);
+        };
+        self.delete_upload(id).await?;
+        if let Some(sha) = blob {
+            gone_is_ok(self.s3.delete(&self.blob_path(&sha)).await)?;
+        }
+        Ok(true)
+    }
 }
 
 #[cfg(test)]

@@ -48,6 +48,7 @@ mod reports;
 mod schema;
 mod social;
 mod synckeys;
+mod user_admin;
 mod writer;
 
 /// How often a write that lost a race (unique index, deadlock, serialisation) is retried.

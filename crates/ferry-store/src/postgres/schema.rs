@@ -206,6 +206,11 @@ CREATE TABLE limit_overrides (
     updated_ms BIGINT NOT NULL
 );
 "#,
+    // Admin users (issue 23, H-users): a disabled (banned) user keeps the reason (NULL:
+    // enabled). Ids come from a sequence: a deleted one is never given again.
+    r#"
+ALTER TABLE users ADD COLUMN disabled_reason TEXT;
+"#,
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.

@@ -25,8 +25,10 @@ use crate::Result;
 /// How often buffered synckeys are written.
 pub(super) const FLUSH_EVERY: Duration = Duration::from_secs(1);
 
+/// Not for users deleted meanwhile (a link's last report, after a kick).
 const UPSERT: &str = "INSERT INTO devices (user_id, device_id, synckey, updated_ms)
-     SELECT * FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[])
+     SELECT t.* FROM unnest($1::int8[], $2::text[], $3::int8[], $4::int8[]) AS t(u, d, k, m)
+     WHERE EXISTS (SELECT 1 FROM users WHERE id = t.u)
      ON CONFLICT (user_id, device_id) DO UPDATE
      SET synckey = excluded.synckey, updated_ms = excluded.updated_ms";
 
@@ -98,6 +100,14 @@ impl Synckeys {
 
     pub(super) async fn flush(&self) -> Result<()> {
         self.shared.flush().await
+    }
+
+    /// Drops what a user's devices reported and holds further flushes until the guard
+    /// is dropped (a user being deleted: no flush may write their rows back after).
+    pub(super) async fn forget_user(&self, user: u64) -> tokio::sync::MutexGuard<'_, ()> {
+        let guard = self.shared.flushing.lock().await;
+        self.shared.pending.lock().retain(|(u, _), _| *u != user);
+        guard
     }
 }
 

@@ -37,8 +37,13 @@ impl AccountStore for SqliteStore {
             if exists {
                 return Err(StoreError::UserExists);
             }
+            // Above every id ever deleted too (`ferry_meta.user_id_floor`): SQLite would
+            // give the highest id again once its user is gone.
             txn.prepare_cached(
-                "INSERT INTO users (name, password_hash, created_ms) VALUES (?1, ?2, ?3)",
+                "INSERT INTO users (id, name, password_hash, created_ms) VALUES (
+                   max(coalesce((SELECT max(id) FROM users), 0),
+                       coalesce((SELECT value FROM ferry_meta WHERE key = 'user_id_floor'), 0)) + 1,
+                   ?1, ?2, ?3)",
             )?
             .execute(params![name, hash, now_ms()])?;
             Ok(txn.last_insert_rowid() as u64)

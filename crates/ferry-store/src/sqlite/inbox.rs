@@ -260,7 +260,9 @@ impl InboxStore for SqliteStore {
         let device_id = device_id.to_owned();
         self.write(move |txn, _| {
             txn.prepare_cached(
-                "INSERT INTO devices (user_id, device_id, synckey, updated_ms) VALUES (?1, ?2, ?3, ?4)
+                // Not for a user deleted meanwhile (a link's last report, after a kick).
+                "INSERT INTO devices (user_id, device_id, synckey, updated_ms)
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM users WHERE id = ?1)
                  ON CONFLICT (user_id, device_id) DO UPDATE SET synckey = excluded.synckey,
                  updated_ms = excluded.updated_ms",
             )?

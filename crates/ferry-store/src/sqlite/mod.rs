@@ -30,6 +30,7 @@ mod push;
 mod reports;
 mod schema;
 mod social;
+mod user_admin;
 mod writer;
 
 /// How hard a commit waits for the disk.

@@ -205,6 +205,16 @@ CREATE TABLE limit_overrides (
     updated_ms INTEGER NOT NULL
 );
 "#,
+    // Admin users (issue 23, H-users): a disabled (banned) user keeps the reason (NULL:
+    // enabled); `ferry_meta.user_id_floor` is the highest id ever deleted, so a new user
+    // never gets a deleted one's id.
+    r#"
+ALTER TABLE users ADD COLUMN disabled_reason TEXT;
+CREATE TABLE ferry_meta (
+    key   TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

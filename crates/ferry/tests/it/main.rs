@@ -14,6 +14,7 @@
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 mod admin_ops;
+mod admin_users;
 mod api;
 mod bad_input;
 mod bench_smoke;
