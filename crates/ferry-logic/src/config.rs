@@ -44,6 +44,8 @@ pub struct LogicConfig {
     pub endpoints: crate::endpoints::EndpointsConfig,
     /// Platform push to devices without a live long link (`[logic.push]`).
     pub push: PushSettings,
+    /// Webhook delivery (`[logic.webhooks]`, docs/webhooks.md).
+    pub webhooks: crate::webhooks::WebhookSettings,
 }
 
 /// `[logic.push]`: when and how the logic layer pushes through APNs, FCM, Web Push and
@@ -118,6 +120,7 @@ impl Default for LogicConfig {
             media: crate::media::MediaConfig::default(),
             endpoints: crate::endpoints::EndpointsConfig::default(),
             push: PushSettings::default(),
+            webhooks: crate::webhooks::WebhookSettings::default(),
         }
     }
 }

@@ -37,6 +37,7 @@ mod presence;
 mod profile;
 mod push;
 mod router;
+pub mod webhooks;
 #[cfg(test)]
 mod testing;
 
@@ -48,3 +49,4 @@ pub use limits::{LimitsConfig, Rate};
 pub use media::{sniff, MediaConfig};
 pub use push::PushStats;
 pub use router::Logic;
+pub use webhooks::WebhookSettings;

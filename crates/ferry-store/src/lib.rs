@@ -21,6 +21,7 @@
 
 mod accounts;
 mod groups;
+mod hooks;
 mod inbox;
 mod media;
 mod postgres;
@@ -35,6 +36,7 @@ pub mod conformance;
 
 pub use accounts::{AccountStore, Session, User};
 pub use groups::{GroupChange, GroupRow, GroupStore, MemberRow};
+pub use hooks::{HookDelivery, HookEndpoint, HookEvent, HookOutcome, HookStats, HookStore};
 pub use inbox::{Appended, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage};
 pub use media::{
     valid_media_id, LocalMediaStore, MediaMeta, MediaStore, PgMediaStore, S3Config, S3MediaStore,
@@ -51,7 +53,7 @@ pub use sqlite::{Durability, SqliteStore};
 /// (On a `dyn Store` the compiler finds its supertraits' methods without.)
 pub mod prelude {
     pub use crate::{
-        AccountStore, GroupStore, InboxStore, MediaStore, PushStore, ReportStore, SocialStore,
+        AccountStore, GroupStore, HookStore, InboxStore, MediaStore, PushStore, ReportStore, SocialStore,
         Store,
     };
 }
@@ -59,12 +61,13 @@ pub mod prelude {
 /// The whole storage contract: every domain's sub-trait. Implemented for any type that
 /// implements them all; the logic layer holds an `Arc<dyn Store>`.
 pub trait Store:
-    AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore
+    AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore + HookStore
 {
 }
 
-impl<T: AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore> Store
-    for T
+impl<
+        T: AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore + HookStore,
+    > Store for T
 {
 }
 

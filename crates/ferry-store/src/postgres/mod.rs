@@ -40,6 +40,7 @@ use crate::{Result, StoreError};
 
 mod accounts;
 mod groups;
+mod hooks;
 mod inbox;
 mod push;
 mod reports;

@@ -23,6 +23,7 @@ use writer::{BatchError, Finish, Job, WriterState};
 
 mod accounts;
 mod groups;
+mod hooks;
 mod inbox;
 mod push;
 mod reports;
