@@ -286,7 +286,7 @@ impl Webhooks {
             core,
             cfg,
             http,
-            node_id: format!("logic-{:016x}", rand::random::<u64>()),
+            node_id: format!("logic-{}-{:08x}", std::process::id(), rand::random::<u32>()),
             delivered: AtomicU64::new(0),
             failed: AtomicU64::new(0),
             dead: AtomicU64::new(0),
