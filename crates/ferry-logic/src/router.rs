@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Accounts;
 use crate::admission::{Admission, Class};
+use crate::api::Api;
 use crate::attach::Attachments;
 use crate::config::LogicConfig;
 use crate::core::{unix_ms, Core};
@@ -50,6 +51,8 @@ pub struct Logic {
     endpoints: Endpoints,
     push: Arc<PushService>,
     webhooks: Arc<Webhooks>,
+    /// The JSON APIs for other systems (admin, bots).
+    api: Api,
     /// Stops the background tasks; fired by [`Logic::shutdown`] or when `Logic` is
     /// dropped.
     shutdown: CancellationToken,
@@ -65,6 +68,7 @@ impl Logic {
         ));
         let core = Arc::new(Core::new(cfg, store));
         notifier.set_hooks(core.hooks.clone());
+        let webhooks = Arc::new(Webhooks::new(core.clone()));
         let push = Arc::new(PushService::new(core.clone(), notifier.clone()));
         let friends = Arc::new(Friends::new(core.clone(), notifier.clone(), push.clone()));
         let attach = Arc::new(Attachments::new(core.clone()));
@@ -95,7 +99,8 @@ impl Logic {
             profile: Profile::new(core.clone()),
             media: Media::new(core.clone(), attach, moments.clone()),
             endpoints: Endpoints::new(core.clone(), notifier.clone()),
-            webhooks: Arc::new(Webhooks::new(core.clone())),
+            webhooks: webhooks.clone(),
+            api: Api::new(core.clone(), webhooks),
             push,
             friends,
             moments,
@@ -319,6 +324,12 @@ impl Handler for Logic {
                     }
                 }
             }
+            // An API call may hold (a bot's long-poll): it gets its permit, to give back
+            // while it waits.
+            Ok(slot) if req.cmd == u32::from(cmd::API) => match self.api.handle(&req, slot).await {
+                Ok(resp) => resp,
+                Err(e) => error_response(req.cmd, e),
+            },
             Ok(_slot) => match self.dispatch(&req).await {
                 Ok(resp) => resp,
                 Err(e) => error_response(req.cmd, e),

@@ -2,27 +2,12 @@
 //! admin API (docs/webhooks.md). Each command is one API call; the answer is printed
 //! as JSON (one line per item for lists), so scripts can read it.
 
-use std::path::PathBuf;
-
 use anyhow::Context;
-use clap::{Args, Subcommand};
+use clap::Subcommand;
+use http::Method;
 use serde_json::{json, Value};
 
-use crate::cli_api::ApiClient;
-
-/// Where the admin API is and who calls it.
-#[derive(Args, Debug, Clone)]
-pub struct ApiOpts {
-    /// Any gateway port of the server, http://IP:PORT.
-    #[arg(long, env = "FERRY_SERVER")]
-    pub server: Option<String>,
-    /// The admin token (default: read from DATA/admin-token).
-    #[arg(long, env = "FERRY_ADMIN_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// The server's data folder, to find its generated admin token.
-    #[arg(long, default_value = "ferry-data", env = "FERRY_DATA")]
-    pub data: PathBuf,
-}
+use crate::cli_api::{ApiArgs, ApiClient};
 
 #[derive(Subcommand, Debug)]
 pub enum WebhooksCommand {
@@ -35,18 +20,18 @@ pub enum WebhooksCommand {
         #[arg(long, default_value = "")]
         description: String,
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
     },
     /// The endpoints, one JSON line each.
     List {
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
     },
     /// Remove an endpoint (its queue and dead letters too).
     Remove {
         id: u64,
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
     },
     /// A new secret for an endpoint; the old one keeps signing beside it for the grace.
     Rotate {
@@ -55,7 +40,7 @@ pub enum WebhooksCommand {
         #[arg(long)]
         grace_secs: Option<u64>,
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
     },
     /// Pause (`--off`) or resume (`--on`) an endpoint.
     Enable {
@@ -65,7 +50,7 @@ pub enum WebhooksCommand {
         #[arg(long)]
         on: bool,
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
     },
     /// Dead letters, newest first, one JSON line each.
     Dead {
@@ -74,7 +59,7 @@ pub enum WebhooksCommand {
         #[arg(long, default_value_t = 100)]
         limit: u32,
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
     },
     /// Queue dead letters again: every one of endpoint ID, or one with --dead.
     Redrive {
@@ -84,17 +69,17 @@ pub enum WebhooksCommand {
         #[arg(long, conflicts_with = "id")]
         dead: Option<u64>,
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
     },
     /// Delivered, failed, pending and dead per endpoint.
     Stats {
         #[command(flatten)]
-        api: ApiOpts,
+        api: ApiArgs,
     },
 }
 
-fn client(o: &ApiOpts) -> anyhow::Result<ApiClient> {
-    ApiClient::from_args(o.server.clone(), o.token.clone(), o.data.clone())
+fn client(a: &ApiArgs) -> anyhow::Result<ApiClient> {
+    ApiClient::new(a)
 }
 
 fn lines(v: &Value, key: &str) {
@@ -120,7 +105,7 @@ pub async fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
                 .collect();
             let v = client(&api)?
                 .call(
-                    "POST",
+                    Method::POST,
                     "admin/webhooks",
                     Some(json!({"url": url, "events": events, "description": description})),
                 )
@@ -128,11 +113,11 @@ pub async fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
             println!("{v}");
         }
         WebhooksCommand::List { api } => {
-            lines(&client(&api)?.call("GET", "admin/webhooks", None).await?, "webhooks")
+            lines(&client(&api)?.call(Method::GET, "admin/webhooks", None).await?, "webhooks")
         }
         WebhooksCommand::Remove { id, api } => {
             client(&api)?
-                .call("DELETE", &format!("admin/webhooks/{id}"), None)
+                .call(Method::DELETE, &format!("admin/webhooks/{id}"), None)
                 .await?;
             println!("removed {id}");
         }
@@ -143,7 +128,7 @@ pub async fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
         } => {
             let body = grace_secs.map(|g| json!({"grace_secs": g}));
             let v = client(&api)?
-                .call("POST", &format!("admin/webhooks/{id}/rotate"), body)
+                .call(Method::POST, &format!("admin/webhooks/{id}/rotate"), body)
                 .await?;
             println!("{v}");
         }
@@ -151,7 +136,7 @@ pub async fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
             anyhow::ensure!(off || on, "say --on or --off");
             let v = client(&api)?
                 .call(
-                    "PATCH",
+                    Method::PATCH,
                     &format!("admin/webhooks/{id}"),
                     Some(json!({"enabled": on})),
                 )
@@ -167,7 +152,7 @@ pub async fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
             if let Some(e) = endpoint {
                 path.push_str(&format!("&endpoint={e}"));
             }
-            lines(&client(&api)?.call("GET", &path, None).await?, "dead");
+            lines(&client(&api)?.call(Method::GET, &path, None).await?, "dead");
         }
         WebhooksCommand::Redrive { id, dead, api } => {
             let path = match (id, dead) {
@@ -176,13 +161,13 @@ pub async fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
                 (None, None) => anyhow::bail!("name an endpoint ID, or --dead ID"),
             };
             let v = client(&api)?
-                .call("POST", &path, None)
+                .call(Method::POST, &path, None)
                 .await
                 .context("redrive")?;
             println!("{v}");
         }
         WebhooksCommand::Stats { api } => {
-            let v = client(&api)?.call("GET", "admin/webhooks/stats", None).await?;
+            let v = client(&api)?.call(Method::GET, "admin/webhooks/stats", None).await?;
             lines(&v, "endpoints");
         }
     }

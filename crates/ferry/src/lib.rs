@@ -6,8 +6,10 @@
 
 pub mod chat;
 pub mod cli;
+pub mod cli_api;
 pub mod cli_media;
 pub mod cli_push;
+pub mod cli_webhooks;
 pub mod cluster;
 pub mod config;
 pub mod monitor;

@@ -235,6 +235,20 @@ enum AdminCommand {
     /// Platform push: send a test push to each of a user's devices.
     #[command(subcommand)]
     Push(AdminPushCommand),
+    /// Webhook endpoints, dead letters and their redrive, stats (docs/webhooks.md).
+    #[command(subcommand)]
+    Webhooks(ferry::cli_webhooks::WebhooksCommand),
+    /// The audit log of admin changes (admin API), newest first.
+    Audit {
+        #[command(flatten)]
+        api: ferry::cli_api::ApiArgs,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print the API's JSON instead of one line per change.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -368,6 +382,12 @@ async fn main() {
                 Command::Push(cmd) => ferry::cli_push::run(cmd).await,
                 Command::Report { opts, file, kind } => cli::report(&opts, &file, &kind).await,
                 Command::Logout { opts, all } => cli::logout(&opts, all).await,
+                Command::Admin {
+                    command: AdminCommand::Audit { api, limit, json },
+                } => ferry::cli_api::audit(&api, limit, json).await,
+                Command::Admin {
+                    command: AdminCommand::Webhooks(cmd),
+                } => ferry::cli_webhooks::run(cmd).await,
                 Command::Admin {
                     command:
                         AdminCommand::Reports {

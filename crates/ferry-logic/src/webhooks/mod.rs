@@ -18,6 +18,7 @@
 
 pub(crate) mod api;
 pub(crate) mod events;
+pub(crate) mod routes;
 pub mod sign;
 mod worker;
 

@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use ferry_store::prelude::*;
 use ferry_store::HookEndpoint;
 use ferry_testkit::*;
 use serde_json::Value;
@@ -218,23 +217,28 @@ async fn server(max_age_secs: u64) -> TestServer {
     .await
 }
 
-/// Registers an endpoint in the store (what the admin API does, minus the API).
-async fn add_endpoint(ts: &TestServer, url: &str, events: &[&str], secret: &str) -> u64 {
-    let e = ts
-        .server
-        .store
-        .create_hook_endpoint(HookEndpoint {
-            url: url.into(),
-            events: events.iter().map(|e| e.to_string()).collect(),
-            secret: secret.into(),
-            enabled: true,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    // Every node reads the endpoints again within a second.
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    e.id
+/// Registers an endpoint through the admin API: its id and secret.
+async fn add_endpoint(ts: &TestServer, url: &str, events: &[&str]) -> (u64, String) {
+    let (status, v) = api_call(
+        &ts.addr(),
+        "POST",
+        "admin/webhooks",
+        Some(&admin_token(ts)),
+        Some(&serde_json::json!({"url": url, "events": events, "description": "test"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{v}");
+    (
+        v["id"].as_u64().unwrap(),
+        v["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+/// An admin API call that must succeed: its JSON.
+async fn admin(ts: &TestServer, method: &str, path: &str, body: Option<Value>) -> Value {
+    let (status, v) = api_call(&ts.addr(), method, path, Some(&admin_token(ts)), body.as_ref()).await;
+    assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
+    v
 }
 
 /// The ids of `message.sent` events as first delivered to `path`, in order, and how
@@ -266,11 +270,11 @@ async fn a_receiver_down_for_30_s_loses_nothing_and_keeps_order() {
     ts.register(&["alice", "bob", "carol"]).await;
     let rx = Receiver::default();
     let addr = free_addr();
-    rx.accept("/one", &["secret-one"]);
-    rx.accept("/two", &["secret-two"]);
     let up = rx.start(addr).await;
-    let one = add_endpoint(&ts, &format!("http://{addr}/one"), &["message.sent"], "secret-one").await;
-    add_endpoint(&ts, &format!("http://{addr}/two"), &["*"], "secret-two").await;
+    let (one, s1) = add_endpoint(&ts, &format!("http://{addr}/one"), &["message.sent"]).await;
+    let (_, s2) = add_endpoint(&ts, &format!("http://{addr}/two"), &["*"]).await;
+    rx.accept("/one", &[&s1]);
+    rx.accept("/two", &[&s2]);
     let (alice, _ae) = connect(&ts.addr(), "alice").await;
     let (carol, _ce) = connect(&ts.addr(), "carol").await;
 
@@ -296,11 +300,17 @@ async fn a_receiver_down_for_30_s_loses_nothing_and_keeps_order() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert_eq!(rx.got().len(), before, "nothing can arrive while it is down");
-    let stats = ts.server.store.hook_stats().await.unwrap();
-    let s1 = stats.iter().find(|s| s.endpoint_id == one).unwrap();
-    assert!(s1.pending > 0, "{s1:?}");
-    assert!(s1.failed > 0, "attempts failed while it was down: {s1:?}");
-    assert_eq!(s1.dead, 0);
+    let stats = admin(&ts, "GET", "admin/webhooks/stats", None).await;
+    let st = stats["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["id"] == one)
+        .unwrap()
+        .clone();
+    assert!(st["pending"].as_u64().unwrap() > 0, "{st}");
+    assert!(st["failed"].as_u64().unwrap() > 0, "attempts failed while it was down: {st}");
+    assert_eq!(st["dead"], 0);
 
     let up = rx.start(addr).await;
     for j in 0..20 {
@@ -348,30 +358,22 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
     let rx = Receiver::default();
     let addr = free_addr();
     let up = rx.start(addr).await;
-    rx.accept("/old", &["old-secret"]);
-    rx.accept("/new", &["new-secret"]);
     let url = |p: &str| format!("http://{addr}{p}");
-    let a = add_endpoint(&ts, &url("/old"), &["message.sent"], "old-secret").await;
-    let b = add_endpoint(&ts, &url("/new"), &["message.sent"], "old-secret").await;
+    let (a, old_a) = add_endpoint(&ts, &url("/old"), &["message.sent"]).await;
+    let (b, _) = add_endpoint(&ts, &url("/new"), &["message.sent"]).await;
     let (alice, _ev) = connect(&ts.addr(), "alice").await;
-    // Both endpoints rotate to new-secret, old-secret valid for 3 more seconds.
-    let until = now_ms() as i64 + 3_000;
-    for id in [a, b] {
-        let mut e = ts
-            .server
-            .store
-            .hook_endpoints()
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|e| e.id == id)
-            .unwrap();
-        e.prev_secret = e.secret.clone();
-        e.secret = "new-secret".into();
-        e.prev_secret_until_ms = until;
-        ts.server.store.update_hook_endpoint(e).await.unwrap();
-    }
-    tokio::time::sleep(Duration::from_millis(1_200)).await;
+    // "/old" rotates: its receiver keeps only the old secret. "/new" rotates too: its
+    // receiver knows only the new one. The old secrets stay valid for 3 s.
+    let rot = |id: u64| format!("admin/webhooks/{id}/rotate");
+    let ra = admin(&ts, "POST", &rot(a), Some(serde_json::json!({"grace_secs": 3}))).await;
+    let rb = admin(&ts, "POST", &rot(b), Some(serde_json::json!({"grace_secs": 3}))).await;
+    assert_ne!(ra["secret"].as_str().unwrap(), old_a);
+    rx.accept("/old", &[&old_a]);
+    rx.accept("/new", &[rb["secret"].as_str().unwrap()]);
+    let until = rb["previous_secret_valid_until_ms"].as_i64().unwrap();
+    let shown = admin(&ts, "GET", &format!("admin/webhooks/{b}"), None).await;
+    assert_eq!(shown["previous_secret_valid_until_ms"], until);
+    assert!(shown.get("secret").is_none(), "a secret is shown only once: {shown}");
     let first = format!("msg-{}", alice.send_text("bob", "during").await.unwrap().msg_id);
     rx.wait_for("/old", &[first.clone()], 10).await;
     rx.wait_for("/new", &[first.clone()], 10).await;
@@ -405,36 +407,52 @@ async fn a_dead_letter_after_max_age_is_redriven() {
     let rx = Receiver::default();
     let addr = free_addr();
     let up = rx.start(addr).await;
-    rx.accept("/h", &["s"]);
     rx.inner.lock().unwrap().status.insert("/h".into(), 503);
-    let ep = add_endpoint(&ts, &format!("http://{addr}/h"), &["message.sent"], "s").await;
+    let (ep, secret) = add_endpoint(&ts, &format!("http://{addr}/h"), &["message.sent"]).await;
+    rx.accept("/h", &[&secret]);
+    // The admin routes want the admin token: none is 401, a user's token 403.
+    let user_token = token(&ts.addr(), "alice", "phone").await;
+    for (t, want) in [(None, 401), (Some(user_token.as_str()), 403)] {
+        let (status, _) = api_call(&ts.addr(), "GET", "admin/webhooks", t, None).await;
+        assert_eq!(status, want);
+    }
     let (alice, _ev) = connect(&ts.addr(), "alice").await;
     let m1 = format!("msg-{}", alice.send_text("bob", "one").await.unwrap().msg_id);
-    let store = ts.server.store.clone();
+    let dead_path = format!("admin/webhooks/dead?endpoint={ep}");
     let deadline = Instant::now() + Duration::from_secs(15);
     let dead = loop {
-        let d = store.hook_dead_letters(Some(ep), None, 10).await.unwrap();
-        if !d.is_empty() {
+        let d = admin(&ts, "GET", &dead_path, None).await["dead"].clone();
+        if !d.as_array().unwrap().is_empty() {
             break d;
         }
         assert!(Instant::now() < deadline, "no dead letter");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(dead.len(), 1);
-    assert_eq!(dead[0].event_id, m1);
-    assert!(dead[0].attempts >= 2, "{:?}", dead[0]);
-    assert_eq!(dead[0].last_error, "HTTP 503");
-    assert!(dead[0].dead_ms - dead[0].created_ms >= 3_000, "{:?}", dead[0]);
+    assert_eq!(dead.as_array().unwrap().len(), 1, "{dead}");
+    let d = &dead[0];
+    assert_eq!(d["event_id"], m1.as_str());
+    assert_eq!(d["event"]["id"], m1.as_str());
+    assert_eq!(d["event"]["data"]["message"]["text"], "one");
+    assert!(d["attempts"].as_u64().unwrap() >= 2, "{d}");
+    assert_eq!(d["last_error"], "HTTP 503");
+    assert!(d["dead_ms"].as_i64().unwrap() - d["created_ms"].as_i64().unwrap() >= 3_000, "{d}");
     assert!(rx.got().is_empty());
+    let stats = admin(&ts, "GET", "admin/webhooks/stats", None).await;
+    assert_eq!(stats["endpoints"][0]["dead"], 1, "{stats}");
     // Fixed: the next event goes through; the dead one only when redriven.
     rx.inner.lock().unwrap().status.clear();
     let m2 = format!("msg-{}", alice.send_text("bob", "two").await.unwrap().msg_id);
     rx.wait_for("/h", &[m2.clone()], 10).await;
-    assert!(store.redrive_hook_dead(dead[0].id, now_ms() as i64).await.unwrap());
+    let r = admin(&ts, "POST", &format!("admin/webhooks/dead/{}/redrive", d["id"]), None).await;
+    assert_eq!(r["redriven"], 1);
     rx.wait_for("/h", &[m1.clone()], 10).await;
     let (order, _) = first_deliveries(&rx.got(), "/h");
     assert_eq!(order, [m2, m1]);
-    assert!(store.hook_dead_letters(Some(ep), None, 10).await.unwrap().is_empty());
+    let left = admin(&ts, "GET", &dead_path, None).await;
+    assert!(left["dead"].as_array().unwrap().is_empty(), "{left}");
+    // The redrive was audited (every non-GET admin call is).
+    let audit = admin(&ts, "GET", "admin/audit?limit=10", None).await;
+    assert!(audit.to_string().contains("webhooks.redrive_dead"), "{audit}");
     up.stop().await;
 }
 
@@ -537,6 +555,7 @@ gateway_expiry_ms = 1500
     let listener = TcpListener::bind(raddr).await.unwrap();
     let server = tokio::spawn(async move { axum::serve(listener, slow).await });
 
+    use ferry_store::HookStore;
     let store = ferry_store::PgStore::connect(&ferry_store::PgConfig::new(db.url()))
         .await
         .unwrap();
