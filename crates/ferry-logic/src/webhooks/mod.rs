@@ -348,12 +348,14 @@ impl Webhooks {
     }
 
     /// A user was deleted (the admin-users domain calls this once it is done).
+    #[allow(dead_code)] // called by the admin-users domain (issue 23), landing beside this
     pub(crate) async fn user_deleted(&self, name: &str, id: u64) {
         deleted_event(&self.core, name, id).await;
     }
 
     /// Sets `user`'s (a bot's) own endpoint: its updates are POSTed there, signed with the
     /// answered secret (kept when the endpoint existed already). Answers (id, secret).
+    #[allow(dead_code)] // the bots domain's (issue 23), landing beside this
     pub async fn set_owner_endpoint(
         &self,
         user: u64,
@@ -396,6 +398,7 @@ impl Webhooks {
     }
 
     /// `user`'s own endpoint, if any.
+    #[allow(dead_code)] // the bots domain's (issue 23), landing beside this
     pub async fn owner_endpoint(&self, user: u64) -> Result<Option<HookEndpoint>, LogicError> {
         Ok(self
             .core
@@ -408,6 +411,7 @@ impl Webhooks {
 
     /// Removes `user`'s own endpoint (and what is queued for it). Returns whether there
     /// was one.
+    #[allow(dead_code)] // the bots domain's (issue 23), landing beside this
     pub async fn delete_owner_endpoint(&self, user: u64) -> Result<bool, LogicError> {
         let Some(e) = self.owner_endpoint(user).await? else {
             return Ok(false);
@@ -419,6 +423,7 @@ impl Webhooks {
 }
 
 /// Queues `user.deleted` for `name` (id `id`).
+#[allow(dead_code)] // see Webhooks::user_deleted
 pub(crate) async fn deleted_event(core: &Core, name: &str, id: u64) {
     if core.hooks.wants("user.deleted") {
         core.hooks

@@ -181,6 +181,20 @@ CREATE TABLE push_queue (
 ) WITHOUT ROWID;
 CREATE INDEX push_queue_due ON push_queue(due_ms, user_id, device_id);
 "#,
+    // Audit (issue 23): every change made through the admin API.
+    r#"
+CREATE TABLE audit_log (
+    id     INTEGER PRIMARY KEY,
+    at_ms  INTEGER NOT NULL,
+    actor  TEXT NOT NULL,
+    peer   TEXT NOT NULL,
+    op     TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path   TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
+"#,
     // Webhooks (issue 23, H-webhooks): endpoints and their outbox (see hooks.rs).
     r#"
 CREATE TABLE hook_endpoints (
@@ -215,19 +229,6 @@ CREATE TABLE hook_outbox (
 CREATE UNIQUE INDEX hook_outbox_event ON hook_outbox(endpoint_id, event_id);
 CREATE INDEX hook_outbox_queue ON hook_outbox(endpoint_id, state, id);
 CREATE INDEX hook_outbox_done ON hook_outbox(state, done_ms);
-    // Audit (issue 23): every change made through the admin API.
-    r#"
-CREATE TABLE audit_log (
-    id     INTEGER PRIMARY KEY,
-    at_ms  INTEGER NOT NULL,
-    actor  TEXT NOT NULL,
-    peer   TEXT NOT NULL,
-    op     TEXT NOT NULL,
-    method TEXT NOT NULL,
-    path   TEXT NOT NULL,
-    status INTEGER NOT NULL,
-    detail TEXT NOT NULL
-);
 "#,
 ];
 
