@@ -230,9 +230,45 @@
     ]);
     drawCharts();
     updates++;
+    if (updates === 1) hooks();
     body.dataset.updates = String(updates);
     $("#updated").textContent = "updated " + new Date(s.time_ms).toLocaleTimeString();
   }
+
+  // ---- webhooks (the admin API, every 5 s while live) --------------------------------
+  async function api(method, path) {
+    const resp = await fetch("/v1/" + path, {
+      method, headers: { Authorization: "Bearer " + token() }, cache: "no-store",
+    });
+    if (!resp.ok) throw new Error(method + " " + path + ": " + resp.status);
+    return resp.json();
+  }
+  async function hooks() {
+    if (body.dataset.state !== "live") return;
+    let st, dead;
+    try {
+      [st, dead] = await Promise.all([api("GET", "admin/webhooks/stats"), api("GET", "admin/webhooks/dead?limit=20")]);
+    } catch (e) { return; }
+    fillTable("#t-hooks", st.endpoints.map((e) => [
+      cell(e.url + (e.enabled ? "" : " (paused)")), cell(fmtInt(e.delivered), "n"), cell(fmtInt(e.failed), "n"),
+      cell(fmtInt(e.pending), "n"), cell(fmtInt(e.dead), "n"),
+    ]));
+    fillTable("#t-hooks-dead", dead.dead.map((d) => {
+      const b = document.createElement("button");
+      b.textContent = "Redrive";
+      b.className = "redrive";
+      b.addEventListener("click", async () => {
+        b.disabled = true;
+        try { await api("POST", "admin/webhooks/dead/" + d.id + "/redrive"); } catch (e) { b.disabled = false; return; }
+        hooks();
+      });
+      const td = document.createElement("td");
+      td.append(b);
+      return [cell(d.event_id), cell(String(d.endpoint)), cell(d.type), cell(d.last_error), td];
+    }));
+    $("#hooks-empty").hidden = st.endpoints.length > 0;
+  }
+  setInterval(hooks, 5000);
 
   // ---- the event stream -------------------------------------------------------------
   function live(state) {

@@ -45,6 +45,7 @@ pub mod reconnect;
 pub mod report;
 pub mod server;
 pub mod users;
+pub mod webhooks;
 pub mod wire;
 pub mod worker;
 pub mod xmpp;
@@ -188,6 +189,19 @@ pub enum Scenario {
     /// Devices without a live link, each with an APNs push target, and senders messaging
     /// them: pushes/s handed to a local APNs (this process, checking Apple's contract),
     /// send → provider latency, memory per target (own server only).
+    /// Webhook deliveries/s to a local receiver (this process) with N endpoints
+    /// subscribed to `message.sent`, send → delivery latency (own server only).
+    Webhooks {
+        /// Endpoints (each gets every message).
+        #[arg(long, default_value_t = 4)]
+        endpoints: usize,
+        /// Messages to send.
+        #[arg(long, default_value_t = 5_000)]
+        messages: u64,
+        /// Messages the sender may have unacknowledged.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+    },
     Push {
         /// Offline devices (one user each) with a push target.
         #[arg(long, default_value_t = 20_000)]
@@ -336,6 +350,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                     bail!("push is a Ferry scenario");
                 }
                 push::run(&args, devices, senders, rate, window).await?
+            }
+            Scenario::Webhooks {
+                endpoints,
+                messages,
+                window,
+            } => {
+                if args.protocol != Proto::Ferry {
+                    bail!("webhooks is a Ferry scenario");
+                }
+                webhooks::run(&args, endpoints, messages, window).await?
             }
             Scenario::Fanout {
                 members,

@@ -70,6 +70,16 @@ impl Accounts {
             Err(e) => return Err(e.into()),
         };
         tracing::info!(user = %r.username, user_id = id, "registered");
+        if self.core.hooks.wants("user.registered") {
+            self.core
+                .hooks
+                .emit_logged(crate::webhooks::Event::new(
+                    "user.registered",
+                    format!("user-{id}-registered"),
+                    serde_json::json!({"user": {"id": id.to_string(), "name": &r.username}}),
+                ))
+                .await;
+        }
         Ok(ok(req.cmd, &v1::RegisterResp { user_id: id }))
     }
 

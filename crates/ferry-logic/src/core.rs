@@ -56,6 +56,8 @@ pub(crate) struct Core {
     pub limits: Limits,
     /// The last synckey recorded per device, so unchanged ones are not rewritten.
     synckeys: DashMap<(u64, Arc<str>), u64>,
+    /// Webhook events: who hears what, and queueing them (see `webhooks`).
+    pub hooks: Arc<crate::webhooks::Emitter>,
 }
 
 impl Core {
@@ -63,6 +65,7 @@ impl Core {
         Core {
             limits: Limits::new(&cfg.limits),
             cfg,
+            hooks: Arc::new(crate::webhooks::Emitter::new(store.clone())),
             store,
             media: OnceLock::new(),
             ids_by_name: DashMap::new(),

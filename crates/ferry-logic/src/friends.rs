@@ -197,6 +197,21 @@ impl Friends {
             self.relations.map.remove(&(peer, me.user_id));
             match changed {
                 Ok(seqs) => {
+                    if result == S::Friend && self.core.hooks.wants("friend.added") {
+                        let t = events.first().map_or(0, |e| e.entry.time_ms);
+                        self.core
+                            .hooks
+                            .emit_logged(crate::webhooks::Event::new(
+                                "friend.added",
+                                format!(
+                                    "friend-{}-{}-{t}",
+                                    me.user_id.min(peer),
+                                    me.user_id.max(peer)
+                                ),
+                                serde_json::json!({"users": [&*my_name, &name]}),
+                            ))
+                            .await;
+                    }
                     for (ev, seq) in events.into_iter().zip(seqs) {
                         // Only a request received pushes (the planner reads the entry).
                         self.push.entry(ev.user_id, seq, &ev.entry);

@@ -88,6 +88,8 @@ impl Inbox {
             Prepared::Group(r) => Box::pin(self.groups.send(&me, r, req.cmd)).await,
             Prepared::Direct(d) => {
                 let done = self.core.store.append_message(d.new.clone()).await?;
+                // Webhook events are durable before the ack (at least once).
+                self.hook_events(&[(&d, &done)]).await?;
                 Ok(self.finish(&me, d, done, started, req.cmd).await)
             }
         }
@@ -143,6 +145,22 @@ impl Inbox {
         let news = taken.iter().map(|(_, d)| d.new.clone()).collect();
         match self.core.store.append_messages(news).await {
             Ok(results) => {
+                // Webhook events of the whole batch in one store write, durable before
+                // any of its acks; if that fails, every send of it is refused (a retry
+                // is a duplicate, which queues the same events again).
+                if self.core.hooks.wants("message.sent") {
+                    let stored: Vec<(&Direct, &Appended)> = taken
+                        .iter()
+                        .zip(results.iter())
+                        .filter_map(|((_, d), r)| r.as_ref().ok().map(|a| (d, a)))
+                        .collect();
+                    if let Err(e) = self.hook_events(&stored).await {
+                        for (i, _) in taken {
+                            out[i] = Some(Err(again(&e)));
+                        }
+                        return;
+                    }
+                }
                 let mut results = results.into_iter();
                 for (i, d) in taken {
                     out[i] = Some(match results.next() {
@@ -239,6 +257,26 @@ impl Inbox {
                 message,
             },
         }))
+    }
+
+    /// Queues `message.sent` for stored 1:1 messages (a duplicate's too: the first
+    /// attempt may have died before queueing; the same event id is ignored).
+    async fn hook_events(&self, stored: &[(&Direct, &Appended)]) -> Result<(), LogicError> {
+        if stored.is_empty() || !self.core.hooks.wants("message.sent") {
+            return Ok(());
+        }
+        let events = stored
+            .iter()
+            .map(|(d, done)| {
+                crate::webhooks::message_sent(&v1::Message {
+                    msg_id: done.msg_id,
+                    time_ms: done.time_ms,
+                    ..d.new.message.clone()
+                })
+            })
+            .collect();
+        self.core.hooks.emit(events).await?;
+        Ok(())
     }
 
     /// After the store: notify both sides, answer the SendAck.
@@ -391,6 +429,7 @@ impl Inbox {
         let body = info.body.clone().ok_or_else(missing)?;
         let window = i64::from(self.core.cfg.recall_window_secs) * 1000;
         let by = self.core.user_name(me.user_id).await?.to_string();
+        let by_name = by.clone();
         let time_ms = unix_ms();
         let recall = v1::Recall {
             msg_id: r.msg_id,
@@ -453,6 +492,18 @@ impl Inbox {
             }
         }
         metrics::counter!("ferry_recalls_total").increment(1);
+        if self.core.hooks.wants("message.recalled") {
+            let sender = self.core.user_name(info.sender_id).await?;
+            self.core
+                .hooks
+                .emit_logged(crate::webhooks::message_recalled(
+                    r.msg_id,
+                    body.group_id,
+                    &sender,
+                    &by_name,
+                ))
+                .await;
+        }
         Ok(ok(req.cmd, &v1::Empty {}))
     }
 

@@ -40,6 +40,7 @@ mod presence;
 mod profile;
 mod push;
 mod router;
+pub mod webhooks;
 #[cfg(test)]
 mod testing;
 
@@ -51,3 +52,4 @@ pub use limits::{LimitOverride, LimitsConfig, Rate};
 pub use media::{sniff, MediaConfig};
 pub use push::PushStats;
 pub use router::Logic;
+pub use webhooks::WebhookSettings;

@@ -134,7 +134,27 @@ impl Moments {
             media_ids: r.media_ids,
             time_ms,
         };
+        let text = self
+            .core
+            .hooks
+            .wants("moment.posted")
+            .then(|| (moment.text.clone(), moment.media_ids.clone()));
         let seqs = self.core.store.add_moment(moment, events.clone()).await?;
+        if let Some((text, media)) = text {
+            self.core
+                .hooks
+                .emit_logged(crate::webhooks::Event::new(
+                    "moment.posted",
+                    format!("moment-{id}"),
+                    serde_json::json!({
+                        "moment_id": id.to_string(),
+                        "author": &*my_name,
+                        "text": text,
+                        "media_ids": media,
+                    }),
+                ))
+                .await;
+        }
         for (ev, seq) in events.into_iter().zip(seqs) {
             self.notifier.notify_entry(ev.user_id, seq, ev.entry).await;
         }

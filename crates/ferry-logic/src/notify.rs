@@ -38,6 +38,9 @@ pub(crate) struct Notifier {
     unrouted: DashMap<u64, (u64, Instant)>,
     /// Insertions into `unrouted`, to prune it every few thousand.
     unrouted_inserts: AtomicU64,
+    /// Webhooks: a bot with an endpoint of its own hears each of its inbox entries as a
+    /// `bot.update` (set once at wiring).
+    hooks: std::sync::OnceLock<Arc<crate::webhooks::Emitter>>,
 }
 
 impl Notifier {
@@ -53,7 +56,13 @@ impl Notifier {
             inline_bytes,
             unrouted: DashMap::new(),
             unrouted_inserts: AtomicU64::new(0),
+            hooks: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Gives the notifier the webhook emitter (once; later calls are ignored).
+    pub fn set_hooks(&self, hooks: Arc<crate::webhooks::Emitter>) {
+        let _ = self.hooks.set(hooks);
     }
 
     /// A notifier that records its pushes instead of sending them (see [`Self::taken`]).
@@ -75,6 +84,13 @@ impl Notifier {
     /// Users with at least one live link.
     pub fn users_online(&self) -> usize {
         self.presence.users_online()
+    }
+
+    /// Whether `user` has a live link anywhere.
+    pub fn user_online(&self, user: u64) -> bool {
+        let mut any = false;
+        self.presence.each_gateway(user, |_| any = true);
+        any
     }
 
     /// Live links per gateway (for ranking endpoint lists by load).
@@ -127,6 +143,19 @@ impl Notifier {
 
     /// [`Self::notify_entry`] with the entry built only once a route to `user` is known.
     async fn notify_with(&self, user: u64, seq: u64, entry: impl FnOnce() -> v1::Entry) -> usize {
+        let entry = match self.hooks.get().filter(|h| h.has_owner(user)) {
+            Some(h) => {
+                let e = entry();
+                let update = crate::webhooks::events::entry_json(seq, &e);
+                h.bot_updates(user, vec![(seq, update)]).await;
+                Ok(e)
+            }
+            None => Err(entry),
+        };
+        let entry = move || match entry {
+            Ok(e) => e,
+            Err(f) => f(),
+        };
         let gateways = self.presence.gateways(user);
         if gateways.is_empty() {
             self.note_unrouted(user, seq);

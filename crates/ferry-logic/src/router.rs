@@ -34,6 +34,7 @@ use crate::moments::Moments;
 use crate::notify::Notifier;
 use crate::profile::Profile;
 use crate::push::{PushService, PushStats};
+use crate::webhooks::Webhooks;
 
 /// The logic service. Serve it on a bus with [`Logic::start`].
 pub struct Logic {
@@ -51,6 +52,7 @@ pub struct Logic {
     media: Media,
     endpoints: Endpoints,
     push: Arc<PushService>,
+    webhooks: Arc<Webhooks>,
     /// The JSON APIs for other systems (admin, bots).
     api: Api,
     /// Stops the background tasks; fired by [`Logic::shutdown`] or when `Logic` is
@@ -67,6 +69,8 @@ impl Logic {
             cfg.inline_notify_bytes,
         ));
         let core = Arc::new(Core::new(cfg, store));
+        notifier.set_hooks(core.hooks.clone());
+        let webhooks = Arc::new(Webhooks::new(core.clone()));
         let push = Arc::new(PushService::new(core.clone(), notifier.clone()));
         let friends = Arc::new(Friends::new(core.clone(), notifier.clone(), push.clone()));
         let attach = Arc::new(Attachments::new(core.clone()));
@@ -101,7 +105,9 @@ impl Logic {
                 core.clone(),
                 Ops::new(core.clone(), notifier.clone(), groups.clone(), push.clone()),
                 AdminUsers::new(core.clone(), notifier.clone(), push.clone(), groups.clone()),
+                webhooks.clone(),
             ),
+            webhooks,
             push,
             friends,
             moments,
@@ -146,6 +152,7 @@ impl Logic {
     pub fn start(self: &Arc<Self>) {
         self.bus.serve_logic(self.clone());
         self.push.start(self.shutdown.clone());
+        self.webhooks.start(self.shutdown.clone());
         self.media.start_sweep(self.shutdown.clone());
         spawn_retention(self.core.clone(), self.shutdown.clone());
     }
@@ -342,6 +349,7 @@ impl Handler for Logic {
     }
 
     async fn link_event(&self, ev: LinkEvent) {
+        let was_online = self.notifier.user_online(ev.user_id);
         if ev.online {
             self.notifier
                 .link_up(ev.user_id, &ev.gateway_id, ev.conn_id, &ev.device_id)
@@ -349,8 +357,19 @@ impl Handler for Logic {
         } else {
             self.notifier
                 .link_down(ev.user_id, &ev.gateway_id, ev.conn_id);
-            let device: Arc<str> = ev.device_id.into();
+            let device: Arc<str> = ev.device_id.clone().into();
             self.core.record_synckey(ev.user_id, &device, ev.synckey);
+        }
+        let online = self.notifier.user_online(ev.user_id);
+        if online != was_online {
+            crate::webhooks::presence_event(
+                &self.core,
+                ev.user_id,
+                online,
+                &ev.gateway_id,
+                ev.conn_id,
+            )
+            .await;
         }
     }
 

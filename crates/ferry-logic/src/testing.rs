@@ -39,6 +39,7 @@ impl World {
             Arc::new(SqliteStore::open(dir.path(), Durability::Os).unwrap());
         let notifier = Arc::new(Notifier::recording(store.clone(), cfg.inline_notify_bytes));
         let core = Arc::new(Core::new(cfg, store));
+        notifier.set_hooks(core.hooks.clone());
         let push = Arc::new(PushService::new(core.clone(), notifier.clone()));
         let friends = Arc::new(Friends::new(core.clone(), notifier.clone(), push.clone()));
         let attach = Arc::new(Attachments::new(core.clone()));

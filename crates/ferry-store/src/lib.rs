@@ -22,6 +22,7 @@
 mod accounts;
 mod audit;
 mod groups;
+mod hooks;
 mod inbox;
 mod media;
 mod ops;
@@ -39,6 +40,7 @@ pub mod conformance;
 pub use accounts::{AccountStore, Session, User};
 pub use audit::{AuditEntry, AuditStore};
 pub use groups::{GroupChange, GroupRow, GroupStore, MemberRow};
+pub use hooks::{HookDelivery, HookEndpoint, HookEvent, HookOutcome, HookStats, HookStore};
 pub use inbox::{Appended, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage};
 pub use media::{
     valid_media_id, LocalMediaStore, MediaMeta, MediaStore, PgMediaStore, S3Config, S3MediaStore,
@@ -59,8 +61,8 @@ pub use user_admin::{
 /// (On a `dyn Store` the compiler finds its supertraits' methods without.)
 pub mod prelude {
     pub use crate::{
-        AccountStore, AuditStore, GroupStore, InboxStore, MediaStore, OpsStore, PushStore,
-        ReportStore, SocialStore, Store, UserAdminStore,
+        AccountStore, AuditStore, GroupStore, HookStore, InboxStore, MediaStore, OpsStore,
+        PushStore, ReportStore, SocialStore, Store, UserAdminStore,
     };
 }
 
@@ -76,6 +78,7 @@ pub trait Store:
     + AuditStore
     + OpsStore
     + UserAdminStore
+    + HookStore
 {
 }
 
@@ -88,7 +91,8 @@ impl<
             + PushStore
             + AuditStore
             + OpsStore
-            + UserAdminStore,
+            + UserAdminStore
+            + HookStore,
     > Store for T
 {
 }

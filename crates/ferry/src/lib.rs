@@ -11,6 +11,7 @@ pub mod cli_media;
 pub mod cli_ops;
 pub mod cli_push;
 pub mod cli_users;
+pub mod cli_webhooks;
 pub mod cluster;
 pub mod config;
 pub mod monitor;

@@ -238,6 +238,9 @@ enum AdminCommand {
     /// Users (admin API): list, show, create, disable, enable, logout, delete, export.
     #[command(subcommand)]
     Users(ferry::cli_users::UsersCmd),
+    /// Webhook endpoints, dead letters and their redrive, stats (docs/webhooks.md).
+    #[command(subcommand)]
+    Webhooks(ferry::cli_webhooks::WebhooksCommand),
     /// The audit log of admin changes (admin API), newest first.
     Audit {
         #[command(flatten)]
@@ -432,8 +435,12 @@ async fn main() {
                             clear,
                         },
                 } => ferry::cli_ops::limits(&api, &user, &set, clear).await,
+                Command::Admin {
                     command: AdminCommand::Users(cmd),
                 } => ferry::cli_users::run(cmd).await,
+                Command::Admin {
+                    command: AdminCommand::Webhooks(cmd),
+                } => ferry::cli_webhooks::run(cmd).await,
                 Command::Admin {
                     command:
                         AdminCommand::Reports {

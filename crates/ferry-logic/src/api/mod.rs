@@ -53,6 +53,8 @@ pub(crate) enum Domain {
     Ops,
     /// Admin users (`admin_users.rs`).
     Users,
+    /// Webhook endpoints, dead letters, stats (`webhooks/routes.rs`).
+    Webhooks,
 }
 
 impl Domain {
@@ -62,6 +64,7 @@ impl Domain {
             Domain::Api => "api",
             Domain::Ops => "operations",
             Domain::Users => "users",
+            Domain::Webhooks => "webhooks",
         }
     }
 }
@@ -130,6 +133,7 @@ pub(crate) fn routes() -> impl Iterator<Item = &'static Route> {
         .iter()
         .chain(crate::admin_ops::ROUTES)
         .chain(crate::admin_users::ROUTES)
+        .chain(crate::webhooks::routes::ROUTES)
 }
 
 /// An API call, matched to its route.
@@ -350,6 +354,7 @@ pub(crate) struct Api {
     core: Arc<Core>,
     ops: crate::admin_ops::Ops,
     users: crate::admin_users::AdminUsers,
+    webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 impl Api {
@@ -357,8 +362,14 @@ impl Api {
         core: Arc<Core>,
         ops: crate::admin_ops::Ops,
         users: crate::admin_users::AdminUsers,
+        webhooks: Arc<crate::webhooks::Webhooks>,
     ) -> Api {
-        Api { core, ops, users }
+        Api {
+            core,
+            ops,
+            users,
+            webhooks,
+        }
     }
 
     /// Answers an `API` command.
@@ -433,6 +444,7 @@ impl Api {
             Domain::Api => self.own(call).await,
             Domain::Ops => self.ops.api(call).await,
             Domain::Users => self.users.api(call).await,
+            Domain::Webhooks => self.webhooks.api(call).await,
         }
     }
 

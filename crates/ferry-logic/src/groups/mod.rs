@@ -271,6 +271,23 @@ impl Groups {
                 self.notifier.notify_entry(e.user_id, seq, e.entry).await;
             }
         }
+        if self.core.hooks.wants("group.created") {
+            let mut names = vec![my_name.to_string()];
+            names.extend(members.iter().map(|(_, n)| n.clone()));
+            self.core
+                .hooks
+                .emit_logged(crate::webhooks::Event::new(
+                    "group.created",
+                    format!("group-{id}-created"),
+                    serde_json::json!({
+                        "group_id": id.to_string(),
+                        "name": r.name.trim(),
+                        "owner": &*my_name,
+                        "members": names,
+                    }),
+                ))
+                .await;
+        }
         self.group_resp(req.cmd, id, me.user_id).await
     }
 
@@ -331,6 +348,7 @@ impl Groups {
             return self.group_resp(req.cmd, g.id, me.user_id).await;
         }
         let kind = if adding { K::Joined } else { K::Removed };
+        let names_changed = names.clone();
         let ev = event(kind, g.id, names, &my_name, "");
         let affected: Vec<u64> = if adding {
             change.add.iter().map(|(u, _)| *u).collect()
@@ -345,7 +363,13 @@ impl Groups {
             })
             .collect();
         change.event = log_entry(ev, time_ms);
-        self.apply_group_change(change, &removed).await?;
+        let gseq = self.apply_group_change(change, &removed).await?;
+        let t = if adding {
+            "group.member_added"
+        } else {
+            "group.member_removed"
+        };
+        member_event(&self.core, t, g.id, gseq, &names_changed, &my_name).await;
         self.group_resp(req.cmd, g.id, me.user_id).await
     }
 
@@ -377,7 +401,16 @@ impl Groups {
             entry: inbox_entry(ev.clone(), time_ms),
         }];
         change.event = log_entry(ev, time_ms);
-        self.apply_group_change(change, &[me.user_id]).await?;
+        let gseq = self.apply_group_change(change, &[me.user_id]).await?;
+        member_event(
+            &self.core,
+            "group.member_removed",
+            g.id,
+            gseq,
+            &[my_name.to_string()],
+            &my_name,
+        )
+        .await;
         Ok(ok(req.cmd, &v1::GroupResp { group: None }))
     }
 
@@ -563,6 +596,19 @@ impl Groups {
                 StoreError::NotFound => gone(),
                 e => e.into(),
             })?;
+        // Webhook events are durable before the ack (a duplicate queues the same id
+        // again: ignored, or queued now if the first attempt died before it could).
+        if self.core.hooks.wants("message.sent") {
+            let stored = v1::Message {
+                msg_id: done.msg_id,
+                time_ms: done.time_ms,
+                ..message.clone()
+            };
+            self.core
+                .hooks
+                .emit(vec![crate::webhooks::message_sent(&stored)])
+                .await?;
+        }
         if !done.duplicate {
             metrics::counter!("ferry_group_messages_total").increment(1);
             if let Ok(members) = self.fanout.member_ids(r.group_id).await {
@@ -676,6 +722,16 @@ impl Groups {
         if let Some(gseq) = gseq {
             self.fanout.notify(group, Some(entry), gseq, &[]).await;
         }
+        if self.core.hooks.wants("message.recalled") {
+            let (from, by) = (
+                self.core.user_name(sender).await?,
+                self.core.user_name(me).await?,
+            );
+            self.core
+                .hooks
+                .emit_logged(crate::webhooks::message_recalled(msg_id, group, &from, &by))
+                .await;
+        }
         Ok(())
     }
 }
@@ -739,6 +795,21 @@ impl Groups {
         }
         Ok(())
     }
+}
+
+/// Queues `group.member_added` / `group.member_removed` (`t`) for `users` of `group`,
+/// by `by`; the id names the group log entry (`gseq`) that records the change.
+async fn member_event(core: &Core, t: &'static str, group: u64, gseq: u64, users: &[String], by: &str) {
+    if !core.hooks.wants(t) {
+        return;
+    }
+    core.hooks
+        .emit_logged(crate::webhooks::Event::new(
+            t,
+            format!("group-{group}-{gseq}"),
+            serde_json::json!({"group_id": group.to_string(), "users": users, "by": by}),
+        ))
+        .await;
 }
 
 #[cfg(test)]

@@ -197,6 +197,7 @@ impl PushService {
                 );
                 if job.attempts + 1 >= self.cfg.max_attempts {
                     self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    crate::webhooks::push_failed(&self.core, &job, p, &reason).await;
                     return skip("attempts");
                 }
                 PushDone::Retry {
@@ -225,6 +226,7 @@ impl PushService {
                     .increment(1);
                 tracing::warn!(provider = p, reason, "push rejected");
                 self.counters.failed.fetch_add(1, Ordering::Relaxed);
+                crate::webhooks::push_failed(&self.core, &job, p, &reason).await;
                 done(t.quiet_until_ms)
             }
         }

@@ -14,6 +14,7 @@ use crate::NewMessage;
 pub mod accounts;
 pub mod audit;
 pub mod groups;
+pub mod hooks;
 pub mod inbox;
 pub mod media;
 pub mod ops;
@@ -56,6 +57,12 @@ macro_rules! conformance_tests {
                 backlog_finds_entries_that_missed_their_push,
                 unread_counts_live_messages_from_others_up_to_a_cap,
                 no_entry_is_lost_between_enqueue_and_finish;
+            hooks: endpoints_are_created_updated_and_deleted,
+                events_queue_once_in_order_per_endpoint,
+                claims_lease_endpoints_whose_head_is_due,
+                concurrent_claimers_never_share_an_endpoint,
+                outcomes_move_the_head_count_and_keep_the_lease,
+                dead_letters_are_listed_and_redriven;
             media: chunks_in_any_order_then_verify_commit_and_read,
                 acknowledged_bytes_never_change,
                 the_upload_key_is_kept_until_the_upload_is_finished,
@@ -148,6 +155,7 @@ pub fn assert_all_listed(listed: &[&str]) {
             "push",
             "media",
             "user_admin",
+            "hooks",
         ],
         listed,
     );
@@ -164,6 +172,7 @@ pub fn assert_listed(domains: &[&str], listed: &[&str]) {
         ("groups", include_str!("groups.rs")),
         ("ops", include_str!("ops.rs")),
         ("push", include_str!("push.rs")),
+        ("hooks", include_str!("hooks.rs")),
         ("media", include_str!("media.rs")),
         ("user_admin", include_str!("user_admin.rs")),
     ];

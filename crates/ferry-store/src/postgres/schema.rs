@@ -211,6 +211,41 @@ CREATE TABLE limit_overrides (
     r#"
 ALTER TABLE users ADD COLUMN disabled_reason TEXT;
 "#,
+    // Webhooks (issue 23, H-webhooks): endpoints and their outbox (see hooks.rs).
+    r#"
+CREATE TABLE hook_endpoints (
+    id                   BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    url                  TEXT NOT NULL,
+    events               TEXT NOT NULL,
+    description          TEXT NOT NULL,
+    secret               TEXT NOT NULL,
+    prev_secret          TEXT NOT NULL,
+    prev_secret_until_ms BIGINT NOT NULL,
+    owner_user_id        BIGINT NOT NULL,
+    enabled              BOOLEAN NOT NULL,
+    created_ms           BIGINT NOT NULL,
+    delivered            BIGINT NOT NULL,
+    failed               BIGINT NOT NULL,
+    lease_owner          TEXT,
+    lease_until          BIGINT NOT NULL
+);
+CREATE TABLE hook_outbox (
+    id          BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    endpoint_id BIGINT NOT NULL,
+    event_id    TEXT NOT NULL,
+    event_type  TEXT NOT NULL,
+    payload     BYTEA NOT NULL,
+    created_ms  BIGINT NOT NULL,
+    state       SMALLINT NOT NULL,
+    attempts    INTEGER NOT NULL,
+    next_due_ms BIGINT NOT NULL,
+    last_error  TEXT NOT NULL,
+    done_ms     BIGINT NOT NULL
+);
+CREATE UNIQUE INDEX hook_outbox_event ON hook_outbox (endpoint_id, event_id);
+CREATE INDEX hook_outbox_queue ON hook_outbox (endpoint_id, state, id);
+CREATE INDEX hook_outbox_done ON hook_outbox (state, done_ms);
+"#,
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.

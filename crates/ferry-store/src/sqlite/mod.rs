@@ -24,6 +24,7 @@ use writer::{BatchError, Finish, Job, WriterState};
 mod accounts;
 mod audit;
 mod groups;
+mod hooks;
 mod inbox;
 mod ops;
 mod push;

@@ -215,6 +215,41 @@ CREATE TABLE ferry_meta (
     value INTEGER NOT NULL
 );
 "#,
+    // Webhooks (issue 23, H-webhooks): endpoints and their outbox (see hooks.rs).
+    r#"
+CREATE TABLE hook_endpoints (
+    id                   INTEGER PRIMARY KEY AUTOINCREMENT,
+    url                  TEXT NOT NULL,
+    events               TEXT NOT NULL,
+    description          TEXT NOT NULL,
+    secret               TEXT NOT NULL,
+    prev_secret          TEXT NOT NULL,
+    prev_secret_until_ms INTEGER NOT NULL,
+    owner_user_id        INTEGER NOT NULL,
+    enabled              INTEGER NOT NULL,
+    created_ms           INTEGER NOT NULL,
+    delivered            INTEGER NOT NULL,
+    failed               INTEGER NOT NULL,
+    lease_owner          TEXT,
+    lease_until          INTEGER NOT NULL
+);
+CREATE TABLE hook_outbox (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    endpoint_id INTEGER NOT NULL,
+    event_id    TEXT NOT NULL,
+    event_type  TEXT NOT NULL,
+    payload     BLOB NOT NULL,
+    created_ms  INTEGER NOT NULL,
+    state       INTEGER NOT NULL,
+    attempts    INTEGER NOT NULL,
+    next_due_ms INTEGER NOT NULL,
+    last_error  TEXT NOT NULL,
+    done_ms     INTEGER NOT NULL
+);
+CREATE UNIQUE INDEX hook_outbox_event ON hook_outbox(endpoint_id, event_id);
+CREATE INDEX hook_outbox_queue ON hook_outbox(endpoint_id, state, id);
+CREATE INDEX hook_outbox_done ON hook_outbox(state, done_ms);
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

@@ -43,6 +43,7 @@ mod session;
 mod sizes;
 mod smart;
 mod social;
+mod webhooks;
 mod wire;
 mod ws;
 
