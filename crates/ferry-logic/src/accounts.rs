@@ -19,7 +19,7 @@ use crate::error::LogicError;
 use crate::notify::Notifier;
 use crate::push::PushService;
 
-fn valid_username(name: &str) -> bool {
+pub(crate) fn valid_username(name: &str) -> bool {
     (1..=32).contains(&name.len())
         && name
             .bytes()

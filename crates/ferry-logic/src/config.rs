@@ -44,6 +44,9 @@ pub struct LogicConfig {
     pub endpoints: crate::endpoints::EndpointsConfig,
     /// Platform push to devices without a live long link (`[logic.push]`).
     pub push: PushSettings,
+    /// The before-send hook (`[logic.before_send]`): asked about every message before
+    /// it is stored.
+    pub before_send: crate::before::BeforeSendConfig,
 }
 
 /// `[logic.push]`: when and how the logic layer pushes through APNs, FCM, Web Push and
@@ -118,6 +121,7 @@ impl Default for LogicConfig {
             media: crate::media::MediaConfig::default(),
             endpoints: crate::endpoints::EndpointsConfig::default(),
             push: PushSettings::default(),
+            before_send: crate::before::BeforeSendConfig::default(),
         }
     }
 }

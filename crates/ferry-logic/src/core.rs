@@ -56,11 +56,14 @@ pub(crate) struct Core {
     pub limits: Limits,
     /// The last synckey recorded per device, so unchanged ones are not rewritten.
     synckeys: DashMap<(u64, Arc<str>), u64>,
+    /// The before-send hook, when `cfg.before_send.url` is set.
+    pub before_send: Option<crate::before::BeforeHook>,
 }
 
 impl Core {
     pub fn new(cfg: LogicConfig, store: Arc<dyn Store>) -> Core {
         Core {
+            before_send: crate::before::BeforeHook::new(&cfg.before_send, cfg.max_text_bytes),
             limits: Limits::new(&cfg.limits),
             cfg,
             store,

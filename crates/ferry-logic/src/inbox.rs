@@ -212,7 +212,7 @@ impl Inbox {
             .await?;
         let from = self.core.user_name(me.user_id).await?;
         let time_ms = unix_ms();
-        let message = v1::Message {
+        let mut message = v1::Message {
             msg_id: 0,
             from: from.to_string(),
             to: r.to,
@@ -223,6 +223,7 @@ impl Inbox {
             media,
             ..Default::default()
         };
+        crate::before::screen(&self.core, me.user_id, &mut message).await?;
         Ok(Prepared::Direct(Direct {
             to,
             new: NewMessage {

@@ -22,6 +22,8 @@ mod accounts;
 pub mod admission;
 mod attach;
 mod auth;
+mod before;
+mod bots;
 mod config;
 mod core;
 mod endpoints;
@@ -41,6 +43,7 @@ mod router;
 mod testing;
 
 pub use auth::{hash_password, token_hash, verify_password, PasswordParams};
+pub use before::BeforeSendConfig;
 pub use config::{LogicConfig, PushSettings};
 pub use endpoints::{EndpointsConfig, GatewayEndpoints, RegionConfig};
 pub use error::LogicError;

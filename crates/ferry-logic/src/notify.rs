@@ -38,6 +38,8 @@ pub(crate) struct Notifier {
     unrouted: DashMap<u64, (u64, Instant)>,
     /// Insertions into `unrouted`, to prune it every few thousand.
     unrouted_inserts: AtomicU64,
+    /// Held `bot/updates` calls, woken when their bot's inbox grows.
+    pub watchers: crate::bots::InboxWatchers,
 }
 
 impl Notifier {
@@ -53,6 +55,7 @@ impl Notifier {
             inline_bytes,
             unrouted: DashMap::new(),
             unrouted_inserts: AtomicU64::new(0),
+            watchers: Default::default(),
         }
     }
 
@@ -127,6 +130,7 @@ impl Notifier {
 
     /// [`Self::notify_entry`] with the entry built only once a route to `user` is known.
     async fn notify_with(&self, user: u64, seq: u64, entry: impl FnOnce() -> v1::Entry) -> usize {
+        self.watchers.wake(user);
         let gateways = self.presence.gateways(user);
         if gateways.is_empty() {
             self.note_unrouted(user, seq);
@@ -171,6 +175,7 @@ impl Notifier {
 
     /// `NOTIFY{latest_seq: seq}` with no entries to every device of `user`: they sync.
     async fn bare_notify(&self, user: u64, seq: u64) {
+        self.watchers.wake(user);
         let body = Bytes::from(
             v1::Notify {
                 latest_seq: seq,

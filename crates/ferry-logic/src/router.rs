@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use crate::accounts::Accounts;
 use crate::admission::{Admission, Class};
 use crate::attach::Attachments;
+use crate::bots::Bots;
 use crate::config::LogicConfig;
 use crate::core::{unix_ms, Core};
 use crate::endpoints::Endpoints;
@@ -40,7 +41,9 @@ pub struct Logic {
     notifier: Arc<Notifier>,
     bus: Arc<dyn Bus>,
     accounts: Accounts,
-    inbox: Inbox,
+    inbox: Arc<Inbox>,
+    /// Bot accounts, their tokens and the bot API (`/v1/bot/...`).
+    bots: Bots,
     friends: Arc<Friends>,
     moments: Arc<Moments>,
     profile: Profile,
@@ -78,17 +81,19 @@ impl Logic {
             attach.clone(),
             push.clone(),
         ));
+        let inbox = Arc::new(Inbox::new(
+            core.clone(),
+            notifier.clone(),
+            friends.clone(),
+            attach.clone(),
+            groups.clone(),
+            push.clone(),
+        ));
         Arc::new(Logic {
             admission,
             accounts: Accounts::new(core.clone(), notifier.clone(), push.clone()),
-            inbox: Inbox::new(
-                core.clone(),
-                notifier.clone(),
-                friends.clone(),
-                attach.clone(),
-                groups.clone(),
-                push.clone(),
-            ),
+            bots: Bots::new(core.clone(), notifier.clone(), inbox.clone()),
+            inbox,
             profile: Profile::new(core.clone()),
             media: Media::new(core.clone(), attach, moments.clone()),
             endpoints: Endpoints::new(core.clone(), notifier.clone()),

@@ -20,6 +20,7 @@
 //! what it is given, atomically, and answers queries.
 
 mod accounts;
+mod bots;
 mod groups;
 mod inbox;
 mod media;
@@ -34,6 +35,7 @@ mod sqlite;
 pub mod conformance;
 
 pub use accounts::{AccountStore, Session, User};
+pub use bots::{BotRow, BotStore, BotToken};
 pub use groups::{GroupChange, GroupRow, GroupStore, MemberRow};
 pub use inbox::{Appended, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage};
 pub use media::{
@@ -51,20 +53,21 @@ pub use sqlite::{Durability, SqliteStore};
 /// (On a `dyn Store` the compiler finds its supertraits' methods without.)
 pub mod prelude {
     pub use crate::{
-        AccountStore, GroupStore, InboxStore, MediaStore, PushStore, ReportStore, SocialStore,
-        Store,
+        AccountStore, BotStore, GroupStore, InboxStore, MediaStore, PushStore, ReportStore,
+        SocialStore, Store,
     };
 }
 
 /// The whole storage contract: every domain's sub-trait. Implemented for any type that
 /// implements them all; the logic layer holds an `Arc<dyn Store>`.
 pub trait Store:
-    AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore
+    AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore + BotStore
 {
 }
 
-impl<T: AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore> Store
-    for T
+impl<
+        T: AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore + BotStore,
+    > Store for T
 {
 }
 

@@ -39,6 +39,7 @@ use tokio_postgres::NoTls;
 use crate::{Result, StoreError};
 
 mod accounts;
+mod bots;
 mod groups;
 mod inbox;
 mod push;
