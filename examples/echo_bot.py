@@ -4,7 +4,7 @@
 Python 3 standard library only. It long-polls GET /v1/bot/updates and, for each message a
 user sent it, POSTs /v1/bot/send back to that user (or to the group it came from).
 
-    FERRY_BOT_TOKEN=fbot_… python3 examples/echo_bot.py [--server http://127.0.0.1:7000]
+    FERRY_BOT_TOKEN=fbot_… python3 examples/echo_bot.py [--server http://127.0.0.1:8080]
 
 Create the bot and its token with `ferry bot create echo` (see docs/bots.md).
 """
@@ -32,7 +32,7 @@ def call(server, token, method, path, body=None, timeout=60):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--server", default=os.environ.get("FERRY_SERVER", "http://127.0.0.1:7000"))
+    ap.add_argument("--server", default=os.environ.get("FERRY_SERVER", "http://127.0.0.1:8080"))
     ap.add_argument("--token", default=os.environ.get("FERRY_BOT_TOKEN", ""))
     ap.add_argument("--poll", type=int, default=30, help="long-poll timeout, seconds (<= 50)")
     args = ap.parse_args()

@@ -16,6 +16,7 @@ const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 mod bad_input;
 mod bench_smoke;
 mod bench_workers;
+mod bots;
 mod cli_push;
 mod client_push;
 mod client_push_targets;
