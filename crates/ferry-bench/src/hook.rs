@@ -118,7 +118,10 @@ mod tests {
     #[tokio::test]
     async fn it_holds_each_request_and_answers_allow_on_one_connection() {
         let h = HookServer::start(Duration::from_millis(20)).await.unwrap();
-        let addr = h.url.trim_start_matches("http://").trim_end_matches("/hook");
+        let addr = h
+            .url
+            .trim_start_matches("http://")
+            .trim_end_matches("/hook");
         let mut s = TcpStream::connect(addr).await.unwrap();
         for _ in 0..2 {
             let t = Instant::now();
@@ -128,7 +131,9 @@ mod tests {
             let mut got = vec![0u8; ANSWER.len()];
             s.read_exact(&mut got).await.unwrap();
             assert!(t.elapsed() >= Duration::from_millis(20));
-            assert!(String::from_utf8(got).unwrap().ends_with("{\"action\":\"allow\"}"));
+            assert!(String::from_utf8(got)
+                .unwrap()
+                .ends_with("{\"action\":\"allow\"}"));
         }
         assert_eq!(h.calls(), 2);
         assert!(h.held_us().1 >= 20_000);

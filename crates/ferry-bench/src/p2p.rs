@@ -299,7 +299,11 @@ pub async fn hooked(
         format!(
             "{} ({})",
             us(&json!(budget)),
-            if added_p99 <= budget { "met" } else { "NOT met" }
+            if added_p99 <= budget {
+                "met"
+            } else {
+                "NOT met"
+            }
         ),
     );
     r.json = json;

@@ -37,6 +37,8 @@ pub fn router(gw: Arc<Gateway>) -> Router {
         .route("/v1/lp/close", post(crate::lp::close))
         .route("/v1/server-key", get(server_key))
         .route("/v1/ws", any(crate::ws::upgrade))
+        .route("/v1/admin/{*rest}", any(crate::api::call))
+        .route("/v1/bot/{*rest}", any(crate::api::call))
         .route("/v1/{*path}", post(short_link).get(short_link_get))
         .route("/healthz", get(|| async { "ok" }))
         .layer(axum::middleware::from_fn(protocol_version))
@@ -420,7 +422,11 @@ fn resource(r: Resource, body: Bytes) -> Response {
     resp
 }
 
-fn request_base(gw: &Gateway, peer: Option<Extension<Peer>>, headers: &HeaderMap) -> BusRequest {
+pub(crate) fn request_base(
+    gw: &Gateway,
+    peer: Option<Extension<Peer>>,
+    headers: &HeaderMap,
+) -> BusRequest {
     let token = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

@@ -7,6 +7,7 @@
 //! It must not know what a message, a friend or a group is, and it keeps nothing that
 //! matters: restart it at any time, its clients reconnect and sync, and nothing is lost.
 
+mod api;
 mod guard;
 pub mod http;
 mod link;

@@ -85,36 +85,15 @@ pub(crate) fn sign(secrets: &[&[u8]], timestamp: u64, body: &[u8]) -> String {
         .join(" ")
 }
 
-/// A message as JSON (the shape of docs/webhooks.md: webhook payloads, bot updates and
-/// the before-send hook all use it).
-pub(crate) fn message_json(m: &v1::Message) -> serde_json::Value {
-    let kind = match m.media.as_ref().map(|x| x.kind()) {
-        None => "text",
-        Some(v1::MediaKind::MediaImage) => "image",
-        Some(v1::MediaKind::MediaVoice) => "voice",
-        Some(v1::MediaKind::MediaVideo) => "video",
-        Some(v1::MediaKind::MediaThumbnail) => "thumbnail",
-        Some(_) => "file",
-    };
-    let media = m.media.as_ref().map(|x| {
-        serde_json::json!({
-            "id": x.media_id, "kind": kind, "size": x.size, "content_type": x.content_type,
-            "width": x.width, "height": x.height, "duration_ms": x.duration_ms,
-            "thumb_id": x.thumb_id, "file_name": x.file_name,
-        })
-    });
-    serde_json::json!({
-        "id": m.msg_id, "from": m.from, "to": m.to, "group_id": m.group_id,
-        "time_ms": m.time_ms, "type": kind, "text": m.text, "mentions": m.mentions,
-        "media": media, "client_msg_id": m.client_msg_id,
-    })
-}
-
 /// Puts a message about to be stored before the hook, if there is one: a rewrite
 /// replaces its text; a rejection or (fail-closed) a failed hook refuses it. A retry of a
 /// send already stored (its `client_msg_id`) is not asked again: the store answers it
 /// with the original.
-pub(crate) async fn screen(core: &Core, sender: u64, m: &mut v1::Message) -> Result<(), LogicError> {
+pub(crate) async fn screen(
+    core: &Core,
+    sender: u64,
+    m: &mut v1::Message,
+) -> Result<(), LogicError> {
     let Some(hook) = &core.before_send else {
         return Ok(());
     };
@@ -238,7 +217,7 @@ impl BeforeHook {
             "id": id,
             "type": "message.before_send",
             "time_ms": unix_ms(),
-            "data": message_json(m),
+            "data": crate::api::json::message_json(m),
         }))
         .map_err(|e| e.to_string())?;
         let ts = (unix_ms() / 1000).max(0) as u64;
@@ -290,7 +269,10 @@ pub(crate) mod tests {
     #[test]
     fn hmac_matches_rfc_4231() {
         assert_eq!(
-            hex::encode(hmac_sha256(b"Jefe", &[b"what do ya want ", b"for nothing?"])),
+            hex::encode(hmac_sha256(
+                b"Jefe",
+                &[b"what do ya want ", b"for nothing?"]
+            )),
             "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843"
         );
         let key = [0xaau8; 131];
@@ -409,7 +391,10 @@ pub(crate) mod tests {
         );
         let seen = state.seen.lock().clone();
         assert_eq!(seen.len(), 3);
-        assert!(seen.iter().all(|(_, ok)| *ok), "every request signed: {seen:?}");
+        assert!(
+            seen.iter().all(|(_, ok)| *ok),
+            "every request signed: {seen:?}"
+        );
         // A wrong secret does not verify (the check can fail).
         let wrong = BeforeHook::new(
             &BeforeSendConfig {
@@ -467,26 +452,6 @@ pub(crate) mod tests {
         let url = serve_hook(state).await;
         let h = BeforeHook::new(&cfg(&url, 2_000, false), 10).unwrap();
         assert!(h.check(&msg("aaa")).await.is_err());
-    }
-
-    #[test]
-    fn message_json_has_the_contract_fields() {
-        let mut m = msg("hi");
-        m.msg_id = 5;
-        m.mentions = vec!["bob".into()];
-        let j = message_json(&m);
-        assert_eq!(j["id"], 5);
-        assert_eq!(j["type"], "text");
-        assert_eq!(j["text"], "hi");
-        assert_eq!(j["mentions"][0], "bob");
-        assert!(j["media"].is_null());
-        m.media = Some(v1::MediaRef {
-            media_id: "ab".into(),
-            kind: v1::MediaKind::MediaImage as i32,
-            ..Default::default()
-        });
-        assert_eq!(message_json(&m)["media"]["kind"], "image");
-        assert_eq!(message_json(&m)["type"], "image");
     }
 
     mod send_path {
@@ -626,7 +591,11 @@ pub(crate) mod tests {
                 ))
                 .await
                 .unwrap();
-            let group = v1::GroupResp::decode(g.body).unwrap().group.unwrap().group_id;
+            let group = v1::GroupResp::decode(g.body)
+                .unwrap()
+                .group
+                .unwrap()
+                .group_id;
             let gsend = |text: &str, cmid| v1::SendMsg {
                 group_id: group,
                 text: text.into(),

@@ -29,8 +29,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
+use crate::api::json::message_json;
+use crate::api::{ApiError, Call, Domain, Reply, Route, Scope};
 use crate::auth;
-use crate::before::message_json;
 use crate::core::{unix_ms, Core};
 use crate::error::LogicError;
 use crate::inbox::Inbox;
@@ -329,7 +330,11 @@ impl Bots {
     /// The bot behind a bearer token, with `scope` (when given) among its token's:
     /// 401 for no token or one that is not a live bot token (a user's session token, a
     /// revoked one), 403 for a token without the scope.
-    pub async fn authenticate(&self, token: &str, scope: Option<&str>) -> Result<BotAuth, BotError> {
+    pub async fn authenticate(
+        &self,
+        token: &str,
+        scope: Option<&str>,
+    ) -> Result<BotAuth, BotError> {
         if token.is_empty() {
             return Err(BotError::Unauthorized(
                 "a bot token is required: Authorization: Bearer <token>".into(),
@@ -406,10 +411,7 @@ impl Bots {
             mentions: b.mentions,
             ..Default::default()
         };
-        let resp = self
-            .inbox
-            .send(&Self::request(a, cmd::SEND, &msg))
-            .await?;
+        let resp = self.inbox.send(&Self::request(a, cmd::SEND, &msg)).await?;
         let ack = v1::SendAck::decode(resp.body).map_err(LogicError::from)?;
         metrics::counter!("ferry_bot_sends_total").increment(1);
         Ok(json!({
@@ -500,6 +502,203 @@ impl Bots {
         }
         let limit = num(q, "limit", 100)?.min(u64::from(u32::MAX)) as u32;
         Ok((after, Duration::from_secs(timeout), limit))
+    }
+}
+
+// ---- the API (routes of the lead's api/ router) ----
+
+impl From<BotError> for ApiError {
+    fn from(e: BotError) -> Self {
+        match e {
+            BotError::BadRequest(m) => ApiError::BadRequest(m),
+            BotError::Unauthorized(m) => ApiError::Unauthorized(m),
+            BotError::Forbidden(m) => ApiError::Forbidden(m),
+            BotError::NotFound(m) => ApiError::NotFound(m),
+            BotError::Conflict(m) => ApiError::Conflict(m),
+            BotError::Logic(e) => ApiError::Logic(e),
+        }
+    }
+}
+
+/// The bots' routes: admin (bot accounts and tokens) and the bot API.
+pub(crate) const ROUTES: &[Route] = &[
+    Route {
+        op: "bots.create",
+        method: "POST",
+        path: "admin/bots",
+        scope: Scope::Admin,
+        domain: Domain::Bots,
+        summary: "Create a bot account and its first API token (shown once)",
+        query: &[],
+        request: Some(
+            r#"{"type":"object","required":["name"],"properties":{"name":{"type":"string"},"scopes":{"type":"array","items":{"enum":["send","read","group_admin"]}}}}"#,
+        ),
+        response: r#"{"type":"object","properties":{"bot":{"type":"object"},"token":{"type":"string"},"token_id":{"type":"integer"},"scopes":{"type":"array","items":{"type":"string"}}}}"#,
+    },
+    Route {
+        op: "bots.list",
+        method: "GET",
+        path: "admin/bots",
+        scope: Scope::Admin,
+        domain: Domain::Bots,
+        summary: "Every bot with its tokens (ids, scopes, last use; never the tokens)",
+        query: &[],
+        request: None,
+        response: r#"{"type":"object","properties":{"bots":{"type":"array","items":{"type":"object"}}}}"#,
+    },
+    Route {
+        op: "bots.token_create",
+        method: "POST",
+        path: "admin/bots/{bot}/tokens",
+        scope: Scope::Admin,
+        domain: Domain::Bots,
+        summary: "Another API token for a bot (shown once)",
+        query: &[],
+        request: Some(
+            r#"{"type":"object","properties":{"scopes":{"type":"array","items":{"enum":["send","read","group_admin"]}}}}"#,
+        ),
+        response: r#"{"type":"object","properties":{"id":{"type":"integer"},"token":{"type":"string"},"scopes":{"type":"array","items":{"type":"string"}}}}"#,
+    },
+    Route {
+        op: "bots.token_revoke",
+        method: "DELETE",
+        path: "admin/bots/{bot}/tokens/{id}",
+        scope: Scope::Admin,
+        domain: Domain::Bots,
+        summary: "Revoke a bot's token",
+        query: &[],
+        request: None,
+        response: "",
+    },
+    Route {
+        op: "bot.me",
+        method: "GET",
+        path: "bot/me",
+        scope: Scope::Bot,
+        domain: Domain::Bots,
+        summary: "The bot the token belongs to, and the token's scopes",
+        query: &[],
+        request: None,
+        response: r#"{"type":"object","properties":{"id":{"type":"integer"},"name":{"type":"string"},"bot":{"type":"boolean"},"token_id":{"type":"integer"},"scopes":{"type":"array","items":{"type":"string"}}}}"#,
+    },
+    Route {
+        op: "bot.send",
+        method: "POST",
+        path: "bot/send",
+        scope: Scope::Bot,
+        domain: Domain::Bots,
+        summary: "Send a text to a user or a group (scope send)",
+        query: &[],
+        request: Some(
+            r#"{"type":"object","required":["text"],"properties":{"to":{"type":"string"},"group_id":{"type":"integer"},"text":{"type":"string"},"client_msg_id":{"type":"integer"},"mentions":{"type":"array","items":{"type":"string"}}}}"#,
+        ),
+        response: r#"{"type":"object","properties":{"msg_id":{"type":"integer"},"seq":{"type":"integer"},"time_ms":{"type":"integer"},"client_msg_id":{"type":"integer"}}}"#,
+    },
+    Route {
+        op: "bot.updates",
+        method: "GET",
+        path: "bot/updates",
+        scope: Scope::Bot,
+        domain: Domain::Bots,
+        summary: "Long-poll the bot's inbox (scope read)",
+        query: &[
+            ("after", "the last seq handled (default 0)"),
+            (
+                "timeout",
+                "seconds to hold while there is nothing new, 0-50 (default 0)",
+            ),
+            ("limit", "updates per answer (default 100)"),
+        ],
+        request: None,
+        response: r#"{"type":"object","properties":{"updates":{"type":"array","items":{"type":"object"}},"next_after":{"type":"integer"}}}"#,
+    },
+    Route {
+        op: "bot.typing",
+        method: "POST",
+        path: "bot/typing",
+        scope: Scope::Bot,
+        domain: Domain::Bots,
+        summary: "Show typing to a user (scope send)",
+        query: &[],
+        request: Some(
+            r#"{"type":"object","required":["to"],"properties":{"to":{"type":"string"}}}"#,
+        ),
+        response: "",
+    },
+];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenBody {
+    #[serde(default)]
+    scopes: Option<Vec<String>>,
+}
+
+impl Bots {
+    /// Answers one of [`ROUTES`]. Bot routes authenticate the token first (401/403
+    /// before any other answer).
+    pub(crate) async fn api(&self, call: &Call<'_>) -> Result<Reply, ApiError> {
+        match call.route.op {
+            "bots.create" => {
+                let b: CreateBody = call.json()?;
+                Ok(Reply::created(&self.create(&b.name, b.scopes).await?))
+            }
+            "bots.list" => Ok(Reply::json(&self.list().await?)),
+            "bots.token_create" => {
+                let b: TokenBody = call.json()?;
+                Ok(Reply::created(
+                    &self.add_token(call.param("bot"), b.scopes).await?,
+                ))
+            }
+            "bots.token_revoke" => {
+                let id = call
+                    .param("id")
+                    .parse()
+                    .map_err(|_| ApiError::BadRequest("a token id is a number".into()))?;
+                self.revoke(call.param("bot"), id).await?;
+                Ok(Reply::no_content())
+            }
+            "bot.me" => {
+                let a = self.authenticate(call.token, None).await?;
+                Ok(Reply::json(&self.me(&a).await?))
+            }
+            "bot.send" => {
+                let a = self.authenticate(call.token, Some("send")).await?;
+                let b: SendBody = call.json()?;
+                Ok(Reply::json(&self.send(&a, b).await?))
+            }
+            "bot.updates" => {
+                let a = self.authenticate(call.token, Some("read")).await?;
+                // A held poll must not keep a seat of admission control.
+                call.release_admission();
+                let q: HashMap<&str, &str> = call
+                    .query
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let (after, timeout, limit) = Self::updates_query(&q)?;
+                Ok(Reply::json(
+                    &self
+                        .updates(&a, after, timeout, limit, call.deadline)
+                        .await?,
+                ))
+            }
+            "bot.typing" => {
+                let a = self.authenticate(call.token, Some("send")).await?;
+                let b: TypingBody = call.json()?;
+                self.typing(&a, b).await?;
+                Ok(Reply::no_content())
+            }
+            op => Err(ApiError::NotFound(format!("no bots operation {op}"))),
+        }
     }
 }
 
@@ -642,10 +841,7 @@ mod tests {
         };
         w.inbox.send(&req(cmd::SEND, ann, &reply)).await.unwrap();
         // The bot's updates: ann's message, not its own.
-        let u = b
-            .updates(&a, 0, Duration::ZERO, 100, None)
-            .await
-            .unwrap();
+        let u = b.updates(&a, 0, Duration::ZERO, 100, None).await.unwrap();
         let ups = u["updates"].as_array().unwrap();
         assert_eq!(ups.len(), 1, "{u}");
         assert_eq!(ups[0]["type"], "message");
@@ -693,7 +889,10 @@ mod tests {
                 mentions: vec![],
             },
         ] {
-            assert!(matches!(b.send(&a, bad).await, Err(BotError::BadRequest(_))));
+            assert!(matches!(
+                b.send(&a, bad).await,
+                Err(BotError::BadRequest(_))
+            ));
         }
         assert!(matches!(
             b.send(
@@ -784,7 +983,10 @@ mod tests {
         // the re-check.
         let poll = {
             let (b, a, after) = (b.clone(), a.clone(), u["next_after"].as_u64().unwrap());
-            tokio::spawn(async move { b.updates(&a, after, Duration::from_secs(20), 10, None).await })
+            tokio::spawn(async move {
+                b.updates(&a, after, Duration::from_secs(20), 10, None)
+                    .await
+            })
         };
         tokio::time::sleep(Duration::from_millis(200)).await;
         w.core

@@ -145,9 +145,11 @@ impl Inbox {
             // The hook is asked about every message of the batch at once: its round
             // trips overlap instead of adding up.
             let user = me.user_id;
-            let screened = futures_util::future::join_all(taken.iter_mut().map(|(_, d)| {
-                crate::before::screen(&self.core, user, &mut d.new.message)
-            }))
+            let screened = futures_util::future::join_all(
+                taken
+                    .iter_mut()
+                    .map(|(_, d)| crate::before::screen(&self.core, user, &mut d.new.message)),
+            )
             .await;
             let mut kept = Vec::with_capacity(taken.len());
             for ((i, d), verdict) in taken.into_iter().zip(screened) {

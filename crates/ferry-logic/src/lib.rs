@@ -20,6 +20,7 @@
 
 mod accounts;
 pub mod admission;
+pub(crate) mod api;
 mod attach;
 mod auth;
 mod before;

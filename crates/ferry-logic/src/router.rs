@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Accounts;
 use crate::admission::{Admission, Class};
+use crate::api::Api;
 use crate::attach::Attachments;
 use crate::bots::Bots;
 use crate::config::LogicConfig;
@@ -42,8 +43,6 @@ pub struct Logic {
     bus: Arc<dyn Bus>,
     accounts: Accounts,
     inbox: Arc<Inbox>,
-    /// Bot accounts, their tokens and the bot API (`/v1/bot/...`).
-    bots: Bots,
     friends: Arc<Friends>,
     moments: Arc<Moments>,
     profile: Profile,
@@ -51,6 +50,8 @@ pub struct Logic {
     media: Media,
     endpoints: Endpoints,
     push: Arc<PushService>,
+    /// The JSON APIs for other systems (admin, bots).
+    api: Api,
     /// Stops the background tasks; fired by [`Logic::shutdown`] or when `Logic` is
     /// dropped.
     shutdown: CancellationToken,
@@ -92,7 +93,10 @@ impl Logic {
         Arc::new(Logic {
             admission,
             accounts: Accounts::new(core.clone(), notifier.clone(), push.clone()),
-            bots: Bots::new(core.clone(), notifier.clone(), inbox.clone()),
+            api: Api::new(
+                core.clone(),
+                Bots::new(core.clone(), notifier.clone(), inbox.clone()),
+            ),
             inbox,
             profile: Profile::new(core.clone()),
             media: Media::new(core.clone(), attach, moments.clone()),
@@ -319,6 +323,12 @@ impl Handler for Logic {
                     }
                 }
             }
+            // An API call may hold (a bot's long-poll): it gets its permit, to give back
+            // while it waits.
+            Ok(slot) if req.cmd == u32::from(cmd::API) => match self.api.handle(&req, slot).await {
+                Ok(resp) => resp,
+                Err(e) => error_response(req.cmd, e),
+            },
             Ok(_slot) => match self.dispatch(&req).await {
                 Ok(resp) => resp,
                 Err(e) => error_response(req.cmd, e),

@@ -41,6 +41,9 @@ pub enum Auth {
     TokenOrUploadKey,
     /// The token is in the body (LOGIN's `LoginReq.token`).
     TokenInBody,
+    /// An API token (the admin token, or a bot's token), as `Authorization: Bearer` on
+    /// the JSON APIs for other systems: logic checks it per route.
+    ApiToken,
 }
 
 /// The short link's HTTP method for a command with a path.
@@ -341,6 +344,14 @@ commands! {
     };
     /// `GET /v1/media/{media_id}` (with `Range`); the bytes.
     MEDIA_GET = 0x30, "media" { idempotent: true, path: Some("media"), method: Method::Get, long_link: false };
+    /// The JSON APIs for other systems: `ANY /v1/admin/…` (admin token) and
+    /// `ANY /v1/bot/…` (bot tokens), forwarded by the gateway as a `bus::ApiCall` and
+    /// answered with a `bus::ApiAnswer`; routed by logic, not by this table
+    /// (docs/admin-api.md, docs/bots.md).
+    API = 0x31, "api" {
+        long_link: false, auth: Auth::ApiToken, body_limit: BodyLimit::Bytes(1 << 20),
+        request: "bus.ApiCall", response: "bus.ApiAnswer",
+    };
     /// `POST /v1/endpoints`: the endpoint list for this client (`EndpointsReq` →
     /// `EndpointsResp`).
     ENDPOINTS = 0x36, "endpoints" { idempotent: true,
@@ -432,6 +443,7 @@ pub fn markdown_table() -> String {
             Kind::Error => "answer",
         };
         let short = match (c.path, c.method) {
+            (None, _) if c.auth == Auth::ApiToken => "`ANY /v1/admin/…`, `/v1/bot/…`".into(),
             (Some(p), Method::Post) => format!("`POST /v1/{p}`"),
             (Some(p), Method::Get) => format!("`GET /v1/{p}/{{arg}}`"),
             (None, _) => "—".into(),
@@ -455,8 +467,10 @@ pub fn markdown_table() -> String {
             (_, Auth::Token) => "session",
             (_, Auth::TokenOrUploadKey) => "session, or the upload's key",
             (_, Auth::TokenInBody) => "token in the body",
+            (_, Auth::ApiToken) => "admin or bot token",
         };
         let limit = match (c.path, c.body_limit) {
+            (None, BodyLimit::Bytes(n)) if c.auth == Auth::ApiToken => format!("{} MiB", n >> 20),
             (None, _) => "—".to_string(),
             (Some(_), BodyLimit::Default) => "64 KiB".into(),
             (Some(_), BodyLimit::Upload) => "3 MiB".into(),

@@ -20,6 +20,7 @@
 //! what it is given, atomically, and answers queries.
 
 mod accounts;
+mod audit;
 mod bots;
 mod groups;
 mod inbox;
@@ -35,6 +36,7 @@ mod sqlite;
 pub mod conformance;
 
 pub use accounts::{AccountStore, Session, User};
+pub use audit::{AuditEntry, AuditStore};
 pub use bots::{BotRow, BotStore, BotToken};
 pub use groups::{GroupChange, GroupRow, GroupStore, MemberRow};
 pub use inbox::{Appended, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage};
@@ -53,20 +55,34 @@ pub use sqlite::{Durability, SqliteStore};
 /// (On a `dyn Store` the compiler finds its supertraits' methods without.)
 pub mod prelude {
     pub use crate::{
-        AccountStore, BotStore, GroupStore, InboxStore, MediaStore, PushStore, ReportStore,
-        SocialStore, Store,
+        AccountStore, AuditStore, BotStore, GroupStore, InboxStore, MediaStore, PushStore,
+        ReportStore, SocialStore, Store,
     };
 }
 
 /// The whole storage contract: every domain's sub-trait. Implemented for any type that
 /// implements them all; the logic layer holds an `Arc<dyn Store>`.
 pub trait Store:
-    AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore + BotStore
+    AccountStore
+    + InboxStore
+    + SocialStore
+    + ReportStore
+    + GroupStore
+    + PushStore
+    + AuditStore
+    + BotStore
 {
 }
 
 impl<
-        T: AccountStore + InboxStore + SocialStore + ReportStore + GroupStore + PushStore + BotStore,
+        T: AccountStore
+            + InboxStore
+            + SocialStore
+            + ReportStore
+            + GroupStore
+            + PushStore
+            + AuditStore
+            + BotStore,
     > Store for T
 {
 }

@@ -265,3 +265,48 @@ pub fn now_ms() -> u64 {
         .unwrap()
         .as_millis() as u64
 }
+
+/// The test server's admin token (generated into its data folder at start).
+pub fn admin_token(ts: &TestServer) -> String {
+    std::fs::read_to_string(ts.dir.path().join("admin-token"))
+        .expect("the server wrote its admin token")
+        .trim()
+        .to_owned()
+}
+
+/// Calls the JSON APIs (`METHOD /v1/<path>`, path after `/v1/`) with a bearer token
+/// (when given) and a JSON body (when given): the status and the answer's JSON (`Null`
+/// when the body is empty or not JSON).
+pub async fn api_call(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let a = api_raw(addr, method, path, token, body).await;
+    let json = serde_json::from_slice(&a.body).unwrap_or(serde_json::Value::Null);
+    (a.status, json)
+}
+
+/// [`api_call`], answering the whole HTTP answer (headers, raw body).
+pub async fn api_raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&serde_json::Value>,
+) -> crate::raw::HttpAnswer {
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let mut req = format!(
+        "{method} /v1/{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nX-Ferry-Actor: test\r\n"
+    );
+    if let Some(t) = token {
+        req.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    crate::raw::http_request(addr, req.as_bytes()).await
+}

@@ -287,11 +287,9 @@ impl LogicNode {
         let bus = NatsBus::connect(cfg.cluster.nats(&name))
             .await
             .with_context(|| format!("connecting to NATS at {}", cfg.cluster.nats))?;
-        let logic = Logic::new(
-            cfg.logic.clone(),
-            store.clone(),
-            bus.clone() as Arc<dyn Bus>,
-        );
+        let mut logic_cfg = cfg.logic.clone();
+        logic_cfg.admin_token = logic_admin_token(cfg)?;
+        let logic = Logic::new(logic_cfg, store.clone(), bus.clone() as Arc<dyn Bus>);
         if let Some(s3) = cfg.cluster.media_s3() {
             let mut media_pg = pg.clone();
             media_pg.pool_size = cfg.cluster.media_pool;
@@ -359,6 +357,22 @@ impl LogicNode {
         // Bounded: with NATS gone, a flush would wait for a reconnect that never comes.
         let _ = tokio::time::timeout(Duration::from_secs(2), self.bus.flush()).await;
     }
+}
+
+/// The admin token a logic node's admin API checks: the configured `admin_token`, else
+/// the one kept in the data folder when there is one. Neither: the admin API is off on
+/// this node (it answers 503 and says why) — every node of a cluster must check the same
+/// token, and a random one per process would match no other.
+fn logic_admin_token(cfg: &Config) -> anyhow::Result<String> {
+    if !cfg.admin_token.is_empty() {
+        return monitor::token::load_or_create(Some(&cfg.admin_token), &cfg.data_dir);
+    }
+    let file = monitor::token::path(&cfg.data_dir);
+    if file.is_file() {
+        return monitor::token::load_or_create(None, &cfg.data_dir);
+    }
+    tracing::warn!("no admin_token configured: the admin API is off on this logic node");
+    Ok(String::new())
 }
 
 /// A gateway id for a process started without one: unique enough for a cluster.

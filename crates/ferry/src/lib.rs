@@ -6,6 +6,8 @@
 
 pub mod chat;
 pub mod cli;
+pub mod cli_api;
+pub mod cli_bots;
 pub mod cli_media;
 pub mod cli_push;
 pub mod cluster;

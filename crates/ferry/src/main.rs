@@ -155,6 +155,9 @@ enum Command {
     /// settings (mute, unmute, all, prefs).
     #[command(subcommand)]
     Push(ferry::cli_push::PushCmd),
+    /// Bot accounts and their API tokens (docs/bots.md).
+    #[command(subcommand)]
+    Bot(ferry::cli_bots::BotCommand),
     /// Upload a client log or crash file.
     Report {
         #[command(flatten)]
@@ -235,6 +238,17 @@ enum AdminCommand {
     /// Platform push: send a test push to each of a user's devices.
     #[command(subcommand)]
     Push(AdminPushCommand),
+    /// The audit log of admin changes (admin API), newest first.
+    Audit {
+        #[command(flatten)]
+        api: ferry::cli_api::ApiArgs,
+        /// At most this many entries.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Print the API's JSON instead of one line per change.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -366,8 +380,12 @@ async fn main() {
                 Command::Avatar(cmd) => cli::avatar(cmd).await,
                 Command::Moments(cmd) => cli::moments(cmd).await,
                 Command::Push(cmd) => ferry::cli_push::run(cmd).await,
+                Command::Bot(cmd) => ferry::cli_bots::run(cmd).await,
                 Command::Report { opts, file, kind } => cli::report(&opts, &file, &kind).await,
                 Command::Logout { opts, all } => cli::logout(&opts, all).await,
+                Command::Admin {
+                    command: AdminCommand::Audit { api, limit, json },
+                } => ferry::cli_api::audit(&api, limit, json).await,
                 Command::Admin {
                     command:
                         AdminCommand::Reports {

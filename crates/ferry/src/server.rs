@@ -53,7 +53,9 @@ impl Server {
                 .with_context(|| format!("opening the store in {}", cfg.data_dir.display()))?,
         );
         let bus: Arc<dyn Bus> = InProcBus::new();
-        let logic = Logic::new(cfg.logic.clone(), store.clone(), bus.clone());
+        let mut logic_cfg = cfg.logic.clone();
+        logic_cfg.admin_token = admin_token.clone();
+        let logic = Logic::new(logic_cfg, store.clone(), bus.clone());
         let media = ferry_store::LocalMediaStore::open(&cfg.data_dir.join("media"))
             .with_context(|| format!("opening the media folder in {}", cfg.data_dir.display()))?;
         logic.set_media_store(Arc::new(media));

@@ -26,7 +26,9 @@ pub async fn bots_and_their_tokens(store: Arc<dyn Store>) {
     let other = store.create_bot("another", "!").await.unwrap();
     let bots = store.bots().await.unwrap();
     assert_eq!(
-        bots.iter().map(|b| (b.id, b.name.as_str())).collect::<Vec<_>>(),
+        bots.iter()
+            .map(|b| (b.id, b.name.as_str()))
+            .collect::<Vec<_>>(),
         [(other, "another"), (bot, "helper")]
     );
     assert!(bots[0].created_ms > 0);
@@ -46,7 +48,12 @@ pub async fn bots_and_their_tokens(store: Arc<dyn Store>) {
     assert!(store.bot_token([3; 32]).await.unwrap().is_none());
     store.touch_bot_token(t1, 12_345).await.unwrap();
     assert_eq!(
-        store.bot_token([1; 32]).await.unwrap().unwrap().last_used_ms,
+        store
+            .bot_token([1; 32])
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_ms,
         12_345
     );
     let list = store.bot_tokens(bot).await.unwrap();
@@ -77,7 +84,10 @@ pub async fn sent_message_ids_are_found_by_client_msg_id(store: Arc<dyn Store>) 
         .append_message(new_msg((a, "alice"), (b, "bob"), 7, "hi"))
         .await
         .unwrap();
-    assert_eq!(store.sent_message_id(a, 7).await.unwrap(), Some(done.msg_id));
+    assert_eq!(
+        store.sent_message_id(a, 7).await.unwrap(),
+        Some(done.msg_id)
+    );
     // Per sender.
     assert!(store.sent_message_id(b, 7).await.unwrap().is_none());
     assert!(store.sent_message_id(a, 8).await.unwrap().is_none());

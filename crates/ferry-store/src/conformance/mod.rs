@@ -12,6 +12,7 @@ use ferry_proto::v1;
 use crate::NewMessage;
 
 pub mod accounts;
+pub mod audit;
 pub mod bots;
 pub mod groups;
 pub mod inbox;
@@ -30,6 +31,7 @@ macro_rules! conformance_tests {
     ($store:ident, $media:ident) => {
         $crate::conformance_tests!(@cases $store, $media;
             accounts: users_and_sessions;
+            audit: audit_entries_page_newest_first;
             bots: bots_and_their_tokens, sent_message_ids_are_found_by_client_msg_id;
             inbox: messages_and_inbox, paging_and_concurrency, synckeys_and_prune,
                 events_share_the_inbox_with_messages,
@@ -128,7 +130,7 @@ macro_rules! media_conformance_tests {
 pub fn assert_all_listed(listed: &[&str]) {
     assert_listed(
         &[
-            "accounts", "inbox", "social", "reports", "groups", "push", "media", "bots",
+            "accounts", "audit", "inbox", "social", "reports", "groups", "push", "media", "bots",
         ],
         listed,
     );
@@ -138,6 +140,7 @@ pub fn assert_all_listed(listed: &[&str]) {
 pub fn assert_listed(domains: &[&str], listed: &[&str]) {
     let files = [
         ("accounts", include_str!("accounts.rs")),
+        ("audit", include_str!("audit.rs")),
         ("bots", include_str!("bots.rs")),
         ("inbox", include_str!("inbox.rs")),
         ("social", include_str!("social.rs")),

@@ -39,6 +39,7 @@ use tokio_postgres::NoTls;
 use crate::{Result, StoreError};
 
 mod accounts;
+mod audit;
 mod bots;
 mod groups;
 mod inbox;

@@ -182,6 +182,20 @@ CREATE TABLE push_queue (
 );
 CREATE INDEX push_queue_due ON push_queue (due_ms, user_id, device_id);
 "#,
+    // Audit (issue 23): every change made through the admin API.
+    r#"
+CREATE TABLE audit_log (
+    id     BIGSERIAL PRIMARY KEY,
+    at_ms  BIGINT NOT NULL,
+    actor  TEXT NOT NULL,
+    peer   TEXT NOT NULL,
+    op     TEXT NOT NULL,
+    method TEXT NOT NULL,
+    path   TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    detail TEXT NOT NULL
+);
+"#,
     // Bots (issue 23, H-bots): the users' bot flag and the bots' API tokens (hashed).
     r#"
 ALTER TABLE users ADD COLUMN bot BOOLEAN NOT NULL DEFAULT FALSE;

@@ -41,8 +41,7 @@ impl BotStore for SqliteStore {
 
     async fn is_bot(&self, user_id: u64) -> Result<bool> {
         self.read(move |c| {
-            Ok(c
-                .prepare_cached("SELECT bot FROM users WHERE id = ?1")?
+            Ok(c.prepare_cached("SELECT bot FROM users WHERE id = ?1")?
                 .query_row([user_id as i64], |r| r.get::<_, i64>(0))
                 .optional()?
                 .is_some_and(|b| b != 0))
@@ -52,16 +51,17 @@ impl BotStore for SqliteStore {
 
     async fn bots(&self) -> Result<Vec<BotRow>> {
         self.read(move |c| {
-            Ok(c
-                .prepare_cached("SELECT id, name, created_ms FROM users WHERE bot = 1 ORDER BY name")?
-                .query_map([], |r| {
-                    Ok(BotRow {
-                        id: r.get::<_, i64>(0)? as u64,
-                        name: r.get(1)?,
-                        created_ms: r.get(2)?,
-                    })
-                })?
-                .collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(c.prepare_cached(
+                "SELECT id, name, created_ms FROM users WHERE bot = 1 ORDER BY name",
+            )?
+            .query_map([], |r| {
+                Ok(BotRow {
+                    id: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    created_ms: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }
@@ -90,24 +90,22 @@ impl BotStore for SqliteStore {
 
     async fn bot_token(&self, token_hash: [u8; 32]) -> Result<Option<BotToken>> {
         self.read(move |c| {
-            Ok(c
-                .prepare_cached(&format!(
-                    "SELECT {TOKEN_COLS} FROM bot_tokens WHERE token_hash = ?1"
-                ))?
-                .query_row([&token_hash[..]], row_token)
-                .optional()?)
+            Ok(c.prepare_cached(&format!(
+                "SELECT {TOKEN_COLS} FROM bot_tokens WHERE token_hash = ?1"
+            ))?
+            .query_row([&token_hash[..]], row_token)
+            .optional()?)
         })
         .await
     }
 
     async fn bot_tokens(&self, bot_id: u64) -> Result<Vec<BotToken>> {
         self.read(move |c| {
-            Ok(c
-                .prepare_cached(&format!(
-                    "SELECT {TOKEN_COLS} FROM bot_tokens WHERE bot_id = ?1 ORDER BY id"
-                ))?
-                .query_map([bot_id as i64], row_token)?
-                .collect::<rusqlite::Result<Vec<_>>>()?)
+            Ok(c.prepare_cached(&format!(
+                "SELECT {TOKEN_COLS} FROM bot_tokens WHERE bot_id = ?1 ORDER BY id"
+            ))?
+            .query_map([bot_id as i64], row_token)?
+            .collect::<rusqlite::Result<Vec<_>>>()?)
         })
         .await
     }
@@ -133,15 +131,14 @@ impl BotStore for SqliteStore {
 
     async fn sent_message_id(&self, sender_id: u64, client_msg_id: u64) -> Result<Option<u64>> {
         self.read(move |c| {
-            Ok(c
-                .prepare_cached(
-                    "SELECT id FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2",
-                )?
-                .query_row(params![sender_id as i64, client_msg_id as i64], |r| {
-                    r.get::<_, i64>(0)
-                })
-                .optional()?
-                .map(|id| id as u64))
+            Ok(c.prepare_cached(
+                "SELECT id FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2",
+            )?
+            .query_row(params![sender_id as i64, client_msg_id as i64], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map(|id| id as u64))
         })
         .await
     }

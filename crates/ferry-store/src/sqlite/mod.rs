@@ -22,6 +22,7 @@ use crate::{Result, StoreError};
 use writer::{BatchError, Finish, Job, WriterState};
 
 mod accounts;
+mod audit;
 mod bots;
 mod groups;
 mod inbox;

@@ -116,7 +116,10 @@ async fn a_hanging_hook_fails_open_after_its_deadline() {
         took >= Duration::from_millis(290) && took < Duration::from_secs(3),
         "{took:?}"
     );
-    assert_eq!(recv_messages(&mut be, "bob", 1, 5).await[0].1.text, "through");
+    assert_eq!(
+        recv_messages(&mut be, "bob", 1, 5).await[0].1.text,
+        "through"
+    );
     h.hang.store(false, Ordering::SeqCst);
 }
 
@@ -157,4 +160,180 @@ async fn a_hanging_hook_fails_closed_until_it_answers_again() {
         .unwrap()
         .unwrap();
     assert_eq!(recv_messages(&mut be, "bob", 1, 5).await[0].1.text, "later");
+}
+
+/// `ferry bot …` against the test server (its admin token from its data folder).
+fn ferry_bot(ts: &TestServer, args: &[&str]) -> String {
+    let out = std::process::Command::new(crate::FERRY)
+        .arg("bot")
+        .args(args)
+        .args(["--server", &ts.addr(), "--data"])
+        .arg(ts.dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ferry bot {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn bot_tokens_are_scoped_and_refused_when_revoked_or_not_a_bots() {
+    let ts = TestServer::start().await;
+    ts.register(&["alice"]).await;
+    let addr = ts.addr();
+    let admin = admin_token(&ts);
+    let (s, made) = api_call(
+        &addr,
+        "POST",
+        "admin/bots",
+        Some(&admin),
+        Some(&serde_json::json!({"name": "helper", "scopes": ["read"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{made}");
+    let t = made["token"].as_str().unwrap().to_owned();
+    let (s, me) = api_call(&addr, "GET", "bot/me", Some(&t), None).await;
+    assert_eq!((s, me["name"].as_str()), (200, Some("helper")), "{me}");
+    // A read-only token may not send: 403.
+    let send = serde_json::json!({"to": "alice", "text": "hi"});
+    let (s, e) = api_call(&addr, "POST", "bot/send", Some(&t), Some(&send)).await;
+    assert_eq!(s, 403, "{e}");
+    // No token, a user's session token, the admin token: 401.
+    let user = token(&addr, "alice", "d1").await;
+    for bad in [None, Some(user.as_str()), Some(admin.as_str())] {
+        let (s, e) = api_call(&addr, "GET", "bot/me", bad, None).await;
+        assert_eq!(s, 401, "{bad:?}: {e}");
+        assert_eq!(e["error"]["code"], "UNAUTHORIZED");
+    }
+    // A bot token is no admin token.
+    let (s, _) = api_call(&addr, "GET", "admin/bots", Some(&t), None).await;
+    assert_eq!(s, 403);
+    // Another token with send; the first revoked: refused from then on.
+    let (s, more) = api_call(
+        &addr,
+        "POST",
+        "admin/bots/helper/tokens",
+        Some(&admin),
+        Some(&serde_json::json!({"scopes": ["send", "read"]})),
+    )
+    .await;
+    assert_eq!(s, 201, "{more}");
+    let t2 = more["token"].as_str().unwrap().to_owned();
+    let (s, sent) = api_call(&addr, "POST", "bot/send", Some(&t2), Some(&send)).await;
+    assert_eq!(s, 200, "{sent}");
+    let id = made["token_id"].as_u64().unwrap();
+    let (s, _) = api_call(
+        &addr,
+        "DELETE",
+        &format!("admin/bots/helper/tokens/{id}"),
+        Some(&admin),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let (s, _) = api_call(&addr, "GET", "bot/me", Some(&t), None).await;
+    assert_eq!(s, 401);
+    let (s, _) = api_call(&addr, "GET", "bot/me", Some(&t2), None).await;
+    assert_eq!(s, 200);
+    // Updates over HTTP: a held poll answers when alice writes.
+    let (alice, _ae) = connect(&addr, "alice").await;
+    let poll = {
+        let (addr, t2) = (addr.clone(), t2.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let r = api_call(
+                &addr,
+                "GET",
+                "bot/updates?after=0&timeout=20",
+                Some(&t2),
+                None,
+            )
+            .await;
+            (r, started.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    alice.send_text("helper", "ping").await.unwrap();
+    let ((s, u), took) = tokio::time::timeout(Duration::from_secs(10), poll)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(s, 200, "{u}");
+    assert_eq!(u["updates"][0]["message"]["text"], "ping", "{u}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // With nothing new it times out, empty.
+    let next = u["next_after"].as_u64().unwrap();
+    let started = Instant::now();
+    let (s, u) = api_call(
+        &addr,
+        "GET",
+        &format!("bot/updates?after={next}&timeout=1"),
+        Some(&t2),
+        None,
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert!(u["updates"].as_array().unwrap().is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[tokio::test]
+async fn the_echo_bot_answers_a_user() {
+    let ts = TestServer::start().await;
+    ts.register(&["carol"]).await;
+    // The CLI makes the bot and prints its token last.
+    let out = ferry_bot(&ts, &["create", "echo"]);
+    let token = out.lines().last().unwrap().trim().to_owned();
+    assert!(token.starts_with("fbot_"), "{out}");
+    assert!(ferry_bot(&ts, &["list"]).contains("echo"));
+    let more = ferry_bot(&ts, &["token", "echo", "--scopes", "read"]);
+    assert!(more.lines().last().unwrap().starts_with("fbot_"), "{more}");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/echo_bot.py");
+    let mut bot = std::process::Command::new("python3")
+        .arg(&script)
+        .args(["--server", &format!("http://{}", ts.addr()), "--poll", "5"])
+        .env("FERRY_BOT_TOKEN", &token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .expect("python3");
+    // Running: it printed its first line.
+    let stdout = bot.stdout.take().unwrap();
+    let first = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .map(|_| line)
+    });
+    let first = tokio::time::timeout(Duration::from_secs(20), first).await;
+    let result = async {
+        let line = first.expect("the echo bot started").unwrap().unwrap();
+        assert!(line.contains("echo bot echo running"), "{line}");
+        let (carol, mut ce) = connect(&ts.addr(), "carol").await;
+        carol.send_text("echo", "hello, bot").await.unwrap();
+        let got = recv_messages(&mut ce, "carol", 1, 15).await;
+        assert_eq!(got[0].1.from, "echo");
+        assert_eq!(got[0].1.text, "hello, bot");
+    };
+    // Whatever happens, the bot process ends with the test.
+    let outcome = tokio::time::timeout(Duration::from_secs(60), result).await;
+    let _ = bot.kill();
+    let _ = bot.wait();
+    outcome.expect("the echo bot answered within a minute");
+    // Revoking by the CLI ends its token.
+    let list = ferry_bot(&ts, &["list"]);
+    let id = list
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token "))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    ferry_bot(&ts, &["revoke", "echo", &id]);
+    let (s, _) = api_call(&ts.addr(), "GET", "bot/me", Some(&token), None).await;
+    assert_eq!(s, 401);
 }

@@ -13,6 +13,7 @@
 /// The `ferry` binary of this build (for the tests that run it as a process).
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
+mod api;
 mod bad_input;
 mod bench_smoke;
 mod bench_workers;

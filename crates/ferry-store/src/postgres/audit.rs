@@ -1,0 +1,62 @@
+//! PostgreSQL: the admin audit log ([`AuditStore`]).
+
+use async_trait::async_trait;
+
+use super::PgStore;
+use crate::{AuditEntry, AuditStore, Result};
+
+#[async_trait]
+impl AuditStore for PgStore {
+    async fn append_audit(&self, e: AuditEntry) -> Result<u64> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "INSERT INTO audit_log (at_ms, actor, peer, op, method, path, status, detail)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
+            )
+            .await?;
+        let row = client
+            .query_one(
+                &stmt,
+                &[
+                    &e.at_ms,
+                    &e.actor,
+                    &e.peer,
+                    &e.op,
+                    &e.method,
+                    &e.path,
+                    &i32::from(e.status),
+                    &e.detail,
+                ],
+            )
+            .await?;
+        Ok(row.get::<_, i64>(0) as u64)
+    }
+
+    async fn audit_log(&self, before: u64, limit: u32) -> Result<Vec<AuditEntry>> {
+        let client = self.client().await?;
+        let before = if before == 0 { i64::MAX } else { before as i64 };
+        let stmt = client
+            .prepare_cached(
+                "SELECT id, at_ms, actor, peer, op, method, path, status, detail
+                 FROM audit_log WHERE id < $1 ORDER BY id DESC LIMIT $2",
+            )
+            .await?;
+        Ok(client
+            .query(&stmt, &[&before, &i64::from(limit)])
+            .await?
+            .iter()
+            .map(|r| AuditEntry {
+                id: r.get::<_, i64>(0) as u64,
+                at_ms: r.get(1),
+                actor: r.get(2),
+                peer: r.get(3),
+                op: r.get(4),
+                method: r.get(5),
+                path: r.get(6),
+                status: r.get::<_, i32>(7) as u16,
+                detail: r.get(8),
+            })
+            .collect())
+    }
+}
