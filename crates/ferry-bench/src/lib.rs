@@ -33,6 +33,7 @@ pub mod faultproxy;
 pub mod faults;
 pub mod fulldisk;
 pub mod hist;
+pub mod hook;
 pub mod idle;
 pub mod ledger;
 pub mod login;
@@ -145,6 +146,11 @@ pub enum Scenario {
         /// against offered load.
         #[arg(long, value_delimiter = ',')]
         sweep: Vec<f64>,
+        /// Measure the before-send hook (issue 23): run twice on the bench's own
+        /// server, without a hook and with `[logic.before_send]` pointing at a local
+        /// hook that holds each message this many ms, and report both latencies.
+        #[arg(long)]
+        before_hook_ms: Option<u64>,
     },
     /// K clients logging in at once, again and again, with stored tokens: logins/s, p99.
     Login {
@@ -332,6 +338,14 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 rate,
                 window,
                 sweep,
+                before_hook_ms: Some(ms),
+            } => p2p::hooked(&args, pairs, rate, window, ms).await?,
+            Scenario::P2p {
+                pairs,
+                rate,
+                window,
+                sweep,
+                before_hook_ms: None,
             } => p2p::run(&args, pairs, rate, window, &sweep).await?,
             Scenario::Login { clients } => login::run(&args, clients).await?,
             Scenario::Reconnect { clients, rate } => {
@@ -464,7 +478,12 @@ impl Target {
                 own: None,
             });
         }
-        let own = server::OwnServer::start(&args.durability).await?;
+        Target::own(args, "").await
+    }
+
+    /// The bench's own server, with `extra` appended to its config file (TOML).
+    pub async fn own(args: &BenchArgs, extra: &str) -> anyhow::Result<Target> {
+        let own = server::OwnServer::start_with(&args.durability, None, extra).await?;
         Ok(Target {
             addrs: vec![own.addr.clone()],
             pids: vec![own.pid()],

@@ -208,6 +208,108 @@ async fn measure(
     Ok(r)
 }
 
+/// `p2p --before-hook-ms N`: the same run on the bench's own server without a
+/// before-send hook, then with one that holds every message N ms; the latency the hook
+/// added, against the target (issue 23: at most the hook's own time + 1 ms at p99).
+pub async fn hooked(
+    args: &BenchArgs,
+    pairs: usize,
+    rate: Option<f64>,
+    window: usize,
+    hook_ms: u64,
+) -> anyhow::Result<Report> {
+    anyhow::ensure!(
+        args.server.is_empty(),
+        "--before-hook-ms configures the bench's own server: leave out --server"
+    );
+    anyhow::ensure!(
+        args.protocol == Proto::Ferry,
+        "--before-hook-ms is a Ferry scenario"
+    );
+    anyhow::ensure!(pairs > 0, "--pairs must be at least 1");
+    let hook = super::hook::HookServer::start(Duration::from_millis(hook_ms)).await?;
+    let plain = Target::new(args).await?;
+    let without = once(args, &plain, pairs, rate, window).await;
+    plain.stop().await;
+    let without = without?;
+    let extra = format!(
+        "[logic.before_send]\nurl = {:?}\ntimeout_ms = 5000\nfail_open = false\n",
+        hook.url
+    );
+    let with_hook = Target::own(args, &extra).await?;
+    let with = once(args, &with_hook, pairs, rate, window).await;
+    with_hook.stop().await;
+    let with = with?;
+    let calls = hook.calls();
+    let (held_p50, held_p99) = hook.held_us();
+    let lat = |v: &Value, q: &str| v["latency"][q].as_f64().unwrap_or(f64::NAN);
+    let added_p50 = lat(&with, "p50_us") - lat(&without, "p50_us");
+    let added_p99 = lat(&with, "p99_us") - lat(&without, "p99_us");
+    // The target: the hook's own time (as held, p99) plus 1 ms.
+    let budget = held_p99 as f64 + 1_000.0;
+    let json = json!({
+        "scenario": "p2p_before_hook",
+        "machine": super::machine(),
+        "hook_ms": hook_ms,
+        "hook_calls": calls,
+        "hook_held_us": {"p50": held_p50, "p99": held_p99},
+        "pairs": pairs,
+        "rate": rate,
+        "window": window,
+        "without": without,
+        "with": with,
+        "added_p50_us": added_p50,
+        "added_p99_us": added_p99,
+        "target_p99_us": budget,
+        "target_met": added_p99 <= budget,
+    });
+    let mut r = Report::new(format!(
+        "p2p · before-send hook of {hook_ms} ms · {pairs} pairs · {}",
+        match rate {
+            Some(r) => format!("open loop {r:.0}/s"),
+            None => format!("closed loop, window {window}"),
+        }
+    ));
+    for (name, v) in [("without hook", &without), ("with hook", &with)] {
+        r.row(
+            format!("{name}: delivered/s · p50 / p99"),
+            format!(
+                "{:.0} · {} / {} · lost {}",
+                v["delivered_per_sec"].as_f64().unwrap_or(0.0),
+                us(&v["latency"]["p50_us"]),
+                us(&v["latency"]["p99_us"]),
+                v["lost"]
+            ),
+        );
+    }
+    r.row(
+        "hook: calls · held p50 / p99",
+        format!(
+            "{calls} · {} / {}",
+            us(&json!(held_p50)),
+            us(&json!(held_p99))
+        ),
+    );
+    r.row(
+        "added by the hook: p50 / p99",
+        format!("{} / {}", us(&json!(added_p50)), us(&json!(added_p99))),
+    );
+    r.row(
+        "target: added p99 ≤ hook p99 + 1 ms",
+        format!(
+            "{} ({})",
+            us(&json!(budget)),
+            if added_p99 <= budget {
+                "met"
+            } else {
+                "NOT met"
+            }
+        ),
+    );
+    r.json = json;
+    Ok(r)
+}
+
 /// One measured run at one offered load.
 async fn once(
     args: &BenchArgs,

@@ -51,6 +51,9 @@ pub struct LogicConfig {
     /// Empty: the admin API answers 503.
     #[serde(skip)]
     pub admin_token: String,
+    /// The before-send hook (`[logic.before_send]`): asked about every message before
+    /// it is stored.
+    pub before_send: crate::before::BeforeSendConfig,
 }
 
 /// `[logic.push]`: when and how the logic layer pushes through APNs, FCM, Web Push and
@@ -127,6 +130,7 @@ impl Default for LogicConfig {
             push: PushSettings::default(),
             webhooks: crate::webhooks::WebhookSettings::default(),
             admin_token: String::new(),
+            before_send: crate::before::BeforeSendConfig::default(),
         }
     }
 }

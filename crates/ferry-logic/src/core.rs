@@ -58,11 +58,14 @@ pub(crate) struct Core {
     synckeys: DashMap<(u64, Arc<str>), u64>,
     /// Webhook events: who hears what, and queueing them (see `webhooks`).
     pub hooks: Arc<crate::webhooks::Emitter>,
+    /// The before-send hook, when `cfg.before_send.url` is set.
+    pub before_send: Option<crate::before::BeforeHook>,
 }
 
 impl Core {
     pub fn new(cfg: LogicConfig, store: Arc<dyn Store>) -> Core {
         Core {
+            before_send: crate::before::BeforeHook::new(&cfg.before_send, cfg.max_text_bytes),
             limits: Limits::new(&cfg.limits),
             cfg,
             hooks: Arc::new(crate::webhooks::Emitter::new(store.clone())),

@@ -90,10 +90,15 @@ impl Friends {
     }
 
     /// Whether `from` may message `to`: never when `to` blocked `from`; otherwise only
-    /// friends, unless the server opens messaging to everyone.
+    /// friends, unless the server opens messaging to everyone. Bots are open: a bot may
+    /// message anyone and anyone may message a bot (docs/bots.md).
     pub async fn may_message(&self, from: u64, to: u64, to_name: &str) -> Result<(), LogicError> {
         use v1::FriendState;
-        if self.core.cfg.open_messaging {
+        // Friends first: the bot flags are read only for a pair that is not.
+        let open = self.core.cfg.open_messaging
+            || (!self.are_friends(from, to).await?
+                && (self.core.store.is_bot(from).await? || self.core.store.is_bot(to).await?));
+        if open {
             if self.relation(to, from).await? == FriendState::Blocked {
                 return Err(LogicError::PermissionDenied(format!(
                     "{to_name} does not accept messages from you"

@@ -86,7 +86,8 @@ impl Inbox {
         let me = self.core.caller(req).await?;
         match self.prepare(&me, req.body.clone()).await? {
             Prepared::Group(r) => Box::pin(self.groups.send(&me, r, req.cmd)).await,
-            Prepared::Direct(d) => {
+            Prepared::Direct(mut d) => {
+                crate::before::screen(&self.core, me.user_id, &mut d.new.message).await?;
                 let done = self.core.store.append_message(d.new.clone()).await?;
                 // Webhook events are durable before the ack (at least once).
                 self.hook_events(&[(&d, &done)]).await?;
@@ -141,7 +142,29 @@ impl Inbox {
         if direct.is_empty() {
             return;
         }
-        let taken = std::mem::take(direct);
+        let mut taken = std::mem::take(direct);
+        if self.core.before_send.is_some() {
+            // The hook is asked about every message of the batch at once: its round
+            // trips overlap instead of adding up.
+            let user = me.user_id;
+            let screened = futures_util::future::join_all(
+                taken
+                    .iter_mut()
+                    .map(|(_, d)| crate::before::screen(&self.core, user, &mut d.new.message)),
+            )
+            .await;
+            let mut kept = Vec::with_capacity(taken.len());
+            for ((i, d), verdict) in taken.into_iter().zip(screened) {
+                match verdict {
+                    Ok(()) => kept.push((i, d)),
+                    Err(e) => out[i] = Some(Err(e)),
+                }
+            }
+            taken = kept;
+            if taken.is_empty() {
+                return;
+            }
+        }
         let news = taken.iter().map(|(_, d)| d.new.clone()).collect();
         match self.core.store.append_messages(news).await {
             Ok(results) => {
@@ -182,7 +205,8 @@ impl Inbox {
     }
 
     /// Everything a send checks before the store: the rate limit (in the device's
-    /// order), sizes, the recipient, friendship, attached media.
+    /// order), sizes, the recipient, friendship, attached media. The before-send hook
+    /// comes after, just before the store (`send`, `store_direct`).
     async fn prepare(&self, me: &DeviceSession, body: Bytes) -> Result<Prepared, LogicError> {
         let r = v1::SendMsg::decode(body)?;
         // An earlier send of this device that was refused goes first (limits.rs,

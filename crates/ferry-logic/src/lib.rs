@@ -25,6 +25,8 @@ pub mod admission;
 pub(crate) mod api;
 mod attach;
 mod auth;
+mod before;
+mod bots;
 mod config;
 mod core;
 mod endpoints;
@@ -45,6 +47,7 @@ pub mod webhooks;
 mod testing;
 
 pub use auth::{hash_password, token_hash, verify_password, PasswordParams};
+pub use before::BeforeSendConfig;
 pub use config::{LogicConfig, PushSettings};
 pub use endpoints::{EndpointsConfig, GatewayEndpoints, RegionConfig};
 pub use error::LogicError;

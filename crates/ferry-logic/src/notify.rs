@@ -41,6 +41,8 @@ pub(crate) struct Notifier {
     /// Webhooks: a bot with an endpoint of its own hears each of its inbox entries as a
     /// `bot.update` (set once at wiring).
     hooks: std::sync::OnceLock<Arc<crate::webhooks::Emitter>>,
+    /// Held `bot/updates` calls, woken when their bot's inbox grows.
+    pub watchers: crate::bots::InboxWatchers,
 }
 
 impl Notifier {
@@ -57,6 +59,7 @@ impl Notifier {
             unrouted: DashMap::new(),
             unrouted_inserts: AtomicU64::new(0),
             hooks: std::sync::OnceLock::new(),
+            watchers: Default::default(),
         }
     }
 
@@ -143,6 +146,7 @@ impl Notifier {
 
     /// [`Self::notify_entry`] with the entry built only once a route to `user` is known.
     async fn notify_with(&self, user: u64, seq: u64, entry: impl FnOnce() -> v1::Entry) -> usize {
+        self.watchers.wake(user);
         let entry = match self.hooks.get().filter(|h| h.has_owner(user)) {
             Some(h) => {
                 let e = entry();
@@ -200,6 +204,7 @@ impl Notifier {
 
     /// `NOTIFY{latest_seq: seq}` with no entries to every device of `user`: they sync.
     async fn bare_notify(&self, user: u64, seq: u64) {
+        self.watchers.wake(user);
         let body = Bytes::from(
             v1::Notify {
                 latest_seq: seq,

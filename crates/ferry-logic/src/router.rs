@@ -22,6 +22,7 @@ use crate::admin_users::AdminUsers;
 use crate::admission::{Admission, Class};
 use crate::api::Api;
 use crate::attach::Attachments;
+use crate::bots::Bots;
 use crate::config::LogicConfig;
 use crate::core::{unix_ms, Core};
 use crate::endpoints::Endpoints;
@@ -44,7 +45,7 @@ pub struct Logic {
     notifier: Arc<Notifier>,
     bus: Arc<dyn Bus>,
     accounts: Accounts,
-    inbox: Inbox,
+    inbox: Arc<Inbox>,
     friends: Arc<Friends>,
     moments: Arc<Moments>,
     profile: Profile,
@@ -87,26 +88,28 @@ impl Logic {
             attach.clone(),
             push.clone(),
         ));
+        let inbox = Arc::new(Inbox::new(
+            core.clone(),
+            notifier.clone(),
+            friends.clone(),
+            attach.clone(),
+            groups.clone(),
+            push.clone(),
+        ));
         Arc::new(Logic {
             admission,
             accounts: Accounts::new(core.clone(), notifier.clone(), push.clone()),
-            inbox: Inbox::new(
-                core.clone(),
-                notifier.clone(),
-                friends.clone(),
-                attach.clone(),
-                groups.clone(),
-                push.clone(),
-            ),
-            profile: Profile::new(core.clone()),
-            media: Media::new(core.clone(), attach, moments.clone()),
-            endpoints: Endpoints::new(core.clone(), notifier.clone()),
             api: Api::new(
                 core.clone(),
                 Ops::new(core.clone(), notifier.clone(), groups.clone(), push.clone()),
                 AdminUsers::new(core.clone(), notifier.clone(), push.clone(), groups.clone()),
                 webhooks.clone(),
+                Bots::new(core.clone(), notifier.clone(), inbox.clone()),
             ),
+            inbox,
+            profile: Profile::new(core.clone()),
+            media: Media::new(core.clone(), attach, moments.clone()),
+            endpoints: Endpoints::new(core.clone(), notifier.clone()),
             webhooks,
             push,
             friends,

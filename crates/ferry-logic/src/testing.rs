@@ -25,7 +25,7 @@ pub(crate) struct World {
     pub notifier: Arc<Notifier>,
     pub friends: Arc<Friends>,
     pub groups: Arc<Groups>,
-    pub inbox: Inbox,
+    pub inbox: Arc<Inbox>,
     pub push: Arc<PushService>,
     pub accounts: Accounts,
     /// Holds the store's folder until the test ends.
@@ -50,14 +50,14 @@ impl World {
             attach.clone(),
             push.clone(),
         ));
-        let inbox = Inbox::new(
+        let inbox = Arc::new(Inbox::new(
             core.clone(),
             notifier.clone(),
             friends.clone(),
             attach,
             groups.clone(),
             push.clone(),
-        );
+        ));
         let accounts = Accounts::new(core.clone(), notifier.clone(), push.clone());
         World {
             core,

@@ -21,6 +21,7 @@
 
 mod accounts;
 mod audit;
+mod bots;
 mod groups;
 mod hooks;
 mod inbox;
@@ -39,6 +40,7 @@ pub mod conformance;
 
 pub use accounts::{AccountStore, Session, User};
 pub use audit::{AuditEntry, AuditStore};
+pub use bots::{BotRow, BotStore, BotToken};
 pub use groups::{GroupChange, GroupRow, GroupStore, MemberRow};
 pub use hooks::{HookDelivery, HookEndpoint, HookEvent, HookOutcome, HookStats, HookStore};
 pub use inbox::{Appended, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage};
@@ -61,8 +63,8 @@ pub use user_admin::{
 /// (On a `dyn Store` the compiler finds its supertraits' methods without.)
 pub mod prelude {
     pub use crate::{
-        AccountStore, AuditStore, GroupStore, HookStore, InboxStore, MediaStore, OpsStore,
-        PushStore, ReportStore, SocialStore, Store, UserAdminStore,
+        AccountStore, AuditStore, BotStore, GroupStore, HookStore, InboxStore, MediaStore,
+        OpsStore, PushStore, ReportStore, SocialStore, Store, UserAdminStore,
     };
 }
 
@@ -79,6 +81,7 @@ pub trait Store:
     + OpsStore
     + UserAdminStore
     + HookStore
+    + BotStore
 {
 }
 
@@ -92,7 +95,8 @@ impl<
             + AuditStore
             + OpsStore
             + UserAdminStore
-            + HookStore,
+            + HookStore
+            + BotStore,
     > Store for T
 {
 }

@@ -155,6 +155,9 @@ enum Command {
     /// settings (mute, unmute, all, prefs).
     #[command(subcommand)]
     Push(ferry::cli_push::PushCmd),
+    /// Bot accounts and their API tokens (docs/bots.md).
+    #[command(subcommand)]
+    Bot(ferry::cli_bots::BotCommand),
     /// Upload a client log or crash file.
     Report {
         #[command(flatten)]
@@ -412,6 +415,7 @@ async fn main() {
                 Command::Avatar(cmd) => cli::avatar(cmd).await,
                 Command::Moments(cmd) => cli::moments(cmd).await,
                 Command::Push(cmd) => ferry::cli_push::run(cmd).await,
+                Command::Bot(cmd) => ferry::cli_bots::run(cmd).await,
                 Command::Report { opts, file, kind } => cli::report(&opts, &file, &kind).await,
                 Command::Logout { opts, all } => cli::logout(&opts, all).await,
                 Command::Admin {

@@ -55,6 +55,8 @@ pub(crate) enum Domain {
     Users,
     /// Webhook endpoints, dead letters, stats (`webhooks/routes.rs`).
     Webhooks,
+    /// Bot accounts, their tokens, and the bot API (`crate::bots`).
+    Bots,
 }
 
 impl Domain {
@@ -65,6 +67,7 @@ impl Domain {
             Domain::Ops => "operations",
             Domain::Users => "users",
             Domain::Webhooks => "webhooks",
+            Domain::Bots => "bots",
         }
     }
 }
@@ -134,6 +137,7 @@ pub(crate) fn routes() -> impl Iterator<Item = &'static Route> {
         .chain(crate::admin_ops::ROUTES)
         .chain(crate::admin_users::ROUTES)
         .chain(crate::webhooks::routes::ROUTES)
+        .chain(crate::bots::ROUTES)
 }
 
 /// An API call, matched to its route.
@@ -355,6 +359,7 @@ pub(crate) struct Api {
     ops: crate::admin_ops::Ops,
     users: crate::admin_users::AdminUsers,
     webhooks: Arc<crate::webhooks::Webhooks>,
+    bots: crate::bots::Bots,
 }
 
 impl Api {
@@ -363,12 +368,14 @@ impl Api {
         ops: crate::admin_ops::Ops,
         users: crate::admin_users::AdminUsers,
         webhooks: Arc<crate::webhooks::Webhooks>,
+        bots: crate::bots::Bots,
     ) -> Api {
         Api {
             core,
             ops,
             users,
             webhooks,
+            bots,
         }
     }
 
@@ -445,6 +452,7 @@ impl Api {
             Domain::Ops => self.ops.api(call).await,
             Domain::Users => self.users.api(call).await,
             Domain::Webhooks => self.webhooks.api(call).await,
+            Domain::Bots => self.bots.api(call).await,
         }
     }
 

@@ -567,7 +567,7 @@ impl Groups {
             .await?;
         let from = self.core.user_name(me.user_id).await?;
         let time_ms = unix_ms();
-        let message = v1::Message {
+        let mut message = v1::Message {
             from: from.to_string(),
             time_ms,
             r#type: r.r#type,
@@ -578,6 +578,7 @@ impl Groups {
             media,
             ..Default::default()
         };
+        crate::before::screen(&self.core, me.user_id, &mut message).await?;
         let done = self
             .core
             .store

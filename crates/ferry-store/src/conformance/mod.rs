@@ -13,6 +13,7 @@ use crate::NewMessage;
 
 pub mod accounts;
 pub mod audit;
+pub mod bots;
 pub mod groups;
 pub mod hooks;
 pub mod inbox;
@@ -34,6 +35,7 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@cases $store, $media;
             accounts: users_and_sessions;
             audit: audit_entries_page_newest_first;
+            bots: bots_and_their_tokens, sent_message_ids_are_found_by_client_msg_id;
             inbox: messages_and_inbox, paging_and_concurrency, synckeys_and_prune,
                 events_share_the_inbox_with_messages,
                 append_messages_keeps_order_and_answers_each,
@@ -156,6 +158,7 @@ pub fn assert_all_listed(listed: &[&str]) {
             "media",
             "user_admin",
             "hooks",
+            "bots",
         ],
         listed,
     );
@@ -166,6 +169,7 @@ pub fn assert_listed(domains: &[&str], listed: &[&str]) {
     let files = [
         ("accounts", include_str!("accounts.rs")),
         ("audit", include_str!("audit.rs")),
+        ("bots", include_str!("bots.rs")),
         ("inbox", include_str!("inbox.rs")),
         ("social", include_str!("social.rs")),
         ("reports", include_str!("reports.rs")),

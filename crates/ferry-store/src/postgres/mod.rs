@@ -40,6 +40,7 @@ use crate::{Result, StoreError};
 
 mod accounts;
 mod audit;
+mod bots;
 mod groups;
 mod hooks;
 mod inbox;

@@ -246,6 +246,19 @@ CREATE UNIQUE INDEX hook_outbox_event ON hook_outbox (endpoint_id, event_id);
 CREATE INDEX hook_outbox_queue ON hook_outbox (endpoint_id, state, id);
 CREATE INDEX hook_outbox_done ON hook_outbox (state, done_ms);
 "#,
+    // Bots (issue 23, H-bots): the users' bot flag and the bots' API tokens (hashed).
+    r#"
+ALTER TABLE users ADD COLUMN bot BOOLEAN NOT NULL DEFAULT FALSE;
+CREATE TABLE bot_tokens (
+    id           BIGSERIAL PRIMARY KEY,
+    bot_id       BIGINT NOT NULL,
+    token_hash   BYTEA NOT NULL UNIQUE,
+    scopes       TEXT NOT NULL,
+    created_ms   BIGINT NOT NULL,
+    last_used_ms BIGINT NOT NULL
+);
+CREATE INDEX bot_tokens_bot ON bot_tokens (bot_id);
+"#,
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.

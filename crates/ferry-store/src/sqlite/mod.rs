@@ -23,6 +23,7 @@ use writer::{BatchError, Finish, Job, WriterState};
 
 mod accounts;
 mod audit;
+mod bots;
 mod groups;
 mod hooks;
 mod inbox;

@@ -250,6 +250,19 @@ CREATE UNIQUE INDEX hook_outbox_event ON hook_outbox(endpoint_id, event_id);
 CREATE INDEX hook_outbox_queue ON hook_outbox(endpoint_id, state, id);
 CREATE INDEX hook_outbox_done ON hook_outbox(state, done_ms);
 "#,
+    // Bots (issue 23, H-bots): the users' bot flag and the bots' API tokens (hashed).
+    r#"
+ALTER TABLE users ADD COLUMN bot INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE bot_tokens (
+    id           INTEGER PRIMARY KEY,
+    bot_id       INTEGER NOT NULL,
+    token_hash   BLOB NOT NULL UNIQUE,
+    scopes       TEXT NOT NULL,
+    created_ms   INTEGER NOT NULL,
+    last_used_ms INTEGER NOT NULL
+);
+CREATE INDEX bot_tokens_bot ON bot_tokens(bot_id);
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

@@ -19,6 +19,7 @@ mod api;
 mod bad_input;
 mod bench_smoke;
 mod bench_workers;
+mod bots;
 mod cli_push;
 mod client_push;
 mod client_push_targets;
