@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use ferry_client::{Event, MediaKind};
-use ferry_proto::v1;
+use ferry_client::Event;
+use ferry_proto::v1::{self, MediaKind};
 use ferry_testkit::*;
 use serde_json::{json, Value};
 
@@ -291,17 +291,17 @@ async fn export_holds_exactly_the_users_data() {
     let small = noise(1000, 8);
     let m1 = xena
         .account()
-        .upload(Bytes::from(big.clone()), MediaKind::File, &|_, _| {})
+        .upload(Bytes::from(big.clone()), MediaKind::MediaFile, &|_, _| {})
         .await
         .unwrap();
     let m2 = xena
         .account()
-        .upload(Bytes::from(small.clone()), MediaKind::File, &|_, _| {})
+        .upload(Bytes::from(small.clone()), MediaKind::MediaFile, &|_, _| {})
         .await
         .unwrap();
     let other = zoe
         .account()
-        .upload(Bytes::from(noise(500, 9)), MediaKind::File, &|_, _| {})
+        .upload(Bytes::from(noise(500, 9)), MediaKind::MediaFile, &|_, _| {})
         .await
         .unwrap();
 
@@ -348,7 +348,7 @@ async fn delete_kicks_recalls_and_leaves_no_row() {
     assert_eq!(got[0].1.msg_id, sent.msg_id);
     eli.send_text("dora", "sure").await.unwrap();
     dora.account()
-        .upload(Bytes::from(noise(2000, 1)), MediaKind::File, &|_, _| {})
+        .upload(Bytes::from(noise(2000, 1)), MediaKind::MediaFile, &|_, _| {})
         .await
         .unwrap();
     let dora_id = dora.user_id();
