@@ -123,9 +123,7 @@ pub(crate) const ROUTES: &[Route] = &[
 
 /// Every route of every domain.
 pub(crate) fn routes() -> impl Iterator<Item = &'static Route> {
-    ROUTES
-        .iter()
-        .chain(crate::webhooks::routes::ROUTES.iter())
+    ROUTES.iter().chain(crate::webhooks::routes::ROUTES.iter())
 }
 
 /// An API call, matched to its route.

@@ -135,8 +135,7 @@ macro_rules! media_conformance_tests {
 pub fn assert_all_listed(listed: &[&str]) {
     assert_listed(
         &[
-            "accounts", "audit", "inbox", "social", "reports", "groups", "push", "hooks",
-            "media",
+            "accounts", "audit", "inbox", "social", "reports", "groups", "push", "hooks", "media",
         ],
         listed,
     );
