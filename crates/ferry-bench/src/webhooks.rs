@@ -110,7 +110,13 @@ async fn serve(stream: tokio::net::TcpStream, tally: Arc<Tally>) -> anyhow::Resu
 }
 
 /// One admin API call on the bench's own server (plain HTTP/1.1, one connection).
-async fn admin(addr: &str, token: &str, method: &str, path: &str, body: &Value) -> anyhow::Result<Value> {
+async fn admin(
+    addr: &str,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: &Value,
+) -> anyhow::Result<Value> {
     let body = body.to_string();
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     let req = format!(
@@ -137,7 +143,9 @@ pub async fn run(
     window: usize,
 ) -> anyhow::Result<Report> {
     if !args.server.is_empty() {
-        bail!("webhooks needs the bench's own server (it registers endpoints with its admin token)");
+        bail!(
+            "webhooks needs the bench's own server (it registers endpoints with its admin token)"
+        );
     }
     if endpoints == 0 || messages == 0 || window == 0 {
         bail!("--endpoints, --messages and --window must be at least 1");
@@ -188,7 +196,10 @@ async fn measure(
     }
     // The sender.
     let short = super::conn::short(&addr).await?;
-    let names = [format!("{}wh-s", args.prefix), format!("{}wh-r", args.prefix)];
+    let names = [
+        format!("{}wh-s", args.prefix),
+        format!("{}wh-r", args.prefix),
+    ];
     let tokens = users::sign_in_all(&short, &names, PASSWORD, |_| {}).await?;
     let mut sender = FerryConn::connect(&addr).await?;
     sender.login(&tokens[0], 0).await?;
@@ -237,7 +248,12 @@ async fn measure(
         .max(1);
     let per_s = deliveries as f64 / (span_us as f64 / 1e6);
     let mut h = hist::new();
-    for l in tally.latency.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+    for l in tally
+        .latency
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
         hist::record(&mut h, *l);
     }
     let lat = hist::summary(&h);
@@ -254,7 +270,10 @@ async fn measure(
     report.row("deliveries/s", format!("{per_s:.0}"));
     report.row("send → delivery p50", us(&lat["p50_us"]));
     report.row("send → delivery p99", us(&lat["p99_us"]));
-    report.row("out of order / repeats", format!("{out_of_order} / {repeats}"));
+    report.row(
+        "out of order / repeats",
+        format!("{out_of_order} / {repeats}"),
+    );
     report.json = json!({
         "scenario": "webhooks",
         "machine": super::machine(),

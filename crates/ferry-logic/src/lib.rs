@@ -42,9 +42,9 @@ mod presence;
 mod profile;
 mod push;
 mod router;
-pub mod webhooks;
 #[cfg(test)]
 mod testing;
+pub mod webhooks;
 
 pub use auth::{hash_password, token_hash, verify_password, PasswordParams};
 pub use before::BeforeSendConfig;

@@ -112,9 +112,12 @@ pub async fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
                 .await?;
             println!("{v}");
         }
-        WebhooksCommand::List { api } => {
-            lines(&client(&api)?.call(Method::GET, "admin/webhooks", None).await?, "webhooks")
-        }
+        WebhooksCommand::List { api } => lines(
+            &client(&api)?
+                .call(Method::GET, "admin/webhooks", None)
+                .await?,
+            "webhooks",
+        ),
         WebhooksCommand::Remove { id, api } => {
             client(&api)?
                 .call(Method::DELETE, &format!("admin/webhooks/{id}"), None)
@@ -167,7 +170,9 @@ pub async fn run(cmd: WebhooksCommand) -> anyhow::Result<()> {
             println!("{v}");
         }
         WebhooksCommand::Stats { api } => {
-            let v = client(&api)?.call(Method::GET, "admin/webhooks/stats", None).await?;
+            let v = client(&api)?
+                .call(Method::GET, "admin/webhooks/stats", None)
+                .await?;
             lines(&v, "endpoints");
         }
     }

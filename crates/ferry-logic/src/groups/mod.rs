@@ -800,7 +800,14 @@ impl Groups {
 
 /// Queues `group.member_added` / `group.member_removed` (`t`) for `users` of `group`,
 /// by `by`; the id names the group log entry (`gseq`) that records the change.
-async fn member_event(core: &Core, t: &'static str, group: u64, gseq: u64, users: &[String], by: &str) {
+async fn member_event(
+    core: &Core,
+    t: &'static str,
+    group: u64,
+    gseq: u64,
+    users: &[String],
+    by: &str,
+) {
     if !core.hooks.wants(t) {
         return;
     }

@@ -263,11 +263,7 @@ impl Webhooks {
     /// `POST admin/webhooks/{id}/redrive` → `{"redriven":n}`: every dead letter of it.
     pub(crate) async fn redrive_endpoint_json(&self, id: u64) -> Result<Value, LogicError> {
         self.endpoint(id).await?;
-        let n = self
-            .core
-            .store
-            .redrive_hook_endpoint(id, unix_ms())
-            .await?;
+        let n = self.core.store.redrive_hook_endpoint(id, unix_ms()).await?;
         self.core.hooks.wake.notify_one();
         Ok(json!({"redriven": n}))
     }

@@ -143,7 +143,12 @@ mod tests {
             client_msg_id: 9,
             ..Default::default()
         };
-        let body = envelope("msg-7", "message.sent", 1_000, json!({"message": message_json(&m)}));
+        let body = envelope(
+            "msg-7",
+            "message.sent",
+            1_000,
+            json!({"message": message_json(&m)}),
+        );
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["v"], 1);
         assert_eq!(v["id"], "msg-7");

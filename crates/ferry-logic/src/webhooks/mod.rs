@@ -440,7 +440,11 @@ pub(crate) async fn deleted_event(core: &Core, name: &str, id: u64) {
 /// last one went). Every logic node hears every link event: the id comes from the link
 /// (gateway, connection), so the nodes queue one event between them.
 pub(crate) async fn presence_event(core: &Core, user: u64, online: bool, gateway: &str, conn: u64) {
-    let t = if online { "user.online" } else { "user.offline" };
+    let t = if online {
+        "user.online"
+    } else {
+        "user.offline"
+    };
     if !core.hooks.wants(t) {
         return;
     }
@@ -485,7 +489,12 @@ pub(crate) fn message_recalled(msg_id: u64, group_id: u64, sender: &str, by: &st
 /// `push.failed`: a platform push given up (rejected by the provider, or out of
 /// attempts). The id names the queue row's claim (user, device, version), the same on
 /// whichever node gives up.
-pub(crate) async fn push_failed(core: &Core, job: &ferry_store::PushJob, provider: &str, reason: &str) {
+pub(crate) async fn push_failed(
+    core: &Core,
+    job: &ferry_store::PushJob,
+    provider: &str,
+    reason: &str,
+) {
     if !core.hooks.wants("push.failed") {
         return;
     }
@@ -496,7 +505,10 @@ pub(crate) async fn push_failed(core: &Core, job: &ferry_store::PushJob, provide
     core.hooks
         .emit_logged(Event::new(
             "push.failed",
-            format!("push-{}-{}-{}-{}", t.user_id, t.device_id, job.created_ms, job.version),
+            format!(
+                "push-{}-{}-{}-{}",
+                t.user_id, t.device_id, job.created_ms, job.version
+            ),
             serde_json::json!({
                 "user": {"id": t.user_id.to_string(), "name": &*name},
                 "device_id": t.device_id,

@@ -9,7 +9,8 @@ use crate::api::{ApiError, Call, Domain, Reply, Route, Scope};
 
 const ENDPOINT: &str = r#"{"type":"object","properties":{"id":{"type":"integer"},"url":{"type":"string"},"events":{"type":"array","items":{"type":"string"}},"description":{"type":"string"},"enabled":{"type":"boolean"},"owner":{"type":["integer","null"]},"created_ms":{"type":"integer"},"delivered":{"type":"integer"},"failed":{"type":"integer"},"previous_secret_valid_until_ms":{"type":["integer","null"]}}}"#;
 const CREATED: &str = r#"{"type":"object","description":"the endpoint, with its secret (shown this once)","properties":{"id":{"type":"integer"},"url":{"type":"string"},"events":{"type":"array","items":{"type":"string"}},"secret":{"type":"string"}}}"#;
-const LIST: &str = r#"{"type":"object","properties":{"webhooks":{"type":"array","items":{"type":"object"}}}}"#;
+const LIST: &str =
+    r#"{"type":"object","properties":{"webhooks":{"type":"array","items":{"type":"object"}}}}"#;
 const CREATE_REQ: &str = r#"{"type":"object","required":["url"],"properties":{"url":{"type":"string"},"events":{"type":"array","items":{"type":"string"},"description":"event types, or \"*\""},"description":{"type":"string"}}}"#;
 const PATCH_REQ: &str = r#"{"type":"object","properties":{"url":{"type":"string"},"events":{"type":"array","items":{"type":"string"}},"description":{"type":"string"},"enabled":{"type":"boolean"}}}"#;
 const ROTATE_REQ: &str = r#"{"type":"object","properties":{"grace_secs":{"type":"integer","description":"how long the old secret keeps signing (default [logic.webhooks] grace_secs)"}}}"#;
@@ -42,16 +43,100 @@ const fn route(
 
 /// The literal paths (`stats`, `dead`) come before `{id}`.
 pub(crate) const ROUTES: &[Route] = &[
-    route("webhooks.list", "GET", "admin/webhooks", "List webhook endpoints", &[], None, LIST),
-    route("webhooks.create", "POST", "admin/webhooks", "Register a webhook endpoint (answers its secret, once)", &[], Some(CREATE_REQ), CREATED),
-    route("webhooks.stats", "GET", "admin/webhooks/stats", "Delivered, failed, pending and dead per endpoint", &[], None, STATS),
-    route("webhooks.dead", "GET", "admin/webhooks/dead", "Dead letters, newest first", &[("endpoint", "only this endpoint's"), ("before", "ids below this (the previous page's next)"), ("limit", "at most this many (1-500, default 100)")], None, DEAD),
-    route("webhooks.redrive_dead", "POST", "admin/webhooks/dead/{id}/redrive", "Queue one dead letter again", &[], None, REDRIVEN),
-    route("webhooks.get", "GET", "admin/webhooks/{id}", "One webhook endpoint", &[], None, ENDPOINT),
-    route("webhooks.update", "PATCH", "admin/webhooks/{id}", "Change an endpoint's url, events, description or enabled", &[], Some(PATCH_REQ), ENDPOINT),
-    route("webhooks.delete", "DELETE", "admin/webhooks/{id}", "Remove an endpoint, its queue and dead letters", &[], None, ""),
-    route("webhooks.rotate", "POST", "admin/webhooks/{id}/rotate", "A new secret; the old one signs beside it for the grace period", &[], Some(ROTATE_REQ), ROTATED),
-    route("webhooks.redrive", "POST", "admin/webhooks/{id}/redrive", "Queue every dead letter of an endpoint again", &[], None, REDRIVEN),
+    route(
+        "webhooks.list",
+        "GET",
+        "admin/webhooks",
+        "List webhook endpoints",
+        &[],
+        None,
+        LIST,
+    ),
+    route(
+        "webhooks.create",
+        "POST",
+        "admin/webhooks",
+        "Register a webhook endpoint (answers its secret, once)",
+        &[],
+        Some(CREATE_REQ),
+        CREATED,
+    ),
+    route(
+        "webhooks.stats",
+        "GET",
+        "admin/webhooks/stats",
+        "Delivered, failed, pending and dead per endpoint",
+        &[],
+        None,
+        STATS,
+    ),
+    route(
+        "webhooks.dead",
+        "GET",
+        "admin/webhooks/dead",
+        "Dead letters, newest first",
+        &[
+            ("endpoint", "only this endpoint's"),
+            ("before", "ids below this (the previous page's next)"),
+            ("limit", "at most this many (1-500, default 100)"),
+        ],
+        None,
+        DEAD,
+    ),
+    route(
+        "webhooks.redrive_dead",
+        "POST",
+        "admin/webhooks/dead/{id}/redrive",
+        "Queue one dead letter again",
+        &[],
+        None,
+        REDRIVEN,
+    ),
+    route(
+        "webhooks.get",
+        "GET",
+        "admin/webhooks/{id}",
+        "One webhook endpoint",
+        &[],
+        None,
+        ENDPOINT,
+    ),
+    route(
+        "webhooks.update",
+        "PATCH",
+        "admin/webhooks/{id}",
+        "Change an endpoint's url, events, description or enabled",
+        &[],
+        Some(PATCH_REQ),
+        ENDPOINT,
+    ),
+    route(
+        "webhooks.delete",
+        "DELETE",
+        "admin/webhooks/{id}",
+        "Remove an endpoint, its queue and dead letters",
+        &[],
+        None,
+        "",
+    ),
+    route(
+        "webhooks.rotate",
+        "POST",
+        "admin/webhooks/{id}/rotate",
+        "A new secret; the old one signs beside it for the grace period",
+        &[],
+        Some(ROTATE_REQ),
+        ROTATED,
+    ),
+    route(
+        "webhooks.redrive",
+        "POST",
+        "admin/webhooks/{id}/redrive",
+        "Queue every dead letter of an endpoint again",
+        &[],
+        None,
+        REDRIVEN,
+    ),
 ];
 
 fn id(call: &Call<'_>) -> Result<u64, ApiError> {
@@ -65,7 +150,11 @@ impl Webhooks {
     pub(crate) async fn api(&self, call: &Call<'_>) -> Result<Reply, ApiError> {
         let v: Value = match call.route.op {
             "webhooks.list" => self.list_json().await?,
-            "webhooks.create" => return Ok(Reply::created(&self.create_json(call.json::<CreateReq>()?).await?)),
+            "webhooks.create" => {
+                return Ok(Reply::created(
+                    &self.create_json(call.json::<CreateReq>()?).await?,
+                ))
+            }
             "webhooks.stats" => self.stats_json().await?,
             "webhooks.dead" => {
                 self.dead_json(
@@ -82,7 +171,10 @@ impl Webhooks {
                 self.delete(id(call)?).await?;
                 return Ok(Reply::no_content());
             }
-            "webhooks.rotate" => self.rotate_json(id(call)?, call.json::<RotateReq>()?).await?,
+            "webhooks.rotate" => {
+                self.rotate_json(id(call)?, call.json::<RotateReq>()?)
+                    .await?
+            }
             "webhooks.redrive" => self.redrive_endpoint_json(id(call)?).await?,
             op => return Err(ApiError::NotFound(format!("no operation {op}"))),
         };

@@ -103,7 +103,12 @@ async fn sends_queue_their_event_once_in_order_and_retries_add_nothing() {
         let head = w.core.store.hook_head(ep, 100).await.unwrap();
         let texts: Vec<String> = head
             .iter()
-            .map(|d| body(d)["data"]["message"]["text"].as_str().unwrap().to_owned())
+            .map(|d| {
+                body(d)["data"]["message"]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
             .collect();
         assert_eq!(texts, (1..=8).map(|i| format!("m{i}")).collect::<Vec<_>>());
         let first = body(&head[0]);
@@ -181,7 +186,10 @@ async fn bot_updates_go_to_the_owner_endpoint_only() {
             .unwrap(),
         (id, secret)
     );
-    assert!(!w.core.hooks.wants("message.sent"), "not an operator endpoint");
+    assert!(
+        !w.core.hooks.wants("message.sent"),
+        "not an operator endpoint"
+    );
     let send = v1::SendMsg {
         client_msg_id: 1,
         to: "echo".into(),
@@ -230,19 +238,33 @@ async fn admin_handlers_check_rotate_and_hide_secrets() {
         .unwrap();
     let id = made["id"].as_u64().unwrap();
     let secret = made["secret"].as_str().unwrap().to_owned();
-    assert!(w.core.hooks.wants("message.sent"), "known at once after a change");
+    assert!(
+        w.core.hooks.wants("message.sent"),
+        "known at once after a change"
+    );
     let listed = hooks.list_json().await.unwrap();
     assert_eq!(listed["webhooks"][0]["id"], id);
     assert!(listed["webhooks"][0].get("secret").is_none());
-    assert_eq!(listed["webhooks"][0]["previous_secret_valid_until_ms"], Value::Null);
+    assert_eq!(
+        listed["webhooks"][0]["previous_secret_valid_until_ms"],
+        Value::Null
+    );
     let rotated = hooks
-        .rotate_json(id, api::RotateReq { grace_secs: Some(60) })
+        .rotate_json(
+            id,
+            api::RotateReq {
+                grace_secs: Some(60),
+            },
+        )
         .await
         .unwrap();
     let new = rotated["secret"].as_str().unwrap();
     assert_ne!(new, secret);
     let stored = &w.core.store.hook_endpoints().await.unwrap()[0];
-    assert_eq!((stored.secret.as_str(), stored.prev_secret.as_str()), (new, secret.as_str()));
+    assert_eq!(
+        (stored.secret.as_str(), stored.prev_secret.as_str()),
+        (new, secret.as_str())
+    );
     assert!(hooks.get_json(id).await.unwrap()["previous_secret_valid_until_ms"].is_i64());
     let patched = hooks
         .patch_json(
@@ -268,6 +290,9 @@ async fn admin_handlers_check_rotate_and_hide_secrets() {
     let stats = hooks.stats_json().await.unwrap();
     assert_eq!(stats["endpoints"][0]["pending"], 0);
     hooks.delete(id).await.unwrap();
-    assert!(matches!(hooks.delete(id).await, Err(LogicError::NotFound(_))));
+    assert!(matches!(
+        hooks.delete(id).await,
+        Err(LogicError::NotFound(_))
+    ));
     assert!(!w.core.hooks.wants("message.sent"));
 }

@@ -49,7 +49,10 @@ async fn head_ids(store: &Arc<dyn Store>, ep: u64) -> Vec<String> {
 
 pub async fn endpoints_are_created_updated_and_deleted(store: Arc<dyn Store>) {
     let a = store
-        .create_hook_endpoint(endpoint("http://127.0.0.1:1/a", &["message.sent", "user.registered"]))
+        .create_hook_endpoint(endpoint(
+            "http://127.0.0.1:1/a",
+            &["message.sent", "user.registered"],
+        ))
         .await
         .unwrap();
     assert_ne!(a.id, 999, "the store picks the id");
@@ -65,7 +68,10 @@ pub async fn endpoints_are_created_updated_and_deleted(store: Arc<dyn Store>) {
         .await
         .unwrap();
     assert!(b.id > a.id);
-    assert_eq!(store.hook_endpoints().await.unwrap(), [a.clone(), b.clone()]);
+    assert_eq!(
+        store.hook_endpoints().await.unwrap(),
+        [a.clone(), b.clone()]
+    );
 
     // Rotated and disabled.
     let changed = HookEndpoint {
@@ -113,7 +119,7 @@ pub async fn events_queue_once_in_order_per_endpoint(store: Arc<dyn Store>) {
             event(a, "e1", 10),
             event(b, "e1", 10),
             event(a, "e2", 11),
-            event(a, "e1", 12), // the same event again: ignored
+            event(a, "e1", 12),       // the same event again: ignored
             event(b + 100, "e9", 12), // no such endpoint: ignored
             event(a, "e3", 13),
         ])
@@ -146,14 +152,24 @@ pub async fn events_queue_once_in_order_per_endpoint(store: Arc<dyn Store>) {
         .await
         .unwrap());
     assert_eq!(
-        store.enqueue_hook_events(vec![event(a, "e1", 30)]).await.unwrap(),
+        store
+            .enqueue_hook_events(vec![event(a, "e1", 30)])
+            .await
+            .unwrap(),
         0
     );
     assert_eq!(head_ids(&store, a).await, ["e2", "e3", "e4"]);
-    assert_eq!(store.prune_hook_deliveries(100).await.unwrap(), 0, "not before");
+    assert_eq!(
+        store.prune_hook_deliveries(100).await.unwrap(),
+        0,
+        "not before"
+    );
     assert_eq!(store.prune_hook_deliveries(101).await.unwrap(), 1);
     assert_eq!(
-        store.enqueue_hook_events(vec![event(a, "e1", 30)]).await.unwrap(),
+        store
+            .enqueue_hook_events(vec![event(a, "e1", 30)])
+            .await
+            .unwrap(),
         1
     );
     assert_eq!(head_ids(&store, a).await, ["e2", "e3", "e4", "e1"]);
@@ -181,11 +197,19 @@ pub async fn claims_lease_endpoints_whose_head_is_due(store: Arc<dyn Store>) {
         .await
         .unwrap();
     // Not due yet; a disabled or empty endpoint never.
-    assert!(store.claim_hook_endpoints("n1", 99, 50, 10).await.unwrap().is_empty());
+    assert!(store
+        .claim_hook_endpoints("n1", 99, 50, 10)
+        .await
+        .unwrap()
+        .is_empty());
     let got = store.claim_hook_endpoints("n1", 100, 50, 10).await.unwrap();
     assert_eq!(got, [a.clone()]);
     // Held: nobody else gets it until the lease runs out.
-    assert!(store.claim_hook_endpoints("n2", 149, 50, 10).await.unwrap().is_empty());
+    assert!(store
+        .claim_hook_endpoints("n2", 149, 50, 10)
+        .await
+        .unwrap()
+        .is_empty());
     assert_eq!(
         store.claim_hook_endpoints("n2", 150, 50, 10).await.unwrap(),
         [a.clone()]
@@ -199,9 +223,20 @@ pub async fn claims_lease_endpoints_whose_head_is_due(store: Arc<dyn Store>) {
     assert_eq!(head_ids(&store, a.id).await, ["e1"]);
     // Released by its holder only.
     store.release_hook_endpoint("n1", a.id).await.unwrap();
-    assert!(store.claim_hook_endpoints("n3", 160, 50, 10).await.unwrap().is_empty());
+    assert!(store
+        .claim_hook_endpoints("n3", 160, 50, 10)
+        .await
+        .unwrap()
+        .is_empty());
     store.release_hook_endpoint("n2", a.id).await.unwrap();
-    assert_eq!(store.claim_hook_endpoints("n3", 160, 50, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .claim_hook_endpoints("n3", 160, 50, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
 
     // Enabled again: the disabled endpoint's head is claimable.
     assert!(store
@@ -251,7 +286,11 @@ pub async fn concurrent_claimers_never_share_an_endpoint(store: Arc<dyn Store>) 
         all.extend(t.await.unwrap());
     }
     let unique: HashSet<u64> = all.iter().copied().collect();
-    assert_eq!(unique.len(), all.len(), "an endpoint claimed twice: {all:?}");
+    assert_eq!(
+        unique.len(),
+        all.len(),
+        "an endpoint claimed twice: {all:?}"
+    );
     assert_eq!(unique.len(), ids.len(), "every endpoint claimed once");
 }
 
@@ -262,17 +301,32 @@ pub async fn outcomes_move_the_head_count_and_keep_the_lease(store: Arc<dyn Stor
         .unwrap()
         .id;
     store
-        .enqueue_hook_events(vec![event(a, "e1", 1), event(a, "e2", 2), event(a, "e3", 3)])
+        .enqueue_hook_events(vec![
+            event(a, "e1", 1),
+            event(a, "e2", 2),
+            event(a, "e3", 3),
+        ])
         .await
         .unwrap();
-    assert_eq!(store.claim_hook_endpoints("n", 10, 100, 1).await.unwrap().len(), 1);
+    assert_eq!(
+        store
+            .claim_hook_endpoints("n", 10, 100, 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     let head = store.hook_head(a, 10).await.unwrap();
     // Delivered: the next is the head; the lease is extended (nobody else claims at 150).
     assert!(store
         .finish_hook_delivery("n", a, head[0].id, HookOutcome::Delivered, 20, 200)
         .await
         .unwrap());
-    assert!(store.claim_hook_endpoints("m", 150, 100, 1).await.unwrap().is_empty());
+    assert!(store
+        .claim_hook_endpoints("m", 150, 100, 1)
+        .await
+        .unwrap()
+        .is_empty());
     // Failed: attempts + 1, due later, lease released — not claimable before it is due.
     assert!(store
         .finish_hook_delivery(
@@ -292,8 +346,19 @@ pub async fn outcomes_move_the_head_count_and_keep_the_lease(store: Arc<dyn Stor
     assert_eq!(now[0].event_id, "e2");
     assert_eq!((now[0].attempts, now[0].next_due_ms), (1, 500));
     assert_eq!(now[0].last_error, "HTTP 503");
-    assert!(store.claim_hook_endpoints("m", 499, 100, 1).await.unwrap().is_empty());
-    assert_eq!(store.claim_hook_endpoints("m", 500, 100, 1).await.unwrap().len(), 1);
+    assert!(store
+        .claim_hook_endpoints("m", 499, 100, 1)
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(
+        store
+            .claim_hook_endpoints("m", 500, 100, 1)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
     // Given up: a dead letter; the head moves on, the lease stays.
     assert!(store
         .finish_hook_delivery(
@@ -309,7 +374,11 @@ pub async fn outcomes_move_the_head_count_and_keep_the_lease(store: Arc<dyn Stor
         .await
         .unwrap());
     assert_eq!(head_ids(&store, a).await, ["e3"]);
-    assert!(store.claim_hook_endpoints("x", 550, 100, 1).await.unwrap().is_empty());
+    assert!(store
+        .claim_hook_endpoints("x", 550, 100, 1)
+        .await
+        .unwrap()
+        .is_empty());
     // The same row again (a repeat): not pending any more, not applied.
     assert!(!store
         .finish_hook_delivery("m", a, head[1].id, HookOutcome::Delivered, 520, 600)
@@ -347,7 +416,14 @@ pub async fn dead_letters_are_listed_and_redriven(store: Arc<dyn Store>) {
         .unwrap();
     // Kill a1, a2 and b1.
     let mut now = 10;
-    assert_eq!(store.claim_hook_endpoints("n", now, 100, 10).await.unwrap().len(), 2);
+    assert_eq!(
+        store
+            .claim_hook_endpoints("n", now, 100, 10)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
     for (ep, n) in [(a, 2), (b, 1)] {
         for d in store.hook_head(ep, n).await.unwrap() {
             now += 1;
@@ -374,20 +450,41 @@ pub async fn dead_letters_are_listed_and_redriven(store: Arc<dyn Store>) {
     assert_eq!(all[0].last_error, "HTTP 500");
     let of_a = store.hook_dead_letters(Some(a), None, 10).await.unwrap();
     assert_eq!(of_a.len(), 2);
-    let page = store.hook_dead_letters(Some(a), Some(of_a[0].id), 10).await.unwrap();
-    assert_eq!(page.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["a1"]);
-    assert_eq!(store.hook_dead_letters(None, None, 1).await.unwrap().len(), 1);
+    let page = store
+        .hook_dead_letters(Some(a), Some(of_a[0].id), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(),
+        ["a1"]
+    );
+    assert_eq!(
+        store.hook_dead_letters(None, None, 1).await.unwrap().len(),
+        1
+    );
 
     // One redriven: back at the head (its id is older than a3's), attempts reset.
     assert!(store.redrive_hook_dead(of_a[1].id, 50).await.unwrap());
-    assert!(!store.redrive_hook_dead(of_a[1].id, 50).await.unwrap(), "not dead now");
+    assert!(
+        !store.redrive_hook_dead(of_a[1].id, 50).await.unwrap(),
+        "not dead now"
+    );
     let head = store.hook_head(a, 10).await.unwrap();
-    assert_eq!(head.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["a1", "a3"]);
-    assert_eq!((head[0].attempts, head[0].next_due_ms, head[0].dead_ms), (0, 50, 0));
+    assert_eq!(
+        head.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(),
+        ["a1", "a3"]
+    );
+    assert_eq!(
+        (head[0].attempts, head[0].next_due_ms, head[0].dead_ms),
+        (0, 50, 0)
+    );
     // All of an endpoint.
     assert_eq!(store.redrive_hook_endpoint(a, 60).await.unwrap(), 1);
     assert_eq!(store.redrive_hook_endpoint(a, 60).await.unwrap(), 0);
     assert_eq!(head_ids(&store, a).await, ["a1", "a2", "a3"]);
     let left = store.hook_dead_letters(None, None, 10).await.unwrap();
-    assert_eq!(left.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(), ["b1"]);
+    assert_eq!(
+        left.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(),
+        ["b1"]
+    );
 }

@@ -332,9 +332,7 @@ impl HookStore for PgStore {
                  WHERE id = $1 AND lease_owner = $2",
             )
             .await?;
-        client
-            .execute(&stmt, &[&(endpoint as i64), &owner])
-            .await?;
+        client.execute(&stmt, &[&(endpoint as i64), &owner]).await?;
         Ok(())
     }
 

@@ -257,11 +257,7 @@ impl HookStore for SqliteStore {
                 "UPDATE hook_endpoints SET lease_owner = ?2, lease_until = ?3 WHERE id = ?1",
             )?;
             for e in &eps {
-                lease.execute(params![
-                    e.id as i64,
-                    owner,
-                    now_ms.saturating_add(lease_ms)
-                ])?;
+                lease.execute(params![e.id as i64, owner, now_ms.saturating_add(lease_ms)])?;
             }
             Ok(eps)
         })

@@ -29,7 +29,10 @@ fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     }
     let ipad: Vec<u8> = k.iter().map(|b| b ^ 0x36).collect();
     let opad: Vec<u8> = k.iter().map(|b| b ^ 0x5c).collect();
-    let inner = Sha256::new().chain_update(&ipad).chain_update(msg).finalize();
+    let inner = Sha256::new()
+        .chain_update(&ipad)
+        .chain_update(msg)
+        .finalize();
     Sha256::new()
         .chain_update(&opad)
         .chain_update(inner)
@@ -236,8 +239,18 @@ async fn add_endpoint(ts: &TestServer, url: &str, events: &[&str]) -> (u64, Stri
 
 /// An admin API call that must succeed: its JSON.
 async fn admin(ts: &TestServer, method: &str, path: &str, body: Option<Value>) -> Value {
-    let (status, v) = api_call(&ts.addr(), method, path, Some(&admin_token(ts)), body.as_ref()).await;
-    assert!((200..300).contains(&status), "{method} {path}: {status} {v}");
+    let (status, v) = api_call(
+        &ts.addr(),
+        method,
+        path,
+        Some(&admin_token(ts)),
+        body.as_ref(),
+    )
+    .await;
+    assert!(
+        (200..300).contains(&status),
+        "{method} {path}: {status} {v}"
+    );
     v
 }
 
@@ -281,7 +294,11 @@ async fn a_receiver_down_for_30_s_loses_nothing_and_keeps_order() {
     // Every send is awaited before the next: the order sent is one total order.
     let mut sent: Vec<String> = Vec::new();
     let send = async |i: usize| {
-        let (c, who) = if i % 2 == 0 { (&alice, "a") } else { (&carol, "c") };
+        let (c, who) = if i % 2 == 0 {
+            (&alice, "a")
+        } else {
+            (&carol, "c")
+        };
         let ack = c.send_text("bob", &format!("{who}{i}")).await.unwrap();
         format!("msg-{}", ack.msg_id)
     };
@@ -299,7 +316,11 @@ async fn a_receiver_down_for_30_s_loses_nothing_and_keeps_order() {
         i += 1;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    assert_eq!(rx.got().len(), before, "nothing can arrive while it is down");
+    assert_eq!(
+        rx.got().len(),
+        before,
+        "nothing can arrive while it is down"
+    );
     let stats = admin(&ts, "GET", "admin/webhooks/stats", None).await;
     let st = stats["endpoints"]
         .as_array()
@@ -309,7 +330,10 @@ async fn a_receiver_down_for_30_s_loses_nothing_and_keeps_order() {
         .unwrap()
         .clone();
     assert!(st["pending"].as_u64().unwrap() > 0, "{st}");
-    assert!(st["failed"].as_u64().unwrap() > 0, "attempts failed while it was down: {st}");
+    assert!(
+        st["failed"].as_u64().unwrap() > 0,
+        "attempts failed while it was down: {st}"
+    );
     assert_eq!(st["dead"], 0);
 
     let up = rx.start(addr).await;
@@ -365,16 +389,34 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
     // "/old" rotates: its receiver keeps only the old secret. "/new" rotates too: its
     // receiver knows only the new one. The old secrets stay valid for 3 s.
     let rot = |id: u64| format!("admin/webhooks/{id}/rotate");
-    let ra = admin(&ts, "POST", &rot(a), Some(serde_json::json!({"grace_secs": 3}))).await;
-    let rb = admin(&ts, "POST", &rot(b), Some(serde_json::json!({"grace_secs": 3}))).await;
+    let ra = admin(
+        &ts,
+        "POST",
+        &rot(a),
+        Some(serde_json::json!({"grace_secs": 3})),
+    )
+    .await;
+    let rb = admin(
+        &ts,
+        "POST",
+        &rot(b),
+        Some(serde_json::json!({"grace_secs": 3})),
+    )
+    .await;
     assert_ne!(ra["secret"].as_str().unwrap(), old_a);
     rx.accept("/old", &[&old_a]);
     rx.accept("/new", &[rb["secret"].as_str().unwrap()]);
     let until = rb["previous_secret_valid_until_ms"].as_i64().unwrap();
     let shown = admin(&ts, "GET", &format!("admin/webhooks/{b}"), None).await;
     assert_eq!(shown["previous_secret_valid_until_ms"], until);
-    assert!(shown.get("secret").is_none(), "a secret is shown only once: {shown}");
-    let first = format!("msg-{}", alice.send_text("bob", "during").await.unwrap().msg_id);
+    assert!(
+        shown.get("secret").is_none(),
+        "a secret is shown only once: {shown}"
+    );
+    let first = format!(
+        "msg-{}",
+        alice.send_text("bob", "during").await.unwrap().msg_id
+    );
     rx.wait_for("/old", &[first.clone()], 10).await;
     rx.wait_for("/new", &[first.clone()], 10).await;
     for g in rx.got().iter().filter(|g| g.id == first) {
@@ -385,7 +427,10 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
     while (now_ms() as i64) < until + 200 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let second = format!("msg-{}", alice.send_text("bob", "after").await.unwrap().msg_id);
+    let second = format!(
+        "msg-{}",
+        alice.send_text("bob", "after").await.unwrap().msg_id
+    );
     rx.wait_for("/new", &[second.clone()], 10).await;
     let g = rx.got().into_iter().find(|g| g.id == second).unwrap();
     assert_eq!((g.signatures, g.matched.clone()), (1, vec![0]));
@@ -394,7 +439,11 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
         assert!(Instant::now() < deadline, "the old secret still signed");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert!(rx.bad().iter().all(|b| b.starts_with("/old")), "{:?}", rx.bad());
+    assert!(
+        rx.bad().iter().all(|b| b.starts_with("/old")),
+        "{:?}",
+        rx.bad()
+    );
     up.stop().await;
 }
 
@@ -417,7 +466,10 @@ async fn a_dead_letter_after_max_age_is_redriven() {
         assert_eq!(status, want);
     }
     let (alice, _ev) = connect(&ts.addr(), "alice").await;
-    let m1 = format!("msg-{}", alice.send_text("bob", "one").await.unwrap().msg_id);
+    let m1 = format!(
+        "msg-{}",
+        alice.send_text("bob", "one").await.unwrap().msg_id
+    );
     let dead_path = format!("admin/webhooks/dead?endpoint={ep}");
     let deadline = Instant::now() + Duration::from_secs(15);
     let dead = loop {
@@ -435,15 +487,27 @@ async fn a_dead_letter_after_max_age_is_redriven() {
     assert_eq!(d["event"]["data"]["message"]["text"], "one");
     assert!(d["attempts"].as_u64().unwrap() >= 2, "{d}");
     assert_eq!(d["last_error"], "HTTP 503");
-    assert!(d["dead_ms"].as_i64().unwrap() - d["created_ms"].as_i64().unwrap() >= 3_000, "{d}");
+    assert!(
+        d["dead_ms"].as_i64().unwrap() - d["created_ms"].as_i64().unwrap() >= 3_000,
+        "{d}"
+    );
     assert!(rx.got().is_empty());
     let stats = admin(&ts, "GET", "admin/webhooks/stats", None).await;
     assert_eq!(stats["endpoints"][0]["dead"], 1, "{stats}");
     // Fixed: the next event goes through; the dead one only when redriven.
     rx.inner.lock().unwrap().status.clear();
-    let m2 = format!("msg-{}", alice.send_text("bob", "two").await.unwrap().msg_id);
+    let m2 = format!(
+        "msg-{}",
+        alice.send_text("bob", "two").await.unwrap().msg_id
+    );
     rx.wait_for("/h", &[m2.clone()], 10).await;
-    let r = admin(&ts, "POST", &format!("admin/webhooks/dead/{}/redrive", d["id"]), None).await;
+    let r = admin(
+        &ts,
+        "POST",
+        &format!("admin/webhooks/dead/{}/redrive", d["id"]),
+        None,
+    )
+    .await;
     assert_eq!(r["redriven"], 1);
     rx.wait_for("/h", &[m1.clone()], 10).await;
     let (order, _) = first_deliveries(&rx.got(), "/h");
@@ -452,7 +516,10 @@ async fn a_dead_letter_after_max_age_is_redriven() {
     assert!(left["dead"].as_array().unwrap().is_empty(), "{left}");
     // The redrive was audited (every non-GET admin call is).
     let audit = admin(&ts, "GET", "admin/audit?limit=10", None).await;
-    assert!(audit.to_string().contains("webhooks.redrive_dead"), "{audit}");
+    assert!(
+        audit.to_string().contains("webhooks.redrive_dead"),
+        "{audit}"
+    );
     up.stop().await;
 }
 
@@ -466,7 +533,11 @@ fn lease_owners(db: &Db) -> Vec<String> {
         ])
         .output()
         .expect("psql");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout)
         .unwrap()
         .lines()
@@ -622,6 +693,10 @@ gateway_expiry_ms = 1500
         owner.is_empty() || owner.starts_with(&format!("logic-{survivor}-")),
         "{owner}"
     );
-    eprintln!("{} deliveries of {} events, {repeats} repeats", got.len(), sent.len());
+    eprintln!(
+        "{} deliveries of {} events, {repeats} repeats",
+        got.len(),
+        sent.len()
+    );
     server.abort();
 }
