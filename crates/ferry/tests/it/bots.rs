@@ -281,7 +281,7 @@ async fn the_echo_bot_answers_a_user() {
     let mut bot = std::process::Command::new("python3")
         .arg(&script)
         .args(["--server", &format!("http://{}", ts.addr()), "--poll", "5"])
-        .env("FERRY_BOT_TOKEN", &token)
+        .args(["--token", &token])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
         .spawn()
