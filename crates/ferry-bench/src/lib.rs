@@ -339,7 +339,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 window,
                 sweep,
                 before_hook_ms: Some(ms),
-            } => p2p::hooked(&args, pairs, rate, window, ms).await?,
+            } => {
+                if !sweep.is_empty() {
+                    bail!("--before-hook-ms runs one load: leave out --sweep");
+                }
+                p2p::hooked(&args, pairs, rate, window, ms).await?
+            }
             Scenario::P2p {
                 pairs,
                 rate,
