@@ -62,7 +62,7 @@ impl From<UserInfo> for UserJson {
             created_ms: u.created_ms,
             disabled: u.disabled,
             disabled_reason: u.disabled.then_some(u.disabled_reason),
-            bot: false,
+            bot: u.bot,
         }
     }
 }
@@ -292,6 +292,7 @@ impl AdminUsers {
             })?;
         self.core.forget_user(user.id, &user.name);
         self.push.forget_user(user.id).await?;
+        crate::webhooks::deleted_event(&self.core, &user.name, user.id).await;
         // Tell the others: recipients (recalls), former friends, groups.
         for &(u, _) in &done.inboxes {
             self.notifier.notify_latest(u).await;

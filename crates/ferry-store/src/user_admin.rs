@@ -46,6 +46,8 @@ pub struct UserInfo {
     pub disabled: bool,
     /// Why, as given when disabling ("" when enabled).
     pub disabled_reason: String,
+    /// A bot account ([`crate::BotStore`]).
+    pub bot: bool,
 }
 
 /// A device of a user: what it reported (synckey) and whether it holds a session.

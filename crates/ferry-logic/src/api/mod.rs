@@ -539,12 +539,12 @@ impl Api {
     }
 }
 
+/// A path's parameters: (name, percent-decoded value).
+type Params = Vec<(&'static str, String)>;
+
 /// The route a method and path name, with the path's parameters. An unknown path: 404;
 /// a known path with another method: 405.
-fn find(
-    method: &str,
-    path: &str,
-) -> Result<(&'static Route, Vec<(&'static str, String)>), ApiError> {
+fn find(method: &str, path: &str) -> Result<(&'static Route, Params), ApiError> {
     let path = path.trim_end_matches('/');
     let given: Vec<&str> = path.split('/').collect();
     let mut path_known = false;
@@ -567,7 +567,7 @@ fn find(
 }
 
 /// The parameters of `given` (a path split at `/`) under a route's pattern, or `None`.
-fn matches(pattern: &'static str, given: &[&str]) -> Option<Vec<(&'static str, String)>> {
+fn matches(pattern: &'static str, given: &[&str]) -> Option<Params> {
     let want: Vec<&'static str> = pattern.split('/').collect();
     if want.len() != given.len() {
         return None;

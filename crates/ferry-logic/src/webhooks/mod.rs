@@ -347,12 +347,6 @@ impl Webhooks {
         )
     }
 
-    /// A user was deleted (the admin-users domain calls this once it is done).
-    #[allow(dead_code)] // called by the admin-users domain (issue 23), landing beside this
-    pub(crate) async fn user_deleted(&self, name: &str, id: u64) {
-        deleted_event(&self.core, name, id).await;
-    }
-
     /// Sets `user`'s (a bot's) own endpoint: its updates are POSTed there, signed with the
     /// answered secret (kept when the endpoint existed already). Answers (id, secret).
     #[allow(dead_code)] // the bots domain's (issue 23), landing beside this
@@ -422,8 +416,8 @@ impl Webhooks {
     }
 }
 
-/// Queues `user.deleted` for `name` (id `id`).
-#[allow(dead_code)] // see Webhooks::user_deleted
+/// Queues `user.deleted` for `name` (id `id`): the admin-users domain calls it once the
+/// user and their data are gone.
 pub(crate) async fn deleted_event(core: &Core, name: &str, id: u64) {
     if core.hooks.wants("user.deleted") {
         core.hooks

@@ -17,7 +17,7 @@ use crate::{
     StoreError, UserAdminStore, UserDeletion, UserInfo,
 };
 
-const USER_COLS: &str = "id, name, created_ms, disabled_reason";
+const USER_COLS: &str = "id, name, created_ms, disabled_reason, bot";
 
 fn row_info(r: &tokio_postgres::Row) -> UserInfo {
     let reason: Option<String> = r.get(3);
@@ -27,6 +27,7 @@ fn row_info(r: &tokio_postgres::Row) -> UserInfo {
         created_ms: r.get(2),
         disabled: reason.is_some(),
         disabled_reason: reason.unwrap_or_default(),
+        bot: r.get(4),
     }
 }
 
