@@ -19,8 +19,11 @@ use crate::error::LogicError;
 use crate::notify::Notifier;
 use crate::push::PushService;
 
+/// A user name anyone may take: 1–32 of `A-Z a-z 0-9 _ . -`, and not `system`, the
+/// sender name of system messages (an admin broadcast, docs/protocol.md).
 pub(crate) fn valid_username(name: &str) -> bool {
-    (1..=32).contains(&name.len())
+    !name.eq_ignore_ascii_case("system")
+        && (1..=32).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
@@ -49,7 +52,7 @@ impl Accounts {
         self.limit_ip(&self.core.limits.register_per_ip, req, "registrations")?;
         if !valid_username(&r.username) {
             return Err(LogicError::InvalidArgument(
-                "user name must be 1-32 characters of A-Z a-z 0-9 _ . -".into(),
+                "user name must be 1-32 characters of A-Z a-z 0-9 _ . - (and not \"system\")".into(),
             ));
         }
         if !(8..=1024).contains(&r.password.len()) {
@@ -384,5 +387,21 @@ impl Accounts {
                 metrics::counter!("ferry_rate_limited_total", "limit" => "password").increment(1);
                 LogicError::RateLimited("too many sign-in attempts for this user".into(), ms)
             })
+    }
+}
+
+#[cfg(test)]
+mod name_tests {
+    use super::valid_username;
+
+    #[test]
+    fn names_follow_the_rules_and_system_is_reserved() {
+        assert!(valid_username("alice_1.b-c"));
+        assert!(!valid_username(""));
+        assert!(!valid_username(&"a".repeat(33)));
+        assert!(!valid_username("al ice"));
+        assert!(!valid_username("system"));
+        assert!(!valid_username("System"));
+        assert!(valid_username("systems"));
     }
 }

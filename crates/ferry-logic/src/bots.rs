@@ -264,7 +264,7 @@ impl Bots {
     pub async fn create(&self, name: &str, scopes: Option<Vec<String>>) -> Result<Value, BotError> {
         if !crate::accounts::valid_username(name) {
             return Err(BotError::BadRequest(
-                "a bot's name must be 1-32 characters of A-Z a-z 0-9 _ . -".into(),
+                "a bot's name must be 1-32 characters of A-Z a-z 0-9 _ . - (and not \"system\")".into(),
             ));
         }
         let scopes = scopes_of(scopes)?;
