@@ -294,7 +294,7 @@ async fn a_receiver_down_for_30_s_loses_nothing_and_keeps_order() {
     // Every send is awaited before the next: the order sent is one total order.
     let mut sent: Vec<String> = Vec::new();
     let send = async |i: usize| {
-        let (c, who) = if i % 2 == 0 {
+        let (c, who) = if i.is_multiple_of(2) {
             (&alice, "a")
         } else {
             (&carol, "c")
@@ -417,8 +417,8 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
         "msg-{}",
         alice.send_text("bob", "during").await.unwrap().msg_id
     );
-    rx.wait_for("/old", &[first.clone()], 10).await;
-    rx.wait_for("/new", &[first.clone()], 10).await;
+    rx.wait_for("/old", std::slice::from_ref(&first), 10).await;
+    rx.wait_for("/new", std::slice::from_ref(&first), 10).await;
     for g in rx.got().iter().filter(|g| g.id == first) {
         assert_eq!(g.signatures, 2, "{g:?}");
     }
@@ -431,7 +431,7 @@ async fn a_rotated_secret_signs_beside_the_old_one_until_the_grace_ends() {
         "msg-{}",
         alice.send_text("bob", "after").await.unwrap().msg_id
     );
-    rx.wait_for("/new", &[second.clone()], 10).await;
+    rx.wait_for("/new", std::slice::from_ref(&second), 10).await;
     let g = rx.got().into_iter().find(|g| g.id == second).unwrap();
     assert_eq!((g.signatures, g.matched.clone()), (1, vec![0]));
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -500,7 +500,7 @@ async fn a_dead_letter_after_max_age_is_redriven() {
         "msg-{}",
         alice.send_text("bob", "two").await.unwrap().msg_id
     );
-    rx.wait_for("/h", &[m2.clone()], 10).await;
+    rx.wait_for("/h", std::slice::from_ref(&m2), 10).await;
     let r = admin(
         &ts,
         "POST",
@@ -509,7 +509,7 @@ async fn a_dead_letter_after_max_age_is_redriven() {
     )
     .await;
     assert_eq!(r["redriven"], 1);
-    rx.wait_for("/h", &[m1.clone()], 10).await;
+    rx.wait_for("/h", std::slice::from_ref(&m1), 10).await;
     let (order, _) = first_deliveries(&rx.got(), "/h");
     assert_eq!(order, [m2, m1]);
     let left = admin(&ts, "GET", &dead_path, None).await;
