@@ -348,7 +348,11 @@ async fn delete_kicks_recalls_and_leaves_no_row() {
     assert_eq!(got[0].1.msg_id, sent.msg_id);
     eli.send_text("dora", "sure").await.unwrap();
     dora.account()
-        .upload(Bytes::from(noise(2000, 1)), MediaKind::MediaFile, &|_, _| {})
+        .upload(
+            Bytes::from(noise(2000, 1)),
+            MediaKind::MediaFile,
+            &|_, _| {},
+        )
         .await
         .unwrap();
     let dora_id = dora.user_id();
