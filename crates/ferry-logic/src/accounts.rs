@@ -52,7 +52,8 @@ impl Accounts {
         self.limit_ip(&self.core.limits.register_per_ip, req, "registrations")?;
         if !valid_username(&r.username) {
             return Err(LogicError::InvalidArgument(
-                "user name must be 1-32 characters of A-Z a-z 0-9 _ . - (and not \"system\")".into(),
+                "user name must be 1-32 characters of A-Z a-z 0-9 _ . - (and not \"system\")"
+                    .into(),
             ));
         }
         if !(8..=1024).contains(&r.password.len()) {

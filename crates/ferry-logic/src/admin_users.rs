@@ -159,7 +159,8 @@ impl AdminUsers {
     pub async fn create(&self, name: &str, password: &str) -> Result<UserJson, LogicError> {
         if !valid_username(name) {
             return Err(LogicError::InvalidArgument(
-                "user name must be 1-32 characters of A-Z a-z 0-9 _ . - (and not \"system\")".into(),
+                "user name must be 1-32 characters of A-Z a-z 0-9 _ . - (and not \"system\")"
+                    .into(),
             ));
         }
         if !(8..=1024).contains(&password.len()) {

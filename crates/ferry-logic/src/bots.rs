@@ -169,6 +169,8 @@ pub(crate) struct Bots {
     notifier: Arc<Notifier>,
     /// The send path every user's messages take.
     inbox: Arc<Inbox>,
+    /// A bot's own webhook endpoint (`bot/webhook`): its updates POSTed, signed.
+    webhooks: Arc<crate::webhooks::Webhooks>,
 }
 
 fn scopes_of(asked: Option<Vec<String>>) -> Result<Vec<String>, BotError> {
@@ -231,11 +233,17 @@ fn update_json(e: &v1::Entry, me: &str) -> Option<Value> {
 }
 
 impl Bots {
-    pub fn new(core: Arc<Core>, notifier: Arc<Notifier>, inbox: Arc<Inbox>) -> Bots {
+    pub fn new(
+        core: Arc<Core>,
+        notifier: Arc<Notifier>,
+        inbox: Arc<Inbox>,
+        webhooks: Arc<crate::webhooks::Webhooks>,
+    ) -> Bots {
         Bots {
             core,
             notifier,
             inbox,
+            webhooks,
         }
     }
 
@@ -264,7 +272,8 @@ impl Bots {
     pub async fn create(&self, name: &str, scopes: Option<Vec<String>>) -> Result<Value, BotError> {
         if !crate::accounts::valid_username(name) {
             return Err(BotError::BadRequest(
-                "a bot's name must be 1-32 characters of A-Z a-z 0-9 _ . - (and not \"system\")".into(),
+                "a bot's name must be 1-32 characters of A-Z a-z 0-9 _ . - (and not \"system\")"
+                    .into(),
             ));
         }
         let scopes = scopes_of(scopes)?;
@@ -523,6 +532,41 @@ impl From<BotError> for ApiError {
 /// The bots' routes: admin (bot accounts and tokens) and the bot API.
 pub(crate) const ROUTES: &[Route] = &[
     Route {
+        op: "bot.webhook_set",
+        method: "PUT",
+        path: "bot/webhook",
+        scope: Scope::Bot,
+        domain: Domain::Bots,
+        summary: "POST the bot's updates (bot.update events, signed) to a URL (scope read); answers the signing secret",
+        query: &[],
+        request: Some(
+            r#"{"type":"object","required":["url"],"properties":{"url":{"type":"string"}}}"#,
+        ),
+        response: r#"{"type":"object","properties":{"id":{"type":"integer"},"url":{"type":"string"},"secret":{"type":"string"}}}"#,
+    },
+    Route {
+        op: "bot.webhook_get",
+        method: "GET",
+        path: "bot/webhook",
+        scope: Scope::Bot,
+        domain: Domain::Bots,
+        summary: "The bot's webhook, with its delivery counts (scope read)",
+        query: &[],
+        request: None,
+        response: r#"{"type":"object","properties":{"id":{"type":"integer"},"url":{"type":"string"},"enabled":{"type":"boolean"},"delivered":{"type":"integer"},"failed":{"type":"integer"}}}"#,
+    },
+    Route {
+        op: "bot.webhook_delete",
+        method: "DELETE",
+        path: "bot/webhook",
+        scope: Scope::Bot,
+        domain: Domain::Bots,
+        summary: "Stop POSTing the bot's updates (scope read)",
+        query: &[],
+        request: None,
+        response: "",
+    },
+    Route {
         op: "bots.create",
         method: "POST",
         path: "admin/bots",
@@ -627,6 +671,13 @@ pub(crate) const ROUTES: &[Route] = &[
     },
 ];
 
+/// `PUT bot/webhook`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WebhookBody {
+    url: String,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct CreateBody {
@@ -665,6 +716,32 @@ impl Bots {
                     .map_err(|_| ApiError::BadRequest("a token id is a number".into()))?;
                 self.revoke(call.param("bot"), id).await?;
                 Ok(Reply::no_content())
+            }
+            "bot.webhook_set" => {
+                let a = self.authenticate(call.token, Some("read")).await?;
+                let b: WebhookBody = call.json()?;
+                let (id, secret) = self.webhooks.set_owner_endpoint(a.bot_id, &b.url).await?;
+                Ok(Reply::json(
+                    &json!({"id": id, "url": b.url, "secret": secret}),
+                ))
+            }
+            "bot.webhook_get" => {
+                let a = self.authenticate(call.token, Some("read")).await?;
+                match self.webhooks.owner_endpoint(a.bot_id).await? {
+                    Some(e) => Ok(Reply::json(&json!({
+                        "id": e.id, "url": e.url, "enabled": e.enabled,
+                        "delivered": e.delivered, "failed": e.failed,
+                    }))),
+                    None => Err(ApiError::NotFound("this bot has no webhook".into())),
+                }
+            }
+            "bot.webhook_delete" => {
+                let a = self.authenticate(call.token, Some("read")).await?;
+                if self.webhooks.delete_owner_endpoint(a.bot_id).await? {
+                    Ok(Reply::no_content())
+                } else {
+                    Err(ApiError::NotFound("this bot has no webhook".into()))
+                }
             }
             "bot.me" => {
                 let a = self.authenticate(call.token, None).await?;
@@ -709,7 +786,12 @@ mod tests {
     use crate::testing::{req, World};
 
     fn bots(w: &World) -> Bots {
-        Bots::new(w.core.clone(), w.notifier.clone(), w.inbox.clone())
+        Bots::new(
+            w.core.clone(),
+            w.notifier.clone(),
+            w.inbox.clone(),
+            Arc::new(crate::webhooks::Webhooks::new(w.core.clone())),
+        )
     }
 
     fn token(v: &Value) -> String {

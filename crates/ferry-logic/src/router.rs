@@ -104,7 +104,12 @@ impl Logic {
                 Ops::new(core.clone(), notifier.clone(), groups.clone(), push.clone()),
                 AdminUsers::new(core.clone(), notifier.clone(), push.clone(), groups.clone()),
                 webhooks.clone(),
-                Bots::new(core.clone(), notifier.clone(), inbox.clone()),
+                Bots::new(
+                    core.clone(),
+                    notifier.clone(),
+                    inbox.clone(),
+                    webhooks.clone(),
+                ),
             ),
             inbox,
             profile: Profile::new(core.clone()),

@@ -94,6 +94,7 @@ pub const ENV_VARS: &[&str] = &[
     "FERRY_SERVER",
     "FERRY_USER",
     "FERRY_PASSWORD",
+    "FERRY_NEW_PASSWORD",
     "FERRY_SERVER_KEY",
     // `ferry bench`.
     "FERRY_BENCH_PLAINTEXT",

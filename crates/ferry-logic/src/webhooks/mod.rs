@@ -349,7 +349,6 @@ impl Webhooks {
 
     /// Sets `user`'s (a bot's) own endpoint: its updates are POSTed there, signed with the
     /// answered secret (kept when the endpoint existed already). Answers (id, secret).
-    #[allow(dead_code)] // the bots domain's (issue 23), landing beside this
     pub async fn set_owner_endpoint(
         &self,
         user: u64,
@@ -392,7 +391,6 @@ impl Webhooks {
     }
 
     /// `user`'s own endpoint, if any.
-    #[allow(dead_code)] // the bots domain's (issue 23), landing beside this
     pub async fn owner_endpoint(&self, user: u64) -> Result<Option<HookEndpoint>, LogicError> {
         Ok(self
             .core
@@ -405,7 +403,6 @@ impl Webhooks {
 
     /// Removes `user`'s own endpoint (and what is queued for it). Returns whether there
     /// was one.
-    #[allow(dead_code)] // the bots domain's (issue 23), landing beside this
     pub async fn delete_owner_endpoint(&self, user: u64) -> Result<bool, LogicError> {
         let Some(e) = self.owner_endpoint(user).await? else {
             return Ok(false);

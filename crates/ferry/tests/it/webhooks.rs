@@ -700,3 +700,84 @@ gateway_expiry_ms = 1500
     );
     server.abort();
 }
+
+/// A bot with a webhook of its own (`PUT /v1/bot/webhook`) gets each update POSTed as a
+/// signed `bot.update` event; `GET` shows it, `DELETE` removes it, and without the `read`
+/// scope the route is refused.
+#[tokio::test]
+async fn a_bots_own_webhook_gets_its_updates() {
+    let ts = server(3_600).await;
+    ts.register(&["hookfan"]).await;
+    let rx = Receiver::default();
+    let addr = free_addr();
+    let _up = rx.start(addr).await;
+    let made = admin(
+        &ts,
+        "POST",
+        "admin/bots",
+        Some(serde_json::json!({"name": "hookbot"})),
+    )
+    .await;
+    let bot = made["token"].as_str().unwrap().to_owned();
+    let url = format!("http://{addr}/bot");
+    let (status, set) = api_call(
+        &ts.addr(),
+        "PUT",
+        "bot/webhook",
+        Some(&bot),
+        Some(&serde_json::json!({"url": url})),
+    )
+    .await;
+    assert_eq!(status, 200, "{set}");
+    rx.accept("/bot", &[set["secret"].as_str().unwrap()]);
+
+    let (fan, _events) = connect(&ts.addr(), "hookfan").await;
+    fan.send_text("hookbot", "hello bot").await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let update = loop {
+        if let Some(g) = rx.got().into_iter().find(|g| g.path == "/bot") {
+            break g;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no bot.update within 20 s: bad {:?}",
+            rx.bad()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(rx.bad().is_empty(), "{:?}", rx.bad());
+    assert_eq!(update.body["type"], "bot.update", "{}", update.body);
+    assert_eq!(update.body["data"]["type"], "message", "{}", update.body);
+    assert_eq!(update.body["data"]["message"]["text"], "hello bot");
+    assert_eq!(update.body["data"]["message"]["from"], "hookfan");
+
+    let (status, got) = api_call(&ts.addr(), "GET", "bot/webhook", Some(&bot), None).await;
+    assert_eq!(status, 200, "{got}");
+    assert_eq!(got["url"], url.as_str());
+
+    // A token without `read` may not touch it; a user's session token is no bot's.
+    let send_only = admin(
+        &ts,
+        "POST",
+        "admin/bots/hookbot/tokens",
+        Some(serde_json::json!({"scopes": ["send"]})),
+    )
+    .await;
+    let (status, _) = api_call(
+        &ts.addr(),
+        "GET",
+        "bot/webhook",
+        Some(send_only["token"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    assert_eq!(status, 403);
+    let user = token(&ts.addr(), "hookfan", "d9").await;
+    let (status, _) = api_call(&ts.addr(), "GET", "bot/webhook", Some(&user), None).await;
+    assert_eq!(status, 401);
+
+    let (status, _) = api_call(&ts.addr(), "DELETE", "bot/webhook", Some(&bot), None).await;
+    assert_eq!(status, 204);
+    let (status, _) = api_call(&ts.addr(), "GET", "bot/webhook", Some(&bot), None).await;
+    assert_eq!(status, 404);
+}
