@@ -4,7 +4,7 @@
 //!
 //! A token is `fbot_` and 64 hex digits; the store keeps its SHA-256 only. Its scopes
 //! say what it may do: `send` (bot/send, bot/typing), `read` (bot/updates, bot/webhook),
-//! `group_admin` (reserved for group administration). A bot's sends go through the one
+//! `group_admin` (bot/groups: create a group, add and remove members). A bot's sends go through the one
 //! send path of every user ([`Inbox::send`]): rate limits, blocks, the before-send hook,
 //! webhooks all apply. Bots are open to messaging: a bot may message any user and any
 //! user may message a bot, friends or not (a block still holds) — see
@@ -171,6 +171,8 @@ pub(crate) struct Bots {
     inbox: Arc<Inbox>,
     /// A bot's own webhook endpoint (`bot/webhook`): its updates POSTed, signed.
     webhooks: Arc<crate::webhooks::Webhooks>,
+    /// Groups a bot with `group_admin` makes and runs, by the rules every owner follows.
+    groups: Arc<crate::groups::Groups>,
 }
 
 fn scopes_of(asked: Option<Vec<String>>) -> Result<Vec<String>, BotError> {
@@ -238,13 +240,66 @@ impl Bots {
         notifier: Arc<Notifier>,
         inbox: Arc<Inbox>,
         webhooks: Arc<crate::webhooks::Webhooks>,
+        groups: Arc<crate::groups::Groups>,
     ) -> Bots {
         Bots {
             core,
             notifier,
             inbox,
             webhooks,
+            groups,
         }
+    }
+
+    /// `POST bot/groups`, `bot/groups/{group}/add|remove` (scope `group_admin`): through
+    /// the group requests of every user, so the bot is the owner of what it creates and
+    /// may change only what an owner or admin may.
+    async fn group_call(&self, call: &Call<'_>, a: &BotAuth) -> Result<Reply, ApiError> {
+        let resp = match call.route.op {
+            "bot.group_create" => {
+                let b: GroupCreateBody = call.json()?;
+                let req = v1::GroupCreateReq {
+                    name: b.name,
+                    members: b.members,
+                    share_history: b.share_history,
+                };
+                self.groups
+                    .create(&Self::request(a, cmd::GROUP_CREATE, &req))
+                    .await?
+            }
+            op => {
+                let b: GroupMembersBody = call.json()?;
+                let group_id = call
+                    .param("group")
+                    .parse()
+                    .map_err(|_| ApiError::BadRequest("a group id is a number".into()))?;
+                let c = if op == "bot.group_add" {
+                    cmd::GROUP_ADD
+                } else {
+                    cmd::GROUP_REMOVE
+                };
+                let req = v1::GroupMembersReq {
+                    group_id,
+                    usernames: b.users,
+                };
+                self.groups
+                    .members_change(&Self::request(a, c, &req))
+                    .await?
+            }
+        };
+        let g = v1::GroupResp::decode(resp.body)
+            .map_err(LogicError::from)?
+            .group
+            .unwrap_or_default();
+        let v = json!({
+            "group_id": g.group_id, "name": g.name, "owner": g.owner,
+            "announcement": g.announcement, "latest_gseq": g.latest_gseq,
+        });
+        Ok(if call.route.op == "bot.group_create" {
+            Reply::created(&v)
+        } else {
+            Reply::json(&v)
+        })
     }
 
     /// The bot named `name`, or NOT_FOUND (also for a user who is not a bot).
@@ -529,8 +584,50 @@ impl From<BotError> for ApiError {
     }
 }
 
+/// A group as the bot API answers it.
+const GROUP_SCHEMA: &str = r#"{"type":"object","properties":{"group_id":{"type":"integer"},"name":{"type":"string"},"owner":{"type":"string"},"announcement":{"type":"string"},"latest_gseq":{"type":"integer"}}}"#;
+
 /// The bots' routes: admin (bot accounts and tokens) and the bot API.
 pub(crate) const ROUTES: &[Route] = &[
+    Route {
+        op: "bot.group_create",
+        method: "POST",
+        path: "bot/groups",
+        scope: Scope::Bot,
+        domain: Domain::Bots,
+        summary: "Create a group the bot owns (scope group_admin)",
+        query: &[],
+        request: Some(
+            r#"{"type":"object","required":["name"],"properties":{"name":{"type":"string"},"members":{"type":"array","items":{"type":"string"}},"share_history":{"type":"boolean"}}}"#,
+        ),
+        response: GROUP_SCHEMA,
+    },
+    Route {
+        op: "bot.group_add",
+        method: "POST",
+        path: "bot/groups/{group}/add",
+        scope: Scope::Bot,
+        domain: Domain::Bots,
+        summary: "Add users to a group the bot owns or administers (scope group_admin)",
+        query: &[],
+        request: Some(
+            r#"{"type":"object","required":["users"],"properties":{"users":{"type":"array","items":{"type":"string"}}}}"#,
+        ),
+        response: GROUP_SCHEMA,
+    },
+    Route {
+        op: "bot.group_remove",
+        method: "POST",
+        path: "bot/groups/{group}/remove",
+        scope: Scope::Bot,
+        domain: Domain::Bots,
+        summary: "Remove users from a group the bot owns or administers (scope group_admin)",
+        query: &[],
+        request: Some(
+            r#"{"type":"object","required":["users"],"properties":{"users":{"type":"array","items":{"type":"string"}}}}"#,
+        ),
+        response: GROUP_SCHEMA,
+    },
     Route {
         op: "bot.webhook_set",
         method: "PUT",
@@ -671,6 +768,24 @@ pub(crate) const ROUTES: &[Route] = &[
     },
 ];
 
+/// `POST bot/groups`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupCreateBody {
+    name: String,
+    #[serde(default)]
+    members: Vec<String>,
+    #[serde(default)]
+    share_history: bool,
+}
+
+/// `POST bot/groups/{group}/add|remove`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GroupMembersBody {
+    users: Vec<String>,
+}
+
 /// `PUT bot/webhook`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -716,6 +831,10 @@ impl Bots {
                     .map_err(|_| ApiError::BadRequest("a token id is a number".into()))?;
                 self.revoke(call.param("bot"), id).await?;
                 Ok(Reply::no_content())
+            }
+            "bot.group_create" | "bot.group_add" | "bot.group_remove" => {
+                let a = self.authenticate(call.token, Some("group_admin")).await?;
+                self.group_call(call, &a).await
             }
             "bot.webhook_set" => {
                 let a = self.authenticate(call.token, Some("read")).await?;
@@ -791,6 +910,7 @@ mod tests {
             w.notifier.clone(),
             w.inbox.clone(),
             Arc::new(crate::webhooks::Webhooks::new(w.core.clone())),
+            w.groups.clone(),
         )
     }
 

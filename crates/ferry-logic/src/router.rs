@@ -109,6 +109,7 @@ impl Logic {
                     notifier.clone(),
                     inbox.clone(),
                     webhooks.clone(),
+                    groups.clone(),
                 ),
             ),
             inbox,

@@ -322,3 +322,112 @@ async fn the_echo_bot_answers_a_user() {
     let (s, _) = api_call(&ts.addr(), "GET", "bot/me", Some(&token), None).await;
     assert_eq!(s, 401);
 }
+
+/// A bot with `group_admin` creates a group it owns and adds and removes members, by the
+/// rules every owner follows; without the scope it is refused.
+#[tokio::test]
+async fn a_group_admin_bot_runs_its_group() {
+    let ts = TestServer::start().await;
+    ts.register(&["gm1", "gm2"]).await;
+    let addr = ts.addr();
+    let admin = admin_token(&ts);
+    let (status, made) = api_call(
+        &addr,
+        "POST",
+        "admin/bots",
+        Some(&admin),
+        Some(&serde_json::json!({"name": "groupbot", "scopes": ["send", "group_admin"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{made}");
+    let bot = made["token"].as_str().unwrap().to_owned();
+
+    let (status, g) = api_call(
+        &addr,
+        "POST",
+        "bot/groups",
+        Some(&bot),
+        Some(&serde_json::json!({"name": "bots and people", "members": ["gm1"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{g}");
+    assert_eq!(g["owner"], "groupbot");
+    let id = g["group_id"].as_u64().unwrap();
+    let members = async || -> Vec<String> {
+        let (status, v) = api_call(
+            &addr,
+            "GET",
+            &format!("admin/groups/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        let mut names: Vec<String> = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(members().await, ["gm1", "groupbot"]);
+
+    let add = serde_json::json!({"users": ["gm2"]});
+    let (status, v) = api_call(
+        &addr,
+        "POST",
+        &format!("bot/groups/{id}/add"),
+        Some(&bot),
+        Some(&add),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(members().await, ["gm1", "gm2", "groupbot"]);
+    let remove = serde_json::json!({"users": ["gm1"]});
+    let (status, v) = api_call(
+        &addr,
+        "POST",
+        &format!("bot/groups/{id}/remove"),
+        Some(&bot),
+        Some(&remove),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(members().await, ["gm2", "groupbot"]);
+    // The bot speaks in its group.
+    let (status, v) = api_call(
+        &addr,
+        "POST",
+        "bot/send",
+        Some(&bot),
+        Some(&serde_json::json!({"group_id": id, "text": "welcome"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+
+    // Without the scope: refused, and nothing changes.
+    let (status, plain) = api_call(
+        &addr,
+        "POST",
+        "admin/bots/groupbot/tokens",
+        Some(&admin),
+        Some(&serde_json::json!({"scopes": ["send"]})),
+    )
+    .await;
+    assert_eq!(status, 201, "{plain}");
+    let (status, _) = api_call(
+        &addr,
+        "POST",
+        &format!("bot/groups/{id}/add"),
+        Some(plain["token"].as_str().unwrap()),
+        Some(&serde_json::json!({"users": ["gm1"]})),
+    )
+    .await;
+    assert_eq!(status, 403);
+    // Not a group id; a group it is not in.
+    let (status, _) = api_call(&addr, "POST", "bot/groups/x/add", Some(&bot), Some(&add)).await;
+    assert_eq!(status, 400);
+    assert_eq!(members().await, ["gm2", "groupbot"]);
+}
