@@ -1,9 +1,6 @@
 //! The JSON shapes the APIs for other systems share: a message as webhooks, bot updates
 //! and exports show it (docs/webhooks.md, *Message*).
 
-// Used by the domains that show messages (webhooks, bots, exports).
-#![allow(dead_code)]
-
 use ferry_proto::v1;
 use serde_json::{json, Value};
 

@@ -9,10 +9,6 @@
 //! generated from them ([`openapi`]). This module owns no business rule; it must not
 //! grow one — a route's meaning lives in its domain.
 
-// The vocabulary below is the domains' (bots, webhooks, users, operations): parts of it
-// are used only by their routes.
-#![allow(dead_code)]
-
 pub(crate) mod json;
 mod openapi;
 
@@ -278,8 +274,6 @@ pub(crate) enum ApiError {
     #[error("{0}")]
     Conflict(String),
     #[error("{0}")]
-    TooLarge(String),
-    #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
     Internal(String),
@@ -304,7 +298,6 @@ impl ApiError {
             ApiError::NotFound(_) => (404, "NOT_FOUND"),
             ApiError::MethodNotAllowed(_) => (405, "METHOD_NOT_ALLOWED"),
             ApiError::Conflict(_) => (409, "CONFLICT"),
-            ApiError::TooLarge(_) => (413, "TOO_LARGE"),
             ApiError::Unavailable(_) => (503, "UNAVAILABLE"),
             ApiError::Internal(_) => (500, "INTERNAL"),
             ApiError::Logic(e) => {
