@@ -15,7 +15,12 @@ import os
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+
+
+def quote(cursor):
+    return urllib.parse.quote(cursor, safe="")
 
 
 def call(server, token, method, path, body=None, timeout=60):
@@ -41,18 +46,19 @@ def main():
 
     me = call(args.server, args.token, "GET", "bot/me")
     print(f"echo bot {me['name']} running", flush=True)
-    after = 0
-    # Start after what is already there: only new messages are echoed.
-    first = call(args.server, args.token, "GET", "bot/updates?after=0&timeout=0&limit=1000")
+    # The cursor (next_after) is a string naming the inbox and each group's position;
+    # pass it back as it came. Start after what is already there: only new messages are
+    # echoed.
+    first = call(args.server, args.token, "GET", "bot/updates?timeout=0&limit=1000")
     after = first["next_after"]
     while first["updates"]:
-        first = call(args.server, args.token, "GET", f"bot/updates?after={after}&timeout=0&limit=1000")
+        first = call(args.server, args.token, "GET", f"bot/updates?after={quote(after)}&timeout=0&limit=1000")
         after = first["next_after"]
     while True:
         try:
             got = call(
                 args.server, args.token, "GET",
-                f"bot/updates?after={after}&timeout={args.poll}&limit=100",
+                f"bot/updates?after={quote(after)}&timeout={args.poll}&limit=100",
                 timeout=args.poll + 10,
             )
         except (urllib.error.URLError, OSError) as e:
@@ -64,7 +70,7 @@ def main():
                 continue
             m = u["message"]
             answer = {"text": m["text"], "client_msg_id": m["id"]}
-            if m["group_id"]:
+            if m["group_id"] != "0":
                 answer["group_id"] = m["group_id"]
             else:
                 answer["to"] = m["from"]

@@ -38,6 +38,7 @@ pub(crate) const BROADCAST_TO_MAX: usize = 10_000;
 /// A group as the admin API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct GroupView {
+    #[serde(with = "crate::api::json::id_str")]
     pub id: u64,
     pub name: String,
     pub announcement: String,
@@ -73,8 +74,10 @@ pub(crate) struct GroupPage {
 /// A message recalled by an operator.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub(crate) struct Recalled {
+    #[serde(with = "crate::api::json::id_str")]
     pub msg_id: u64,
     /// The group it was sent to (absent: a 1:1 or system message).
+    #[serde(with = "crate::api::json::id_str::opt")]
     pub group_id: Option<u64>,
 }
 
@@ -93,7 +96,7 @@ pub(crate) struct Effective {
 }
 
 const GROUP_SCHEMA: &str = r#"{"type":"object","properties":{
-    "id":{"type":"integer"},"name":{"type":"string"},"announcement":{"type":"string"},
+    "id":{"type":"string"},"name":{"type":"string"},"announcement":{"type":"string"},
     "owner":{"type":"string"},"member_count":{"type":"integer"},
     "share_history":{"type":"boolean"},"latest_gseq":{"type":"integer"},
     "created_ms":{"type":"integer"},"dissolved":{"type":"boolean"},
@@ -149,7 +152,7 @@ pub(crate) const ROUTES: &[Route] = &[
         summary: "Dissolve a group: every member is removed and told (GroupEvent DISSOLVED); its devices drop it.",
         query: &[],
         request: None,
-        response: r#"{"type":"object","properties":{"group_id":{"type":"integer"},
+        response: r#"{"type":"object","properties":{"group_id":{"type":"string"},
             "members_removed":{"type":"integer"}}}"#,
     },
     Route {
@@ -161,8 +164,8 @@ pub(crate) const ROUTES: &[Route] = &[
         summary: "Recall any message (1:1, group or system), whoever sent it and however old: its content leaves the server and every device removes it.",
         query: &[],
         request: None,
-        response: r#"{"type":"object","properties":{"msg_id":{"type":"integer"},
-            "group_id":{"type":["integer","null"]}}}"#,
+        response: r#"{"type":"object","properties":{"msg_id":{"type":"string"},
+            "group_id":{"type":["string","null"]}}}"#,
     },
     Route {
         op: "broadcast.send",
@@ -286,7 +289,7 @@ impl Ops {
                 let g = id_param(call, "group", "group")?;
                 let n = self.dissolve(g).await?;
                 Ok(Reply::json(
-                    &serde_json::json!({"group_id": g, "members_removed": n}),
+                    &serde_json::json!({"group_id": g.to_string(), "members_removed": n}),
                 ))
             }
             "messages.recall" => {

@@ -45,6 +45,7 @@ pub(crate) const LIST_DEFAULT: u32 = 100;
 /// A user as the admin API shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub(crate) struct UserJson {
+    #[serde(with = "crate::api::json::id_str")]
     pub id: u64,
     pub name: String,
     pub created_ms: i64,
@@ -93,6 +94,7 @@ pub(crate) struct UserDetail {
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub(crate) struct UserPage {
     pub users: Vec<UserJson>,
+    #[serde(with = "crate::api::json::id_str::opt")]
     pub next: Option<u64>,
 }
 
@@ -330,7 +332,7 @@ impl AdminUsers {
 }
 
 const USER_SCHEMA: &str = r#"{"type":"object","required":["id","name","created_ms","disabled","disabled_reason","bot"],"properties":{
-    "id":{"type":"integer"},"name":{"type":"string"},"created_ms":{"type":"integer"},
+    "id":{"type":"string"},"name":{"type":"string"},"created_ms":{"type":"integer"},
     "disabled":{"type":"boolean"},"disabled_reason":{"type":["string","null"]},"bot":{"type":"boolean"}}}"#;
 
 /// The users routes (docs/admin-api.md, Users).
@@ -350,7 +352,7 @@ pub(crate) const ROUTES: &[Route] = &[
         request: None,
         response: r#"{"type":"object","required":["users","next"],"properties":{
             "users":{"type":"array","items":{"type":"object"}},
-            "next":{"type":["integer","null"],"description":"`after` for the next page; null at the end"}}}"#,
+            "next":{"type":["string","null"],"description":"`after` for the next page; null at the end"}}}"#,
     },
     Route {
         op: "users.create",
@@ -377,7 +379,7 @@ pub(crate) const ROUTES: &[Route] = &[
         query: &[],
         request: None,
         response: r#"{"type":"object","required":["id","name","devices"],"properties":{
-            "id":{"type":"integer"},"name":{"type":"string"},"created_ms":{"type":"integer"},
+            "id":{"type":"string"},"name":{"type":"string"},"created_ms":{"type":"integer"},
             "disabled":{"type":"boolean"},"disabled_reason":{"type":["string","null"]},"bot":{"type":"boolean"},
             "devices":{"type":"array","items":{"type":"object","properties":{
                 "device_id":{"type":"string"},"synckey":{"type":"integer"},"last_seen_ms":{"type":"integer"},

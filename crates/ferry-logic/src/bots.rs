@@ -15,7 +15,7 @@
 //! notifier when the bot's inbox grows on this node, and re-reading the store every
 //! second for entries another logic node appended), the timeout, or the call's deadline.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
 
-use crate::api::json::message_json;
+use crate::api::json::{entry_json, group_entry_json, is_own_update};
 use crate::api::{ApiError, Call, Domain, Reply, Route, Scope};
 use crate::auth;
 use crate::core::{unix_ms, Core};
@@ -93,6 +93,11 @@ impl InboxWatchers {
         }
     }
 
+    /// Whether any call waits.
+    pub fn any(&self) -> bool {
+        self.count.load(Ordering::Acquire) > 0
+    }
+
     /// Waits on `user`'s inbox until the guard is dropped.
     fn watch(&self, user: u64) -> Watch<'_> {
         let notify = {
@@ -142,11 +147,11 @@ pub(crate) struct BotAuth {
 pub(crate) struct SendBody {
     #[serde(default)]
     pub to: String,
-    #[serde(default)]
+    #[serde(default, with = "crate::api::json::id_str")]
     pub group_id: u64,
     #[serde(default)]
     pub text: String,
-    #[serde(default)]
+    #[serde(default, with = "crate::api::json::id_str")]
     pub client_msg_id: u64,
     #[serde(default)]
     pub mentions: Vec<String>,
@@ -158,7 +163,7 @@ pub(crate) struct SendBody {
 pub(crate) struct TypingBody {
     #[serde(default)]
     pub to: String,
-    #[serde(default)]
+    #[serde(default, with = "crate::api::json::id_str")]
     pub group_id: u64,
 }
 
@@ -200,38 +205,56 @@ fn token_json(t: &ferry_store::BotToken) -> Value {
 }
 
 fn user_json(id: u64, name: &str, created_ms: i64) -> Value {
-    json!({"id": id, "name": name, "created_ms": created_ms, "bot": true})
+    json!({"id": id.to_string(), "name": name, "created_ms": created_ms, "bot": true})
 }
 
-/// An inbox entry as a bot update (`None`: the bot's own message, not an update).
-fn update_json(e: &v1::Entry, me: &str) -> Option<Value> {
-    use v1::entry::Kind;
-    let mut u = match e.kind.as_ref()? {
-        Kind::Message(m) if m.from == me => return None,
-        Kind::Message(m) => json!({"type": "message", "message": message_json(m)}),
-        Kind::Recall(r) => {
-            json!({"type": "recall", "msg_id": r.msg_id, "group_id": r.group_id, "by": r.by})
+/// Where a bot's `bot/updates` goes on from: its inbox after seq `inbox`, and each of
+/// its groups' logs after a gseq. Written `12` (the inbox only) or `12,g5:30,g9:2`
+/// (then group 5 after gseq 30, group 9 after 2). A group the cursor does not name is
+/// read from the first entry the bot may read; a group the bot left drops out.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Cursor {
+    pub inbox: u64,
+    pub groups: BTreeMap<u64, u64>,
+}
+
+/// The most groups a cursor may name (a bot in more groups still works: the cursor
+/// names the ones it is in, and this bounds what a caller may send).
+const CURSOR_GROUPS_MAX: usize = 10_000;
+
+impl Cursor {
+    pub fn parse(s: &str) -> Result<Cursor, BotError> {
+        let bad = || BotError::BadRequest(format!("after={s:?} is not a cursor (next_after)"));
+        let mut parts = s.split(',');
+        let inbox = match parts.next() {
+            None | Some("") => 0,
+            Some(n) => n.parse().map_err(|_| bad())?,
+        };
+        let mut groups = BTreeMap::new();
+        for p in parts {
+            let (g, q) = p
+                .strip_prefix('g')
+                .and_then(|p| p.split_once(':'))
+                .ok_or_else(bad)?;
+            let g: u64 = g.parse().map_err(|_| bad())?;
+            let q: u64 = q.parse().map_err(|_| bad())?;
+            groups.insert(g, q);
+            if groups.len() > CURSOR_GROUPS_MAX {
+                return Err(bad());
+            }
         }
-        Kind::Read(r) => json!({"type": "read", "reader": r.reader, "msg_id": r.msg_id}),
-        Kind::Friend(f) => json!({
-            "type": "friend",
-            "kind": f.kind().as_str_name().to_ascii_lowercase(),
-            "peer": f.peer, "greeting": f.greeting,
-        }),
-        Kind::Group(g) => json!({
-            "type": "group",
-            "kind": g.kind().as_str_name().to_ascii_lowercase(),
-            "group_id": g.group_id, "users": g.users, "by": g.by, "text": g.text,
-        }),
-        Kind::Moment(m) => json!({
-            "type": "moment",
-            "kind": m.kind().as_str_name().to_ascii_lowercase(),
-            "moment_id": m.moment_id, "by": m.by, "text": m.text,
-        }),
-    };
-    u["seq"] = json!(e.seq);
-    u["time_ms"] = json!(e.time_ms);
-    Some(u)
+        Ok(Cursor { inbox, groups })
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.inbox)?;
+        for (g, q) in &self.groups {
+            write!(f, ",g{g}:{q}")?;
+        }
+        Ok(())
+    }
 }
 
 impl Bots {
@@ -292,7 +315,7 @@ impl Bots {
             .group
             .unwrap_or_default();
         let v = json!({
-            "group_id": g.group_id, "name": g.name, "owner": g.owner,
+            "group_id": g.group_id.to_string(), "name": g.name, "owner": g.owner,
             "announcement": g.announcement, "latest_gseq": g.latest_gseq,
         });
         Ok(if call.route.op == "bot.group_create" {
@@ -437,7 +460,7 @@ impl Bots {
     pub async fn me(&self, a: &BotAuth) -> Result<Value, BotError> {
         let name = self.core.user_name(a.bot_id).await?;
         Ok(json!({
-            "id": a.bot_id, "name": &*name, "bot": true,
+            "id": a.bot_id.to_string(), "name": &*name, "bot": true,
             "token_id": a.token_id, "scopes": a.scopes,
         }))
     }
@@ -479,8 +502,8 @@ impl Bots {
         let ack = v1::SendAck::decode(resp.body).map_err(LogicError::from)?;
         metrics::counter!("ferry_bot_sends_total").increment(1);
         Ok(json!({
-            "msg_id": ack.msg_id, "seq": ack.seq, "time_ms": ack.time_ms,
-            "client_msg_id": client_msg_id,
+            "msg_id": ack.msg_id.to_string(), "seq": ack.seq, "time_ms": ack.time_ms,
+            "client_msg_id": client_msg_id.to_string(),
         }))
     }
 
@@ -498,13 +521,14 @@ impl Bots {
         Ok(())
     }
 
-    /// `GET bot/updates?after=&timeout=&limit=`: the bot's inbox entries after `after`
-    /// (its own messages left out), held up to `timeout` (≤ [`MAX_POLL_SECS`]) or
-    /// `deadline` while there are none.
+    /// `GET bot/updates?after=&timeout=&limit=`: what the bot has not seen after the
+    /// cursor `after` — its inbox entries, then the entries of its groups' logs (its own
+    /// doings left out) — held up to `timeout` (≤ [`MAX_POLL_SECS`]) or `deadline` while
+    /// there are none. At most `limit` entries are read a round.
     pub async fn updates(
         &self,
         a: &BotAuth,
-        after: u64,
+        after: Cursor,
         timeout: Duration,
         limit: u32,
         deadline: Option<Instant>,
@@ -517,27 +541,19 @@ impl Bots {
         }
         let me = self.core.user_name(a.bot_id).await?;
         let watch = self.notifier.watchers.watch(a.bot_id);
-        let mut after = after;
+        let mut cur = after;
         loop {
-            // Registered before the read: an entry stored after it wakes this round.
+            // Registered before the reads: an entry stored after them wakes this round.
             let woken = watch.notify.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
-            let page = self.core.store.inbox(a.bot_id, after, limit).await?;
-            let updates: Vec<Value> = page
-                .entries
-                .iter()
-                .filter_map(|e| update_json(e, &me))
-                .collect();
-            if let Some(last) = page.entries.last() {
-                after = last.seq;
-            }
+            let (updates, more) = self.read_updates(a.bot_id, &me, &mut cur, limit).await?;
             let now = Instant::now();
             if !updates.is_empty() || now >= until {
                 metrics::counter!("ferry_bot_updates_total").increment(updates.len() as u64);
-                return Ok(json!({"updates": updates, "next_after": after}));
+                return Ok(json!({"updates": updates, "next_after": cur.to_string()}));
             }
-            if page.more {
+            if more {
                 continue;
             }
             tokio::select! {
@@ -547,8 +563,56 @@ impl Bots {
         }
     }
 
+    /// One round of [`Self::updates`]: reads up to `limit` entries after `cur` and moves
+    /// it past them; answers the updates among them and whether more wait.
+    async fn read_updates(
+        &self,
+        bot: u64,
+        me: &str,
+        cur: &mut Cursor,
+        limit: u32,
+    ) -> Result<(Vec<Value>, bool), BotError> {
+        let mut updates = Vec::new();
+        let mut room = limit;
+        let page = self.core.store.inbox(bot, cur.inbox, room).await?;
+        let mut more = page.more;
+        room -= (page.entries.len() as u32).min(room);
+        for e in &page.entries {
+            cur.inbox = e.seq;
+            let u = entry_json(e);
+            if !is_own_update(&u, me) {
+                updates.push(u);
+            }
+        }
+        // The groups the bot is in now: one it left drops out of the cursor.
+        let mut groups = BTreeMap::new();
+        for (g, m) in self.core.store.user_groups(bot).await? {
+            let first = m.joined_gseq.saturating_sub(1);
+            let mut at = cur.groups.get(&g.id).copied().unwrap_or(first).max(first);
+            if g.latest_gseq > at {
+                if room == 0 {
+                    more = true;
+                } else {
+                    let (entries, _, rest) = self.core.store.group_log(g.id, at, room).await?;
+                    more |= rest;
+                    room -= (entries.len() as u32).min(room);
+                    for e in &entries {
+                        at = e.gseq;
+                        let u = group_entry_json(g.id, e);
+                        if !is_own_update(&u, me) {
+                            updates.push(u);
+                        }
+                    }
+                }
+            }
+            groups.insert(g.id, at);
+        }
+        cur.groups = groups;
+        Ok((updates, more))
+    }
+
     /// Parses `bot/updates`' query: (after, timeout, limit).
-    pub fn updates_query(q: &HashMap<&str, &str>) -> Result<(u64, Duration, u32), BotError> {
+    pub fn updates_query(q: &HashMap<&str, &str>) -> Result<(Cursor, Duration, u32), BotError> {
         fn num(q: &HashMap<&str, &str>, k: &str, default: u64) -> Result<u64, BotError> {
             match q.get(k) {
                 None | Some(&"") => Ok(default),
@@ -557,7 +621,7 @@ impl Bots {
                     .map_err(|_| BotError::BadRequest(format!("{k}={v:?} is not a number"))),
             }
         }
-        let after = num(q, "after", 0)?;
+        let after = Cursor::parse(q.get("after").copied().unwrap_or(""))?;
         let timeout = num(q, "timeout", 0)?;
         if timeout > MAX_POLL_SECS {
             return Err(BotError::BadRequest(format!(
@@ -585,7 +649,7 @@ impl From<BotError> for ApiError {
 }
 
 /// A group as the bot API answers it.
-const GROUP_SCHEMA: &str = r#"{"type":"object","properties":{"group_id":{"type":"integer"},"name":{"type":"string"},"owner":{"type":"string"},"announcement":{"type":"string"},"latest_gseq":{"type":"integer"}}}"#;
+const GROUP_SCHEMA: &str = r#"{"type":"object","properties":{"group_id":{"type":"string"},"name":{"type":"string"},"owner":{"type":"string"},"announcement":{"type":"string"},"latest_gseq":{"type":"integer"}}}"#;
 
 /// The bots' routes: admin (bot accounts and tokens) and the bot API.
 pub(crate) const ROUTES: &[Route] = &[
@@ -720,7 +784,7 @@ pub(crate) const ROUTES: &[Route] = &[
         summary: "The bot the token belongs to, and the token's scopes",
         query: &[],
         request: None,
-        response: r#"{"type":"object","properties":{"id":{"type":"integer"},"name":{"type":"string"},"bot":{"type":"boolean"},"token_id":{"type":"integer"},"scopes":{"type":"array","items":{"type":"string"}}}}"#,
+        response: r#"{"type":"object","properties":{"id":{"type":"string"},"name":{"type":"string"},"bot":{"type":"boolean"},"token_id":{"type":"integer"},"scopes":{"type":"array","items":{"type":"string"}}}}"#,
     },
     Route {
         op: "bot.send",
@@ -731,9 +795,9 @@ pub(crate) const ROUTES: &[Route] = &[
         summary: "Send a text to a user or a group (scope send)",
         query: &[],
         request: Some(
-            r#"{"type":"object","required":["text"],"properties":{"to":{"type":"string"},"group_id":{"type":"integer"},"text":{"type":"string"},"client_msg_id":{"type":"integer"},"mentions":{"type":"array","items":{"type":"string"}}}}"#,
+            r#"{"type":"object","required":["text"],"properties":{"to":{"type":"string"},"group_id":{"type":"string"},"text":{"type":"string"},"client_msg_id":{"type":"string"},"mentions":{"type":"array","items":{"type":"string"}}}}"#,
         ),
-        response: r#"{"type":"object","properties":{"msg_id":{"type":"integer"},"seq":{"type":"integer"},"time_ms":{"type":"integer"},"client_msg_id":{"type":"integer"}}}"#,
+        response: r#"{"type":"object","properties":{"msg_id":{"type":"string"},"seq":{"type":"integer"},"time_ms":{"type":"integer"},"client_msg_id":{"type":"string"}}}"#,
     },
     Route {
         op: "bot.updates",
@@ -741,9 +805,12 @@ pub(crate) const ROUTES: &[Route] = &[
         path: "bot/updates",
         scope: Scope::Bot,
         domain: Domain::Bots,
-        summary: "Long-poll the bot's inbox (scope read)",
+        summary: "Long-poll the bot's updates: its inbox and the logs of its groups (scope read)",
         query: &[
-            ("after", "the last seq handled (default 0)"),
+            (
+                "after",
+                "the cursor of the last answer (next_after); default: from the start",
+            ),
             (
                 "timeout",
                 "seconds to hold while there is nothing new, 0-50 (default 0)",
@@ -751,7 +818,7 @@ pub(crate) const ROUTES: &[Route] = &[
             ("limit", "updates per answer (default 100)"),
         ],
         request: None,
-        response: r#"{"type":"object","properties":{"updates":{"type":"array","items":{"type":"object"}},"next_after":{"type":"integer"}}}"#,
+        response: r#"{"type":"object","properties":{"updates":{"type":"array","items":{"type":"object"}},"next_after":{"type":"string"}}}"#,
     },
     Route {
         op: "bot.typing",
@@ -914,6 +981,10 @@ mod tests {
         )
     }
 
+    fn cursor(v: &Value) -> Cursor {
+        Cursor::parse(v["next_after"].as_str().unwrap()).unwrap()
+    }
+
     fn token(v: &Value) -> String {
         v["token"].as_str().unwrap().to_owned()
     }
@@ -1017,7 +1088,7 @@ mod tests {
             )
             .await
             .unwrap();
-        assert!(sent["msg_id"].as_u64().unwrap() > 0);
+        assert!(sent["msg_id"].as_str().unwrap().parse::<u64>().unwrap() > 0);
         // Idempotent on client_msg_id.
         let again = b
             .send(
@@ -1043,21 +1114,24 @@ mod tests {
         };
         w.inbox.send(&req(cmd::SEND, ann, &reply)).await.unwrap();
         // The bot's updates: ann's message, not its own.
-        let u = b.updates(&a, 0, Duration::ZERO, 100, None).await.unwrap();
+        let u = b
+            .updates(&a, Cursor::default(), Duration::ZERO, 100, None)
+            .await
+            .unwrap();
         let ups = u["updates"].as_array().unwrap();
         assert_eq!(ups.len(), 1, "{u}");
         assert_eq!(ups[0]["type"], "message");
         assert_eq!(ups[0]["message"]["from"], "ann");
         assert_eq!(ups[0]["message"]["text"], "hi bot");
-        let next = u["next_after"].as_u64().unwrap();
-        assert_eq!(next, ups[0]["seq"].as_u64().unwrap());
+        let next = cursor(&u);
+        assert_eq!(next.inbox, ups[0]["seq"].as_u64().unwrap());
         // Nothing after it.
         let u = b
-            .updates(&a, next, Duration::ZERO, 100, None)
+            .updates(&a, next.clone(), Duration::ZERO, 100, None)
             .await
             .unwrap();
         assert!(u["updates"].as_array().unwrap().is_empty());
-        assert_eq!(u["next_after"].as_u64().unwrap(), next);
+        assert_eq!(cursor(&u), next);
         // Two users who are not friends still may not.
         let _bob = w.user("bob").await;
         let r = w
@@ -1122,7 +1196,13 @@ mod tests {
         // Nothing comes: it holds for the timeout, then answers empty.
         let started = Instant::now();
         let u = b
-            .updates(&a, 0, Duration::from_millis(1_300), 10, None)
+            .updates(
+                &a,
+                Cursor::default(),
+                Duration::from_millis(1_300),
+                10,
+                None,
+            )
             .await
             .unwrap();
         let took = started.elapsed();
@@ -1137,7 +1217,7 @@ mod tests {
             tokio::spawn(async move {
                 let started = Instant::now();
                 let u = b
-                    .updates(&a, 0, Duration::from_secs(20), 10, None)
+                    .updates(&a, Cursor::default(), Duration::from_secs(20), 10, None)
                     .await
                     .unwrap();
                 (u, started.elapsed())
@@ -1173,7 +1253,7 @@ mod tests {
         let started = Instant::now();
         b.updates(
             &a,
-            u["next_after"].as_u64().unwrap(),
+            cursor(&u),
             Duration::from_secs(30),
             10,
             Some(Instant::now() + Duration::from_millis(700)),
@@ -1184,7 +1264,7 @@ mod tests {
         // Entries appended behind the notifier's back (another logic node) are found by
         // the re-check.
         let poll = {
-            let (b, a, after) = (b.clone(), a.clone(), u["next_after"].as_u64().unwrap());
+            let (b, a, after) = (b.clone(), a.clone(), cursor(&u));
             tokio::spawn(async move {
                 b.updates(&a, after, Duration::from_secs(20), 10, None)
                     .await
@@ -1218,11 +1298,149 @@ mod tests {
         assert!(w.notifier.watchers.by_user.is_empty());
     }
 
+    #[tokio::test]
+    async fn group_messages_are_updates_with_a_cursor_per_group() {
+        let w = World::new(LogicConfig::default());
+        let b = Arc::new(bots(&w));
+        let a = b
+            .authenticate(&token(&b.create("gb", None).await.unwrap()), None)
+            .await
+            .unwrap();
+        let ann = w.user("ann").await;
+        let create = v1::GroupCreateReq {
+            name: "g".into(),
+            members: vec!["gb".into()],
+            share_history: false,
+        };
+        let made = w
+            .groups
+            .create(&req(cmd::GROUP_CREATE, ann, &create))
+            .await
+            .unwrap();
+        let g = v1::GroupResp::decode(made.body)
+            .unwrap()
+            .group
+            .unwrap()
+            .group_id;
+        // The bot hears of its membership once (its inbox), not again from the log.
+        let u = b
+            .updates(&a, Cursor::default(), Duration::ZERO, 100, None)
+            .await
+            .unwrap();
+        let ups = u["updates"].as_array().unwrap();
+        assert_eq!(ups.len(), 1, "{u}");
+        assert_eq!(
+            (&ups[0]["type"], &ups[0]["kind"]),
+            (&json!("group"), &json!("created"))
+        );
+        assert!(ups[0]["seq"].is_u64(), "{u}");
+        let c = cursor(&u);
+        assert_eq!(c.groups.get(&g), Some(&1), "{u}");
+        // Two messages from ann and one from the bot: two updates, in order.
+        let say = |text: &str| v1::SendMsg {
+            group_id: g,
+            text: text.into(),
+            client_msg_id: rand::random::<u64>().max(1),
+            ..Default::default()
+        };
+        for text in ["one", "two"] {
+            w.inbox
+                .send(&req(cmd::SEND, ann, &say(text)))
+                .await
+                .unwrap();
+        }
+        let mine = SendBody {
+            to: String::new(),
+            group_id: g,
+            text: "mine".into(),
+            client_msg_id: 0,
+            mentions: vec![],
+        };
+        b.send(&a, mine).await.unwrap();
+        // A page of one, then the rest.
+        let u = b.updates(&a, c, Duration::ZERO, 1, None).await.unwrap();
+        assert_eq!(u["updates"].as_array().unwrap().len(), 1, "{u}");
+        let first = &u["updates"][0];
+        assert_eq!(first["message"]["text"], "one");
+        assert_eq!(first["group_id"], g.to_string());
+        assert_eq!(first["message"]["group_id"], g.to_string());
+        assert_eq!(first["gseq"], 2);
+        let u = b
+            .updates(&a, cursor(&u), Duration::ZERO, 100, None)
+            .await
+            .unwrap();
+        let texts: Vec<&str> = u["updates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["message"]["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, ["two"], "the bot's own message is left out: {u}");
+        let c = cursor(&u);
+        assert_eq!(c.groups.get(&g), Some(&4));
+        // A held poll wakes when the group's log grows.
+        let poll = {
+            let (b, a, c) = (b.clone(), a.clone(), c.clone());
+            tokio::spawn(async move { b.updates(&a, c, Duration::from_secs(20), 10, None).await })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let t0 = Instant::now();
+        w.inbox
+            .send(&req(cmd::SEND, ann, &say("three")))
+            .await
+            .unwrap();
+        let u = tokio::time::timeout(Duration::from_secs(3), poll)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert!(
+            t0.elapsed() < Duration::from_millis(900),
+            "woken, not re-checked"
+        );
+        assert_eq!(u["updates"][0]["message"]["text"], "three", "{u}");
+        // Removed: the inbox says so, and the group drops out of the cursor.
+        let remove = v1::GroupMembersReq {
+            group_id: g,
+            usernames: vec!["gb".into()],
+        };
+        w.groups
+            .members_change(&req(cmd::GROUP_REMOVE, ann, &remove))
+            .await
+            .unwrap();
+        w.inbox
+            .send(&req(cmd::SEND, ann, &say("after")))
+            .await
+            .unwrap();
+        let u = b
+            .updates(&a, cursor(&u), Duration::ZERO, 100, None)
+            .await
+            .unwrap();
+        let ups = u["updates"].as_array().unwrap();
+        assert_eq!(ups.len(), 1, "{u}");
+        assert_eq!(
+            (&ups[0]["type"], &ups[0]["kind"]),
+            (&json!("group"), &json!("removed"))
+        );
+        assert!(cursor(&u).groups.is_empty(), "{u}");
+    }
+
     #[test]
     fn the_updates_query_is_checked() {
         let q: HashMap<&str, &str> = [("after", "5"), ("timeout", "30")].into();
         let (after, t, limit) = Bots::updates_query(&q).unwrap();
-        assert_eq!((after, t, limit), (5, Duration::from_secs(30), 100));
+        assert_eq!(after.inbox, 5);
+        assert!(after.groups.is_empty());
+        assert_eq!((t, limit), (Duration::from_secs(30), 100));
+        let q: HashMap<&str, &str> = [("after", "5,g7:3,g12:0")].into();
+        let (after, _, _) = Bots::updates_query(&q).unwrap();
+        assert_eq!(after.groups, BTreeMap::from([(7, 3), (12, 0)]));
+        assert_eq!(after.to_string(), "5,g7:3,g12:0");
+        assert_eq!(Cursor::parse("").unwrap(), Cursor::default());
+        for bad in ["5,7:3", "5,g7", "5,gx:1", "-1", "5,g7:3,"] {
+            let q: HashMap<&str, &str> = [("after", bad)].into();
+            assert!(Bots::updates_query(&q).is_err(), "{bad}");
+        }
         let q: HashMap<&str, &str> = [("timeout", "51")].into();
         assert!(Bots::updates_query(&q).is_err());
         let q: HashMap<&str, &str> = [("after", "x")].into();

@@ -68,6 +68,11 @@ impl Notifier {
         let _ = self.hooks.set(hooks);
     }
 
+    /// The webhooks, when some bot has an endpoint of its own.
+    pub fn bot_hooks(&self) -> Option<&Arc<crate::webhooks::Emitter>> {
+        self.hooks.get().filter(|h| h.any_owner())
+    }
+
     /// A notifier that records its pushes instead of sending them (see [`Self::taken`]).
     #[cfg(test)]
     pub fn recording(store: Arc<dyn Store>, inline_bytes: usize) -> Notifier {
@@ -149,9 +154,10 @@ impl Notifier {
         self.watchers.wake(user);
         let entry = match self.hooks.get().filter(|h| h.has_owner(user)) {
             Some(h) => {
-                let e = entry();
-                let update = crate::webhooks::events::entry_json(seq, &e);
-                h.bot_updates(user, vec![(seq, update)]).await;
+                let mut e = entry();
+                e.seq = seq;
+                h.bot_updates(user, vec![crate::api::json::entry_json(&e)])
+                    .await;
                 Ok(e)
             }
             None => Err(entry),

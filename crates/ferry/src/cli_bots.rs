@@ -70,10 +70,9 @@ pub async fn run(cmd: BotCommand) -> anyhow::Result<()> {
                 .call(http::Method::POST, "admin/bots", Some(body))
                 .await?;
             println!(
-                "bot {} (id {}) created; token {} (id {}, scopes {}):",
+                "bot {} (id {}) created; its token (id {}, scopes {}):",
                 v["bot"]["name"].as_str().unwrap_or_default(),
-                v["bot"]["id"],
-                v["token_id"],
+                v["bot"]["id"].as_str().unwrap_or_default(),
                 v["token_id"],
                 v["scopes"]
             );
@@ -87,7 +86,7 @@ pub async fn run(cmd: BotCommand) -> anyhow::Result<()> {
                 println!(
                     "{} (id {})",
                     b["name"].as_str().unwrap_or_default(),
-                    b["id"]
+                    b["id"].as_str().unwrap_or_default()
                 );
                 for t in b["tokens"].as_array().into_iter().flatten() {
                     println!(

@@ -67,7 +67,7 @@ pub async fn groups(cmd: GroupsCmd) -> anyhow::Result<()> {
             for g in v["groups"].as_array().into_iter().flatten() {
                 println!(
                     "{:<20} {:<32} owner {:<16} {:>5} members{}",
-                    g["id"],
+                    g["id"].as_str().unwrap_or(""),
                     g["name"].as_str().unwrap_or(""),
                     g["owner"].as_str().unwrap_or(""),
                     g["member_count"],
@@ -112,7 +112,7 @@ pub async fn recall(api: &ApiArgs, msg_id: u64) -> anyhow::Result<()> {
             None,
         )
         .await?;
-    match v["group_id"].as_u64() {
+    match v["group_id"].as_str() {
         Some(g) => println!("message {msg_id} recalled from group {g}"),
         None => println!("message {msg_id} recalled"),
     }

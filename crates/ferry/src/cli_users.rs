@@ -120,7 +120,7 @@ pub async fn run(cmd: UsersCmd) -> anyhow::Result<()> {
                     println!("{}", serde_json::to_string(u)?);
                     printed += 1;
                 }
-                match page["next"].as_u64() {
+                match page["next"].as_str().and_then(|n| n.parse().ok()) {
                     Some(n) if !users.is_empty() => after = Some(n),
                     _ => break,
                 }

@@ -304,7 +304,7 @@ impl AdminUsers {
                         .map(|r| r.as_str_name().to_ascii_lowercase())
                         .unwrap_or_default();
                     groups.push(json!({
-                        "id": g.id,
+                        "id": g.id.to_string(),
                         "name": g.name,
                         "announcement": g.announcement,
                         "role": role,
@@ -342,7 +342,7 @@ impl AdminUsers {
                     }
                     for m in page {
                         moments.push(json!({
-                            "id": m.id,
+                            "id": m.id.to_string(),
                             "text": m.text,
                             "media_ids": m.media_ids,
                             "time_ms": m.time_ms,

@@ -1,53 +1,55 @@
-//! The JSON shapes the APIs for other systems share: a message as webhooks, bot updates
-//! and exports show it (docs/webhooks.md, *Message*).
+//! The JSON shapes the APIs for other systems share — webhooks, bot updates, the
+//! before-send hook and exports (docs/webhooks.md, *Message* and *Updates*). One
+//! renderer, so a message looks the same wherever it appears. Ids (message, group,
+//! moment, client_msg_id) are decimal strings: 64-bit ids do not fit a JavaScript
+//! number. Counts, sizes, seqs and times are numbers.
 
 use ferry_proto::v1;
 use serde_json::{json, Value};
 
 /// A message as JSON:
 /// `{"id","from","to","group_id","time_ms","type","text","mentions","media","client_msg_id"}`.
-/// `to` is empty and `group_id` set for a group message; `media` is null without one;
-/// `type` is `text`, or the media's kind (`image`, `voice`, `video`, `file`).
+/// `to` is empty and `group_id` set (non-"0") for a group message; `media` is null
+/// without one; `type` is `text`, `system`, or the media's kind (`image`, `voice`,
+/// `video`, `file`).
 pub(crate) fn message_json(m: &v1::Message) -> Value {
     let media = m.media.as_ref().map(media_json);
-    let kind = match m.media.as_ref().map(|r| r.kind()) {
-        Some(v1::MediaKind::MediaImage) => "image",
-        Some(v1::MediaKind::MediaVoice) => "voice",
-        Some(v1::MediaKind::MediaVideo) => "video",
-        Some(v1::MediaKind::MediaFile) => "file",
-        Some(v1::MediaKind::MediaThumbnail) => "thumbnail",
-        Some(v1::MediaKind::Unspecified) => "media",
+    let kind = match m.media.as_ref() {
+        Some(r) => media_kind(r.kind()),
         // A system message (the admin API's broadcast): `from` is "system".
         None if m.r#type == v1::MsgType::System as i32 => "system",
         None => "text",
     };
     json!({
-        "id": m.msg_id,
+        "id": m.msg_id.to_string(),
         "from": m.from,
         "to": m.to,
-        "group_id": m.group_id,
+        "group_id": m.group_id.to_string(),
         "time_ms": m.time_ms,
         "type": kind,
         "text": m.text,
         "mentions": m.mentions,
         "media": media,
-        "client_msg_id": m.client_msg_id,
+        "client_msg_id": m.client_msg_id.to_string(),
     })
 }
 
-/// A media reference as JSON (the bytes are fetched with `GET /v1/media/{id}`).
-pub(crate) fn media_json(r: &v1::MediaRef) -> Value {
-    let kind = match r.kind() {
+fn media_kind(k: v1::MediaKind) -> &'static str {
+    match k {
         v1::MediaKind::MediaImage => "image",
         v1::MediaKind::MediaVoice => "voice",
         v1::MediaKind::MediaVideo => "video",
         v1::MediaKind::MediaFile => "file",
         v1::MediaKind::MediaThumbnail => "thumbnail",
-        v1::MediaKind::Unspecified => "unspecified",
-    };
+        v1::MediaKind::Unspecified => "media",
+    }
+}
+
+/// A media reference as JSON (the bytes are fetched with `GET /v1/media/{id}`).
+pub(crate) fn media_json(r: &v1::MediaRef) -> Value {
     json!({
         "id": r.media_id,
-        "kind": kind,
+        "kind": media_kind(r.kind()),
         "size": r.size,
         "content_type": r.content_type,
         "width": r.width,
@@ -56,6 +58,143 @@ pub(crate) fn media_json(r: &v1::MediaRef) -> Value {
         "thumb_id": r.thumb_id,
         "file_name": r.file_name,
     })
+}
+
+fn lower(name: &str) -> String {
+    name.to_ascii_lowercase()
+}
+
+fn group_event_json(g: &v1::GroupEvent) -> Value {
+    json!({
+        "type": "group",
+        "kind": lower(g.kind().as_str_name()),
+        "group_id": g.group_id.to_string(),
+        "users": g.users,
+        "by": g.by,
+        "text": g.text,
+    })
+}
+
+fn recall_json(r: &v1::Recall) -> Value {
+    json!({
+        "type": "recall",
+        "msg_id": r.msg_id.to_string(),
+        "group_id": r.group_id.to_string(),
+        "by": r.by,
+    })
+}
+
+/// An inbox entry as an update: `{"type",…,"seq","time_ms"}`, type `message`, `friend`,
+/// `moment`, `group` (the owner's own membership), `recall` or `read`.
+pub(crate) fn entry_json(e: &v1::Entry) -> Value {
+    use v1::entry::Kind;
+    let mut v = match &e.kind {
+        Some(Kind::Message(m)) => json!({"type": "message", "message": message_json(m)}),
+        Some(Kind::Friend(f)) => json!({
+            "type": "friend",
+            "kind": lower(f.kind().as_str_name()),
+            "peer": f.peer,
+            "greeting": f.greeting,
+        }),
+        Some(Kind::Moment(m)) => json!({
+            "type": "moment",
+            "kind": lower(m.kind().as_str_name()),
+            "moment_id": m.moment_id.to_string(),
+            "by": m.by,
+            "text": m.text,
+        }),
+        Some(Kind::Group(g)) => group_event_json(g),
+        Some(Kind::Recall(r)) => recall_json(r),
+        Some(Kind::Read(r)) => json!({
+            "type": "read",
+            "reader": r.reader,
+            "msg_id": r.msg_id.to_string(),
+        }),
+        None => json!({"type": "unknown"}),
+    };
+    v["seq"] = json!(e.seq);
+    v["time_ms"] = json!(e.time_ms);
+    v
+}
+
+/// An entry of group `group_id`'s log as an update: `{"type",…,"group_id","gseq","time_ms"}`,
+/// type `message`, `group` (a change of the group: someone joined, left, …) or `recall`.
+pub(crate) fn group_entry_json(group_id: u64, e: &v1::GroupEntry) -> Value {
+    use v1::group_entry::Kind;
+    let mut v = match &e.kind {
+        Some(Kind::Message(m)) => json!({"type": "message", "message": message_json(m)}),
+        Some(Kind::Event(g)) => group_event_json(g),
+        Some(Kind::Recall(r)) => recall_json(r),
+        None => json!({"type": "unknown"}),
+    };
+    v["group_id"] = json!(group_id.to_string());
+    v["gseq"] = json!(e.gseq);
+    v["time_ms"] = json!(e.time_ms);
+    v
+}
+
+/// Whether an update is `me`'s own doing that `me` need not hear of: a message `me` sent,
+/// or a change of a group's log that names `me` (that one reaches `me` through the inbox
+/// as well).
+pub(crate) fn is_own_update(update: &Value, me: &str) -> bool {
+    match update["type"].as_str() {
+        Some("message") => update["message"]["from"] == me,
+        Some("group") if update.get("gseq").is_some() => update["users"]
+            .as_array()
+            .is_some_and(|u| u.iter().any(|n| n == me)),
+        _ => false,
+    }
+}
+
+/// Serde for a 64-bit id shown as a decimal string (`#[serde(with = "id_str")]`): it
+/// is written as a string and read from a string or a number.
+pub(crate) mod id_str {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub(crate) enum Id {
+        Num(u64),
+        Str(String),
+    }
+
+    pub(crate) fn parse<E: serde::de::Error>(id: Id) -> Result<u64, E> {
+        match id {
+            Id::Num(n) => Ok(n),
+            Id::Str(s) if s.is_empty() => Ok(0),
+            Id::Str(s) => s
+                .parse()
+                .map_err(|_| E::custom(format!("{s:?} is not an id (a decimal number)"))),
+        }
+    }
+
+    pub(crate) fn serialize<S: Serializer>(id: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(id)
+    }
+
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        parse(Id::deserialize(d)?)
+    }
+
+    /// The same for an id that may be absent (`null`).
+    pub(crate) mod opt {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub(crate) fn serialize<S: Serializer>(id: &Option<u64>, s: S) -> Result<S::Ok, S::Error> {
+            match id {
+                Some(id) => s.collect_str(id),
+                None => s.serialize_none(),
+            }
+        }
+
+        pub(crate) fn deserialize<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<u64>, D::Error> {
+            Option::<super::Id>::deserialize(d)?
+                .map(super::parse)
+                .transpose()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -75,7 +214,9 @@ mod tests {
         };
         let j = message_json(&m);
         assert_eq!(j["type"], "text");
-        assert_eq!(j["id"], 7);
+        assert_eq!(j["id"], "7");
+        assert_eq!(j["client_msg_id"], "42");
+        assert_eq!(j["group_id"], "0");
         assert_eq!(j["from"], "alice");
         assert!(j["media"].is_null());
         let with_image = v1::Message {

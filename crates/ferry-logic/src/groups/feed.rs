@@ -170,6 +170,7 @@ impl Fanout {
         if let Some(e) = &mut entry {
             e.gseq = gseq;
         }
+        self.tell_bots(group, entry.as_ref(), gseq).await;
         let entry = entry.filter(|e| e.encoded_len() <= self.core.cfg.inline_notify_bytes);
         if !extra.is_empty() {
             self.push(group, entry.into_iter().collect(), gseq, extra)
@@ -248,6 +249,58 @@ impl Fanout {
             }
             for w in batch {
                 let _ = w.done.send(());
+            }
+        }
+    }
+
+    /// The bots among the group's members hear of entry `gseq`: a held `bot/updates`
+    /// of theirs wakes, and one with an endpoint of its own gets it as a `bot.update`.
+    /// Costs two atomic loads while no bot waits and none has an endpoint.
+    ///
+    /// The member list comes from the short-lived cache: in a cluster, a bot added
+    /// through another logic node may miss a webhook delivery for up to
+    /// [`MEMBERS_TTL`] (its `bot/updates` reads the log itself and misses nothing).
+    async fn tell_bots(&self, group: u64, entry: Option<&v1::GroupEntry>, gseq: u64) {
+        let waiting = self.notifier.watchers.any();
+        let hooks = self.notifier.bot_hooks();
+        if !waiting && hooks.is_none() {
+            return;
+        }
+        let Ok(members) = self.member_ids(group).await else {
+            return;
+        };
+        if waiting {
+            for &(user, _) in members.iter() {
+                self.notifier.watchers.wake(user);
+            }
+        }
+        let Some(hooks) = hooks else {
+            return;
+        };
+        let mut update: Option<serde_json::Value> = None;
+        for &(user, joined) in members.iter() {
+            if joined > gseq || !hooks.has_owner(user) {
+                continue;
+            }
+            if update.is_none() {
+                let e = match entry {
+                    Some(e) => e.clone(),
+                    None => match self
+                        .core
+                        .store
+                        .group_log(group, gseq.saturating_sub(1), 1)
+                        .await
+                    {
+                        Ok((mut es, _, _)) if es.first().map(|e| e.gseq) == Some(gseq) => {
+                            es.swap_remove(0)
+                        }
+                        _ => return,
+                    },
+                };
+                update = Some(crate::api::json::group_entry_json(group, &e));
+            }
+            if let Some(u) = &update {
+                hooks.bot_updates(user, vec![u.clone()]).await;
             }
         }
     }

@@ -121,7 +121,8 @@ impl Groups {
     }
 
     /// Resolves user names; with friends-only messaging, only the caller's friends may
-    /// be put into a group by them.
+    /// be put into a group by them — and bots, which are open to everyone (a bot puts
+    /// anyone in; anyone puts a bot in), as they are to messages.
     async fn resolve_members(
         &self,
         me: u64,
@@ -134,7 +135,11 @@ impl Groups {
             if id == me || !seen.insert(id) {
                 continue;
             }
-            if !self.core.cfg.open_messaging && !self.friends.are_friends(me, id).await? {
+            if !self.core.cfg.open_messaging
+                && !self.friends.are_friends(me, id).await?
+                && !self.core.store.is_bot(me).await?
+                && !self.core.store.is_bot(id).await?
+            {
                 return Err(LogicError::PermissionDenied(format!(
                     "{name} is not your friend; only friends can be added"
                 )));

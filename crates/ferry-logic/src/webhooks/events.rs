@@ -1,7 +1,6 @@
 //! The events' JSON (docs/webhooks.md, "Events"): the `data` of each event type, and
 //! the envelope every delivery carries. Version 1; a field is only ever added.
 
-use ferry_proto::v1;
 use serde_json::{json, Value};
 
 /// Every event type an endpoint may subscribe to (`*`: all of them). `bot.update` goes
@@ -33,104 +32,11 @@ pub fn envelope(id: &str, event_type: &str, time_ms: i64, data: Value) -> Vec<u8
     .unwrap_or_default()
 }
 
-/// A message's type as a word: `text` (the only one today), else the enum's name.
-fn msg_type(t: i32) -> String {
-    match v1::MsgType::try_from(t) {
-        Ok(v1::MsgType::Text) => "text".into(),
-        _ => format!("type_{t}"),
-    }
-}
-
-fn media_kind(k: i32) -> &'static str {
-    match v1::MediaKind::try_from(k) {
-        Ok(v1::MediaKind::MediaImage) => "image",
-        Ok(v1::MediaKind::MediaVoice) => "voice",
-        Ok(v1::MediaKind::MediaVideo) => "video",
-        Ok(v1::MediaKind::MediaFile) => "file",
-        Ok(v1::MediaKind::MediaThumbnail) => "thumbnail",
-        _ => "unspecified",
-    }
-}
-
-/// A message as JSON (the shape of the contract's `api::json::message_json`; the lead's
-/// shared copy replaces this one once it lands).
-pub fn message_json(m: &v1::Message) -> Value {
-    let media = m.media.as_ref().map(|md| {
-        json!({
-            "id": md.media_id,
-            "kind": media_kind(md.kind),
-            "size": md.size,
-            "content_type": md.content_type,
-            "width": md.width,
-            "height": md.height,
-            "duration_ms": md.duration_ms,
-            "thumb_id": md.thumb_id,
-            "file_name": md.file_name,
-        })
-    });
-    json!({
-        "id": m.msg_id.to_string(),
-        "from": m.from,
-        "to": m.to,
-        "group_id": m.group_id.to_string(),
-        "time_ms": m.time_ms,
-        "type": msg_type(m.r#type),
-        "text": m.text,
-        "mentions": m.mentions,
-        "media": media,
-        "client_msg_id": m.client_msg_id.to_string(),
-    })
-}
-
-/// An inbox entry as a bot update: `{"seq","type",…}` (`message`, `friend`, `moment`,
-/// `group`, `recall`, `read`).
-pub fn entry_json(seq: u64, e: &v1::Entry) -> Value {
-    use v1::entry::Kind;
-    let mut v = match &e.kind {
-        Some(Kind::Message(m)) => json!({"type": "message", "message": message_json(m)}),
-        Some(Kind::Friend(f)) => json!({
-            "type": "friend",
-            "kind": v1::friend_event::Kind::try_from(f.kind)
-                .map(|k| k.as_str_name().to_ascii_lowercase())
-                .unwrap_or_default(),
-            "peer": f.peer,
-            "greeting": f.greeting,
-        }),
-        Some(Kind::Moment(m)) => json!({
-            "type": "moment",
-            "moment_id": m.moment_id.to_string(),
-            "by": m.by,
-        }),
-        Some(Kind::Group(g)) => json!({
-            "type": "group",
-            "kind": v1::group_event::Kind::try_from(g.kind)
-                .map(|k| k.as_str_name().to_ascii_lowercase())
-                .unwrap_or_default(),
-            "group_id": g.group_id.to_string(),
-            "users": g.users,
-            "by": g.by,
-        }),
-        Some(Kind::Recall(r)) => json!({
-            "type": "recall",
-            "msg_id": r.msg_id.to_string(),
-            "group_id": r.group_id.to_string(),
-            "by": r.by,
-        }),
-        Some(Kind::Read(r)) => json!({
-            "type": "read",
-            "reader": r.reader,
-            "msg_id": r.msg_id.to_string(),
-        }),
-        None => json!({"type": "unknown"}),
-    };
-    v["seq"] = json!(seq);
-    v["time_ms"] = json!(e.time_ms);
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::json::message_json;
+    use ferry_proto::v1;
 
     #[test]
     fn a_message_and_its_envelope() {

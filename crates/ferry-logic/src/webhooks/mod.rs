@@ -174,6 +174,11 @@ impl Emitter {
         self.any.load(Ordering::Acquire) && self.registry.read().by_type.contains_key(event_type)
     }
 
+    /// Whether some bot has an endpoint of its own.
+    pub fn any_owner(&self) -> bool {
+        self.any.load(Ordering::Acquire) && !self.registry.read().owners.is_empty()
+    }
+
     /// Whether `user` (a bot) has an endpoint of its own.
     pub fn has_owner(&self, user: u64) -> bool {
         self.any.load(Ordering::Acquire) && self.registry.read().owners.contains_key(&user)
@@ -219,17 +224,31 @@ impl Emitter {
         }
     }
 
-    /// Queues `bot.update` events (inbox entries as JSON, with their seq) for `user`'s
-    /// own endpoint, if it has one.
-    pub async fn bot_updates(&self, user: u64, updates: Vec<(u64, Value)>) {
+    /// Queues `bot.update` events for `user`'s own endpoint, if it has one: `updates`
+    /// are inbox entries or entries of its groups' logs as JSON (`api::json`), the bot's
+    /// own doings left out. The idempotency id is `bot-<user>-<seq>` for an inbox entry,
+    /// `bot-<user>-g<group>-<gseq>` for a group's.
+    pub async fn bot_updates(&self, user: u64, updates: Vec<Value>) {
         let Some(ep) = self.registry.read().owners.get(&user).copied() else {
             return;
+        };
+        let me = match self.store.user_by_id(user).await {
+            Ok(Some(u)) => u.name,
+            Ok(None) => return,
+            Err(e) => {
+                tracing::warn!(user_id = user, error = %e, "queueing a bot update failed");
+                return;
+            }
         };
         let now = unix_ms();
         let rows = updates
             .into_iter()
-            .map(|(seq, data)| {
-                let id = format!("bot-{user}-{seq}");
+            .filter(|u| !crate::api::json::is_own_update(u, &me))
+            .map(|data| {
+                let id = match (data["group_id"].as_str(), data["gseq"].as_u64()) {
+                    (Some(g), Some(gseq)) => format!("bot-{user}-g{g}-{gseq}"),
+                    _ => format!("bot-{user}-{}", data["seq"].as_u64().unwrap_or(0)),
+                };
                 HookEvent {
                     endpoint_id: ep,
                     payload: events::envelope(&id, "bot.update", now, data),
@@ -458,7 +477,7 @@ pub(crate) fn message_sent(m: &ferry_proto::v1::Message) -> Event {
         event_type: "message.sent",
         id: format!("msg-{}", m.msg_id),
         time_ms: m.time_ms,
-        data: serde_json::json!({"message": events::message_json(m)}),
+        data: serde_json::json!({"message": crate::api::json::message_json(m)}),
     }
 }
 

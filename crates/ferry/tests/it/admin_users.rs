@@ -148,7 +148,7 @@ async fn create_list_disable_and_enable() {
     ts.register(&["vernon", "walt"]).await;
     let page = admin(&ts, "GET", "admin/users?q=VER&limit=1", None).await;
     assert_eq!(page["users"][0]["name"], "vera");
-    let next = page["next"].as_u64().expect("a next page");
+    let next = page["next"].as_str().expect("a next page");
     let page = admin(&ts, "GET", &format!("admin/users?q=ver&after={next}"), None).await;
     assert_eq!(page["users"][0]["name"], "vernon");
     assert_eq!(page["users"].as_array().unwrap().len(), 1);
@@ -322,7 +322,10 @@ async fn export_holds_exactly_the_users_data() {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let ids: Vec<u64> = lines.iter().map(|m| m["id"].as_u64().unwrap()).collect();
+    let ids: Vec<u64> = lines
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().parse().unwrap())
+        .collect();
     assert_eq!(ids, mine, "exactly the messages xena sent or received");
     assert!(!ids.contains(&not_mine));
     assert!(lines

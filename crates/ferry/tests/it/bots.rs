@@ -250,7 +250,7 @@ async fn bot_tokens_are_scoped_and_refused_when_revoked_or_not_a_bots() {
     assert_eq!(u["updates"][0]["message"]["text"], "ping", "{u}");
     assert!(took < Duration::from_secs(5), "{took:?}");
     // With nothing new it times out, empty.
-    let next = u["next_after"].as_u64().unwrap();
+    let next = u["next_after"].as_str().unwrap().to_owned();
     let started = Instant::now();
     let (s, u) = api_call(
         &addr,
@@ -286,24 +286,44 @@ async fn the_echo_bot_answers_a_user() {
         .stderr(std::process::Stdio::inherit())
         .spawn()
         .expect("python3");
-    // Running: it printed its first line.
+    // Running: it printed its first line. Its output is read to the end (a closed pipe
+    // would end the bot at its next line).
     let stdout = bot.stdout.take().unwrap();
-    let first = tokio::task::spawn_blocking(move || {
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
         use std::io::BufRead;
-        let mut line = String::new();
-        std::io::BufReader::new(stdout)
-            .read_line(&mut line)
-            .map(|_| line)
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = lines_tx.send(line);
+        }
     });
-    let first = tokio::time::timeout(Duration::from_secs(20), first).await;
+    let first =
+        tokio::task::spawn_blocking(move || lines.recv_timeout(Duration::from_secs(20))).await;
     let result = async {
-        let line = first.expect("the echo bot started").unwrap().unwrap();
+        let line = first.unwrap().expect("the echo bot started").unwrap();
         assert!(line.contains("echo bot echo running"), "{line}");
         let (carol, mut ce) = connect(&ts.addr(), "carol").await;
         carol.send_text("echo", "hello, bot").await.unwrap();
         let got = recv_messages(&mut ce, "carol", 1, 15).await;
         assert_eq!(got[0].1.from, "echo");
         assert_eq!(got[0].1.text, "hello, bot");
+        // In a group: the bot hears the group's messages and answers there (its
+        // group_id, a string in JSON, goes back as it came).
+        let g = carol
+            .account()
+            .create_group("with echo", &["echo"], false)
+            .await
+            .unwrap()
+            .group_id;
+        carol.send_group(g, "hello, group", &[]).await.unwrap();
+        let reply = event_where(&mut ce, 15, |ev| match ev {
+            ferry_client::Event::Group { group_id, entry } if group_id == g => match entry.kind {
+                Some(v1::group_entry::Kind::Message(m)) if m.from == "echo" => Some(m.text),
+                _ => None,
+            },
+            _ => None,
+        })
+        .await;
+        assert_eq!(reply, "hello, group");
     };
     // Whatever happens, the bot process ends with the test.
     let outcome = tokio::time::timeout(Duration::from_secs(60), result).await;
@@ -352,7 +372,7 @@ async fn a_group_admin_bot_runs_its_group() {
     .await;
     assert_eq!(status, 201, "{g}");
     assert_eq!(g["owner"], "groupbot");
-    let id = g["group_id"].as_u64().unwrap();
+    let id: u64 = g["group_id"].as_str().unwrap().parse().unwrap();
     let members = async || -> Vec<String> {
         let (status, v) = api_call(
             &addr,

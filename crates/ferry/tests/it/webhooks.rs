@@ -751,6 +751,63 @@ async fn a_bots_own_webhook_gets_its_updates() {
     assert_eq!(update.body["data"]["message"]["text"], "hello bot");
     assert_eq!(update.body["data"]["message"]["from"], "hookfan");
 
+    // A group the bot is in: its messages come too, each under the group's own id; the
+    // change that made the bot a member comes once (from its inbox), the bot's own
+    // message not at all.
+    let g = fan
+        .account()
+        .create_group("with a bot", &["hookbot"], false)
+        .await
+        .unwrap()
+        .group_id;
+    let (status, v) = api_call(
+        &ts.addr(),
+        "POST",
+        "bot/send",
+        Some(&bot),
+        Some(&serde_json::json!({"group_id": g.to_string(), "text": "bot here"})),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let sent = fan.send_group(g, "hello group", &[]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let in_group = loop {
+        let got = rx.got();
+        if let Some(u) = got
+            .iter()
+            .find(|u| u.path == "/bot" && u.body["data"]["message"]["text"] == "hello group")
+        {
+            break (u.clone(), got);
+        }
+        assert!(Instant::now() < deadline, "no group bot.update within 20 s");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let (u, all) = in_group;
+    let bot_id = made["bot"]["id"].as_str().unwrap();
+    assert_eq!(u.body["data"]["group_id"], g.to_string(), "{}", u.body);
+    assert_eq!(u.body["data"]["gseq"], sent.seq, "{}", u.body);
+    assert_eq!(
+        u.body["id"],
+        format!("bot-{bot_id}-g{g}-{}", sent.seq).as_str(),
+        "{}",
+        u.body
+    );
+    let texts: Vec<String> = all
+        .iter()
+        .filter(|u| u.path == "/bot")
+        .map(|u| format!("{}/{}", u.body["data"]["type"], u.body["data"]["kind"]))
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            r#""message"/null"#,
+            r#""group"/"created""#,
+            r#""message"/null"#
+        ],
+        "{all:?}"
+    );
+    assert!(rx.bad().is_empty(), "{:?}", rx.bad());
+
     let (status, got) = api_call(&ts.addr(), "GET", "bot/webhook", Some(&bot), None).await;
     assert_eq!(status, 200, "{got}");
     assert_eq!(got["url"], url.as_str());
