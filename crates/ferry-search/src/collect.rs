@@ -250,9 +250,14 @@ mod tests {
             parse_cursor(&k.cursor(), Order::Relevance).unwrap(),
             (score_ord(2.5), 3)
         );
-        for bad in ["", "n", "n:1", "n:1:2:3", "x:1:2", "n:a:2", "n:1:-2", "r:zz:1"] {
+        for bad in [
+            "", "n", "n:1", "n:1:2:3", "x:1:2", "n:a:2", "n:1:-2", "r:zz:1",
+        ] {
             assert!(
-                matches!(parse_cursor(bad, Order::Newest), Err(SearchError::BadQuery(_))),
+                matches!(
+                    parse_cursor(bad, Order::Newest),
+                    Err(SearchError::BadQuery(_))
+                ),
                 "{bad}"
             );
         }

@@ -278,9 +278,8 @@ impl Index {
             doc_id,
         } = k.addr;
         let ff = searcher.segment_reader(segment_ord).fast_fields();
-        let get = |name: &str| -> Result<Option<u64>, SearchError> {
-            Ok(ff.u64(name)?.first(doc_id))
-        };
+        let get =
+            |name: &str| -> Result<Option<u64>, SearchError> { Ok(ff.u64(name)?.first(doc_id)) };
         let conv = match get(F_GROUP)? {
             Some(group_id) => Conv::Group {
                 group_id,

@@ -10,7 +10,7 @@ use tantivy::query::doc_predicate_query::{
     ConstOrVariableSegmentPredicate, DocPredicate, DocPredicateQuery, SegmentDocPredicate,
 };
 use tantivy::query::{
-    BooleanQuery, ConstScoreQuery, EnableScoring, EmptyQuery, Occur, PhraseQuery, Query,
+    BooleanQuery, ConstScoreQuery, EmptyQuery, EnableScoring, Occur, PhraseQuery, Query,
     RegexQuery, TermQuery, TermSetQuery, Weight,
 };
 use tantivy::schema::{IndexRecordOption, Schema};
@@ -37,11 +37,7 @@ pub(crate) enum Built {
 }
 
 /// Checks and translates `q`.
-pub(crate) fn build(
-    q: &crate::Query,
-    f: &Fields,
-    schema: Schema,
-) -> Result<Built, SearchError> {
+pub(crate) fn build(q: &crate::Query, f: &Fields, schema: Schema) -> Result<Built, SearchError> {
     if q.text.len() > MAX_QUERY_BYTES {
         return Err(SearchError::BadQuery(format!(
             "query text is {} bytes, at most {MAX_QUERY_BYTES} allowed",

@@ -97,7 +97,10 @@ fn a_stranger_finds_nothing() {
     let hits = index.search(&q("noodle", everything(MALLORY))).unwrap();
     // Mallory claims the groups but is a party of no 1:1: only group messages, and with
     // an empty scope nothing at all.
-    assert!(hits.hits.iter().all(|h| matches!(h.conv, Conv::Group { .. })));
+    assert!(hits
+        .hits
+        .iter()
+        .all(|h| matches!(h.conv, Conv::Group { .. })));
     let nothing = Scope {
         user: MALLORY,
         groups: vec![],
@@ -212,8 +215,20 @@ fn filters() {
         let (conv, sender) = match i % 4 {
             0 => (Conv::Direct { a: ALICE, b: BOB }, ALICE),
             1 => (Conv::Direct { a: CAROL, b: ALICE }, CAROL),
-            2 => (Conv::Group { group_id: G, gseq: i }, BOB),
-            _ => (Conv::Group { group_id: G2, gseq: i }, ALICE),
+            2 => (
+                Conv::Group {
+                    group_id: G,
+                    gseq: i,
+                },
+                BOB,
+            ),
+            _ => (
+                Conv::Group {
+                    group_id: G2,
+                    gseq: i,
+                },
+                ALICE,
+            ),
         };
         changes.push(Change::Upsert(Doc {
             msg_id: 100 + i,
@@ -348,7 +363,10 @@ fn highlights_point_at_the_matches() {
         let hits = index.search(&query).unwrap();
         assert_eq!(hits.hits.len(), 1, "{text}");
         let s = hits.hits[0].snippet.clone().unwrap();
-        s.ranges.iter().map(|r| s.text[r.clone()].to_string()).collect()
+        s.ranges
+            .iter()
+            .map(|r| s.text[r.clone()].to_string())
+            .collect()
     };
     assert_eq!(marked("cafe"), ["Café", "café"]);
     assert_eq!(marked("rouge CAFÉ"), ["Café", "Rouge", "café"]);
@@ -421,7 +439,9 @@ fn bad_input_is_an_error_not_a_panic() {
     query.limit = 10_000;
     assert_eq!(index.search(&query).unwrap().hits.len(), 7);
     // Exactly 1 KiB is fine.
-    assert!(index.search(&q(&"x".repeat(1024), everything(ALICE))).is_ok());
+    assert!(index
+        .search(&q(&"x".repeat(1024), everything(ALICE)))
+        .is_ok());
 }
 
 #[test]
@@ -469,7 +489,10 @@ fn cursor_clear_and_reopen() {
     index.clear().unwrap();
     assert_eq!(index.cursor(), None);
     assert_eq!(index.stats().docs, 0);
-    assert_eq!(ids(&index, &q("persisted", everything(ALICE))), Vec::<u64>::new());
+    assert_eq!(
+        ids(&index, &q("persisted", everything(ALICE))),
+        Vec::<u64>::new()
+    );
     drop(index);
     let index = Index::open(dir.path(), Options::default()).unwrap();
     assert_eq!(index.cursor(), None);
