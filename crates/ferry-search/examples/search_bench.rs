@@ -53,6 +53,8 @@ struct Args {
     users: u64,
     groups: u64,
     searches: usize,
+    /// Keep the index here (and reuse it when it already holds this corpus).
+    dir: Option<std::path::PathBuf>,
 }
 
 fn args() -> Result<Args, String> {
@@ -61,10 +63,15 @@ fn args() -> Result<Args, String> {
         users: 10_000,
         groups: 1_000,
         searches: 2_000,
+        dir: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(format!("{flag} needs a value"))?;
+        if flag == "--dir" {
+            a.dir = Some(value.into());
+            continue;
+        }
         let n: u64 = value
             .replace('_', "")
             .parse()
@@ -178,15 +185,22 @@ fn main() {
     let world = World::new(a.users, a.groups);
     let mut rng = StdRng::seed_from_u64(0xF3_22_5E_A2);
     let mut gseq = vec![0u64; a.groups as usize];
-    let dir = tempfile::tempdir().expect("temp dir");
-    let index = Index::open(dir.path(), Options::default()).expect("open");
+    let temp = tempfile::tempdir().expect("temp dir");
+    let dir = a.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
+    let index = Index::open(&dir, Options::default()).expect("open");
+    let done = format!("bench-{}", a.messages - 1);
+    let reuse = index.cursor().as_deref() == Some(&*done);
     println!(
-        "corpus: {} messages, {} users, {} groups; index in {}",
+        "corpus: {} messages, {} users, {} groups; index in {}{}",
         a.messages,
         a.users,
         a.groups,
-        dir.path().display()
+        dir.display(),
+        if reuse { " (reused)" } else { "" }
     );
+    if !reuse && index.cursor().is_some() {
+        index.clear().expect("clear");
+    }
 
     // Indexing.
     let base_ms = 1_700_000_000_000i64;
@@ -231,7 +245,9 @@ fn main() {
             kind,
             text: t,
         }));
-        if batch.len() == 1000 || i + 1 == a.messages {
+        if reuse {
+            batch.clear();
+        } else if batch.len() == 1000 || i + 1 == a.messages {
             let t0 = Instant::now();
             index
                 .apply(std::mem::take(&mut batch), &format!("bench-{i}"))
@@ -250,13 +266,15 @@ fn main() {
     }
     let wall = started.elapsed();
     let stats = index.stats();
-    println!(
+    if !reuse {
+        println!(
         "indexing: {:.0} msgs/s in apply ({:.1} s), {:.0} msgs/s wall with generation ({:.1} s)",
         a.messages as f64 / indexing.as_secs_f64(),
         indexing.as_secs_f64(),
         a.messages as f64 / wall.as_secs_f64(),
         wall.as_secs_f64()
     );
+    }
     println!(
         "index: {} docs, {} segments, {} bytes = {:.1} bytes/message (text itself {:.1} bytes/message)",
         stats.docs,
@@ -270,6 +288,8 @@ fn main() {
     let mut lat = Vec::with_capacity(a.searches);
     let mut totals = 0usize;
     let mut empty = 0usize;
+    // Queries with a one-character CJK word (a regex over the term dictionary) and not.
+    let mut by_kind: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     for s in 0..a.searches {
         let user = rng.random_range(0..a.users);
         let groups = World::groups_of_in(user, a.groups)
@@ -306,9 +326,15 @@ fn main() {
             highlight: s % 2 == 0,
             ..Query::default()
         };
+        let one_char = query
+            .text
+            .split_whitespace()
+            .any(|w| w.chars().count() == 1 && !w.is_ascii());
         let t0 = Instant::now();
         let hits = index.search(&query).expect("search");
-        lat.push(t0.elapsed());
+        let took = t0.elapsed();
+        lat.push(took);
+        by_kind[usize::from(one_char)].push(took);
         totals += hits.total;
         if hits.total == 0 {
             empty += 1;
@@ -325,4 +351,16 @@ fn main() {
         totals as f64 / lat.len() as f64,
         empty
     );
+    for (name, mut l) in ["words", "one-char CJK"].into_iter().zip(by_kind) {
+        if l.is_empty() {
+            continue;
+        }
+        l.sort();
+        println!(
+            "  {name}: {} queries, p50 {:?}, p99 {:?}",
+            l.len(),
+            percentile(&l, 0.5),
+            percentile(&l, 0.99)
+        );
+    }
 }

@@ -4,11 +4,12 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
+use std::sync::Arc;
+
 use tantivy::collector::{Collector, SegmentCollector};
-use tantivy::columnar::Column;
 use tantivy::{DocAddress, DocId, Score, SegmentOrdinal, SegmentReader};
 
-use crate::index::{F_MSG_ID, F_TIME};
+use crate::columns::{get, Cols, ColumnCache};
 use crate::{Order, SearchError};
 
 /// What a hit is sorted by.
@@ -113,14 +114,14 @@ pub(crate) struct TopKeys {
     /// Only keys strictly below this one.
     pub after: Option<(u64, u64)>,
     pub relevance: bool,
+    pub cache: Arc<ColumnCache>,
 }
 
 type Entry = Reverse<((u64, u64), DocAddress)>;
 
 pub(crate) struct SegmentTop {
     segment: SegmentOrdinal,
-    msg_id: Column<u64>,
-    time: Column<i64>,
+    cols: Arc<Cols>,
     relevance: bool,
     keep: usize,
     after: Option<(u64, u64)>,
@@ -138,11 +139,9 @@ impl Collector for TopKeys {
         segment: SegmentOrdinal,
         reader: &SegmentReader,
     ) -> tantivy::Result<SegmentTop> {
-        let ff = reader.fast_fields();
         Ok(SegmentTop {
             segment,
-            msg_id: ff.u64(F_MSG_ID)?,
-            time: ff.i64(F_TIME)?,
+            cols: self.cache.get(reader)?,
             relevance: self.relevance,
             keep: self.keep,
             after: self.after,
@@ -161,7 +160,7 @@ impl Collector for TopKeys {
     ) -> tantivy::Result<(Vec<Found>, usize)> {
         let total = fruits.iter().map(|f| f.1).sum();
         let mut all: Vec<_> = fruits.into_iter().flat_map(|f| f.0).collect();
-        all.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        all.sort_unstable_by_key(|e| Reverse(e.0));
         all.truncate(self.keep);
         let found = all
             .into_iter()
@@ -182,7 +181,7 @@ impl SegmentCollector for SegmentTop {
         let primary = if self.relevance {
             score_ord(score)
         } else {
-            time_ord(self.time.first(doc).unwrap_or(i64::MIN))
+            time_ord(get(&self.cols.time, doc).unwrap_or(i64::MIN))
         };
         let full = self.heap.len() >= self.keep;
         if full {
@@ -192,7 +191,7 @@ impl SegmentCollector for SegmentTop {
                 }
             }
         }
-        let key = (primary, self.msg_id.first(doc).unwrap_or(0));
+        let key = (primary, get(&self.cols.msg_id, doc).unwrap_or(0));
         if self.after.is_some_and(|a| key >= a) {
             return;
         }

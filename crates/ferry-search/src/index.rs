@@ -1,6 +1,7 @@
 //! The index itself: schema, writer, reader, and the search entry point.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use tantivy::directory::MmapDirectory;
@@ -11,6 +12,7 @@ use tantivy::schema::{
 use tantivy::{DocAddress, IndexReader, IndexWriter, ReloadPolicy, TantivyDocument, Term};
 
 use crate::collect::{Key, TopKeys};
+use crate::columns::{get, ColumnCache};
 use crate::highlight::snippet;
 use crate::query::{build, Built};
 use crate::tokenizer::{analyzer, TOKENIZER_NAME};
@@ -78,12 +80,12 @@ fn schema() -> (Schema, Fields) {
 /// thread). One `Index` per directory: a second one on the same directory, in this
 /// process or another, fails to open (tantivy's writer lock).
 pub struct Index {
-    index: tantivy::Index,
     fields: Fields,
     writer: Mutex<IndexWriter>,
     reader: IndexReader,
     cursor: Mutex<Option<String>>,
     dir: Option<PathBuf>,
+    columns: Arc<ColumnCache>,
 }
 
 impl Index {
@@ -126,12 +128,12 @@ impl Index {
             .try_into()?;
         let cursor = index.load_metas()?.payload;
         Ok(Index {
-            index,
             fields,
             writer: Mutex::new(writer),
             reader,
             cursor: Mutex::new(cursor),
             dir,
+            columns: Arc::default(),
         })
     }
 
@@ -154,8 +156,7 @@ impl Index {
         }
         *self.cursor.lock() = Some(cursor.to_string());
         drop(writer);
-        self.reader.reload()?;
-        Ok(())
+        self.reload()
     }
 
     fn write(&self, writer: &IndexWriter, changes: Vec<Change>) -> Result<(), SearchError> {
@@ -199,6 +200,13 @@ impl Index {
         d
     }
 
+    /// Makes the last commit visible to searches.
+    fn reload(&self) -> Result<(), SearchError> {
+        self.reader.reload()?;
+        self.columns.retain(&self.reader.searcher());
+        Ok(())
+    }
+
     /// The cursor of the last commit; `None` for a new or cleared index.
     pub fn cursor(&self) -> Option<String> {
         self.cursor.lock().clone()
@@ -217,8 +225,7 @@ impl Index {
         }
         *self.cursor.lock() = None;
         drop(writer);
-        self.reader.reload()?;
-        Ok(())
+        self.reload()
     }
 
     /// The index's size.
@@ -234,7 +241,7 @@ impl Index {
     /// Runs a search. See [`crate::Query`].
     pub fn search(&self, q: &crate::Query) -> Result<Hits, SearchError> {
         let searcher = self.reader.searcher();
-        let built = match build(q, &self.fields, self.index.schema())? {
+        let built = match build(q, &self.fields, &self.columns)? {
             Built::Nothing => {
                 return Ok(Hits {
                     hits: Vec::new(),
@@ -250,6 +257,7 @@ impl Index {
             keep: limit + 1,
             after: built.after,
             relevance: q.order == Order::Relevance,
+            cache: self.columns.clone(),
         };
         let (mut top, total) = searcher.search(&*built.query, &collector)?;
         let more = top.len() > limit;
@@ -277,21 +285,21 @@ impl Index {
             segment_ord,
             doc_id,
         } = k.addr;
-        let ff = searcher.segment_reader(segment_ord).fast_fields();
-        let get =
-            |name: &str| -> Result<Option<u64>, SearchError> { Ok(ff.u64(name)?.first(doc_id)) };
-        let conv = match get(F_GROUP)? {
+        let c = self.columns.get(searcher.segment_reader(segment_ord))?;
+        let conv = match get(&c.group, doc_id) {
             Some(group_id) => Conv::Group {
                 group_id,
-                gseq: get(F_GSEQ)?.unwrap_or(0),
+                gseq: get(&c.gseq, doc_id).unwrap_or(0),
             },
             None => Conv::Direct {
-                a: get(F_PA)?.unwrap_or(0),
-                b: get(F_PB)?.unwrap_or(0),
+                a: get(&c.pa, doc_id).unwrap_or(0),
+                b: get(&c.pb, doc_id).unwrap_or(0),
             },
         };
-        let time_ms = ff.i64(F_TIME)?.first(doc_id).unwrap_or(0);
-        let kind = get(F_KIND)?.and_then(Kind::from_code).unwrap_or(Kind::Text);
+        let time_ms = get(&c.time, doc_id).unwrap_or(0);
+        let kind = get(&c.kind, doc_id)
+            .and_then(Kind::from_code)
+            .unwrap_or(Kind::Text);
         let snippet = if q.highlight && !needles.is_empty() {
             let doc: TantivyDocument = searcher.doc(k.addr)?;
             let text = doc
@@ -305,7 +313,7 @@ impl Index {
         Ok(Hit {
             msg_id: k.key.msg_id,
             conv,
-            sender: get(F_SENDER)?.unwrap_or(0),
+            sender: get(&c.sender, doc_id).unwrap_or(0),
             time_ms,
             kind,
             score: match k.key.primary {

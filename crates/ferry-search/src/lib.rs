@@ -40,8 +40,10 @@
 //! and meant to run on a blocking thread (`spawn_blocking`).
 
 mod collect;
+mod columns;
 mod highlight;
 mod index;
+mod onechar;
 mod query;
 pub mod tokenizer;
 

@@ -1,24 +1,25 @@
 //! From a [`crate::Query`] to a tantivy query: the text's clauses, the scope and the
 //! filters, and the page cursor.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use tantivy::columnar::Column;
+use tantivy::postings::TermInfo;
 use tantivy::query::doc_predicate_query::{
     ConstOrVariableSegmentPredicate, DocPredicate, DocPredicateQuery, SegmentDocPredicate,
 };
 use tantivy::query::{
-    BooleanQuery, ConstScoreQuery, EmptyQuery, EnableScoring, Occur, PhraseQuery, Query,
-    RegexQuery, TermQuery, TermSetQuery, Weight,
+    BitSetDocSet, BooleanQuery, ConstScoreQuery, EmptyQuery, Occur, PhraseQuery, Query, TermQuery,
 };
-use tantivy::schema::{IndexRecordOption, Schema};
-use tantivy::{DocId, SegmentReader, Term};
+use tantivy::schema::{Field, IndexRecordOption};
+use tantivy::{BitSet, DocId, DocSet, SegmentReader, Term, TERMINATED};
 
 use crate::collect::parse_cursor;
+use crate::columns::{get, Cols, ColumnCache};
 use crate::highlight::Needles;
-use crate::index::{Fields, F_GROUP, F_GSEQ, F_KIND, F_PA, F_PB, F_TIME};
+use crate::index::Fields;
+use crate::onechar::OneCharQuery;
 use crate::tokenizer::{analyzer, is_cjk_token, tokens};
 use crate::{SearchError, MAX_QUERY_BYTES};
 
@@ -37,7 +38,11 @@ pub(crate) enum Built {
 }
 
 /// Checks and translates `q`.
-pub(crate) fn build(q: &crate::Query, f: &Fields, schema: Schema) -> Result<Built, SearchError> {
+pub(crate) fn build(
+    q: &crate::Query,
+    f: &Fields,
+    cache: &Arc<ColumnCache>,
+) -> Result<Built, SearchError> {
     if q.text.len() > MAX_QUERY_BYTES {
         return Err(SearchError::BadQuery(format!(
             "query text is {} bytes, at most {MAX_QUERY_BYTES} allowed",
@@ -71,26 +76,16 @@ pub(crate) fn build(q: &crate::Query, f: &Fields, schema: Schema) -> Result<Buil
     }
     // The documents the scope can match at all, from the inverted index: the user's 1:1
     // messages and their groups' (narrowed by `peer` or `group`).
-    let candidates: Box<dyn Query> = match (q.group, q.peer) {
+    let (parties, groups) = match (q.group, q.peer) {
         (Some(_), Some(_)) => return Ok(Built::Nothing),
         (Some(g), None) => {
             if !spans.contains_key(&g) {
                 return Ok(Built::Nothing);
             }
-            Box::new(TermQuery::new(
-                Term::from_field_u64(f.group_id, g),
-                IndexRecordOption::Basic,
-            ))
+            (vec![], vec![g])
         }
-        (None, Some(p)) => Box::new(TermQuery::new(
-            Term::from_field_u64(f.parties, p),
-            IndexRecordOption::Basic,
-        )),
-        (None, None) => {
-            let mut terms = vec![Term::from_field_u64(f.parties, q.scope.user)];
-            terms.extend(spans.keys().map(|&g| Term::from_field_u64(f.group_id, g)));
-            Box::new(TermSetQuery::new(terms))
-        }
+        (None, Some(p)) => (vec![p], vec![]),
+        (None, None) => (vec![q.scope.user], spans.keys().copied().collect()),
     };
     if let Some(s) = q.sender {
         must.push(Box::new(TermQuery::new(
@@ -103,9 +98,11 @@ pub(crate) fn build(q: &crate::Query, f: &Fields, schema: Schema) -> Result<Buil
         return Ok(Built::Nothing);
     }
     let kinds = q.kinds.iter().fold(0u64, |m, k| m | (1 << k.code()));
-    let candidates = candidates.weight(EnableScoring::disabled_from_schema(&schema))?;
     let filter = ScopeFilter {
-        candidates: Arc::from(candidates),
+        fields: *f,
+        parties,
+        groups,
+        cache: cache.clone(),
         params: Arc::new(Params {
             user: q.scope.user,
             spans,
@@ -146,7 +143,9 @@ fn text_clauses(
     let mut an = analyzer();
     // Even pieces are outside quotes, odd ones inside (an unclosed quote runs to the end).
     for (i, piece) in text.split('"').enumerate() {
-        let toks = tokens(&mut an, piece);
+        let mut toks = tokens(&mut an, piece);
+        // A run's tail unigram shares the last bigram's position: not part of the query.
+        toks.dedup_by(|t, prev| t.position == prev.position);
         if toks.is_empty() {
             continue;
         }
@@ -193,8 +192,7 @@ fn text_clauses(
                 (Some(c), None) if is_cjk_token(&t.text) => {
                     // One character: its unigram, or any bigram that holds it.
                     needles.add_char(c);
-                    let pattern = format!("{c}.?|.{c}");
-                    must.push(Box::new(RegexQuery::from_pattern(&pattern, f.text)?));
+                    must.push(Box::new(OneCharQuery::new(f.text, c)));
                 }
                 _ => {
                     needles.add_term(&t.text);
@@ -225,7 +223,12 @@ struct Params {
 /// The scope and the filters as a tantivy query: the candidates from the inverted index,
 /// each checked against the spans, the 1:1 pair and the filters.
 struct ScopeFilter {
-    candidates: Arc<dyn Weight>,
+    fields: Fields,
+    /// Candidates: the 1:1 messages of these users …
+    parties: Vec<u64>,
+    /// … and the messages of these groups.
+    groups: Vec<u64>,
+    cache: Arc<ColumnCache>,
     params: Arc<Params>,
 }
 
@@ -238,6 +241,51 @@ impl fmt::Debug for ScopeFilter {
     }
 }
 
+/// Above this many terms, the term dictionary is walked once instead of looking each
+/// term up.
+const LOOKUP_MAX: usize = 64;
+
+/// Adds to `bits` the documents of `reader` that have one of `values` in `field`.
+fn add_postings(
+    bits: &mut BitSet,
+    reader: &SegmentReader,
+    field: Field,
+    values: &[u64],
+) -> tantivy::Result<()> {
+    if values.is_empty() {
+        return Ok(());
+    }
+    let inv = reader.inverted_index(field)?;
+    let mut add = |info: &TermInfo| -> tantivy::Result<()> {
+        let mut postings = inv.read_postings_from_terminfo(info, IndexRecordOption::Basic)?;
+        let mut doc = postings.doc();
+        while doc != TERMINATED {
+            bits.insert(doc);
+            doc = postings.advance();
+        }
+        Ok(())
+    };
+    if values.len() <= LOOKUP_MAX {
+        for &v in values {
+            if let Some(info) = inv.get_term_info(&Term::from_field_u64(field, v))? {
+                add(&info)?;
+            }
+        }
+    } else {
+        let wanted: HashSet<u64> = values.iter().copied().collect();
+        let mut terms = inv.terms().stream()?;
+        while terms.advance() {
+            let Ok(key) = <[u8; 8]>::try_from(terms.key()) else {
+                continue;
+            };
+            if wanted.contains(&u64::from_be_bytes(key)) {
+                add(terms.value())?;
+            }
+        }
+    }
+    Ok(())
+}
+
 impl DocPredicate for ScopeFilter {
     type SegmentDocPredicate = SegmentFilter;
 
@@ -245,54 +293,43 @@ impl DocPredicate for ScopeFilter {
         &self,
         reader: &SegmentReader,
     ) -> tantivy::Result<ConstOrVariableSegmentPredicate<SegmentFilter>> {
-        let ff = reader.fast_fields();
-        let candidates = self.candidates.scorer(reader, 1.0)?;
+        let mut bits = BitSet::with_max_value(reader.max_doc());
+        add_postings(&mut bits, reader, self.fields.parties, &self.parties)?;
+        add_postings(&mut bits, reader, self.fields.group_id, &self.groups)?;
+        if bits.len() == 0 {
+            return Ok(ConstOrVariableSegmentPredicate::Const(false));
+        }
         Ok(ConstOrVariableSegmentPredicate::Variable {
             predicate: SegmentFilter {
                 params: self.params.clone(),
-                pa: ff.column_opt(F_PA)?,
-                pb: ff.column_opt(F_PB)?,
-                group: ff.column_opt(F_GROUP)?,
-                gseq: ff.column_opt(F_GSEQ)?,
-                time: ff.column_opt(F_TIME)?,
-                kind: ff.column_opt(F_KIND)?,
+                cols: self.cache.get(reader)?,
             },
-            necessary_condition: Box::new(candidates),
+            necessary_condition: Box::new(BitSetDocSet::from(bits)),
         })
     }
 }
 
-/// [`ScopeFilter`] on one segment. A column is `None` when no document of the segment
-/// has the field.
+/// [`ScopeFilter`] on one segment.
 struct SegmentFilter {
     params: Arc<Params>,
-    pa: Option<Column<u64>>,
-    pb: Option<Column<u64>>,
-    group: Option<Column<u64>>,
-    gseq: Option<Column<u64>>,
-    time: Option<Column<i64>>,
-    kind: Option<Column<u64>>,
+    cols: Arc<Cols>,
 }
 
 impl SegmentFilter {
-    fn get(col: &Option<Column<u64>>, doc: DocId) -> Option<u64> {
-        col.as_ref().and_then(|c| c.first(doc))
-    }
-
     fn in_scope(&self, doc: DocId) -> Option<bool> {
         let p = &*self.params;
-        if let Some(g) = Self::get(&self.group, doc) {
+        if let Some(g) = get(&self.cols.group, doc) {
             if p.peer.is_some() || p.group.is_some_and(|want| want != g) {
                 return Some(false);
             }
             let spans = p.spans.get(&g)?;
-            let s = Self::get(&self.gseq, doc)?;
+            let s = get(&self.cols.gseq, doc)?;
             return Some(spans.iter().any(|&(from, to)| from <= s && s <= to));
         }
         if p.group.is_some() {
             return Some(false);
         }
-        let (a, b) = (Self::get(&self.pa, doc)?, Self::get(&self.pb, doc)?);
+        let (a, b) = (get(&self.cols.pa, doc)?, get(&self.cols.pb, doc)?);
         let other = if a == p.user {
             b
         } else if b == p.user {
@@ -305,12 +342,12 @@ impl SegmentFilter {
 
     fn filters(&self, doc: DocId) -> Option<bool> {
         let p = &*self.params;
-        let t = self.time.as_ref()?.first(doc)?;
+        let t = get(&self.cols.time, doc)?;
         if t < p.after_ms || t >= p.before_ms {
             return Some(false);
         }
         if p.kinds != u64::MAX {
-            let k = Self::get(&self.kind, doc)?;
+            let k = get(&self.cols.kind, doc)?;
             if k >= 64 || p.kinds & (1 << k) == 0 {
                 return Some(false);
             }

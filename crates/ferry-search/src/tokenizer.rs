@@ -120,6 +120,14 @@ struct RunChar {
 }
 
 /// The base tokenizer. See the module doc.
+///
+/// A CJK run of two or more characters gives its bigrams at consecutive positions, then
+/// its last character alone at the same position as the last bigram ("一二三" → 一二@0,
+/// 二三@1, 三@1). That extra unigram lets a one-character query find the character at the
+/// end of a run by looking up "c" and the bigrams "c?" (a prefix walk of the term
+/// dictionary), instead of also walking every bigram for "?c". Sharing a position, it
+/// never breaks a phrase of bigrams; query parsing drops it (it drops any token at the
+/// position of the one before).
 #[derive(Clone, Default)]
 pub struct FerryTokenizer {
     token: Token,
@@ -186,6 +194,17 @@ impl FerryTokenStream<'_> {
             self.token.text.push(b.c);
             self.run_at += 1;
             self.emit(a.from, b.to);
+            return true;
+        }
+        if n >= 2 && self.run_at + 1 == n {
+            // The run's last character alone, at the last bigram's position (see
+            // `FerryTokenizer`).
+            let z = self.run[n - 1];
+            self.token.text.clear();
+            self.token.text.push(z.c);
+            self.token.offset_from = z.from;
+            self.token.offset_to = z.to;
+            self.run_at = n;
             return true;
         }
         self.run.clear();
@@ -343,18 +362,20 @@ mod tests {
 
     #[test]
     fn cjk_runs_become_overlapping_bigrams() {
-        assert_eq!(texts("一二三"), ["一二", "二三"]);
+        assert_eq!(texts("一二三"), ["一二", "二三", "三"]);
         assert_eq!(texts("饭"), ["饭"]);
-        assert_eq!(texts("吃饭"), ["吃饭"]);
+        assert_eq!(texts("吃饭"), ["吃饭", "饭"]);
         let t = toks("一二三");
         assert_eq!(t[0], ("一二".into(), 0, 0, 6));
         assert_eq!(t[1], ("二三".into(), 1, 3, 9));
+        // The tail unigram shares the last bigram's position.
+        assert_eq!(t[2], ("三".into(), 1, 6, 9));
         // Punctuation ends a run.
-        assert_eq!(texts("你好，世界。"), ["你好", "世界"]);
+        assert_eq!(texts("你好，世界。"), ["你好", "好", "世界", "界"]);
         // Japanese: kana and kanji alike.
-        assert_eq!(texts("東京タワー"), ["東京", "京タ", "タワ", "ワー"]);
+        assert_eq!(texts("東京タワー"), ["東京", "京タ", "タワ", "ワー", "ー"]);
         // Hangul.
-        assert_eq!(texts("안녕하세요"), ["안녕", "녕하", "하세", "세요"]);
+        assert_eq!(texts("안녕하세요"), ["안녕", "녕하", "하세", "세요", "요"]);
         // A compatibility ideograph is CJK too (kept as it is: no NFKC here).
         assert_eq!(texts("\u{F900}"), ["\u{F900}"]);
     }
@@ -376,7 +397,7 @@ mod tests {
     fn mixed_scripts_positions_are_consecutive() {
         let t = toks("去Café吃饭");
         let got: Vec<_> = t.iter().map(|t| (t.0.as_str(), t.1)).collect();
-        assert_eq!(got, [("去", 0), ("cafe", 1), ("吃饭", 2)]);
+        assert_eq!(got, [("去", 0), ("cafe", 1), ("吃饭", 2), ("饭", 2)]);
         let s = "去Café吃饭";
         assert_eq!(&s[t[1].2..t[1].3], "Café");
         assert_eq!(&s[t[2].2..t[2].3], "吃饭");
@@ -387,12 +408,14 @@ mod tests {
             got,
             [
                 ("明天", 0),
+                ("天", 0),
                 ("3", 1),
                 ("点在", 2),
                 ("在星", 3),
                 ("星巴", 4),
                 ("巴克", 5),
                 ("克见", 6),
+                ("见", 6),
                 ("ok", 7)
             ]
         );

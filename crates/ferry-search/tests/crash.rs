@@ -13,7 +13,7 @@ use ferry_search::{Change, Conv, Doc, Index, Kind, Options, Query, Scope};
 use rand::{Rng, SeedableRng};
 
 const CHILD_ENV: &str = "FERRY_SEARCH_CRASH_CHILD_DIR";
-const BATCHES: u64 = 120;
+const BATCHES: u64 = 60;
 const PER_BATCH: u64 = 100;
 const TOTAL: u64 = BATCHES * PER_BATCH;
 
