@@ -55,6 +55,8 @@ struct Args {
     searches: usize,
     /// Keep the index here (and reuse it when it already holds this corpus).
     dir: Option<std::path::PathBuf>,
+    /// The writer's memory budget, MiB (default: `Options::default()`'s).
+    writer_mb: Option<usize>,
 }
 
 fn args() -> Result<Args, String> {
@@ -64,6 +66,7 @@ fn args() -> Result<Args, String> {
         groups: 1_000,
         searches: 2_000,
         dir: None,
+        writer_mb: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -81,6 +84,7 @@ fn args() -> Result<Args, String> {
             "--users" => a.users = n,
             "--groups" => a.groups = n,
             "--searches" => a.searches = n as usize,
+            "--writer-mb" => a.writer_mb = Some(n as usize),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -187,7 +191,11 @@ fn main() {
     let mut gseq = vec![0u64; a.groups as usize];
     let temp = tempfile::tempdir().expect("temp dir");
     let dir = a.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
-    let index = Index::open(&dir, Options::default()).expect("open");
+    let mut opts = Options::default();
+    if let Some(mb) = a.writer_mb {
+        opts.writer_memory = mb << 20;
+    }
+    let index = Index::open(&dir, opts).expect("open");
     let done = format!("bench-{}", a.messages - 1);
     let reuse = index.cursor().as_deref() == Some(&*done);
     println!(
@@ -341,6 +349,8 @@ fn main() {
         }
     }
     lat.sort();
+    drop(index);
+    space_usage(&dir, a.messages);
     println!(
         "search: {} queries, p50 {:?}, p90 {:?}, p99 {:?}, max {:?}; mean matches in scope {:.1}, {} with none",
         lat.len(),
@@ -362,5 +372,37 @@ fn main() {
             percentile(&l, 0.5),
             percentile(&l, 0.99)
         );
+    }
+}
+
+/// Where the bytes go, per message, by index component (tantivy's space usage report).
+fn space_usage(dir: &std::path::Path, messages: usize) {
+    let report = || -> tantivy::Result<()> {
+        let index = tantivy::Index::open_in_dir(dir)?;
+        let usage = index.reader()?.searcher().space_usage()?;
+        let (mut termdict, mut postings, mut positions, mut fast, mut norms, mut store) =
+            (0, 0, 0, 0, 0, 0);
+        for seg in usage.segments() {
+            termdict += seg.termdict().total().get_bytes();
+            postings += seg.postings().total().get_bytes();
+            positions += seg.positions().total().get_bytes();
+            fast += seg.fast_fields().total().get_bytes();
+            norms += seg.fieldnorms().total().get_bytes();
+            store += seg.store().total().get_bytes();
+        }
+        let per = |b: u64| b as f64 / messages as f64;
+        println!(
+            "bytes/message by component: terms {:.1}, postings {:.1}, positions {:.1}, fast fields {:.1}, norms {:.1}, stored text {:.1}",
+            per(termdict),
+            per(postings),
+            per(positions),
+            per(fast),
+            per(norms),
+            per(store)
+        );
+        Ok(())
+    };
+    if let Err(e) = report() {
+        println!("space usage: {e}");
     }
 }

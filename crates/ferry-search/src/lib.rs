@@ -24,6 +24,13 @@
 //! A one-character query ("饭") matches the unigram and every bigram that starts or ends
 //! with it.
 //!
+//! # Size
+//! Measured with `examples/search_bench.rs` (1 000 000 synthetic chat messages, 43 bytes
+//! of text on average, English, Chinese and Japanese): 78 bytes per message on disk, of
+//! which the stored text (lz4, kept for highlights) is 33, postings 25, positions 8, fast
+//! fields 8, terms 3.5, norms 1. A message's text counts once however often it is edited:
+//! an edit replaces the document.
+//!
 //! # Who may read what
 //! Every [`Query`] carries a [`Scope`]: the user's 1:1 conversations and, per group, the
 //! span of group sequence numbers they were a member for. The scope is part of the
