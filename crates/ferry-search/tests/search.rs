@@ -498,3 +498,61 @@ fn cursor_clear_and_reopen() {
     assert_eq!(index.cursor(), None);
     assert_eq!(index.stats().docs, 0);
 }
+
+#[test]
+fn relevance_puts_the_better_match_first() {
+    let index = Index::in_ram(Options::default()).unwrap();
+    index
+        .apply(
+            vec![
+                direct(1, ALICE, BOB, 3, "noodle"),
+                direct(2, ALICE, BOB, 2, "noodle noodle noodle soup"),
+                direct(
+                    3,
+                    ALICE,
+                    BOB,
+                    1,
+                    "we talked about many things today and noodle came up once",
+                ),
+            ],
+            "r",
+        )
+        .unwrap();
+    let mut query = q("noodle", everything(ALICE));
+    query.order = Order::Relevance;
+    let hits = index.search(&query).unwrap();
+    assert_eq!(hits.hits.last().map(|h| h.msg_id), Some(3));
+    assert!(hits.hits.windows(2).all(|w| w[0].score >= w[1].score));
+    assert!(hits.hits.iter().all(|h| h.score > 0.0));
+    // Newest ignores the score.
+    assert_eq!(ids(&index, &q("noodle", everything(ALICE))), [1, 2, 3]);
+}
+
+#[test]
+fn the_index_is_send_and_sync() {
+    fn shared<T: Send + Sync>(_: &T) {}
+    let index = std::sync::Arc::new(world());
+    shared(&index);
+    // Searches from several threads while a batch is applied.
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let index = index.clone();
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    let hits = index.search(&q("noodle", everything(ALICE))).unwrap();
+                    assert!(hits.total == 6 || hits.total == 7);
+                }
+            })
+        })
+        .collect();
+    index
+        .apply(vec![direct(77, ALICE, BOB, 77, "more noodle")], "t")
+        .unwrap();
+    for t in threads {
+        t.join().unwrap();
+    }
+    assert_eq!(
+        index.search(&q("noodle", everything(ALICE))).unwrap().total,
+        7
+    );
+}
