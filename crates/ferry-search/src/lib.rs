@@ -21,8 +21,10 @@
 //!   do. Search in a chat app wants recall over precision; the cost is an occasional hit
 //!   where the bigrams line up across a word boundary, and a bigger index.
 //!
-//! A one-character query ("饭") matches the unigram and every bigram that starts or ends
-//! with it.
+//! A run also ends with its last character alone, at the last bigram's position (so it
+//! never breaks a phrase): a one-character query ("饭") then finds every occurrence by
+//! looking up that unigram and the bigrams that start with it, a prefix walk of the term
+//! dictionary, never a scan of all of it.
 //!
 //! # Size
 //! Measured with `examples/search_bench.rs` (1 000 000 synthetic chat messages, 43 bytes
@@ -201,7 +203,9 @@ pub struct Query {
     pub order: Order,
     /// 1..=[`MAX_LIMIT`].
     pub limit: usize,
-    /// [`Hits::next`] of the previous page.
+    /// [`Hits::next`] of the previous page. For [`Order::Newest`] paging is stable: new
+    /// messages never shift the pages still to come. For [`Order::Relevance`] it is
+    /// stable while the index does not change (scores move with the statistics).
     pub page: Option<String>,
     pub highlight: bool,
 }
