@@ -57,6 +57,9 @@ struct Args {
     dir: Option<std::path::PathBuf>,
     /// The writer's memory budget, MiB (default: `Options::default()`'s).
     writer_mb: Option<usize>,
+    /// Search with this many groups in every scope instead of the user's own (a user in
+    /// very many groups).
+    scope_groups: Option<u64>,
 }
 
 fn args() -> Result<Args, String> {
@@ -67,6 +70,7 @@ fn args() -> Result<Args, String> {
         searches: 2_000,
         dir: None,
         writer_mb: None,
+        scope_groups: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -85,6 +89,7 @@ fn args() -> Result<Args, String> {
             "--groups" => a.groups = n,
             "--searches" => a.searches = n as usize,
             "--writer-mb" => a.writer_mb = Some(n as usize),
+            "--scope-groups" => a.scope_groups = Some(n),
             _ => return Err(format!("unknown flag {flag}")),
         }
     }
@@ -300,7 +305,11 @@ fn main() {
     let mut by_kind: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
     for s in 0..a.searches {
         let user = rng.random_range(0..a.users);
-        let groups = World::groups_of_in(user, a.groups)
+        let own = match a.scope_groups {
+            Some(n) => (0..n.min(a.groups)).collect(),
+            None => World::groups_of_in(user, a.groups),
+        };
+        let groups = own
             .into_iter()
             .map(|g| GroupSpan {
                 group_id: g,

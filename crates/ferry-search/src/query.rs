@@ -10,7 +10,8 @@ use tantivy::query::doc_predicate_query::{
     ConstOrVariableSegmentPredicate, DocPredicate, DocPredicateQuery, SegmentDocPredicate,
 };
 use tantivy::query::{
-    BitSetDocSet, BooleanQuery, ConstScoreQuery, EmptyQuery, Occur, PhraseQuery, Query, TermQuery,
+    AllScorer, BitSetDocSet, BooleanQuery, ConstScoreQuery, EmptyQuery, Occur, PhraseQuery, Query,
+    TermQuery,
 };
 use tantivy::schema::{Field, IndexRecordOption};
 use tantivy::{BitSet, DocId, DocSet, SegmentReader, Term, TERMINATED};
@@ -245,30 +246,26 @@ impl fmt::Debug for ScopeFilter {
 /// term up.
 const LOOKUP_MAX: usize = 64;
 
-/// Adds to `bits` the documents of `reader` that have one of `values` in `field`.
-fn add_postings(
-    bits: &mut BitSet,
+/// Above this share of a segment's documents, the scope's candidates are not gathered
+/// into a bit set: the filter is checked on whatever the rest of the query yields (it
+/// checks the whole scope itself), which is cheaper than reading that many postings.
+const DENSE_SHARE: u64 = 8;
+
+/// The term infos of the terms of `field` among `values` in `reader`.
+fn term_infos(
     reader: &SegmentReader,
     field: Field,
     values: &[u64],
-) -> tantivy::Result<()> {
+) -> tantivy::Result<Vec<TermInfo>> {
+    let mut infos = Vec::new();
     if values.is_empty() {
-        return Ok(());
+        return Ok(infos);
     }
     let inv = reader.inverted_index(field)?;
-    let mut add = |info: &TermInfo| -> tantivy::Result<()> {
-        let mut postings = inv.read_postings_from_terminfo(info, IndexRecordOption::Basic)?;
-        let mut doc = postings.doc();
-        while doc != TERMINATED {
-            bits.insert(doc);
-            doc = postings.advance();
-        }
-        Ok(())
-    };
     if values.len() <= LOOKUP_MAX {
         for &v in values {
             if let Some(info) = inv.get_term_info(&Term::from_field_u64(field, v))? {
-                add(&info)?;
+                infos.push(info);
             }
         }
     } else {
@@ -279,8 +276,30 @@ fn add_postings(
                 continue;
             };
             if wanted.contains(&u64::from_be_bytes(key)) {
-                add(terms.value())?;
+                infos.push(terms.value().clone());
             }
+        }
+    }
+    Ok(infos)
+}
+
+/// Adds to `bits` the documents of the postings `infos` point at.
+fn add_postings(
+    bits: &mut BitSet,
+    reader: &SegmentReader,
+    field: Field,
+    infos: &[TermInfo],
+) -> tantivy::Result<()> {
+    if infos.is_empty() {
+        return Ok(());
+    }
+    let inv = reader.inverted_index(field)?;
+    for info in infos {
+        let mut postings = inv.read_postings_from_terminfo(info, IndexRecordOption::Basic)?;
+        let mut doc = postings.doc();
+        while doc != TERMINATED {
+            bits.insert(doc);
+            doc = postings.advance();
         }
     }
     Ok(())
@@ -293,18 +312,33 @@ impl DocPredicate for ScopeFilter {
         &self,
         reader: &SegmentReader,
     ) -> tantivy::Result<ConstOrVariableSegmentPredicate<SegmentFilter>> {
-        let mut bits = BitSet::with_max_value(reader.max_doc());
-        add_postings(&mut bits, reader, self.fields.parties, &self.parties)?;
-        add_postings(&mut bits, reader, self.fields.group_id, &self.groups)?;
-        if bits.len() == 0 {
+        let f = &self.fields;
+        let parties = term_infos(reader, f.parties, &self.parties)?;
+        let groups = term_infos(reader, f.group_id, &self.groups)?;
+        let candidates: u64 = parties
+            .iter()
+            .chain(&groups)
+            .map(|i| u64::from(i.doc_freq))
+            .sum();
+        if candidates == 0 {
             return Ok(ConstOrVariableSegmentPredicate::Const(false));
         }
+        let max_doc = reader.max_doc();
+        let necessary_condition: Box<dyn DocSet> = if candidates > u64::from(max_doc) / DENSE_SHARE
+        {
+            Box::new(AllScorer::new(max_doc))
+        } else {
+            let mut bits = BitSet::with_max_value(max_doc);
+            add_postings(&mut bits, reader, f.parties, &parties)?;
+            add_postings(&mut bits, reader, f.group_id, &groups)?;
+            Box::new(BitSetDocSet::from(bits))
+        };
         Ok(ConstOrVariableSegmentPredicate::Variable {
             predicate: SegmentFilter {
                 params: self.params.clone(),
                 cols: self.cache.get(reader)?,
             },
-            necessary_condition: Box::new(BitSetDocSet::from(bits)),
+            necessary_condition,
         })
     }
 }

@@ -556,3 +556,92 @@ fn the_index_is_send_and_sync() {
         7
     );
 }
+
+/// Every hit of `query`, all pages.
+fn all_ids(index: &Index, mut query: Query) -> Vec<u64> {
+    query.limit = 100;
+    let mut out = Vec::new();
+    for _ in 0..100 {
+        let hits = index.search(&query).unwrap();
+        out.extend(hits.hits.iter().map(|h| h.msg_id));
+        match hits.next {
+            Some(n) => query.page = Some(n),
+            None => return out,
+        }
+    }
+    panic!("more than 100 pages");
+}
+
+#[test]
+fn scopes_sparse_or_dense_match_a_plain_filter() {
+    // 3 000 messages: 1:1 between 60 users, and 30 groups; every 3rd says "ping".
+    let mut docs = Vec::new();
+    for i in 0..3000u64 {
+        let conv = if i % 2 == 0 {
+            Conv::Direct {
+                a: i % 60,
+                b: (i * 7 + 1) % 60,
+            }
+        } else {
+            Conv::Group {
+                group_id: 1000 + i % 30,
+                gseq: i / 30,
+            }
+        };
+        docs.push(Doc {
+            msg_id: i,
+            conv,
+            sender: i % 60,
+            time_ms: i as i64,
+            kind: Kind::Text,
+            text: if i % 3 == 0 { "ping" } else { "pong" }.into(),
+        });
+    }
+    let index = Index::in_ram(Options::default()).unwrap();
+    for chunk in docs.chunks(700) {
+        index
+            .apply(chunk.iter().cloned().map(Change::Upsert).collect(), "s")
+            .unwrap();
+    }
+    let visible = |scope: &Scope, d: &Doc| match d.conv {
+        Conv::Direct { a, b } => a == scope.user || b == scope.user,
+        Conv::Group { group_id, gseq } => scope.groups.iter().any(|s| {
+            s.group_id == group_id && s.from_gseq <= gseq && s.to_gseq.is_none_or(|to| gseq <= to)
+        }),
+    };
+    // A user with one group and a span (sparse: a bit set of candidates), and one in
+    // every group (dense: the filter alone).
+    let sparse = Scope {
+        user: 5,
+        groups: vec![GroupSpan {
+            group_id: 1003,
+            from_gseq: 20,
+            to_gseq: Some(60),
+        }],
+    };
+    let dense = Scope {
+        user: 6,
+        groups: (0..30)
+            .map(|g| GroupSpan {
+                group_id: 1000 + g,
+                from_gseq: 10,
+                to_gseq: if g % 2 == 0 { None } else { Some(80) },
+            })
+            .collect(),
+    };
+    for scope in [sparse, dense] {
+        for text in ["ping", ""] {
+            let mut want: Vec<u64> = docs
+                .iter()
+                .filter(|d| visible(&scope, d) && (text.is_empty() || d.text == text))
+                .map(|d| d.msg_id)
+                .collect();
+            want.reverse();
+            assert!(!want.is_empty());
+            let got = all_ids(&index, q(text, scope.clone()));
+            assert_eq!(got, want, "user {} text {text:?}", scope.user);
+            let hits = index.search(&q(text, scope.clone())).unwrap();
+            assert_eq!(hits.total, want.len());
+        }
+    }
+}
