@@ -472,6 +472,13 @@ impl Account {
         .await
     }
 
+    /// Searches the messages this user may read (`POST /v1/search`): build the request
+    /// with the words and filters, and page with the answer's `next` as the next
+    /// request's `page`.
+    pub async fn search(&self, req: v1::SearchReq) -> Result<v1::SearchResp, ClientError> {
+        self.call(path(cmd::SEARCH), &req).await
+    }
+
     /// Registers (or replaces) this device's push target (build one with
     /// [`crate::push`]'s `apns`, `fcm`, `web_push`, `unified_push`); answers the target
     /// as the server stored it (with `device_id` and `created_ms`).

@@ -24,6 +24,9 @@ pub struct LogicConfig {
     pub report_retention_days: u32,
     /// Let anyone message anyone. Off by default: only friends can message each other.
     pub open_messaging: bool,
+    /// Keep a full-text index of the messages and answer SEARCH (on by default). Off:
+    /// nothing is indexed and SEARCH answers UNAVAILABLE.
+    pub search: bool,
     /// Largest group, owner included.
     pub group_max_members: usize,
     /// A sender may recall a message this many seconds after sending it.
@@ -118,6 +121,7 @@ impl Default for LogicConfig {
             retention_days: 30,
             report_retention_days: 14,
             open_messaging: false,
+            search: true,
             group_max_members: 10_000,
             recall_window_secs: 120,
             receipts_list_max: 100,

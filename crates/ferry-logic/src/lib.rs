@@ -42,6 +42,7 @@ mod presence;
 mod profile;
 mod push;
 mod router;
+mod search;
 #[cfg(test)]
 mod testing;
 pub mod webhooks;

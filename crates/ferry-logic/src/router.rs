@@ -56,6 +56,8 @@ pub struct Logic {
     webhooks: Arc<Webhooks>,
     /// The JSON APIs for other systems (admin, bots).
     api: Api,
+    /// Message search, once [`Logic::enable_search`] opened the index.
+    search: crate::search::SearchSlot,
     /// Stops the background tasks; fired by [`Logic::shutdown`] or when `Logic` is
     /// dropped.
     shutdown: CancellationToken,
@@ -96,6 +98,7 @@ impl Logic {
             groups.clone(),
             push.clone(),
         ));
+        let search = crate::search::SearchSlot::default();
         Arc::new(Logic {
             admission,
             accounts: Accounts::new(core.clone(), notifier.clone(), push.clone()),
@@ -111,7 +114,9 @@ impl Logic {
                     webhooks.clone(),
                     groups.clone(),
                 ),
+                search.clone(),
             ),
+            search,
             inbox,
             profile: Profile::new(core.clone()),
             media: Media::new(core.clone(), attach, moments.clone()),
@@ -145,6 +150,18 @@ impl Logic {
         self.push.set_senders(senders);
     }
 
+    /// Opens this node's search index in `dir` (`None`: in memory) and, once started,
+    /// keeps it following the store (once; later calls are ignored). Without it, SEARCH
+    /// answers UNAVAILABLE.
+    pub fn enable_search(&self, dir: Option<&std::path::Path>) -> Result<(), LogicError> {
+        if self.search.get().is_none() {
+            let _ = self
+                .search
+                .set(crate::search::Search::open(self.core.clone(), dir)?);
+        }
+        Ok(())
+    }
+
     /// What the dashboard shows of push on this node.
     pub fn push_stats(&self) -> PushStats {
         self.push.stats()
@@ -163,6 +180,9 @@ impl Logic {
         self.push.start(self.shutdown.clone());
         self.webhooks.start(self.shutdown.clone());
         self.media.start_sweep(self.shutdown.clone());
+        if let Some(s) = self.search.get() {
+            s.start(self.shutdown.clone());
+        }
         spawn_retention(self.core.clone(), self.shutdown.clone());
     }
 
@@ -179,6 +199,15 @@ impl Logic {
     /// Users with at least one live link.
     pub fn users_online(&self) -> usize {
         self.notifier.users_online()
+    }
+
+    async fn search_call(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        match self.search.get() {
+            Some(s) => s.search(req).await,
+            None => Err(LogicError::Unavailable(
+                "search is off on this logic node".into(),
+            )),
+        }
     }
 
     /// The handler of a request, boxed at its own size: as one `async fn` the dispatch
@@ -222,6 +251,7 @@ impl Logic {
             cmd::GROUP_READS => Box::pin(self.groups.reads(req)),
             cmd::GROUP_SYNC => Box::pin(self.groups.sync(req)),
             cmd::RECALL => Box::pin(self.inbox.recall(req)),
+            cmd::SEARCH => Box::pin(self.search_call(req)),
             cmd::MEDIA_CREATE => Box::pin(self.media.create(req)),
             cmd::MEDIA_CHUNK => Box::pin(self.media.chunk(req)),
             cmd::MEDIA_STATUS => Box::pin(self.media.status(req)),

@@ -352,6 +352,11 @@ commands! {
         long_link: false, auth: Auth::ApiToken, body_limit: BodyLimit::Bytes(1 << 20),
         request: "bus.ApiCall", response: "bus.ApiAnswer",
     };
+    /// Search the messages the caller may read (`SearchReq` → `SearchResp`). Also
+    /// `POST /v1/search`.
+    SEARCH = 0x35, "search" { idempotent: true,
+        path: Some("search"), request: "SearchReq", response: "SearchResp",
+    };
     /// `POST /v1/endpoints`: the endpoint list for this client (`EndpointsReq` →
     /// `EndpointsResp`).
     ENDPOINTS = 0x36, "endpoints" { idempotent: true,
@@ -662,7 +667,7 @@ mod tests {
         paths.sort();
         paths.dedup();
         assert_eq!(paths.len(), n);
-        assert_eq!(n, 45, "the short link's paths");
+        assert_eq!(n, 46, "the short link's paths");
         for c in COMMANDS {
             if let Some(p) = c.path {
                 assert_eq!(by_path(p).map(|b| b.id), Some(c.id), "{p}");
@@ -710,6 +715,7 @@ mod tests {
             (SEALED, 0x0A),
             (RESUME, 0x0B),
             (TICKET, 0x0C),
+            (SEARCH, 0x35),
             (REGISTER, 0x10),
             (AUTH, 0x11),
             (MEDIA_GET, 0x30),

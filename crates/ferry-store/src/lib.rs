@@ -30,6 +30,7 @@ mod ops;
 mod postgres;
 mod push;
 mod reports;
+mod search;
 mod social;
 mod sqlite;
 mod user_admin;
@@ -52,6 +53,7 @@ pub use ops::{Dissolved, GroupSummary, OpsStore, SystemMessage};
 pub use postgres::{PgConfig, PgStore};
 pub use push::{PushDone, PushEnqueue, PushJob, PushPrefRow, PushStore, PushTargetRow};
 pub use reports::{ReportInfo, ReportStore};
+pub use search::{FeedRow, IndexedMessage, SearchStore};
 pub use social::{Avatar, FriendChange, FriendList, FriendRow, MomentRow, Reaction, SocialStore};
 pub use sqlite::{Durability, SqliteStore};
 pub use user_admin::{
@@ -64,7 +66,7 @@ pub use user_admin::{
 pub mod prelude {
     pub use crate::{
         AccountStore, AuditStore, BotStore, GroupStore, HookStore, InboxStore, MediaStore,
-        OpsStore, PushStore, ReportStore, SocialStore, Store, UserAdminStore,
+        OpsStore, PushStore, ReportStore, SearchStore, SocialStore, Store, UserAdminStore,
     };
 }
 
@@ -82,6 +84,7 @@ pub trait Store:
     + UserAdminStore
     + HookStore
     + BotStore
+    + SearchStore
 {
 }
 
@@ -96,7 +99,8 @@ impl<
             + OpsStore
             + UserAdminStore
             + HookStore
-            + BotStore,
+            + BotStore
+            + SearchStore,
     > Store for T
 {
 }

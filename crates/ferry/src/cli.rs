@@ -851,3 +851,122 @@ pub fn group_entry_json(group: u64, e: &v1::GroupEntry, me: &str) -> serde_json:
         None => serde_json::json!({ "group_id": group, "gseq": e.gseq, "kind": "removed" }),
     }
 }
+
+/// `ferry search`'s filters.
+#[derive(Args, Debug, Clone, Default)]
+pub struct SearchArgs {
+    /// Only the 1:1 conversation with this user.
+    #[arg(long = "with")]
+    pub with: Option<String>,
+    /// Only this group.
+    #[arg(long)]
+    pub group: Option<u64>,
+    /// Only messages from this user.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Only messages at or after this time (unix ms).
+    #[arg(long)]
+    pub since: Option<i64>,
+    /// Only messages before this time (unix ms).
+    #[arg(long)]
+    pub until: Option<i64>,
+    /// Only these kinds: text, image, file, voice, video (repeat or separate with commas).
+    #[arg(long, value_delimiter = ',')]
+    pub kind: Vec<String>,
+    /// Best match first (default: newest first).
+    #[arg(long)]
+    pub relevance: bool,
+    /// Hits per page (1-100).
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// Every page, not only the first.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// `ferry search TEXT`: the matching messages as JSON lines, newest first, with the
+/// matches marked [like this]; a last line on stderr says how many matched.
+pub async fn search(opts: &ClientOpts, text: &str, args: &SearchArgs) -> anyhow::Result<()> {
+    let kinds = args
+        .kind
+        .iter()
+        .map(|k| match k.to_ascii_lowercase().as_str() {
+            "text" => Ok(v1::SearchKind::Text),
+            "image" => Ok(v1::SearchKind::Image),
+            "file" => Ok(v1::SearchKind::File),
+            "voice" => Ok(v1::SearchKind::Voice),
+            "video" => Ok(v1::SearchKind::Video),
+            other => Err(anyhow::anyhow!(
+                "--kind {other:?}: one of text, image, file, voice, video"
+            )),
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let account = Account::open(opts.config()?).await.context("signing in")?;
+    let mut req = v1::SearchReq {
+        text: text.into(),
+        peer: args.with.clone().unwrap_or_default(),
+        group_id: args.group.unwrap_or(0),
+        sender: args.from.clone().unwrap_or_default(),
+        after_ms: args.since.unwrap_or(0),
+        before_ms: args.until.unwrap_or(0),
+        order: if args.relevance {
+            v1::SearchOrder::Relevance as i32
+        } else {
+            v1::SearchOrder::Newest as i32
+        },
+        limit: args.limit.clamp(1, 100),
+        highlight: true,
+        ..Default::default()
+    };
+    req.kinds = kinds.into_iter().map(|k| k as i32).collect();
+    let mut shown = 0u64;
+    // Bounded: at most 10 000 pages.
+    for _ in 0..10_000 {
+        let resp = account.search(req.clone()).await.context("searching")?;
+        for h in &resp.hits {
+            let Some(m) = &h.message else { continue };
+            println!(
+                "{}",
+                serde_json::json!({
+                    "msg_id": m.msg_id.to_string(),
+                    "from": m.from,
+                    "to": m.to,
+                    "group_id": m.group_id.to_string(),
+                    "gseq": h.gseq,
+                    "time_ms": m.time_ms,
+                    "text": m.text,
+                    "snippet": marked(&h.snippet, &h.ranges),
+                })
+            );
+            shown += 1;
+        }
+        if !args.all || resp.next.is_empty() {
+            eprintln!("{shown} shown of {} matching", resp.total);
+            return Ok(());
+        }
+        req.page = resp.next;
+    }
+    Ok(())
+}
+
+/// A snippet with its matches in [brackets].
+fn marked(snippet: &str, ranges: &[v1::TextRange]) -> String {
+    let mut out = String::with_capacity(snippet.len() + 2 * ranges.len());
+    let mut at = 0usize;
+    for r in ranges {
+        let (s, e) = (r.start as usize, r.end as usize);
+        if s < at || e > snippet.len() || s > e {
+            continue;
+        }
+        let (Some(before), Some(hit)) = (snippet.get(at..s), snippet.get(s..e)) else {
+            continue;
+        };
+        out.push_str(before);
+        out.push('[');
+        out.push_str(hit);
+        out.push(']');
+        at = e;
+    }
+    out.push_str(snippet.get(at..).unwrap_or(""));
+    out
+}

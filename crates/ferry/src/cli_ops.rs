@@ -119,6 +119,24 @@ pub async fn recall(api: &ApiArgs, msg_id: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `ferry admin search`: the answering logic node's search index.
+pub async fn search_stats(api: &ApiArgs) -> anyhow::Result<()> {
+    let v = ApiClient::new(api)?
+        .call(http::Method::GET, "admin/search", None)
+        .await?;
+    println!("{}", serde_json::to_string_pretty(&v)?);
+    Ok(())
+}
+
+/// `ferry admin reindex`: drop the answering logic node's search index and build it again.
+pub async fn reindex(api: &ApiArgs) -> anyhow::Result<()> {
+    ApiClient::new(api)?
+        .call(http::Method::POST, "admin/search/reindex", None)
+        .await?;
+    println!("reindexing: `ferry admin search` shows the progress");
+    Ok(())
+}
+
 /// `ferry admin broadcast TEXT [--to a,b]`
 pub async fn broadcast(api: &ApiArgs, text: &str, to: &[String]) -> anyhow::Result<()> {
     let mut body = json!({ "text": text });

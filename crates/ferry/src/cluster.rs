@@ -307,6 +307,17 @@ impl LogicNode {
             logic.set_media_store(Arc::new(media));
         }
         logic.set_push_senders(crate::push_senders(cfg)?);
+        // Each logic node keeps its own search index; where the data folder is another
+        // node's already, this one keeps it in memory (rebuilt at each start).
+        let search_dir = cfg.data_dir.join("search");
+        if cfg.logic.search {
+            if let Err(e) = logic.enable_search(Some(&search_dir)) {
+                tracing::warn!(error = %e, dir = %search_dir.display(), "search index in memory");
+                logic
+                    .enable_search(None)
+                    .context("opening the search index")?;
+            }
+        }
         logic.start();
         bus.ready().await.context("subscribing on NATS")?;
         let shutdown = CancellationToken::new();

@@ -104,6 +104,16 @@ enum Command {
         opts: ClientOpts,
         msg_id: u64,
     },
+    /// Search the messages you may read (1:1 and your groups'), in any language.
+    Search {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[command(flatten)]
+        filters: cli::SearchArgs,
+        /// Words to find (all of them); "a phrase" in quotes; Chinese and Japanese as written.
+        #[arg(default_value = "")]
+        text: String,
+    },
     /// Groups: create, add, remove, leave, info, list.
     #[command(subcommand)]
     Group(cli::GroupCmd),
@@ -258,6 +268,17 @@ enum AdminCommand {
     /// Groups (admin API): list and search, show with members, dissolve.
     #[command(subcommand)]
     Groups(ferry::cli_ops::GroupsCmd),
+    /// The search index of the logic node that answers (admin API): its size and how
+    /// far behind the store it is.
+    Search {
+        #[command(flatten)]
+        api: ferry::cli_api::ApiArgs,
+    },
+    /// Drop the answering logic node's search index and build it again from the store.
+    Reindex {
+        #[command(flatten)]
+        api: ferry::cli_api::ApiArgs,
+    },
     /// Recall any message (admin API), whoever sent it and however long ago.
     Recall {
         #[command(flatten)]
@@ -377,6 +398,11 @@ async fn main() {
                     (None, None, _) => Err(anyhow::anyhow!("--to or --group is required")),
                 },
                 Command::Recall { opts, msg_id } => cli::recall(&opts, msg_id).await,
+                Command::Search {
+                    opts,
+                    filters,
+                    text,
+                } => cli::search(&opts, &text, &filters).await,
                 Command::Group(cmd) => cli::group(cmd).await,
                 Command::Listen {
                     opts,
@@ -427,6 +453,12 @@ async fn main() {
                 Command::Admin {
                     command: AdminCommand::Recall { api, msg_id },
                 } => ferry::cli_ops::recall(&api, msg_id).await,
+                Command::Admin {
+                    command: AdminCommand::Search { api },
+                } => ferry::cli_ops::search_stats(&api).await,
+                Command::Admin {
+                    command: AdminCommand::Reindex { api },
+                } => ferry::cli_ops::reindex(&api).await,
                 Command::Admin {
                     command: AdminCommand::Broadcast { api, text, to },
                 } => ferry::cli_ops::broadcast(&api, &text, &to).await,

@@ -60,6 +60,11 @@ impl Server {
             .with_context(|| format!("opening the media folder in {}", cfg.data_dir.display()))?;
         logic.set_media_store(Arc::new(media));
         logic.set_push_senders(crate::push_senders(&cfg)?);
+        if cfg.logic.search {
+            logic
+                .enable_search(Some(&cfg.data_dir.join("search")))
+                .context("opening the search index")?;
+        }
         logic.start();
         let shutdown = CancellationToken::new();
         let key = crate::server_key::load_or_create(&crate::server_key::path(&cfg))?;

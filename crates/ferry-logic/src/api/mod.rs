@@ -53,6 +53,8 @@ pub(crate) enum Domain {
     Webhooks,
     /// Bot accounts, their tokens, and the bot API (`crate::bots`).
     Bots,
+    /// The search index (`crate::search`).
+    Search,
 }
 
 impl Domain {
@@ -64,6 +66,7 @@ impl Domain {
             Domain::Users => "users",
             Domain::Webhooks => "webhooks",
             Domain::Bots => "bots",
+            Domain::Search => "search",
         }
     }
 }
@@ -134,6 +137,7 @@ pub(crate) fn routes() -> impl Iterator<Item = &'static Route> {
         .chain(crate::admin_users::ROUTES)
         .chain(crate::webhooks::routes::ROUTES)
         .chain(crate::bots::ROUTES)
+        .chain(crate::search::ROUTES)
 }
 
 /// An API call, matched to its route.
@@ -353,6 +357,8 @@ pub(crate) struct Api {
     users: crate::admin_users::AdminUsers,
     webhooks: Arc<crate::webhooks::Webhooks>,
     bots: crate::bots::Bots,
+    /// Set once the node's search index is open.
+    search: crate::search::SearchSlot,
 }
 
 impl Api {
@@ -362,6 +368,7 @@ impl Api {
         users: crate::admin_users::AdminUsers,
         webhooks: Arc<crate::webhooks::Webhooks>,
         bots: crate::bots::Bots,
+        search: crate::search::SearchSlot,
     ) -> Api {
         Api {
             core,
@@ -369,6 +376,7 @@ impl Api {
             users,
             webhooks,
             bots,
+            search,
         }
     }
 
@@ -446,6 +454,7 @@ impl Api {
             Domain::Users => self.users.api(call).await,
             Domain::Webhooks => self.webhooks.api(call).await,
             Domain::Bots => self.bots.api(call).await,
+            Domain::Search => crate::search::api(&self.search, call).await,
         }
     }
 

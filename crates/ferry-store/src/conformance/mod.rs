@@ -21,6 +21,7 @@ pub mod media;
 pub mod ops;
 pub mod push;
 pub mod reports;
+pub mod search;
 pub mod social;
 pub mod user_admin;
 
@@ -43,6 +44,7 @@ macro_rules! conformance_tests {
             social: friendships_are_conditional_and_versioned, avatars_are_replaced,
                 moments_likes_and_comments;
             reports: reports_page_newest_first_and_prune;
+            search: search_feed_follows_every_change_of_a_message;
             groups: groups_logs_members_and_recall;
             ops: groups_are_listed_searched_and_dissolved, users_page_by_id,
                 system_messages_land_in_their_recipients_inbox_only,
@@ -159,6 +161,7 @@ pub fn assert_all_listed(listed: &[&str]) {
             "user_admin",
             "hooks",
             "bots",
+            "search",
         ],
         listed,
     );
@@ -173,6 +176,7 @@ pub fn assert_listed(domains: &[&str], listed: &[&str]) {
         ("inbox", include_str!("inbox.rs")),
         ("social", include_str!("social.rs")),
         ("reports", include_str!("reports.rs")),
+        ("search", include_str!("search.rs")),
         ("groups", include_str!("groups.rs")),
         ("ops", include_str!("ops.rs")),
         ("push", include_str!("push.rs")),

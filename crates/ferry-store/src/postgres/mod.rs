@@ -48,6 +48,7 @@ mod ops;
 mod push;
 mod reports;
 mod schema;
+mod search;
 mod social;
 mod synckeys;
 mod user_admin;

@@ -259,6 +259,43 @@ CREATE TABLE bot_tokens (
 );
 CREATE INDEX bot_tokens_bot ON bot_tokens (bot_id);
 "#,
+    // Search (issue 24): the feed of changed messages a full-text index follows, written
+    // by statement-level triggers (one insert per statement, however many rows) so that
+    // every path that stores, recalls, edits or deletes a message feeds it.
+    r#"
+CREATE TABLE search_feed (
+    id     BIGSERIAL PRIMARY KEY,
+    msg_id BIGINT NOT NULL,
+    at_ms  BIGINT NOT NULL
+);
+CREATE INDEX search_feed_at ON search_feed (at_ms);
+CREATE FUNCTION search_feed_inserted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO search_feed (msg_id, at_ms) SELECT id, created_ms FROM new_rows ORDER BY id;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION search_feed_updated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO search_feed (msg_id, at_ms)
+    SELECT n.id, (extract(epoch FROM clock_timestamp()) * 1000)::bigint
+    FROM new_rows n JOIN old_rows o ON o.id = n.id
+    WHERE o.body IS DISTINCT FROM n.body ORDER BY n.id;
+    RETURN NULL;
+END $$;
+CREATE FUNCTION search_feed_deleted() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO search_feed (msg_id, at_ms)
+    SELECT id, (extract(epoch FROM clock_timestamp()) * 1000)::bigint FROM old_rows ORDER BY id;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER search_feed_insert AFTER INSERT ON messages
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION search_feed_inserted();
+CREATE TRIGGER search_feed_update AFTER UPDATE ON messages
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows
+    FOR EACH STATEMENT EXECUTE FUNCTION search_feed_updated();
+CREATE TRIGGER search_feed_delete AFTER DELETE ON messages
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION search_feed_deleted();
+"#,
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.

@@ -31,6 +31,7 @@ mod ops;
 mod push;
 mod reports;
 mod schema;
+mod search;
 mod social;
 mod user_admin;
 mod writer;

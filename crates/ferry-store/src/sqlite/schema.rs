@@ -263,6 +263,29 @@ CREATE TABLE bot_tokens (
 );
 CREATE INDEX bot_tokens_bot ON bot_tokens(bot_id);
 "#,
+    // Search (issue 24): the feed of changed messages a full-text index follows, written
+    // by triggers so that every path that stores, recalls, edits or deletes a message
+    // feeds it.
+    r#"
+CREATE TABLE search_feed (
+    id     INTEGER PRIMARY KEY AUTOINCREMENT,
+    msg_id INTEGER NOT NULL,
+    at_ms  INTEGER NOT NULL
+);
+CREATE INDEX search_feed_at ON search_feed(at_ms);
+CREATE TRIGGER search_feed_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO search_feed (msg_id, at_ms) VALUES (NEW.id, NEW.created_ms);
+END;
+CREATE TRIGGER search_feed_update AFTER UPDATE OF body ON messages
+WHEN OLD.body IS NOT NEW.body BEGIN
+    INSERT INTO search_feed (msg_id, at_ms)
+    VALUES (NEW.id, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+END;
+CREATE TRIGGER search_feed_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO search_feed (msg_id, at_ms)
+    VALUES (OLD.id, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+END;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

@@ -38,6 +38,7 @@ mod messaging;
 mod push;
 mod push_cluster;
 mod resume;
+mod search;
 mod secure;
 mod security;
 mod session;

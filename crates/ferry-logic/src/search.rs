@@ -1,0 +1,523 @@
+//! Search (issue 24): each logic node keeps a full-text index of every message
+//! (crates/ferry-search) in its data directory, fed from the store's change feed
+//! ([`ferry_store::SearchStore`]), and answers `SEARCH` from it.
+//!
+//! **Where it indexes.** In one process (`ferry serve`) the node's index covers the
+//! embedded store. In a cluster each logic node keeps its own full index, fed from the
+//! shared PostgreSQL feed: any node answers any search, a node restarted or added builds
+//! or catches up its index by itself, and no node waits on another. The cost is that
+//! every node indexes every message (see docs/benchmarks.md, *Search*).
+//!
+//! **The feeder** reads the feed after the cursor committed with the index, re-reads the
+//! messages it names as they are now (stored → indexed; recalled or deleted → removed),
+//! and commits them with the new cursor in one index commit. A node killed mid-way
+//! starts again from the last commit; re-applying a change converges on the same state,
+//! so nothing is missed or doubled. A fresh (or reset) index is first built from the
+//! messages table, then follows the feed from where the feed stood when the build began.
+//! A hole in the feed's ids (a transaction not yet committed, on PostgreSQL) is waited for
+//! up to [`GAP_WAIT_MS`]; a feed pruned past the cursor (a node down for longer than the
+//! feed is kept) rebuilds the index.
+//!
+//! **Access.** The index answers only within the caller's scope (their 1:1 messages; the
+//! groups they are in, from the gseq they may read); every hit is then re-read from the
+//! store, so a message recalled a moment ago is never shown. A group the caller has left
+//! is not searched.
+//!
+//! It must not slow the send path: it costs a send nothing but the feed's row (written by
+//! a trigger in the same transaction).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use ferry_bus::{BusRequest, BusResponse};
+use ferry_proto::{v1, ProtoMessage};
+use ferry_search::{Change, Conv, Doc, GroupSpan, Index, Kind, Order, Query, Scope};
+use ferry_store::IndexedMessage;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{ApiError, Call, Domain, Reply, Route, Scope as ApiScope};
+use crate::core::{ok, unix_ms, Core};
+use crate::error::LogicError;
+
+/// Feed rows (or messages, while building) applied per index commit.
+const BATCH: u32 = 2_000;
+/// How long a hole in the feed's ids is waited for before it is passed.
+pub(crate) const GAP_WAIT_MS: i64 = 10_000;
+/// How often an idle feeder looks at the feed: a message is found within about this
+/// long of being stored (nothing on the send path wakes the feeder).
+const IDLE: Duration = Duration::from_millis(500);
+/// Feed rows older than this are pruned (an index further behind rebuilds).
+const FEED_KEEP_MS: i64 = 7 * 24 * 3_600_000;
+/// Hits per page when the request does not say.
+const DEFAULT_LIMIT: u32 = 20;
+
+/// Where the index stands, committed with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cursor {
+    /// Building from the messages table: after message `after`; the feed is followed
+    /// from `feed` once the build is done.
+    Build { after: u64, feed: u64 },
+    /// Following the feed after row `after`.
+    Feed { after: u64 },
+}
+
+impl Cursor {
+    fn parse(s: &str) -> Option<Cursor> {
+        let mut p = s.split(':');
+        match (p.next()?, p.next(), p.next(), p.next()) {
+            ("build", Some(a), Some(f), None) => Some(Cursor::Build {
+                after: a.parse().ok()?,
+                feed: f.parse().ok()?,
+            }),
+            ("feed", Some(a), None, None) => Some(Cursor::Feed {
+                after: a.parse().ok()?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Cursor::Build { after, feed } => write!(f, "build:{after}:{feed}"),
+            Cursor::Feed { after } => write!(f, "feed:{after}"),
+        }
+    }
+}
+
+/// The search service of one logic node.
+pub(crate) struct Search {
+    core: Arc<Core>,
+    index: Arc<Index>,
+    /// Wakes the feeder (a reindex was asked).
+    wake: Notify,
+    /// A reindex was asked: the feeder clears the index at its next round.
+    reset: AtomicBool,
+    /// Messages indexed (upserts and removals) since start.
+    applied: AtomicU64,
+    /// Holes in the feed passed after waiting.
+    gaps_passed: AtomicU64,
+    /// When the feeder last caught up with the feed (unix ms; 0: not yet).
+    caught_up_ms: AtomicI64,
+}
+
+impl Search {
+    /// Opens (or creates) the index in `dir`; `None` keeps it in memory (tests).
+    pub fn open(core: Arc<Core>, dir: Option<&Path>) -> Result<Arc<Search>, LogicError> {
+        let opts = ferry_search::Options::default();
+        let index = match dir {
+            Some(d) => Index::open(d, opts),
+            None => Index::in_ram(opts),
+        }
+        .map_err(|e| LogicError::Internal(format!("the search index: {e}")))?;
+        Ok(Arc::new(Search {
+            core,
+            index: Arc::new(index),
+            wake: Notify::new(),
+            reset: AtomicBool::new(false),
+            applied: AtomicU64::new(0),
+            gaps_passed: AtomicU64::new(0),
+            caught_up_ms: AtomicI64::new(0),
+        }))
+    }
+
+    /// Runs the feeder until `shutdown`.
+    pub fn start(self: &Arc<Self>, shutdown: CancellationToken) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let mut prune_at = 0i64;
+            loop {
+                let more = match me.round().await {
+                    Ok(more) => more,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "search indexing failed; retrying");
+                        metrics::counter!("ferry_search_feed_errors_total").increment(1);
+                        false
+                    }
+                };
+                let now = unix_ms();
+                if now >= prune_at {
+                    prune_at = now + 3_600_000;
+                    if let Err(e) = me.core.store.prune_search_feed(now - FEED_KEEP_MS).await {
+                        tracing::warn!(error = %e, "pruning the search feed failed");
+                    }
+                }
+                if more {
+                    tokio::task::yield_now().await;
+                    if shutdown.is_cancelled() {
+                        return;
+                    }
+                    continue;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = me.wake.notified() => {}
+                    _ = tokio::time::sleep(IDLE) => {}
+                }
+            }
+        });
+    }
+
+    /// One round of the feeder: answers whether more is waiting.
+    pub async fn round(&self) -> Result<bool, LogicError> {
+        if self.reset.swap(false, Ordering::AcqRel) {
+            let index = self.index.clone();
+            blocking(move || index.clear()).await?;
+        }
+        let cursor = self.index.cursor().as_deref().and_then(Cursor::parse);
+        match cursor {
+            None => {
+                // A new or reset index: build it from the messages, then follow the feed
+                // from where it stands now.
+                let (_, feed) = self.core.store.search_feed_bounds().await?;
+                self.build(0, feed).await
+            }
+            Some(Cursor::Build { after, feed }) => self.build(after, feed).await,
+            Some(Cursor::Feed { after }) => self.follow(after).await,
+        }
+    }
+
+    async fn build(&self, after: u64, feed: u64) -> Result<bool, LogicError> {
+        let msgs = self.core.store.messages_after(after, BATCH).await?;
+        let Some(last) = msgs.last().map(|m| m.msg_id) else {
+            self.commit(Vec::new(), Cursor::Feed { after: feed })
+                .await?;
+            return Ok(true);
+        };
+        let changes = self.changes(&msgs, &[]).await;
+        self.commit(changes, Cursor::Build { after: last, feed })
+            .await?;
+        Ok(true)
+    }
+
+    async fn follow(&self, after: u64) -> Result<bool, LogicError> {
+        let rows = self.core.store.search_feed(after, BATCH).await?;
+        let Some(first) = rows.first() else {
+            self.caught_up_ms.store(unix_ms(), Ordering::Relaxed);
+            return Ok(false);
+        };
+        if first.id > after + 1 {
+            let (lo, _) = self.core.store.search_feed_bounds().await?;
+            if lo > after + 1 && after > 0 {
+                // Pruned past the cursor: what changed in between is unknown.
+                tracing::warn!(
+                    cursor = after,
+                    oldest = lo,
+                    "the search feed was pruned past this index; rebuilding it"
+                );
+                self.reset.store(true, Ordering::Release);
+                return Ok(true);
+            }
+        }
+        // Take the rows up to the first hole that may still fill.
+        let now = unix_ms();
+        let mut prev = after;
+        let mut take = 0;
+        for r in &rows {
+            if r.id != prev + 1 && now - r.at_ms < GAP_WAIT_MS {
+                break;
+            }
+            if r.id != prev + 1 {
+                self.gaps_passed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!("ferry_search_feed_gaps_passed_total").increment(1);
+            }
+            prev = r.id;
+            take += 1;
+        }
+        if take == 0 {
+            return Ok(false);
+        }
+        let ids: Vec<u64> = rows[..take].iter().map(|r| r.msg_id).collect();
+        let msgs = self.core.store.messages_by_id(&ids).await?;
+        let changes = self.changes(&msgs, &ids).await;
+        self.commit(changes, Cursor::Feed { after: prev }).await?;
+        Ok(take == rows.len() && rows.len() as u32 == BATCH)
+    }
+
+    /// The index changes for `msgs` (as stored now) and for the ids in `named` that have
+    /// no row any more.
+    async fn changes(&self, msgs: &[IndexedMessage], named: &[u64]) -> Vec<Change> {
+        let mut out = Vec::with_capacity(msgs.len());
+        let mut seen = std::collections::HashSet::with_capacity(msgs.len());
+        for m in msgs {
+            seen.insert(m.msg_id);
+            match self.doc(m).await {
+                Some(d) => out.push(Change::Upsert(d)),
+                None => out.push(Change::Remove { msg_id: m.msg_id }),
+            }
+        }
+        for &id in named {
+            if seen.insert(id) {
+                out.push(Change::Remove { msg_id: id });
+            }
+        }
+        out
+    }
+
+    /// A stored message as the index holds it (`None`: recalled, nothing to find).
+    async fn doc(&self, m: &IndexedMessage) -> Option<Doc> {
+        let body = m.body.as_ref()?;
+        let conv = if body.group_id != 0 {
+            Conv::Group {
+                group_id: body.group_id,
+                gseq: m.recipient_seq,
+            }
+        } else {
+            // A recipient whose account is gone: only the sender finds it.
+            let to = self.core.user_id(&body.to).await.unwrap_or(0);
+            Conv::Direct {
+                a: m.sender_id,
+                b: to,
+            }
+        };
+        let mut text = body.text.clone();
+        let kind = match body.media.as_ref() {
+            None if body.r#type == v1::MsgType::System as i32 => Kind::System,
+            None => Kind::Text,
+            Some(r) => {
+                if !r.file_name.is_empty() {
+                    text.push('\n');
+                    text.push_str(&r.file_name);
+                }
+                match r.kind() {
+                    v1::MediaKind::MediaImage | v1::MediaKind::MediaThumbnail => Kind::Image,
+                    v1::MediaKind::MediaVoice => Kind::Voice,
+                    v1::MediaKind::MediaVideo => Kind::Video,
+                    v1::MediaKind::MediaFile | v1::MediaKind::Unspecified => Kind::File,
+                }
+            }
+        };
+        Some(Doc {
+            msg_id: m.msg_id,
+            conv,
+            sender: m.sender_id,
+            time_ms: m.time_ms,
+            kind,
+            text,
+        })
+    }
+
+    async fn commit(&self, changes: Vec<Change>, cursor: Cursor) -> Result<(), LogicError> {
+        let n = changes.len() as u64;
+        let index = self.index.clone();
+        let cursor = cursor.to_string();
+        blocking(move || index.apply(changes, &cursor)).await?;
+        self.applied.fetch_add(n, Ordering::Relaxed);
+        metrics::counter!("ferry_search_indexed_total").increment(n);
+        Ok(())
+    }
+
+    /// Drops the index and builds it again from the store (`ferry admin reindex`).
+    pub fn reindex(&self) {
+        self.reset.store(true, Ordering::Release);
+        self.wake.notify_one();
+    }
+
+    /// What the admin API and the dashboard show.
+    pub async fn stats(&self) -> Result<Value, LogicError> {
+        let st = self.index.stats();
+        let (lo, hi) = self.core.store.search_feed_bounds().await?;
+        let cursor = self.index.cursor();
+        let behind = match cursor.as_deref().and_then(Cursor::parse) {
+            Some(Cursor::Feed { after }) => hi.saturating_sub(after),
+            _ => hi.saturating_sub(lo),
+        };
+        Ok(json!({
+            "docs": st.docs,
+            "bytes": st.bytes,
+            "segments": st.segments,
+            "cursor": cursor,
+            "building": matches!(cursor.as_deref().and_then(Cursor::parse), Some(Cursor::Build { .. }) | None),
+            "feed_behind": behind,
+            "applied": self.applied.load(Ordering::Relaxed),
+            "gaps_passed": self.gaps_passed.load(Ordering::Relaxed),
+            "caught_up_ms": self.caught_up_ms.load(Ordering::Relaxed),
+        }))
+    }
+
+    /// `SEARCH`: the messages the caller may read that match.
+    pub async fn search(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.core.caller(req).await?;
+        let r = v1::SearchReq::decode(req.body.clone())?;
+        if r.text.len() > 1024 {
+            return Err(LogicError::InvalidArgument(
+                "the search text is at most 1 KiB".into(),
+            ));
+        }
+        let peer = match r.peer.as_str() {
+            "" => None,
+            name => Some(self.core.user_id(name).await?),
+        };
+        let sender = match r.sender.as_str() {
+            "" => None,
+            name => Some(self.core.user_id(name).await?),
+        };
+        let groups: Vec<GroupSpan> = self
+            .core
+            .store
+            .user_groups(me.user_id)
+            .await?
+            .into_iter()
+            .map(|(g, m)| GroupSpan {
+                group_id: g.id,
+                from_gseq: m.joined_gseq,
+                to_gseq: None,
+            })
+            .collect();
+        let group = match r.group_id {
+            0 => None,
+            g if groups.iter().any(|s| s.group_id == g) => Some(g),
+            g => {
+                return Err(LogicError::PermissionDenied(format!(
+                    "you are not a member of group {g}"
+                )))
+            }
+        };
+        let kinds = r
+            .kinds()
+            .filter_map(|k| match k {
+                v1::SearchKind::Any => None,
+                v1::SearchKind::Text => Some(Kind::Text),
+                v1::SearchKind::Image => Some(Kind::Image),
+                v1::SearchKind::File => Some(Kind::File),
+                v1::SearchKind::Voice => Some(Kind::Voice),
+                v1::SearchKind::Video => Some(Kind::Video),
+            })
+            .collect();
+        let q = Query {
+            text: r.text.clone(),
+            scope: Scope {
+                user: me.user_id,
+                groups,
+            },
+            peer,
+            group,
+            sender,
+            after_ms: (r.after_ms > 0).then_some(r.after_ms),
+            before_ms: (r.before_ms > 0).then_some(r.before_ms),
+            kinds,
+            order: match r.order() {
+                v1::SearchOrder::Newest => Order::Newest,
+                v1::SearchOrder::Relevance => Order::Relevance,
+            },
+            limit: match r.limit {
+                0 => DEFAULT_LIMIT,
+                n => n.min(100),
+            } as usize,
+            page: (!r.page.is_empty()).then(|| r.page.clone()),
+            highlight: r.highlight,
+        };
+        let index = self.index.clone();
+        let started = std::time::Instant::now();
+        let hits = blocking(move || index.search(&q)).await?;
+        metrics::histogram!("ferry_search_seconds").record(started.elapsed().as_secs_f64());
+        // Every hit as stored now: a message recalled since it was indexed is left out.
+        let ids: Vec<u64> = hits.hits.iter().map(|h| h.msg_id).collect();
+        let stored = self.core.store.messages_by_id(&ids).await?;
+        let mut resp = v1::SearchResp {
+            total: hits.total as u64,
+            next: hits.next.unwrap_or_default(),
+            ..Default::default()
+        };
+        for h in hits.hits {
+            let Some(m) = stored.iter().find(|m| m.msg_id == h.msg_id) else {
+                continue;
+            };
+            let Some(body) = m.body.clone() else {
+                continue;
+            };
+            let (snippet, ranges) = match h.snippet {
+                Some(s) => (
+                    s.text,
+                    s.ranges
+                        .into_iter()
+                        .map(|r| v1::TextRange {
+                            start: r.start as u32,
+                            end: r.end as u32,
+                        })
+                        .collect(),
+                ),
+                None => (String::new(), Vec::new()),
+            };
+            resp.hits.push(v1::SearchHit {
+                gseq: if body.group_id != 0 {
+                    m.recipient_seq
+                } else {
+                    0
+                },
+                message: Some(body),
+                snippet,
+                ranges,
+            });
+        }
+        metrics::counter!("ferry_searches_total").increment(1);
+        Ok(ok(req.cmd, &resp))
+    }
+}
+
+/// Runs an index call on the blocking pool. A query the index refuses is answered
+/// INVALID_ARGUMENT, anything else INTERNAL.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, ferry_search::SearchError> + Send + 'static,
+) -> Result<T, LogicError> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(ferry_search::SearchError::BadQuery(m))) => Err(LogicError::InvalidArgument(m)),
+        Ok(Err(e)) => Err(LogicError::Internal(format!("the search index: {e}"))),
+        Err(e) => Err(LogicError::Internal(format!("the search index: {e}"))),
+    }
+}
+
+/// A node's search service, once its index is open (`Logic::enable_search`).
+pub(crate) type SearchSlot = Arc<std::sync::OnceLock<Arc<Search>>>;
+
+/// The admin API's search routes.
+pub(crate) const ROUTES: &[Route] = &[
+    Route {
+        op: "search.stats",
+        method: "GET",
+        path: "admin/search",
+        scope: ApiScope::Admin,
+        domain: Domain::Search,
+        summary: "This logic node's search index: documents, size, its cursor in the feed and how far behind it is.",
+        query: &[],
+        request: None,
+        response: r#"{"type":"object","properties":{"docs":{"type":"integer"},"bytes":{"type":"integer"},
+            "segments":{"type":"integer"},"cursor":{"type":["string","null"]},"building":{"type":"boolean"},
+            "feed_behind":{"type":"integer"},"applied":{"type":"integer"},"gaps_passed":{"type":"integer"},
+            "caught_up_ms":{"type":"integer"}}}"#,
+    },
+    Route {
+        op: "search.reindex",
+        method: "POST",
+        path: "admin/search/reindex",
+        scope: ApiScope::Admin,
+        domain: Domain::Search,
+        summary: "Drop this logic node's search index and build it again from the store (searches find less until it is done).",
+        query: &[],
+        request: None,
+        response: r#"{"type":"object","properties":{"reindexing":{"type":"boolean"}}}"#,
+    },
+];
+
+/// Answers one of [`ROUTES`].
+pub(crate) async fn api(slot: &SearchSlot, call: &Call<'_>) -> Result<Reply, ApiError> {
+    let Some(search) = slot.get() else {
+        return Err(ApiError::Logic(LogicError::Unavailable(
+            "search is off on this logic node".into(),
+        )));
+    };
+    match call.route.op {
+        "search.stats" => Ok(Reply::json(&search.stats().await?)),
+        "search.reindex" => {
+            search.reindex();
+            Ok(Reply::json(&json!({"reindexing": true})))
+        }
+        op => Err(ApiError::Internal(format!("no handler for {op}"))),
+    }
+}

@@ -1,0 +1,49 @@
+//! The search contract: the change feed a full-text index follows (issue 24).
+//!
+//! Every insert, change (a recall empties the body, an edit replaces it) and deletion of
+//! a row of `messages` appends the message's id to the feed, by database triggers — so no
+//! write path can forget it, and the index sees every change in commit order. An index
+//! reads the feed after its cursor and re-reads each named message as it is now:
+//! applying a change twice, or late, converges on the same state.
+
+use async_trait::async_trait;
+use ferry_proto::v1;
+
+use crate::Result;
+
+/// One row of the change feed: message `msg_id` changed (was stored, recalled, edited or
+/// deleted) at `at_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeedRow {
+    pub id: u64,
+    pub msg_id: u64,
+    pub at_ms: i64,
+}
+
+/// A message as an index reads it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IndexedMessage {
+    pub msg_id: u64,
+    pub sender_id: u64,
+    pub time_ms: i64,
+    /// For a group message its gseq; for a 1:1 message its seq in the recipient's inbox.
+    pub recipient_seq: u64,
+    /// `None` once recalled.
+    pub body: Option<v1::Message>,
+}
+
+/// The change feed and the message reads an index is built from.
+#[async_trait]
+pub trait SearchStore: Send + Sync + 'static {
+    /// Up to `limit` rows of the feed with id > `after`, in id order.
+    async fn search_feed(&self, after: u64, limit: u32) -> Result<Vec<FeedRow>>;
+    /// The feed's oldest kept id and its newest (0, 0 when it is empty).
+    async fn search_feed_bounds(&self) -> Result<(u64, u64)>;
+    /// The messages with these ids as stored now, in id order; an id with no row (deleted,
+    /// pruned, never stored) is left out.
+    async fn messages_by_id(&self, ids: &[u64]) -> Result<Vec<IndexedMessage>>;
+    /// Up to `limit` messages with id > `after`, in id order (a rebuild reads them all).
+    async fn messages_after(&self, after: u64, limit: u32) -> Result<Vec<IndexedMessage>>;
+    /// Drops the feed's rows older than `before_ms`; answers how many went.
+    async fn prune_search_feed(&self, before_ms: i64) -> Result<u64>;
+}

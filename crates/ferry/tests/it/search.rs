@@ -1,0 +1,243 @@
+//! Search (issue 24) against a real server and SDK clients: each user finds exactly what
+//! they may read — their 1:1 messages, both sides, and the messages of the groups they
+//! are in — in English, Chinese and Japanese; a stranger finds nothing, a member removed
+//! from a group finds nothing of it, a recalled message is not found; filters, paging
+//! and highlights; the admin API's index stats and reindex.
+
+use std::time::{Duration, Instant};
+
+use ferry_client::Account;
+use ferry_proto::v1::{self, ErrorCode};
+use ferry_testkit::*;
+
+async fn search(
+    acc: &Account,
+    text: &str,
+    tweak: impl FnOnce(&mut v1::SearchReq),
+) -> v1::SearchResp {
+    let mut req = v1::SearchReq {
+        text: text.into(),
+        highlight: true,
+        ..Default::default()
+    };
+    tweak(&mut req);
+    acc.search(req).await.unwrap()
+}
+
+fn texts(r: &v1::SearchResp) -> Vec<String> {
+    r.hits
+        .iter()
+        .map(|h| h.message.as_ref().unwrap().text.clone())
+        .collect()
+}
+
+/// Searches until `want` hits come back (the index follows the store within a second),
+/// for at most 15 s.
+async fn until_found(acc: &Account, text: &str, want: usize) -> v1::SearchResp {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = search(acc, text, |_| {}).await;
+        if r.hits.len() >= want || Instant::now() > deadline {
+            return r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_user_finds_what_they_may_read_in_any_language() {
+    let ts = TestServer::start().await;
+    ts.register(&["sann", "sbob", "scat", "sdan"]).await;
+    let addr = ts.addr();
+    let (ann, _ae) = connect(&addr, "sann").await;
+    let (bob, _be) = connect(&addr, "sbob").await;
+    let (dan, _de) = connect(&addr, "sdan").await;
+    let cafe = ann
+        .send_text("sbob", "Dinner at Café Lumière tonight?")
+        .await
+        .unwrap();
+    bob.send_text("sann", "明天我们去北京烤鸭店吃饭吧")
+        .await
+        .unwrap();
+    ann.send_text("sdan", "the lumière photos are up")
+        .await
+        .unwrap();
+    let g = ann
+        .account()
+        .create_group("trip", &["sbob", "sdan"], false)
+        .await
+        .unwrap()
+        .group_id;
+    let tokyo = ann
+        .send_group(g, "東京駅の改札で待ち合わせしましょう", &[])
+        .await
+        .unwrap();
+    dan.send_group(g, "ok, see you at the lumière exit", &[])
+        .await
+        .unwrap();
+    ann.account()
+        .group_members(g, &["sdan"], false)
+        .await
+        .unwrap();
+    ann.send_group(g, "lumière plan without dan", &[])
+        .await
+        .unwrap();
+
+    let a = &ann.account();
+    let b = &bob.account();
+    let d = &dan.account();
+    let c = account(&addr, "scat").await;
+    // Ann reads all four lumière messages: two 1:1 and two in the group.
+    let r = until_found(a, "lumiere", 4).await;
+    assert_eq!(r.hits.len(), 4, "{:?}", texts(&r));
+    assert_eq!(r.total, 4);
+    assert_eq!(
+        texts(&r)[0],
+        "lumière plan without dan",
+        "newest first: {:?}",
+        texts(&r)
+    );
+    // The highlight marks the word as written.
+    let h = &r.hits[0];
+    let marked: Vec<&str> = h
+        .ranges
+        .iter()
+        .map(|x| &h.snippet[x.start as usize..x.end as usize])
+        .collect();
+    assert_eq!(marked, ["lumière"], "{h:?}");
+    // Bob: his 1:1 with ann and both group messages, not ann's 1:1 with dan.
+    let r = search(b, "LUMIÈRE", |_| {}).await;
+    assert_eq!(r.hits.len(), 3, "{:?}", texts(&r));
+    assert!(!texts(&r).contains(&"the lumière photos are up".to_string()));
+    // Dan, removed from the group: his 1:1 only — nothing of the group.
+    let r = search(d, "lumière", |_| {}).await;
+    assert_eq!(texts(&r), ["the lumière photos are up"]);
+    assert!(search(d, "東京", |_| {}).await.hits.is_empty());
+    // A stranger finds nothing at all.
+    for q in ["lumière", "北京", "東京", ""] {
+        let r = search(&c, q, |_| {}).await;
+        assert!(r.hits.is_empty() && r.total == 0, "{q}: {:?}", texts(&r));
+    }
+
+    // Chinese and Japanese, written without spaces.
+    assert_eq!(texts(&search(a, "北京烤鸭", |_| {}).await).len(), 1);
+    assert_eq!(texts(&search(b, "烤鸭", |_| {}).await).len(), 1);
+    let r = search(b, "東京駅", |_| {}).await;
+    assert_eq!(r.hits.len(), 1);
+    assert_eq!(r.hits[0].message.as_ref().unwrap().msg_id, tokyo.msg_id);
+    assert_eq!(r.hits[0].gseq, tokyo.seq);
+    assert!(search(b, "大阪", |_| {}).await.hits.is_empty());
+
+    // Filters: the conversation, the sender, the group, the kind.
+    let r = search(a, "lumière", |q| q.peer = "sdan".into()).await;
+    assert_eq!(texts(&r), ["the lumière photos are up"]);
+    let r = search(a, "", |q| q.sender = "sbob".into()).await;
+    assert_eq!(texts(&r), ["明天我们去北京烤鸭店吃饭吧"]);
+    let r = search(a, "lumière", |q| q.group_id = g).await;
+    assert_eq!(r.hits.len(), 2, "{:?}", texts(&r));
+    let r = search(a, "lumière", |q| {
+        q.kinds = vec![v1::SearchKind::Image as i32]
+    })
+    .await;
+    assert!(r.hits.is_empty());
+    // Paging: one at a time, every hit once.
+    let mut seen = Vec::new();
+    let mut page = String::new();
+    for _ in 0..10 {
+        let r = search(a, "lumière", |q| {
+            q.limit = 1;
+            q.page = page.clone();
+        })
+        .await;
+        seen.extend(texts(&r));
+        if r.next.is_empty() {
+            break;
+        }
+        page = r.next;
+    }
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 4, "no hit twice");
+
+    // A recalled message is not found, at once (every hit is read again from the store).
+    ann.recall(cafe.msg_id).await.unwrap();
+    let r = search(b, "café", |_| {}).await;
+    assert!(r.hits.is_empty(), "{:?}", texts(&r));
+
+    // Clear refusals.
+    let err = d
+        .search(v1::SearchReq {
+            text: "x".into(),
+            group_id: g,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PermissionDenied), "{err}");
+    let err = a
+        .search(v1::SearchReq {
+            peer: "nobody-here".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::UnknownUser), "{err}");
+    let err = a
+        .search(v1::SearchReq {
+            text: "x".repeat(2000),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err}");
+    let err = a
+        .search(v1::SearchReq {
+            text: "lumière".into(),
+            page: "not a page".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidArgument), "{err}");
+}
+
+/// The admin API shows the index and rebuilds it from the store: after a reindex every
+/// message is found again, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_is_shown_and_rebuilt_by_the_admin_api() {
+    let ts = TestServer::start().await;
+    ts.register(&["rann", "rbob"]).await;
+    let addr = ts.addr();
+    let (ann, _ae) = connect(&addr, "rann").await;
+    for i in 0..30 {
+        ann.send_text("rbob", &format!("report number {i} is ready"))
+            .await
+            .unwrap();
+    }
+    let a = &ann.account();
+    let r = until_found(a, "report", 30).await;
+    assert_eq!(r.total, 30);
+    let admin = admin_token(&ts);
+    let (status, stats) = api_call(&addr, "GET", "admin/search", Some(&admin), None).await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["docs"], 30, "{stats}");
+    assert_eq!(stats["building"], false, "{stats}");
+    let applied = stats["applied"].as_u64().unwrap();
+    let (status, _) = api_call(&addr, "POST", "admin/search/reindex", Some(&admin), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = api_call(&addr, "POST", "admin/search/reindex", None, None).await;
+    assert_eq!(status, 401);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = search(a, "report", |_| {}).await;
+        let (_, stats) = api_call(&addr, "GET", "admin/search", Some(&admin), None).await;
+        // Rebuilt: the 30 messages indexed again, and found once each.
+        let again = stats["applied"].as_u64().unwrap() >= applied + 30;
+        if again && r.total == 30 && stats["docs"] == 30 && stats["building"] == false {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not rebuilt in 15 s: {stats}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
