@@ -46,6 +46,7 @@ pub mod reconnect;
 pub mod report;
 pub mod server;
 pub mod users;
+pub mod search;
 pub mod webhooks;
 pub mod wire;
 pub mod worker;
@@ -197,6 +198,27 @@ pub enum Scenario {
     /// send → provider latency, memory per target (own server only).
     /// Webhook deliveries/s to a local receiver (this process) with N endpoints
     /// subscribed to `message.sent`, send → delivery latency (own server only).
+    /// The search index (issue 24): indexing msgs/s, bytes per message and search
+    /// latency on a synthetic corpus in this process; then, with the bench's own server,
+    /// 1:1 msgs/s with `logic.search` on and off, interleaved.
+    Search {
+        /// Messages in the corpus.
+        #[arg(long, default_value_t = 1_000_000)]
+        messages: usize,
+        #[arg(long, default_value_t = 10_000)]
+        users: u64,
+        #[arg(long, default_value_t = 1_000)]
+        groups: u64,
+        /// Searches to time.
+        #[arg(long, default_value_t = 2_000)]
+        searches: usize,
+        /// Pairs of the send-path runs (0: skip them).
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Send-path runs with search on, and as many with it off.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     Webhooks {
         /// Endpoints (each gets every message).
         #[arg(long, default_value_t = 4)]
@@ -370,6 +392,19 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 }
                 push::run(&args, devices, senders, rate, window).await?
             }
+            Scenario::Search {
+                messages,
+                users,
+                groups,
+                searches,
+                pairs,
+                rounds,
+            } => {
+                if args.protocol != Proto::Ferry {
+                    bail!("search is a Ferry scenario");
+                }
+                search::run(&args, messages, users, groups, searches, pairs, rounds).await?
+            }
             Scenario::Webhooks {
                 endpoints,
                 messages,
@@ -488,7 +523,13 @@ impl Target {
 
     /// The bench's own server, with `extra` appended to its config file (TOML).
     pub async fn own(args: &BenchArgs, extra: &str) -> anyhow::Result<Target> {
-        let own = server::OwnServer::start_with(&args.durability, None, extra).await?;
+        Target::own_logic(args, "", extra).await
+    }
+
+    /// The bench's own server, with `logic` (TOML keys) in its `[logic]` table and
+    /// `extra` appended to its config file.
+    pub async fn own_logic(args: &BenchArgs, logic: &str, extra: &str) -> anyhow::Result<Target> {
+        let own = server::OwnServer::start_logic(&args.durability, None, logic, extra).await?;
         Ok(Target {
             addrs: vec![own.addr.clone()],
             pids: vec![own.pid()],

@@ -311,7 +311,7 @@ pub async fn hooked(
 }
 
 /// One measured run at one offered load.
-async fn once(
+pub(crate) async fn once(
     args: &BenchArgs,
     target: &Target,
     pairs: usize,

@@ -33,6 +33,17 @@ impl OwnServer {
         data: Option<PathBuf>,
         extra: &str,
     ) -> anyhow::Result<OwnServer> {
+        OwnServer::start_logic(durability, data, "", extra).await
+    }
+
+    /// As [`OwnServer::start_with`], with `logic` (TOML keys) added to its `[logic]`
+    /// table.
+    pub async fn start_logic(
+        durability: &str,
+        data: Option<PathBuf>,
+        logic: &str,
+        extra: &str,
+    ) -> anyhow::Result<OwnServer> {
         let dir = tempfile::Builder::new()
             .prefix("ferry-bench-")
             .tempdir()
@@ -41,7 +52,7 @@ impl OwnServer {
         let text = format!(
             "durability = {durability:?}\n\
              [gateway]\nmax_connections_per_ip = 0\n\
-             [logic]\nopen_messaging = true\n\
+             [logic]\nopen_messaging = true\n{logic}\n\
              [logic.limits]\nauth_per_user = {{ per_sec = 0.0, burst = 0.0 }}\n\
              auth_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
              register_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\

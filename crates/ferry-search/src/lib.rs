@@ -27,7 +27,7 @@
 //! dictionary, never a scan of all of it.
 //!
 //! # Size
-//! Measured with `examples/search_bench.rs` (1 000 000 synthetic chat messages, 43 bytes
+//! Measured with `ferry bench search` (1 000 000 synthetic chat messages, 43 bytes
 //! of text on average, English, Chinese and Japanese): 78 bytes per message on disk, of
 //! which the stored text (lz4, kept for highlights) is 33, postings 25, positions 8, fast
 //! fields 8, terms 3.5, norms 1. A message's text counts once however often it is edited:

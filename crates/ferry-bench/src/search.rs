@@ -1,18 +1,27 @@
-//! Indexing and search throughput of ferry-search on a synthetic chat corpus.
+//! `ferry bench search` (issue 24): the search index on a synthetic chat corpus, and the
+//! send path with search on and off.
 //!
-//! `cargo run --release -p ferry-search --example search_bench -- --messages 1000000 --users 10000`
-//!
-//! Generates (with a fixed seed) messages in English, Chinese, Japanese and mixed text,
-//! 1:1 between friends and in groups (each user in ~10 of the groups), indexes them in
-//! batches of 1 000 with `Index::apply` into a temporary directory, and then runs
-//! searches as random users with their real scope (1:1 plus their groups), 1–2 word
-//! queries. Prints indexing msgs/s, bytes per message and search latency percentiles.
+//! 1. **The index** (in this process, as a logic node keeps it): a corpus made with a
+//!    fixed seed — English, Chinese, Japanese and mixed texts, 1:1 between friends and in
+//!    groups (each user in about 10 of them) — indexed in batches of 1 000 with the cursor
+//!    committed, as the feeder does; then searches as random users with their real scope
+//!    (1:1 plus their groups, 30 % of them joined late), 1–2 word queries, a quarter by
+//!    relevance, half with highlights. Indexing messages/s, bytes per message, search
+//!    latency percentiles.
+//! 2. **The send path** (the bench's own server, only without `--server`): closed-loop
+//!    1:1 runs with `logic.search` on and off, interleaved, `--rounds` of each; the
+//!    median messages/s of each and their ratio (the target: within 5 %).
 
 use std::time::{Duration, Instant};
 
+use anyhow::bail;
 use ferry_search::{Change, Conv, Doc, GroupSpan, Index, Kind, Options, Order, Query, Scope};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+
+use super::report::Report;
+use super::{BenchArgs, Target};
 
 const EN: &str = "the a to and you i it is of for in on that we this be at have are with \
     not do can what so just my me your was will if all get about out up no like know but \
@@ -47,57 +56,6 @@ const JA: &str = "今日 明日 昨日 今夜 週末 ランチ ディナー コ�
     電車 タクシー 天気 雨 晴れ 病院 学校 宿題 試験 先生 図書館 買い物 値段 \
     セール 注文 配達 住所 電話 パスワード 家賃 アパート 犬 猫 家族 友達 面接 \
     仕事 休み パスポート 美術館 公園 結婚式 自転車 駐車場 渋滞 カフェ コンビニ";
-
-struct Args {
-    messages: usize,
-    users: u64,
-    groups: u64,
-    searches: usize,
-    /// Keep the index here (and reuse it when it already holds this corpus).
-    dir: Option<std::path::PathBuf>,
-    /// The writer's memory budget, MiB (default: `Options::default()`'s).
-    writer_mb: Option<usize>,
-    /// Search with this many groups in every scope instead of the user's own (a user in
-    /// very many groups).
-    scope_groups: Option<u64>,
-}
-
-fn args() -> Result<Args, String> {
-    let mut a = Args {
-        messages: 100_000,
-        users: 10_000,
-        groups: 1_000,
-        searches: 2_000,
-        dir: None,
-        writer_mb: None,
-        scope_groups: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let value = it.next().ok_or(format!("{flag} needs a value"))?;
-        if flag == "--dir" {
-            a.dir = Some(value.into());
-            continue;
-        }
-        let n: u64 = value
-            .replace('_', "")
-            .parse()
-            .map_err(|e| format!("{flag} {value}: {e}"))?;
-        match flag.as_str() {
-            "--messages" => a.messages = n as usize,
-            "--users" => a.users = n,
-            "--groups" => a.groups = n,
-            "--searches" => a.searches = n as usize,
-            "--writer-mb" => a.writer_mb = Some(n as usize),
-            "--scope-groups" => a.scope_groups = Some(n),
-            _ => return Err(format!("unknown flag {flag}")),
-        }
-    }
-    if a.users < 100 || a.groups < 10 || a.messages == 0 {
-        return Err("need --users >= 100, --groups >= 10, --messages >= 1".into());
-    }
-    Ok(a)
-}
 
 const GROUPS_PER_USER: u64 = 10;
 const FRIENDS: u64 = 20;
@@ -176,58 +134,40 @@ fn text(rng: &mut StdRng, en: &[&str], zh: &[&str], ja: &[&str]) -> String {
     s
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+
+/// What the index part measured.
+struct IndexRun {
+    messages: usize,
+    index_secs: f64,
+    bytes: u64,
+    docs: u64,
+    segments: usize,
+    text_bytes: usize,
+    lat: Vec<Duration>,
+    mean_matches: f64,
+    empty: usize,
 }
 
-fn main() {
-    let a = match args() {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("search_bench: {e}");
-            std::process::exit(2);
-        }
-    };
+fn index_run(messages: usize, users: u64, groups: u64, searches: usize) -> anyhow::Result<IndexRun> {
     let en: Vec<&str> = EN.split_whitespace().collect();
     let zh: Vec<&str> = ZH.split_whitespace().collect();
     let ja: Vec<&str> = JA.split_whitespace().collect();
-    let world = World::new(a.users, a.groups);
+    let world = World::new(users, groups);
     let mut rng = StdRng::seed_from_u64(0xF3_22_5E_A2);
-    let mut gseq = vec![0u64; a.groups as usize];
-    let temp = tempfile::tempdir().expect("temp dir");
-    let dir = a.dir.clone().unwrap_or_else(|| temp.path().to_path_buf());
-    let mut opts = Options::default();
-    if let Some(mb) = a.writer_mb {
-        opts.writer_memory = mb << 20;
-    }
-    let index = Index::open(&dir, opts).expect("open");
-    let done = format!("bench-{}", a.messages - 1);
-    let reuse = index.cursor().as_deref() == Some(&*done);
-    println!(
-        "corpus: {} messages, {} users, {} groups; index in {}{}",
-        a.messages,
-        a.users,
-        a.groups,
-        dir.display(),
-        if reuse { " (reused)" } else { "" }
-    );
-    if !reuse && index.cursor().is_some() {
-        index.clear().expect("clear");
-    }
-
-    // Indexing.
+    let mut gseq = vec![0u64; groups as usize];
+    let temp = tempfile::Builder::new().prefix("ferry-bench-search-").tempdir()?;
+    let index = Index::open(temp.path(), Options::default())?;
     let base_ms = 1_700_000_000_000i64;
     let mut indexing = Duration::ZERO;
     let mut batch = Vec::with_capacity(1000);
     let mut text_bytes = 0usize;
-    let started = Instant::now();
-    for i in 0..a.messages {
+    for i in 0..messages {
         let (conv, sender) = if rng.random_bool(0.6) {
-            let u = rng.random_range(0..a.users);
+            let u = rng.random_range(0..users);
             let v = world.friend(u, rng.random_range(0..FRIENDS));
             (Conv::Direct { a: u, b: v }, u)
         } else {
-            let g = rng.random_range(0..a.groups);
+            let g = rng.random_range(0..groups);
             let m = &world.members[g as usize];
             let sender = if m.is_empty() {
                 0
@@ -258,58 +198,26 @@ fn main() {
             kind,
             text: t,
         }));
-        if reuse {
-            batch.clear();
-        } else if batch.len() == 1000 || i + 1 == a.messages {
+        if batch.len() == 1000 || i + 1 == messages {
             let t0 = Instant::now();
-            index
-                .apply(std::mem::take(&mut batch), &format!("bench-{i}"))
-                .expect("apply");
+            index.apply(std::mem::take(&mut batch), &format!("bench-{i}"))?;
             indexing += t0.elapsed();
             if (i + 1) % 100_000 == 0 {
-                let s = index.stats();
-                println!(
-                    "  {:>8} indexed, {:.0} msgs/s so far, {} segments",
+                eprintln!(
+                    "  {:>8} indexed, {:.0} msgs/s so far",
                     i + 1,
-                    (i + 1) as f64 / indexing.as_secs_f64(),
-                    s.segments
+                    (i + 1) as f64 / indexing.as_secs_f64()
                 );
             }
         }
     }
-    let wall = started.elapsed();
     let stats = index.stats();
-    if !reuse {
-        println!(
-        "indexing: {:.0} msgs/s in apply ({:.1} s), {:.0} msgs/s wall with generation ({:.1} s)",
-        a.messages as f64 / indexing.as_secs_f64(),
-        indexing.as_secs_f64(),
-        a.messages as f64 / wall.as_secs_f64(),
-        wall.as_secs_f64()
-    );
-    }
-    println!(
-        "index: {} docs, {} segments, {} bytes = {:.1} bytes/message (text itself {:.1} bytes/message)",
-        stats.docs,
-        stats.segments,
-        stats.bytes,
-        stats.bytes as f64 / a.messages as f64,
-        text_bytes as f64 / a.messages as f64
-    );
-
-    // Searching.
-    let mut lat = Vec::with_capacity(a.searches);
+    let mut lat = Vec::with_capacity(searches);
     let mut totals = 0usize;
     let mut empty = 0usize;
-    // Queries with a one-character CJK word (a regex over the term dictionary) and not.
-    let mut by_kind: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
-    for s in 0..a.searches {
-        let user = rng.random_range(0..a.users);
-        let own = match a.scope_groups {
-            Some(n) => (0..n.min(a.groups)).collect(),
-            None => World::groups_of_in(user, a.groups),
-        };
-        let groups = own
+    for s in 0..searches {
+        let user = rng.random_range(0..users);
+        let groups = World::groups_of_in(user, groups)
             .into_iter()
             .map(|g| GroupSpan {
                 group_id: g,
@@ -343,15 +251,9 @@ fn main() {
             highlight: s % 2 == 0,
             ..Query::default()
         };
-        let one_char = query
-            .text
-            .split_whitespace()
-            .any(|w| w.chars().count() == 1 && !w.is_ascii());
         let t0 = Instant::now();
-        let hits = index.search(&query).expect("search");
-        let took = t0.elapsed();
-        lat.push(took);
-        by_kind[usize::from(one_char)].push(took);
+        let hits = index.search(&query)?;
+        lat.push(t0.elapsed());
         totals += hits.total;
         if hits.total == 0 {
             empty += 1;
@@ -359,29 +261,128 @@ fn main() {
     }
     lat.sort();
     drop(index);
-    space_usage(&dir, a.messages);
-    println!(
-        "search: {} queries, p50 {:?}, p90 {:?}, p99 {:?}, max {:?}; mean matches in scope {:.1}, {} with none",
-        lat.len(),
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.9),
-        percentile(&lat, 0.99),
-        lat[lat.len() - 1],
-        totals as f64 / lat.len() as f64,
-        empty
+    space_usage(temp.path(), messages);
+    Ok(IndexRun {
+        messages,
+        index_secs: indexing.as_secs_f64(),
+        bytes: stats.bytes,
+        docs: stats.docs,
+        segments: stats.segments,
+        text_bytes,
+        mean_matches: totals as f64 / searches.max(1) as f64,
+        empty,
+        lat,
+    })
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    args: &BenchArgs,
+    messages: usize,
+    users: u64,
+    groups: u64,
+    searches: usize,
+    pairs: usize,
+    rounds: usize,
+) -> anyhow::Result<Report> {
+    if users < 100 || groups < 10 || messages == 0 || searches == 0 {
+        bail!("need --users >= 100, --groups >= 10, --messages >= 1, --searches >= 1");
+    }
+    eprintln!("search: indexing {messages} messages of {users} users in {groups} groups");
+    let r = tokio::task::spawn_blocking(move || index_run(messages, users, groups, searches))
+        .await??;
+    let index_per_s = r.messages as f64 / r.index_secs.max(1e-9);
+    let per_msg = r.bytes as f64 / r.messages as f64;
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let (p50, p90, p99) = (
+        percentile(&r.lat, 0.5),
+        percentile(&r.lat, 0.9),
+        percentile(&r.lat, 0.99),
     );
-    for (name, mut l) in ["words", "one-char CJK"].into_iter().zip(by_kind) {
-        if l.is_empty() {
-            continue;
+    let max = r.lat.last().copied().unwrap_or_default();
+
+    // The send path, search on and off, interleaved.
+    let mut send: Value = Value::Null;
+    if args.server.is_empty() && rounds > 0 && pairs > 0 {
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+            for search in order {
+                eprintln!("search: send path, round {}, search {}", round + 1, if search { "on" } else { "off" });
+                let target = Target::own_logic(args, &format!("search = {search}"), "").await?;
+                let got = super::p2p::once(args, &target, pairs, None, 4).await;
+                target.stop().await;
+                let got = got?;
+                let per_s = got["delivered_per_sec"].as_f64().unwrap_or(0.0);
+                if search {
+                    on.push(per_s);
+                } else {
+                    off.push(per_s);
+                }
+            }
         }
-        l.sort();
-        println!(
-            "  {name}: {} queries, p50 {:?}, p99 {:?}",
-            l.len(),
-            percentile(&l, 0.5),
-            percentile(&l, 0.99)
+        let (m_on, m_off) = (median(&mut on.clone()), median(&mut off.clone()));
+        send = json!({
+            "pairs": pairs,
+            "window": 4,
+            "rounds": rounds,
+            "search_on_per_sec": on,
+            "search_off_per_sec": off,
+            "median_on": m_on,
+            "median_off": m_off,
+            "ratio": m_on / m_off,
+        });
+    }
+
+    let mut report = Report::new(format!(
+        "search: {messages} messages, {users} users, {groups} groups, {searches} searches"
+    ));
+    report.row("indexing", format!("{index_per_s:.0} msgs/s ({:.1} s in apply)", r.index_secs));
+    report.row("index size", format!("{per_msg:.1} bytes/message ({} docs, {} segments; text {:.1} bytes/message)", r.docs, r.segments, r.text_bytes as f64 / r.messages as f64));
+    report.row("search p50 / p90 / p99 / max", format!("{:.2} / {:.2} / {:.2} / {:.2} ms", ms(p50), ms(p90), ms(p99), ms(max)));
+    report.row("matches in scope (mean) / none", format!("{:.1} / {}", r.mean_matches, r.empty));
+    if !send.is_null() {
+        report.row(
+            "1:1 msgs/s search on / off (median)",
+            format!(
+                "{:.0} / {:.0} = {:.3}",
+                send["median_on"].as_f64().unwrap_or(0.0),
+                send["median_off"].as_f64().unwrap_or(0.0),
+                send["ratio"].as_f64().unwrap_or(0.0)
+            ),
         );
     }
+    report.json = json!({
+        "scenario": "search",
+        "machine": super::machine(),
+        "messages": messages,
+        "users": users,
+        "groups": groups,
+        "searches": searches,
+        "index_msgs_per_s": index_per_s,
+        "index_seconds": r.index_secs,
+        "index_bytes": r.bytes,
+        "bytes_per_message": per_msg,
+        "search_ms": {"p50": ms(p50), "p90": ms(p90), "p99": ms(p99), "max": ms(max)},
+        "mean_matches": r.mean_matches,
+        "send_path": send,
+    });
+    Ok(report)
 }
 
 /// Where the bytes go, per message, by index component (tantivy's space usage report).
@@ -400,7 +401,7 @@ fn space_usage(dir: &std::path::Path, messages: usize) {
             store += seg.store().total().get_bytes();
         }
         let per = |b: u64| b as f64 / messages as f64;
-        println!(
+        eprintln!(
             "bytes/message by component: terms {:.1}, postings {:.1}, positions {:.1}, fast fields {:.1}, norms {:.1}, stored text {:.1}",
             per(termdict),
             per(postings),
@@ -412,6 +413,6 @@ fn space_usage(dir: &std::path::Path, messages: usize) {
         Ok(())
     };
     if let Err(e) = report() {
-        println!("space usage: {e}");
+        eprintln!("space usage: {e}");
     }
 }
