@@ -32,6 +32,7 @@ use crate::groups::Groups;
 use crate::inbox::Inbox;
 use crate::media::Media;
 use crate::moments::Moments;
+use crate::msgops::MsgOps;
 use crate::notify::Notifier;
 use crate::profile::Profile;
 use crate::push::{PushService, PushStats};
@@ -50,6 +51,8 @@ pub struct Logic {
     moments: Arc<Moments>,
     profile: Profile,
     groups: Arc<Groups>,
+    /// Edits, reactions, hides and pins.
+    msgops: MsgOps,
     media: Media,
     endpoints: Endpoints,
     push: Arc<PushService>,
@@ -113,6 +116,7 @@ impl Logic {
                 ),
             ),
             inbox,
+            msgops: MsgOps::new(core.clone(), notifier.clone(), groups.clone()),
             profile: Profile::new(core.clone()),
             media: Media::new(core.clone(), attach, moments.clone()),
             endpoints: Endpoints::new(core.clone(), notifier.clone()),
@@ -222,6 +226,12 @@ impl Logic {
             cmd::GROUP_READS => Box::pin(self.groups.reads(req)),
             cmd::GROUP_SYNC => Box::pin(self.groups.sync(req)),
             cmd::RECALL => Box::pin(self.inbox.recall(req)),
+            cmd::EDIT => Box::pin(self.msgops.edit(req)),
+            cmd::REACT => Box::pin(self.msgops.react(req)),
+            cmd::REACTIONS => Box::pin(self.msgops.reactions(req)),
+            cmd::HIDE => Box::pin(self.msgops.hide(req)),
+            cmd::PIN => Box::pin(self.msgops.pin(req)),
+            cmd::PINS => Box::pin(self.msgops.pins(req)),
             cmd::MEDIA_CREATE => Box::pin(self.media.create(req)),
             cmd::MEDIA_CHUNK => Box::pin(self.media.chunk(req)),
             cmd::MEDIA_STATUS => Box::pin(self.media.status(req)),
