@@ -582,7 +582,9 @@ impl Client {
             emoji: emoji.into(),
             add,
         };
-        self.call::<_, v1::Empty>(cmd::REACT, &req).await.map(|_| ())
+        self.call::<_, v1::Empty>(cmd::REACT, &req)
+            .await
+            .map(|_| ())
     }
 
     /// The reactions on a message: per-emoji counts (and whether this user holds each);
@@ -623,7 +625,12 @@ impl Client {
         self.set_pin(conv, msg_id, false).await
     }
 
-    async fn set_pin(&self, conv: &Conversation, msg_id: u64, pin: bool) -> Result<(), ClientError> {
+    async fn set_pin(
+        &self,
+        conv: &Conversation,
+        msg_id: u64,
+        pin: bool,
+    ) -> Result<(), ClientError> {
         let (peer, group_id) = conv.parts();
         let req = v1::PinReq {
             peer,

@@ -320,12 +320,12 @@ mod tests {
                 from: "bob".into(),
                 to: "ann".into(),
                 text: "what?".into(),
-                quote: Some(v1::Quote {
+                quote: Some(Box::new(v1::Quote {
                     msg_id: 1,
                     from: "ann".into(),
                     text: "helo".into(),
                     ..Default::default()
-                }),
+                })),
                 ..Default::default()
             })),
             ..Default::default()

@@ -286,9 +286,8 @@ impl Inbox {
                 }
             }
         }
-        let elsewhere = || {
-            LogicError::NotFound("the message replied to is not in this conversation".into())
-        };
+        let elsewhere =
+            || LogicError::NotFound("the message replied to is not in this conversation".into());
         if r.group_id != 0 {
             let quote = match &replied {
                 Some(t) if t.place.group_id() != r.group_id => return Err(elsewhere()),
@@ -330,7 +329,7 @@ impl Inbox {
             text: r.text,
             client_msg_id: r.client_msg_id,
             media,
-            quote,
+            quote: quote.map(Box::new),
             ..Default::default()
         };
         Ok(Prepared::Direct(Direct {

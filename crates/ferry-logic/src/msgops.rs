@@ -148,7 +148,11 @@ pub(crate) fn quote_of(t: &Target) -> v1::Quote {
 
 /// Before a reply is stored: the store notes which message it quotes, so that a recall
 /// of that message, even one racing the send, empties the quote.
-pub(crate) async fn note_reply(core: &Core, sender: u64, m: &v1::Message) -> Result<(), LogicError> {
+pub(crate) async fn note_reply(
+    core: &Core,
+    sender: u64,
+    m: &v1::Message,
+) -> Result<(), LogicError> {
     if let Some(q) = &m.quote {
         core.store
             .note_reply(q.msg_id, sender, m.client_msg_id)
@@ -207,7 +211,13 @@ impl MsgOps {
 
     /// Tells the devices about a change logged for `place`: the group's members online
     /// (the log grew), or each 1:1 party's devices (their inbox grew).
-    async fn announce(&self, place: &Place, logged: Logged, group: Option<v1::GroupEntry>, inbox: Vec<NewEvent>) {
+    async fn announce(
+        &self,
+        place: &Place,
+        logged: Logged,
+        group: Option<v1::GroupEntry>,
+        inbox: Vec<NewEvent>,
+    ) {
         if let (Some(gseq), Place::Group { group_id, .. }) = (logged.gseq, place) {
             self.groups.log_notify(*group_id, group, gseq).await;
         }
@@ -465,7 +475,9 @@ impl MsgOps {
         let me = self.core.caller(req).await?;
         let r = v1::HideReq::decode(req.body.clone())?;
         if r.msg_ids.is_empty() {
-            return Err(LogicError::InvalidArgument("name at least one message".into()));
+            return Err(LogicError::InvalidArgument(
+                "name at least one message".into(),
+            ));
         }
         if r.msg_ids.len() > MAX_HIDE {
             return Err(LogicError::TooLarge(format!(
@@ -501,12 +513,7 @@ impl MsgOps {
     }
 
     /// The conversation a PIN or PINS names: a 1:1 peer or a group the caller is in.
-    async fn conversation(
-        &self,
-        me: u64,
-        peer: &str,
-        group_id: u64,
-    ) -> Result<Place, LogicError> {
+    async fn conversation(&self, me: u64, peer: &str, group_id: u64) -> Result<Place, LogicError> {
         match (peer.is_empty(), group_id) {
             (true, 0) | (false, 1..) => Err(LogicError::InvalidArgument(
                 "name either a peer or a group".into(),
@@ -735,9 +742,13 @@ mod tests {
             msg_id: ack.msg_id,
             text: t.into(),
         };
-        ops.edit(&req(cmd::EDIT, ann, &edit("hello"))).await.unwrap();
+        ops.edit(&req(cmd::EDIT, ann, &edit("hello")))
+            .await
+            .unwrap();
         // A retry: answered, nothing logged.
-        ops.edit(&req(cmd::EDIT, ann, &edit("hello"))).await.unwrap();
+        ops.edit(&req(cmd::EDIT, ann, &edit("hello")))
+            .await
+            .unwrap();
         for user in [ann, bob] {
             let es = entries(&w, user).await;
             assert_eq!(es.len(), 2, "{es:?}");
@@ -756,10 +767,16 @@ mod tests {
             "{refused:?}"
         );
         let empty = ops.edit(&req(cmd::EDIT, ann, &edit("  "))).await;
-        assert!(matches!(empty, Err(LogicError::InvalidArgument(_))), "{empty:?}");
+        assert!(
+            matches!(empty, Err(LogicError::InvalidArgument(_))),
+            "{empty:?}"
+        );
         let carol = w.user("carol").await;
         let foreign = ops.edit(&req(cmd::EDIT, carol, &edit("x"))).await;
-        assert!(matches!(foreign, Err(LogicError::NotFound(_))), "{foreign:?}");
+        assert!(
+            matches!(foreign, Err(LogicError::NotFound(_))),
+            "{foreign:?}"
+        );
         // Edits off: refused with the reason.
         let (w2, ops2) = world(0);
         let a2 = w2.user("ann").await;
@@ -803,8 +820,19 @@ mod tests {
         assert_eq!((q.msg_id, q.from.as_str()), (orig.msg_id, "ann"));
         assert_eq!(q.text.chars().count(), QUOTE_CHARS);
         // Carol is not in that conversation; replying there or elsewhere is refused.
-        let foreign = send(&w, carol, v1::SendMsg { client_msg_id: 3, ..reply.clone() }).await;
-        assert!(matches!(foreign, Err(LogicError::NotFound(_))), "{foreign:?}");
+        let foreign = send(
+            &w,
+            carol,
+            v1::SendMsg {
+                client_msg_id: 3,
+                ..reply.clone()
+            },
+        )
+        .await;
+        assert!(
+            matches!(foreign, Err(LogicError::NotFound(_))),
+            "{foreign:?}"
+        );
         let elsewhere = send(
             &w,
             bob,
@@ -821,13 +849,27 @@ mod tests {
         );
         // The recall empties the quote on the server.
         w.inbox
-            .recall(&req(cmd::RECALL, ann, &v1::RecallReq { msg_id: orig.msg_id }))
+            .recall(&req(
+                cmd::RECALL,
+                ann,
+                &v1::RecallReq {
+                    msg_id: orig.msg_id,
+                },
+            ))
             .await
             .unwrap();
         let got = w.core.store.message_info(r.msg_id).await.unwrap().unwrap();
         let q = got.body.unwrap().quote.unwrap();
         assert!(q.recalled && q.text.is_empty(), "{q:?}");
-        let late = send(&w, bob, v1::SendMsg { client_msg_id: 5, ..reply }).await;
+        let late = send(
+            &w,
+            bob,
+            v1::SendMsg {
+                client_msg_id: 5,
+                ..reply
+            },
+        )
+        .await;
         assert!(
             matches!(&late, Err(LogicError::NotFound(m)) if m.contains("recalled")),
             "{late:?}"
@@ -844,7 +886,13 @@ mod tests {
             emoji: emoji.into(),
             add,
         };
-        for (user, add) in [(ann, true), (bob, true), (bob, true), (ann, false), (ann, false)] {
+        for (user, add) in [
+            (ann, true),
+            (bob, true),
+            (bob, true),
+            (ann, false),
+            (ann, false),
+        ] {
             ops.react(&req(cmd::REACT, user, &react("👍", add)))
                 .await
                 .unwrap();
@@ -859,7 +907,10 @@ mod tests {
             .collect();
         assert_eq!(counts, [(true, 1), (true, 2), (false, 1)]);
         let bad = ops.react(&req(cmd::REACT, bob, &react("a b", true))).await;
-        assert!(matches!(bad, Err(LogicError::InvalidArgument(_))), "{bad:?}");
+        assert!(
+            matches!(bad, Err(LogicError::InvalidArgument(_))),
+            "{bad:?}"
+        );
         let resp = ops
             .reactions(&req(
                 cmd::REACTIONS,
@@ -880,4 +931,3 @@ mod tests {
         );
     }
 }
-

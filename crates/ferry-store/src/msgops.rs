@@ -105,8 +105,7 @@ pub trait MsgOpsStore: Send + Sync + 'static {
     /// Records that the message `(sender_id, client_msg_id)` — stored next, or already —
     /// quotes `quoted_id`, so that recalling `quoted_id` empties its quote. Written
     /// before the reply itself (idempotent), so no reply ever escapes the recall.
-    async fn note_reply(&self, quoted_id: u64, sender_id: u64, client_msg_id: u64)
-        -> Result<()>;
+    async fn note_reply(&self, quoted_id: u64, sender_id: u64, client_msg_id: u64) -> Result<()>;
     /// Empties the quotes of `quoted_id` in every stored reply (`Quote.text` cleared,
     /// `Quote.recalled` set); returns how many replies changed.
     /// [`InboxStore::recall_message`](crate::InboxStore::recall_message) does it too, in

@@ -889,7 +889,12 @@ pub async fn edit(opts: &ClientOpts, msg_id: u64, text: &str) -> anyhow::Result<
     Ok(())
 }
 
-pub async fn react(opts: &ClientOpts, msg_id: u64, emoji: &str, remove: bool) -> anyhow::Result<()> {
+pub async fn react(
+    opts: &ClientOpts,
+    msg_id: u64,
+    emoji: &str,
+    remove: bool,
+) -> anyhow::Result<()> {
     let client = login(opts).await?;
     let result = if remove {
         client.unreact(msg_id, emoji).await

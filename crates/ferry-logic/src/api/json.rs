@@ -33,7 +33,7 @@ pub(crate) fn message_json(m: &v1::Message) -> Value {
         "mentions": m.mentions,
         "media": media,
         "client_msg_id": m.client_msg_id.to_string(),
-        "quote": m.quote.as_ref().map(quote_json),
+        "quote": m.quote.as_deref().map(quote_json),
         "edited_ms": m.edited_ms,
     })
 }

@@ -586,7 +586,7 @@ impl Groups {
             group_id: r.group_id,
             mentions: r.mentions,
             media,
-            quote,
+            quote: quote.map(Box::new),
             ..Default::default()
         };
         crate::before::screen(&self.core, me.user_id, &mut message).await?;

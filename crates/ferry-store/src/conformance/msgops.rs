@@ -84,7 +84,11 @@ pub async fn edits_replace_the_text_keep_the_history_and_log_once(store: Arc<dyn
     // The same text again: nothing written.
     assert_eq!(store.edit_message(edit("second", 60)).await.unwrap(), None);
     assert_eq!(store.latest_seq(b).await.unwrap(), 2);
-    store.edit_message(edit("third", 70)).await.unwrap().unwrap();
+    store
+        .edit_message(edit("third", 70))
+        .await
+        .unwrap()
+        .unwrap();
     let info = store.message_info(m.msg_id).await.unwrap().unwrap();
     let body = info.body.unwrap();
     assert_eq!((body.text.as_str(), body.edited_ms), ("third", 70));
@@ -188,7 +192,10 @@ pub async fn reactions_are_idempotent_counted_limited_and_paged(store: Arc<dyn S
             rc("🎉", 1, false)
         ]
     );
-    assert_eq!(store.reaction_counts(m.msg_id, c, 1).await.unwrap().len(), 1);
+    assert_eq!(
+        store.reaction_counts(m.msg_id, c, 1).await.unwrap().len(),
+        1
+    );
     // Who reacted, paged by user id.
     let page1 = store.reactors(m.msg_id, "👍", 0, 1).await.unwrap();
     assert_eq!(page1.iter().map(|r| r.0).collect::<Vec<_>>(), [a.min(b)]);
@@ -281,7 +288,12 @@ pub async fn pins_are_limited_listed_newest_first_and_logged_in_the_group(store:
         ..Default::default()
     };
     store
-        .create_group(g, vec![(a, 2), (b, 0)], group_event(K::Created, 5, 1), vec![])
+        .create_group(
+            g,
+            vec![(a, 2), (b, 0)],
+            group_event(K::Created, 5, 1),
+            vec![],
+        )
         .await
         .unwrap();
     let gm = |cmid: u64| NewMessage {
@@ -392,19 +404,22 @@ pub async fn a_recall_empties_the_quotes_of_its_replies(store: Arc<dyn Store>) {
         store.note_reply(orig.msg_id, b, 7).await.unwrap();
     }
     let mut reply = new_msg((b, "bob"), (a, "alice"), 7, "what secret?");
-    reply.message.quote = Some(quote.clone());
+    reply.message.quote = Some(Box::new(quote.clone()));
     let reply = store.append_message(reply).await.unwrap();
     // An unrelated message with a quote of another message stays as it is.
     store.note_reply(424_242, b, 8).await.unwrap();
     let mut other = new_msg((b, "bob"), (a, "alice"), 8, "other");
-    other.message.quote = Some(v1::Quote {
+    other.message.quote = Some(Box::new(v1::Quote {
         msg_id: 424_242,
         text: "kept".into(),
         ..Default::default()
-    });
+    }));
     let other = store.append_message(other).await.unwrap();
 
-    store.recall_message(orig.msg_id, None, vec![]).await.unwrap();
+    store
+        .recall_message(orig.msg_id, None, vec![])
+        .await
+        .unwrap();
     let got = store.message_info(reply.msg_id).await.unwrap().unwrap();
     let q = got.body.unwrap().quote.unwrap();
     assert_eq!(
@@ -422,7 +437,7 @@ pub async fn a_recall_empties_the_quotes_of_its_replies(store: Arc<dyn Store>) {
     assert_eq!(store.scrub_quotes(orig.msg_id).await.unwrap(), 0);
     store.note_reply(orig.msg_id, b, 9).await.unwrap();
     let mut late = new_msg((b, "bob"), (a, "alice"), 9, "late");
-    late.message.quote = Some(quote);
+    late.message.quote = Some(Box::new(quote));
     let late = store.append_message(late).await.unwrap();
     assert_eq!(store.scrub_quotes(orig.msg_id).await.unwrap(), 1);
     let got = store.message_info(late.msg_id).await.unwrap().unwrap();

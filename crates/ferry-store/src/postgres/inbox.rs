@@ -273,7 +273,9 @@ impl InboxStore for PgStore {
     async fn message_info(&self, msg_id: u64) -> Result<Option<MessageInfo>> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("SELECT id, sender_id, created_ms, body, recipient_seq FROM messages WHERE id = $1")
+            .prepare_cached(
+                "SELECT id, sender_id, created_ms, body, recipient_seq FROM messages WHERE id = $1",
+            )
             .await?;
         let Some(r) = client.query_opt(&stmt, &[&(msg_id as i64)]).await? else {
             return Ok(None);

@@ -15,8 +15,8 @@ use super::inbox::{decode_message, lock_and_append_events};
 use super::PgStore;
 use crate::msgops::{count_group, count_inbox, edited, scrubbed};
 use crate::{
-    Logged, MessageEdit, MsgOpsStore, NewEvent, PinChange, PinRow, Pinned, Reacted,
-    ReactionChange, ReactionCount, Result, StoreError,
+    Logged, MessageEdit, MsgOpsStore, NewEvent, PinChange, PinRow, Pinned, Reacted, ReactionChange,
+    ReactionCount, Result, StoreError,
 };
 
 /// A message's live body, its row locked; `NotFound` when there is none or it was

@@ -194,16 +194,13 @@ impl MsgOpsStore for SqliteStore {
                 "SELECT emoji, count(*) AS n, max(user_id = ?2) FROM reactions WHERE msg_id = ?1
                  GROUP BY emoji ORDER BY n DESC, emoji LIMIT ?3",
             )?
-            .query_map(
-                params![msg_id as i64, viewer as i64, i64::from(max)],
-                |r| {
-                    Ok(ReactionCount {
-                        emoji: r.get(0)?,
-                        count: r.get::<_, i64>(1)? as u32,
-                        mine: r.get::<_, i64>(2)? != 0,
-                    })
-                },
-            )?
+            .query_map(params![msg_id as i64, viewer as i64, i64::from(max)], |r| {
+                Ok(ReactionCount {
+                    emoji: r.get(0)?,
+                    count: r.get::<_, i64>(1)? as u32,
+                    mine: r.get::<_, i64>(2)? != 0,
+                })
+            })?
             .collect::<rusqlite::Result<_>>()?)
         })
         .await

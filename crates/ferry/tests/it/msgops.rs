@@ -49,7 +49,10 @@ impl Device {
                     self.view.apply(&ev);
                 }
                 Ok(None) => panic!("{what}: the event stream ended"),
-                Err(_) => panic!("{what}: not reached within {secs} s; view: {:#?}", self.view),
+                Err(_) => panic!(
+                    "{what}: not reached within {secs} s; view: {:#?}",
+                    self.view
+                ),
             }
         }
     }
@@ -116,8 +119,18 @@ async fn one_to_one_edits_reactions_pins_and_recalls_converge_on_three_devices_o
 
     let m1 = a1.client.send_text("bob", "helo").await.unwrap().msg_id;
     let m2 = bob.client.send_text("ann", "hi ann").await.unwrap().msg_id;
-    let m3 = a1.client.send_text("bob", "oops, hide me").await.unwrap().msg_id;
-    let m4 = bob.client.send_text("ann", "take me back").await.unwrap().msg_id;
+    let m3 = a1
+        .client
+        .send_text("bob", "oops, hide me")
+        .await
+        .unwrap()
+        .msg_id;
+    let m4 = bob
+        .client
+        .send_text("ann", "take me back")
+        .await
+        .unwrap()
+        .msg_id;
     let m5 = a2.client.send_text("bob", "pin me").await.unwrap().msg_id;
     let all = [m1, m2, m3, m4, m5];
     for d in [&mut a1, &mut a2, &mut a3, &mut bob] {
@@ -165,11 +178,16 @@ async fn one_to_one_edits_reactions_pins_and_recalls_converge_on_three_devices_o
     // The server agrees: pins and reactions as the devices show them.
     let pins = a1.client.pins(&peer).await.unwrap();
     assert_eq!(
-        pins.iter().map(|p| (p.msg_id, p.by.as_str())).collect::<Vec<_>>(),
+        pins.iter()
+            .map(|p| (p.msg_id, p.by.as_str()))
+            .collect::<Vec<_>>(),
         [(m5, "ann")]
     );
     let r = bob.client.reactions(m2, Some("🎉"), 0, 1).await.unwrap();
-    assert_eq!((r.counts.len(), r.counts[0].count, r.counts[0].mine), (1, 2, true));
+    assert_eq!(
+        (r.counts.len(), r.counts[0].count, r.counts[0].mine),
+        (1, 2, true)
+    );
     assert_eq!(r.users.len(), 1, "a page of one");
     assert!(r.next_after > 0, "a second page follows");
     let r2 = bob
@@ -235,9 +253,24 @@ async fn a_group_converges_on_three_devices_one_offline_and_a_removed_member_is_
         .await
         .unwrap()
         .group_id;
-    let g1 = bob.client.send_group(g, "hey crew", &[]).await.unwrap().msg_id;
-    let g2 = a1.client.send_group(g, "hi evrybody", &[]).await.unwrap().msg_id;
-    let g3 = cat.client.send_group(g, "secret plan", &[]).await.unwrap().msg_id;
+    let g1 = bob
+        .client
+        .send_group(g, "hey crew", &[])
+        .await
+        .unwrap()
+        .msg_id;
+    let g2 = a1
+        .client
+        .send_group(g, "hi evrybody", &[])
+        .await
+        .unwrap()
+        .msg_id;
+    let g3 = cat
+        .client
+        .send_group(g, "secret plan", &[])
+        .await
+        .unwrap()
+        .msg_id;
     let g4 = bob.client.send_group(g, "noise", &[]).await.unwrap().msg_id;
     let all = [g1, g2, g3, g4];
     for d in [&mut a1, &mut a2, &mut a3, &mut bob] {
@@ -266,13 +299,14 @@ async fn a_group_converges_on_three_devices_one_offline_and_a_removed_member_is_
     a1.client.hide(&[g4]).await.unwrap();
     let converged = |v: &ChatView| {
         v.messages.get(&g2).is_some_and(|m| {
-            m.text == "hi everybody" && m.edited_ms > 0 && m.reactions.get("👍") == Some(&2)
+            m.text == "hi everybody"
+                && m.edited_ms > 0
+                && m.reactions.get("👍") == Some(&2)
                 && m.reactions.len() == 1
         }) && !v.messages.contains_key(&g3)
             && !v.messages.contains_key(&g4)
             && v.pinned(&Conversation::Group(g)) == [g1]
-            && v
-                .messages
+            && v.messages
                 .get(&reply)
                 .and_then(|m| m.quote.clone())
                 .is_some_and(|q| q.msg_id == g3 && q.recalled && q.text.is_empty())
@@ -305,7 +339,10 @@ async fn a_group_converges_on_three_devices_one_offline_and_a_removed_member_is_
     for (what, r) in [
         ("react", cat.client.react(g1, "👍").await.map(|_| ())),
         ("pin", cat.client.pin(&group, g1).await.map(|_| ())),
-        ("reply", cat.client.reply(g1, "still here?").await.map(|_| ())),
+        (
+            "reply",
+            cat.client.reply(g1, "still here?").await.map(|_| ()),
+        ),
         ("edit", cat.client.edit(g1, "x").await.map(|_| ())),
     ] {
         let (code, msg) = refused(r);
