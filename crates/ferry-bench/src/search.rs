@@ -134,7 +134,6 @@ fn text(rng: &mut StdRng, en: &[&str], zh: &[&str], ja: &[&str]) -> String {
     s
 }
 
-
 /// What the index part measured.
 struct IndexRun {
     messages: usize,
@@ -148,14 +147,21 @@ struct IndexRun {
     empty: usize,
 }
 
-fn index_run(messages: usize, users: u64, groups: u64, searches: usize) -> anyhow::Result<IndexRun> {
+fn index_run(
+    messages: usize,
+    users: u64,
+    groups: u64,
+    searches: usize,
+) -> anyhow::Result<IndexRun> {
     let en: Vec<&str> = EN.split_whitespace().collect();
     let zh: Vec<&str> = ZH.split_whitespace().collect();
     let ja: Vec<&str> = JA.split_whitespace().collect();
     let world = World::new(users, groups);
     let mut rng = StdRng::seed_from_u64(0xF3_22_5E_A2);
     let mut gseq = vec![0u64; groups as usize];
-    let temp = tempfile::Builder::new().prefix("ferry-bench-search-").tempdir()?;
+    let temp = tempfile::Builder::new()
+        .prefix("ferry-bench-search-")
+        .tempdir()?;
     let index = Index::open(temp.path(), Options::default())?;
     let base_ms = 1_700_000_000_000i64;
     let mut indexing = Duration::ZERO;
@@ -304,8 +310,8 @@ pub async fn run(
         bail!("need --users >= 100, --groups >= 10, --messages >= 1, --searches >= 1");
     }
     eprintln!("search: indexing {messages} messages of {users} users in {groups} groups");
-    let r = tokio::task::spawn_blocking(move || index_run(messages, users, groups, searches))
-        .await??;
+    let r =
+        tokio::task::spawn_blocking(move || index_run(messages, users, groups, searches)).await??;
     let index_per_s = r.messages as f64 / r.index_secs.max(1e-9);
     let per_msg = r.bytes as f64 / r.messages as f64;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -321,9 +327,17 @@ pub async fn run(
     if args.server.is_empty() && rounds > 0 && pairs > 0 {
         let (mut on, mut off) = (Vec::new(), Vec::new());
         for round in 0..rounds {
-            let order = if round % 2 == 0 { [true, false] } else { [false, true] };
+            let order = if round % 2 == 0 {
+                [true, false]
+            } else {
+                [false, true]
+            };
             for search in order {
-                eprintln!("search: send path, round {}, search {}", round + 1, if search { "on" } else { "off" });
+                eprintln!(
+                    "search: send path, round {}, search {}",
+                    round + 1,
+                    if search { "on" } else { "off" }
+                );
                 let target = Target::own_logic(args, &format!("search = {search}"), "").await?;
                 let got = super::p2p::once(args, &target, pairs, None, 4).await;
                 target.stop().await;
@@ -352,10 +366,33 @@ pub async fn run(
     let mut report = Report::new(format!(
         "search: {messages} messages, {users} users, {groups} groups, {searches} searches"
     ));
-    report.row("indexing", format!("{index_per_s:.0} msgs/s ({:.1} s in apply)", r.index_secs));
-    report.row("index size", format!("{per_msg:.1} bytes/message ({} docs, {} segments; text {:.1} bytes/message)", r.docs, r.segments, r.text_bytes as f64 / r.messages as f64));
-    report.row("search p50 / p90 / p99 / max", format!("{:.2} / {:.2} / {:.2} / {:.2} ms", ms(p50), ms(p90), ms(p99), ms(max)));
-    report.row("matches in scope (mean) / none", format!("{:.1} / {}", r.mean_matches, r.empty));
+    report.row(
+        "indexing",
+        format!("{index_per_s:.0} msgs/s ({:.1} s in apply)", r.index_secs),
+    );
+    report.row(
+        "index size",
+        format!(
+            "{per_msg:.1} bytes/message ({} docs, {} segments; text {:.1} bytes/message)",
+            r.docs,
+            r.segments,
+            r.text_bytes as f64 / r.messages as f64
+        ),
+    );
+    report.row(
+        "search p50 / p90 / p99 / max",
+        format!(
+            "{:.2} / {:.2} / {:.2} / {:.2} ms",
+            ms(p50),
+            ms(p90),
+            ms(p99),
+            ms(max)
+        ),
+    );
+    report.row(
+        "matches in scope (mean) / none",
+        format!("{:.1} / {}", r.mean_matches, r.empty),
+    );
     if !send.is_null() {
         report.row(
             "1:1 msgs/s search on / off (median)",

@@ -13,7 +13,10 @@
 //! `client_msg_id`, so a retry never duplicates.
 //!
 //! The SDK must not decide what to show the user or keep messages itself: it delivers
-//! entries and keeps only the device's id, token and synckey.
+//! entries and keeps only the device's id, token and synckey. An app that wants a
+//! ready model of its chats feeds the events to a [`ChatView`] it owns (opt-in, see
+//! [`view`]): messages with their edits, reaction counts and pins, recalled and hidden
+//! ones dropped.
 //!
 //! # Inside
 //! - `connect`: from nothing to a logged-in link (sign-in, racing, login, resumption).
@@ -68,6 +71,7 @@ pub mod smart;
 mod state;
 mod sync;
 mod transport;
+pub mod view;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -87,6 +91,7 @@ pub use security::{fetch as fetch_server_key, Security};
 pub use short::ShortLink;
 pub use smart::{Endpoint, HeartbeatState, SmartConfig, Transport};
 pub use state::{DeviceState, StoredTicket};
+pub use view::{Change, ChatView, Conversation, ViewMessage};
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -535,6 +540,114 @@ impl Client {
         )
         .await
         .map(|_| ())
+    }
+
+    /// Replies to message `reply_to` with a text, in the conversation that message is in
+    /// (the 1:1 chat or the group), retrying until acknowledged. The stored reply quotes
+    /// it ([`v1::Message::quote`]).
+    pub async fn reply(&self, reply_to: u64, text: &str) -> Result<v1::SendAck, ClientError> {
+        let msg = v1::SendMsg {
+            client_msg_id: new_client_msg_id(),
+            reply_to,
+            text: text.into(),
+            ..Default::default()
+        };
+        self.send_msg(&msg).await
+    }
+
+    /// Replaces the text (a media message's caption) of a message this user sent, within
+    /// the server's edit window. Both parties' devices (or the group's) get an
+    /// [`v1::Edit`] entry. Safe to retry.
+    pub async fn edit(&self, msg_id: u64, text: &str) -> Result<(), ClientError> {
+        let req = v1::EditReq {
+            msg_id,
+            text: text.into(),
+        };
+        self.call::<_, v1::Empty>(cmd::EDIT, &req).await.map(|_| ())
+    }
+
+    /// Adds a reaction (an emoji) to a message. Safe to retry.
+    pub async fn react(&self, msg_id: u64, emoji: &str) -> Result<(), ClientError> {
+        self.set_reaction(msg_id, emoji, true).await
+    }
+
+    /// Takes a reaction back. Safe to retry.
+    pub async fn unreact(&self, msg_id: u64, emoji: &str) -> Result<(), ClientError> {
+        self.set_reaction(msg_id, emoji, false).await
+    }
+
+    async fn set_reaction(&self, msg_id: u64, emoji: &str, add: bool) -> Result<(), ClientError> {
+        let req = v1::ReactReq {
+            msg_id,
+            emoji: emoji.into(),
+            add,
+        };
+        self.call::<_, v1::Empty>(cmd::REACT, &req)
+            .await
+            .map(|_| ())
+    }
+
+    /// The reactions on a message: per-emoji counts (and whether this user holds each);
+    /// with `emoji`, also who reacted with it, `limit` at a time from the cursor `after`
+    /// (0 first, then the answer's `next_after`).
+    pub async fn reactions(
+        &self,
+        msg_id: u64,
+        emoji: Option<&str>,
+        after: u64,
+        limit: u32,
+    ) -> Result<v1::ReactionsResp, ClientError> {
+        let req = v1::ReactionsReq {
+            msg_id,
+            emoji: emoji.unwrap_or_default().into(),
+            after,
+            limit,
+        };
+        self.call(cmd::REACTIONS, &req).await
+    }
+
+    /// Deletes messages for this user only (every device of theirs drops them; the
+    /// others keep them). At most 100 at once. Safe to retry.
+    pub async fn hide(&self, msg_ids: &[u64]) -> Result<(), ClientError> {
+        let req = v1::HideReq {
+            msg_ids: msg_ids.to_vec(),
+        };
+        self.call::<_, v1::Empty>(cmd::HIDE, &req).await.map(|_| ())
+    }
+
+    /// Pins a message of a conversation (in a group: owner and admins only).
+    pub async fn pin(&self, conv: &Conversation, msg_id: u64) -> Result<(), ClientError> {
+        self.set_pin(conv, msg_id, true).await
+    }
+
+    /// Unpins a message.
+    pub async fn unpin(&self, conv: &Conversation, msg_id: u64) -> Result<(), ClientError> {
+        self.set_pin(conv, msg_id, false).await
+    }
+
+    async fn set_pin(
+        &self,
+        conv: &Conversation,
+        msg_id: u64,
+        pin: bool,
+    ) -> Result<(), ClientError> {
+        let (peer, group_id) = conv.parts();
+        let req = v1::PinReq {
+            peer,
+            group_id,
+            msg_id,
+            pin,
+        };
+        self.call::<_, v1::Empty>(cmd::PIN, &req).await.map(|_| ())
+    }
+
+    /// A conversation's pinned messages, newest first.
+    pub async fn pins(&self, conv: &Conversation) -> Result<Vec<v1::PinnedMessage>, ClientError> {
+        let (peer, group_id) = conv.parts();
+        let resp: v1::PinsResp = self
+            .call(cmd::PINS, &v1::PinsReq { peer, group_id })
+            .await?;
+        Ok(resp.pins)
     }
 
     /// Reports that this user read up to `msg_id` from `peer` (1:1) or up to `gseq` in a group.

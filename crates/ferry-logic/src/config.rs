@@ -31,6 +31,9 @@ pub struct LogicConfig {
     pub group_max_members: usize,
     /// A sender may recall a message this many seconds after sending it.
     pub recall_window_secs: u32,
+    /// A sender may edit a message this many seconds after sending it (0: edits are
+    /// off).
+    pub edit_window_secs: u32,
     /// Groups up to this size list who read a message; larger ones give a count.
     pub receipts_list_max: usize,
     pub password: PasswordParams,
@@ -124,6 +127,7 @@ impl Default for LogicConfig {
             search: true,
             group_max_members: 10_000,
             recall_window_secs: 120,
+            edit_window_secs: 172_800,
             receipts_list_max: 100,
             password: PasswordParams::default(),
             token_ttl_secs: 30 * 86_400,

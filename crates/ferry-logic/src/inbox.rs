@@ -15,13 +15,15 @@ use crate::core::{ok, unix_ms, Core, DeviceSession};
 use crate::error::LogicError;
 use crate::friends::Friends;
 use crate::groups::Groups;
+use crate::msgops;
 use crate::notify::Notifier;
 use crate::push::PushService;
 
 /// A send checked and ready for the store.
 enum Prepared {
-    /// A group message: [`Groups::send`] applies it.
-    Group(v1::SendMsg),
+    /// A group message (with the quote of the message it replies to): [`Groups::send`]
+    /// applies it.
+    Group(v1::SendMsg, Option<v1::Quote>),
     /// A 1:1 message.
     Direct(Direct),
 }
@@ -85,10 +87,14 @@ impl Inbox {
         let started = std::time::Instant::now();
         let me = self.core.caller(req).await?;
         match self.prepare(&me, req.body.clone()).await? {
-            Prepared::Group(r) => Box::pin(self.groups.send(&me, r, req.cmd)).await,
+            Prepared::Group(r, quote) => Box::pin(self.groups.send(&me, r, quote, req.cmd)).await,
             Prepared::Direct(mut d) => {
                 crate::before::screen(&self.core, me.user_id, &mut d.new.message).await?;
+                msgops::note_reply(&self.core, me.user_id, &d.new.message).await?;
                 let done = self.core.store.append_message(d.new.clone()).await?;
+                if !done.duplicate {
+                    msgops::recheck_quote(&self.core, &d.new.message).await;
+                }
                 // Webhook events are durable before the ack (at least once).
                 self.hook_events(&[(&d, &done)]).await?;
                 Ok(self.finish(&me, d, done, started, req.cmd).await)
@@ -116,10 +122,10 @@ impl Inbox {
             match self.prepare(&me, body.clone()).await {
                 Err(e) => out[i] = Some(Err(e)),
                 Ok(Prepared::Direct(d)) => direct.push((i, d)),
-                Ok(Prepared::Group(r)) => {
+                Ok(Prepared::Group(r, quote)) => {
                     self.store_direct(&me, &mut direct, &mut out, started, req.cmd)
                         .await;
-                    out[i] = Some(Box::pin(self.groups.send(&me, r, req.cmd)).await);
+                    out[i] = Some(Box::pin(self.groups.send(&me, r, quote, req.cmd)).await);
                 }
             }
         }
@@ -165,9 +171,28 @@ impl Inbox {
                 return;
             }
         }
+        // Replies: what they quote is noted before they are stored (msgops.rs).
+        if taken.iter().any(|(_, d)| d.new.message.quote.is_some()) {
+            let mut kept = Vec::with_capacity(taken.len());
+            for (i, d) in taken {
+                match msgops::note_reply(&self.core, me.user_id, &d.new.message).await {
+                    Ok(()) => kept.push((i, d)),
+                    Err(e) => out[i] = Some(Err(e)),
+                }
+            }
+            taken = kept;
+            if taken.is_empty() {
+                return;
+            }
+        }
         let news = taken.iter().map(|(_, d)| d.new.clone()).collect();
         match self.core.store.append_messages(news).await {
             Ok(results) => {
+                for ((_, d), r) in taken.iter().zip(results.iter()) {
+                    if matches!(r, Ok(a) if !a.duplicate) {
+                        msgops::recheck_quote(&self.core, &d.new.message).await;
+                    }
+                }
                 // Webhook events of the whole batch in one store write, durable before
                 // any of its acks; if that fails, every send of it is refused (a retry
                 // is a duplicate, which queues the same events again).
@@ -208,7 +233,7 @@ impl Inbox {
     /// order), sizes, the recipient, friendship, attached media. The before-send hook
     /// comes after, just before the store (`send`, `store_direct`).
     async fn prepare(&self, me: &DeviceSession, body: Bytes) -> Result<Prepared, LogicError> {
-        let r = v1::SendMsg::decode(body)?;
+        let mut r = v1::SendMsg::decode(body)?;
         // An earlier send of this device that was refused goes first (limits.rs,
         // SendOrder): the client's order survives the limit.
         self.core.refresh_limit_overrides().await;
@@ -247,10 +272,45 @@ impl Inbox {
                 "client_msg_id must be non-zero".into(),
             ));
         }
+        // A reply: the message it answers must be one the sender may read; without a
+        // conversation named, the reply goes to that message's.
+        let replied = match r.reply_to {
+            0 => None,
+            id => Some(msgops::readable(&self.core, me.user_id, id).await?),
+        };
+        if let Some(t) = &replied {
+            if r.to.is_empty() && r.group_id == 0 {
+                match t.place.peer_of(me.user_id) {
+                    Some(peer) => r.to = self.core.user_name(peer).await?.to_string(),
+                    None => r.group_id = t.place.group_id(),
+                }
+            }
+        }
+        let elsewhere =
+            || LogicError::NotFound("the message replied to is not in this conversation".into());
         if r.group_id != 0 {
-            return Ok(Prepared::Group(r));
+            let quote = match &replied {
+                Some(t) if t.place.group_id() != r.group_id => return Err(elsewhere()),
+                Some(t) => Some(msgops::quote_of(t)),
+                None => None,
+            };
+            return Ok(Prepared::Group(r, quote));
         }
         let to = self.core.user_id(&r.to).await?;
+        let quote = match &replied {
+            Some(t)
+                if t.place.conv()
+                    != (msgops::Place::Direct {
+                        sender: me.user_id,
+                        recipient: to,
+                    })
+                    .conv() =>
+            {
+                return Err(elsewhere())
+            }
+            Some(t) => Some(msgops::quote_of(t)),
+            None => None,
+        };
         if to != me.user_id {
             self.friends.may_message(me.user_id, to, &r.to).await?;
         }
@@ -269,6 +329,7 @@ impl Inbox {
             text: r.text,
             client_msg_id: r.client_msg_id,
             media,
+            quote: quote.map(Box::new),
             ..Default::default()
         };
         Ok(Prepared::Direct(Direct {

@@ -37,6 +37,7 @@ mod inbox;
 pub mod limits;
 mod media;
 mod moments;
+mod msgops;
 mod notify;
 mod presence;
 mod profile;

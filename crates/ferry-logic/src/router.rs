@@ -32,6 +32,7 @@ use crate::groups::Groups;
 use crate::inbox::Inbox;
 use crate::media::Media;
 use crate::moments::Moments;
+use crate::msgops::MsgOps;
 use crate::notify::Notifier;
 use crate::profile::Profile;
 use crate::push::{PushService, PushStats};
@@ -50,6 +51,8 @@ pub struct Logic {
     moments: Arc<Moments>,
     profile: Profile,
     groups: Arc<Groups>,
+    /// Edits, reactions, hides and pins.
+    msgops: MsgOps,
     media: Media,
     endpoints: Endpoints,
     push: Arc<PushService>,
@@ -118,6 +121,7 @@ impl Logic {
             ),
             search,
             inbox,
+            msgops: MsgOps::new(core.clone(), notifier.clone(), groups.clone()),
             profile: Profile::new(core.clone()),
             media: Media::new(core.clone(), attach, moments.clone()),
             endpoints: Endpoints::new(core.clone(), notifier.clone()),
@@ -153,11 +157,11 @@ impl Logic {
     /// Opens this node's search index in `dir` (`None`: in memory) and, once started,
     /// keeps it following the store (once; later calls are ignored). Without it, SEARCH
     /// answers UNAVAILABLE.
-    pub fn enable_search(&self, dir: Option<&std::path::Path>) -> Result<(), LogicError> {
+    pub async fn enable_search(&self, dir: Option<&std::path::Path>) -> Result<(), LogicError> {
         if self.search.get().is_none() {
             let _ = self
                 .search
-                .set(crate::search::Search::open(self.core.clone(), dir)?);
+                .set(crate::search::Search::open(self.core.clone(), dir).await?);
         }
         Ok(())
     }
@@ -190,6 +194,9 @@ impl Logic {
     /// they stop coming.
     pub fn shutdown(&self) {
         self.shutdown.cancel();
+        if let Some(s) = self.search.get() {
+            s.close();
+        }
     }
 
     pub fn config(&self) -> &LogicConfig {
@@ -252,6 +259,12 @@ impl Logic {
             cmd::GROUP_SYNC => Box::pin(self.groups.sync(req)),
             cmd::RECALL => Box::pin(self.inbox.recall(req)),
             cmd::SEARCH => Box::pin(self.search_call(req)),
+            cmd::EDIT => Box::pin(self.msgops.edit(req)),
+            cmd::REACT => Box::pin(self.msgops.react(req)),
+            cmd::REACTIONS => Box::pin(self.msgops.reactions(req)),
+            cmd::HIDE => Box::pin(self.msgops.hide(req)),
+            cmd::PIN => Box::pin(self.msgops.pin(req)),
+            cmd::PINS => Box::pin(self.msgops.pins(req)),
             cmd::MEDIA_CREATE => Box::pin(self.media.create(req)),
             cmd::MEDIA_CHUNK => Box::pin(self.media.chunk(req)),
             cmd::MEDIA_STATUS => Box::pin(self.media.status(req)),

@@ -20,8 +20,9 @@
 //!
 //! **Access.** The index answers only within the caller's scope (their 1:1 messages; the
 //! groups they are in, from the gseq they may read); every hit is then re-read from the
-//! store, so a message recalled a moment ago is never shown. A group the caller has left
-//! is not searched.
+//! store, so a message recalled a moment ago is never shown, nor one the caller deleted
+//! for themself (HIDE; `total` may still count it). A group the caller has left is not
+//! searched.
 //!
 //! It must not slow the send path: it costs a send nothing but the feed's row (written by
 //! a trigger in the same transaction).
@@ -52,6 +53,8 @@ pub(crate) const GAP_WAIT_MS: i64 = 10_000;
 const IDLE: Duration = Duration::from_millis(500);
 /// Feed rows older than this are pruned (an index further behind rebuilds).
 const FEED_KEEP_MS: i64 = 7 * 24 * 3_600_000;
+/// How long opening the index waits for its folder to be let go of.
+const OPEN_WAIT: Duration = Duration::from_secs(5);
 /// Hits per page when the request does not say.
 const DEFAULT_LIMIT: u32 = 20;
 
@@ -93,7 +96,8 @@ impl std::fmt::Display for Cursor {
 /// The search service of one logic node.
 pub(crate) struct Search {
     core: Arc<Core>,
-    index: Arc<Index>,
+    /// `None` once closed (the node shut down): the index's folder is free again.
+    index: parking_lot::RwLock<Option<Arc<Index>>>,
     /// Wakes the feeder (a reindex was asked).
     wake: Notify,
     /// A reindex was asked: the feeder clears the index at its next round.
@@ -107,23 +111,62 @@ pub(crate) struct Search {
 }
 
 impl Search {
-    /// Opens (or creates) the index in `dir`; `None` keeps it in memory (tests).
-    pub fn open(core: Arc<Core>, dir: Option<&Path>) -> Result<Arc<Search>, LogicError> {
+    /// Opens (or creates) the index in `dir`; `None` keeps it in memory. A folder
+    /// another index still holds (a server of this process restarting on the same data)
+    /// is waited for up to [`OPEN_WAIT`]; a folder that cannot be used then leaves the
+    /// index in memory, built from the store at start, with a warning.
+    pub async fn open(core: Arc<Core>, dir: Option<&Path>) -> Result<Arc<Search>, LogicError> {
         let opts = ferry_search::Options::default();
         let index = match dir {
-            Some(d) => Index::open(d, opts),
-            None => Index::in_ram(opts),
-        }
-        .map_err(|e| LogicError::Internal(format!("the search index: {e}")))?;
+            Some(d) => {
+                let until = std::time::Instant::now() + OPEN_WAIT;
+                loop {
+                    match Index::open(d, opts.clone()) {
+                        Ok(i) => break i,
+                        Err(ferry_search::SearchError::Index(
+                            ferry_search::TantivyError::LockFailure(..),
+                        )) if std::time::Instant::now() < until => {
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => {
+                            tracing::warn!(
+                                error = %e,
+                                dir = %d.display(),
+                                "the search index cannot use its folder; it is kept in memory"
+                            );
+                            break Index::in_ram(opts).map_err(|e| {
+                                LogicError::Internal(format!("the search index: {e}"))
+                            })?;
+                        }
+                    }
+                }
+            }
+            None => Index::in_ram(opts)
+                .map_err(|e| LogicError::Internal(format!("the search index: {e}")))?,
+        };
         Ok(Arc::new(Search {
             core,
-            index: Arc::new(index),
+            index: parking_lot::RwLock::new(Some(Arc::new(index))),
             wake: Notify::new(),
             reset: AtomicBool::new(false),
             applied: AtomicU64::new(0),
             gaps_passed: AtomicU64::new(0),
             caught_up_ms: AtomicI64::new(0),
         }))
+    }
+
+    /// The index, unless closed.
+    fn index(&self) -> Result<Arc<Index>, LogicError> {
+        self.index
+            .read()
+            .clone()
+            .ok_or_else(|| LogicError::Unavailable("search is closed on this logic node".into()))
+    }
+
+    /// Lets go of the index (the node is shutting down): its folder is free once the
+    /// calls in flight end.
+    pub fn close(&self) {
+        self.index.write().take();
     }
 
     /// Runs the feeder until `shutdown`.
@@ -165,11 +208,12 @@ impl Search {
 
     /// One round of the feeder: answers whether more is waiting.
     pub async fn round(&self) -> Result<bool, LogicError> {
+        let index = self.index()?;
         if self.reset.swap(false, Ordering::AcqRel) {
-            let index = self.index.clone();
+            let index = index.clone();
             blocking(move || index.clear()).await?;
         }
-        let cursor = self.index.cursor().as_deref().and_then(Cursor::parse);
+        let cursor = index.cursor().as_deref().and_then(Cursor::parse);
         match cursor {
             None => {
                 // A new or reset index: build it from the messages, then follow the feed
@@ -304,7 +348,7 @@ impl Search {
 
     async fn commit(&self, changes: Vec<Change>, cursor: Cursor) -> Result<(), LogicError> {
         let n = changes.len() as u64;
-        let index = self.index.clone();
+        let index = self.index()?;
         let cursor = cursor.to_string();
         blocking(move || index.apply(changes, &cursor)).await?;
         self.applied.fetch_add(n, Ordering::Relaxed);
@@ -320,9 +364,10 @@ impl Search {
 
     /// What the admin API and the dashboard show.
     pub async fn stats(&self) -> Result<Value, LogicError> {
-        let st = self.index.stats();
+        let index = self.index()?;
+        let st = index.stats();
         let (lo, hi) = self.core.store.search_feed_bounds().await?;
-        let cursor = self.index.cursor();
+        let cursor = index.cursor();
         let behind = match cursor.as_deref().and_then(Cursor::parse) {
             Some(Cursor::Feed { after }) => hi.saturating_sub(after),
             _ => hi.saturating_sub(lo),
@@ -412,19 +457,24 @@ impl Search {
             page: (!r.page.is_empty()).then(|| r.page.clone()),
             highlight: r.highlight,
         };
-        let index = self.index.clone();
+        let index = self.index()?;
         let started = std::time::Instant::now();
         let hits = blocking(move || index.search(&q)).await?;
         metrics::histogram!("ferry_search_seconds").record(started.elapsed().as_secs_f64());
         // Every hit as stored now: a message recalled since it was indexed is left out.
         let ids: Vec<u64> = hits.hits.iter().map(|h| h.msg_id).collect();
         let stored = self.core.store.messages_by_id(&ids).await?;
+        // Nor one the caller deleted for themself (HIDE).
+        let hidden = self.core.store.hidden_among(me.user_id, ids).await?;
         let mut resp = v1::SearchResp {
             total: hits.total as u64,
             next: hits.next.unwrap_or_default(),
             ..Default::default()
         };
         for h in hits.hits {
+            if hidden.contains(&h.msg_id) {
+                continue;
+            }
             let Some(m) = stored.iter().find(|m| m.msg_id == h.msg_id) else {
                 continue;
             };

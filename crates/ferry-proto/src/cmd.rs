@@ -99,7 +99,8 @@ pub struct Command {
     /// `ERROR UNKNOWN_COMMAND` and the link stays open.
     pub long_link: bool,
     /// Sending it twice does what sending it once does: a SEND (deduplicated by its
-    /// `client_msg_id`) and the pure reads. In a cluster a gateway re-sends such a
+    /// `client_msg_id`), the pure reads, and the message operations that set a state
+    /// (EDIT to a text, REACT, HIDE, PIN: a repeat changes nothing). In a cluster a gateway re-sends such a
     /// request to another logic node when the first does not answer in time; any other
     /// is answered `UNAVAILABLE` then (docs/protocol.md §2).
     pub idempotent: bool,
@@ -203,6 +204,14 @@ commands! {
     /// inside a `HELLO | 0x80` or `RESUME | 0x80` answer (request id 0). Never on the
     /// plain frame stream. See [`crate::resume`].
     TICKET = 0x0C, "ticket" { kind: Kind::Link, response: "Resumption" };
+    /// Edit a message's text (`EditReq` → `Empty`). Idempotent: the same text again
+    /// changes nothing.
+    EDIT = 0x0D, "edit" { idempotent: true, path: Some("edit"), request: "EditReq", response: "Empty" };
+    /// Add or take back a reaction (`ReactReq` → `Empty`). Idempotent: adding what is
+    /// there, or taking back what is not, changes nothing.
+    REACT = 0x0E, "react" { idempotent: true, path: Some("react"), request: "ReactReq", response: "Empty" };
+    /// Delete messages for the caller only (`HideReq` → `Empty`). Idempotent.
+    HIDE = 0x0F, "hide" { idempotent: true, path: Some("hide"), request: "HideReq", response: "Empty" };
 
     /// Short-link only: `POST /v1/register`.
     REGISTER = 0x10, "register" {
@@ -352,6 +361,14 @@ commands! {
         long_link: false, auth: Auth::ApiToken, body_limit: BodyLimit::Bytes(1 << 20),
         request: "bus.ApiCall", response: "bus.ApiAnswer",
     };
+    /// `POST /v1/reactions`: a message's reactions (`ReactionsReq` → `ReactionsResp`).
+    REACTIONS = 0x32, "reactions" { idempotent: true,
+        path: Some("reactions"), request: "ReactionsReq", response: "ReactionsResp",
+    };
+    /// `POST /v1/pin`: pin or unpin a message (`PinReq` → `Empty`). Idempotent.
+    PIN = 0x33, "pin" { idempotent: true, path: Some("pin"), request: "PinReq", response: "Empty" };
+    /// `POST /v1/pins`: a conversation's pinned messages (`PinsReq` → `PinsResp`).
+    PINS = 0x34, "pins" { idempotent: true, path: Some("pins"), request: "PinsReq", response: "PinsResp" };
     /// Search the messages the caller may read (`SearchReq` → `SearchResp`). Also
     /// `POST /v1/search`.
     SEARCH = 0x35, "search" { idempotent: true,
@@ -607,6 +624,9 @@ mod tests {
     #[test]
     fn idempotent_requests_are_send_and_reads() {
         assert!(idempotent(SEND) && idempotent(SYNC) && idempotent(GROUP_SYNC));
+        for c in [EDIT, REACT, HIDE, REACTIONS, PIN, PINS] {
+            assert!(idempotent(c), "{}", name(c));
+        }
         for c in [
             LOGIN,
             RECALL,
@@ -667,7 +687,7 @@ mod tests {
         paths.sort();
         paths.dedup();
         assert_eq!(paths.len(), n);
-        assert_eq!(n, 46, "the short link's paths");
+        assert_eq!(n, 52, "the short link's paths");
         for c in COMMANDS {
             if let Some(p) = c.path {
                 assert_eq!(by_path(p).map(|b| b.id), Some(c.id), "{p}");
@@ -723,6 +743,12 @@ mod tests {
             (PASSWORD_CHANGE, 0x39),
             (NOTIFY, 0x40),
             (TYPING_PUSH, 0x43),
+            (EDIT, 0x0D),
+            (REACT, 0x0E),
+            (HIDE, 0x0F),
+            (REACTIONS, 0x32),
+            (PIN, 0x33),
+            (PINS, 0x34),
             (ERROR, 0x7F),
         ];
         for (c, n) in fixed {

@@ -57,6 +57,8 @@ mod query;
 pub mod tokenizer;
 
 pub use index::Index;
+/// tantivy's error, inside [`SearchError::Index`] (a caller tells a busy folder, `LockFailure`, from the rest).
+pub use tantivy::TantivyError;
 
 use std::ops::Range;
 

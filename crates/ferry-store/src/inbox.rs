@@ -60,6 +60,9 @@ pub struct MessageInfo {
     pub msg_id: u64,
     pub sender_id: u64,
     pub time_ms: i64,
+    /// For a group message, its gseq in the group's log; for a 1:1 message, its seq in
+    /// the recipient's inbox.
+    pub seq: u64,
     /// `None` once recalled.
     pub body: Option<v1::Message>,
 }

@@ -7,8 +7,8 @@
 //! storage).
 //!
 //! The contract is cut along the logic layer's domains: [`AccountStore`], [`InboxStore`],
-//! [`SocialStore`], [`ReportStore`], [`GroupStore`] and [`OpsStore`] (the admin API's
-//! operations), each declared with its rows in a file of its own (`accounts.rs`, `inbox.rs` …) and implemented by each backend in the
+//! [`SocialStore`], [`ReportStore`], [`GroupStore`], [`MsgOpsStore`] (edits, reactions,
+//! pins, delete-for-me) and [`OpsStore`] (the admin API's operations), each declared with its rows in a file of its own (`accounts.rs`, `inbox.rs` …) and implemented by each backend in the
 //! file of the same name (`sqlite/inbox.rs`, `postgres/inbox.rs` …). [`Store`] is all of
 //! them; the logic layer holds an `Arc<dyn Store>`. Both backends pass one conformance
 //! suite (`conformance/`, built with the `conformance` feature for the tests).
@@ -26,6 +26,7 @@ mod groups;
 mod hooks;
 mod inbox;
 mod media;
+mod msgops;
 mod ops;
 mod postgres;
 mod push;
@@ -49,6 +50,10 @@ pub use media::{
     valid_media_id, LocalMediaStore, MediaMeta, MediaStore, PgMediaStore, S3Config, S3MediaStore,
     UploadKey, Verified,
 };
+pub use msgops::{
+    Logged, MessageEdit, MsgOpsStore, PinChange, PinRow, Pinned, Reacted, ReactionChange,
+    ReactionCount,
+};
 pub use ops::{Dissolved, GroupSummary, OpsStore, SystemMessage};
 pub use postgres::{PgConfig, PgStore};
 pub use push::{PushDone, PushEnqueue, PushJob, PushPrefRow, PushStore, PushTargetRow};
@@ -66,7 +71,8 @@ pub use user_admin::{
 pub mod prelude {
     pub use crate::{
         AccountStore, AuditStore, BotStore, GroupStore, HookStore, InboxStore, MediaStore,
-        OpsStore, PushStore, ReportStore, SearchStore, SocialStore, Store, UserAdminStore,
+        MsgOpsStore, OpsStore, PushStore, ReportStore, SearchStore, SocialStore, Store,
+        UserAdminStore,
     };
 }
 
@@ -84,6 +90,7 @@ pub trait Store:
     + UserAdminStore
     + HookStore
     + BotStore
+    + MsgOpsStore
     + SearchStore
 {
 }
@@ -100,6 +107,7 @@ impl<
             + UserAdminStore
             + HookStore
             + BotStore
+            + MsgOpsStore
             + SearchStore,
     > Store for T
 {

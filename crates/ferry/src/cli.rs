@@ -220,6 +220,36 @@ pub fn entry_json(e: &v1::Entry, me: &str) -> serde_json::Value {
             "reader": r.reader,
             "msg_id": r.msg_id,
         }),
+        Some(v1::entry::Kind::Edit(x)) => serde_json::json!({
+            "seq": e.seq,
+            "kind": "edit",
+            "msg_id": x.msg_id,
+            "text": x.text,
+            "edited_ms": x.edited_ms,
+            "by": x.by,
+        }),
+        Some(v1::entry::Kind::Reaction(x)) => serde_json::json!({
+            "seq": e.seq,
+            "kind": "reaction",
+            "msg_id": x.msg_id,
+            "emoji": x.emoji,
+            "add": x.add,
+            "count": x.count,
+            "by": x.by,
+        }),
+        Some(v1::entry::Kind::Hide(h)) => serde_json::json!({
+            "seq": e.seq,
+            "kind": "hide",
+            "msg_ids": h.msg_ids,
+        }),
+        Some(v1::entry::Kind::Pin(x)) => serde_json::json!({
+            "seq": e.seq,
+            "kind": "pin",
+            "msg_id": x.msg_id,
+            "peer": x.peer,
+            "pinned": x.pinned,
+            "by": x.by,
+        }),
         Some(v1::entry::Kind::Moment(m)) => serde_json::json!({
             "seq": e.seq,
             "kind": "moment",
@@ -833,6 +863,78 @@ pub async fn recall(opts: &ClientOpts, msg_id: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A fresh login for a one-shot command (the caller closes it).
+async fn login(opts: &ClientOpts) -> anyhow::Result<Client> {
+    let (client, _events) = Client::connect(opts.config()?)
+        .await
+        .context("logging in")?;
+    Ok(client)
+}
+
+pub async fn reply(opts: &ClientOpts, msg_id: u64, text: &str) -> anyhow::Result<()> {
+    let client = login(opts).await?;
+    let result = client.reply(msg_id, text).await;
+    client.close().await;
+    let ack = result.context("replying")?;
+    println!("sent msg_id={} seq={}", ack.msg_id, ack.seq);
+    Ok(())
+}
+
+pub async fn edit(opts: &ClientOpts, msg_id: u64, text: &str) -> anyhow::Result<()> {
+    let client = login(opts).await?;
+    let result = client.edit(msg_id, text).await;
+    client.close().await;
+    result.context("editing")?;
+    println!("edited {msg_id}");
+    Ok(())
+}
+
+pub async fn react(
+    opts: &ClientOpts,
+    msg_id: u64,
+    emoji: &str,
+    remove: bool,
+) -> anyhow::Result<()> {
+    let client = login(opts).await?;
+    let result = if remove {
+        client.unreact(msg_id, emoji).await
+    } else {
+        client.react(msg_id, emoji).await
+    };
+    client.close().await;
+    result.context("reacting")?;
+    let done = if remove { "took back" } else { "reacted" };
+    println!("{done} {emoji} on {msg_id}");
+    Ok(())
+}
+
+pub async fn hide(opts: &ClientOpts, msg_ids: &[u64]) -> anyhow::Result<()> {
+    let client = login(opts).await?;
+    let result = client.hide(msg_ids).await;
+    client.close().await;
+    result.context("hiding")?;
+    println!("hid {} message(s)", msg_ids.len());
+    Ok(())
+}
+
+pub async fn pin(
+    opts: &ClientOpts,
+    conv: &ferry_client::Conversation,
+    msg_id: u64,
+    remove: bool,
+) -> anyhow::Result<()> {
+    let client = login(opts).await?;
+    let result = if remove {
+        client.unpin(conv, msg_id).await
+    } else {
+        client.pin(conv, msg_id).await
+    };
+    client.close().await;
+    result.context("pinning")?;
+    println!("{} {msg_id}", if remove { "unpinned" } else { "pinned" });
+    Ok(())
+}
+
 /// A group log entry as a JSON line.
 pub fn group_entry_json(group: u64, e: &v1::GroupEntry, me: &str) -> serde_json::Value {
     use v1::group_entry::Kind;
@@ -847,6 +949,18 @@ pub fn group_entry_json(group: u64, e: &v1::GroupEntry, me: &str) -> serde_json:
         }),
         Some(Kind::Recall(r)) => serde_json::json!({
             "group_id": group, "gseq": e.gseq, "kind": "recall", "msg_id": r.msg_id, "by": r.by,
+        }),
+        Some(Kind::Edit(x)) => serde_json::json!({
+            "group_id": group, "gseq": e.gseq, "kind": "edit", "msg_id": x.msg_id, "text": x.text,
+            "edited_ms": x.edited_ms, "by": x.by,
+        }),
+        Some(Kind::Reaction(x)) => serde_json::json!({
+            "group_id": group, "gseq": e.gseq, "kind": "reaction", "msg_id": x.msg_id,
+            "emoji": x.emoji, "add": x.add, "count": x.count, "by": x.by,
+        }),
+        Some(Kind::Pin(x)) => serde_json::json!({
+            "group_id": group, "gseq": e.gseq, "kind": "pin", "msg_id": x.msg_id,
+            "pinned": x.pinned, "by": x.by,
         }),
         None => serde_json::json!({ "group_id": group, "gseq": e.gseq, "kind": "removed" }),
     }

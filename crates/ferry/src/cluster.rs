@@ -308,15 +308,14 @@ impl LogicNode {
         }
         logic.set_push_senders(crate::push_senders(cfg)?);
         // Each logic node keeps its own search index; where the data folder is another
-        // node's already, this one keeps it in memory (rebuilt at each start).
+        // node's already, this one keeps it in memory (built from the store at each
+        // start).
         let search_dir = cfg.data_dir.join("search");
         if cfg.logic.search {
-            if let Err(e) = logic.enable_search(Some(&search_dir)) {
-                tracing::warn!(error = %e, dir = %search_dir.display(), "search index in memory");
-                logic
-                    .enable_search(None)
-                    .context("opening the search index")?;
-            }
+            logic
+                .enable_search(Some(&search_dir))
+                .await
+                .context("opening the search index")?;
         }
         logic.start();
         bus.ready().await.context("subscribing on NATS")?;

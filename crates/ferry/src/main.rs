@@ -104,6 +104,51 @@ enum Command {
         opts: ClientOpts,
         msg_id: u64,
     },
+    /// Reply to a message (in its conversation), quoting it.
+    Reply {
+        #[command(flatten)]
+        opts: ClientOpts,
+        msg_id: u64,
+        text: String,
+    },
+    /// Replace the text of a message you sent (within the edit window).
+    Edit {
+        #[command(flatten)]
+        opts: ClientOpts,
+        msg_id: u64,
+        text: String,
+    },
+    /// React to a message with an emoji (or take the reaction back with --remove).
+    React {
+        #[command(flatten)]
+        opts: ClientOpts,
+        msg_id: u64,
+        emoji: String,
+        #[arg(long)]
+        remove: bool,
+    },
+    /// Delete messages for yourself only (your devices drop them; others keep them).
+    Hide {
+        #[command(flatten)]
+        opts: ClientOpts,
+        #[arg(required = true)]
+        msg_ids: Vec<u64>,
+    },
+    /// Pin a message of a 1:1 chat (--to USER) or a group (--group ID), or unpin it
+    /// with --remove.
+    Pin {
+        #[command(flatten)]
+        opts: ClientOpts,
+        msg_id: u64,
+        /// The 1:1 chat with this user.
+        #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+        to: Option<String>,
+        /// The group.
+        #[arg(long)]
+        group: Option<u64>,
+        #[arg(long)]
+        remove: bool,
+    },
     /// Search the messages you may read (1:1 and your groups'), in any language.
     Search {
         #[command(flatten)]
@@ -398,6 +443,32 @@ async fn main() {
                     (None, None, _) => Err(anyhow::anyhow!("--to or --group is required")),
                 },
                 Command::Recall { opts, msg_id } => cli::recall(&opts, msg_id).await,
+                Command::Reply { opts, msg_id, text } => cli::reply(&opts, msg_id, &text).await,
+                Command::Edit { opts, msg_id, text } => cli::edit(&opts, msg_id, &text).await,
+                Command::React {
+                    opts,
+                    msg_id,
+                    emoji,
+                    remove,
+                } => cli::react(&opts, msg_id, &emoji, remove).await,
+                Command::Hide { opts, msg_ids } => cli::hide(&opts, &msg_ids).await,
+                Command::Pin {
+                    opts,
+                    msg_id,
+                    to,
+                    group,
+                    remove,
+                } => {
+                    let conv = match (to, group) {
+                        (_, Some(g)) => Some(ferry_client::Conversation::Group(g)),
+                        (Some(to), None) => Some(ferry_client::Conversation::Peer(to)),
+                        (None, None) => None,
+                    };
+                    match conv {
+                        Some(conv) => cli::pin(&opts, &conv, msg_id, remove).await,
+                        None => Err(anyhow::anyhow!("--to or --group is required")),
+                    }
+                }
                 Command::Search {
                     opts,
                     filters,

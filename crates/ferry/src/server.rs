@@ -63,6 +63,7 @@ impl Server {
         if cfg.logic.search {
             logic
                 .enable_search(Some(&cfg.data_dir.join("search")))
+                .await
                 .context("opening the search index")?;
         }
         logic.start();

@@ -8,7 +8,9 @@ use ferry_proto::v1;
 use serde_json::{json, Value};
 
 /// A message as JSON:
-/// `{"id","from","to","group_id","time_ms","type","text","mentions","media","client_msg_id"}`.
+/// `{"id","from","to","group_id","time_ms","type","text","mentions","media","client_msg_id","quote","edited_ms"}`.
+/// `quote` is null unless the message is a reply (`{"msg_id","from","text","kind","recalled"}`,
+/// `kind` as `type` without `system`); `edited_ms` is 0 unless the text was edited.
 /// `to` is empty and `group_id` set (non-"0") for a group message; `media` is null
 /// without one; `type` is `text`, `system`, or the media's kind (`image`, `voice`,
 /// `video`, `file`).
@@ -31,6 +33,57 @@ pub(crate) fn message_json(m: &v1::Message) -> Value {
         "mentions": m.mentions,
         "media": media,
         "client_msg_id": m.client_msg_id.to_string(),
+        "quote": m.quote.as_deref().map(quote_json),
+        "edited_ms": m.edited_ms,
+    })
+}
+
+/// The quote of a reply: `{"msg_id","from","text","kind","recalled"}` (`text` empty and
+/// `recalled` true once the quoted message was recalled).
+fn quote_json(q: &v1::Quote) -> Value {
+    json!({
+        "msg_id": q.msg_id.to_string(),
+        "from": q.from,
+        "text": q.text,
+        "kind": match q.kind() {
+            v1::MediaKind::Unspecified => "text",
+            k => media_kind(k),
+        },
+        "recalled": q.recalled,
+    })
+}
+
+fn edit_json(e: &v1::Edit) -> Value {
+    json!({
+        "type": "edit",
+        "msg_id": e.msg_id.to_string(),
+        "group_id": e.group_id.to_string(),
+        "text": e.text,
+        "edited_ms": e.edited_ms,
+        "by": e.by,
+    })
+}
+
+fn reaction_json(r: &v1::Reaction) -> Value {
+    json!({
+        "type": "reaction",
+        "msg_id": r.msg_id.to_string(),
+        "group_id": r.group_id.to_string(),
+        "emoji": r.emoji,
+        "by": r.by,
+        "add": r.add,
+        "count": r.count,
+    })
+}
+
+fn pin_json(p: &v1::Pin) -> Value {
+    json!({
+        "type": "pin",
+        "msg_id": p.msg_id.to_string(),
+        "group_id": p.group_id.to_string(),
+        "peer": p.peer,
+        "by": p.by,
+        "pinned": p.pinned,
     })
 }
 
@@ -85,7 +138,8 @@ fn recall_json(r: &v1::Recall) -> Value {
 }
 
 /// An inbox entry as an update: `{"type",…,"seq","time_ms"}`, type `message`, `friend`,
-/// `moment`, `group` (the owner's own membership), `recall` or `read`.
+/// `moment`, `group` (the owner's own membership), `recall`, `read`, `edit`, `reaction`,
+/// `hide` (`{"msg_ids":[…]}`: messages the owner deleted for themselves) or `pin`.
 pub(crate) fn entry_json(e: &v1::Entry) -> Value {
     use v1::entry::Kind;
     let mut v = match &e.kind {
@@ -110,6 +164,13 @@ pub(crate) fn entry_json(e: &v1::Entry) -> Value {
             "reader": r.reader,
             "msg_id": r.msg_id.to_string(),
         }),
+        Some(Kind::Edit(x)) => edit_json(x),
+        Some(Kind::Reaction(x)) => reaction_json(x),
+        Some(Kind::Hide(h)) => json!({
+            "type": "hide",
+            "msg_ids": h.msg_ids.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
+        }),
+        Some(Kind::Pin(x)) => pin_json(x),
         None => json!({"type": "unknown"}),
     };
     v["seq"] = json!(e.seq);
@@ -118,13 +179,17 @@ pub(crate) fn entry_json(e: &v1::Entry) -> Value {
 }
 
 /// An entry of group `group_id`'s log as an update: `{"type",…,"group_id","gseq","time_ms"}`,
-/// type `message`, `group` (a change of the group: someone joined, left, …) or `recall`.
+/// type `message`, `group` (a change of the group: someone joined, left, …), `recall`,
+/// `edit`, `reaction` or `pin`.
 pub(crate) fn group_entry_json(group_id: u64, e: &v1::GroupEntry) -> Value {
     use v1::group_entry::Kind;
     let mut v = match &e.kind {
         Some(Kind::Message(m)) => json!({"type": "message", "message": message_json(m)}),
         Some(Kind::Event(g)) => group_event_json(g),
         Some(Kind::Recall(r)) => recall_json(r),
+        Some(Kind::Edit(x)) => edit_json(x),
+        Some(Kind::Reaction(x)) => reaction_json(x),
+        Some(Kind::Pin(x)) => pin_json(x),
         None => json!({"type": "unknown"}),
     };
     v["group_id"] = json!(group_id.to_string());

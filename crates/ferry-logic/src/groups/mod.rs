@@ -95,7 +95,11 @@ impl Groups {
 
     /// The caller's membership, or NOT_FOUND (a non-member cannot tell whether the group
     /// exists).
-    async fn membership(&self, group: u64, user: u64) -> Result<(GroupRow, MemberRow), LogicError> {
+    pub(crate) async fn membership(
+        &self,
+        group: u64,
+        user: u64,
+    ) -> Result<(GroupRow, MemberRow), LogicError> {
         let m = self
             .core
             .store
@@ -554,6 +558,7 @@ impl Groups {
         &self,
         me: &DeviceSession,
         r: v1::SendMsg,
+        quote: Option<v1::Quote>,
         req_cmd: u32,
     ) -> Result<BusResponse, LogicError> {
         self.core
@@ -581,9 +586,11 @@ impl Groups {
             group_id: r.group_id,
             mentions: r.mentions,
             media,
+            quote: quote.map(Box::new),
             ..Default::default()
         };
         crate::before::screen(&self.core, me.user_id, &mut message).await?;
+        crate::msgops::note_reply(&self.core, me.user_id, &message).await?;
         let done = self
             .core
             .store
@@ -616,6 +623,7 @@ impl Groups {
                 .await?;
         }
         if !done.duplicate {
+            crate::msgops::recheck_quote(&self.core, &message).await;
             metrics::counter!("ferry_group_messages_total").increment(1);
             if let Ok(members) = self.fanout.member_ids(r.group_id).await {
                 self.push
@@ -672,6 +680,12 @@ impl Groups {
         self.membership(group, user).await?;
         self.core.store.set_group_read(group, user, gseq).await?;
         Ok(())
+    }
+
+    /// Tells the members online that the group's log grew to `gseq` (with `entry`
+    /// inline when small): for entries logged by another domain (message operations).
+    pub(crate) async fn log_notify(&self, group: u64, entry: Option<v1::GroupEntry>, gseq: u64) {
+        self.fanout.notify(group, entry, gseq, &[]).await;
     }
 
     /// Groups whose members or log were changed by another domain (a user deleted by

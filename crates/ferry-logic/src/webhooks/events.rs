@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 pub const EVENT_TYPES: &[&str] = &[
     "message.sent",
     "message.recalled",
+    "message.edited",
     "user.registered",
     "user.deleted",
     "friend.added",

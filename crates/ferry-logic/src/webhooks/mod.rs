@@ -496,6 +496,23 @@ pub(crate) fn message_recalled(msg_id: u64, group_id: u64, sender: &str, by: &st
     )
 }
 
+/// `message.edited`: a message's text replaced by its sender (`before`: the text it
+/// had). The id names the edit (message and time), the same on every retry.
+pub(crate) fn message_edited(e: &ferry_proto::v1::Edit, before: &str) -> Event {
+    Event::new(
+        "message.edited",
+        format!("edit-{}-{}", e.msg_id, e.edited_ms),
+        serde_json::json!({
+            "msg_id": e.msg_id.to_string(),
+            "group_id": e.group_id.to_string(),
+            "by": e.by,
+            "text": e.text,
+            "before": before,
+            "edited_ms": e.edited_ms,
+        }),
+    )
+}
+
 /// `push.failed`: a platform push given up (rejected by the provider, or out of
 /// attempts). The id names the queue row's claim (user, device, version), the same on
 /// whichever node gives up.

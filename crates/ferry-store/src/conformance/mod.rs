@@ -18,6 +18,7 @@ pub mod groups;
 pub mod hooks;
 pub mod inbox;
 pub mod media;
+pub mod msgops;
 pub mod ops;
 pub mod push;
 pub mod reports;
@@ -46,6 +47,11 @@ macro_rules! conformance_tests {
             reports: reports_page_newest_first_and_prune;
             search: search_feed_follows_every_change_of_a_message;
             groups: groups_logs_members_and_recall;
+            msgops: edits_replace_the_text_keep_the_history_and_log_once,
+                reactions_are_idempotent_counted_limited_and_paged,
+                hidden_messages_are_logged_once_per_message,
+                pins_are_limited_listed_newest_first_and_logged_in_the_group,
+                a_recall_empties_the_quotes_of_its_replies;
             ops: groups_are_listed_searched_and_dissolved, users_page_by_id,
                 system_messages_land_in_their_recipients_inbox_only,
                 limit_overrides_are_set_replaced_and_cleared;
@@ -155,6 +161,7 @@ pub fn assert_all_listed(listed: &[&str]) {
             "social",
             "reports",
             "groups",
+            "msgops",
             "ops",
             "push",
             "media",
@@ -178,6 +185,7 @@ pub fn assert_listed(domains: &[&str], listed: &[&str]) {
         ("reports", include_str!("reports.rs")),
         ("search", include_str!("search.rs")),
         ("groups", include_str!("groups.rs")),
+        ("msgops", include_str!("msgops.rs")),
         ("ops", include_str!("ops.rs")),
         ("push", include_str!("push.rs")),
         ("hooks", include_str!("hooks.rs")),

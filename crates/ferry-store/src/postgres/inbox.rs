@@ -273,7 +273,9 @@ impl InboxStore for PgStore {
     async fn message_info(&self, msg_id: u64) -> Result<Option<MessageInfo>> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("SELECT id, sender_id, created_ms, body FROM messages WHERE id = $1")
+            .prepare_cached(
+                "SELECT id, sender_id, created_ms, body, recipient_seq FROM messages WHERE id = $1",
+            )
             .await?;
         let Some(r) = client.query_opt(&stmt, &[&(msg_id as i64)]).await? else {
             return Ok(None);
@@ -284,6 +286,7 @@ impl InboxStore for PgStore {
             msg_id: id as u64,
             sender_id: r.get::<_, i64>(1) as u64,
             time_ms: r.get(2),
+            seq: r.get::<_, i64>(4) as u64,
             body: body.map(|b| decode_message(id, &b)).transpose()?,
         }))
     }
@@ -305,6 +308,7 @@ impl InboxStore for PgStore {
         if n == 0 {
             return Err(StoreError::NotFound);
         }
+        super::msgops::forget_recalled(&txn, msg_id).await?;
         let gseq = match group {
             Some((g, entry)) => Some(log_append(&txn, g, None, Some(&entry), entry.time_ms).await?),
             None => None,

@@ -44,6 +44,7 @@ mod bots;
 mod groups;
 mod hooks;
 mod inbox;
+mod msgops;
 mod ops;
 mod push;
 mod reports;

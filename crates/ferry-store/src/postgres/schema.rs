@@ -296,6 +296,47 @@ CREATE TRIGGER search_feed_update AFTER UPDATE ON messages
 CREATE TRIGGER search_feed_delete AFTER DELETE ON messages
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION search_feed_deleted();
 "#,
+    // Message operations (issue 24, msgops): edits' history, reactions, messages hidden
+    // by one user, pins per conversation, and which messages quote which (a recall
+    // empties its quotes).
+    r#"
+CREATE TABLE message_edits (
+    msg_id    BIGINT NOT NULL,
+    sender_id BIGINT NOT NULL,
+    text      TEXT NOT NULL,
+    edited_ms BIGINT NOT NULL
+);
+CREATE INDEX message_edits_msg ON message_edits (msg_id);
+CREATE TABLE reactions (
+    msg_id  BIGINT NOT NULL,
+    user_id BIGINT NOT NULL,
+    emoji   TEXT NOT NULL,
+    time_ms BIGINT NOT NULL,
+    PRIMARY KEY (msg_id, user_id, emoji)
+);
+CREATE INDEX reactions_emoji ON reactions (msg_id, emoji, user_id);
+CREATE TABLE hidden (
+    user_id BIGINT NOT NULL,
+    msg_id  BIGINT NOT NULL,
+    time_ms BIGINT NOT NULL,
+    PRIMARY KEY (user_id, msg_id)
+);
+CREATE TABLE pins (
+    conv       TEXT NOT NULL,
+    msg_id     BIGINT NOT NULL,
+    by_user_id BIGINT NOT NULL,
+    time_ms    BIGINT NOT NULL,
+    PRIMARY KEY (conv, msg_id)
+);
+CREATE INDEX pins_msg ON pins (msg_id);
+CREATE TABLE replies (
+    sender_id     BIGINT NOT NULL,
+    client_msg_id BIGINT NOT NULL,
+    quoted_id     BIGINT NOT NULL,
+    PRIMARY KEY (sender_id, client_msg_id)
+);
+CREATE INDEX replies_quoted ON replies (quoted_id);
+"#,
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.

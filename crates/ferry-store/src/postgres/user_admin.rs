@@ -334,7 +334,7 @@ impl UserAdminStore for PgStore {
         let client = self.client().await?;
         let rows = client
             .query(
-                "SELECT id, sender_id, created_ms, body FROM messages
+                "SELECT id, sender_id, created_ms, body, recipient_seq FROM messages
                  WHERE id > $2 AND body IS NOT NULL AND (sender_id = $1 OR id IN
                    (SELECT msg_id FROM inbox WHERE user_id = $1 AND msg_id > $2))
                  ORDER BY id LIMIT $3",
@@ -349,6 +349,7 @@ impl UserAdminStore for PgStore {
                     msg_id: mid as u64,
                     sender_id: r.get::<_, i64>(1) as u64,
                     time_ms: r.get(2),
+                    seq: r.get::<_, i64>(4) as u64,
                     body: Some(decode_message(mid, &body)?),
                 })
             })

@@ -313,7 +313,7 @@ impl InboxStore for SqliteStore {
         self.read(move |c: &Connection| {
             let row = c
                 .prepare_cached(
-                    "SELECT id, sender_id, created_ms, body FROM messages WHERE id = ?1",
+                    "SELECT id, sender_id, created_ms, body, recipient_seq FROM messages WHERE id = ?1",
                 )?
                 .query_row([msg_id as i64], |r| {
                     Ok((
@@ -321,10 +321,11 @@ impl InboxStore for SqliteStore {
                         r.get::<_, i64>(1)? as u64,
                         r.get::<_, i64>(2)?,
                         r.get::<_, Option<Vec<u8>>>(3)?,
+                        r.get::<_, i64>(4)? as u64,
                     ))
                 })
                 .optional()?;
-            let Some((id, sender, time, body)) = row else {
+            let Some((id, sender, time, body, seq)) = row else {
                 return Ok(None);
             };
             let body = match body {
@@ -338,6 +339,7 @@ impl InboxStore for SqliteStore {
                 msg_id: id,
                 sender_id: sender,
                 time_ms: time,
+                seq,
                 body,
             }))
         })
@@ -359,6 +361,7 @@ impl InboxStore for SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
+            super::msgops::forget_recalled(txn, msg_id)?;
             let gseq = match group {
                 Some((g, entry)) => Some(log_append(txn, g, None, Some(&entry), entry.time_ms)?),
                 None => None,

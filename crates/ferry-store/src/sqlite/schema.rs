@@ -286,6 +286,47 @@ CREATE TRIGGER search_feed_delete AFTER DELETE ON messages BEGIN
     VALUES (OLD.id, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
 END;
 "#,
+    // Message operations (issue 24, msgops): edits' history, reactions, messages hidden
+    // by one user, pins per conversation, and which messages quote which (a recall
+    // empties its quotes).
+    r#"
+CREATE TABLE message_edits (
+    msg_id    INTEGER NOT NULL,
+    sender_id INTEGER NOT NULL,
+    text      TEXT NOT NULL,
+    edited_ms INTEGER NOT NULL
+);
+CREATE INDEX message_edits_msg ON message_edits(msg_id);
+CREATE TABLE reactions (
+    msg_id  INTEGER NOT NULL,
+    user_id INTEGER NOT NULL,
+    emoji   TEXT NOT NULL,
+    time_ms INTEGER NOT NULL,
+    PRIMARY KEY (msg_id, user_id, emoji)
+) WITHOUT ROWID;
+CREATE INDEX reactions_emoji ON reactions(msg_id, emoji, user_id);
+CREATE TABLE hidden (
+    user_id INTEGER NOT NULL,
+    msg_id  INTEGER NOT NULL,
+    time_ms INTEGER NOT NULL,
+    PRIMARY KEY (user_id, msg_id)
+) WITHOUT ROWID;
+CREATE TABLE pins (
+    conv       TEXT NOT NULL,
+    msg_id     INTEGER NOT NULL,
+    by_user_id INTEGER NOT NULL,
+    time_ms    INTEGER NOT NULL,
+    PRIMARY KEY (conv, msg_id)
+) WITHOUT ROWID;
+CREATE INDEX pins_msg ON pins(msg_id);
+CREATE TABLE replies (
+    sender_id     INTEGER NOT NULL,
+    client_msg_id INTEGER NOT NULL,
+    quoted_id     INTEGER NOT NULL,
+    PRIMARY KEY (sender_id, client_msg_id)
+) WITHOUT ROWID;
+CREATE INDEX replies_quoted ON replies(quoted_id);
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

@@ -327,7 +327,7 @@ impl UserAdminStore for SqliteStore {
         self.read(move |c| {
             let rows = c
                 .prepare_cached(
-                    "SELECT id, sender_id, created_ms, body FROM messages
+                    "SELECT id, sender_id, created_ms, body, recipient_seq FROM messages
                      WHERE id > ?2 AND body IS NOT NULL AND (sender_id = ?1 OR id IN
                        (SELECT msg_id FROM inbox WHERE user_id = ?1 AND msg_id > ?2))
                      ORDER BY id LIMIT ?3",
@@ -338,11 +338,12 @@ impl UserAdminStore for SqliteStore {
                         r.get::<_, i64>(1)? as u64,
                         r.get::<_, i64>(2)?,
                         r.get::<_, Vec<u8>>(3)?,
+                        r.get::<_, i64>(4)? as u64,
                     ))
                 })?
                 .collect::<rusqlite::Result<Vec<_>>>()?;
             rows.into_iter()
-                .map(|(mid, sender, time, body)| {
+                .map(|(mid, sender, time, body, seq)| {
                     let mut m = v1::Message::decode(&body[..])
                         .map_err(|e| StoreError::Corrupt(format!("message {mid}: {e}")))?;
                     m.msg_id = mid as u64;
@@ -350,6 +351,7 @@ impl UserAdminStore for SqliteStore {
                         msg_id: mid as u64,
                         sender_id: sender,
                         time_ms: time,
+                        seq,
                         body: Some(m),
                     })
                 })

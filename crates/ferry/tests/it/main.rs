@@ -35,6 +35,7 @@ mod limits;
 mod liveness;
 mod media;
 mod messaging;
+mod msgops;
 mod push;
 mod push_cluster;
 mod resume;

@@ -56,7 +56,8 @@ async fn each_user_finds_what_they_may_read_in_any_language() {
         .send_text("sbob", "Dinner at Café Lumière tonight?")
         .await
         .unwrap();
-    bob.send_text("sann", "明天我们去北京烤鸭店吃饭吧")
+    let duck = bob
+        .send_text("sann", "明天我们去北京烤鸭店吃饭吧")
         .await
         .unwrap();
     ann.send_text("sdan", "the lumière photos are up")
@@ -164,6 +165,11 @@ async fn each_user_finds_what_they_may_read_in_any_language() {
     ann.recall(cafe.msg_id).await.unwrap();
     let r = search(b, "café", |_| {}).await;
     assert!(r.hits.is_empty(), "{:?}", texts(&r));
+
+    // Deleted for oneself (HIDE): gone from that user's search only.
+    bob.hide(&[duck.msg_id]).await.unwrap();
+    assert!(search(b, "烤鸭", |_| {}).await.hits.is_empty());
+    assert_eq!(search(a, "烤鸭", |_| {}).await.hits.len(), 1);
 
     // Clear refusals.
     let err = d
