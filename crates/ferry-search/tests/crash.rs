@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use ferry_search::{Change, Conv, Doc, Index, Kind, Options, Query, Scope};
 use rand::{Rng, SeedableRng};
 
-const CHILD_ENV: &str = "FERRY_SEARCH_CRASH_CHILD_DIR";
+const CHILD_ENV: &str = "SEARCH_CRASH_CHILD_DIR";
 const BATCHES: u64 = 60;
 const PER_BATCH: u64 = 100;
 const TOTAL: u64 = BATCHES * PER_BATCH;
