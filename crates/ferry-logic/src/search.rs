@@ -368,16 +368,16 @@ impl Search {
         let st = index.stats();
         let (lo, hi) = self.core.store.search_feed_bounds().await?;
         let cursor = index.cursor();
-        let behind = match cursor.as_deref().and_then(Cursor::parse) {
-            Some(Cursor::Feed { after }) => hi.saturating_sub(after),
-            _ => hi.saturating_sub(lo),
+        let (building, behind) = match cursor.as_deref().and_then(Cursor::parse) {
+            Some(Cursor::Feed { after }) => (false, hi.saturating_sub(after)),
+            _ => (true, hi.saturating_sub(lo)),
         };
         Ok(json!({
             "docs": st.docs,
             "bytes": st.bytes,
             "segments": st.segments,
             "cursor": cursor,
-            "building": matches!(cursor.as_deref().and_then(Cursor::parse), Some(Cursor::Build { .. }) | None),
+            "building": building,
             "feed_behind": behind,
             "applied": self.applied.load(Ordering::Relaxed),
             "gaps_passed": self.gaps_passed.load(Ordering::Relaxed),

@@ -140,6 +140,9 @@ pub(crate) struct Emitter {
     registry: parking_lot::RwLock<Arc<Registry>>,
     /// Any endpoint at all: the one load a send pays when there is none.
     any: AtomicBool,
+    /// Some bot has an endpoint of its own: the one load a group message pays when none
+    /// has (set with the registry, like `any`).
+    any_owner: AtomicBool,
     /// Wakes this node's worker when it queued something.
     pub(crate) wake: tokio::sync::Notify,
     /// Rows queued by this node since start.
@@ -152,6 +155,7 @@ impl Emitter {
             store,
             registry: Default::default(),
             any: AtomicBool::new(false),
+            any_owner: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             enqueued: AtomicU64::new(0),
         }
@@ -162,6 +166,8 @@ impl Emitter {
         let any = !endpoints.is_empty();
         *self.registry.write() = Arc::new(Registry::build(endpoints));
         self.any.store(any, Ordering::Release);
+        let owners = !self.registry.read().owners.is_empty();
+        self.any_owner.store(owners, Ordering::Release);
     }
 
     pub fn registry(&self) -> Arc<Registry> {
@@ -176,7 +182,7 @@ impl Emitter {
 
     /// Whether some bot has an endpoint of its own.
     pub fn any_owner(&self) -> bool {
-        self.any.load(Ordering::Acquire) && !self.registry.read().owners.is_empty()
+        self.any_owner.load(Ordering::Acquire)
     }
 
     /// Whether `user` (a bot) has an endpoint of its own.
