@@ -21,11 +21,14 @@
 //! **Access.** The index answers only within the caller's scope (their 1:1 messages; the
 //! groups they are in, from the gseq they may read); every hit is then re-read from the
 //! store, so a message recalled a moment ago is never shown, nor one the caller deleted
-//! for themself (HIDE; `total` may still count it). A group the caller has left is not
-//! searched.
+//! for themself (HIDE; `total` may still count it). A group the caller has left (or was
+//! removed from) is searched up to where they left, as they saw it while a member.
 //!
 //! It must not slow the send path: it costs a send nothing but the feed's row (written by
-//! a trigger in the same transaction).
+//! a trigger in the same transaction). The feeder runs on a thread of its own at the
+//! lowest CPU priority (nice 19), and so do the index's writer and merge threads, which
+//! it starts: while senders keep the CPU busy the index falls behind (`feed_behind` in
+//! `ferry admin search`) and catches up when the CPU is free, in larger batches.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -37,7 +40,6 @@ use ferry_proto::{v1, ProtoMessage};
 use ferry_search::{Change, Conv, Doc, GroupSpan, Index, Kind, Order, Query, Scope};
 use ferry_store::IndexedMessage;
 use serde_json::{json, Value};
-use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{ApiError, Call, Domain, Reply, Route, Scope as ApiScope};
@@ -98,8 +100,8 @@ pub(crate) struct Search {
     core: Arc<Core>,
     /// `None` once closed (the node shut down): the index's folder is free again.
     index: parking_lot::RwLock<Option<Arc<Index>>>,
-    /// Wakes the feeder (a reindex was asked).
-    wake: Notify,
+    /// The feeder's thread, to wake it (a reindex was asked, the index closed).
+    feeder: std::sync::OnceLock<std::thread::Thread>,
     /// A reindex was asked: the feeder clears the index at its next round.
     reset: AtomicBool,
     /// Messages indexed (upserts and removals) since start.
@@ -115,39 +117,26 @@ impl Search {
     /// another index still holds (a server of this process restarting on the same data)
     /// is waited for up to [`OPEN_WAIT`]; a folder that cannot be used then leaves the
     /// index in memory, built from the store at start, with a warning.
+    ///
+    /// The index is opened on a thread at the lowest CPU priority, so the writer's merge
+    /// threads, which it starts, inherit that priority.
     pub async fn open(core: Arc<Core>, dir: Option<&Path>) -> Result<Arc<Search>, LogicError> {
-        let opts = ferry_search::Options::default();
-        let index = match dir {
-            Some(d) => {
-                let until = std::time::Instant::now() + OPEN_WAIT;
-                loop {
-                    match Index::open(d, opts.clone()) {
-                        Ok(i) => break i,
-                        Err(ferry_search::SearchError::Index(
-                            ferry_search::TantivyError::LockFailure(..),
-                        )) if std::time::Instant::now() < until => {
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                        }
-                        Err(e) => {
-                            tracing::warn!(
-                                error = %e,
-                                dir = %d.display(),
-                                "the search index cannot use its folder; it is kept in memory"
-                            );
-                            break Index::in_ram(opts).map_err(|e| {
-                                LogicError::Internal(format!("the search index: {e}"))
-                            })?;
-                        }
-                    }
-                }
-            }
-            None => Index::in_ram(opts)
-                .map_err(|e| LogicError::Internal(format!("the search index: {e}")))?,
-        };
+        let dir = dir.map(Path::to_path_buf);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("ferry-search-open".into())
+            .spawn(move || {
+                lower_priority();
+                let _ = tx.send(open_index(dir.as_deref()));
+            })
+            .map_err(|e| LogicError::Internal(format!("the search index: {e}")))?;
+        let index = rx
+            .await
+            .map_err(|_| LogicError::Internal("the search index: its opener failed".into()))??;
         Ok(Arc::new(Search {
             core,
             index: parking_lot::RwLock::new(Some(Arc::new(index))),
-            wake: Notify::new(),
+            feeder: std::sync::OnceLock::new(),
             reset: AtomicBool::new(false),
             applied: AtomicU64::new(0),
             gaps_passed: AtomicU64::new(0),
@@ -167,51 +156,41 @@ impl Search {
     /// calls in flight end.
     pub fn close(&self) {
         self.index.write().take();
+        self.wake();
     }
 
-    /// Runs the feeder until `shutdown`.
+    /// Wakes the feeder from its idle wait.
+    fn wake(&self) {
+        if let Some(t) = self.feeder.get() {
+            t.unpark();
+        }
+    }
+
+    /// Runs the feeder until `shutdown`, on a thread of its own at the lowest CPU
+    /// priority (it drives the store's futures there through the runtime's handle). The
+    /// thread ends at `shutdown`, when the index is closed, or when the node is gone.
     pub fn start(self: &Arc<Self>, shutdown: CancellationToken) {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut prune_at = 0i64;
-            loop {
-                let more = match me.round().await {
-                    Ok(more) => more,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "search indexing failed; retrying");
-                        metrics::counter!("ferry_search_feed_errors_total").increment(1);
-                        false
-                    }
-                };
-                let now = unix_ms();
-                if now >= prune_at {
-                    prune_at = now + 3_600_000;
-                    if let Err(e) = me.core.store.prune_search_feed(now - FEED_KEEP_MS).await {
-                        tracing::warn!(error = %e, "pruning the search feed failed");
-                    }
-                }
-                if more {
-                    tokio::task::yield_now().await;
-                    if shutdown.is_cancelled() {
-                        return;
-                    }
-                    continue;
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = me.wake.notified() => {}
-                    _ = tokio::time::sleep(IDLE) => {}
-                }
+        let me = Arc::downgrade(self);
+        let handle = tokio::runtime::Handle::current();
+        let spawned = std::thread::Builder::new()
+            .name("ferry-search".into())
+            .spawn(move || {
+                lower_priority();
+                feed(me, &handle, &shutdown);
+            });
+        match spawned {
+            Ok(t) => {
+                let _ = self.feeder.set(t.thread().clone());
             }
-        });
+            Err(e) => tracing::error!(error = %e, "the search feeder cannot start"),
+        }
     }
 
     /// One round of the feeder: answers whether more is waiting.
     pub async fn round(&self) -> Result<bool, LogicError> {
         let index = self.index()?;
         if self.reset.swap(false, Ordering::AcqRel) {
-            let index = index.clone();
-            blocking(move || index.clear()).await?;
+            index.clear().map_err(index_error)?;
         }
         let cursor = index.cursor().as_deref().and_then(Cursor::parse);
         match cursor {
@@ -349,8 +328,11 @@ impl Search {
     async fn commit(&self, changes: Vec<Change>, cursor: Cursor) -> Result<(), LogicError> {
         let n = changes.len() as u64;
         let index = self.index()?;
-        let cursor = cursor.to_string();
-        blocking(move || index.apply(changes, &cursor)).await?;
+        // On the feeder's own thread (nice 19): the index's writer threads, which tantivy
+        // starts again at every commit, inherit its priority.
+        index
+            .apply(changes, &cursor.to_string())
+            .map_err(index_error)?;
         self.applied.fetch_add(n, Ordering::Relaxed);
         metrics::counter!("ferry_search_indexed_total").increment(n);
         Ok(())
@@ -359,7 +341,7 @@ impl Search {
     /// Drops the index and builds it again from the store (`ferry admin reindex`).
     pub fn reindex(&self) {
         self.reset.store(true, Ordering::Release);
-        self.wake.notify_one();
+        self.wake();
     }
 
     /// What the admin API and the dashboard show.
@@ -402,7 +384,9 @@ impl Search {
             "" => None,
             name => Some(self.core.user_id(name).await?),
         };
-        let groups: Vec<GroupSpan> = self
+        // The groups they are in, from where they may read, and the spans of those they
+        // were in, up to where they left.
+        let mut groups: Vec<GroupSpan> = self
             .core
             .store
             .user_groups(me.user_id)
@@ -414,12 +398,24 @@ impl Search {
                 to_gseq: None,
             })
             .collect();
+        groups.extend(
+            self.core
+                .store
+                .past_group_spans(me.user_id)
+                .await?
+                .into_iter()
+                .map(|(group_id, from_gseq, to_gseq)| GroupSpan {
+                    group_id,
+                    from_gseq,
+                    to_gseq: Some(to_gseq),
+                }),
+        );
         let group = match r.group_id {
             0 => None,
             g if groups.iter().any(|s| s.group_id == g) => Some(g),
             g => {
                 return Err(LogicError::PermissionDenied(format!(
-                    "you are not a member of group {g}"
+                    "you were never a member of group {g}"
                 )))
             }
         };
@@ -516,10 +512,87 @@ async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, ferry_search::SearchError> + Send + 'static,
 ) -> Result<T, LogicError> {
     match tokio::task::spawn_blocking(f).await {
-        Ok(Ok(t)) => Ok(t),
-        Ok(Err(ferry_search::SearchError::BadQuery(m))) => Err(LogicError::InvalidArgument(m)),
-        Ok(Err(e)) => Err(LogicError::Internal(format!("the search index: {e}"))),
+        Ok(r) => r.map_err(index_error),
         Err(e) => Err(LogicError::Internal(format!("the search index: {e}"))),
+    }
+}
+
+fn index_error(e: ferry_search::SearchError) -> LogicError {
+    match e {
+        ferry_search::SearchError::BadQuery(m) => LogicError::InvalidArgument(m),
+        e => LogicError::Internal(format!("the search index: {e}")),
+    }
+}
+
+/// Opens the index (see [`Search::open`]); blocks.
+fn open_index(dir: Option<&Path>) -> Result<Index, LogicError> {
+    let opts = ferry_search::Options::default();
+    let Some(d) = dir else {
+        return Index::in_ram(opts).map_err(index_error);
+    };
+    let until = std::time::Instant::now() + OPEN_WAIT;
+    loop {
+        match Index::open(d, opts.clone()) {
+            Ok(i) => return Ok(i),
+            Err(ferry_search::SearchError::Index(ferry_search::TantivyError::LockFailure(..)))
+                if std::time::Instant::now() < until =>
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    dir = %d.display(),
+                    "the search index cannot use its folder; it is kept in memory"
+                );
+                return Index::in_ram(opts).map_err(index_error);
+            }
+        }
+    }
+}
+
+/// The feeder's loop (see [`Search::start`]).
+fn feed(me: std::sync::Weak<Search>, rt: &tokio::runtime::Handle, shutdown: &CancellationToken) {
+    let mut prune_at = 0i64;
+    loop {
+        if shutdown.is_cancelled() {
+            return;
+        }
+        let Some(search) = me.upgrade() else { return };
+        if search.index.read().is_none() {
+            return;
+        }
+        let more = match rt.block_on(search.round()) {
+            Ok(more) => more,
+            Err(e) => {
+                tracing::warn!(error = %e, "search indexing failed; retrying");
+                metrics::counter!("ferry_search_feed_errors_total").increment(1);
+                false
+            }
+        };
+        let now = unix_ms();
+        if now >= prune_at {
+            prune_at = now + 3_600_000;
+            if let Err(e) = rt.block_on(search.core.store.prune_search_feed(now - FEED_KEEP_MS)) {
+                tracing::warn!(error = %e, "pruning the search feed failed");
+            }
+        }
+        drop(search);
+        if !more {
+            std::thread::park_timeout(IDLE);
+        }
+    }
+}
+
+/// Puts the calling thread (and the threads it starts, which inherit it) at the lowest
+/// CPU priority, nice 19: the indexer takes what the send path leaves.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // Linux keeps a nice value per thread; PRIO_PROCESS with a thread id sets it.
+        if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
+            tracing::debug!(error = %e, "the search indexer keeps its CPU priority");
+        }
     }
 }
 

@@ -64,6 +64,9 @@ pub trait GroupStore: Send + Sync + 'static {
     async fn group_member(&self, group_id: u64, user_id: u64) -> Result<Option<MemberRow>>;
     /// The groups `user_id` belongs to, with the membership.
     async fn user_groups(&self, user_id: u64) -> Result<Vec<(GroupRow, MemberRow)>>;
+    /// The spans of groups' logs `user_id` could read in memberships that have ended
+    /// (left, removed, dissolved): `(group_id, from_gseq, to_gseq)`, by group and span.
+    async fn past_group_spans(&self, user_id: u64) -> Result<Vec<(u64, u64, u64)>>;
     /// Applies a membership, role, name or announcement change and logs its event;
     /// returns the event's gseq.
     async fn change_group(&self, change: GroupChange) -> Result<u64>;

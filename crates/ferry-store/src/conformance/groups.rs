@@ -192,4 +192,36 @@ pub async fn groups_logs_members_and_recall(store: Arc<dyn Store>) {
     assert!(store.group_member(77, b).await.unwrap().is_none());
     assert_eq!(store.group_member(77, c).await.unwrap().unwrap().role, 1);
     assert!(store.user_groups(b).await.unwrap().is_empty());
+
+    // Bob's membership left its span (he joined at 1; the removal is gseq 6); carol,
+    // still in, has none.
+    assert_eq!(store.past_group_spans(b).await.unwrap(), [(77, 1, 6)]);
+    assert!(store.past_group_spans(c).await.unwrap().is_empty());
+    // He is added again and leaves again: a second span; the first is kept.
+    let back = store
+        .change_group(GroupChange {
+            group_id: 77,
+            add: vec![(b, 0)],
+            event: group_event(K::Joined, 77, 50),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    store
+        .append_group_message(77, gm(c, 9, "while bob is back"))
+        .await
+        .unwrap();
+    let left = store
+        .change_group(GroupChange {
+            group_id: 77,
+            remove: vec![b],
+            event: group_event(K::Left, 77, 60),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.past_group_spans(b).await.unwrap(),
+        [(77, 1, 6), (77, back, left)]
+    );
 }

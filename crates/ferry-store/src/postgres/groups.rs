@@ -198,6 +198,28 @@ impl GroupStore for PgStore {
             .collect())
     }
 
+    async fn past_group_spans(&self, user: u64) -> Result<Vec<(u64, u64, u64)>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT group_id, from_gseq, to_gseq FROM group_spans
+                 WHERE user_id = $1 ORDER BY group_id, from_gseq",
+            )
+            .await?;
+        Ok(client
+            .query(&stmt, &[&(user as i64)])
+            .await?
+            .iter()
+            .map(|r| {
+                (
+                    r.get::<_, i64>(0) as u64,
+                    r.get::<_, i64>(1) as u64,
+                    r.get::<_, i64>(2) as u64,
+                )
+            })
+            .collect())
+    }
+
     async fn change_group(&self, ch: GroupChange) -> Result<u64> {
         let mut client = self.client().await?;
         let txn = client.transaction().await?;

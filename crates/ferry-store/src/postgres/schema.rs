@@ -337,6 +337,28 @@ CREATE TABLE replies (
 );
 CREATE INDEX replies_quoted ON replies (quoted_id);
 "#,
+    // Past memberships (issue 24, search): the span of a group's log a member could read,
+    // kept when they leave or are removed (a statement trigger, so every path that ends a
+    // membership records it), so that search finds what they saw while they were in.
+    r#"
+CREATE TABLE group_spans (
+    user_id   BIGINT NOT NULL,
+    group_id  BIGINT NOT NULL,
+    from_gseq BIGINT NOT NULL,
+    to_gseq   BIGINT NOT NULL,
+    PRIMARY KEY (user_id, group_id, from_gseq)
+);
+CREATE FUNCTION group_spans_ended() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO group_spans (user_id, group_id, from_gseq, to_gseq)
+    SELECT o.user_id, o.group_id, o.joined_gseq, g.last_gseq
+    FROM old_rows o JOIN groups g ON g.id = o.group_id
+    ON CONFLICT (user_id, group_id, from_gseq) DO UPDATE SET to_gseq = EXCLUDED.to_gseq;
+    RETURN NULL;
+END $$;
+CREATE TRIGGER group_spans_end AFTER DELETE ON group_members
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION group_spans_ended();
+"#,
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.

@@ -163,6 +163,20 @@ async fn delete_user(txn: &Transaction<'_>, del: &UserDeletion) -> Result<Delete
         }
     }
 
+    // Their past memberships (written by the trigger as the rows above went), and those
+    // of the groups that are gone.
+    let n = txn
+        .execute("DELETE FROM group_spans WHERE user_id = $1", &[&uid])
+        .await?;
+    count(&mut out.rows, "group_spans", n);
+    for &g in &out.dissolved {
+        txn.execute(
+            "DELETE FROM group_spans WHERE group_id = $1",
+            &[&(g as i64)],
+        )
+        .await?;
+    }
+
     // Messages they sent: recalled, then deleted.
     for (g, msg) in pairs(
         txn,

@@ -156,6 +156,24 @@ impl GroupStore for SqliteStore {
         .await
     }
 
+    async fn past_group_spans(&self, user: u64) -> Result<Vec<(u64, u64, u64)>> {
+        self.read(move |c| {
+            Ok(c.prepare_cached(
+                "SELECT group_id, from_gseq, to_gseq FROM group_spans
+                     WHERE user_id = ?1 ORDER BY group_id, from_gseq",
+            )?
+            .query_map([user as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)? as u64,
+                    r.get::<_, i64>(1)? as u64,
+                    r.get::<_, i64>(2)? as u64,
+                ))
+            })?
+            .collect::<rusqlite::Result<Vec<_>>>()?)
+        })
+        .await
+    }
+
     async fn change_group(&self, ch: GroupChange) -> Result<u64> {
         self.write(move |txn, state| {
             let g = group(txn, ch.group_id)?.ok_or(StoreError::NotFound)?;

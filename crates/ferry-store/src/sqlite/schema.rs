@@ -327,6 +327,23 @@ CREATE TABLE replies (
 ) WITHOUT ROWID;
 CREATE INDEX replies_quoted ON replies(quoted_id);
 "#,
+    // Past memberships (issue 24, search): the span of a group's log a member could read,
+    // kept when they leave or are removed (a trigger, so every path that ends a membership
+    // records it), so that search finds what they saw while they were in.
+    r#"
+CREATE TABLE group_spans (
+    user_id   INTEGER NOT NULL,
+    group_id  INTEGER NOT NULL,
+    from_gseq INTEGER NOT NULL,
+    to_gseq   INTEGER NOT NULL,
+    PRIMARY KEY (user_id, group_id, from_gseq)
+) WITHOUT ROWID;
+CREATE TRIGGER group_spans_end AFTER DELETE ON group_members BEGIN
+    INSERT OR REPLACE INTO group_spans (user_id, group_id, from_gseq, to_gseq)
+    SELECT OLD.user_id, OLD.group_id, OLD.joined_gseq, g.last_gseq
+    FROM groups g WHERE g.id = OLD.group_id;
+END;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

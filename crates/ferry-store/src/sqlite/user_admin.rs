@@ -145,6 +145,17 @@ fn delete_user(
         out.dissolved.push(g as u64);
     }
 
+    // Their past memberships (written by the trigger as the rows above went), and those
+    // of the groups that are gone.
+    count(
+        &mut out.rows,
+        "group_spans",
+        txn.execute("DELETE FROM group_spans WHERE user_id = ?1", [uid])?,
+    );
+    for &g in &dissolved {
+        txn.execute("DELETE FROM group_spans WHERE group_id = ?1", [g])?;
+    }
+
     // Messages they sent: recalled (group messages in their group's log, 1:1 ones in
     // the recipient's inbox), then deleted.
     for (g, msg) in ids(

@@ -1,7 +1,8 @@
 //! Search (issue 24) against a real server and SDK clients: each user finds exactly what
 //! they may read — their 1:1 messages, both sides, and the messages of the groups they
 //! are in — in English, Chinese and Japanese; a stranger finds nothing, a member removed
-//! from a group finds nothing of it, a recalled message is not found; filters, paging
+//! from a group finds what it said while they were in and nothing after, a recalled
+//! message is not found; filters, paging
 //! and highlights; the admin API's index stats and reindex.
 
 use std::time::{Duration, Instant};
@@ -110,10 +111,20 @@ async fn each_user_finds_what_they_may_read_in_any_language() {
     let r = search(b, "LUMIÈRE", |_| {}).await;
     assert_eq!(r.hits.len(), 3, "{:?}", texts(&r));
     assert!(!texts(&r).contains(&"the lumière photos are up".to_string()));
-    // Dan, removed from the group: his 1:1 only — nothing of the group.
+    // Dan, removed from the group: his 1:1 and what the group said while he was in it —
+    // nothing sent after his removal.
     let r = search(d, "lumière", |_| {}).await;
-    assert_eq!(texts(&r), ["the lumière photos are up"]);
-    assert!(search(d, "東京", |_| {}).await.hits.is_empty());
+    assert_eq!(
+        texts(&r),
+        [
+            "ok, see you at the lumière exit",
+            "the lumière photos are up"
+        ]
+    );
+    assert_eq!(texts(&search(d, "東京", |_| {}).await).len(), 1);
+    assert!(search(d, "without", |_| {}).await.hits.is_empty());
+    let r = search(d, "", |q| q.group_id = g).await;
+    assert_eq!(r.hits.len(), 2, "{:?}", texts(&r));
     // A stranger finds nothing at all.
     for q in ["lumière", "北京", "東京", ""] {
         let r = search(&c, q, |_| {}).await;
@@ -171,8 +182,8 @@ async fn each_user_finds_what_they_may_read_in_any_language() {
     assert!(search(b, "烤鸭", |_| {}).await.hits.is_empty());
     assert_eq!(search(a, "烤鸭", |_| {}).await.hits.len(), 1);
 
-    // Clear refusals.
-    let err = d
+    // Clear refusals: a group one was never in.
+    let err = c
         .search(v1::SearchReq {
             text: "x".into(),
             group_id: g,
