@@ -329,9 +329,12 @@ pub async fn listen(
                     Some(v1::entry::Kind::Message(m)) if m.from != me => m.media.as_ref(),
                     _ => None,
                 };
+                let is_message = matches!(e.kind, Some(v1::entry::Kind::Message(_)));
                 let line = with_media(&client, entry_json(&e, &me), media, download).await;
                 println!("{line}");
-                seen += 1;
+                // `--count` counts messages; other entries (a friend request, a receipt)
+                // are printed but do not count.
+                seen += u64::from(is_message);
             }
             Some(Event::Group { group_id, entry }) => {
                 let media = match &entry.kind {
@@ -346,7 +349,10 @@ pub async fn listen(
                 )
                 .await;
                 println!("{line}");
-                seen += 1;
+                seen += u64::from(matches!(
+                    entry.kind,
+                    Some(v1::group_entry::Kind::Message(_))
+                ));
             }
             Some(Event::Typing { .. }) => {}
             Some(Event::Stopped { error }) => break Err(anyhow::anyhow!(error)),

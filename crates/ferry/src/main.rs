@@ -162,11 +162,13 @@ enum Command {
     /// Groups: create, add, remove, leave, info, list.
     #[command(subcommand)]
     Group(cli::GroupCmd),
-    /// Print received messages as JSON lines.
+    /// Print what arrives (messages, friend requests, receipts, group events …) as JSON
+    /// lines.
     Listen {
         #[command(flatten)]
         opts: ClientOpts,
-        /// Exit after this many messages.
+        /// Exit after this many messages (1:1 or group; other entries are printed but do
+        /// not count).
         #[arg(long)]
         count: Option<u64>,
         /// Exit after this many seconds.

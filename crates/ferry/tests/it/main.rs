@@ -38,6 +38,7 @@ mod messaging;
 mod msgops;
 mod push;
 mod push_cluster;
+mod readme;
 mod resume;
 mod search;
 mod secure;
