@@ -65,6 +65,9 @@ where
     loop {
         match op().await {
             Err(e) if e.is_retryable() && attempt < ATTEMPTS => {
+                if e.code() == Some(ErrorCode::RateLimited) {
+                    rate_limited_hint();
+                }
                 tokio::time::sleep(pause).await;
                 pause *= 2;
                 attempt += 1;
@@ -72,6 +75,27 @@ where
             done => return done,
         }
     }
+}
+
+/// Says once, on stderr, that the server is slowing the bench's sign-ups down, and how
+/// to lift its limits: against a server with default limits (registrations: 20, then one
+/// every 2 s per address) a bench of thousands of users would otherwise seem to stall.
+fn rate_limited_hint() {
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        eprintln!(
+            "bench: the server rate-limits registrations and sign-ins per address \
+             (logic.limits.register_per_ip: 20, then 1 every 2 s; auth_per_ip), so setting up \
+             users is slow and may fail. Against a server of your own, lift the limits for the \
+             bench with a config file holding\n\
+             [logic.limits]\n\
+             register_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
+             auth_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
+             auth_per_user = {{ per_sec = 0.0, burst = 0.0 }}\n\
+             login_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
+             (0 means unlimited; `ferry serve --config FILE`), or register the users beforehand."
+        );
+    });
 }
 
 /// One registration; a user that exists already is fine.
