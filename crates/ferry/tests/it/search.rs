@@ -258,3 +258,58 @@ async fn the_index_is_shown_and_rebuilt_by_the_admin_api() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The nice value of each thread of this process whose name starts with one of
+/// `prefixes` (Linux: /proc/self/task/*/stat, field 19).
+#[cfg(target_os = "linux")]
+fn nice_of_threads(prefixes: &[&str]) -> Vec<(String, i64)> {
+    let mut out = Vec::new();
+    for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = &stat[open + 1..close];
+        if !prefixes.iter().any(|p| name.starts_with(p)) {
+            continue;
+        }
+        // After "(comm) ": state is field 3, nice field 19.
+        let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
+        out.push((name.to_string(), fields[16].parse().unwrap()));
+    }
+    out
+}
+
+/// Indexing must not slow delivery: the feeder, and the index's writer and merge threads
+/// it starts, run at the lowest CPU priority; searches do not.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_runs_at_the_lowest_cpu_priority() {
+    let ts = TestServer::start().await;
+    ts.register(&["nann", "nbob"]).await;
+    let (ann, _ae) = connect(&ts.addr(), "nann").await;
+    ann.send_text("nbob", "priority check").await.unwrap();
+    // Found: the feeder has committed at least once, so tantivy's writer threads exist.
+    let r = until_found(&ann.account(), "priority", 1).await;
+    assert_eq!(r.hits.len(), 1);
+    let threads = nice_of_threads(&[
+        "ferry-search",
+        "thrd-tantivy",
+        "segment_updater",
+        "merge_thread",
+    ]);
+    for want in ["ferry-search", "thrd-tantivy", "segment_updater"] {
+        assert!(
+            threads.iter().any(|(n, _)| n.starts_with(want)),
+            "no {want} thread: {threads:?}"
+        );
+    }
+    assert!(threads.iter().all(|&(_, nice)| nice == 19), "{threads:?}");
+    // The runtime's own threads (this test runs on one; they answer searches and carry
+    // the send path) are not lowered.
+    let me = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+    let fields: Vec<&str> = me[me.rfind(')').unwrap() + 2..].split(' ').collect();
+    assert_eq!(fields[16], "0", "{me}");
+}
