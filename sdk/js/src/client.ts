@@ -93,12 +93,6 @@ class Dialing {
   }
 }
 
-/** Requests that may simply be sent again after a lost link (the table's "idempotent"). */
-const IDEMPOTENT = new Set<number>([
-  cmd.SYNC, cmd.GROUP_SYNC, cmd.FIND_USER, cmd.FRIEND_LIST, cmd.GROUP_INFO, cmd.GROUP_LIST,
-  cmd.GROUP_READS, cmd.MEDIA_STATUS, cmd.ENDPOINTS,
-]);
-
 interface QueuedSend {
   msg: SendMsg;
   resolve: (a: SendAck) => void;
@@ -373,7 +367,7 @@ export class FerryClient {
       } catch (e) {
         const fe = asFerryError(e);
         // Lost with the link: only a request that may be applied twice goes again.
-        if (!(fe.kind === "closed" && IDEMPOTENT.has(c))) throw fe;
+        if (!(fe.kind === "closed" && cmd.IDEMPOTENT.has(c))) throw fe;
       }
     }
     return this.shortCall(c, token, reqSchema, req, respSchema);
