@@ -274,6 +274,10 @@ pub enum Transport {
 
 /// What the SDK tells the app, in order. Inbox entries (`seq` > 0) come each once and in
 /// seq order; a group's entries (`gseq` > 0) each once and in gseq order per group.
+// The `Message` variant is the large one (a `ChatMessage` with its quote). Boxing it would
+// save nothing: an event crosses to the foreign language serialized, one at a time, and
+// a UniFFI enum's field cannot be a `Box`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
 pub enum Event {
     /// A 1:1 message (`message.seq`) or a group message (`message.gseq`).
