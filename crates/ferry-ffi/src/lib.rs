@@ -589,6 +589,106 @@ impl Client {
         on_runtime(async move { Ok(c.typing(&to).await?) }).await
     }
 
+    // ---- message operations (docs/protocol.md §4a) and search ------------------------
+
+    /// Replies with a text to message `reply_to`, in the conversation that message is in
+    /// (the 1:1 chat or the group); retried with one id until the server stored it. The
+    /// stored reply carries a `Quote` of the message answered (`ChatMessage.quote`).
+    /// `NOT_FOUND` when this user may not read that message (or it was recalled).
+    pub async fn reply(&self, reply_to: u64, text: String) -> Result<SendAck, FerryError> {
+        if reply_to == 0 {
+            return Err(FerryError::invalid("reply_to must name a message (not 0)"));
+        }
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.reply(reply_to, &text).await?.into()) }).await
+    }
+
+    /// Replaces the text (a media message's caption) of a message this user sent, within
+    /// the server's edit window; both sides' devices (or the group's) get an `Edit`
+    /// event. Safe to retry.
+    pub async fn edit(&self, msg_id: u64, text: String) -> Result<(), FerryError> {
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.edit(msg_id, &text).await?) }).await
+    }
+
+    /// Adds a reaction (an emoji: 1–32 bytes, no whitespace) to a message this user may
+    /// read. Safe to retry.
+    pub async fn react(&self, msg_id: u64, emoji: String) -> Result<(), FerryError> {
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.react(msg_id, &emoji).await?) }).await
+    }
+
+    /// Takes a reaction back. Safe to retry.
+    pub async fn unreact(&self, msg_id: u64, emoji: String) -> Result<(), FerryError> {
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.unreact(msg_id, &emoji).await?) }).await
+    }
+
+    /// The reactions on a message: each emoji's count (and whether this user holds it);
+    /// with `emoji`, also who reacted with it, `limit` users a page (0: 50) from the
+    /// cursor `after` (0 first, then the answer's `next_after`).
+    #[uniffi::method(default(emoji = None, after = 0, limit = 0))]
+    pub async fn reactions(
+        &self,
+        msg_id: u64,
+        emoji: Option<String>,
+        after: u64,
+        limit: u32,
+    ) -> Result<Reactions, FerryError> {
+        if emoji.as_deref() == Some("") {
+            return Err(FerryError::invalid(
+                "the emoji is empty (leave it out for every emoji's count)",
+            ));
+        }
+        let c = self.inner.clone();
+        on_runtime(async move {
+            Ok(c.reactions(msg_id, emoji.as_deref(), after, limit)
+                .await?
+                .into())
+        })
+        .await
+    }
+
+    /// Deletes messages for this user only (1–100): every device of theirs gets a `Hide`
+    /// event; nobody else's chat changes. Safe to retry.
+    pub async fn hide(&self, msg_ids: Vec<u64>) -> Result<(), FerryError> {
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.hide(&msg_ids).await?) }).await
+    }
+
+    /// Pins a message of a conversation (the 1:1 chat with a user, or a group: its owner
+    /// and admins only); both sides (or the group) get a `Pin` event. At most 50 pins.
+    pub async fn pin(&self, conversation: Destination, msg_id: u64) -> Result<(), FerryError> {
+        let conv = types::conversation(conversation)?;
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.pin(&conv, msg_id).await?) }).await
+    }
+
+    /// Unpins a message.
+    pub async fn unpin(&self, conversation: Destination, msg_id: u64) -> Result<(), FerryError> {
+        let conv = types::conversation(conversation)?;
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.unpin(&conv, msg_id).await?) }).await
+    }
+
+    /// A conversation's pinned messages, newest first.
+    pub async fn pins(&self, conversation: Destination) -> Result<Vec<PinnedMessage>, FerryError> {
+        let conv = types::conversation(conversation)?;
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.pins(&conv).await?.into_iter().map(Into::into).collect()) })
+            .await
+    }
+
+    /// Searches the messages this user may read (docs/protocol.md, Search); page on
+    /// with the answer's `next` as the next query's `page`. The index follows the server's
+    /// store within about a second.
+    pub async fn search(&self, query: SearchQuery) -> Result<SearchPage, FerryError> {
+        let req = query.request()?;
+        let me = self.inner.username();
+        let a = self.inner.account();
+        on_runtime(async move { SearchPage::from_resp(a.search(req).await?, &me) }).await
+    }
+
     // ---- friends -------------------------------------------------------------------
 
     pub async fn find_user(&self, username: String) -> Result<UserInfo, FerryError> {

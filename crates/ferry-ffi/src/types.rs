@@ -134,9 +134,43 @@ pub struct ChatMessage {
     pub client_msg_id: u64,
     /// Sent by this user (from this or another of their devices).
     pub outgoing: bool,
+    /// For a reply (`Client.reply`): the message it answers, as it was when the reply
+    /// was sent.
+    pub quote: Option<Quote>,
+    /// When the sender last edited the text, unix ms (0: never edited); `text` is then
+    /// the edited text.
+    pub edited_ms: i64,
 }
 
-fn message(m: v1::Message, seq: u64, gseq: u64, me: &str) -> ChatMessage {
+/// The message a reply answers, as the reply quotes it (docs/protocol.md §4a).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Quote {
+    pub msg_id: u64,
+    /// Who sent the quoted message.
+    pub sender: String,
+    /// Its text when the reply was sent, at most 200 characters; empty once the quoted
+    /// message was recalled (`recalled`).
+    pub text: String,
+    /// `Unspecified` for a text; else the kind of media it carried.
+    pub kind: MediaKind,
+    /// The quoted message was recalled: its snippet is gone. A device holding the reply
+    /// when a `Recall` of the quoted message arrives empties the snippet itself.
+    pub recalled: bool,
+}
+
+impl From<v1::Quote> for Quote {
+    fn from(q: v1::Quote) -> Self {
+        Quote {
+            msg_id: q.msg_id,
+            sender: q.from,
+            text: q.text,
+            kind: q.kind.into(),
+            recalled: q.recalled,
+        }
+    }
+}
+
+pub(crate) fn message(m: v1::Message, seq: u64, gseq: u64, me: &str) -> ChatMessage {
     ChatMessage {
         seq,
         gseq,
@@ -150,6 +184,8 @@ fn message(m: v1::Message, seq: u64, gseq: u64, me: &str) -> ChatMessage {
         mentions: m.mentions,
         media: m.media.map(Into::into),
         client_msg_id: m.client_msg_id,
+        quote: m.quote.map(|q| (*q).into()),
+        edited_ms: m.edited_ms,
     }
 }
 
@@ -238,6 +274,10 @@ pub enum Transport {
 
 /// What the SDK tells the app, in order. Inbox entries (`seq` > 0) come each once and in
 /// seq order; a group's entries (`gseq` > 0) each once and in gseq order per group.
+// The `Message` variant is the large one (a `ChatMessage` with its quote). Boxing it would
+// save nothing: an event crosses to the foreign language serialized, one at a time, and
+// a UniFFI enum's field cannot be a `Box`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, uniffi::Enum)]
 pub enum Event {
     /// A 1:1 message (`message.seq`) or a group message (`message.gseq`).
@@ -298,6 +338,44 @@ pub enum Event {
     Disconnected { reason: String },
     /// The SDK gave up (bad credentials, logged out elsewhere): sign in again.
     Stopped { error: FerryError },
+    /// A message's text was edited by its sender (1:1 from the inbox, `seq`; a group's
+    /// from its log, `gseq` and `group_id`): replace the text with `text` and mark the
+    /// message edited at `edited_ms`. Absolute: applying it twice is harmless.
+    Edit {
+        seq: u64,
+        gseq: u64,
+        group_id: u64,
+        msg_id: u64,
+        text: String,
+        edited_ms: i64,
+        by: String,
+    },
+    /// `by` added (`added`) or took back a reaction: set the message's count of `emoji`
+    /// to `count` (0: the emoji is gone). Absolute, like every operation entry.
+    Reaction {
+        seq: u64,
+        gseq: u64,
+        group_id: u64,
+        msg_id: u64,
+        emoji: String,
+        by: String,
+        added: bool,
+        count: u32,
+    },
+    /// This user deleted messages for themselves (from this or another of their
+    /// devices): drop them, and keep the ids so that a copy arriving later (a group's log
+    /// synced after the inbox) stays out. Only this user's devices get it.
+    Hide { seq: u64, msg_ids: Vec<u64> },
+    /// A message was pinned (`pinned`) or unpinned in `conversation` (the 1:1 chat with
+    /// the peer, or the group) by `by`.
+    Pin {
+        seq: u64,
+        gseq: u64,
+        conversation: Destination,
+        msg_id: u64,
+        by: String,
+        pinned: bool,
+    },
     /// An inbox entry of a kind this SDK version does not know (a newer server): skip it.
     Unknown { seq: u64, gseq: u64 },
 }
@@ -372,11 +450,58 @@ fn inbox_entry(e: v1::Entry, me: &str) -> Event {
             text: m.text,
             time_ms: e.time_ms,
         },
-        // Message operations (edit, reaction, hide, pin) are not in the bindings yet:
-        // skipped like a kind from a newer server.
-        Some(Kind::Edit(_) | Kind::Reaction(_) | Kind::Hide(_) | Kind::Pin(_)) | None => {
-            Event::Unknown { seq, gseq: 0 }
+        Some(Kind::Edit(x)) => edit(seq, 0, x.group_id, x),
+        Some(Kind::Reaction(x)) => reaction(seq, 0, x.group_id, x),
+        Some(Kind::Hide(h)) => Event::Hide {
+            seq,
+            msg_ids: h.msg_ids,
+        },
+        Some(Kind::Pin(p)) => {
+            let conversation = match p.group_id {
+                0 => Destination::User {
+                    username: p.peer.clone(),
+                },
+                g => Destination::Group { group_id: g },
+            };
+            pin(seq, 0, conversation, p)
         }
+        None => Event::Unknown { seq, gseq: 0 },
+    }
+}
+
+fn edit(seq: u64, gseq: u64, group_id: u64, x: v1::Edit) -> Event {
+    Event::Edit {
+        seq,
+        gseq,
+        group_id,
+        msg_id: x.msg_id,
+        text: x.text,
+        edited_ms: x.edited_ms,
+        by: x.by,
+    }
+}
+
+fn reaction(seq: u64, gseq: u64, group_id: u64, x: v1::Reaction) -> Event {
+    Event::Reaction {
+        seq,
+        gseq,
+        group_id,
+        msg_id: x.msg_id,
+        emoji: x.emoji,
+        by: x.by,
+        added: x.add,
+        count: x.count,
+    }
+}
+
+fn pin(seq: u64, gseq: u64, conversation: Destination, p: v1::Pin) -> Event {
+    Event::Pin {
+        seq,
+        gseq,
+        conversation,
+        msg_id: p.msg_id,
+        by: p.by,
+        pinned: p.pinned,
     }
 }
 
@@ -407,10 +532,10 @@ fn group_entry(group_id: u64, e: v1::GroupEntry, me: &str) -> Event {
             text: g.text,
             time_ms: e.time_ms,
         },
-        // Not in the bindings yet (see inbox_entry).
-        Some(Kind::Edit(_) | Kind::Reaction(_) | Kind::Pin(_)) | None => {
-            Event::Unknown { seq: 0, gseq }
-        }
+        Some(Kind::Edit(x)) => edit(0, gseq, group_id, x),
+        Some(Kind::Reaction(x)) => reaction(0, gseq, group_id, x),
+        Some(Kind::Pin(p)) => pin(0, gseq, Destination::Group { group_id }, p),
+        None => Event::Unknown { seq: 0, gseq },
     }
 }
 
@@ -740,6 +865,255 @@ impl From<ferry_client::push::PushData> for PushData {
     }
 }
 
+/// How many users hold one emoji on a message.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ReactionCount {
+    pub emoji: String,
+    pub count: u32,
+    /// This user holds this reaction.
+    pub mine: bool,
+}
+
+/// The reactions on a message (`Client.reactions`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Reactions {
+    /// Per emoji, most used first (at most 100).
+    pub counts: Vec<ReactionCount>,
+    /// When an emoji was asked for: who reacted with it (this page).
+    pub users: Vec<String>,
+    /// Pass back as `after` for the next page of `users`; 0 when there is none.
+    pub next_after: u64,
+}
+
+impl From<v1::ReactionsResp> for Reactions {
+    fn from(r: v1::ReactionsResp) -> Self {
+        Reactions {
+            counts: r
+                .counts
+                .into_iter()
+                .map(|c| ReactionCount {
+                    emoji: c.emoji,
+                    count: c.count,
+                    mine: c.mine,
+                })
+                .collect(),
+            users: r.users,
+            next_after: r.next_after,
+        }
+    }
+}
+
+/// A pinned message of a conversation (`Client.pins`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct PinnedMessage {
+    pub msg_id: u64,
+    /// Who pinned it.
+    pub by: String,
+    /// When, unix ms.
+    pub time_ms: i64,
+}
+
+impl From<v1::PinnedMessage> for PinnedMessage {
+    fn from(p: v1::PinnedMessage) -> Self {
+        PinnedMessage {
+            msg_id: p.msg_id,
+            by: p.by,
+            time_ms: p.time_ms,
+        }
+    }
+}
+
+/// A conversation as requests name it: `(peer, group_id)`.
+pub(crate) fn conversation(d: Destination) -> Result<ferry_client::Conversation, FerryError> {
+    match d {
+        Destination::User { username } if username.is_empty() => {
+            Err(FerryError::invalid("the conversation's user name is empty"))
+        }
+        Destination::Group { group_id: 0 } => {
+            Err(FerryError::invalid("the conversation's group id is 0"))
+        }
+        Destination::User { username } => Ok(ferry_client::Conversation::Peer(username)),
+        Destination::Group { group_id } => Ok(ferry_client::Conversation::Group(group_id)),
+    }
+}
+
+/// What a message is, for a search filter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SearchKind {
+    Text,
+    Image,
+    File,
+    Voice,
+    Video,
+}
+
+impl From<SearchKind> for v1::SearchKind {
+    fn from(k: SearchKind) -> Self {
+        match k {
+            SearchKind::Text => v1::SearchKind::Text,
+            SearchKind::Image => v1::SearchKind::Image,
+            SearchKind::File => v1::SearchKind::File,
+            SearchKind::Voice => v1::SearchKind::Voice,
+            SearchKind::Video => v1::SearchKind::Video,
+        }
+    }
+}
+
+/// The order of search hits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Enum)]
+pub enum SearchOrder {
+    /// Newest first (the default).
+    Newest,
+    /// Best match first.
+    Relevance,
+}
+
+/// What to search for (docs/protocol.md, Search): every field may be left out. The
+/// messages searched are those this user may read: their 1:1 messages, sent and
+/// received, and those of the groups they are in.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SearchQuery {
+    /// The words to find, all of them; `"a phrase"` in quotes; Chinese and Japanese as
+    /// written. At most 1 KiB. Empty: every message the filters let through.
+    #[uniffi(default = "")]
+    pub text: String,
+    /// Only the 1:1 conversation with this user.
+    #[uniffi(default = None)]
+    pub peer: Option<String>,
+    /// Only this group.
+    #[uniffi(default = None)]
+    pub group_id: Option<u64>,
+    /// Only messages from this user.
+    #[uniffi(default = None)]
+    pub sender: Option<String>,
+    /// Only messages stored at or after this time, unix ms.
+    #[uniffi(default = None)]
+    pub after_ms: Option<i64>,
+    /// Only messages stored before this time, unix ms.
+    #[uniffi(default = None)]
+    pub before_ms: Option<i64>,
+    /// Only these kinds (empty: any).
+    #[uniffi(default = [])]
+    pub kinds: Vec<SearchKind>,
+    /// `None`: newest first.
+    #[uniffi(default = None)]
+    pub order: Option<SearchOrder>,
+    /// Hits per page, 1–100 (0: the server's 20; more than 100: 100).
+    #[uniffi(default = 0)]
+    pub limit: u32,
+    /// The previous page's `SearchPage.next` (`None`: the first page).
+    #[uniffi(default = None)]
+    pub page: Option<String>,
+    /// Answer each hit with a snippet of its text and where the matches are in it.
+    #[uniffi(default = false)]
+    pub highlight: bool,
+}
+
+impl SearchQuery {
+    /// The request, or the caller's mistake as `InvalidArgument`.
+    pub(crate) fn request(self) -> Result<v1::SearchReq, FerryError> {
+        fn named(what: &str, v: Option<String>) -> Result<String, FerryError> {
+            match v {
+                Some(s) if s.is_empty() => Err(FerryError::invalid(format!(
+                    "search: `{what}` is empty (leave it out for any)"
+                ))),
+                v => Ok(v.unwrap_or_default()),
+            }
+        }
+        if self.group_id == Some(0) {
+            return Err(FerryError::invalid(
+                "search: `group_id` 0 names no group (leave it out for any)",
+            ));
+        }
+        // On the wire 0 means "no bound": a bound at or before 1970 would silently be none.
+        if self.after_ms.is_some_and(|t| t <= 0) || self.before_ms.is_some_and(|t| t <= 0) {
+            return Err(FerryError::invalid(
+                "search: a time bound is not after 1970 (leave it out for none)",
+            ));
+        }
+        Ok(v1::SearchReq {
+            text: self.text,
+            peer: named("peer", self.peer)?,
+            group_id: self.group_id.unwrap_or(0),
+            sender: named("sender", self.sender)?,
+            after_ms: self.after_ms.unwrap_or(0),
+            before_ms: self.before_ms.unwrap_or(0),
+            kinds: self
+                .kinds
+                .into_iter()
+                .map(|k| v1::SearchKind::from(k) as i32)
+                .collect(),
+            order: match self.order.unwrap_or(SearchOrder::Newest) {
+                SearchOrder::Newest => v1::SearchOrder::Newest,
+                SearchOrder::Relevance => v1::SearchOrder::Relevance,
+            } as i32,
+            limit: self.limit,
+            page: named("page", self.page)?,
+            highlight: self.highlight,
+        })
+    }
+}
+
+/// A byte range `[start, end)` of a snippet's UTF-8 encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, uniffi::Record)]
+pub struct TextRange {
+    pub start: u32,
+    pub end: u32,
+}
+
+/// One message found.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SearchHit {
+    /// The message as stored now (an edited one with its new text); `gseq` is set for a
+    /// group message, `seq` is 0 (a hit is not an inbox position).
+    pub message: ChatMessage,
+    /// With `highlight`: a part of the text around the matches (else empty),
+    pub snippet: String,
+    /// and where the matches are in it: byte ranges of the snippet's UTF-8 encoding.
+    pub ranges: Vec<TextRange>,
+}
+
+/// One page of search hits.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct SearchPage {
+    pub hits: Vec<SearchHit>,
+    /// How many messages match in all pages.
+    pub total: u64,
+    /// Pass as `SearchQuery.page` for the next page; `None` on the last.
+    pub next: Option<String>,
+}
+
+impl SearchPage {
+    pub(crate) fn from_resp(r: v1::SearchResp, me: &str) -> Result<SearchPage, FerryError> {
+        let hits = r
+            .hits
+            .into_iter()
+            .map(|h| {
+                let m = h.message.ok_or_else(|| FerryError::Protocol {
+                    detail: "a search hit without its message".into(),
+                })?;
+                Ok(SearchHit {
+                    message: message(m, 0, h.gseq, me),
+                    snippet: h.snippet,
+                    ranges: h
+                        .ranges
+                        .into_iter()
+                        .map(|r| TextRange {
+                            start: r.start,
+                            end: r.end,
+                        })
+                        .collect(),
+                })
+            })
+            .collect::<Result<_, FerryError>>()?;
+        Ok(SearchPage {
+            hits,
+            total: r.total,
+            next: Some(r.next).filter(|n| !n.is_empty()),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -814,6 +1188,231 @@ mod tests {
             "ann",
         );
         assert_eq!(stopped_code(&stopped), Some(ErrorCode::Kicked));
+    }
+
+    #[test]
+    fn message_operations_map_to_typed_events() {
+        let inbox = |kind| {
+            Event::from_client(
+                ClientEvent::Entry(v1::Entry {
+                    seq: 5,
+                    kind: Some(kind),
+                    time_ms: 0,
+                }),
+                "ann",
+            )
+        };
+        let group = |kind| {
+            Event::from_client(
+                ClientEvent::Group {
+                    group_id: 9,
+                    entry: v1::GroupEntry {
+                        gseq: 6,
+                        kind: Some(kind),
+                        time_ms: 0,
+                    },
+                },
+                "ann",
+            )
+        };
+        let reply = v1::Message {
+            msg_id: 8,
+            from: "bob".into(),
+            to: "ann".into(),
+            text: "yes".into(),
+            edited_ms: 44,
+            quote: Some(Box::new(v1::Quote {
+                msg_id: 7,
+                from: "ann".into(),
+                text: "tea?".into(),
+                kind: v1::MediaKind::MediaImage as i32,
+                recalled: false,
+            })),
+            ..Default::default()
+        };
+        let Event::Message { message } = inbox(v1::entry::Kind::Message(reply)) else {
+            panic!()
+        };
+        assert_eq!(message.edited_ms, 44);
+        assert_eq!(
+            message.quote,
+            Some(Quote {
+                msg_id: 7,
+                sender: "ann".into(),
+                text: "tea?".into(),
+                kind: MediaKind::Image,
+                recalled: false,
+            })
+        );
+        let edit = v1::Edit {
+            msg_id: 7,
+            text: "tea!".into(),
+            edited_ms: 50,
+            by: "ann".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            inbox(v1::entry::Kind::Edit(edit.clone())),
+            Event::Edit {
+                seq: 5,
+                gseq: 0,
+                group_id: 0,
+                msg_id: 7,
+                text: "tea!".into(),
+                edited_ms: 50,
+                by: "ann".into(),
+            }
+        );
+        assert!(matches!(
+            group(v1::group_entry::Kind::Edit(edit)),
+            Event::Edit {
+                seq: 0,
+                gseq: 6,
+                group_id: 9,
+                ..
+            }
+        ));
+        let reaction = v1::Reaction {
+            msg_id: 7,
+            emoji: "👍".into(),
+            by: "bob".into(),
+            add: true,
+            count: 2,
+            ..Default::default()
+        };
+        assert_eq!(
+            group(v1::group_entry::Kind::Reaction(reaction)),
+            Event::Reaction {
+                seq: 0,
+                gseq: 6,
+                group_id: 9,
+                msg_id: 7,
+                emoji: "👍".into(),
+                by: "bob".into(),
+                added: true,
+                count: 2,
+            }
+        );
+        assert_eq!(
+            inbox(v1::entry::Kind::Hide(v1::Hide {
+                msg_ids: vec![1, 2]
+            })),
+            Event::Hide {
+                seq: 5,
+                msg_ids: vec![1, 2]
+            }
+        );
+        let pin = v1::Pin {
+            msg_id: 7,
+            peer: "bob".into(),
+            by: "bob".into(),
+            pinned: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            inbox(v1::entry::Kind::Pin(pin.clone())),
+            Event::Pin {
+                seq: 5,
+                gseq: 0,
+                conversation: Destination::User {
+                    username: "bob".into()
+                },
+                msg_id: 7,
+                by: "bob".into(),
+                pinned: true,
+            }
+        );
+        assert!(matches!(
+            group(v1::group_entry::Kind::Pin(pin)),
+            Event::Pin {
+                conversation: Destination::Group { group_id: 9 },
+                gseq: 6,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_search_query_becomes_its_request_or_a_clear_error() {
+        let q = SearchQuery {
+            text: "北京".into(),
+            peer: Some("bob".into()),
+            group_id: None,
+            sender: None,
+            after_ms: Some(1),
+            before_ms: None,
+            kinds: vec![SearchKind::Text, SearchKind::File],
+            order: Some(SearchOrder::Relevance),
+            limit: 5,
+            page: None,
+            highlight: true,
+        };
+        let r = q.clone().request().unwrap();
+        assert_eq!(
+            (r.text.as_str(), r.peer.as_str(), r.after_ms),
+            ("北京", "bob", 1)
+        );
+        assert_eq!(
+            r.kinds,
+            [v1::SearchKind::Text as i32, v1::SearchKind::File as i32]
+        );
+        assert_eq!(r.order(), v1::SearchOrder::Relevance);
+        assert!(r.highlight && r.page.is_empty() && r.group_id == 0);
+        let bad = |f: fn(&mut SearchQuery)| {
+            let mut q = q.clone();
+            f(&mut q);
+            q.request().unwrap_err()
+        };
+        for e in [
+            bad(|q| q.peer = Some(String::new())),
+            bad(|q| q.sender = Some(String::new())),
+            bad(|q| q.page = Some(String::new())),
+            bad(|q| q.group_id = Some(0)),
+            bad(|q| q.before_ms = Some(-5)),
+        ] {
+            assert!(matches!(e, FerryError::InvalidArgument { .. }), "{e:?}");
+        }
+        let page = SearchPage::from_resp(
+            v1::SearchResp {
+                hits: vec![v1::SearchHit {
+                    message: Some(v1::Message {
+                        msg_id: 3,
+                        from: "ann".into(),
+                        group_id: 9,
+                        text: "tea at five".into(),
+                        ..Default::default()
+                    }),
+                    gseq: 4,
+                    snippet: "tea at five".into(),
+                    ranges: vec![v1::TextRange { start: 0, end: 3 }],
+                }],
+                total: 1,
+                next: String::new(),
+            },
+            "ann",
+        )
+        .unwrap();
+        assert_eq!(page.next, None);
+        let hit = &page.hits[0];
+        assert_eq!(
+            (hit.message.gseq, hit.message.seq, hit.message.outgoing),
+            (4, 0, true)
+        );
+        assert_eq!(hit.ranges, [TextRange { start: 0, end: 3 }]);
+        assert!(matches!(
+            SearchPage::from_resp(
+                v1::SearchResp {
+                    hits: vec![v1::SearchHit::default()],
+                    ..Default::default()
+                },
+                "ann"
+            ),
+            Err(FerryError::Protocol { .. })
+        ));
+        assert!(matches!(
+            conversation(Destination::Group { group_id: 0 }),
+            Err(FerryError::InvalidArgument { .. })
+        ));
     }
 
     #[test]

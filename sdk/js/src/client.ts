@@ -17,10 +17,13 @@ import {
   MediaCreateReqSchema, MediaCreateRespSchema, MediaFinishReqSchema, MediaFinishRespSchema,
   MediaKind, MediaRefSchema, MediaStatusReqSchema, NotifySchema, ReadReqSchema, RecallReqSchema,
   RegisterReqSchema, RegisterRespSchema, SendAckSchema, SendMsgSchema, SyncReqSchema,
-  SyncRespSchema, TypingSchema,
-  type Entry, type FindUserResp, type Friend, type FriendEvent, type Group, type GroupEntry,
-  type GroupEvent, type GroupReadsResp, type MediaCreateResp, type MediaRef, type Message,
-  type ReadReceipt, type Recall, type SendAck, type SendMsg,
+  SyncRespSchema, TypingSchema, EditReqSchema, ReactReqSchema, ReactionsReqSchema,
+  ReactionsRespSchema, HideReqSchema, PinReqSchema, PinsReqSchema, PinsRespSchema,
+  SearchReqSchema, SearchRespSchema,
+  type Edit, type Entry, type FindUserResp, type Friend, type FriendEvent, type Group,
+  type GroupEntry, type GroupEvent, type GroupReadsResp, type Hide, type MediaCreateResp,
+  type MediaRef, type Message, type Pin, type PinnedMessage, type Reaction, type ReactionsResp,
+  type ReadReceipt, type Recall, type SearchResp, type SendAck, type SendMsg,
 } from "./gen/ferry_pb.js";
 import { Link, type LinkOpened } from "./link.js";
 import { sha256 } from "@noble/hashes/sha2.js";
@@ -66,7 +69,24 @@ export interface Events {
   typing: { from: string };
   friend: FriendEvent;
   group: GroupEvent;
+  /** A message's text was edited by its sender (1:1 from the inbox; a group's from its log,
+   *  `groupId` set): replace the text, mark it edited at `editedMs`. */
+  edit: Edit;
+  /** A reaction was added (`add`) or taken back: set the message's count of `emoji` to
+   *  `count` (0: gone). `groupId` set for a group message. */
+  reaction: Reaction;
+  /** This user deleted messages for themselves (from any of their devices): drop them, and
+   *  keep the ids so a copy arriving later (a group's log) stays out. */
+  hide: Hide;
+  /** A message was pinned or unpinned: in the 1:1 chat with `peer`, or in group `groupId`. */
+  pin: Pin;
 }
+
+/** A conversation: the 1:1 chat with a user, or a group. */
+export type Conversation = { user: string } | { groupId: bigint };
+
+/** What `search` takes: `SearchReq`'s fields, each optional (docs/protocol.md, Search). */
+export type SearchQuery = MessageInitShape<typeof SearchReqSchema>;
 
 type Listener<K extends keyof Events> = (e: Events[K]) => void;
 type Emitted = { [K in keyof Events]: [K, Events[K]] }[keyof Events];
@@ -92,12 +112,6 @@ class Dialing {
     for (const c of this.carriers) c.close();
   }
 }
-
-/** Requests that may simply be sent again after a lost link (the table's "idempotent"). */
-const IDEMPOTENT = new Set<number>([
-  cmd.SYNC, cmd.GROUP_SYNC, cmd.FIND_USER, cmd.FRIEND_LIST, cmd.GROUP_INFO, cmd.GROUP_LIST,
-  cmd.GROUP_READS, cmd.MEDIA_STATUS, cmd.ENDPOINTS,
-]);
 
 interface QueuedSend {
   msg: SendMsg;
@@ -141,6 +155,27 @@ function clientMsgId(opts: SendOptions): bigint {
   if (opts.clientMsgId === undefined) return randomU64();
   if (opts.clientMsgId <= 0n || opts.clientMsgId >= 1n << 64n) throw new RangeError("clientMsgId must be a non-zero u64");
   return opts.clientMsgId;
+}
+
+function isU64(v: unknown): v is bigint {
+  return typeof v === "bigint" && v >= 0n && v < 1n << 64n;
+}
+
+function invalid(message: string): FerryError {
+  return new FerryError("invalid-argument", message);
+}
+
+/** A message id argument, or the caller's mistake (thrown as "invalid-argument"). */
+function msgIdArg(id: bigint): bigint {
+  if (!isU64(id) || id === 0n) throw invalid(`not a message id: ${String(id)}`);
+  return id;
+}
+
+/** A conversation as PIN and PINS name it. */
+function convArg(c: Conversation): { peer: string; groupId: bigint } {
+  if (c && "user" in c && typeof c.user === "string" && c.user) return { peer: c.user, groupId: 0n };
+  if (c && "groupId" in c && isU64(c.groupId) && c.groupId !== 0n) return { peer: "", groupId: c.groupId };
+  throw invalid("a conversation is { user: name } or { groupId: id } (non-empty, non-zero)");
 }
 
 export class FerryClient {
@@ -373,7 +408,7 @@ export class FerryClient {
       } catch (e) {
         const fe = asFerryError(e);
         // Lost with the link: only a request that may be applied twice goes again.
-        if (!(fe.kind === "closed" && IDEMPOTENT.has(c))) throw fe;
+        if (!(fe.kind === "closed" && cmd.IDEMPOTENT.has(c))) throw fe;
       }
     }
     return this.shortCall(c, token, reqSchema, req, respSchema);
@@ -809,6 +844,18 @@ export class FerryClient {
         case "friend":
           out.push(["friend", k.value]);
           break;
+        case "edit":
+          out.push(["edit", k.value]);
+          break;
+        case "reaction":
+          out.push(["reaction", k.value]);
+          break;
+        case "hide":
+          out.push(["hide", k.value]);
+          break;
+        case "pin":
+          out.push(["pin", k.value]);
+          break;
         case "group":
           out.push(["group", k.value]);
           if (k.value.kind === GroupEvent_Kind.CREATED || k.value.kind === GroupEvent_Kind.JOINED) {
@@ -923,8 +970,30 @@ export class FerryClient {
       if (e.gseq <= cursor) continue;
       cursor = e.gseq;
       out.push(["groupEntry", { groupId: group, entry: e }]);
-      if (e.kind.case === "message") out.push(["groupMessage", { groupId: group, gseq: e.gseq, message: e.kind.value }]);
-      else if (e.kind.case === "recall") out.push(["recall", e.kind.value]);
+      const k = e.kind;
+      switch (k.case) {
+        case "message":
+          out.push(["groupMessage", { groupId: group, gseq: e.gseq, message: k.value }]);
+          break;
+        case "recall":
+          out.push(["recall", k.value]);
+          break;
+        // The operations carry their group: filled in where the log left it out.
+        case "edit":
+          if (!k.value.groupId) k.value.groupId = group;
+          out.push(["edit", k.value]);
+          break;
+        case "reaction":
+          if (!k.value.groupId) k.value.groupId = group;
+          out.push(["reaction", k.value]);
+          break;
+        case "pin":
+          if (!k.value.groupId) k.value.groupId = group;
+          out.push(["pin", k.value]);
+          break;
+        default:
+          break;
+      }
     }
     if (jumpTo !== undefined && jumpTo > cursor) cursor = jumpTo;
     this.cursors.set(group, cursor);
@@ -1010,6 +1079,72 @@ export class FerryClient {
     const link = this.link;
     if (!link || link.closed) return;
     await link.request(cmd.TYPING, toBinary(TypingSchema, create(TypingSchema, { to })), this.timeoutMs);
+  }
+
+  // ------------------------------------------------------------------ message operations
+
+  /** Replies with a text to message `replyTo`, in that message's conversation (the 1:1 chat
+   *  or the group); queued and retried like `sendText`. The stored reply carries a `quote`
+   *  of the message answered. */
+  reply(replyTo: bigint, text: string, opts: SendOptions = {}): Promise<SendAck> {
+    if (!isU64(replyTo) || replyTo === 0n) return Promise.reject(invalid("replyTo must name a message (a non-zero u64)"));
+    return this.enqueueSend(create(SendMsgSchema, { clientMsgId: clientMsgId(opts), replyTo, text }));
+  }
+
+  /** Replaces the text (a media message's caption) of a message this user sent, within the
+   *  server's edit window. Both sides (or the group) get an `edit` event. Safe to retry. */
+  async edit(msgId: bigint, text: string): Promise<void> {
+    await this.call(cmd.EDIT, EditReqSchema, { msgId: msgIdArg(msgId), text }, EmptySchema);
+  }
+
+  /** Adds a reaction (an emoji: 1–32 bytes, no whitespace) to a message this user may read. */
+  async react(msgId: bigint, emoji: string): Promise<void> {
+    await this.call(cmd.REACT, ReactReqSchema, { msgId: msgIdArg(msgId), emoji, add: true }, EmptySchema);
+  }
+
+  /** Takes a reaction back. */
+  async unreact(msgId: bigint, emoji: string): Promise<void> {
+    await this.call(cmd.REACT, ReactReqSchema, { msgId: msgIdArg(msgId), emoji, add: false }, EmptySchema);
+  }
+
+  /** The reactions on a message: per emoji its count and whether this user holds it (most
+   *  used first); with `emoji`, also who reacted with it, `limit` (0: 50, at most 100) a
+   *  page from `after` (0, then the answer's `nextAfter`; 0 there: no more). */
+  async reactions(msgId: bigint, opts: { emoji?: string; after?: bigint; limit?: number } = {}): Promise<ReactionsResp> {
+    if (opts.emoji === "") throw invalid("emoji is empty (leave it out for every emoji's count)");
+    return this.call(cmd.REACTIONS, ReactionsReqSchema, {
+      msgId: msgIdArg(msgId), emoji: opts.emoji ?? "", after: opts.after ?? 0n, limit: opts.limit ?? 0,
+    }, ReactionsRespSchema);
+  }
+
+  /** Deletes messages (1–100) for this user only: every device of theirs gets a `hide`
+   *  event; nobody else's chat changes. Safe to retry. */
+  async hide(msgIds: bigint[]): Promise<void> {
+    await this.call(cmd.HIDE, HideReqSchema, { msgIds: msgIds.map(msgIdArg) }, EmptySchema);
+  }
+
+  /** Pins a message of a conversation (in a group: its owner and admins only); both sides
+   *  (or the group) get a `pin` event. At most 50 per conversation. */
+  async pin(conversation: Conversation, msgId: bigint): Promise<void> {
+    await this.call(cmd.PIN, PinReqSchema, { ...convArg(conversation), msgId: msgIdArg(msgId), pin: true }, EmptySchema);
+  }
+
+  async unpin(conversation: Conversation, msgId: bigint): Promise<void> {
+    await this.call(cmd.PIN, PinReqSchema, { ...convArg(conversation), msgId: msgIdArg(msgId), pin: false }, EmptySchema);
+  }
+
+  /** A conversation's pinned messages, newest first. */
+  async pins(conversation: Conversation): Promise<PinnedMessage[]> {
+    return (await this.call(cmd.PINS, PinsReqSchema, convArg(conversation), PinsRespSchema)).pins;
+  }
+
+  /** Searches the messages this user may read (docs/protocol.md, Search): `text` (all the
+   *  words; "a phrase"; Chinese and Japanese as written) and the filters `peer`, `groupId`,
+   *  `sender`, `afterMs`, `beforeMs`, `kinds`, `order`, `limit`, `highlight`; page on with the
+   *  answer's `next` as `page` (empty: the last page). The index follows the server's store
+   *  within about a second. */
+  search(query: SearchQuery): Promise<SearchResp> {
+    return this.call(cmd.SEARCH, SearchReqSchema, query, SearchRespSchema);
   }
 
   // ------------------------------------------------------------------ friends

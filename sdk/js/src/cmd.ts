@@ -12,6 +12,9 @@ export const HELLO = 0x09;
 export const SEALED = 0x0a;
 export const RESUME = 0x0b;
 export const TICKET = 0x0c;
+export const EDIT = 0x0d;
+export const REACT = 0x0e;
+export const HIDE = 0x0f;
 export const REGISTER = 0x10;
 export const AUTH = 0x11;
 export const LOGOUT = 0x12;
@@ -34,6 +37,10 @@ export const MEDIA_CREATE = 0x2c;
 export const MEDIA_CHUNK = 0x2d;
 export const MEDIA_STATUS = 0x2e;
 export const MEDIA_FINISH = 0x2f;
+export const REACTIONS = 0x32;
+export const PIN = 0x33;
+export const PINS = 0x34;
+export const SEARCH = 0x35;
 export const ENDPOINTS = 0x36;
 export const NOTIFY = 0x40;
 export const KICK = 0x41;
@@ -51,6 +58,9 @@ export const PATHS: Record<number, string> = {
   [GROUP_SYNC]: "group/sync",
   [RECALL]: "recall",
   [READ]: "read",
+  [EDIT]: "edit",
+  [REACT]: "react",
+  [HIDE]: "hide",
   [REGISTER]: "register",
   [AUTH]: "auth",
   [LOGOUT]: "logout",
@@ -73,6 +83,10 @@ export const PATHS: Record<number, string> = {
   [MEDIA_CHUNK]: "media/chunk",
   [MEDIA_STATUS]: "media/status",
   [MEDIA_FINISH]: "media/finish",
+  [REACTIONS]: "reactions",
+  [PIN]: "pin",
+  [PINS]: "pins",
+  [SEARCH]: "search",
   [ENDPOINTS]: "endpoints",
 };
 
@@ -81,5 +95,13 @@ export const ON_LINK = new Set<number>([
   SYNC, GROUP_SYNC, RECALL, READ, TYPING, FIND_USER, FRIEND_REQUEST, FRIEND_ACCEPT,
   FRIEND_DECLINE, FRIEND_REMOVE, FRIEND_BLOCK, FRIEND_UNBLOCK, FRIEND_LIST, GROUP_CREATE,
   GROUP_ADD, GROUP_REMOVE, GROUP_LEAVE, GROUP_INFO, GROUP_LIST, GROUP_READS, MEDIA_CREATE,
-  MEDIA_CHUNK, MEDIA_STATUS, MEDIA_FINISH, ENDPOINTS,
+  MEDIA_CHUNK, MEDIA_STATUS, MEDIA_FINISH, ENDPOINTS, EDIT, REACT, HIDE, REACTIONS, PIN, PINS,
+  SEARCH,
+]);
+
+/** Requests that may simply be sent again after a lost link (the table's "idempotent";
+ *  SEND has its own retry with its client_msg_id). */
+export const IDEMPOTENT = new Set<number>([
+  SYNC, GROUP_SYNC, FIND_USER, FRIEND_LIST, GROUP_INFO, GROUP_LIST, GROUP_READS, MEDIA_STATUS,
+  ENDPOINTS, EDIT, REACT, HIDE, REACTIONS, PIN, PINS, SEARCH,
 ]);

@@ -2,7 +2,8 @@
 
 import { ErrorCode, type Error as ErrorMsg } from "./gen/ferry_pb.js";
 
-export type ErrorKind = "server" | "network" | "timeout" | "protocol" | "server-key" | "closed";
+/** "invalid-argument": the caller passed something unusable (caught before any request). */
+export type ErrorKind = "server" | "network" | "timeout" | "protocol" | "server-key" | "closed" | "invalid-argument";
 
 export class FerryError extends Error {
   kind: ErrorKind;

@@ -553,6 +553,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_download() != 57801:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_edit() != 25869:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_endpoint() != 32981:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_find_user() != 48159:
@@ -567,6 +569,8 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_heartbeat_secs() != 8715:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_hide() != 58943:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_leave_group() != 4304:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_logout() != 31918:
@@ -579,7 +583,15 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_next_event() != 8476:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_pin() != 15598:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_pins() != 61136:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_push_targets() != 49422:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_react() != 8205:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_reactions() != 20583:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_recall() != 11479:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -587,7 +599,11 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_remove_group_members() != 57948:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_reply() != 35776:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_request_friend() != 8368:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_search() != 28793:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_send_file() != 2030:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -608,6 +624,10 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_ferry_ffi_checksum_method_client_synckey() != 34860:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_typing() != 40562:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_unpin() != 1161:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_unreact() != 47582:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_unregister_push() != 50234:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -694,6 +714,9 @@ _UniffiLib.uniffi_ferry_ffi_checksum_method_client_device_id.restype = ctypes.c_
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_download.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_download.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_edit.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_edit.restype = ctypes.c_uint16
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_endpoint.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_endpoint.restype = ctypes.c_uint16
@@ -715,6 +738,9 @@ _UniffiLib.uniffi_ferry_ffi_checksum_method_client_groups.restype = ctypes.c_uin
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_heartbeat_secs.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_heartbeat_secs.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_hide.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_hide.restype = ctypes.c_uint16
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_leave_group.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_leave_group.restype = ctypes.c_uint16
@@ -733,9 +759,21 @@ _UniffiLib.uniffi_ferry_ffi_checksum_method_client_network_changed.restype = cty
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_next_event.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_next_event.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_pin.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_pin.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_pins.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_pins.restype = ctypes.c_uint16
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_push_targets.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_push_targets.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_react.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_react.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_reactions.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_reactions.restype = ctypes.c_uint16
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_recall.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_recall.restype = ctypes.c_uint16
@@ -745,9 +783,15 @@ _UniffiLib.uniffi_ferry_ffi_checksum_method_client_register_push.restype = ctype
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_remove_group_members.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_remove_group_members.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_reply.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_reply.restype = ctypes.c_uint16
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_request_friend.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_request_friend.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_search.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_search.restype = ctypes.c_uint16
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_send_file.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_send_file.restype = ctypes.c_uint16
@@ -778,6 +822,12 @@ _UniffiLib.uniffi_ferry_ffi_checksum_method_client_synckey.restype = ctypes.c_ui
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_typing.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_typing.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_unpin.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_unpin.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_unreact.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_unreact.restype = ctypes.c_uint16
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_unregister_push.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_unregister_push.restype = ctypes.c_uint16
@@ -874,6 +924,12 @@ _UniffiLib.uniffi_ferry_ffi_fn_method_client_download.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_download.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_edit.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_edit.restype = ctypes.c_uint64
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_endpoint.argtypes = (
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
@@ -909,6 +965,11 @@ _UniffiLib.uniffi_ferry_ffi_fn_method_client_heartbeat_secs.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_heartbeat_secs.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_hide.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_hide.restype = ctypes.c_uint64
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_leave_group.argtypes = (
     ctypes.c_uint64,
     ctypes.c_uint64,
@@ -942,10 +1003,35 @@ _UniffiLib.uniffi_ferry_ffi_fn_method_client_next_event.argtypes = (
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_next_event.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_pin.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_pin.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_pins.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_pins.restype = ctypes.c_uint64
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_push_targets.argtypes = (
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_push_targets.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_react.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_react.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_reactions.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.c_uint64,
+    ctypes.c_uint32,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_reactions.restype = ctypes.c_uint64
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_recall.argtypes = (
     ctypes.c_uint64,
     ctypes.c_uint64,
@@ -962,12 +1048,23 @@ _UniffiLib.uniffi_ferry_ffi_fn_method_client_remove_group_members.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_remove_group_members.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_reply.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_reply.restype = ctypes.c_uint64
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_request_friend.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_request_friend.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_search.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_search.restype = ctypes.c_uint64
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_send_file.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1034,6 +1131,18 @@ _UniffiLib.uniffi_ferry_ffi_fn_method_client_typing.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_typing.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_unpin.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_unpin.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_unreact.argtypes = (
+    ctypes.c_uint64,
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_unreact.restype = ctypes.c_uint64
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_unregister_push.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1737,11 +1846,93 @@ class _UniffiFfiConverterBoolean:
         buf.write_u8(value)
 
 @dataclass
+class Quote:
+    """
+    The message a reply answers, as the reply quotes it (docs/protocol.md §4a).
+"""
+    def __init__(self, *, msg_id:int, sender:str, text:str, kind:MediaKind, recalled:bool):
+        self.msg_id = msg_id
+        self.sender = sender
+        self.text = text
+        self.kind = kind
+        self.recalled = recalled
+        
+        
+
+    
+    def __str__(self):
+        return "Quote(msg_id={}, sender={}, text={}, kind={}, recalled={})".format(self.msg_id, self.sender, self.text, self.kind, self.recalled)
+    def __eq__(self, other):
+        if self.msg_id != other.msg_id:
+            return False
+        if self.sender != other.sender:
+            return False
+        if self.text != other.text:
+            return False
+        if self.kind != other.kind:
+            return False
+        if self.recalled != other.recalled:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeQuote(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return Quote(
+            msg_id=_UniffiFfiConverterUInt64.read(buf),
+            sender=_UniffiFfiConverterString.read(buf),
+            text=_UniffiFfiConverterString.read(buf),
+            kind=_UniffiFfiConverterTypeMediaKind.read(buf),
+            recalled=_UniffiFfiConverterBoolean.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterUInt64.check_lower(value.msg_id)
+        _UniffiFfiConverterString.check_lower(value.sender)
+        _UniffiFfiConverterString.check_lower(value.text)
+        _UniffiFfiConverterTypeMediaKind.check_lower(value.kind)
+        _UniffiFfiConverterBoolean.check_lower(value.recalled)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterUInt64.write(value.msg_id, buf)
+        _UniffiFfiConverterString.write(value.sender, buf)
+        _UniffiFfiConverterString.write(value.text, buf)
+        _UniffiFfiConverterTypeMediaKind.write(value.kind, buf)
+        _UniffiFfiConverterBoolean.write(value.recalled, buf)
+
+class _UniffiFfiConverterOptionalTypeQuote(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterTypeQuote.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterTypeQuote.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterTypeQuote.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+@dataclass
 class ChatMessage:
     """
     A chat message, 1:1 or in a group.
 """
-    def __init__(self, *, seq:int, gseq:int, msg_id:int, sender:str, recipient:str, group_id:int, time_ms:int, text:str, mentions:typing.List[str], media:typing.Optional[MediaRef], client_msg_id:int, outgoing:bool):
+    def __init__(self, *, seq:int, gseq:int, msg_id:int, sender:str, recipient:str, group_id:int, time_ms:int, text:str, mentions:typing.List[str], media:typing.Optional[MediaRef], client_msg_id:int, outgoing:bool, quote:typing.Optional[Quote], edited_ms:int):
         self.seq = seq
         self.gseq = gseq
         self.msg_id = msg_id
@@ -1754,12 +1945,14 @@ class ChatMessage:
         self.media = media
         self.client_msg_id = client_msg_id
         self.outgoing = outgoing
+        self.quote = quote
+        self.edited_ms = edited_ms
         
         
 
     
     def __str__(self):
-        return "ChatMessage(seq={}, gseq={}, msg_id={}, sender={}, recipient={}, group_id={}, time_ms={}, text={}, mentions={}, media={}, client_msg_id={}, outgoing={})".format(self.seq, self.gseq, self.msg_id, self.sender, self.recipient, self.group_id, self.time_ms, self.text, self.mentions, self.media, self.client_msg_id, self.outgoing)
+        return "ChatMessage(seq={}, gseq={}, msg_id={}, sender={}, recipient={}, group_id={}, time_ms={}, text={}, mentions={}, media={}, client_msg_id={}, outgoing={}, quote={}, edited_ms={})".format(self.seq, self.gseq, self.msg_id, self.sender, self.recipient, self.group_id, self.time_ms, self.text, self.mentions, self.media, self.client_msg_id, self.outgoing, self.quote, self.edited_ms)
     def __eq__(self, other):
         if self.seq != other.seq:
             return False
@@ -1785,6 +1978,10 @@ class ChatMessage:
             return False
         if self.outgoing != other.outgoing:
             return False
+        if self.quote != other.quote:
+            return False
+        if self.edited_ms != other.edited_ms:
+            return False
         return True
 
 class _UniffiFfiConverterTypeChatMessage(_UniffiConverterRustBuffer):
@@ -1803,6 +2000,8 @@ class _UniffiFfiConverterTypeChatMessage(_UniffiConverterRustBuffer):
             media=_UniffiFfiConverterOptionalTypeMediaRef.read(buf),
             client_msg_id=_UniffiFfiConverterUInt64.read(buf),
             outgoing=_UniffiFfiConverterBoolean.read(buf),
+            quote=_UniffiFfiConverterOptionalTypeQuote.read(buf),
+            edited_ms=_UniffiFfiConverterInt64.read(buf),
         )
 
     @staticmethod
@@ -1819,6 +2018,8 @@ class _UniffiFfiConverterTypeChatMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterOptionalTypeMediaRef.check_lower(value.media)
         _UniffiFfiConverterUInt64.check_lower(value.client_msg_id)
         _UniffiFfiConverterBoolean.check_lower(value.outgoing)
+        _UniffiFfiConverterOptionalTypeQuote.check_lower(value.quote)
+        _UniffiFfiConverterInt64.check_lower(value.edited_ms)
 
     @staticmethod
     def write(value, buf):
@@ -1834,6 +2035,8 @@ class _UniffiFfiConverterTypeChatMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterOptionalTypeMediaRef.write(value.media, buf)
         _UniffiFfiConverterUInt64.write(value.client_msg_id, buf)
         _UniffiFfiConverterBoolean.write(value.outgoing, buf)
+        _UniffiFfiConverterOptionalTypeQuote.write(value.quote, buf)
+        _UniffiFfiConverterInt64.write(value.edited_ms, buf)
 
 class _UniffiFfiConverterOptionalString(_UniffiConverterRustBuffer):
     @classmethod
@@ -2427,6 +2630,51 @@ class _UniffiFfiConverterTypeGroup(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt32.write(value.member_count, buf)
 
 @dataclass
+class PinnedMessage:
+    """
+    A pinned message of a conversation (`Client.pins`).
+"""
+    def __init__(self, *, msg_id:int, by:str, time_ms:int):
+        self.msg_id = msg_id
+        self.by = by
+        self.time_ms = time_ms
+        
+        
+
+    
+    def __str__(self):
+        return "PinnedMessage(msg_id={}, by={}, time_ms={})".format(self.msg_id, self.by, self.time_ms)
+    def __eq__(self, other):
+        if self.msg_id != other.msg_id:
+            return False
+        if self.by != other.by:
+            return False
+        if self.time_ms != other.time_ms:
+            return False
+        return True
+
+class _UniffiFfiConverterTypePinnedMessage(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return PinnedMessage(
+            msg_id=_UniffiFfiConverterUInt64.read(buf),
+            by=_UniffiFfiConverterString.read(buf),
+            time_ms=_UniffiFfiConverterInt64.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterUInt64.check_lower(value.msg_id)
+        _UniffiFfiConverterString.check_lower(value.by)
+        _UniffiFfiConverterInt64.check_lower(value.time_ms)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterUInt64.write(value.msg_id, buf)
+        _UniffiFfiConverterString.write(value.by, buf)
+        _UniffiFfiConverterInt64.write(value.time_ms, buf)
+
+@dataclass
 class PushData:
     """
     What a push carries (the `ferry` object): "sync up to at least `seq`". The app
@@ -2733,6 +2981,627 @@ class _UniffiFfiConverterTypePushTarget(_UniffiConverterRustBuffer):
         _UniffiFfiConverterInt32.write(value.utc_offset_min, buf)
         _UniffiFfiConverterString.write(value.device_id, buf)
         _UniffiFfiConverterInt64.write(value.created_ms, buf)
+
+@dataclass
+class ReactionCount:
+    """
+    How many users hold one emoji on a message.
+"""
+    def __init__(self, *, emoji:str, count:int, mine:bool):
+        self.emoji = emoji
+        self.count = count
+        self.mine = mine
+        
+        
+
+    
+    def __str__(self):
+        return "ReactionCount(emoji={}, count={}, mine={})".format(self.emoji, self.count, self.mine)
+    def __eq__(self, other):
+        if self.emoji != other.emoji:
+            return False
+        if self.count != other.count:
+            return False
+        if self.mine != other.mine:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeReactionCount(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return ReactionCount(
+            emoji=_UniffiFfiConverterString.read(buf),
+            count=_UniffiFfiConverterUInt32.read(buf),
+            mine=_UniffiFfiConverterBoolean.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.emoji)
+        _UniffiFfiConverterUInt32.check_lower(value.count)
+        _UniffiFfiConverterBoolean.check_lower(value.mine)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.emoji, buf)
+        _UniffiFfiConverterUInt32.write(value.count, buf)
+        _UniffiFfiConverterBoolean.write(value.mine, buf)
+
+class _UniffiFfiConverterSequenceTypeReactionCount(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeReactionCount.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeReactionCount.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeReactionCount.read(buf) for i in range(count)
+        ]
+
+@dataclass
+class Reactions:
+    """
+    The reactions on a message (`Client.reactions`).
+"""
+    def __init__(self, *, counts:typing.List[ReactionCount], users:typing.List[str], next_after:int):
+        self.counts = counts
+        self.users = users
+        self.next_after = next_after
+        
+        
+
+    
+    def __str__(self):
+        return "Reactions(counts={}, users={}, next_after={})".format(self.counts, self.users, self.next_after)
+    def __eq__(self, other):
+        if self.counts != other.counts:
+            return False
+        if self.users != other.users:
+            return False
+        if self.next_after != other.next_after:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeReactions(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return Reactions(
+            counts=_UniffiFfiConverterSequenceTypeReactionCount.read(buf),
+            users=_UniffiFfiConverterSequenceString.read(buf),
+            next_after=_UniffiFfiConverterUInt64.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterSequenceTypeReactionCount.check_lower(value.counts)
+        _UniffiFfiConverterSequenceString.check_lower(value.users)
+        _UniffiFfiConverterUInt64.check_lower(value.next_after)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterSequenceTypeReactionCount.write(value.counts, buf)
+        _UniffiFfiConverterSequenceString.write(value.users, buf)
+        _UniffiFfiConverterUInt64.write(value.next_after, buf)
+
+@dataclass
+class TextRange:
+    """
+    A byte range `[start, end)` of a snippet's UTF-8 encoding.
+"""
+    def __init__(self, *, start:int, end:int):
+        self.start = start
+        self.end = end
+        
+        
+
+    
+    def __str__(self):
+        return "TextRange(start={}, end={})".format(self.start, self.end)
+    def __eq__(self, other):
+        if self.start != other.start:
+            return False
+        if self.end != other.end:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeTextRange(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return TextRange(
+            start=_UniffiFfiConverterUInt32.read(buf),
+            end=_UniffiFfiConverterUInt32.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterUInt32.check_lower(value.start)
+        _UniffiFfiConverterUInt32.check_lower(value.end)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterUInt32.write(value.start, buf)
+        _UniffiFfiConverterUInt32.write(value.end, buf)
+
+class _UniffiFfiConverterSequenceTypeTextRange(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeTextRange.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeTextRange.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeTextRange.read(buf) for i in range(count)
+        ]
+
+@dataclass
+class SearchHit:
+    """
+    One message found.
+"""
+    def __init__(self, *, message:ChatMessage, snippet:str, ranges:typing.List[TextRange]):
+        self.message = message
+        self.snippet = snippet
+        self.ranges = ranges
+        
+        
+
+    
+    def __str__(self):
+        return "SearchHit(message={}, snippet={}, ranges={})".format(self.message, self.snippet, self.ranges)
+    def __eq__(self, other):
+        if self.message != other.message:
+            return False
+        if self.snippet != other.snippet:
+            return False
+        if self.ranges != other.ranges:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeSearchHit(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return SearchHit(
+            message=_UniffiFfiConverterTypeChatMessage.read(buf),
+            snippet=_UniffiFfiConverterString.read(buf),
+            ranges=_UniffiFfiConverterSequenceTypeTextRange.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterTypeChatMessage.check_lower(value.message)
+        _UniffiFfiConverterString.check_lower(value.snippet)
+        _UniffiFfiConverterSequenceTypeTextRange.check_lower(value.ranges)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterTypeChatMessage.write(value.message, buf)
+        _UniffiFfiConverterString.write(value.snippet, buf)
+        _UniffiFfiConverterSequenceTypeTextRange.write(value.ranges, buf)
+
+class _UniffiFfiConverterSequenceTypeSearchHit(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeSearchHit.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeSearchHit.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeSearchHit.read(buf) for i in range(count)
+        ]
+
+@dataclass
+class SearchPage:
+    """
+    One page of search hits.
+"""
+    def __init__(self, *, hits:typing.List[SearchHit], total:int, next:typing.Optional[str]):
+        self.hits = hits
+        self.total = total
+        self.next = next
+        
+        
+
+    
+    def __str__(self):
+        return "SearchPage(hits={}, total={}, next={})".format(self.hits, self.total, self.next)
+    def __eq__(self, other):
+        if self.hits != other.hits:
+            return False
+        if self.total != other.total:
+            return False
+        if self.next != other.next:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeSearchPage(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return SearchPage(
+            hits=_UniffiFfiConverterSequenceTypeSearchHit.read(buf),
+            total=_UniffiFfiConverterUInt64.read(buf),
+            next=_UniffiFfiConverterOptionalString.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterSequenceTypeSearchHit.check_lower(value.hits)
+        _UniffiFfiConverterUInt64.check_lower(value.total)
+        _UniffiFfiConverterOptionalString.check_lower(value.next)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterSequenceTypeSearchHit.write(value.hits, buf)
+        _UniffiFfiConverterUInt64.write(value.total, buf)
+        _UniffiFfiConverterOptionalString.write(value.next, buf)
+
+class _UniffiFfiConverterOptionalUInt64(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterUInt64.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterUInt64.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterUInt64.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+class _UniffiFfiConverterOptionalInt64(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterInt64.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterInt64.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterInt64.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+
+
+
+
+
+class SearchKind(enum.Enum):
+    """
+    What a message is, for a search filter.
+"""
+    
+    TEXT = 0
+    
+    IMAGE = 1
+    
+    FILE = 2
+    
+    VOICE = 3
+    
+    VIDEO = 4
+    
+
+
+class _UniffiFfiConverterTypeSearchKind(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        variant = buf.read_i32()
+        if variant == 1:
+            return SearchKind.TEXT
+        if variant == 2:
+            return SearchKind.IMAGE
+        if variant == 3:
+            return SearchKind.FILE
+        if variant == 4:
+            return SearchKind.VOICE
+        if variant == 5:
+            return SearchKind.VIDEO
+        raise InternalError("Raw enum value doesn't match any cases")
+
+    @staticmethod
+    def check_lower(value):
+        if value == SearchKind.TEXT:
+            return
+        if value == SearchKind.IMAGE:
+            return
+        if value == SearchKind.FILE:
+            return
+        if value == SearchKind.VOICE:
+            return
+        if value == SearchKind.VIDEO:
+            return
+        raise ValueError(value)
+
+    @staticmethod
+    def write(value, buf):
+        if value == SearchKind.TEXT:
+            buf.write_i32(1)
+        if value == SearchKind.IMAGE:
+            buf.write_i32(2)
+        if value == SearchKind.FILE:
+            buf.write_i32(3)
+        if value == SearchKind.VOICE:
+            buf.write_i32(4)
+        if value == SearchKind.VIDEO:
+            buf.write_i32(5)
+
+
+
+class _UniffiFfiConverterSequenceTypeSearchKind(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeSearchKind.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeSearchKind.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeSearchKind.read(buf) for i in range(count)
+        ]
+
+
+
+
+
+
+class SearchOrder(enum.Enum):
+    """
+    The order of search hits.
+"""
+    
+    NEWEST = 0
+    """
+    Newest first (the default).
+"""
+    
+    RELEVANCE = 1
+    """
+    Best match first.
+"""
+    
+
+
+class _UniffiFfiConverterTypeSearchOrder(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        variant = buf.read_i32()
+        if variant == 1:
+            return SearchOrder.NEWEST
+        if variant == 2:
+            return SearchOrder.RELEVANCE
+        raise InternalError("Raw enum value doesn't match any cases")
+
+    @staticmethod
+    def check_lower(value):
+        if value == SearchOrder.NEWEST:
+            return
+        if value == SearchOrder.RELEVANCE:
+            return
+        raise ValueError(value)
+
+    @staticmethod
+    def write(value, buf):
+        if value == SearchOrder.NEWEST:
+            buf.write_i32(1)
+        if value == SearchOrder.RELEVANCE:
+            buf.write_i32(2)
+
+
+
+class _UniffiFfiConverterOptionalTypeSearchOrder(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterTypeSearchOrder.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterTypeSearchOrder.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterTypeSearchOrder.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+@dataclass
+class SearchQuery:
+    """
+    What to search for (docs/protocol.md, Search): every field may be left out. The
+    messages searched are those this user may read: their 1:1 messages, sent and
+    received, and those of the groups they are in.
+"""
+    def __init__(self, *, text:str = "", peer:typing.Optional[str] = _DEFAULT, group_id:typing.Optional[int] = _DEFAULT, sender:typing.Optional[str] = _DEFAULT, after_ms:typing.Optional[int] = _DEFAULT, before_ms:typing.Optional[int] = _DEFAULT, kinds:typing.List[SearchKind] = _DEFAULT, order:typing.Optional[SearchOrder] = _DEFAULT, limit:int = 0, page:typing.Optional[str] = _DEFAULT, highlight:bool = False):
+        self.text = text
+        if peer is _DEFAULT:
+            self.peer = None
+        else:
+            self.peer = peer
+        if group_id is _DEFAULT:
+            self.group_id = None
+        else:
+            self.group_id = group_id
+        if sender is _DEFAULT:
+            self.sender = None
+        else:
+            self.sender = sender
+        if after_ms is _DEFAULT:
+            self.after_ms = None
+        else:
+            self.after_ms = after_ms
+        if before_ms is _DEFAULT:
+            self.before_ms = None
+        else:
+            self.before_ms = before_ms
+        if kinds is _DEFAULT:
+            self.kinds = []
+        else:
+            self.kinds = kinds
+        if order is _DEFAULT:
+            self.order = None
+        else:
+            self.order = order
+        self.limit = limit
+        if page is _DEFAULT:
+            self.page = None
+        else:
+            self.page = page
+        self.highlight = highlight
+        
+        
+
+    
+    def __str__(self):
+        return "SearchQuery(text={}, peer={}, group_id={}, sender={}, after_ms={}, before_ms={}, kinds={}, order={}, limit={}, page={}, highlight={})".format(self.text, self.peer, self.group_id, self.sender, self.after_ms, self.before_ms, self.kinds, self.order, self.limit, self.page, self.highlight)
+    def __eq__(self, other):
+        if self.text != other.text:
+            return False
+        if self.peer != other.peer:
+            return False
+        if self.group_id != other.group_id:
+            return False
+        if self.sender != other.sender:
+            return False
+        if self.after_ms != other.after_ms:
+            return False
+        if self.before_ms != other.before_ms:
+            return False
+        if self.kinds != other.kinds:
+            return False
+        if self.order != other.order:
+            return False
+        if self.limit != other.limit:
+            return False
+        if self.page != other.page:
+            return False
+        if self.highlight != other.highlight:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeSearchQuery(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return SearchQuery(
+            text=_UniffiFfiConverterString.read(buf),
+            peer=_UniffiFfiConverterOptionalString.read(buf),
+            group_id=_UniffiFfiConverterOptionalUInt64.read(buf),
+            sender=_UniffiFfiConverterOptionalString.read(buf),
+            after_ms=_UniffiFfiConverterOptionalInt64.read(buf),
+            before_ms=_UniffiFfiConverterOptionalInt64.read(buf),
+            kinds=_UniffiFfiConverterSequenceTypeSearchKind.read(buf),
+            order=_UniffiFfiConverterOptionalTypeSearchOrder.read(buf),
+            limit=_UniffiFfiConverterUInt32.read(buf),
+            page=_UniffiFfiConverterOptionalString.read(buf),
+            highlight=_UniffiFfiConverterBoolean.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.text)
+        _UniffiFfiConverterOptionalString.check_lower(value.peer)
+        _UniffiFfiConverterOptionalUInt64.check_lower(value.group_id)
+        _UniffiFfiConverterOptionalString.check_lower(value.sender)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.after_ms)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.before_ms)
+        _UniffiFfiConverterSequenceTypeSearchKind.check_lower(value.kinds)
+        _UniffiFfiConverterOptionalTypeSearchOrder.check_lower(value.order)
+        _UniffiFfiConverterUInt32.check_lower(value.limit)
+        _UniffiFfiConverterOptionalString.check_lower(value.page)
+        _UniffiFfiConverterBoolean.check_lower(value.highlight)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.text, buf)
+        _UniffiFfiConverterOptionalString.write(value.peer, buf)
+        _UniffiFfiConverterOptionalUInt64.write(value.group_id, buf)
+        _UniffiFfiConverterOptionalString.write(value.sender, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.after_ms, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.before_ms, buf)
+        _UniffiFfiConverterSequenceTypeSearchKind.write(value.kinds, buf)
+        _UniffiFfiConverterOptionalTypeSearchOrder.write(value.order, buf)
+        _UniffiFfiConverterUInt32.write(value.limit, buf)
+        _UniffiFfiConverterOptionalString.write(value.page, buf)
+        _UniffiFfiConverterBoolean.write(value.highlight, buf)
 
 @dataclass
 class SendAck:
@@ -3669,6 +4538,29 @@ class _UniffiFfiConverterTypeFerryError(_UniffiConverterRustBuffer):
             buf.write_i32(8)
             _UniffiFfiConverterString.write(value.detail, buf)
 
+class _UniffiFfiConverterSequenceUInt64(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterUInt64.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterUInt64.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterUInt64.read(buf) for i in range(count)
+        ]
+
 
 
 
@@ -4076,6 +4968,215 @@ class Event:
             return True
 
     @dataclass
+    class EDIT:
+        """
+        A message's text was edited by its sender (1:1 from the inbox, `seq`; a group's
+        from its log, `gseq` and `group_id`): replace the text with `text` and mark the
+        message edited at `edited_ms`. Absolute: applying it twice is harmless.
+"""
+        
+        def __init__(self, seq:int, gseq:int, group_id:int, msg_id:int, text:str, edited_ms:int, by:str):
+            self.seq = seq
+            
+            
+            self.gseq = gseq
+            
+            
+            self.group_id = group_id
+            
+            
+            self.msg_id = msg_id
+            
+            
+            self.text = text
+            
+            
+            self.edited_ms = edited_ms
+            
+            
+            self.by = by
+            
+            
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "Event.EDIT(seq={}, gseq={}, group_id={}, msg_id={}, text={}, edited_ms={}, by={})".format(self.seq, self.gseq, self.group_id, self.msg_id, self.text, self.edited_ms, self.by)
+        def __eq__(self, other):
+            if not isinstance(other, Event):
+                return NotImplemented
+            if not other.is_EDIT():
+                return False
+            if self.seq != other.seq:
+                return False
+            if self.gseq != other.gseq:
+                return False
+            if self.group_id != other.group_id:
+                return False
+            if self.msg_id != other.msg_id:
+                return False
+            if self.text != other.text:
+                return False
+            if self.edited_ms != other.edited_ms:
+                return False
+            if self.by != other.by:
+                return False
+            return True
+
+    @dataclass
+    class REACTION:
+        """
+        `by` added (`added`) or took back a reaction: set the message's count of `emoji`
+        to `count` (0: the emoji is gone). Absolute, like every operation entry.
+"""
+        
+        def __init__(self, seq:int, gseq:int, group_id:int, msg_id:int, emoji:str, by:str, added:bool, count:int):
+            self.seq = seq
+            
+            
+            self.gseq = gseq
+            
+            
+            self.group_id = group_id
+            
+            
+            self.msg_id = msg_id
+            
+            
+            self.emoji = emoji
+            
+            
+            self.by = by
+            
+            
+            self.added = added
+            
+            
+            self.count = count
+            
+            
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "Event.REACTION(seq={}, gseq={}, group_id={}, msg_id={}, emoji={}, by={}, added={}, count={})".format(self.seq, self.gseq, self.group_id, self.msg_id, self.emoji, self.by, self.added, self.count)
+        def __eq__(self, other):
+            if not isinstance(other, Event):
+                return NotImplemented
+            if not other.is_REACTION():
+                return False
+            if self.seq != other.seq:
+                return False
+            if self.gseq != other.gseq:
+                return False
+            if self.group_id != other.group_id:
+                return False
+            if self.msg_id != other.msg_id:
+                return False
+            if self.emoji != other.emoji:
+                return False
+            if self.by != other.by:
+                return False
+            if self.added != other.added:
+                return False
+            if self.count != other.count:
+                return False
+            return True
+
+    @dataclass
+    class HIDE:
+        """
+        This user deleted messages for themselves (from this or another of their
+        devices): drop them, and keep the ids so that a copy arriving later (a group's log
+        synced after the inbox) stays out. Only this user's devices get it.
+"""
+        
+        def __init__(self, seq:int, msg_ids:typing.List[int]):
+            self.seq = seq
+            
+            
+            self.msg_ids = msg_ids
+            
+            
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "Event.HIDE(seq={}, msg_ids={})".format(self.seq, self.msg_ids)
+        def __eq__(self, other):
+            if not isinstance(other, Event):
+                return NotImplemented
+            if not other.is_HIDE():
+                return False
+            if self.seq != other.seq:
+                return False
+            if self.msg_ids != other.msg_ids:
+                return False
+            return True
+
+    @dataclass
+    class PIN:
+        """
+        A message was pinned (`pinned`) or unpinned in `conversation` (the 1:1 chat with
+        the peer, or the group) by `by`.
+"""
+        
+        def __init__(self, seq:int, gseq:int, conversation:Destination, msg_id:int, by:str, pinned:bool):
+            self.seq = seq
+            
+            
+            self.gseq = gseq
+            
+            
+            self.conversation = conversation
+            
+            
+            self.msg_id = msg_id
+            
+            
+            self.by = by
+            
+            
+            self.pinned = pinned
+            
+            
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "Event.PIN(seq={}, gseq={}, conversation={}, msg_id={}, by={}, pinned={})".format(self.seq, self.gseq, self.conversation, self.msg_id, self.by, self.pinned)
+        def __eq__(self, other):
+            if not isinstance(other, Event):
+                return NotImplemented
+            if not other.is_PIN():
+                return False
+            if self.seq != other.seq:
+                return False
+            if self.gseq != other.gseq:
+                return False
+            if self.conversation != other.conversation:
+                return False
+            if self.msg_id != other.msg_id:
+                return False
+            if self.by != other.by:
+                return False
+            if self.pinned != other.pinned:
+                return False
+            return True
+
+    @dataclass
     class UNKNOWN:
         """
         An inbox entry of a kind this SDK version does not know (a newer server): skip it.
@@ -4151,6 +5252,22 @@ class Event:
         return isinstance(self, Event.STOPPED)
     def is_stopped(self) -> bool:
         return isinstance(self, Event.STOPPED)
+    def is_EDIT(self) -> bool:
+        return isinstance(self, Event.EDIT)
+    def is_edit(self) -> bool:
+        return isinstance(self, Event.EDIT)
+    def is_REACTION(self) -> bool:
+        return isinstance(self, Event.REACTION)
+    def is_reaction(self) -> bool:
+        return isinstance(self, Event.REACTION)
+    def is_HIDE(self) -> bool:
+        return isinstance(self, Event.HIDE)
+    def is_hide(self) -> bool:
+        return isinstance(self, Event.HIDE)
+    def is_PIN(self) -> bool:
+        return isinstance(self, Event.PIN)
+    def is_pin(self) -> bool:
+        return isinstance(self, Event.PIN)
     def is_UNKNOWN(self) -> bool:
         return isinstance(self, Event.UNKNOWN)
     def is_unknown(self) -> bool:
@@ -4170,6 +5287,10 @@ Event.MOMENT_CHANGED = type("Event.MOMENT_CHANGED", (Event.MOMENT_CHANGED, Event
 Event.CONNECTED = type("Event.CONNECTED", (Event.CONNECTED, Event,), {})  # type: ignore
 Event.DISCONNECTED = type("Event.DISCONNECTED", (Event.DISCONNECTED, Event,), {})  # type: ignore
 Event.STOPPED = type("Event.STOPPED", (Event.STOPPED, Event,), {})  # type: ignore
+Event.EDIT = type("Event.EDIT", (Event.EDIT, Event,), {})  # type: ignore
+Event.REACTION = type("Event.REACTION", (Event.REACTION, Event,), {})  # type: ignore
+Event.HIDE = type("Event.HIDE", (Event.HIDE, Event,), {})  # type: ignore
+Event.PIN = type("Event.PIN", (Event.PIN, Event,), {})  # type: ignore
 Event.UNKNOWN = type("Event.UNKNOWN", (Event.UNKNOWN, Event,), {})  # type: ignore
 
 
@@ -4244,6 +5365,41 @@ class _UniffiFfiConverterTypeEvent(_UniffiConverterRustBuffer):
                 _UniffiFfiConverterTypeFerryError.read(buf),
             )
         if variant == 11:
+            return Event.EDIT(
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterString.read(buf),
+                _UniffiFfiConverterInt64.read(buf),
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 12:
+            return Event.REACTION(
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterString.read(buf),
+                _UniffiFfiConverterString.read(buf),
+                _UniffiFfiConverterBoolean.read(buf),
+                _UniffiFfiConverterUInt32.read(buf),
+            )
+        if variant == 13:
+            return Event.HIDE(
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterSequenceUInt64.read(buf),
+            )
+        if variant == 14:
+            return Event.PIN(
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterTypeDestination.read(buf),
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterString.read(buf),
+                _UniffiFfiConverterBoolean.read(buf),
+            )
+        if variant == 15:
             return Event.UNKNOWN(
                 _UniffiFfiConverterUInt64.read(buf),
                 _UniffiFfiConverterUInt64.read(buf),
@@ -4305,6 +5461,37 @@ class _UniffiFfiConverterTypeEvent(_UniffiConverterRustBuffer):
             return
         if value.is_STOPPED():
             _UniffiFfiConverterTypeFerryError.check_lower(value.error)
+            return
+        if value.is_EDIT():
+            _UniffiFfiConverterUInt64.check_lower(value.seq)
+            _UniffiFfiConverterUInt64.check_lower(value.gseq)
+            _UniffiFfiConverterUInt64.check_lower(value.group_id)
+            _UniffiFfiConverterUInt64.check_lower(value.msg_id)
+            _UniffiFfiConverterString.check_lower(value.text)
+            _UniffiFfiConverterInt64.check_lower(value.edited_ms)
+            _UniffiFfiConverterString.check_lower(value.by)
+            return
+        if value.is_REACTION():
+            _UniffiFfiConverterUInt64.check_lower(value.seq)
+            _UniffiFfiConverterUInt64.check_lower(value.gseq)
+            _UniffiFfiConverterUInt64.check_lower(value.group_id)
+            _UniffiFfiConverterUInt64.check_lower(value.msg_id)
+            _UniffiFfiConverterString.check_lower(value.emoji)
+            _UniffiFfiConverterString.check_lower(value.by)
+            _UniffiFfiConverterBoolean.check_lower(value.added)
+            _UniffiFfiConverterUInt32.check_lower(value.count)
+            return
+        if value.is_HIDE():
+            _UniffiFfiConverterUInt64.check_lower(value.seq)
+            _UniffiFfiConverterSequenceUInt64.check_lower(value.msg_ids)
+            return
+        if value.is_PIN():
+            _UniffiFfiConverterUInt64.check_lower(value.seq)
+            _UniffiFfiConverterUInt64.check_lower(value.gseq)
+            _UniffiFfiConverterTypeDestination.check_lower(value.conversation)
+            _UniffiFfiConverterUInt64.check_lower(value.msg_id)
+            _UniffiFfiConverterString.check_lower(value.by)
+            _UniffiFfiConverterBoolean.check_lower(value.pinned)
             return
         if value.is_UNKNOWN():
             _UniffiFfiConverterUInt64.check_lower(value.seq)
@@ -4368,8 +5555,39 @@ class _UniffiFfiConverterTypeEvent(_UniffiConverterRustBuffer):
         if value.is_STOPPED():
             buf.write_i32(10)
             _UniffiFfiConverterTypeFerryError.write(value.error, buf)
-        if value.is_UNKNOWN():
+        if value.is_EDIT():
             buf.write_i32(11)
+            _UniffiFfiConverterUInt64.write(value.seq, buf)
+            _UniffiFfiConverterUInt64.write(value.gseq, buf)
+            _UniffiFfiConverterUInt64.write(value.group_id, buf)
+            _UniffiFfiConverterUInt64.write(value.msg_id, buf)
+            _UniffiFfiConverterString.write(value.text, buf)
+            _UniffiFfiConverterInt64.write(value.edited_ms, buf)
+            _UniffiFfiConverterString.write(value.by, buf)
+        if value.is_REACTION():
+            buf.write_i32(12)
+            _UniffiFfiConverterUInt64.write(value.seq, buf)
+            _UniffiFfiConverterUInt64.write(value.gseq, buf)
+            _UniffiFfiConverterUInt64.write(value.group_id, buf)
+            _UniffiFfiConverterUInt64.write(value.msg_id, buf)
+            _UniffiFfiConverterString.write(value.emoji, buf)
+            _UniffiFfiConverterString.write(value.by, buf)
+            _UniffiFfiConverterBoolean.write(value.added, buf)
+            _UniffiFfiConverterUInt32.write(value.count, buf)
+        if value.is_HIDE():
+            buf.write_i32(13)
+            _UniffiFfiConverterUInt64.write(value.seq, buf)
+            _UniffiFfiConverterSequenceUInt64.write(value.msg_ids, buf)
+        if value.is_PIN():
+            buf.write_i32(14)
+            _UniffiFfiConverterUInt64.write(value.seq, buf)
+            _UniffiFfiConverterUInt64.write(value.gseq, buf)
+            _UniffiFfiConverterTypeDestination.write(value.conversation, buf)
+            _UniffiFfiConverterUInt64.write(value.msg_id, buf)
+            _UniffiFfiConverterString.write(value.by, buf)
+            _UniffiFfiConverterBoolean.write(value.pinned, buf)
+        if value.is_UNKNOWN():
+            buf.write_i32(15)
             _UniffiFfiConverterUInt64.write(value.seq, buf)
             _UniffiFfiConverterUInt64.write(value.gseq, buf)
 
@@ -4736,6 +5954,29 @@ class _UniffiFfiConverterOptionalTypeEvent(_UniffiConverterRustBuffer):
         else:
             raise InternalError("Unexpected flag byte for optional type")
 
+class _UniffiFfiConverterSequenceTypePinnedMessage(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypePinnedMessage.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypePinnedMessage.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypePinnedMessage.read(buf) for i in range(count)
+        ]
+
 class _UniffiFfiConverterSequenceTypePushTarget(_UniffiConverterRustBuffer):
     @classmethod
     def check_lower(cls, value):
@@ -4964,6 +6205,13 @@ class ClientProtocol(typing.Protocol):
         it is still being uploaded this waits for it (up to two minutes).
 """
         raise NotImplementedError
+    async def edit(self, msg_id: int,text: str) -> None:
+        """
+        Replaces the text (a media message's caption) of a message this user sent, within
+        the server's edit window; both sides' devices (or the group's) get an `Edit`
+        event. Safe to retry.
+"""
+        raise NotImplementedError
     def endpoint(self, ) -> typing.Optional[str]:
         """
         `IP:PORT` of the live link, if any.
@@ -4994,6 +6242,12 @@ class ClientProtocol(typing.Protocol):
     def heartbeat_secs(self, ) -> int:
         """
         The heartbeat interval the live link uses, in seconds.
+"""
+        raise NotImplementedError
+    async def hide(self, msg_ids: typing.List[int]) -> None:
+        """
+        Deletes messages for this user only (1–100): every device of theirs gets a `Hide`
+        event; nobody else's chat changes. Safe to retry.
 """
         raise NotImplementedError
     async def leave_group(self, group_id: int) -> None:
@@ -5028,9 +6282,33 @@ class ClientProtocol(typing.Protocol):
         call loses no event.
 """
         raise NotImplementedError
+    async def pin(self, conversation: Destination,msg_id: int) -> None:
+        """
+        Pins a message of a conversation (the 1:1 chat with a user, or a group: its owner
+        and admins only); both sides (or the group) get a `Pin` event. At most 50 pins.
+"""
+        raise NotImplementedError
+    async def pins(self, conversation: Destination) -> typing.List[PinnedMessage]:
+        """
+        A conversation's pinned messages, newest first.
+"""
+        raise NotImplementedError
     async def push_targets(self, ) -> typing.List[PushTarget]:
         """
         This user's push targets, one per device.
+"""
+        raise NotImplementedError
+    async def react(self, msg_id: int,emoji: str) -> None:
+        """
+        Adds a reaction (an emoji: 1–32 bytes, no whitespace) to a message this user may
+        read. Safe to retry.
+"""
+        raise NotImplementedError
+    async def reactions(self, msg_id: int,emoji: typing.Union[object, typing.Optional[str]] = _DEFAULT,after: int = 0,limit: int = 0) -> Reactions:
+        """
+        The reactions on a message: each emoji's count (and whether this user holds it);
+        with `emoji`, also who reacted with it, `limit` users a page (0: 50) from the
+        cursor `after` (0 first, then the answer's `next_after`).
 """
         raise NotImplementedError
     async def recall(self, msg_id: int) -> None:
@@ -5048,9 +6326,24 @@ class ClientProtocol(typing.Protocol):
         Removes members (admins and the owner).
 """
         raise NotImplementedError
+    async def reply(self, reply_to: int,text: str) -> SendAck:
+        """
+        Replies with a text to message `reply_to`, in the conversation that message is in
+        (the 1:1 chat or the group); retried with one id until the server stored it. The
+        stored reply carries a `Quote` of the message answered (`ChatMessage.quote`).
+        `NOT_FOUND` when this user may not read that message (or it was recalled).
+"""
+        raise NotImplementedError
     async def request_friend(self, username: str,greeting: str) -> FriendActionResult:
         """
         Asks `username` to be friends (accepted at once if they asked first).
+"""
+        raise NotImplementedError
+    async def search(self, query: SearchQuery) -> SearchPage:
+        """
+        Searches the messages this user may read (docs/protocol.md, Search); page on
+        with the answer's `next` as the next query's `page`. The index follows the server's
+        store within about a second.
 """
         raise NotImplementedError
     async def send_file(self, to: Destination,data: bytes,file_name: str,progress: typing.Optional[ProgressListener]) -> SentMedia:
@@ -5100,6 +6393,16 @@ class ClientProtocol(typing.Protocol):
     async def typing(self, to: str) -> None:
         """
         Tells `to` this user is typing (best effort).
+"""
+        raise NotImplementedError
+    async def unpin(self, conversation: Destination,msg_id: int) -> None:
+        """
+        Unpins a message.
+"""
+        raise NotImplementedError
+    async def unreact(self, msg_id: int,emoji: str) -> None:
+        """
+        Takes a reaction back. Safe to retry.
 """
         raise NotImplementedError
     async def unregister_push(self, device_id: typing.Optional[str]) -> None:
@@ -5289,6 +6592,31 @@ class Client(ClientProtocol):
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
+    async def edit(self, msg_id: int,text: str) -> None:
+        """
+        Replaces the text (a media message's caption) of a message this user sent, within
+        the server's edit window; both sides' devices (or the group's) get an `Edit`
+        event. Safe to retry.
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(msg_id)
+
+        _UniffiFfiConverterString.check_lower(text)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(msg_id),
+            _UniffiFfiConverterString.lower(text),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_edit(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     def endpoint(self, ) -> typing.Optional[str]:
         """
         `IP:PORT` of the live link, if any.
@@ -5416,6 +6744,27 @@ class Client(ClientProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
+    async def hide(self, msg_ids: typing.List[int]) -> None:
+        """
+        Deletes messages for this user only (1–100): every device of theirs gets a `Hide`
+        event; nobody else's chat changes. Safe to retry.
+"""
+        
+        _UniffiFfiConverterSequenceUInt64.check_lower(msg_ids)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterSequenceUInt64.lower(msg_ids),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_hide(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     async def leave_group(self, group_id: int) -> None:
         
         _UniffiFfiConverterUInt64.check_lower(group_id)
@@ -5542,6 +6891,50 @@ class Client(ClientProtocol):
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
+    async def pin(self, conversation: Destination,msg_id: int) -> None:
+        """
+        Pins a message of a conversation (the 1:1 chat with a user, or a group: its owner
+        and admins only); both sides (or the group) get a `Pin` event. At most 50 pins.
+"""
+        
+        _UniffiFfiConverterTypeDestination.check_lower(conversation)
+
+        _UniffiFfiConverterUInt64.check_lower(msg_id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeDestination.lower(conversation),
+            _UniffiFfiConverterUInt64.lower(msg_id),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_pin(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def pins(self, conversation: Destination) -> typing.List[PinnedMessage]:
+        """
+        A conversation's pinned messages, newest first.
+"""
+        
+        _UniffiFfiConverterTypeDestination.check_lower(conversation)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeDestination.lower(conversation),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceTypePinnedMessage.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_pins(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     async def push_targets(self, ) -> typing.List[PushTarget]:
         """
         This user's push targets, one per device.
@@ -5553,6 +6946,63 @@ class Client(ClientProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_ferry_ffi_fn_method_client_push_targets(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def react(self, msg_id: int,emoji: str) -> None:
+        """
+        Adds a reaction (an emoji: 1–32 bytes, no whitespace) to a message this user may
+        read. Safe to retry.
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(msg_id)
+
+        _UniffiFfiConverterString.check_lower(emoji)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(msg_id),
+            _UniffiFfiConverterString.lower(emoji),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_react(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def reactions(self, msg_id: int,emoji: typing.Union[object, typing.Optional[str]] = _DEFAULT,after: int = 0,limit: int = 0) -> Reactions:
+        """
+        The reactions on a message: each emoji's count (and whether this user holds it);
+        with `emoji`, also who reacted with it, `limit` users a page (0: 50) from the
+        cursor `after` (0 first, then the answer's `next_after`).
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(msg_id)
+
+        if emoji is _DEFAULT:
+            emoji = None
+        _UniffiFfiConverterOptionalString.check_lower(emoji)
+
+        _UniffiFfiConverterUInt64.check_lower(after)
+
+        _UniffiFfiConverterUInt32.check_lower(limit)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(msg_id),
+            _UniffiFfiConverterOptionalString.lower(emoji),
+            _UniffiFfiConverterUInt64.lower(after),
+            _UniffiFfiConverterUInt32.lower(limit),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeReactions.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_reactions(*_uniffi_lowered_args),
             _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
             _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
             _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
@@ -5622,6 +7072,32 @@ class Client(ClientProtocol):
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
+    async def reply(self, reply_to: int,text: str) -> SendAck:
+        """
+        Replies with a text to message `reply_to`, in the conversation that message is in
+        (the 1:1 chat or the group); retried with one id until the server stored it. The
+        stored reply carries a `Quote` of the message answered (`ChatMessage.quote`).
+        `NOT_FOUND` when this user may not read that message (or it was recalled).
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(reply_to)
+
+        _UniffiFfiConverterString.check_lower(text)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(reply_to),
+            _UniffiFfiConverterString.lower(text),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeSendAck.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_reply(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     async def request_friend(self, username: str,greeting: str) -> FriendActionResult:
         """
         Asks `username` to be friends (accepted at once if they asked first).
@@ -5639,6 +7115,28 @@ class Client(ClientProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_ferry_ffi_fn_method_client_request_friend(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def search(self, query: SearchQuery) -> SearchPage:
+        """
+        Searches the messages this user may read (docs/protocol.md, Search); page on
+        with the answer's `next` as the next query's `page`. The index follows the server's
+        store within about a second.
+"""
+        
+        _UniffiFfiConverterTypeSearchQuery.check_lower(query)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeSearchQuery.lower(query),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeSearchPage.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_search(*_uniffi_lowered_args),
             _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
             _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
             _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
@@ -5871,6 +7369,52 @@ class Client(ClientProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_ferry_ffi_fn_method_client_typing(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def unpin(self, conversation: Destination,msg_id: int) -> None:
+        """
+        Unpins a message.
+"""
+        
+        _UniffiFfiConverterTypeDestination.check_lower(conversation)
+
+        _UniffiFfiConverterUInt64.check_lower(msg_id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeDestination.lower(conversation),
+            _UniffiFfiConverterUInt64.lower(msg_id),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_unpin(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_void,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_void,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def unreact(self, msg_id: int,emoji: str) -> None:
+        """
+        Takes a reaction back. Safe to retry.
+"""
+        
+        _UniffiFfiConverterUInt64.check_lower(msg_id)
+
+        _UniffiFfiConverterString.check_lower(emoji)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterUInt64.lower(msg_id),
+            _UniffiFfiConverterString.lower(emoji),
+        )
+        _uniffi_lift_return = lambda val: None
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_unreact(*_uniffi_lowered_args),
             _UniffiLib.ffi_ferry_ffi_rust_future_poll_void,
             _UniffiLib.ffi_ferry_ffi_rust_future_complete_void,
             _UniffiLib.ffi_ferry_ffi_rust_future_free_void,
@@ -6149,6 +7693,8 @@ __all__ = [
     "GroupRole",
     "PushProvider",
     "PushPreview",
+    "SearchKind",
+    "SearchOrder",
     "Destination",
     "ErrorCode",
     "FriendEventKind",
@@ -6160,6 +7706,7 @@ __all__ = [
     "FriendAction",
     "Status",
     "MediaRef",
+    "Quote",
     "ChatMessage",
     "Config",
     "Friend",
@@ -6167,8 +7714,15 @@ __all__ = [
     "FriendList",
     "GroupMember",
     "Group",
+    "PinnedMessage",
     "PushData",
     "PushTarget",
+    "ReactionCount",
+    "Reactions",
+    "TextRange",
+    "SearchHit",
+    "SearchPage",
+    "SearchQuery",
     "SendAck",
     "SentMedia",
     "UserInfo",

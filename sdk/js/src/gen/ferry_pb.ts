@@ -18,7 +18,7 @@ import type { Message as Message$1 } from "@bufbuild/protobuf";
  * Describes the file ferry.proto.
  */
 export const file_ferry: GenFile = /*@__PURE__*/
-  fileDesc("CgtmZXJyeS5wcm90bxIIZmVycnkudjEiUwoFRXJyb3ISIQoEY29kZRgBIAEoDjITLmZlcnJ5LnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEhYKDnJldHJ5X2FmdGVyX21zGAMgASgNIjEKC1JlZ2lzdGVyUmVxEhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJIh8KDFJlZ2lzdGVyUmVzcBIPCgd1c2VyX2lkGAEgASgEIkAKB0F1dGhSZXESEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJIlgKCEF1dGhSZXNwEg8KB3VzZXJfaWQYASABKAQSDQoFdG9rZW4YAiABKAkSEgoKbGF0ZXN0X3NlcRgDIAEoBBIYChB0b2tlbl9leHBpcmVzX21zGAQgASgDIj8KEVBhc3N3b3JkQ2hhbmdlUmVxEhQKDG9sZF9wYXNzd29yZBgBIAEoCRIUCgxuZXdfcGFzc3dvcmQYAiABKAkiVAoITG9naW5SZXESDQoFdG9rZW4YASABKAkSDwoHc3luY2tleRgCIAEoBBIWCg5jbGllbnRfdmVyc2lvbhgDIAEoCRIQCghwcm90b2NvbBgEIAEoDSLMAQoJTG9naW5SZXNwEg8KB3VzZXJfaWQYASABKAQSEAoIdXNlcm5hbWUYAiABKAkSEgoKbGF0ZXN0X3NlcRgDIAEoBBIWCg5oZWFydGJlYXRfc2VjcxgEIAEoDRIWCg5zZXJ2ZXJfdGltZV9tcxgFIAEoAxINCgV0b2tlbhgGIAEoCRIYChB0b2tlbl9leHBpcmVzX21zGAcgASgDEhcKD2lkbGVfdGltZW91dF9tcxgIIAEoBBIQCghwcm90b2NvbBgKIAEoDUoECAkQCiJACgpSZXN1bXB0aW9uEg4KBnRpY2tldBgBIAEoDBIOCgZzZWNyZXQYAiABKAwSEgoKZXhwaXJlc19tcxgDIAEoAyIcCglIZWFydGJlYXQSDwoHc3luY2tleRgBIAEoBCKiAQoHU2VuZE1zZxIVCg1jbGllbnRfbXNnX2lkGAEgASgEEgoKAnRvGAIgASgJEgwKBHRleHQYAyABKAkSHwoEdHlwZRgEIAEoDjIRLmZlcnJ5LnYxLk1zZ1R5cGUSEAoIZ3JvdXBfaWQYBSABKAQSEAoIbWVudGlvbnMYBiADKAkSIQoFbWVkaWEYByABKAsyEi5mZXJyeS52MS5NZWRpYVJlZiI3CgdTZW5kQWNrEg4KBm1zZ19pZBgBIAEoBBILCgNzZXEYAiABKAQSDwoHdGltZV9tcxgDIAEoAyLRAQoHTWVzc2FnZRIOCgZtc2dfaWQYASABKAQSDAoEZnJvbRgCIAEoCRIKCgJ0bxgDIAEoCRIPCgd0aW1lX21zGAQgASgDEh8KBHR5cGUYBSABKA4yES5mZXJyeS52MS5Nc2dUeXBlEgwKBHRleHQYBiABKAkSFQoNY2xpZW50X21zZ19pZBgHIAEoBBIQCghncm91cF9pZBgIIAEoBBIQCghtZW50aW9ucxgJIAMoCRIhCgVtZWRpYRgKIAEoCzISLmZlcnJ5LnYxLk1lZGlhUmVmIpcCCgVFbnRyeRILCgNzZXEYASABKAQSJAoHbWVzc2FnZRgCIAEoCzIRLmZlcnJ5LnYxLk1lc3NhZ2VIABInCgZmcmllbmQYAyABKAsyFS5mZXJyeS52MS5GcmllbmRFdmVudEgAEicKBm1vbWVudBgEIAEoCzIVLmZlcnJ5LnYxLk1vbWVudEV2ZW50SAASJQoFZ3JvdXAYBSABKAsyFC5mZXJyeS52MS5Hcm91cEV2ZW50SAASIgoGcmVjYWxsGAYgASgLMhAuZmVycnkudjEuUmVjYWxsSAASJQoEcmVhZBgHIAEoCzIVLmZlcnJ5LnYxLlJlYWRSZWNlaXB0SAASDwoHdGltZV9tcxgPIAEoA0IGCgRraW5kIskBCgtGcmllbmRFdmVudBIoCgRraW5kGAEgASgOMhouZmVycnkudjEuRnJpZW5kRXZlbnQuS2luZBIMCgRwZWVyGAIgASgJEhAKCGdyZWV0aW5nGAMgASgJInAKBEtpbmQSFAoQUkVRVUVTVF9SRUNFSVZFRBAAEhAKDFJFUVVFU1RfU0VOVBABEgkKBUFEREVEEAISDAoIREVDTElORUQQAxILCgdSRU1PVkVEEAQSCwoHQkxPQ0tFRBAFEg0KCVVOQkxPQ0tFRBAGIpIBCgtNb21lbnRFdmVudBIoCgRraW5kGAEgASgOMhouZmVycnkudjEuTW9tZW50RXZlbnQuS2luZBIRCgltb21lbnRfaWQYAiABKAQSCgoCYnkYAyABKAkSDAoEdGV4dBgEIAEoCSIsCgRLaW5kEgoKBlBPU1RFRBAAEgkKBUxJS0VEEAESDQoJQ09NTUVOVEVEEAIiKQoHU3luY1JlcRIPCgdzeW5ja2V5GAEgASgEEg0KBWxpbWl0GAIgASgNIl8KCFN5bmNSZXNwEiAKB2VudHJpZXMYASADKAsyDy5mZXJyeS52MS5FbnRyeRIPCgdzeW5ja2V5GAIgASgEEgwKBG1vcmUYAyABKAgSEgoKbGF0ZXN0X3NlcRgEIAEoBCI+CgZOb3RpZnkSEgoKbGF0ZXN0X3NlcRgBIAEoBBIgCgdlbnRyaWVzGAIgAygLMg8uZmVycnkudjEuRW50cnkiOQoES2ljaxIhCgRjb2RlGAEgASgOMhMuZmVycnkudjEuRXJyb3JDb2RlEg4KBnJlYXNvbhgCIAEoCSIgCglMb2dvdXRSZXESEwoLYWxsX2RldmljZXMYASABKAgiHgoKTG9nb3V0UmVzcBIQCghzZXNzaW9ucxgBIAEoDSIfCgtGaW5kVXNlclJlcRIQCgh1c2VybmFtZRgBIAEoCSJGCgxGaW5kVXNlclJlc3ASDwoHdXNlcl9pZBgBIAEoBBIQCgh1c2VybmFtZRgCIAEoCRITCgthdmF0YXJfZXRhZxgDIAEoCSI2ChBGcmllbmRSZXF1ZXN0UmVxEhAKCHVzZXJuYW1lGAEgASgJEhAKCGdyZWV0aW5nGAIgASgJIiMKD0ZyaWVuZEFjdGlvblJlcRIQCgh1c2VybmFtZRgBIAEoCSJJChBGcmllbmRBY3Rpb25SZXNwEiQKBXN0YXRlGAEgASgOMhUuZmVycnkudjEuRnJpZW5kU3RhdGUSDwoHdmVyc2lvbhgCIAEoBCJ1CgZGcmllbmQSDwoHdXNlcl9pZBgBIAEoBBIQCgh1c2VybmFtZRgCIAEoCRIkCgVzdGF0ZRgDIAEoDjIVLmZlcnJ5LnYxLkZyaWVuZFN0YXRlEhAKCGdyZWV0aW5nGAQgASgJEhAKCHNpbmNlX21zGAUgASgDIiYKDUZyaWVuZExpc3RSZXESFQoNc2luY2VfdmVyc2lvbhgBIAEoBCJSCg5GcmllbmRMaXN0UmVzcBIPCgd2ZXJzaW9uGAEgASgEEiEKB2ZyaWVuZHMYAiADKAsyEC5mZXJyeS52MS5GcmllbmQSDAoEZnVsbBgDIAEoCCIdCgxBdmF0YXJTZXRSZXESDQoFaW1hZ2UYASABKAwiHQoNQXZhdGFyU2V0UmVzcBIMCgRldGFnGAEgASgJIm8KCVJlcG9ydFJlcRIWCg5jbGllbnRfdmVyc2lvbhgBIAEoCRIMCgRraW5kGAIgASgJEhEKCWZpbGVfbmFtZRgDIAEoCRIOCgZsZW5ndGgYBCABKAQSCwoDbWQ1GAUgASgJEgwKBGRhdGEYBiABKAwiHwoKUmVwb3J0UmVzcBIRCglyZXBvcnRfaWQYASABKAQiMAoNTW9tZW50UG9zdFJlcRIMCgR0ZXh0GAEgASgJEhEKCW1lZGlhX2lkcxgCIAMoCSI0Cg5Nb21lbnRQb3N0UmVzcBIRCgltb21lbnRfaWQYASABKAQSDwoHdGltZV9tcxgCIAEoAyIvCgpNb21lbnRMaWtlEhAKCHVzZXJuYW1lGAEgASgJEg8KB3RpbWVfbXMYAiABKAMiVAoNTW9tZW50Q29tbWVudBISCgpjb21tZW50X2lkGAEgASgEEhAKCHVzZXJuYW1lGAIgASgJEgwKBHRleHQYAyABKAkSDwoHdGltZV9tcxgEIAEoAyKtAQoGTW9tZW50EhEKCW1vbWVudF9pZBgBIAEoBBIOCgZhdXRob3IYAiABKAkSDAoEdGV4dBgDIAEoCRIRCgltZWRpYV9pZHMYBCADKAkSDwoHdGltZV9tcxgFIAEoAxIjCgVsaWtlcxgGIAMoCzIULmZlcnJ5LnYxLk1vbWVudExpa2USKQoIY29tbWVudHMYByADKAsyFy5mZXJyeS52MS5Nb21lbnRDb21tZW50IjIKEU1vbWVudFRpbWVsaW5lUmVxEg4KBmN1cnNvchgBIAEoBBINCgVsaW1pdBgCIAEoDSJMChJNb21lbnRUaW1lbGluZVJlc3ASIQoHbW9tZW50cxgBIAMoCzIQLmZlcnJ5LnYxLk1vbWVudBITCgtuZXh0X2N1cnNvchgCIAEoBCIyCg1Nb21lbnRMaWtlUmVxEhEKCW1vbWVudF9pZBgBIAEoBBIOCgZ1bmxpa2UYAiABKAgiMwoQTW9tZW50Q29tbWVudFJlcRIRCgltb21lbnRfaWQYASABKAQSDAoEdGV4dBgCIAEoCSInChFNb21lbnRDb21tZW50UmVzcBISCgpjb21tZW50X2lkGAEgASgEIiQKD01vbWVudERlbGV0ZVJlcRIRCgltb21lbnRfaWQYASABKAQiBwoFRW1wdHki1gEKCkdyb3VwRXZlbnQSJwoEa2luZBgBIAEoDjIZLmZlcnJ5LnYxLkdyb3VwRXZlbnQuS2luZBIQCghncm91cF9pZBgCIAEoBBINCgV1c2VycxgDIAMoCRIKCgJieRgEIAEoCRIMCgR0ZXh0GAUgASgJImQKBEtpbmQSCwoHQ1JFQVRFRBAAEgoKBkpPSU5FRBABEggKBExFRlQQAhILCgdSRU1PVkVEEAMSCwoHUkVOQU1FRBAEEg0KCUFOTk9VTkNFRBAFEhAKDFJPTEVfQ0hBTkdFRBAGIjYKBlJlY2FsbBIOCgZtc2dfaWQYASABKAQSEAoIZ3JvdXBfaWQYAiABKAQSCgoCYnkYAyABKAkiLQoLUmVhZFJlY2VpcHQSDgoGcmVhZGVyGAEgASgJEg4KBm1zZ19pZBgCIAEoBCKkAQoKR3JvdXBFbnRyeRIMCgRnc2VxGAEgASgEEiQKB21lc3NhZ2UYAiABKAsyES5mZXJyeS52MS5NZXNzYWdlSAASJQoFZXZlbnQYAyABKAsyFC5mZXJyeS52MS5Hcm91cEV2ZW50SAASIgoGcmVjYWxsGAQgASgLMhAuZmVycnkudjEuUmVjYWxsSAASDwoHdGltZV9tcxgPIAEoA0IGCgRraW5kIssBCgVHcm91cBIQCghncm91cF9pZBgBIAEoBBIMCgRuYW1lGAIgASgJEhQKDGFubm91bmNlbWVudBgDIAEoCRINCgVvd25lchgEIAEoCRITCgtsYXRlc3RfZ3NlcRgFIAEoBBImCgdtZW1iZXJzGAYgAygLMhUuZmVycnkudjEuR3JvdXBNZW1iZXISFQoNc2hhcmVfaGlzdG9yeRgHIAEoCBITCgtqb2luZWRfZ3NlcRgIIAEoBBIUCgxtZW1iZXJfY291bnQYCSABKA0iQgoLR3JvdXBNZW1iZXISEAoIdXNlcm5hbWUYASABKAkSIQoEcm9sZRgCIAEoDjITLmZlcnJ5LnYxLkdyb3VwUm9sZSJGCg5Hcm91cENyZWF0ZVJlcRIMCgRuYW1lGAEgASgJEg8KB21lbWJlcnMYAiADKAkSFQoNc2hhcmVfaGlzdG9yeRgDIAEoCCI2Cg9Hcm91cE1lbWJlcnNSZXESEAoIZ3JvdXBfaWQYASABKAQSEQoJdXNlcm5hbWVzGAIgAygJIhwKCEdyb3VwUmVxEhAKCGdyb3VwX2lkGAEgASgEIkYKDkdyb3VwVXBkYXRlUmVxEhAKCGdyb3VwX2lkGAEgASgEEgwKBG5hbWUYAiABKAkSFAoMYW5ub3VuY2VtZW50GAMgASgJIlUKDEdyb3VwUm9sZVJlcRIQCghncm91cF9pZBgBIAEoBBIQCgh1c2VybmFtZRgCIAEoCRIhCgRyb2xlGAMgASgOMhMuZmVycnkudjEuR3JvdXBSb2xlIisKCUdyb3VwUmVzcBIeCgVncm91cBgBIAEoCzIPLmZlcnJ5LnYxLkdyb3VwIjAKDUdyb3VwTGlzdFJlc3ASHwoGZ3JvdXBzGAEgAygLMg8uZmVycnkudjEuR3JvdXAiPgoMR3JvdXBTeW5jUmVxEhAKCGdyb3VwX2lkGAEgASgEEg0KBWFmdGVyGAIgASgEEg0KBWxpbWl0GAMgASgNInsKDUdyb3VwU3luY1Jlc3ASEAoIZ3JvdXBfaWQYASABKAQSJQoHZW50cmllcxgCIAMoCzIULmZlcnJ5LnYxLkdyb3VwRW50cnkSDgoGY3Vyc29yGAMgASgEEgwKBG1vcmUYBCABKAgSEwoLbGF0ZXN0X2dzZXEYBSABKAQiWwoLR3JvdXBOb3RpZnkSEAoIZ3JvdXBfaWQYASABKAQSEwoLbGF0ZXN0X2dzZXEYAiABKAQSJQoHZW50cmllcxgDIAMoCzIULmZlcnJ5LnYxLkdyb3VwRW50cnkiGwoJUmVjYWxsUmVxEg4KBm1zZ19pZBgBIAEoBCJHCgdSZWFkUmVxEgwKBHBlZXIYASABKAkSDgoGbXNnX2lkGAIgASgEEhAKCGdyb3VwX2lkGAMgASgEEgwKBGdzZXEYBCABKAQiLwoNR3JvdXBSZWFkc1JlcRIQCghncm91cF9pZBgBIAEoBBIMCgRnc2VxGAIgASgEIksKDkdyb3VwUmVhZHNSZXNwEg8KB3JlYWRlcnMYASADKAkSEgoKcmVhZF9jb3VudBgCIAEoDRIUCgxtZW1iZXJfY291bnQYAyABKA0iFAoGVHlwaW5nEgoKAnRvGAEgASgJIrwBCghNZWRpYVJlZhIQCghtZWRpYV9pZBgBIAEoCRIhCgRraW5kGAIgASgOMhMuZmVycnkudjEuTWVkaWFLaW5kEgwKBHNpemUYAyABKAQSFAoMY29udGVudF90eXBlGAQgASgJEg0KBXdpZHRoGAUgASgNEg4KBmhlaWdodBgGIAEoDRITCgtkdXJhdGlvbl9tcxgHIAEoDRIQCgh0aHVtYl9pZBgIIAEoCRIRCglmaWxlX25hbWUYCSABKAkiewoOTWVkaWFDcmVhdGVSZXESDAoEc2l6ZRgBIAEoBBIUCgxjb250ZW50X3R5cGUYAiABKAkSDgoGc2hhMjU2GAMgASgJEiEKBGtpbmQYBCABKA4yEy5mZXJyeS52MS5NZWRpYUtpbmQSEgoKY2h1bmtfc2l6ZRgFIAEoDSJbCg9NZWRpYUNyZWF0ZVJlc3ASEAoIbWVkaWFfaWQYASABKAkSEgoKY2h1bmtfc2l6ZRgCIAEoDRIOCgZ3aW5kb3cYAyABKA0SEgoKdXBsb2FkX2tleRgEIAEoDCI/Cg1NZWRpYUNodW5rUmVxEhAKCG1lZGlhX2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBBIMCgRkYXRhGAMgASgMIkQKDU1lZGlhQ2h1bmtBY2sSEwoLbmV4dF9vZmZzZXQYASABKAQSDAoEc2l6ZRgCIAEoBBIQCghjb21wbGV0ZRgDIAEoCCIiCg5NZWRpYVN0YXR1c1JlcRIQCghtZWRpYV9pZBgBIAEoCSIiCg5NZWRpYUZpbmlzaFJlcRIQCghtZWRpYV9pZBgBIAEoCSI0Cg9NZWRpYUZpbmlzaFJlc3ASIQoFbWVkaWEYASABKAsyEi5mZXJyeS52MS5NZWRpYVJlZiJcCghFbmRwb2ludBIKCgJpcBgBIAEoCRIMCgRwb3J0GAIgASgNEiYKCXRyYW5zcG9ydBgDIAEoDjITLmZlcnJ5LnYxLlRyYW5zcG9ydBIOCgZ3ZWlnaHQYBCABKA0iHwoMRW5kcG9pbnRzUmVxEg8KB3ZlcnNpb24YASABKAQigAEKDUVuZHBvaW50c1Jlc3ASDwoHdmVyc2lvbhgBIAEoBBIRCgl1bmNoYW5nZWQYAiABKAgSJQoJZW5kcG9pbnRzGAMgAygLMhIuZmVycnkudjEuRW5kcG9pbnQSDgoGcmVnaW9uGAQgASgJEhQKDHJlZnJlc2hfc2VjcxgFIAEoDSKQAQoNQ29ubmVjdFNhbXBsZRIKCgJpcBgBIAEoCRIMCgRwb3J0GAIgASgNEiYKCXRyYW5zcG9ydBgDIAEoDjITLmZlcnJ5LnYxLlRyYW5zcG9ydBIKCgJvaxgEIAEoCBISCgpjb25uZWN0X21zGAUgASgNEg0KBWVycm9yGAYgASgJEg4KBmFnZV9tcxgHIAEoDSI9ChFFbmRwb2ludFJlcG9ydFJlcRIoCgdzYW1wbGVzGAEgAygLMhcuZmVycnkudjEuQ29ubmVjdFNhbXBsZSImChJFbmRwb2ludFJlcG9ydFJlc3ASEAoIYWNjZXB0ZWQYASABKA0iuQIKClB1c2hUYXJnZXQSKAoIcHJvdmlkZXIYASABKA4yFi5mZXJyeS52MS5QdXNoUHJvdmlkZXISDQoFdG9rZW4YAiABKAkSEAoIZW5kcG9pbnQYAyABKAkSDgoGcDI1NmRoGAQgASgJEgwKBGF1dGgYBSABKAkSDgoGYXBwX2lkGAYgASgJEg8KB3NhbmRib3gYByABKAgSDgoGbG9jYWxlGAggASgJEiYKB3ByZXZpZXcYCSABKA4yFS5mZXJyeS52MS5QdXNoUHJldmlldxIVCg1kbmRfc3RhcnRfbWluGAogASgNEhMKC2RuZF9lbmRfbWluGAsgASgNEhYKDnV0Y19vZmZzZXRfbWluGAwgASgREhEKCWRldmljZV9pZBgNIAEoCRISCgpjcmVhdGVkX21zGA4gASgDIjcKD1B1c2hSZWdpc3RlclJlcRIkCgZ0YXJnZXQYASABKAsyFC5mZXJyeS52MS5QdXNoVGFyZ2V0IiYKEVB1c2hVbnJlZ2lzdGVyUmVxEhEKCWRldmljZV9pZBgBIAEoCSI1CgxQdXNoTGlzdFJlc3ASJQoHdGFyZ2V0cxgBIAMoCzIULmZlcnJ5LnYxLlB1c2hUYXJnZXQiZgoQQ29udmVyc2F0aW9uUHVzaBIMCgRwZWVyGAEgASgJEhAKCGdyb3VwX2lkGAIgASgEEiAKBG1vZGUYAyABKA4yEi5mZXJyeS52MS5QdXNoTW9kZRIQCgh1bnRpbF9tcxgEIAEoAyI3CgxQdXNoUHJlZnNSZXESJwoDc2V0GAEgAygLMhouZmVycnkudjEuQ29udmVyc2F0aW9uUHVzaCJCCg1QdXNoUHJlZnNSZXNwEjEKDWNvbnZlcnNhdGlvbnMYASADKAsyGi5mZXJyeS52MS5Db252ZXJzYXRpb25QdXNoKt0CCglFcnJvckNvZGUSGgoWRVJST1JfQ09ERV9VTlNQRUNJRklFRBAAEg8KC0JBRF9SRVFVRVNUEAESEAoMVU5BVVRIT1JJWkVEEAISEwoPQkFEX0NSRURFTlRJQUxTEAMSDwoLVVNFUl9FWElTVFMQBBIQCgxVTktOT1dOX1VTRVIQBRINCglUT09fTEFSR0UQBhITCg9VTktOT1dOX0NPTU1BTkQQBxIRCg1OT1RfTE9HR0VEX0lOEAgSDwoLVU5BVkFJTEFCTEUQCRIUChBJTlZBTElEX0FSR1VNRU5UEAoSDAoISU5URVJOQUwQCxIQCgxSQVRFX0xJTUlURUQQDBIKCgZLSUNLRUQQDRIVChFQRVJNSVNTSU9OX0RFTklFRBAOEg0KCU5PVF9GT1VORBAPEhUKEUNIRUNLU1VNX01JU01BVENIEBASEgoOUkVTVU1FX1JFRlVTRUQQESocCgdNc2dUeXBlEhEKDU1TR19UWVBFX1RFWFQQACprCgtGcmllbmRTdGF0ZRIVChFGUklFTkRfU1RBVEVfTk9ORRAAEgoKBkZSSUVORBABEg8KC1JFUVVFU1RfT1VUEAISDgoKUkVRVUVTVF9JThADEgsKB0JMT0NLRUQQBBILCgdSRU1PVkVEEAUqLQoJR3JvdXBSb2xlEgoKBk1FTUJFUhAAEgkKBUFETUlOEAESCQoFT1dORVIQAip/CglNZWRpYUtpbmQSGgoWTUVESUFfS0lORF9VTlNQRUNJRklFRBAAEg8KC01FRElBX0lNQUdFEAESDwoLTUVESUFfVk9JQ0UQAhIPCgtNRURJQV9WSURFTxADEg4KCk1FRElBX0ZJTEUQBBITCg9NRURJQV9USFVNQk5BSUwQBSpNCglUcmFuc3BvcnQSGQoVVFJBTlNQT1JUX1VOU1BFQ0lGSUVEEAASEQoNVFJBTlNQT1JUX1RDUBABEhIKDlRSQU5TUE9SVF9IVFRQEAIqXgoMUHVzaFByb3ZpZGVyEh0KGVBVU0hfUFJPVklERVJfVU5TUEVDSUZJRUQQABIICgRBUE5TEAESBwoDRkNNEAISCwoHV0VCUFVTSBADEg8KC1VOSUZJRURQVVNIEAQqRQoLUHVzaFByZXZpZXcSEAoMUFJFVklFV19OT05FEAASEgoOUFJFVklFV19TRU5ERVIQARIQCgxQUkVWSUVXX0ZVTEwQAiphCghQdXNoTW9kZRIVChFQVVNIX01PREVfREVGQVVMVBAAEhMKD1BVU0hfTU9ERV9NVVRFRBABEhYKElBVU0hfTU9ERV9NRU5USU9OUxACEhEKDVBVU0hfTU9ERV9BTEwQA2IGcHJvdG8z");
+  fileDesc("CgtmZXJyeS5wcm90bxIIZmVycnkudjEiUwoFRXJyb3ISIQoEY29kZRgBIAEoDjITLmZlcnJ5LnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAIgASgJEhYKDnJldHJ5X2FmdGVyX21zGAMgASgNIjEKC1JlZ2lzdGVyUmVxEhAKCHVzZXJuYW1lGAEgASgJEhAKCHBhc3N3b3JkGAIgASgJIh8KDFJlZ2lzdGVyUmVzcBIPCgd1c2VyX2lkGAEgASgEIkAKB0F1dGhSZXESEAoIdXNlcm5hbWUYASABKAkSEAoIcGFzc3dvcmQYAiABKAkSEQoJZGV2aWNlX2lkGAMgASgJIlgKCEF1dGhSZXNwEg8KB3VzZXJfaWQYASABKAQSDQoFdG9rZW4YAiABKAkSEgoKbGF0ZXN0X3NlcRgDIAEoBBIYChB0b2tlbl9leHBpcmVzX21zGAQgASgDIj8KEVBhc3N3b3JkQ2hhbmdlUmVxEhQKDG9sZF9wYXNzd29yZBgBIAEoCRIUCgxuZXdfcGFzc3dvcmQYAiABKAkiVAoITG9naW5SZXESDQoFdG9rZW4YASABKAkSDwoHc3luY2tleRgCIAEoBBIWCg5jbGllbnRfdmVyc2lvbhgDIAEoCRIQCghwcm90b2NvbBgEIAEoDSLMAQoJTG9naW5SZXNwEg8KB3VzZXJfaWQYASABKAQSEAoIdXNlcm5hbWUYAiABKAkSEgoKbGF0ZXN0X3NlcRgDIAEoBBIWCg5oZWFydGJlYXRfc2VjcxgEIAEoDRIWCg5zZXJ2ZXJfdGltZV9tcxgFIAEoAxINCgV0b2tlbhgGIAEoCRIYChB0b2tlbl9leHBpcmVzX21zGAcgASgDEhcKD2lkbGVfdGltZW91dF9tcxgIIAEoBBIQCghwcm90b2NvbBgKIAEoDUoECAkQCiJACgpSZXN1bXB0aW9uEg4KBnRpY2tldBgBIAEoDBIOCgZzZWNyZXQYAiABKAwSEgoKZXhwaXJlc19tcxgDIAEoAyIcCglIZWFydGJlYXQSDwoHc3luY2tleRgBIAEoBCK0AQoHU2VuZE1zZxIVCg1jbGllbnRfbXNnX2lkGAEgASgEEgoKAnRvGAIgASgJEgwKBHRleHQYAyABKAkSHwoEdHlwZRgEIAEoDjIRLmZlcnJ5LnYxLk1zZ1R5cGUSEAoIZ3JvdXBfaWQYBSABKAQSEAoIbWVudGlvbnMYBiADKAkSIQoFbWVkaWEYByABKAsyEi5mZXJyeS52MS5NZWRpYVJlZhIQCghyZXBseV90bxgIIAEoBCI3CgdTZW5kQWNrEg4KBm1zZ19pZBgBIAEoBBILCgNzZXEYAiABKAQSDwoHdGltZV9tcxgDIAEoAyKEAgoHTWVzc2FnZRIOCgZtc2dfaWQYASABKAQSDAoEZnJvbRgCIAEoCRIKCgJ0bxgDIAEoCRIPCgd0aW1lX21zGAQgASgDEh8KBHR5cGUYBSABKA4yES5mZXJyeS52MS5Nc2dUeXBlEgwKBHRleHQYBiABKAkSFQoNY2xpZW50X21zZ19pZBgHIAEoBBIQCghncm91cF9pZBgIIAEoBBIQCghtZW50aW9ucxgJIAMoCRIhCgVtZWRpYRgKIAEoCzISLmZlcnJ5LnYxLk1lZGlhUmVmEh4KBXF1b3RlGAsgASgLMg8uZmVycnkudjEuUXVvdGUSEQoJZWRpdGVkX21zGAwgASgDImgKBVF1b3RlEg4KBm1zZ19pZBgBIAEoBBIMCgRmcm9tGAIgASgJEgwKBHRleHQYAyABKAkSIQoEa2luZBgEIAEoDjITLmZlcnJ5LnYxLk1lZGlhS2luZBIQCghyZWNhbGxlZBgFIAEoCCKdAwoFRW50cnkSCwoDc2VxGAEgASgEEiQKB21lc3NhZ2UYAiABKAsyES5mZXJyeS52MS5NZXNzYWdlSAASJwoGZnJpZW5kGAMgASgLMhUuZmVycnkudjEuRnJpZW5kRXZlbnRIABInCgZtb21lbnQYBCABKAsyFS5mZXJyeS52MS5Nb21lbnRFdmVudEgAEiUKBWdyb3VwGAUgASgLMhQuZmVycnkudjEuR3JvdXBFdmVudEgAEiIKBnJlY2FsbBgGIAEoCzIQLmZlcnJ5LnYxLlJlY2FsbEgAEiUKBHJlYWQYByABKAsyFS5mZXJyeS52MS5SZWFkUmVjZWlwdEgAEh4KBGVkaXQYCCABKAsyDi5mZXJyeS52MS5FZGl0SAASJgoIcmVhY3Rpb24YCSABKAsyEi5mZXJyeS52MS5SZWFjdGlvbkgAEh4KBGhpZGUYCiABKAsyDi5mZXJyeS52MS5IaWRlSAASHAoDcGluGAsgASgLMg0uZmVycnkudjEuUGluSAASDwoHdGltZV9tcxgPIAEoA0IGCgRraW5kIskBCgtGcmllbmRFdmVudBIoCgRraW5kGAEgASgOMhouZmVycnkudjEuRnJpZW5kRXZlbnQuS2luZBIMCgRwZWVyGAIgASgJEhAKCGdyZWV0aW5nGAMgASgJInAKBEtpbmQSFAoQUkVRVUVTVF9SRUNFSVZFRBAAEhAKDFJFUVVFU1RfU0VOVBABEgkKBUFEREVEEAISDAoIREVDTElORUQQAxILCgdSRU1PVkVEEAQSCwoHQkxPQ0tFRBAFEg0KCVVOQkxPQ0tFRBAGIpIBCgtNb21lbnRFdmVudBIoCgRraW5kGAEgASgOMhouZmVycnkudjEuTW9tZW50RXZlbnQuS2luZBIRCgltb21lbnRfaWQYAiABKAQSCgoCYnkYAyABKAkSDAoEdGV4dBgEIAEoCSIsCgRLaW5kEgoKBlBPU1RFRBAAEgkKBUxJS0VEEAESDQoJQ09NTUVOVEVEEAIiKQoHU3luY1JlcRIPCgdzeW5ja2V5GAEgASgEEg0KBWxpbWl0GAIgASgNIl8KCFN5bmNSZXNwEiAKB2VudHJpZXMYASADKAsyDy5mZXJyeS52MS5FbnRyeRIPCgdzeW5ja2V5GAIgASgEEgwKBG1vcmUYAyABKAgSEgoKbGF0ZXN0X3NlcRgEIAEoBCI+CgZOb3RpZnkSEgoKbGF0ZXN0X3NlcRgBIAEoBBIgCgdlbnRyaWVzGAIgAygLMg8uZmVycnkudjEuRW50cnkiOQoES2ljaxIhCgRjb2RlGAEgASgOMhMuZmVycnkudjEuRXJyb3JDb2RlEg4KBnJlYXNvbhgCIAEoCSIgCglMb2dvdXRSZXESEwoLYWxsX2RldmljZXMYASABKAgiHgoKTG9nb3V0UmVzcBIQCghzZXNzaW9ucxgBIAEoDSIfCgtGaW5kVXNlclJlcRIQCgh1c2VybmFtZRgBIAEoCSJGCgxGaW5kVXNlclJlc3ASDwoHdXNlcl9pZBgBIAEoBBIQCgh1c2VybmFtZRgCIAEoCRITCgthdmF0YXJfZXRhZxgDIAEoCSI2ChBGcmllbmRSZXF1ZXN0UmVxEhAKCHVzZXJuYW1lGAEgASgJEhAKCGdyZWV0aW5nGAIgASgJIiMKD0ZyaWVuZEFjdGlvblJlcRIQCgh1c2VybmFtZRgBIAEoCSJJChBGcmllbmRBY3Rpb25SZXNwEiQKBXN0YXRlGAEgASgOMhUuZmVycnkudjEuRnJpZW5kU3RhdGUSDwoHdmVyc2lvbhgCIAEoBCJ1CgZGcmllbmQSDwoHdXNlcl9pZBgBIAEoBBIQCgh1c2VybmFtZRgCIAEoCRIkCgVzdGF0ZRgDIAEoDjIVLmZlcnJ5LnYxLkZyaWVuZFN0YXRlEhAKCGdyZWV0aW5nGAQgASgJEhAKCHNpbmNlX21zGAUgASgDIiYKDUZyaWVuZExpc3RSZXESFQoNc2luY2VfdmVyc2lvbhgBIAEoBCJSCg5GcmllbmRMaXN0UmVzcBIPCgd2ZXJzaW9uGAEgASgEEiEKB2ZyaWVuZHMYAiADKAsyEC5mZXJyeS52MS5GcmllbmQSDAoEZnVsbBgDIAEoCCIdCgxBdmF0YXJTZXRSZXESDQoFaW1hZ2UYASABKAwiHQoNQXZhdGFyU2V0UmVzcBIMCgRldGFnGAEgASgJIm8KCVJlcG9ydFJlcRIWCg5jbGllbnRfdmVyc2lvbhgBIAEoCRIMCgRraW5kGAIgASgJEhEKCWZpbGVfbmFtZRgDIAEoCRIOCgZsZW5ndGgYBCABKAQSCwoDbWQ1GAUgASgJEgwKBGRhdGEYBiABKAwiHwoKUmVwb3J0UmVzcBIRCglyZXBvcnRfaWQYASABKAQiMAoNTW9tZW50UG9zdFJlcRIMCgR0ZXh0GAEgASgJEhEKCW1lZGlhX2lkcxgCIAMoCSI0Cg5Nb21lbnRQb3N0UmVzcBIRCgltb21lbnRfaWQYASABKAQSDwoHdGltZV9tcxgCIAEoAyIvCgpNb21lbnRMaWtlEhAKCHVzZXJuYW1lGAEgASgJEg8KB3RpbWVfbXMYAiABKAMiVAoNTW9tZW50Q29tbWVudBISCgpjb21tZW50X2lkGAEgASgEEhAKCHVzZXJuYW1lGAIgASgJEgwKBHRleHQYAyABKAkSDwoHdGltZV9tcxgEIAEoAyKtAQoGTW9tZW50EhEKCW1vbWVudF9pZBgBIAEoBBIOCgZhdXRob3IYAiABKAkSDAoEdGV4dBgDIAEoCRIRCgltZWRpYV9pZHMYBCADKAkSDwoHdGltZV9tcxgFIAEoAxIjCgVsaWtlcxgGIAMoCzIULmZlcnJ5LnYxLk1vbWVudExpa2USKQoIY29tbWVudHMYByADKAsyFy5mZXJyeS52MS5Nb21lbnRDb21tZW50IjIKEU1vbWVudFRpbWVsaW5lUmVxEg4KBmN1cnNvchgBIAEoBBINCgVsaW1pdBgCIAEoDSJMChJNb21lbnRUaW1lbGluZVJlc3ASIQoHbW9tZW50cxgBIAMoCzIQLmZlcnJ5LnYxLk1vbWVudBITCgtuZXh0X2N1cnNvchgCIAEoBCIyCg1Nb21lbnRMaWtlUmVxEhEKCW1vbWVudF9pZBgBIAEoBBIOCgZ1bmxpa2UYAiABKAgiMwoQTW9tZW50Q29tbWVudFJlcRIRCgltb21lbnRfaWQYASABKAQSDAoEdGV4dBgCIAEoCSInChFNb21lbnRDb21tZW50UmVzcBISCgpjb21tZW50X2lkGAEgASgEIiQKD01vbWVudERlbGV0ZVJlcRIRCgltb21lbnRfaWQYASABKAQiBwoFRW1wdHki5QEKCkdyb3VwRXZlbnQSJwoEa2luZBgBIAEoDjIZLmZlcnJ5LnYxLkdyb3VwRXZlbnQuS2luZBIQCghncm91cF9pZBgCIAEoBBINCgV1c2VycxgDIAMoCRIKCgJieRgEIAEoCRIMCgR0ZXh0GAUgASgJInMKBEtpbmQSCwoHQ1JFQVRFRBAAEgoKBkpPSU5FRBABEggKBExFRlQQAhILCgdSRU1PVkVEEAMSCwoHUkVOQU1FRBAEEg0KCUFOTk9VTkNFRBAFEhAKDFJPTEVfQ0hBTkdFRBAGEg0KCURJU1NPTFZFRBAHIjYKBlJlY2FsbBIOCgZtc2dfaWQYASABKAQSEAoIZ3JvdXBfaWQYAiABKAQSCgoCYnkYAyABKAkiVQoERWRpdBIOCgZtc2dfaWQYASABKAQSEAoIZ3JvdXBfaWQYAiABKAQSDAoEdGV4dBgDIAEoCRIRCgllZGl0ZWRfbXMYBCABKAMSCgoCYnkYBSABKAkiYwoIUmVhY3Rpb24SDgoGbXNnX2lkGAEgASgEEhAKCGdyb3VwX2lkGAIgASgEEg0KBWVtb2ppGAMgASgJEgoKAmJ5GAQgASgJEgsKA2FkZBgFIAEoCBINCgVjb3VudBgGIAEoDSIXCgRIaWRlEg8KB21zZ19pZHMYASADKAQiUQoDUGluEg4KBm1zZ19pZBgBIAEoBBIQCghncm91cF9pZBgCIAEoBBIMCgRwZWVyGAMgASgJEgoKAmJ5GAQgASgJEg4KBnBpbm5lZBgFIAEoCCItCgtSZWFkUmVjZWlwdBIOCgZyZWFkZXIYASABKAkSDgoGbXNnX2lkGAIgASgEIooCCgpHcm91cEVudHJ5EgwKBGdzZXEYASABKAQSJAoHbWVzc2FnZRgCIAEoCzIRLmZlcnJ5LnYxLk1lc3NhZ2VIABIlCgVldmVudBgDIAEoCzIULmZlcnJ5LnYxLkdyb3VwRXZlbnRIABIiCgZyZWNhbGwYBCABKAsyEC5mZXJyeS52MS5SZWNhbGxIABIeCgRlZGl0GAUgASgLMg4uZmVycnkudjEuRWRpdEgAEiYKCHJlYWN0aW9uGAYgASgLMhIuZmVycnkudjEuUmVhY3Rpb25IABIcCgNwaW4YByABKAsyDS5mZXJyeS52MS5QaW5IABIPCgd0aW1lX21zGA8gASgDQgYKBGtpbmQiywEKBUdyb3VwEhAKCGdyb3VwX2lkGAEgASgEEgwKBG5hbWUYAiABKAkSFAoMYW5ub3VuY2VtZW50GAMgASgJEg0KBW93bmVyGAQgASgJEhMKC2xhdGVzdF9nc2VxGAUgASgEEiYKB21lbWJlcnMYBiADKAsyFS5mZXJyeS52MS5Hcm91cE1lbWJlchIVCg1zaGFyZV9oaXN0b3J5GAcgASgIEhMKC2pvaW5lZF9nc2VxGAggASgEEhQKDG1lbWJlcl9jb3VudBgJIAEoDSJCCgtHcm91cE1lbWJlchIQCgh1c2VybmFtZRgBIAEoCRIhCgRyb2xlGAIgASgOMhMuZmVycnkudjEuR3JvdXBSb2xlIkYKDkdyb3VwQ3JlYXRlUmVxEgwKBG5hbWUYASABKAkSDwoHbWVtYmVycxgCIAMoCRIVCg1zaGFyZV9oaXN0b3J5GAMgASgIIjYKD0dyb3VwTWVtYmVyc1JlcRIQCghncm91cF9pZBgBIAEoBBIRCgl1c2VybmFtZXMYAiADKAkiHAoIR3JvdXBSZXESEAoIZ3JvdXBfaWQYASABKAQiRgoOR3JvdXBVcGRhdGVSZXESEAoIZ3JvdXBfaWQYASABKAQSDAoEbmFtZRgCIAEoCRIUCgxhbm5vdW5jZW1lbnQYAyABKAkiVQoMR3JvdXBSb2xlUmVxEhAKCGdyb3VwX2lkGAEgASgEEhAKCHVzZXJuYW1lGAIgASgJEiEKBHJvbGUYAyABKA4yEy5mZXJyeS52MS5Hcm91cFJvbGUiKwoJR3JvdXBSZXNwEh4KBWdyb3VwGAEgASgLMg8uZmVycnkudjEuR3JvdXAiMAoNR3JvdXBMaXN0UmVzcBIfCgZncm91cHMYASADKAsyDy5mZXJyeS52MS5Hcm91cCI+CgxHcm91cFN5bmNSZXESEAoIZ3JvdXBfaWQYASABKAQSDQoFYWZ0ZXIYAiABKAQSDQoFbGltaXQYAyABKA0iewoNR3JvdXBTeW5jUmVzcBIQCghncm91cF9pZBgBIAEoBBIlCgdlbnRyaWVzGAIgAygLMhQuZmVycnkudjEuR3JvdXBFbnRyeRIOCgZjdXJzb3IYAyABKAQSDAoEbW9yZRgEIAEoCBITCgtsYXRlc3RfZ3NlcRgFIAEoBCJbCgtHcm91cE5vdGlmeRIQCghncm91cF9pZBgBIAEoBBITCgtsYXRlc3RfZ3NlcRgCIAEoBBIlCgdlbnRyaWVzGAMgAygLMhQuZmVycnkudjEuR3JvdXBFbnRyeSIbCglSZWNhbGxSZXESDgoGbXNnX2lkGAEgASgEIicKB0VkaXRSZXESDgoGbXNnX2lkGAEgASgEEgwKBHRleHQYAiABKAkiNgoIUmVhY3RSZXESDgoGbXNnX2lkGAEgASgEEg0KBWVtb2ppGAIgASgJEgsKA2FkZBgDIAEoCCJLCgxSZWFjdGlvbnNSZXESDgoGbXNnX2lkGAEgASgEEg0KBWVtb2ppGAIgASgJEg0KBWFmdGVyGAMgASgEEg0KBWxpbWl0GAQgASgNIjsKDVJlYWN0aW9uQ291bnQSDQoFZW1vamkYASABKAkSDQoFY291bnQYAiABKA0SDAoEbWluZRgDIAEoCCJbCg1SZWFjdGlvbnNSZXNwEicKBmNvdW50cxgBIAMoCzIXLmZlcnJ5LnYxLlJlYWN0aW9uQ291bnQSDQoFdXNlcnMYAiADKAkSEgoKbmV4dF9hZnRlchgDIAEoBCIaCgdIaWRlUmVxEg8KB21zZ19pZHMYASADKAQiRQoGUGluUmVxEgwKBHBlZXIYASABKAkSEAoIZ3JvdXBfaWQYAiABKAQSDgoGbXNnX2lkGAMgASgEEgsKA3BpbhgEIAEoCCIpCgdQaW5zUmVxEgwKBHBlZXIYASABKAkSEAoIZ3JvdXBfaWQYAiABKAQiPAoNUGlubmVkTWVzc2FnZRIOCgZtc2dfaWQYASABKAQSCgoCYnkYAiABKAkSDwoHdGltZV9tcxgDIAEoAyIxCghQaW5zUmVzcBIlCgRwaW5zGAEgAygLMhcuZmVycnkudjEuUGlubmVkTWVzc2FnZSJHCgdSZWFkUmVxEgwKBHBlZXIYASABKAkSDgoGbXNnX2lkGAIgASgEEhAKCGdyb3VwX2lkGAMgASgEEgwKBGdzZXEYBCABKAQiLwoNR3JvdXBSZWFkc1JlcRIQCghncm91cF9pZBgBIAEoBBIMCgRnc2VxGAIgASgEIksKDkdyb3VwUmVhZHNSZXNwEg8KB3JlYWRlcnMYASADKAkSEgoKcmVhZF9jb3VudBgCIAEoDRIUCgxtZW1iZXJfY291bnQYAyABKA0iFAoGVHlwaW5nEgoKAnRvGAEgASgJIrwBCghNZWRpYVJlZhIQCghtZWRpYV9pZBgBIAEoCRIhCgRraW5kGAIgASgOMhMuZmVycnkudjEuTWVkaWFLaW5kEgwKBHNpemUYAyABKAQSFAoMY29udGVudF90eXBlGAQgASgJEg0KBXdpZHRoGAUgASgNEg4KBmhlaWdodBgGIAEoDRITCgtkdXJhdGlvbl9tcxgHIAEoDRIQCgh0aHVtYl9pZBgIIAEoCRIRCglmaWxlX25hbWUYCSABKAkiewoOTWVkaWFDcmVhdGVSZXESDAoEc2l6ZRgBIAEoBBIUCgxjb250ZW50X3R5cGUYAiABKAkSDgoGc2hhMjU2GAMgASgJEiEKBGtpbmQYBCABKA4yEy5mZXJyeS52MS5NZWRpYUtpbmQSEgoKY2h1bmtfc2l6ZRgFIAEoDSJbCg9NZWRpYUNyZWF0ZVJlc3ASEAoIbWVkaWFfaWQYASABKAkSEgoKY2h1bmtfc2l6ZRgCIAEoDRIOCgZ3aW5kb3cYAyABKA0SEgoKdXBsb2FkX2tleRgEIAEoDCI/Cg1NZWRpYUNodW5rUmVxEhAKCG1lZGlhX2lkGAEgASgJEg4KBm9mZnNldBgCIAEoBBIMCgRkYXRhGAMgASgMIkQKDU1lZGlhQ2h1bmtBY2sSEwoLbmV4dF9vZmZzZXQYASABKAQSDAoEc2l6ZRgCIAEoBBIQCghjb21wbGV0ZRgDIAEoCCIiCg5NZWRpYVN0YXR1c1JlcRIQCghtZWRpYV9pZBgBIAEoCSIiCg5NZWRpYUZpbmlzaFJlcRIQCghtZWRpYV9pZBgBIAEoCSI0Cg9NZWRpYUZpbmlzaFJlc3ASIQoFbWVkaWEYASABKAsyEi5mZXJyeS52MS5NZWRpYVJlZiJcCghFbmRwb2ludBIKCgJpcBgBIAEoCRIMCgRwb3J0GAIgASgNEiYKCXRyYW5zcG9ydBgDIAEoDjITLmZlcnJ5LnYxLlRyYW5zcG9ydBIOCgZ3ZWlnaHQYBCABKA0iHwoMRW5kcG9pbnRzUmVxEg8KB3ZlcnNpb24YASABKAQigAEKDUVuZHBvaW50c1Jlc3ASDwoHdmVyc2lvbhgBIAEoBBIRCgl1bmNoYW5nZWQYAiABKAgSJQoJZW5kcG9pbnRzGAMgAygLMhIuZmVycnkudjEuRW5kcG9pbnQSDgoGcmVnaW9uGAQgASgJEhQKDHJlZnJlc2hfc2VjcxgFIAEoDSKQAQoNQ29ubmVjdFNhbXBsZRIKCgJpcBgBIAEoCRIMCgRwb3J0GAIgASgNEiYKCXRyYW5zcG9ydBgDIAEoDjITLmZlcnJ5LnYxLlRyYW5zcG9ydBIKCgJvaxgEIAEoCBISCgpjb25uZWN0X21zGAUgASgNEg0KBWVycm9yGAYgASgJEg4KBmFnZV9tcxgHIAEoDSI9ChFFbmRwb2ludFJlcG9ydFJlcRIoCgdzYW1wbGVzGAEgAygLMhcuZmVycnkudjEuQ29ubmVjdFNhbXBsZSImChJFbmRwb2ludFJlcG9ydFJlc3ASEAoIYWNjZXB0ZWQYASABKA0iuQIKClB1c2hUYXJnZXQSKAoIcHJvdmlkZXIYASABKA4yFi5mZXJyeS52MS5QdXNoUHJvdmlkZXISDQoFdG9rZW4YAiABKAkSEAoIZW5kcG9pbnQYAyABKAkSDgoGcDI1NmRoGAQgASgJEgwKBGF1dGgYBSABKAkSDgoGYXBwX2lkGAYgASgJEg8KB3NhbmRib3gYByABKAgSDgoGbG9jYWxlGAggASgJEiYKB3ByZXZpZXcYCSABKA4yFS5mZXJyeS52MS5QdXNoUHJldmlldxIVCg1kbmRfc3RhcnRfbWluGAogASgNEhMKC2RuZF9lbmRfbWluGAsgASgNEhYKDnV0Y19vZmZzZXRfbWluGAwgASgREhEKCWRldmljZV9pZBgNIAEoCRISCgpjcmVhdGVkX21zGA4gASgDIjcKD1B1c2hSZWdpc3RlclJlcRIkCgZ0YXJnZXQYASABKAsyFC5mZXJyeS52MS5QdXNoVGFyZ2V0IiYKEVB1c2hVbnJlZ2lzdGVyUmVxEhEKCWRldmljZV9pZBgBIAEoCSI1CgxQdXNoTGlzdFJlc3ASJQoHdGFyZ2V0cxgBIAMoCzIULmZlcnJ5LnYxLlB1c2hUYXJnZXQiZgoQQ29udmVyc2F0aW9uUHVzaBIMCgRwZWVyGAEgASgJEhAKCGdyb3VwX2lkGAIgASgEEiAKBG1vZGUYAyABKA4yEi5mZXJyeS52MS5QdXNoTW9kZRIQCgh1bnRpbF9tcxgEIAEoAyI3CgxQdXNoUHJlZnNSZXESJwoDc2V0GAEgAygLMhouZmVycnkudjEuQ29udmVyc2F0aW9uUHVzaCJCCg1QdXNoUHJlZnNSZXNwEjEKDWNvbnZlcnNhdGlvbnMYASADKAsyGi5mZXJyeS52MS5Db252ZXJzYXRpb25QdXNoIukBCglTZWFyY2hSZXESDAoEdGV4dBgBIAEoCRIMCgRwZWVyGAIgASgJEhAKCGdyb3VwX2lkGAMgASgEEg4KBnNlbmRlchgEIAEoCRIQCghhZnRlcl9tcxgFIAEoAxIRCgliZWZvcmVfbXMYBiABKAMSIwoFa2luZHMYByADKA4yFC5mZXJyeS52MS5TZWFyY2hLaW5kEiQKBW9yZGVyGAggASgOMhUuZmVycnkudjEuU2VhcmNoT3JkZXISDQoFbGltaXQYCSABKA0SDAoEcGFnZRgKIAEoCRIRCgloaWdobGlnaHQYCyABKAgiJwoJVGV4dFJhbmdlEg0KBXN0YXJ0GAEgASgNEgsKA2VuZBgCIAEoDSJzCglTZWFyY2hIaXQSIgoHbWVzc2FnZRgBIAEoCzIRLmZlcnJ5LnYxLk1lc3NhZ2USDAoEZ3NlcRgCIAEoBBIPCgdzbmlwcGV0GAMgASgJEiMKBnJhbmdlcxgEIAMoCzITLmZlcnJ5LnYxLlRleHRSYW5nZSJMCgpTZWFyY2hSZXNwEiEKBGhpdHMYASADKAsyEy5mZXJyeS52MS5TZWFyY2hIaXQSDQoFdG90YWwYAiABKAQSDAoEbmV4dBgDIAEoCSrdAgoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIPCgtCQURfUkVRVUVTVBABEhAKDFVOQVVUSE9SSVpFRBACEhMKD0JBRF9DUkVERU5USUFMUxADEg8KC1VTRVJfRVhJU1RTEAQSEAoMVU5LTk9XTl9VU0VSEAUSDQoJVE9PX0xBUkdFEAYSEwoPVU5LTk9XTl9DT01NQU5EEAcSEQoNTk9UX0xPR0dFRF9JThAIEg8KC1VOQVZBSUxBQkxFEAkSFAoQSU5WQUxJRF9BUkdVTUVOVBAKEgwKCElOVEVSTkFMEAsSEAoMUkFURV9MSU1JVEVEEAwSCgoGS0lDS0VEEA0SFQoRUEVSTUlTU0lPTl9ERU5JRUQQDhINCglOT1RfRk9VTkQQDxIVChFDSEVDS1NVTV9NSVNNQVRDSBAQEhIKDlJFU1VNRV9SRUZVU0VEEBEqMQoHTXNnVHlwZRIRCg1NU0dfVFlQRV9URVhUEAASEwoPTVNHX1RZUEVfU1lTVEVNEAEqawoLRnJpZW5kU3RhdGUSFQoRRlJJRU5EX1NUQVRFX05PTkUQABIKCgZGUklFTkQQARIPCgtSRVFVRVNUX09VVBACEg4KClJFUVVFU1RfSU4QAxILCgdCTE9DS0VEEAQSCwoHUkVNT1ZFRBAFKi0KCUdyb3VwUm9sZRIKCgZNRU1CRVIQABIJCgVBRE1JThABEgkKBU9XTkVSEAIqfwoJTWVkaWFLaW5kEhoKFk1FRElBX0tJTkRfVU5TUEVDSUZJRUQQABIPCgtNRURJQV9JTUFHRRABEg8KC01FRElBX1ZPSUNFEAISDwoLTUVESUFfVklERU8QAxIOCgpNRURJQV9GSUxFEAQSEwoPTUVESUFfVEhVTUJOQUlMEAUqTQoJVHJhbnNwb3J0EhkKFVRSQU5TUE9SVF9VTlNQRUNJRklFRBAAEhEKDVRSQU5TUE9SVF9UQ1AQARISCg5UUkFOU1BPUlRfSFRUUBACKl4KDFB1c2hQcm92aWRlchIdChlQVVNIX1BST1ZJREVSX1VOU1BFQ0lGSUVEEAASCAoEQVBOUxABEgcKA0ZDTRACEgsKB1dFQlBVU0gQAxIPCgtVTklGSUVEUFVTSBAEKkUKC1B1c2hQcmV2aWV3EhAKDFBSRVZJRVdfTk9ORRAAEhIKDlBSRVZJRVdfU0VOREVSEAESEAoMUFJFVklFV19GVUxMEAIqYQoIUHVzaE1vZGUSFQoRUFVTSF9NT0RFX0RFRkFVTFQQABITCg9QVVNIX01PREVfTVVURUQQARIWChJQVVNIX01PREVfTUVOVElPTlMQAhIRCg1QVVNIX01PREVfQUxMEAMqkgEKClNlYXJjaEtpbmQSEwoPU0VBUkNIX0tJTkRfQU5ZEAASFAoQU0VBUkNIX0tJTkRfVEVYVBABEhUKEVNFQVJDSF9LSU5EX0lNQUdFEAISFAoQU0VBUkNIX0tJTkRfRklMRRADEhUKEVNFQVJDSF9LSU5EX1ZPSUNFEAQSFQoRU0VBUkNIX0tJTkRfVklERU8QBSpCCgtTZWFyY2hPcmRlchIXChNTRUFSQ0hfT1JERVJfTkVXRVNUEAASGgoWU0VBUkNIX09SREVSX1JFTEVWQU5DRRABYgZwcm90bzM");
 
 /**
  * Every failed request is answered by an Error: on the long link as an ERROR frame
@@ -437,6 +437,16 @@ export type SendMsg = Message$1<"ferry.v1.SendMsg"> & {
    * @generated from field: ferry.v1.MediaRef media = 7;
    */
   media?: MediaRef | undefined;
+
+  /**
+   * A reply: the msg_id of the message answered. It must be one the sender may read in
+   * the same conversation (NOT_FOUND otherwise; NOT_FOUND "… recalled" for a recalled
+   * one). The stored message carries a `quote` of it. With `to` and `group_id` both
+   * empty, the reply goes to the conversation of the quoted message.
+   *
+   * @generated from field: uint64 reply_to = 8;
+   */
+  replyTo: bigint;
 };
 
 /**
@@ -543,6 +553,22 @@ export type Message = Message$1<"ferry.v1.Message"> & {
    * @generated from field: ferry.v1.MediaRef media = 10;
    */
   media?: MediaRef | undefined;
+
+  /**
+   * Set for a reply (SendMsg.reply_to): what it answers, as it was when the reply was
+   * sent.
+   *
+   * @generated from field: ferry.v1.Quote quote = 11;
+   */
+  quote?: Quote | undefined;
+
+  /**
+   * When the sender last edited the text (EDIT), unix ms; 0: never edited. `text` is
+   * then the edited text.
+   *
+   * @generated from field: int64 edited_ms = 12;
+   */
+  editedMs: bigint;
 };
 
 /**
@@ -551,6 +577,55 @@ export type Message = Message$1<"ferry.v1.Message"> & {
  */
 export const MessageSchema: GenMessage<Message> = /*@__PURE__*/
   messageDesc(file_ferry, 12);
+
+/**
+ * The message a reply answers, as quoted in the reply.
+ *
+ * @generated from message ferry.v1.Quote
+ */
+export type Quote = Message$1<"ferry.v1.Quote"> & {
+  /**
+   * @generated from field: uint64 msg_id = 1;
+   */
+  msgId: bigint;
+
+  /**
+   * Its sender.
+   *
+   * @generated from field: string from = 2;
+   */
+  from: string;
+
+  /**
+   * Its text when the reply was sent, cut to at most 200 characters (on a character
+   * boundary). Emptied, with `recalled` set, once the quoted message is recalled: a
+   * recalled message's content leaves the server, its quotes' snippets too.
+   *
+   * @generated from field: string text = 3;
+   */
+  text: string;
+
+  /**
+   * MEDIA_KIND_UNSPECIFIED for a text; else the kind of the media it carried.
+   *
+   * @generated from field: ferry.v1.MediaKind kind = 4;
+   */
+  kind: MediaKind;
+
+  /**
+   * The quoted message was recalled (its snippet is gone).
+   *
+   * @generated from field: bool recalled = 5;
+   */
+  recalled: boolean;
+};
+
+/**
+ * Describes the message ferry.v1.Quote.
+ * Use `create(QuoteSchema)` to create a new message.
+ */
+export const QuoteSchema: GenMessage<Quote> = /*@__PURE__*/
+  messageDesc(file_ferry, 13);
 
 /**
  * One entry of a user's inbox: everything a user must learn is an entry.
@@ -610,6 +685,39 @@ export type Entry = Message$1<"ferry.v1.Entry"> & {
      */
     value: ReadReceipt;
     case: "read";
+  } | {
+    /**
+     * A 1:1 message (of either side) was edited: replace its text, mark it edited.
+     *
+     * @generated from field: ferry.v1.Edit edit = 8;
+     */
+    value: Edit;
+    case: "edit";
+  } | {
+    /**
+     * A reaction on a 1:1 message was added or taken back.
+     *
+     * @generated from field: ferry.v1.Reaction reaction = 9;
+     */
+    value: Reaction;
+    case: "reaction";
+  } | {
+    /**
+     * The inbox owner deleted messages for themselves (from one of their devices):
+     * drop them on every device of theirs. Never in anyone else's inbox.
+     *
+     * @generated from field: ferry.v1.Hide hide = 10;
+     */
+    value: Hide;
+    case: "hide";
+  } | {
+    /**
+     * A 1:1 message was pinned or unpinned in the conversation with `Pin.peer`.
+     *
+     * @generated from field: ferry.v1.Pin pin = 11;
+     */
+    value: Pin;
+    case: "pin";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -625,7 +733,7 @@ export type Entry = Message$1<"ferry.v1.Entry"> & {
  * Use `create(EntrySchema)` to create a new message.
  */
 export const EntrySchema: GenMessage<Entry> = /*@__PURE__*/
-  messageDesc(file_ferry, 13);
+  messageDesc(file_ferry, 14);
 
 /**
  * A change in the inbox owner's friendships. `peer` is always the other user.
@@ -654,7 +762,7 @@ export type FriendEvent = Message$1<"ferry.v1.FriendEvent"> & {
  * Use `create(FriendEventSchema)` to create a new message.
  */
 export const FriendEventSchema: GenMessage<FriendEvent> = /*@__PURE__*/
-  messageDesc(file_ferry, 14);
+  messageDesc(file_ferry, 15);
 
 /**
  * @generated from enum ferry.v1.FriendEvent.Kind
@@ -714,7 +822,7 @@ export enum FriendEvent_Kind {
  * Describes the enum ferry.v1.FriendEvent.Kind.
  */
 export const FriendEvent_KindSchema: GenEnum<FriendEvent_Kind> = /*@__PURE__*/
-  enumDesc(file_ferry, 14, 0);
+  enumDesc(file_ferry, 15, 0);
 
 /**
  * Something happened in the moments feed that concerns the inbox owner.
@@ -748,7 +856,7 @@ export type MomentEvent = Message$1<"ferry.v1.MomentEvent"> & {
  * Use `create(MomentEventSchema)` to create a new message.
  */
 export const MomentEventSchema: GenMessage<MomentEvent> = /*@__PURE__*/
-  messageDesc(file_ferry, 15);
+  messageDesc(file_ferry, 16);
 
 /**
  * @generated from enum ferry.v1.MomentEvent.Kind
@@ -780,7 +888,7 @@ export enum MomentEvent_Kind {
  * Describes the enum ferry.v1.MomentEvent.Kind.
  */
 export const MomentEvent_KindSchema: GenEnum<MomentEvent_Kind> = /*@__PURE__*/
-  enumDesc(file_ferry, 15, 0);
+  enumDesc(file_ferry, 16, 0);
 
 /**
  * Frame SYNC (0x04), and the body of POST /v1/newsync.
@@ -808,7 +916,7 @@ export type SyncReq = Message$1<"ferry.v1.SyncReq"> & {
  * Use `create(SyncReqSchema)` to create a new message.
  */
 export const SyncReqSchema: GenMessage<SyncReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 16);
+  messageDesc(file_ferry, 17);
 
 /**
  * Frame SYNC response (0x84).
@@ -851,7 +959,7 @@ export type SyncResp = Message$1<"ferry.v1.SyncResp"> & {
  * Use `create(SyncRespSchema)` to create a new message.
  */
 export const SyncRespSchema: GenMessage<SyncResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 17);
+  messageDesc(file_ferry, 18);
 
 /**
  * Frame NOTIFY (0x40), pushed by the server with request id 0: the inbox grew. Small
@@ -877,7 +985,7 @@ export type Notify = Message$1<"ferry.v1.Notify"> & {
  * Use `create(NotifySchema)` to create a new message.
  */
 export const NotifySchema: GenMessage<Notify> = /*@__PURE__*/
-  messageDesc(file_ferry, 18);
+  messageDesc(file_ferry, 19);
 
 /**
  * Frame KICK (0x41), pushed by the server just before it closes the link.
@@ -901,7 +1009,7 @@ export type Kick = Message$1<"ferry.v1.Kick"> & {
  * Use `create(KickSchema)` to create a new message.
  */
 export const KickSchema: GenMessage<Kick> = /*@__PURE__*/
-  messageDesc(file_ferry, 19);
+  messageDesc(file_ferry, 20);
 
 /**
  * POST /v1/logout (Bearer token). Ends this device's session on both links at once: the
@@ -923,7 +1031,7 @@ export type LogoutReq = Message$1<"ferry.v1.LogoutReq"> & {
  * Use `create(LogoutReqSchema)` to create a new message.
  */
 export const LogoutReqSchema: GenMessage<LogoutReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 20);
+  messageDesc(file_ferry, 21);
 
 /**
  * @generated from message ferry.v1.LogoutResp
@@ -942,7 +1050,7 @@ export type LogoutResp = Message$1<"ferry.v1.LogoutResp"> & {
  * Use `create(LogoutRespSchema)` to create a new message.
  */
 export const LogoutRespSchema: GenMessage<LogoutResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 21);
+  messageDesc(file_ferry, 22);
 
 /**
  * POST /v1/user/find
@@ -961,7 +1069,7 @@ export type FindUserReq = Message$1<"ferry.v1.FindUserReq"> & {
  * Use `create(FindUserReqSchema)` to create a new message.
  */
 export const FindUserReqSchema: GenMessage<FindUserReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 22);
+  messageDesc(file_ferry, 23);
 
 /**
  * @generated from message ferry.v1.FindUserResp
@@ -990,7 +1098,7 @@ export type FindUserResp = Message$1<"ferry.v1.FindUserResp"> & {
  * Use `create(FindUserRespSchema)` to create a new message.
  */
 export const FindUserRespSchema: GenMessage<FindUserResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 23);
+  messageDesc(file_ferry, 24);
 
 /**
  * POST /v1/friends/request. If the peer has already asked this user, they become
@@ -1017,7 +1125,7 @@ export type FriendRequestReq = Message$1<"ferry.v1.FriendRequestReq"> & {
  * Use `create(FriendRequestReqSchema)` to create a new message.
  */
 export const FriendRequestReqSchema: GenMessage<FriendRequestReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 24);
+  messageDesc(file_ferry, 25);
 
 /**
  * POST /v1/friends/accept, /v1/friends/decline, /v1/friends/remove, /v1/friends/block,
@@ -1037,7 +1145,7 @@ export type FriendActionReq = Message$1<"ferry.v1.FriendActionReq"> & {
  * Use `create(FriendActionReqSchema)` to create a new message.
  */
 export const FriendActionReqSchema: GenMessage<FriendActionReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 25);
+  messageDesc(file_ferry, 26);
 
 /**
  * The answer to every friend action: the relation afterwards.
@@ -1061,7 +1169,7 @@ export type FriendActionResp = Message$1<"ferry.v1.FriendActionResp"> & {
  * Use `create(FriendActionRespSchema)` to create a new message.
  */
 export const FriendActionRespSchema: GenMessage<FriendActionResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 26);
+  messageDesc(file_ferry, 27);
 
 /**
  * @generated from message ferry.v1.Friend
@@ -1102,7 +1210,7 @@ export type Friend = Message$1<"ferry.v1.Friend"> & {
  * Use `create(FriendSchema)` to create a new message.
  */
 export const FriendSchema: GenMessage<Friend> = /*@__PURE__*/
-  messageDesc(file_ferry, 27);
+  messageDesc(file_ferry, 28);
 
 /**
  * POST /v1/friends/list. With since_version 0: every current relation. With the version
@@ -1122,7 +1230,7 @@ export type FriendListReq = Message$1<"ferry.v1.FriendListReq"> & {
  * Use `create(FriendListReqSchema)` to create a new message.
  */
 export const FriendListReqSchema: GenMessage<FriendListReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 28);
+  messageDesc(file_ferry, 29);
 
 /**
  * @generated from message ferry.v1.FriendListResp
@@ -1151,7 +1259,7 @@ export type FriendListResp = Message$1<"ferry.v1.FriendListResp"> & {
  * Use `create(FriendListRespSchema)` to create a new message.
  */
 export const FriendListRespSchema: GenMessage<FriendListResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 29);
+  messageDesc(file_ferry, 30);
 
 /**
  * POST /v1/avatar/set — PNG, JPEG or WebP (judged by content), at most 2 MiB, at most
@@ -1171,7 +1279,7 @@ export type AvatarSetReq = Message$1<"ferry.v1.AvatarSetReq"> & {
  * Use `create(AvatarSetReqSchema)` to create a new message.
  */
 export const AvatarSetReqSchema: GenMessage<AvatarSetReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 30);
+  messageDesc(file_ferry, 31);
 
 /**
  * @generated from message ferry.v1.AvatarSetResp
@@ -1188,7 +1296,7 @@ export type AvatarSetResp = Message$1<"ferry.v1.AvatarSetResp"> & {
  * Use `create(AvatarSetRespSchema)` to create a new message.
  */
 export const AvatarSetRespSchema: GenMessage<AvatarSetResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 31);
+  messageDesc(file_ferry, 32);
 
 /**
  * POST /v1/report. The server checks `length` and `md5` against `data`; on a mismatch
@@ -1237,7 +1345,7 @@ export type ReportReq = Message$1<"ferry.v1.ReportReq"> & {
  * Use `create(ReportReqSchema)` to create a new message.
  */
 export const ReportReqSchema: GenMessage<ReportReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 32);
+  messageDesc(file_ferry, 33);
 
 /**
  * @generated from message ferry.v1.ReportResp
@@ -1254,7 +1362,7 @@ export type ReportResp = Message$1<"ferry.v1.ReportResp"> & {
  * Use `create(ReportRespSchema)` to create a new message.
  */
 export const ReportRespSchema: GenMessage<ReportResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 33);
+  messageDesc(file_ferry, 34);
 
 /**
  * POST /v1/moments/post. Every friend gets a MomentEvent POSTED in their inbox.
@@ -1282,7 +1390,7 @@ export type MomentPostReq = Message$1<"ferry.v1.MomentPostReq"> & {
  * Use `create(MomentPostReqSchema)` to create a new message.
  */
 export const MomentPostReqSchema: GenMessage<MomentPostReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 34);
+  messageDesc(file_ferry, 35);
 
 /**
  * @generated from message ferry.v1.MomentPostResp
@@ -1304,7 +1412,7 @@ export type MomentPostResp = Message$1<"ferry.v1.MomentPostResp"> & {
  * Use `create(MomentPostRespSchema)` to create a new message.
  */
 export const MomentPostRespSchema: GenMessage<MomentPostResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 35);
+  messageDesc(file_ferry, 36);
 
 /**
  * @generated from message ferry.v1.MomentLike
@@ -1326,7 +1434,7 @@ export type MomentLike = Message$1<"ferry.v1.MomentLike"> & {
  * Use `create(MomentLikeSchema)` to create a new message.
  */
 export const MomentLikeSchema: GenMessage<MomentLike> = /*@__PURE__*/
-  messageDesc(file_ferry, 36);
+  messageDesc(file_ferry, 37);
 
 /**
  * @generated from message ferry.v1.MomentComment
@@ -1358,7 +1466,7 @@ export type MomentComment = Message$1<"ferry.v1.MomentComment"> & {
  * Use `create(MomentCommentSchema)` to create a new message.
  */
 export const MomentCommentSchema: GenMessage<MomentComment> = /*@__PURE__*/
-  messageDesc(file_ferry, 37);
+  messageDesc(file_ferry, 38);
 
 /**
  * A moment as one viewer sees it: likes and comments only by the viewer and the viewer's
@@ -1408,7 +1516,7 @@ export type Moment = Message$1<"ferry.v1.Moment"> & {
  * Use `create(MomentSchema)` to create a new message.
  */
 export const MomentSchema: GenMessage<Moment> = /*@__PURE__*/
-  messageDesc(file_ferry, 38);
+  messageDesc(file_ferry, 39);
 
 /**
  * POST /v1/moments/timeline — the viewer's and their friends' moments, newest first.
@@ -1436,7 +1544,7 @@ export type MomentTimelineReq = Message$1<"ferry.v1.MomentTimelineReq"> & {
  * Use `create(MomentTimelineReqSchema)` to create a new message.
  */
 export const MomentTimelineReqSchema: GenMessage<MomentTimelineReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 39);
+  messageDesc(file_ferry, 40);
 
 /**
  * @generated from message ferry.v1.MomentTimelineResp
@@ -1460,7 +1568,7 @@ export type MomentTimelineResp = Message$1<"ferry.v1.MomentTimelineResp"> & {
  * Use `create(MomentTimelineRespSchema)` to create a new message.
  */
 export const MomentTimelineRespSchema: GenMessage<MomentTimelineResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 40);
+  messageDesc(file_ferry, 41);
 
 /**
  * POST /v1/moments/like
@@ -1486,7 +1594,7 @@ export type MomentLikeReq = Message$1<"ferry.v1.MomentLikeReq"> & {
  * Use `create(MomentLikeReqSchema)` to create a new message.
  */
 export const MomentLikeReqSchema: GenMessage<MomentLikeReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 41);
+  messageDesc(file_ferry, 42);
 
 /**
  * POST /v1/moments/comment
@@ -1512,7 +1620,7 @@ export type MomentCommentReq = Message$1<"ferry.v1.MomentCommentReq"> & {
  * Use `create(MomentCommentReqSchema)` to create a new message.
  */
 export const MomentCommentReqSchema: GenMessage<MomentCommentReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 42);
+  messageDesc(file_ferry, 43);
 
 /**
  * @generated from message ferry.v1.MomentCommentResp
@@ -1529,7 +1637,7 @@ export type MomentCommentResp = Message$1<"ferry.v1.MomentCommentResp"> & {
  * Use `create(MomentCommentRespSchema)` to create a new message.
  */
 export const MomentCommentRespSchema: GenMessage<MomentCommentResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 43);
+  messageDesc(file_ferry, 44);
 
 /**
  * POST /v1/moments/delete — the author only.
@@ -1548,7 +1656,7 @@ export type MomentDeleteReq = Message$1<"ferry.v1.MomentDeleteReq"> & {
  * Use `create(MomentDeleteReqSchema)` to create a new message.
  */
 export const MomentDeleteReqSchema: GenMessage<MomentDeleteReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 44);
+  messageDesc(file_ferry, 45);
 
 /**
  * The answer to requests that return nothing.
@@ -1563,7 +1671,7 @@ export type Empty = Message$1<"ferry.v1.Empty"> & {
  * Use `create(EmptySchema)` to create a new message.
  */
 export const EmptySchema: GenMessage<Empty> = /*@__PURE__*/
-  messageDesc(file_ferry, 45);
+  messageDesc(file_ferry, 46);
 
 /**
  * @generated from message ferry.v1.GroupEvent
@@ -1606,7 +1714,7 @@ export type GroupEvent = Message$1<"ferry.v1.GroupEvent"> & {
  * Use `create(GroupEventSchema)` to create a new message.
  */
 export const GroupEventSchema: GenMessage<GroupEvent> = /*@__PURE__*/
-  messageDesc(file_ferry, 46);
+  messageDesc(file_ferry, 47);
 
 /**
  * @generated from enum ferry.v1.GroupEvent.Kind
@@ -1646,13 +1754,21 @@ export enum GroupEvent_Kind {
    * @generated from enum value: ROLE_CHANGED = 6;
    */
   ROLE_CHANGED = 6,
+
+  /**
+   * The server's operators dissolved the group (`by` is "admin"): every member was
+   * removed, its log ends here, and it can no longer be synced or sent to. Drop it.
+   *
+   * @generated from enum value: DISSOLVED = 7;
+   */
+  DISSOLVED = 7,
 }
 
 /**
  * Describes the enum ferry.v1.GroupEvent.Kind.
  */
 export const GroupEvent_KindSchema: GenEnum<GroupEvent_Kind> = /*@__PURE__*/
-  enumDesc(file_ferry, 46, 0);
+  enumDesc(file_ferry, 47, 0);
 
 /**
  * @generated from message ferry.v1.Recall
@@ -1681,7 +1797,173 @@ export type Recall = Message$1<"ferry.v1.Recall"> & {
  * Use `create(RecallSchema)` to create a new message.
  */
 export const RecallSchema: GenMessage<Recall> = /*@__PURE__*/
-  messageDesc(file_ferry, 47);
+  messageDesc(file_ferry, 48);
+
+/**
+ * A message's text was replaced by its sender (EDIT).
+ *
+ * @generated from message ferry.v1.Edit
+ */
+export type Edit = Message$1<"ferry.v1.Edit"> & {
+  /**
+   * @generated from field: uint64 msg_id = 1;
+   */
+  msgId: bigint;
+
+  /**
+   * Set for a group message.
+   *
+   * @generated from field: uint64 group_id = 2;
+   */
+  groupId: bigint;
+
+  /**
+   * The new text (a media message's caption).
+   *
+   * @generated from field: string text = 3;
+   */
+  text: string;
+
+  /**
+   * When, unix ms: the message's `edited_ms` from now on.
+   *
+   * @generated from field: int64 edited_ms = 4;
+   */
+  editedMs: bigint;
+
+  /**
+   * Who edited (always the sender).
+   *
+   * @generated from field: string by = 5;
+   */
+  by: string;
+};
+
+/**
+ * Describes the message ferry.v1.Edit.
+ * Use `create(EditSchema)` to create a new message.
+ */
+export const EditSchema: GenMessage<Edit> = /*@__PURE__*/
+  messageDesc(file_ferry, 49);
+
+/**
+ * A reaction added to or taken back from a message (REACT).
+ *
+ * @generated from message ferry.v1.Reaction
+ */
+export type Reaction = Message$1<"ferry.v1.Reaction"> & {
+  /**
+   * @generated from field: uint64 msg_id = 1;
+   */
+  msgId: bigint;
+
+  /**
+   * Set for a group message.
+   *
+   * @generated from field: uint64 group_id = 2;
+   */
+  groupId: bigint;
+
+  /**
+   * @generated from field: string emoji = 3;
+   */
+  emoji: string;
+
+  /**
+   * Who reacted.
+   *
+   * @generated from field: string by = 4;
+   */
+  by: string;
+
+  /**
+   * True: added; false: taken back.
+   *
+   * @generated from field: bool add = 5;
+   */
+  add: boolean;
+
+  /**
+   * How many users hold this emoji on the message after the change: set the message's
+   * count to it (0: the emoji is gone). Absolute, so applying an entry twice is harmless.
+   *
+   * @generated from field: uint32 count = 6;
+   */
+  count: number;
+};
+
+/**
+ * Describes the message ferry.v1.Reaction.
+ * Use `create(ReactionSchema)` to create a new message.
+ */
+export const ReactionSchema: GenMessage<Reaction> = /*@__PURE__*/
+  messageDesc(file_ferry, 50);
+
+/**
+ * Messages the inbox owner deleted for themselves (HIDE).
+ *
+ * @generated from message ferry.v1.Hide
+ */
+export type Hide = Message$1<"ferry.v1.Hide"> & {
+  /**
+   * @generated from field: repeated uint64 msg_ids = 1;
+   */
+  msgIds: bigint[];
+};
+
+/**
+ * Describes the message ferry.v1.Hide.
+ * Use `create(HideSchema)` to create a new message.
+ */
+export const HideSchema: GenMessage<Hide> = /*@__PURE__*/
+  messageDesc(file_ferry, 51);
+
+/**
+ * A message pinned or unpinned in a conversation (PIN).
+ *
+ * @generated from message ferry.v1.Pin
+ */
+export type Pin = Message$1<"ferry.v1.Pin"> & {
+  /**
+   * @generated from field: uint64 msg_id = 1;
+   */
+  msgId: bigint;
+
+  /**
+   * The group, for a group's pin (in the group's log).
+   *
+   * @generated from field: uint64 group_id = 2;
+   */
+  groupId: bigint;
+
+  /**
+   * The 1:1 conversation's other party, as seen by the inbox owner.
+   *
+   * @generated from field: string peer = 3;
+   */
+  peer: string;
+
+  /**
+   * Who pinned or unpinned.
+   *
+   * @generated from field: string by = 4;
+   */
+  by: string;
+
+  /**
+   * True: pinned; false: unpinned.
+   *
+   * @generated from field: bool pinned = 5;
+   */
+  pinned: boolean;
+};
+
+/**
+ * Describes the message ferry.v1.Pin.
+ * Use `create(PinSchema)` to create a new message.
+ */
+export const PinSchema: GenMessage<Pin> = /*@__PURE__*/
+  messageDesc(file_ferry, 52);
 
 /**
  * @generated from message ferry.v1.ReadReceipt
@@ -1707,7 +1989,7 @@ export type ReadReceipt = Message$1<"ferry.v1.ReadReceipt"> & {
  * Use `create(ReadReceiptSchema)` to create a new message.
  */
 export const ReadReceiptSchema: GenMessage<ReadReceipt> = /*@__PURE__*/
-  messageDesc(file_ferry, 48);
+  messageDesc(file_ferry, 53);
 
 /**
  * One entry of a group's log.
@@ -1741,6 +2023,24 @@ export type GroupEntry = Message$1<"ferry.v1.GroupEntry"> & {
      */
     value: Recall;
     case: "recall";
+  } | {
+    /**
+     * @generated from field: ferry.v1.Edit edit = 5;
+     */
+    value: Edit;
+    case: "edit";
+  } | {
+    /**
+     * @generated from field: ferry.v1.Reaction reaction = 6;
+     */
+    value: Reaction;
+    case: "reaction";
+  } | {
+    /**
+     * @generated from field: ferry.v1.Pin pin = 7;
+     */
+    value: Pin;
+    case: "pin";
   } | { case: undefined; value?: undefined };
 
   /**
@@ -1754,7 +2054,7 @@ export type GroupEntry = Message$1<"ferry.v1.GroupEntry"> & {
  * Use `create(GroupEntrySchema)` to create a new message.
  */
 export const GroupEntrySchema: GenMessage<GroupEntry> = /*@__PURE__*/
-  messageDesc(file_ferry, 49);
+  messageDesc(file_ferry, 54);
 
 /**
  * @generated from message ferry.v1.Group
@@ -1819,7 +2119,7 @@ export type Group = Message$1<"ferry.v1.Group"> & {
  * Use `create(GroupSchema)` to create a new message.
  */
 export const GroupSchema: GenMessage<Group> = /*@__PURE__*/
-  messageDesc(file_ferry, 50);
+  messageDesc(file_ferry, 55);
 
 /**
  * @generated from message ferry.v1.GroupMember
@@ -1841,7 +2141,7 @@ export type GroupMember = Message$1<"ferry.v1.GroupMember"> & {
  * Use `create(GroupMemberSchema)` to create a new message.
  */
 export const GroupMemberSchema: GenMessage<GroupMember> = /*@__PURE__*/
-  messageDesc(file_ferry, 51);
+  messageDesc(file_ferry, 56);
 
 /**
  * POST /v1/group/create — the caller becomes the owner.
@@ -1870,7 +2170,7 @@ export type GroupCreateReq = Message$1<"ferry.v1.GroupCreateReq"> & {
  * Use `create(GroupCreateReqSchema)` to create a new message.
  */
 export const GroupCreateReqSchema: GenMessage<GroupCreateReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 52);
+  messageDesc(file_ferry, 57);
 
 /**
  * POST /v1/group/add, /v1/group/remove (admins and the owner).
@@ -1894,7 +2194,7 @@ export type GroupMembersReq = Message$1<"ferry.v1.GroupMembersReq"> & {
  * Use `create(GroupMembersReqSchema)` to create a new message.
  */
 export const GroupMembersReqSchema: GenMessage<GroupMembersReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 53);
+  messageDesc(file_ferry, 58);
 
 /**
  * POST /v1/group/leave, /v1/group/info.
@@ -1913,7 +2213,7 @@ export type GroupReq = Message$1<"ferry.v1.GroupReq"> & {
  * Use `create(GroupReqSchema)` to create a new message.
  */
 export const GroupReqSchema: GenMessage<GroupReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 54);
+  messageDesc(file_ferry, 59);
 
 /**
  * POST /v1/group/update (admins and the owner): rename and/or announce.
@@ -1944,7 +2244,7 @@ export type GroupUpdateReq = Message$1<"ferry.v1.GroupUpdateReq"> & {
  * Use `create(GroupUpdateReqSchema)` to create a new message.
  */
 export const GroupUpdateReqSchema: GenMessage<GroupUpdateReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 55);
+  messageDesc(file_ferry, 60);
 
 /**
  * POST /v1/group/role (the owner): make a member an admin or a member again.
@@ -1973,7 +2273,7 @@ export type GroupRoleReq = Message$1<"ferry.v1.GroupRoleReq"> & {
  * Use `create(GroupRoleReqSchema)` to create a new message.
  */
 export const GroupRoleReqSchema: GenMessage<GroupRoleReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 56);
+  messageDesc(file_ferry, 61);
 
 /**
  * The answer to group/create, add, remove, leave, info, update and role.
@@ -1992,7 +2292,7 @@ export type GroupResp = Message$1<"ferry.v1.GroupResp"> & {
  * Use `create(GroupRespSchema)` to create a new message.
  */
 export const GroupRespSchema: GenMessage<GroupResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 57);
+  messageDesc(file_ferry, 62);
 
 /**
  * POST /v1/group/list — the caller's groups with their latest gseq: after a login, sync
@@ -2012,7 +2312,7 @@ export type GroupListResp = Message$1<"ferry.v1.GroupListResp"> & {
  * Use `create(GroupListRespSchema)` to create a new message.
  */
 export const GroupListRespSchema: GenMessage<GroupListResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 58);
+  messageDesc(file_ferry, 63);
 
 /**
  * Frame GROUP_SYNC (0x05), and POST /v1/group/sync.
@@ -2043,7 +2343,7 @@ export type GroupSyncReq = Message$1<"ferry.v1.GroupSyncReq"> & {
  * Use `create(GroupSyncReqSchema)` to create a new message.
  */
 export const GroupSyncReqSchema: GenMessage<GroupSyncReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 59);
+  messageDesc(file_ferry, 64);
 
 /**
  * @generated from message ferry.v1.GroupSyncResp
@@ -2083,7 +2383,7 @@ export type GroupSyncResp = Message$1<"ferry.v1.GroupSyncResp"> & {
  * Use `create(GroupSyncRespSchema)` to create a new message.
  */
 export const GroupSyncRespSchema: GenMessage<GroupSyncResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 60);
+  messageDesc(file_ferry, 65);
 
 /**
  * Frame GROUP_NOTIFY (0x42), pushed with request id 0.
@@ -2112,7 +2412,7 @@ export type GroupNotify = Message$1<"ferry.v1.GroupNotify"> & {
  * Use `create(GroupNotifySchema)` to create a new message.
  */
 export const GroupNotifySchema: GenMessage<GroupNotify> = /*@__PURE__*/
-  messageDesc(file_ferry, 61);
+  messageDesc(file_ferry, 66);
 
 /**
  * Frame RECALL (0x06), and POST /v1/recall: take a message back within the recall window
@@ -2133,7 +2433,300 @@ export type RecallReq = Message$1<"ferry.v1.RecallReq"> & {
  * Use `create(RecallReqSchema)` to create a new message.
  */
 export const RecallReqSchema: GenMessage<RecallReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 62);
+  messageDesc(file_ferry, 67);
+
+/**
+ * Frame EDIT (0x0D), and POST /v1/edit: the sender replaces a message's text (a media
+ * message's caption) within `logic.edit_window_secs` (48 hours by default; 0: edits are
+ * off). Both 1:1 parties' inboxes, or the group's log, get an `Edit` entry. Editing to
+ * the text the message already has changes nothing and logs nothing (a retry is safe).
+ * Answered Empty.
+ *
+ * @generated from message ferry.v1.EditReq
+ */
+export type EditReq = Message$1<"ferry.v1.EditReq"> & {
+  /**
+   * @generated from field: uint64 msg_id = 1;
+   */
+  msgId: bigint;
+
+  /**
+   * @generated from field: string text = 2;
+   */
+  text: string;
+};
+
+/**
+ * Describes the message ferry.v1.EditReq.
+ * Use `create(EditReqSchema)` to create a new message.
+ */
+export const EditReqSchema: GenMessage<EditReq> = /*@__PURE__*/
+  messageDesc(file_ferry, 68);
+
+/**
+ * Frame REACT (0x0E), and POST /v1/react: add (`add` true) or take back (`add` false) a
+ * reaction on a message the caller may read. `emoji`: 1–32 bytes of UTF-8 without ASCII
+ * control characters or whitespace. A user holds at most 20 distinct reactions on one
+ * message. Adding what is there or taking back what is not changes nothing and logs
+ * nothing. Answered Empty.
+ *
+ * @generated from message ferry.v1.ReactReq
+ */
+export type ReactReq = Message$1<"ferry.v1.ReactReq"> & {
+  /**
+   * @generated from field: uint64 msg_id = 1;
+   */
+  msgId: bigint;
+
+  /**
+   * @generated from field: string emoji = 2;
+   */
+  emoji: string;
+
+  /**
+   * @generated from field: bool add = 3;
+   */
+  add: boolean;
+};
+
+/**
+ * Describes the message ferry.v1.ReactReq.
+ * Use `create(ReactReqSchema)` to create a new message.
+ */
+export const ReactReqSchema: GenMessage<ReactReq> = /*@__PURE__*/
+  messageDesc(file_ferry, 69);
+
+/**
+ * POST /v1/reactions (0x32): the reactions on a message the caller may read.
+ *
+ * @generated from message ferry.v1.ReactionsReq
+ */
+export type ReactionsReq = Message$1<"ferry.v1.ReactionsReq"> & {
+  /**
+   * @generated from field: uint64 msg_id = 1;
+   */
+  msgId: bigint;
+
+  /**
+   * Set: also list who reacted with this emoji, a page at a time.
+   *
+   * @generated from field: string emoji = 2;
+   */
+  emoji: string;
+
+  /**
+   * The `next_after` of the previous page (0: the first page).
+   *
+   * @generated from field: uint64 after = 3;
+   */
+  after: bigint;
+
+  /**
+   * Users per page: 0 → 50; at most 100.
+   *
+   * @generated from field: uint32 limit = 4;
+   */
+  limit: number;
+};
+
+/**
+ * Describes the message ferry.v1.ReactionsReq.
+ * Use `create(ReactionsReqSchema)` to create a new message.
+ */
+export const ReactionsReqSchema: GenMessage<ReactionsReq> = /*@__PURE__*/
+  messageDesc(file_ferry, 70);
+
+/**
+ * @generated from message ferry.v1.ReactionCount
+ */
+export type ReactionCount = Message$1<"ferry.v1.ReactionCount"> & {
+  /**
+   * @generated from field: string emoji = 1;
+   */
+  emoji: string;
+
+  /**
+   * @generated from field: uint32 count = 2;
+   */
+  count: number;
+
+  /**
+   * The caller holds this reaction.
+   *
+   * @generated from field: bool mine = 3;
+   */
+  mine: boolean;
+};
+
+/**
+ * Describes the message ferry.v1.ReactionCount.
+ * Use `create(ReactionCountSchema)` to create a new message.
+ */
+export const ReactionCountSchema: GenMessage<ReactionCount> = /*@__PURE__*/
+  messageDesc(file_ferry, 71);
+
+/**
+ * @generated from message ferry.v1.ReactionsResp
+ */
+export type ReactionsResp = Message$1<"ferry.v1.ReactionsResp"> & {
+  /**
+   * Per emoji, most used first (at most 100 emojis).
+   *
+   * @generated from field: repeated ferry.v1.ReactionCount counts = 1;
+   */
+  counts: ReactionCount[];
+
+  /**
+   * With an emoji: who reacted with it (this page).
+   *
+   * @generated from field: repeated string users = 2;
+   */
+  users: string[];
+
+  /**
+   * Pass back as `after` for the next page; 0 when there is none. Opaque.
+   *
+   * @generated from field: uint64 next_after = 3;
+   */
+  nextAfter: bigint;
+};
+
+/**
+ * Describes the message ferry.v1.ReactionsResp.
+ * Use `create(ReactionsRespSchema)` to create a new message.
+ */
+export const ReactionsRespSchema: GenMessage<ReactionsResp> = /*@__PURE__*/
+  messageDesc(file_ferry, 72);
+
+/**
+ * Frame HIDE (0x0F), and POST /v1/hide: delete messages for the caller only (1–100
+ * messages the caller may read, 1:1 of either side or group ones). The caller's own inbox
+ * gets a `Hide` entry with the ones not hidden before (none: no entry). Answered Empty.
+ *
+ * @generated from message ferry.v1.HideReq
+ */
+export type HideReq = Message$1<"ferry.v1.HideReq"> & {
+  /**
+   * @generated from field: repeated uint64 msg_ids = 1;
+   */
+  msgIds: bigint[];
+};
+
+/**
+ * Describes the message ferry.v1.HideReq.
+ * Use `create(HideReqSchema)` to create a new message.
+ */
+export const HideReqSchema: GenMessage<HideReq> = /*@__PURE__*/
+  messageDesc(file_ferry, 73);
+
+/**
+ * POST /v1/pin (0x33): pin (`pin` true) or unpin a message of a conversation: a 1:1 one
+ * (`peer`) or a group (`group_id`; only its owner and admins). At most 50 pins per
+ * conversation. Both parties' inboxes, or the group's log, get a `Pin` entry; pinning
+ * what is pinned or unpinning what is not changes nothing. Answered Empty.
+ *
+ * @generated from message ferry.v1.PinReq
+ */
+export type PinReq = Message$1<"ferry.v1.PinReq"> & {
+  /**
+   * @generated from field: string peer = 1;
+   */
+  peer: string;
+
+  /**
+   * @generated from field: uint64 group_id = 2;
+   */
+  groupId: bigint;
+
+  /**
+   * @generated from field: uint64 msg_id = 3;
+   */
+  msgId: bigint;
+
+  /**
+   * @generated from field: bool pin = 4;
+   */
+  pin: boolean;
+};
+
+/**
+ * Describes the message ferry.v1.PinReq.
+ * Use `create(PinReqSchema)` to create a new message.
+ */
+export const PinReqSchema: GenMessage<PinReq> = /*@__PURE__*/
+  messageDesc(file_ferry, 74);
+
+/**
+ * POST /v1/pins (0x34): the pinned messages of a conversation, newest first.
+ *
+ * @generated from message ferry.v1.PinsReq
+ */
+export type PinsReq = Message$1<"ferry.v1.PinsReq"> & {
+  /**
+   * @generated from field: string peer = 1;
+   */
+  peer: string;
+
+  /**
+   * @generated from field: uint64 group_id = 2;
+   */
+  groupId: bigint;
+};
+
+/**
+ * Describes the message ferry.v1.PinsReq.
+ * Use `create(PinsReqSchema)` to create a new message.
+ */
+export const PinsReqSchema: GenMessage<PinsReq> = /*@__PURE__*/
+  messageDesc(file_ferry, 75);
+
+/**
+ * @generated from message ferry.v1.PinnedMessage
+ */
+export type PinnedMessage = Message$1<"ferry.v1.PinnedMessage"> & {
+  /**
+   * @generated from field: uint64 msg_id = 1;
+   */
+  msgId: bigint;
+
+  /**
+   * Who pinned it.
+   *
+   * @generated from field: string by = 2;
+   */
+  by: string;
+
+  /**
+   * When, unix ms.
+   *
+   * @generated from field: int64 time_ms = 3;
+   */
+  timeMs: bigint;
+};
+
+/**
+ * Describes the message ferry.v1.PinnedMessage.
+ * Use `create(PinnedMessageSchema)` to create a new message.
+ */
+export const PinnedMessageSchema: GenMessage<PinnedMessage> = /*@__PURE__*/
+  messageDesc(file_ferry, 76);
+
+/**
+ * @generated from message ferry.v1.PinsResp
+ */
+export type PinsResp = Message$1<"ferry.v1.PinsResp"> & {
+  /**
+   * @generated from field: repeated ferry.v1.PinnedMessage pins = 1;
+   */
+  pins: PinnedMessage[];
+};
+
+/**
+ * Describes the message ferry.v1.PinsResp.
+ * Use `create(PinsRespSchema)` to create a new message.
+ */
+export const PinsRespSchema: GenMessage<PinsResp> = /*@__PURE__*/
+  messageDesc(file_ferry, 77);
 
 /**
  * Frame READ (0x07), and POST /v1/read: the caller has read up to `msg_id` in a 1:1 chat
@@ -2168,7 +2761,7 @@ export type ReadReq = Message$1<"ferry.v1.ReadReq"> & {
  * Use `create(ReadReqSchema)` to create a new message.
  */
 export const ReadReqSchema: GenMessage<ReadReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 63);
+  messageDesc(file_ferry, 78);
 
 /**
  * POST /v1/group/reads: who has read a group message. Groups of up to 100 members list
@@ -2193,7 +2786,7 @@ export type GroupReadsReq = Message$1<"ferry.v1.GroupReadsReq"> & {
  * Use `create(GroupReadsReqSchema)` to create a new message.
  */
 export const GroupReadsReqSchema: GenMessage<GroupReadsReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 64);
+  messageDesc(file_ferry, 79);
 
 /**
  * @generated from message ferry.v1.GroupReadsResp
@@ -2220,7 +2813,7 @@ export type GroupReadsResp = Message$1<"ferry.v1.GroupReadsResp"> & {
  * Use `create(GroupReadsRespSchema)` to create a new message.
  */
 export const GroupReadsRespSchema: GenMessage<GroupReadsResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 65);
+  messageDesc(file_ferry, 80);
 
 /**
  * Frame TYPING (0x08): the caller is typing to `to` (1:1 only). Never stored; the peer's
@@ -2240,7 +2833,7 @@ export type Typing = Message$1<"ferry.v1.Typing"> & {
  * Use `create(TypingSchema)` to create a new message.
  */
 export const TypingSchema: GenMessage<Typing> = /*@__PURE__*/
-  messageDesc(file_ferry, 66);
+  messageDesc(file_ferry, 81);
 
 /**
  * A reference to uploaded media inside a message. The bytes are never in the message.
@@ -2303,7 +2896,7 @@ export type MediaRef = Message$1<"ferry.v1.MediaRef"> & {
  * Use `create(MediaRefSchema)` to create a new message.
  */
 export const MediaRefSchema: GenMessage<MediaRef> = /*@__PURE__*/
-  messageDesc(file_ferry, 67);
+  messageDesc(file_ferry, 82);
 
 /**
  * POST /v1/media/create: start an upload.
@@ -2348,7 +2941,7 @@ export type MediaCreateReq = Message$1<"ferry.v1.MediaCreateReq"> & {
  * Use `create(MediaCreateReqSchema)` to create a new message.
  */
 export const MediaCreateReqSchema: GenMessage<MediaCreateReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 68);
+  messageDesc(file_ferry, 83);
 
 /**
  * @generated from message ferry.v1.MediaCreateResp
@@ -2393,7 +2986,7 @@ export type MediaCreateResp = Message$1<"ferry.v1.MediaCreateResp"> & {
  * Use `create(MediaCreateRespSchema)` to create a new message.
  */
 export const MediaCreateRespSchema: GenMessage<MediaCreateResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 69);
+  messageDesc(file_ferry, 84);
 
 /**
  * POST /v1/media/chunk: bytes at `offset`.
@@ -2427,7 +3020,7 @@ export type MediaChunkReq = Message$1<"ferry.v1.MediaChunkReq"> & {
  * Use `create(MediaChunkReqSchema)` to create a new message.
  */
 export const MediaChunkReqSchema: GenMessage<MediaChunkReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 70);
+  messageDesc(file_ferry, 85);
 
 /**
  * The answer to a chunk and to media/status.
@@ -2460,7 +3053,7 @@ export type MediaChunkAck = Message$1<"ferry.v1.MediaChunkAck"> & {
  * Use `create(MediaChunkAckSchema)` to create a new message.
  */
 export const MediaChunkAckSchema: GenMessage<MediaChunkAck> = /*@__PURE__*/
-  messageDesc(file_ferry, 71);
+  messageDesc(file_ferry, 86);
 
 /**
  * POST /v1/media/status: where to resume.
@@ -2479,7 +3072,7 @@ export type MediaStatusReq = Message$1<"ferry.v1.MediaStatusReq"> & {
  * Use `create(MediaStatusReqSchema)` to create a new message.
  */
 export const MediaStatusReqSchema: GenMessage<MediaStatusReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 72);
+  messageDesc(file_ferry, 87);
 
 /**
  * POST /v1/media/finish: verify size and SHA-256, sniff the type, store.
@@ -2498,7 +3091,7 @@ export type MediaFinishReq = Message$1<"ferry.v1.MediaFinishReq"> & {
  * Use `create(MediaFinishReqSchema)` to create a new message.
  */
 export const MediaFinishReqSchema: GenMessage<MediaFinishReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 73);
+  messageDesc(file_ferry, 88);
 
 /**
  * @generated from message ferry.v1.MediaFinishResp
@@ -2515,7 +3108,7 @@ export type MediaFinishResp = Message$1<"ferry.v1.MediaFinishResp"> & {
  * Use `create(MediaFinishRespSchema)` to create a new message.
  */
 export const MediaFinishRespSchema: GenMessage<MediaFinishResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 74);
+  messageDesc(file_ferry, 89);
 
 /**
  * @generated from message ferry.v1.Endpoint
@@ -2552,7 +3145,7 @@ export type Endpoint = Message$1<"ferry.v1.Endpoint"> & {
  * Use `create(EndpointSchema)` to create a new message.
  */
 export const EndpointSchema: GenMessage<Endpoint> = /*@__PURE__*/
-  messageDesc(file_ferry, 75);
+  messageDesc(file_ferry, 90);
 
 /**
  * POST /v1/endpoints — no token needed (a device may not have one yet).
@@ -2573,7 +3166,7 @@ export type EndpointsReq = Message$1<"ferry.v1.EndpointsReq"> & {
  * Use `create(EndpointsReqSchema)` to create a new message.
  */
 export const EndpointsReqSchema: GenMessage<EndpointsReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 76);
+  messageDesc(file_ferry, 91);
 
 /**
  * @generated from message ferry.v1.EndpointsResp
@@ -2620,7 +3213,7 @@ export type EndpointsResp = Message$1<"ferry.v1.EndpointsResp"> & {
  * Use `create(EndpointsRespSchema)` to create a new message.
  */
 export const EndpointsRespSchema: GenMessage<EndpointsResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 77);
+  messageDesc(file_ferry, 92);
 
 /**
  * One connect attempt as the client saw it.
@@ -2677,7 +3270,7 @@ export type ConnectSample = Message$1<"ferry.v1.ConnectSample"> & {
  * Use `create(ConnectSampleSchema)` to create a new message.
  */
 export const ConnectSampleSchema: GenMessage<ConnectSample> = /*@__PURE__*/
-  messageDesc(file_ferry, 78);
+  messageDesc(file_ferry, 93);
 
 /**
  * POST /v1/endpoints/report (Bearer token), sent when the link is idle: attempts the
@@ -2699,7 +3292,7 @@ export type EndpointReportReq = Message$1<"ferry.v1.EndpointReportReq"> & {
  * Use `create(EndpointReportReqSchema)` to create a new message.
  */
 export const EndpointReportReqSchema: GenMessage<EndpointReportReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 79);
+  messageDesc(file_ferry, 94);
 
 /**
  * @generated from message ferry.v1.EndpointReportResp
@@ -2718,7 +3311,7 @@ export type EndpointReportResp = Message$1<"ferry.v1.EndpointReportResp"> & {
  * Use `create(EndpointReportRespSchema)` to create a new message.
  */
 export const EndpointReportRespSchema: GenMessage<EndpointReportResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 80);
+  messageDesc(file_ferry, 95);
 
 /**
  * The calling device's push target.
@@ -2821,7 +3414,7 @@ export type PushTarget = Message$1<"ferry.v1.PushTarget"> & {
  * Use `create(PushTargetSchema)` to create a new message.
  */
 export const PushTargetSchema: GenMessage<PushTarget> = /*@__PURE__*/
-  messageDesc(file_ferry, 81);
+  messageDesc(file_ferry, 96);
 
 /**
  * POST /v1/push/register — registers (or replaces) the calling device's push target.
@@ -2840,7 +3433,7 @@ export type PushRegisterReq = Message$1<"ferry.v1.PushRegisterReq"> & {
  * Use `create(PushRegisterReqSchema)` to create a new message.
  */
 export const PushRegisterReqSchema: GenMessage<PushRegisterReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 82);
+  messageDesc(file_ferry, 97);
 
 /**
  * POST /v1/push/unregister — removes a push target of the caller.
@@ -2861,7 +3454,7 @@ export type PushUnregisterReq = Message$1<"ferry.v1.PushUnregisterReq"> & {
  * Use `create(PushUnregisterReqSchema)` to create a new message.
  */
 export const PushUnregisterReqSchema: GenMessage<PushUnregisterReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 83);
+  messageDesc(file_ferry, 98);
 
 /**
  * POST /v1/push/list (body Empty) — the caller's push targets, one per device.
@@ -2880,7 +3473,7 @@ export type PushListResp = Message$1<"ferry.v1.PushListResp"> & {
  * Use `create(PushListRespSchema)` to create a new message.
  */
 export const PushListRespSchema: GenMessage<PushListResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 84);
+  messageDesc(file_ferry, 99);
 
 /**
  * One conversation's push setting.
@@ -2920,7 +3513,7 @@ export type ConversationPush = Message$1<"ferry.v1.ConversationPush"> & {
  * Use `create(ConversationPushSchema)` to create a new message.
  */
 export const ConversationPushSchema: GenMessage<ConversationPush> = /*@__PURE__*/
-  messageDesc(file_ferry, 85);
+  messageDesc(file_ferry, 100);
 
 /**
  * POST /v1/push/prefs — changes conversations' push settings (DEFAULT removes one) and
@@ -2941,7 +3534,7 @@ export type PushPrefsReq = Message$1<"ferry.v1.PushPrefsReq"> & {
  * Use `create(PushPrefsReqSchema)` to create a new message.
  */
 export const PushPrefsReqSchema: GenMessage<PushPrefsReq> = /*@__PURE__*/
-  messageDesc(file_ferry, 86);
+  messageDesc(file_ferry, 101);
 
 /**
  * @generated from message ferry.v1.PushPrefsResp
@@ -2958,7 +3551,193 @@ export type PushPrefsResp = Message$1<"ferry.v1.PushPrefsResp"> & {
  * Use `create(PushPrefsRespSchema)` to create a new message.
  */
 export const PushPrefsRespSchema: GenMessage<PushPrefsResp> = /*@__PURE__*/
-  messageDesc(file_ferry, 87);
+  messageDesc(file_ferry, 102);
+
+/**
+ * POST /v1/search — the messages the caller may read that match: their 1:1 messages
+ * (sent and received) and the messages of the groups they are in, from where they
+ * joined. Recalled messages are never found.
+ *
+ * @generated from message ferry.v1.SearchReq
+ */
+export type SearchReq = Message$1<"ferry.v1.SearchReq"> & {
+  /**
+   * Words to find, all of them; "a phrase" in quotes; Chinese and Japanese text as it
+   * is written (no spaces needed). At most 1 KiB. Empty: every message the filters
+   * let through.
+   *
+   * @generated from field: string text = 1;
+   */
+  text: string;
+
+  /**
+   * Only the 1:1 conversation with this user.
+   *
+   * @generated from field: string peer = 2;
+   */
+  peer: string;
+
+  /**
+   * Only this group.
+   *
+   * @generated from field: uint64 group_id = 3;
+   */
+  groupId: bigint;
+
+  /**
+   * Only messages from this user.
+   *
+   * @generated from field: string sender = 4;
+   */
+  sender: string;
+
+  /**
+   * Only messages stored at or after this time, unix ms (0: no bound).
+   *
+   * @generated from field: int64 after_ms = 5;
+   */
+  afterMs: bigint;
+
+  /**
+   * Only messages stored before this time, unix ms (0: no bound).
+   *
+   * @generated from field: int64 before_ms = 6;
+   */
+  beforeMs: bigint;
+
+  /**
+   * Only these kinds (none: any).
+   *
+   * @generated from field: repeated ferry.v1.SearchKind kinds = 7;
+   */
+  kinds: SearchKind[];
+
+  /**
+   * @generated from field: ferry.v1.SearchOrder order = 8;
+   */
+  order: SearchOrder;
+
+  /**
+   * Hits per page, 1–100 (0: 20).
+   *
+   * @generated from field: uint32 limit = 9;
+   */
+  limit: number;
+
+  /**
+   * `SearchResp.next` of the previous page (empty: the first page).
+   *
+   * @generated from field: string page = 10;
+   */
+  page: string;
+
+  /**
+   * Answer a snippet of each hit's text with the matches marked.
+   *
+   * @generated from field: bool highlight = 11;
+   */
+  highlight: boolean;
+};
+
+/**
+ * Describes the message ferry.v1.SearchReq.
+ * Use `create(SearchReqSchema)` to create a new message.
+ */
+export const SearchReqSchema: GenMessage<SearchReq> = /*@__PURE__*/
+  messageDesc(file_ferry, 103);
+
+/**
+ * A byte range [start, end) of a snippet.
+ *
+ * @generated from message ferry.v1.TextRange
+ */
+export type TextRange = Message$1<"ferry.v1.TextRange"> & {
+  /**
+   * @generated from field: uint32 start = 1;
+   */
+  start: number;
+
+  /**
+   * @generated from field: uint32 end = 2;
+   */
+  end: number;
+};
+
+/**
+ * Describes the message ferry.v1.TextRange.
+ * Use `create(TextRangeSchema)` to create a new message.
+ */
+export const TextRangeSchema: GenMessage<TextRange> = /*@__PURE__*/
+  messageDesc(file_ferry, 104);
+
+/**
+ * @generated from message ferry.v1.SearchHit
+ */
+export type SearchHit = Message$1<"ferry.v1.SearchHit"> & {
+  /**
+   * The message as stored now (an edited one with its new text).
+   *
+   * @generated from field: ferry.v1.Message message = 1;
+   */
+  message?: Message | undefined;
+
+  /**
+   * For a group message, its gseq.
+   *
+   * @generated from field: uint64 gseq = 2;
+   */
+  gseq: bigint;
+
+  /**
+   * With `highlight`: a part of the text around the matches, and where they are in it.
+   *
+   * @generated from field: string snippet = 3;
+   */
+  snippet: string;
+
+  /**
+   * @generated from field: repeated ferry.v1.TextRange ranges = 4;
+   */
+  ranges: TextRange[];
+};
+
+/**
+ * Describes the message ferry.v1.SearchHit.
+ * Use `create(SearchHitSchema)` to create a new message.
+ */
+export const SearchHitSchema: GenMessage<SearchHit> = /*@__PURE__*/
+  messageDesc(file_ferry, 105);
+
+/**
+ * @generated from message ferry.v1.SearchResp
+ */
+export type SearchResp = Message$1<"ferry.v1.SearchResp"> & {
+  /**
+   * @generated from field: repeated ferry.v1.SearchHit hits = 1;
+   */
+  hits: SearchHit[];
+
+  /**
+   * How many messages match in all (every page).
+   *
+   * @generated from field: uint64 total = 2;
+   */
+  total: bigint;
+
+  /**
+   * The `page` of the next page; empty on the last.
+   *
+   * @generated from field: string next = 3;
+   */
+  next: string;
+};
+
+/**
+ * Describes the message ferry.v1.SearchResp.
+ * Use `create(SearchRespSchema)` to create a new message.
+ */
+export const SearchRespSchema: GenMessage<SearchResp> = /*@__PURE__*/
+  messageDesc(file_ferry, 106);
 
 /**
  * @generated from enum ferry.v1.ErrorCode
@@ -3109,6 +3888,15 @@ export enum MsgType {
    * @generated from enum value: MSG_TYPE_TEXT = 0;
    */
   TEXT = 0,
+
+  /**
+   * A message from the server's operators (the admin API's broadcast): `from` is
+   * "system", there is no sender to answer, recall or send receipts to. Clients never
+   * send it (refused INVALID_ARGUMENT).
+   *
+   * @generated from enum value: MSG_TYPE_SYSTEM = 1;
+   */
+  SYSTEM = 1,
 }
 
 /**
@@ -3389,4 +4177,72 @@ export enum PushMode {
  */
 export const PushModeSchema: GenEnum<PushMode> = /*@__PURE__*/
   enumDesc(file_ferry, 8);
+
+/**
+ * What a message is, for a search filter.
+ *
+ * @generated from enum ferry.v1.SearchKind
+ */
+export enum SearchKind {
+  /**
+   * @generated from enum value: SEARCH_KIND_ANY = 0;
+   */
+  ANY = 0,
+
+  /**
+   * @generated from enum value: SEARCH_KIND_TEXT = 1;
+   */
+  TEXT = 1,
+
+  /**
+   * @generated from enum value: SEARCH_KIND_IMAGE = 2;
+   */
+  IMAGE = 2,
+
+  /**
+   * @generated from enum value: SEARCH_KIND_FILE = 3;
+   */
+  FILE = 3,
+
+  /**
+   * @generated from enum value: SEARCH_KIND_VOICE = 4;
+   */
+  VOICE = 4,
+
+  /**
+   * @generated from enum value: SEARCH_KIND_VIDEO = 5;
+   */
+  VIDEO = 5,
+}
+
+/**
+ * Describes the enum ferry.v1.SearchKind.
+ */
+export const SearchKindSchema: GenEnum<SearchKind> = /*@__PURE__*/
+  enumDesc(file_ferry, 9);
+
+/**
+ * @generated from enum ferry.v1.SearchOrder
+ */
+export enum SearchOrder {
+  /**
+   * Newest first (ties: the higher msg_id first).
+   *
+   * @generated from enum value: SEARCH_ORDER_NEWEST = 0;
+   */
+  NEWEST = 0,
+
+  /**
+   * Best match first.
+   *
+   * @generated from enum value: SEARCH_ORDER_RELEVANCE = 1;
+   */
+  RELEVANCE = 1,
+}
+
+/**
+ * Describes the enum ferry.v1.SearchOrder.
+ */
+export const SearchOrderSchema: GenEnum<SearchOrder> = /*@__PURE__*/
+  enumDesc(file_ferry, 10);
 

@@ -669,6 +669,13 @@ public protocol ClientProtocol: AnyObject, Sendable {
     func download(mediaId: String, progress: ProgressListener?) async throws  -> Data
     
     /**
+     * Replaces the text (a media message's caption) of a message this user sent, within
+     * the server's edit window; both sides' devices (or the group's) get an `Edit`
+     * event. Safe to retry.
+     */
+    func edit(msgId: UInt64, text: String) async throws 
+    
+    /**
      * `IP:PORT` of the live link, if any.
      */
     func endpoint()  -> String?
@@ -699,6 +706,12 @@ public protocol ClientProtocol: AnyObject, Sendable {
      * The heartbeat interval the live link uses, in seconds.
      */
     func heartbeatSecs()  -> UInt64
+    
+    /**
+     * Deletes messages for this user only (1–100): every device of theirs gets a `Hide`
+     * event; nobody else's chat changes. Safe to retry.
+     */
+    func hide(msgIds: [UInt64]) async throws 
     
     func leaveGroup(groupId: UInt64) async throws 
     
@@ -733,9 +746,33 @@ public protocol ClientProtocol: AnyObject, Sendable {
     func nextEvent(timeoutMs: UInt64) async throws  -> Event?
     
     /**
+     * Pins a message of a conversation (the 1:1 chat with a user, or a group: its owner
+     * and admins only); both sides (or the group) get a `Pin` event. At most 50 pins.
+     */
+    func pin(conversation: Destination, msgId: UInt64) async throws 
+    
+    /**
+     * A conversation's pinned messages, newest first.
+     */
+    func pins(conversation: Destination) async throws  -> [PinnedMessage]
+    
+    /**
      * This user's push targets, one per device.
      */
     func pushTargets() async throws  -> [PushTarget]
+    
+    /**
+     * Adds a reaction (an emoji: 1–32 bytes, no whitespace) to a message this user may
+     * read. Safe to retry.
+     */
+    func react(msgId: UInt64, emoji: String) async throws 
+    
+    /**
+     * The reactions on a message: each emoji's count (and whether this user holds it);
+     * with `emoji`, also who reacted with it, `limit` users a page (0: 50) from the
+     * cursor `after` (0 first, then the answer's `next_after`).
+     */
+    func reactions(msgId: UInt64, emoji: String?, after: UInt64, limit: UInt32) async throws  -> Reactions
     
     /**
      * Recalls a message (within the recall window; a group's admins: any).
@@ -753,9 +790,24 @@ public protocol ClientProtocol: AnyObject, Sendable {
     func removeGroupMembers(groupId: UInt64, users: [String]) async throws  -> Group
     
     /**
+     * Replies with a text to message `reply_to`, in the conversation that message is in
+     * (the 1:1 chat or the group); retried with one id until the server stored it. The
+     * stored reply carries a `Quote` of the message answered (`ChatMessage.quote`).
+     * `NOT_FOUND` when this user may not read that message (or it was recalled).
+     */
+    func reply(replyTo: UInt64, text: String) async throws  -> SendAck
+    
+    /**
      * Asks `username` to be friends (accepted at once if they asked first).
      */
     func requestFriend(username: String, greeting: String) async throws  -> FriendActionResult
+    
+    /**
+     * Searches the messages this user may read (docs/protocol.md, Search); page on
+     * with the answer's `next` as the next query's `page`. The index follows the server's
+     * store within about a second.
+     */
+    func search(query: SearchQuery) async throws  -> SearchPage
     
     /**
      * Sends a file under its name.
@@ -805,6 +857,16 @@ public protocol ClientProtocol: AnyObject, Sendable {
      * Tells `to` this user is typing (best effort).
      */
     func typing(to: String) async throws 
+    
+    /**
+     * Unpins a message.
+     */
+    func unpin(conversation: Destination, msgId: UInt64) async throws 
+    
+    /**
+     * Takes a reaction back. Safe to retry.
+     */
+    func unreact(msgId: UInt64, emoji: String) async throws 
     
     /**
      * Removes this device's push target (`None`) or another device's of this user.
@@ -999,6 +1061,27 @@ open func download(mediaId: String, progress: ProgressListener?)async throws  ->
 }
     
     /**
+     * Replaces the text (a media message's caption) of a message this user sent, within
+     * the server's edit window; both sides' devices (or the group's) get an `Edit`
+     * event. Safe to retry.
+     */
+open func edit(msgId: UInt64, text: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_edit(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(msgId),FfiConverterString.lower(text)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_void,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_void,
+            freeFunc: ffi_ferry_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
      * `IP:PORT` of the live link, if any.
      */
 open func endpoint() -> String?  {
@@ -1114,6 +1197,26 @@ open func heartbeatSecs() -> UInt64  {
 })
 }
     
+    /**
+     * Deletes messages for this user only (1–100): every device of theirs gets a `Hide`
+     * event; nobody else's chat changes. Safe to retry.
+     */
+open func hide(msgIds: [UInt64])async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_hide(
+                        self.uniffiCloneHandle(),FfiConverterSequenceUInt64.lower(msgIds)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_void,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_void,
+            freeFunc: ffi_ferry_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
 open func leaveGroup(groupId: UInt64)async throws   {
     return
         try  await uniffiRustCallAsync(
@@ -1224,6 +1327,45 @@ open func nextEvent(timeoutMs: UInt64)async throws  -> Event?  {
 }
     
     /**
+     * Pins a message of a conversation (the 1:1 chat with a user, or a group: its owner
+     * and admins only); both sides (or the group) get a `Pin` event. At most 50 pins.
+     */
+open func pin(conversation: Destination, msgId: UInt64)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_pin(
+                        self.uniffiCloneHandle(),FfiConverterTypeDestination_lower(conversation),FfiConverterUInt64.lower(msgId)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_void,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_void,
+            freeFunc: ffi_ferry_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
+     * A conversation's pinned messages, newest first.
+     */
+open func pins(conversation: Destination)async throws  -> [PinnedMessage]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_pins(
+                        self.uniffiCloneHandle(),FfiConverterTypeDestination_lower(conversation)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypePinnedMessage.lift,
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
      * This user's push targets, one per device.
      */
 open func pushTargets()async throws  -> [PushTarget]  {
@@ -1238,6 +1380,47 @@ open func pushTargets()async throws  -> [PushTarget]  {
             completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
             freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterSequenceTypePushTarget.lift,
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
+     * Adds a reaction (an emoji: 1–32 bytes, no whitespace) to a message this user may
+     * read. Safe to retry.
+     */
+open func react(msgId: UInt64, emoji: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_react(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(msgId),FfiConverterString.lower(emoji)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_void,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_void,
+            freeFunc: ffi_ferry_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
+     * The reactions on a message: each emoji's count (and whether this user holds it);
+     * with `emoji`, also who reacted with it, `limit` users a page (0: 50) from the
+     * cursor `after` (0 first, then the answer's `next_after`).
+     */
+open func reactions(msgId: UInt64, emoji: String? = nil, after: UInt64 = UInt64(0), limit: UInt32 = UInt32(0))async throws  -> Reactions  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_reactions(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(msgId),FfiConverterOptionString.lower(emoji),FfiConverterUInt64.lower(after),FfiConverterUInt32.lower(limit)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeReactions_lift,
             errorHandler: FfiConverterTypeFerryError_lift
         )
 }
@@ -1300,6 +1483,28 @@ open func removeGroupMembers(groupId: UInt64, users: [String])async throws  -> G
 }
     
     /**
+     * Replies with a text to message `reply_to`, in the conversation that message is in
+     * (the 1:1 chat or the group); retried with one id until the server stored it. The
+     * stored reply carries a `Quote` of the message answered (`ChatMessage.quote`).
+     * `NOT_FOUND` when this user may not read that message (or it was recalled).
+     */
+open func reply(replyTo: UInt64, text: String)async throws  -> SendAck  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_reply(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(replyTo),FfiConverterString.lower(text)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeSendAck_lift,
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
      * Asks `username` to be friends (accepted at once if they asked first).
      */
 open func requestFriend(username: String, greeting: String)async throws  -> FriendActionResult  {
@@ -1314,6 +1519,27 @@ open func requestFriend(username: String, greeting: String)async throws  -> Frie
             completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
             freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypeFriendActionResult_lift,
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
+     * Searches the messages this user may read (docs/protocol.md, Search); page on
+     * with the answer's `next` as the next query's `page`. The index follows the server's
+     * store within about a second.
+     */
+open func search(query: SearchQuery)async throws  -> SearchPage  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_search(
+                        self.uniffiCloneHandle(),FfiConverterTypeSearchQuery_lower(query)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeSearchPage_lift,
             errorHandler: FfiConverterTypeFerryError_lift
         )
 }
@@ -1476,6 +1702,44 @@ open func typing(to: String)async throws   {
             rustFutureFunc: {
                 uniffi_ferry_ffi_fn_method_client_typing(
                         self.uniffiCloneHandle(),FfiConverterString.lower(to)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_void,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_void,
+            freeFunc: ffi_ferry_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
+     * Unpins a message.
+     */
+open func unpin(conversation: Destination, msgId: UInt64)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_unpin(
+                        self.uniffiCloneHandle(),FfiConverterTypeDestination_lower(conversation),FfiConverterUInt64.lower(msgId)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_void,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_void,
+            freeFunc: ffi_ferry_ffi_rust_future_free_void,
+            liftFunc: { $0 },
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
+     * Takes a reaction back. Safe to retry.
+     */
+open func unreact(msgId: UInt64, emoji: String)async throws   {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_unreact(
+                        self.uniffiCloneHandle(),FfiConverterUInt64.lower(msgId),FfiConverterString.lower(emoji)
                 )
             },
             pollFunc: ffi_ferry_ffi_rust_future_poll_void,
@@ -2055,6 +2319,16 @@ public struct ChatMessage: Equatable, Hashable {
      * Sent by this user (from this or another of their devices).
      */
     public var outgoing: Bool
+    /**
+     * For a reply (`Client.reply`): the message it answers, as it was when the reply
+     * was sent.
+     */
+    public var quote: Quote?
+    /**
+     * When the sender last edited the text, unix ms (0: never edited); `text` is then
+     * the edited text.
+     */
+    public var editedMs: Int64
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2076,7 +2350,15 @@ public struct ChatMessage: Equatable, Hashable {
          */clientMsgId: UInt64, 
         /**
          * Sent by this user (from this or another of their devices).
-         */outgoing: Bool) {
+         */outgoing: Bool, 
+        /**
+         * For a reply (`Client.reply`): the message it answers, as it was when the reply
+         * was sent.
+         */quote: Quote?, 
+        /**
+         * When the sender last edited the text, unix ms (0: never edited); `text` is then
+         * the edited text.
+         */editedMs: Int64) {
         self.seq = seq
         self.gseq = gseq
         self.msgId = msgId
@@ -2089,6 +2371,8 @@ public struct ChatMessage: Equatable, Hashable {
         self.media = media
         self.clientMsgId = clientMsgId
         self.outgoing = outgoing
+        self.quote = quote
+        self.editedMs = editedMs
     }
 
     
@@ -2118,7 +2402,9 @@ public struct FfiConverterTypeChatMessage: FfiConverterRustBuffer {
                 mentions: FfiConverterSequenceString.read(from: &buf), 
                 media: FfiConverterOptionTypeMediaRef.read(from: &buf), 
                 clientMsgId: FfiConverterUInt64.read(from: &buf), 
-                outgoing: FfiConverterBool.read(from: &buf)
+                outgoing: FfiConverterBool.read(from: &buf), 
+                quote: FfiConverterOptionTypeQuote.read(from: &buf), 
+                editedMs: FfiConverterInt64.read(from: &buf)
         )
     }
 
@@ -2135,6 +2421,8 @@ public struct FfiConverterTypeChatMessage: FfiConverterRustBuffer {
         FfiConverterOptionTypeMediaRef.write(value.media, into: &buf)
         FfiConverterUInt64.write(value.clientMsgId, into: &buf)
         FfiConverterBool.write(value.outgoing, into: &buf)
+        FfiConverterOptionTypeQuote.write(value.quote, into: &buf)
+        FfiConverterInt64.write(value.editedMs, into: &buf)
     }
 }
 
@@ -2734,6 +3022,79 @@ public func FfiConverterTypeMediaRef_lower(_ value: MediaRef) -> RustBuffer {
 
 
 /**
+ * A pinned message of a conversation (`Client.pins`).
+ */
+public struct PinnedMessage: Equatable, Hashable {
+    public var msgId: UInt64
+    /**
+     * Who pinned it.
+     */
+    public var by: String
+    /**
+     * When, unix ms.
+     */
+    public var timeMs: Int64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(msgId: UInt64, 
+        /**
+         * Who pinned it.
+         */by: String, 
+        /**
+         * When, unix ms.
+         */timeMs: Int64) {
+        self.msgId = msgId
+        self.by = by
+        self.timeMs = timeMs
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension PinnedMessage: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypePinnedMessage: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> PinnedMessage {
+        return
+            try PinnedMessage(
+                msgId: FfiConverterUInt64.read(from: &buf), 
+                by: FfiConverterString.read(from: &buf), 
+                timeMs: FfiConverterInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: PinnedMessage, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.msgId, into: &buf)
+        FfiConverterString.write(value.by, into: &buf)
+        FfiConverterInt64.write(value.timeMs, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePinnedMessage_lift(_ buf: RustBuffer) throws -> PinnedMessage {
+    return try FfiConverterTypePinnedMessage.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypePinnedMessage_lower(_ value: PinnedMessage) -> RustBuffer {
+    return FfiConverterTypePinnedMessage.lower(value)
+}
+
+
+/**
  * What a push carries (the `ferry` object): "sync up to at least `seq`". The app
  * shows what the sync brings, not this.
  */
@@ -2950,6 +3311,566 @@ public func FfiConverterTypePushTarget_lower(_ value: PushTarget) -> RustBuffer 
 
 
 /**
+ * The message a reply answers, as the reply quotes it (docs/protocol.md §4a).
+ */
+public struct Quote: Equatable, Hashable {
+    public var msgId: UInt64
+    /**
+     * Who sent the quoted message.
+     */
+    public var sender: String
+    /**
+     * Its text when the reply was sent, at most 200 characters; empty once the quoted
+     * message was recalled (`recalled`).
+     */
+    public var text: String
+    /**
+     * `Unspecified` for a text; else the kind of media it carried.
+     */
+    public var kind: MediaKind
+    /**
+     * The quoted message was recalled: its snippet is gone. A device holding the reply
+     * when a `Recall` of the quoted message arrives empties the snippet itself.
+     */
+    public var recalled: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(msgId: UInt64, 
+        /**
+         * Who sent the quoted message.
+         */sender: String, 
+        /**
+         * Its text when the reply was sent, at most 200 characters; empty once the quoted
+         * message was recalled (`recalled`).
+         */text: String, 
+        /**
+         * `Unspecified` for a text; else the kind of media it carried.
+         */kind: MediaKind, 
+        /**
+         * The quoted message was recalled: its snippet is gone. A device holding the reply
+         * when a `Recall` of the quoted message arrives empties the snippet itself.
+         */recalled: Bool) {
+        self.msgId = msgId
+        self.sender = sender
+        self.text = text
+        self.kind = kind
+        self.recalled = recalled
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Quote: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeQuote: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Quote {
+        return
+            try Quote(
+                msgId: FfiConverterUInt64.read(from: &buf), 
+                sender: FfiConverterString.read(from: &buf), 
+                text: FfiConverterString.read(from: &buf), 
+                kind: FfiConverterTypeMediaKind.read(from: &buf), 
+                recalled: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Quote, into buf: inout [UInt8]) {
+        FfiConverterUInt64.write(value.msgId, into: &buf)
+        FfiConverterString.write(value.sender, into: &buf)
+        FfiConverterString.write(value.text, into: &buf)
+        FfiConverterTypeMediaKind.write(value.kind, into: &buf)
+        FfiConverterBool.write(value.recalled, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuote_lift(_ buf: RustBuffer) throws -> Quote {
+    return try FfiConverterTypeQuote.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeQuote_lower(_ value: Quote) -> RustBuffer {
+    return FfiConverterTypeQuote.lower(value)
+}
+
+
+/**
+ * How many users hold one emoji on a message.
+ */
+public struct ReactionCount: Equatable, Hashable {
+    public var emoji: String
+    public var count: UInt32
+    /**
+     * This user holds this reaction.
+     */
+    public var mine: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(emoji: String, count: UInt32, 
+        /**
+         * This user holds this reaction.
+         */mine: Bool) {
+        self.emoji = emoji
+        self.count = count
+        self.mine = mine
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ReactionCount: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReactionCount: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ReactionCount {
+        return
+            try ReactionCount(
+                emoji: FfiConverterString.read(from: &buf), 
+                count: FfiConverterUInt32.read(from: &buf), 
+                mine: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ReactionCount, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.emoji, into: &buf)
+        FfiConverterUInt32.write(value.count, into: &buf)
+        FfiConverterBool.write(value.mine, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReactionCount_lift(_ buf: RustBuffer) throws -> ReactionCount {
+    return try FfiConverterTypeReactionCount.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReactionCount_lower(_ value: ReactionCount) -> RustBuffer {
+    return FfiConverterTypeReactionCount.lower(value)
+}
+
+
+/**
+ * The reactions on a message (`Client.reactions`).
+ */
+public struct Reactions: Equatable, Hashable {
+    /**
+     * Per emoji, most used first (at most 100).
+     */
+    public var counts: [ReactionCount]
+    /**
+     * When an emoji was asked for: who reacted with it (this page).
+     */
+    public var users: [String]
+    /**
+     * Pass back as `after` for the next page of `users`; 0 when there is none.
+     */
+    public var nextAfter: UInt64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Per emoji, most used first (at most 100).
+         */counts: [ReactionCount], 
+        /**
+         * When an emoji was asked for: who reacted with it (this page).
+         */users: [String], 
+        /**
+         * Pass back as `after` for the next page of `users`; 0 when there is none.
+         */nextAfter: UInt64) {
+        self.counts = counts
+        self.users = users
+        self.nextAfter = nextAfter
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Reactions: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeReactions: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Reactions {
+        return
+            try Reactions(
+                counts: FfiConverterSequenceTypeReactionCount.read(from: &buf), 
+                users: FfiConverterSequenceString.read(from: &buf), 
+                nextAfter: FfiConverterUInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Reactions, into buf: inout [UInt8]) {
+        FfiConverterSequenceTypeReactionCount.write(value.counts, into: &buf)
+        FfiConverterSequenceString.write(value.users, into: &buf)
+        FfiConverterUInt64.write(value.nextAfter, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReactions_lift(_ buf: RustBuffer) throws -> Reactions {
+    return try FfiConverterTypeReactions.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeReactions_lower(_ value: Reactions) -> RustBuffer {
+    return FfiConverterTypeReactions.lower(value)
+}
+
+
+/**
+ * One message found.
+ */
+public struct SearchHit: Equatable, Hashable {
+    /**
+     * The message as stored now (an edited one with its new text); `gseq` is set for a
+     * group message, `seq` is 0 (a hit is not an inbox position).
+     */
+    public var message: ChatMessage
+    /**
+     * With `highlight`: a part of the text around the matches (else empty),
+     */
+    public var snippet: String
+    /**
+     * and where the matches are in it: byte ranges of the snippet's UTF-8 encoding.
+     */
+    public var ranges: [TextRange]
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The message as stored now (an edited one with its new text); `gseq` is set for a
+         * group message, `seq` is 0 (a hit is not an inbox position).
+         */message: ChatMessage, 
+        /**
+         * With `highlight`: a part of the text around the matches (else empty),
+         */snippet: String, 
+        /**
+         * and where the matches are in it: byte ranges of the snippet's UTF-8 encoding.
+         */ranges: [TextRange]) {
+        self.message = message
+        self.snippet = snippet
+        self.ranges = ranges
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension SearchHit: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSearchHit: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SearchHit {
+        return
+            try SearchHit(
+                message: FfiConverterTypeChatMessage.read(from: &buf), 
+                snippet: FfiConverterString.read(from: &buf), 
+                ranges: FfiConverterSequenceTypeTextRange.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: SearchHit, into buf: inout [UInt8]) {
+        FfiConverterTypeChatMessage.write(value.message, into: &buf)
+        FfiConverterString.write(value.snippet, into: &buf)
+        FfiConverterSequenceTypeTextRange.write(value.ranges, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSearchHit_lift(_ buf: RustBuffer) throws -> SearchHit {
+    return try FfiConverterTypeSearchHit.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSearchHit_lower(_ value: SearchHit) -> RustBuffer {
+    return FfiConverterTypeSearchHit.lower(value)
+}
+
+
+/**
+ * One page of search hits.
+ */
+public struct SearchPage: Equatable, Hashable {
+    public var hits: [SearchHit]
+    /**
+     * How many messages match in all pages.
+     */
+    public var total: UInt64
+    /**
+     * Pass as `SearchQuery.page` for the next page; `None` on the last.
+     */
+    public var next: String?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(hits: [SearchHit], 
+        /**
+         * How many messages match in all pages.
+         */total: UInt64, 
+        /**
+         * Pass as `SearchQuery.page` for the next page; `None` on the last.
+         */next: String?) {
+        self.hits = hits
+        self.total = total
+        self.next = next
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension SearchPage: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSearchPage: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SearchPage {
+        return
+            try SearchPage(
+                hits: FfiConverterSequenceTypeSearchHit.read(from: &buf), 
+                total: FfiConverterUInt64.read(from: &buf), 
+                next: FfiConverterOptionString.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: SearchPage, into buf: inout [UInt8]) {
+        FfiConverterSequenceTypeSearchHit.write(value.hits, into: &buf)
+        FfiConverterUInt64.write(value.total, into: &buf)
+        FfiConverterOptionString.write(value.next, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSearchPage_lift(_ buf: RustBuffer) throws -> SearchPage {
+    return try FfiConverterTypeSearchPage.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSearchPage_lower(_ value: SearchPage) -> RustBuffer {
+    return FfiConverterTypeSearchPage.lower(value)
+}
+
+
+/**
+ * What to search for (docs/protocol.md, Search): every field may be left out. The
+ * messages searched are those this user may read: their 1:1 messages, sent and
+ * received, and those of the groups they are in.
+ */
+public struct SearchQuery: Equatable, Hashable {
+    /**
+     * The words to find, all of them; `"a phrase"` in quotes; Chinese and Japanese as
+     * written. At most 1 KiB. Empty: every message the filters let through.
+     */
+    public var text: String
+    /**
+     * Only the 1:1 conversation with this user.
+     */
+    public var peer: String?
+    /**
+     * Only this group.
+     */
+    public var groupId: UInt64?
+    /**
+     * Only messages from this user.
+     */
+    public var sender: String?
+    /**
+     * Only messages stored at or after this time, unix ms.
+     */
+    public var afterMs: Int64?
+    /**
+     * Only messages stored before this time, unix ms.
+     */
+    public var beforeMs: Int64?
+    /**
+     * Only these kinds (empty: any).
+     */
+    public var kinds: [SearchKind]
+    /**
+     * `None`: newest first.
+     */
+    public var order: SearchOrder?
+    /**
+     * Hits per page, 1–100 (0: the server's 20; more than 100: 100).
+     */
+    public var limit: UInt32
+    /**
+     * The previous page's `SearchPage.next` (`None`: the first page).
+     */
+    public var page: String?
+    /**
+     * Answer each hit with a snippet of its text and where the matches are in it.
+     */
+    public var highlight: Bool
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The words to find, all of them; `"a phrase"` in quotes; Chinese and Japanese as
+         * written. At most 1 KiB. Empty: every message the filters let through.
+         */text: String = "", 
+        /**
+         * Only the 1:1 conversation with this user.
+         */peer: String? = nil, 
+        /**
+         * Only this group.
+         */groupId: UInt64? = nil, 
+        /**
+         * Only messages from this user.
+         */sender: String? = nil, 
+        /**
+         * Only messages stored at or after this time, unix ms.
+         */afterMs: Int64? = nil, 
+        /**
+         * Only messages stored before this time, unix ms.
+         */beforeMs: Int64? = nil, 
+        /**
+         * Only these kinds (empty: any).
+         */kinds: [SearchKind] = [], 
+        /**
+         * `None`: newest first.
+         */order: SearchOrder? = nil, 
+        /**
+         * Hits per page, 1–100 (0: the server's 20; more than 100: 100).
+         */limit: UInt32 = UInt32(0), 
+        /**
+         * The previous page's `SearchPage.next` (`None`: the first page).
+         */page: String? = nil, 
+        /**
+         * Answer each hit with a snippet of its text and where the matches are in it.
+         */highlight: Bool = false) {
+        self.text = text
+        self.peer = peer
+        self.groupId = groupId
+        self.sender = sender
+        self.afterMs = afterMs
+        self.beforeMs = beforeMs
+        self.kinds = kinds
+        self.order = order
+        self.limit = limit
+        self.page = page
+        self.highlight = highlight
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension SearchQuery: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSearchQuery: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SearchQuery {
+        return
+            try SearchQuery(
+                text: FfiConverterString.read(from: &buf), 
+                peer: FfiConverterOptionString.read(from: &buf), 
+                groupId: FfiConverterOptionUInt64.read(from: &buf), 
+                sender: FfiConverterOptionString.read(from: &buf), 
+                afterMs: FfiConverterOptionInt64.read(from: &buf), 
+                beforeMs: FfiConverterOptionInt64.read(from: &buf), 
+                kinds: FfiConverterSequenceTypeSearchKind.read(from: &buf), 
+                order: FfiConverterOptionTypeSearchOrder.read(from: &buf), 
+                limit: FfiConverterUInt32.read(from: &buf), 
+                page: FfiConverterOptionString.read(from: &buf), 
+                highlight: FfiConverterBool.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: SearchQuery, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.text, into: &buf)
+        FfiConverterOptionString.write(value.peer, into: &buf)
+        FfiConverterOptionUInt64.write(value.groupId, into: &buf)
+        FfiConverterOptionString.write(value.sender, into: &buf)
+        FfiConverterOptionInt64.write(value.afterMs, into: &buf)
+        FfiConverterOptionInt64.write(value.beforeMs, into: &buf)
+        FfiConverterSequenceTypeSearchKind.write(value.kinds, into: &buf)
+        FfiConverterOptionTypeSearchOrder.write(value.order, into: &buf)
+        FfiConverterUInt32.write(value.limit, into: &buf)
+        FfiConverterOptionString.write(value.page, into: &buf)
+        FfiConverterBool.write(value.highlight, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSearchQuery_lift(_ buf: RustBuffer) throws -> SearchQuery {
+    return try FfiConverterTypeSearchQuery.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSearchQuery_lower(_ value: SearchQuery) -> RustBuffer {
+    return FfiConverterTypeSearchQuery.lower(value)
+}
+
+
+/**
  * The server's acknowledgement of a send: the message is durable.
  */
 public struct SendAck: Equatable, Hashable {
@@ -3070,6 +3991,63 @@ public func FfiConverterTypeSentMedia_lift(_ buf: RustBuffer) throws -> SentMedi
 #endif
 public func FfiConverterTypeSentMedia_lower(_ value: SentMedia) -> RustBuffer {
     return FfiConverterTypeSentMedia.lower(value)
+}
+
+
+/**
+ * A byte range `[start, end)` of a snippet's UTF-8 encoding.
+ */
+public struct TextRange: Equatable, Hashable {
+    public var start: UInt32
+    public var end: UInt32
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(start: UInt32, end: UInt32) {
+        self.start = start
+        self.end = end
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension TextRange: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeTextRange: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> TextRange {
+        return
+            try TextRange(
+                start: FfiConverterUInt32.read(from: &buf), 
+                end: FfiConverterUInt32.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: TextRange, into buf: inout [UInt8]) {
+        FfiConverterUInt32.write(value.start, into: &buf)
+        FfiConverterUInt32.write(value.end, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTextRange_lift(_ buf: RustBuffer) throws -> TextRange {
+    return try FfiConverterTypeTextRange.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeTextRange_lower(_ value: TextRange) -> RustBuffer {
+    return FfiConverterTypeTextRange.lower(value)
 }
 
 
@@ -3456,6 +4434,32 @@ public enum Event: Equatable, Hashable {
     case stopped(error: FerryError
     )
     /**
+     * A message's text was edited by its sender (1:1 from the inbox, `seq`; a group's
+     * from its log, `gseq` and `group_id`): replace the text with `text` and mark the
+     * message edited at `edited_ms`. Absolute: applying it twice is harmless.
+     */
+    case edit(seq: UInt64, gseq: UInt64, groupId: UInt64, msgId: UInt64, text: String, editedMs: Int64, by: String
+    )
+    /**
+     * `by` added (`added`) or took back a reaction: set the message's count of `emoji`
+     * to `count` (0: the emoji is gone). Absolute, like every operation entry.
+     */
+    case reaction(seq: UInt64, gseq: UInt64, groupId: UInt64, msgId: UInt64, emoji: String, by: String, added: Bool, count: UInt32
+    )
+    /**
+     * This user deleted messages for themselves (from this or another of their
+     * devices): drop them, and keep the ids so that a copy arriving later (a group's log
+     * synced after the inbox) stays out. Only this user's devices get it.
+     */
+    case hide(seq: UInt64, msgIds: [UInt64]
+    )
+    /**
+     * A message was pinned (`pinned`) or unpinned in `conversation` (the 1:1 chat with
+     * the peer, or the group) by `by`.
+     */
+    case pin(seq: UInt64, gseq: UInt64, conversation: Destination, msgId: UInt64, by: String, pinned: Bool
+    )
+    /**
      * An inbox entry of a kind this SDK version does not know (a newer server): skip it.
      */
     case unknown(seq: UInt64, gseq: UInt64
@@ -3511,7 +4515,19 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
         case 10: return .stopped(error: try FfiConverterTypeFerryError.read(from: &buf)
         )
         
-        case 11: return .unknown(seq: try FfiConverterUInt64.read(from: &buf), gseq: try FfiConverterUInt64.read(from: &buf)
+        case 11: return .edit(seq: try FfiConverterUInt64.read(from: &buf), gseq: try FfiConverterUInt64.read(from: &buf), groupId: try FfiConverterUInt64.read(from: &buf), msgId: try FfiConverterUInt64.read(from: &buf), text: try FfiConverterString.read(from: &buf), editedMs: try FfiConverterInt64.read(from: &buf), by: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 12: return .reaction(seq: try FfiConverterUInt64.read(from: &buf), gseq: try FfiConverterUInt64.read(from: &buf), groupId: try FfiConverterUInt64.read(from: &buf), msgId: try FfiConverterUInt64.read(from: &buf), emoji: try FfiConverterString.read(from: &buf), by: try FfiConverterString.read(from: &buf), added: try FfiConverterBool.read(from: &buf), count: try FfiConverterUInt32.read(from: &buf)
+        )
+        
+        case 13: return .hide(seq: try FfiConverterUInt64.read(from: &buf), msgIds: try FfiConverterSequenceUInt64.read(from: &buf)
+        )
+        
+        case 14: return .pin(seq: try FfiConverterUInt64.read(from: &buf), gseq: try FfiConverterUInt64.read(from: &buf), conversation: try FfiConverterTypeDestination.read(from: &buf), msgId: try FfiConverterUInt64.read(from: &buf), by: try FfiConverterString.read(from: &buf), pinned: try FfiConverterBool.read(from: &buf)
+        )
+        
+        case 15: return .unknown(seq: try FfiConverterUInt64.read(from: &buf), gseq: try FfiConverterUInt64.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -3596,8 +4612,47 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
             FfiConverterTypeFerryError.write(error, into: &buf)
             
         
-        case let .unknown(seq,gseq):
+        case let .edit(seq,gseq,groupId,msgId,text,editedMs,by):
             writeInt(&buf, Int32(11))
+            FfiConverterUInt64.write(seq, into: &buf)
+            FfiConverterUInt64.write(gseq, into: &buf)
+            FfiConverterUInt64.write(groupId, into: &buf)
+            FfiConverterUInt64.write(msgId, into: &buf)
+            FfiConverterString.write(text, into: &buf)
+            FfiConverterInt64.write(editedMs, into: &buf)
+            FfiConverterString.write(by, into: &buf)
+            
+        
+        case let .reaction(seq,gseq,groupId,msgId,emoji,by,added,count):
+            writeInt(&buf, Int32(12))
+            FfiConverterUInt64.write(seq, into: &buf)
+            FfiConverterUInt64.write(gseq, into: &buf)
+            FfiConverterUInt64.write(groupId, into: &buf)
+            FfiConverterUInt64.write(msgId, into: &buf)
+            FfiConverterString.write(emoji, into: &buf)
+            FfiConverterString.write(by, into: &buf)
+            FfiConverterBool.write(added, into: &buf)
+            FfiConverterUInt32.write(count, into: &buf)
+            
+        
+        case let .hide(seq,msgIds):
+            writeInt(&buf, Int32(13))
+            FfiConverterUInt64.write(seq, into: &buf)
+            FfiConverterSequenceUInt64.write(msgIds, into: &buf)
+            
+        
+        case let .pin(seq,gseq,conversation,msgId,by,pinned):
+            writeInt(&buf, Int32(14))
+            FfiConverterUInt64.write(seq, into: &buf)
+            FfiConverterUInt64.write(gseq, into: &buf)
+            FfiConverterTypeDestination.write(conversation, into: &buf)
+            FfiConverterUInt64.write(msgId, into: &buf)
+            FfiConverterString.write(by, into: &buf)
+            FfiConverterBool.write(pinned, into: &buf)
+            
+        
+        case let .unknown(seq,gseq):
+            writeInt(&buf, Int32(15))
             FfiConverterUInt64.write(seq, into: &buf)
             FfiConverterUInt64.write(gseq, into: &buf)
             
@@ -4623,6 +5678,171 @@ public func FfiConverterTypePushProvider_lower(_ value: PushProvider) -> RustBuf
 
 
 /**
+ * What a message is, for a search filter.
+ */
+
+public enum SearchKind: Equatable, Hashable {
+    
+    case text
+    case image
+    case file
+    case voice
+    case video
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension SearchKind: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSearchKind: FfiConverterRustBuffer {
+    typealias SwiftType = SearchKind
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SearchKind {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .text
+        
+        case 2: return .image
+        
+        case 3: return .file
+        
+        case 4: return .voice
+        
+        case 5: return .video
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: SearchKind, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .text:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .image:
+            writeInt(&buf, Int32(2))
+        
+        
+        case .file:
+            writeInt(&buf, Int32(3))
+        
+        
+        case .voice:
+            writeInt(&buf, Int32(4))
+        
+        
+        case .video:
+            writeInt(&buf, Int32(5))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSearchKind_lift(_ buf: RustBuffer) throws -> SearchKind {
+    return try FfiConverterTypeSearchKind.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSearchKind_lower(_ value: SearchKind) -> RustBuffer {
+    return FfiConverterTypeSearchKind.lower(value)
+}
+
+
+
+/**
+ * The order of search hits.
+ */
+
+public enum SearchOrder: Equatable, Hashable {
+    
+    /**
+     * Newest first (the default).
+     */
+    case newest
+    /**
+     * Best match first.
+     */
+    case relevance
+
+
+
+
+
+}
+
+#if compiler(>=6)
+extension SearchOrder: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeSearchOrder: FfiConverterRustBuffer {
+    typealias SwiftType = SearchOrder
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SearchOrder {
+        let variant: Int32 = try readInt(&buf)
+        switch variant {
+        
+        case 1: return .newest
+        
+        case 2: return .relevance
+        
+        default: throw UniffiInternalError.unexpectedEnumCase
+        }
+    }
+
+    public static func write(_ value: SearchOrder, into buf: inout [UInt8]) {
+        switch value {
+        
+        
+        case .newest:
+            writeInt(&buf, Int32(1))
+        
+        
+        case .relevance:
+            writeInt(&buf, Int32(2))
+        
+        }
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSearchOrder_lift(_ buf: RustBuffer) throws -> SearchOrder {
+    return try FfiConverterTypeSearchOrder.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeSearchOrder_lower(_ value: SearchOrder) -> RustBuffer {
+    return FfiConverterTypeSearchOrder.lower(value)
+}
+
+
+
+/**
  * The link's state.
  */
 
@@ -4810,6 +6030,54 @@ fileprivate struct FfiConverterOptionUInt32: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionUInt64: FfiConverterRustBuffer {
+    typealias SwiftType = UInt64?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterUInt64.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterUInt64.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionInt64: FfiConverterRustBuffer {
+    typealias SwiftType = Int64?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterInt64.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterInt64.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
     typealias SwiftType = String?
 
@@ -4906,6 +6174,30 @@ fileprivate struct FfiConverterOptionTypeMediaRef: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionTypeQuote: FfiConverterRustBuffer {
+    typealias SwiftType = Quote?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeQuote.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeQuote.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionTypeEvent: FfiConverterRustBuffer {
     typealias SwiftType = Event?
 
@@ -4924,6 +6216,55 @@ fileprivate struct FfiConverterOptionTypeEvent: FfiConverterRustBuffer {
         case 1: return try FfiConverterTypeEvent.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeSearchOrder: FfiConverterRustBuffer {
+    typealias SwiftType = SearchOrder?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeSearchOrder.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeSearchOrder.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceUInt64: FfiConverterRustBuffer {
+    typealias SwiftType = [UInt64]
+
+    public static func write(_ value: [UInt64], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterUInt64.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [UInt64] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [UInt64]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterUInt64.read(from: &buf))
+        }
+        return seq
     }
 }
 
@@ -5030,6 +6371,31 @@ fileprivate struct FfiConverterSequenceTypeGroupMember: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterSequenceTypePinnedMessage: FfiConverterRustBuffer {
+    typealias SwiftType = [PinnedMessage]
+
+    public static func write(_ value: [PinnedMessage], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypePinnedMessage.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [PinnedMessage] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [PinnedMessage]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypePinnedMessage.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterSequenceTypePushTarget: FfiConverterRustBuffer {
     typealias SwiftType = [PushTarget]
 
@@ -5047,6 +6413,106 @@ fileprivate struct FfiConverterSequenceTypePushTarget: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterTypePushTarget.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeReactionCount: FfiConverterRustBuffer {
+    typealias SwiftType = [ReactionCount]
+
+    public static func write(_ value: [ReactionCount], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeReactionCount.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ReactionCount] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ReactionCount]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeReactionCount.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeSearchHit: FfiConverterRustBuffer {
+    typealias SwiftType = [SearchHit]
+
+    public static func write(_ value: [SearchHit], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeSearchHit.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [SearchHit] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [SearchHit]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeSearchHit.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeTextRange: FfiConverterRustBuffer {
+    typealias SwiftType = [TextRange]
+
+    public static func write(_ value: [TextRange], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeTextRange.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [TextRange] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [TextRange]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeTextRange.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeSearchKind: FfiConverterRustBuffer {
+    typealias SwiftType = [SearchKind]
+
+    public static func write(_ value: [SearchKind], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeSearchKind.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [SearchKind] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [SearchKind]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeSearchKind.read(from: &buf))
         }
         return seq
     }
@@ -5258,6 +6724,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_ffi_checksum_method_client_download() != 57801) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_ferry_ffi_checksum_method_client_edit() != 25869) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_ferry_ffi_checksum_method_client_endpoint() != 32981) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -5279,6 +6748,9 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_ffi_checksum_method_client_heartbeat_secs() != 8715) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_ferry_ffi_checksum_method_client_hide() != 58943) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_ferry_ffi_checksum_method_client_leave_group() != 4304) {
         return InitializationResult.apiChecksumMismatch
     }
@@ -5297,7 +6769,19 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_ffi_checksum_method_client_next_event() != 8476) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_ferry_ffi_checksum_method_client_pin() != 15598) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_ffi_checksum_method_client_pins() != 61136) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_ferry_ffi_checksum_method_client_push_targets() != 49422) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_ffi_checksum_method_client_react() != 8205) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_ffi_checksum_method_client_reactions() != 20583) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_ffi_checksum_method_client_recall() != 11479) {
@@ -5309,7 +6793,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_ffi_checksum_method_client_remove_group_members() != 57948) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_ferry_ffi_checksum_method_client_reply() != 35776) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_ferry_ffi_checksum_method_client_request_friend() != 8368) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_ffi_checksum_method_client_search() != 28793) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_ffi_checksum_method_client_send_file() != 2030) {
@@ -5340,6 +6830,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_ffi_checksum_method_client_typing() != 40562) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_ffi_checksum_method_client_unpin() != 1161) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_ffi_checksum_method_client_unreact() != 47582) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_ffi_checksum_method_client_unregister_push() != 50234) {

@@ -320,6 +320,11 @@ RustBuffer uniffi_ferry_ffi_fn_method_client_device_id(uint64_t ptr, RustCallSta
 uint64_t uniffi_ferry_ffi_fn_method_client_download(uint64_t ptr, RustBuffer media_id, RustBuffer progress
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_EDIT
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_EDIT
+uint64_t uniffi_ferry_ffi_fn_method_client_edit(uint64_t ptr, uint64_t msg_id, RustBuffer text
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_ENDPOINT
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_ENDPOINT
 RustBuffer uniffi_ferry_ffi_fn_method_client_endpoint(uint64_t ptr, RustCallStatus *_Nonnull out_status
@@ -355,6 +360,11 @@ uint64_t uniffi_ferry_ffi_fn_method_client_groups(uint64_t ptr
 uint64_t uniffi_ferry_ffi_fn_method_client_heartbeat_secs(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_HIDE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_HIDE
+uint64_t uniffi_ferry_ffi_fn_method_client_hide(uint64_t ptr, RustBuffer msg_ids
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_LEAVE_GROUP
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_LEAVE_GROUP
 uint64_t uniffi_ferry_ffi_fn_method_client_leave_group(uint64_t ptr, uint64_t group_id
@@ -385,9 +395,29 @@ void uniffi_ferry_ffi_fn_method_client_network_changed(uint64_t ptr, RustBuffer 
 uint64_t uniffi_ferry_ffi_fn_method_client_next_event(uint64_t ptr, uint64_t timeout_ms
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_PIN
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_PIN
+uint64_t uniffi_ferry_ffi_fn_method_client_pin(uint64_t ptr, RustBuffer conversation, uint64_t msg_id
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_PINS
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_PINS
+uint64_t uniffi_ferry_ffi_fn_method_client_pins(uint64_t ptr, RustBuffer conversation
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_PUSH_TARGETS
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_PUSH_TARGETS
 uint64_t uniffi_ferry_ffi_fn_method_client_push_targets(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_REACT
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_REACT
+uint64_t uniffi_ferry_ffi_fn_method_client_react(uint64_t ptr, uint64_t msg_id, RustBuffer emoji
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_REACTIONS
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_REACTIONS
+uint64_t uniffi_ferry_ffi_fn_method_client_reactions(uint64_t ptr, uint64_t msg_id, RustBuffer emoji, uint64_t after, uint32_t limit
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_RECALL
@@ -405,9 +435,19 @@ uint64_t uniffi_ferry_ffi_fn_method_client_register_push(uint64_t ptr, RustBuffe
 uint64_t uniffi_ferry_ffi_fn_method_client_remove_group_members(uint64_t ptr, uint64_t group_id, RustBuffer users
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_REPLY
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_REPLY
+uint64_t uniffi_ferry_ffi_fn_method_client_reply(uint64_t ptr, uint64_t reply_to, RustBuffer text
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_REQUEST_FRIEND
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_REQUEST_FRIEND
 uint64_t uniffi_ferry_ffi_fn_method_client_request_friend(uint64_t ptr, RustBuffer username, RustBuffer greeting
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_SEARCH
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_SEARCH
+uint64_t uniffi_ferry_ffi_fn_method_client_search(uint64_t ptr, RustBuffer query
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_SEND_FILE
@@ -458,6 +498,16 @@ uint64_t uniffi_ferry_ffi_fn_method_client_synckey(uint64_t ptr, RustCallStatus 
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_TYPING
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_TYPING
 uint64_t uniffi_ferry_ffi_fn_method_client_typing(uint64_t ptr, RustBuffer to
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_UNPIN
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_UNPIN
+uint64_t uniffi_ferry_ffi_fn_method_client_unpin(uint64_t ptr, RustBuffer conversation, uint64_t msg_id
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_UNREACT
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_UNREACT
+uint64_t uniffi_ferry_ffi_fn_method_client_unreact(uint64_t ptr, uint64_t msg_id, RustBuffer emoji
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_UNREGISTER_PUSH
@@ -905,6 +955,12 @@ uint16_t uniffi_ferry_ffi_checksum_method_client_download(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_EDIT
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_EDIT
+uint16_t uniffi_ferry_ffi_checksum_method_client_edit(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_ENDPOINT
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_ENDPOINT
 uint16_t uniffi_ferry_ffi_checksum_method_client_endpoint(void
@@ -947,6 +1003,12 @@ uint16_t uniffi_ferry_ffi_checksum_method_client_heartbeat_secs(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_HIDE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_HIDE
+uint16_t uniffi_ferry_ffi_checksum_method_client_hide(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_LEAVE_GROUP
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_LEAVE_GROUP
 uint16_t uniffi_ferry_ffi_checksum_method_client_leave_group(void
@@ -983,9 +1045,33 @@ uint16_t uniffi_ferry_ffi_checksum_method_client_next_event(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_PIN
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_PIN
+uint16_t uniffi_ferry_ffi_checksum_method_client_pin(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_PINS
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_PINS
+uint16_t uniffi_ferry_ffi_checksum_method_client_pins(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_PUSH_TARGETS
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_PUSH_TARGETS
 uint16_t uniffi_ferry_ffi_checksum_method_client_push_targets(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_REACT
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_REACT
+uint16_t uniffi_ferry_ffi_checksum_method_client_react(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_REACTIONS
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_REACTIONS
+uint16_t uniffi_ferry_ffi_checksum_method_client_reactions(void
     
 );
 #endif
@@ -1007,9 +1093,21 @@ uint16_t uniffi_ferry_ffi_checksum_method_client_remove_group_members(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_REPLY
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_REPLY
+uint16_t uniffi_ferry_ffi_checksum_method_client_reply(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_REQUEST_FRIEND
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_REQUEST_FRIEND
 uint16_t uniffi_ferry_ffi_checksum_method_client_request_friend(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_SEARCH
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_SEARCH
+uint16_t uniffi_ferry_ffi_checksum_method_client_search(void
     
 );
 #endif
@@ -1070,6 +1168,18 @@ uint16_t uniffi_ferry_ffi_checksum_method_client_synckey(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_TYPING
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_TYPING
 uint16_t uniffi_ferry_ffi_checksum_method_client_typing(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_UNPIN
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_UNPIN
+uint16_t uniffi_ferry_ffi_checksum_method_client_unpin(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_UNREACT
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_UNREACT
+uint16_t uniffi_ferry_ffi_checksum_method_client_unreact(void
     
 );
 #endif

@@ -754,6 +754,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_download(
     ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_edit(
+    ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_endpoint(
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_find_user(
@@ -768,6 +770,8 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_heartbeat_secs(
     ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_hide(
+    ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_leave_group(
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_logout(
@@ -780,7 +784,15 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_next_event(
     ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_pin(
+    ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_pins(
+    ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_push_targets(
+    ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_react(
+    ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_reactions(
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_recall(
     ): Int
@@ -788,7 +800,11 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_remove_group_members(
     ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_reply(
+    ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_request_friend(
+    ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_search(
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_send_file(
     ): Int
@@ -809,6 +825,10 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_ferry_ffi_checksum_method_client_synckey(
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_typing(
+    ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_unpin(
+    ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_unreact(
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_unregister_push(
     ): Int
@@ -864,6 +884,8 @@ internal object UniffiLib {
     ): RustBuffer.ByValue
     external fun uniffi_ferry_ffi_fn_method_client_download(`ptr`: Long,`mediaId`: RustBuffer.ByValue,`progress`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_edit(`ptr`: Long,`msgId`: Long,`text`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_ferry_ffi_fn_method_client_endpoint(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_ferry_ffi_fn_method_client_find_user(`ptr`: Long,`username`: RustBuffer.ByValue,
@@ -878,6 +900,8 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_ferry_ffi_fn_method_client_heartbeat_secs(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_hide(`ptr`: Long,`msgIds`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_ferry_ffi_fn_method_client_leave_group(`ptr`: Long,`groupId`: Long,
     ): Long
     external fun uniffi_ferry_ffi_fn_method_client_logout(`ptr`: Long,`allDevices`: Byte,
@@ -890,7 +914,15 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_ferry_ffi_fn_method_client_next_event(`ptr`: Long,`timeoutMs`: Long,
     ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_pin(`ptr`: Long,`conversation`: RustBuffer.ByValue,`msgId`: Long,
+    ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_pins(`ptr`: Long,`conversation`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_ferry_ffi_fn_method_client_push_targets(`ptr`: Long,
+    ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_react(`ptr`: Long,`msgId`: Long,`emoji`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_reactions(`ptr`: Long,`msgId`: Long,`emoji`: RustBuffer.ByValue,`after`: Long,`limit`: Int,
     ): Long
     external fun uniffi_ferry_ffi_fn_method_client_recall(`ptr`: Long,`msgId`: Long,
     ): Long
@@ -898,7 +930,11 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_ferry_ffi_fn_method_client_remove_group_members(`ptr`: Long,`groupId`: Long,`users`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_reply(`ptr`: Long,`replyTo`: Long,`text`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_ferry_ffi_fn_method_client_request_friend(`ptr`: Long,`username`: RustBuffer.ByValue,`greeting`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_search(`ptr`: Long,`query`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_ferry_ffi_fn_method_client_send_file(`ptr`: Long,`to`: RustBuffer.ByValue,`data`: RustBuffer.ByValue,`fileName`: RustBuffer.ByValue,`progress`: RustBuffer.ByValue,
     ): Long
@@ -919,6 +955,10 @@ internal object UniffiLib {
     external fun uniffi_ferry_ffi_fn_method_client_synckey(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Long
     external fun uniffi_ferry_ffi_fn_method_client_typing(`ptr`: Long,`to`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_unpin(`ptr`: Long,`conversation`: RustBuffer.ByValue,`msgId`: Long,
+    ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_unreact(`ptr`: Long,`msgId`: Long,`emoji`: RustBuffer.ByValue,
     ): Long
     external fun uniffi_ferry_ffi_fn_method_client_unregister_push(`ptr`: Long,`deviceId`: RustBuffer.ByValue,
     ): Long
@@ -1121,6 +1161,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_ferry_ffi_checksum_method_client_download() and 0xFFFF) != 57801) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_edit() and 0xFFFF) != 25869) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_endpoint() and 0xFFFF) != 32981) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1142,6 +1185,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_ferry_ffi_checksum_method_client_heartbeat_secs() and 0xFFFF) != 8715) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_hide() and 0xFFFF) != 58943) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_leave_group() and 0xFFFF) != 4304) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
@@ -1160,7 +1206,19 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_ferry_ffi_checksum_method_client_next_event() and 0xFFFF) != 8476) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_pin() and 0xFFFF) != 15598) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_pins() and 0xFFFF) != 61136) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_push_targets() and 0xFFFF) != 49422) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_react() and 0xFFFF) != 8205) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_reactions() and 0xFFFF) != 20583) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_recall() and 0xFFFF) != 11479) {
@@ -1172,7 +1230,13 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_ferry_ffi_checksum_method_client_remove_group_members() and 0xFFFF) != 57948) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_reply() and 0xFFFF) != 35776) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_request_friend() and 0xFFFF) != 8368) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_search() and 0xFFFF) != 28793) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_send_file() and 0xFFFF) != 2030) {
@@ -1203,6 +1267,12 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_typing() and 0xFFFF) != 40562) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_unpin() and 0xFFFF) != 1161) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_unreact() and 0xFFFF) != 47582) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_unregister_push() and 0xFFFF) != 50234) {
@@ -1787,6 +1857,13 @@ public interface ClientInterface {
     suspend fun `download`(`mediaId`: kotlin.String, `progress`: ProgressListener?): kotlin.ByteArray
     
     /**
+     * Replaces the text (a media message's caption) of a message this user sent, within
+     * the server's edit window; both sides' devices (or the group's) get an `Edit`
+     * event. Safe to retry.
+     */
+    suspend fun `edit`(`msgId`: kotlin.ULong, `text`: kotlin.String)
+    
+    /**
      * `IP:PORT` of the live link, if any.
      */
     fun `endpoint`(): kotlin.String?
@@ -1817,6 +1894,12 @@ public interface ClientInterface {
      * The heartbeat interval the live link uses, in seconds.
      */
     fun `heartbeatSecs`(): kotlin.ULong
+    
+    /**
+     * Deletes messages for this user only (1–100): every device of theirs gets a `Hide`
+     * event; nobody else's chat changes. Safe to retry.
+     */
+    suspend fun `hide`(`msgIds`: List<kotlin.ULong>)
     
     suspend fun `leaveGroup`(`groupId`: kotlin.ULong)
     
@@ -1851,9 +1934,33 @@ public interface ClientInterface {
     suspend fun `nextEvent`(`timeoutMs`: kotlin.ULong): Event?
     
     /**
+     * Pins a message of a conversation (the 1:1 chat with a user, or a group: its owner
+     * and admins only); both sides (or the group) get a `Pin` event. At most 50 pins.
+     */
+    suspend fun `pin`(`conversation`: Destination, `msgId`: kotlin.ULong)
+    
+    /**
+     * A conversation's pinned messages, newest first.
+     */
+    suspend fun `pins`(`conversation`: Destination): List<PinnedMessage>
+    
+    /**
      * This user's push targets, one per device.
      */
     suspend fun `pushTargets`(): List<PushTarget>
+    
+    /**
+     * Adds a reaction (an emoji: 1–32 bytes, no whitespace) to a message this user may
+     * read. Safe to retry.
+     */
+    suspend fun `react`(`msgId`: kotlin.ULong, `emoji`: kotlin.String)
+    
+    /**
+     * The reactions on a message: each emoji's count (and whether this user holds it);
+     * with `emoji`, also who reacted with it, `limit` users a page (0: 50) from the
+     * cursor `after` (0 first, then the answer's `next_after`).
+     */
+    suspend fun `reactions`(`msgId`: kotlin.ULong, `emoji`: kotlin.String? = null, `after`: kotlin.ULong = 0uL, `limit`: kotlin.UInt = 0u): Reactions
     
     /**
      * Recalls a message (within the recall window; a group's admins: any).
@@ -1871,9 +1978,24 @@ public interface ClientInterface {
     suspend fun `removeGroupMembers`(`groupId`: kotlin.ULong, `users`: List<kotlin.String>): Group
     
     /**
+     * Replies with a text to message `reply_to`, in the conversation that message is in
+     * (the 1:1 chat or the group); retried with one id until the server stored it. The
+     * stored reply carries a `Quote` of the message answered (`ChatMessage.quote`).
+     * `NOT_FOUND` when this user may not read that message (or it was recalled).
+     */
+    suspend fun `reply`(`replyTo`: kotlin.ULong, `text`: kotlin.String): SendAck
+    
+    /**
      * Asks `username` to be friends (accepted at once if they asked first).
      */
     suspend fun `requestFriend`(`username`: kotlin.String, `greeting`: kotlin.String): FriendActionResult
+    
+    /**
+     * Searches the messages this user may read (docs/protocol.md, Search); page on
+     * with the answer's `next` as the next query's `page`. The index follows the server's
+     * store within about a second.
+     */
+    suspend fun `search`(`query`: SearchQuery): SearchPage
     
     /**
      * Sends a file under its name.
@@ -1923,6 +2045,16 @@ public interface ClientInterface {
      * Tells `to` this user is typing (best effort).
      */
     suspend fun `typing`(`to`: kotlin.String)
+    
+    /**
+     * Unpins a message.
+     */
+    suspend fun `unpin`(`conversation`: Destination, `msgId`: kotlin.ULong)
+    
+    /**
+     * Takes a reaction back. Safe to retry.
+     */
+    suspend fun `unreact`(`msgId`: kotlin.ULong, `emoji`: kotlin.String)
     
     /**
      * Removes this device's push target (`None`) or another device's of this user.
@@ -2208,6 +2340,35 @@ open class Client: Disposable, AutoCloseable, ClientInterface
 
     
     /**
+     * Replaces the text (a media message's caption) of a message this user sent, within
+     * the server's edit window; both sides' devices (or the group's) get an `Edit`
+     * event. Safe to retry.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `edit`(`msgId`: kotlin.ULong, `text`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_edit(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`msgId`),
+        FfiConverterString.lower(`text`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * `IP:PORT` of the live link, if any.
      */override fun `endpoint`(): kotlin.String? {
             return FfiConverterOptionalString.lift(
@@ -2361,6 +2522,33 @@ open class Client: Disposable, AutoCloseable, ClientInterface
     
 
     
+    /**
+     * Deletes messages for this user only (1–100): every device of theirs gets a `Hide`
+     * event; nobody else's chat changes. Safe to retry.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `hide`(`msgIds`: List<kotlin.ULong>) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_hide(
+                uniffiHandle,
+                
+        FfiConverterSequenceULong.lower(`msgIds`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
     @Throws(FerryException::class)
     @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
     override suspend fun `leaveGroup`(`groupId`: kotlin.ULong) {
@@ -2510,6 +2698,59 @@ open class Client: Disposable, AutoCloseable, ClientInterface
 
     
     /**
+     * Pins a message of a conversation (the 1:1 chat with a user, or a group: its owner
+     * and admins only); both sides (or the group) get a `Pin` event. At most 50 pins.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `pin`(`conversation`: Destination, `msgId`: kotlin.ULong) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_pin(
+                uniffiHandle,
+                
+        FfiConverterTypeDestination.lower(`conversation`),
+        FfiConverterULong.lower(`msgId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * A conversation's pinned messages, newest first.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `pins`(`conversation`: Destination) : List<PinnedMessage> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_pins(
+                uniffiHandle,
+                
+        FfiConverterTypeDestination.lower(`conversation`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypePinnedMessage.lift(it) },
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * This user's push targets, one per device.
      */
     @Throws(FerryException::class)
@@ -2527,6 +2768,64 @@ open class Client: Disposable, AutoCloseable, ClientInterface
         { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterSequenceTypePushTarget.lift(it) },
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Adds a reaction (an emoji: 1–32 bytes, no whitespace) to a message this user may
+     * read. Safe to retry.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `react`(`msgId`: kotlin.ULong, `emoji`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_react(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`msgId`),
+        FfiConverterString.lower(`emoji`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * The reactions on a message: each emoji's count (and whether this user holds it);
+     * with `emoji`, also who reacted with it, `limit` users a page (0: 50) from the
+     * cursor `after` (0 first, then the answer's `next_after`).
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `reactions`(`msgId`: kotlin.ULong, `emoji`: kotlin.String?, `after`: kotlin.ULong, `limit`: kotlin.UInt) : Reactions {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_reactions(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`msgId`),
+        FfiConverterOptionalString.lower(`emoji`),
+        FfiConverterULong.lower(`after`),
+        FfiConverterUInt.lower(`limit`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeReactions.lift(it) },
         // Error FFI converter
         FerryException.ErrorHandler,
     )
@@ -2611,6 +2910,35 @@ open class Client: Disposable, AutoCloseable, ClientInterface
 
     
     /**
+     * Replies with a text to message `reply_to`, in the conversation that message is in
+     * (the 1:1 chat or the group); retried with one id until the server stored it. The
+     * stored reply carries a `Quote` of the message answered (`ChatMessage.quote`).
+     * `NOT_FOUND` when this user may not read that message (or it was recalled).
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `reply`(`replyTo`: kotlin.ULong, `text`: kotlin.String) : SendAck {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_reply(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`replyTo`),
+        FfiConverterString.lower(`text`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeSendAck.lift(it) },
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * Asks `username` to be friends (accepted at once if they asked first).
      */
     @Throws(FerryException::class)
@@ -2630,6 +2958,33 @@ open class Client: Disposable, AutoCloseable, ClientInterface
         { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterTypeFriendActionResult.lift(it) },
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Searches the messages this user may read (docs/protocol.md, Search); page on
+     * with the answer's `next` as the next query's `page`. The index follows the server's
+     * store within about a second.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `search`(`query`: SearchQuery) : SearchPage {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_search(
+                uniffiHandle,
+                
+        FfiConverterTypeSearchQuery.lower(`query`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeSearchPage.lift(it) },
         // Error FFI converter
         FerryException.ErrorHandler,
     )
@@ -2861,6 +3216,60 @@ open class Client: Disposable, AutoCloseable, ClientInterface
                 uniffiHandle,
                 
         FfiConverterString.lower(`to`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Unpins a message.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `unpin`(`conversation`: Destination, `msgId`: kotlin.ULong) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_unpin(
+                uniffiHandle,
+                
+        FfiConverterTypeDestination.lower(`conversation`),
+        FfiConverterULong.lower(`msgId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_void(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_void(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_void(future) },
+        // lift function
+        { },
+        
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Takes a reaction back. Safe to retry.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `unreact`(`msgId`: kotlin.ULong, `emoji`: kotlin.String) {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_unreact(
+                uniffiHandle,
+                
+        FfiConverterULong.lower(`msgId`),
+        FfiConverterString.lower(`emoji`),
             )
         },
         { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_void(future, callback, continuation) },
@@ -3701,6 +4110,18 @@ data class ChatMessage (
      * Sent by this user (from this or another of their devices).
      */
     var `outgoing`: kotlin.Boolean
+    , 
+    /**
+     * For a reply (`Client.reply`): the message it answers, as it was when the reply
+     * was sent.
+     */
+    var `quote`: Quote?
+    , 
+    /**
+     * When the sender last edited the text, unix ms (0: never edited); `text` is then
+     * the edited text.
+     */
+    var `editedMs`: kotlin.Long
     
 ){
     
@@ -3729,6 +4150,8 @@ public object FfiConverterTypeChatMessage: FfiConverterRustBuffer<ChatMessage> {
             FfiConverterOptionalTypeMediaRef.read(buf),
             FfiConverterULong.read(buf),
             FfiConverterBoolean.read(buf),
+            FfiConverterOptionalTypeQuote.read(buf),
+            FfiConverterLong.read(buf),
         )
     }
 
@@ -3744,7 +4167,9 @@ public object FfiConverterTypeChatMessage: FfiConverterRustBuffer<ChatMessage> {
             FfiConverterSequenceString.allocationSize(value.`mentions`) +
             FfiConverterOptionalTypeMediaRef.allocationSize(value.`media`) +
             FfiConverterULong.allocationSize(value.`clientMsgId`) +
-            FfiConverterBoolean.allocationSize(value.`outgoing`)
+            FfiConverterBoolean.allocationSize(value.`outgoing`) +
+            FfiConverterOptionalTypeQuote.allocationSize(value.`quote`) +
+            FfiConverterLong.allocationSize(value.`editedMs`)
     )
 
     override fun write(value: ChatMessage, buf: ByteBuffer) {
@@ -3760,6 +4185,8 @@ public object FfiConverterTypeChatMessage: FfiConverterRustBuffer<ChatMessage> {
             FfiConverterOptionalTypeMediaRef.write(value.`media`, buf)
             FfiConverterULong.write(value.`clientMsgId`, buf)
             FfiConverterBoolean.write(value.`outgoing`, buf)
+            FfiConverterOptionalTypeQuote.write(value.`quote`, buf)
+            FfiConverterLong.write(value.`editedMs`, buf)
     }
 }
 
@@ -4220,6 +4647,58 @@ public object FfiConverterTypeMediaRef: FfiConverterRustBuffer<MediaRef> {
 
 
 /**
+ * A pinned message of a conversation (`Client.pins`).
+ */
+data class PinnedMessage (
+    var `msgId`: kotlin.ULong
+    , 
+    /**
+     * Who pinned it.
+     */
+    var `by`: kotlin.String
+    , 
+    /**
+     * When, unix ms.
+     */
+    var `timeMs`: kotlin.Long
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypePinnedMessage: FfiConverterRustBuffer<PinnedMessage> {
+    override fun read(buf: ByteBuffer): PinnedMessage {
+        return PinnedMessage(
+            FfiConverterULong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterLong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: PinnedMessage) = (
+            FfiConverterULong.allocationSize(value.`msgId`) +
+            FfiConverterString.allocationSize(value.`by`) +
+            FfiConverterLong.allocationSize(value.`timeMs`)
+    )
+
+    override fun write(value: PinnedMessage, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`msgId`, buf)
+            FfiConverterString.write(value.`by`, buf)
+            FfiConverterLong.write(value.`timeMs`, buf)
+    }
+}
+
+
+
+/**
  * What a push carries (the `ferry` object): "sync up to at least `seq`". The app
  * shows what the sync brings, not this.
  */
@@ -4402,6 +4881,410 @@ public object FfiConverterTypePushTarget: FfiConverterRustBuffer<PushTarget> {
 
 
 /**
+ * The message a reply answers, as the reply quotes it (docs/protocol.md §4a).
+ */
+data class Quote (
+    var `msgId`: kotlin.ULong
+    , 
+    /**
+     * Who sent the quoted message.
+     */
+    var `sender`: kotlin.String
+    , 
+    /**
+     * Its text when the reply was sent, at most 200 characters; empty once the quoted
+     * message was recalled (`recalled`).
+     */
+    var `text`: kotlin.String
+    , 
+    /**
+     * `Unspecified` for a text; else the kind of media it carried.
+     */
+    var `kind`: MediaKind
+    , 
+    /**
+     * The quoted message was recalled: its snippet is gone. A device holding the reply
+     * when a `Recall` of the quoted message arrives empties the snippet itself.
+     */
+    var `recalled`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeQuote: FfiConverterRustBuffer<Quote> {
+    override fun read(buf: ByteBuffer): Quote {
+        return Quote(
+            FfiConverterULong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterTypeMediaKind.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: Quote) = (
+            FfiConverterULong.allocationSize(value.`msgId`) +
+            FfiConverterString.allocationSize(value.`sender`) +
+            FfiConverterString.allocationSize(value.`text`) +
+            FfiConverterTypeMediaKind.allocationSize(value.`kind`) +
+            FfiConverterBoolean.allocationSize(value.`recalled`)
+    )
+
+    override fun write(value: Quote, buf: ByteBuffer) {
+            FfiConverterULong.write(value.`msgId`, buf)
+            FfiConverterString.write(value.`sender`, buf)
+            FfiConverterString.write(value.`text`, buf)
+            FfiConverterTypeMediaKind.write(value.`kind`, buf)
+            FfiConverterBoolean.write(value.`recalled`, buf)
+    }
+}
+
+
+
+/**
+ * How many users hold one emoji on a message.
+ */
+data class ReactionCount (
+    var `emoji`: kotlin.String
+    , 
+    var `count`: kotlin.UInt
+    , 
+    /**
+     * This user holds this reaction.
+     */
+    var `mine`: kotlin.Boolean
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReactionCount: FfiConverterRustBuffer<ReactionCount> {
+    override fun read(buf: ByteBuffer): ReactionCount {
+        return ReactionCount(
+            FfiConverterString.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ReactionCount) = (
+            FfiConverterString.allocationSize(value.`emoji`) +
+            FfiConverterUInt.allocationSize(value.`count`) +
+            FfiConverterBoolean.allocationSize(value.`mine`)
+    )
+
+    override fun write(value: ReactionCount, buf: ByteBuffer) {
+            FfiConverterString.write(value.`emoji`, buf)
+            FfiConverterUInt.write(value.`count`, buf)
+            FfiConverterBoolean.write(value.`mine`, buf)
+    }
+}
+
+
+
+/**
+ * The reactions on a message (`Client.reactions`).
+ */
+data class Reactions (
+    /**
+     * Per emoji, most used first (at most 100).
+     */
+    var `counts`: List<ReactionCount>
+    , 
+    /**
+     * When an emoji was asked for: who reacted with it (this page).
+     */
+    var `users`: List<kotlin.String>
+    , 
+    /**
+     * Pass back as `after` for the next page of `users`; 0 when there is none.
+     */
+    var `nextAfter`: kotlin.ULong
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeReactions: FfiConverterRustBuffer<Reactions> {
+    override fun read(buf: ByteBuffer): Reactions {
+        return Reactions(
+            FfiConverterSequenceTypeReactionCount.read(buf),
+            FfiConverterSequenceString.read(buf),
+            FfiConverterULong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: Reactions) = (
+            FfiConverterSequenceTypeReactionCount.allocationSize(value.`counts`) +
+            FfiConverterSequenceString.allocationSize(value.`users`) +
+            FfiConverterULong.allocationSize(value.`nextAfter`)
+    )
+
+    override fun write(value: Reactions, buf: ByteBuffer) {
+            FfiConverterSequenceTypeReactionCount.write(value.`counts`, buf)
+            FfiConverterSequenceString.write(value.`users`, buf)
+            FfiConverterULong.write(value.`nextAfter`, buf)
+    }
+}
+
+
+
+/**
+ * One message found.
+ */
+data class SearchHit (
+    /**
+     * The message as stored now (an edited one with its new text); `gseq` is set for a
+     * group message, `seq` is 0 (a hit is not an inbox position).
+     */
+    var `message`: ChatMessage
+    , 
+    /**
+     * With `highlight`: a part of the text around the matches (else empty),
+     */
+    var `snippet`: kotlin.String
+    , 
+    /**
+     * and where the matches are in it: byte ranges of the snippet's UTF-8 encoding.
+     */
+    var `ranges`: List<TextRange>
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSearchHit: FfiConverterRustBuffer<SearchHit> {
+    override fun read(buf: ByteBuffer): SearchHit {
+        return SearchHit(
+            FfiConverterTypeChatMessage.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterSequenceTypeTextRange.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: SearchHit) = (
+            FfiConverterTypeChatMessage.allocationSize(value.`message`) +
+            FfiConverterString.allocationSize(value.`snippet`) +
+            FfiConverterSequenceTypeTextRange.allocationSize(value.`ranges`)
+    )
+
+    override fun write(value: SearchHit, buf: ByteBuffer) {
+            FfiConverterTypeChatMessage.write(value.`message`, buf)
+            FfiConverterString.write(value.`snippet`, buf)
+            FfiConverterSequenceTypeTextRange.write(value.`ranges`, buf)
+    }
+}
+
+
+
+/**
+ * One page of search hits.
+ */
+data class SearchPage (
+    var `hits`: List<SearchHit>
+    , 
+    /**
+     * How many messages match in all pages.
+     */
+    var `total`: kotlin.ULong
+    , 
+    /**
+     * Pass as `SearchQuery.page` for the next page; `None` on the last.
+     */
+    var `next`: kotlin.String?
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSearchPage: FfiConverterRustBuffer<SearchPage> {
+    override fun read(buf: ByteBuffer): SearchPage {
+        return SearchPage(
+            FfiConverterSequenceTypeSearchHit.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterOptionalString.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: SearchPage) = (
+            FfiConverterSequenceTypeSearchHit.allocationSize(value.`hits`) +
+            FfiConverterULong.allocationSize(value.`total`) +
+            FfiConverterOptionalString.allocationSize(value.`next`)
+    )
+
+    override fun write(value: SearchPage, buf: ByteBuffer) {
+            FfiConverterSequenceTypeSearchHit.write(value.`hits`, buf)
+            FfiConverterULong.write(value.`total`, buf)
+            FfiConverterOptionalString.write(value.`next`, buf)
+    }
+}
+
+
+
+/**
+ * What to search for (docs/protocol.md, Search): every field may be left out. The
+ * messages searched are those this user may read: their 1:1 messages, sent and
+ * received, and those of the groups they are in.
+ */
+data class SearchQuery (
+    /**
+     * The words to find, all of them; `"a phrase"` in quotes; Chinese and Japanese as
+     * written. At most 1 KiB. Empty: every message the filters let through.
+     */
+    var `text`: kotlin.String = "" 
+    , 
+    /**
+     * Only the 1:1 conversation with this user.
+     */
+    var `peer`: kotlin.String? = null 
+    , 
+    /**
+     * Only this group.
+     */
+    var `groupId`: kotlin.ULong? = null 
+    , 
+    /**
+     * Only messages from this user.
+     */
+    var `sender`: kotlin.String? = null 
+    , 
+    /**
+     * Only messages stored at or after this time, unix ms.
+     */
+    var `afterMs`: kotlin.Long? = null 
+    , 
+    /**
+     * Only messages stored before this time, unix ms.
+     */
+    var `beforeMs`: kotlin.Long? = null 
+    , 
+    /**
+     * Only these kinds (empty: any).
+     */
+    var `kinds`: List<SearchKind> = listOf() 
+    , 
+    /**
+     * `None`: newest first.
+     */
+    var `order`: SearchOrder? = null 
+    , 
+    /**
+     * Hits per page, 1–100 (0: the server's 20; more than 100: 100).
+     */
+    var `limit`: kotlin.UInt = 0u 
+    , 
+    /**
+     * The previous page's `SearchPage.next` (`None`: the first page).
+     */
+    var `page`: kotlin.String? = null 
+    , 
+    /**
+     * Answer each hit with a snippet of its text and where the matches are in it.
+     */
+    var `highlight`: kotlin.Boolean = false 
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSearchQuery: FfiConverterRustBuffer<SearchQuery> {
+    override fun read(buf: ByteBuffer): SearchQuery {
+        return SearchQuery(
+            FfiConverterString.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalULong.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterSequenceTypeSearchKind.read(buf),
+            FfiConverterOptionalTypeSearchOrder.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterBoolean.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: SearchQuery) = (
+            FfiConverterString.allocationSize(value.`text`) +
+            FfiConverterOptionalString.allocationSize(value.`peer`) +
+            FfiConverterOptionalULong.allocationSize(value.`groupId`) +
+            FfiConverterOptionalString.allocationSize(value.`sender`) +
+            FfiConverterOptionalLong.allocationSize(value.`afterMs`) +
+            FfiConverterOptionalLong.allocationSize(value.`beforeMs`) +
+            FfiConverterSequenceTypeSearchKind.allocationSize(value.`kinds`) +
+            FfiConverterOptionalTypeSearchOrder.allocationSize(value.`order`) +
+            FfiConverterUInt.allocationSize(value.`limit`) +
+            FfiConverterOptionalString.allocationSize(value.`page`) +
+            FfiConverterBoolean.allocationSize(value.`highlight`)
+    )
+
+    override fun write(value: SearchQuery, buf: ByteBuffer) {
+            FfiConverterString.write(value.`text`, buf)
+            FfiConverterOptionalString.write(value.`peer`, buf)
+            FfiConverterOptionalULong.write(value.`groupId`, buf)
+            FfiConverterOptionalString.write(value.`sender`, buf)
+            FfiConverterOptionalLong.write(value.`afterMs`, buf)
+            FfiConverterOptionalLong.write(value.`beforeMs`, buf)
+            FfiConverterSequenceTypeSearchKind.write(value.`kinds`, buf)
+            FfiConverterOptionalTypeSearchOrder.write(value.`order`, buf)
+            FfiConverterUInt.write(value.`limit`, buf)
+            FfiConverterOptionalString.write(value.`page`, buf)
+            FfiConverterBoolean.write(value.`highlight`, buf)
+    }
+}
+
+
+
+/**
  * The server's acknowledgement of a send: the message is durable.
  */
 data class SendAck (
@@ -4486,6 +5369,47 @@ public object FfiConverterTypeSentMedia: FfiConverterRustBuffer<SentMedia> {
     override fun write(value: SentMedia, buf: ByteBuffer) {
             FfiConverterTypeSendAck.write(value.`ack`, buf)
             FfiConverterTypeMediaRef.write(value.`media`, buf)
+    }
+}
+
+
+
+/**
+ * A byte range `[start, end)` of a snippet's UTF-8 encoding.
+ */
+data class TextRange (
+    var `start`: kotlin.UInt
+    , 
+    var `end`: kotlin.UInt
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeTextRange: FfiConverterRustBuffer<TextRange> {
+    override fun read(buf: ByteBuffer): TextRange {
+        return TextRange(
+            FfiConverterUInt.read(buf),
+            FfiConverterUInt.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: TextRange) = (
+            FfiConverterUInt.allocationSize(value.`start`) +
+            FfiConverterUInt.allocationSize(value.`end`)
+    )
+
+    override fun write(value: TextRange, buf: ByteBuffer) {
+            FfiConverterUInt.write(value.`start`, buf)
+            FfiConverterUInt.write(value.`end`, buf)
     }
 }
 
@@ -4832,6 +5756,79 @@ sealed class Event {
     }
     
     /**
+     * A message's text was edited by its sender (1:1 from the inbox, `seq`; a group's
+     * from its log, `gseq` and `group_id`): replace the text with `text` and mark the
+     * message edited at `edited_ms`. Absolute: applying it twice is harmless.
+     */
+    data class Edit(
+        val `seq`: kotlin.ULong, 
+        val `gseq`: kotlin.ULong, 
+        val `groupId`: kotlin.ULong, 
+        val `msgId`: kotlin.ULong, 
+        val `text`: kotlin.String, 
+        val `editedMs`: kotlin.Long, 
+        val `by`: kotlin.String) : Event()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * `by` added (`added`) or took back a reaction: set the message's count of `emoji`
+     * to `count` (0: the emoji is gone). Absolute, like every operation entry.
+     */
+    data class Reaction(
+        val `seq`: kotlin.ULong, 
+        val `gseq`: kotlin.ULong, 
+        val `groupId`: kotlin.ULong, 
+        val `msgId`: kotlin.ULong, 
+        val `emoji`: kotlin.String, 
+        val `by`: kotlin.String, 
+        val `added`: kotlin.Boolean, 
+        val `count`: kotlin.UInt) : Event()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * This user deleted messages for themselves (from this or another of their
+     * devices): drop them, and keep the ids so that a copy arriving later (a group's log
+     * synced after the inbox) stays out. Only this user's devices get it.
+     */
+    data class Hide(
+        val `seq`: kotlin.ULong, 
+        val `msgIds`: List<kotlin.ULong>) : Event()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A message was pinned (`pinned`) or unpinned in `conversation` (the 1:1 chat with
+     * the peer, or the group) by `by`.
+     */
+    data class Pin(
+        val `seq`: kotlin.ULong, 
+        val `gseq`: kotlin.ULong, 
+        val `conversation`: chat.ferry.Destination, 
+        val `msgId`: kotlin.ULong, 
+        val `by`: kotlin.String, 
+        val `pinned`: kotlin.Boolean) : Event()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
      * An inbox entry of a kind this SDK version does not know (a newer server): skip it.
      */
     data class Unknown(
@@ -4914,7 +5911,38 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
             10 -> Event.Stopped(
                 FfiConverterTypeFerryError.read(buf),
                 )
-            11 -> Event.Unknown(
+            11 -> Event.Edit(
+                FfiConverterULong.read(buf),
+                FfiConverterULong.read(buf),
+                FfiConverterULong.read(buf),
+                FfiConverterULong.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterLong.read(buf),
+                FfiConverterString.read(buf),
+                )
+            12 -> Event.Reaction(
+                FfiConverterULong.read(buf),
+                FfiConverterULong.read(buf),
+                FfiConverterULong.read(buf),
+                FfiConverterULong.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterBoolean.read(buf),
+                FfiConverterUInt.read(buf),
+                )
+            13 -> Event.Hide(
+                FfiConverterULong.read(buf),
+                FfiConverterSequenceULong.read(buf),
+                )
+            14 -> Event.Pin(
+                FfiConverterULong.read(buf),
+                FfiConverterULong.read(buf),
+                FfiConverterTypeDestination.read(buf),
+                FfiConverterULong.read(buf),
+                FfiConverterString.read(buf),
+                FfiConverterBoolean.read(buf),
+                )
+            15 -> Event.Unknown(
                 FfiConverterULong.read(buf),
                 FfiConverterULong.read(buf),
                 )
@@ -5017,6 +6045,53 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
                 + FfiConverterTypeFerryError.allocationSize(value.`error`)
             )
         }
+        is Event.Edit -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterULong.allocationSize(value.`seq`)
+                + FfiConverterULong.allocationSize(value.`gseq`)
+                + FfiConverterULong.allocationSize(value.`groupId`)
+                + FfiConverterULong.allocationSize(value.`msgId`)
+                + FfiConverterString.allocationSize(value.`text`)
+                + FfiConverterLong.allocationSize(value.`editedMs`)
+                + FfiConverterString.allocationSize(value.`by`)
+            )
+        }
+        is Event.Reaction -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterULong.allocationSize(value.`seq`)
+                + FfiConverterULong.allocationSize(value.`gseq`)
+                + FfiConverterULong.allocationSize(value.`groupId`)
+                + FfiConverterULong.allocationSize(value.`msgId`)
+                + FfiConverterString.allocationSize(value.`emoji`)
+                + FfiConverterString.allocationSize(value.`by`)
+                + FfiConverterBoolean.allocationSize(value.`added`)
+                + FfiConverterUInt.allocationSize(value.`count`)
+            )
+        }
+        is Event.Hide -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterULong.allocationSize(value.`seq`)
+                + FfiConverterSequenceULong.allocationSize(value.`msgIds`)
+            )
+        }
+        is Event.Pin -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterULong.allocationSize(value.`seq`)
+                + FfiConverterULong.allocationSize(value.`gseq`)
+                + FfiConverterTypeDestination.allocationSize(value.`conversation`)
+                + FfiConverterULong.allocationSize(value.`msgId`)
+                + FfiConverterString.allocationSize(value.`by`)
+                + FfiConverterBoolean.allocationSize(value.`pinned`)
+            )
+        }
         is Event.Unknown -> {
             // Add the size for the Int that specifies the variant plus the size needed for all fields
             (
@@ -5103,8 +6178,47 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
                 FfiConverterTypeFerryError.write(value.`error`, buf)
                 Unit
             }
-            is Event.Unknown -> {
+            is Event.Edit -> {
                 buf.putInt(11)
+                FfiConverterULong.write(value.`seq`, buf)
+                FfiConverterULong.write(value.`gseq`, buf)
+                FfiConverterULong.write(value.`groupId`, buf)
+                FfiConverterULong.write(value.`msgId`, buf)
+                FfiConverterString.write(value.`text`, buf)
+                FfiConverterLong.write(value.`editedMs`, buf)
+                FfiConverterString.write(value.`by`, buf)
+                Unit
+            }
+            is Event.Reaction -> {
+                buf.putInt(12)
+                FfiConverterULong.write(value.`seq`, buf)
+                FfiConverterULong.write(value.`gseq`, buf)
+                FfiConverterULong.write(value.`groupId`, buf)
+                FfiConverterULong.write(value.`msgId`, buf)
+                FfiConverterString.write(value.`emoji`, buf)
+                FfiConverterString.write(value.`by`, buf)
+                FfiConverterBoolean.write(value.`added`, buf)
+                FfiConverterUInt.write(value.`count`, buf)
+                Unit
+            }
+            is Event.Hide -> {
+                buf.putInt(13)
+                FfiConverterULong.write(value.`seq`, buf)
+                FfiConverterSequenceULong.write(value.`msgIds`, buf)
+                Unit
+            }
+            is Event.Pin -> {
+                buf.putInt(14)
+                FfiConverterULong.write(value.`seq`, buf)
+                FfiConverterULong.write(value.`gseq`, buf)
+                FfiConverterTypeDestination.write(value.`conversation`, buf)
+                FfiConverterULong.write(value.`msgId`, buf)
+                FfiConverterString.write(value.`by`, buf)
+                FfiConverterBoolean.write(value.`pinned`, buf)
+                Unit
+            }
+            is Event.Unknown -> {
+                buf.putInt(15)
                 FfiConverterULong.write(value.`seq`, buf)
                 FfiConverterULong.write(value.`gseq`, buf)
                 Unit
@@ -5747,6 +6861,89 @@ public object FfiConverterTypePushProvider: FfiConverterRustBuffer<PushProvider>
 
 
 /**
+ * What a message is, for a search filter.
+ */
+
+enum class SearchKind {
+    
+    TEXT,
+    IMAGE,
+    FILE,
+    VOICE,
+    VIDEO;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSearchKind: FfiConverterRustBuffer<SearchKind> {
+    override fun read(buf: ByteBuffer) = try {
+        SearchKind.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: SearchKind) = 4UL
+
+    override fun write(value: SearchKind, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
+ * The order of search hits.
+ */
+
+enum class SearchOrder {
+    
+    /**
+     * Newest first (the default).
+     */
+    NEWEST,
+    /**
+     * Best match first.
+     */
+    RELEVANCE;
+
+    
+
+
+    companion object
+}
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeSearchOrder: FfiConverterRustBuffer<SearchOrder> {
+    override fun read(buf: ByteBuffer) = try {
+        SearchOrder.values()[buf.getInt() - 1]
+    } catch (e: IndexOutOfBoundsException) {
+        throw RuntimeException("invalid enum value, something is very wrong!!", e)
+    }
+
+    override fun allocationSize(value: SearchOrder) = 4UL
+
+    override fun write(value: SearchOrder, buf: ByteBuffer) {
+        buf.putInt(value.ordinal + 1)
+    }
+}
+
+
+
+
+
+/**
  * The link's state.
  */
 
@@ -5858,6 +7055,70 @@ public object FfiConverterOptionalUInt: FfiConverterRustBuffer<kotlin.UInt?> {
         } else {
             buf.put(1)
             FfiConverterUInt.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalULong: FfiConverterRustBuffer<kotlin.ULong?> {
+    override fun read(buf: ByteBuffer): kotlin.ULong? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterULong.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.ULong?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterULong.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.ULong?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterULong.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalLong: FfiConverterRustBuffer<kotlin.Long?> {
+    override fun read(buf: ByteBuffer): kotlin.Long? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterLong.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.Long?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterLong.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.Long?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterLong.write(value, buf)
         }
     }
 }
@@ -5996,6 +7257,38 @@ public object FfiConverterOptionalTypeMediaRef: FfiConverterRustBuffer<MediaRef?
 /**
  * @suppress
  */
+public object FfiConverterOptionalTypeQuote: FfiConverterRustBuffer<Quote?> {
+    override fun read(buf: ByteBuffer): Quote? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeQuote.read(buf)
+    }
+
+    override fun allocationSize(value: Quote?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeQuote.allocationSize(value)
+        }
+    }
+
+    override fun write(value: Quote?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeQuote.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalTypeEvent: FfiConverterRustBuffer<Event?> {
     override fun read(buf: ByteBuffer): Event? {
         if (buf.get().toInt() == 0) {
@@ -6018,6 +7311,66 @@ public object FfiConverterOptionalTypeEvent: FfiConverterRustBuffer<Event?> {
         } else {
             buf.put(1)
             FfiConverterTypeEvent.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeSearchOrder: FfiConverterRustBuffer<SearchOrder?> {
+    override fun read(buf: ByteBuffer): SearchOrder? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeSearchOrder.read(buf)
+    }
+
+    override fun allocationSize(value: SearchOrder?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeSearchOrder.allocationSize(value)
+        }
+    }
+
+    override fun write(value: SearchOrder?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeSearchOrder.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceULong: FfiConverterRustBuffer<List<kotlin.ULong>> {
+    override fun read(buf: ByteBuffer): List<kotlin.ULong> {
+        val len = buf.getInt()
+        return List<kotlin.ULong>(len) {
+            FfiConverterULong.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<kotlin.ULong>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterULong.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<kotlin.ULong>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterULong.write(it, buf)
         }
     }
 }
@@ -6140,6 +7493,34 @@ public object FfiConverterSequenceTypeGroupMember: FfiConverterRustBuffer<List<G
 /**
  * @suppress
  */
+public object FfiConverterSequenceTypePinnedMessage: FfiConverterRustBuffer<List<PinnedMessage>> {
+    override fun read(buf: ByteBuffer): List<PinnedMessage> {
+        val len = buf.getInt()
+        return List<PinnedMessage>(len) {
+            FfiConverterTypePinnedMessage.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<PinnedMessage>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypePinnedMessage.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<PinnedMessage>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypePinnedMessage.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterSequenceTypePushTarget: FfiConverterRustBuffer<List<PushTarget>> {
     override fun read(buf: ByteBuffer): List<PushTarget> {
         val len = buf.getInt()
@@ -6158,6 +7539,118 @@ public object FfiConverterSequenceTypePushTarget: FfiConverterRustBuffer<List<Pu
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterTypePushTarget.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeReactionCount: FfiConverterRustBuffer<List<ReactionCount>> {
+    override fun read(buf: ByteBuffer): List<ReactionCount> {
+        val len = buf.getInt()
+        return List<ReactionCount>(len) {
+            FfiConverterTypeReactionCount.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ReactionCount>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeReactionCount.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ReactionCount>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeReactionCount.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeSearchHit: FfiConverterRustBuffer<List<SearchHit>> {
+    override fun read(buf: ByteBuffer): List<SearchHit> {
+        val len = buf.getInt()
+        return List<SearchHit>(len) {
+            FfiConverterTypeSearchHit.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<SearchHit>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeSearchHit.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<SearchHit>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeSearchHit.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeTextRange: FfiConverterRustBuffer<List<TextRange>> {
+    override fun read(buf: ByteBuffer): List<TextRange> {
+        val len = buf.getInt()
+        return List<TextRange>(len) {
+            FfiConverterTypeTextRange.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<TextRange>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeTextRange.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<TextRange>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeTextRange.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeSearchKind: FfiConverterRustBuffer<List<SearchKind>> {
+    override fun read(buf: ByteBuffer): List<SearchKind> {
+        val len = buf.getInt()
+        return List<SearchKind>(len) {
+            FfiConverterTypeSearchKind.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<SearchKind>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeSearchKind.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<SearchKind>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeSearchKind.write(it, buf)
         }
     }
 }
