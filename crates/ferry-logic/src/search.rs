@@ -46,8 +46,12 @@ use crate::api::{ApiError, Call, Domain, Reply, Route, Scope as ApiScope};
 use crate::core::{ok, unix_ms, Core};
 use crate::error::LogicError;
 
-/// Feed rows (or messages, while building) applied per index commit.
-const BATCH: u32 = 2_000;
+/// Feed rows (or messages, while building) applied per index commit, at most.
+const BATCH: u32 = 10_000;
+/// The least time between two commits of a feeder that is behind: each commit writes
+/// (and syncs) a segment, so a busy send path is followed in a few large commits a
+/// second rather than many small ones.
+const COMMIT_GAP: Duration = Duration::from_millis(250);
 /// How long a hole in the feed's ids is waited for before it is passed.
 pub(crate) const GAP_WAIT_MS: i64 = 10_000;
 /// How often an idle feeder looks at the feed: a message is found within about this
@@ -562,6 +566,7 @@ fn feed(me: std::sync::Weak<Search>, rt: &tokio::runtime::Handle, shutdown: &Can
         if search.index.read().is_none() {
             return;
         }
+        let started = std::time::Instant::now();
         let more = match rt.block_on(search.round()) {
             Ok(more) => more,
             Err(e) => {
@@ -580,6 +585,8 @@ fn feed(me: std::sync::Weak<Search>, rt: &tokio::runtime::Handle, shutdown: &Can
         drop(search);
         if !more {
             std::thread::park_timeout(IDLE);
+        } else if let Some(rest) = COMMIT_GAP.checked_sub(started.elapsed()) {
+            std::thread::park_timeout(rest);
         }
     }
 }
