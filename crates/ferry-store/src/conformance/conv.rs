@@ -100,7 +100,7 @@ pub async fn conv_state_changes_only_what_is_named_and_shares_the_mute(store: Ar
     let stale = store
         .set_conv(ConvChange {
             draft: Some("older".into()),
-            ..change(a, key, "bob", 150)
+            ..change(a, key, "bob", 50)
         })
         .await
         .unwrap();
@@ -293,7 +293,7 @@ pub async fn clearing_history_marks_the_conversations_newest_message(store: Arc<
         .unwrap();
     assert_eq!(
         store.cleared(a).await.unwrap(),
-        [(ConvKey::direct(b), ba.msg_id), (ConvKey::group(7), gm.msg_id)]
+        [(ConvKey::group(7), gm.msg_id), (ConvKey::direct(b), ba.msg_id)]
     );
     assert_eq!(store.cleared(c).await.unwrap(), []);
 }
