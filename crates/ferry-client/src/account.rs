@@ -537,10 +537,7 @@ impl Account {
     /// Changes conversations' states over the short link (only the fields set in each
     /// [`v1::ConvSet`]: archive, unread, mute, draft, clear, retention) and answers every
     /// conversation state of the user. See [`crate::Client::conv_set`] and its helpers.
-    pub async fn conv_set(
-        &self,
-        set: Vec<v1::ConvSet>,
-    ) -> Result<Vec<v1::ConvState>, ClientError> {
+    pub async fn conv_set(&self, set: Vec<v1::ConvSet>) -> Result<Vec<v1::ConvState>, ClientError> {
         let r: v1::ConvResp = self.call(path(cmd::CONV), &v1::ConvReq { set }).await?;
         Ok(r.conversations)
     }

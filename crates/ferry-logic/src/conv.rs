@@ -16,9 +16,7 @@ use std::sync::Arc;
 use ferry_bus::{BusRequest, BusResponse};
 use ferry_proto::v1::{self, GroupRole};
 use ferry_proto::ProtoMessage;
-use ferry_store::{
-    ConvChange, ConvDone, ConvKey, ConvRow, NewEvent, RetentionChange, SharedConv,
-};
+use ferry_store::{ConvChange, ConvDone, ConvKey, ConvRow, NewEvent, RetentionChange, SharedConv};
 
 use crate::core::{ok, unix_ms, Core};
 use crate::error::LogicError;
@@ -242,7 +240,7 @@ impl Conv {
         let user = change.user_id;
         if let ConvDone::Changed { seq, entry, .. } = self.core.store.set_conv(change).await? {
             metrics::counter!("ferry_conv_changes_total").increment(1);
-            self.notifier.notify_entry(user, seq, entry).await;
+            self.notifier.notify_entry(user, seq, *entry).await;
         }
         Ok(())
     }
@@ -582,7 +580,7 @@ mod tests {
         );
         assert!(s.draft_ms > 0);
         let logged = states(&w, ann).await;
-        assert_eq!(logged, [s.clone()]);
+        assert_eq!(logged, std::slice::from_ref(s));
         assert!(states(&w, bob).await.is_empty());
         // The same again: nothing new logged; an empty request reads.
         conv(
@@ -818,9 +816,18 @@ mod tests {
             ..Default::default()
         };
         let ack = send(&w, bob, fwd("cy", orig.msg_id, 2)).await.unwrap();
-        let got = w.core.store.message_info(ack.msg_id).await.unwrap().unwrap();
+        let got = w
+            .core
+            .store
+            .message_info(ack.msg_id)
+            .await
+            .unwrap()
+            .unwrap();
         let body = got.body.unwrap();
-        assert_eq!((body.text.as_str(), body.from.as_str()), ("the plan", "bob"));
+        assert_eq!(
+            (body.text.as_str(), body.from.as_str()),
+            ("the plan", "bob")
+        );
         let f = body.forwarded.unwrap();
         assert_eq!(f.from, "ann");
         assert!(f.time_ms > 0);
@@ -838,7 +845,10 @@ mod tests {
         assert_eq!(body.forwarded.unwrap().from, "ann");
         // dee cannot forward ann and bob's message.
         let foreign = send(&w, dee, fwd("ann", orig.msg_id, 4)).await;
-        assert!(matches!(foreign, Err(LogicError::NotFound(_))), "{foreign:?}");
+        assert!(
+            matches!(foreign, Err(LogicError::NotFound(_))),
+            "{foreign:?}"
+        );
         // Text of one's own, or a reply too: refused.
         let with_text = send(
             &w,
@@ -899,7 +909,11 @@ mod tests {
             .body
             .unwrap();
         assert_eq!(
-            (body.group_id, body.text.as_str(), body.forwarded.unwrap().from.as_str()),
+            (
+                body.group_id,
+                body.text.as_str(),
+                body.forwarded.unwrap().from.as_str()
+            ),
             (g, "again", "ann")
         );
     }

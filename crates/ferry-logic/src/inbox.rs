@@ -11,11 +11,11 @@ use ferry_proto::{cmd, v1, ProtoMessage};
 use ferry_store::{Appended, NewEvent, NewMessage, StoreError};
 
 use crate::attach::Attachments;
+use crate::conv;
 use crate::core::{ok, unix_ms, Core, DeviceSession};
 use crate::error::LogicError;
 use crate::friends::Friends;
 use crate::groups::Groups;
-use crate::conv;
 use crate::msgops;
 use crate::notify::Notifier;
 use crate::push::PushService;

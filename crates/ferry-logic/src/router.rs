@@ -348,7 +348,10 @@ fn spawn_retention(core: Arc<Core>, shutdown: CancellationToken) -> JoinHandle<(
             }
             match crate::conv::prune_conversations(&core, unix_ms()).await {
                 Ok(n) if n > 0 => {
-                    tracing::info!(messages = n, "pruned messages past their conversation's retention")
+                    tracing::info!(
+                        messages = n,
+                        "pruned messages past their conversation's retention"
+                    )
                 }
                 Ok(_) => {}
                 Err(e) => tracing::warn!(error = %e, "pruning conversations failed"),

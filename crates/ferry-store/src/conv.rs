@@ -123,11 +123,12 @@ pub struct ConvChange {
 pub enum ConvDone {
     /// Nothing changed (the values were so already): nothing logged.
     Unchanged(ConvRow),
-    /// Changed and logged at `seq` of the user's inbox, as `entry`.
+    /// Changed and logged at `seq` of the user's inbox, as `entry` (boxed: an entry is
+    /// several times a row's size).
     Changed {
         row: ConvRow,
         seq: u64,
-        entry: v1::Entry,
+        entry: Box<v1::Entry>,
     },
 }
 
@@ -172,8 +173,10 @@ pub trait ConvStore: Send + Sync + 'static {
 
     /// Sets (or removes, at 0) a conversation's retention and logs it. `None`: it was so
     /// already (nothing written).
-    async fn set_retention(&self, change: RetentionChange)
-        -> Result<Option<(Logged, Vec<NewEvent>)>>;
+    async fn set_retention(
+        &self,
+        change: RetentionChange,
+    ) -> Result<Option<(Logged, Vec<NewEvent>)>>;
     /// Every conversation with a retention of its own.
     async fn retentions(&self) -> Result<Vec<(SharedConv, u32)>>;
     /// Deletes the conversation's messages stored before `before_ms` — from the inboxes

@@ -75,8 +75,8 @@ pub use user_admin::{
 /// (On a `dyn Store` the compiler finds its supertraits' methods without.)
 pub mod prelude {
     pub use crate::{
-        AccountStore, AuditStore, BotStore, ConvStore, GroupStore, HookStore, InboxStore, MediaStore,
-        MsgOpsStore, OpsStore, PushStore, ReportStore, SearchStore, SocialStore, Store,
+        AccountStore, AuditStore, BotStore, ConvStore, GroupStore, HookStore, InboxStore,
+        MediaStore, MsgOpsStore, OpsStore, PushStore, ReportStore, SearchStore, SocialStore, Store,
         UserAdminStore,
     };
 }

@@ -260,7 +260,7 @@ impl ConvStore for PgStore {
         Ok(ConvDone::Changed {
             row: after,
             seq: seqs[0],
-            entry,
+            entry: Box::new(entry),
         })
     }
 
@@ -324,10 +324,7 @@ impl ConvStore for PgStore {
             .collect())
     }
 
-    async fn set_retention(
-        &self,
-        ch: RetentionChange,
-    ) -> Result<Option<(Logged, Vec<NewEvent>)>> {
+    async fn set_retention(&self, ch: RetentionChange) -> Result<Option<(Logged, Vec<NewEvent>)>> {
         let mut client = self.client().await?;
         let txn = client.transaction().await?;
         // The group's row (its log) or the parties' rows first: changes of one

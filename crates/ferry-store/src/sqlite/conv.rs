@@ -245,7 +245,7 @@ impl ConvStore for SqliteStore {
             Ok(ConvDone::Changed {
                 row: after,
                 seq: seqs[0],
-                entry,
+                entry: Box::new(entry),
             })
         })
         .await
@@ -305,10 +305,7 @@ impl ConvStore for SqliteStore {
         .await
     }
 
-    async fn set_retention(
-        &self,
-        ch: RetentionChange,
-    ) -> Result<Option<(Logged, Vec<NewEvent>)>> {
+    async fn set_retention(&self, ch: RetentionChange) -> Result<Option<(Logged, Vec<NewEvent>)>> {
         self.write(move |txn, state_| {
             if retention(txn, ch.conv)? == ch.retention_secs {
                 return Ok(None);

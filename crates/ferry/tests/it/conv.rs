@@ -175,11 +175,7 @@ async fn archive_mute_unread_draft_and_clear_converge_on_three_devices_one_offli
     .await;
 
     // Refusals are clear.
-    let (code, msg) = refused(
-        a1.client
-            .set_draft(&peer, &"x".repeat(4_001))
-            .await,
-    );
+    let (code, msg) = refused(a1.client.set_draft(&peer, &"x".repeat(4_001)).await);
     assert_eq!(code, ErrorCode::TooLarge, "{msg}");
     let (code, _) = refused(
         a1.client
@@ -241,7 +237,8 @@ async fn clearing_a_groups_history_hides_its_older_messages_from_that_users_sync
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forwarded_image_reaches_a_third_user_and_recalled_or_foreign_ones_are_refused() {
     let srv = TestServer::start().await;
-    srv.register(&["alice", "bob", "carol", "dave", "eve"]).await;
+    srv.register(&["alice", "bob", "carol", "dave", "eve"])
+        .await;
     let addr = srv.addr();
     let (alice, _ae) = connect(&addr, "alice").await;
     let (bob, _be) = connect(&addr, "bob").await;
@@ -270,8 +267,17 @@ async fn a_forwarded_image_reaches_a_third_user_and_recalled_or_foreign_ones_are
     let f = m.forwarded.as_ref().expect("marked forwarded");
     assert_eq!(f.from, "alice");
     let media = m.media.as_ref().expect("the media goes along");
-    assert_eq!((media.media_id.as_str(), media.thumb_id.as_str()), (id.as_str(), thumb.as_str()));
-    assert!(carol.download(&id, Duration::ZERO, &|_, _| {}).await.unwrap() == image);
+    assert_eq!(
+        (media.media_id.as_str(), media.thumb_id.as_str()),
+        (id.as_str(), thumb.as_str())
+    );
+    assert!(
+        carol
+            .download(&id, Duration::ZERO, &|_, _| {})
+            .await
+            .unwrap()
+            == image
+    );
     assert!(!carol
         .download(&thumb, Duration::ZERO, &|_, _| {})
         .await
@@ -294,7 +300,12 @@ async fn a_forwarded_image_reaches_a_third_user_and_recalled_or_foreign_ones_are
         .await
         .unwrap();
     let dave = account(&addr, "dave").await;
-    assert!(dave.download(&id, Duration::ZERO, &|_, _| {}).await.unwrap() == image);
+    assert!(
+        dave.download(&id, Duration::ZERO, &|_, _| {})
+            .await
+            .unwrap()
+            == image
+    );
     assert_eq!(
         code(eve.download(&id, Duration::ZERO, &|_, _| {}).await),
         ErrorCode::NotFound
@@ -307,7 +318,11 @@ async fn a_forwarded_image_reaches_a_third_user_and_recalled_or_foreign_ones_are
             .await,
     );
     assert_eq!(c, ErrorCode::NotFound, "{msg}");
-    let (c, _) = refused(eve_c.forward(&Conversation::Peer("carol".into()), 987_654_321).await);
+    let (c, _) = refused(
+        eve_c
+            .forward(&Conversation::Peer("carol".into()), 987_654_321)
+            .await,
+    );
     assert_eq!(c, ErrorCode::NotFound);
     // Recalled: refused, saying so.
     let gone = alice.send_text("bob", "oops").await.unwrap().msg_id;
@@ -404,10 +419,7 @@ async fn a_mute_set_through_conv_silences_pushes_and_shows_in_push_prefs() {
     .await
     .unwrap();
     let states = bob.conversations().await.unwrap();
-    assert!(
-        states.iter().all(|s| s.muted_until_ms == 0),
-        "{states:?}"
-    );
+    assert!(states.iter().all(|s| s.muted_until_ms == 0), "{states:?}");
     alice.close().await;
     carol.close().await;
 }
@@ -424,7 +436,9 @@ async fn a_conversations_retention_prunes_its_old_messages_and_their_operations_
     let elsewhere = ann.send_text("carol", "keep me").await.unwrap().msg_id;
     bob.client.react(old, "👍").await.unwrap();
     ann.edit(old, "old news, edited").await.unwrap();
-    ann.pin(&Conversation::Peer("bob".into()), old).await.unwrap();
+    ann.pin(&Conversation::Peer("bob".into()), old)
+        .await
+        .unwrap();
     carol.react(elsewhere, "🎉").await.unwrap();
     // Two images in ann and bob's chat; bob forwards the first to carol.
     let kept_img = ann
@@ -474,7 +488,9 @@ async fn a_conversations_retention_prunes_its_old_messages_and_their_operations_
     let marker = ann.send_text("bob", "after").await.unwrap().msg_id;
     let mut fresh = Device::online(&addr, "bob").await;
     fresh
-        .until("a fresh device syncs", 10, |v| v.messages.contains_key(&marker))
+        .until("a fresh device syncs", 10, |v| {
+            v.messages.contains_key(&marker)
+        })
         .await;
     for gone in [old, kept_img.ack.msg_id, lone_img.ack.msg_id] {
         assert!(!fresh.view.messages.contains_key(&gone), "{gone} synced");
