@@ -72,9 +72,15 @@ pub(crate) async fn forward_of(
             time_ms: t.info.time_ms,
         },
     };
+    // A system message (the operators') forwarded is the forwarder's text: only the
+    // server sends system messages.
+    let r#type = match t.body.r#type {
+        t if t == v1::MsgType::System as i32 => v1::MsgType::Text as i32,
+        t => t,
+    };
     Ok(Forward {
         text: t.body.text,
-        r#type: t.body.r#type,
+        r#type,
         media: t.body.media,
         forwarded,
     })
@@ -885,6 +891,37 @@ mod tests {
             matches!(&late, Err(LogicError::NotFound(m)) if m.contains("recalled")),
             "{late:?}"
         );
+        // A system message forwarded is an ordinary text of the forwarder's.
+        let sys = w
+            .core
+            .store
+            .append_message(ferry_store::NewMessage {
+                sender_id: ann,
+                recipient_id: bob,
+                client_msg_id: 77,
+                time_ms: unix_ms(),
+                message: v1::Message {
+                    from: "system".into(),
+                    to: "bob".into(),
+                    text: "maintenance at 9".into(),
+                    r#type: v1::MsgType::System as i32,
+                    ..Default::default()
+                },
+            })
+            .await
+            .unwrap();
+        let relayed = send(&w, bob, fwd("cy", sys.msg_id, 10)).await.unwrap();
+        let body = w
+            .core
+            .store
+            .message_info(relayed.msg_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .body
+            .unwrap();
+        assert_eq!(body.r#type, v1::MsgType::Text as i32);
+        assert_eq!(body.forwarded.unwrap().from, "system");
         // Into a group the forwarder belongs to.
         let g = group(&w, bob, &["cy"]).await;
         let other = send(&w, ann, text("bob", "again", 8)).await.unwrap();
