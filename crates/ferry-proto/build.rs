@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A reply's quote is boxed: inline it made `Message` (the largest variant of the
     // entry oneofs) 328 bytes, far larger than the other kinds.
     config.boxed(".ferry.v1.Message.quote");
+    // So is a forward's origin, for the same reason.
+    config.boxed(".ferry.v1.Message.forwarded");
     config.compile_fds(fds)?;
     Ok(())
 }

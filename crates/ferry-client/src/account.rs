@@ -534,6 +534,19 @@ impl Account {
         self.set_push_prefs(Vec::new()).await
     }
 
+    /// Changes conversations' states over the short link (only the fields set in each
+    /// [`v1::ConvSet`]: archive, unread, mute, draft, clear, retention) and answers every
+    /// conversation state of the user. See [`crate::Client::conv_set`] and its helpers.
+    pub async fn conv_set(&self, set: Vec<v1::ConvSet>) -> Result<Vec<v1::ConvState>, ClientError> {
+        let r: v1::ConvResp = self.call(path(cmd::CONV), &v1::ConvReq { set }).await?;
+        Ok(r.conversations)
+    }
+
+    /// Every conversation state of the user.
+    pub async fn conversations(&self) -> Result<Vec<v1::ConvState>, ClientError> {
+        self.conv_set(Vec::new()).await
+    }
+
     /// The device's current token (empty after logout).
     pub fn token_now(&self) -> String {
         self.token()

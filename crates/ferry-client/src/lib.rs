@@ -91,7 +91,7 @@ pub use security::{fetch as fetch_server_key, Security};
 pub use short::ShortLink;
 pub use smart::{Endpoint, HeartbeatState, SmartConfig, Transport};
 pub use state::{DeviceState, StoredTicket};
-pub use view::{Change, ChatView, Conversation, ViewMessage};
+pub use view::{Change, ChatView, Conversation, ViewConv, ViewForwarded, ViewMessage};
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -639,6 +639,118 @@ impl Client {
             pin,
         };
         self.call::<_, v1::Empty>(cmd::PIN, &req).await.map(|_| ())
+    }
+
+    /// Forwards a message this user may read into `to` (a peer or a group): the server
+    /// copies its text and media (no re-upload), and the new message carries
+    /// `forwarded` (the original's author and time).
+    pub async fn forward(
+        &self,
+        to: &Conversation,
+        msg_id: u64,
+    ) -> Result<v1::SendAck, ClientError> {
+        let (peer, group_id) = to.parts();
+        let msg = v1::SendMsg {
+            client_msg_id: new_client_msg_id(),
+            to: peer,
+            group_id,
+            forward_of: msg_id,
+            ..Default::default()
+        };
+        self.send_msg(&msg).await
+    }
+
+    /// Changes conversations' states (only the fields set in each [`v1::ConvSet`]) and
+    /// answers every conversation state of the user. Each change reaches this user's
+    /// other devices as an `Entry.conv` (apply them with a [`ChatView`]).
+    pub async fn conv_set(&self, set: Vec<v1::ConvSet>) -> Result<Vec<v1::ConvState>, ClientError> {
+        let r: v1::ConvResp = self.call(cmd::CONV, &v1::ConvReq { set }).await?;
+        Ok(r.conversations)
+    }
+
+    /// Every conversation state of the user (archived, unread, muted, draft, cleared,
+    /// retention).
+    pub async fn conversations(&self) -> Result<Vec<v1::ConvState>, ClientError> {
+        self.conv_set(Vec::new()).await
+    }
+
+    async fn conv_one(
+        &self,
+        conv: &Conversation,
+        f: impl FnOnce(&mut v1::ConvSet),
+    ) -> Result<v1::ConvState, ClientError> {
+        let (peer, group_id) = conv.parts();
+        let mut set = v1::ConvSet {
+            peer: peer.clone(),
+            group_id,
+            ..Default::default()
+        };
+        f(&mut set);
+        let all = self.conv_set(vec![set]).await?;
+        Ok(all
+            .into_iter()
+            .find(|c| c.peer == peer && c.group_id == group_id)
+            .unwrap_or(v1::ConvState {
+                peer,
+                group_id,
+                ..Default::default()
+            }))
+    }
+
+    /// Archives (or unarchives) a conversation on every device of this user.
+    pub async fn archive(
+        &self,
+        conv: &Conversation,
+        archived: bool,
+    ) -> Result<v1::ConvState, ClientError> {
+        self.conv_one(conv, |s| s.archived = Some(archived)).await
+    }
+
+    /// Mutes a conversation until `until_ms` (unix ms; -1: until unmuted; 0 unmutes).
+    /// The same setting as the push settings' `PUSH_MODE_MUTED`.
+    pub async fn mute(
+        &self,
+        conv: &Conversation,
+        until_ms: i64,
+    ) -> Result<v1::ConvState, ClientError> {
+        self.conv_one(conv, |s| s.muted_until_ms = Some(until_ms))
+            .await
+    }
+
+    /// Marks a conversation unread (or clears the mark; reading it clears it too).
+    pub async fn mark_unread(
+        &self,
+        conv: &Conversation,
+        unread: bool,
+    ) -> Result<v1::ConvState, ClientError> {
+        self.conv_one(conv, |s| s.unread = Some(unread)).await
+    }
+
+    /// Keeps the composer's unsent text of a conversation on every device ("" removes
+    /// it; at most 4 000 characters; the latest write wins).
+    pub async fn set_draft(
+        &self,
+        conv: &Conversation,
+        draft: &str,
+    ) -> Result<v1::ConvState, ClientError> {
+        let draft = draft.to_owned();
+        self.conv_one(conv, move |s| s.draft = Some(draft)).await
+    }
+
+    /// Clears a conversation's history for this user (every message up to now, on every
+    /// device of theirs; nobody else's).
+    pub async fn clear_history(&self, conv: &Conversation) -> Result<v1::ConvState, ClientError> {
+        self.conv_one(conv, |s| s.clear = true).await
+    }
+
+    /// Sets a conversation's own retention for everyone in it, in seconds (0 removes it;
+    /// at least 60). In a group: owner and admins only.
+    pub async fn set_retention(
+        &self,
+        conv: &Conversation,
+        secs: u32,
+    ) -> Result<v1::ConvState, ClientError> {
+        self.conv_one(conv, |s| s.retention_secs = Some(secs)).await
     }
 
     /// A conversation's pinned messages, newest first.

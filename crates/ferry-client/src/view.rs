@@ -2,7 +2,9 @@
 //! a [`ChatView`], feeds it every event ([`ChatView::apply`]) and gets back what changed
 //! ([`Change`]). It holds the messages with their current text (edits applied, marked
 //! edited), their reaction counts, each conversation's pins, and drops recalled and
-//! hidden (deleted-for-me) messages, and the snippets of quotes of recalled ones.
+//! hidden (deleted-for-me) messages, and the snippets of quotes of recalled ones. It
+//! also keeps each conversation's state (`Entry.conv`: archived, unread, muted, draft,
+//! retention) and drops the messages of a conversation whose history the user cleared.
 //!
 //! Entries are applied in the order the SDK delivers them (inbox order, and each group's
 //! log order), and every kind is absolute (an edit carries the whole text, a reaction the
@@ -69,6 +71,39 @@ pub struct ViewMessage {
     pub quote: Option<ViewQuote>,
     /// Emoji → how many users hold it.
     pub reactions: BTreeMap<String, u32>,
+    /// Set for a forwarded message: the original's author and time.
+    #[serde(default)]
+    pub forwarded: Option<ViewForwarded>,
+}
+
+/// Where a forwarded message came from.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ViewForwarded {
+    pub from: String,
+    pub time_ms: i64,
+}
+
+/// A conversation's state as the user's devices share it (`Entry.conv`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ViewConv {
+    pub archived: bool,
+    pub unread: bool,
+    /// 0 not muted, -1 until unmuted, else until then (unix ms).
+    pub muted_until_ms: i64,
+    pub draft: String,
+    pub draft_ms: i64,
+    /// Messages with an id at or below it are cleared for the user.
+    pub cleared_before_msg_id: u64,
+    /// The conversation's own retention, seconds (0: none).
+    pub retention_secs: u32,
+    pub updated_ms: i64,
+}
+
+impl ViewConv {
+    /// Muted at `now_ms`.
+    pub fn muted(&self, now_ms: i64) -> bool {
+        self.muted_until_ms == -1 || self.muted_until_ms > now_ms
+    }
 }
 
 impl ViewMessage {
@@ -105,6 +140,13 @@ pub enum Change {
     },
     /// A message was recalled.
     Recalled { msg_id: u64 },
+    /// A conversation's state changed (see [`ChatView::conv`]).
+    Conv { conversation: Conversation },
+    /// The user cleared a conversation's history: these messages left the view.
+    Cleared {
+        conversation: Conversation,
+        msg_ids: Vec<u64>,
+    },
 }
 
 /// The chats of one user, as entries made them. See the module docs.
@@ -119,6 +161,9 @@ pub struct ChatView {
     /// Messages hidden or recalled: one arriving later (a group's log is synced after
     /// the inbox that hid it) stays out.
     pub gone: BTreeSet<u64>,
+    /// Per conversation ([`Conversation::key`]): its state.
+    #[serde(default)]
+    pub convs: BTreeMap<String, ViewConv>,
 }
 
 impl ChatView {
@@ -154,6 +199,11 @@ impl ChatView {
             .unwrap_or_default()
     }
 
+    /// A conversation's state (all defaults when it has none).
+    pub fn conv(&self, conv: &Conversation) -> ViewConv {
+        self.convs.get(&conv.key()).cloned().unwrap_or_default()
+    }
+
     /// Applies one event of the client; returns what changed (nothing for the events a
     /// view does not keep: link changes, typing, friends …).
     pub fn apply(&mut self, ev: &Event) -> Vec<Change> {
@@ -167,6 +217,7 @@ impl ChatView {
                 Some(E::Reaction(x)) => self.reaction(x),
                 Some(E::Hide(h)) => self.hide(&h.msg_ids),
                 Some(E::Pin(p)) => self.pin(Conversation::Peer(p.peer.clone()), p),
+                Some(E::Conv(c)) => self.conv_state(c),
                 _ => vec![],
             },
             Event::Group { group_id, entry } => match &entry.kind {
@@ -178,6 +229,14 @@ impl ChatView {
                 Some(G::Edit(x)) => self.edit(x),
                 Some(G::Reaction(x)) => self.reaction(x),
                 Some(G::Pin(p)) => self.pin(Conversation::Group(*group_id), p),
+                Some(G::Retention(r)) => {
+                    let conversation = Conversation::Group(*group_id);
+                    self.convs
+                        .entry(conversation.key())
+                        .or_default()
+                        .retention_secs = r.retention_secs;
+                    vec![Change::Conv { conversation }]
+                }
                 _ => vec![],
             },
             _ => vec![],
@@ -186,6 +245,14 @@ impl ChatView {
 
     fn message(&mut self, m: &v1::Message) -> Vec<Change> {
         if self.gone.contains(&m.msg_id) || self.messages.contains_key(&m.msg_id) {
+            return vec![];
+        }
+        let conv = match m.group_id {
+            0 if m.from == self.me => Conversation::Peer(m.to.clone()),
+            0 => Conversation::Peer(m.from.clone()),
+            g => Conversation::Group(g),
+        };
+        if m.msg_id <= self.conv(&conv).cleared_before_msg_id {
             return vec![];
         }
         self.messages.insert(
@@ -205,9 +272,52 @@ impl ChatView {
                     recalled: q.recalled,
                 }),
                 reactions: BTreeMap::new(),
+                forwarded: m.forwarded.as_ref().map(|f| ViewForwarded {
+                    from: f.from.clone(),
+                    time_ms: f.time_ms,
+                }),
             },
         );
         vec![Change::Message { msg_id: m.msg_id }]
+    }
+
+    fn conv_state(&mut self, c: &v1::ConvState) -> Vec<Change> {
+        let conversation = match c.group_id {
+            0 => Conversation::Peer(c.peer.clone()),
+            g => Conversation::Group(g),
+        };
+        let state = ViewConv {
+            archived: c.archived,
+            unread: c.unread,
+            muted_until_ms: c.muted_until_ms,
+            draft: c.draft.clone(),
+            draft_ms: c.draft_ms,
+            cleared_before_msg_id: c.cleared_before_msg_id,
+            retention_secs: c.retention_secs,
+            updated_ms: c.updated_ms,
+        };
+        let cleared = state.cleared_before_msg_id;
+        self.convs.insert(conversation.key(), state);
+        let me = self.me.clone();
+        let gone: Vec<u64> = self
+            .messages
+            .values()
+            .filter(|m| m.msg_id <= cleared && m.conversation(&me) == conversation)
+            .map(|m| m.msg_id)
+            .collect();
+        for id in &gone {
+            self.messages.remove(id);
+        }
+        let mut out = vec![Change::Conv {
+            conversation: conversation.clone(),
+        }];
+        if !gone.is_empty() {
+            out.push(Change::Cleared {
+                conversation,
+                msg_ids: gone,
+            });
+        }
+        out
     }
 
     fn recall(&mut self, msg_id: u64) -> Vec<Change> {
@@ -387,5 +497,72 @@ mod tests {
             ChatView::load(&dir.path().join("none"), "ann").unwrap(),
             ChatView::new("ann")
         );
+    }
+
+    #[test]
+    fn conversation_state_applies_and_clearing_drops_older_messages_for_good() {
+        let mut v = ChatView::new("ann");
+        v.apply(&msg(1, "ann", "bob", "one"));
+        v.apply(&msg(2, "bob", "ann", "two"));
+        v.apply(&msg(3, "cy", "ann", "elsewhere"));
+        let state = |cleared: u64, archived: bool| {
+            entry(v1::entry::Kind::Conv(v1::ConvState {
+                peer: "bob".into(),
+                archived,
+                draft: "later".into(),
+                muted_until_ms: -1,
+                cleared_before_msg_id: cleared,
+                ..Default::default()
+            }))
+        };
+        let bob = Conversation::Peer("bob".into());
+        assert_eq!(
+            v.apply(&state(0, true)),
+            [Change::Conv {
+                conversation: bob.clone()
+            }]
+        );
+        let s = v.conv(&bob);
+        assert!(s.archived && s.muted(0) && s.draft == "later");
+        let ch = v.apply(&state(2, false));
+        assert_eq!(
+            ch[1],
+            Change::Cleared {
+                conversation: bob.clone(),
+                msg_ids: vec![1, 2]
+            }
+        );
+        assert_eq!(v.messages.keys().copied().collect::<Vec<_>>(), [3]);
+        // Synced again: stays out; a newer one comes in.
+        assert!(v.apply(&msg(2, "bob", "ann", "two")).is_empty());
+        assert_eq!(v.apply(&msg(4, "bob", "ann", "four")).len(), 1);
+        // A group's retention, from its log.
+        v.apply(&Event::Group {
+            group_id: 7,
+            entry: v1::GroupEntry {
+                kind: Some(v1::group_entry::Kind::Retention(v1::ConvRetention {
+                    group_id: 7,
+                    retention_secs: 3600,
+                    by: "x".into(),
+                })),
+                ..Default::default()
+            },
+        });
+        assert_eq!(v.conv(&Conversation::Group(7)).retention_secs, 3600);
+        // A forwarded message keeps its origin.
+        v.apply(&Event::Entry(v1::Entry {
+            kind: Some(v1::entry::Kind::Message(v1::Message {
+                msg_id: 5,
+                from: "bob".into(),
+                to: "ann".into(),
+                forwarded: Some(Box::new(v1::Forwarded {
+                    from: "cy".into(),
+                    time_ms: 9,
+                })),
+                ..Default::default()
+            })),
+            ..Default::default()
+        }));
+        assert_eq!(v.messages[&5].forwarded.as_ref().unwrap().from, "cy");
     }
 }

@@ -94,6 +94,34 @@ impl Attachments {
         Ok(Some(m))
     }
 
+    /// A forwarded message's media (the original's reference, checked by the caller:
+    /// the forwarder may read the original): lets `users` and the members of `groups`
+    /// read it and its thumbnail too. No re-upload, no ownership check — reading the
+    /// original is what entitles a user to pass it on.
+    pub async fn forward(
+        &self,
+        media: Option<v1::MediaRef>,
+        users: &[u64],
+        groups: &[u64],
+    ) -> Result<Option<v1::MediaRef>, LogicError> {
+        let Some(m) = media else {
+            return Ok(None);
+        };
+        let store = self.core.media()?;
+        let gone = |e: StoreError| match e {
+            StoreError::NotFound => {
+                LogicError::NotFound("the forwarded message's media is no longer stored".into())
+            }
+            e => store_err(e),
+        };
+        for id in [&m.media_id, &m.thumb_id] {
+            if !id.is_empty() {
+                store.grant(id, users, groups, &[]).await.map_err(gone)?;
+            }
+        }
+        Ok(Some(m))
+    }
+
     /// Checks that every media of a moment is the author's own upload, and lets the
     /// moment's audience read them (and their thumbnails). Called before the moment is
     /// stored; a grant to a moment that was then not stored lets nobody in.

@@ -11,6 +11,7 @@ use ferry_proto::{cmd, v1, ProtoMessage};
 use ferry_store::{Appended, NewEvent, NewMessage, StoreError};
 
 use crate::attach::Attachments;
+use crate::conv;
 use crate::core::{ok, unix_ms, Core, DeviceSession};
 use crate::error::LogicError;
 use crate::friends::Friends;
@@ -21,9 +22,9 @@ use crate::push::PushService;
 
 /// A send checked and ready for the store.
 enum Prepared {
-    /// A group message (with the quote of the message it replies to): [`Groups::send`]
-    /// applies it.
-    Group(v1::SendMsg, Option<v1::Quote>),
+    /// A group message (with the quote of the message it replies to, or what it
+    /// forwards): [`Groups::send`] applies it.
+    Group(v1::SendMsg, Option<v1::Quote>, Option<conv::Forward>),
     /// A 1:1 message.
     Direct(Direct),
 }
@@ -87,7 +88,9 @@ impl Inbox {
         let started = std::time::Instant::now();
         let me = self.core.caller(req).await?;
         match self.prepare(&me, req.body.clone()).await? {
-            Prepared::Group(r, quote) => Box::pin(self.groups.send(&me, r, quote, req.cmd)).await,
+            Prepared::Group(r, quote, fwd) => {
+                Box::pin(self.groups.send(&me, r, quote, fwd, req.cmd)).await
+            }
             Prepared::Direct(mut d) => {
                 crate::before::screen(&self.core, me.user_id, &mut d.new.message).await?;
                 msgops::note_reply(&self.core, me.user_id, &d.new.message).await?;
@@ -122,10 +125,10 @@ impl Inbox {
             match self.prepare(&me, body.clone()).await {
                 Err(e) => out[i] = Some(Err(e)),
                 Ok(Prepared::Direct(d)) => direct.push((i, d)),
-                Ok(Prepared::Group(r, quote)) => {
+                Ok(Prepared::Group(r, quote, fwd)) => {
                     self.store_direct(&me, &mut direct, &mut out, started, req.cmd)
                         .await;
-                    out[i] = Some(Box::pin(self.groups.send(&me, r, quote, req.cmd)).await);
+                    out[i] = Some(Box::pin(self.groups.send(&me, r, quote, fwd, req.cmd)).await);
                 }
             }
         }
@@ -286,6 +289,15 @@ impl Inbox {
                 }
             }
         }
+        // A forward: the text and media of a message the sender may read (conv.rs).
+        let fwd = match r.forward_of {
+            0 => None,
+            id => Some(conv::forward_of(&self.core, me.user_id, id, &r).await?),
+        };
+        if let Some(f) = &fwd {
+            r.text = f.text.clone();
+            r.r#type = f.r#type;
+        }
         let elsewhere =
             || LogicError::NotFound("the message replied to is not in this conversation".into());
         if r.group_id != 0 {
@@ -294,7 +306,7 @@ impl Inbox {
                 Some(t) => Some(msgops::quote_of(t)),
                 None => None,
             };
-            return Ok(Prepared::Group(r, quote));
+            return Ok(Prepared::Group(r, quote, fwd));
         }
         let to = self.core.user_id(&r.to).await?;
         let quote = match &replied {
@@ -314,13 +326,22 @@ impl Inbox {
         if to != me.user_id {
             self.friends.may_message(me.user_id, to, &r.to).await?;
         }
-        let media = self
-            .attach
-            .to_message(me.user_id, r.media, &[to], &[])
-            .await?;
+        let (media, forwarded) = match fwd {
+            Some(f) => (
+                self.attach.forward(f.media, &[to], &[]).await?,
+                Some(Box::new(f.forwarded)),
+            ),
+            None => (
+                self.attach
+                    .to_message(me.user_id, r.media, &[to], &[])
+                    .await?,
+                None,
+            ),
+        };
         let from = self.core.user_name(me.user_id).await?;
         let time_ms = unix_ms();
         let message = v1::Message {
+            forwarded,
             msg_id: 0,
             from: from.to_string(),
             to: r.to,

@@ -28,6 +28,7 @@ mod auth;
 mod before;
 mod bots;
 mod config;
+mod conv;
 mod core;
 mod endpoints;
 mod error;

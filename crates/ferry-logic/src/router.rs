@@ -24,6 +24,7 @@ use crate::api::Api;
 use crate::attach::Attachments;
 use crate::bots::Bots;
 use crate::config::LogicConfig;
+use crate::conv::Conv;
 use crate::core::{unix_ms, Core};
 use crate::endpoints::Endpoints;
 use crate::error::LogicError;
@@ -53,6 +54,8 @@ pub struct Logic {
     groups: Arc<Groups>,
     /// Edits, reactions, hides and pins.
     msgops: MsgOps,
+    /// Per-conversation state: archive, unread, mute, draft, clear, retention.
+    conv: Conv,
     media: Media,
     endpoints: Endpoints,
     push: Arc<PushService>,
@@ -122,6 +125,7 @@ impl Logic {
             search,
             inbox,
             msgops: MsgOps::new(core.clone(), notifier.clone(), groups.clone()),
+            conv: Conv::new(core.clone(), notifier.clone(), groups.clone(), push.clone()),
             profile: Profile::new(core.clone()),
             media: Media::new(core.clone(), attach, moments.clone()),
             endpoints: Endpoints::new(core.clone(), notifier.clone()),
@@ -203,6 +207,13 @@ impl Logic {
         &self.core.cfg
     }
 
+    /// One pass of the retention of conversations with their own (what the hourly
+    /// task runs), as if the time were `now_ms`: for tests, which cannot wait an hour
+    /// or a day, and for operators. Returns how many messages went.
+    pub async fn prune_conversations(&self, now_ms: i64) -> Result<u64, LogicError> {
+        crate::conv::prune_conversations(&self.core, now_ms).await
+    }
+
     /// Users with at least one live link.
     pub fn users_online(&self) -> usize {
         self.notifier.users_online()
@@ -215,6 +226,23 @@ impl Logic {
                 "search is off on this logic node".into(),
             )),
         }
+    }
+
+    /// push/prefs, and the mutes it changed logged as conversation state (the mute is
+    /// one setting, seen through both push/prefs and CONV).
+    async fn push_prefs(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
+        let me = self.core.caller(req).await?;
+        let r = v1::PushPrefsReq::decode(req.body.clone())?;
+        let before = if r.set.len() <= crate::push::MAX_PREFS {
+            self.conv.mutes_before(me.user_id, &r.set).await?
+        } else {
+            Vec::new()
+        };
+        let answer = self.push.prefs(req).await?;
+        if let Err(e) = self.conv.mutes_changed(me.user_id, before).await {
+            tracing::warn!(error = %e, "logging a mute set through push/prefs failed");
+        }
+        Ok(answer)
     }
 
     /// The handler of a request, boxed at its own size: as one `async fn` the dispatch
@@ -270,14 +298,20 @@ impl Logic {
             cmd::MEDIA_STATUS => Box::pin(self.media.status(req)),
             cmd::MEDIA_FINISH => Box::pin(self.media.finish(req)),
             cmd::MEDIA_GET => Box::pin(self.media.get(req)),
-            cmd::READ => Box::pin(self.inbox.read(req)),
+            cmd::READ => Box::pin(async move {
+                let answer = self.inbox.read(req).await?;
+                // Reading a conversation clears its mark-unread.
+                self.conv.read(req).await;
+                Ok(answer)
+            }),
             cmd::ENDPOINTS => Box::pin(std::future::ready(self.endpoints.list(req))),
             cmd::ENDPOINT_REPORT => Box::pin(self.endpoints.report(req)),
             cmd::TYPING => Box::pin(self.inbox.typing(req)),
             cmd::PUSH_REGISTER => Box::pin(self.push.register(req)),
             cmd::PUSH_UNREGISTER => Box::pin(self.push.unregister(req)),
             cmd::PUSH_LIST => Box::pin(self.push.list(req)),
-            cmd::PUSH_PREFS => Box::pin(self.push.prefs(req)),
+            cmd::PUSH_PREFS => Box::pin(self.push_prefs(req)),
+            cmd::CONV => Box::pin(self.conv.conv(req)),
             _ => Box::pin(std::future::ready(Err(LogicError::UnknownCommand(c)))),
         }
     }
@@ -289,14 +323,13 @@ impl Drop for Logic {
     }
 }
 
-/// Deletes inbox entries and client log reports past their retention, every hour, until
-/// `shutdown` fires.
-fn spawn_retention(core: Arc<Core>, shutdown: CancellationToken) -> Option<JoinHandle<()>> {
+/// Deletes inbox entries and client log reports past their retention, and the messages
+/// of conversations past their own retention (conv.rs), every hour, until `shutdown`
+/// fires. Runs with the server-wide retentions off too: a conversation's own applies
+/// whatever the server's.
+fn spawn_retention(core: Arc<Core>, shutdown: CancellationToken) -> JoinHandle<()> {
     let (inbox_days, report_days) = (core.cfg.retention_days, core.cfg.report_retention_days);
-    if inbox_days == 0 && report_days == 0 {
-        return None;
-    }
-    Some(tokio::spawn(async move {
+    tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(3600));
         loop {
             tokio::select! {
@@ -313,6 +346,16 @@ fn spawn_retention(core: Arc<Core>, shutdown: CancellationToken) -> Option<JoinH
                     Err(e) => tracing::warn!(error = %e, "prune failed"),
                 }
             }
+            match crate::conv::prune_conversations(&core, unix_ms()).await {
+                Ok(n) if n > 0 => {
+                    tracing::info!(
+                        messages = n,
+                        "pruned messages past their conversation's retention"
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "pruning conversations failed"),
+            }
             if report_days > 0 {
                 let cutoff = unix_ms() - i64::from(report_days) * 86_400_000;
                 if let Err(e) = core.store.prune_reports(cutoff).await {
@@ -320,7 +363,7 @@ fn spawn_retention(core: Arc<Core>, shutdown: CancellationToken) -> Option<JoinH
                 }
             }
         }
-    }))
+    })
 }
 
 /// A refusal as a bus answer, counted and logged.
@@ -443,7 +486,7 @@ mod tests {
     async fn retention_runs_until_shutdown_fires() {
         let w = World::new(LogicConfig::default());
         let shutdown = CancellationToken::new();
-        let task = spawn_retention(w.core.clone(), shutdown.clone()).unwrap();
+        let task = spawn_retention(w.core.clone(), shutdown.clone());
         // The first round runs at once, the next in an hour.
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!task.is_finished(), "it waits for the next round");
@@ -452,12 +495,20 @@ mod tests {
             .await
             .expect("retention stops when told")
             .unwrap();
-        // Nothing to keep: no task at all.
+        // The server's retentions off: it still runs, for conversations' own.
         let off = World::new(LogicConfig {
             retention_days: 0,
             report_retention_days: 0,
             ..Default::default()
         });
-        assert!(spawn_retention(off.core.clone(), CancellationToken::new()).is_none());
+        let shutdown = CancellationToken::new();
+        let task = spawn_retention(off.core.clone(), shutdown.clone());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!task.is_finished());
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(1), task)
+            .await
+            .expect("retention stops when told")
+            .unwrap();
     }
 }

@@ -416,6 +416,10 @@ commands! {
     PUSH_PREFS = 0x3D, "push/prefs" {
         path: Some("push/prefs"), request: "PushPrefsReq", response: "PushPrefsResp",
     };
+    /// `POST /v1/conv`: per-conversation state synced across the caller's devices —
+    /// archive, mark unread, mute, draft, clear history, retention (`ConvReq` →
+    /// `ConvResp`). 0x3F stays free: the future extension command (docs/protocol.md 1.2).
+    CONV = 0x3E, "conv" { path: Some("conv"), request: "ConvReq", response: "ConvResp" };
 
     /// Server push: the inbox grew (`Notify`).
     NOTIFY = 0x40, "notify" { kind: Kind::Push, request: "Notify" };
@@ -687,7 +691,7 @@ mod tests {
         paths.sort();
         paths.dedup();
         assert_eq!(paths.len(), n);
-        assert_eq!(n, 52, "the short link's paths");
+        assert_eq!(n, 53, "the short link's paths");
         for c in COMMANDS {
             if let Some(p) = c.path {
                 assert_eq!(by_path(p).map(|b| b.id), Some(c.id), "{p}");
@@ -749,6 +753,8 @@ mod tests {
             (REACTIONS, 0x32),
             (PIN, 0x33),
             (PINS, 0x34),
+            (PUSH_PREFS, 0x3D),
+            (CONV, 0x3E),
             (ERROR, 0x7F),
         ];
         for (c, n) in fixed {

@@ -8,7 +8,8 @@
 //!
 //! The contract is cut along the logic layer's domains: [`AccountStore`], [`InboxStore`],
 //! [`SocialStore`], [`ReportStore`], [`GroupStore`], [`MsgOpsStore`] (edits, reactions,
-//! pins, delete-for-me) and [`OpsStore`] (the admin API's operations), each declared with its rows in a file of its own (`accounts.rs`, `inbox.rs` …) and implemented by each backend in the
+//! pins, delete-for-me), [`ConvStore`] (per-user conversation state, conversations'
+//! retention) and [`OpsStore`] (the admin API's operations), each declared with its rows in a file of its own (`accounts.rs`, `inbox.rs` …) and implemented by each backend in the
 //! file of the same name (`sqlite/inbox.rs`, `postgres/inbox.rs` …). [`Store`] is all of
 //! them; the logic layer holds an `Arc<dyn Store>`. Both backends pass one conformance
 //! suite (`conformance/`, built with the `conformance` feature for the tests).
@@ -22,6 +23,7 @@
 mod accounts;
 mod audit;
 mod bots;
+mod conv;
 mod groups;
 mod hooks;
 mod inbox;
@@ -43,6 +45,9 @@ pub mod conformance;
 pub use accounts::{AccountStore, Session, User};
 pub use audit::{AuditEntry, AuditStore};
 pub use bots::{BotRow, BotStore, BotToken};
+pub use conv::{
+    ConvChange, ConvDone, ConvKey, ConvRow, ConvStore, Pruned, RetentionChange, SharedConv,
+};
 pub use groups::{GroupChange, GroupRow, GroupStore, MemberRow};
 pub use hooks::{HookDelivery, HookEndpoint, HookEvent, HookOutcome, HookStats, HookStore};
 pub use inbox::{Appended, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage};
@@ -70,8 +75,8 @@ pub use user_admin::{
 /// (On a `dyn Store` the compiler finds its supertraits' methods without.)
 pub mod prelude {
     pub use crate::{
-        AccountStore, AuditStore, BotStore, GroupStore, HookStore, InboxStore, MediaStore,
-        MsgOpsStore, OpsStore, PushStore, ReportStore, SearchStore, SocialStore, Store,
+        AccountStore, AuditStore, BotStore, ConvStore, GroupStore, HookStore, InboxStore,
+        MediaStore, MsgOpsStore, OpsStore, PushStore, ReportStore, SearchStore, SocialStore, Store,
         UserAdminStore,
     };
 }
@@ -92,6 +97,7 @@ pub trait Store:
     + BotStore
     + MsgOpsStore
     + SearchStore
+    + ConvStore
 {
 }
 
@@ -108,7 +114,8 @@ impl<
             + HookStore
             + BotStore
             + MsgOpsStore
-            + SearchStore,
+            + SearchStore
+            + ConvStore,
     > Store for T
 {
 }

@@ -250,6 +250,12 @@ pub fn entry_json(e: &v1::Entry, me: &str) -> serde_json::Value {
             "pinned": x.pinned,
             "by": x.by,
         }),
+        Some(v1::entry::Kind::Conv(c)) => {
+            let mut j = crate::cli_conv::state_json(c);
+            j["seq"] = e.seq.into();
+            j["kind"] = "conv".into();
+            j
+        }
         Some(v1::entry::Kind::Moment(m)) => serde_json::json!({
             "seq": e.seq,
             "kind": "moment",
@@ -967,6 +973,10 @@ pub fn group_entry_json(group: u64, e: &v1::GroupEntry, me: &str) -> serde_json:
         Some(Kind::Pin(x)) => serde_json::json!({
             "group_id": group, "gseq": e.gseq, "kind": "pin", "msg_id": x.msg_id,
             "pinned": x.pinned, "by": x.by,
+        }),
+        Some(Kind::Retention(x)) => serde_json::json!({
+            "group_id": group, "gseq": e.gseq, "kind": "retention",
+            "retention_secs": x.retention_secs, "by": x.by,
         }),
         None => serde_json::json!({ "group_id": group, "gseq": e.gseq, "kind": "removed" }),
     }

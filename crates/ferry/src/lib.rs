@@ -8,6 +8,7 @@ pub mod chat;
 pub mod cli;
 pub mod cli_api;
 pub mod cli_bots;
+pub mod cli_conv;
 pub mod cli_media;
 pub mod cli_ops;
 pub mod cli_push;

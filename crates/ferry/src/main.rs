@@ -149,6 +149,19 @@ enum Command {
         #[arg(long)]
         remove: bool,
     },
+    /// Forward a message you may read to a 1:1 chat (PEER) or a group (--group ID);
+    /// its text and media go along (no re-upload), marked forwarded.
+    Forward {
+        #[command(flatten)]
+        opts: ClientOpts,
+        msg_id: u64,
+        #[command(flatten)]
+        conv: ferry::cli_push::ConvArgs,
+    },
+    /// Your conversations' state on all your devices: list, archive, unread, mute,
+    /// draft, clear (history, for you), retention (for everyone in it).
+    #[command(subcommand)]
+    Conv(ferry::cli_conv::ConvCmd),
     /// Search the messages you may read (1:1 and your groups'), in any language.
     Search {
         #[command(flatten)]
@@ -471,6 +484,10 @@ async fn main() {
                         None => Err(anyhow::anyhow!("--to or --group is required")),
                     }
                 }
+                Command::Forward { opts, msg_id, conv } => {
+                    ferry::cli_conv::forward(&opts, &conv, msg_id).await
+                }
+                Command::Conv(cmd) => ferry::cli_conv::run(cmd).await,
                 Command::Search {
                     opts,
                     filters,

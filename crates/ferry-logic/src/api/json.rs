@@ -22,7 +22,7 @@ pub(crate) fn message_json(m: &v1::Message) -> Value {
         None if m.r#type == v1::MsgType::System as i32 => "system",
         None => "text",
     };
-    json!({
+    let mut v = json!({
         "id": m.msg_id.to_string(),
         "from": m.from,
         "to": m.to,
@@ -35,7 +35,12 @@ pub(crate) fn message_json(m: &v1::Message) -> Value {
         "client_msg_id": m.client_msg_id.to_string(),
         "quote": m.quote.as_deref().map(quote_json),
         "edited_ms": m.edited_ms,
-    })
+    });
+    // A forwarded message: the original's author and time.
+    if let Some(f) = &m.forwarded {
+        v["forwarded"] = json!({"from": f.from, "time_ms": f.time_ms});
+    }
+    v
 }
 
 /// The quote of a reply: `{"msg_id","from","text","kind","recalled"}` (`text` empty and
@@ -139,7 +144,8 @@ fn recall_json(r: &v1::Recall) -> Value {
 
 /// An inbox entry as an update: `{"type",…,"seq","time_ms"}`, type `message`, `friend`,
 /// `moment`, `group` (the owner's own membership), `recall`, `read`, `edit`, `reaction`,
-/// `hide` (`{"msg_ids":[…]}`: messages the owner deleted for themselves) or `pin`.
+/// `hide` (`{"msg_ids":[…]}`: messages the owner deleted for themselves), `pin` or
+/// `conv` (the owner's state of a conversation, docs/protocol.md 4b).
 pub(crate) fn entry_json(e: &v1::Entry) -> Value {
     use v1::entry::Kind;
     let mut v = match &e.kind {
@@ -171,6 +177,18 @@ pub(crate) fn entry_json(e: &v1::Entry) -> Value {
             "msg_ids": h.msg_ids.iter().map(|i| i.to_string()).collect::<Vec<_>>(),
         }),
         Some(Kind::Pin(x)) => pin_json(x),
+        Some(Kind::Conv(c)) => json!({
+            "type": "conv",
+            "peer": c.peer,
+            "group_id": c.group_id.to_string(),
+            "archived": c.archived,
+            "unread": c.unread,
+            "muted_until_ms": c.muted_until_ms,
+            "draft": c.draft,
+            "draft_ms": c.draft_ms,
+            "cleared_before_msg_id": c.cleared_before_msg_id.to_string(),
+            "retention_secs": c.retention_secs,
+        }),
         None => json!({"type": "unknown"}),
     };
     v["seq"] = json!(e.seq);
@@ -180,7 +198,7 @@ pub(crate) fn entry_json(e: &v1::Entry) -> Value {
 
 /// An entry of group `group_id`'s log as an update: `{"type",…,"group_id","gseq","time_ms"}`,
 /// type `message`, `group` (a change of the group: someone joined, left, …), `recall`,
-/// `edit`, `reaction` or `pin`.
+/// `edit`, `reaction`, `pin` or `retention` (the group's own retention was set).
 pub(crate) fn group_entry_json(group_id: u64, e: &v1::GroupEntry) -> Value {
     use v1::group_entry::Kind;
     let mut v = match &e.kind {
@@ -190,6 +208,11 @@ pub(crate) fn group_entry_json(group_id: u64, e: &v1::GroupEntry) -> Value {
         Some(Kind::Edit(x)) => edit_json(x),
         Some(Kind::Reaction(x)) => reaction_json(x),
         Some(Kind::Pin(x)) => pin_json(x),
+        Some(Kind::Retention(r)) => json!({
+            "type": "retention",
+            "retention_secs": r.retention_secs,
+            "by": r.by,
+        }),
         None => json!({"type": "unknown"}),
     };
     v["group_id"] = json!(group_id.to_string());

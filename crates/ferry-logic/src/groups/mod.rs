@@ -529,6 +529,22 @@ impl Groups {
         let after = r.after.max(m.joined_gseq.saturating_sub(1));
         let (mut entries, latest, mut more) =
             self.core.store.group_log(r.group_id, after, limit).await?;
+        // Messages the member cleared from their history stay out (conv.rs).
+        if entries
+            .iter()
+            .any(|e| matches!(e.kind, Some(v1::group_entry::Kind::Message(_))))
+        {
+            let key = ferry_store::ConvKey::group(r.group_id);
+            let cleared = self
+                .core
+                .store
+                .cleared(me.user_id)
+                .await?
+                .into_iter()
+                .find_map(|(k, id)| (k == key).then_some(id))
+                .unwrap_or(0);
+            crate::conv::drop_cleared(&mut entries, cleared);
+        }
         let mut bytes = 0;
         if let Some(cut) = entries.iter().position(|e| {
             bytes += e.encoded_len() + 4;
@@ -559,6 +575,7 @@ impl Groups {
         me: &DeviceSession,
         r: v1::SendMsg,
         quote: Option<v1::Quote>,
+        fwd: Option<crate::conv::Forward>,
         req_cmd: u32,
     ) -> Result<BusResponse, LogicError> {
         self.core
@@ -571,13 +588,23 @@ impl Groups {
                 "at most {MAX_MENTIONS} mentions"
             )));
         }
-        let media = self
-            .attach
-            .to_message(me.user_id, r.media, &[], &[r.group_id])
-            .await?;
+        let (media, forwarded) = match fwd {
+            // A forward's media is the original's, read by the group's members now.
+            Some(f) => (
+                self.attach.forward(f.media, &[], &[r.group_id]).await?,
+                Some(Box::new(f.forwarded)),
+            ),
+            None => (
+                self.attach
+                    .to_message(me.user_id, r.media, &[], &[r.group_id])
+                    .await?,
+                None,
+            ),
+        };
         let from = self.core.user_name(me.user_id).await?;
         let time_ms = unix_ms();
         let mut message = v1::Message {
+            forwarded,
             from: from.to_string(),
             time_ms,
             r#type: r.r#type,

@@ -49,7 +49,7 @@ use crate::notify::Notifier;
 pub(crate) use plan::Event;
 
 /// Most conversation settings in one `push/prefs` request.
-const MAX_PREFS: usize = 256;
+pub(crate) const MAX_PREFS: usize = 256;
 /// How long a node trusts a user's cached push settings that another node may change.
 const PREFS_TTL: Duration = Duration::from_secs(5);
 /// Cached users' settings at most; past it the cache starts over.
@@ -412,6 +412,11 @@ impl PushService {
         self.core.store.delete_push_targets(user).await?;
         self.index.remove(user, None);
         Ok(())
+    }
+
+    /// Forgets this node's cached settings of `user` (changed through CONV: a mute).
+    pub fn forget_prefs(&self, user: u64) {
+        self.prefs.remove(&user);
     }
 
     /// A user's conversation settings, from the cache or the store.

@@ -14,6 +14,7 @@ use crate::NewMessage;
 pub mod accounts;
 pub mod audit;
 pub mod bots;
+pub mod conv;
 pub mod groups;
 pub mod hooks;
 pub mod inbox;
@@ -52,6 +53,10 @@ macro_rules! conformance_tests {
                 hidden_messages_are_logged_once_per_message,
                 pins_are_limited_listed_newest_first_and_logged_in_the_group,
                 a_recall_empties_the_quotes_of_its_replies;
+            conv: conv_state_changes_only_what_is_named_and_shares_the_mute,
+                clearing_history_marks_the_conversations_newest_message,
+                retention_is_logged_listed_and_prunes_only_its_conversation,
+                pruning_forgets_the_operations_on_pruned_messages;
             ops: groups_are_listed_searched_and_dissolved, users_page_by_id,
                 system_messages_land_in_their_recipients_inbox_only,
                 limit_overrides_are_set_replaced_and_cleared;
@@ -162,6 +167,7 @@ pub fn assert_all_listed(listed: &[&str]) {
             "reports",
             "groups",
             "msgops",
+            "conv",
             "ops",
             "push",
             "media",
@@ -186,6 +192,7 @@ pub fn assert_listed(domains: &[&str], listed: &[&str]) {
         ("search", include_str!("search.rs")),
         ("groups", include_str!("groups.rs")),
         ("msgops", include_str!("msgops.rs")),
+        ("conv", include_str!("conv.rs")),
         ("ops", include_str!("ops.rs")),
         ("push", include_str!("push.rs")),
         ("hooks", include_str!("hooks.rs")),

@@ -260,6 +260,19 @@ impl InboxStore for PgStore {
         let n = txn
             .execute("DELETE FROM inbox WHERE created_ms < $1", &[&before_ms])
             .await?;
+        // What goes with the messages: their edits' history, reactions, pins, hides and
+        // reply records.
+        for sql in [
+            "DELETE FROM message_edits WHERE msg_id IN (SELECT id FROM messages WHERE created_ms < $1)",
+            "DELETE FROM reactions WHERE msg_id IN (SELECT id FROM messages WHERE created_ms < $1)",
+            "DELETE FROM pins WHERE msg_id IN (SELECT id FROM messages WHERE created_ms < $1)",
+            "DELETE FROM hidden WHERE msg_id IN (SELECT id FROM messages WHERE created_ms < $1)",
+            "DELETE FROM replies WHERE quoted_id IN (SELECT id FROM messages WHERE created_ms < $1)",
+            "DELETE FROM replies WHERE (sender_id, client_msg_id) IN
+               (SELECT sender_id, client_msg_id FROM messages WHERE created_ms < $1)",
+        ] {
+            txn.execute(sql, &[&before_ms]).await?;
+        }
         txn.execute("DELETE FROM messages WHERE created_ms < $1", &[&before_ms])
             .await?;
         txn.commit().await?;

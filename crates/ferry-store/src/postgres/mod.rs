@@ -41,6 +41,7 @@ use crate::{Result, StoreError};
 mod accounts;
 mod audit;
 mod bots;
+mod conv;
 mod groups;
 mod hooks;
 mod inbox;

@@ -359,6 +359,32 @@ END $$;
 CREATE TRIGGER group_spans_end AFTER DELETE ON group_members
     REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION group_spans_ended();
 "#,
+    // Conversation state (issue 24, conv): one user's state of a conversation (archived,
+    // marked unread, draft, history cleared below a msg_id; the mute is push_prefs'),
+    // and a conversation's own retention (a 1:1 pair, lower id first, or a group).
+    r#"
+CREATE TABLE conv_state (
+    user_id        BIGINT NOT NULL,
+    peer           BIGINT NOT NULL,
+    group_id       BIGINT NOT NULL,
+    archived       BOOLEAN NOT NULL,
+    unread         BOOLEAN NOT NULL,
+    draft          TEXT NOT NULL,
+    draft_ms       BIGINT NOT NULL,
+    cleared_before BIGINT NOT NULL,
+    updated_ms     BIGINT NOT NULL,
+    PRIMARY KEY (user_id, peer, group_id)
+);
+CREATE TABLE conv_retention (
+    a_user_id      BIGINT NOT NULL,
+    b_user_id      BIGINT NOT NULL,
+    group_id       BIGINT NOT NULL,
+    retention_secs BIGINT NOT NULL,
+    set_by         BIGINT NOT NULL,
+    time_ms        BIGINT NOT NULL,
+    PRIMARY KEY (a_user_id, b_user_id, group_id)
+);
+"#,
 ];
 
 /// Key of the advisory lock that serialises migrations across processes.

@@ -24,6 +24,7 @@ use writer::{BatchError, Finish, Job, WriterState};
 mod accounts;
 mod audit;
 mod bots;
+mod conv;
 mod groups;
 mod hooks;
 mod inbox;

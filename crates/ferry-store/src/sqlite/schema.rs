@@ -344,6 +344,32 @@ CREATE TRIGGER group_spans_end AFTER DELETE ON group_members BEGIN
     FROM groups g WHERE g.id = OLD.group_id;
 END;
 "#,
+    // Conversation state (issue 24, conv): one user's state of a conversation (archived,
+    // marked unread, draft, history cleared below a msg_id; the mute is push_prefs'),
+    // and a conversation's own retention (a 1:1 pair, lower id first, or a group).
+    r#"
+CREATE TABLE conv_state (
+    user_id        INTEGER NOT NULL,
+    peer           INTEGER NOT NULL,
+    group_id       INTEGER NOT NULL,
+    archived       INTEGER NOT NULL,
+    unread         INTEGER NOT NULL,
+    draft          TEXT NOT NULL,
+    draft_ms       INTEGER NOT NULL,
+    cleared_before INTEGER NOT NULL,
+    updated_ms     INTEGER NOT NULL,
+    PRIMARY KEY (user_id, peer, group_id)
+) WITHOUT ROWID;
+CREATE TABLE conv_retention (
+    a_user_id      INTEGER NOT NULL,
+    b_user_id      INTEGER NOT NULL,
+    group_id       INTEGER NOT NULL,
+    retention_secs INTEGER NOT NULL,
+    set_by         INTEGER NOT NULL,
+    time_ms        INTEGER NOT NULL,
+    PRIMARY KEY (a_user_id, b_user_id, group_id)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

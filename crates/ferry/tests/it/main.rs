@@ -28,6 +28,7 @@ mod cluster_media;
 mod cluster_media_s3;
 mod cluster_order;
 mod config;
+mod conv;
 mod crash;
 mod faults;
 mod groups;
