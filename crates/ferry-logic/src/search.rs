@@ -21,7 +21,8 @@
 //! **Access.** The index answers only within the caller's scope (their 1:1 messages; the
 //! groups they are in, from the gseq they may read); every hit is then re-read from the
 //! store, so a message recalled a moment ago is never shown, nor one the caller deleted
-//! for themself (HIDE; `total` may still count it). A group the caller has left (or was
+//! for themself (HIDE), nor one from before the cut of a conversation they cleared for
+//! themself (CONV `clear`; `total` may still count both). A group the caller has left (or was
 //! removed from) is searched up to where they left, as they saw it while a member.
 //!
 //! It must not slow the send path: it costs a send nothing but the feed's row (written by
@@ -466,6 +467,14 @@ impl Search {
         let stored = self.core.store.messages_by_id(&ids).await?;
         // Nor one the caller deleted for themself (HIDE).
         let hidden = self.core.store.hidden_among(me.user_id, ids).await?;
+        // Nor one of a conversation they cleared for themself, from before the cut.
+        let cleared: std::collections::HashMap<ferry_store::ConvKey, u64> = self
+            .core
+            .store
+            .cleared(me.user_id)
+            .await?
+            .into_iter()
+            .collect();
         let mut resp = v1::SearchResp {
             total: hits.total as u64,
             next: hits.next.unwrap_or_default(),
@@ -481,6 +490,18 @@ impl Search {
             let Some(body) = m.body.clone() else {
                 continue;
             };
+            if !cleared.is_empty() {
+                let key = if body.group_id != 0 {
+                    ferry_store::ConvKey::group(body.group_id)
+                } else if m.sender_id == me.user_id {
+                    ferry_store::ConvKey::direct(self.core.user_id(&body.to).await.unwrap_or(0))
+                } else {
+                    ferry_store::ConvKey::direct(m.sender_id)
+                };
+                if cleared.get(&key).is_some_and(|&cut| h.msg_id <= cut) {
+                    continue;
+                }
+            }
             let (snippet, ranges) = match h.snippet {
                 Some(s) => (
                     s.text,

@@ -182,6 +182,26 @@ async fn each_user_finds_what_they_may_read_in_any_language() {
     assert!(search(b, "烤鸭", |_| {}).await.hits.is_empty());
     assert_eq!(search(a, "烤鸭", |_| {}).await.hits.len(), 1);
 
+    // Ann clears her chat with bob for herself (CONV clear): what came before the cut is
+    // gone from her search, not from bob's; her other chats keep theirs.
+    bob.send_text("sann", "a pelican on the lumière roof")
+        .await
+        .unwrap();
+    assert_eq!(until_found(a, "pelican", 1).await.hits.len(), 1);
+    ann.account()
+        .conv_set(vec![v1::ConvSet {
+            peer: "sbob".into(),
+            clear: true,
+            ..Default::default()
+        }])
+        .await
+        .unwrap();
+    assert!(search(a, "pelican", |_| {}).await.hits.is_empty());
+    assert!(search(a, "烤鸭", |_| {}).await.hits.is_empty());
+    assert!(texts(&search(a, "lumiere", |_| {}).await)
+        .contains(&"the lumière photos are up".to_string()));
+    assert_eq!(search(b, "pelican", |_| {}).await.hits.len(), 1);
+
     // Clear refusals: a group one was never in.
     let err = c
         .search(v1::SearchReq {
