@@ -94,6 +94,26 @@ impl Attachments {
         Ok(Some(m))
     }
 
+    /// The media a new message carries, and what it forwards: the original's media for
+    /// a forward ([`Attachments::forward`]), else the sender's own upload
+    /// ([`Attachments::to_message`]); `users` and the members of `groups` may read it.
+    pub async fn of_send(
+        &self,
+        user: u64,
+        media: Option<v1::MediaRef>,
+        fwd: Option<crate::conv::Forward>,
+        users: &[u64],
+        groups: &[u64],
+    ) -> Result<(Option<v1::MediaRef>, Option<Box<v1::Forwarded>>), LogicError> {
+        Ok(match fwd {
+            Some(f) => (
+                self.forward(f.media, users, groups).await?,
+                Some(Box::new(f.forwarded)),
+            ),
+            None => (self.to_message(user, media, users, groups).await?, None),
+        })
+    }
+
     /// A forwarded message's media (the original's reference, checked by the caller:
     /// the forwarder may read the original): lets `users` and the members of `groups`
     /// read it and its thumbnail too. No re-upload, no ownership check — reading the

@@ -326,18 +326,10 @@ impl Inbox {
         if to != me.user_id {
             self.friends.may_message(me.user_id, to, &r.to).await?;
         }
-        let (media, forwarded) = match fwd {
-            Some(f) => (
-                self.attach.forward(f.media, &[to], &[]).await?,
-                Some(Box::new(f.forwarded)),
-            ),
-            None => (
-                self.attach
-                    .to_message(me.user_id, r.media, &[to], &[])
-                    .await?,
-                None,
-            ),
-        };
+        let (media, forwarded) = self
+            .attach
+            .of_send(me.user_id, r.media, fwd, &[to], &[])
+            .await?;
         let from = self.core.user_name(me.user_id).await?;
         let time_ms = unix_ms();
         let message = v1::Message {

@@ -588,19 +588,10 @@ impl Groups {
                 "at most {MAX_MENTIONS} mentions"
             )));
         }
-        let (media, forwarded) = match fwd {
-            // A forward's media is the original's, read by the group's members now.
-            Some(f) => (
-                self.attach.forward(f.media, &[], &[r.group_id]).await?,
-                Some(Box::new(f.forwarded)),
-            ),
-            None => (
-                self.attach
-                    .to_message(me.user_id, r.media, &[], &[r.group_id])
-                    .await?,
-                None,
-            ),
-        };
+        let (media, forwarded) = self
+            .attach
+            .of_send(me.user_id, r.media, fwd, &[], &[r.group_id])
+            .await?;
         let from = self.core.user_name(me.user_id).await?;
         let time_ms = unix_ms();
         let mut message = v1::Message {
