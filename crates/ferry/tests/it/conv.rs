@@ -8,70 +8,15 @@
 //! reactions, pins and edits, and the media no other message refers to, while other
 //! conversations keep theirs.
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
-use ferry_client::{ChatView, Client, ClientConfig, ClientError, Conversation, Event};
+use ferry_client::{ChatView, Conversation};
 use ferry_proto::v1::{self, ErrorCode};
 use ferry_push::sim::Sim;
 use ferry_push::Provider;
 use ferry_testkit::*;
-use tokio::sync::mpsc::Receiver;
 
-/// A device and the view its events build.
-struct Device {
-    client: Client,
-    events: Receiver<Event>,
-    view: ChatView,
-}
-
-impl Device {
-    async fn online(addr: &str, user: &str) -> Device {
-        let (client, events) = connect(addr, user).await;
-        Device {
-            client,
-            events,
-            view: ChatView::new(user),
-        }
-    }
-
-    /// A device whose state (id, synckey, cursors) lives in `dir`, with `view`.
-    async fn kept(addr: &str, user: &str, dir: &Path, view: ChatView) -> Device {
-        let cfg = ClientConfig {
-            state_dir: Some(dir.to_owned()),
-            ..client_config(addr, user)
-        };
-        let (client, events) = Client::connect(cfg).await.unwrap();
-        Device {
-            client,
-            events,
-            view,
-        }
-    }
-
-    /// Applies events until `done` holds for the view (at most `secs`).
-    async fn until(&mut self, what: &str, secs: u64, done: impl Fn(&ChatView) -> bool) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
-        while !done(&self.view) {
-            match tokio::time::timeout_at(deadline, self.events.recv()).await {
-                Ok(Some(ev)) => {
-                    self.view.apply(&ev);
-                }
-                Ok(None) => panic!("{what}: the event stream ended"),
-                Err(_) => panic!(
-                    "{what}: not reached within {secs} s; view: {:#?}",
-                    self.view
-                ),
-            }
-        }
-    }
-}
-
-fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (ErrorCode, String) {
-    let e = r.unwrap_err();
-    let f = e.refusal().unwrap_or_else(|| panic!("not a refusal: {e}"));
-    (f.code, f.message.clone())
-}
+use crate::msgops::{refused, Device};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_mute_unread_draft_and_clear_converge_on_three_devices_one_offline() {

@@ -23,15 +23,29 @@ async fn device(addr: &str, user: &str, dir: &Path) -> (Client, Receiver<Event>)
     Client::connect(cfg).await.unwrap()
 }
 
-/// A device and the view its events build.
-struct Device {
-    client: Client,
-    events: Receiver<Event>,
-    view: ChatView,
+/// A device and the view its events build (also used by conv.rs).
+pub(crate) struct Device {
+    pub(crate) client: Client,
+    pub(crate) events: Receiver<Event>,
+    pub(crate) view: ChatView,
 }
 
 impl Device {
-    async fn online(addr: &str, user: &str) -> Device {
+    /// A device whose state (id, synckey, cursors) lives in `dir`, with `view`.
+    pub(crate) async fn kept(addr: &str, user: &str, dir: &Path, view: ChatView) -> Device {
+        let cfg = ClientConfig {
+            state_dir: Some(dir.to_owned()),
+            ..client_config(addr, user)
+        };
+        let (client, events) = Client::connect(cfg).await.unwrap();
+        Device {
+            client,
+            events,
+            view,
+        }
+    }
+
+    pub(crate) async fn online(addr: &str, user: &str) -> Device {
         let (client, events) = connect(addr, user).await;
         Device {
             client,
@@ -41,7 +55,7 @@ impl Device {
     }
 
     /// Applies events until `done` holds for the view (at most `secs`).
-    async fn until(&mut self, what: &str, secs: u64, done: impl Fn(&ChatView) -> bool) {
+    pub(crate) async fn until(&mut self, what: &str, secs: u64, done: impl Fn(&ChatView) -> bool) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
         while !done(&self.view) {
             match tokio::time::timeout_at(deadline, self.events.recv()).await {
@@ -58,7 +72,7 @@ impl Device {
     }
 }
 
-fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (ErrorCode, String) {
+pub(crate) fn refused<T: std::fmt::Debug>(r: Result<T, ClientError>) -> (ErrorCode, String) {
     let e = r.unwrap_err();
     let f = e.refusal().unwrap_or_else(|| panic!("not a refusal: {e}"));
     (f.code, f.message.clone())
