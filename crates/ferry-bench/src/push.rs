@@ -415,19 +415,7 @@ fn refuse(sends: &mut Sends, pending: &mut HashMap<u32, (usize, usize)>, req: u3
 
 /// `ferry_push_index_bytes` from the server's `/metrics` (with its admin token).
 async fn index_bytes(own: &server::OwnServer) -> Option<f64> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let token = std::fs::read_to_string(own.data_dir().join("admin-token")).ok()?;
-    let mut s = tokio::net::TcpStream::connect(&own.addr).await.ok()?;
-    let req = format!(
-        "GET /metrics HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-        token.trim()
-    );
-    s.write_all(req.as_bytes()).await.ok()?;
-    let mut text = String::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
-        .await
-        .ok()?
-        .ok()?;
+    let text = own.admin_get("/metrics").await?;
     text.lines()
         .find_map(|l| l.strip_prefix("ferry_push_index_bytes "))
         .and_then(|v| v.trim().parse().ok())

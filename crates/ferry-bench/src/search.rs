@@ -297,6 +297,24 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// When the senders have stopped: how many feed rows the server's index is behind, and
+/// how long it then takes to catch up (polled every 100 ms, for at most 2 minutes).
+/// `None` when the admin API does not answer.
+async fn catch_up_after(target: &Target) -> Option<(u64, f64)> {
+    let own = target.own.as_ref()?;
+    let behind = |body: String| -> Option<u64> {
+        serde_json::from_str::<Value>(&body).ok()?["feed_behind"].as_u64()
+    };
+    let at_end = behind(own.admin_get("/v1/admin/search").await?)?;
+    let started = Instant::now();
+    let mut now = at_end;
+    while now > 0 && started.elapsed() < Duration::from_secs(120) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        now = behind(own.admin_get("/v1/admin/search").await?)?;
+    }
+    (now == 0).then(|| (at_end, started.elapsed().as_secs_f64()))
+}
+
 pub async fn run(
     args: &BenchArgs,
     messages: usize,
@@ -326,6 +344,9 @@ pub async fn run(
     let mut send: Value = Value::Null;
     if args.server.is_empty() && rounds > 0 && pairs > 0 {
         let (mut on, mut off) = (Vec::new(), Vec::new());
+        // Per search-on round: feed rows not yet indexed when the senders stopped, and
+        // the seconds the index took to catch up after that (what indexing deferred).
+        let (mut behind, mut catch_up) = (Vec::new(), Vec::new());
         for round in 0..rounds {
             let order = if round % 2 == 0 {
                 [true, false]
@@ -340,6 +361,12 @@ pub async fn run(
                 );
                 let target = Target::own_logic(args, &format!("search = {search}"), "").await?;
                 let got = super::p2p::once(args, &target, pairs, None, 4).await;
+                if search && got.is_ok() {
+                    if let Some((b, secs)) = catch_up_after(&target).await {
+                        behind.push(b as f64);
+                        catch_up.push(secs);
+                    }
+                }
                 target.stop().await;
                 let got = got?;
                 let per_s = got["delivered_per_sec"].as_f64().unwrap_or(0.0);
@@ -360,6 +387,8 @@ pub async fn run(
             "median_on": m_on,
             "median_off": m_off,
             "ratio": m_on / m_off,
+            "index_behind_at_end": behind,
+            "index_catch_up_secs": catch_up,
         });
     }
 
@@ -394,6 +423,25 @@ pub async fn run(
         format!("{:.1} / {}", r.mean_matches, r.empty),
     );
     if !send.is_null() {
+        let listed = |k: &str, digits: usize| {
+            send[k]
+                .as_array()
+                .map(|v| {
+                    v.iter()
+                        .map(|x| format!("{:.*}", digits, x.as_f64().unwrap_or(0.0)))
+                        .collect::<Vec<_>>()
+                        .join(" · ")
+                })
+                .unwrap_or_default()
+        };
+        report.row(
+            "search on: index behind at the end / caught up after",
+            format!(
+                "{} rows / {} s",
+                listed("index_behind_at_end", 0),
+                listed("index_catch_up_secs", 1)
+            ),
+        );
         report.row(
             "1:1 msgs/s search on / off (median)",
             format!(

@@ -79,6 +79,26 @@ impl OwnServer {
         &self.data
     }
 
+    /// The body of `GET path` on the server's port, with its admin token (`None` when
+    /// the request fails or is not answered 200 within 10 s).
+    pub async fn admin_get(&self, path: &str) -> Option<String> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let token = std::fs::read_to_string(self.data.join("admin-token")).ok()?;
+        let mut s = tokio::net::TcpStream::connect(&self.addr).await.ok()?;
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: bench\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            token.trim()
+        );
+        s.write_all(req.as_bytes()).await.ok()?;
+        let mut text = String::new();
+        tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut text))
+            .await
+            .ok()?
+            .ok()?;
+        let (head, body) = text.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id().unwrap_or(0)
     }

@@ -27,6 +27,11 @@ pub struct LogicConfig {
     /// Keep a full-text index of the messages and answer SEARCH (on by default). Off:
     /// nothing is indexed and SEARCH answers UNAVAILABLE.
     pub search: bool,
+    /// Indexing waits while the search feed grows faster than this many rows a second
+    /// (a burst of sends), for up to `search_max_hold_secs` (0: never waits).
+    pub search_hold_above: u32,
+    /// The longest such wait, in seconds (0: never waits).
+    pub search_max_hold_secs: u32,
     /// Largest group, owner included.
     pub group_max_members: usize,
     /// A sender may recall a message this many seconds after sending it.
@@ -125,6 +130,8 @@ impl Default for LogicConfig {
             report_retention_days: 14,
             open_messaging: false,
             search: true,
+            search_hold_above: 2_000,
+            search_max_hold_secs: 10,
             group_max_members: 10_000,
             recall_window_secs: 120,
             edit_window_secs: 172_800,

@@ -27,9 +27,11 @@
 //!
 //! It must not slow the send path: it costs a send nothing but the feed's row (written by
 //! a trigger in the same transaction). The feeder runs on a thread of its own at the
-//! lowest CPU priority (nice 19), and so do the index's writer and merge threads, which
-//! it starts: while senders keep the CPU busy the index falls behind (`feed_behind` in
-//! `ferry admin search`) and catches up when the CPU is free, in larger batches.
+//! lowest CPU priority (SCHED_IDLE, nice 19), and so do the index's writer and merge
+//! threads, which it starts: while senders keep the CPU busy the index falls behind
+//! (`feed_behind` in `ferry admin search`) and catches up when the CPU is free, in larger
+//! batches. While the feed grows fast (a burst of sends) the feeder indexes nothing at
+//! all, for a bounded time ([`Hold`]).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -115,6 +117,10 @@ pub(crate) struct Search {
     gaps_passed: AtomicU64,
     /// When the feeder last caught up with the feed (unix ms; 0: not yet).
     caught_up_ms: AtomicI64,
+    /// Whether indexing waits while the send path is busy (only the feeder uses it).
+    hold: parking_lot::Mutex<Hold>,
+    /// The feeder is holding now (for `ferry admin search`).
+    holding: AtomicBool,
 }
 
 impl Search {
@@ -139,13 +145,18 @@ impl Search {
             .await
             .map_err(|_| LogicError::Internal("the search index: its opener failed".into()))??;
         Ok(Arc::new(Search {
-            core,
             index: parking_lot::RwLock::new(Some(Arc::new(index))),
             feeder: std::sync::OnceLock::new(),
             reset: AtomicBool::new(false),
             applied: AtomicU64::new(0),
             gaps_passed: AtomicU64::new(0),
             caught_up_ms: AtomicI64::new(0),
+            hold: parking_lot::Mutex::new(Hold::new(
+                core.cfg.search_hold_above,
+                Duration::from_secs(u64::from(core.cfg.search_max_hold_secs)),
+            )),
+            holding: AtomicBool::new(false),
+            core,
         }))
     }
 
@@ -224,6 +235,18 @@ impl Search {
     }
 
     async fn follow(&self, after: u64) -> Result<bool, LogicError> {
+        if self.hold.lock().active() {
+            let (_, head) = self.core.store.search_feed_bounds().await?;
+            let held = self
+                .hold
+                .lock()
+                .decide(after, head, std::time::Instant::now());
+            self.holding.store(held, Ordering::Relaxed);
+            if held {
+                metrics::counter!("ferry_search_holds_total").increment(1);
+                return Ok(false);
+            }
+        }
         let rows = self.core.store.search_feed(after, BATCH).await?;
         let Some(first) = rows.first() else {
             self.caught_up_ms.store(unix_ms(), Ordering::Relaxed);
@@ -333,7 +356,7 @@ impl Search {
     async fn commit(&self, changes: Vec<Change>, cursor: Cursor) -> Result<(), LogicError> {
         let n = changes.len() as u64;
         let index = self.index()?;
-        // On the feeder's own thread (nice 19): the index's writer threads, which tantivy
+        // On the feeder's own thread (SCHED_IDLE, nice 19): the index's writer threads, which tantivy
         // starts again at every commit, inherit its priority.
         index
             .apply(changes, &cursor.to_string())
@@ -369,6 +392,7 @@ impl Search {
             "applied": self.applied.load(Ordering::Relaxed),
             "gaps_passed": self.gaps_passed.load(Ordering::Relaxed),
             "caught_up_ms": self.caught_up_ms.load(Ordering::Relaxed),
+            "holding": self.holding.load(Ordering::Relaxed),
         }))
     }
 
@@ -576,6 +600,78 @@ fn open_index(dir: Option<&Path>) -> Result<Index, LogicError> {
     }
 }
 
+/// Indexing waits while the send path is busy: while the feed grows faster than
+/// `above` rows a second, the feeder indexes nothing for up to `max`, then indexes what
+/// waited before it may wait again: a burst of sends is delivered with the CPU to
+/// itself, and under a steady stream indexing runs in turns with waits of `max`.
+/// A lower CPU priority alone did not do it: the indexer still ran in every gap the
+/// senders left and cost them 3–13 % (docs/benchmarks.md, *Search*).
+///
+/// Pure bookkeeping: the feeder tells it the feed's head and its own cursor.
+#[derive(Debug)]
+struct Hold {
+    /// Feed rows a second from which indexing waits (0: never).
+    above: u32,
+    /// The longest wait: a message is searchable at most about this long (plus the
+    /// time to index what waited) after it was stored.
+    max: Duration,
+    /// The head seen at the last look, and when.
+    last: Option<(u64, std::time::Instant)>,
+    /// Since when the feeder has been waiting.
+    since: Option<std::time::Instant>,
+    /// A wait ran its length: index up to this feed row (the head when it ended) before
+    /// waiting again.
+    due: Option<u64>,
+}
+
+impl Hold {
+    fn new(above: u32, max: Duration) -> Hold {
+        Hold {
+            above,
+            max,
+            last: None,
+            since: None,
+            due: None,
+        }
+    }
+
+    fn active(&self) -> bool {
+        self.above > 0 && !self.max.is_zero()
+    }
+
+    /// Whether to wait now, the feed's head being `head` and the index's cursor `after`.
+    fn decide(&mut self, after: u64, head: u64, now: std::time::Instant) -> bool {
+        let busy = match self.last.replace((head, now)) {
+            Some((then, at)) if head > then => {
+                let secs = now.duration_since(at).as_secs_f64().max(1e-3);
+                (head - then) as f64 / secs >= f64::from(self.above)
+            }
+            _ => false,
+        };
+        if head <= after {
+            self.since = None;
+            self.due = None;
+            return false;
+        }
+        match self.due {
+            Some(due) if after < due => return false,
+            // What waited is indexed: the burst (if it goes on) may be waited out again.
+            _ => self.due = None,
+        }
+        if !busy {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) >= self.max {
+            self.since = None;
+            self.due = Some(head);
+            return false;
+        }
+        true
+    }
+}
+
 /// The feeder's loop (see [`Search::start`]).
 fn feed(me: std::sync::Weak<Search>, rt: &tokio::runtime::Handle, shutdown: &CancellationToken) {
     let mut prune_at = 0i64;
@@ -613,10 +709,29 @@ fn feed(me: std::sync::Weak<Search>, rt: &tokio::runtime::Handle, shutdown: &Can
 }
 
 /// Puts the calling thread (and the threads it starts, which inherit it) at the lowest
-/// CPU priority, nice 19: the indexer takes what the send path leaves.
+/// CPU priority: scheduling policy SCHED_IDLE, nice 19. The indexer takes what the send
+/// path leaves.
+///
+/// Nice 19 alone is not enough on Linux's EEVDF scheduler: a nice-19 thread that is
+/// running keeps the core until its slice ends (run to parity), so a sender woken on that
+/// core waits behind it. A SCHED_IDLE thread is preempted as soon as any normal thread
+/// wakes (docs/benchmarks.md, *Search*: the send path's throughput with the indexer
+/// under each).
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     {
+        use thread_priority::unix::{
+            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+            ThreadSchedulePolicy,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        if let Err(e) = set_thread_priority_and_policy(
+            thread_native_id(),
+            thread_priority::ThreadPriority::Min,
+            idle,
+        ) {
+            tracing::debug!(error = ?e, "the search indexer keeps its scheduling policy");
+        }
         // Linux keeps a nice value per thread; PRIO_PROCESS with a thread id sets it.
         if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
             tracing::debug!(error = %e, "the search indexer keeps its CPU priority");
@@ -641,7 +756,7 @@ pub(crate) const ROUTES: &[Route] = &[
         response: r#"{"type":"object","properties":{"docs":{"type":"integer"},"bytes":{"type":"integer"},
             "segments":{"type":"integer"},"cursor":{"type":["string","null"]},"building":{"type":"boolean"},
             "feed_behind":{"type":"integer"},"applied":{"type":"integer"},"gaps_passed":{"type":"integer"},
-            "caught_up_ms":{"type":"integer"}}}"#,
+            "caught_up_ms":{"type":"integer"},"holding":{"type":"boolean"}}}"#,
     },
     Route {
         op: "search.reindex",
@@ -670,5 +785,87 @@ pub(crate) async fn api(slot: &SearchSlot, call: &Call<'_>) -> Result<Reply, Api
             Ok(Reply::json(&json!({"reindexing": true})))
         }
         op => Err(ApiError::Internal(format!("no handler for {op}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A look every half second at a feed growing by `per_look` rows; the index (cursor)
+    /// moves only when the feeder does not wait. Answers whether each look waited.
+    fn looks(h: &mut Hold, t0: Instant, per_look: &[u64]) -> Vec<bool> {
+        let (mut head, mut after) = (0, 0);
+        per_look
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                head += n;
+                let wait = h.decide(after, head, t0 + 500 * MS * i as u32);
+                if !wait {
+                    after = head;
+                }
+                wait
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_quiet_feed_is_indexed_at_once() {
+        let mut h = Hold::new(2_000, Duration::from_secs(10));
+        // 1 500 rows a half second is 3 000/s, but the first look has nothing to compare
+        // with; 400 a half second (800/s) is under the mark.
+        let t0 = Instant::now();
+        assert_eq!(looks(&mut h, t0, &[1_500, 400, 400, 0, 3]), [false; 5]);
+    }
+
+    #[test]
+    fn a_burst_waits_then_is_indexed_and_the_wait_is_bounded() {
+        let mut h = Hold::new(2_000, Duration::from_secs(2));
+        let t0 = Instant::now();
+        // 5 000/s for 6 s: waits from the second look for 2 s, then indexes what waited
+        // (here in one look) and waits again.
+        let got = looks(&mut h, t0, &[2_500; 12]);
+        assert_eq!(
+            got,
+            [false, true, true, true, true, false, true, true, true, true, false, true],
+            "waits at most 2 s at a time"
+        );
+    }
+
+    #[test]
+    fn after_a_wait_what_waited_is_indexed_before_the_next() {
+        let mut h = Hold::new(2_000, Duration::from_secs(1));
+        let t0 = Instant::now();
+        assert!(!h.decide(0, 1_000, t0));
+        assert!(h.decide(0, 3_000, t0 + 500 * MS));
+        assert!(h.decide(0, 5_000, t0 + 1_000 * MS));
+        // The wait ran its length: index, though the feed still grows fast …
+        assert!(!h.decide(0, 7_000, t0 + 1_500 * MS));
+        assert!(!h.decide(5_000, 9_000, t0 + 2_000 * MS));
+        // … up to the head when the wait ended (7 000); then wait again.
+        assert!(h.decide(7_000, 11_000, t0 + 2_500 * MS));
+        // Caught up: nothing to wait for.
+        assert!(!h.decide(11_000, 11_000, t0 + 3_000 * MS));
+    }
+
+    #[test]
+    fn a_pause_in_the_burst_lets_indexing_run() {
+        let mut h = Hold::new(2_000, Duration::from_secs(10));
+        let t0 = Instant::now();
+        assert!(!h.decide(0, 1_000, t0));
+        assert!(h.decide(0, 3_000, t0 + 500 * MS));
+        // 100 rows in half a second: not busy, index now.
+        assert!(!h.decide(0, 3_100, t0 + 1_000 * MS));
+    }
+
+    #[test]
+    fn zero_turns_the_wait_off() {
+        assert!(!Hold::new(0, Duration::from_secs(10)).active());
+        assert!(!Hold::new(2_000, Duration::ZERO).active());
+        assert!(Hold::new(2_000, Duration::from_secs(10)).active());
     }
 }

@@ -279,10 +279,10 @@ async fn the_index_is_shown_and_rebuilt_by_the_admin_api() {
     }
 }
 
-/// The nice value of each thread of this process whose name starts with one of
-/// `prefixes` (Linux: /proc/self/task/*/stat, field 19).
+/// The nice value and scheduling policy of each thread of this process whose name starts
+/// with one of `prefixes` (Linux: /proc/self/task/*/stat, fields 19 and 41).
 #[cfg(target_os = "linux")]
-fn nice_of_threads(prefixes: &[&str]) -> Vec<(String, i64)> {
+fn priority_of_threads(prefixes: &[&str]) -> Vec<(String, i64, u32)> {
     let mut out = Vec::new();
     for t in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
         let Ok(stat) = std::fs::read_to_string(t.path().join("stat")) else {
@@ -295,15 +295,19 @@ fn nice_of_threads(prefixes: &[&str]) -> Vec<(String, i64)> {
         if !prefixes.iter().any(|p| name.starts_with(p)) {
             continue;
         }
-        // After "(comm) ": state is field 3, nice field 19.
+        // After "(comm) ": state is field 3, nice field 19, policy field 41.
         let fields: Vec<&str> = stat[close + 2..].split(' ').collect();
-        out.push((name.to_string(), fields[16].parse().unwrap()));
+        out.push((
+            name.to_string(),
+            fields[16].parse().unwrap(),
+            fields[38].parse().unwrap(),
+        ));
     }
     out
 }
 
 /// Indexing must not slow delivery: the feeder, and the index's writer and merge threads
-/// it starts, run at the lowest CPU priority; searches do not.
+/// it starts, run at the lowest CPU priority (SCHED_IDLE, nice 19); searches do not.
 #[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_indexer_runs_at_the_lowest_cpu_priority() {
@@ -314,7 +318,7 @@ async fn the_indexer_runs_at_the_lowest_cpu_priority() {
     // Found: the feeder has committed at least once, so tantivy's writer threads exist.
     let r = until_found(&ann.account(), "priority", 1).await;
     assert_eq!(r.hits.len(), 1);
-    let threads = nice_of_threads(&[
+    let threads = priority_of_threads(&[
         "ferry-search",
         "thrd-tantivy",
         "segment_updater",
@@ -326,10 +330,17 @@ async fn the_indexer_runs_at_the_lowest_cpu_priority() {
             "no {want} thread: {threads:?}"
         );
     }
-    assert!(threads.iter().all(|&(_, nice)| nice == 19), "{threads:?}");
+    const SCHED_IDLE: u32 = 5;
+    assert!(
+        threads
+            .iter()
+            .all(|&(_, nice, policy)| nice == 19 && policy == SCHED_IDLE),
+        "{threads:?}"
+    );
     // The runtime's own threads (this test runs on one; they answer searches and carry
     // the send path) are not lowered.
     let me = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
     let fields: Vec<&str> = me[me.rfind(')').unwrap() + 2..].split(' ').collect();
     assert_eq!(fields[16], "0", "{me}");
+    assert_eq!(fields[38], "0", "SCHED_OTHER: {me}");
 }
