@@ -689,6 +689,121 @@ impl Client {
         on_runtime(async move { SearchPage::from_resp(a.search(req).await?, &me) }).await
     }
 
+    // ---- forwarding and conversation state (docs/protocol.md §4b) ---------------------
+
+    /// Forwards message `msg_id` (one this user may read) into `to` (the 1:1 chat with a
+    /// user, or a group); retried with one id until the server stored it. The server
+    /// copies its text and media (no re-upload); the new message carries `forwarded` (the
+    /// original's author and time). `NOT_FOUND` when this user may not read the message,
+    /// or it was recalled.
+    pub async fn forward(&self, to: Destination, msg_id: u64) -> Result<SendAck, FerryError> {
+        if msg_id == 0 {
+            return Err(FerryError::invalid("msg_id must name a message (not 0)"));
+        }
+        let conv = types::conversation(to)?;
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.forward(&conv, msg_id).await?.into()) }).await
+    }
+
+    /// Changes conversations' states (at most 64 in one call; only the fields given in
+    /// each change) and answers every conversation state of this user. Each change
+    /// reaches all of this user's devices as a `Conv` event. One refused: none applied.
+    pub async fn conv_set(&self, changes: Vec<ConvChange>) -> Result<Vec<ConvState>, FerryError> {
+        let set = changes
+            .into_iter()
+            .map(ConvChange::request)
+            .collect::<Result<Vec<_>, _>>()?;
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.conv_set(set).await?.into_iter().map(Into::into).collect()) })
+            .await
+    }
+
+    /// Every conversation state of this user (archived, unread, muted, draft, cleared,
+    /// retention).
+    pub async fn conversations(&self) -> Result<Vec<ConvState>, FerryError> {
+        let c = self.inner.clone();
+        on_runtime(async move {
+            Ok(c.conversations()
+                .await?
+                .into_iter()
+                .map(Into::into)
+                .collect())
+        })
+        .await
+    }
+
+    /// Archives (or unarchives) a conversation on every device of this user; answers its
+    /// state after the change.
+    pub async fn archive(
+        &self,
+        conversation: Destination,
+        archived: bool,
+    ) -> Result<ConvState, FerryError> {
+        let conv = types::conversation(conversation)?;
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.archive(&conv, archived).await?.into()) }).await
+    }
+
+    /// Mutes a conversation until `until_ms` (unix ms; -1: until unmuted; 0 unmutes). The
+    /// same setting as the push settings' muted mode.
+    pub async fn mute(
+        &self,
+        conversation: Destination,
+        until_ms: i64,
+    ) -> Result<ConvState, FerryError> {
+        if until_ms < -1 {
+            return Err(FerryError::invalid(
+                "until_ms is -1 (until unmuted), 0 (unmute) or a unix time in ms",
+            ));
+        }
+        let conv = types::conversation(conversation)?;
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.mute(&conv, until_ms).await?.into()) }).await
+    }
+
+    /// Marks a conversation unread (or takes the mark away; reading it does too).
+    pub async fn mark_unread(
+        &self,
+        conversation: Destination,
+        unread: bool,
+    ) -> Result<ConvState, FerryError> {
+        let conv = types::conversation(conversation)?;
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.mark_unread(&conv, unread).await?.into()) }).await
+    }
+
+    /// Keeps the composer's unsent text of a conversation on every device of this user
+    /// ("" removes it; at most 4 000 characters; the latest write wins).
+    pub async fn set_draft(
+        &self,
+        conversation: Destination,
+        draft: String,
+    ) -> Result<ConvState, FerryError> {
+        let conv = types::conversation(conversation)?;
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.set_draft(&conv, &draft).await?.into()) }).await
+    }
+
+    /// Clears a conversation's history for this user: every message up to now, on every
+    /// device of theirs (`cleared_before_msg_id`); nobody else's.
+    pub async fn clear_history(&self, conversation: Destination) -> Result<ConvState, FerryError> {
+        let conv = types::conversation(conversation)?;
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.clear_history(&conv).await?.into()) }).await
+    }
+
+    /// Sets a conversation's own retention for everyone in it, in seconds (0 removes it;
+    /// else at least 60). In a group: its owner and admins only.
+    pub async fn set_retention(
+        &self,
+        conversation: Destination,
+        secs: u32,
+    ) -> Result<ConvState, FerryError> {
+        let conv = types::conversation(conversation)?;
+        let c = self.inner.clone();
+        on_runtime(async move { Ok(c.set_retention(&conv, secs).await?.into()) }).await
+    }
+
     // ---- friends -------------------------------------------------------------------
 
     pub async fn find_user(&self, username: String) -> Result<UserInfo, FerryError> {

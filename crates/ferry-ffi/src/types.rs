@@ -140,6 +140,114 @@ pub struct ChatMessage {
     /// When the sender last edited the text, unix ms (0: never edited); `text` is then
     /// the edited text.
     pub edited_ms: i64,
+    /// For a forward (`Client.forward`): who wrote the original and when.
+    pub forwarded: Option<Forwarded>,
+}
+
+/// Where a forwarded message came from (docs/protocol.md §4b). A forward of a forward
+/// names the first original.
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct Forwarded {
+    /// Who wrote the original ("system" for a forwarded system message).
+    pub sender: String,
+    /// When the original was sent, unix ms.
+    pub time_ms: i64,
+}
+
+impl From<v1::Forwarded> for Forwarded {
+    fn from(f: v1::Forwarded) -> Self {
+        Forwarded {
+            sender: f.from,
+            time_ms: f.time_ms,
+        }
+    }
+}
+
+/// One user's state of one conversation, shared by all their devices (docs/protocol.md
+/// §4b, `ConvState`).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ConvState {
+    /// The 1:1 chat with a user, or a group.
+    pub conversation: Destination,
+    /// Moved out of the chat list by the user.
+    pub archived: bool,
+    /// Marked unread by hand (reading the conversation clears it).
+    pub unread: bool,
+    /// 0 not muted; -1 muted until unmuted; else muted until then (unix ms).
+    pub muted_until_ms: i64,
+    /// The composer's unsent text ("" none) and when the server took it.
+    pub draft: String,
+    pub draft_ms: i64,
+    /// The user cleared the history: every message of the conversation with an id at or
+    /// below this is gone for them (drop it, also when a sync brings it later). 0: never.
+    pub cleared_before_msg_id: u64,
+    /// The conversation's own retention for everyone in it, seconds (0: the server's).
+    pub retention_secs: u32,
+    /// When the state last changed, unix ms.
+    pub updated_ms: i64,
+}
+
+impl From<v1::ConvState> for ConvState {
+    fn from(c: v1::ConvState) -> Self {
+        ConvState {
+            conversation: match c.group_id {
+                0 => Destination::User { username: c.peer },
+                g => Destination::Group { group_id: g },
+            },
+            archived: c.archived,
+            unread: c.unread,
+            muted_until_ms: c.muted_until_ms,
+            draft: c.draft,
+            draft_ms: c.draft_ms,
+            cleared_before_msg_id: c.cleared_before_msg_id,
+            retention_secs: c.retention_secs,
+            updated_ms: c.updated_ms,
+        }
+    }
+}
+
+/// A change of one conversation's state for `Client.conv_set`: only the fields given
+/// change (`None`: left alone; `Some(false)`, `Some(0)` or `Some("")` is a change).
+#[derive(Debug, Clone, PartialEq, Eq, uniffi::Record)]
+pub struct ConvChange {
+    pub conversation: Destination,
+    #[uniffi(default = None)]
+    pub archived: Option<bool>,
+    #[uniffi(default = None)]
+    pub unread: Option<bool>,
+    /// 0 unmutes; -1 mutes until unmuted; a future unix ms mutes until then.
+    #[uniffi(default = None)]
+    pub muted_until_ms: Option<i64>,
+    /// The new draft; "" removes it (at most 4 000 characters).
+    #[uniffi(default = None)]
+    pub draft: Option<String>,
+    /// Clear the history for this user, up to the conversation's newest message now.
+    #[uniffi(default = false)]
+    pub clear: bool,
+    /// The conversation's retention in seconds, for everyone in it (0 removes it; else at
+    /// least 60; in a group its owner and admins only).
+    #[uniffi(default = None)]
+    pub retention_secs: Option<u32>,
+}
+
+impl ConvChange {
+    /// The request's `ConvSet`, or the caller's mistake as `InvalidArgument`.
+    pub(crate) fn request(self) -> Result<v1::ConvSet, FerryError> {
+        let (peer, group_id) = match conversation(self.conversation)? {
+            ferry_client::Conversation::Peer(p) => (p, 0),
+            ferry_client::Conversation::Group(g) => (String::new(), g),
+        };
+        Ok(v1::ConvSet {
+            peer,
+            group_id,
+            archived: self.archived,
+            unread: self.unread,
+            muted_until_ms: self.muted_until_ms,
+            draft: self.draft,
+            clear: self.clear,
+            retention_secs: self.retention_secs,
+        })
+    }
 }
 
 /// The message a reply answers, as the reply quotes it (docs/protocol.md §4a).
@@ -186,6 +294,7 @@ pub(crate) fn message(m: v1::Message, seq: u64, gseq: u64, me: &str) -> ChatMess
         client_msg_id: m.client_msg_id,
         quote: m.quote.map(|q| (*q).into()),
         edited_ms: m.edited_ms,
+        forwarded: m.forwarded.map(|f| (*f).into()),
     }
 }
 
@@ -376,6 +485,25 @@ pub enum Event {
         by: String,
         pinned: bool,
     },
+    /// This user's state of a conversation changed (from any device of theirs, or a 1:1
+    /// retention the peer set): `state` is its whole state after the change. Replace what
+    /// is kept for that conversation with it, and drop its messages with an id at or
+    /// below `state.cleared_before_msg_id` (also ones a sync brings later). Only this
+    /// user's devices get it. Applying it twice is harmless.
+    Conv { seq: u64, state: ConvState },
+    /// A group's owner or an admin (`by`) set the group's retention for every member
+    /// (`retention_secs`, 0: the server's only): set it in the state of that group.
+    Retention {
+        gseq: u64,
+        group_id: u64,
+        retention_secs: u32,
+        by: String,
+    },
+    /// A place in a group's log without content for this user: a message (or its edit,
+    /// reaction or pin) from before they cleared the group's history, or a message the
+    /// retention removed. Nothing to show; the group's cursor moves past it. (An entry of
+    /// a kind this SDK version does not know, from a newer server, comes the same way.)
+    NoContent { gseq: u64, group_id: u64 },
     /// An inbox entry of a kind this SDK version does not know (a newer server): skip it.
     Unknown { seq: u64, gseq: u64 },
 }
@@ -465,9 +593,11 @@ fn inbox_entry(e: v1::Entry, me: &str) -> Event {
             };
             pin(seq, 0, conversation, p)
         }
-        // Conversation state (archive, mute, draft, clear: CONV) is not in this binding
-        // yet: skipped as unknown, as a binding of an older version would.
-        Some(Kind::Conv(_)) | None => Event::Unknown { seq, gseq: 0 },
+        Some(Kind::Conv(c)) => Event::Conv {
+            seq,
+            state: c.into(),
+        },
+        None => Event::Unknown { seq, gseq: 0 },
     }
 }
 
@@ -537,8 +667,15 @@ fn group_entry(group_id: u64, e: v1::GroupEntry, me: &str) -> Event {
         Some(Kind::Edit(x)) => edit(0, gseq, group_id, x),
         Some(Kind::Reaction(x)) => reaction(0, gseq, group_id, x),
         Some(Kind::Pin(p)) => pin(0, gseq, Destination::Group { group_id }, p),
-        // A group's retention (CONV) is not in this binding yet.
-        Some(Kind::Retention(_)) | None => Event::Unknown { seq: 0, gseq },
+        Some(Kind::Retention(r)) => Event::Retention {
+            gseq,
+            group_id,
+            retention_secs: r.retention_secs,
+            by: r.by,
+        },
+        // The server sends a place without content (a cleared or pruned message); a kind
+        // this version does not know decodes the same way.
+        None => Event::NoContent { gseq, group_id },
     }
 }
 
@@ -1332,6 +1469,129 @@ mod tests {
                 gseq: 6,
                 ..
             }
+        ));
+    }
+
+    #[test]
+    fn conversation_state_retention_cleared_places_and_forwards_map_to_typed_events() {
+        let state = v1::ConvState {
+            peer: "bob".into(),
+            archived: true,
+            muted_until_ms: -1,
+            draft: "later".into(),
+            draft_ms: 3,
+            cleared_before_msg_id: 12,
+            updated_ms: 4,
+            ..Default::default()
+        };
+        assert_eq!(
+            Event::from_client(
+                ClientEvent::Entry(v1::Entry {
+                    seq: 5,
+                    kind: Some(v1::entry::Kind::Conv(state)),
+                    time_ms: 0,
+                }),
+                "ann",
+            ),
+            Event::Conv {
+                seq: 5,
+                state: ConvState {
+                    conversation: Destination::User {
+                        username: "bob".into()
+                    },
+                    archived: true,
+                    unread: false,
+                    muted_until_ms: -1,
+                    draft: "later".into(),
+                    draft_ms: 3,
+                    cleared_before_msg_id: 12,
+                    retention_secs: 0,
+                    updated_ms: 4,
+                },
+            }
+        );
+        let group = |kind| {
+            Event::from_client(
+                ClientEvent::Group {
+                    group_id: 9,
+                    entry: v1::GroupEntry {
+                        gseq: 6,
+                        kind,
+                        time_ms: 0,
+                    },
+                },
+                "ann",
+            )
+        };
+        assert_eq!(
+            group(Some(v1::group_entry::Kind::Retention(v1::ConvRetention {
+                group_id: 9,
+                retention_secs: 600,
+                by: "ann".into(),
+            }))),
+            Event::Retention {
+                gseq: 6,
+                group_id: 9,
+                retention_secs: 600,
+                by: "ann".into(),
+            }
+        );
+        assert_eq!(
+            group(None),
+            Event::NoContent {
+                gseq: 6,
+                group_id: 9
+            }
+        );
+        let Event::Message { message } = group(Some(v1::group_entry::Kind::Message(v1::Message {
+            msg_id: 8,
+            from: "bob".into(),
+            text: "the plan".into(),
+            forwarded: Some(Box::new(v1::Forwarded {
+                from: "cy".into(),
+                time_ms: 77,
+            })),
+            ..Default::default()
+        }))) else {
+            panic!()
+        };
+        assert_eq!(
+            message.forwarded,
+            Some(Forwarded {
+                sender: "cy".into(),
+                time_ms: 77
+            })
+        );
+        // A change carries only the fields given; a bad conversation is refused here.
+        let set = ConvChange {
+            conversation: Destination::Group { group_id: 9 },
+            archived: Some(false),
+            unread: None,
+            muted_until_ms: None,
+            draft: Some(String::new()),
+            clear: true,
+            retention_secs: None,
+        };
+        assert_eq!(
+            set.clone().request().unwrap(),
+            v1::ConvSet {
+                peer: String::new(),
+                group_id: 9,
+                archived: Some(false),
+                draft: Some(String::new()),
+                clear: true,
+                ..Default::default()
+            }
+        );
+        let bad = ConvChange {
+            conversation: Destination::User {
+                username: String::new(),
+            },
+            ..set
+        };
+        assert!(matches!(
+            bad.request(),
+            Err(FerryError::InvalidArgument { .. })
         ));
     }
 

@@ -19,8 +19,8 @@ import {
   RegisterReqSchema, RegisterRespSchema, SendAckSchema, SendMsgSchema, SyncReqSchema,
   SyncRespSchema, TypingSchema, EditReqSchema, ReactReqSchema, ReactionsReqSchema,
   ReactionsRespSchema, HideReqSchema, PinReqSchema, PinsReqSchema, PinsRespSchema,
-  SearchReqSchema, SearchRespSchema,
-  type Edit, type Entry, type FindUserResp, type Friend, type FriendEvent, type Group,
+  SearchReqSchema, SearchRespSchema, ConvReqSchema, ConvRespSchema, ConvSetSchema, ConvStateSchema,
+  type ConvRetention, type ConvState, type Edit, type Entry, type FindUserResp, type Friend, type FriendEvent, type Group,
   type GroupEntry, type GroupEvent, type GroupReadsResp, type Hide, type MediaCreateResp,
   type MediaRef, type Message, type Pin, type PinnedMessage, type Reaction, type ReactionsResp,
   type ReadReceipt, type Recall, type SearchResp, type SendAck, type SendMsg,
@@ -80,10 +80,27 @@ export interface Events {
   hide: Hide;
   /** A message was pinned or unpinned: in the 1:1 chat with `peer`, or in group `groupId`. */
   pin: Pin;
+  /** This user's state of a conversation changed (from any of their devices, or a
+   *  retention the peer set): the conversation's whole state after the change (`peer` or
+   *  `groupId`). Replace what is kept for that conversation with it; messages with an id at
+   *  or below `clearedBeforeMsgId` are cleared for this user: drop them (also ones that
+   *  arrive later through a sync). Applying it twice is harmless. */
+  conv: ConvState;
+  /** A group's owner or an admin set the group's retention (`retentionSecs`, 0: the
+   *  server's only) — for every member: set it in the state of group `groupId`. */
+  retention: ConvRetention;
+  /** A place in group `groupId`'s log that carries nothing for this user: a message (or
+   *  an edit, reaction or pin of one) from before they cleared the group's history, or a
+   *  message the retention removed. Nothing to show; the log's cursor moves past it. */
+  noContent: { groupId: bigint; gseq: bigint };
 }
 
 /** A conversation: the 1:1 chat with a user, or a group. */
 export type Conversation = { user: string } | { groupId: bigint };
+
+/** One change of `convSet`: the conversation (`peer` or `groupId`) and only the fields
+ *  to change (`archived`, `unread`, `mutedUntilMs`, `draft`, `retentionSecs`; `clear`). */
+export type ConvChange = MessageInitShape<typeof ConvSetSchema>;
 
 /** What `search` takes: `SearchReq`'s fields, each optional (docs/protocol.md, Search). */
 export type SearchQuery = MessageInitShape<typeof SearchReqSchema>;
@@ -856,6 +873,9 @@ export class FerryClient {
         case "pin":
           out.push(["pin", k.value]);
           break;
+        case "conv":
+          out.push(["conv", k.value]);
+          break;
         case "group":
           out.push(["group", k.value]);
           if (k.value.kind === GroupEvent_Kind.CREATED || k.value.kind === GroupEvent_Kind.JOINED) {
@@ -990,6 +1010,13 @@ export class FerryClient {
         case "pin":
           if (!k.value.groupId) k.value.groupId = group;
           out.push(["pin", k.value]);
+          break;
+        case "retention":
+          if (!k.value.groupId) k.value.groupId = group;
+          out.push(["retention", k.value]);
+          break;
+        case undefined:
+          out.push(["noContent", { groupId: group, gseq: e.gseq }]);
           break;
         default:
           break;
@@ -1145,6 +1172,78 @@ export class FerryClient {
    *  within about a second. */
   search(query: SearchQuery): Promise<SearchResp> {
     return this.call(cmd.SEARCH, SearchReqSchema, query, SearchRespSchema);
+  }
+
+  // ------------------------------------------------------------------ forwarding, conversation state
+
+  /** Forwards message `msgId` (one this user may read) into `to` (the 1:1 chat with a user,
+   *  or a group); queued and retried like `sendText`. The server copies its text and media
+   *  (no re-upload); the new message carries `forwarded` (the original's author and time). */
+  forward(to: Conversation, msgId: bigint, opts: SendOptions = {}): Promise<SendAck> {
+    let c: { peer: string; groupId: bigint };
+    try {
+      c = convArg(to);
+      msgIdArg(msgId);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    return this.enqueueSend(create(SendMsgSchema, { clientMsgId: clientMsgId(opts), to: c.peer, groupId: c.groupId, forwardOf: msgId }));
+  }
+
+  /** Changes conversations' states (at most 64 in one call; only the fields given change)
+   *  and answers every conversation state of this user. Each change reaches all of this
+   *  user's devices as a `conv` event. One refused: none applied. */
+  async convSet(changes: ConvChange[]): Promise<ConvState[]> {
+    return (await this.call(cmd.CONV, ConvReqSchema, { set: changes }, ConvRespSchema)).conversations;
+  }
+
+  /** Every conversation state of this user (archived, unread, muted, draft, cleared,
+   *  retention). */
+  conversations(): Promise<ConvState[]> {
+    return this.convSet([]);
+  }
+
+  /** One conversation's change; answers its state after it. */
+  private async convOne(conversation: Conversation, change: { archived?: boolean; unread?: boolean; mutedUntilMs?: bigint; draft?: string; clear?: boolean; retentionSecs?: number }): Promise<ConvState> {
+    const c = convArg(conversation);
+    const all = await this.convSet([{ ...change, ...c }]);
+    return all.find((s) => s.peer === c.peer && s.groupId === c.groupId) ?? create(ConvStateSchema, c);
+  }
+
+  /** Archives (or unarchives) a conversation on every device of this user. */
+  archive(conversation: Conversation, archived = true): Promise<ConvState> {
+    return this.convOne(conversation, { archived });
+  }
+
+  /** Mutes a conversation until `untilMs` (unix ms; -1n: until unmuted; 0n unmutes). The
+   *  same setting as the push settings' PUSH_MODE_MUTED. */
+  mute(conversation: Conversation, untilMs: bigint): Promise<ConvState> {
+    if (typeof untilMs !== "bigint" || untilMs < -1n) return Promise.reject(invalid("untilMs is a bigint: -1n, 0n or a unix time in ms"));
+    return this.convOne(conversation, { mutedUntilMs: untilMs });
+  }
+
+  /** Marks a conversation unread (or takes the mark away; reading it does too). */
+  markUnread(conversation: Conversation, unread = true): Promise<ConvState> {
+    return this.convOne(conversation, { unread });
+  }
+
+  /** Keeps the composer's unsent text of a conversation on every device of this user
+   *  ("" removes it; at most 4 000 characters; the latest write wins). */
+  setDraft(conversation: Conversation, draft: string): Promise<ConvState> {
+    return this.convOne(conversation, { draft });
+  }
+
+  /** Clears a conversation's history for this user: every message up to now, on every
+   *  device of theirs (`clearedBeforeMsgId`); nobody else's. */
+  clearHistory(conversation: Conversation): Promise<ConvState> {
+    return this.convOne(conversation, { clear: true });
+  }
+
+  /** Sets a conversation's own retention for everyone in it, in seconds (0 removes it;
+   *  else at least 60). In a group: its owner and admins only. */
+  setRetention(conversation: Conversation, secs: number): Promise<ConvState> {
+    if (!Number.isInteger(secs) || secs < 0 || secs > 0xffffffff) return Promise.reject(invalid("secs is a whole number of seconds (0, or at least 60)"));
+    return this.convOne(conversation, { retentionSecs: secs });
   }
 
   // ------------------------------------------------------------------ friends

@@ -42,6 +42,7 @@ export const PIN = 0x33;
 export const PINS = 0x34;
 export const SEARCH = 0x35;
 export const ENDPOINTS = 0x36;
+export const CONV = 0x3e;
 export const NOTIFY = 0x40;
 export const KICK = 0x41;
 export const GROUP_NOTIFY = 0x42;
@@ -88,6 +89,7 @@ export const PATHS: Record<number, string> = {
   [PINS]: "pins",
   [SEARCH]: "search",
   [ENDPOINTS]: "endpoints",
+  [CONV]: "conv",
 };
 
 /** Commands a logged-in long link may carry (the table's "long link: yes"). */
@@ -96,7 +98,7 @@ export const ON_LINK = new Set<number>([
   FRIEND_DECLINE, FRIEND_REMOVE, FRIEND_BLOCK, FRIEND_UNBLOCK, FRIEND_LIST, GROUP_CREATE,
   GROUP_ADD, GROUP_REMOVE, GROUP_LEAVE, GROUP_INFO, GROUP_LIST, GROUP_READS, MEDIA_CREATE,
   MEDIA_CHUNK, MEDIA_STATUS, MEDIA_FINISH, ENDPOINTS, EDIT, REACT, HIDE, REACTIONS, PIN, PINS,
-  SEARCH,
+  SEARCH, CONV,
 ]);
 
 /** Requests that may simply be sent again after a lost link (the table's "idempotent";

@@ -34,7 +34,7 @@ function table() {
 test("every command the SDK names has the protocol's number and path", () => {
   const rows = table();
   const names = Object.keys(cmd).filter((k) => /^[A-Z_]+$/.test(k) && typeof cmd[k] === "number");
-  for (const name of ["EDIT", "REACT", "HIDE", "REACTIONS", "PIN", "PINS", "SEARCH"]) {
+  for (const name of ["EDIT", "REACT", "HIDE", "REACTIONS", "PIN", "PINS", "SEARCH", "CONV"]) {
     assert.ok(names.includes(name), `cmd.ts names ${name}`);
   }
   for (const name of names) {
@@ -62,4 +62,7 @@ test("the long link carries what the table says; only idempotent requests are re
     assert.ok(cmd.ON_LINK.has(id) && cmd.IDEMPOTENT.has(id), `0x${id.toString(16)}`);
     assert.ok(cmd.PATHS[id], `0x${id.toString(16)} has a short-link path`);
   }
+  // CONV rides the long link but is not sent twice after a lost link: a clear moves the
+  // cut to the newest message at the time it is applied.
+  assert.ok(cmd.ON_LINK.has(cmd.CONV) && !cmd.IDEMPOTENT.has(cmd.CONV) && cmd.PATHS[cmd.CONV] === "conv");
 });

@@ -545,7 +545,15 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_app_foregrounded() != 17242:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_archive() != 13905:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_clear_history() != 59942:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_close() != 11122:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_conv_set() != 40038:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_conversations() != 17827:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_create_group() != 64384:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -558,6 +566,8 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_ferry_ffi_checksum_method_client_endpoint() != 32981:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_find_user() != 48159:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_forward() != 2764:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_friend_action() != 23278:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -578,6 +588,10 @@ def _uniffi_check_api_checksums(lib):
     if lib.uniffi_ferry_ffi_checksum_method_client_mark_group_read() != 11126:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_mark_read() != 28732:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_mark_unread() != 55067:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_mute() != 38045:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_network_changed() != 65428:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -617,7 +631,11 @@ def _uniffi_check_api_checksums(lib):
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_send_voice() != 48480:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_set_draft() != 15051:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_set_listener() != 51796:
+        raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    if lib.uniffi_ferry_ffi_checksum_method_client_set_retention() != 42199:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     if lib.uniffi_ferry_ffi_checksum_method_client_status() != 47912:
         raise InternalError("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
@@ -702,9 +720,21 @@ _UniffiLib.uniffi_ferry_ffi_checksum_method_client_app_backgrounded.restype = ct
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_app_foregrounded.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_app_foregrounded.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_archive.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_archive.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_clear_history.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_clear_history.restype = ctypes.c_uint16
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_close.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_close.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_conv_set.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_conv_set.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_conversations.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_conversations.restype = ctypes.c_uint16
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_create_group.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_create_group.restype = ctypes.c_uint16
@@ -723,6 +753,9 @@ _UniffiLib.uniffi_ferry_ffi_checksum_method_client_endpoint.restype = ctypes.c_u
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_find_user.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_find_user.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_forward.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_forward.restype = ctypes.c_uint16
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_friend_action.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_friend_action.restype = ctypes.c_uint16
@@ -753,6 +786,12 @@ _UniffiLib.uniffi_ferry_ffi_checksum_method_client_mark_group_read.restype = cty
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_mark_read.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_mark_read.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_mark_unread.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_mark_unread.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_mute.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_mute.restype = ctypes.c_uint16
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_network_changed.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_network_changed.restype = ctypes.c_uint16
@@ -810,9 +849,15 @@ _UniffiLib.uniffi_ferry_ffi_checksum_method_client_send_video.restype = ctypes.c
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_send_voice.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_send_voice.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_set_draft.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_set_draft.restype = ctypes.c_uint16
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_set_listener.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_set_listener.restype = ctypes.c_uint16
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_set_retention.argtypes = (
+)
+_UniffiLib.uniffi_ferry_ffi_checksum_method_client_set_retention.restype = ctypes.c_uint16
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_status.argtypes = (
 )
 _UniffiLib.uniffi_ferry_ffi_checksum_method_client_status.restype = ctypes.c_uint16
@@ -902,10 +947,30 @@ _UniffiLib.uniffi_ferry_ffi_fn_method_client_app_foregrounded.argtypes = (
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_app_foregrounded.restype = None
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_archive.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.c_int8,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_archive.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_clear_history.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_clear_history.restype = ctypes.c_uint64
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_close.argtypes = (
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_close.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_conv_set.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_conv_set.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_conversations.argtypes = (
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_conversations.restype = ctypes.c_uint64
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_create_group.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -940,6 +1005,12 @@ _UniffiLib.uniffi_ferry_ffi_fn_method_client_find_user.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_find_user.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_forward.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.c_uint64,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_forward.restype = ctypes.c_uint64
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_friend_action.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -992,6 +1063,18 @@ _UniffiLib.uniffi_ferry_ffi_fn_method_client_mark_read.argtypes = (
     ctypes.c_uint64,
 )
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_mark_read.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_mark_unread.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.c_int8,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_mark_unread.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_mute.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.c_int64,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_mute.restype = ctypes.c_uint64
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_network_changed.argtypes = (
     ctypes.c_uint64,
     _UniffiRustBuffer,
@@ -1110,12 +1193,24 @@ _UniffiLib.uniffi_ferry_ffi_fn_method_client_send_voice.argtypes = (
     _UniffiRustBuffer,
 )
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_send_voice.restype = ctypes.c_uint64
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_set_draft.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    _UniffiRustBuffer,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_set_draft.restype = ctypes.c_uint64
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_set_listener.argtypes = (
     ctypes.c_uint64,
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
 )
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_set_listener.restype = None
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_set_retention.argtypes = (
+    ctypes.c_uint64,
+    _UniffiRustBuffer,
+    ctypes.c_uint32,
+)
+_UniffiLib.uniffi_ferry_ffi_fn_method_client_set_retention.restype = ctypes.c_uint64
 _UniffiLib.uniffi_ferry_ffi_fn_method_client_status.argtypes = (
     ctypes.c_uint64,
     ctypes.POINTER(_UniffiRustCallStatus),
@@ -1928,11 +2023,76 @@ class _UniffiFfiConverterOptionalTypeQuote(_UniffiConverterRustBuffer):
             raise InternalError("Unexpected flag byte for optional type")
 
 @dataclass
+class Forwarded:
+    """
+    Where a forwarded message came from (docs/protocol.md §4b). A forward of a forward
+    names the first original.
+"""
+    def __init__(self, *, sender:str, time_ms:int):
+        self.sender = sender
+        self.time_ms = time_ms
+        
+        
+
+    
+    def __str__(self):
+        return "Forwarded(sender={}, time_ms={})".format(self.sender, self.time_ms)
+    def __eq__(self, other):
+        if self.sender != other.sender:
+            return False
+        if self.time_ms != other.time_ms:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeForwarded(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return Forwarded(
+            sender=_UniffiFfiConverterString.read(buf),
+            time_ms=_UniffiFfiConverterInt64.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterString.check_lower(value.sender)
+        _UniffiFfiConverterInt64.check_lower(value.time_ms)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterString.write(value.sender, buf)
+        _UniffiFfiConverterInt64.write(value.time_ms, buf)
+
+class _UniffiFfiConverterOptionalTypeForwarded(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterTypeForwarded.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterTypeForwarded.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterTypeForwarded.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+@dataclass
 class ChatMessage:
     """
     A chat message, 1:1 or in a group.
 """
-    def __init__(self, *, seq:int, gseq:int, msg_id:int, sender:str, recipient:str, group_id:int, time_ms:int, text:str, mentions:typing.List[str], media:typing.Optional[MediaRef], client_msg_id:int, outgoing:bool, quote:typing.Optional[Quote], edited_ms:int):
+    def __init__(self, *, seq:int, gseq:int, msg_id:int, sender:str, recipient:str, group_id:int, time_ms:int, text:str, mentions:typing.List[str], media:typing.Optional[MediaRef], client_msg_id:int, outgoing:bool, quote:typing.Optional[Quote], edited_ms:int, forwarded:typing.Optional[Forwarded]):
         self.seq = seq
         self.gseq = gseq
         self.msg_id = msg_id
@@ -1947,12 +2107,13 @@ class ChatMessage:
         self.outgoing = outgoing
         self.quote = quote
         self.edited_ms = edited_ms
+        self.forwarded = forwarded
         
         
 
     
     def __str__(self):
-        return "ChatMessage(seq={}, gseq={}, msg_id={}, sender={}, recipient={}, group_id={}, time_ms={}, text={}, mentions={}, media={}, client_msg_id={}, outgoing={}, quote={}, edited_ms={})".format(self.seq, self.gseq, self.msg_id, self.sender, self.recipient, self.group_id, self.time_ms, self.text, self.mentions, self.media, self.client_msg_id, self.outgoing, self.quote, self.edited_ms)
+        return "ChatMessage(seq={}, gseq={}, msg_id={}, sender={}, recipient={}, group_id={}, time_ms={}, text={}, mentions={}, media={}, client_msg_id={}, outgoing={}, quote={}, edited_ms={}, forwarded={})".format(self.seq, self.gseq, self.msg_id, self.sender, self.recipient, self.group_id, self.time_ms, self.text, self.mentions, self.media, self.client_msg_id, self.outgoing, self.quote, self.edited_ms, self.forwarded)
     def __eq__(self, other):
         if self.seq != other.seq:
             return False
@@ -1982,6 +2143,8 @@ class ChatMessage:
             return False
         if self.edited_ms != other.edited_ms:
             return False
+        if self.forwarded != other.forwarded:
+            return False
         return True
 
 class _UniffiFfiConverterTypeChatMessage(_UniffiConverterRustBuffer):
@@ -2002,6 +2165,7 @@ class _UniffiFfiConverterTypeChatMessage(_UniffiConverterRustBuffer):
             outgoing=_UniffiFfiConverterBoolean.read(buf),
             quote=_UniffiFfiConverterOptionalTypeQuote.read(buf),
             edited_ms=_UniffiFfiConverterInt64.read(buf),
+            forwarded=_UniffiFfiConverterOptionalTypeForwarded.read(buf),
         )
 
     @staticmethod
@@ -2020,6 +2184,7 @@ class _UniffiFfiConverterTypeChatMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBoolean.check_lower(value.outgoing)
         _UniffiFfiConverterOptionalTypeQuote.check_lower(value.quote)
         _UniffiFfiConverterInt64.check_lower(value.edited_ms)
+        _UniffiFfiConverterOptionalTypeForwarded.check_lower(value.forwarded)
 
     @staticmethod
     def write(value, buf):
@@ -2037,6 +2202,7 @@ class _UniffiFfiConverterTypeChatMessage(_UniffiConverterRustBuffer):
         _UniffiFfiConverterBoolean.write(value.outgoing, buf)
         _UniffiFfiConverterOptionalTypeQuote.write(value.quote, buf)
         _UniffiFfiConverterInt64.write(value.edited_ms, buf)
+        _UniffiFfiConverterOptionalTypeForwarded.write(value.forwarded, buf)
 
 class _UniffiFfiConverterOptionalString(_UniffiConverterRustBuffer):
     @classmethod
@@ -2198,6 +2364,342 @@ class _UniffiFfiConverterTypeConfig(_UniffiConverterRustBuffer):
         _UniffiFfiConverterOptionalUInt32.write(value.background_grace_ms, buf)
         _UniffiFfiConverterOptionalUInt32.write(value.backoff_max_ms, buf)
         _UniffiFfiConverterOptionalString.write(value.client_version, buf)
+
+
+
+
+
+
+class Destination:
+    """
+    Where a message goes.
+"""
+    def __init__(self):
+        raise RuntimeError("Destination cannot be instantiated directly")
+
+    # Each enum variant is a nested class of the enum itself.
+    @dataclass
+    class USER:
+        
+        def __init__(self, username:str):
+            self.username = username
+            
+            
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "Destination.USER(username={})".format(self.username)
+        def __eq__(self, other):
+            if not isinstance(other, Destination):
+                return NotImplemented
+            if not other.is_USER():
+                return False
+            if self.username != other.username:
+                return False
+            return True
+
+    @dataclass
+    class GROUP:
+        
+        def __init__(self, group_id:int):
+            self.group_id = group_id
+            
+            
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "Destination.GROUP(group_id={})".format(self.group_id)
+        def __eq__(self, other):
+            if not isinstance(other, Destination):
+                return NotImplemented
+            if not other.is_GROUP():
+                return False
+            if self.group_id != other.group_id:
+                return False
+            return True
+
+    
+
+    # For each variant, we have `is_NAME` and `is_name` methods for easily checking
+    # whether an instance is that variant.
+    def is_USER(self) -> bool:
+        return isinstance(self, Destination.USER)
+    def is_user(self) -> bool:
+        return isinstance(self, Destination.USER)
+    def is_GROUP(self) -> bool:
+        return isinstance(self, Destination.GROUP)
+    def is_group(self) -> bool:
+        return isinstance(self, Destination.GROUP)
+    
+
+# Now, a little trick - we make each nested variant class be a subclass of the main
+# enum class, so that method calls and instance checks etc will work intuitively.
+# We might be able to do this a little more neatly with a metaclass, but this'll do.
+Destination.USER = type("Destination.USER", (Destination.USER, Destination,), {})  # type: ignore
+Destination.GROUP = type("Destination.GROUP", (Destination.GROUP, Destination,), {})  # type: ignore
+
+
+
+
+class _UniffiFfiConverterTypeDestination(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        variant = buf.read_i32()
+        if variant == 1:
+            return Destination.USER(
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 2:
+            return Destination.GROUP(
+                _UniffiFfiConverterUInt64.read(buf),
+            )
+        raise InternalError("Raw enum value doesn't match any cases")
+
+    @staticmethod
+    def check_lower(value):
+        if value.is_USER():
+            _UniffiFfiConverterString.check_lower(value.username)
+            return
+        if value.is_GROUP():
+            _UniffiFfiConverterUInt64.check_lower(value.group_id)
+            return
+        raise ValueError(value)
+
+    @staticmethod
+    def write(value, buf):
+        if value.is_USER():
+            buf.write_i32(1)
+            _UniffiFfiConverterString.write(value.username, buf)
+        if value.is_GROUP():
+            buf.write_i32(2)
+            _UniffiFfiConverterUInt64.write(value.group_id, buf)
+
+
+
+class _UniffiFfiConverterOptionalBoolean(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterBoolean.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterBoolean.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterBoolean.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+class _UniffiFfiConverterOptionalInt64(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        if value is not None:
+            _UniffiFfiConverterInt64.check_lower(value)
+
+    @classmethod
+    def write(cls, value, buf):
+        if value is None:
+            buf.write_u8(0)
+            return
+
+        buf.write_u8(1)
+        _UniffiFfiConverterInt64.write(value, buf)
+
+    @classmethod
+    def read(cls, buf):
+        flag = buf.read_u8()
+        if flag == 0:
+            return None
+        elif flag == 1:
+            return _UniffiFfiConverterInt64.read(buf)
+        else:
+            raise InternalError("Unexpected flag byte for optional type")
+
+@dataclass
+class ConvChange:
+    """
+    A change of one conversation's state for `Client.conv_set`: only the fields given
+    change (`None`: left alone; `Some(false)`, `Some(0)` or `Some("")` is a change).
+"""
+    def __init__(self, *, conversation:Destination, archived:typing.Optional[bool] = _DEFAULT, unread:typing.Optional[bool] = _DEFAULT, muted_until_ms:typing.Optional[int] = _DEFAULT, draft:typing.Optional[str] = _DEFAULT, clear:bool = False, retention_secs:typing.Optional[int] = _DEFAULT):
+        self.conversation = conversation
+        if archived is _DEFAULT:
+            self.archived = None
+        else:
+            self.archived = archived
+        if unread is _DEFAULT:
+            self.unread = None
+        else:
+            self.unread = unread
+        if muted_until_ms is _DEFAULT:
+            self.muted_until_ms = None
+        else:
+            self.muted_until_ms = muted_until_ms
+        if draft is _DEFAULT:
+            self.draft = None
+        else:
+            self.draft = draft
+        self.clear = clear
+        if retention_secs is _DEFAULT:
+            self.retention_secs = None
+        else:
+            self.retention_secs = retention_secs
+        
+        
+
+    
+    def __str__(self):
+        return "ConvChange(conversation={}, archived={}, unread={}, muted_until_ms={}, draft={}, clear={}, retention_secs={})".format(self.conversation, self.archived, self.unread, self.muted_until_ms, self.draft, self.clear, self.retention_secs)
+    def __eq__(self, other):
+        if self.conversation != other.conversation:
+            return False
+        if self.archived != other.archived:
+            return False
+        if self.unread != other.unread:
+            return False
+        if self.muted_until_ms != other.muted_until_ms:
+            return False
+        if self.draft != other.draft:
+            return False
+        if self.clear != other.clear:
+            return False
+        if self.retention_secs != other.retention_secs:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeConvChange(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return ConvChange(
+            conversation=_UniffiFfiConverterTypeDestination.read(buf),
+            archived=_UniffiFfiConverterOptionalBoolean.read(buf),
+            unread=_UniffiFfiConverterOptionalBoolean.read(buf),
+            muted_until_ms=_UniffiFfiConverterOptionalInt64.read(buf),
+            draft=_UniffiFfiConverterOptionalString.read(buf),
+            clear=_UniffiFfiConverterBoolean.read(buf),
+            retention_secs=_UniffiFfiConverterOptionalUInt32.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterTypeDestination.check_lower(value.conversation)
+        _UniffiFfiConverterOptionalBoolean.check_lower(value.archived)
+        _UniffiFfiConverterOptionalBoolean.check_lower(value.unread)
+        _UniffiFfiConverterOptionalInt64.check_lower(value.muted_until_ms)
+        _UniffiFfiConverterOptionalString.check_lower(value.draft)
+        _UniffiFfiConverterBoolean.check_lower(value.clear)
+        _UniffiFfiConverterOptionalUInt32.check_lower(value.retention_secs)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterTypeDestination.write(value.conversation, buf)
+        _UniffiFfiConverterOptionalBoolean.write(value.archived, buf)
+        _UniffiFfiConverterOptionalBoolean.write(value.unread, buf)
+        _UniffiFfiConverterOptionalInt64.write(value.muted_until_ms, buf)
+        _UniffiFfiConverterOptionalString.write(value.draft, buf)
+        _UniffiFfiConverterBoolean.write(value.clear, buf)
+        _UniffiFfiConverterOptionalUInt32.write(value.retention_secs, buf)
+
+@dataclass
+class ConvState:
+    """
+    One user's state of one conversation, shared by all their devices (docs/protocol.md
+    §4b, `ConvState`).
+"""
+    def __init__(self, *, conversation:Destination, archived:bool, unread:bool, muted_until_ms:int, draft:str, draft_ms:int, cleared_before_msg_id:int, retention_secs:int, updated_ms:int):
+        self.conversation = conversation
+        self.archived = archived
+        self.unread = unread
+        self.muted_until_ms = muted_until_ms
+        self.draft = draft
+        self.draft_ms = draft_ms
+        self.cleared_before_msg_id = cleared_before_msg_id
+        self.retention_secs = retention_secs
+        self.updated_ms = updated_ms
+        
+        
+
+    
+    def __str__(self):
+        return "ConvState(conversation={}, archived={}, unread={}, muted_until_ms={}, draft={}, draft_ms={}, cleared_before_msg_id={}, retention_secs={}, updated_ms={})".format(self.conversation, self.archived, self.unread, self.muted_until_ms, self.draft, self.draft_ms, self.cleared_before_msg_id, self.retention_secs, self.updated_ms)
+    def __eq__(self, other):
+        if self.conversation != other.conversation:
+            return False
+        if self.archived != other.archived:
+            return False
+        if self.unread != other.unread:
+            return False
+        if self.muted_until_ms != other.muted_until_ms:
+            return False
+        if self.draft != other.draft:
+            return False
+        if self.draft_ms != other.draft_ms:
+            return False
+        if self.cleared_before_msg_id != other.cleared_before_msg_id:
+            return False
+        if self.retention_secs != other.retention_secs:
+            return False
+        if self.updated_ms != other.updated_ms:
+            return False
+        return True
+
+class _UniffiFfiConverterTypeConvState(_UniffiConverterRustBuffer):
+    @staticmethod
+    def read(buf):
+        return ConvState(
+            conversation=_UniffiFfiConverterTypeDestination.read(buf),
+            archived=_UniffiFfiConverterBoolean.read(buf),
+            unread=_UniffiFfiConverterBoolean.read(buf),
+            muted_until_ms=_UniffiFfiConverterInt64.read(buf),
+            draft=_UniffiFfiConverterString.read(buf),
+            draft_ms=_UniffiFfiConverterInt64.read(buf),
+            cleared_before_msg_id=_UniffiFfiConverterUInt64.read(buf),
+            retention_secs=_UniffiFfiConverterUInt32.read(buf),
+            updated_ms=_UniffiFfiConverterInt64.read(buf),
+        )
+
+    @staticmethod
+    def check_lower(value):
+        _UniffiFfiConverterTypeDestination.check_lower(value.conversation)
+        _UniffiFfiConverterBoolean.check_lower(value.archived)
+        _UniffiFfiConverterBoolean.check_lower(value.unread)
+        _UniffiFfiConverterInt64.check_lower(value.muted_until_ms)
+        _UniffiFfiConverterString.check_lower(value.draft)
+        _UniffiFfiConverterInt64.check_lower(value.draft_ms)
+        _UniffiFfiConverterUInt64.check_lower(value.cleared_before_msg_id)
+        _UniffiFfiConverterUInt32.check_lower(value.retention_secs)
+        _UniffiFfiConverterInt64.check_lower(value.updated_ms)
+
+    @staticmethod
+    def write(value, buf):
+        _UniffiFfiConverterTypeDestination.write(value.conversation, buf)
+        _UniffiFfiConverterBoolean.write(value.archived, buf)
+        _UniffiFfiConverterBoolean.write(value.unread, buf)
+        _UniffiFfiConverterInt64.write(value.muted_until_ms, buf)
+        _UniffiFfiConverterString.write(value.draft, buf)
+        _UniffiFfiConverterInt64.write(value.draft_ms, buf)
+        _UniffiFfiConverterUInt64.write(value.cleared_before_msg_id, buf)
+        _UniffiFfiConverterUInt32.write(value.retention_secs, buf)
+        _UniffiFfiConverterInt64.write(value.updated_ms, buf)
 
 
 
@@ -3295,31 +3797,6 @@ class _UniffiFfiConverterOptionalUInt64(_UniffiConverterRustBuffer):
         else:
             raise InternalError("Unexpected flag byte for optional type")
 
-class _UniffiFfiConverterOptionalInt64(_UniffiConverterRustBuffer):
-    @classmethod
-    def check_lower(cls, value):
-        if value is not None:
-            _UniffiFfiConverterInt64.check_lower(value)
-
-    @classmethod
-    def write(cls, value, buf):
-        if value is None:
-            buf.write_u8(0)
-            return
-
-        buf.write_u8(1)
-        _UniffiFfiConverterInt64.write(value, buf)
-
-    @classmethod
-    def read(cls, buf):
-        flag = buf.read_u8()
-        if flag == 0:
-            return None
-        elif flag == 1:
-            return _UniffiFfiConverterInt64.read(buf)
-        else:
-            raise InternalError("Unexpected flag byte for optional type")
-
 
 
 
@@ -3731,125 +4208,6 @@ class _UniffiFfiConverterTypeUserInfo(_UniffiConverterRustBuffer):
         _UniffiFfiConverterUInt64.write(value.user_id, buf)
         _UniffiFfiConverterString.write(value.username, buf)
         _UniffiFfiConverterString.write(value.avatar_etag, buf)
-
-
-
-
-
-
-class Destination:
-    """
-    Where a message goes.
-"""
-    def __init__(self):
-        raise RuntimeError("Destination cannot be instantiated directly")
-
-    # Each enum variant is a nested class of the enum itself.
-    @dataclass
-    class USER:
-        
-        def __init__(self, username:str):
-            self.username = username
-            
-            
-            pass
-
-    
-            
-            
-    
-        def __str__(self):
-            return "Destination.USER(username={})".format(self.username)
-        def __eq__(self, other):
-            if not isinstance(other, Destination):
-                return NotImplemented
-            if not other.is_USER():
-                return False
-            if self.username != other.username:
-                return False
-            return True
-
-    @dataclass
-    class GROUP:
-        
-        def __init__(self, group_id:int):
-            self.group_id = group_id
-            
-            
-            pass
-
-    
-            
-            
-    
-        def __str__(self):
-            return "Destination.GROUP(group_id={})".format(self.group_id)
-        def __eq__(self, other):
-            if not isinstance(other, Destination):
-                return NotImplemented
-            if not other.is_GROUP():
-                return False
-            if self.group_id != other.group_id:
-                return False
-            return True
-
-    
-
-    # For each variant, we have `is_NAME` and `is_name` methods for easily checking
-    # whether an instance is that variant.
-    def is_USER(self) -> bool:
-        return isinstance(self, Destination.USER)
-    def is_user(self) -> bool:
-        return isinstance(self, Destination.USER)
-    def is_GROUP(self) -> bool:
-        return isinstance(self, Destination.GROUP)
-    def is_group(self) -> bool:
-        return isinstance(self, Destination.GROUP)
-    
-
-# Now, a little trick - we make each nested variant class be a subclass of the main
-# enum class, so that method calls and instance checks etc will work intuitively.
-# We might be able to do this a little more neatly with a metaclass, but this'll do.
-Destination.USER = type("Destination.USER", (Destination.USER, Destination,), {})  # type: ignore
-Destination.GROUP = type("Destination.GROUP", (Destination.GROUP, Destination,), {})  # type: ignore
-
-
-
-
-class _UniffiFfiConverterTypeDestination(_UniffiConverterRustBuffer):
-    @staticmethod
-    def read(buf):
-        variant = buf.read_i32()
-        if variant == 1:
-            return Destination.USER(
-                _UniffiFfiConverterString.read(buf),
-            )
-        if variant == 2:
-            return Destination.GROUP(
-                _UniffiFfiConverterUInt64.read(buf),
-            )
-        raise InternalError("Raw enum value doesn't match any cases")
-
-    @staticmethod
-    def check_lower(value):
-        if value.is_USER():
-            _UniffiFfiConverterString.check_lower(value.username)
-            return
-        if value.is_GROUP():
-            _UniffiFfiConverterUInt64.check_lower(value.group_id)
-            return
-        raise ValueError(value)
-
-    @staticmethod
-    def write(value, buf):
-        if value.is_USER():
-            buf.write_i32(1)
-            _UniffiFfiConverterString.write(value.username, buf)
-        if value.is_GROUP():
-            buf.write_i32(2)
-            _UniffiFfiConverterUInt64.write(value.group_id, buf)
-
-
 
 
 
@@ -5177,6 +5535,120 @@ class Event:
             return True
 
     @dataclass
+    class CONV:
+        """
+        This user's state of a conversation changed (from any device of theirs, or a 1:1
+        retention the peer set): `state` is its whole state after the change. Replace what
+        is kept for that conversation with it, and drop its messages with an id at or
+        below `state.cleared_before_msg_id` (also ones a sync brings later). Only this
+        user's devices get it. Applying it twice is harmless.
+"""
+        
+        def __init__(self, seq:int, state:ConvState):
+            self.seq = seq
+            
+            
+            self.state = state
+            
+            
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "Event.CONV(seq={}, state={})".format(self.seq, self.state)
+        def __eq__(self, other):
+            if not isinstance(other, Event):
+                return NotImplemented
+            if not other.is_CONV():
+                return False
+            if self.seq != other.seq:
+                return False
+            if self.state != other.state:
+                return False
+            return True
+
+    @dataclass
+    class RETENTION:
+        """
+        A group's owner or an admin (`by`) set the group's retention for every member
+        (`retention_secs`, 0: the server's only): set it in the state of that group.
+"""
+        
+        def __init__(self, gseq:int, group_id:int, retention_secs:int, by:str):
+            self.gseq = gseq
+            
+            
+            self.group_id = group_id
+            
+            
+            self.retention_secs = retention_secs
+            
+            
+            self.by = by
+            
+            
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "Event.RETENTION(gseq={}, group_id={}, retention_secs={}, by={})".format(self.gseq, self.group_id, self.retention_secs, self.by)
+        def __eq__(self, other):
+            if not isinstance(other, Event):
+                return NotImplemented
+            if not other.is_RETENTION():
+                return False
+            if self.gseq != other.gseq:
+                return False
+            if self.group_id != other.group_id:
+                return False
+            if self.retention_secs != other.retention_secs:
+                return False
+            if self.by != other.by:
+                return False
+            return True
+
+    @dataclass
+    class NO_CONTENT:
+        """
+        A place in a group's log without content for this user: a message (or its edit,
+        reaction or pin) from before they cleared the group's history, or a message the
+        retention removed. Nothing to show; the group's cursor moves past it. (An entry of
+        a kind this SDK version does not know, from a newer server, comes the same way.)
+"""
+        
+        def __init__(self, gseq:int, group_id:int):
+            self.gseq = gseq
+            
+            
+            self.group_id = group_id
+            
+            
+            pass
+
+    
+            
+            
+    
+        def __str__(self):
+            return "Event.NO_CONTENT(gseq={}, group_id={})".format(self.gseq, self.group_id)
+        def __eq__(self, other):
+            if not isinstance(other, Event):
+                return NotImplemented
+            if not other.is_NO_CONTENT():
+                return False
+            if self.gseq != other.gseq:
+                return False
+            if self.group_id != other.group_id:
+                return False
+            return True
+
+    @dataclass
     class UNKNOWN:
         """
         An inbox entry of a kind this SDK version does not know (a newer server): skip it.
@@ -5268,6 +5740,18 @@ class Event:
         return isinstance(self, Event.PIN)
     def is_pin(self) -> bool:
         return isinstance(self, Event.PIN)
+    def is_CONV(self) -> bool:
+        return isinstance(self, Event.CONV)
+    def is_conv(self) -> bool:
+        return isinstance(self, Event.CONV)
+    def is_RETENTION(self) -> bool:
+        return isinstance(self, Event.RETENTION)
+    def is_retention(self) -> bool:
+        return isinstance(self, Event.RETENTION)
+    def is_NO_CONTENT(self) -> bool:
+        return isinstance(self, Event.NO_CONTENT)
+    def is_no_content(self) -> bool:
+        return isinstance(self, Event.NO_CONTENT)
     def is_UNKNOWN(self) -> bool:
         return isinstance(self, Event.UNKNOWN)
     def is_unknown(self) -> bool:
@@ -5291,6 +5775,9 @@ Event.EDIT = type("Event.EDIT", (Event.EDIT, Event,), {})  # type: ignore
 Event.REACTION = type("Event.REACTION", (Event.REACTION, Event,), {})  # type: ignore
 Event.HIDE = type("Event.HIDE", (Event.HIDE, Event,), {})  # type: ignore
 Event.PIN = type("Event.PIN", (Event.PIN, Event,), {})  # type: ignore
+Event.CONV = type("Event.CONV", (Event.CONV, Event,), {})  # type: ignore
+Event.RETENTION = type("Event.RETENTION", (Event.RETENTION, Event,), {})  # type: ignore
+Event.NO_CONTENT = type("Event.NO_CONTENT", (Event.NO_CONTENT, Event,), {})  # type: ignore
 Event.UNKNOWN = type("Event.UNKNOWN", (Event.UNKNOWN, Event,), {})  # type: ignore
 
 
@@ -5400,6 +5887,23 @@ class _UniffiFfiConverterTypeEvent(_UniffiConverterRustBuffer):
                 _UniffiFfiConverterBoolean.read(buf),
             )
         if variant == 15:
+            return Event.CONV(
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterTypeConvState.read(buf),
+            )
+        if variant == 16:
+            return Event.RETENTION(
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterUInt32.read(buf),
+                _UniffiFfiConverterString.read(buf),
+            )
+        if variant == 17:
+            return Event.NO_CONTENT(
+                _UniffiFfiConverterUInt64.read(buf),
+                _UniffiFfiConverterUInt64.read(buf),
+            )
+        if variant == 18:
             return Event.UNKNOWN(
                 _UniffiFfiConverterUInt64.read(buf),
                 _UniffiFfiConverterUInt64.read(buf),
@@ -5492,6 +5996,20 @@ class _UniffiFfiConverterTypeEvent(_UniffiConverterRustBuffer):
             _UniffiFfiConverterUInt64.check_lower(value.msg_id)
             _UniffiFfiConverterString.check_lower(value.by)
             _UniffiFfiConverterBoolean.check_lower(value.pinned)
+            return
+        if value.is_CONV():
+            _UniffiFfiConverterUInt64.check_lower(value.seq)
+            _UniffiFfiConverterTypeConvState.check_lower(value.state)
+            return
+        if value.is_RETENTION():
+            _UniffiFfiConverterUInt64.check_lower(value.gseq)
+            _UniffiFfiConverterUInt64.check_lower(value.group_id)
+            _UniffiFfiConverterUInt32.check_lower(value.retention_secs)
+            _UniffiFfiConverterString.check_lower(value.by)
+            return
+        if value.is_NO_CONTENT():
+            _UniffiFfiConverterUInt64.check_lower(value.gseq)
+            _UniffiFfiConverterUInt64.check_lower(value.group_id)
             return
         if value.is_UNKNOWN():
             _UniffiFfiConverterUInt64.check_lower(value.seq)
@@ -5586,8 +6104,22 @@ class _UniffiFfiConverterTypeEvent(_UniffiConverterRustBuffer):
             _UniffiFfiConverterUInt64.write(value.msg_id, buf)
             _UniffiFfiConverterString.write(value.by, buf)
             _UniffiFfiConverterBoolean.write(value.pinned, buf)
-        if value.is_UNKNOWN():
+        if value.is_CONV():
             buf.write_i32(15)
+            _UniffiFfiConverterUInt64.write(value.seq, buf)
+            _UniffiFfiConverterTypeConvState.write(value.state, buf)
+        if value.is_RETENTION():
+            buf.write_i32(16)
+            _UniffiFfiConverterUInt64.write(value.gseq, buf)
+            _UniffiFfiConverterUInt64.write(value.group_id, buf)
+            _UniffiFfiConverterUInt32.write(value.retention_secs, buf)
+            _UniffiFfiConverterString.write(value.by, buf)
+        if value.is_NO_CONTENT():
+            buf.write_i32(17)
+            _UniffiFfiConverterUInt64.write(value.gseq, buf)
+            _UniffiFfiConverterUInt64.write(value.group_id, buf)
+        if value.is_UNKNOWN():
+            buf.write_i32(18)
             _UniffiFfiConverterUInt64.write(value.seq, buf)
             _UniffiFfiConverterUInt64.write(value.gseq, buf)
 
@@ -5722,6 +6254,52 @@ class _UniffiFfiConverterTypeStatus(_UniffiConverterRustBuffer):
             buf.write_i32(4)
 
 
+
+class _UniffiFfiConverterSequenceTypeConvChange(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeConvChange.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeConvChange.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeConvChange.read(buf) for i in range(count)
+        ]
+
+class _UniffiFfiConverterSequenceTypeConvState(_UniffiConverterRustBuffer):
+    @classmethod
+    def check_lower(cls, value):
+        for item in value:
+            _UniffiFfiConverterTypeConvState.check_lower(item)
+
+    @classmethod
+    def write(cls, value, buf):
+        items = len(value)
+        buf.write_i32(items)
+        for item in value:
+            _UniffiFfiConverterTypeConvState.write(item, buf)
+
+    @classmethod
+    def read(cls, buf):
+        count = buf.read_i32()
+        if count < 0:
+            raise InternalError("Unexpected negative sequence length")
+
+        return [
+            _UniffiFfiConverterTypeConvState.read(buf) for i in range(count)
+        ]
 
 
 class ProgressListener():
@@ -6183,10 +6761,35 @@ class ClientProtocol(typing.Protocol):
         sync what arrived meanwhile.
 """
         raise NotImplementedError
+    async def archive(self, conversation: Destination,archived: bool) -> ConvState:
+        """
+        Archives (or unarchives) a conversation on every device of this user; answers its
+        state after the change.
+"""
+        raise NotImplementedError
+    async def clear_history(self, conversation: Destination) -> ConvState:
+        """
+        Clears a conversation's history for this user: every message up to now, on every
+        device of theirs (`cleared_before_msg_id`); nobody else's.
+"""
+        raise NotImplementedError
     async def close(self, ) -> None:
         """
         Closes the link and saves the device state (the synckey stays where the app's
         events got to). The client cannot be used afterwards.
+"""
+        raise NotImplementedError
+    async def conv_set(self, changes: typing.List[ConvChange]) -> typing.List[ConvState]:
+        """
+        Changes conversations' states (at most 64 in one call; only the fields given in
+        each change) and answers every conversation state of this user. Each change
+        reaches all of this user's devices as a `Conv` event. One refused: none applied.
+"""
+        raise NotImplementedError
+    async def conversations(self, ) -> typing.List[ConvState]:
+        """
+        Every conversation state of this user (archived, unread, muted, draft, cleared,
+        retention).
 """
         raise NotImplementedError
     async def create_group(self, name: str,members: typing.List[str],share_history: bool) -> Group:
@@ -6218,6 +6821,15 @@ class ClientProtocol(typing.Protocol):
 """
         raise NotImplementedError
     async def find_user(self, username: str) -> UserInfo:
+        raise NotImplementedError
+    async def forward(self, to: Destination,msg_id: int) -> SendAck:
+        """
+        Forwards message `msg_id` (one this user may read) into `to` (the 1:1 chat with a
+        user, or a group); retried with one id until the server stored it. The server
+        copies its text and media (no re-upload); the new message carries `forwarded` (the
+        original's author and time). `NOT_FOUND` when this user may not read the message,
+        or it was recalled.
+"""
         raise NotImplementedError
     async def friend_action(self, action: FriendAction,username: str) -> FriendActionResult:
         """
@@ -6267,6 +6879,17 @@ class ClientProtocol(typing.Protocol):
     async def mark_read(self, peer: str,msg_id: int) -> None:
         """
         Tells `peer` this user read their messages up to `msg_id`.
+"""
+        raise NotImplementedError
+    async def mark_unread(self, conversation: Destination,unread: bool) -> ConvState:
+        """
+        Marks a conversation unread (or takes the mark away; reading it does too).
+"""
+        raise NotImplementedError
+    async def mute(self, conversation: Destination,until_ms: int) -> ConvState:
+        """
+        Mutes a conversation until `until_ms` (unix ms; -1: until unmuted; 0 unmutes). The
+        same setting as the push settings' muted mode.
 """
         raise NotImplementedError
     def network_changed(self, network: str) -> None:
@@ -6377,10 +7000,22 @@ class ClientProtocol(typing.Protocol):
         Sends a voice note of `duration_ms`.
 """
         raise NotImplementedError
+    async def set_draft(self, conversation: Destination,draft: str) -> ConvState:
+        """
+        Keeps the composer's unsent text of a conversation on every device of this user
+        ("" removes it; at most 4 000 characters; the latest write wins).
+"""
+        raise NotImplementedError
     def set_listener(self, listener: EventListener) -> None:
         """
         From now on every event goes to `listener` (on the SDK's event thread, in order),
         starting with those queued; `next_event` then fails. Once only.
+"""
+        raise NotImplementedError
+    async def set_retention(self, conversation: Destination,secs: int) -> ConvState:
+        """
+        Sets a conversation's own retention for everyone in it, in seconds (0 removes it;
+        else at least 60). In a group: its owner and admins only.
 """
         raise NotImplementedError
     def status(self, ) -> Status:
@@ -6509,6 +7144,51 @@ class Client(ClientProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
+    async def archive(self, conversation: Destination,archived: bool) -> ConvState:
+        """
+        Archives (or unarchives) a conversation on every device of this user; answers its
+        state after the change.
+"""
+        
+        _UniffiFfiConverterTypeDestination.check_lower(conversation)
+
+        _UniffiFfiConverterBoolean.check_lower(archived)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeDestination.lower(conversation),
+            _UniffiFfiConverterBoolean.lower(archived),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeConvState.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_archive(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def clear_history(self, conversation: Destination) -> ConvState:
+        """
+        Clears a conversation's history for this user: every message up to now, on every
+        device of theirs (`cleared_before_msg_id`); nobody else's.
+"""
+        
+        _UniffiFfiConverterTypeDestination.check_lower(conversation)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeDestination.lower(conversation),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeConvState.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_clear_history(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     async def close(self, ) -> None:
         """
         Closes the link and saves the device state (the synckey stays where the app's
@@ -6524,6 +7204,46 @@ class Client(ClientProtocol):
             _UniffiLib.ffi_ferry_ffi_rust_future_poll_void,
             _UniffiLib.ffi_ferry_ffi_rust_future_complete_void,
             _UniffiLib.ffi_ferry_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def conv_set(self, changes: typing.List[ConvChange]) -> typing.List[ConvState]:
+        """
+        Changes conversations' states (at most 64 in one call; only the fields given in
+        each change) and answers every conversation state of this user. Each change
+        reaches all of this user's devices as a `Conv` event. One refused: none applied.
+"""
+        
+        _UniffiFfiConverterSequenceTypeConvChange.check_lower(changes)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterSequenceTypeConvChange.lower(changes),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceTypeConvState.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_conv_set(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def conversations(self, ) -> typing.List[ConvState]:
+        """
+        Every conversation state of this user (archived, unread, muted, draft, cleared,
+        retention).
+"""
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterSequenceTypeConvState.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_conversations(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
@@ -6643,6 +7363,33 @@ class Client(ClientProtocol):
         _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
         return await _uniffi_rust_call_async(
             _UniffiLib.uniffi_ferry_ffi_fn_method_client_find_user(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def forward(self, to: Destination,msg_id: int) -> SendAck:
+        """
+        Forwards message `msg_id` (one this user may read) into `to` (the 1:1 chat with a
+        user, or a group); retried with one id until the server stored it. The server
+        copies its text and media (no re-upload); the new message carries `forwarded` (the
+        original's author and time). `NOT_FOUND` when this user may not read the message,
+        or it was recalled.
+"""
+        
+        _UniffiFfiConverterTypeDestination.check_lower(to)
+
+        _UniffiFfiConverterUInt64.check_lower(msg_id)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeDestination.lower(to),
+            _UniffiFfiConverterUInt64.lower(msg_id),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeSendAck.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_forward(*_uniffi_lowered_args),
             _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
             _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
             _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
@@ -6847,6 +7594,53 @@ class Client(ClientProtocol):
             _UniffiLib.ffi_ferry_ffi_rust_future_poll_void,
             _UniffiLib.ffi_ferry_ffi_rust_future_complete_void,
             _UniffiLib.ffi_ferry_ffi_rust_future_free_void,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def mark_unread(self, conversation: Destination,unread: bool) -> ConvState:
+        """
+        Marks a conversation unread (or takes the mark away; reading it does too).
+"""
+        
+        _UniffiFfiConverterTypeDestination.check_lower(conversation)
+
+        _UniffiFfiConverterBoolean.check_lower(unread)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeDestination.lower(conversation),
+            _UniffiFfiConverterBoolean.lower(unread),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeConvState.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_mark_unread(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
+    async def mute(self, conversation: Destination,until_ms: int) -> ConvState:
+        """
+        Mutes a conversation until `until_ms` (unix ms; -1: until unmuted; 0 unmutes). The
+        same setting as the push settings' muted mode.
+"""
+        
+        _UniffiFfiConverterTypeDestination.check_lower(conversation)
+
+        _UniffiFfiConverterInt64.check_lower(until_ms)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeDestination.lower(conversation),
+            _UniffiFfiConverterInt64.lower(until_ms),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeConvState.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_mute(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
@@ -7309,6 +8103,30 @@ class Client(ClientProtocol):
             _uniffi_lift_return,
             _uniffi_error_converter,
         )
+    async def set_draft(self, conversation: Destination,draft: str) -> ConvState:
+        """
+        Keeps the composer's unsent text of a conversation on every device of this user
+        ("" removes it; at most 4 000 characters; the latest write wins).
+"""
+        
+        _UniffiFfiConverterTypeDestination.check_lower(conversation)
+
+        _UniffiFfiConverterString.check_lower(draft)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeDestination.lower(conversation),
+            _UniffiFfiConverterString.lower(draft),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeConvState.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_set_draft(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     def set_listener(self, listener: EventListener) -> None:
         """
         From now on every event goes to `listener` (on the SDK's event thread, in order),
@@ -7328,6 +8146,30 @@ class Client(ClientProtocol):
             *_uniffi_lowered_args,
         )
         return _uniffi_lift_return(_uniffi_ffi_result)
+    async def set_retention(self, conversation: Destination,secs: int) -> ConvState:
+        """
+        Sets a conversation's own retention for everyone in it, in seconds (0 removes it;
+        else at least 60). In a group: its owner and admins only.
+"""
+        
+        _UniffiFfiConverterTypeDestination.check_lower(conversation)
+
+        _UniffiFfiConverterUInt32.check_lower(secs)
+        _uniffi_lowered_args = (
+            self._uniffi_clone_handle(),
+            _UniffiFfiConverterTypeDestination.lower(conversation),
+            _UniffiFfiConverterUInt32.lower(secs),
+        )
+        _uniffi_lift_return = _UniffiFfiConverterTypeConvState.lift
+        _uniffi_error_converter = _UniffiFfiConverterTypeFerryError
+        return await _uniffi_rust_call_async(
+            _UniffiLib.uniffi_ferry_ffi_fn_method_client_set_retention(*_uniffi_lowered_args),
+            _UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            _UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer,
+            _uniffi_lift_return,
+            _uniffi_error_converter,
+        )
     def status(self, ) -> Status:
         _uniffi_lowered_args = (
             self._uniffi_clone_handle(),
@@ -7689,13 +8531,13 @@ def unified_push_target(endpoint: str,p256dh: str,auth: str) -> PushTarget:
 __all__ = [
     "InternalError",
     "MediaKind",
+    "Destination",
     "FriendState",
     "GroupRole",
     "PushProvider",
     "PushPreview",
     "SearchKind",
     "SearchOrder",
-    "Destination",
     "ErrorCode",
     "FriendEventKind",
     "GroupEventKind",
@@ -7707,8 +8549,11 @@ __all__ = [
     "Status",
     "MediaRef",
     "Quote",
+    "Forwarded",
     "ChatMessage",
     "Config",
+    "ConvChange",
+    "ConvState",
     "Friend",
     "FriendActionResult",
     "FriendList",

@@ -647,10 +647,35 @@ public protocol ClientProtocol: AnyObject, Sendable {
     func appForegrounded() 
     
     /**
+     * Archives (or unarchives) a conversation on every device of this user; answers its
+     * state after the change.
+     */
+    func archive(conversation: Destination, archived: Bool) async throws  -> ConvState
+    
+    /**
+     * Clears a conversation's history for this user: every message up to now, on every
+     * device of theirs (`cleared_before_msg_id`); nobody else's.
+     */
+    func clearHistory(conversation: Destination) async throws  -> ConvState
+    
+    /**
      * Closes the link and saves the device state (the synckey stays where the app's
      * events got to). The client cannot be used afterwards.
      */
     func close() async throws 
+    
+    /**
+     * Changes conversations' states (at most 64 in one call; only the fields given in
+     * each change) and answers every conversation state of this user. Each change
+     * reaches all of this user's devices as a `Conv` event. One refused: none applied.
+     */
+    func convSet(changes: [ConvChange]) async throws  -> [ConvState]
+    
+    /**
+     * Every conversation state of this user (archived, unread, muted, draft, cleared,
+     * retention).
+     */
+    func conversations() async throws  -> [ConvState]
     
     /**
      * Creates a group owned by this user; `share_history`: new members see its past.
@@ -681,6 +706,15 @@ public protocol ClientProtocol: AnyObject, Sendable {
     func endpoint()  -> String?
     
     func findUser(username: String) async throws  -> UserInfo
+    
+    /**
+     * Forwards message `msg_id` (one this user may read) into `to` (the 1:1 chat with a
+     * user, or a group); retried with one id until the server stored it. The server
+     * copies its text and media (no re-upload); the new message carries `forwarded` (the
+     * original's author and time). `NOT_FOUND` when this user may not read the message,
+     * or it was recalled.
+     */
+    func forward(to: Destination, msgId: UInt64) async throws  -> SendAck
     
     /**
      * Accepts, declines, removes, blocks or unblocks `username`.
@@ -731,6 +765,17 @@ public protocol ClientProtocol: AnyObject, Sendable {
      * Tells `peer` this user read their messages up to `msg_id`.
      */
     func markRead(peer: String, msgId: UInt64) async throws 
+    
+    /**
+     * Marks a conversation unread (or takes the mark away; reading it does too).
+     */
+    func markUnread(conversation: Destination, unread: Bool) async throws  -> ConvState
+    
+    /**
+     * Mutes a conversation until `until_ms` (unix ms; -1: until unmuted; 0 unmutes). The
+     * same setting as the push settings' muted mode.
+     */
+    func mute(conversation: Destination, untilMs: Int64) async throws  -> ConvState
     
     /**
      * The device moved to another network (Wi-Fi joined, cell lost …): the link is made
@@ -841,10 +886,22 @@ public protocol ClientProtocol: AnyObject, Sendable {
     func sendVoice(to: Destination, data: Data, durationMs: UInt32, progress: ProgressListener?) async throws  -> SentMedia
     
     /**
+     * Keeps the composer's unsent text of a conversation on every device of this user
+     * ("" removes it; at most 4 000 characters; the latest write wins).
+     */
+    func setDraft(conversation: Destination, draft: String) async throws  -> ConvState
+    
+    /**
      * From now on every event goes to `listener` (on the SDK's event thread, in order),
      * starting with those queued; `next_event` then fails. Once only.
      */
     func setListener(listener: EventListener) throws 
+    
+    /**
+     * Sets a conversation's own retention for everyone in it, in seconds (0 removes it;
+     * else at least 60). In a group: its owner and admins only.
+     */
+    func setRetention(conversation: Destination, secs: UInt32) async throws  -> ConvState
     
     func status()  -> Status
     
@@ -990,6 +1047,46 @@ open func appForegrounded()  {try! rustCall() {
 }
     
     /**
+     * Archives (or unarchives) a conversation on every device of this user; answers its
+     * state after the change.
+     */
+open func archive(conversation: Destination, archived: Bool)async throws  -> ConvState  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_archive(
+                        self.uniffiCloneHandle(),FfiConverterTypeDestination_lower(conversation),FfiConverterBool.lower(archived)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeConvState_lift,
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
+     * Clears a conversation's history for this user: every message up to now, on every
+     * device of theirs (`cleared_before_msg_id`); nobody else's.
+     */
+open func clearHistory(conversation: Destination)async throws  -> ConvState  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_clear_history(
+                        self.uniffiCloneHandle(),FfiConverterTypeDestination_lower(conversation)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeConvState_lift,
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
      * Closes the link and saves the device state (the synckey stays where the app's
      * events got to). The client cannot be used afterwards.
      */
@@ -1005,6 +1102,47 @@ open func close()async throws   {
             completeFunc: ffi_ferry_ffi_rust_future_complete_void,
             freeFunc: ffi_ferry_ffi_rust_future_free_void,
             liftFunc: { $0 },
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
+     * Changes conversations' states (at most 64 in one call; only the fields given in
+     * each change) and answers every conversation state of this user. Each change
+     * reaches all of this user's devices as a `Conv` event. One refused: none applied.
+     */
+open func convSet(changes: [ConvChange])async throws  -> [ConvState]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_conv_set(
+                        self.uniffiCloneHandle(),FfiConverterSequenceTypeConvChange.lower(changes)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeConvState.lift,
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
+     * Every conversation state of this user (archived, unread, muted, draft, cleared,
+     * retention).
+     */
+open func conversations()async throws  -> [ConvState]  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_conversations(
+                        self.uniffiCloneHandle()
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterSequenceTypeConvState.lift,
             errorHandler: FfiConverterTypeFerryError_lift
         )
 }
@@ -1105,6 +1243,29 @@ open func findUser(username: String)async throws  -> UserInfo  {
             completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
             freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
             liftFunc: FfiConverterTypeUserInfo_lift,
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
+     * Forwards message `msg_id` (one this user may read) into `to` (the 1:1 chat with a
+     * user, or a group); retried with one id until the server stored it. The server
+     * copies its text and media (no re-upload); the new message carries `forwarded` (the
+     * original's author and time). `NOT_FOUND` when this user may not read the message,
+     * or it was recalled.
+     */
+open func forward(to: Destination, msgId: UInt64)async throws  -> SendAck  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_forward(
+                        self.uniffiCloneHandle(),FfiConverterTypeDestination_lower(to),FfiConverterUInt64.lower(msgId)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeSendAck_lift,
             errorHandler: FfiConverterTypeFerryError_lift
         )
 }
@@ -1288,6 +1449,45 @@ open func markRead(peer: String, msgId: UInt64)async throws   {
             completeFunc: ffi_ferry_ffi_rust_future_complete_void,
             freeFunc: ffi_ferry_ffi_rust_future_free_void,
             liftFunc: { $0 },
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
+     * Marks a conversation unread (or takes the mark away; reading it does too).
+     */
+open func markUnread(conversation: Destination, unread: Bool)async throws  -> ConvState  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_mark_unread(
+                        self.uniffiCloneHandle(),FfiConverterTypeDestination_lower(conversation),FfiConverterBool.lower(unread)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeConvState_lift,
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
+     * Mutes a conversation until `until_ms` (unix ms; -1: until unmuted; 0 unmutes). The
+     * same setting as the push settings' muted mode.
+     */
+open func mute(conversation: Destination, untilMs: Int64)async throws  -> ConvState  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_mute(
+                        self.uniffiCloneHandle(),FfiConverterTypeDestination_lower(conversation),FfiConverterInt64.lower(untilMs)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeConvState_lift,
             errorHandler: FfiConverterTypeFerryError_lift
         )
 }
@@ -1660,6 +1860,26 @@ open func sendVoice(to: Destination, data: Data, durationMs: UInt32, progress: P
 }
     
     /**
+     * Keeps the composer's unsent text of a conversation on every device of this user
+     * ("" removes it; at most 4 000 characters; the latest write wins).
+     */
+open func setDraft(conversation: Destination, draft: String)async throws  -> ConvState  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_set_draft(
+                        self.uniffiCloneHandle(),FfiConverterTypeDestination_lower(conversation),FfiConverterString.lower(draft)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeConvState_lift,
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
+}
+    
+    /**
      * From now on every event goes to `listener` (on the SDK's event thread, in order),
      * starting with those queued; `next_event` then fails. Once only.
      */
@@ -1670,6 +1890,26 @@ open func setListener(listener: EventListener)throws   {try rustCallWithError(Ff
         FfiConverterTypeEventListener_lower(listener),uniffiCallStatus
     )
 }
+}
+    
+    /**
+     * Sets a conversation's own retention for everyone in it, in seconds (0 removes it;
+     * else at least 60). In a group: its owner and admins only.
+     */
+open func setRetention(conversation: Destination, secs: UInt32)async throws  -> ConvState  {
+    return
+        try  await uniffiRustCallAsync(
+            rustFutureFunc: {
+                uniffi_ferry_ffi_fn_method_client_set_retention(
+                        self.uniffiCloneHandle(),FfiConverterTypeDestination_lower(conversation),FfiConverterUInt32.lower(secs)
+                )
+            },
+            pollFunc: ffi_ferry_ffi_rust_future_poll_rust_buffer,
+            completeFunc: ffi_ferry_ffi_rust_future_complete_rust_buffer,
+            freeFunc: ffi_ferry_ffi_rust_future_free_rust_buffer,
+            liftFunc: FfiConverterTypeConvState_lift,
+            errorHandler: FfiConverterTypeFerryError_lift
+        )
 }
     
 open func status() -> Status  {
@@ -2329,6 +2569,10 @@ public struct ChatMessage: Equatable, Hashable {
      * the edited text.
      */
     public var editedMs: Int64
+    /**
+     * For a forward (`Client.forward`): who wrote the original and when.
+     */
+    public var forwarded: Forwarded?
 
     // Default memberwise initializers are never public by default, so we
     // declare one manually.
@@ -2358,7 +2602,10 @@ public struct ChatMessage: Equatable, Hashable {
         /**
          * When the sender last edited the text, unix ms (0: never edited); `text` is then
          * the edited text.
-         */editedMs: Int64) {
+         */editedMs: Int64, 
+        /**
+         * For a forward (`Client.forward`): who wrote the original and when.
+         */forwarded: Forwarded?) {
         self.seq = seq
         self.gseq = gseq
         self.msgId = msgId
@@ -2373,6 +2620,7 @@ public struct ChatMessage: Equatable, Hashable {
         self.outgoing = outgoing
         self.quote = quote
         self.editedMs = editedMs
+        self.forwarded = forwarded
     }
 
     
@@ -2404,7 +2652,8 @@ public struct FfiConverterTypeChatMessage: FfiConverterRustBuffer {
                 clientMsgId: FfiConverterUInt64.read(from: &buf), 
                 outgoing: FfiConverterBool.read(from: &buf), 
                 quote: FfiConverterOptionTypeQuote.read(from: &buf), 
-                editedMs: FfiConverterInt64.read(from: &buf)
+                editedMs: FfiConverterInt64.read(from: &buf), 
+                forwarded: FfiConverterOptionTypeForwarded.read(from: &buf)
         )
     }
 
@@ -2423,6 +2672,7 @@ public struct FfiConverterTypeChatMessage: FfiConverterRustBuffer {
         FfiConverterBool.write(value.outgoing, into: &buf)
         FfiConverterOptionTypeQuote.write(value.quote, into: &buf)
         FfiConverterInt64.write(value.editedMs, into: &buf)
+        FfiConverterOptionTypeForwarded.write(value.forwarded, into: &buf)
     }
 }
 
@@ -2594,6 +2844,316 @@ public func FfiConverterTypeConfig_lift(_ buf: RustBuffer) throws -> Config {
 #endif
 public func FfiConverterTypeConfig_lower(_ value: Config) -> RustBuffer {
     return FfiConverterTypeConfig.lower(value)
+}
+
+
+/**
+ * A change of one conversation's state for `Client.conv_set`: only the fields given
+ * change (`None`: left alone; `Some(false)`, `Some(0)` or `Some("")` is a change).
+ */
+public struct ConvChange: Equatable, Hashable {
+    public var conversation: Destination
+    public var archived: Bool?
+    public var unread: Bool?
+    /**
+     * 0 unmutes; -1 mutes until unmuted; a future unix ms mutes until then.
+     */
+    public var mutedUntilMs: Int64?
+    /**
+     * The new draft; "" removes it (at most 4 000 characters).
+     */
+    public var draft: String?
+    /**
+     * Clear the history for this user, up to the conversation's newest message now.
+     */
+    public var clear: Bool
+    /**
+     * The conversation's retention in seconds, for everyone in it (0 removes it; else at
+     * least 60; in a group its owner and admins only).
+     */
+    public var retentionSecs: UInt32?
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(conversation: Destination, archived: Bool? = nil, unread: Bool? = nil, 
+        /**
+         * 0 unmutes; -1 mutes until unmuted; a future unix ms mutes until then.
+         */mutedUntilMs: Int64? = nil, 
+        /**
+         * The new draft; "" removes it (at most 4 000 characters).
+         */draft: String? = nil, 
+        /**
+         * Clear the history for this user, up to the conversation's newest message now.
+         */clear: Bool = false, 
+        /**
+         * The conversation's retention in seconds, for everyone in it (0 removes it; else at
+         * least 60; in a group its owner and admins only).
+         */retentionSecs: UInt32? = nil) {
+        self.conversation = conversation
+        self.archived = archived
+        self.unread = unread
+        self.mutedUntilMs = mutedUntilMs
+        self.draft = draft
+        self.clear = clear
+        self.retentionSecs = retentionSecs
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ConvChange: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeConvChange: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ConvChange {
+        return
+            try ConvChange(
+                conversation: FfiConverterTypeDestination.read(from: &buf), 
+                archived: FfiConverterOptionBool.read(from: &buf), 
+                unread: FfiConverterOptionBool.read(from: &buf), 
+                mutedUntilMs: FfiConverterOptionInt64.read(from: &buf), 
+                draft: FfiConverterOptionString.read(from: &buf), 
+                clear: FfiConverterBool.read(from: &buf), 
+                retentionSecs: FfiConverterOptionUInt32.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ConvChange, into buf: inout [UInt8]) {
+        FfiConverterTypeDestination.write(value.conversation, into: &buf)
+        FfiConverterOptionBool.write(value.archived, into: &buf)
+        FfiConverterOptionBool.write(value.unread, into: &buf)
+        FfiConverterOptionInt64.write(value.mutedUntilMs, into: &buf)
+        FfiConverterOptionString.write(value.draft, into: &buf)
+        FfiConverterBool.write(value.clear, into: &buf)
+        FfiConverterOptionUInt32.write(value.retentionSecs, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeConvChange_lift(_ buf: RustBuffer) throws -> ConvChange {
+    return try FfiConverterTypeConvChange.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeConvChange_lower(_ value: ConvChange) -> RustBuffer {
+    return FfiConverterTypeConvChange.lower(value)
+}
+
+
+/**
+ * One user's state of one conversation, shared by all their devices (docs/protocol.md
+ * §4b, `ConvState`).
+ */
+public struct ConvState: Equatable, Hashable {
+    /**
+     * The 1:1 chat with a user, or a group.
+     */
+    public var conversation: Destination
+    /**
+     * Moved out of the chat list by the user.
+     */
+    public var archived: Bool
+    /**
+     * Marked unread by hand (reading the conversation clears it).
+     */
+    public var unread: Bool
+    /**
+     * 0 not muted; -1 muted until unmuted; else muted until then (unix ms).
+     */
+    public var mutedUntilMs: Int64
+    /**
+     * The composer's unsent text ("" none) and when the server took it.
+     */
+    public var draft: String
+    public var draftMs: Int64
+    /**
+     * The user cleared the history: every message of the conversation with an id at or
+     * below this is gone for them (drop it, also when a sync brings it later). 0: never.
+     */
+    public var clearedBeforeMsgId: UInt64
+    /**
+     * The conversation's own retention for everyone in it, seconds (0: the server's).
+     */
+    public var retentionSecs: UInt32
+    /**
+     * When the state last changed, unix ms.
+     */
+    public var updatedMs: Int64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * The 1:1 chat with a user, or a group.
+         */conversation: Destination, 
+        /**
+         * Moved out of the chat list by the user.
+         */archived: Bool, 
+        /**
+         * Marked unread by hand (reading the conversation clears it).
+         */unread: Bool, 
+        /**
+         * 0 not muted; -1 muted until unmuted; else muted until then (unix ms).
+         */mutedUntilMs: Int64, 
+        /**
+         * The composer's unsent text ("" none) and when the server took it.
+         */draft: String, draftMs: Int64, 
+        /**
+         * The user cleared the history: every message of the conversation with an id at or
+         * below this is gone for them (drop it, also when a sync brings it later). 0: never.
+         */clearedBeforeMsgId: UInt64, 
+        /**
+         * The conversation's own retention for everyone in it, seconds (0: the server's).
+         */retentionSecs: UInt32, 
+        /**
+         * When the state last changed, unix ms.
+         */updatedMs: Int64) {
+        self.conversation = conversation
+        self.archived = archived
+        self.unread = unread
+        self.mutedUntilMs = mutedUntilMs
+        self.draft = draft
+        self.draftMs = draftMs
+        self.clearedBeforeMsgId = clearedBeforeMsgId
+        self.retentionSecs = retentionSecs
+        self.updatedMs = updatedMs
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension ConvState: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeConvState: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> ConvState {
+        return
+            try ConvState(
+                conversation: FfiConverterTypeDestination.read(from: &buf), 
+                archived: FfiConverterBool.read(from: &buf), 
+                unread: FfiConverterBool.read(from: &buf), 
+                mutedUntilMs: FfiConverterInt64.read(from: &buf), 
+                draft: FfiConverterString.read(from: &buf), 
+                draftMs: FfiConverterInt64.read(from: &buf), 
+                clearedBeforeMsgId: FfiConverterUInt64.read(from: &buf), 
+                retentionSecs: FfiConverterUInt32.read(from: &buf), 
+                updatedMs: FfiConverterInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: ConvState, into buf: inout [UInt8]) {
+        FfiConverterTypeDestination.write(value.conversation, into: &buf)
+        FfiConverterBool.write(value.archived, into: &buf)
+        FfiConverterBool.write(value.unread, into: &buf)
+        FfiConverterInt64.write(value.mutedUntilMs, into: &buf)
+        FfiConverterString.write(value.draft, into: &buf)
+        FfiConverterInt64.write(value.draftMs, into: &buf)
+        FfiConverterUInt64.write(value.clearedBeforeMsgId, into: &buf)
+        FfiConverterUInt32.write(value.retentionSecs, into: &buf)
+        FfiConverterInt64.write(value.updatedMs, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeConvState_lift(_ buf: RustBuffer) throws -> ConvState {
+    return try FfiConverterTypeConvState.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeConvState_lower(_ value: ConvState) -> RustBuffer {
+    return FfiConverterTypeConvState.lower(value)
+}
+
+
+/**
+ * Where a forwarded message came from (docs/protocol.md §4b). A forward of a forward
+ * names the first original.
+ */
+public struct Forwarded: Equatable, Hashable {
+    /**
+     * Who wrote the original ("system" for a forwarded system message).
+     */
+    public var sender: String
+    /**
+     * When the original was sent, unix ms.
+     */
+    public var timeMs: Int64
+
+    // Default memberwise initializers are never public by default, so we
+    // declare one manually.
+    public init(
+        /**
+         * Who wrote the original ("system" for a forwarded system message).
+         */sender: String, 
+        /**
+         * When the original was sent, unix ms.
+         */timeMs: Int64) {
+        self.sender = sender
+        self.timeMs = timeMs
+    }
+
+    
+
+    
+}
+
+#if compiler(>=6)
+extension Forwarded: Sendable {}
+#endif
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public struct FfiConverterTypeForwarded: FfiConverterRustBuffer {
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> Forwarded {
+        return
+            try Forwarded(
+                sender: FfiConverterString.read(from: &buf), 
+                timeMs: FfiConverterInt64.read(from: &buf)
+        )
+    }
+
+    public static func write(_ value: Forwarded, into buf: inout [UInt8]) {
+        FfiConverterString.write(value.sender, into: &buf)
+        FfiConverterInt64.write(value.timeMs, into: &buf)
+    }
+}
+
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeForwarded_lift(_ buf: RustBuffer) throws -> Forwarded {
+    return try FfiConverterTypeForwarded.lift(buf)
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+public func FfiConverterTypeForwarded_lower(_ value: Forwarded) -> RustBuffer {
+    return FfiConverterTypeForwarded.lower(value)
 }
 
 
@@ -4460,6 +5020,29 @@ public enum Event: Equatable, Hashable {
     case pin(seq: UInt64, gseq: UInt64, conversation: Destination, msgId: UInt64, by: String, pinned: Bool
     )
     /**
+     * This user's state of a conversation changed (from any device of theirs, or a 1:1
+     * retention the peer set): `state` is its whole state after the change. Replace what
+     * is kept for that conversation with it, and drop its messages with an id at or
+     * below `state.cleared_before_msg_id` (also ones a sync brings later). Only this
+     * user's devices get it. Applying it twice is harmless.
+     */
+    case conv(seq: UInt64, state: ConvState
+    )
+    /**
+     * A group's owner or an admin (`by`) set the group's retention for every member
+     * (`retention_secs`, 0: the server's only): set it in the state of that group.
+     */
+    case retention(gseq: UInt64, groupId: UInt64, retentionSecs: UInt32, by: String
+    )
+    /**
+     * A place in a group's log without content for this user: a message (or its edit,
+     * reaction or pin) from before they cleared the group's history, or a message the
+     * retention removed. Nothing to show; the group's cursor moves past it. (An entry of
+     * a kind this SDK version does not know, from a newer server, comes the same way.)
+     */
+    case noContent(gseq: UInt64, groupId: UInt64
+    )
+    /**
      * An inbox entry of a kind this SDK version does not know (a newer server): skip it.
      */
     case unknown(seq: UInt64, gseq: UInt64
@@ -4527,7 +5110,16 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
         case 14: return .pin(seq: try FfiConverterUInt64.read(from: &buf), gseq: try FfiConverterUInt64.read(from: &buf), conversation: try FfiConverterTypeDestination.read(from: &buf), msgId: try FfiConverterUInt64.read(from: &buf), by: try FfiConverterString.read(from: &buf), pinned: try FfiConverterBool.read(from: &buf)
         )
         
-        case 15: return .unknown(seq: try FfiConverterUInt64.read(from: &buf), gseq: try FfiConverterUInt64.read(from: &buf)
+        case 15: return .conv(seq: try FfiConverterUInt64.read(from: &buf), state: try FfiConverterTypeConvState.read(from: &buf)
+        )
+        
+        case 16: return .retention(gseq: try FfiConverterUInt64.read(from: &buf), groupId: try FfiConverterUInt64.read(from: &buf), retentionSecs: try FfiConverterUInt32.read(from: &buf), by: try FfiConverterString.read(from: &buf)
+        )
+        
+        case 17: return .noContent(gseq: try FfiConverterUInt64.read(from: &buf), groupId: try FfiConverterUInt64.read(from: &buf)
+        )
+        
+        case 18: return .unknown(seq: try FfiConverterUInt64.read(from: &buf), gseq: try FfiConverterUInt64.read(from: &buf)
         )
         
         default: throw UniffiInternalError.unexpectedEnumCase
@@ -4651,8 +5243,28 @@ public struct FfiConverterTypeEvent: FfiConverterRustBuffer {
             FfiConverterBool.write(pinned, into: &buf)
             
         
-        case let .unknown(seq,gseq):
+        case let .conv(seq,state):
             writeInt(&buf, Int32(15))
+            FfiConverterUInt64.write(seq, into: &buf)
+            FfiConverterTypeConvState.write(state, into: &buf)
+            
+        
+        case let .retention(gseq,groupId,retentionSecs,by):
+            writeInt(&buf, Int32(16))
+            FfiConverterUInt64.write(gseq, into: &buf)
+            FfiConverterUInt64.write(groupId, into: &buf)
+            FfiConverterUInt32.write(retentionSecs, into: &buf)
+            FfiConverterString.write(by, into: &buf)
+            
+        
+        case let .noContent(gseq,groupId):
+            writeInt(&buf, Int32(17))
+            FfiConverterUInt64.write(gseq, into: &buf)
+            FfiConverterUInt64.write(groupId, into: &buf)
+            
+        
+        case let .unknown(seq,gseq):
+            writeInt(&buf, Int32(18))
             FfiConverterUInt64.write(seq, into: &buf)
             FfiConverterUInt64.write(gseq, into: &buf)
             
@@ -6078,6 +6690,30 @@ fileprivate struct FfiConverterOptionInt64: FfiConverterRustBuffer {
 #if swift(>=5.8)
 @_documentation(visibility: private)
 #endif
+fileprivate struct FfiConverterOptionBool: FfiConverterRustBuffer {
+    typealias SwiftType = Bool?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterBool.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterBool.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
 fileprivate struct FfiConverterOptionString: FfiConverterRustBuffer {
     typealias SwiftType = String?
 
@@ -6142,6 +6778,30 @@ fileprivate struct FfiConverterOptionTypeProgressListener: FfiConverterRustBuffe
         switch try readInt(&buf) as Int8 {
         case 0: return nil
         case 1: return try FfiConverterTypeProgressListener.read(from: &buf)
+        default: throw UniffiInternalError.unexpectedOptionalTag
+        }
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterOptionTypeForwarded: FfiConverterRustBuffer {
+    typealias SwiftType = Forwarded?
+
+    public static func write(_ value: SwiftType, into buf: inout [UInt8]) {
+        guard let value = value else {
+            writeInt(&buf, Int8(0))
+            return
+        }
+        writeInt(&buf, Int8(1))
+        FfiConverterTypeForwarded.write(value, into: &buf)
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> SwiftType {
+        switch try readInt(&buf) as Int8 {
+        case 0: return nil
+        case 1: return try FfiConverterTypeForwarded.read(from: &buf)
         default: throw UniffiInternalError.unexpectedOptionalTag
         }
     }
@@ -6288,6 +6948,56 @@ fileprivate struct FfiConverterSequenceString: FfiConverterRustBuffer {
         seq.reserveCapacity(Int(len))
         for _ in 0 ..< len {
             seq.append(try FfiConverterString.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeConvChange: FfiConverterRustBuffer {
+    typealias SwiftType = [ConvChange]
+
+    public static func write(_ value: [ConvChange], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeConvChange.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ConvChange] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ConvChange]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeConvChange.read(from: &buf))
+        }
+        return seq
+    }
+}
+
+#if swift(>=5.8)
+@_documentation(visibility: private)
+#endif
+fileprivate struct FfiConverterSequenceTypeConvState: FfiConverterRustBuffer {
+    typealias SwiftType = [ConvState]
+
+    public static func write(_ value: [ConvState], into buf: inout [UInt8]) {
+        let len = Int32(value.count)
+        writeInt(&buf, len)
+        for item in value {
+            FfiConverterTypeConvState.write(item, into: &buf)
+        }
+    }
+
+    public static func read(from buf: inout (data: Data, offset: Data.Index)) throws -> [ConvState] {
+        let len: Int32 = try readInt(&buf)
+        var seq = [ConvState]()
+        seq.reserveCapacity(Int(len))
+        for _ in 0 ..< len {
+            seq.append(try FfiConverterTypeConvState.read(from: &buf))
         }
         return seq
     }
@@ -6712,7 +7422,19 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_ffi_checksum_method_client_app_foregrounded() != 17242) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_ferry_ffi_checksum_method_client_archive() != 13905) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_ffi_checksum_method_client_clear_history() != 59942) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_ferry_ffi_checksum_method_client_close() != 11122) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_ffi_checksum_method_client_conv_set() != 40038) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_ffi_checksum_method_client_conversations() != 17827) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_ffi_checksum_method_client_create_group() != 64384) {
@@ -6731,6 +7453,9 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_ffi_checksum_method_client_find_user() != 48159) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_ffi_checksum_method_client_forward() != 2764) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_ffi_checksum_method_client_friend_action() != 23278) {
@@ -6761,6 +7486,12 @@ private let initializationResult: InitializationResult = {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_ffi_checksum_method_client_mark_read() != 28732) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_ffi_checksum_method_client_mark_unread() != 55067) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_ffi_checksum_method_client_mute() != 38045) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_ffi_checksum_method_client_network_changed() != 65428) {
@@ -6820,7 +7551,13 @@ private let initializationResult: InitializationResult = {
     if (uniffi_ferry_ffi_checksum_method_client_send_voice() != 48480) {
         return InitializationResult.apiChecksumMismatch
     }
+    if (uniffi_ferry_ffi_checksum_method_client_set_draft() != 15051) {
+        return InitializationResult.apiChecksumMismatch
+    }
     if (uniffi_ferry_ffi_checksum_method_client_set_listener() != 51796) {
+        return InitializationResult.apiChecksumMismatch
+    }
+    if (uniffi_ferry_ffi_checksum_method_client_set_retention() != 42199) {
         return InitializationResult.apiChecksumMismatch
     }
     if (uniffi_ferry_ffi_checksum_method_client_status() != 47912) {

@@ -300,9 +300,29 @@ void uniffi_ferry_ffi_fn_method_client_app_backgrounded(uint64_t ptr, RustCallSt
 void uniffi_ferry_ffi_fn_method_client_app_foregrounded(uint64_t ptr, RustCallStatus *_Nonnull out_status
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_ARCHIVE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_ARCHIVE
+uint64_t uniffi_ferry_ffi_fn_method_client_archive(uint64_t ptr, RustBuffer conversation, int8_t archived
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_CLEAR_HISTORY
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_CLEAR_HISTORY
+uint64_t uniffi_ferry_ffi_fn_method_client_clear_history(uint64_t ptr, RustBuffer conversation
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_CLOSE
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_CLOSE
 uint64_t uniffi_ferry_ffi_fn_method_client_close(uint64_t ptr
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_CONV_SET
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_CONV_SET
+uint64_t uniffi_ferry_ffi_fn_method_client_conv_set(uint64_t ptr, RustBuffer changes
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_CONVERSATIONS
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_CONVERSATIONS
+uint64_t uniffi_ferry_ffi_fn_method_client_conversations(uint64_t ptr
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_CREATE_GROUP
@@ -333,6 +353,11 @@ RustBuffer uniffi_ferry_ffi_fn_method_client_endpoint(uint64_t ptr, RustCallStat
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_FIND_USER
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_FIND_USER
 uint64_t uniffi_ferry_ffi_fn_method_client_find_user(uint64_t ptr, RustBuffer username
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_FORWARD
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_FORWARD
+uint64_t uniffi_ferry_ffi_fn_method_client_forward(uint64_t ptr, RustBuffer to, uint64_t msg_id
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_FRIEND_ACTION
@@ -383,6 +408,16 @@ uint64_t uniffi_ferry_ffi_fn_method_client_mark_group_read(uint64_t ptr, uint64_
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_MARK_READ
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_MARK_READ
 uint64_t uniffi_ferry_ffi_fn_method_client_mark_read(uint64_t ptr, RustBuffer peer, uint64_t msg_id
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_MARK_UNREAD
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_MARK_UNREAD
+uint64_t uniffi_ferry_ffi_fn_method_client_mark_unread(uint64_t ptr, RustBuffer conversation, int8_t unread
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_MUTE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_MUTE
+uint64_t uniffi_ferry_ffi_fn_method_client_mute(uint64_t ptr, RustBuffer conversation, int64_t until_ms
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_NETWORK_CHANGED
@@ -480,9 +515,19 @@ uint64_t uniffi_ferry_ffi_fn_method_client_send_video(uint64_t ptr, RustBuffer t
 uint64_t uniffi_ferry_ffi_fn_method_client_send_voice(uint64_t ptr, RustBuffer to, RustBuffer data, uint32_t duration_ms, RustBuffer progress
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_SET_DRAFT
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_SET_DRAFT
+uint64_t uniffi_ferry_ffi_fn_method_client_set_draft(uint64_t ptr, RustBuffer conversation, RustBuffer draft
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_SET_LISTENER
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_SET_LISTENER
 void uniffi_ferry_ffi_fn_method_client_set_listener(uint64_t ptr, uint64_t listener, RustCallStatus *_Nonnull out_status
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_SET_RETENTION
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_SET_RETENTION
+uint64_t uniffi_ferry_ffi_fn_method_client_set_retention(uint64_t ptr, RustBuffer conversation, uint32_t secs
 );
 #endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_FN_METHOD_CLIENT_STATUS
@@ -931,9 +976,33 @@ uint16_t uniffi_ferry_ffi_checksum_method_client_app_foregrounded(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_ARCHIVE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_ARCHIVE
+uint16_t uniffi_ferry_ffi_checksum_method_client_archive(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_CLEAR_HISTORY
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_CLEAR_HISTORY
+uint16_t uniffi_ferry_ffi_checksum_method_client_clear_history(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_CLOSE
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_CLOSE
 uint16_t uniffi_ferry_ffi_checksum_method_client_close(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_CONV_SET
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_CONV_SET
+uint16_t uniffi_ferry_ffi_checksum_method_client_conv_set(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_CONVERSATIONS
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_CONVERSATIONS
+uint16_t uniffi_ferry_ffi_checksum_method_client_conversations(void
     
 );
 #endif
@@ -970,6 +1039,12 @@ uint16_t uniffi_ferry_ffi_checksum_method_client_endpoint(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_FIND_USER
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_FIND_USER
 uint16_t uniffi_ferry_ffi_checksum_method_client_find_user(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_FORWARD
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_FORWARD
+uint16_t uniffi_ferry_ffi_checksum_method_client_forward(void
     
 );
 #endif
@@ -1030,6 +1105,18 @@ uint16_t uniffi_ferry_ffi_checksum_method_client_mark_group_read(void
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_MARK_READ
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_MARK_READ
 uint16_t uniffi_ferry_ffi_checksum_method_client_mark_read(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_MARK_UNREAD
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_MARK_UNREAD
+uint16_t uniffi_ferry_ffi_checksum_method_client_mark_unread(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_MUTE
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_MUTE
+uint16_t uniffi_ferry_ffi_checksum_method_client_mute(void
     
 );
 #endif
@@ -1147,9 +1234,21 @@ uint16_t uniffi_ferry_ffi_checksum_method_client_send_voice(void
     
 );
 #endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_SET_DRAFT
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_SET_DRAFT
+uint16_t uniffi_ferry_ffi_checksum_method_client_set_draft(void
+    
+);
+#endif
 #ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_SET_LISTENER
 #define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_SET_LISTENER
 uint16_t uniffi_ferry_ffi_checksum_method_client_set_listener(void
+    
+);
+#endif
+#ifndef UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_SET_RETENTION
+#define UNIFFI_FFIDEF_UNIFFI_FERRY_FFI_CHECKSUM_METHOD_CLIENT_SET_RETENTION
+uint16_t uniffi_ferry_ffi_checksum_method_client_set_retention(void
     
 );
 #endif

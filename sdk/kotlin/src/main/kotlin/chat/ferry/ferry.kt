@@ -746,7 +746,15 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_app_foregrounded(
     ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_archive(
+    ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_clear_history(
+    ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_close(
+    ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_conv_set(
+    ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_conversations(
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_create_group(
     ): Int
@@ -759,6 +767,8 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_ferry_ffi_checksum_method_client_endpoint(
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_find_user(
+    ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_forward(
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_friend_action(
     ): Int
@@ -779,6 +789,10 @@ internal object IntegrityCheckingUniffiLib {
     external fun uniffi_ferry_ffi_checksum_method_client_mark_group_read(
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_mark_read(
+    ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_mark_unread(
+    ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_mute(
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_network_changed(
     ): Int
@@ -818,7 +832,11 @@ internal object IntegrityCheckingUniffiLib {
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_send_voice(
     ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_set_draft(
+    ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_set_listener(
+    ): Int
+    external fun uniffi_ferry_ffi_checksum_method_client_set_retention(
     ): Int
     external fun uniffi_ferry_ffi_checksum_method_client_status(
     ): Int
@@ -876,7 +894,15 @@ internal object UniffiLib {
     ): Unit
     external fun uniffi_ferry_ffi_fn_method_client_app_foregrounded(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_ferry_ffi_fn_method_client_archive(`ptr`: Long,`conversation`: RustBuffer.ByValue,`archived`: Byte,
+    ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_clear_history(`ptr`: Long,`conversation`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_ferry_ffi_fn_method_client_close(`ptr`: Long,
+    ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_conv_set(`ptr`: Long,`changes`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_conversations(`ptr`: Long,
     ): Long
     external fun uniffi_ferry_ffi_fn_method_client_create_group(`ptr`: Long,`name`: RustBuffer.ByValue,`members`: RustBuffer.ByValue,`shareHistory`: Byte,
     ): Long
@@ -889,6 +915,8 @@ internal object UniffiLib {
     external fun uniffi_ferry_ffi_fn_method_client_endpoint(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_ferry_ffi_fn_method_client_find_user(`ptr`: Long,`username`: RustBuffer.ByValue,
+    ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_forward(`ptr`: Long,`to`: RustBuffer.ByValue,`msgId`: Long,
     ): Long
     external fun uniffi_ferry_ffi_fn_method_client_friend_action(`ptr`: Long,`action`: RustBuffer.ByValue,`username`: RustBuffer.ByValue,
     ): Long
@@ -909,6 +937,10 @@ internal object UniffiLib {
     external fun uniffi_ferry_ffi_fn_method_client_mark_group_read(`ptr`: Long,`groupId`: Long,`gseq`: Long,
     ): Long
     external fun uniffi_ferry_ffi_fn_method_client_mark_read(`ptr`: Long,`peer`: RustBuffer.ByValue,`msgId`: Long,
+    ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_mark_unread(`ptr`: Long,`conversation`: RustBuffer.ByValue,`unread`: Byte,
+    ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_mute(`ptr`: Long,`conversation`: RustBuffer.ByValue,`untilMs`: Long,
     ): Long
     external fun uniffi_ferry_ffi_fn_method_client_network_changed(`ptr`: Long,`network`: RustBuffer.ByValue,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
@@ -948,8 +980,12 @@ internal object UniffiLib {
     ): Long
     external fun uniffi_ferry_ffi_fn_method_client_send_voice(`ptr`: Long,`to`: RustBuffer.ByValue,`data`: RustBuffer.ByValue,`durationMs`: Int,`progress`: RustBuffer.ByValue,
     ): Long
+    external fun uniffi_ferry_ffi_fn_method_client_set_draft(`ptr`: Long,`conversation`: RustBuffer.ByValue,`draft`: RustBuffer.ByValue,
+    ): Long
     external fun uniffi_ferry_ffi_fn_method_client_set_listener(`ptr`: Long,`listener`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): Unit
+    external fun uniffi_ferry_ffi_fn_method_client_set_retention(`ptr`: Long,`conversation`: RustBuffer.ByValue,`secs`: Int,
+    ): Long
     external fun uniffi_ferry_ffi_fn_method_client_status(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
     ): RustBuffer.ByValue
     external fun uniffi_ferry_ffi_fn_method_client_synckey(`ptr`: Long,uniffi_out_err: UniffiRustCallStatus, 
@@ -1149,7 +1185,19 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_ferry_ffi_checksum_method_client_app_foregrounded() and 0xFFFF) != 17242) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_archive() and 0xFFFF) != 13905) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_clear_history() and 0xFFFF) != 59942) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_close() and 0xFFFF) != 11122) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_conv_set() and 0xFFFF) != 40038) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_conversations() and 0xFFFF) != 17827) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_create_group() and 0xFFFF) != 64384) {
@@ -1168,6 +1216,9 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_find_user() and 0xFFFF) != 48159) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_forward() and 0xFFFF) != 2764) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_friend_action() and 0xFFFF) != 23278) {
@@ -1198,6 +1249,12 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_mark_read() and 0xFFFF) != 28732) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_mark_unread() and 0xFFFF) != 55067) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_mute() and 0xFFFF) != 38045) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_network_changed() and 0xFFFF) != 65428) {
@@ -1257,7 +1314,13 @@ private fun uniffiCheckApiChecksums(lib: IntegrityCheckingUniffiLib) {
     if ((lib.uniffi_ferry_ffi_checksum_method_client_send_voice() and 0xFFFF) != 48480) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_set_draft() and 0xFFFF) != 15051) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_set_listener() and 0xFFFF) != 51796) {
+        throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
+    }
+    if ((lib.uniffi_ferry_ffi_checksum_method_client_set_retention() and 0xFFFF) != 42199) {
         throw RuntimeException("UniFFI API checksum mismatch: try cleaning and rebuilding your project")
     }
     if ((lib.uniffi_ferry_ffi_checksum_method_client_status() and 0xFFFF) != 47912) {
@@ -1835,10 +1898,35 @@ public interface ClientInterface {
     fun `appForegrounded`()
     
     /**
+     * Archives (or unarchives) a conversation on every device of this user; answers its
+     * state after the change.
+     */
+    suspend fun `archive`(`conversation`: Destination, `archived`: kotlin.Boolean): ConvState
+    
+    /**
+     * Clears a conversation's history for this user: every message up to now, on every
+     * device of theirs (`cleared_before_msg_id`); nobody else's.
+     */
+    suspend fun `clearHistory`(`conversation`: Destination): ConvState
+    
+    /**
      * Closes the link and saves the device state (the synckey stays where the app's
      * events got to). The client cannot be used afterwards.
      */
     suspend fun `close`()
+    
+    /**
+     * Changes conversations' states (at most 64 in one call; only the fields given in
+     * each change) and answers every conversation state of this user. Each change
+     * reaches all of this user's devices as a `Conv` event. One refused: none applied.
+     */
+    suspend fun `convSet`(`changes`: List<ConvChange>): List<ConvState>
+    
+    /**
+     * Every conversation state of this user (archived, unread, muted, draft, cleared,
+     * retention).
+     */
+    suspend fun `conversations`(): List<ConvState>
     
     /**
      * Creates a group owned by this user; `share_history`: new members see its past.
@@ -1869,6 +1957,15 @@ public interface ClientInterface {
     fun `endpoint`(): kotlin.String?
     
     suspend fun `findUser`(`username`: kotlin.String): UserInfo
+    
+    /**
+     * Forwards message `msg_id` (one this user may read) into `to` (the 1:1 chat with a
+     * user, or a group); retried with one id until the server stored it. The server
+     * copies its text and media (no re-upload); the new message carries `forwarded` (the
+     * original's author and time). `NOT_FOUND` when this user may not read the message,
+     * or it was recalled.
+     */
+    suspend fun `forward`(`to`: Destination, `msgId`: kotlin.ULong): SendAck
     
     /**
      * Accepts, declines, removes, blocks or unblocks `username`.
@@ -1919,6 +2016,17 @@ public interface ClientInterface {
      * Tells `peer` this user read their messages up to `msg_id`.
      */
     suspend fun `markRead`(`peer`: kotlin.String, `msgId`: kotlin.ULong)
+    
+    /**
+     * Marks a conversation unread (or takes the mark away; reading it does too).
+     */
+    suspend fun `markUnread`(`conversation`: Destination, `unread`: kotlin.Boolean): ConvState
+    
+    /**
+     * Mutes a conversation until `until_ms` (unix ms; -1: until unmuted; 0 unmutes). The
+     * same setting as the push settings' muted mode.
+     */
+    suspend fun `mute`(`conversation`: Destination, `untilMs`: kotlin.Long): ConvState
     
     /**
      * The device moved to another network (Wi-Fi joined, cell lost …): the link is made
@@ -2029,10 +2137,22 @@ public interface ClientInterface {
     suspend fun `sendVoice`(`to`: Destination, `data`: kotlin.ByteArray, `durationMs`: kotlin.UInt, `progress`: ProgressListener?): SentMedia
     
     /**
+     * Keeps the composer's unsent text of a conversation on every device of this user
+     * ("" removes it; at most 4 000 characters; the latest write wins).
+     */
+    suspend fun `setDraft`(`conversation`: Destination, `draft`: kotlin.String): ConvState
+    
+    /**
      * From now on every event goes to `listener` (on the SDK's event thread, in order),
      * starting with those queued; `next_event` then fails. Once only.
      */
     fun `setListener`(`listener`: EventListener)
+    
+    /**
+     * Sets a conversation's own retention for everyone in it, in seconds (0 removes it;
+     * else at least 60). In a group: its owner and admins only.
+     */
+    suspend fun `setRetention`(`conversation`: Destination, `secs`: kotlin.UInt): ConvState
     
     fun `status`(): Status
     
@@ -2244,6 +2364,59 @@ open class Client: Disposable, AutoCloseable, ClientInterface
 
     
     /**
+     * Archives (or unarchives) a conversation on every device of this user; answers its
+     * state after the change.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `archive`(`conversation`: Destination, `archived`: kotlin.Boolean) : ConvState {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_archive(
+                uniffiHandle,
+                
+        FfiConverterTypeDestination.lower(`conversation`),
+        FfiConverterBoolean.lower(`archived`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeConvState.lift(it) },
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Clears a conversation's history for this user: every message up to now, on every
+     * device of theirs (`cleared_before_msg_id`); nobody else's.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `clearHistory`(`conversation`: Destination) : ConvState {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_clear_history(
+                uniffiHandle,
+                
+        FfiConverterTypeDestination.lower(`conversation`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeConvState.lift(it) },
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * Closes the link and saves the device state (the synckey stays where the app's
      * events got to). The client cannot be used afterwards.
      */
@@ -2263,6 +2436,58 @@ open class Client: Disposable, AutoCloseable, ClientInterface
         // lift function
         { },
         
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Changes conversations' states (at most 64 in one call; only the fields given in
+     * each change) and answers every conversation state of this user. Each change
+     * reaches all of this user's devices as a `Conv` event. One refused: none applied.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `convSet`(`changes`: List<ConvChange>) : List<ConvState> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_conv_set(
+                uniffiHandle,
+                
+        FfiConverterSequenceTypeConvChange.lower(`changes`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeConvState.lift(it) },
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Every conversation state of this user (archived, unread, muted, draft, cleared,
+     * retention).
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `conversations`() : List<ConvState> {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_conversations(
+                uniffiHandle,
+                
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterSequenceTypeConvState.lift(it) },
         // Error FFI converter
         FerryException.ErrorHandler,
     )
@@ -2400,6 +2625,36 @@ open class Client: Disposable, AutoCloseable, ClientInterface
         { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
         // lift function
         { FfiConverterTypeUserInfo.lift(it) },
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Forwards message `msg_id` (one this user may read) into `to` (the 1:1 chat with a
+     * user, or a group); retried with one id until the server stored it. The server
+     * copies its text and media (no re-upload); the new message carries `forwarded` (the
+     * original's author and time). `NOT_FOUND` when this user may not read the message,
+     * or it was recalled.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `forward`(`to`: Destination, `msgId`: kotlin.ULong) : SendAck {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_forward(
+                uniffiHandle,
+                
+        FfiConverterTypeDestination.lower(`to`),
+        FfiConverterULong.lower(`msgId`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeSendAck.lift(it) },
         // Error FFI converter
         FerryException.ErrorHandler,
     )
@@ -2647,6 +2902,59 @@ open class Client: Disposable, AutoCloseable, ClientInterface
         // lift function
         { },
         
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Marks a conversation unread (or takes the mark away; reading it does too).
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `markUnread`(`conversation`: Destination, `unread`: kotlin.Boolean) : ConvState {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_mark_unread(
+                uniffiHandle,
+                
+        FfiConverterTypeDestination.lower(`conversation`),
+        FfiConverterBoolean.lower(`unread`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeConvState.lift(it) },
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
+     * Mutes a conversation until `until_ms` (unix ms; -1: until unmuted; 0 unmutes). The
+     * same setting as the push settings' muted mode.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `mute`(`conversation`: Destination, `untilMs`: kotlin.Long) : ConvState {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_mute(
+                uniffiHandle,
+                
+        FfiConverterTypeDestination.lower(`conversation`),
+        FfiConverterLong.lower(`untilMs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeConvState.lift(it) },
         // Error FFI converter
         FerryException.ErrorHandler,
     )
@@ -3158,6 +3466,33 @@ open class Client: Disposable, AutoCloseable, ClientInterface
 
     
     /**
+     * Keeps the composer's unsent text of a conversation on every device of this user
+     * ("" removes it; at most 4 000 characters; the latest write wins).
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `setDraft`(`conversation`: Destination, `draft`: kotlin.String) : ConvState {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_set_draft(
+                uniffiHandle,
+                
+        FfiConverterTypeDestination.lower(`conversation`),
+        FfiConverterString.lower(`draft`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeConvState.lift(it) },
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
+
+    
+    /**
      * From now on every event goes to `listener` (on the SDK's event thread, in order),
      * starting with those queued; `next_event` then fails. Once only.
      */
@@ -3173,6 +3508,33 @@ open class Client: Disposable, AutoCloseable, ClientInterface
     }
     
     
+
+    
+    /**
+     * Sets a conversation's own retention for everyone in it, in seconds (0 removes it;
+     * else at least 60). In a group: its owner and admins only.
+     */
+    @Throws(FerryException::class)
+    @Suppress("ASSIGNED_BUT_NEVER_ACCESSED_VARIABLE")
+    override suspend fun `setRetention`(`conversation`: Destination, `secs`: kotlin.UInt) : ConvState {
+        return uniffiRustCallAsync(
+        callWithHandle { uniffiHandle ->
+            UniffiLib.uniffi_ferry_ffi_fn_method_client_set_retention(
+                uniffiHandle,
+                
+        FfiConverterTypeDestination.lower(`conversation`),
+        FfiConverterUInt.lower(`secs`),
+            )
+        },
+        { future, callback, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_poll_rust_buffer(future, callback, continuation) },
+        { future, continuation -> UniffiLib.ffi_ferry_ffi_rust_future_complete_rust_buffer(future, continuation) },
+        { future -> UniffiLib.ffi_ferry_ffi_rust_future_free_rust_buffer(future) },
+        // lift function
+        { FfiConverterTypeConvState.lift(it) },
+        // Error FFI converter
+        FerryException.ErrorHandler,
+    )
+    }
 
     override fun `status`(): Status {
             return FfiConverterTypeStatus.lift(
@@ -4122,6 +4484,11 @@ data class ChatMessage (
      * the edited text.
      */
     var `editedMs`: kotlin.Long
+    , 
+    /**
+     * For a forward (`Client.forward`): who wrote the original and when.
+     */
+    var `forwarded`: Forwarded?
     
 ){
     
@@ -4152,6 +4519,7 @@ public object FfiConverterTypeChatMessage: FfiConverterRustBuffer<ChatMessage> {
             FfiConverterBoolean.read(buf),
             FfiConverterOptionalTypeQuote.read(buf),
             FfiConverterLong.read(buf),
+            FfiConverterOptionalTypeForwarded.read(buf),
         )
     }
 
@@ -4169,7 +4537,8 @@ public object FfiConverterTypeChatMessage: FfiConverterRustBuffer<ChatMessage> {
             FfiConverterULong.allocationSize(value.`clientMsgId`) +
             FfiConverterBoolean.allocationSize(value.`outgoing`) +
             FfiConverterOptionalTypeQuote.allocationSize(value.`quote`) +
-            FfiConverterLong.allocationSize(value.`editedMs`)
+            FfiConverterLong.allocationSize(value.`editedMs`) +
+            FfiConverterOptionalTypeForwarded.allocationSize(value.`forwarded`)
     )
 
     override fun write(value: ChatMessage, buf: ByteBuffer) {
@@ -4187,6 +4556,7 @@ public object FfiConverterTypeChatMessage: FfiConverterRustBuffer<ChatMessage> {
             FfiConverterBoolean.write(value.`outgoing`, buf)
             FfiConverterOptionalTypeQuote.write(value.`quote`, buf)
             FfiConverterLong.write(value.`editedMs`, buf)
+            FfiConverterOptionalTypeForwarded.write(value.`forwarded`, buf)
     }
 }
 
@@ -4304,6 +4674,236 @@ public object FfiConverterTypeConfig: FfiConverterRustBuffer<Config> {
             FfiConverterOptionalUInt.write(value.`backgroundGraceMs`, buf)
             FfiConverterOptionalUInt.write(value.`backoffMaxMs`, buf)
             FfiConverterOptionalString.write(value.`clientVersion`, buf)
+    }
+}
+
+
+
+/**
+ * A change of one conversation's state for `Client.conv_set`: only the fields given
+ * change (`None`: left alone; `Some(false)`, `Some(0)` or `Some("")` is a change).
+ */
+data class ConvChange (
+    var `conversation`: Destination
+    , 
+    var `archived`: kotlin.Boolean? = null 
+    , 
+    var `unread`: kotlin.Boolean? = null 
+    , 
+    /**
+     * 0 unmutes; -1 mutes until unmuted; a future unix ms mutes until then.
+     */
+    var `mutedUntilMs`: kotlin.Long? = null 
+    , 
+    /**
+     * The new draft; "" removes it (at most 4 000 characters).
+     */
+    var `draft`: kotlin.String? = null 
+    , 
+    /**
+     * Clear the history for this user, up to the conversation's newest message now.
+     */
+    var `clear`: kotlin.Boolean = false 
+    , 
+    /**
+     * The conversation's retention in seconds, for everyone in it (0 removes it; else at
+     * least 60; in a group its owner and admins only).
+     */
+    var `retentionSecs`: kotlin.UInt? = null 
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeConvChange: FfiConverterRustBuffer<ConvChange> {
+    override fun read(buf: ByteBuffer): ConvChange {
+        return ConvChange(
+            FfiConverterTypeDestination.read(buf),
+            FfiConverterOptionalBoolean.read(buf),
+            FfiConverterOptionalBoolean.read(buf),
+            FfiConverterOptionalLong.read(buf),
+            FfiConverterOptionalString.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterOptionalUInt.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ConvChange) = (
+            FfiConverterTypeDestination.allocationSize(value.`conversation`) +
+            FfiConverterOptionalBoolean.allocationSize(value.`archived`) +
+            FfiConverterOptionalBoolean.allocationSize(value.`unread`) +
+            FfiConverterOptionalLong.allocationSize(value.`mutedUntilMs`) +
+            FfiConverterOptionalString.allocationSize(value.`draft`) +
+            FfiConverterBoolean.allocationSize(value.`clear`) +
+            FfiConverterOptionalUInt.allocationSize(value.`retentionSecs`)
+    )
+
+    override fun write(value: ConvChange, buf: ByteBuffer) {
+            FfiConverterTypeDestination.write(value.`conversation`, buf)
+            FfiConverterOptionalBoolean.write(value.`archived`, buf)
+            FfiConverterOptionalBoolean.write(value.`unread`, buf)
+            FfiConverterOptionalLong.write(value.`mutedUntilMs`, buf)
+            FfiConverterOptionalString.write(value.`draft`, buf)
+            FfiConverterBoolean.write(value.`clear`, buf)
+            FfiConverterOptionalUInt.write(value.`retentionSecs`, buf)
+    }
+}
+
+
+
+/**
+ * One user's state of one conversation, shared by all their devices (docs/protocol.md
+ * §4b, `ConvState`).
+ */
+data class ConvState (
+    /**
+     * The 1:1 chat with a user, or a group.
+     */
+    var `conversation`: Destination
+    , 
+    /**
+     * Moved out of the chat list by the user.
+     */
+    var `archived`: kotlin.Boolean
+    , 
+    /**
+     * Marked unread by hand (reading the conversation clears it).
+     */
+    var `unread`: kotlin.Boolean
+    , 
+    /**
+     * 0 not muted; -1 muted until unmuted; else muted until then (unix ms).
+     */
+    var `mutedUntilMs`: kotlin.Long
+    , 
+    /**
+     * The composer's unsent text ("" none) and when the server took it.
+     */
+    var `draft`: kotlin.String
+    , 
+    var `draftMs`: kotlin.Long
+    , 
+    /**
+     * The user cleared the history: every message of the conversation with an id at or
+     * below this is gone for them (drop it, also when a sync brings it later). 0: never.
+     */
+    var `clearedBeforeMsgId`: kotlin.ULong
+    , 
+    /**
+     * The conversation's own retention for everyone in it, seconds (0: the server's).
+     */
+    var `retentionSecs`: kotlin.UInt
+    , 
+    /**
+     * When the state last changed, unix ms.
+     */
+    var `updatedMs`: kotlin.Long
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeConvState: FfiConverterRustBuffer<ConvState> {
+    override fun read(buf: ByteBuffer): ConvState {
+        return ConvState(
+            FfiConverterTypeDestination.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterBoolean.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterString.read(buf),
+            FfiConverterLong.read(buf),
+            FfiConverterULong.read(buf),
+            FfiConverterUInt.read(buf),
+            FfiConverterLong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: ConvState) = (
+            FfiConverterTypeDestination.allocationSize(value.`conversation`) +
+            FfiConverterBoolean.allocationSize(value.`archived`) +
+            FfiConverterBoolean.allocationSize(value.`unread`) +
+            FfiConverterLong.allocationSize(value.`mutedUntilMs`) +
+            FfiConverterString.allocationSize(value.`draft`) +
+            FfiConverterLong.allocationSize(value.`draftMs`) +
+            FfiConverterULong.allocationSize(value.`clearedBeforeMsgId`) +
+            FfiConverterUInt.allocationSize(value.`retentionSecs`) +
+            FfiConverterLong.allocationSize(value.`updatedMs`)
+    )
+
+    override fun write(value: ConvState, buf: ByteBuffer) {
+            FfiConverterTypeDestination.write(value.`conversation`, buf)
+            FfiConverterBoolean.write(value.`archived`, buf)
+            FfiConverterBoolean.write(value.`unread`, buf)
+            FfiConverterLong.write(value.`mutedUntilMs`, buf)
+            FfiConverterString.write(value.`draft`, buf)
+            FfiConverterLong.write(value.`draftMs`, buf)
+            FfiConverterULong.write(value.`clearedBeforeMsgId`, buf)
+            FfiConverterUInt.write(value.`retentionSecs`, buf)
+            FfiConverterLong.write(value.`updatedMs`, buf)
+    }
+}
+
+
+
+/**
+ * Where a forwarded message came from (docs/protocol.md §4b). A forward of a forward
+ * names the first original.
+ */
+data class Forwarded (
+    /**
+     * Who wrote the original ("system" for a forwarded system message).
+     */
+    var `sender`: kotlin.String
+    , 
+    /**
+     * When the original was sent, unix ms.
+     */
+    var `timeMs`: kotlin.Long
+    
+){
+    
+
+    
+
+    
+    companion object
+}
+
+/**
+ * @suppress
+ */
+public object FfiConverterTypeForwarded: FfiConverterRustBuffer<Forwarded> {
+    override fun read(buf: ByteBuffer): Forwarded {
+        return Forwarded(
+            FfiConverterString.read(buf),
+            FfiConverterLong.read(buf),
+        )
+    }
+
+    override fun allocationSize(value: Forwarded) = (
+            FfiConverterString.allocationSize(value.`sender`) +
+            FfiConverterLong.allocationSize(value.`timeMs`)
+    )
+
+    override fun write(value: Forwarded, buf: ByteBuffer) {
+            FfiConverterString.write(value.`sender`, buf)
+            FfiConverterLong.write(value.`timeMs`, buf)
     }
 }
 
@@ -5829,6 +6429,55 @@ sealed class Event {
     }
     
     /**
+     * This user's state of a conversation changed (from any device of theirs, or a 1:1
+     * retention the peer set): `state` is its whole state after the change. Replace what
+     * is kept for that conversation with it, and drop its messages with an id at or
+     * below `state.cleared_before_msg_id` (also ones a sync brings later). Only this
+     * user's devices get it. Applying it twice is harmless.
+     */
+    data class Conv(
+        val `seq`: kotlin.ULong, 
+        val `state`: chat.ferry.ConvState) : Event()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A group's owner or an admin (`by`) set the group's retention for every member
+     * (`retention_secs`, 0: the server's only): set it in the state of that group.
+     */
+    data class Retention(
+        val `gseq`: kotlin.ULong, 
+        val `groupId`: kotlin.ULong, 
+        val `retentionSecs`: kotlin.UInt, 
+        val `by`: kotlin.String) : Event()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
+     * A place in a group's log without content for this user: a message (or its edit,
+     * reaction or pin) from before they cleared the group's history, or a message the
+     * retention removed. Nothing to show; the group's cursor moves past it. (An entry of
+     * a kind this SDK version does not know, from a newer server, comes the same way.)
+     */
+    data class NoContent(
+        val `gseq`: kotlin.ULong, 
+        val `groupId`: kotlin.ULong) : Event()
+        
+    {
+        
+
+        companion object
+    }
+    
+    /**
      * An inbox entry of a kind this SDK version does not know (a newer server): skip it.
      */
     data class Unknown(
@@ -5942,7 +6591,21 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
                 FfiConverterString.read(buf),
                 FfiConverterBoolean.read(buf),
                 )
-            15 -> Event.Unknown(
+            15 -> Event.Conv(
+                FfiConverterULong.read(buf),
+                FfiConverterTypeConvState.read(buf),
+                )
+            16 -> Event.Retention(
+                FfiConverterULong.read(buf),
+                FfiConverterULong.read(buf),
+                FfiConverterUInt.read(buf),
+                FfiConverterString.read(buf),
+                )
+            17 -> Event.NoContent(
+                FfiConverterULong.read(buf),
+                FfiConverterULong.read(buf),
+                )
+            18 -> Event.Unknown(
                 FfiConverterULong.read(buf),
                 FfiConverterULong.read(buf),
                 )
@@ -6092,6 +6755,32 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
                 + FfiConverterBoolean.allocationSize(value.`pinned`)
             )
         }
+        is Event.Conv -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterULong.allocationSize(value.`seq`)
+                + FfiConverterTypeConvState.allocationSize(value.`state`)
+            )
+        }
+        is Event.Retention -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterULong.allocationSize(value.`gseq`)
+                + FfiConverterULong.allocationSize(value.`groupId`)
+                + FfiConverterUInt.allocationSize(value.`retentionSecs`)
+                + FfiConverterString.allocationSize(value.`by`)
+            )
+        }
+        is Event.NoContent -> {
+            // Add the size for the Int that specifies the variant plus the size needed for all fields
+            (
+                4UL
+                + FfiConverterULong.allocationSize(value.`gseq`)
+                + FfiConverterULong.allocationSize(value.`groupId`)
+            )
+        }
         is Event.Unknown -> {
             // Add the size for the Int that specifies the variant plus the size needed for all fields
             (
@@ -6217,8 +6906,28 @@ public object FfiConverterTypeEvent : FfiConverterRustBuffer<Event>{
                 FfiConverterBoolean.write(value.`pinned`, buf)
                 Unit
             }
-            is Event.Unknown -> {
+            is Event.Conv -> {
                 buf.putInt(15)
+                FfiConverterULong.write(value.`seq`, buf)
+                FfiConverterTypeConvState.write(value.`state`, buf)
+                Unit
+            }
+            is Event.Retention -> {
+                buf.putInt(16)
+                FfiConverterULong.write(value.`gseq`, buf)
+                FfiConverterULong.write(value.`groupId`, buf)
+                FfiConverterUInt.write(value.`retentionSecs`, buf)
+                FfiConverterString.write(value.`by`, buf)
+                Unit
+            }
+            is Event.NoContent -> {
+                buf.putInt(17)
+                FfiConverterULong.write(value.`gseq`, buf)
+                FfiConverterULong.write(value.`groupId`, buf)
+                Unit
+            }
+            is Event.Unknown -> {
+                buf.putInt(18)
                 FfiConverterULong.write(value.`seq`, buf)
                 FfiConverterULong.write(value.`gseq`, buf)
                 Unit
@@ -7129,6 +7838,38 @@ public object FfiConverterOptionalLong: FfiConverterRustBuffer<kotlin.Long?> {
 /**
  * @suppress
  */
+public object FfiConverterOptionalBoolean: FfiConverterRustBuffer<kotlin.Boolean?> {
+    override fun read(buf: ByteBuffer): kotlin.Boolean? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterBoolean.read(buf)
+    }
+
+    override fun allocationSize(value: kotlin.Boolean?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterBoolean.allocationSize(value)
+        }
+    }
+
+    override fun write(value: kotlin.Boolean?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterBoolean.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
 public object FfiConverterOptionalString: FfiConverterRustBuffer<kotlin.String?> {
     override fun read(buf: ByteBuffer): kotlin.String? {
         if (buf.get().toInt() == 0) {
@@ -7215,6 +7956,38 @@ public object FfiConverterOptionalTypeProgressListener: FfiConverterRustBuffer<P
         } else {
             buf.put(1)
             FfiConverterTypeProgressListener.write(value, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterOptionalTypeForwarded: FfiConverterRustBuffer<Forwarded?> {
+    override fun read(buf: ByteBuffer): Forwarded? {
+        if (buf.get().toInt() == 0) {
+            return null
+        }
+        return FfiConverterTypeForwarded.read(buf)
+    }
+
+    override fun allocationSize(value: Forwarded?): ULong {
+        if (value == null) {
+            return 1UL
+        } else {
+            return 1UL + FfiConverterTypeForwarded.allocationSize(value)
+        }
+    }
+
+    override fun write(value: Forwarded?, buf: ByteBuffer) {
+        if (value == null) {
+            buf.put(0)
+        } else {
+            buf.put(1)
+            FfiConverterTypeForwarded.write(value, buf)
         }
     }
 }
@@ -7399,6 +8172,62 @@ public object FfiConverterSequenceString: FfiConverterRustBuffer<List<kotlin.Str
         buf.putInt(value.size)
         value.iterator().forEach {
             FfiConverterString.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeConvChange: FfiConverterRustBuffer<List<ConvChange>> {
+    override fun read(buf: ByteBuffer): List<ConvChange> {
+        val len = buf.getInt()
+        return List<ConvChange>(len) {
+            FfiConverterTypeConvChange.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ConvChange>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeConvChange.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ConvChange>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeConvChange.write(it, buf)
+        }
+    }
+}
+
+
+
+
+/**
+ * @suppress
+ */
+public object FfiConverterSequenceTypeConvState: FfiConverterRustBuffer<List<ConvState>> {
+    override fun read(buf: ByteBuffer): List<ConvState> {
+        val len = buf.getInt()
+        return List<ConvState>(len) {
+            FfiConverterTypeConvState.read(buf)
+        }
+    }
+
+    override fun allocationSize(value: List<ConvState>): ULong {
+        val sizeForLength = 4UL
+        val sizeForItems = value.map { FfiConverterTypeConvState.allocationSize(it) }.sum()
+        return sizeForLength + sizeForItems
+    }
+
+    override fun write(value: List<ConvState>, buf: ByteBuffer) {
+        buf.putInt(value.size)
+        value.iterator().forEach {
+            FfiConverterTypeConvState.write(it, buf)
         }
     }
 }
