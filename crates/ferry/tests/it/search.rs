@@ -326,7 +326,7 @@ async fn the_indexer_runs_at_the_lowest_cpu_priority() {
     ]);
     for want in ["ferry-search", "thrd-tantivy", "segment_updater"] {
         assert!(
-            threads.iter().any(|(n, _)| n.starts_with(want)),
+            threads.iter().any(|(n, _, _)| n.starts_with(want)),
             "no {want} thread: {threads:?}"
         );
     }
