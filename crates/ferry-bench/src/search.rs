@@ -10,7 +10,10 @@
 //!    latency percentiles.
 //! 2. **The send path** (the bench's own server, only without `--server`): closed-loop
 //!    1:1 runs with `logic.search` on and off, interleaved, `--rounds` of each; the
-//!    median messages/s of each and their ratio (the target: within 5 %).
+//!    median messages/s of each and their ratio (the target: within 5 %). After each
+//!    search-on round, how many feed rows the index was behind when the senders stopped
+//!    and how long it took to catch up (what indexing left for later; read from the
+//!    server's `GET /v1/admin/search`).
 
 use std::time::{Duration, Instant};
 
