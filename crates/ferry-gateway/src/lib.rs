@@ -109,6 +109,13 @@ pub struct GatewayConfig {
     /// key and this number, so raising it (on every gateway) refuses every ticket
     /// issued before, without a new server key.
     pub ticket_epoch: u32,
+    /// Handshakes (a `HELLO` or `RESUME` read, its login not yet answered) this gateway
+    /// works on at once; a new one beyond it is refused before any X25519 work with a
+    /// plain `ERROR UNAVAILABLE` and `handshake_retry_after_ms` (0: no limit).
+    pub max_handshakes: usize,
+    /// What a client whose handshake was refused (the limit above, or logic shedding new
+    /// sessions) is told to wait before it tries again, in milliseconds.
+    pub handshake_retry_after_ms: u32,
 }
 
 impl Default for GatewayConfig {
@@ -131,6 +138,8 @@ impl Default for GatewayConfig {
             allow_plaintext: false,
             ticket_lifetime_secs: 86_400,
             ticket_epoch: 1,
+            max_handshakes: 256,
+            handshake_retry_after_ms: 1_000,
         }
     }
 }
@@ -157,6 +166,10 @@ pub struct Stats {
     pub resumed_handshakes: AtomicU64,
     /// RESUME hellos refused (the client falls back to a full handshake).
     pub resumes_refused: AtomicU64,
+    /// Handshakes refused before any key work: `max_handshakes` were in progress.
+    pub handshakes_refused_busy: AtomicU64,
+    /// Handshakes refused before any key work: logic was shedding new sessions.
+    pub handshakes_refused_shed: AtomicU64,
 }
 
 /// What a connection holds while it lives: its place under `max_connections` and its
@@ -195,6 +208,11 @@ pub struct Gateway {
     tickets: ferry_proto::resume::TicketKey,
     /// Client nonces of RESUME hellos seen lately (replays are refused).
     resume_seen: secure::NonceCache,
+    /// Handshakes in progress (`cfg.max_handshakes`); each holds a [`secure::HandshakeSlot`].
+    handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    /// Until when (`now_ms`) new handshakes are refused: logic shed a LOGIN (or could
+    /// not be reached), so a new handshake's X25519 work would be spent for nothing.
+    shed_until_ms: AtomicU64,
     /// Time zero for the links' `last_rx_ms`.
     epoch: std::time::Instant,
     /// Whether the sweeper (silent links, shutdown notice) runs: started by the first
@@ -232,9 +250,23 @@ impl Gateway {
             resume_seen: Default::default(),
             key: Arc::new(key),
             replay: Default::default(),
+            handshakes: Default::default(),
+            shed_until_ms: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             sweeping: AtomicBool::new(false),
         })
+    }
+
+    /// Logic refused a LOGIN as overloaded (or could not be reached): refuse new
+    /// handshakes for `retry_after_ms` (the gateway's own when logic named none), so a
+    /// storm of logins costs the gateway no key work while logic catches up.
+    pub(crate) fn logic_shed(&self, retry_after_ms: u32) {
+        let wait = match retry_after_ms {
+            0 => self.cfg.handshake_retry_after_ms,
+            n => n,
+        };
+        self.shed_until_ms
+            .fetch_max(self.now_ms() + u64::from(wait), Ordering::Relaxed);
     }
 
     /// Milliseconds since the gateway started.

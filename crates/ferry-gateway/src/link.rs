@@ -351,9 +351,14 @@ async fn login<T: Transport>(
             Ok(Read::Eof) => return Err(End::Peer),
             Err(e) if e.kind() != io::ErrorKind::InvalidData => return Err(End::Broken),
             Err(e) => {
-                gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
                 let (code, req_id) = secure::refused(&e);
-                error_frame(req_id, code, &e.to_string(), &mut out);
+                let retry_after_ms = secure::retry_after_ms(&e);
+                if retry_after_ms == 0 {
+                    gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut body = error_body(code, &e.to_string());
+                body.retry_after_ms = retry_after_ms;
+                encode_msg(cmd::ERROR, req_id, &body, &mut out);
                 let _ = write_out(stream, &mut out).await;
                 return Err(End::refused(code));
             }
@@ -396,6 +401,7 @@ async fn login<T: Transport>(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "login could not reach logic");
+            gw.logic_shed(e.retry_after_ms());
             error_frame(
                 first.req_id,
                 ErrorCode::Unavailable,
@@ -415,6 +421,15 @@ async fn login<T: Transport>(
         }
     }
     encode_raw(resp.cmd as u8, first.req_id, &resp.body, &mut out);
+    if resp.cmd == u32::from(cmd::ERROR) {
+        // Logic sheds new sessions (overloaded): new handshakes are refused for a while
+        // before their key work (secure.rs, admit_handshake).
+        if let Ok(e) = v1::Error::decode(resp.body.clone()) {
+            if e.code == ErrorCode::Unavailable as i32 {
+                gw.logic_shed(e.retry_after_ms);
+            }
+        }
+    }
     if resp.cmd == u32::from(cmd::ERROR) || resp.user_id == 0 {
         gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
         let _ = write_out(stream, &mut out).await;

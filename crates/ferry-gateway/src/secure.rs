@@ -46,6 +46,8 @@ pub(crate) struct Refusal {
     /// The request id of the frame refused, from its header (0 when no header was read).
     pub req_id: u32,
     pub message: String,
+    /// What the client is told to wait before it tries again (0: nothing said).
+    pub retry_after_ms: u32,
 }
 
 pub(crate) fn refusal(code: ErrorCode, req_id: u32, message: impl Into<String>) -> io::Error {
@@ -55,6 +57,7 @@ pub(crate) fn refusal(code: ErrorCode, req_id: u32, message: impl Into<String>) 
             code,
             req_id,
             message: message.into(),
+            retry_after_ms: 0,
         },
     )
 }
@@ -73,6 +76,69 @@ pub(crate) fn refused(e: &io::Error) -> (ErrorCode, u32) {
     (ErrorCode::BadRequest, 0)
 }
 
+/// The retry-after a refusal carries (0: none).
+pub(crate) fn retry_after_ms(e: &io::Error) -> u32 {
+    e.get_ref()
+        .and_then(|r| r.downcast_ref::<Refusal>())
+        .map_or(0, |r| r.retry_after_ms)
+}
+
+/// A handshake in progress, counted against `gateway.max_handshakes` until it is
+/// answered (the link opens) or given up (refused, or the connection ends first).
+pub(crate) struct HandshakeSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Admission of a new handshake, before any key work: refused while logic sheds new
+/// sessions, or while `max_handshakes` are in progress. The refusal is a plain `ERROR
+/// UNAVAILABLE` (request id 0) with the retry-after; the client backs off and tries
+/// again, and the gateway has spent no X25519 on it.
+fn admit_handshake(gw: &Gateway) -> io::Result<HandshakeSlot> {
+    let retry = gw.cfg.handshake_retry_after_ms;
+    let refuse = |message: &str, retry_after_ms: u32| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            Refusal {
+                code: ErrorCode::Unavailable,
+                req_id: 0,
+                message: message.into(),
+                retry_after_ms,
+            },
+        )
+    };
+    let shed_until = gw.shed_until_ms.load(Ordering::Relaxed);
+    let now = gw.now_ms();
+    if now < shed_until {
+        gw.stats
+            .handshakes_refused_shed
+            .fetch_add(1, Ordering::Relaxed);
+        // Until logic's own wait is over, at least.
+        let wait = u32::try_from(shed_until - now)
+            .unwrap_or(u32::MAX)
+            .max(retry);
+        return Err(refuse(
+            "the server is overloaded and takes no new sessions now; try again later",
+            wait,
+        ));
+    }
+    let n = gw.handshakes.fetch_add(1, Ordering::Relaxed);
+    let slot = HandshakeSlot(gw.handshakes.clone());
+    if gw.cfg.max_handshakes > 0 && n >= gw.cfg.max_handshakes {
+        gw.stats
+            .handshakes_refused_busy
+            .fetch_add(1, Ordering::Relaxed);
+        return Err(refuse(
+            "too many logins in progress here; try again later",
+            retry,
+        ));
+    }
+    Ok(slot)
+}
+
 fn bad_bytes(e: SecureError) -> io::Error {
     let code = match e {
         SecureError::Frame(_) | SecureError::TooLarge(_) => ErrorCode::TooLarge,
@@ -89,6 +155,8 @@ enum State {
     Answer {
         pending: Option<Pending>,
         ticket: Option<Box<v1::Resumption>>,
+        /// Its place under `gateway.max_handshakes`, given back with this state.
+        _slot: HandshakeSlot,
     },
     /// Handshake done. `wire` holds a partial record only while one is partial.
     Open { channel: Channel, wire: BytesMut },
@@ -99,10 +167,11 @@ enum State {
 }
 
 impl State {
-    fn answer(pending: Pending) -> State {
+    fn answer(pending: Pending, slot: HandshakeSlot) -> State {
         State::Answer {
             pending: Some(pending),
             ticket: None,
+            _slot: slot,
         }
     }
 }
@@ -209,13 +278,20 @@ impl<T: Transport> Secured<T> {
                 "bytes after the HELLO before its answer",
             ));
         }
+        let slot = match admit_handshake(&self.gw) {
+            Ok(slot) => slot,
+            Err(e) => {
+                *st = State::Refused;
+                return Err(e);
+            }
+        };
         if hello.cmd == RESUME {
             let stats = &self.gw.stats;
             return match self.resume(&hello) {
                 Ok((r, login)) => {
                     stats.resumed_handshakes.fetch_add(1, Ordering::Relaxed);
                     partial.extend_from_slice(&login);
-                    *st = State::answer(Pending::Resume(Box::new(r)));
+                    *st = State::answer(Pending::Resume(Box::new(r)), slot);
                     Ok(true)
                 }
                 Err(why) => {
@@ -236,7 +312,7 @@ impl<T: Transport> Secured<T> {
         match secure::server_accept(&self.gw.key, &hello) {
             Ok((hs, login)) => {
                 partial.extend_from_slice(&login);
-                *st = State::answer(Pending::Noise(Box::new(hs)));
+                *st = State::answer(Pending::Noise(Box::new(hs)), slot);
                 Ok(true)
             }
             Err(e) => {
@@ -272,6 +348,7 @@ impl<T: Transport> Transport for Secured<T> {
         let State::Answer {
             pending: Some(pending),
             ticket,
+            ..
         } = &mut *st
         else {
             return Ok(());
@@ -363,7 +440,9 @@ impl<T: Transport> Transport for Secured<T> {
         let sealed: io::Result<Option<BytesMut>> = (|| {
             let st = self.state.get_mut();
             match st {
-                State::Answer { pending, ticket } => {
+                State::Answer {
+                    pending, ticket, ..
+                } => {
                     let Some(hs) = pending.take() else {
                         return Err(io::Error::other("handshake answered twice"));
                     };
@@ -599,5 +678,66 @@ mod tests {
             refused(&bad_bytes(SecureError::Decrypt)),
             (ErrorCode::BadRequest, 0)
         );
+    }
+
+    fn gateway(max_handshakes: usize) -> Arc<Gateway> {
+        let cfg = crate::GatewayConfig {
+            max_handshakes,
+            handshake_retry_after_ms: 250,
+            ..Default::default()
+        };
+        Gateway::new(
+            cfg,
+            StaticKey::generate().unwrap(),
+            ferry_bus::InProcBus::new(),
+            tokio_util::sync::CancellationToken::new(),
+        )
+    }
+
+    fn refusal_of(e: &io::Error) -> (ErrorCode, u32, u32) {
+        let (code, id) = refused(e);
+        (code, id, retry_after_ms(e))
+    }
+
+    #[tokio::test]
+    async fn handshakes_beyond_the_limit_are_refused_until_one_ends() {
+        let gw = gateway(2);
+        let a = admit_handshake(&gw).unwrap();
+        let _b = admit_handshake(&gw).unwrap();
+        let e = admit_handshake(&gw).map(|_| ()).unwrap_err();
+        assert_eq!(refusal_of(&e), (ErrorCode::Unavailable, 0, 250));
+        assert_eq!(gw.stats.handshakes_refused_busy.load(Ordering::Relaxed), 1);
+        // A refused one holds no place: the count is back at two.
+        assert_eq!(gw.handshakes.load(Ordering::Relaxed), 2);
+        drop(a);
+        let _c = admit_handshake(&gw).expect("a place was given back");
+        assert_eq!(gw.handshakes.load(Ordering::Relaxed), 2);
+        // 0: no limit.
+        let free = gateway(0);
+        let held: Vec<_> = (0..1000).map(|_| admit_handshake(&free).unwrap()).collect();
+        assert_eq!(free.handshakes.load(Ordering::Relaxed), 1000);
+        drop(held);
+        assert_eq!(free.handshakes.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn while_logic_sheds_new_handshakes_are_refused_before_key_work() {
+        let gw = gateway(0);
+        gw.logic_shed(1_000);
+        let e = admit_handshake(&gw).map(|_| ()).unwrap_err();
+        let (code, id, retry) = refusal_of(&e);
+        assert_eq!((code, id), (ErrorCode::Unavailable, 0));
+        assert!(
+            (250..=1_000).contains(&retry),
+            "until logic's wait is over: {retry}"
+        );
+        assert_eq!(gw.stats.handshakes_refused_shed.load(Ordering::Relaxed), 1);
+        assert_eq!(gw.handshakes.load(Ordering::Relaxed), 0);
+        // Logic named no wait: the gateway's own. Once it has passed, handshakes go on.
+        let gw = gateway(0);
+        gw.logic_shed(0);
+        assert!(admit_handshake(&gw).is_err());
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        assert!(admit_handshake(&gw).is_ok());
     }
 }

@@ -156,7 +156,7 @@ impl Monitor {
 
     fn render_local(&self, out: &mut String) {
         type Field = fn(&ferry_gateway::Stats) -> u64;
-        let gauges: [(&str, &str, &str, Field); 12] = [
+        let gauges: [(&str, &str, &str, Field); 14] = [
             (
                 "ferry_gateway_connections",
                 "gauge",
@@ -222,6 +222,18 @@ impl Monitor {
                 "counter",
                 "RESUME hellos refused (expired, unknown or replayed ticket); the client does a full handshake.",
                 |s| s.resumes_refused.load(Ordering::Relaxed),
+            ),
+            (
+                "ferry_gateway_handshakes_refused_busy_total",
+                "counter",
+                "New handshakes refused before any key work: gateway.max_handshakes were in progress.",
+                |s| s.handshakes_refused_busy.load(Ordering::Relaxed),
+            ),
+            (
+                "ferry_gateway_handshakes_refused_shed_total",
+                "counter",
+                "New handshakes refused before any key work: logic was shedding new sessions.",
+                |s| s.handshakes_refused_shed.load(Ordering::Relaxed),
             ),
             (
                 "ferry_gateway_http_requests_total",

@@ -555,3 +555,77 @@ async fn ferry_serve_prints_its_key_before_the_listening_line_which_comes_last()
     assert!(lines.iter().any(|l| l.starts_with("ferry dashboard: ")));
     assert_eq!(key, hex::encode(served.unwrap()));
 }
+
+/// While logic sheds new sessions, the gateway takes no new handshake: it refuses the
+/// HELLO in plain, before any key work, with a retry-after (docs/security.md,
+/// *Overload*; issue 25).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_logic_sheds_logins_new_handshakes_are_refused_before_key_work() {
+    let ts = TestServer::with(|c| {
+        // One slot for new sessions, held by costly sign-ins (argon2 with 8 MiB).
+        c.logic.admission.max_in_flight = 2;
+        c.logic.admission.retry_after_ms = 3_000;
+        c.logic.password.memory_kib = 8 * 1024;
+        c.logic.password.iterations = 2;
+    })
+    .await;
+    ts.register(&["shedder"]).await;
+    let key = key_of(&ts);
+    let addr = ts.addr();
+    let storm: Vec<_> = (0..8)
+        .map(|i| {
+            let addr = addr.clone();
+            tokio::spawn(async move {
+                for _ in 0..50 {
+                    let _ = ShortLink::new(&addr)
+                        .auth("shedder", PASSWORD, &format!("storm-{i}"))
+                        .await;
+                }
+            })
+        })
+        .collect();
+    let stats = &ts.server.gateway.stats;
+    // A LOGIN (its token does not matter: admission comes first) until logic sheds one;
+    // its answer is sealed inside the handshake's.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = hello_carrying(&addr, &key, &login_with_id("no-such-token", 1)).await;
+        let frames = answer.expect("logic has not shed yet: a full handshake");
+        if refusal(&frames[0]) == (1, ErrorCode::Unavailable) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "logic never shed a login"
+        );
+    }
+    // The next handshake is refused in plain, and no X25519 was spent on it.
+    let full = stats
+        .full_handshakes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let plain = hello_carrying(&addr, &key, &login_with_id("no-such-token", 1))
+        .await
+        .expect_err("a plain refusal before the handshake");
+    assert_eq!(refusal(&plain), (0, ErrorCode::Unavailable));
+    assert!(
+        error_of(&plain).retry_after_ms >= 1_000,
+        "{:?}",
+        error_of(&plain)
+    );
+    assert_eq!(
+        stats
+            .full_handshakes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        full,
+        "no key work for a refused handshake"
+    );
+    assert!(
+        stats
+            .handshakes_refused_shed
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+    for s in storm {
+        s.abort();
+    }
+}
