@@ -356,7 +356,7 @@ async fn login<T: Transport>(
                 if retry_after_ms == 0 {
                     gw.stats.bad_input.fetch_add(1, Ordering::Relaxed);
                 }
-                let mut body = error_body(code, &e.to_string());
+                let mut body = error_body(code, e.to_string());
                 body.retry_after_ms = retry_after_ms;
                 encode_msg(cmd::ERROR, req_id, &body, &mut out);
                 let _ = write_out(stream, &mut out).await;
