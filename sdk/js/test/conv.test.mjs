@@ -6,9 +6,9 @@
 // carries the original's author and text to a third user; refusals are clear.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import WebSocket from "ws";
-import { FerryClient, FerryError, MemoryStore } from "../dist/index.js";
-import { startServer, user, until, befriend, PASSWORD, sleep } from "./server.mjs";
+import {
+  startServer, user, until, befriend, sleep, record, secondDevice, serverError, invalidArgument,
+} from "./server.mjs";
 
 let srv;
 before(async () => {
@@ -18,30 +18,11 @@ after(async () => {
   await srv?.cleanup();
 });
 
-/** Every event of the kinds asked for, as they come. */
-function record(client, kinds) {
-  const got = Object.fromEntries(kinds.map((k) => [k, []]));
-  for (const k of kinds) client.on(k, (e) => got[k].push(e));
-  return got;
-}
-
-/** Another device of `c`'s user (its own store: a new device id), signed in. */
-async function secondDevice(c) {
-  const d = await FerryClient.create({
-    servers: [srv.endpoint], serverKey: srv.key, store: new MemoryStore(), WebSocket, requestTimeoutMs: 5000,
-  });
-  await d.signIn(c.username, PASSWORD);
-  return d;
-}
-
-const serverError = (code) => (e) => e instanceof FerryError && e.kind === "server" && e.codeName === code;
-const invalidArgument = (e) => e instanceof FerryError && e.kind === "invalid-argument";
-
 test("archive, mute, unread, draft and clear reach the user's other device and nobody else", async () => {
   const a1 = await user(srv, "conva", { transports: ["lp"] });
   const b = await user(srv, "convb");
   await befriend(a1, b);
-  const a2 = await secondDevice(a1);
+  const a2 = await secondDevice(srv, a1);
   const ev2 = record(a2, ["conv", "message"]);
   const evB = record(b, ["conv", "message"]);
   await Promise.all([a1.connect(), a2.connect(), b.connect()]);
@@ -137,7 +118,7 @@ test("a cleared group's older messages come to a new device without content", as
   assert.equal(s.clearedBeforeMsgId, g2.msgId);
   const g3 = await b.sendGroupText(g.groupId, "new");
 
-  const fresh = await secondDevice(a);
+  const fresh = await secondDevice(srv, a);
   const ev = record(fresh, ["groupMessage", "noContent", "conv"]);
   await fresh.connect();
   await until(() => ev.groupMessage.some((m) => m.message.msgId === g3.msgId), 10000, "the newer message");
@@ -147,7 +128,7 @@ test("a cleared group's older messages come to a new device without content", as
   assert.ok(ev.conv.some((c) => c.groupId === g.groupId && c.clearedBeforeMsgId === g2.msgId), "the clear itself");
 
   // The other member still reads everything.
-  const other = await secondDevice(b);
+  const other = await secondDevice(srv, b);
   const evO = record(other, ["groupMessage", "noContent"]);
   await other.connect();
   await until(() => evO.groupMessage.length === 3, 10000, "the other member's three messages");

@@ -4,9 +4,10 @@
 // search finds Chinese and English text for those who may read it, not for a stranger.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import WebSocket from "ws";
-import { FerryClient, FerryError, MediaKind, MemoryStore, SearchKind } from "../dist/index.js";
-import { startServer, user, until, befriend, PASSWORD } from "./server.mjs";
+import { MediaKind, SearchKind } from "../dist/index.js";
+import {
+  startServer, user, until, befriend, record, secondDevice, serverError, invalidArgument,
+} from "./server.mjs";
 
 let srv;
 before(async () => {
@@ -16,13 +17,6 @@ after(async () => {
   await srv?.cleanup();
 });
 
-/** Every event of the kinds asked for, as they come. */
-function record(client, kinds) {
-  const got = Object.fromEntries(kinds.map((k) => [k, []]));
-  for (const k of kinds) client.on(k, (e) => got[k].push(e));
-  return got;
-}
-
 /** Two friends, online (one over long-poll, one over WebSocket). */
 async function pair(prefix) {
   const a = await user(srv, `${prefix}a`, { transports: ["lp"] });
@@ -31,18 +25,6 @@ async function pair(prefix) {
   await Promise.all([a.connect(), b.connect()]);
   return [a, b];
 }
-
-/** Another device of `c`'s user (its own store: a new device id), online. */
-async function secondDevice(c, opts = {}) {
-  const d = await FerryClient.create({
-    servers: [srv.endpoint], serverKey: srv.key, store: new MemoryStore(), WebSocket, requestTimeoutMs: 5000, ...opts,
-  });
-  await d.signIn(c.username, PASSWORD);
-  return d;
-}
-
-const serverError = (code) => (e) => e instanceof FerryError && e.kind === "server" && e.codeName === code;
-const invalidArgument = (e) => e instanceof FerryError && e.kind === "invalid-argument";
 
 /** Searches until `want` hits come (the index follows the store within about a second). */
 async function searchUntil(c, want, query) {
@@ -101,7 +83,7 @@ test("an edit reaches the peer and the sender's devices", async () => {
   await assert.rejects(b.edit(0n, "x"), invalidArgument);
 
   // A device syncing afterwards gets the message with its edited text.
-  const late = await secondDevice(b);
+  const late = await secondDevice(srv, b);
   const lateMsgs = [];
   late.on("message", (m) => lateMsgs.push(m.message));
   await late.connect();
@@ -155,7 +137,7 @@ test("reactions are counted, listed and taken back", async () => {
 
 test("a hide reaches the user's other device and nobody else", async () => {
   const [a, b] = await pair("hide");
-  const a2 = await secondDevice(a, { transports: ["ws"] });
+  const a2 = await secondDevice(srv, a, { transports: ["ws"] });
   const evA2 = record(a2, ["hide", "message"]);
   const evA = record(a, ["hide"]);
   const evB = record(b, ["hide"]);

@@ -8,7 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import WebSocket from "ws";
-import { FerryClient, MemoryStore } from "../dist/index.js";
+import { FerryClient, FerryError, MemoryStore } from "../dist/index.js";
 
 export const FERRY_BIN =
   process.env.FERRY_BIN ?? fileURLToPath(new URL("../../../target/debug/ferry", import.meta.url));
@@ -113,6 +113,26 @@ export async function befriend(a, b) {
 }
 
 export { sleep };
+
+/** Every event of the kinds asked for, as they come. */
+export function record(client, kinds) {
+  const got = Object.fromEntries(kinds.map((k) => [k, []]));
+  for (const k of kinds) client.on(k, (e) => got[k].push(e));
+  return got;
+}
+
+/** Another device of `c`'s user on `srv` (its own store: a new device id), signed in. */
+export async function secondDevice(srv, c, opts = {}) {
+  const d = await FerryClient.create({
+    servers: [srv.endpoint], serverKey: srv.key, store: new MemoryStore(), WebSocket, requestTimeoutMs: 5000, ...opts,
+  });
+  await d.signIn(c.username, PASSWORD);
+  return d;
+}
+
+/** Predicates for `assert.rejects`: a server refusal with `code`, an SDK-side check. */
+export const serverError = (code) => (e) => e instanceof FerryError && e.kind === "server" && e.codeName === code;
+export const invalidArgument = (e) => e instanceof FerryError && e.kind === "invalid-argument";
 
 /** Whether `srv` upgrades GET /v1/ws (protocol §7.1a); fails fast instead of letting the
  *  SDK retry forever against a server without WebSocket. */
