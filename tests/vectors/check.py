@@ -117,6 +117,35 @@ def noise_ik(doc):
     b.check("record_s2c", frame(SEALED, ChaCha20Poly1305(b.hex("k_s2c")).encrypt(nonce(0), b.hex("record_s2c_plain"), None)))
 
 
+def varint(n):
+    """Protobuf's varint: 7 bits a byte, least significant first, high bit = more."""
+    out = bytearray()
+    while True:
+        if n < 0x80:
+            out.append(n)
+            return bytes(out)
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+
+
+def compact(doc):
+    """Protocol 2 (section 1.6): the frames of 1.1 re-headed with varints, sealed in
+    records headed by a varint length, under 1.4's keys (first record each way)."""
+    b = Block(doc, "compact")
+    ik = Block(doc, "noise-ik")
+    assert b.hex("k_c2s") == ik.hex("k_c2s") and b.hex("k_s2c") == ik.hex("k_s2c")
+    for d in ("c2s", "s2c"):
+        frames, out = b.hex(f"{d}_frames"), bytearray()
+        while frames:
+            length = int.from_bytes(frames[0:3], "big")
+            cmd, req_id = frames[3], int.from_bytes(frames[4:8], "big")
+            out += varint(length) + bytes([cmd]) + varint(req_id) + frames[8 : 8 + length]
+            frames = frames[8 + length :]
+        b.check(f"{d}_compact", out)
+        sealed = ChaCha20Poly1305(b.hex(f"k_{d}")).encrypt(nonce(0), bytes(out), None)
+        b.check(f"record_{d}", varint(len(sealed)) + sealed)
+
+
 def noise_n(to_public, ephemeral, cmd, meta, body):
     """A one-way Noise N message to `to_public` carrying `meta`, then `body` as records."""
     c = noise("Noise_N_25519_ChaChaPoly_BLAKE2s", True, e=ephemeral, rs=to_public)
@@ -194,7 +223,7 @@ def main():
     path = pathlib.Path(sys.argv[1]) if len(sys.argv) > 1 else root / "docs" / "protocol.md"
     doc = path.read_text(encoding="utf-8")
     names = set(re.findall(r"<!-- vectors:([a-z0-9-]+):start -->", doc))
-    checks = {"noise-ik": noise_ik, "sealed": sealed, "upload": upload, "resume": resume}
+    checks = {"noise-ik": noise_ik, "compact": compact, "sealed": sealed, "upload": upload, "resume": resume}
     if names != set(checks):
         FAILURES.append(f"vector blocks in the document {sorted(names)}, checked here {sorted(checks)}")
     for name, check in checks.items():

@@ -86,6 +86,10 @@ pub struct FerryConn {
     pub ticket: Option<Ticket>,
     /// Bytes that `TICKET` frame took in the answer.
     pub ticket_bytes: u64,
+    /// The protocol version the LOGIN names (`LoginReq.protocol`): 0 (= 1, what the
+    /// throughput benches have always sent) unless set; with 2, an encrypted TCP link
+    /// switches to compact records after the answer (docs/protocol.md §1.6).
+    pub protocol: u32,
 }
 
 /// A session resumption ticket and its secret (the handshake answer's `TICKET` frame).
@@ -143,6 +147,7 @@ impl FerryConn {
             resumed: false,
             ticket: None,
             ticket_bytes: 0,
+            protocol: 0,
         })
     }
 
@@ -279,7 +284,9 @@ impl FerryConn {
         self.ticket = ticket.as_ref().and_then(Ticket::from_answer);
         self.channel = Some(Box::new(channel));
         self.buf.extend_from_slice(&payload);
-        self.read_frame().await
+        // From the payload only: the records behind it may be compact (protocol 2),
+        // which the login answer decides.
+        Frame::parse(&mut self.buf, MAX_BODY_LEN)?.context("a handshake answer without its frame")
     }
 
     /// LOGIN with a stored token; the answer or the server's refusal.
@@ -300,7 +307,7 @@ impl FerryConn {
             token: token.to_owned(),
             synckey,
             client_version: String::new(),
-            ..Default::default()
+            protocol: self.protocol,
         };
         let mut login = BytesMut::new();
         encode_msg(cmd::LOGIN, 1, &req, &mut login);
@@ -321,7 +328,13 @@ impl FerryConn {
         if f.cmd != cmd::response(cmd::LOGIN) {
             bail!("unexpected answer 0x{:02x} to LOGIN", f.cmd);
         }
-        Ok(v1::LoginResp::decode(f.body)?)
+        let resp = v1::LoginResp::decode(f.body)?;
+        if resp.protocol >= 2 && matches!(self.stream, Wire::Tcp(_)) {
+            if let Some(ch) = self.channel.as_mut() {
+                ch.set_compact();
+            }
+        }
+        Ok(resp)
     }
 }
 
@@ -424,7 +437,9 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
         tokens.push(v1::AuthResp::decode(&body[..])?.token);
     }
     befriend(&short, (&a, &tokens[0]), (&b, &tokens[1])).await?;
+    // As the SDK does: protocol 2, compact records.
     let mut ca = FerryConn::connect(server).await?;
+    ca.protocol = ferry_proto::PROTOCOL_VERSION;
     ca.login(&tokens[0], 0).await?;
     let ticket = ca.ticket.clone();
     // What the resumption ticket adds to the login answer (its TICKET frame).
@@ -432,6 +447,7 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
     let login = (ca.bytes_out, ca.login_in);
     let login_round_trips = ca.writes;
     let mut cb = FerryConn::connect(server).await?;
+    cb.protocol = ferry_proto::PROTOCOL_VERSION;
     cb.login(&tokens[1], 0).await?;
     // Let the server's presence catch up with the links before the hello, and take in
     // what the login brought (notifies of the friend entries), so the byte counts below
@@ -487,6 +503,7 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
     let mut resumed = json!(null);
     if let Some(t) = ticket {
         let mut cr = FerryConn::connect(server).await?;
+        cr.protocol = ferry_proto::PROTOCOL_VERSION;
         cr.login_with(&tokens[0], 0, Some(&t)).await?;
         resumed = json!({
             "round_trips": cr.writes,
@@ -497,6 +514,7 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
     }
     Ok(json!({
         "encrypted": key.is_some(),
+        "protocol": ferry_proto::PROTOCOL_VERSION,
         "login_round_trips": login_round_trips,
         "login_sent_bytes": login.0,
         "login_received_bytes": login.1,
@@ -506,6 +524,8 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
         "auth_http_sent_bytes": auth_bytes.0,
         "auth_http_received_bytes": auth_bytes.1,
         "hello_sent_bytes": sent,
+        // The recipient's name is in the SEND: docs/protocol.md's "hello" goes to "bob".
+        "hello_to_bytes": b.len(),
         "hello_sender_received_bytes": ca.bytes_in - in0,
         "hello_delivered_bytes": cb.bytes_in - bin0,
     }))

@@ -361,8 +361,10 @@ async fn attempt(
         kind: "protocol",
         detail: format!("login answer: {e}"),
     })?;
-    if let Err(e) = check_protocol(resp.protocol) {
-        return Err(AttemptError::Stop(End::Fatal(e)));
+    match check_protocol(resp.protocol) {
+        Err(e) => return Err(AttemptError::Stop(End::Fatal(e))),
+        Ok(v) if v >= 2 => conn.set_compact(),
+        Ok(_) => {}
     }
     // Frames behind the login answer (a notify, say) are kept for the session.
     conn.unread(&frames);

@@ -264,6 +264,16 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The next `client_msg_id` of this device ([`DeviceState::take_msg_id`]), the
+    /// state saved first when the id opens a new reserved block.
+    pub(crate) fn next_client_msg_id(&self) -> u64 {
+        let (id, save) = self.state.lock().take_msg_id();
+        if save {
+            self.save_state();
+        }
+        id
+    }
+
     pub fn save_state(&self) {
         if let Some(dir) = &self.cfg.state_dir {
             let s = self.state.lock().clone();
@@ -505,7 +515,7 @@ impl Client {
     /// acknowledges it as durable. A refusal (unknown user, too large) is returned.
     pub async fn send_text(&self, to: &str, text: &str) -> Result<v1::SendAck, ClientError> {
         let msg = v1::SendMsg {
-            client_msg_id: new_client_msg_id(),
+            client_msg_id: self.shared.next_client_msg_id(),
             to: to.into(),
             text: text.into(),
             r#type: v1::MsgType::Text as i32,
@@ -523,7 +533,7 @@ impl Client {
         mentions: &[&str],
     ) -> Result<v1::SendAck, ClientError> {
         let msg = v1::SendMsg {
-            client_msg_id: new_client_msg_id(),
+            client_msg_id: self.shared.next_client_msg_id(),
             group_id,
             text: text.into(),
             mentions: mentions.iter().map(|m| m.to_string()).collect(),
@@ -547,7 +557,7 @@ impl Client {
     /// it ([`v1::Message::quote`]).
     pub async fn reply(&self, reply_to: u64, text: &str) -> Result<v1::SendAck, ClientError> {
         let msg = v1::SendMsg {
-            client_msg_id: new_client_msg_id(),
+            client_msg_id: self.shared.next_client_msg_id(),
             reply_to,
             text: text.into(),
             ..Default::default()
@@ -651,7 +661,7 @@ impl Client {
     ) -> Result<v1::SendAck, ClientError> {
         let (peer, group_id) = to.parts();
         let msg = v1::SendMsg {
-            client_msg_id: new_client_msg_id(),
+            client_msg_id: self.shared.next_client_msg_id(),
             to: peer,
             group_id,
             forward_of: msg_id,
@@ -826,7 +836,13 @@ impl Client {
     }
 }
 
-/// A fresh `client_msg_id`: random and non-zero.
+/// `client_msg_id`s stay below 2^48, so each is at most a 7-byte varint (the "hello"
+/// of docs/protocol.md §1.6 is 40 bytes with one).
+pub const MAX_CLIENT_MSG_ID: u64 = 1 << 48;
+
+/// A one-off `client_msg_id`, for a program without a device's counter (a test, a
+/// bench): random below [`MAX_CLIENT_MSG_ID`], non-zero. A [`Client`]'s sends use its
+/// device's counter instead (no two of its ids collide).
 pub fn new_client_msg_id() -> u64 {
-    rand::random::<u64>().max(1)
+    rand::random_range(1..MAX_CLIENT_MSG_ID)
 }

@@ -22,7 +22,7 @@ use crate::short::path;
 use sha2::Digest;
 use tokio::task::JoinSet;
 
-use crate::{new_client_msg_id, Account, Client, ClientError};
+use crate::{Account, Client, ClientError};
 
 /// A progress callback: `(bytes acknowledged, total bytes)`.
 pub type Progress<'a> = &'a (dyn Fn(u64, u64) + Send + Sync);
@@ -361,7 +361,7 @@ impl Client {
         };
         let ack = self
             .send_msg(&v1::SendMsg {
-                client_msg_id: new_client_msg_id(),
+                client_msg_id: self.shared.next_client_msg_id(),
                 to,
                 text: text.into(),
                 group_id,

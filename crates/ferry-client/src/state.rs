@@ -4,6 +4,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// How many `client_msg_id`s a device reserves in its saved state at a time.
+pub const MSG_ID_BLOCK: u64 = 1024;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct DeviceState {
     /// Picked once, at random, and kept.
@@ -37,6 +40,14 @@ pub struct DeviceState {
     /// handshake. Worth as much as the token; kept beside it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resumption: Option<StoredTicket>,
+    /// The `client_msg_id`s below this may have been used: after a restart the device
+    /// counts on from here (0: none picked yet).
+    #[serde(default)]
+    pub msg_ids_upto: u64,
+    /// The next `client_msg_id` to give out, in memory only (0: start at
+    /// `msg_ids_upto`).
+    #[serde(skip)]
+    pub next_msg_id: u64,
 }
 
 /// A resumption ticket as kept on the device (hex, like the token).
@@ -84,6 +95,30 @@ impl DeviceState {
         }
     }
 
+    /// The next `client_msg_id` of this device (docs/protocol.md §2, *Sending*), and
+    /// whether the state must be saved before it is used: a counter from a random
+    /// start below 2^47, so every id fits a 7-byte varint and no two of the device's
+    /// messages share one. Ids are reserved [`MSG_ID_BLOCK`] at a time in the saved
+    /// state before the first of them is used, so after a crash the device goes on
+    /// above them and never reuses an id a message may already carry (the server would
+    /// take the new message for a retry of that one).
+    pub fn take_msg_id(&mut self) -> (u64, bool) {
+        if self.next_msg_id == 0 {
+            self.next_msg_id = self.msg_ids_upto;
+        }
+        if self.next_msg_id == 0 || self.next_msg_id >= crate::MAX_CLIENT_MSG_ID {
+            self.next_msg_id = rand::random_range(1..1u64 << 47);
+            self.msg_ids_upto = self.next_msg_id;
+        }
+        let id = self.next_msg_id;
+        self.next_msg_id += 1;
+        let save = id >= self.msg_ids_upto;
+        if save {
+            self.msg_ids_upto = id + MSG_ID_BLOCK;
+        }
+        (id, save)
+    }
+
     fn file(dir: &Path) -> PathBuf {
         dir.join("device.json")
     }
@@ -110,6 +145,32 @@ impl DeviceState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn message_ids_count_up_below_2_48_and_a_restart_skips_the_reserved_ones() {
+        let mut s = DeviceState::fresh();
+        let (first, save) = s.take_msg_id();
+        assert!(save, "the first id reserves a block");
+        assert!((1..1u64 << 47).contains(&first));
+        for i in 1..MSG_ID_BLOCK {
+            assert_eq!(s.take_msg_id(), (first + i, false));
+        }
+        assert_eq!(
+            s.take_msg_id(),
+            (first + MSG_ID_BLOCK, true),
+            "the next block"
+        );
+        // A crash: what was saved is the last reservation; the ids go on above it.
+        let saved: DeviceState = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+        let mut after = saved;
+        let (id, save) = after.take_msg_id();
+        assert_eq!(id, first + 2 * MSG_ID_BLOCK);
+        assert!(save);
+        // At the top of the range a new random start.
+        after.next_msg_id = crate::MAX_CLIENT_MSG_ID;
+        let (id, _) = after.take_msg_id();
+        assert!(id < 1u64 << 47 && id > 0);
+    }
 
     #[test]
     fn round_trip() {

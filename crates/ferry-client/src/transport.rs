@@ -258,7 +258,34 @@ impl Conn {
             .map_err(|e| ClientError::protocol_source("the handshake answer's ticket", e))?;
         self.buf.extend_from_slice(&payload);
         self.channel = Some(channel);
-        self.frames().await
+        // Only the payload's frames: records behind the answer may already be compact
+        // (protocol 2), which the caller decides from the answer (`set_compact`).
+        let out = self.parsed()?;
+        if out.is_empty() {
+            return Err(ClientError::protocol(
+                "a handshake answer without its frame",
+            ));
+        }
+        Ok(out)
+    }
+
+    /// The login answer named protocol 2: on a TCP link the records from here on are
+    /// compact (docs/protocol.md §1.6). Long-poll keeps the §1.4 records.
+    pub fn set_compact(&mut self) {
+        if let (Inner::Tcp { .. }, Some(ch)) = (&self.inner, self.channel.as_mut()) {
+            ch.set_compact();
+        }
+    }
+
+    /// The whole frames in the plain buffer.
+    fn parsed(&mut self) -> Result<Vec<Frame>, ClientError> {
+        let mut out = Vec::new();
+        while let Some(f) = Frame::parse(&mut self.buf, MAX_BODY_LEN)
+            .map_err(|e| ClientError::protocol_source("", e))?
+        {
+            out.push(f);
+        }
+        Ok(out)
     }
 
     /// Reads what the transport has into `wire`, waiting for at least one byte.
@@ -324,12 +351,7 @@ impl Conn {
     pub async fn frames(&mut self) -> Result<Vec<Frame>, ClientError> {
         loop {
             self.absorb()?;
-            let mut out = Vec::new();
-            while let Some(f) = Frame::parse(&mut self.buf, MAX_BODY_LEN)
-                .map_err(|e| ClientError::protocol_source("", e))?
-            {
-                out.push(f);
-            }
+            let out = self.parsed()?;
             if !out.is_empty() {
                 return Ok(out);
             }

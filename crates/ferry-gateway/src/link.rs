@@ -72,6 +72,15 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn logged_in(&self, _user_id: u64, _device_id: &str, _peer: &str) -> Result<(), &'static str> {
         Ok(())
     }
+    /// The protocol version the login answer names (`LoginResp.protocol`), told before
+    /// the answer is written: from version 2 the encrypted link over TCP switches to
+    /// compact records once the answer is out (docs/protocol.md §1.6).
+    fn login_protocol(&self, _version: u32) {}
+    /// Whether the transport carries a byte stream that protocol 2's compact records
+    /// apply to (TCP); WebSocket messages and long-poll bodies keep the §1.4 records.
+    fn compact_records(&self) -> bool {
+        false
+    }
     /// What logic is told the link's requests come from.
     fn origin(&self) -> Origin {
         Origin::LongLink
@@ -147,6 +156,10 @@ pub(crate) async fn linger_close(stream: &mut TcpStream) {
 }
 
 impl Transport for TcpStream {
+    fn compact_records(&self) -> bool {
+        true
+    }
+
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.poll_read_ready(cx)
     }
@@ -418,6 +431,9 @@ async fn login<T: Transport>(
             error_frame(first.req_id, ErrorCode::Unauthorized, why, &mut out);
             let _ = write_out(stream, &mut out).await;
             return Err(End::refused(ErrorCode::BadRequest));
+        }
+        if let Ok(login) = v1::LoginResp::decode(resp.body.clone()) {
+            stream.login_protocol(login.protocol);
         }
     }
     encode_raw(resp.cmd as u8, first.req_id, &resp.body, &mut out);

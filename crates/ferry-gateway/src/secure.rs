@@ -155,6 +155,9 @@ enum State {
     Answer {
         pending: Option<Pending>,
         ticket: Option<Box<v1::Resumption>>,
+        /// The login answer names protocol 2 and the transport is TCP: the records
+        /// after the answer are compact (docs/protocol.md §1.6).
+        compact: bool,
         /// Its place under `gateway.max_handshakes`, given back with this state.
         _slot: HandshakeSlot,
     },
@@ -171,6 +174,7 @@ impl State {
         State::Answer {
             pending: Some(pending),
             ticket: None,
+            compact: false,
             _slot: slot,
         }
     }
@@ -381,6 +385,14 @@ impl<T: Transport> Transport for Secured<T> {
         Ok(())
     }
 
+    fn login_protocol(&self, version: u32) {
+        if version >= 2 && self.inner.compact_records() {
+            if let State::Answer { compact, .. } = &mut *self.state.lock() {
+                *compact = true;
+            }
+        }
+    }
+
     fn origin(&self) -> ferry_proto::bus::Origin {
         self.inner.origin()
     }
@@ -441,7 +453,10 @@ impl<T: Transport> Transport for Secured<T> {
             let st = self.state.get_mut();
             match st {
                 State::Answer {
-                    pending, ticket, ..
+                    pending,
+                    ticket,
+                    compact,
+                    ..
                 } => {
                     let Some(hs) = pending.take() else {
                         return Err(io::Error::other("handshake answered twice"));
@@ -454,6 +469,10 @@ impl<T: Transport> Transport for Secured<T> {
                         Pending::Resume(r) => r.respond(payload, &mut out),
                     }
                     .map_err(bad_bytes)?;
+                    let mut channel = channel;
+                    if *compact {
+                        channel.set_compact();
+                    }
                     *st = State::Open {
                         channel,
                         wire: BytesMut::new(),

@@ -9,6 +9,7 @@
 //! never a panic.
 
 pub mod cmd;
+pub mod compact;
 pub mod frame;
 pub mod resume;
 pub mod sealed;
@@ -50,7 +51,7 @@ pub use prost::Message as ProtoMessage;
 /// The highest protocol major version this build speaks (docs/protocol.md §8, *Versions
 /// and compatibility*): `LoginReq.protocol` / `LoginResp.protocol` on the long link, the
 /// `Ferry-Protocol` header on the short link.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The short link's version header, on requests (what the client speaks) and on every
 /// answer (what the server speaks to it).

@@ -27,6 +27,7 @@
 
 use bytes::BytesMut;
 
+use crate::compact::{self, Compact};
 use crate::frame::{encode_raw, Frame, FrameError, HEADER_LEN};
 
 pub use crate::cmd::{HELLO, SEALED};
@@ -63,6 +64,9 @@ pub enum SecureError {
     /// carry request id 0.
     #[error("a {cmd:#04x} frame must carry request id 0, not {req_id}")]
     RequestId { cmd: u8, req_id: u32 },
+    /// Protocol 2's compact layout broken (a varint too long, a request id over u32).
+    #[error("compact stream: {0}")]
+    Compact(&'static str),
 }
 
 impl SecureError {
@@ -144,6 +148,9 @@ pub struct Channel {
     recv: chacha20poly1305::ChaCha20Poly1305,
     send_n: u64,
     recv_n: u64,
+    /// Protocol 2 (docs/protocol.md §1.6): compact records and frames, translated here;
+    /// `None` on a version-1 link.
+    compact: Option<Box<Compact>>,
 }
 
 impl std::fmt::Debug for Channel {
@@ -183,34 +190,97 @@ impl Channel {
             recv: chacha20poly1305::ChaCha20Poly1305::new(recv.into()),
             send_n: 0,
             recv_n: 0,
+            compact: None,
         }
     }
 
-    /// Appends `plain` (any number of encoded frames) to `out` as sealed records.
-    pub fn seal(&mut self, plain: &[u8], out: &mut BytesMut) -> Result<(), SecureError> {
+    /// Switches to protocol 2's compact records and frames (docs/protocol.md §1.6): both
+    /// sides call it once the login answer named version 2 — the server after writing
+    /// that answer, the client after reading it — so every record after the handshake
+    /// is compact. The frames given to [`Channel::seal`] and taken from
+    /// [`Channel::open`] keep the §1.1 layout.
+    pub fn set_compact(&mut self) {
+        if self.compact.is_none() {
+            self.compact = Some(Box::default());
+        }
+    }
+
+    /// Whether [`Channel::set_compact`] was called.
+    pub fn is_compact(&self) -> bool {
+        self.compact.is_some()
+    }
+
+    /// Seals one chunk of at most [`MAX_RECORD_PLAIN`] bytes into `buf` (cleared first).
+    fn seal_chunk(&mut self, chunk: &[u8], buf: &mut Vec<u8>) -> Result<(), SecureError> {
         use chacha20poly1305::AeadInPlace;
+        if self.send_n == u64::MAX {
+            return Err(SecureError::Noise("nonces exhausted".into()));
+        }
+        buf.clear();
+        buf.extend_from_slice(chunk);
+        self.send
+            .encrypt_in_place(&nonce(self.send_n), &[], buf)
+            .map_err(|_| SecureError::Noise("sealing failed".into()))?;
+        self.send_n += 1;
+        Ok(())
+    }
+
+    /// Opens one record's ciphertext and tag in place.
+    fn open_record(&mut self, buf: &mut Vec<u8>) -> Result<(), SecureError> {
+        use chacha20poly1305::AeadInPlace;
+        if buf.len() < TAG_LEN || self.recv_n == u64::MAX {
+            return Err(SecureError::Decrypt);
+        }
+        self.recv
+            .decrypt_in_place(&nonce(self.recv_n), &[], buf)
+            .map_err(|_| SecureError::Decrypt)?;
+        self.recv_n += 1;
+        Ok(())
+    }
+
+    /// Appends `plain` (encoded frames, §1.1 layout; a frame may be split across
+    /// calls) to `out` as sealed records — compact ones on a protocol-2 link.
+    pub fn seal(&mut self, plain: &[u8], out: &mut BytesMut) -> Result<(), SecureError> {
         let mut buf = Vec::with_capacity(plain.len().min(MAX_RECORD_PLAIN) + TAG_LEN);
-        for chunk in plain.chunks(MAX_RECORD_PLAIN) {
-            if self.send_n == u64::MAX {
-                return Err(SecureError::Noise("nonces exhausted".into()));
+        if let Some(c) = self.compact.as_mut() {
+            let mut frames = Vec::with_capacity(plain.len());
+            c.outgoing(plain, &mut frames);
+            for chunk in frames.chunks(MAX_RECORD_PLAIN) {
+                self.seal_chunk(chunk, &mut buf)?;
+                out.reserve(compact::MAX_RECORD_HEAD + buf.len());
+                compact::put_varint(out, buf.len() as u64);
+                out.extend_from_slice(&buf);
             }
-            buf.clear();
-            buf.extend_from_slice(chunk);
-            self.send
-                .encrypt_in_place(&nonce(self.send_n), &[], &mut buf)
-                .map_err(|_| SecureError::Noise("sealing failed".into()))?;
-            self.send_n += 1;
+            return Ok(());
+        }
+        for chunk in plain.chunks(MAX_RECORD_PLAIN) {
+            self.seal_chunk(chunk, &mut buf)?;
             encode_raw(SEALED, 0, &buf, out);
         }
         Ok(())
     }
 
     /// Takes every whole sealed record off the front of `wire` and appends its plain
-    /// bytes to `plain`. A partial record stays in `wire`. Any failure is fatal for the
-    /// link: the counters can no longer agree.
+    /// bytes (§1.1 frames, whatever the link's version) to `plain`. A partial record
+    /// stays in `wire`. Any failure is fatal for the link: the counters can no longer
+    /// agree.
     pub fn open(&mut self, wire: &mut BytesMut, plain: &mut BytesMut) -> Result<(), SecureError> {
-        use chacha20poly1305::AeadInPlace;
         let mut buf = Vec::new();
+        if self.compact.is_some() {
+            while let Some((head, n)) = compact::record_head(wire)? {
+                if wire.len() < head + n {
+                    break;
+                }
+                let record = wire.split_to(head + n);
+                buf.clear();
+                buf.extend_from_slice(&record[head..]);
+                self.open_record(&mut buf)?;
+                if let Some(c) = self.compact.as_mut() {
+                    c.incoming(&buf, plain)?;
+                }
+            }
+            return Ok(());
+        }
         while let Some(f) = Frame::parse(wire, NOISE_MAX)? {
             if f.cmd != SEALED {
                 return Err(SecureError::NotSealed {
@@ -224,15 +294,9 @@ impl Channel {
                     req_id: f.req_id,
                 });
             }
-            if f.body.len() < TAG_LEN || self.recv_n == u64::MAX {
-                return Err(SecureError::Decrypt);
-            }
             buf.clear();
             buf.extend_from_slice(&f.body);
-            self.recv
-                .decrypt_in_place(&nonce(self.recv_n), &[], &mut buf)
-                .map_err(|_| SecureError::Decrypt)?;
-            self.recv_n += 1;
+            self.open_record(&mut buf)?;
             plain.extend_from_slice(&buf);
         }
         Ok(())
@@ -458,6 +522,52 @@ pub(crate) mod tests {
         let (client, payload) = hs.finish(&f).unwrap();
         assert_eq!(payload, &answer[..]);
         (client, server)
+    }
+
+    #[test]
+    fn compact_records_carry_the_same_frames_and_a_hello_is_40_bytes() {
+        let key = StaticKey::generate().unwrap();
+        let (mut client, mut server) = pair(&key);
+        client.set_compact();
+        server.set_compact();
+        // The "hello" of docs/protocol.md §1.6: a 48-bit client_msg_id, request id 1.
+        let hello = v1::SendMsg {
+            client_msg_id: (1 << 48) - 1,
+            to: "bob".into(),
+            text: "hello".into(),
+            ..Default::default()
+        };
+        let mut plain = BytesMut::new();
+        encode_msg(cmd::SEND, 1, &hello, &mut plain);
+        assert_eq!(plain.len(), 28);
+        let mut wire = BytesMut::new();
+        client.seal(&plain, &mut wire).unwrap();
+        assert_eq!(
+            wire.len(),
+            40,
+            "1 record length + 3 frame header + 20 body + 16 tag"
+        );
+        // Split anywhere, with a second record behind: the same frames come out.
+        let mut big = BytesMut::new();
+        encode_raw(cmd::SEND, 300, &vec![9u8; 70_000], &mut big);
+        client.seal(&big, &mut wire).unwrap();
+        let mut got = BytesMut::new();
+        let bytes = wire.split().freeze();
+        for chunk in bytes.chunks(7) {
+            wire.extend_from_slice(chunk);
+            server.open(&mut wire, &mut got).unwrap();
+        }
+        assert!(wire.is_empty());
+        let mut want = plain.clone();
+        want.extend_from_slice(&big);
+        assert_eq!(got, want);
+        // A version-1 channel cannot read them, and the other way round.
+        let (mut v1c, mut v1s) = pair(&key);
+        let mut w = BytesMut::new();
+        v1c.seal(&plain, &mut w).unwrap();
+        assert_eq!(w.len(), 28 + RECORD_OVERHEAD);
+        v1s.set_compact();
+        assert!(v1s.open(&mut w, &mut BytesMut::new()).is_err());
     }
 
     #[test]

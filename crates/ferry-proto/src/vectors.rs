@@ -212,6 +212,38 @@ fn noise_ik_login_vectors() {
     b.done();
 }
 
+/// Protocol 2's compact records and frames (§1.6): the frames of §1.1 in, compact
+/// frames inside compact records out, under §1.4's split keys; and back.
+#[test]
+fn compact_vectors() {
+    let doc = protocol_md();
+    let mut b = Block::read(&doc, "compact");
+    let (k_c2s, k_s2c): ([u8; 32], [u8; 32]) = (b.array("k_c2s"), b.array("k_s2c"));
+    // The keys are §1.4's.
+    let ik = Block::read(&doc, "noise-ik");
+    assert_eq!(ik.hex("k_c2s"), k_c2s);
+    assert_eq!(ik.hex("k_s2c"), k_s2c);
+    let mut client = Channel::from_keys(&k_c2s, &k_s2c);
+    let mut server = Channel::from_keys(&k_s2c, &k_c2s);
+    client.set_compact();
+    server.set_compact();
+    for dir in ["c2s", "s2c"] {
+        let (tx, rx) = if dir == "c2s" {
+            (&mut client, &mut server)
+        } else {
+            (&mut server, &mut client)
+        };
+        let frames = b.hex(&format!("{dir}_frames"));
+        let mut compact = Vec::new();
+        crate::compact::Compact::default().outgoing(&frames, &mut compact);
+        b.check(&format!("{dir}_compact"), &compact);
+        let wire = record(tx, &frames);
+        b.check(&format!("record_{dir}"), &wire);
+        assert_eq!(open(rx, &wire), frames);
+    }
+    b.done();
+}
+
 /// A sealed short-link request and its answer.
 #[test]
 fn sealed_request_vectors() {

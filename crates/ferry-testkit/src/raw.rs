@@ -146,11 +146,36 @@ impl SecureRaw {
     /// HELLO carrying LOGIN with `token`, encrypted to `key`. Ok: the login answer
     /// (LOGIN|0x80 or an ERROR, opened). Err: the server's plain ERROR (no keys agreed).
     pub async fn login(&mut self, key: &[u8; 32], token: &str) -> Result<Frame, Frame> {
+        self.login_speaking(key, token, 0).await
+    }
+
+    /// [`Self::login`] naming `protocol` in the LOGIN; when the answer names 2 or more,
+    /// the records from then on are compact (docs/protocol.md §1.6), as the SDK does.
+    pub async fn login_speaking(
+        &mut self,
+        key: &[u8; 32],
+        token: &str,
+        protocol: u32,
+    ) -> Result<Frame, Frame> {
+        let mut login = BytesMut::new();
+        let req = v1::LoginReq {
+            token: token.into(),
+            client_version: "raw".into(),
+            protocol,
+            ..Default::default()
+        };
+        encode_msg(cmd::LOGIN, 1, &req, &mut login);
         let mut hello = BytesMut::new();
-        let hs = secure::client_hello(key, &login_frame(token), &mut hello).unwrap();
+        let hs = secure::client_hello(key, &login, &mut hello).unwrap();
         let answer = self.handshake(&hello).await?;
         let (channel, payload) = hs.finish(&answer).expect("the answer opens");
-        Ok(self.opened(channel, payload))
+        let f = self.opened(channel, payload);
+        if f.cmd == cmd::response(cmd::LOGIN)
+            && v1::LoginResp::decode(f.body.clone()).is_ok_and(|r| r.protocol >= 2)
+        {
+            self.channel.as_mut().unwrap().set_compact();
+        }
+        Ok(f)
     }
 
     /// Sends `hello` (a RESUME frame made by `hs`); the same answers as [`Self::login`].

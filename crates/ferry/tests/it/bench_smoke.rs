@@ -72,11 +72,13 @@ fn every_scenario_runs_and_loses_nothing() {
     assert!(num(&p2p, "delivered_per_sec") > 0.0);
     assert!(p2p["latency"]["p99_us"].is_u64());
     // Encrypted by default: one round trip, a HELLO of LOGIN + 104 B and its answer; a
-    // "hello" is its plain frame (≤ 40 B) + 24 B as a sealed record.
+    // "hello" to a 3-letter name on protocol 2 is one compact record of at most 40 B
+    // (docs/protocol.md §1.6: a 7-byte client_msg_id; a random one may be shorter).
     assert_eq!(p2p["wire"]["encrypted"], true, "{:#}", p2p["wire"]);
+    assert_eq!(p2p["wire"]["protocol"], 2, "{:#}", p2p["wire"]);
     assert_eq!(p2p["wire"]["login_round_trips"], 1, "{:#}", p2p["wire"]);
     assert!(
-        num(&p2p["wire"], "hello_sent_bytes") <= 40.0 + 24.0,
+        num(&p2p["wire"], "hello_sent_bytes") - num(&p2p["wire"], "hello_to_bytes") + 3.0 <= 40.0,
         "{:#}",
         p2p["wire"]
     );

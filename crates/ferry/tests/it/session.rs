@@ -200,7 +200,8 @@ async fn login_and_short_link_name_the_protocol_version() {
     for (header, answered) in [
         ("", "1"),
         ("Ferry-Protocol: 1\r\n", "1"),
-        ("Ferry-Protocol: 9\r\n", "1"),
+        ("Ferry-Protocol: 2\r\n", "2"),
+        ("Ferry-Protocol: 9\r\n", "2"),
     ] {
         let headers = format!("Content-Type: application/x-protobuf\r\n{header}");
         let ok = http_post(&ts.addr(), "/v1/endpoints", &headers, &[]).await;

@@ -231,6 +231,35 @@ async fn every_documented_size_is_what_goes_on_the_wire() {
     let (wire, plain) = next_record(&mut b).await;
     assert_eq!(wire, sizes.eval("record", &[("plain", plain)]));
 
+    // Protocol 2 (§1.6): alice on a second device, speaking 2, sends the same "hello"
+    // with a 48-bit client_msg_id as the SDK does: 28 bytes plain, one 40-byte compact
+    // record. bob, on protocol 1, gets it in a record of §1.4 as before.
+    let alice2 = short.auth("alice", PASSWORD, "dev-a2").await.unwrap().token;
+    let mut c = SecureRaw::connect(&ts.addr()).await;
+    let answer = c.login_speaking(&key, &alice2, 2).await.unwrap();
+    assert_eq!(answer.cmd, cmd::response(cmd::LOGIN));
+    assert_eq!(v1::LoginResp::decode(answer.body).unwrap().protocol, 2);
+    assert!(c.channel.as_ref().unwrap().is_compact());
+    let msg = v1::SendMsg {
+        client_msg_id: (1 << 48) - 1,
+        to: "bob".into(),
+        text: "hello".into(),
+        ..Default::default()
+    };
+    let mut plain = BytesMut::new();
+    encode_msg(cmd::SEND, 2, &msg, &mut plain);
+    assert_eq!(plain.len(), sizes.eval("hello_send_v2", &[]));
+    let out0 = c.bytes_out;
+    c.send(cmd::SEND, 2, &msg).await;
+    assert_eq!(
+        c.bytes_out - out0,
+        sizes.eval("hello_send_compact_record", &[])
+    );
+    let ack = c.recv_cmd(cmd::response(cmd::SEND)).await;
+    assert_eq!(ack.req_id, 2);
+    let (wire, plain) = next_record(&mut b).await;
+    assert_eq!(wire, sizes.eval("record", &[("plain", plain)]));
+
     // Resumed from the ticket: the RESUME frame and its answer.
     let mut r = SecureRaw::connect(&ts.addr()).await;
     let secret: [u8; 32] = ticket.secret[..].try_into().unwrap();

@@ -629,3 +629,64 @@ async fn while_logic_sheds_logins_new_handshakes_are_refused_before_key_work() {
         s.abort();
     }
 }
+
+/// Protocol 2 (§1.6): a link whose LOGIN named 2 speaks compact records and frames after
+/// the answer; one that named nothing keeps §1.4's. Bytes that are not a compact record
+/// are refused as a bad record of §1.4 is — a sealed ERROR, then the close — and a frame
+/// over the limit gets TOO_LARGE with its own request id; another link goes on.
+#[tokio::test]
+async fn compact_records_after_a_version_2_login_and_their_refusals() {
+    let ts = strict_server().await;
+    register_sealed(&ts, &["cid", "dot"]).await;
+    let key = key_of(&ts);
+    let dot = sealed_token(&ts, "dot").await;
+    let cid = sealed_token(&ts, "cid").await;
+    let mut old = SecureRaw::connect(&ts.addr()).await;
+    let a = old.login(&key, &dot).await.unwrap();
+    assert_eq!(v1::LoginResp::decode(a.body).unwrap().protocol, 1);
+    assert!(!old.channel.as_ref().unwrap().is_compact());
+
+    let compact = |protocol: u32| {
+        let (addr, cid) = (ts.addr(), cid.clone());
+        async move {
+            let mut s = SecureRaw::connect(&addr).await;
+            let a = s.login_speaking(&key, &cid, protocol).await.unwrap();
+            assert_eq!(v1::LoginResp::decode(a.body).unwrap().protocol, 2);
+            assert!(s.channel.as_ref().unwrap().is_compact());
+            s
+        }
+    };
+    // A heartbeat both ways in compact records (a client naming a later version gets 2).
+    let mut s = compact(7).await;
+    s.send(cmd::HEARTBEAT, 300, &v1::Heartbeat::default()).await;
+    assert_eq!(s.recv_cmd(cmd::response(cmd::HEARTBEAT)).await.req_id, 300);
+    // A record length over 65 535.
+    s.write(&[0xff, 0xff, 0x04]).await;
+    let f = s.recv().await.expect("a sealed refusal");
+    assert_eq!(refusal(&f), (0, ErrorCode::TooLarge));
+    assert!(s.recv().await.is_none(), "the link closes");
+    // A record that does not open.
+    let mut s = compact(2).await;
+    let mut garbage = vec![32u8];
+    garbage.extend_from_slice(&[7u8; 32]);
+    s.write(&garbage).await;
+    let f = s.recv().await.expect("a sealed refusal");
+    assert_eq!(refusal(&f), (0, ErrorCode::BadRequest));
+    assert!(s.recv().await.is_none(), "the link closes");
+    // A frame over gateway.max_frame_bytes, in two records: refused by its header.
+    let mut s = compact(2).await;
+    let big = v1::SendMsg {
+        client_msg_id: 1,
+        to: "dot".into(),
+        text: "x".repeat(70_000),
+        ..Default::default()
+    };
+    s.send(cmd::SEND, 7, &big).await;
+    let f = s.recv().await.expect("a sealed refusal");
+    assert_eq!(refusal(&f), (7, ErrorCode::TooLarge));
+    assert!(s.recv().await.is_none(), "the link closes");
+
+    // The link of protocol 1 went on through all of it.
+    old.send(cmd::HEARTBEAT, 4, &v1::Heartbeat::default()).await;
+    assert_eq!(old.recv_cmd(cmd::response(cmd::HEARTBEAT)).await.req_id, 4);
+}
