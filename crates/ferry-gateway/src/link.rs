@@ -408,6 +408,7 @@ async fn login<T: Transport>(
         peer: peer.to_owned(),
         idle_timeout_ms: gw.cfg.heartbeat_timeout_ms,
         origin: stream.origin() as i32,
+        link_protocol: ferry_proto::PROTOCOL_VERSION,
         ..Default::default()
     };
     let resp = match gw.bus.request(req).await {

@@ -147,7 +147,7 @@ impl Accounts {
                 token,
                 token_expires_ms,
                 idle_timeout_ms: req.idle_timeout_ms,
-                protocol: ferry_proto::protocol_for(r.protocol),
+                protocol: ferry_proto::protocol_for(r.protocol.min(req.link_protocol.max(1))),
             },
         );
         resp.user_id = s.user_id;
@@ -404,5 +404,43 @@ mod name_tests {
         assert!(!valid_username("system"));
         assert!(!valid_username("System"));
         assert!(valid_username("systems"));
+    }
+}
+
+#[cfg(test)]
+mod protocol_tests {
+    use ferry_proto::{cmd, v1, ProtoMessage};
+
+    use crate::testing::{req, World};
+
+    /// `LoginResp.protocol` is the highest the client, logic and the link's gateway all
+    /// speak: a gateway from before protocol 2 (which names none) gets 1 agreed on its
+    /// links, whatever the client asked, so a cluster can be upgraded node by node.
+    #[tokio::test]
+    async fn the_login_answers_no_more_than_the_gateway_speaks() {
+        let w = World::new(crate::LogicConfig::default());
+        let user = w.user("pia").await;
+        let (token, _) = w.accounts.issue_token(user, "d1").await.unwrap();
+        for (asked, link, answered) in [
+            (2, 0, 1),
+            (2, 1, 1),
+            (0, 2, 1),
+            (1, 2, 1),
+            (2, 2, 2),
+            (9, 2, 2),
+            (9, 9, ferry_proto::PROTOCOL_VERSION),
+        ] {
+            let login = v1::LoginReq {
+                token: token.clone(),
+                protocol: asked,
+                ..Default::default()
+            };
+            let mut r = req(cmd::LOGIN, 0, &login);
+            r.link_protocol = link;
+            r.peer = "127.0.0.1:1".into();
+            let resp = w.accounts.login(&r).await.unwrap();
+            let got = v1::LoginResp::decode(resp.body).unwrap().protocol;
+            assert_eq!(got, answered, "asked {asked}, link {link}");
+        }
     }
 }
