@@ -72,8 +72,8 @@ pub(crate) trait Transport: Send + Sync + 'static {
     fn logged_in(&self, _user_id: u64, _device_id: &str, _peer: &str) -> Result<(), &'static str> {
         Ok(())
     }
-    /// The protocol version the login answer names (`LoginResp.protocol`), told before
-    /// the answer is written: from version 2 the encrypted link over TCP switches to
+    /// The protocol version the login agreed (`BusResponse.link_protocol`, the answer's
+    /// `LoginResp.protocol`), told before the answer is written: from version 2 the encrypted link over TCP switches to
     /// compact records once the answer is out (docs/protocol.md §1.6).
     fn login_protocol(&self, _version: u32) {}
     /// Whether the transport carries a byte stream that protocol 2's compact records
@@ -433,9 +433,7 @@ async fn login<T: Transport>(
             let _ = write_out(stream, &mut out).await;
             return Err(End::refused(ErrorCode::BadRequest));
         }
-        if let Ok(login) = v1::LoginResp::decode(resp.body.clone()) {
-            stream.login_protocol(login.protocol);
-        }
+        stream.login_protocol(resp.link_protocol);
     }
     encode_raw(resp.cmd as u8, first.req_id, &resp.body, &mut out);
     if resp.cmd == u32::from(cmd::ERROR) {

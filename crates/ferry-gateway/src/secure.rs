@@ -464,12 +464,11 @@ impl<T: Transport> Transport for Secured<T> {
                     let with_ticket = ticket.take().map(|t| resume::with_ticket(&t, buf));
                     let payload = with_ticket.as_deref().unwrap_or(buf);
                     let mut out = BytesMut::new();
-                    let channel = match hs {
+                    let mut channel = match hs {
                         Pending::Noise(hs) => hs.respond(payload, &mut out),
                         Pending::Resume(r) => r.respond(payload, &mut out),
                     }
                     .map_err(bad_bytes)?;
-                    let mut channel = channel;
                     if *compact {
                         channel.set_compact();
                     }

@@ -136,6 +136,7 @@ impl Accounts {
         let username = self.core.user_name(s.user_id).await?;
         let latest_seq = self.core.store.latest_seq(s.user_id).await?;
         self.core.record_synckey(s.user_id, &s.device_id, r.synckey);
+        let protocol = ferry_proto::protocol_for(r.protocol.min(req.link_protocol.max(1)));
         let mut resp = ok(
             req.cmd,
             &v1::LoginResp {
@@ -147,11 +148,12 @@ impl Accounts {
                 token,
                 token_expires_ms,
                 idle_timeout_ms: req.idle_timeout_ms,
-                protocol: ferry_proto::protocol_for(r.protocol.min(req.link_protocol.max(1))),
+                protocol,
             },
         );
         resp.user_id = s.user_id;
         resp.device_id = s.device_id.to_string();
+        resp.link_protocol = protocol;
         // One link per device: the newest login replaces the device's older links (a
         // zombie of a lost network, a second copy of the app), on whatever gateway.
         self.notifier
@@ -439,6 +441,7 @@ mod protocol_tests {
             r.link_protocol = link;
             r.peer = "127.0.0.1:1".into();
             let resp = w.accounts.login(&r).await.unwrap();
+            assert_eq!(resp.link_protocol, answered, "the gateway is told");
             let got = v1::LoginResp::decode(resp.body).unwrap().protocol;
             assert_eq!(got, answered, "asked {asked}, link {link}");
         }
