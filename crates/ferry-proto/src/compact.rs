@@ -18,6 +18,7 @@
 //! [`Channel`]: crate::secure::Channel
 
 use bytes::{BufMut, BytesMut};
+use prost::encoding::encode_varint;
 
 use crate::frame::{FrameError, HEADER_LEN, MAX_BODY_LEN};
 use crate::secure::SecureError;
@@ -27,20 +28,6 @@ pub const MAX_RECORD_HEAD: usize = 3;
 /// The most bytes a compact frame header may take: a 4-byte length varint (the §1.1
 /// header's u24 fits in 4), the command, a 5-byte request-id varint.
 pub const MAX_FRAME_HEAD: usize = 4 + 1 + 5;
-
-/// Appends `v` as a varint.
-pub fn put_varint(out: &mut impl BufMut, mut v: u64) {
-    while v >= 0x80 {
-        out.put_u8((v as u8) | 0x80);
-        v >>= 7;
-    }
-    out.put_u8(v as u8);
-}
-
-/// Bytes `v` takes as a varint.
-pub fn varint_len(v: u64) -> usize {
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
-}
 
 /// A varint at the start of `buf` of at most `max` bytes: `Ok(Some((value, bytes)))`,
 /// `Ok(None)` when more bytes are needed, `Err` when it runs past `max` bytes.
@@ -136,9 +123,9 @@ impl Stream {
                 let h = &self.head;
                 let len = u32::from_be_bytes([0, h[0], h[1], h[2]]);
                 let req_id = u32::from_be_bytes([h[4], h[5], h[6], h[7]]);
-                put_varint(out, u64::from(len));
+                encode_varint(u64::from(len), out);
                 out.push(h[3]);
-                put_varint(out, u64::from(req_id));
+                encode_varint(u64::from(req_id), out);
                 self.body_left = len;
                 self.head_len = 0;
             }
@@ -209,7 +196,7 @@ mod tests {
     }
 
     #[test]
-    fn varints_are_protobufs() {
+    fn varints_are_protobufs_and_read_back() {
         for (v, bytes) in [
             (0u64, vec![0u8]),
             (1, vec![1]),
@@ -220,10 +207,8 @@ mod tests {
             (u64::from(u32::MAX), vec![0xff, 0xff, 0xff, 0xff, 0x0f]),
         ] {
             let mut out = Vec::new();
-            put_varint(&mut out, v);
+            encode_varint(v, &mut out);
             assert_eq!(out, bytes, "{v}");
-            assert_eq!(varint_len(v), bytes.len(), "{v}");
-            // prost agrees.
             assert_eq!(prost::encoding::encoded_len_varint(v), bytes.len());
             assert_eq!(get_varint(&out, 10), Ok(Some((v, bytes.len()))));
         }
@@ -298,9 +283,9 @@ mod tests {
         // frame parser refuses it (TOO_LARGE with request id 5) without waiting for
         // the body.
         let mut c = Vec::new();
-        put_varint(&mut c, 2 << 20);
+        encode_varint(2 << 20, &mut c);
         c.push(0x03);
-        put_varint(&mut c, 5);
+        encode_varint(5, &mut c);
         c.extend_from_slice(b"abc");
         let mut out = BytesMut::new();
         Stream::default().expand(&c, &mut out).unwrap();

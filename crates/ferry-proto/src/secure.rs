@@ -210,14 +210,12 @@ impl Channel {
         self.compact.is_some()
     }
 
-    /// Seals one chunk of at most [`MAX_RECORD_PLAIN`] bytes into `buf` (cleared first).
-    fn seal_chunk(&mut self, chunk: &[u8], buf: &mut Vec<u8>) -> Result<(), SecureError> {
+    /// Seals `buf` (at most [`MAX_RECORD_PLAIN`] bytes) in place: ciphertext and tag.
+    fn seal_in_place(&mut self, buf: &mut Vec<u8>) -> Result<(), SecureError> {
         use chacha20poly1305::AeadInPlace;
         if self.send_n == u64::MAX {
             return Err(SecureError::Noise("nonces exhausted".into()));
         }
-        buf.clear();
-        buf.extend_from_slice(chunk);
         self.send
             .encrypt_in_place(&nonce(self.send_n), &[], buf)
             .map_err(|_| SecureError::Noise("sealing failed".into()))?;
@@ -241,23 +239,47 @@ impl Channel {
     /// Appends `plain` (encoded frames, §1.1 layout; a frame may be split across
     /// calls) to `out` as sealed records — compact ones on a protocol-2 link.
     pub fn seal(&mut self, plain: &[u8], out: &mut BytesMut) -> Result<(), SecureError> {
-        let mut buf = Vec::with_capacity(plain.len().min(MAX_RECORD_PLAIN) + TAG_LEN);
-        if let Some(c) = self.compact.as_mut() {
-            let mut frames = Vec::with_capacity(plain.len());
-            c.outgoing(plain, &mut frames);
-            for chunk in frames.chunks(MAX_RECORD_PLAIN) {
-                self.seal_chunk(chunk, &mut buf)?;
-                out.reserve(compact::MAX_RECORD_HEAD + buf.len());
-                compact::put_varint(out, buf.len() as u64);
-                out.extend_from_slice(&buf);
-            }
+        let Some(c) = self.compact.as_mut() else {
+            return self.seal_records(plain, out);
+        };
+        // Translated straight into the buffer the record is sealed in, so a write that
+        // fits one record (nearly all) costs one allocation, as on a version-1 link.
+        let mut frames = Vec::with_capacity(plain.len() + TAG_LEN);
+        c.outgoing(plain, &mut frames);
+        if frames.is_empty() {
+            // Nothing whole to send yet (a frame header split across calls): no record,
+            // as `plain.chunks` gives none on a version-1 link.
             return Ok(());
         }
-        for chunk in plain.chunks(MAX_RECORD_PLAIN) {
-            self.seal_chunk(chunk, &mut buf)?;
-            encode_raw(SEALED, 0, &buf, out);
+        if frames.len() > MAX_RECORD_PLAIN {
+            return self.seal_records(&frames, out);
+        }
+        self.seal_in_place(&mut frames)?;
+        self.put_record(&frames, out);
+        Ok(())
+    }
+
+    /// Seals `frames` in records of at most [`MAX_RECORD_PLAIN`] bytes.
+    fn seal_records(&mut self, frames: &[u8], out: &mut BytesMut) -> Result<(), SecureError> {
+        let mut buf = Vec::with_capacity(frames.len().min(MAX_RECORD_PLAIN) + TAG_LEN);
+        for chunk in frames.chunks(MAX_RECORD_PLAIN) {
+            buf.clear();
+            buf.extend_from_slice(chunk);
+            self.seal_in_place(&mut buf)?;
+            self.put_record(&buf, out);
         }
         Ok(())
+    }
+
+    /// Appends one sealed record (ciphertext and tag) with this link's record header.
+    fn put_record(&self, sealed: &[u8], out: &mut BytesMut) {
+        if self.compact.is_some() {
+            out.reserve(compact::MAX_RECORD_HEAD + sealed.len());
+            prost::encoding::encode_varint(sealed.len() as u64, out);
+            out.extend_from_slice(sealed);
+        } else {
+            encode_raw(SEALED, 0, sealed, out);
+        }
     }
 
     /// Takes every whole sealed record off the front of `wire` and appends its plain
@@ -738,5 +760,14 @@ pub(crate) mod tests {
             s2.open(&mut r, &mut BytesMut::new()),
             Err(SecureError::Decrypt)
         );
+    }
+}
+#[cfg(test)]
+mod size_tests {
+    /// Every idle encrypted link holds one: two keys, two counters and the pointer to
+    /// protocol 2's translation (docs/benchmarks.md, idle memory per link).
+    #[test]
+    fn a_channel_is_88_bytes() {
+        assert_eq!(std::mem::size_of::<super::Channel>(), 88);
     }
 }
