@@ -157,16 +157,9 @@ impl SecureRaw {
         token: &str,
         protocol: u32,
     ) -> Result<Frame, Frame> {
-        let mut login = BytesMut::new();
-        let req = v1::LoginReq {
-            token: token.into(),
-            client_version: "raw".into(),
-            protocol,
-            ..Default::default()
-        };
-        encode_msg(cmd::LOGIN, 1, &req, &mut login);
         let mut hello = BytesMut::new();
-        let hs = secure::client_hello(key, &login, &mut hello).unwrap();
+        let hs =
+            secure::client_hello(key, &login_frame_speaking(token, protocol), &mut hello).unwrap();
         let answer = self.handshake(&hello).await?;
         let (channel, payload) = hs.finish(&answer).expect("the answer opens");
         let f = self.opened(channel, payload);
@@ -251,12 +244,17 @@ impl SecureRaw {
 
 /// A LOGIN frame with `token`, as a raw client sends it.
 pub fn login_frame(token: &str) -> BytesMut {
+    login_frame_speaking(token, 0)
+}
+
+/// A LOGIN frame with `token` naming `protocol` (0: none, which counts as 1).
+pub fn login_frame_speaking(token: &str, protocol: u32) -> BytesMut {
     let mut b = BytesMut::new();
     let req = v1::LoginReq {
         token: token.into(),
         synckey: 0,
         client_version: "raw".into(),
-        ..Default::default()
+        protocol,
     };
     encode_msg(cmd::LOGIN, 1, &req, &mut b);
     b
