@@ -27,6 +27,7 @@
 //! (`std::env::current_exe`): the `ferry` binary, whose `serve` and `bench-worker`
 //! subcommands they use.
 
+pub mod cluster;
 pub mod conn;
 pub mod fanout;
 pub mod faultproxy;
@@ -67,6 +68,29 @@ pub use worker::{Cmd, Out, Spec};
 
 /// Connections one worker process holds at most (each process may open 20 000 files).
 pub const MAX_CONNS_PER_WORKER: usize = 15_000;
+/// Files a server process keeps open besides its links (store, index, logs, sockets to
+/// NATS and PostgreSQL), with room to spare.
+const FILES_KEPT_BY_A_SERVER: usize = 2_000;
+
+/// How many gateways `links` connections need when each process may hold `limit` files
+/// open; 0 when one server process can hold them all.
+pub fn gateways_for(links: usize, limit: usize) -> usize {
+    let per_process = limit.saturating_sub(FILES_KEPT_BY_A_SERVER).max(1);
+    if links <= per_process {
+        0
+    } else {
+        links.div_ceil(per_process)
+    }
+}
+
+/// This process's open-file limit (the hard one: a child may raise its soft limit to
+/// it), as its children inherit it.
+pub fn open_file_limit() -> usize {
+    let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    lim.maximum
+        .and_then(|m| usize::try_from(m).ok())
+        .unwrap_or(usize::MAX)
+}
 /// How long the bench waits for stragglers after the measured window.
 pub const DRAIN: Duration = Duration::from_secs(15);
 /// The password of every bench user.
@@ -113,6 +137,23 @@ pub struct BenchArgs {
     /// one frame per binary message; docs/protocol.md 7.1a).
     #[arg(long, global = true, value_enum, default_value_t = Transport::Tcp)]
     pub transport: Transport,
+    /// Run the bench's own server as a cluster of this many gateways (and `--logics`
+    /// logic nodes, a NATS of its own and a fresh database on `--postgres`) instead of
+    /// one `ferry serve`. 0: `ferry serve`, unless the load needs more links than one
+    /// process may hold open (then as many gateways as it needs).
+    #[arg(long, global = true, default_value_t = 0)]
+    pub gateways: usize,
+    /// Logic nodes of the bench's own cluster (with `--gateways`).
+    #[arg(long, global = true, default_value_t = 1)]
+    pub logics: usize,
+    /// The PostgreSQL the bench's own cluster makes its database on (libpq key=value
+    /// form; the database named is the one connected to while creating it).
+    #[arg(
+        long,
+        global = true,
+        default_value = "host=127.0.0.1 user=postgres dbname=test"
+    )]
+    pub postgres: String,
 }
 
 /// What to measure.
@@ -159,7 +200,8 @@ pub enum Scenario {
         clients: usize,
     },
     /// Clients connected and sending; the server is SIGKILLed and restarted: time until
-    /// every client is back and synced, messages lost (own server only).
+    /// every client is back and synced, messages lost (own server or own cluster only;
+    /// past one process's open-file limit, the own cluster of `--gateways`).
     Reconnect {
         #[arg(long, default_value_t = 200)]
         clients: usize,
@@ -507,6 +549,8 @@ pub struct Target {
     /// The processes whose memory is the server's (summed).
     pub pids: Vec<u32>,
     pub own: Option<server::OwnServer>,
+    /// The bench's own cluster (`--gateways`), in place of `own`.
+    pub cluster: Option<cluster::OwnCluster>,
 }
 
 impl Target {
@@ -516,9 +560,43 @@ impl Target {
                 addrs: args.server.clone(),
                 pids: args.server_pid.clone(),
                 own: None,
+                cluster: None,
             });
         }
+        if args.gateways > 0 {
+            return Target::own_cluster(args, args.gateways).await;
+        }
         Target::own(args, "").await
+    }
+
+    /// As [`Target::new`] for a load of `links` connections: when one server process may
+    /// not hold them all open (its open-file limit, less a margin for its own files), the
+    /// bench's own server is a cluster of as many gateways as they need.
+    pub async fn for_links(args: &BenchArgs, links: usize) -> anyhow::Result<Target> {
+        if args.server.is_empty() && args.gateways == 0 {
+            let gateways = gateways_for(links, open_file_limit());
+            if gateways > 0 {
+                eprintln!(
+                    "{links} links are more than one process may hold open ({} files): \
+                     running the bench's own server as a cluster of {gateways} gateways",
+                    open_file_limit()
+                );
+                return Target::own_cluster(args, gateways).await;
+            }
+        }
+        Target::new(args).await
+    }
+
+    /// The bench's own cluster: `gateways` gateways, `--logics` logic nodes.
+    pub async fn own_cluster(args: &BenchArgs, gateways: usize) -> anyhow::Result<Target> {
+        let c = cluster::OwnCluster::start(&args.durability, &args.postgres, gateways, args.logics)
+            .await?;
+        Ok(Target {
+            addrs: c.addrs.clone(),
+            pids: c.pids(),
+            own: None,
+            cluster: Some(c),
+        })
     }
 
     /// The bench's own server, with `extra` appended to its config file (TOML).
@@ -534,6 +612,7 @@ impl Target {
             addrs: vec![own.addr.clone()],
             pids: vec![own.pid()],
             own: Some(own),
+            cluster: None,
         })
     }
 
@@ -550,13 +629,41 @@ impl Target {
         serde_json::json!({
             "addrs": self.addrs,
             "pids": self.pids,
-            "own": self.own.is_some(),
+            "own": self.own.is_some() || self.cluster.is_some(),
+            "gateways": self.cluster.as_ref().map(|c| c.addrs.len()),
         })
+    }
+
+    /// SIGKILL to the bench's own server (every Ferry process of its own cluster).
+    pub async fn kill(&mut self) -> anyhow::Result<()> {
+        match (&mut self.own, &mut self.cluster) {
+            (Some(o), _) => o.kill().await,
+            (None, Some(c)) => c.kill().await,
+            (None, None) => bail!("only the bench's own server can be killed"),
+        }
+    }
+
+    /// Starts the bench's own server again on the same addresses and data.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        let done = match (&mut self.own, &mut self.cluster) {
+            (Some(o), _) => o.restart().await.with_context(|| o.log_tail()),
+            (None, Some(c)) => c.restart().await.with_context(|| c.log_tail()),
+            (None, None) => bail!("only the bench's own server can be restarted"),
+        };
+        self.pids = match (&self.own, &self.cluster) {
+            (Some(o), _) => vec![o.pid()],
+            (None, Some(c)) => c.pids(),
+            (None, None) => Vec::new(),
+        };
+        done
     }
 
     pub async fn stop(self) {
         if let Some(o) = self.own {
             o.stop().await;
+        }
+        if let Some(c) = self.cluster {
+            c.stop().await;
         }
     }
 }
@@ -1060,5 +1167,20 @@ fn describe_exit(st: std::process::ExitStatus) -> String {
         }
         (None, Some(sig)) => format!("it was killed by signal {sig}"),
         _ => format!("it ended: {st}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gateways_for;
+
+    #[test]
+    fn links_past_one_process_limit_get_a_cluster_of_enough_gateways() {
+        assert_eq!(gateways_for(5_000, 20_000), 0);
+        assert_eq!(gateways_for(18_000, 20_000), 0);
+        assert_eq!(gateways_for(18_001, 20_000), 2);
+        assert_eq!(gateways_for(20_000, 20_000), 2);
+        assert_eq!(gateways_for(40_000, 20_000), 3);
+        assert_eq!(gateways_for(1_000_000, usize::MAX), 0);
     }
 }

@@ -49,18 +49,7 @@ impl OwnServer {
             .tempdir()
             .context("making a temporary data folder")?;
         let config = dir.path().join("ferry.toml");
-        let text = format!(
-            "durability = {durability:?}\n\
-             [gateway]\nmax_connections_per_ip = 0\n\
-             [logic]\nopen_messaging = true\n{logic}\n\
-             [logic.limits]\nauth_per_user = {{ per_sec = 0.0, burst = 0.0 }}\n\
-             auth_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
-             register_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
-             login_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
-             sends_per_user = {{ per_sec = 0.0, burst = 0.0 }}\n\
-             [logic.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n\
-             {extra}\n"
-        );
+        let text = bench_config(durability, logic, extra);
         std::fs::write(&config, text)?;
         let data = data.unwrap_or_else(|| dir.path().join("data"));
         let mut me = OwnServer {
@@ -139,21 +128,8 @@ impl OwnServer {
     }
 
     /// SIGTERM, then SIGKILL if it has not left within 10 s.
-    #[allow(unsafe_code)] // kill(2)
-    pub async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // SAFETY: kill(2) with a PID we own (our child, not yet reaped).
-            unsafe {
-                libc::kill(pid as libc::pid_t, libc::SIGTERM);
-            }
-        }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.start_kill();
-            let _ = self.child.wait().await;
-        }
+    pub async fn stop(self) {
+        terminate(self.child).await;
     }
 
     /// The last lines the server logged (for error messages).
@@ -161,6 +137,42 @@ impl OwnServer {
         let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(10)..].join("\n")
+    }
+}
+
+/// The config file of the bench's servers: durability as asked, every per-address and
+/// per-user limit lifted (a load test comes from one address), cheap password hashing,
+/// with `logic` (TOML keys) added to `[logic]` and `extra` appended.
+pub fn bench_config(durability: &str, logic: &str, extra: &str) -> String {
+    format!(
+        "durability = {durability:?}\n\
+         [gateway]\nmax_connections_per_ip = 0\n\
+         [logic]\nopen_messaging = true\n{logic}\n\
+         [logic.limits]\nauth_per_user = {{ per_sec = 0.0, burst = 0.0 }}\n\
+         auth_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
+         register_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
+         login_per_ip = {{ per_sec = 0.0, burst = 0.0 }}\n\
+         sends_per_user = {{ per_sec = 0.0, burst = 0.0 }}\n\
+         [logic.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n\
+         {extra}\n"
+    )
+}
+
+/// SIGTERM to a child, then SIGKILL if it has not left within 10 s.
+#[allow(unsafe_code)] // kill(2)
+pub async fn terminate(mut child: Child) {
+    if let Some(pid) = child.id() {
+        // SAFETY: kill(2) with a PID we own (our child, not yet reaped).
+        unsafe {
+            libc::kill(pid as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    if tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
     }
 }
 

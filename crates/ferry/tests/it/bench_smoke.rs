@@ -158,3 +158,39 @@ fn every_scenario_runs_and_loses_nothing() {
     assert_eq!(rec["duplicated"], 0, "{rec:#}");
     assert!(num(&rec, "all_synced_ms_after_restart") >= 0.0);
 }
+
+/// The reconnect storm against the bench's own cluster (the way it runs past one
+/// process's open-file limit): every gateway and logic node is SIGKILLed and restarted,
+/// the clients, spread over both gateways, come back and sync, and nothing is lost.
+#[test]
+fn reconnect_against_the_benchs_own_cluster_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pg = ferry_testkit::pg::postgres().admin_url();
+    let rec = bench(
+        dir.path(),
+        "reccluster",
+        &[
+            "reconnect",
+            "--clients",
+            "8",
+            "--rate",
+            "10",
+            "--duration",
+            "4",
+            "--gateways",
+            "2",
+            "--postgres",
+            &pg,
+        ],
+    );
+    assert_eq!(rec["server"]["gateways"], 2, "{rec:#}");
+    assert_eq!(
+        rec["server"]["addrs"].as_array().unwrap().len(),
+        2,
+        "{rec:#}"
+    );
+    assert!(num(&rec, "acked") > 0.0, "{rec:#}");
+    assert_eq!(rec["lost"], 0, "{rec:#}");
+    assert_eq!(rec["duplicated"], 0, "{rec:#}");
+    assert!(num(&rec, "all_synced_ms_after_restart") >= 0.0, "{rec:#}");
+}
