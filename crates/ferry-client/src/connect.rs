@@ -28,6 +28,9 @@ pub(crate) enum End {
     Fatal(ClientError),
     /// Reconnect. `logged_in` resets the back-off.
     Lost { reason: String, logged_in: bool },
+    /// The server is up but shedding load, and said when to come back: reconnect
+    /// after about that long (server pushback), without growing the back-off.
+    Busy { retry_after: Duration },
     /// The app said the network changed: reconnect at once.
     NetworkChanged,
     /// A better link (TCP, while on long-poll) is logged in: move to it.
@@ -336,6 +339,16 @@ async fn attempt(
         let e = v1::Error::decode(first.body.clone()).unwrap_or_default();
         let err = ClientError::from_error(e);
         return Err(match err.code() {
+            // Shed (logic overloaded, the gateway's handshakes full): come back when
+            // told, without racing other endpoints or long-poll, which would only add
+            // to the load.
+            Some(ErrorCode::Unavailable | ErrorCode::RateLimited)
+                if err.retry_after().is_some() =>
+            {
+                AttemptError::Stop(End::Busy {
+                    retry_after: err.retry_after().unwrap_or_default(),
+                })
+            }
             Some(ErrorCode::Unauthorized) => {
                 // The token is gone (revoked, replaced): get a new one right away.
                 shared.state.lock().token.clear();

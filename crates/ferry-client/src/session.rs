@@ -73,6 +73,14 @@ fn jitter(d: Duration) -> Duration {
     Duration::from_millis(rand::rng().random_range(ms / 2..=ms.max(1)))
 }
 
+/// The wait before coming back to a server that shed this client and asked for `asked`:
+/// spread over [asked, 2 × asked] so that the clients it shed together do not all come
+/// back at the same moment (they would be shed together again), at most `max`.
+fn pushed_back(asked: Duration, max: Duration) -> Duration {
+    let ms = asked.min(max).as_millis() as u64;
+    Duration::from_millis(rand::rng().random_range(ms..=ms.saturating_mul(2).max(1))).min(max)
+}
+
 /// The grace deadline of a pending background close: armed once (a second background
 /// keeps the first deadline), disarmed by a foreground.
 fn background(shared: &Shared, close_at: &mut Option<Instant>) {
@@ -134,6 +142,8 @@ pub(crate) async fn drive(
 ) {
     let mut first = Some(first);
     let mut backoff = shared.cfg.backoff_min;
+    // What a busy server asked the next attempt to wait (see `End::Busy`).
+    let mut pushback: Option<Duration> = None;
     let mut ready: Option<Connected> = None;
     // When a pending background close is due (the app went to the background).
     let mut close_at: Option<Instant> = None;
@@ -211,11 +221,16 @@ pub(crate) async fn drive(
                     let _ = events.try_send(Event::Disconnected { reason });
                 }
             }
+            End::Busy { retry_after } => pushback = Some(retry_after),
         }
-        // Wait out the back-off, but stay closable; a network change or the app coming
-        // to the foreground ends the wait, the background grace running out ends the
-        // reconnecting.
-        let wait = tokio::time::sleep(jitter(backoff));
+        // Wait out the back-off (or what a busy server asked for), but stay closable; a
+        // network change or the app coming to the foreground ends the wait, the
+        // background grace running out ends the reconnecting.
+        let pushed = pushback.take();
+        let wait = tokio::time::sleep(match pushed {
+            Some(d) => pushed_back(d, shared.cfg.backoff_max),
+            None => jitter(backoff),
+        });
         tokio::pin!(wait);
         loop {
             tokio::select! {
@@ -245,7 +260,11 @@ pub(crate) async fn drive(
                 },
             }
         }
-        backoff = (backoff * 2).min(shared.cfg.backoff_max);
+        // A server that said when to come back is not a failing one: the back-off
+        // grows only when nothing answered.
+        if pushed.is_none() {
+            backoff = (backoff * 2).min(shared.cfg.backoff_max);
+        }
     }
     shared.status.send_replace(Status::Stopped);
 }
@@ -575,5 +594,22 @@ fn route(f: Frame, pending: &mut HashMap<u32, oneshot::Sender<Frame>>) -> Option
             }
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pushed_back_client_waits_between_once_and_twice_what_it_was_told() {
+        let (asked, max) = (Duration::from_millis(1000), Duration::from_secs(30));
+        let waits: Vec<Duration> = (0..200).map(|_| pushed_back(asked, max)).collect();
+        assert!(waits.iter().all(|w| *w >= asked && *w <= 2 * asked));
+        // Spread, not all at one moment.
+        let (lo, hi) = (waits.iter().min().unwrap(), waits.iter().max().unwrap());
+        assert!(*hi - *lo > Duration::from_millis(500), "{lo:?}..{hi:?}");
+        // Never past the back-off's own ceiling.
+        assert!(pushed_back(Duration::from_secs(60), max) <= max);
     }
 }
