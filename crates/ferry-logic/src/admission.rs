@@ -8,8 +8,15 @@
 //! finds no slot waits (a bounded number of waiters, for at most `queue_ms`); the others
 //! are refused at once with `UNAVAILABLE` and a retry-after. Nothing queues without
 //! bound, so overload costs neither memory nor the latency of what is admitted.
+//!
+//! Counting slots is not enough where the work waits on something the count does not
+//! see (CPU taken by handshakes, a database pool): a thousand logins in flight may each
+//! take seconds. So logic also watches how long its requests take, after CoDel: when
+//! even the quickest request finished in a 100 ms window took longer than
+//! `standing_delay_ms`, the delay is standing (a queue that does not drain, not a
+//! burst), and new sessions are shed until a window's quickest is under it again.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ferry_bus::BusRequest;
@@ -30,6 +37,9 @@ pub struct AdmissionConfig {
     pub queue_ms: u64,
     /// What a shed client is told to wait before it retries.
     pub retry_after_ms: u32,
+    /// New sessions are shed while the quickest request of each 100 ms window takes
+    /// longer than this (0: off).
+    pub standing_delay_ms: u64,
 }
 
 impl Default for AdmissionConfig {
@@ -40,6 +50,7 @@ impl Default for AdmissionConfig {
             state_share: 0.8,
             queue_ms: 500,
             retry_after_ms: 1000,
+            standing_delay_ms: 50,
         }
     }
 }
@@ -80,6 +91,12 @@ impl Class {
     }
 }
 
+/// How often the standing delay is judged: the window of CoDel's minimum.
+const WINDOW_US: u64 = 100_000;
+/// Below this many requests in flight there is no queue to speak of: one slow request
+/// (a large upload chunk, a search) does not make a quiet server shed.
+const QUEUE_FLOOR: usize = 16;
+
 /// The admission controller.
 pub struct Admission {
     cfg: AdmissionConfig,
@@ -88,11 +105,21 @@ pub struct Admission {
     freed: Notify,
     /// Requests shed, per class.
     pub shed: [AtomicU64; 3],
+    /// Time zero of the microsecond clocks below.
+    epoch: std::time::Instant,
+    /// When the current window began.
+    window_start_us: AtomicU64,
+    /// The quickest request finished in the current window (`u64::MAX`: none yet).
+    window_min_us: AtomicU64,
+    /// The last whole window's quickest request took longer than `standing_delay_ms`.
+    standing: AtomicBool,
 }
 
 /// A slot; dropping it frees the slot for the next request.
 pub struct Permit<'a> {
     adm: Option<&'a Admission>,
+    /// When its request asked for the slot (`Admission::epoch` µs).
+    asked_us: u64,
 }
 
 impl Drop for Permit<'_> {
@@ -100,6 +127,7 @@ impl Drop for Permit<'_> {
         if let Some(a) = self.adm {
             a.in_flight.fetch_sub(1, Ordering::AcqRel);
             a.freed.notify_one();
+            a.finished(self.asked_us);
         }
     }
 }
@@ -112,7 +140,54 @@ impl Admission {
             waiting: AtomicUsize::new(0),
             freed: Notify::new(),
             shed: Default::default(),
+            epoch: std::time::Instant::now(),
+            window_start_us: AtomicU64::new(0),
+            window_min_us: AtomicU64::new(u64::MAX),
+            standing: AtomicBool::new(false),
         }
+    }
+
+    fn now_us(&self) -> u64 {
+        self.epoch.elapsed().as_micros() as u64
+    }
+
+    /// A request that asked for its slot at `asked_us` is done: keeps the window's
+    /// minimum, and judges the window once it is over.
+    fn finished(&self, asked_us: u64) {
+        let now = self.now_us();
+        self.window_min_us
+            .fetch_min(now.saturating_sub(asked_us), Ordering::AcqRel);
+        let start = self.window_start_us.load(Ordering::Acquire);
+        if now.saturating_sub(start) < WINDOW_US
+            || self
+                .window_start_us
+                .compare_exchange(start, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        let min = self.window_min_us.swap(u64::MAX, Ordering::AcqRel);
+        let standing = self.cfg.standing_delay_ms > 0
+            && min != u64::MAX
+            && min > self.cfg.standing_delay_ms.saturating_mul(1000);
+        if standing != self.standing.swap(standing, Ordering::AcqRel) {
+            tracing::info!(
+                standing,
+                quickest_ms = min / 1000,
+                in_flight = self.in_flight(),
+                "admission: standing delay {}",
+                if standing {
+                    "begins; new sessions are shed"
+                } else {
+                    "is over"
+                }
+            );
+        }
+    }
+
+    /// Whether new sessions are shed for a standing delay now.
+    pub fn delay_standing(&self) -> bool {
+        self.standing.load(Ordering::Acquire) && self.in_flight() >= QUEUE_FLOOR
     }
 
     fn limit(&self, class: Class) -> usize {
@@ -136,11 +211,26 @@ impl Admission {
     /// A slot for a request of `class`, or the retry-after (ms) it is shed with.
     pub async fn admit(&self, class: Class) -> Result<Permit<'_>, u32> {
         if self.cfg.max_in_flight == 0 {
-            return Ok(Permit { adm: None });
+            return Ok(Permit {
+                adm: None,
+                asked_us: 0,
+            });
         }
+        let asked_us = self.now_us();
+        // Made only once a slot is taken: dropping a permit gives its slot back.
+        let granted = || Permit {
+            adm: Some(self),
+            asked_us,
+        };
         let limit = self.limit(class);
+        if class == Class::NewSession && self.delay_standing() {
+            self.shed[class as usize].fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("ferry_shed_total", "class" => class.name()).increment(1);
+            metrics::counter!("ferry_shed_standing_delay_total").increment(1);
+            return Err(self.cfg.retry_after_ms);
+        }
         if self.try_take(limit) {
-            return Ok(Permit { adm: Some(self) });
+            return Ok(granted());
         }
         if class == Class::Realtime
             && self.waiting.fetch_add(1, Ordering::AcqRel) < self.cfg.max_in_flight
@@ -159,7 +249,7 @@ impl Admission {
             };
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             if got {
-                return Ok(Permit { adm: Some(self) });
+                return Ok(granted());
             }
         } else if class == Class::Realtime {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -229,6 +319,70 @@ mod tests {
         drop(got);
         drop(held);
         assert_eq!(a.in_flight(), 0);
+    }
+
+    /// Requests that each take longer than `standing_delay_ms` for a whole window, with
+    /// a queue in flight, shed new sessions (not real-time requests); once a window's
+    /// quickest is quick again, new sessions are admitted again. One slow request on a
+    /// quiet server sheds nothing.
+    #[tokio::test]
+    async fn a_standing_delay_sheds_new_sessions_until_it_drains() {
+        let a = Admission::new(AdmissionConfig {
+            max_in_flight: 1000,
+            standing_delay_ms: 50,
+            ..Default::default()
+        });
+        let slow = Duration::from_millis(80);
+        // A quiet server: one slow request per window, nothing else in flight.
+        for _ in 0..3 {
+            let p = a.admit(Class::State).await.unwrap();
+            std::thread::sleep(slow);
+            drop(p);
+        }
+        assert!(
+            a.admit(Class::NewSession).await.is_ok(),
+            "no queue, no shedding"
+        );
+
+        // A queue: 20 in flight, each taking 80 ms, over more than a window.
+        let mut held: Vec<_> = Vec::new();
+        for _ in 0..20 {
+            held.push(a.admit(Class::Realtime).await.unwrap());
+        }
+        std::thread::sleep(slow);
+        for _ in 0..3 {
+            for p in held.drain(..) {
+                drop(p);
+            }
+            for _ in 0..20 {
+                held.push(a.admit(Class::Realtime).await.unwrap());
+            }
+            std::thread::sleep(slow);
+        }
+        assert_eq!(a.admit(Class::NewSession).await.err(), Some(1000));
+        assert!(
+            a.admit(Class::Realtime).await.is_ok(),
+            "real-time is still admitted"
+        );
+        assert_eq!(
+            a.shed[Class::NewSession as usize].load(Ordering::Relaxed),
+            1
+        );
+
+        // Drained: a window whose quickest request is quick ends it.
+        for p in held.drain(..) {
+            drop(p);
+        }
+        for _ in 0..20 {
+            held.push(a.admit(Class::Realtime).await.unwrap());
+        }
+        std::thread::sleep(Duration::from_millis(110));
+        let quick = a.admit(Class::Realtime).await.unwrap();
+        drop(quick);
+        assert!(
+            a.admit(Class::NewSession).await.is_ok(),
+            "the delay is over"
+        );
     }
 
     #[test]
