@@ -67,21 +67,12 @@ async fn measure(
     target.restart().await?;
     let restarted = unix_s();
     pb.set_message("waiting for clients");
-    // Clients logged in, as the workers report them, every quarter second or so.
-    let mut timeline: Vec<(f64, u64)> = Vec::new();
     let outs = w
         .wait_all(
             "come back",
             RECOVERY,
             |o| matches!(o, Out::Event { name, .. } if name == "synced"),
-            |w| {
-                let n = w.sum(Out::connected);
-                pb.set_position(n);
-                let t = unix_s() - restarted;
-                if timeline.last().is_none_or(|&(last, _)| t - last >= 0.25) {
-                    timeline.push((t, n));
-                }
-            },
+            |w| pb.set_position(w.sum(Out::connected)),
         )
         .await?;
     let synced = outs
@@ -102,7 +93,19 @@ async fn measure(
     pb.finish_and_clear();
     let mut tot = json!({});
     let mut back: f64 = restarted;
+    // Clients back per tenth of a second after the kill, summed over the workers.
+    let mut per_tenth: Vec<u64> = Vec::new();
     for value in &results {
+        let counts = value["back_per_tenth_after_kill"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        for (i, c) in counts.iter().enumerate() {
+            if per_tenth.len() <= i {
+                per_tenth.resize(i + 1, 0);
+            }
+            per_tenth[i] += c.as_u64().unwrap_or(0);
+        }
         for k in ["sent", "acked", "received", "lost", "duplicated", "errors"] {
             let v = tot[k].as_u64().unwrap_or(0) + value[k].as_u64().unwrap_or(0);
             tot[k] = json!(v);
@@ -128,12 +131,11 @@ async fn measure(
         "every client synced",
         format!("{:.0} ms after the restart", (synced - restarted) * 1e3),
     );
-    let at = |secs: f64| {
-        timeline
-            .iter()
-            .take_while(|&&(t, _)| t <= secs)
-            .last()
-            .map_or(0, |&(_, n)| n)
+    // Back by `secs` after the restart.
+    let down = restarted - killed;
+    let at = |secs: f64| -> u64 {
+        let tenths = ((secs + down) * 10.0).floor() as usize;
+        per_tenth.iter().take(tenths).sum()
     };
     r.row(
         "logged in 1 / 2 / 5 / 10 s after the restart",
@@ -158,10 +160,7 @@ async fn measure(
         "all_back_ms_after_restart": (back - restarted) * 1e3,
         "all_synced_ms_after_restart": (synced - restarted) * 1e3,
         "all_synced_ms_after_kill": (synced - killed) * 1e3,
-        "logged_in_after_restart": timeline
-            .iter()
-            .map(|&(t, n)| json!([(t * 1e3).round() / 1e3, n]))
-            .collect::<Vec<_>>(),
+        "back_per_tenth_after_kill": per_tenth,
         "sent": tot["sent"],
         "acked": tot["acked"],
         "received": tot["received"],
@@ -265,13 +264,18 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
     }
     // Watch for the kill, then for every client to be back and synced.
     let mut killed: Option<(Vec<u64>, Vec<u64>)> = None;
+    let mut killed_at = 0.0;
+    // Clients back, per tenth of a second after the kill (each counted once).
+    let mut back_per_tenth: Vec<u64> = Vec::new();
+    let mut is_back = vec![false; clients.len()];
     let mut back_at = None;
     let mut synced_at = None;
     let mut poll = tokio::time::interval(Duration::from_millis(10));
     loop {
         tokio::select! {
             c = ctx.cmd() => match c? {
-                Cmd::Killed { .. } => {
+                Cmd::Killed { at } => {
+                    killed_at = at;
                     let logins = clients.iter().map(|p| p.logins.load(Ordering::Relaxed)).collect();
                     let acked = ledgers.iter().map(|l| l.inner.lock().expect("ledger").acked_n).collect();
                     killed = Some((logins, acked));
@@ -281,7 +285,20 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
             },
             _ = poll.tick(), if killed.is_some() && synced_at.is_none() => {
                 let (logins, acked) = killed.as_ref().expect("checked");
-                let back = clients.iter().zip(logins).filter(|(p, &n)| p.logins.load(Ordering::Relaxed) > n).count();
+                let tenth = ((unix_s() - killed_at).max(0.0) * 10.0) as usize;
+                let mut back = 0;
+                for (i, (p, &n)) in clients.iter().zip(logins).enumerate() {
+                    if p.logins.load(Ordering::Relaxed) > n {
+                        back += 1;
+                        if !is_back[i] {
+                            is_back[i] = true;
+                            if back_per_tenth.len() <= tenth {
+                                back_per_tenth.resize(tenth + 1, 0);
+                            }
+                            back_per_tenth[tenth] += 1;
+                        }
+                    }
+                }
                 ctx.counters.connected.store(back as u64, Ordering::Relaxed);
                 if back_at.is_none() && back == clients.len() {
                     let at = unix_s();
@@ -306,6 +323,7 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
     let mut value = Totals::of(&ledgers).json();
     value["back_at"] = json!(back_at);
     value["synced_at"] = json!(synced_at);
+    value["back_per_tenth_after_kill"] = json!(back_per_tenth);
     ctx.emit(Out::Result { value });
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
         for p in &clients {

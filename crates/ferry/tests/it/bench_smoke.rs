@@ -193,4 +193,12 @@ fn reconnect_against_the_benchs_own_cluster_loses_nothing() {
     assert_eq!(rec["lost"], 0, "{rec:#}");
     assert_eq!(rec["duplicated"], 0, "{rec:#}");
     assert!(num(&rec, "all_synced_ms_after_restart") >= 0.0, "{rec:#}");
+    // Every client came back once, counted in the tenth of a second it did.
+    let back: u64 = rec["back_per_tenth_after_kill"]
+        .as_array()
+        .expect("the clients back over time")
+        .iter()
+        .map(|n| n.as_u64().unwrap())
+        .sum();
+    assert_eq!(back, 8, "{rec:#}");
 }
