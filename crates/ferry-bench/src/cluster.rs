@@ -12,10 +12,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use super::server::bench_config;
+use super::server::{bench_config, ferry_child, tail, wait_ready};
 
 /// One Ferry process of the cluster: how to start it again, and the running child.
 struct Node {
@@ -178,64 +177,14 @@ impl OwnCluster {
 
     /// Starts `node` and waits for its ready line; the address it printed last, if any.
     async fn spawn(&self, node: &mut Node) -> anyhow::Result<Option<String>> {
-        let exe = std::env::current_exe().context("finding the ferry binary")?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&node.log)?;
-        let mut child = Command::new(exe)
-            .args(&node.args)
-            .arg("--config")
-            .arg(&self.config)
-            // Each node's data folder (server key, admin token, search index) is
-            // `ferry-data` under the cluster's folder: the gateways share the key.
-            .current_dir(self.dir.path())
-            // FERRY_BENCH_SERVER_LOG: the nodes' log filter (their logs are in the
-            // cluster's folder while it runs).
-            .env(
-                "FERRY_LOG",
-                std::env::var("FERRY_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .env_remove("FERRY_BENCH_SERVER_LOG")
-            .env("FERRY_ALLOW_PLAINTEXT", "true")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a cluster node")?;
-        let stdout = child.stdout.take().context("node stdout")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let ready = node.ready;
-        let found = tokio::time::timeout(Duration::from_secs(30), async {
-            let mut addr = None;
-            while let Some(line) = lines.next_line().await? {
-                if let Some(a) = line.strip_prefix("ferry listening on ") {
-                    addr = Some(a.trim().to_owned());
-                }
-                if line.contains(ready) {
-                    return Ok::<_, std::io::Error>(Some(addr));
-                }
-            }
-            Ok(None)
-        })
-        .await;
-        let tail = || tail(&node.log);
-        let addr = match found {
-            Ok(Ok(Some(a))) => a,
-            Ok(Ok(None)) => bail!(
-                "`ferry {}` exited before it was ready:\n{}",
-                node.args[0],
-                tail()
-            ),
-            Ok(Err(e)) => bail!("reading `ferry {}`'s output: {e}", node.args[0]),
-            Err(_) => bail!(
-                "`ferry {}` was not ready within 30 s:\n{}",
-                node.args[0],
-                tail()
-            ),
-        };
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let mut args: Vec<&std::ffi::OsStr> = node.args.iter().map(|a| a.as_ref()).collect();
+        args.extend(["--config".as_ref(), self.config.as_os_str()]);
+        // Each node's data folder (server key, admin token, search index) is
+        // `ferry-data` under the cluster's folder: the gateways share the key.
+        let mut child = ferry_child(&args, &node.log, Some(self.dir.path()))?;
+        let addr = wait_ready(&mut child, node.ready, &node.log)
+            .await
+            .with_context(|| format!("starting `ferry {}`", node.args[0]))?;
         node.child = Some(child);
         Ok(addr)
     }
@@ -329,12 +278,6 @@ fn with_dbname(url: &str, db: &str) -> String {
         .collect();
     parts.push(format!("dbname={db}"));
     parts.join(" ")
-}
-
-fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 #[cfg(test)]

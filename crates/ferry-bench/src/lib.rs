@@ -83,11 +83,11 @@ pub fn gateways_for(links: usize, limit: usize) -> usize {
     }
 }
 
-/// This process's open-file limit (the hard one: a child may raise its soft limit to
-/// it), as its children inherit it.
+/// This process's open-file limit (the soft one, which its children inherit and the
+/// server does not raise: docs/operations.md says how to raise it).
 pub fn open_file_limit() -> usize {
     let lim = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    lim.maximum
+    lim.current
         .and_then(|m| usize::try_from(m).ok())
         .unwrap_or(usize::MAX)
 }

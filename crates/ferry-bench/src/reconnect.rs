@@ -2,9 +2,10 @@
 //! the way in the bench's own server is SIGKILLed (a crash: no drain, no goodbye) and
 //! restarted on the same port and data. More clients than one process may hold open
 //! (20 000 files here) run against the bench's own cluster instead, and then every
-//! gateway and logic node is SIGKILLed and restarted (NATS and PostgreSQL stay up). Figures: how long until every client is logged
-//! in again and has every message acknowledged before the crash, and what was lost or
-//! duplicated over the whole run (both must be 0).
+//! gateway and logic node is SIGKILLed and restarted (NATS and PostgreSQL stay up).
+//! Figures: how long until every client is logged in again and has every message
+//! acknowledged before the crash, how many were back after 1, 2, 5 and 10 s, and what
+//! was lost or duplicated over the whole run (both must be 0).
 //!
 //! This scenario uses the real SDK (`ferry_client::Client`): its back-off, resume from
 //! synckey and send retries are what is being measured.

@@ -3,7 +3,7 @@
 //! register in seconds). Being a child, its PID is known (memory from /proc) and it can
 //! be SIGKILLed and restarted on the same port and data (the reconnect scenario).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
@@ -59,7 +59,8 @@ impl OwnServer {
             config,
             data,
         };
-        me.addr = wait_listening(&mut me.child).await?;
+        let log = me.log();
+        me.addr = wait_listening(&mut me.child, &log).await?;
         Ok(me)
     }
 
@@ -105,7 +106,7 @@ impl OwnServer {
         // The port was just released; binding it again may need a few tries.
         for attempt in 0..50 {
             let mut child = spawn(&self.config, &data, &self.addr, &self.dir)?;
-            match wait_listening(&mut child).await {
+            match wait_listening(&mut child, &self.log()).await {
                 Ok(_) => {
                     self.child = child;
                     return Ok(());
@@ -134,9 +135,11 @@ impl OwnServer {
 
     /// The last lines the server logged (for error messages).
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(10)..].join("\n")
+        tail(&self.log())
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("server.log")
     }
 }
 
@@ -182,39 +185,69 @@ fn spawn(
     listen: &str,
     dir: &tempfile::TempDir,
 ) -> anyhow::Result<Child> {
+    let args = [
+        "serve".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+        "--data".as_ref(),
+        data.as_os_str(),
+        "--listen".as_ref(),
+        listen.as_ref(),
+    ];
+    ferry_child(&args, &dir.path().join("server.log"), None)
+}
+
+/// A `ferry` child of the bench (the executable it runs in) with `args`: stderr appended
+/// to `log`, stdout piped for [`wait_ready`], in `cwd` if given, killed when dropped.
+/// Its log filter is `FERRY_BENCH_SERVER_LOG` (default `warn`), and it takes plaintext
+/// links: the bench speaks plaintext frames where it measures the protocol's own
+/// figures; the encrypted link has its own measurements.
+pub(crate) fn ferry_child(
+    args: &[&std::ffi::OsStr],
+    log: &Path,
+    cwd: Option<&Path>,
+) -> anyhow::Result<Child> {
     let exe = std::env::current_exe().context("finding the ferry binary")?;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(dir.path().join("server.log"))?;
-    Command::new(exe)
-        .arg("serve")
-        .arg("--config")
-        .arg(config)
-        .arg("--data")
-        .arg(data)
-        .arg("--listen")
-        .arg(listen)
-        .env("FERRY_LOG", "warn")
-        // The bench speaks plaintext frames (its figures are the protocol's own); the
-        // encrypted link has its own measurements.
+        .open(log)?;
+    let mut cmd = Command::new(exe);
+    cmd.args(args)
+        .env(
+            "FERRY_LOG",
+            std::env::var("FERRY_BENCH_SERVER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("FERRY_ALLOW_PLAINTEXT", "true")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting ferry serve")
+        .kill_on_drop(true);
+    if let Some(dir) = cwd {
+        cmd.current_dir(dir);
+    }
+    cmd.spawn()
+        .with_context(|| format!("starting ferry {}", args[0].to_string_lossy()))
 }
 
-/// Reads the child's stdout until `ferry listening on ADDR`; keeps draining it after.
-async fn wait_listening(child: &mut Child) -> anyhow::Result<String> {
-    let stdout = child.stdout.take().context("server stdout")?;
+/// Reads a [`ferry_child`]'s stdout until a line holding `ready` (30 s at most) and
+/// keeps draining it after. Returns the last `ferry listening on ADDR` address seen up
+/// to and including that line, if any. The error carries the tail of its `log`.
+pub(crate) async fn wait_ready(
+    child: &mut Child,
+    ready: &str,
+    log: &Path,
+) -> anyhow::Result<Option<String>> {
+    let stdout = child.stdout.take().context("the child's stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     let found = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut addr = None;
         while let Some(line) = lines.next_line().await? {
-            if let Some(addr) = line.strip_prefix("ferry listening on ") {
-                return Ok::<_, std::io::Error>(Some(addr.trim().to_owned()));
+            if let Some(a) = line.strip_prefix("ferry listening on ") {
+                addr = Some(a.trim().to_owned());
+            }
+            if line.contains(ready) {
+                return Ok::<_, std::io::Error>(Some(addr));
             }
         }
         Ok(None)
@@ -222,12 +255,27 @@ async fn wait_listening(child: &mut Child) -> anyhow::Result<String> {
     .await;
     let addr = match found {
         Ok(Ok(Some(a))) => a,
-        Ok(Ok(None)) => bail!("ferry serve exited before listening"),
-        Ok(Err(e)) => bail!("reading ferry serve's output: {e}"),
-        Err(_) => bail!("ferry serve did not start listening within 30 s"),
+        Ok(Ok(None)) => bail!("it exited before {ready:?}:\n{}", tail(log)),
+        Ok(Err(e)) => bail!("reading its output: {e}"),
+        Err(_) => bail!("no {ready:?} within 30 s:\n{}", tail(log)),
     };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     Ok(addr)
+}
+
+/// Reads `ferry serve`'s stdout until `ferry listening on ADDR`: that address.
+async fn wait_listening(child: &mut Child, log: &Path) -> anyhow::Result<String> {
+    wait_ready(child, "ferry listening on ", log)
+        .await
+        .context("ferry serve did not start listening")?
+        .context("ferry serve named no address")
+}
+
+/// The last 10 lines of a log file (for error messages).
+pub(crate) fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(10)..].join("\n")
 }
 
 /// `VmRSS` of a process, in KiB.
