@@ -259,14 +259,16 @@ impl Gateway {
 
     /// Logic refused a LOGIN as overloaded (or could not be reached): refuse new
     /// handshakes for `retry_after_ms` (the gateway's own when logic named none), so a
-    /// storm of logins costs the gateway no key work while logic catches up.
-    pub(crate) fn logic_shed(&self, retry_after_ms: u32) {
+    /// storm of logins costs the gateway no key work while logic catches up. Returns
+    /// that wait, for the refused client's own retry-after.
+    pub(crate) fn logic_shed(&self, retry_after_ms: u32) -> u32 {
         let wait = match retry_after_ms {
             0 => self.cfg.handshake_retry_after_ms,
             n => n,
         };
         self.shed_until_ms
             .fetch_max(self.now_ms() + u64::from(wait), Ordering::Relaxed);
+        wait
     }
 
     /// Milliseconds since the gateway started.

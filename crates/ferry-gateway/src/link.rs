@@ -415,14 +415,10 @@ async fn login<T: Transport>(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(error = %e, "login could not reach logic");
-            gw.logic_shed(e.retry_after_ms());
             // With when to come back, as logic's own shedding says it: the client waits
             // that long instead of racing back at once or growing its back-off.
             let mut body = error_body(ErrorCode::Unavailable, "service unavailable; try again");
-            body.retry_after_ms = match e.retry_after_ms() {
-                0 => gw.cfg.handshake_retry_after_ms,
-                n => n,
-            };
+            body.retry_after_ms = gw.logic_shed(e.retry_after_ms());
             encode_msg(cmd::ERROR, first.req_id, &body, &mut out);
             let _ = write_out(stream, &mut out).await;
             return Err(End::refused(ErrorCode::BadRequest));
