@@ -338,17 +338,14 @@ async fn attempt(
     if first.cmd == cmd::ERROR {
         let e = v1::Error::decode(first.body.clone()).unwrap_or_default();
         let err = ClientError::from_error(e);
+        // Shed (logic overloaded, the gateway's handshakes full): come back when told,
+        // without racing other endpoints or long-poll, which would only add to the load.
+        if let (Some(ErrorCode::Unavailable | ErrorCode::RateLimited), Some(retry_after)) =
+            (err.code(), err.retry_after())
+        {
+            return Err(AttemptError::Stop(End::Busy { retry_after }));
+        }
         return Err(match err.code() {
-            // Shed (logic overloaded, the gateway's handshakes full): come back when
-            // told, without racing other endpoints or long-poll, which would only add
-            // to the load.
-            Some(ErrorCode::Unavailable | ErrorCode::RateLimited)
-                if err.retry_after().is_some() =>
-            {
-                AttemptError::Stop(End::Busy {
-                    retry_after: err.retry_after().unwrap_or_default(),
-                })
-            }
             Some(ErrorCode::Unauthorized) => {
                 // The token is gone (revoked, replaced): get a new one right away.
                 shared.state.lock().token.clear();

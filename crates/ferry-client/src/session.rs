@@ -142,8 +142,6 @@ pub(crate) async fn drive(
 ) {
     let mut first = Some(first);
     let mut backoff = shared.cfg.backoff_min;
-    // What a busy server asked the next attempt to wait (see `End::Busy`).
-    let mut pushback: Option<Duration> = None;
     let mut ready: Option<Connected> = None;
     // When a pending background close is due (the app went to the background).
     let mut close_at: Option<Instant> = None;
@@ -182,6 +180,8 @@ pub(crate) async fn drive(
         shared.status.send_replace(Status::Connecting);
         shared.smart.lock().current = None;
         shared.save_state();
+        // What a busy server asked the next attempt to wait (see `End::Busy`).
+        let mut pushed: Option<Duration> = None;
         match end {
             End::Closed => break,
             End::Background => {
@@ -221,12 +221,11 @@ pub(crate) async fn drive(
                     let _ = events.try_send(Event::Disconnected { reason });
                 }
             }
-            End::Busy { retry_after } => pushback = Some(retry_after),
+            End::Busy { retry_after } => pushed = Some(retry_after),
         }
         // Wait out the back-off (or what a busy server asked for), but stay closable; a
         // network change or the app coming to the foreground ends the wait, the
         // background grace running out ends the reconnecting.
-        let pushed = pushback.take();
         let wait = tokio::time::sleep(match pushed {
             Some(d) => pushed_back(d, shared.cfg.backoff_max),
             None => jitter(backoff),
