@@ -110,9 +110,17 @@ pub struct GatewayConfig {
     /// issued before, without a new server key.
     pub ticket_epoch: u32,
     /// Handshakes (a `HELLO` or `RESUME` read, its login not yet answered) this gateway
-    /// works on at once; a new one beyond it is refused before any X25519 work with a
-    /// plain `ERROR UNAVAILABLE` and `handshake_retry_after_ms` (0: no limit).
+    /// works on at once (0: no limit). A new one beyond it, or while logic sheds new
+    /// sessions, waits in the waiting room below; refused (before any X25519 work, with
+    /// a plain `ERROR UNAVAILABLE` and `handshake_retry_after_ms`) when that is full or
+    /// its wait is over.
     pub max_handshakes: usize,
+    /// Handshakes that may wait at once for their turn, their connections open.
+    pub handshake_queue: usize,
+    /// How long a handshake waits for its turn at most, in milliseconds (0: no waiting,
+    /// refused at once). Keep it under the clients' wait for a login answer (10 s in
+    /// the SDK) and `login_timeout_ms`.
+    pub handshake_hold_ms: u64,
     /// What a client whose handshake was refused (the limit above, or logic shedding new
     /// sessions) is told to wait before it tries again, in milliseconds.
     pub handshake_retry_after_ms: u32,
@@ -139,6 +147,8 @@ impl Default for GatewayConfig {
             ticket_lifetime_secs: 86_400,
             ticket_epoch: 1,
             max_handshakes: 256,
+            handshake_queue: 16_384,
+            handshake_hold_ms: 5_000,
             handshake_retry_after_ms: 1_000,
         }
     }
@@ -170,6 +180,9 @@ pub struct Stats {
     pub handshakes_refused_busy: AtomicU64,
     /// Handshakes refused before any key work: logic was shedding new sessions.
     pub handshakes_refused_shed: AtomicU64,
+    /// Handshakes that waited for their turn in the waiting room (admitted or refused
+    /// after).
+    pub handshakes_held: AtomicU64,
 }
 
 /// What a connection holds while it lives: its place under `max_connections` and its
@@ -210,6 +223,10 @@ pub struct Gateway {
     resume_seen: secure::NonceCache,
     /// Handshakes in progress (`cfg.max_handshakes`); each holds a [`secure::HandshakeSlot`].
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
+    /// The places under `cfg.max_handshakes` (closed when there is no limit).
+    handshake_permits: Arc<Semaphore>,
+    /// Handshakes waiting for their turn (`cfg.handshake_queue`).
+    held: std::sync::atomic::AtomicUsize,
     /// Until when (`now_ms`) new handshakes are refused: logic shed a LOGIN (or could
     /// not be reached), so a new handshake's X25519 work would be spent for nothing.
     shed_until_ms: AtomicU64,
@@ -233,6 +250,12 @@ impl Gateway {
         let registry = Arc::new(Registry::new(cfg.outbox_frames, stats.clone()));
         bus.attach_gateway(&cfg.id, registry.clone());
         let tickets = ferry_proto::resume::TicketKey::derive(&key.private, cfg.ticket_epoch);
+        let handshake_permits = Arc::new(Semaphore::new(
+            cfg.max_handshakes.min(Semaphore::MAX_PERMITS),
+        ));
+        if cfg.max_handshakes == 0 {
+            handshake_permits.close();
+        }
         Arc::new(Gateway {
             ip_conns: Default::default(),
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
@@ -251,6 +274,8 @@ impl Gateway {
             key: Arc::new(key),
             replay: Default::default(),
             handshakes: Default::default(),
+            handshake_permits,
+            held: Default::default(),
             shed_until_ms: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             sweeping: AtomicBool::new(false),
@@ -269,6 +294,13 @@ impl Gateway {
         self.shed_until_ms
             .fetch_max(self.now_ms() + u64::from(wait), Ordering::Relaxed);
         wait
+    }
+
+    /// How long logic's shedding of new sessions lasts yet, in milliseconds (0: over).
+    pub(crate) fn shed_remaining_ms(&self) -> u64 {
+        self.shed_until_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.now_ms())
     }
 
     /// Milliseconds since the gateway started.

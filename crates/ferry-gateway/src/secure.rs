@@ -85,58 +85,139 @@ pub(crate) fn retry_after_ms(e: &io::Error) -> u32 {
 
 /// A handshake in progress, counted against `gateway.max_handshakes` until it is
 /// answered (the link opens) or given up (refused, or the connection ends first).
-pub(crate) struct HandshakeSlot(Arc<std::sync::atomic::AtomicUsize>);
+pub(crate) struct HandshakeSlot {
+    count: Arc<std::sync::atomic::AtomicUsize>,
+    /// Its place under `max_handshakes` (none without a limit).
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
 
-impl Drop for HandshakeSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+impl HandshakeSlot {
+    fn new(gw: &Gateway, permit: Option<tokio::sync::OwnedSemaphorePermit>) -> Self {
+        gw.handshakes.fetch_add(1, Ordering::Relaxed);
+        HandshakeSlot {
+            count: gw.handshakes.clone(),
+            _permit: permit,
+        }
     }
 }
 
-/// Admission of a new handshake, before any key work: refused while logic sheds new
-/// sessions, or while `max_handshakes` are in progress. The refusal is a plain `ERROR
-/// UNAVAILABLE` (request id 0) with the retry-after; the client backs off and tries
-/// again, and the gateway has spent no X25519 on it.
-fn admit_handshake(gw: &Gateway) -> io::Result<HandshakeSlot> {
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A handshake's wait in the gateway's waiting room: its slot once it has one, or the
+/// refusal when its time there ran out.
+type Hold = std::pin::Pin<Box<dyn Future<Output = io::Result<HandshakeSlot>> + Send>>;
+
+/// What admission makes of a new handshake.
+enum Admission {
+    /// Go on now.
+    Now(HandshakeSlot),
+    /// Wait (the connection stays open, nothing is read or answered meanwhile).
+    Hold(Hold),
+}
+
+/// Its place in the waiting room (`gateway.handshake_queue`), given back when the hold
+/// ends either way, or the connection does.
+struct Waiting(Arc<Gateway>);
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.held.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn unavailable(message: &str, retry_after_ms: u32) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        Refusal {
+            code: ErrorCode::Unavailable,
+            req_id: 0,
+            message: message.into(),
+            retry_after_ms,
+        },
+    )
+}
+
+const SHED: &str = "the server is overloaded and takes no new sessions now; try again later";
+const BUSY: &str = "too many logins in progress here; try again later";
+
+/// Admission of a new handshake, before any key work. It goes on at once while logic
+/// takes new sessions and fewer than `max_handshakes` are in progress. Otherwise it
+/// waits, its connection open, in a bounded waiting room (`handshake_queue`) for up to
+/// `handshake_hold_ms`: until logic's shedding is over and a place is free, first come
+/// first served. A reconnecting device then connects once instead of coming back again
+/// and again to be refused, which costs both sides more than the login itself. With
+/// the room full, or the hold over, it is refused: a plain `ERROR UNAVAILABLE` (request
+/// id 0) with a retry-after, and the gateway has spent no X25519 on it.
+fn admit_handshake(gw: &Arc<Gateway>) -> io::Result<Admission> {
     let retry = gw.cfg.handshake_retry_after_ms;
-    let refuse = |message: &str, retry_after_ms: u32| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            Refusal {
-                code: ErrorCode::Unavailable,
-                req_id: 0,
-                message: message.into(),
-                retry_after_ms,
-            },
-        )
-    };
-    let shed_until = gw.shed_until_ms.load(Ordering::Relaxed);
-    let now = gw.now_ms();
-    if now < shed_until {
+    let shed = gw.shed_remaining_ms();
+    if shed == 0 {
+        match gw.handshake_permits.clone().try_acquire_owned() {
+            Ok(p) => return Ok(Admission::Now(HandshakeSlot::new(gw, Some(p)))),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {}
+            // Closed: no limit.
+            Err(tokio::sync::TryAcquireError::Closed) => {
+                return Ok(Admission::Now(HandshakeSlot::new(gw, None)))
+            }
+        }
+    }
+    let hold_ms = gw.cfg.handshake_hold_ms;
+    let room = gw.cfg.handshake_queue;
+    if hold_ms > 0 && gw.held.fetch_add(1, Ordering::Relaxed) < room {
+        gw.stats.handshakes_held.fetch_add(1, Ordering::Relaxed);
+        let waiting = Waiting(gw.clone());
+        let until = tokio::time::Instant::now() + std::time::Duration::from_millis(hold_ms);
+        return Ok(Admission::Hold(Box::pin(hold(waiting, until))));
+    }
+    if hold_ms > 0 {
+        gw.held.fetch_sub(1, Ordering::Relaxed);
+    }
+    Err(refuse_now(gw, shed, retry))
+}
+
+/// The refusal of a handshake that could not go on, counted by why.
+fn refuse_now(gw: &Gateway, shed: u64, retry: u32) -> io::Error {
+    if shed > 0 {
         gw.stats
             .handshakes_refused_shed
             .fetch_add(1, Ordering::Relaxed);
         // Until logic's own wait is over, at least.
-        let wait = u32::try_from(shed_until - now)
-            .unwrap_or(u32::MAX)
-            .max(retry);
-        return Err(refuse(
-            "the server is overloaded and takes no new sessions now; try again later",
-            wait,
-        ));
+        let wait = u32::try_from(shed).unwrap_or(u32::MAX).max(retry);
+        return unavailable(SHED, wait);
     }
-    let n = gw.handshakes.fetch_add(1, Ordering::Relaxed);
-    let slot = HandshakeSlot(gw.handshakes.clone());
-    if gw.cfg.max_handshakes > 0 && n >= gw.cfg.max_handshakes {
-        gw.stats
-            .handshakes_refused_busy
-            .fetch_add(1, Ordering::Relaxed);
-        return Err(refuse(
-            "too many logins in progress here; try again later",
-            retry,
-        ));
-    }
-    Ok(slot)
+    gw.stats
+        .handshakes_refused_busy
+        .fetch_add(1, Ordering::Relaxed);
+    unavailable(BUSY, retry)
+}
+
+/// A held handshake's wait: for logic's shedding to end, then for a place under
+/// `max_handshakes` (the semaphore serves waiters in order), until `until`.
+async fn hold(waiting: Waiting, until: tokio::time::Instant) -> io::Result<HandshakeSlot> {
+    let gw = waiting.0.clone();
+    let got = tokio::time::timeout_at(until, async {
+        loop {
+            let shed = gw.shed_remaining_ms();
+            if shed > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(shed)).await;
+                continue;
+            }
+            // Closed: no limit.
+            let permit = gw.handshake_permits.clone().acquire_owned().await.ok();
+            if gw.shed_remaining_ms() > 0 {
+                // Logic began shedding while this one waited for its place.
+                continue;
+            }
+            return HandshakeSlot::new(&gw, permit);
+        }
+    })
+    .await;
+    drop(waiting);
+    got.map_err(|_| refuse_now(&gw, gw.shed_remaining_ms(), gw.cfg.handshake_retry_after_ms))
 }
 
 fn bad_bytes(e: SecureError) -> io::Error {
@@ -150,6 +231,13 @@ fn bad_bytes(e: SecureError) -> io::Error {
 enum State {
     /// No whole first frame yet: the bytes so far.
     Sniff(BytesMut),
+    /// A HELLO or RESUME read and held by admission (see [`admit_handshake`]): the
+    /// hello, and the wait for its slot or its refusal, then what the wait came to.
+    Held {
+        hello: ferry_proto::Frame,
+        wait: Hold,
+        outcome: Option<io::Result<HandshakeSlot>>,
+    },
     /// The HELLO (or RESUME) was read and its LOGIN handed on; the first write answers
     /// it, with the ticket in front of the login answer when the login earned one.
     Answer {
@@ -282,13 +370,32 @@ impl<T: Transport> Secured<T> {
                 "bytes after the HELLO before its answer",
             ));
         }
-        let slot = match admit_handshake(&self.gw) {
-            Ok(slot) => slot,
+        match admit_handshake(&self.gw) {
+            Ok(Admission::Now(slot)) => self.handshake(st, hello, slot, partial),
+            Ok(Admission::Hold(wait)) => {
+                *st = State::Held {
+                    hello,
+                    wait,
+                    outcome: None,
+                };
+                Ok(true)
+            }
             Err(e) => {
                 *st = State::Refused;
-                return Err(e);
+                Err(e)
             }
-        };
+        }
+    }
+
+    /// Works on an admitted hello: opens its ticket or does the Noise work, and hands
+    /// its LOGIN on.
+    fn handshake(
+        &self,
+        st: &mut State,
+        hello: ferry_proto::Frame,
+        slot: HandshakeSlot,
+        partial: &mut BytesMut,
+    ) -> io::Result<bool> {
         if hello.cmd == RESUME {
             let stats = &self.gw.stats;
             return match self.resume(&hello) {
@@ -402,6 +509,21 @@ impl<T: Transport> Transport for Secured<T> {
     }
 
     fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let mut st = self.state.lock();
+        if let State::Held {
+            wait,
+            outcome: outcome @ None,
+            ..
+        } = &mut *st
+        {
+            if let Poll::Ready(r) = wait.as_mut().poll(cx) {
+                *outcome = Some(r);
+                return Poll::Ready(Ok(()));
+            }
+            // Held: the client's own bytes (it gave up, or sent what it must not) still
+            // end the wait.
+        }
+        drop(st);
         self.inner.poll_readable(cx)
     }
 
@@ -419,7 +541,22 @@ impl<T: Transport> Transport for Secured<T> {
                 }
                 r
             }
-            State::Answer { .. } => {
+            State::Held { outcome, .. } if outcome.is_some() => {
+                // Admitted (a slot) or held out (the refusal).
+                match std::mem::replace(&mut *st, State::Refused) {
+                    State::Held {
+                        hello,
+                        outcome: Some(Ok(slot)),
+                        ..
+                    } => self.handshake(&mut st, hello, slot, partial),
+                    State::Held {
+                        outcome: Some(Err(e)),
+                        ..
+                    } => Err(e),
+                    _ => Ok(false),
+                }
+            }
+            State::Held { .. } | State::Answer { .. } => {
                 let mut early = BytesMut::new();
                 let more = self.inner.read_into(&mut early)?;
                 if early.is_empty() {
@@ -483,7 +620,7 @@ impl<T: Transport> Transport for Secured<T> {
                     channel.seal(buf, &mut out).map_err(bad_bytes)?;
                     Ok(Some(out))
                 }
-                State::Sniff(_) | State::Plain | State::Refused => Ok(None),
+                State::Sniff(_) | State::Held { .. } | State::Plain | State::Refused => Ok(None),
             }
         })();
         async move {
@@ -698,9 +835,11 @@ mod tests {
         );
     }
 
-    fn gateway(max_handshakes: usize) -> Arc<Gateway> {
+    fn gateway(max_handshakes: usize, handshake_hold_ms: u64) -> Arc<Gateway> {
         let cfg = crate::GatewayConfig {
             max_handshakes,
+            handshake_hold_ms,
+            handshake_queue: 2,
             handshake_retry_after_ms: 250,
             ..Default::default()
         };
@@ -717,30 +856,89 @@ mod tests {
         (code, id, retry_after_ms(e))
     }
 
+    fn now(a: io::Result<Admission>) -> HandshakeSlot {
+        match a {
+            Ok(Admission::Now(slot)) => slot,
+            Ok(Admission::Hold(_)) => panic!("held"),
+            Err(e) => panic!("refused: {e}"),
+        }
+    }
+
+    fn held(a: io::Result<Admission>) -> Hold {
+        match a {
+            Ok(Admission::Hold(h)) => h,
+            Ok(Admission::Now(_)) => panic!("admitted at once"),
+            Err(e) => panic!("refused: {e}"),
+        }
+    }
+
     #[tokio::test]
-    async fn handshakes_beyond_the_limit_are_refused_until_one_ends() {
-        let gw = gateway(2);
-        let a = admit_handshake(&gw).unwrap();
-        let _b = admit_handshake(&gw).unwrap();
+    async fn without_a_waiting_room_handshakes_beyond_the_limit_are_refused_until_one_ends() {
+        let gw = gateway(2, 0);
+        let a = now(admit_handshake(&gw));
+        let _b = now(admit_handshake(&gw));
         let e = admit_handshake(&gw).map(|_| ()).unwrap_err();
         assert_eq!(refusal_of(&e), (ErrorCode::Unavailable, 0, 250));
         assert_eq!(gw.stats.handshakes_refused_busy.load(Ordering::Relaxed), 1);
         // A refused one holds no place: the count is back at two.
         assert_eq!(gw.handshakes.load(Ordering::Relaxed), 2);
         drop(a);
-        let _c = admit_handshake(&gw).expect("a place was given back");
+        let _c = now(admit_handshake(&gw));
         assert_eq!(gw.handshakes.load(Ordering::Relaxed), 2);
         // 0: no limit.
-        let free = gateway(0);
-        let held: Vec<_> = (0..1000).map(|_| admit_handshake(&free).unwrap()).collect();
+        let free = gateway(0, 0);
+        let all: Vec<_> = (0..1000).map(|_| now(admit_handshake(&free))).collect();
         assert_eq!(free.handshakes.load(Ordering::Relaxed), 1000);
-        drop(held);
+        drop(all);
         assert_eq!(free.handshakes.load(Ordering::Relaxed), 0);
     }
 
     #[tokio::test]
-    async fn while_logic_sheds_new_handshakes_are_refused_before_key_work() {
-        let gw = gateway(0);
+    async fn beyond_the_limit_handshakes_wait_their_turn_in_order_and_a_full_room_refuses() {
+        let gw = gateway(1, 5_000);
+        let a = now(admit_handshake(&gw));
+        let first = held(admit_handshake(&gw));
+        let second = held(admit_handshake(&gw));
+        // The room (2) is full: the next one is refused at once, no key work.
+        let e = admit_handshake(&gw).map(|_| ()).unwrap_err();
+        assert_eq!(refusal_of(&e), (ErrorCode::Unavailable, 0, 250));
+        assert_eq!(gw.stats.handshakes_held.load(Ordering::Relaxed), 2);
+        let first = tokio::spawn(first);
+        let second = tokio::spawn(second);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!first.is_finished() && !second.is_finished());
+        // One place given back: the first in line has it, the second still waits.
+        drop(a);
+        let slot = first.await.unwrap().expect("its turn");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!second.is_finished());
+        assert_eq!(gw.held.load(Ordering::Relaxed), 1);
+        drop(slot);
+        let _slot = second.await.unwrap().expect("its turn");
+        assert_eq!(gw.held.load(Ordering::Relaxed), 0);
+        assert_eq!(gw.handshakes.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_runs_out_is_refused_with_a_retry_after() {
+        let gw = gateway(1, 200);
+        let _a = now(admit_handshake(&gw));
+        let started = std::time::Instant::now();
+        let e = held(admit_handshake(&gw)).await.map(|_| ()).unwrap_err();
+        assert!(started.elapsed() >= std::time::Duration::from_millis(190));
+        assert_eq!(refusal_of(&e), (ErrorCode::Unavailable, 0, 250));
+        assert_eq!(gw.stats.handshakes_refused_busy.load(Ordering::Relaxed), 1);
+        assert_eq!(gw.held.load(Ordering::Relaxed), 0);
+        // A hold given up (its connection closed) gives its place back too.
+        drop(held(admit_handshake(&gw)));
+        assert_eq!(gw.held.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn while_logic_sheds_new_handshakes_wait_for_it_to_end() {
+        // No waiting room: refused before key work, told to wait until logic's wait is
+        // over.
+        let gw = gateway(0, 0);
         gw.logic_shed(1_000);
         let e = admit_handshake(&gw).map(|_| ()).unwrap_err();
         let (code, id, retry) = refusal_of(&e);
@@ -751,11 +949,18 @@ mod tests {
         );
         assert_eq!(gw.stats.handshakes_refused_shed.load(Ordering::Relaxed), 1);
         assert_eq!(gw.handshakes.load(Ordering::Relaxed), 0);
-        // Logic named no wait: the gateway's own. Once it has passed, handshakes go on.
-        let gw = gateway(0);
+        // With one: held until logic's wait (its own 250 ms when logic named none) is
+        // over, then it goes on.
+        let gw = gateway(0, 5_000);
         gw.logic_shed(0);
-        assert!(admit_handshake(&gw).is_err());
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        assert!(admit_handshake(&gw).is_ok());
+        let started = std::time::Instant::now();
+        let _slot = held(admit_handshake(&gw)).await.expect("after the shed");
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(240)
+                && waited < std::time::Duration::from_secs(2),
+            "{waited:?}"
+        );
+        assert!(matches!(admit_handshake(&gw), Ok(Admission::Now(_))));
     }
 }

@@ -156,7 +156,7 @@ impl Monitor {
 
     fn render_local(&self, out: &mut String) {
         type Field = fn(&ferry_gateway::Stats) -> u64;
-        let gauges: [(&str, &str, &str, Field); 14] = [
+        let gauges: [(&str, &str, &str, Field); 15] = [
             (
                 "ferry_gateway_connections",
                 "gauge",
@@ -226,7 +226,7 @@ impl Monitor {
             (
                 "ferry_gateway_handshakes_refused_busy_total",
                 "counter",
-                "New handshakes refused before any key work: gateway.max_handshakes were in progress.",
+                "New handshakes refused before any key work: gateway.max_handshakes were in progress and the waiting room was full, or their wait there ran out.",
                 |s| s.handshakes_refused_busy.load(Ordering::Relaxed),
             ),
             (
@@ -234,6 +234,12 @@ impl Monitor {
                 "counter",
                 "New handshakes refused before any key work: logic was shedding new sessions.",
                 |s| s.handshakes_refused_shed.load(Ordering::Relaxed),
+            ),
+            (
+                "ferry_gateway_handshakes_held_total",
+                "counter",
+                "New handshakes that waited for their turn in the gateway's waiting room (gateway.handshake_queue), admitted or refused after.",
+                |s| s.handshakes_held.load(Ordering::Relaxed),
             ),
             (
                 "ferry_gateway_http_requests_total",

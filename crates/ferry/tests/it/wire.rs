@@ -556,17 +556,19 @@ async fn ferry_serve_prints_its_key_before_the_listening_line_which_comes_last()
     assert_eq!(key, hex::encode(served.unwrap()));
 }
 
-/// While logic sheds new sessions, the gateway takes no new handshake: it refuses the
-/// HELLO in plain, before any key work, with a retry-after (docs/security.md,
-/// *Overload*; issue 25).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn while_logic_sheds_logins_new_handshakes_are_refused_before_key_work() {
+/// A server whose logic sheds new sessions, told to `retry_after_ms`: a storm of costly
+/// sign-ins (argon2 with 8 MiB) on its one slot for new sessions, run until logic shed a
+/// LOGIN sent inside a full handshake. The storm's tasks, to stop when done.
+async fn shedding_server(
+    hold_ms: u64,
+    retry_after_ms: u32,
+) -> (TestServer, Vec<tokio::task::JoinHandle<()>>) {
     let ts = TestServer::with(|c| {
-        // One slot for new sessions, held by costly sign-ins (argon2 with 8 MiB).
         c.logic.admission.max_in_flight = 2;
-        c.logic.admission.retry_after_ms = 3_000;
+        c.logic.admission.retry_after_ms = retry_after_ms;
         c.logic.password.memory_kib = 8 * 1024;
         c.logic.password.iterations = 2;
+        c.gateway.handshake_hold_ms = hold_ms;
     })
     .await;
     ts.register(&["shedder"]).await;
@@ -584,7 +586,6 @@ async fn while_logic_sheds_logins_new_handshakes_are_refused_before_key_work() {
             })
         })
         .collect();
-    let stats = &ts.server.gateway.stats;
     // A LOGIN (its token does not matter: admission comes first) until logic sheds one;
     // its answer is sealed inside the handshake's.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
@@ -599,11 +600,23 @@ async fn while_logic_sheds_logins_new_handshakes_are_refused_before_key_work() {
             "logic never shed a login"
         );
     }
+    (ts, storm)
+}
+
+fn counter(c: &std::sync::atomic::AtomicU64) -> u64 {
+    c.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// While logic sheds new sessions and the gateway has no waiting room, it takes no new
+/// handshake: it refuses the HELLO in plain, before any key work, with a retry-after
+/// (docs/security.md, *Overload*; issue 25).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_logic_sheds_logins_new_handshakes_are_refused_before_key_work() {
+    let (ts, storm) = shedding_server(0, 3_000).await;
+    let stats = &ts.server.gateway.stats;
     // The next handshake is refused in plain, and no X25519 was spent on it.
-    let full = stats
-        .full_handshakes
-        .load(std::sync::atomic::Ordering::Relaxed);
-    let plain = hello_carrying(&addr, &key, &login_with_id("no-such-token", 1))
+    let full = counter(&stats.full_handshakes);
+    let plain = hello_carrying(&ts.addr(), &key_of(&ts), &login_with_id("no-such-token", 1))
         .await
         .expect_err("a plain refusal before the handshake");
     assert_eq!(refusal(&plain), (0, ErrorCode::Unavailable));
@@ -613,21 +626,72 @@ async fn while_logic_sheds_logins_new_handshakes_are_refused_before_key_work() {
         error_of(&plain)
     );
     assert_eq!(
-        stats
-            .full_handshakes
-            .load(std::sync::atomic::Ordering::Relaxed),
+        counter(&stats.full_handshakes),
         full,
         "no key work for a refused handshake"
     );
-    assert!(
-        stats
-            .handshakes_refused_shed
-            .load(std::sync::atomic::Ordering::Relaxed)
-            >= 1
-    );
+    assert!(counter(&stats.handshakes_refused_shed) >= 1);
+    assert_eq!(counter(&stats.handshakes_held), 0);
     for s in storm {
         s.abort();
     }
+}
+
+/// With the waiting room (the default), a HELLO that comes while logic sheds waits, its
+/// connection open and no key work done; a wait that outlasts `handshake_hold_ms` ends
+/// in the same plain refusal with a retry-after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_logic_sheds_a_new_handshake_waits_and_is_refused_when_its_wait_runs_out() {
+    let (ts, storm) = shedding_server(1_000, 5_000).await;
+    let stats = &ts.server.gateway.stats;
+    let full = counter(&stats.full_handshakes);
+    let held = counter(&stats.handshakes_held);
+    let started = std::time::Instant::now();
+    let plain = hello_carrying(&ts.addr(), &key_of(&ts), &login_with_id("no-such-token", 1))
+        .await
+        .expect_err("a plain refusal after the wait");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "held for handshake_hold_ms: {waited:?}"
+    );
+    assert_eq!(refusal(&plain), (0, ErrorCode::Unavailable));
+    assert!(error_of(&plain).retry_after_ms >= 1_000);
+    assert_eq!(counter(&stats.full_handshakes), full, "no key work");
+    assert_eq!(counter(&stats.handshakes_held), held + 1);
+    for s in storm {
+        s.abort();
+    }
+}
+
+/// A HELLO held while logic sheds goes on once logic's wait is over: the client sees a
+/// handshake answer, only later, and never had to come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handshake_held_while_logic_sheds_goes_on_when_the_shedding_ends() {
+    let (ts, storm) = shedding_server(8_000, 1_500).await;
+    for s in storm {
+        s.abort();
+    }
+    let stats = &ts.server.gateway.stats;
+    let held = counter(&stats.handshakes_held);
+    let started = std::time::Instant::now();
+    let frames = hello_carrying(&ts.addr(), &key_of(&ts), &login_with_id("no-such-token", 1))
+        .await
+        .unwrap_or_else(|e| panic!("held, then answered: {:?}", error_of(&e)));
+    assert_eq!(counter(&stats.handshakes_held), held + 1);
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "it waited for logic: {:?}",
+        started.elapsed()
+    );
+    // Logic's own answer, sealed: the token is refused (or, were logic still busy with
+    // the storm's last sign-ins, the login shed) — either way the handshake was done.
+    let (id, code) = refusal(&frames[0]);
+    assert_eq!(id, 1);
+    assert!(
+        matches!(code, ErrorCode::Unauthorized | ErrorCode::Unavailable),
+        "{code:?}"
+    );
 }
 
 /// Protocol 2 (§1.6): a link whose LOGIN named 2 speaks compact records and frames after
