@@ -504,7 +504,11 @@ pub(crate) async fn refresh_endpoints(shared: Arc<Shared>, via: SocketAddr) {
     {
         Ok(list) => {
             let every = Duration::from_secs(u64::from(list.refresh_secs.max(10)));
-            shared.smart.lock().refresh_every = every;
+            {
+                let mut smart = shared.smart.lock();
+                smart.refresh_every = every;
+                smart.refreshed_at = Some(tokio::time::Instant::now());
+            }
             if list.unchanged {
                 return;
             }

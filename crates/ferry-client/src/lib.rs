@@ -237,6 +237,8 @@ pub(crate) struct SmartRuntime {
     pub bootstrap: Vec<std::net::SocketAddr>,
     /// How often to refresh the endpoint list (the server says).
     pub refresh_every: Duration,
+    /// When the endpoint list was last fetched (none yet: at the first login).
+    pub refreshed_at: Option<tokio::time::Instant>,
     /// The heartbeat interval in use.
     pub heartbeat: Duration,
 }
@@ -250,6 +252,7 @@ impl Default for SmartRuntime {
             network: "default".into(),
             bootstrap: Vec::new(),
             refresh_every: Duration::from_secs(600),
+            refreshed_at: None,
             heartbeat: Duration::ZERO,
         }
     }

@@ -354,11 +354,27 @@ async fn session(
     // Once stalled, the app must free half the channel before entries flow again, so a
     // slow app gets a few large deliveries rather than one sync per freed slot.
     let resume_at = (events.max_capacity() / 2).max(LINK_EVENTS + 1);
-    tokio::spawn(refresh_endpoints(shared.clone(), endpoint.addr));
     let now = Instant::now();
-    let mut refresh_at = now + shared.smart.lock().refresh_every;
+    // The endpoint list is refreshed when it is due, not on every login: after a
+    // server restart every device logs in again at once, and a sealed request each (a
+    // new connection and a key agreement on both sides) would double the storm.
+    let mut refresh_at = {
+        let smart = shared.smart.lock();
+        smart
+            .refreshed_at
+            .map_or(now, |at| at + smart.refresh_every)
+    };
+    if now >= refresh_at {
+        refresh_at = now + shared.smart.lock().refresh_every;
+        tokio::spawn(refresh_endpoints(shared.clone(), endpoint.addr));
+    }
     let mut dirty_since_save = false;
     let mut last_report = now;
+    // Reports wait for an idle link, and a random part of that wait more: devices that
+    // reconnected together (a server restart) do not report together.
+    let report_spread = Duration::from_millis(
+        rand::rng().random_range(0..=cfg.smart.report_idle.as_millis() as u64),
+    );
     // On long-poll: when to try TCP again, and the attempt in flight.
     let mut probe_at = (endpoint.transport == Transport::Http).then(|| now + cfg.smart.tcp_retry);
     let mut probe: Option<oneshot::Receiver<Result<Connected, RaceEnd>>> = None;
@@ -392,7 +408,8 @@ async fn session(
             (Some((_, _, t)), _) | (None, Some(t)) => wake = wake.min(t),
             (None, None) => {}
         }
-        let report_due = hb.last_activity().max(last_report) + cfg.smart.report_idle;
+        let report_due =
+            hb.last_activity().max(last_report) + cfg.smart.report_idle + report_spread;
         let want_report = !shared.smart.lock().samples.is_empty();
         if want_report {
             wake = wake.min(report_due);

@@ -214,6 +214,9 @@ export class FerryClient {
   /** The server's endpoint list (§7.2): its HTTP entries, best first, and its version. */
   private listed: string[] = [];
   private listVersion = 0n;
+  /** When the endpoint list was last answered (ms; 0: not yet), and how often to ask. */
+  private listAskedAt = 0;
+  private listEveryMs = 600_000;
 
   private _state: ConnState = "offline";
   private _transport: Transport | undefined;
@@ -913,13 +916,18 @@ export class FerryClient {
       .catch((e) => console.error("ferry: storing the sync state failed", e));
   }
 
-  /** Asks for the endpoint list after each login (§7.2): its HTTP entries (every port
-   *  serves WebSocket and long-poll) become candidates after the last good endpoint. */
+  /** Asks for the endpoint list at the first login, then at a login `refresh_secs`
+   *  after the last answer (§7.2; not on every reconnect: after a server restart every
+   *  device logs in at once): its HTTP entries (every port serves WebSocket and
+   *  long-poll) become candidates after the last good endpoint. */
   private async refreshEndpoints(): Promise<void> {
+    if (this.listAskedAt && Date.now() - this.listAskedAt < this.listEveryMs) return;
     try {
       // Over the short link, as the Rust SDK does: the gateway builds the default list
       // from the listener a request came in on.
       const r = await this.shortCall(cmd.ENDPOINTS, "", EndpointsReqSchema, { version: this.listVersion }, EndpointsRespSchema);
+      this.listAskedAt = Date.now();
+      this.listEveryMs = Math.max(10, r.refreshSecs || 600) * 1000;
       if (r.unchanged) return;
       const http = r.endpoints
         .filter((e) => e.transport === WireTransport.HTTP && e.ip && e.port)
