@@ -796,7 +796,10 @@ impl Workers {
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
-                .env("FERRY_LOG", "error")
+                .env(
+                    "FERRY_LOG",
+                    std::env::var("FERRY_BENCH_WORKER_LOG").unwrap_or_else(|_| "error".into()),
+                )
                 .kill_on_drop(true)
                 .spawn()
                 .context("starting a bench worker")?;

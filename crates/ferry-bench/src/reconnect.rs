@@ -68,14 +68,22 @@ async fn measure(
     target.restart().await?;
     let restarted = unix_s();
     pb.set_message("waiting for clients");
-    let outs = w
+    let outs = match w
         .wait_all(
             "come back",
             RECOVERY,
             |o| matches!(o, Out::Event { name, .. } if name == "synced"),
             |w| pb.set_position(w.sum(Out::connected)),
         )
-        .await?;
+        .await
+    {
+        Ok(outs) => outs,
+        Err(e) => bail!(
+            "{e}: {} of {clients} clients were back {:.1} s after the restart",
+            w.sum(Out::connected),
+            unix_s() - restarted
+        ),
+    };
     let synced = outs
         .iter()
         .filter_map(|o| match o {
@@ -174,8 +182,10 @@ async fn measure(
 
 struct Peer {
     client: Client,
-    /// Connected events seen (the first login included).
-    logins: AtomicU64,
+    /// When its last login was (unix µs, as the worker saw the Connected event): it is
+    /// back when that is after the kill. A time, not a count, so a worker that reads the
+    /// kill late (starved of CPU while clients already log in again) counts right.
+    last_login_us: AtomicU64,
 }
 
 pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
@@ -204,7 +214,7 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
         let (client, events) = r.with_context(|| format!("SDK login of {}", spec.user(i)))?;
         let p = Arc::new(Peer {
             client,
-            logins: AtomicU64::new(1),
+            last_login_us: AtomicU64::new(unix_us()),
         });
         peers.push(Some((p, events)));
     }
@@ -243,7 +253,7 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
                     }
                     // After the kill, `connected` counts the clients back (below).
                     Event::Connected { .. } => {
-                        p2.logins.fetch_add(1, Ordering::Relaxed);
+                        p2.last_login_us.store(unix_us(), Ordering::Relaxed);
                     }
                     Event::Disconnected { .. } => {}
                     Event::Stopped { error } => {
@@ -257,15 +267,17 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
         // Sending: one message at a time, retried by the SDK until acknowledged.
         let (out, peer, stop) = (ledgers[i].clone(), spec.user(i ^ 1), stop_send.clone());
         let period = Duration::from_secs_f64(1.0 / spec.rate_per_conn.unwrap_or(1.0));
+        // Spread over the period, as people's messages are: 20 000 clients sending in
+        // the same millisecond every period would be a storm of their own.
+        let offset = period.mul_f64(rand::random::<f64>());
         tasks.spawn(async move {
             let text = |seq| format!("{seq} {}", unix_s());
-            let every = (Duration::ZERO, period);
+            let every = (offset, period);
             ledger::send_steadily(&p.client, &peer, &out, every, stop, text, |_| {}).await
         });
     }
     // Watch for the kill, then for every client to be back and synced.
-    let mut killed: Option<(Vec<u64>, Vec<u64>)> = None;
-    let mut killed_at = 0.0;
+    let mut killed: Option<(u64, Vec<u64>)> = None;
     // Clients back, per tenth of a second after the kill (each counted once).
     let mut back_per_tenth: Vec<u64> = Vec::new();
     let mut is_back = vec![false; clients.len()];
@@ -276,23 +288,26 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
         tokio::select! {
             c = ctx.cmd() => match c? {
                 Cmd::Killed { at } => {
-                    killed_at = at;
-                    let logins = clients.iter().map(|p| p.logins.load(Ordering::Relaxed)).collect();
+                    let killed_us = (at * 1e6) as u64;
                     let acked = ledgers.iter().map(|l| l.inner.lock().expect("ledger").acked_n).collect();
-                    killed = Some((logins, acked));
+                    killed = Some((killed_us, acked));
                 }
                 Cmd::Stop => break,
                 _ => {}
             },
             _ = poll.tick(), if killed.is_some() && synced_at.is_none() => {
-                let (logins, acked) = killed.as_ref().expect("checked");
-                let tenth = ((unix_s() - killed_at).max(0.0) * 10.0) as usize;
+                let (killed_us, acked) = killed.as_ref().expect("checked");
                 let mut back = 0;
-                for (i, (p, &n)) in clients.iter().zip(logins).enumerate() {
-                    if p.logins.load(Ordering::Relaxed) > n {
+                let mut last_us = 0;
+                for (i, p) in clients.iter().enumerate() {
+                    let login_us = p.last_login_us.load(Ordering::Relaxed);
+                    if login_us > *killed_us {
                         back += 1;
+                        last_us = last_us.max(login_us);
                         if !is_back[i] {
                             is_back[i] = true;
+                            // By when it logged in, not when this poll saw it.
+                            let tenth = ((login_us - killed_us) / 100_000) as usize;
                             if back_per_tenth.len() <= tenth {
                                 back_per_tenth.resize(tenth + 1, 0);
                             }
@@ -302,7 +317,7 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
                 }
                 ctx.counters.connected.store(back as u64, Ordering::Relaxed);
                 if back_at.is_none() && back == clients.len() {
-                    let at = unix_s();
+                    let at = last_us as f64 / 1e6;
                     back_at = Some(at);
                     ctx.emit(Out::Event { name: "back".into(), at });
                 }
@@ -334,4 +349,9 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
     .await;
     tasks.abort_all();
     Ok(())
+}
+
+/// Now, in unix microseconds.
+fn unix_us() -> u64 {
+    (unix_s() * 1e6) as u64
 }
