@@ -221,7 +221,10 @@ pub(crate) async fn drive(
                     let _ = events.try_send(Event::Disconnected { reason });
                 }
             }
-            End::Busy { retry_after } => pushed = Some(retry_after),
+            End::Busy { retry_after } => {
+                tracing::debug!(?retry_after, "server busy; coming back when it asked");
+                pushed = Some(retry_after);
+            }
         }
         // Wait out the back-off (or what a busy server asked for), but stay closable; a
         // network change or the app coming to the foreground ends the wait, the
