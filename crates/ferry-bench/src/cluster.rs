@@ -14,7 +14,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use tokio::process::{Child, Command};
 
-use super::server::{bench_config, ferry_child, tail, wait_ready};
+use super::server::{bench_config, ferry_child, rebinding, tail, wait_ready};
 
 /// One Ferry process of the cluster: how to start it again, and the running child.
 struct Node {
@@ -145,18 +145,9 @@ impl OwnCluster {
         let started = futures_util::future::join_all(gateways.iter_mut().map(|n| {
             let this = &*self;
             async move {
-                // The port was just released; binding it again may need a few tries.
-                for attempt in 0..50 {
-                    match this.spawn(n).await {
-                        Ok(_) => return Ok(()),
-                        Err(e) if attempt < 49 => {
-                            tracing::debug!(error = %e, "gateway restart failed; retrying");
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                        }
-                        Err(e) => return Err(e),
-                    }
-                }
-                bail!("the gateway did not restart")
+                let (child, _) = rebinding(|| this.start_node(n)).await?;
+                n.child = Some(child);
+                anyhow::Ok(())
             }
         }))
         .await;
@@ -177,6 +168,13 @@ impl OwnCluster {
 
     /// Starts `node` and waits for its ready line; the address it printed last, if any.
     async fn spawn(&self, node: &mut Node) -> anyhow::Result<Option<String>> {
+        let (child, addr) = self.start_node(node).await?;
+        node.child = Some(child);
+        Ok(addr)
+    }
+
+    /// A running `node` that said it is ready, and the address it printed last.
+    async fn start_node(&self, node: &Node) -> anyhow::Result<(Child, Option<String>)> {
         let mut args: Vec<&std::ffi::OsStr> = node.args.iter().map(|a| a.as_ref()).collect();
         args.extend(["--config".as_ref(), self.config.as_os_str()]);
         // Each node's data folder (server key, admin token, search index) is
@@ -185,8 +183,7 @@ impl OwnCluster {
         let addr = wait_ready(&mut child, node.ready, &node.log)
             .await
             .with_context(|| format!("starting `ferry {}`", node.args[0]))?;
-        node.child = Some(child);
-        Ok(addr)
+        Ok((child, addr))
     }
 
     /// The last lines every node logged (for error messages).

@@ -548,9 +548,25 @@ pub struct Target {
     pub addrs: Vec<String>,
     /// The processes whose memory is the server's (summed).
     pub pids: Vec<u32>,
-    pub own: Option<server::OwnServer>,
-    /// The bench's own cluster (`--gateways`), in place of `own`.
-    pub cluster: Option<cluster::OwnCluster>,
+    /// The bench's own server, when it runs one (none: `--server`).
+    pub own: Option<Own>,
+}
+
+/// The server the bench runs itself.
+pub enum Own {
+    /// One `ferry serve`.
+    Server(server::OwnServer),
+    /// A cluster (`--gateways`).
+    Cluster(cluster::OwnCluster),
+}
+
+impl Own {
+    fn pids(&self) -> Vec<u32> {
+        match self {
+            Own::Server(o) => vec![o.pid()],
+            Own::Cluster(c) => c.pids(),
+        }
+    }
 }
 
 impl Target {
@@ -560,7 +576,6 @@ impl Target {
                 addrs: args.server.clone(),
                 pids: args.server_pid.clone(),
                 own: None,
-                cluster: None,
             });
         }
         if args.gateways > 0 {
@@ -594,8 +609,7 @@ impl Target {
         Ok(Target {
             addrs: c.addrs.clone(),
             pids: c.pids(),
-            own: None,
-            cluster: Some(c),
+            own: Some(Own::Cluster(c)),
         })
     }
 
@@ -611,8 +625,7 @@ impl Target {
         Ok(Target {
             addrs: vec![own.addr.clone()],
             pids: vec![own.pid()],
-            own: Some(own),
-            cluster: None,
+            own: Some(Own::Server(own)),
         })
     }
 
@@ -629,41 +642,52 @@ impl Target {
         serde_json::json!({
             "addrs": self.addrs,
             "pids": self.pids,
-            "own": self.own.is_some() || self.cluster.is_some(),
-            "gateways": self.cluster.as_ref().map(|c| c.addrs.len()),
+            "own": self.own.is_some(),
+            "gateways": self.cluster().map(|c| c.addrs.len()),
         })
+    }
+
+    /// The bench's own `ferry serve`, when that is the server.
+    pub fn own_server(&self) -> Option<&server::OwnServer> {
+        match &self.own {
+            Some(Own::Server(o)) => Some(o),
+            _ => None,
+        }
+    }
+
+    /// The bench's own cluster, when that is the server.
+    pub fn cluster(&self) -> Option<&cluster::OwnCluster> {
+        match &self.own {
+            Some(Own::Cluster(c)) => Some(c),
+            _ => None,
+        }
     }
 
     /// SIGKILL to the bench's own server (every Ferry process of its own cluster).
     pub async fn kill(&mut self) -> anyhow::Result<()> {
-        match (&mut self.own, &mut self.cluster) {
-            (Some(o), _) => o.kill().await,
-            (None, Some(c)) => c.kill().await,
-            (None, None) => bail!("only the bench's own server can be killed"),
+        match &mut self.own {
+            Some(Own::Server(o)) => o.kill().await,
+            Some(Own::Cluster(c)) => c.kill().await,
+            None => bail!("only the bench's own server can be killed"),
         }
     }
 
     /// Starts the bench's own server again on the same addresses and data.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        let done = match (&mut self.own, &mut self.cluster) {
-            (Some(o), _) => o.restart().await.with_context(|| o.log_tail()),
-            (None, Some(c)) => c.restart().await.with_context(|| c.log_tail()),
-            (None, None) => bail!("only the bench's own server can be restarted"),
+        let done = match &mut self.own {
+            Some(Own::Server(o)) => o.restart().await.with_context(|| o.log_tail()),
+            Some(Own::Cluster(c)) => c.restart().await.with_context(|| c.log_tail()),
+            None => bail!("only the bench's own server can be restarted"),
         };
-        self.pids = match (&self.own, &self.cluster) {
-            (Some(o), _) => vec![o.pid()],
-            (None, Some(c)) => c.pids(),
-            (None, None) => Vec::new(),
-        };
+        self.pids = self.own.as_ref().map(Own::pids).unwrap_or_default();
         done
     }
 
     pub async fn stop(self) {
-        if let Some(o) = self.own {
-            o.stop().await;
-        }
-        if let Some(c) = self.cluster {
-            c.stop().await;
+        match self.own {
+            Some(Own::Server(o)) => o.stop().await,
+            Some(Own::Cluster(c)) => c.stop().await,
+            None => {}
         }
     }
 }

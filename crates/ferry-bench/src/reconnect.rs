@@ -121,7 +121,7 @@ async fn measure(
         }
         back = back.max(value["back_at"].as_f64().unwrap_or(restarted));
     }
-    let server = match &target.cluster {
+    let server = match target.cluster() {
         Some(c) => format!("a cluster of {} gateways", c.addrs.len()),
         None => "the server".into(),
     };

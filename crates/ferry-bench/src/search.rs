@@ -304,7 +304,7 @@ fn median(v: &mut [f64]) -> f64 {
 /// how long it then takes to catch up (polled every 100 ms, for at most 2 minutes).
 /// `None` when the admin API does not answer.
 async fn catch_up_after(target: &Target) -> Option<(u64, f64)> {
-    let own = target.own.as_ref()?;
+    let own = target.own_server()?;
     let behind = |body: String| -> Option<u64> {
         serde_json::from_str::<Value>(&body).ok()?["feed_behind"].as_u64()
     };

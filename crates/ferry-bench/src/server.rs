@@ -102,25 +102,21 @@ impl OwnServer {
 
     /// Starts the server again on the same address and data.
     pub async fn restart(&mut self) -> anyhow::Result<()> {
-        let data = self.data.clone();
-        // The port was just released; binding it again may need a few tries.
-        for attempt in 0..50 {
-            let mut child = spawn(&self.config, &data, &self.addr, &self.dir)?;
-            match wait_listening(&mut child, &self.log()).await {
-                Ok(_) => {
-                    self.child = child;
-                    return Ok(());
-                }
-                Err(e) if attempt < 49 => {
-                    tracing::debug!(error = %e, "restart failed; retrying");
+        let log = self.log();
+        let child = rebinding(|| async {
+            let mut child = spawn(&self.config, &self.data, &self.addr, &self.dir)?;
+            match wait_listening(&mut child, &log).await {
+                Ok(_) => Ok(child),
+                Err(e) => {
                     let _ = child.start_kill();
                     let _ = child.wait().await;
-                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    Err(e)
                 }
-                Err(e) => return Err(e),
             }
-        }
-        bail!("the server did not restart")
+        })
+        .await?;
+        self.child = child;
+        Ok(())
     }
 
     /// Whether the process is still running (it has not exited or crashed).
@@ -159,6 +155,27 @@ pub fn bench_config(durability: &str, logic: &str, extra: &str) -> String {
          [logic.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n\
          {extra}\n"
     )
+}
+
+/// Runs `start` (a process binding a port that was just released) until it works:
+/// binding the port again may need a few tries. 50 tries, 100 ms apart.
+pub(crate) async fn rebinding<T, F, Fut>(mut start: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    const TRIES: usize = 50;
+    for attempt in 1.. {
+        match start().await {
+            Ok(t) => return Ok(t),
+            Err(e) if attempt < TRIES => {
+                tracing::debug!(error = %e, attempt, "restart failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.context(format!("not restarted after {TRIES} tries"))),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 /// SIGTERM to a child, then SIGKILL if it has not left within 10 s.
