@@ -225,8 +225,8 @@ pub struct Gateway {
     handshakes: Arc<std::sync::atomic::AtomicUsize>,
     /// The places under `cfg.max_handshakes` (closed when there is no limit).
     handshake_permits: Arc<Semaphore>,
-    /// Handshakes waiting for their turn (`cfg.handshake_queue`).
-    held: std::sync::atomic::AtomicUsize,
+    /// The places of the waiting room (`cfg.handshake_queue`).
+    room: Arc<Semaphore>,
     /// Until when (`now_ms`) new handshakes are refused: logic shed a LOGIN (or could
     /// not be reached), so a new handshake's X25519 work would be spent for nothing.
     shed_until_ms: AtomicU64,
@@ -256,6 +256,9 @@ impl Gateway {
         if cfg.max_handshakes == 0 {
             handshake_permits.close();
         }
+        let room = Arc::new(Semaphore::new(
+            cfg.handshake_queue.min(Semaphore::MAX_PERMITS),
+        ));
         Arc::new(Gateway {
             ip_conns: Default::default(),
             limit: Arc::new(Semaphore::new(cfg.max_connections)),
@@ -275,7 +278,7 @@ impl Gateway {
             replay: Default::default(),
             handshakes: Default::default(),
             handshake_permits,
-            held: Default::default(),
+            room,
             shed_until_ms: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             sweeping: AtomicBool::new(false),
@@ -294,6 +297,12 @@ impl Gateway {
         self.shed_until_ms
             .fetch_max(self.now_ms() + u64::from(wait), Ordering::Relaxed);
         wait
+    }
+
+    /// Handshakes waiting for their turn now.
+    #[cfg(test)]
+    pub(crate) fn held(&self) -> usize {
+        self.cfg.handshake_queue.min(Semaphore::MAX_PERMITS) - self.room.available_permits()
     }
 
     /// How long logic's shedding of new sessions lasts yet, in milliseconds (0: over).

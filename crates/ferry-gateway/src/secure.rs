@@ -119,16 +119,6 @@ enum Admission {
     Hold(Hold),
 }
 
-/// Its place in the waiting room (`gateway.handshake_queue`), given back when the hold
-/// ends either way, or the connection does.
-struct Waiting(Arc<Gateway>);
-
-impl Drop for Waiting {
-    fn drop(&mut self) {
-        self.0.held.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 fn unavailable(message: &str, retry_after_ms: u32) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
@@ -166,15 +156,15 @@ fn admit_handshake(gw: &Arc<Gateway>) -> io::Result<Admission> {
         }
     }
     let hold_ms = gw.cfg.handshake_hold_ms;
-    let room = gw.cfg.handshake_queue;
-    if hold_ms > 0 && gw.held.fetch_add(1, Ordering::Relaxed) < room {
+    // Its place in the waiting room, given back when the hold ends either way, or the
+    // connection does.
+    let place = (hold_ms > 0)
+        .then(|| gw.room.clone().try_acquire_owned().ok())
+        .flatten();
+    if let Some(place) = place {
         gw.stats.handshakes_held.fetch_add(1, Ordering::Relaxed);
-        let waiting = Waiting(gw.clone());
         let until = tokio::time::Instant::now() + std::time::Duration::from_millis(hold_ms);
-        return Ok(Admission::Hold(Box::pin(hold(waiting, until))));
-    }
-    if hold_ms > 0 {
-        gw.held.fetch_sub(1, Ordering::Relaxed);
+        return Ok(Admission::Hold(Box::pin(hold(gw.clone(), place, until))));
     }
     Err(refuse_now(gw, shed, retry))
 }
@@ -197,8 +187,11 @@ fn refuse_now(gw: &Gateway, shed: u64, retry: u32) -> io::Error {
 
 /// A held handshake's wait: for logic's shedding to end, then for a place under
 /// `max_handshakes` (the semaphore serves waiters in order), until `until`.
-async fn hold(waiting: Waiting, until: tokio::time::Instant) -> io::Result<HandshakeSlot> {
-    let gw = waiting.0.clone();
+async fn hold(
+    gw: Arc<Gateway>,
+    place: tokio::sync::OwnedSemaphorePermit,
+    until: tokio::time::Instant,
+) -> io::Result<HandshakeSlot> {
     let got = tokio::time::timeout_at(until, async {
         loop {
             let shed = gw.shed_remaining_ms();
@@ -216,7 +209,7 @@ async fn hold(waiting: Waiting, until: tokio::time::Instant) -> io::Result<Hands
         }
     })
     .await;
-    drop(waiting);
+    drop(place);
     got.map_err(|_| refuse_now(&gw, gw.shed_remaining_ms(), gw.cfg.handshake_retry_after_ms))
 }
 
@@ -912,10 +905,10 @@ mod tests {
         let slot = first.await.unwrap().expect("its turn");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         assert!(!second.is_finished());
-        assert_eq!(gw.held.load(Ordering::Relaxed), 1);
+        assert_eq!(gw.held(), 1);
         drop(slot);
         let _slot = second.await.unwrap().expect("its turn");
-        assert_eq!(gw.held.load(Ordering::Relaxed), 0);
+        assert_eq!(gw.held(), 0);
         assert_eq!(gw.handshakes.load(Ordering::Relaxed), 1);
     }
 
@@ -928,10 +921,10 @@ mod tests {
         assert!(started.elapsed() >= std::time::Duration::from_millis(190));
         assert_eq!(refusal_of(&e), (ErrorCode::Unavailable, 0, 250));
         assert_eq!(gw.stats.handshakes_refused_busy.load(Ordering::Relaxed), 1);
-        assert_eq!(gw.held.load(Ordering::Relaxed), 0);
+        assert_eq!(gw.held(), 0);
         // A hold given up (its connection closed) gives its place back too.
         drop(held(admit_handshake(&gw)));
-        assert_eq!(gw.held.load(Ordering::Relaxed), 0);
+        assert_eq!(gw.held(), 0);
     }
 
     #[tokio::test]
