@@ -358,16 +358,19 @@ async fn session(
     // slow app gets a few large deliveries rather than one sync per freed slot.
     let resume_at = (events.max_capacity() / 2).max(LINK_EVENTS + 1);
     let now = Instant::now();
-    // The endpoint list is refreshed when it is due (at once if never yet), by the
-    // loop's timer, not on every login: after a server restart every device logs in
-    // again at once, and a sealed request each (a new connection and a key agreement on
-    // both sides) would double the storm.
+    // The endpoint list is refreshed when it is due, not on every login: after a
+    // server restart every device logs in again at once, and a sealed request each (a
+    // new connection and a key agreement on both sides) would double the storm.
     let mut refresh_at = {
         let smart = shared.smart.lock();
         smart
             .refreshed_at
             .map_or(now, |at| at + smart.refresh_every)
     };
+    if now >= refresh_at {
+        refresh_at = now + shared.smart.lock().refresh_every;
+        tokio::spawn(refresh_endpoints(shared.clone(), endpoint.addr));
+    }
     let mut dirty_since_save = false;
     let mut last_report = now;
     // Reports wait for an idle link, and a random part of that wait more: devices that
