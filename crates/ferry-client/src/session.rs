@@ -373,11 +373,6 @@ async fn session(
     }
     let mut dirty_since_save = false;
     let mut last_report = now;
-    // Reports wait for an idle link, and a random part of that wait more: devices that
-    // reconnected together (a server restart) do not report together.
-    let report_spread = Duration::from_millis(
-        rand::rng().random_range(0..=cfg.smart.report_idle.as_millis() as u64),
-    );
     // On long-poll: when to try TCP again, and the attempt in flight.
     let mut probe_at = (endpoint.transport == Transport::Http).then(|| now + cfg.smart.tcp_retry);
     let mut probe: Option<oneshot::Receiver<Result<Connected, RaceEnd>>> = None;
@@ -411,8 +406,7 @@ async fn session(
             (Some((_, _, t)), _) | (None, Some(t)) => wake = wake.min(t),
             (None, None) => {}
         }
-        let report_due =
-            hb.last_activity().max(last_report) + cfg.smart.report_idle + report_spread;
+        let report_due = hb.last_activity().max(last_report) + cfg.smart.report_idle;
         let want_report = !shared.smart.lock().samples.is_empty();
         if want_report {
             wake = wake.min(report_due);

@@ -120,8 +120,7 @@ pub struct SmartConfig {
     pub long_poll: bool,
     /// On long-poll, try TCP again this often; move back as soon as it works.
     pub tcp_retry: Duration,
-    /// Send connect reports once the link has been idle this long, plus a random part of
-    /// it (0–100 %, drawn per link) so devices that reconnected together report apart.
+    /// Send connect reports once the link has been idle this long.
     pub report_idle: Duration,
     /// The heartbeat interval stretches up to this (and never past what the server's
     /// idle timeout allows).
