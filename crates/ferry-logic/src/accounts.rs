@@ -126,22 +126,25 @@ impl Accounts {
     pub async fn login(&self, req: &BusRequest) -> Result<BusResponse, LogicError> {
         let r = v1::LoginReq::decode(req.body.clone())?;
         self.limit_ip(&self.core.limits.login_per_ip, req, "logins")?;
-        let s = self.core.session_row(&r.token).await?;
-        self.refuse_disabled(s.user_id, None).await?;
-        let (token, token_expires_ms) = self.renew_if_old(&s).await?;
+        // One look-up for the session, its user's name, whether the user is disabled and
+        // the newest seq: after a restart every device logs in at once.
+        let v = self.core.login_view(&r.token).await?;
+        if let Some(reason) = &v.disabled {
+            return Err(crate::admin_users::disabled_error(reason));
+        }
+        let (token, token_expires_ms) = self.renew_if_old(&v.session).await?;
+        let (username, latest_seq) = (v.user_name, v.latest_seq);
         let s = DeviceSession {
-            user_id: s.user_id,
-            device_id: s.device_id.into(),
+            user_id: v.session.user_id,
+            device_id: v.session.device_id.into(),
         };
-        let username = self.core.user_name(s.user_id).await?;
-        let latest_seq = self.core.store.latest_seq(s.user_id).await?;
         self.core.record_synckey(s.user_id, &s.device_id, r.synckey);
         let protocol = ferry_proto::protocol_for(r.protocol.min(req.link_protocol.max(1)));
         let mut resp = ok(
             req.cmd,
             &v1::LoginResp {
                 user_id: s.user_id,
-                username: username.to_string(),
+                username,
                 latest_seq,
                 heartbeat_secs: self.core.cfg.heartbeat_secs,
                 server_time_ms: unix_ms(),

@@ -104,30 +104,58 @@ impl Core {
     /// The stored session behind a token, refused when unknown or expired (an expired
     /// one is deleted on the way).
     pub async fn session_row(&self, token: &str) -> Result<ferry_store::Session, LogicError> {
-        if token.is_empty() {
-            return Err(LogicError::Unauthorized);
-        }
-        let hash = auth::token_hash(token);
+        let hash = Self::token_hash(token)?;
         let s = self
             .store
             .session(hash)
             .await?
             .ok_or(LogicError::Unauthorized)?;
-        let expires = self.token_expiry(s.created_ms);
-        if expires != 0 && unix_ms() >= expires {
-            metrics::counter!("ferry_tokens_expired_total").increment(1);
-            if let Err(e) = self.store.delete_session(hash).await {
-                tracing::debug!(error = %e, "deleting an expired session failed");
-            }
-            // The device's push target dies with its session (other nodes' push
-            // indexes may keep the device a while: harmless, nothing is queued for a
-            // device without a target).
-            if let Err(e) = self.store.delete_push_target(s.user_id, &s.device_id).await {
-                tracing::debug!(error = %e, "deleting an expired session's push target failed");
-            }
+        self.refuse_expired(hash, &s).await?;
+        Ok(s)
+    }
+
+    /// What a LOGIN needs of a token's session and its user, in one look-up; refused as
+    /// [`Core::session_row`] refuses. The user's name is remembered on the way.
+    pub async fn login_view(&self, token: &str) -> Result<ferry_store::LoginView, LogicError> {
+        let hash = Self::token_hash(token)?;
+        let v = self
+            .store
+            .login_view(hash)
+            .await?
+            .ok_or(LogicError::Unauthorized)?;
+        self.refuse_expired(hash, &v.session).await?;
+        self.remember_name(v.session.user_id, v.user_name.clone());
+        Ok(v)
+    }
+
+    fn token_hash(token: &str) -> Result<[u8; 32], LogicError> {
+        if token.is_empty() {
             return Err(LogicError::Unauthorized);
         }
-        Ok(s)
+        Ok(auth::token_hash(token))
+    }
+
+    /// Refuses an expired session, deleting it (and its device's push target) first.
+    async fn refuse_expired(
+        &self,
+        hash: [u8; 32],
+        s: &ferry_store::Session,
+    ) -> Result<(), LogicError> {
+        let expires = self.token_expiry(s.created_ms);
+        if expires == 0 || unix_ms() < expires {
+            return Ok(());
+        }
+        metrics::counter!("ferry_tokens_expired_total").increment(1);
+        if let Err(e) = self.store.delete_session(hash).await {
+            tracing::debug!(error = %e, "deleting an expired session failed");
+        }
+        // The device's push target dies with its session (other nodes' push indexes may
+        // keep the device a while: harmless, nothing is queued for a device without a
+        // target).
+        if let Err(e) = self.store.delete_push_target(s.user_id, &s.device_id).await {
+            tracing::debug!(error = %e, "deleting an expired session's push target failed");
+        }
+        Err(LogicError::Unauthorized)
     }
 
     /// The session behind a token. Always read from the store, never cached, so a
@@ -160,9 +188,16 @@ impl Core {
             .user_by_name(name)
             .await?
             .ok_or_else(|| LogicError::UnknownUser(name.to_owned()))?;
-        self.ids_by_name.insert(user.name.clone(), user.id);
-        self.names_by_id.insert(user.id, user.name.into());
+        self.remember_name(user.id, user.name);
         Ok(user.id)
+    }
+
+    /// Keeps a user's name ↔ id in the caches; returns the name.
+    fn remember_name(&self, id: u64, name: String) -> Arc<str> {
+        let shared: Arc<str> = name.as_str().into();
+        self.ids_by_name.insert(name, id);
+        self.names_by_id.insert(id, shared.clone());
+        shared
     }
 
     pub async fn user_name(&self, id: u64) -> Result<Arc<str>, LogicError> {
@@ -174,10 +209,7 @@ impl Core {
             .user_by_id(id)
             .await?
             .ok_or(LogicError::Unauthorized)?;
-        let name: Arc<str> = user.name.as_str().into();
-        self.ids_by_name.insert(user.name, id);
-        self.names_by_id.insert(id, name.clone());
-        Ok(name)
+        Ok(self.remember_name(id, user.name))
     }
 
     /// Reads the per-user limit overrides again when this node's copy is older than

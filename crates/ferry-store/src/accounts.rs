@@ -21,6 +21,17 @@ pub struct Session {
     pub created_ms: i64,
 }
 
+/// What a LOGIN reads: the session of a token and its user's row, found in one look-up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginView {
+    pub session: Session,
+    pub user_name: String,
+    /// Why the user is disabled (`None`: not disabled; as `UserAdminStore::disabled`).
+    pub disabled: Option<String>,
+    /// The newest seq of the user's inbox (as `InboxStore::latest_seq`).
+    pub latest_seq: u64,
+}
+
 /// Users, sessions and passwords.
 #[async_trait]
 pub trait AccountStore: Send + Sync + 'static {
@@ -33,6 +44,10 @@ pub trait AccountStore: Send + Sync + 'static {
     /// Stores a session for `(user_id, device_id)`, replacing that device's earlier one.
     async fn put_session(&self, token_hash: [u8; 32], user_id: u64, device_id: &str) -> Result<()>;
     async fn session(&self, token_hash: [u8; 32]) -> Result<Option<Session>>;
+    /// The session of `token_hash` with what a login needs of its user, in one look-up
+    /// (after a restart every device logs in again at once; four reads one after another
+    /// each cost a round trip). `None` when no session has that hash, or its user is gone.
+    async fn login_view(&self, token_hash: [u8; 32]) -> Result<Option<LoginView>>;
     /// Deletes one session; true when it existed.
     async fn delete_session(&self, token_hash: [u8; 32]) -> Result<bool>;
     /// Ends every session of a user; returns the device ids that had one.

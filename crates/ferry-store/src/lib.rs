@@ -42,7 +42,7 @@ mod user_admin;
 #[doc(hidden)]
 pub mod conformance;
 
-pub use accounts::{AccountStore, Session, User};
+pub use accounts::{AccountStore, LoginView, Session, User};
 pub use audit::{AuditEntry, AuditStore};
 pub use bots::{BotRow, BotStore, BotToken};
 pub use conv::{

@@ -45,3 +45,43 @@ pub async fn users_and_sessions(store: Arc<dyn Store>) {
         Err(StoreError::NotFound)
     ));
 }
+
+pub async fn a_login_view_is_the_session_with_its_users_row(store: Arc<dyn Store>) {
+    let a = store.create_user("alice", "h").await.unwrap();
+    let b = store.create_user("bob", "h").await.unwrap();
+    store.put_session([1; 32], a, "phone").await.unwrap();
+    let v = store.login_view([1; 32]).await.unwrap().unwrap();
+    assert_eq!(
+        Some(&v.session),
+        store.session([1; 32]).await.unwrap().as_ref()
+    );
+    assert_eq!(
+        (v.user_name.as_str(), v.disabled, v.latest_seq),
+        ("alice", None, 0)
+    );
+    // The newest seq as `latest_seq` has it, sent and received alike.
+    store
+        .append_message(super::new_msg((b, "bob"), (a, "alice"), 1, "one"))
+        .await
+        .unwrap();
+    store
+        .append_message(super::new_msg((a, "alice"), (b, "bob"), 1, "two"))
+        .await
+        .unwrap();
+    let v = store.login_view([1; 32]).await.unwrap().unwrap();
+    assert_eq!(v.latest_seq, store.latest_seq(a).await.unwrap());
+    assert_eq!(v.latest_seq, 2);
+    assert!(store.login_view([9; 32]).await.unwrap().is_none());
+    // A session made after the user was disabled says why.
+    store.set_disabled(a, Some("spam")).await.unwrap();
+    assert!(
+        store.login_view([1; 32]).await.unwrap().is_none(),
+        "revoked"
+    );
+    store.put_session([2; 32], a, "laptop").await.unwrap();
+    let v = store.login_view([2; 32]).await.unwrap().unwrap();
+    assert_eq!(
+        (v.session.device_id.as_str(), v.disabled.as_deref()),
+        ("laptop", Some("spam"))
+    );
+}

@@ -36,7 +36,7 @@ pub mod user_admin;
 macro_rules! conformance_tests {
     ($store:ident, $media:ident) => {
         $crate::conformance_tests!(@cases $store, $media;
-            accounts: users_and_sessions;
+            accounts: users_and_sessions, a_login_view_is_the_session_with_its_users_row;
             audit: audit_entries_page_newest_first;
             bots: bots_and_their_tokens, sent_message_ids_are_found_by_client_msg_id;
             inbox: messages_and_inbox, paging_and_concurrency, synckeys_and_prune,

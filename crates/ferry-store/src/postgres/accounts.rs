@@ -3,7 +3,7 @@
 use async_trait::async_trait;
 
 use super::{now_ms, PgStore};
-use crate::{AccountStore, Result, Session, StoreError, User};
+use crate::{AccountStore, LoginView, Result, Session, StoreError, User};
 
 fn row_user(r: &tokio_postgres::Row) -> User {
     User {
@@ -88,6 +88,31 @@ impl AccountStore for PgStore {
                 user_id: r.get::<_, i64>(0) as u64,
                 device_id: r.get(1),
                 created_ms: r.get(2),
+            }))
+    }
+
+    async fn login_view(&self, token_hash: [u8; 32]) -> Result<Option<LoginView>> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached(
+                "SELECT s.user_id, s.device_id, s.created_ms, u.name, u.disabled_reason,
+                        u.last_seq
+                 FROM sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.token_hash = $1",
+            )
+            .await?;
+        Ok(client
+            .query_opt(&stmt, &[&&token_hash[..]])
+            .await?
+            .map(|r| LoginView {
+                session: Session {
+                    user_id: r.get::<_, i64>(0) as u64,
+                    device_id: r.get(1),
+                    created_ms: r.get(2),
+                },
+                user_name: r.get(3),
+                disabled: r.get(4),
+                latest_seq: r.get::<_, i64>(5) as u64,
             }))
     }
 

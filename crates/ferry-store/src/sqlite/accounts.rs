@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use rusqlite::{params, OptionalExtension, Transaction};
 
 use super::{now_ms, SqliteStore};
-use crate::{AccountStore, Result, Session, StoreError, User};
+use crate::{AccountStore, LoginView, Result, Session, StoreError, User};
 
 fn row_user(r: &rusqlite::Row) -> rusqlite::Result<User> {
     Ok(User {
@@ -98,6 +98,33 @@ impl AccountStore for SqliteStore {
                     user_id: r.get::<_, i64>(0)? as u64,
                     device_id: r.get(1)?,
                     created_ms: r.get(2)?,
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn login_view(&self, token_hash: [u8; 32]) -> Result<Option<LoginView>> {
+        self.read(move |c| {
+            // The newest seq as `inbox::NEWEST_SEQ` has it.
+            Ok(c.prepare_cached(
+                "SELECT s.user_id, s.device_id, s.created_ms, u.name, u.disabled_reason,
+                        max(u.last_seq, coalesce((SELECT max(i.seq) FROM inbox i
+                                                  WHERE i.user_id = u.id), 0))
+                 FROM sessions s JOIN users u ON u.id = s.user_id
+                 WHERE s.token_hash = ?1",
+            )?
+            .query_row([&token_hash[..]], |r| {
+                Ok(LoginView {
+                    session: Session {
+                        user_id: r.get::<_, i64>(0)? as u64,
+                        device_id: r.get(1)?,
+                        created_ms: r.get(2)?,
+                    },
+                    user_name: r.get(3)?,
+                    disabled: r.get(4)?,
+                    latest_seq: r.get::<_, i64>(5)? as u64,
                 })
             })
             .optional()?)
