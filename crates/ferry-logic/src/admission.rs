@@ -15,8 +15,16 @@
 //! even the quickest request finished in a 100 ms window took longer than
 //! `standing_delay_ms`, the delay is standing (a queue that does not drain, not a
 //! burst), and new sessions are shed until a window's quickest is under it again.
+//!
+//! A shed new session is told to come back after twice the last window's quickest
+//! request — about the time the standing queue takes to drain — between
+//! `new_session_retry_min_ms` and `retry_after_ms`. The short overload of a reconnect
+//! storm (a few hundred milliseconds at a time) then sends its clients back within a
+//! fraction of a second, where a fixed second kept them (and, through the gateway's pause
+//! of new handshakes, everyone behind them) away longer than the queue lasted; a queue
+//! that stays long pushes them back the full `retry_after_ms`.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ferry_bus::BusRequest;
@@ -35,8 +43,12 @@ pub struct AdmissionConfig {
     pub state_share: f64,
     /// How long a connected user's real-time request may wait for a slot.
     pub queue_ms: u64,
-    /// What a shed client is told to wait before it retries.
+    /// What a shed client is told to wait before it retries (for a new session: at
+    /// most this).
     pub retry_after_ms: u32,
+    /// The least a shed new session is told to wait: it is told twice the last 100 ms
+    /// window's quickest request, within this and `retry_after_ms`.
+    pub new_session_retry_min_ms: u32,
     /// New sessions are shed while the quickest request of each 100 ms window takes
     /// longer than this (0: off).
     pub standing_delay_ms: u64,
@@ -50,6 +62,7 @@ impl Default for AdmissionConfig {
             state_share: 0.8,
             queue_ms: 500,
             retry_after_ms: 1000,
+            new_session_retry_min_ms: 250,
             standing_delay_ms: 50,
         }
     }
@@ -111,8 +124,9 @@ pub struct Admission {
     window_start_us: AtomicU64,
     /// The quickest request finished in the current window (`u64::MAX`: none yet).
     window_min_us: AtomicU64,
-    /// The last whole window's quickest request took longer than `standing_delay_ms`.
-    standing: AtomicBool,
+    /// How long the last whole window's quickest request took (µs; 0: none finished).
+    /// Longer than `standing_delay_ms`: the delay is standing.
+    last_quickest_us: AtomicU64,
 }
 
 /// A slot; dropping it frees the slot for the next request.
@@ -143,7 +157,7 @@ impl Admission {
             epoch: std::time::Instant::now(),
             window_start_us: AtomicU64::new(0),
             window_min_us: AtomicU64::new(u64::MAX),
-            standing: AtomicBool::new(false),
+            last_quickest_us: AtomicU64::new(0),
         }
     }
 
@@ -167,10 +181,10 @@ impl Admission {
             return;
         }
         let min = self.window_min_us.swap(u64::MAX, Ordering::AcqRel);
-        let standing = self.cfg.standing_delay_ms > 0
-            && min != u64::MAX
-            && min > self.cfg.standing_delay_ms.saturating_mul(1000);
-        if standing != self.standing.swap(standing, Ordering::AcqRel) {
+        let quickest = if min == u64::MAX { 0 } else { min };
+        let was = self.last_quickest_us.swap(quickest, Ordering::AcqRel);
+        let standing = self.standing(quickest);
+        if standing != self.standing(was) {
             tracing::info!(
                 standing,
                 quickest_ms = min / 1000,
@@ -185,9 +199,40 @@ impl Admission {
         }
     }
 
+    /// What a shed new session is told to wait (ms): twice the last window's quickest
+    /// request, within `new_session_retry_min_ms` and `retry_after_ms`.
+    pub fn new_session_retry_ms(&self) -> u32 {
+        let max = self.cfg.retry_after_ms;
+        let min = self.cfg.new_session_retry_min_ms.min(max);
+        let twice = self
+            .last_quickest_us
+            .load(Ordering::Relaxed)
+            .saturating_mul(2)
+            / 1000;
+        u32::try_from(twice).unwrap_or(u32::MAX).clamp(min, max)
+    }
+
+    /// Whether a window whose quickest request took `quickest_us` (0: none finished)
+    /// had a standing delay.
+    fn standing(&self, quickest_us: u64) -> bool {
+        self.cfg.standing_delay_ms > 0
+            && quickest_us > self.cfg.standing_delay_ms.saturating_mul(1000)
+    }
+
     /// Whether new sessions are shed for a standing delay now.
     pub fn delay_standing(&self) -> bool {
-        self.standing.load(Ordering::Acquire) && self.in_flight() >= QUEUE_FLOOR
+        self.standing(self.last_quickest_us.load(Ordering::Acquire))
+            && self.in_flight() >= QUEUE_FLOOR
+    }
+
+    /// Counts a shed request of `class`; returns the retry-after (ms) it is told.
+    fn shed(&self, class: Class) -> u32 {
+        self.shed[class as usize].fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("ferry_shed_total", "class" => class.name()).increment(1);
+        match class {
+            Class::NewSession => self.new_session_retry_ms(),
+            _ => self.cfg.retry_after_ms,
+        }
     }
 
     fn limit(&self, class: Class) -> usize {
@@ -224,10 +269,8 @@ impl Admission {
         };
         let limit = self.limit(class);
         if class == Class::NewSession && self.delay_standing() {
-            self.shed[class as usize].fetch_add(1, Ordering::Relaxed);
-            metrics::counter!("ferry_shed_total", "class" => class.name()).increment(1);
             metrics::counter!("ferry_shed_standing_delay_total").increment(1);
-            return Err(self.cfg.retry_after_ms);
+            return Err(self.shed(class));
         }
         if self.try_take(limit) {
             return Ok(granted());
@@ -254,9 +297,7 @@ impl Admission {
         } else if class == Class::Realtime {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
         }
-        self.shed[class as usize].fetch_add(1, Ordering::Relaxed);
-        metrics::counter!("ferry_shed_total", "class" => class.name()).increment(1);
-        Err(self.cfg.retry_after_ms)
+        Err(self.shed(class))
     }
 
     /// Every slot is taken (and admission is on): new requests wait or are shed.
@@ -289,8 +330,9 @@ mod tests {
         for _ in 0..5 {
             held.push(a.admit(Class::NewSession).await.unwrap());
         }
-        // Half the slots are the most new sessions get.
-        assert_eq!(a.admit(Class::NewSession).await.err(), Some(1000));
+        // Half the slots are the most new sessions get; with no queue measured yet, the
+        // shed one is told the least wait.
+        assert_eq!(a.admit(Class::NewSession).await.err(), Some(250));
         for _ in 0..3 {
             held.push(a.admit(Class::State).await.unwrap());
         }
@@ -359,7 +401,8 @@ mod tests {
             }
             std::thread::sleep(slow);
         }
-        assert_eq!(a.admit(Class::NewSession).await.err(), Some(1000));
+        // Twice the 80 ms queue is under the least wait.
+        assert_eq!(a.admit(Class::NewSession).await.err(), Some(250));
         assert!(
             a.admit(Class::Realtime).await.is_ok(),
             "real-time is still admitted"
@@ -383,6 +426,53 @@ mod tests {
             a.admit(Class::NewSession).await.is_ok(),
             "the delay is over"
         );
+    }
+
+    /// A shed new session is told twice the last window's quickest request, within
+    /// `new_session_retry_min_ms` and `retry_after_ms`; other classes `retry_after_ms`.
+    #[tokio::test]
+    async fn a_shed_new_session_comes_back_when_the_queue_has_drained() {
+        let a = Admission::new(AdmissionConfig {
+            max_in_flight: 1000,
+            standing_delay_ms: 50,
+            ..Default::default()
+        });
+        // A queue in flight …
+        let mut queue = Vec::new();
+        for _ in 0..QUEUE_FLOOR {
+            queue.push(a.admit(Class::Realtime).await.unwrap());
+        }
+        // … and a window whose one finished request asked `took_ms` ago (after at least
+        // that long, so it is not cut at the clock's zero).
+        let window = |took_ms: u64| {
+            std::thread::sleep(Duration::from_micros(WINDOW_US.max(took_ms * 1000) + 1_000));
+            a.in_flight.fetch_add(1, Ordering::AcqRel);
+            drop(Permit {
+                adm: Some(&a),
+                asked_us: a.now_us().saturating_sub(took_ms * 1000),
+            });
+        };
+        window(300);
+        assert!(a.delay_standing());
+        assert_eq!(a.admit(Class::NewSession).await.err(), Some(600));
+        window(700);
+        assert_eq!(
+            a.admit(Class::NewSession).await.err(),
+            Some(1000),
+            "never more than retry_after_ms"
+        );
+        // State requests past their share are told `retry_after_ms`.
+        let b = Admission::new(AdmissionConfig {
+            max_in_flight: 10,
+            ..Default::default()
+        });
+        let mut held = Vec::new();
+        for _ in 0..8 {
+            held.push(b.admit(Class::Realtime).await.unwrap());
+        }
+        assert_eq!(b.admit(Class::State).await.err(), Some(1000));
+        assert_eq!(b.admit(Class::NewSession).await.err(), Some(250));
+        drop(queue);
     }
 
     #[test]

@@ -556,7 +556,7 @@ async fn ferry_serve_prints_its_key_before_the_listening_line_which_comes_last()
     assert_eq!(key, hex::encode(served.unwrap()));
 }
 
-/// A server whose logic sheds new sessions, told to `retry_after_ms`: a storm of costly
+/// A server whose logic sheds new sessions, told to wait `retry_after_ms`: a storm of costly
 /// sign-ins (argon2 with 8 MiB) on its one slot for new sessions, run until logic shed a
 /// LOGIN sent inside a full handshake. The storm's tasks, to stop when done.
 async fn shedding_server(
@@ -566,6 +566,8 @@ async fn shedding_server(
     let ts = TestServer::with(|c| {
         c.logic.admission.max_in_flight = 2;
         c.logic.admission.retry_after_ms = retry_after_ms;
+        // That wait exactly, not one fitted to logic's queue.
+        c.logic.admission.new_session_retry_min_ms = retry_after_ms;
         c.logic.password.memory_kib = 8 * 1024;
         c.logic.password.iterations = 2;
         c.gateway.handshake_hold_ms = hold_ms;
