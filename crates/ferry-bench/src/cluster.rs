@@ -68,7 +68,7 @@ impl OwnCluster {
         let config = dir.path().join("ferry.toml");
         let text = format!(
             "{}\n[cluster]\nnats = \"nats://127.0.0.1:{nats_port}\"\npostgres = {db_url:?}\n",
-            bench_config(durability, "", "")
+            bench_config(durability, "", "")?
         );
         std::fs::write(&config, text)?;
         let mut me = OwnCluster {

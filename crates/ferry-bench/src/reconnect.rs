@@ -21,6 +21,9 @@ use serde_json::json;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use hdrhistogram::Histogram;
+
+use super::hist;
 use super::ledger::{self, Ledger, Totals};
 use super::report::Report;
 use super::worker::{Cmd, Ctx, Out};
@@ -104,7 +107,10 @@ async fn measure(
     let mut back: f64 = restarted;
     // Clients back per tenth of a second after the kill, summed over the workers.
     let mut per_tenth: Vec<u64> = Vec::new();
+    let (mut before, mut while_back) = (hist::new(), hist::new());
     for value in &results {
+        hist::merge_json(&mut before, &value["sends_before_kill"]);
+        hist::merge_json(&mut while_back, &value["sends_while_back"]);
         let counts = value["back_per_tenth_after_kill"]
             .as_array()
             .cloned()
@@ -154,6 +160,20 @@ async fn measure(
         "sent / acked / delivered",
         format!("{} / {} / {}", tot["sent"], tot["acked"], tot["received"]),
     );
+    let ms = |h: &Histogram<u64>, q: f64| h.value_at_quantile(q) as f64 / 1e3;
+    r.row(
+        "send → ack before the kill: p50 / p99",
+        format!("{:.1} / {:.1} ms", ms(&before, 0.5), ms(&before, 0.99)),
+    );
+    r.row(
+        "send → ack by clients back, during the recovery: p50 / p99",
+        format!(
+            "{:.1} / {:.1} ms ({} sends)",
+            ms(&while_back, 0.5),
+            ms(&while_back, 0.99),
+            while_back.len()
+        ),
+    );
     r.row("lost", &tot["lost"]);
     r.row("duplicated", &tot["duplicated"]);
     r.json = json!({
@@ -176,6 +196,8 @@ async fn measure(
         "lost": tot["lost"],
         "duplicated": tot["duplicated"],
         "errors": tot["errors"],
+        "sends_before_kill": hist::summary(&before),
+        "sends_while_back": hist::summary(&while_back),
     });
     Ok(r)
 }
@@ -227,6 +249,7 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
         return Ok(());
     }
     let ledgers: Vec<Arc<Ledger>> = (0..spec.users).map(|_| Arc::default()).collect();
+    let sends: Arc<std::sync::Mutex<Vec<TimedSend>>> = Arc::default();
     let stop_send = CancellationToken::new();
     let end = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -266,14 +289,30 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
         });
         // Sending: one message at a time, retried by the SDK until acknowledged.
         let (out, peer, stop) = (ledgers[i].clone(), spec.user(i ^ 1), stop_send.clone());
+        let timed = sends.clone();
         let period = Duration::from_secs_f64(1.0 / spec.rate_per_conn.unwrap_or(1.0));
         // Spread over the period, as people's messages are: 20 000 clients sending in
         // the same millisecond every period would be a storm of their own.
         let offset = period.mul_f64(rand::random::<f64>());
         tasks.spawn(async move {
-            let text = |seq| format!("{seq} {}", unix_s());
+            // The client's last login when each send began: a send by a client back
+            // after the crash is one a connected user made during the recovery.
+            let login_at_send = AtomicU64::new(0);
+            let text = |seq| {
+                login_at_send.store(p.last_login_us.load(Ordering::Relaxed), Ordering::Relaxed);
+                format!("{seq} {}", unix_s())
+            };
+            let took = |d: Duration| {
+                let us = d.as_micros() as u64;
+                let send = TimedSend {
+                    began_us: unix_us().saturating_sub(us),
+                    login_us: login_at_send.load(Ordering::Relaxed),
+                    took_us: us,
+                };
+                timed.lock().expect("timed sends").push(send);
+            };
             let every = (offset, period);
-            ledger::send_steadily(&p.client, &peer, &out, every, stop, text, |_| {}).await
+            ledger::send_steadily(&p.client, &peer, &out, every, stop, text, took).await
         });
     }
     // Watch for the kill, then for every client to be back and synced.
@@ -340,6 +379,13 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
     value["back_at"] = json!(back_at);
     value["synced_at"] = json!(synced_at);
     value["back_per_tenth_after_kill"] = json!(back_per_tenth);
+    if let Some((killed_us, _)) = &killed {
+        let sends = sends.lock().expect("timed sends");
+        let synced_us = synced_at.map_or(u64::MAX, |at| (at * 1e6) as u64);
+        let (before, after) = split_sends(&sends, *killed_us, synced_us);
+        value["sends_before_kill"] = hist::to_json(&before);
+        value["sends_while_back"] = hist::to_json(&after);
+    }
     ctx.emit(Out::Result { value });
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
         for p in &clients {
@@ -349,6 +395,35 @@ pub async fn worker(mut ctx: Ctx) -> anyhow::Result<()> {
     .await;
     tasks.abort_all();
     Ok(())
+}
+
+/// One send's timing, send → acknowledged.
+struct TimedSend {
+    /// When it began (unix µs).
+    began_us: u64,
+    /// The sender's last login when it began (unix µs).
+    login_us: u64,
+    took_us: u64,
+}
+
+/// Send → ack times of the sends acknowledged before the kill, and of the sends begun
+/// during the recovery (before `synced_us`, when this worker's clients were all back and
+/// synced) by clients already logged in again: connected users, whose latency the storm
+/// of returning clients must not take.
+fn split_sends(
+    sends: &[TimedSend],
+    killed_us: u64,
+    synced_us: u64,
+) -> (Histogram<u64>, Histogram<u64>) {
+    let (mut before, mut after) = (hist::new(), hist::new());
+    for s in sends {
+        if s.began_us + s.took_us < killed_us {
+            hist::record(&mut before, s.took_us);
+        } else if s.login_us > killed_us && s.began_us < synced_us {
+            hist::record(&mut after, s.took_us);
+        }
+    }
+    (before, after)
 }
 
 /// Now, in unix microseconds.

@@ -49,7 +49,7 @@ impl OwnServer {
             .tempdir()
             .context("making a temporary data folder")?;
         let config = dir.path().join("ferry.toml");
-        let text = bench_config(durability, logic, extra);
+        let text = bench_config(durability, logic, extra)?;
         std::fs::write(&config, text)?;
         let data = data.unwrap_or_else(|| dir.path().join("data"));
         let mut me = OwnServer {
@@ -141,9 +141,11 @@ impl OwnServer {
 
 /// The config file of the bench's servers: durability as asked, every per-address and
 /// per-user limit lifted (a load test comes from one address), cheap password hashing,
-/// with `logic` (TOML keys) added to `[logic]` and `extra` appended.
-pub fn bench_config(durability: &str, logic: &str, extra: &str) -> String {
-    format!(
+/// with `logic` (TOML keys) added to `[logic]` and `extra` appended; then the file
+/// `FERRY_BENCH_SERVER_CONFIG` names, if set, merged over it (its keys win), to bench
+/// other settings than the defaults.
+pub fn bench_config(durability: &str, logic: &str, extra: &str) -> anyhow::Result<String> {
+    let text = format!(
         "durability = {durability:?}\n\
          [gateway]\nmax_connections_per_ip = 0\n\
          [logic]\nopen_messaging = true\n{logic}\n\
@@ -154,7 +156,30 @@ pub fn bench_config(durability: &str, logic: &str, extra: &str) -> String {
          sends_per_user = {{ per_sec = 0.0, burst = 0.0 }}\n\
          [logic.password]\nmemory_kib = 8\niterations = 1\nparallelism = 1\n\
          {extra}\n"
-    )
+    );
+    let Some(path) = std::env::var_os("FERRY_BENCH_SERVER_CONFIG") else {
+        return Ok(text);
+    };
+    let own = std::fs::read_to_string(&path)
+        .with_context(|| format!("reading FERRY_BENCH_SERVER_CONFIG ({path:?})"))?;
+    let own: toml::Table = own
+        .parse()
+        .with_context(|| format!("FERRY_BENCH_SERVER_CONFIG ({path:?})"))?;
+    let mut config: toml::Table = text.parse().context("the bench's own config")?;
+    merge(&mut config, own);
+    Ok(toml::to_string(&config)?)
+}
+
+/// `over`'s keys into `base`, tables merged key by key, anything else replaced.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
 }
 
 /// Runs `start` (a process binding a port that was just released) until it works:
@@ -313,4 +338,38 @@ pub fn cpu_us(pid: u32) -> Option<u64> {
     let stime: u64 = f.next()?.parse().ok()?;
     // Linux reports them in USER_HZ, 100 a second on every common configuration.
     Some((utime + stime) * 10_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file of one's own is merged table by table over the bench's config, also into
+    /// a table a scenario wrote itself (overload's `[logic.admission]`), its keys winning.
+    #[test]
+    fn an_own_config_is_merged_over_the_benchs() {
+        let text = bench_config("fsync", "", "[logic.admission]\nmax_in_flight = 128\n").unwrap();
+        let mut config: toml::Table = text.parse().unwrap();
+        let own: toml::Table = "[logic.admission]\nnew_session_retry_min_ms = 1000\n\
+                                [logic.password]\nmemory_kib = 64\n\
+                                [gateway]\nmax_handshakes = 8\n"
+            .parse()
+            .unwrap();
+        merge(&mut config, own);
+        let back: toml::Table = toml::to_string(&config).unwrap().parse().unwrap();
+        let logic = back["logic"].as_table().unwrap();
+        let admission = logic["admission"].as_table().unwrap();
+        assert_eq!(admission["max_in_flight"].as_integer(), Some(128));
+        assert_eq!(
+            admission["new_session_retry_min_ms"].as_integer(),
+            Some(1000)
+        );
+        assert_eq!(logic["password"]["memory_kib"].as_integer(), Some(64));
+        assert_eq!(logic["password"]["iterations"].as_integer(), Some(1));
+        assert_eq!(logic["open_messaging"].as_bool(), Some(true));
+        let gateway = back["gateway"].as_table().unwrap();
+        assert_eq!(gateway["max_handshakes"].as_integer(), Some(8));
+        assert_eq!(gateway["max_connections_per_ip"].as_integer(), Some(0));
+        assert_eq!(back["durability"].as_str(), Some("fsync"));
+    }
 }

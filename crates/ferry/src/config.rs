@@ -101,6 +101,7 @@ pub const ENV_VARS: &[&str] = &[
     "FERRY_BENCH_SERVER_KEY",
     "FERRY_BENCH_RESUME",
     "FERRY_BENCH_SERVER_LOG",
+    "FERRY_BENCH_SERVER_CONFIG",
     "FERRY_BENCH_WORKER_LOG",
     // The test suite.
     "FERRY_PG_BIN",
