@@ -563,3 +563,62 @@ async fn endpoints_over_the_long_link_list_the_gateway_as_the_short_link_does() 
     assert_eq!(over_link.version, over_http.version);
     assert_eq!(over_link.endpoints, over_http.endpoints);
 }
+
+/// The endpoint list is asked for at the first login and then when `refresh_secs` is
+/// due, not at every login: after a crash every device logs in again at once, and a
+/// sealed request each (a connection and a key agreement on both sides) would double the
+/// storm. Counted in the bytes the client sends through a proxy the server hands out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_lost_and_logged_in_again_do_not_ask_for_the_endpoint_list_again() {
+    let front = bind("127.0.0.7").await;
+    let front_addr = front.local_addr().unwrap();
+    let srv = TestServer::with(|c| {
+        c.logic.endpoints.gateways = vec![ferry_logic::GatewayEndpoints {
+            id: c.gateway.id.clone(),
+            addrs: vec![front_addr.to_string()],
+            ..Default::default()
+        }];
+    })
+    .await;
+    srv.register(&["alice"]).await;
+    let proxy = Proxy::on(
+        front,
+        srv.server.addr(),
+        ProxyOptions {
+            record: true,
+            ..Default::default()
+        },
+    );
+    let asked = || {
+        let sent = proxy.sent();
+        let ask = b"POST /v1/endpoints HTTP";
+        sent.windows(ask.len()).filter(|w| w == ask).count()
+    };
+    let mut cfg = fast(&front_addr.to_string(), "alice");
+    // No connect reports meanwhile (they would not be counted, but keep the flows few).
+    cfg.smart.report_idle = Duration::from_secs(3600);
+    let (alice, mut ev) = Client::connect(cfg).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while asked() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the first login asks for the list"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        proxy.cut();
+        event_where(&mut ev, 15, |e| {
+            matches!(e, Event::Disconnected { .. }).then_some(())
+        })
+        .await;
+        event_where(&mut ev, 15, |e| {
+            matches!(e, Event::Connected { .. }).then_some(())
+        })
+        .await;
+    }
+    // A refresh spawned at a login would have gone out by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(asked(), 1, "asked once, at the first login");
+    alice.close().await;
+}
