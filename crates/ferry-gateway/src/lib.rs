@@ -10,6 +10,7 @@
 mod api;
 mod guard;
 pub mod http;
+pub(crate) mod keywork;
 mod link;
 pub mod lp;
 mod registry;
@@ -124,6 +125,13 @@ pub struct GatewayConfig {
     /// What a client whose handshake was refused (the limit above, or logic shedding new
     /// sessions) is told to wait before it tries again, in milliseconds.
     pub handshake_retry_after_ms: u32,
+    /// Threads that do the X25519 of full handshakes, apart from the threads that
+    /// forward connected users' frames (0: on those). One thread does a few thousand
+    /// full handshakes a second; raise it where more new logins matter.
+    pub key_work_threads: usize,
+    /// How much lower the key-work threads' CPU priority is (added to their nice value,
+    /// Linux): under a storm of new logins the forwarding gets the CPU first.
+    pub key_work_nice: i32,
 }
 
 impl Default for GatewayConfig {
@@ -150,6 +158,8 @@ impl Default for GatewayConfig {
             handshake_queue: 16_384,
             handshake_hold_ms: 5_000,
             handshake_retry_after_ms: 1_000,
+            key_work_threads: 1,
+            key_work_nice: 10,
         }
     }
 }
@@ -230,6 +240,8 @@ pub struct Gateway {
     /// Until when (`now_ms`) new handshakes are refused: logic shed a LOGIN (or could
     /// not be reached), so a new handshake's X25519 work would be spent for nothing.
     shed_until_ms: AtomicU64,
+    /// The threads of full handshakes' key work (`cfg.key_work_threads`).
+    key_work: keywork::KeyWork,
     /// Time zero for the links' `last_rx_ms`.
     epoch: std::time::Instant,
     /// Whether the sweeper (silent links, shutdown notice) runs: started by the first
@@ -250,6 +262,11 @@ impl Gateway {
         let registry = Arc::new(Registry::new(cfg.outbox_frames, stats.clone()));
         bus.attach_gateway(&cfg.id, registry.clone());
         let tickets = ferry_proto::resume::TicketKey::derive(&key.private, cfg.ticket_epoch);
+        let key_work = keywork::KeyWork::start(cfg.key_work_threads, cfg.key_work_nice)
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "no key-work threads: full handshakes run on the forwarding threads");
+                keywork::KeyWork::start(0, 0).expect("no threads to start")
+            });
         let handshake_permits = Arc::new(Semaphore::new(
             cfg.max_handshakes.min(Semaphore::MAX_PERMITS),
         ));
@@ -273,6 +290,7 @@ impl Gateway {
             lp: lp::LpSessions::default(),
             listen: parking_lot::Mutex::new(Vec::new()),
             tickets,
+            key_work,
             resume_seen: Default::default(),
             key: Arc::new(key),
             replay: Default::default(),

@@ -111,6 +111,20 @@ impl Drop for HandshakeSlot {
 /// refusal when its time there ran out.
 type Hold = std::pin::Pin<Box<dyn Future<Output = io::Result<HandshakeSlot>> + Send>>;
 
+/// A full handshake's reading of its HELLO (its key work).
+type Accepted = Result<(ServerHandshake, Vec<u8>), SecureError>;
+
+/// A handshake that may go on: its slot, and the HELLO's key work when that was done off
+/// the forwarding threads ([`crate::keywork`]) while it waited.
+struct Ready {
+    slot: HandshakeSlot,
+    /// Boxed: a link's state is as large as its largest kind, and idle links keep it.
+    accepted: Option<Box<Accepted>>,
+}
+
+/// What a held handshake waits for: its turn, then its key work.
+type Wait = std::pin::Pin<Box<dyn Future<Output = io::Result<Ready>> + Send>>;
+
 /// What admission makes of a new handshake.
 enum Admission {
     /// Go on now.
@@ -228,8 +242,8 @@ enum State {
     /// hello, and the wait for its slot or its refusal, then what the wait came to.
     Held {
         hello: ferry_proto::Frame,
-        wait: Hold,
-        outcome: Option<io::Result<HandshakeSlot>>,
+        wait: Wait,
+        outcome: Option<io::Result<Ready>>,
     },
     /// The HELLO (or RESUME) was read and its LOGIN handed on; the first write answers
     /// it, with the ticket in front of the login answer when the login earned one.
@@ -363,9 +377,19 @@ impl<T: Transport> Secured<T> {
                 "bytes after the HELLO before its answer",
             ));
         }
+        // A HELLO's key work goes to the key-work threads; a RESUME's is symmetric and
+        // cheap, done here.
+        let key_work = hello.cmd == HELLO && self.gw.key_work.threaded();
         match admit_handshake(&self.gw) {
-            Ok(Admission::Now(slot)) => self.handshake(st, hello, slot, partial),
-            Ok(Admission::Hold(wait)) => {
+            Ok(Admission::Now(slot)) if !key_work => {
+                let ready = Ready {
+                    slot,
+                    accepted: None,
+                };
+                self.handshake(st, hello, ready, partial)
+            }
+            Ok(admission) => {
+                let wait = self.wait(admission, &hello, key_work);
                 *st = State::Held {
                     hello,
                     wait,
@@ -380,15 +404,41 @@ impl<T: Transport> Secured<T> {
         }
     }
 
-    /// Works on an admitted hello: opens its ticket or does the Noise work, and hands
-    /// its LOGIN on.
+    /// The wait of a handshake that cannot go on at once: its turn (when admission held
+    /// it), then its HELLO's key work on the key-work threads (`key_work`).
+    fn wait(&self, admission: Admission, hello: &ferry_proto::Frame, key_work: bool) -> Wait {
+        let gw = self.gw.clone();
+        let hello = key_work.then(|| hello.clone());
+        Box::pin(async move {
+            let slot = match admission {
+                Admission::Now(slot) => slot,
+                Admission::Hold(hold) => hold.await?,
+            };
+            let accepted = match hello {
+                Some(hello) => {
+                    let key = gw.key.clone();
+                    Some(Box::new(
+                        gw.key_work
+                            .run(move || secure::server_accept(&key, &hello))
+                            .await?,
+                    ))
+                }
+                None => None,
+            };
+            Ok(Ready { slot, accepted })
+        })
+    }
+
+    /// Works on an admitted hello: opens its ticket or does the Noise work (unless done
+    /// already), and hands its LOGIN on.
     fn handshake(
         &self,
         st: &mut State,
         hello: ferry_proto::Frame,
-        slot: HandshakeSlot,
+        ready: Ready,
         partial: &mut BytesMut,
     ) -> io::Result<bool> {
+        let Ready { slot, accepted } = ready;
         if hello.cmd == RESUME {
             let stats = &self.gw.stats;
             return match self.resume(&hello) {
@@ -413,7 +463,7 @@ impl<T: Transport> Secured<T> {
             .stats
             .full_handshakes
             .fetch_add(1, Ordering::Relaxed);
-        match secure::server_accept(&self.gw.key, &hello) {
+        match accepted.map_or_else(|| secure::server_accept(&self.gw.key, &hello), |a| *a) {
             Ok((hs, login)) => {
                 partial.extend_from_slice(&login);
                 *st = State::answer(Pending::Noise(Box::new(hs)), slot);
@@ -539,9 +589,9 @@ impl<T: Transport> Transport for Secured<T> {
                 match std::mem::replace(&mut *st, State::Refused) {
                     State::Held {
                         hello,
-                        outcome: Some(Ok(slot)),
+                        outcome: Some(Ok(ready)),
                         ..
-                    } => self.handshake(&mut st, hello, slot, partial),
+                    } => self.handshake(&mut st, hello, ready, partial),
                     State::Held {
                         outcome: Some(Err(e)),
                         ..
@@ -579,7 +629,8 @@ impl<T: Transport> Transport for Secured<T> {
         &'a mut self,
         buf: &'a [u8],
     ) -> impl Future<Output = io::Result<()>> + Send + 'a {
-        let sealed: io::Result<Option<BytesMut>> = (|| {
+        let key_work = self.gw.key_work.threaded();
+        let sealed: io::Result<Sealed> = (|| {
             let st = self.state.get_mut();
             match st {
                 State::Answer {
@@ -595,6 +646,11 @@ impl<T: Transport> Transport for Secured<T> {
                     let payload = with_ticket.as_deref().unwrap_or(buf);
                     let mut out = BytesMut::new();
                     let mut channel = match hs {
+                        // The answer's key work (a key pair, two agreements) on the
+                        // key-work threads, as the HELLO's was.
+                        Pending::Noise(hs) if key_work => {
+                            return Ok(Sealed::Respond(hs, payload.to_vec(), *compact))
+                        }
                         Pending::Noise(hs) => hs.respond(payload, &mut out),
                         Pending::Resume(r) => r.respond(payload, &mut out),
                     }
@@ -606,23 +662,57 @@ impl<T: Transport> Transport for Secured<T> {
                         channel,
                         wire: BytesMut::new(),
                     };
-                    Ok(Some(out))
+                    Ok(Sealed::Out(out))
                 }
                 State::Open { channel, .. } => {
                     let mut out = BytesMut::with_capacity(buf.len() + secure::RECORD_OVERHEAD);
                     channel.seal(buf, &mut out).map_err(bad_bytes)?;
-                    Ok(Some(out))
+                    Ok(Sealed::Out(out))
                 }
-                State::Sniff(_) | State::Held { .. } | State::Plain | State::Refused => Ok(None),
+                State::Sniff(_) | State::Held { .. } | State::Plain | State::Refused => {
+                    Ok(Sealed::Plain)
+                }
             }
         })();
         async move {
-            match sealed? {
-                Some(out) => self.inner.write_all(&out).await,
-                None => self.inner.write_all(buf).await,
-            }
+            let out = match sealed? {
+                Sealed::Out(out) => out,
+                Sealed::Plain => return self.inner.write_all(buf).await,
+                Sealed::Respond(hs, payload, compact) => {
+                    let (mut channel, out) = self
+                        .gw
+                        .key_work
+                        .run(move || {
+                            let mut out = BytesMut::new();
+                            hs.respond(&payload, &mut out).map(|c| (c, out))
+                        })
+                        .await?
+                        .map_err(bad_bytes)?;
+                    if compact {
+                        channel.set_compact();
+                    }
+                    // Its slot (in the answering state until now) is given back here.
+                    *self.state.get_mut() = State::Open {
+                        channel,
+                        wire: BytesMut::new(),
+                    };
+                    out
+                }
+            };
+            self.inner.write_all(&out).await
         }
     }
+}
+
+/// What a write becomes on an encrypted link.
+enum Sealed {
+    /// These bytes go out instead.
+    Out(BytesMut),
+    /// The bytes go out as they are (plaintext, or a refusal before any key).
+    Plain,
+    /// The full handshake's answer, its key work still to do: the handshake, the
+    /// answer's payload, and whether the records after it are compact.
+    Respond(Box<ServerHandshake>, Vec<u8>, bool),
 }
 
 /// How far a sealed short-link request's clock may be from ours.
