@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::conn::FerryConn;
 use super::report::{us, Report};
-use super::server::OwnServer;
+use super::server::{rss_kib, OwnServer};
 use super::{hist, users, BenchArgs, PASSWORD};
 
 /// Requests one connected link may have unanswered in the open-loop phases.
@@ -415,6 +415,18 @@ async fn storm(
     set.abort_all();
 }
 
+/// The highest RSS of process `pid` until `stop`, sampled every 100 ms.
+async fn peak_rss(pid: u32, stop: CancellationToken) -> Option<u64> {
+    let mut peak = rss_kib(pid);
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return peak,
+            _ = tick.tick() => peak = peak.max(rss_kib(pid)),
+        }
+    }
+}
+
 /// Runs one phase: the links under `link_load` (if any) and the storm under
 /// `storm_load` (if any) for `secs`; gives the links back.
 async fn phase(
@@ -473,12 +485,17 @@ pub async fn run(args: &BenchArgs, o: &OverloadArgs) -> anyhow::Result<Report> {
     );
     let extra = format!("[logic.admission]\nmax_in_flight = {}\n", o.max_in_flight);
     let server = OwnServer::start_with(&args.durability, None, &extra).await?;
-    let r = measure(args, o, &server.addr).await;
+    let r = measure(args, o, &server.addr, server.pid()).await;
     server.stop().await;
     r
 }
 
-async fn measure(args: &BenchArgs, o: &OverloadArgs, addr: &str) -> anyhow::Result<Report> {
+async fn measure(
+    args: &BenchArgs,
+    o: &OverloadArgs,
+    addr: &str,
+    pid: u32,
+) -> anyhow::Result<Report> {
     let short = super::conn::short(addr).await?;
     let prefix = format!("{}o{}-", args.prefix, std::process::id());
     // Users: the connected pairs, then the storm's.
@@ -556,6 +573,11 @@ async fn measure(args: &BenchArgs, o: &OverloadArgs, addr: &str) -> anyhow::Resu
     )
     .await?;
     eprintln!("overload: {:.1}× capacity: sends {send_rate:.0}/s + logins {login_rate:.0}/s for {secs:.0} s", o.factor);
+    // The server's memory: before the storm, its peak during it (sampled every 100 ms),
+    // and after.
+    let rss_before = rss_kib(pid);
+    let sampling = CancellationToken::new();
+    let peak = tokio::spawn(peak_rss(pid, sampling.clone()));
     let (links, over, wo) = phase(
         addr,
         links,
@@ -565,6 +587,9 @@ async fn measure(args: &BenchArgs, o: &OverloadArgs, addr: &str) -> anyhow::Resu
         secs,
     )
     .await?;
+    sampling.cancel();
+    let rss_peak = peak.await.unwrap_or(None);
+    let rss_after = rss_kib(pid);
     drop(links);
 
     let class = |ph: &Phase, w: f64| {
@@ -616,6 +641,16 @@ async fn measure(args: &BenchArgs, o: &OverloadArgs, addr: &str) -> anyhow::Resu
         format!("{} ms", jo["login"]["retry_after_ms"]),
     );
     r.row("overload: not offered (generator caps)", &jo["not_offered"]);
+    let mib = |k: Option<u64>| k.map_or("?".into(), |k| format!("{:.0} MiB", k as f64 / 1024.0));
+    r.row(
+        "server RSS: before the storm · its peak · after",
+        format!(
+            "{} · {} · {}",
+            mib(rss_before),
+            mib(rss_peak),
+            mib(rss_after)
+        ),
+    );
     r.json = json!({
         "scenario": "overload",
         "machine": super::machine(),
@@ -629,6 +664,7 @@ async fn measure(args: &BenchArgs, o: &OverloadArgs, addr: &str) -> anyhow::Resu
         "offered": { "sends_per_sec": send_rate, "logins_per_sec": login_rate },
         "baseline": jb,
         "overload": jo,
+        "server_rss_kib": { "before_storm": rss_before, "storm_peak": rss_peak, "after_storm": rss_after },
         "capacity_phases": { "sends": class(&cap_s, CAPACITY_SECS), "logins": class(&cap_l, CAPACITY_SECS) },
     });
     Ok(r)
