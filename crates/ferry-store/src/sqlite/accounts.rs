@@ -107,14 +107,11 @@ impl AccountStore for SqliteStore {
 
     async fn login_view(&self, token_hash: [u8; 32]) -> Result<Option<LoginView>> {
         self.read(move |c| {
-            // The newest seq as `inbox::NEWEST_SEQ` has it.
-            Ok(c.prepare_cached(
-                "SELECT s.user_id, s.device_id, s.created_ms, u.name, u.disabled_reason,
-                        max(u.last_seq, coalesce((SELECT max(i.seq) FROM inbox i
-                                                  WHERE i.user_id = u.id), 0))
-                 FROM sessions s JOIN users u ON u.id = s.user_id
-                 WHERE s.token_hash = ?1",
-            )?
+            Ok(c.prepare_cached(concat!(
+                "SELECT s.user_id, s.device_id, s.created_ms, u.name, u.disabled_reason, ",
+                newest_seq_of_u!(),
+                " FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.token_hash = ?1"
+            ))?
             .query_row([&token_hash[..]], |r| {
                 Ok(LoginView {
                     session: Session {

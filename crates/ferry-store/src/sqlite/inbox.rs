@@ -20,9 +20,11 @@ use crate::{
 /// table each, for a value the inbox already holds (its primary key is `(user_id,
 /// seq)`: one seek finds the last); without those updates the writer thread took 0.46 /
 /// 0.42 cores instead of 0.57 / 0.50 at 10 000 msgs/s (`ferry bench p2p --rate 10000`).
-pub(super) const NEWEST_SEQ: &str =
-    "SELECT max(u.last_seq, coalesce((SELECT max(i.seq) FROM inbox i
-     WHERE i.user_id = u.id), 0)) FROM users u WHERE u.id = ?1";
+pub(super) const NEWEST_SEQ: &str = concat!(
+    "SELECT ",
+    newest_seq_of_u!(),
+    " FROM users u WHERE u.id = ?1"
+);
 
 /// A page of a user's inbox after a seq (the read behind every SYNC).
 pub(super) const INBOX_PAGE: &str = "SELECT i.seq, m.body, i.payload, i.created_ms FROM inbox i

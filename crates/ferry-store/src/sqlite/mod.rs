@@ -21,6 +21,14 @@ use tokio::sync::{mpsc, oneshot};
 use crate::{Result, StoreError};
 use writer::{BatchError, Finish, Job, WriterState};
 
+/// The newest inbox seq of the user row `u`, as an SQL expression (see
+/// `inbox::NEWEST_SEQ`): one definition for every statement that reads it.
+macro_rules! newest_seq_of_u {
+    () => {
+        "max(u.last_seq, coalesce((SELECT max(i.seq) FROM inbox i WHERE i.user_id = u.id), 0))"
+    };
+}
+
 mod accounts;
 mod audit;
 mod bots;

@@ -455,15 +455,14 @@ impl PushStore for SqliteStore {
             Ok(c.prepare_cached(&format!(
                 "SELECT * FROM (
                    SELECT {TARGET_COLS}, max(t.pushed_seq, coalesce(d.synckey, 0)) AS from_seq,
-                     (SELECT max(u.last_seq, coalesce((SELECT max(i.seq) FROM inbox i
-                        WHERE i.user_id = u.id), 0)) FROM users u WHERE u.id = t.user_id)
-                       AS newest
+                     (SELECT {newest} FROM users u WHERE u.id = t.user_id) AS newest
                    FROM push_targets t
                    LEFT JOIN devices d ON d.user_id = t.user_id AND d.device_id = t.device_id
                    WHERE NOT EXISTS (SELECT 1 FROM push_queue q
                      WHERE q.user_id = t.user_id AND q.device_id = t.device_id))
                  WHERE newest > from_seq
-                 ORDER BY user_id, device_id LIMIT ?1"
+                 ORDER BY user_id, device_id LIMIT ?1",
+                newest = newest_seq_of_u!()
             ))?
             .query_map([i64::from(limit)], |r| {
                 Ok((
