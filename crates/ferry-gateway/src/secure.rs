@@ -238,8 +238,9 @@ fn bad_bytes(e: SecureError) -> io::Error {
 enum State {
     /// No whole first frame yet: the bytes so far.
     Sniff(BytesMut),
-    /// A HELLO or RESUME read and held by admission (see [`admit_handshake`]): the
-    /// hello, and the wait for its slot or its refusal, then what the wait came to.
+    /// A HELLO or RESUME read and held by admission (see [`admit_handshake`]), or a
+    /// HELLO whose key work is on the key-work threads: the hello, and the wait for its
+    /// slot (or its refusal) and its key work, then what the wait came to.
     Held {
         hello: ferry_proto::Frame,
         wait: Wait,
