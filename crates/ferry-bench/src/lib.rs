@@ -638,6 +638,15 @@ impl Target {
         self.pids.iter().map(|&pid| server::rss_kib(pid)).sum()
     }
 
+    /// CPU time the server's processes have used so far (summed), in µs; none without
+    /// their PIDs (`--server` without `--server-pid`).
+    pub fn cpu_us(&self) -> Option<u64> {
+        if self.pids.is_empty() {
+            return None;
+        }
+        self.pids.iter().map(|&pid| server::cpu_us(pid)).sum()
+    }
+
     pub fn describe(&self) -> serde_json::Value {
         serde_json::json!({
             "addrs": self.addrs,
@@ -808,6 +817,15 @@ pub struct Workers {
 }
 
 impl Workers {
+    /// CPU time the worker processes still running have used so far (summed), in µs.
+    pub fn cpu_us(&self) -> u64 {
+        self.children
+            .iter()
+            .filter_map(|(c, _)| c.id())
+            .filter_map(server::cpu_us)
+            .sum()
+    }
+
     pub async fn spawn(specs: Vec<Spec>) -> anyhow::Result<Workers> {
         let exe = std::env::current_exe().context("finding the ferry binary")?;
         let (tx, rx) = mpsc::unbounded_channel();

@@ -144,14 +144,15 @@ async fn measure(
                     p["offered_per_sec"].as_f64().unwrap_or(0.0)
                 ),
                 format!(
-                    "{:.0} msgs/s delivered · p50 {} · p99 {} · max {} · lost {} · dup {} · links dropped {}",
+                    "{:.0} msgs/s delivered · p50 {} · p99 {} · max {} · lost {} · dup {} · links dropped {} · CPU/msg {}",
                     p["delivered_per_sec"].as_f64().unwrap_or(0.0),
                     us(&p["latency"]["p50_us"]),
                     us(&p["latency"]["p99_us"]),
                     us(&p["latency"]["max_us"]),
                     p["lost"],
                     p["duplicated"],
-                    p["links_dropped"]
+                    p["links_dropped"],
+                    cpu_text(&p["cpu"])
                 ),
             );
         }
@@ -185,6 +186,7 @@ async fn measure(
                 main["sent"], main["acked"], main["received"]
             ),
         );
+        r.row("CPU per delivered message", cpu_text(&main["cpu"]));
         r.row("lost (acked, never delivered)", &main["lost"]);
         r.row("links dropped by the server", &main["links_dropped"]);
         r.row("duplicated", &main["duplicated"]);
@@ -310,6 +312,22 @@ pub async fn hooked(
     Ok(r)
 }
 
+/// "server 31.2 µs (0.62 cores) · bench 18.0 µs": the CPU of a run's measured window
+/// per delivered message.
+fn cpu_text(cpu: &Value) -> String {
+    let server = match (
+        cpu["server_us_per_msg"].as_f64(),
+        cpu["server_cores"].as_f64(),
+    ) {
+        (Some(us), Some(cores)) => format!("server {us:.1} µs ({cores:.2} cores)"),
+        _ => "server n/a (no --server-pid)".into(),
+    };
+    match cpu["bench_us_per_msg"].as_f64() {
+        Some(b) => format!("{server} · bench {b:.1} µs"),
+        None => server,
+    }
+}
+
 /// One measured run at one offered load.
 pub(crate) async fn once(
     args: &BenchArgs,
@@ -339,6 +357,7 @@ pub(crate) async fn once(
         None => "sending (closed loop)".into(),
     });
     let t0 = Instant::now();
+    let cpu0 = (target.cpu_us(), w.cpu_us());
     w.send(&Cmd::Go).await?;
     let end = t0 + Duration::from_secs_f64(secs);
     while w.next(end).await?.is_some() {
@@ -346,6 +365,10 @@ pub(crate) async fn once(
         let done = w.sum(Out::done) as f64;
         pb.set_message(format!("{:.0} msgs/s", done / t0.elapsed().as_secs_f64()));
     }
+    // CPU used during the measured window: the server's (all its threads, store and
+    // fsync included) and the load generator's, against the messages delivered in it.
+    let cpu1 = (target.cpu_us(), w.cpu_us());
+    let window_secs = t0.elapsed().as_secs_f64();
     pb.set_message("draining");
     let results = w.results(DRAIN + Duration::from_secs(20)).await?;
     pb.finish_and_clear();
@@ -372,6 +395,24 @@ pub(crate) async fn once(
         per_sec.1 += value["acked_in_window"].as_f64().unwrap_or(0.0) / win;
         drain_secs = drain_secs.max(value["drain_secs"].as_f64().unwrap_or(0.0));
     }
+    let delivered_in_window = per_sec.0 * window_secs;
+    let per_msg = |before: Option<u64>, after: Option<u64>| -> Value {
+        match (before, after) {
+            (Some(b), Some(a)) if delivered_in_window >= 1.0 => {
+                json!(a.saturating_sub(b) as f64 / delivered_in_window)
+            }
+            _ => Value::Null,
+        }
+    };
+    let cpu = json!({
+        "server_us_per_msg": per_msg(cpu0.0, cpu1.0),
+        "bench_us_per_msg": per_msg(Some(cpu0.1), Some(cpu1.1)),
+        "server_cores": match (cpu0.0, cpu1.0) {
+            (Some(b), Some(a)) => json!(a.saturating_sub(b) as f64 / 1e6 / window_secs),
+            _ => Value::Null,
+        },
+        "bench_cores": cpu1.1.saturating_sub(cpu0.1) as f64 / 1e6 / window_secs,
+    });
     Ok(json!({
         "pairs": pairs,
         "connections": conns,
@@ -392,6 +433,7 @@ pub(crate) async fn once(
         "links_dropped": links_dropped,
         "drain_secs": drain_secs,
         "latency": hist::summary(&h),
+        "cpu": cpu,
     }))
 }
 
