@@ -44,6 +44,9 @@ pub trait SearchStore: Send + Sync + 'static {
     async fn messages_by_id(&self, ids: &[u64]) -> Result<Vec<IndexedMessage>>;
     /// Up to `limit` messages with id > `after`, in id order (a rebuild reads them all).
     async fn messages_after(&self, after: u64, limit: u32) -> Result<Vec<IndexedMessage>>;
-    /// Drops the feed's rows older than `before_ms`; answers how many went.
+    /// Drops the feed's rows older than `before_ms` — but never the newest row, which
+    /// holds the feed's position — and answers how many went. (SQLite drops the rows up
+    /// to the first one at or after `before_ms` in id order: the feed is in time order
+    /// but for milliseconds.)
     async fn prune_search_feed(&self, before_ms: i64) -> Result<u64>;
 }

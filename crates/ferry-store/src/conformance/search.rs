@@ -106,8 +106,25 @@ pub async fn search_feed_follows_every_change_of_a_message(store: Arc<dyn Store>
     assert_eq!(left, feed[3..]);
     assert_eq!(
         store.prune_search_feed(i64::MAX).await.unwrap(),
-        1,
-        "and everything before a time past them all"
+        0,
+        "the newest row stays, even before a time past them all"
     );
-    assert_eq!(store.search_feed_bounds().await.unwrap(), (0, 0));
+    assert_eq!(
+        store.search_feed_bounds().await.unwrap(),
+        (feed[3].id, feed[3].id)
+    );
+    // It holds the feed's position: what comes next is after every row ever handed out.
+    let m3 = store
+        .append_message(new_msg((a, "alice"), (b, "bob"), 4, "third"))
+        .await
+        .unwrap();
+    let next = store.search_feed(feed[3].id, 100).await.unwrap();
+    assert_eq!(next.len(), 1, "{next:?}");
+    assert_eq!(next[0].msg_id, m3.msg_id);
+    assert!(next[0].id > feed[3].id);
+    assert_eq!(store.prune_search_feed(i64::MAX).await.unwrap(), 1);
+    assert_eq!(
+        store.search_feed_bounds().await.unwrap(),
+        (next[0].id, next[0].id)
+    );
 }

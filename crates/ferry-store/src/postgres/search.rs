@@ -92,7 +92,11 @@ impl SearchStore for PgStore {
     async fn prune_search_feed(&self, before_ms: i64) -> Result<u64> {
         let client = self.client().await?;
         let stmt = client
-            .prepare_cached("DELETE FROM search_feed WHERE at_ms < $1")
+            // Never the newest row, as in SQLite (the contract: `SearchStore`).
+            .prepare_cached(
+                "DELETE FROM search_feed WHERE at_ms < $1
+                 AND id < (SELECT max(id) FROM search_feed)",
+            )
             .await?;
         Ok(client.execute(&stmt, &[&before_ms]).await?)
     }

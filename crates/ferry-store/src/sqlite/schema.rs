@@ -370,6 +370,41 @@ CREATE TABLE conv_retention (
     PRIMARY KEY (a_user_id, b_user_id, group_id)
 ) WITHOUT ROWID;
 "#,
+    // The search feed, cheaper per message (2026-12-05): without AUTOINCREMENT (whose
+    // `sqlite_sequence` row every stored message updated) and without the index on
+    // `at_ms` (prune walks the feed in id order instead). Its ids stay monotonic because
+    // prune never deletes the newest row; when the newest rows were already pruned, a
+    // row for no message (msg_id 0) keeps the position `sqlite_sequence` held. The
+    // triggers are dropped and made again around the rebuild, unchanged.
+    r#"
+DROP TRIGGER search_feed_insert;
+DROP TRIGGER search_feed_update;
+DROP TRIGGER search_feed_delete;
+CREATE TABLE search_feed_new (
+    id     INTEGER PRIMARY KEY,
+    msg_id INTEGER NOT NULL,
+    at_ms  INTEGER NOT NULL
+);
+INSERT INTO search_feed_new (id, msg_id, at_ms) SELECT id, msg_id, at_ms FROM search_feed;
+INSERT INTO search_feed_new (id, msg_id, at_ms)
+    SELECT seq, 0, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)
+    FROM sqlite_sequence
+    WHERE name = 'search_feed' AND seq > (SELECT coalesce(max(id), 0) FROM search_feed);
+DROP TABLE search_feed;
+ALTER TABLE search_feed_new RENAME TO search_feed;
+CREATE TRIGGER search_feed_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO search_feed (msg_id, at_ms) VALUES (NEW.id, NEW.created_ms);
+END;
+CREATE TRIGGER search_feed_update AFTER UPDATE OF body ON messages
+WHEN OLD.body IS NOT NEW.body BEGIN
+    INSERT INTO search_feed (msg_id, at_ms)
+    VALUES (NEW.id, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+END;
+CREATE TRIGGER search_feed_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO search_feed (msg_id, at_ms)
+    VALUES (OLD.id, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+END;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
@@ -389,4 +424,92 @@ pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
         tracing::info!(version = i + 1, "store migrated");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use rusqlite::params;
+
+    use super::*;
+
+    /// The search feed rebuilt without AUTOINCREMENT keeps its rows and its position:
+    /// an id handed out before (its row since pruned) is never handed out again.
+    #[test]
+    fn the_rebuilt_search_feed_goes_on_after_every_id_it_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = Connection::open(dir.path().join("ferry.db")).unwrap();
+        // The schema as it was before the rebuild.
+        let before = MIGRATIONS.len() - 1;
+        for (i, sql) in MIGRATIONS[..before].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", (i + 1) as i64)
+                .unwrap();
+        }
+        let store = |conn: &Connection, id: i64| {
+            conn.execute(
+                "INSERT INTO messages (id, sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body)
+                 VALUES (?1, 1, ?1, ?1, ?1, 1000, x'00')",
+                params![id],
+            )
+            .unwrap();
+        };
+        for id in 1..=5 {
+            store(&conn, id);
+        }
+        // The old prune took the two newest rows (AUTOINCREMENT remembered id 5).
+        conn.execute("DELETE FROM search_feed WHERE id > 3", [])
+            .unwrap();
+        migrate(&mut conn).unwrap();
+
+        let rows: Vec<(i64, i64)> = conn
+            .prepare("SELECT id, msg_id FROM search_feed ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            [(1, 1), (2, 2), (3, 3), (5, 0)],
+            "kept, and the position"
+        );
+        store(&conn, 6);
+        let newest: (i64, i64) = conn
+            .query_row(
+                "SELECT id, msg_id FROM search_feed ORDER BY id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(newest, (6, 6));
+        let sql: String = conn
+            .query_row(
+                "SELECT sql FROM sqlite_master WHERE name = 'search_feed'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert!(!sql.contains("AUTOINCREMENT"), "{sql}");
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'search_feed'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 0);
+        // Every change still feeds it.
+        conn.execute("UPDATE messages SET body = x'01' WHERE id = 2", [])
+            .unwrap();
+        conn.execute("DELETE FROM messages WHERE id = 3", [])
+            .unwrap();
+        let last: Vec<i64> = conn
+            .prepare("SELECT msg_id FROM search_feed WHERE id > 6 ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(last, [2, 3]);
+    }
 }

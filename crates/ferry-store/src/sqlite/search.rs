@@ -98,7 +98,16 @@ impl SearchStore for SqliteStore {
     async fn prune_search_feed(&self, before_ms: i64) -> Result<u64> {
         self.write(move |txn, _| {
             Ok(txn
-                .prepare_cached("DELETE FROM search_feed WHERE at_ms < ?1")?
+                // In id order, up to the first row at or after the time (the feed is in
+                // time order but for milliseconds: a row's time is its message's send
+                // time or the time of the change); never the newest row, which holds
+                // the feed's position (its ids are rowids: max + 1). No index on the
+                // time: this walks only the rows it deletes.
+                .prepare_cached(
+                    "DELETE FROM search_feed WHERE id < (SELECT coalesce(
+                        (SELECT id FROM search_feed WHERE at_ms >= ?1 ORDER BY id LIMIT 1),
+                        (SELECT max(id) FROM search_feed)))",
+                )?
                 .execute([before_ms])? as u64)
         })
         .await
