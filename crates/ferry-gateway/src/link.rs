@@ -168,7 +168,7 @@ impl Transport for TcpStream {
     /// not in every connection's task.
     fn read_into(&self, partial: &mut BytesMut) -> io::Result<bool> {
         let mut chunk = [0u8; 8192];
-        match self.try_read(&mut chunk) {
+        match read_some(self, &mut chunk) {
             Ok(0) => Ok(false),
             Ok(n) => {
                 partial.extend_from_slice(&chunk[..n]);
@@ -196,6 +196,30 @@ impl Transport for TcpStream {
 
     fn close(&mut self, _end: End) -> impl Future<Output = ()> + Send + '_ {
         linger_close(self)
+    }
+}
+
+/// `try_read`, but a read that did not fill `buf` also clears the socket's readiness:
+/// the kernel had no more, so the next wait goes straight to the reactor instead of
+/// first reading once more only to be told `WouldBlock` (one `recvfrom` per message in
+/// an open-loop `ferry bench p2p`: half of the gateway's reads). Safe with epoll's edge
+/// trigger, as tokio's own `poll_read` does the same: the readiness cleared is the one
+/// seen before the read, so bytes that arrive after it raise it again.
+pub(crate) fn read_some(tcp: &TcpStream, buf: &mut [u8]) -> io::Result<usize> {
+    let len = buf.len();
+    let mut got = 0;
+    let r = tcp.try_io(tokio::io::Interest::READABLE, || {
+        let n = rustix::io::read(tcp, &mut *buf).map_err(io::Error::from)?;
+        got = n;
+        if n > 0 && n < len {
+            // Drained: report "would block" so tokio clears the readiness.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match r {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        r => r,
     }
 }
 

@@ -462,7 +462,7 @@ impl Transport for WsTransport {
             st.unread = false;
         } else {
             let mut chunk = [0u8; CHUNK];
-            match self.tcp.try_read(&mut chunk) {
+            match crate::link::read_some(&self.tcp, &mut chunk) {
                 Ok(0) => more = false,
                 Ok(n) => st.wire.extend_from_slice(&chunk[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),
