@@ -5,6 +5,27 @@ use rusqlite::Connection;
 
 use crate::{Result, StoreError};
 
+/// The triggers that feed `search_feed` from every change of `messages` (issue 24), made
+/// by the search migration and again by the one that rebuilt the feed's table.
+macro_rules! search_feed_triggers {
+    () => {
+        r#"
+CREATE TRIGGER search_feed_insert AFTER INSERT ON messages BEGIN
+    INSERT INTO search_feed (msg_id, at_ms) VALUES (NEW.id, NEW.created_ms);
+END;
+CREATE TRIGGER search_feed_update AFTER UPDATE OF body ON messages
+WHEN OLD.body IS NOT NEW.body BEGIN
+    INSERT INTO search_feed (msg_id, at_ms)
+    VALUES (NEW.id, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+END;
+CREATE TRIGGER search_feed_delete AFTER DELETE ON messages BEGIN
+    INSERT INTO search_feed (msg_id, at_ms)
+    VALUES (OLD.id, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
+END;
+"#
+    };
+}
+
 pub(super) const MIGRATIONS: &[&str] = &[
     r#"
 CREATE TABLE users (
@@ -266,26 +287,17 @@ CREATE INDEX bot_tokens_bot ON bot_tokens(bot_id);
     // Search (issue 24): the feed of changed messages a full-text index follows, written
     // by triggers so that every path that stores, recalls, edits or deletes a message
     // feeds it.
-    r#"
+    concat!(
+        r#"
 CREATE TABLE search_feed (
     id     INTEGER PRIMARY KEY AUTOINCREMENT,
     msg_id INTEGER NOT NULL,
     at_ms  INTEGER NOT NULL
 );
 CREATE INDEX search_feed_at ON search_feed(at_ms);
-CREATE TRIGGER search_feed_insert AFTER INSERT ON messages BEGIN
-    INSERT INTO search_feed (msg_id, at_ms) VALUES (NEW.id, NEW.created_ms);
-END;
-CREATE TRIGGER search_feed_update AFTER UPDATE OF body ON messages
-WHEN OLD.body IS NOT NEW.body BEGIN
-    INSERT INTO search_feed (msg_id, at_ms)
-    VALUES (NEW.id, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
-END;
-CREATE TRIGGER search_feed_delete AFTER DELETE ON messages BEGIN
-    INSERT INTO search_feed (msg_id, at_ms)
-    VALUES (OLD.id, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
-END;
 "#,
+        search_feed_triggers!()
+    ),
     // Message operations (issue 24, msgops): edits' history, reactions, messages hidden
     // by one user, pins per conversation, and which messages quote which (a recall
     // empties its quotes).
@@ -376,7 +388,8 @@ CREATE TABLE conv_retention (
     // prune never deletes the newest row; when the newest rows were already pruned, a
     // row for no message (msg_id 0) keeps the position `sqlite_sequence` held. The
     // triggers are dropped and made again around the rebuild, unchanged.
-    r#"
+    concat!(
+        r#"
 DROP TRIGGER search_feed_insert;
 DROP TRIGGER search_feed_update;
 DROP TRIGGER search_feed_delete;
@@ -392,19 +405,9 @@ INSERT INTO search_feed_new (id, msg_id, at_ms)
     WHERE name = 'search_feed' AND seq > (SELECT coalesce(max(id), 0) FROM search_feed);
 DROP TABLE search_feed;
 ALTER TABLE search_feed_new RENAME TO search_feed;
-CREATE TRIGGER search_feed_insert AFTER INSERT ON messages BEGIN
-    INSERT INTO search_feed (msg_id, at_ms) VALUES (NEW.id, NEW.created_ms);
-END;
-CREATE TRIGGER search_feed_update AFTER UPDATE OF body ON messages
-WHEN OLD.body IS NOT NEW.body BEGIN
-    INSERT INTO search_feed (msg_id, at_ms)
-    VALUES (NEW.id, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
-END;
-CREATE TRIGGER search_feed_delete AFTER DELETE ON messages BEGIN
-    INSERT INTO search_feed (msg_id, at_ms)
-    VALUES (OLD.id, CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER));
-END;
 "#,
+        search_feed_triggers!()
+    ),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
