@@ -4,7 +4,7 @@
 //! the bootstrap servers; banned ones left out) over TCP and then HTTP long-poll, and
 //! logs in on the winner — resuming from the device's ticket when it has one. Every
 //! attempt is recorded for bans and for the connect reports ([`send_report`]); the
-//! endpoint list is refreshed by [`refresh_endpoints`].
+//! endpoint list is refreshed by [`spawn_refresh`].
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -494,8 +494,25 @@ pub(crate) async fn establish(shared: &Arc<Shared>) -> Result<Connected, End> {
     })
 }
 
+/// Starts [`refresh_endpoints`] unless one is on its way already (a link lost and
+/// logged in again within the refresh's round trip would ask twice).
+pub(crate) fn spawn_refresh(shared: &Arc<Shared>, via: SocketAddr) {
+    {
+        let mut smart = shared.smart.lock();
+        if smart.refreshing {
+            return;
+        }
+        smart.refreshing = true;
+    }
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        refresh_endpoints(&shared, via).await;
+        shared.smart.lock().refreshing = false;
+    });
+}
+
 /// Fetches the endpoint list (when its version changed) and keeps it.
-pub(crate) async fn refresh_endpoints(shared: Arc<Shared>, via: SocketAddr) {
+async fn refresh_endpoints(shared: &Shared, via: SocketAddr) {
     let version = shared.state.lock().endpoints_version;
     let key = shared.cfg.security.key();
     match ShortLink::sealed(&via.to_string(), key)

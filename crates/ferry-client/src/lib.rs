@@ -239,6 +239,8 @@ pub(crate) struct SmartRuntime {
     pub refresh_every: Duration,
     /// When the endpoint list was last fetched (none yet: at the first login).
     pub refreshed_at: Option<tokio::time::Instant>,
+    /// A refresh is on its way: a login meanwhile does not start another.
+    pub refreshing: bool,
     /// The heartbeat interval in use.
     pub heartbeat: Duration,
 }
@@ -253,6 +255,7 @@ impl Default for SmartRuntime {
             bootstrap: Vec::new(),
             refresh_every: Duration::from_secs(600),
             refreshed_at: None,
+            refreshing: false,
             heartbeat: Duration::ZERO,
         }
     }

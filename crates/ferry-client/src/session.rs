@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::connect::{
-    bootstrap, candidates, establish, race_login, refresh_endpoints, send_report, Connected, End,
+    bootstrap, candidates, establish, race_login, send_report, spawn_refresh, Connected, End,
     RaceEnd,
 };
 use crate::heartbeat::{Due, Heartbeat};
@@ -369,7 +369,7 @@ async fn session(
     };
     if now >= refresh_at {
         refresh_at = now + shared.smart.lock().refresh_every;
-        tokio::spawn(refresh_endpoints(shared.clone(), endpoint.addr));
+        spawn_refresh(&shared, endpoint.addr);
     }
     let mut dirty_since_save = false;
     let mut last_report = now;
@@ -561,7 +561,7 @@ async fn session(
                 }
                 if now >= refresh_at {
                     refresh_at = now + shared.smart.lock().refresh_every;
-                    tokio::spawn(refresh_endpoints(shared.clone(), endpoint.addr));
+                    spawn_refresh(&shared, endpoint.addr);
                 }
             }
         }

@@ -2,7 +2,7 @@
 //! or PostgreSQL): cut every link, black-hole them (a half-open network), refuse new
 //! ones (the upstream unreachable), pass only HTTP (a firewall that blocks raw TCP),
 //! delay each chunk (a slow path), drop flows that stay idle (a NAT that forgets them),
-//! and record what clients send (to look for plaintext on the wire).
+//! and record what clients send and receive (to look for plaintext on the wire).
 //!
 //! The random, scheduled faults of the load tests are `ferry bench`'s fault proxy; this
 //! one is switched by the test at the moment it chooses.
@@ -43,6 +43,7 @@ struct Shared {
     refuse: AtomicBool,
     http_only: AtomicBool,
     sent: Mutex<Vec<u8>>,
+    received: Mutex<Vec<u8>>,
 }
 
 /// What the proxy knows about one flow.
@@ -71,6 +72,7 @@ impl Proxy {
             refuse: AtomicBool::new(false),
             http_only: AtomicBool::new(false),
             sent: Mutex::new(Vec::new()),
+            received: Mutex::new(Vec::new()),
         });
         let s = shared.clone();
         tokio::spawn(async move {
@@ -109,6 +111,11 @@ impl Proxy {
     pub fn sent(&self) -> Vec<u8> {
         self.shared.sent.lock().unwrap().clone()
     }
+
+    /// Every byte the upstream sent back to clients so far (with `record`).
+    pub fn received(&self) -> Vec<u8> {
+        self.shared.received.lock().unwrap().clone()
+    }
 }
 
 async fn serve(down: TcpStream, s: Arc<Shared>) {
@@ -142,8 +149,9 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, flow: &Flow, s: &
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
-        if up && s.options.record {
-            s.sent.lock().unwrap().extend_from_slice(&buf[..n]);
+        if s.options.record {
+            let record = if up { &s.sent } else { &s.received };
+            record.lock().unwrap().extend_from_slice(&buf[..n]);
         }
         if let Some(idle) = s.options.idle_drop {
             let mut last = flow.last.lock().unwrap();
