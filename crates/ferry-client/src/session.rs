@@ -369,7 +369,7 @@ async fn session(
     };
     if now >= refresh_at {
         refresh_at = now + shared.smart.lock().refresh_every;
-        spawn_refresh(&shared, endpoint.addr);
+        spawn_refresh(shared, endpoint.addr);
     }
     let mut dirty_since_save = false;
     let mut last_report = now;
@@ -561,7 +561,7 @@ async fn session(
                 }
                 if now >= refresh_at {
                     refresh_at = now + shared.smart.lock().refresh_every;
-                    spawn_refresh(&shared, endpoint.addr);
+                    spawn_refresh(shared, endpoint.addr);
                 }
             }
         }
