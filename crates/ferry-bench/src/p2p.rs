@@ -387,31 +387,30 @@ pub(crate) async fn once(
         }
     }
     let mut per_sec = (0.0, 0.0);
+    let mut delivered_in_window = 0.0;
     let mut drain_secs: f64 = 0.0;
     for value in &results {
         hist::merge_json(&mut h, &value["hist"]);
         let win = value["window_secs"].as_f64().unwrap_or(secs).max(1e-9);
-        per_sec.0 += value["delivered_in_window"].as_f64().unwrap_or(0.0) / win;
+        let delivered = value["delivered_in_window"].as_f64().unwrap_or(0.0);
+        delivered_in_window += delivered;
+        per_sec.0 += delivered / win;
         per_sec.1 += value["acked_in_window"].as_f64().unwrap_or(0.0) / win;
         drain_secs = drain_secs.max(value["drain_secs"].as_f64().unwrap_or(0.0));
     }
-    let delivered_in_window = per_sec.0 * window_secs;
-    let per_msg = |before: Option<u64>, after: Option<u64>| -> Value {
-        match (before, after) {
-            (Some(b), Some(a)) if delivered_in_window >= 1.0 => {
-                json!(a.saturating_sub(b) as f64 / delivered_in_window)
-            }
-            _ => Value::Null,
-        }
+    // CPU µs used in the window by the server (None without its PIDs) and the bench.
+    let server_us = cpu1.0.zip(cpu0.0).map(|(a, b)| a.saturating_sub(b) as f64);
+    let bench_us = Some(cpu1.1.saturating_sub(cpu0.1) as f64);
+    let per_msg = |us: Option<f64>| {
+        us.filter(|_| delivered_in_window >= 1.0)
+            .map(|us| us / delivered_in_window)
     };
+    let cores = |us: Option<f64>| us.map(|us| us / 1e6 / window_secs);
     let cpu = json!({
-        "server_us_per_msg": per_msg(cpu0.0, cpu1.0),
-        "bench_us_per_msg": per_msg(Some(cpu0.1), Some(cpu1.1)),
-        "server_cores": match (cpu0.0, cpu1.0) {
-            (Some(b), Some(a)) => json!(a.saturating_sub(b) as f64 / 1e6 / window_secs),
-            _ => Value::Null,
-        },
-        "bench_cores": cpu1.1.saturating_sub(cpu0.1) as f64 / 1e6 / window_secs,
+        "server_us_per_msg": per_msg(server_us),
+        "bench_us_per_msg": per_msg(bench_us),
+        "server_cores": cores(server_us),
+        "bench_cores": cores(bench_us),
     });
     Ok(json!({
         "pairs": pairs,

@@ -71,6 +71,17 @@ fn every_scenario_runs_and_loses_nothing() {
     assert_eq!(p2p["errors"], 0, "{p2p:#}");
     assert!(num(&p2p, "delivered_per_sec") > 0.0);
     assert!(p2p["latency"]["p99_us"].is_u64());
+    // The CPU of the measured window per delivered message: the bench's own server (its
+    // PID known) and its workers both did work in it.
+    for k in [
+        "server_us_per_msg",
+        "bench_us_per_msg",
+        "server_cores",
+        "bench_cores",
+    ] {
+        let v = num(&p2p["cpu"], k);
+        assert!(v > 0.0 && v.is_finite(), "{k}: {:#}", p2p["cpu"]);
+    }
     // Encrypted by default: one round trip, a HELLO of LOGIN + 104 B and its answer; a
     // "hello" to a 3-letter name on protocol 2 is one compact record of at most 40 B
     // (docs/protocol.md §1.6: a 7-byte client_msg_id; a random one may be shorter).
