@@ -110,7 +110,11 @@ pub trait InboxStore: Send + Sync + 'static {
         Ok(())
     }
 
-    /// Deletes inbox entries stored before `before_ms`; returns how many went.
+    /// Deletes inbox entries stored before `before_ms`; returns how many went. Never
+    /// one stored at or after it. An old entry that follows (in seq) one stored at or
+    /// after `before_ms` may stay until that one goes (the SQLite store walks each inbox
+    /// from its oldest seq and stops at the first entry to keep; the times of concurrent
+    /// writes cross by a few ms).
     async fn prune(&self, before_ms: i64) -> Result<u64>;
 
     async fn message_info(&self, msg_id: u64) -> Result<Option<MessageInfo>>;

@@ -153,6 +153,62 @@ pub async fn synckeys_and_prune(store: Arc<dyn Store>) {
     assert_eq!(next.recipient_seq, 11);
 }
 
+/// Prune takes every user's old entries (more users than one of the SQLite store's
+/// prune jobs walks) and never a newer one, also when the times of a user's entries
+/// cross (concurrent writes): an old entry behind a newer one may wait.
+pub async fn prune_takes_only_old_entries_of_every_user(store: Arc<dyn Store>) {
+    let a = store.create_user("alice", "h").await.unwrap();
+    let b = store.create_user("bob", "h").await.unwrap();
+    // Bob's inbox: seq 1 at 1 000, 2 at 1 003, 3 at 1 001 (crossed), 4 at 1 005.
+    for (cmid, t) in [(1u64, 1_000i64), (2, 1_003), (3, 1_001), (4, 1_005)] {
+        let mut m = new_msg((a, "alice"), (b, "bob"), cmid, "m");
+        m.time_ms = t;
+        store.append_message(m).await.unwrap();
+    }
+    // Many users, each with one old and one new event.
+    let mut many = Vec::new();
+    for i in 0..600 {
+        many.push(store.create_user(&format!("u{i}"), "h").await.unwrap());
+    }
+    let events = |t: i64| {
+        many.iter()
+            .map(|&u| NewEvent {
+                user_id: u,
+                entry: friend_event("alice", t),
+            })
+            .collect::<Vec<_>>()
+    };
+    store.append_events(events(900)).await.unwrap();
+    store.append_events(events(2_000)).await.unwrap();
+
+    let gone = store.prune(1_002).await.unwrap();
+    let seqs = |page: crate::InboxPage| page.entries.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let left = seqs(store.inbox(b, 0, 100).await.unwrap());
+    assert!(!left.contains(&1), "seq 1 (1 000) is old: {left:?}");
+    assert!(
+        left.contains(&2) && left.contains(&4),
+        "newer ones stay: {left:?}"
+    );
+    for &u in &many {
+        let page = store.inbox(u, 0, 10).await.unwrap();
+        assert_eq!(
+            seqs(page),
+            [2],
+            "user {u}: the old event went, the new one stayed"
+        );
+    }
+    // Alice's and Bob's seq 1 (and maybe both their seq 3), and each user's old event.
+    let counted = 2 + many.len() as u64;
+    assert!(
+        gone == counted || gone == counted + 2,
+        "{gone} entries went"
+    );
+
+    store.prune(1_004).await.unwrap();
+    let left = seqs(store.inbox(b, 0, 100).await.unwrap());
+    assert_eq!(left, [4], "1 to 3 went, 4 (1 005) stays");
+}
+
 pub async fn events_share_the_inbox_with_messages(store: Arc<dyn Store>) {
     let a = store.create_user("alice", "h").await.unwrap();
     let b = store.create_user("bob", "h").await.unwrap();

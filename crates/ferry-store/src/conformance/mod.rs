@@ -40,6 +40,7 @@ macro_rules! conformance_tests {
             audit: audit_entries_page_newest_first;
             bots: bots_and_their_tokens, sent_message_ids_are_found_by_client_msg_id;
             inbox: messages_and_inbox, paging_and_concurrency, synckeys_and_prune,
+                prune_takes_only_old_entries_of_every_user,
                 events_share_the_inbox_with_messages,
                 append_messages_keeps_order_and_answers_each,
                 concurrent_batches_keep_each_senders_order;

@@ -198,6 +198,46 @@ fn append_one(txn: &Transaction, state: &mut WriterState, msg: NewMessage) -> Re
     })
 }
 
+/// Users whose inboxes one writer job of [`InboxStore::prune`] walks.
+const PRUNE_USERS: usize = 512;
+
+/// Prunes the inboxes of the next [`PRUNE_USERS`] users after user id `after`: returns
+/// how many entries went and the last user walked (`None`: no user was left).
+fn prune_inboxes(txn: &Transaction, after: i64, before_ms: i64) -> Result<(u64, Option<i64>)> {
+    let users: Vec<i64> = txn
+        .prepare_cached("SELECT id FROM users WHERE id > ?1 ORDER BY id LIMIT ?2")?
+        .query_map(params![after, PRUNE_USERS as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut gone = 0;
+    for &user in &users {
+        // The primary key walks the user's entries in seq order and stops at the first
+        // one to keep.
+        let keep_from: Option<i64> = txn
+            .prepare_cached(
+                "SELECT seq FROM inbox WHERE user_id = ?1 AND created_ms >= ?2 ORDER BY seq LIMIT 1",
+            )?
+            .query_row(params![user, before_ms], |r| r.get(0))
+            .optional()?;
+        gone += match keep_from {
+            Some(seq) => txn
+                .prepare_cached("DELETE FROM inbox WHERE user_id = ?1 AND seq < ?2")?
+                .execute(params![user, seq])?,
+            None => {
+                // Every entry goes: keep the newest seq as the floor of the next one.
+                txn.prepare_cached(
+                    "UPDATE users SET last_seq = max(last_seq, (SELECT max(seq) FROM inbox
+                       WHERE user_id = ?1)) WHERE id = ?1 AND EXISTS
+                       (SELECT 1 FROM inbox WHERE user_id = ?1)",
+                )?
+                .execute([user])?;
+                txn.prepare_cached("DELETE FROM inbox WHERE user_id = ?1")?
+                    .execute([user])?
+            }
+        } as u64;
+    }
+    Ok((gone, users.last().copied()))
+}
+
 /// An error after which the transaction may hold partial writes.
 fn partial(e: &StoreError) -> bool {
     matches!(e, StoreError::Sqlite(_) | StoreError::Io(_))
@@ -290,18 +330,27 @@ impl InboxStore for SqliteStore {
         .await
     }
 
+    /// Walks each user's inbox from its oldest seq (the inbox has no index on
+    /// `created_ms`: two entries of it per 1:1 message cost the writer more than an
+    /// hourly walk costs), [`PRUNE_USERS`] users per writer job, so sends go on between
+    /// the jobs. Per user it finds the first entry written at or after `before_ms` and
+    /// deletes every one before it: an older entry behind a newer one (times of
+    /// concurrent writes cross by a few ms) waits for the next prune, and reads as an
+    /// entry without kind if its message went now (messages go by their own time).
     async fn prune(&self, before_ms: i64) -> Result<u64> {
+        let mut after = 0i64;
+        let mut gone = 0u64;
+        loop {
+            let (n, last) = self
+                .write(move |txn, _| prune_inboxes(txn, after, before_ms))
+                .await?;
+            gone += n;
+            match last {
+                Some(id) => after = id,
+                None => break,
+            }
+        }
         self.write(move |txn, _| {
-            // Keep each pruned user's newest seq as the floor of the next one.
-            txn.prepare_cached(
-                "UPDATE users SET last_seq = max(last_seq, (SELECT max(i.seq) FROM inbox i
-                   WHERE i.user_id = users.id))
-                 WHERE id IN (SELECT DISTINCT user_id FROM inbox WHERE created_ms < ?1)",
-            )?
-            .execute([before_ms])?;
-            let n = txn
-                .prepare_cached("DELETE FROM inbox WHERE created_ms < ?1")?
-                .execute([before_ms])?;
             // What goes with the messages: their edits' history, reactions, pins, hides
             // and reply records.
             for sql in [
@@ -317,9 +366,10 @@ impl InboxStore for SqliteStore {
             }
             txn.prepare_cached("DELETE FROM messages WHERE created_ms < ?1")?
                 .execute([before_ms])?;
-            Ok(n as u64)
+            Ok(())
         })
-        .await
+        .await?;
+        Ok(gone)
     }
 
     async fn append_events(&self, events: Vec<NewEvent>) -> Result<Vec<u64>> {
