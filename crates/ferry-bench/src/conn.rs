@@ -90,6 +90,9 @@ pub struct FerryConn {
     /// throughput benches have always sent) unless set; with 2, an encrypted TCP link
     /// switches to compact records after the answer (docs/protocol.md §1.6).
     pub protocol: u32,
+    /// The LOGIN asks for the link's own messages' entries in their SendAck
+    /// (`LoginReq.echo_in_ack`, as the SDK does) instead of in a NOTIFY.
+    pub echo_in_ack: bool,
 }
 
 /// A session resumption ticket and its secret (the handshake answer's `TICKET` frame).
@@ -148,6 +151,7 @@ impl FerryConn {
             ticket: None,
             ticket_bytes: 0,
             protocol: 0,
+            echo_in_ack: false,
         })
     }
 
@@ -308,6 +312,7 @@ impl FerryConn {
             synckey,
             client_version: String::new(),
             protocol: self.protocol,
+            echo_in_ack: self.echo_in_ack,
         };
         let mut login = BytesMut::new();
         encode_msg(cmd::LOGIN, 1, &req, &mut login);
@@ -437,9 +442,10 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
         tokens.push(v1::AuthResp::decode(&body[..])?.token);
     }
     befriend(&short, (&a, &tokens[0]), (&b, &tokens[1])).await?;
-    // As the SDK does: protocol 2, compact records.
+    // As the SDK does: protocol 2, compact records, its own entries in its acks.
     let mut ca = FerryConn::connect(server).await?;
     ca.protocol = ferry_proto::PROTOCOL_VERSION;
+    ca.echo_in_ack = true;
     ca.login(&tokens[0], 0).await?;
     let ticket = ca.ticket.clone();
     // What the resumption ticket adds to the login answer (its TICKET frame).
@@ -469,15 +475,22 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
     };
     ca.send(cmd::SEND, 2, &hello).await?;
     let sent = ca.bytes_out - out0;
-    // The sender gets its ack and its own copy (other devices of the sender need it).
+    // The sender gets its ack with its own copy inside (other devices of the sender get
+    // it in a notify).
     let mut ack_seen = false;
     let mut echo_seen = false;
     tokio::time::timeout(IO_TIMEOUT, async {
         while !(ack_seen && echo_seen) {
             let f = ca.read_frame().await?;
             match f.cmd {
-                c if c == cmd::response(cmd::SEND) => ack_seen = true,
-                cmd::NOTIFY => echo_seen = true,
+                c if c == cmd::response(cmd::SEND) => {
+                    ack_seen = true;
+                    echo_seen = v1::SendAck::decode(f.body)?.entry.is_some();
+                    if !echo_seen {
+                        bail!("the hello's ack came without its entry");
+                    }
+                }
+                cmd::NOTIFY => bail!("the sending link was notified of its own hello"),
                 cmd::ERROR => {
                     let e = v1::Error::decode(f.body).unwrap_or_default();
                     bail!("hello refused: {}", e.message)

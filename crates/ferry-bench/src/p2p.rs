@@ -7,7 +7,8 @@
 //! slow server shows up as latency instead of being hidden by a slower sender. Closed
 //! loop keeps `--window` messages per sender sent but not yet delivered.
 //!
-//! A Ferry receiver behaves as the SDK does: it applies inline notify entries that
+//! A Ferry receiver behaves as the SDK does: it takes its own messages' entries in their
+//! acks (`LoginReq.echo_in_ack`), applies inline notify entries that
 //! continue its synckey, holds those that arrive ahead of it for up to
 //! [`ferry_client::GAP_WAIT`] (notifies are not ordered), and otherwise syncs. A
 //! message counts as lost when the server acknowledged it (durable) and it never
@@ -447,6 +448,8 @@ async fn open(spec: &Spec, i: usize, cred: &str) -> anyhow::Result<Link> {
     Ok(match spec.protocol {
         Proto::Ferry => {
             let mut conn = FerryConn::connect_over(server, spec.transport).await?;
+            // As the SDK does: its own messages' entries come in their acks.
+            conn.echo_in_ack = true;
             let login = conn.login(cred, 0).await?;
             Link::Ferry {
                 conn,
@@ -701,6 +704,17 @@ async fn ferry_reader(
                 let mut b = out.inner.lock().expect("ledger");
                 if b.ack(u64::from(frame.req_id)) && !sh.stop_send.is_cancelled() {
                     sh.acked.fetch_add(1, Ordering::Relaxed);
+                }
+                drop(b);
+                // The sender's own entry, in place of a notify of it (echo_in_ack).
+                if let Ok(v1::SendAck { entry: Some(e), .. }) = v1::SendAck::decode(frame.body) {
+                    if e.seq > synckey {
+                        held.hold(vec![e], synckey);
+                        for e in held.take_run(synckey) {
+                            apply(e, &mut synckey);
+                        }
+                        sync.held(!held.is_empty());
+                    }
                 }
             }
             cmd::NOTIFY => {

@@ -308,6 +308,9 @@ async fn attempt(
         synckey,
         client_version: cfg.client_version.clone(),
         protocol: ferry_proto::PROTOCOL_VERSION,
+        // Our own messages' entries come in their SendAck (the sync machine applies
+        // them): one frame fewer per message than a NOTIFY beside the ack.
+        echo_in_ack: true,
     };
     let mut out = BytesMut::new();
     encode_msg(cmd::LOGIN, 1, &login, &mut out);

@@ -10,6 +10,8 @@
 //! - A NOTIFY whose inline entries are contiguous and end at `latest_seq` is applied, or
 //!   held (see [`Held`]) until the entries before it arrive; after [`GAP_WAIT`], or when
 //!   the hold is full, or when the entries are not inline, the device sends SYNC.
+//! - A SendAck carrying the sender's own entry (the link logged in with
+//!   `echo_in_ack`) is taken as a NOTIFY of that one entry.
 //! - A SYNC answer is applied, its `synckey` adopted (it may jump past pruned entries),
 //!   and SYNC is sent again while `more`, while `latest_seq` is above the synckey, or when
 //!   a notify came during the sync. One SYNC is in flight at a time; one GROUP_SYNC per
@@ -224,6 +226,23 @@ impl SyncMachine {
                         }
                     }
                 }
+            }
+            c if c == cmd::response(cmd::SEND) => {
+                // The link asked for its own messages' entries in their SendAck
+                // (`LoginReq.echo_in_ack`): the entry counts as a notify of it. The ack
+                // itself goes on to the send that waits for it.
+                if let Ok(v1::SendAck { entry: Some(e), .. }) = v1::SendAck::decode(f.body.clone())
+                {
+                    let latest_seq = e.seq;
+                    self.on_notify(
+                        v1::Notify {
+                            latest_seq,
+                            entries: vec![e],
+                        },
+                        now,
+                    );
+                }
+                return Ok(Some(f));
             }
             _ => return Ok(Some(f)),
         }
@@ -538,6 +557,43 @@ mod tests {
         assert_eq!(applied(&mut m), [2, 3]);
         assert!(sent(&mut m).is_empty(), "3 was held: nothing left to fetch");
         assert_eq!(m.synckey(), 3);
+    }
+
+    /// A SendAck with the sender's own entry (`LoginReq.echo_in_ack`): the entry is
+    /// applied like a notify's, in seq order with the notifies, and the ack goes on to
+    /// the send waiting for it.
+    #[test]
+    fn a_send_ack_with_its_entry_is_applied_in_order() {
+        let mut m = SyncMachine::new(0, BTreeMap::new());
+        let ack = |id: u32, seq: u64| {
+            let body = v1::SendAck {
+                msg_id: 100 + seq,
+                seq,
+                time_ms: 1,
+                entry: Some(entry(seq)),
+            };
+            Frame::new(cmd::response(cmd::SEND), id, body.encode_to_vec())
+        };
+        let f = m.on_frame(ack(7, 1), Instant::now()).unwrap();
+        assert_eq!(f.map(|f| f.req_id), Some(7), "the ack goes on");
+        assert_eq!(applied(&mut m), [1]);
+        // Ahead of a notify still on its way: held, then applied after it.
+        assert!(m.on_frame(ack(8, 3), Instant::now()).unwrap().is_some());
+        assert!(applied(&mut m).is_empty());
+        feed(&mut m, notify(2));
+        assert_eq!(applied(&mut m), [2, 3]);
+        // An ack without an entry (an older server, a duplicate) changes nothing.
+        let plain = v1::SendAck {
+            msg_id: 9,
+            seq: 4,
+            time_ms: 1,
+            entry: None,
+        };
+        let f = Frame::new(cmd::response(cmd::SEND), 9, plain.encode_to_vec());
+        assert!(m.on_frame(f, Instant::now()).unwrap().is_some());
+        assert!(applied(&mut m).is_empty());
+        assert_eq!(m.synckey(), 3);
+        assert!(sent(&mut m).is_empty(), "no SYNC was needed");
     }
 
     #[test]

@@ -475,16 +475,12 @@ async fn login<T: Transport>(
     if write_out(stream, &mut out).await.is_err() {
         return Err(End::Broken);
     }
-    let link = Arc::new(Link::new(
-        conn_id,
-        resp.user_id,
-        resp.device_id.into(),
-        gw.now_ms(),
-    ));
+    let mut link = Link::new(conn_id, resp.user_id, resp.device_id.into(), gw.now_ms());
     // The device's synckey at login is its first acknowledgement (registry.rs).
-    let synckey = v1::LoginReq::decode(login_body).map_or(0, |r| r.synckey);
-    link.synckey.store(synckey, Ordering::Relaxed);
-    Ok((link, frames))
+    let asked = v1::LoginReq::decode(login_body).unwrap_or_default();
+    link.synckey.store(asked.synckey, Ordering::Relaxed);
+    link.echo_in_ack = asked.echo_in_ack;
+    Ok((Arc::new(link), frames))
 }
 
 /// Requests of one link handled at once. Beyond this the link is not read until one
@@ -887,6 +883,7 @@ async fn forward_sends(
         peer: peer.to_owned(),
         origin: origin as i32,
         batch: frames.iter().map(|f| f.body.clone()).collect(),
+        echo_in_ack: link.echo_in_ack,
         ..Default::default()
     };
     let mut keep = true;
@@ -954,6 +951,7 @@ async fn forward_one(
         conn_id: link.conn_id,
         peer: peer.to_owned(),
         origin: origin as i32,
+        echo_in_ack: link.echo_in_ack,
         ..Default::default()
     };
     if req.cmd == u32::from(cmd::ENDPOINTS) {

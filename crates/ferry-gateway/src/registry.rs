@@ -32,6 +32,10 @@ pub(crate) struct Link {
     pub last_rx_ms: AtomicU64,
     /// `TIMED_OUT` / `SHUTDOWN`, set by the sweeper; the link acts on them when woken.
     pub flags: AtomicU8,
+    /// The login asked for its own 1:1 messages' entries in their SendAck
+    /// (`LoginReq.echo_in_ack`): its requests say so to logic (`BusRequest.echo_in_ack`),
+    /// which then leaves it out of those entries' notifies (`Push.skip_conn_id`).
+    pub echo_in_ack: bool,
     outbox: Mutex<Outbox>,
     /// The link's task, woken by pushes and the sweeper.
     pub waker: AtomicWaker,
@@ -58,6 +62,7 @@ impl Link {
             synckey: AtomicU64::new(0),
             last_rx_ms: AtomicU64::new(now_ms),
             flags: AtomicU8::new(0),
+            echo_in_ack: false,
             outbox: Mutex::new(Outbox::default()),
             waker: AtomicWaker::new(),
         }
@@ -200,7 +205,9 @@ impl Registry {
             // gateway numbers links in the order they were opened, so a login that logic
             // finished late (its link already closed, the client in again on a newer
             // link) kicks nothing newer than itself.
-            if push.keep_conn_id.is_some_and(|keep| link.conn_id >= keep) {
+            if push.keep_conn_id.is_some_and(|keep| link.conn_id >= keep)
+                || push.skip_conn_id == Some(link.conn_id)
+            {
                 continue;
             }
             if latest.is_some_and(|seq| seq <= link.synckey.load(Ordering::Relaxed)) {
@@ -269,6 +276,24 @@ mod tests {
             ..Default::default()
         });
         assert_eq!((queued(&behind), queued(&ahead)), (1, 1));
+    }
+
+    /// The link that took a message's entry in its SendAck is left out of the notify;
+    /// the user's other links get it.
+    #[test]
+    fn a_notify_skips_the_link_that_took_the_entry_in_its_ack() {
+        let reg = Registry::new(16, Arc::new(Stats::default()));
+        let sender = Arc::new(Link::new(1, 1, "phone".into(), 0));
+        let other = Arc::new(Link::new(2, 1, "tablet".into(), 0));
+        reg.add(sender.clone());
+        reg.add(other.clone());
+        reg.push(Push {
+            skip_conn_id: Some(1),
+            ..notify(5)
+        });
+        assert_eq!((queued(&sender), queued(&other)), (0, 1));
+        reg.push(notify(6));
+        assert_eq!((queued(&sender), queued(&other)), (1, 1));
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Inbox {
                 }
                 // Webhook events are durable before the ack (at least once).
                 self.hook_events(&[(&d, &done)]).await?;
-                Ok(self.finish(&me, d, done, started, req.cmd).await)
+                Ok(self.finish(&me, d, done, started, req).await)
             }
         }
     }
@@ -126,13 +126,13 @@ impl Inbox {
                 Err(e) => out[i] = Some(Err(e)),
                 Ok(Prepared::Direct(d)) => direct.push((i, d)),
                 Ok(Prepared::Group(r, quote, fwd)) => {
-                    self.store_direct(&me, &mut direct, &mut out, started, req.cmd)
+                    self.store_direct(&me, &mut direct, &mut out, started, req)
                         .await;
                     out[i] = Some(Box::pin(self.groups.send(&me, r, quote, fwd, req.cmd)).await);
                 }
             }
         }
-        self.store_direct(&me, &mut direct, &mut out, started, req.cmd)
+        self.store_direct(&me, &mut direct, &mut out, started, req)
             .await;
         out.into_iter()
             .map(|a| a.unwrap_or_else(|| Err(LogicError::Internal("send not answered".into()))))
@@ -146,7 +146,7 @@ impl Inbox {
         direct: &mut Vec<(usize, Direct)>,
         out: &mut [Option<Result<BusResponse, LogicError>>],
         started: std::time::Instant,
-        cmd: u32,
+        req: &BusRequest,
     ) {
         if direct.is_empty() {
             return;
@@ -215,7 +215,7 @@ impl Inbox {
                 let mut results = results.into_iter();
                 for (i, d) in taken {
                     out[i] = Some(match results.next() {
-                        Some(Ok(done)) => Ok(self.finish(me, d, done, started, cmd).await),
+                        Some(Ok(done)) => Ok(self.finish(me, d, done, started, req).await),
                         Some(Err(e)) => Err(e.into()),
                         None => Err(LogicError::Internal(
                             "the store answered fewer sends than it was given".into(),
@@ -377,16 +377,19 @@ impl Inbox {
         Ok(())
     }
 
-    /// After the store: notify both sides, answer the SendAck.
+    /// After the store: notify both sides, answer the SendAck. A link that takes its own
+    /// messages' entries in their SendAck (`BusRequest.echo_in_ack`) gets the entry
+    /// there and is left out of the sender's notify.
     async fn finish(
         &self,
         me: &DeviceSession,
         d: Direct,
         done: Appended,
         started: std::time::Instant,
-        cmd: u32,
+        req: &BusRequest,
     ) -> BusResponse {
         let to = d.to;
+        let mut echo = None;
         if !done.duplicate {
             let message = v1::Message {
                 msg_id: done.msg_id,
@@ -407,9 +410,17 @@ impl Inbox {
                     .record(started.elapsed().as_secs_f64());
             }
             if to != me.user_id {
-                self.notifier
-                    .notify_message(me.user_id, done.sender_seq, &message)
-                    .await;
+                if req.echo_in_ack && req.conn_id != 0 {
+                    let link = (req.gateway_id.as_str(), req.conn_id);
+                    echo = self
+                        .notifier
+                        .echo_message(me.user_id, done.sender_seq, &message, link)
+                        .await;
+                } else {
+                    self.notifier
+                        .notify_message(me.user_id, done.sender_seq, &message)
+                        .await;
+                }
             }
         } else {
             metrics::counter!("ferry_messages_duplicate_total").increment(1);
@@ -423,11 +434,12 @@ impl Inbox {
             }
         }
         ok(
-            cmd,
+            req.cmd,
             &v1::SendAck {
                 msg_id: done.msg_id,
                 seq: done.sender_seq,
                 time_ms: done.time_ms,
+                entry: echo,
             },
         )
     }
@@ -695,6 +707,72 @@ mod tests {
         let page = v1::SyncResp::decode(resp.body).unwrap();
         assert_eq!(page.entries.len(), 1);
         assert_eq!(page.synckey, page.latest_seq);
+    }
+
+    /// A link that asked for its own entries in its acks (`echo_in_ack`) gets the entry
+    /// in the SendAck and no notify of it; the sender's other links still get one, and
+    /// a retry (a duplicate) is notified to every link as before.
+    #[tokio::test]
+    async fn a_link_that_asks_gets_its_own_entry_in_the_ack_and_no_notify() {
+        let w = World::new(open());
+        let (ann, bob) = (w.user("ann").await, w.user("bob").await);
+        w.notifier.link_up(bob, "gw-b", 1, "d1").await;
+        w.notifier.link_up(ann, "gw-a", 2, "d1").await;
+        let echo = |r: BusRequest| BusRequest {
+            gateway_id: "gw-a".into(),
+            conn_id: 2,
+            echo_in_ack: true,
+            ..r
+        };
+        let send = echo(req(cmd::SEND, ann, &text("bob", "hello", 7)));
+        let ack = v1::SendAck::decode(w.inbox.send(&send).await.unwrap().body).unwrap();
+        let e = ack.entry.clone().expect("the entry rides in the ack");
+        assert_eq!(e.seq, ack.seq);
+        let Some(v1::entry::Kind::Message(m)) = &e.kind else {
+            panic!("not a message: {e:?}");
+        };
+        assert_eq!((m.text.as_str(), m.msg_id), ("hello", ack.msg_id));
+        let pushes = w.pushes();
+        assert_eq!(pushes.len(), 1, "the recipient only: {pushes:?}");
+        assert_eq!((pushes[0].0.as_str(), pushes[0].1.user_id), ("gw-b", bob));
+
+        // Ann's tablet on the same gateway: notified, the sending link left out.
+        w.notifier.link_up(ann, "gw-a", 3, "tablet").await;
+        let batch = BusRequest {
+            batch: vec![
+                Bytes::from(text("bob", "two", 8).encode_to_vec()),
+                Bytes::from(text("bob", "three", 9).encode_to_vec()),
+            ],
+            ..echo(req(cmd::SEND, ann, &v1::SendMsg::default()))
+        };
+        let answers = w.inbox.send_batch(&batch).await;
+        for a in answers {
+            let ack = v1::SendAck::decode(a.unwrap().body).unwrap();
+            assert_eq!(ack.entry.map(|e| e.seq), Some(ack.seq));
+        }
+        let mine: Vec<Push> = w
+            .pushes()
+            .into_iter()
+            .filter(|(_, p)| p.user_id == ann)
+            .map(|(gw, p)| {
+                assert_eq!(gw, "gw-a");
+                p
+            })
+            .collect();
+        assert_eq!(mine.len(), 2, "one notify per message for the tablet");
+        assert!(mine.iter().all(|p| p.skip_conn_id == Some(2)));
+
+        // A retry is answered from the store: no entry, every link notified.
+        let again = v1::SendAck::decode(w.inbox.send(&send).await.unwrap().body).unwrap();
+        assert_eq!((again.msg_id, again.entry), (ack.msg_id, None));
+        let mine: Vec<Push> = w
+            .pushes()
+            .into_iter()
+            .filter(|(_, p)| p.user_id == ann)
+            .map(|(_, p)| p)
+            .collect();
+        assert_eq!(mine.len(), 1);
+        assert_eq!(mine[0].skip_conn_id, None);
     }
 
     #[tokio::test]

@@ -136,21 +136,60 @@ impl Notifier {
     /// The message is copied into the entry only when some gateway holds a link of
     /// `user`: for a user with no live link the copy would be thrown away.
     pub async fn notify_message(&self, user: u64, seq: u64, message: &v1::Message) -> usize {
-        self.notify_with(user, seq, || v1::Entry {
+        self.notify_with(
+            user,
+            seq,
+            || v1::Entry {
+                kind: Some(v1::entry::Kind::Message(message.clone())),
+                ..Default::default()
+            },
+            None,
+        )
+        .await
+    }
+
+    /// A 1:1 message `user` sent on link `conn` of `gateway`, a link that takes its own
+    /// messages' entries in their SendAck (`BusRequest.echo_in_ack`): returns the entry
+    /// for the SendAck and tells the user's other links as [`Self::notify_message`]
+    /// does, leaving that one out. `None` when the entry is too large to ride inline:
+    /// then every link is notified, that one too (it syncs).
+    pub async fn echo_message(
+        &self,
+        user: u64,
+        seq: u64,
+        message: &v1::Message,
+        (gateway, conn): (&str, u64),
+    ) -> Option<v1::Entry> {
+        let entry = v1::Entry {
+            seq,
             kind: Some(v1::entry::Kind::Message(message.clone())),
             ..Default::default()
-        })
-        .await
+        };
+        if entry.encoded_len() > self.inline_bytes {
+            self.notify_message(user, seq, message).await;
+            return None;
+        }
+        self.notify_with(user, seq, || entry.clone(), Some((gateway, conn)))
+            .await;
+        metrics::counter!("ferry_entries_out_total", "via" => "ack").increment(1);
+        Some(entry)
     }
 
     /// Tells every gateway holding `user`'s links that the inbox reached `seq`, with
     /// `entry` inline when it is small. Returns how many gateways took the push.
     pub async fn notify_entry(&self, user: u64, seq: u64, entry: v1::Entry) -> usize {
-        self.notify_with(user, seq, || entry).await
+        self.notify_with(user, seq, || entry, None).await
     }
 
-    /// [`Self::notify_entry`] with the entry built only once a route to `user` is known.
-    async fn notify_with(&self, user: u64, seq: u64, entry: impl FnOnce() -> v1::Entry) -> usize {
+    /// [`Self::notify_entry`] with the entry built only once a route to `user` is known,
+    /// leaving out link `skip` (gateway, connection id) when given.
+    async fn notify_with(
+        &self,
+        user: u64,
+        seq: u64,
+        entry: impl FnOnce() -> v1::Entry,
+        skip: Option<(&str, u64)>,
+    ) -> usize {
         self.watchers.wake(user);
         let entry = match self.hooks.get().filter(|h| h.has_owner(user)) {
             Some(h) => {
@@ -166,7 +205,14 @@ impl Notifier {
             Ok(e) => e,
             Err(f) => f(),
         };
-        let gateways = self.presence.gateways(user);
+        let gateways = match skip {
+            None => self.presence.gateways(user),
+            Some((g, c)) => match self.presence.gateways_except(user, g, c) {
+                // The link left out is the user's only one: nothing to tell.
+                Some(others) if others.is_empty() => return 0,
+                others => others.unwrap_or_default(),
+            },
+        };
         if gateways.is_empty() {
             self.note_unrouted(user, seq);
             return 0;
@@ -193,7 +239,21 @@ impl Notifier {
             notify_seq: seq,
             ..Default::default()
         };
-        let pushed = self.push_via(&gateways, push).await;
+        let pushed = match skip {
+            None => self.push_via(&gateways, push).await,
+            Some((g, c)) => {
+                let mut pushed = 0;
+                for gw in &gateways {
+                    let mut p = push.clone();
+                    // Connection ids are the gateway's own: name it to that one only.
+                    if **gw == *g {
+                        p.skip_conn_id = Some(c);
+                    }
+                    pushed += usize::from(self.push_to(gw, p).await);
+                }
+                pushed
+            }
+        };
         metrics::counter!("ferry_notifies_total").increment(pushed as u64);
         metrics::counter!("ferry_entries_out_total", "via" => "notify")
             .increment(inline * pushed as u64);

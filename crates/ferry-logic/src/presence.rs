@@ -97,6 +97,20 @@ impl Presence {
         out
     }
 
+    /// The gateways to push to for `user`, leaving out link `conn` of `gateway`: a
+    /// gateway is named only if it holds another of the user's links. `None` when no
+    /// route to `user` is known at all (not even that link).
+    pub fn gateways_except(&self, user: u64, gateway: &str, conn: u64) -> Option<Vec<Arc<str>>> {
+        let e = self.routes.get(&user)?;
+        let mut out: Vec<Arc<str>> = Vec::new();
+        for (g, c, _) in e.iter() {
+            if (*c != conn || **g != *gateway) && !out.iter().any(|o| **o == **g) {
+                out.push(g.clone());
+            }
+        }
+        Some(out)
+    }
+
     /// Calls `f` once for each gateway holding links of `user`, allocating nothing (a
     /// group push asks this for every member).
     pub fn each_gateway(&self, user: u64, mut f: impl FnMut(&Arc<str>)) {
@@ -167,6 +181,23 @@ mod tests {
         assert_eq!(p.users_online(), 1);
         p.drop_gateway("b");
         assert_eq!(p.users_online(), 0);
+    }
+
+    #[test]
+    fn gateways_except_one_link_name_only_gateways_with_others() {
+        let p = Presence::default();
+        assert_eq!(p.gateways_except(1, "a", 1), None, "no route at all");
+        p.online(1, "a", 1, "phone");
+        assert_eq!(p.gateways_except(1, "a", 1), Some(vec![]), "only that link");
+        p.online(1, "b", 1, "tablet");
+        let only_b = p.gateways_except(1, "a", 1).unwrap();
+        assert_eq!(only_b.iter().map(|g| &**g).collect::<Vec<_>>(), ["b"]);
+        p.online(1, "a", 2, "laptop");
+        let mut both: Vec<&str> = Vec::new();
+        let gateways = p.gateways_except(1, "a", 1).unwrap();
+        both.extend(gateways.iter().map(|g| &**g));
+        both.sort_unstable();
+        assert_eq!(both, ["a", "b"]);
     }
 
     #[test]

@@ -255,6 +255,7 @@ pub fn login_frame_speaking(token: &str, protocol: u32) -> BytesMut {
         synckey: 0,
         client_version: "raw".into(),
         protocol,
+        ..Default::default()
     };
     encode_msg(cmd::LOGIN, 1, &req, &mut b);
     b

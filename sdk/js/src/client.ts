@@ -655,7 +655,9 @@ export class FerryClient {
   }
 
   private async attempt(ep: string, t: Transport, key: Uint8Array, d: Dialing): Promise<LinkOpened> {
-    const login = { token: this.requireToken(), synckey: this._synckey, clientVersion: CLIENT_VERSION, protocol: 1 };
+    // echoInAck: not yet — this SDK takes its own messages' entries from notifies
+    // (docs/protocol.md §2, *Your own entry in the ack*).
+    const login = { token: this.requireToken(), synckey: this._synckey, clientVersion: CLIENT_VERSION, protocol: 1, echoInAck: false };
     let ticket = this.ticket && this.ticket.expiresMs > Date.now() + 5000 ? this.ticket : undefined;
     let opened: LinkOpened;
     try {

@@ -669,6 +669,8 @@ impl Groups {
                 msg_id: done.msg_id,
                 seq: done.recipient_seq,
                 time_ms: done.time_ms,
+                // Group entries reach every member's links by GROUP_NOTIFY.
+                entry: None,
             },
         ))
     }

@@ -303,3 +303,65 @@ async fn a_slow_app_loses_nothing_when_its_event_channel_fills() {
     alice.close().await;
     bob.close().await;
 }
+
+/// A link that logs in with `echo_in_ack` gets its own message's entry in the SendAck
+/// and no NOTIFY of it; the same user's other link still gets the NOTIFY, and a link
+/// that did not ask gets it too (docs/protocol.md §2, *Your own entry in the ack*).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_that_asks_gets_its_own_entry_in_the_ack_and_no_notify() {
+    let srv = TestServer::start().await;
+    srv.register(&["alice", "bob"]).await;
+    let addr = srv.addr();
+    let link = |device: &'static str, echo: bool| {
+        let addr = addr.clone();
+        async move {
+            let t = token(&addr, "alice", device).await;
+            let mut raw = RawLink::connect(&addr).await;
+            let req = v1::LoginReq {
+                token: t,
+                echo_in_ack: echo,
+                ..Default::default()
+            };
+            raw.send(cmd::LOGIN, 1, &req).await;
+            let f = raw.recv(5).await.expect("login answer");
+            assert_eq!(f.cmd, cmd::response(cmd::LOGIN));
+            raw
+        }
+    };
+    let mut phone = link("phone", true).await;
+    let mut laptop = link("laptop", false).await;
+    // Both links' routes reach logic before the send.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let hello = v1::SendMsg {
+        client_msg_id: 77,
+        to: "bob".into(),
+        text: "hello".into(),
+        ..Default::default()
+    };
+    phone.send(cmd::SEND, 2, &hello).await;
+    let f = phone.recv(5).await.expect("the ack");
+    assert_eq!((f.cmd, f.req_id), (cmd::response(cmd::SEND), 2));
+    let ack = v1::SendAck::decode(f.body).unwrap();
+    let entry = ack.entry.expect("the entry in the ack");
+    assert_eq!(entry.seq, ack.seq);
+    match entry.kind {
+        Some(v1::entry::Kind::Message(m)) => {
+            assert_eq!((m.text.as_str(), m.msg_id), ("hello", ack.msg_id))
+        }
+        other => panic!("not the message: {other:?}"),
+    }
+    // The laptop hears of it; the phone does not (its next frame is its heartbeat's
+    // answer, sent after the laptop's notify arrived).
+    let f = laptop.recv(5).await.expect("the laptop's notify");
+    assert_eq!(f.cmd, cmd::NOTIFY);
+    assert_eq!(v1::Notify::decode(f.body).unwrap().latest_seq, ack.seq);
+    phone
+        .send(cmd::HEARTBEAT, 3, &v1::Heartbeat::default())
+        .await;
+    let f = phone.recv(5).await.expect("the heartbeat's answer");
+    assert_eq!(
+        (f.cmd, f.req_id),
+        (cmd::response(cmd::HEARTBEAT), 3),
+        "no NOTIFY of its own entry on the sending link"
+    );
+}
