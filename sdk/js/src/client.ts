@@ -655,9 +655,9 @@ export class FerryClient {
   }
 
   private async attempt(ep: string, t: Transport, key: Uint8Array, d: Dialing): Promise<LinkOpened> {
-    // echoInAck: not yet — this SDK takes its own messages' entries from notifies
-    // (docs/protocol.md §2, *Your own entry in the ack*).
-    const login = { token: this.requireToken(), synckey: this._synckey, clientVersion: CLIENT_VERSION, protocol: 1, echoInAck: false };
+    // echoInAck: our own messages' entries come in their SendAck instead of a NOTIFY
+    // beside it (docs/protocol.md §2, *Your own entry in the ack*; pumpSends applies them).
+    const login = { token: this.requireToken(), synckey: this._synckey, clientVersion: CLIENT_VERSION, protocol: 1, echoInAck: true };
     let ticket = this.ticket && this.ticket.expiresMs > Date.now() + 5000 ? this.ticket : undefined;
     let opened: LinkOpened;
     try {
@@ -1071,7 +1071,12 @@ export class FerryClient {
         try {
           const f = await link.request(cmd.SEND, toBinary(SendMsgSchema, head.msg), this.timeoutMs);
           if (this.sends[0] === head) this.sends.shift();
-          head.resolve(decode(SendAckSchema, f.body));
+          const ack = decode(SendAckSchema, f.body);
+          // Our own entry, as a notify of that one entry would have carried it.
+          if (ack.entry && this.ls) {
+            this.onNotify(this.ls, create(NotifySchema, { latestSeq: ack.entry.seq, entries: [ack.entry] }));
+          }
+          head.resolve(ack);
         } catch (e) {
           const fe = asFerryError(e);
           if (this.sends[0] !== head) continue; // rejected by close()

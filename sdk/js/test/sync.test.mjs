@@ -9,7 +9,7 @@ import { FerryClient, MemoryStore } from "../dist/index.js";
 import {
   noise, encodeFrame, parseFrames, FrameReader, hex, cmd,
   LoginReqSchema, LoginRespSchema, NotifySchema, EntrySchema, MessageSchema, SyncReqSchema,
-  SyncRespSchema, GroupListRespSchema,
+  SyncRespSchema, GroupListRespSchema, SendAckSchema,
 } from "../dist/internal.js";
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -61,6 +61,14 @@ class FakeServer {
                 const entries = srv.inbox.filter((e) => e.seq > s.synckey);
                 push(0x84, req.reqId, toBinary(SyncRespSchema, create(SyncRespSchema, {
                   entries, synckey: entries.at(-1)?.seq ?? s.synckey, latestSeq: BigInt(srv.inbox.length),
+                })));
+              } else if (req.cmd === cmd.SEND) {
+                // Stored as the next entry of the inbox; the entry rides in the ack when
+                // the login asked for it (docs/protocol.md §2, *Your own entry in the ack*).
+                const e = srv.entry(srv.inbox.length + 1);
+                srv.inbox.push(e);
+                push(0x83, req.reqId, toBinary(SendAckSchema, create(SendAckSchema, {
+                  msgId: e.seq, seq: e.seq, timeMs: 1n, entry: srv.login.echoInAck ? e : undefined,
                 })));
               } else if (req.cmd === cmd.GROUP_LIST) {
                 push(0xa8, req.reqId, toBinary(GroupListRespSchema, create(GroupListRespSchema, {})));
@@ -129,6 +137,39 @@ test("notifies: held across a reordering, synced across a lost one, applied once
   assert.deepEqual(got, [1, 2, 3, 4, 5, 6, 7]);
   assert.equal(c.synckey, 7n);
   assert.equal(await store.get("synckey"), "7", "the synckey is stored");
+  await c.close();
+});
+
+test("its own message's entry rides in the SendAck: applied in order, without a SYNC", async () => {
+  const srv = new FakeServer();
+  const store = new MemoryStore();
+  await store.set("token", "t".repeat(64));
+  const c = await FerryClient.create({ servers: ["127.0.0.1:9"], serverKey: hex(srv.key.pub), store, transports: ["lp"] });
+  c.carrier = () => srv.carrier();
+  const got = [];
+  c.on("entry", (e) => got.push(Number(e.seq)));
+  await c.connect();
+  assert.equal(srv.login.echoInAck, true, "the login asks for its entries in its acks");
+
+  srv.grow(1);
+  srv.notify(1, [1]);
+  await sleep(5);
+  const ack = await c.sendText("peer", "mine");
+  assert.equal(ack.seq, 2n);
+  assert.equal(ack.entry?.seq, 2n);
+  await sleep(5);
+  assert.deepEqual(got, [1, 2], "applied from the ack");
+
+  // A message to us (3) whose notify is late, then our own send (4): 4 waits for 3.
+  srv.grow(3);
+  await c.sendText("peer", "mine too");
+  await sleep(5);
+  assert.deepEqual(got, [1, 2], "4 is held");
+  srv.notify(3, [3]);
+  await sleep(10);
+  assert.deepEqual(got, [1, 2, 3, 4]);
+  assert.equal(srv.syncs.length, 0, "no SYNC was needed");
+  assert.equal(c.synckey, 4n);
   await c.close();
 });
 
