@@ -92,12 +92,18 @@ class FakeServer {
   }
 }
 
-test("notifies: held across a reordering, synced across a lost one, applied once each", async () => {
-  const srv = new FakeServer();
+/** A client with a stored token that talks to `srv` instead of the network. */
+async function scriptedClient(srv) {
   const store = new MemoryStore();
   await store.set("token", "t".repeat(64));
   const c = await FerryClient.create({ servers: ["127.0.0.1:9"], serverKey: hex(srv.key.pub), store, transports: ["lp"] });
-  c.carrier = () => srv.carrier(); // the scripted server instead of the network
+  c.carrier = () => srv.carrier();
+  return { c, store };
+}
+
+test("notifies: held across a reordering, synced across a lost one, applied once each", async () => {
+  const srv = new FakeServer();
+  const { c, store } = await scriptedClient(srv);
   const got = [];
   c.on("entry", (e) => got.push(Number(e.seq)));
   await c.connect();
@@ -142,10 +148,7 @@ test("notifies: held across a reordering, synced across a lost one, applied once
 
 test("its own message's entry rides in the SendAck: applied in order, without a SYNC", async () => {
   const srv = new FakeServer();
-  const store = new MemoryStore();
-  await store.set("token", "t".repeat(64));
-  const c = await FerryClient.create({ servers: ["127.0.0.1:9"], serverKey: hex(srv.key.pub), store, transports: ["lp"] });
-  c.carrier = () => srv.carrier();
+  const { c, store } = await scriptedClient(srv);
   const got = [];
   c.on("entry", (e) => got.push(Number(e.seq)));
   await c.connect();
@@ -175,10 +178,7 @@ test("its own message's entry rides in the SendAck: applied in order, without a 
 
 test("a listener's promise holds the stored synckey back until it settles", async () => {
   const srv = new FakeServer();
-  const store = new MemoryStore();
-  await store.set("token", "t".repeat(64));
-  const c = await FerryClient.create({ servers: ["127.0.0.1:9"], serverKey: hex(srv.key.pub), store, transports: ["lp"] });
-  c.carrier = () => srv.carrier();
+  const { c, store } = await scriptedClient(srv);
   const got = [];
   let release;
   const kept = new Promise((r) => (release = r));
