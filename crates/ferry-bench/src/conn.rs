@@ -517,6 +517,7 @@ pub async fn wire_probe(server: &str, prefix: &str, password: &str) -> anyhow::R
     if let Some(t) = ticket {
         let mut cr = FerryConn::connect(server).await?;
         cr.protocol = ferry_proto::PROTOCOL_VERSION;
+        cr.echo_in_ack = true;
         cr.login_with(&tokens[0], 0, Some(&t)).await?;
         resumed = json!({
             "round_trips": cr.writes,
