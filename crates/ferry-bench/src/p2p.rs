@@ -699,6 +699,7 @@ async fn ferry_reader(
             }
             Err(_) => return,
         };
+        let mut notify = None;
         match frame.cmd {
             c if c == cmd::response(cmd::SEND) => {
                 let mut b = out.inner.lock().expect("ledger");
@@ -706,40 +707,15 @@ async fn ferry_reader(
                     sh.acked.fetch_add(1, Ordering::Relaxed);
                 }
                 drop(b);
-                // The sender's own entry, in place of a notify of it (echo_in_ack).
+                // The sender's own entry (echo_in_ack): a notify of that one entry.
                 if let Ok(v1::SendAck { entry: Some(e), .. }) = v1::SendAck::decode(frame.body) {
-                    if e.seq > synckey {
-                        held.hold(vec![e], synckey);
-                        for e in held.take_run(synckey) {
-                            apply(e, &mut synckey);
-                        }
-                        sync.held(!held.is_empty());
-                    }
+                    notify = Some(v1::Notify {
+                        latest_seq: e.seq,
+                        entries: vec![e],
+                    });
                 }
             }
-            cmd::NOTIFY => {
-                let Ok(n) = v1::Notify::decode(frame.body) else {
-                    continue;
-                };
-                if n.latest_seq <= synckey {
-                    continue;
-                }
-                // Inline entries up to latest_seq are applied, or held until the ones
-                // before them arrive; anything else is fetched by a sync.
-                let inline = n.entries.last().map(|e| e.seq) == Some(n.latest_seq)
-                    && n.entries.windows(2).all(|w| w[1].seq == w[0].seq + 1);
-                if inline {
-                    held.hold(n.entries, synckey);
-                }
-                for e in held.take_run(synckey) {
-                    apply(e, &mut synckey);
-                }
-                if n.latest_seq > synckey && (!inline || held.is_full()) {
-                    sync.request(&sync_tx, synckey);
-                } else {
-                    sync.held(!held.is_empty());
-                }
-            }
+            cmd::NOTIFY => notify = v1::Notify::decode(frame.body).ok(),
             c if c == cmd::response(cmd::SYNC) => {
                 sync.busy = false;
                 let Ok(r) = v1::SyncResp::decode(frame.body) else {
@@ -779,6 +755,23 @@ async fn ferry_reader(
                 }
             }
             _ => {}
+        }
+        if let Some(n) = notify.filter(|n| n.latest_seq > synckey) {
+            // Inline entries up to latest_seq are applied, or held until the ones
+            // before them arrive; anything else is fetched by a sync.
+            let inline = n.entries.last().map(|e| e.seq) == Some(n.latest_seq)
+                && n.entries.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+            if inline {
+                held.hold(n.entries, synckey);
+            }
+            for e in held.take_run(synckey) {
+                apply(e, &mut synckey);
+            }
+            if n.latest_seq > synckey && (!inline || held.is_full()) {
+                sync.request(&sync_tx, synckey);
+            } else {
+                sync.held(!held.is_empty());
+            }
         }
     }
 }
