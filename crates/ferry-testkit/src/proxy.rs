@@ -1,14 +1,15 @@
 //! One TCP proxy for every network fault the tests stage in front of a server (Ferry's
 //! or PostgreSQL): cut every link, black-hole them (a half-open network), refuse new
 //! ones (the upstream unreachable), pass only HTTP (a firewall that blocks raw TCP),
-//! delay each chunk (a slow path), drop flows that stay idle (a NAT that forgets them),
+//! delay each chunk (a slow path) or only the HTTP flows' (a slow short link beside a
+//! quick long link), cut only the long links (the flows that are not HTTP), drop flows that stay idle (a NAT that forgets them),
 //! and record what clients send and receive (to look for plaintext on the wire).
 //!
 //! The random, scheduled faults of the load tests are `ferry bench`'s fault proxy; this
 //! one is switched by the test at the moment it chooses.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +23,10 @@ use tokio::sync::Notify;
 pub struct ProxyOptions {
     /// Waited before forwarding each chunk, both ways.
     pub delay: Duration,
+    /// Waited before forwarding each chunk of an HTTP flow (one whose first byte is an
+    /// HTTP method's), both ways, on top of `delay`: short-link requests are slow while
+    /// long links are not.
+    pub http_delay: Duration,
     /// A flow idle this long is forgotten: from its next byte on, everything is
     /// swallowed both ways and the link stays open (a NAT that dropped the mapping).
     pub idle_drop: Option<Duration>,
@@ -39,6 +44,7 @@ struct Shared {
     upstream: SocketAddr,
     options: ProxyOptions,
     cut: Notify,
+    cut_long: Notify,
     blackhole: AtomicBool,
     refuse: AtomicBool,
     http_only: AtomicBool,
@@ -51,7 +57,14 @@ struct Flow {
     last: Mutex<tokio::time::Instant>,
     /// The middlebox forgot the flow: bytes are swallowed both ways.
     forgotten: AtomicBool,
+    /// What its client's first byte said: [`UNKNOWN`] until it came, then [`HTTP`] or
+    /// [`LONG_LINK`].
+    kind: AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const HTTP: u8 = 1;
+const LONG_LINK: u8 = 2;
 
 impl Proxy {
     /// A plain proxy on 127.0.0.1, port chosen by the kernel.
@@ -68,6 +81,7 @@ impl Proxy {
             upstream,
             options,
             cut: Notify::new(),
+            cut_long: Notify::new(),
             blackhole: AtomicBool::new(false),
             refuse: AtomicBool::new(false),
             http_only: AtomicBool::new(false),
@@ -89,6 +103,12 @@ impl Proxy {
     /// Closes every link open through the proxy now.
     pub fn cut(&self) {
         self.shared.cut.notify_waiters();
+    }
+
+    /// Closes the flows open now that are not HTTP (the long links; a flow whose client
+    /// has not sent a byte yet counts as one). HTTP flows go on.
+    pub fn cut_long_links(&self) {
+        self.shared.cut_long.notify_waiters();
     }
 
     /// On: links stay open but nothing is forwarded (a half-open network).
@@ -134,11 +154,26 @@ async fn serve(down: TcpStream, s: Arc<Shared>) {
     let flow = Flow {
         last: Mutex::new(tokio::time::Instant::now()),
         forgotten: AtomicBool::new(false),
+        kind: AtomicU8::new(UNKNOWN),
     };
     // Each direction ends on its own (a half-close passes through); a cut ends both.
-    tokio::select! {
-        _ = async { tokio::join!(pump(dr, uw, &flow, &s, true), pump(ur, dw, &flow, &s, false)) } => {}
-        _ = s.cut.notified() => {}
+    let pumps = async {
+        tokio::join!(
+            pump(dr, uw, &flow, &s, true),
+            pump(ur, dw, &flow, &s, false)
+        )
+    };
+    tokio::pin!(pumps);
+    loop {
+        tokio::select! {
+            _ = &mut pumps => return,
+            _ = s.cut.notified() => return,
+            _ = s.cut_long.notified() => {
+                if flow.kind.load(Ordering::SeqCst) != HTTP {
+                    return;
+                }
+            }
+        }
     }
 }
 
@@ -149,6 +184,16 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, flow: &Flow, s: &
             Ok(0) | Err(_) => return,
             Ok(n) => n,
         };
+        if up {
+            let kind = if buf[0].is_ascii_uppercase() {
+                HTTP
+            } else {
+                LONG_LINK
+            };
+            let _ = flow
+                .kind
+                .compare_exchange(UNKNOWN, kind, Ordering::SeqCst, Ordering::SeqCst);
+        }
         if s.options.record {
             let record = if up { &s.sent } else { &s.received };
             record.lock().unwrap().extend_from_slice(&buf[..n]);
@@ -165,6 +210,9 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, flow: &Flow, s: &
         }
         if !s.options.delay.is_zero() {
             tokio::time::sleep(s.options.delay).await;
+        }
+        if !s.options.http_delay.is_zero() && flow.kind.load(Ordering::SeqCst) == HTTP {
+            tokio::time::sleep(s.options.http_delay).await;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
