@@ -254,6 +254,9 @@ pub enum Scenario {
         /// Searches to time.
         #[arg(long, default_value_t = 2_000)]
         searches: usize,
+        /// Messages per index commit.
+        #[arg(long, default_value_t = 1_000)]
+        commit: usize,
         /// Pairs of the send-path runs (0: skip them).
         #[arg(long, default_value_t = 100)]
         pairs: usize,
@@ -439,13 +442,21 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
                 users,
                 groups,
                 searches,
+                commit,
                 pairs,
                 rounds,
             } => {
                 if args.protocol != Proto::Ferry {
                     bail!("search is a Ferry scenario");
                 }
-                search::run(&args, messages, users, groups, searches, pairs, rounds).await?
+                let corpus = search::Corpus {
+                    messages,
+                    users,
+                    groups,
+                    searches,
+                    commit,
+                };
+                search::run(&args, corpus, pairs, rounds).await?
             }
             Scenario::Webhooks {
                 endpoints,

@@ -3,8 +3,8 @@
 //!
 //! 1. **The index** (in this process, as a logic node keeps it): a corpus made with a
 //!    fixed seed — English, Chinese, Japanese and mixed texts, 1:1 between friends and in
-//!    groups (each user in about 10 of them) — indexed in batches of 1 000 with the cursor
-//!    committed, as the feeder does; then searches as random users with their real scope
+//!    groups (each user in about 10 of them) — indexed in commits of `--commit` messages
+//!    (1 000 unless told) with the cursor, as the feeder does; then searches as random users with their real scope
 //!    (1:1 plus their groups, 30 % of them joined late), 1–2 word queries, a quarter by
 //!    relevance, half with highlights. Indexing messages/s, bytes per message, search
 //!    latency percentiles.
@@ -150,12 +150,25 @@ struct IndexRun {
     empty: usize,
 }
 
-fn index_run(
-    messages: usize,
-    users: u64,
-    groups: u64,
-    searches: usize,
-) -> anyhow::Result<IndexRun> {
+/// The synthetic corpus and how it is indexed and searched.
+#[derive(Clone, Copy, Debug)]
+pub struct Corpus {
+    pub messages: usize,
+    pub users: u64,
+    pub groups: u64,
+    pub searches: usize,
+    /// Messages per index commit (the feeder commits up to 10 000 when behind).
+    pub commit: usize,
+}
+
+fn index_run(c: Corpus) -> anyhow::Result<IndexRun> {
+    let Corpus {
+        messages,
+        users,
+        groups,
+        searches,
+        commit,
+    } = c;
     let en: Vec<&str> = EN.split_whitespace().collect();
     let zh: Vec<&str> = ZH.split_whitespace().collect();
     let ja: Vec<&str> = JA.split_whitespace().collect();
@@ -168,7 +181,7 @@ fn index_run(
     let index = Index::open(temp.path(), Options::default())?;
     let base_ms = 1_700_000_000_000i64;
     let mut indexing = Duration::ZERO;
-    let mut batch = Vec::with_capacity(1000);
+    let mut batch = Vec::with_capacity(commit.min(100_000));
     let mut text_bytes = 0usize;
     for i in 0..messages {
         let (conv, sender) = if rng.random_bool(0.6) {
@@ -207,7 +220,7 @@ fn index_run(
             kind,
             text: t,
         }));
-        if batch.len() == 1000 || i + 1 == messages {
+        if batch.len() >= commit || i + 1 == messages {
             let t0 = Instant::now();
             index.apply(std::mem::take(&mut batch), &format!("bench-{i}"))?;
             indexing += t0.elapsed();
@@ -320,19 +333,26 @@ async fn catch_up_after(target: &Target) -> Option<(u64, f64)> {
 
 pub async fn run(
     args: &BenchArgs,
-    messages: usize,
-    users: u64,
-    groups: u64,
-    searches: usize,
+    corpus: Corpus,
     pairs: usize,
     rounds: usize,
 ) -> anyhow::Result<Report> {
-    if users < 100 || groups < 10 || messages == 0 || searches == 0 {
-        bail!("need --users >= 100, --groups >= 10, --messages >= 1, --searches >= 1");
+    let Corpus {
+        messages,
+        users,
+        groups,
+        searches,
+        commit,
+    } = corpus;
+    if users < 100 || groups < 10 || messages == 0 || searches == 0 || commit == 0 {
+        bail!(
+            "need --users >= 100, --groups >= 10, --messages >= 1, --searches >= 1, --commit >= 1"
+        );
     }
-    eprintln!("search: indexing {messages} messages of {users} users in {groups} groups");
-    let r =
-        tokio::task::spawn_blocking(move || index_run(messages, users, groups, searches)).await??;
+    eprintln!(
+        "search: indexing {messages} messages of {users} users in {groups} groups, {commit} a commit"
+    );
+    let r = tokio::task::spawn_blocking(move || index_run(corpus)).await??;
     let index_per_s = r.messages as f64 / r.index_secs.max(1e-9);
     let per_msg = r.bytes as f64 / r.messages as f64;
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
@@ -396,7 +416,7 @@ pub async fn run(
     }
 
     let mut report = Report::new(format!(
-        "search: {messages} messages, {users} users, {groups} groups, {searches} searches"
+        "search: {messages} messages, {users} users, {groups} groups, {searches} searches, {commit} a commit"
     ));
     report.row(
         "indexing",
@@ -459,6 +479,7 @@ pub async fn run(
         "scenario": "search",
         "machine": super::machine(),
         "messages": messages,
+        "commit": commit,
         "users": users,
         "groups": groups,
         "searches": searches,
