@@ -564,12 +564,10 @@ async fn endpoints_over_the_long_link_list_the_gateway_as_the_short_link_does() 
     assert_eq!(over_link.endpoints, over_http.endpoints);
 }
 
-/// The endpoint list is asked for at the first login and then when `refresh_secs` is
-/// due, not at every login: after a crash every device logs in again at once, and a
-/// sealed request each (a connection and a key agreement on both sides) would double the
-/// storm. Counted in the bytes the client sends through a proxy the server hands out.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn links_lost_and_logged_in_again_do_not_ask_for_the_endpoint_list_again() {
+/// A server with alice registered whose endpoint list names only a recording proxy in
+/// front of it (on 127.0.0.7, another network as the server sees it), whose HTTP flows
+/// are held `http_delay` per chunk.
+async fn listed_behind_a_proxy(http_delay: Duration) -> (TestServer, Proxy) {
     let front = bind("127.0.0.7").await;
     let front_addr = front.local_addr().unwrap();
     let srv = TestServer::with(|c| {
@@ -586,14 +584,30 @@ async fn links_lost_and_logged_in_again_do_not_ask_for_the_endpoint_list_again()
         srv.server.addr(),
         ProxyOptions {
             record: true,
+            http_delay,
             ..Default::default()
         },
     );
-    let asked = || {
-        let sent = proxy.sent();
-        let ask = b"POST /v1/endpoints HTTP";
-        sent.windows(ask.len()).filter(|w| w == ask).count()
-    };
+    (srv, proxy)
+}
+
+/// How many endpoint-list requests went through `proxy`.
+fn endpoint_asks(proxy: &Proxy) -> usize {
+    let sent = proxy.sent();
+    let ask = b"POST /v1/endpoints HTTP";
+    sent.windows(ask.len()).filter(|w| w == ask).count()
+}
+
+/// The endpoint list is asked for at the first login and then when `refresh_secs` is
+/// due, not at every login: after a crash every device logs in again at once, and a
+/// sealed request each (a connection and a key agreement on both sides) would double the
+/// storm. Counted in the bytes the client sends through a proxy the server hands out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn links_lost_and_logged_in_again_do_not_ask_for_the_endpoint_list_again() {
+    // The server lives as long as the test (a named binding, not `_`).
+    let (_srv, proxy) = listed_behind_a_proxy(Duration::ZERO).await;
+    let front_addr = proxy.addr;
+    let asked = || endpoint_asks(&proxy);
     let state = tempfile::tempdir().unwrap();
     let mut cfg = fast(&front_addr.to_string(), "alice");
     cfg.state_dir = Some(state.path().to_path_buf());
@@ -645,31 +659,9 @@ async fn links_lost_and_logged_in_again_do_not_ask_for_the_endpoint_list_again()
 /// one request in flight is what brings the list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_while_the_endpoint_list_is_on_its_way_do_not_ask_for_it_again() {
-    let front = bind("127.0.0.7").await;
-    let front_addr = front.local_addr().unwrap();
-    let srv = TestServer::with(|c| {
-        c.logic.endpoints.gateways = vec![ferry_logic::GatewayEndpoints {
-            id: c.gateway.id.clone(),
-            addrs: vec![front_addr.to_string()],
-            ..Default::default()
-        }];
-    })
-    .await;
-    srv.register(&["alice"]).await;
-    let proxy = Proxy::on(
-        front,
-        srv.server.addr(),
-        ProxyOptions {
-            record: true,
-            http_delay: Duration::from_secs(1),
-            ..Default::default()
-        },
-    );
-    let asked = || {
-        let sent = proxy.sent();
-        let ask = b"POST /v1/endpoints HTTP";
-        sent.windows(ask.len()).filter(|w| w == ask).count()
-    };
+    let (srv, proxy) = listed_behind_a_proxy(Duration::from_secs(1)).await;
+    let front_addr = proxy.addr;
+    let asked = || endpoint_asks(&proxy);
     // Signed in and the server's key known beforehand (not through the slow proxy): the
     // long link alone is quick.
     let state = signed_in_state(&srv.addr(), "alice").await;
