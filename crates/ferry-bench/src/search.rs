@@ -4,9 +4,9 @@
 //! 1. **The index** (in this process, as a logic node keeps it): a corpus made with a
 //!    fixed seed — English, Chinese, Japanese and mixed texts, 1:1 between friends and in
 //!    groups (each user in about 10 of them) — indexed in commits of `--commit` messages
-//!    (1 000 unless told) with the cursor, as the feeder does; then searches as random users with their real scope
-//!    (1:1 plus their groups, 30 % of them joined late), 1–2 word queries, a quarter by
-//!    relevance, half with highlights. Indexing messages/s, bytes per message, search
+//!    (1 000 unless told) with the cursor, as the feeder does; then searches as random
+//!    users with their real scope (1:1 plus their groups, 30 % of them joined late), 1–2
+//!    word queries, a quarter by relevance, half with highlights. Indexing messages/s, bytes per message, search
 //!    latency percentiles.
 //! 2. **The send path** (the bench's own server, only without `--server`): closed-loop
 //!    1:1 runs with `logic.search` on and off, interleaved, `--rounds` of each; the
@@ -159,6 +159,16 @@ pub struct Corpus {
     pub searches: usize,
     /// Messages per index commit (the feeder commits up to 10 000 when behind).
     pub commit: usize,
+}
+
+impl std::fmt::Display for Corpus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} messages, {} users, {} groups, {} searches, {} a commit",
+            self.messages, self.users, self.groups, self.searches, self.commit
+        )
+    }
 }
 
 fn index_run(c: Corpus) -> anyhow::Result<IndexRun> {
@@ -337,21 +347,13 @@ pub async fn run(
     pairs: usize,
     rounds: usize,
 ) -> anyhow::Result<Report> {
-    let Corpus {
-        messages,
-        users,
-        groups,
-        searches,
-        commit,
-    } = corpus;
-    if users < 100 || groups < 10 || messages == 0 || searches == 0 || commit == 0 {
+    let c = corpus;
+    if c.users < 100 || c.groups < 10 || c.messages == 0 || c.searches == 0 || c.commit == 0 {
         bail!(
             "need --users >= 100, --groups >= 10, --messages >= 1, --searches >= 1, --commit >= 1"
         );
     }
-    eprintln!(
-        "search: indexing {messages} messages of {users} users in {groups} groups, {commit} a commit"
-    );
+    eprintln!("search: indexing {c}");
     let r = tokio::task::spawn_blocking(move || index_run(corpus)).await??;
     let index_per_s = r.messages as f64 / r.index_secs.max(1e-9);
     let per_msg = r.bytes as f64 / r.messages as f64;
@@ -415,9 +417,7 @@ pub async fn run(
         });
     }
 
-    let mut report = Report::new(format!(
-        "search: {messages} messages, {users} users, {groups} groups, {searches} searches, {commit} a commit"
-    ));
+    let mut report = Report::new(format!("search: {c}"));
     report.row(
         "indexing",
         format!("{index_per_s:.0} msgs/s ({:.1} s in apply)", r.index_secs),
@@ -478,11 +478,11 @@ pub async fn run(
     report.json = json!({
         "scenario": "search",
         "machine": super::machine(),
-        "messages": messages,
-        "commit": commit,
-        "users": users,
-        "groups": groups,
-        "searches": searches,
+        "messages": c.messages,
+        "commit": c.commit,
+        "users": c.users,
+        "groups": c.groups,
+        "searches": c.searches,
         "index_msgs_per_s": index_per_s,
         "index_seconds": r.index_secs,
         "index_bytes": r.bytes,
