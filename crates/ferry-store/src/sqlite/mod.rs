@@ -73,10 +73,11 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How much of the WAL file SQLite keeps when the WAL starts over (`journal_size_limit`):
 /// above the longest WAL between two restarts, so each restart writes over blocks the file
 /// already has. At 64 MiB the WAL of a closed-loop `ferry bench p2p` (≈ 55 000 msgs/s)
-/// went 64 → 134 MiB → truncated to 64 every ≈ 0.4 s: every cycle gave back ~70 MiB and
-/// allocated them again (ext4 block allocation, new page-cache pages, the truncate), and
-/// the writer spent ≈ 7 % more CPU per message (docs/benchmarks.md). Only a WAL that
-/// long is kept; a quiet server's stays as short as its writes between restarts.
+/// grew to 134–181 MiB and was truncated to 64 every ≈ 0.4 s: every cycle gave back
+/// 70–117 MiB and allocated them again (ext4 block allocation, new page-cache pages, the
+/// truncate), and the writer spent ≈ 7 % more CPU per message (docs/benchmarks.md). Only
+/// a WAL that long is kept; a quieter server's stays as long as its writes between
+/// restarts (3.2 MiB at 200 msgs/s, 28 MiB at 2 000/s).
 const WAL_KEEP_BYTES: i64 = 512 * 1024 * 1024;
 
 struct ReadPool {
