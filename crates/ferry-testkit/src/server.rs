@@ -150,6 +150,18 @@ pub async fn event_where<T>(
     }
 }
 
+/// Waits (up to `secs`) until `ok` holds, looking every 20 ms; panics naming `what`.
+pub async fn eventually(secs: u64, what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not within {secs} s: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The short-link services of `user` (signs in with the test password). A sign-in
 /// answered UNAVAILABLE ("try again": in a cluster, a logic node just started or just
 /// killed) is tried again for up to 5 s, as a client would.

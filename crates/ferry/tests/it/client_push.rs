@@ -21,15 +21,6 @@ async fn slow_beating(addr: &str, user: &str, grace: Duration) -> (Client, ferry
     Client::connect(cfg).await.unwrap()
 }
 
-/// Waits (up to `secs`) until `ok` holds.
-async fn eventually(secs: u64, what: &str, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !ok() {
-        assert!(Instant::now() < deadline, "not within {secs} s: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Waits (up to `secs`) for the client's status to become `want`.
 async fn status_becomes(client: &Client, want: Status, secs: u64) {
     eventually(secs, &format!("status {want:?}"), || {

@@ -7,7 +7,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use ferry_client::{Client, ClientConfig, DeviceState, Endpoint, Event, ShortLink, Transport};
+use ferry_client::{
+    Client, ClientConfig, DeviceState, Endpoint, Event, Events, ShortLink, Transport,
+};
 use ferry_proto::frame::encode_msg;
 use ferry_proto::{cmd, v1, Frame, ProtoMessage, MAX_BODY_LEN};
 use ferry_testkit::*;
@@ -348,14 +350,7 @@ async fn smart_heartbeat_converges_under_a_middlebox_that_drops_idle_flows() {
 
     // Another network starts safe, at once (no back-off), and keeps what each learnt.
     alice.network_changed("wifi");
-    event_where(&mut events, 5, |e| {
-        matches!(e, Event::Disconnected { .. }).then_some(())
-    })
-    .await;
-    event_where(&mut events, 5, |e| {
-        matches!(e, Event::Connected { .. }).then_some(())
-    })
-    .await;
+    lost_and_back(&mut events, 5).await;
     assert_eq!(alice.heartbeat_interval(), Duration::from_millis(400));
     assert_eq!(alice.heartbeat_state("cell").unwrap().interval_ms, 1_100);
     alice.close().await;
@@ -598,6 +593,23 @@ fn endpoint_asks(proxy: &Proxy) -> usize {
     sent.windows(ask.len()).filter(|w| w == ask).count()
 }
 
+/// Whether the device state in `dir` holds an endpoint list the SDK received and kept.
+fn list_kept(dir: &std::path::Path) -> bool {
+    DeviceState::load(dir).is_ok_and(|s| s.endpoints_version != 0)
+}
+
+/// Waits (up to `secs` each) for the client's link to go and then to be back.
+async fn lost_and_back(events: &mut Events, secs: u64) {
+    event_where(events, secs, |e| {
+        matches!(e, Event::Disconnected { .. }).then_some(())
+    })
+    .await;
+    event_where(events, secs, |e| {
+        matches!(e, Event::Connected { .. }).then_some(())
+    })
+    .await;
+}
+
 /// The endpoint list is asked for at the first login and then when `refresh_secs` is
 /// due, not at every login: after a crash every device logs in again at once, and a
 /// sealed request each (a connection and a key agreement on both sides) would double the
@@ -606,10 +618,8 @@ fn endpoint_asks(proxy: &Proxy) -> usize {
 async fn links_lost_and_logged_in_again_do_not_ask_for_the_endpoint_list_again() {
     // The server lives as long as the test (a named binding, not `_`).
     let (_srv, proxy) = listed_behind_a_proxy(Duration::ZERO).await;
-    let front_addr = proxy.addr;
-    let asked = || endpoint_asks(&proxy);
     let state = tempfile::tempdir().unwrap();
-    let mut cfg = fast(&front_addr.to_string(), "alice");
+    let mut cfg = fast(&proxy.addr.to_string(), "alice");
     cfg.state_dir = Some(state.path().to_path_buf());
     // No connect reports meanwhile (they would not be counted, but keep the flows few).
     cfg.smart.report_idle = Duration::from_secs(3600);
@@ -617,36 +627,22 @@ async fn links_lost_and_logged_in_again_do_not_ask_for_the_endpoint_list_again()
     // The first login asks for the list; its answer is kept (the device state holds the
     // list's version) before the links are cut. Any other answer through the proxy (the
     // sign-in's) is not enough: a refresh cut off on its way is rightly asked again.
-    let kept = || {
-        DeviceState::load(state.path())
-            .map(|s| s.endpoints_version != 0)
-            .unwrap_or(false)
-    };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !kept() {
-        assert!(
-            Instant::now() < deadline,
-            "the first login asks for the list, and keeps the answer"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(asked(), 1, "the first login asks once");
+    eventually(
+        10,
+        "the first login asks for the list, and keeps the answer",
+        || list_kept(state.path()),
+    )
+    .await;
+    assert_eq!(endpoint_asks(&proxy), 1, "the first login asks once");
     for _ in 0..3 {
         proxy.cut();
-        event_where(&mut ev, 15, |e| {
-            matches!(e, Event::Disconnected { .. }).then_some(())
-        })
-        .await;
-        event_where(&mut ev, 15, |e| {
-            matches!(e, Event::Connected { .. }).then_some(())
-        })
-        .await;
+        lost_and_back(&mut ev, 15).await;
     }
     // A refresh spawned at a login would have gone out by now: four logins would ask
     // four times.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        asked(),
+        endpoint_asks(&proxy),
         1,
         "asked again in four logins; once at the first is the rule"
     );
@@ -660,61 +656,39 @@ async fn links_lost_and_logged_in_again_do_not_ask_for_the_endpoint_list_again()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_while_the_endpoint_list_is_on_its_way_do_not_ask_for_it_again() {
     let (srv, proxy) = listed_behind_a_proxy(Duration::from_secs(1)).await;
-    let front_addr = proxy.addr;
-    let asked = || endpoint_asks(&proxy);
     // Signed in and the server's key known beforehand (not through the slow proxy): the
     // long link alone is quick.
     let state = signed_in_state(&srv.addr(), "alice").await;
-    let kept = || {
-        DeviceState::load(state.path())
-            .map(|s| s.endpoints_version != 0)
-            .unwrap_or(false)
-    };
-    let mut cfg = fast(&front_addr.to_string(), "alice");
+    let mut cfg = fast(&proxy.addr.to_string(), "alice");
     cfg.state_dir = Some(state.path().to_path_buf());
     cfg.security =
         ferry_client::Security::Pinned(ferry_client::fetch_server_key(&srv.addr()).await.unwrap());
     cfg.smart.report_idle = Duration::from_secs(3600);
     let (alice, mut ev) = Client::connect(cfg).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while asked() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "the first login asks for the list"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(10, "the first login asks for the list", || {
+        endpoint_asks(&proxy) > 0
+    })
+    .await;
     for _ in 0..2 {
         proxy.cut_long_links();
-        event_where(&mut ev, 15, |e| {
-            matches!(e, Event::Disconnected { .. }).then_some(())
-        })
-        .await;
-        event_where(&mut ev, 15, |e| {
-            matches!(e, Event::Connected { .. }).then_some(())
-        })
-        .await;
+        lost_and_back(&mut ev, 15).await;
     }
     // A second request would be on the wire at once (the proxy records a chunk before
     // holding it).
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
-        !kept(),
+        !list_kept(state.path()),
         "the list came before the logins: the proxy's delay is too short for this test"
     );
     assert_eq!(
-        asked(),
+        endpoint_asks(&proxy),
         1,
         "logins while the list was on its way asked again"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !kept() {
-        assert!(
-            Instant::now() < deadline,
-            "the one request on its way brings the list"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(asked(), 1);
+    eventually(30, "the one request on its way brings the list", || {
+        list_kept(state.path())
+    })
+    .await;
+    assert_eq!(endpoint_asks(&proxy), 1);
     alice.close().await;
 }
