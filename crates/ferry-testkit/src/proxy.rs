@@ -2,8 +2,9 @@
 //! or PostgreSQL): cut every link, black-hole them (a half-open network), refuse new
 //! ones (the upstream unreachable), pass only HTTP (a firewall that blocks raw TCP),
 //! delay each chunk (a slow path) or only the HTTP flows' (a slow short link beside a
-//! quick long link), cut only the long links (the flows that are not HTTP), drop flows that stay idle (a NAT that forgets them),
-//! and record what clients send and receive (to look for plaintext on the wire).
+//! quick long link), cut only the long links (the flows that are not HTTP), drop flows
+//! that stay idle (a NAT that forgets them), and record what clients send and receive
+//! (to look for plaintext on the wire).
 //!
 //! The random, scheduled faults of the load tests are `ferry bench`'s fault proxy; this
 //! one is switched by the test at the moment it chooses.
@@ -65,6 +66,13 @@ struct Flow {
 const UNKNOWN: u8 = 0;
 const HTTP: u8 = 1;
 const LONG_LINK: u8 = 2;
+
+/// Whether a flow whose client's first byte is `first` is HTTP, by the rule every Ferry
+/// port follows (docs/protocol.md, the first byte a client sends): an upper-case ASCII
+/// letter starts an HTTP request, `0x00`–`0x10` a long link.
+fn starts_http(first: u8) -> bool {
+    first.is_ascii_uppercase()
+}
 
 impl Proxy {
     /// A plain proxy on 127.0.0.1, port chosen by the kernel.
@@ -142,7 +150,7 @@ async fn serve(down: TcpStream, s: Arc<Shared>) {
     if s.http_only.load(Ordering::SeqCst) {
         let mut first = [0u8; 1];
         let peeked = tokio::time::timeout(Duration::from_secs(5), down.peek(&mut first)).await;
-        if !matches!(peeked, Ok(Ok(1))) || !first[0].is_ascii_uppercase() {
+        if !matches!(peeked, Ok(Ok(1))) || !starts_http(first[0]) {
             return; // Not HTTP: closed.
         }
     }
@@ -185,11 +193,7 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, flow: &Flow, s: &
             Ok(n) => n,
         };
         if up {
-            let kind = if buf[0].is_ascii_uppercase() {
-                HTTP
-            } else {
-                LONG_LINK
-            };
+            let kind = if starts_http(buf[0]) { HTTP } else { LONG_LINK };
             let _ = flow
                 .kind
                 .compare_exchange(UNKNOWN, kind, Ordering::SeqCst, Ordering::SeqCst);
