@@ -27,8 +27,9 @@ pub struct LogicConfig {
     /// Keep a full-text index of the messages and answer SEARCH (on by default). Off:
     /// nothing is indexed and SEARCH answers UNAVAILABLE.
     pub search: bool,
-    /// Indexing waits while the search feed grows faster than this many rows a second
-    /// (a burst of sends), for up to `search_max_hold_secs` (0: never waits).
+    /// Indexing waits while what is left to index (feed rows and new messages) grows
+    /// faster than this many a second (a burst of sends), for up to
+    /// `search_max_hold_secs` (0: never waits).
     pub search_hold_above: u32,
     /// The longest such wait, in seconds (0: never waits).
     pub search_max_hold_secs: u32,

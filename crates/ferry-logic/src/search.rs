@@ -14,6 +14,10 @@
 //! starts again from the last commit; re-applying a change converges on the same state,
 //! so nothing is missed or doubled. A fresh (or reset) index is first built from the
 //! messages table, then follows the feed from where the feed stood when the build began.
+//! On a store whose feed does not name stored messages (the embedded one: its message
+//! ids are in commit order, [`ferry_store::SearchStore::feed_names_inserts`]) the feeder
+//! follows two cursors, committed together: new messages by id, and the feed for their
+//! later changes — and a fresh index is built the same way, from message id 0.
 //! A hole in the feed's ids (a transaction not yet committed, on PostgreSQL) is waited for
 //! up to [`GAP_WAIT_MS`]; a feed pruned past the cursor (a node down for longer than the
 //! feed is kept) rebuilds the index.
@@ -25,8 +29,8 @@
 //! themself (CONV `clear`; `total` may still count both). A group the caller has left (or was
 //! removed from) is searched up to where they left, as they saw it while a member.
 //!
-//! It must not slow the send path: it costs a send nothing but the feed's row (written by
-//! a trigger in the same transaction). The feeder runs on a thread of its own at the
+//! It must not slow the send path: it costs a send nothing on the embedded store, and on
+//! PostgreSQL the feed's row (written by a trigger in the same transaction). The feeder runs on a thread of its own at the
 //! lowest CPU priority (SCHED_IDLE, nice 19), and so do the index's writer and merge
 //! threads, which it starts: while senders keep the CPU busy the index falls behind
 //! (`feed_behind` in `ferry admin search`) and catches up when the CPU is free, in larger
@@ -67,6 +71,18 @@ const OPEN_WAIT: Duration = Duration::from_secs(5);
 /// Hits per page when the request does not say.
 const DEFAULT_LIMIT: u32 = 20;
 
+/// The feed's rows one round applies ([`Search::feed_after`]).
+struct FeedRows {
+    /// The messages they name, in feed order.
+    ids: Vec<u64>,
+    /// The cursor after them.
+    to: u64,
+    /// A full batch: more may be waiting.
+    more: bool,
+    /// The feed had nothing after the cursor.
+    caught_up: bool,
+}
+
 /// Where the index stands, committed with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Cursor {
@@ -75,6 +91,9 @@ enum Cursor {
     Build { after: u64, feed: u64 },
     /// Following the feed after row `after`.
     Feed { after: u64 },
+    /// Following new messages after message `msgs`, and the feed (their later changes)
+    /// after row `after`: on a store whose feed does not name stored messages.
+    Follow { after: u64, msgs: u64 },
 }
 
 impl Cursor {
@@ -88,6 +107,10 @@ impl Cursor {
             ("feed", Some(a), None, None) => Some(Cursor::Feed {
                 after: a.parse().ok()?,
             }),
+            ("follow", Some(a), Some(m), None) => Some(Cursor::Follow {
+                after: a.parse().ok()?,
+                msgs: m.parse().ok()?,
+            }),
             _ => None,
         }
     }
@@ -98,6 +121,7 @@ impl std::fmt::Display for Cursor {
         match self {
             Cursor::Build { after, feed } => write!(f, "build:{after}:{feed}"),
             Cursor::Feed { after } => write!(f, "feed:{after}"),
+            Cursor::Follow { after, msgs } => write!(f, "follow:{after}:{msgs}"),
         }
     }
 }
@@ -209,15 +233,31 @@ impl Search {
             index.clear().map_err(index_error)?;
         }
         let cursor = index.cursor().as_deref().and_then(Cursor::parse);
-        match cursor {
-            None => {
+        let by_id = !self.core.store.feed_names_inserts();
+        match (cursor, by_id) {
+            (None, _) => {
                 // A new or reset index: build it from the messages, then follow the feed
                 // from where it stands now.
                 let (_, feed) = self.core.store.search_feed_bounds().await?;
-                self.build(0, feed).await
+                if by_id {
+                    self.follow_by_id(feed, 0).await
+                } else {
+                    self.build(0, feed).await
+                }
             }
-            Some(Cursor::Build { after, feed }) => self.build(after, feed).await,
-            Some(Cursor::Feed { after }) => self.follow(after).await,
+            (Some(Cursor::Build { after, feed }), false) => self.build(after, feed).await,
+            // A build is following new messages by id: it goes on as such.
+            (Some(Cursor::Build { after, feed }), true) => self.follow_by_id(feed, after).await,
+            (Some(Cursor::Feed { after }), false) => self.follow(after).await,
+            (Some(Cursor::Follow { after, msgs }), true) => self.follow_by_id(after, msgs).await,
+            (Some(cursor), _) => {
+                // An index that followed the feed the other way (made before the embedded
+                // store took new messages out of its feed): where it stands in new
+                // messages is unknown, so it is built again, once.
+                tracing::info!(%cursor, "the search index follows the store differently now; rebuilding it");
+                self.reset.store(true, Ordering::Release);
+                Ok(true)
+            }
         }
     }
 
@@ -235,22 +275,103 @@ impl Search {
     }
 
     async fn follow(&self, after: u64) -> Result<bool, LogicError> {
-        if self.hold.lock().active() {
-            let (_, head) = self.core.store.search_feed_bounds().await?;
-            let held = self
-                .hold
-                .lock()
-                .decide(after, head, std::time::Instant::now());
-            self.holding.store(held, Ordering::Relaxed);
-            if held {
-                metrics::counter!("ferry_search_holds_total").increment(1);
-                return Ok(false);
-            }
+        if self
+            .held(after, || async {
+                Ok(self.core.store.search_feed_bounds().await?.1)
+            })
+            .await?
+        {
+            return Ok(false);
         }
+        let Some(rows) = self.feed_after(after).await? else {
+            return Ok(true);
+        };
+        if rows.ids.is_empty() {
+            if rows.caught_up {
+                self.caught_up_ms.store(unix_ms(), Ordering::Relaxed);
+            }
+            return Ok(false);
+        }
+        let msgs = self.core.store.messages_by_id(&rows.ids).await?;
+        let changes = self.changes(&msgs, &rows.ids).await;
+        self.commit(changes, Cursor::Feed { after: rows.to })
+            .await?;
+        Ok(rows.more)
+    }
+
+    /// [`follow`](Self::follow) for a store whose feed does not name stored messages: new
+    /// messages after message `msgs`, then the feed's changes after row `after` (read
+    /// before them, so a change of a new message is applied after it), in one commit.
+    async fn follow_by_id(&self, after: u64, msgs: u64) -> Result<bool, LogicError> {
+        // The backlog is the feed's rows plus the messages not indexed yet: both cursors
+        // and both heads are added up.
+        if self
+            .held(after + msgs, || async {
+                let (_, head) = self.core.store.search_feed_bounds().await?;
+                Ok(head + self.core.store.newest_message_id().await?)
+            })
+            .await?
+        {
+            return Ok(false);
+        }
+        let Some(rows) = self.feed_after(after).await? else {
+            return Ok(true);
+        };
+        let new = self.core.store.messages_after(msgs, BATCH).await?;
+        if new.is_empty() && rows.ids.is_empty() {
+            if rows.caught_up {
+                self.caught_up_ms.store(unix_ms(), Ordering::Relaxed);
+            }
+            return Ok(false);
+        }
+        let mut changes = self.changes(&new, &[]).await;
+        if !rows.ids.is_empty() {
+            let changed = self.core.store.messages_by_id(&rows.ids).await?;
+            changes.extend(self.changes(&changed, &rows.ids).await);
+        }
+        let msgs = new.last().map_or(msgs, |m| m.msg_id);
+        self.commit(
+            changes,
+            Cursor::Follow {
+                after: rows.to,
+                msgs,
+            },
+        )
+        .await?;
+        Ok(rows.more || new.len() as u32 == BATCH)
+    }
+
+    /// Whether indexing waits now ([`Hold`]), the index standing at `at` and the store at
+    /// the position `head` answers.
+    async fn held<F, Fut>(&self, at: u64, head: F) -> Result<bool, LogicError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<u64, LogicError>>,
+    {
+        if !self.hold.lock().active() {
+            return Ok(false);
+        }
+        let head = head().await?;
+        let held = self.hold.lock().decide(at, head, std::time::Instant::now());
+        self.holding.store(held, Ordering::Relaxed);
+        if held {
+            metrics::counter!("ferry_search_holds_total").increment(1);
+        }
+        Ok(held)
+    }
+
+    /// The feed's rows after `after` that may be applied now: up to the first hole that
+    /// may still fill. `None`: the feed was pruned past `after`, and the index is being
+    /// rebuilt.
+    async fn feed_after(&self, after: u64) -> Result<Option<FeedRows>, LogicError> {
         let rows = self.core.store.search_feed(after, BATCH).await?;
         let Some(first) = rows.first() else {
-            self.caught_up_ms.store(unix_ms(), Ordering::Relaxed);
-            return Ok(false);
+            return Ok(Some(FeedRows {
+                ids: Vec::new(),
+                to: after,
+                more: false,
+                caught_up: true,
+            }));
         };
         if first.id > after + 1 {
             let (lo, _) = self.core.store.search_feed_bounds().await?;
@@ -262,10 +383,9 @@ impl Search {
                     "the search feed was pruned past this index; rebuilding it"
                 );
                 self.reset.store(true, Ordering::Release);
-                return Ok(true);
+                return Ok(None);
             }
         }
-        // Take the rows up to the first hole that may still fill.
         let now = unix_ms();
         let mut prev = after;
         let mut take = 0;
@@ -280,14 +400,12 @@ impl Search {
             prev = r.id;
             take += 1;
         }
-        if take == 0 {
-            return Ok(false);
-        }
-        let ids: Vec<u64> = rows[..take].iter().map(|r| r.msg_id).collect();
-        let msgs = self.core.store.messages_by_id(&ids).await?;
-        let changes = self.changes(&msgs, &ids).await;
-        self.commit(changes, Cursor::Feed { after: prev }).await?;
-        Ok(take == rows.len() && rows.len() as u32 == BATCH)
+        Ok(Some(FeedRows {
+            ids: rows[..take].iter().map(|r| r.msg_id).collect(),
+            to: prev,
+            more: take == rows.len() && rows.len() as u32 == BATCH,
+            caught_up: false,
+        }))
     }
 
     /// The index changes for `msgs` (as stored now) and for the ids in `named` that have
@@ -380,6 +498,13 @@ impl Search {
         let cursor = index.cursor();
         let (building, behind) = match cursor.as_deref().and_then(Cursor::parse) {
             Some(Cursor::Feed { after }) => (false, hi.saturating_sub(after)),
+            Some(Cursor::Follow { after, msgs }) => {
+                let newest = self.core.store.newest_message_id().await?;
+                (
+                    false,
+                    hi.saturating_sub(after) + newest.saturating_sub(msgs),
+                )
+            }
             _ => (true, hi.saturating_sub(lo)),
         };
         Ok(json!({

@@ -56,6 +56,15 @@ impl SearchStore for PgStore {
         Ok((lo.unwrap_or(0) as u64, hi.unwrap_or(0) as u64))
     }
 
+    async fn newest_message_id(&self) -> Result<u64> {
+        let client = self.client().await?;
+        let stmt = client
+            .prepare_cached("SELECT MAX(id) FROM messages")
+            .await?;
+        let hi: Option<i64> = client.query_one(&stmt, &[]).await?.get(0);
+        Ok(hi.unwrap_or(0) as u64)
+    }
+
     async fn messages_by_id(&self, ids: &[u64]) -> Result<Vec<IndexedMessage>> {
         let ids: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
         let client = self.client().await?;

@@ -126,9 +126,9 @@ fn append_one(txn: &Transaction, state: &mut WriterState, msg: NewMessage) -> Re
     // The idempotency check is the insert itself (the unique index on sender and
     // client id): a separate lookup first cost the writer a second seek per
     // message. OR IGNORE rather than an upsert's DO NOTHING: with no constraint left
-    // that aborts, SQLite opens no statement journal for it (the feed's trigger makes
-    // it a write of several rows), which copied every page the insert touched — 4 % of
-    // the writer. Any conflict is ignored, so a row not inserted is looked up below:
+    // that aborts, SQLite opens no statement journal for it (which, while a trigger made
+    // the insert a write of several rows, copied every page it touched — 4 % of the
+    // writer). Any conflict is ignored, so a row not inserted is looked up below:
     // not found (a clash of ids, never expected) fails the batch.
     let inserted = txn
         .prepare_cached(

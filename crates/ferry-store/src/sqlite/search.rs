@@ -61,6 +61,23 @@ impl SearchStore for SqliteStore {
         .await
     }
 
+    /// The writer hands out message ids in commit order (one thread, one transaction at
+    /// a time; a batch that fails gives its ids back), so new messages are followed by id
+    /// and storing one writes no feed row.
+    fn feed_names_inserts(&self) -> bool {
+        false
+    }
+
+    async fn newest_message_id(&self) -> Result<u64> {
+        self.read(move |c: &Connection| {
+            let hi: Option<i64> = c
+                .prepare_cached("SELECT max(id) FROM messages")?
+                .query_row([], |r| r.get(0))?;
+            Ok(hi.unwrap_or(0) as u64)
+        })
+        .await
+    }
+
     async fn messages_by_id(&self, ids: &[u64]) -> Result<Vec<IndexedMessage>> {
         let mut ids = ids.to_vec();
         ids.sort_unstable();

@@ -3,7 +3,8 @@
 //! are in — in English, Chinese and Japanese; a stranger finds nothing, a member removed
 //! from a group finds what it said while they were in and nothing after, a recalled
 //! message is not found; filters, paging
-//! and highlights; the admin API's index stats and reindex.
+//! and highlights; the admin API's index stats and reindex; an index made by an older
+//! build is rebuilt once.
 
 use std::time::{Duration, Instant};
 
@@ -277,6 +278,62 @@ async fn the_index_is_shown_and_rebuilt_by_the_admin_api() {
         assert!(Instant::now() < deadline, "not rebuilt in 15 s: {stats}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// An index made before the embedded store took new messages out of its feed (its
+/// cursor a position in a feed that named every stored message) is built again once at
+/// start, then follows new messages by id: the old messages are found once each, and
+/// the ones sent since are found too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_that_followed_the_old_feed_is_rebuilt_once() {
+    let ts = TestServer::start().await;
+    ts.register(&["oann", "obob"]).await;
+    let (ann, _ae) = connect(&ts.addr(), "oann").await;
+    for i in 0..5 {
+        ann.send_text("obob", &format!("before upgrade {i}"))
+            .await
+            .unwrap();
+    }
+    assert_eq!(until_found(&ann.account(), "before", 5).await.total, 5);
+    ann.close().await;
+    let TestServer { server, dir } = ts;
+    server.shutdown().await;
+
+    // What an older build left behind: its cursor in the old feed.
+    let folder = dir.path().join("search");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let index = loop {
+        match ferry_search::Index::open(&folder, Default::default()) {
+            Ok(index) => break index,
+            Err(e) => assert!(Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    index.apply(Vec::new(), "feed:5").unwrap();
+    drop(index);
+
+    let server = ferry::Server::bind(test_config(dir.path())).await.unwrap();
+    let ts = TestServer { server, dir };
+    let (ann, _ae) = connect(&ts.addr(), "oann").await;
+    for i in 0..5 {
+        ann.send_text("obob", &format!("after upgrade {i}"))
+            .await
+            .unwrap();
+    }
+    let a = ann.account();
+    assert_eq!(until_found(&a, "after", 5).await.total, 5);
+    assert_eq!(until_found(&a, "before", 5).await.total, 5, "once each");
+    let admin = admin_token(&ts);
+    let (status, stats) = api_call(&ts.addr(), "GET", "admin/search", Some(&admin), None).await;
+    assert_eq!(status, 200, "{stats}");
+    assert_eq!(stats["docs"], 10, "{stats}");
+    assert!(
+        stats["cursor"].as_str().unwrap().starts_with("follow:"),
+        "{stats}"
+    );
+    assert_eq!(stats["feed_behind"], 0, "{stats}");
+    ann.close().await;
+    ts.server.shutdown().await;
 }
 
 /// The nice value and scheduling policy of each thread of this process whose name starts
