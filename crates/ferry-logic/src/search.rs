@@ -61,9 +61,13 @@ const BATCH: u32 = 10_000;
 const COMMIT_GAP: Duration = Duration::from_millis(250);
 /// How long a hole in the feed's ids is waited for before it is passed.
 pub(crate) const GAP_WAIT_MS: i64 = 10_000;
-/// How often an idle feeder looks at the feed: a message is found within about this
-/// long of being stored (nothing on the send path wakes the feeder).
+/// How often an idle feeder looks at the feed (nothing on the send path wakes it).
 const IDLE: Duration = Duration::from_millis(500);
+/// While fewer messages than this wait to be indexed, they are left for up to
+/// [`GATHER_MAX`]: a message is found within about that long (plus [`IDLE`]) of being
+/// stored ([`Gather`]).
+const GATHER_AT_LEAST: u64 = 5_000;
+const GATHER_MAX: Duration = Duration::from_secs(2);
 /// Feed rows older than this are pruned (an index further behind rebuilds).
 const FEED_KEEP_MS: i64 = 7 * 24 * 3_600_000;
 /// How long opening the index waits for its folder to be let go of.
@@ -143,6 +147,8 @@ pub(crate) struct Search {
     caught_up_ms: AtomicI64,
     /// Whether indexing waits while the send path is busy (only the feeder uses it).
     hold: parking_lot::Mutex<Hold>,
+    /// Whether a few waiting messages are left for a later, larger commit.
+    gather: parking_lot::Mutex<Gather>,
     /// The feeder is holding now (for `ferry admin search`).
     holding: AtomicBool,
 }
@@ -180,6 +186,7 @@ impl Search {
                 Duration::from_secs(u64::from(core.cfg.search_max_hold_secs)),
             )),
             holding: AtomicBool::new(false),
+            gather: parking_lot::Mutex::new(Gather::new(GATHER_AT_LEAST, GATHER_MAX)),
             core,
         }))
     }
@@ -275,12 +282,8 @@ impl Search {
     }
 
     async fn follow(&self, after: u64) -> Result<bool, LogicError> {
-        if self
-            .held(after, || async {
-                Ok(self.core.store.search_feed_bounds().await?.1)
-            })
-            .await?
-        {
+        let (_, head) = self.core.store.search_feed_bounds().await?;
+        if self.wait(after, head) {
             return Ok(false);
         }
         let Some(rows) = self.feed_after(after).await? else {
@@ -303,15 +306,11 @@ impl Search {
     /// messages after message `msgs`, then the feed's changes after row `after` (read
     /// before them, so a change of a new message is applied after it), in one commit.
     async fn follow_by_id(&self, after: u64, msgs: u64) -> Result<bool, LogicError> {
-        // The backlog is the feed's rows plus the messages not indexed yet: both cursors
+        // What waits is the feed's rows plus the messages not indexed yet: both cursors
         // and both heads are added up.
-        if self
-            .held(after + msgs, || async {
-                let (_, head) = self.core.store.search_feed_bounds().await?;
-                Ok(head + self.core.store.newest_message_id().await?)
-            })
-            .await?
-        {
+        let (_, head) = self.core.store.search_feed_bounds().await?;
+        let newest = self.core.store.newest_message_id().await?;
+        if self.wait(after + msgs, head + newest) {
             return Ok(false);
         }
         let Some(rows) = self.feed_after(after).await? else {
@@ -341,23 +340,20 @@ impl Search {
         Ok(rows.more || new.len() as u32 == BATCH)
     }
 
-    /// Whether indexing waits now ([`Hold`]), the index standing at `at` and the store at
-    /// the position `head` answers.
-    async fn held<F, Fut>(&self, at: u64, head: F) -> Result<bool, LogicError>
-    where
-        F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<u64, LogicError>>,
-    {
-        if !self.hold.lock().active() {
-            return Ok(false);
+    /// Whether to index nothing now: the send path is busy ([`Hold`]), or too little
+    /// waits to be worth a commit yet ([`Gather`]). The index stands at `at`, the store
+    /// at `head`.
+    fn wait(&self, at: u64, head: u64) -> bool {
+        let now = std::time::Instant::now();
+        if self.hold.lock().active() {
+            let held = self.hold.lock().decide(at, head, now);
+            self.holding.store(held, Ordering::Relaxed);
+            if held {
+                metrics::counter!("ferry_search_holds_total").increment(1);
+                return true;
+            }
         }
-        let head = head().await?;
-        let held = self.hold.lock().decide(at, head, std::time::Instant::now());
-        self.holding.store(held, Ordering::Relaxed);
-        if held {
-            metrics::counter!("ferry_search_holds_total").increment(1);
-        }
-        Ok(held)
+        self.gather.lock().wait(head.saturating_sub(at), now)
     }
 
     /// The feed's rows after `after` that may be applied now: up to the first hole that
@@ -797,6 +793,45 @@ impl Hold {
     }
 }
 
+/// Small index commits are what indexing costs most per message: each is a segment of
+/// its own (≈ 15 ms of CPU to write, and later merges; docs/benchmarks.md, *Fewer, larger
+/// index commits*). While fewer than `at_least` messages wait, the feeder leaves them for
+/// up to `max` after it first saw some waiting, so a quiet or moderate stream is indexed in
+/// one commit every `max` instead of one at every look.
+///
+/// Pure bookkeeping: the feeder tells it how many wait.
+#[derive(Debug)]
+struct Gather {
+    at_least: u64,
+    max: Duration,
+    /// Since when fewer than `at_least` have been waiting.
+    since: Option<std::time::Instant>,
+}
+
+impl Gather {
+    fn new(at_least: u64, max: Duration) -> Gather {
+        Gather {
+            at_least,
+            max,
+            since: None,
+        }
+    }
+
+    /// Whether to leave the `waiting` messages for a later look.
+    fn wait(&mut self, waiting: u64, now: std::time::Instant) -> bool {
+        if waiting == 0 || waiting >= self.at_least {
+            self.since = None;
+            return false;
+        }
+        let since = *self.since.get_or_insert(now);
+        if now.duration_since(since) >= self.max {
+            self.since = None;
+            return false;
+        }
+        true
+    }
+}
+
 /// The feeder's loop (see [`Search::start`]).
 fn feed(me: std::sync::Weak<Search>, rt: &tokio::runtime::Handle, shutdown: &CancellationToken) {
     let mut prune_at = 0i64;
@@ -985,6 +1020,24 @@ mod tests {
         assert!(h.decide(0, 3_000, t0 + 500 * MS));
         // 100 rows in half a second: not busy, index now.
         assert!(!h.decide(0, 3_100, t0 + 1_000 * MS));
+    }
+
+    #[test]
+    fn a_few_waiting_messages_are_gathered_for_at_most_the_max() {
+        let mut g = Gather::new(5_000, Duration::from_secs(2));
+        let t0 = Instant::now();
+        assert!(!g.wait(0, t0), "nothing waits: nothing to gather");
+        // A few, then more: left until 2 s after the first look that saw any …
+        assert!(g.wait(10, t0));
+        assert!(g.wait(1_000, t0 + 500 * MS));
+        assert!(g.wait(4_999, t0 + 1_999 * MS));
+        // … then indexed, and the next few start a new wait.
+        assert!(!g.wait(4_999, t0 + 2_000 * MS));
+        assert!(g.wait(3, t0 + 2_500 * MS));
+        // Enough for a large commit: at once, whenever.
+        assert!(!g.wait(5_000, t0 + 2_600 * MS));
+        assert!(g.wait(1, t0 + 2_700 * MS), "the wait started afresh");
+        assert!(!g.wait(1, t0 + 4_700 * MS));
     }
 
     #[test]

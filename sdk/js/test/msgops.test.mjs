@@ -26,7 +26,7 @@ async function pair(prefix) {
   return [a, b];
 }
 
-/** Searches until `want` hits come (the index follows the store within about a second). */
+/** Searches until `want` hits come (the index follows the store within about two seconds). */
 async function searchUntil(c, want, query) {
   const deadline = Date.now() + 15000;
   for (;;) {

@@ -30,8 +30,8 @@ async def received(client, sender, text):
 
 
 async def search_until(client, want, **query):
-    """Searches until `want` hits come back (the index follows the store within about a
-    second), for at most 15 s; the last page either way."""
+    """Searches until `want` hits come back (the index follows the store within about two
+    seconds), for at most 15 s; the last page either way."""
     deadline = time.monotonic() + 15
     while True:
         page = await client.search(ferry.SearchQuery(**query))
