@@ -16,8 +16,8 @@
 //! messages table, then follows the feed from where the feed stood when the build began.
 //! On a store whose feed does not name stored messages (the embedded one: its message
 //! ids are in commit order, [`ferry_store::SearchStore::feed_names_inserts`]) the feeder
-//! follows two cursors, committed together: new messages by id, and the feed for their
-//! later changes — and a fresh index is built the same way, from message id 0.
+//! follows two cursors once built, committed together: new messages by id, and the feed
+//! for their later changes.
 //! A hole in the feed's ids (a transaction not yet committed, on PostgreSQL) is waited for
 //! up to [`GAP_WAIT_MS`]; a feed pruned past the cursor (a node down for longer than the
 //! feed is kept) rebuilds the index.
@@ -30,8 +30,8 @@
 //! removed from) is searched up to where they left, as they saw it while a member.
 //!
 //! It must not slow the send path: it costs a send nothing on the embedded store, and on
-//! PostgreSQL the feed's row (written by a trigger in the same transaction). The feeder runs on a thread of its own at the
-//! lowest CPU priority (SCHED_IDLE, nice 19), and so do the index's writer and merge
+//! PostgreSQL the feed's row (written by a trigger in the same transaction). The feeder
+//! runs on a thread of its own at the lowest CPU priority (SCHED_IDLE, nice 19), and so do the index's writer and merge
 //! threads, which it starts: while senders keep the CPU busy the index falls behind
 //! (`feed_behind` in `ferry admin search`) and catches up when the CPU is free, in larger
 //! batches. While the feed grows fast (a burst of sends) the feeder indexes nothing at
@@ -246,15 +246,9 @@ impl Search {
                 // A new or reset index: build it from the messages, then follow the feed
                 // from where it stands now.
                 let (_, feed) = self.core.store.search_feed_bounds().await?;
-                if by_id {
-                    self.follow_by_id(feed, 0).await
-                } else {
-                    self.build(0, feed).await
-                }
+                self.build(0, feed, by_id).await
             }
-            (Some(Cursor::Build { after, feed }), false) => self.build(after, feed).await,
-            // A build is following new messages by id: it goes on as such.
-            (Some(Cursor::Build { after, feed }), true) => self.follow_by_id(feed, after).await,
+            (Some(Cursor::Build { after, feed }), _) => self.build(after, feed, by_id).await,
             (Some(Cursor::Feed { after }), false) => self.follow(after).await,
             (Some(Cursor::Follow { after, msgs }), true) => self.follow_by_id(after, msgs).await,
             (Some(cursor), _) => {
@@ -268,11 +262,20 @@ impl Search {
         }
     }
 
-    async fn build(&self, after: u64, feed: u64) -> Result<bool, LogicError> {
+    /// Builds from the messages after message `after`; once they are all in, follows the
+    /// feed after row `feed` (and, `by_id`, new messages after the last one built).
+    async fn build(&self, after: u64, feed: u64, by_id: bool) -> Result<bool, LogicError> {
         let msgs = self.core.store.messages_after(after, BATCH).await?;
         let Some(last) = msgs.last().map(|m| m.msg_id) else {
-            self.commit(Vec::new(), Cursor::Feed { after: feed })
-                .await?;
+            let built = if by_id {
+                Cursor::Follow {
+                    after: feed,
+                    msgs: after,
+                }
+            } else {
+                Cursor::Feed { after: feed }
+            };
+            self.commit(Vec::new(), built).await?;
             return Ok(true);
         };
         let changes = self.changes(&msgs, &[]).await;
