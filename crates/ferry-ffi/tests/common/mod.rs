@@ -43,8 +43,11 @@ fn newest_source(except: &[&str]) -> SystemTime {
             if path.is_dir() {
                 walk(&path, newest);
             } else if let Ok(t) = e.metadata().and_then(|m| m.modified()) {
+                // Cargo.lock by name: a test's server may leave other `.lock` files
+                // (tantivy's) behind, and those are no source.
                 let ext = path.extension().and_then(|x| x.to_str());
-                if matches!(ext, Some("rs" | "toml" | "proto" | "lock")) && t > *newest {
+                let source = matches!(ext, Some("rs" | "toml" | "proto")) || name == "Cargo.lock";
+                if source && t > *newest {
                     *newest = t;
                 }
             }

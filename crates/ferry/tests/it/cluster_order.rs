@@ -111,6 +111,7 @@ gateway_expiry_ms = 1500
 fn logic_logging_to(config: &Path, log: &Path) -> Node {
     Node::spawn(
         Command::new("sh")
+            .current_dir(crate::node_dir(config))
             .arg("-c")
             .arg(r#"exec "$0" logic --config "$1" 2>"$2""#)
             .arg(crate::FERRY)
