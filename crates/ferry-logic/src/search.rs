@@ -31,11 +31,12 @@
 //!
 //! It must not slow the send path: it costs a send nothing on the embedded store, and on
 //! PostgreSQL the feed's row (written by a trigger in the same transaction). The feeder
-//! runs on a thread of its own at the lowest CPU priority (SCHED_IDLE, nice 19), and so do the index's writer and merge
-//! threads, which it starts: while senders keep the CPU busy the index falls behind
-//! (`feed_behind` in `ferry admin search`) and catches up when the CPU is free, in larger
-//! batches. While the feed grows fast (a burst of sends) the feeder indexes nothing at
-//! all, for a bounded time ([`Hold`]).
+//! runs on a thread of its own at the lowest CPU priority (SCHED_IDLE, nice 19), and so
+//! do the index's writer and merge threads, which it starts: while senders keep the CPU
+//! busy the index falls behind (`feed_behind` in `ferry admin search`) and catches up
+//! when the CPU is free, in larger batches. While the feed grows fast (a burst of sends)
+//! the feeder indexes nothing at all, for a bounded time ([`Hold`]); while only a few
+//! messages wait, it leaves them for a larger commit, for a bounded time ([`Gather`]).
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
@@ -348,8 +349,9 @@ impl Search {
     /// at `head`.
     fn wait(&self, at: u64, head: u64) -> bool {
         let now = std::time::Instant::now();
-        if self.hold.lock().active() {
-            let held = self.hold.lock().decide(at, head, now);
+        let mut hold = self.hold.lock();
+        if hold.active() {
+            let held = hold.decide(at, head, now);
             self.holding.store(held, Ordering::Relaxed);
             if held {
                 metrics::counter!("ferry_search_holds_total").increment(1);

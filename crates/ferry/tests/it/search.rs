@@ -33,8 +33,8 @@ fn texts(r: &v1::SearchResp) -> Vec<String> {
         .collect()
 }
 
-/// Searches until `want` hits come back (the index follows the store within a second),
-/// for at most 15 s.
+/// Searches until `want` hits come back (the index follows the store within about two
+/// seconds), for at most 15 s.
 async fn until_found(acc: &Account, text: &str, want: usize) -> v1::SearchResp {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -43,6 +43,25 @@ async fn until_found(acc: &Account, text: &str, want: usize) -> v1::SearchResp {
             return r;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The index's stats (`GET admin/search`) until `done` holds for them, for at most `secs`:
+/// the last answer either way, for the caller's assertions to say what was missing.
+async fn stats_until(
+    addr: &str,
+    admin: &str,
+    secs: u64,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let (status, stats) = api_call(addr, "GET", "admin/search", Some(admin), None).await;
+        assert_eq!(status, 200, "{stats}");
+        if done(&stats) || Instant::now() > deadline {
+            return stats;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -266,18 +285,16 @@ async fn the_index_is_shown_and_rebuilt_by_the_admin_api() {
     assert_eq!(status, 200);
     let (status, _) = api_call(&addr, "POST", "admin/search/reindex", None, None).await;
     assert_eq!(status, 401);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = search(a, "report", |_| {}).await;
-        let (_, stats) = api_call(&addr, "GET", "admin/search", Some(&admin), None).await;
-        // Rebuilt: the 30 messages indexed again, and found once each.
-        let again = stats["applied"].as_u64().unwrap() >= applied + 30;
-        if again && r.total == 30 && stats["docs"] == 30 && stats["building"] == false {
-            break;
-        }
-        assert!(Instant::now() < deadline, "not rebuilt in 15 s: {stats}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // Rebuilt: the 30 messages indexed again, and found once each.
+    let again = |s: &serde_json::Value| s["applied"].as_u64().unwrap() >= applied + 30;
+    let stats = stats_until(&addr, &admin, 15, |s| {
+        again(s) && s["docs"] == 30 && s["building"] == false
+    })
+    .await;
+    assert!(again(&stats), "not rebuilt in 15 s: {stats}");
+    assert_eq!(stats["docs"], 30, "{stats}");
+    assert_eq!(stats["building"], false, "{stats}");
+    assert_eq!(until_found(a, "report", 30).await.total, 30);
 }
 
 /// An index made before the embedded store took new messages out of its feed (its
@@ -325,15 +342,7 @@ async fn an_index_that_followed_the_old_feed_is_rebuilt_once() {
     assert_eq!(until_found(&a, "before", 5).await.total, 5, "once each");
     // Built (the build's last, empty round moves the cursor on to following by id).
     let admin = admin_token(&ts);
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let stats = loop {
-        let (status, stats) = api_call(&ts.addr(), "GET", "admin/search", Some(&admin), None).await;
-        assert_eq!(status, 200, "{stats}");
-        if stats["building"] == false || Instant::now() > deadline {
-            break stats;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let stats = stats_until(&ts.addr(), &admin, 5, |s| s["building"] == false).await;
     assert_eq!(stats["docs"], 10, "{stats}");
     assert!(
         stats["cursor"].as_str().unwrap().starts_with("follow:"),
