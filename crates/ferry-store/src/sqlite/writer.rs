@@ -111,11 +111,11 @@ pub(super) fn store_full(e: &StoreError) -> bool {
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
 /// WAL frames (pages written) from which a checkpointer pass has the writer restart the
 /// WAL from its start: ~64 MiB at the default 4 KiB page. Every restart holds all writes
-/// (a few ms, more on a busy box); at 4 096 frames (16 MiB) that came every 0.4–0.8 s at
-/// 5 000–10 000 msgs/s, and a quarter as many restarts gave a lower p90 at 5 000/s (7 of
-/// 7 interleaved runs), p99 at 2 000/s (3 of 3) and more closed-loop throughput (4 of 4)
-/// — docs/benchmarks.md, *Fewer WAL restarts*. The WAL file keeps its length between
-/// restarts (`WAL_KEEP_BYTES`), so it now reaches 64 MiB and more on a busy server.
+/// ([`restart_wal`]: 4–7 ms, every ≈ 0.4 s at 10 000 msgs/s with 4 096 frames); a
+/// quarter as many restarts gave a lower p90 at 5 000/s (7 of 7 interleaved runs), p99
+/// at 2 000/s (3 of 3) and more closed-loop throughput (4 of 4) — docs/benchmarks.md,
+/// *Fewer WAL restarts*. The WAL file keeps its length between restarts
+/// (`WAL_KEEP_BYTES`), so it now reaches 64 MiB and more on a busy server.
 const RESTART_AT_FRAMES: u64 = 16_384;
 /// Frames the writer may find left to copy when it restarts the WAL.
 const CAUGHT_UP_FRAMES: u64 = 256;
