@@ -109,14 +109,15 @@ pub(super) fn store_full(e: &StoreError) -> bool {
 
 /// How often the checkpointer copies the WAL back into the database file.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
-/// WAL frames (pages written) from which a checkpointer pass has the writer restart the
-/// WAL from its start: ~64 MiB at the default 4 KiB page. Every restart holds all writes
-/// ([`restart_wal`]: 4–7 ms, every ≈ 0.4 s at 10 000 msgs/s with 4 096 frames); a
-/// quarter as many restarts gave a lower p90 at 5 000/s (7 of 7 interleaved runs), p99
-/// at 2 000/s (3 of 3) and more closed-loop throughput (4 of 4) — docs/benchmarks.md,
-/// *Fewer WAL restarts*. The WAL file keeps its length between restarts
-/// (`WAL_KEEP_BYTES`), so it now reaches 64 MiB and more on a busy server.
-const RESTART_AT_FRAMES: u64 = 16_384;
+/// How long the WAL grows before a checkpointer pass has the writer restart it from its
+/// start: 64 MiB, whatever the page size (65 536 frames of a new database's 1 KiB pages,
+/// 16 384 of an older one's 4 KiB). Every restart holds all writes ([`restart_wal`]: a
+/// copy of the last frames and a sync of the database file, 4–25 ms); fewer restarts gave
+/// a lower p90 at 5 000 msgs/s and p99 at 2 000/s, and more closed-loop throughput
+/// (docs/benchmarks.md, *Fewer WAL restarts*; the smaller pages came later, *Smaller
+/// pages*). The WAL file keeps its length between restarts (`WAL_KEEP_BYTES`), so it
+/// reaches 64 MiB and more on a busy server.
+const RESTART_AT_BYTES: u64 = 64 * 1024 * 1024;
 /// Frames the writer may find left to copy when it restarts the WAL.
 const CAUGHT_UP_FRAMES: u64 = 256;
 /// How long the writer waits for readers to leave the WAL when restarting it, and how
@@ -126,7 +127,8 @@ const RESTART_POLL: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// Starts the thread that checkpoints the WAL on its own connection (PASSIVE: it never
 /// blocks the writer or readers), and raises `restart_due` after a pass that left a long
-/// WAL entirely copied back. Stops when the returned sender is dropped.
+/// WAL entirely copied back. Stops when the returned sender is dropped. `page_size`: the
+/// database's (at least 512), which a WAL frame holds.
 ///
 /// A passive checkpoint alone never lets the WAL start over under a steady stream of
 /// commits: SQLite rewinds the WAL only when a write begins with every frame already
@@ -137,8 +139,10 @@ const RESTART_POLL: std::time::Duration = std::time::Duration::from_micros(50);
 /// are left to copy.
 pub(super) fn spawn_checkpointer(
     path: &Path,
+    page_size: u64,
     restart_due: Arc<AtomicBool>,
 ) -> Result<std::sync::mpsc::Sender<()>> {
+    let restart_at = RESTART_AT_BYTES / page_size;
     let conn = Connection::open(path)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let (tx, rx) = std::sync::mpsc::channel::<()>();
@@ -158,7 +162,7 @@ pub(super) fn spawn_checkpointer(
                     Ok(p) => p,
                     Err(e) => return tracing::warn!(error = %e, "WAL checkpoint failed"),
                 };
-                if log < RESTART_AT_FRAMES {
+                if log < restart_at {
                     return;
                 }
                 // The writer kept committing while this pass copied and synced: copy those
@@ -174,7 +178,7 @@ pub(super) fn spawn_checkpointer(
                 }
                 // A reader on an old snapshot can keep a pass from copying everything; a WAL
                 // far too long is restarted anyway (copying what is left).
-                if copied == log || log >= 4 * RESTART_AT_FRAMES {
+                if copied == log || log >= 4 * restart_at {
                     restart_due.store(true, Ordering::Release);
                 }
             };
