@@ -206,10 +206,10 @@ async fn new_databases_have_small_pages_and_older_ones_keep_theirs() {
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
     let round_trip = |dir: std::path::PathBuf, long: String| async move {
-        let (a, b);
+        let b;
         {
             let s = SqliteStore::open(&dir, Durability::Fsync).unwrap();
-            a = s.create_user("alice", "h").await.unwrap();
+            let a = s.create_user("alice", "h").await.unwrap();
             b = s.create_user("bob", "h").await.unwrap();
             for i in 0..50 {
                 s.append_message(NewMessage {
@@ -243,7 +243,6 @@ async fn new_databases_have_small_pages_and_older_ones_keep_theirs() {
         assert_eq!(texts.len(), 50);
         assert_eq!(texts[25], long);
         assert_eq!(texts[49], "m49");
-        let _ = a;
     };
 
     let new = tempfile::tempdir().unwrap();
