@@ -4,6 +4,7 @@
 use std::future::Future;
 use std::sync::Arc;
 
+use ferry_proto::v1;
 use ferry_store::prelude::*;
 use ferry_store::{Durability, LocalMediaStore, NewMessage, SqliteStore};
 
@@ -34,6 +35,20 @@ where
 
 ferry_store::conformance_tests!(with_store, with_media);
 
+/// A 1:1 message with `text`, stored at time 1.
+fn message(sender_id: u64, recipient_id: u64, client_msg_id: u64, text: String) -> NewMessage {
+    NewMessage {
+        sender_id,
+        recipient_id,
+        client_msg_id,
+        time_ms: 1,
+        message: v1::Message {
+            text,
+            ..Default::default()
+        },
+    }
+}
+
 #[tokio::test]
 async fn data_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
@@ -43,27 +58,15 @@ async fn data_survives_reopen() {
         a = s.create_user("alice", "h").await.unwrap();
         b = s.create_user("bob", "h").await.unwrap();
         for i in 0..3 {
-            s.append_message(NewMessage {
-                sender_id: a,
-                recipient_id: b,
-                client_msg_id: i,
-                time_ms: 1,
-                message: Default::default(),
-            })
-            .await
-            .unwrap();
+            s.append_message(message(a, b, i, String::new()))
+                .await
+                .unwrap();
         }
     }
     let s = store(&dir);
     assert_eq!(s.latest_seq(b).await.unwrap(), 3);
     let next = s
-        .append_message(NewMessage {
-            sender_id: a,
-            recipient_id: b,
-            client_msg_id: 99,
-            time_ms: 1,
-            message: Default::default(),
-        })
+        .append_message(message(a, b, 99, String::new()))
         .await
         .unwrap();
     assert_eq!(next.recipient_seq, 4);
@@ -75,13 +78,7 @@ async fn data_survives_reopen() {
 #[tokio::test]
 async fn seqs_go_on_after_everything_was_pruned_and_reopened() {
     let dir = tempfile::tempdir().unwrap();
-    let msg = |a, b, i| NewMessage {
-        sender_id: a,
-        recipient_id: b,
-        client_msg_id: i,
-        time_ms: 1,
-        message: Default::default(),
-    };
+    let msg = |a, b, i| message(a, b, i, String::new());
     let (a, b);
     {
         let s = store(&dir);
@@ -124,15 +121,10 @@ async fn wal_starts_over_while_writes_keep_coming() {
             while !stop.load(Ordering::Relaxed) && n < 3_200 {
                 n += 1;
                 let k = (w * 7 + n * 13) as usize;
-                s.append_message(NewMessage {
-                    sender_id: users[k % users.len()],
-                    recipient_id: users[(k * 31 + 1) % users.len()],
-                    client_msg_id: w << 32 | n,
-                    time_ms: 1,
-                    message: Default::default(),
-                })
-                .await
-                .unwrap();
+                let (from, to) = (users[k % users.len()], users[(k * 31 + 1) % users.len()]);
+                s.append_message(message(from, to, w << 32 | n, String::new()))
+                    .await
+                    .unwrap();
             }
         }));
     }
@@ -200,8 +192,6 @@ fn page_size_of(path: &std::path::Path) -> u32 {
 /// longer than a page (overflow pages) comes back whole from both, also after reopening.
 #[tokio::test]
 async fn new_databases_have_small_pages_and_older_ones_keep_theirs() {
-    use ferry_proto::v1;
-
     let long: String = (0..3_000)
         .map(|i| char::from(b'a' + (i % 26) as u8))
         .collect();
@@ -212,22 +202,12 @@ async fn new_databases_have_small_pages_and_older_ones_keep_theirs() {
             let a = s.create_user("alice", "h").await.unwrap();
             b = s.create_user("bob", "h").await.unwrap();
             for i in 0..50 {
-                s.append_message(NewMessage {
-                    sender_id: a,
-                    recipient_id: b,
-                    client_msg_id: i,
-                    time_ms: 1,
-                    message: v1::Message {
-                        text: if i == 25 {
-                            long.clone()
-                        } else {
-                            format!("m{i}")
-                        },
-                        ..Default::default()
-                    },
-                })
-                .await
-                .unwrap();
+                let text = if i == 25 {
+                    long.clone()
+                } else {
+                    format!("m{i}")
+                };
+                s.append_message(message(a, b, i, text)).await.unwrap();
             }
         }
         let s = SqliteStore::open(&dir, Durability::Fsync).unwrap();
