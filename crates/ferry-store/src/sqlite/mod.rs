@@ -82,12 +82,13 @@ const WAL_KEEP_BYTES: i64 = 512 * 1024 * 1024;
 
 /// The page size of a new database. Every commit writes each page it changed whole into
 /// the WAL, and the pages a batch of sends changes are scattered (each sender's and
-/// recipient's inbox, each sender's idempotency entry): ≈ 2.5 pages a message. At 1 KiB
+/// recipient's inbox, each sender's idempotency entry): ≈ 3.4 pages a message at 20 000
+/// msgs/s (WAL frames written over messages stored, docs/benchmarks.md). At 1 KiB
 /// instead of SQLite's default 4 KiB a commit writes a quarter of the bytes, the
 /// checkpointer copies a quarter back, and the WAL restarts a quarter as often for its
 /// length: the open loop's p90 and p99 at 20 000 msgs/s fell by a third
-/// (docs/benchmarks.md, *Smaller pages*). A message longer than ≈ 990 bytes spills into
-/// overflow pages. A database made before keeps its 4 KiB.
+/// (docs/benchmarks.md, *Smaller pages*). A row longer than ≈ 990 bytes (a long message)
+/// spills into overflow pages. A database made before keeps its 4 KiB.
 const PAGE_SIZE: i64 = 1024;
 
 struct ReadPool {
@@ -121,8 +122,9 @@ fn open_reader(path: &Path) -> Result<Connection> {
     // writes a large one buys nothing. With 8 MiB each they held what logins had read:
     // `ferry bench idle --connections 10000` measured 2 329 B per connection, 2 119 B
     // with 1 MiB. Leaf pages come from the OS page cache instead, shared by all. 512 KiB
-    // since pages are 1 KiB (`PAGE_SIZE`): each cached page costs ≈ 250 B of SQLite's
-    // own besides, four times as many of them took 1 MiB to ≈ 46 B more per connection.
+    // since pages are 1 KiB (`PAGE_SIZE`): each cached page costs ≈ 290 B of SQLite's
+    // own besides (docs/benchmarks.md), and four times as many of them in 1 MiB cost
+    // ≈ 46 B more per idle connection.
     conn.pragma_update(None, "cache_size", -512)?;
     stable_plans(&conn)?;
     Ok(conn)

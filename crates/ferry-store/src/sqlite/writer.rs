@@ -112,11 +112,11 @@ const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(2
 /// How long the WAL grows before a checkpointer pass has the writer restart it from its
 /// start: 64 MiB, whatever the page size (65 536 frames of a new database's 1 KiB pages,
 /// 16 384 of an older one's 4 KiB). Every restart holds all writes ([`restart_wal`]: a
-/// copy of the last frames and a sync of the database file, 4–25 ms); fewer restarts gave
-/// a lower p90 at 5 000 msgs/s and p99 at 2 000/s, and more closed-loop throughput
-/// (docs/benchmarks.md, *Fewer WAL restarts*; the smaller pages came later, *Smaller
-/// pages*). The WAL file keeps its length between restarts (`WAL_KEEP_BYTES`), so it
-/// reaches 64 MiB and more on a busy server.
+/// copy of the last frames and a sync of the database file, 2–25 ms at 20 000 msgs/s);
+/// fewer restarts gave a lower p90 at 5 000 msgs/s and p99 at 2 000/s, and more
+/// closed-loop throughput (docs/benchmarks.md, *Fewer WAL restarts*; the smaller pages
+/// came later, *Smaller pages*). The WAL file keeps its length between restarts
+/// (`WAL_KEEP_BYTES`), so it reaches 64 MiB and more on a busy server.
 const RESTART_AT_BYTES: u64 = 64 * 1024 * 1024;
 /// Frames the writer may find left to copy when it restarts the WAL.
 const CAUGHT_UP_FRAMES: u64 = 256;
