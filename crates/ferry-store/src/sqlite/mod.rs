@@ -91,6 +91,18 @@ const WAL_KEEP_BYTES: i64 = 512 * 1024 * 1024;
 /// spills into overflow pages. A database made before keeps its 4 KiB.
 const PAGE_SIZE: i64 = 1024;
 
+/// The writer's page cache, in KiB. Not larger: SQLite scans its page cache's whole hash
+/// table at the end of every transaction in which a B-tree balance swapped two pages'
+/// numbers — it parks a page under the lock-byte page's number (1 GiB into the file) for
+/// the swap, and the commit then drops every cached page above the database's size,
+/// visiting each hash bucket when the gap is that wide. A fifth to two fifths of the send
+/// batches do (22 % of commits at 2 000 msgs/s, 42 % in a closed-loop `ferry bench p2p`),
+/// and the scan grows with the cache: at 64 MiB (65 536 pages of 1 KiB) it was 4 % of the
+/// server's CPU in the closed loop, ≈ 0.4 ms added to each such commit. 8 MiB took the
+/// closed loop's CPU per message down by ≈ 6 % (docs/benchmarks.md, *The page cache's
+/// scan*); pages beyond it come from the OS page cache.
+const WRITER_CACHE_KIB: i64 = 8 * 1024;
+
 struct ReadPool {
     path: PathBuf,
     idle: Mutex<Vec<Connection>>,
@@ -161,10 +173,9 @@ impl SqliteStore {
         };
         conn.pragma_update(None, "synchronous", sync)?;
         conn.pragma_update(None, "foreign_keys", "OFF")?;
-        // The writer is the one serial path of every send: give it a large page cache,
-        // and leave checkpoints to the checkpointer thread so a commit never pays for
-        // copying the WAL back into the database.
-        conn.pragma_update(None, "cache_size", -64 * 1024)?;
+        // Leave checkpoints to the checkpointer thread so a commit never pays for copying
+        // the WAL back into the database.
+        conn.pragma_update(None, "cache_size", -WRITER_CACHE_KIB)?;
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)?;
         schema::migrate(&mut conn)?;
