@@ -63,6 +63,9 @@ pub(crate) struct Inbox {
     groups: Arc<Groups>,
     /// Wakes the recipient's devices that have no live link.
     push: Arc<PushService>,
+    /// Moved by every message, registered once (see `notify::Meters`).
+    messages_in: metrics::Counter,
+    delivery: metrics::Histogram,
 }
 
 impl Inbox {
@@ -81,6 +84,8 @@ impl Inbox {
             attach,
             groups,
             push,
+            messages_in: metrics::counter!("ferry_messages_in_total"),
+            delivery: metrics::histogram!("ferry_delivery_seconds"),
         }
     }
 
@@ -395,7 +400,7 @@ impl Inbox {
                 msg_id: done.msg_id,
                 ..d.new.message
             };
-            metrics::counter!("ferry_messages_in_total").increment(1);
+            self.messages_in.increment(1);
             if to != me.user_id {
                 self.push.message(to, done.recipient_seq, &message);
             }
@@ -406,8 +411,7 @@ impl Inbox {
                 > 0
             {
                 // Send received → durable → notify handed to the recipient's gateway(s).
-                metrics::histogram!("ferry_delivery_seconds")
-                    .record(started.elapsed().as_secs_f64());
+                self.delivery.record(started.elapsed().as_secs_f64());
             }
             if to != me.user_id {
                 if req.echo_in_ack && req.conn_id != 0 {
