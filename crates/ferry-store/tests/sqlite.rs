@@ -240,3 +240,29 @@ async fn new_databases_have_small_pages_and_older_ones_keep_theirs() {
     round_trip(old.path().to_path_buf(), long).await;
     assert_eq!(page_size_of(&old.path().join("ferry.db")), 4096);
 }
+
+/// The bundled SQLite is built as .cargo/config.toml says: without
+/// `SQLITE_ENABLE_MEMORY_MANAGEMENT`, which the `libsqlite3-sys` crate turns on and which
+/// puts the page caches of all connections in one group under one process-wide mutex —
+/// the writer and every reader then take the same lock at each page they touch
+/// (docs/benchmarks.md, *One page-cache lock per connection*).
+#[test]
+fn sqlite_gives_each_connection_its_own_page_cache_lock() {
+    let conn = rusqlite::Connection::open_in_memory().unwrap();
+    let options: Vec<String> = conn
+        .prepare("PRAGMA compile_options")
+        .unwrap()
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        options.iter().any(|o| o.starts_with("THREADSAFE=")),
+        "{options:?}"
+    );
+    assert!(
+        !options.iter().any(|o| o == "ENABLE_MEMORY_MANAGEMENT"),
+        "SQLite built with ENABLE_MEMORY_MANAGEMENT (LIBSQLITE3_FLAGS set outside \
+         .cargo/config.toml?): {options:?}"
+    );
+}
