@@ -403,7 +403,6 @@ type Handling<'a> = std::pin::Pin<
 impl Handler for Logic {
     async fn handle(&self, req: BusRequest) -> BusResponse {
         let started = std::time::Instant::now();
-        let name = cmd::name(req.cmd as u8);
         let admitted = self.admission.admit(Class::of(&req)).await;
         let resp = match admitted {
             Ok(_slot) if !req.batch.is_empty() => {
@@ -443,8 +442,11 @@ impl Handler for Logic {
             },
             Err(ms) => error_response(req.cmd, LogicError::Overloaded(ms)),
         };
-        self.durations[usize::from(req.cmd as u8)]
-            .get_or_init(|| metrics::histogram!("ferry_request_duration_seconds", "cmd" => name))
+        let byte = req.cmd as u8;
+        self.durations[usize::from(byte)]
+            .get_or_init(
+                || metrics::histogram!("ferry_request_duration_seconds", "cmd" => cmd::name(byte)),
+            )
             .record(started.elapsed().as_secs_f64());
         resp
     }
