@@ -77,7 +77,7 @@ const BUSY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// 70–117 MiB and allocated them again (ext4 block allocation, new page-cache pages, the
 /// truncate), and the writer spent ≈ 7 % more CPU per message (docs/benchmarks.md). Only
 /// a WAL that long is kept; a quieter server's stays as long as its writes between
-/// restarts (3 MiB at 200 msgs/s, 66–73 MiB at 2 000/s since the WAL restarts at 64 MiB).
+/// restarts (3 MiB at 200 msgs/s, 66 MiB at 2 000/s since the WAL restarts at 64 MiB).
 const WAL_KEEP_BYTES: i64 = 512 * 1024 * 1024;
 
 /// The page size of a new database. Every commit writes each page it changed whole into
@@ -95,12 +95,12 @@ const PAGE_SIZE: i64 = 1024;
 /// table at the end of every transaction in which a B-tree balance swapped two pages'
 /// numbers — it parks a page under the lock-byte page's number (1 GiB into the file) for
 /// the swap, and the commit then drops every cached page above the database's size,
-/// visiting each hash bucket when the gap is that wide. A fifth to two fifths of the send
-/// batches do (22 % of commits at 2 000 msgs/s, 42 % in a closed-loop `ferry bench p2p`),
-/// and the scan grows with the cache: at 64 MiB (65 536 pages of 1 KiB) it was 4 % of the
-/// server's CPU in the closed loop, ≈ 0.4 ms added to each such commit. 8 MiB took the
-/// closed loop's CPU per message down by ≈ 6 % (docs/benchmarks.md, *The page cache's
-/// scan*); pages beyond it come from the OS page cache.
+/// visiting each hash bucket when the gap is that wide. A fifth to two fifths of the
+/// commits do (22 % at 2 000 msgs/s, 42 % in a closed-loop `ferry bench p2p`, counted with
+/// uprobes), and the scan grows with the cache: at 64 MiB (65 536 pages of 1 KiB) it was
+/// 4 % of the server's CPU in the closed loop, ≈ 0.4 ms added to each such commit. 8 MiB
+/// took the closed loop's CPU per message down by ≈ 6 % (docs/benchmarks.md, *The page
+/// cache's scan*); pages beyond it come from the OS page cache.
 const WRITER_CACHE_KIB: i64 = 8 * 1024;
 
 struct ReadPool {
