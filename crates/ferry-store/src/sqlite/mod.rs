@@ -7,8 +7,9 @@
 //! proceed while the writer writes).
 //!
 //! This module holds the store type and its plumbing (opening, the read pool, handing a
-//! write to the writer); `writer.rs` is the writer and checkpointer threads, `schema.rs`
-//! the migrations, and each domain's trait is implemented in the file of its name.
+//! write to the writer); `writer.rs` is the writer and checkpointer threads, `walbuf.rs`
+//! the VFS that gathers the writer's WAL writes, `schema.rs` the migrations, and each
+//! domain's trait is implemented in the file of its name.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -44,6 +45,7 @@ mod schema;
 mod search;
 mod social;
 mod user_admin;
+mod walbuf;
 mod writer;
 
 /// How hard a commit waits for the disk.
@@ -161,7 +163,17 @@ impl SqliteStore {
     pub fn open(dir: &Path, durability: Durability) -> Result<Self> {
         std::fs::create_dir_all(dir)?;
         let path = dir.join("ferry.db");
-        let mut conn = Connection::open(&path)?;
+        // The writer's WAL writes reach the file in one call per commit (`walbuf.rs`),
+        // which is sound only where every commit syncs the WAL before other connections
+        // can see it: at `synchronous=FULL`.
+        let mut conn = match durability {
+            Durability::Fsync => Connection::open_with_flags_and_vfs(
+                &path,
+                OpenFlags::default(),
+                walbuf::vfs().map_err(|e| StoreError::Io(std::io::Error::other(e)))?,
+            )?,
+            Durability::Os => Connection::open(&path)?,
+        };
         conn.busy_timeout(BUSY_TIMEOUT)?;
         stable_plans(&conn)?;
         // Only a new database takes it (an existing one keeps the size it was made with).
