@@ -101,8 +101,9 @@ const PAGE_SIZE: i64 = 1024;
 /// commits do (22 % at 2 000 msgs/s, 42 % in a closed-loop `ferry bench p2p`, counted with
 /// uprobes), and the scan grows with the cache: at 64 MiB (65 536 pages of 1 KiB) it was
 /// 4 % of the server's CPU in the closed loop, ≈ 0.4 ms added to each such commit. 8 MiB
-/// took the closed loop's CPU per message down by ≈ 6 % (docs/benchmarks.md, *The page
-/// cache's scan*); pages beyond it come from the OS page cache.
+/// took the closed loop's CPU per message down by ≈ 7 % (15.9 against 17.1 µs, means of 4
+/// interleaved rounds; docs/benchmarks.md, *The page cache's scan*); pages beyond it come
+/// from the OS page cache.
 const WRITER_CACHE_KIB: i64 = 8 * 1024;
 
 struct ReadPool {
