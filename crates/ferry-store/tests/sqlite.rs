@@ -248,6 +248,10 @@ async fn new_databases_have_small_pages_and_older_ones_keep_theirs() {
 /// (docs/benchmarks.md, *One page-cache lock per connection*).
 #[test]
 fn sqlite_gives_each_connection_its_own_page_cache_lock() {
+    // The store sets SQLite up (its page cache, `pcache.rs`) before the process's first
+    // connection: open one before this test's own.
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(dir.path(), Durability::Os).unwrap());
     let conn = rusqlite::Connection::open_in_memory().unwrap();
     let options: Vec<String> = conn
         .prepare("PRAGMA compile_options")

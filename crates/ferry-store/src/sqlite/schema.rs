@@ -451,6 +451,7 @@ mod tests {
     #[test]
     fn the_rebuilt_search_feed_goes_on_after_every_id_it_handed_out() {
         let dir = tempfile::tempdir().unwrap();
+        super::super::pcache::install();
         let conn = Connection::open(dir.path().join("ferry.db")).unwrap();
         // The schema as it was before the rebuild.
         let before = MIGRATIONS
@@ -536,6 +537,7 @@ mod tests {
     #[test]
     fn only_changes_and_deletions_feed_the_search_feed() {
         let dir = tempfile::tempdir().unwrap();
+        super::super::pcache::install();
         let mut conn = Connection::open(dir.path().join("ferry.db")).unwrap();
         migrate(&mut conn).unwrap();
         for id in 1..=3 {

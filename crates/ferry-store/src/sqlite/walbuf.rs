@@ -48,6 +48,8 @@ pub(super) fn vfs() -> Result<&'static str, String> {
     static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
     REGISTERED
         .get_or_init(|| {
+            // Registering a VFS starts SQLite, after which its page cache is fixed.
+            super::pcache::install();
             // SAFETY: the default VFS lives for the whole process; ours is leaked, so it
             // does too, as sqlite3_vfs_register requires.
             unsafe {
