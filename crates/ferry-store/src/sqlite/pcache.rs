@@ -288,24 +288,41 @@ mod tests {
         COUNTS.with(|n| n.get())
     }
 
+    /// Inserts the rows of `keys` with `len` bytes of `fill` each in one transaction,
+    /// committed or rolled back; the sum of their keys' low bits.
+    fn insert(
+        conn: &mut Connection,
+        keys: std::ops::Range<u64>,
+        fill: u8,
+        len: usize,
+        commit: bool,
+    ) -> i64 {
+        let txn = conn.transaction().unwrap();
+        let mut sum = 0;
+        for i in keys {
+            txn.execute(
+                "INSERT INTO t (k, v) VALUES (?1, ?2)",
+                params![key(i), vec![fill; len]],
+            )
+            .unwrap();
+            sum += key(i) & 65535;
+        }
+        if commit {
+            txn.commit().unwrap();
+        } else {
+            txn.rollback().unwrap();
+        }
+        sum
+    }
+
     #[test]
     fn commits_that_split_pages_skip_the_sweep_and_keep_every_row() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open(dir.path());
         let before = counts();
-        let mut sum = 0;
-        for batch in 0..100u64 {
-            let txn = conn.transaction().unwrap();
-            for i in batch * 40..(batch + 1) * 40 {
-                txn.execute(
-                    "INSERT INTO t (k, v) VALUES (?1, ?2)",
-                    params![key(i), vec![7u8; 60]],
-                )
-                .unwrap();
-                sum += key(i) & 65535;
-            }
-            txn.commit().unwrap();
-        }
+        let sum: i64 = (0..100u64)
+            .map(|b| insert(&mut conn, b * 40..(b + 1) * 40, 7, 60, true))
+            .sum();
         let (skipped, passed, moved) = counts();
         let (skipped, passed, moved) = (skipped - before.0, passed - before.1, moved - before.2);
         // Pages were renumbered above every page fetched (the swap through the lock-byte
@@ -321,53 +338,20 @@ mod tests {
     }
 
     /// A transaction that grew the file and rolled back leaves pages beyond the
-    /// database's end in the cache: their drop must happen, or the next growth would
-    /// find the rolled-back pages' bytes again.
+    /// database's end in the cache: their drop is passed on, and what the file holds
+    /// afterwards is only what was committed.
     #[test]
     fn a_rolled_back_growth_is_dropped_from_the_cache() {
         let dir = tempfile::tempdir().unwrap();
         let mut conn = open(dir.path());
-        let mut sum = 0;
-        {
-            let txn = conn.transaction().unwrap();
-            for i in 0..200u64 {
-                txn.execute(
-                    "INSERT INTO t (k, v) VALUES (?1, ?2)",
-                    params![key(i), vec![1u8; 60]],
-                )
-                .unwrap();
-                sum += key(i) & 65535;
-            }
-            txn.commit().unwrap();
-        }
+        let mut sum = insert(&mut conn, 0..200, 1, 60, true);
         let passed_before = counts().1;
-        {
-            let txn = conn.transaction().unwrap();
-            for i in 1_000..3_000u64 {
-                txn.execute(
-                    "INSERT INTO t (k, v) VALUES (?1, ?2)",
-                    params![key(i), vec![2u8; 200]],
-                )
-                .unwrap();
-            }
-            txn.rollback().unwrap();
-        }
+        insert(&mut conn, 1_000..3_000, 2, 200, false);
         assert!(
             counts().1 > passed_before,
             "the rollback's drop was skipped"
         );
-        {
-            let txn = conn.transaction().unwrap();
-            for i in 5_000..5_300u64 {
-                txn.execute(
-                    "INSERT INTO t (k, v) VALUES (?1, ?2)",
-                    params![key(i), vec![3u8; 100]],
-                )
-                .unwrap();
-                sum += key(i) & 65535;
-            }
-            txn.commit().unwrap();
-        }
+        sum += insert(&mut conn, 5_000..5_300, 3, 100, true);
         let seen: i64 = conn
             .query_row(
                 "SELECT count(*) FROM t WHERE v = ?1",
