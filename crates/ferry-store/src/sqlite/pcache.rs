@@ -32,13 +32,50 @@ use std::sync::OnceLock;
 
 use rusqlite::ffi;
 
-/// pcache1's methods, as SQLite had them before ours were installed.
-struct Base(ffi::sqlite3_pcache_methods2);
-// SAFETY: the table is written once, before any other thread can read it (OnceLock), and
-// never again; its pointers are SQLite's own functions and its `pArg`, which SQLite's
-// default page cache does not use.
+type Pcache = *mut ffi::sqlite3_pcache;
+type Page = *mut ffi::sqlite3_pcache_page;
+
+/// pcache1's methods, as SQLite had them before ours were installed: the ones every page
+/// cache has, checked once at install instead of at every call.
+struct Base {
+    arg: *mut c_void,
+    init: Option<unsafe extern "C" fn(*mut c_void) -> c_int>,
+    shutdown: Option<unsafe extern "C" fn(*mut c_void)>,
+    create: unsafe extern "C" fn(c_int, c_int, c_int) -> Pcache,
+    cachesize: unsafe extern "C" fn(Pcache, c_int),
+    pagecount: unsafe extern "C" fn(Pcache) -> c_int,
+    fetch: unsafe extern "C" fn(Pcache, c_uint, c_int) -> Page,
+    unpin: unsafe extern "C" fn(Pcache, Page, c_int),
+    rekey: unsafe extern "C" fn(Pcache, Page, c_uint, c_uint),
+    truncate: unsafe extern "C" fn(Pcache, c_uint),
+    destroy: unsafe extern "C" fn(Pcache),
+    shrink: Option<unsafe extern "C" fn(Pcache)>,
+}
+// SAFETY: written once, before any other thread can read it (OnceLock), and never again;
+// its pointers are SQLite's own functions and its `pArg`, which SQLite's default page
+// cache does not use.
 unsafe impl Send for Base {}
 unsafe impl Sync for Base {}
+
+impl Base {
+    /// `None` when a method every page cache has is missing.
+    fn of(m: &ffi::sqlite3_pcache_methods2) -> Option<Base> {
+        Some(Base {
+            arg: m.pArg,
+            init: m.xInit,
+            shutdown: m.xShutdown,
+            create: m.xCreate?,
+            cachesize: m.xCachesize?,
+            pagecount: m.xPagecount?,
+            fetch: m.xFetch?,
+            unpin: m.xUnpin?,
+            rekey: m.xRekey?,
+            truncate: m.xTruncate?,
+            destroy: m.xDestroy?,
+            shrink: m.xShrink,
+        })
+    }
+}
 
 static BASE: OnceLock<Base> = OnceLock::new();
 
@@ -51,19 +88,21 @@ pub(super) fn install() -> bool {
         // copies the one it is given; both are refused (SQLITE_MISUSE) once SQLite is
         // initialized, which leaves its default in place.
         unsafe {
-            let mut base: ffi::sqlite3_pcache_methods2 = std::mem::zeroed();
-            if ffi::sqlite3_config(
+            let mut methods: ffi::sqlite3_pcache_methods2 = std::mem::zeroed();
+            let base = match ffi::sqlite3_config(
                 ffi::SQLITE_CONFIG_GETPCACHE2,
-                &mut base as *mut ffi::sqlite3_pcache_methods2,
-            ) != ffi::SQLITE_OK
-                || base.xCreate.is_none()
-            {
+                &mut methods as *mut ffi::sqlite3_pcache_methods2,
+            ) {
+                ffi::SQLITE_OK => Base::of(&methods),
+                _ => None,
+            };
+            let Some(base) = base else {
                 tracing::debug!("SQLite was in use already: its default page cache stays");
                 return false;
-            }
-            let _ = BASE.set(Base(base));
+            };
+            let _ = BASE.set(base);
             let ours = ffi::sqlite3_pcache_methods2 {
-                iVersion: base.iVersion,
+                iVersion: methods.iVersion,
                 pArg: std::ptr::null_mut(),
                 xInit: Some(x_init),
                 xShutdown: Some(x_shutdown),
@@ -85,12 +124,18 @@ pub(super) fn install() -> bool {
     })
 }
 
+fn base() -> &'static Base {
+    BASE.get()
+        .expect("the page cache is used only once installed")
+}
+
 /// Numbers moved to above [`Cache::fetched`] kept before the bound is simply raised.
 const MOVED_MAX: usize = 8;
 
 /// One page cache (one per connection): pcache1's and the bound of its page numbers.
 struct Cache {
-    inner: *mut ffi::sqlite3_pcache,
+    base: &'static Base,
+    inner: Pcache,
     /// No cached page has a number above this one, except the numbers in `moved`.
     fetched: c_uint,
     /// Numbers above `fetched` that a page was moved to (`xRekey`) and has not been moved
@@ -105,14 +150,7 @@ impl Cache {
     }
 }
 
-fn base() -> &'static ffi::sqlite3_pcache_methods2 {
-    &BASE
-        .get()
-        .expect("the page cache is used only once installed")
-        .0
-}
-
-unsafe fn cache<'a>(p: *mut ffi::sqlite3_pcache) -> &'a mut Cache {
+unsafe fn cache<'a>(p: Pcache) -> &'a mut Cache {
     &mut *p.cast::<Cache>()
 }
 
@@ -133,29 +171,24 @@ fn count(skipped: u64, passed: u64, moved: u64) {
 
 unsafe extern "C" fn x_init(_: *mut c_void) -> c_int {
     let b = base();
-    match b.xInit {
-        Some(init) => init(b.pArg),
-        None => ffi::SQLITE_OK,
-    }
+    b.init.map_or(ffi::SQLITE_OK, |init| init(b.arg))
 }
 
 unsafe extern "C" fn x_shutdown(_: *mut c_void) {
     let b = base();
-    if let Some(shutdown) = b.xShutdown {
-        shutdown(b.pArg)
+    if let Some(shutdown) = b.shutdown {
+        shutdown(b.arg)
     }
 }
 
-unsafe extern "C" fn x_create(
-    sz_page: c_int,
-    sz_extra: c_int,
-    purgeable: c_int,
-) -> *mut ffi::sqlite3_pcache {
-    let inner = base().xCreate.expect("checked at install")(sz_page, sz_extra, purgeable);
+unsafe extern "C" fn x_create(sz_page: c_int, sz_extra: c_int, purgeable: c_int) -> Pcache {
+    let base = base();
+    let inner = (base.create)(sz_page, sz_extra, purgeable);
     if inner.is_null() {
         return inner;
     }
     Box::into_raw(Box::new(Cache {
+        base,
         inner,
         fetched: 0,
         moved: Vec::new(),
@@ -163,43 +196,33 @@ unsafe extern "C" fn x_create(
     .cast()
 }
 
-unsafe extern "C" fn x_cachesize(p: *mut ffi::sqlite3_pcache, n: c_int) {
-    base().xCachesize.expect("pcache1 has it")(cache(p).inner, n)
-}
-
-unsafe extern "C" fn x_pagecount(p: *mut ffi::sqlite3_pcache) -> c_int {
-    base().xPagecount.expect("pcache1 has it")(cache(p).inner)
-}
-
-unsafe extern "C" fn x_fetch(
-    p: *mut ffi::sqlite3_pcache,
-    key: c_uint,
-    create: c_int,
-) -> *mut ffi::sqlite3_pcache_page {
+unsafe extern "C" fn x_cachesize(p: Pcache, n: c_int) {
     let c = cache(p);
-    let page = base().xFetch.expect("pcache1 has it")(c.inner, key, create);
+    (c.base.cachesize)(c.inner, n)
+}
+
+unsafe extern "C" fn x_pagecount(p: Pcache) -> c_int {
+    let c = cache(p);
+    (c.base.pagecount)(c.inner)
+}
+
+unsafe extern "C" fn x_fetch(p: Pcache, key: c_uint, create: c_int) -> Page {
+    let c = cache(p);
+    let page = (c.base.fetch)(c.inner, key, create);
     if !page.is_null() && key > c.fetched {
         c.fetched = key;
     }
     page
 }
 
-unsafe extern "C" fn x_unpin(
-    p: *mut ffi::sqlite3_pcache,
-    page: *mut ffi::sqlite3_pcache_page,
-    discard: c_int,
-) {
-    base().xUnpin.expect("pcache1 has it")(cache(p).inner, page, discard)
+unsafe extern "C" fn x_unpin(p: Pcache, page: Page, discard: c_int) {
+    let c = cache(p);
+    (c.base.unpin)(c.inner, page, discard)
 }
 
-unsafe extern "C" fn x_rekey(
-    p: *mut ffi::sqlite3_pcache,
-    page: *mut ffi::sqlite3_pcache_page,
-    old: c_uint,
-    new: c_uint,
-) {
+unsafe extern "C" fn x_rekey(p: Pcache, page: Page, old: c_uint, new: c_uint) {
     let c = cache(p);
-    base().xRekey.expect("pcache1 has it")(c.inner, page, old, new);
+    (c.base.rekey)(c.inner, page, old, new);
     c.moved.retain(|&k| k != old);
     if new > c.fetched {
         #[cfg(test)]
@@ -212,7 +235,7 @@ unsafe extern "C" fn x_rekey(
     }
 }
 
-unsafe extern "C" fn x_truncate(p: *mut ffi::sqlite3_pcache, limit: c_uint) {
+unsafe extern "C" fn x_truncate(p: Pcache, limit: c_uint) {
     let c = cache(p);
     if !c.may_hold_from(limit) {
         #[cfg(test)]
@@ -221,19 +244,20 @@ unsafe extern "C" fn x_truncate(p: *mut ffi::sqlite3_pcache, limit: c_uint) {
     }
     #[cfg(test)]
     count(0, 1, 0);
-    base().xTruncate.expect("pcache1 has it")(c.inner, limit);
+    (c.base.truncate)(c.inner, limit);
     c.fetched = c.fetched.min(limit.saturating_sub(1));
     c.moved.retain(|&k| k < limit);
 }
 
-unsafe extern "C" fn x_destroy(p: *mut ffi::sqlite3_pcache) {
+unsafe extern "C" fn x_destroy(p: Pcache) {
     let c = Box::from_raw(p.cast::<Cache>());
-    base().xDestroy.expect("pcache1 has it")(c.inner);
+    (c.base.destroy)(c.inner);
 }
 
-unsafe extern "C" fn x_shrink(p: *mut ffi::sqlite3_pcache) {
-    if let Some(shrink) = base().xShrink {
-        shrink(cache(p).inner)
+unsafe extern "C" fn x_shrink(p: Pcache) {
+    let c = cache(p);
+    if let Some(shrink) = c.base.shrink {
+        shrink(c.inner)
     }
 }
 
