@@ -2,8 +2,9 @@
 //!
 //! SQLite writes every WAL frame with two `pwrite` calls (its 24-byte header, then the
 //! page), and a batch of sends changes 3.4–4.9 pages a message (WAL frames counted at
-//! 20 000 and 2 000 msgs/s): seven to ten system calls per message, each paying the kernel's whole buffered-write path (page-cache look-up, ext4's
-//! write_begin/write_end, dirtying) for a kilobyte or less. In a closed-loop `ferry bench
+//! 20 000 and 2 000 msgs/s): seven to ten system calls per message, each paying the
+//! kernel's whole buffered-write path (page-cache look-up, ext4's write_begin/write_end,
+//! dirtying) for a kilobyte or less. In a closed-loop `ferry bench
 //! p2p` those calls were 17 % of the server's CPU and a third of the writer thread's — the
 //! one serial thread every durable message goes through (docs/benchmarks.md, *The WAL's
 //! writes gathered*).
