@@ -490,11 +490,26 @@ pub(crate) async fn establish(shared: &Arc<Shared>) -> Result<Connected, End> {
             Err(RaceEnd::Stop(end)) => return Err(end),
             Err(RaceEnd::Failed(reason)) => why.push(reason),
         }
+        if t == Transport::Tcp && tcp_worked_lately(shared) {
+            // The server's trouble, not the network's: back off and try TCP again
+            // rather than move onto long-poll (and back again minutes later).
+            break;
+        }
     }
     Err(End::Lost {
         reason: format!("no endpoint answered ({})", why.join("; ")),
         logged_in: false,
     })
+}
+
+/// Whether TCP worked on this network less than `long_poll_after` ago.
+fn tcp_worked_lately(shared: &Shared) -> bool {
+    let within = shared.cfg.smart.long_poll_after;
+    shared
+        .smart
+        .lock()
+        .tcp_worked_at
+        .is_some_and(|t| t.elapsed() < within)
 }
 
 /// Starts [`refresh_endpoints`] unless one is on its way already (a link lost and

@@ -243,6 +243,9 @@ pub(crate) struct SmartRuntime {
     pub refreshing: bool,
     /// The heartbeat interval in use.
     pub heartbeat: Duration,
+    /// When a TCP link last worked on this network: logged in, or still up when it
+    /// ended (none since the client started or the network changed).
+    pub tcp_worked_at: Option<tokio::time::Instant>,
 }
 
 impl Default for SmartRuntime {
@@ -257,6 +260,7 @@ impl Default for SmartRuntime {
             refreshed_at: None,
             refreshing: false,
             heartbeat: Duration::ZERO,
+            tcp_worked_at: None,
         }
     }
 }

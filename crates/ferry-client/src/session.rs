@@ -128,6 +128,7 @@ fn network_changed(shared: &Shared, network: String) {
     let mut smart = shared.smart.lock();
     smart.bans.clear();
     smart.network = network;
+    smart.tcp_worked_at = None;
 }
 
 /// The client's link task, until the app closes the client or logging in becomes
@@ -178,7 +179,14 @@ pub(crate) async fn drive(
             Err(end) => end,
         };
         shared.status.send_replace(Status::Connecting);
-        shared.smart.lock().current = None;
+        {
+            let mut smart = shared.smart.lock();
+            // A TCP link worked until just now: see `SmartConfig::long_poll_after`.
+            if smart.current.is_some_and(|e| e.transport == Transport::Tcp) {
+                smart.tcp_worked_at = Some(tokio::time::Instant::now());
+            }
+            smart.current = None;
+        }
         shared.save_state();
         // What a busy server asked the next attempt to wait (see `End::Busy`).
         let mut pushed: Option<Duration> = None;
@@ -308,7 +316,13 @@ async fn session(
         s.last_endpoint = endpoint.to_string();
     }
     shared.save_state();
-    shared.smart.lock().current = Some(endpoint);
+    {
+        let mut smart = shared.smart.lock();
+        smart.current = Some(endpoint);
+        if endpoint.transport == Transport::Tcp {
+            smart.tcp_worked_at = Some(tokio::time::Instant::now());
+        }
+    }
     *shared.username.lock() = login.username.clone();
     // The heartbeat: learnt per network on TCP; on long-poll the polls keep the path
     // open, so the safe interval is used as it is.

@@ -118,6 +118,11 @@ pub struct SmartConfig {
     pub ban_max: Duration,
     /// Fall back to the long link over HTTP long-poll when no TCP endpoint works.
     pub long_poll: bool,
+    /// Where a TCP link worked on this network less than this long ago, a round of
+    /// failed TCP attempts is the server's trouble (a restart, an overload), not a
+    /// network that blocks TCP: reconnect over TCP with back-off instead of falling
+    /// back to long-poll, until TCP has failed this long.
+    pub long_poll_after: Duration,
     /// On long-poll, try TCP again this often; move back as soon as it works.
     pub tcp_retry: Duration,
     /// Send connect reports once the link has been idle this long.
@@ -148,6 +153,7 @@ impl Default for SmartConfig {
             ban_step: Duration::from_secs(6 * 60),
             ban_max: Duration::from_secs(30 * 60),
             long_poll: true,
+            long_poll_after: Duration::from_secs(10),
             tcp_retry: Duration::from_secs(2 * 60),
             report_idle: Duration::from_secs(30),
             heartbeat_max: Duration::from_secs(10 * 60),

@@ -15,6 +15,13 @@
 //! even the quickest request finished in a 100 ms window took longer than
 //! `standing_delay_ms`, the delay is standing (a queue that does not drain, not a
 //! burst), and new sessions are shed until a window's quickest is under it again.
+//! Not at once: a new session that meets a standing delay first waits, its connection
+//! open, up to `new_session_wait_ms` for it to end, and is let in one per request
+//! that finishes once it has. Shed, a reconnecting device would come back on a new
+//! connection — a TCP connect, a handshake and a LOGIN more on both sides, on a node
+//! that is short of exactly that — and in a reconnect storm most of the work went into
+//! such refusals. Only those that wait longer, or find `new_session_share` of
+//! `max_in_flight` already waiting, are shed.
 //!
 //! A shed new session is told to come back after twice the last window's quickest
 //! request — about the time the standing queue takes to drain — between
@@ -52,6 +59,10 @@ pub struct AdmissionConfig {
     /// New sessions are shed while the quickest request of each 100 ms window takes
     /// longer than this (0: off).
     pub standing_delay_ms: u64,
+    /// How long a new session that meets a standing delay may wait for it to end
+    /// before it is shed (0: shed at once). Under the gateway's bus timeout, which the
+    /// wait and the LOGIN itself must fit in.
+    pub new_session_wait_ms: u64,
 }
 
 impl Default for AdmissionConfig {
@@ -64,6 +75,7 @@ impl Default for AdmissionConfig {
             retry_after_ms: 1000,
             new_session_retry_min_ms: 250,
             standing_delay_ms: 50,
+            new_session_wait_ms: 2_000,
         }
     }
 }
@@ -116,6 +128,10 @@ pub struct Admission {
     in_flight: AtomicUsize,
     waiting: AtomicUsize,
     freed: Notify,
+    /// New sessions waiting out a standing delay.
+    waiting_new: AtomicUsize,
+    /// One waiting new session's turn to look again: given as each request finishes.
+    turn: Notify,
     /// Requests shed, per class.
     pub shed: [AtomicU64; 3],
     /// Time zero of the microsecond clocks below.
@@ -142,6 +158,7 @@ impl Drop for Permit<'_> {
             a.in_flight.fetch_sub(1, Ordering::AcqRel);
             a.freed.notify_one();
             a.finished(self.asked_us);
+            a.turn.notify_one();
         }
     }
 }
@@ -153,6 +170,8 @@ impl Admission {
             in_flight: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             freed: Notify::new(),
+            waiting_new: AtomicUsize::new(0),
+            turn: Notify::new(),
             shed: Default::default(),
             epoch: std::time::Instant::now(),
             window_start_us: AtomicU64::new(0),
@@ -268,7 +287,7 @@ impl Admission {
             asked_us,
         };
         let limit = self.limit(class);
-        if class == Class::NewSession && self.delay_standing() {
+        if class == Class::NewSession && self.delay_standing() && !self.delay_waited_out().await {
             metrics::counter!("ferry_shed_standing_delay_total").increment(1);
             return Err(self.shed(class));
         }
@@ -300,6 +319,39 @@ impl Admission {
         Err(self.shed(class))
     }
 
+    /// A new session's wait for a standing delay to end: true when it ended within
+    /// `new_session_wait_ms`, false when the wait ran out or too many wait already.
+    /// Each finished request lets one waiter look again, so those let in go at the pace
+    /// requests finish, not all at once into the next standing delay.
+    async fn delay_waited_out(&self) -> bool {
+        let wait = Duration::from_millis(self.cfg.new_session_wait_ms);
+        if wait.is_zero() {
+            return false;
+        }
+        if self.waiting_new.fetch_add(1, Ordering::AcqRel) >= self.limit(Class::NewSession) {
+            self.waiting_new.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        metrics::counter!("ferry_new_session_waited_total").increment(1);
+        let deadline = tokio::time::Instant::now() + wait;
+        let over = loop {
+            let turn = self.turn.notified();
+            tokio::pin!(turn);
+            turn.as_mut().enable();
+            if !self.delay_standing() {
+                break true;
+            }
+            // Looked at again at least once a window: a node whose queue emptied has no
+            // request left to finish and hand out turns.
+            let next = deadline.min(tokio::time::Instant::now() + Duration::from_micros(WINDOW_US));
+            if tokio::time::timeout_at(next, turn).await.is_err() && next == deadline {
+                break !self.delay_standing();
+            }
+        };
+        self.waiting_new.fetch_sub(1, Ordering::AcqRel);
+        over
+    }
+
     /// Every slot is taken (and admission is on): new requests wait or are shed.
     pub fn saturated(&self) -> bool {
         self.cfg.max_in_flight > 0 && self.in_flight() >= self.cfg.max_in_flight
@@ -314,6 +366,7 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn adm(max: usize) -> Admission {
         Admission::new(AdmissionConfig {
@@ -372,6 +425,7 @@ mod tests {
         let a = Admission::new(AdmissionConfig {
             max_in_flight: 1000,
             standing_delay_ms: 50,
+            new_session_wait_ms: 0,
             ..Default::default()
         });
         let slow = Duration::from_millis(80);
@@ -435,13 +489,11 @@ mod tests {
         let a = Admission::new(AdmissionConfig {
             max_in_flight: 1000,
             standing_delay_ms: 50,
+            new_session_wait_ms: 0,
             ..Default::default()
         });
         // A queue in flight …
-        let mut queue = Vec::new();
-        for _ in 0..QUEUE_FLOOR {
-            queue.push(a.admit(Class::Realtime).await.unwrap());
-        }
+        let queue = queued(&a).await;
         // … and a window whose one finished request asked `took_ms` ago (after at least
         // that long, so it is not cut at the clock's zero).
         let window = |took_ms: u64| {
@@ -473,6 +525,108 @@ mod tests {
         assert_eq!(b.admit(Class::State).await.err(), Some(1000));
         assert_eq!(b.admit(Class::NewSession).await.err(), Some(250));
         drop(queue);
+    }
+
+    /// A queue in flight: the least that counts as one, admitted and held.
+    async fn queued(a: &Admission) -> Vec<Permit<'_>> {
+        let mut queue = Vec::new();
+        for _ in 0..QUEUE_FLOOR {
+            queue.push(a.admit(Class::Realtime).await.unwrap());
+        }
+        queue
+    }
+
+    /// A window of `a` whose one finished request asked `took_ms` ago (slept until a new
+    /// window begins, so it is judged, and at least that long, so it is not cut at the
+    /// clock's zero).
+    fn window(a: &Admission, took_ms: u64) {
+        std::thread::sleep(Duration::from_micros(WINDOW_US.max(took_ms * 1000) + 1_000));
+        a.in_flight.fetch_add(1, Ordering::AcqRel);
+        drop(Permit {
+            adm: Some(a),
+            asked_us: a.now_us().saturating_sub(took_ms * 1000),
+        });
+    }
+
+    /// A new session that meets a standing delay waits for it to end instead of being
+    /// shed, and goes on once a window's quickest request is quick again; one whose wait
+    /// runs out is shed after it, and one that finds as many waiting as new sessions
+    /// may use is shed at once.
+    #[tokio::test]
+    async fn a_new_session_waits_out_a_standing_delay() {
+        let a = Arc::new(Admission::new(AdmissionConfig {
+            max_in_flight: 40,
+            standing_delay_ms: 50,
+            new_session_wait_ms: 2_000,
+            ..Default::default()
+        }));
+        let queue = queued(&a).await;
+        window(&a, 300);
+        assert!(a.delay_standing());
+        let login = {
+            let a = a.clone();
+            tokio::spawn(async move { a.admit(Class::NewSession).await.map(drop) })
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!login.is_finished(), "waiting, not shed");
+        assert_eq!(a.waiting_new.load(Ordering::Relaxed), 1);
+        // The delay ends: a quick window.
+        window(&a, 1);
+        assert!(!a.delay_standing());
+        let got = tokio::time::timeout(Duration::from_secs(1), login)
+            .await
+            .expect("let in once the delay is over")
+            .unwrap();
+        assert_eq!(got, Ok(()));
+        assert_eq!(
+            a.shed[Class::NewSession as usize].load(Ordering::Relaxed),
+            0
+        );
+
+        // A delay that outlasts the wait: shed after it.
+        let b = Admission::new(AdmissionConfig {
+            max_in_flight: 40,
+            standing_delay_ms: 50,
+            new_session_wait_ms: 200,
+            ..Default::default()
+        });
+        let queue_b = queued(&b).await;
+        window(&b, 300);
+        let t = std::time::Instant::now();
+        assert_eq!(b.admit(Class::NewSession).await.err(), Some(600));
+        assert!(
+            t.elapsed() >= Duration::from_millis(200),
+            "{:?}",
+            t.elapsed()
+        );
+
+        // As many waiting as new sessions may use (half of 40): the next is shed at once.
+        // (Two windows: the first holds the quick finish of the login let in above.)
+        window(&a, 300);
+        window(&a, 300);
+        assert!(a.delay_standing());
+        let waiters: Vec<_> = (0..20)
+            .map(|_| {
+                let a = a.clone();
+                tokio::spawn(async move { a.admit(Class::NewSession).await.map(drop) })
+            })
+            .collect();
+        while a.waiting_new.load(Ordering::Relaxed) < 20 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let t = std::time::Instant::now();
+        assert_eq!(a.admit(Class::NewSession).await.err(), Some(600));
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        window(&a, 1);
+        for w in waiters {
+            assert_eq!(w.await.unwrap(), Ok(()));
+        }
+        drop(queue);
+        drop(queue_b);
     }
 
     #[test]

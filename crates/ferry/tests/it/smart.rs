@@ -124,9 +124,9 @@ async fn races_past_black_holed_refusing_and_slow_endpoints_to_the_good_one() {
     drop(hole);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tcp_blocked_falls_back_to_long_poll_and_moves_back_when_tcp_returns() {
-    // The proxy's address is what the server hands out, so the client cannot go around it.
+/// A server with `users` whose endpoint list names only a proxy in front of it (its
+/// address the third), so a client cannot go around the proxy.
+async fn behind_a_proxy(users: &[&str]) -> (TestServer, Proxy, SocketAddr) {
     let front = bind("127.0.0.6").await;
     let front_addr = front.local_addr().unwrap();
     let srv = TestServer::with(|c| {
@@ -138,8 +138,55 @@ async fn tcp_blocked_falls_back_to_long_poll_and_moves_back_when_tcp_returns() {
         }];
     })
     .await;
-    srv.register(&["alice", "bob"]).await;
+    srv.register(users).await;
     let proxy = Proxy::on(front, srv.server.addr(), ProxyOptions::default());
+    (srv, proxy, front_addr)
+}
+
+/// A TCP link that worked until just now, lost with TCP failing after it (a server
+/// restarting, overloaded), is not moved onto long-poll at once: the client keeps
+/// trying TCP with back-off for `long_poll_after`, and falls back only when TCP fails
+/// longer than that (a network that began to block it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_tcp_link_tries_tcp_again_before_long_poll() {
+    let (srv, proxy, front_addr) = behind_a_proxy(&["bob"]).await;
+    let mut cfg = fast(&front_addr.to_string(), "bob");
+    cfg.smart.long_poll_after = Duration::from_secs(4);
+    let (bob, _bob_ev) = Client::connect(cfg).await.unwrap();
+    let on = |t| Some(Endpoint::new(front_addr, t));
+    assert_eq!(bob.endpoint(), on(Transport::Tcp));
+
+    proxy.http_only(true);
+    proxy.cut_long_links();
+    let lost = Instant::now();
+    // Within `long_poll_after`: TCP again and again, never long-poll.
+    while lost.elapsed() < Duration::from_millis(3_000) {
+        assert_ne!(
+            bob.endpoint(),
+            on(Transport::Http),
+            "moved to long-poll {:?} after a TCP link was lost",
+            lost.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(srv.server.gateway.long_poll_sessions(), 0);
+    // TCP keeps failing past it: long-poll.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while bob.endpoint() != on(Transport::Http) {
+        assert!(Instant::now() < deadline, "never fell back to long-poll");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        lost.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        lost.elapsed()
+    );
+    bob.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_blocked_falls_back_to_long_poll_and_moves_back_when_tcp_returns() {
+    let (srv, proxy, front_addr) = behind_a_proxy(&["alice", "bob"]).await;
     proxy.http_only(true);
 
     let (alice, mut alice_ev) = connect(&srv.addr(), "alice").await;
