@@ -280,6 +280,12 @@ impl Admission {
                 asked_us: 0,
             });
         }
+        if class == Class::NewSession && self.delay_standing() && !self.delay_waited_out().await {
+            metrics::counter!("ferry_shed_standing_delay_total").increment(1);
+            return Err(self.shed(class));
+        }
+        // Timed from here: a new session's wait for a standing delay to end is not
+        // logic's queue, and counted would keep the delay standing on its own.
         let asked_us = self.now_us();
         // Made only once a slot is taken: dropping a permit gives its slot back.
         let granted = || Permit {
@@ -287,10 +293,6 @@ impl Admission {
             asked_us,
         };
         let limit = self.limit(class);
-        if class == Class::NewSession && self.delay_standing() && !self.delay_waited_out().await {
-            metrics::counter!("ferry_shed_standing_delay_total").increment(1);
-            return Err(self.shed(class));
-        }
         if self.try_take(limit) {
             return Ok(granted());
         }
@@ -582,6 +584,9 @@ mod tests {
             a.shed[Class::NewSession as usize].load(Ordering::Relaxed),
             0
         );
+        // Its wait is not logic's delay: timed from after it, the login took no time.
+        let took_us = a.window_min_us.load(Ordering::Relaxed);
+        assert!(took_us < 50_000, "{took_us} us");
 
         // A delay that outlasts the wait: shed after it.
         let b = Admission::new(AdmissionConfig {
