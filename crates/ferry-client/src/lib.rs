@@ -243,8 +243,9 @@ pub(crate) struct SmartRuntime {
     pub refreshing: bool,
     /// The heartbeat interval in use.
     pub heartbeat: Duration,
-    /// When a TCP link last worked on this network: logged in, or still up when it
-    /// ended (none since the client started or the network changed).
+    /// When a TCP link last worked on this network: the moment it ended, set where
+    /// every link's end is handled (none since the client started or the network
+    /// changed).
     pub tcp_worked_at: Option<tokio::time::Instant>,
 }
 

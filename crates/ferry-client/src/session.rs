@@ -316,13 +316,7 @@ async fn session(
         s.last_endpoint = endpoint.to_string();
     }
     shared.save_state();
-    {
-        let mut smart = shared.smart.lock();
-        smart.current = Some(endpoint);
-        if endpoint.transport == Transport::Tcp {
-            smart.tcp_worked_at = Some(tokio::time::Instant::now());
-        }
-    }
+    shared.smart.lock().current = Some(endpoint);
     *shared.username.lock() = login.username.clone();
     // The heartbeat: learnt per network on TCP; on long-poll the polls keep the path
     // open, so the safe interval is used as it is.

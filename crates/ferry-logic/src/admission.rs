@@ -158,7 +158,10 @@ impl Drop for Permit<'_> {
             a.in_flight.fetch_sub(1, Ordering::AcqRel);
             a.freed.notify_one();
             a.finished(self.asked_us);
-            a.turn.notify_one();
+            // Only while someone waits: a waiter also looks again every window.
+            if a.waiting_new.load(Ordering::Relaxed) > 0 {
+                a.turn.notify_one();
+            }
         }
     }
 }
