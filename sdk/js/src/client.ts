@@ -50,6 +50,14 @@ export interface ClientOptions {
   WebSocket?: unknown;
   /** Per-request timeout, ms. Default 10 000. */
   requestTimeoutMs?: number;
+  /** After a WebSocket link was up, how long failed WebSocket attempts are taken for the
+   *  server's trouble (a restart, an overload) rather than a network that blocks
+   *  WebSocket: the client backs off and tries WebSocket again instead of falling back to
+   *  long-poll (docs/protocol.md §7.4, step 3). Default 10 000 ms. */
+  longPollAfterMs?: number;
+  /** On long-poll: how often WebSocket is tried again in the background; when it logs
+   *  in, the client moves onto it (§7.4, step 3). Default 120 000 ms. */
+  wsRetryMs?: number;
 }
 
 export interface SendProgress {
@@ -117,6 +125,8 @@ const BACKOFF_MIN_MS = 200;
 const BACKOFF_MAX_MS = 30000;
 const RACE_STAGGER_MS = 2500;
 const RACE_MAX = 3;
+const LONG_POLL_AFTER_MS = 10000;
+const WS_RETRY_MS = 120000;
 /** A KICK this long after an attempt was given up may be that attempt's own login. */
 const SELF_KICK_WINDOW_MS = 30000;
 
@@ -240,6 +250,13 @@ export class FerryClient {
   private shortGood: string | undefined;
   /** How far the server's clock is ahead of the device's, ms. */
   private clockOffsetMs = 0;
+  /** When a WebSocket link that had logged in last ended (§7.4 step 3: failures right
+   *  after it are the server's, not the network's). */
+  private wsWorkedAt = 0;
+  private readonly longPollAfterMs: number;
+  private readonly wsRetryMs: number;
+  /** A WebSocket link that logged in while on long-poll: the next link (no dial). */
+  private switchTo: (LinkOpened & { endpoint: string }) | undefined;
 
   private constructor(opts: ClientOptions, store: StateStore) {
     this.store = store;
@@ -248,6 +265,8 @@ export class FerryClient {
     this.transports = opts.transports?.length ? [...opts.transports] : ["ws", "lp"];
     this.WsCtor = (opts.WebSocket ?? (globalThis as { WebSocket?: unknown }).WebSocket) as WsCtor | undefined;
     this.timeoutMs = opts.requestTimeoutMs ?? 10000;
+    this.longPollAfterMs = opts.longPollAfterMs ?? LONG_POLL_AFTER_MS;
+    this.wsRetryMs = opts.wsRetryMs ?? WS_RETRY_MS;
     this.optKey = opts.serverKey;
   }
 
@@ -523,24 +542,28 @@ export class FerryClient {
     let backoff = BACKOFF_MIN_MS;
     let reason: string | undefined;
     while (this.running) {
-      if (this._state !== "connecting") this.setState("connecting", reason ? { reason } : {});
-      let opened: LinkOpened & { endpoint: string };
-      try {
-        opened = await this.dial();
-      } catch (e) {
-        const fe = asFerryError(e);
-        if (!this.running) break;
-        if (this.fatal(fe)) {
-          this.running = false;
-          for (const w of this.connectWaiters.splice(0)) w.reject(fe);
-          for (const w of this.linkWaiters.splice(0)) w.reject(fe);
-          this.setState("offline", { reason: fe.message });
-          return;
+      // Moving from long-poll onto a WebSocket link that logged in meanwhile: no dial.
+      let opened = this.switchTo;
+      this.switchTo = undefined;
+      if (!opened) {
+        if (this._state !== "connecting") this.setState("connecting", reason ? { reason } : {});
+        try {
+          opened = await this.dial();
+        } catch (e) {
+          const fe = asFerryError(e);
+          if (!this.running) break;
+          if (this.fatal(fe)) {
+            this.running = false;
+            for (const w of this.connectWaiters.splice(0)) w.reject(fe);
+            for (const w of this.linkWaiters.splice(0)) w.reject(fe);
+            this.setState("offline", { reason: fe.message });
+            return;
+          }
+          reason = fe.message;
+          await this.pause(backoff / 2 + Math.random() * (backoff / 2));
+          backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
+          continue;
         }
-        reason = fe.message;
-        await this.pause(backoff / 2 + Math.random() * (backoff / 2));
-        backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
-        continue;
       }
       if (!this.running) {
         opened.link.close();
@@ -548,6 +571,7 @@ export class FerryClient {
       }
       const since = Date.now();
       reason = await this.online(opened);
+      if (this.switchTo) continue;
       if (Date.now() - since > 5000) backoff = BACKOFF_MIN_MS;
       else if (this.running) {
         // A link that ended at once: back off before the next, as after a failure.
@@ -555,6 +579,8 @@ export class FerryClient {
         backoff = Math.min(backoff * 2, BACKOFF_MAX_MS);
       }
     }
+    this.switchTo?.link.close("the client was closed");
+    this.switchTo = undefined;
     this.setState("offline", reason ? { reason } : {});
   }
 
@@ -629,11 +655,22 @@ export class FerryClient {
     );
   }
 
+  /** Whether WebSocket can be tried, and a WebSocket link was up less than
+   *  `longPollAfterMs` ago: then a failed WebSocket attempt is the server's trouble (a
+   *  restart, an overload), not a network that blocks WebSocket — try it again after a
+   *  back-off rather than long-poll (§7.4 step 3). Otherwise a restarted server would
+   *  have its browsers move onto long-poll, a request per poll. */
+  private wsWorkedLately(): boolean {
+    return !!this.WsCtor && this.transports.includes("ws") && Date.now() - this.wsWorkedAt < this.longPollAfterMs;
+  }
+
   /** One endpoint: its transports in order, until one logs in. */
   private async tryEndpoint(ep: string, key: Uint8Array, d: Dialing): Promise<LinkOpened> {
     let last: FerryError | undefined;
+    const wsLately = this.wsWorkedLately();
     for (const t of this.transports) {
       if (t === "ws" && !this.WsCtor) continue;
+      if (t === "lp" && wsLately) continue;
       if (d.cancelled || !this.running) throw new FerryError("closed", "cut short");
       try {
         return await this.attempt(ep, t, key, d);
@@ -723,12 +760,26 @@ export class FerryClient {
       const body = toBinary(HeartbeatSchema, create(HeartbeatSchema, { synckey: this._synckey }));
       link.request(cmd.HEARTBEAT, body, this.timeoutMs).catch(() => link.close("heartbeat unanswered"));
     }, every);
+    // On long-poll: try WebSocket again now and then, and move onto it once it logs in.
+    const probe = link.transport === "lp" && this.WsCtor && this.transports.includes("ws") ? this.probeWs(link) : undefined;
     const reason = await link.whenClosed();
     clearInterval(beat);
     clearTimeout(ls.gapTimer);
     if (this.link === link) {
       this.link = undefined;
       this.ls = undefined;
+    }
+    if (link.transport === "ws") this.wsWorkedAt = Date.now();
+    if (probe) {
+      // The probe's login replaces this session on the server, which KICKs this link:
+      // then wait for the probe's answer. A link lost otherwise ends the probe too.
+      if (!kicked || !probe.attempting()) probe.stop();
+      const better = await probe.result;
+      if (better && this.running) {
+        this.switchTo = better;
+        return `moved to WebSocket (${better.endpoint})`;
+      }
+      if (better) better.link.close("the client was closed");
     }
     if (kicked) {
       if (Date.now() - this.abandonedAt < SELF_KICK_WINDOW_MS) {
@@ -739,6 +790,65 @@ export class FerryClient {
       return kicked;
     }
     return reason;
+  }
+
+  /** While `link` (long-poll) is up: every `wsRetryMs` one WebSocket attempt per
+   *  endpoint, in order, in the background; the first that logs in closes `link` and
+   *  is the result (undefined once stopped without one). */
+  private probeWs(link: Link): {
+    result: Promise<(LinkOpened & { endpoint: string }) | undefined>;
+    stop: () => void;
+    attempting: () => boolean;
+  } {
+    let stopped = false;
+    let timer: ReturnType<typeof setTimeout> | undefined;
+    let wake: (() => void) | undefined;
+    let d: Dialing | undefined;
+    const stop = () => {
+      stopped = true;
+      clearTimeout(timer);
+      wake?.();
+      d?.cancel();
+    };
+    const result = (async () => {
+      while (!stopped && this.running) {
+        await new Promise<void>((r) => {
+          wake = r;
+          timer = setTimeout(r, this.wsRetryMs);
+        });
+        if (stopped || !this.running) return undefined;
+        const round = new Dialing();
+        d = round;
+        this.dialings.add(round);
+        try {
+          const key = await this.key();
+          for (const ep of this.endpoints()) {
+            if (round.cancelled) break;
+            try {
+              const opened = await this.attempt(ep, "ws", key, round);
+              if (stopped || round.cancelled) {
+                // The long-poll link ended meanwhile: the reconnect dials afresh.
+                opened.link.close("cut short");
+                this.abandonedAt = Date.now();
+                return undefined;
+              }
+              d = undefined; // its carrier is the new link: stop() must not close it
+              link.close("moving to WebSocket");
+              return { ...opened, endpoint: ep };
+            } catch (e) {
+              if (asFerryError(e).kind === "timeout") this.abandonedAt = Date.now();
+            }
+          }
+        } catch {
+          // No key: tried again at the next round.
+        } finally {
+          this.dialings.delete(round);
+          d = undefined;
+        }
+      }
+      return undefined;
+    })();
+    return { result, stop, attempting: () => d !== undefined };
   }
 
   /** A push; returns a reason when it ends this device's session (KICK KICKED). */
