@@ -312,8 +312,16 @@ impl Gateway {
             0 => self.cfg.handshake_retry_after_ms,
             n => n,
         };
-        self.shed_until_ms
-            .fetch_max(self.now_ms() + u64::from(wait), Ordering::Relaxed);
+        let now = self.now_ms();
+        let was = self
+            .shed_until_ms
+            .fetch_max(now + u64::from(wait), Ordering::Relaxed);
+        if was <= now {
+            tracing::info!(
+                wait_ms = wait,
+                "logic sheds new sessions: new handshakes wait (or are refused) meanwhile"
+            );
+        }
         wait
     }
 

@@ -134,6 +134,11 @@ pub struct Admission {
     turn: Notify,
     /// Requests shed, per class.
     pub shed: [AtomicU64; 3],
+    /// New sessions that waited for a standing delay to end (let in or shed after).
+    pub waited_new: AtomicU64,
+    /// `shed[NewSession]` and `waited_new` when the current standing delay began: the
+    /// log line at its end says how many it cost.
+    episode_start: [AtomicU64; 2],
     /// Time zero of the microsecond clocks below.
     epoch: std::time::Instant,
     /// When the current window began.
@@ -176,6 +181,8 @@ impl Admission {
             waiting_new: AtomicUsize::new(0),
             turn: Notify::new(),
             shed: Default::default(),
+            waited_new: AtomicU64::new(0),
+            episode_start: Default::default(),
             epoch: std::time::Instant::now(),
             window_start_us: AtomicU64::new(0),
             window_min_us: AtomicU64::new(u64::MAX),
@@ -207,17 +214,25 @@ impl Admission {
         let was = self.last_quickest_us.swap(quickest, Ordering::AcqRel);
         let standing = self.standing(quickest);
         if standing != self.standing(was) {
-            tracing::info!(
-                standing,
-                quickest_ms = min / 1000,
-                in_flight = self.in_flight(),
-                "admission: standing delay {}",
-                if standing {
-                    "begins; new sessions are shed"
-                } else {
-                    "is over"
-                }
-            );
+            let shed = self.shed[Class::NewSession as usize].load(Ordering::Relaxed);
+            let waited = self.waited_new.load(Ordering::Relaxed);
+            let shed_before = self.episode_start[0].swap(shed, Ordering::Relaxed);
+            let waited_before = self.episode_start[1].swap(waited, Ordering::Relaxed);
+            if standing {
+                tracing::info!(
+                    quickest_ms = min / 1000,
+                    in_flight = self.in_flight(),
+                    "admission: standing delay begins; new sessions wait, then are shed"
+                );
+            } else {
+                tracing::info!(
+                    quickest_ms = quickest / 1000,
+                    in_flight = self.in_flight(),
+                    new_sessions_waited = waited.saturating_sub(waited_before),
+                    new_sessions_shed = shed.saturating_sub(shed_before),
+                    "admission: standing delay is over"
+                );
+            }
         }
     }
 
@@ -337,6 +352,7 @@ impl Admission {
             self.waiting_new.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
+        self.waited_new.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ferry_new_session_waited_total").increment(1);
         let deadline = tokio::time::Instant::now() + wait;
         let over = loop {
