@@ -129,6 +129,8 @@ impl Accounts {
         // One look-up for the session, its user's name, whether the user is disabled and
         // the newest seq: after a restart every device logs in at once.
         let v = self.core.login_view(&r.token).await?;
+        // Entries stored from here until the new link's route arrives are told to it then.
+        self.notifier.login_answered(v.session.user_id);
         if let Some(reason) = &v.disabled {
             return Err(crate::admin_users::disabled_error(reason));
         }
@@ -416,7 +418,7 @@ mod name_tests {
 mod protocol_tests {
     use ferry_proto::{cmd, v1, ProtoMessage};
 
-    use crate::testing::{req, World};
+    use crate::testing::{notify_of, req, World};
 
     /// `LoginResp.protocol` is the highest the client, logic and the link's gateway all
     /// speak: a gateway from before protocol 2 (which names none) gets 1 agreed on its
@@ -448,5 +450,64 @@ mod protocol_tests {
             let got = v1::LoginResp::decode(resp.body).unwrap().protocol;
             assert_eq!(got, answered, "asked {asked}, link {link}");
         }
+    }
+
+    /// A device logs in again while its user still has a route elsewhere (a link this
+    /// login replaces, or a racing attempt cut short, closing on another gateway). A
+    /// message stored after the LOGIN read `latest_seq` and before the new link's route
+    /// arrived went only to that old route; the new link is told once its route comes.
+    #[tokio::test]
+    async fn an_entry_stored_while_a_login_waits_for_its_route_reaches_the_new_link() {
+        let w = World::new(crate::LogicConfig {
+            open_messaging: true,
+            ..Default::default()
+        });
+        let (ann, bob) = (w.user("ann").await, w.user("bob").await);
+        let (token, _) = w.accounts.issue_token(bob, "d1").await.unwrap();
+        w.notifier.link_up(bob, "gw-old", 1, "d1").await;
+        let login = v1::LoginReq {
+            token,
+            ..Default::default()
+        };
+        let mut r = req(cmd::LOGIN, 0, &login);
+        r.peer = "127.0.0.1:1".into();
+        r.gateway_id = "gw-new".into();
+        r.conn_id = 2;
+        let resp = w.accounts.login(&r).await.unwrap();
+        let answered = v1::LoginResp::decode(resp.body).unwrap().latest_seq;
+        w.pushes();
+
+        let send = v1::SendMsg {
+            to: "bob".into(),
+            text: "in between".into(),
+            client_msg_id: 7,
+            ..Default::default()
+        };
+        w.inbox.send(&req(cmd::SEND, ann, &send)).await.unwrap();
+        let to_bob: Vec<_> = w
+            .pushes()
+            .into_iter()
+            .filter(|(_, p)| p.user_id == bob)
+            .collect();
+        assert_eq!(to_bob.len(), 1, "{to_bob:?}");
+        assert_eq!(to_bob[0].0, "gw-old", "only the old route was known");
+        let seq = notify_of(&to_bob[0].1).latest_seq;
+        assert!(seq > answered);
+
+        // The old link goes, the new one's route arrives: it is told.
+        w.notifier.link_down(bob, "gw-old", 1);
+        w.notifier.link_up(bob, "gw-new", 2, "d1").await;
+        let told: Vec<_> = w
+            .pushes()
+            .into_iter()
+            .filter(|(_, p)| p.user_id == bob)
+            .collect();
+        assert_eq!(told.len(), 1, "{told:?}");
+        assert_eq!(told[0].0, "gw-new");
+        assert_eq!(notify_of(&told[0].1).latest_seq, seq);
+
+        // Told once: the next route of bob (another device) hears nothing more.
+        w.notifier.link_up(bob, "gw-new", 3, "d2").await;
+        assert!(w.pushes().iter().all(|(_, p)| p.user_id != bob));
     }
 }

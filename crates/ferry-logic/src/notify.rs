@@ -2,10 +2,11 @@
 //! link events) and the pushes to them — notifies that an inbox grew, kicks, typing.
 //!
 //! A push that fails is counted, never fatal: the device syncs at its next login or
-//! notify. Users whose inbox grew while no route to them was known here are remembered
-//! for a minute and told as soon as their route arrives (see [`Notifier::link_up`]).
+//! notify. Users whose inbox grew while no route to them was known here, or while a
+//! LOGIN of theirs answered here waited for its link's route, are remembered for a
+//! minute and told as soon as their route arrives (see [`Notifier::link_up`]).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +25,10 @@ enum Outlet {
     Record(parking_lot::Mutex<Vec<(String, Push)>>),
 }
 
+/// How long a LOGIN answered here waits for its link's route at most (a route comes in
+/// milliseconds, seconds under load; a link that never came up is forgotten after it).
+const LOGIN_ROUTE_WAIT: Duration = Duration::from_secs(30);
+
 pub(crate) struct Notifier {
     presence: Presence,
     out: Outlet,
@@ -38,6 +43,16 @@ pub(crate) struct Notifier {
     unrouted: DashMap<u64, (u64, Instant)>,
     /// Insertions into `unrouted`, to prune it every few thousand.
     unrouted_inserts: AtomicU64,
+    /// Users whose LOGIN this node answered and whose new link's route has not arrived
+    /// yet, and since when. An entry stored meanwhile goes to the routes known — another
+    /// link of the user, perhaps one closing (a racing attempt cut short, a link this
+    /// login replaces) — and the new link, whose LOGIN answer's `latest_seq` was read
+    /// before it, would not hear of it until the next one: so it is noted as unrouted
+    /// too, and told when the route arrives (`link_up`).
+    logging_in: DashMap<u64, Instant>,
+    /// Entries of `logging_in`, so that a notify looks the map up only while some login
+    /// waits for its route.
+    logging_in_n: AtomicUsize,
     /// Webhooks: a bot with an endpoint of its own hears each of its inbox entries as a
     /// `bot.update` (set once at wiring).
     hooks: std::sync::OnceLock<Arc<crate::webhooks::Emitter>>,
@@ -79,6 +94,8 @@ impl Notifier {
             inline_bytes,
             unrouted: DashMap::new(),
             unrouted_inserts: AtomicU64::new(0),
+            logging_in: DashMap::new(),
+            logging_in_n: AtomicUsize::new(0),
             hooks: std::sync::OnceLock::new(),
             watchers: Default::default(),
             meters: Meters::new(),
@@ -132,9 +149,41 @@ impl Notifier {
     /// on its way: the user is told now.
     pub async fn link_up(&self, user: u64, gateway: &str, conn: u64, device: &str) {
         self.presence.online(user, gateway, conn, device);
+        if self.logging_in_n.load(Ordering::Relaxed) > 0 && self.logging_in.remove(&user).is_some()
+        {
+            self.logging_in_n.fetch_sub(1, Ordering::Relaxed);
+        }
         if let Some((_, (seq, _))) = self.unrouted.remove(&user) {
             self.bare_notify(user, seq).await;
         }
+    }
+
+    /// This node answered a LOGIN of `user` (its `latest_seq` read): until the new link's
+    /// route arrives, entries stored for `user` are also noted as unrouted, and told to
+    /// the new link with its route (see `logging_in`). Only this node's entries: in a
+    /// cluster, an entry another node stores in that moment for a user with a route
+    /// elsewhere reaches the new link with the user's next entry or reconnect.
+    pub fn login_answered(&self, user: u64) {
+        let now = Instant::now();
+        if self.logging_in.insert(user, now).is_none() {
+            let n = self.logging_in_n.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_multiple_of(1024) {
+                // Logins whose link never came up (the client went away).
+                self.logging_in
+                    .retain(|_, t| now.duration_since(*t) < LOGIN_ROUTE_WAIT);
+                self.logging_in_n
+                    .store(self.logging_in.len(), Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// Whether a LOGIN of `user` answered here waits for its link's route.
+    fn route_pending(&self, user: u64) -> bool {
+        self.logging_in_n.load(Ordering::Relaxed) > 0
+            && self
+                .logging_in
+                .get(&user)
+                .is_some_and(|t| t.elapsed() < LOGIN_ROUTE_WAIT)
     }
 
     /// Whether device `device` ([`crate::presence::device_hash`]) of `user` has a live
@@ -227,6 +276,9 @@ impl Notifier {
             Ok(e) => e,
             Err(f) => f(),
         };
+        if self.route_pending(user) {
+            self.note_unrouted(user, seq);
+        }
         let gateways = match skip {
             None => self.presence.gateways(user),
             Some((g, c)) => match self.presence.gateways_except(user, g, c) {
