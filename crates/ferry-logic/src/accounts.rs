@@ -130,7 +130,8 @@ impl Accounts {
         // the newest seq: after a restart every device logs in at once.
         let v = self.core.login_view(&r.token).await?;
         // Entries stored from here until the new link's route arrives are told to it then.
-        self.notifier.login_answered(v.session.user_id);
+        self.notifier
+            .login_answered(v.session.user_id, &v.session.device_id);
         if let Some(reason) = &v.disabled {
             return Err(crate::admin_users::disabled_error(reason));
         }
@@ -496,6 +497,13 @@ mod protocol_tests {
         assert_eq!(first[0].0, "gw-old", "only the old route was known");
         let seq = notify_of(&first[0].1).latest_seq;
         assert!(seq > answered);
+
+        // Another device of bob's comes up first: told, but the wait for d1's route
+        // goes on.
+        w.notifier.link_up(bob, "gw-tab", 9, "d2").await;
+        let tab = to_bob();
+        assert_eq!(tab.len(), 2, "{tab:?}");
+        w.notifier.link_down(bob, "gw-tab", 9);
 
         // The old link goes, the new one's route arrives: it is told.
         w.notifier.link_down(bob, "gw-old", 1);

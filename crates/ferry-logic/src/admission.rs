@@ -135,10 +135,11 @@ pub struct Admission {
     /// Requests shed, per class.
     pub shed: [AtomicU64; 3],
     /// New sessions that waited for a standing delay to end (let in or shed after).
-    pub waited_new: AtomicU64,
+    waited_new: AtomicU64,
     /// `shed[NewSession]` and `waited_new` when the current standing delay began: the
     /// log line at its end says how many it cost.
-    episode_start: [AtomicU64; 2],
+    shed_at_start: AtomicU64,
+    waited_at_start: AtomicU64,
     /// Time zero of the microsecond clocks below.
     epoch: std::time::Instant,
     /// When the current window began.
@@ -182,7 +183,8 @@ impl Admission {
             turn: Notify::new(),
             shed: Default::default(),
             waited_new: AtomicU64::new(0),
-            episode_start: Default::default(),
+            shed_at_start: AtomicU64::new(0),
+            waited_at_start: AtomicU64::new(0),
             epoch: std::time::Instant::now(),
             window_start_us: AtomicU64::new(0),
             window_min_us: AtomicU64::new(u64::MAX),
@@ -216,8 +218,8 @@ impl Admission {
         if standing != self.standing(was) {
             let shed = self.shed[Class::NewSession as usize].load(Ordering::Relaxed);
             let waited = self.waited_new.load(Ordering::Relaxed);
-            let shed_before = self.episode_start[0].swap(shed, Ordering::Relaxed);
-            let waited_before = self.episode_start[1].swap(waited, Ordering::Relaxed);
+            let shed_before = self.shed_at_start.swap(shed, Ordering::Relaxed);
+            let waited_before = self.waited_at_start.swap(waited, Ordering::Relaxed);
             if standing {
                 tracing::info!(
                     quickest_ms = min / 1000,

@@ -44,12 +44,12 @@ pub(crate) struct Notifier {
     /// Insertions into `unrouted`, to prune it every few thousand.
     unrouted_inserts: AtomicU64,
     /// Users whose LOGIN this node answered and whose new link's route has not arrived
-    /// yet, and since when. An entry stored meanwhile goes to the routes known — another
+    /// yet: the device that logged in ([`crate::presence::device_hash`]), and since when. An entry stored meanwhile goes to the routes known — another
     /// link of the user, perhaps one closing (a racing attempt cut short, a link this
     /// login replaces) — and the new link, whose LOGIN answer's `latest_seq` was read
     /// before it, would not hear of it until the next one: so it is noted as unrouted
     /// too, and told when the route arrives (`link_up`).
-    logging_in: DashMap<u64, Instant>,
+    logging_in: DashMap<u64, (u64, Instant)>,
     /// Entries of `logging_in`, so that a notify looks the map up only while some login
     /// waits for its route.
     logging_in_n: AtomicUsize,
@@ -149,12 +149,17 @@ impl Notifier {
     /// on its way: the user is told now.
     pub async fn link_up(&self, user: u64, gateway: &str, conn: u64, device: &str) {
         self.presence.online(user, gateway, conn, device);
-        if self.logging_in_n.load(Ordering::Relaxed) > 0 && self.logging_in.remove(&user).is_some()
-        {
-            self.logging_in_n.fetch_sub(1, Ordering::Relaxed);
+        // The route of the device that logged in ends its wait; another device's does not.
+        if self.logging_in_n.load(Ordering::Relaxed) > 0 {
+            let d = crate::presence::device_hash(device);
+            self.end_login_wait(user, |(logged_in, _)| *logged_in == d);
         }
-        if let Some((_, (seq, _))) = self.unrouted.remove(&user) {
+        if let Some((_, (seq, at))) = self.unrouted.remove(&user) {
             self.bare_notify(user, seq).await;
+            // Another device's route: the one whose login waits has not heard it yet.
+            if self.route_pending(user) {
+                self.unrouted.entry(user).or_insert((seq, at));
+            }
         }
     }
 
@@ -163,27 +168,47 @@ impl Notifier {
     /// the new link with its route (see `logging_in`). Only this node's entries: in a
     /// cluster, an entry another node stores in that moment for a user with a route
     /// elsewhere reaches the new link with the user's next entry or reconnect.
-    pub fn login_answered(&self, user: u64) {
+    pub fn login_answered(&self, user: u64, device: &str) {
         let now = Instant::now();
-        if self.logging_in.insert(user, now).is_none() {
+        let d = crate::presence::device_hash(device);
+        if self.logging_in.insert(user, (d, now)).is_none() {
             let n = self.logging_in_n.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_multiple_of(1024) {
                 // Logins whose link never came up (the client went away).
                 self.logging_in
-                    .retain(|_, t| now.duration_since(*t) < LOGIN_ROUTE_WAIT);
+                    .retain(|_, (_, t)| now.duration_since(*t) < LOGIN_ROUTE_WAIT);
                 self.logging_in_n
                     .store(self.logging_in.len(), Ordering::Relaxed);
             }
         }
     }
 
-    /// Whether a LOGIN of `user` answered here waits for its link's route.
+    /// Forgets `user`'s wait for a login's route when `which` says it is over.
+    fn end_login_wait(&self, user: u64, which: impl FnOnce(&(u64, Instant)) -> bool) {
+        if self.logging_in.remove_if(&user, |_, v| which(v)).is_some() {
+            self.logging_in_n.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a LOGIN of `user` answered here waits for its link's route. One that
+    /// waited too long is forgotten here, so a link that never came up does not keep
+    /// every notify looking the map up.
     fn route_pending(&self, user: u64) -> bool {
-        self.logging_in_n.load(Ordering::Relaxed) > 0
-            && self
-                .logging_in
-                .get(&user)
-                .is_some_and(|t| t.elapsed() < LOGIN_ROUTE_WAIT)
+        if self.logging_in_n.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        match self
+            .logging_in
+            .get(&user)
+            .map(|v| v.1.elapsed() < LOGIN_ROUTE_WAIT)
+        {
+            Some(true) => true,
+            Some(false) => {
+                self.end_login_wait(user, |(_, t)| t.elapsed() >= LOGIN_ROUTE_WAIT);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Whether device `device` ([`crate::presence::device_hash`]) of `user` has a live
