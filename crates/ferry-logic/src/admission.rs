@@ -20,8 +20,11 @@
 //! that finishes once it has. Shed, a reconnecting device would come back on a new
 //! connection — a TCP connect, a handshake and a LOGIN more on both sides, on a node
 //! that is short of exactly that — and in a reconnect storm most of the work went into
-//! such refusals. Only those that wait longer, or find `new_session_share` of
-//! `max_in_flight` already waiting, are shed.
+//! such refusals. A new session that finds its share of slots taken waits for one the
+//! same way. Only those that wait longer, or find `new_session_share` of
+//! `max_in_flight` already waiting, are shed — and none waits past its gateway's bus
+//! deadline less the time its LOGIN needs: answered after its gateway stopped waiting,
+//! a LOGIN would only be thrown away (see `Logic::handle`).
 //!
 //! A shed new session is told to come back after twice the last window's quickest
 //! request — about the time the standing queue takes to drain — between
@@ -59,9 +62,9 @@ pub struct AdmissionConfig {
     /// New sessions are shed while the quickest request of each 100 ms window takes
     /// longer than this (0: off).
     pub standing_delay_ms: u64,
-    /// How long a new session that meets a standing delay may wait for it to end
-    /// before it is shed (0: shed at once). Under the gateway's bus timeout, which the
-    /// wait and the LOGIN itself must fit in.
+    /// How long a new session that meets a standing delay, or finds its share of
+    /// slots taken, may wait for its turn before it is shed (0: shed at once). Never
+    /// past its gateway's bus deadline less a second for the LOGIN itself.
     pub new_session_wait_ms: u64,
 }
 
@@ -122,19 +125,23 @@ const WINDOW_US: u64 = 100_000;
 /// (a large upload chunk, a search) does not make a quiet server shed.
 const QUEUE_FLOOR: usize = 16;
 
+/// What a new session's wait for its turn leaves of its sender's deadline: time for the
+/// LOGIN itself, so that it is answered before its gateway stops waiting.
+const ANSWER_MARGIN: Duration = Duration::from_millis(1_000);
+
 /// The admission controller.
 pub struct Admission {
     cfg: AdmissionConfig,
     in_flight: AtomicUsize,
     waiting: AtomicUsize,
     freed: Notify,
-    /// New sessions waiting out a standing delay.
+    /// New sessions waiting for their turn (a standing delay to end, or a slot).
     waiting_new: AtomicUsize,
     /// One waiting new session's turn to look again: given as each request finishes.
     turn: Notify,
     /// Requests shed, per class.
     pub shed: [AtomicU64; 3],
-    /// New sessions that waited for a standing delay to end (let in or shed after).
+    /// New sessions that waited for their turn (let in or shed after).
     waited_new: AtomicU64,
     /// `shed[NewSession]` and `waited_new` when the current standing delay began: the
     /// log line at its end says how many it cost.
@@ -293,28 +300,56 @@ impl Admission {
     }
 
     /// A slot for a request of `class`, or the retry-after (ms) it is shed with.
-    pub async fn admit(&self, class: Class) -> Result<Permit<'_>, u32> {
+    /// `until`: when whoever sent the request stops waiting for its answer (its
+    /// gateway's bus deadline); a new session waits for its turn no later than
+    /// [`ANSWER_MARGIN`] before it.
+    pub async fn admit(
+        &self,
+        class: Class,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<Permit<'_>, u32> {
         if self.cfg.max_in_flight == 0 {
             return Ok(Permit {
                 adm: None,
                 asked_us: 0,
             });
         }
-        if class == Class::NewSession && self.delay_standing() && !self.delay_waited_out().await {
+        let limit = self.limit(class);
+        // One budget for both of a new session's waits.
+        let wait_until = (class == Class::NewSession).then(|| self.wait_until(until));
+        if class == Class::NewSession
+            && self.delay_standing()
+            && !self
+                .waited_for_turn(wait_until.flatten(), || !self.delay_standing())
+                .await
+        {
             metrics::counter!("ferry_shed_standing_delay_total").increment(1);
             return Err(self.shed(class));
         }
         // Timed from here: a new session's wait for a standing delay to end is not
         // logic's queue, and counted would keep the delay standing on its own.
         let asked_us = self.now_us();
-        // Made only once a slot is taken: dropping a permit gives its slot back.
-        let granted = || Permit {
-            adm: Some(self),
-            asked_us,
-        };
-        let limit = self.limit(class);
         if self.try_take(limit) {
-            return Ok(granted());
+            return Ok(Permit {
+                adm: Some(self),
+                asked_us,
+            });
+        }
+        if class == Class::NewSession {
+            // Its share is full: it waits for a slot as for a standing delay (a slot
+            // frees as each request finishes), timed from when it got one.
+            if self
+                .waited_for_turn(wait_until.flatten(), || {
+                    !self.delay_standing() && self.try_take(limit)
+                })
+                .await
+            {
+                return Ok(Permit {
+                    adm: Some(self),
+                    asked_us: self.now_us(),
+                });
+            }
+            return Err(self.shed(class));
         }
         if class == Class::Realtime
             && self.waiting.fetch_add(1, Ordering::AcqRel) < self.cfg.max_in_flight
@@ -333,7 +368,10 @@ impl Admission {
             };
             self.waiting.fetch_sub(1, Ordering::AcqRel);
             if got {
-                return Ok(granted());
+                return Ok(Permit {
+                    adm: Some(self),
+                    asked_us,
+                });
             }
         } else if class == Class::Realtime {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -341,34 +379,47 @@ impl Admission {
         Err(self.shed(class))
     }
 
-    /// A new session's wait for a standing delay to end: true when it ended within
-    /// `new_session_wait_ms`, false when the wait ran out or too many wait already.
-    /// Each finished request lets one waiter look again, so those let in go at the pace
-    /// requests finish, not all at once into the next standing delay.
-    async fn delay_waited_out(&self) -> bool {
-        let wait = Duration::from_millis(self.cfg.new_session_wait_ms);
-        if wait.is_zero() {
-            return false;
+    /// Until when a new session arriving now may wait for its turn: `new_session_wait_ms`,
+    /// and [`ANSWER_MARGIN`] before `until` (None: no waiting).
+    fn wait_until(&self, until: Option<tokio::time::Instant>) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        let mut end = now + Duration::from_millis(self.cfg.new_session_wait_ms);
+        if let Some(u) = until {
+            end = end.min(u.checked_sub(ANSWER_MARGIN).unwrap_or(now));
         }
+        (end > now).then_some(end)
+    }
+
+    /// A new session's wait for its turn, until `ready` holds (it may take the slot it
+    /// finds): true when it did by `until`, false when the wait ran out or too many
+    /// wait already. `ready` is looked at as each request finishes, by one waiter each
+    /// time, so those let in go at the pace requests finish, not all at once into the
+    /// next standing delay — and at least once a window, as a node whose queue emptied
+    /// has no request left to finish and hand out turns.
+    async fn waited_for_turn(
+        &self,
+        until: Option<tokio::time::Instant>,
+        ready: impl Fn() -> bool,
+    ) -> bool {
+        let Some(deadline) = until else {
+            return false;
+        };
         if self.waiting_new.fetch_add(1, Ordering::AcqRel) >= self.limit(Class::NewSession) {
             self.waiting_new.fetch_sub(1, Ordering::AcqRel);
             return false;
         }
         self.waited_new.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("ferry_new_session_waited_total").increment(1);
-        let deadline = tokio::time::Instant::now() + wait;
         let over = loop {
             let turn = self.turn.notified();
             tokio::pin!(turn);
             turn.as_mut().enable();
-            if !self.delay_standing() {
+            if ready() {
                 break true;
             }
-            // Looked at again at least once a window: a node whose queue emptied has no
-            // request left to finish and hand out turns.
             let next = deadline.min(tokio::time::Instant::now() + Duration::from_micros(WINDOW_US));
             if tokio::time::timeout_at(next, turn).await.is_err() && next == deadline {
-                break !self.delay_standing();
+                break ready();
             }
         };
         self.waiting_new.fetch_sub(1, Ordering::AcqRel);
@@ -395,6 +446,7 @@ mod tests {
         Admission::new(AdmissionConfig {
             max_in_flight: max,
             queue_ms: 200,
+            new_session_wait_ms: 0,
             ..Default::default()
         })
     }
@@ -404,17 +456,20 @@ mod tests {
         let a = adm(10);
         let mut held = Vec::new();
         for _ in 0..5 {
-            held.push(a.admit(Class::NewSession).await.unwrap());
+            held.push(a.admit(Class::NewSession, None).await.unwrap());
         }
         // Half the slots are the most new sessions get; with no queue measured yet, the
         // shed one is told the least wait.
-        assert_eq!(a.admit(Class::NewSession).await.err(), Some(250));
+        assert_eq!(a.admit(Class::NewSession, None).await.err(), Some(250));
         for _ in 0..3 {
-            held.push(a.admit(Class::State).await.unwrap());
+            held.push(a.admit(Class::State, None).await.unwrap());
         }
-        assert!(a.admit(Class::State).await.is_err(), "state stops at 80 %");
-        held.push(a.admit(Class::Realtime).await.unwrap());
-        held.push(a.admit(Class::Realtime).await.unwrap());
+        assert!(
+            a.admit(Class::State, None).await.is_err(),
+            "state stops at 80 %"
+        );
+        held.push(a.admit(Class::Realtime, None).await.unwrap());
+        held.push(a.admit(Class::Realtime, None).await.unwrap());
         assert_eq!(a.in_flight(), 10);
         assert_eq!(
             a.shed[Class::NewSession as usize].load(Ordering::Relaxed),
@@ -423,7 +478,7 @@ mod tests {
         assert_eq!(a.shed[Class::State as usize].load(Ordering::Relaxed), 1);
 
         // Full: a real-time request waits for a slot instead of failing …
-        let waiter = a.admit(Class::Realtime);
+        let waiter = a.admit(Class::Realtime, None);
         let release = async {
             tokio::time::sleep(Duration::from_millis(20)).await;
             held.pop();
@@ -432,7 +487,7 @@ mod tests {
         let got = got.expect("a slot once one was freed");
         // … but only for queue_ms.
         let t = tokio::time::Instant::now();
-        assert!(a.admit(Class::Realtime).await.is_err());
+        assert!(a.admit(Class::Realtime, None).await.is_err());
         assert!(t.elapsed() >= Duration::from_millis(200));
         drop(got);
         drop(held);
@@ -454,19 +509,19 @@ mod tests {
         let slow = Duration::from_millis(80);
         // A quiet server: one slow request per window, nothing else in flight.
         for _ in 0..3 {
-            let p = a.admit(Class::State).await.unwrap();
+            let p = a.admit(Class::State, None).await.unwrap();
             std::thread::sleep(slow);
             drop(p);
         }
         assert!(
-            a.admit(Class::NewSession).await.is_ok(),
+            a.admit(Class::NewSession, None).await.is_ok(),
             "no queue, no shedding"
         );
 
         // A queue: 20 in flight, each taking 80 ms, over more than a window.
         let mut held: Vec<_> = Vec::new();
         for _ in 0..20 {
-            held.push(a.admit(Class::Realtime).await.unwrap());
+            held.push(a.admit(Class::Realtime, None).await.unwrap());
         }
         std::thread::sleep(slow);
         for _ in 0..3 {
@@ -474,14 +529,14 @@ mod tests {
                 drop(p);
             }
             for _ in 0..20 {
-                held.push(a.admit(Class::Realtime).await.unwrap());
+                held.push(a.admit(Class::Realtime, None).await.unwrap());
             }
             std::thread::sleep(slow);
         }
         // Twice the 80 ms queue is under the least wait.
-        assert_eq!(a.admit(Class::NewSession).await.err(), Some(250));
+        assert_eq!(a.admit(Class::NewSession, None).await.err(), Some(250));
         assert!(
-            a.admit(Class::Realtime).await.is_ok(),
+            a.admit(Class::Realtime, None).await.is_ok(),
             "real-time is still admitted"
         );
         assert_eq!(
@@ -494,13 +549,13 @@ mod tests {
             drop(p);
         }
         for _ in 0..20 {
-            held.push(a.admit(Class::Realtime).await.unwrap());
+            held.push(a.admit(Class::Realtime, None).await.unwrap());
         }
         std::thread::sleep(Duration::from_millis(110));
-        let quick = a.admit(Class::Realtime).await.unwrap();
+        let quick = a.admit(Class::Realtime, None).await.unwrap();
         drop(quick);
         assert!(
-            a.admit(Class::NewSession).await.is_ok(),
+            a.admit(Class::NewSession, None).await.is_ok(),
             "the delay is over"
         );
     }
@@ -529,24 +584,25 @@ mod tests {
         };
         window(300);
         assert!(a.delay_standing());
-        assert_eq!(a.admit(Class::NewSession).await.err(), Some(600));
+        assert_eq!(a.admit(Class::NewSession, None).await.err(), Some(600));
         window(700);
         assert_eq!(
-            a.admit(Class::NewSession).await.err(),
+            a.admit(Class::NewSession, None).await.err(),
             Some(1000),
             "never more than retry_after_ms"
         );
         // State requests past their share are told `retry_after_ms`.
         let b = Admission::new(AdmissionConfig {
             max_in_flight: 10,
+            new_session_wait_ms: 0,
             ..Default::default()
         });
         let mut held = Vec::new();
         for _ in 0..8 {
-            held.push(b.admit(Class::Realtime).await.unwrap());
+            held.push(b.admit(Class::Realtime, None).await.unwrap());
         }
-        assert_eq!(b.admit(Class::State).await.err(), Some(1000));
-        assert_eq!(b.admit(Class::NewSession).await.err(), Some(250));
+        assert_eq!(b.admit(Class::State, None).await.err(), Some(1000));
+        assert_eq!(b.admit(Class::NewSession, None).await.err(), Some(250));
         drop(queue);
     }
 
@@ -554,7 +610,7 @@ mod tests {
     async fn queued(a: &Admission) -> Vec<Permit<'_>> {
         let mut queue = Vec::new();
         for _ in 0..QUEUE_FLOOR {
-            queue.push(a.admit(Class::Realtime).await.unwrap());
+            queue.push(a.admit(Class::Realtime, None).await.unwrap());
         }
         queue
     }
@@ -588,7 +644,7 @@ mod tests {
         assert!(a.delay_standing());
         let login = {
             let a = a.clone();
-            tokio::spawn(async move { a.admit(Class::NewSession).await.map(drop) })
+            tokio::spawn(async move { a.admit(Class::NewSession, None).await.map(drop) })
         };
         tokio::time::sleep(Duration::from_millis(150)).await;
         assert!(!login.is_finished(), "waiting, not shed");
@@ -619,7 +675,7 @@ mod tests {
         let queue_b = queued(&b).await;
         window(&b, 300);
         let t = std::time::Instant::now();
-        assert_eq!(b.admit(Class::NewSession).await.err(), Some(600));
+        assert_eq!(b.admit(Class::NewSession, None).await.err(), Some(600));
         assert!(
             t.elapsed() >= Duration::from_millis(200),
             "{:?}",
@@ -634,14 +690,14 @@ mod tests {
         let waiters: Vec<_> = (0..20)
             .map(|_| {
                 let a = a.clone();
-                tokio::spawn(async move { a.admit(Class::NewSession).await.map(drop) })
+                tokio::spawn(async move { a.admit(Class::NewSession, None).await.map(drop) })
             })
             .collect();
         while a.waiting_new.load(Ordering::Relaxed) < 20 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let t = std::time::Instant::now();
-        assert_eq!(a.admit(Class::NewSession).await.err(), Some(600));
+        assert_eq!(a.admit(Class::NewSession, None).await.err(), Some(600));
         assert!(
             t.elapsed() < Duration::from_millis(100),
             "{:?}",
@@ -653,6 +709,73 @@ mod tests {
         }
         drop(queue);
         drop(queue_b);
+    }
+
+    /// A new session that finds its share of slots taken waits for a slot (as each
+    /// request finishes) instead of being shed, timed from when it got one; one whose
+    /// wait runs out is shed after it; and none waits past its sender's deadline less
+    /// the time its LOGIN needs.
+    #[tokio::test]
+    async fn a_new_session_over_its_share_waits_for_a_slot() {
+        let a = Arc::new(Admission::new(AdmissionConfig {
+            max_in_flight: 10,
+            new_session_wait_ms: 2_000,
+            ..Default::default()
+        }));
+        let mut held = Vec::new();
+        for _ in 0..5 {
+            held.push(a.admit(Class::NewSession, None).await.unwrap());
+        }
+        let login = {
+            let a = a.clone();
+            tokio::spawn(async move { a.admit(Class::NewSession, None).await.map(drop) })
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!login.is_finished(), "waiting, not shed");
+        assert_eq!(a.waiting_new.load(Ordering::Relaxed), 1);
+        drop(held.pop());
+        let got = tokio::time::timeout(Duration::from_millis(500), login)
+            .await
+            .expect("let in as a slot freed")
+            .unwrap();
+        assert_eq!(got, Ok(()));
+        assert_eq!(
+            a.shed[Class::NewSession as usize].load(Ordering::Relaxed),
+            0
+        );
+        let took_us = a.window_min_us.load(Ordering::Relaxed);
+        assert!(took_us < 50_000, "timed from its slot: {took_us} us");
+
+        // Nothing frees: shed once the wait is over.
+        held.push(a.admit(Class::NewSession, None).await.unwrap());
+        let t = tokio::time::Instant::now();
+        assert!(a.admit(Class::NewSession, None).await.is_err());
+        assert!(
+            t.elapsed() >= Duration::from_millis(2_000),
+            "{:?}",
+            t.elapsed()
+        );
+
+        // Its gateway stops waiting in 1.3 s: it waits 0.3 s, leaving the LOGIN its
+        // second; with less than that left it is shed at once.
+        let t = tokio::time::Instant::now();
+        let until = Some(t + Duration::from_millis(1_300));
+        assert!(a.admit(Class::NewSession, until).await.is_err());
+        let waited = t.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_millis(900),
+            "{waited:?}"
+        );
+        let t = tokio::time::Instant::now();
+        let until = Some(t + Duration::from_millis(900));
+        assert!(a.admit(Class::NewSession, until).await.is_err());
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(a.waiting_new.load(Ordering::Relaxed), 0);
+        drop(held);
     }
 
     #[test]
@@ -677,7 +800,7 @@ mod tests {
         let a = adm(0);
         let mut held = Vec::new();
         for _ in 0..100 {
-            held.push(a.admit(Class::NewSession).await.unwrap());
+            held.push(a.admit(Class::NewSession, None).await.unwrap());
         }
         assert_eq!(a.in_flight(), 0, "nothing is counted");
     }

@@ -394,6 +394,20 @@ fn error_response(c: u32, e: LogicError) -> BusResponse {
     }
 }
 
+/// When the gateway that sent `req` stops waiting for its answer, on this node's clock.
+fn deadline(req: &BusRequest) -> Option<tokio::time::Instant> {
+    if req.deadline_ms == 0 {
+        return None;
+    }
+    let left = (req.deadline_ms as i64).saturating_sub(unix_ms()).max(0) as u64;
+    Some(tokio::time::Instant::now() + Duration::from_millis(left))
+}
+
+/// Whether the gateway that sent `req` has stopped waiting for its answer.
+fn expired(req: &BusRequest) -> bool {
+    req.deadline_ms != 0 && unix_ms() > req.deadline_ms as i64
+}
+
 /// A request being handled.
 type Handling<'a> = std::pin::Pin<
     Box<dyn std::future::Future<Output = Result<BusResponse, LogicError>> + Send + 'a>,
@@ -403,8 +417,19 @@ type Handling<'a> = std::pin::Pin<
 impl Handler for Logic {
     async fn handle(&self, req: BusRequest) -> BusResponse {
         let started = std::time::Instant::now();
-        let admitted = self.admission.admit(Class::of(&req)).await;
+        let admitted = self.admission.admit(Class::of(&req), deadline(&req)).await;
         let resp = match admitted {
+            // Its gateway stopped waiting while it queued here: that gateway answered
+            // UNAVAILABLE (or sent an idempotent request elsewhere), and its client
+            // moved on. Applied now it would surprise — a LOGIN would take the device's
+            // session from the link its client made since, and kick that link.
+            Ok(_slot) if expired(&req) => {
+                metrics::counter!("ferry_bus_stale_requests_total").increment(1);
+                error_response(
+                    req.cmd,
+                    LogicError::Unavailable("the request waited past its deadline".into()),
+                )
+            }
             Ok(_slot) if !req.batch.is_empty() => {
                 // A link's send lane: applied in order, one answer each.
                 if req.cmd != u32::from(cmd::SEND) {
@@ -489,6 +514,47 @@ impl Handler for Logic {
 mod tests {
     use super::*;
     use crate::testing::World;
+
+    /// A request still queued for admission when its gateway's bus deadline passed is
+    /// refused, not applied: its gateway answered its client already, and a late
+    /// REGISTER or LOGIN would act behind that client's back. One within its deadline
+    /// is applied.
+    #[tokio::test]
+    async fn a_request_past_its_deadline_is_refused_not_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(
+            ferry_store::SqliteStore::open(dir.path(), ferry_store::Durability::Os).unwrap(),
+        );
+        let logic = Logic::new(LogicConfig::default(), store, ferry_bus::InProcBus::new());
+        let register = |name: &str, deadline_ms: i64| BusRequest {
+            cmd: u32::from(cmd::REGISTER),
+            body: Bytes::from(
+                v1::RegisterReq {
+                    username: name.into(),
+                    password: "long enough".into(),
+                }
+                .encode_to_vec(),
+            ),
+            peer: "127.0.0.1:1".into(),
+            deadline_ms: deadline_ms as u64,
+            ..Default::default()
+        };
+        let late = logic.handle(register("late", unix_ms() - 1)).await;
+        assert_eq!(late.cmd, u32::from(cmd::ERROR));
+        let e = v1::Error::decode(late.body).unwrap();
+        assert_eq!(e.code, v1::ErrorCode::Unavailable as i32, "{e:?}");
+        assert!(
+            logic.core.user_id("late").await.is_err(),
+            "the late registration was not applied"
+        );
+
+        let on_time = logic.handle(register("on_time", unix_ms() + 5_000)).await;
+        assert_eq!(on_time.cmd, u32::from(cmd::response(cmd::REGISTER)));
+        assert!(logic.core.user_id("on_time").await.is_ok());
+        // No deadline (the in-process bus): applied.
+        let local = logic.handle(register("local", 0)).await;
+        assert_eq!(local.cmd, u32::from(cmd::response(cmd::REGISTER)));
+    }
 
     #[tokio::test]
     async fn retention_runs_until_shutdown_fires() {
