@@ -46,10 +46,42 @@ pub(crate) struct Connected {
     pub login: v1::LoginResp,
     /// The link resumed from the device's ticket (no Noise handshake).
     pub resumed: bool,
-    /// Until when a login attempt of this client that the race cut short may still
-    /// reach a server and replace this link (`KICK{KICKED}` on it is then this client's
-    /// own doing: reconnect, do not stop).
-    pub stragglers_until: Option<Instant>,
+}
+
+/// A LOGIN this client sent, until it is answered with a session: dropped before that
+/// (refused, timed out, the connection lost, the attempt cut short by the race), it
+/// notes when the LOGIN went out. A server may still apply such a LOGIN — its gateway
+/// stopped waiting, logic had it queued — and so replace the link this client makes
+/// next: `KICK{KICKED}` on that link within [`own_login_may_land`] is this client's own
+/// doing (log in again), not another copy of the device taking over (stop).
+struct LoginInFlight {
+    shared: Arc<Shared>,
+    sent: Option<Instant>,
+}
+
+impl Drop for LoginInFlight {
+    fn drop(&mut self) {
+        if let Some(sent) = self.sent {
+            let mut smart = self.shared.smart.lock();
+            smart.login_unanswered_at =
+                Some(smart.login_unanswered_at.map_or(sent, |t| t.max(sent)));
+        }
+    }
+}
+
+/// How long after it went out a LOGIN that got no answer may still land: well past a
+/// gateway's wait for logic (5 s) and the SDK's own attempt timeout (10 s); the browser
+/// SDK uses the same.
+const OWN_LOGIN_LANDS_WITHIN: Duration = Duration::from_secs(30);
+
+/// Whether a LOGIN of this client that got no answer may still reach a server and
+/// replace the current link.
+pub(crate) fn own_login_may_land(shared: &Shared) -> bool {
+    shared
+        .smart
+        .lock()
+        .login_unanswered_at
+        .is_some_and(|t| t.elapsed() < OWN_LOGIN_LANDS_WITHIN)
 }
 
 /// Why one connect attempt failed.
@@ -321,6 +353,10 @@ async fn attempt(
         let s = shared.state.lock();
         s.resumption.as_ref().and_then(|t| t.usable(now_ms()))
     });
+    let mut in_flight = LoginInFlight {
+        shared: shared.clone(),
+        sent: Some(Instant::now()),
+    };
     let mut frames = conn
         .login(&out, key, ticket.as_ref())
         .await
@@ -335,6 +371,7 @@ async fn attempt(
         conn = Conn::connect(ep, cfg.connect_timeout, cfg.request_timeout)
             .await
             .map_err(endpoint_err)?;
+        in_flight.sent = Some(Instant::now());
         frames = conn.login(&out, key, None).await.map_err(endpoint_err)?;
     }
     let first = frames.remove(0);
@@ -381,11 +418,11 @@ async fn attempt(
     }
     // Frames behind the login answer (a notify, say) are kept for the session.
     conn.unread(&frames);
+    in_flight.sent = None;
     Ok(Connected {
         conn,
         login: resp,
         resumed,
-        stragglers_until: None,
     })
 }
 
@@ -460,11 +497,8 @@ pub(crate) async fn race_login(
             AttemptError::Stop(end) => stop = Some(end),
         }
     }
-    if let Some((i, mut c, took)) = out.winner {
+    if let Some((i, c, took)) = out.winner {
         record(shared, cands[i], true, took, "");
-        if out.abandoned {
-            c.stragglers_until = Some(Instant::now() + cfg.attempt_timeout);
-        }
         return Ok(c);
     }
     match stop {

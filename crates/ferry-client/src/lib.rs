@@ -247,6 +247,9 @@ pub(crate) struct SmartRuntime {
     /// every link's end is handled (none since the client started or the network
     /// changed).
     pub tcp_worked_at: Option<tokio::time::Instant>,
+    /// When the latest LOGIN this client sent without getting a session for it went
+    /// out (see `connect::LoginInFlight`).
+    pub login_unanswered_at: Option<tokio::time::Instant>,
 }
 
 impl Default for SmartRuntime {
@@ -262,6 +265,7 @@ impl Default for SmartRuntime {
             refreshing: false,
             heartbeat: Duration::ZERO,
             tcp_worked_at: None,
+            login_unanswered_at: None,
         }
     }
 }

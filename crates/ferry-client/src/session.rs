@@ -292,7 +292,6 @@ async fn session(
         mut conn,
         login,
         resumed,
-        stragglers_until,
     } = connected;
     let endpoint = conn.endpoint;
     {
@@ -472,9 +471,10 @@ async fn session(
                             return end;
                         }
                         // This device logged in on another link. When this client did
-                        // it itself (the TCP probe of a long-poll session, or a racing
-                        // attempt cut short that still logged in), carry on: move to the
-                        // probe's link, or log in again. Otherwise another copy of this
+                        // it itself (the TCP probe of a long-poll session, or a LOGIN
+                        // that got no answer — refused by a gateway that stopped waiting,
+                        // timed out, a racing attempt cut short — and still landed),
+                        // carry on: move to the probe's link, or log in again. Otherwise another copy of this
                         // device took over: stop.
                         if let Some(p) = probe.take() {
                             return match tokio::time::timeout(cfg.smart.attempt_timeout, p).await {
@@ -482,7 +482,7 @@ async fn session(
                                 _ => lost("replaced by this client's own login".into()),
                             };
                         }
-                        if stragglers_until.is_some_and(|t| Instant::now() < t) {
+                        if crate::connect::own_login_may_land(shared) {
                             return lost("replaced by this client's own late login".into());
                         }
                         return end;

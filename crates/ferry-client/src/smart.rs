@@ -291,10 +291,6 @@ pub(crate) struct RaceOutcome<T, E> {
     /// Attempts that failed (index, error, time to failure). Attempts cut short by the
     /// winner are not in it.
     pub failures: Vec<(usize, E, Duration)>,
-    /// Attempts were still running when the winner came: cut short here, their LOGIN
-    /// may still reach a server and replace the winner's link (docs/protocol.md §1.3,
-    /// Kick).
-    pub abandoned: bool,
 }
 
 /// What a failed attempt says about the race.
@@ -347,24 +343,23 @@ where
             return RaceOutcome {
                 winner: None,
                 failures,
-                abandoned: false,
             };
         }
         let wait_for_next = next < n && set.len() < parallel.max(1);
         tokio::select! {
             done = set.join_next() => match done {
                 Some(Ok((i, Ok(v), took))) => {
-                    // Dropping the set aborts the other attempts.
-                    let abandoned = !set.is_empty();
+                    // The other attempts are cut short: a LOGIN one of them sent may
+                    // still reach a server (`connect::LoginInFlight` notes it).
                     set.abort_all();
-                    return RaceOutcome { winner: Some((i, v, took)), failures, abandoned };
+                    return RaceOutcome { winner: Some((i, v, took)), failures };
                 }
                 Some(Ok((i, Err(e), took))) => {
                     let stop = e.stops_race();
                     failures.push((i, e, took));
                     if stop {
                         set.abort_all();
-                        return RaceOutcome { winner: None, failures, abandoned: false };
+                        return RaceOutcome { winner: None, failures };
                     }
                     // A failure frees its place at once.
                     next_at = Instant::now();

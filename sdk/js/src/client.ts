@@ -130,6 +130,13 @@ const WS_RETRY_MS = 120000;
 /** A KICK this long after an attempt was given up may be that attempt's own login. */
 const SELF_KICK_WINDOW_MS = 30000;
 
+/** Whether a failed attempt's LOGIN may still be applied by the server and replace the
+ *  link this client makes next: it timed out, or a gateway answered `UNAVAILABLE` (it
+ *  stopped waiting for logic, which may still have the LOGIN queued). */
+function loginMayLand(fe: FerryError): boolean {
+  return fe.kind === "timeout" || fe.is(ErrorCode.UNAVAILABLE);
+}
+
 /** One endpoint's connect attempt in a race: its carriers, to cut it short. */
 class Dialing {
   cancelled = false;
@@ -677,7 +684,7 @@ export class FerryClient {
       } catch (e) {
         const fe = asFerryError(e);
         if (this.fatal(fe)) throw fe;
-        if (fe.kind === "timeout") this.abandonedAt = Date.now();
+        if (loginMayLand(fe)) this.abandonedAt = Date.now();
         last = fe;
       }
     }
@@ -783,7 +790,8 @@ export class FerryClient {
     }
     if (kicked) {
       if (Date.now() - this.abandonedAt < SELF_KICK_WINDOW_MS) {
-        // Replaced by this client's own late login (an attempt cut short): reconnect.
+        // Replaced by this client's own late login (an attempt cut short or left
+        // unanswered): reconnect.
         return `${kicked} (by this client's own cut-short login)`;
       }
       this.running = false;
@@ -836,7 +844,7 @@ export class FerryClient {
               link.close("moving to WebSocket");
               return { ...opened, endpoint: ep };
             } catch (e) {
-              if (asFerryError(e).kind === "timeout") this.abandonedAt = Date.now();
+              if (loginMayLand(asFerryError(e))) this.abandonedAt = Date.now();
             }
           }
         } catch {

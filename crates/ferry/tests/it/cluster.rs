@@ -503,3 +503,89 @@ async fn a_device_logging_in_on_another_gateway_replaces_its_old_link() {
         assert_eq!(f.cmd, ferry_proto::cmd::response(ferry_proto::cmd::SYNC));
     }
 }
+
+/// A LOGIN the client gave up on (timed out: the network held it) that still reaches a
+/// gateway later is applied there, and replaces the link the client made meanwhile on
+/// another gateway (`KICK{KICKED}`). That kick is the client's own doing: it logs in
+/// again and goes on, rather than stopping as when another copy of the device takes
+/// over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_login_given_up_on_that_lands_later_does_not_stop_its_client() {
+    let c = Cluster::start(2, 1);
+    register(&c, &["slowpoke", "friend"]).await;
+    let addrs = c.addrs();
+    let key = ferry_client::fetch_server_key(&addrs[0]).await.unwrap();
+    // In front of gw-1, a middlebox that holds what the client sends until a second
+    // after the client gave up (closed), then delivers it on a connection of its own.
+    let front = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_addr = front.local_addr().unwrap();
+    let gw1: std::net::SocketAddr = addrs[1].parse().unwrap();
+    let delivered = Arc::new(AtomicUsize::new(0));
+    let holder = {
+        let delivered = delivered.clone();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut down, _) = front.accept().await.unwrap();
+            let mut held = Vec::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(10), down.read_to_end(&mut held)).await;
+            drop(down);
+            // Well after the client logged in on gw-0.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let mut up = tokio::net::TcpStream::connect(gw1).await.unwrap();
+            up.write_all(&held).await.unwrap();
+            delivered.store(held.len(), Ordering::SeqCst);
+            let mut answer = [0u8; 4096];
+            let _ = tokio::time::timeout(Duration::from_secs(5), up.read(&mut answer)).await;
+        })
+    };
+    // Signed in beforehand, so the first thing the client sends is its LOGIN.
+    let state = tempfile::tempdir().unwrap();
+    let mut st = ferry_client::DeviceState::fresh();
+    let a = ShortLink::sealed(&addrs[0], Some(key))
+        .auth("slowpoke", PASSWORD, &st.device_id)
+        .await
+        .unwrap();
+    st.token = a.token;
+    st.user_id = a.user_id;
+    st.save(state.path()).unwrap();
+    let mut cfg = client_config(&front_addr.to_string(), "slowpoke");
+    cfg.servers = vec![front_addr.to_string(), addrs[0].clone()];
+    cfg.state_dir = Some(state.path().to_path_buf());
+    cfg.security = ferry_client::Security::Pinned(key);
+    // One attempt at a time: the held one fails (times out, and is closed) before gw-0
+    // is tried.
+    cfg.smart.race_parallel = 1;
+    cfg.smart.attempt_timeout = Duration::from_secs(1);
+    cfg.smart.long_poll = false;
+    let (me, mut ev) = Client::connect(cfg).await.unwrap();
+    let first = me.endpoint().expect("logged in");
+    assert_eq!(first.addr.to_string(), addrs[0], "through gw-0");
+
+    // The held LOGIN lands on gw-1 and kicks the link on gw-0: lost, then back.
+    let reason = event_where(&mut ev, 10, |e| match e {
+        Event::Disconnected { reason } => Some(reason),
+        Event::Stopped { error } => panic!("the client stopped: {error}"),
+        _ => None,
+    })
+    .await;
+    assert!(reason.contains("own late login"), "{reason}");
+    assert!(
+        delivered.load(Ordering::SeqCst) > 0,
+        "the held LOGIN was delivered"
+    );
+    event_where(&mut ev, 10, |e| match e {
+        Event::Connected { .. } => Some(()),
+        Event::Stopped { error } => panic!("the client stopped: {error}"),
+        _ => None,
+    })
+    .await;
+    // And it is served.
+    let (friend, _fev) = client(&c, 0, "friend").await;
+    friend.send_text("slowpoke", "still here?").await.unwrap();
+    let got = recv_messages(&mut ev, "slowpoke", 1, 10).await;
+    assert_eq!(got[0].1.text, "still here?");
+    me.close().await;
+    friend.close().await;
+    holder.await.unwrap();
+}
