@@ -627,6 +627,31 @@ mod tests {
         });
     }
 
+    /// A new session admitted now waits (is not shed) until `turn` is done, then is let
+    /// in, nothing shed; its wait is not logic's delay: timed from after it, the login
+    /// took no time.
+    async fn waits_until_let_in(a: &Arc<Admission>, turn: impl FnOnce()) {
+        let login = {
+            let a = a.clone();
+            tokio::spawn(async move { a.admit(Class::NewSession, None).await.map(drop) })
+        };
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        assert!(!login.is_finished(), "waiting, not shed");
+        assert_eq!(a.waiting_new.load(Ordering::Relaxed), 1);
+        turn();
+        let got = tokio::time::timeout(Duration::from_secs(1), login)
+            .await
+            .expect("let in once its turn came")
+            .unwrap();
+        assert_eq!(got, Ok(()));
+        assert_eq!(
+            a.shed[Class::NewSession as usize].load(Ordering::Relaxed),
+            0
+        );
+        let took_us = a.window_min_us.load(Ordering::Relaxed);
+        assert!(took_us < 50_000, "{took_us} us");
+    }
+
     /// A new session that meets a standing delay waits for it to end instead of being
     /// shed, and goes on once a window's quickest request is quick again; one whose wait
     /// runs out is shed after it, and one that finds as many waiting as new sessions
@@ -642,28 +667,12 @@ mod tests {
         let queue = queued(&a).await;
         window(&a, 300);
         assert!(a.delay_standing());
-        let login = {
-            let a = a.clone();
-            tokio::spawn(async move { a.admit(Class::NewSession, None).await.map(drop) })
-        };
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(!login.is_finished(), "waiting, not shed");
-        assert_eq!(a.waiting_new.load(Ordering::Relaxed), 1);
-        // The delay ends: a quick window.
-        window(&a, 1);
-        assert!(!a.delay_standing());
-        let got = tokio::time::timeout(Duration::from_secs(1), login)
-            .await
-            .expect("let in once the delay is over")
-            .unwrap();
-        assert_eq!(got, Ok(()));
-        assert_eq!(
-            a.shed[Class::NewSession as usize].load(Ordering::Relaxed),
-            0
-        );
-        // Its wait is not logic's delay: timed from after it, the login took no time.
-        let took_us = a.window_min_us.load(Ordering::Relaxed);
-        assert!(took_us < 50_000, "{took_us} us");
+        // The delay ends (a quick window): let in.
+        waits_until_let_in(&a, || {
+            window(&a, 1);
+            assert!(!a.delay_standing());
+        })
+        .await;
 
         // A delay that outlasts the wait: shed after it.
         let b = Admission::new(AdmissionConfig {
@@ -726,25 +735,8 @@ mod tests {
         for _ in 0..5 {
             held.push(a.admit(Class::NewSession, None).await.unwrap());
         }
-        let login = {
-            let a = a.clone();
-            tokio::spawn(async move { a.admit(Class::NewSession, None).await.map(drop) })
-        };
-        tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(!login.is_finished(), "waiting, not shed");
-        assert_eq!(a.waiting_new.load(Ordering::Relaxed), 1);
-        drop(held.pop());
-        let got = tokio::time::timeout(Duration::from_millis(500), login)
-            .await
-            .expect("let in as a slot freed")
-            .unwrap();
-        assert_eq!(got, Ok(()));
-        assert_eq!(
-            a.shed[Class::NewSession as usize].load(Ordering::Relaxed),
-            0
-        );
-        let took_us = a.window_min_us.load(Ordering::Relaxed);
-        assert!(took_us < 50_000, "timed from its slot: {took_us} us");
+        // A slot frees: let in.
+        waits_until_let_in(&a, || drop(held.pop())).await;
 
         // Nothing frees: shed once the wait is over.
         held.push(a.admit(Class::NewSession, None).await.unwrap());
