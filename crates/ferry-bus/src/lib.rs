@@ -18,6 +18,14 @@ use parking_lot::RwLock;
 pub use ferry_proto::bus::{BusRequest, BusResponse, LinkEvent, Push};
 pub use nats::{NatsBus, NatsConfig};
 
+/// How long is left (ms) until the gateway that sent `req` stops waiting for its answer:
+/// `None` without a deadline (the in-process bus sets none), `Some(0)` once it passed.
+/// Past it, the gateway has answered its client (`UNAVAILABLE`) or sent an idempotent
+/// request elsewhere: a handler must not apply the request any more.
+pub fn deadline_left_ms(req: &BusRequest) -> Option<u64> {
+    (req.deadline_ms != 0).then(|| req.deadline_ms.saturating_sub(nats::unix_ms()))
+}
+
 /// Bus failures.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {

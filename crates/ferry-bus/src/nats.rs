@@ -438,7 +438,7 @@ impl NatsBus {
             let (client, handler) = (client.clone(), handler.clone());
             tokio::spawn(async move {
                 let resp = match BusRequest::decode(msg.payload) {
-                    Ok(req) if req.deadline_ms != 0 && unix_ms() > req.deadline_ms => {
+                    Ok(req) if crate::deadline_left_ms(&req) == Some(0) => {
                         // Its gateway stopped waiting (this node was paused, or the
                         // request queued too long): it answered UNAVAILABLE, or sent an
                         // idempotent request elsewhere. Applying it now would surprise.
@@ -706,7 +706,7 @@ struct Known {
 }
 
 /// Now, in unix milliseconds.
-fn unix_ms() -> u64 {
+pub(crate) fn unix_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)

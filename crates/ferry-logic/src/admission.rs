@@ -316,11 +316,14 @@ impl Admission {
         }
         let limit = self.limit(class);
         // One budget for both of a new session's waits.
-        let wait_until = (class == Class::NewSession).then(|| self.wait_until(until));
+        let wait_until = match class {
+            Class::NewSession => self.wait_until(until),
+            _ => None,
+        };
         if class == Class::NewSession
             && self.delay_standing()
             && !self
-                .waited_for_turn(wait_until.flatten(), || !self.delay_standing())
+                .waited_for_turn(wait_until, || !self.delay_standing())
                 .await
         {
             metrics::counter!("ferry_shed_standing_delay_total").increment(1);
@@ -339,7 +342,7 @@ impl Admission {
             // Its share is full: it waits for a slot as for a standing delay (a slot
             // frees as each request finishes), timed from when it got one.
             if self
-                .waited_for_turn(wait_until.flatten(), || {
+                .waited_for_turn(wait_until, || {
                     !self.delay_standing() && self.try_take(limit)
                 })
                 .await

@@ -44,7 +44,8 @@ pub(crate) struct Notifier {
     /// Insertions into `unrouted`, to prune it every few thousand.
     unrouted_inserts: AtomicU64,
     /// Users whose LOGIN this node answered and whose new link's route has not arrived
-    /// yet: the device that logged in ([`crate::presence::device_hash`]), and since when. An entry stored meanwhile goes to the routes known — another
+    /// yet: the device that logged in ([`crate::presence::device_hash`]), and since
+    /// when. An entry stored meanwhile goes to the routes known — another
     /// link of the user, perhaps one closing (a racing attempt cut short, a link this
     /// login replaces) — and the new link, whose LOGIN answer's `latest_seq` was read
     /// before it, would not hear of it until the next one: so it is noted as unrouted

@@ -396,16 +396,8 @@ fn error_response(c: u32, e: LogicError) -> BusResponse {
 
 /// When the gateway that sent `req` stops waiting for its answer, on this node's clock.
 fn deadline(req: &BusRequest) -> Option<tokio::time::Instant> {
-    if req.deadline_ms == 0 {
-        return None;
-    }
-    let left = (req.deadline_ms as i64).saturating_sub(unix_ms()).max(0) as u64;
-    Some(tokio::time::Instant::now() + Duration::from_millis(left))
-}
-
-/// Whether the gateway that sent `req` has stopped waiting for its answer.
-fn expired(req: &BusRequest) -> bool {
-    req.deadline_ms != 0 && unix_ms() > req.deadline_ms as i64
+    ferry_bus::deadline_left_ms(req)
+        .map(|left| tokio::time::Instant::now() + Duration::from_millis(left))
 }
 
 /// A request being handled.
@@ -423,7 +415,7 @@ impl Handler for Logic {
             // UNAVAILABLE (or sent an idempotent request elsewhere), and its client
             // moved on. Applied now it would surprise — a LOGIN would take the device's
             // session from the link its client made since, and kick that link.
-            Ok(_slot) if expired(&req) => {
+            Ok(_slot) if ferry_bus::deadline_left_ms(&req) == Some(0) => {
                 metrics::counter!("ferry_bus_stale_requests_total").increment(1);
                 error_response(
                     req.cmd,
