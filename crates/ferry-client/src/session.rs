@@ -474,8 +474,8 @@ async fn session(
                         // it itself (the TCP probe of a long-poll session, or a LOGIN
                         // that got no answer — refused by a gateway that stopped waiting,
                         // timed out, a racing attempt cut short — and still landed),
-                        // carry on: move to the probe's link, or log in again. Otherwise another copy of this
-                        // device took over: stop.
+                        // carry on: move to the probe's link, or log in again.
+                        // Otherwise another copy of this device took over: stop.
                         if let Some(p) = probe.take() {
                             return match tokio::time::timeout(cfg.smart.attempt_timeout, p).await {
                                 Ok(Ok(Ok(better))) => End::Switch(Box::new(better)),
