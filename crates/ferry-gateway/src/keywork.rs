@@ -6,8 +6,10 @@
 //! the runtime's threads, a storm of new logins queues in front of every connected
 //! user's frame; here the storm waits for its own threads instead, and with a positive
 //! `gateway.key_work_nice` the kernel gives those threads only what the forwarding
-//! leaves over (about a tenth of a busy core at 10) — new sessions are slowed first, as
-//! admission sheds them first (docs/security.md, *Overload*). How many wait is bounded
+//! leaves over (about a tenth of a busy core at 10), and with `gateway.key_work_idle`
+//! (SCHED_IDLE) a forwarding thread that wakes takes the core from them at once — new
+//! sessions are slowed first, as admission sheds them first (docs/security.md,
+//! *Overload*). How many wait is bounded
 //! by `gateway.max_handshakes`: each job belongs to a handshake holding its slot.
 //!
 //! It must not do anything but pure computation: no I/O, no locks shared with the
@@ -18,15 +20,24 @@ use std::sync::Arc;
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// The key-work threads' CPU priority, below the rest of the process's.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Priority {
+    /// Added to the threads' nice value.
+    pub nice: i32,
+    /// The SCHED_IDLE policy: preempted as soon as a normal thread wants the core.
+    pub idle: bool,
+}
+
 /// The key-work threads; none (`threads` 0) runs the work in place.
 pub(crate) struct KeyWork {
     jobs: Option<mpsc::Sender<Job>>,
 }
 
 impl KeyWork {
-    /// Starts `threads` threads at nice `nice` (Linux; elsewhere at the process's own
-    /// priority). They end when the `KeyWork` is dropped.
-    pub fn start(threads: usize, nice: i32) -> std::io::Result<Self> {
+    /// Starts `threads` threads at `priority` (Linux; elsewhere at the process's own).
+    /// They end when the `KeyWork` is dropped.
+    pub fn start(threads: usize, priority: Priority) -> std::io::Result<Self> {
         if threads == 0 {
             return Ok(KeyWork { jobs: None });
         }
@@ -37,7 +48,7 @@ impl KeyWork {
             std::thread::Builder::new()
                 .name(format!("ferry-keywork-{i}"))
                 .spawn(move || {
-                    lower_priority(nice);
+                    lower_priority(priority);
                     loop {
                         // One thread waits for the next job at a time; the lock is not
                         // held while a job runs.
@@ -82,25 +93,37 @@ fn gone() -> std::io::Error {
 }
 
 #[cfg(target_os = "linux")]
-fn lower_priority(nice: i32) {
-    if nice == 0 {
+fn lower_priority(p: Priority) {
+    if p.idle {
+        use thread_priority::unix::{
+            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+            ThreadSchedulePolicy,
+        };
+        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+        let min = thread_priority::ThreadPriority::Min;
+        if let Err(e) = set_thread_priority_and_policy(thread_native_id(), min, idle) {
+            tracing::warn!(error = ?e, "the key-work threads keep their scheduling policy");
+        }
+    }
+    if p.nice == 0 {
         return;
     }
     // On Linux the nice value is the thread's own (sched(7)): PRIO_PROCESS with a thread
     // id leaves the rest of the process as it was. `nice` is added to what the thread
-    // started with (the process's); raising it needs no privilege.
+    // started with (the process's; the policy above leaves it); raising it needs no
+    // privilege.
     let tid = Some(rustix::thread::gettid());
     let r = rustix::process::getpriority_process(tid)
-        .and_then(|now| rustix::process::setpriority_process(tid, (now + nice).clamp(-20, 19)));
+        .and_then(|now| rustix::process::setpriority_process(tid, (now + p.nice).clamp(-20, 19)));
     if let Err(e) = r {
-        tracing::warn!(nice, error = %e, "could not lower the key-work threads' priority");
+        tracing::warn!(nice = p.nice, error = %e, "could not lower the key-work threads' priority");
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority(nice: i32) {
-    if nice != 0 {
-        tracing::debug!(nice, "key-work priority is left as it is on this system");
+fn lower_priority(p: Priority) {
+    if p.nice != 0 || p.idle {
+        tracing::debug!(?p, "key-work priority is left as it is on this system");
     }
 }
 
@@ -108,27 +131,50 @@ fn lower_priority(nice: i32) {
 mod tests {
     use super::*;
 
+    /// The calling thread's scheduling policy (`/proc/thread-self/stat`, field 41).
+    fn policy_here() -> u32 {
+        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
+        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+        // Fields from the third (state) on: the policy is the 41st of the line.
+        after_name.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+    }
+
+    fn nice_here() -> i32 {
+        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+    }
+
     #[tokio::test]
     async fn work_runs_on_the_key_work_threads_at_their_priority() {
-        let kw = KeyWork::start(2, 5).unwrap();
-        let nice_here =
-            || rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
-        let (name, nice) = kw
-            .run(move || {
-                let name = std::thread::current().name().map(str::to_owned);
-                (name, nice_here())
-            })
-            .await
-            .unwrap();
-        assert!(name.unwrap().starts_with("ferry-keywork-"));
-        // The caller's own thread keeps its priority; the key work's is 5 lower.
-        let own = nice_here();
-        assert_eq!(nice, (own + 5).min(19));
+        const SCHED_OTHER: u32 = 0;
+        const SCHED_IDLE: u32 = 5;
+        for idle in [false, true] {
+            let kw = KeyWork::start(2, Priority { nice: 5, idle }).unwrap();
+            let (name, nice, policy) = kw
+                .run(move || {
+                    let name = std::thread::current().name().map(str::to_owned);
+                    (name, nice_here(), policy_here())
+                })
+                .await
+                .unwrap();
+            assert!(name.unwrap().starts_with("ferry-keywork-"));
+            // The caller's own thread keeps its priority and policy; the key work's
+            // nice is 5 higher, and it runs under SCHED_IDLE when asked to.
+            assert_eq!(nice, (nice_here() + 5).min(19), "idle {idle}");
+            assert_eq!(policy_here(), SCHED_OTHER);
+            assert_eq!(policy, if idle { SCHED_IDLE } else { SCHED_OTHER });
+        }
     }
 
     #[tokio::test]
     async fn without_threads_the_work_runs_in_place() {
-        let kw = KeyWork::start(0, 10).unwrap();
+        let kw = KeyWork::start(
+            0,
+            Priority {
+                nice: 10,
+                idle: true,
+            },
+        )
+        .unwrap();
         let here = std::thread::current().id();
         assert_eq!(
             kw.run(move || std::thread::current().id()).await.unwrap(),
@@ -138,7 +184,7 @@ mod tests {
 
     #[tokio::test]
     async fn many_jobs_at_once_all_come_back() {
-        let kw = Arc::new(KeyWork::start(2, 0).unwrap());
+        let kw = Arc::new(KeyWork::start(2, Priority::default()).unwrap());
         let mut set = tokio::task::JoinSet::new();
         for i in 0..200u64 {
             let kw = kw.clone();

@@ -132,6 +132,13 @@ pub struct GatewayConfig {
     /// How much lower the key-work threads' CPU priority is (added to their nice value,
     /// Linux): under a storm of new logins the forwarding gets the CPU first.
     pub key_work_nice: i32,
+    /// Run the key-work threads under the SCHED_IDLE policy as well (Linux): a
+    /// forwarding thread that wakes takes the core from them at once. Nice alone lets
+    /// a key-work thread that got the core keep it for the rest of its slice (EEVDF's
+    /// run to parity), and a connected user's frame waits behind an X25519. Off: new
+    /// logins get a larger share of a saturated machine (about a tenth of a core at
+    /// nice 10, against what the forwarding leaves idle).
+    pub key_work_idle: bool,
 }
 
 impl Default for GatewayConfig {
@@ -160,6 +167,7 @@ impl Default for GatewayConfig {
             handshake_retry_after_ms: 1_000,
             key_work_threads: 1,
             key_work_nice: 10,
+            key_work_idle: true,
         }
     }
 }
@@ -262,10 +270,14 @@ impl Gateway {
         let registry = Arc::new(Registry::new(cfg.outbox_frames, stats.clone()));
         bus.attach_gateway(&cfg.id, registry.clone());
         let tickets = ferry_proto::resume::TicketKey::derive(&key.private, cfg.ticket_epoch);
-        let key_work = keywork::KeyWork::start(cfg.key_work_threads, cfg.key_work_nice)
+        let priority = keywork::Priority {
+            nice: cfg.key_work_nice,
+            idle: cfg.key_work_idle,
+        };
+        let key_work = keywork::KeyWork::start(cfg.key_work_threads, priority)
             .unwrap_or_else(|e| {
                 tracing::warn!(error = %e, "no key-work threads: full handshakes run on the forwarding threads");
-                keywork::KeyWork::start(0, 0).expect("no threads to start")
+                keywork::KeyWork::start(0, Default::default()).expect("no threads to start")
             });
         let handshake_permits = Arc::new(Semaphore::new(
             cfg.max_handshakes.min(Semaphore::MAX_PERMITS),
