@@ -97,17 +97,18 @@ pub struct TargetArgs {
     /// The push service the app registered with.
     #[arg(long, value_enum)]
     pub provider: ProviderArg,
-    /// APNs device token (hex) or FCM registration token.
-    #[arg(long, conflicts_with_all = ["endpoint", "p256dh", "auth"])]
+    /// APNs device token (hex) or FCM registration token. The values below may start
+    /// with a `-` (base64url and FCM tokens use it): taken as values, not options.
+    #[arg(long, allow_hyphen_values = true, conflicts_with_all = ["endpoint", "p256dh", "auth"])]
     pub token: Option<String>,
     /// Web Push / UnifiedPush: the subscription's https endpoint.
     #[arg(long, requires_all = ["p256dh", "auth"])]
     pub endpoint: Option<String>,
     /// Web Push / UnifiedPush: the P-256 public key, base64url.
-    #[arg(long, requires = "endpoint")]
+    #[arg(long, allow_hyphen_values = true, requires = "endpoint")]
     pub p256dh: Option<String>,
     /// Web Push / UnifiedPush: the auth secret, base64url.
-    #[arg(long, requires = "endpoint")]
+    #[arg(long, allow_hyphen_values = true, requires = "endpoint")]
     pub auth: Option<String>,
     /// APNs: the topic (the app's bundle id; required). FCM: the Firebase project
     /// (default: the server's).
@@ -704,6 +705,22 @@ mod tests {
         }
         let t = target(&["--provider", "fcm", "--token", "t", "--utc-offset", "-330"]).unwrap();
         assert_eq!(t.utc_offset_min, -330);
+        // base64url (and FCM tokens) may start with a `-`: one random auth secret in 64
+        // does, and was once refused as an unknown option.
+        let t = target(&[
+            "--provider",
+            "webpush",
+            "--endpoint",
+            "https://push.example/s/1",
+            "--p256dh",
+            "-Pk",
+            "--auth",
+            "-7Qx_k",
+        ])
+        .unwrap();
+        assert_eq!((t.p256dh.as_str(), t.auth.as_str()), ("-Pk", "-7Qx_k"));
+        let t = target(&["--provider", "fcm", "--token", "-tok"]).unwrap();
+        assert_eq!(t.token, "-tok");
     }
 
     #[test]
