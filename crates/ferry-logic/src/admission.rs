@@ -445,6 +445,17 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    /// A standing delay of 50 ms, `max_in_flight` slots, and new sessions waiting up
+    /// to `new_session_wait_ms` for their turn.
+    fn delay_config(max_in_flight: usize, new_session_wait_ms: u64) -> AdmissionConfig {
+        AdmissionConfig {
+            max_in_flight,
+            standing_delay_ms: 50,
+            new_session_wait_ms,
+            ..Default::default()
+        }
+    }
+
     fn adm(max: usize) -> Admission {
         Admission::new(AdmissionConfig {
             max_in_flight: max,
@@ -503,12 +514,7 @@ mod tests {
     /// quiet server sheds nothing.
     #[tokio::test]
     async fn a_standing_delay_sheds_new_sessions_until_it_drains() {
-        let a = Admission::new(AdmissionConfig {
-            max_in_flight: 1000,
-            standing_delay_ms: 50,
-            new_session_wait_ms: 0,
-            ..Default::default()
-        });
+        let a = Admission::new(delay_config(1000, 0));
         let slow = Duration::from_millis(80);
         // A quiet server: one slow request per window, nothing else in flight.
         for _ in 0..3 {
@@ -567,12 +573,7 @@ mod tests {
     /// `new_session_retry_min_ms` and `retry_after_ms`; other classes `retry_after_ms`.
     #[tokio::test]
     async fn a_shed_new_session_comes_back_when_the_queue_has_drained() {
-        let a = Admission::new(AdmissionConfig {
-            max_in_flight: 1000,
-            standing_delay_ms: 50,
-            new_session_wait_ms: 0,
-            ..Default::default()
-        });
+        let a = Admission::new(delay_config(1000, 0));
         // A queue in flight …
         let queue = queued(&a).await;
         // … and a window whose one finished request asked `took_ms` ago (after at least
@@ -661,12 +662,7 @@ mod tests {
     /// may use is shed at once.
     #[tokio::test]
     async fn a_new_session_waits_out_a_standing_delay() {
-        let a = Arc::new(Admission::new(AdmissionConfig {
-            max_in_flight: 40,
-            standing_delay_ms: 50,
-            new_session_wait_ms: 2_000,
-            ..Default::default()
-        }));
+        let a = Arc::new(Admission::new(delay_config(40, 2_000)));
         let queue = queued(&a).await;
         window(&a, 300);
         assert!(a.delay_standing());
@@ -678,12 +674,7 @@ mod tests {
         .await;
 
         // A delay that outlasts the wait: shed after it.
-        let b = Admission::new(AdmissionConfig {
-            max_in_flight: 40,
-            standing_delay_ms: 50,
-            new_session_wait_ms: 200,
-            ..Default::default()
-        });
+        let b = Admission::new(delay_config(40, 200));
         let queue_b = queued(&b).await;
         window(&b, 300);
         let t = std::time::Instant::now();
