@@ -5,12 +5,12 @@
 //! A full handshake costs the gateway ~100× the CPU of forwarding a message. Done on
 //! the runtime's threads, a storm of new logins queues in front of every connected
 //! user's frame; here the storm waits for its own threads instead, and with a positive
-//! `gateway.key_work_nice` the kernel gives those threads only what the forwarding
-//! leaves over (about a tenth of a busy core at 10), and with `gateway.key_work_idle`
-//! (SCHED_IDLE) a forwarding thread that wakes takes the core from them at once — new
-//! sessions are slowed first, as admission sheds them first (docs/security.md,
-//! *Overload*). How many wait is bounded
-//! by `gateway.max_handshakes`: each job belongs to a handshake holding its slot.
+//! `gateway.key_work_nice` the kernel gives those threads a smaller share than the
+//! forwarding (still about a quarter of a core during the overload bench's storm at
+//! 10), and with `gateway.key_work_idle` (SCHED_IDLE) a forwarding thread that wakes
+//! takes the core from them at once — new sessions are slowed first, as admission
+//! sheds them first (docs/security.md, *Overload*). How many wait is bounded by
+//! `gateway.max_handshakes`: each job belongs to a handshake holding its slot.
 //!
 //! It must not do anything but pure computation: no I/O, no locks shared with the
 //! runtime.

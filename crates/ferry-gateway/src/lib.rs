@@ -136,8 +136,9 @@ pub struct GatewayConfig {
     /// forwarding thread that wakes takes the core from them at once. Nice alone lets
     /// a key-work thread that got the core keep it for the rest of its slice (EEVDF's
     /// run to parity), and a connected user's frame waits behind an X25519. Off: new
-    /// logins get a larger share of a saturated machine (about a tenth of a core at
-    /// nice 10, against what the forwarding leaves idle).
+    /// logins get a larger share of a saturated machine (at nice 10 the key work kept
+    /// about a quarter of a core through the overload bench's storm; under SCHED_IDLE,
+    /// what the forwarding leaves idle).
     pub key_work_idle: bool,
 }
 
