@@ -161,12 +161,11 @@ impl Inbox {
             // The hook is asked about every message of the batch at once: its round
             // trips overlap instead of adding up.
             let user = me.user_id;
-            let screened = futures_util::future::join_all(
-                taken
-                    .iter_mut()
-                    .map(|(_, d)| crate::before::screen(&self.core, user, &mut d.new.message)),
-            )
-            .await;
+            let screened =
+                Box::pin(futures_util::future::join_all(taken.iter_mut().map(
+                    |(_, d)| crate::before::screen(&self.core, user, &mut d.new.message),
+                )))
+                .await;
             let mut kept = Vec::with_capacity(taken.len());
             for ((i, d), verdict) in taken.into_iter().zip(screened) {
                 match verdict {
@@ -197,8 +196,8 @@ impl Inbox {
         match self.core.store.append_messages(news).await {
             Ok(results) => {
                 for ((_, d), r) in taken.iter().zip(results.iter()) {
-                    if matches!(r, Ok(a) if !a.duplicate) {
-                        msgops::recheck_quote(&self.core, &d.new.message).await;
+                    if d.new.message.quote.is_some() && matches!(r, Ok(a) if !a.duplicate) {
+                        Box::pin(msgops::recheck_quote(&self.core, &d.new.message)).await;
                     }
                 }
                 // Webhook events of the whole batch in one store write, durable before
@@ -210,7 +209,7 @@ impl Inbox {
                         .zip(results.iter())
                         .filter_map(|((_, d), r)| r.as_ref().ok().map(|a| (d, a)))
                         .collect();
-                    if let Err(e) = self.hook_events(&stored).await {
+                    if let Err(e) = Box::pin(self.hook_events(&stored)).await {
                         for (i, _) in taken {
                             out[i] = Some(Err(again(&e)));
                         }
@@ -282,9 +281,13 @@ impl Inbox {
         }
         // A reply: the message it answers must be one the sender may read; without a
         // conversation named, the reply goes to that message's.
+        // Awaits that few sends take (replies, forwards, media) are boxed: an async fn's
+        // future is as large as its largest await, and every send's is copied as it
+        // moves; boxed, only the sends that take them pay (docs/benchmarks.md, *ring
+        // for the records*).
         let replied = match r.reply_to {
             0 => None,
-            id => Some(msgops::readable(&self.core, me.user_id, id).await?),
+            id => Some(Box::pin(msgops::readable(&self.core, me.user_id, id)).await?),
         };
         if let Some(t) = &replied {
             if r.to.is_empty() && r.group_id == 0 {
@@ -297,7 +300,7 @@ impl Inbox {
         // A forward: the text and media of a message the sender may read (conv.rs).
         let fwd = match r.forward_of {
             0 => None,
-            id => Some(conv::forward_of(&self.core, me.user_id, id, &r).await?),
+            id => Some(Box::pin(conv::forward_of(&self.core, me.user_id, id, &r)).await?),
         };
         if let Some(f) = &fwd {
             r.text = f.text.clone();
@@ -331,10 +334,12 @@ impl Inbox {
         if to != me.user_id {
             self.friends.may_message(me.user_id, to, &r.to).await?;
         }
-        let (media, forwarded) = self
-            .attach
-            .of_send(me.user_id, r.media, fwd, &[to], &[])
-            .await?;
+        let (media, forwarded) = match (r.media, fwd) {
+            (None, None) => (None, None),
+            (media, fwd) => {
+                Box::pin(self.attach.of_send(me.user_id, media, fwd, &[to], &[])).await?
+            }
+        };
         let from = self.core.user_name(me.user_id).await?;
         let time_ms = unix_ms();
         let message = v1::Message {
@@ -432,9 +437,9 @@ impl Inbox {
             // between storing and notifying: notify again, without the entry (this
             // attempt's copy of the message is not the stored one). Devices that have it
             // ignore the notify.
-            self.notifier.notify_latest(to).await;
+            Box::pin(self.notifier.notify_latest(to)).await;
             if to != me.user_id {
-                self.notifier.notify_latest(me.user_id).await;
+                Box::pin(self.notifier.notify_latest(me.user_id)).await;
             }
         }
         ok(

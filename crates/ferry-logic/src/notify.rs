@@ -263,7 +263,7 @@ impl Notifier {
             ..Default::default()
         };
         if entry.encoded_len() > self.inline_bytes {
-            self.notify_message(user, seq, message).await;
+            Box::pin(self.notify_message(user, seq, message)).await;
             return None;
         }
         self.notify_with(user, seq, || entry.clone(), Some((gateway, conn)))
@@ -292,8 +292,7 @@ impl Notifier {
             Some(h) => {
                 let mut e = entry();
                 e.seq = seq;
-                h.bot_updates(user, vec![crate::api::json::entry_json(&e)])
-                    .await;
+                Box::pin(h.bot_updates(user, vec![crate::api::json::entry_json(&e)])).await;
                 Ok(e)
             }
             None => Err(entry),

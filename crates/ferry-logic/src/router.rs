@@ -430,7 +430,11 @@ impl Handler for Logic {
                         LogicError::BadRequest("only SEND is sent in batches".into()),
                     )
                 } else {
-                    let answers = self.inbox.send_batch(&req).await;
+                    // Boxed, as the API's handler below: a branch's future is otherwise
+                    // part of every request's, which async_trait boxes whole — 6.7 KB
+                    // copied for each request, 1.4 KB with these two boxed
+                    // (docs/benchmarks.md, *ring for the records*).
+                    let answers = Box::pin(self.inbox.send_batch(&req)).await;
                     BusResponse {
                         cmd: u32::from(cmd::response(cmd::SEND)),
                         batch: answers
@@ -449,10 +453,12 @@ impl Handler for Logic {
             }
             // An API call may hold (a bot's long-poll): it gets its permit, to give back
             // while it waits.
-            Ok(slot) if req.cmd == u32::from(cmd::API) => match self.api.handle(&req, slot).await {
-                Ok(resp) => resp,
-                Err(e) => error_response(req.cmd, e),
-            },
+            Ok(slot) if req.cmd == u32::from(cmd::API) => {
+                match Box::pin(self.api.handle(&req, slot)).await {
+                    Ok(resp) => resp,
+                    Err(e) => error_response(req.cmd, e),
+                }
+            }
             Ok(_slot) => match self.dispatch(&req).await {
                 Ok(resp) => resp,
                 Err(e) => error_response(req.cmd, e),
