@@ -147,9 +147,10 @@ fn x25519_public(private: &[u8; KEY_LEN]) -> [u8; KEY_LEN] {
 /// The records are sealed and opened with ring's ChaCha20-Poly1305 (assembly), not the
 /// `chacha20poly1305` crate snow's handshake uses: for the short records of a chat link
 /// that crate's AVX2 Poly1305 sets up per record more than it saves — a seal and an open
-/// of 60 bytes took 3.3 µs against ring's 0.4 µs (docs/benchmarks.md, *The records'
-/// cipher*). ring's key is 544 bytes, so the link keeps the bare 32-byte keys and builds
-/// ring's on the stack for each record (a copy of the key, ≈ 30 ns).
+/// of 60 bytes took 3.3 µs against ring's 0.4 µs (docs/benchmarks.md, *ring for the
+/// records*). ring's key is 544 bytes, so the link keeps the bare 32-byte keys and builds
+/// ring's on the stack for each record (a copy of the key; criterion's
+/// `record/seal_open_hello_v1`, which includes it twice, 0.48 µs).
 pub struct Channel {
     send: [u8; KEY_LEN],
     recv: [u8; KEY_LEN],
