@@ -130,22 +130,13 @@ impl Drop for StormRuntime {
     }
 }
 
-/// Adds `nice` to the calling thread's nice value (Linux: a thread's own, sched(7)).
-#[cfg(target_os = "linux")]
+/// Adds `nice` to the calling thread's nice value (`ferry_sched`; Linux only).
 fn lower_priority(nice: i32) {
-    if nice == 0 {
-        return;
-    }
-    let tid = Some(rustix::thread::gettid());
-    let r = rustix::process::getpriority_process(tid)
-        .and_then(|now| rustix::process::setpriority_process(tid, (now + nice).clamp(-20, 19)));
-    if let Err(e) = r {
+    let p = ferry_sched::Priority { nice, idle: false };
+    if let Err(e) = ferry_sched::lower_this_thread(p) {
         eprintln!("overload: the storm's threads keep their priority: {e}");
     }
 }
-
-#[cfg(not(target_os = "linux"))]
-fn lower_priority(_nice: i32) {}
 
 /// One request class's figures in one phase.
 struct Tally {

@@ -21,13 +21,7 @@ use std::sync::Arc;
 type Job = Box<dyn FnOnce() + Send>;
 
 /// The key-work threads' CPU priority, below the rest of the process's.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct Priority {
-    /// Added to the threads' nice value.
-    pub nice: i32,
-    /// The SCHED_IDLE policy: preempted as soon as a normal thread wants the core.
-    pub idle: bool,
-}
+pub(crate) use ferry_sched::Priority;
 
 /// The key-work threads; none (`threads` 0) runs the work in place.
 pub(crate) struct KeyWork {
@@ -92,38 +86,13 @@ fn gone() -> std::io::Error {
     std::io::Error::other("the gateway's key-work threads have stopped")
 }
 
-#[cfg(target_os = "linux")]
 fn lower_priority(p: Priority) {
-    if p.idle {
-        use thread_priority::unix::{
-            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-            ThreadSchedulePolicy,
-        };
-        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        let min = thread_priority::ThreadPriority::Min;
-        if let Err(e) = set_thread_priority_and_policy(thread_native_id(), min, idle) {
-            tracing::warn!(error = ?e, "the key-work threads keep their scheduling policy");
+    match ferry_sched::lower_this_thread(p) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {
+            tracing::debug!(?p, "key-work priority is left as it is on this system")
         }
-    }
-    if p.nice == 0 {
-        return;
-    }
-    // On Linux the nice value is the thread's own (sched(7)): PRIO_PROCESS with a thread
-    // id leaves the rest of the process as it was. `nice` is added to what the thread
-    // started with (the process's; the policy above leaves it); raising it needs no
-    // privilege.
-    let tid = Some(rustix::thread::gettid());
-    let r = rustix::process::getpriority_process(tid)
-        .and_then(|now| rustix::process::setpriority_process(tid, (now + p.nice).clamp(-20, 19)));
-    if let Err(e) = r {
-        tracing::warn!(nice = p.nice, error = %e, "could not lower the key-work threads' priority");
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn lower_priority(p: Priority) {
-    if p.nice != 0 || p.idle {
-        tracing::debug!(?p, "key-work priority is left as it is on this system");
+        Err(e) => tracing::warn!(?p, error = %e, "the key-work threads keep their priority"),
     }
 }
 
@@ -131,16 +100,12 @@ fn lower_priority(p: Priority) {
 mod tests {
     use super::*;
 
-    /// The calling thread's scheduling policy (`/proc/thread-self/stat`, field 41).
     fn policy_here() -> u32 {
-        let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap();
-        let after_name = &stat[stat.rfind(')').unwrap() + 2..];
-        // Fields from the third (state) on: the policy is the 41st of the line.
-        after_name.split(' ').nth(41 - 3).unwrap().parse().unwrap()
+        ferry_sched::this_thread().unwrap().1
     }
 
     fn nice_here() -> i32 {
-        rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap()
+        ferry_sched::this_thread().unwrap().0
     }
 
     #[tokio::test]

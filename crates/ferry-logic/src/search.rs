@@ -874,33 +874,16 @@ fn feed(me: std::sync::Weak<Search>, rt: &tokio::runtime::Handle, shutdown: &Can
 }
 
 /// Puts the calling thread (and the threads it starts, which inherit it) at the lowest
-/// CPU priority: scheduling policy SCHED_IDLE, nice 19. The indexer takes what the send
-/// path leaves.
-///
-/// Nice 19 alone is not enough on Linux's EEVDF scheduler: a nice-19 thread that is
-/// running keeps the core until its slice ends (run to parity), so a sender woken on that
-/// core waits behind it. A SCHED_IDLE thread is preempted as soon as any normal thread
-/// wakes (docs/benchmarks.md, *Search*: the send path's throughput with the indexer
-/// under each).
+/// CPU priority: scheduling policy SCHED_IDLE, nice 19 (`ferry_sched`). The indexer takes
+/// what the send path leaves (docs/benchmarks.md, *Search*: the send path's throughput
+/// with the indexer under nice alone and under SCHED_IDLE).
 fn lower_priority() {
-    #[cfg(target_os = "linux")]
-    {
-        use thread_priority::unix::{
-            set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
-            ThreadSchedulePolicy,
-        };
-        let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
-        if let Err(e) = set_thread_priority_and_policy(
-            thread_native_id(),
-            thread_priority::ThreadPriority::Min,
-            idle,
-        ) {
-            tracing::debug!(error = ?e, "the search indexer keeps its scheduling policy");
-        }
-        // Linux keeps a nice value per thread; PRIO_PROCESS with a thread id sets it.
-        if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), 19) {
-            tracing::debug!(error = %e, "the search indexer keeps its CPU priority");
-        }
+    let lowest = ferry_sched::Priority {
+        nice: 19,
+        idle: true,
+    };
+    if let Err(e) = ferry_sched::lower_this_thread(lowest) {
+        tracing::debug!(error = %e, "the search indexer keeps its CPU priority");
     }
 }
 
