@@ -101,11 +101,9 @@ pub(super) fn append_events(
 /// The two statements every stored message runs, prepared once for a whole batch: taking
 /// them from rusqlite's statement cache for each message (a hash of the SQL text, and the
 /// statement put back) was ≈ 1 % of the server's CPU in a closed-loop `ferry bench p2p`.
-/// With them, one buffer the messages' bodies are encoded into, in turn.
 struct AppendStatements<'t> {
     message: CachedStatement<'t>,
     inbox: CachedStatement<'t>,
-    body: Vec<u8>,
 }
 
 impl<'t> AppendStatements<'t> {
@@ -126,7 +124,6 @@ impl<'t> AppendStatements<'t> {
             inbox: txn.prepare_cached(
                 "INSERT INTO inbox (user_id, seq, msg_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
             )?,
-            body: Vec::new(),
         })
     }
 }
@@ -161,9 +158,6 @@ fn append_one(
     let mut body = msg.message;
     body.msg_id = msg_id;
     body.time_ms = msg.time_ms;
-    statements.body.clear();
-    body.encode(&mut statements.body)
-        .map_err(|e| StoreError::Corrupt(format!("message {msg_id} not encoded: {e}")))?;
     let inserted = statements.message.execute(params![
         msg_id as i64,
         sender,
@@ -171,7 +165,7 @@ fn append_one(
         sender_seq as i64,
         recipient_seq as i64,
         msg.time_ms,
-        &statements.body[..]
+        body.encode_to_vec()
     ])?;
     if inserted == 0 {
         // A retry of a stored message: hand back the ids just taken (nothing
