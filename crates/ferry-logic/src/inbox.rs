@@ -196,8 +196,8 @@ impl Inbox {
         match self.core.store.append_messages(news).await {
             Ok(results) => {
                 for ((_, d), r) in taken.iter().zip(results.iter()) {
-                    if d.new.message.quote.is_some() && matches!(r, Ok(a) if !a.duplicate) {
-                        Box::pin(msgops::recheck_quote(&self.core, &d.new.message)).await;
+                    if matches!(r, Ok(a) if !a.duplicate) {
+                        msgops::recheck_quote(&self.core, &d.new.message).await;
                     }
                 }
                 // Webhook events of the whole batch in one store write, durable before
