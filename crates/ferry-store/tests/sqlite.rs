@@ -270,3 +270,169 @@ fn sqlite_gives_each_connection_its_own_page_cache_lock() {
          .cargo/config.toml?): {options:?}"
     );
 }
+
+/// The idempotency check holds wherever a message's key is: in the writer's memory,
+/// merged into `message_keys`, or read back from `messages` after a restart; and a
+/// deleted message takes its key with it (the same client id is then a new message).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_is_answered_with_the_original_wherever_its_key_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let open = || Arc::new(SqliteStore::open(dir.path(), Durability::Os).unwrap());
+    let msg = |a, b, i: u64| message(a, b, i, format!("m{i}"));
+    // Even client ids: an odd one below the highest is new, and must still be looked up.
+    let id = |i: u64| 10 + 2 * i;
+    // (keys merged, the newest id merged), read from the file.
+    let merged = || -> (i64, i64) {
+        let c = rusqlite::Connection::open(dir.path().join("ferry.db")).unwrap();
+        (
+            c.query_row("SELECT count(*) FROM message_keys", [], |r| r.get(0))
+                .unwrap(),
+            c.query_row("SELECT upto FROM message_keys_merged", [], |r| r.get(0))
+                .unwrap(),
+        )
+    };
+    const SENT: u64 = 3000;
+    let (a, b, first, last);
+    {
+        let s = open();
+        a = s.create_user("alice", "h").await.unwrap();
+        b = s.create_user("bob", "h").await.unwrap();
+        // A client id of 2^63 or more (SQLite keeps it negative), merged with the rest:
+        // still found when the sender's later ids are all below it as SQLite orders them.
+        let huge = u64::MAX - 1;
+        let big = s.append_message(msg(a, b, huge)).await.unwrap();
+        let mut stored = Vec::new();
+        // One at a time: every batch finds the writer idle, so the keys are merged once
+        // 2 048 wait, and the last ones stay in memory.
+        for i in 0..SENT {
+            stored.push(s.append_message(msg(a, b, id(i))).await.unwrap());
+        }
+        assert!(stored.iter().all(|m| !m.duplicate));
+        (first, last) = (stored[0].clone(), stored[SENT as usize - 1].clone());
+        let (keys, upto) = merged();
+        assert!(keys >= 2048 && keys < SENT as i64, "{keys} keys merged");
+        let again = s.append_message(msg(a, b, huge)).await.unwrap();
+        assert!(again.duplicate && again.msg_id == big.msg_id, "{again:?}");
+        assert_eq!(upto, keys, "every id up to the newest merged");
+        // The highest client id merged is still found (not taken for a new one).
+        let highest: i64 = rusqlite::Connection::open(dir.path().join("ferry.db"))
+            .unwrap()
+            .query_row(
+                "SELECT max(client_msg_id) FROM message_keys WHERE sender_id = ?1",
+                [a as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        let again = s.append_message(msg(a, b, highest as u64)).await.unwrap();
+        assert!(again.duplicate, "the highest merged, {highest}");
+
+        for (i, original) in [(id(0), &first), (id(SENT - 1), &last)] {
+            let again = s.append_message(msg(a, b, i)).await.unwrap();
+            assert!(again.duplicate, "{i}");
+            assert_eq!(
+                (again.msg_id, again.sender_seq, again.recipient_seq),
+                (original.msg_id, original.sender_seq, original.recipient_seq),
+                "{i}"
+            );
+            assert_eq!(
+                s.sent_message_id(a, i).await.unwrap(),
+                Some(original.msg_id)
+            );
+        }
+        assert_eq!(s.sent_message_id(b, id(0)).await.unwrap(), None);
+        assert_eq!(s.sent_message_id(a, id(SENT)).await.unwrap(), None);
+        // A client id below the highest merged one, never sent (another device's).
+        assert_eq!(s.sent_message_id(a, id(5) + 1).await.unwrap(), None);
+        let odd = s.append_message(msg(a, b, id(5) + 1)).await.unwrap();
+        assert!(!odd.duplicate);
+        assert_eq!(
+            s.append_message(msg(a, b, id(5) + 1)).await.unwrap().msg_id,
+            odd.msg_id
+        );
+        // The same client id from another sender is another message.
+        assert!(!s.append_message(msg(b, a, id(0))).await.unwrap().duplicate);
+    }
+
+    // Reopened: the keys in memory are read back from the messages above `upto`.
+    let s = open();
+    for (i, original) in [(id(0), &first), (id(SENT - 1), &last)] {
+        let again = s.append_message(msg(a, b, i)).await.unwrap();
+        assert!(again.duplicate, "{i} after the restart");
+        assert_eq!(again.msg_id, original.msg_id);
+    }
+    let next = s.append_message(msg(a, b, id(SENT))).await.unwrap();
+    assert!(!next.duplicate);
+    assert_eq!(
+        next.msg_id,
+        SENT + 4,
+        "after the huge one, the odd one and b's message"
+    );
+
+    // Every message pruned: their keys go with them, merged or not.
+    s.prune(i64::MAX).await.unwrap();
+    assert_eq!(merged().0, 0, "no key left of a deleted message");
+    for i in [id(0), id(SENT - 1)] {
+        let anew = s.append_message(msg(a, b, i)).await.unwrap();
+        assert!(!anew.duplicate, "{i} was deleted: stored again");
+        assert!(anew.msg_id > SENT + 4, "ids are not handed out twice");
+        let again = s.append_message(msg(a, b, i)).await.unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.msg_id, anew.msg_id);
+        assert_eq!(s.sent_message_id(a, i).await.unwrap(), Some(anew.msg_id));
+    }
+}
+
+/// A recall empties the quotes of the replies found by their keys: one merged into
+/// `message_keys`, one still in the writer's memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recall_scrubs_the_quotes_of_replies_merged_or_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(SqliteStore::open(dir.path(), Durability::Os).unwrap());
+    let a = s.create_user("alice", "h").await.unwrap();
+    let b = s.create_user("bob", "h").await.unwrap();
+    let orig = s
+        .append_message(message(a, b, 1, "secret".into()))
+        .await
+        .unwrap();
+    let reply = |cmid| {
+        let mut m = message(b, a, cmid, "what secret?".into());
+        m.message.quote = Some(Box::new(v1::Quote {
+            msg_id: orig.msg_id,
+            text: "secret".into(),
+            ..Default::default()
+        }));
+        m
+    };
+    s.note_reply(orig.msg_id, b, 2).await.unwrap();
+    let merged = s.append_message(reply(2)).await.unwrap();
+    for i in 0..2100 {
+        s.append_message(message(a, b, 100 + i, String::new()))
+            .await
+            .unwrap();
+    }
+    s.note_reply(orig.msg_id, b, 3).await.unwrap();
+    let recent = s.append_message(reply(3)).await.unwrap();
+    let c = rusqlite::Connection::open(dir.path().join("ferry.db")).unwrap();
+    let key = |cmid: i64| -> i64 {
+        c.query_row(
+            "SELECT count(*) FROM message_keys WHERE sender_id = ?1 AND client_msg_id = ?2",
+            [b as i64, cmid],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    assert_eq!((key(2), key(3)), (1, 0), "one merged, one in memory");
+
+    assert_eq!(s.scrub_quotes(orig.msg_id).await.unwrap(), 2);
+    for m in [merged, recent] {
+        let body = s
+            .message_info(m.msg_id)
+            .await
+            .unwrap()
+            .unwrap()
+            .body
+            .unwrap();
+        let q = body.quote.unwrap();
+        assert!(q.text.is_empty() && q.recalled, "{}", m.msg_id);
+    }
+}

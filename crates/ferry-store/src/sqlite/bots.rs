@@ -130,15 +130,18 @@ impl BotStore for SqliteStore {
     }
 
     async fn sent_message_id(&self, sender_id: u64, client_msg_id: u64) -> Result<Option<u64>> {
-        self.read(move |c| {
-            Ok(c.prepare_cached(
-                "SELECT id FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2",
-            )?
-            .query_row(params![sender_id as i64, client_msg_id as i64], |r| {
-                r.get::<_, i64>(0)
-            })
-            .optional()?
-            .map(|id| id as u64))
+        // Asked of the writer, which holds the keys not yet merged into `message_keys`
+        // (writer.rs, `KeyTail`); answered once its batch committed, so a message of a
+        // batch that failed is never reported stored.
+        self.write(move |txn, state| {
+            let Some(id) = state.stored_id(txn, sender_id, client_msg_id)? else {
+                return Ok(None);
+            };
+            // Deleted since: not stored any more.
+            Ok(txn
+                .prepare_cached("SELECT 1 FROM messages WHERE id = ?1")?
+                .exists([id as i64])?
+                .then_some(id))
         })
         .await
     }

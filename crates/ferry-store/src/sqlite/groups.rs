@@ -212,20 +212,21 @@ impl GroupStore for SqliteStore {
         self.write(move |txn, state| {
             let sender = msg.sender_id as i64;
             let cmid = msg.client_msg_id as i64;
-            let existing = txn
-                .prepare_cached(
-                    "SELECT id, recipient_seq, created_ms FROM messages WHERE sender_id = ?1 AND client_msg_id = ?2",
-                )?
-                .query_row(params![sender, cmid], |r| {
-                    Ok(Appended {
-                        msg_id: r.get::<_, i64>(0)? as u64,
-                        sender_seq: 0,
-                        recipient_seq: r.get::<_, i64>(1)? as u64,
-                        time_ms: r.get(2)?,
-                        duplicate: true,
+            let existing = match state.stored_id(txn, msg.sender_id, msg.client_msg_id)? {
+                Some(id) => txn
+                    .prepare_cached("SELECT recipient_seq, created_ms FROM messages WHERE id = ?1")?
+                    .query_row([id as i64], |r| {
+                        Ok(Appended {
+                            msg_id: id,
+                            sender_seq: 0,
+                            recipient_seq: r.get::<_, i64>(0)? as u64,
+                            time_ms: r.get(1)?,
+                            duplicate: true,
+                        })
                     })
-                })
-                .optional()?;
+                    .optional()?,
+                None => None,
+            };
             if let Some(dup) = existing {
                 return Ok(dup);
             }
@@ -243,6 +244,7 @@ impl GroupStore for SqliteStore {
                  VALUES (?1, ?2, ?3, 0, ?4, ?5, ?6)",
             )?
             .execute(params![msg_id as i64, sender, cmid, gseq as i64, msg.time_ms, body.encode_to_vec()])?;
+            state.stored(txn, msg.sender_id, msg.client_msg_id, msg_id)?;
             Ok(Appended {
                 msg_id,
                 sender_seq: 0,

@@ -109,16 +109,10 @@ struct AppendStatements<'t> {
 impl<'t> AppendStatements<'t> {
     fn prepare(txn: &'t Transaction) -> Result<Self> {
         Ok(AppendStatements {
-            // The idempotency check is the insert itself (the unique index on sender and
-            // client id): a separate lookup first cost the writer a second seek per
-            // message. OR IGNORE rather than an upsert's DO NOTHING: with no constraint
-            // left that aborts, SQLite opens no statement journal for it (which, while a
-            // trigger made the insert a write of several rows, copied every page it
-            // touched — 4 % of the writer). Any conflict is ignored, so a row not
-            // inserted is looked up (`append_one`): not found (a clash of ids, never
-            // expected) fails the batch.
+            // The idempotency check is the writer's ([`WriterState::stored_id`]), before
+            // any id is taken; `messages` has no index on the client id.
             message: txn.prepare_cached(
-                "INSERT OR IGNORE INTO messages (id, sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body)
+                "INSERT INTO messages (id, sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?,
             inbox: txn.prepare_cached(
@@ -148,6 +142,27 @@ fn append_one(
     if !recipient_seq_probe {
         return Err(StoreError::UnknownUser(msg.recipient_id));
     }
+    if let Some(id) = state.stored_id(txn, msg.sender_id, msg.client_msg_id)? {
+        // A retry of a stored message: answered with the stored one.
+        let stored = txn
+            .prepare_cached(
+                "SELECT sender_seq, recipient_seq, created_ms FROM messages WHERE id = ?1",
+            )?
+            .query_row([id as i64], |r| {
+                Ok(Appended {
+                    msg_id: id,
+                    sender_seq: r.get::<_, i64>(0)? as u64,
+                    recipient_seq: r.get::<_, i64>(1)? as u64,
+                    time_ms: r.get(2)?,
+                    duplicate: true,
+                })
+            })
+            .optional()?;
+        // Gone (deleted since): stored again, as a new message.
+        if let Some(stored) = stored {
+            return Ok(stored);
+        }
+    }
     let msg_id = state.next_msg_id(txn)?;
     let sender_seq = state.next_seq(txn, msg.sender_id)?;
     let recipient_seq = if msg.recipient_id == msg.sender_id {
@@ -158,7 +173,7 @@ fn append_one(
     let mut body = msg.message;
     body.msg_id = msg_id;
     body.time_ms = msg.time_ms;
-    let inserted = statements.message.execute(params![
+    statements.message.execute(params![
         msg_id as i64,
         sender,
         cmid,
@@ -167,34 +182,7 @@ fn append_one(
         msg.time_ms,
         body.encode_to_vec()
     ])?;
-    if inserted == 0 {
-        // A retry of a stored message: hand back the ids just taken (nothing
-        // else took any since) and answer with the stored ones.
-        let taken = [
-            (msg.sender_id, sender_seq),
-            (msg.recipient_id, recipient_seq),
-        ];
-        let calls = if msg.recipient_id == msg.sender_id {
-            1
-        } else {
-            2
-        };
-        state.give_back(msg_id, &taken[..calls]);
-        return Ok(txn
-            .prepare_cached(
-                "SELECT id, sender_seq, recipient_seq, created_ms FROM messages
-                 WHERE sender_id = ?1 AND client_msg_id = ?2",
-            )?
-            .query_row(params![sender, cmid], |r| {
-                Ok(Appended {
-                    msg_id: r.get::<_, i64>(0)? as u64,
-                    sender_seq: r.get::<_, i64>(1)? as u64,
-                    recipient_seq: r.get::<_, i64>(2)? as u64,
-                    time_ms: r.get(3)?,
-                    duplicate: true,
-                })
-            })?);
-    }
+    state.stored(txn, msg.sender_id, msg.client_msg_id, msg_id)?;
     let inbox = &mut statements.inbox;
     inbox.execute(params![
         sender,

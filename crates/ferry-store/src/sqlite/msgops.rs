@@ -45,9 +45,18 @@ fn log(
 pub(super) fn scrub_quotes(txn: &Transaction, quoted: u64) -> Result<u64> {
     let rows: Vec<(i64, Vec<u8>)> = txn
         .prepare_cached(
-            "SELECT m.id, m.body FROM replies r JOIN messages m
+            // A reply is found by its key: merged in `message_keys`, or among the
+            // messages stored since (writer.rs, `KeyTail`).
+            "SELECT m.id, m.body FROM replies r
+               JOIN message_keys k
+                 ON k.sender_id = r.sender_id AND k.client_msg_id = r.client_msg_id
+               JOIN messages m ON m.id = k.id
+             WHERE r.quoted_id = ?1 AND m.body IS NOT NULL
+             UNION ALL
+             SELECT m.id, m.body FROM replies r JOIN messages m
                ON m.sender_id = r.sender_id AND m.client_msg_id = r.client_msg_id
-             WHERE r.quoted_id = ?1 AND m.body IS NOT NULL",
+             WHERE r.quoted_id = ?1 AND m.body IS NOT NULL
+               AND m.id > (SELECT upto FROM message_keys_merged)",
         )?
         .query_map([quoted as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;

@@ -140,6 +140,7 @@ impl OpsStore for SqliteStore {
                      VALUES (?1, 0, ?1, 0, ?2, ?3, ?4)",
                 )?
                 .execute(params![msg_id as i64, seq as i64, time_ms, body.encode_to_vec()])?;
+                state.stored(txn, 0, msg_id, msg_id)?;
                 txn.prepare_cached(
                     "INSERT INTO inbox (user_id, seq, msg_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
                 )?

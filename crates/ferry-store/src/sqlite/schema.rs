@@ -9,10 +9,21 @@ use crate::{Result, StoreError};
 /// by the search migration and again by the one that rebuilt the feed's table.
 macro_rules! search_feed_triggers {
     () => {
-        r#"
+        concat!(
+            r#"
 CREATE TRIGGER search_feed_insert AFTER INSERT ON messages BEGIN
     INSERT INTO search_feed (msg_id, at_ms) VALUES (NEW.id, NEW.created_ms);
-END;
+END;"#,
+            search_feed_change_triggers!()
+        )
+    };
+}
+
+/// The two of [`search_feed_triggers`] left once new messages left the feed (recalls,
+/// edits and deletions), made again by the migration that rebuilt `messages`.
+macro_rules! search_feed_change_triggers {
+    () => {
+        r#"
 CREATE TRIGGER search_feed_update AFTER UPDATE OF body ON messages
 WHEN OLD.body IS NOT NEW.body BEGIN
     INSERT INTO search_feed (msg_id, at_ms)
@@ -419,6 +430,46 @@ ALTER TABLE search_feed_new RENAME TO search_feed;
     // of each commit's WAL write) fewer per stored message. An index that followed the
     // old feed is rebuilt once (crates/ferry-logic/src/search.rs, `Cursor`).
     "DROP TRIGGER search_feed_insert;",
+    // Exact idempotency without an index entry per message (2026-12-07): `messages` is
+    // rebuilt without its UNIQUE (sender_id, client_msg_id), whose B-tree took a page of
+    // nearly every commit per sender in it. The keys live in `message_keys`, merged from
+    // `messages` a few thousand at a time by the writer, which holds the keys of the
+    // messages above `message_keys_merged.upto` in memory meanwhile (writer.rs,
+    // `KeyTail`). A deleted message takes its key with it.
+    concat!(
+        r#"
+DROP TRIGGER search_feed_update;
+DROP TRIGGER search_feed_delete;
+CREATE TABLE messages_new (
+    id            INTEGER PRIMARY KEY,
+    sender_id     INTEGER NOT NULL,
+    client_msg_id INTEGER NOT NULL,
+    sender_seq    INTEGER NOT NULL,
+    recipient_seq INTEGER NOT NULL,
+    created_ms    INTEGER NOT NULL,
+    body          BLOB
+);
+INSERT INTO messages_new (id, sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body)
+    SELECT id, sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body FROM messages;
+CREATE TABLE message_keys (
+    sender_id     INTEGER NOT NULL,
+    client_msg_id INTEGER NOT NULL,
+    id            INTEGER NOT NULL,
+    PRIMARY KEY (sender_id, client_msg_id)
+) WITHOUT ROWID;
+INSERT INTO message_keys (sender_id, client_msg_id, id)
+    SELECT sender_id, client_msg_id, id FROM messages ORDER BY sender_id, client_msg_id;
+CREATE TABLE message_keys_merged (upto INTEGER NOT NULL);
+INSERT INTO message_keys_merged (upto) SELECT coalesce(max(id), 0) FROM messages;
+DROP TABLE messages;
+ALTER TABLE messages_new RENAME TO messages;
+CREATE TRIGGER message_keys_delete AFTER DELETE ON messages BEGIN
+    DELETE FROM message_keys
+    WHERE sender_id = OLD.sender_id AND client_msg_id = OLD.client_msg_id AND id = OLD.id;
+END;
+"#,
+        search_feed_change_triggers!()
+    ),
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {
@@ -530,6 +581,92 @@ mod tests {
             .collect::<rusqlite::Result<_>>()
             .unwrap();
         assert_eq!(last, [2, 3]);
+    }
+
+    /// The rebuild of `messages` without its unique index keeps every message and
+    /// moves every key into `message_keys`; a deletion takes the key with it, and
+    /// recalls and deletions still feed the search feed.
+    #[test]
+    fn messages_rebuilt_without_their_unique_index_keep_everything_and_their_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        super::super::pcache::install();
+        let mut conn = Connection::open(dir.path().join("ferry.db")).unwrap();
+        let before = MIGRATIONS
+            .iter()
+            .position(|m| m.contains("CREATE TABLE messages_new"))
+            .unwrap();
+        for (i, sql) in MIGRATIONS[..before].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", (i + 1) as i64)
+                .unwrap();
+        }
+        // Two senders with the same client ids, and a body each.
+        for id in 1..=6i64 {
+            conn.execute(
+                "INSERT INTO messages (id, sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body)
+                 VALUES (?1, ?2, ?3, ?1, ?1, 1000, ?4)",
+                params![id, 1 + id % 2, 100 + id / 2, vec![id as u8]],
+            )
+            .unwrap();
+        }
+        migrate(&mut conn).unwrap();
+
+        let rows = |conn: &Connection, sql: &str| -> Vec<(i64, i64, i64)> {
+            conn.prepare(sql)
+                .unwrap()
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .unwrap()
+                .collect::<rusqlite::Result<_>>()
+                .unwrap()
+        };
+        let mut from_messages = rows(
+            &conn,
+            "SELECT sender_id, client_msg_id, id FROM messages ORDER BY id",
+        );
+        assert_eq!(from_messages.len(), 6);
+        from_messages.sort();
+        assert_eq!(
+            rows(
+                &conn,
+                "SELECT sender_id, client_msg_id, id FROM message_keys"
+            ),
+            from_messages
+        );
+        let upto: i64 = conn
+            .query_row("SELECT upto FROM message_keys_merged", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(upto, 6);
+        let body: Vec<u8> = conn
+            .query_row("SELECT body FROM messages WHERE id = 5", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(body, [5]);
+        let indexes: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'messages'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(indexes, 0, "no index on messages but their ids");
+
+        conn.execute("DELETE FROM messages WHERE id = 3", [])
+            .unwrap();
+        conn.execute("UPDATE messages SET body = NULL WHERE id = 4", [])
+            .unwrap();
+        let keys: i64 = conn
+            .query_row("SELECT count(*) FROM message_keys WHERE id = 3", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(keys, 0, "the deleted message's key went with it");
+        let fed: Vec<i64> = conn
+            .prepare("SELECT msg_id FROM search_feed ORDER BY id")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert_eq!(fed, [3, 4]);
     }
 
     /// The schema of today: storing a message writes no feed row (its id is its place

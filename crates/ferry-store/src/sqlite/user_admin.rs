@@ -207,7 +207,16 @@ fn delete_user(
 
     // Their rows, table by table, then whatever else names them.
     let deletes: &[(&str, &str)] = &[
-        ("messages", "DELETE FROM messages WHERE sender_id = ?1"),
+        // By their keys (`messages` has no index on the sender): merged, or stored
+        // since the last merge (writer.rs, `KeyTail`).
+        (
+            "messages",
+            "DELETE FROM messages WHERE id IN
+               (SELECT id FROM message_keys WHERE sender_id = ?1
+                UNION ALL
+                SELECT id FROM messages
+                WHERE id > (SELECT upto FROM message_keys_merged) AND sender_id = ?1)",
+        ),
         (
             "moment_likes",
             "DELETE FROM moment_likes WHERE user_id = ?1

@@ -1,14 +1,15 @@
 //! The SQLite writer: one thread that takes every write waiting in its queue, runs them
 //! in one transaction and commits once (group commit), and the checkpointer thread that
 //! copies the WAL back into the database file — with the writer restarting the WAL from
-//! its start after a long one was copied back.
+//! its start after a long one was copied back. The writer also holds the idempotency keys
+//! of the messages stored since its last merge of them into `message_keys` ([`KeyTail`]).
 
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use rusqlite::{Connection, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use tokio::sync::mpsc;
 
 use super::inbox::newest_seq;
@@ -26,9 +27,39 @@ pub(super) const QUEUE: usize = 16 * 1024;
 pub(super) struct WriterState {
     /// Newest seq per user (read with [`newest_seq`] on first use).
     pub(super) seqs: HashMap<u64, u64>,
-    /// Next message id (loaded from `max(id)` on first use).
+    /// Next message id (loaded on first use: past `max(id)` and every id merged).
     next_msg_id: Option<u64>,
+    /// The keys of the messages stored since the last merge (loaded on first use).
+    tail: Option<KeyTail>,
 }
+
+/// The `(sender, client_msg_id)` keys of the messages not yet in `message_keys`: those
+/// with an id above `message_keys_merged.upto`, which the writer keeps in memory and
+/// merges into the table in one sorted pass now and then ([`WriterState::merge_keys`]).
+///
+/// A unique index on `messages (sender_id, client_msg_id)` gave every commit a page per
+/// sender in it, written to the WAL and copied back by the checkpointer. Merged a few
+/// thousand at a time, a sender's keys share their pages and a commit carries only its
+/// messages'. The B-tree work itself stays (in the merge); a look-up per message would
+/// have cost more than was saved, hence `highest` (docs/benchmarks.md, *Idempotency keys
+/// merged in sorted batches*).
+struct KeyTail {
+    /// The newest message id whose key is in `message_keys`.
+    upto: u64,
+    keys: HashMap<(u64, u64), u64>,
+    /// Per sender seen since the writer started: the highest client id among its merged
+    /// keys, as SQLite orders them (signed: an id of 2^63 or more is stored negative), or
+    /// `i64::MIN` for none. A client id above it cannot be merged: no look-up. The SDK's
+    /// ids grow within a device, so a sender's new messages are nearly always above it.
+    highest: HashMap<u64, i64>,
+}
+
+/// Keys held in memory before a batch that finds the writer idle merges them.
+const MERGE_IDLE: usize = 2048;
+/// Keys held in memory before the next batch merges them, idle or not. The writer's rare
+/// look-ups by key in SQL (a recall's quotes, a user's erasure) scan these messages by
+/// id, so this bounds their cost.
+const MERGE_ALWAYS: usize = 8192;
 
 impl WriterState {
     pub(super) fn next_seq(&mut self, txn: &Transaction, user: u64) -> Result<u64> {
@@ -44,22 +75,134 @@ impl WriterState {
         let id = match self.next_msg_id {
             Some(id) => id,
             None => {
-                let max: Option<i64> =
-                    txn.query_row("SELECT max(id) FROM messages", [], |r| r.get(0))?;
-                max.unwrap_or(0) as u64 + 1
+                // Past every merged id too: a merged key names its id until its message
+                // is deleted, and the tail is the messages above `upto`.
+                let max: i64 = txn.query_row(
+                    "SELECT max(coalesce((SELECT max(id) FROM messages), 0),
+                                (SELECT upto FROM message_keys_merged))",
+                    [],
+                    |r| r.get(0),
+                )?;
+                max as u64 + 1
             }
         };
         self.next_msg_id = Some(id + 1);
         Ok(id)
     }
 
-    /// Undoes the last [`next_msg_id`](Self::next_msg_id) and the `next_seq` calls that
-    /// took `seqs` (one (user, seq) per call), when nothing was written with them.
-    pub(super) fn give_back(&mut self, msg_id: u64, seqs: &[(u64, u64)]) {
-        self.next_msg_id = Some(msg_id);
-        for &(user, seq) in seqs {
-            self.seqs.insert(user, seq - 1);
+    fn tail(&mut self, txn: &Transaction) -> Result<&mut KeyTail> {
+        if self.tail.is_none() {
+            let upto: i64 =
+                txn.query_row("SELECT upto FROM message_keys_merged", [], |r| r.get(0))?;
+            let mut keys = HashMap::new();
+            let mut stmt = txn.prepare_cached(
+                "SELECT sender_id, client_msg_id, id FROM messages WHERE id > ?1",
+            )?;
+            let mut rows = stmt.query([upto])?;
+            while let Some(r) = rows.next()? {
+                keys.insert(
+                    (r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64),
+                    r.get::<_, i64>(2)? as u64,
+                );
+            }
+            self.tail = Some(KeyTail {
+                upto: upto as u64,
+                keys,
+                highest: HashMap::new(),
+            });
         }
+        Ok(self.tail.as_mut().expect("loaded above"))
+    }
+
+    /// The id of the message `sender` stored as `client_msg_id`, if any: the exact
+    /// idempotency check of every store of a message (the tail in memory, then one seek
+    /// in `message_keys`). The id may name a message deleted since; the caller reads it.
+    pub(super) fn stored_id(
+        &mut self,
+        txn: &Transaction,
+        sender: u64,
+        client_msg_id: u64,
+    ) -> Result<Option<u64>> {
+        let tail = self.tail(txn)?;
+        if let Some(&id) = tail.keys.get(&(sender, client_msg_id)) {
+            return Ok(Some(id));
+        }
+        let highest = match tail.highest.get(&sender) {
+            Some(&h) => h,
+            None => {
+                let h: Option<i64> = txn
+                    .prepare_cached(
+                        "SELECT max(client_msg_id) FROM message_keys WHERE sender_id = ?1",
+                    )?
+                    .query_row([sender as i64], |r| r.get(0))?;
+                let h = h.unwrap_or(i64::MIN);
+                tail.highest.insert(sender, h);
+                h
+            }
+        };
+        if client_msg_id as i64 > highest {
+            return Ok(None);
+        }
+        Ok(txn
+            .prepare_cached(
+                "SELECT id FROM message_keys WHERE sender_id = ?1 AND client_msg_id = ?2",
+            )?
+            .query_row(params![sender as i64, client_msg_id as i64], |r| {
+                r.get::<_, i64>(0)
+            })
+            .optional()?
+            .map(|id| id as u64))
+    }
+
+    /// Records the key of a message just inserted into `messages` (every insert calls
+    /// this, after [`stored_id`](Self::stored_id) found no other). Loads the keys first,
+    /// so that a run of inserts that never asks (system messages) is merged all the same.
+    pub(super) fn stored(
+        &mut self,
+        txn: &Transaction,
+        sender: u64,
+        client_msg_id: u64,
+        msg_id: u64,
+    ) -> Result<()> {
+        self.tail(txn)?.keys.insert((sender, client_msg_id), msg_id);
+        Ok(())
+    }
+
+    /// Keys waiting in memory (0 when not loaded).
+    fn unmerged(&self) -> usize {
+        self.tail.as_ref().map_or(0, |t| t.keys.len())
+    }
+
+    /// Moves the keys of every message above `upto` into `message_keys`, in key order,
+    /// inside the batch's transaction. Read from `messages` itself, so a key is merged
+    /// whichever path stored its message.
+    fn merge_keys(&mut self, txn: &Transaction) -> Result<()> {
+        let upto = self.tail(txn)?.upto;
+        // OR IGNORE: a key already there (never expected: every insert is checked first)
+        // keeps its first message rather than failing every batch from now on.
+        txn.prepare_cached(
+            "INSERT OR IGNORE INTO message_keys (sender_id, client_msg_id, id)
+             SELECT sender_id, client_msg_id, id FROM messages WHERE id > ?1
+             ORDER BY sender_id, client_msg_id",
+        )?
+        .execute([upto as i64])?;
+        let newest: i64 = txn.query_row(
+            "SELECT max(coalesce((SELECT max(id) FROM messages), 0), ?1)",
+            [upto as i64],
+            |r| r.get(0),
+        )?;
+        txn.prepare_cached("UPDATE message_keys_merged SET upto = ?1")?
+            .execute([newest])?;
+        let mut tail = self.tail.take().expect("loaded above");
+        for &(sender, cmid) in tail.keys.keys() {
+            if let Some(h) = tail.highest.get_mut(&sender) {
+                *h = (*h).max(cmid as i64);
+            }
+        }
+        tail.keys.clear();
+        tail.upto = newest as u64;
+        self.tail = Some(tail);
+        Ok(())
     }
 }
 
@@ -241,6 +384,7 @@ pub(super) fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, restart_
     let batch_seconds = metrics::histogram!("ferry_store_batch_seconds");
     let commit_seconds = metrics::histogram!("ferry_store_commit_seconds");
     let queue = metrics::gauge!("ferry_store_write_queue");
+    let merge_seconds = metrics::histogram!("ferry_store_key_merge_seconds");
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < MAX_BATCH {
@@ -251,11 +395,16 @@ pub(super) fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, restart_
         }
         let size = batch.len();
         let started = std::time::Instant::now();
+        // Merge the keys held in memory in a batch that finds nothing else waiting (the
+        // merge's few milliseconds then delay no one else), or once they are many.
+        let unmerged = state.unmerged();
+        let merge = unmerged >= MERGE_ALWAYS || (unmerged >= MERGE_IDLE && rx.is_empty());
         let outcome = run_batch(
             &mut conn,
             &mut state,
             &mut batch,
             &mut finished,
+            merge.then_some(&merge_seconds),
             &commit_seconds,
         );
         batch_size.record(size as f64);
@@ -290,6 +439,7 @@ fn run_batch(
     state: &mut WriterState,
     batch: &mut Vec<Job>,
     finished: &mut Vec<Finish>,
+    merge: Option<&metrics::Histogram>,
     commit_seconds: &metrics::Histogram,
 ) -> std::result::Result<(), BatchError> {
     let txn = match conn.transaction() {
@@ -314,6 +464,18 @@ fn run_batch(
     }
     if poisoned {
         return Err(BatchError::Failed("a write in the batch failed".into()));
+    }
+    if let Some(merge_seconds) = merge {
+        let merging = std::time::Instant::now();
+        if let Err(e) = state.merge_keys(&txn) {
+            tracing::error!(error = %e, "store: merging message keys failed");
+            return Err(if store_full(&e) {
+                BatchError::Full
+            } else {
+                BatchError::Failed(e.to_string())
+            });
+        }
+        merge_seconds.record(merging.elapsed().as_secs_f64());
     }
     let committing = std::time::Instant::now();
     let committed = txn.commit().map_err(|e| {

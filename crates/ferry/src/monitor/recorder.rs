@@ -116,6 +116,12 @@ fn describe() {
         Unit::Seconds,
         "Time of the COMMIT of one batch, where the fsync happens."
     );
+    describe_histogram!(
+        "ferry_store_key_merge_seconds",
+        Unit::Seconds,
+        "Embedded store: time to merge the idempotency keys the writer held in memory \
+         into the message_keys table (inside a group commit)."
+    );
     describe_gauge!(
         "ferry_store_write_queue",
         "Writes waiting for the store's writer after its latest batch."
