@@ -497,23 +497,37 @@ mod tests {
 
     use super::*;
 
-    /// The search feed rebuilt without AUTOINCREMENT keeps its rows and its position:
-    /// an id handed out before (its row since pruned) is never handed out again.
-    #[test]
-    fn the_rebuilt_search_feed_goes_on_after_every_id_it_handed_out() {
+    /// The integers of a query's first column.
+    fn column(conn: &Connection, sql: &str) -> Vec<i64> {
+        conn.prepare(sql)
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap()
+    }
+
+    /// A database in a fresh folder with the migrations before the first that contains
+    /// `marker` applied, and that migration's index.
+    fn migrated_up_to(marker: &str) -> (tempfile::TempDir, Connection, usize) {
         let dir = tempfile::tempdir().unwrap();
         super::super::pcache::install();
         let conn = Connection::open(dir.path().join("ferry.db")).unwrap();
-        // The schema as it was before the rebuild.
-        let before = MIGRATIONS
-            .iter()
-            .position(|m| m.contains("CREATE TABLE search_feed_new"))
-            .unwrap();
+        let before = MIGRATIONS.iter().position(|m| m.contains(marker)).unwrap();
         for (i, sql) in MIGRATIONS[..before].iter().enumerate() {
             conn.execute_batch(sql).unwrap();
             conn.pragma_update(None, "user_version", (i + 1) as i64)
                 .unwrap();
         }
+        (dir, conn, before)
+    }
+
+    /// The search feed rebuilt without AUTOINCREMENT keeps its rows and its position:
+    /// an id handed out before (its row since pruned) is never handed out again.
+    #[test]
+    fn the_rebuilt_search_feed_goes_on_after_every_id_it_handed_out() {
+        // The schema as it was before the rebuild.
+        let (_dir, conn, before) = migrated_up_to("CREATE TABLE search_feed_new");
         let store = |conn: &Connection, id: i64| {
             conn.execute(
                 "INSERT INTO messages (id, sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body)
@@ -573,14 +587,13 @@ mod tests {
             .unwrap();
         conn.execute("DELETE FROM messages WHERE id = 3", [])
             .unwrap();
-        let last: Vec<i64> = conn
-            .prepare("SELECT msg_id FROM search_feed WHERE id > 6 ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        assert_eq!(last, [2, 3]);
+        assert_eq!(
+            column(
+                &conn,
+                "SELECT msg_id FROM search_feed WHERE id > 6 ORDER BY id"
+            ),
+            [2, 3]
+        );
     }
 
     /// The rebuild of `messages` without its unique index keeps every message and
@@ -588,18 +601,7 @@ mod tests {
     /// recalls and deletions still feed the search feed.
     #[test]
     fn messages_rebuilt_without_their_unique_index_keep_everything_and_their_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        super::super::pcache::install();
-        let mut conn = Connection::open(dir.path().join("ferry.db")).unwrap();
-        let before = MIGRATIONS
-            .iter()
-            .position(|m| m.contains("CREATE TABLE messages_new"))
-            .unwrap();
-        for (i, sql) in MIGRATIONS[..before].iter().enumerate() {
-            conn.execute_batch(sql).unwrap();
-            conn.pragma_update(None, "user_version", (i + 1) as i64)
-                .unwrap();
-        }
+        let (_dir, mut conn, _) = migrated_up_to("CREATE TABLE messages_new");
         // Two senders with the same client ids, and a body each.
         for id in 1..=6i64 {
             conn.execute(
@@ -659,14 +661,10 @@ mod tests {
             })
             .unwrap();
         assert_eq!(keys, 0, "the deleted message's key went with it");
-        let fed: Vec<i64> = conn
-            .prepare("SELECT msg_id FROM search_feed ORDER BY id")
-            .unwrap()
-            .query_map([], |r| r.get(0))
-            .unwrap()
-            .collect::<rusqlite::Result<_>>()
-            .unwrap();
-        assert_eq!(fed, [3, 4]);
+        assert_eq!(
+            column(&conn, "SELECT msg_id FROM search_feed ORDER BY id"),
+            [3, 4]
+        );
     }
 
     /// The schema of today: storing a message writes no feed row (its id is its place
