@@ -134,14 +134,9 @@ impl BotStore for SqliteStore {
         // (writer.rs, `KeyTail`); answered once its batch committed, so a message of a
         // batch that failed is never reported stored.
         self.write(move |txn, state| {
-            let Some(id) = state.stored_id(txn, sender_id, client_msg_id)? else {
-                return Ok(None);
-            };
-            // Deleted since: not stored any more.
-            Ok(txn
-                .prepare_cached("SELECT 1 FROM messages WHERE id = ?1")?
-                .exists([id as i64])?
-                .then_some(id))
+            Ok(state
+                .stored_message(txn, sender_id, client_msg_id)?
+                .map(|m| m.msg_id))
         })
         .await
     }

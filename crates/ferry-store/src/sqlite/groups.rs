@@ -212,21 +212,8 @@ impl GroupStore for SqliteStore {
         self.write(move |txn, state| {
             let sender = msg.sender_id as i64;
             let cmid = msg.client_msg_id as i64;
-            let existing = match state.stored_id(txn, msg.sender_id, msg.client_msg_id)? {
-                Some(id) => txn
-                    .prepare_cached("SELECT recipient_seq, created_ms FROM messages WHERE id = ?1")?
-                    .query_row([id as i64], |r| {
-                        Ok(Appended {
-                            msg_id: id,
-                            sender_seq: 0,
-                            recipient_seq: r.get::<_, i64>(0)? as u64,
-                            time_ms: r.get(1)?,
-                            duplicate: true,
-                        })
-                    })
-                    .optional()?,
-                None => None,
-            };
+            // A group message's row holds sender_seq 0 and its gseq as recipient_seq.
+            let existing = state.stored_message(txn, msg.sender_id, msg.client_msg_id)?;
             if let Some(dup) = existing {
                 return Ok(dup);
             }

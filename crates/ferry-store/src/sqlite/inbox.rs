@@ -142,26 +142,9 @@ fn append_one(
     if !recipient_seq_probe {
         return Err(StoreError::UnknownUser(msg.recipient_id));
     }
-    if let Some(id) = state.stored_id(txn, msg.sender_id, msg.client_msg_id)? {
+    if let Some(stored) = state.stored_message(txn, msg.sender_id, msg.client_msg_id)? {
         // A retry of a stored message: answered with the stored one.
-        let stored = txn
-            .prepare_cached(
-                "SELECT sender_seq, recipient_seq, created_ms FROM messages WHERE id = ?1",
-            )?
-            .query_row([id as i64], |r| {
-                Ok(Appended {
-                    msg_id: id,
-                    sender_seq: r.get::<_, i64>(0)? as u64,
-                    recipient_seq: r.get::<_, i64>(1)? as u64,
-                    time_ms: r.get(2)?,
-                    duplicate: true,
-                })
-            })
-            .optional()?;
-        // Gone (deleted since): stored again, as a new message.
-        if let Some(stored) = stored {
-            return Ok(stored);
-        }
+        return Ok(stored);
     }
     let msg_id = state.next_msg_id(txn)?;
     let sender_seq = state.next_seq(txn, msg.sender_id)?;

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::inbox::newest_seq;
 use super::BUSY_TIMEOUT;
-use crate::{Result, StoreError};
+use crate::{Appended, Result, StoreError};
 
 /// Most writes one transaction takes.
 const MAX_BATCH: usize = 1024;
@@ -54,6 +54,40 @@ struct KeyTail {
     highest: HashMap<u64, i64>,
 }
 
+impl KeyTail {
+    /// The keys of the messages above `upto`, read from their rows.
+    fn load(txn: &Transaction) -> Result<KeyTail> {
+        let upto: i64 = txn.query_row("SELECT upto FROM message_keys_merged", [], |r| r.get(0))?;
+        let mut keys = HashMap::new();
+        let mut stmt =
+            txn.prepare_cached("SELECT sender_id, client_msg_id, id FROM messages WHERE id > ?1")?;
+        let mut rows = stmt.query([upto])?;
+        while let Some(r) = rows.next()? {
+            keys.insert(
+                (r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64),
+                r.get::<_, i64>(2)? as u64,
+            );
+        }
+        Ok(KeyTail {
+            upto: upto as u64,
+            keys,
+            highest: HashMap::new(),
+        })
+    }
+}
+
+/// The newest message id stored or merged: `max(id)` of `messages`, or `upto` when the
+/// newest messages were deleted after their keys were merged.
+fn newest_msg_id(txn: &Transaction) -> Result<u64> {
+    let newest: i64 = txn.query_row(
+        "SELECT max(coalesce((SELECT max(id) FROM messages), 0),
+                    (SELECT upto FROM message_keys_merged))",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(newest as u64)
+}
+
 /// Keys held in memory before a batch that finds the writer idle merges them.
 const MERGE_IDLE: usize = 2048;
 /// Keys held in memory before the next batch merges them, idle or not. The writer's rare
@@ -77,13 +111,7 @@ impl WriterState {
             None => {
                 // Past every merged id too: a merged key names its id until its message
                 // is deleted, and the tail is the messages above `upto`.
-                let max: i64 = txn.query_row(
-                    "SELECT max(coalesce((SELECT max(id) FROM messages), 0),
-                                (SELECT upto FROM message_keys_merged))",
-                    [],
-                    |r| r.get(0),
-                )?;
-                max as u64 + 1
+                newest_msg_id(txn)? + 1
             }
         };
         self.next_msg_id = Some(id + 1);
@@ -91,33 +119,45 @@ impl WriterState {
     }
 
     fn tail(&mut self, txn: &Transaction) -> Result<&mut KeyTail> {
-        if self.tail.is_none() {
-            let upto: i64 =
-                txn.query_row("SELECT upto FROM message_keys_merged", [], |r| r.get(0))?;
-            let mut keys = HashMap::new();
-            let mut stmt = txn.prepare_cached(
-                "SELECT sender_id, client_msg_id, id FROM messages WHERE id > ?1",
-            )?;
-            let mut rows = stmt.query([upto])?;
-            while let Some(r) = rows.next()? {
-                keys.insert(
-                    (r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64),
-                    r.get::<_, i64>(2)? as u64,
-                );
-            }
-            self.tail = Some(KeyTail {
-                upto: upto as u64,
-                keys,
-                highest: HashMap::new(),
-            });
-        }
-        Ok(self.tail.as_mut().expect("loaded above"))
+        let tail = match self.tail.take() {
+            Some(tail) => tail,
+            None => KeyTail::load(txn)?,
+        };
+        Ok(self.tail.insert(tail))
     }
 
-    /// The id of the message `sender` stored as `client_msg_id`, if any: the exact
-    /// idempotency check of every store of a message (the tail in memory, then one seek
-    /// in `message_keys`). The id may name a message deleted since; the caller reads it.
-    pub(super) fn stored_id(
+    /// The message `sender` stored as `client_msg_id`, answered as a duplicate: the exact
+    /// idempotency check of every store of a message. `None` when there is none, or it
+    /// was deleted since (its key may still be in memory): then it is stored anew.
+    pub(super) fn stored_message(
+        &mut self,
+        txn: &Transaction,
+        sender: u64,
+        client_msg_id: u64,
+    ) -> Result<Option<Appended>> {
+        let Some(id) = self.stored_id(txn, sender, client_msg_id)? else {
+            return Ok(None);
+        };
+        Ok(txn
+            .prepare_cached(
+                "SELECT sender_seq, recipient_seq, created_ms FROM messages WHERE id = ?1",
+            )?
+            .query_row([id as i64], |r| {
+                Ok(Appended {
+                    msg_id: id,
+                    sender_seq: r.get::<_, i64>(0)? as u64,
+                    recipient_seq: r.get::<_, i64>(1)? as u64,
+                    time_ms: r.get(2)?,
+                    duplicate: true,
+                })
+            })
+            .optional()?)
+    }
+
+    /// The id of the message `sender` stored as `client_msg_id`, if any: the tail in
+    /// memory, then (at or below the sender's highest merged id) one seek in
+    /// `message_keys`. The id may name a message deleted since.
+    fn stored_id(
         &mut self,
         txn: &Transaction,
         sender: u64,
@@ -177,7 +217,8 @@ impl WriterState {
     /// inside the batch's transaction. Read from `messages` itself, so a key is merged
     /// whichever path stored its message.
     fn merge_keys(&mut self, txn: &Transaction) -> Result<()> {
-        let upto = self.tail(txn)?.upto;
+        let tail = self.tail(txn)?;
+        let upto = tail.upto;
         // OR IGNORE: a key already there (never expected: every insert is checked first)
         // keeps its first message rather than failing every batch from now on.
         txn.prepare_cached(
@@ -186,22 +227,16 @@ impl WriterState {
              ORDER BY sender_id, client_msg_id",
         )?
         .execute([upto as i64])?;
-        let newest: i64 = txn.query_row(
-            "SELECT max(coalesce((SELECT max(id) FROM messages), 0), ?1)",
-            [upto as i64],
-            |r| r.get(0),
-        )?;
+        let newest = newest_msg_id(txn)?;
         txn.prepare_cached("UPDATE message_keys_merged SET upto = ?1")?
-            .execute([newest])?;
-        let mut tail = self.tail.take().expect("loaded above");
+            .execute([newest as i64])?;
         for &(sender, cmid) in tail.keys.keys() {
             if let Some(h) = tail.highest.get_mut(&sender) {
                 *h = (*h).max(cmid as i64);
             }
         }
         tail.keys.clear();
-        tail.upto = newest as u64;
-        self.tail = Some(tail);
+        tail.upto = newest;
         Ok(())
     }
 }
