@@ -382,6 +382,92 @@ async fn a_retry_is_answered_with_the_original_wherever_its_key_is() {
     }
 }
 
+/// Keys merged a slice per idle batch: a retry finds its original before, during and
+/// after the merge, and a message deleted while its keys were being merged leaves no key
+/// behind (it is stored anew when sent again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_merged_in_slices_are_found_at_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(SqliteStore::open(dir.path(), Durability::Os).unwrap());
+    let file = rusqlite::Connection::open(dir.path().join("ferry.db")).unwrap();
+    // (keys merged, the newest id merged, keys naming no message)
+    let merged = || -> (i64, i64, i64) {
+        let q = |sql: &str| file.query_row(sql, [], |r| r.get(0)).unwrap();
+        (
+            q("SELECT count(*) FROM message_keys"),
+            q("SELECT upto FROM message_keys_merged"),
+            q("SELECT count(*) FROM message_keys k
+               WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = k.id)"),
+        )
+    };
+    let to = s.create_user("to", "h").await.unwrap();
+    let mut senders = Vec::new();
+    for i in 0..10 {
+        senders.push(s.create_user(&format!("s{i}"), "h").await.unwrap());
+    }
+    // Round robin over the senders, so every slice holds several senders' keys.
+    let msg = |i: u64, time_ms: i64| {
+        let mut m = message(senders[i as usize % 10], to, 1000 + i, format!("m{i}"));
+        m.time_ms = time_ms;
+        m
+    };
+    // One at a time: every batch finds the writer idle.
+    let mut first = Vec::new();
+    for i in 0..2048 {
+        first.push(s.append_message(msg(i, 1)).await.unwrap().msg_id);
+    }
+    assert_eq!(merged(), (0, 0, 0), "2 048 keys wait; none merged yet");
+    // Keys that gathered slowly are merged in slices (fast, whole: writer.rs).
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    s.append_message(msg(5000, 1)).await.unwrap();
+    let (keys, upto, _) = merged();
+    assert!(
+        keys > 0 && keys < 2048 && upto == 0,
+        "one slice: {keys}, {upto}"
+    );
+    // Each retry is a batch of its own and merges the next slice: the retries meet
+    // their keys merged in a slice, still only in memory, and merged whole.
+    for (i, &id) in first.iter().enumerate() {
+        let again = s.append_message(msg(i as u64, 1)).await.unwrap();
+        assert!(again.duplicate && again.msg_id == id, "{i}: {again:?}");
+        if i == 0 {
+            let (more, upto, _) = merged();
+            assert!(more > keys && upto == 0, "the next slice: {more}");
+        }
+    }
+    // The merge began after the batch that found 2 048 keys waiting had stored its own.
+    assert_eq!(merged(), (2049, 2049, 0), "the merge done");
+    let again = s.append_message(msg(5000, 1)).await.unwrap();
+    assert!(again.duplicate && again.msg_id == 2049, "{again:?}");
+
+    // A merge under way when its messages are deleted.
+    let mut second = Vec::new();
+    for i in 6000..8048 {
+        second.push(i);
+        s.append_message(msg(i, 2)).await.unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    s.append_message(msg(9000, 3)).await.unwrap();
+    let (keys, upto, _) = merged();
+    assert!(
+        keys > 2049 && upto == 2049,
+        "a slice of the second merge: {keys}"
+    );
+    s.prune(3).await.unwrap();
+    assert_eq!(merged().2, 0, "no key of a deleted message");
+    for &i in &second {
+        let anew = s.append_message(msg(i, 3)).await.unwrap();
+        assert!(!anew.duplicate, "{i} was deleted: stored again");
+        let again = s.append_message(msg(i, 3)).await.unwrap();
+        assert!(again.duplicate && again.msg_id == anew.msg_id, "{i}");
+    }
+    let (keys, _, stale) = merged();
+    assert!(
+        keys > 0 && stale == 0,
+        "{keys} keys, {stale} naming no message"
+    );
+}
+
 /// A recall empties the quotes of the replies found by their keys: one merged into
 /// `message_keys`, one still in the writer's memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

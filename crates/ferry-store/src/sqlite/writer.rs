@@ -2,7 +2,8 @@
 //! in one transaction and commits once (group commit), and the checkpointer thread that
 //! copies the WAL back into the database file — with the writer restarting the WAL from
 //! its start after a long one was copied back. The writer also holds the idempotency keys
-//! of the messages stored since its last merge of them into `message_keys` ([`KeyTail`]).
+//! of the messages stored since its last merge of them into `message_keys` ([`KeyTail`]),
+//! which it merges a slice at a time while idle.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,7 +36,8 @@ pub(super) struct WriterState {
 
 /// The `(sender, client_msg_id)` keys of the messages not yet in `message_keys`: those
 /// with an id above `message_keys_merged.upto`, which the writer keeps in memory and
-/// merges into the table in one sorted pass now and then ([`WriterState::merge_keys`]).
+/// merges into the table in sorted passes now and then: a slice per idle batch
+/// ([`WriterState::merge_slice`]), or all at once ([`WriterState::merge_keys`]).
 ///
 /// A unique index on `messages (sender_id, client_msg_id)` gave every commit a page per
 /// sender in it, written to the WAL and copied back by the checkpointer. Merged a few
@@ -52,6 +54,21 @@ struct KeyTail {
     /// `i64::MIN` for none. A client id above it cannot be merged: no look-up. The SDK's
     /// ids grow within a device, so a sender's new messages are nearly always above it.
     highest: HashMap<u64, i64>,
+    /// The merge under way in slices, if any ([`WriterState::merge_slice`]).
+    slices: Option<SlicedMerge>,
+    /// When the last merge ended (or the keys were loaded).
+    since: std::time::Instant,
+}
+
+/// A merge of the keys held when it began, a slice of [`SLICE`] keys (in key order) per
+/// batch that finds the writer idle, so that no batch waits for a whole merge.
+struct SlicedMerge {
+    /// The newest message id it merges: every key in memory when it began is at or below.
+    upto: u64,
+    /// Their messages' ids, in key order (sender, client id, as SQLite orders them).
+    ids: Vec<u64>,
+    /// Where the next slice starts in `ids`.
+    next: usize,
 }
 
 impl KeyTail {
@@ -72,6 +89,8 @@ impl KeyTail {
             upto: upto as u64,
             keys,
             highest: HashMap::new(),
+            slices: None,
+            since: std::time::Instant::now(),
         })
     }
 }
@@ -88,8 +107,17 @@ fn newest_msg_id(txn: &Transaction) -> Result<u64> {
     Ok(newest as u64)
 }
 
-/// Keys held in memory before a batch that finds the writer idle merges them.
+/// Keys held in memory before the batches that find the writer idle merge them, a slice
+/// each.
 const MERGE_IDLE: usize = 2048;
+/// Keys a batch that finds the writer idle merges (≈ 0.5 ms): a merge of all 2 048 at once
+/// held the writer for 4.4 ms on average, and every write that arrived meanwhile waited
+/// (docs/benchmarks.md, *Idempotency keys merged in slices*). Cut in key order, a slice
+/// takes a few senders' keys whole, so they still share their pages.
+const SLICE: usize = 256;
+/// Keys that gathered faster than this many a second are merged whole: the writer is busy
+/// anyway, and a slice costs more a key (a statement each: ≈ 35 % more than one merge).
+const SLICE_BELOW_PER_SEC: f64 = 20_000.0;
 /// Keys held in memory before the next batch merges them, idle or not. The writer's rare
 /// look-ups by key in SQL (a recall's quotes, a user's erasure) scan these messages by
 /// id, so this bounds their cost.
@@ -208,9 +236,78 @@ impl WriterState {
         Ok(())
     }
 
-    /// Keys waiting in memory (0 when not loaded).
-    fn unmerged(&self) -> usize {
-        self.tail.as_ref().map_or(0, |t| t.keys.len())
+    /// What the next batch merges: a slice when it finds the writer `idle` and the keys
+    /// gathered slowly (or a merge in slices is under way), all of them when they gathered
+    /// fast, and all of them once they are many, whatever the queue.
+    fn merge_due(&self, idle: bool) -> Option<Merge> {
+        let tail = self.tail.as_ref()?;
+        let held = tail.keys.len();
+        if held >= MERGE_ALWAYS {
+            Some(Merge::All)
+        } else if !idle {
+            None
+        } else if tail.slices.is_some() {
+            Some(Merge::Slice)
+        } else if held < MERGE_IDLE {
+            None
+        } else if (held as f64) < tail.since.elapsed().as_secs_f64() * SLICE_BELOW_PER_SEC {
+            Some(Merge::Slice)
+        } else {
+            Some(Merge::All)
+        }
+    }
+
+    /// Merges the next [`SLICE`] keys of the merge under way (beginning one with every key
+    /// in memory if none is), inside the batch's transaction. Each key is read from its
+    /// message's row, so a message deleted since the merge began is skipped (and one
+    /// deleted after its slice takes its key with it). The last slice moves `upto` and
+    /// lets go of the keys it merged.
+    fn merge_slice(&mut self, txn: &Transaction) -> Result<()> {
+        let tail = self.tail(txn)?;
+        let merge = tail.slices.get_or_insert_with(|| {
+            let mut keys: Vec<(i64, i64, u64)> = tail
+                .keys
+                .iter()
+                .map(|(&(sender, cmid), &id)| (sender as i64, cmid as i64, id))
+                .collect();
+            keys.sort_unstable();
+            SlicedMerge {
+                upto: keys.iter().map(|k| k.2).max().unwrap_or(tail.upto),
+                ids: keys.into_iter().map(|k| k.2).collect(),
+                next: 0,
+            }
+        });
+        let end = (merge.next + SLICE).min(merge.ids.len());
+        let mut insert = txn.prepare_cached(
+            "INSERT OR IGNORE INTO message_keys (sender_id, client_msg_id, id)
+             SELECT sender_id, client_msg_id, id FROM messages WHERE id = ?1",
+        )?;
+        for &id in &merge.ids[merge.next..end] {
+            insert.execute([id as i64])?;
+        }
+        merge.next = end;
+        if end < merge.ids.len() {
+            return Ok(());
+        }
+        let upto = merge.upto;
+        txn.prepare_cached("UPDATE message_keys_merged SET upto = ?1")?
+            .execute([upto as i64])?;
+        // Keys stored since the merge began have higher ids and stay. A key stored anew
+        // after its message was deleted has its new id here, and stays too.
+        let highest = &mut tail.highest;
+        tail.keys.retain(|&(sender, cmid), &mut id| {
+            if id > upto {
+                return true;
+            }
+            if let Some(h) = highest.get_mut(&sender) {
+                *h = (*h).max(cmid as i64);
+            }
+            false
+        });
+        tail.upto = upto;
+        tail.slices = None;
+        tail.since = std::time::Instant::now();
+        Ok(())
     }
 
     /// Moves the keys of every message above `upto` into `message_keys`, in key order,
@@ -237,6 +334,9 @@ impl WriterState {
         }
         tail.keys.clear();
         tail.upto = newest;
+        // It merged all a merge in slices had left, and more.
+        tail.slices = None;
+        tail.since = std::time::Instant::now();
         Ok(())
     }
 }
@@ -430,16 +530,15 @@ pub(super) fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, restart_
         }
         let size = batch.len();
         let started = std::time::Instant::now();
-        // Merge the keys held in memory in a batch that finds nothing else waiting (the
-        // merge's few milliseconds then delay no one else), or once they are many.
-        let unmerged = state.unmerged();
-        let merge = unmerged >= MERGE_ALWAYS || (unmerged >= MERGE_IDLE && rx.is_empty());
+        // Merge the keys held in memory in the batches that find nothing else waiting (a
+        // slice each at low rates), or once they are many.
+        let merge = state.merge_due(rx.is_empty());
         let outcome = run_batch(
             &mut conn,
             &mut state,
             &mut batch,
             &mut finished,
-            merge.then_some(&merge_seconds),
+            merge.map(|m| (m, &merge_seconds)),
             &commit_seconds,
         );
         batch_size.record(size as f64);
@@ -469,12 +568,19 @@ pub(super) fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, restart_
     tracing::debug!("store writer stopped");
 }
 
+/// What a batch merges of the keys held in memory.
+#[derive(Clone, Copy)]
+enum Merge {
+    All,
+    Slice,
+}
+
 fn run_batch(
     conn: &mut Connection,
     state: &mut WriterState,
     batch: &mut Vec<Job>,
     finished: &mut Vec<Finish>,
-    merge: Option<&metrics::Histogram>,
+    merge: Option<(Merge, &metrics::Histogram)>,
     commit_seconds: &metrics::Histogram,
 ) -> std::result::Result<(), BatchError> {
     let txn = match conn.transaction() {
@@ -500,9 +606,13 @@ fn run_batch(
     if poisoned {
         return Err(BatchError::Failed("a write in the batch failed".into()));
     }
-    if let Some(merge_seconds) = merge {
+    if let Some((merge, merge_seconds)) = merge {
         let merging = std::time::Instant::now();
-        if let Err(e) = state.merge_keys(&txn) {
+        let merged = match merge {
+            Merge::All => state.merge_keys(&txn),
+            Merge::Slice => state.merge_slice(&txn),
+        };
+        if let Err(e) = merged {
             tracing::error!(error = %e, "store: merging message keys failed");
             return Err(if store_full(&e) {
                 BatchError::Full
