@@ -411,10 +411,22 @@ async fn keys_merged_in_slices_are_found_at_every_step() {
         m.time_ms = time_ms;
         m
     };
+    // The first message (the first key in key order, so in the first slice) replies to
+    // a message `QUOTED`: its quote is scrubbed once while the merge is under way.
+    const QUOTED: u64 = 999_999;
+    s.note_reply(QUOTED, senders[0], 1000).await.unwrap();
     // One at a time: every batch finds the writer idle.
     let mut first = Vec::new();
     for i in 0..2048 {
-        first.push(s.append_message(msg(i, 1)).await.unwrap().msg_id);
+        let mut m = msg(i, 1);
+        if i == 0 {
+            m.message.quote = Some(Box::new(v1::Quote {
+                msg_id: QUOTED,
+                text: "quoted".into(),
+                ..Default::default()
+            }));
+        }
+        first.push(s.append_message(m).await.unwrap().msg_id);
     }
     assert_eq!(merged(), (0, 0, 0), "2 048 keys wait; none merged yet");
     // Keys that gathered slowly are merged in slices (fast, whole: writer.rs).
@@ -425,6 +437,8 @@ async fn keys_merged_in_slices_are_found_at_every_step() {
         keys > 0 && keys < 2048 && upto == 0,
         "one slice: {keys}, {upto}"
     );
+    // Merged in a slice and still above `upto`: found once, not twice.
+    assert_eq!(s.scrub_quotes(QUOTED).await.unwrap(), 1);
     // Each retry is a batch of its own and merges the next slice: the retries meet
     // their keys merged in a slice, still only in memory, and merged whole.
     for (i, &id) in first.iter().enumerate() {

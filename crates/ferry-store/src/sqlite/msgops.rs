@@ -46,17 +46,16 @@ pub(super) fn scrub_quotes(txn: &Transaction, quoted: u64) -> Result<u64> {
     let rows: Vec<(i64, Vec<u8>)> = txn
         .prepare_cached(
             // A reply is found by its key: merged in `message_keys`, or among the
-            // messages stored since (writer.rs, `KeyTail`).
-            "SELECT m.id, m.body FROM replies r
-               JOIN message_keys k
-                 ON k.sender_id = r.sender_id AND k.client_msg_id = r.client_msg_id
-               JOIN messages m ON m.id = k.id
-             WHERE r.quoted_id = ?1 AND m.body IS NOT NULL
-             UNION ALL
-             SELECT m.id, m.body FROM replies r JOIN messages m
-               ON m.sender_id = r.sender_id AND m.client_msg_id = r.client_msg_id
-             WHERE r.quoted_id = ?1 AND m.body IS NOT NULL
-               AND m.id > (SELECT upto FROM message_keys_merged)",
+            // messages stored since (writer.rs, `KeyTail`). Both, while a merge in slices
+            // is under way: `IN` takes each message once.
+            "SELECT id, body FROM messages WHERE body IS NOT NULL AND id IN
+               (SELECT k.id FROM replies r JOIN message_keys k
+                  ON k.sender_id = r.sender_id AND k.client_msg_id = r.client_msg_id
+                WHERE r.quoted_id = ?1
+                UNION ALL
+                SELECT m.id FROM replies r JOIN messages m
+                  ON m.sender_id = r.sender_id AND m.client_msg_id = r.client_msg_id
+                WHERE r.quoted_id = ?1 AND m.id > (SELECT upto FROM message_keys_merged))",
         )?
         .query_map([quoted as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
