@@ -93,6 +93,29 @@ impl KeyTail {
             since: std::time::Instant::now(),
         })
     }
+
+    /// Ends a merge of the keys of every message up to `upto` (inside its transaction):
+    /// records `upto` in the file, raises the senders' highest merged ids and lets go of
+    /// those keys. A key stored since has a higher id and stays; so does one stored anew
+    /// after its message was deleted (it holds the new id).
+    fn merged(&mut self, txn: &Transaction, upto: u64) -> Result<()> {
+        txn.prepare_cached("UPDATE message_keys_merged SET upto = ?1")?
+            .execute([upto as i64])?;
+        let highest = &mut self.highest;
+        self.keys.retain(|&(sender, cmid), &mut id| {
+            if id > upto {
+                return true;
+            }
+            if let Some(h) = highest.get_mut(&sender) {
+                *h = (*h).max(cmid as i64);
+            }
+            false
+        });
+        self.upto = upto;
+        self.slices = None;
+        self.since = std::time::Instant::now();
+        Ok(())
+    }
 }
 
 /// The newest message id stored or merged: `max(id)` of `messages`, or `upto` when the
@@ -107,8 +130,8 @@ fn newest_msg_id(txn: &Transaction) -> Result<u64> {
     Ok(newest as u64)
 }
 
-/// Keys held in memory before the batches that find the writer idle merge them, a slice
-/// each.
+/// Keys held in memory before a batch that finds the writer idle merges them: whole, or
+/// the first of their slices ([`WriterState::merge_due`]).
 const MERGE_IDLE: usize = 2048;
 /// Keys a batch that finds the writer idle merges (≈ 0.5 ms): a merge of all 2 048 at once
 /// held the writer for 4.4 ms on average, and every write that arrived meanwhile waited
@@ -290,24 +313,7 @@ impl WriterState {
             return Ok(());
         }
         let upto = merge.upto;
-        txn.prepare_cached("UPDATE message_keys_merged SET upto = ?1")?
-            .execute([upto as i64])?;
-        // Keys stored since the merge began have higher ids and stay. A key stored anew
-        // after its message was deleted has its new id here, and stays too.
-        let highest = &mut tail.highest;
-        tail.keys.retain(|&(sender, cmid), &mut id| {
-            if id > upto {
-                return true;
-            }
-            if let Some(h) = highest.get_mut(&sender) {
-                *h = (*h).max(cmid as i64);
-            }
-            false
-        });
-        tail.upto = upto;
-        tail.slices = None;
-        tail.since = std::time::Instant::now();
-        Ok(())
+        tail.merged(txn, upto)
     }
 
     /// Moves the keys of every message above `upto` into `message_keys`, in key order,
@@ -324,20 +330,8 @@ impl WriterState {
              ORDER BY sender_id, client_msg_id",
         )?
         .execute([upto as i64])?;
-        let newest = newest_msg_id(txn)?;
-        txn.prepare_cached("UPDATE message_keys_merged SET upto = ?1")?
-            .execute([newest as i64])?;
-        for &(sender, cmid) in tail.keys.keys() {
-            if let Some(h) = tail.highest.get_mut(&sender) {
-                *h = (*h).max(cmid as i64);
-            }
-        }
-        tail.keys.clear();
-        tail.upto = newest;
-        // It merged all a merge in slices had left, and more.
-        tail.slices = None;
-        tail.since = std::time::Instant::now();
-        Ok(())
+        // Everything a merge in slices had left, and more.
+        tail.merged(txn, newest_msg_id(txn)?)
     }
 }
 
