@@ -232,6 +232,10 @@ impl SqliteStore {
             let out = f(txn, state);
             let poisoned = matches!(out, Err(StoreError::Sqlite(_) | StoreError::Io(_)));
             let full = out.as_ref().err().is_some_and(writer::store_full);
+            if let (true, false, Err(e)) = (poisoned, full, &out) {
+                // The other writes of its batch are only told that it failed.
+                tracing::error!(error = %e, "store: a write failed; its batch rolls back");
+            }
             Finish {
                 poisoned,
                 full,
