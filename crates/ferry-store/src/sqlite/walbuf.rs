@@ -24,6 +24,21 @@
 //!
 //! A write error the buffer defers (a full disk: `SQLITE_FULL`) is returned by the call
 //! that flushes — the commit's sync — so the commit fails as it would have at the write.
+//!
+//! A second VFS ("ferry-ckptbuf", the checkpointer's connection) gathers the database
+//! file's writes the same way. A checkpoint copies the newest frame of each page back into
+//! the database file one page per `pwrite`, in page order; a closed-loop `ferry bench p2p`
+//! changed pages in runs of three consecutive ones on average. SQLite ends the copying
+//! with `SQLITE_FCNTL_CKPT_DONE` before it counts the pages copied (`nBackfill`, after
+//! which readers take them from the database file), and the buffer is passed on there —
+//! and at every read, sync, truncation, size, lock and close. SQLite ignores that call's
+//! result, so nothing may fail there: only writes into bytes the file already holds are
+//! gathered. A checkpoint that grows the file says so first (`SQLITE_FCNTL_SIZE_HINT`),
+//! and the new bytes are written then (zeros, as SQLite's own chunked growth does); pages
+//! past what that reached go to the file at once, so a full disk fails the checkpoint at
+//! its page, as without this VFS. A flush that fails anyway at the copying's end (the
+//! disk itself failing) stops the process: the WAL still holds every page, and the next
+//! start copies them again.
 
 // SQLite's VFS is a C interface of raw pointers and function tables: this module is why
 // the crate denies `unsafe` instead of forbidding it.
@@ -35,8 +50,9 @@ use std::sync::OnceLock;
 
 use rusqlite::ffi;
 
-/// The name the VFS is registered under.
-const VFS_NAME: &CStr = c"ferry-walbuf";
+/// The names the two VFSes are registered under.
+const WAL_VFS: &CStr = c"ferry-walbuf";
+const CHECKPOINT_VFS: &CStr = c"ferry-ckptbuf";
 
 /// The most bytes kept before they are written out anyway: the default VFS writes at most
 /// 128 KiB − 1 in one call (`seekAndWriteFd` masks the length with 0x1ffff, and a longer
@@ -44,59 +60,95 @@ const VFS_NAME: &CStr = c"ferry-walbuf";
 /// them instead of 234.
 const CAP: usize = 120 << 10;
 
-/// Registers the VFS (once per process); the name to open the writer's connection with.
-pub(super) fn vfs() -> Result<&'static str, String> {
-    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
-    REGISTERED
-        .get_or_init(|| {
-            // Registering a VFS starts SQLite, after which its page cache is fixed.
-            super::pcache::install();
-            // SAFETY: the default VFS lives for the whole process; ours is leaked, so it
-            // does too, as sqlite3_vfs_register requires.
-            unsafe {
-                let base = ffi::sqlite3_vfs_find(ptr::null());
-                if base.is_null() {
-                    return Err("SQLite has no default VFS".into());
-                }
-                let vfs = Box::leak(Box::new(ffi::sqlite3_vfs {
-                    iVersion: 2,
-                    szOsFile: (real_offset() + (*base).szOsFile as usize) as c_int,
-                    mxPathname: (*base).mxPathname,
-                    pNext: ptr::null_mut(),
-                    zName: VFS_NAME.as_ptr(),
-                    pAppData: base.cast(),
-                    xOpen: Some(x_open),
-                    xDelete: Some(x_delete),
-                    xAccess: Some(x_access),
-                    xFullPathname: Some(x_full_pathname),
-                    xDlOpen: Some(x_dl_open),
-                    xDlError: Some(x_dl_error),
-                    xDlSym: Some(x_dl_sym),
-                    xDlClose: Some(x_dl_close),
-                    xRandomness: Some(x_randomness),
-                    xSleep: Some(x_sleep),
-                    xCurrentTime: Some(x_current_time),
-                    xGetLastError: Some(x_get_last_error),
-                    xCurrentTimeInt64: Some(x_current_time_int64),
-                    xSetSystemCall: None,
-                    xGetSystemCall: None,
-                    xNextSystemCall: None,
-                }));
-                match ffi::sqlite3_vfs_register(vfs, 0) {
-                    ffi::SQLITE_OK => Ok(()),
-                    rc => Err(format!("registering the WAL-buffer VFS failed ({rc})")),
-                }
-            }
-        })
-        .clone()
-        .map(|()| VFS_NAME.to_str().expect("the VFS name is ASCII"))
+/// Which file a VFS of ours gathers the writes of.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Gathers {
+    /// The WAL: the writer's connection.
+    Wal,
+    /// The database file: the checkpointer's connection.
+    Db,
 }
 
-/// A WAL file: SQLite's file header, the buffer, and the default VFS's file after them.
+/// What a VFS of ours keeps in `pAppData`.
+struct VfsData {
+    base: *mut ffi::sqlite3_vfs,
+    gathers: Gathers,
+}
+
+/// Registers the WAL-buffer VFS (once per process); the name to open the writer's
+/// connection with.
+pub(super) fn vfs() -> Result<&'static str, String> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    register(&REGISTERED, WAL_VFS, Gathers::Wal)
+}
+
+/// Registers the checkpointer's VFS (once per process), which gathers the pages a
+/// checkpoint copies into the database file; the name to open its connection with.
+pub(super) fn checkpoint_vfs() -> Result<&'static str, String> {
+    static REGISTERED: OnceLock<Result<(), String>> = OnceLock::new();
+    register(&REGISTERED, CHECKPOINT_VFS, Gathers::Db)
+}
+
+fn register(
+    once: &OnceLock<Result<(), String>>,
+    name: &'static CStr,
+    gathers: Gathers,
+) -> Result<&'static str, String> {
+    once.get_or_init(|| {
+        // Registering a VFS starts SQLite, after which its page cache is fixed.
+        super::pcache::install();
+        // SAFETY: the default VFS lives for the whole process; ours is leaked, so it
+        // does too, as sqlite3_vfs_register requires.
+        unsafe {
+            let base = ffi::sqlite3_vfs_find(ptr::null());
+            if base.is_null() {
+                return Err("SQLite has no default VFS".into());
+            }
+            let data = Box::leak(Box::new(VfsData { base, gathers }));
+            let vfs = Box::leak(Box::new(ffi::sqlite3_vfs {
+                iVersion: 2,
+                szOsFile: (real_offset() + (*base).szOsFile as usize) as c_int,
+                mxPathname: (*base).mxPathname,
+                pNext: ptr::null_mut(),
+                zName: name.as_ptr(),
+                pAppData: ptr::from_mut(data).cast(),
+                xOpen: Some(x_open),
+                xDelete: Some(x_delete),
+                xAccess: Some(x_access),
+                xFullPathname: Some(x_full_pathname),
+                xDlOpen: Some(x_dl_open),
+                xDlError: Some(x_dl_error),
+                xDlSym: Some(x_dl_sym),
+                xDlClose: Some(x_dl_close),
+                xRandomness: Some(x_randomness),
+                xSleep: Some(x_sleep),
+                xCurrentTime: Some(x_current_time),
+                xGetLastError: Some(x_get_last_error),
+                xCurrentTimeInt64: Some(x_current_time_int64),
+                xSetSystemCall: None,
+                xGetSystemCall: None,
+                xNextSystemCall: None,
+            }));
+            match ffi::sqlite3_vfs_register(vfs, 0) {
+                ffi::SQLITE_OK => Ok(()),
+                rc => Err(format!("registering the {name:?} VFS failed ({rc})")),
+            }
+        }
+    })
+    .clone()
+    .map(|()| name.to_str().expect("the VFS names are ASCII"))
+}
+
+/// A file whose writes are gathered: SQLite's file header, the buffer, and the default
+/// VFS's file after them.
 #[repr(C)]
-struct WalFile {
+struct GatherFile {
     base: ffi::sqlite3_file,
     pending: Pending,
+    /// The database file only: the bytes of the file known to exist. Writes below are
+    /// gathered; a write past them goes to the file at once, so an error it meets (a full
+    /// disk) fails the checkpoint at that write, as it would without this VFS.
+    allocated: i64,
 }
 
 /// Bytes written but not yet passed on: `buf` belongs at offset `start` of the file.
@@ -107,14 +159,14 @@ struct Pending {
 
 /// Where the default VFS's file starts inside ours.
 const fn real_offset() -> usize {
-    let size = std::mem::size_of::<WalFile>();
+    let size = std::mem::size_of::<GatherFile>();
     let align = 16;
     size.div_ceil(align) * align
 }
 
 /// The default VFS (ours keeps it in `pAppData`).
 unsafe fn base_vfs(vfs: *mut ffi::sqlite3_vfs) -> *mut ffi::sqlite3_vfs {
-    (*vfs).pAppData.cast()
+    (*(*vfs).pAppData.cast::<VfsData>()).base
 }
 
 unsafe fn real(file: *mut ffi::sqlite3_file) -> *mut ffi::sqlite3_file {
@@ -125,8 +177,12 @@ unsafe fn methods(file: *mut ffi::sqlite3_file) -> &'static ffi::sqlite3_io_meth
     &*(*real(file)).pMethods
 }
 
+unsafe fn gathered<'a>(file: *mut ffi::sqlite3_file) -> &'a mut GatherFile {
+    &mut *file.cast::<GatherFile>()
+}
+
 unsafe fn pending<'a>(file: *mut ffi::sqlite3_file) -> &'a mut Pending {
-    &mut (*file.cast::<WalFile>()).pending
+    &mut gathered(file).pending
 }
 
 #[cfg(test)]
@@ -172,91 +228,9 @@ unsafe fn flushed(
     }
 }
 
-unsafe extern "C" fn x_open(
-    vfs: *mut ffi::sqlite3_vfs,
-    name: *const c_char,
-    file: *mut ffi::sqlite3_file,
-    flags: c_int,
-    out_flags: *mut c_int,
-) -> c_int {
-    let base = base_vfs(vfs);
-    let open = (*base).xOpen.expect("a VFS opens files");
-    if flags & ffi::SQLITE_OPEN_WAL == 0 {
-        // Not the WAL: the default VFS's file in place of ours (ours is larger).
-        return open(base, name, file, flags, out_flags);
-    }
-    (*file).pMethods = ptr::null();
-    let rc = open(base, name, real(file), flags, out_flags);
-    if rc != ffi::SQLITE_OK {
-        return rc;
-    }
-    ptr::write(
-        ptr::addr_of_mut!((*file.cast::<WalFile>()).pending),
-        Pending {
-            buf: Vec::new(),
-            start: 0,
-        },
-    );
-    (*file).pMethods = &WAL_METHODS;
-    ffi::SQLITE_OK
-}
-
-/// Version 1: SQLite maps shared memory and memory-maps pages through the database file
-/// only, never the WAL (and with no xFetch every WAL read goes through xRead, which
-/// flushes).
-static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
-    iVersion: 1,
-    xClose: Some(wal_close),
-    xRead: Some(wal_read),
-    xWrite: Some(wal_write),
-    xTruncate: Some(wal_truncate),
-    xSync: Some(wal_sync),
-    xFileSize: Some(wal_file_size),
-    xLock: Some(wal_lock),
-    xUnlock: Some(wal_unlock),
-    xCheckReservedLock: Some(wal_check_reserved_lock),
-    xFileControl: Some(wal_file_control),
-    xSectorSize: Some(wal_sector_size),
-    xDeviceCharacteristics: Some(wal_device_characteristics),
-    xShmMap: None,
-    xShmLock: None,
-    xShmBarrier: None,
-    xShmUnmap: None,
-    xFetch: None,
-    xUnfetch: None,
-};
-
-unsafe extern "C" fn wal_close(file: *mut ffi::sqlite3_file) -> c_int {
-    let flushed = flush(file);
-    let close = methods(file).xClose.expect("a VFS file can be closed");
-    let closed = close(real(file));
-    ptr::drop_in_place(ptr::addr_of_mut!((*file.cast::<WalFile>()).pending));
-    (*file).pMethods = ptr::null();
-    if flushed != ffi::SQLITE_OK {
-        flushed
-    } else {
-        closed
-    }
-}
-
-unsafe extern "C" fn wal_read(
-    file: *mut ffi::sqlite3_file,
-    buf: *mut c_void,
-    amount: c_int,
-    offset: i64,
-) -> c_int {
-    flushed(file, |m, real| {
-        m.xRead.expect("a VFS file can be read")(real, buf, amount, offset)
-    })
-}
-
-unsafe extern "C" fn wal_write(
-    file: *mut ffi::sqlite3_file,
-    buf: *const c_void,
-    amount: c_int,
-    offset: i64,
-) -> c_int {
-    let bytes = std::slice::from_raw_parts(buf.cast::<u8>(), amount.max(0) as usize);
+/// Keeps `bytes` for `offset` in the buffer: beside or over the buffered ones, or in
+/// their place once those are passed on.
+unsafe fn gather(file: *mut ffi::sqlite3_file, bytes: &[u8], offset: i64) -> c_int {
     let p = pending(file);
     let end = p.start + p.buf.len() as i64;
     if !p.buf.is_empty() && offset >= p.start && offset + bytes.len() as i64 <= end {
@@ -285,35 +259,164 @@ unsafe extern "C" fn wal_write(
     ffi::SQLITE_OK
 }
 
-unsafe extern "C" fn wal_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
+unsafe extern "C" fn x_open(
+    vfs: *mut ffi::sqlite3_vfs,
+    name: *const c_char,
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+    out_flags: *mut c_int,
+) -> c_int {
+    let data = &*(*vfs).pAppData.cast::<VfsData>();
+    let open = (*data.base).xOpen.expect("a VFS opens files");
+    let (kind, io_methods) = match data.gathers {
+        Gathers::Wal => (ffi::SQLITE_OPEN_WAL, &WAL_METHODS),
+        Gathers::Db => (ffi::SQLITE_OPEN_MAIN_DB, &DB_METHODS),
+    };
+    if flags & kind == 0 {
+        // Not the file this VFS gathers: the default VFS's file in place of ours (ours
+        // is larger).
+        return open(data.base, name, file, flags, out_flags);
+    }
+    (*file).pMethods = ptr::null();
+    let rc = open(data.base, name, real(file), flags, out_flags);
+    if rc != ffi::SQLITE_OK {
+        return rc;
+    }
+    let ours = file.cast::<GatherFile>();
+    ptr::write(
+        ptr::addr_of_mut!((*ours).pending),
+        Pending {
+            buf: Vec::new(),
+            start: 0,
+        },
+    );
+    ptr::write(ptr::addr_of_mut!((*ours).allocated), 0);
+    (*file).pMethods = io_methods;
+    ffi::SQLITE_OK
+}
+
+/// Version 1: SQLite maps shared memory and memory-maps pages through the database file
+/// only, never the WAL (and with no xFetch every WAL read goes through xRead, which
+/// flushes).
+static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 1,
+    xClose: Some(file_close),
+    xRead: Some(file_read),
+    xWrite: Some(wal_write),
+    xTruncate: Some(file_truncate),
+    xSync: Some(file_sync),
+    xFileSize: Some(file_size),
+    xLock: Some(file_lock),
+    xUnlock: Some(file_unlock),
+    xCheckReservedLock: Some(file_check_reserved_lock),
+    xFileControl: Some(wal_file_control),
+    xSectorSize: Some(file_sector_size),
+    xDeviceCharacteristics: Some(file_device_characteristics),
+    xShmMap: None,
+    xShmLock: None,
+    xShmBarrier: None,
+    xShmUnmap: None,
+    xFetch: None,
+    xUnfetch: None,
+};
+
+/// Version 3, as the default VFS's: the database file carries the shared memory of the
+/// WAL index and the memory-mapped pages, passed to the default VFS's file (after a
+/// flush wherever they could show another connection what was written).
+static DB_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
+    iVersion: 3,
+    xClose: Some(file_close),
+    xRead: Some(file_read),
+    xWrite: Some(db_write),
+    xTruncate: Some(file_truncate),
+    xSync: Some(file_sync),
+    xFileSize: Some(file_size),
+    xLock: Some(file_lock),
+    xUnlock: Some(file_unlock),
+    xCheckReservedLock: Some(file_check_reserved_lock),
+    xFileControl: Some(db_file_control),
+    xSectorSize: Some(file_sector_size),
+    xDeviceCharacteristics: Some(file_device_characteristics),
+    xShmMap: Some(db_shm_map),
+    xShmLock: Some(db_shm_lock),
+    xShmBarrier: Some(db_shm_barrier),
+    xShmUnmap: Some(db_shm_unmap),
+    xFetch: Some(db_fetch),
+    xUnfetch: Some(db_unfetch),
+};
+
+unsafe extern "C" fn file_close(file: *mut ffi::sqlite3_file) -> c_int {
+    let flushed = flush(file);
+    let close = methods(file).xClose.expect("a VFS file can be closed");
+    let closed = close(real(file));
+    ptr::drop_in_place(ptr::addr_of_mut!((*file.cast::<GatherFile>()).pending));
+    (*file).pMethods = ptr::null();
+    if flushed != ffi::SQLITE_OK {
+        flushed
+    } else {
+        closed
+    }
+}
+
+unsafe extern "C" fn file_read(
+    file: *mut ffi::sqlite3_file,
+    buf: *mut c_void,
+    amount: c_int,
+    offset: i64,
+) -> c_int {
     flushed(file, |m, real| {
-        m.xTruncate.expect("a VFS file can be truncated")(real, size)
+        m.xRead.expect("a VFS file can be read")(real, buf, amount, offset)
     })
 }
 
-unsafe extern "C" fn wal_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+unsafe extern "C" fn wal_write(
+    file: *mut ffi::sqlite3_file,
+    buf: *const c_void,
+    amount: c_int,
+    offset: i64,
+) -> c_int {
+    let bytes = std::slice::from_raw_parts(buf.cast::<u8>(), amount.max(0) as usize);
+    gather(file, bytes, offset)
+}
+
+unsafe extern "C" fn file_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
+    let rc = flushed(file, |m, real| {
+        m.xTruncate.expect("a VFS file can be truncated")(real, size)
+    });
+    let f = gathered(file);
+    f.allocated = f.allocated.min(size);
+    rc
+}
+
+unsafe extern "C" fn file_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
     flushed(file, |m, real| {
         m.xSync.expect("a VFS file can be synced")(real, flags)
     })
 }
 
-unsafe extern "C" fn wal_file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
-    flushed(file, |m, real| {
+unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {
+    let rc = flushed(file, |m, real| {
         m.xFileSize.expect("a VFS file has a size")(real, size)
+    });
+    if rc == ffi::SQLITE_OK {
+        gathered(file).allocated = *size;
+    }
+    rc
+}
+
+unsafe extern "C" fn file_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    flushed(file, |m, real| {
+        m.xLock.expect("a VFS file can be locked")(real, level)
     })
 }
 
-unsafe extern "C" fn wal_lock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    let lock = methods(file).xLock.expect("a VFS file can be locked");
-    lock(real(file), level)
+unsafe extern "C" fn file_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
+    flushed(file, |m, real| {
+        m.xUnlock.expect("a VFS file can be unlocked")(real, level)
+    })
 }
 
-unsafe extern "C" fn wal_unlock(file: *mut ffi::sqlite3_file, level: c_int) -> c_int {
-    let unlock = methods(file).xUnlock.expect("a VFS file can be unlocked");
-    unlock(real(file), level)
-}
-
-unsafe extern "C" fn wal_check_reserved_lock(
+unsafe extern "C" fn file_check_reserved_lock(
     file: *mut ffi::sqlite3_file,
     out: *mut c_int,
 ) -> c_int {
@@ -333,14 +436,147 @@ unsafe extern "C" fn wal_file_control(
     })
 }
 
-unsafe extern "C" fn wal_sector_size(file: *mut ffi::sqlite3_file) -> c_int {
+/// The database file's writes: only a checkpoint's, in the checkpointer's connection (in
+/// WAL mode nothing else writes the database file), page after page in page order.
+unsafe extern "C" fn db_write(
+    file: *mut ffi::sqlite3_file,
+    buf: *const c_void,
+    amount: c_int,
+    offset: i64,
+) -> c_int {
+    let bytes = std::slice::from_raw_parts(buf.cast::<u8>(), amount.max(0) as usize);
+    if offset + bytes.len() as i64 > gathered(file).allocated {
+        // Past what the file is known to hold: to the file now, its error seen now.
+        let rc = flush(file);
+        if rc != ffi::SQLITE_OK {
+            return rc;
+        }
+        let rc = write_through(file, bytes, offset);
+        if rc == ffi::SQLITE_OK {
+            let f = gathered(file);
+            f.allocated = f.allocated.max(offset + bytes.len() as i64);
+        }
+        return rc;
+    }
+    gather(file, bytes, offset)
+}
+
+/// Writes zeros over `from..to` of the real file, 120 KiB a call; returns how far it got.
+unsafe fn zero_fill(file: *mut ffi::sqlite3_file, from: i64, to: i64) -> (i64, c_int) {
+    static ZEROS: [u8; CAP] = [0; CAP];
+    let mut at = from;
+    while at < to {
+        let n = ((to - at) as usize).min(CAP);
+        let rc = write_through(file, &ZEROS[..n], at);
+        if rc != ffi::SQLITE_OK {
+            return (at, rc);
+        }
+        at += n as i64;
+    }
+    (at, ffi::SQLITE_OK)
+}
+
+unsafe extern "C" fn db_file_control(
+    file: *mut ffi::sqlite3_file,
+    op: c_int,
+    arg: *mut c_void,
+) -> c_int {
+    let rc = flush(file);
+    if rc != ffi::SQLITE_OK {
+        if op == ffi::SQLITE_FCNTL_CKPT_DONE {
+            // SQLite ignores this call's result: it would count the pages copied and
+            // readers would take them from the database file. The writes gathered are
+            // into bytes the file already held (a full disk cannot refuse them), so this
+            // is a failing disk; stop before anything reads stale pages. Nothing is lost:
+            // the WAL still holds every page, and the next start copies them again.
+            tracing::error!(
+                code = rc,
+                "store: a checkpoint's writes to the database file failed; stopping"
+            );
+            std::process::abort();
+        }
+        return rc;
+    }
+    if op == ffi::SQLITE_FCNTL_SIZE_HINT {
+        // A checkpoint that grows the file says how large first: the new bytes are
+        // written (zeros) now, so that a full disk fails this checkpoint at its first
+        // page past them rather than at a flush SQLite does not hear of.
+        let want = *arg.cast::<i64>();
+        let mut have = 0;
+        if methods(file).xFileSize.expect("a VFS file has a size")(real(file), &mut have)
+            == ffi::SQLITE_OK
+        {
+            let (reached, _) = zero_fill(file, have, want);
+            gathered(file).allocated = reached;
+        }
+    }
+    methods(file).xFileControl.expect("a VFS file has controls")(real(file), op, arg)
+}
+
+unsafe extern "C" fn db_shm_map(
+    file: *mut ffi::sqlite3_file,
+    region: c_int,
+    size: c_int,
+    extend: c_int,
+    out: *mut *mut c_void,
+) -> c_int {
+    methods(file)
+        .xShmMap
+        .expect("the default VFS maps shared memory")(real(file), region, size, extend, out)
+}
+
+unsafe extern "C" fn db_shm_lock(
+    file: *mut ffi::sqlite3_file,
+    offset: c_int,
+    n: c_int,
+    flags: c_int,
+) -> c_int {
+    flushed(file, |m, real| {
+        m.xShmLock.expect("the default VFS locks shared memory")(real, offset, n, flags)
+    })
+}
+
+/// Not a flush: a barrier orders the shared memory's loads and stores and cannot report
+/// an error, and a flush that failed here would lose the pages unheard of.
+unsafe extern "C" fn db_shm_barrier(file: *mut ffi::sqlite3_file) {
+    methods(file)
+        .xShmBarrier
+        .expect("the default VFS has barriers")(real(file))
+}
+
+unsafe extern "C" fn db_shm_unmap(file: *mut ffi::sqlite3_file, delete: c_int) -> c_int {
+    methods(file)
+        .xShmUnmap
+        .expect("the default VFS unmaps shared memory")(real(file), delete)
+}
+
+unsafe extern "C" fn db_fetch(
+    file: *mut ffi::sqlite3_file,
+    offset: i64,
+    amount: c_int,
+    out: *mut *mut c_void,
+) -> c_int {
+    flushed(file, |m, real| {
+        m.xFetch.expect("the default VFS maps pages")(real, offset, amount, out)
+    })
+}
+
+unsafe extern "C" fn db_unfetch(
+    file: *mut ffi::sqlite3_file,
+    offset: i64,
+    page: *mut c_void,
+) -> c_int {
+    methods(file).xUnfetch.expect("the default VFS maps pages")(real(file), offset, page)
+}
+
+unsafe extern "C" fn file_sector_size(file: *mut ffi::sqlite3_file) -> c_int {
     let sector = methods(file)
         .xSectorSize
         .expect("a VFS file has a sector size");
     sector(real(file))
 }
 
-unsafe extern "C" fn wal_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
+unsafe extern "C" fn file_device_characteristics(file: *mut ffi::sqlite3_file) -> c_int {
     let device = methods(file)
         .xDeviceCharacteristics
         .expect("a VFS file has device characteristics");
@@ -591,5 +827,199 @@ mod tests {
         }
         done.store(true, std::sync::atomic::Ordering::Release);
         assert!(reader.join().unwrap() > 0);
+    }
+
+    /// A connection as the store's checkpointer opens it: the checkpointer's VFS.
+    fn checkpointer(dir: &Path) -> Connection {
+        Connection::open_with_flags_and_vfs(
+            dir.join("t.db"),
+            OpenFlags::default(),
+            checkpoint_vfs().unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// `PRAGMA wal_checkpoint(PASSIVE)`: (frames in the WAL, frames copied back).
+    fn pass(conn: &Connection) -> rusqlite::Result<(i64, i64)> {
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(1)?, r.get(2)?))
+        })
+    }
+
+    /// The rows and their checksum as a connection of the default VFS reads them, and the
+    /// database's integrity check.
+    fn read_back(dir: &Path) -> (i64, i64, String) {
+        let conn = Connection::open(dir.join("t.db")).unwrap();
+        let (n, sum) = conn
+            .query_row("SELECT count(*), coalesce(sum(v), 0) FROM t", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        let check = conn
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
+        (n, sum, check)
+    }
+
+    fn sum_v(from: i64, to: i64) -> i64 {
+        (from..to).map(|id| (id * 7919) % 1000).sum()
+    }
+
+    /// A checkpoint's pages reach the database file a run of consecutive pages per write,
+    /// and what it copied is what readers then find there (the WAL restarted first, so
+    /// nothing is read from it).
+    #[test]
+    fn a_checkpoint_reaches_the_database_in_few_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = writer(dir.path());
+        insert(&conn, 1, 2);
+        let ckpt = checkpointer(dir.path());
+        assert_eq!(pass(&ckpt).unwrap().0, pass(&ckpt).unwrap().1);
+        // Appended rows: consecutive new pages at the file's end (grown first), and the
+        // index's pages spread through it.
+        insert(&conn, 2, 2000);
+        let before = PASSED_ON.with(|n| n.get());
+        let (log, copied) = pass(&ckpt).unwrap();
+        let written = PASSED_ON.with(|n| n.get()) - before;
+        assert!(
+            copied > 300 && copied == log,
+            "{copied} of {log} frames copied"
+        );
+        assert!(
+            written * 10 < copied as u64,
+            "{copied} frames copied back in {written} writes"
+        );
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        let len = std::fs::metadata(dir.path().join("t.db-wal"))
+            .unwrap()
+            .len();
+        assert_eq!(len, 0);
+        assert_eq!(read_back(dir.path()), (1999, sum_v(1, 2000), "ok".into()));
+    }
+
+    /// Checkpoints while commits keep coming and readers hold old snapshots (so passes
+    /// copy only part of the WAL): every reader sees whole commits, and at the end the
+    /// database file alone holds them all.
+    #[test]
+    fn checkpoints_beside_writes_and_readers_copy_every_page() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = writer(dir.path());
+        insert(&conn, 1, 2);
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let spawn_reader = || {
+            let done = done.clone();
+            let path = dir.path().join("t.db");
+            std::thread::spawn(move || {
+                let conn =
+                    Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+                let mut reads = 0;
+                while !done.load(std::sync::atomic::Ordering::Acquire) || reads == 0 {
+                    let (n, max, sum): (i64, i64, i64) = conn
+                        .query_row("SELECT count(*), max(id), sum(v) FROM t", [], |r| {
+                            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                        })
+                        .unwrap();
+                    assert_eq!((max, sum), (n, sum_v(1, n + 1)));
+                    reads += 1;
+                }
+                reads
+            })
+        };
+        let readers = [spawn_reader(), spawn_reader()];
+        let checkpoints = {
+            let done = done.clone();
+            let path = dir.path().to_owned();
+            std::thread::spawn(move || {
+                let ckpt = checkpointer(&path);
+                let mut passes = 0;
+                while !done.load(std::sync::atomic::Ordering::Acquire) || passes == 0 {
+                    pass(&ckpt).unwrap();
+                    passes += 1;
+                }
+                passes
+            })
+        };
+        for round in 0..150 {
+            insert(&conn, 2 + round * 40, 2 + (round + 1) * 40);
+        }
+        done.store(true, std::sync::atomic::Ordering::Release);
+        for r in readers {
+            assert!(r.join().unwrap() > 0);
+        }
+        assert!(checkpoints.join().unwrap() > 0);
+        let ckpt = checkpointer(dir.path());
+        let (log, copied) = pass(&ckpt).unwrap();
+        assert_eq!(log, copied);
+        drop(ckpt);
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        assert_eq!(read_back(dir.path()), (6001, sum_v(1, 6002), "ok".into()));
+    }
+
+    /// The child of [`a_checkpoint_the_disk_cannot_grow_for_copies_nothing`]: a
+    /// checkpoint that must grow the database file while no file may grow
+    /// (`RLIMIT_FSIZE`, as a full disk), then again once it may.
+    fn checkpoint_without_room(dir: &Path) {
+        let conn = writer(dir);
+        insert(&conn, 1, 2);
+        let ckpt = checkpointer(dir);
+        pass(&ckpt).unwrap();
+        insert(&conn, 2, 3000);
+        // The file may grow, but not by its last 32 pages: the checkpoint's last run of
+        // pages, gathered below the limit and refused past it.
+        let pages: u64 = conn
+            .query_row("PRAGMA page_count", [], |r| r.get(0))
+            .unwrap();
+        let grown = pages * 1024;
+        assert!(grown > std::fs::metadata(dir.join("t.db")).unwrap().len() + 4 * CAP as u64);
+        // SAFETY: plain libc calls; this process runs only this test.
+        unsafe {
+            assert_ne!(libc::signal(libc::SIGXFSZ, libc::SIG_IGN), libc::SIG_ERR);
+            let mut limit: libc::rlimit = std::mem::zeroed();
+            assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut limit), 0);
+            let full = limit;
+            limit.rlim_cur = grown - 32 * 1024;
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &limit), 0);
+            let failed = pass(&ckpt);
+            assert!(failed.is_err(), "a checkpoint past the limit: {failed:?}");
+            // Nothing counted copied: readers still take the pages from the WAL.
+            assert_eq!(read_back(dir), (2999, sum_v(1, 3000), "ok".into()));
+            assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &full), 0);
+        }
+        let (log, copied) = pass(&ckpt).unwrap();
+        assert_eq!(log, copied);
+        conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)")
+            .unwrap();
+        assert_eq!(read_back(dir), (2999, sum_v(1, 3000), "ok".into()));
+    }
+
+    /// A checkpoint the disk cannot take fails and counts nothing copied — the pages it
+    /// gathered are never the ones refused. Run in a process of its own: the file-size
+    /// limit it sets holds for every thread.
+    #[test]
+    fn a_checkpoint_the_disk_cannot_grow_for_copies_nothing() {
+        const CHILD: &str = "FERRY_WALBUF_CHILD_DIR";
+        if let Some(dir) = std::env::var_os(CHILD) {
+            return checkpoint_without_room(Path::new(&dir));
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "sqlite::walbuf::tests::a_checkpoint_the_disk_cannot_grow_for_copies_nothing",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(CHILD, dir.path())
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("1 passed"),
+            "{:?}\n{text}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

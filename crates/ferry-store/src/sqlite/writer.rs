@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use tokio::sync::mpsc;
 
 use super::inbox::newest_seq;
@@ -415,7 +415,11 @@ pub(super) fn spawn_checkpointer(
     restart_due: Arc<AtomicBool>,
 ) -> Result<std::sync::mpsc::Sender<()>> {
     let restart_at = RESTART_AT_BYTES / page_size;
-    let conn = Connection::open(path)?;
+    // Its copies reach the database file a run of consecutive pages per call
+    // (`walbuf.rs`), not a page per call.
+    let vfs =
+        super::walbuf::checkpoint_vfs().map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+    let conn = Connection::open_with_flags_and_vfs(path, OpenFlags::default(), vfs)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     std::thread::Builder::new()
