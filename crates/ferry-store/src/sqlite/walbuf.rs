@@ -25,6 +25,11 @@
 //! A write error the buffer defers (a full disk: `SQLITE_FULL`) is returned by the call
 //! that flushes — the commit's sync — so the commit fails as it would have at the write.
 //!
+//! The writer may also leave a commit's sync owed ([`deferring_syncs`]): the frames are
+//! passed on at the commit's sync and the `fdatasync` is done by the writer's syncer
+//! thread, which answers no write and lets no read through before it is done (writer.rs,
+//! `Durable`).
+//!
 //! A second VFS ("ferry-ckptbuf", the checkpointer's connection) gathers the database
 //! file's writes the same way. A checkpoint copies the newest frame of each page back into
 //! the database file one page per `pwrite`, in page order; a closed-loop `ferry bench p2p`
@@ -304,7 +309,7 @@ static WAL_METHODS: ffi::sqlite3_io_methods = ffi::sqlite3_io_methods {
     xRead: Some(file_read),
     xWrite: Some(wal_write),
     xTruncate: Some(file_truncate),
-    xSync: Some(file_sync),
+    xSync: Some(wal_sync),
     xFileSize: Some(file_size),
     xLock: Some(file_lock),
     xUnlock: Some(file_unlock),
@@ -392,6 +397,75 @@ unsafe extern "C" fn file_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_
     flushed(file, |m, real| {
         m.xSync.expect("a VFS file can be synced")(real, flags)
     })
+}
+
+thread_local! {
+    /// Set by the writer around a batch's commit ([`deferring_syncs`]).
+    static DEFER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// The WAL sync a commit left owed ([`take_owed`]).
+    static OWED: std::cell::Cell<Option<OwedSync>> = const { std::cell::Cell::new(None) };
+}
+
+/// A WAL sync a commit left to be done: the WAL's file and SQLite's flags for it.
+#[derive(Clone, Copy)]
+pub(super) struct OwedSync {
+    file: *mut ffi::sqlite3_file,
+    flags: c_int,
+}
+
+// SAFETY: the file is the writer connection's WAL, which lives as long as the connection;
+// the writer keeps the connection open until every owed sync is done (writer.rs), and a
+// sync only reads the default VFS's file (its descriptor) while the writer's thread may
+// write through it.
+unsafe impl Send for OwedSync {}
+
+impl OwedSync {
+    /// Syncs the WAL: every frame written before this call is then on disk.
+    pub(super) fn sync(self) -> Result<(), c_int> {
+        // SAFETY: see the `Send` impl: the file is open.
+        let rc = unsafe {
+            methods(self.file).xSync.expect("a VFS file can be synced")(real(self.file), self.flags)
+        };
+        match rc {
+            ffi::SQLITE_OK => Ok(()),
+            rc => Err(rc),
+        }
+    }
+}
+
+/// Runs `commit` with the WAL's sync at the commit left owed instead of done: SQLite
+/// writes the commit's frames and publishes the commit to other connections without
+/// waiting for the disk. Only for the writer, which then holds every reply and every
+/// reader's answer until the owed sync is done (writer.rs). The sync of a new WAL's
+/// header (the commit's first frame after a restart: its salt must be on disk before any
+/// frame that uses it) is still done in place.
+pub(super) fn deferring_syncs<T>(commit: impl FnOnce() -> T) -> T {
+    DEFER.with(|d| d.set(true));
+    let out = commit();
+    DEFER.with(|d| d.set(false));
+    out
+}
+
+/// The sync the last commit in [`deferring_syncs`] left owed, if it left one.
+pub(super) fn take_owed() -> Option<OwedSync> {
+    OWED.with(|o| o.take())
+}
+
+/// The WAL's sync: at a commit in [`deferring_syncs`] the buffered frames are passed on
+/// and the sync is left owed.
+unsafe extern "C" fn wal_sync(file: *mut ffi::sqlite3_file, flags: c_int) -> c_int {
+    let p = pending(file);
+    let header = !p.buf.is_empty() && p.start == 0;
+    if header || !DEFER.with(|d| d.get()) {
+        return file_sync(file, flags);
+    }
+    match flush(file) {
+        ffi::SQLITE_OK => {
+            OWED.with(|o| o.set(Some(OwedSync { file, flags })));
+            ffi::SQLITE_OK
+        }
+        rc => rc,
+    }
 }
 
 unsafe extern "C" fn file_size(file: *mut ffi::sqlite3_file, size: *mut i64) -> c_int {

@@ -1,5 +1,7 @@
 //! The SQLite writer: one thread that takes every write waiting in its queue, runs them
-//! in one transaction and commits once (group commit), and the checkpointer thread that
+//! in one transaction and commits once (group commit); at `Durability::Fsync` the syncer
+//! thread that syncs the WAL for commits made while the previous sync was under way, and
+//! answers their writes once they are on disk ([`Durable`]); and the checkpointer thread that
 //! copies the WAL back into the database file — with the writer restarting the WAL from
 //! its start after a long one was copied back. The writer also holds the idempotency keys
 //! of the messages stored since its last merge of them into `message_keys` ([`KeyTail`]),
@@ -7,14 +9,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use tokio::sync::mpsc;
 
 use super::inbox::newest_seq;
-use super::BUSY_TIMEOUT;
+use super::{walbuf, BUSY_TIMEOUT};
 use crate::{Appended, Result, StoreError};
 
 /// Most writes one transaction takes.
@@ -508,10 +510,177 @@ fn restart_busy(tries: i32) -> bool {
     RESTART_POLL * (tries.max(0) as u32 + 1) < RESTART_WAIT
 }
 
-pub(super) fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, restart_due: &AtomicBool) {
+/// How far the writer's commits are published (readers may see them) and how far they
+/// are on disk. At `Durability::Fsync` a commit's WAL sync is done after SQLite publishes
+/// it, while the writer goes on with the next batch ([`writer`]); a read that may have
+/// seen a commit not yet on disk waits for it ([`Durable::settled`]), as every reply does.
+pub(super) struct Durable {
+    /// The newest batch a reader may see: raised before the batch commits.
+    published: AtomicU64,
+    /// The newest batch on disk, with every one before it.
+    on_disk: AtomicU64,
+    changed: tokio::sync::watch::Sender<u64>,
+    /// Tests hold the syncs back while this is set.
+    #[cfg(test)]
+    pub(super) hold: AtomicBool,
+    /// Batches the writer handed to the syncer (tests count them).
+    #[cfg(test)]
+    pub(super) handed_off: AtomicU64,
+}
+
+impl Durable {
+    pub(super) fn new() -> Arc<Durable> {
+        Arc::new(Durable {
+            published: AtomicU64::new(0),
+            on_disk: AtomicU64::new(0),
+            changed: tokio::sync::watch::Sender::new(0),
+            #[cfg(test)]
+            hold: AtomicBool::new(false),
+            #[cfg(test)]
+            handed_off: AtomicU64::new(0),
+        })
+    }
+
+    fn publishing(&self, batch: u64) {
+        self.published.store(batch, Ordering::SeqCst);
+    }
+
+    fn synced(&self, batch: u64) {
+        self.on_disk.store(batch, Ordering::SeqCst);
+        self.changed.send_replace(batch);
+    }
+
+    /// Returns once every commit a read that has just ended could have seen is on disk:
+    /// what a client is told was stored must survive a crash, or a client could hold a
+    /// message (and a seq) that the store, restarted, never had.
+    pub(super) async fn settled(&self) {
+        // A read's snapshot is taken after its commits were published, so after
+        // `published` was raised for them (SQLite's publishing is a full barrier).
+        let published = self.published.load(Ordering::SeqCst);
+        if self.on_disk.load(Ordering::SeqCst) >= published {
+            return;
+        }
+        let mut rx = self.changed.subscribe();
+        let _ = rx.wait_for(|&d| d >= published).await;
+    }
+
+    /// Syncs the WAL for an owed sync; a failed sync stops the process.
+    fn sync(&self, owed: walbuf::OwedSync, seconds: &metrics::Histogram) {
+        #[cfg(test)]
+        while self.hold.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let started = std::time::Instant::now();
+        if let Err(rc) = owed.sync() {
+            // The commits are published and cannot be taken back; what the disk holds of
+            // them is unknown (a failed fsync may have dropped the pages). Nothing of them
+            // was acknowledged or answered to a reader: stop, and the next start recovers
+            // what is on disk (PostgreSQL does the same).
+            tracing::error!(code = rc, "store: syncing the WAL failed; stopping");
+            std::process::abort();
+        }
+        seconds.record(started.elapsed().as_secs_f64());
+    }
+}
+
+/// The syncer thread and the writer's end of its queue: dropping it lets the syncer finish
+/// what it was handed and waits for it.
+struct SyncerThread {
+    tx: Option<std::sync::mpsc::Sender<Unsynced>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SyncerThread {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+/// Lets reads go on once the writer is gone ([`writer`]).
+struct Released(Arc<Durable>);
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.0.synced(u64::MAX);
+    }
+}
+
+/// A committed batch whose replies wait for its WAL sync, in the syncer's queue.
+struct Unsynced {
+    batch: u64,
+    owed: Option<walbuf::OwedSync>,
+    outcome: std::result::Result<(), BatchError>,
+    finished: Vec<Finish>,
+}
+
+/// The syncer thread: syncs the WAL for the batches the writer committed while the last
+/// sync was under way — one sync for all of them — and then replies to their writes, in
+/// commit order.
+fn syncer(
+    rx: std::sync::mpsc::Receiver<Unsynced>,
+    durable: &Durable,
+    waiting: &AtomicU64,
+    seconds: &metrics::Histogram,
+) {
+    let mut all = Vec::new();
+    while let Ok(first) = rx.recv() {
+        all.push(first);
+        all.extend(rx.try_iter());
+        // The newest owed sync covers every frame written before it.
+        if let Some(owed) = all.iter().rev().find_map(|u| u.owed) {
+            durable.sync(owed, seconds);
+        }
+        let last = all.last().map_or(0, |u| u.batch);
+        durable.synced(last);
+        for u in all.drain(..) {
+            for f in u.finished {
+                (f.reply)(u.outcome.clone());
+            }
+            waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+pub(super) fn writer(
+    mut conn: Connection,
+    mut rx: mpsc::Receiver<Job>,
+    restart_due: &AtomicBool,
+    durable: Arc<Durable>,
+    defer_syncs: bool,
+) {
     let mut state = WriterState::default();
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     let mut finished: Vec<Finish> = Vec::with_capacity(MAX_BATCH);
+    let sync_seconds = metrics::histogram!("ferry_store_sync_seconds");
+    // Batches handed to the syncer and not yet replied to.
+    let waiting = Arc::new(AtomicU64::new(0));
+    let (to_syncer, syncer_rx) = std::sync::mpsc::channel::<Unsynced>();
+    let syncer = {
+        let (durable, waiting, seconds) = (durable.clone(), waiting.clone(), sync_seconds.clone());
+        std::thread::Builder::new()
+            .name("ferry-store-sync".into())
+            .spawn(move || syncer(syncer_rx, &durable, &waiting, &seconds))
+    };
+    // Dropped before the connection (a parameter) however this function ends: every
+    // owed sync is done before the connection's WAL file closes.
+    let to_syncer = match syncer {
+        Ok(handle) => Some(SyncerThread {
+            tx: Some(to_syncer),
+            handle: Some(handle),
+        }),
+        Err(e) => {
+            tracing::warn!(error = %e, "store: no syncer thread; every commit syncs in place");
+            None
+        }
+    };
+    let defer_syncs = defer_syncs && to_syncer.is_some();
+    let mut batch_no: u64 = 0;
+    // However the writer ends (a panic too), reads stop waiting for it: they would
+    // otherwise wait for ever.
+    let _released = Released(durable.clone());
     // Registered once: a lookup by name at every batch costs the one serial thread.
     let batch_size = metrics::histogram!("ferry_store_batch_size");
     let batch_seconds = metrics::histogram!("ferry_store_batch_seconds");
@@ -531,6 +700,7 @@ pub(super) fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, restart_
         // Merge the keys held in memory in the batches that find nothing else waiting (a
         // slice each at low rates), or once they are many.
         let merge = state.merge_due(rx.is_empty());
+        batch_no += 1;
         let outcome = run_batch(
             &mut conn,
             &mut state,
@@ -538,7 +708,9 @@ pub(super) fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, restart_
             &mut finished,
             merge.map(|m| (m, &merge_seconds)),
             &commit_seconds,
+            (&durable, batch_no, defer_syncs),
         );
+        let owed = walbuf::take_owed();
         batch_size.record(size as f64);
         batch_seconds.record(started.elapsed().as_secs_f64());
         queue.set(rx.len() as f64);
@@ -558,11 +730,49 @@ pub(super) fn writer(mut conn: Connection, mut rx: mpsc::Receiver<Job>, restart_
                 state = WriterState::default();
             }
         }
-        for f in finished.drain(..) {
-            (f.reply)(outcome.clone());
+        // Sync here when nothing waits behind this batch (an idle writer loses nothing
+        // by waiting for the disk, and spares the syncer's wake-up), else hand the sync
+        // and the replies to the syncer and go on with the next batch while the disk
+        // works. Once anything is with the syncer, later batches follow it there, so
+        // replies keep their commit order.
+        let in_place = waiting.load(Ordering::SeqCst) == 0 && (owed.is_none() || rx.is_empty());
+        match (to_syncer.as_ref().and_then(|t| t.tx.as_ref()), in_place) {
+            (Some(tx), false) => {
+                waiting.fetch_add(1, Ordering::SeqCst);
+                #[cfg(test)]
+                durable.handed_off.fetch_add(1, Ordering::SeqCst);
+                let unsynced = Unsynced {
+                    batch: batch_no,
+                    owed,
+                    outcome,
+                    finished: std::mem::replace(&mut finished, Vec::with_capacity(MAX_BATCH)),
+                };
+                if let Err(std::sync::mpsc::SendError(u)) = tx.send(unsynced) {
+                    // The syncer is gone (it only ends when this sender is dropped).
+                    waiting.fetch_sub(1, Ordering::SeqCst);
+                    if let Some(owed) = u.owed {
+                        durable.sync(owed, &sync_seconds);
+                    }
+                    durable.synced(u.batch);
+                    for f in u.finished {
+                        (f.reply)(u.outcome.clone());
+                    }
+                }
+            }
+            _ => {
+                if let Some(owed) = owed {
+                    durable.sync(owed, &sync_seconds);
+                }
+                durable.synced(batch_no);
+                for f in finished.drain(..) {
+                    (f.reply)(outcome.clone());
+                }
+            }
         }
         restart_wal(&conn, restart_due);
     }
+    drop(to_syncer);
+    drop(conn);
     tracing::debug!("store writer stopped");
 }
 
@@ -580,6 +790,7 @@ fn run_batch(
     finished: &mut Vec<Finish>,
     merge: Option<(Merge, &metrics::Histogram)>,
     commit_seconds: &metrics::Histogram,
+    (durable, batch_no, defer_syncs): (&Durable, u64, bool),
 ) -> std::result::Result<(), BatchError> {
     let txn = match conn.transaction() {
         Ok(t) => t,
@@ -621,13 +832,22 @@ fn run_batch(
         merge_seconds.record(merging.elapsed().as_secs_f64());
     }
     let committing = std::time::Instant::now();
-    let committed = txn.commit().map_err(|e| {
+    // Raised just before the commit, not before the batch: a read that ends while the
+    // batch runs has not seen it and need not wait for it.
+    durable.publishing(batch_no);
+    let committed = if defer_syncs {
+        walbuf::deferring_syncs(|| txn.commit())
+    } else {
+        txn.commit()
+    };
+    let committed = committed.map_err(|e| {
         if !is_full(&e) {
             tracing::error!(error = %e, "store commit failed");
         }
         BatchError::of(&e)
     });
-    // The commit is where the fsync happens: this is the disk's share of a batch.
+    // The commit writes the WAL (and syncs it, unless the sync is left owed: then
+    // `ferry_store_sync_seconds` has it).
     commit_seconds.record(committing.elapsed().as_secs_f64());
     committed
 }

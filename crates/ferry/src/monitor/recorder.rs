@@ -114,7 +114,14 @@ fn describe() {
     describe_histogram!(
         "ferry_store_commit_seconds",
         Unit::Seconds,
-        "Time of the COMMIT of one batch, where the fsync happens."
+        "Time of the COMMIT of one batch: its WAL writes, and the fsync unless the \
+         embedded store's syncer thread does it (ferry_store_sync_seconds)."
+    );
+    describe_histogram!(
+        "ferry_store_sync_seconds",
+        Unit::Seconds,
+        "Embedded store: one fdatasync of the WAL, by the writer when idle or by the \
+         syncer thread for every batch committed while the last sync was under way."
     );
     describe_histogram!(
         "ferry_store_key_merge_seconds",
