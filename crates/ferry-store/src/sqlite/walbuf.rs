@@ -1073,7 +1073,7 @@ mod tests {
     /// limit it sets holds for every thread.
     #[test]
     fn a_checkpoint_the_disk_cannot_grow_for_copies_nothing() {
-        const CHILD: &str = "FERRY_WALBUF_CHILD_DIR";
+        const CHILD: &str = "WALBUF_TEST_CHILD_DIR";
         if let Some(dir) = std::env::var_os(CHILD) {
             return checkpoint_without_room(Path::new(&dir));
         }
