@@ -535,19 +535,19 @@ unsafe extern "C" fn db_write(
     gather(file, bytes, offset)
 }
 
-/// Writes zeros over `from..to` of the real file, 120 KiB a call; returns how far it got.
-unsafe fn zero_fill(file: *mut ffi::sqlite3_file, from: i64, to: i64) -> (i64, c_int) {
+/// Writes zeros over `from..to` of the real file, 120 KiB a call; returns how far it got
+/// (a failed write ends it: the pages past go to the file one by one, and fail there).
+unsafe fn zero_fill(file: *mut ffi::sqlite3_file, from: i64, to: i64) -> i64 {
     static ZEROS: [u8; CAP] = [0; CAP];
     let mut at = from;
     while at < to {
         let n = ((to - at) as usize).min(CAP);
-        let rc = write_through(file, &ZEROS[..n], at);
-        if rc != ffi::SQLITE_OK {
-            return (at, rc);
+        if write_through(file, &ZEROS[..n], at) != ffi::SQLITE_OK {
+            break;
         }
         at += n as i64;
     }
-    (at, ffi::SQLITE_OK)
+    at
 }
 
 unsafe extern "C" fn db_file_control(
@@ -580,8 +580,7 @@ unsafe extern "C" fn db_file_control(
         if methods(file).xFileSize.expect("a VFS file has a size")(real(file), &mut have)
             == ffi::SQLITE_OK
         {
-            let (reached, _) = zero_fill(file, have, want);
-            gathered(file).allocated = reached;
+            gathered(file).allocated = zero_fill(file, have, want);
         }
     }
     methods(file).xFileControl.expect("a VFS file has controls")(real(file), op, arg)

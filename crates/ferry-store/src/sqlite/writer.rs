@@ -581,6 +581,26 @@ impl Durable {
         }
         seconds.record(started.elapsed().as_secs_f64());
     }
+
+    /// Finishes one batch in place: its owed sync, then its replies.
+    fn finish(
+        &self,
+        (batch, owed, outcome): (
+            u64,
+            Option<walbuf::OwedSync>,
+            &std::result::Result<(), BatchError>,
+        ),
+        finished: impl Iterator<Item = Finish>,
+        seconds: &metrics::Histogram,
+    ) {
+        if let Some(owed) = owed {
+            self.sync(owed, seconds);
+        }
+        self.synced(batch);
+        for f in finished {
+            (f.reply)(outcome.clone());
+        }
+    }
 }
 
 /// The syncer thread and the writer's end of its queue: dropping it lets the syncer finish
@@ -657,24 +677,27 @@ pub(super) fn writer(
     let sync_seconds = metrics::histogram!("ferry_store_sync_seconds");
     // Batches handed to the syncer and not yet replied to.
     let waiting = Arc::new(AtomicU64::new(0));
-    let (to_syncer, syncer_rx) = std::sync::mpsc::channel::<Unsynced>();
-    let syncer = {
+    // Dropped before the connection (a parameter) however this function ends: every
+    // owed sync is done before the connection's WAL file closes. Only where syncs are
+    // left owed (`Durability::Fsync`).
+    let to_syncer = if defer_syncs {
+        let (tx, syncer_rx) = std::sync::mpsc::channel::<Unsynced>();
         let (durable, waiting, seconds) = (durable.clone(), waiting.clone(), sync_seconds.clone());
-        std::thread::Builder::new()
+        match std::thread::Builder::new()
             .name("ferry-store-sync".into())
             .spawn(move || syncer(syncer_rx, &durable, &waiting, &seconds))
-    };
-    // Dropped before the connection (a parameter) however this function ends: every
-    // owed sync is done before the connection's WAL file closes.
-    let to_syncer = match syncer {
-        Ok(handle) => Some(SyncerThread {
-            tx: Some(to_syncer),
-            handle: Some(handle),
-        }),
-        Err(e) => {
-            tracing::warn!(error = %e, "store: no syncer thread; every commit syncs in place");
-            None
+        {
+            Ok(handle) => Some(SyncerThread {
+                tx: Some(tx),
+                handle: Some(handle),
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "store: no syncer thread; every commit syncs in place");
+                None
+            }
         }
+    } else {
+        None
     };
     let defer_syncs = defer_syncs && to_syncer.is_some();
     let mut batch_no: u64 = 0;
@@ -750,24 +773,15 @@ pub(super) fn writer(
                 if let Err(std::sync::mpsc::SendError(u)) = tx.send(unsynced) {
                     // The syncer is gone (it only ends when this sender is dropped).
                     waiting.fetch_sub(1, Ordering::SeqCst);
-                    if let Some(owed) = u.owed {
-                        durable.sync(owed, &sync_seconds);
-                    }
-                    durable.synced(u.batch);
-                    for f in u.finished {
-                        (f.reply)(u.outcome.clone());
-                    }
+                    let head = (u.batch, u.owed, &u.outcome);
+                    durable.finish(head, u.finished.into_iter(), &sync_seconds);
                 }
             }
-            _ => {
-                if let Some(owed) = owed {
-                    durable.sync(owed, &sync_seconds);
-                }
-                durable.synced(batch_no);
-                for f in finished.drain(..) {
-                    (f.reply)(outcome.clone());
-                }
-            }
+            _ => durable.finish(
+                (batch_no, owed, &outcome),
+                finished.drain(..),
+                &sync_seconds,
+            ),
         }
         restart_wal(&conn, restart_due);
     }
