@@ -365,7 +365,7 @@ impl Client {
                 to,
                 text: text.into(),
                 group_id,
-                media: Some(media.clone()),
+                media: Some(Box::new(media.clone())),
                 ..Default::default()
             })
             .await?;

@@ -290,7 +290,7 @@ pub(crate) fn message(m: v1::Message, seq: u64, gseq: u64, me: &str) -> ChatMess
         time_ms: m.time_ms,
         text: m.text,
         mentions: m.mentions,
-        media: m.media.map(Into::into),
+        media: m.media.map(|r| (*r).into()),
         client_msg_id: m.client_msg_id,
         quote: m.quote.map(|q| (*q).into()),
         edited_ms: m.edited_ms,

@@ -56,10 +56,10 @@ impl Attachments {
     pub async fn to_message(
         &self,
         user: u64,
-        media: Option<v1::MediaRef>,
+        media: Option<Box<v1::MediaRef>>,
         users: &[u64],
         groups: &[u64],
-    ) -> Result<Option<v1::MediaRef>, LogicError> {
+    ) -> Result<Option<Box<v1::MediaRef>>, LogicError> {
         let Some(mut m) = media else {
             return Ok(None);
         };
@@ -100,11 +100,11 @@ impl Attachments {
     pub async fn of_send(
         &self,
         user: u64,
-        media: Option<v1::MediaRef>,
+        media: Option<Box<v1::MediaRef>>,
         fwd: Option<crate::conv::Forward>,
         users: &[u64],
         groups: &[u64],
-    ) -> Result<(Option<v1::MediaRef>, Option<Box<v1::Forwarded>>), LogicError> {
+    ) -> Result<(Option<Box<v1::MediaRef>>, Option<Box<v1::Forwarded>>), LogicError> {
         Ok(match fwd {
             Some(f) => (
                 self.forward(f.media, users, groups).await?,
@@ -120,10 +120,10 @@ impl Attachments {
     /// original is what entitles a user to pass it on.
     pub async fn forward(
         &self,
-        media: Option<v1::MediaRef>,
+        media: Option<Box<v1::MediaRef>>,
         users: &[u64],
         groups: &[u64],
-    ) -> Result<Option<v1::MediaRef>, LogicError> {
+    ) -> Result<Option<Box<v1::MediaRef>>, LogicError> {
         let Some(m) = media else {
             return Ok(None);
         };

@@ -38,7 +38,7 @@ pub(crate) struct Forward {
     pub text: String,
     pub r#type: i32,
     /// The original's media reference, as it was stored (no re-upload).
-    pub media: Option<v1::MediaRef>,
+    pub media: Option<Box<v1::MediaRef>>,
     /// The original's author and time (a forward of a forward keeps the first ones).
     pub forwarded: v1::Forwarded,
 }

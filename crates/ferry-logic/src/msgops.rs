@@ -667,10 +667,10 @@ mod tests {
             body: v1::Message {
                 from: "ann".into(),
                 text: "é".repeat(300),
-                media: Some(v1::MediaRef {
+                media: Some(Box::new(v1::MediaRef {
                     kind: v1::MediaKind::MediaImage as i32,
                     ..Default::default()
-                }),
+                })),
                 ..Default::default()
             },
             place: Place::Direct {

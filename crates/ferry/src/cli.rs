@@ -332,7 +332,7 @@ pub async fn listen(
         match next {
             Some(Event::Entry(e)) => {
                 let media = match &e.kind {
-                    Some(v1::entry::Kind::Message(m)) if m.from != me => m.media.as_ref(),
+                    Some(v1::entry::Kind::Message(m)) if m.from != me => m.media.as_deref(),
                     _ => None,
                 };
                 let is_message = matches!(e.kind, Some(v1::entry::Kind::Message(_)));
@@ -344,7 +344,7 @@ pub async fn listen(
             }
             Some(Event::Group { group_id, entry }) => {
                 let media = match &entry.kind {
-                    Some(v1::group_entry::Kind::Message(m)) if m.from != me => m.media.as_ref(),
+                    Some(v1::group_entry::Kind::Message(m)) if m.from != me => m.media.as_deref(),
                     _ => None,
                 };
                 let line = with_media(

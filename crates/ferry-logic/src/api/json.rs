@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 /// without one; `type` is `text`, `system`, or the media's kind (`image`, `voice`,
 /// `video`, `file`).
 pub(crate) fn message_json(m: &v1::Message) -> Value {
-    let media = m.media.as_ref().map(media_json);
+    let media = m.media.as_deref().map(media_json);
     let kind = match m.media.as_ref() {
         Some(r) => media_kind(r.kind()),
         // A system message (the admin API's broadcast): `from` is "system".
@@ -308,13 +308,13 @@ mod tests {
         assert_eq!(j["from"], "alice");
         assert!(j["media"].is_null());
         let with_image = v1::Message {
-            media: Some(v1::MediaRef {
+            media: Some(Box::new(v1::MediaRef {
                 media_id: "ab12".into(),
                 kind: v1::MediaKind::MediaImage as i32,
                 size: 1000,
                 content_type: "image/png".into(),
                 ..Default::default()
-            }),
+            })),
             ..m
         };
         let j = message_json(&with_image);

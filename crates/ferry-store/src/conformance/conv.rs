@@ -308,10 +308,12 @@ pub async fn clearing_history_marks_the_conversations_newest_message(store: Arc<
 fn at(from: (u64, &str), to: (u64, &str), cmid: u64, t: i64, media: Option<&str>) -> NewMessage {
     let mut m = new_msg(from, to, cmid, &format!("m{cmid}"));
     m.time_ms = t;
-    m.message.media = media.map(|id| v1::MediaRef {
-        media_id: id.into(),
-        kind: v1::MediaKind::MediaImage as i32,
-        ..Default::default()
+    m.message.media = media.map(|id| {
+        Box::new(v1::MediaRef {
+            media_id: id.into(),
+            kind: v1::MediaKind::MediaImage as i32,
+            ..Default::default()
+        })
     });
     m
 }

@@ -202,7 +202,7 @@ async fn a_third_user_is_refused_thumbnail_and_original() {
         .send_msg(&v1::SendMsg {
             client_msg_id: 42,
             to: "dave".into(),
-            media: Some(sent.media.clone()),
+            media: Some(Box::new(sent.media.clone())),
             ..Default::default()
         })
         .await;
