@@ -112,7 +112,8 @@ impl Link {
 }
 
 pub(crate) struct Registry {
-    links: DashMap<u64, Vec<Arc<Link>>>,
+    /// By user id (server-assigned, so a fast hash; nobody chooses them).
+    links: DashMap<u64, Vec<Arc<Link>>, foldhash::fast::RandomState>,
     outbox_cap: usize,
     stats: Arc<Stats>,
 }
@@ -120,7 +121,7 @@ pub(crate) struct Registry {
 impl Registry {
     pub fn new(outbox_cap: usize, stats: Arc<Stats>) -> Self {
         Registry {
-            links: DashMap::new(),
+            links: DashMap::default(),
             outbox_cap,
             stats,
         }

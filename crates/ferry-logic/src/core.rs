@@ -51,7 +51,7 @@ pub(crate) struct Core {
     media: OnceLock<Arc<dyn MediaStore>>,
     /// User names never change, so both directions are cached for good.
     ids_by_name: DashMap<String, u64>,
-    names_by_id: DashMap<u64, Arc<str>>,
+    names_by_id: DashMap<u64, Arc<str>, crate::IdHasher>,
     /// Token buckets for the rate limits (`cfg.limits`).
     pub limits: Limits,
     /// The last synckey recorded per device, so unchanged ones are not rewritten.
@@ -72,7 +72,7 @@ impl Core {
             store,
             media: OnceLock::new(),
             ids_by_name: DashMap::new(),
-            names_by_id: DashMap::new(),
+            names_by_id: DashMap::default(),
             synckeys: DashMap::new(),
         }
     }

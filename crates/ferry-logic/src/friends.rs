@@ -55,7 +55,7 @@ const RELATIONS_MAX: usize = 100_000;
 /// message.
 #[derive(Default)]
 struct RelationCache {
-    map: DashMap<(u64, u64), (S, Instant)>,
+    map: DashMap<(u64, u64), (S, Instant), crate::IdHasher>,
     /// Bumped by every friendship change on this node: a read that raced one is not
     /// cached (it may be from before the change).
     changes: AtomicU64,

@@ -196,7 +196,9 @@ impl Inbox {
         match self.core.store.append_messages(news).await {
             Ok(results) => {
                 for ((_, d), r) in taken.iter().zip(results.iter()) {
-                    if matches!(r, Ok(a) if !a.duplicate) {
+                    // Only a reply has a quote to check (the future is not made for
+                    // the rest).
+                    if d.new.message.quote.is_some() && matches!(r, Ok(a) if !a.duplicate) {
                         msgops::recheck_quote(&self.core, &d.new.message).await;
                     }
                 }

@@ -305,7 +305,7 @@ struct Held {
 /// only for devices held back now (pruned as they lapse).
 #[derive(Default)]
 pub(crate) struct SendOrder {
-    held: DashMap<u64, SmallVec<[Held; 1]>>,
+    held: DashMap<u64, SmallVec<[Held; 1]>, crate::IdHasher>,
     /// Devices held back (entries of `held`), so the usual case skips the map.
     count: AtomicUsize,
 }

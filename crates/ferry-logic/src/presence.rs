@@ -37,7 +37,7 @@ pub(crate) fn device_hash(device: &str) -> u64 {
 #[derive(Default)]
 pub struct Presence {
     /// user id → (gateway id, connection id, device hash) of each of the user's links.
-    routes: DashMap<u64, Links>,
+    routes: DashMap<u64, Links, crate::IdHasher>,
     /// Gateway names, shared by every route through the gateway.
     names: RwLock<HashMap<String, Arc<str>>>,
 }

@@ -8,6 +8,9 @@
 //! which it merges a slice at a time while idle.
 
 use std::collections::HashMap;
+
+/// The hasher of the writer's maps keyed by user ids (see `WriterState::seqs`).
+type IdHasher = foldhash::fast::RandomState;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -28,8 +31,9 @@ pub(super) const QUEUE: usize = 16 * 1024;
 /// so it can never disagree with the file.
 #[derive(Default)]
 pub(super) struct WriterState {
-    /// Newest seq per user (read with [`newest_seq`] on first use).
-    pub(super) seqs: HashMap<u64, u64>,
+    /// Newest seq per user (read with [`newest_seq`] on first use). Keyed by user ids,
+    /// which the server hands out: a fast hash (foldhash) instead of SipHash.
+    pub(super) seqs: HashMap<u64, u64, IdHasher>,
     /// Next message id (loaded on first use: past `max(id)` and every id merged).
     next_msg_id: Option<u64>,
     /// The keys of the messages stored since the last merge (loaded on first use).
@@ -55,7 +59,7 @@ struct KeyTail {
     /// keys, as SQLite orders them (signed: an id of 2^63 or more is stored negative), or
     /// `i64::MIN` for none. A client id above it cannot be merged: no look-up. The SDK's
     /// ids grow within a device, so a sender's new messages are nearly always above it.
-    highest: HashMap<u64, i64>,
+    highest: HashMap<u64, i64, IdHasher>,
     /// The merge under way in slices, if any ([`WriterState::merge_slice`]).
     slices: Option<SlicedMerge>,
     /// When the last merge ended (or the keys were loaded).
@@ -90,7 +94,7 @@ impl KeyTail {
         Ok(KeyTail {
             upto: upto as u64,
             keys,
-            highest: HashMap::new(),
+            highest: HashMap::default(),
             slices: None,
             since: std::time::Instant::now(),
         })
@@ -150,12 +154,14 @@ const MERGE_ALWAYS: usize = 8192;
 
 impl WriterState {
     pub(super) fn next_seq(&mut self, txn: &Transaction, user: u64) -> Result<u64> {
-        let last = match self.seqs.get(&user) {
-            Some(s) => *s,
-            None => newest_seq(txn, user)?,
+        let next = match self.seqs.entry(user) {
+            std::collections::hash_map::Entry::Occupied(mut e) => {
+                *e.get_mut() += 1;
+                *e.get()
+            }
+            std::collections::hash_map::Entry::Vacant(e) => *e.insert(newest_seq(txn, user)? + 1),
         };
-        self.seqs.insert(user, last + 1);
-        Ok(last + 1)
+        Ok(next)
     }
 
     pub(super) fn next_msg_id(&mut self, txn: &Transaction) -> Result<u64> {
