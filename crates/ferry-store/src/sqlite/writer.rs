@@ -389,11 +389,12 @@ pub(super) fn store_full(e: &StoreError) -> bool {
 
 /// How often the checkpointer copies the WAL back into the database file. A pass copies
 /// each page once however often it changed since the last, and an inbox's newest page
-/// changes with every entry until it fills: every 1 s instead of 250 ms took 2.6 % off the
-/// server's CPU a message in the closed loop (7 of 7 pairs run side by side) and gave a
-/// lower p99 at 10 000 msgs/s (3 of 3), for a WAL up to ¾ s of writes longer before it
-/// restarts (docs/benchmarks.md, *Smaller messages in memory, cheaper hashes, fewer
-/// checkpoint copies*).
+/// changes with every entry until it fills: every 1 s instead of 250 ms copied a third
+/// fewer pages, took 2.6 % off the server's CPU a message at ≈ 38 000 msgs/s (7 of 7
+/// pairs run side by side) and gave a lower p99 at 10 000 msgs/s (3 of 3); in the closed
+/// loop alone (≈ 75 000 msgs/s, where the WAL reaches 160 MiB instead of 113 before it
+/// restarts) the difference was inside the noise (docs/benchmarks.md, *Smaller messages
+/// in memory, cheaper hashes, fewer checkpoint copies*).
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(1000);
 /// How long the WAL grows before a checkpointer pass has the writer restart it from its
 /// start: 64 MiB, whatever the page size (65 536 frames of a new database's 1 KiB pages,
