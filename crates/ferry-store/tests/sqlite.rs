@@ -117,8 +117,9 @@ async fn wal_starts_over_while_writes_keep_coming() {
         let (s, stop, users) = (s.clone(), stop.clone(), users.clone());
         writers.push(tokio::spawn(async move {
             let mut n = 0u64;
-            // Bounded: the test stops them, and 200 000 messages is far past the need.
-            while !stop.load(Ordering::Relaxed) && n < 3_200 {
+            // Bounded: the test stops them once the WAL started over (the checkpointer's
+            // first pass comes after 1 s), and 512 000 messages is far past the need.
+            while !stop.load(Ordering::Relaxed) && n < 8_000 {
                 n += 1;
                 let k = (w * 7 + n * 13) as usize;
                 let (from, to) = (users[k % users.len()], users[(k * 31 + 1) % users.len()]);

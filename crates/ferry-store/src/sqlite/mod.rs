@@ -13,7 +13,6 @@
 //! domain's trait is implemented in the file of its name.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -200,11 +199,11 @@ impl SqliteStore {
         conn.pragma_update(None, "wal_autocheckpoint", 0)?;
         conn.pragma_update(None, "journal_size_limit", WAL_KEEP_BYTES)?;
         schema::migrate(&mut conn)?;
-        let restart_due = Arc::new(AtomicBool::new(false));
+        let wal = Arc::new(writer::WalState::default());
         let durable = writer::Durable::new();
         let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
         let checkpoints =
-            writer::spawn_checkpointer(&path, page_size.max(512) as u64, restart_due.clone())?;
+            writer::spawn_checkpointer(&path, page_size.max(512) as u64, wal.clone())?;
 
         let (tx, rx) = mpsc::channel(writer::QUEUE);
         std::thread::Builder::new()
@@ -212,7 +211,7 @@ impl SqliteStore {
             .spawn({
                 let durable = durable.clone();
                 let defer = durability == Durability::Fsync;
-                move || writer::writer(conn, rx, &restart_due, durable, defer)
+                move || writer::writer(conn, rx, &wal, durable, defer)
             })?;
         Ok(SqliteStore {
             jobs: tx,

@@ -381,7 +381,21 @@ unsafe extern "C" fn wal_write(
     offset: i64,
 ) -> c_int {
     let bytes = std::slice::from_raw_parts(buf.cast::<u8>(), amount.max(0) as usize);
+    WAL_END.with(|e| e.set(offset.saturating_add(bytes.len() as i64)));
     gather(file, bytes, offset)
+}
+
+thread_local! {
+    /// Where this thread's last write into a WAL ended.
+    static WAL_END: std::cell::Cell<i64> = const { std::cell::Cell::new(0) };
+}
+
+/// How long the WAL this thread writes is, as far as its frames go: where its last write
+/// ended. A commit's frames follow the ones before, and after the WAL restarts they begin
+/// again at its start, so on the writer's thread, after a commit, this is the length of
+/// the WAL in use (the file may be longer: it keeps its length between restarts).
+pub(super) fn wal_end() -> u64 {
+    WAL_END.with(|e| e.get()).max(0) as u64
 }
 
 unsafe extern "C" fn file_truncate(file: *mut ffi::sqlite3_file, size: i64) -> c_int {
@@ -820,6 +834,46 @@ mod tests {
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
         assert_eq!(n, 399);
+    }
+
+    /// After each commit the writer's thread knows how far its WAL goes (the checkpointer
+    /// passes sooner when it is long): the end of the commit's frames, back near the start
+    /// once the WAL restarts, though the file keeps its length.
+    #[test]
+    fn the_writer_knows_how_long_its_wal_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = writer(dir.path());
+        let frame = 1024 + 24;
+        insert(&conn, 1, 2);
+        let first = wal_end();
+        assert_eq!(
+            first,
+            32 + frames(dir.path()) * frame,
+            "a WAL header and its frames"
+        );
+        insert(&conn, 2, 400);
+        let long = wal_end();
+        assert_eq!(long, 32 + frames(dir.path()) * frame);
+        assert!(long > first + 100 * frame, "{first} → {long}");
+        // Everything copied back and the WAL restarted: the next commit writes from its
+        // start, over a file that keeps its length.
+        let (busy, _, _): (i64, i64, i64) = conn
+            .query_row("PRAGMA wal_checkpoint(RESTART)", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(busy, 0);
+        insert(&conn, 400, 402);
+        let restarted = wal_end();
+        assert!(
+            restarted < first + 10 * frame,
+            "{restarted} after the restart"
+        );
+        assert_eq!(
+            frames(dir.path()) * frame + 32,
+            long,
+            "the file kept its length"
+        );
     }
 
     /// What the files hold after each commit — what a crash of the process or the machine

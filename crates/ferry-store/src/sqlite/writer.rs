@@ -387,15 +387,18 @@ pub(super) fn store_full(e: &StoreError) -> bool {
     }
 }
 
-/// How often the checkpointer copies the WAL back into the database file. A pass copies
-/// each page once however often it changed since the last, and an inbox's newest page
-/// changes with every entry until it fills: every 1 s instead of 250 ms copied a third
-/// fewer pages, took 2.6 % off the server's CPU a message at ≈ 38 000 msgs/s (7 of 7
-/// pairs run side by side) and gave a lower p99 at 10 000 msgs/s (3 of 3); in the closed
-/// loop alone (≈ 75 000 msgs/s, where the WAL reaches 160 MiB instead of 113 before it
-/// restarts) the difference was inside the noise (docs/benchmarks.md, *Smaller messages
-/// in memory, cheaper hashes, fewer checkpoint copies*).
+/// How often the checkpointer copies the WAL back into the database file while it is
+/// shorter than a restart's length. A pass copies each page once however often it changed
+/// since the last, and an inbox's newest page changes with every entry until it fills:
+/// every 1 s instead of 250 ms copied a third fewer pages, took 2.6 % off the server's CPU
+/// a message at ≈ 38 000 msgs/s (7 of 7 pairs run side by side) and gave a lower p99 at
+/// 10 000 msgs/s (3 of 3) (docs/benchmarks.md, *Smaller messages in memory, cheaper
+/// hashes, fewer checkpoint copies*). A WAL that reaches a restart's length sooner is
+/// passed at once ([`CHECKPOINT_LOOK`]): waiting a whole second let a closed loop's WAL
+/// grow to 160 MiB instead of 113, and each look-up of a page in it grows with it.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(1000);
+/// How often the checkpointer looks at the WAL's length between passes.
+const CHECKPOINT_LOOK: std::time::Duration = std::time::Duration::from_millis(250);
 /// How long the WAL grows before a checkpointer pass has the writer restart it from its
 /// start: 64 MiB, whatever the page size (65 536 frames of a new database's 1 KiB pages,
 /// 16 384 of an older one's 4 KiB). Every restart holds all writes ([`restart_wal`]: a
@@ -412,6 +415,16 @@ const CAUGHT_UP_FRAMES: u64 = 256;
 const RESTART_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 const RESTART_POLL: std::time::Duration = std::time::Duration::from_micros(50);
 
+/// What the writer and the checkpointer tell each other about the WAL.
+#[derive(Default)]
+pub(super) struct WalState {
+    /// Raised by the checkpointer after a pass that left a long WAL entirely copied back:
+    /// the writer restarts it ([`restart_wal`]).
+    restart_due: AtomicBool,
+    /// The WAL's length in bytes after the writer's last commit ([`walbuf::wal_end`]).
+    length: AtomicU64,
+}
+
 /// Starts the thread that checkpoints the WAL on its own connection (PASSIVE: it never
 /// blocks the writer or readers), and raises `restart_due` after a pass that left a long
 /// WAL entirely copied back. Stops when the returned sender is dropped. `page_size`: the
@@ -427,9 +440,11 @@ const RESTART_POLL: std::time::Duration = std::time::Duration::from_micros(50);
 pub(super) fn spawn_checkpointer(
     path: &Path,
     page_size: u64,
-    restart_due: Arc<AtomicBool>,
+    wal: Arc<WalState>,
 ) -> Result<std::sync::mpsc::Sender<()>> {
     let restart_at = RESTART_AT_BYTES / page_size;
+    // The bytes of that many frames (each a 24-byte header and a page).
+    let restart_at_bytes = restart_at * (page_size + 24);
     // Its copies reach the database file a run of consecutive pages per call
     // (`walbuf.rs`), not a page per call.
     let vfs =
@@ -470,14 +485,19 @@ pub(super) fn spawn_checkpointer(
                 // A reader on an old snapshot can keep a pass from copying everything; a WAL
                 // far too long is restarted anyway (copying what is left).
                 if copied == log || log >= 4 * restart_at {
-                    restart_due.store(true, Ordering::Release);
+                    wal.restart_due.store(true, Ordering::Release);
                 }
             };
             // Until the store is dropped (the sender goes) — nothing is ever sent.
+            let mut last = std::time::Instant::now();
             while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
-                rx.recv_timeout(CHECKPOINT_EVERY)
+                rx.recv_timeout(CHECKPOINT_LOOK)
             {
-                checkpoint();
+                let long = wal.length.load(Ordering::Relaxed) >= restart_at_bytes;
+                if long || last.elapsed() >= CHECKPOINT_EVERY {
+                    checkpoint();
+                    last = std::time::Instant::now();
+                }
             }
             checkpoint();
         })?;
@@ -492,8 +512,8 @@ pub(super) fn spawn_checkpointer(
 /// Every write waits while this runs. Restarting whenever the WAL was long, up to 250 ms
 /// after the last pass, held them for 7.2 ms on average (up to 25 ms) every 0.4 s at
 /// 10 000 msgs/s (`ferry_store_wal_restart_seconds`); right after the passes, 4.2–4.7 ms.
-fn restart_wal(conn: &Connection, restart_due: &AtomicBool) {
-    if !restart_due.swap(false, Ordering::Acquire) {
+fn restart_wal(conn: &Connection, wal: &WalState) {
+    if !wal.restart_due.swap(false, Ordering::Acquire) {
         return;
     }
     let started = std::time::Instant::now();
@@ -680,7 +700,7 @@ fn syncer(
 pub(super) fn writer(
     mut conn: Connection,
     mut rx: mpsc::Receiver<Job>,
-    restart_due: &AtomicBool,
+    wal: &WalState,
     durable: Arc<Durable>,
     defer_syncs: bool,
 ) {
@@ -796,7 +816,8 @@ pub(super) fn writer(
                 &sync_seconds,
             ),
         }
-        restart_wal(&conn, restart_due);
+        wal.length.store(walbuf::wal_end(), Ordering::Relaxed);
+        restart_wal(&conn, wal);
     }
     drop(to_syncer);
     drop(conn);
