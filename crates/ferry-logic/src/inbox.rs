@@ -100,8 +100,8 @@ impl Inbox {
                 crate::before::screen(&self.core, me.user_id, &mut d.new.message).await?;
                 msgops::note_reply(&self.core, me.user_id, &d.new.message).await?;
                 let done = self.core.store.append_message(d.new.clone()).await?;
-                if !done.duplicate {
-                    msgops::recheck_quote(&self.core, &d.new.message).await;
+                if let (false, Some(q)) = (done.duplicate, &d.new.message.quote) {
+                    msgops::recheck_quote(&self.core, q).await;
                 }
                 // Webhook events are durable before the ack (at least once).
                 self.hook_events(&[(&d, &done)]).await?;
@@ -196,10 +196,10 @@ impl Inbox {
         match self.core.store.append_messages(news).await {
             Ok(results) => {
                 for ((_, d), r) in taken.iter().zip(results.iter()) {
-                    // Only a reply has a quote to check (the future is not made for
-                    // the rest).
-                    if d.new.message.quote.is_some() && matches!(r, Ok(a) if !a.duplicate) {
-                        msgops::recheck_quote(&self.core, &d.new.message).await;
+                    if let (Ok(a), Some(q)) = (r, &d.new.message.quote) {
+                        if !a.duplicate {
+                            msgops::recheck_quote(&self.core, q).await;
+                        }
                     }
                 }
                 // Webhook events of the whole batch in one store write, durable before

@@ -163,8 +163,7 @@ pub(crate) async fn note_reply(
 
 /// After a reply is stored: if the quoted message was recalled meanwhile (after the
 /// reply was checked, before it was stored), its quote is emptied now.
-pub(crate) async fn recheck_quote(core: &Core, m: &v1::Message) {
-    let Some(q) = &m.quote else { return };
+pub(crate) async fn recheck_quote(core: &Core, q: &v1::Quote) {
     match core.store.message_info(q.msg_id).await {
         Ok(Some(info)) if info.body.is_some() => {}
         Ok(_) => {

@@ -641,7 +641,9 @@ impl Groups {
                 .await?;
         }
         if !done.duplicate {
-            crate::msgops::recheck_quote(&self.core, &message).await;
+            if let Some(q) = &message.quote {
+                crate::msgops::recheck_quote(&self.core, q).await;
+            }
             metrics::counter!("ferry_group_messages_total").increment(1);
             if let Ok(members) = self.fanout.member_ids(r.group_id).await {
                 self.push
