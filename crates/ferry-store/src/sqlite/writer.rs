@@ -7,10 +7,8 @@
 //! of the messages stored since its last merge of them into `message_keys` ([`KeyTail`]),
 //! which it merges a slice at a time while idle.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
-
-/// The hasher of the writer's maps keyed by user ids (see `WriterState::seqs`).
-type IdHasher = foldhash::fast::RandomState;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +19,9 @@ use tokio::sync::mpsc;
 use super::inbox::newest_seq;
 use super::{walbuf, BUSY_TIMEOUT};
 use crate::{Appended, Result, StoreError};
+
+/// The hasher of the writer's maps keyed by user ids (see `WriterState::seqs`).
+type IdHasher = foldhash::fast::RandomState;
 
 /// Most writes one transaction takes.
 const MAX_BATCH: usize = 1024;
@@ -154,14 +155,12 @@ const MERGE_ALWAYS: usize = 8192;
 
 impl WriterState {
     pub(super) fn next_seq(&mut self, txn: &Transaction, user: u64) -> Result<u64> {
-        let next = match self.seqs.entry(user) {
-            std::collections::hash_map::Entry::Occupied(mut e) => {
-                *e.get_mut() += 1;
-                *e.get()
-            }
-            std::collections::hash_map::Entry::Vacant(e) => *e.insert(newest_seq(txn, user)? + 1),
+        let seq = match self.seqs.entry(user) {
+            Entry::Occupied(e) => e.into_mut(),
+            Entry::Vacant(e) => e.insert(newest_seq(txn, user)?),
         };
-        Ok(next)
+        *seq += 1;
+        Ok(*seq)
     }
 
     pub(super) fn next_msg_id(&mut self, txn: &Transaction) -> Result<u64> {
@@ -512,9 +511,11 @@ pub(super) fn spawn_checkpointer(
 /// Every write waits while this runs. Restarting whenever the WAL was long, up to 250 ms
 /// after the last pass, held them for 7.2 ms on average (up to 25 ms) every 0.4 s at
 /// 10 000 msgs/s (`ferry_store_wal_restart_seconds`); right after the passes, 4.2–4.7 ms.
-fn restart_wal(conn: &Connection, wal: &WalState) {
+///
+/// True when it restarted the WAL (copied everything back with no reader left in it).
+fn restart_wal(conn: &Connection, wal: &WalState) -> bool {
     if !wal.restart_due.swap(false, Ordering::Acquire) {
-        return;
+        return false;
     }
     let started = std::time::Instant::now();
     // Wait for readers only briefly: every write waits while this runs. A reader still in
@@ -532,8 +533,12 @@ fn restart_wal(conn: &Connection, wal: &WalState) {
             metrics::histogram!("ferry_store_wal_restart_seconds")
                 .record(started.elapsed().as_secs_f64());
             tracing::debug!(busy, frames, "WAL restarted");
+            busy == 0
         }
-        Err(e) => tracing::warn!(error = %e, "WAL restart failed"),
+        Err(e) => {
+            tracing::warn!(error = %e, "WAL restart failed");
+            false
+        }
     }
 }
 
@@ -618,11 +623,9 @@ impl Durable {
     /// Finishes one batch in place: its owed sync, then its replies.
     fn finish(
         &self,
-        (batch, owed, outcome): (
-            u64,
-            Option<walbuf::OwedSync>,
-            &std::result::Result<(), BatchError>,
-        ),
+        batch: u64,
+        owed: Option<walbuf::OwedSync>,
+        outcome: &std::result::Result<(), BatchError>,
         finished: impl Iterator<Item = Finish>,
         seconds: &metrics::Histogram,
     ) {
@@ -806,18 +809,20 @@ pub(super) fn writer(
                 if let Err(std::sync::mpsc::SendError(u)) = tx.send(unsynced) {
                     // The syncer is gone (it only ends when this sender is dropped).
                     waiting.fetch_sub(1, Ordering::SeqCst);
-                    let head = (u.batch, u.owed, &u.outcome);
-                    durable.finish(head, u.finished.into_iter(), &sync_seconds);
+                    let finished = u.finished.into_iter();
+                    durable.finish(u.batch, u.owed, &u.outcome, finished, &sync_seconds);
                 }
             }
-            _ => durable.finish(
-                (batch_no, owed, &outcome),
-                finished.drain(..),
-                &sync_seconds,
-            ),
+            _ => durable.finish(batch_no, owed, &outcome, finished.drain(..), &sync_seconds),
         }
-        wal.length.store(walbuf::wal_end(), Ordering::Relaxed);
-        restart_wal(&conn, wal);
+        // The WAL's length for the checkpointer: where this batch's frames ended, or
+        // nothing once the writer has just restarted it (no frame written since).
+        let length = if restart_wal(&conn, wal) {
+            0
+        } else {
+            walbuf::wal_end()
+        };
+        wal.length.store(length, Ordering::Relaxed);
     }
     drop(to_syncer);
     drop(conn);
