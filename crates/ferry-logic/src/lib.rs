@@ -50,9 +50,9 @@ mod testing;
 pub mod webhooks;
 
 /// The hasher of maps keyed by ids the server hands out (users, links): foldhash, seeded
-/// per process, several times cheaper per lookup than the standard SipHash, which took
-/// ≈ 1 % of a busy server's CPU in the per-message lookups. Maps keyed by what clients
-/// choose (names, addresses) keep SipHash.
+/// per process, several times cheaper per lookup than the standard SipHash (1.2 % of a
+/// closed loop's server samples, in these maps and in the store writer's). Maps keyed by
+/// what clients choose (names, addresses) keep SipHash.
 pub(crate) type IdHasher = foldhash::fast::RandomState;
 
 pub use auth::{hash_password, token_hash, verify_password, PasswordParams};
