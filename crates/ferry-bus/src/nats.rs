@@ -381,13 +381,35 @@ impl NatsBus {
     }
 
     /// Waits until every subscription made so far is registered with the server.
+    ///
+    /// A flush only puts the SUBs on the socket; another connection's publish can still
+    /// reach the server first. So this ends with a message sent to itself: the server
+    /// reads a connection's protocol in order, so once that message is back every SUB
+    /// before it is in the server's interest graph.
     pub async fn ready(&self) -> Result<(), BusError> {
         let waits: Vec<_> = std::mem::take(&mut *self.pending.lock());
         for w in waits {
             w.await
                 .map_err(|_| BusError::Transport("subscribing failed".into()))?;
         }
-        self.client.flush().await.map_err(transport)
+        let inbox = self.client.new_inbox();
+        let mut echo = self
+            .client
+            .subscribe(inbox.clone())
+            .await
+            .map_err(transport)?;
+        self.client
+            .publish(inbox, Bytes::new())
+            .await
+            .map_err(transport)?;
+        self.client.flush().await.map_err(transport)?;
+        match tokio::time::timeout(self.cfg.request_timeout, echo.next()).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(BusError::Transport(
+                "connection closed while subscribing".into(),
+            )),
+            Err(_) => Err(BusError::Timeout),
+        }
     }
 
     /// Sends what is buffered (a gateway's last presence, a logic node's last pushes).
