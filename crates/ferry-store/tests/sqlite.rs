@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use ferry_proto::v1;
 use ferry_store::prelude::*;
-use ferry_store::{Durability, LocalMediaStore, NewMessage, SqliteStore};
+use ferry_store::{Durability, LocalMediaStore, NewMessage, SqliteStore, UserDeletion};
 
 fn store(dir: &tempfile::TempDir) -> Arc<dyn Store> {
     Arc::new(SqliteStore::open(dir.path(), Durability::Fsync).unwrap())
@@ -272,9 +272,14 @@ fn sqlite_gives_each_connection_its_own_page_cache_lock() {
     );
 }
 
+/// Keys merged, in `message_keys` and in the runs of `key_runs`.
+const MERGED_KEYS: &str = "SELECT (SELECT count(*) FROM message_keys)
+                                + (SELECT coalesce(sum(n), 0) FROM key_runs)";
+
 /// The idempotency check holds wherever a message's key is: in the writer's memory,
-/// merged into `message_keys`, or read back from `messages` after a restart; and a
-/// deleted message takes its key with it (the same client id is then a new message).
+/// merged (into a run, or into `message_keys` when below the sender's highest), or read
+/// back from `messages` after a restart; and a deleted message's key no longer answers
+/// (the same client id is then a new message), and goes when its messages are pruned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_is_answered_with_the_original_wherever_its_key_is() {
     let dir = tempfile::tempdir().unwrap();
@@ -286,8 +291,7 @@ async fn a_retry_is_answered_with_the_original_wherever_its_key_is() {
     let merged = || -> (i64, i64) {
         let c = rusqlite::Connection::open(dir.path().join("ferry.db")).unwrap();
         (
-            c.query_row("SELECT count(*) FROM message_keys", [], |r| r.get(0))
-                .unwrap(),
+            c.query_row(MERGED_KEYS, [], |r| r.get(0)).unwrap(),
             c.query_row("SELECT upto FROM message_keys_merged", [], |r| r.get(0))
                 .unwrap(),
         )
@@ -319,7 +323,9 @@ async fn a_retry_is_answered_with_the_original_wherever_its_key_is() {
         let highest: i64 = rusqlite::Connection::open(dir.path().join("ferry.db"))
             .unwrap()
             .query_row(
-                "SELECT max(client_msg_id) FROM message_keys WHERE sender_id = ?1",
+                "SELECT max(x) FROM (
+                   SELECT max(client_msg_id) AS x FROM message_keys WHERE sender_id = ?1
+                   UNION ALL SELECT max(last_cmid) FROM key_runs WHERE sender_id = ?1)",
                 [a as i64],
                 |r| r.get(0),
             )
@@ -369,6 +375,17 @@ async fn a_retry_is_answered_with_the_original_wherever_its_key_is() {
         "after the huge one, the odd one and b's message"
     );
 
+    // The odd one, below the highest merged, was merged one by one; the rest in runs.
+    let single: i64 = rusqlite::Connection::open(dir.path().join("ferry.db"))
+        .unwrap()
+        .query_row(
+            "SELECT count(*) FROM message_keys WHERE sender_id = ?1",
+            [a as i64],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert!(single <= 1, "{single} keys of alice one by one");
+
     // Every message pruned: their keys go with them, merged or not.
     s.prune(i64::MAX).await.unwrap();
     assert_eq!(merged().0, 0, "no key left of a deleted message");
@@ -384,18 +401,19 @@ async fn a_retry_is_answered_with_the_original_wherever_its_key_is() {
 }
 
 /// Keys merged a slice per idle batch: a retry finds its original before, during and
-/// after the merge, and a message deleted while its keys were being merged leaves no key
-/// behind (it is stored anew when sent again).
+/// after the merge, and a message deleted while its keys were being merged is stored
+/// anew when sent again, and found again as the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_merged_in_slices_are_found_at_every_step() {
     let dir = tempfile::tempdir().unwrap();
     let s = Arc::new(SqliteStore::open(dir.path(), Durability::Os).unwrap());
     let file = rusqlite::Connection::open(dir.path().join("ferry.db")).unwrap();
-    // (keys merged, the newest id merged, keys naming no message)
+    // (keys merged, the newest id merged, keys in `message_keys` naming no message: a
+    // deletion takes those with it; a run keeps its keys until its messages are pruned)
     let merged = || -> (i64, i64, i64) {
         let q = |sql: &str| file.query_row(sql, [], |r| r.get(0)).unwrap();
         (
-            q("SELECT count(*) FROM message_keys"),
+            q(MERGED_KEYS),
             q("SELECT upto FROM message_keys_merged"),
             q("SELECT count(*) FROM message_keys k
                WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = k.id)"),
@@ -470,21 +488,43 @@ async fn keys_merged_in_slices_are_found_at_every_step() {
     );
     s.prune(3).await.unwrap();
     assert_eq!(merged().2, 0, "no key of a deleted message");
+    let mut anew_ids = Vec::new();
     for &i in &second {
         let anew = s.append_message(msg(i, 3)).await.unwrap();
         assert!(!anew.duplicate, "{i} was deleted: stored again");
         let again = s.append_message(msg(i, 3)).await.unwrap();
         assert!(again.duplicate && again.msg_id == anew.msg_id, "{i}");
+        anew_ids.push(anew.msg_id);
     }
     let (keys, _, stale) = merged();
     assert!(
         keys > 0 && stale == 0,
         "{keys} keys, {stale} naming no message"
     );
+    // The merge under way wrote the keys it held of the deleted messages into runs
+    // (found, then stored anew, as above); a prune drops every run whose messages are
+    // all gone, and the new keys still answer.
+    s.prune(3).await.unwrap();
+    let stale_runs: i64 = file
+        .query_row(
+            "SELECT count(*) FROM key_runs WHERE max_id < (SELECT min(id) FROM messages)",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(stale_runs, 0, "runs of pruned messages go with them");
+    for (&i, &id) in second.iter().zip(&anew_ids) {
+        assert_eq!(
+            s.sent_message_id(senders[i as usize % 10], 1000 + i)
+                .await
+                .unwrap(),
+            Some(id)
+        );
+    }
 }
 
-/// A recall empties the quotes of the replies found by their keys: one merged into
-/// `message_keys`, one still in the writer's memory.
+/// A recall empties the quotes of the replies found by their keys: one merged (into a
+/// run), one still in the writer's memory.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recall_scrubs_the_quotes_of_replies_merged_or_not() {
     let dir = tempfile::tempdir().unwrap();
@@ -516,7 +556,9 @@ async fn a_recall_scrubs_the_quotes_of_replies_merged_or_not() {
     let c = rusqlite::Connection::open(dir.path().join("ferry.db")).unwrap();
     let key = |cmid: i64| -> i64 {
         c.query_row(
-            "SELECT count(*) FROM message_keys WHERE sender_id = ?1 AND client_msg_id = ?2",
+            "SELECT (SELECT count(*) FROM message_keys WHERE sender_id = ?1 AND client_msg_id = ?2)
+                  + (SELECT count(*) FROM key_runs
+                     WHERE sender_id = ?1 AND first_cmid <= ?2 AND last_cmid >= ?2)",
             [b as i64, cmid],
             |r| r.get(0),
         )
@@ -536,4 +578,83 @@ async fn a_recall_scrubs_the_quotes_of_replies_merged_or_not() {
         let q = body.quote.unwrap();
         assert!(q.text.is_empty() && q.recalled, "{}", m.msg_id);
     }
+}
+
+/// Erasing a user deletes every message they sent wherever its key is (in runs, one by
+/// one in `message_keys`, in the writer's memory) and their keys with them; another
+/// sender's messages and keys stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_users_messages_go_wherever_their_keys_are() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(SqliteStore::open(dir.path(), Durability::Os).unwrap());
+    let a = s.create_user("alice", "h").await.unwrap();
+    let b = s.create_user("bob", "h").await.unwrap();
+    let file = rusqlite::Connection::open(dir.path().join("ferry.db")).unwrap();
+    let q =
+        |sql: &str, user: u64| -> i64 { file.query_row(sql, [user as i64], |r| r.get(0)).unwrap() };
+    // Alice and bob by turns, with even client ids: merged into runs once 2 048 wait.
+    for i in 0..1100u64 {
+        s.append_message(message(a, b, 10 + 2 * i, String::new()))
+            .await
+            .unwrap();
+        s.append_message(message(b, a, 10 + 2 * i, String::new()))
+            .await
+            .unwrap();
+    }
+    // Below her highest merged: merged one by one (with the next merge).
+    s.append_message(message(a, b, 11, String::new()))
+        .await
+        .unwrap();
+    let runs = "SELECT count(*) FROM key_runs WHERE sender_id = ?1";
+    assert!(q(runs, a) > 0 && q(runs, b) > 0, "keys in runs");
+    for i in 0..2100u64 {
+        s.append_message(message(b, a, 100_000 + i, String::new()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        q("SELECT count(*) FROM message_keys WHERE sender_id = ?1", a),
+        1,
+        "the one below the highest, one by one"
+    );
+    // Still in memory.
+    s.append_message(message(a, b, 1_000_000, String::new()))
+        .await
+        .unwrap();
+    let sent = "SELECT count(*) FROM messages WHERE sender_id = ?1";
+    assert_eq!(q(sent, a), 1102);
+
+    let done = s
+        .delete_user(UserDeletion {
+            user_id: a,
+            name: "alice".into(),
+            time_ms: 99,
+        })
+        .await
+        .unwrap();
+    assert_eq!(done.rows["messages"], 1102, "{:?}", done.rows);
+    assert_eq!(q(sent, a), 0);
+    assert_eq!(q(runs, a), 0);
+    assert!(s.leftover_rows(a).await.unwrap().is_empty());
+    assert_eq!(s.sent_message_id(a, 1_000_000).await.unwrap(), None);
+    assert_eq!(s.sent_message_id(a, 10).await.unwrap(), None);
+    // Bob's keep answering, and the next merge holds none of hers.
+    assert_eq!(q(sent, b), 3200);
+    for i in [0u64, 1099] {
+        assert!(
+            s.sent_message_id(b, 10 + 2 * i).await.unwrap().is_some(),
+            "{i}"
+        );
+    }
+    let c = s.create_user("carol", "h").await.unwrap();
+    for i in 0..2100u64 {
+        s.append_message(message(b, c, 200_000 + i, String::new()))
+            .await
+            .unwrap();
+    }
+    assert_eq!(q(runs, a), 0, "nothing of hers merged after");
+    assert_eq!(
+        q("SELECT count(*) FROM message_keys WHERE sender_id = ?1", a),
+        0
+    );
 }

@@ -361,6 +361,13 @@ impl InboxStore for SqliteStore {
             }
             txn.prepare_cached("DELETE FROM messages WHERE created_ms < ?1")?
                 .execute([before_ms])?;
+            // Runs of keys whose messages are all gone (a run keeps the keys of messages
+            // deleted one by one: look-ups read the message).
+            txn.prepare_cached(
+                "DELETE FROM key_runs WHERE max_id <
+                   coalesce((SELECT min(id) FROM messages), (SELECT upto FROM message_keys_merged) + 1)",
+            )?
+            .execute([])?;
             Ok(())
         })
         .await?;
@@ -424,7 +431,7 @@ impl InboxStore for SqliteStore {
             if n == 0 {
                 return Err(StoreError::NotFound);
             }
-            super::msgops::forget_recalled(txn, msg_id)?;
+            super::msgops::forget_recalled(txn, state, msg_id)?;
             let gseq = match group {
                 Some((g, entry)) => Some(log_append(txn, g, None, Some(&entry), entry.time_ms)?),
                 None => None,

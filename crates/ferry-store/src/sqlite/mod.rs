@@ -37,6 +37,7 @@ mod conv;
 mod groups;
 mod hooks;
 mod inbox;
+mod keyruns;
 mod msgops;
 mod ops;
 mod pcache;

@@ -42,23 +42,27 @@ fn log(
 }
 
 /// Empties the quotes of `quoted` in the replies stored (inside a write).
-pub(super) fn scrub_quotes(txn: &Transaction, quoted: u64) -> Result<u64> {
-    let rows: Vec<(i64, Vec<u8>)> = txn
-        .prepare_cached(
-            // A reply is found by its key: merged in `message_keys`, or among the
-            // messages stored since (writer.rs, `KeyTail`). Both, while a merge in slices
-            // is under way: `IN` takes each message once.
-            "SELECT id, body FROM messages WHERE body IS NOT NULL AND id IN
-               (SELECT k.id FROM replies r JOIN message_keys k
-                  ON k.sender_id = r.sender_id AND k.client_msg_id = r.client_msg_id
-                WHERE r.quoted_id = ?1
-                UNION ALL
-                SELECT m.id FROM replies r JOIN messages m
-                  ON m.sender_id = r.sender_id AND m.client_msg_id = r.client_msg_id
-                WHERE r.quoted_id = ?1 AND m.id > (SELECT upto FROM message_keys_merged))",
-        )?
+pub(super) fn scrub_quotes(txn: &Transaction, state: &mut WriterState, quoted: u64) -> Result<u64> {
+    let keys: Vec<(i64, i64)> = txn
+        .prepare_cached("SELECT sender_id, client_msg_id FROM replies WHERE quoted_id = ?1")?
         .query_map([quoted as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
+    // A reply is found by its key, merged or still in the writer's memory (writer.rs,
+    // `KeyTail`); a key may name a message deleted since.
+    let mut ids = std::collections::BTreeSet::new();
+    for (sender, cmid) in keys {
+        if let Some(id) = state.stored_id(txn, sender as u64, cmid as u64)? {
+            ids.insert(id as i64);
+        }
+    }
+    let mut rows: Vec<(i64, Vec<u8>)> = Vec::with_capacity(ids.len());
+    for id in ids {
+        let body = txn
+            .prepare_cached("SELECT body FROM messages WHERE id = ?1 AND body IS NOT NULL")?
+            .query_row([id], |r| r.get(0))
+            .optional()?;
+        rows.extend(body.map(|b| (id, b)));
+    }
     let mut n = 0;
     for (id, body) in rows {
         let body = v1::Message::decode(&body[..])
@@ -74,7 +78,11 @@ pub(super) fn scrub_quotes(txn: &Transaction, quoted: u64) -> Result<u64> {
 
 /// What a recall deletes besides the body: the edit history (the recalled content must
 /// leave the server), the reactions and pins of the message, and its quotes' snippets.
-pub(super) fn forget_recalled(txn: &Transaction, msg_id: u64) -> Result<()> {
+pub(super) fn forget_recalled(
+    txn: &Transaction,
+    state: &mut WriterState,
+    msg_id: u64,
+) -> Result<()> {
     for sql in [
         "DELETE FROM message_edits WHERE msg_id = ?1",
         "DELETE FROM reactions WHERE msg_id = ?1",
@@ -82,7 +90,7 @@ pub(super) fn forget_recalled(txn: &Transaction, msg_id: u64) -> Result<()> {
     ] {
         txn.prepare_cached(sql)?.execute([msg_id as i64])?;
     }
-    scrub_quotes(txn, msg_id)?;
+    scrub_quotes(txn, state, msg_id)?;
     Ok(())
 }
 
@@ -111,7 +119,8 @@ impl MsgOpsStore for SqliteStore {
     }
 
     async fn scrub_quotes(&self, quoted_id: u64) -> Result<u64> {
-        self.write(move |txn, _| scrub_quotes(txn, quoted_id)).await
+        self.write(move |txn, state| scrub_quotes(txn, state, quoted_id))
+            .await
     }
 
     async fn edit_message(&self, e: MessageEdit) -> Result<Option<Logged>> {

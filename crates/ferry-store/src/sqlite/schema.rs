@@ -470,6 +470,23 @@ END;
 "#,
         search_feed_change_triggers!()
     ),
+    // Idempotency keys in runs (2026-12-07): a sender's keys above every key of theirs
+    // merged before go in runs of dozens to a row (keyruns.rs) instead of a B-tree insert
+    // each into `message_keys`, which keeps the others (a device whose ids lie below
+    // another's, a key stored anew after its message was deleted). The rows already in
+    // `message_keys` stay where they are.
+    r#"
+CREATE TABLE key_runs (
+    sender_id  INTEGER NOT NULL,
+    first_cmid INTEGER NOT NULL,
+    last_cmid  INTEGER NOT NULL,
+    first_id   INTEGER NOT NULL,
+    max_id     INTEGER NOT NULL,
+    n          INTEGER NOT NULL,
+    rest       BLOB NOT NULL,
+    PRIMARY KEY (sender_id, first_cmid)
+) WITHOUT ROWID;
+"#,
 ];
 
 pub(super) fn migrate(conn: &mut Connection) -> Result<()> {

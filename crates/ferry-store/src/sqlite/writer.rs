@@ -4,8 +4,8 @@
 //! answers their writes once they are on disk ([`Durable`]); and the checkpointer thread that
 //! copies the WAL back into the database file — with the writer restarting the WAL from
 //! its start after a long one was copied back. The writer also holds the idempotency keys
-//! of the messages stored since its last merge of them into `message_keys` ([`KeyTail`]),
-//! which it merges a slice at a time while idle.
+//! of the messages stored since its last merge of them into `key_runs` and
+//! `message_keys` ([`KeyTail`]), which it merges a slice at a time while idle.
 
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -17,7 +17,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Transaction};
 use tokio::sync::mpsc;
 
 use super::inbox::newest_seq;
-use super::{walbuf, BUSY_TIMEOUT};
+use super::{keyruns, walbuf, BUSY_TIMEOUT};
 use crate::{Appended, Result, StoreError};
 
 /// The hasher of the writer's maps keyed by user ids (see `WriterState::seqs`).
@@ -41,25 +41,29 @@ pub(super) struct WriterState {
     tail: Option<KeyTail>,
 }
 
-/// The `(sender, client_msg_id)` keys of the messages not yet in `message_keys`: those
-/// with an id above `message_keys_merged.upto`, which the writer keeps in memory and
-/// merges into the table in sorted passes now and then: a slice per idle batch
-/// ([`WriterState::merge_slice`]), or all at once ([`WriterState::merge_keys`]).
+/// The `(sender, client_msg_id)` keys of the messages not yet merged: those with an id
+/// above `message_keys_merged.upto`, which the writer keeps in memory and merges in
+/// sorted passes now and then: a slice per idle batch ([`WriterState::merge_slice`]), or
+/// all at once ([`WriterState::merge_keys`]).
 ///
 /// A unique index on `messages (sender_id, client_msg_id)` gave every commit a page per
 /// sender in it, written to the WAL and copied back by the checkpointer. Merged a few
 /// thousand at a time, a sender's keys share their pages and a commit carries only its
-/// messages'. The B-tree work itself stays (in the merge); a look-up per message would
-/// have cost more than was saved, hence `highest` (docs/benchmarks.md, *Idempotency keys
-/// merged in sorted batches*).
+/// messages'. A sender's keys above every key of theirs merged before (nearly all: the
+/// SDK's ids grow within a device) go into `key_runs`, dozens to a row ([`keyruns`]),
+/// instead of a B-tree insert each into `message_keys` (7 % of a closed loop's CPU);
+/// the others into `message_keys`. A look-up per message would have cost more than was
+/// saved, hence `highest` (docs/benchmarks.md, *Idempotency keys merged in sorted
+/// batches*, *Keys in runs*).
 struct KeyTail {
-    /// The newest message id whose key is in `message_keys`.
+    /// The newest message id whose key is merged.
     upto: u64,
     keys: HashMap<(u64, u64), u64>,
     /// Per sender seen since the writer started: the highest client id among its merged
     /// keys, as SQLite orders them (signed: an id of 2^63 or more is stored negative), or
     /// `i64::MIN` for none. A client id above it cannot be merged: no look-up. The SDK's
     /// ids grow within a device, so a sender's new messages are nearly always above it.
+    /// Raised by every merge that writes a sender's keys.
     highest: HashMap<u64, i64, IdHasher>,
     /// The merge under way in slices, if any ([`WriterState::merge_slice`]).
     slices: Option<SlicedMerge>,
@@ -72,10 +76,21 @@ struct KeyTail {
 struct SlicedMerge {
     /// The newest message id it merges: every key in memory when it began is at or below.
     upto: u64,
-    /// Their messages' ids, in key order (sender, client id, as SQLite orders them).
-    ids: Vec<u64>,
-    /// Where the next slice starts in `ids`.
+    /// The keys, in key order (sender, client id, as SQLite orders them).
+    keys: Vec<Key>,
+    /// Where the next slice starts in `keys`.
     next: usize,
+}
+
+/// A key as merged: sender, client id as SQLite orders it, message id.
+type Key = (i64, i64, u64);
+
+/// Puts keys in key order, one per `(sender, client id)`: the newest message's, when a
+/// key was stored anew after its message was deleted while a merge in slices held the
+/// old one.
+fn sort_keys(keys: &mut Vec<Key>) {
+    keys.sort_unstable_by_key(|k| (k.0, k.1, std::cmp::Reverse(k.2)));
+    keys.dedup_by_key(|k| (k.0, k.1));
 }
 
 impl KeyTail {
@@ -101,23 +116,89 @@ impl KeyTail {
         })
     }
 
+    /// The keys held, in key order.
+    fn sorted(&self) -> Vec<Key> {
+        let mut keys: Vec<Key> = self
+            .keys
+            .iter()
+            .map(|(&(sender, cmid), &id)| (sender as i64, cmid as i64, id))
+            .collect();
+        sort_keys(&mut keys);
+        keys
+    }
+
+    /// The highest client id among `sender`'s merged keys (see `highest`).
+    fn highest(&mut self, txn: &Transaction, sender: u64) -> Result<i64> {
+        if let Some(&h) = self.highest.get(&sender) {
+            return Ok(h);
+        }
+        let single: Option<i64> = txn
+            .prepare_cached("SELECT max(client_msg_id) FROM message_keys WHERE sender_id = ?1")?
+            .query_row([sender as i64], |r| r.get(0))?;
+        // Runs never overlap: the last one holds the highest.
+        let runs: Option<i64> = txn
+            .prepare_cached(
+                "SELECT last_cmid FROM key_runs WHERE sender_id = ?1
+                 ORDER BY first_cmid DESC LIMIT 1",
+            )?
+            .query_row([sender as i64], |r| r.get(0))
+            .optional()?;
+        let h = single.unwrap_or(i64::MIN).max(runs.unwrap_or(i64::MIN));
+        self.highest.insert(sender, h);
+        Ok(h)
+    }
+
+    /// Writes `keys` (in key order) into the file: each sender's keys above their
+    /// highest merged client id as runs into `key_runs`, the rest one by one into
+    /// `message_keys`. Raises the senders' highest merged ids.
+    fn write(&mut self, txn: &Transaction, keys: &[Key]) -> Result<()> {
+        let mut single = txn.prepare_cached(
+            // OR REPLACE: a key already there names a message deleted since (every
+            // insert is checked first); failing would fail every batch from now on.
+            "INSERT OR REPLACE INTO message_keys (sender_id, client_msg_id, id)
+             VALUES (?1, ?2, ?3)",
+        )?;
+        let mut run = txn.prepare_cached(
+            "INSERT OR IGNORE INTO key_runs (sender_id, first_cmid, last_cmid, first_id, max_id, n, rest)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?;
+        let mut ranged: Vec<(i64, u64)> = Vec::new();
+        for one in keys.chunk_by(|a, b| a.0 == b.0) {
+            let sender = one[0].0;
+            let highest = self.highest(txn, sender as u64)?;
+            let above = one.partition_point(|k| k.1 <= highest);
+            for &(_, cmid, id) in &one[..above] {
+                single.execute(params![sender, cmid, id as i64])?;
+            }
+            ranged.clear();
+            ranged.extend(one[above..].iter().map(|k| (k.1, k.2)));
+            for r in keyruns::encode(&ranged) {
+                run.execute(params![
+                    sender,
+                    r.first_cmid,
+                    r.last_cmid,
+                    r.first_id as i64,
+                    r.max_id as i64,
+                    r.n,
+                    r.rest
+                ])?;
+            }
+            let top = one[one.len() - 1].1;
+            if top > highest {
+                self.highest.insert(sender as u64, top);
+            }
+        }
+        Ok(())
+    }
+
     /// Ends a merge of the keys of every message up to `upto` (inside its transaction):
-    /// records `upto` in the file, raises the senders' highest merged ids and lets go of
-    /// those keys. A key stored since has a higher id and stays; so does one stored anew
-    /// after its message was deleted (it holds the new id).
+    /// records `upto` in the file and lets go of those keys. A key stored since has a
+    /// higher id and stays; so does one stored anew after its message was deleted (it
+    /// holds the new id).
     fn merged(&mut self, txn: &Transaction, upto: u64) -> Result<()> {
         txn.prepare_cached("UPDATE message_keys_merged SET upto = ?1")?
             .execute([upto as i64])?;
-        let highest = &mut self.highest;
-        self.keys.retain(|&(sender, cmid), &mut id| {
-            if id > upto {
-                return true;
-            }
-            if let Some(h) = highest.get_mut(&sender) {
-                *h = (*h).max(cmid as i64);
-            }
-            false
-        });
+        self.keys.retain(|_, &mut id| id > upto);
         self.upto = upto;
         self.slices = None;
         self.since = std::time::Instant::now();
@@ -214,8 +295,9 @@ impl WriterState {
 
     /// The id of the message `sender` stored as `client_msg_id`, if any: the tail in
     /// memory, then (at or below the sender's highest merged id) one seek in
-    /// `message_keys`. The id may name a message deleted since.
-    fn stored_id(
+    /// `message_keys` (which holds a key stored anew after its message was deleted),
+    /// then one in `key_runs`. The id may name a message deleted since.
+    pub(super) fn stored_id(
         &mut self,
         txn: &Transaction,
         sender: u64,
@@ -225,31 +307,82 @@ impl WriterState {
         if let Some(&id) = tail.keys.get(&(sender, client_msg_id)) {
             return Ok(Some(id));
         }
-        let highest = match tail.highest.get(&sender) {
-            Some(&h) => h,
-            None => {
-                let h: Option<i64> = txn
-                    .prepare_cached(
-                        "SELECT max(client_msg_id) FROM message_keys WHERE sender_id = ?1",
-                    )?
-                    .query_row([sender as i64], |r| r.get(0))?;
-                let h = h.unwrap_or(i64::MIN);
-                tail.highest.insert(sender, h);
-                h
-            }
-        };
-        if client_msg_id as i64 > highest {
+        let cmid = client_msg_id as i64;
+        if cmid > tail.highest(txn, sender)? {
             return Ok(None);
         }
-        Ok(txn
+        let single = txn
             .prepare_cached(
                 "SELECT id FROM message_keys WHERE sender_id = ?1 AND client_msg_id = ?2",
             )?
-            .query_row(params![sender as i64, client_msg_id as i64], |r| {
-                r.get::<_, i64>(0)
+            .query_row(params![sender as i64, cmid], |r| r.get::<_, i64>(0))
+            .optional()?;
+        if let Some(id) = single {
+            return Ok(Some(id as u64));
+        }
+        let run = txn
+            .prepare_cached(
+                // The one run that may hold it (no test of `last_cmid` here: SQLite
+                // would go on through the sender's earlier runs when it fails).
+                "SELECT first_cmid, first_id, rest FROM key_runs
+                 WHERE sender_id = ?1 AND first_cmid <= ?2
+                 ORDER BY first_cmid DESC LIMIT 1",
+            )?
+            .query_row(params![sender as i64, cmid], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
             })
-            .optional()?
-            .map(|id| id as u64))
+            .optional()?;
+        let Some((first, first_id, rest)) = run else {
+            return Ok(None);
+        };
+        keyruns::find(first, first_id as u64, &rest, cmid)
+            .ok_or_else(|| StoreError::Corrupt(format!("key run of sender {sender} at {first}")))
+    }
+
+    /// The ids of every message `sender` stored, merged or not (some may be deleted
+    /// since), for the erasure of a user; and forgets the keys held in memory, which
+    /// would otherwise be merged for a user who is gone.
+    pub(super) fn sent_ids(&mut self, txn: &Transaction, sender: u64) -> Result<Vec<u64>> {
+        let tail = self.tail(txn)?;
+        let mut ids: Vec<u64> = tail
+            .keys
+            .iter()
+            .filter(|((s, _), _)| *s == sender)
+            .map(|(_, &id)| id)
+            .collect();
+        tail.keys.retain(|(s, _), _| *s != sender);
+        if let Some(m) = tail.slices.as_mut() {
+            // What a slice merged already is in the file, read below.
+            let rest = m.keys.split_off(m.next);
+            m.keys
+                .extend(rest.into_iter().filter(|k| k.0 != sender as i64));
+        }
+        tail.highest.remove(&sender);
+        let s = sender as i64;
+        let mut single = txn.prepare_cached("SELECT id FROM message_keys WHERE sender_id = ?1")?;
+        let mut rows = single.query([s])?;
+        while let Some(r) = rows.next()? {
+            ids.push(r.get::<_, i64>(0)? as u64);
+        }
+        let mut runs = txn.prepare_cached(
+            "SELECT first_cmid, first_id, rest FROM key_runs WHERE sender_id = ?1",
+        )?;
+        let mut rows = runs.query([s])?;
+        while let Some(r) = rows.next()? {
+            let first: i64 = r.get(0)?;
+            let keys = keyruns::keys(first, r.get::<_, i64>(1)? as u64, &r.get::<_, Vec<u8>>(2)?)
+                .ok_or_else(|| {
+                StoreError::Corrupt(format!("key run of sender {sender} at {first}"))
+            })?;
+            ids.extend(keys.into_iter().map(|k| k.1));
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(ids)
     }
 
     /// Records the key of a message just inserted into `messages` (every insert calls
@@ -288,56 +421,51 @@ impl WriterState {
     }
 
     /// Merges the next [`SLICE`] keys of the merge under way (beginning one with every key
-    /// in memory if none is), inside the batch's transaction. Each key is read from its
-    /// message's row, so a message deleted since the merge began is skipped (and one
-    /// deleted after its slice takes its key with it). The last slice moves `upto` and
-    /// lets go of the keys it merged.
+    /// in memory if none is), inside the batch's transaction. A message deleted before
+    /// its key was merged leaves the key behind, as one deleted after (look-ups read the
+    /// message). The last slice moves `upto` and lets go of the keys it merged.
     fn merge_slice(&mut self, txn: &Transaction) -> Result<()> {
         let tail = self.tail(txn)?;
-        let merge = tail.slices.get_or_insert_with(|| {
-            let mut keys: Vec<(i64, i64, u64)> = tail
-                .keys
-                .iter()
-                .map(|(&(sender, cmid), &id)| (sender as i64, cmid as i64, id))
-                .collect();
-            keys.sort_unstable();
-            SlicedMerge {
-                upto: keys.iter().map(|k| k.2).max().unwrap_or(tail.upto),
-                ids: keys.into_iter().map(|k| k.2).collect(),
-                next: 0,
+        let mut merge = match tail.slices.take() {
+            Some(m) => m,
+            None => {
+                let keys = tail.sorted();
+                SlicedMerge {
+                    upto: keys.iter().map(|k| k.2).max().unwrap_or(tail.upto),
+                    keys,
+                    next: 0,
+                }
             }
-        });
-        let end = (merge.next + SLICE).min(merge.ids.len());
-        let mut insert = txn.prepare_cached(
-            "INSERT OR IGNORE INTO message_keys (sender_id, client_msg_id, id)
-             SELECT sender_id, client_msg_id, id FROM messages WHERE id = ?1",
-        )?;
-        for &id in &merge.ids[merge.next..end] {
-            insert.execute([id as i64])?;
-        }
+        };
+        let end = (merge.next + SLICE).min(merge.keys.len());
+        tail.write(txn, &merge.keys[merge.next..end])?;
         merge.next = end;
-        if end < merge.ids.len() {
+        if end < merge.keys.len() {
+            tail.slices = Some(merge);
             return Ok(());
         }
-        let upto = merge.upto;
-        tail.merged(txn, upto)
+        tail.merged(txn, merge.upto)
     }
 
-    /// Moves the keys of every message above `upto` into `message_keys`, in key order,
-    /// inside the batch's transaction. Read from `messages` itself, so a key is merged
-    /// whichever path stored its message.
+    /// Merges every key held, in key order, inside the batch's transaction: what a merge
+    /// in slices had left, and every key stored since.
     fn merge_keys(&mut self, txn: &Transaction) -> Result<()> {
         let tail = self.tail(txn)?;
-        let upto = tail.upto;
-        // OR IGNORE: a key already there (never expected: every insert is checked first)
-        // keeps its first message rather than failing every batch from now on.
-        txn.prepare_cached(
-            "INSERT OR IGNORE INTO message_keys (sender_id, client_msg_id, id)
-             SELECT sender_id, client_msg_id, id FROM messages WHERE id > ?1
-             ORDER BY sender_id, client_msg_id",
-        )?
-        .execute([upto as i64])?;
-        // Everything a merge in slices had left, and more.
+        let keys = match tail.slices.take() {
+            None => tail.sorted(),
+            Some(mut m) => {
+                let mut keys = m.keys.split_off(m.next);
+                keys.extend(
+                    tail.keys
+                        .iter()
+                        .filter(|(_, &id)| id > m.upto)
+                        .map(|(&(sender, cmid), &id)| (sender as i64, cmid as i64, id)),
+                );
+                sort_keys(&mut keys);
+                keys
+            }
+        };
+        tail.write(txn, &keys)?;
         tail.merged(txn, newest_msg_id(txn)?)
     }
 }

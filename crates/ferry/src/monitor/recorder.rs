@@ -127,7 +127,8 @@ fn describe() {
         "ferry_store_key_merge_seconds",
         Unit::Seconds,
         "Embedded store: time to merge the idempotency keys the writer held in memory \
-         into the message_keys table, whole or a slice of 256 keys (inside a group commit)."
+         into key_runs (runs of a sender's keys) and message_keys, whole or a slice of 256 keys \
+         (inside a group commit)."
     );
     describe_gauge!(
         "ferry_store_write_queue",
