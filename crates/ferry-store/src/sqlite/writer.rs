@@ -218,20 +218,22 @@ fn newest_msg_id(txn: &Transaction) -> Result<u64> {
     Ok(newest as u64)
 }
 
-/// Keys held in memory before a batch that finds the writer idle merges them: whole, or
-/// the first of their slices ([`WriterState::merge_due`]).
+/// Keys held in memory before a batch that finds the writer idle begins to merge them in
+/// slices, when they gathered slowly ([`WriterState::merge_due`]).
 const MERGE_IDLE: usize = 2048;
 /// Keys a batch that finds the writer idle merges (≈ 0.5 ms): a merge of all 2 048 at once
 /// held the writer for 4.4 ms on average, and every write that arrived meanwhile waited
 /// (docs/benchmarks.md, *Idempotency keys merged in slices*). Cut in key order, a slice
 /// takes a few senders' keys whole, so they still share their pages.
 const SLICE: usize = 256;
-/// Keys that gathered faster than this many a second are merged whole: the writer is busy
-/// anyway, and a slice costs more a key (a statement each: ≈ 35 % more than one merge).
+/// Keys that gathered faster than this many a second are merged whole, once
+/// [`MERGE_ALWAYS`] are held: the writer is busy anyway, a slice costs more a key, and the
+/// more keys a merge holds the longer a sender's runs (≈ 20 keys a row for 400 senders at
+/// 8 192 against 5 at 2 048: 3.5 % less CPU a message in a closed loop, docs/benchmarks.md,
+/// *Keys in runs*).
 const SLICE_BELOW_PER_SEC: f64 = 20_000.0;
-/// Keys held in memory before the next batch merges them, idle or not. The writer's rare
-/// look-ups by key in SQL (a recall's quotes, a user's erasure) scan these messages by
-/// id, so this bounds their cost.
+/// Keys held in memory before the next batch merges them, idle or not. Bounds the memory
+/// they take (≈ 40 bytes a key) and what a restart reads back from `messages`.
 const MERGE_ALWAYS: usize = 8192;
 
 impl WriterState {
@@ -400,8 +402,8 @@ impl WriterState {
     }
 
     /// What the next batch merges: a slice when it finds the writer `idle` and the keys
-    /// gathered slowly (or a merge in slices is under way), all of them when they gathered
-    /// fast, and all of them once they are many, whatever the queue.
+    /// gathered slowly (or a merge in slices is under way), and all of them once they are
+    /// many, whatever the queue.
     fn merge_due(&self, idle: bool) -> Option<Merge> {
         let tail = self.tail.as_ref()?;
         let held = tail.keys.len();
@@ -416,7 +418,8 @@ impl WriterState {
         } else if (held as f64) < tail.since.elapsed().as_secs_f64() * SLICE_BELOW_PER_SEC {
             Some(Merge::Slice)
         } else {
-            Some(Merge::All)
+            // Gathered fast: merged whole once `MERGE_ALWAYS` are held.
+            None
         }
     }
 
