@@ -17,10 +17,12 @@
 use prost::encoding::{decode_varint, encode_varint};
 
 /// Most bytes of a run's `rest`. With its six integer columns and the record header a
-/// row stays under what a 1 KiB page holds of a row locally (≈ 230 bytes in a WITHOUT
-/// ROWID table), so no run spills into an overflow page: ≈ 60 keys of a sender whose
-/// messages are a few hundred ids apart.
-pub(super) const REST_BYTES: usize = 176;
+/// row stays within what a 1 KiB page holds of a WITHOUT ROWID row locally, 231 bytes
+/// ((1 024 − 12) × 64 / 255 − 23): 216 bytes at most while every id is below 2^47 (31
+/// bytes of integers, a 9-byte header), 220 with 8-byte client ids. A run ends when
+/// fewer than 20 bytes (the longest step) are left: at 3 bytes a step (a client id step of
+/// 1, a message id step below 8 192) it holds 54 keys.
+const REST_BYTES: usize = 176;
 
 /// One row of `key_runs` (but its sender).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,36 +92,42 @@ pub(super) fn encode(keys: &[(i64, u64)]) -> Vec<Run> {
     runs
 }
 
+/// The keys of a run in client id order, decoded as they are read; an item is `None`
+/// where `rest` stops decoding (a damaged row), and nothing follows it.
+fn decode(
+    first_cmid: i64,
+    first_id: u64,
+    rest: &[u8],
+) -> impl Iterator<Item = Option<(i64, u64)>> + '_ {
+    let mut buf = rest;
+    std::iter::successors(Some(Some((first_cmid, first_id))), move |prev| {
+        let (c, id) = (*prev)?;
+        if buf.is_empty() {
+            return None;
+        }
+        Some(step(&mut buf).map(|(dc, did)| (c.wrapping_add(dc), id.wrapping_add(did))))
+    })
+}
+
+/// One key's steps from the one before: the client id's and the message id's.
+fn step(buf: &mut &[u8]) -> Option<(i64, u64)> {
+    let dc = decode_varint(buf).ok()? as i64;
+    let did = unzigzag(decode_varint(buf).ok()?) as u64;
+    Some((dc, did))
+}
+
 /// Every key of a run, in client id order. `None` when `rest` does not decode (a
 /// damaged row): the caller reports it.
 pub(super) fn keys(first_cmid: i64, first_id: u64, rest: &[u8]) -> Option<Vec<(i64, u64)>> {
-    let mut out = vec![(first_cmid, first_id)];
-    let mut buf = rest;
-    let (mut c, mut id) = (first_cmid, first_id);
-    while !buf.is_empty() {
-        let step = decode_varint(&mut buf).ok()?;
-        let id_step = unzigzag(decode_varint(&mut buf).ok()?);
-        c = c.wrapping_add(step as i64);
-        id = id.wrapping_add(id_step as u64);
-        out.push((c, id));
-    }
-    Some(out)
+    decode(first_cmid, first_id, rest).collect()
 }
 
-/// The message id the run holds for `cmid`, if any.
+/// The message id the run holds for `cmid`, if any (`None`: damaged before it).
 pub(super) fn find(first_cmid: i64, first_id: u64, rest: &[u8], cmid: i64) -> Option<Option<u64>> {
-    if cmid == first_cmid {
-        return Some(Some(first_id));
-    }
-    let mut buf = rest;
-    let (mut c, mut id) = (first_cmid, first_id);
-    while !buf.is_empty() && c < cmid {
-        let step = decode_varint(&mut buf).ok()?;
-        let id_step = unzigzag(decode_varint(&mut buf).ok()?);
-        c = c.wrapping_add(step as i64);
-        id = id.wrapping_add(id_step as u64);
-        if c == cmid {
-            return Some(Some(id));
+    for key in decode(first_cmid, first_id, rest) {
+        let (c, id) = key?;
+        if c >= cmid {
+            return Some((c == cmid).then_some(id));
         }
     }
     Some(None)
