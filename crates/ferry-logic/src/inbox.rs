@@ -196,10 +196,14 @@ impl Inbox {
         match self.core.store.append_messages(news).await {
             Ok(results) => {
                 for ((_, d), r) in taken.iter().zip(results.iter()) {
-                    if let (Ok(a), Some(q)) = (r, &d.new.message.quote) {
-                        if !a.duplicate {
-                            msgops::recheck_quote(&self.core, q).await;
-                        }
+                    if let (
+                        Ok(Appended {
+                            duplicate: false, ..
+                        }),
+                        Some(q),
+                    ) = (r, &d.new.message.quote)
+                    {
+                        msgops::recheck_quote(&self.core, q).await;
                     }
                 }
                 // Webhook events of the whole batch in one store write, durable before

@@ -48,28 +48,21 @@ pub(super) fn scrub_quotes(txn: &Transaction, state: &mut WriterState, quoted: u
         .query_map([quoted as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     // A reply is found by its key, merged or still in the writer's memory (writer.rs,
-    // `KeyTail`); a key may name a message deleted since.
-    let mut ids = std::collections::BTreeSet::new();
-    for (sender, cmid) in keys {
-        if let Some(id) = state.stored_id(txn, sender as u64, cmid as u64)? {
-            ids.insert(id as i64);
-        }
-    }
-    let mut rows: Vec<(i64, Vec<u8>)> = Vec::with_capacity(ids.len());
-    for id in ids {
-        let body = txn
-            .prepare_cached("SELECT body FROM messages WHERE id = ?1 AND body IS NOT NULL")?
-            .query_row([id], |r| r.get(0))
-            .optional()?;
-        rows.extend(body.map(|b| (id, b)));
-    }
+    // `KeyTail`); a key may name a message deleted since, and a recalled reply has no
+    // quote left to empty. Each key is a message of its own (`replies` holds it once).
     let mut n = 0;
-    for (id, body) in rows {
-        let body = v1::Message::decode(&body[..])
-            .map_err(|e| StoreError::Corrupt(format!("message {id}: {e}")))?;
+    for (sender, cmid) in keys {
+        let Some(id) = state.stored_id(txn, sender as u64, cmid as u64)? else {
+            continue;
+        };
+        let body = match live_body(txn, id) {
+            Ok(body) => body,
+            Err(StoreError::NotFound) => continue,
+            Err(e) => return Err(e),
+        };
         if let Some(b) = scrubbed(body, quoted) {
             txn.prepare_cached("UPDATE messages SET body = ?2 WHERE id = ?1")?
-                .execute(params![id, b.encode_to_vec()])?;
+                .execute(params![id as i64, b.encode_to_vec()])?;
             n += 1;
         }
     }

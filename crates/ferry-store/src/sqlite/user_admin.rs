@@ -209,11 +209,11 @@ fn delete_user(
     // (`messages` has no index on the sender): merged, or held by the writer (writer.rs,
     // `KeyTail`); a key may name a message deleted already.
     let mut gone = 0;
+    let mut delete = txn.prepare_cached("DELETE FROM messages WHERE id = ?1")?;
     for id in state.sent_ids(txn, del.user_id)? {
-        gone += txn
-            .prepare_cached("DELETE FROM messages WHERE id = ?1")?
-            .execute([id as i64])?;
+        gone += delete.execute([id as i64])?;
     }
+    drop(delete);
     count(&mut out.rows, "messages", gone);
     let deletes: &[(&str, &str)] = &[
         (

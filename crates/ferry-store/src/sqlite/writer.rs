@@ -51,7 +51,8 @@ pub(super) struct WriterState {
 /// thousand at a time, a sender's keys share their pages and a commit carries only its
 /// messages'. A sender's keys above every key of theirs merged before (nearly all: the
 /// SDK's ids grow within a device) go into `key_runs`, dozens to a row ([`keyruns`]),
-/// instead of a B-tree insert each into `message_keys` (7 % of a closed loop's CPU);
+/// instead of a B-tree insert each into `message_keys` (7.35 % of a closed loop's server
+/// samples);
 /// the others into `message_keys`. A look-up per message would have cost more than was
 /// saved, hence `highest` (docs/benchmarks.md, *Idempotency keys merged in sorted
 /// batches*, *Keys in runs*).
@@ -85,6 +86,11 @@ struct SlicedMerge {
 /// A key as merged: sender, client id as SQLite orders it, message id.
 type Key = (i64, i64, u64);
 
+/// A row of `key_runs` whose keys do not decode.
+fn damaged_run(sender: u64, first_cmid: i64) -> StoreError {
+    StoreError::Corrupt(format!("key run of sender {sender} at {first_cmid}"))
+}
+
 /// Puts keys in key order, one per `(sender, client id)`: the newest message's, when a
 /// key was stored anew after its message was deleted while a merge in slices held the
 /// old one.
@@ -116,11 +122,12 @@ impl KeyTail {
         })
     }
 
-    /// The keys held, in key order.
-    fn sorted(&self) -> Vec<Key> {
+    /// The keys held of messages above `after`, in key order.
+    fn sorted(&self, after: u64) -> Vec<Key> {
         let mut keys: Vec<Key> = self
             .keys
             .iter()
+            .filter(|(_, &id)| id > after)
             .map(|(&(sender, cmid), &id)| (sender as i64, cmid as i64, id))
             .collect();
         sort_keys(&mut keys);
@@ -158,6 +165,8 @@ impl KeyTail {
             "INSERT OR REPLACE INTO message_keys (sender_id, client_msg_id, id)
              VALUES (?1, ?2, ?3)",
         )?;
+        // OR IGNORE: no run of the sender begins at or above its highest merged client id
+        // (never expected to meet one); failing would fail every batch from now on.
         let mut run = txn.prepare_cached(
             "INSERT OR IGNORE INTO key_runs (sender_id, first_cmid, last_cmid, first_id, max_id, n, rest)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
@@ -228,12 +237,12 @@ const MERGE_IDLE: usize = 2048;
 const SLICE: usize = 256;
 /// Keys that gathered faster than this many a second are merged whole, once
 /// [`MERGE_ALWAYS`] are held: the writer is busy anyway, a slice costs more a key, and the
-/// more keys a merge holds the longer a sender's runs (≈ 20 keys a row for 400 senders at
-/// 8 192 against 5 at 2 048: 3.5 % less CPU a message in a closed loop, docs/benchmarks.md,
-/// *Keys in runs*).
+/// more keys a merge holds the longer a sender's runs (8 192 / 400 ≈ 20 keys a row for a
+/// closed loop's 400 senders, against 5 from 2 048): 3.7 % less server CPU a message in
+/// that loop, side by side (docs/benchmarks.md, *Keys in runs*).
 const SLICE_BELOW_PER_SEC: f64 = 20_000.0;
 /// Keys held in memory before the next batch merges them, idle or not. Bounds the memory
-/// they take (≈ 40 bytes a key) and what a restart reads back from `messages`.
+/// they take and what a restart reads back from `messages`.
 const MERGE_ALWAYS: usize = 8192;
 
 impl WriterState {
@@ -341,8 +350,7 @@ impl WriterState {
         let Some((first, first_id, rest)) = run else {
             return Ok(None);
         };
-        keyruns::find(first, first_id as u64, &rest, cmid)
-            .ok_or_else(|| StoreError::Corrupt(format!("key run of sender {sender} at {first}")))
+        keyruns::find(first, first_id as u64, &rest, cmid).ok_or_else(|| damaged_run(sender, first))
     }
 
     /// The ids of every message `sender` stored, merged or not (some may be deleted
@@ -377,9 +385,7 @@ impl WriterState {
         while let Some(r) = rows.next()? {
             let first: i64 = r.get(0)?;
             let keys = keyruns::keys(first, r.get::<_, i64>(1)? as u64, &r.get::<_, Vec<u8>>(2)?)
-                .ok_or_else(|| {
-                StoreError::Corrupt(format!("key run of sender {sender} at {first}"))
-            })?;
+                .ok_or_else(|| damaged_run(sender, first))?;
             ids.extend(keys.into_iter().map(|k| k.1));
         }
         ids.sort_unstable();
@@ -432,7 +438,7 @@ impl WriterState {
         let mut merge = match tail.slices.take() {
             Some(m) => m,
             None => {
-                let keys = tail.sorted();
+                let keys = tail.sorted(tail.upto);
                 SlicedMerge {
                     upto: keys.iter().map(|k| k.2).max().unwrap_or(tail.upto),
                     keys,
@@ -455,15 +461,10 @@ impl WriterState {
     fn merge_keys(&mut self, txn: &Transaction) -> Result<()> {
         let tail = self.tail(txn)?;
         let keys = match tail.slices.take() {
-            None => tail.sorted(),
+            None => tail.sorted(tail.upto),
             Some(mut m) => {
                 let mut keys = m.keys.split_off(m.next);
-                keys.extend(
-                    tail.keys
-                        .iter()
-                        .filter(|(_, &id)| id > m.upto)
-                        .map(|(&(sender, cmid), &id)| (sender as i64, cmid as i64, id)),
-                );
+                keys.extend(tail.sorted(m.upto));
                 sort_keys(&mut keys);
                 keys
             }
