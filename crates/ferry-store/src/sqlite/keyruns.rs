@@ -176,6 +176,18 @@ mod tests {
         }
     }
 
+    /// A sender's usual run: client ids one apart, message ids a few hundred apart (3
+    /// bytes a step): 54 keys a row.
+    #[test]
+    fn a_run_of_three_byte_steps_holds_54_keys() {
+        let keys: Vec<(i64, u64)> = (0..200)
+            .map(|i| (1 << 40 | i, 1_000 + 400 * i as u64))
+            .collect();
+        let runs = encode(&keys);
+        assert_eq!(runs[0].n, 54);
+        assert_eq!(runs[0].rest.len(), 53 * 3);
+    }
+
     fn keys_of(r: &Run) -> Vec<(i64, u64)> {
         keys(r.first_cmid, r.first_id, &r.rest).unwrap()
     }
