@@ -10,6 +10,11 @@
 #   bench/xmpp-compare.sh                # defaults below
 #   CONNECTIONS=5000 DURATION=5 bench/xmpp-compare.sh
 #
+# The closed loop runs ROUNDS times for each server, in turn (ejabberd, Ferry, ejabberd,
+# Ferry …; ejabberd idles meanwhile, taking no CPU), and the comparison gives the median
+# of each and of the ratios round by round: this box's speed drifts by a fifth within
+# minutes, enough for one round each to move the ratio by ± 15 %.
+#
 # Traffic goes to 127.0.0.1 only; every bench run is bounded by its --duration plus a
 # fixed drain; ejabberd is stopped on exit, whatever happens.
 set -euo pipefail
@@ -19,6 +24,7 @@ CONNECTIONS=${CONNECTIONS:-10000}   # idle connections (≤ ~15 000: ejabberd's 
 PAIRS=${PAIRS:-200}                 # p2p pairs
 CLIENTS=${CLIENTS:-500}             # login: clients logging in at once
 DURATION=${DURATION:-10}            # seconds per measured run
+ROUNDS=${ROUNDS:-3}                 # closed-loop rounds per server, interleaved (1–9)
 SWEEP=${SWEEP:-2000,5000,10000,15000,20000,25000}
 PORT=${XMPP_PORT:-15222}
 OUT=${OUT:-target/bench-compare}
@@ -26,6 +32,7 @@ PLOTS=${PLOTS:-docs/bench}
 FERRY=${FERRY:-target/release/ferry}
 
 log() { printf '== %s\n' "$*" >&2; }
+case "$ROUNDS" in [1-9]) ;; *) echo "ROUNDS must be 1 to 9"; exit 2 ;; esac
 
 if [ ! -x "$FERRY" ]; then
   log "building ferry (release)"
@@ -50,6 +57,8 @@ VERSION=$(dpkg-query -W -f='${Version}' ejabberd 2>/dev/null || echo unknown)
 TMP=$(mktemp -d /tmp/ferry-xmpp-bench.XXXXXX)
 chmod 755 "$TMP"
 mkdir -p "$TMP/db" "$TMP/log" "$OUT"
+# An earlier run's closed-loop rounds would count as rounds of this one.
+rm -f "$OUT"/p2p-*.json
 NODE="ferrybench$$@localhost"
 cat > "$TMP/ejabberdctl.cfg" <<EOF
 ERLANG_NODE=$NODE
@@ -132,16 +141,19 @@ log "ejabberd is PID $PID"
 X=(--protocol xmpp --server "127.0.0.1:$PORT" --server-pid "$PID")
 run() { log "ferry bench $*"; "$FERRY" bench "$@"; }
 
-# The same workloads, XMPP first (so ejabberd is fresh), then Ferry.
+# The same workloads, XMPP first (so ejabberd is fresh), then Ferry; the closed loop in
+# rounds, each server in turn.
 run idle --connections "$CONNECTIONS" --duration 5 "${X[@]}" --json "$OUT/idle-xmpp.json"
-run p2p --pairs "$PAIRS" --duration "$DURATION" "${X[@]}" --json "$OUT/p2p-xmpp.json"
+for i in $(seq 1 "$ROUNDS"); do
+  run p2p --pairs "$PAIRS" --duration "$DURATION" "${X[@]}" --json "$OUT/p2p-$i-xmpp.json"
+  run p2p --pairs "$PAIRS" --duration "$DURATION" --json "$OUT/p2p-$i-ferry.json"
+done
 run p2p --pairs "$PAIRS" --duration "$DURATION" --sweep "$SWEEP" "${X[@]}" --json "$OUT/sweep-xmpp.json"
 run login --clients "$CLIENTS" --duration "$DURATION" "${X[@]}" --json "$OUT/login-xmpp.json"
 stop_ejabberd
 trap - EXIT
 
 run idle --connections "$CONNECTIONS" --duration 5 --json "$OUT/idle-ferry.json"
-run p2p --pairs "$PAIRS" --duration "$DURATION" --json "$OUT/p2p-ferry.json"
 run p2p --pairs "$PAIRS" --duration "$DURATION" --sweep "$SWEEP" --json "$OUT/sweep-ferry.json"
 run login --clients "$CLIENTS" --duration "$DURATION" --json "$OUT/login-ferry.json"
 

@@ -52,6 +52,27 @@ pub fn print(r: &Report) {
     println!();
 }
 
+/// The median of `v` (the mean of the two middle values of an even count); `None` when
+/// empty.
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    let k = v.len();
+    match k {
+        0 => None,
+        _ if k % 2 == 1 => Some(v[k / 2]),
+        _ => Some((v[k / 2 - 1] + v[k / 2]) / 2.0),
+    }
+}
+
+/// `v` in its order, `decimals` after the point, joined with " · ".
+fn joined(v: &[f64], decimals: usize) -> String {
+    v.iter()
+        .map(|x| format!("{x:.decimals$}"))
+        .collect::<Vec<_>>()
+        .join(" · ")
+}
+
 /// `ferry bench compare`: the same figures of Ferry and XMPP reports side by side.
 pub fn compare(files: &[std::path::PathBuf]) -> anyhow::Result<Report> {
     use anyhow::Context;
@@ -115,17 +136,51 @@ pub fn compare(files: &[std::path::PathBuf]) -> anyhow::Result<Report> {
             .last()
             .and_then(|r| n(&r["connect_login_per_sec"]))
     });
-    let closed = |p: &str| -> Option<Value> {
+    // Closed-loop runs, in the order given: a comparison script may run several rounds,
+    // each protocol in turn, so that the box's drift falls on both (bench/xmpp-compare.sh).
+    let closed = |p: &str| -> Vec<&Value> {
         of(p, "p2p")
             .into_iter()
-            .find(|r| r["mode"] == "closed" && r["sweep"].is_null())
-            .cloned()
+            .filter(|r| r["mode"] == "closed" && r["sweep"].is_null())
+            .collect()
+    };
+    let rates = |p: &str| -> Vec<f64> {
+        closed(p)
+            .iter()
+            .filter_map(|r| r["delivered_per_sec"].as_f64())
+            .collect()
     };
     add("p2p closed loop: messages/s", &|p| {
-        closed(p).and_then(|r| n(&r["delivered_per_sec"]))
+        let v = rates(p);
+        let m = median(&v)?;
+        Some(match v.len() {
+            1 => format!("{m:.0}"),
+            k => format!("{m:.0} (median of {k}: {})", joined(&v, 0)),
+        })
     });
     add("p2p closed loop: p99", &|p| {
-        closed(p).map(|r| us(&r["latency"]["p99_us"]))
+        let v: Vec<f64> = closed(p)
+            .iter()
+            .filter_map(|r| r["latency"]["p99_us"].as_f64())
+            .collect();
+        median(&v).map(|m| us(&Value::from(m)))
+    });
+    add("p2p closed loop: Ferry ÷ XMPP", &|p| {
+        if p != "ferry" {
+            return None;
+        }
+        // Round i of one against round i of the other.
+        let ratios: Vec<f64> = rates("ferry")
+            .iter()
+            .zip(rates("xmpp"))
+            .filter(|(_, x)| *x > 0.0)
+            .map(|(f, x)| f / x)
+            .collect();
+        let m = median(&ratios)?;
+        Some(match ratios.len() {
+            1 => format!("{m:.2}×"),
+            k => format!("{m:.2}× (median of {k} rounds: {})", joined(&ratios, 2)),
+        })
     });
     let mut offered: Vec<f64> = reports
         .iter()
@@ -194,4 +249,83 @@ pub fn compare(files: &[std::path::PathBuf]) -> anyhow::Result<Report> {
             .collect(),
     );
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn closed(
+        dir: &std::path::Path,
+        name: &str,
+        proto: &str,
+        rate: f64,
+        p99: f64,
+    ) -> std::path::PathBuf {
+        let path = dir.join(name);
+        let v = json!({
+            "scenario": "p2p", "protocol": proto, "mode": "closed",
+            "delivered_per_sec": rate, "latency": { "p99_us": p99 },
+            "lost": 0, "duplicated": 0,
+        });
+        std::fs::write(&path, v.to_string()).unwrap();
+        path
+    }
+
+    fn row<'a>(r: &'a Report, name: &str) -> &'a str {
+        &r.rows.iter().find(|(k, _)| k == name).unwrap().1
+    }
+
+    #[test]
+    fn medians_and_middle_values() {
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(joined(&[2.5, 3.0], 2), "2.50 · 3.00");
+    }
+
+    #[test]
+    fn rounds_are_paired_in_order_and_their_ratios_medianed() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = vec![
+            closed(dir.path(), "p2p-1-ferry.json", "ferry", 90_000.0, 30_000.0),
+            closed(dir.path(), "p2p-2-ferry.json", "ferry", 120_000.0, 20_000.0),
+            closed(dir.path(), "p2p-3-ferry.json", "ferry", 100_000.0, 25_000.0),
+            closed(dir.path(), "p2p-1-xmpp.json", "xmpp", 45_000.0, 80_000.0),
+            closed(dir.path(), "p2p-2-xmpp.json", "xmpp", 40_000.0, 90_000.0),
+            closed(dir.path(), "p2p-3-xmpp.json", "xmpp", 25_000.0, 70_000.0),
+        ];
+        let r = compare(&files).unwrap();
+        // Ratios by round: 2.00, 3.00, 4.00 — not the ratio of the medians (100k / 40k).
+        let ratio = row(&r, "p2p closed loop: Ferry ÷ XMPP");
+        assert!(
+            ratio.starts_with("3.00× (median of 3 rounds: 2.00 · 3.00 · 4.00)"),
+            "{ratio}"
+        );
+        let rates = row(&r, "p2p closed loop: messages/s");
+        assert!(
+            rates.starts_with("100000 (median of 3: 90000 · 120000 · 100000)"),
+            "{rates}"
+        );
+        assert!(
+            rates.ends_with("40000 (median of 3: 45000 · 40000 · 25000)"),
+            "{rates}"
+        );
+        assert!(row(&r, "p2p closed loop: p99").starts_with("25.00 ms"));
+    }
+
+    #[test]
+    fn one_round_reads_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = vec![
+            closed(dir.path(), "p2p-ferry.json", "ferry", 99_000.0, 30_000.0),
+            closed(dir.path(), "p2p-xmpp.json", "xmpp", 33_000.0, 80_000.0),
+        ];
+        let r = compare(&files).unwrap();
+        assert!(row(&r, "p2p closed loop: Ferry ÷ XMPP").starts_with("3.00× "));
+        assert!(row(&r, "p2p closed loop: messages/s").starts_with("99000 "));
+        // No XMPP column for the ratio.
+        assert!(row(&r, "p2p closed loop: Ferry ÷ XMPP").ends_with('—'));
+    }
 }
