@@ -165,6 +165,17 @@ pub fn compare(files: &[std::path::PathBuf]) -> anyhow::Result<Report> {
             .collect();
         median(&v).map(|m| us(&Value::from(m)))
     });
+    add("p2p closed loop: server · bench CPU a message", &|p| {
+        let of_cpu = |k: &str| -> Vec<f64> {
+            closed(p)
+                .iter()
+                .filter_map(|r| r["cpu"][k].as_f64())
+                .collect()
+        };
+        let (server, bench) = (of_cpu("server_us_per_msg"), of_cpu("bench_us_per_msg"));
+        let m = |v: &[f64]| median(v).map_or("n/a".into(), |x| format!("{x:.2} µs"));
+        (!server.is_empty() || !bench.is_empty()).then(|| format!("{} · {}", m(&server), m(&bench)))
+    });
     add("p2p closed loop: Ferry ÷ XMPP", &|p| {
         if p != "ferry" {
             return None;
@@ -267,6 +278,7 @@ mod tests {
         let v = json!({
             "scenario": "p2p", "protocol": proto, "mode": "closed",
             "delivered_per_sec": rate, "latency": { "p99_us": p99 },
+            "cpu": { "server_us_per_msg": 1e6 / rate, "bench_us_per_msg": 2e5 / rate },
             "lost": 0, "duplicated": 0,
         });
         std::fs::write(&path, v.to_string()).unwrap();
@@ -313,6 +325,10 @@ mod tests {
             "{rates}"
         );
         assert!(row(&r, "p2p closed loop: p99").starts_with("25.00 ms"));
+        // CPU a message: the medians, Ferry's 1e6 / 100 000 and 2e5 / 100 000.
+        let cpu = row(&r, "p2p closed loop: server · bench CPU a message");
+        assert!(cpu.starts_with("10.00 µs · 2.00 µs"), "{cpu}");
+        assert!(cpu.ends_with("25.00 µs · 5.00 µs"), "{cpu}");
     }
 
     #[test]
