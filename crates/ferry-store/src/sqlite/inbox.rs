@@ -122,6 +122,22 @@ impl<'t> AppendStatements<'t> {
     }
 }
 
+/// One inbox entry of a stored message, with [`AppendStatements::inbox`].
+fn entry(
+    inbox: &mut CachedStatement,
+    user: u64,
+    seq: u64,
+    msg_id: u64,
+    time_ms: i64,
+) -> Result<()> {
+    inbox.raw_bind_parameter(1, user as i64)?;
+    inbox.raw_bind_parameter(2, seq as i64)?;
+    inbox.raw_bind_parameter(3, msg_id as i64)?;
+    inbox.raw_bind_parameter(4, time_ms)?;
+    inbox.raw_execute()?;
+    Ok(())
+}
+
 /// Stores one message inside the writer's transaction. Fails before writing anything
 /// when a user is unknown; any other error may leave partial writes (the caller fails
 /// the batch).
@@ -153,33 +169,29 @@ fn append_one(
     } else {
         state.next_seq(txn, msg.recipient_id)?
     };
-    let mut body = msg.message;
-    body.msg_id = msg_id;
-    body.time_ms = msg.time_ms;
-    statements.message.execute(params![
-        msg_id as i64,
-        sender,
-        cmid,
-        sender_seq as i64,
-        recipient_seq as i64,
-        msg.time_ms,
-        body.encode_to_vec()
-    ])?;
+    let mut message = msg.message;
+    message.msg_id = msg_id;
+    message.time_ms = msg.time_ms;
+    // Bound one by one: `execute(params![…])` passes each through a `dyn ToSql` and asks
+    // SQLite for the statement's parameter count, for every message.
+    let body = &mut state.body;
+    body.clear();
+    body.reserve(message.encoded_len());
+    message.encode_raw(body);
+    let m = &mut statements.message;
+    m.raw_bind_parameter(1, msg_id as i64)?;
+    m.raw_bind_parameter(2, sender)?;
+    m.raw_bind_parameter(3, cmid)?;
+    m.raw_bind_parameter(4, sender_seq as i64)?;
+    m.raw_bind_parameter(5, recipient_seq as i64)?;
+    m.raw_bind_parameter(6, msg.time_ms)?;
+    m.raw_bind_parameter(7, body.as_slice())?;
+    m.raw_execute()?;
     state.stored(txn, msg.sender_id, msg.client_msg_id, msg_id)?;
     let inbox = &mut statements.inbox;
-    inbox.execute(params![
-        sender,
-        sender_seq as i64,
-        msg_id as i64,
-        msg.time_ms
-    ])?;
+    entry(inbox, msg.sender_id, sender_seq, msg_id, msg.time_ms)?;
     if msg.recipient_id != msg.sender_id {
-        inbox.execute(params![
-            msg.recipient_id as i64,
-            recipient_seq as i64,
-            msg_id as i64,
-            msg.time_ms
-        ])?;
+        entry(inbox, msg.recipient_id, recipient_seq, msg_id, msg.time_ms)?;
     }
     Ok(Appended {
         msg_id,

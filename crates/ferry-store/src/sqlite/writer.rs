@@ -39,6 +39,9 @@ pub(super) struct WriterState {
     next_msg_id: Option<u64>,
     /// The keys of the messages stored since the last merge (loaded on first use).
     tail: Option<KeyTail>,
+    /// A stored message's body is encoded here (inbox.rs, `append_one`): one buffer for
+    /// the writer's life instead of an allocation per message on the one serial thread.
+    pub(super) body: Vec<u8>,
 }
 
 /// The `(sender, client_msg_id)` keys of the messages not yet merged: those with an id
