@@ -125,14 +125,17 @@ impl KeyTail {
         })
     }
 
+    /// The keys held of messages above `after`, in no order.
+    fn above(&self, after: u64) -> impl Iterator<Item = Key> + '_ {
+        self.keys
+            .iter()
+            .filter(move |(_, &id)| id > after)
+            .map(|(&(sender, cmid), &id)| (sender as i64, cmid as i64, id))
+    }
+
     /// The keys held of messages above `after`, in key order.
     fn sorted(&self, after: u64) -> Vec<Key> {
-        let mut keys: Vec<Key> = self
-            .keys
-            .iter()
-            .filter(|(_, &id)| id > after)
-            .map(|(&(sender, cmid), &id)| (sender as i64, cmid as i64, id))
-            .collect();
+        let mut keys: Vec<Key> = self.above(after).collect();
         sort_keys(&mut keys);
         keys
     }
@@ -467,7 +470,8 @@ impl WriterState {
             None => tail.sorted(tail.upto),
             Some(mut m) => {
                 let mut keys = m.keys.split_off(m.next);
-                keys.extend(tail.sorted(m.upto));
+                // Sorted once, with what was left of the slices.
+                keys.extend(tail.above(m.upto));
                 sort_keys(&mut keys);
                 keys
             }
