@@ -267,22 +267,24 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn closed(
-        dir: &std::path::Path,
-        name: &str,
-        proto: &str,
-        rate: f64,
-        p99: f64,
-    ) -> std::path::PathBuf {
-        let path = dir.join(name);
-        let v = json!({
-            "scenario": "p2p", "protocol": proto, "mode": "closed",
-            "delivered_per_sec": rate, "latency": { "p99_us": p99 },
-            "cpu": { "server_us_per_msg": 1e6 / rate, "bench_us_per_msg": 2e5 / rate },
-            "lost": 0, "duplicated": 0,
-        });
-        std::fs::write(&path, v.to_string()).unwrap();
-        path
+    /// `compare` over closed-loop reports: (file name, protocol, msgs/s, p99 µs) each.
+    fn compared(runs: &[(&str, &str, f64, f64)]) -> Report {
+        let dir = tempfile::tempdir().unwrap();
+        let files: Vec<std::path::PathBuf> = runs
+            .iter()
+            .map(|&(name, proto, rate, p99)| {
+                let path = dir.path().join(name);
+                let v = json!({
+                    "scenario": "p2p", "protocol": proto, "mode": "closed",
+                    "delivered_per_sec": rate, "latency": { "p99_us": p99 },
+                    "cpu": { "server_us_per_msg": 1e6 / rate, "bench_us_per_msg": 2e5 / rate },
+                    "lost": 0, "duplicated": 0,
+                });
+                std::fs::write(&path, v.to_string()).unwrap();
+                path
+            })
+            .collect();
+        compare(&files).unwrap()
     }
 
     fn row<'a>(r: &'a Report, name: &str) -> &'a str {
@@ -299,16 +301,14 @@ mod tests {
 
     #[test]
     fn rounds_are_paired_in_order_and_their_ratios_medianed() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = vec![
-            closed(dir.path(), "p2p-1-ferry.json", "ferry", 90_000.0, 30_000.0),
-            closed(dir.path(), "p2p-2-ferry.json", "ferry", 120_000.0, 20_000.0),
-            closed(dir.path(), "p2p-3-ferry.json", "ferry", 100_000.0, 25_000.0),
-            closed(dir.path(), "p2p-1-xmpp.json", "xmpp", 45_000.0, 80_000.0),
-            closed(dir.path(), "p2p-2-xmpp.json", "xmpp", 40_000.0, 90_000.0),
-            closed(dir.path(), "p2p-3-xmpp.json", "xmpp", 25_000.0, 70_000.0),
-        ];
-        let r = compare(&files).unwrap();
+        let r = compared(&[
+            ("p2p-1-ferry.json", "ferry", 90_000.0, 30_000.0),
+            ("p2p-2-ferry.json", "ferry", 120_000.0, 20_000.0),
+            ("p2p-3-ferry.json", "ferry", 100_000.0, 25_000.0),
+            ("p2p-1-xmpp.json", "xmpp", 45_000.0, 80_000.0),
+            ("p2p-2-xmpp.json", "xmpp", 40_000.0, 90_000.0),
+            ("p2p-3-xmpp.json", "xmpp", 25_000.0, 70_000.0),
+        ]);
         // Ratios by round: 2.00, 3.00, 4.00 — not the ratio of the medians (100k / 40k).
         let ratio = row(&r, "p2p closed loop: Ferry ÷ XMPP");
         assert!(
@@ -333,12 +333,10 @@ mod tests {
 
     #[test]
     fn one_round_reads_as_before() {
-        let dir = tempfile::tempdir().unwrap();
-        let files = vec![
-            closed(dir.path(), "p2p-ferry.json", "ferry", 99_000.0, 30_000.0),
-            closed(dir.path(), "p2p-xmpp.json", "xmpp", 33_000.0, 80_000.0),
-        ];
-        let r = compare(&files).unwrap();
+        let r = compared(&[
+            ("p2p-ferry.json", "ferry", 99_000.0, 30_000.0),
+            ("p2p-xmpp.json", "xmpp", 33_000.0, 80_000.0),
+        ]);
         assert!(row(&r, "p2p closed loop: Ferry ÷ XMPP").starts_with("3.00× "));
         assert!(row(&r, "p2p closed loop: messages/s").starts_with("99000 "));
         // No XMPP column for the ratio.
