@@ -429,7 +429,7 @@ impl Inbox {
                     let link = (req.gateway_id.as_str(), req.conn_id);
                     echo = self
                         .notifier
-                        .echo_message(me.user_id, done.sender_seq, &message, link)
+                        .echo_message(me.user_id, done.sender_seq, message, link)
                         .await;
                 } else {
                     self.notifier

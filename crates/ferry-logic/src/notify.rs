@@ -25,6 +25,54 @@ enum Outlet {
     Record(parking_lot::Mutex<Vec<(String, Push)>>),
 }
 
+/// The entry a notify carries: built by a closure, or a message's (then the notify is
+/// encoded from the message itself, and the closure builds the entry only for a bot's
+/// webhook).
+enum NotifyEntry<'m, F> {
+    Built(F),
+    Message(&'m v1::Message, F),
+}
+
+/// `Notify{latest_seq: seq, entries: [Entry{seq, message}]}` encoded from a borrowed
+/// message — the bytes prost gives for it (tests compare them), without copying the
+/// message into an entry first — or with no entry when the entry would take more than
+/// `inline_bytes`. Returns the body and how many entries ride in it.
+fn message_notify(seq: u64, message: &v1::Message, inline_bytes: usize) -> (Bytes, u64) {
+    use prost::encoding::{encode_key, encode_varint, encoded_len_varint, WireType};
+    // Field 1 (`Notify.latest_seq`, `Entry.seq`): left out when zero, as proto3 does.
+    let seq_len = if seq == 0 {
+        0
+    } else {
+        1 + encoded_len_varint(seq)
+    };
+    let message_len = message.encoded_len();
+    // Field 2 (`Entry.message`, `Notify.entries`): a one-byte key and the length.
+    let entry_len = seq_len + 1 + encoded_len_varint(message_len as u64) + message_len;
+    if entry_len > inline_bytes {
+        let bare = v1::Notify {
+            latest_seq: seq,
+            entries: Vec::new(),
+        };
+        return (Bytes::from(bare.encode_to_vec()), 0);
+    }
+    let mut buf =
+        Vec::with_capacity(seq_len + 1 + encoded_len_varint(entry_len as u64) + entry_len);
+    let seq_field = |buf: &mut Vec<u8>| {
+        if seq != 0 {
+            encode_key(1, WireType::Varint, buf);
+            encode_varint(seq, buf);
+        }
+    };
+    seq_field(&mut buf);
+    encode_key(2, WireType::LengthDelimited, &mut buf);
+    encode_varint(entry_len as u64, &mut buf);
+    seq_field(&mut buf);
+    encode_key(2, WireType::LengthDelimited, &mut buf);
+    encode_varint(message_len as u64, &mut buf);
+    message.encode_raw(&mut buf);
+    (Bytes::from(buf), 1)
+}
+
 /// How long a LOGIN answered here waits for its link's route at most (a route comes in
 /// milliseconds, seconds under load; a link that never came up is forgotten after it).
 const LOGIN_ROUTE_WAIT: Duration = Duration::from_secs(30);
@@ -236,10 +284,10 @@ impl Notifier {
         self.notify_with(
             user,
             seq,
-            || v1::Entry {
+            NotifyEntry::Message(message, || v1::Entry {
                 kind: Some(v1::entry::Kind::Message(message.clone())),
                 ..Default::default()
-            },
+            }),
             None,
         )
         .await
@@ -250,24 +298,33 @@ impl Notifier {
     /// for the SendAck and tells the user's other links as [`Self::notify_message`]
     /// does, leaving that one out. `None` when the entry is too large to ride inline:
     /// then every link is notified, that one too (it syncs).
+    /// The message is taken, not copied: it becomes the entry.
     pub async fn echo_message(
         &self,
         user: u64,
         seq: u64,
-        message: &v1::Message,
+        message: v1::Message,
         (gateway, conn): (&str, u64),
     ) -> Option<v1::Entry> {
         let entry = v1::Entry {
             seq,
-            kind: Some(v1::entry::Kind::Message(message.clone())),
+            kind: Some(v1::entry::Kind::Message(message)),
             ..Default::default()
+        };
+        let Some(v1::entry::Kind::Message(message)) = &entry.kind else {
+            unreachable!("the entry was built with a message");
         };
         if entry.encoded_len() > self.inline_bytes {
             Box::pin(self.notify_message(user, seq, message)).await;
             return None;
         }
-        self.notify_with(user, seq, || entry.clone(), Some((gateway, conn)))
-            .await;
+        self.notify_with(
+            user,
+            seq,
+            NotifyEntry::Message(message, || entry.clone()),
+            Some((gateway, conn)),
+        )
+        .await;
         self.meters.entries_ack.increment(1);
         Some(entry)
     }
@@ -275,7 +332,8 @@ impl Notifier {
     /// Tells every gateway holding `user`'s links that the inbox reached `seq`, with
     /// `entry` inline when it is small. Returns how many gateways took the push.
     pub async fn notify_entry(&self, user: u64, seq: u64, entry: v1::Entry) -> usize {
-        self.notify_with(user, seq, || entry, None).await
+        self.notify_with(user, seq, NotifyEntry::Built(|| entry), None)
+            .await
     }
 
     /// [`Self::notify_entry`] with the entry built only once a route to `user` is known,
@@ -284,10 +342,14 @@ impl Notifier {
         &self,
         user: u64,
         seq: u64,
-        entry: impl FnOnce() -> v1::Entry,
+        entry: NotifyEntry<'_, impl FnOnce() -> v1::Entry>,
         skip: Option<(&str, u64)>,
     ) -> usize {
         self.watchers.wake(user);
+        let (message, entry) = match entry {
+            NotifyEntry::Message(m, f) => (Some(m), f),
+            NotifyEntry::Built(f) => (None, f),
+        };
         let entry = match self.hooks.get().filter(|h| h.has_owner(user)) {
             Some(h) => {
                 let mut e = entry();
@@ -296,10 +358,6 @@ impl Notifier {
                 Ok(e)
             }
             None => Err(entry),
-        };
-        let entry = move || match entry {
-            Ok(e) => e,
-            Err(f) => f(),
         };
         if self.route_pending(user) {
             self.note_unrouted(user, seq);
@@ -316,21 +374,25 @@ impl Notifier {
             self.note_unrouted(user, seq);
             return 0;
         }
-        let mut entry = entry();
-        entry.seq = seq;
-        let entries = if entry.encoded_len() <= self.inline_bytes {
-            vec![entry]
-        } else {
-            Vec::new()
-        };
-        let inline = entries.len() as u64;
-        let body = Bytes::from(
-            v1::Notify {
-                latest_seq: seq,
-                entries,
+        let (body, inline) = match (entry, message) {
+            // A message's entry encoded straight from it: no copy of the message.
+            (Err(_), Some(m)) => message_notify(seq, m, self.inline_bytes),
+            (entry, _) => {
+                let mut entry = entry.unwrap_or_else(|f| f());
+                entry.seq = seq;
+                let entries = if entry.encoded_len() <= self.inline_bytes {
+                    vec![entry]
+                } else {
+                    Vec::new()
+                };
+                let inline = entries.len() as u64;
+                let notify = v1::Notify {
+                    latest_seq: seq,
+                    entries,
+                };
+                (Bytes::from(notify.encode_to_vec()), inline)
             }
-            .encode_to_vec(),
-        );
+        };
         let push = Push {
             user_id: user,
             cmd: u32::from(cmd::NOTIFY),
@@ -473,5 +535,101 @@ impl Notifier {
             }
         }
         pushed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the notify of a message entry was before [`message_notify`]: prost's own
+    /// encoding of the structs.
+    fn by_prost(seq: u64, message: &v1::Message, inline_bytes: usize) -> (Vec<u8>, u64) {
+        let entry = v1::Entry {
+            seq,
+            kind: Some(v1::entry::Kind::Message(message.clone())),
+            ..Default::default()
+        };
+        let entries = if entry.encoded_len() <= inline_bytes {
+            vec![entry]
+        } else {
+            Vec::new()
+        };
+        let inline = entries.len() as u64;
+        let notify = v1::Notify {
+            latest_seq: seq,
+            entries,
+        };
+        (notify.encode_to_vec(), inline)
+    }
+
+    fn messages() -> Vec<v1::Message> {
+        let full = v1::Message {
+            msg_id: u64::MAX,
+            from: "alice".into(),
+            to: "bob".into(),
+            time_ms: 1_765_000_000_000,
+            r#type: v1::MsgType::Text as i32,
+            text: "héllo ".repeat(40),
+            client_msg_id: 1 << 40,
+            group_id: 7,
+            mentions: vec!["carol".into(), String::new()],
+            media: Some(Box::new(v1::MediaRef {
+                media_id: "m1".into(),
+                size: 300,
+                ..Default::default()
+            })),
+            quote: Some(Box::new(v1::Quote {
+                msg_id: 3,
+                from: "bob".into(),
+                text: "earlier".into(),
+                ..Default::default()
+            })),
+            edited_ms: -1,
+            ..Default::default()
+        };
+        vec![
+            v1::Message::default(),
+            v1::Message {
+                text: "x".into(),
+                ..Default::default()
+            },
+            full,
+        ]
+    }
+
+    #[test]
+    fn a_message_notify_is_the_bytes_prost_gives() {
+        let mut checked = 0;
+        for m in messages() {
+            for seq in [0, 1, 127, 128, 300, 1 << 35, u64::MAX] {
+                let entry_len = v1::Entry {
+                    seq,
+                    kind: Some(v1::entry::Kind::Message(m.clone())),
+                    ..Default::default()
+                }
+                .encoded_len();
+                // Either side of the inline limit, and the limits in use.
+                for limit in [0, entry_len - 1, entry_len, entry_len + 1, 512, 4096] {
+                    let (body, inline) = message_notify(seq, &m, limit);
+                    let (want, want_inline) = by_prost(seq, &m, limit);
+                    assert_eq!(&body[..], &want[..], "seq {seq}, limit {limit}, {m:?}");
+                    assert_eq!(inline, want_inline, "seq {seq}, limit {limit}");
+                    let back = v1::Notify::decode(&body[..]).expect("decodes");
+                    assert_eq!(back.latest_seq, seq);
+                    if inline == 1 {
+                        assert_eq!(back.entries[0].seq, seq);
+                        assert_eq!(
+                            back.entries[0].kind,
+                            Some(v1::entry::Kind::Message(m.clone()))
+                        );
+                    } else {
+                        assert!(back.entries.is_empty());
+                    }
+                    checked += 1;
+                }
+            }
+        }
+        assert_eq!(checked, 3 * 7 * 6);
     }
 }
