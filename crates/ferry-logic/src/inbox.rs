@@ -192,9 +192,18 @@ impl Inbox {
                 return;
             }
         }
-        let news = taken.iter().map(|(_, d)| d.new.clone()).collect();
+        // The messages go to the store and come back with their answers: no copy of
+        // each is kept here meanwhile.
+        let (places, news): (Vec<(usize, u64)>, Vec<NewMessage>) =
+            taken.into_iter().map(|(i, d)| ((i, d.to), d.new)).unzip();
         match self.core.store.append_messages(news).await {
-            Ok(results) => {
+            Ok(answers) => {
+                // A send the store left unanswered is answered as such by the caller.
+                let (taken, results): (Vec<(usize, Direct)>, Vec<_>) = places
+                    .into_iter()
+                    .zip(answers)
+                    .map(|((i, to), (new, r))| ((i, Direct { to, new }), r))
+                    .unzip();
                 for ((_, d), r) in taken.iter().zip(results.iter()) {
                     if let (
                         Ok(Appended {
@@ -222,20 +231,16 @@ impl Inbox {
                         return;
                     }
                 }
-                let mut results = results.into_iter();
-                for (i, d) in taken {
-                    out[i] = Some(match results.next() {
-                        Some(Ok(done)) => Ok(self.finish(me, d, done, started, req).await),
-                        Some(Err(e)) => Err(e.into()),
-                        None => Err(LogicError::Internal(
-                            "the store answered fewer sends than it was given".into(),
-                        )),
+                for ((i, d), r) in taken.into_iter().zip(results) {
+                    out[i] = Some(match r {
+                        Ok(done) => Ok(self.finish(me, d, done, started, req).await),
+                        Err(e) => Err(e.into()),
                     });
                 }
             }
             Err(e) => {
                 let e = LogicError::from(e);
-                for (i, _) in taken {
+                for (i, _) in places {
                     out[i] = Some(Err(again(&e)));
                 }
             }

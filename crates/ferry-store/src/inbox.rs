@@ -19,6 +19,10 @@ pub struct NewMessage {
     pub message: v1::Message,
 }
 
+/// What [`InboxStore::append_messages`] answers: each message given, back, with what
+/// became of it, in the order given.
+pub type AppendedBatch = Vec<(NewMessage, Result<Appended>)>;
+
 /// What [`InboxStore::append_message`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
@@ -77,17 +81,20 @@ pub trait InboxStore: Send + Sync + 'static {
     /// Makes several messages durable **in the order given**: where two of them share a
     /// user, the earlier one gets the lower seq in that user's inbox. Each message stands
     /// alone (one refused — an unknown user — does not refuse the others), so the answer
-    /// holds one result per message, in the same order. A store may write them in one
-    /// transaction; this default writes them one after another.
-    async fn append_messages(&self, msgs: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
+    /// holds one result per message, in the same order, each with its message given back
+    /// (the caller delivers it: a store that takes the messages to another thread hands
+    /// them back instead of the caller keeping a copy of each; a store may have filled in
+    /// `message.msg_id`). A store may write them in one transaction; this default writes
+    /// them one after another.
+    async fn append_messages(&self, msgs: Vec<NewMessage>) -> Result<AppendedBatch> {
         let mut out = Vec::with_capacity(msgs.len());
         for m in msgs {
-            let r = self.append_message(m).await;
+            let r = self.append_message(m.clone()).await;
             // A store that cannot write at all fails the batch: the caller retries it.
             if let Err(e @ crate::StoreError::Unavailable(_)) = r {
                 return Err(e);
             }
-            out.push(r);
+            out.push((m, r));
         }
         Ok(out)
     }

@@ -50,7 +50,9 @@ pub use conv::{
 };
 pub use groups::{GroupChange, GroupRow, GroupStore, MemberRow};
 pub use hooks::{HookDelivery, HookEndpoint, HookEvent, HookOutcome, HookStats, HookStore};
-pub use inbox::{Appended, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage};
+pub use inbox::{
+    Appended, AppendedBatch, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage,
+};
 pub use media::{
     valid_media_id, LocalMediaStore, MediaMeta, MediaStore, PgMediaStore, S3Config, S3MediaStore,
     UploadKey, Verified,

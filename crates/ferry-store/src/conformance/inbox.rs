@@ -298,6 +298,24 @@ pub async fn append_messages_keeps_order_and_answers_each(store: Arc<dyn Store>)
         .await
         .unwrap();
     assert_eq!(out.len(), 7);
+    // Each message comes back with its answer, in the order given.
+    let given: Vec<(u64, u64, &str)> = out
+        .iter()
+        .map(|(m, _)| (m.sender_id, m.client_msg_id, m.message.text.as_str()))
+        .collect();
+    assert_eq!(
+        given,
+        [
+            (a, 2, "two"),
+            (b, 1, "three"),
+            (a, 1, "one again"),
+            (a, 2, "two again"),
+            (a, 3, "lost"),
+            (a, 4, "four"),
+            (a, 5, "note"),
+        ]
+    );
+    let out: Vec<_> = out.into_iter().map(|(_, r)| r).collect();
     let ok = |i: usize| out[i].as_ref().unwrap().clone();
     let seqs = |i: usize| (ok(i).sender_seq, ok(i).recipient_seq);
     assert_eq!(seqs(0), (2, 2));
@@ -342,7 +360,10 @@ pub async fn append_messages_keeps_order_and_answers_each(store: Arc<dyn Store>)
     let again = store
         .append_messages(vec![new_msg(al, bo, 2, "two"), new_msg(al, ca, 4, "four")])
         .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect::<Vec<_>>();
     assert_eq!(again[0].as_ref().unwrap().msg_id, ok(0).msg_id);
     assert_eq!(again[1].as_ref().unwrap().msg_id, ok(5).msg_id);
     assert!(again.iter().all(|r| r.as_ref().unwrap().duplicate));
@@ -376,7 +397,7 @@ pub async fn concurrent_batches_keep_each_senders_order(store: Arc<dyn Store>) {
                     .iter()
                     .enumerate()
                 {
-                    let r = r.as_ref().unwrap();
+                    let r = r.1.as_ref().unwrap();
                     assert!(!r.duplicate);
                     assert_eq!(r.sender_seq, b * PER_BATCH + i as u64 + 1);
                 }

@@ -16,7 +16,8 @@ use ferry_proto::{v1, ProtoMessage};
 use super::groups::log_append;
 use super::PgStore;
 use crate::{
-    Appended, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage, Result, StoreError,
+    Appended, AppendedBatch, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage, Result,
+    StoreError,
 };
 
 /// Locks the rows of `ids` (ascending order); [`StoreError::UnknownUser`] for the first
@@ -144,8 +145,12 @@ impl InboxStore for PgStore {
 
     /// One write of the queue (see `writer.rs`): the messages and whatever else is
     /// waiting share one transaction and one commit.
-    async fn append_messages(&self, msgs: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
-        self.writer.messages(msgs).await
+    async fn append_messages(&self, msgs: Vec<NewMessage>) -> Result<AppendedBatch> {
+        // The writer task encodes the messages it is given and drops them: the copies
+        // are what the caller gets back.
+        let back = msgs.clone();
+        let results = self.writer.messages(msgs).await?;
+        Ok(back.into_iter().zip(results).collect())
     }
 
     async fn inbox(&self, user_id: u64, after: u64, limit: u32) -> Result<InboxPage> {

@@ -10,7 +10,8 @@ use super::groups::log_append;
 use super::writer::WriterState;
 use super::{now_ms, SqliteStore};
 use crate::{
-    Appended, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage, Result, StoreError,
+    Appended, AppendedBatch, InboxPage, InboxStore, MessageInfo, NewEvent, NewMessage, Result,
+    StoreError,
 };
 
 /// A user's newest inbox seq: the inbox's last row, or `users.last_seq` when that is
@@ -145,7 +146,7 @@ fn append_one(
     txn: &Transaction,
     state: &mut WriterState,
     statements: &mut AppendStatements,
-    msg: NewMessage,
+    msg: &mut NewMessage,
 ) -> Result<Appended> {
     let sender = msg.sender_id as i64;
     let cmid = msg.client_msg_id as i64;
@@ -169,7 +170,7 @@ fn append_one(
     } else {
         state.next_seq(txn, msg.recipient_id)?
     };
-    let mut message = msg.message;
+    let message = &mut msg.message;
     message.msg_id = msg_id;
     message.time_ms = msg.time_ms;
     // Bound one by one: `execute(params![…])` passes each through a `dyn ToSql` and asks
@@ -251,7 +252,8 @@ fn partial(e: &StoreError) -> bool {
 impl InboxStore for SqliteStore {
     async fn append_message(&self, msg: NewMessage) -> Result<Appended> {
         self.write(move |txn, state| {
-            append_one(txn, state, &mut AppendStatements::prepare(txn)?, msg)
+            let mut msg = msg;
+            append_one(txn, state, &mut AppendStatements::prepare(txn)?, &mut msg)
         })
         .await
     }
@@ -259,15 +261,15 @@ impl InboxStore for SqliteStore {
     /// One writer job: the messages share a transaction and a commit with whatever else
     /// the writer takes. An unknown user refuses its message only (nothing of it is
     /// written); any other error fails the whole batch.
-    async fn append_messages(&self, msgs: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
+    async fn append_messages(&self, msgs: Vec<NewMessage>) -> Result<AppendedBatch> {
         self.write(move |txn, state| {
             let mut out = Vec::with_capacity(msgs.len());
             let mut statements = AppendStatements::prepare(txn)?;
-            for m in msgs {
-                match append_one(txn, state, &mut statements, m) {
+            for mut m in msgs {
+                match append_one(txn, state, &mut statements, &mut m) {
                     // Maybe partly written: the whole batch rolls back.
                     Err(e) if partial(&e) => return Err(e),
-                    r => out.push(r),
+                    r => out.push((m, r)),
                 }
             }
             Ok(out)
