@@ -73,6 +73,23 @@ fn message_notify(seq: u64, message: &v1::Message, inline_bytes: usize) -> (Byte
     (Bytes::from(buf), 1)
 }
 
+/// `Notify{latest_seq: entry.seq, entries: [entry]}` encoded, or with no entry when it
+/// would take more than `inline_bytes`. Returns the body and how many entries ride in it.
+fn entry_notify(entry: v1::Entry, inline_bytes: usize) -> (Bytes, u64) {
+    let latest_seq = entry.seq;
+    let entries = if entry.encoded_len() <= inline_bytes {
+        vec![entry]
+    } else {
+        Vec::new()
+    };
+    let inline = entries.len() as u64;
+    let notify = v1::Notify {
+        latest_seq,
+        entries,
+    };
+    (Bytes::from(notify.encode_to_vec()), inline)
+}
+
 /// How long a LOGIN answered here waits for its link's route at most (a route comes in
 /// milliseconds, seconds under load; a link that never came up is forgotten after it).
 const LOGIN_ROUTE_WAIT: Duration = Duration::from_secs(30);
@@ -380,17 +397,7 @@ impl Notifier {
             (entry, _) => {
                 let mut entry = entry.unwrap_or_else(|f| f());
                 entry.seq = seq;
-                let entries = if entry.encoded_len() <= self.inline_bytes {
-                    vec![entry]
-                } else {
-                    Vec::new()
-                };
-                let inline = entries.len() as u64;
-                let notify = v1::Notify {
-                    latest_seq: seq,
-                    entries,
-                };
-                (Bytes::from(notify.encode_to_vec()), inline)
+                entry_notify(entry, self.inline_bytes)
             }
         };
         let push = Push {
@@ -543,24 +550,14 @@ mod tests {
     use super::*;
 
     /// What the notify of a message entry was before [`message_notify`]: prost's own
-    /// encoding of the structs.
-    fn by_prost(seq: u64, message: &v1::Message, inline_bytes: usize) -> (Vec<u8>, u64) {
+    /// encoding of the structs, as every other entry's notify is.
+    fn by_prost(seq: u64, message: &v1::Message, inline_bytes: usize) -> (Bytes, u64) {
         let entry = v1::Entry {
             seq,
             kind: Some(v1::entry::Kind::Message(message.clone())),
             ..Default::default()
         };
-        let entries = if entry.encoded_len() <= inline_bytes {
-            vec![entry]
-        } else {
-            Vec::new()
-        };
-        let inline = entries.len() as u64;
-        let notify = v1::Notify {
-            latest_seq: seq,
-            entries,
-        };
-        (notify.encode_to_vec(), inline)
+        entry_notify(entry, inline_bytes)
     }
 
     fn messages() -> Vec<v1::Message> {
