@@ -136,21 +136,16 @@ impl PgStore {
 #[async_trait]
 impl InboxStore for PgStore {
     async fn append_message(&self, msg: NewMessage) -> Result<Appended> {
-        self.writer
-            .messages(vec![msg])
-            .await?
-            .pop()
-            .unwrap_or_else(|| Err(StoreError::WriteFailed("no answer".into())))
+        self.writer.messages(vec![msg]).await?.pop().map_or_else(
+            || Err(StoreError::WriteFailed("no answer".into())),
+            |(_, r)| r,
+        )
     }
 
     /// One write of the queue (see `writer.rs`): the messages and whatever else is
     /// waiting share one transaction and one commit.
     async fn append_messages(&self, msgs: Vec<NewMessage>) -> Result<AppendedBatch> {
-        // The writer task encodes the messages it is given and drops them: the copies
-        // are what the caller gets back.
-        let back = msgs.clone();
-        let results = self.writer.messages(msgs).await?;
-        Ok(back.into_iter().zip(results).collect())
+        self.writer.messages(msgs).await
     }
 
     async fn inbox(&self, user_id: u64, after: u64, limit: u32) -> Result<InboxPage> {

@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 
 use super::{is_retryable, WRITE_ATTEMPTS};
-use crate::{Appended, NewEvent, NewMessage, Result, StoreError};
+use crate::{Appended, AppendedBatch, NewEvent, NewMessage, Result, StoreError};
 
 /// Most rows (messages and events) one batch takes; a single write larger than that is
 /// still taken whole.
@@ -83,8 +83,9 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 
 /// A write waiting for the writer.
 enum Work {
-    /// One result per message, in order; `Err` only when the batch failed.
-    Messages(Vec<NewMessage>, Reply<Vec<Result<Appended>>>),
+    /// One result per message, in order, each with its message given back; `Err` only
+    /// when the batch failed.
+    Messages(Vec<NewMessage>, Reply<AppendedBatch>),
     Events(Vec<NewEvent>, Reply<Vec<u64>>),
 }
 
@@ -128,8 +129,8 @@ impl Writers {
     }
 
     /// Stores messages in one batch (with whatever else is queued): one result per
-    /// message, in order.
-    pub(super) async fn messages(&self, msgs: Vec<NewMessage>) -> Result<Vec<Result<Appended>>> {
+    /// message, in order, with the message.
+    pub(super) async fn messages(&self, msgs: Vec<NewMessage>) -> Result<AppendedBatch> {
         let Some(first) = msgs.first() else {
             return Ok(Vec::new());
         };
@@ -175,8 +176,8 @@ async fn writer(pool: Pool, mut rx: mpsc::Receiver<Work>) {
             Ok(answers) => {
                 for (work, answer) in batch.drain(..).zip(answers) {
                     match (work, answer) {
-                        (Work::Messages(_, tx), Answer::Messages(r)) => {
-                            let _ = tx.send(Ok(r));
+                        (Work::Messages(msgs, tx), Answer::Messages(r)) => {
+                            let _ = tx.send(Ok(msgs.into_iter().zip(r).collect()));
                         }
                         (Work::Events(_, tx), Answer::Events(r)) => {
                             let _ = tx.send(r);
