@@ -25,12 +25,25 @@ enum Outlet {
     Record(parking_lot::Mutex<Vec<(String, Push)>>),
 }
 
-/// The entry a notify carries: built by a closure, or a message's (then the notify is
-/// encoded from the message itself, and the closure builds the entry only for a bot's
-/// webhook).
-enum NotifyEntry<'m, F> {
-    Built(F),
-    Message(&'m v1::Message, F),
+/// The entry a notify carries: an entry, or a message's (then the notify is encoded
+/// from the message itself, and an entry is built only for a bot's webhook).
+enum NotifyEntry<'m> {
+    Entry(v1::Entry),
+    Message(&'m v1::Message),
+}
+
+impl NotifyEntry<'_> {
+    /// The entry, at `seq`.
+    fn build(self, seq: u64) -> v1::Entry {
+        match self {
+            NotifyEntry::Entry(e) => v1::Entry { seq, ..e },
+            NotifyEntry::Message(m) => v1::Entry {
+                seq,
+                kind: Some(v1::entry::Kind::Message(m.clone())),
+                ..Default::default()
+            },
+        }
+    }
 }
 
 /// `Notify{latest_seq: seq, entries: [Entry{seq, message}]}` encoded from a borrowed
@@ -294,28 +307,20 @@ impl Notifier {
     }
 
     /// Tells every gateway holding `user`'s links that the inbox reached `seq` with a
-    /// message, inline when small. Returns how many gateways took the push.
-    /// The message is copied into the entry only when some gateway holds a link of
-    /// `user`: for a user with no live link the copy would be thrown away.
+    /// message, inline when small. Returns how many gateways took the push. The notify
+    /// is encoded from the message itself: no copy of it is made (but for a bot's
+    /// webhook).
     pub async fn notify_message(&self, user: u64, seq: u64, message: &v1::Message) -> usize {
-        self.notify_with(
-            user,
-            seq,
-            NotifyEntry::Message(message, || v1::Entry {
-                kind: Some(v1::entry::Kind::Message(message.clone())),
-                ..Default::default()
-            }),
-            None,
-        )
-        .await
+        self.notify_with(user, seq, NotifyEntry::Message(message), None)
+            .await
     }
 
     /// A 1:1 message `user` sent on link `conn` of `gateway`, a link that takes its own
     /// messages' entries in their SendAck (`BusRequest.echo_in_ack`): returns the entry
     /// for the SendAck and tells the user's other links as [`Self::notify_message`]
     /// does, leaving that one out. `None` when the entry is too large to ride inline:
-    /// then every link is notified, that one too (it syncs).
-    /// The message is taken, not copied: it becomes the entry.
+    /// then every link is notified, that one too (it syncs). The message is taken, not
+    /// copied: it becomes the entry.
     pub async fn echo_message(
         &self,
         user: u64,
@@ -338,7 +343,7 @@ impl Notifier {
         self.notify_with(
             user,
             seq,
-            NotifyEntry::Message(message, || entry.clone()),
+            NotifyEntry::Message(message),
             Some((gateway, conn)),
         )
         .await;
@@ -349,28 +354,23 @@ impl Notifier {
     /// Tells every gateway holding `user`'s links that the inbox reached `seq`, with
     /// `entry` inline when it is small. Returns how many gateways took the push.
     pub async fn notify_entry(&self, user: u64, seq: u64, entry: v1::Entry) -> usize {
-        self.notify_with(user, seq, NotifyEntry::Built(|| entry), None)
+        self.notify_with(user, seq, NotifyEntry::Entry(entry), None)
             .await
     }
 
-    /// [`Self::notify_entry`] with the entry built only once a route to `user` is known,
-    /// leaving out link `skip` (gateway, connection id) when given.
+    /// [`Self::notify_entry`] for an entry or a message, leaving out link `skip`
+    /// (gateway, connection id) when given.
     async fn notify_with(
         &self,
         user: u64,
         seq: u64,
-        entry: NotifyEntry<'_, impl FnOnce() -> v1::Entry>,
+        entry: NotifyEntry<'_>,
         skip: Option<(&str, u64)>,
     ) -> usize {
         self.watchers.wake(user);
-        let (message, entry) = match entry {
-            NotifyEntry::Message(m, f) => (Some(m), f),
-            NotifyEntry::Built(f) => (None, f),
-        };
         let entry = match self.hooks.get().filter(|h| h.has_owner(user)) {
             Some(h) => {
-                let mut e = entry();
-                e.seq = seq;
+                let e = entry.build(seq);
                 Box::pin(h.bot_updates(user, vec![crate::api::json::entry_json(&e)])).await;
                 Ok(e)
             }
@@ -391,14 +391,10 @@ impl Notifier {
             self.note_unrouted(user, seq);
             return 0;
         }
-        let (body, inline) = match (entry, message) {
+        let (body, inline) = match entry {
             // A message's entry encoded straight from it: no copy of the message.
-            (Err(_), Some(m)) => message_notify(seq, m, self.inline_bytes),
-            (entry, _) => {
-                let mut entry = entry.unwrap_or_else(|f| f());
-                entry.seq = seq;
-                entry_notify(entry, self.inline_bytes)
-            }
+            Err(NotifyEntry::Message(m)) => message_notify(seq, m, self.inline_bytes),
+            entry => entry_notify(entry.unwrap_or_else(|e| e.build(seq)), self.inline_bytes),
         };
         let push = Push {
             user_id: user,
