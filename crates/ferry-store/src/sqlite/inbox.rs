@@ -27,10 +27,26 @@ pub(super) const NEWEST_SEQ: &str = concat!(
     " FROM users u WHERE u.id = ?1"
 );
 
+/// An inbox entry's time, in a query over `inbox i LEFT JOIN messages m ON m.id =
+/// i.msg_id`. A message's entries are written without it (`created_ms` 0, which SQLite
+/// stores in no bytes at all): it is the message's own `created_ms`, and each 1:1 message
+/// writes two entries into inboxes scattered over the B-tree, where a smaller row is a
+/// smaller share of every page split. Entries written before kept theirs, and events
+/// (no message) keep theirs; an entry whose message is gone reads 0.
+macro_rules! entry_time {
+    () => {
+        "CASE WHEN i.created_ms <> 0 THEN i.created_ms ELSE coalesce(m.created_ms, 0) END"
+    };
+}
+
 /// A page of a user's inbox after a seq (the read behind every SYNC).
-pub(super) const INBOX_PAGE: &str = "SELECT i.seq, m.body, i.payload, i.created_ms FROM inbox i
+pub(super) const INBOX_PAGE: &str = concat!(
+    "SELECT i.seq, m.body, i.payload, ",
+    entry_time!(),
+    " FROM inbox i
      LEFT JOIN messages m ON m.id = i.msg_id
-     WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3";
+     WHERE i.user_id = ?1 AND i.seq > ?2 ORDER BY i.seq LIMIT ?3"
+);
 
 pub(super) fn newest_seq(c: &Connection, user: u64) -> Result<u64> {
     Ok(c.prepare_cached(NEWEST_SEQ)?
@@ -116,25 +132,19 @@ impl<'t> AppendStatements<'t> {
                 "INSERT INTO messages (id, sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?,
+            // No time of its own: the message's (`entry_time!`).
             inbox: txn.prepare_cached(
-                "INSERT INTO inbox (user_id, seq, msg_id, created_ms) VALUES (?1, ?2, ?3, ?4)",
+                "INSERT INTO inbox (user_id, seq, msg_id, created_ms) VALUES (?1, ?2, ?3, 0)",
             )?,
         })
     }
 }
 
 /// One inbox entry of a stored message, with [`AppendStatements::inbox`].
-fn entry(
-    inbox: &mut CachedStatement,
-    user: u64,
-    seq: u64,
-    msg_id: u64,
-    time_ms: i64,
-) -> Result<()> {
+fn entry(inbox: &mut CachedStatement, user: u64, seq: u64, msg_id: u64) -> Result<()> {
     inbox.raw_bind_parameter(1, user as i64)?;
     inbox.raw_bind_parameter(2, seq as i64)?;
     inbox.raw_bind_parameter(3, msg_id as i64)?;
-    inbox.raw_bind_parameter(4, time_ms)?;
     inbox.raw_execute()?;
     Ok(())
 }
@@ -190,9 +200,9 @@ fn append_one(
     m.raw_execute()?;
     state.stored(txn, msg.sender_id, msg.client_msg_id, msg_id)?;
     let inbox = &mut statements.inbox;
-    entry(inbox, msg.sender_id, sender_seq, msg_id, msg.time_ms)?;
+    entry(inbox, msg.sender_id, sender_seq, msg_id)?;
     if msg.recipient_id != msg.sender_id {
-        entry(inbox, msg.recipient_id, recipient_seq, msg_id, msg.time_ms)?;
+        entry(inbox, msg.recipient_id, recipient_seq, msg_id)?;
     }
     Ok(Appended {
         msg_id,
@@ -218,9 +228,12 @@ fn prune_inboxes(txn: &Transaction, after: i64, before_ms: i64) -> Result<(u64, 
         // The primary key walks the user's entries in seq order and stops at the first
         // one to keep.
         let keep_from: Option<i64> = txn
-            .prepare_cached(
-                "SELECT seq FROM inbox WHERE user_id = ?1 AND created_ms >= ?2 ORDER BY seq LIMIT 1",
-            )?
+            .prepare_cached(concat!(
+                "SELECT i.seq FROM inbox i LEFT JOIN messages m ON m.id = i.msg_id
+                 WHERE i.user_id = ?1 AND ",
+                entry_time!(),
+                " >= ?2 ORDER BY i.seq LIMIT 1"
+            ))?
             .query_row(params![user, before_ms], |r| r.get(0))
             .optional()?;
         gone += match keep_from {
