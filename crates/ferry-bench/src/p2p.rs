@@ -761,10 +761,12 @@ async fn ferry_reader(
             // before them arrive; anything else is fetched by a sync.
             let inline = n.entries.last().map(|e| e.seq) == Some(n.latest_seq)
                 && n.entries.windows(2).all(|w| w[1].seq == w[0].seq + 1);
-            if inline {
-                held.hold(n.entries, synckey);
-            }
-            for e in held.take_run(synckey) {
+            let run = if inline {
+                held.accept(n.entries, synckey)
+            } else {
+                held.take_run(synckey)
+            };
+            for e in run {
                 apply(e, &mut synckey);
             }
             if n.latest_seq > synckey && (!inline || held.is_full()) {

@@ -265,10 +265,11 @@ impl SyncMachine {
             self.start_sync();
             return;
         }
-        self.held.hold(n.entries, self.synckey);
+        let run = self.held.accept(n.entries, self.synckey);
         if self.held.is_full() {
             self.start_sync();
         }
+        self.apply(run);
         self.drain_held(now);
     }
 
