@@ -25,14 +25,8 @@ enum Prepared {
     /// A group message (with the quote of the message it replies to, or what it
     /// forwards): [`Groups::send`] applies it.
     Group(v1::SendMsg, Option<v1::Quote>, Option<conv::Forward>),
-    /// A 1:1 message.
-    Direct(Direct),
-}
-
-/// A 1:1 send checked and ready for the store.
-struct Direct {
-    to: u64,
-    new: NewMessage,
+    /// A 1:1 message, checked and ready for the store.
+    Direct(NewMessage),
 }
 
 /// The same refusal for another request of a batch (errors are not `Clone`: they may
@@ -97,10 +91,10 @@ impl Inbox {
                 Box::pin(self.groups.send(&me, r, quote, fwd, req.cmd)).await
             }
             Prepared::Direct(mut d) => {
-                crate::before::screen(&self.core, me.user_id, &mut d.new.message).await?;
-                msgops::note_reply(&self.core, me.user_id, &d.new.message).await?;
-                let done = self.core.store.append_message(d.new.clone()).await?;
-                if let (false, Some(q)) = (done.duplicate, &d.new.message.quote) {
+                crate::before::screen(&self.core, me.user_id, &mut d.message).await?;
+                msgops::note_reply(&self.core, me.user_id, &d.message).await?;
+                let done = self.core.store.append_message(d.clone()).await?;
+                if let (false, Some(q)) = (done.duplicate, &d.message.quote) {
                     msgops::recheck_quote(&self.core, q).await;
                 }
                 // Webhook events are durable before the ack (at least once).
@@ -125,7 +119,7 @@ impl Inbox {
         };
         let mut out: Vec<Option<Result<BusResponse, LogicError>>> = (0..n).map(|_| None).collect();
         // 1:1 sends prepared and not yet stored: (index, send).
-        let mut direct: Vec<(usize, Direct)> = Vec::new();
+        let mut direct: Vec<(usize, NewMessage)> = Vec::new();
         for (i, body) in req.batch.iter().enumerate() {
             match self.prepare(&me, body.clone()).await {
                 Err(e) => out[i] = Some(Err(e)),
@@ -148,7 +142,7 @@ impl Inbox {
     async fn store_direct(
         &self,
         me: &DeviceSession,
-        direct: &mut Vec<(usize, Direct)>,
+        direct: &mut Vec<(usize, NewMessage)>,
         out: &mut [Option<Result<BusResponse, LogicError>>],
         started: std::time::Instant,
         req: &BusRequest,
@@ -163,7 +157,7 @@ impl Inbox {
             let user = me.user_id;
             let screened =
                 Box::pin(futures_util::future::join_all(taken.iter_mut().map(
-                    |(_, d)| crate::before::screen(&self.core, user, &mut d.new.message),
+                    |(_, d)| crate::before::screen(&self.core, user, &mut d.message),
                 )))
                 .await;
             let mut kept = Vec::with_capacity(taken.len());
@@ -179,10 +173,10 @@ impl Inbox {
             }
         }
         // Replies: what they quote is noted before they are stored (msgops.rs).
-        if taken.iter().any(|(_, d)| d.new.message.quote.is_some()) {
+        if taken.iter().any(|(_, d)| d.message.quote.is_some()) {
             let mut kept = Vec::with_capacity(taken.len());
             for (i, d) in taken {
-                match msgops::note_reply(&self.core, me.user_id, &d.new.message).await {
+                match msgops::note_reply(&self.core, me.user_id, &d.message).await {
                     Ok(()) => kept.push((i, d)),
                     Err(e) => out[i] = Some(Err(e)),
                 }
@@ -194,15 +188,14 @@ impl Inbox {
         }
         // The messages go to the store and come back with their answers: no copy of
         // each is kept here meanwhile.
-        let (places, news): (Vec<(usize, u64)>, Vec<NewMessage>) =
-            taken.into_iter().map(|(i, d)| ((i, d.to), d.new)).unzip();
+        let (places, news): (Vec<usize>, Vec<NewMessage>) = taken.into_iter().unzip();
         match self.core.store.append_messages(news).await {
             Ok(answers) => {
                 // A send the store left unanswered is answered as such by the caller.
-                let (taken, results): (Vec<(usize, Direct)>, Vec<_>) = places
+                let (taken, results): (Vec<(usize, NewMessage)>, Vec<_>) = places
                     .into_iter()
                     .zip(answers)
-                    .map(|((i, to), (new, r))| ((i, Direct { to, new }), r))
+                    .map(|(i, (d, r))| ((i, d), r))
                     .unzip();
                 for ((_, d), r) in taken.iter().zip(results.iter()) {
                     if let (
@@ -210,7 +203,7 @@ impl Inbox {
                             duplicate: false, ..
                         }),
                         Some(q),
-                    ) = (r, &d.new.message.quote)
+                    ) = (r, &d.message.quote)
                     {
                         msgops::recheck_quote(&self.core, q).await;
                     }
@@ -219,7 +212,7 @@ impl Inbox {
                 // any of its acks; if that fails, every send of it is refused (a retry
                 // is a duplicate, which queues the same events again).
                 if self.core.hooks.wants("message.sent") {
-                    let stored: Vec<(&Direct, &Appended)> = taken
+                    let stored: Vec<(&NewMessage, &Appended)> = taken
                         .iter()
                         .zip(results.iter())
                         .filter_map(|((_, d), r)| r.as_ref().ok().map(|a| (d, a)))
@@ -240,7 +233,7 @@ impl Inbox {
             }
             Err(e) => {
                 let e = LogicError::from(e);
-                for (i, _) in places {
+                for i in places {
                     out[i] = Some(Err(again(&e)));
                 }
             }
@@ -366,21 +359,18 @@ impl Inbox {
             quote: quote.map(Box::new),
             ..Default::default()
         };
-        Ok(Prepared::Direct(Direct {
-            to,
-            new: NewMessage {
-                sender_id: me.user_id,
-                recipient_id: to,
-                client_msg_id: r.client_msg_id,
-                time_ms,
-                message,
-            },
+        Ok(Prepared::Direct(NewMessage {
+            sender_id: me.user_id,
+            recipient_id: to,
+            client_msg_id: r.client_msg_id,
+            time_ms,
+            message,
         }))
     }
 
     /// Queues `message.sent` for stored 1:1 messages (a duplicate's too: the first
     /// attempt may have died before queueing; the same event id is ignored).
-    async fn hook_events(&self, stored: &[(&Direct, &Appended)]) -> Result<(), LogicError> {
+    async fn hook_events(&self, stored: &[(&NewMessage, &Appended)]) -> Result<(), LogicError> {
         if stored.is_empty() || !self.core.hooks.wants("message.sent") {
             return Ok(());
         }
@@ -390,7 +380,7 @@ impl Inbox {
                 crate::webhooks::message_sent(&v1::Message {
                     msg_id: done.msg_id,
                     time_ms: done.time_ms,
-                    ..d.new.message.clone()
+                    ..d.message.clone()
                 })
             })
             .collect();
@@ -404,17 +394,17 @@ impl Inbox {
     async fn finish(
         &self,
         me: &DeviceSession,
-        d: Direct,
+        d: NewMessage,
         done: Appended,
         started: std::time::Instant,
         req: &BusRequest,
     ) -> BusResponse {
-        let to = d.to;
+        let to = d.recipient_id;
         let mut echo = None;
         if !done.duplicate {
             let message = v1::Message {
                 msg_id: done.msg_id,
-                ..d.new.message
+                ..d.message
             };
             self.messages_in.increment(1);
             if to != me.user_id {
