@@ -368,13 +368,14 @@ impl Notifier {
         skip: Option<(&str, u64)>,
     ) -> usize {
         self.watchers.wake(user);
+        // A bot's webhook takes the entry built; the notify then carries that one.
         let entry = match self.hooks.get().filter(|h| h.has_owner(user)) {
             Some(h) => {
                 let e = entry.build(seq);
                 Box::pin(h.bot_updates(user, vec![crate::api::json::entry_json(&e)])).await;
-                Ok(e)
+                NotifyEntry::Entry(e)
             }
-            None => Err(entry),
+            None => entry,
         };
         if self.route_pending(user) {
             self.note_unrouted(user, seq);
@@ -393,8 +394,8 @@ impl Notifier {
         }
         let (body, inline) = match entry {
             // A message's entry encoded straight from it: no copy of the message.
-            Err(NotifyEntry::Message(m)) => message_notify(seq, m, self.inline_bytes),
-            entry => entry_notify(entry.unwrap_or_else(|e| e.build(seq)), self.inline_bytes),
+            NotifyEntry::Message(m) => message_notify(seq, m, self.inline_bytes),
+            entry => entry_notify(entry.build(seq), self.inline_bytes),
         };
         let push = Push {
             user_id: user,
