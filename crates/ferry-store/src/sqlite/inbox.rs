@@ -39,6 +39,11 @@ macro_rules! entry_time {
     };
 }
 
+/// A message's entry in a user's inbox: `(user, seq, msg_id)`, without a time of its own
+/// (`entry_time!`).
+pub(super) const MESSAGE_ENTRY: &str =
+    "INSERT INTO inbox (user_id, seq, msg_id, created_ms) VALUES (?1, ?2, ?3, 0)";
+
 /// A page of a user's inbox after a seq (the read behind every SYNC).
 pub(super) const INBOX_PAGE: &str = concat!(
     "SELECT i.seq, m.body, i.payload, ",
@@ -132,10 +137,7 @@ impl<'t> AppendStatements<'t> {
                 "INSERT INTO messages (id, sender_id, client_msg_id, sender_seq, recipient_seq, created_ms, body)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?,
-            // No time of its own: the message's (`entry_time!`).
-            inbox: txn.prepare_cached(
-                "INSERT INTO inbox (user_id, seq, msg_id, created_ms) VALUES (?1, ?2, ?3, 0)",
-            )?,
+            inbox: txn.prepare_cached(MESSAGE_ENTRY)?,
         })
     }
 }

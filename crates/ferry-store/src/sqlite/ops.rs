@@ -141,11 +141,8 @@ impl OpsStore for SqliteStore {
                 )?
                 .execute(params![msg_id as i64, seq as i64, time_ms, body.encode_to_vec()])?;
                 state.stored(txn, 0, msg_id, msg_id)?;
-                // The entry's time is the message's (inbox.rs, `entry_time!`).
-                txn.prepare_cached(
-                    "INSERT INTO inbox (user_id, seq, msg_id, created_ms) VALUES (?1, ?2, ?3, 0)",
-                )?
-                .execute(params![m.user_id as i64, seq as i64, msg_id as i64])?;
+                txn.prepare_cached(super::inbox::MESSAGE_ENTRY)?
+                    .execute(params![m.user_id as i64, seq as i64, msg_id as i64])?;
                 out.push(Some((msg_id, seq)));
             }
             Ok(out)
