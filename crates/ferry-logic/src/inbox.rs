@@ -93,7 +93,16 @@ impl Inbox {
             Prepared::Direct(mut d) => {
                 crate::before::screen(&self.core, me.user_id, &mut d.message).await?;
                 msgops::note_reply(&self.core, me.user_id, &d.message).await?;
-                let done = self.core.store.append_message(d.clone()).await?;
+                // The message goes to the store and comes back with its answer, as a
+                // batch's do (`store_direct`): no copy of it is kept here meanwhile.
+                let (d, done) = self
+                    .core
+                    .store
+                    .append_messages(vec![d])
+                    .await?
+                    .pop()
+                    .ok_or_else(|| LogicError::Internal("send not answered".into()))?;
+                let done = done?;
                 if let (false, Some(q)) = (done.duplicate, &d.message.quote) {
                     msgops::recheck_quote(&self.core, q).await;
                 }
